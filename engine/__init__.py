@@ -1,0 +1,59 @@
+"""vramplan: will this LLM workload fit on that GPU, and how fast will it run?
+
+The Python face of the engine. Each function takes and returns exactly what the HTTP API does::
+
+    import vramplan
+    vramplan.estimate_inference({"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "quantization": "q4_k_m"})
+
+Bad input raises :class:`VramplanError` (a :class:`RequestError` for requests) whose message names
+every bad field.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from typing import Any
+
+from .errors import CatalogError, FormulaError, PluginError, RequestError, VramplanError
+from .hookspecs import hookimpl
+
+__all__ = [
+    "__version__", "estimate_inference", "estimate_finetuning", "list_gpus", "list_models", "plan",
+    "hookimpl", "VramplanError", "RequestError", "CatalogError", "FormulaError", "PluginError",
+]
+
+
+def estimate_inference(request: dict[str, Any]) -> dict[str, Any]:
+    """POST /inference: memory and speed of serving a model."""
+    from .estimate import run
+
+    return run(request, "inference")
+
+
+def estimate_finetuning(request: dict[str, Any]) -> dict[str, Any]:
+    """POST /finetuning: memory and speed of fine-tuning a model."""
+    from .estimate import run
+
+    return run(request, "finetuning")
+
+
+def list_gpus() -> list[dict[str, Any]]:
+    """GET /gpus: every GPU with the seed's key/label/memory plus its specifications."""
+    from .listing import gpus
+
+    return gpus()
+
+
+def list_models() -> list[dict[str, Any]]:
+    """GET /llms: every model with the seed's key/name plus size and family."""
+    from .listing import models
+
+    return models()
+
+
+def plan(request: dict[str, Any]) -> dict[str, Any]:
+    """Answer "what fits?" questions (max context, batch, users, fewest GPUs, best quantization, GPUs)."""
+    from .planner import plan as _plan
+
+    return _plan(request)

@@ -1,0 +1,472 @@
+"""A model's architecture, read from a Hugging Face ``config.json`` — the one place that knows
+how each family spells its keys.
+
+Families write the same idea under different names (Mixtral ``num_local_experts``, Qwen-MoE
+``num_experts``, DeepSeek ``n_routed_experts``; Gemma ``layer_types`` or
+``sliding_window_pattern``; multimodal configs nest the language model under ``text_config``).
+:func:`from_hf_config` maps them onto one :class:`Architecture`, and the architecture counts its
+own parameters by *tensor role* (``attn_q``, ``ffn_down``, ``token_embd``…), the unit in which
+quantization formats state their storage cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import RequestError
+
+#: Tensor roles, named as GGUF names tensors (llama.cpp ``LLM_TENSOR_NAMES``), so a quantization
+#: format's per-role bits apply directly. ``norm`` covers every 1-D tensor (norms and biases).
+#: ``vision`` is a multimodal model's image encoder and projector, which llama.cpp keeps in a
+#: separate ``mmproj`` file and serving stacks load unquantized; it is 0 for text-only models.
+ROLES = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output",
+         "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "norm", "vision")
+
+#: What a family does when its config leaves a key out (the family's ``*Config`` class defaults
+#: in transformers), and what its modeling code builds that no config key states. Keys:
+#: tie_word_embeddings, qkv_bias, out_bias, mlp_bias, lm_head_bias, gated_mlp, norms_per_layer,
+#: norm_bias, qk_norm ("head": one weight of head_dim each for q and k; "full": over the whole q and
+#: k projections; "heads": one per head; False: none), qk_norm_key (the config key that switches it),
+#: and ``config``: class defaults for architecture keys a real config.json may omit (Gemma 3's
+#: ``text_config`` lists only what differs from them).
+FAMILY_DEFAULTS: dict[str, dict] = {
+    "llama": {"tie_word_embeddings": False},
+    "mistral": {"tie_word_embeddings": False},
+    "mixtral": {"tie_word_embeddings": False},
+    "qwen2": {"tie_word_embeddings": False, "qkv_bias": True},
+    "qwen2_moe": {"tie_word_embeddings": False, "qkv_bias": True},
+    "qwen3": {"tie_word_embeddings": False, "qk_norm": True},
+    "qwen3_moe": {"tie_word_embeddings": False, "qk_norm": True},
+    "gemma": {"tie_word_embeddings": True},
+    "gemma2": {"tie_word_embeddings": True, "norms_per_layer": 4},
+    "gemma3_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True,
+                    "config": {"vocab_size": 262208, "num_attention_heads": 8, "num_key_value_heads": 4,
+                               "head_dim": 256, "max_position_embeddings": 131072, "sliding_window": 4096,
+                               "sliding_window_pattern": 6}},
+    "gemma3": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},
+    "phi3": {"tie_word_embeddings": False},
+    "phimoe": {"tie_word_embeddings": False, "qkv_bias": True, "norm_bias": True},
+    "phi": {"tie_word_embeddings": False, "qkv_bias": True, "gated_mlp": False, "norm_bias": True,
+            "norms_per_layer": 1, "out_bias": True, "mlp_bias": True, "lm_head_bias": True},
+    "deepseek_v2": {"tie_word_embeddings": False},
+    "deepseek_v3": {"tie_word_embeddings": False},
+    "kimi_k2": {"tie_word_embeddings": False},
+    "cohere": {"tie_word_embeddings": True, "norms_per_layer": 1, "qk_norm": "heads", "qk_norm_key": "use_qk_norm"},
+    "cohere2": {"tie_word_embeddings": True, "norms_per_layer": 1},
+    "granite": {"tie_word_embeddings": True},
+    "glm": {"tie_word_embeddings": False, "qkv_bias": True},
+    "glm4": {"tie_word_embeddings": False, "qkv_bias": True, "norms_per_layer": 4},
+    "olmo2": {"tie_word_embeddings": False, "qk_norm": "full"},
+    "llama4_text": {"tie_word_embeddings": False},  # use_qk_norm is a weightless L2 norm
+    "gpt_oss": {"tie_word_embeddings": False, "qkv_bias": True, "out_bias": True},
+    "falcon": {"tie_word_embeddings": True},
+}
+
+_SLIDING = {"sliding_attention", "sliding", "local", "chunked_attention"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The numbers that memory and FLOPs depend on, in config.json's own terms."""
+
+    model_type: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool
+    v_head_dim: int = 0
+    max_position_embeddings: int | None = None
+    layer_types: tuple[str, ...] = ()  # "full" or "sliding", one per layer
+    sliding_window: int | None = None
+    gated_mlp: bool = True
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    lm_head_bias: bool = False
+    qk_norm: bool = False
+    qk_norm_params_per_layer: int = 0  # 0 with qk_norm = one head_dim weight each for q and k
+    norms_per_layer: int = 2
+    norm_bias: bool = False
+    # Mixture of experts
+    num_experts: int = 0
+    experts_per_token: int = 0
+    moe_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0  # all shared experts together
+    moe_layers: tuple[int, ...] = ()  # indices of layers whose FFN is MoE
+    dense_intermediate_size: int = 0  # FFN size of the non-MoE layers of an MoE model
+    # Multi-head latent attention (DeepSeek V2/V3, Kimi K2)
+    kv_lora_rank: int = 0
+    q_lora_rank: int = 0
+    qk_rope_head_dim: int = 0
+    qk_nope_head_dim: int = 0
+    # Multimodal: image encoder + projector parameters (``vision_config``), counted whole
+    vision_params: int = 0
+    assumed: tuple[str, ...] = field(default=(), compare=False)
+
+    # -- shape facts ---------------------------------------------------------------------------
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
+
+    @property
+    def is_mla(self) -> bool:
+        return self.kv_lora_rank > 0
+
+    @property
+    def num_sliding_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t == "sliding")
+
+    @property
+    def num_full_layers(self) -> int:
+        return self.num_layers - self.num_sliding_layers
+
+    @property
+    def kv_elements_per_token_per_layer(self) -> int:
+        """K and V elements one token adds to one layer's cache.
+
+        MLA caches the compressed latent plus the shared rope key (DeepSeek-V2 paper §2.1.3);
+        everyone else caches K and V for every KV head (GQA/MQA shrink ``num_kv_heads``).
+        """
+        if self.is_mla:
+            return self.kv_lora_rank + self.qk_rope_head_dim
+        return self.num_kv_heads * (self.head_dim + (self.v_head_dim or self.head_dim))
+
+    @property
+    def q_dim(self) -> int:
+        if self.is_mla:
+            return self.num_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
+        return self.num_heads * self.head_dim
+
+    @property
+    def attn_out_dim(self) -> int:
+        return self.num_heads * (self.v_head_dim or self.head_dim)
+
+    # -- parameters by role --------------------------------------------------------------------
+    def param_roles(self, active: bool = False) -> dict[str, int]:
+        """Parameters by tensor role.
+
+        ``active=True`` counts what one text token runs through: only the experts it is routed to
+        (plus shared experts), both embedding matrices, and no vision encoder. Vendors differ on
+        whether the embedding lookup counts as "active" (OpenAI's gpt-oss figures leave it out).
+        """
+        h, L = self.hidden_size, self.num_layers
+        r = dict.fromkeys(ROLES, 0)
+        r["token_embd"] = self.vocab_size * h
+        r["output"] = 0 if self.tie_word_embeddings else self.vocab_size * h
+        if self.lm_head_bias:
+            r["norm"] += self.vocab_size
+        # attention
+        if self.is_mla:
+            nope_rope = self.qk_nope_head_dim + self.qk_rope_head_dim
+            if self.q_lora_rank:
+                r["attn_q"] = L * (h * self.q_lora_rank + self.q_lora_rank * self.num_heads * nope_rope)
+                r["norm"] += L * self.q_lora_rank
+            else:
+                r["attn_q"] = L * h * self.num_heads * nope_rope
+            r["attn_k"] = L * h * (self.kv_lora_rank + self.qk_rope_head_dim)
+            r["attn_v"] = L * self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
+            r["norm"] += L * self.kv_lora_rank
+        else:
+            kv = self.num_kv_heads * self.head_dim
+            r["attn_q"] = L * h * self.q_dim
+            r["attn_k"] = L * h * kv
+            r["attn_v"] = L * h * self.num_kv_heads * (self.v_head_dim or self.head_dim)
+            if self.qkv_bias:
+                r["norm"] += L * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
+        r["attn_output"] = L * self.attn_out_dim * h
+        if self.out_bias:
+            r["norm"] += L * h
+        if self.qk_norm:
+            r["norm"] += L * (self.qk_norm_params_per_layer or 2 * self.head_dim)
+        # feed-forward
+        moe_layers = set(self.moe_layers) if self.is_moe else set()
+        n_moe = len(moe_layers)
+        n_dense = L - n_moe
+        dense_ff = self.dense_intermediate_size or self.intermediate_size
+        mats = 3 if self.gated_mlp else 2
+        up_like = dense_ff * h * n_dense  # one matrix's worth over dense layers
+        if self.gated_mlp:
+            r["ffn_gate"] += up_like
+        r["ffn_up"] += up_like
+        r["ffn_down"] += up_like
+        if self.mlp_bias:
+            r["norm"] += n_dense * ((mats - 1) * dense_ff + h)
+        if n_moe:
+            experts = self.experts_per_token if active else self.num_experts
+            per_expert = self.moe_intermediate_size * h
+            shared = self.shared_expert_intermediate_size * h
+            for role in ("ffn_gate", "ffn_up", "ffn_down"):
+                if role == "ffn_gate" and not self.gated_mlp:
+                    continue
+                r[role] += n_moe * (experts * per_expert + shared)
+            r["ffn_gate_inp"] = n_moe * h * self.num_experts
+            if self.model_type == "qwen2_moe" and self.shared_expert_intermediate_size:
+                r["ffn_gate_inp"] += n_moe * h  # shared_expert_gate
+            if self.model_type == "gpt_oss":  # expert biases (gate_up and down) and router bias
+                r["norm"] += n_moe * (experts * (2 * self.moe_intermediate_size + h) + self.num_experts)
+        # norms: per layer (pre-attention, pre-FFN; Gemma 2/3 add two post-norms) and the final one
+        norm_width = h * (2 if self.norm_bias else 1)
+        r["norm"] += (L * self.norms_per_layer + 1) * norm_width
+        if self.model_type == "gpt_oss":
+            r["norm"] += L * self.num_heads  # attention sinks
+        r["vision"] = 0 if active else self.vision_params  # the image encoder runs per image, not per token
+        return r
+
+    def param_count(self, active: bool = False) -> int:
+        return sum(self.param_roles(active).values())
+
+
+# -- reading config.json ---------------------------------------------------------------------
+
+def _first(cfg: dict, *keys, default=None):
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return default
+
+
+def _require_int(value, name: str, problems: list[tuple[str, str]]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        problems.append((name, f"must be a positive integer, got {value!r}"))
+        return 1
+    return value
+
+
+def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture:
+    """Read a ``config.json`` object (any family) into an :class:`Architecture`.
+
+    Raises :class:`RequestError` naming every missing or malformed key at once. Keys a family's
+    ``*Config`` class fills in when the file omits them (``FAMILY_DEFAULTS[...]["config"]``) are
+    taken from there and listed in ``Architecture.assumed``.
+    """
+    if not isinstance(config, dict):
+        raise RequestError([(where, "must be a config.json object")])
+    top = config
+    cfg = config
+    if isinstance(cfg.get("text_config"), dict):  # multimodal: the language model is nested
+        merged = dict(cfg["text_config"])
+        merged.setdefault("model_type", cfg.get("model_type"))
+        for k in ("tie_word_embeddings",):
+            if k not in merged and k in cfg:
+                merged[k] = cfg[k]
+        cfg = merged
+        where = f"{where}.text_config"
+    model_type = str(cfg.get("model_type") or "unknown")
+    fam = FAMILY_DEFAULTS.get(model_type, {})
+    assumed: list[str] = []
+    problems: list[tuple[str, str]] = []
+    class_defaults = fam.get("config", {})
+    for key, value in class_defaults.items():
+        if cfg.get(key) is None:
+            cfg = {**cfg, key: value}
+            assumed.append(f"{key} = {value} ({model_type} default; not in config)")
+
+    hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
+    layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
+    vocab = _first(cfg, "vocab_size", "padded_vocab_size")
+    inter = _first(cfg, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
+    required = (("hidden_size", hidden), ("num_hidden_layers", layers), ("num_attention_heads", heads),
+                ("vocab_size", vocab), ("intermediate_size", inter))
+    missing = [name for name, v in required if v is None]
+    if missing:
+        raise RequestError([(f"{where}.{m}", "is required to size the model but is missing") for m in missing])
+    hidden = _require_int(hidden, f"{where}.hidden_size", problems)
+    layers = _require_int(layers, f"{where}.num_hidden_layers", problems)
+    heads = _require_int(heads, f"{where}.num_attention_heads", problems)
+    vocab = _require_int(vocab, f"{where}.vocab_size", problems)
+    inter = _require_int(inter, f"{where}.intermediate_size", problems)
+
+    kv_heads = _first(cfg, "num_key_value_heads", "num_kv_heads", "n_head_kv")
+    if kv_heads is None:
+        if cfg.get("multi_query"):
+            kv_heads = 1
+        else:
+            kv_heads = heads
+            assumed.append("num_key_value_heads = num_attention_heads (no GQA key in config)")
+    kv_heads = _require_int(kv_heads, f"{where}.num_key_value_heads", problems)
+    head_dim = cfg.get("head_dim")
+    if head_dim is None:  # derived: only worth reporting when hidden_size and heads were sound
+        head_dim = hidden // max(heads, 1) or (1 if problems else 0)
+        if not head_dim:
+            problems.append((f"{where}.head_dim", f"hidden_size {hidden} / num_attention_heads {heads} "
+                                                  "gives no whole head dimension; give head_dim"))
+            head_dim = 1
+    head_dim = _require_int(head_dim, f"{where}.head_dim", problems)
+
+    tie = cfg.get("tie_word_embeddings")
+    if tie is None:
+        tie = fam.get("tie_word_embeddings", True)
+        if model_type not in FAMILY_DEFAULTS:
+            assumed.append("tie_word_embeddings = true (transformers' default; not in config)")
+
+    layer_types, window = _attention_layout(cfg, model_type, layers)
+
+    # mixture of experts
+    n_exp = _first(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0
+    top_k = _first(cfg, "num_experts_per_tok", "moe_topk", "top_k", "experts_per_token", default=0) or 0
+    moe_inter = shared_inter = dense_inter = 0
+    moe_layers: tuple[int, ...] = ()
+    if n_exp:
+        moe_inter = _first(cfg, "moe_intermediate_size", "expert_intermediate_size", default=None)
+        if moe_inter is None:
+            moe_inter = inter  # Mixtral, Phi-3.5-MoE, gpt-oss, Llama 4: the experts are full FFNs
+        if cfg.get("n_shared_experts"):
+            shared_inter = int(cfg["n_shared_experts"]) * moe_inter
+        elif cfg.get("shared_expert_intermediate_size"):
+            shared_inter = int(cfg["shared_expert_intermediate_size"])
+        if isinstance(cfg.get("moe_layers"), list) and cfg["moe_layers"]:  # Llama 4 states them
+            moe_layers = tuple(int(i) for i in cfg["moe_layers"] if 0 <= int(i) < layers)
+        else:
+            first_dense = int(cfg.get("first_k_dense_replace") or 0)
+            step = int(_first(cfg, "interleave_moe_layer_step", "decoder_sparse_step", "moe_layer_freq",
+                              default=1) or 1)
+            only_mlp = set(cfg.get("mlp_only_layers") or [])
+            moe_layers = tuple(i for i in range(layers)
+                               if i >= first_dense and (i + 1) % step == 0 and i not in only_mlp)
+        dense_inter = _first(cfg, "intermediate_size_mlp", default=inter)
+        if model_type in ("llama4_text", "llama4"):
+            shared_inter = moe_inter  # one shared expert per MoE layer
+        if not top_k:
+            problems.append((f"{where}.num_experts_per_tok", "is required for a mixture-of-experts model"))
+
+    # multi-head latent attention
+    kv_lora = int(cfg.get("kv_lora_rank") or 0)
+    v_head = int(cfg.get("v_head_dim") or 0)
+    if kv_lora:
+        missing_mla = [k for k in ("qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim") if not cfg.get(k)]
+        problems += [(f"{where}.{k}", "is required with kv_lora_rank (multi-head latent attention)")
+                     for k in missing_mla]
+
+    # q/k normalization: per-head weights (Qwen3, Gemma 3), over the whole projection (OLMo 2),
+    # or one per head (Cohere)
+    qk_kind = fam.get("qk_norm", False)
+    if fam.get("qk_norm_key"):
+        qk_kind = qk_kind if cfg.get(fam["qk_norm_key"]) else False
+    qk_params = 0
+    if qk_kind == "full" or qk_kind == "heads":
+        qk_params = (heads + kv_heads) * head_dim
+    elif qk_kind:
+        qk_params = 2 * head_dim
+
+    if problems:
+        raise RequestError(problems)
+    return Architecture(
+        model_type=model_type,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads if not kv_lora else heads,
+        head_dim=head_dim if not kv_lora else int(cfg.get("qk_nope_head_dim", 0)) + int(cfg.get("qk_rope_head_dim", 0)),
+        v_head_dim=v_head,
+        intermediate_size=inter,
+        vocab_size=vocab,
+        tie_word_embeddings=bool(tie),
+        max_position_embeddings=_first(cfg, "max_position_embeddings", "n_positions", "max_seq_len"),
+        layer_types=layer_types,
+        sliding_window=int(window) if window else None,
+        gated_mlp=bool(fam.get("gated_mlp", True)),
+        qkv_bias=bool(_first(cfg, "attention_bias", "qkv_bias", default=fam.get("qkv_bias", False))),
+        out_bias=bool(fam.get("out_bias", False)),
+        mlp_bias=bool(_first(cfg, "mlp_bias", default=fam.get("mlp_bias", False))),
+        lm_head_bias=bool(_first(cfg, "lm_head_bias", default=fam.get("lm_head_bias", False))),
+        qk_norm=bool(qk_params),
+        qk_norm_params_per_layer=qk_params,
+        norms_per_layer=int(fam.get("norms_per_layer", 2)),
+        norm_bias=bool(fam.get("norm_bias", False)),
+        num_experts=int(n_exp),
+        experts_per_token=int(top_k),
+        moe_intermediate_size=int(moe_inter),
+        shared_expert_intermediate_size=int(shared_inter),
+        moe_layers=moe_layers,
+        dense_intermediate_size=int(dense_inter),
+        kv_lora_rank=kv_lora,
+        q_lora_rank=int(cfg.get("q_lora_rank") or 0),
+        qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0),
+        qk_nope_head_dim=int(cfg.get("qk_nope_head_dim") or 0),
+        vision_params=_vision_params(top, hidden),
+        assumed=tuple(assumed),
+    )
+
+
+def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[str, ...], int | None]:
+    """Which layers attend within a window, and the window. Chunked attention (Llama 4) is
+    treated as sliding with window = ``attention_chunk_size``: both bound the KV a layer keeps."""
+    window = cfg.get("sliding_window")
+    if cfg.get("use_sliding_window") is False:
+        window = None
+    chunk = cfg.get("attention_chunk_size")
+    raw_types = cfg.get("layer_types")
+    if isinstance(raw_types, list) and len(raw_types) == layers:
+        layer_types = tuple("sliding" if str(t) in _SLIDING else "full" for t in raw_types)
+        if chunk and "chunked_attention" in raw_types:
+            window = chunk
+    elif chunk and model_type in ("llama4_text", "llama4"):
+        # transformers Llama4TextConfig: layers that use RoPE attend in chunks; every
+        # ``no_rope_layer_interval``-th layer (default 4) is a global NoPE layer
+        flags = cfg.get("no_rope_layers")
+        if not (isinstance(flags, list) and len(flags) == layers):
+            interval = int(cfg.get("no_rope_layer_interval") or 4)
+            flags = [int((i + 1) % interval != 0) for i in range(layers)]
+        layer_types = tuple("sliding" if f else "full" for f in flags)
+        window = chunk
+    elif window and cfg.get("sliding_window_pattern"):
+        p = int(cfg["sliding_window_pattern"])  # Gemma 3, Cohere 2: every p-th layer is global
+        layer_types = tuple("full" if (i + 1) % p == 0 else "sliding" for i in range(layers))
+    elif window and model_type == "gemma2":
+        layer_types = tuple("sliding" if i % 2 == 0 else "full" for i in range(layers))
+    elif window and model_type in ("mistral", "mixtral") and window < (cfg.get("max_position_embeddings") or 0):
+        layer_types = ("sliding",) * layers
+    else:
+        layer_types = ("full",) * layers
+        if model_type == "phi3":
+            window = None  # Phi-3's config names a window its attention layers do not use
+    if "sliding" not in layer_types:
+        window = None
+    return layer_types, window
+
+
+def _vision_params(config: dict, text_hidden: int) -> int:
+    """Parameters of a multimodal model's image encoder and projector, from ``vision_config``.
+
+    Counted from the encoder's transformer shape (attention 4·h², MLP 2 or 3·h·i, biases and
+    norms) plus patch/position embeddings and the projector into the language model; the
+    layouts follow transformers' SigLIP (Gemma 3), Pixtral (Mistral 3) and Llama 4 vision code.
+    Returns 0 for text-only configs.
+    """
+    vc = config.get("vision_config")
+    if not isinstance(vc, dict):
+        return 0
+    h = vc.get("hidden_size")
+    inter = vc.get("intermediate_size")
+    n = vc.get("num_hidden_layers") or vc.get("depth")
+    if not all(isinstance(x, int) and x > 0 for x in (h, inter, n)):
+        return 0
+    kind = str(vc.get("model_type") or "")
+    c = int(vc.get("num_channels") or 3)
+    p = int(vc.get("patch_size") or 14)
+    img = int(vc.get("image_size") or 0)
+    patches = (img // p) ** 2 if img else 0
+    if kind == "pixtral":  # RMSNorm, gated MLP, no biases, rotary positions
+        per_layer = 4 * h * h + 3 * h * inter + 2 * h
+        merge = int(config.get("spatial_merge_size") or 1)
+        encoder = n * per_layer + c * p * p * h + h
+        projector = h + (h * merge * merge) * h + h * text_hidden + text_hidden * text_hidden
+        return encoder + projector
+    # SigLIP / CLIP-style ViT: LayerNorm with bias, biased projections, 2-matrix GELU MLP
+    per_layer = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
+    encoder = n * per_layer + c * p * p * h + patches * h + 2 * h
+    if kind == "llama4_vision_model":
+        encoder += h + h + 2 * h  # class embedding, extra position, second (pre) LayerNorm
+        proj_in = int(vc.get("projector_input_dim") or h)
+        proj_out = int(vc.get("projector_output_dim") or proj_in)
+        out_dim = int(vc.get("vision_output_dim") or proj_out)
+        adapter = inter * proj_in + proj_out * proj_out  # pixel-shuffle MLP
+        return encoder + adapter + out_dim * text_hidden
+    if kind == "siglip_vision_model":  # Gemma 3: soft-embedding norm + input projection
+        return encoder + h + h * text_hidden
+    return encoder + h * text_hidden

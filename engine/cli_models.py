@@ -1,0 +1,293 @@
+"""``vramplan models list|import`` and ``vramplan gpus``: browse the catalogs, bring in a model file.
+
+The main CLI attaches :data:`models` (a group) and :data:`gpus` (a command). Listing goes through
+``vramplan.list_models()`` / ``vramplan.list_gpus()`` — the same lists ``GET llms`` / ``GET gpus``
+return — imported when a command runs so that loading the CLI stays cheap. Bad input exits with
+status 2 and one line (``click.UsageError``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from .errors import VramplanError
+
+GIB = 1024**3
+
+
+# -- output helpers ---------------------------------------------------------------------------
+
+def _table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """A plain fixed-width table: ``columns`` is [(key, header)]; numbers align right."""
+    cells = [[_cell(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, (_, h) in enumerate(columns)]
+    numeric = [all(isinstance(r.get(k), (int, float)) or r.get(k) is None for r in rows) for k, _ in columns]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    out = [line([h for _, h in columns]), line(["-" * w for w in widths])]
+    out += [line(c) for c in cells]
+    return "\n".join(out)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _emit(data, fmt: str, text: str) -> None:
+    click.echo(json.dumps(data, indent=2) if fmt == "json" else text)
+
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                      help="table for people, json for scripts")
+
+
+# -- models -----------------------------------------------------------------------------------
+
+@click.group("models")
+def models() -> None:
+    """Browse the model catalog, or import a model from its files."""
+
+
+@models.command("list")
+@click.option("--family", help="only this family (llama, qwen3, mistral, …)")
+@click.option("--min-params", type=click.FloatRange(min=0), help="at least this many billion parameters (total)")
+@click.option("--max-params", type=click.FloatRange(min=0), help="at most this many billion parameters (total)")
+@click.option("--search", help="text to find in the key or name (case-insensitive)")
+@FORMAT
+def list_models_cmd(family, min_params, max_params, search, fmt) -> None:
+    """List catalog models."""
+    import vramplan
+
+    if min_params is not None and max_params is not None and min_params > max_params:
+        raise click.UsageError(f"--min-params {min_params:g} is above --max-params {max_params:g}")
+    try:
+        entries = vramplan.list_models()
+    except VramplanError as exc:
+        raise click.ClickException(exc.message) from None
+    rows = []
+    for m in entries:
+        params = m.get("params_b")
+        if family and str(m.get("family", "")).lower() != family.lower():
+            continue
+        if min_params is not None and (params is None or params < min_params):
+            continue
+        if max_params is not None and (params is None or params > max_params):
+            continue
+        if search and search.lower() not in f"{m.get('key', '')} {m.get('name', '')}".lower():
+            continue
+        rows.append(m)
+    rows.sort(key=lambda m: (str(m.get("family", "")), m.get("params_b") or 0, str(m.get("key"))))
+    if fmt == "json":
+        _emit(rows, fmt, "")
+        return
+    if not rows:
+        click.echo("no models match")
+        return
+    click.echo(_table(rows, [("key", "key"), ("name", "name"), ("family", "family"), ("params_b", "params (B)"),
+                             ("active_params_b", "active (B)"), ("context_length", "context")]))
+
+
+@models.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=True, path_type=Path))
+@click.option("--save-as", "save_as", help="write a catalog entry under this key (lowercase, e.g. my-llama-8b)")
+@click.option("--catalog-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where --save-as writes (default: the user catalog, <user data dir>/catalogs/models)")
+@click.option("--name", "display_name", help="display name for --save-as (default: from the file)")
+@click.option("--context-length", type=click.IntRange(min=1), help="context length when the file does not state one")
+@click.option("--force", is_flag=True, help="replace an entry of the same key in that folder")
+@FORMAT
+def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, fmt) -> None:
+    """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder with
+    one) and show the architecture found; with --save-as, add it to a user catalog."""
+    from .architecture import from_hf_config
+    from .modelfiles import read_model_file
+
+    if save_as is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", save_as):
+        raise click.UsageError(f"--save-as {save_as!r}: use lowercase letters, digits, '.', '_' and '-' "
+                               "(starting with a letter or digit)")
+    try:
+        info = read_model_file(path)
+    except VramplanError as exc:
+        raise click.UsageError(exc.message) from None
+    arch = None
+    arch_error = None
+    if info["config"]:
+        try:
+            arch = from_hf_config(info["config"], where=str(path))
+        except VramplanError as exc:
+            arch_error = exc.message
+    summary = _summary(info, arch, arch_error)
+    if fmt == "json":
+        _emit(summary, fmt, "")
+    else:
+        click.echo(_summary_text(summary))
+    if save_as is None:
+        return
+    if arch is None:
+        raise click.UsageError(arch_error or f"{path}: no architecture found (put the model's config.json "
+                                             "beside the weights), so it cannot be saved to the catalog")
+    written = _save_entry(save_as, info, arch, path, catalog_dir, display_name, context_length, force)
+    click.echo(f"saved {save_as} to {written}", err=(fmt == "json"))
+
+
+def _summary(info: dict, arch, arch_error: str | None) -> dict:
+    s: dict = {"name": info["name"], "kind": info["kind"], "quantization": info["quantization"],
+               "params": info["params"], "weights_bytes": info["weights_bytes"],
+               "weights_gib": round(info["weights_bytes"] / GIB, 3) if info["weights_bytes"] else None,
+               "tensor_types": info["tensor_types"], "notes": list(info["notes"])}
+    if arch is not None:
+        s.update({
+            "model_type": arch.model_type, "layers": arch.num_layers, "hidden_size": arch.hidden_size,
+            "attention_heads": arch.num_heads, "kv_heads": arch.num_kv_heads, "head_dim": arch.head_dim,
+            "intermediate_size": arch.intermediate_size, "vocab_size": arch.vocab_size,
+            "experts": arch.num_experts or None, "experts_per_token": arch.experts_per_token or None,
+            "sliding_layers": arch.num_sliding_layers, "sliding_window": arch.sliding_window,
+            "context_length": arch.max_position_embeddings,
+            "params_from_config": arch.param_count(),
+            "active_params_from_config": arch.param_count(active=True) if arch.is_moe else None,
+        })
+        s["notes"] += list(arch.assumed)
+    elif arch_error:
+        s["notes"].append(f"architecture not readable: {arch_error}")
+    return s
+
+
+def _summary_text(s: dict) -> str:
+    def b(n):
+        if not n:
+            return "-"
+        return f"{n / 1e9:.3f} B ({n:,})" if n >= 1e7 else f"{n:,}"
+
+    rows = [("name", s["name"]), ("file kind", s["kind"])]
+    if "layers" in s:
+        rows += [("model type", s["model_type"]), ("layers", s["layers"]), ("hidden size", s["hidden_size"]),
+                 ("attention heads", s["attention_heads"]), ("kv heads", s["kv_heads"]), ("head dim", s["head_dim"]),
+                 ("ffn size", s["intermediate_size"]), ("vocab", s["vocab_size"]),
+                 ("experts", f"{s['experts']} (top-{s['experts_per_token']})" if s["experts"] else "-"),
+                 ("sliding layers", f"{s['sliding_layers']} (window {s['sliding_window']})"
+                  if s["sliding_layers"] else "0"),
+                 ("context", s["context_length"] or "-")]
+    rows += [("params (file)", b(s["params"]))]
+    if "params_from_config" in s:
+        rows += [("params (config)", b(s["params_from_config"]))]
+        if s.get("active_params_from_config"):
+            rows += [("active params", b(s["active_params_from_config"]))]
+    rows += [("weights", f"{s['weights_bytes']:,} bytes ({s['weights_gib']} GiB)" if s["weights_bytes"] else "-"),
+             ("quantization", s["quantization"] or "-")]
+    if s["tensor_types"]:
+        rows += [("tensor types", ", ".join(f"{k}: {v}" for k, v in sorted(s["tensor_types"].items())))]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k.ljust(width)}  {_cell(v)}" for k, v in rows]
+    lines += [f"note: {n}" for n in s["notes"]]
+    return "\n".join(lines)
+
+
+def default_catalog_dir() -> Path:
+    """The user's own model catalog folder: ``<platformdirs user data dir>/catalogs/models``."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("vramplan")) / "catalogs" / "models"
+
+
+def _save_entry(key, info, arch, path: Path, catalog_dir, display_name, context_length, force) -> Path:
+    import jsonschema
+    import yaml
+
+    ctx = context_length or arch.max_position_embeddings
+    if not ctx:
+        raise click.UsageError(f"{path}: the file states no context length; give --context-length")
+    packed = any("packed" in n for n in info["notes"])  # stored elements are not parameters then
+    params = info["params"] if info["params"] and not packed else arch.param_count()
+    entry: dict = {
+        "name": display_name or info["name"],
+        "family": arch.model_type,
+        "params_b": float(f"{params / 1e9:.6g}"),
+    }
+    if arch.is_moe:
+        entry["active_params_b"] = float(f"{arch.param_count(active=True) / 1e9:.6g}")
+    entry["context_length"] = int(ctx)
+    entry["instruct"] = bool(re.search(r"instruct|chat|[-_]it\b", info["name"], re.I))
+    entry["source"] = path.resolve().as_uri()
+    notes = [f"imported from {info['kind']} file"]
+    if info["weights_bytes"]:
+        notes.append(f"weights {info['weights_bytes']} bytes")
+    if info["quantization"]:
+        notes.append(f"quantization {info['quantization']}")
+    entry["notes"] = "; ".join(notes)
+    entry["config"] = info["config"]
+    doc = {"models": {key: entry}}
+    schema = _models_schema()
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    if errors:
+        raise click.UsageError(f"cannot save {key}: {errors[0].message} at $.{'.'.join(map(str, errors[0].path))}")
+    folder = catalog_dir or default_catalog_dir()
+    target = folder / f"{key}.yaml"
+    if target.exists() and not force:
+        raise click.UsageError(f"--save-as {key}: {target} already exists (use --force to replace it)")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_text(f"# Imported by `vramplan models import` from {path.name}.\n"
+                          + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    except OSError as exc:
+        raise click.UsageError(f"--catalog-dir {folder}: cannot write there ({exc.strerror or exc})") from None
+    return target
+
+
+def _models_schema() -> dict:
+    from importlib import resources
+
+    try:
+        text = resources.files("vramplan.schemas").joinpath("catalog-models.schema.json").read_text("utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):  # running from a source checkout
+        text = (Path(__file__).resolve().parent.parent / "schemas" / "catalog-models.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+# -- gpus -------------------------------------------------------------------------------------
+
+@click.command("gpus")
+@click.option("--vendor", help="only this vendor (nvidia, amd, apple, intel, …)")
+@click.option("--min-memory", type=click.FloatRange(min=0), help="at least this much memory, GiB")
+@click.option("--category", help="only this category (e.g. datacenter, consumer, workstation)")
+@FORMAT
+def gpus(vendor, min_memory, category, fmt) -> None:
+    """List catalog GPUs."""
+    import vramplan
+
+    try:
+        entries = vramplan.list_gpus()
+    except VramplanError as exc:
+        raise click.ClickException(exc.message) from None
+    rows = []
+    for g in entries:
+        if vendor and str(g.get("vendor", "")).lower() != vendor.lower():
+            continue
+        if min_memory is not None and (g.get("memory") or 0) < min_memory:
+            continue
+        if category and str(g.get("category", "")).lower() != category.lower():
+            continue
+        rows.append(g)
+    rows.sort(key=lambda g: (str(g.get("vendor", "")), g.get("memory") or 0, str(g.get("key"))))
+    if fmt == "json":
+        _emit(rows, fmt, "")
+        return
+    if not rows:
+        click.echo("no GPUs match")
+        return
+    columns = [("key", "key"), ("label", "label"), ("vendor", "vendor"), ("memory", "memory (GiB)"),
+               ("memory_bandwidth_gb_s", "bandwidth (GB/s)"), ("bf16_tflops", "bf16 TFLOPS"), ("tdp_w", "TDP (W)")]
+    if any("category" in g for g in rows):
+        columns.insert(3, ("category", "category"))
+    click.echo(_table(rows, columns))

@@ -1,0 +1,94 @@
+"""Reads YAML data files safely and validates each against its JSON Schema.
+
+Every problem in a file is reported at once, each naming the file and the key path::
+
+    catalogs/gpus/nvidia.yaml: $.gpus.h100_80.memory_gib: 'eighty' is not of type 'number'
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .errors import CatalogError
+
+#: Data files larger than this are refused before parsing (a catalog is text, not a data dump).
+MAX_DATA_FILE_BYTES = 4 * 1024 * 1024
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict[str, Any]:
+    """A schema from the package's ``schemas/`` folder, by file stem."""
+    text = resources.files("vramplan.schemas").joinpath(f"{name}.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@lru_cache(maxsize=None)
+def validator(name: str) -> jsonschema.protocols.Validator:
+    schema = load_schema(name)
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def json_path(path) -> str:
+    out = "$"
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def schema_problems(instance: Any, schema_name: str, prefix: str = "") -> list[tuple[str, str]]:
+    """Every schema violation as ``(json path, message)``, in document order."""
+    errors = sorted(validator(schema_name).iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path])
+    out = []
+    for err in errors:
+        where = json_path(err.absolute_path)
+        if prefix:
+            where = prefix + where[1:]
+        out.append((where, _short(err)))
+    return out
+
+
+def _short(err: jsonschema.ValidationError) -> str:
+    if err.validator == "additionalProperties":
+        return err.message.replace("Additional properties are not allowed", "unknown key")
+    if err.validator == "enum":
+        return f"{err.instance!r} is not one of {', '.join(map(repr, err.validator_value))}"
+    return err.message
+
+
+def read_yaml(path: Path, display: str | None = None) -> Any:
+    """Parse one YAML file with the safe loader, refusing oversized files."""
+    shown = display or str(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CatalogError([(shown, f"cannot read: {exc.strerror}")]) from None
+    if size > MAX_DATA_FILE_BYTES:
+        raise CatalogError([(shown, f"is {size} bytes; data files are limited to {MAX_DATA_FILE_BYTES}")])
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{shown}:{mark.line + 1}" if mark else shown
+        raise CatalogError([(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    except UnicodeDecodeError:
+        raise CatalogError([(shown, "not UTF-8 text")]) from None
+
+
+def load_validated(path: Path, schema_name: str, display: str | None = None) -> dict[str, Any]:
+    """Read a YAML file and validate it; a :class:`CatalogError` lists every problem with its path."""
+    shown = display or str(path)
+    data = read_yaml(path, shown)
+    problems = schema_problems(data, schema_name)
+    if problems:
+        raise CatalogError([(f"{shown}: {where}", msg) for where, msg in problems])
+    return data

@@ -1,0 +1,199 @@
+"""Evaluate the formula graph for a scenario and assemble the response the seed API defines.
+
+validate → resolve → scenario → **evaluate → estimate** → render. This module owns the last two:
+it asks the formula set for what the response needs and maps the results onto the seed's field
+names (GiB, rounded as the seed shows them), plus the additive extras.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import request as request_mod
+from . import scenario as scenario_mod
+from .catalog import Catalog, get_catalog
+from .resolve import Resolved, resolve
+
+GIB = float(1 << 30)
+
+#: Formula ids the response reads, per workload (besides the components).
+OUTPUTS = {
+    "inference": ("static_shared_bytes", "kv_per_user_bytes", "ms_per_token", "throughput_tps", "per_user_tps",
+                  "latency_tps", "tftt_ms", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w",
+                  "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
+                  "weights_file_bytes"),
+    "finetuning": ("static_shared_bytes", "training_tps", "samples_per_second", "steps_per_second", "total_tokens",
+                   "training_hours", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w", "trainable_params",
+                   "weights_file_bytes"),
+}
+
+#: memory_status thresholds on actual_vram_percentage (seed: okay ≤ 50, moderate ≤ 75, high ≤ 90, else very_high; > 100 insufficient).
+STATUS = ((50.0, "okay"), (75.0, "moderate"), (90.0, "high"), (100.0, "very_high"))
+
+
+def memory_status(percent: float) -> str:
+    for limit, name in STATUS:
+        if percent <= limit:
+            return name
+    return "insufficient"
+
+
+def _gib(x: float, nd: int = 2) -> float:
+    return round(x / GIB, nd)
+
+
+def _configuration_errors(res: Resolved, s: dict[str, float]) -> list[str]:
+    """Well-formed requests whose configuration cannot run (memory_status 'error')."""
+    errors = []
+    a = res.arch
+    if res.workload == "inference":
+        if s["tp"] > 1 and (a.num_heads % s["tp"] or s["tp"] > a.num_heads):
+            errors.append(f"tensor parallelism over {int(s['tp'])} GPUs needs the {a.num_heads} attention heads to divide "
+                          f"evenly across them")
+        if s["pp"] > a.num_layers:
+            errors.append(f"pipeline parallelism over {int(s['pp'])} GPUs needs at least as many layers (the model has {a.num_layers})")
+        if s["pp"] > 1 and s["offload_layers"] and s["n_layers"] - s["offload_layers"] < s["pp"]:
+            errors.append("too few layers stay on the GPUs for every pipeline stage to hold one")
+    mpe = a.max_position_embeddings
+    if mpe and res.request["seq_length"] > mpe:
+        res.warnings.append(f"seq_length {res.request['seq_length']} exceeds the model's context of {mpe} tokens")
+    return errors
+
+
+def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
+    """The whole pass for one request body; returns the response body."""
+    cat = catalog or get_catalog()
+    req = request_mod.validate(body, workload)
+    res = resolve(cat, req, workload)
+    s = scenario_mod.build(res)
+    components = cat.formulas.components(workload)
+    trace: list | None = [] if req.get("trace") else None
+    targets = [c.output for c in components] + list(OUTPUTS[workload])
+    v = cat.formulas.evaluate(s, targets, trace=trace)
+    return assemble(res, s, v, components, trace)
+
+
+def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:
+    details: dict[str, float] = {}
+    raw: dict[str, float] = {}
+    for c in components:
+        b = v[c.output]
+        if b <= 0 and c.label in raw:
+            continue
+        raw[c.label] = raw.get(c.label, 0.0) + b
+    # Round each component, then let the total be their sum, so memory_details adds up exactly.
+    for label, b in raw.items():
+        if b > 0 or label in ("Base Model Weights",):
+            details[label] = _gib(b)
+    vram = round(sum(details.values()), 2)
+    capacity = res.gpu_memory_gib
+    actual = vram / capacity * 100 if capacity else 0.0
+    errors = _configuration_errors(res, s)
+    status = "error" if errors else memory_status(actual)
+    warnings = list(res.warnings) + [f"configuration error: {e}" for e in errors]
+    if status == "insufficient":
+        warnings.append(f"needs {vram:.2f} GiB on the busiest GPU but {res.gpu.data['label']} has {capacity:g} GiB")
+    breakdown = [{"label": k, "value": round(d / vram * 100, 1) if vram else 0.0, "size_gb": d} for k, d in details.items()]
+    out: dict[str, Any] = {
+        "vram_usage": vram,
+        "vram_percentage": round(min(actual, 100.0), 1),
+        "actual_vram_percentage": round(actual, 1),
+        "memory_status": status,
+        "static_shared_memory": _gib(v["static_shared_bytes"]),
+    }
+    if res.workload == "inference":
+        users = s["users"]
+        static = min(out["static_shared_memory"], vram)
+        out["static_shared_memory"] = static
+        out.update({
+            "per_user_memory": round((vram - static) / users, 2),
+            "estimated_latency_tps": round(v["latency_tps"], 1),
+            "estimated_throughput_tps": round(v["throughput_tps"], 1),
+            "per_user_tps": round(v["per_user_tps"], 1),
+            "ms_per_token": round(v["ms_per_token"], 2),
+            "tftt": round(v["tftt_ms"], 1),
+        })
+    else:
+        out.update({
+            "training_tps": round(v["training_tps"], 1),
+            "samples_per_second": round(v["samples_per_second"], 3),
+            "steps_per_second": round(v["steps_per_second"], 4),
+            "total_tokens": float(v["total_tokens"]),
+            "total_training_time_hours": round(v["training_hours"], 2),
+        })
+    out.update({
+        "estimated_system_ram_required": _gib(v["system_ram_bytes"], 1),
+        "offloaded_memory": _gib(v["offloaded_total_bytes"]),
+        "estimated_power_draw": round(v["power_draw_w"]),
+    })
+    if res.workload == "finetuning":
+        opt = res.request["optimization_config"]
+        active = [k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)]
+        if opt.get("zero_stage"):
+            active.append(f"zero_stage_{opt['zero_stage']}")
+        out["active_optimizations"] = active
+        out["optimization_preset"] = _preset(res.request)
+    out["memory_details"] = details
+    out["memory_breakdown"] = breakdown
+    out["runtime"] = res.runtime.key
+    out["assumptions"] = _assumptions(res, s, v)
+    out["warnings"] = warnings
+    if s["num_gpus"] > 1:
+        out["per_gpu"] = _per_gpu(res, s, v, vram)
+    if res.workload == "inference" and s.get("rt_kv_preallocate"):
+        per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
+        tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
+        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens,
+                          "sequences_at_seq_length": tokens // s["seq"] if s["seq"] else 0}
+        if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
+            warnings.append(f"the KV pool holds {tokens} tokens ({tokens // s['seq']} sequences of {int(s['seq'])}); "
+                            f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} would queue or preempt them")
+    if trace is not None:
+        out["trace"] = trace
+    return out
+
+
+def _preset(req: dict[str, Any]) -> str:
+    """Name the config the way trainers' recipes do; 'custom' when it matches none."""
+    opt = req["optimization_config"]
+    flags = {k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)} - {"sequence_packing"}
+    if flags == {"flash_attention"} and not opt.get("zero_stage"):
+        return "default"
+    if flags >= {"flash_attention", "gradient_checkpointing", "use_8bit_optimizer"}:
+        return "memory_efficient"
+    return "custom"
+
+
+def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> list[str]:
+    out = list(res.assumptions)
+    out.extend(res.runtime.data.get("assumptions", []))
+    out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
+    if res.workload == "inference":
+        out.append(f"KV cache: {res.kv_quant.data['label']}, {int(s['seqs'])} sequence(s) of {int(s['seq'])} tokens in flight")
+        if s["tp"] > 1:
+            out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")
+        elif s["pp"] > 1:
+            out.append(f"pipeline parallelism: {int(s['pp'])} stages (interconnect {res.interconnect.key})")
+    else:
+        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.request['optimizer']}, "
+                   f"micro-batch {int(s['micro_batch'])} x {int(s['seq'])} tokens per GPU, "
+                   f"{int(v['trainable_params']):,} trainable parameters")
+        if s["dp"] > 1:
+            out.append(f"data parallelism over {int(s['dp'])} GPUs (interconnect {res.interconnect.key})"
+                       + (f", ZeRO stage {int(s['zero_stage'])}" if s["zero_stage"] else ""))
+    out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
+    return out
+
+
+def _per_gpu(res: Resolved, s: dict[str, float], v: dict[str, float], busiest: float) -> list[dict[str, Any]]:
+    """Memory of each GPU. Tensor and data parallelism are symmetric; pipeline stages differ by their layers."""
+    n = int(s["num_gpus"])
+    if s["pp"] <= 1:
+        return [{"gpu": i, "vram_usage": busiest} for i in range(n)]
+    # Pipeline: each stage holds its own layers (and the first/last the embedding/head); the busiest was computed.
+    layers = int(v.get("layers_on_gpu", s["n_layers"] - s["offload_layers"]) if "layers_on_gpu" in v else s["n_layers"])
+    per = [layers // n + (1 if i < layers % n else 0) for i in range(n)]
+    per_layer = (busiest * GIB - v.get("framework_overhead_bytes", 0)) / max(per[0], 1)
+    overhead = v.get("framework_overhead_bytes", 0)
+    return [{"gpu": i, "layers": per[i], "vram_usage": round(min(busiest, (per[i] * per_layer + overhead) / GIB), 2)}
+            for i in range(n)]

@@ -1,0 +1,305 @@
+"""Formulas as data: load, check and evaluate them safely with simpleeval.
+
+A formula file (``formulas/**/*.yaml``, schema ``formula-file``) holds one memory component,
+optimization or performance model as a list of formulas — ``id``, ``description``, ``inputs``,
+``expr``, ``unit``, ``references``. Each expression is parsed once, at load, and checked against a
+small grammar: arithmetic, comparisons, ``a if c else b``, and calls to the functions in
+:data:`FUNCTIONS`. A name that is not a declared input, an input that names nothing known, any
+attribute access, subscript, lambda or comprehension is a :class:`FormulaError` naming the file,
+the formula and the symbol. Evaluation walks the parsed tree with simpleeval, in dependency order,
+and can record a trace of every step.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import simpleeval
+
+from .errors import FormulaError
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return lo if x < lo else hi if x > hi else x
+
+
+def _round_up(x: float, multiple: float) -> float:
+    """``x`` rounded up to a whole multiple (block and padding sizes)."""
+    if multiple <= 0:
+        raise ZeroDivisionError("round_up to a non-positive multiple")
+    return math.ceil(x / multiple) * multiple
+
+
+#: The only functions a formula may call.
+FUNCTIONS: dict[str, Any] = {
+    "min": min, "max": max, "abs": abs, "ceil": math.ceil, "floor": math.floor,
+    "sqrt": math.sqrt, "log2": math.log2, "exp": math.exp, "log": math.log,
+    "clamp": _clamp, "round_up": _round_up,
+}
+
+_ALLOWED_NODES = (
+    ast.Expression, ast.Expr, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp,
+    ast.Call, ast.Name, ast.Load, ast.Constant,
+    ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.USub, ast.UAdd, ast.Not,
+    ast.And, ast.Or, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE,
+)
+MAX_DEPTH = 40
+MAX_LITERAL = 1e18
+MAX_EXPONENT = 4
+
+
+@dataclass(frozen=True)
+class Formula:
+    id: str
+    description: str
+    inputs: tuple[str, ...]
+    expr: str
+    unit: str
+    references: tuple[str, ...]
+    file: str
+    group: str  # the id of the file that defines it
+    tree: ast.AST = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Component:
+    """A memory component: its ``memory_details`` label and the formula giving its bytes."""
+
+    id: str
+    label: str
+    output: str
+    workloads: tuple[str, ...]
+    order: int
+    file: str
+
+
+@dataclass(frozen=True)
+class FormulaFile:
+    id: str
+    kind: str
+    description: str
+    file: str
+    source: str  # plugin or path that supplied it
+    formulas: tuple[Formula, ...]
+    component: Component | None
+    references: tuple[str, ...]
+    cases: tuple[dict, ...]
+
+
+def parse_expression(expr: str, *, where: str, declared: Iterable[str]) -> ast.AST:
+    """Parse and check one expression; return the tree to evaluate."""
+    declared = set(declared)
+    try:
+        tree = ast.parse(" ".join(expr.split()), mode="eval")
+    except SyntaxError as exc:
+        raise FormulaError([(where, f"syntax error in expression: {exc.msg}")]) from None
+    problems: list[tuple[str, str]] = []
+
+    def visit(node: ast.AST, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            problems.append((where, f"expression nests deeper than {MAX_DEPTH} levels"))
+            return
+        if not isinstance(node, _ALLOWED_NODES):
+            problems.append((where, f"{type(node).__name__} is not allowed in a formula"))
+            return
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, bool) or not isinstance(node.value, (int, float)):
+                problems.append((where, f"only numeric literals are allowed, got {node.value!r}"))
+            elif abs(node.value) > MAX_LITERAL:
+                problems.append((where, f"literal {node.value!r} is larger than {MAX_LITERAL:g}"))
+        elif isinstance(node, ast.Name):
+            if node.id.startswith("_"):
+                problems.append((where, f"name {node.id!r} is not allowed"))
+            elif node.id not in declared and node.id not in FUNCTIONS:
+                problems.append((where, f"name {node.id!r} is not a declared input"))
+        elif isinstance(node, ast.Call):
+            if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
+                name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+                problems.append((where, f"function {name!r} is not allowed (allowed: {', '.join(sorted(FUNCTIONS))})"))
+                return
+            if node.keywords:
+                problems.append((where, f"keyword arguments are not allowed in {node.func.id}()"))
+            for arg in node.args:
+                visit(arg, depth + 1)
+            return
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Pow):
+            exp = node.right
+            if isinstance(exp, ast.UnaryOp) and isinstance(exp.op, (ast.USub, ast.UAdd)):
+                exp = exp.operand
+            if not (isinstance(exp, ast.Constant) and isinstance(exp.value, (int, float))
+                    and abs(exp.value) <= MAX_EXPONENT):
+                problems.append((where, f"exponents must be numeric literals of at most {MAX_EXPONENT}"))
+        for child in ast.iter_child_nodes(node):
+            visit(child, depth + 1)
+
+    visit(tree, 0)
+    if problems:
+        raise FormulaError(problems)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in FUNCTIONS}
+    unused = sorted(declared - used)
+    if unused:
+        raise FormulaError([(where, f"declared input {unused[0]!r} is not used by the expression")])
+    return tree.body
+
+
+def formula_file_from_data(data: Mapping[str, Any], *, file: str, source: str) -> FormulaFile:
+    """Build a :class:`FormulaFile` from schema-valid data, parsing every expression."""
+    group = data["id"]
+    formulas = []
+    problems: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for item in data["formulas"]:
+        where = f"{file}: formula {item['id']}"
+        if item["id"] in seen:
+            problems.append((where, "defined twice in this file"))
+            continue
+        seen.add(item["id"])
+        try:
+            tree = parse_expression(item["expr"], where=where, declared=item["inputs"])
+        except FormulaError as exc:
+            problems.extend(exc.problems)
+            continue
+        formulas.append(Formula(
+            id=item["id"], description=item["description"], inputs=tuple(item["inputs"]),
+            expr=" ".join(item["expr"].split()), unit=item["unit"],
+            references=tuple(item.get("references", ())), file=file, group=group, tree=tree))
+    comp = None
+    if data.get("component"):
+        c = data["component"]
+        comp = Component(group, c["label"], c["output"], tuple(c["workloads"]), int(c.get("order", 100)), file)
+        if c["output"] not in seen:
+            problems.append((f"{file}: component", f"output {c['output']!r} is not a formula of this file"))
+    if data["kind"] == "memory_component" and comp is None:
+        problems.append((f"{file}", "a memory_component file needs a `component` section"))
+    if problems:
+        raise FormulaError(problems)
+    return FormulaFile(group, data["kind"], data["description"], file, source, tuple(formulas), comp,
+                       tuple(data.get("references", ())), tuple(data.get("cases", ())))
+
+
+class FormulaSet:
+    """All loaded formulas, checked as a graph, evaluated in dependency order."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, FormulaFile] = {}
+        self.formulas: dict[str, Formula] = {}
+        self._origin: dict[str, str] = {}  # formula id → source that defined it
+        self._order: list[str] = []
+        self._plans: dict[tuple[str, ...], list[Formula]] = {}
+
+    # -- building ------------------------------------------------------------------------------
+    def add(self, ff: FormulaFile, *, may_override: bool) -> None:
+        """Add a file's formulas. A later source may override ids; the same source may not repeat them."""
+        for f in ff.formulas:
+            if f.id in self.formulas:
+                if not may_override or self._origin[f.id] == ff.source:
+                    raise FormulaError([(f"{ff.file}: formula {f.id}",
+                                         f"already defined in {self.formulas[f.id].file}")])
+            self.formulas[f.id] = f
+            self._origin[f.id] = ff.source
+        if ff.id in self.files and ff.component is None:
+            ff = FormulaFile(**{**ff.__dict__, "component": self.files[ff.id].component})
+        self.files[ff.id] = ff
+        self._plans.clear()
+
+    def components(self, workload: str) -> list[Component]:
+        comps = [ff.component for ff in self.files.values() if ff.component and workload in ff.component.workloads]
+        return sorted(comps, key=lambda c: (c.order, c.id))
+
+    def finalize(self, known_names: Iterable[str]) -> None:
+        """Check every input names a scenario variable or a formula, and that nothing is circular."""
+        known = set(known_names)
+        problems = []
+        for f in self.formulas.values():
+            for name in f.inputs:
+                if name not in known and name not in self.formulas:
+                    problems.append((f"{f.file}: formula {f.id}", f"input {name!r} is neither a scenario variable nor a formula id"))
+        for ff in self.files.values():
+            if ff.component and ff.component.output not in self.formulas:
+                problems.append((ff.file, f"component output {ff.component.output!r} is not defined"))
+        if problems:
+            raise FormulaError(problems)
+        self._order = self._toposort()
+        self._plans.clear()
+
+    def _toposort(self) -> list[str]:
+        order: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(fid: str, stack: list[str]) -> None:
+            s = state.get(fid)
+            if s == 2:
+                return
+            if s == 1:
+                cycle = " → ".join(stack[stack.index(fid):] + [fid])
+                raise FormulaError([(self.formulas[fid].file, f"formulas depend on each other in a circle: {cycle}")])
+            state[fid] = 1
+            for name in self.formulas[fid].inputs:
+                if name in self.formulas:
+                    visit(name, stack + [fid])
+            state[fid] = 2
+            order.append(fid)
+
+        for fid in sorted(self.formulas):
+            visit(fid, [])
+        return order
+
+    def plan(self, targets: Iterable[str]) -> list[Formula]:
+        """The formulas needed for ``targets``, in evaluation order (cached)."""
+        key = tuple(sorted(set(targets)))
+        plan = self._plans.get(key)
+        if plan is None:
+            needed: set[str] = set()
+            stack = [t for t in key if t in self.formulas]
+            while stack:
+                fid = stack.pop()
+                if fid in needed:
+                    continue
+                needed.add(fid)
+                stack.extend(n for n in self.formulas[fid].inputs if n in self.formulas)
+            plan = [self.formulas[fid] for fid in self._order if fid in needed]
+            self._plans[key] = plan
+        return plan
+
+    # -- evaluating ----------------------------------------------------------------------------
+    def evaluate(self, scenario: Mapping[str, float], targets: Iterable[str], *, trace: list | None = None) -> dict[str, float]:
+        """Evaluate what ``targets`` need on top of ``scenario``; return scenario + results."""
+        values: dict[str, float] = dict(scenario)
+        evaluator = simpleeval.SimpleEval(functions=FUNCTIONS, names=values)
+        for f in self.plan(targets):
+            values[f.id] = _run(evaluator, f)
+            if trace is not None:
+                trace.append({"id": f.id, "expr": f.expr, "unit": f.unit, "file": f.file,
+                              "inputs": {n: values[n] for n in f.inputs}, "value": values[f.id]})
+        return values
+
+    def evaluate_one(self, formula_id: str, inputs: Mapping[str, float]) -> float:
+        """Evaluate one formula on given inputs (golden cases)."""
+        f = self.formulas[formula_id]
+        missing = [n for n in f.inputs if n not in inputs]
+        if missing:
+            raise FormulaError([(f"formula {formula_id}", f"missing inputs: {', '.join(missing)}")])
+        evaluator = simpleeval.SimpleEval(functions=FUNCTIONS, names=dict(inputs))
+        return _run(evaluator, f)
+
+
+def _run(evaluator: simpleeval.SimpleEval, f: Formula) -> float:
+    try:
+        value = evaluator.eval(f.expr, previously_parsed=f.tree)
+    except ZeroDivisionError:
+        raise FormulaError([(f"formula {f.id} ({f.file})", "division by zero")]) from None
+    except (OverflowError, simpleeval.NumberTooHigh):
+        raise FormulaError([(f"formula {f.id} ({f.file})", "result too large")]) from None
+    except (ValueError, TypeError) as exc:
+        raise FormulaError([(f"formula {f.id} ({f.file})", f"cannot be evaluated: {exc}")]) from None
+    except simpleeval.InvalidExpression as exc:
+        raise FormulaError([(f"formula {f.id} ({f.file})", f"cannot be evaluated: {exc}")]) from None
+    if isinstance(value, bool):
+        return 1.0 if value else 0.0
+    if not isinstance(value, (int, float)) or value != value or value in (math.inf, -math.inf):
+        raise FormulaError([(f"formula {f.id} ({f.file})", f"gave {value!r}, not a finite number")])
+    return value

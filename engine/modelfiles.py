@@ -1,0 +1,344 @@
+"""Read a model's architecture and exact weight size from the files people download.
+
+Three kinds of file, headers only — tensor data is never read:
+
+- a Hugging Face ``config.json`` (architecture only);
+- a ``.gguf`` file (llama.cpp): the architecture from its metadata keys (``{arch}.block_count``,
+  ``{arch}.embedding_length`` …), the exact weights bytes as the sum of every tensor's stored size,
+  the mix of tensor types, and ``general.file_type`` as a quantization key (``q4_k_m``);
+- a ``.safetensors`` file or a sharded model's ``model.safetensors.index.json``: each file starts
+  with an 8-byte little-endian header length and a JSON header listing every tensor's dtype, shape
+  and byte range, which gives exact parameter counts and bytes; the architecture comes from the
+  ``config.json`` beside it.
+
+:func:`read_model_file` returns one dict shape for all three, whose ``config`` is a config.json-style
+object that :func:`vramplan.architecture.from_hf_config` reads. A file that cannot be read raises
+:class:`RequestError` with one message naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections import Counter
+from pathlib import Path
+
+from .errors import RequestError
+
+#: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
+MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+
+#: Bytes per element of each safetensors dtype (the format's spec).
+SAFETENSORS_DTYPE_BYTES = {
+    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
+    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I8": 1, "U8": 1, "BOOL": 1,
+}
+
+#: safetensors dtype of the bulk of the weights -> quantization key (catalogs/quantization).
+_DTYPE_QUANT = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
+
+#: ``quantization_config.quant_method`` -> quantization key.
+_QUANT_METHOD = {"awq": "awq", "gptq": "gptq", "mxfp4": "mxfp4", "fp8": "fp8", "bitsandbytes": "nf4",
+                 "compressed-tensors": None}
+
+#: llama.cpp architecture names -> Hugging Face ``model_type`` (where they differ).
+_GGUF_ARCH_MODEL_TYPE = {
+    "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "gemma3": "gemma3_text", "deepseek2": "deepseek_v3",
+    "gpt-oss": "gpt_oss", "command-r": "cohere", "phi2": "phi", "llama4": "llama4_text", "granitemoe": "granitemoe",
+}
+
+#: ``{arch}.<key>`` metadata -> config.json key (llama.cpp ``LLM_KV_*`` names).
+_GGUF_KEYS = {
+    "block_count": "num_hidden_layers",
+    "embedding_length": "hidden_size",
+    "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.key_length": "head_dim",
+    "context_length": "max_position_embeddings",
+    "expert_count": "num_local_experts",
+    "expert_used_count": "num_experts_per_tok",
+    "expert_feed_forward_length": "moe_intermediate_size",
+    "expert_shared_count": "n_shared_experts",
+    "leading_dense_block_count": "first_k_dense_replace",
+    "attention.kv_lora_rank": "kv_lora_rank",
+    "attention.q_lora_rank": "q_lora_rank",
+    "attention.sliding_window": "sliding_window",
+    "vocab_size": "vocab_size",
+}
+
+
+def read_model_file(path: str | Path) -> dict:
+    """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder
+    holding one of them) and describe the model.
+
+    Returns ``{"kind", "config", "params", "weights_bytes", "tensor_types", "quantization",
+    "name", "notes"}``: ``config`` is config.json-style; ``params`` and ``weights_bytes`` are
+    exact counts from the tensor headers (``None`` for a bare config.json); ``tensor_types``
+    counts tensors per stored type (``{"Q4_K": 193, "Q6_K": 33, "F32": 65}``).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise RequestError([(str(p), "no such file")])
+    if p.is_dir():
+        p = _pick_in_folder(p)
+    try:
+        with p.open("rb") as fh:
+            magic = fh.read(4)
+    except OSError as exc:
+        raise RequestError([(str(p), f"cannot be read: {exc.strerror or exc}")]) from None
+    name = p.name.lower()
+    if magic == b"GGUF" or name.endswith(".gguf"):
+        return _read_gguf(p)
+    if name.endswith(".safetensors"):
+        return _read_safetensors(p)
+    if name.endswith(".json"):
+        data = _read_json(p)
+        if isinstance(data, dict) and isinstance(data.get("weight_map"), dict):
+            return _read_safetensors_index(p, data)
+        if not isinstance(data, dict):
+            raise RequestError([(str(p), "is not a config.json object")])
+        return _result("config", data, None, None, {}, _quant_from_config(data), _config_name(data, p),
+                       ["architecture only: a config.json gives no weight sizes"])
+    raise RequestError([(str(p), "is not a model file vramplan reads (config.json, .gguf, .safetensors, "
+                                 "model.safetensors.index.json)")])
+
+
+def _pick_in_folder(folder: Path) -> Path:
+    for pattern in ("model.safetensors.index.json", "*.safetensors", "*.gguf", "config.json"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    raise RequestError([(str(folder), "holds no config.json, .gguf or .safetensors file")])
+
+
+def _result(kind, config, params, weights_bytes, tensor_types, quantization, name, notes=()) -> dict:
+    return {"kind": kind, "config": config, "params": params, "weights_bytes": weights_bytes,
+            "tensor_types": dict(tensor_types), "quantization": quantization, "name": name,
+            "notes": list(notes)}
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError([(str(p), f"is not valid JSON ({exc})")]) from None
+
+
+def _config_name(config: dict, p: Path) -> str:
+    name = config.get("_name_or_path")
+    if isinstance(name, str) and name:
+        return name.rstrip("/").split("/")[-1]
+    return p.parent.name or p.stem
+
+
+# -- GGUF ---------------------------------------------------------------------------------------
+
+def _read_gguf(p: Path) -> dict:
+    try:
+        from gguf import GGUFReader
+    except ImportError:  # pragma: no cover - gguf is a dependency
+        raise RequestError([(str(p), "reading GGUF files needs the 'gguf' package")]) from None
+    try:
+        reader = GGUFReader(str(p), "r")
+        meta = {name: _field_value(field) for name, field in reader.fields.items()
+                if not name.startswith("tokenizer.ggml.") or name == "tokenizer.ggml.model"}
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        n_tokens = len(tokens.data) if tokens is not None else None
+        tensors = [(t.name, t.tensor_type.name, [int(d) for d in t.shape], int(t.n_elements), int(t.n_bytes))
+                   for t in reader.tensors]
+    except RequestError:
+        raise
+    except Exception as exc:  # the reader raises ValueError, struct/IndexError… on a damaged file
+        raise RequestError([(str(p), f"is not a readable GGUF file ({type(exc).__name__}: {exc})")]) from None
+    if not tensors:
+        raise RequestError([(str(p), "is a GGUF file with no tensors (a vocabulary-only file?)")])
+
+    arch = str(meta.get("general.architecture") or "")
+    if not arch:
+        raise RequestError([(str(p), "has no general.architecture metadata")])
+    config: dict = {"model_type": _GGUF_ARCH_MODEL_TYPE.get(arch, arch), "gguf_architecture": arch}
+    for suffix, key in _GGUF_KEYS.items():
+        value = meta.get(f"{arch}.{suffix}")
+        if isinstance(value, list):  # per-layer arrays (e.g. head counts that vary by layer)
+            value = max(value) if value else None
+        if value is not None:
+            config[key] = int(value)
+    by_name = {name: shape for name, _t, shape, _n, _b in tensors}
+    if "vocab_size" not in config:
+        if "token_embd.weight" in by_name and len(by_name["token_embd.weight"]) == 2:
+            config["vocab_size"] = by_name["token_embd.weight"][1]  # GGUF shapes are [ne0=hidden, ne1=vocab]
+        elif n_tokens:
+            config["vocab_size"] = n_tokens
+    config["tie_word_embeddings"] = "output.weight" not in by_name
+    if arch == "deepseek2" and "kv_lora_rank" in config:  # MLA: key_length = nope + rope
+        rope = meta.get(f"{arch}.rope.dimension_count")
+        key_len = meta.get(f"{arch}.attention.key_length")
+        if rope and key_len:
+            config["qk_rope_head_dim"] = int(rope)
+            config["qk_nope_head_dim"] = int(key_len) - int(rope)
+            config["v_head_dim"] = int(meta.get(f"{arch}.attention.value_length") or key_len - rope)
+            config.pop("head_dim", None)
+    if "moe_intermediate_size" in config and "intermediate_size" not in config:
+        config["intermediate_size"] = config["moe_intermediate_size"]
+
+    types = Counter(t for _n, t, _s, _e, _b in tensors)
+    params = sum(n for *_x, n, _b in tensors)
+    weights_bytes = sum(b for *_x, b in tensors)
+    quant = _gguf_quantization(meta.get("general.file_type"), tensors)
+    name = str(meta.get("general.name") or p.stem)
+    notes = [f"GGUF architecture '{arch}'"]
+    return _result("gguf", config, params, weights_bytes, types, quant, name, notes)
+
+
+def _field_value(field):
+    """A GGUF metadata value as a Python scalar, string or list."""
+    from gguf import GGUFValueType
+    if not field.types:
+        return None
+    if field.types[0] == GGUFValueType.ARRAY:
+        if len(field.types) > 1 and field.types[-1] == GGUFValueType.STRING:
+            return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
+        return [field.parts[i].tolist()[0] for i in field.data]
+    if field.types[0] == GGUFValueType.STRING:
+        return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
+    return field.parts[field.data[0]].tolist()[0]
+
+
+def _gguf_quantization(file_type, tensors) -> str | None:
+    from gguf import LlamaFileType
+    if file_type is not None:
+        try:
+            ft = LlamaFileType(int(file_type))
+        except ValueError:
+            ft = None
+        if ft is not None and ft != LlamaFileType.GUESSED:
+            special = {"ALL_F32": "fp32", "MOSTLY_F16": "fp16", "MOSTLY_BF16": "bf16", "MOSTLY_MXFP4_MOE": "mxfp4"}
+            return special.get(ft.name, ft.name.removeprefix("MOSTLY_").lower())
+    # no file type: name the type that holds most of the bytes
+    by_bytes: Counter = Counter()
+    for _n, t, _s, _e, b in tensors:
+        by_bytes[t] += b
+    top = by_bytes.most_common(1)[0][0]
+    return {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "MXFP4": "mxfp4"}.get(top, top.lower())
+
+
+# -- safetensors --------------------------------------------------------------------------------
+
+def _safetensors_header(p: Path) -> dict:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                raise RequestError([(str(p), "is too short to be a safetensors file")])
+            (n,) = struct.unpack("<Q", raw)
+            if n == 0 or n > MAX_SAFETENSORS_HEADER or n > size - 8:
+                raise RequestError([(str(p), f"is not a safetensors file (header length {n} does not fit "
+                                             f"a {size}-byte file)")])
+            header = json.loads(fh.read(n).decode("utf-8"))
+    except RequestError:
+        raise
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError([(str(p), f"is not a safetensors file (unreadable header: {exc})")]) from None
+    if not isinstance(header, dict):
+        raise RequestError([(str(p), "is not a safetensors file (header is not a JSON object)")])
+    data_size = size - 8 - n
+    for tname, info in header.items():
+        if tname == "__metadata__":
+            continue
+        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+              and all(isinstance(x, int) and x >= 0 for x in info["shape"] + info["data_offsets"]))
+        if not ok:
+            raise RequestError([(str(p), f"has a malformed entry for tensor {tname!r}")])
+        start, end = info["data_offsets"]
+        if end < start or end > data_size:
+            raise RequestError([(str(p), f"is truncated or damaged: tensor {tname!r} ends at byte {end} "
+                                         f"of a {data_size}-byte data section")])
+    return header
+
+
+def _tally(headers: list[dict]) -> tuple[int, int, Counter, Counter]:
+    params = nbytes = 0
+    types: Counter = Counter()
+    type_bytes: Counter = Counter()
+    for header in headers:
+        for tname, info in header.items():
+            if tname == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            params += math.prod(info["shape"])
+            nbytes += end - start
+            types[info["dtype"]] += 1
+            type_bytes[info["dtype"]] += end - start
+    return params, nbytes, types, type_bytes
+
+
+def _sibling_config(p: Path) -> tuple[dict, list[str]]:
+    cfg_path = p.parent / "config.json"
+    if not cfg_path.exists():
+        return {}, [f"no config.json beside {p.name}: the architecture is unknown; put the model's "
+                    "config.json in the same folder"]
+    data = _read_json(cfg_path)
+    if not isinstance(data, dict):
+        raise RequestError([(str(cfg_path), "is not a config.json object")])
+    return data, []
+
+
+def _safetensors_quant(config: dict, type_bytes: Counter) -> str | None:
+    q = _quant_from_config(config)
+    if q:
+        return q
+    if not type_bytes:
+        return None
+    return _DTYPE_QUANT.get(type_bytes.most_common(1)[0][0])
+
+
+def _quant_from_config(config: dict) -> str | None:
+    qc = config.get("quantization_config")
+    if isinstance(qc, dict):
+        method = str(qc.get("quant_method") or "").lower()
+        if method == "bitsandbytes" and qc.get("load_in_8bit"):
+            return "int8"
+        return _QUANT_METHOD.get(method, method or None)
+    return None
+
+
+def _read_safetensors(p: Path) -> dict:
+    header = _safetensors_header(p)
+    params, nbytes, types, type_bytes = _tally([header])
+    config, notes = _sibling_config(p)
+    notes += _packed_note(types, config)
+    name = _config_name(config, p) if config else p.stem
+    return _result("safetensors", config, params, nbytes, types, _safetensors_quant(config, type_bytes), name, notes)
+
+
+def _read_safetensors_index(p: Path, index: dict) -> dict:
+    shards = sorted(set(index["weight_map"].values()))
+    if not shards or not all(isinstance(s, str) for s in shards):
+        raise RequestError([(str(p), "has an empty or malformed weight_map")])
+    present = [p.parent / s for s in shards if (p.parent / s).exists()]
+    config, notes = _sibling_config(p)
+    name = _config_name(config, p) if config else p.parent.name
+    if len(present) == len(shards):
+        params, nbytes, types, type_bytes = _tally([_safetensors_header(s) for s in present])
+        notes += _packed_note(types, config)
+        return _result("safetensors", config, params, nbytes, types, _safetensors_quant(config, type_bytes),
+                       name, notes)
+    total = (index.get("metadata") or {}).get("total_size")
+    if not isinstance(total, int) or total <= 0:
+        raise RequestError([(str(p), f"{len(shards) - len(present)} of {len(shards)} shards are missing and "
+                                     "the index has no metadata.total_size")])
+    notes.append(f"{len(shards) - len(present)} of {len(shards)} shard files are not here: weights bytes "
+                 "come from the index's metadata.total_size; parameter count and dtypes are unknown")
+    return _result("safetensors", config, None, total, {}, _quant_from_config(config), name, notes)
+
+
+def _packed_note(types: Counter, config: dict) -> list[str]:
+    if _quant_from_config(config) in ("awq", "gptq", "mxfp4") or types.get("I32") or types.get("U8"):
+        return ["some tensors are packed (several weights per stored element): params counts stored "
+                "elements, not the model's logical parameters"]
+    return []

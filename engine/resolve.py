@@ -1,0 +1,130 @@
+"""Resolve a validated request's keys through the registries: GPU, model, formats, runtime, links.
+
+Unknown keys raise :class:`RequestError` with the closest valid keys; every unknown key of one
+request is reported at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .architecture import Architecture, from_hf_config
+from .catalog import Catalog
+from .errors import RequestError
+from .registry import Entry, Provenance
+
+#: Weights format a fine-tuning method trains on, by (method, fine_tuning_quantization).
+FINETUNE_WEIGHTS = {"lora": "bf16", "qlora": "nf4"}
+
+
+@dataclass
+class Resolved:
+    workload: str
+    request: dict[str, Any]
+    gpu: Entry
+    gpu_memory_gib: float
+    model_key: str
+    model_name: str
+    model: Entry | None
+    arch: Architecture
+    quant: Entry
+    kv_quant: Entry | None
+    runtime: Entry
+    interconnect: Entry
+    host_link: Entry | None
+    assumptions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _format(cat: Catalog, key: str, field_name: str) -> Entry:
+    entry = cat.quantization.get(key, field_name)
+    target = entry.data.get("alias_of")
+    return cat.quantization.get(target, field_name) if target else entry
+
+
+def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
+    problems: list[tuple[str, str]] = []
+    suggestions: dict[str, list[str]] = {}
+    assumptions: list[str] = []
+    warnings: list[str] = []
+
+    def lookup(fn, *args):
+        try:
+            return fn(*args)
+        except RequestError as exc:
+            problems.extend(exc.problems)
+            suggestions.update(exc.suggestions)
+            return None
+
+    gpu = lookup(cat.gpus.get, req["gpu_key"])
+    model = arch = None
+    if req["llm_key"] == "custom":
+        arch = lookup(from_hf_config, req.get("custom_model"), "custom_model")
+        model_name = str((req.get("custom_model") or {}).get("_name_or_path") or "custom model")
+    else:
+        model = lookup(cat.models.get, req["llm_key"])
+        if model is not None:
+            arch = cat.architectures[model.key]
+        model_name = model.data["name"] if model else req["llm_key"]
+
+    if workload == "inference":
+        quant = lookup(_format, cat, req["quantization"], "quantization")
+        kv_quant = lookup(_format, cat, req["kv_cache_quantization"], "kv_cache_quantization")
+        if kv_quant is not None and "kv_cache_bits" not in kv_quant.data:
+            problems.append(("kv_cache_quantization", f"{kv_quant.key} cannot store a KV cache "
+                             f"(KV formats: {', '.join(e.key for e in cat.quantization if 'kv_cache_bits' in e.data)})"))
+    else:
+        method = req["finetuning_method"]
+        qkey = req["fine_tuning_quantization"] if method == "full" else FINETUNE_WEIGHTS[method]
+        if method == "full" and qkey == "fp8":
+            qkey = "bf16"
+            warnings.append("full fine-tuning in fp8 keeps bf16 weights, gradients and moments (fp8 matmuls, as torchao's float8 "
+                            "training does); memory is estimated as pure bf16")
+        quant = lookup(_format, cat, qkey, "fine_tuning_quantization")
+        kv_quant = None
+
+    runtime_key = req.get("runtime")
+    if runtime_key is None:
+        if workload == "inference" and quant is not None and quant.data["kind"] == "gguf" and "llama.cpp" in cat.runtimes:
+            runtime_key = "llama.cpp"
+            assumptions.append("runtime: llama.cpp (the default for GGUF quantizations)")
+        else:
+            runtime_key = cat.default_runtime
+            assumptions.append(f"runtime: {runtime_key} (the default)")
+    runtime = lookup(cat.runtimes.get, runtime_key)
+
+    link_key = req.get("interconnect_type") or (gpu.data["default_interconnect"] if gpu else None)
+    interconnect = lookup(cat.interconnects.get, link_key, "interconnect_type") if link_key else None
+    host_key = gpu.data.get("host_link") if gpu else None
+    host_link = None
+    if host_key:
+        host_link = lookup(cat.interconnects.get, host_key, "gpu_key")
+
+    mem = None
+    if gpu is not None:
+        if gpu.data.get("custom"):
+            if req.get("custom_vram") is None:
+                problems.append(("custom_vram", f"required when gpu_key is {gpu.key}"))
+            mem = req.get("custom_vram")
+        elif req.get("custom_vram") is not None:
+            mem = req["custom_vram"]
+            assumptions.append(f"GPU memory: {mem} GiB from custom_vram instead of the catalog's {gpu.data['memory_gib']} GiB")
+        else:
+            mem = gpu.data["memory_gib"]
+
+    if problems:
+        raise RequestError(problems, suggestions=suggestions)
+    if arch.assumed:
+        assumptions.extend(f"model: {a}" for a in arch.assumed)
+    if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
+        warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
+                        f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
+    return Resolved(
+        workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
+        model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
+        interconnect=interconnect, host_link=host_link, assumptions=assumptions, warnings=warnings)
+
+
+def custom_provenance() -> Provenance:
+    return Provenance("request", "custom_model")

@@ -1,0 +1,306 @@
+"""Turn a resolved request into a Scenario: flat, named, unit-bearing numbers.
+
+:data:`VARIABLES` is the whole vocabulary formulas may use besides runtime constants (``rt_*``)
+and other formulas' ids; the formula loader rejects any other name. Flags are 0 or 1.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .architecture import ROLES
+from .resolve import Resolved
+
+#: name → (unit, meaning)
+VARIABLES: dict[str, tuple[str, str]] = {
+    # model architecture
+    "n_layers": ("layers", "transformer layers"),
+    "hidden": ("elements", "hidden size"),
+    "n_heads": ("heads", "attention (query) heads"),
+    "n_kv_heads": ("heads", "key/value heads (GQA/MQA)"),
+    "head_dim": ("elements", "query/key head dimension"),
+    "q_dim": ("elements", "query projection width (heads x head_dim)"),
+    "kv_dim": ("elements", "key projection width (kv heads x head_dim)"),
+    "attn_out_dim": ("elements", "attention output width (heads x v head dim)"),
+    "intermediate": ("elements", "dense feed-forward width"),
+    "vocab": ("tokens", "vocabulary size"),
+    "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
+    "kv_per_head": ("flag", "1 if the KV cache is per KV head (splits with tensor parallelism); 0 for MLA latents"),
+    "n_layers_full": ("layers", "layers with global attention"),
+    "n_layers_sliding": ("layers", "layers with sliding-window attention"),
+    "sliding_window": ("tokens", "sliding window size (0 if none)"),
+    "is_moe": ("flag", "mixture of experts"),
+    "n_experts": ("experts", "routed experts per MoE layer"),
+    "experts_per_tok": ("experts", "experts each token is routed to"),
+    "moe_intermediate": ("elements", "one expert's feed-forward width"),
+    "shared_intermediate": ("elements", "feed-forward width of the shared expert(s)"),
+    "n_moe_layers": ("layers", "layers whose feed-forward is MoE"),
+    "params_total": ("params", "all parameters"),
+    "params_active": ("params", "parameters a token uses (MoE: routed experts only)"),
+    "gated_mlp": ("flag", "SwiGLU/GeGLU-style gated MLP (gate, up, down)"),
+    # quantization
+    "custom_weights_bytes": ("bytes", "exact weight bytes from a model file (0: compute from params x bits)"),
+    "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
+    "act_bytes": ("bytes", "bytes per activation element (compute dtype)"),
+    "weights_compute_bits": ("bits", "bits per weight element the matmuls read"),
+    # workload
+    "batch": ("sequences", "batch_size"),
+    "users": ("users", "concurrent_users"),
+    "seqs": ("sequences", "sequences in flight (batch x users)"),
+    "seq": ("tokens", "context per sequence (prompt + generated)"),
+    "prefix_caching": ("flag", "enable_prefix_caching"),
+    "shared_prefix_ratio": ("fraction", "share of each prompt that is a shared prefix"),
+    "continuous_batching": ("flag", "enable_continuous_batching"),
+    "flash_attention": ("flag", "fused attention (no materialized scores)"),
+    # fine-tuning
+    "method_full": ("flag", "full fine-tuning"),
+    "method_lora": ("flag", "LoRA"),
+    "method_qlora": ("flag", "QLoRA"),
+    "mixed_precision": ("flag", "fp32 master weights with 16-bit autocast"),
+    "train_param_bytes": ("bytes", "bytes per trained parameter (weights, gradients, moments) in full fine-tuning"),
+    "lora_rank": ("rank", "LoRA rank"),
+    "micro_batch": ("sequences", "sequences per GPU per forward pass"),
+    "grad_accum": ("steps", "gradient accumulation steps"),
+    "gradient_checkpointing": ("flag", "recompute activations in backward"),
+    "zero_stage": ("stage", "DeepSpeed ZeRO stage"),
+    "optimizer_8bit": ("flag", "8-bit optimizer moments"),
+    "optimizer_paged": ("flag", "paged optimizer states"),
+    "optimizer_moments": ("tensors", "optimizer state tensors per parameter (AdamW 2, SGD 0)"),
+    "optimizer_factored": ("flag", "Adafactor's factored second moment"),
+    "fused_kernels": ("flag", "fused cross-entropy / optimizer kernels"),
+    "activation_offloading": ("flag", "checkpointed activations kept on the host"),
+    "num_samples": ("samples", "dataset size"),
+    "tokens_per_sample": ("tokens", "average tokens per sample"),
+    "num_epochs": ("epochs", "epochs"),
+    "batch_global": ("sequences", "global batch size"),
+    # parallelism
+    "num_gpus": ("GPUs", "GPUs in the job"),
+    "tp": ("GPUs", "tensor-parallel degree"),
+    "pp": ("GPUs", "pipeline-parallel degree"),
+    "dp": ("GPUs", "data-parallel degree"),
+    # offloading
+    "offload_layers": ("layers", "layers whose weights live on the host"),
+    "offload_kv": ("flag", "KV cache lives on the host"),
+    "offload_enabled": ("flag", "enable_offloading"),
+    "offload_to_nvme": ("flag", "offload target is NVMe rather than CPU RAM"),
+    # hardware
+    "gpu_mem_gib": ("GiB", "memory of one GPU"),
+    "gpu_bw_gb_s": ("GB/s", "memory bandwidth of one GPU"),
+    "gpu_tflops": ("TFLOP/s", "dense tensor throughput in the compute dtype"),
+    "gpu_tflops_16": ("TFLOP/s", "dense fp16/bf16 tensor throughput"),
+    "gpu_tdp_w": ("W", "board power of one GPU"),
+    "gpu_unified": ("flag", "unified memory (Apple silicon, Grace, DGX Spark)"),
+    "ic_bw_gb_s": ("GB/s", "GPU-to-GPU link bandwidth per direction"),
+    "ic_latency_us": ("us", "GPU-to-GPU link latency"),
+    "host_bw_gb_s": ("GB/s", "GPU-to-host link bandwidth per direction"),
+    "offload_bw_gb_s": ("GB/s", "bandwidth of the offload target path"),
+    "eff_decode_bw": ("fraction", "share of memory bandwidth decode achieves (runtime x hardware class)"),
+    "eff_prefill_flops": ("fraction", "share of dense throughput prefill achieves (runtime x hardware class)"),
+    "eff_train_mfu": ("fraction", "model FLOPs utilization in training (runtime x hardware class)"),
+    "power_idle_fraction": ("fraction", "share of TDP a GPU draws while memory-bound"),
+}
+for _role in ROLES:
+    VARIABLES[f"p_{_role}"] = ("params", f"parameters in {_role} tensors")
+    VARIABLES[f"b_{_role}"] = ("bits", f"bits per parameter of {_role} tensors")
+for _role in ("ffn_gate", "ffn_up", "ffn_down"):
+    VARIABLES[f"pa_{_role}"] = ("params", f"{_role} parameters a token is routed through (MoE)")
+for _m in ("q", "k", "v", "o", "gate", "up", "down"):
+    VARIABLES[f"lora_{_m}"] = ("flag", f"LoRA adapts {_m}_proj")
+    VARIABLES[f"lora_dims_{_m}"] = ("elements", f"sum over every {_m}_proj linear of (in + out) features")
+
+#: Efficiency classes runtimes keep constants for.
+HARDWARE_CLASSES = ("nvidia_datacenter", "nvidia_consumer", "amd", "intel", "apple")
+
+
+def scenario_variable_names() -> list[str]:
+    return list(VARIABLES)
+
+
+def hardware_class(gpu: dict[str, Any]) -> str:
+    if gpu["vendor"] == "apple" or gpu["category"] == "apple":
+        return "apple"
+    if gpu["vendor"] in ("amd", "intel"):
+        return gpu["vendor"]
+    return "nvidia_datacenter" if gpu["category"] == "datacenter" else "nvidia_consumer"
+
+
+def _rt(res: Resolved, name: str, cls: str) -> float:
+    consts = res.runtime.data["constants"]
+    for key in (f"{name}_{cls}", name):
+        if key in consts:
+            return float(consts[key]["value"])
+    return 0.0
+
+
+def build(res: Resolved) -> dict[str, float]:
+    """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
+    req, a, gpu = res.request, res.arch, res.gpu.data
+    roles = a.param_roles()
+    active = a.param_roles(active=True)
+    qbits = res.quant.data["bits"]
+    s: dict[str, float] = {}
+    s.update({
+        "n_layers": a.num_layers, "hidden": a.hidden_size, "n_heads": a.num_heads, "n_kv_heads": a.num_kv_heads,
+        "head_dim": a.head_dim, "q_dim": a.q_dim, "kv_dim": a.num_kv_heads * a.head_dim,
+        "attn_out_dim": a.attn_out_dim, "intermediate": a.dense_intermediate_size or a.intermediate_size,
+        "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
+        "kv_per_head": 0 if a.is_mla else 1,
+        "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,
+        "sliding_window": a.sliding_window or 0, "is_moe": int(a.is_moe), "n_experts": a.num_experts,
+        "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
+        "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
+        "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
+    })
+    for role in ROLES:
+        s[f"p_{role}"] = roles[role]
+        s[f"b_{role}"] = float(qbits.get(role, qbits["default"]))
+    # Quantizers leave a vision encoder in 16-bit (GGUF: separate mmproj file; bnb/AWQ/GPTQ: skipped modules).
+    s["b_vision"] = float(qbits.get("vision", 32 if qbits["default"] >= 32 else 16))
+    for role in ("ffn_gate", "ffn_up", "ffn_down"):
+        s[f"pa_{role}"] = active[role]
+    _lora_dims(s, a)
+    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
+    compute = res.quant.data.get("compute", "fp16")
+    s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
+    s["weights_compute_bits"] = float(qbits["default"])
+
+    n = req.get("num_gpus", 1)
+    s["num_gpus"] = n
+    s["offload_enabled"] = int(bool(req.get("enable_offloading")))
+    s["offload_to_nvme"] = int(req.get("offload_target") == "nvme")
+    s["flash_attention"] = int(bool(req["optimization_config"].get("flash_attention", True)))
+    s["batch"] = req["batch_size"]
+    s["seq"] = req["seq_length"]
+    if res.workload == "inference":
+        _inference(s, req, a, res)
+    else:
+        _finetuning(s, req, res)
+
+    cls = hardware_class(gpu)
+    # Pre-Ampere cards have no bf16 and Pascal's fp16 rate is a fraction of fp32: runtimes then compute in fp32.
+    t16 = gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
+    native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
+              "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"), "bf16": gpu.get("bf16_tflops")}.get(compute)
+    s.update({
+        "gpu_mem_gib": res.gpu_memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"],
+        "gpu_tflops": float(native or t16), "gpu_tflops_16": float(t16), "gpu_tdp_w": gpu["tdp_w"],
+        "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
+        "ic_bw_gb_s": res.interconnect.data["bandwidth_gb_s"], "ic_latency_us": res.interconnect.data["latency_us"],
+        # Unified memory: "offloaded" data stays in the same memory the GPU reads.
+        "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not res.host_link or gpu.get("unified_memory_gib"))
+        else res.host_link.data["bandwidth_gb_s"],
+        "eff_decode_bw": _rt(res, "decode_bw_eff", cls), "eff_prefill_flops": _rt(res, "prefill_flops_eff", cls),
+        "eff_train_mfu": _rt(res, "train_mfu", cls), "power_idle_fraction": _rt(res, "power_memory_bound_fraction", cls),
+    })
+    nvme = _rt(res, "nvme_read_gb_s", cls)
+    s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
+    for name, c in res.runtime.data["constants"].items():
+        s[f"rt_{name}"] = float(c["value"])
+    if s.get("rt_activation_bytes", 0) > 0 and res.workload == "inference":
+        s["act_bytes"] = s["rt_activation_bytes"]  # e.g. ggml compute buffers hold f32 activations
+    return s
+
+
+def _lora_dims(s: dict[str, float], a) -> None:
+    """Σ (in + out) over every linear of each kind, counting each expert's copy (PEFT all-linear does)."""
+    L, h = a.num_layers, a.hidden_size
+    n_moe = len(a.moe_layers)
+    dense_ff = a.dense_intermediate_size or a.intermediate_size
+    ff_copies = (L - n_moe) * (h + dense_ff)
+    if n_moe:
+        ff_copies += n_moe * a.num_experts * (h + a.moe_intermediate_size)
+        if a.shared_expert_intermediate_size:
+            ff_copies += n_moe * (h + a.shared_expert_intermediate_size)
+    s["lora_dims_q"] = L * (h + a.q_dim)
+    s["lora_dims_k"] = L * (h + a.num_kv_heads * a.head_dim) if not a.is_mla else L * (h + a.kv_lora_rank + a.qk_rope_head_dim)
+    s["lora_dims_v"] = L * (h + a.num_kv_heads * (a.v_head_dim or a.head_dim)) if not a.is_mla else \
+        L * (a.kv_lora_rank + a.num_heads * (a.qk_nope_head_dim + a.v_head_dim))
+    s["lora_dims_o"] = L * (a.attn_out_dim + h)
+    s["lora_dims_gate"] = ff_copies if a.gated_mlp else 0
+    s["lora_dims_up"] = ff_copies
+    s["lora_dims_down"] = ff_copies
+
+
+def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> None:
+    n = req["num_gpus"]
+    tensor = req["inference_parallelism"] == "tensor"
+    s["tp"], s["pp"], s["dp"] = (n, 1, 1) if tensor else (1, n, 1)
+    s["users"] = req["concurrent_users"]
+    s["seqs"] = req["batch_size"] * req["concurrent_users"]
+    s["prefix_caching"] = int(req["enable_prefix_caching"])
+    s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
+    s["continuous_batching"] = int(req["enable_continuous_batching"])
+    s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
+    layers = 0
+    if s["offload_enabled"]:
+        if req.get("num_offload_layers") is not None:
+            layers = min(req["num_offload_layers"], a.num_layers)
+            if req["num_offload_layers"] > a.num_layers:
+                res.warnings.append(f"num_offload_layers {req['num_offload_layers']} exceeds the model's "
+                                    f"{a.num_layers} layers; all layers are offloaded")
+        elif req.get("percentage_offload") is not None:
+            layers = round(req["percentage_offload"] / 100 * a.num_layers)
+        elif not req.get("offload_kv_cache"):
+            res.warnings.append("enable_offloading is set but neither num_offload_layers nor percentage_offload; "
+                                "no layers are offloaded")
+    elif req.get("num_offload_layers") or req.get("percentage_offload") or req.get("offload_kv_cache"):
+        res.warnings.append("offloading settings are ignored because enable_offloading is false")
+    s["offload_layers"] = layers
+    s["offload_kv"] = int(bool(s["offload_enabled"] and req.get("offload_kv_cache")))
+    for k in ("method_full", "method_lora", "method_qlora", "mixed_precision", "lora_rank", "gradient_checkpointing",
+              "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "fused_kernels",
+              "activation_offloading", "grad_accum", "num_epochs"):
+        s[k] = 0
+    s.update({"train_param_bytes": 0, "micro_batch": s["seqs"], "optimizer_moments": 0, "num_samples": 0,
+              "tokens_per_sample": req["seq_length"], "batch_global": s["seqs"]})
+    for m in ("q", "k", "v", "o", "gate", "up", "down"):
+        s[f"lora_{m}"] = 0
+
+
+ALL_LINEAR = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None:
+    opt = req["optimization_config"]
+    method = req["finetuning_method"]
+    n = req["num_gpus"]
+    s["tp"], s["pp"], s["dp"] = 1, 1, n
+    s["users"] = 1
+    s["method_full"] = int(method == "full")
+    s["method_lora"] = int(method == "lora")
+    s["method_qlora"] = int(method == "qlora")
+    s["mixed_precision"] = int(method == "full" and req["fine_tuning_quantization"] == "fp32")
+    s["train_param_bytes"] = 4 if s["mixed_precision"] else 2
+    if s["mixed_precision"]:
+        s["act_bytes"] = 2.0  # autocast runs the matmuls in bf16/fp16
+    s["lora_rank"] = req["lora_rank"] if method != "full" else 0
+    targets = req["lora_target_modules"]
+    chosen = ALL_LINEAR if targets == "all-linear" else tuple(t.split("_")[0] for t in targets)
+    for m in ALL_LINEAR:
+        s[f"lora_{m}"] = int(method != "full" and m in chosen)
+    ga = req["gradient_accumulation_steps"]
+    s["grad_accum"] = ga
+    mb = req.get("micro_batch_size")
+    if mb is None:
+        mb = max(1, math.ceil(req["batch_size"] / (ga * n)))
+        if req["batch_size"] % (ga * n):
+            res.warnings.append(f"batch_size {req['batch_size']} does not divide into gradient_accumulation_steps {ga} "
+                                f"x {n} GPUs; micro-batch rounded up to {mb}")
+    s["micro_batch"] = mb
+    s["seqs"] = mb
+    s["batch_global"] = req["batch_size"]
+    s["gradient_checkpointing"] = int(bool(opt.get("gradient_checkpointing")))
+    s["zero_stage"] = int(opt.get("zero_stage", 0))
+    optimizer = req["optimizer"]
+    s["optimizer_8bit"] = int("8bit" in optimizer)
+    s["optimizer_paged"] = int(optimizer.startswith("paged"))
+    s["optimizer_moments"] = {"sgd": 0, "adafactor": 0}.get(optimizer, 2)
+    s["optimizer_factored"] = int(optimizer == "adafactor")
+    s["fused_kernels"] = int(bool(opt.get("use_fused_kernels")))
+    s["activation_offloading"] = int(bool(opt.get("activation_offloading")))
+    s["num_samples"] = req["num_samples"]
+    s["tokens_per_sample"] = req["tokens_per_sample"]
+    s["num_epochs"] = req["num_epochs"]
+    s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0,
+              "offload_layers": 0, "offload_kv": 0})

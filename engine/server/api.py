@@ -1,0 +1,140 @@
+"""The seed's four endpoints under ``/api/v1/vram-calculation/``, each a thin shell over the engine.
+
+Order of checks for a POST: authentication (401) → content type (415) → size (413) → JSON syntax
+(400) → the engine's own validation (422). Route matching answers a wrong method (405) before any of
+them. Anything unexpected is logged (never with a token) and answered as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ..errors import RequestError, VramplanError
+from . import auth
+from .errors import error_response, request_error_response, unauthorized
+
+log = logging.getLogger("vramplan.server")
+
+PREFIX = "/api/v1/vram-calculation"
+MAX_BODY_BYTES = 64 * 1024
+
+
+async def authenticate(request: Request) -> Response | None:
+    """None if the caller may use the API, else the 401/403/429 response to send."""
+    state = request.app.state
+    token = auth.bearer_token(request.headers)
+    if token is not None:
+        try:
+            info = await run_in_threadpool(state.store.verify, token)
+        except Exception as exc:  # the database is down: say so, without a traceback that could echo input
+            log.error("token store unavailable: %s: %s", type(exc).__name__, str(exc).replace(token, "<token>"))
+            return error_response(503, "the token store is unavailable; try again shortly",
+                                  headers={"Retry-After": "5"})
+        if info is None:
+            return unauthorized("invalid API token: unknown or revoked", invalid=True)
+        request.state.token_name = info.name
+        return None
+    if request.headers.get(auth.PAGE_HEADER) == "1" and auth.PAGE_COOKIE in request.cookies:
+        page = state.page_signer.unsign(request.cookies.get(auth.PAGE_COOKIE))
+        if page is None:
+            return unauthorized("the page session expired; reload the page", invalid=True)
+        if not auth.same_origin(request):
+            return error_response(403, "page sessions are accepted from this site's own pages only")
+        wait = state.page_limiter.hit(page.get("sid", ""))
+        if wait:
+            return error_response(429, "too many requests from this page; slow down",
+                                  headers={"Retry-After": str(int(wait) + 1)})
+        request.state.token_name = None
+        return None
+    if request.headers.get("authorization"):
+        return unauthorized("the Authorization header must be 'Bearer <token>'", invalid=True)
+    return unauthorized("an API token is required: send 'Authorization: Bearer <token>' "
+                        "(create one with 'vramplan tokens create --name NAME' or at /settings)",
+                        invalid=False)
+
+
+async def read_json_object(request: Request):
+    """The request body as parsed JSON, or the 413/415/400 response explaining why not."""
+    ctype = request.headers.get("content-type", "")
+    media = ctype.split(";", 1)[0].strip().lower()
+    if media != "application/json":
+        return error_response(415, f"Content-Type must be application/json, got {ctype or 'none'!r}")
+    length = request.headers.get("content-length")
+    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        return error_response(413, f"request body over {MAX_BODY_BYTES} bytes (64 KiB)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return error_response(413, f"request body over {MAX_BODY_BYTES} bytes (64 KiB)")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return error_response(400, f"malformed JSON: {exc}"[:300])
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+async def _call_engine(request: Request, fn_name: str, *args) -> Response:
+    import vramplan  # looked up per call, so the engine (and a test's stand-in) is whatever is loaded now
+
+    try:
+        result = await run_in_threadpool(getattr(vramplan, fn_name), *args)
+    except RequestError as exc:
+        return request_error_response(exc)
+    except VramplanError as exc:
+        incident = secrets.token_hex(6)
+        log.error("engine error in %s (incident %s): %s", fn_name, incident, exc)
+        return error_response(500, f"the server's data or plugins are broken (incident {incident}): {exc}",
+                              error=type(exc).__name__)
+    except Exception:
+        incident = secrets.token_hex(6)
+        log.exception("unexpected error in %s (incident %s)", fn_name, incident)
+        return error_response(500, f"internal error (incident {incident}); the server log has the details")
+    return JSONResponse(result)
+
+
+def _estimate(fn_name: str):
+    async def endpoint(request: Request) -> Response:
+        denied = await authenticate(request)
+        if denied is not None:
+            return denied
+        body = await read_json_object(request)
+        if isinstance(body, Response):
+            return body
+        if not isinstance(body, dict):
+            return request_error_response(RequestError([("", "the request body must be a JSON object")]))
+        return await _call_engine(request, fn_name, body)
+
+    endpoint.__name__ = fn_name
+    return endpoint
+
+
+def _listing(fn_name: str):
+    async def endpoint(request: Request) -> Response:
+        denied = await authenticate(request)
+        if denied is not None:
+            return denied
+        return await _call_engine(request, fn_name)
+
+    endpoint.__name__ = fn_name
+    return endpoint
+
+
+routes = [
+    Route(f"{PREFIX}/inference", _estimate("estimate_inference"), methods=["POST"]),
+    Route(f"{PREFIX}/finetuning", _estimate("estimate_finetuning"), methods=["POST"]),
+    Route(f"{PREFIX}/gpus", _listing("list_gpus"), methods=["GET"]),
+    Route(f"{PREFIX}/llms", _listing("list_models"), methods=["GET"]),
+]

@@ -1,0 +1,267 @@
+"""The OpenAPI 3.1 document, assembled from the JSON Schemas in ``schemas/`` (one source of truth).
+
+The request and response schemas are embedded unchanged under ``components.schemas``; OpenAPI 3.1
+*is* JSON Schema 2020-12, so the same files validate requests in the engine and document them here.
+This module adds only what JSON Schema cannot say: paths, authentication, status codes, and the
+meanings and units of the numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+from .api import MAX_BODY_BYTES, PREFIX
+
+#: component name -> schema file in the ``vramplan.schemas`` package
+SCHEMA_FILES = {
+    "InferenceRequest": "inference-request.schema.json",
+    "InferenceResponse": "inference-response.schema.json",
+    "FinetuningRequest": "finetuning-request.schema.json",
+    "FinetuningResponse": "finetuning-response.schema.json",
+    "GpuList": "gpu-list.schema.json",
+    "LlmList": "llm-list.schema.json",
+}
+
+UNITS = (
+    "**Units.** Every memory figure is GiB (2^30 bytes), including the fields whose names say \"GB\" "
+    "(`size_gb`, `memory`, `custom_vram`, `vram_usage`, `static_shared_memory`, `per_user_memory`, "
+    "`memory_details`, `estimated_system_ram_required`, `offloaded_memory`): a maker's \"24 GB\" card "
+    "is 24 GiB. Percentages are 0-100. Speeds are tokens per second; `ms_per_token` and `tftt` "
+    "(time to first token) are milliseconds; power is watts; training time is hours."
+)
+
+MEANINGS = (
+    "**`vram_usage`** is the predicted peak device memory as `nvidia-smi` shows it on the busiest GPU: "
+    "runtime context, allocator pools and fragmentation, weights, KV cache, activations / compute buffers, "
+    "logits, and for training gradients and optimizer states. `memory_details` itemizes it and sums to it; "
+    "`memory_breakdown` gives each item's share in percent (`value`) and size (`size_gb`, GiB).\n\n"
+    "**`memory_status`** follows `actual_vram_percentage`: `okay` ≤ 50 %, `moderate` ≤ 75 %, `high` ≤ 90 %, "
+    "`very_high` > 90 % but fits, `insufficient` does not fit, `error` the GPU configuration cannot be sized.\n\n"
+    "**Inference.** `seq_length` is the whole context per sequence (prompt + generated); sequences in flight = "
+    "`batch_size × concurrent_users`; the peak covers prefill of the full prompt. `static_shared_memory` is "
+    "what all users share (weights, runtime), `per_user_memory` what each user adds.\n\n"
+    "**Fine-tuning.** `batch_size` is the global batch; micro-batch per GPU = batch / (accumulation × "
+    "data-parallel GPUs). `full` + `fp32` is mixed precision as trainers run it by default."
+)
+
+AUTH = (
+    "**Authentication.** Send `Authorization: Bearer <token>`. Tokens are created by the operator with "
+    "`vramplan tokens create --name NAME` or on the `/settings` page, shown once, and stored only as a hash. "
+    "A missing, unknown or revoked token gets 401 with `WWW-Authenticate: Bearer`. The calculator page at `/` "
+    "calls the API with a short-lived page session instead (an HttpOnly cookie plus the `X-Vramplan-Page: 1` "
+    "header, same-origin only, rate-limited); every other client needs a token."
+)
+
+ERRORS = (
+    "**Errors** are always JSON (`Error`): 400 malformed JSON, 401 missing/wrong token, 405 wrong method, "
+    f"413 body over {MAX_BODY_BYTES // 1024} KiB, 415 Content-Type not `application/json`, 422 a request "
+    "the engine refuses — every bad field with its path and reason, and for an unknown gpu/llm/quantization "
+    "key the closest valid keys in `closest`."
+)
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error", "message", "errors"],
+    "properties": {
+        "error": {"type": "string", "description": "Error kind, e.g. RequestError, Unauthorized, MalformedJSON."},
+        "message": {"type": "string", "description": "One line a person can read."},
+        "errors": {
+            "type": "array",
+            "description": "Every problem found, one per bad field.",
+            "items": {
+                "type": "object",
+                "required": ["field", "message"],
+                "properties": {
+                    "field": {"type": "string",
+                              "description": "Path of the field in the request, e.g. `gpu_key` or "
+                                             "`optimization_config.zero_stage`; empty for the whole body."},
+                    "message": {"type": "string", "description": "What is wrong with it."},
+                    "closest": {"type": "array", "items": {"type": "string"},
+                                "description": "For an unknown key: the closest valid keys."},
+                },
+            },
+        },
+    },
+}
+
+
+def load_schema(filename: str) -> dict:
+    return json.loads(resources.files("vramplan.schemas").joinpath(filename).read_text(encoding="utf-8"))
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("vramplan")
+    except Exception:  # not installed as a distribution (running from a checkout)
+        return "0.0.0"
+
+
+def _error(description: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _common_errors(post: bool) -> dict:
+    out = {"401": _error("Missing, unknown or revoked token (`WWW-Authenticate: Bearer`)."),
+           "405": _error("Wrong HTTP method."),
+           "500": _error("Unexpected server error; the message carries an incident id for the server log."),
+           "503": _error("The token store is unavailable (`Retry-After` says when to try again).")}
+    if post:
+        out.update({
+            "400": _error("Malformed JSON."),
+            "413": _error(f"Body over {MAX_BODY_BYTES // 1024} KiB."),
+            "415": _error("Content-Type is not application/json."),
+            "422": _error("Schema violation (every bad field with its path and reason) or unknown "
+                          "gpu/llm/quantization key (with the closest valid keys)."),
+        })
+    return dict(sorted(out.items()))
+
+
+def _estimate_op(kind: str, summary: str, description: str, example: dict) -> dict:
+    name = kind.capitalize()
+    return {"post": {
+        "operationId": f"estimate_{kind}",
+        "summary": summary,
+        "description": description + "\n\n" + UNITS,
+        "tags": ["estimates"],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": _ref(f"{name}Request"), "example": example}}},
+        "responses": {"200": {"description": f"The {kind} estimate. Memory in GiB.",
+                              "content": {"application/json": {"schema": _ref(f"{name}Response")}}},
+                      **_common_errors(post=True)},
+    }}
+
+
+def _list_op(op_id: str, summary: str, component: str) -> dict:
+    return {"get": {
+        "operationId": op_id, "summary": summary, "tags": ["catalogs"],
+        "description": summary + " Memory in GiB.",
+        "responses": {"200": {"description": summary,
+                              "content": {"application/json": {"schema": _ref(component)}}},
+                      **_common_errors(post=False)},
+    }}
+
+
+SEED_INFERENCE = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "quantization": "q4_k_m",
+                  "batch_size": 1, "seq_length": 2048}
+SEED_FINETUNING = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "finetuning_method": "lora",
+                   "lora_rank": 16, "batch_size": 4, "seq_length": 2048}
+
+
+@lru_cache(maxsize=1)
+def _document() -> str:
+    schemas = {name: load_schema(filename) for name, filename in SCHEMA_FILES.items()}
+    schemas["Error"] = ERROR_SCHEMA
+    doc = {
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": {
+            "title": "vramplan API",
+            "version": _version(),
+            "summary": "Will this LLM workload fit on that GPU, and how fast will it run?",
+            "description": "\n\n".join([
+                "GPU memory and speed estimates for LLM inference and fine-tuning, wire-compatible with "
+                "the public apxml VRAM-calculator API: a client written for it works by changing only "
+                "the base URL.", UNITS, MEANINGS, AUTH, ERRORS]),
+            "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
+        },
+        "servers": [{"url": "/", "description": "this server"}],
+        "security": [{"bearerAuth": []}],
+        "tags": [{"name": "estimates", "description": "Memory and performance estimates."},
+                 {"name": "catalogs", "description": "Valid gpu_key and llm_key values."},
+                 {"name": "service", "description": "Health."}],
+        "paths": {
+            f"{PREFIX}/inference": _estimate_op(
+                "inference", "Estimate GPU memory and speed for LLM inference",
+                "Computes the GPU memory breakdown (weights, KV cache, activations, runtime overhead) and the "
+                "performance figures (decode tokens/s, time to first token, power) for serving a model.",
+                SEED_INFERENCE),
+            f"{PREFIX}/finetuning": _estimate_op(
+                "finetuning", "Estimate GPU memory and training speed for fine-tuning",
+                "Computes the GPU memory breakdown (weights, gradients, optimizer states, activations) and the "
+                "training throughput and time for full fine-tuning, LoRA or QLoRA.",
+                SEED_FINETUNING),
+            f"{PREFIX}/gpus": _list_op("list_gpus", "List the valid gpu_key values with their memory.", "GpuList"),
+            f"{PREFIX}/llms": _list_op("list_models", "List the valid llm_key values.", "LlmList"),
+            "/healthz": {"get": {
+                "operationId": "healthz", "summary": "Liveness check; no authentication.",
+                "tags": ["service"], "security": [],
+                "responses": {"200": {"description": "The server is up.", "content": {"application/json": {
+                    "schema": {"type": "object", "properties": {"status": {"const": "ok"}}}}}}},
+            }},
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {
+                "type": "http", "scheme": "bearer",
+                "description": "An API token from `vramplan tokens create` or /settings."}},
+        },
+    }
+    return json.dumps(doc)
+
+
+def openapi_document() -> dict:
+    """A fresh copy of the OpenAPI document (built once per process)."""
+    return json.loads(_document())
+
+
+# -- helpers for the HTML docs page -------------------------------------------------------------
+
+def _resolve(node: dict, root: dict) -> dict:
+    seen = 0
+    while isinstance(node, dict) and "$ref" in node and seen < 20:
+        ref = node["$ref"]
+        if not ref.startswith("#/"):
+            return node
+        target = root
+        for part in ref[2:].split("/"):
+            target = target.get(part.replace("~1", "/").replace("~0", "~"), {})
+        node, seen = {**target, **{k: v for k, v in node.items() if k != "$ref"}}, seen + 1
+    return node
+
+
+def _type_of(node: dict, root: dict) -> str:
+    node = _resolve(node, root)
+    if "enum" in node:
+        return "enum"
+    if "const" in node:
+        return "const"
+    kind = node.get("type")
+    if isinstance(kind, list):
+        return " | ".join(kind)
+    if kind == "array":
+        return f"array of {_type_of(node.get('items', {}), root)}"
+    if kind:
+        return kind
+    for key in ("oneOf", "anyOf"):
+        if key in node:
+            return " | ".join(_type_of(option, root) for option in node[key])
+    return "any"
+
+
+def schema_rows(schema: dict, prefix: str = "", depth: int = 0) -> list[dict]:
+    """Flatten an object schema into table rows: field path, type, required, default, choices, description."""
+    root = schema
+    node = _resolve(schema, root)
+    rows = []
+    required = set(node.get("required", []))
+    for name, prop in (node.get("properties") or {}).items():
+        prop_r = _resolve(prop, root)
+        choices = prop_r.get("enum") or ([prop_r["const"]] if "const" in prop_r else [])
+        rows.append({
+            "field": prefix + name, "type": _type_of(prop, root), "required": name in required,
+            "default": json.dumps(prop_r["default"]) if "default" in prop_r else "",
+            "choices": ", ".join(str(c) for c in choices), "description": prop_r.get("description", ""),
+        })
+        if prop_r.get("type") == "object" and prop_r.get("properties") and depth < 2:
+            sub = {**prop_r, "$defs": root.get("$defs", {})}
+            rows.extend(schema_rows(sub, prefix + name + ".", depth + 1))
+    return rows

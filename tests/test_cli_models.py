@@ -1,0 +1,129 @@
+"""`vramplan models list|import` and `vramplan gpus` through click's CliRunner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from safetensors.numpy import save_file
+
+import vramplan
+from vramplan.cli_models import gpus, models
+
+FAKE_MODELS = [
+    {"key": "llama-3-8b-instruct", "name": "Llama 3 8B Instruct", "family": "llama", "params_b": 8.03,
+     "active_params_b": None, "context_length": 8192},
+    {"key": "mixtral-8x7b-instruct", "name": "Mixtral 8x7B Instruct", "family": "mixtral", "params_b": 46.7,
+     "active_params_b": 12.9, "context_length": 32768},
+    {"key": "qwen2.5-0.5b-instruct", "name": "Qwen2.5 0.5B Instruct", "family": "qwen2.5", "params_b": 0.494,
+     "active_params_b": None, "context_length": 32768},
+]
+FAKE_GPUS = [
+    {"key": "h100_80", "label": "NVIDIA H100 80GB", "memory": 80, "vendor": "nvidia", "category": "datacenter",
+     "memory_bandwidth_gb_s": 3350, "bf16_tflops": 989, "tdp_w": 700},
+    {"key": "rtx_4090", "label": "NVIDIA RTX 4090", "memory": 24, "vendor": "nvidia", "category": "consumer",
+     "memory_bandwidth_gb_s": 1008, "bf16_tflops": 165, "tdp_w": 450},
+    {"key": "mi300x", "label": "AMD MI300X", "memory": 192, "vendor": "amd", "category": "datacenter",
+     "memory_bandwidth_gb_s": 5300, "bf16_tflops": 1307, "tdp_w": 750},
+]
+
+
+@pytest.fixture
+def fake_lists(monkeypatch):
+    """Stand-in lists so these tests state the CLI's filtering, not the catalog's contents."""
+    monkeypatch.setattr(vramplan, "list_models", lambda: [dict(m) for m in FAKE_MODELS], raising=False)
+    monkeypatch.setattr(vramplan, "list_gpus", lambda: [dict(g) for g in FAKE_GPUS], raising=False)
+
+
+def run(cmd, args):
+    return CliRunner().invoke(cmd, args, catch_exceptions=False)
+
+
+def test_models_list_filters_and_json(fake_lists):
+    res = run(models, ["list", "--min-params", "1", "--format", "json"])
+    assert res.exit_code == 0
+    assert [m["key"] for m in json.loads(res.output)] == ["llama-3-8b-instruct", "mixtral-8x7b-instruct"]
+    res = run(models, ["list", "--family", "MIXTRAL", "--format", "json"])
+    assert [m["key"] for m in json.loads(res.output)] == ["mixtral-8x7b-instruct"]
+    res = run(models, ["list", "--search", "qwen", "--max-params", "1"])
+    assert res.exit_code == 0
+    assert "qwen2.5-0.5b-instruct" in res.output and "llama" not in res.output
+    assert res.output.splitlines()[0].split()[:2] == ["key", "name"]
+
+
+def test_models_list_bad_range_is_usage_error(fake_lists):
+    res = CliRunner().invoke(models, ["list", "--min-params", "10", "--max-params", "1"])
+    assert res.exit_code == 2
+    assert "--min-params" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(models, ["list", "--min-params", "lots"])
+    assert res.exit_code == 2
+
+
+def test_gpus_filters(fake_lists):
+    res = run(gpus, ["--vendor", "nvidia", "--min-memory", "40", "--format", "json"])
+    assert [g["key"] for g in json.loads(res.output)] == ["h100_80"]
+    res = run(gpus, ["--category", "datacenter"])
+    assert "mi300x" in res.output and "h100_80" in res.output and "rtx_4090" not in res.output
+    assert CliRunner().invoke(gpus, ["--format", "xml"]).exit_code == 2
+
+
+def _tiny_model_dir(tmp_path):
+    save_file({"model.embed_tokens.weight": np.zeros((10, 8), dtype=np.float16),
+               "lm_head.weight": np.zeros((10, 8), dtype=np.float16)}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({
+        "_name_or_path": "org/tiny-chat", "model_type": "llama", "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 16, "vocab_size": 10,
+        "max_position_embeddings": 512, "tie_word_embeddings": False}))
+    return tmp_path / "model.safetensors"
+
+
+def test_import_prints_architecture(tmp_path):
+    path = _tiny_model_dir(tmp_path)
+    res = run(models, ["import", str(path)])
+    assert res.exit_code == 0
+    assert "layers" in res.output and "kv heads" in res.output
+    assert "320 bytes" in res.output  # 2 tensors x 80 elements x 2 bytes
+    res = run(models, ["import", str(path), "--format", "json"])
+    data = json.loads(res.output)
+    assert (data["layers"], data["hidden_size"], data["kv_heads"], data["head_dim"]) == (1, 8, 1, 4)
+    assert data["params"] == 160 and data["weights_bytes"] == 320 and data["quantization"] == "fp16"
+
+
+def test_import_save_as_writes_schema_valid_entry(tmp_path):
+    (tmp_path / "m").mkdir()
+    path = _tiny_model_dir(tmp_path / "m")
+    out = tmp_path / "catalog"
+    res = run(models, ["import", str(path), "--save-as", "tiny-chat", "--catalog-dir", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = yaml.safe_load((out / "tiny-chat.yaml").read_text())
+    entry = doc["models"]["tiny-chat"]
+    assert entry["params_b"] == 1.6e-07 and entry["context_length"] == 512 and entry["instruct"] is True
+    assert entry["config"]["hidden_size"] == 8
+    import jsonschema
+    from vramplan.cli_models import _models_schema
+    jsonschema.validate(doc, _models_schema())
+    again = CliRunner().invoke(models, ["import", str(path), "--save-as", "tiny-chat", "--catalog-dir", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+
+
+def test_import_bad_inputs_exit_2_with_one_line(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x00\x01")
+    res = CliRunner().invoke(models, ["import", str(bad)])
+    assert res.exit_code == 2 and "broken.gguf" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(models, ["import", str(tmp_path / "missing.gguf")])
+    assert res.exit_code == 2
+    path = _tiny_model_dir(tmp_path)
+    res = CliRunner().invoke(models, ["import", str(path), "--save-as", "Bad Key"])
+    assert res.exit_code == 2 and "--save-as" in res.output
+
+
+def test_import_safetensors_without_config_cannot_be_saved(tmp_path):
+    save_file({"w": np.zeros((2, 2), dtype=np.float16)}, str(tmp_path / "w.safetensors"))
+    res = CliRunner().invoke(models, ["import", str(tmp_path / "w.safetensors"), "--save-as", "w",
+                                      "--catalog-dir", str(tmp_path / "c")])
+    assert res.exit_code == 2
+    assert "config.json" in res.output
