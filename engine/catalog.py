@@ -92,7 +92,7 @@ def _register_from_code(cat: Catalog, host: PluginHost) -> None:
     for hook, kind in REGISTER_HOOKS.items():
         attr, schema, top = CATALOG_KINDS[kind]
         impls = getattr(host.pm.hook, hook).get_hookimpls()
-        for impl in reversed(impls):
+        for impl in impls:  # registration order: built-ins first
             plugin = host.pm.get_name(impl.plugin)
             staged: list[tuple[str, dict]] = []
 

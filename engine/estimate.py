@@ -12,6 +12,7 @@ from typing import Any
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
+from .errors import RequestError
 from .resolve import Resolved, resolve
 
 GIB = float(1 << 30)
@@ -63,7 +64,10 @@ def _configuration_errors(res: Resolved, s: dict[str, float]) -> list[str]:
 def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
     """The whole pass for one request body; returns the response body."""
     cat = catalog or get_catalog()
-    req = request_mod.validate(body, workload)
+    try:
+        req = request_mod.validate(body, workload)
+    except RequestError as exc:
+        raise _with_unknown_keys(cat, body, exc) from None
     res = resolve(cat, req, workload)
     s = scenario_mod.build(res)
     components = cat.formulas.components(workload)
@@ -71,6 +75,26 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
     targets = [c.output for c in components] + list(OUTPUTS[workload])
     v = cat.formulas.evaluate(s, targets, trace=trace)
     return assemble(res, s, v, components, trace)
+
+
+def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestError:
+    """Add unknown catalog keys to a schema error, so one message names every bad field."""
+    if not isinstance(body, dict):
+        return exc
+    problems, suggestions = list(exc.problems), dict(exc.suggestions)
+    named = {w for w, _ in problems}
+    for fld, reg in (("gpu_key", cat.gpus), ("llm_key", cat.models), ("quantization", cat.quantization),
+                     ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
+                     ("interconnect_type", cat.interconnects)):
+        key = body.get(fld)
+        if fld in named or not isinstance(key, str) or (fld == "llm_key" and key == "custom"):
+            continue
+        try:
+            reg.get(key, fld)
+        except RequestError as unknown:
+            problems.extend(unknown.problems)
+            suggestions.update(unknown.suggestions)
+    return RequestError(problems, suggestions=suggestions)
 
 
 def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:

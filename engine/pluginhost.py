@@ -98,7 +98,7 @@ class PluginHost:
         third-party implementation is recorded in :attr:`failures` and left out.
         """
         results = []
-        for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):  # pluggy lists last-registered first
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():  # registration order
             results.extend(self.call_each_impl(impl, hook_name, *args))
         return results
 

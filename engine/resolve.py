@@ -60,7 +60,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     gpu = lookup(cat.gpus.get, req["gpu_key"])
     model = arch = None
     if req["llm_key"] == "custom":
-        arch = lookup(from_hf_config, req.get("custom_model"), "custom_model")
+        arch = lookup(lambda config: from_hf_config(config, where="custom_model"), req.get("custom_model"))
         model_name = str((req.get("custom_model") or {}).get("_name_or_path") or "custom model")
     else:
         model = lookup(cat.models.get, req["llm_key"])
@@ -93,6 +93,12 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             runtime_key = cat.default_runtime
             assumptions.append(f"runtime: {runtime_key} (the default)")
     runtime = lookup(cat.runtimes.get, runtime_key)
+    if runtime is not None:
+        known = runtime.data["constants"]
+        for name in req.get("runtime_settings") or {}:
+            if name not in known:
+                problems.append((f"runtime_settings.{name}", f"{runtime.key} has no constant {name!r} "
+                                 f"(see the runtime catalog: {', '.join(sorted(known))})"))
 
     link_key = req.get("interconnect_type") or (gpu.data["default_interconnect"] if gpu else None)
     interconnect = lookup(cat.interconnects.get, link_key, "interconnect_type") if link_key else None

@@ -197,6 +197,8 @@ def build(res: Resolved) -> dict[str, float]:
     s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
     for name, c in res.runtime.data["constants"].items():
         s[f"rt_{name}"] = float(c["value"])
+    for name, value in (req.get("runtime_settings") or {}).items():
+        s[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
     if s.get("rt_activation_bytes", 0) > 0 and res.workload == "inference":
         s["act_bytes"] = s["rt_activation_bytes"]  # e.g. ggml compute buffers hold f32 activations
     return s

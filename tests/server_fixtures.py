@@ -68,7 +68,7 @@ def test_client(app):
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*httpx2.*")
         from starlette.testclient import TestClient
 
     return TestClient(app, raise_server_exceptions=False)

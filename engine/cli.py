@@ -1,0 +1,281 @@
+"""The ``vramplan`` command.
+
+``vramplan inference`` / ``vramplan finetuning`` take a request file (``--request FILE``, ``-`` for
+stdin) and/or friendly flags (flags override the file), and print a table (default) or exactly the
+HTTP response body (``--format json``). Every error is one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import VramplanError
+
+BAR_WIDTH = 30
+
+
+class _Group(click.Group):
+    """Every user error — bad flags, bad request, unknown keys — is one line on stderr and exit 2."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        except VramplanError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vramplan")
+def main() -> None:
+    """Will this LLM workload fit on that GPU, and how fast will it run?
+
+    Memory figures are GiB (2^30 bytes); a maker's "24 GB" card is 24 GiB.
+    """
+
+
+# -- shared helpers ---------------------------------------------------------------------------
+
+def read_request(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text("utf-8")
+    except OSError as exc:
+        raise click.UsageError(f"--request: cannot read {path}: {exc.strerror}") from None
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"--request: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(body, dict):
+        raise click.UsageError("--request: must hold a JSON object")
+    return body
+
+
+def merge(body: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
+    """Flags given on the command line override the request file's fields."""
+    out = dict(body)
+    for key, value in flags.items():
+        if value is None:
+            continue
+        if key == "optimization_config":
+            out[key] = {**out.get(key, {}), **value}
+        else:
+            out[key] = value
+    return out
+
+
+def apply_model_file(body: dict[str, Any], path: str | None) -> dict[str, Any]:
+    """``--model-file``: estimate from a config.json, GGUF or safetensors file directly."""
+    if not path:
+        return body
+    from .modelfiles import read_model_file
+
+    info = read_model_file(path)
+    body = {**body, "llm_key": "custom", "custom_model": info["config"]}
+    if info.get("weights_bytes") and info.get("kind") in ("gguf", "safetensors"):
+        body["custom_weights_bytes"] = int(info["weights_bytes"])
+    if info.get("quantization") and "quantization" not in body and "llm_key" in body:
+        body["quantization"] = info["quantization"]
+    return body
+
+
+def _bar(part: float, total: float) -> str:
+    n = 0 if total <= 0 else round(part / total * BAR_WIDTH)
+    return "█" * n + "·" * (BAR_WIDTH - n)
+
+
+STATUS_TEXT = {"okay": "fits comfortably", "moderate": "fits", "high": "tight fit", "very_high": "very tight fit",
+               "insufficient": "DOES NOT FIT", "error": "CONFIGURATION ERROR"}
+
+
+def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> str:
+    """The human face: the verdict, a bar per memory component against the GPU, then speed."""
+    from .catalog import get_catalog
+
+    cat = get_catalog()
+    gpu = cat.gpus.get(body["gpu_key"])
+    capacity = body.get("custom_vram") or gpu.data["memory_gib"]
+    model = body["llm_key"] if body["llm_key"] == "custom" else cat.models.get(body["llm_key"]).data["name"]
+    n = body.get("num_gpus", 1)
+    lines = [f"{model} on {n} x {gpu.data['label']} ({capacity:g} GiB each), runtime {out.get('runtime')}",
+             f"{out['vram_usage']:.2f} GiB of {capacity:g} GiB ({out['actual_vram_percentage']:.1f}%) — "
+             f"{out['memory_status']}: {STATUS_TEXT[out['memory_status']]}", ""]
+    width = max(len(k) for k in out["memory_details"]) if out["memory_details"] else 10
+    for label, size in out["memory_details"].items():
+        lines.append(f"  {label:<{width}}  {size:8.2f} GiB  {_bar(size, capacity)}")
+    lines.append(f"  {'Total':<{width}}  {out['vram_usage']:8.2f} GiB  {_bar(out['vram_usage'], capacity)}")
+    lines.append("")
+    if workload == "inference":
+        lines += [f"  decode      {out['per_user_tps']:.1f} tokens/s per user, {out['estimated_throughput_tps']:.1f} tokens/s in all "
+                  f"({out['ms_per_token']:.2f} ms/token)",
+                  f"  first token {out['tftt']:.0f} ms",
+                  f"  memory      {out['static_shared_memory']:.2f} GiB shared + {out['per_user_memory']:.2f} GiB per user"]
+    else:
+        lines += [f"  training    {out['training_tps']:.0f} tokens/s, {out['samples_per_second']:.3g} samples/s, "
+                  f"{out['total_training_time_hours']:.2f} h for {out['total_tokens']:.3g} tokens"]
+    lines.append(f"  host RAM    {out['estimated_system_ram_required']:.1f} GiB   offloaded {out['offloaded_memory']:.2f} GiB   "
+                 f"power {out['estimated_power_draw']} W")
+    for w in out.get("warnings", []):
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines)
+
+
+def emit(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str) -> None:
+    if fmt == "json":
+        click.echo(json.dumps(out, indent=2))
+    elif fmt in ("markdown", "html"):
+        from .report import render_report
+
+        click.echo(render_report(body, out, workload, fmt))
+    else:
+        click.echo(render_table(body, out, workload))
+
+
+FORMATS = click.Choice(["table", "json", "markdown", "html"])
+
+
+# -- inference ---------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--request", "request_file", metavar="FILE", help="Request JSON (the HTTP body); - reads stdin.")
+@click.option("--gpu", "gpu_key", help="gpu_key, e.g. rtx_4090 (see `vramplan gpus`).")
+@click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`).")
+@click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from.")
+@click.option("--quantization", help="Weights format: fp16, bf16, fp8, int8, int4, q4_k_m, awq, nf4, ...")
+@click.option("--kv-cache-quantization", help="KV cache format: fp16, fp8, int8, int4, q8_0, q4_0.")
+@click.option("--batch-size", type=int)
+@click.option("--seq-length", type=int, help="Tokens per sequence (prompt + generated).")
+@click.option("--concurrent-users", type=int)
+@click.option("--num-gpus", type=int)
+@click.option("--parallelism", "inference_parallelism", type=click.Choice(["pipeline", "tensor"]))
+@click.option("--interconnect", "interconnect_type")
+@click.option("--runtime", help="transformers, vllm or llama.cpp.")
+@click.option("--custom-vram", type=float, help="GiB, for custom_discrete / custom_apple_silicon.")
+@click.option("--prefix-caching/--no-prefix-caching", "enable_prefix_caching", default=None)
+@click.option("--shared-prefix-ratio", type=float)
+@click.option("--continuous-batching/--no-continuous-batching", "enable_continuous_batching", default=None)
+@click.option("--offload-layers", "num_offload_layers", type=int, help="Layers to offload (turns offloading on).")
+@click.option("--offload-percent", "percentage_offload", type=float, help="Percentage of layers to offload.")
+@click.option("--offload-kv/--no-offload-kv", "offload_kv_cache", default=None)
+@click.option("--offload-target", type=click.Choice(["cpu_ram", "nvme"]))
+@click.option("--flash-attention/--no-flash-attention", default=None)
+@click.option("--trace", is_flag=True, default=None, help="Include every evaluated formula (json).")
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def inference(request_file, model_file, fmt, flash_attention, **flags) -> None:
+    """Estimate memory and speed of serving a model."""
+    from . import estimate_inference
+
+    if flags.get("num_offload_layers") is not None or flags.get("percentage_offload") is not None:
+        flags["enable_offloading"] = True
+    if flash_attention is not None:
+        flags["optimization_config"] = {"flash_attention": flash_attention}
+    body = apply_model_file(merge(read_request(request_file), flags), model_file)
+    _require_keys(body)
+    emit(body, estimate_inference(body), "inference", fmt)
+
+
+def _require_keys(body: dict[str, Any]) -> None:
+    missing = [f for f, opt in (("gpu_key", "--gpu"), ("llm_key", "--model")) if f not in body]
+    if missing:
+        raise click.UsageError("; ".join(f"{f}: required (give {opt} or a --request file)" for f, opt in
+                                         (("gpu_key", "--gpu"), ("llm_key", "--model")) if f in missing))
+
+
+# -- fine-tuning -------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--request", "request_file", metavar="FILE", help="Request JSON (the HTTP body); - reads stdin.")
+@click.option("--gpu", "gpu_key")
+@click.option("--model", "llm_key")
+@click.option("--model-file", type=click.Path(dir_okay=True))
+@click.option("--method", "finetuning_method", type=click.Choice(["full", "lora", "qlora"]))
+@click.option("--precision", "fine_tuning_quantization", type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
+              help="Full fine-tuning precision (fp32 = mixed precision).")
+@click.option("--lora-rank", type=int)
+@click.option("--lora-targets", help="all-linear or a comma list such as q_proj,v_proj.")
+@click.option("--optimizer", type=click.Choice(["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "adafactor", "sgd"]))
+@click.option("--batch-size", type=int, help="Global batch size.")
+@click.option("--micro-batch-size", type=int)
+@click.option("--grad-accum", "gradient_accumulation_steps", type=int)
+@click.option("--seq-length", type=int)
+@click.option("--num-samples", type=int)
+@click.option("--tokens-per-sample", type=int)
+@click.option("--epochs", "num_epochs", type=int)
+@click.option("--num-gpus", type=int)
+@click.option("--interconnect", "interconnect_type")
+@click.option("--custom-vram", type=float)
+@click.option("--offload/--no-offload", "enable_offloading", default=None, help="ZeRO-Offload optimizer states.")
+@click.option("--offload-target", type=click.Choice(["cpu_ram", "nvme"]))
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
+@click.option("--flash-attention/--no-flash-attention", default=None)
+@click.option("--fused-kernels/--no-fused-kernels", "use_fused_kernels", default=None)
+@click.option("--activation-offloading/--no-activation-offloading", default=None)
+@click.option("--zero-stage", type=click.IntRange(0, 3))
+@click.option("--trace", is_flag=True, default=None)
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
+def finetuning(request_file, model_file, fmt, lora_targets, gradient_checkpointing, flash_attention,
+               use_fused_kernels, activation_offloading, zero_stage, **flags) -> None:
+    """Estimate memory and speed of fine-tuning a model."""
+    from . import estimate_finetuning
+
+    opt = {k: v for k, v in (("gradient_checkpointing", gradient_checkpointing), ("flash_attention", flash_attention),
+                             ("use_fused_kernels", use_fused_kernels), ("activation_offloading", activation_offloading),
+                             ("zero_stage", zero_stage)) if v is not None}
+    if opt:
+        flags["optimization_config"] = opt
+    if lora_targets:
+        flags["lora_target_modules"] = "all-linear" if lora_targets == "all-linear" else \
+            [t.strip() for t in lora_targets.split(",") if t.strip()]
+    body = apply_model_file(merge(read_request(request_file), flags), model_file)
+    _require_keys(body)
+    emit(body, estimate_finetuning(body), "finetuning", fmt)
+
+
+# -- plugins -----------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def plugins(fmt: str) -> None:
+    """List loaded plugins with versions, and any that failed to load."""
+    from .catalog import get_catalog
+
+    cat = get_catalog()
+    loaded = [{"name": p.name, "version": p.version, "builtin": p.builtin, "hooks": list(p.hooks)} for p in cat.host.plugins()]
+    failed = [{"name": f.name, "version": f.version, "error": f.error} for f in cat.host.failures]
+    if fmt == "json":
+        click.echo(json.dumps({"plugins": loaded, "failed": failed}, indent=2))
+        return
+    for p in loaded:
+        kind = "built-in" if p["builtin"] else "plugin"
+        click.echo(f"{p['name']:<32} {p['version']:<10} {kind:<9} {', '.join(p['hooks'])}")
+    for f in failed:
+        click.echo(f"{f['name']:<32} {f['version']:<10} FAILED    {f['error']}")
+
+
+def _attach() -> None:
+    """Commands that live in their own modules."""
+    from .cli_models import gpus, models
+    from .server.commands import serve, tokens
+
+    main.add_command(models)
+    main.add_command(gpus)
+    main.add_command(serve)
+    main.add_command(tokens)
+
+
+_attach()
