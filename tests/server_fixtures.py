@@ -6,6 +6,7 @@ Import what a test module needs: ``from server_fixtures import app_client, api_t
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -164,18 +165,18 @@ def postgres_store(postgres_url):
 
 # -- a real server process ----------------------------------------------------------------------
 
-@pytest.fixture
-def live_server(tmp_path):
+@contextlib.contextmanager
+def running_server(tmp_path, **extra_env):
     """`python -m vramplan.server serve` on a free loopback port; yields (base_url, env)."""
+    import httpx
+
     port = free_port()
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "VRAMPLAN_ADMIN_SECRET": ADMIN_SECRET,
-           "VRAMPLAN_DATABASE_URL": f"sqlite:///{tmp_path / 'live.db'}"}
+           "VRAMPLAN_DATABASE_URL": f"sqlite:///{tmp_path / 'live.db'}", **extra_env}
     proc = subprocess.Popen([sys.executable, "-m", "vramplan.server", "serve", "--host", "127.0.0.1",
                              "--port", str(port), "--log-level", "warning"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    import httpx
-
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -197,3 +198,9 @@ def live_server(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def live_server(tmp_path):
+    with running_server(tmp_path) as server:
+        yield server

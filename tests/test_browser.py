@@ -141,7 +141,7 @@ def test_errors_from_the_api_are_shown(browser, live_server):
 
 
 def test_the_page_cannot_be_used_without_its_session(browser, live_server):
-    """The API refuses the page's cookie from another origin (here: a page on 'localhost')."""
+    """The page's cookie alone does not open the API: the X-Vramplan-Page header must come with it."""
     from selenium.webdriver.common.by import By
 
     base, _ = live_server
@@ -175,3 +175,28 @@ def test_operator_creates_and_revokes_a_token_in_the_settings_page(browser, live
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#token-table tr.revoked"))
     assert httpx.get(f"{base}/api/v1/vram-calculation/llms", headers=headers).status_code == 401
     assert csp_violations(browser) == []
+
+
+def test_with_page_sessions_off_the_page_uses_a_pasted_token(browser, tmp_path):
+    import subprocess
+    import sys
+
+    from selenium.webdriver.common.by import By
+    from server_fixtures import running_server
+
+    with running_server(tmp_path, VRAMPLAN_PAGE_SESSIONS="0") as (base, env):
+        token = subprocess.run([sys.executable, "-m", "vramplan.server", "tokens", "create", "--name", "web"],
+                               env=env, capture_output=True, text=True, check=True).stdout.strip()
+        browser.get(base + "/")
+        field = browser.find_element(By.ID, "api_token")
+        field.send_keys("vp_wrong")
+        browser.find_element(By.ID, "seq_length").click()  # leaving the field fires "change"
+        error = wait(browser, lambda d: d.find_element(By.ID, "error") if d.find_element(By.ID, "error").is_displayed()
+                     else False)
+        assert "token" in error.text.lower()
+        field.clear()
+        field.send_keys(token)
+        browser.find_element(By.ID, "seq_length").click()
+        wait(browser, lambda d: d.find_element(By.ID, "calc-form").get_attribute("data-ready") == "true")
+        browser.find_element(By.ID, "calculate").click()
+        check_result(browser)

@@ -460,3 +460,22 @@ def test_token_store_outage_is_503_json_without_the_token(client, app, auth_head
     resp = call(client, "GET", "gpus", headers=auth_headers)
     assert_json_error(resp, 503)
     assert "database is down" in caplog.text and api_token not in caplog.text
+
+
+def test_page_sessions_can_be_switched_off(sqlite_store, api_token, monkeypatch):
+    """VRAMPLAN_PAGE_SESSIONS=0: no page cookie, the cookie is not accepted, the page asks for a token."""
+    from server_fixtures import test_client
+    from vramplan.server import create_app
+
+    monkeypatch.setenv("VRAMPLAN_PAGE_SESSIONS", "0")
+    app = create_app(store=sqlite_store, admin_secret=ADMIN_SECRET)
+    on = create_app(store=sqlite_store, admin_secret=ADMIN_SECRET, page_sessions=True)
+    with test_client(on) as c:
+        c.get("/")
+        cookie = c.cookies.get("vramplan_page")
+    with test_client(app) as c:
+        page = c.get("/")
+        assert "set-cookie" not in page.headers and 'id="api_token"' in page.text
+        c.cookies.set("vramplan_page", cookie, path=f"{PREFIX}/")
+        assert_json_error(call(c, "GET", "gpus", headers=PAGE), 401)
+        assert call(c, "GET", "gpus", headers={"Authorization": f"Bearer {api_token}"}).status_code == 200

@@ -41,13 +41,15 @@ async def authenticate(request: Request) -> Response | None:
             return unauthorized("invalid API token: unknown or revoked", invalid=True)
         request.state.token_name = info.name
         return None
-    if request.headers.get(auth.PAGE_HEADER) == "1" and auth.PAGE_COOKIE in request.cookies:
+    if state.page_sessions and request.headers.get(auth.PAGE_HEADER) == "1" \
+            and auth.PAGE_COOKIE in request.cookies:
         page = state.page_signer.unsign(request.cookies.get(auth.PAGE_COOKIE))
         if page is None:
             return unauthorized("the page session expired; reload the page", invalid=True)
         if not auth.same_origin(request):
             return error_response(403, "page sessions are accepted from this site's own pages only")
-        wait = state.page_limiter.hit(page.get("sid", ""))
+        client = request.client.host if request.client else "unknown"
+        wait = state.page_limiter.hit("sid:" + str(page.get("sid", ""))) or state.page_ip_limiter.hit("ip:" + client)
         if wait:
             return error_response(429, "too many requests from this page; slow down",
                                   headers={"Retry-After": str(int(wait) + 1)})

@@ -8,6 +8,7 @@ and the operator secret so that every worker process builds the same app.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -30,6 +31,8 @@ API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 #: page-session calls allowed per page session per minute (the page makes 3 on load, 1 per calculation)
 PAGE_RATE_PER_MINUTE = 120
+#: page-session calls allowed per client address per minute, over all its page sessions
+PAGE_RATE_PER_ADDRESS_PER_MINUTE = 600
 #: operator login attempts per client address per 5 minutes
 LOGIN_ATTEMPTS_PER_5_MINUTES = 10
 
@@ -77,7 +80,15 @@ async def _unexpected(request: Request, exc: Exception):
     return error_response(500, "internal error; the server log has the details")
 
 
-def create_app(store: TokenStore | None = None, admin_secret: str | None = None) -> Starlette:
+def page_sessions_from_env() -> bool:
+    """``VRAMPLAN_PAGE_SESSIONS=0`` turns the page's token-free session off (the page then asks for a token)."""
+    return os.environ.get("VRAMPLAN_PAGE_SESSIONS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def create_app(store: TokenStore | None = None, admin_secret: str | None = None, *,
+               page_sessions: bool | None = None) -> Starlette:
+    """The app. ``page_sessions``: may the calculator page call the API without a token (default: yes,
+    unless ``$VRAMPLAN_PAGE_SESSIONS`` is 0)."""
     store = store if store is not None else open_store()
     admin_secret = admin_secret if admin_secret is not None else auth.load_admin_secret()
     app = Starlette(
@@ -89,7 +100,9 @@ def create_app(store: TokenStore | None = None, admin_secret: str | None = None)
     app.state.admin_secret = admin_secret
     app.state.page_signer = auth.Signer(admin_secret, "page")
     app.state.session_signer = auth.Signer(admin_secret, "settings-session")
+    app.state.page_sessions = page_sessions_from_env() if page_sessions is None else page_sessions
     app.state.page_limiter = auth.RateLimiter(PAGE_RATE_PER_MINUTE, 60)
+    app.state.page_ip_limiter = auth.RateLimiter(PAGE_RATE_PER_ADDRESS_PER_MINUTE, 60)
     app.state.login_limiter = auth.RateLimiter(LOGIN_ATTEMPTS_PER_5_MINUTES, 300)
     app.add_middleware(SecurityHeaders)
     return app

@@ -4,8 +4,10 @@
 - **The calculator page** (``GET /``) gets an HttpOnly, SameSite=Strict cookie holding a signed page
   token (session id + expiry, one hour). The API accepts it instead of a Bearer token only together
   with the ``X-Vramplan-Page: 1`` header and a same-origin ``Origin``/``Sec-Fetch-Site``, and only at
-  a limited rate per page session. A custom header cannot be sent cross-origin without a CORS
-  preflight, which this server never grants, so other sites cannot spend a visitor's cookie.
+  a limited rate per page session and per client address. A custom header cannot be sent
+  cross-origin without a CORS preflight, which this server never grants, so other sites cannot spend
+  a visitor's cookie. Whoever can load the page can use what the page does: that is the point of a
+  public calculator. ``VRAMPLAN_PAGE_SESSIONS=0`` closes it; the page then asks for a token.
 - **The operator** logs in to ``/settings`` with the operator secret and gets a signed session
   cookie; every form there carries a per-session CSRF token.
 

@@ -41,6 +41,8 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
     Tokens live in $VRAMPLAN_DATABASE_URL (default: a SQLite file in the user data directory).
     The /settings page asks for the operator secret: $VRAMPLAN_ADMIN_SECRET, or a secret generated
     at first start and stored in the user data directory (its path is printed then).
+    The calculator page calls the API with a short-lived page session; VRAMPLAN_PAGE_SESSIONS=0
+    makes it ask for a token instead.
     """
     import uvicorn
 

@@ -51,7 +51,8 @@ AUTH = (
     "`vramplan tokens create --name NAME` or on the `/settings` page, shown once, and stored only as a hash. "
     "A missing, unknown or revoked token gets 401 with `WWW-Authenticate: Bearer`. The calculator page at `/` "
     "calls the API with a short-lived page session instead (an HttpOnly cookie plus the `X-Vramplan-Page: 1` "
-    "header, same-origin only, rate-limited); every other client needs a token."
+    "header, same-origin only, rate-limited); every other client needs a token. An operator who wants the "
+    "page closed too sets `VRAMPLAN_PAGE_SESSIONS=0`; the page then asks for a token."
 )
 
 ERRORS = (

@@ -52,11 +52,15 @@ def calculator_choices() -> dict:
 
 
 async def index(request: Request) -> Response:
-    response = render("index.html", {"api_prefix": PREFIX, "choices": calculator_choices()},
-                      headers={"Cache-Control": "no-store"})
-    page = request.app.state.page_signer.sign({"sid": auth.new_session_id()}, ttl=auth.PAGE_TOKEN_TTL)
-    response.set_cookie(auth.PAGE_COOKIE, page, max_age=auth.PAGE_TOKEN_TTL, path=PREFIX + "/",
-                        httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    """The calculator. With page sessions on, it carries a fresh page token: a browser-session cookie
+    (no Max-Age), HttpOnly, SameSite=Strict, sent only to the API paths, valid one hour."""
+    page_sessions = request.app.state.page_sessions
+    response = render("index.html", {"api_prefix": PREFIX, "choices": calculator_choices(),
+                                     "page_sessions": page_sessions}, headers={"Cache-Control": "no-store"})
+    if page_sessions:
+        page = request.app.state.page_signer.sign({"sid": auth.new_session_id()}, ttl=auth.PAGE_TOKEN_TTL)
+        response.set_cookie(auth.PAGE_COOKIE, page, path=PREFIX + "/", httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https")
     return response
 
 

@@ -12,8 +12,13 @@
                    "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"];
   let gpus = [];
 
+  const pageSession = form.dataset.pageSession === "true";
+
   function call(path, body) {
-    const init = { credentials: "same-origin", headers: { "X-Vramplan-Page": "1", "Accept": "application/json" } };
+    const headers = { "Accept": "application/json" };
+    if (pageSession) headers["X-Vramplan-Page"] = "1";
+    else headers["Authorization"] = "Bearer " + $("api_token").value.trim();
+    const init = { credentials: "same-origin", headers: headers };
     if (body !== undefined) {
       init.method = "POST";
       init.headers["Content-Type"] = "application/json";
@@ -27,7 +32,9 @@
     const box = $("error");
     box.textContent = "";
     let message = (data && data.message) || ("request failed (HTTP " + status + ")");
-    if (status === 401) message += " — reload the page to start a new session.";
+    if (status === 401) {
+      message += pageSession ? " — reload the page to start a new session." : " — check the API token above.";
+    }
     box.appendChild(document.createTextNode(message));
     const list = document.createElement("ul");
     ((data && data.errors) || []).forEach((e) => {
@@ -235,17 +242,22 @@
       .finally(() => { button.disabled = false; form.removeAttribute("aria-busy"); });
   });
 
-  Promise.all([call("gpus"), call("llms")]).then(([g, m]) => {
-    if (!g.ok) return showError(g.data, g.status);
-    if (!m.ok) return showError(m.data, m.status);
-    gpus = g.data;
-    fillSelect($("gpu_key"), gpus, (x) => x.key,
-               (x) => x.label + (x.memory ? " — " + fmt(x.memory, 0) + " GiB" : ""), "rtx_4090");
-    fillSelect($("llm_key"), m.data, (x) => x.key,
-               (x) => x.name + (x.params_b ? " (" + fmt(x.params_b, 1) + "B)" : ""), "llama-3-8b-instruct");
-    syncCustomGpu();
-    form.dataset.ready = "true";
-  }).catch((err) => showError({ message: "could not load the GPU and model lists: " + err }, 0));
+  function loadLists() {
+    return Promise.all([call("gpus"), call("llms")]).then(([g, m]) => {
+      if (!g.ok) return showError(g.data, g.status);
+      if (!m.ok) return showError(m.data, m.status);
+      gpus = g.data;
+      fillSelect($("gpu_key"), gpus, (x) => x.key,
+                 (x) => x.label + (x.memory ? " — " + fmt(x.memory, 0) + " GiB" : ""), "rtx_4090");
+      fillSelect($("llm_key"), m.data, (x) => x.key,
+                 (x) => x.name + (x.params_b ? " (" + fmt(x.params_b, 1) + "B)" : ""), "llama-3-8b-instruct");
+      $("error").hidden = true;
+      syncCustomGpu();
+      form.dataset.ready = "true";
+    }).catch((err) => showError({ message: "could not load the GPU and model lists: " + err }, 0));
+  }
 
   syncMode();
+  if (pageSession) loadLists();
+  else $("api_token").addEventListener("change", loadLists);
 })();

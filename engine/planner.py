@@ -1,0 +1,315 @@
+"""The planner: "what fits?" answered by searching the estimator itself.
+
+``plan(request)`` takes an inference or fine-tuning request plus ``workload``, ``find`` (the
+questions), ``headroom`` and ``gpu_keys`` (schema ``plan-request``) and answers each question with
+``{"value": ..., "estimate": {...}}`` or ``{"value": null, "reason": "..."}`` (schema
+``plan-response``).
+
+A configuration **fits** when its ``memory_status`` is neither ``insufficient`` nor ``error`` and
+``vram_usage <= (1 - headroom) x capacity``. Every answer is read off the estimator, never from a
+formula of its own, so it is consistent by construction: for a "max" question the value fits and
+value + 1 does not (unless a cap ended the search: ``limited_by`` says which); for ``min_num_gpus``
+the value fits and value - 1 does not.
+
+Search: memory grows with context, batch and users, and shrinks with more GPUs, so each question is
+a monotone predicate. It gallops from the request's own value (doubling or halving, about log2
+steps) to bracket the boundary, then bisects: ~2·log2(range) estimates of ~1 ms each.
+
+``best_quantization`` tries weight formats from the highest ``quality_rank`` down (catalog
+``quantization/formats.yaml``; ties keep catalog order) and answers the first that fits. Only
+formats the runtime loads are tried: the request's ``runtime`` if it names one, else each format
+with the runtime it defaults to (GGUF types → llama.cpp, others → the default runtime); aliases
+(``q8``) are skipped for the format they name. Fine-tuning tries ``fine_tuning_quantization`` for
+``full`` (fp32 mixed precision, bf16, fp16, fp8); LoRA and QLoRA fix their base format.
+
+``gpus`` estimates the request on every catalog GPU (or ``gpu_keys``), skips the ``custom_*``
+placeholders, and lists those that fit, fastest first (``per_user_tps`` or ``training_tps``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from .catalog import Catalog, get_catalog
+from .datafiles import schema_problems
+from .errors import RequestError, VramplanError
+
+QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "min_num_gpus", "best_quantization", "gpus")
+PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys")
+#: Request field each numeric question varies, and the schema's ceiling for it.
+FIELDS = {"max_seq_length": ("seq_length", 16777216), "max_batch_size": ("batch_size", 1048576),
+          "max_concurrent_users": ("concurrent_users", 1048576), "min_num_gpus": ("num_gpus", 1024)}
+NOT_FITTING = ("insufficient", "error")
+FINETUNE_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
+
+
+def estimator(workload: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    from .estimate import run
+
+    return lambda body: run(body, workload)
+
+
+def capacity_gib(body: dict[str, Any], cat: Catalog | None = None) -> float:
+    """The GPU memory the request runs against: ``custom_vram`` if given, else the catalog's."""
+    if body.get("custom_vram") is not None:
+        return float(body["custom_vram"])
+    cat = cat or get_catalog()
+    return float(cat.gpus.get(body["gpu_key"]).data.get("memory_gib") or 0.0)
+
+
+def fits(out: dict[str, Any], capacity: float, headroom: float = 0.0) -> bool:
+    """The planner's one definition of "fits" (see the module docstring)."""
+    return out["memory_status"] not in NOT_FITTING and out["vram_usage"] <= (1.0 - headroom) * capacity + 1e-9
+
+
+class Probe:
+    """Estimates one request at different values of one field, remembering each (no estimate twice)."""
+
+    def __init__(self, body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float):
+        self.body, self.field, self.capacity, self.headroom = body, field, capacity, headroom
+        self.run = estimator(workload)
+        self.seen: dict[int, dict[str, Any] | RequestError] = {}
+
+    def estimate(self, value: int) -> dict[str, Any] | RequestError:
+        if value not in self.seen:
+            try:
+                self.seen[value] = self.run({**self.body, self.field: value})
+            except RequestError as exc:  # e.g. micro_batch_size > batch_size: this value cannot run
+                self.seen[value] = exc
+        return self.seen[value]
+
+    def fits(self, value: int) -> bool:
+        out = self.estimate(value)
+        return not isinstance(out, RequestError) and fits(out, self.capacity, self.headroom)
+
+
+def search_max(probe: Probe, start: int, lo_bound: int, cap: int) -> int | None:
+    """Largest value in [lo_bound, cap] that fits, for a predicate true below a boundary; None if none."""
+    start = min(max(start, lo_bound), cap)
+    if probe.fits(start):
+        lo, hi = start, None
+        while hi is None:
+            if lo == cap:
+                return cap
+            nxt = min(lo * 2, cap)
+            if probe.fits(nxt):
+                lo = nxt
+            else:
+                hi = nxt
+    else:
+        hi, lo = start, None
+        while lo is None:
+            if hi == lo_bound:
+                return None
+            nxt = max(hi // 2, lo_bound)
+            if probe.fits(nxt):
+                lo = nxt
+            else:
+                hi = nxt
+    while hi - lo > 1:  # invariant: lo fits, hi does not
+        mid = (lo + hi) // 2
+        if probe.fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def search_min(probe: Probe, lo_bound: int, cap: int) -> int | None:
+    """Smallest value in [lo_bound, cap] that fits, for a predicate true above a boundary; None if none."""
+    if probe.fits(lo_bound):
+        return lo_bound
+    lo, hi = lo_bound, None  # lo does not fit
+    while hi is None:
+        if lo >= cap:
+            return None
+        nxt = min(lo * 2, cap)
+        if probe.fits(nxt):
+            hi = nxt
+        else:
+            lo = nxt
+    while hi - lo > 1:  # invariant: hi fits, lo does not
+        mid = (lo + hi) // 2
+        if probe.fits(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _why_not(out: dict[str, Any] | RequestError, field: str, value: int, capacity: float, headroom: float) -> str:
+    if isinstance(out, RequestError):
+        return f"{field}={value} is not a valid request: {out}"
+    limit = (1.0 - headroom) * capacity
+    text = (f"even at {field}={value} it needs {out['vram_usage']:.2f} GiB, over the {limit:.2f} GiB allowed"
+            + (f" ({capacity:g} GiB less {headroom:.0%} headroom)" if headroom else f" ({capacity:g} GiB)")
+            if out["vram_usage"] > limit else f"at {field}={value} memory_status is {out['memory_status']}")
+    errors = [w for w in out.get("warnings", []) if w.startswith("configuration error")]
+    return text + ("; " + "; ".join(errors) if errors else "")
+
+
+def model_context(body: dict[str, Any], cat: Catalog) -> int | None:
+    """The model's context length in tokens (catalog, or the custom config's max_position_embeddings)."""
+    if body.get("llm_key") == "custom":
+        cfg = body.get("custom_model") or {}
+        cfg = cfg.get("text_config", cfg) if isinstance(cfg, dict) else {}
+        n = cfg.get("max_position_embeddings")
+        return int(n) if isinstance(n, int) and n > 0 else None
+    arch = cat.architectures.get(body.get("llm_key"))
+    n = getattr(arch, "max_position_embeddings", None) if arch else None
+    if not n and body.get("llm_key") in cat.models:
+        n = cat.models.get(body["llm_key"]).data.get("context_length")
+    return int(n) if n else None
+
+
+def _numeric(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    field, cap = FIELDS[question]
+    cat, capacity, headroom = ctx["catalog"], ctx["capacity"], ctx["headroom"]
+    if question == "max_concurrent_users" and workload != "inference":
+        return {"value": None, "reason": "concurrent_users applies to inference only"}
+    limited_by = f"the schema's maximum {field} ({cap})"
+    if question == "max_seq_length":
+        n = model_context(body, cat)
+        if n:
+            cap, limited_by = min(cap, n), f"the model's context length ({n} tokens)"
+    probe = Probe(body, workload, field, capacity, headroom)
+    if question == "min_num_gpus":
+        value = search_min(probe, 1, cap)
+        if value is None:
+            return {"value": None, "reason": f"no GPU count up to {cap} fits: "
+                    + _why_not(probe.estimate(cap), field, cap, capacity, headroom), "evaluations": len(probe.seen)}
+    else:
+        value = search_max(probe, int(ctx["base"].get(field, 1)), 1, cap)
+        if value is None:
+            return {"value": None, "reason": "nothing fits: " + _why_not(probe.estimate(1), field, 1, capacity, headroom),
+                    "evaluations": len(probe.seen)}
+    answer: dict[str, Any] = {"value": value, "estimate": _final(probe, value, body, workload, field),
+                              "evaluations": len(probe.seen)}
+    if question != "min_num_gpus" and value == cap:
+        answer["limited_by"] = limited_by
+    return answer
+
+
+def _final(probe: Probe, value: int, body: dict[str, Any], workload: str, field: str) -> dict[str, Any]:
+    if body.get("trace"):
+        return estimator(workload)({**body, field: value, "trace": True})
+    return probe.seen[value]  # type: ignore[return-value]
+
+
+def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog) -> tuple[str, list[str], str]:
+    """(request field, formats best first, note on what was tried)."""
+    if workload == "finetuning":
+        method = body.get("finetuning_method", "lora")
+        if method != "full":
+            return "fine_tuning_quantization", [], f"{method} fixes the base weights' format ({'nf4' if method == 'qlora' else 'bf16'})"
+        ranked = sorted(FINETUNE_PRECISIONS, key=lambda k: -cat.quantization.get(k).data["quality_rank"])
+        return "fine_tuning_quantization", ranked, "full fine-tuning precisions"
+    runtime = body.get("runtime")
+    entries = [e for e in cat.quantization if e.data["kind"] != "alias"
+               and (runtime is None or runtime in e.data.get("runtimes", [runtime]))]
+    ranked = [e.key for e in sorted(entries, key=lambda e: -e.data["quality_rank"])]  # stable: ties keep catalog order
+    return "quantization", ranked, f"formats {runtime} loads" if runtime else "every format, each with its default runtime"
+
+
+def _best_quantization(body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    cat, capacity, headroom = ctx["catalog"], ctx["capacity"], ctx["headroom"]
+    field, ranked, note = _quant_candidates(body, workload, cat)
+    if not ranked:
+        return {"value": None, "reason": f"nothing to choose: {note}"}
+    run = estimator(workload)
+    tried = []
+    for key in ranked:
+        try:
+            out = run({**body, field: key})
+        except RequestError:
+            continue
+        tried.append(key)
+        if fits(out, capacity, headroom):
+            if body.get("trace"):
+                out = run({**body, field: key, "trace": True})
+            return {"value": key, "quality_rank": cat.quantization.get(key).data["quality_rank"], "estimate": out,
+                    "evaluations": len(tried)}
+    return {"value": None, "reason": f"none of the {len(tried)} {note} fits (smallest tried: {tried[-1] if tried else 'none'})",
+            "evaluations": len(tried)}
+
+
+def _gpus(body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    cat, headroom = ctx["catalog"], ctx["headroom"]
+    keys = ctx["gpu_keys"]
+    if keys is None:
+        keys = [e.key for e in cat.gpus if not e.data.get("custom")]
+    speed = "per_user_tps" if workload == "inference" else "training_tps"
+    run = estimator(workload)
+    body = {k: v for k, v in body.items() if k not in ("trace", "custom_vram")}
+    found = []
+    for key in keys:
+        b = {**body, "gpu_key": key}
+        try:
+            out = run(b)
+        except VramplanError:
+            continue
+        if fits(out, capacity_gib(b, cat), headroom):
+            found.append({"gpu_key": key, "vram_usage": out["vram_usage"], "memory_status": out["memory_status"],
+                          speed: out[speed]})
+    found.sort(key=lambda r: (-r[speed], r["vram_usage"], r["gpu_key"]))
+    if not found:
+        return {"value": None, "reason": f"none of the {len(keys)} GPUs considered fits", "considered": len(keys)}
+    return {"value": found, "considered": len(keys)}
+
+
+HANDLERS = {"max_seq_length": _numeric, "max_batch_size": _numeric, "max_concurrent_users": _numeric,
+            "min_num_gpus": _numeric, "best_quantization": _best_quantization, "gpus": _gpus}
+
+
+def _field(where: str, message: str) -> str:
+    if where == "$":
+        m = re.match(r"'([^']+)' is a required property", message)
+        return m.group(1) if m else "body"
+    return where[2:] if where.startswith("$.") else where
+
+
+def validate_plan(request: Any) -> dict[str, Any]:
+    if not isinstance(request, dict):
+        raise RequestError([("body", "must be a JSON object")])
+    problems = [(_field(w, m), m) for w, m in schema_problems(request, "plan-request")]
+    if problems:
+        raise RequestError(problems)
+    return request
+
+
+def plan(request: dict[str, Any]) -> dict[str, Any]:
+    """Answer each question in ``request["find"]``; see the module docstring."""
+    validate_plan(request)
+    cat = get_catalog()
+    workload = request["workload"]
+    body = {k: v for k, v in request.items() if k not in PLAN_FIELDS}
+    headroom = float(request.get("headroom", 0.0))
+    gpu_keys = request.get("gpu_keys")
+    if gpu_keys is not None:
+        problems, suggestions = [], {}
+        for i, key in enumerate(gpu_keys):
+            if key not in cat.gpus:
+                problems.append((f"gpu_keys[{i}]", f"unknown GPU {key!r}"))
+                suggestions[f"gpu_keys[{i}]"] = cat.gpus.closest(key)
+        if problems:
+            raise RequestError(problems, suggestions=suggestions)
+    find = list(dict.fromkeys(request["find"]))
+    ctx: dict[str, Any] = {"catalog": cat, "headroom": headroom, "gpu_keys": gpu_keys}
+    answers: dict[str, Any] = {}
+    needs_gpu = [q for q in find if q != "gpus"]
+    if needs_gpu:
+        run = estimator(workload)
+        # Validates the whole request once (every bad field named) and gives the defaults searches start from.
+        run({k: v for k, v in body.items() if k != "trace"})
+        from .request import validate
+
+        ctx["base"] = validate(body, workload)
+        ctx["capacity"] = capacity_gib(body, cat)
+    elif "llm_key" in body:
+        probe_gpu = (gpu_keys or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
+        estimator(workload)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
+    for q in find:
+        answers[q] = HANDLERS[q](q, body, workload, ctx) if HANDLERS[q] is _numeric else HANDLERS[q](body, workload, ctx)
+    return answers

@@ -1,0 +1,334 @@
+"""Auditable reports (Markdown and HTML) of one estimate: the last stage, ``render``.
+
+:func:`render_report` = :func:`build_context` (plain, JSON-able data read from the request, the
+response with its trace, and the catalog) + :func:`render_context` (jinja2 templates). Keeping the
+context plain lets tests freeze one and snapshot the templates alone.
+
+Templates: one :class:`jinja2.Environment` per template search path, ``StrictUndefined``,
+autoescape for ``*.html*``. The loader searches, first match wins:
+
+1. ``$VRAMPLAN_TEMPLATE_DIR`` (a user's folder),
+2. folders plugins register with ``register_report_templates``, the last registered first,
+3. the built-in ``vramplan/templates`` (registered by the built-in plugin, always searched last),
+
+so a user or plugin overrides ``report.html.j2`` whole, or one partial such as
+``partials/verdict.html.j2``. Charts are drawn in Python (:mod:`vramplan.charts`) and offered to
+templates as ``stacked_bar_svg(memory, capacity)`` and ``context_chart_svg(curve)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from . import __version__, charts
+from .catalog import Catalog, get_catalog
+
+FORMATS = {"markdown": "report.md.j2", "html": "report.html.j2"}
+BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
+GIB = float(1 << 30)
+CURVE_POINTS = 12
+CURVE_START = 512
+
+STATUS_TEXT = {"okay": "fits comfortably", "moderate": "fits", "high": "tight fit", "very_high": "very tight fit",
+               "insufficient": "does not fit", "error": "configuration error"}
+
+#: Units of request fields (the schemas' descriptions say the same in words).
+REQUEST_UNITS = {
+    "custom_vram": "GiB", "num_gpus": "GPUs", "batch_size": "sequences", "seq_length": "tokens",
+    "concurrent_users": "users", "shared_prefix_ratio": "fraction", "num_offload_layers": "layers",
+    "percentage_offload": "%", "custom_weights_bytes": "bytes", "lora_rank": "rank",
+    "gradient_accumulation_steps": "steps", "micro_batch_size": "sequences", "num_samples": "samples",
+    "tokens_per_sample": "tokens", "num_epochs": "epochs", "headroom": "fraction",
+}
+
+#: Response fields shown as performance figures: (field, label, unit).
+PERFORMANCE = {
+    "inference": (("per_user_tps", "Decode speed per user", "tokens/s"),
+                  ("estimated_throughput_tps", "Throughput, all users", "tokens/s"),
+                  ("estimated_latency_tps", "Latency-bound speed", "tokens/s"),
+                  ("ms_per_token", "Time per output token", "ms"),
+                  ("tftt", "Time to first token", "ms"),
+                  ("static_shared_memory", "Memory shared by all users", "GiB"),
+                  ("per_user_memory", "Memory each user adds", "GiB"),
+                  ("estimated_system_ram_required", "Host RAM required", "GiB"),
+                  ("offloaded_memory", "Offloaded memory", "GiB"),
+                  ("estimated_power_draw", "Power draw", "W")),
+    "finetuning": (("training_tps", "Training throughput", "tokens/s"),
+                   ("samples_per_second", "Samples per second", "samples/s"),
+                   ("steps_per_second", "Optimizer steps per second", "steps/s"),
+                   ("total_tokens", "Tokens to train on", "tokens"),
+                   ("total_training_time_hours", "Training time", "h"),
+                   ("static_shared_memory", "Static memory", "GiB"),
+                   ("estimated_system_ram_required", "Host RAM required", "GiB"),
+                   ("offloaded_memory", "Offloaded memory", "GiB"),
+                   ("estimated_power_draw", "Power draw", "W")),
+}
+
+_URL = re.compile(r"https?://[^\s)\]>'\"]+")
+
+
+# -- numbers ----------------------------------------------------------------------------------
+
+def exact(v: Any) -> str:
+    """A number as a reader retypes it into a calculator: integers whole, others to 10 digits."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if float(v).is_integer() and abs(v) < 1e16:
+        return str(int(v))
+    return f"{v:.10g}"
+
+
+def human(v: Any, unit: str) -> str:
+    """Bytes also in GiB or MiB, so a reader sees the scale; other units left alone."""
+    if unit != "bytes" or not isinstance(v, (int, float)) or isinstance(v, bool):
+        return ""
+    return f"{v / GIB:.3f} GiB" if abs(v) >= GIB / 10 else f"{v / (1 << 20):.2f} MiB"
+
+
+def md_cell(text: Any) -> str:
+    """Text safe inside a Markdown table cell (pipes escaped, one line)."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+# -- context ----------------------------------------------------------------------------------
+
+def _request_rows(body: dict[str, Any], req: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for field, value in req.items():
+        if field in ("trace", "custom_model") or value is None:
+            continue
+        if field == "optimization_config":
+            for k, v in value.items():
+                given = k in (body.get("optimization_config") or {})
+                rows.append({"field": f"optimization_config.{k}", "value": _show(v), "unit": "", "default": not given})
+            continue
+        rows.append({"field": field, "value": _show(value), "unit": REQUEST_UNITS.get(field, ""), "default": field not in body})
+    if "custom_model" in req:
+        cfg = req["custom_model"] or {}
+        rows.append({"field": "custom_model", "value": f"config.json with {len(cfg)} keys", "unit": "", "default": False})
+    return rows
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
+def _source(entry) -> dict[str, Any]:
+    text = str(entry.data.get("source", "")) if entry is not None else ""
+    return {"source": text, "urls": _URL.findall(text)}
+
+
+def _provenance(res) -> list[dict[str, Any]]:
+    rows = []
+    items = [("GPU", res.gpu), ("Model", res.model), ("Weights format", res.quant)]
+    if res.kv_quant is not None and res.kv_quant.key != res.quant.key:
+        items.append(("KV cache format", res.kv_quant))
+    items += [("Runtime", res.runtime), ("Interconnect", res.interconnect)]
+    for what, entry in items:
+        if entry is None:  # custom model
+            rows.append({"what": what, "key": res.model_key, "label": res.model_name, "plugin": "request",
+                         "file": "custom_model", "source": "the request's config.json", "urls": []})
+            continue
+        src = _source(entry)
+        if what == "Runtime" and not src["source"]:
+            src = {"source": "each constant cites its own source (see Runtime constants)", "urls": []}
+        rows.append({"what": what, "key": entry.key, "label": str(entry.data.get("label") or entry.data.get("name") or entry.key),
+                     "plugin": entry.provenance.plugin, "file": entry.provenance.file or "", **src})
+    return rows
+
+
+def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime, hw_class: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """(formulas in evaluation order, scenario inputs they read, runtime constants they read)."""
+    from .scenario import VARIABLES
+
+    known = cat.formulas.formulas
+    consts = runtime.data["constants"]
+    scenario: dict[str, dict] = {}
+    runtime_rows: dict[str, dict] = {}
+    out = []
+    for step in trace:
+        f = known.get(step["id"])
+        inputs = []
+        for name, value in step["inputs"].items():
+            if name in known:
+                unit, kind = known[name].unit, "formula"
+            elif name.startswith("rt_"):
+                base = name[3:]
+                key = f"{base}_{hw_class}" if f"{base}_{hw_class}" in consts else base
+                c = consts.get(key, {})
+                unit, kind = str(c.get("unit", "")), "runtime"
+                runtime_rows.setdefault(name, {"name": name, "constant": key, "value": exact(value), "unit": unit,
+                                               "source": str(c.get("source", "not available"))})
+            else:
+                unit, meaning = VARIABLES.get(name, ("", ""))
+                kind = "scenario"
+                scenario.setdefault(name, {"name": name, "value": exact(value), "unit": unit, "meaning": meaning})
+            inputs.append({"name": name, "value": exact(value), "unit": unit, "kind": kind})
+        out.append({"id": step["id"], "description": f.description if f else "", "expr": step["expr"],
+                    "unit": step["unit"], "file": step["file"], "references": list(f.references) if f else [],
+                    "inputs": inputs, "value": exact(step["value"]), "human": human(step["value"], step["unit"])})
+    return out, sorted(scenario.values(), key=lambda r: r["name"]), sorted(runtime_rows.values(), key=lambda r: r["name"])
+
+
+def context_lengths(max_len: int, request_len: int, n: int = CURVE_POINTS, start: int = CURVE_START) -> list[int]:
+    """About ``n`` context lengths spaced evenly on a log scale from ``start`` to ``max_len``, plus the request's own."""
+    max_len = max(max_len, start * 2)
+    ratio = (max_len / start) ** (1 / (n - 1))
+    xs = {start, max_len, request_len}
+    for i in range(1, n - 1):
+        x = start * ratio ** i
+        step = 2 ** max(0, int(math.log2(x)) - 4)  # 4 significant bits: 640, 768, 1536, 12288, ...
+        xs.add(int(round(x / step) * step))
+    return sorted(x for x in xs if x >= 1)
+
+
+def _curve(body: dict[str, Any], workload: str, res, capacity: float) -> dict[str, Any]:
+    from .planner import Probe, search_max
+
+    model_max = res.arch.max_position_embeddings or max(res.request["seq_length"], 32768)
+    base = {k: v for k, v in body.items() if k != "trace"}
+    probe = Probe(base, workload, "seq_length", capacity, 0.0)
+    points = []
+    for x in context_lengths(int(model_max), int(res.request["seq_length"])):
+        out = probe.estimate(x)
+        if isinstance(out, dict):
+            points.append({"seq_length": x, "vram_usage": out["vram_usage"], "memory_status": out["memory_status"]})
+    top = max(int(model_max), int(res.request["seq_length"]))
+    crossing = search_max(probe, int(res.request["seq_length"]), 1, top)
+    if crossing is None:
+        note = f"does not fit at any context length (not even 1 token) on {capacity:g} GiB"
+    elif crossing >= top:
+        crossing, note = None, f"fits at every context length up to {top:,} tokens"
+    else:
+        note = f"fits up to {crossing:,} tokens; {crossing + 1:,} tokens need more than {capacity:g} GiB"
+    return {"points": points, "capacity": capacity, "crossing": crossing, "note": note, "model_max": int(model_max),
+            "request": {"seq_length": int(res.request["seq_length"])}}
+
+
+def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
+    """Everything a report template shows, as plain JSON-able data."""
+    from . import request as request_mod
+    from .estimate import run
+    from .resolve import resolve
+    from .scenario import hardware_class
+
+    cat = catalog or get_catalog()
+    if "trace" not in out:
+        out = run({**body, "trace": True}, workload, cat)
+    req = request_mod.validate(body, workload)
+    res = resolve(cat, req, workload)
+    capacity = float(res.gpu_memory_gib)
+    vram = float(out["vram_usage"])
+    formulas, scenario, runtime_constants = _formulas(cat, out["trace"], res.runtime, hardware_class(res.gpu.data))
+    curve = _curve(body, workload, res, capacity)
+    for p in curve["points"]:
+        if p["seq_length"] == curve["request"]["seq_length"]:
+            curve["request"]["vram_usage"] = p["vram_usage"]
+    curve["request"].setdefault("vram_usage", vram)
+    total = sum(out["memory_details"].values()) or 1.0
+    return {
+        "title": f"{'Inference' if workload == 'inference' else 'Fine-tuning'}: {res.model_name} on "
+                 f"{int(req['num_gpus'])} x {res.gpu.data['label']}",
+        "workload": workload,
+        "version": __version__,
+        "request": _request_rows(body, req),
+        "verdict": {"status": out["memory_status"], "text": STATUS_TEXT.get(out["memory_status"], out["memory_status"]),
+                    "vram_usage": vram, "capacity": capacity, "percent": out["actual_vram_percentage"],
+                    "gpu": res.gpu.data["label"], "num_gpus": int(req["num_gpus"]), "model": res.model_name,
+                    "runtime": out.get("runtime", res.runtime.key)},
+        "memory": [{"label": k, "size_gb": v, "percent_of_total": round(v / total * 100, 1),
+                    "percent_of_capacity": round(v / capacity * 100, 1) if capacity else 0.0}
+                   for k, v in out["memory_details"].items()],
+        "per_gpu": out.get("per_gpu", []),
+        "kv_pool": out.get("kv_pool"),
+        "curve": curve,
+        "performance": [{"field": f, "label": label, "value": out[f], "unit": unit}
+                        for f, label, unit in PERFORMANCE[workload] if f in out],
+        "active_optimizations": out.get("active_optimizations", []),
+        "formulas": formulas,
+        "scenario": scenario,
+        "runtime_constants": runtime_constants,
+        "provenance": _provenance(res),
+        "assumptions": list(out.get("assumptions", [])),
+        "warnings": list(out.get("warnings", [])),
+        "plugins": [{"name": p.name, "version": p.version, "builtin": p.builtin, "hooks": list(p.hooks)}
+                    for p in cat.host.plugins()],
+        "plugin_failures": [{"name": f.name, "version": f.version, "error": f.error} for f in cat.host.failures],
+    }
+
+
+# -- templates --------------------------------------------------------------------------------
+
+def template_dirs(catalog: Catalog | None = None) -> list[Path]:
+    """The loader's search path, first match wins: user folder, plugins (last registered first), built-ins."""
+    cat = catalog or get_catalog()
+    dirs: list[Path] = []
+    user = os.environ.get("VRAMPLAN_TEMPLATE_DIR")
+    if user:
+        dirs.append(Path(user))
+    dirs += [Path(d) for d in reversed(cat.template_dirs)]
+    builtin = [d for d in dirs if d.resolve() == BUILTIN_TEMPLATES.resolve()]
+    dirs = [d for d in dirs if d not in builtin] + [BUILTIN_TEMPLATES]
+    return dirs
+
+
+def _svg(s: str) -> Markup:
+    return Markup(s)  # built by charts.py, which escapes every text it writes
+
+
+def stacked_bar_svg(memory: list[dict[str, Any]], capacity: float) -> Markup:
+    return _svg(charts.stacked_bar([(m["label"], m["size_gb"]) for m in memory], capacity,
+                                   title="Memory by component against GPU capacity"))
+
+
+def context_chart_svg(curve: dict[str, Any]) -> Markup:
+    req = curve["request"]
+    return _svg(charts.line_chart([(p["seq_length"], p["vram_usage"]) for p in curve["points"]], curve["capacity"],
+                                  crossing=curve["crossing"], marker=(req["seq_length"], req["vram_usage"]),
+                                  title="Memory versus context length"))
+
+
+@lru_cache(maxsize=8)
+def _environment(search_path: tuple[str, ...]) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(p) for p in search_path]),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "html.j2", "svg"), default_for_string=False),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(exact=exact, md=md_cell)
+    env.globals.update(stacked_bar_svg=stacked_bar_svg, context_chart_svg=context_chart_svg,
+                       short_number=charts.short_number)
+    return env
+
+
+def environment(catalog: Catalog | None = None) -> jinja2.Environment:
+    """The one Environment for the current search path (rebuilt only when the path changes)."""
+    return _environment(tuple(str(d) for d in template_dirs(catalog)))
+
+
+def render_context(context: dict[str, Any], fmt: str, catalog: Catalog | None = None) -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown report format {fmt!r} (one of {', '.join(FORMATS)})")
+    return environment(catalog).get_template(FORMATS[fmt]).render(**context)
+
+
+def render_report(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str) -> str:
+    """The report for one request and its response (re-estimated with a trace if it has none)."""
+    return render_context(build_context(body, out, workload), fmt)
