@@ -111,7 +111,7 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             details[label] = _gib(b)
     vram = round(sum(details.values()), 2)
     capacity = res.gpu_memory_gib
-    actual = vram / capacity * 100 if capacity else 0.0
+    actual = round(vram / capacity * 100, 1) if capacity else 0.0  # status follows the figure shown
     errors = _configuration_errors(res, s)
     status = "error" if errors else memory_status(actual)
     warnings = list(res.warnings) + [f"configuration error: {e}" for e in errors]

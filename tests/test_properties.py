@@ -1,0 +1,163 @@
+"""Property tests over the request space of both endpoints (hypothesis).
+
+No unexpected exception, no NaN/inf/negative figure, memory_details sums to vram_usage,
+memory_status agrees with the percentage, and monotonicity holds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import vramplan
+from vramplan.catalog import get_catalog
+from vramplan.errors import RequestError
+from vramplan.estimate import memory_status
+
+CAT = get_catalog()
+GPUS = sorted(e.key for e in CAT.gpus if not e.data.get("custom"))
+MODELS = sorted(e.key for e in CAT.models)
+WEIGHT_FORMATS = sorted(e.key for e in CAT.quantization)
+KV_FORMATS = sorted(e.key for e in CAT.quantization if "kv_cache_bits" in e.data)
+RUNTIMES = sorted(e.key for e in CAT.runtimes)
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+inference_requests = st.fixed_dictionaries(
+    {"gpu_key": st.sampled_from(GPUS), "llm_key": st.sampled_from(MODELS)},
+    optional={
+        "quantization": st.sampled_from(WEIGHT_FORMATS),
+        "kv_cache_quantization": st.sampled_from(KV_FORMATS),
+        "runtime": st.sampled_from(RUNTIMES),
+        "num_gpus": st.integers(1, 16),
+        "batch_size": st.integers(1, 64),
+        "seq_length": st.integers(1, 262144),
+        "concurrent_users": st.integers(1, 64),
+        "enable_prefix_caching": st.booleans(),
+        "shared_prefix_ratio": st.floats(0, 1),
+        "enable_continuous_batching": st.booleans(),
+        "inference_parallelism": st.sampled_from(["pipeline", "tensor"]),
+        "enable_offloading": st.booleans(),
+        "offload_target": st.sampled_from(["cpu_ram", "nvme"]),
+        "num_offload_layers": st.integers(0, 200),
+        "offload_kv_cache": st.booleans(),
+        "optimization_config": st.fixed_dictionaries({}, optional={"flash_attention": st.booleans()}),
+    })
+
+finetuning_requests = st.fixed_dictionaries(
+    {"gpu_key": st.sampled_from(GPUS), "llm_key": st.sampled_from(MODELS)},
+    optional={
+        "finetuning_method": st.sampled_from(["full", "lora", "qlora"]),
+        "fine_tuning_quantization": st.sampled_from(["fp32", "fp16", "bf16", "fp8"]),
+        "lora_rank": st.integers(1, 1024),
+        "lora_target_modules": st.one_of(st.just("all-linear"), st.lists(
+            st.sampled_from(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+            min_size=1, max_size=7, unique=True)),
+        "optimizer": st.sampled_from(["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "adafactor", "sgd"]),
+        "gradient_accumulation_steps": st.integers(1, 16),
+        "batch_size": st.integers(1, 256),
+        "seq_length": st.integers(1, 131072),
+        "num_samples": st.integers(1, 10**7),
+        "tokens_per_sample": st.integers(1, 131072),
+        "num_epochs": st.integers(1, 10),
+        "num_gpus": st.integers(1, 16),
+        "enable_offloading": st.booleans(),
+        "offload_target": st.sampled_from(["cpu_ram", "nvme"]),
+        "optimization_config": st.fixed_dictionaries({}, optional={
+            "flash_attention": st.booleans(), "gradient_checkpointing": st.booleans(),
+            "use_8bit_optimizer": st.booleans(), "use_paged_optimizer": st.booleans(),
+            "use_fused_kernels": st.booleans(), "activation_offloading": st.booleans(),
+            "zero_stage": st.integers(0, 3)}),
+    })
+
+
+def check_response(out: dict) -> None:
+    for key, value in out.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            assert math.isfinite(value) and value >= 0, (key, value)
+    assert all(v >= 0 and math.isfinite(v) for v in out["memory_details"].values())
+    assert round(sum(out["memory_details"].values()), 2) == out["vram_usage"]
+    if out["memory_status"] != "error":
+        assert out["memory_status"] == memory_status(out["actual_vram_percentage"])
+
+
+def estimate_or_reject(fn, body):
+    try:
+        return fn(body)
+    except RequestError:
+        return None  # a clear rejection of a contradictory request is allowed, a crash is not
+
+
+@SETTINGS
+@given(inference_requests)
+def test_inference_responses_are_sane(body):
+    out = estimate_or_reject(vramplan.estimate_inference, body)
+    if out is not None:
+        check_response(out)
+
+
+@SETTINGS
+@given(finetuning_requests)
+def test_finetuning_responses_are_sane(body):
+    out = estimate_or_reject(vramplan.estimate_finetuning, body)
+    if out is not None:
+        check_response(out)
+
+
+def _vram(body):
+    return vramplan.estimate_inference(body)["vram_usage"]
+
+
+@SETTINGS
+@given(inference_requests, st.sampled_from(["seq_length", "batch_size", "concurrent_users"]), st.integers(1, 8))
+def test_more_tokens_batch_or_users_never_need_less_memory(body, field, factor):
+    body = {**body, "num_gpus": 1}
+    base = estimate_or_reject(vramplan.estimate_inference, body)
+    assume(base is not None)
+    bigger = dict(body)
+    default = {"seq_length": 2048, "batch_size": 1, "concurrent_users": 1}[field]
+    bigger[field] = body.get(field, default) * (factor + 1)
+    out = estimate_or_reject(vramplan.estimate_inference, bigger)
+    assume(out is not None)
+    assert out["vram_usage"] >= base["vram_usage"] - 0.01
+
+
+@SETTINGS
+@given(inference_requests, st.integers(2, 8))
+def test_more_tensor_parallel_gpus_never_put_more_weights_on_one(body, n):
+    body = {**body, "inference_parallelism": "tensor", "trace": True, "num_gpus": 1}
+    one = estimate_or_reject(vramplan.estimate_inference, body)
+    many = estimate_or_reject(vramplan.estimate_inference, {**body, "num_gpus": n})
+    assume(one is not None and many is not None)
+    w = lambda o: next(s["value"] for s in o["trace"] if s["id"] == "weights_gpu_bytes")
+    assert w(many) <= w(one)
+
+
+@SETTINGS
+@given(inference_requests, st.integers(1, 200))
+def test_offloading_never_raises_vram(body, layers):
+    body = {**body, "enable_offloading": False}
+    base = estimate_or_reject(vramplan.estimate_inference, body)
+    off = estimate_or_reject(vramplan.estimate_inference, {**body, "enable_offloading": True, "num_offload_layers": layers})
+    assume(base is not None and off is not None)
+    assert off["vram_usage"] <= base["vram_usage"] + 0.01
+
+
+ORDERED = sorted((e for e in CAT.quantization if not e.data.get("alias_of")), key=lambda e: e.data["bits"]["default"])
+
+
+@SETTINGS
+@given(st.sampled_from(MODELS), st.sampled_from(ORDERED), st.sampled_from(ORDERED))
+def test_a_smaller_quantization_never_raises_weights(model, a, b):
+    """Formats compared where every tensor role is no wider."""
+    roles = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "norm")
+    bits = lambda e, r: e.data["bits"].get(r, e.data["bits"]["default"])
+    assume(all(bits(a, r) <= bits(b, r) for r in roles))
+    w = {}
+    for fmt in (a, b):
+        out = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": model, "quantization": fmt.key,
+                                           "runtime": "transformers", "trace": True})
+        w[fmt.key] = next(s["value"] for s in out["trace"] if s["id"] == "weights_file_bytes")
+    assert w[a.key] <= w[b.key]
