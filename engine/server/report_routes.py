@@ -1,0 +1,132 @@
+"""``POST plan`` and ``POST report`` under ``/api/v1/vram-calculation/``: the planner and the reports over HTTP.
+
+- ``POST /api/v1/vram-calculation/plan``: body = a plan request (schema ``plan-request``), answer =
+  the plan (schema ``plan-response``), JSON.
+- ``POST /api/v1/vram-calculation/report?workload=inference|finetuning&format=html|markdown``:
+  body = an inference or fine-tuning request; answer = the rendered report (``text/html`` or
+  ``text/markdown``). Without ``format`` the ``Accept`` header chooses (``text/markdown`` →
+  Markdown, else HTML); ``workload`` defaults to ``inference``.
+
+The handlers are plain async functions and do **not** authenticate: :data:`ROUTES` is mounted by
+``app.py`` behind its authentication, or use :func:`authenticated_routes` to get the same routes
+with :func:`vramplan.server.api.authenticate` applied to each. Errors have the API's one JSON shape.
+
+The HTML report styles itself with one inline ``<style>`` element; the response carries its own
+``Content-Security-Policy`` allowing exactly that element (by hash) and nothing else — no script,
+no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import secrets
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import RequestError, VramplanError
+from .api import PREFIX, _call_engine, read_json_object
+from .errors import error_response, request_error_response
+
+log = logging.getLogger("vramplan.server")
+
+WORKLOADS = ("inference", "finetuning")
+REPORT_FORMATS = {"html": "text/html; charset=utf-8", "markdown": "text/markdown; charset=utf-8"}
+_STYLE = re.compile(r"<style>(.*?)</style>", re.S)
+
+
+async def _json_body(request: Request):
+    body = await read_json_object(request)
+    if isinstance(body, Response):
+        return body
+    if not isinstance(body, dict):
+        return request_error_response(RequestError([("", "the request body must be a JSON object")]))
+    return body
+
+
+async def plan_endpoint(request: Request) -> Response:
+    """POST plan: answer "what fits?" (see :mod:`vramplan.planner`)."""
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    return await _call_engine(request, "plan", body)
+
+
+def report_format(request: Request) -> str | None:
+    fmt = request.query_params.get("format")
+    if fmt is not None:
+        return fmt if fmt in REPORT_FORMATS else None
+    accept = request.headers.get("accept", "").lower()
+    return "markdown" if "text/markdown" in accept and "text/html" not in accept else "html"
+
+
+def report_csp(html: str) -> str:
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(m.encode()).digest()).decode()}'"
+                      for m in _STYLE.findall(html))
+    return f"default-src 'none'; style-src {hashes or chr(39) + 'none' + chr(39)}; img-src data:; frame-ancestors 'none'; base-uri 'none'"
+
+
+def _render(body: dict, workload: str, fmt: str) -> str:
+    import vramplan
+    from ..report import render_report
+
+    estimate = vramplan.estimate_inference if workload == "inference" else vramplan.estimate_finetuning
+    return render_report(body, estimate({**body, "trace": True}), workload, fmt)
+
+
+async def report_endpoint(request: Request) -> Response:
+    """POST report: the Markdown or HTML report of one estimate."""
+    workload = request.query_params.get("workload", "inference")
+    fmt = report_format(request)
+    problems = []
+    if workload not in WORKLOADS:
+        problems.append(("workload", f"{workload!r} is not one of {', '.join(WORKLOADS)} (query parameter)"))
+    if fmt is None:
+        problems.append(("format", f"{request.query_params.get('format')!r} is not one of html, markdown (query parameter)"))
+    if problems:
+        return request_error_response(RequestError(problems))
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    try:
+        text = await run_in_threadpool(_render, body, workload, fmt)
+    except RequestError as exc:
+        return request_error_response(exc)
+    except VramplanError as exc:
+        incident = secrets.token_hex(6)
+        log.error("engine error in report (incident %s): %s", incident, exc)
+        return error_response(500, f"the server's data or plugins are broken (incident {incident}): {exc}",
+                              error=type(exc).__name__)
+    except Exception:
+        incident = secrets.token_hex(6)
+        log.exception("unexpected error in report (incident %s)", incident)
+        return error_response(500, f"internal error (incident {incident}); the server log has the details")
+    headers = {"Content-Security-Policy": report_csp(text)} if fmt == "html" else {}
+    return Response(text, media_type=REPORT_FORMATS[fmt], headers=headers)
+
+
+ROUTES = [
+    Route(f"{PREFIX}/plan", plan_endpoint, methods=["POST"]),
+    Route(f"{PREFIX}/report", report_endpoint, methods=["POST"]),
+]
+
+
+def authenticated_routes(authenticate=None) -> list[Route]:
+    """:data:`ROUTES` with ``authenticate(request) -> Response | None`` run first (default: the API's bearer check)."""
+    if authenticate is None:
+        from .api import authenticate
+
+    def guard(endpoint):
+        async def guarded(request: Request) -> Response:
+            denied = await authenticate(request)
+            return denied if denied is not None else await endpoint(request)
+
+        guarded.__name__ = endpoint.__name__
+        return guarded
+
+    return [Route(r.path, guard(r.endpoint), methods=sorted(r.methods - {"HEAD"})) for r in ROUTES]
