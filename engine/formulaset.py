@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import ast
 import math
-from collections.abc import Iterable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import simpleeval
 
+from .compiled import compile_tree
 from .errors import FormulaError
 
 
@@ -63,6 +65,7 @@ class Formula:
     file: str
     group: str  # the id of the file that defines it
     tree: ast.AST = field(repr=False, compare=False)
+    fn: Callable[[Mapping[str, float]], Any] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,8 @@ def formula_file_from_data(data: Mapping[str, Any], *, file: str, source: str) -
         formulas.append(Formula(
             id=item["id"], description=item["description"], inputs=tuple(item["inputs"]),
             expr=" ".join(item["expr"].split()), unit=item["unit"],
-            references=tuple(item.get("references", ())), file=file, group=group, tree=tree))
+            references=tuple(item.get("references", ())), file=file, group=group, tree=tree,
+            fn=compile_tree(tree, FUNCTIONS)))
     comp = None
     if data.get("component"):
         c = data["component"]
@@ -269,36 +273,62 @@ class FormulaSet:
     def evaluate(self, scenario: Mapping[str, float], targets: Iterable[str], *, trace: list | None = None) -> dict[str, float]:
         """Evaluate what ``targets`` need on top of ``scenario``; return scenario + results."""
         values: dict[str, float] = dict(scenario)
-        evaluator = simpleeval.SimpleEval(functions=FUNCTIONS, names=values)
-        for f in self.plan(targets):
-            values[f.id] = _run(evaluator, f)
+        plan = self.plan(targets)
+        if trace is None and os.environ.get("VRAMPLAN_EVALUATOR", "compiled") != "simpleeval":
+            f = None
+            try:  # the hot path: one try around the loop, closures compiled at load
+                for f in plan:
+                    value = f.fn(values)
+                    if value.__class__ is not float or value - value != 0.0:
+                        value = _check(f, value)
+                    values[f.id] = value
+            except FormulaError:
+                raise
+            except Exception as exc:
+                _run(f, lambda: (_ for _ in ()).throw(exc))
+            return values
+        run = _runner(values)
+        for f in plan:
+            values[f.id] = run(f)
             if trace is not None:
                 trace.append({"id": f.id, "expr": f.expr, "unit": f.unit, "file": f.file,
                               "inputs": {n: values[n] for n in f.inputs}, "value": values[f.id]})
         return values
 
-    def evaluate_one(self, formula_id: str, inputs: Mapping[str, float]) -> float:
+    def evaluate_one(self, formula_id: str, inputs: Mapping[str, float], *, evaluator: str | None = None) -> float:
         """Evaluate one formula on given inputs (golden cases)."""
         f = self.formulas[formula_id]
         missing = [n for n in f.inputs if n not in inputs]
         if missing:
             raise FormulaError([(f"formula {formula_id}", f"missing inputs: {', '.join(missing)}")])
-        evaluator = simpleeval.SimpleEval(functions=FUNCTIONS, names=dict(inputs))
-        return _run(evaluator, f)
+        return _runner(dict(inputs), evaluator)(f)
 
 
-def _run(evaluator: simpleeval.SimpleEval, f: Formula) -> float:
+def _runner(values: dict[str, float], evaluator: str | None = None) -> Callable[[Formula], float]:
+    """Evaluate formulas against ``values``: compiled closures, or simpleeval when asked."""
+    if (evaluator or os.environ.get("VRAMPLAN_EVALUATOR", "compiled")) == "simpleeval":
+        se = simpleeval.SimpleEval(functions=FUNCTIONS, names=values)
+        return lambda f: _run(f, lambda: se.eval(f.expr, previously_parsed=f.tree))
+    return lambda f: _run(f, lambda: f.fn(values))
+
+
+def _run(f: Formula, compute: Callable[[], Any]) -> float:
     try:
-        value = evaluator.eval(f.expr, previously_parsed=f.tree)
+        value = compute()
     except ZeroDivisionError:
         raise FormulaError([(f"formula {f.id} ({f.file})", "division by zero")]) from None
     except (OverflowError, simpleeval.NumberTooHigh):
         raise FormulaError([(f"formula {f.id} ({f.file})", "result too large")]) from None
-    except (ValueError, TypeError) as exc:
-        raise FormulaError([(f"formula {f.id} ({f.file})", f"cannot be evaluated: {exc}")]) from None
+    except (ValueError, TypeError, KeyError) as exc:
+        raise FormulaError([(f"formula {f.id} ({f.file})", f"cannot be evaluated: {exc!r}")]) from None
     except simpleeval.InvalidExpression as exc:
         raise FormulaError([(f"formula {f.id} ({f.file})", f"cannot be evaluated: {exc}")]) from None
-    if isinstance(value, bool):
+    return _check(f, value)
+
+
+def _check(f: Formula, value: Any) -> float:
+    """Booleans become 0/1; anything that is not a finite number is an error naming the formula."""
+    if value is True or value is False:
         return 1.0 if value else 0.0
     if not isinstance(value, (int, float)) or value != value or value in (math.inf, -math.inf):
         raise FormulaError([(f"formula {f.id} ({f.file})", f"gave {value!r}, not a finite number")])

@@ -7,9 +7,10 @@ and other formulas' ids; the formula loader rejects any other name. Flags are 0 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
-from .architecture import ROLES
+from .architecture import ROLES, Architecture
 from .resolve import Resolved
 
 #: name → (unit, meaning)
@@ -39,6 +40,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "params_total": ("params", "all parameters"),
     "params_active": ("params", "parameters a token uses (MoE: routed experts only)"),
     "gated_mlp": ("flag", "SwiGLU/GeGLU-style gated MLP (gate, up, down)"),
+    "fused_gate_up": ("flag", "gate and up projections in one linear whose output the MLP keeps (Phi-3 / GLM gate_up_proj)"),
     # quantization
     "custom_weights_bytes": ("bytes", "exact weight bytes from a model file (0: compute from params x bits)"),
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
@@ -99,6 +101,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "eff_prefill_flops": ("fraction", "share of dense throughput prefill achieves (runtime x hardware class)"),
     "eff_train_mfu": ("fraction", "model FLOPs utilization in training (runtime x hardware class)"),
     "power_idle_fraction": ("fraction", "share of TDP a GPU draws while memory-bound"),
+    "gpu_fp32_tflops": ("TFLOP/s", "vector (non-tensor) fp32 throughput: the ALUs that dequantize weights"),
+    "weights_dequantized": ("flag", "weights are stored in a format the matmuls must unpack (integer, GGUF, AWQ/GPTQ, NF4, ...)"),
+    "dequant_flops_per_weight": ("FLOP", "ALU work to unpack one weight in a decode mat-vec (runtime x hardware class)"),
 }
 for _role in ROLES:
     VARIABLES[f"p_{_role}"] = ("params", f"parameters in {_role} tensors")
@@ -108,6 +113,9 @@ for _role in ("ffn_gate", "ffn_up", "ffn_down"):
 for _m in ("q", "k", "v", "o", "gate", "up", "down"):
     VARIABLES[f"lora_{_m}"] = ("flag", f"LoRA adapts {_m}_proj")
     VARIABLES[f"lora_dims_{_m}"] = ("elements", f"sum over every {_m}_proj linear of (in + out) features")
+
+#: Families whose transformers MLP computes gate and up with one linear (gate_up_proj).
+FUSED_GATE_UP_FAMILIES = ("phi3", "glm", "glm4")
 
 #: Efficiency classes runtimes keep constants for.
 HARDWARE_CLASSES = ("nvidia_datacenter", "nvidia_consumer", "amd", "intel", "apple")
@@ -133,12 +141,11 @@ def _rt(res: Resolved, name: str, cls: str) -> float:
     return 0.0
 
 
-def build(res: Resolved) -> dict[str, float]:
-    """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
-    req, a, gpu = res.request, res.arch, res.gpu.data
+@lru_cache(maxsize=512)
+def _model_vars(a: Architecture) -> dict[str, float]:
+    """Everything the scenario takes from the architecture alone (cached per architecture)."""
     roles = a.param_roles()
     active = a.param_roles(active=True)
-    qbits = res.quant.data["bits"]
     s: dict[str, float] = {}
     s.update({
         "n_layers": a.num_layers, "hidden": a.hidden_size, "n_heads": a.num_heads, "n_kv_heads": a.num_kv_heads,
@@ -151,15 +158,44 @@ def build(res: Resolved) -> dict[str, float]:
         "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
         "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
+        # transformers' Phi3MLP / GlmMLP: one gate_up_proj, chunked into views (models/phi3/modeling_phi3.py)
+        "fused_gate_up": int(a.model_type in FUSED_GATE_UP_FAMILIES and a.gated_mlp and not a.is_moe),
     })
     for role in ROLES:
         s[f"p_{role}"] = roles[role]
-        s[f"b_{role}"] = float(qbits.get(role, qbits["default"]))
-    # Quantizers leave a vision encoder in 16-bit (GGUF: separate mmproj file; bnb/AWQ/GPTQ: skipped modules).
-    s["b_vision"] = float(qbits.get("vision", 32 if qbits["default"] >= 32 else 16))
     for role in ("ffn_gate", "ffn_up", "ffn_down"):
         s[f"pa_{role}"] = active[role]
     _lora_dims(s, a)
+    return s
+
+
+def _quant_vars(qbits: dict[str, float]) -> dict[str, float]:
+    s: dict[str, float] = {}
+    for role in ROLES:
+        s[f"b_{role}"] = float(qbits.get(role, qbits["default"]))
+    # Quantizers leave a vision encoder in 16-bit (GGUF: separate mmproj file; bnb/AWQ/GPTQ: skipped modules).
+    s["b_vision"] = float(qbits.get("vision", 32 if qbits["default"] >= 32 else 16))
+    return s
+
+
+_RT_CACHE: dict[int, tuple[dict, dict[str, float]]] = {}
+
+
+def _runtime_vars(runtime: dict) -> dict[str, float]:
+    """A runtime profile's constants as rt_<name> (cached per loaded profile)."""
+    hit = _RT_CACHE.get(id(runtime))
+    if hit is None or hit[0] is not runtime:
+        hit = (runtime, {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()})
+        _RT_CACHE[id(runtime)] = hit
+    return hit[1]
+
+
+def build(res: Resolved) -> dict[str, float]:
+    """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
+    req, a, gpu = res.request, res.arch, res.gpu.data
+    qbits = res.quant.data["bits"]
+    s: dict[str, float] = dict(_model_vars(a))
+    s.update(_quant_vars(qbits))
     s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
@@ -192,11 +228,13 @@ def build(res: Resolved) -> dict[str, float]:
         else res.host_link.data["bandwidth_gb_s"],
         "eff_decode_bw": _rt(res, "decode_bw_eff", cls), "eff_prefill_flops": _rt(res, "prefill_flops_eff", cls),
         "eff_train_mfu": _rt(res, "train_mfu", cls), "power_idle_fraction": _rt(res, "power_memory_bound_fraction", cls),
+        "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
+        "weights_dequantized": int(res.quant.data["kind"] != "float"),
     })
+    s["dequant_flops_per_weight"] = _rt(res, "dequant_flops_per_weight", cls) * s["weights_dequantized"]
     nvme = _rt(res, "nvme_read_gb_s", cls)
     s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
-    for name, c in res.runtime.data["constants"].items():
-        s[f"rt_{name}"] = float(c["value"])
+    s.update(_runtime_vars(res.runtime.data))
     for name, value in (req.get("runtime_settings") or {}).items():
         s[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
     if s.get("rt_activation_bytes", 0) > 0 and res.workload == "inference":
