@@ -27,7 +27,7 @@ def _n(x: float) -> str:
 
 def _svg(width: int, height: int, title: str, body: list[str], desc: str = "") -> str:
     head = (f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-            f'role="img" aria-label={quoteattr(title)} font-family={quoteattr(FONT)} font-size="12">')
+            f'role="img" aria-label={quoteattr(title)} font-family={quoteattr(FONT)} font-size="14">')
     meta = [f"<title>{escape(title)}</title>"] + ([f"<desc>{escape(desc)}</desc>"] if desc else [])
     return "\n".join([head, *meta, *body, "</svg>"])
 
@@ -59,7 +59,7 @@ def short_number(x: float) -> str:
 
 
 def stacked_bar(segments: Sequence[tuple[str, float]], capacity: float, *, unit: str = "GiB",
-                title: str = "Memory by component", width: int = 640) -> str:
+                title: str = "Memory by component", width: int = 560) -> str:
     """One horizontal bar of ``segments`` (label, value) drawn against a ``capacity`` marker.
 
     The scale runs to the larger of the total and the capacity, so an overflow shows past the line.
@@ -72,7 +72,7 @@ def stacked_bar(segments: Sequence[tuple[str, float]], capacity: float, *, unit:
     top = max(total, capacity, 1e-9) * 1.04
     scale = inner / top
     legend_rows = math.ceil(len(segments) / 2) if segments else 0
-    height = bar_y + bar_h + 36 + legend_rows * 20 + 8
+    height = bar_y + bar_h + 36 + legend_rows * 22 + 8
     body = [_text(left, 20, f"{total:.2f} {unit} of {capacity:g} {unit}"
                   f" ({total / capacity * 100:.1f}%)" if capacity else f"{total:.2f} {unit}", font_weight="600")]
     x = left
@@ -93,7 +93,7 @@ def stacked_bar(segments: Sequence[tuple[str, float]], capacity: float, *, unit:
     y0 = bar_y + bar_h + 40
     col = (width - left - right) / 2
     for i, (label, v) in enumerate(segments):
-        lx, ly = left + (i % 2) * col, y0 + (i // 2) * 20
+        lx, ly = left + (i % 2) * col, y0 + (i // 2) * 22
         body.append(f'<rect x="{_n(lx)}" y="{_n(ly - 10)}" width="12" height="12" fill="{PALETTE[i % len(PALETTE)]}"/>')
         body.append(_text(lx + 18, ly, f"{label}: {v:.2f} {unit}"))
     desc = "; ".join(f"{label} {v:.2f} {unit}" for label, v in segments)
@@ -102,7 +102,7 @@ def stacked_bar(segments: Sequence[tuple[str, float]], capacity: float, *, unit:
 
 def line_chart(points: Sequence[tuple[float, float]], capacity: float, *, crossing: float | None = None,
                marker: tuple[float, float] | None = None, x_label: str = "context length (tokens)",
-               y_label: str = "GiB", title: str = "Memory versus context length", width: int = 640,
+               y_label: str = "GiB", title: str = "Memory versus context length", width: int = 560,
                height: int = 320) -> str:
     """``points`` (x, y) on a log2 x axis and a linear y axis from 0, with a dashed capacity line.
 
@@ -110,7 +110,7 @@ def line_chart(points: Sequence[tuple[float, float]], capacity: float, *, crossi
     ``marker`` highlights one point (the request itself). Points above the capacity are drawn red.
     """
     points = sorted((float(x), float(y)) for x, y in points if x > 0)
-    left, right, top_pad, bottom = 56, 16, 28, 46
+    left, right, top_pad, bottom = 48, 24, 30, 50
     pw, ph = width - left - right, height - top_pad - bottom
     body: list[str] = []
     if not points:
@@ -140,9 +140,9 @@ def line_chart(points: Sequence[tuple[float, float]], capacity: float, *, crossi
     for e in exps[::stride]:
         x = px(2.0 ** e)
         body.append(f'<line x1="{_n(x)}" y1="{top_pad + ph}" x2="{_n(x)}" y2="{top_pad + ph + 5}" stroke="{AXIS_COLOUR}"/>')
-        body.append(_text(x, top_pad + ph + 18, short_number(2 ** e), "middle", fill=AXIS_COLOUR))
+        body.append(_text(x, top_pad + ph + 20, short_number(2 ** e), "middle", fill=AXIS_COLOUR))
     body.append(_text(left + pw / 2, height - 8, x_label, "middle", fill=AXIS_COLOUR))
-    body.append(_text(left, 16, y_label, "middle", fill=AXIS_COLOUR))
+    body.append(_text(left - 6, 16, y_label, "end", fill=AXIS_COLOUR))
     if capacity > 0:
         cy = py(capacity)
         body.append(f'<line x1="{left}" y1="{_n(cy)}" x2="{left + pw}" y2="{_n(cy)}" stroke="{CAPACITY_COLOUR}" stroke-width="2" '

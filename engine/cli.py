@@ -270,12 +270,15 @@ def plugins(fmt: str) -> None:
 def _attach() -> None:
     """Commands that live in their own modules."""
     from .cli_models import gpus, models
+    from .cli_plan import plan, sweep
     from .server.commands import serve, tokens
 
     main.add_command(models)
     main.add_command(gpus)
     main.add_command(serve)
     main.add_command(tokens)
+    main.add_command(plan)
+    main.add_command(sweep)
 
 
 _attach()

@@ -213,7 +213,7 @@ def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog) -> tupl
     return "quantization", ranked, f"formats {runtime} loads" if runtime else "every format, each with its default runtime"
 
 
-def _best_quantization(body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
+def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
     cat, capacity, headroom = ctx["catalog"], ctx["capacity"], ctx["headroom"]
     field, ranked, note = _quant_candidates(body, workload, cat)
     if not ranked:
@@ -235,7 +235,7 @@ def _best_quantization(body: dict[str, Any], workload: str, ctx: dict[str, Any])
             "evaluations": len(tried)}
 
 
-def _gpus(body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
+def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
     cat, headroom = ctx["catalog"], ctx["headroom"]
     keys = ctx["gpu_keys"]
     if keys is None:
@@ -311,5 +311,5 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
         probe_gpu = (gpu_keys or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
         estimator(workload)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
     for q in find:
-        answers[q] = HANDLERS[q](q, body, workload, ctx) if HANDLERS[q] is _numeric else HANDLERS[q](body, workload, ctx)
+        answers[q] = HANDLERS[q](q, body, workload, ctx)
     return answers

@@ -95,16 +95,29 @@ def human(v: Any, unit: str) -> str:
     return f"{v / GIB:.3f} GiB" if abs(v) >= GIB / 10 else f"{v / (1 << 20):.2f} MiB"
 
 
+def sentence(text: Any) -> str:
+    """First letter upper-cased, the rest untouched (jinja's ``capitalize`` lowercases "GiB")."""
+    text = str(text)
+    return text[:1].upper() + text[1:]
+
+
 def md_cell(text: Any) -> str:
-    """Text safe inside a Markdown table cell (pipes escaped, one line)."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Text safe inside Markdown, also in a table cell: pipes and HTML escaped, one line."""
+    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("&", "&amp;").replace("<", "&lt;")
+            .replace(">", "&gt;").replace("\n", " "))
 
 
 # -- context ----------------------------------------------------------------------------------
 
-def _request_rows(body: dict[str, Any], req: dict[str, Any]) -> list[dict[str, Any]]:
+def _request_rows(body: dict[str, Any], req: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    """The request in the schema's field order, defaults applied and marked."""
+    from .datafiles import load_schema
+    from .request import SCHEMAS
+
+    order = list(load_schema(SCHEMAS[workload])["properties"])
     rows = []
-    for field, value in req.items():
+    for field in sorted(req, key=lambda f: order.index(f) if f in order else len(order)):
+        value = req[field]
         if field in ("trace", "custom_model") or value is None:
             continue
         if field == "optimization_config":
@@ -209,7 +222,10 @@ def _curve(body: dict[str, Any], workload: str, res, capacity: float) -> dict[st
             points.append({"seq_length": x, "vram_usage": out["vram_usage"], "memory_status": out["memory_status"]})
     top = max(int(model_max), int(res.request["seq_length"]))
     crossing = search_max(probe, int(res.request["seq_length"]), 1, top)
-    if crossing is None:
+    at_one = probe.estimate(1)
+    if crossing is None and isinstance(at_one, dict) and at_one["memory_status"] == "error":
+        note = "the configuration cannot run at any context length (memory_status error; see the warnings)"
+    elif crossing is None:
         note = f"does not fit at any context length (not even 1 token) on {capacity:g} GiB"
     elif crossing >= top:
         crossing, note = None, f"fits at every context length up to {top:,} tokens"
@@ -245,7 +261,7 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
                  f"{int(req['num_gpus'])} x {res.gpu.data['label']}",
         "workload": workload,
         "version": __version__,
-        "request": _request_rows(body, req),
+        "request": _request_rows(body, req, workload),
         "verdict": {"status": out["memory_status"], "text": STATUS_TEXT.get(out["memory_status"], out["memory_status"]),
                     "vram_usage": vram, "capacity": capacity, "percent": out["actual_vram_percentage"],
                     "gpu": res.gpu.data["label"], "num_gpus": int(req["num_gpus"]), "model": res.model_name,
@@ -312,7 +328,7 @@ def _environment(search_path: tuple[str, ...]) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(exact=exact, md=md_cell)
+    env.filters.update(exact=exact, md=md_cell, sentence=sentence)
     env.globals.update(stacked_bar_svg=stacked_bar_svg, context_chart_svg=context_chart_svg,
                        short_number=charts.short_number)
     return env

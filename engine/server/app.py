@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from . import api, auth, pages, settings
+from . import api, auth, pages, report_routes, settings
 from .errors import error_response
 from .tokens import TokenStore, open_store
 
@@ -92,7 +92,7 @@ def create_app(store: TokenStore | None = None, admin_secret: str | None = None,
     store = store if store is not None else open_store()
     admin_secret = admin_secret if admin_secret is not None else auth.load_admin_secret()
     app = Starlette(
-        routes=[*api.routes, *pages.routes, *settings.routes,
+        routes=[*api.routes, *report_routes.authenticated_routes(), *pages.routes, *settings.routes,
                 Mount("/static", app=StaticFiles(directory=STATIC_DIR), name="static")],
         exception_handlers={HTTPException: _http_exception, Exception: _unexpected},
     )

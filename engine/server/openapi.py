@@ -22,6 +22,8 @@ SCHEMA_FILES = {
     "FinetuningResponse": "finetuning-response.schema.json",
     "GpuList": "gpu-list.schema.json",
     "LlmList": "llm-list.schema.json",
+    "PlanRequest": "plan-request.schema.json",
+    "PlanResponse": "plan-response.schema.json",
 }
 
 UNITS = (
@@ -192,6 +194,32 @@ def _document() -> str:
                 SEED_FINETUNING),
             f"{PREFIX}/gpus": _list_op("list_gpus", "List the valid gpu_key values with their memory.", "GpuList"),
             f"{PREFIX}/llms": _list_op("list_models", "List the valid llm_key values.", "LlmList"),
+            f"{PREFIX}/plan": {"post": {
+                "operationId": "plan", "summary": "Answer \"what fits?\"", "tags": ["estimates"],
+                "description": "An inference or fine-tuning request plus `workload` and `find` (max_seq_length, "
+                               "max_batch_size, max_concurrent_users, min_num_gpus, best_quantization, gpus); "
+                               "each answer carries the full estimate at that value, or `value: null` with a "
+                               "`reason`. The value fits and the next step does not.\n\n" + UNITS,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PlanRequest")}}},
+                "responses": {"200": {"description": "One member per question.",
+                                      "content": {"application/json": {"schema": _ref("PlanResponse")}}},
+                              **_common_errors(post=True)},
+            }},
+            f"{PREFIX}/report": {"post": {
+                "operationId": "report", "summary": "An auditable report of an estimate", "tags": ["estimates"],
+                "description": "The estimate with every formula, its inputs and result, the catalog sources, "
+                               "charts and assumptions. `format=html` (self-contained) or `markdown`; without "
+                               "it, `Accept: text/markdown` gives Markdown, else HTML.",
+                "parameters": [
+                    {"name": "workload", "in": "query", "required": True,
+                     "schema": {"enum": ["inference", "finetuning"]}},
+                    {"name": "format", "in": "query", "required": False, "schema": {"enum": ["html", "markdown"]}}],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    _ref("InferenceRequest"), _ref("FinetuningRequest")]}}}},
+                "responses": {"200": {"description": "The rendered report.", "content": {
+                    "text/html": {"schema": {"type": "string"}}, "text/markdown": {"schema": {"type": "string"}}}},
+                              **_common_errors(post=True)},
+            }},
             "/healthz": {"get": {
                 "operationId": "healthz", "summary": "Liveness check; no authentication.",
                 "tags": ["service"], "security": [],

@@ -1,0 +1,261 @@
+"""The planner answers "what fits?" by searching the estimator itself, so every answer is checked
+here against the estimator: the value fits and the next step does not."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+import vramplan
+from vramplan.catalog import get_catalog
+from vramplan.datafiles import load_schema
+from vramplan.errors import RequestError
+from vramplan.planner import _quant_candidates
+
+SMALL = {"workload": "inference", "gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b-instruct", "quantization": "fp16"}
+BIG = {"workload": "inference", "gpu_key": "rtx_4090", "llm_key": "llama-3.1-70b-instruct", "quantization": "fp16"}
+
+
+def estimate(req: dict, **change) -> dict:
+    body = {k: v for k, v in req.items() if k not in ("workload", "find", "headroom", "gpu_keys")}
+    body.update(change)
+    fn = vramplan.estimate_inference if req["workload"] == "inference" else vramplan.estimate_finetuning
+    return fn(body)
+
+
+def fits(out: dict, capacity: float, headroom: float = 0.0) -> bool:
+    """The definition the issue states, written out again here (not imported from the planner)."""
+    return out["memory_status"] not in ("insufficient", "error") and out["vram_usage"] <= (1 - headroom) * capacity
+
+
+def capacity(gpu_key: str) -> float:
+    return get_catalog().gpus.get(gpu_key).data["memory_gib"]
+
+
+def check_schema(answers: dict) -> None:
+    jsonschema.validate(answers, load_schema("plan-response"))
+
+
+@pytest.mark.parametrize("question,field", [("max_seq_length", "seq_length"), ("max_batch_size", "batch_size"),
+                                            ("max_concurrent_users", "concurrent_users")])
+def test_max_value_fits_and_one_more_does_not(question, field):
+    answers = vramplan.plan({**SMALL, "find": [question]})
+    check_schema(answers)
+    a = answers[question]
+    assert isinstance(a["value"], int) and a["value"] >= 1
+    assert "limited_by" not in a  # Llama 3.1 8B in fp16 runs out of 24 GiB before 128k tokens or a million users
+    at = estimate(SMALL, **{field: a["value"]})
+    assert fits(at, 24)
+    assert a["estimate"] == at  # the estimate is the estimator's, at that value
+    assert not fits(estimate(SMALL, **{field: a["value"] + 1}), 24)
+
+
+def test_max_seq_length_is_capped_by_the_model_context():
+    # Llama 3 8B (8192 tokens of context) in Q4_K_M on an 80 GiB H100 fits its whole context.
+    a = vramplan.plan({"workload": "inference", "gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct",
+                       "quantization": "q4_k_m", "find": ["max_seq_length"]})["max_seq_length"]
+    assert a["value"] == 8192
+    assert "context length" in a["limited_by"]
+
+
+def test_min_num_gpus_fits_and_one_fewer_does_not():
+    a = vramplan.plan({**BIG, "find": ["min_num_gpus"]})["min_num_gpus"]
+    n = a["value"]
+    assert n > 1  # 70B in fp16 is ~131 GiB of weights: no single 24 GiB card holds it
+    assert fits(estimate(BIG, num_gpus=n), 24)
+    assert not fits(estimate(BIG, num_gpus=n - 1), 24)
+    assert a["estimate"]["vram_usage"] <= 24
+
+
+def test_nothing_fits_gives_null_with_a_reason():
+    answers = vramplan.plan({**BIG, "find": ["max_seq_length", "max_batch_size", "max_concurrent_users"]})
+    check_schema(answers)
+    for q in ("max_seq_length", "max_batch_size", "max_concurrent_users"):
+        assert answers[q]["value"] is None
+        assert "GiB" in answers[q]["reason"] and "24" in answers[q]["reason"]
+        assert "estimate" not in answers[q]
+
+
+def test_concurrent_users_is_an_inference_question():
+    req = {"workload": "finetuning", "gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "find": ["max_concurrent_users"]}
+    a = vramplan.plan(req)["max_concurrent_users"]
+    assert a["value"] is None and "inference" in a["reason"]
+
+
+def test_finetuning_max_batch_size():
+    req = {"workload": "finetuning", "gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "finetuning_method": "qlora",
+           "seq_length": 1024, "find": ["max_batch_size"]}
+    a = vramplan.plan(req)["max_batch_size"]
+    assert a["value"] >= 1
+    assert fits(estimate(req, batch_size=a["value"]), 80)
+    assert not fits(estimate(req, batch_size=a["value"] + 1), 80)
+
+
+@pytest.mark.parametrize("req,gib", [(BIG, 24), ({**SMALL, "gpu_key": "rtx_3060", "runtime": "llama.cpp"}, 12),
+                                     ({**SMALL, "gpu_key": "h100_80"}, 80)])
+def test_best_quantization_is_the_highest_ranked_format_that_fits(req, gib):
+    cat = get_catalog()
+    a = vramplan.plan({**req, "find": ["best_quantization"]})["best_quantization"]
+    body = {k: v for k, v in req.items() if k != "workload"}
+    _, ranked, _ = _quant_candidates(body, "inference", cat)
+    rank = {k: cat.quantization.get(k).data["quality_rank"] for k in ranked}
+    assert a["value"] in ranked and a["quality_rank"] == rank[a["value"]]
+    assert fits(estimate(req, quantization=a["value"]), gib)
+    for better in (k for k in ranked if rank[k] > rank[a["value"]]):
+        assert not fits(estimate(req, quantization=better), gib), f"{better} ranks higher and fits too"
+    if "runtime" in req:
+        assert all(req["runtime"] in cat.quantization.get(k).data["runtimes"] for k in ranked)
+
+
+def test_quality_order_starts_with_full_precision_and_skips_aliases():
+    cat = get_catalog()
+    _, ranked, _ = _quant_candidates({}, "inference", cat)
+    assert ranked[:3] == ["fp32", "fp16", "bf16"]  # 100, then 96 twice in catalog order
+    assert "q8" not in ranked  # alias of q8_0
+    assert ranked.index("q8_0") < ranked.index("q6_k") < ranked.index("q4_k_m") < ranked.index("q2_k")
+    a = vramplan.plan({**SMALL, "gpu_key": "h100_80", "find": ["best_quantization"]})["best_quantization"]
+    assert a["value"] == "fp32"  # 8B x 4 bytes = 30 GiB of weights fits 80 GiB
+
+
+def test_gpus_lists_every_fitting_gpu_fastest_first():
+    req = {**SMALL, "seq_length": 4096, "find": ["gpus"]}
+    a = vramplan.plan(req)["gpus"]
+    rows = a["value"]
+    assert len(rows) >= 5 and a["considered"] >= len(rows)
+    speeds = [r["per_user_tps"] for r in rows]
+    assert speeds == sorted(speeds, reverse=True)
+    cat = get_catalog()
+    for r in rows:
+        out = estimate(req, gpu_key=r["gpu_key"])
+        assert fits(out, capacity(r["gpu_key"]))
+        assert r["vram_usage"] == out["vram_usage"] and r["per_user_tps"] == out["per_user_tps"]
+    listed = {r["gpu_key"] for r in rows}
+    missing = [e.key for e in cat.gpus if not e.data.get("custom") and e.key not in listed]
+    for key in missing:  # every GPU left out does not fit
+        assert not fits(estimate(req, gpu_key=key), capacity(key))
+
+
+def test_gpus_limited_by_gpu_keys_and_without_a_gpu_key():
+    req = {"workload": "finetuning", "llm_key": "llama-3-8b-instruct", "finetuning_method": "lora",
+           "gpu_keys": ["rtx_3060", "h100_80", "a100_80"], "find": ["gpus"]}
+    answers = vramplan.plan(req)
+    check_schema(answers)
+    rows = answers["gpus"]["value"]
+    assert {r["gpu_key"] for r in rows} <= {"rtx_3060", "h100_80", "a100_80"}
+    assert "h100_80" in {r["gpu_key"] for r in rows}
+    assert [r["training_tps"] for r in rows] == sorted((r["training_tps"] for r in rows), reverse=True)
+
+
+def test_headroom_is_respected():
+    plain = vramplan.plan({**SMALL, "find": ["max_seq_length"]})["max_seq_length"]["value"]
+    a = vramplan.plan({**SMALL, "headroom": 0.1, "find": ["max_seq_length"]})["max_seq_length"]
+    assert a["value"] < plain
+    assert a["estimate"]["vram_usage"] <= 0.9 * 24
+    assert estimate(SMALL, seq_length=a["value"] + 1)["vram_usage"] > 0.9 * 24
+
+
+def test_several_questions_at_once():
+    answers = vramplan.plan({**SMALL, "find": ["max_seq_length", "max_batch_size", "min_num_gpus", "best_quantization"]})
+    check_schema(answers)
+    assert list(answers) == ["max_seq_length", "max_batch_size", "min_num_gpus", "best_quantization"]
+    assert answers["min_num_gpus"]["value"] == 1
+
+
+@pytest.mark.parametrize("req,field", [
+    ({**SMALL, "find": ["biggest_model"]}, "find[0]"),
+    ({**SMALL, "find": []}, "find"),
+    ({k: v for k, v in SMALL.items() if k != "gpu_key"} | {"find": ["max_seq_length"]}, "gpu_key"),
+    ({**SMALL, "find": ["max_seq_length"], "headroom": 1}, "headroom"),
+    ({**SMALL, "find": ["max_seq_length"], "workload": "training"}, "workload"),
+    ({**SMALL, "find": ["max_seq_length"], "batch_size": 0}, "batch_size"),
+    ({**SMALL, "find": ["max_seq_length"], "gpu_key": "rtx_4099"}, "gpu_key"),
+])
+def test_bad_requests_name_the_field(req, field):
+    with pytest.raises(RequestError) as info:
+        vramplan.plan(req)
+    assert field in [w for w, _ in info.value.problems], info.value.problems
+
+
+def test_unknown_gpu_keys_suggest_close_ones():
+    with pytest.raises(RequestError) as info:
+        vramplan.plan({**SMALL, "gpu_keys": ["rtx_4090", "h100_8"], "find": ["gpus"]})
+    assert info.value.problems[0][0] == "gpu_keys[1]"
+    assert "h100_80" in info.value.suggestions["gpu_keys[1]"]
+
+
+def test_plan_cli_json_is_the_python_answer(tmp_path):
+    from vramplan.cli_plan import plan
+
+    path = tmp_path / "req.json"
+    path.write_text(json.dumps({k: v for k, v in SMALL.items() if k != "workload"}))
+    result = CliRunner().invoke(plan, ["--request", str(path), "--find", "max_seq_length,best_quantization",
+                                       "--headroom", "0.05", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == vramplan.plan({**SMALL, "headroom": 0.05,
+                                                       "find": ["max_seq_length", "best_quantization"]})
+    table = CliRunner().invoke(plan, ["--request", str(path), "--find", "max_seq_length,gpus", "--gpu-keys", "h100_80,rtx_4090"])
+    assert table.exit_code == 0, table.output
+    assert "max_seq_length" in table.output and "h100_80" in table.output and "GiB" in table.output
+    bad = CliRunner().invoke(plan, ["--request", str(path), "--find", "max_seq"])
+    assert bad.exit_code == 2 and "--find" in bad.output
+
+
+def test_plan_http_route():
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from vramplan.server.report_routes import ROUTES
+
+    client = TestClient(Starlette(routes=ROUTES))
+    req = {**SMALL, "find": ["max_batch_size"]}
+    r = client.post("/api/v1/vram-calculation/plan", json=req)
+    assert r.status_code == 200
+    assert r.json() == vramplan.plan(req)
+    bad = client.post("/api/v1/vram-calculation/plan", json={**req, "find": ["nope"]})
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "find[0]"
+    assert client.post("/api/v1/vram-calculation/plan", content=b"{", headers={"content-type": "application/json"}).status_code == 400
+
+
+def test_authenticated_routes_run_the_check_first():
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.testclient import TestClient
+
+    from vramplan.server.report_routes import authenticated_routes
+
+    async def deny(request):
+        return JSONResponse({"error": "Unauthorized"}, status_code=401)
+
+    client = TestClient(Starlette(routes=authenticated_routes(deny)))
+    assert client.post("/api/v1/vram-calculation/plan", json={**SMALL, "find": ["gpus"]}).status_code == 401
+    assert client.post("/api/v1/vram-calculation/report", json=SMALL).status_code == 401
+
+
+def _latency() -> None:
+    """``python tests/test_planner.py``: how long plans take (a benchmark print, not a test)."""
+    vramplan.estimate_inference({"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct"})  # load the catalog once
+    cases = {
+        "max_seq_length": {**SMALL, "find": ["max_seq_length"]},
+        "max_batch_size": {**SMALL, "find": ["max_batch_size"]},
+        "max_concurrent_users": {**SMALL, "find": ["max_concurrent_users"]},
+        "min_num_gpus (70B)": {**BIG, "find": ["min_num_gpus"]},
+        "best_quantization (70B)": {**BIG, "find": ["best_quantization"]},
+        "gpus (all catalog GPUs)": {**SMALL, "find": ["gpus"]},
+        "finetuning max_batch_size": {"workload": "finetuning", "gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct",
+                                      "finetuning_method": "qlora", "find": ["max_batch_size"]},
+    }
+    for name, req in cases.items():
+        times = []
+        for _ in range(5):
+            t = time.perf_counter()
+            vramplan.plan(req)
+            times.append((time.perf_counter() - t) * 1000)
+        print(f"{name:<28} median {sorted(times)[2]:6.1f} ms   min {min(times):6.1f} ms")
+
+
+if __name__ == "__main__":
+    _latency()
