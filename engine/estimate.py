@@ -210,14 +210,35 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
 
 
 def _per_gpu(res: Resolved, s: dict[str, float], v: dict[str, float], busiest: float) -> list[dict[str, Any]]:
-    """Memory of each GPU. Tensor and data parallelism are symmetric; pipeline stages differ by their layers."""
+    """Memory of each GPU.
+
+    Tensor and data parallelism are symmetric: every GPU is the busiest. Pipeline stages differ:
+    stage i holds its own layers' weights and KV cache, the first stage the embedding (and vision
+    encoder), the last the output head; activations, logits and runtime overhead are per GPU. The
+    busiest stage was computed by the formulas (``weights_gpu_bytes`` and ``kv_cache_gpu_bytes``
+    cover ``layers_per_stage`` layers plus the larger end); every other stage is that figure less
+    the weights and KV it does not hold.
+    """
     n = int(s["num_gpus"])
     if s["pp"] <= 1:
         return [{"gpu": i, "vram_usage": busiest} for i in range(n)]
-    # Pipeline: each stage holds its own layers (and the first/last the embedding/head); the busiest was computed.
-    layers = int(v.get("layers_on_gpu", s["n_layers"] - s["offload_layers"]) if "layers_on_gpu" in v else s["n_layers"])
+    layers = int(v["layers_on_gpu"])
+    busiest_layers = int(v["layers_per_stage"])
     per = [layers // n + (1 if i < layers % n else 0) for i in range(n)]
-    per_layer = (busiest * GIB - v.get("framework_overhead_bytes", 0)) / max(per[0], 1)
-    overhead = v.get("framework_overhead_bytes", 0)
-    return [{"gpu": i, "layers": per[i], "vram_usage": round(min(busiest, (per[i] * per_layer + overhead) / GIB), 2)}
-            for i in range(n)]
+    scale, tp = v["weights_scale"], s["tp"]
+    layer_w = scale * v["layer_weights_bytes"] / s["n_layers"] / tp
+    first_end = scale * (v["embd_gpu_bytes"] + v["vision_weights_bytes"]) / tp
+    head = v["output_weights_bytes"] if v["output_weights_bytes"] > 0 else v["embd_weights_bytes"]
+    last_end = scale * head / tp
+    kv_busiest = v["kv_cache_gpu_bytes"]
+    kv_per_layer = v["kv_needed_bytes"] / busiest_layers if busiest_layers else 0.0
+    out = []
+    for i in range(n):
+        end = (first_end if i == 0 else 0.0) + (last_end if i == n - 1 else 0.0)
+        weights = layer_w * per[i] + end
+        # A preallocated KV pool (vLLM) fills every GPU up to its cap; otherwise KV follows the layers.
+        kv = kv_busiest if s.get("rt_kv_preallocate") else kv_per_layer * per[i]
+        rest = busiest * GIB - v["weights_gpu_bytes"] - kv_busiest
+        out.append({"gpu": i, "stage": i, "layers": per[i],
+                    "vram_usage": round(min(busiest, (weights + kv + rest) / GIB), 2)})
+    return out

@@ -1,0 +1,171 @@
+"""Speed fidelity: run every speed measurement in ../shared/calibration through the public API.
+
+For each case it prints the measured figure, the estimate and the relative error of the estimate
+((estimate - measured) / measured), and per group the median and maximum |error|.
+
+    .venv/bin/python benchmarks/fidelity_speed.py [--calibration DIR] [--markdown]
+
+Groups and what each case asks the engine:
+
+- ``decode llama.cpp NVIDIA`` / ``decode llama.cpp Apple``: llama-bench ``tg512`` tokens/s
+  (Llama 3 8B, batch 1) = ``estimated_latency_tps`` for ``seq_length`` 512 on ``runtime`` llama.cpp.
+- ``prefill llama.cpp``: llama-bench ``pp512`` tokens/s = 512 / ``tftt``.
+- ``prefill transformers H200``: ``prefill_tokens_per_s`` = batch x prompt tokens / ``tftt``.
+  Cases that are the first of their process include CUDA/cuBLAS warm-up (calibration README); they
+  are printed but left out of the statistics, and named as such.
+- ``training transformers H200``: ``train_tokens_per_s`` = ``training_tps``.
+- ``training torchtune (other runtime)``: torchtune README tokens/s (torch.compile, recipe
+  defaults not in the table); shown for reference with the transformers runtime and checkpointing,
+  not part of the targets.
+
+Targets (issue 6): decode median |error| <= 15% and max <= 35%; training within 25%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+import vramplan
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CAL = HERE.parent.parent / "shared" / "calibration"
+
+#: llama-bench GPU labels -> catalog keys.
+GPU_KEYS = {
+    "NVIDIA GeForce RTX 3070 8GB": "rtx_3070", "NVIDIA GeForce RTX 3080 10GB": "rtx_3080",
+    "NVIDIA GeForce RTX 3080 Ti 12GB": "rtx_3080_ti", "NVIDIA GeForce RTX 4070 Ti 12GB": "rtx_4070_ti",
+    "NVIDIA GeForce RTX 4080 16GB": "rtx_4080", "NVIDIA GeForce RTX 3090 24GB": "rtx_3090",
+    "NVIDIA GeForce RTX 4090 24GB": "rtx_4090", "Apple M1 (7-core GPU, 8GB)": "apple_m1_8",
+    "Apple M1 Max (32-core GPU, 64GB)": "apple_m1_max_64", "Apple M2 Ultra (76-core GPU, 192GB)": "apple_m2_ultra_192",
+    "Apple M3 Max (40-core GPU, 64GB)": "apple_m3_max_64",
+    "1x RTX 4090": "rtx_4090", "1x RTX A6000": "rtx_a6000",
+}
+QUANT = {"F16": "fp16", "Q4_K_M": "q4_k_m"}
+
+#: First inference case of its process: the measurement includes CUDA / cuBLAS warm-up (calibration README).
+#: Recognisable because a shorter prompt of the same model ran 5-40x slower per token than a longer one.
+WARMUP = {
+    "h200a-inf-llama-3-8b-bf16-sdpa-b1-s2048": "warm-up: 3,745 tok/s vs 28,693 for the same model at 8192 tokens",
+    "h200a-inf-llama-3.2-1b-bf16-sdpa-b1-s2048": "warm-up: 5,050 tok/s vs 191,153 for the same model at b64",
+    "h200c-inf-llama-3-8b-nf4-b1-s2048": "warm-up: the only inference case of its bitsandbytes process",
+}
+
+TARGETS = {"decode": (0.15, 0.35), "training": (None, 0.25)}
+
+
+def _cases(cal: Path):
+    """Yield (group, id, measured, request kind, request body, how to read the estimate, note)."""
+    published = yaml.safe_load((cal / "published-llama3-8b.yaml").read_text())
+    for r in published:
+        if r["kind"] in ("decode_tps", "prefill_tps"):
+            gpu = GPU_KEYS[r["gpu"]]
+            body = {"gpu_key": gpu, "llm_key": "llama-3-8b", "quantization": QUANT[r["quant"]], "runtime": "llama.cpp",
+                    "seq_length": 512, "batch_size": 1}
+            label = f"{r['gpu'].replace('NVIDIA GeForce ', '')} {r['quant']}"
+            if r["kind"] == "decode_tps":
+                group = "decode llama.cpp Apple" if gpu.startswith("apple") else "decode llama.cpp NVIDIA"
+                yield group, label + " tg512", r["value"], "inference", body, lambda o: o["estimated_latency_tps"], ""
+            else:
+                yield "prefill llama.cpp", label + " pp512", r["value"], "inference", body, lambda o: 512 / o["tftt"] * 1000, ""
+        elif r["kind"] == "finetune_peak" and r.get("tokens_per_second") and r["framework"] == "torchtune":
+            method = {"Full finetune": "full", "LoRA": "lora", "QLoRA": "qlora"}[r["settings"]["method"]]
+            body = {"gpu_key": GPU_KEYS[r["gpu"]], "llm_key": "llama-3.1-8b", "finetuning_method": method,
+                    "fine_tuning_quantization": "bf16", "batch_size": 2, "seq_length": 2048,
+                    "optimization_config": {"gradient_checkpointing": True, "flash_attention": True}}
+            yield ("training torchtune (other runtime)", f"{r['gpu']} {r['settings']['method']}", r["tokens_per_second"],
+                   "finetuning", body, lambda o: o["training_tps"], "torch.compile; recipe settings assumed")
+    for line in (cal / "h200-transformers.jsonl").read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        st, m = r["settings"], r["measured"]
+        dtype = st["weights_dtype"]
+        base = {"gpu_key": "h200", "llm_key": "custom", "custom_model": r["hf_config"], "runtime": "transformers",
+                "seq_length": st.get("prompt_tokens") or st["seq_length"], "batch_size": st["batch_size"]}
+        if r["workload"] == "inference":
+            if "prefill_tokens_per_s" not in m:
+                continue
+            body = {**base, "quantization": dtype, "optimization_config": {"flash_attention": st["attention"] != "eager"}}
+            tokens = st["batch_size"] * st["prompt_tokens"]
+            yield ("prefill transformers H200", r["id"], m["prefill_tokens_per_s"], "inference", body,
+                   (lambda t: lambda o: t / o["tftt"] * 1000)(tokens), WARMUP.get(r["id"], ""))
+        else:
+            if "train_tokens_per_s" not in m:
+                continue
+            method = st["method"]
+            body = {**base, "finetuning_method": method,
+                    "gradient_accumulation_steps": st["gradient_accumulation_steps"],
+                    "optimization_config": {"gradient_checkpointing": st["gradient_checkpointing"],
+                                            "flash_attention": st["attention"] != "eager"}}
+            if method == "full":
+                body["fine_tuning_quantization"] = dtype
+            else:
+                body["lora_rank"] = st["lora_rank"]
+                if st["lora_target_modules"] != "all-linear":
+                    body["lora_target_modules"] = st["lora_target_modules"]
+            if "AdamW8bit" in st["optimizer"]:
+                body["optimizer"] = "adamw_8bit"
+            yield ("training transformers H200", r["id"], m["train_tokens_per_s"], "finetuning", body,
+                   lambda o: o["training_tps"], "")
+
+
+def run(cal: Path) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for group, case_id, measured, kind, body, read, note in _cases(cal):
+        fn = vramplan.estimate_inference if kind == "inference" else vramplan.estimate_finetuning
+        est = float(read(fn(body)))
+        groups.setdefault(group, []).append({"id": case_id, "measured": measured, "estimate": est,
+                                             "error": est / measured - 1, "excluded": bool(note.startswith("warm-up")),
+                                             "note": note})
+    return groups
+
+
+def summary(rows: list[dict]) -> tuple[float, float, int]:
+    errs = [abs(r["error"]) for r in rows if not r["excluded"]]
+    return (statistics.median(errs), max(errs), len(errs)) if errs else (float("nan"), float("nan"), 0)
+
+
+def print_text(groups: dict[str, list[dict]]) -> None:
+    for group, rows in groups.items():
+        print(f"\n== {group}")
+        print(f"{'case':58s} {'measured':>10s} {'estimate':>10s} {'error':>8s}")
+        for r in rows:
+            flag = f"  ({r['note']})" if r["note"] else ""
+            print(f"{r['id'][:58]:58s} {r['measured']:10.1f} {r['estimate']:10.1f} {r['error']:+8.1%}{flag}")
+        med, mx, n = summary(rows)
+        print(f"{'median |error| / max |error| over ' + str(n) + ' cases':58s} {'':10s} {med:10.1%} {mx:8.1%}")
+
+
+def print_markdown(groups: dict[str, list[dict]]) -> None:
+    print("| speed group | cases | median \\|error\\| | max \\|error\\| |")
+    print("|---|---:|---:|---:|")
+    for group, rows in groups.items():
+        med, mx, n = summary(rows)
+        print(f"| {group} | {n} | {med:.1%} | {mx:.1%} |")
+    for group, rows in groups.items():
+        print(f"\n**{group}**\n")
+        print("| case | measured | estimate | error |")
+        print("|---|---:|---:|---:|")
+        for r in rows:
+            note = f" ({r['note']})" if r["note"] else ""
+            print(f"| {r['id']}{note} | {r['measured']:.1f} | {r['estimate']:.1f} | {r['error']:+.1%} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calibration", type=Path, default=DEFAULT_CAL)
+    ap.add_argument("--markdown", action="store_true", help="print the README table")
+    args = ap.parse_args(argv)
+    groups = run(args.calibration)
+    (print_markdown if args.markdown else print_text)(groups)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
