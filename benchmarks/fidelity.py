@@ -221,7 +221,7 @@ def vllm_rows(records: list[dict], skipped: list[str]) -> list[Row]:
             if "V0" in rec["framework"] or "V0" in str(rec.get("notes", "")):
                 # V0 without chunked prefill profiles max(max_model_len, 2048) tokens in one batch, 256 sequences
                 settings["max_prefill_tokens"] = max(st.get("max_model_len", 2048), 2048)
-                pass  # settings["max_num_seqs"] = 256
+                settings["max_num_seqs"] = 256
             body = {"gpu_key": gpu, "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm", "quantization": quant,
                     "kv_cache_quantization": kv, "batch_size": 1, "seq_length": st.get("max_model_len", 8192),
                     "num_gpus": tp * pp, "inference_parallelism": "tensor" if tp > 1 else "pipeline",

@@ -123,6 +123,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         raise RequestError(problems, suggestions=suggestions)
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
+    warnings.extend(_uncertainty_warnings(workload, gpu.data, arch, runtime.key, req))
     if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
@@ -130,6 +131,39 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
         interconnect=interconnect, host_link=host_link, assumptions=assumptions, warnings=warnings)
+
+
+#: Vendors whose backends the runtime profiles were not measured on (calibration: NVIDIA CUDA / Vulkan).
+_UNMEASURED_VENDORS = {"amd": "ROCm/HIP", "apple": "Metal", "intel": "SYCL/XPU"}
+
+
+def _uncertainty_warnings(workload: str, gpu: dict[str, Any], arch: Architecture, runtime: str,
+                          req: dict[str, Any]) -> list[str]:
+    """Say where the estimate leans on runtime internals the calibration did not cover (docs/FIDELITY.md)."""
+    out = []
+    vendor = "apple" if gpu.get("category") == "apple" else gpu.get("vendor")
+    if vendor in _UNMEASURED_VENDORS:
+        out.append(f"{runtime} on {_UNMEASURED_VENDORS[vendor]}: the runtime's context, allocator and compute-buffer "
+                   f"constants were measured on NVIDIA GPUs; this backend allocates differently, so treat the "
+                   f"overheads as approximate")
+    if arch.vision_params:
+        out.append("the model has a vision encoder: its weights are counted, but image-token activations and "
+                   "the encoder's own transients are not modelled")
+    opt = req.get("optimization_config") or {}
+    if workload == "finetuning":
+        if arch.is_moe:
+            out.append("MoE fine-tuning: saved activations are counted for the routed experts' share of tokens; "
+                       "router, permutation and expert-parallel buffers are not modelled")
+        if not opt.get("flash_attention", True):
+            out.append("eager attention in training: the saved score tensors are estimated (softmax output and "
+                       "its fp32 result), not calibrated")
+        if req.get("runtime") not in (None, "transformers"):
+            out.append(f"fine-tuning memory is modelled on PyTorch / transformers / peft; {runtime} does not train, "
+                       "so the transformers mechanisms were used")
+    elif runtime == "vllm" and gpu.get("memory_gib", 0) < 70 and "max_prefill_tokens" not in (req.get("runtime_settings") or {}):
+        out.append("vllm on a GPU under 70 GiB defaults to max_num_batched_tokens 2048 and max_num_seqs 256 "
+                   "(vllm/engine/arg_utils.py); the profile here uses 8192 / 1024 unless runtime_settings says otherwise")
+    return out
 
 
 def custom_provenance() -> Provenance:

@@ -1,0 +1,270 @@
+"""Memory mechanisms pinned with numbers worked out by hand (docs/FIDELITY.md says where each comes from).
+
+Each test states the mechanism, computes the figure in its comment from the architecture and the
+runtime's rule, and checks the engine's traced formula (``trace: true``) against it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import vramplan
+from vramplan.errors import RequestError
+
+LLAMA3_8B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
+             "max_position_embeddings": 8192, "tie_word_embeddings": False}
+LLAMA32_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+              "max_position_embeddings": 131072, "tie_word_embeddings": True}
+GEMMA2_9B = {"model_type": "gemma2", "hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
+             "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000,
+             "max_position_embeddings": 8192, "tie_word_embeddings": True, "sliding_window": 4096,
+             "query_pre_attn_scalar": 256,
+             "layer_types": ["sliding_attention", "full_attention"] * 21}
+MIXTRAL = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+           "max_position_embeddings": 131072, "tie_word_embeddings": False, "num_local_experts": 8,
+           "num_experts_per_tok": 2}
+PHI3_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
+             "max_position_embeddings": 4096, "tie_word_embeddings": False}
+
+
+def values(resp: dict) -> dict[str, float]:
+    """Every traced formula's value and every scenario input a formula read."""
+    out: dict[str, float] = {}
+    for step in resp["trace"]:
+        for name, value in step["inputs"].items():
+            out.setdefault(name, value)
+        out[step["id"]] = step["value"]
+    return out
+
+
+def infer(config: dict, **kw) -> dict[str, float]:
+    body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": config, "trace": True, **kw}
+    return values(vramplan.estimate_inference(body))
+
+
+def train(config: dict, **kw) -> dict[str, float]:
+    body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": config, "trace": True, **kw}
+    return values(vramplan.estimate_finetuning(body))
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+def test_gemma2_sliding_window_kv_at_8k_per_runtime():
+    # Gemma 2 9B: 42 layers alternating sliding (window 4096) and global; K+V per token per layer
+    # = 2 x 8 KV heads x 256 = 4096 elements x 2 bytes (fp16) = 8192 bytes.
+    per_token_layer = 2 * 8 * 256 * 2
+    # transformers holds the whole 8192-token prompt on every layer until decode trims it:
+    #   42 x 8192 x 8192 = 2,818,572,288 bytes (calibration measured 2,818,649,088).
+    hf = infer(GEMMA2_9B, runtime="transformers", seq_length=8192, optimization_config={"flash_attention": False})
+    assert hf["kv_needed_bytes"] == 42 * 8192 * per_token_layer == 2_818_572_288
+    # vLLM frees blocks outside the window: 21 global layers x 8192 + 21 sliding layers x
+    #   round_up(4096 + 16, 16) = 4112 tokens -> 8192 x 21 x (8192 + 4112) = 2,116,681,728 bytes.
+    vl = infer(GEMMA2_9B, runtime="vllm", seq_length=8192)
+    assert vl["kv_needed_bytes"] == per_token_layer * 21 * (8192 + 4112) == 2_116_681_728
+    # llama.cpp's SWA cache keeps n_swa + n_ubatch = 4096 + 512 = 4608 cells (padded to 256: 4608):
+    #   8192 x 21 x (8192 + 4608) = 2,202,009,600 bytes.
+    lc = infer(GEMMA2_9B, runtime="llama.cpp", quantization="q8_0", seq_length=8192)
+    assert lc["kv_needed_bytes"] == per_token_layer * 21 * (8192 + 4608) == 2_202_009_600
+
+
+def test_phi3_mha_kv_has_32_kv_heads():
+    # Phi-3 mini is multi-head (32 KV heads x 96 = 3072 = hidden): K+V = 6144 elements x 2 bytes per
+    # token per layer; 8 x 4096 tokens x 32 layers x 12288 = 12,884,901,888 bytes = 12 GiB
+    # (calibration h200a-inf-phi-3-mini-bf16-sdpa-b8-s4096 measured 12,885,164,544).
+    v = infer(PHI3_MINI, quantization="bf16", kv_cache_quantization="bf16", batch_size=8, seq_length=4096)
+    assert v["kv_needed_bytes"] == 8 * 4096 * 32 * 6144 * 2 == 12 * 2**30
+
+
+def test_llamacpp_kv_buffer_q8_0_and_mixed_types():
+    # Llama 3 8B, n_ctx 16384: per token per layer K and V each 8 x 128 = 1024 elements.
+    # q8_0 = 34 bytes per 32 elements = 8.5 bits: 32 x 16384 x 2048 x 8.5 / 8 = 1,140,850,688 (1088 MiB).
+    v = infer(LLAMA3_8B, runtime="llama.cpp", quantization="q4_0", kv_cache_quantization="q8_0", seq_length=16384)
+    assert v["kv_needed_bytes"] == 32 * 16384 * 2048 * 8.5 / 8 == 1088 * 2**20
+    # The published lcpp-02 log: n_ctx 1024, K iq4_nl (4.5 bits) 18.00 MiB + V f16 64.00 MiB:
+    # 32 x 1024 x 1024 x 4.5 / 8 = 18 MiB and 32 x 1024 x 1024 x 2 = 64 MiB - each half with its own type.
+    k = infer(LLAMA3_8B, runtime="llama.cpp", quantization="q4_0", kv_cache_quantization="iq4_nl", seq_length=1024)
+    assert k["kv_needed_bytes"] / 2 == 18 * 2**20
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights
+
+
+def test_mixtral_holds_every_expert():
+    # Mixtral 8x7B keeps all 8 experts of every layer resident though a token uses 2:
+    # 32 layers x 8 experts x 3 x 4096 x 14336 = 45,097,156,608 expert weights, + attention
+    # 32 x (2 x 4096^2 + 2 x 4096 x 1024) = 1,342,177,280, + routers 32 x 8 x 4096 = 1,048,576,
+    # + embeddings and head 2 x 32000 x 4096 = 262,144,000, + norms 65 x 4096 = 266,240
+    # = 46,702,792,704 parameters x 2 bytes (calibration measured params 46,702,792,704).
+    params = 32 * 8 * 3 * 4096 * 14336 + 32 * (2 * 4096**2 + 2 * 4096 * 1024) + 32 * 8 * 4096 + 2 * 32000 * 4096 + 65 * 4096
+    assert params == 46_702_792_704
+    v = infer(MIXTRAL, quantization="bf16")
+    assert v["weights_gpu_bytes"] == params * 2
+
+
+def test_llamacpp_q4_0_model_buffer_4155_99_mib():
+    # Llama 3.1 8B Q4_0: every layer matrix Q4_0 (18 bytes per 32 = 4.5 bits): 6,979,321,856 x 4.5 / 8
+    # = 3,925,868,544; output.weight Q6_K (210 bytes per 256 = 6.5625 bits): 525,336,576 x 6.5625 / 8
+    # = 430,940,160; norms F32: 266,240 x 4 = 1,064,960; token_embd stays on the host (CPU_Mapped).
+    # Sum 4,357,873,664 bytes = 4155.99 MiB, as the log prints (calibration lcpp-01).
+    v = infer(LLAMA3_8B, runtime="llama.cpp", quantization="q4_0", seq_length=16384)
+    assert v["weights_gpu_bytes"] == 3_925_868_544 + 430_940_160 + 1_064_960
+    assert round(v["weights_gpu_bytes"] / 2**20, 2) == 4155.99
+
+
+def test_qlora_upcasts_non_quantized_tensors_to_fp32():
+    # prepare_model_for_kbit_training casts embeddings, head and norms to fp32; the linears stay NF4
+    # (4 bits + 8-bit absmax per 64 + fp32 absmax per 256 blocks = 4.126953125 bits):
+    # 6,979,321,856 x 4.126953125 / 8 = 3,600,416,768, + 2 x 525,336,576 x 4
+    # = 4,202,692,608, + 266,240 x 4 = 1,064,960.
+    v = train(LLAMA3_8B, finetuning_method="qlora", lora_rank=16, batch_size=4, seq_length=1024,
+              optimization_config={"gradient_checkpointing": True})
+    expected = 6_979_321_856 * 4.126953125 / 8 + 2 * 525_336_576 * 4 + 266_240 * 4
+    assert v["weights_gpu_bytes"] == pytest.approx(expected, rel=1e-12)
+    assert v["resid_bytes"] == 4  # the residual stream (and so the checkpoints) is fp32 too
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def test_training_logits_are_fp32_tensors_at_the_loss_backward():
+    # Llama 3 8B LoRA, 4 x 1024 tokens, vocab 128256: log_softmax's fp32 output, nll_loss's fp32
+    # gradient and log_softmax's fp32 gradient are alive together = 12 bytes per logit:
+    # 4096 x 128256 x 12 = 6,304,038,912 bytes.
+    v = train(LLAMA3_8B, finetuning_method="lora", lora_rank=16, batch_size=4, seq_length=1024,
+              optimization_config={"gradient_checkpointing": True})
+    assert v["train_logits_bytes"] == 4096 * 128256 * 12 == 6_304_038_912
+
+
+def test_lora_saved_activations_per_token_layer():
+    # Llama 3 8B LoRA all-linear r16, bf16, no checkpointing. Frozen linears save nothing; each adapter
+    # saves an fp32 copy of its input: 4 x (5 x 4096 [q,k,v,gate,up] + 4096 [o] + 14336 [down]) = 155,648,
+    # plus 7 x 16 x 4 = 448 for the lora_A outputs. RMSNorms keep their fp32 input: 2 x 4 x 4096 = 32,768.
+    # SDPA keeps q, k, v and its output: 2 x (2 x 4096 + 2 x 1024) = 20,480. The MLP keeps gate, act(gate)
+    # and up: 2 x 3 x 14336 = 86,016. Total 295,360 bytes per token per layer.
+    v = train(LLAMA3_8B, finetuning_method="lora", lora_rank=16, batch_size=4, seq_length=1024)
+    assert v["layer_saved_bytes_per_token"] == 155_648 + 448 + 32_768 + 20_480 + 86_016 == 295_360
+    assert v["train_activation_bytes"] == 4096 * 32 * 295_360
+
+
+def test_mixed_precision_keeps_fp32_residuals_and_per_linear_casts():
+    # Llama 3.2 1B full fine-tuning with fp32 master weights under bf16 autocast: norms keep fp32 input and
+    # normalized input (2 x 8 x 2048 = 32,768); q, k, v, gate, up each cast the fp32 input to bf16
+    # (5 x 2 x 2048 = 20,480); o_proj and down_proj keep their bf16 inputs (2 x (2048 + 8192) = 20,480);
+    # SDPA + MLP core 2 x (2 x 2048 + 2 x 512 + 3 x 8192) = 59,392. Total 133,120 bytes per token per layer.
+    # Autocast's bf16 weight copies (tied head included): (1,235,814,400 - 67,584 norm params) x 2.
+    v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="fp32", batch_size=4, seq_length=1024)
+    assert v["layer_saved_bytes_per_token"] == 133_120
+    assert v["autocast_copy_bytes"] == (1_235_814_400 - 67_584) * 2
+    # Backward start: 4096 x 16 x 133,120 + 6,304,038,912 logits + 2,471,493,632 copies + final norm
+    # 4096 x 2048 x (4 + 4 + 2) = 83,886,080 -> 17,583,591,424 bytes (calibration peak allocated 32.22 GB
+    # = this + 14.90 GB of weights and moments).
+    assert v["fwd_phase_bytes"] == 4096 * 16 * 133_120 + 6_304_038_912 + 2_471_493_632 + 83_886_080
+
+
+def test_adamw_8bit_states():
+    # bitsandbytes AdamW8bit: two uint8 moments + an fp32 absmax per 2048-element block:
+    # 1,235,814,400 x 2 x (1 + 4 / 2048) = 2,476,456,200 bytes (calibration: 2,511,915,520 incl. the
+    # 32-bit state bnb keeps for tensors under 4096 elements).
+    v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="bf16", optimizer="adamw_8bit",
+              batch_size=4, seq_length=1024, optimization_config={"gradient_checkpointing": True})
+    assert v["optimizer_states_gpu_bytes"] == pytest.approx(2_476_456_200, rel=1e-12)
+    assert v["optimizer_step_temp_bytes"] == 0  # the fused 8-bit kernel makes no foreach temporaries
+
+
+def test_full_bf16_step_peak_holds_gradients_and_one_temporary():
+    # Pure bf16 Llama 3.2 1B with checkpointing: foreach AdamW's sqrt(v) list is one more state-sized
+    # tensor: grads 1,235,814,400 x 2 + temp 1,235,814,400 x 2 = 4,943,257,600 bytes.
+    v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="bf16", batch_size=4, seq_length=1024,
+              optimization_config={"gradient_checkpointing": True})
+    assert v["step_phase_bytes"] == 4 * 1_235_814_400
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention
+
+
+def test_fp32_sdpa_with_gqa_materializes_scores():
+    # SDPA with fp32 inputs and grouped KV heads runs the math backend (flash/cuDNN are 16-bit only,
+    # the memory-efficient kernel rejects GQA): q.k^T and its softmax in fp32 = 8 bytes per score,
+    # 2048 x 2048 x 32 heads x 8 = 1,073,741,824 bytes (calibration: 1,074,872,320 above the MLP peak).
+    v = infer(LLAMA32_1B, quantization="fp32", kv_cache_quantization="fp32", seq_length=2048)
+    assert v["attn_scores_bytes"] == 2048 * 2048 * 32 * 8
+    # In bf16 the flash kernel handles GQA: nothing materialized.
+    assert infer(LLAMA32_1B, quantization="bf16", seq_length=2048)["attn_scores_bytes"] == 0
+
+
+def test_llamacpp_compute_buffer_without_fa_holds_f32_kq():
+    # llama.cpp without flash attention: KQ is f32, n_kv x n_ubatch x n_head = 16384 x 512 x 32 x 4 bytes
+    # = 1 GiB (soft_max runs in place).
+    v = infer(LLAMA3_8B, runtime="llama.cpp", quantization="q4_0", seq_length=16384,
+              optimization_config={"flash_attention": False})
+    assert v["attn_scores_bytes"] == 16384 * 512 * 32 * 4 == 2**30
+
+
+# ---------------------------------------------------------------------------------------------
+# vLLM
+
+
+def test_vllm_profiles_a_full_batch_and_the_sampler():
+    # vLLM reserves what its profile run used: a forward of max_num_batched_tokens (8192) tokens whatever
+    # the workload, then the sampler on max_num_seqs (1024) rows x vocab 128256 x 14 bytes.
+    v = infer(LLAMA3_8B, runtime="vllm", seq_length=2048)
+    assert v["prefill_tokens"] == 8192
+    assert v["logits_positions"] == 1024
+    # forward peak: 8192 x (3 x 14336 + 4 x 4096) x 2 = 973,078,528
+    assert v["activations_gpu_bytes"] == 8192 * (3 * 14336 + 4 * 4096) * 2
+    # sampler stage: 1024 x 128256 x 14 + 4 x 8192 x 4096 x 2 hidden = 2,107,113,472
+    assert v["logits_stage_bytes"] == 1024 * 128256 * 14 + 4 * 8192 * 4096 * 2
+
+
+def test_vllm_kv_pool_fills_gpu_memory_utilization():
+    # H100 as torch sees it (79.19 GiB) at gpu_memory_utilization 0.95: the pool is what is left after the
+    # weights (8,030,261,248 x 2), the profiled peak (2,107,113,472, the sampler stage) and 256 MiB of
+    # non-torch memory; the CUDA context and graphs come on top of the budget.
+    body = {"gpu_key": "h100_80", "custom_vram": 79.19, "llm_key": "custom", "custom_model": LLAMA3_8B,
+            "runtime": "vllm", "seq_length": 8192, "runtime_settings": {"gpu_memory_utilization": 0.95}, "trace": True}
+    resp = vramplan.estimate_inference(body)
+    v = values(resp)
+    pool = 0.95 * 79.19 * 2**30 - 8_030_261_248 * 2 - 2_107_113_472 - 256 * 2**20
+    assert v["kv_pool_bytes"] == pytest.approx(pool, rel=1e-9)
+    # 131,072 bytes per token (32 layers x 2048 elements x 2 bytes): vLLM printed 476,016 tokens, 58.11 GiB.
+    assert resp["kv_pool"]["tokens"] == int(pool / 131072)
+    assert resp["kv_pool"]["tokens"] == pytest.approx(476_016, rel=0.005)
+
+
+def test_runtime_settings_names_must_be_runtime_constants():
+    with pytest.raises(RequestError) as exc:
+        vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": LLAMA3_8B,
+                                     "runtime": "vllm", "runtime_settings": {"gpu_mem_util": 0.95}})
+    assert "runtime_settings.gpu_mem_util" in str(exc.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Warnings
+
+
+def test_warns_where_runtime_internals_were_not_measured():
+    amd = vramplan.estimate_inference({"gpu_key": "mi300x", "llm_key": "custom", "custom_model": LLAMA3_8B,
+                                       "runtime": "vllm"})
+    assert any("ROCm" in w for w in amd["warnings"])
+    nvidia = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": LLAMA3_8B,
+                                          "runtime": "vllm"})
+    assert not any("ROCm" in w or "Metal" in w for w in nvidia["warnings"])
+
+
+def test_warns_about_a_vision_tower():
+    config = {"model_type": "gemma3", "text_config": {"hidden_size": 2560, "intermediate_size": 10240,
+              "num_hidden_layers": 34, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                                              "vocab_size": 262208},
+              "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                "num_attention_heads": 16, "patch_size": 14, "image_size": 896}}
+    resp = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": config})
+    assert any("vision encoder" in w for w in resp["warnings"])
