@@ -116,9 +116,12 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
              f"{out['vram_usage']:.2f} GiB of {capacity:g} GiB ({out['actual_vram_percentage']:.1f}%) — "
              f"{out['memory_status']}: {STATUS_TEXT[out['memory_status']]}", ""]
     width = max(len(k) for k in out["memory_details"]) if out["memory_details"] else 10
+    scale = max(capacity, out["vram_usage"])  # bars are shares of the larger of the card and the need
     for label, size in out["memory_details"].items():
-        lines.append(f"  {label:<{width}}  {size:8.2f} GiB  {_bar(size, capacity)}")
-    lines.append(f"  {'Total':<{width}}  {out['vram_usage']:8.2f} GiB  {_bar(out['vram_usage'], capacity)}")
+        lines.append(f"  {label:<{width}}  {size:8.2f} GiB  {_bar(size, scale)}")
+    lines.append(f"  {'Total':<{width}}  {out['vram_usage']:8.2f} GiB  {_bar(out['vram_usage'], scale)}")
+    if scale > capacity:
+        lines.append(f"  {'GPU':<{width}}  {capacity:8.2f} GiB  {_bar(capacity, scale)}")
     lines.append("")
     if workload == "inference":
         lines += [f"  decode      {out['per_user_tps']:.1f} tokens/s per user, {out['estimated_throughput_tps']:.1f} tokens/s in all "

@@ -178,12 +178,13 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
 
 
 def _preset(req: dict[str, Any]) -> str:
-    """Name the config the way trainers' recipes do; 'custom' when it matches none."""
+    """'default' when the flags are the documented defaults, 'memory_efficient' when checkpointing and an
+    8-bit optimizer are both on, else 'custom'."""
     opt = req["optimization_config"]
-    flags = {k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)} - {"sequence_packing"}
-    if flags == {"flash_attention"} and not opt.get("zero_stage"):
+    defaults = request_mod.optimization_defaults("finetuning")
+    if all(opt.get(k, v) == v for k, v in defaults.items()):
         return "default"
-    if flags >= {"flash_attention", "gradient_checkpointing", "use_8bit_optimizer"}:
+    if opt.get("gradient_checkpointing") and opt.get("use_8bit_optimizer"):
         return "memory_efficient"
     return "custom"
 

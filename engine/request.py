@@ -77,6 +77,11 @@ def validate(body: Any, workload: str) -> dict[str, Any]:
     return req
 
 
+def optimization_defaults(workload: str) -> dict[str, Any]:
+    """The documented defaults of ``optimization_config`` for a workload."""
+    return dict(_opt_defaults(SCHEMAS[workload]))
+
+
 @lru_cache(maxsize=None)
 def _opt_defaults(schema_name: str) -> dict[str, Any]:
     from .datafiles import load_schema

@@ -47,6 +47,8 @@ def infer(config: dict, **kw) -> dict[str, float]:
 
 
 def train(config: dict, **kw) -> dict[str, float]:
+    """Fine-tuning estimate; checkpointing off unless the test turns it on (the calibration runs set it)."""
+    kw.setdefault("optimization_config", {"gradient_checkpointing": False})
     body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": config, "trace": True, **kw}
     return values(vramplan.estimate_finetuning(body))
 

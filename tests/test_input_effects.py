@@ -170,7 +170,8 @@ def test_qlora_stores_nf4_and_upcasts_embeddings(train):
 
 
 def test_gradient_checkpointing_keeps_one_input_per_layer(train):
-    _, plain = train(finetuning_method="lora", batch_size=2, seq_length=1024)
+    _, plain = train(finetuning_method="lora", batch_size=2, seq_length=1024,
+                     optimization_config={"gradient_checkpointing": False})
     _, gc = train(finetuning_method="lora", batch_size=2, seq_length=1024,
                   optimization_config={"gradient_checkpointing": True})
     tokens = 2 * 1024
