@@ -195,10 +195,11 @@ def _summary_text(s: dict) -> str:
 
 
 def default_catalog_dir() -> Path:
-    """The user's own model catalog folder: ``<platformdirs user data dir>/catalogs/models``."""
-    import platformdirs
+    """The user's own model catalog folder, which the built-in catalog plugin loads:
+    ``$VRAMPLAN_CATALOG_DIR/models`` or ``<platformdirs user data dir>/catalogs/models``."""
+    from vramplan.plugins.catalogs import user_catalog_dir
 
-    return Path(platformdirs.user_data_dir("vramplan")) / "catalogs" / "models"
+    return user_catalog_dir() / "models"
 
 
 def _save_entry(key, info, arch, path: Path, catalog_dir, display_name, context_length, force) -> Path:

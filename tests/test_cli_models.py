@@ -127,3 +127,32 @@ def test_import_safetensors_without_config_cannot_be_saved(tmp_path):
                                       "--catalog-dir", str(tmp_path / "c")])
     assert res.exit_code == 2
     assert "config.json" in res.output
+
+
+def test_saved_model_is_loaded_by_the_catalog_and_estimates(tmp_path, monkeypatch):
+    """`models import --save-as` writes into the user catalog folder that the built-in plugin loads."""
+    import json as _json
+
+    from click.testing import CliRunner
+
+    import vramplan
+    from vramplan.catalog import reset
+    from vramplan.cli import main
+
+    monkeypatch.setenv("VRAMPLAN_CATALOG_DIR", str(tmp_path / "catalogs"))
+    config = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+              "tie_word_embeddings": True, "max_position_embeddings": 131072}
+    src = tmp_path / "config.json"
+    src.write_text(_json.dumps(config))
+    result = CliRunner().invoke(main, ["models", "import", str(src), "--save-as", "my-1b"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "catalogs" / "models" / "my-1b.yaml").is_file()
+    reset()
+    try:
+        out = vramplan.estimate_inference({"gpu_key": "rtx_4090", "llm_key": "my-1b", "runtime": "transformers",
+                                           "trace": True})
+        weights = next(s["value"] for s in out["trace"] if s["id"] == "weights_file_bytes")
+        assert weights == 1_235_814_400 * 2  # Llama 3.2 1B's architecture in fp16
+    finally:
+        reset()
