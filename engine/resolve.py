@@ -12,7 +12,7 @@ from typing import Any
 from .architecture import Architecture, from_hf_config
 from .catalog import Catalog
 from .errors import RequestError
-from .registry import Entry, Provenance
+from .registry import Entry
 
 #: Weights format a fine-tuning method trains on, by (method, fine_tuning_quantization).
 FINETUNE_WEIGHTS = {"lora": "bf16", "qlora": "nf4"}
@@ -164,7 +164,3 @@ def _uncertainty_warnings(workload: str, gpu: dict[str, Any], arch: Architecture
         out.append("vllm on a GPU under 70 GiB defaults to max_num_batched_tokens 2048 and max_num_seqs 256 "
                    "(vllm/engine/arg_utils.py); the profile here uses 8192 / 1024 unless runtime_settings says otherwise")
     return out
-
-
-def custom_provenance() -> Provenance:
-    return Provenance("request", "custom_model")
