@@ -1,8 +1,8 @@
 """The seed's four endpoints under ``/api/v1/vram-calculation/``, each a thin shell over the engine.
 
-Order of checks for a POST: authentication (401) → content type (415) → size (413) → JSON syntax
-(400) → the engine's own validation (422). Route matching answers a wrong method (405) before any of
-them. Anything unexpected is logged (never with a token) and answered as JSON.
+Order of checks for a POST: authentication (401; 429 after too many bad tokens) → content type (415)
+→ size (413) → JSON syntax (400) → the engine's own validation (422). Route matching answers a wrong
+method (405) before any of them. Anything unexpected is logged (never with a token) and answered as JSON.
 """
 
 from __future__ import annotations
@@ -24,20 +24,41 @@ log = logging.getLogger("vramplan.server")
 
 PREFIX = "/api/v1/vram-calculation"
 MAX_BODY_BYTES = 64 * 1024
+#: failed Bearer tokens per client address per minute before that address gets 429 (brute force)
+TOKEN_FAILURES_PER_MINUTE = 20
 
 
 async def authenticate(request: Request) -> Response | None:
-    """None if the caller may use the API, else the 401/403/429 response to send."""
+    """None if the caller may use the API, else the 401/403/429/503 response to send.
+
+    Failed Bearer tokens are counted per client address (``app.state.token_fail_limiter``); past the
+    limit that address gets 429 with ``Retry-After`` for any token until the window frees up. Valid
+    tokens are never counted, so a well-behaved client is never slowed.
+    """
     state = request.app.state
     token = auth.bearer_token(request.headers)
     if token is not None:
+        # Brute force: an address with too many failed tokens lately is refused before the store is asked
+        # (so it learns nothing more, and costs nothing), until its oldest failure leaves the window.
+        address = auth.client_key(request)
+        failures = state.token_fail_limiter
+        wait = failures.wait(address)
+        if wait:
+            return error_response(429, "too many failed API token attempts from this address; "
+                                       f"retry in {int(wait) + 1} s", headers={"Retry-After": str(int(wait) + 1)})
         try:
-            info = await run_in_threadpool(state.store.verify, token)
+            store = state.store
+            # A local SQLite read takes microseconds: done here; a network store (PostgreSQL) in a thread.
+            info = store.verify(token) if getattr(store, "local_reads", False) else await run_in_threadpool(store.verify, token)
         except Exception as exc:  # the database is down: say so, without a traceback that could echo input
             log.error("token store unavailable: %s: %s", type(exc).__name__, str(exc).replace(token, "<token>"))
             return error_response(503, "the token store is unavailable; try again shortly",
                                   headers={"Retry-After": "5"})
         if info is None:
+            failures.hit(address)
+            if failures.wait(address):
+                log.warning("%s: %d failed API token attempts within %d s; refusing its tokens for a while",
+                            address, failures.limit, failures.window)
             return unauthorized("invalid API token: unknown or revoked", invalid=True)
         request.state.token_name = info.name
         return None
@@ -88,11 +109,24 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+#: Engine calls answered on the event loop itself: each takes well under a millisecond of pure CPU, and
+#: handing it to a thread costs more than the call (two thread switches; the GIL gives threads no
+#: parallelism anyway). Anything slower (plan, report) goes to the thread pool, so the loop stays free.
+INLINE_CALLS = frozenset({"estimate_inference", "estimate_finetuning", "list_gpus", "list_models"})
+#: Listings change only with the catalog: their JSON is rendered once per (function, catalog).
+CACHED_LISTINGS = frozenset({"list_gpus", "list_models"})
+_listing_cache: dict[str, tuple] = {}
+
+
 async def _call_engine(request: Request, fn_name: str, *args) -> Response:
     import vramplan  # looked up per call, so the engine (and a test's stand-in) is whatever is loaded now
 
+    fn = getattr(vramplan, fn_name)
     try:
-        result = await run_in_threadpool(getattr(vramplan, fn_name), *args)
+        if fn_name in CACHED_LISTINGS:
+            return _listing(fn_name, fn)
+        result = fn(*args) if fn_name in INLINE_CALLS else await run_in_threadpool(fn, *args)
+        return JSONResponse(result)
     except RequestError as exc:
         return request_error_response(exc)
     except VramplanError as exc:
@@ -104,7 +138,17 @@ async def _call_engine(request: Request, fn_name: str, *args) -> Response:
         incident = secrets.token_hex(6)
         log.exception("unexpected error in %s (incident %s)", fn_name, incident)
         return error_response(500, f"internal error (incident {incident}); the server log has the details")
-    return JSONResponse(result)
+
+
+def _listing(fn_name: str, fn) -> Response:
+    from ..catalog import get_catalog
+
+    catalog = get_catalog()
+    cached = _listing_cache.get(fn_name)
+    if cached is None or cached[0] is not fn or cached[1] is not catalog:
+        body = JSONResponse(fn()).body
+        cached = _listing_cache[fn_name] = (fn, catalog, body)
+    return Response(cached[2], media_type="application/json")
 
 
 def _estimate(fn_name: str):
@@ -123,7 +167,7 @@ def _estimate(fn_name: str):
     return endpoint
 
 
-def _listing(fn_name: str):
+def _list_endpoint(fn_name: str):
     async def endpoint(request: Request) -> Response:
         denied = await authenticate(request)
         if denied is not None:
@@ -137,6 +181,6 @@ def _listing(fn_name: str):
 routes = [
     Route(f"{PREFIX}/inference", _estimate("estimate_inference"), methods=["POST"]),
     Route(f"{PREFIX}/finetuning", _estimate("estimate_finetuning"), methods=["POST"]),
-    Route(f"{PREFIX}/gpus", _listing("list_gpus"), methods=["GET"]),
-    Route(f"{PREFIX}/llms", _listing("list_models"), methods=["GET"]),
+    Route(f"{PREFIX}/gpus", _list_endpoint("list_gpus"), methods=["GET"]),
+    Route(f"{PREFIX}/llms", _list_endpoint("list_models"), methods=["GET"]),
 ]

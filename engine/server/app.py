@@ -104,6 +104,7 @@ def create_app(store: TokenStore | None = None, admin_secret: str | None = None,
     app.state.page_limiter = auth.RateLimiter(PAGE_RATE_PER_MINUTE, 60)
     app.state.page_ip_limiter = auth.RateLimiter(PAGE_RATE_PER_ADDRESS_PER_MINUTE, 60)
     app.state.login_limiter = auth.RateLimiter(LOGIN_ATTEMPTS_PER_5_MINUTES, 300)
+    app.state.token_fail_limiter = auth.RateLimiter(api.TOKEN_FAILURES_PER_MINUTE, 60)
     app.add_middleware(SecurityHeaders)
     return app
 
@@ -116,4 +117,11 @@ def app_from_env() -> Starlette:
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
-    return create_app()
+    app = create_app()
+    try:  # load the catalog now, not during the first request (estimates run on the event loop)
+        from ..catalog import get_catalog
+
+        get_catalog()
+    except Exception as exc:  # each request will answer the error as JSON; the log says it now
+        log.error("the catalog does not load: %s: %s", type(exc).__name__, exc)
+    return app

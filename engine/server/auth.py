@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import secrets
@@ -124,14 +125,28 @@ class Signer:
 class RateLimiter:
     """At most ``limit`` events per ``window`` seconds per key (sliding window, in this process)."""
 
-    def __init__(self, limit: int, window: float, max_keys: int = 10000):
+    def __init__(self, limit: int, window: float, max_keys: int = 10000, clock=time.monotonic):
         self.limit, self.window, self.max_keys = limit, window, max_keys
+        self._clock = clock
         self._events: dict[str, deque] = {}
         self._lock = threading.Lock()
 
+    def wait(self, key: str) -> float:
+        """0 if ``key`` may have another event now, else the seconds to wait; records nothing."""
+        now = self._clock()
+        with self._lock:
+            events = self._events.get(key)
+            if not events:
+                return 0.0
+            while events and events[0] <= now - self.window:
+                events.popleft()
+            if len(events) >= self.limit:
+                return max(0.0, events[0] + self.window - now)
+            return 0.0
+
     def hit(self, key: str) -> float:
         """Record one event; 0 if allowed, else the seconds to wait."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             events = self._events.get(key)
             if events is None:
@@ -180,6 +195,18 @@ def same_origin(request) -> bool:
         return request.method in ("GET", "HEAD")
     host = request.headers.get("host", "")
     return origin.split("://", 1)[-1] == host and origin.split("://", 1)[0] in ("http", "https")
+
+
+def client_key(request) -> str:
+    """The rate-limit key of the caller: its IPv4 address, or the /64 network of its IPv6 address
+    (one host usually holds a whole /64, so per-address limits on IPv6 would be per-guess)."""
+    host = request.client.host if request.client else "unknown"
+    if ":" in host:
+        try:
+            return "net:" + str(ipaddress.ip_network(host + "/64", strict=False))
+        except ValueError:
+            pass
+    return "ip:" + host
 
 
 def new_session_id() -> str:

@@ -12,7 +12,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-from .api import MAX_BODY_BYTES, PREFIX
+from .api import MAX_BODY_BYTES, PREFIX, TOKEN_FAILURES_PER_MINUTE
 
 #: component name -> schema file in the ``vramplan.schemas`` package
 SCHEMA_FILES = {
@@ -51,7 +51,10 @@ MEANINGS = (
 AUTH = (
     "**Authentication.** Send `Authorization: Bearer <token>`. Tokens are created by the operator with "
     "`vramplan tokens create --name NAME` or on the `/settings` page, shown once, and stored only as a hash. "
-    "A missing, unknown or revoked token gets 401 with `WWW-Authenticate: Bearer`. The calculator page at `/` "
+    "A missing, unknown or revoked token gets 401 with `WWW-Authenticate: Bearer`; after "
+    f"{TOKEN_FAILURES_PER_MINUTE} failed tokens "
+    "in a minute from one client address (IPv6: one /64), that address gets 429 with `Retry-After` for any "
+    "token until the minute has passed (valid tokens never count). The calculator page at `/` "
     "calls the API with a short-lived page session instead (an HttpOnly cookie plus the `X-Vramplan-Page: 1` "
     "header, same-origin only, rate-limited); every other client needs a token. An operator who wants the "
     "page closed too sets `VRAMPLAN_PAGE_SESSIONS=0`; the page then asks for a token."
@@ -59,7 +62,8 @@ AUTH = (
 
 ERRORS = (
     "**Errors** are always JSON (`Error`): 400 malformed JSON, 401 missing/wrong token, 405 wrong method, "
-    f"413 body over {MAX_BODY_BYTES // 1024} KiB, 415 Content-Type not `application/json`, 422 a request "
+    f"413 body over {MAX_BODY_BYTES // 1024} KiB, 415 Content-Type not `application/json`, 429 too many "
+    "failed tokens or page calls (`Retry-After`), 422 a request "
     "the engine refuses — every bad field with its path and reason, and for an unknown gpu/llm/quantization "
     "key the closest valid keys in `closest`."
 )
@@ -115,6 +119,8 @@ def _ref(name: str) -> dict:
 def _common_errors(post: bool) -> dict:
     out = {"401": _error("Missing, unknown or revoked token (`WWW-Authenticate: Bearer`)."),
            "405": _error("Wrong HTTP method."),
+           "429": _error("Too many failed token attempts from this client address, or too many page-session "
+                         "calls (`Retry-After` says when to try again)."),
            "500": _error("Unexpected server error; the message carries an incident id for the server log."),
            "503": _error("The token store is unavailable (`Retry-After` says when to try again).")}
     if post:

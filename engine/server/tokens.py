@@ -87,6 +87,8 @@ class TokenStore:
 
     placeholder = "?"
     _schema: tuple[str, ...] = ()
+    #: True if :meth:`verify` is a local read of microseconds (the server then calls it without a thread hop)
+    local_reads = False
 
     # -- subclass hooks -------------------------------------------------------------------------
     def _connect(self):  # pragma: no cover - abstract
@@ -102,6 +104,10 @@ class TokenStore:
     def _run(self, fn):
         """Run ``fn(cursor)`` in one transaction and return its result."""
         raise NotImplementedError  # pragma: no cover
+
+    def _read(self, fn):
+        """Run the read-only ``fn(cursor)`` (one statement sees the latest commit). Default: as :meth:`_run`."""
+        return self._run(fn)
 
     def close(self) -> None:
         pass
@@ -156,25 +162,34 @@ class TokenStore:
         return self._info(row)
 
     def verify(self, token: str) -> TokenInfo | None:
-        """The token's record if ``token`` is a live token, else None. Updates last_used_at."""
+        """The token's record if ``token`` is a live token, else None. Updates last_used_at.
+
+        Every request calls this, so the common case is one indexed read and no write: last_used_at
+        is written (in its own transaction) only when it is older than :data:`LAST_USED_RESOLUTION`.
+        A revocation committed by any process is seen by the next read.
+        """
         if not token or len(token) > 200:
             return None
         digest = hash_token(token)
-        now = self._now()
-        stale = now - LAST_USED_RESOLUTION if isinstance(now, datetime) else _iso_minus(now)
 
         def lookup(cur):
             cur.execute(self._sql(f"SELECT {_COLUMNS}, token_hash FROM api_tokens WHERE token_hash = ?"),
                         (digest,))
-            row = cur.fetchone()
-            if row is None or not hmac.compare_digest(str(row[6]), digest) or row[4]:
-                return None
-            cur.execute(self._sql("UPDATE api_tokens SET last_used_at = ? WHERE id = ? "
-                                  "AND (last_used_at IS NULL OR last_used_at < ?)"), (now, row[0], stale))
-            return row[:6]
+            return cur.fetchone()
 
-        row = self._run(lookup)
-        return None if row is None else self._info(row)
+        row = self._read(lookup)
+        if row is None or not hmac.compare_digest(str(row[6]), digest) or row[4]:
+            return None
+        now = self._now()
+        stale = now - LAST_USED_RESOLUTION if isinstance(now, datetime) else _iso_minus(now)
+        if row[3] is None or row[3] < stale:
+            def touch(cur):
+                cur.execute(self._sql("UPDATE api_tokens SET last_used_at = ? WHERE id = ? "
+                                      "AND (last_used_at IS NULL OR last_used_at < ?)"), (now, row[0], stale))
+
+            self._run(touch)
+            row = (*row[:3], now, *row[4:])
+        return self._info(row[:6])
 
     @staticmethod
     def _info(row) -> TokenInfo:
@@ -190,6 +205,8 @@ def _iso_minus(now: str) -> str:
 class SQLiteTokenStore(TokenStore):
     """Tokens in one SQLite file (WAL mode: readers never block the writer; several processes share it)."""
 
+    local_reads = True
+
     _schema = (
         """CREATE TABLE IF NOT EXISTS api_tokens (
             id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -204,6 +221,7 @@ class SQLiteTokenStore(TokenStore):
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._readers = threading.local()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = self._connect()
         try:
@@ -219,10 +237,19 @@ class SQLiteTokenStore(TokenStore):
             pass
 
     def _connect(self):
-        # A connection per operation: cheap for SQLite, and safe across threads and worker processes.
+        # A connection per write: cheap for SQLite, and safe across threads and worker processes.
         conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
         conn.execute("PRAGMA busy_timeout = 10000")
         return conn
+
+    def _read(self, fn):
+        # Reads (every request's token check) reuse one autocommit connection per thread: no
+        # connect, no write lock, and in WAL mode never blocked by a writer. Each SELECT is its own
+        # implicit transaction, so it sees every commit made before it, from any process.
+        conn = getattr(self._readers, "conn", None)
+        if conn is None:
+            conn = self._readers.conn = self._connect()
+        return fn(conn.cursor())
 
     def _now(self) -> str:
         return _iso(datetime.now(timezone.utc))
