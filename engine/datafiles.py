@@ -37,6 +37,24 @@ def validator(name: str) -> jsonschema.protocols.Validator:
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
 
+@lru_cache(maxsize=None)
+def _fast_validator(name: str):
+    """jsonschema-rs (compiled) for the common case of a valid document; None if it is not installed."""
+    try:
+        import jsonschema_rs
+    except ImportError:  # pragma: no cover - a dependency, but the slow path still works without it
+        return None
+    return jsonschema_rs.validator_for(load_schema(name))
+
+
+def is_valid(instance: Any, schema_name: str) -> bool:
+    """Fast check; :func:`schema_problems` explains a failure field by field."""
+    fast = _fast_validator(schema_name)
+    if fast is None:
+        return validator(schema_name).is_valid(instance)
+    return fast.is_valid(instance)
+
+
 def json_path(path) -> str:
     out = "$"
     for part in path:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from .datafiles import schema_problems
+from .datafiles import is_valid, schema_problems
 from .errors import RequestError
 
 SCHEMAS = {"inference": "inference-request", "finetuning": "finetuning-request"}
@@ -38,7 +38,8 @@ def validate(body: Any, workload: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RequestError([("body", "must be a JSON object")])
     schema_name = SCHEMAS[workload]
-    problems = [(_field(where), msg) for where, msg in schema_problems(body, schema_name)]
+    problems = [] if is_valid(body, schema_name) else \
+        [(_field(where), msg) for where, msg in schema_problems(body, schema_name)]
     req = {**_defaults(schema_name), **body}
     opt_defaults = _opt_defaults(schema_name)
     req["optimization_config"] = {**opt_defaults, **(body.get("optimization_config") or {})} \
