@@ -16,14 +16,20 @@ INFERENCE = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "quantizat
 FINETUNING = {"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "finetuning_method": "lora", "batch_size": 4}
 
 
-def per_call_us(fn, body, n: int) -> tuple[float, float]:
-    samples = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn(dict(body))
-        samples.append((time.perf_counter() - t0) * 1e6)
+def per_call_us(fn, body, n: int, rounds: int = 5) -> tuple[float, float, float]:
+    """Median and p99 over all calls, and the best round's median (the machine is shared: other
+    tenants' load shows up as whole slow rounds, which the best round leaves out, as timeit does)."""
+    samples, round_medians = [], []
+    for _ in range(rounds):
+        these = []
+        for _ in range(max(n // rounds, 1)):
+            t0 = time.perf_counter()
+            fn(dict(body))
+            these.append((time.perf_counter() - t0) * 1e6)
+        round_medians.append(statistics.median(these))
+        samples += these
     samples.sort()
-    return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))]
+    return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))], min(round_medians)
 
 
 def main() -> None:
@@ -36,8 +42,9 @@ def main() -> None:
     for name, fn, body in (("inference", vramplan.estimate_inference, INFERENCE),
                            ("finetuning", vramplan.estimate_finetuning, FINETUNING)):
         per_call_us(fn, body, 50)  # warm caches
-        med, p99 = per_call_us(fn, body, args.n)
-        print(f"{name:<11} median {med:8.1f} us   p99 {p99:8.1f} us   ({1e6 / med:,.0f} estimates/s)")
+        med, p99, best = per_call_us(fn, body, args.n)
+        print(f"{name:<11} median {med:8.1f} us   p99 {p99:8.1f} us   best-round median {best:8.1f} us   "
+              f"({1e6 / med:,.0f} estimates/s)")
     grid = [{**INFERENCE, "seq_length": s, "batch_size": b} for s in (512, 2048, 8192, 32768, 131072)
             for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)] * 200
     t0 = time.perf_counter()

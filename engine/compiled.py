@@ -24,6 +24,15 @@ _CMP = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.Lt
         ast.Gt: operator.gt, ast.GtE: operator.ge}
 
 
+def _leaf(node: ast.AST):
+    """('name', id) or ('const', value) for leaves the parent can read inline, else None."""
+    if isinstance(node, ast.Name):
+        return ("name", node.id)
+    if isinstance(node, ast.Constant):
+        return ("const", node.value)
+    return None
+
+
 def compile_tree(node: ast.AST, functions: Mapping[str, Callable]) -> Fn:
     """Closures for a tree that parse_expression has already checked."""
     if isinstance(node, ast.Expression):
@@ -35,7 +44,26 @@ def compile_tree(node: ast.AST, functions: Mapping[str, Callable]) -> Fn:
         name = node.id
         return lambda v: v[name]
     if isinstance(node, ast.BinOp):
-        op, left, right = _BIN[type(node.op)], compile_tree(node.left, functions), compile_tree(node.right, functions)
+        # Most operands are a name or a number: reading them inline saves a call per leaf, the main cost.
+        op, lleaf, rleaf = _BIN[type(node.op)], _leaf(node.left), _leaf(node.right)
+        if lleaf and rleaf:
+            (lk, lx), (rk, rx) = lleaf, rleaf
+            if lk == "name" and rk == "name":
+                return lambda v: op(v[lx], v[rx])
+            if lk == "name":
+                return lambda v: op(v[lx], rx)
+            if rk == "name":
+                return lambda v: op(lx, v[rx])
+        left, right = compile_tree(node.left, functions), compile_tree(node.right, functions)
+        if rleaf and rleaf[0] == "name":
+            rn = rleaf[1]
+            return lambda v: op(left(v), v[rn])
+        if rleaf:
+            rc = rleaf[1]
+            return lambda v: op(left(v), rc)
+        if lleaf and lleaf[0] == "name":
+            ln = lleaf[1]
+            return lambda v: op(v[ln], right(v))
         return lambda v: op(left(v), right(v))
     if isinstance(node, ast.UnaryOp):
         operand = compile_tree(node.operand, functions)
@@ -45,6 +73,12 @@ def compile_tree(node: ast.AST, functions: Mapping[str, Callable]) -> Fn:
             return lambda v: not operand(v)
         return operand
     if isinstance(node, ast.Compare):
+        if len(node.ops) == 1 and _leaf(node.left) and _leaf(node.comparators[0]):
+            cmp, (lk, lx), (rk, rx) = _CMP[type(node.ops[0])], _leaf(node.left), _leaf(node.comparators[0])
+            if lk == "name" and rk == "const":
+                return lambda v: cmp(v[lx], rx)
+            if lk == "name" and rk == "name":
+                return lambda v: cmp(v[lx], v[rx])
         first = compile_tree(node.left, functions)
         pairs = [(_CMP[type(o)], compile_tree(c, functions)) for o, c in zip(node.ops, node.comparators)]
 
@@ -81,6 +115,13 @@ def compile_tree(node: ast.AST, functions: Mapping[str, Callable]) -> Fn:
     if isinstance(node, ast.IfExp):
         test, body, orelse = (compile_tree(node.test, functions), compile_tree(node.body, functions),
                               compile_tree(node.orelse, functions))
+        bleaf, oleaf = _leaf(node.body), _leaf(node.orelse)
+        if oleaf and oleaf[0] == "const":
+            oc = oleaf[1]
+            return lambda v: body(v) if test(v) else oc
+        if bleaf and bleaf[0] == "const":
+            bc = bleaf[1]
+            return lambda v: bc if test(v) else orelse(v)
         return lambda v: body(v) if test(v) else orelse(v)
     if isinstance(node, ast.Call):
         fn = functions[node.func.id]
@@ -89,6 +130,10 @@ def compile_tree(node: ast.AST, functions: Mapping[str, Callable]) -> Fn:
             a0 = args[0]
             return lambda v: fn(a0(v))
         if len(args) == 2:
+            leaves = [_leaf(a) for a in node.args]
+            if leaves[1] and leaves[1][0] == "const":
+                a0, c1 = args[0], leaves[1][1]
+                return lambda v: fn(a0(v), c1)
             a0, a1 = args
             return lambda v: fn(a0(v), a1(v))
         return lambda v: fn(*[a(v) for a in args])

@@ -72,7 +72,7 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
     s = scenario_mod.build(res)
     components = cat.formulas.components(workload)
     trace: list | None = [] if req.get("trace") else None
-    targets = [c.output for c in components] + list(OUTPUTS[workload])
+    targets = tuple(c.output for c in components) + OUTPUTS[workload]
     v = cat.formulas.evaluate(s, targets, trace=trace)
     return assemble(res, s, v, components, trace)
 

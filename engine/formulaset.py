@@ -193,7 +193,7 @@ class FormulaSet:
         self.formulas: dict[str, Formula] = {}
         self._origin: dict[str, str] = {}  # formula id → source that defined it
         self._order: list[str] = []
-        self._plans: dict[tuple[str, ...], list[Formula]] = {}
+        self._plans: dict[tuple, Any] = {}  # evaluation plans and component lists, dropped on change
 
     # -- building ------------------------------------------------------------------------------
     def add(self, ff: FormulaFile, *, may_override: bool) -> None:
@@ -210,9 +210,16 @@ class FormulaSet:
         self.files[ff.id] = ff
         self._plans.clear()
 
-    def components(self, workload: str) -> list[Component]:
-        comps = [ff.component for ff in self.files.values() if ff.component and workload in ff.component.workloads]
-        return sorted(comps, key=lambda c: (c.order, c.id))
+    def components(self, workload: str) -> tuple[Component, ...]:
+        """The memory components of a workload, in display order (cached until formulas change)."""
+        key = ("components", workload)
+        comps = self._plans.get(key)
+        if comps is None:
+            comps = tuple(sorted((ff.component for ff in self.files.values()
+                                  if ff.component and workload in ff.component.workloads),
+                                 key=lambda c: (c.order, c.id)))
+            self._plans[key] = comps
+        return comps
 
     def finalize(self, known_names: Iterable[str]) -> None:
         """Check every input names a scenario variable or a formula, and that nothing is circular."""
@@ -253,8 +260,8 @@ class FormulaSet:
         return order
 
     def plan(self, targets: Iterable[str]) -> list[Formula]:
-        """The formulas needed for ``targets``, in evaluation order (cached)."""
-        key = tuple(sorted(set(targets)))
+        """The formulas needed for ``targets``, in evaluation order (cached; a tuple is its own key)."""
+        key = targets if isinstance(targets, tuple) else tuple(sorted(set(targets)))
         plan = self._plans.get(key)
         if plan is None:
             needed: set[str] = set()
@@ -279,7 +286,8 @@ class FormulaSet:
             try:  # the hot path: one try around the loop, closures compiled at load
                 for f in plan:
                     value = f.fn(values)
-                    if value.__class__ is not float or value - value != 0.0:
+                    cls = value.__class__  # bool is not int here: True/False go through _check
+                    if (cls is not float and cls is not int) or value - value != 0:
                         value = _check(f, value)
                     values[f.id] = value
             except FormulaError:
