@@ -61,7 +61,7 @@ def models() -> None:
 
 
 @models.command("list")
-@click.option("--family", help="only this family (llama, qwen3, mistral, …)")
+@click.option("--family", help="only this family; a prefix matches too (qwen matches qwen2.5 and qwen3)")
 @click.option("--min-params", type=click.FloatRange(min=0), help="at least this many billion parameters (total)")
 @click.option("--max-params", type=click.FloatRange(min=0), help="at most this many billion parameters (total)")
 @click.option("--search", help="text to find in the key or name (case-insensitive)")
@@ -79,7 +79,7 @@ def list_models_cmd(family, min_params, max_params, search, fmt) -> None:
     rows = []
     for m in entries:
         params = m.get("params_b")
-        if family and str(m.get("family", "")).lower() != family.lower():
+        if family and not str(m.get("family", "")).lower().startswith(family.lower()):
             continue
         if min_params is not None and (params is None or params < min_params):
             continue
