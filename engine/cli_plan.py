@@ -21,7 +21,6 @@ from typing import Any
 
 import click
 
-from .cli import read_request
 
 FIND_CHOICES = ("max_seq_length", "max_batch_size", "max_concurrent_users", "min_num_gpus", "best_quantization", "gpus")
 #: A grid this long shows a progress bar (on a terminal).
@@ -84,6 +83,8 @@ def parse_text_grid(text: str, flag: str) -> list[str]:
 def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, fmt) -> None:
     """Answer "what fits?": largest context, batch or user count, fewest GPUs, best quantization, GPUs."""
     from . import plan as run_plan
+
+    from .cli import read_request  # here, not at import: vramplan.cli attaches this module
 
     body = read_request(request_file)
     for key, value in (("workload", workload), ("gpu_key", gpu_key), ("llm_key", llm_key), ("headroom", headroom)):
@@ -217,6 +218,8 @@ def sweep_rows(base: dict[str, Any], workload: str, axes: dict[str, list], progr
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File to write (default stdout).")
 def sweep(request_file, workload, fmt, output, **grid) -> None:
     """Estimate every combination of the grid flags and write one row each (CSV or JSON)."""
+    from .cli import read_request
+
     base = read_request(request_file)
     flags = {name: "--" + name.replace("_", "-") for name in AXES}
     axes: dict[str, list] = {}

@@ -74,7 +74,36 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
     trace: list | None = [] if req.get("trace") else None
     targets = tuple(c.output for c in components) + OUTPUTS[workload]
     v = cat.formulas.evaluate(s, targets, trace=trace)
-    return assemble(res, s, v, components, trace)
+    out = assemble(res, s, v, components, trace)
+    if (workload == "inference" and req["enable_offloading"] and out["memory_status"] == "insufficient"
+            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None):
+        return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
+    return out
+
+
+def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) -> dict[str, Any]:
+    """enable_offloading without an amount: offload the fewest layers that make the workload fit.
+
+    VRAM falls monotonically with offloaded layers, so a bisection over 1..n_layers finds the
+    smallest count that fits (or all of them when even that does not)."""
+    def at(n: int) -> dict[str, Any]:
+        return run({**body, "num_offload_layers": n}, "inference", cat)
+
+    lo, hi = 1, n_layers
+    best = at(hi)
+    if best["memory_status"] in ("insufficient", "error"):
+        best["warnings"].append(f"offloading all {n_layers} layers still does not fit")
+        return best
+    while lo < hi:
+        mid = (lo + hi) // 2
+        out = at(mid)
+        if out["memory_status"] in ("insufficient", "error"):
+            lo = mid + 1
+        else:
+            hi, best = mid, out
+    best["assumptions"].insert(0, f"offloading: {hi} of {n_layers} layers offloaded, the fewest with which the "
+                                  f"workload fits (enable_offloading without num_offload_layers or percentage_offload)")
+    return best
 
 
 def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestError:

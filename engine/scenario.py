@@ -282,8 +282,8 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
         elif req.get("percentage_offload") is not None:
             layers = round(req["percentage_offload"] / 100 * a.num_layers)
         elif not req.get("offload_kv_cache"):
-            res.warnings.append("enable_offloading is set but neither num_offload_layers nor percentage_offload; "
-                                "no layers are offloaded")
+            res.assumptions.append("offloading: enable_offloading without num_offload_layers or percentage_offload "
+                                   "offloads the fewest layers that make the workload fit; none offloaded here")
     elif req.get("num_offload_layers") or req.get("percentage_offload") or req.get("offload_kv_cache"):
         res.warnings.append("offloading settings are ignored because enable_offloading is false")
     s["offload_layers"] = layers

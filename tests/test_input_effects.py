@@ -192,3 +192,21 @@ def test_training_time_follows_tokens(train):
     out, _ = train(num_samples=100000, tokens_per_sample=512, num_epochs=2)
     assert out["total_tokens"] == 100000 * 512 * 2
     assert out["total_training_time_hours"] == pytest.approx(out["total_tokens"] / out["training_tps"] / 3600, rel=1e-2)
+
+
+def test_offloading_without_an_amount_offloads_the_fewest_layers_that_fit():
+    import vramplan
+
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-70b-instruct", "quantization": "q4_k_m", "seq_length": 4096}
+    assert vramplan.estimate_inference(body)["memory_status"] == "insufficient"
+    out = vramplan.estimate_inference({**body, "enable_offloading": True})
+    n = int(out["assumptions"][0].split("offloading: ")[1].split(" of ")[0])
+    fits = vramplan.estimate_inference({**body, "enable_offloading": True, "num_offload_layers": n})
+    short = vramplan.estimate_inference({**body, "enable_offloading": True, "num_offload_layers": n - 1})
+    same = lambda o: {k: v for k, v in o.items() if k != "assumptions"}  # noqa: E731
+    assert same(out) == same(fits) and fits["memory_status"] != "insufficient"
+    assert short["memory_status"] == "insufficient"
+    # Small enough to fit without offloading: nothing moves.
+    small = vramplan.estimate_inference({"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct",
+                                         "quantization": "q4_k_m", "enable_offloading": True})
+    assert small["offloaded_memory"] == 0
