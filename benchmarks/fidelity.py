@@ -268,7 +268,7 @@ def collect(cal_dir: Path) -> tuple[list[Row], list[str]]:
         rows += vllm_rows(records, skipped)
         finetune_peak_skips(records, skipped)
     for path in sorted(MEASURED_DIR.glob("*.jsonl")):
-        cases = load_jsonl(path)
+        cases = [c for c in load_jsonl(path) if "workload" in c]  # memory runs; decode timings are another kind
         if not cases:
             continue
         device = cases[0].get("device", "")
