@@ -7,6 +7,7 @@ memory_status agrees with the percentage, and monotonicity holds.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -23,7 +24,11 @@ MODELS = sorted(e.key for e in CAT.models)
 WEIGHT_FORMATS = sorted(e.key for e in CAT.quantization)
 KV_FORMATS = sorted(e.key for e in CAT.quantization if "kv_cache_bits" in e.data)
 RUNTIMES = sorted(e.key for e in CAT.runtimes)
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Deterministic by default (a red CI run must mean a real defect). Explore further with random
+# examples: HYPOTHESIS_EXPLORE=2000 python -m pytest tests/test_properties.py
+_EXPLORE = int(os.environ.get("HYPOTHESIS_EXPLORE", "0"))
+SETTINGS = settings(max_examples=_EXPLORE or 80, deadline=None, derandomize=not _EXPLORE,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 inference_requests = st.fixed_dictionaries(
     {"gpu_key": st.sampled_from(GPUS), "llm_key": st.sampled_from(MODELS)},
@@ -122,13 +127,13 @@ def test_more_tokens_batch_or_users_never_need_less_memory(body, field, factor):
     bigger[field] = body.get(field, default) * (factor + 1)
     out = estimate_or_reject(vramplan.estimate_inference, bigger)
     assume(out is not None)
-    assert out["vram_usage"] >= base["vram_usage"] - 0.01
+    assert out["vram_usage"] >= base["vram_usage"] - 0.005 * (len(out["memory_details"]) + len(base["memory_details"]))
 
 
 @SETTINGS
 @given(inference_requests, st.integers(2, 8))
 def test_more_tensor_parallel_gpus_never_put_more_weights_on_one(body, n):
-    body = {**body, "inference_parallelism": "tensor", "trace": True, "num_gpus": 1}
+    body = {**body, "inference_parallelism": "tensor", "trace": True, "num_gpus": 1, "enable_offloading": False}
     one = estimate_or_reject(vramplan.estimate_inference, body)
     many = estimate_or_reject(vramplan.estimate_inference, {**body, "num_gpus": n})
     assume(one is not None and many is not None)
@@ -143,7 +148,9 @@ def test_offloading_never_raises_vram(body, layers):
     base = estimate_or_reject(vramplan.estimate_inference, body)
     off = estimate_or_reject(vramplan.estimate_inference, {**body, "enable_offloading": True, "num_offload_layers": layers})
     assume(base is not None and off is not None)
-    assert off["vram_usage"] <= base["vram_usage"] + 0.01
+    # vram_usage is the sum of components each rounded to 0.01 GiB: allow one rounding step per component
+    # (vLLM's KV pool grows into what offloading frees, so there the total stays put up to rounding).
+    assert off["vram_usage"] <= base["vram_usage"] + 0.005 * (len(off["memory_details"]) + len(base["memory_details"]))
 
 
 ORDERED = sorted((e for e in CAT.quantization if not e.data.get("alias_of")), key=lambda e: e.data["bits"]["default"])
