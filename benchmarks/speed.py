@@ -45,6 +45,14 @@ def main() -> None:
         med, p99, best = per_call_us(fn, body, args.n)
         print(f"{name:<11} median {med:8.1f} us   p99 {p99:8.1f} us   best-round median {best:8.1f} us   "
               f"({1e6 / med:,.0f} estimates/s)")
+    plan_body = {**INFERENCE, "workload": "inference",
+                 "find": ["max_seq_length", "max_batch_size", "max_concurrent_users", "best_quantization"]}
+    vramplan.plan(dict(plan_body))
+    for find in (["max_seq_length"], ["best_quantization"], ["gpus"]):
+        t0 = time.perf_counter()
+        for _ in range(5):
+            vramplan.plan({**plan_body, "find": find})
+        print(f"plan {find[0]:<17} {(time.perf_counter() - t0) / 5 * 1000:8.1f} ms")
     grid = [{**INFERENCE, "seq_length": s, "batch_size": b} for s in (512, 2048, 8192, 32768, 131072)
             for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)] * 200
     t0 = time.perf_counter()
