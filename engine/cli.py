@@ -99,8 +99,13 @@ def _bar(part: float, total: float) -> str:
     return "█" * n + "·" * (BAR_WIDTH - n)
 
 
-STATUS_TEXT = {"okay": "fits comfortably", "moderate": "fits", "high": "tight fit", "very_high": "very tight fit",
-               "insufficient": "DOES NOT FIT", "error": "CONFIGURATION ERROR"}
+
+
+def _status_text(status: str) -> str:
+    from .estimate import STATUS_TEXT
+
+    text = STATUS_TEXT[status]
+    return text.upper() if status in ("insufficient", "error") else text  # the verdicts to not miss
 
 
 def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> str:
@@ -114,7 +119,7 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
     n = body.get("num_gpus", 1)
     lines = [f"{model} on {n} x {gpu.data['label']} ({capacity:g} GiB each), runtime {out.get('runtime')}",
              f"{out['vram_usage']:.2f} GiB of {capacity:g} GiB ({out['actual_vram_percentage']:.1f}%) — "
-             f"{out['memory_status']}: {STATUS_TEXT[out['memory_status']]}", ""]
+             f"{out['memory_status']}: {_status_text(out['memory_status'])}", ""]
     width = max(len(k) for k in out["memory_details"]) if out["memory_details"] else 10
     scale = max(capacity, out["vram_usage"])  # bars are shares of the larger of the card and the need
     for label, size in out["memory_details"].items():

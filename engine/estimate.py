@@ -32,6 +32,11 @@ OUTPUTS = {
 STATUS = ((50.0, "okay"), (75.0, "moderate"), (90.0, "high"), (100.0, "very_high"))
 
 
+#: What each memory_status means in words (CLI table, reports).
+STATUS_TEXT = {"okay": "fits comfortably", "moderate": "fits", "high": "tight fit", "very_high": "very tight fit",
+               "insufficient": "does not fit", "error": "configuration error"}
+
+
 def memory_status(percent: float) -> str:
     for limit, name in STATUS:
         if percent <= limit:
@@ -84,26 +89,20 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
 def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) -> dict[str, Any]:
     """enable_offloading without an amount: offload the fewest layers that make the workload fit.
 
-    VRAM falls monotonically with offloaded layers, so a bisection over 1..n_layers finds the
-    smallest count that fits (or all of them when even that does not)."""
-    def at(n: int) -> dict[str, Any]:
-        return run({**body, "num_offload_layers": n}, "inference", cat)
+    VRAM falls monotonically with offloaded layers, so the planner's search over 1..n_layers finds
+    the smallest count that fits (or all of them when even that does not)."""
+    from .planner import Probe, capacity_gib, search_min
 
-    lo, hi = 1, n_layers
-    best = at(hi)
-    if best["memory_status"] in ("insufficient", "error"):
-        best["warnings"].append(f"offloading all {n_layers} layers still does not fit")
-        return best
-    while lo < hi:
-        mid = (lo + hi) // 2
-        out = at(mid)
-        if out["memory_status"] in ("insufficient", "error"):
-            lo = mid + 1
-        else:
-            hi, best = mid, out
-    best["assumptions"].insert(0, f"offloading: {hi} of {n_layers} layers offloaded, the fewest with which the "
-                                  f"workload fits (enable_offloading without num_offload_layers or percentage_offload)")
-    return best
+    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0)
+    n = search_min(probe, 1, n_layers)
+    if n is None:
+        out = probe.estimate(n_layers)
+        out["warnings"].append(f"offloading all {n_layers} layers still does not fit")
+        return out
+    out = probe.estimate(n)
+    out["assumptions"].insert(0, f"offloading: {n} of {n_layers} layers offloaded, the fewest with which the "
+                                 f"workload fits (enable_offloading without num_offload_layers or percentage_offload)")
+    return out
 
 
 def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestError:

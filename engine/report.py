@@ -30,6 +30,7 @@ from markupsafe import Markup
 
 from . import __version__, charts
 from .catalog import Catalog, get_catalog
+from .estimate import STATUS_TEXT
 
 FORMATS = {"markdown": "report.md.j2", "html": "report.html.j2"}
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
@@ -37,8 +38,6 @@ GIB = float(1 << 30)
 CURVE_POINTS = 12
 CURVE_START = 512
 
-STATUS_TEXT = {"okay": "fits comfortably", "moderate": "fits", "high": "tight fit", "very_high": "very tight fit",
-               "insufficient": "does not fit", "error": "configuration error"}
 
 #: Units of request fields (the schemas' descriptions say the same in words).
 REQUEST_UNITS = {
