@@ -8,6 +8,7 @@ Every problem in a file is reported at once, each naming the file and the key pa
 from __future__ import annotations
 
 import json
+import stat
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -20,6 +21,47 @@ from .errors import CatalogError
 
 #: Data files larger than this are refused before parsing (a catalog is text, not a data dump).
 MAX_DATA_FILE_BYTES = 4 * 1024 * 1024
+
+
+#: Nodes one YAML document may hold once its aliases are expanded (the built-in catalogs hold a
+#: few thousand each; a 4 MiB file of plain text holds at most about a million).
+MAX_YAML_NODES = 200_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, counting every node as its aliases expand it.
+
+    An alias (``*name``) repeats a node without repeating its text: nine levels of nine aliases in
+    652 bytes stand for 9^9 nodes, and whatever walks the document afterwards (schema validation,
+    the catalog) never finishes — the "billion laughs". Each node's expanded size is counted as the
+    document is composed, and a document over :data:`MAX_YAML_NODES` (or an alias to a node that
+    contains itself) is refused. Every YAML file vramplan reads goes through here: built-in,
+    plugin and user catalogs, formula folders, imported models.
+    """
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._sizes: dict[int, int] = {}
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):  # the node it names is counted already, unless it is still open
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self._sizes:
+                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refers to a node that "
+                                                  "contains it", event.start_mark)
+            return super().compose_node(parent, index)
+        node = super().compose_node(parent, index)
+        if isinstance(node, yaml.ScalarNode):
+            size = 1
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for pair in node.value for n in pair]
+            size = 1 + sum(self._sizes[id(child)] for child in children)
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"expands to more than {MAX_YAML_NODES:,} nodes "
+                                              "(aliases repeating aliases)", node.start_mark)
+        self._sizes[id(node)] = size
+        return node
 
 
 @lru_cache(maxsize=None)
@@ -83,23 +125,31 @@ def _short(err: jsonschema.ValidationError) -> str:
 
 
 def read_yaml(path: Path, display: str | None = None) -> Any:
-    """Parse one YAML file with the safe loader, refusing oversized files."""
+    """Parse one YAML file with the safe loader (aliases refused), refusing oversized files and
+    anything that is not a regular file (a link to ``/dev/zero`` or a FIFO would never end)."""
     shown = display or str(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise CatalogError([(shown, "is not a regular file")])
+        if info.st_size > MAX_DATA_FILE_BYTES:
+            raise CatalogError([(shown, f"is {info.st_size} bytes; data files are limited to {MAX_DATA_FILE_BYTES}")])
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_DATA_FILE_BYTES + 1)
     except OSError as exc:
         raise CatalogError([(shown, f"cannot read: {exc.strerror}")]) from None
-    if size > MAX_DATA_FILE_BYTES:
-        raise CatalogError([(shown, f"is {size} bytes; data files are limited to {MAX_DATA_FILE_BYTES}")])
+    if len(raw) > MAX_DATA_FILE_BYTES:
+        raise CatalogError([(shown, f"is over {MAX_DATA_FILE_BYTES} bytes; data files are limited to that")])
     try:
-        with path.open("r", encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        return yaml.load(raw.decode("utf-8"), Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}" if mark else shown
         raise CatalogError([(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
     except UnicodeDecodeError:
         raise CatalogError([(shown, "not UTF-8 text")]) from None
+    except RecursionError:
+        raise CatalogError([(shown, "not valid YAML: nested too deeply")]) from None
 
 
 def load_validated(path: Path, schema_name: str, display: str | None = None) -> dict[str, Any]:

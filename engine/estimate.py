@@ -12,7 +12,7 @@ from typing import Any
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
-from .errors import RequestError
+from .errors import FormulaError, RequestError, VramplanError
 from .resolve import Resolved, resolve
 
 GIB = float(1 << 30)
@@ -66,24 +66,105 @@ def _configuration_errors(res: Resolved, s: dict[str, float]) -> list[str]:
     return errors
 
 
-def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
-    """The whole pass for one request body; returns the response body."""
+def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, strict: bool = False) -> dict[str, Any]:
+    """The whole pass for one request body; returns the response body.
+
+    ``strict``: refuse fields the schema does not know (default: ignore them with a warning).
+    """
     cat = catalog or get_catalog()
     try:
-        req = request_mod.validate(body, workload)
+        req, notes = request_mod.check(body, workload, strict=strict)
     except RequestError as exc:
         raise _with_unknown_keys(cat, body, exc) from None
+    try:
+        res, out = _estimate(cat, req, workload, notes)
+    except FormulaError as exc:
+        raise _blame(cat, body, workload, exc) from None
+    if (workload == "inference" and req["enable_offloading"] and out["memory_status"] == "insufficient"
+            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None):
+        return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
+    return out
+
+
+def _estimate(cat: Catalog, req: dict[str, Any], workload: str, notes: list[str]) -> tuple[Resolved, dict[str, Any]]:
     res = resolve(cat, req, workload)
+    res.warnings[:0] = notes
     s = scenario_mod.build(res)
     components = cat.formulas.components(workload)
     trace: list | None = [] if req.get("trace") else None
     targets = tuple(c.output for c in components) + OUTPUTS[workload]
     v = cat.formulas.evaluate(s, targets, trace=trace)
-    out = assemble(res, s, v, components, trace)
-    if (workload == "inference" and req["enable_offloading"] and out["memory_status"] == "insufficient"
-            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None):
-        return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
+    for fid in OUTPUTS[workload]:  # a figure the response shows is never negative
+        if v[fid] < 0:
+            err = FormulaError([(f"formula {fid} ({cat.formulas.formulas[fid].file})", f"gave {v[fid]!r}, a negative figure")])
+            err.formula = fid
+            raise err
+    return res, assemble(res, s, v, components, trace)
+
+
+def _blame(cat: Catalog, body: dict[str, Any], workload: str, exc: FormulaError) -> VramplanError:
+    """A formula that fails (overflow, division by zero, not finite, negative) because of numbers the
+    request carries is the request's error: a :class:`RequestError` naming those fields.
+
+    Which fields: each numeric field the client sent (any schema property of type number or integer,
+    each ``runtime_settings`` member, ``custom_model`` as a whole) is taken away in turn, and the
+    fields without which the same request evaluates are named; if no single one suffices, all of
+    them together are tried. If the request still fails without them, the server's formulas or data
+    are at fault and the :class:`FormulaError` stands (a 500 with an incident id over HTTP).
+    """
+    if exc.formula is None or not isinstance(body, dict):
+        return exc
+    names = _client_numbers(body, workload)
+    culprits = [name for name in names if _evaluates(cat, _without(cat, body, [name]), workload)]
+    if not culprits and len(names) > 1 and _evaluates(cat, _without(cat, body, names), workload):
+        culprits = names
+    if not culprits:
+        return exc
+    what = exc.problems[0][1] if exc.problems else "fails"
+    together = f" (together with {', '.join(culprits[1:])})" if len(culprits) > 1 else ""
+    return RequestError([(name, f"is out of the range the engine can size{together if i == 0 else ''}: "
+                                f"formula {exc.formula} {what}") for i, name in enumerate(culprits)])
+
+
+def _client_numbers(body: dict[str, Any], workload: str) -> list[str]:
+    """Every number the client sent, by field path: schema properties of type number or integer, each
+    member of an object of numbers (``runtime_settings``), and ``custom_model`` (a config.json)."""
+    props = request_mod.load_schema(request_mod.SCHEMAS[workload])["properties"]
+    out = []
+    for name, value in body.items():
+        prop = props.get(name, {})
+        if prop.get("type") in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(name)
+        elif isinstance(value, dict) and isinstance(prop.get("additionalProperties"), dict) \
+                and prop["additionalProperties"].get("type") in ("integer", "number"):
+            out += [f"{name}.{member}" for member in value]
+    if body.get("llm_key") == "custom" and isinstance(body.get("custom_model"), dict):
+        out.append("custom_model")
     return out
+
+
+def _without(cat: Catalog, body: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``body`` without the named fields (defaults apply); without ``custom_model``, a catalog model stands in."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in body.items()}
+    for name in names:
+        top, _, member = name.partition(".")
+        if member:
+            out.get(top, {}).pop(member, None)
+        elif top == "custom_model":
+            out.pop(top, None)
+            out["llm_key"] = next((e.key for e in cat.models), "")
+        else:
+            out.pop(top, None)
+    return out
+
+
+def _evaluates(cat: Catalog, body: dict[str, Any], workload: str) -> bool:
+    try:
+        req, notes = request_mod.check(body, workload)
+        _estimate(cat, req, workload, notes)
+    except VramplanError:
+        return False
+    return True
 
 
 def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) -> dict[str, Any]:
@@ -139,9 +220,10 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             details[label] = _gib(b)
     vram = round(sum(details.values()), 2)
     capacity = res.gpu_memory_gib
-    actual = round(vram / capacity * 100, 1) if capacity else 0.0  # status follows the figure shown
+    share = vram / capacity * 100 if capacity else 0.0
+    actual = round(share, 1)
     errors = _configuration_errors(res, s)
-    status = "error" if errors else memory_status(actual)
+    status = "error" if errors else memory_status(share)  # the unrounded share: 50.03 % is moderate
     warnings = list(res.warnings) + [f"configuration error: {e}" for e in errors]
     if status == "insufficient":
         warnings.append(f"needs {vram:.2f} GiB on the busiest GPU but {res.gpu.data['label']} has {capacity:g} GiB")
@@ -181,7 +263,7 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     if res.workload == "finetuning":
         opt = res.request["optimization_config"]
         active = [k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)]
-        if opt.get("zero_stage"):
+        if opt.get("zero_stage") and res.request["num_gpus"] > 1:  # on one GPU it shards nothing (see warnings)
             active.append(f"zero_stage_{opt['zero_stage']}")
         out["active_optimizations"] = active
         out["optimization_preset"] = _preset(res.request)

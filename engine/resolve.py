@@ -17,6 +17,16 @@ from .registry import Entry
 #: Weights format a fine-tuning method trains on, by (method, fine_tuning_quantization).
 FINETUNE_WEIGHTS = {"lora": "bf16", "qlora": "nf4"}
 
+#: The range a request may set a runtime constant to (``runtime_settings``), by the unit the runtime
+#: catalog gives the constant: far beyond any real deployment (the catalog's largest fraction is an
+#: efficiency of 1.16, its largest token count 8,192), and small enough that the formulas stay finite.
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "flag": (0, 1), "fraction": (0, 2), "tokens": (0, 16777216), "sequences": (0, 1048576), "MiB": (0, 1048576),
+    "bytes": (0, 1024), "tensors": (0, 1024), "copies": (0, 1024), "us": (0, 1e7), "FLOP": (0, 1e4), "GB/s": (0, 1e6),
+}
+#: The range for a unit not listed above (a plugin runtime's own units).
+OTHER_SETTING_RANGE = (0, 1e12)
+
 
 @dataclass
 class Resolved:
@@ -95,10 +105,18 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     runtime = lookup(cat.runtimes.get, runtime_key)
     if runtime is not None:
         known = runtime.data["constants"]
-        for name in req.get("runtime_settings") or {}:
+        for name, value in (req.get("runtime_settings") or {}).items():
             if name not in known:
                 problems.append((f"runtime_settings.{name}", f"{runtime.key} has no constant {name!r} "
                                  f"(see the runtime catalog: {', '.join(sorted(known))})"))
+                continue
+            problem = _setting_problem(known[name]["unit"], value)
+            if problem:
+                problems.append((f"runtime_settings.{name}", problem))
+        eager = (req.get("runtime_settings") or {}).get("eager_score_bytes", known.get("eager_score_bytes", {}).get("value"))
+        if workload == "inference" and req["optimization_config"].get("flash_attention") is False and eager == 0:
+            # A runtime with no unfused attention path materializes no score matrix (its eager_score_bytes is 0).
+            warnings.append(f"flash_attention false is ignored: {runtime.key} always runs a fused attention kernel")
 
     link_key = req.get("interconnect_type") or (gpu.data["default_interconnect"] if gpu else None)
     interconnect = lookup(cat.interconnects.get, link_key, "interconnect_type") if link_key else None
@@ -131,6 +149,15 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
         interconnect=interconnect, host_link=host_link, assumptions=assumptions, warnings=warnings)
+
+
+def _setting_problem(unit: str, value: float) -> str | None:
+    lo, hi = SETTING_RANGES.get(unit, OTHER_SETTING_RANGE)
+    if unit == "flag" and value not in (0, 1):
+        return f"is a flag: 0 or 1, got {value!r}"
+    if not lo <= value <= hi:
+        return f"{value!r} is out of range for a constant in {unit}: {lo:g} to {hi:g}"
+    return None
 
 
 #: Vendors whose backends the runtime profiles were not measured on (calibration: NVIDIA CUDA / Vulkan).
