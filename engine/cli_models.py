@@ -112,6 +112,8 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder with
     one) and show the architecture found; with --save-as, add it to a user catalog."""
     from .architecture import from_hf_config
+    from .configkeys import check_config
+    from .errors import RequestError
     from .modelfiles import read_model_file
 
     if save_as is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", save_as):
@@ -123,6 +125,9 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
         raise click.UsageError(exc.message) from None
     arch = None
     arch_error = None
+    hostile = check_config(info["config"], str(path)) if isinstance(info["config"], dict) else []
+    if hostile:  # wrong types or sizes no model has: refuse the file rather than describe it
+        raise click.UsageError(RequestError(hostile).message)
     if info["config"]:
         try:
             arch = from_hf_config(info["config"], where=str(path))
