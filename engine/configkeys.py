@@ -217,3 +217,13 @@ def check_config(config: dict, where: str) -> list[tuple[str, str]]:
     if isinstance(vision, dict):
         problems += check_keys(vision, VISION_KEYS, f"{where}.vision_config")
     return problems
+
+
+def largest_config() -> dict:
+    """A config.json with every count at its ceiling: the largest custom model a request may carry
+    (a mixture of experts, so that every MoE path is taken). Tests and benchmarks time it."""
+    return {"model_type": "mixtral", "hidden_size": MAX_WIDTH, "num_hidden_layers": MAX_LAYERS,
+            "num_attention_heads": MAX_HEADS, "num_key_value_heads": MAX_HEADS, "head_dim": MAX_HEAD_DIM,
+            "intermediate_size": MAX_FFN, "vocab_size": MAX_VOCAB, "max_position_embeddings": MAX_CONTEXT,
+            "num_local_experts": MAX_EXPERTS, "num_experts_per_tok": MAX_EXPERTS, "moe_intermediate_size": MAX_FFN,
+            "tie_word_embeddings": False}

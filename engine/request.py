@@ -192,7 +192,7 @@ def _known_fields(obj: dict, schema: dict, path: tuple, strict: bool, problems: 
             out[key] = value
             continue
         where = _field((*path, key))
-        close = difflib.get_close_matches(str(key), list(props), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(str(key), list(props), n=3, cutoff=0.75)  # batchsize, flash_attn: yes
         if strict:
             problems.append((where, "unknown field"))
             if close:

@@ -128,3 +128,66 @@ def test_model_config_missing_fields_names_them(tmp_path):
     with pytest.raises(CatalogError) as err:
         build_catalog(load_entrypoints=False, extra_plugins=(plugin,))
     assert "half-a-model.config.hidden_size" in str(err.value) and "vocab_size" in str(err.value)
+
+
+# -- YAML aliases (issue 12, item 6) -----------------------------------------------------------------
+
+def _laughs(levels: int = 9, width: int = 9) -> str:
+    lines = ['a0: &a0 ["lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("kind", ["gpus", "runtimes"])
+def test_an_alias_bomb_is_refused_at_once(tmp_path, kind):
+    """9 levels x 9 aliases in a few hundred bytes stand for 9^9 = 387,420,489 nodes."""
+    import time
+
+    plugin = plugin_with(tmp_path, kind, _laughs())
+    t0 = time.perf_counter()
+    with pytest.raises(CatalogError, match=r"broken\.yaml:\d+: not valid YAML: expands to more than 200,000 nodes"):
+        build_catalog(load_entrypoints=False, extra_plugins=(plugin,))
+    assert time.perf_counter() - t0 < 30  # the catalog itself takes a few seconds on a loaded machine
+
+
+def test_an_alias_bomb_in_a_formula_folder_is_refused(tmp_path, monkeypatch):
+    from vramplan.errors import FormulaError
+
+    (tmp_path / "bomb.yaml").write_text(_laughs())
+    monkeypatch.setenv("VRAMPLAN_FORMULA_PATH", str(tmp_path))
+    with pytest.raises(FormulaError, match="bomb.yaml:.*expands to more than"):
+        build_catalog(load_entrypoints=False)
+
+
+def test_a_self_referencing_alias_is_refused(tmp_path):
+    plugin = plugin_with(tmp_path, "gpus", "gpus: &g {x: *g}\n")
+    with pytest.raises(CatalogError, match=r"alias \*g refers to a node that contains it"):
+        build_catalog(load_entrypoints=False, extra_plugins=(plugin,))
+
+
+def test_modest_aliases_still_load(tmp_path):
+    """The built-in catalogs share config blocks with anchors (llama.yaml, mistral.yaml)."""
+    from vramplan.datafiles import read_yaml
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {x: 1, y: [1, 2]}\none: *b\ntwo: {<<: *b, x: 3}\n")
+    assert read_yaml(path) == {"base": {"x": 1, "y": [1, 2]}, "one": {"x": 1, "y": [1, 2]}, "two": {"x": 3, "y": [1, 2]}}
+
+
+def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    import os
+
+    folder = tmp_path / "gpus"
+    folder.mkdir()
+    os.symlink("/dev/zero", folder / "zero.yaml")
+
+    class Plugin:
+        __name__ = "dev-zero"
+
+        @hookimpl
+        def register_catalog_dirs(self):
+            return [tmp_path]
+
+    with pytest.raises(CatalogError, match="zero.yaml: is not a regular file"):
+        build_catalog(load_entrypoints=False, extra_plugins=(Plugin(),))
