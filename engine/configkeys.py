@@ -227,3 +227,25 @@ def largest_config() -> dict:
             "intermediate_size": MAX_FFN, "vocab_size": MAX_VOCAB, "max_position_embeddings": MAX_CONTEXT,
             "num_local_experts": MAX_EXPERTS, "num_experts_per_tok": MAX_EXPERTS, "moe_intermediate_size": MAX_FFN,
             "tie_word_embeddings": False}
+
+
+def _key_schema(key: Key) -> dict:
+    if key.kind == "int":
+        return {"type": ["integer", "null"], "minimum": key.lo, "maximum": key.hi}
+    # (no maxItems: more than MAX_LAYERS items do not fit the API's 64 KiB body, which answers 413 first)
+    if key.kind == "int_list":
+        return {"type": ["array", "null"], "items": {"type": "integer", "minimum": key.lo, "maximum": key.hi}}
+    if key.kind == "str_list":
+        return {"type": ["array", "null"], "items": {"type": "string", "maxLength": MAX_NAME}}
+    return {"type": [{"bool": "boolean", "str": "string", "object": "object"}[key.kind], "null"]}
+
+
+def json_schema() -> dict:
+    """The config.json keys the engine reads, as JSON Schema (the API documents ``custom_model`` with
+    it; other keys a config.json carries are allowed and ignored)."""
+    text = {"type": ["object", "null"], "properties": {n: _key_schema(k) for n, k in CONFIG_KEYS.items()}}
+    props = dict(text["properties"])
+    props["text_config"] = text
+    props["vision_config"] = {"type": ["object", "null"],
+                              "properties": {n: _key_schema(k) for n, k in VISION_KEYS.items()}}
+    return {"type": "object", "properties": props}

@@ -124,7 +124,11 @@ def as_accepted(schema: dict) -> dict:
     required = set(out.get("required", []))
     props = {}
     for name, prop in (out.get("properties") or {}).items():
-        if prop.get("type") == "object" and prop.get("properties"):
+        if name == "custom_model":  # document the config.json keys read, with their types and bounds
+            from ..configkeys import json_schema
+
+            prop = {**json_schema(), "description": prop.get("description", "")}
+        elif prop.get("type") == "object" and prop.get("properties"):
             prop = as_accepted(prop)
         elif prop.get("type") == "object" and isinstance(prop.get("additionalProperties"), dict):
             prop = {**prop, "additionalProperties": _nullable(prop["additionalProperties"])}
