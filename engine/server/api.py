@@ -139,12 +139,15 @@ INLINE_CALLS = frozenset({"estimate_inference", "estimate_finetuning", "list_gpu
 #: Listings change only with the catalog: their JSON is rendered once per (function, catalog).
 CACHED_LISTINGS = frozenset({"list_gpus", "list_models"})
 _listing_cache: dict[str, tuple] = {}
-#: Engine calls running in threads at once, per worker. Everything else that could take longer — a
-#: custom model (a new architecture to count), an offloading search, a trace, plan and report — runs
-#: in a thread, and at most this many at a time, so the event loop keeps answering (/healthz, cheap
-#: estimates, authentication) however many heavy requests arrive: a CPU-bound thread gives up the GIL
-#: every 5 ms, and with few of them the loop waits for at most a few such slices.
-ENGINE_THREADS = 4
+#: Engine calls running in threads at once, per worker. Everything that could take longer than a
+#: catalog estimate — a custom model (a new architecture to count), an offloading search, a trace,
+#: plan and report — runs in a thread, this many at a time (the rest wait their turn without holding
+#: anything), so the event loop keeps answering /healthz, cheap estimates and authentication however
+#: many heavy requests arrive. The work is pure Python under one GIL, so more threads add no
+#: throughput, only more contenders the loop must wait behind for the GIL (each holds it up to 5 ms):
+#: measured with benchmarks/busy_worker.py, /healthz p50 while busy was ~12-25 ms with 1 thread,
+#: ~45-60 ms with 2 and ~45-75 ms with 4, the heavy batch as fast. Scale out with --workers.
+ENGINE_THREADS = 1
 _engine_limiters: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop -> its limiter
 
 

@@ -54,7 +54,9 @@ AUTH = (
     "A missing, unknown or revoked token gets 401 with `WWW-Authenticate: Bearer`; after "
     f"{TOKEN_FAILURES_PER_MINUTE} failed tokens "
     "in a minute from one client address (IPv6: one /64), that address gets 429 with `Retry-After` for any "
-    "token until the minute has passed (valid tokens never count). The calculator page at `/` "
+    "token until the minute has passed (valid tokens never count). The client address is the connection's "
+    "peer, or the client named in `X-Forwarded-For` by a reverse proxy the operator listed with "
+    "`vramplan serve --forwarded-allow-ips` (from anyone else the header is ignored). The calculator page at `/` "
     "calls the API with a short-lived page session instead (an HttpOnly cookie plus the `X-Vramplan-Page: 1` "
     "header, same-origin only, rate-limited); every other client needs a token. An operator who wants the "
     "page closed too sets `VRAMPLAN_PAGE_SESSIONS=0`; the page then asks for a token."
@@ -69,7 +71,8 @@ COMPATIBILITY = (
 )
 
 ERRORS = (
-    "**Errors** are always JSON (`Error`): 400 malformed JSON, 401 missing/wrong token, 405 wrong method, "
+    "**Errors** are always JSON (`Error`): 400 malformed JSON or HTTP request (e.g. a Content-Length that is "
+    "not a number), 401 missing/wrong token, 405 wrong method, "
     f"413 body over {MAX_BODY_BYTES // 1024} KiB, 415 Content-Type not `application/json`, 429 too many "
     "failed tokens or page calls (`Retry-After`), 422 a request "
     "the engine refuses — every bad field with its path and reason, and for an unknown gpu/llm/quantization "
@@ -179,11 +182,13 @@ def _common_errors(post: bool) -> dict:
            "503": _error("The token store is unavailable (`Retry-After` says when to try again).")}
     if post:
         out.update({
-            "400": _error("Malformed JSON."),
+            "400": _error("Malformed JSON, or an HTTP request that cannot be parsed (e.g. Content-Length: -1)."),
             "413": _error(f"Body over {MAX_BODY_BYTES // 1024} KiB."),
             "415": _error("Content-Type is not application/json."),
-            "422": _error("Schema violation (every bad field with its path and reason) or unknown "
-                          "gpu/llm/quantization key (with the closest valid keys)."),
+            "422": _error("Schema violation (every bad field with its path and reason), unknown "
+                          "gpu/llm/quantization key (with the closest valid keys), a custom_model key of the "
+                          "wrong type or beyond what any real model has, a number the formulas cannot size, "
+                          "or (with `Prefer: handling=strict`) a field this server does not know."),
         })
     return dict(sorted(out.items()))
 
