@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import contract
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
@@ -17,16 +18,8 @@ from .resolve import Resolved, resolve
 
 GIB = float(1 << 30)
 
-#: Formula ids the response reads, per workload (besides the components).
-OUTPUTS = {
-    "inference": ("static_shared_bytes", "kv_per_user_bytes", "ms_per_token", "throughput_tps", "per_user_tps",
-                  "latency_tps", "tftt_ms", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w",
-                  "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
-                  "weights_file_bytes"),
-    "finetuning": ("static_shared_bytes", "training_tps", "samples_per_second", "steps_per_second", "total_tokens",
-                   "training_hours", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w", "trainable_params",
-                   "weights_file_bytes"),
-}
+#: Formula ids the engine reads, per workload, besides the components (declared in vocabulary/outputs.yaml).
+OUTPUTS = contract.outputs_by_workload()
 
 #: memory_status thresholds on actual_vram_percentage (seed: okay ≤ 50, moderate ≤ 75, high ≤ 90, else very_high; > 100 insufficient).
 STATUS = ((50.0, "okay"), (75.0, "moderate"), (90.0, "high"), (100.0, "very_high"))
@@ -93,7 +86,7 @@ def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) 
     the smallest count that fits (or all of them when even that does not)."""
     from .planner import Probe, capacity_gib, search_min
 
-    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0)
+    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0, cat)
     n = search_min(probe, 1, n_layers)
     if n is None:
         out = probe.estimate(n_layers)
@@ -113,7 +106,7 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
     named = {w for w, _ in problems}
     for fld, reg in (("gpu_key", cat.gpus), ("llm_key", cat.models), ("quantization", cat.quantization),
                      ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
-                     ("interconnect_type", cat.interconnects)):
+                     ("interconnect_type", cat.interconnects), ("optimizer", cat.optimizers)):
         key = body.get(fld)
         if fld in named or not isinstance(key, str) or (fld == "llm_key" and key == "custom"):
             continue

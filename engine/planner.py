@@ -32,11 +32,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from . import formatrules
 from .catalog import Catalog, get_catalog
 from .datafiles import schema_problems
 from .errors import RequestError, VramplanError
 
-QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "min_num_gpus", "best_quantization", "gpus")
 PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys")
 #: Request field each numeric question varies, and the schema's ceiling for it.
 FIELDS = {"max_seq_length": ("seq_length", 16777216), "max_batch_size": ("batch_size", 1048576),
@@ -45,10 +45,11 @@ NOT_FITTING = ("insufficient", "error")
 FINETUNE_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
 
-def estimator(workload: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def estimator(workload: str, catalog: Catalog | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The estimate of a request body, against ``catalog`` (the loaded one when None)."""
     from .estimate import run
 
-    return lambda body: run(body, workload)
+    return lambda body: run(body, workload, catalog)
 
 
 def capacity_gib(body: dict[str, Any], cat: Catalog | None = None) -> float:
@@ -67,9 +68,10 @@ def fits(out: dict[str, Any], capacity: float, headroom: float = 0.0) -> bool:
 class Probe:
     """Estimates one request at different values of one field, remembering each (no estimate twice)."""
 
-    def __init__(self, body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float):
+    def __init__(self, body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float,
+                 catalog: Catalog | None = None):
         self.body, self.field, self.capacity, self.headroom = body, field, capacity, headroom
-        self.run = estimator(workload)
+        self.run = estimator(workload, catalog)
         self.seen: dict[int, dict[str, Any] | RequestError] = {}
 
     def estimate(self, value: int) -> dict[str, Any] | RequestError:
@@ -174,7 +176,7 @@ def _numeric(question: str, body: dict[str, Any], workload: str, ctx: dict[str, 
         n = model_context(body, cat)
         if n:
             cap, limited_by = min(cap, n), f"the model's context length ({n} tokens)"
-    probe = Probe(body, workload, field, capacity, headroom)
+    probe = Probe(body, workload, field, capacity, headroom, cat)
     if question == "min_num_gpus":
         value = search_min(probe, 1, cap)
         if value is None:
@@ -194,7 +196,7 @@ def _numeric(question: str, body: dict[str, Any], workload: str, ctx: dict[str, 
 
 def _final(probe: Probe, value: int, body: dict[str, Any], workload: str, field: str) -> dict[str, Any]:
     if body.get("trace"):
-        return estimator(workload)({**body, field: value, "trace": True})
+        return probe.run({**body, field: value, "trace": True})
     return probe.seen[value]  # type: ignore[return-value]
 
 
@@ -202,8 +204,10 @@ def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog) -> tupl
     """(request field, formats best first, note on what was tried)."""
     if workload == "finetuning":
         method = body.get("finetuning_method", "lora")
-        if method != "full":
-            return "fine_tuning_quantization", [], f"{method} fixes the base weights' format ({'nf4' if method == 'qlora' else 'bf16'})"
+        fixed, rule = formatrules.finetuning_weights(cat.format_rules, {"finetuning_method": method,
+                                                                        "fine_tuning_quantization": None})
+        if rule is not None:
+            return "fine_tuning_quantization", [], f"{method} fixes the base weights' format ({fixed})"
         ranked = sorted(FINETUNE_PRECISIONS, key=lambda k: -cat.quantization.get(k).data["quality_rank"])
         return "fine_tuning_quantization", ranked, "full fine-tuning precisions"
     runtime = body.get("runtime")
@@ -218,7 +222,7 @@ def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: 
     field, ranked, note = _quant_candidates(body, workload, cat)
     if not ranked:
         return {"value": None, "reason": f"nothing to choose: {note}"}
-    run = estimator(workload)
+    run = estimator(workload, cat)
     tried = []
     for key in ranked:
         try:
@@ -241,7 +245,7 @@ def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any
     if keys is None:
         keys = [e.key for e in cat.gpus if not e.data.get("custom")]
     speed = "per_user_tps" if workload == "inference" else "training_tps"
-    run = estimator(workload)
+    run = estimator(workload, cat)
     body = {k: v for k, v in body.items() if k not in ("trace", "custom_vram")}
     found = []
     for key in keys:
@@ -279,10 +283,10 @@ def validate_plan(request: Any) -> dict[str, Any]:
     return request
 
 
-def plan(request: dict[str, Any]) -> dict[str, Any]:
+def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
     """Answer each question in ``request["find"]``; see the module docstring."""
     validate_plan(request)
-    cat = get_catalog()
+    cat = catalog or get_catalog()
     workload = request["workload"]
     body = {k: v for k, v in request.items() if k not in PLAN_FIELDS}
     headroom = float(request.get("headroom", 0.0))
@@ -300,7 +304,7 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
     answers: dict[str, Any] = {}
     needs_gpu = [q for q in find if q != "gpus"]
     if needs_gpu:
-        run = estimator(workload)
+        run = estimator(workload, cat)
         # Validates the whole request once (every bad field named) and gives the defaults searches start from.
         run({k: v for k, v in body.items() if k != "trace"})
         from .request import validate
@@ -309,7 +313,7 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
         ctx["capacity"] = capacity_gib(body, cat)
     elif "llm_key" in body:
         probe_gpu = (gpu_keys or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
-        estimator(workload)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
+        estimator(workload, cat)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
     for q in find:
         answers[q] = HANDLERS[q](q, body, workload, ctx)
     return answers

@@ -55,21 +55,8 @@ def validate(body: Any, workload: str) -> dict[str, Any]:
     if workload == "inference":
         if req.get("num_offload_layers") is not None and req.get("percentage_offload") is not None:
             problems.append(("percentage_offload", "give num_offload_layers or percentage_offload, not both"))
-        if req["shared_prefix_ratio"] > 0 and not req["enable_prefix_caching"]:
-            pass  # the ratio only matters with caching on; allowed, noted in assumptions later
     else:
         req.setdefault("tokens_per_sample", req["seq_length"])
-        opt = req["optimization_config"]
-        if opt.get("use_8bit_optimizer") and req["optimizer"] == "adamw":
-            req["optimizer"] = "paged_adamw_8bit" if opt.get("use_paged_optimizer") else "adamw_8bit"
-        elif opt.get("use_paged_optimizer") and req["optimizer"] == "adamw":
-            req["optimizer"] = "paged_adamw"
-        if req["optimizer"] in ("adamw_8bit", "paged_adamw_8bit"):
-            opt["use_8bit_optimizer"] = True
-        if req["optimizer"].startswith("paged"):
-            opt["use_paged_optimizer"] = True
-        if opt.get("zero_stage", 0) > 0 and req["num_gpus"] == 1:
-            pass  # ZeRO on one GPU shards nothing; a warning is added later
         mb = req.get("micro_batch_size")
         if mb is not None and mb > req["batch_size"]:
             problems.append(("micro_batch_size", f"{mb} is larger than batch_size {req['batch_size']}"))
