@@ -45,7 +45,7 @@ def check(formulas) -> None:
     for ff in formulas.files.values():
         c = ff.component
         f = formulas.formulas.get(c.output) if c else None
-        if f is not None and f.unit != "bytes":
+        if f is not None and f.unit != "bytes" and f.id not in declared_outputs():  # else reported above
             problems.append((f"{f.file}: formula {f.id}", f"unit is {f.unit!r}, but it is the output of memory component "
                              f"{c.label!r} ({c.file}), which the engine reads in 'bytes'"))
     if problems:

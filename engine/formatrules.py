@@ -3,7 +3,8 @@
 The rules are catalog data (``catalogs/format_rules``), read here by resolve and the planner alike,
 so the two never disagree. A rule applies when the request meets every field of its ``when``;
 where several applicable rules set the same thing (``weights`` or ``runtime``), the one whose
-``when`` names more fields wins, and a tie goes to the rule registered first (built-ins first).
+``when`` names more fields wins, and a tie goes to the rule registered last: plugins and the user's
+catalog folder load after the built-ins, so their rules override them as formula overrides do.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def rule_for(rules: Registry, action: str, facts_: Mapping[str, Any]) -> Entry |
     for rule in rules:
         when = rule.data["when"]
         if action in rule.data and all(facts_.get(k) == v for k, v in when.items()):
-            if best is None or len(when) > len(best.data["when"]):
+            if best is None or len(when) >= len(best.data["when"]):
                 best = rule
     return best
 

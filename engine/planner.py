@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import formatrules
+from . import request as request_mod
 from .catalog import Catalog, get_catalog
 from .datafiles import schema_problems
 from .errors import RequestError, VramplanError
@@ -200,13 +201,17 @@ def _final(probe: Probe, value: int, body: dict[str, Any], workload: str, field:
     return probe.seen[value]  # type: ignore[return-value]
 
 
-def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog) -> tuple[str, list[str], str]:
-    """(request field, formats best first, note on what was tried)."""
+def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog,
+                      validated: dict[str, Any] | None = None) -> tuple[str, list[str], str]:
+    """(request field, formats best first, note on what was tried).
+
+    A fine-tuning method whose format rule holds whatever ``fine_tuning_quantization`` says (LoRA,
+    QLoRA: catalogs/format_rules) leaves nothing to choose."""
     if workload == "finetuning":
-        method = body.get("finetuning_method", "lora")
-        fixed, rule = formatrules.finetuning_weights(cat.format_rules, {"finetuning_method": method,
-                                                                        "fine_tuning_quantization": None})
-        if rule is not None:
+        validated = validated or request_mod.validate(body, workload)
+        method = validated["finetuning_method"]
+        fixed, rule = formatrules.finetuning_weights(cat.format_rules, validated)
+        if rule is not None and "fine_tuning_quantization" not in rule.data["when"]:
             return "fine_tuning_quantization", [], f"{method} fixes the base weights' format ({fixed})"
         ranked = sorted(FINETUNE_PRECISIONS, key=lambda k: -cat.quantization.get(k).data["quality_rank"])
         return "fine_tuning_quantization", ranked, "full fine-tuning precisions"
@@ -219,7 +224,7 @@ def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog) -> tupl
 
 def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
     cat, capacity, headroom = ctx["catalog"], ctx["capacity"], ctx["headroom"]
-    field, ranked, note = _quant_candidates(body, workload, cat)
+    field, ranked, note = _quant_candidates(body, workload, cat, ctx.get("base"))
     if not ranked:
         return {"value": None, "reason": f"nothing to choose: {note}"}
     run = estimator(workload, cat)
@@ -307,9 +312,7 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, A
         run = estimator(workload, cat)
         # Validates the whole request once (every bad field named) and gives the defaults searches start from.
         run({k: v for k, v in body.items() if k != "trace"})
-        from .request import validate
-
-        ctx["base"] = validate(body, workload)
+        ctx["base"] = request_mod.validate(body, workload)
         ctx["capacity"] = capacity_gib(body, cat)
     elif "llm_key" in body:
         probe_gpu = (gpu_keys or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
