@@ -277,6 +277,7 @@ def plugins(fmt: str) -> None:
 
 def _attach() -> None:
     """Commands that live in their own modules."""
+    from .cli_formulas import formulas
     from .cli_models import gpus, models
     from .cli_plan import plan, sweep
     from .server.commands import serve, tokens
@@ -287,6 +288,7 @@ def _attach() -> None:
     main.add_command(tokens)
     main.add_command(plan)
     main.add_command(sweep)
+    main.add_command(formulas)
 
 
 _attach()
