@@ -216,7 +216,8 @@ def _require_keys(body: dict[str, Any]) -> None:
               help="Full fine-tuning precision (fp32 = mixed precision).")
 @click.option("--lora-rank", type=int)
 @click.option("--lora-targets", help="all-linear or a comma list such as q_proj,v_proj.")
-@click.option("--optimizer", type=click.Choice(["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "adafactor", "sgd"]))
+@click.option("--optimizer", help="adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, adafactor, sgd, or one a plugin or "
+              "your catalog folder adds (catalogs/optimizers).")
 @click.option("--batch-size", type=int, help="Global batch size.")
 @click.option("--micro-batch-size", type=int)
 @click.option("--grad-accum", "gradient_accumulation_steps", type=int)

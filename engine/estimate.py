@@ -15,8 +15,8 @@ from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
 from .errors import RequestError
 from .resolve import Resolved, resolve
+from .units import GIB
 
-GIB = float(1 << 30)
 
 #: Formula ids the engine reads, per workload, besides the components (declared in vocabulary/outputs.yaml).
 OUTPUTS = contract.outputs_by_workload()

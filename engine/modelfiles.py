@@ -29,12 +29,6 @@ from .errors import RequestError
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
-#: Bytes per element of each safetensors dtype (the format's spec).
-SAFETENSORS_DTYPE_BYTES = {
-    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2, "U16": 2,
-    "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "I8": 1, "U8": 1, "BOOL": 1,
-}
-
 #: safetensors dtype of the bulk of the weights -> quantization key (catalogs/quantization).
 _DTYPE_QUANT = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
 

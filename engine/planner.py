@@ -28,14 +28,13 @@ placeholders, and lists those that fit, fastest first (``per_user_tps`` or ``tra
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
 from . import formatrules
 from . import request as request_mod
 from .catalog import Catalog, get_catalog
-from .datafiles import schema_problems
+from .datafiles import field_name, schema_problems
 from .errors import RequestError, VramplanError
 
 PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys")
@@ -272,17 +271,10 @@ HANDLERS = {"max_seq_length": _numeric, "max_batch_size": _numeric, "max_concurr
             "min_num_gpus": _numeric, "best_quantization": _best_quantization, "gpus": _gpus}
 
 
-def _field(where: str, message: str) -> str:
-    if where == "$":
-        m = re.match(r"'([^']+)' is a required property", message)
-        return m.group(1) if m else "body"
-    return where[2:] if where.startswith("$.") else where
-
-
 def validate_plan(request: Any) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise RequestError([("body", "must be a JSON object")])
-    problems = [(_field(w, m), m) for w, m in schema_problems(request, "plan-request")]
+    problems = [(field_name(w, m), m) for w, m in schema_problems(request, "plan-request")]
     if problems:
         raise RequestError(problems)
     return request

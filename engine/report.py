@@ -31,10 +31,10 @@ from markupsafe import Markup
 from . import __version__, charts
 from .catalog import Catalog, get_catalog
 from .estimate import STATUS_TEXT
+from .units import GIB, MIB
 
 FORMATS = {"markdown": "report.md.j2", "html": "report.html.j2"}
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
-GIB = float(1 << 30)
 CURVE_POINTS = 12
 CURVE_START = 512
 
@@ -91,7 +91,7 @@ def human(v: Any, unit: str) -> str:
     """Bytes also in GiB or MiB, so a reader sees the scale; other units left alone."""
     if unit != "bytes" or not isinstance(v, (int, float)) or isinstance(v, bool):
         return ""
-    return f"{v / GIB:.3f} GiB" if abs(v) >= GIB / 10 else f"{v / (1 << 20):.2f} MiB"
+    return f"{v / GIB:.3f} GiB" if abs(v) >= GIB / 10 else f"{v / MIB:.2f} MiB"
 
 
 def sentence(text: Any) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from .datafiles import is_valid, schema_problems
+from .datafiles import field_name, is_valid, load_schema, schema_problems
 from .errors import RequestError
 
 SCHEMAS = {"inference": "inference-request", "finetuning": "finetuning-request"}
@@ -19,14 +19,8 @@ OPTIMIZATION_FLAGS = ("flash_attention", "gradient_checkpointing", "use_8bit_opt
                       "use_fused_kernels", "activation_offloading", "sequence_packing")
 
 
-def _field(path: str) -> str:
-    return path[2:] if path.startswith("$.") else ("body" if path == "$" else path)
-
-
 @lru_cache(maxsize=None)
 def _defaults(schema_name: str) -> dict[str, Any]:
-    from .datafiles import load_schema
-
     props = load_schema(schema_name)["properties"]
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
@@ -39,7 +33,7 @@ def validate(body: Any, workload: str) -> dict[str, Any]:
         raise RequestError([("body", "must be a JSON object")])
     schema_name = SCHEMAS[workload]
     problems = [] if is_valid(body, schema_name) else \
-        [(_field(where), msg) for where, msg in schema_problems(body, schema_name)]
+        [(field_name(where, msg), msg) for where, msg in schema_problems(body, schema_name)]
     req = {**_defaults(schema_name), **body}
     opt_defaults = _opt_defaults(schema_name)
     req["optimization_config"] = {**opt_defaults, **(body.get("optimization_config") or {})} \
@@ -72,7 +66,5 @@ def optimization_defaults(workload: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=None)
 def _opt_defaults(schema_name: str) -> dict[str, Any]:
-    from .datafiles import load_schema
-
     props = load_schema(schema_name)["properties"]["optimization_config"].get("properties", {})
     return {k: v["default"] for k, v in props.items() if "default" in v}
