@@ -65,7 +65,7 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
     try:
         req = request_mod.validate(body, workload)
     except RequestError as exc:
-        raise _with_unknown_keys(cat, body, exc) from None
+        raise _with_unknown_keys(cat, body, exc, workload) from None
     res = resolve(cat, req, workload)
     s = scenario_mod.build(res)
     components = cat.formulas.components(workload)
@@ -98,7 +98,7 @@ def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) 
     return out
 
 
-def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestError:
+def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError, workload: str) -> RequestError:
     """Add unknown catalog keys to a schema error, so one message names every bad field."""
     if not isinstance(body, dict):
         return exc
@@ -107,6 +107,8 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
     for fld, reg in (("gpu_key", cat.gpus), ("llm_key", cat.models), ("quantization", cat.quantization),
                      ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
                      ("interconnect_type", cat.interconnects), ("optimizer", cat.optimizers)):
+        if fld == "optimizer" and workload != "finetuning":
+            continue
         key = body.get(fld)
         if fld in named or not isinstance(key, str) or (fld == "llm_key" and key == "custom"):
             continue
