@@ -122,6 +122,10 @@ def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str
     if reading:
         notes.append(reading)
     runtime = {"nim": "tensorrt-llm"}.get(r["runtime"], r["runtime"])
+    version = str(r.get("runtime_version") or "")
+    if runtime == "tensorrt-llm" and re.match(r"^0\.[0-7]\b", version):
+        runtime = "tensorrt-llm-mmha"
+        notes.append(f"TensorRT-LLM {version} predates the XQA kernel: profile tensorrt-llm-mmha")
     flags = str(r.get("engine_flags") or "")
     if "torch.compile" in flags:
         return None, notes, "torch.compile with a static cache is not modelled"
