@@ -24,7 +24,7 @@ OUTPUTS = {
                   "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
                   "weights_file_bytes") + tuple(f"srv_{name}" for name in (
                       "running", "queued", "output_tps", "total_tps", "requests_per_s", "ttft_s", "itl_s", "e2e_s",
-                      "utilisation", "limited_code", "past_capacity", "capacity_seq_rate", "static", "open_loop",
+                      "utilisation", "limited_code", "past_capacity", "capacity_seq_rate", "static", "open_loop", "max_running",
                       "cost_per_hour", "cost_per_mtok", "continuous")),
     "finetuning": ("static_shared_bytes", "training_tps", "samples_per_second", "steps_per_second", "total_tokens",
                    "training_hours", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w", "trainable_params",
@@ -201,6 +201,8 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         out["per_gpu"] = _per_gpu(res, s, v, vram)
     if res.workload == "inference":
         out["serving"] = _serving(res, s, v, warnings)
+        if s["rt_kv_preallocate"] and v["srv_max_running"] < 1 and out["memory_status"] != "error":
+            out["memory_status"] = "insufficient"  # the runtime refuses to start: its pool cannot hold one sequence
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
         per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
         tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
@@ -208,7 +210,8 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
                           "sequences_at_seq_length": tokens // s["seq"] if s["seq"] else 0}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
             warnings.append(f"the KV pool holds {tokens} tokens ({tokens // s['seq']} sequences of {int(s['seq'])}); "
-                            f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} would queue or preempt them")
+                            f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
+                            f"(serving.queued_requests)")
     if trace is not None:
         out["trace"] = trace
     return out

@@ -5,8 +5,9 @@ questions), ``headroom`` and ``gpu_keys`` (schema ``plan-request``) and answers 
 ``{"value": ..., "estimate": {...}}`` or ``{"value": null, "reason": "..."}`` (schema
 ``plan-response``).
 
-A configuration **fits** when its ``memory_status`` is neither ``insufficient`` nor ``error`` and
-``vram_usage <= (1 - headroom) x capacity``. Every answer is read off the estimator, never from a
+A configuration **fits** when its ``memory_status`` is neither ``insufficient`` nor ``error``,
+``vram_usage <= (1 - headroom) x capacity``, and (inference) the runtime runs every sequence at once
+rather than queueing some for its KV pool or batch cap. Every answer is read off the estimator, never from a
 formula of its own, so it is consistent by construction: for a "max" question the value fits and
 value + 1 does not (unless a cap ended the search: ``limited_by`` says which); for ``min_num_gpus``
 the value fits and value - 1 does not.
@@ -81,7 +82,8 @@ def fits(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: dict[
 
 def binding(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: dict[str, float] | None = None) -> str | None:
     """What keeps an estimate from fitting: ``configuration`` (memory_status error), ``memory``, ``capacity`` (an
-    open loop past it) or an SLO field; None if it fits."""
+    open loop past it), the admission cap that makes sequences wait (``kv_cache``, ``max_num_seqs``...) or
+    an SLO field; None if it fits."""
     if out["memory_status"] == "error":
         return "configuration"
     if out["memory_status"] in NOT_FITTING or out["vram_usage"] > (1.0 - headroom) * capacity + 1e-9:
@@ -91,6 +93,8 @@ def binding(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: di
         return None
     if srv["load"] == "open_loop" and srv["ttft_ms"] is None:
         return "capacity"
+    if srv["load"] != "open_loop" and srv["queued_requests"]:
+        return srv["limited_by"]  # the runtime admits fewer than asked (its KV pool, max_num_seqs...): the rest wait
     for key, limit in (slo or {}).items():
         if srv[key] is None or srv[key] > limit:
             return key

@@ -114,6 +114,9 @@ def test_kv_pool_limits_admission_and_the_rest_queue():
     assert srv["running_sequences"] == admitted
     assert srv["queued_requests"] == 2000 - admitted
     assert srv["limited_by"] == "kv_cache"
+    # memory is the pool, not 2000 sequences' caches: vLLM queues what it cannot hold instead of running out
+    assert out["memory_details"]["KV Cache"] == pytest.approx(t["kv_pool_bytes"] / 2 ** 30, abs=0.006)
+    assert out["memory_status"] != "insufficient"
     # the queued clients wait for earlier requests: E2E = clients / throughput (Little's law)
     rate = srv["requests_per_second"]
     assert srv["e2e_latency_ms"] == pytest.approx(2000 / rate * 1000, rel=1e-3)
@@ -183,6 +186,7 @@ def test_past_capacity_when_nothing_fits_in_the_kv_pool():
     assert out["serving"]["running_sequences"] == 0 and out["serving"]["ttft_ms"] is None
     assert out["serving"]["limited_by"] == "kv_cache"
     assert any("cannot hold one sequence" in w for w in out["warnings"])
+    assert out["memory_status"] == "insufficient"           # vLLM refuses to start with such a max_model_len
 
 
 def test_price_per_million_output_tokens():
