@@ -5,6 +5,7 @@ entry fails loudly (:class:`CatalogError` / :class:`FormulaError`); a problem in
 plugin or the user's catalog folder takes that entry out and records it in the plugin host's
 failures, naming the entry and its file, so the rest keeps working.
 
+- a runtime that ``extends`` another gets its constants merged in;
 - runtime profiles get the declared defaults of constants they lack (``catalogs/runtime_constants``)
   and must define every declared constant without one, in the declared unit, and every constant a
   formula uses; exactly one runtime is the default;
@@ -17,7 +18,7 @@ failures, naming the entry and its file, so the rest keeps working.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import contract, hardware
 from .architecture import from_hf_config
@@ -49,6 +50,7 @@ def _reject(cat: Catalog, kind: str, entry: Entry, problem: str, loud: Problems)
 
 def check_catalog(cat: Catalog) -> None:
     loud: Problems = []
+    _resolve_runtime_bases(cat, loud)
     _settle_runtime_constants(cat, loud)
     _check_hardware_classes(cat, loud)
     _classify_gpus(cat, loud)
@@ -64,13 +66,50 @@ def check_catalog(cat: Catalog) -> None:
         raise CatalogError(loud)
 
 
+def _resolve_runtime_bases(cat: Catalog, loud: Problems) -> None:
+    """A runtime that ``extends`` another inherits its constants and overrides some (sglang of vllm).
+
+    The merged entry keeps its own provenance; each inherited constant keeps its own ``source``.
+    An unknown base or a cycle is a problem of the runtime that names it."""
+    merged: dict[str, dict[str, Any]] = {}
+    broken: dict[str, str] = {}
+
+    def resolve(key: str, seen: tuple[str, ...]) -> dict[str, Any] | None:
+        if key in merged:
+            return merged[key]
+        entry = cat.runtimes.get(key)
+        base_key = entry.data.get("extends")
+        if base_key is None:
+            merged[key] = entry.data
+            return entry.data
+        if base_key in seen or base_key not in cat.runtimes:
+            broken[key] = "extends itself through " + " -> ".join((*seen, base_key)) if base_key in seen else \
+                f"extends unknown runtime {base_key!r}"
+            return None
+        base = resolve(base_key, (*seen, base_key))
+        if base is None:
+            broken.setdefault(key, f"extends {base_key!r}, which cannot be resolved")
+            return None
+        data = {**{k: v for k, v in base.items() if k not in ("default", "assumptions")}, **entry.data,
+                "constants": {**base["constants"], **entry.data.get("constants", {})}}
+        merged[key] = data
+        return data
+
+    for entry in list(cat.runtimes):
+        data = resolve(entry.key, (entry.key,))
+        if data is not None and data is not entry.data:
+            cat.runtimes.replace(entry.key, data)
+    for key, why in broken.items():
+        _reject(cat, "runtimes", cat.runtimes.get(key), why, loud)
+
+
 def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
     declared = {e.key: e for e in cat.runtime_constants}
     undeclared = sorted(set(RUNTIME_READS) - set(declared))
     if undeclared:
         loud.append(("catalogs/runtime_constants", f"the engine reads runtime constants nothing declares: {', '.join(undeclared)}"))
     for runtime in list(cat.runtimes):
-        constants = dict(runtime.data["constants"])
+        constants = dict(runtime.data.get("constants") or {})
         missing, wrong_unit = [], []
         for name, decl in declared.items():
             if name not in constants:
@@ -84,7 +123,7 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
         if missing or wrong_unit:
             what = ([f"lacks declared constants without a default: {', '.join(missing)}"] if missing else []) + wrong_unit
             _reject(cat, "runtimes", runtime, "; ".join(what), loud)
-        elif constants != runtime.data["constants"]:
+        elif constants != runtime.data.get("constants"):
             cat.runtimes.replace(runtime.key, {**runtime.data, "constants": constants})
 
 
@@ -148,7 +187,7 @@ def check_runtimes_against_formulas(cat: Catalog) -> None:
     used = {n[3:] for f in cat.formulas.formulas.values() for n in f.inputs if n.startswith("rt_")}
     loud: Problems = []
     for entry in list(cat.runtimes):
-        missing = sorted(used - set(entry.data["constants"]))
+        missing = sorted(used - set(entry.data.get("constants") or {}))
         if missing:
             _reject(cat, "runtimes", entry, f"lacks constants the formulas use: {', '.join(missing)}", loud)
     defaults = [e for e in cat.runtimes if e.data.get("default")]
@@ -170,7 +209,7 @@ def check_formula_graph(cat: Catalog, runtimes: Iterable[Entry]) -> None:
     the engine's declared outputs present in their units. Raises :class:`FormulaError`."""
     names: set[str] | None = None
     for entry in runtimes:
-        keys = set(entry.data["constants"])
+        keys = set(entry.data.get("constants") or {})
         names = keys if names is None else names & keys
     cat.formulas.finalize(set(scenario_variable_names()) | {f"rt_{c}" for c in names or ()})
     contract.check(cat.formulas)

@@ -72,7 +72,7 @@ def list_formulas(fmt: str) -> None:
         click.echo(f"  {v['name']:<{namew}}  {v['unit']:<{unitw}}  {v['meaning']}")
     declared = [v for v in variables if v["kind"] == "runtime"]
     click.echo(f"\nDeclared runtime constants ({len(declared)}): besides every constant of the runtime profile in use "
-               f"(catalogs/runtimes)")
+               f"(vramplan runtimes)")
     for v in declared:
         default = f" (default {v['default']:g})" if "default" in v else ""
         click.echo(f"  {v['name']:<{namew}}  {v['unit']:<{unitw}}  {v['meaning']}{default}")

@@ -45,7 +45,8 @@ class Registry(Generic[T]):
         self._entries[key] = Entry(key, data, provenance)
 
     def replace(self, key: str, data: T) -> None:
-        """Give an entry new data, keeping its provenance (declared defaults filled in at load)."""
+        """Swap an entry's data for a derived version of it (a runtime merged with the one it extends,
+        declared defaults filled in), keeping who supplied it."""
         self._entries[key] = Entry(key, data, self._entries[key].provenance)
 
     def remove(self, key: str) -> Entry[T]:
