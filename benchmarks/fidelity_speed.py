@@ -216,11 +216,20 @@ def run(cal: Path, published: Path = PUBLISHED) -> dict[str, list[dict]]:
                                              "note": note})
     every = [r for g, rows in groups.items() if g.startswith(("decode llama.cpp", "published llama.cpp decode")) for r in rows]
     if every:
-        groups["decode llama.cpp, every source"] = every
+        groups[EVERY] = every
+    order = {g: i for i, g in enumerate(ORDER)}
+    groups = dict(sorted(groups.items(), key=lambda kv: (order.get(kv[0].split(":")[0], len(ORDER)), kv[0] != EVERY)))
     if unmapped:
-        groups["not mappable"] = [{"id": i, "measured": float("nan"), "estimate": float("nan"), "error": float("nan"),
-                                   "excluded": True, "note": why} for i, why in unmapped]
+        groups[UNMAPPED] = [{"id": i, "measured": float("nan"), "estimate": float("nan"), "error": float("nan"),
+                             "excluded": True, "note": why} for i, why in unmapped]
     return groups
+
+
+EVERY = "decode llama.cpp, every source"
+UNMAPPED = "not mappable"
+#: Print order (group names, or their prefix before a colon).
+ORDER = ("decode llama.cpp NVIDIA", "decode llama.cpp Apple", "published llama.cpp decode", EVERY, "prefill llama.cpp",
+         "prefill transformers H200", "training transformers H200", "training torchtune (other runtime)")
 
 
 def summary(rows: list[dict]) -> tuple[float, float, int]:
@@ -230,6 +239,16 @@ def summary(rows: list[dict]) -> tuple[float, float, int]:
 
 def print_text(groups: dict[str, list[dict]]) -> None:
     for group, rows in groups.items():
+        if group == UNMAPPED:
+            print(f"\n== {group}: {len(rows)} record(s)")
+            for r in rows:
+                print(f"{r['id']}: {r['note']}")
+            continue
+        if group == EVERY:
+            med, mx, n = summary(rows)
+            worst = max((r for r in rows if not r["excluded"]), key=lambda r: abs(r["error"]))
+            print(f"\n== {group}: median |error| {med:.1%}, max {mx:.1%} over {n} cases (worst: {worst['id']})")
+            continue
         print(f"\n== {group}")
         print(f"{'case':58s} {'measured':>10s} {'estimate':>10s} {'error':>8s}")
         for r in rows:
@@ -243,9 +262,14 @@ def print_markdown(groups: dict[str, list[dict]]) -> None:
     print("| speed group | cases | median \\|error\\| | max \\|error\\| |")
     print("|---|---:|---:|---:|")
     for group, rows in groups.items():
-        med, mx, n = summary(rows)
-        print(f"| {group} | {n} | {med:.1%} | {mx:.1%} |")
+        if group != UNMAPPED:
+            med, mx, n = summary(rows)
+            print(f"| {group} | {n} | {med:.1%} | {mx:.1%} |")
+    if UNMAPPED in groups:
+        print(f"\nNot mappable: " + "; ".join(f"{r['id']} ({r['note']})" for r in groups[UNMAPPED]) + ".")
     for group, rows in groups.items():
+        if group in (EVERY, UNMAPPED):
+            continue
         print(f"\n**{group}**\n")
         print("| case | measured | estimate | error |")
         print("|---|---:|---:|---:|")
