@@ -108,11 +108,18 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
     undeclared = sorted(set(RUNTIME_READS) - set(declared))
     if undeclared:
         loud.append(("catalogs/runtime_constants", f"the engine reads runtime constants nothing declares: {', '.join(undeclared)}"))
+    for decl in list(declared.values()):
+        fallback = decl.data.get("fallback")
+        if fallback is not None and fallback not in declared:
+            _reject(cat, "runtime_constants", decl, f"fallback {fallback!r} is not a declared runtime constant", loud)
+            declared.pop(decl.key, None)
     for runtime in list(cat.runtimes):
         constants = dict(runtime.data.get("constants") or {})
         missing, wrong_unit = [], []
         for name, decl in declared.items():
             if name not in constants:
+                if "fallback" in decl.data:
+                    continue  # the engine reads the fallback constant instead
                 if "default" in decl.data:
                     constants[name] = {"value": decl.data["default"], "unit": decl.data["unit"],
                                        "source": f"default declared by {decl.provenance}: {decl.data['source']}"}

@@ -58,13 +58,20 @@ def lookup_order(classes: Mapping[str, Mapping[str, Any]], key: str | None) -> t
     return tuple(order)
 
 
-def runtime_constant(constants: Mapping[str, Mapping[str, Any]], name: str, order: Iterable[str]) -> tuple[str, float]:
-    """``(constant key used, value)`` of a per-class constant for a GPU whose class order is ``order``.
-
-    The loader guarantees the plain ``name`` exists in every runtime profile (declared constants
-    without a default are required, those with one are filled in)."""
-    for cls in order:
-        key = f"{name}_{cls}"
+def find_runtime_constant(constants: Mapping[str, Mapping[str, Any]], name: str,
+                          order: Iterable[str]) -> tuple[str, float] | None:
+    """``(constant key used, value)`` of a per-class constant for a GPU whose class order is ``order``,
+    or None when the profile has neither a specialised nor a plain value."""
+    for key in [f"{name}_{cls}" for cls in order] + [name]:
         if key in constants:
             return key, float(constants[key]["value"])
-    return name, float(constants[name]["value"])
+    return None
+
+
+def runtime_constant(constants: Mapping[str, Mapping[str, Any]], name: str, order: Iterable[str]) -> tuple[str, float]:
+    """As :func:`find_runtime_constant`, for a constant every profile has: the loader guarantees the
+    plain ``name`` of a declared constant without a default or fallback (and fills in defaults)."""
+    found = find_runtime_constant(constants, name, order)
+    if found is None:
+        raise KeyError(f"runtime constant {name!r}")
+    return found
