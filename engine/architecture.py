@@ -293,6 +293,8 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
     heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
     blocks = _decilm_blocks(cfg, hidden, heads, layers, where, problems)
+    if problems:  # a malformed block_configs: its keys are what is wrong, not the null ones it would fill in
+        raise RequestError(problems)
     if blocks:  # the per-layer shapes fill in the keys a DeciLM config leaves null
         cfg = {**cfg, "intermediate_size": max(blocks[1]) or 1, "num_key_value_heads": blocks[2]}
     vocab = _first(cfg, "vocab_size", "padded_vocab_size")
