@@ -54,7 +54,7 @@ class GgufRules:
     """The catalog's shared GGUF data, merged from every quantization file's ``gguf`` section."""
 
     types: dict[str, GgmlType] = field(default_factory=dict)
-    derived: list[tuple[str, Callable]] = field(default_factory=list)
+    derived: list[tuple[str, Callable, frozenset]] = field(default_factory=list)  # name, fn, derived names it reads
     model_70b: dict[str, Callable] = field(default_factory=dict)
     falcon_model_types: set[str] = field(default_factory=set)
     origin: dict[str, str] = field(default_factory=dict)  # "types.q4_k" -> file, for duplicate errors
@@ -62,6 +62,7 @@ class GgufRules:
     raw_70b: dict[str, tuple[str, str]] = field(default_factory=dict)
     mixes: dict[str, "Mix"] = field(default_factory=dict)  # format key -> compiled rules
     cache: dict[tuple[str, Architecture], dict[str, float]] = field(default_factory=dict)
+    listed: dict[Architecture, list] = field(default_factory=dict)  # tensors with their counters, per model
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Mix:
     base: str
     imatrix: bool
     rules: Mapping[str, tuple[tuple[Callable | None, str], ...]]
+    needs: Mapping[str, frozenset] = field(default_factory=dict)  # category -> derived variables its rules read
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,13 @@ def add_section(rules: GgufRules, section: Mapping[str, Any], where: str) -> lis
     return problems
 
 
+def _names(expr: str) -> set[str]:
+    try:
+        return {n.id for n in ast.walk(ast.parse(" ".join(str(expr).split()), mode="eval")) if isinstance(n, ast.Name)}
+    except SyntaxError:
+        return set()
+
+
 def _compile(expr: str, where: str, allowed: set[str]) -> Callable:
     """Parse one condition with the formula grammar; only ``allowed`` names may appear."""
     try:
@@ -131,7 +140,8 @@ def compile_all(rules: GgufRules, formats) -> None:
     names = set(VARIABLES)
     for name, (expr, where) in rules.raw_derived.items():
         try:
-            rules.derived.append((name, _compile(expr, f"{where}: $.gguf.derived.{name}", names)))
+            fn = _compile(expr, f"{where}: $.gguf.derived.{name}", names)
+            rules.derived.append((name, fn, frozenset(_names(expr) & {d for d, _, _ in rules.derived})))
             names.add(name)
         except FormulaError as exc:
             problems.extend(exc.problems)
@@ -153,12 +163,16 @@ def compile_all(rules: GgufRules, formats) -> None:
             problems.append((where, "a GGUF format needs the ggml types of a `gguf` section in a quantization file"))
             continue
         compiled: dict[str, tuple] = {}
+        needs: dict[str, frozenset] = {}
+        derived_names = {d for d, _, _ in rules.derived}
         if spec["type"] not in rules.types:
             problems.append((f"{where}.type", f"unknown ggml type {spec['type']!r}"))
         for category, items in (spec.get("tensors") or {}).items():
             out = []
+            used: set[str] = set()
             for i, rule in enumerate(items):
                 at = f"{where}.tensors.{category}[{i}]"
+                used |= _names(rule.get("when") or "") & derived_names
                 if rule["type"] not in rules.types:
                     problems.append((f"{at}.type", f"unknown ggml type {rule['type']!r}"))
                 cond = None
@@ -169,9 +183,19 @@ def compile_all(rules: GgufRules, formats) -> None:
                         problems.extend(exc.problems)
                 out.append((cond, rule["type"]))
             compiled[category] = tuple(out)
-        rules.mixes[entry.key] = Mix(spec["type"], bool(spec.get("imatrix", False)), compiled)
+            needs[category] = _closure(used, rules.derived)
+        rules.mixes[entry.key] = Mix(spec["type"], bool(spec.get("imatrix", False)), compiled, needs)
     if problems:
         raise CatalogError(problems)
+
+
+def _closure(used: set[str], derived) -> frozenset:
+    """The derived variables ``used`` reads, with those they read in turn."""
+    out = set(used)
+    for name, _fn, reads in reversed(derived):
+        if name in out:
+            out |= reads
+    return frozenset(out)
 
 
 # -- the model's side ----------------------------------------------------------------------------
@@ -242,6 +266,30 @@ def tensor_types(rules: GgufRules, fmt_key: str, a: Architecture) -> list[tuple[
     """Each tensor with the ggml type llama-quantize gives it in format ``fmt_key``."""
     mix = rules.mixes[fmt_key]
     facts = _model_facts(rules, a, mix)
+    out = []
+    for t, index, count, layer in _counted(rules, a):
+        chosen = mix.base
+        rules_here = mix.rules.get(t.category, ())
+        if rules_here:
+            v = dict(facts, index=index, count=count, layer=layer, ncols=t.ncols)
+            needed = mix.needs.get(t.category, ())
+            for name, fn, _reads in rules.derived:  # only the derived variables these rules read
+                if name in needed:
+                    v[name] = fn(v)
+            for cond, ggml in rules_here:
+                if cond is None or cond(v):
+                    chosen = ggml
+                    break
+        out.append((t, _fallback(rules, chosen, t.ncols)))
+    return out
+
+
+def _counted(rules: GgufRules, a: Architecture) -> list[tuple[Tensor, int, int, int]]:
+    """Each tensor with llama-quant.cpp's counters: its index within its category, the count the rules
+    compare it to (qs.n_attention_wv for attn_v, n_layer for the ffn counters) and layer_info()'s layer."""
+    hit = rules.listed.get(a)
+    if hit is not None:
+        return hit
     listed = tensors(a)
     totals: dict[str, int] = {}
     for t in listed:
@@ -251,20 +299,12 @@ def tensor_types(rules: GgufRules, fmt_key: str, a: Architecture) -> list[tuple[
     for t in listed:
         index = counters.get(t.category, 0)
         counters[t.category] = index + 1
-        chosen = mix.base
-        rules_here = mix.rules.get(t.category, ())
-        if rules_here:
-            # qs.n_attention_wv counts attn_v tensors; the ffn counters run against n_layer
-            count = totals[t.category] if t.category == "attn_v" else a.num_layers
-            layer = t.block if a.num_experts > 1 else index  # layer_info(): from the name only with experts
-            v = dict(facts, index=index, count=count, layer=layer, ncols=t.ncols)
-            for name, fn in rules.derived:
-                v[name] = fn(v)
-            for cond, ggml in rules_here:
-                if cond is None or cond(v):
-                    chosen = ggml
-                    break
-        out.append((t, _fallback(rules, chosen, t.ncols)))
+        count = totals[t.category] if t.category == "attn_v" else a.num_layers
+        layer = t.block if a.num_experts > 1 else index  # from the tensor's name only with experts
+        out.append((t, index, count, layer))
+    if len(rules.listed) > 256:
+        rules.listed.clear()
+    rules.listed[a] = out
     return out
 
 
