@@ -147,3 +147,25 @@ def model_filters_from_query(query: Mapping[str, list[str]]) -> dict[str, Any]:
     if problems:
         raise RequestError(problems)
     return out
+
+
+#: Runtime constants a listing summarises (the serving knobs people set on the command line).
+SERVING_KNOBS = ("max_num_seqs", "max_prefill_tokens", "gpu_memory_utilization", "kv_block_tokens")
+
+
+def runtimes() -> list[dict[str, Any]]:
+    """GET /runtimes: every runtime profile with its constants, each with its unit and source."""
+    cat = get_catalog()
+    out = []
+    for e in cat.runtimes:
+        d = e.data
+        consts = d["constants"]
+        out.append({
+            "key": e.key, "label": d["label"], "description": d["description"],
+            "version": d.get("version"), "extends": d.get("extends"), "default": bool(d.get("default")),
+            "continuous_batching": bool(consts["continuous_batching_always"]["value"]),
+            "assumptions": list(d.get("assumptions", [])),
+            "constants": {name: {k: c[k] for k in ("value", "unit", "source", "tiers") if k in c} for name, c in consts.items()},
+            "provided_by": e.provenance.plugin,
+        })
+    return out
