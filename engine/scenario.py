@@ -246,7 +246,7 @@ def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float)
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
     req, a, gpu = res.request, res.arch, res.gpu.data
-    qbits = res.quant.data["bits"]
+    qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
     s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
