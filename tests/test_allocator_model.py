@@ -46,3 +46,24 @@ def test_best_fit_and_a_freed_block_too_small_for_the_next_request():
     a.malloc(4, 24 * MiB)
     assert a.reserved == (40 + 40 + 24) * MiB
     assert a.peak_reserved - a.allocated == 16 * MiB  # the 16 MiB rest stays reserved, unused
+
+
+def test_expandable_segments_map_20_mib_pages_at_the_tail():
+    # expandable_segments:True - one segment per pool, mapped in 20 MiB pages (large pool):
+    a = cca.Allocator(expandable_segments=True)
+    a.malloc(1, 30 * MiB)        # maps ceil(30 / 20) = 2 pages = 40 MiB; 10 MiB free tail (split at >= 512 B)
+    assert a.reserved == 40 * MiB
+    a.malloc(2, 25 * MiB)        # no free block fits; the 10 MiB free tail lacks 15 MiB -> 1 more page
+    assert a.reserved == 60 * MiB
+    a.free(1)                    # a 30 MiB hole at the front
+    a.malloc(3, 24 * MiB)        # fits the hole (best fit), rest 6 MiB stays free
+    a.malloc(4, 24 * MiB)        # nothing fits (6 MiB hole, 5 MiB tail): 19 MiB lacking -> 1 page
+    assert a.reserved == 80 * MiB
+    # The same sequence without expandable segments: a 30 MiB and a 26 MiB segment (25 rounded to 2 MiB),
+    # 24 MiB into the freed 30 MiB block (its 6 MiB rest split off), then a new 24 MiB segment: 80 MiB.
+    b = cca.Allocator()
+    for h, n in ((1, 30), (2, 25), (3, 24), (4, 24)):
+        b.malloc(h, n * MiB)
+        if h == 2:
+            b.free(1)
+    assert b.reserved == (30 + 26 + 24) * MiB

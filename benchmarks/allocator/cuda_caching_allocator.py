@@ -14,6 +14,12 @@ Blocks live in segments obtained with cudaMalloc; reserved memory is the sum of 
   takes the front;
 - a freed block merges with free neighbours of the same segment; segments are never returned
   (no OOM on the measured runs, no empty_cache).
+
+With ``expandable_segments=True`` (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True) each pool is one
+virtual-address segment mapped in pages of 2 MiB (small pool) or 20 MiB (large pool): a request no free
+block fits extends the segment's free tail by as many pages as it lacks (try_allocate_expandable_block,
+map_block), large blocks split whenever 512 bytes or more remain (should_split), and the reserved
+memory is what is mapped.
 """
 from __future__ import annotations
 
@@ -47,13 +53,15 @@ class Block:
 
 
 class Allocator:
-    """One device, one stream, expandable_segments off, no max_split_size (PyTorch's defaults)."""
+    """One device, one stream, no max_split_size (PyTorch's defaults); expandable segments optional."""
 
-    def __init__(self):
+    def __init__(self, expandable_segments: bool = False):
         self.pools = {True: [], False: []}  # sorted lists of (size, addr, block) of free blocks
         self.next_addr = 0
         self.reserved = self.allocated = self.peak_reserved = self.peak_allocated = 0
         self.handles = {}
+        self.expandable = expandable_segments
+        self.tail = {True: None, False: None}  # expandable: the last mapped block of each pool's segment
 
     def _insert(self, b):
         bisect.insort(self.pools[b.small], (b.size, b.addr, b))
@@ -73,6 +81,8 @@ class Allocator:
         i = bisect.bisect_left(pool, (size, -1))
         if i < len(pool):
             b = pool.pop(i)[2]
+        elif self.expandable:
+            b = self._map_tail(size, small)
         else:
             seg = allocation_size(size)
             b = Block(self.next_addr, seg, small)
@@ -80,7 +90,7 @@ class Allocator:
             self.reserved += seg
             self.peak_reserved = max(self.peak_reserved, self.reserved)
         rest = b.size - size
-        if (small and rest >= K_MIN_BLOCK) or (not small and rest > K_SMALL_SIZE):
+        if rest >= K_MIN_BLOCK and (small or self.expandable or rest > K_SMALL_SIZE):
             r = Block(b.addr + size, rest, small)
             r.prev, r.next = b, b.next
             if b.next:
@@ -88,10 +98,31 @@ class Allocator:
             b.next = r
             b.size = size
             self._insert(r)
+            if self.tail[small] is b:
+                self.tail[small] = r
         b.free = False
         self.handles[handle] = b
         self.allocated += b.size
         self.peak_allocated = max(self.peak_allocated, self.allocated)
+
+    def _map_tail(self, size: int, small: bool) -> Block:
+        """Map the pages a request lacks at the end of the pool's segment, joining a free tail block."""
+        page = K_SMALL_BUFFER if small else K_LARGE_BUFFER
+        last = self.tail[small]
+        have = last.size if last is not None and last.free else 0
+        mapped = page * ((size - have + page - 1) // page)
+        self.reserved += mapped
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+        if have:
+            self._remove(last)
+            last.size += mapped
+            return last
+        start = last.addr + last.size if last is not None else (0 if small else 1 << 50)
+        b = Block(start, mapped, small)
+        if last is not None:
+            last.next, b.prev = b, last
+        self.tail[small] = b
+        return b
 
     def free(self, handle) -> None:
         """Free ``handle``'s block and merge it with free neighbours (free_block / try_merge_blocks)."""
@@ -106,10 +137,14 @@ class Allocator:
                     nb.next = b.next
                     if b.next:
                         b.next.prev = nb
+                    if self.tail[b.small] is b:
+                        self.tail[b.small] = nb
                     b = nb
                 else:
                     b.size += nb.size
                     b.next = nb.next
                     if nb.next:
                         nb.next.prev = b
+                    if self.tail[b.small] is nb:
+                        self.tail[b.small] = b
         self._insert(b)

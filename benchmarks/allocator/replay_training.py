@@ -176,7 +176,7 @@ def simulate(case: dict, steps: int = 3) -> cca.Allocator:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
-    alloc = cca.Allocator()
+    alloc = cca.Allocator(expandable_segments="expandable_segments:True" in (st.get("allocator") or ""))
     alloc.malloc("workspace", WORKSPACE_BYTES)
     seen: set[int] = set()
     for p in model.parameters():  # built on the GPU in construction order
@@ -234,7 +234,7 @@ def main(argv: list[str]) -> int:
         sys.path.insert(0, str(REPO / "benchmarks" / "measured"))
         import measure
         cases = [{"id": name, "workload": wl, "hf_config": cfg, "settings": st, "measured": None}
-                 for name, (_, cfg, wl, st) in measure.CASES_I16.items() if wl == "finetuning" and not st.get("allocator")]
+                 for name, (_, cfg, wl, st) in measure.CASES_I16.items() if wl == "finetuning"]
     else:
         cases = [json.loads(line) for path in CALIBRATION if path.exists() for line in path.read_text().splitlines() if line.strip()]
     errors = []
