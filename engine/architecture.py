@@ -87,6 +87,7 @@ class Architecture:
     max_position_embeddings: int | None = None
     layer_types: tuple[str, ...] = ()  # one per layer: "full", "sliding", "none" (no attention), "linear"
     sliding_window: int | None = None
+    attn_mask_window: int | None = None  # the window transformers' attention mask applies (see _attn_mask_window)
     gated_mlp: bool = True
     qkv_bias: bool = False
     out_bias: bool = False
@@ -400,6 +401,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         max_position_embeddings=_first(cfg, "max_position_embeddings", "n_positions", "max_seq_len"),
         layer_types=layer_types,
         sliding_window=int(window) if window else None,
+        attn_mask_window=_attn_mask_window(cfg, model_type, window),
         gated_mlp=bool(fam.get("gated_mlp", True)),
         qkv_bias=bool(_first(cfg, "attention_bias", "qkv_bias", default=fam.get("qkv_bias", False))),
         out_bias=bool(fam.get("out_bias", False)),
@@ -515,6 +517,19 @@ def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[st
     if "sliding" not in layer_types:
         window = None
     return layer_types, window
+
+
+def _attn_mask_window(cfg: dict, model_type: str, window: int | None) -> int | None:
+    """The sliding window transformers' own attention mask applies, where it differs from the KV layout.
+
+    Phi-3's modeling code builds a sliding-window mask from ``config.sliding_window`` on every layer
+    (transformers models/phi3/modeling_phi3.py ``Phi3Model.forward``: ``create_sliding_window_causal_mask``
+    when ``sliding_window`` is set), although :func:`_attention_layout` treats its layers as global
+    (the window does not bound what the KV cache keeps). Other families mask their sliding layers.
+    """
+    if model_type == "phi3" and isinstance(cfg.get("sliding_window"), int) and cfg["sliding_window"] > 0:
+        return int(cfg["sliding_window"])
+    return int(window) if window else None
 
 
 def _vision_params(config: dict, text_hidden: int) -> int:
