@@ -13,11 +13,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .architecture import Architecture
 from . import catalogcheck
+from .architecture import Architecture
 from .datafiles import load_validated, schema_problems
 from .errors import CatalogError, FormulaError
 from .formulaset import FormulaFile, FormulaSet, formula_file_from_data
+from .ggufmix import GgufRules, add_section, compile_all
 from .pluginhost import PluginHost
 from .registry import Provenance, Registry
 
@@ -70,6 +71,7 @@ class Catalog:
     formulas: FormulaSet = field(default_factory=FormulaSet)
     template_dirs: list[Path] = field(default_factory=list)
     architectures: dict[str, Architecture] = field(default_factory=dict)
+    gguf: GgufRules = field(default_factory=GgufRules)  # llama.cpp's per-tensor GGUF type rules
     default_runtime: str = "transformers"
     #: GPU key → its hardware class (None: no class matches; estimates warn).
     gpu_classes: dict[str, str | None] = field(default_factory=dict)
@@ -124,6 +126,10 @@ def _load_catalog_dir(cat: Catalog, root: Path, plugin: str) -> None:
                               f"{Provenance(plugin, shown)}") for key, _ in entries if key in registry]
                     if taken:
                         raise CatalogError(taken)
+                if sub == "quantization" and data.get("gguf"):  # llama.cpp's per-tensor type rules
+                    gguf_problems = add_section(cat.gguf, data["gguf"], shown)
+                    if gguf_problems:
+                        raise CatalogError(gguf_problems)
                 for key, entry in entries:
                     registry.add(key, entry, Provenance(plugin, shown))
                     if strict:
@@ -241,6 +247,7 @@ def build_catalog(load_entrypoints: bool | None = None, extra_plugins: tuple = (
     _load_formulas(cat, host)
     catalogcheck.check_runtimes_against_formulas(cat)
     catalogcheck.read_architectures(cat)
+    compile_all(cat.gguf, cat.quantization)
     catalogcheck.check_formula_graph(cat, runtimes=list(cat.runtimes))
     return cat
 

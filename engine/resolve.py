@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from . import formatrules, hardware
 from .architecture import Architecture, from_hf_config
 from .errors import RequestError
+from .ggufmix import format_bits
 from .registry import Entry
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class Resolved:
     optimizer: Entry | None = None  # fine-tuning only
     hardware_class: str | None = None  # catalogs/hardware_classes key; None when no class matches the GPU
     hardware_order: tuple[str, ...] = ()  # the class and its fallbacks, for per-class runtime constants
+    weight_bits: dict[str, float] = field(default_factory=dict)  # bits per parameter by role, this model in this format
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -137,11 +139,13 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
+    # GGUF file types choose a ggml type per tensor from the model's shape (llama-quant.cpp rules in the catalog)
+    bits = format_bits(cat.gguf, quant, arch)
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
         interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
-        hardware_order=hardware.lookup_order(classes, cls), assumptions=assumptions, warnings=warnings)
+        hardware_order=hardware.lookup_order(classes, cls), weight_bits=bits, assumptions=assumptions, warnings=warnings)
 
 
 def _say(rule: Entry, assumptions: list[str], warnings: list[str]) -> None:
