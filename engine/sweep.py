@@ -1,0 +1,402 @@
+"""Grids of estimates as flat, typed columns: what ``vramplan sweep`` streams.
+
+A sweep is a base request and axes (a request field and its values, ``optimization_config.x`` or
+``runtime_settings.x`` for nested ones); :func:`sweep` estimates every combination and yields the
+rows in chunks of columns, in grid order: the product of the axes with the last varying fastest,
+axes that change what is resolved (keys, flags, text) before axes of numbers.
+
+The rows carry what a single estimate answers, to its rounding (``tests/test_sweep.py`` checks
+row after row against :func:`vramplan.estimate.run`), at a small fraction of its cost:
+
+* each combination of the non-number axes is checked and resolved once; each value of a number
+  axis is checked against the schema once (the request schema constrains each field on its own,
+  :func:`schema_is_per_field`), and a combination with a bad value gets the single estimate's
+  error message;
+* the number axes go through validate → resolve → scenario together as arrays
+  (:mod:`vramplan.many`), the formula graph is evaluated once per chunk
+  (:mod:`vramplan.batch`), and the headline figures are computed over the arrays with the
+  response's own rules (components merged and rounded, then summed; ``memory_status`` from the
+  rounded percentage; configuration errors; ``fits`` as the planner defines it).
+
+Columns (:func:`column_names`): ``workload``, ``gpu_key``, ``llm_key``, one per axis, the results
+of :data:`RESULTS`, and ``error`` (empty when the row has an estimate): a refused request or
+formula, or why the configuration cannot run (``memory_status`` ``error``). Every column has one
+type (text, integer, number or boolean); a row without an estimate has empty results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import request as request_mod
+from .catalog import Catalog, get_catalog
+from .datafiles import is_valid, load_schema
+from .errors import RequestError, VramplanError
+from .estimate import (ALWAYS_SHOWN, GIB, STATUS, component_bytes, configuration_checks, needs_offload_search, run)
+from .batch import BatchResult
+from .many import EXACT_INT, Group, NeedsRows, Row, Swept, as_lists, evaluate_groups, group_scenario, is_number
+from .planner import NOT_FITTING, fits
+from .resolve import resolve
+from .scenario import build
+
+#: Result columns per workload: the response field each copies, or a figure derived like the planner's.
+RESULTS = {
+    "inference": ("vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits", "per_user_tps",
+                  "estimated_throughput_tps", "ms_per_token", "tftt", "runtime"),
+    "finetuning": ("vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits", "training_tps",
+                   "samples_per_second", "total_training_time_hours", "runtime"),
+}
+#: Response figure → (formula id, decimals), as :func:`vramplan.estimate.assemble` rounds them.
+FIGURES = {
+    "per_user_tps": ("per_user_tps", 1), "estimated_throughput_tps": ("throughput_tps", 1),
+    "ms_per_token": ("ms_per_token", 2), "tftt": ("tftt_ms", 1),
+    "training_tps": ("training_tps", 1), "samples_per_second": ("samples_per_second", 3),
+    "total_training_time_hours": ("training_hours", 2),
+}
+#: Rows estimated together (the sweep streams chunk by chunk).
+CHUNK = 16384
+_SCHEMA_KEYWORDS = {"$schema", "$id", "title", "description", "type", "additionalProperties", "required",
+                    "properties", "$defs", "definitions", "examples", "$comment"}
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A request field (a dotted path for a nested one) and the values the sweep gives it."""
+
+    field: str
+    values: tuple
+
+    @property
+    def numeric(self) -> bool:
+        """Top-level numbers travel through the pipeline as arrays; everything else is resolved per value."""
+        return "." not in self.field and all(is_number(v) for v in self.values)
+
+
+def schema_is_per_field(workload: str) -> bool:
+    """True when the request schema constrains each top-level field on its own (no if/then,
+    dependencies or combinators at the top), so checking each value of an axis once is enough."""
+    return set(load_schema(request_mod.SCHEMAS[workload])) <= _SCHEMA_KEYWORDS
+
+
+def set_field(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``body`` with ``path`` (``a`` or ``a.b``) set; nested objects are copied, not shared."""
+    head, _, rest = path.partition(".")
+    out = dict(body)
+    if rest:
+        inner = out.get(head)
+        out[head] = set_field(inner if isinstance(inner, dict) else {}, rest, value)
+    else:
+        out[head] = value
+    return out
+
+
+def ordered(axes: Sequence[Axis]) -> list[Axis]:
+    """Grid order: non-number axes, then number axes, each in the order given."""
+    return [a for a in axes if not a.numeric] + [a for a in axes if a.numeric]
+
+
+def column_names(workload: str, axes: Sequence[Axis]) -> list[str]:
+    names = ["workload", "gpu_key", "llm_key"]
+    names += [a.field for a in ordered(axes) if a.field not in names]
+    return names + list(RESULTS[workload]) + ["error"]
+
+
+def size(axes: Sequence[Axis]) -> int:
+    return math.prod(len(a.values) for a in axes)
+
+
+def round_like_python(x: Any, digits: int) -> np.ndarray:
+    """Python's ``round(value, digits)`` for every element (half to even on the exact binary value).
+
+    ``np.round`` scales by 10**digits first, which can land a value on the other side of a half;
+    elements within a few units in the last place of a half, or too large to scale exactly, are
+    rounded by Python itself."""
+    x = np.asarray(x, dtype=np.float64)
+    scaled = x * 10.0 ** digits
+    out = np.round(scaled) / 10.0 ** digits
+    doubt = ~(np.abs(scaled) < 2.0**50) | (np.abs(scaled - np.floor(scaled) - 0.5) <= 4 * np.spacing(np.abs(scaled)))
+    if doubt.any():
+        out = out.copy()
+        out[doubt] = [round(v, digits) for v in x[doubt].tolist()]
+    return out
+
+
+@dataclass
+class _Combination:
+    """One combination of the non-number axes: its body and which number-axis values it accepts."""
+
+    body: dict[str, Any]  # the base with these values, without the number axes' fields
+    valid: bool  # the body alone passes the schema, and each value can be checked on its own
+    accepted: list[np.ndarray]  # per number axis: each value passes the schema in this body
+    messages: dict[tuple, str] = field(default_factory=dict)  # refusals, by the offending values
+
+
+class Sweep:
+    """A grid over a base request; iterate :meth:`chunks` for the rows."""
+
+    def __init__(self, base: dict[str, Any], workload: str, axes: Sequence[Axis], catalog: Catalog | None = None,
+                 chunk: int = CHUNK):
+        self.base, self.workload, self.cat, self.chunk = dict(base), workload, catalog or get_catalog(), chunk
+        self.base.pop("trace", None)
+        self.axes = ordered(axes)
+        self.outer = [a for a in self.axes if not a.numeric]
+        self.inner = [a for a in self.axes if a.numeric]
+        self.inner_size = size(self.inner)
+        self.total = size(self.axes)
+        self.names = column_names(workload, axes)
+        self.per_field = schema_is_per_field(workload)
+        self._combination: tuple[int, _Combination] | None = None
+        self._strides = [math.prod(len(a.values) for a in self.inner[k + 1:]) for k in range(len(self.inner))]
+        self._inner_values = [np.array(a.values, dtype=object) for a in self.inner]
+        self._inner_typed = [_typed(a.values) for a in self.inner]
+
+    # -- the grid --------------------------------------------------------------------------------
+    def outer_values(self, index: int) -> tuple:
+        out = []
+        for a in reversed(self.outer):
+            index, k = divmod(index, len(a.values))
+            out.append(a.values[k])
+        return tuple(reversed(out))
+
+    def inner_indices(self, start: int, stop: int) -> list[np.ndarray]:
+        j = np.arange(start, stop)
+        return [(j // stride) % len(a.values) for a, stride in zip(self.inner, self._strides)]
+
+    def point_body(self, outer: Sequence[Any], inner: Sequence[Any]) -> dict[str, Any]:
+        body = self.base
+        for a, v in zip(self.outer, outer):
+            body = set_field(body, a.field, v)
+        for a, v in zip(self.inner, inner):
+            body = set_field(body, a.field, v)
+        return body
+
+    def combination(self, index: int) -> _Combination:
+        """The index-th combination of the non-number axes (they come in order: only the last is kept)."""
+        if self._combination is None or self._combination[0] != index:
+            body = self.point_body(self.outer_values(index), ())
+            for a in self.inner:
+                body.pop(a.field, None)
+            schema = request_mod.SCHEMAS[self.workload]
+            valid = self.per_field and is_valid(body, schema)
+            accepted = [np.array([valid and is_valid({**body, a.field: v}, schema) for v in a.values], dtype=bool)
+                        for a in self.inner]
+            self._combination = (index, _Combination(body, valid, accepted))
+        return self._combination[1]
+
+    # -- estimating ------------------------------------------------------------------------------
+    def chunks(self) -> Iterator[dict[str, list]]:
+        """Columns (name → list, ``None`` where a row has no value) for each run of up to ``chunk``
+        rows, in grid order."""
+        for start in range(0, self.total, self.chunk):
+            yield self._estimate(start, min(start + self.chunk, self.total))
+
+    def _estimate(self, start: int, stop: int) -> dict[str, list]:
+        n = stop - start
+        chunk = _Chunk(n, {name: [None] * n for name in self.names}, [""] * n)
+        chunk.columns["workload"] = [self.workload] * n
+        first = start
+        while first < stop:
+            index = first // self.inner_size
+            block_stop = min(stop, (index + 1) * self.inner_size)
+            self._block(chunk, index, first - index * self.inner_size, block_stop - index * self.inner_size, first - start)
+            first = block_stop
+        if chunk.groups:
+            self._results(chunk)
+        chunk.columns["error"] = chunk.errors
+        return chunk.columns
+
+    def _block(self, chunk: _Chunk, index: int, j0: int, j1: int, offset: int) -> None:
+        """Rows j0..j1 of one combination of the non-number axes; ``offset``: their first row in the chunk."""
+        combo = self.combination(index)
+        outer = self.outer_values(index)
+        m = j1 - j0
+        idx = self.inner_indices(j0, j1)
+        cols = chunk.columns
+        for name in ("gpu_key", "llm_key"):
+            cols[name][offset:offset + m] = [combo.body.get(name)] * m
+        for a, v in zip(self.outer, outer):
+            cols[a.field][offset:offset + m] = [v] * m
+        for a, k, values in zip(self.inner, idx, self._inner_values):
+            cols[a.field][offset:offset + m] = values[k].tolist()
+        if not combo.valid:  # checked and estimated one row at a time, as a single estimate does
+            for r in range(m):
+                point = tuple(a.values[k[r]] for a, k in zip(self.inner, idx))
+                self._one_row(chunk, self.point_body(outer, point), offset + r)
+            return
+        ok = np.ones(m, dtype=bool)
+        for k, accepted in zip(idx, combo.accepted):
+            ok &= accepted[k]
+        for r in np.flatnonzero(~ok).tolist():  # a value the schema refuses: the single estimate's message
+            point = tuple(a.values[k[r]] for a, k in zip(self.inner, idx))
+            key = tuple(None if acc[k[r]] else v for v, acc, k in zip(point, combo.accepted, idx))
+            if key not in combo.messages:
+                combo.messages[key] = self._refusal(self.point_body(outer, point))
+            chunk.errors[offset + r] = combo.messages[key]
+        good = (np.flatnonzero(ok) + offset).tolist()
+        if not good:
+            return
+        picked = [k[ok] for k in idx]
+        try:
+            if len(good) < 2:
+                raise NeedsRows("one row")
+            body = dict(combo.body)
+            for a, k, typed in zip(self.inner, picked, self._inner_typed):
+                body[a.field] = _swept(a, k, typed)
+            req = request_mod.validate(body, self.workload, schema_checked=True)
+            res, scenario = group_scenario(self.cat, req, self.workload)
+        except RequestError:  # did not look at the numbers (it would have needed rows): the same for every row
+            message = self._refusal(self.point_body(outer, [a.values[k[0]] for a, k in zip(self.inner, picked)]))
+            for r in good:
+                chunk.errors[r] = message
+            return
+        except (NeedsRows, TypeError, ValueError, ArithmeticError):
+            for i, r in enumerate(good):
+                self._one_row(chunk, self.point_body(outer, [a.values[k[i]] for a, k in zip(self.inner, picked)]), r)
+            return
+        chunk.add(Group(res, scenario, good), needs_offload_search(req, self.workload, "insufficient"))
+
+    def _one_row(self, chunk: _Chunk, body: dict[str, Any], r: int) -> None:
+        try:
+            req = request_mod.validate(body, self.workload)
+            res = resolve(self.cat, req, self.workload)
+            scenario = build(res)
+        except RequestError:
+            chunk.errors[r] = self._refusal(body)
+            return
+        chunk.add(Group(res, scenario, [r]), needs_offload_search(req, self.workload, "insufficient"))
+
+    def _refusal(self, body: dict[str, Any]) -> str:
+        """The message a single estimate of ``body`` refuses with (asked only for refused bodies)."""
+        try:
+            run(body, self.workload, self.cat)
+        except VramplanError as exc:
+            return str(exc)
+        raise AssertionError(f"expected a refusal for {body}")  # pragma: no cover
+
+    def _results(self, chunk: _Chunk) -> None:
+        result = evaluate_groups(self.cat, chunk.groups, self.workload)
+        figures = headline(self.cat, self.workload, result)
+        sizes = [g.size for g in chunk.groups]
+        rows = np.array([r for g in chunk.groups for r in g.rows])
+        in_order = len(rows) == chunk.n and bool(np.all(rows == np.arange(chunk.n)))
+        refused = ~result.ok
+        figures["runtime"] = np.repeat(np.array([g.res.runtime.key for g in chunk.groups], dtype=object), sizes)
+        for name in RESULTS[self.workload]:
+            if in_order:
+                column = figures[name].tolist()
+            else:
+                column = np.array(chunk.columns[name], dtype=object)
+                column[rows] = figures[name]
+                column = column.tolist()
+            for i in np.flatnonzero(refused).tolist():
+                column[rows[i]] = None
+            chunk.columns[name] = column
+        for i in np.flatnonzero(refused).tolist():
+            chunk.errors[rows[i]] = str(result.error(i))
+        for i in np.flatnonzero(figures["problem"] != "").tolist():
+            if not refused[i]:
+                chunk.errors[rows[i]] = figures["problem"][i]
+        search = np.repeat(np.array(chunk.searched, dtype=bool), sizes)
+        for i in np.flatnonzero(search & (figures["memory_status"] == "insufficient") & ~refused).tolist():
+            self._searched_row(chunk, int(rows[i]))
+
+    def _searched_row(self, chunk: _Chunk, r: int) -> None:
+        """enable_offloading without an amount where the row does not fit: the single estimate's search."""
+        body = self.base
+        for a in self.axes:
+            body = set_field(body, a.field, chunk.columns[a.field][r])
+        try:
+            out = run(body, self.workload, self.cat)
+        except VramplanError as exc:
+            for name in RESULTS[self.workload]:
+                chunk.columns[name][r] = None
+            chunk.errors[r] = str(exc)
+            return
+        capacity = chunk.columns["capacity_gib"][r]
+        for name in RESULTS[self.workload]:
+            value = capacity if name == "capacity_gib" else fits(out, capacity) if name == "fits" else out.get(name)
+            chunk.columns[name][r] = value
+
+
+@dataclass
+class _Chunk:
+    n: int
+    columns: dict[str, list]
+    errors: list[str]
+    groups: list[Group] = field(default_factory=list)
+    searched: list[bool] = field(default_factory=list)  # per group: searches offloading where it does not fit
+
+    def add(self, group: Group, searched: bool) -> None:
+        self.groups.append(group)
+        self.searched.append(searched)
+
+
+def _typed(values: Sequence[Any]) -> np.ndarray:
+    """A number axis's values as int64 (all ints within 2**53) or float64."""
+    if all(isinstance(v, int) and -EXACT_INT < v < EXACT_INT for v in values):
+        return np.array(values, dtype=np.int64)
+    return np.array(values, dtype=np.float64)
+
+
+def _swept(axis: Axis, picked: np.ndarray, typed: np.ndarray) -> Any:
+    """An axis's values at the picked rows: one Python number if they agree, else a :class:`Swept`."""
+    if len(np.unique(picked)) == 1:
+        return axis.values[int(picked[0])]
+    if typed.dtype == np.float64 and not all(isinstance(v, float) for v in axis.values):
+        raise NeedsRows("an axis mixing ints and floats, or ints past 2**53")
+    return typed[picked].view(Swept)
+
+
+def headline(cat: Catalog, workload: str, result: BatchResult) -> dict[str, np.ndarray]:
+    """The response's headline figures for every row of a batch, by the response's own rules:
+    components merged by label (:func:`~vramplan.estimate.component_bytes`), each rounded to 0.01
+    GiB, summed and rounded; the percentage rounded to 0.1 before ``memory_status`` reads it; a
+    configuration error makes the status ``error`` (``problem`` words it); ``fits`` as the planner
+    defines it; each speed figure rounded as the response rounds it."""
+    n, values = result.n, result.values
+    capacity = result.column("gpu_mem_gib")
+    vram = np.zeros(n)
+    for label, raw in component_bytes(cat.formulas.components(workload), values).items():
+        raw = np.broadcast_to(np.asarray(raw, dtype=np.float64), (n,))
+        shown = (raw > 0) | (label in ALWAYS_SHOWN)
+        vram = vram + np.where(shown, round_like_python(raw / GIB, 2), 0.0)
+    vram = round_like_python(vram, 2)
+    with np.errstate(all="ignore"):
+        actual = np.where(capacity != 0, round_like_python(vram / capacity * 100, 1), 0.0)
+    status = np.full(n, "insufficient", dtype=object)
+    for limit, name in reversed(STATUS):
+        status[actual <= limit] = name
+    problem = np.full(n, "", dtype=object)
+    row_values = None
+    for condition, message in configuration_checks(values, workload):
+        hit = np.broadcast_to(np.asarray(condition, dtype=bool), (n,))
+        if hit.any():
+            row_values = as_lists(values) if row_values is None else row_values
+            status[hit] = "error"
+            for i in np.flatnonzero(hit).tolist():
+                words = message(Row((row_values, i)))
+                problem[i] = f"{problem[i]}; {words}" if problem[i] else words
+    figures = {"vram_usage": vram, "capacity_gib": capacity, "actual_vram_percentage": actual, "memory_status": status,
+               "fits": ~np.isin(status, NOT_FITTING) & (vram <= capacity + 1e-9), "problem": problem}
+    for name in RESULTS[workload]:
+        if name in FIGURES:
+            formula, digits = FIGURES[name]
+            figures[name] = round_like_python(result.column(formula), digits)
+    return figures
+
+
+def sweep(base: dict[str, Any], workload: str, axes: Sequence[Axis], catalog: Catalog | None = None,
+          chunk: int = CHUNK) -> Iterator[dict[str, list]]:
+    """The grid's rows in chunks of columns (see :class:`Sweep`)."""
+    return Sweep(base, workload, axes, catalog, chunk).chunks()
+
+
+def rows(chunk: dict[str, list], names: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """A chunk's rows as dicts, in column order."""
+    for values in zip(*(chunk[name] for name in names)):
+        yield dict(zip(names, values))
