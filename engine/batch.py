@@ -42,12 +42,13 @@ _DEAD = -1  # a row refused by an earlier formula
 
 
 class _Ctx:
-    """Per-formula refusal codes, one per row: 0 = fine so far."""
+    """Per-formula refusal codes, one per row: 0 = fine so far; ``marked`` once any row is refused."""
 
-    __slots__ = ("code",)
+    __slots__ = ("code", "marked")
 
     def __init__(self, code: np.ndarray):
         self.code = code
+        self.marked = False
 
     def fail(self, reason: int, cond: Any, active: Any) -> None:
         """Mark rows where ``cond`` holds (among ``active`` ones not already refused) as refused."""
@@ -57,6 +58,7 @@ class _Ctx:
         if active is not None:
             mask &= active
         self.code[mask] = reason
+        self.marked = True
 
 
 Fn = Callable[[Mapping[str, Any], _Ctx, Any], Any]
@@ -330,36 +332,45 @@ def evaluate_batch(formulas: FormulaSet, columns: Mapping[str, Any], n: int, tar
     refused_by = np.full(n, -1, dtype=np.int32)
     reason = np.zeros(n, dtype=np.int16)
     result = BatchResult(n, values, refused_by, reason, plan)
+    refused = False  # any row refused so far
     with np.errstate(all="ignore"):
         for index, f in enumerate(plan):
             if not any(isinstance(values[name], np.ndarray) for name in f.inputs):
                 values[f.id] = _shared(f, values, result, index)
+                refused = refused or bool((result.refused_by >= 0).any())
                 continue
             fn = _compiled(f)
             if fn is None:
                 values[f.id] = _row_by_row(f, values, result, index)
+                refused = refused or bool((result.refused_by >= 0).any())
                 continue
-            code = np.where(refused_by < 0, 0, _DEAD).astype(np.int16)
+            code = np.where(refused_by < 0, 0, _DEAD).astype(np.int16) if refused else np.zeros(n, dtype=np.int16)
+            ctx = _Ctx(code)
             try:
                 env = {name: _numpy_value(values[name]) for name in f.inputs}
-                value = fn(env, _Ctx(code), None)
+                value = fn(env, ctx, None)
             except Exception as exc:
                 why = semantics.refusal(exc)
                 if why is None:
                     raise
                 _refuse_all(result, index, why)
+                refused = True
                 values[f.id] = 0.0
                 continue
-            value = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,))
+            if not (isinstance(value, np.ndarray) and value.shape == (n,) and value.dtype == np.float64):
+                value = np.array(np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)))
             if not np.isfinite(value).all():
                 code[(code == 0) & np.isnan(value)] = NAN
                 code[(code == 0) & np.isinf(value)] = TOO_LARGE
-            new = code > 0
-            if new.any():
-                refused_by[new] = index
-                reason[new] = code[new]
-                value = np.where(new, 0.0, value)
-            values[f.id] = np.ascontiguousarray(value)
+                ctx.marked = True
+            if ctx.marked:
+                new = code > 0
+                if new.any():
+                    refused = True
+                    refused_by[new] = index
+                    reason[new] = code[new]
+                    value = np.where(new, 0.0, value)
+            values[f.id] = value
     return result
 
 

@@ -20,8 +20,10 @@ import time
 from typing import Any, TextIO
 
 import click
+import numpy as np
 
 from .cli_plan import parse_int_grid, parse_number, parse_text_grid
+from .sweep import Rows
 
 #: Friendly grid flags: option name → (request field, parser kind, catalog registry used to check keys).
 AXES = {
@@ -155,32 +157,73 @@ class Progress:
 
 
 class Writer:
-    """Rows out in one of :data:`FORMATS`: CSV with a header; JSON lines; a JSON array, one row a line."""
+    """Rows out in one of :data:`FORMATS`: CSV with a header; JSON lines; a JSON array, one row a line.
+
+    Each column is formatted as a whole (numbers by numpy, repeated text once), then the rows are
+    joined: writing costs about what estimating does, not several times more. Numbers read back
+    exactly (the shortest text that round-trips); an empty result is an empty CSV cell or null."""
 
     def __init__(self, fmt: str, out: TextIO, names: list[str]):
         self.fmt, self.out, self.names, self.rows = fmt, out, names, 0
+        # one row of JSON: the keys written once, each value's text in its %s
+        self.template = "{" + ", ".join(json.dumps(name).replace("%", "%%") + ": %s" for name in names) + "}"
         if fmt == "csv":
-            self.csv = csv.writer(out, lineterminator="\n")
-            self.csv.writerow(names)
+            out.write(",".join(_csv_text(name) for name in names) + "\n")
         elif fmt == "json":
             out.write("[")
 
-    def write(self, chunk: dict[str, list]) -> None:
-        columns = [chunk[name] for name in self.names]
+    def write(self, rows: Rows) -> None:
+        if not rows.n:
+            return
         if self.fmt == "csv":
-            self.csv.writerows(zip(*columns))
+            cells = [_cells(rows, name, _csv_text, "") for name in self.names]
+            self.out.write("\n".join(map(",".join, zip(*cells))) + "\n")
         else:
-            dumps, names = json.dumps, self.names
-            lines = [dumps(dict(zip(names, row))) for row in zip(*columns)]
+            cells = [_cells(rows, name, json.dumps, "null") for name in self.names]
+            template = self.template
+            lines = [template % row for row in zip(*cells)]
             if self.fmt == "jsonl":
-                self.out.write("\n".join(lines) + "\n" if lines else "")
+                self.out.write("\n".join(lines) + "\n")
             else:
-                self.out.write(("\n" if self.rows == 0 else ",\n") + ",\n".join(lines) if lines else "")
-        self.rows += len(columns[0]) if columns else 0
+                self.out.write(("\n" if self.rows == 0 else ",\n") + ",\n".join(lines))
+        self.rows += rows.n
 
     def close(self) -> None:
         if self.fmt == "json":
             self.out.write("\n]\n" if self.rows else "]\n")
+
+
+def _csv_text(value: Any) -> str:
+    """One CSV cell as the csv module writes it (quoted when it holds a comma, quote or line break)."""
+    text = str(value)
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _cells(rows: Rows, name: str, text, empty: str) -> list[str]:
+    """One column as text cells."""
+    values = rows.columns[name]
+    missing = rows.missing if name in rows.results else None
+    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+        # Each distinct value once (rounded figures repeat a lot), as repr() and json write it:
+        # the shortest text that reads back as the same number.
+        distinct, where = np.unique(values, return_inverse=True)
+        words = np.array([repr(v) for v in distinct.tolist()], dtype=object)
+        if text is json.dumps:
+            words[~np.isfinite(distinct)] = empty
+        out = words[where.reshape(-1)]
+    elif isinstance(values, np.ndarray) and values.dtype == bool:
+        out = np.where(values, "True" if text is _csv_text else "true", "False" if text is _csv_text else "false")
+    else:
+        seen: dict[Any, str] = {}
+        out = [seen[v] if v in seen else seen.setdefault(v, empty if v is None else text(v)) for v in
+               (values.tolist() if isinstance(values, np.ndarray) else values)]
+        out = np.array(out, dtype=object) if missing is not None else out
+    if missing is not None and missing.any():
+        out = np.asarray(out, dtype=object)
+        out[missing] = empty
+    return out.tolist() if isinstance(out, np.ndarray) else out
 
 
 @click.command()

@@ -100,29 +100,57 @@ def ordered(axes: Sequence[Axis]) -> list[Axis]:
     return [a for a in axes if not a.numeric] + [a for a in axes if a.numeric]
 
 
-def column_names(workload: str, axes: Sequence[Axis]) -> list[str]:
+def grid_columns(axes: Sequence[Axis]) -> list[str]:
+    """Who and what each row is: the workload, the GPU and model, then the axes."""
     names = ["workload", "gpu_key", "llm_key"]
-    names += [a.field for a in ordered(axes) if a.field not in names]
-    return names + list(RESULTS[workload]) + ["error"]
+    return names + [a.field for a in ordered(axes) if a.field not in names]
+
+
+def column_names(workload: str, axes: Sequence[Axis]) -> list[str]:
+    """The row's columns: :func:`grid_columns`, the results (an axis of the same name, such as
+    ``runtime``, stands for its result column), then ``error``."""
+    names = grid_columns(axes)
+    return names + [r for r in RESULTS[workload] if r not in names] + ["error"]
 
 
 def size(axes: Sequence[Axis]) -> int:
     return math.prod(len(a.values) for a in axes)
 
 
-def round_like_python(x: Any, digits: int) -> np.ndarray:
-    """Python's ``round(value, digits)`` for every element (half to even on the exact binary value).
+def _times_exactly(x: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``x * factor`` and its rounding error (Dekker's exact product), so ``product + error`` is
+    the exact value for every element below ~1e300."""
+    product = x * factor
+    split = 134217729.0  # 2**27 + 1: halves a binary64 significand
+    t = split * x
+    x_hi = t - (t - x)
+    x_lo = x - x_hi
+    t = split * factor
+    f_hi = t - (t - factor)
+    f_lo = factor - f_hi
+    error = ((x_hi * f_hi - product) + x_hi * f_lo + x_lo * f_hi) + x_lo * f_lo
+    return product, error
 
-    ``np.round`` scales by 10**digits first, which can land a value on the other side of a half;
-    elements within a few units in the last place of a half, or too large to scale exactly, are
-    rounded by Python itself."""
+
+def round_like_python(x: Any, digits: int) -> np.ndarray:
+    """Python's ``round(value, digits)`` for every element: the exact binary value rounded half to
+    even at that decimal, then the nearest binary64.
+
+    Scaling by 10**digits can land a value exactly on a half that it is not (0.285 is a little
+    less than 0.285): the exact product says which way such a tie goes. Elements too large to scale
+    (beyond 2**50 once scaled) are rounded by Python itself."""
     x = np.asarray(x, dtype=np.float64)
-    scaled = x * 10.0 ** digits
-    out = np.round(scaled) / 10.0 ** digits
-    doubt = ~(np.abs(scaled) < 2.0**50) | (np.abs(scaled - np.floor(scaled) - 0.5) <= 4 * np.spacing(np.abs(scaled)))
-    if doubt.any():
-        out = out.copy()
-        out[doubt] = [round(v, digits) for v in x[doubt].tolist()]
+    with np.errstate(all="ignore"):
+        scaled = x * 10.0 ** digits
+        rounded = np.round(scaled)  # half to even, on the scaled value
+        tie = np.flatnonzero(scaled - np.floor(scaled) == 0.5)
+        if len(tie):  # the exact product says which side of the half the value is
+            _, error = _times_exactly(x[tie], 10.0 ** digits)
+            rounded[tie] = np.where(error > 0, np.ceil(scaled[tie]), np.where(error < 0, np.floor(scaled[tie]), rounded[tie]))
+        out = rounded / 10.0 ** digits
+    large = ~(np.abs(scaled) < 2.0**50)
+    if large.any():
+        out[large] = [round(v, digits) for v in x[large].tolist()]
     return out
 
 
@@ -149,6 +177,8 @@ class Sweep:
         self.inner_size = size(self.inner)
         self.total = size(self.axes)
         self.names = column_names(workload, axes)
+        self.grid_names = grid_columns(axes)
+        self.result_names = [r for r in RESULTS[workload] if r not in self.grid_names]
         self.per_field = schema_is_per_field(workload)
         self._combination: tuple[int, _Combination] | None = None
         self._strides = [math.prod(len(a.values) for a in self.inner[k + 1:]) for k in range(len(self.inner))]
@@ -189,15 +219,15 @@ class Sweep:
         return self._combination[1]
 
     # -- estimating ------------------------------------------------------------------------------
-    def chunks(self) -> Iterator[dict[str, list]]:
-        """Columns (name → list, ``None`` where a row has no value) for each run of up to ``chunk``
-        rows, in grid order."""
+    def chunks(self) -> Iterator[Rows]:
+        """The rows of each run of up to ``chunk`` grid points, in grid order."""
         for start in range(0, self.total, self.chunk):
             yield self._estimate(start, min(start + self.chunk, self.total))
 
-    def _estimate(self, start: int, stop: int) -> dict[str, list]:
+    def _estimate(self, start: int, stop: int) -> Rows:
         n = stop - start
-        chunk = _Chunk(n, {name: [None] * n for name in self.names}, [""] * n)
+        results = _empty_results(self.workload, n)
+        chunk = _Chunk(n, {name: [None] * n for name in self.grid_names}, [""] * n)
         chunk.columns["workload"] = [self.workload] * n
         first = start
         while first < stop:
@@ -206,9 +236,9 @@ class Sweep:
             self._block(chunk, index, first - index * self.inner_size, block_stop - index * self.inner_size, first - start)
             first = block_stop
         if chunk.groups:
-            self._results(chunk)
-        chunk.columns["error"] = chunk.errors
-        return chunk.columns
+            self._results(chunk, results)
+        shown = {name: results.columns[name] for name in self.result_names}
+        return Rows(n, {**chunk.columns, **shown, "error": chunk.errors}, self.names, results.missing, set(shown))
 
     def _block(self, chunk: _Chunk, index: int, j0: int, j1: int, offset: int) -> None:
         """Rows j0..j1 of one combination of the non-number axes; ``offset``: their first row in the chunk."""
@@ -278,24 +308,17 @@ class Sweep:
             return str(exc)
         raise AssertionError(f"expected a refusal for {body}")  # pragma: no cover
 
-    def _results(self, chunk: _Chunk) -> None:
+    def _results(self, chunk: _Chunk, results: _Results) -> None:
         result = evaluate_groups(self.cat, chunk.groups, self.workload)
         figures = headline(self.cat, self.workload, result)
         sizes = [g.size for g in chunk.groups]
         rows = np.array([r for g in chunk.groups for r in g.rows])
-        in_order = len(rows) == chunk.n and bool(np.all(rows == np.arange(chunk.n)))
         refused = ~result.ok
         figures["runtime"] = np.repeat(np.array([g.res.runtime.key for g in chunk.groups], dtype=object), sizes)
+        estimated = rows[~refused]
         for name in RESULTS[self.workload]:
-            if in_order:
-                column = figures[name].tolist()
-            else:
-                column = np.array(chunk.columns[name], dtype=object)
-                column[rows] = figures[name]
-                column = column.tolist()
-            for i in np.flatnonzero(refused).tolist():
-                column[rows[i]] = None
-            chunk.columns[name] = column
+            results.columns[name][estimated] = figures[name][~refused]
+        results.missing[estimated] = False
         for i in np.flatnonzero(refused).tolist():
             chunk.errors[rows[i]] = str(result.error(i))
         for i in np.flatnonzero(figures["problem"] != "").tolist():
@@ -303,9 +326,9 @@ class Sweep:
                 chunk.errors[rows[i]] = figures["problem"][i]
         search = np.repeat(np.array(chunk.searched, dtype=bool), sizes)
         for i in np.flatnonzero(search & (figures["memory_status"] == "insufficient") & ~refused).tolist():
-            self._searched_row(chunk, int(rows[i]))
+            self._searched_row(chunk, results, int(rows[i]))
 
-    def _searched_row(self, chunk: _Chunk, r: int) -> None:
+    def _searched_row(self, chunk: _Chunk, results: _Results, r: int) -> None:
         """enable_offloading without an amount where the row does not fit: the single estimate's search."""
         body = self.base
         for a in self.axes:
@@ -313,14 +336,61 @@ class Sweep:
         try:
             out = run(body, self.workload, self.cat)
         except VramplanError as exc:
-            for name in RESULTS[self.workload]:
-                chunk.columns[name][r] = None
+            results.missing[r] = True
             chunk.errors[r] = str(exc)
             return
-        capacity = chunk.columns["capacity_gib"][r]
+        capacity = float(results.columns["capacity_gib"][r])
         for name in RESULTS[self.workload]:
             value = capacity if name == "capacity_gib" else fits(out, capacity) if name == "fits" else out.get(name)
-            chunk.columns[name][r] = value
+            results.columns[name][r] = value
+
+
+@dataclass
+class Rows:
+    """A chunk of a sweep's rows as typed columns: lists for the grid's own columns, numpy arrays
+    (float64, bool, or object for text) for the results; ``missing`` marks rows without an
+    estimate (their results are empty; ``error`` says why)."""
+
+    n: int
+    columns: dict[str, Any]
+    names: list[str]
+    missing: np.ndarray
+    results: set[str]  # the result columns: empty where ``missing``
+
+    def column(self, name: str) -> list:
+        """One column as Python values, ``None`` where a row has no value."""
+        values = self.columns[name]
+        if isinstance(values, np.ndarray):
+            values = values.tolist()
+            if name in self.results and self.missing.any():
+                for r in np.flatnonzero(self.missing).tolist():
+                    values[r] = None
+        return values
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The rows as dicts, in column order."""
+        columns = [self.column(name) for name in self.names]
+        for values in zip(*columns):
+            yield dict(zip(self.names, values))
+
+
+#: Result columns' numpy types (``fits`` is a flag, ``memory_status`` and ``runtime`` are text).
+_KINDS = {"fits": bool, "memory_status": object, "runtime": object}
+
+
+@dataclass
+class _Results:
+    columns: dict[str, np.ndarray]
+    missing: np.ndarray
+
+
+def _empty_results(workload: str, n: int) -> _Results:
+    columns = {}
+    for name in RESULTS[workload]:
+        kind = _KINDS.get(name, np.float64)
+        columns[name] = np.full(n, np.nan) if kind is np.float64 else np.zeros(n, dtype=bool) if kind is bool \
+            else np.full(n, None, dtype=object)
+    return _Results(columns, np.ones(n, dtype=bool))
 
 
 @dataclass
@@ -391,12 +461,6 @@ def headline(cat: Catalog, workload: str, result: BatchResult) -> dict[str, np.n
 
 
 def sweep(base: dict[str, Any], workload: str, axes: Sequence[Axis], catalog: Catalog | None = None,
-          chunk: int = CHUNK) -> Iterator[dict[str, list]]:
-    """The grid's rows in chunks of columns (see :class:`Sweep`)."""
+          chunk: int = CHUNK) -> Iterator[Rows]:
+    """The grid's rows in chunks (see :class:`Sweep`)."""
     return Sweep(base, workload, axes, catalog, chunk).chunks()
-
-
-def rows(chunk: dict[str, list], names: Sequence[str]) -> Iterator[dict[str, Any]]:
-    """A chunk's rows as dicts, in column order."""
-    for values in zip(*(chunk[name] for name in names)):
-        yield dict(zip(names, values))

@@ -17,7 +17,7 @@ from vramplan.errors import VramplanError
 from vramplan.estimate import run
 from vramplan.many import estimate_many
 from vramplan.planner import capacity_gib, fits
-from vramplan.sweep import RESULTS, Axis, Sweep, rows
+from vramplan.sweep import RESULTS, Axis, Sweep
 
 
 def single(body, workload, catalog=None):
@@ -180,7 +180,7 @@ def grids(draw, workload):
 
 def assert_rows_match(base, workload, axes, chunk=7, catalog=None):
     grid = Sweep(base, workload, axes, catalog, chunk)
-    out = [r for c in grid.chunks() for r in rows(c, grid.names)]
+    out = [r for c in grid.chunks() for r in c.records()]
     assert len(out) == grid.total
     for row in out:
         body = dict(grid.base)

@@ -8,13 +8,16 @@ import json
 import textwrap
 
 import click
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import vramplan
 from vramplan.cli_plan import parse_int_grid, parse_text_grid
 from vramplan.cli_sweep import sweep
-from vramplan.sweep import CHUNK, Axis, Sweep, rows
+from vramplan.sweep import CHUNK, Axis, Sweep, round_like_python
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -111,7 +114,7 @@ def test_unknown_key_suggests_close_ones():
 
 def sweep_rows(base, workload, axes, catalog=None, chunk=CHUNK):
     grid = Sweep(base, workload, [Axis(f, tuple(v)) for f, v in axes.items()], catalog, chunk)
-    return [row for c in grid.chunks() for row in rows(c, grid.names)]
+    return [row for c in grid.chunks() for row in c.records()]
 
 
 def test_configuration_errors_are_rows_not_failures():
@@ -227,3 +230,17 @@ def test_rows_come_in_grid_order_across_chunks():
     assert [(r["gpu_key"], r["seq_length"], r["batch_size"]) for r in out] == [
         (g, s, b) for g in ("rtx_4090", "h100_80") for s in (1024, 2048, 4096) for b in (1, 2)]
     assert out == sweep_rows(base, "inference", axes)
+
+
+@pytest.mark.parametrize("value", [0.285, 1.005, 2.675, 0.125, 0.375, -2.675, 5e13 + 0.125, 1e15 + 0.3, 1e300, 0.0, 26.25])
+def test_rounding_over_arrays_is_pythons_round(value):
+    # 0.285 is stored as 0.28499999999999998: Python rounds it to 0.28 while 0.285 * 100 = 28.5 exactly
+    # in binary64; 0.125 is exact and rounds half to even, to 0.12.
+    for digits in (1, 2, 3, 4):
+        assert round_like_python(np.array([value]), digits)[0] == round(value, digits)
+
+
+@given(st.lists(st.floats(-1e16, 1e16, allow_nan=False), min_size=1, max_size=50), st.integers(1, 4))
+@settings(max_examples=300, derandomize=True)
+def test_rounding_over_arrays_is_pythons_round_everywhere(values, digits):
+    assert round_like_python(np.array(values), digits).tolist() == [round(v, digits) for v in values]
