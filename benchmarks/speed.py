@@ -146,10 +146,11 @@ def main() -> None:
               f"{sc / c:4.0f}x cheaper per point")
     bodies = [{**INFERENCE, "seq_length": s, "batch_size": b} for s in (512, 2048, 8192, 32768) for b in range(1, 251)]
     estimate_many(bodies[:10], "inference")
-    many = statistics.median(best_of(3, lambda: estimate_many(bodies, "inference"))) / len(bodies) * 1e6
-    one_by_one = statistics.median(best_of(3, lambda: [vramplan.estimate_inference(dict(b)) for b in bodies])) / len(bodies) * 1e6
-    print(f"estimate_many     {len(bodies):,} whole responses: {many:6.1f} us/body against {one_by_one:6.1f} us/body "
-          f"one at a time ({one_by_one / many:4.1f}x)")
+    many = [timed(lambda: estimate_many(bodies, "inference")) for _ in range(3)]
+    single = [timed(lambda: [vramplan.estimate_inference(dict(b)) for b in bodies]) for _ in range(3)]
+    many_cpu, single_cpu = (statistics.median(t[1] for t in x) / len(bodies) * 1e6 for x in (many, single))
+    print(f"estimate_many     {len(bodies):,} whole responses: {many_cpu:6.1f} us CPU/body against {single_cpu:6.1f} "
+          f"us one at a time ({single_cpu / many_cpu:4.1f}x)")
 
     print("\n== cheapest_deployment over every catalog GPU for one model")
     print("not built yet (issue 17's planner question comes with the serving model)")
