@@ -205,12 +205,12 @@ def _cells(rows: Rows, name: str, text, empty: str) -> list[str]:
     """One column as text cells."""
     values = rows.columns[name]
     missing = rows.missing if name in rows.results else None
-    if isinstance(values, np.ndarray) and values.dtype == np.float64:
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fi":
         # Each distinct value once (rounded figures repeat a lot), as repr() and json write it:
-        # the shortest text that reads back as the same number.
+        # the shortest text that reads back as the same number; NaN (no value) as an empty cell.
         distinct, where = np.unique(values, return_inverse=True)
         words = np.array([repr(v) for v in distinct.tolist()], dtype=object)
-        if text is json.dumps:
+        if values.dtype.kind == "f":
             words[~np.isfinite(distinct)] = empty
         out = words[where.reshape(-1)]
     elif isinstance(values, np.ndarray) and values.dtype == bool:

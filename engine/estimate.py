@@ -84,6 +84,15 @@ def _configuration_errors(res: Resolved, s: dict[str, float]) -> list[str]:
     return errors
 
 
+def status_overrides(s: Mapping[str, Any], v: Mapping[str, Any], workload: str) -> list[tuple[Any, str]]:
+    """Rules that set ``memory_status`` after the thresholds (a configuration error stays an error),
+    as ``(condition, status)`` pairs; like :func:`configuration_checks`, for one scenario or a batch."""
+    if workload != "inference":
+        return []
+    # the runtime refuses to start: its preallocated pool cannot hold one sequence
+    return [((s["rt_kv_preallocate"] != 0) & (v["srv_max_running"] < 1), "insufficient")]
+
+
 def needs_offload_search(req: dict[str, Any], workload: str, status: str) -> bool:
     """enable_offloading without an amount, and it does not fit: the fewest offloaded layers that fit are searched."""
     return (workload == "inference" and req["enable_offloading"] and status == "insufficient"
@@ -226,8 +235,9 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         out["per_gpu"] = _per_gpu(res, s, v, vram)
     if res.workload == "inference":
         out["serving"] = _serving(res, s, v, warnings)
-        if s["rt_kv_preallocate"] and v["srv_max_running"] < 1 and out["memory_status"] != "error":
-            out["memory_status"] = "insufficient"  # the runtime refuses to start: its pool cannot hold one sequence
+        for condition, status_word in status_overrides(s, v, res.workload):
+            if condition and out["memory_status"] != "error":
+                out["memory_status"] = status_word
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
         per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
         tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0

@@ -38,6 +38,7 @@ from . import request as request_mod
 from . import scenario as scenario_mod
 from .batch import BatchResult, evaluate_batch
 from .catalog import Catalog, get_catalog
+from .elementwise import NeedsRows
 from .errors import RequestError, VramplanError
 from .estimate import OUTPUTS, _with_unknown_keys, assemble, needs_offload_search, run
 from .resolve import Resolved, resolve
@@ -46,10 +47,6 @@ from .resolve import Resolved, resolve
 EXACT_INT = 2**53
 #: Rows evaluated together (bounds the memory of one batch: ~300 columns of this many float64).
 CHUNK = 16384
-
-
-class NeedsRows(Exception):
-    """A step of the pipeline needed one value of a :class:`Swept` array: run the rows one by one."""
 
 
 class Swept(np.ndarray):

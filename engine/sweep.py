@@ -34,21 +34,27 @@ from typing import Any
 import numpy as np
 
 from . import request as request_mod
+from .batch import BatchResult
 from .catalog import Catalog, get_catalog
 from .datafiles import is_valid, load_schema
 from .errors import RequestError, VramplanError
-from .estimate import (ALWAYS_SHOWN, GIB, STATUS, component_bytes, configuration_checks, needs_offload_search, run)
-from .batch import BatchResult
+from .estimate import (ALWAYS_SHOWN, GIB, LIMITED_BY, STATUS, component_bytes, configuration_checks, needs_offload_search,
+                       run, status_overrides)
 from .many import EXACT_INT, Group, NeedsRows, Row, Swept, as_lists, evaluate_groups, group_scenario, is_number
-from .planner import NOT_FITTING, fits
+from .planner import NOT_FITTING, binding, fits
 from .resolve import resolve
 from .scenario import build
 
-#: Result columns per workload: the response field each copies, or a figure derived like the planner's.
+#: The response's ``serving`` object, flattened (``serving.ttft_ms``, …).
+SERVING = ("input_tokens", "output_tokens", "load", "running_sequences", "queued_requests", "output_throughput_tps",
+           "total_throughput_tps", "requests_per_second", "ttft_ms", "itl_ms", "e2e_latency_ms", "utilisation",
+           "limited_by", "cost_per_hour", "cost_per_million_output_tokens")
+#: Result columns per workload: the response field each copies (a dotted path into a nested object),
+#: or a figure derived like the planner's (``capacity_gib``, ``fits``).
 RESULTS = {
-    "inference": ("vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits", "per_user_tps",
-                  "estimated_throughput_tps", "ms_per_token", "tftt", "runtime"),
-    "finetuning": ("vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits", "training_tps",
+    "inference": ("vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits", "binding", "per_user_tps",
+                  "estimated_throughput_tps", "ms_per_token", "tftt", "runtime") + tuple(f"serving.{n}" for n in SERVING),
+    "finetuning": ("vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits", "binding", "training_tps",
                    "samples_per_second", "total_training_time_hours", "runtime"),
 }
 #: Response figure → (formula id, decimals), as :func:`vramplan.estimate.assemble` rounds them.
@@ -288,7 +294,7 @@ class Sweep:
             for i, r in enumerate(good):
                 self._one_row(chunk, self.point_body(outer, [a.values[k[i]] for a, k in zip(self.inner, picked)]), r)
             return
-        chunk.add(Group(res, scenario, good), needs_offload_search(req, self.workload, "insufficient"))
+        chunk.add(Group(res, scenario, good), req, self.workload)
 
     def _one_row(self, chunk: _Chunk, body: dict[str, Any], r: int) -> None:
         try:
@@ -298,7 +304,7 @@ class Sweep:
         except RequestError:
             chunk.errors[r] = self._refusal(body)
             return
-        chunk.add(Group(res, scenario, [r]), needs_offload_search(req, self.workload, "insufficient"))
+        chunk.add(Group(res, scenario, [r]), req, self.workload)
 
     def _refusal(self, body: dict[str, Any]) -> str:
         """The message a single estimate of ``body`` refuses with (asked only for refused bodies)."""
@@ -310,8 +316,8 @@ class Sweep:
 
     def _results(self, chunk: _Chunk, results: _Results) -> None:
         result = evaluate_groups(self.cat, chunk.groups, self.workload)
-        figures = headline(self.cat, self.workload, result)
         sizes = [g.size for g in chunk.groups]
+        figures = headline(self.cat, self.workload, result, np.repeat(np.array(chunk.priced, dtype=bool), sizes))
         rows = np.array([r for g in chunk.groups for r in g.rows])
         refused = ~result.ok
         figures["runtime"] = np.repeat(np.array([g.res.runtime.key for g in chunk.groups], dtype=object), sizes)
@@ -341,8 +347,17 @@ class Sweep:
             return
         capacity = float(results.columns["capacity_gib"][r])
         for name in RESULTS[self.workload]:
-            value = capacity if name == "capacity_gib" else fits(out, capacity) if name == "fits" else out.get(name)
-            results.columns[name][r] = value
+            value = capacity if name == "capacity_gib" else fits(out, capacity) if name == "fits" \
+                else binding(out, capacity) if name == "binding" else _field_of(out, name)
+            results.columns[name][r] = np.nan if value is None and results.columns[name].dtype == np.float64 else value
+
+
+def _field_of(response: dict[str, Any], path: str) -> Any:
+    """A response field by its column name (``serving.ttft_ms`` reads ``response["serving"]["ttft_ms"]``)."""
+    value: Any = response
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
 
 
 @dataclass
@@ -361,10 +376,12 @@ class Rows:
         """One column as Python values, ``None`` where a row has no value."""
         values = self.columns[name]
         if isinstance(values, np.ndarray):
+            empty = self.missing if name in self.results else np.zeros(self.n, dtype=bool)
+            if values.dtype == np.float64:
+                empty = empty | np.isnan(values)
             values = values.tolist()
-            if name in self.results and self.missing.any():
-                for r in np.flatnonzero(self.missing).tolist():
-                    values[r] = None
+            for r in np.flatnonzero(empty).tolist():
+                values[r] = None
         return values
 
     def records(self) -> Iterator[dict[str, Any]]:
@@ -374,8 +391,9 @@ class Rows:
             yield dict(zip(self.names, values))
 
 
-#: Result columns' numpy types (``fits`` is a flag, ``memory_status`` and ``runtime`` are text).
-_KINDS = {"fits": bool, "memory_status": object, "runtime": object}
+#: Result columns' numpy types (float64 unless named here; NaN in a number column means "no value").
+_KINDS = {"fits": bool, "binding": object, "memory_status": object, "runtime": object, "serving.load": object, "serving.limited_by": object,
+          "serving.input_tokens": np.int64, "serving.output_tokens": np.int64}
 
 
 @dataclass
@@ -388,8 +406,8 @@ def _empty_results(workload: str, n: int) -> _Results:
     columns = {}
     for name in RESULTS[workload]:
         kind = _KINDS.get(name, np.float64)
-        columns[name] = np.full(n, np.nan) if kind is np.float64 else np.zeros(n, dtype=bool) if kind is bool \
-            else np.full(n, None, dtype=object)
+        columns[name] = np.full(n, np.nan) if kind is np.float64 else np.full(n, None, dtype=object) if kind is object \
+            else np.zeros(n, dtype=kind)
     return _Results(columns, np.ones(n, dtype=bool))
 
 
@@ -400,10 +418,12 @@ class _Chunk:
     errors: list[str]
     groups: list[Group] = field(default_factory=list)
     searched: list[bool] = field(default_factory=list)  # per group: searches offloading where it does not fit
+    priced: list[bool] = field(default_factory=list)  # per group: the request gives gpu_hour_cost
 
-    def add(self, group: Group, searched: bool) -> None:
+    def add(self, group: Group, req: dict[str, Any], workload: str) -> None:
         self.groups.append(group)
-        self.searched.append(searched)
+        self.searched.append(needs_offload_search(req, workload, "insufficient"))
+        self.priced.append(req.get("gpu_hour_cost") is not None)
 
 
 def _typed(values: Sequence[Any]) -> np.ndarray:
@@ -422,12 +442,14 @@ def _swept(axis: Axis, picked: np.ndarray, typed: np.ndarray) -> Any:
     return typed[picked].view(Swept)
 
 
-def headline(cat: Catalog, workload: str, result: BatchResult) -> dict[str, np.ndarray]:
+def headline(cat: Catalog, workload: str, result: BatchResult, priced: np.ndarray) -> dict[str, np.ndarray]:
     """The response's headline figures for every row of a batch, by the response's own rules:
     components merged by label (:func:`~vramplan.estimate.component_bytes`), each rounded to 0.01
     GiB, summed and rounded; the percentage rounded to 0.1 before ``memory_status`` reads it; a
-    configuration error makes the status ``error`` (``problem`` words it); ``fits`` as the planner
-    defines it; each speed figure rounded as the response rounds it."""
+    configuration error makes the status ``error`` (``problem`` words it) and
+    :func:`~vramplan.estimate.status_overrides` apply; ``fits`` as the planner defines it; each
+    speed figure rounded as the response rounds it; the ``serving`` object as
+    :func:`vramplan.estimate._serving` words it (``priced``: rows whose request gives a GPU-hour price)."""
     n, values = result.n, result.values
     capacity = result.column("gpu_mem_gib")
     vram = np.zeros(n)
@@ -451,13 +473,66 @@ def headline(cat: Catalog, workload: str, result: BatchResult) -> dict[str, np.n
             for i in np.flatnonzero(hit).tolist():
                 words = message(Row((row_values, i)))
                 problem[i] = f"{problem[i]}; {words}" if problem[i] else words
+    for condition, word in status_overrides(values, values, workload):
+        hit = np.broadcast_to(np.asarray(condition, dtype=bool), (n,))
+        status[hit & (status != "error")] = word
     figures = {"vram_usage": vram, "capacity_gib": capacity, "actual_vram_percentage": actual, "memory_status": status,
-               "fits": ~np.isin(status, NOT_FITTING) & (vram <= capacity + 1e-9), "problem": problem}
+               "problem": problem}
     for name in RESULTS[workload]:
         if name in FIGURES:
             formula, digits = FIGURES[name]
             figures[name] = round_like_python(result.column(formula), digits)
+    if workload == "inference":
+        figures.update(_serving(result, priced))
+    figures["binding"] = _binding(figures, capacity, workload)
+    figures["fits"] = figures["binding"] == None  # noqa: E711 - elementwise over an object array
     return figures
+
+
+def _binding(figures: dict[str, np.ndarray], capacity: np.ndarray, workload: str) -> np.ndarray:
+    """What keeps each row from fitting, as :func:`vramplan.planner.binding` says it (no headroom, no SLO);
+    None where it fits."""
+    status = figures["memory_status"]
+    out = np.full(len(status), None, dtype=object)
+    if workload == "inference":
+        queued = figures["serving.queued_requests"]
+        waiting = (figures["serving.load"] != "open_loop") & ~np.isnan(queued) & (np.nan_to_num(queued) != 0)
+        out[waiting] = figures["serving.limited_by"][waiting]
+        out[(figures["serving.load"] == "open_loop") & np.isnan(figures["serving.ttft_ms"])] = "capacity"
+    out[np.isin(status, NOT_FITTING) | (figures["vram_usage"] > capacity + 1e-9)] = "memory"
+    out[status == "error"] = "configuration"
+    return out
+
+
+def _serving(result: BatchResult, priced: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``serving`` object's fields for every row (see :func:`vramplan.estimate._serving`)."""
+    column = result.column
+    past = column("srv_past_capacity") != 0
+    load = np.where(column("srv_open_loop") != 0, "open_loop", np.where(column("srv_static") != 0, "static_batch", "closed_loop"))
+
+    def latency(name: str) -> np.ndarray:
+        return np.where(past, np.nan, round_like_python(column(name) * 1000, 2))
+
+    codes = column("srv_limited_code").astype(np.int64)
+    words = np.array([LIMITED_BY.get(int(c), "") for c in range(int(codes.max(initial=0)) + 1)], dtype=object)
+    output_tps = column("srv_output_tps")
+    return {
+        "serving.input_tokens": column("input_tokens").astype(np.int64),
+        "serving.output_tokens": column("output_tokens").astype(np.int64),
+        "serving.load": load.astype(object),
+        "serving.running_sequences": round_like_python(column("srv_running"), 2),
+        "serving.queued_requests": np.where(past, np.nan, round_like_python(column("srv_queued"), 2)),
+        "serving.output_throughput_tps": round_like_python(output_tps, 1),
+        "serving.total_throughput_tps": round_like_python(column("srv_total_tps"), 1),
+        "serving.requests_per_second": round_like_python(column("srv_requests_per_s"), 4),
+        "serving.ttft_ms": latency("srv_ttft_s"), "serving.itl_ms": latency("srv_itl_s"),
+        "serving.e2e_latency_ms": latency("srv_e2e_s"),
+        "serving.utilisation": round_like_python(column("srv_utilisation"), 3),
+        "serving.limited_by": words[codes],
+        "serving.cost_per_hour": np.where(priced, round_like_python(column("srv_cost_per_hour"), 4), np.nan),
+        "serving.cost_per_million_output_tokens": np.where(priced & (output_tps > 0),
+                                                           round_like_python(column("srv_cost_per_mtok"), 4), np.nan),
+    }
 
 
 def sweep(base: dict[str, Any], workload: str, axes: Sequence[Axis], catalog: Catalog | None = None,

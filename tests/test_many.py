@@ -16,8 +16,8 @@ from vramplan.datafiles import load_schema
 from vramplan.errors import VramplanError
 from vramplan.estimate import run
 from vramplan.many import estimate_many
-from vramplan.planner import capacity_gib, fits
-from vramplan.sweep import RESULTS, Axis, Sweep
+from vramplan.planner import binding, capacity_gib, fits
+from vramplan.sweep import RESULTS, Axis, Sweep, _field_of
 
 
 def single(body, workload, catalog=None):
@@ -191,9 +191,10 @@ def assert_rows_match(base, workload, axes, chunk=7, catalog=None):
         if isinstance(expected, VramplanError):
             assert row["error"] == str(expected) and row["vram_usage"] is None, (body, row)
             continue
-        want = {name: expected.get(name) for name in RESULTS[workload] if name in expected}
+        want = {name: _field_of(expected, name) for name in RESULTS[workload]}
         want["capacity_gib"] = row["capacity_gib"]
         want["fits"] = fits(expected, row["capacity_gib"])
+        want["binding"] = binding(expected, row["capacity_gib"])
         got = {name: row[name] for name in want}
         assert not differences(got, want), (body, differences(got, want))
         if expected["memory_status"] == "error":
@@ -256,3 +257,18 @@ def test_a_sweep_with_a_plugin_formula_refuses_the_rows_a_single_estimate_refuse
         many = estimate_many(bodies, "inference", cat)
         assert isinstance(many[1], vramplan.FormulaError) and "division by zero" in str(many[1])
         assert many[0]["tftt"] == round(1 / 7 + 10, 1) and many[2]["tftt"] == 11.0
+
+
+def test_serving_columns_follow_the_response_past_capacity_and_with_a_price():
+    base = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm", "input_tokens": 2000,
+            "output_tokens": 500, "gpu_hour_cost": 2.5}
+    axes = [Axis("request_rate", (0.5, 5.0, 5000.0)), Axis("num_gpus", (1, 2))]
+    assert_rows_match(base, "inference", axes)
+    grid = Sweep(base, "inference", axes)
+    out = [r for c in grid.chunks() for r in c.records()]
+    # 5,000 requests/s of 2,500 tokens is far past what one H100 sustains: no latency, a warning in the
+    # response; 0.5 requests/s is well within it.
+    slow, fast = out[0], out[4]
+    assert fast["serving.ttft_ms"] is None and fast["serving.queued_requests"] is None
+    assert slow["serving.ttft_ms"] > 0 and slow["serving.load"] == "open_loop"
+    assert slow["serving.cost_per_hour"] == 2.5 and out[1]["serving.cost_per_hour"] == 5.0  # 2 GPUs x 2.50

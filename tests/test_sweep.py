@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import vramplan
 from vramplan.cli_plan import parse_int_grid, parse_text_grid
 from vramplan.cli_sweep import sweep
+from vramplan.planner import binding, fits
 from vramplan.sweep import CHUNK, Axis, Sweep, round_like_python
 
 
@@ -67,7 +68,12 @@ def test_sweep_csv_has_a_row_per_combination_with_the_estimates():
     assert len(rows) == 3 * 2 * 2
     assert list(rows[0]) == ["workload", "gpu_key", "llm_key", "quantization", "seq_length", "batch_size",
                              "vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits",
-                             "per_user_tps", "estimated_throughput_tps", "ms_per_token", "tftt", "runtime", "error"]
+                             "binding", "per_user_tps", "estimated_throughput_tps", "ms_per_token", "tftt", "runtime",
+                             "serving.input_tokens", "serving.output_tokens", "serving.load", "serving.running_sequences",
+                             "serving.queued_requests", "serving.output_throughput_tps", "serving.total_throughput_tps",
+                             "serving.requests_per_second", "serving.ttft_ms", "serving.itl_ms", "serving.e2e_latency_ms",
+                             "serving.utilisation", "serving.limited_by", "serving.cost_per_hour",
+                             "serving.cost_per_million_output_tokens", "error"]
     seen = {(r["quantization"], r["seq_length"], r["batch_size"]) for r in rows}
     assert ("q4_k_m", "8192", "4") in seen and ("fp16", "2048", "1") in seen
     for r in rows:
@@ -75,7 +81,7 @@ def test_sweep_csv_has_a_row_per_combination_with_the_estimates():
                                            "seq_length": int(r["seq_length"]), "batch_size": int(r["batch_size"])})
         assert float(r["vram_usage"]) == out["vram_usage"]
         assert r["memory_status"] == out["memory_status"] and r["runtime"] == out["runtime"]
-        assert r["fits"] == str(out["memory_status"] not in ("insufficient", "error"))
+        assert r["fits"] == str(fits(out, 24.0)) and r["binding"] == (binding(out, 24.0) or "")
 
 
 def test_sweep_json_to_a_file_with_a_base_request(tmp_path):
