@@ -243,11 +243,13 @@ def _cells(rows: Rows, name: str, text, empty: str) -> list[str]:
 @click.option("--axis", "extra", metavar="FIELD=VALUES", multiple=True,
               help="Any request field, e.g. shared_prefix_ratio=0,0.5 or optimization_config.flash_attention=true,false "
                    "(repeatable).")
+@click.option("--columns", metavar="NAMES", help="Write only these columns, comma-separated, in this order "
+              "(default: all; writing fewer is faster).")
 @click.option("--format", "fmt", type=click.Choice(FORMATS),
               help="Default: json for an --output ending .json, jsonl for .jsonl, else csv.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File to write (default stdout).")
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: on a terminal, for 20+ rows).")
-def sweep(request_file, workload, extra, fmt, output, progress, **grid) -> None:
+def sweep(request_file, workload, extra, columns, fmt, output, progress, **grid) -> None:
     """Estimate every combination of the grid and write one row each (CSV, JSON lines or JSON)."""
     from .cli import read_request  # here, not at import: vramplan.cli attaches this module
     from .sweep import Axis, Sweep
@@ -275,12 +277,18 @@ def sweep(request_file, workload, extra, fmt, output, progress, **grid) -> None:
         raise click.UsageError("; ".join(missing))
     check_keys(axes, flags)
     grid_ = Sweep(base, workload, [Axis(field, tuple(values)) for field, values in axes.items()])
+    names = grid_.names
+    if columns:
+        names = parse_text_grid(columns, "--columns")
+        unknown = [n for n in names if n not in grid_.names]
+        if unknown:
+            raise click.UsageError(f"--columns: no column {', '.join(map(repr, unknown))} (columns: {', '.join(grid_.names)})")
     fmt = fmt or ("json" if output and output.endswith(".json") else "jsonl" if output and output.endswith((".jsonl", ".ndjson")) else "csv")
     show = progress if progress is not None else (grid_.total >= PROGRESS_MIN and sys.stderr.isatty())
     meter = Progress(grid_.total, sys.stderr, 0.2 if sys.stderr.isatty() else 2.0) if show else None
     stream = open(output, "w", encoding="utf-8", newline="") if output else sys.stdout
     try:
-        writer = Writer(fmt, stream, grid_.names)
+        writer = Writer(fmt, stream, names)
         for chunk in grid_.chunks():
             writer.write(chunk)
             if meter:

@@ -58,8 +58,8 @@ class Swept(np.ndarray):
     """
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        if method != "__call__" or "out" in kwargs:
-            raise NeedsRows(f"{ufunc.__name__}.{method} over rows")
+        if method != "__call__" or any(o is not None for o in kwargs.get("out") or ()):
+            raise NeedsRows(f"{ufunc.__name__}.{method} over rows")  # a reduction or an in-place update
         plain = [x.view(np.ndarray) if isinstance(x, Swept) else x for x in inputs]
         if ufunc in (np.true_divide, np.floor_divide, np.remainder, np.divmod) and np.any(np.equal(plain[1], 0)):
             raise NeedsRows("division by zero in some row")  # Python raises there; numpy would not

@@ -5,8 +5,8 @@ A sweep is a base request and axes (a request field and its values, ``optimizati
 rows in chunks of columns, in grid order: the product of the axes with the last varying fastest,
 axes that change what is resolved (keys, flags, text) before axes of numbers.
 
-The rows carry what a single estimate answers, to its rounding (``tests/test_sweep.py`` checks
-row after row against :func:`vramplan.estimate.run`), at a small fraction of its cost:
+The rows carry what a single estimate answers, to its rounding (``tests/test_many.py`` checks
+row after row against :func:`vramplan.estimate.run` on random grids), at a small fraction of its cost:
 
 * each combination of the non-number axes is checked and resolved once; each value of a number
   axis is checked against the schema once (the request schema constrains each field on its own,
@@ -15,13 +15,15 @@ row after row against :func:`vramplan.estimate.run`), at a small fraction of its
 * the number axes go through validate → resolve → scenario together as arrays
   (:mod:`vramplan.many`), the formula graph is evaluated once per chunk
   (:mod:`vramplan.batch`), and the headline figures are computed over the arrays with the
-  response's own rules (components merged and rounded, then summed; ``memory_status`` from the
-  rounded percentage; configuration errors; ``fits`` as the planner defines it).
+  response's own rules (:func:`headline`);
+* a row a single estimate treats specially (``enable_offloading`` without an amount where the
+  request does not fit: the search for the fewest offloaded layers) is estimated on its own.
 
 Columns (:func:`column_names`): ``workload``, ``gpu_key``, ``llm_key``, one per axis, the results
-of :data:`RESULTS`, and ``error`` (empty when the row has an estimate): a refused request or
-formula, or why the configuration cannot run (``memory_status`` ``error``). Every column has one
-type (text, integer, number or boolean); a row without an estimate has empty results.
+of :data:`RESULTS` (the response's figures, the ``serving`` object flattened as ``serving.*``, and
+the planner's ``fits`` and ``binding``), and ``error`` (empty when the row has an estimate): a
+refused request or formula, or why the configuration cannot run (``memory_status`` ``error``).
+Every column has one type (text, integer, number or boolean); an empty cell has no value.
 """
 
 from __future__ import annotations

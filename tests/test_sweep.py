@@ -215,7 +215,18 @@ def test_runtime_settings_can_be_swept():
     assert out[0]["vram_usage"] < out[1]["vram_usage"]
 
 
+def test_columns_picks_and_orders_the_columns():
+    result = CliRunner().invoke(sweep, ["--gpu", "rtx_4090", "--model", "llama-3-8b-instruct", "--seq-length", "1k,2k",
+                                        "--columns", "fits,seq_length,serving.ttft_ms"])
+    assert result.exit_code == 0, result.output
+    rows = _csv(result.stdout)
+    assert list(rows[0]) == ["fits", "seq_length", "serving.ttft_ms"] and [r["seq_length"] for r in rows] == ["1024", "2048"]
+    one = vramplan.estimate_inference({"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "seq_length": 2048})
+    assert float(rows[1]["serving.ttft_ms"]) == one["serving"]["ttft_ms"]
+
+
 @pytest.mark.parametrize("args,words", [
+    (["--columns", "vram_usage,speed"], "--columns: no column 'speed'"),
     (["--axis", "seq_length"], "is not FIELD=VALUES"),
     (["--axis", "no_such_field=1"], "--axis no_such_field: not a field of a inference request"),
     (["--axis", "optimization_config.turbo=true"], "optimization_config has no field 'turbo'"),
