@@ -107,6 +107,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "eff_train_mfu": ("fraction", "model FLOPs utilization in training (runtime x hardware class)"),
     "power_idle_fraction": ("fraction", "share of TDP a GPU draws while memory-bound"),
     "gpu_fp32_tflops": ("TFLOP/s", "vector (non-tensor) fp32 throughput: the ALUs that dequantize weights"),
+    "gpu_cc": ("version", "NVIDIA CUDA compute capability as a number (6.1, 8.9); 0 for other vendors"),
+    "gpu_sm_count": ("SMs", "streaming multiprocessors of one GPU; 0 where the catalog has none (no per-SM cap)"),
     "weights_dequantized": ("flag", "weights are stored in a format the matmuls must unpack (integer, GGUF, AWQ/GPTQ, NF4, ...)"),
     "dequant_flops_per_weight": ("FLOP", "ALU work to unpack one weight in a decode mat-vec (runtime x hardware class)"),
 }
@@ -136,6 +138,30 @@ def hardware_class(gpu: dict[str, Any]) -> str:
     if gpu["vendor"] in ("amd", "intel"):
         return gpu["vendor"]
     return "nvidia_datacenter" if gpu["category"] == "datacenter" else "nvidia_consumer"
+
+
+def _unpack_flops(res: Resolved, cls: str) -> float:
+    """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
+
+    A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
+    per class like every constant): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against
+    pre-scaled activations, k-quants with a longer sequence. Without one, the general constant applies.
+    """
+    consts = res.runtime.data["constants"]
+    if res.quant.data.get("gguf_block") == "legacy":
+        for key in (f"dequant_flops_per_weight_legacy_{cls}", "dequant_flops_per_weight_legacy"):
+            if key in consts:
+                return float(consts[key]["value"])
+    return _rt(res, "dequant_flops_per_weight", cls)
+
+
+def _compute_capability(gpu: dict[str, Any]) -> float:
+    """The catalog's CUDA compute capability ("6.1") as a number; 0 for non-NVIDIA parts (no CUDA kernels)."""
+    cc = gpu.get("compute_capability")
+    if gpu["vendor"] != "nvidia" or not cc:
+        return 0.0
+    major, _, minor = str(cc).partition(".")
+    return float(major) + float(minor or 0) / 10
 
 
 def _rt(res: Resolved, name: str, cls: str) -> float:
@@ -257,9 +283,10 @@ def build(res: Resolved) -> dict[str, float]:
         "eff_decode_bw": _rt(res, "decode_bw_eff", cls), "eff_prefill_flops": _rt(res, "prefill_flops_eff", cls),
         "eff_train_mfu": _rt(res, "train_mfu", cls), "power_idle_fraction": _rt(res, "power_memory_bound_fraction", cls),
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
+        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
         "weights_dequantized": int(res.quant.data["kind"] != "float"),
     })
-    s["dequant_flops_per_weight"] = _rt(res, "dequant_flops_per_weight", cls) * s["weights_dequantized"]
+    s["dequant_flops_per_weight"] = _unpack_flops(res, cls) * s["weights_dequantized"]
     nvme = _rt(res, "nvme_read_gb_s", cls)
     s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
     s.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
