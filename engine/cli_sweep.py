@@ -13,7 +13,6 @@ more memory than a chunk; progress goes to stderr on a terminal (``--progress`` 
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time

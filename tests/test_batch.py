@@ -14,7 +14,7 @@ from strategies import checks, expressions
 from test_evaluators import REFUSALS, formula_set, value_or_refusal
 
 from vramplan import semantics
-from vramplan.batch import compile_batch, evaluate_batch
+from vramplan.batch import evaluate_batch
 
 #: Row values in binary64 (the batch evaluator's numbers): zero, signs, the huge and the tiny.
 floats = st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 2.0, 0.5, 1e300, -1e300, 1e-300, 4_000_001.0, 7.0]),

@@ -261,3 +261,14 @@ def test_rounding_over_arrays_is_pythons_round(value):
 @settings(max_examples=300, derandomize=True)
 def test_rounding_over_arrays_is_pythons_round_everywhere(values, digits):
     assert round_like_python(np.array(values), digits).tolist() == [round(v, digits) for v in values]
+
+
+@pytest.mark.parametrize("text", ['a, b', 'say "hi"', "line\nbreak", "plain", "", "x\r"])
+def test_csv_cells_are_quoted_as_the_csv_module_quotes_them(text):
+    from vramplan.cli_sweep import _csv_text
+
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow([text, "end"])
+    if "\r" not in text:  # a carriage return is quoted too here (the csv module leaves it bare with "\n" lines)
+        assert _csv_text(text) + ",end\n" == buf.getvalue()
+    assert next(csv.reader(io.StringIO(_csv_text(text) + ",end"))) == [text, "end"]
