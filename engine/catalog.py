@@ -15,7 +15,7 @@ from typing import Any
 
 from . import catalogcheck
 from .architecture import Architecture
-from .datafiles import load_validated, schema_problems
+from .datafiles import is_valid, load_validated, schema_problems
 from .errors import CatalogError, FormulaError
 from .formulaset import FormulaFile, FormulaSet, formula_file_from_data
 from .ggufmix import GgufRules, add_section, compile_all
@@ -159,7 +159,8 @@ def _register_from_code(cat: Catalog, host: PluginHost) -> None:
                 continue  # failed third-party plugin: already reported and skipped
             problems = []
             for key, entry in staged:
-                problems += [(f"plugin {plugin}: {kind} {key!r}: {w}", m) for w, m in schema_problems({top: {key: entry}}, schema)]
+                if not is_valid({top: {key: entry}}, schema):  # the fast check; the slow one explains
+                    problems += [(f"plugin {plugin}: {kind} {key!r}: {w}", m) for w, m in schema_problems({top: {key: entry}}, schema)]
             if problems:
                 if host.is_builtin(plugin):
                     raise CatalogError(problems)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hardware
 from .architecture import ROLES, Architecture
+from .elementwise import number_or
 from .errors import RequestError
 
 if TYPE_CHECKING:
@@ -354,8 +355,8 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
     s["input_tokens"], s["output_tokens"] = req["input_tokens"], req["output_tokens"]
-    s["request_rate"] = float(req.get("request_rate") or 0.0)
-    s["gpu_hour_cost"] = float(req.get("gpu_hour_cost") or 0.0)
+    s["request_rate"] = number_or(req.get("request_rate"), 0.0)
+    s["gpu_hour_cost"] = number_or(req.get("gpu_hour_cost"), 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
