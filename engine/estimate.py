@@ -212,12 +212,12 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         "estimated_power_draw": round(v["power_draw_w"]),
     })
     if res.workload == "finetuning":
-        opt = res.request["optimization_config"]
+        opt = _optimization_flags(res)
         active = [k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)]
         if opt.get("zero_stage"):
             active.append(f"zero_stage_{opt['zero_stage']}")
         out["active_optimizations"] = active
-        out["optimization_preset"] = _preset(res.request)
+        out["optimization_preset"] = _preset(opt)
     # The whole model in the chosen format (a GGUF: its tensor data), beside the busiest GPU's share above
     out["model_weights_gb"] = _gib(v["weights_file_bytes"])
     out["memory_details"] = details
@@ -279,10 +279,19 @@ def _serving(res: Resolved, s: dict[str, float], v: dict[str, float], warnings: 
     return out
 
 
-def _preset(req: dict[str, Any]) -> str:
+def _optimization_flags(res: Resolved) -> dict[str, Any]:
+    """The request's optimization flags, with the seed's optimizer flags set from the optimizer in use
+    (an 8-bit or paged optimizer named by ``optimizer`` shows as use_8bit / use_paged_optimizer)."""
+    opt = dict(res.request["optimization_config"])
+    if res.optimizer is not None:
+        opt["use_8bit_optimizer"] = bool(opt.get("use_8bit_optimizer")) or res.optimizer.data["state_dtype"] == "int8"
+        opt["use_paged_optimizer"] = bool(opt.get("use_paged_optimizer")) or bool(res.optimizer.data.get("paged"))
+    return opt
+
+
+def _preset(opt: dict[str, Any]) -> str:
     """'default' when the flags are the documented defaults, 'memory_efficient' when checkpointing and an
     8-bit optimizer are both on, else 'custom'."""
-    opt = req["optimization_config"]
     defaults = request_mod.optimization_defaults("finetuning")
     if all(opt.get(k, v) == v for k, v in defaults.items()):
         return "default"
@@ -314,7 +323,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
         elif s["pp"] > 1:
             out.append(f"pipeline parallelism: {int(s['pp'])} stages (interconnect {res.interconnect.key})")
     else:
-        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.request['optimizer']}, "
+        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.optimizer.key}, "
                    f"micro-batch {int(s['micro_batch'])} x {int(s['seq'])} tokens per GPU, "
                    f"{int(v['trainable_params']):,} trainable parameters")
         if s["dp"] > 1:

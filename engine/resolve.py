@@ -160,8 +160,8 @@ def _optimizer(cat: Catalog, req: dict[str, Any]) -> Entry:
     """The optimizer entry, after the seed's use_8bit_optimizer / use_paged_optimizer flags.
 
     The flags turn the requested optimizer into its registered variant (``variant_of``) with int8
-    states and/or paging, as asked; the request's flags are then set from what the chosen entry is,
-    so ``active_optimizations`` lists them (written back into the validated request)."""
+    states and/or paging, as asked. The request itself is left as given; the response lists the flags
+    of the optimizer in use (estimate._optimization_flags)."""
     entry = cat.optimizers.get(req["optimizer"], "optimizer")
     opt = req["optimization_config"]
     want_8bit = bool(opt.get("use_8bit_optimizer")) or entry.data["state_dtype"] == "int8"
@@ -172,11 +172,6 @@ def _optimizer(cat: Catalog, req: dict[str, Any]) -> Entry:
             if d.get("variant_of") == entry.key and (d["state_dtype"] == "int8", bool(d.get("paged"))) == (want_8bit, want_paged):
                 entry = variant
                 break
-    req["optimizer"] = entry.key
-    if entry.data["state_dtype"] == "int8":
-        opt["use_8bit_optimizer"] = True
-    if entry.data.get("paged"):
-        opt["use_paged_optimizer"] = True
     return entry
 
 
