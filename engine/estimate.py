@@ -22,7 +22,8 @@ OUTPUTS = {
     "inference": ("static_shared_bytes", "kv_per_user_bytes", "ms_per_token", "throughput_tps", "per_user_tps",
                   "latency_tps", "tftt_ms", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w",
                   "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
-                  "weights_file_bytes"),
+                  "weights_file_bytes", "kv_attention_bytes_per_seq", "recurrent_state_bytes_per_seq",
+                  "recurrent_share_per_gpu"),
     "finetuning": ("static_shared_bytes", "training_tps", "samples_per_second", "steps_per_second", "total_tokens",
                    "training_hours", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w", "trainable_params",
                    "weights_file_bytes"),
@@ -193,12 +194,18 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     if s["num_gpus"] > 1:
         out["per_gpu"] = _per_gpu(res, s, v, vram)
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
-        per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
-        tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
-        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens,
-                          "sequences_at_seq_length": tokens // s["seq"] if s["seq"] else 0}
+        per_token = v["kv_attention_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
+        state = v["recurrent_state_bytes_per_seq"] * v["recurrent_share_per_gpu"]
+        if state:  # a hybrid model's sequence also takes its fixed recurrent state from the pool
+            per_seq = per_token * s["seq"] + state
+            sequences = int(v["kv_pool_bytes"] // per_seq) if per_seq else 0
+            tokens = int(sequences * s["seq"])
+        else:
+            tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
+            sequences = tokens // s["seq"] if s["seq"] else 0
+        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens, "sequences_at_seq_length": sequences}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
-            warnings.append(f"the KV pool holds {tokens} tokens ({tokens // s['seq']} sequences of {int(s['seq'])}); "
+            warnings.append(f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}); "
                             f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} would queue or preempt them")
     if trace is not None:
         out["trace"] = trace
@@ -223,6 +230,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
     if res.workload == "inference":
         out.append(f"KV cache: {res.kv_quant.data['label']}, {int(s['seqs'])} sequence(s) of {int(s['seq'])} tokens in flight")
+        out.extend(_layout_assumptions(res.arch, s, v))
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")
         elif s["pp"] > 1:
@@ -235,6 +243,26 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
             out.append(f"data parallelism over {int(s['dp'])} GPUs (interconnect {res.interconnect.key})"
                        + (f", ZeRO stage {int(s['zero_stage'])}" if s["zero_stage"] else ""))
     out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
+    return out
+
+
+def _layout_assumptions(a, s: dict[str, float], v: dict[str, float]) -> list[str]:
+    """Say what a model with unusual layers keeps per sequence (vramplan.families)."""
+    out = []
+    if a.num_recurrent_layers:
+        kind = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", "mamba": "Mamba"}.get(a.recurrent_kind, a.recurrent_kind)
+        out.append(f"recurrent state: {a.num_recurrent_layers} {kind} layers keep "
+                   f"{v['recurrent_state_bytes_per_seq'] / 2**20:.2f} MiB per sequence, whatever its length; "
+                   f"{a.num_layers - a.num_recurrent_layers} of {a.num_layers} layers keep a KV cache")
+    shared = sum(a.kv_shared)
+    if shared:
+        out.append(f"KV sharing: {shared} of {a.num_layers} layers read an earlier layer's cache and keep none")
+    if s.get("images"):
+        if s["cross_kv_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence, {int(s['cross_kv_tokens'])} vision tokens cached by each of "
+                       f"{a.num_cross_layers} cross-attention layers")
+        elif s["image_context_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence add {int(s['image_context_tokens'])} tokens to the context")
     return out
 
 

@@ -149,6 +149,12 @@ def _uncertainty_warnings(workload: str, gpu: dict[str, Any], arch: Architecture
     if arch.vision_params:
         out.append("the model has a vision encoder: its weights are counted, but image-token activations and "
                    "the encoder's own transients are not modelled")
+    images = req.get("images_per_sequence") or 0
+    if images and not (arch.image_tokens_per_image or arch.cross_tokens_per_image):
+        out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
+    if arch.num_recurrent_layers:
+        out.append("hybrid model: the recurrent layers' per-sequence state is modelled; their prefill transients "
+                   "(chunked-scan intermediates) are not")
     opt = req.get("optimization_config") or {}
     if workload == "finetuning":
         if arch.is_moe:
