@@ -267,10 +267,10 @@ def build(res: Resolved) -> dict[str, float]:
 
 def _lora_dims(s: dict[str, float], a) -> None:
     """Σ (in + out) over every linear of each kind, counting each expert's copy (PEFT all-linear does)."""
-    L, h = a.num_layers, a.hidden_size
+    L, h = a.num_attention_layers, a.hidden_size  # q/k/v/o exist only in attention layers (hybrids)
     n_moe = len(a.moe_layers)
     dense_ff = a.dense_intermediate_size or a.intermediate_size
-    ff_copies = (L - n_moe) * (h + dense_ff)
+    ff_copies = (a.num_layers - n_moe - a.no_ffn_layers) * (h + dense_ff)
     if n_moe:
         ff_copies += n_moe * a.num_experts * (h + a.moe_intermediate_size)
         if a.shared_expert_intermediate_size:
