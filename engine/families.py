@@ -315,7 +315,65 @@ def _gemma3n(cfg: dict, top: dict, base: dict, where: str, problems: list, assum
     })
     if widths:
         out["ffn_widths"] = tuple(widths)
+    encoders = _gemma3n_encoders(top, h)
+    if encoders:
+        out["vision_params"] = encoders
     return out
+
+
+#: Parameters of timm image encoders a config names but does not describe (``vision_config.architecture``).
+#: mobilenetv5_300m_enc: 294,284,096 - keras-hub keras_hub/src/models/mobilenetv5/mobilenetv5_presets.py,
+#: preset "mobilenetv5_300m_enc_gemma3n" metadata "params" (the Gemma 3n vision backbone).
+TIMM_ENCODER_PARAMS = {"mobilenetv5_300m_enc": 294_284_096}
+
+
+def _gemma3n_encoders(top: dict, text_hidden: int) -> int:
+    """Gemma 3n's vision and audio towers and their embedders into the text model (transformers
+    modeling_gemma3n.py), counted whole like any vision encoder: 0 when the config has neither.
+
+    - vision: the timm encoder ``vision_config.architecture`` (:data:`TIMM_ENCODER_PARAMS`);
+    - audio (``Gemma3nAudioEncoder``): the sub-sample conv projection (two bias-free Conv2d of
+      ``sscp_conv_channel_size`` channels, each with a cumulative group norm, then a linear from
+      channels x frequency bins to hidden) and ``conf_num_hidden_layers`` conformer blocks - two
+      feed-forwards (two norms, h -> 4h -> h), attention (a norm, q/k/v, per-dim scale, relative
+      position projection, output, a norm), a light conv (a norm, h -> 2h, depthwise conv of
+      ``conf_conv_kernel_size``, a norm, h -> h) and a final norm;
+    - ``Gemma3nMultimodalEmbedder`` per modality: an embedding of ``vocab_size`` rows, two norms
+      and a projection to the text hidden size.
+    """
+    total = 0
+    vc, ac = top.get("vision_config"), top.get("audio_config")
+    if isinstance(vc, dict):
+        enc = TIMM_ENCODER_PARAMS.get(str(vc.get("architecture", "mobilenetv5_300m_enc")), 0)
+        vh, vv = vc.get("hidden_size", 2048), vc.get("vocab_size", 128)
+        if enc and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (vh, vv)):
+            total += enc + vv * vh + 2 * vh + vh * text_hidden
+    if isinstance(ac, dict):
+        ah, av = ac.get("hidden_size", 1536), ac.get("vocab_size", 128)
+        heads, layers = ac.get("conf_num_attention_heads", 8), ac.get("conf_num_hidden_layers", 12)
+        kernel, feats = ac.get("conf_conv_kernel_size", 5), ac.get("input_feat_size", 128)
+        chans = ac.get("sscp_conv_channel_size", [128, 32])
+        kernels = ac.get("sscp_conv_kernel_size", [[3, 3], [3, 3]])
+        strides = ac.get("sscp_conv_stride_size", [[2, 2], [2, 2]])
+        try:
+            ints = [ah, av, heads, layers, kernel, feats, *chans, *(k for pair in kernels for k in pair),
+                    *(k for pair in strides for k in pair)]
+            ok = len(chans) == len(kernels) == len(strides) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in ints)
+        except TypeError:
+            ok = False
+        if ok:
+            sscp, c_in, f = 0, 1, feats
+            for c_out, (kh, kw), (_sh, sw) in zip(chans, kernels, strides):
+                sscp += c_in * c_out * kh * kw + c_out
+                f = (f + 2 - kw) // sw + 1  # frequency padded by 1 on each side
+                c_in = c_out
+            sscp += c_in * f * ah
+            # two feed-forwards 2 x 8h^2, attention 5h^2 (q, k, v, relative positions, output) and the light
+            # conv's 3h^2; nine norms of h, the depthwise kernel x h, the per-dim scale of head_dim
+            block = 24 * ah * ah + (9 + kernel) * ah + ah // heads
+            total += sscp + layers * block + av * ah + 2 * ah + ah * text_hidden
+    return total
 
 
 def _mllama(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:

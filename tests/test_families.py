@@ -267,3 +267,30 @@ def test_missing_family_keys_fall_back_to_the_config_class_and_say_so():
     a = from_hf_config(cfg)
     assert a.conv_kernel == 4 and a.num_full_layers == 12
     assert any("linear_conv_kernel_dim = 4" in x for x in a.assumed)
+
+
+def test_gemma3n_vision_and_audio_towers_by_hand():
+    from vramplan.catalog import get_catalog
+
+    a = get_catalog().architectures["gemma-3n-e4b-it"]
+    vision = 294_284_096 + 128 * 2048 + 2 * 2048 + 2048 * 2048  # keras-hub MobileNetV5-300M + its embedder
+    # audio: conv 1 -> 128 (3x3) + norm, 128 -> 32 (3x3) + norm; frequency 128 -> 64 -> 32; 32 x 32 -> 1536
+    sscp = 1 * 128 * 9 + 128 + 128 * 32 * 9 + 32 + 32 * 32 * 1536
+    h = 1536
+    block = (2 * (2 * h + 8 * h * h)  # two feed-forwards: pre/post norm, h -> 4h -> h
+             + (h + 3 * h * h + 192 + h * h + h * h + h)  # attention: norm, q/k/v, per-dim scale, positions, out, norm
+             + (h + 2 * h * h + 5 * h + h + h * h)  # light conv: norm, h -> 2h, depthwise k=5, norm, h -> h
+             + h)  # block norm
+    audio = sscp + 12 * block + 128 * 1536 + 2 * 1536 + 1536 * 2048
+    assert a.vision_params == vision + audio == 983_438_688
+    assert a.param_count() == 6_866_696_688 + vision + audio == 7_850_135_376
+
+
+def test_catalog_entries_of_new_architectures_have_their_layouts():
+    from vramplan.catalog import get_catalog
+
+    archs = get_catalog().architectures
+    assert archs["qwen3-next-80b-a3b-instruct"].num_recurrent_layers == 36
+    assert archs["granite-4.0-h-small"].num_recurrent_layers == 36 and archs["granite-4.0-h-small"].num_full_layers == 4
+    assert archs["llama-3.2-11b-vision-instruct"].num_cross_layers == 8
+    assert sum(archs["gemma-3n-e4b-it"].kv_shared) == 15
