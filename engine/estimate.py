@@ -116,7 +116,7 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
                      ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
                      ("interconnect_type", cat.interconnects)):
         key = body.get(fld)
-        if fld in named or not isinstance(key, str) or (fld == "llm_key" and key == "custom"):
+        if fld in named or not isinstance(key, str) or (fld == "llm_key" and (key == "custom" or key.startswith("hf:"))):
             continue
         try:
             reg.get(key, fld)

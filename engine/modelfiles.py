@@ -71,13 +71,20 @@ _GGUF_KEYS = {
 
 def read_model_file(path: str | Path) -> dict:
     """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder
-    holding one of them) and describe the model.
+    holding one of them) and describe the model. ``path`` may also be an ``http(s)://`` URL of a
+    GGUF file (its header only, by range requests), a Hub file ``hf:ORG/NAME/FILE.gguf[@REV]`` or a
+    Hub model ``hf:ORG/NAME[@REV]`` (:mod:`vramplan.hub`).
 
     Returns ``{"kind", "config", "params", "weights_bytes", "tensor_types", "quantization",
     "name", "notes"}``: ``config`` is config.json-style; ``params`` and ``weights_bytes`` are
     exact counts from the tensor headers (``None`` for a bare config.json); ``tensor_types``
     counts tensors per stored type (``{"Q4_K": 193, "Q6_K": 33, "F32": 65}``).
     """
+    text = str(path)
+    if text.startswith(("http://", "https://", "hf:")):  # a remote GGUF header, or a Hub model
+        from .hub import read_remote
+
+        return read_remote(text)
     p = Path(path)
     if not p.exists():
         raise RequestError([(str(p), "no such file")])
@@ -152,12 +159,18 @@ def _read_gguf(p: Path) -> dict:
         raise
     except Exception as exc:  # the reader raises ValueError, struct/IndexError… on a damaged file
         raise RequestError([(str(p), f"is not a readable GGUF file ({type(exc).__name__}: {exc})")]) from None
+    return gguf_description(meta, tensors, n_tokens, where=str(p), stem=p.stem)
+
+
+def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: str, stem: str) -> dict:
+    """The model a GGUF header describes (metadata values and ``(name, type, shape, n_elements,
+    n_bytes)`` per tensor), read from a local file or over HTTP (:mod:`vramplan.remote`)."""
     if not tensors:
-        raise RequestError([(str(p), "is a GGUF file with no tensors (a vocabulary-only file?)")])
+        raise RequestError([(where, "is a GGUF file with no tensors (a vocabulary-only file?)")])
 
     arch = str(meta.get("general.architecture") or "")
     if not arch:
-        raise RequestError([(str(p), "has no general.architecture metadata")])
+        raise RequestError([(where, "has no general.architecture metadata")])
     config: dict = {"model_type": _GGUF_ARCH_MODEL_TYPE.get(arch, arch), "gguf_architecture": arch}
     for suffix, key in _GGUF_KEYS.items():
         value = meta.get(f"{arch}.{suffix}")
@@ -187,7 +200,7 @@ def _read_gguf(p: Path) -> dict:
     params = sum(n for *_x, n, _b in tensors)
     weights_bytes = sum(b for *_x, b in tensors)
     quant = _gguf_quantization(meta.get("general.file_type"), tensors)
-    name = str(meta.get("general.name") or p.stem)
+    name = str(meta.get("general.name") or stem)
     notes = [f"GGUF architecture '{arch}'"]
     return _result("gguf", config, params, weights_bytes, types, quant, name, notes)
 

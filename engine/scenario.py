@@ -214,7 +214,7 @@ def build(res: Resolved) -> dict[str, float]:
     qbits = res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
-    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
+    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
     s["weights_compute_bits"] = float(qbits["default"])
