@@ -83,9 +83,9 @@ def apply_model_file(body: dict[str, Any], path: str | None) -> dict[str, Any]:
     """``--model-file``: estimate from a config.json, GGUF or safetensors file directly."""
     if not path:
         return body
-    from .modelfiles import read_model_file
+    from .hub import read_model
 
-    info = read_model_file(path)
+    info = read_model(path)
     body = {**body, "llm_key": "custom", "custom_model": info["config"]}
     if info.get("weights_bytes") and info.get("kind") in ("gguf", "safetensors"):
         body["custom_weights_bytes"] = int(info["weights_bytes"])

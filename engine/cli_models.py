@@ -114,7 +114,7 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     hf:ORG/NAME/FILE.gguf[@REV], and show the architecture found and what one sequence keeps;
     with --save-as, add it to a user catalog."""
     from .architecture import from_hf_config
-    from .modelfiles import read_model_file
+    from .hub import read_model
 
     remote = path.startswith(("http://", "https://", "hf:"))
     if not remote:
@@ -127,7 +127,7 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
         raise click.UsageError(f"--save-as {save_as!r}: use lowercase letters, digits, '.', '_' and '-' "
                                "(starting with a letter or digit)")
     try:
-        info = read_model_file(path)
+        info = read_model(path)
     except VramplanError as exc:
         raise click.UsageError(exc.message) from None
     arch = None

@@ -462,3 +462,43 @@ def read(cfg: dict, top: dict, model_type: str, base: dict, *, where: str, probl
         if tokens:
             out["image_tokens_per_image"] = tokens
     return out
+
+
+# -- GGUF metadata ----------------------------------------------------------------------------
+
+def from_gguf(arch: str, meta: dict, config: dict) -> dict:
+    """Add a hybrid family's keys to the config.json-style dict read from a GGUF header.
+
+    llama.cpp's converter (convert_hf_to_gguf.py) writes the recurrent geometry as ``{arch}.ssm.*``:
+    Qwen3-Next ``Qwen3NextModel`` - conv_kernel = linear_conv_kernel_dim, state_size =
+    linear_key_head_dim, group_count = linear_num_key_heads, time_step_rank = linear_num_value_heads,
+    inner_size = linear_value_head_dim x linear_num_value_heads, plus ``full_attention_interval``;
+    Granite 4.0-H ``GraniteHybridModel`` - conv_kernel = mamba_d_conv, state_size = mamba_d_state,
+    group_count = mamba_n_groups, time_step_rank = mamba_n_heads, inner_size = mamba_n_heads x
+    mamba_d_head, with ``attention.head_count_kv`` per layer 0 on Mamba layers (llama-model.cpp
+    marks those layers recurrent).
+    """
+    def get(key):
+        v = meta.get(f"{arch}.{key}")
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    kernel, state, groups, rank, inner = (get(f"ssm.{k}") for k in
+                                          ("conv_kernel", "state_size", "group_count", "time_step_rank", "inner_size"))
+    shared = get("expert_shared_feed_forward_length")
+    if arch == "qwen3next" and None not in (kernel, state, groups, rank, inner) and rank:
+        config = {**config, "model_type": "qwen3_next", "linear_conv_kernel_dim": kernel, "linear_key_head_dim": state,
+                  "linear_num_key_heads": groups, "linear_num_value_heads": rank, "linear_value_head_dim": inner // rank,
+                  "full_attention_interval": get("full_attention_interval") or 4}
+        if shared:
+            config["shared_expert_intermediate_size"] = shared
+    elif arch == "granitehybrid" and None not in (kernel, state, groups, rank, inner) and rank:
+        kv = meta.get(f"{arch}.attention.head_count_kv")
+        hidden = config.get("hidden_size") or 0
+        config = {**config, "model_type": "granitemoehybrid", "mamba_d_conv": kernel, "mamba_d_state": state,
+                  "mamba_n_groups": groups, "mamba_n_heads": rank, "mamba_d_head": inner // rank,
+                  "mamba_expand": inner // hidden if hidden else 2}
+        if isinstance(kv, list):
+            config["layer_types"] = ["mamba" if not n else "attention" for n in kv]
+        if shared:
+            config["shared_intermediate_size"] = shared
+    return config

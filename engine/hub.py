@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RequestError
+from .modelfiles import (SAFETENSORS_DTYPE_BYTES, _packed_note, _quant_from_config, _result, _safetensors_header,
+                         _safetensors_quant, _tally, gguf_description, read_model_file)
+from .remote import RangeReader, parse_gguf_header
 
 PREFIX = "hf:"
 
@@ -187,8 +190,18 @@ def resolve_model(key: str, field: str = "llm_key") -> dict:
     return info
 
 
+def read_model(path) -> dict:
+    """Any model a user can name: a local file or folder (:func:`vramplan.modelfiles.read_model_file`),
+    an ``http(s)://`` URL of a GGUF file, a Hub model ``hf:ORG/NAME[@REV]`` or a Hub GGUF file
+    ``hf:ORG/NAME/FILE.gguf[@REV]`` - the same description for all of them."""
+    text = str(path)
+    if text.startswith(("http://", "https://", PREFIX)):
+        return read_remote(text)
+    return read_model_file(path)
+
+
 def read_remote(text: str) -> dict:
-    """A model file given as a URL or Hub name (``read_model_file`` hands these here)."""
+    """A model file given as a URL or Hub name."""
     policy = current_policy()
     if not policy.enabled:
         raise RequestError([(text, policy.why_disabled)])
@@ -276,8 +289,6 @@ def _read_json_file(path: Path, where: str):
 
 
 def _read_hub_model(ref: HubRef, policy: Policy, where: str) -> dict:
-    from .modelfiles import _packed_note, _quant_from_config, _result, _safetensors_quant, _tally
-
     budget = _Budget(policy.max_bytes, where)
     cfg_path = _download(ref, "config.json", policy, budget, where, required=True)
     config = _read_json_file(cfg_path, where)
@@ -325,8 +336,6 @@ def _read_hub_model(ref: HubRef, policy: Policy, where: str) -> dict:
 def _check_header(header, where: str, shard: str) -> dict:
     if not isinstance(header, dict):
         raise RequestError([(where, f"{shard} has a safetensors header that is not a JSON object")])
-    from .modelfiles import SAFETENSORS_DTYPE_BYTES
-
     for tname, info in header.items():
         if tname == "__metadata__":
             continue
@@ -345,9 +354,6 @@ def _shard_header(ref: HubRef, commit: str, shard: str, policy: Policy, budget: 
     request (then cached); None when none of them can give it (offline, or no such file)."""
     from huggingface_hub import constants, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.utils import build_hf_headers
-
-    from .modelfiles import _safetensors_header
-    from .remote import RangeReader
 
     local = try_to_load_from_cache(ref.repo, shard, revision=commit)
     if isinstance(local, str):
@@ -388,8 +394,6 @@ def _read_hub_gguf(ref: HubRef, policy: Policy) -> dict:
     over HTTP (token and endpoint as huggingface_hub sets them), remembered per commit."""
     from huggingface_hub import constants, hf_hub_url, try_to_load_from_cache
     from huggingface_hub.utils import build_hf_headers
-
-    from .modelfiles import gguf_description, read_model_file
 
     where = ref.text
     local = try_to_load_from_cache(ref.repo, ref.filename, revision=ref.revision)
@@ -466,9 +470,6 @@ def _read_url_gguf(url: str, headers: dict, policy: Policy, where: str) -> dict:
 
 
 def _url_gguf(url: str, headers: dict, policy: Policy, where: str, stem: str) -> tuple[dict, dict]:
-    from .modelfiles import gguf_description
-    from .remote import RangeReader, parse_gguf_header
-
     reader = RangeReader(url, headers, timeout=policy.timeout_s, max_bytes=policy.max_bytes, where=where)
     with reader:
         meta, tensors, n_tokens = parse_gguf_header(reader, where)

@@ -24,6 +24,7 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from . import families
 from .errors import RequestError
 
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
@@ -71,20 +72,13 @@ _GGUF_KEYS = {
 
 def read_model_file(path: str | Path) -> dict:
     """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder
-    holding one of them) and describe the model. ``path`` may also be an ``http(s)://`` URL of a
-    GGUF file (its header only, by range requests), a Hub file ``hf:ORG/NAME/FILE.gguf[@REV]`` or a
-    Hub model ``hf:ORG/NAME[@REV]`` (:mod:`vramplan.hub`).
+    holding one of them) and describe the model. (URLs and Hub names: :func:`vramplan.hub.read_model`.)
 
     Returns ``{"kind", "config", "params", "weights_bytes", "tensor_types", "quantization",
     "name", "notes"}``: ``config`` is config.json-style; ``params`` and ``weights_bytes`` are
     exact counts from the tensor headers (``None`` for a bare config.json); ``tensor_types``
     counts tensors per stored type (``{"Q4_K": 193, "Q6_K": 33, "F32": 65}``).
     """
-    text = str(path)
-    if text.startswith(("http://", "https://", "hf:")):  # a remote GGUF header, or a Hub model
-        from .hub import read_remote
-
-        return read_remote(text)
     p = Path(path)
     if not p.exists():
         raise RequestError([(str(p), "no such file")])
@@ -195,6 +189,7 @@ def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: 
             config.pop("head_dim", None)
     if "moe_intermediate_size" in config and "intermediate_size" not in config:
         config["intermediate_size"] = config["moe_intermediate_size"]
+    config = families.from_gguf(arch, meta, config)  # hybrid families' recurrent geometry
 
     types = Counter(t for _n, t, _s, _e, _b in tensors)
     params = sum(n for *_x, n, _b in tensors)

@@ -294,3 +294,50 @@ def test_catalog_entries_of_new_architectures_have_their_layouts():
     assert archs["granite-4.0-h-small"].num_recurrent_layers == 36 and archs["granite-4.0-h-small"].num_full_layers == 4
     assert archs["llama-3.2-11b-vision-instruct"].num_cross_layers == 8
     assert sum(archs["gemma-3n-e4b-it"].kv_shared) == 15
+
+
+def _hybrid_gguf(path, arch: str, kv_heads):
+    import numpy as np
+    from gguf import GGUFWriter
+
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(4)
+    w.add_embedding_length(64)
+    w.add_head_count(4)
+    w.add_head_count_kv(kv_heads)
+    w.add_key_length(16)
+    w.add_context_length(4096)
+    w.add_expert_count(4)
+    w.add_expert_used_count(2)
+    w.add_expert_feed_forward_length(32)
+    w.add_uint32(f"{arch}.expert_shared_feed_forward_length", 64)
+    w.add_uint32(f"{arch}.ssm.conv_kernel", 4)
+    w.add_uint32(f"{arch}.ssm.state_size", 16)
+    w.add_uint32(f"{arch}.ssm.group_count", 2 if arch == "qwen3next" else 1)
+    w.add_uint32(f"{arch}.ssm.time_step_rank", 4)
+    w.add_uint32(f"{arch}.ssm.inner_size", 64 if arch == "qwen3next" else 128)
+    if arch == "qwen3next":
+        w.add_uint32(f"{arch}.full_attention_interval", 4)
+    w.add_token_list([f"t{i}" for i in range(100)])
+    w.add_tensor("token_embd.weight", np.zeros((100, 64), np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_hybrid_gguf_headers_give_the_recurrent_layout(tmp_path):
+    """llama.cpp writes the recurrent geometry as {arch}.ssm.* (convert_hf_to_gguf.py Qwen3NextModel,
+    GraniteHybridModel); Granite's Mamba layers have 0 KV heads."""
+    from vramplan.modelfiles import read_model_file
+
+    _hybrid_gguf(tmp_path / "qn.gguf", "qwen3next", 2)
+    a = from_hf_config(read_model_file(tmp_path / "qn.gguf")["config"])
+    assert a.layer_types == ("recurrent", "recurrent", "recurrent", "full")
+    # key_dim 2 x 16 = 32, value_dim 4 x 16 = 64: conv over 2 x 32 + 64 = 128; state 4 heads x 16 x 16
+    assert (a.conv_channels, a.ssm_state_elems, a.shared_expert_intermediate_size) == (128, 1024, 64)
+    _hybrid_gguf(tmp_path / "gr.gguf", "granitehybrid", [0, 0, 2, 0])
+    g = from_hf_config(read_model_file(tmp_path / "gr.gguf")["config"])
+    assert g.layer_types == ("recurrent", "recurrent", "full", "recurrent") and g.num_kv_heads == 2
+    # d_inner 128 = 4 heads x 32; conv over 128 + 2 x 1 x 16 = 160; state 4 x 32 x 16
+    assert (g.conv_channels, g.ssm_state_elems, g.shared_expert_intermediate_size) == (160, 2048, 64)

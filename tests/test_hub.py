@@ -208,7 +208,7 @@ def test_gguf_by_url_reads_the_header_only_and_keeps_the_local_keys(tmp_path):
     data = _gguf_bytes(tmp_path)
     local = read_model_file(tmp_path / "tiny.gguf")
     with FileServer({"files/tiny.gguf": data}) as server:
-        remote = read_model_file(f"{server.url}/files/tiny.gguf")
+        remote = hub.read_model(f"{server.url}/files/tiny.gguf")
         sent = server.sent["files/tiny.gguf"]
     # params: 100 x 64 + 31,250 x 64 + 64 = 2,006,464; bytes: 12,800 (f16) + 8,000,000 (f32) + 256 (f32)
     assert remote["params"] == local["params"] == 6400 + 2_000_000 + 64
@@ -234,7 +234,7 @@ def test_gguf_by_url_from_the_cli_json_keeps_todays_keys(tmp_path):
 def test_a_server_that_ignores_range_is_read_only_as_far_as_needed(tmp_path):
     data = _gguf_bytes(tmp_path, big=8_000_000)  # a 32 MB file
     with FileServer({"tiny.gguf": data}, honour_range=False) as server:
-        info = read_model_file(f"{server.url}/tiny.gguf")
+        info = hub.read_model(f"{server.url}/tiny.gguf")
     assert info["params"] == 6400 + 8_000_000 + 64
     assert info["bytes_read"] <= FIRST_CHUNK + 65536 < len(data) // 20
 
@@ -243,11 +243,11 @@ def test_truncated_and_missing_remote_files_are_clear_errors(tmp_path):
     data = _gguf_bytes(tmp_path)
     with FileServer({"cut.gguf": data[:200], "junk.gguf": b"not a gguf file at all" * 10}) as server:
         with pytest.raises(RequestError, match="ends at byte 200, inside its GGUF header"):
-            read_model_file(f"{server.url}/cut.gguf")
+            hub.read_model(f"{server.url}/cut.gguf")
         with pytest.raises(RequestError, match="no GGUF magic"):
-            read_model_file(f"{server.url}/junk.gguf")
+            hub.read_model(f"{server.url}/junk.gguf")
         with pytest.raises(RequestError, match=r"not found \(HTTP 404\)"):
-            read_model_file(f"{server.url}/absent.gguf")
+            hub.read_model(f"{server.url}/absent.gguf")
 
 
 def test_hub_gguf_file_reads_its_header_by_ranges(tmp_path):
