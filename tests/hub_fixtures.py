@@ -73,10 +73,10 @@ class FileServer:
                 try:
                     for i in range(0, len(body), 65536):
                         chunk = body[i:i + 65536]
+                        outer.sent[key] += len(chunk)  # counted before the client can see it (no race)
                         self.wfile.write(chunk)
-                        outer.sent[key] += len(chunk)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped reading: what it took is counted
+                    pass  # the client stopped reading
 
             def do_HEAD(self):
                 self._answer(head=True)
