@@ -22,7 +22,8 @@ from typing import Any
 import click
 
 
-FIND_CHOICES = ("max_seq_length", "max_batch_size", "max_concurrent_users", "min_num_gpus", "best_quantization", "gpus")
+FIND_CHOICES = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
+                "best_quantization", "gpus")
 #: A grid this long shows a progress bar (on a terminal).
 PROGRESS_MIN = 20
 
@@ -79,8 +80,11 @@ def parse_text_grid(text: str, flag: str) -> list[str]:
 @click.option("--model", "llm_key")
 @click.option("--gpu-keys", help="Limit `gpus` to these GPUs (comma-separated).")
 @click.option("--headroom", type=click.FloatRange(0, 1, max_open=True), help="Fraction of GPU memory to keep free.")
+@click.option("--slo-ttft-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean time to first token, ms.")
+@click.option("--slo-itl-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean time between output tokens, ms.")
+@click.option("--slo-e2e-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean end-to-end request latency, ms.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, fmt) -> None:
+def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, slo_ttft_ms, slo_itl_ms, slo_e2e_ms, fmt) -> None:
     """Answer "what fits?": largest context, batch or user count, fewest GPUs, best quantization, GPUs."""
     from . import plan as run_plan
 
@@ -97,6 +101,9 @@ def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, fmt
             raise click.UsageError(f"--find: unknown question {', '.join(bad)} (one of {', '.join(FIND_CHOICES)})")
     if gpu_keys:
         body["gpu_keys"] = parse_text_grid(gpu_keys, "--gpu-keys")
+    slo = {k: v for k, v in (("ttft_ms", slo_ttft_ms), ("itl_ms", slo_itl_ms), ("e2e_latency_ms", slo_e2e_ms)) if v is not None}
+    if slo:
+        body["slo"] = {**(body.get("slo") or {}), **slo}
     body.setdefault("workload", "inference")
     if "find" not in body:
         raise click.UsageError("--find: required (or a \"find\" list in the --request file)")
@@ -121,7 +128,12 @@ def plan_table(answers: dict[str, Any], body: dict[str, Any]) -> str:
         else:
             e = a["estimate"]
             note = f"  (limited by {a['limited_by']})" if a.get("limited_by") else ""
-            lines.append(f"  {q:<22} {a['value']}: {e['vram_usage']:.2f} GiB, {e['memory_status']}{note}")
+            if a.get("binding"):
+                note += f"  (next step fails on {a['binding']})"
+            value = f"{a['value']:g} requests/s" if q == "max_request_rate" else a["value"]
+            srv = e.get("serving")
+            speed = (f", TTFT {srv['ttft_ms']:.0f} ms, ITL {srv['itl_ms']:.1f} ms" if srv and srv["ttft_ms"] is not None else "")
+            lines.append(f"  {q:<22} {value}: {e['vram_usage']:.2f} GiB, {e['memory_status']}{speed}{note}")
     return "\n".join(lines)
 
 

@@ -248,6 +248,9 @@ def _hub_errors(exc: Exception, ref: HubRef, where: str, filename: str) -> Reque
             msg = f"cannot reach the Hub for {ref.repo} and {filename} is not in the Hugging Face cache"
     elif isinstance(exc, e.EntryNotFoundError):
         msg = f"{ref.repo} has no {filename}"
+    elif "Connect" in name or "Timeout" in name:
+        msg = (f"cannot reach the Hub for {ref.repo} ({name}); {filename} is not in the Hugging Face cache "
+               "(set HF_HUB_OFFLINE=1 to use only the cache)")
     else:
         msg = f"the Hub lookup of {ref.repo}/{filename} failed ({name}: {str(exc)[:200]})"
     return RequestError([(where, msg)])

@@ -62,6 +62,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "users": ("users", "concurrent_users"),
     "seqs": ("sequences", "sequences in flight (batch x users)"),
     "seq": ("tokens", "context per sequence (prompt + generated, plus image tokens)"),
+    "input_tokens": ("tokens", "prompt tokens per request (per sequence)"),
+    "output_tokens": ("tokens", "generated tokens per request (per sequence)"),
+    "request_rate": ("requests/s", "open-loop arrival rate; 0 = a closed loop of concurrent_users clients"),
+    "gpu_hour_cost": ("currency/GPU-hour", "price of one GPU-hour; 0 = not given"),
     "prefix_caching": ("flag", "enable_prefix_caching"),
     "shared_prefix_ratio": ("fraction", "share of each prompt that is a shared prefix"),
     "continuous_batching": ("flag", "enable_continuous_batching"),
@@ -113,6 +117,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "eff_train_mfu": ("fraction", "model FLOPs utilization in training (runtime x hardware class)"),
     "power_idle_fraction": ("fraction", "share of TDP a GPU draws while memory-bound"),
     "gpu_fp32_tflops": ("TFLOP/s", "vector (non-tensor) fp32 throughput: the ALUs that dequantize weights"),
+    "gpu_cc": ("version", "NVIDIA CUDA compute capability as a number (6.1, 8.9); 0 for other vendors"),
+    "gpu_sm_count": ("SMs", "streaming multiprocessors of one GPU; 0 where the catalog has none (no per-SM cap)"),
     "weights_dequantized": ("flag", "weights are stored in a format the matmuls must unpack (integer, GGUF, AWQ/GPTQ, NF4, ...)"),
     "dequant_flops_per_weight": ("FLOP", "ALU work to unpack one weight in a decode mat-vec (runtime x hardware class)"),
 }
@@ -142,6 +148,30 @@ def hardware_class(gpu: dict[str, Any]) -> str:
     if gpu["vendor"] in ("amd", "intel"):
         return gpu["vendor"]
     return "nvidia_datacenter" if gpu["category"] == "datacenter" else "nvidia_consumer"
+
+
+def _unpack_flops(res: Resolved, cls: str) -> float:
+    """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
+
+    A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
+    per class like every constant): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against
+    pre-scaled activations, k-quants with a longer sequence. Without one, the general constant applies.
+    """
+    consts = res.runtime.data["constants"]
+    if res.quant.data.get("gguf_block") == "legacy":
+        for key in (f"dequant_flops_per_weight_legacy_{cls}", "dequant_flops_per_weight_legacy"):
+            if key in consts:
+                return float(consts[key]["value"])
+    return _rt(res, "dequant_flops_per_weight", cls)
+
+
+def _compute_capability(gpu: dict[str, Any]) -> float:
+    """The catalog's CUDA compute capability ("6.1") as a number; 0 for non-NVIDIA parts (no CUDA kernels)."""
+    cc = gpu.get("compute_capability")
+    if gpu["vendor"] != "nvidia" or not cc:
+        return 0.0
+    major, _, minor = str(cc).partition(".")
+    return float(major) + float(minor or 0) / 10
 
 
 def _rt(res: Resolved, name: str, cls: str) -> float:
@@ -196,16 +226,39 @@ def _quant_vars(qbits: dict[str, float]) -> dict[str, float]:
     return s
 
 
-_RT_CACHE: dict[int, tuple[dict, dict[str, float]]] = {}
+_RT_CACHE: dict[int, tuple] = {}
 
 
-def _runtime_vars(runtime: dict) -> dict[str, float]:
-    """A runtime profile's constants as rt_<name> (cached per loaded profile)."""
+def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float) -> dict[str, float]:
+    """A runtime profile's constants as rt_<name> (cached per loaded profile and tier).
+
+    A constant with ``tiers`` takes the first tier that names the GPU in ``gpus`` or whose
+    ``below_gib`` is above the GPU's memory (vLLM and SGLang size their token budgets and batch
+    limits by the GPU), else its ``value``."""
     hit = _RT_CACHE.get(id(runtime))
     if hit is None or hit[0] is not runtime:
-        hit = (runtime, {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()})
+        base = {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()}
+        tiered = tuple((f"rt_{name}", tuple((frozenset(t.get("gpus", ())), t.get("below_gib", 0.0), float(t["value"]))
+                                             for t in c["tiers"]))
+                       for name, c in runtime["constants"].items() if c.get("tiers"))
+        hit = (runtime, base, tiered, {})
         _RT_CACHE[id(runtime)] = hit
-    return hit[1]
+    _, base, tiered, by_tier = hit
+    if not tiered:
+        return base
+    picks = tuple(next((v for gpus, below, v in tiers if gpu_key in gpus or gpu_mem_gib < below), None)
+                  for _, tiers in tiered)
+    values = by_tier.get(picks)
+    if values is None:
+        values = dict(base)
+        values.update({name: v for (name, _), v in zip(tiered, picks) if v is not None})
+        by_tier[picks] = values
+    return values
+
+
+def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float) -> float:
+    """One constant as a request on that GPU sees it (tiers applied)."""
+    return _runtime_vars(runtime, gpu_key, gpu_mem_gib)[f"rt_{name}"]
 
 
 def build(res: Resolved) -> dict[str, float]:
@@ -252,12 +305,13 @@ def build(res: Resolved) -> dict[str, float]:
         "eff_decode_bw": _rt(res, "decode_bw_eff", cls), "eff_prefill_flops": _rt(res, "prefill_flops_eff", cls),
         "eff_train_mfu": _rt(res, "train_mfu", cls), "power_idle_fraction": _rt(res, "power_memory_bound_fraction", cls),
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
+        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
         "weights_dequantized": int(res.quant.data["kind"] != "float"),
     })
-    s["dequant_flops_per_weight"] = _rt(res, "dequant_flops_per_weight", cls) * s["weights_dequantized"]
+    s["dequant_flops_per_weight"] = _unpack_flops(res, cls) * s["weights_dequantized"]
     nvme = _rt(res, "nvme_read_gb_s", cls)
     s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
-    s.update(_runtime_vars(res.runtime.data))
+    s.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
     for name, value in (req.get("runtime_settings") or {}).items():
         s[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
     if s.get("rt_activation_bytes", 0) > 0 and res.workload == "inference":
@@ -294,6 +348,10 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
+    # image soft tokens are part of each prompt (as they are of seq)
+    s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
+    s["request_rate"] = float(req.get("request_rate") or 0.0)
+    s["gpu_hour_cost"] = float(req.get("gpu_hour_cost") or 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
@@ -366,4 +424,5 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     s["tokens_per_sample"] = req["tokens_per_sample"]
     s["num_epochs"] = req["num_epochs"]
     s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0,
-              "offload_layers": 0, "offload_kv": 0})
+              "offload_layers": 0, "offload_kv": 0, "input_tokens": req["seq_length"], "output_tokens": 1,
+              "request_rate": 0.0, "gpu_hour_cost": 0.0})
