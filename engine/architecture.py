@@ -68,6 +68,11 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "llama4_text": {"tie_word_embeddings": False},  # use_qk_norm is a weightless L2 norm
     "gpt_oss": {"tie_word_embeddings": False, "qkv_bias": True, "out_bias": True},
     "falcon": {"tie_word_embeddings": True},
+    "smollm3": {"tie_word_embeddings": True},
+    "glm4_moe": {"tie_word_embeddings": False, "qkv_bias": True, "qk_norm": True, "qk_norm_key": "use_qk_norm"},
+    # MiniMax-M2: qk_norm_type "per_layer" = one RMSNorm over the whole q and k projections
+    "minimax_m2": {"tie_word_embeddings": False, "qk_norm": "full", "qk_norm_key": "use_qk_norm"},
+    "nemotron-nas": {"tie_word_embeddings": False},
     # families with unusual layers (vramplan.families reads their own keys)
     "qwen3_next": {"tie_word_embeddings": False, "qk_norm": True},
     "granitemoehybrid": {"tie_word_embeddings": False},
@@ -95,8 +100,9 @@ class Architecture:
     tie_word_embeddings: bool
     v_head_dim: int = 0
     max_position_embeddings: int | None = None
-    layer_types: tuple[str, ...] = ()  # "full" or "sliding", one per layer
+    layer_types: tuple[str, ...] = ()  # one per layer: "full", "sliding", "none" (no attention), "linear"
     sliding_window: int | None = None
+    attn_mask_window: int | None = None  # the window transformers' attention mask applies (see _attn_mask_window)
     gated_mlp: bool = True
     qkv_bias: bool = False
     out_bias: bool = False
@@ -113,6 +119,8 @@ class Architecture:
     shared_expert_intermediate_size: int = 0  # all shared experts together
     moe_layers: tuple[int, ...] = ()  # indices of layers whose FFN is MoE
     dense_intermediate_size: int = 0  # FFN size of the non-MoE layers of an MoE model
+    # Layers that differ (DeciLM / Nemotron NAS block_configs): FFN width per layer, 0 = no FFN
+    ffn_sizes: tuple[int, ...] = ()
     # Multi-head latent attention (DeepSeek V2/V3, Kimi K2)
     kv_lora_rank: int = 0
     q_lora_rank: int = 0
@@ -130,7 +138,6 @@ class Architecture:
     ssm_kernel_state_bits: int = 0  # bits the reference kernels return the state in (0: compute dtype)
     recurrent_params: tuple[tuple[str, int], ...] = ()  # (role, params) of one recurrent mixer
     kv_shared: tuple[bool, ...] = ()  # per layer: reads another layer's KV cache (Gemma 3n)
-    no_ffn_layers: int = 0  # layers without a feed-forward (Nemotron-H mixer blocks)
     ffn_widths: tuple[int, ...] = ()  # per-layer dense FFN widths where they differ (Gemma 3n)
     per_layer_embd_params: int = 0
     extra_params: tuple[tuple[str, int], ...] = ()  # (role, params) the generic count misses
@@ -153,7 +160,7 @@ class Architecture:
 
     @property
     def num_full_layers(self) -> int:
-        """Layers with global self-attention (all layers when no layout is known)."""
+        """Layers with global softmax attention (each keeps a full-length KV cache)."""
         if not self.layer_types:
             return self.num_layers
         return sum(1 for t in self.layer_types if t == "full")
@@ -168,10 +175,9 @@ class Architecture:
 
     @property
     def num_attention_layers(self) -> int:
-        """Layers with attention projections: self-attention (global or windowed) and cross-attention."""
-        if not self.layer_types:
-            return self.num_layers
-        return sum(1 for t in self.layer_types if t in ("full", "sliding", "cross"))
+        """Layers with attention projections: softmax self-attention (full or windowed) and
+        cross-attention (the others have none, a recurrent mixer, or a plain linear)."""
+        return self.num_full_layers + self.num_sliding_layers + self.num_cross_layers
 
     def _kv_owning(self, kind: str) -> int:
         shared = self.kv_shared or (False,) * len(self.layer_types)
@@ -219,7 +225,8 @@ class Architecture:
         (plus shared experts), both embedding matrices, and no vision encoder. Vendors differ on
         whether the embedding lookup counts as "active" (OpenAI's gpt-oss figures leave it out).
         """
-        h, L = self.hidden_size, self.num_attention_layers  # attention projections
+        h, L = self.hidden_size, self.num_layers
+        La = self.num_attention_layers  # layers with attention weights (all but DeciLM no-op / linear ones)
         r = dict.fromkeys(ROLES, 0)
         r["token_embd"] = self.vocab_size * h
         r["output"] = 0 if self.tie_word_embeddings else self.vocab_size * h
@@ -229,34 +236,38 @@ class Architecture:
         if self.is_mla:
             nope_rope = self.qk_nope_head_dim + self.qk_rope_head_dim
             if self.q_lora_rank:
-                r["attn_q"] = L * (h * self.q_lora_rank + self.q_lora_rank * self.num_heads * nope_rope)
-                r["norm"] += L * self.q_lora_rank
+                r["attn_q"] = La * (h * self.q_lora_rank + self.q_lora_rank * self.num_heads * nope_rope)
+                r["norm"] += La * self.q_lora_rank
             else:
-                r["attn_q"] = L * h * self.num_heads * nope_rope
-            r["attn_k"] = L * h * (self.kv_lora_rank + self.qk_rope_head_dim)
-            r["attn_v"] = L * self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
-            r["norm"] += L * self.kv_lora_rank
+                r["attn_q"] = La * h * self.num_heads * nope_rope
+            r["attn_k"] = La * h * (self.kv_lora_rank + self.qk_rope_head_dim)
+            r["attn_v"] = La * self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
+            r["norm"] += La * self.kv_lora_rank
         else:
             kv = self.num_kv_heads * self.head_dim
-            r["attn_q"] = L * h * self.q_dim
-            r["attn_k"] = L * h * kv
-            r["attn_v"] = L * h * self.num_kv_heads * (self.v_head_dim or self.head_dim)
+            r["attn_q"] = La * h * self.q_dim
+            r["attn_k"] = La * h * kv
+            r["attn_v"] = La * h * self.num_kv_heads * (self.v_head_dim or self.head_dim)
             if self.qkv_bias:
-                r["norm"] += L * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
-        r["attn_output"] = L * self.attn_out_dim * h
+                r["norm"] += La * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
+        r["attn_output"] = La * self.attn_out_dim * h
         if self.out_bias:
-            r["norm"] += L * h
+            r["norm"] += La * h
         if self.qk_norm:
-            r["norm"] += L * (self.qk_norm_params_per_layer or 2 * self.head_dim)
+            r["norm"] += La * (self.qk_norm_params_per_layer or 2 * self.head_dim)
+        n_linear = sum(1 for t in self.layer_types if t == "linear")
+        if n_linear:  # DeciLM replace_with_linear attention: one hidden x hidden linear
+            r["attn_output"] += n_linear * h * h
         # feed-forward
-        L = self.num_layers
         moe_layers = set(self.moe_layers) if self.is_moe else set()
         n_moe = len(moe_layers)
-        n_dense = L - n_moe - self.no_ffn_layers
+        n_dense = L - n_moe
         dense_ff = self.dense_intermediate_size or self.intermediate_size
         mats = 3 if self.gated_mlp else 2
         up_like = dense_ff * h * n_dense  # one matrix's worth over dense layers
-        if self.ffn_widths and not n_moe and not self.no_ffn_layers:
+        if self.ffn_sizes:
+            up_like = h * sum(f for i, f in enumerate(self.ffn_sizes) if i not in moe_layers)
+        elif self.ffn_widths and not n_moe:
             up_like = sum(self.ffn_widths) * h
         if self.gated_mlp:
             r["ffn_gate"] += up_like
@@ -279,7 +290,10 @@ class Architecture:
                 r["norm"] += n_moe * (experts * (2 * self.moe_intermediate_size + h) + self.num_experts)
         # norms: per layer (pre-attention, pre-FFN; Gemma 2/3 add two post-norms) and the final one
         norm_width = h * (2 if self.norm_bias else 1)
-        r["norm"] += (L * self.norms_per_layer + 1) * norm_width
+        norms = L * self.norms_per_layer
+        if self.ffn_sizes:  # DeciLM: a layer's pre-attention norm exists with its attention, pre-FFN norm with its FFN
+            norms = (La + n_linear + self.num_recurrent_layers) + sum(1 for f in self.ffn_sizes if f)
+        r["norm"] += (norms + 1) * norm_width
         if self.model_type == "gpt_oss":
             r["norm"] += L * self.num_heads  # attention sinks
         r["vision"] = 0 if active else self.vision_params  # the image encoder runs per image, not per token
@@ -346,6 +360,11 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
     layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
     heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
+    blocks = _decilm_blocks(cfg, hidden, heads, layers, where, problems)
+    if problems:  # a malformed block_configs: its keys are what is wrong, not the null ones it would fill in
+        raise RequestError(problems)
+    if blocks:  # the per-layer shapes fill in the keys a DeciLM config leaves null
+        cfg = {**cfg, "intermediate_size": max(blocks[1]) or 1, "num_key_value_heads": blocks[2]}
     vocab = _first(cfg, "vocab_size", "padded_vocab_size")
     inter = _first(cfg, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
     required = (("hidden_size", hidden), ("num_hidden_layers", layers), ("num_attention_heads", heads),
@@ -383,6 +402,8 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
             assumed.append("tie_word_embeddings = true (transformers' default; not in config)")
 
     layer_types, window = _attention_layout(cfg, model_type, layers)
+    if blocks:
+        layer_types, window = blocks[0], None
 
     # mixture of experts
     n_exp = _first(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0
@@ -434,7 +455,8 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     if problems:
         raise RequestError(problems)
     base = {"layers": layers, "hidden": hidden, "heads": heads, "head_dim": head_dim, "layer_types": layer_types,
-            "n_experts": int(n_exp), "n_moe": len(moe_layers), "shared_inter": int(shared_inter)}
+            "n_experts": int(n_exp), "n_moe": len(moe_layers), "shared_inter": int(shared_inter), "inter": inter,
+            "moe_inter": int(moe_inter)}
     special = families.read(cfg, top, model_type, base, where=where, problems=problems, assumed=assumed)
     if problems:
         raise RequestError(problems)
@@ -454,6 +476,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         max_position_embeddings=_first(cfg, "max_position_embeddings", "n_positions", "max_seq_len"),
         layer_types=layer_types,
         sliding_window=int(window) if window else None,
+        attn_mask_window=_attn_mask_window(cfg, model_type, window),
         gated_mlp=bool(fam.get("gated_mlp", True)),
         qkv_bias=bool(_first(cfg, "attention_bias", "qkv_bias", default=fam.get("qkv_bias", False))),
         out_bias=bool(fam.get("out_bias", False)),
@@ -469,6 +492,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         shared_expert_intermediate_size=int(shared_inter),
         moe_layers=moe_layers,
         dense_intermediate_size=int(dense_inter),
+        ffn_sizes=blocks[1] if blocks else (),
         kv_lora_rank=kv_lora,
         q_lora_rank=int(cfg.get("q_lora_rank") or 0),
         qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0),
@@ -478,6 +502,61 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     fields.update(special)
     fields["sliding_window"] = int(window) if window else None
     return Architecture(**fields, assumed=tuple(assumed))
+
+
+def _decilm_blocks(cfg: dict, hidden, heads, layers, where: str, problems: list[tuple[str, str]]):
+    """DeciLM / Nemotron NAS ``block_configs``: each layer's attention (GQA group size, or a no-op, or
+    one linear) and FFN (``ffn_mult`` of the hidden size, or a no-op, or one linear).
+
+    Returns (layer_types, ffn_sizes, kv_heads) or None when the config has no block_configs. FFN
+    width = round_up(int(2 * ffn_mult * hidden / 3), 256), as ``_ffn_mult_to_intermediate_size`` in
+    the model's modeling_decilm.py (and vLLM / llama.cpp's converter) computes it.
+    """
+    raw = cfg.get("block_configs")
+    if raw is None:
+        return None
+    at = f"{where}.block_configs"
+    if not (isinstance(raw, list) and raw and all(isinstance(b, dict) for b in raw)):
+        problems.append((at, "must be a list of per-layer objects"))
+        return None
+    if not (isinstance(hidden, int) and isinstance(heads, int) and hidden > 0 and heads > 0):
+        return None  # reported with the other required keys
+    if isinstance(layers, int) and layers != len(raw):
+        problems.append((at, f"has {len(raw)} entries for num_hidden_layers {layers}"))
+        return None
+    kinds, ffn, groups = [], [], set()
+    for i, b in enumerate(raw):
+        attn, mlp = b.get("attention") or {}, b.get("ffn") or {}
+        if attn.get("no_op"):
+            kinds.append("none")
+        elif attn.get("replace_with_linear"):
+            kinds.append("linear")
+        else:
+            group = attn.get("n_heads_in_group")
+            if isinstance(group, bool) or not isinstance(group, int) or group <= 0 or heads % group:
+                problems.append((f"{at}[{i}].attention.n_heads_in_group",
+                                 f"must be a positive divisor of num_attention_heads {heads}, got {group!r}"))
+                return None
+            groups.add(group)
+            kinds.append("full")
+        if mlp.get("no_op"):
+            ffn.append(0)
+        elif mlp.get("replace_with_linear"):
+            ffn.append(0)
+            problems.append((f"{at}[{i}].ffn.replace_with_linear", "a linear FFN replacement is not supported"))
+        else:
+            mult = mlp.get("ffn_mult")
+            if isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult <= 0:
+                problems.append((f"{at}[{i}].ffn.ffn_mult", f"must be a positive number, got {mult!r}"))
+                return None
+            width = int(2 * mult * hidden / 3)
+            ffn.append(-(-width // 256) * 256)
+    if len(groups) > 1:
+        problems.append((at, f"attention layers use different n_heads_in_group {sorted(groups)}; "
+                             "one KV-head count per model is supported"))
+        return None
+    kv_heads = heads // groups.pop() if groups else heads
+    return tuple(kinds), tuple(ffn), kv_heads
 
 
 def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[str, ...], int | None]:
@@ -515,6 +594,19 @@ def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[st
     if "sliding" not in layer_types:
         window = None
     return layer_types, window
+
+
+def _attn_mask_window(cfg: dict, model_type: str, window: int | None) -> int | None:
+    """The sliding window transformers' own attention mask applies, where it differs from the KV layout.
+
+    Phi-3's modeling code builds a sliding-window mask from ``config.sliding_window`` on every layer
+    (transformers models/phi3/modeling_phi3.py ``Phi3Model.forward``: ``create_sliding_window_causal_mask``
+    when ``sliding_window`` is set), although :func:`_attention_layout` treats its layers as global
+    (the window does not bound what the KV cache keeps). Other families mask their sliding layers.
+    """
+    if model_type == "phi3" and isinstance(cfg.get("sliding_window"), int) and cfg["sliding_window"] > 0:
+        return int(cfg["sliding_window"])
+    return int(window) if window else None
 
 
 def _vision_params(config: dict, text_hidden: int) -> int:

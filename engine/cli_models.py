@@ -64,30 +64,24 @@ def models() -> None:
 @click.option("--family", help="only this family; a prefix matches too (qwen matches qwen2.5 and qwen3)")
 @click.option("--min-params", type=click.FloatRange(min=0), help="at least this many billion parameters (total)")
 @click.option("--max-params", type=click.FloatRange(min=0), help="at most this many billion parameters (total)")
-@click.option("--search", help="text to find in the key or name (case-insensitive)")
+@click.option("--capability", "capabilities", multiple=True, metavar="NAME",
+              help="only models with this capability (repeatable, all required): instruct, moe, vision, "
+                   "sliding_window, mla, reasoning, code, tools")
+@click.option("--search", help="words that must all appear in the key, name, family or Hub repository (any case)")
 @FORMAT
-def list_models_cmd(family, min_params, max_params, search, fmt) -> None:
-    """List catalog models."""
+def list_models_cmd(family, min_params, max_params, capabilities, search, fmt) -> None:
+    """List catalog models, filtered as GET llms filters them."""
     import vramplan
 
-    if min_params is not None and max_params is not None and min_params > max_params:
-        raise click.UsageError(f"--min-params {min_params:g} is above --max-params {max_params:g}")
+    filters = {"family": family, "min_params": min_params, "max_params": max_params,
+               "capability": [c.strip() for v in capabilities for c in v.split(",") if c.strip()] or None,
+               "search": search}
     try:
-        entries = vramplan.list_models()
+        rows = vramplan.list_models(**{k: v for k, v in filters.items() if v is not None})
+    except vramplan.RequestError as exc:
+        raise click.UsageError("; ".join(f"--{w.replace('_', '-')}: {m}" for w, m in exc.problems)) from None
     except VramplanError as exc:
         raise click.ClickException(exc.message) from None
-    rows = []
-    for m in entries:
-        params = m.get("params_b")
-        if family and not str(m.get("family", "")).lower().startswith(family.lower()):
-            continue
-        if min_params is not None and (params is None or params < min_params):
-            continue
-        if max_params is not None and (params is None or params > max_params):
-            continue
-        if search and search.lower() not in f"{m.get('key', '')} {m.get('name', '')}".lower():
-            continue
-        rows.append(m)
     rows.sort(key=lambda m: (str(m.get("family", "")), m.get("params_b") or 0, str(m.get("key"))))
     if fmt == "json":
         _emit(rows, fmt, "")

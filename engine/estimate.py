@@ -193,6 +193,8 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             active.append(f"zero_stage_{opt['zero_stage']}")
         out["active_optimizations"] = active
         out["optimization_preset"] = _preset(res.request)
+    # The whole model in the chosen format (a GGUF: its tensor data), beside the busiest GPU's share above
+    out["model_weights_gb"] = _gib(v["weights_file_bytes"])
     out["memory_details"] = details
     out["memory_breakdown"] = breakdown
     out["runtime"] = res.runtime.key

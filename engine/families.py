@@ -222,9 +222,12 @@ def _nemotron_h(cfg: dict, top: dict, base: dict, where: str, problems: list, as
     conv, params = _mamba2_mixer(h, d_inner, n_heads, n_groups, d_state, kernel,
                                  _flag(cfg, "use_conv_bias", fam), _flag(cfg, "use_bias", fam))
     moe = tuple(i for i, c in enumerate(pattern) if c == "E")
+    # per-block FFN width, 0 for the mixer blocks (and a block's one norm follows from its kind: the
+    # architecture counts a norm per attention, recurrent and FFN block)
+    ffn = tuple(base["inter"] if c == "-" else (base["moe_inter"] if c == "E" else 0) for c in pattern)
     out = {"layer_types": kinds, "recurrent_kind": "mamba2", "conv_channels": conv, "conv_kernel": kernel,
-           "ssm_state_elems": n_heads * d_head * d_state, "recurrent_params": params,
-           "no_ffn_layers": sum(1 for c in pattern if c in "M*"), "norms_per_layer": 1, "gated_mlp": False}
+           "ssm_state_elems": n_heads * d_head * d_state, "recurrent_params": params, "ffn_sizes": ffn,
+           "gated_mlp": False}
     if base["n_experts"]:
         out["moe_layers"] = moe
     return out

@@ -13,6 +13,7 @@ from . import hub
 from .architecture import Architecture, from_hf_config
 from .catalog import Catalog
 from .errors import RequestError
+from .ggufmix import format_bits
 from .registry import Entry
 
 #: Weights format a fine-tuning method trains on, by (method, fine_tuning_quantization).
@@ -34,6 +35,7 @@ class Resolved:
     runtime: Entry
     interconnect: Entry
     host_link: Entry | None
+    weight_bits: dict[str, float] = field(default_factory=dict)  # bits per parameter by role, this model in this format
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     weights_file_bytes: int | None = None  # exact bytes of a Hub model's checkpoint in the requested format
@@ -136,10 +138,12 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
+    # GGUF file types choose a ggml type per tensor from the model's shape (llama-quant.cpp rules in the catalog)
+    bits = format_bits(cat.gguf, quant, arch)
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
-        interconnect=interconnect, host_link=host_link, assumptions=assumptions, warnings=warnings,
+        interconnect=interconnect, host_link=host_link, weight_bits=bits, assumptions=assumptions, warnings=warnings,
         weights_file_bytes=file_bytes)
 
 

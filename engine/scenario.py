@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from .architecture import ROLES, Architecture
+from .errors import RequestError
 from .resolve import Resolved
 
 #: name → (unit, meaning)
@@ -52,6 +53,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "params_active": ("params", "parameters a token uses (MoE: routed experts only)"),
     "gated_mlp": ("flag", "SwiGLU/GeGLU-style gated MLP (gate, up, down)"),
     "fused_gate_up": ("flag", "gate and up projections in one linear whose output the MLP keeps (Phi-3 / GLM gate_up_proj)"),
+    "fused_qkv": ("flag", "q, k and v computed by one linear and split into views (Phi-3 qkv_proj)"),
+    "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
+                                "it contiguous in (batch, heads, tokens, head_dim) order"),
+    "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
+    "n_layers_masked": ("layers", "layers whose attention applies the sliding-window mask"),
+    "int8_matmul": ("flag", "weights and activations meet in an int8 matmul (bitsandbytes LLM.int8 in transformers)"),
     # quantization
     "custom_weights_bytes": ("bytes", "exact weight bytes from a model file (0: compute from params x bits)"),
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
@@ -133,6 +140,12 @@ for _m in ("q", "k", "v", "o", "gate", "up", "down"):
 
 #: Families whose transformers MLP computes gate and up with one linear (gate_up_proj).
 FUSED_GATE_UP_FAMILIES = ("phi3", "glm", "glm4")
+#: Families whose transformers attention computes q, k, v with one linear (qkv_proj) and slices it
+#: (models/phi3/modeling_phi3.py Phi3Attention.forward).
+FUSED_QKV_FAMILIES = ("phi3",)
+#: Families whose apply_rotary_pos_emb ends in torch.cat([rotated, pass-through]) (partial rotary),
+#: which returns q contiguous in (batch, heads, tokens, head_dim) order (models/phi3, glm, glm4).
+ROPE_CAT_FAMILIES = ("phi3", "glm", "glm4")
 
 #: Efficiency classes runtimes keep constants for.
 HARDWARE_CLASSES = ("nvidia_datacenter", "nvidia_consumer", "amd", "intel", "apple")
@@ -205,6 +218,11 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
         # transformers' Phi3MLP / GlmMLP: one gate_up_proj, chunked into views (models/phi3/modeling_phi3.py)
         "fused_gate_up": int(a.model_type in FUSED_GATE_UP_FAMILIES and a.gated_mlp and not a.is_moe),
+        "fused_qkv": int(a.model_type in FUSED_QKV_FAMILIES and not a.is_mla),
+        "rope_cat_layout": int(a.model_type in ROPE_CAT_FAMILIES),
+        "mask_window": a.attn_mask_window or 0,
+        # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
+        "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,
     })
     for role in ROLES:
         s[f"p_{role}"] = roles[role]
@@ -264,13 +282,14 @@ def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float)
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
     req, a, gpu = res.request, res.arch, res.gpu.data
-    qbits = res.quant.data["bits"]
+    qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
     s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
     s["weights_compute_bits"] = float(qbits["default"])
+    s["int8_matmul"] = int(compute == "int8")
 
     n = req.get("num_gpus", 1)
     s["num_gpus"] = n
@@ -324,7 +343,9 @@ def _lora_dims(s: dict[str, float], a) -> None:
     L, h = a.num_attention_layers, a.hidden_size  # q/k/v/o exist only in attention layers (hybrids)
     n_moe = len(a.moe_layers)
     dense_ff = a.dense_intermediate_size or a.intermediate_size
-    ff_copies = (a.num_layers - n_moe - a.no_ffn_layers) * (h + dense_ff)
+    ff_layers = sum(1 for i, f in enumerate(a.ffn_sizes) if f and i not in set(a.moe_layers)) if a.ffn_sizes \
+        else a.num_layers - n_moe
+    ff_copies = ff_layers * (h + dense_ff)
     if n_moe:
         ff_copies += n_moe * a.num_experts * (h + a.moe_intermediate_size)
         if a.shared_expert_intermediate_size:
@@ -337,6 +358,13 @@ def _lora_dims(s: dict[str, float], a) -> None:
     s["lora_dims_gate"] = ff_copies if a.gated_mlp else 0
     s["lora_dims_up"] = ff_copies
     s["lora_dims_down"] = ff_copies
+    # A fused linear shares one input: qkv_proj is h -> q + k + v, gate_up_proj h -> 2 x intermediate,
+    # so k/v (and up) add only their output width (one lora_A of r x h per fused module).
+    if s["fused_qkv"]:
+        s["lora_dims_k"] -= L * h
+        s["lora_dims_v"] -= L * h
+    if s["fused_gate_up"]:
+        s["lora_dims_up"] -= L * h
 
 
 def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> None:
@@ -382,6 +410,42 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
 ALL_LINEAR = ("q", "k", "v", "o", "gate", "up", "down")
 
 
+def model_linear_names(s: dict[str, float]) -> dict[str, tuple[str, ...]]:
+    """The decoder layer's linear modules as transformers names them, with the projections each computes."""
+    names: dict[str, tuple[str, ...]] = {}
+    if s["fused_qkv"]:
+        names["qkv_proj"] = ("q", "k", "v")
+    else:
+        names.update({"q_proj": ("q",), "k_proj": ("k",), "v_proj": ("v",)})
+    names["o_proj"] = ("o",)
+    if s["fused_gate_up"]:
+        names["gate_up_proj"] = ("gate", "up")
+    else:
+        if s["gated_mlp"]:
+            names["gate_proj"] = ("gate",)
+        names["up_proj"] = ("up",)
+    names["down_proj"] = ("down",)
+    return names
+
+
+def _lora_targets(targets, s: dict[str, float], res: Resolved) -> tuple[str, ...]:
+    """Projections peft adapts: "all-linear" hits every linear of the layers (the head excluded), a list
+    hits the modules whose name it gives - on Phi-3 ``qkv_proj`` / ``gate_up_proj``, so ``q_proj`` matches
+    nothing there (peft tuners_utils.check_target_module_exists; inject_adapter raises when no module matched)."""
+    names = model_linear_names(s)
+    if targets == "all-linear":
+        return tuple(p for projs in names.values() for p in projs)
+    missing = [t for t in targets if t not in names]
+    hit = tuple(p for t in targets if t in names for p in names[t])
+    if not hit:
+        raise RequestError([("lora_target_modules", f"none of {', '.join(targets)} is a linear layer of this model "
+                             f"(its layers have {', '.join(names)}); peft would find no module to adapt")])
+    if missing:
+        res.warnings.append(f"lora_target_modules: {', '.join(missing)} matches no layer of this model "
+                            f"(its layers have {', '.join(names)}); peft adapts only the others")
+    return hit
+
+
 def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None:
     opt = req["optimization_config"]
     method = req["finetuning_method"]
@@ -396,10 +460,9 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     if s["mixed_precision"]:
         s["act_bytes"] = 2.0  # autocast runs the matmuls in bf16/fp16
     s["lora_rank"] = req["lora_rank"] if method != "full" else 0
-    targets = req["lora_target_modules"]
-    chosen = ALL_LINEAR if targets == "all-linear" else tuple(t.split("_")[0] for t in targets)
+    chosen = _lora_targets(req["lora_target_modules"], s, res) if method != "full" else ()
     for m in ALL_LINEAR:
-        s[f"lora_{m}"] = int(method != "full" and m in chosen)
+        s[f"lora_{m}"] = int(m in chosen)
     ga = req["gradient_accumulation_steps"]
     s["grad_accum"] = ga
     mb = req.get("micro_batch_size")

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from .. import hub
 from ..errors import RequestError, VramplanError
+from ..listing import model_filters_from_query
 from . import auth
 from .errors import error_response, request_error_response, unauthorized
 
@@ -124,8 +125,10 @@ async def _call_engine(request: Request, fn_name: str, *args) -> Response:
 
     fn = getattr(vramplan, fn_name)
     try:
-        if fn_name in CACHED_LISTINGS:
+        if fn_name in CACHED_LISTINGS and not args:
             return _listing(fn_name, fn)
+        if fn_name in CACHED_LISTINGS:  # a filtered listing: keyword filters
+            return JSONResponse(fn(**args[0]))
         with hub.using(hub_policy(request)):
             inline = fn_name in INLINE_CALLS and not _names_hub_model(args)  # a Hub lookup waits on the network
             result = fn(*args) if inline else await run_in_threadpool(fn, *args)
@@ -185,6 +188,12 @@ def _list_endpoint(fn_name: str):
         denied = await authenticate(request)
         if denied is not None:
             return denied
+        if fn_name == "list_models" and request.query_params:  # GET llms?family=…&capability=…: filtered
+            try:
+                filters = model_filters_from_query({k: request.query_params.getlist(k) for k in request.query_params})
+            except RequestError as exc:
+                return request_error_response(exc)
+            return await _call_engine(request, fn_name, filters)
         return await _call_engine(request, fn_name)
 
     endpoint.__name__ = fn_name
