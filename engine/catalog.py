@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .architecture import Architecture, from_hf_config
-from .datafiles import load_validated, schema_problems
+from .datafiles import is_valid, load_validated, schema_problems
 from .errors import CatalogError, FormulaError, RequestError
 from .formulaset import FormulaSet, formula_file_from_data
 from .ggufmix import GgufRules, add_section, compile_all
@@ -108,7 +108,8 @@ def _register_from_code(cat: Catalog, host: PluginHost) -> None:
                 continue  # failed third-party plugin: already reported and skipped
             problems = []
             for key, entry in staged:
-                problems += [(f"plugin {plugin}: {kind} {key!r}: {w}", m) for w, m in schema_problems({top: {key: entry}}, schema)]
+                if not is_valid({top: {key: entry}}, schema):  # the fast check; the slow one explains
+                    problems += [(f"plugin {plugin}: {kind} {key!r}: {w}", m) for w, m in schema_problems({top: {key: entry}}, schema)]
             if problems:
                 if host.is_builtin(plugin):
                     raise CatalogError(problems)

@@ -7,6 +7,7 @@ HTTP response body (``--format json``). Every error is one line on stderr and ex
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -20,8 +21,26 @@ from .errors import VramplanError
 BAR_WIDTH = 30
 
 
+#: Commands that live in their own modules, imported when they run: the HTTP server's imports alone
+#: take longer than answering ``vramplan inference``.
+LAZY_COMMANDS = {
+    "models": "vramplan.cli_models:models", "gpus": "vramplan.cli_models:gpus", "runtimes": "vramplan.cli_models:runtimes",
+    "serve": "vramplan.server.commands:serve", "tokens": "vramplan.server.commands:tokens",
+    "plan": "vramplan.cli_plan:plan", "sweep": "vramplan.cli_sweep:sweep",
+}
+
+
 class _Group(click.Group):
     """Every user error — bad flags, bad request, unknown keys — is one line on stderr and exit 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, _, attr = LAZY_COMMANDS[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -296,21 +315,3 @@ def plugins(fmt: str) -> None:
         click.echo(f"{p['name']:<32} {p['version']:<10} {kind:<9} {', '.join(p['hooks'])}")
     for f in failed:
         click.echo(f"{f['name']:<32} {f['version']:<10} FAILED    {f['error']}")
-
-
-def _attach() -> None:
-    """Commands that live in their own modules."""
-    from .cli_models import gpus, models, runtimes
-    from .cli_plan import plan, sweep
-    from .server.commands import serve, tokens
-
-    main.add_command(models)
-    main.add_command(gpus)
-    main.add_command(runtimes)
-    main.add_command(serve)
-    main.add_command(tokens)
-    main.add_command(plan)
-    main.add_command(sweep)
-
-
-_attach()

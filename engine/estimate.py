@@ -7,6 +7,7 @@ names (GiB, rounded as the seed shows them), plus the additive extras.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import request as request_mod
@@ -56,22 +57,47 @@ def _gib(x: float, nd: int = 2) -> float:
     return round(x / GIB, nd)
 
 
+def configuration_checks(s: Mapping[str, Any], workload: str) -> list[tuple[Any, Callable[[Mapping[str, Any]], str]]]:
+    """Well-formed requests whose configuration cannot run (memory_status 'error'), as
+    ``(condition, message)`` pairs; ``message(s)`` words it for one scenario. The conditions read
+    scenario numbers only, with ``&`` and ``|``, so they hold for one scenario (booleans) and for a
+    batch of them (numpy arrays) alike."""
+    if workload != "inference":
+        return []
+    tp, pp, heads, layers, offloaded = s["tp"], s["pp"], s["n_heads"], s["n_layers"], s["offload_layers"]
+    return [
+        ((tp > 1) & ((heads % tp != 0) | (tp > heads)),
+         lambda s: f"tensor parallelism over {int(s['tp'])} GPUs needs the {int(s['n_heads'])} attention heads to "
+                   f"divide evenly across them"),
+        (pp > layers, lambda s: f"pipeline parallelism over {int(s['pp'])} GPUs needs at least as many layers "
+                                f"(the model has {int(s['n_layers'])})"),
+        ((pp > 1) & (offloaded != 0) & (layers - offloaded < pp),
+         lambda s: "too few layers stay on the GPUs for every pipeline stage to hold one"),
+    ]
+
+
 def _configuration_errors(res: Resolved, s: dict[str, float]) -> list[str]:
     """Well-formed requests whose configuration cannot run (memory_status 'error')."""
-    errors = []
-    a = res.arch
-    if res.workload == "inference":
-        if s["tp"] > 1 and (a.num_heads % s["tp"] or s["tp"] > a.num_heads):
-            errors.append(f"tensor parallelism over {int(s['tp'])} GPUs needs the {a.num_heads} attention heads to divide "
-                          f"evenly across them")
-        if s["pp"] > a.num_layers:
-            errors.append(f"pipeline parallelism over {int(s['pp'])} GPUs needs at least as many layers (the model has {a.num_layers})")
-        if s["pp"] > 1 and s["offload_layers"] and s["n_layers"] - s["offload_layers"] < s["pp"]:
-            errors.append("too few layers stay on the GPUs for every pipeline stage to hold one")
-    mpe = a.max_position_embeddings
+    errors = [message(s) for condition, message in configuration_checks(s, res.workload) if condition]
+    mpe = res.arch.max_position_embeddings
     if mpe and res.request["seq_length"] > mpe:
         res.warnings.append(f"seq_length {res.request['seq_length']} exceeds the model's context of {mpe} tokens")
     return errors
+
+
+def status_overrides(s: Mapping[str, Any], v: Mapping[str, Any], workload: str) -> list[tuple[Any, str]]:
+    """Rules that set ``memory_status`` after the thresholds (a configuration error stays an error),
+    as ``(condition, status)`` pairs; like :func:`configuration_checks`, for one scenario or a batch."""
+    if workload != "inference":
+        return []
+    # the runtime refuses to start: its preallocated pool cannot hold one sequence
+    return [((s["rt_kv_preallocate"] != 0) & (v["srv_max_running"] < 1), "insufficient")]
+
+
+def needs_offload_search(req: dict[str, Any], workload: str, status: str) -> bool:
+    """enable_offloading without an amount, and it does not fit: the fewest offloaded layers that fit are searched."""
+    return (workload == "inference" and req["enable_offloading"] and status == "insufficient"
+            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None)
 
 
 def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
@@ -88,8 +114,7 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
     targets = tuple(c.output for c in components) + OUTPUTS[workload]
     v = cat.formulas.evaluate(s, targets, trace=trace)
     out = assemble(res, s, v, components, trace)
-    if (workload == "inference" and req["enable_offloading"] and out["memory_status"] == "insufficient"
-            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None):
+    if needs_offload_search(req, workload, out["memory_status"]):
         return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
     return out
 
@@ -133,17 +158,26 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
     return RequestError(problems, suggestions=suggestions)
 
 
-def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:
-    details: dict[str, float] = {}
-    raw: dict[str, float] = {}
+#: memory_details labels shown even at zero.
+ALWAYS_SHOWN = ("Base Model Weights",)
+
+
+def component_bytes(components, v: dict[str, Any]) -> dict[str, Any]:
+    """Bytes per ``memory_details`` label, in display order: components sharing a label add up, a
+    later one only when positive. Numbers or numpy arrays alike (``b * (b > 0)`` is b or 0)."""
+    raw: dict[str, Any] = {}
     for c in components:
         b = v[c.output]
-        if b <= 0 and c.label in raw:
-            continue
-        raw[c.label] = raw.get(c.label, 0.0) + b
+        raw[c.label] = raw[c.label] + b * (b > 0) if c.label in raw else 0.0 + b
+    return raw
+
+
+def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:
+    details: dict[str, float] = {}
+    raw = component_bytes(components, v)
     # Round each component, then let the total be their sum, so memory_details adds up exactly.
     for label, b in raw.items():
-        if b > 0 or label in ("Base Model Weights",):
+        if b > 0 or label in ALWAYS_SHOWN:
             details[label] = _gib(b)
     vram = round(sum(details.values()), 2)
     capacity = res.gpu_memory_gib
@@ -204,8 +238,9 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         out["per_gpu"] = _per_gpu(res, s, v, vram)
     if res.workload == "inference":
         out["serving"] = _serving(res, s, v, warnings)
-        if s["rt_kv_preallocate"] and v["srv_max_running"] < 1 and out["memory_status"] != "error":
-            out["memory_status"] = "insufficient"  # the runtime refuses to start: its pool cannot hold one sequence
+        for condition, status_word in status_overrides(s, v, res.workload):
+            if condition and out["memory_status"] != "error":
+                out["memory_status"] = status_word
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
         per_token = v["kv_attention_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
         state = v["recurrent_state_bytes_per_seq"] * v["recurrent_share_per_gpu"]

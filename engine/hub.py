@@ -125,23 +125,31 @@ def parse(text: str, field: str = "llm_key") -> HubRef:
 
 # -- caches -------------------------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    """vramplan's own cache (parsed headers): ``$VRAMPLAN_CACHE_DIR`` or the platform's user cache dir."""
-    env = os.environ.get("VRAMPLAN_CACHE_DIR")
-    if env:
-        return Path(env)
+def cache_dir() -> Path | None:
+    """Where parsed headers are kept: ``hub/`` in vramplan's cache (``$VRAMPLAN_CACHE_DIR``, default
+    the platform's user cache dir; ``off`` turns it off, as for the validated data files)."""
+    chosen = os.environ.get("VRAMPLAN_CACHE_DIR", "").strip()
+    if chosen.lower() in ("off", "0", "false", "no"):
+        return None
+    if chosen:
+        return Path(chosen) / "hub"
     from platformdirs import user_cache_dir
 
-    return Path(user_cache_dir("vramplan"))
+    return Path(user_cache_dir("vramplan")) / "hub"
 
 
-def _cache_file(repo: str, commit: str, filename: str) -> Path:
+def _cache_file(repo: str, commit: str, filename: str) -> Path | None:
+    root = cache_dir()
+    if root is None:
+        return None
     safe = filename.replace("/", "--")
-    return cache_dir() / "hub" / repo.replace("/", "--") / commit / f"{safe}.json"
+    return root / repo.replace("/", "--") / commit / f"{safe}.json"
 
 
 def _cache_load(repo: str, commit: str, filename: str):
     path = _cache_file(repo, commit, filename)
+    if path is None:
+        return None
     try:
         return json.loads(path.read_text("utf-8"))
     except (OSError, ValueError):
@@ -152,6 +160,8 @@ def _cache_store(repo: str, commit: str, filename: str, data) -> None:
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
         return  # only immutable revisions are cached
     path = _cache_file(repo, commit, filename)
+    if path is None:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
@@ -443,6 +453,8 @@ def _cached_commit(ref: HubRef) -> str | None:
         return rev
     for refs in (Path(constants.HF_HUB_CACHE) / f"models--{ref.repo.replace('/', '--')}" / "refs" / rev,
                  _ref_file(ref.repo, rev)):
+        if refs is None:
+            continue
         try:
             commit = refs.read_text("utf-8").strip()
         except OSError:
@@ -452,14 +464,17 @@ def _cached_commit(ref: HubRef) -> str | None:
     return None
 
 
-def _ref_file(repo: str, rev: str) -> Path:
-    return cache_dir() / "hub" / repo.replace("/", "--") / "refs" / rev.replace("/", "--")
+def _ref_file(repo: str, rev: str) -> Path | None:
+    root = cache_dir()
+    return None if root is None else root / repo.replace("/", "--") / "refs" / rev.replace("/", "--")
 
 
 def _remember_ref(ref: HubRef, commit: str) -> None:
     """The commit a revision named when a file was read by ranges (huggingface_hub's own refs are
     written only when it downloads), so that an offline run finds the remembered header."""
     path = _ref_file(ref.repo, ref.revision or "main")
+    if path is None:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(commit, "utf-8")

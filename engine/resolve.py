@@ -12,6 +12,7 @@ from typing import Any
 from . import hub
 from .architecture import Architecture, from_hf_config
 from .catalog import Catalog
+from .elementwise import holds, number_or
 from .errors import RequestError
 from .ggufmix import format_bits
 from .registry import Entry
@@ -178,8 +179,8 @@ def _uncertainty_warnings(workload: str, gpu: dict[str, Any], arch: Architecture
     if arch.vision_params:
         out.append("the model has a vision encoder: its weights are counted, but image-token activations and "
                    "the encoder's own transients are not modelled")
-    images = req.get("images_per_sequence") or 0
-    if images and not (arch.image_tokens_per_image or arch.cross_tokens_per_image):
+    images = number_or(req.get("images_per_sequence"), 0)
+    if not (arch.image_tokens_per_image or arch.cross_tokens_per_image) and holds(images > 0):
         out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
     if arch.num_recurrent_layers:
         out.append("hybrid model: the recurrent layers' per-sequence state is modelled; their prefill transients "

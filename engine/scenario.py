@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from .architecture import ROLES, Architecture
+from .elementwise import number_or
 from .errors import RequestError
 from .resolve import Resolved
 
@@ -298,7 +299,7 @@ def build(res: Resolved) -> dict[str, float]:
     s["flash_attention"] = int(bool(req["optimization_config"].get("flash_attention", True)))
     s["batch"] = req["batch_size"]
     s["seq"] = req["seq_length"]
-    images = req.get("images_per_sequence") or 0
+    images = number_or(req.get("images_per_sequence"), 0)
     s["images"] = images
     s["image_context_tokens"] = images * a.image_tokens_per_image
     s["cross_kv_tokens"] = images * a.cross_tokens_per_image
@@ -378,8 +379,8 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["continuous_batching"] = int(req["enable_continuous_batching"])
     # image soft tokens are part of each prompt (as they are of seq)
     s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
-    s["request_rate"] = float(req.get("request_rate") or 0.0)
-    s["gpu_hour_cost"] = float(req.get("gpu_hour_cost") or 0.0)
+    s["request_rate"] = number_or(req.get("request_rate"), 0.0)
+    s["gpu_hour_cost"] = number_or(req.get("gpu_hour_cost"), 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
