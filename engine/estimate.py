@@ -139,7 +139,7 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError, workload: str
         if fld == "optimizer" and workload != "finetuning":
             continue
         key = body.get(fld)
-        if fld in named or not isinstance(key, str) or (fld == "llm_key" and key == "custom"):
+        if fld in named or not isinstance(key, str) or (fld == "llm_key" and (key == "custom" or key.startswith("hf:"))):
             continue
         try:
             reg.get(key, fld)
@@ -233,12 +233,18 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             if condition and out["memory_status"] != "error":
                 out["memory_status"] = status_word
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
-        per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
-        tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
-        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens,
-                          "sequences_at_seq_length": tokens // s["seq"] if s["seq"] else 0}
+        per_token = v["kv_attention_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
+        state = v["recurrent_state_bytes_per_seq"] * v["recurrent_share_per_gpu"]
+        if state:  # a hybrid model's sequence also takes its fixed recurrent state from the pool
+            per_seq = per_token * s["seq"] + state
+            sequences = int(v["kv_pool_bytes"] // per_seq) if per_seq else 0
+            tokens = int(sequences * s["seq"])
+        else:
+            tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
+            sequences = tokens // s["seq"] if s["seq"] else 0
+        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens, "sequences_at_seq_length": sequences}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
-            warnings.append(f"the KV pool holds {tokens} tokens ({tokens // s['seq']} sequences of {int(s['seq'])}); "
+            warnings.append(f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}); "
                             f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
                             f"(serving.queued_requests)")
     if trace is not None:
@@ -318,6 +324,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
         else:
             out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
                        "the next request when the last one finishes (continuous batching)")
+        out.extend(_layout_assumptions(res.arch, s, v))
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")
         elif s["pp"] > 1:
@@ -330,6 +337,26 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
             out.append(f"data parallelism over {int(s['dp'])} GPUs (interconnect {res.interconnect.key})"
                        + (f", ZeRO stage {int(s['zero_stage'])}" if s["zero_stage"] else ""))
     out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
+    return out
+
+
+def _layout_assumptions(a, s: dict[str, float], v: dict[str, float]) -> list[str]:
+    """Say what a model with unusual layers keeps per sequence (vramplan.families)."""
+    out = []
+    if a.num_recurrent_layers:
+        kind = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", "mamba": "Mamba"}.get(a.recurrent_kind, a.recurrent_kind)
+        out.append(f"recurrent state: {a.num_recurrent_layers} {kind} layers keep "
+                   f"{v['recurrent_state_bytes_per_seq'] / 2**20:.2f} MiB per sequence, whatever its length; "
+                   f"{a.num_layers - a.num_recurrent_layers} of {a.num_layers} layers keep a KV cache")
+    shared = sum(a.kv_shared)
+    if shared:
+        out.append(f"KV sharing: {shared} of {a.num_layers} layers read an earlier layer's cache and keep none")
+    if s.get("images"):
+        if s["cross_kv_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence, {int(s['cross_kv_tokens'])} vision tokens cached by each of "
+                       f"{a.num_cross_layers} cross-attention layers")
+        elif s["image_context_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence add {int(s['image_context_tokens'])} tokens to the context")
     return out
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import formatrules, hardware
+from . import formatrules, hardware, hub
 from .architecture import Architecture, from_hf_config
+from .elementwise import holds, number_or
 from .errors import RequestError
 from .ggufmix import format_bits
 from .registry import Entry
@@ -40,6 +41,7 @@ class Resolved:
     weight_bits: dict[str, float] = field(default_factory=dict)  # bits per parameter by role, this model in this format
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    weights_file_bytes: int | None = None  # exact bytes of a Hub model's checkpoint in the requested format
 
 
 def _format(cat: Catalog, key: str, field_name: str) -> Entry:
@@ -63,10 +65,16 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             return None
 
     gpu = lookup(cat.gpus.get, req["gpu_key"])
-    model = arch = None
+    model = arch = hub_info = None
     if req["llm_key"] == "custom":
         arch = lookup(lambda config: from_hf_config(config, where="custom_model"), req.get("custom_model"))
         model_name = str((req.get("custom_model") or {}).get("_name_or_path") or "custom model")
+    elif hub.is_hub_key(req["llm_key"]):  # hf:ORG/NAME[@REVISION]: config.json and safetensors headers
+        hub_info = lookup(hub.resolve_model, req["llm_key"])
+        if hub_info is not None:
+            arch = lookup(lambda config: from_hf_config(config, where=f"llm_key {req['llm_key']}: config.json"),
+                          hub_info["config"])
+        model_name = req["llm_key"][len(hub.PREFIX):]
     else:
         model = lookup(cat.models.get, req["llm_key"])
         if model is not None:
@@ -128,6 +136,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         raise RequestError(problems, suggestions=suggestions)
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
+    file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
     cls = cat.gpu_classes.get(gpu.key)
     classes = {e.key: e.data for e in cat.hardware_classes}
     if cls is None:
@@ -145,7 +154,23 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
         interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
-        hardware_order=hardware.lookup_order(classes, cls), weight_bits=bits, assumptions=assumptions, warnings=warnings)
+        hardware_order=hardware.lookup_order(classes, cls), weight_bits=bits, assumptions=assumptions, warnings=warnings,
+        weights_file_bytes=file_bytes)
+
+
+def _exact_weights_bytes(info: dict | None, quant: Entry, req: dict[str, Any], workload: str,
+                         assumptions: list[str]) -> int | None:
+    """A Hub model's exact weight bytes (its safetensors headers), where the request runs it in the
+    checkpoint's own format; else None and the bytes are computed from parameters x bits."""
+    if not info:
+        return None
+    assumptions.extend(f"model: {n}" for n in info["notes"])
+    if not info.get("weights_bytes") or req.get("custom_weights_bytes") or workload != "inference":
+        return None
+    if info.get("quantization") != quant.key:
+        return None
+    assumptions.append(f"weights: {info['weights_bytes']:,} bytes as the checkpoint's safetensors headers state them")
+    return int(info["weights_bytes"])
 
 
 def _say(rule: Entry, assumptions: list[str], warnings: list[str]) -> None:
@@ -196,6 +221,12 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
     if arch.vision_params:
         out.append("the model has a vision encoder: its weights are counted, but image-token activations and "
                    "the encoder's own transients are not modelled")
+    images = number_or(req.get("images_per_sequence"), 0)
+    if not (arch.image_tokens_per_image or arch.cross_tokens_per_image) and holds(images > 0):
+        out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
+    if arch.num_recurrent_layers:
+        out.append("hybrid model: the recurrent layers' per-sequence state is modelled; their prefill transients "
+                   "(chunked-scan intermediates) are not")
     opt = req.get("optimization_config") or {}
     if workload == "finetuning":
         if arch.is_moe:

@@ -33,8 +33,19 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "vocab": ("tokens", "vocabulary size"),
     "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
     "kv_per_head": ("flag", "1 if the KV cache is per KV head (splits with tensor parallelism); 0 for MLA latents"),
-    "n_layers_full": ("layers", "layers with global attention"),
+    "n_layers_full": ("layers", "layers with global self-attention"),
     "n_layers_sliding": ("layers", "layers with sliding-window attention"),
+    "n_kv_layers_full": ("layers", "global-attention layers that keep their own KV cache (Gemma 3n's KV-sharing layers do not)"),
+    "n_kv_layers_sliding": ("layers", "sliding-window layers that keep their own KV cache"),
+    "n_layers_cross": ("layers", "cross-attention layers (Llama 3.2 Vision): they cache the image tokens' keys and values"),
+    "n_layers_recurrent": ("layers", "linear-attention / state-space layers: a fixed state per sequence, no KV"),
+    "conv_channels": ("elements", "channels of a recurrent layer's causal-conv state"),
+    "conv_kernel": ("tokens", "causal-conv kernel of a recurrent layer"),
+    "ssm_state_elems": ("elements", "elements of one recurrent layer's SSM / delta-rule state per sequence"),
+    "ssm_kernel_state_bits": ("bits", "bits the reference kernels return the recurrent state in (0: the compute dtype)"),
+    "images": ("images", "images per sequence (multimodal models)"),
+    "image_context_tokens": ("tokens", "soft tokens the images add to each sequence's context (included in seq)"),
+    "cross_kv_tokens": ("tokens", "image tokens each cross-attention layer caches per sequence"),
     "sliding_window": ("tokens", "sliding window size (0 if none)"),
     "is_moe": ("flag", "mixture of experts"),
     "n_experts": ("experts", "routed experts per MoE layer"),
@@ -61,7 +72,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "batch": ("sequences", "batch_size"),
     "users": ("users", "concurrent_users"),
     "seqs": ("sequences", "sequences in flight (batch x users)"),
-    "seq": ("tokens", "context per sequence (prompt + generated)"),
+    "seq": ("tokens", "context per sequence (prompt + generated, plus image tokens)"),
     "input_tokens": ("tokens", "prompt tokens per request (per sequence)"),
     "output_tokens": ("tokens", "generated tokens per request (per sequence)"),
     "request_rate": ("requests/s", "open-loop arrival rate; 0 = a closed loop of concurrent_users clients"),
@@ -201,6 +212,10 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
         "kv_per_head": 0 if a.is_mla else 1,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,
+        "n_kv_layers_full": a.num_kv_full_layers, "n_kv_layers_sliding": a.num_kv_sliding_layers,
+        "n_layers_cross": a.num_cross_layers, "n_layers_recurrent": a.num_recurrent_layers,
+        "conv_channels": a.conv_channels, "conv_kernel": a.conv_kernel, "ssm_state_elems": a.ssm_state_elems,
+        "ssm_kernel_state_bits": a.ssm_kernel_state_bits,
         "sliding_window": a.sliding_window or 0, "is_moe": int(a.is_moe), "n_experts": a.num_experts,
         "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
@@ -227,6 +242,9 @@ def _quant_vars(qbits: dict[str, float]) -> dict[str, float]:
         s[f"b_{role}"] = float(qbits.get(role, qbits["default"]))
     # Quantizers leave a vision encoder in 16-bit (GGUF: separate mmproj file; bnb/AWQ/GPTQ: skipped modules).
     s["b_vision"] = float(qbits.get("vision", 32 if qbits["default"] >= 32 else 16))
+    # Gemma 3n's per-layer embedding table is stored like the token embedding (llama.cpp writes
+    # per_layer_token_embd in the token_embd type; fp8/int8/AWQ/GPTQ leave both unquantized).
+    s["b_per_layer_embd"] = float(qbits.get("per_layer_embd", qbits.get("token_embd", qbits["default"])))
     return s
 
 
@@ -271,7 +289,7 @@ def build(res: Resolved) -> dict[str, float]:
     qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
-    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
+    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
     s["weights_compute_bits"] = float(qbits["default"])
@@ -284,6 +302,11 @@ def build(res: Resolved) -> dict[str, float]:
     s["flash_attention"] = int(bool(req["optimization_config"].get("flash_attention", True)))
     s["batch"] = req["batch_size"]
     s["seq"] = req["seq_length"]
+    images = number_or(req.get("images_per_sequence"), 0)
+    s["images"] = images
+    s["image_context_tokens"] = images * a.image_tokens_per_image
+    s["cross_kv_tokens"] = images * a.cross_tokens_per_image
+    s["seq"] += s["image_context_tokens"]  # image soft tokens sit in the context like text tokens
     if res.workload == "inference":
         _inference(s, req, a, res)
     else:
@@ -320,10 +343,12 @@ def build(res: Resolved) -> dict[str, float]:
 
 def _lora_dims(s: dict[str, float], a) -> None:
     """Σ (in + out) over every linear of each kind, counting each expert's copy (PEFT all-linear does)."""
-    L, h = a.num_layers, a.hidden_size
+    L, h = a.num_attention_layers, a.hidden_size  # q/k/v/o exist only in attention layers (hybrids)
     n_moe = len(a.moe_layers)
     dense_ff = a.dense_intermediate_size or a.intermediate_size
-    ff_copies = (L - n_moe) * (h + dense_ff)
+    ff_layers = sum(1 for i, f in enumerate(a.ffn_sizes) if f and i not in set(a.moe_layers)) if a.ffn_sizes \
+        else a.num_layers - n_moe
+    ff_copies = ff_layers * (h + dense_ff)
     if n_moe:
         ff_copies += n_moe * a.num_experts * (h + a.moe_intermediate_size)
         if a.shared_expert_intermediate_size:
@@ -354,7 +379,8 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
-    s["input_tokens"], s["output_tokens"] = req["input_tokens"], req["output_tokens"]
+    # image soft tokens are part of each prompt (as they are of seq)
+    s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
     s["request_rate"] = number_or(req.get("request_rate"), 0.0)
     s["gpu_hour_cost"] = number_or(req.get("gpu_hour_cost"), 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
