@@ -7,6 +7,7 @@ HTTP response body (``--format json``). Every error is one line on stderr and ex
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -20,8 +21,27 @@ from .errors import VramplanError
 BAR_WIDTH = 30
 
 
+#: Commands that live in their own modules, imported when they run: the HTTP server's imports alone
+#: take longer than answering ``vramplan inference``.
+LAZY_COMMANDS = {
+    "models": "vramplan.cli_models:models", "gpus": "vramplan.cli_models:gpus", "runtimes": "vramplan.cli_models:runtimes",
+    "serve": "vramplan.server.commands:serve", "tokens": "vramplan.server.commands:tokens",
+    "plan": "vramplan.cli_plan:plan", "sweep": "vramplan.cli_sweep:sweep",
+    "formulas": "vramplan.cli_formulas:formulas",
+}
+
+
 class _Group(click.Group):
     """Every user error — bad flags, bad request, unknown keys — is one line on stderr and exit 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, _, attr = LAZY_COMMANDS[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -95,9 +115,9 @@ def apply_model_file(body: dict[str, Any], path: str | None) -> dict[str, Any]:
     """``--model-file``: estimate from a config.json, GGUF or safetensors file directly."""
     if not path:
         return body
-    from .modelfiles import read_model_file
+    from .hub import read_model
 
-    info = read_model_file(path)
+    info = read_model(path)
     body = {**body, "llm_key": "custom", "custom_model": info["config"]}
     if info.get("weights_bytes") and info.get("kind") in ("gguf", "safetensors"):
         body["custom_weights_bytes"] = int(info["weights_bytes"])
@@ -127,7 +147,8 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
     cat = get_catalog()
     gpu = cat.gpus.get(body["gpu_key"])
     capacity = body.get("custom_vram") or gpu.data["memory_gib"]
-    model = body["llm_key"] if body["llm_key"] == "custom" else cat.models.get(body["llm_key"]).data["name"]
+    key = body["llm_key"]
+    model = key if key == "custom" or key.startswith("hf:") else cat.models.get(key).data["name"]
     n = body.get("num_gpus", 1)
     lines = [f"{model} on {n} x {gpu.data['label']} ({capacity:g} GiB each), runtime {out.get('runtime')}",
              f"{out['vram_usage']:.2f} GiB of {capacity:g} GiB ({out['actual_vram_percentage']:.1f}%) — "
@@ -141,10 +162,8 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
         lines.append(f"  {'GPU':<{width}}  {capacity:8.2f} GiB  {_bar(capacity, scale)}")
     lines.append("")
     if workload == "inference":
-        lines += [f"  decode      {out['per_user_tps']:.1f} tokens/s per user, {out['estimated_throughput_tps']:.1f} tokens/s in all "
-                  f"({out['ms_per_token']:.2f} ms/token)",
-                  f"  first token {out['tftt']:.0f} ms",
-                  f"  memory      {out['static_shared_memory']:.2f} GiB shared + {out['per_user_memory']:.2f} GiB per user"]
+        lines += serving_lines(out["serving"])
+        lines.append(f"  memory      {out['static_shared_memory']:.2f} GiB shared + {out['per_user_memory']:.2f} GiB per user")
     else:
         lines += [f"  training    {out['training_tps']:.0f} tokens/s, {out['samples_per_second']:.3g} samples/s, "
                   f"{out['total_training_time_hours']:.2f} h for {out['total_tokens']:.3g} tokens"]
@@ -153,6 +172,24 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
     for w in out.get("warnings", []):
         lines.append(f"  warning: {w}")
     return "\n".join(lines)
+
+
+LOADS = {"closed_loop": "closed loop", "open_loop": "open loop", "static_batch": "static batch"}
+
+
+def serving_lines(srv: dict[str, Any]) -> list[str]:
+    """The serving object in words: the load, what runs, how fast, what limits it."""
+    def ms(value: float | None) -> str:
+        return "-" if value is None else (f"{value:,.0f} ms" if value >= 100 else f"{value:.2f} ms")
+
+    lines = [f"  load        {LOADS[srv['load']]}: {srv['input_tokens']} prompt + {srv['output_tokens']} output tokens per request, "
+             f"{srv['running_sequences']:g} running" + (f", {srv['queued_requests']:g} queued" if srv["queued_requests"] else ""),
+             f"  throughput  {srv['output_throughput_tps']:,.1f} output tokens/s ({srv['total_throughput_tps']:,.1f} with prompts), "
+             f"{srv['requests_per_second']:.3g} requests/s, {srv['utilisation']:.0%} of capacity, limited by {srv['limited_by']}",
+             f"  latency     first token {ms(srv['ttft_ms'])}, then {ms(srv['itl_ms'])} per token, {ms(srv['e2e_latency_ms'])} per request"]
+    if srv["cost_per_million_output_tokens"] is not None:
+        lines.append(f"  cost        {srv['cost_per_hour']:,.2f} per hour, {srv['cost_per_million_output_tokens']:,.3f} per million output tokens")
+    return lines
 
 
 def emit(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str) -> None:
@@ -177,17 +214,23 @@ FORMATS = click.Choice(["table", "json", "markdown", "html"])
 @main.command()
 @click.option("--request", "request_file", metavar="FILE", help="Request JSON (the HTTP body); - reads stdin.")
 @click.option("--gpu", "gpu_key", help="gpu_key, e.g. rtx_4090 (see `vramplan gpus`).")
-@click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`).")
-@click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from.")
+@click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`) or a Hub id "
+                                          "hf:ORG/NAME[@REVISION].")
+@click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from, "
+                                                                     "or a GGUF by URL / hf:ORG/NAME/FILE.gguf (header only).")
 @click.option("--quantization", help="Weights format: fp16, bf16, fp8, int8, int4, q4_k_m, awq, nf4, ...")
 @click.option("--kv-cache-quantization", help="KV cache format: fp16, fp8, int8, int4, q8_0, q4_0.")
 @click.option("--batch-size", type=int)
 @click.option("--seq-length", type=int, help="Tokens per sequence (prompt + generated).")
-@click.option("--concurrent-users", type=int)
+@click.option("--input-tokens", type=int, help="Prompt tokens per request (with --output-tokens, seq_length is their sum).")
+@click.option("--output-tokens", type=int, help="Generated tokens per request.")
+@click.option("--concurrent-users", type=int, help="Closed loop: clients, each sending the next request when the last ends.")
+@click.option("--request-rate", type=float, help="Open loop: requests/s arriving at random (instead of --concurrent-users).")
+@click.option("--gpu-hour-cost", type=float, help="Price of one GPU-hour, to price the answer.")
 @click.option("--num-gpus", type=int)
 @click.option("--parallelism", "inference_parallelism", type=click.Choice(["pipeline", "tensor"]))
 @click.option("--interconnect", "interconnect_type")
-@click.option("--runtime", help="transformers, vllm or llama.cpp.")
+@click.option("--runtime", help="transformers, vllm, sglang, tensorrt-llm, tgi or llama.cpp (see `vramplan runtimes`).")
 @click.option("--custom-vram", type=float, help="GiB, for custom_discrete / custom_apple_silicon.")
 @click.option("--prefix-caching/--no-prefix-caching", "enable_prefix_caching", default=None)
 @click.option("--shared-prefix-ratio", type=float)
@@ -231,7 +274,8 @@ def _require_keys(body: dict[str, Any]) -> None:
               help="Full fine-tuning precision (fp32 = mixed precision).")
 @click.option("--lora-rank", type=int)
 @click.option("--lora-targets", help="all-linear or a comma list such as q_proj,v_proj.")
-@click.option("--optimizer", type=click.Choice(["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "adafactor", "sgd"]))
+@click.option("--optimizer", help="adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, adafactor, sgd, or one a plugin or "
+              "your catalog folder adds (catalogs/optimizers).")
 @click.option("--batch-size", type=int, help="Global batch size.")
 @click.option("--micro-batch-size", type=int)
 @click.option("--grad-accum", "gradient_accumulation_steps", type=int)
@@ -288,20 +332,3 @@ def plugins(fmt: str) -> None:
         click.echo(f"{p['name']:<32} {p['version']:<10} {kind:<9} {', '.join(p['hooks'])}")
     for f in failed:
         click.echo(f"{f['name']:<32} {f['version']:<10} FAILED    {f['error']}")
-
-
-def _attach() -> None:
-    """Commands that live in their own modules."""
-    from .cli_models import gpus, models
-    from .cli_plan import plan, sweep
-    from .server.commands import serve, tokens
-
-    main.add_command(models)
-    main.add_command(gpus)
-    main.add_command(serve)
-    main.add_command(tokens)
-    main.add_command(plan)
-    main.add_command(sweep)
-
-
-_attach()

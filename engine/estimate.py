@@ -7,26 +7,24 @@ names (GiB, rounded as the seed shows them), plus the additive extras.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import contract
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
 from .errors import FormulaError, RequestError, VramplanError
 from .resolve import Resolved, resolve
+from .units import GIB
 
-GIB = float(1 << 30)
 
-#: Formula ids the response reads, per workload (besides the components).
-OUTPUTS = {
-    "inference": ("static_shared_bytes", "kv_per_user_bytes", "ms_per_token", "throughput_tps", "per_user_tps",
-                  "latency_tps", "tftt_ms", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w",
-                  "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
-                  "weights_file_bytes"),
-    "finetuning": ("static_shared_bytes", "training_tps", "samples_per_second", "steps_per_second", "total_tokens",
-                   "training_hours", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w", "trainable_params",
-                   "weights_file_bytes"),
-}
+#: Formula ids the engine reads, per workload, besides the components (declared in vocabulary/outputs.yaml).
+OUTPUTS = contract.outputs_by_workload()
+
+#: What srv_limited_code means (formulas/performance/serving.yaml).
+LIMITED_BY = {1: "kv_cache", 2: "max_num_batched_tokens", 3: "max_num_seqs", 4: "batch_size", 5: "arrival_rate",
+              6: "compute", 7: "memory_bandwidth", 8: "overhead"}
 
 #: memory_status thresholds on actual_vram_percentage (seed: okay ≤ 50, moderate ≤ 75, high ≤ 90, else very_high; > 100 insufficient).
 STATUS = ((50.0, "okay"), (75.0, "moderate"), (90.0, "high"), (100.0, "very_high"))
@@ -48,22 +46,47 @@ def _gib(x: float, nd: int = 2) -> float:
     return round(x / GIB, nd)
 
 
+def configuration_checks(s: Mapping[str, Any], workload: str) -> list[tuple[Any, Callable[[Mapping[str, Any]], str]]]:
+    """Well-formed requests whose configuration cannot run (memory_status 'error'), as
+    ``(condition, message)`` pairs; ``message(s)`` words it for one scenario. The conditions read
+    scenario numbers only, with ``&`` and ``|``, so they hold for one scenario (booleans) and for a
+    batch of them (numpy arrays) alike."""
+    if workload != "inference":
+        return []
+    tp, pp, heads, layers, offloaded = s["tp"], s["pp"], s["n_heads"], s["n_layers"], s["offload_layers"]
+    return [
+        ((tp > 1) & ((heads % tp != 0) | (tp > heads)),
+         lambda s: f"tensor parallelism over {int(s['tp'])} GPUs needs the {int(s['n_heads'])} attention heads to "
+                   f"divide evenly across them"),
+        (pp > layers, lambda s: f"pipeline parallelism over {int(s['pp'])} GPUs needs at least as many layers "
+                                f"(the model has {int(s['n_layers'])})"),
+        ((pp > 1) & (offloaded != 0) & (layers - offloaded < pp),
+         lambda s: "too few layers stay on the GPUs for every pipeline stage to hold one"),
+    ]
+
+
 def _configuration_errors(res: Resolved, s: dict[str, float]) -> list[str]:
     """Well-formed requests whose configuration cannot run (memory_status 'error')."""
-    errors = []
-    a = res.arch
-    if res.workload == "inference":
-        if s["tp"] > 1 and (a.num_heads % s["tp"] or s["tp"] > a.num_heads):
-            errors.append(f"tensor parallelism over {int(s['tp'])} GPUs needs the {a.num_heads} attention heads to divide "
-                          f"evenly across them")
-        if s["pp"] > a.num_layers:
-            errors.append(f"pipeline parallelism over {int(s['pp'])} GPUs needs at least as many layers (the model has {a.num_layers})")
-        if s["pp"] > 1 and s["offload_layers"] and s["n_layers"] - s["offload_layers"] < s["pp"]:
-            errors.append("too few layers stay on the GPUs for every pipeline stage to hold one")
-    mpe = a.max_position_embeddings
+    errors = [message(s) for condition, message in configuration_checks(s, res.workload) if condition]
+    mpe = res.arch.max_position_embeddings
     if mpe and res.request["seq_length"] > mpe:
         res.warnings.append(f"seq_length {res.request['seq_length']} exceeds the model's context of {mpe} tokens")
     return errors
+
+
+def status_overrides(s: Mapping[str, Any], v: Mapping[str, Any], workload: str) -> list[tuple[Any, str]]:
+    """Rules that set ``memory_status`` after the thresholds (a configuration error stays an error),
+    as ``(condition, status)`` pairs; like :func:`configuration_checks`, for one scenario or a batch."""
+    if workload != "inference":
+        return []
+    # the runtime refuses to start: its preallocated pool cannot hold one sequence
+    return [((s["rt_kv_preallocate"] != 0) & (v["srv_max_running"] < 1), "insufficient")]
+
+
+def needs_offload_search(req: dict[str, Any], workload: str, status: str) -> bool:
+    """enable_offloading without an amount, and it does not fit: the fewest offloaded layers that fit are searched."""
+    return (workload == "inference" and req["enable_offloading"] and status == "insufficient"
+            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None)
 
 
 def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, strict: bool = False) -> dict[str, Any]:
@@ -75,15 +98,19 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, 
     try:
         req, notes = request_mod.check(body, workload, strict=strict)
     except RequestError as exc:
-        raise _with_unknown_keys(cat, body, exc) from None
+        raise _with_unknown_keys(cat, body, exc, workload) from None
     try:
         res, out = _estimate(cat, req, workload, notes)
     except FormulaError as exc:
         raise _blame(cat, body, workload, exc) from None
-    if (workload == "inference" and req["enable_offloading"] and out["memory_status"] == "insufficient"
-            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None):
+    if needs_offload_search(req, workload, out["memory_status"]):
         return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
     return out
+
+
+def negative_output(v: Mapping[str, Any], workload: str) -> str | None:
+    """The first figure the response reads that came out negative, or None: a response never shows one."""
+    return next((fid for fid in OUTPUTS[workload] if v[fid] < 0), None)
 
 
 def _estimate(cat: Catalog, req: dict[str, Any], workload: str, notes: list[str]) -> tuple[Resolved, dict[str, Any]]:
@@ -94,11 +121,11 @@ def _estimate(cat: Catalog, req: dict[str, Any], workload: str, notes: list[str]
     trace: list | None = [] if req.get("trace") else None
     targets = tuple(c.output for c in components) + OUTPUTS[workload]
     v = cat.formulas.evaluate(s, targets, trace=trace)
-    for fid in OUTPUTS[workload]:  # a figure the response shows is never negative
-        if v[fid] < 0:
-            err = FormulaError([(f"formula {fid} ({cat.formulas.formulas[fid].file})", f"gave {v[fid]!r}, a negative figure")])
-            err.formula = fid
-            raise err
+    fid = negative_output(v, workload)
+    if fid is not None:
+        err = FormulaError([(f"formula {fid} ({cat.formulas.formulas[fid].file})", f"gave {v[fid]!r}, a negative figure")])
+        err.formula = fid
+        raise err
     return res, assemble(res, s, v, components, trace)
 
 
@@ -106,11 +133,11 @@ def _blame(cat: Catalog, body: dict[str, Any], workload: str, exc: FormulaError)
     """A formula that fails (overflow, division by zero, not finite, negative) because of numbers the
     request carries is the request's error: a :class:`RequestError` naming those fields.
 
-    Which fields: each numeric field the client sent (any schema property of type number or integer,
-    each ``runtime_settings`` member, ``custom_model`` as a whole) is taken away in turn, and the
-    fields without which the same request evaluates are named; if no single one suffices, all of
-    them together are tried. If the request still fails without them, the server's formulas or data
-    are at fault and the :class:`FormulaError` stands (a 500 with an incident id over HTTP).
+    Which fields: each of the request's :data:`DATA_OVERRIDES` (each ``runtime_settings`` member,
+    ``custom_model``, ``custom_weights_bytes``, ``custom_vram``) is taken away in turn, and the ones
+    without which the same request evaluates are named; if no single one suffices, all of them
+    together are tried. If the request still fails without them, the server's formulas or data are
+    at fault and the :class:`FormulaError` stands (a 500 with an incident id over HTTP).
     """
     if exc.formula is None or not isinstance(body, dict):
         return exc
@@ -126,20 +153,25 @@ def _blame(cat: Catalog, body: dict[str, Any], workload: str, exc: FormulaError)
                                 f"formula {exc.formula} {what}") for i, name in enumerate(culprits)])
 
 
+#: Request fields that replace the engine's own data with the client's numbers: the model's
+#: architecture, its weight bytes, the GPU's memory, the runtime's constants. A formula these make
+#: fail is the request's error. The workload's own numbers (batch, context, users, GPUs, ...) are not
+#: here: every value the schema allows them must evaluate, so a failure there is the engine's.
+DATA_OVERRIDES = ("custom_model", "custom_weights_bytes", "custom_vram", "runtime_settings")
+
+
 def _client_numbers(body: dict[str, Any], workload: str) -> list[str]:
-    """Every number the client sent, by field path: schema properties of type number or integer, each
-    member of an object of numbers (``runtime_settings``), and ``custom_model`` (a config.json)."""
-    props = request_mod.load_schema(request_mod.SCHEMAS[workload])["properties"]
+    """The data overrides the client sent, by field path: each ``runtime_settings`` member, the
+    others whole."""
     out = []
-    for name, value in body.items():
-        prop = props.get(name, {})
-        if prop.get("type") in ("integer", "number") and isinstance(value, (int, float)) and not isinstance(value, bool):
-            out.append(name)
-        elif isinstance(value, dict) and isinstance(prop.get("additionalProperties"), dict) \
-                and prop["additionalProperties"].get("type") in ("integer", "number"):
+    for name in DATA_OVERRIDES:
+        value = body.get(name)
+        if name == "runtime_settings" and isinstance(value, dict):
             out += [f"{name}.{member}" for member in value]
-    if body.get("llm_key") == "custom" and isinstance(body.get("custom_model"), dict):
-        out.append("custom_model")
+        elif name == "custom_model" and isinstance(value, dict) and body.get("llm_key") == "custom":
+            out.append(name)
+        elif name not in ("runtime_settings", "custom_model") and value is not None:
+            out.append(name)
     return out
 
 
@@ -174,7 +206,7 @@ def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) 
     the smallest count that fits (or all of them when even that does not)."""
     from .planner import Probe, capacity_gib, search_min
 
-    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0)
+    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0, catalog=cat)
     n = search_min(probe, 1, n_layers)
     if n is None:
         out = probe.estimate(n_layers)
@@ -186,7 +218,7 @@ def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) 
     return out
 
 
-def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestError:
+def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError, workload: str) -> RequestError:
     """Add unknown catalog keys to a schema error, so one message names every bad field."""
     if not isinstance(body, dict):
         return exc
@@ -194,9 +226,11 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
     named = {w for w, _ in problems}
     for fld, reg in (("gpu_key", cat.gpus), ("llm_key", cat.models), ("quantization", cat.quantization),
                      ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
-                     ("interconnect_type", cat.interconnects)):
+                     ("interconnect_type", cat.interconnects), ("optimizer", cat.optimizers)):
+        if fld == "optimizer" and workload != "finetuning":
+            continue
         key = body.get(fld)
-        if fld in named or not isinstance(key, str) or (fld == "llm_key" and key == "custom"):
+        if fld in named or not isinstance(key, str) or (fld == "llm_key" and (key == "custom" or key.startswith("hf:"))):
             continue
         try:
             reg.get(key, fld)
@@ -206,17 +240,26 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
     return RequestError(problems, suggestions=suggestions)
 
 
-def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:
-    details: dict[str, float] = {}
-    raw: dict[str, float] = {}
+#: memory_details labels shown even at zero.
+ALWAYS_SHOWN = ("Base Model Weights",)
+
+
+def component_bytes(components, v: dict[str, Any]) -> dict[str, Any]:
+    """Bytes per ``memory_details`` label, in display order: components sharing a label add up, a
+    later one only when positive. Numbers or numpy arrays alike (``b * (b > 0)`` is b or 0)."""
+    raw: dict[str, Any] = {}
     for c in components:
         b = v[c.output]
-        if b <= 0 and c.label in raw:
-            continue
-        raw[c.label] = raw.get(c.label, 0.0) + b
+        raw[c.label] = raw[c.label] + b * (b > 0) if c.label in raw else 0.0 + b
+    return raw
+
+
+def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:
+    details: dict[str, float] = {}
+    raw = component_bytes(components, v)
     # Round each component, then let the total be their sum, so memory_details adds up exactly.
     for label, b in raw.items():
-        if b > 0 or label in ("Base Model Weights",):
+        if b > 0 or label in ALWAYS_SHOWN:
             details[label] = _gib(b)
     vram = round(sum(details.values()), 2)
     capacity = res.gpu_memory_gib
@@ -261,12 +304,14 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         "estimated_power_draw": round(v["power_draw_w"]),
     })
     if res.workload == "finetuning":
-        opt = res.request["optimization_config"]
+        opt = _optimization_flags(res)
         active = [k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)]
         if opt.get("zero_stage") and res.request["num_gpus"] > 1:  # on one GPU it shards nothing (see warnings)
             active.append(f"zero_stage_{opt['zero_stage']}")
         out["active_optimizations"] = active
-        out["optimization_preset"] = _preset(res.request)
+        out["optimization_preset"] = _preset(opt)
+    # The whole model in the chosen format (a GGUF: its tensor data), beside the busiest GPU's share above
+    out["model_weights_gb"] = _gib(v["weights_file_bytes"])
     out["memory_details"] = details
     out["memory_breakdown"] = breakdown
     out["runtime"] = res.runtime.key
@@ -274,23 +319,77 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     out["warnings"] = warnings
     if s["num_gpus"] > 1:
         out["per_gpu"] = _per_gpu(res, s, v, vram)
+    if res.workload == "inference":
+        out["serving"] = _serving(res, s, v, warnings)
+        for condition, status_word in status_overrides(s, v, res.workload):
+            if condition and out["memory_status"] != "error":
+                out["memory_status"] = status_word
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
-        per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
-        tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
-        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens,
-                          "sequences_at_seq_length": tokens // s["seq"] if s["seq"] else 0}
+        per_token = v["kv_attention_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
+        state = v["recurrent_state_bytes_per_seq"] * v["recurrent_share_per_gpu"]
+        if state:  # a hybrid model's sequence also takes its fixed recurrent state from the pool
+            per_seq = per_token * s["seq"] + state
+            sequences = int(v["kv_pool_bytes"] // per_seq) if per_seq else 0
+            tokens = int(sequences * s["seq"])
+        else:
+            tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
+            sequences = tokens // s["seq"] if s["seq"] else 0
+        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens, "sequences_at_seq_length": sequences}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
-            warnings.append(f"the KV pool holds {tokens} tokens ({tokens // s['seq']} sequences of {int(s['seq'])}); "
-                            f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} would queue or preempt them")
+            warnings.append(f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}); "
+                            f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
+                            f"(serving.queued_requests)")
     if trace is not None:
         out["trace"] = trace
     return out
 
 
-def _preset(req: dict[str, Any]) -> str:
+def _serving(res: Resolved, s: dict[str, float], v: dict[str, float], warnings: list[str]) -> dict[str, Any]:
+    """The serving model's answer at this load (formulas/performance/serving.yaml), and what it means."""
+    req = res.request
+    past = bool(v["srv_past_capacity"])
+    open_loop = bool(v["srv_open_loop"])
+    load = "open_loop" if open_loop else ("static_batch" if v["srv_static"] else "closed_loop")
+
+    def latency(key: str) -> float | None:
+        return None if past else round(v[key] * 1000, 2)
+
+    out = {
+        "input_tokens": req["input_tokens"], "output_tokens": req["output_tokens"], "load": load,
+        "running_sequences": round(v["srv_running"], 2), "queued_requests": None if past else round(v["srv_queued"], 2),
+        "output_throughput_tps": round(v["srv_output_tps"], 1), "total_throughput_tps": round(v["srv_total_tps"], 1),
+        "requests_per_second": round(v["srv_requests_per_s"], 4),
+        "ttft_ms": latency("srv_ttft_s"), "itl_ms": latency("srv_itl_s"), "e2e_latency_ms": latency("srv_e2e_s"),
+        "utilisation": round(v["srv_utilisation"], 3), "limited_by": LIMITED_BY[int(v["srv_limited_code"])],
+        "cost_per_hour": round(v["srv_cost_per_hour"], 4) if req.get("gpu_hour_cost") is not None else None,
+        "cost_per_million_output_tokens": round(v["srv_cost_per_mtok"], 4)
+        if req.get("gpu_hour_cost") is not None and v["srv_output_tps"] > 0 else None,
+    }
+    capacity = v["srv_capacity_seq_rate"] / s["batch"]
+    if past and capacity <= 0:
+        warnings.append(f"the KV cache cannot hold one sequence of {int(s['seq'])} tokens on {res.runtime.key}; nothing can run")
+    elif past:
+        warnings.append(f"request_rate {req['request_rate']:g}/s is past capacity: this deployment sustains about "
+                        f"{capacity:.3g} requests/s of {req['input_tokens']} + {req['output_tokens']} tokens; "
+                        "latencies grow without bound")
+    if s["rt_continuous_batching_always"] and req.get("continuous_batching_given") is False:
+        warnings.append(f"{res.runtime.key} always batches continuously; enable_continuous_batching false is ignored")
+    return out
+
+
+def _optimization_flags(res: Resolved) -> dict[str, Any]:
+    """The request's optimization flags, with the seed's optimizer flags set from the optimizer in use
+    (an 8-bit or paged optimizer named by ``optimizer`` shows as use_8bit / use_paged_optimizer)."""
+    opt = dict(res.request["optimization_config"])
+    if res.optimizer is not None:
+        opt["use_8bit_optimizer"] = bool(opt.get("use_8bit_optimizer")) or res.optimizer.data["state_dtype"] == "int8"
+        opt["use_paged_optimizer"] = bool(opt.get("use_paged_optimizer")) or bool(res.optimizer.data.get("paged"))
+    return opt
+
+
+def _preset(opt: dict[str, Any]) -> str:
     """'default' when the flags are the documented defaults, 'memory_efficient' when checkpointing and an
     8-bit optimizer are both on, else 'custom'."""
-    opt = req["optimization_config"]
     defaults = request_mod.optimization_defaults("finetuning")
     if all(opt.get(k, v) == v for k, v in defaults.items()):
         return "default"
@@ -304,19 +403,52 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
     out.extend(res.runtime.data.get("assumptions", []))
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
     if res.workload == "inference":
+        req = res.request
         out.append(f"KV cache: {res.kv_quant.data['label']}, {int(s['seqs'])} sequence(s) of {int(s['seq'])} tokens in flight")
+        split = req["context_split"]
+        out.append(f"requests: {req['input_tokens']} prompt + {req['output_tokens']} output tokens"
+                   + ("" if split == "given" else f" ({split})"))
+        if req.get("request_rate") is not None:
+            out.append(f"load: open loop, {req['request_rate']:g} requests/s arriving at random (Poisson), "
+                       f"{int(s['batch'])} sequence(s) each")
+        elif v["srv_static"]:
+            out.append(f"load: one static batch of {int(s['seqs'])} sequence(s) started together")
+        else:
+            out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
+                       "the next request when the last one finishes (continuous batching)")
+        out.extend(_layout_assumptions(res.arch, s, v))
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")
         elif s["pp"] > 1:
             out.append(f"pipeline parallelism: {int(s['pp'])} stages (interconnect {res.interconnect.key})")
     else:
-        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.request['optimizer']}, "
+        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.optimizer.key}, "
                    f"micro-batch {int(s['micro_batch'])} x {int(s['seq'])} tokens per GPU, "
                    f"{int(v['trainable_params']):,} trainable parameters")
         if s["dp"] > 1:
             out.append(f"data parallelism over {int(s['dp'])} GPUs (interconnect {res.interconnect.key})"
                        + (f", ZeRO stage {int(s['zero_stage'])}" if s["zero_stage"] else ""))
     out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
+    return out
+
+
+def _layout_assumptions(a, s: dict[str, float], v: dict[str, float]) -> list[str]:
+    """Say what a model with unusual layers keeps per sequence (vramplan.families)."""
+    out = []
+    if a.num_recurrent_layers:
+        kind = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", "mamba": "Mamba"}.get(a.recurrent_kind, a.recurrent_kind)
+        out.append(f"recurrent state: {a.num_recurrent_layers} {kind} layers keep "
+                   f"{v['recurrent_state_bytes_per_seq'] / 2**20:.2f} MiB per sequence, whatever its length; "
+                   f"{a.num_layers - a.num_recurrent_layers} of {a.num_layers} layers keep a KV cache")
+    shared = sum(a.kv_shared)
+    if shared:
+        out.append(f"KV sharing: {shared} of {a.num_layers} layers read an earlier layer's cache and keep none")
+    if s.get("images"):
+        if s["cross_kv_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence, {int(s['cross_kv_tokens'])} vision tokens cached by each of "
+                       f"{a.num_cross_layers} cross-attention layers")
+        elif s["image_context_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence add {int(s['image_context_tokens'])} tokens to the context")
     return out
 
 

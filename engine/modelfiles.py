@@ -18,8 +18,8 @@ object that :func:`vramplan.architecture.from_hf_config` reads. A file that cann
 Every file is hostile input, so sizes and counts are checked before anything is read or built
 from them: only regular files (a link to ``/dev/zero`` would be read forever), JSON of at most
 :data:`MAX_JSON_BYTES`, nesting and integer digits capped; a GGUF header is walked once with
-every string length, array count and tensor dimension checked against the file's size and
-:data:`GGUF_LIMITS` before the gguf library parses it (it trusts the counts: an 84-byte file
+every string length, array count and tensor dimension checked against the file's size and the
+limits of a remote header (:data:`vramplan.remote.LIMITS`) before the gguf library parses it (it trusts the counts: an 84-byte file
 claiming an array of 2^62 bytes made it grow without end); a safetensors header is limited in
 tensors and dimensions, and each tensor's shape must account for its byte range, as the format
 requires.
@@ -34,6 +34,7 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from . import families
 from .errors import RequestError
 
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
@@ -47,10 +48,8 @@ MAX_SAFETENSORS_TENSORS = 1_000_000
 MAX_TENSOR_DIMS = 16
 #: Shards a model.safetensors.index.json may list (real: up to a few hundred).
 MAX_SHARDS = 100_000
-#: What a GGUF header may hold (llama.cpp: GGML_MAX_DIMS = 4; the largest vocabularies have ~262k
-#: tokens and ~500k merges; headers hold a few dozen keys and a few thousand tensors).
-GGUF_LIMITS = {"keys": 65_536, "tensors": 1_000_000, "array_items": 16_777_216, "string_bytes": 64 * 1024 * 1024,
-               "dims": 4, "nesting": 4}
+#: Arrays nest at most this deep in a GGUF header (real files: arrays of scalars or strings only).
+GGUF_NESTING = 4
 
 #: Bytes per element of each safetensors dtype (the format's spec).
 SAFETENSORS_DTYPE_BYTES = {
@@ -94,7 +93,7 @@ _GGUF_KEYS = {
 
 def read_model_file(path: str | Path) -> dict:
     """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder
-    holding one of them) and describe the model.
+    holding one of them) and describe the model. (URLs and Hub names: :func:`vramplan.hub.read_model`.)
 
     Returns ``{"kind", "config", "params", "weights_bytes", "tensor_types", "quantization",
     "name", "notes"}``: ``config`` is config.json-style; ``params`` and ``weights_bytes`` are
@@ -206,7 +205,10 @@ _GGUF_STRING, _GGUF_ARRAY = 8, 9
 def check_gguf_header(p: Path) -> None:
     """Walk a GGUF header (ggml docs/gguf.md: magic, version, tensor and key counts, key/value
     pairs, tensor infos) and refuse it, naming the file and the limit, if any length or count
-    cannot fit the file or exceeds :data:`GGUF_LIMITS`. Only then may the gguf library parse it."""
+    cannot fit the file or exceeds the limits a remote header is read with
+    (:data:`vramplan.remote.LIMITS`). Only then may the gguf library parse it."""
+    from .remote import LIMITS
+
     size = _regular_size(p)
     shown = str(p)
 
@@ -231,9 +233,9 @@ def check_gguf_header(p: Path) -> None:
 
         def string(what: str) -> None:
             n = u64()
-            if n > GGUF_LIMITS["string_bytes"] or n > left():
+            if n > LIMITS["string_bytes"] or n > left():
                 fail(f"{what} claims a string of {n:,} bytes with {left():,} bytes left "
-                     f"(limit {GGUF_LIMITS['string_bytes']:,})")
+                     f"(limit {LIMITS['string_bytes']:,})")
             fh.seek(n, 1)
 
         def value(vtype: int, key: str, depth: int) -> None:
@@ -242,13 +244,13 @@ def check_gguf_header(p: Path) -> None:
             elif vtype == _GGUF_STRING:
                 string(f"key {key}")
             elif vtype == _GGUF_ARRAY:
-                if depth >= GGUF_LIMITS["nesting"]:
-                    fail(f"key {key} nests arrays more than {GGUF_LIMITS['nesting']} deep")
+                if depth >= GGUF_NESTING:
+                    fail(f"key {key} nests arrays more than {GGUF_NESTING} deep")
                 item, count = u32(), u64()
                 smallest = _GGUF_SIZES.get(item, 8)  # a string or array item takes at least its 8-byte length
-                if count > GGUF_LIMITS["array_items"] or count * smallest > left():
+                if count > LIMITS["array_items"] or count * smallest > left():
                     fail(f"key {key} claims an array of {count:,} items with {left():,} bytes left "
-                         f"(limit {GGUF_LIMITS['array_items']:,} items)")
+                         f"(limit {LIMITS['array_items']:,} items)")
                 if item in _GGUF_SIZES:
                     fh.seek(count * _GGUF_SIZES[item], 1)
                 else:
@@ -263,10 +265,10 @@ def check_gguf_header(p: Path) -> None:
         if version not in (2, 3):
             fail(f"version {version} (vramplan reads GGUF versions 2 and 3)")
         n_tensors, n_keys = u64(), u64()
-        if n_tensors > GGUF_LIMITS["tensors"]:
-            fail(f"{n_tensors:,} tensors (limit {GGUF_LIMITS['tensors']:,})")
-        if n_keys > GGUF_LIMITS["keys"]:
-            fail(f"{n_keys:,} metadata keys (limit {GGUF_LIMITS['keys']:,})")
+        if n_tensors > LIMITS["tensor_count"]:
+            fail(f"{n_tensors:,} tensors (limit {LIMITS['tensor_count']:,})")
+        if n_keys > LIMITS["kv_count"]:
+            fail(f"{n_keys:,} metadata keys (limit {LIMITS['kv_count']:,})")
         for i in range(n_keys):
             n = u64()
             if n > 65536 or n > left():
@@ -276,8 +278,8 @@ def check_gguf_header(p: Path) -> None:
         for i in range(n_tensors):
             string(f"tensor {i}'s name")
             dims = u32()
-            if dims > GGUF_LIMITS["dims"]:
-                fail(f"tensor {i} has {dims:,} dimensions (ggml allows {GGUF_LIMITS['dims']})")
+            if dims > LIMITS["dims"]:
+                fail(f"tensor {i} has {dims:,} dimensions (limit {LIMITS['dims']})")
             elements = 1
             for _ in range(dims):
                 elements *= u64()
@@ -309,12 +311,18 @@ def _read_gguf(p: Path) -> dict:
         raise
     except Exception as exc:  # the reader raises ValueError, struct/IndexError… on a damaged file
         raise RequestError([(str(p), f"is not a readable GGUF file ({type(exc).__name__}: {exc})")]) from None
+    return gguf_description(meta, tensors, n_tokens, where=str(p), stem=p.stem)
+
+
+def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: str, stem: str) -> dict:
+    """The model a GGUF header describes (metadata values and ``(name, type, shape, n_elements,
+    n_bytes)`` per tensor), read from a local file or over HTTP (:mod:`vramplan.remote`)."""
     if not tensors:
-        raise RequestError([(str(p), "is a GGUF file with no tensors (a vocabulary-only file?)")])
+        raise RequestError([(where, "is a GGUF file with no tensors (a vocabulary-only file?)")])
 
     arch = str(meta.get("general.architecture") or "")
     if not arch:
-        raise RequestError([(str(p), "has no general.architecture metadata")])
+        raise RequestError([(where, "has no general.architecture metadata")])
     config: dict = {"model_type": _GGUF_ARCH_MODEL_TYPE.get(arch, arch), "gguf_architecture": arch}
     for suffix, key in _GGUF_KEYS.items():
         value = meta.get(f"{arch}.{suffix}")
@@ -341,12 +349,13 @@ def _read_gguf(p: Path) -> dict:
             config.pop("head_dim", None)
     if "moe_intermediate_size" in config and "intermediate_size" not in config:
         config["intermediate_size"] = config["moe_intermediate_size"]
+    config = families.from_gguf(arch, meta, config)  # hybrid families' recurrent geometry
 
     types = Counter(t for _n, t, _s, _e, _b in tensors)
     params = sum(n for *_x, n, _b in tensors)
     weights_bytes = sum(b for *_x, b in tensors)
     quant = _gguf_quantization(meta.get("general.file_type"), tensors)
-    name = str(meta.get("general.name") or p.stem)
+    name = str(meta.get("general.name") or stem)
     notes = [f"GGUF architecture '{arch}'"]
     return _result("gguf", config, params, weights_bytes, types, quant, name, notes)
 
@@ -411,28 +420,34 @@ def _safetensors_header(p: Path) -> dict:
         raise RequestError([(str(p), f"lists {len(header):,} tensors (limit {MAX_SAFETENSORS_TENSORS:,})")])
     data_size = size - 8 - n
     for tname, info in header.items():
-        if tname == "__metadata__":
-            continue
-        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
-              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
-              and len(info["shape"]) <= MAX_TENSOR_DIMS
-              and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0
-                      for x in info["shape"] + info["data_offsets"]))
-        if not ok:
-            if isinstance(info, dict) and isinstance(info.get("shape"), list) and len(info["shape"]) > MAX_TENSOR_DIMS:
-                raise RequestError([(str(p), f"tensor {str(tname)[:80]!r} has {len(info['shape']):,} dimensions "
-                                             f"(limit {MAX_TENSOR_DIMS})")])
-            raise RequestError([(str(p), f"has a malformed entry for tensor {str(tname)[:80]!r}")])
-        start, end = info["data_offsets"]
-        if end < start or end > data_size:
-            raise RequestError([(str(p), f"is truncated or damaged: tensor {str(tname)[:80]!r} ends at byte {end} "
-                                         f"of a {data_size}-byte data section")])
-        elements = _elements(info["shape"], end - start)
-        width = SAFETENSORS_DTYPE_BYTES.get(info["dtype"])
-        if elements is None or (width is not None and elements * width != end - start):
-            raise RequestError([(str(p), f"is damaged: tensor {str(tname)[:80]!r} of shape "
-                                         f"{_short_shape(info['shape'])} does not fill its {end - start:,} bytes")])
+        problem = tensor_problem(tname, info, data_size)
+        if problem:
+            raise RequestError([(str(p), problem)])
     return header
+
+
+def tensor_problem(tname: str, info, data_size: int | None = None) -> str | None:
+    """What is wrong with one safetensors header entry, or None (``__metadata__`` is never wrong):
+    its fields' types, at most :data:`MAX_TENSOR_DIMS` dimensions, a byte range inside the data
+    section (when its size is known) that the shape fills exactly, as the format requires."""
+    if tname == "__metadata__":
+        return None
+    name = repr(str(tname)[:80])
+    if isinstance(info, dict) and isinstance(info.get("shape"), list) and len(info["shape"]) > MAX_TENSOR_DIMS:
+        return f"tensor {name} has {len(info['shape']):,} dimensions (limit {MAX_TENSOR_DIMS})"
+    ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+          and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in info["shape"] + info["data_offsets"]))
+    if not ok:
+        return f"has a malformed entry for tensor {name}"
+    start, end = info["data_offsets"]
+    if end < start or (data_size is not None and end > data_size):
+        return f"is truncated or damaged: tensor {name} ends at byte {end} of a {data_size}-byte data section"
+    elements = _elements(info["shape"], end - start)
+    width = SAFETENSORS_DTYPE_BYTES.get(info["dtype"])
+    if elements is None or (width is not None and elements * width != end - start):
+        return f"is damaged: tensor {name} of shape {_short_shape(info['shape'])} does not fill its {end - start:,} bytes"
+    return None
 
 
 def _elements(shape: list[int], nbytes: int) -> int | None:

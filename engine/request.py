@@ -12,6 +12,9 @@ schema declares (so fields added to a schema later get the same treatment):
   (HTTP: ``Prefer: handling=strict``) rejects it instead;
 - a number that is not finite (``NaN``, ``Infinity``, which Python callers can pass) is refused,
   wherever it sits, ``custom_model`` included.
+
+Inputs that change nothing (``zero_stage`` on one GPU, ``shared_prefix_ratio`` without prefix
+caching, …) are said so in the warnings :func:`check` returns.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import math
 from functools import lru_cache
 from typing import Any
 
-from .datafiles import is_valid, load_schema, validator
 from .configkeys import show
+from .datafiles import is_valid, load_schema, validator
+from .elementwise import at_least, at_most, holds
 from .errors import RequestError
 
 SCHEMAS = {"inference": "inference-request", "finetuning": "finetuning-request"}
@@ -48,12 +52,16 @@ def _defaults(schema_name: str) -> dict[str, Any]:
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
-def validate(body: Any, workload: str, *, strict: bool = False) -> dict[str, Any]:
-    """Return the request with defaults applied, or raise :class:`RequestError` naming every bad field."""
-    return check(body, workload, strict=strict)[0]
+def validate(body: Any, workload: str, *, schema_checked: bool = False, strict: bool = False) -> dict[str, Any]:
+    """Return the request with defaults applied, or raise :class:`RequestError` naming every bad field.
+
+    ``schema_checked``: the caller has already checked every field against the schema (a sweep
+    checks each value of an axis once, then passes the axis in as an array of values)."""
+    return check(body, workload, schema_checked=schema_checked, strict=strict)[0]
 
 
-def check(body: Any, workload: str, *, strict: bool = False) -> tuple[dict[str, Any], list[str]]:
+def check(body: Any, workload: str, *, schema_checked: bool = False,
+          strict: bool = False) -> tuple[dict[str, Any], list[str]]:
     """``(request with defaults, warnings)``; the warnings say which inputs were ignored and why."""
     if workload not in SCHEMAS:
         raise ValueError(f"unknown workload {workload!r}")
@@ -67,7 +75,7 @@ def check(body: Any, workload: str, *, strict: bool = False) -> tuple[dict[str, 
     _non_finite(body, (), problems, 0)
     body = _without_nulls(body, schema)
     body = _known_fields(body, schema, (), strict, problems, suggestions, notes)
-    if not is_valid(body, schema_name):
+    if not schema_checked and not is_valid(body, schema_name):
         named = {where for where, _ in problems}
         problems += [p for p in _schema_problems(body, schema_name) if p[0] not in named]
     if problems:
@@ -80,12 +88,17 @@ def check(body: Any, workload: str, *, strict: bool = False) -> tuple[dict[str, 
         problems.append(("custom_model", "required when llm_key is custom (a config.json object)"))
     if "custom_model" in req and req["llm_key"] != "custom":
         problems.append(("custom_model", "only used with llm_key custom"))
-    if "offload_target" in body and not req["enable_offloading"]:
+    if "offload_target" in body and not holds(req["enable_offloading"]):
         notes.append(f"offload_target {body['offload_target']} is ignored because enable_offloading is false")
     if workload == "inference":
         if req.get("num_offload_layers") is not None and req.get("percentage_offload") is not None:
             problems.append(("percentage_offload", "give num_offload_layers or percentage_offload, not both"))
-        if req["shared_prefix_ratio"] > 0 and not req["enable_prefix_caching"]:
+        if req.get("request_rate") is not None and holds(req["concurrent_users"] != 1):
+            problems.append(("concurrent_users", "request_rate (an open loop) defines the load; leave concurrent_users "
+                             f"at 1 (got {req['concurrent_users']})"))
+        problems.extend(split_context(req, "seq_length" in body))
+        req["continuous_batching_given"] = body.get("enable_continuous_batching")
+        if holds(req["shared_prefix_ratio"] > 0) and not holds(req["enable_prefix_caching"]):
             notes.append(f"shared_prefix_ratio {req['shared_prefix_ratio']:g} is ignored because enable_prefix_caching "
                          "is false (without prefix caching every sequence stores its own copy of the prefix)")
     else:
@@ -99,15 +112,7 @@ def _finetuning(req: dict[str, Any], body: dict[str, Any], notes: list[str], pro
     req.setdefault("tokens_per_sample", req["seq_length"])
     opt = req["optimization_config"]
     method = req["finetuning_method"]
-    if opt.get("use_8bit_optimizer") and req["optimizer"] == "adamw":
-        req["optimizer"] = "paged_adamw_8bit" if opt.get("use_paged_optimizer") else "adamw_8bit"
-    elif opt.get("use_paged_optimizer") and req["optimizer"] == "adamw":
-        req["optimizer"] = "paged_adamw"
-    if req["optimizer"] in ("adamw_8bit", "paged_adamw_8bit"):
-        opt["use_8bit_optimizer"] = True
-    if req["optimizer"].startswith("paged"):
-        opt["use_paged_optimizer"] = True
-    if opt.get("zero_stage", 0) > 0 and req["num_gpus"] == 1:
+    if opt.get("zero_stage", 0) > 0 and holds(req["num_gpus"] == 1):
         notes.append(f"zero_stage {opt['zero_stage']} is ignored on one GPU: ZeRO shards training state across "
                      "data-parallel GPUs, so with num_gpus 1 it saves nothing (ZeRO-Offload to the host is "
                      "enable_offloading)")
@@ -119,13 +124,58 @@ def _finetuning(req: dict[str, Any], body: dict[str, Any], notes: list[str], pro
         notes.append(f"lora_rank {body['lora_rank']} is ignored for full fine-tuning (no adapters)")
     if "lora_target_modules" in body and method == "full":
         notes.append("lora_target_modules is ignored for full fine-tuning (no adapters)")
-    if req["tokens_per_sample"] > req["seq_length"]:
+    if holds(req["tokens_per_sample"] > req["seq_length"]):
         notes.append(f"tokens_per_sample {req['tokens_per_sample']} is larger than seq_length {req['seq_length']}: "
                      "trainers cut each sample to seq_length, so memory is sized for seq_length while training time "
                      "counts the tokens_per_sample given; raise seq_length if the samples are really that long")
     mb = req.get("micro_batch_size")
-    if mb is not None and mb > req["batch_size"]:
+    if mb is not None and holds(mb > req["batch_size"]):
         problems.append(("micro_batch_size", f"{mb} is larger than batch_size {req['batch_size']}"))
+
+
+#: Without input_tokens / output_tokens, the context is split as a prompt and an answer of this share
+#: (chat and retrieval workloads answer in a fraction of their context), at most ANSWER_CAP tokens.
+ANSWER_SHARE = 8
+ANSWER_CAP = 1024
+#: The schema's ceiling for seq_length.
+MAX_CONTEXT = 16777216
+
+
+def split_context(req: dict[str, Any], seq_given: bool) -> list[tuple[str, str]]:
+    """Fill ``input_tokens``, ``output_tokens`` and ``seq_length`` from whichever were given.
+
+    Both halves given: ``seq_length`` is their sum (a different ``seq_length`` is an error naming all
+    three). One half and ``seq_length``: the other half is the rest. One half alone: the other keeps
+    the 7:1 proportion of prompt to answer. ``seq_length`` alone (or nothing): 1/8 of it is the answer,
+    at most 1024 tokens. ``req["context_split"]`` records which rule applied, for the assumptions.
+    """
+    i, o, seq = req.get("input_tokens"), req.get("output_tokens"), req["seq_length"]
+    if i is not None and o is not None:
+        if seq_given and holds(seq != i + o):
+            return [("seq_length", f"{seq} disagrees with input_tokens {i} + output_tokens {o} = {i + o}; "
+                                   "give seq_length = their sum, or leave it out")]
+        req["seq_length"], req["context_split"] = i + o, "given"
+    elif i is not None or o is not None:
+        given, other = ("input_tokens", "output_tokens") if i is not None else ("output_tokens", "input_tokens")
+        value = i if i is not None else o
+        if seq_given:
+            if holds(seq - value < 1):
+                return [(given, f"{value} leaves no room for {other} in seq_length {seq}")]
+            rest = seq - value
+            req["context_split"] = f"{other} = seq_length - {given}"
+        else:
+            rest = (ANSWER_SHARE - 1) * value if i is None else max(1, value // (ANSWER_SHARE - 1))
+            req["context_split"] = f"{other} from the 7:1 proportion of prompt to answer"
+        req[other] = rest
+        req["seq_length"] = req["input_tokens"] + req["output_tokens"]
+    else:
+        o = at_most(at_least(seq // ANSWER_SHARE, 1), ANSWER_CAP)
+        req["input_tokens"], req["output_tokens"] = at_least(seq - o, 1), o
+        req["context_split"] = "seq_length split as 7/8 prompt, 1/8 answer (at most 1024 tokens)"
+        return []
+    if holds(req["seq_length"] > MAX_CONTEXT):
+        return [("seq_length", f"input_tokens + output_tokens = {req['seq_length']} is more than {MAX_CONTEXT}")]
+    return []
 
 
 def optimization_defaults(workload: str) -> dict[str, Any]:

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import hardware
 from .architecture import ROLES, Architecture
-from .resolve import Resolved
+from .elementwise import number_or
+from .errors import RequestError
+
+if TYPE_CHECKING:
+    from .resolve import Resolved
 
 #: name → (unit, meaning)
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -28,8 +33,19 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "vocab": ("tokens", "vocabulary size"),
     "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
     "kv_per_head": ("flag", "1 if the KV cache is per KV head (splits with tensor parallelism); 0 for MLA latents"),
-    "n_layers_full": ("layers", "layers with global attention"),
+    "n_layers_full": ("layers", "layers with global self-attention"),
     "n_layers_sliding": ("layers", "layers with sliding-window attention"),
+    "n_kv_layers_full": ("layers", "global-attention layers that keep their own KV cache (Gemma 3n's KV-sharing layers do not)"),
+    "n_kv_layers_sliding": ("layers", "sliding-window layers that keep their own KV cache"),
+    "n_layers_cross": ("layers", "cross-attention layers (Llama 3.2 Vision): they cache the image tokens' keys and values"),
+    "n_layers_recurrent": ("layers", "linear-attention / state-space layers: a fixed state per sequence, no KV"),
+    "conv_channels": ("elements", "channels of a recurrent layer's causal-conv state"),
+    "conv_kernel": ("tokens", "causal-conv kernel of a recurrent layer"),
+    "ssm_state_elems": ("elements", "elements of one recurrent layer's SSM / delta-rule state per sequence"),
+    "ssm_kernel_state_bits": ("bits", "bits the reference kernels return the recurrent state in (0: the compute dtype)"),
+    "images": ("images", "images per sequence (multimodal models)"),
+    "image_context_tokens": ("tokens", "soft tokens the images add to each sequence's context (included in seq)"),
+    "cross_kv_tokens": ("tokens", "image tokens each cross-attention layer caches per sequence"),
     "sliding_window": ("tokens", "sliding window size (0 if none)"),
     "is_moe": ("flag", "mixture of experts"),
     "n_experts": ("experts", "routed experts per MoE layer"),
@@ -41,6 +57,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "params_active": ("params", "parameters a token uses (MoE: routed experts only)"),
     "gated_mlp": ("flag", "SwiGLU/GeGLU-style gated MLP (gate, up, down)"),
     "fused_gate_up": ("flag", "gate and up projections in one linear whose output the MLP keeps (Phi-3 / GLM gate_up_proj)"),
+    "fused_qkv": ("flag", "q, k and v computed by one linear and split into views (Phi-3 qkv_proj)"),
+    "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
+                                "it contiguous in (batch, heads, tokens, head_dim) order"),
+    "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
+    "n_layers_masked": ("layers", "layers whose attention applies the sliding-window mask"),
+    "int8_matmul": ("flag", "weights and activations meet in an int8 matmul (bitsandbytes LLM.int8 in transformers)"),
     # quantization
     "custom_weights_bytes": ("bytes", "exact weight bytes from a model file (0: compute from params x bits)"),
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
@@ -50,7 +72,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "batch": ("sequences", "batch_size"),
     "users": ("users", "concurrent_users"),
     "seqs": ("sequences", "sequences in flight (batch x users)"),
-    "seq": ("tokens", "context per sequence (prompt + generated)"),
+    "seq": ("tokens", "context per sequence (prompt + generated, plus image tokens)"),
+    "input_tokens": ("tokens", "prompt tokens per request (per sequence)"),
+    "output_tokens": ("tokens", "generated tokens per request (per sequence)"),
+    "request_rate": ("requests/s", "open-loop arrival rate; 0 = a closed loop of concurrent_users clients"),
+    "gpu_hour_cost": ("currency/GPU-hour", "price of one GPU-hour; 0 = not given"),
     "prefix_caching": ("flag", "enable_prefix_caching"),
     "shared_prefix_ratio": ("fraction", "share of each prompt that is a shared prefix"),
     "continuous_batching": ("flag", "enable_continuous_batching"),
@@ -66,10 +92,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "grad_accum": ("steps", "gradient accumulation steps"),
     "gradient_checkpointing": ("flag", "recompute activations in backward"),
     "zero_stage": ("stage", "DeepSpeed ZeRO stage"),
-    "optimizer_8bit": ("flag", "8-bit optimizer moments"),
-    "optimizer_paged": ("flag", "paged optimizer states"),
-    "optimizer_moments": ("tensors", "optimizer state tensors per parameter (AdamW 2, SGD 0)"),
-    "optimizer_factored": ("flag", "Adafactor's factored second moment"),
+    "optimizer_8bit": ("flag", "8-bit optimizer moments (the optimizer's state_dtype is int8)"),
+    "optimizer_paged": ("flag", "paged optimizer states (the optimizer's paged)"),
+    "optimizer_moments": ("tensors", "optimizer state tensors per parameter (the optimizer's states_per_param: AdamW 2, SGD 0)"),
+    "optimizer_factored": ("flag", "Adafactor's factored second moment (the optimizer's factored)"),
+    "optimizer_state_bytes": ("bytes", "bytes per optimizer state element when the optimizer fixes its type; 0 = the trained "
+                              "parameters' precision (the optimizer's state_dtype)"),
+    "optimizer_state_overhead_bytes": ("bytes", "block-quantization scale bytes per state element (block_scale_bytes / block_size)"),
+    "optimizer_fused_step": ("flag", "the optimizer updates each tensor in one kernel, with no state-sized temporaries"),
     "fused_kernels": ("flag", "fused cross-entropy / optimizer kernels"),
     "activation_offloading": ("flag", "checkpointed activations kept on the host"),
     "num_samples": ("samples", "dataset size"),
@@ -102,6 +132,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "eff_train_mfu": ("fraction", "model FLOPs utilization in training (runtime x hardware class)"),
     "power_idle_fraction": ("fraction", "share of TDP a GPU draws while memory-bound"),
     "gpu_fp32_tflops": ("TFLOP/s", "vector (non-tensor) fp32 throughput: the ALUs that dequantize weights"),
+    "gpu_cc": ("version", "NVIDIA CUDA compute capability as a number (6.1, 8.9); 0 for other vendors"),
+    "gpu_sm_count": ("SMs", "streaming multiprocessors of one GPU; 0 where the catalog has none (no per-SM cap)"),
     "weights_dequantized": ("flag", "weights are stored in a format the matmuls must unpack (integer, GGUF, AWQ/GPTQ, NF4, ...)"),
     "dequant_flops_per_weight": ("FLOP", "ALU work to unpack one weight in a decode mat-vec (runtime x hardware class)"),
 }
@@ -116,29 +148,55 @@ for _m in ("q", "k", "v", "o", "gate", "up", "down"):
 
 #: Families whose transformers MLP computes gate and up with one linear (gate_up_proj).
 FUSED_GATE_UP_FAMILIES = ("phi3", "glm", "glm4")
+#: Families whose transformers attention computes q, k, v with one linear (qkv_proj) and slices it
+#: (models/phi3/modeling_phi3.py Phi3Attention.forward).
+FUSED_QKV_FAMILIES = ("phi3",)
+#: Families whose apply_rotary_pos_emb ends in torch.cat([rotated, pass-through]) (partial rotary),
+#: which returns q contiguous in (batch, heads, tokens, head_dim) order (models/phi3, glm, glm4).
+ROPE_CAT_FAMILIES = ("phi3", "glm", "glm4")
 
-#: Efficiency classes runtimes keep constants for.
-HARDWARE_CLASSES = ("nvidia_datacenter", "nvidia_consumer", "amd", "intel", "apple")
+#: Runtime constants Python reads besides the formulas' rt_* inputs; each is declared in
+#: catalogs/runtime_constants, so every runtime profile has it (or its declared default) after load.
+RUNTIME_READS = ("decode_bw_eff", "prefill_flops_eff", "train_mfu", "power_memory_bound_fraction",
+                 "dequant_flops_per_weight", "dequant_flops_per_weight_legacy", "nvme_read_gb_s", "kv_preallocate",
+                 "activation_bytes")
+
+#: Bytes per element of each optimizer state_dtype (catalogs/optimizers); "param" follows the trained weights.
+STATE_DTYPE_BYTES = {"param": 0, "fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 
 
 def scenario_variable_names() -> list[str]:
     return list(VARIABLES)
 
 
-def hardware_class(gpu: dict[str, Any]) -> str:
-    if gpu["vendor"] == "apple" or gpu["category"] == "apple":
-        return "apple"
-    if gpu["vendor"] in ("amd", "intel"):
-        return gpu["vendor"]
-    return "nvidia_datacenter" if gpu["category"] == "datacenter" else "nvidia_consumer"
+def _rt(res: Resolved, name: str) -> float:
+    """A per-hardware-class runtime constant for the request's GPU (see :mod:`vramplan.hardware`)."""
+    return hardware.runtime_constant(res.runtime.data["constants"], name, res.hardware_order)[1]
 
 
-def _rt(res: Resolved, name: str, cls: str) -> float:
-    consts = res.runtime.data["constants"]
-    for key in (f"{name}_{cls}", name):
-        if key in consts:
-            return float(consts[key]["value"])
-    return 0.0
+def _unpack_flops(res: Resolved) -> float:
+    """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
+
+    A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
+    per class like every constant; declared in catalogs/runtime_constants with the general constant as
+    its fallback): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against pre-scaled activations,
+    k-quants with a longer sequence. Without one, the general constant applies.
+    """
+    if res.quant.data.get("gguf_block") == "legacy":
+        found = hardware.find_runtime_constant(res.runtime.data["constants"], "dequant_flops_per_weight_legacy",
+                                               res.hardware_order)
+        if found is not None:
+            return found[1]
+    return _rt(res, "dequant_flops_per_weight")
+
+
+def _compute_capability(gpu: dict[str, Any]) -> float:
+    """The catalog's CUDA compute capability ("6.1") as a number; 0 for non-NVIDIA parts (no CUDA kernels)."""
+    cc = gpu.get("compute_capability")
+    if gpu["vendor"] != "nvidia" or not cc:
+        return 0.0
+    major, _, minor = str(cc).partition(".")
+    return float(major) + float(minor or 0) / 10
 
 
 @lru_cache(maxsize=512)
@@ -154,12 +212,21 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
         "kv_per_head": 0 if a.is_mla else 1,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,
+        "n_kv_layers_full": a.num_kv_full_layers, "n_kv_layers_sliding": a.num_kv_sliding_layers,
+        "n_layers_cross": a.num_cross_layers, "n_layers_recurrent": a.num_recurrent_layers,
+        "conv_channels": a.conv_channels, "conv_kernel": a.conv_kernel, "ssm_state_elems": a.ssm_state_elems,
+        "ssm_kernel_state_bits": a.ssm_kernel_state_bits,
         "sliding_window": a.sliding_window or 0, "is_moe": int(a.is_moe), "n_experts": a.num_experts,
         "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
         "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
         # transformers' Phi3MLP / GlmMLP: one gate_up_proj, chunked into views (models/phi3/modeling_phi3.py)
         "fused_gate_up": int(a.model_type in FUSED_GATE_UP_FAMILIES and a.gated_mlp and not a.is_moe),
+        "fused_qkv": int(a.model_type in FUSED_QKV_FAMILIES and not a.is_mla),
+        "rope_cat_layout": int(a.model_type in ROPE_CAT_FAMILIES),
+        "mask_window": a.attn_mask_window or 0,
+        # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
+        "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,
     })
     for role in ROLES:
         s[f"p_{role}"] = roles[role]
@@ -175,31 +242,58 @@ def _quant_vars(qbits: dict[str, float]) -> dict[str, float]:
         s[f"b_{role}"] = float(qbits.get(role, qbits["default"]))
     # Quantizers leave a vision encoder in 16-bit (GGUF: separate mmproj file; bnb/AWQ/GPTQ: skipped modules).
     s["b_vision"] = float(qbits.get("vision", 32 if qbits["default"] >= 32 else 16))
+    # Gemma 3n's per-layer embedding table is stored like the token embedding (llama.cpp writes
+    # per_layer_token_embd in the token_embd type; fp8/int8/AWQ/GPTQ leave both unquantized).
+    s["b_per_layer_embd"] = float(qbits.get("per_layer_embd", qbits.get("token_embd", qbits["default"])))
     return s
 
 
-_RT_CACHE: dict[int, tuple[dict, dict[str, float]]] = {}
+_RT_CACHE: dict[int, tuple] = {}
 
 
-def _runtime_vars(runtime: dict) -> dict[str, float]:
-    """A runtime profile's constants as rt_<name> (cached per loaded profile)."""
+def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float) -> dict[str, float]:
+    """A runtime profile's constants as rt_<name> (cached per loaded profile and tier).
+
+    A constant with ``tiers`` takes the first tier that names the GPU in ``gpus`` or whose
+    ``below_gib`` is above the GPU's memory (vLLM and SGLang size their token budgets and batch
+    limits by the GPU), else its ``value``."""
     hit = _RT_CACHE.get(id(runtime))
     if hit is None or hit[0] is not runtime:
-        hit = (runtime, {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()})
+        base = {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()}
+        tiered = tuple((f"rt_{name}", tuple((frozenset(t.get("gpus", ())), t.get("below_gib", 0.0), float(t["value"]))
+                                             for t in c["tiers"]))
+                       for name, c in runtime["constants"].items() if c.get("tiers"))
+        hit = (runtime, base, tiered, {})
         _RT_CACHE[id(runtime)] = hit
-    return hit[1]
+    _, base, tiered, by_tier = hit
+    if not tiered:
+        return base
+    picks = tuple(next((v for gpus, below, v in tiers if gpu_key in gpus or gpu_mem_gib < below), None)
+                  for _, tiers in tiered)
+    values = by_tier.get(picks)
+    if values is None:
+        values = dict(base)
+        values.update({name: v for (name, _), v in zip(tiered, picks) if v is not None})
+        by_tier[picks] = values
+    return values
+
+
+def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float) -> float:
+    """One constant as a request on that GPU sees it (tiers applied)."""
+    return _runtime_vars(runtime, gpu_key, gpu_mem_gib)[f"rt_{name}"]
 
 
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
     req, a, gpu = res.request, res.arch, res.gpu.data
-    qbits = res.quant.data["bits"]
+    qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
-    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
+    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
     s["weights_compute_bits"] = float(qbits["default"])
+    s["int8_matmul"] = int(compute == "int8")
 
     n = req.get("num_gpus", 1)
     s["num_gpus"] = n
@@ -209,12 +303,16 @@ def build(res: Resolved) -> dict[str, float]:
     s["flash_attention"] = int(bool(req["optimization_config"].get("flash_attention", True)))
     s["batch"] = req["batch_size"]
     s["seq"] = req["seq_length"]
+    images = number_or(req.get("images_per_sequence"), 0)
+    s["images"] = images
+    s["image_context_tokens"] = images * a.image_tokens_per_image
+    s["cross_kv_tokens"] = images * a.cross_tokens_per_image
+    s["seq"] += s["image_context_tokens"]  # image soft tokens sit in the context like text tokens
     if res.workload == "inference":
         _inference(s, req, a, res)
     else:
         _finetuning(s, req, res)
 
-    cls = hardware_class(gpu)
     # Pre-Ampere cards have no bf16 and Pascal's fp16 rate is a fraction of fp32: runtimes then compute in fp32.
     t16 = gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
     native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
@@ -227,15 +325,16 @@ def build(res: Resolved) -> dict[str, float]:
         # Unified memory: "offloaded" data stays in the same memory the GPU reads.
         "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not res.host_link or gpu.get("unified_memory_gib"))
         else res.host_link.data["bandwidth_gb_s"],
-        "eff_decode_bw": _rt(res, "decode_bw_eff", cls), "eff_prefill_flops": _rt(res, "prefill_flops_eff", cls),
-        "eff_train_mfu": _rt(res, "train_mfu", cls), "power_idle_fraction": _rt(res, "power_memory_bound_fraction", cls),
+        "eff_decode_bw": _rt(res, "decode_bw_eff"), "eff_prefill_flops": _rt(res, "prefill_flops_eff"),
+        "eff_train_mfu": _rt(res, "train_mfu"), "power_idle_fraction": _rt(res, "power_memory_bound_fraction"),
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
+        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
         "weights_dequantized": int(res.quant.data["kind"] != "float"),
     })
-    s["dequant_flops_per_weight"] = _rt(res, "dequant_flops_per_weight", cls) * s["weights_dequantized"]
-    nvme = _rt(res, "nvme_read_gb_s", cls)
+    s["dequant_flops_per_weight"] = _unpack_flops(res) * s["weights_dequantized"]
+    nvme = _rt(res, "nvme_read_gb_s")
     s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
-    s.update(_runtime_vars(res.runtime.data))
+    s.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
     for name, value in (req.get("runtime_settings") or {}).items():
         s[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
     if s.get("rt_activation_bytes", 0) > 0 and res.workload == "inference":
@@ -245,10 +344,12 @@ def build(res: Resolved) -> dict[str, float]:
 
 def _lora_dims(s: dict[str, float], a) -> None:
     """Σ (in + out) over every linear of each kind, counting each expert's copy (PEFT all-linear does)."""
-    L, h = a.num_layers, a.hidden_size
+    L, h = a.num_attention_layers, a.hidden_size  # q/k/v/o exist only in attention layers (hybrids)
     n_moe = len(a.moe_layers)
     dense_ff = a.dense_intermediate_size or a.intermediate_size
-    ff_copies = (L - n_moe) * (h + dense_ff)
+    ff_layers = sum(1 for i, f in enumerate(a.ffn_sizes) if f and i not in set(a.moe_layers)) if a.ffn_sizes \
+        else a.num_layers - n_moe
+    ff_copies = ff_layers * (h + dense_ff)
     if n_moe:
         ff_copies += n_moe * a.num_experts * (h + a.moe_intermediate_size)
         if a.shared_expert_intermediate_size:
@@ -261,6 +362,13 @@ def _lora_dims(s: dict[str, float], a) -> None:
     s["lora_dims_gate"] = ff_copies if a.gated_mlp else 0
     s["lora_dims_up"] = ff_copies
     s["lora_dims_down"] = ff_copies
+    # A fused linear shares one input: qkv_proj is h -> q + k + v, gate_up_proj h -> 2 x intermediate,
+    # so k/v (and up) add only their output width (one lora_A of r x h per fused module).
+    if s["fused_qkv"]:
+        s["lora_dims_k"] -= L * h
+        s["lora_dims_v"] -= L * h
+    if s["fused_gate_up"]:
+        s["lora_dims_up"] -= L * h
 
 
 def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> None:
@@ -272,6 +380,10 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
+    # image soft tokens are part of each prompt (as they are of seq)
+    s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
+    s["request_rate"] = number_or(req.get("request_rate"), 0.0)
+    s["gpu_hour_cost"] = number_or(req.get("gpu_hour_cost"), 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
@@ -290,16 +402,53 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["offload_layers"] = layers
     s["offload_kv"] = int(bool(s["offload_enabled"] and req.get("offload_kv_cache")))
     for k in ("method_full", "method_lora", "method_qlora", "mixed_precision", "lora_rank", "gradient_checkpointing",
-              "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "fused_kernels",
+              "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "optimizer_fused_step", "fused_kernels",
               "activation_offloading", "grad_accum", "num_epochs"):
         s[k] = 0
-    s.update({"train_param_bytes": 0, "micro_batch": s["seqs"], "optimizer_moments": 0, "num_samples": 0,
+    s.update({"train_param_bytes": 0, "micro_batch": s["seqs"], "optimizer_moments": 0, "optimizer_state_bytes": 0,
+              "optimizer_state_overhead_bytes": 0.0, "num_samples": 0,
               "tokens_per_sample": req["seq_length"], "batch_global": s["seqs"]})
     for m in ("q", "k", "v", "o", "gate", "up", "down"):
         s[f"lora_{m}"] = 0
 
 
 ALL_LINEAR = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def model_linear_names(s: dict[str, float]) -> dict[str, tuple[str, ...]]:
+    """The decoder layer's linear modules as transformers names them, with the projections each computes."""
+    names: dict[str, tuple[str, ...]] = {}
+    if s["fused_qkv"]:
+        names["qkv_proj"] = ("q", "k", "v")
+    else:
+        names.update({"q_proj": ("q",), "k_proj": ("k",), "v_proj": ("v",)})
+    names["o_proj"] = ("o",)
+    if s["fused_gate_up"]:
+        names["gate_up_proj"] = ("gate", "up")
+    else:
+        if s["gated_mlp"]:
+            names["gate_proj"] = ("gate",)
+        names["up_proj"] = ("up",)
+    names["down_proj"] = ("down",)
+    return names
+
+
+def _lora_targets(targets, s: dict[str, float], res: Resolved) -> tuple[str, ...]:
+    """Projections peft adapts: "all-linear" hits every linear of the layers (the head excluded), a list
+    hits the modules whose name it gives - on Phi-3 ``qkv_proj`` / ``gate_up_proj``, so ``q_proj`` matches
+    nothing there (peft tuners_utils.check_target_module_exists; inject_adapter raises when no module matched)."""
+    names = model_linear_names(s)
+    if targets == "all-linear":
+        return tuple(p for projs in names.values() for p in projs)
+    missing = [t for t in targets if t not in names]
+    hit = tuple(p for t in targets if t in names for p in names[t])
+    if not hit:
+        raise RequestError([("lora_target_modules", f"none of {', '.join(targets)} is a linear layer of this model "
+                             f"(its layers have {', '.join(names)}); peft would find no module to adapt")])
+    if missing:
+        res.warnings.append(f"lora_target_modules: {', '.join(missing)} matches no layer of this model "
+                            f"(its layers have {', '.join(names)}); peft adapts only the others")
+    return hit
 
 
 def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None:
@@ -316,10 +465,9 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     if s["mixed_precision"]:
         s["act_bytes"] = 2.0  # autocast runs the matmuls in bf16/fp16
     s["lora_rank"] = req["lora_rank"] if method != "full" else 0
-    targets = req["lora_target_modules"]
-    chosen = ALL_LINEAR if targets == "all-linear" else tuple(t.split("_")[0] for t in targets)
+    chosen = _lora_targets(req["lora_target_modules"], s, res) if method != "full" else ()
     for m in ALL_LINEAR:
-        s[f"lora_{m}"] = int(method != "full" and m in chosen)
+        s[f"lora_{m}"] = int(m in chosen)
     ga = req["gradient_accumulation_steps"]
     s["grad_accum"] = ga
     mb = req.get("micro_batch_size")
@@ -333,15 +481,23 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     s["batch_global"] = req["batch_size"]
     s["gradient_checkpointing"] = int(bool(opt.get("gradient_checkpointing")))
     s["zero_stage"] = int(opt.get("zero_stage", 0))
-    optimizer = req["optimizer"]
-    s["optimizer_8bit"] = int("8bit" in optimizer)
-    s["optimizer_paged"] = int(optimizer.startswith("paged"))
-    s["optimizer_moments"] = {"sgd": 0, "adafactor": 0}.get(optimizer, 2)
-    s["optimizer_factored"] = int(optimizer == "adafactor")
+    _optimizer(s, res.optimizer.data)
     s["fused_kernels"] = int(bool(opt.get("use_fused_kernels")))
     s["activation_offloading"] = int(bool(opt.get("activation_offloading")))
     s["num_samples"] = req["num_samples"]
     s["tokens_per_sample"] = req["tokens_per_sample"]
     s["num_epochs"] = req["num_epochs"]
     s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0,
-              "offload_layers": 0, "offload_kv": 0})
+              "offload_layers": 0, "offload_kv": 0, "input_tokens": req["seq_length"], "output_tokens": 1,
+              "request_rate": 0.0, "gpu_hour_cost": 0.0})
+
+
+def _optimizer(s: dict[str, float], opt: dict[str, Any]) -> None:
+    """The optimizer catalog entry as scenario variables (catalogs/optimizers, schema catalog-optimizers)."""
+    s["optimizer_moments"] = opt["states_per_param"]
+    s["optimizer_8bit"] = int(opt["state_dtype"] == "int8")
+    s["optimizer_state_bytes"] = STATE_DTYPE_BYTES[opt["state_dtype"]]
+    s["optimizer_state_overhead_bytes"] = opt["block_scale_bytes"] / opt["block_size"] if "block_size" in opt else 0.0
+    s["optimizer_paged"] = int(bool(opt.get("paged")))
+    s["optimizer_factored"] = int(bool(opt.get("factored")))
+    s["optimizer_fused_step"] = int(bool(opt.get("fused_step")))

@@ -22,7 +22,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .. import hub
 from ..errors import RequestError, VramplanError
+from ..listing import model_filters_from_query
 from . import auth
 from .errors import error_response, request_error_response, unauthorized
 from .tokens import TokenStoreBusy
@@ -178,9 +180,17 @@ async def _call_engine(request: Request, fn_name: str, *args, strict: bool = Fal
     fn = getattr(vramplan, fn_name)
     kwargs = {"strict": True} if strict else {}
     try:
-        if fn_name in CACHED_LISTINGS:
+        if fn_name in CACHED_LISTINGS and not args:
             return _listing(fn_name, fn)
-        result = fn(*args, **kwargs) if _cheap(fn_name, args) else await run_engine(fn, *args, **kwargs)
+        if fn_name in CACHED_LISTINGS:  # a filtered listing: keyword filters
+            return JSONResponse(fn(**args[0]))
+        with hub.using(hub_policy(request)):
+            if _names_hub_model(args):  # a Hub lookup waits on the network: the general thread pool
+                result = await run_in_threadpool(lambda: fn(*args, **kwargs))
+            elif _cheap(fn_name, args):
+                result = fn(*args, **kwargs)
+            else:  # CPU work that may take milliseconds: the engine's own bounded pool
+                result = await run_engine(fn, *args, **kwargs)
         return JSONResponse(result, headers=_applied(strict))
     except RequestError as exc:
         response = request_error_response(exc)
@@ -200,6 +210,16 @@ async def _call_engine(request: Request, fn_name: str, *args, strict: bool = Fal
 def _applied(strict: bool) -> dict[str, str]:
     """RFC 7240 §3: say which preference was honoured."""
     return {"Preference-Applied": "handling=strict"} if strict else {}
+
+
+def hub_policy(request: Request) -> hub.Policy:
+    """The operator's Hub policy (``VRAMPLAN_HUB_LOOKUPS`` etc., read when the app was made)."""
+    policy = getattr(request.app.state, "hub_policy", None)
+    return policy if policy is not None else hub.policy_from_env(server=True)
+
+
+def _names_hub_model(args) -> bool:
+    return any(isinstance(a, dict) and hub.is_hub_key(a.get("llm_key")) for a in args)
 
 
 def _listing(fn_name: str, fn) -> Response:
@@ -234,6 +254,12 @@ def _list_endpoint(fn_name: str):
         denied = await authenticate(request)
         if denied is not None:
             return denied
+        if fn_name == "list_models" and request.query_params:  # GET llms?family=…&capability=…: filtered
+            try:
+                filters = model_filters_from_query({k: request.query_params.getlist(k) for k in request.query_params})
+            except RequestError as exc:
+                return request_error_response(exc)
+            return await _call_engine(request, fn_name, filters)
         return await _call_engine(request, fn_name)
 
     endpoint.__name__ = fn_name
@@ -245,4 +271,5 @@ routes = [
     Route(f"{PREFIX}/finetuning", _estimate("estimate_finetuning"), methods=["POST"]),
     Route(f"{PREFIX}/gpus", _list_endpoint("list_gpus"), methods=["GET"]),
     Route(f"{PREFIX}/llms", _list_endpoint("list_models"), methods=["GET"]),
+    Route(f"{PREFIX}/runtimes", _list_endpoint("list_runtimes"), methods=["GET"]),
 ]

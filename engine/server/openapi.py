@@ -8,10 +8,12 @@ meanings and units of the numbers.
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
-from importlib import resources
 
+from .. import datafiles
+from ..listing import CAPABILITIES
 from .api import MAX_BODY_BYTES, PREFIX, TOKEN_FAILURES_PER_MINUTE
 
 #: component name -> schema file in the ``vramplan.schemas`` package
@@ -22,6 +24,7 @@ SCHEMA_FILES = {
     "FinetuningResponse": "finetuning-response.schema.json",
     "GpuList": "gpu-list.schema.json",
     "LlmList": "llm-list.schema.json",
+    "RuntimeList": "runtime-list.schema.json",
     "PlanRequest": "plan-request.schema.json",
     "PlanResponse": "plan-response.schema.json",
 }
@@ -106,7 +109,8 @@ ERROR_SCHEMA = {
 
 
 def load_schema(filename: str) -> dict:
-    return json.loads(resources.files("vramplan.schemas").joinpath(filename).read_text(encoding="utf-8"))
+    """A private copy of a packaged schema by file name (the document below edits its copies)."""
+    return copy.deepcopy(datafiles.load_schema(filename.removesuffix(".schema.json")))
 
 
 #: Request schemas as the wire accepts them by default (see :func:`as_accepted`).
@@ -208,14 +212,35 @@ def _estimate_op(kind: str, summary: str, description: str, example: dict) -> di
     }}
 
 
-def _list_op(op_id: str, summary: str, component: str) -> dict:
+def _list_op(op_id: str, summary: str, component: str, parameters: list | None = None) -> dict:
+    errors = _common_errors(post=False)
+    if parameters:
+        errors["422"] = _error("An unknown query parameter, or a malformed filter (each named, with the valid ones).")
+        errors = dict(sorted(errors.items()))
     return {"get": {
         "operationId": op_id, "summary": summary, "tags": ["catalogs"],
         "description": summary + " Memory in GiB.",
+        **({"parameters": parameters} if parameters else {}),
         "responses": {"200": {"description": summary,
                               "content": {"application/json": {"schema": _ref(component)}}},
-                      **_common_errors(post=False)},
+                      **errors},
     }}
+
+
+def _llm_filters() -> list[dict]:
+    """GET llms query parameters (vramplan.listing.filter_models)."""
+    def param(name, schema, description, **extra):
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description, **extra}
+
+    return [
+        param("family", {"type": "string"}, "The family or a prefix of it, any case (`qwen` matches qwen2.5 and qwen3)."),
+        param("min_params", {"type": "number", "minimum": 0}, "At least this many parameters in total, billions."),
+        param("max_params", {"type": "number", "minimum": 0}, "At most this many parameters in total, billions."),
+        param("capability", {"type": "array", "items": {"enum": list(CAPABILITIES)}},
+              "Required capabilities, repeated or comma-separated; all must hold. "
+              + "; ".join(f"`{k}`: {v}" for k, v in CAPABILITIES.items()) + ".", style="form", explode=True),
+        param("search", {"type": "string"}, "Words that must all appear in the key, name, family or Hub repository, any case."),
+    ]
 
 
 SEED_INFERENCE = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "quantization": "q4_k_m",
@@ -246,7 +271,7 @@ def _document() -> str:
         "servers": [{"url": "/", "description": "this server"}],
         "security": [{"bearerAuth": []}],
         "tags": [{"name": "estimates", "description": "Memory and performance estimates."},
-                 {"name": "catalogs", "description": "Valid gpu_key and llm_key values."},
+                 {"name": "catalogs", "description": "Valid gpu_key, llm_key and runtime values."},
                  {"name": "service", "description": "Health."}],
         "paths": {
             f"{PREFIX}/inference": _estimate_op(
@@ -260,7 +285,10 @@ def _document() -> str:
                 "training throughput and time for full fine-tuning, LoRA or QLoRA.",
                 SEED_FINETUNING),
             f"{PREFIX}/gpus": _list_op("list_gpus", "List the valid gpu_key values with their memory.", "GpuList"),
-            f"{PREFIX}/llms": _list_op("list_models", "List the valid llm_key values.", "LlmList"),
+            f"{PREFIX}/llms": _list_op("list_models", "List the valid llm_key values, optionally filtered by family, "
+                                       "size, capability and search words.", "LlmList", _llm_filters()),
+            f"{PREFIX}/runtimes": _list_op("list_runtimes", "List the valid runtime values with their cited constants.",
+                                           "RuntimeList"),
             f"{PREFIX}/plan": {"post": {
                 "operationId": "plan", "summary": "Answer \"what fits?\"", "tags": ["estimates"],
                 "description": "An inference or fine-tuning request plus `workload` and `find` (max_seq_length, "

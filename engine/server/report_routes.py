@@ -24,13 +24,15 @@ import logging
 import re
 import secrets
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import RequestError, VramplanError
+from .. import hub
 from . import auth
-from .api import PREFIX, _applied, _call_engine, read_json_object, run_engine
+from .api import PREFIX, _applied, _call_engine, _names_hub_model, hub_policy, read_json_object, run_engine
 from .errors import error_response, request_error_response
 
 log = logging.getLogger("vramplan.server")
@@ -95,7 +97,11 @@ async def report_endpoint(request: Request) -> Response:
         return body
     strict = auth.prefers_strict(request.headers)
     try:
-        text = await run_engine(_render, body, workload, fmt, strict)
+        with hub.using(hub_policy(request)):
+            if _names_hub_model((body,)):  # a Hub lookup waits on the network: the general thread pool
+                text = await run_in_threadpool(_render, body, workload, fmt, strict)
+            else:
+                text = await run_engine(_render, body, workload, fmt, strict)
     except RequestError as exc:
         response = request_error_response(exc)
         response.headers.update(_applied(strict))
