@@ -24,18 +24,21 @@ __all__ = [
 ]
 
 
-def estimate_inference(request: dict[str, Any]) -> dict[str, Any]:
-    """POST /inference: memory and speed of serving a model."""
+def estimate_inference(request: dict[str, Any], *, strict: bool = False) -> dict[str, Any]:
+    """POST /inference: memory and speed of serving a model.
+
+    Fields the API does not know are ignored with a warning (``warnings``); ``strict=True`` refuses them.
+    """
     from .estimate import run
 
-    return run(request, "inference")
+    return run(request, "inference", strict=strict)
 
 
-def estimate_finetuning(request: dict[str, Any]) -> dict[str, Any]:
-    """POST /finetuning: memory and speed of fine-tuning a model."""
+def estimate_finetuning(request: dict[str, Any], *, strict: bool = False) -> dict[str, Any]:
+    """POST /finetuning: memory and speed of fine-tuning a model (``strict`` as for :func:`estimate_inference`)."""
     from .estimate import run
 
-    return run(request, "finetuning")
+    return run(request, "finetuning", strict=strict)
 
 
 def list_gpus() -> list[dict[str, Any]]:
