@@ -264,7 +264,7 @@ def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float)
 
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
-    req, a, gpu = res.request, res.arch, res.gpu.data
+    req, a = res.request, res.arch
     qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
@@ -286,12 +286,30 @@ def build(res: Resolved) -> dict[str, float]:
     else:
         _finetuning(s, req, res)
 
+    s.update(device_vars(res, s["act_bytes"], bool(s["offload_to_nvme"])))
+    return s
+
+
+#: What :func:`device_vars` reads from the weights format (a search over GPUs may share its answer
+#: between formats that agree on these).
+DEVICE_FORMAT_FIELDS = ("compute", "kind", "gguf_block")
+
+
+def device_vars(res: Resolved, act_bytes: float, to_nvme: bool) -> dict[str, float]:
+    """Every scenario variable the GPU decides, given the runtime, format, links and request it runs with:
+    the hardware figures, the runtime's efficiencies for the GPU's class, the runtime's constants (tiers by
+    GPU applied, ``runtime_settings`` over them) and ``act_bytes`` where the runtime fixes it.
+
+    Split from :func:`build` so a search over many GPUs (:mod:`vramplan.deploy`) builds one scenario
+    and sets only these per GPU. It reads the format only through :data:`DEVICE_FORMAT_FIELDS`."""
+    gpu = res.gpu.data
+    compute = res.quant.data.get("compute", "fp16")
     cls = hardware_class(gpu)
     # Pre-Ampere cards have no bf16 and Pascal's fp16 rate is a fraction of fp32: runtimes then compute in fp32.
     t16 = gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
     native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
               "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"), "bf16": gpu.get("bf16_tflops")}.get(compute)
-    s.update({
+    d: dict[str, float] = {
         "gpu_mem_gib": res.gpu_memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"],
         "gpu_tflops": float(native or t16), "gpu_tflops_16": float(t16), "gpu_tdp_w": gpu["tdp_w"],
         "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
@@ -304,16 +322,16 @@ def build(res: Resolved) -> dict[str, float]:
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
         "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
         "weights_dequantized": int(res.quant.data["kind"] != "float"),
-    })
-    s["dequant_flops_per_weight"] = _unpack_flops(res, cls) * s["weights_dequantized"]
+    }
+    d["dequant_flops_per_weight"] = _unpack_flops(res, cls) * d["weights_dequantized"]
     nvme = _rt(res, "nvme_read_gb_s", cls)
-    s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
-    s.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
-    for name, value in (req.get("runtime_settings") or {}).items():
-        s[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
-    if s.get("rt_activation_bytes", 0) > 0 and res.workload == "inference":
-        s["act_bytes"] = s["rt_activation_bytes"]  # e.g. ggml compute buffers hold f32 activations
-    return s
+    d["offload_bw_gb_s"] = min(d["host_bw_gb_s"], nvme) if to_nvme and nvme else d["host_bw_gb_s"]
+    d.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
+    for name, value in (res.request.get("runtime_settings") or {}).items():
+        d[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
+    # e.g. ggml compute buffers hold f32 activations
+    d["act_bytes"] = d["rt_activation_bytes"] if d.get("rt_activation_bytes", 0) > 0 and res.workload == "inference" else act_bytes
+    return d
 
 
 def _lora_dims(s: dict[str, float], a) -> None:
@@ -343,18 +361,23 @@ def _lora_dims(s: dict[str, float], a) -> None:
         s["lora_dims_up"] -= L * h
 
 
+def load_vars(num_gpus: Any, tensor: bool, batch: Any, users: Any, request_rate: Any, gpu_hour_cost: Any) -> dict[str, Any]:
+    """The inference variables a replica's size and load set: GPUs and their split, sequences in flight,
+    the open loop's rate and the price. Elementwise, so a search (:mod:`vramplan.deploy`) passes arrays
+    of many configurations where :func:`build` passes one request's numbers."""
+    seqs = batch * users
+    tp, pp = (num_gpus, 1) if tensor else (1, num_gpus)
+    return {"num_gpus": num_gpus, "tp": tp, "pp": pp, "dp": 1, "users": users, "seqs": seqs, "request_rate": request_rate,
+            "gpu_hour_cost": gpu_hour_cost, "micro_batch": seqs, "batch_global": seqs}
+
+
 def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> None:
-    n = req["num_gpus"]
-    tensor = req["inference_parallelism"] == "tensor"
-    s["tp"], s["pp"], s["dp"] = (n, 1, 1) if tensor else (1, n, 1)
-    s["users"] = req["concurrent_users"]
-    s["seqs"] = req["batch_size"] * req["concurrent_users"]
+    s.update(load_vars(req["num_gpus"], req["inference_parallelism"] == "tensor", req["batch_size"], req["concurrent_users"],
+                       number_or(req.get("request_rate"), 0.0), number_or(req.get("gpu_hour_cost"), 0.0)))
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
     s["input_tokens"], s["output_tokens"] = req["input_tokens"], req["output_tokens"]
-    s["request_rate"] = number_or(req.get("request_rate"), 0.0)
-    s["gpu_hour_cost"] = number_or(req.get("gpu_hour_cost"), 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
@@ -376,8 +399,7 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
               "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "fused_kernels",
               "activation_offloading", "grad_accum", "num_epochs"):
         s[k] = 0
-    s.update({"train_param_bytes": 0, "micro_batch": s["seqs"], "optimizer_moments": 0, "num_samples": 0,
-              "tokens_per_sample": req["seq_length"], "batch_global": s["seqs"]})
+    s.update({"train_param_bytes": 0, "optimizer_moments": 0, "num_samples": 0, "tokens_per_sample": req["seq_length"]})
     for m in ("q", "k", "v", "o", "gate", "up", "down"):
         s[f"lora_{m}"] = 0
 
