@@ -220,6 +220,10 @@ def _check_runtimes(cat: Catalog) -> None:
         missing = sorted(used - set(entry.data["constants"]))
         if missing:
             problems.append((f"runtime {entry.key} ({entry.provenance})", f"lacks constants the formulas use: {', '.join(missing)}"))
+        for key in (entry.data.get("deployment") or {}).get("kv_cache_formats", []):
+            if key not in cat.quantization or "kv_cache_bits" not in cat.quantization.get(key).data:
+                problems.append((f"runtime {entry.key} ({entry.provenance})",
+                                 f"deployment.kv_cache_formats: {key!r} is not a quantization format with kv_cache_bits"))
     defaults = [e.key for e in cat.runtimes if e.data.get("default")]
     if len(defaults) != 1 and len(cat.runtimes):
         problems.append(("runtimes", f"exactly one runtime must be marked default, found {defaults or 'none'}"))
