@@ -45,19 +45,21 @@ from typing import Any
 
 from .catalog import Catalog, get_catalog
 from .datafiles import schema_problems
+from .deploy import cheapest_deployment
 from .errors import RequestError, VramplanError
+from .verdict import NOT_FITTING, SLO_FIELDS, binding, fits  # noqa: F401 - the planner's definition, re-exported
 
 QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
-             "best_quantization", "gpus")
-PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys", "slo")
-#: Serving-model latencies an SLO may bound (the serving object's fields).
-SLO_FIELDS = ("ttft_ms", "itl_ms", "e2e_latency_ms")
+             "best_quantization", "gpus", "cheapest_deployment")
+PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys", "slo", "runtimes", "min_quality_rank", "gpu_hour_costs",
+               "max_deployments")
+#: Questions that search over GPUs themselves (no gpu_key needed).
+GPU_SEARCHES = ("gpus", "cheapest_deployment")
 #: The bisection for max_request_rate stops at this relative width (answers carry 3 significant figures).
 RATE_PRECISION = 1e-3
 #: Request field each numeric question varies, and the schema's ceiling for it.
 FIELDS = {"max_seq_length": ("seq_length", 16777216), "max_batch_size": ("batch_size", 1048576),
           "max_concurrent_users": ("concurrent_users", 1048576), "min_num_gpus": ("num_gpus", 1024)}
-NOT_FITTING = ("insufficient", "error")
 FINETUNE_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
 
@@ -73,32 +75,6 @@ def capacity_gib(body: dict[str, Any], cat: Catalog | None = None) -> float:
         return float(body["custom_vram"])
     cat = cat or get_catalog()
     return float(cat.gpus.get(body["gpu_key"]).data.get("memory_gib") or 0.0)
-
-
-def fits(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: dict[str, float] | None = None) -> bool:
-    """The planner's one definition of "fits" (see the module docstring)."""
-    return binding(out, capacity, headroom, slo) is None
-
-
-def binding(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: dict[str, float] | None = None) -> str | None:
-    """What keeps an estimate from fitting: ``configuration`` (memory_status error), ``memory``, ``capacity`` (an
-    open loop past it), the admission cap that makes sequences wait (``kv_cache``, ``max_num_seqs``...) or
-    an SLO field; None if it fits."""
-    if out["memory_status"] == "error":
-        return "configuration"
-    if out["memory_status"] in NOT_FITTING or out["vram_usage"] > (1.0 - headroom) * capacity + 1e-9:
-        return "memory"
-    srv = out.get("serving")
-    if srv is None:
-        return None
-    if srv["load"] == "open_loop" and srv["ttft_ms"] is None:
-        return "capacity"
-    if srv["load"] != "open_loop" and srv["queued_requests"]:
-        return srv["limited_by"]  # the runtime admits fewer than asked (its KV pool, max_num_seqs...): the rest wait
-    for key, limit in (slo or {}).items():
-        if srv[key] is None or srv[key] > limit:
-            return key
-    return None
 
 
 class Probe:
@@ -356,9 +332,15 @@ def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any
     return {"value": found, "considered": len(keys)}
 
 
+def _cheapest_deployment(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    if workload != "inference":
+        return {"value": None, "reason": "cheapest_deployment is a serving question (workload inference)"}
+    return cheapest_deployment(ctx["catalog"], body, ctx)
+
+
 HANDLERS = {"max_seq_length": _numeric, "max_batch_size": _numeric, "max_concurrent_users": _numeric,
             "max_request_rate": _max_request_rate, "min_num_gpus": _numeric, "best_quantization": _best_quantization,
-            "gpus": _gpus}
+            "gpus": _gpus, "cheapest_deployment": _cheapest_deployment}
 
 
 def _field(where: str, message: str) -> str:
@@ -377,6 +359,21 @@ def validate_plan(request: Any) -> dict[str, Any]:
     return request
 
 
+def _check_keys(request: dict[str, Any], cat: Catalog) -> None:
+    """Runtimes and priced GPUs named in the plan fields exist (every unknown one named, with the closest)."""
+    problems, suggestions = [], {}
+    for i, key in enumerate(request.get("runtimes") or []):
+        if key not in cat.runtimes:
+            problems.append((f"runtimes[{i}]", f"unknown runtime {key!r}"))
+            suggestions[f"runtimes[{i}]"] = cat.runtimes.closest(key)
+    for key in request.get("gpu_hour_costs") or {}:
+        if key not in cat.gpus:
+            problems.append((f"gpu_hour_costs.{key}", f"unknown GPU {key!r}"))
+            suggestions[f"gpu_hour_costs.{key}"] = cat.gpus.closest(key)
+    if problems:
+        raise RequestError(problems, suggestions=suggestions)
+
+
 def plan(request: dict[str, Any]) -> dict[str, Any]:
     """Answer each question in ``request["find"]``; see the module docstring."""
     validate_plan(request)
@@ -393,13 +390,16 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
                 suggestions[f"gpu_keys[{i}]"] = cat.gpus.closest(key)
         if problems:
             raise RequestError(problems, suggestions=suggestions)
+    _check_keys(request, cat)
     find = list(dict.fromkeys(request["find"]))
     slo = request.get("slo") or None
     if slo and workload != "inference":
         raise RequestError([("slo", "latency objectives apply to inference (serving) only")])
-    ctx: dict[str, Any] = {"catalog": cat, "headroom": headroom, "gpu_keys": gpu_keys, "slo": slo}
+    ctx: dict[str, Any] = {"catalog": cat, "headroom": headroom, "gpu_keys": gpu_keys, "slo": slo,
+                           "runtimes": request.get("runtimes"), "min_quality_rank": request.get("min_quality_rank"),
+                           "gpu_hour_costs": request.get("gpu_hour_costs"), "max_deployments": request.get("max_deployments")}
     answers: dict[str, Any] = {}
-    needs_gpu = [q for q in find if q != "gpus"]
+    needs_gpu = [q for q in find if q not in GPU_SEARCHES]
     if needs_gpu:
         run = estimator(workload)
         # Validates the whole request once (every bad field named) and gives the defaults searches start from.
@@ -409,7 +409,8 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
         ctx["base"] = validate(body, workload)
         ctx["capacity"] = capacity_gib(body, cat)
     elif "llm_key" in body:
-        probe_gpu = (gpu_keys or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
+        plain = [k for k in gpu_keys or [] if not cat.gpus.get(k).data.get("custom")]
+        probe_gpu = (plain or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
         estimator(workload)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
     for q in find:
         answers[q] = HANDLERS[q](q, body, workload, ctx)

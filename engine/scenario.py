@@ -11,7 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from .architecture import ROLES, Architecture
-from .elementwise import number_or
+from .elementwise import number_or, where
 from .errors import RequestError
 from .resolve import Resolved
 
@@ -153,19 +153,19 @@ def hardware_class(gpu: dict[str, Any]) -> str:
     return "nvidia_datacenter" if gpu["category"] == "datacenter" else "nvidia_consumer"
 
 
-def _unpack_flops(res: Resolved, cls: str) -> float:
+def _unpack_flops(runtime: dict[str, Any], fmt: dict[str, Any], cls: str) -> float:
     """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
 
     A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
     per class like every constant): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against
     pre-scaled activations, k-quants with a longer sequence. Without one, the general constant applies.
     """
-    consts = res.runtime.data["constants"]
-    if res.quant.data.get("gguf_block") == "legacy":
+    consts = runtime["constants"]
+    if fmt.get("gguf_block") == "legacy":
         for key in (f"dequant_flops_per_weight_legacy_{cls}", "dequant_flops_per_weight_legacy"):
             if key in consts:
                 return float(consts[key]["value"])
-    return _rt(res, "dequant_flops_per_weight", cls)
+    return _rt(runtime, "dequant_flops_per_weight", cls)
 
 
 def _compute_capability(gpu: dict[str, Any]) -> float:
@@ -177,8 +177,8 @@ def _compute_capability(gpu: dict[str, Any]) -> float:
     return float(major) + float(minor or 0) / 10
 
 
-def _rt(res: Resolved, name: str, cls: str) -> float:
-    consts = res.runtime.data["constants"]
+def _rt(runtime: dict[str, Any], name: str, cls: str) -> float:
+    consts = runtime["constants"]
     for key in (f"{name}_{cls}", name):
         if key in consts:
             return float(consts[key]["value"])
@@ -262,6 +262,11 @@ def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float)
     return _runtime_vars(runtime, gpu_key, gpu_mem_gib)[f"rt_{name}"]
 
 
+def activation_bytes(fmt: dict[str, Any]) -> float:
+    """Bytes per activation element for a weights format's compute dtype (before a runtime fixes it)."""
+    return 4.0 if fmt.get("compute", "fp16") == "fp32" else 2.0
+
+
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
     req, a = res.request, res.arch
@@ -270,7 +275,7 @@ def build(res: Resolved) -> dict[str, float]:
     s.update(_quant_vars(qbits))
     s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
     compute = res.quant.data.get("compute", "fp16")
-    s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
+    s["act_bytes"] = activation_bytes(res.quant.data)
     s["weights_compute_bits"] = float(qbits["default"])
     s["int8_matmul"] = int(compute == "int8")
 
@@ -290,48 +295,82 @@ def build(res: Resolved) -> dict[str, float]:
     return s
 
 
-#: What :func:`device_vars` reads from the weights format (a search over GPUs may share its answer
-#: between formats that agree on these).
-DEVICE_FORMAT_FIELDS = ("compute", "kind", "gguf_block")
-
-
 def device_vars(res: Resolved, act_bytes: float, to_nvme: bool) -> dict[str, float]:
-    """Every scenario variable the GPU decides, given the runtime, format, links and request it runs with:
-    the hardware figures, the runtime's efficiencies for the GPU's class, the runtime's constants (tiers by
-    GPU applied, ``runtime_settings`` over them) and ``act_bytes`` where the runtime fixes it.
+    """Every scenario variable the GPU decides, given the runtime, format, links and request it runs with.
 
     Split from :func:`build` so a search over many GPUs (:mod:`vramplan.deploy`) builds one scenario
-    and sets only these per GPU. It reads the format only through :data:`DEVICE_FORMAT_FIELDS`."""
+    per (runtime, format) and sets only these per GPU, from the same pieces: :func:`gpu_vars` (the GPU
+    alone), :func:`format_on_gpu_vars` (its throughput in the format's compute type),
+    :func:`runtime_on_gpu_vars` (the runtime's efficiencies for the GPU's class),
+    :func:`runtime_constants` (the profile's constants, tiers by GPU applied, ``runtime_settings`` over
+    them) and :func:`runtime_act_bytes`."""
     gpu = res.gpu.data
-    compute = res.quant.data.get("compute", "fp16")
-    cls = hardware_class(gpu)
-    # Pre-Ampere cards have no bf16 and Pascal's fp16 rate is a fraction of fp32: runtimes then compute in fp32.
-    t16 = gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
-    native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
-              "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"), "bf16": gpu.get("bf16_tflops")}.get(compute)
-    d: dict[str, float] = {
-        "gpu_mem_gib": res.gpu_memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"],
-        "gpu_tflops": float(native or t16), "gpu_tflops_16": float(t16), "gpu_tdp_w": gpu["tdp_w"],
-        "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
-        "ic_bw_gb_s": res.interconnect.data["bandwidth_gb_s"], "ic_latency_us": res.interconnect.data["latency_us"],
-        # Unified memory: "offloaded" data stays in the same memory the GPU reads.
-        "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not res.host_link or gpu.get("unified_memory_gib"))
-        else res.host_link.data["bandwidth_gb_s"],
-        "eff_decode_bw": _rt(res, "decode_bw_eff", cls), "eff_prefill_flops": _rt(res, "prefill_flops_eff", cls),
-        "eff_train_mfu": _rt(res, "train_mfu", cls), "power_idle_fraction": _rt(res, "power_memory_bound_fraction", cls),
-        "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
-        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
-        "weights_dequantized": int(res.quant.data["kind"] != "float"),
-    }
-    d["dequant_flops_per_weight"] = _unpack_flops(res, cls) * d["weights_dequantized"]
-    nvme = _rt(res, "nvme_read_gb_s", cls)
-    d["offload_bw_gb_s"] = min(d["host_bw_gb_s"], nvme) if to_nvme and nvme else d["host_bw_gb_s"]
-    d.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
-    for name, value in (res.request.get("runtime_settings") or {}).items():
-        d[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
-    # e.g. ggml compute buffers hold f32 activations
-    d["act_bytes"] = d["rt_activation_bytes"] if d.get("rt_activation_bytes", 0) > 0 and res.workload == "inference" else act_bytes
+    d = gpu_vars(gpu, res.gpu_memory_gib, res.interconnect.data, res.host_link.data if res.host_link else None)
+    d.update(format_on_gpu_vars(gpu, res.quant.data))
+    d.update(runtime_on_gpu_vars(res.runtime.data, res.quant.data, hardware_class(gpu), d["host_bw_gb_s"], to_nvme))
+    d.update(runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, res.request.get("runtime_settings")))
+    d["act_bytes"] = runtime_act_bytes(d.get("rt_activation_bytes", 0.0), act_bytes, res.workload)
     return d
+
+
+def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any], host_link: dict[str, Any] | None) -> dict[str, float]:
+    """What the GPU alone decides (and its links)."""
+    return {
+        "gpu_mem_gib": memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"], "gpu_tflops_16": float(_tflops_16(gpu)),
+        "gpu_tdp_w": gpu["tdp_w"], "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
+        "ic_bw_gb_s": interconnect["bandwidth_gb_s"], "ic_latency_us": interconnect["latency_us"],
+        # Unified memory: "offloaded" data stays in the same memory the GPU reads.
+        "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not host_link or gpu.get("unified_memory_gib"))
+        else host_link["bandwidth_gb_s"],
+        "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or _tflops_16(gpu)),
+        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
+    }
+
+
+def _tflops_16(gpu: dict[str, Any]) -> float:
+    # Pre-Ampere cards have no bf16 and Pascal's fp16 rate is a fraction of fp32: runtimes then compute in fp32.
+    return gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
+
+
+def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, float]:
+    """The GPU's throughput in the format's compute type (its 16-bit rate where it has no native one)."""
+    native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
+              "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"),
+              "bf16": gpu.get("bf16_tflops")}.get(fmt.get("compute", "fp16"))
+    return {"gpu_tflops": float(native or _tflops_16(gpu)), "weights_dequantized": int(fmt["kind"] != "float")}
+
+
+def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], cls: str, host_bw_gb_s: float, to_nvme: bool) -> dict[str, float]:
+    """The runtime's efficiencies for a hardware class, the ALU work it spends unpacking the format,
+    and the offload path's bandwidth."""
+    nvme = _rt(runtime, "nvme_read_gb_s", cls)
+    dequantized = int(fmt["kind"] != "float")
+    return {
+        "eff_decode_bw": _rt(runtime, "decode_bw_eff", cls), "eff_prefill_flops": _rt(runtime, "prefill_flops_eff", cls),
+        "eff_train_mfu": _rt(runtime, "train_mfu", cls), "power_idle_fraction": _rt(runtime, "power_memory_bound_fraction", cls),
+        "dequant_flops_per_weight": _unpack_flops(runtime, fmt, cls) * dequantized,
+        "offload_bw_gb_s": min(host_bw_gb_s, nvme) if to_nvme and nvme else host_bw_gb_s,
+    }
+
+
+def runtime_constants(runtime: dict[str, Any], gpu_key: str, gpu_mem_gib: float,
+                      settings: dict[str, float] | None) -> dict[str, float]:
+    """The profile's constants as rt_<name> on this GPU (tiers applied), the request's runtime_settings over them."""
+    values = _runtime_vars(runtime, gpu_key, gpu_mem_gib)
+    if not settings:
+        return values
+    out = dict(values)
+    for name, value in settings.items():
+        out[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
+    return out
+
+
+def runtime_act_bytes(rt_activation_bytes: Any, act_bytes: Any, workload: str) -> Any:
+    """Bytes per activation element: the runtime's, where it fixes them (ggml compute buffers hold f32
+    activations), else the format's compute type's. Elementwise."""
+    if workload != "inference":
+        return act_bytes
+    return where(rt_activation_bytes > 0, rt_activation_bytes, act_bytes)
 
 
 def _lora_dims(s: dict[str, float], a) -> None:

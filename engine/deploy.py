@@ -1,0 +1,486 @@
+"""``cheapest_deployment``: the cheapest way to serve a traffic within an SLO, over the whole catalog.
+
+Given a model, a traffic (``input_tokens``, ``output_tokens``, and ``request_rate`` or
+``concurrent_users``), an ``slo`` and optionally ``gpu_keys``, ``runtimes``, ``min_quality_rank``
+and ``gpu_hour_costs``, :func:`cheapest_deployment` searches every configuration of
+:mod:`vramplan.deployspace` (GPU type x GPUs per replica x split x runtime x weights format x KV
+precision) and, for each, the fewest **replicas** that carry the traffic within the SLO. The load is
+split evenly: an open loop sends ``request_rate / replicas`` to each replica; a closed loop gives each
+``ceil(concurrent_users / replicas)`` clients (the busiest replica). A replica **meets** the SLO when
+the planner's :func:`~vramplan.planner.binding` finds nothing binding at its share of the load: it
+fits in memory (with ``headroom``), runs every sequence at once, is below capacity and its mean
+latencies are within the SLO.
+
+The answer's ``value`` lists, best first, the cheapest deployment on each GPU type that can meet the
+SLO (the first is the cheapest of all): each carries the inference request that estimates one
+replica (``request``: ``gpu_key``, ``num_gpus``, ``inference_parallelism``, ``quantization``,
+``kv_cache_quantization``, ``runtime``, its share of the load and the price), the number of replicas,
+the replica's latencies and utilisation, the deployment's cost per hour and per million output
+tokens, and its **binding** constraint: what fails one step cheaper (one replica fewer, or half the
+GPUs per replica when there is one replica; none for one GPU). Priced deployments come first, by
+cost per hour; GPUs without a price (neither ``gpu_hour_costs`` nor a catalog reference price)
+follow, by GPU count. Ties go to the better weights and KV quality, then the lower latency.
+
+Search (monotone in the replica count: more replicas, lighter load, never worse):
+
+* GPUs per replica are tried smallest first, and a GPU type's best so far bounds the rest: a
+  configuration whose GPU count times its fewest possible replicas already exceeds it (or equals it
+  at lower quality) is not evaluated;
+* weights that cannot fit (the busiest GPU holds at least 1/n of the weights on one GPU) rule a
+  configuration out unevaluated;
+* the first estimate, at the whole load on one replica, gives each configuration's capacity (what
+  it serves when requests arrive faster): the replica count starts from there (the fewest replicas
+  below capacity), then gallops and bisects to the fewest that meet the SLO;
+* every step evaluates all open configurations at once through the batch evaluator
+  (:mod:`vramplan.deployspace` builds the columns), and the chosen deployments are estimated again one
+  by one through :func:`vramplan.estimate.run`, so every figure shown is a single estimate's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .batch import BatchResult, evaluate_batch
+from .catalog import Catalog
+from .deployspace import Space, build_space
+from .errors import VramplanError
+from .estimate import LIMITED_BY
+from .many import estimate_many
+from .sweep import memory_figures, round_like_python
+from .verdict import NOT_FITTING, SLO_FIELDS, binding
+
+#: The most replicas a deployment may have (an open loop; a closed loop has at most one per client).
+MAX_REPLICAS = 1024
+#: Deployments shown when the request does not say (the best GPU types).
+DEFAULT_SHOWN = 10
+GIB = float(1 << 30)
+#: Weights more than this over a GPU's usable memory rule a configuration out unevaluated (GiB; the
+#: response's per-component rounding moves vram_usage by less).
+WEIGHT_MARGIN_GIB = 0.1
+#: What the search reads from the formula graph besides the memory components.
+SERVING_TARGETS = ("srv_past_capacity", "srv_open_loop", "srv_static", "srv_ttft_s", "srv_itl_s", "srv_e2e_s", "srv_queued",
+                   "srv_limited_code", "srv_max_running", "srv_capacity_seq_rate")
+
+PENDING, DECIDED, DROPPED, PRUNED = 0, 1, 2, 3
+
+
+@dataclass
+class Outcome:
+    """Per configuration: its state and the replica counts known to fail (lo) and to meet the SLO (hi)."""
+
+    state: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    why: np.ndarray  # the binding at the last failing evaluation (object)
+    probed: np.ndarray  # evaluated at the lightest load (the most replicas)
+    missed: np.ndarray  # last failed on an SLO field (a light-load probe tells whether any count helps)
+    seen: dict[str, np.ndarray]  # SLO field -> its value at the lightest load evaluated (for "nothing meets it")
+    e2e: np.ndarray  # mean end-to-end latency at hi (a tie-break)
+    evaluations: int = 0
+    passes: int = 0
+    pruned: dict[str, int] = field(default_factory=lambda: {"weights": 0, "gpu_type": 0, "top": 0})
+
+
+def cheapest_deployment(cat: Catalog, body: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+    """The planner's ``cheapest_deployment`` answer (see the module docstring)."""
+    for name, why in (("custom_vram", "it would replace every GPU's memory"),
+                      ("gpu_hour_cost", "it prices one GPU; give gpu_hour_costs (GPU key -> price per GPU-hour)"),
+                      ("enable_offloading", "offloading is not searched")):
+        if body.get(name) not in (None, False):
+            return {"value": None, "reason": f"cheapest_deployment searches whole deployments: leave out {name} ({why})"}
+    slo = ctx["slo"] or {}
+    shown = int(ctx.get("max_deployments") or DEFAULT_SHOWN)
+    space = build_space(cat, body, ctx["gpu_keys"], ctx.get("runtimes"), ctx.get("min_quality_rank"),
+                        ctx.get("gpu_hour_costs") or {})
+    if space.size == 0:
+        return {"value": None, "reason": _empty_reason(space, ctx), "considered": 0}
+    out = search(space, slo, ctx["headroom"], shown)
+    rows, estimated = _answer_rows(space, out, slo, ctx["headroom"], shown)
+    answer: dict[str, Any] = {"considered": space.size, "evaluations": out.evaluations + estimated}
+    if not rows:
+        return {"value": None, "reason": _nothing_meets(space, out, slo), **answer}
+    answer.update({"value": rows, "binding": rows[0]["binding"],
+                   "search": {"gpu_types": len(space.gpus), "runtime_format_pairs": len(space.pairs), "passes": out.passes,
+                              "pruned": dict(out.pruned), "max_replicas": _max_replicas(space)}})
+    if space.notes:
+        answer["notes"] = space.notes
+    return answer
+
+
+# -- the search -----------------------------------------------------------------------------------
+
+def _max_replicas(space: Space) -> int:
+    return MAX_REPLICAS if space.open_loop else min(space.users, MAX_REPLICAS)
+
+
+def search(space: Space, slo: dict[str, float], headroom: float, shown: int = DEFAULT_SHOWN) -> Outcome:
+    """The fewest replicas of every configuration that can be among the ``shown`` best GPU types
+    (state DECIDED, the count in ``hi``); the others are DROPPED (cannot meet the SLO) or PRUNED."""
+    size = space.size
+    out = Outcome(state=np.zeros(size, dtype=np.int8), lo=np.zeros(size, dtype=np.int64), hi=np.zeros(size, dtype=np.int64),
+                  why=np.full(size, None, dtype=object), probed=np.zeros(size, dtype=bool), missed=np.zeros(size, dtype=bool),
+                  seen={k: np.full(size, np.nan) for k in SLO_FIELDS}, e2e=np.full(size, np.inf))
+    gpu = space.gpu
+    usable = (1.0 - headroom) * np.array([float(g.data["memory_gib"]) for g in space.gpus])[gpu]
+    weights = _weights_per_pair(space)
+    if weights is not None:
+        heavy = np.nan_to_num(weights[space.pair], nan=0.0) / space.n / GIB > usable + WEIGHT_MARGIN_GIB
+        out.state[heavy] = DROPPED
+        out.why[heavy] = "memory"
+        out.pruned["weights"] = int(heavy.sum())
+    r_max = _max_replicas(space)
+    price = np.array([np.nan if p.usd is None else p.usd for p in space.prices])[gpu]
+    # Priced GPU types first: their answers bound the unpriced ones, which rank after them.
+    for phase in (~np.isnan(price), np.isnan(price)):
+        level = 1
+        while True:
+            pending = (out.state == PENDING) & phase
+            if not pending.any():
+                break
+            least = space.n * (out.lo + 1)
+            now = pending & (least <= level)
+            probe = pending & ~now & ~out.probed & out.missed
+            if not now.any() and not probe.any():
+                level = max(level * 2, int(least[pending].min()))
+                continue
+            rows, replicas = _candidates(space, out, np.flatnonzero(now), level, r_max)
+            light = np.flatnonzero(probe)
+            rows = np.concatenate([rows, light])
+            replicas = np.concatenate([replicas, np.full(len(light), r_max, dtype=np.int64)])
+            _evaluate(space, out, rows, replicas, slo, headroom, r_max)
+            _prune(space, out, price, shown)
+    return out
+
+
+#: Replica counts tried per configuration in one batch (fewer batches, a few more rows).
+POINTS = 8
+_GALLOP = 2 ** np.arange(POINTS - 1, dtype=np.int64)  # 1, 2, 4, ... above the last count that failed
+
+
+def _candidates(space: Space, out: Outcome, rows: np.ndarray, level: int, r_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """Replica counts to try for each row: within (lo, hi) evenly where a count is known to meet the
+    SLO, else lo + 1, lo + 2, lo + 4, ... up to the level's share (level / GPUs per replica)."""
+    lo, hi, n = out.lo[rows], out.hi[rows], space.n[rows]
+    known = hi > 0
+    top = np.where(known, hi - 1, np.minimum(level // n, r_max))
+    width = top - lo  # counts left to try: lo + 1 .. top
+    j = np.arange(POINTS, dtype=np.int64)
+    spread = lo[:, None] + np.maximum(1, (width[:, None] * (j[None, :] + 1)) // POINTS)
+    gallop = np.concatenate([lo[:, None] + _GALLOP[None, :], top[:, None]], axis=1)
+    cand = np.where(known[:, None], spread, gallop)
+    keep = (cand > lo[:, None]) & (cand <= top[:, None])
+    keep[:, 1:] &= cand[:, 1:] != cand[:, :-1]  # the spread is increasing: drop repeats
+    keep[:, :-1] &= known[:, None] | (cand[:, :-1] < top[:, None])  # the gallop ends at top, once
+    r, c = np.nonzero(keep)
+    return rows[r], cand[r, c]
+
+
+def _weights_per_pair(space: Space) -> np.ndarray | None:
+    """Weights on one GPU holding the whole model, per (runtime, format) pair; NaN for a pair where a
+    variable the figure reads differs between the GPUs it runs on (no bound is taken for it). With n
+    GPUs the busiest holds at least 1/n of them (pipeline stages hold whole layers, tensor
+    parallelism splits every matrix)."""
+    fs = space.cat.formulas
+    inputs = {name for f in fs.plan(("weights_gpu_bytes",)) for name in f.inputs if name not in fs.formulas}
+    if inputs & {"kv_bits", "users", "seqs", "request_rate", "batch_global", "micro_batch"}:
+        return None
+    values = np.array([fs.evaluate({**p.base, "tp": 1, "pp": 1, "dp": 1, "num_gpus": 1}, ("weights_gpu_bytes",))["weights_gpu_bytes"]
+                       for p in space.pairs], dtype=np.float64)
+    tables = space.tables()
+    for name, piece in space.pieces.items():
+        varying = [n for n in inputs if tables.get(n, ("scalar",))[0] == name]
+        if not varying:
+            continue
+        rows = np.asarray(piece.of_combo, dtype=np.int64)
+        for n in varying:
+            col = tables[n][1][rows]
+            first = np.full(len(space.pairs), np.nan)
+            first[space.combo_pair[::-1]] = col[::-1]  # the value at each pair's first combination
+            values[np.unique(space.combo_pair[col != first[space.combo_pair]])] = np.nan
+    return values
+
+
+def targets(cat: Catalog) -> tuple[str, ...]:
+    return tuple(c.output for c in cat.formulas.components("inference")) + SERVING_TARGETS
+
+
+def _evaluate(space: Space, out: Outcome, rows: np.ndarray, replicas: np.ndarray, slo: dict[str, float],
+              headroom: float, r_max: int) -> None:
+    """One batch: every row at its replica count; then each row's bounds move."""
+    cat = space.cat
+    result = evaluate_batch(cat.formulas, space.columns(rows, replicas), len(rows), targets(cat))
+    figs = verdict_figures(cat, result)
+    why = binding_of(figs, headroom, slo)
+    why[~result.ok] = "configuration"
+    out.evaluations += len(rows)
+    out.passes += 1
+    light = replicas == r_max
+    out.probed[rows[light]] = True
+    order = np.argsort(replicas, kind="stable")  # ascending counts: where rows repeat, the largest count writes last
+    rows, replicas, why, light = rows[order], replicas[order], why[order], light[order]
+    e2e = figs["e2e_latency_ms"][order]
+    for key in slo:
+        lighter = light | ~out.probed[rows]
+        out.seen[key][rows[lighter]] = figs[key][order][lighter]
+    met = np.equal(why, None)
+    best = np.full(out.hi.shape, np.iinfo(np.int64).max)
+    np.minimum.at(best, rows[met], replicas[met])
+    first_met = met & (replicas == best[rows])
+    take = first_met & ((out.hi[rows] == 0) | (replicas < out.hi[rows]))
+    out.hi[rows[take]] = replicas[take]
+    out.e2e[rows[take]] = np.nan_to_num(e2e[take], nan=np.inf)
+    fail = ~met & (replicas < best[rows])  # a failure above a count that meets it says nothing more
+    r_fail = rows[fail]
+    np.maximum.at(out.lo, r_fail, replicas[fail])
+    out.why[r_fail] = why[fail]
+    out.missed[r_fail] = np.any([why[fail] == key for key in slo] or [np.zeros(len(r_fail), dtype=bool)], axis=0)
+    # What no replica count mends: a configuration that cannot run, a KV cache that holds no sequence,
+    # memory that does not depend on the load (an open loop, or a preallocated pool), or a miss at the
+    # lightest load.
+    max_running = result.column("srv_max_running")[order]
+    prealloc = (result.column("rt_kv_preallocate") != 0)[order]
+    hopeless = ~met & ((why == "configuration") | (max_running < 1) | light
+                       | ((why == "memory") & (space.open_loop | prealloc)))
+    out.state[rows[hopeless]] = DROPPED
+    out.why[rows[hopeless]] = why[hopeless]
+    # The capacity bound: the fewest replicas below capacity (open loop), or with every client admitted
+    # (closed loop, a pool of fixed size): the count starts there.
+    if space.open_loop:
+        cap = result.column("srv_capacity_seq_rate")[order]
+        floor = _fewest_below_capacity(space.rate, space.batch, cap)
+        raise_to = np.where(fail & (cap > 0), floor - 1, 0)
+    else:
+        per = np.floor(max_running / space.batch)
+        need = np.where(per >= 1, -(-space.users // np.maximum(per, 1)).astype(np.int64), r_max + 1)
+        raise_to = np.where(fail & prealloc & (why != "memory"), need - 1, 0)
+    np.maximum.at(out.lo, rows, raise_to)
+    live = np.unique(rows[out.state[rows] == PENDING])
+    lo, hi = out.lo[live], out.hi[live]
+    out.state[live[(hi > 0) & (hi - lo <= 1)]] = DECIDED
+    out.state[live[(hi == 0) & (lo >= r_max)]] = DROPPED
+
+
+def verdict_figures(cat: Catalog, result: BatchResult) -> dict[str, np.ndarray]:
+    """What :func:`vramplan.verdict.binding` reads, for every row, as the response shows it: the memory
+    figures, the load, queued requests and limiting cap, and the latencies (ms, 2 decimals; NaN past capacity)."""
+    figs = memory_figures(cat, "inference", result)
+    column = result.column
+    past = column("srv_past_capacity") != 0
+    with np.errstate(all="ignore"):
+        for key, formula in (("ttft_ms", "srv_ttft_s"), ("itl_ms", "srv_itl_s"), ("e2e_latency_ms", "srv_e2e_s")):
+            figs[key] = np.where(past, np.nan, round_like_python(column(formula) * 1000, 2))
+        figs["queued_requests"] = np.where(past, np.nan, round_like_python(column("srv_queued"), 2))
+    figs["open_loop"] = column("srv_open_loop") != 0
+    codes = column("srv_limited_code").astype(np.int64)
+    words = np.array([LIMITED_BY.get(int(c), "") for c in range(int(codes.max(initial=0)) + 1)], dtype=object)
+    figs["limited_by"] = words[codes]
+    return figs
+
+
+def binding_of(figs: dict[str, np.ndarray], headroom: float, slo: dict[str, float]) -> np.ndarray:
+    """:func:`vramplan.verdict.binding` for every row (None where nothing binds)."""
+    n = len(figs["memory_status"])
+    status, vram, cap = figs["memory_status"], figs["vram_usage"], figs["capacity_gib"]
+    out = np.full(n, None, dtype=object)
+    for key, limit in reversed(list(slo.items())):  # the first field named wins, as binding() reads them in order
+        value = figs[key]
+        out[np.isnan(value) | (value > limit)] = key
+    queued = figs["queued_requests"]
+    waiting = ~figs["open_loop"] & ~np.isnan(queued) & (np.nan_to_num(queued) != 0)
+    out[waiting] = figs["limited_by"][waiting]
+    out[figs["open_loop"] & np.isnan(figs["ttft_ms"])] = "capacity"
+    out[np.isin(status, NOT_FITTING) | (vram > (1.0 - headroom) * cap + 1e-9)] = "memory"
+    out[status == "error"] = "configuration"
+    return out
+
+
+def _fewest_below_capacity(rate: float, batch: int, cap_seq: np.ndarray) -> np.ndarray:
+    """Smallest R with (rate / R) x batch below the capacity, computed as the formula computes it."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.floor(rate * batch / np.where(cap_seq > 0, cap_seq, np.inf))
+    r = np.clip(np.nan_to_num(r, nan=0.0), 0, MAX_REPLICAS * 4).astype(np.int64) + 1
+    for _ in range(2):  # the division rounds: settle on the exact boundary
+        r = np.where((rate / r) * batch >= cap_seq, r + 1, r)
+        r = np.where((r > 1) & ((rate / np.maximum(r - 1, 1)) * batch < cap_seq), r - 1, r)
+    return r
+
+
+def _keys(space: Space, price: np.ndarray, rows: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ranking's first two keys: (0, cost per hour) where the GPU has a price, else (1, GPUs)."""
+    p = price[rows]
+    priced = ~np.isnan(p)
+    return np.where(priced, 0, 1), np.where(priced, p * total, total)
+
+
+def _prune(space: Space, out: Outcome, price: np.ndarray, shown: int) -> None:
+    """Set aside pending configurations that cannot change the answer: more GPUs than their GPU type's
+    best so far even at their fewest possible replicas (or as many at lower quality), or a lower bound
+    worse than the ``shown``-th best GPU type so far."""
+    decided = np.flatnonzero(out.state == DECIDED)
+    rows = np.flatnonzero(out.state == PENDING)
+    if not len(decided) or not len(rows):
+        return
+    gpus = space.gpu[decided]
+    total = space.n[decided] * out.hi[decided]
+    qw, qkv = space.quality[decided, 0], space.quality[decided, 1]
+    order = np.lexsort((-qkv, -qw, total, gpus))  # per GPU type: fewest GPUs, then best quality
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = gpus[order][1:] != gpus[order][:-1]
+    best = decided[order[first]]
+    n_types = len(space.gpus)
+    g_total = np.full(n_types, np.iinfo(np.int64).max)
+    g_qw, g_qkv = np.full(n_types, -np.inf), np.full(n_types, -np.inf)
+    g_total[space.gpu[best]] = space.n[best] * out.hi[best]
+    g_qw[space.gpu[best]] = space.quality[best, 0]
+    g_qkv[space.gpu[best]] = space.quality[best, 1]
+    g = space.gpu[rows]
+    least = space.n[rows] * (out.lo[rows] + 1)
+    a_qw, a_qkv = space.quality[rows, 0], space.quality[rows, 1]
+    own = (least > g_total[g]) | ((least == g_total[g]) & ((a_qw < g_qw[g]) | ((a_qw == g_qw[g]) & (a_qkv < g_qkv[g]))))
+    out.state[rows[own]] = PRUNED
+    out.pruned["gpu_type"] += int(own.sum())
+    if len(best) < shown:
+        return
+    b_group, b_value = _keys(space, price, best, g_total[space.gpu[best]])
+    kth = np.lexsort((b_value, b_group))[shown - 1]
+    k_group, k_value = b_group[kth], b_value[kth]
+    rows = rows[~own]
+    r_group, r_value = _keys(space, price, rows, space.n[rows] * (out.lo[rows] + 1))
+    beyond = (r_group > k_group) | ((r_group == k_group) & (r_value > k_value * (1 + 1e-12)))
+    out.state[rows[beyond]] = PRUNED
+    out.pruned["top"] += int(beyond.sum())
+
+
+# -- the answer -----------------------------------------------------------------------------------
+
+def _best_per_gpu(space: Space, out: Outcome) -> list[int]:
+    decided = np.flatnonzero(out.state == DECIDED)
+    if not len(decided):
+        return []
+    gpus = space.gpu[decided]
+    total = space.n[decided] * out.hi[decided]
+    order = np.lexsort((decided, out.e2e[decided], -space.quality[decided, 1], -space.quality[decided, 0], total, gpus))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = gpus[order][1:] != gpus[order][:-1]
+    return decided[order[first]].tolist()
+
+
+def _answer_rows(space: Space, out: Outcome, slo: dict[str, float], headroom: float,
+                 shown: int) -> tuple[list[dict[str, Any]], int]:
+    """The best deployment of the ``shown`` best GPU types, estimated again one by one, with cost and
+    binding constraint; and how many single estimates that took."""
+    price = np.array([np.nan if p.usd is None else p.usd for p in space.prices])[space.gpu]
+    best = np.array(_best_per_gpu(space, out), dtype=np.int64)
+    if not len(best):
+        return [], 0
+    group, value = _keys(space, price, best, space.n[best] * out.hi[best])
+    order = np.lexsort((out.e2e[best], -space.quality[best, 1], -space.quality[best, 0], value, group))
+    best = best[order][: shown + 2].tolist()  # a little over: the final ranking may break ties differently
+    bodies, cheaper = [], []
+    for row in best:
+        replicas, n = int(out.hi[row]), int(space.n[row])
+        bodies.append(space.replica_body(row, replicas))
+        if replicas > 1:
+            cheaper.append(space.replica_body(row, replicas - 1))
+        elif n > 1:
+            cheaper.append({**space.replica_body(row, 1), "num_gpus": n // 2})
+        else:
+            cheaper.append(None)
+    extra = [b for b in cheaper if b is not None]
+    estimates = estimate_many(bodies + extra, "inference", space.cat)
+    replica_out, cheaper_out = estimates[:len(bodies)], iter(estimates[len(bodies):])
+    rows = []
+    for row, body, est, alt in zip(best, bodies, replica_out, cheaper):
+        alt_est = next(cheaper_out) if alt is not None else None
+        if isinstance(est, VramplanError):
+            space.notes.append(f"{body['gpu_key']}: the chosen replica could not be estimated alone: {est}")
+            continue
+        capacity = float(space.gpus[int(space.gpu[row])].data["memory_gib"])
+        why = binding(est, capacity, headroom, slo)
+        if why is not None:  # the batch and the single estimate disagree: never expected (tests check)
+            space.notes.append(f"{body['gpu_key']}: the chosen replica fails on {why} when estimated alone; left out")
+            continue
+        rows.append(_row(space, row, int(out.hi[row]), body, est, alt, alt_est, capacity, headroom, slo))
+    rows.sort(key=_rank)
+    return rows[:shown], len(bodies) + len(extra)
+
+
+def _row(space: Space, row: int, replicas: int, body: dict[str, Any], est: dict[str, Any], alt: dict[str, Any] | None,
+         alt_est: Any, capacity: float, headroom: float, slo: dict[str, float]) -> dict[str, Any]:
+    srv = est["serving"]
+    n = int(space.n[row])
+    price = space.prices[int(space.gpu[row])]
+    share = replicas if space.open_loop else space.users / body["concurrent_users"]
+    output_tps = srv["output_throughput_tps"] * share
+    cost = price.usd * n * replicas if price.usd is not None else None
+    per_million = cost / (output_tps * 3600) * 1e6 if cost is not None and output_tps > 0 else None
+    if alt is None:
+        why = None
+    elif isinstance(alt_est, VramplanError):
+        why = "request"
+    else:
+        why = binding(alt_est, capacity, headroom, slo) or "none"
+    p = space.pairs[int(space.pair[row])]
+    out = {"gpu_key": body["gpu_key"], "num_gpus": n, "inference_parallelism": body["inference_parallelism"],
+           "quantization": body["quantization"], "kv_cache_quantization": body["kv_cache_quantization"],
+           "runtime": body["runtime"]}
+    if p.settings:
+        out["runtime_settings"] = dict(p.settings)
+    out.update({"replicas": replicas, "total_gpus": n * replicas})
+    out.update({"request_rate": body["request_rate"]} if space.open_loop else {"concurrent_users": body["concurrent_users"]})
+    out.update({"ttft_ms": srv["ttft_ms"], "itl_ms": srv["itl_ms"], "e2e_latency_ms": srv["e2e_latency_ms"],
+                "utilisation": srv["utilisation"], "limited_by": srv["limited_by"], "vram_usage": est["vram_usage"],
+                "memory_status": est["memory_status"], "output_throughput_tps": round(output_tps, 1),
+                "quality_rank": float(space.quality[row, 0]), "kv_quality_rank": float(space.quality[row, 1]),
+                "gpu_hour_cost": price.usd, "price": price.describe(),
+                "cost_per_hour": None if cost is None else round(cost, 4),
+                "cost_per_million_output_tokens": None if per_million is None else round(per_million, 4),
+                "binding": why, "binding_step": _step_words(replicas, n, alt), "request": body})
+    return out
+
+
+def _step_words(replicas: int, n: int, alt: dict[str, Any] | None) -> str | None:
+    if alt is None:
+        return None
+    if replicas > 1:
+        return f"{replicas - 1} replica{'s' if replicas != 2 else ''}"
+    return f"{n // 2} GPU{'s' if n // 2 != 1 else ''} per replica"
+
+
+def _rank(row: dict[str, Any]) -> tuple:
+    if row["cost_per_hour"] is not None:
+        head = (0, row["cost_per_hour"], row["cost_per_million_output_tokens"] or math.inf)
+    else:
+        head = (1, row["total_gpus"], 0.0)
+    return head + (-row["quality_rank"], -row["kv_quality_rank"], row["e2e_latency_ms"] or math.inf, row["gpu_key"])
+
+
+# -- when nothing qualifies ---------------------------------------------------------------------------
+
+def _empty_reason(space: Space, ctx: dict[str, Any]) -> str:
+    if not space.gpus:
+        return "no GPU to search: gpu_keys names only custom placeholders"
+    if not space.pairs:
+        floor = ctx.get("min_quality_rank")
+        return ("no runtime searched loads a weights format" + (f" at min_quality_rank {floor:g} or above" if floor is not None else "")
+                + (f" ({'; '.join(space.notes)})" if space.notes else ""))
+    return "none of the runtimes searched runs on the GPUs given (each runtime's deployment.vendors: GET runtimes)"
+
+
+def _nothing_meets(space: Space, out: Outcome, slo: dict[str, float]) -> str:
+    counts: dict[str, int] = {}
+    for w in out.why[out.state == DROPPED].tolist():
+        counts[str(w)] = counts.get(str(w), 0) + 1
+    parts = [f"{k} ({v:,})" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])]
+    text = (f"none of the {space.size:,} configurations meets it with up to {_max_replicas(space):,} replicas "
+            f"(what each failed on: {', '.join(parts) or 'nothing evaluated'})")
+    close = []
+    for key, limit in slo.items():
+        seen = out.seen[key]
+        if np.isfinite(seen).any():
+            close.append(f"the lowest {key} any reaches is {np.nanmin(seen):g} (the SLO asks {limit:g})")
+    return text + (f"; {'; '.join(close)}" if close else "")
