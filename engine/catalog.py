@@ -220,6 +220,9 @@ def _check_runtimes(cat: Catalog) -> None:
         missing = sorted(used - set(entry.data["constants"]))
         if missing:
             problems.append((f"runtime {entry.key} ({entry.provenance})", f"lacks constants the formulas use: {', '.join(missing)}"))
+        for key in (entry.data.get("deployment") or {}).get("formats", {}):
+            if key not in cat.quantization:
+                problems.append((f"runtime {entry.key} ({entry.provenance})", f"deployment.formats: unknown quantization format {key!r}"))
         for key in (entry.data.get("deployment") or {}).get("kv_cache_formats", []):
             if key not in cat.quantization or "kv_cache_bits" not in cat.quantization.get(key).data:
                 problems.append((f"runtime {entry.key} ({entry.provenance})",

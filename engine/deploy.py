@@ -46,8 +46,8 @@ import numpy as np
 
 from .batch import BatchResult, evaluate_batch
 from .catalog import Catalog
-from .deployspace import Space, build_space
-from .errors import VramplanError
+from .deployspace import Price, Space, build_space, price_of
+from .errors import RequestError, VramplanError
 from .estimate import LIMITED_BY
 from .many import estimate_many
 from .sweep import memory_figures, round_like_python
@@ -77,7 +77,7 @@ class Outcome:
     hi: np.ndarray
     why: np.ndarray  # the binding at the last failing evaluation (object)
     probed: np.ndarray  # evaluated at the lightest load (the most replicas)
-    missed: np.ndarray  # last failed on an SLO field (a light-load probe tells whether any count helps)
+    missed: np.ndarray  # last failed on something but capacity (a light-load probe tells whether any count helps)
     seen: dict[str, np.ndarray]  # SLO field -> its value at the lightest load evaluated (for "nothing meets it")
     e2e: np.ndarray  # mean end-to-end latency at hi (a tie-break)
     evaluations: int = 0
@@ -134,49 +134,75 @@ def search(space: Space, slo: dict[str, float], headroom: float, shown: int = DE
         out.pruned["weights"] = int(heavy.sum())
     r_max = _max_replicas(space)
     price = np.array([np.nan if p.usd is None else p.usd for p in space.prices])[gpu]
+    best = Incumbents(len(space.gpus))
     # Priced GPU types first: their answers bound the unpriced ones, which rank after them.
     for phase in (~np.isnan(price), np.isnan(price)):
+        active = np.flatnonzero(phase & (out.state == PENDING))
         level = 1
         while True:
-            pending = (out.state == PENDING) & phase
-            if not pending.any():
+            active = active[out.state[active] == PENDING]
+            if not len(active):
                 break
-            least = space.n * (out.lo + 1)
-            now = pending & (least <= level)
-            probe = pending & ~now & ~out.probed & out.missed
+            least = space.n[active] * (out.lo[active] + 1)
+            probe = ~out.probed[active] & out.missed[active]  # first ask whether any count helps
+            now = ~probe & (least <= level)
             if not now.any() and not probe.any():
-                level = max(level * 2, int(least[pending].min()))
+                level = max(level * 2, int(least.min()))
                 continue
-            rows, replicas = _candidates(space, out, np.flatnonzero(now), level, r_max)
-            light = np.flatnonzero(probe)
+            rows, replicas = _candidates(space, out, active[now], level, r_max)
+            light = active[probe]
             rows = np.concatenate([rows, light])
             replicas = np.concatenate([replicas, np.full(len(light), r_max, dtype=np.int64)])
-            _evaluate(space, out, rows, replicas, slo, headroom, r_max)
-            _prune(space, out, price, shown)
+            decided = _evaluate(space, out, rows, replicas, slo, headroom, r_max)
+            if best.update(space, out, decided):
+                _prune(space, out, price, shown, best, active[out.state[active] == PENDING])
     return out
 
 
-#: Replica counts tried per configuration in one batch (fewer batches, a few more rows).
+class Incumbents:
+    """Each GPU type's best decided configuration so far: its GPU count and quality."""
+
+    def __init__(self, n_types: int):
+        self.total = np.full(n_types, np.iinfo(np.int64).max)
+        self.qw = np.full(n_types, -np.inf)
+        self.qkv = np.full(n_types, -np.inf)
+
+    def update(self, space: Space, out: Outcome, rows: np.ndarray) -> bool:
+        """Take newly decided rows into account; True if some GPU type's best improved."""
+        if not len(rows):
+            return False
+        g = space.gpu[rows]
+        total = space.n[rows] * out.hi[rows]
+        qw, qkv = space.quality[rows, 0], space.quality[rows, 1]
+        better = (total < self.total[g]) | ((total == self.total[g])
+                                            & ((qw > self.qw[g]) | ((qw == self.qw[g]) & (qkv > self.qkv[g]))))
+        if not better.any():
+            return False
+        rows, g, total, qw, qkv = rows[better], g[better], total[better], qw[better], qkv[better]
+        order = np.lexsort((-qkv, -qw, total, g))[::-1]  # the best of each type written last
+        self.total[g[order]] = total[order]
+        self.qw[g[order]] = qw[order]
+        self.qkv[g[order]] = qkv[order]
+        return True
+
+
+#: Replica counts tried in one batch for a configuration with a count known to meet the SLO.
 POINTS = 8
-_GALLOP = 2 ** np.arange(POINTS - 1, dtype=np.int64)  # 1, 2, 4, ... above the last count that failed
 
 
 def _candidates(space: Space, out: Outcome, rows: np.ndarray, level: int, r_max: int) -> tuple[np.ndarray, np.ndarray]:
-    """Replica counts to try for each row: within (lo, hi) evenly where a count is known to meet the
-    SLO, else lo + 1, lo + 2, lo + 4, ... up to the level's share (level / GPUs per replica)."""
-    lo, hi, n = out.lo[rows], out.hi[rows], space.n[rows]
+    """Replica counts to try: the next count above the last that failed (the capacity bound usually
+    put it where the answer is); where a count is known to meet the SLO, POINTS counts spread evenly
+    below it (a POINTS-ary search instead of bisection: fewer batches, a few more rows)."""
+    lo, hi = out.lo[rows], out.hi[rows]
     known = hi > 0
-    top = np.where(known, hi - 1, np.minimum(level // n, r_max))
-    width = top - lo  # counts left to try: lo + 1 .. top
+    width = np.where(known, hi - 1 - lo, 1)  # counts left to try: lo + 1 .. hi - 1 (or just lo + 1)
     j = np.arange(POINTS, dtype=np.int64)
-    spread = lo[:, None] + np.maximum(1, (width[:, None] * (j[None, :] + 1)) // POINTS)
-    gallop = np.concatenate([lo[:, None] + _GALLOP[None, :], top[:, None]], axis=1)
-    cand = np.where(known[:, None], spread, gallop)
-    keep = (cand > lo[:, None]) & (cand <= top[:, None])
-    keep[:, 1:] &= cand[:, 1:] != cand[:, :-1]  # the spread is increasing: drop repeats
-    keep[:, :-1] &= known[:, None] | (cand[:, :-1] < top[:, None])  # the gallop ends at top, once
+    cand = lo[:, None] + np.maximum(1, (width[:, None] * (j[None, :] + 1)) // POINTS)
+    keep = cand <= (lo + width)[:, None]
+    keep[:, 1:] &= cand[:, 1:] != cand[:, :-1]  # increasing: drop repeats
     r, c = np.nonzero(keep)
-    return rows[r], cand[r, c]
+    return rows[r], np.minimum(cand[r, c], r_max)
 
 
 def _weights_per_pair(space: Space) -> np.ndarray | None:
@@ -188,8 +214,12 @@ def _weights_per_pair(space: Space) -> np.ndarray | None:
     inputs = {name for f in fs.plan(("weights_gpu_bytes",)) for name in f.inputs if name not in fs.formulas}
     if inputs & {"kv_bits", "users", "seqs", "request_rate", "batch_global", "micro_batch"}:
         return None
-    values = np.array([fs.evaluate({**p.base, "tp": 1, "pp": 1, "dp": 1, "num_gpus": 1}, ("weights_gpu_bytes",))["weights_gpu_bytes"]
-                       for p in space.pairs], dtype=np.float64)
+    plan = fs.plan(("weights_gpu_bytes",))
+    names = {name for f in plan for name in f.inputs if name not in fs.formulas}
+    columns = {name: np.array([p.base[name] for p in space.pairs], dtype=np.float64) for name in names}
+    columns.update({"tp": 1, "pp": 1, "dp": 1, "num_gpus": 1})
+    result = evaluate_batch(fs, columns, len(space.pairs), ("weights_gpu_bytes",))
+    values = np.where(result.ok, result.column("weights_gpu_bytes"), np.nan)
     tables = space.tables()
     for name, piece in space.pieces.items():
         varying = [n for n in inputs if tables.get(n, ("scalar",))[0] == name]
@@ -209,8 +239,8 @@ def targets(cat: Catalog) -> tuple[str, ...]:
 
 
 def _evaluate(space: Space, out: Outcome, rows: np.ndarray, replicas: np.ndarray, slo: dict[str, float],
-              headroom: float, r_max: int) -> None:
-    """One batch: every row at its replica count; then each row's bounds move."""
+              headroom: float, r_max: int) -> np.ndarray:
+    """One batch: every row at its replica count; then each row's bounds move. Returns the rows decided."""
     cat = space.cat
     result = evaluate_batch(cat.formulas, space.columns(rows, replicas), len(rows), targets(cat))
     figs = verdict_figures(cat, result)
@@ -237,7 +267,9 @@ def _evaluate(space: Space, out: Outcome, rows: np.ndarray, replicas: np.ndarray
     r_fail = rows[fail]
     np.maximum.at(out.lo, r_fail, replicas[fail])
     out.why[r_fail] = why[fail]
-    out.missed[r_fail] = np.any([why[fail] == key for key in slo] or [np.zeros(len(r_fail), dtype=bool)], axis=0)
+    # Anything but capacity (whose bound below sets the next count) sends the configuration to the
+    # lightest load first: if even that fails, no count helps; if not, the count lies between.
+    out.missed[r_fail] = why[fail] != "capacity"
     # What no replica count mends: a configuration that cannot run, a KV cache that holds no sequence,
     # memory that does not depend on the load (an open loop, or a preallocated pool), or a miss at the
     # lightest load.
@@ -260,8 +292,10 @@ def _evaluate(space: Space, out: Outcome, rows: np.ndarray, replicas: np.ndarray
     np.maximum.at(out.lo, rows, raise_to)
     live = np.unique(rows[out.state[rows] == PENDING])
     lo, hi = out.lo[live], out.hi[live]
-    out.state[live[(hi > 0) & (hi - lo <= 1)]] = DECIDED
+    decided = live[(hi > 0) & (hi - lo <= 1)]
+    out.state[decided] = DECIDED
     out.state[live[(hi == 0) & (lo >= r_max)]] = DROPPED
+    return decided
 
 
 def verdict_figures(cat: Catalog, result: BatchResult) -> dict[str, np.ndarray]:
@@ -309,47 +343,38 @@ def _fewest_below_capacity(rate: float, batch: int, cap_seq: np.ndarray) -> np.n
     return r
 
 
-def _keys(space: Space, price: np.ndarray, rows: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _keys(price: np.ndarray, rows: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The ranking's first two keys: (0, cost per hour) where the GPU has a price, else (1, GPUs)."""
     p = price[rows]
     priced = ~np.isnan(p)
     return np.where(priced, 0, 1), np.where(priced, p * total, total)
 
 
-def _prune(space: Space, out: Outcome, price: np.ndarray, shown: int) -> None:
-    """Set aside pending configurations that cannot change the answer: more GPUs than their GPU type's
-    best so far even at their fewest possible replicas (or as many at lower quality), or a lower bound
-    worse than the ``shown``-th best GPU type so far."""
-    decided = np.flatnonzero(out.state == DECIDED)
-    rows = np.flatnonzero(out.state == PENDING)
-    if not len(decided) or not len(rows):
+def _prune(space: Space, out: Outcome, price: np.ndarray, shown: int, best: Incumbents, rows: np.ndarray) -> None:
+    """Set aside pending configurations ``rows`` that cannot change the answer: more GPUs than their GPU
+    type's best so far even at their fewest possible replicas (or as many at lower quality), or a lower
+    bound worse than the ``shown``-th best GPU type so far."""
+    if not len(rows):
         return
-    gpus = space.gpu[decided]
-    total = space.n[decided] * out.hi[decided]
-    qw, qkv = space.quality[decided, 0], space.quality[decided, 1]
-    order = np.lexsort((-qkv, -qw, total, gpus))  # per GPU type: fewest GPUs, then best quality
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = gpus[order][1:] != gpus[order][:-1]
-    best = decided[order[first]]
-    n_types = len(space.gpus)
-    g_total = np.full(n_types, np.iinfo(np.int64).max)
-    g_qw, g_qkv = np.full(n_types, -np.inf), np.full(n_types, -np.inf)
-    g_total[space.gpu[best]] = space.n[best] * out.hi[best]
-    g_qw[space.gpu[best]] = space.quality[best, 0]
-    g_qkv[space.gpu[best]] = space.quality[best, 1]
     g = space.gpu[rows]
     least = space.n[rows] * (out.lo[rows] + 1)
     a_qw, a_qkv = space.quality[rows, 0], space.quality[rows, 1]
-    own = (least > g_total[g]) | ((least == g_total[g]) & ((a_qw < g_qw[g]) | ((a_qw == g_qw[g]) & (a_qkv < g_qkv[g]))))
+    total = best.total[g]
+    own = (least > total) | ((least == total) & ((a_qw < best.qw[g]) | ((a_qw == best.qw[g]) & (a_qkv < best.qkv[g]))))
     out.state[rows[own]] = PRUNED
     out.pruned["gpu_type"] += int(own.sum())
-    if len(best) < shown:
+    known = np.flatnonzero(best.total < np.iinfo(np.int64).max)
+    if len(known) < shown:
         return
-    b_group, b_value = _keys(space, price, best, g_total[space.gpu[best]])
+    type_price = np.array([np.nan if p.usd is None else p.usd for p in space.prices])[known]
+    b_group = np.where(np.isnan(type_price), 1, 0)
+    b_value = np.where(np.isnan(type_price), best.total[known], type_price * best.total[known])
     kth = np.lexsort((b_value, b_group))[shown - 1]
     k_group, k_value = b_group[kth], b_value[kth]
-    rows = rows[~own]
-    r_group, r_value = _keys(space, price, rows, space.n[rows] * (out.lo[rows] + 1))
+    rows, least = rows[~own], least[~own]
+    p = price[rows]
+    r_group = np.where(np.isnan(p), 1, 0)
+    r_value = np.where(np.isnan(p), least, p * least)
     beyond = (r_group > k_group) | ((r_group == k_group) & (r_value > k_value * (1 + 1e-12)))
     out.state[rows[beyond]] = PRUNED
     out.pruned["top"] += int(beyond.sum())
@@ -377,7 +402,7 @@ def _answer_rows(space: Space, out: Outcome, slo: dict[str, float], headroom: fl
     best = np.array(_best_per_gpu(space, out), dtype=np.int64)
     if not len(best):
         return [], 0
-    group, value = _keys(space, price, best, space.n[best] * out.hi[best])
+    group, value = _keys(price, best, space.n[best] * out.hi[best])
     order = np.lexsort((out.e2e[best], -space.quality[best, 1], -space.quality[best, 0], value, group))
     best = best[order][: shown + 2].tolist()  # a little over: the final ranking may break ties differently
     bodies, cheaper = [], []
@@ -404,51 +429,102 @@ def _answer_rows(space: Space, out: Outcome, slo: dict[str, float], headroom: fl
         if why is not None:  # the batch and the single estimate disagree: never expected (tests check)
             space.notes.append(f"{body['gpu_key']}: the chosen replica fails on {why} when estimated alone; left out")
             continue
-        rows.append(_row(space, row, int(out.hi[row]), body, est, alt, alt_est, capacity, headroom, slo))
+        p = space.pairs[int(space.pair[row])]
+        head = {k: body[k] for k in ("gpu_key", "num_gpus", "inference_parallelism", "quantization", "kv_cache_quantization",
+                                     "runtime")}
+        if p.settings:
+            head["runtime_settings"] = dict(p.settings)
+        figures = deployment_figures(body, est, int(out.hi[row]), capacity, slo, headroom, alt, alt_est,
+                                     space.prices[int(space.gpu[row])])
+        rows.append({**head, **figures, "quality_rank": float(space.quality[row, 0]),
+                     "kv_quality_rank": float(space.quality[row, 1]), "request": body})
     rows.sort(key=_rank)
     return rows[:shown], len(bodies) + len(extra)
 
 
-def _row(space: Space, row: int, replicas: int, body: dict[str, Any], est: dict[str, Any], alt: dict[str, Any] | None,
-         alt_est: Any, capacity: float, headroom: float, slo: dict[str, float]) -> dict[str, Any]:
+def cheaper_step(body: dict[str, Any], replicas: int) -> tuple[dict[str, Any] | None, str | None]:
+    """The same deployment one step cheaper, as one replica's request: one replica fewer (each of the
+    others takes a bigger share of the load), or, with one replica, half its GPUs; None for one GPU."""
+    n = int(body.get("num_gpus") or 1)
+    if replicas > 1:
+        out = dict(body)
+        if body.get("request_rate") is not None:
+            out["request_rate"] = body["request_rate"] * replicas / (replicas - 1)
+        else:
+            out["concurrent_users"] = -(-int(body.get("concurrent_users") or 1) * replicas // (replicas - 1))
+        return out, f"{replicas - 1} replica{'s' if replicas != 2 else ''}"
+    if n > 1:
+        return {**body, "num_gpus": n // 2}, f"{n // 2} GPU{'s' if n // 2 != 1 else ''} per replica"
+    return None, None
+
+
+def deployment_figures(body: dict[str, Any], est: dict[str, Any], replicas: int, capacity: float, slo: dict[str, float],
+                       headroom: float, cheaper: dict[str, Any] | None, cheaper_est: Any, price: Price) -> dict[str, Any]:
+    """What a deployment of ``replicas`` replicas of ``body`` (estimated as ``est``) costs and what binds it:
+    the replica's share of the load and latencies, the deployment's throughput (every replica at that
+    load) and price, and the binding constraint read one step cheaper (``cheaper``, estimated as
+    ``cheaper_est``: :func:`cheaper_step`)."""
     srv = est["serving"]
-    n = int(space.n[row])
-    price = space.prices[int(space.gpu[row])]
-    share = replicas if space.open_loop else space.users / body["concurrent_users"]
-    output_tps = srv["output_throughput_tps"] * share
+    n = int(body.get("num_gpus") or 1)
+    output_tps = srv["output_throughput_tps"] * replicas
     cost = price.usd * n * replicas if price.usd is not None else None
     per_million = cost / (output_tps * 3600) * 1e6 if cost is not None and output_tps > 0 else None
-    if alt is None:
-        why = None
-    elif isinstance(alt_est, VramplanError):
-        why = "request"
-    else:
-        why = binding(alt_est, capacity, headroom, slo) or "none"
-    p = space.pairs[int(space.pair[row])]
-    out = {"gpu_key": body["gpu_key"], "num_gpus": n, "inference_parallelism": body["inference_parallelism"],
-           "quantization": body["quantization"], "kv_cache_quantization": body["kv_cache_quantization"],
-           "runtime": body["runtime"]}
-    if p.settings:
-        out["runtime_settings"] = dict(p.settings)
-    out.update({"replicas": replicas, "total_gpus": n * replicas})
-    out.update({"request_rate": body["request_rate"]} if space.open_loop else {"concurrent_users": body["concurrent_users"]})
-    out.update({"ttft_ms": srv["ttft_ms"], "itl_ms": srv["itl_ms"], "e2e_latency_ms": srv["e2e_latency_ms"],
-                "utilisation": srv["utilisation"], "limited_by": srv["limited_by"], "vram_usage": est["vram_usage"],
-                "memory_status": est["memory_status"], "output_throughput_tps": round(output_tps, 1),
-                "quality_rank": float(space.quality[row, 0]), "kv_quality_rank": float(space.quality[row, 1]),
-                "gpu_hour_cost": price.usd, "price": price.describe(),
-                "cost_per_hour": None if cost is None else round(cost, 4),
-                "cost_per_million_output_tokens": None if per_million is None else round(per_million, 4),
-                "binding": why, "binding_step": _step_words(replicas, n, alt), "request": body})
-    return out
+    why, detail = None, None
+    if cheaper is not None:
+        step = cheaper_step(body, replicas)[1]
+        if isinstance(cheaper_est, VramplanError):
+            why, detail = "request", f"with {step} the request is not valid: {cheaper_est}"
+        else:
+            why = binding(cheaper_est, capacity, headroom, slo) or "none"
+            detail = _binding_words(why, step, cheaper_est, capacity, headroom, slo)
+    load = {"request_rate": body["request_rate"]} if body.get("request_rate") is not None \
+        else {"concurrent_users": int(body.get("concurrent_users") or 1)}
+    return {"replicas": replicas, "total_gpus": n * replicas, **load,
+            "ttft_ms": srv["ttft_ms"], "itl_ms": srv["itl_ms"], "e2e_latency_ms": srv["e2e_latency_ms"],
+            "utilisation": srv["utilisation"], "limited_by": srv["limited_by"], "vram_usage": est["vram_usage"],
+            "memory_status": est["memory_status"], "output_throughput_tps": round(output_tps, 1),
+            "gpu_hour_cost": price.usd, "price": price.describe(),
+            "cost_per_hour": None if cost is None else round(cost, 4),
+            "cost_per_million_output_tokens": None if per_million is None else round(per_million, 4),
+            "binding": why, "binding_step": None if cheaper is None else cheaper_step(body, replicas)[1],
+            "binding_detail": detail}
 
 
-def _step_words(replicas: int, n: int, alt: dict[str, Any] | None) -> str | None:
-    if alt is None:
-        return None
-    if replicas > 1:
-        return f"{replicas - 1} replica{'s' if replicas != 2 else ''}"
-    return f"{n // 2} GPU{'s' if n // 2 != 1 else ''} per replica"
+def describe_deployment(cat: Catalog, body: dict[str, Any], replicas: int, slo: dict[str, float] | None = None,
+                        headroom: float = 0.0) -> dict[str, Any]:
+    """:func:`deployment_figures` for a deployment given as one replica's inference request and the
+    number of replicas (what a report of a cheapest_deployment answer shows): both estimates are run
+    here, and the price is the request's ``gpu_hour_cost`` (marked as the GPU's catalog reference price
+    when it is that)."""
+    if not isinstance(replicas, int) or isinstance(replicas, bool) or not 1 <= replicas <= MAX_REPLICAS:
+        raise RequestError([("replicas", f"must be a whole number from 1 to {MAX_REPLICAS}")])
+    cheaper, _ = cheaper_step(body, replicas)
+    est, *rest = estimate_many([body] + ([cheaper] if cheaper else []), "inference", cat)
+    if isinstance(est, VramplanError):
+        raise est
+    gpu = cat.gpus.get(body["gpu_key"])
+    capacity = float(body.get("custom_vram") or gpu.data["memory_gib"])
+    price = Price(None, None)
+    if body.get("gpu_hour_cost") is not None:
+        ref = price_of(gpu, {})
+        price = ref if ref.usd == body["gpu_hour_cost"] else Price(float(body["gpu_hour_cost"]), "request")
+    return deployment_figures(body, est, replicas, capacity, slo or {}, headroom, cheaper, rest[0] if rest else None, price)
+
+
+def _binding_words(why: str, step: str, out: dict[str, Any], capacity: float, headroom: float, slo: dict[str, float]) -> str:
+    if why == "none":
+        return f"with {step} it would still meet the SLO"
+    if why == "memory":
+        limit = (1.0 - headroom) * capacity
+        return f"with {step} it needs {out['vram_usage']:.2f} GiB per GPU, over the {limit:.2f} GiB allowed"
+    if why == "configuration":
+        return f"with {step} the model cannot be split that way"
+    if why == "capacity":
+        return f"with {step} requests arrive faster than a replica serves them"
+    if why in slo:
+        got = out["serving"][why]
+        return f"with {step} {why} would be {'unbounded' if got is None else f'{got:g}'}, over the SLO's {slo[why]:g}"
+    return f"with {step} requests would wait for admission ({why})"
 
 
 def _rank(row: dict[str, Any]) -> tuple:

@@ -223,7 +223,8 @@ def runtime_formats(cat: Catalog, runtime: Entry) -> list[Entry]:
 
 
 def runs_on(runtime: Entry, gpu: dict[str, Any]) -> bool:
-    """Whether the runtime's profile says it runs on this GPU (no ``deployment`` block: anywhere)."""
+    """Whether the runtime's profile says it runs on this GPU (no ``deployment`` block: anywhere); its
+    ``deployment.formats`` say the same per weights format."""
     dep = runtime.data.get("deployment")
     return True if not dep else supported(dep, gpu)
 
@@ -369,6 +370,10 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
         for rkey, members in by_runtime.items():
             runtime = pairs[members[0]].runtime
             if not runs_on(runtime, g):
+                continue
+            needs = (runtime.data.get("deployment") or {}).get("formats") or {}
+            members = [i for i in members if pairs[i].quant.key not in needs or supported(needs[pairs[i].quant.key], g)]
+            if not members:
                 continue
             rt = runtime.data
             consts = scenario_mod.runtime_constants(rt, gpu.key, mem, None)
