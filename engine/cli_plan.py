@@ -80,8 +80,10 @@ def parse_text_grid(text: str, flag: str) -> list[str]:
 @click.option("--output-tokens", type=click.IntRange(1), help="Generated tokens per request.")
 @click.option("--request-rate", type=click.FloatRange(0, min_open=True), help="Open loop: requests/s arriving (the whole deployment's).")
 @click.option("--users", "concurrent_users", type=click.IntRange(1), help="Closed loop: concurrent clients (the whole deployment's).")
-@click.option("--runtimes", help="cheapest_deployment: runtimes to search (comma-separated; default: every runtime with a deployment profile).")
-@click.option("--min-quality-rank", type=click.FloatRange(0), help="cheapest_deployment: weights and KV formats of at least this quality_rank.")
+@click.option("--runtimes", help="cheapest_deployment: runtimes to search (comma-separated; default: every runtime "
+              "with a deployment profile).")
+@click.option("--min-quality-rank", type=click.FloatRange(0),
+              help="cheapest_deployment: weights and KV formats of at least this quality_rank.")
 @click.option("--gpu-hour-costs", metavar="KEY=PRICE[,...]", help="cheapest_deployment: price per GPU-hour by GPU key "
               "(overrides the catalog's reference prices).")
 @click.option("--max-deployments", type=click.IntRange(1, 1000), help="cheapest_deployment: GPU types to list (default 10).")

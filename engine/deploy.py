@@ -1,39 +1,44 @@
 """``cheapest_deployment``: the cheapest way to serve a traffic within an SLO, over the whole catalog.
 
 Given a model, a traffic (``input_tokens``, ``output_tokens``, and ``request_rate`` or
-``concurrent_users``), an ``slo`` and optionally ``gpu_keys``, ``runtimes``, ``min_quality_rank``
-and ``gpu_hour_costs``, :func:`cheapest_deployment` searches every configuration of
-:mod:`vramplan.deployspace` (GPU type x GPUs per replica x split x runtime x weights format x KV
+``concurrent_users``), an ``slo`` and optionally ``gpu_keys``, ``runtimes``, ``min_quality_rank``,
+``gpu_hour_costs`` and ``max_deployments``, :func:`cheapest_deployment` searches the configurations
+of :mod:`vramplan.deployspace` (GPU type x GPUs per replica x split x runtime x weights format x KV
 precision) and, for each, the fewest **replicas** that carry the traffic within the SLO. The load is
 split evenly: an open loop sends ``request_rate / replicas`` to each replica; a closed loop gives each
 ``ceil(concurrent_users / replicas)`` clients (the busiest replica). A replica **meets** the SLO when
-the planner's :func:`~vramplan.planner.binding` finds nothing binding at its share of the load: it
-fits in memory (with ``headroom``), runs every sequence at once, is below capacity and its mean
-latencies are within the SLO.
+:func:`vramplan.verdict.binding` finds nothing binding at its share of the load: it fits in memory
+(with ``headroom``), runs every sequence at once, is below capacity and its mean latencies are
+within the SLO.
 
-The answer's ``value`` lists, best first, the cheapest deployment on each GPU type that can meet the
-SLO (the first is the cheapest of all): each carries the inference request that estimates one
-replica (``request``: ``gpu_key``, ``num_gpus``, ``inference_parallelism``, ``quantization``,
-``kv_cache_quantization``, ``runtime``, its share of the load and the price), the number of replicas,
+The answer's ``value`` lists, best first, the cheapest deployment on each of the ``max_deployments``
+best GPU types (the first is the cheapest of all): the inference request that estimates one replica
+(``request``: ``gpu_key``, ``num_gpus``, ``inference_parallelism``, ``quantization``,
+``kv_cache_quantization``, ``runtime``, its share of the load, the price), the number of replicas,
 the replica's latencies and utilisation, the deployment's cost per hour and per million output
-tokens, and its **binding** constraint: what fails one step cheaper (one replica fewer, or half the
-GPUs per replica when there is one replica; none for one GPU). Priced deployments come first, by
-cost per hour; GPUs without a price (neither ``gpu_hour_costs`` nor a catalog reference price)
-follow, by GPU count. Ties go to the better weights and KV quality, then the lower latency.
+tokens, and its **binding** constraint: what fails one step cheaper (:func:`cheaper_step`: one
+replica fewer, or half the GPUs when there is one replica; none for one GPU). Priced deployments come
+first, by cost per hour; GPU types without a price (neither ``gpu_hour_costs`` nor a catalog
+reference price) follow, by GPU count. Ties go to the better weights and KV quality, then the lower
+end-to-end latency.
 
-Search (monotone in the replica count: more replicas, lighter load, never worse):
+The search relies on one monotonicity, the planner's: more replicas (a lighter load each) never
+make a configuration worse. Then:
 
-* GPUs per replica are tried smallest first, and a GPU type's best so far bounds the rest: a
-  configuration whose GPU count times its fewest possible replicas already exceeds it (or equals it
-  at lower quality) is not evaluated;
-* weights that cannot fit (the busiest GPU holds at least 1/n of the weights on one GPU) rule a
-  configuration out unevaluated;
-* the first estimate, at the whole load on one replica, gives each configuration's capacity (what
-  it serves when requests arrive faster): the replica count starts from there (the fewest replicas
-  below capacity), then gallops and bisects to the fewest that meet the SLO;
-* every step evaluates all open configurations at once through the batch evaluator
-  (:mod:`vramplan.deployspace` builds the columns), and the chosen deployments are estimated again one
-  by one through :func:`vramplan.estimate.run`, so every figure shown is a single estimate's.
+* weights alone rule a configuration out unevaluated when they cannot fit (the busiest of n GPUs
+  holds at least 1/n of what one GPU holding the model does);
+* priced GPU types are searched first, then the others (which rank after them); within each, levels
+  of total GPUs (GPUs per replica x replicas) are opened 1, 4, 16, ..., and a configuration is
+  evaluated only once its fewest possible GPUs fall in the open level - so cheap configurations are
+  decided first, and each GPU type's best so far, and the ``max_deployments``-th best GPU type so
+  far, set aside every configuration that can no longer beat them (or only tie at lower quality);
+* a configuration's first estimate gives its capacity, and its replica count starts at the fewest
+  replicas below capacity; one that misses for any other reason is tried at the lightest load
+  (:data:`MAX_REPLICAS` replicas) - if even that fails no count helps, else an 8-ary search between
+  finds the fewest (:data:`POINTS` counts per batch instead of one per bisection step);
+* every step evaluates all open configurations at once through the batch evaluator (the columns
+  come from :class:`vramplan.deployspace.Space`), and the chosen deployments are estimated again one
+  by one through :func:`vramplan.many.estimate_many`, so every figure shown is a single estimate's.
 """
 
 from __future__ import annotations
@@ -147,7 +152,7 @@ def search(space: Space, slo: dict[str, float], headroom: float, shown: int = DE
             probe = ~out.probed[active] & out.missed[active]  # first ask whether any count helps
             now = ~probe & (least <= level)
             if not now.any() and not probe.any():
-                level = max(level * 2, int(least.min()))
+                level = max(level * 4, int(least.min()))
                 continue
             rows, replicas = _candidates(space, out, active[now], level, r_max)
             light = active[probe]
@@ -542,7 +547,8 @@ def _empty_reason(space: Space, ctx: dict[str, Any]) -> str:
         return "no GPU to search: gpu_keys names only custom placeholders"
     if not space.pairs:
         floor = ctx.get("min_quality_rank")
-        return ("no runtime searched loads a weights format" + (f" at min_quality_rank {floor:g} or above" if floor is not None else "")
+        return ("no runtime searched loads a weights format"
+                + (f" at min_quality_rank {floor:g} or above" if floor is not None else "")
                 + (f" ({'; '.join(space.notes)})" if space.notes else ""))
     return "none of the runtimes searched runs on the GPUs given (each runtime's deployment.vendors: GET runtimes)"
 

@@ -34,6 +34,12 @@ request's ``request_rate`` within it, and ``max_request_rate`` the highest arriv
 three significant figures, bisected between an idle rate and the capacity) that meets it. Each such
 answer names the ``binding`` constraint: what fails one step further (``memory``, ``capacity`` or an
 SLO field).
+
+``cheapest_deployment`` needs no ``gpu_key``: it searches every catalog GPU (or ``gpu_keys``), GPUs
+per replica and their split, runtimes (``runtimes``), weights and KV formats (``min_quality_rank``)
+and the number of replicas for the cheapest deployments that carry ``request_rate`` or
+``concurrent_users`` within the ``slo``, priced by ``gpu_hour_costs`` or the catalog's reference
+prices (:mod:`vramplan.deploy`).
 """
 
 from __future__ import annotations
