@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import families
 from .errors import RequestError
 
 #: Tensor roles, named as GGUF names tensors (llama.cpp ``LLM_TENSOR_NAMES``), so a quantization
@@ -20,7 +21,14 @@ from .errors import RequestError
 #: ``vision`` is a multimodal model's image encoder and projector, which llama.cpp keeps in a
 #: separate ``mmproj`` file and serving stacks load unquantized; it is 0 for text-only models.
 ROLES = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output",
-         "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "norm", "vision")
+         "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "norm", "vision",
+         "ssm_in", "ssm_out", "per_layer_embd", "other")
+#: The last four belong to families with unusual layers (:mod:`vramplan.families`): ``ssm_in`` /
+#: ``ssm_out`` are the input-side and output projections of recurrent mixers (llama.cpp
+#: ``ssm_in`` / ``ssm_out``; their conv weights, A, D and dt biases are 1-D-like and kept with
+#: ``norm``, as llama-quant.cpp leaves ``ssm_conv1d`` unquantized); ``per_layer_embd`` is Gemma
+#: 3n's per-layer embedding table (a lookup, held where ``token_embd`` is); ``other`` gathers the
+#: small matrices a family adds (Gemma 3n AltUp, LAuReL and per-layer projections).
 
 #: What a family does when its config leaves a key out (the family's ``*Config`` class defaults
 #: in transformers), and what its modeling code builds that no config key states. Keys:
@@ -65,6 +73,13 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     # MiniMax-M2: qk_norm_type "per_layer" = one RMSNorm over the whole q and k projections
     "minimax_m2": {"tie_word_embeddings": False, "qk_norm": "full", "qk_norm_key": "use_qk_norm"},
     "nemotron-nas": {"tie_word_embeddings": False},
+    # families with unusual layers (vramplan.families reads their own keys)
+    "qwen3_next": {"tie_word_embeddings": False, "qk_norm": True},
+    "granitemoehybrid": {"tie_word_embeddings": False},
+    "nemotron_h": {"tie_word_embeddings": False},
+    "jamba": {"tie_word_embeddings": False},
+    "gemma3n_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},
+    "mllama_text_model": {"tie_word_embeddings": False},
 }
 
 _SLIDING = {"sliding_attention", "sliding", "local", "chunked_attention"}
@@ -113,6 +128,21 @@ class Architecture:
     qk_nope_head_dim: int = 0
     # Multimodal: image encoder + projector parameters (``vision_config``), counted whole
     vision_params: int = 0
+    # Families with unusual layers (vramplan.families): layer_types may also hold "recurrent"
+    # (linear attention / SSM: a fixed state per sequence, no KV), "cross" (attends to image
+    # tokens) and "none" (no token mixer).
+    recurrent_kind: str = ""  # "gated_deltanet", "mamba2", "mamba"
+    conv_channels: int = 0  # channels of a recurrent layer's causal-conv state
+    conv_kernel: int = 0
+    ssm_state_elems: int = 0  # elements of one recurrent layer's SSM / delta-rule state, per sequence
+    ssm_kernel_state_bits: int = 0  # bits the reference kernels return the state in (0: compute dtype)
+    recurrent_params: tuple[tuple[str, int], ...] = ()  # (role, params) of one recurrent mixer
+    kv_shared: tuple[bool, ...] = ()  # per layer: reads another layer's KV cache (Gemma 3n)
+    ffn_widths: tuple[int, ...] = ()  # per-layer dense FFN widths where they differ (Gemma 3n)
+    per_layer_embd_params: int = 0
+    extra_params: tuple[tuple[str, int], ...] = ()  # (role, params) the generic count misses
+    cross_tokens_per_image: int = 0  # keys/values each cross-attention layer caches per image
+    image_tokens_per_image: int = 0  # soft tokens an image adds to the context
     assumed: tuple[str, ...] = field(default=(), compare=False)
 
     # -- shape facts ---------------------------------------------------------------------------
@@ -136,9 +166,35 @@ class Architecture:
         return sum(1 for t in self.layer_types if t == "full")
 
     @property
+    def num_recurrent_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t == "recurrent")
+
+    @property
+    def num_cross_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t == "cross")
+
+    @property
     def num_attention_layers(self) -> int:
-        """Layers with softmax attention, full or windowed (the others have none, or a plain linear)."""
-        return self.num_full_layers + self.num_sliding_layers
+        """Layers with attention projections: softmax self-attention (full or windowed) and
+        cross-attention (the others have none, a recurrent mixer, or a plain linear)."""
+        return self.num_full_layers + self.num_sliding_layers + self.num_cross_layers
+
+    def _kv_owning(self, kind: str) -> int:
+        shared = self.kv_shared or (False,) * len(self.layer_types)
+        return sum(1 for t, s in zip(self.layer_types, shared) if t == kind and not s)
+
+    @property
+    def num_kv_full_layers(self) -> int:
+        """Global-attention layers that keep their own KV cache (Gemma 3n's shared layers do not)."""
+        return self._kv_owning("full") if self.layer_types else self.num_layers
+
+    @property
+    def num_kv_sliding_layers(self) -> int:
+        return self._kv_owning("sliding")
+
+    @property
+    def is_hybrid(self) -> bool:
+        return self.num_recurrent_layers > 0
 
     @property
     def kv_elements_per_token_per_layer(self) -> int:
@@ -211,6 +267,8 @@ class Architecture:
         up_like = dense_ff * h * n_dense  # one matrix's worth over dense layers
         if self.ffn_sizes:
             up_like = h * sum(f for i, f in enumerate(self.ffn_sizes) if i not in moe_layers)
+        elif self.ffn_widths and not n_moe:
+            up_like = sum(self.ffn_widths) * h
         if self.gated_mlp:
             r["ffn_gate"] += up_like
         r["ffn_up"] += up_like
@@ -234,11 +292,19 @@ class Architecture:
         norm_width = h * (2 if self.norm_bias else 1)
         norms = L * self.norms_per_layer
         if self.ffn_sizes:  # DeciLM: a layer's pre-attention norm exists with its attention, pre-FFN norm with its FFN
-            norms = (La + n_linear) + sum(1 for f in self.ffn_sizes if f)
+            norms = (La + n_linear + self.num_recurrent_layers) + sum(1 for f in self.ffn_sizes if f)
         r["norm"] += (norms + 1) * norm_width
         if self.model_type == "gpt_oss":
             r["norm"] += L * self.num_heads  # attention sinks
         r["vision"] = 0 if active else self.vision_params  # the image encoder runs per image, not per token
+        # families with unusual layers: recurrent mixers, their extras, per-layer embeddings
+        for role, n in self.recurrent_params:
+            r[role] += self.num_recurrent_layers * n
+        for role, n in self.extra_params:
+            r[role] += n
+        # per-layer embeddings are looked up (one row per token), never multiplied: left out of
+        # what a token runs through, as the vision encoder is
+        r["per_layer_embd"] = 0 if active else self.per_layer_embd_params
         return r
 
     def param_count(self, active: bool = False) -> int:
@@ -281,6 +347,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         cfg = merged
         where = f"{where}.text_config"
     model_type = str(cfg.get("model_type") or "unknown")
+    cfg = families.normalize(cfg, model_type)
     fam = FAMILY_DEFAULTS.get(model_type, {})
     assumed: list[str] = []
     problems: list[tuple[str, str]] = []
@@ -387,7 +454,15 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
 
     if problems:
         raise RequestError(problems)
-    return Architecture(
+    base = {"layers": layers, "hidden": hidden, "heads": heads, "head_dim": head_dim, "layer_types": layer_types,
+            "n_experts": int(n_exp), "n_moe": len(moe_layers), "shared_inter": int(shared_inter), "inter": inter,
+            "moe_inter": int(moe_inter)}
+    special = families.read(cfg, top, model_type, base, where=where, problems=problems, assumed=assumed)
+    if problems:
+        raise RequestError(problems)
+    if special.get("layer_types"):  # a family's own layout decides which layers are windowed
+        window = cfg.get("sliding_window") if "sliding" in special["layer_types"] else None
+    fields = dict(
         model_type=model_type,
         hidden_size=hidden,
         num_layers=layers,
@@ -423,8 +498,10 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0),
         qk_nope_head_dim=int(cfg.get("qk_nope_head_dim") or 0),
         vision_params=_vision_params(top, hidden),
-        assumed=tuple(assumed),
     )
+    fields.update(special)
+    fields["sliding_window"] = int(window) if window else None
+    return Architecture(**fields, assumed=tuple(assumed))
 
 
 def _decilm_blocks(cfg: dict, hidden, heads, layers, where: str, problems: list[tuple[str, str]]):

@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "models": "vramplan.cli_models:models", "gpus": "vramplan.cli_models:gpus", "runtimes": "vramplan.cli_models:runtimes",
     "serve": "vramplan.server.commands:serve", "tokens": "vramplan.server.commands:tokens",
     "plan": "vramplan.cli_plan:plan", "sweep": "vramplan.cli_sweep:sweep",
+    "formulas": "vramplan.cli_formulas:formulas",
 }
 
 
@@ -102,9 +103,9 @@ def apply_model_file(body: dict[str, Any], path: str | None) -> dict[str, Any]:
     """``--model-file``: estimate from a config.json, GGUF or safetensors file directly."""
     if not path:
         return body
-    from .modelfiles import read_model_file
+    from .hub import read_model
 
-    info = read_model_file(path)
+    info = read_model(path)
     body = {**body, "llm_key": "custom", "custom_model": info["config"]}
     if info.get("weights_bytes") and info.get("kind") in ("gguf", "safetensors"):
         body["custom_weights_bytes"] = int(info["weights_bytes"])
@@ -134,7 +135,8 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
     cat = get_catalog()
     gpu = cat.gpus.get(body["gpu_key"])
     capacity = body.get("custom_vram") or gpu.data["memory_gib"]
-    model = body["llm_key"] if body["llm_key"] == "custom" else cat.models.get(body["llm_key"]).data["name"]
+    key = body["llm_key"]
+    model = key if key == "custom" or key.startswith("hf:") else cat.models.get(key).data["name"]
     n = body.get("num_gpus", 1)
     lines = [f"{model} on {n} x {gpu.data['label']} ({capacity:g} GiB each), runtime {out.get('runtime')}",
              f"{out['vram_usage']:.2f} GiB of {capacity:g} GiB ({out['actual_vram_percentage']:.1f}%) — "
@@ -197,8 +199,10 @@ FORMATS = click.Choice(["table", "json", "markdown", "html"])
 @main.command()
 @click.option("--request", "request_file", metavar="FILE", help="Request JSON (the HTTP body); - reads stdin.")
 @click.option("--gpu", "gpu_key", help="gpu_key, e.g. rtx_4090 (see `vramplan gpus`).")
-@click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`).")
-@click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from.")
+@click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`) or a Hub id "
+                                          "hf:ORG/NAME[@REVISION].")
+@click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from, "
+                                                                     "or a GGUF by URL / hf:ORG/NAME/FILE.gguf (header only).")
 @click.option("--quantization", help="Weights format: fp16, bf16, fp8, int8, int4, q4_k_m, awq, nf4, ...")
 @click.option("--kv-cache-quantization", help="KV cache format: fp16, fp8, int8, int4, q8_0, q4_0.")
 @click.option("--batch-size", type=int)
@@ -255,7 +259,8 @@ def _require_keys(body: dict[str, Any]) -> None:
               help="Full fine-tuning precision (fp32 = mixed precision).")
 @click.option("--lora-rank", type=int)
 @click.option("--lora-targets", help="all-linear or a comma list such as q_proj,v_proj.")
-@click.option("--optimizer", type=click.Choice(["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit", "adafactor", "sgd"]))
+@click.option("--optimizer", help="adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, adafactor, sgd, or one a plugin or "
+              "your catalog folder adds (catalogs/optimizers).")
 @click.option("--batch-size", type=int, help="Global batch size.")
 @click.option("--micro-batch-size", type=int)
 @click.option("--grad-accum", "gradient_accumulation_steps", type=int)

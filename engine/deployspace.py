@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from . import hardware
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog
@@ -354,6 +355,7 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     rt_class = [(p.quant.data["kind"] != "float", p.quant.data.get("gguf_block")) for p in pairs]
     example = {c: pairs[i].quant.data for i, c in enumerate(fmt_class)} | {c: pairs[i].quant.data for i, c in enumerate(rt_class)}
     to_nvme = bool(pairs[0].base["offload_to_nvme"])
+    classes = {e.key: e.data for e in cat.hardware_classes}
     combo_pair: list[int] = []
     combo_gpu: list[int] = []
     combo_layouts: list[bool] = []
@@ -365,7 +367,7 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
         mem = float(g["memory_gib"])
         ic, host = _links(cat, space.body, gpu)
         hw = scenario_mod.gpu_vars(g, mem, ic.data, host.data if host else None)
-        cls = scenario_mod.hardware_class(g)
+        order = hardware.lookup_order(classes, cat.gpu_classes.get(gpu.key))  # as resolve() finds it
         g_row = pieces["gpu"].row(gi, lambda: hw)
         for rkey, members in by_runtime.items():
             runtime = pairs[members[0]].runtime
@@ -381,8 +383,8 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
             c_row = pieces["constants"].row((rkey, id(consts)), lambda: scenario_mod.runtime_constants(rt, gpu.key, mem, settings))
             f_rows = {c: pieces["format"].row((gi,) + c, lambda: scenario_mod.format_on_gpu_vars(g, example[c]))
                       for c in {fmt_class[i] for i in members}}
-            r_rows = {c: pieces["runtime"].row((rkey, cls, hw["host_bw_gb_s"]) + c, lambda: scenario_mod.runtime_on_gpu_vars(
-                rt, example[c], cls, hw["host_bw_gb_s"], to_nvme)) for c in {rt_class[i] for i in members}}
+            r_rows = {c: pieces["runtime"].row((rkey, order, hw["host_bw_gb_s"]) + c, lambda: scenario_mod.runtime_on_gpu_vars(
+                rt, example[c], order, hw["host_bw_gb_s"], to_nvme)) for c in {rt_class[i] for i in members}}
             m = len(members)
             pieces["gpu"].of_combo.extend([g_row] * m)
             pieces["constants"].of_combo.extend([c_row] * m)

@@ -10,27 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import contract
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
 from .errors import RequestError
 from .resolve import Resolved, resolve
+from .units import GIB
 
-GIB = float(1 << 30)
 
-#: Formula ids the response reads, per workload (besides the components).
-OUTPUTS = {
-    "inference": ("static_shared_bytes", "kv_per_user_bytes", "ms_per_token", "throughput_tps", "per_user_tps",
-                  "latency_tps", "tftt_ms", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w",
-                  "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
-                  "weights_file_bytes") + tuple(f"srv_{name}" for name in (
-                      "running", "queued", "output_tps", "total_tps", "requests_per_s", "ttft_s", "itl_s", "e2e_s",
-                      "utilisation", "limited_code", "past_capacity", "capacity_seq_rate", "static", "open_loop", "max_running",
-                      "cost_per_hour", "cost_per_mtok", "continuous")),
-    "finetuning": ("static_shared_bytes", "training_tps", "samples_per_second", "steps_per_second", "total_tokens",
-                   "training_hours", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w", "trainable_params",
-                   "weights_file_bytes"),
-}
+#: Formula ids the engine reads, per workload, besides the components (declared in vocabulary/outputs.yaml).
+OUTPUTS = contract.outputs_by_workload()
 
 #: What srv_limited_code means (formulas/performance/serving.yaml).
 LIMITED_BY = {1: "kv_cache", 2: "max_num_batched_tokens", 3: "max_num_seqs", 4: "batch_size", 5: "arrival_rate",
@@ -105,7 +95,7 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
     try:
         req = request_mod.validate(body, workload)
     except RequestError as exc:
-        raise _with_unknown_keys(cat, body, exc) from None
+        raise _with_unknown_keys(cat, body, exc, workload) from None
     res = resolve(cat, req, workload)
     s = scenario_mod.build(res)
     components = cat.formulas.components(workload)
@@ -125,7 +115,7 @@ def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) 
     the smallest count that fits (or all of them when even that does not)."""
     from .planner import Probe, capacity_gib, search_min
 
-    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0)
+    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0, catalog=cat)
     n = search_min(probe, 1, n_layers)
     if n is None:
         out = probe.estimate(n_layers)
@@ -137,7 +127,7 @@ def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) 
     return out
 
 
-def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestError:
+def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError, workload: str) -> RequestError:
     """Add unknown catalog keys to a schema error, so one message names every bad field."""
     if not isinstance(body, dict):
         return exc
@@ -145,9 +135,11 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
     named = {w for w, _ in problems}
     for fld, reg in (("gpu_key", cat.gpus), ("llm_key", cat.models), ("quantization", cat.quantization),
                      ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
-                     ("interconnect_type", cat.interconnects)):
+                     ("interconnect_type", cat.interconnects), ("optimizer", cat.optimizers)):
+        if fld == "optimizer" and workload != "finetuning":
+            continue
         key = body.get(fld)
-        if fld in named or not isinstance(key, str) or (fld == "llm_key" and key == "custom"):
+        if fld in named or not isinstance(key, str) or (fld == "llm_key" and (key == "custom" or key.startswith("hf:"))):
             continue
         try:
             reg.get(key, fld)
@@ -220,12 +212,12 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         "estimated_power_draw": round(v["power_draw_w"]),
     })
     if res.workload == "finetuning":
-        opt = res.request["optimization_config"]
+        opt = _optimization_flags(res)
         active = [k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)]
         if opt.get("zero_stage"):
             active.append(f"zero_stage_{opt['zero_stage']}")
         out["active_optimizations"] = active
-        out["optimization_preset"] = _preset(res.request)
+        out["optimization_preset"] = _preset(opt)
     # The whole model in the chosen format (a GGUF: its tensor data), beside the busiest GPU's share above
     out["model_weights_gb"] = _gib(v["weights_file_bytes"])
     out["memory_details"] = details
@@ -241,12 +233,18 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             if condition and out["memory_status"] != "error":
                 out["memory_status"] = status_word
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
-        per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
-        tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
-        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens,
-                          "sequences_at_seq_length": tokens // s["seq"] if s["seq"] else 0}
+        per_token = v["kv_attention_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
+        state = v["recurrent_state_bytes_per_seq"] * v["recurrent_share_per_gpu"]
+        if state:  # a hybrid model's sequence also takes its fixed recurrent state from the pool
+            per_seq = per_token * s["seq"] + state
+            sequences = int(v["kv_pool_bytes"] // per_seq) if per_seq else 0
+            tokens = int(sequences * s["seq"])
+        else:
+            tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
+            sequences = tokens // s["seq"] if s["seq"] else 0
+        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens, "sequences_at_seq_length": sequences}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
-            warnings.append(f"the KV pool holds {tokens} tokens ({tokens // s['seq']} sequences of {int(s['seq'])}); "
+            warnings.append(f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}); "
                             f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
                             f"(serving.queued_requests)")
     if trace is not None:
@@ -287,10 +285,19 @@ def _serving(res: Resolved, s: dict[str, float], v: dict[str, float], warnings: 
     return out
 
 
-def _preset(req: dict[str, Any]) -> str:
+def _optimization_flags(res: Resolved) -> dict[str, Any]:
+    """The request's optimization flags, with the seed's optimizer flags set from the optimizer in use
+    (an 8-bit or paged optimizer named by ``optimizer`` shows as use_8bit / use_paged_optimizer)."""
+    opt = dict(res.request["optimization_config"])
+    if res.optimizer is not None:
+        opt["use_8bit_optimizer"] = bool(opt.get("use_8bit_optimizer")) or res.optimizer.data["state_dtype"] == "int8"
+        opt["use_paged_optimizer"] = bool(opt.get("use_paged_optimizer")) or bool(res.optimizer.data.get("paged"))
+    return opt
+
+
+def _preset(opt: dict[str, Any]) -> str:
     """'default' when the flags are the documented defaults, 'memory_efficient' when checkpointing and an
     8-bit optimizer are both on, else 'custom'."""
-    opt = req["optimization_config"]
     defaults = request_mod.optimization_defaults("finetuning")
     if all(opt.get(k, v) == v for k, v in defaults.items()):
         return "default"
@@ -317,18 +324,39 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
         else:
             out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
                        "the next request when the last one finishes (continuous batching)")
+        out.extend(_layout_assumptions(res.arch, s, v))
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")
         elif s["pp"] > 1:
             out.append(f"pipeline parallelism: {int(s['pp'])} stages (interconnect {res.interconnect.key})")
     else:
-        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.request['optimizer']}, "
+        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.optimizer.key}, "
                    f"micro-batch {int(s['micro_batch'])} x {int(s['seq'])} tokens per GPU, "
                    f"{int(v['trainable_params']):,} trainable parameters")
         if s["dp"] > 1:
             out.append(f"data parallelism over {int(s['dp'])} GPUs (interconnect {res.interconnect.key})"
                        + (f", ZeRO stage {int(s['zero_stage'])}" if s["zero_stage"] else ""))
     out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
+    return out
+
+
+def _layout_assumptions(a, s: dict[str, float], v: dict[str, float]) -> list[str]:
+    """Say what a model with unusual layers keeps per sequence (vramplan.families)."""
+    out = []
+    if a.num_recurrent_layers:
+        kind = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", "mamba": "Mamba"}.get(a.recurrent_kind, a.recurrent_kind)
+        out.append(f"recurrent state: {a.num_recurrent_layers} {kind} layers keep "
+                   f"{v['recurrent_state_bytes_per_seq'] / 2**20:.2f} MiB per sequence, whatever its length; "
+                   f"{a.num_layers - a.num_recurrent_layers} of {a.num_layers} layers keep a KV cache")
+    shared = sum(a.kv_shared)
+    if shared:
+        out.append(f"KV sharing: {shared} of {a.num_layers} layers read an earlier layer's cache and keep none")
+    if s.get("images"):
+        if s["cross_kv_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence, {int(s['cross_kv_tokens'])} vision tokens cached by each of "
+                       f"{a.num_cross_layers} cross-attention layers")
+        elif s["image_context_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence add {int(s['image_context_tokens'])} tokens to the context")
     return out
 
 

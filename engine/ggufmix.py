@@ -222,6 +222,10 @@ def tensors(a: Architecture) -> list[Tensor]:
         kind = kinds[i] if i < len(kinds) else "full"
         if kind == "linear":  # DeciLM replace_with_linear: one hidden x hidden linear (llama.cpp: attn_output)
             block.append(Tensor("attn_output", "attn_output", i, h * h, h))
+        elif kind == "recurrent":  # linear attention / SSM mixer: llama.cpp ssm_in / ssm_out, no category (base type)
+            for role, n in a.recurrent_params:
+                if role in ("ssm_in", "ssm_out") and n:
+                    block.append(Tensor(role, "other", i, n, h if role == "ssm_in" else n // h))
         elif kind != "none":
             if a.is_mla:
                 nope, rope, v = a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim

@@ -32,10 +32,10 @@ from . import __version__, charts
 from .catalog import Catalog, get_catalog
 from .deploy import describe_deployment
 from .estimate import STATUS_TEXT
+from .units import GIB, MIB
 
 FORMATS = {"markdown": "report.md.j2", "html": "report.html.j2"}
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
-GIB = float(1 << 30)
 CURVE_POINTS = 12
 CURVE_START = 512
 
@@ -92,7 +92,7 @@ def human(v: Any, unit: str) -> str:
     """Bytes also in GiB or MiB, so a reader sees the scale; other units left alone."""
     if unit != "bytes" or not isinstance(v, (int, float)) or isinstance(v, bool):
         return ""
-    return f"{v / GIB:.3f} GiB" if abs(v) >= GIB / 10 else f"{v / (1 << 20):.2f} MiB"
+    return f"{v / GIB:.3f} GiB" if abs(v) >= GIB / 10 else f"{v / MIB:.2f} MiB"
 
 
 def sentence(text: Any) -> str:
@@ -164,7 +164,7 @@ def _provenance(res) -> list[dict[str, Any]]:
     return rows
 
 
-def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime, hw_class: str) -> tuple[list[dict], list[dict], list[dict]]:
+def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime) -> tuple[list[dict], list[dict], list[dict]]:
     """(formulas in evaluation order, scenario inputs they read, runtime constants they read)."""
     from .scenario import VARIABLES
 
@@ -180,8 +180,7 @@ def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime, hw_class: str)
             if name in known:
                 unit, kind = known[name].unit, "formula"
             elif name.startswith("rt_"):
-                base = name[3:]
-                key = f"{base}_{hw_class}" if f"{base}_{hw_class}" in consts else base
+                key = name[3:]  # rt_<name> is the profile's plain constant (per-class ones feed the eff_* variables)
                 c = consts.get(key, {})
                 unit, kind = str(c.get("unit", "")), "runtime"
                 runtime_rows.setdefault(name, {"name": name, "constant": key, "value": exact(value), "unit": unit,
@@ -243,8 +242,6 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
     from . import request as request_mod
     from .estimate import run
     from .resolve import resolve
-    from .scenario import hardware_class
-
     cat = catalog or get_catalog()
     if "trace" not in out:
         out = run({**body, "trace": True}, workload, cat)
@@ -252,7 +249,7 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
     res = resolve(cat, req, workload)
     capacity = float(res.gpu_memory_gib)
     vram = float(out["vram_usage"])
-    formulas, scenario, runtime_constants = _formulas(cat, out["trace"], res.runtime, hardware_class(res.gpu.data))
+    formulas, scenario, runtime_constants = _formulas(cat, out["trace"], res.runtime)
     curve = _curve(body, workload, res, capacity)
     for p in curve["points"]:
         if p["seq_length"] == curve["request"]["seq_length"]:

@@ -7,16 +7,17 @@ request is reported at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import formatrules, hardware, hub
 from .architecture import Architecture, from_hf_config
-from .catalog import Catalog
+from .elementwise import holds, number_or
 from .errors import RequestError
 from .ggufmix import format_bits
 from .registry import Entry
 
-#: Weights format a fine-tuning method trains on, by (method, fine_tuning_quantization).
-FINETUNE_WEIGHTS = {"lora": "bf16", "qlora": "nf4"}
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 
 @dataclass
@@ -34,9 +35,13 @@ class Resolved:
     runtime: Entry
     interconnect: Entry
     host_link: Entry | None
+    optimizer: Entry | None = None  # fine-tuning only
+    hardware_class: str | None = None  # catalogs/hardware_classes key; None when no class matches the GPU
+    hardware_order: tuple[str, ...] = ()  # the class and its fallbacks, for per-class runtime constants
     weight_bits: dict[str, float] = field(default_factory=dict)  # bits per parameter by role, this model in this format
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    weights_file_bytes: int | None = None  # exact bytes of a Hub model's checkpoint in the requested format
 
 
 def _format(cat: Catalog, key: str, field_name: str) -> Entry:
@@ -60,10 +65,16 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             return None
 
     gpu = lookup(cat.gpus.get, req["gpu_key"])
-    model = arch = None
+    model = arch = hub_info = None
     if req["llm_key"] == "custom":
         arch = lookup(lambda config: from_hf_config(config, where="custom_model"), req.get("custom_model"))
         model_name = str((req.get("custom_model") or {}).get("_name_or_path") or "custom model")
+    elif hub.is_hub_key(req["llm_key"]):  # hf:ORG/NAME[@REVISION]: config.json and safetensors headers
+        hub_info = lookup(hub.resolve_model, req["llm_key"])
+        if hub_info is not None:
+            arch = lookup(lambda config: from_hf_config(config, where=f"llm_key {req['llm_key']}: config.json"),
+                          hub_info["config"])
+        model_name = req["llm_key"][len(hub.PREFIX):]
     else:
         model = lookup(cat.models.get, req["llm_key"])
         if model is not None:
@@ -77,20 +88,20 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             problems.append(("kv_cache_quantization", f"{kv_quant.key} cannot store a KV cache "
                              f"(KV formats: {', '.join(e.key for e in cat.quantization if 'kv_cache_bits' in e.data)})"))
     else:
-        method = req["finetuning_method"]
-        qkey = req["fine_tuning_quantization"] if method == "full" else FINETUNE_WEIGHTS[method]
-        if method == "full" and qkey == "fp8":
-            qkey = "bf16"
-            warnings.append("full fine-tuning in fp8 keeps bf16 weights, gradients and moments (fp8 matmuls, as torchao's float8 "
-                            "training does); memory is estimated as pure bf16")
+        qkey, rule = formatrules.finetuning_weights(cat.format_rules, req)
+        if rule is not None:
+            _say(rule, assumptions, warnings)
         quant = lookup(_format, cat, qkey, "fine_tuning_quantization")
         kv_quant = None
+    optimizer = lookup(_optimizer, cat, req) if workload == "finetuning" else None
 
     runtime_key = req.get("runtime")
     if runtime_key is None:
-        if workload == "inference" and quant is not None and quant.data["kind"] == "gguf" and "llama.cpp" in cat.runtimes:
-            runtime_key = "llama.cpp"
-            assumptions.append("runtime: llama.cpp (the default for GGUF quantizations)")
+        facts = formatrules.facts(workload, req, quant.data["kind"] if quant is not None else None)
+        rule = formatrules.rule_for(cat.format_rules, "runtime", facts)
+        if rule is not None and rule.data["runtime"] in cat.runtimes:
+            runtime_key = rule.data["runtime"]
+            _say(rule, assumptions, warnings)
         else:
             runtime_key = cat.default_runtime
             assumptions.append(f"runtime: {runtime_key} (the default)")
@@ -125,7 +136,15 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         raise RequestError(problems, suggestions=suggestions)
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
-    warnings.extend(_uncertainty_warnings(workload, gpu.data, arch, runtime.key, req))
+    file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
+    cls = cat.gpu_classes.get(gpu.key)
+    classes = {e.key: e.data for e in cat.hardware_classes}
+    if cls is None:
+        warnings.append(f"GPU {gpu.key} (vendor {gpu.data['vendor']}, category {gpu.data['category']}) matches no hardware class "
+                        f"({', '.join(classes)}); runtime efficiencies are each runtime's plain values, measured on NVIDIA "
+                        f"data-center GPUs: set hardware_class in its catalog entry, or register a hardware class")
+    warnings.extend(_ignored_settings(workload, req))
+    warnings.extend(_uncertainty_warnings(workload, classes.get(cls), gpu.data, arch, runtime.key, req))
     if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
@@ -134,25 +153,80 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
-        interconnect=interconnect, host_link=host_link, weight_bits=bits, assumptions=assumptions, warnings=warnings)
+        interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
+        hardware_order=hardware.lookup_order(classes, cls), weight_bits=bits, assumptions=assumptions, warnings=warnings,
+        weights_file_bytes=file_bytes)
 
 
-#: Vendors whose backends the runtime profiles were not measured on (calibration: NVIDIA CUDA / Vulkan).
-_UNMEASURED_VENDORS = {"amd": "ROCm/HIP", "apple": "Metal", "intel": "SYCL/XPU"}
+def _exact_weights_bytes(info: dict | None, quant: Entry, req: dict[str, Any], workload: str,
+                         assumptions: list[str]) -> int | None:
+    """A Hub model's exact weight bytes (its safetensors headers), where the request runs it in the
+    checkpoint's own format; else None and the bytes are computed from parameters x bits."""
+    if not info:
+        return None
+    assumptions.extend(f"model: {n}" for n in info["notes"])
+    if not info.get("weights_bytes") or req.get("custom_weights_bytes") or workload != "inference":
+        return None
+    if info.get("quantization") != quant.key:
+        return None
+    assumptions.append(f"weights: {info['weights_bytes']:,} bytes as the checkpoint's safetensors headers state them")
+    return int(info["weights_bytes"])
 
 
-def _uncertainty_warnings(workload: str, gpu: dict[str, Any], arch: Architecture, runtime: str,
-                          req: dict[str, Any]) -> list[str]:
+def _say(rule: Entry, assumptions: list[str], warnings: list[str]) -> None:
+    """What an applied format rule asks to be said."""
+    if rule.data.get("assumption"):
+        assumptions.append(rule.data["assumption"])
+    if rule.data.get("warning"):
+        warnings.append(rule.data["warning"])
+
+
+def _optimizer(cat: Catalog, req: dict[str, Any]) -> Entry:
+    """The optimizer entry, after the seed's use_8bit_optimizer / use_paged_optimizer flags.
+
+    The flags turn the requested optimizer into its registered variant (``variant_of``) with int8
+    states and/or paging, as asked. The request itself is left as given; the response lists the flags
+    of the optimizer in use (estimate._optimization_flags)."""
+    entry = cat.optimizers.get(req["optimizer"], "optimizer")
+    opt = req["optimization_config"]
+    want_8bit = bool(opt.get("use_8bit_optimizer")) or entry.data["state_dtype"] == "int8"
+    want_paged = bool(opt.get("use_paged_optimizer")) or bool(entry.data.get("paged"))
+    if (want_8bit, want_paged) != (entry.data["state_dtype"] == "int8", bool(entry.data.get("paged"))):
+        for variant in cat.optimizers:
+            d = variant.data
+            if d.get("variant_of") == entry.key and (d["state_dtype"] == "int8", bool(d.get("paged"))) == (want_8bit, want_paged):
+                entry = variant
+                break
+    return entry
+
+
+def _ignored_settings(workload: str, req: dict[str, Any]) -> list[str]:
+    """Settings the request gives that change nothing in this configuration."""
+    if workload == "inference" and req["shared_prefix_ratio"] > 0 and not req["enable_prefix_caching"]:
+        return [f"shared_prefix_ratio {req['shared_prefix_ratio']:g} is ignored because enable_prefix_caching is false"]
+    zero = req["optimization_config"].get("zero_stage", 0)
+    if workload == "finetuning" and zero > 0 and req["num_gpus"] == 1:
+        return [f"zero_stage {zero} on one GPU shards nothing: memory is as without ZeRO"]
+    return []
+
+
+def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: dict[str, Any], arch: Architecture,
+                          runtime: str, req: dict[str, Any]) -> list[str]:
     """Say where the estimate leans on runtime internals the calibration did not cover (docs/FIDELITY.md)."""
     out = []
-    vendor = "apple" if gpu.get("category") == "apple" else gpu.get("vendor")
-    if vendor in _UNMEASURED_VENDORS:
-        out.append(f"{runtime} on {_UNMEASURED_VENDORS[vendor]}: the runtime's context, allocator and compute-buffer "
+    if hw_class is not None and not hw_class["calibrated"]:
+        out.append(f"{runtime} on {hw_class['backend']}: the runtime's context, allocator and compute-buffer "
                    f"constants were measured on NVIDIA GPUs; this backend allocates differently, so treat the "
                    f"overheads as approximate")
     if arch.vision_params:
         out.append("the model has a vision encoder: its weights are counted, but image-token activations and "
                    "the encoder's own transients are not modelled")
+    images = number_or(req.get("images_per_sequence"), 0)
+    if not (arch.image_tokens_per_image or arch.cross_tokens_per_image) and holds(images > 0):
+        out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
+    if arch.num_recurrent_layers:
+        out.append("hybrid model: the recurrent layers' per-sequence state is modelled; their prefill transients "
+                   "(chunked-scan intermediates) are not")
     opt = req.get("optimization_config") or {}
     if workload == "finetuning":
         if arch.is_moe:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import hardware
 from .architecture import ROLES, Architecture
 from .elementwise import number_or, where
 from .errors import RequestError
-from .resolve import Resolved
+
+if TYPE_CHECKING:
+    from .resolve import Resolved
 
 #: name → (unit, meaning)
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -30,8 +33,19 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "vocab": ("tokens", "vocabulary size"),
     "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
     "kv_per_head": ("flag", "1 if the KV cache is per KV head (splits with tensor parallelism); 0 for MLA latents"),
-    "n_layers_full": ("layers", "layers with global attention"),
+    "n_layers_full": ("layers", "layers with global self-attention"),
     "n_layers_sliding": ("layers", "layers with sliding-window attention"),
+    "n_kv_layers_full": ("layers", "global-attention layers that keep their own KV cache (Gemma 3n's KV-sharing layers do not)"),
+    "n_kv_layers_sliding": ("layers", "sliding-window layers that keep their own KV cache"),
+    "n_layers_cross": ("layers", "cross-attention layers (Llama 3.2 Vision): they cache the image tokens' keys and values"),
+    "n_layers_recurrent": ("layers", "linear-attention / state-space layers: a fixed state per sequence, no KV"),
+    "conv_channels": ("elements", "channels of a recurrent layer's causal-conv state"),
+    "conv_kernel": ("tokens", "causal-conv kernel of a recurrent layer"),
+    "ssm_state_elems": ("elements", "elements of one recurrent layer's SSM / delta-rule state per sequence"),
+    "ssm_kernel_state_bits": ("bits", "bits the reference kernels return the recurrent state in (0: the compute dtype)"),
+    "images": ("images", "images per sequence (multimodal models)"),
+    "image_context_tokens": ("tokens", "soft tokens the images add to each sequence's context (included in seq)"),
+    "cross_kv_tokens": ("tokens", "image tokens each cross-attention layer caches per sequence"),
     "sliding_window": ("tokens", "sliding window size (0 if none)"),
     "is_moe": ("flag", "mixture of experts"),
     "n_experts": ("experts", "routed experts per MoE layer"),
@@ -58,7 +72,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "batch": ("sequences", "batch_size"),
     "users": ("users", "concurrent_users"),
     "seqs": ("sequences", "sequences in flight (batch x users)"),
-    "seq": ("tokens", "context per sequence (prompt + generated)"),
+    "seq": ("tokens", "context per sequence (prompt + generated, plus image tokens)"),
     "input_tokens": ("tokens", "prompt tokens per request (per sequence)"),
     "output_tokens": ("tokens", "generated tokens per request (per sequence)"),
     "request_rate": ("requests/s", "open-loop arrival rate; 0 = a closed loop of concurrent_users clients"),
@@ -78,10 +92,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "grad_accum": ("steps", "gradient accumulation steps"),
     "gradient_checkpointing": ("flag", "recompute activations in backward"),
     "zero_stage": ("stage", "DeepSpeed ZeRO stage"),
-    "optimizer_8bit": ("flag", "8-bit optimizer moments"),
-    "optimizer_paged": ("flag", "paged optimizer states"),
-    "optimizer_moments": ("tensors", "optimizer state tensors per parameter (AdamW 2, SGD 0)"),
-    "optimizer_factored": ("flag", "Adafactor's factored second moment"),
+    "optimizer_8bit": ("flag", "8-bit optimizer moments (the optimizer's state_dtype is int8)"),
+    "optimizer_paged": ("flag", "paged optimizer states (the optimizer's paged)"),
+    "optimizer_moments": ("tensors", "optimizer state tensors per parameter (the optimizer's states_per_param: AdamW 2, SGD 0)"),
+    "optimizer_factored": ("flag", "Adafactor's factored second moment (the optimizer's factored)"),
+    "optimizer_state_bytes": ("bytes", "bytes per optimizer state element when the optimizer fixes its type; 0 = the trained "
+                              "parameters' precision (the optimizer's state_dtype)"),
+    "optimizer_state_overhead_bytes": ("bytes", "block-quantization scale bytes per state element (block_scale_bytes / block_size)"),
+    "optimizer_fused_step": ("flag", "the optimizer updates each tensor in one kernel, with no state-sized temporaries"),
     "fused_kernels": ("flag", "fused cross-entropy / optimizer kernels"),
     "activation_offloading": ("flag", "checkpointed activations kept on the host"),
     "num_samples": ("samples", "dataset size"),
@@ -137,35 +155,38 @@ FUSED_QKV_FAMILIES = ("phi3",)
 #: which returns q contiguous in (batch, heads, tokens, head_dim) order (models/phi3, glm, glm4).
 ROPE_CAT_FAMILIES = ("phi3", "glm", "glm4")
 
-#: Efficiency classes runtimes keep constants for.
-HARDWARE_CLASSES = ("nvidia_datacenter", "nvidia_consumer", "amd", "intel", "apple")
+#: Runtime constants Python reads besides the formulas' rt_* inputs; each is declared in
+#: catalogs/runtime_constants, so every runtime profile has it (or its declared default) after load.
+RUNTIME_READS = ("decode_bw_eff", "prefill_flops_eff", "train_mfu", "power_memory_bound_fraction",
+                 "dequant_flops_per_weight", "dequant_flops_per_weight_legacy", "nvme_read_gb_s", "kv_preallocate",
+                 "activation_bytes")
+
+#: Bytes per element of each optimizer state_dtype (catalogs/optimizers); "param" follows the trained weights.
+STATE_DTYPE_BYTES = {"param": 0, "fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 
 
 def scenario_variable_names() -> list[str]:
     return list(VARIABLES)
 
 
-def hardware_class(gpu: dict[str, Any]) -> str:
-    if gpu["vendor"] == "apple" or gpu["category"] == "apple":
-        return "apple"
-    if gpu["vendor"] in ("amd", "intel"):
-        return gpu["vendor"]
-    return "nvidia_datacenter" if gpu["category"] == "datacenter" else "nvidia_consumer"
+def _rt(runtime: dict[str, Any], name: str, order: tuple[str, ...]) -> float:
+    """A per-hardware-class runtime constant for a GPU whose class order is ``order`` (see :mod:`vramplan.hardware`)."""
+    return hardware.runtime_constant(runtime["constants"], name, order)[1]
 
 
-def _unpack_flops(runtime: dict[str, Any], fmt: dict[str, Any], cls: str) -> float:
+def _unpack_flops(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...]) -> float:
     """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
 
     A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
-    per class like every constant): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against
-    pre-scaled activations, k-quants with a longer sequence. Without one, the general constant applies.
+    per class like every constant; declared in catalogs/runtime_constants with the general constant as
+    its fallback): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against pre-scaled activations,
+    k-quants with a longer sequence. Without one, the general constant applies.
     """
-    consts = runtime["constants"]
     if fmt.get("gguf_block") == "legacy":
-        for key in (f"dequant_flops_per_weight_legacy_{cls}", "dequant_flops_per_weight_legacy"):
-            if key in consts:
-                return float(consts[key]["value"])
-    return _rt(runtime, "dequant_flops_per_weight", cls)
+        found = hardware.find_runtime_constant(runtime["constants"], "dequant_flops_per_weight_legacy", order)
+        if found is not None:
+            return found[1]
+    return _rt(runtime, "dequant_flops_per_weight", order)
 
 
 def _compute_capability(gpu: dict[str, Any]) -> float:
@@ -175,14 +196,6 @@ def _compute_capability(gpu: dict[str, Any]) -> float:
         return 0.0
     major, _, minor = str(cc).partition(".")
     return float(major) + float(minor or 0) / 10
-
-
-def _rt(runtime: dict[str, Any], name: str, cls: str) -> float:
-    consts = runtime["constants"]
-    for key in (f"{name}_{cls}", name):
-        if key in consts:
-            return float(consts[key]["value"])
-    return 0.0
 
 
 @lru_cache(maxsize=512)
@@ -198,6 +211,10 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
         "kv_per_head": 0 if a.is_mla else 1,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,
+        "n_kv_layers_full": a.num_kv_full_layers, "n_kv_layers_sliding": a.num_kv_sliding_layers,
+        "n_layers_cross": a.num_cross_layers, "n_layers_recurrent": a.num_recurrent_layers,
+        "conv_channels": a.conv_channels, "conv_kernel": a.conv_kernel, "ssm_state_elems": a.ssm_state_elems,
+        "ssm_kernel_state_bits": a.ssm_kernel_state_bits,
         "sliding_window": a.sliding_window or 0, "is_moe": int(a.is_moe), "n_experts": a.num_experts,
         "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
@@ -224,6 +241,9 @@ def _quant_vars(qbits: dict[str, float]) -> dict[str, float]:
         s[f"b_{role}"] = float(qbits.get(role, qbits["default"]))
     # Quantizers leave a vision encoder in 16-bit (GGUF: separate mmproj file; bnb/AWQ/GPTQ: skipped modules).
     s["b_vision"] = float(qbits.get("vision", 32 if qbits["default"] >= 32 else 16))
+    # Gemma 3n's per-layer embedding table is stored like the token embedding (llama.cpp writes
+    # per_layer_token_embd in the token_embd type; fp8/int8/AWQ/GPTQ leave both unquantized).
+    s["b_per_layer_embd"] = float(qbits.get("per_layer_embd", qbits.get("token_embd", qbits["default"])))
     return s
 
 
@@ -273,7 +293,7 @@ def build(res: Resolved) -> dict[str, float]:
     qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
-    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
+    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = activation_bytes(res.quant.data)
     s["weights_compute_bits"] = float(qbits["default"])
@@ -286,6 +306,11 @@ def build(res: Resolved) -> dict[str, float]:
     s["flash_attention"] = int(bool(req["optimization_config"].get("flash_attention", True)))
     s["batch"] = req["batch_size"]
     s["seq"] = req["seq_length"]
+    images = number_or(req.get("images_per_sequence"), 0)
+    s["images"] = images
+    s["image_context_tokens"] = images * a.image_tokens_per_image
+    s["cross_kv_tokens"] = images * a.cross_tokens_per_image
+    s["seq"] += s["image_context_tokens"]  # image soft tokens sit in the context like text tokens
     if res.workload == "inference":
         _inference(s, req, a, res)
     else:
@@ -301,19 +326,20 @@ def device_vars(res: Resolved, act_bytes: float, to_nvme: bool) -> dict[str, flo
     Split from :func:`build` so a search over many GPUs (:mod:`vramplan.deploy`) builds one scenario
     per (runtime, format) and sets only these per GPU, from the same pieces: :func:`gpu_vars` (the GPU
     alone), :func:`format_on_gpu_vars` (its throughput in the format's compute type),
-    :func:`runtime_on_gpu_vars` (the runtime's efficiencies for the GPU's class),
+    :func:`runtime_on_gpu_vars` (the runtime's constants for the GPU's hardware class),
     :func:`runtime_constants` (the profile's constants, tiers by GPU applied, ``runtime_settings`` over
     them) and :func:`runtime_act_bytes`."""
     gpu = res.gpu.data
     d = gpu_vars(gpu, res.gpu_memory_gib, res.interconnect.data, res.host_link.data if res.host_link else None)
     d.update(format_on_gpu_vars(gpu, res.quant.data))
-    d.update(runtime_on_gpu_vars(res.runtime.data, res.quant.data, hardware_class(gpu), d["host_bw_gb_s"], to_nvme))
+    d.update(runtime_on_gpu_vars(res.runtime.data, res.quant.data, res.hardware_order, d["host_bw_gb_s"], to_nvme))
     d.update(runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, res.request.get("runtime_settings")))
     d["act_bytes"] = runtime_act_bytes(d.get("rt_activation_bytes", 0.0), act_bytes, res.workload)
     return d
 
 
-def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any], host_link: dict[str, Any] | None) -> dict[str, float]:
+def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any],
+             host_link: dict[str, Any] | None) -> dict[str, float]:
     """What the GPU alone decides (and its links)."""
     return {
         "gpu_mem_gib": memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"], "gpu_tflops_16": float(_tflops_16(gpu)),
@@ -340,15 +366,17 @@ def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, fl
     return {"gpu_tflops": float(native or _tflops_16(gpu)), "weights_dequantized": int(fmt["kind"] != "float")}
 
 
-def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], cls: str, host_bw_gb_s: float, to_nvme: bool) -> dict[str, float]:
-    """The runtime's efficiencies for a hardware class, the ALU work it spends unpacking the format,
-    and the offload path's bandwidth."""
-    nvme = _rt(runtime, "nvme_read_gb_s", cls)
+def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...], host_bw_gb_s: float,
+                        to_nvme: bool) -> dict[str, float]:
+    """The runtime's efficiencies for a hardware class (``order``: the class and its fallbacks), the ALU
+    work it spends unpacking the format, and the offload path's bandwidth."""
+    nvme = _rt(runtime, "nvme_read_gb_s", order)
     dequantized = int(fmt["kind"] != "float")
     return {
-        "eff_decode_bw": _rt(runtime, "decode_bw_eff", cls), "eff_prefill_flops": _rt(runtime, "prefill_flops_eff", cls),
-        "eff_train_mfu": _rt(runtime, "train_mfu", cls), "power_idle_fraction": _rt(runtime, "power_memory_bound_fraction", cls),
-        "dequant_flops_per_weight": _unpack_flops(runtime, fmt, cls) * dequantized,
+        "eff_decode_bw": _rt(runtime, "decode_bw_eff", order), "eff_prefill_flops": _rt(runtime, "prefill_flops_eff", order),
+        "eff_train_mfu": _rt(runtime, "train_mfu", order),
+        "power_idle_fraction": _rt(runtime, "power_memory_bound_fraction", order),
+        "dequant_flops_per_weight": _unpack_flops(runtime, fmt, order) * dequantized,
         "offload_bw_gb_s": min(host_bw_gb_s, nvme) if to_nvme and nvme else host_bw_gb_s,
     }
 
@@ -375,10 +403,12 @@ def runtime_act_bytes(rt_activation_bytes: Any, act_bytes: Any, workload: str) -
 
 def _lora_dims(s: dict[str, float], a) -> None:
     """Σ (in + out) over every linear of each kind, counting each expert's copy (PEFT all-linear does)."""
-    L, h = a.num_layers, a.hidden_size
+    L, h = a.num_attention_layers, a.hidden_size  # q/k/v/o exist only in attention layers (hybrids)
     n_moe = len(a.moe_layers)
     dense_ff = a.dense_intermediate_size or a.intermediate_size
-    ff_copies = (L - n_moe) * (h + dense_ff)
+    ff_layers = sum(1 for i, f in enumerate(a.ffn_sizes) if f and i not in set(a.moe_layers)) if a.ffn_sizes \
+        else a.num_layers - n_moe
+    ff_copies = ff_layers * (h + dense_ff)
     if n_moe:
         ff_copies += n_moe * a.num_experts * (h + a.moe_intermediate_size)
         if a.shared_expert_intermediate_size:
@@ -416,7 +446,8 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
-    s["input_tokens"], s["output_tokens"] = req["input_tokens"], req["output_tokens"]
+    # image soft tokens are part of each prompt (as they are of seq)
+    s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
@@ -435,10 +466,11 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["offload_layers"] = layers
     s["offload_kv"] = int(bool(s["offload_enabled"] and req.get("offload_kv_cache")))
     for k in ("method_full", "method_lora", "method_qlora", "mixed_precision", "lora_rank", "gradient_checkpointing",
-              "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "fused_kernels",
+              "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "optimizer_fused_step", "fused_kernels",
               "activation_offloading", "grad_accum", "num_epochs"):
         s[k] = 0
-    s.update({"train_param_bytes": 0, "optimizer_moments": 0, "num_samples": 0, "tokens_per_sample": req["seq_length"]})
+    s.update({"train_param_bytes": 0, "optimizer_moments": 0, "optimizer_state_bytes": 0,
+              "optimizer_state_overhead_bytes": 0.0, "num_samples": 0, "tokens_per_sample": req["seq_length"]})
     for m in ("q", "k", "v", "o", "gate", "up", "down"):
         s[f"lora_{m}"] = 0
 
@@ -512,11 +544,7 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     s["batch_global"] = req["batch_size"]
     s["gradient_checkpointing"] = int(bool(opt.get("gradient_checkpointing")))
     s["zero_stage"] = int(opt.get("zero_stage", 0))
-    optimizer = req["optimizer"]
-    s["optimizer_8bit"] = int("8bit" in optimizer)
-    s["optimizer_paged"] = int(optimizer.startswith("paged"))
-    s["optimizer_moments"] = {"sgd": 0, "adafactor": 0}.get(optimizer, 2)
-    s["optimizer_factored"] = int(optimizer == "adafactor")
+    _optimizer(s, res.optimizer.data)
     s["fused_kernels"] = int(bool(opt.get("use_fused_kernels")))
     s["activation_offloading"] = int(bool(opt.get("activation_offloading")))
     s["num_samples"] = req["num_samples"]
@@ -525,3 +553,14 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0,
               "offload_layers": 0, "offload_kv": 0, "input_tokens": req["seq_length"], "output_tokens": 1,
               "request_rate": 0.0, "gpu_hour_cost": 0.0})
+
+
+def _optimizer(s: dict[str, float], opt: dict[str, Any]) -> None:
+    """The optimizer catalog entry as scenario variables (catalogs/optimizers, schema catalog-optimizers)."""
+    s["optimizer_moments"] = opt["states_per_param"]
+    s["optimizer_8bit"] = int(opt["state_dtype"] == "int8")
+    s["optimizer_state_bytes"] = STATE_DTYPE_BYTES[opt["state_dtype"]]
+    s["optimizer_state_overhead_bytes"] = opt["block_scale_bytes"] / opt["block_size"] if "block_size" in opt else 0.0
+    s["optimizer_paged"] = int(bool(opt.get("paged")))
+    s["optimizer_factored"] = int(bool(opt.get("factored")))
+    s["optimizer_fused_step"] = int(bool(opt.get("fused_step")))

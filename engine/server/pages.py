@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..catalog import get_catalog
 from . import auth
 from .api import PREFIX
 from .openapi import SCHEMA_FILES, load_schema, openapi_document, schema_rows
@@ -22,7 +23,6 @@ FALLBACK_CHOICES = {
     "offload_target": ["cpu_ram", "nvme"],
     "finetuning_method": ["lora", "qlora", "full"],
     "fine_tuning_quantization": ["fp16", "bf16", "fp32", "fp8"],
-    "optimizer": ["adamw", "adamw_8bit", "paged_adamw_8bit", "adafactor", "sgd"],
 }
 
 
@@ -47,7 +47,10 @@ def calculator_choices() -> dict:
     out = {f: _choices(inference, f) for f in ("quantization", "kv_cache_quantization",
                                                 "inference_parallelism", "runtime", "offload_target")}
     out.update({f"ft_{f}": _choices(finetuning, f) for f in ("finetuning_method", "fine_tuning_quantization",
-                                                             "optimizer", "runtime", "offload_target")})
+                                                             "runtime", "offload_target")})
+    # Optimizers are catalog data (plugins and the user's folder add more): offer every registered one.
+    default = ((finetuning or {}).get("properties", {}).get("optimizer") or {}).get("default", "adamw")
+    out["ft_optimizer"] = {"options": get_catalog().optimizers.keys(), "default": default}
     return out
 
 
