@@ -23,8 +23,9 @@ with the runtime it defaults to (GGUF types → llama.cpp, others → the defaul
 (``q8``) are skipped for the format they name. Fine-tuning tries ``fine_tuning_quantization`` for
 ``full`` (fp32 mixed precision, bf16, fp16, fp8); LoRA and QLoRA fix their base format.
 
-``gpus`` estimates the request on every catalog GPU (or ``gpu_keys``), skips the ``custom_*``
-placeholders, and lists those that fit, fastest first (``per_user_tps`` or ``training_tps``).
+``gpus`` estimates the request on every catalog GPU (or ``gpu_keys``) in one batch
+(:func:`vramplan.many.estimate_many`), skips the ``custom_*`` placeholders, and lists those that fit,
+fastest first (``per_user_tps`` or ``training_tps``).
 
 Serving: an ``slo`` (``ttft_ms``, ``itl_ms``, ``e2e_latency_ms``, any subset; inference only) makes
 "fits" also mean the serving model's latencies at that load are within it, and an open loop
@@ -54,6 +55,7 @@ from .catalog import Catalog, get_catalog
 from .datafiles import field_name, schema_problems
 from .deploy import cheapest_deployment
 from .errors import RequestError, VramplanError
+from .many import estimate_many
 from .verdict import NOT_FITTING, SLO_FIELDS, binding, fits  # noqa: F401 - the planner's definition, re-exported
 
 QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
@@ -328,14 +330,12 @@ def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any
     if keys is None:
         keys = [e.key for e in cat.gpus if not e.data.get("custom")]
     speed = "per_user_tps" if workload == "inference" else "training_tps"
-    run = estimator(workload, cat)
     body = {k: v for k, v in body.items() if k not in ("trace", "custom_vram")}
+    bodies = [{**body, "gpu_key": key} for key in keys]
     found = []
-    for key in keys:
-        b = {**body, "gpu_key": key}
-        try:
-            out = run(b)
-        except VramplanError:
+    # one batch (vramplan.many): the responses single estimates give, a fraction of the time
+    for key, b, out in zip(keys, bodies, estimate_many(bodies, workload, cat)):
+        if isinstance(out, VramplanError):
             continue
         if fits(out, capacity_gib(b, cat), headroom):
             found.append({"gpu_key": key, "vram_usage": out["vram_usage"], "memory_status": out["memory_status"],
