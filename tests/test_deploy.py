@@ -108,11 +108,12 @@ def test_no_cheaper_configuration_in_a_brute_force_grid_meets_the_slo(small):
     assert best["cost_per_million_output_tokens"] == pytest.approx(2.7 / (2400 * 3600) * 1e6, abs=1e-4)
 
 
-def test_the_batch_search_reads_what_single_estimates_read():
+@pytest.mark.parametrize("load", [{"request_rate": 4}, {"concurrent_users": 90}])
+def test_the_batch_search_reads_what_single_estimates_read(load):
     """Random configurations of a whole-catalog space at random replica counts: the batch figures the
     search decides on (memory, latencies, what binds) equal each single estimate's."""
     cat = get_catalog()
-    body = {"llm_key": "llama-3-8b-instruct", "input_tokens": 1500, "output_tokens": 300, "request_rate": 4}
+    body = {"llm_key": "llama-3-8b-instruct", "input_tokens": 1500, "output_tokens": 300, **load}
     space = build_space(cat, body, None, None, None, {})
     rng = random.Random(17)
     rows = np.array(rng.sample(range(space.size), 120))
