@@ -18,8 +18,8 @@ from vramplan.batch import evaluate_batch
 from vramplan.catalog import get_catalog
 from vramplan.cli import main
 from vramplan.datafiles import load_schema
-from vramplan.deploy import (_fewest_below_capacity, binding_of, cheaper_step, describe_deployment, targets,
-                             verdict_figures)
+from vramplan.deploy import cheaper_step, describe_deployment
+from vramplan.deploysearch import _fewest_below_capacity, binding_of, targets, verdict_figures
 from vramplan.deployspace import build_space
 from vramplan.errors import RequestError
 from vramplan.many import estimate_many
