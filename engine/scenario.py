@@ -310,7 +310,8 @@ def build(res: Resolved) -> dict[str, float]:
     s["images"] = images
     s["image_context_tokens"] = images * a.image_tokens_per_image
     s["cross_kv_tokens"] = images * a.cross_tokens_per_image
-    s["seq"] += s["image_context_tokens"]  # image soft tokens sit in the context like text tokens
+    # image soft tokens sit in the context like text tokens (not +=: a sweep's seq_length is an array of its rows)
+    s["seq"] = s["seq"] + s["image_context_tokens"]
     if res.workload == "inference":
         _inference(s, req, a, res)
     else:
