@@ -5,7 +5,8 @@
 * one estimate in-process (``vramplan.estimate_inference`` / ``estimate_finetuning``);
 * a sweep, per point: the engine alone (``vramplan.sweep``), and with CSV written as
   ``vramplan sweep`` writes it; ``estimate_many`` per body (whole responses);
-* ``cheapest_deployment`` (not built yet: its line says so);
+* ``cheapest_deployment`` over every catalog GPU for one model (the issue's 70B question, an 8B one and a
+  closed loop): CPU and wall seconds, configurations considered, estimates computed;
 * ``vramplan inference …`` from start to answer, in a fresh process: wall time and CPU time, with
   the validated-data cache warm (the usual case) and cold;
 * the planner's questions.
@@ -93,11 +94,42 @@ def cli_start(runs: int, cache_dir: str, cold: bool) -> tuple[list[float], list[
     return walls, cpus
 
 
+#: The issue's question: Llama 3.3 70B, 5 requests/s of 2,000-token prompts and 500-token answers, first token
+#: within 2 s and 50 ms between tokens, over every catalog GPU; and the same for an 8B model and a closed loop.
+DEPLOYMENTS = {
+    "llama-3.3-70b-instruct, 5 req/s": {"llm_key": "llama-3.3-70b-instruct", "input_tokens": 2000, "output_tokens": 500,
+                                        "request_rate": 5, "slo": {"ttft_ms": 2000, "itl_ms": 50}},
+    "llama-3-8b-instruct, 2 req/s": {"llm_key": "llama-3-8b-instruct", "input_tokens": 1000, "output_tokens": 200,
+                                     "request_rate": 2, "slo": {"ttft_ms": 1000, "itl_ms": 40}},
+    "llama-3-8b-instruct, 200 users": {"llm_key": "llama-3-8b-instruct", "input_tokens": 1000, "output_tokens": 200,
+                                       "concurrent_users": 200, "slo": {"ttft_ms": 1000, "itl_ms": 40}},
+}
+
+
+def cheapest_deployment(rounds: int) -> None:
+    """Each question's first answer in this process (the model's caches cold) and the median of the next
+    rounds, in CPU and wall seconds, with the configurations considered and the estimates computed."""
+    for label, question in DEPLOYMENTS.items():
+        body = {"workload": "inference", "find": ["cheapest_deployment"], **question}
+        first = timed(lambda: vramplan.plan(dict(body)))
+        runs = [timed(lambda: vramplan.plan(dict(body))) for _ in range(rounds)]
+        answer = vramplan.plan(dict(body))["cheapest_deployment"]
+        best = answer["value"][0]
+        cpu, wall = statistics.median(r[1] for r in runs), statistics.median(r[0] for r in runs)
+        print(f"{label:<32} {answer['considered']:,} configurations considered, {answer['evaluations']:,} estimated "
+              f"({answer['search']['passes']} batches): {cpu:5.2f} s CPU, {wall:5.2f} s wall (median of {rounds}; "
+              f"first in this process {first[1]:5.2f} s CPU)")
+        cost = "no price" if best["cost_per_hour"] is None else f"{best['cost_per_hour']:.2f}/h"
+        print(f"{'':<32} best: {best['replicas']} x {best['num_gpus']} x {best['gpu_key']} {best['quantization']} "
+              f"{best['runtime']}, {cost}, binding {best['binding']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="single estimates timed")
     ap.add_argument("--points", type=int, default=409_600, help="points in the sweep grid")
     ap.add_argument("--starts", type=int, default=7, help="fresh CLI processes timed")
+    ap.add_argument("--rounds", type=int, default=5, help="cheapest_deployment answers timed per question")
     args = ap.parse_args()
     t0 = time.perf_counter()
     get_catalog()
@@ -153,7 +185,7 @@ def main() -> None:
           f"us one at a time ({single_cpu / many_cpu:4.1f}x)")
 
     print("\n== cheapest_deployment over every catalog GPU for one model")
-    print("not built yet (issue 17's planner question comes with the serving model)")
+    cheapest_deployment(args.rounds)
 
     print("\n== `vramplan " + " ".join(CLI) + "`, start to answer, fresh process")
     cache = tempfile.mkdtemp(prefix="vramplan-bench-cache-")

@@ -5,7 +5,8 @@ entry fails loudly (:class:`CatalogError` / :class:`FormulaError`); a problem in
 plugin or the user's catalog folder takes that entry out and records it in the plugin host's
 failures, naming the entry and its file, so the rest keeps working.
 
-- a runtime that ``extends`` another gets its constants merged in;
+- a runtime that ``extends`` another gets its constants merged in; its ``deployment`` block names
+  existing formats;
 - runtime profiles get the declared defaults of constants they lack (``catalogs/runtime_constants``)
   and must define every declared constant without one, in the declared unit, and every constant a
   formula uses; exactly one runtime is the default;
@@ -52,6 +53,7 @@ def check_catalog(cat: Catalog) -> None:
     loud: Problems = []
     _resolve_runtime_bases(cat, loud)
     _settle_runtime_constants(cat, loud)
+    _check_deployments(cat, loud)
     _check_hardware_classes(cat, loud)
     _classify_gpus(cat, loud)
     for opt in list(cat.optimizers):
@@ -132,6 +134,20 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
             _reject(cat, "runtimes", runtime, "; ".join(what), loud)
         elif constants != runtime.data.get("constants"):
             cat.runtimes.replace(runtime.key, {**runtime.data, "constants": constants})
+
+
+def _check_deployments(cat: Catalog, loud: Problems) -> None:
+    """A runtime's ``deployment`` block (what cheapest_deployment searches) names existing formats: KV
+    formats that can hold a KV cache, weights formats it has needs for."""
+    for runtime in list(cat.runtimes):
+        dep = runtime.data.get("deployment") or {}
+        bad = [f"deployment.kv_cache_formats: {k!r} is not a quantization format with kv_cache_bits"
+               for k in dep.get("kv_cache_formats", ())
+               if k not in cat.quantization or "kv_cache_bits" not in cat.quantization.get(k).data]
+        bad += [f"deployment.formats: {k!r} is not a registered quantization format"
+                for k in dep.get("formats", {}) if k not in cat.quantization]
+        if bad:
+            _reject(cat, "runtimes", runtime, "; ".join(bad), loud)
 
 
 def _check_hardware_classes(cat: Catalog, loud: Problems) -> None:

@@ -18,7 +18,7 @@ import click
 
 
 FIND_CHOICES = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
-                "best_quantization", "gpus")
+                "best_quantization", "gpus", "cheapest_deployment")
 
 _NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 
@@ -76,17 +76,38 @@ def parse_text_grid(text: str, flag: str) -> list[str]:
 @click.option("--slo-ttft-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean time to first token, ms.")
 @click.option("--slo-itl-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean time between output tokens, ms.")
 @click.option("--slo-e2e-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean end-to-end request latency, ms.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, slo_ttft_ms, slo_itl_ms, slo_e2e_ms, fmt) -> None:
-    """Answer "what fits?": largest context, batch or user count, fewest GPUs, best quantization, GPUs."""
+@click.option("--input-tokens", type=click.IntRange(1), help="Prompt tokens per request.")
+@click.option("--output-tokens", type=click.IntRange(1), help="Generated tokens per request.")
+@click.option("--request-rate", type=click.FloatRange(0, min_open=True), help="Open loop: requests/s arriving (the whole deployment's).")
+@click.option("--users", "concurrent_users", type=click.IntRange(1), help="Closed loop: concurrent clients (the whole deployment's).")
+@click.option("--runtimes", help="cheapest_deployment: runtimes to search (comma-separated; default: every runtime "
+              "with a deployment profile).")
+@click.option("--min-quality-rank", type=click.FloatRange(0),
+              help="cheapest_deployment: weights and KV formats of at least this quality_rank.")
+@click.option("--gpu-hour-costs", metavar="KEY=PRICE[,...]", help="cheapest_deployment: price per GPU-hour by GPU key "
+              "(overrides the catalog's reference prices).")
+@click.option("--max-deployments", type=click.IntRange(1, 1000), help="cheapest_deployment: GPU types to list (default 10).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]), default="table", show_default=True,
+              help="markdown / html: the report of the best cheapest_deployment answer (its cost and binding constraint).")
+def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, slo_ttft_ms, slo_itl_ms, slo_e2e_ms, input_tokens,
+         output_tokens, request_rate, concurrent_users, runtimes, min_quality_rank, gpu_hour_costs, max_deployments, fmt) -> None:
+    """Answer "what fits?": largest context, batch or user count, fewest GPUs, best quantization, GPUs,
+    the cheapest deployment that meets an SLO."""
     from . import plan as run_plan
 
     from .cli import read_request  # here, not at import: vramplan.cli attaches this module
 
     body = read_request(request_file)
-    for key, value in (("workload", workload), ("gpu_key", gpu_key), ("llm_key", llm_key), ("headroom", headroom)):
+    for key, value in (("workload", workload), ("gpu_key", gpu_key), ("llm_key", llm_key), ("headroom", headroom),
+                       ("input_tokens", input_tokens), ("output_tokens", output_tokens), ("request_rate", request_rate),
+                       ("concurrent_users", concurrent_users), ("min_quality_rank", min_quality_rank),
+                       ("max_deployments", max_deployments)):
         if value is not None:
             body[key] = value
+    if runtimes:
+        body["runtimes"] = parse_text_grid(runtimes, "--runtimes")
+    if gpu_hour_costs:
+        body["gpu_hour_costs"] = parse_prices(gpu_hour_costs, "--gpu-hour-costs")
     if find:
         body["find"] = parse_text_grid(find, "--find")
         bad = [q for q in body["find"] if q not in FIND_CHOICES]
@@ -100,11 +121,35 @@ def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, slo
     body.setdefault("workload", "inference")
     if "find" not in body:
         raise click.UsageError("--find: required (or a \"find\" list in the --request file)")
+    if fmt in ("markdown", "html") and "cheapest_deployment" not in body["find"]:
+        raise click.UsageError(f"--format {fmt}: the report is of a deployment; ask --find cheapest_deployment")
     answers = run_plan(body)
-    if fmt == "json":
+    if fmt in ("markdown", "html"):
+        answer = answers["cheapest_deployment"]
+        if answer["value"] is None:
+            raise click.ClickException(f"cheapest_deployment: none: {answer['reason']}")
+        from .report import render_deployment_report
+
+        click.echo(render_deployment_report(answer["value"][0], fmt, slo=body.get("slo"), headroom=body.get("headroom", 0.0)))
+    elif fmt == "json":
         click.echo(json.dumps(answers, indent=2))
     else:
         click.echo(plan_table(answers, body))
+
+
+def parse_prices(text: str, flag: str) -> dict[str, float]:
+    """``h100_80=2.5,l40s=1.1`` -> {"h100_80": 2.5, "l40s": 1.1}."""
+    out: dict[str, float] = {}
+    for item in parse_text_grid(text, flag):
+        key, sep, price = item.partition("=")
+        try:
+            value = float(price)
+        except ValueError:
+            value = -1.0
+        if not sep or not key.strip() or not value >= 0:
+            raise click.UsageError(f"{flag}: {item!r} is not KEY=PRICE with a price of at least 0 (e.g. h100_80=2.5)")
+        out[key.strip()] = value
+    return out
 
 
 def plan_table(answers: dict[str, Any], body: dict[str, Any]) -> str:
@@ -113,6 +158,8 @@ def plan_table(answers: dict[str, Any], body: dict[str, Any]) -> str:
     for q, a in answers.items():
         if a["value"] is None:
             lines.append(f"  {q:<22} none: {a['reason']}")
+        elif q == "cheapest_deployment":
+            lines += deployment_lines(a)
         elif q == "gpus":
             speed = "per_user_tps" if "per_user_tps" in a["value"][0] else "training_tps"
             lines.append(f"  {q:<22} {len(a['value'])} of {a['considered']} fit, fastest first:")
@@ -128,3 +175,32 @@ def plan_table(answers: dict[str, Any], body: dict[str, Any]) -> str:
             speed = (f", TTFT {srv['ttft_ms']:.0f} ms, ITL {srv['itl_ms']:.1f} ms" if srv and srv["ttft_ms"] is not None else "")
             lines.append(f"  {q:<22} {value}: {e['vram_usage']:.2f} GiB, {e['memory_status']}{speed}{note}")
     return "\n".join(lines)
+
+
+def deployment_lines(answer: dict[str, Any]) -> list[str]:
+    """The cheapest_deployment answer as a ranked table: one line per GPU type, best first."""
+    rows = answer["value"]
+    load = "requests/s" if "request_rate" in rows[0] else "users"
+    lines = [f"  cheapest_deployment    {len(rows)} GPU types, best first ({answer['considered']:,} configurations "
+             f"considered, {answer['evaluations']:,} estimates):",
+             f"    {'#':>2}  {'GPU':<18} {'GPUs':>4} {'split':<8} {'weights':<8} {'KV':<6} {'runtime':<13} {'repl.':>5} "
+             f"{load + ' each':>15} {'TTFT ms':>9} {'ITL ms':>8} {'util':>5} {'cost/h':>9} {'per Mtok':>8}  binding"]
+    for i, r in enumerate(rows, 1):
+        share = f"{r['request_rate']:.3g}" if "request_rate" in r else str(r["concurrent_users"])
+        cost = "-" if r["cost_per_hour"] is None else f"{r['cost_per_hour']:,.2f}"
+        per_m = "-" if r["cost_per_million_output_tokens"] is None else f"{r['cost_per_million_output_tokens']:,.3f}"
+        ttft = "-" if r["ttft_ms"] is None else f"{r['ttft_ms']:,.0f}"
+        itl = "-" if r["itl_ms"] is None else f"{r['itl_ms']:.1f}"
+        why = r["binding"] or "-"
+        if r.get("binding_step"):
+            why += f" (at {r['binding_step']})"
+        lines.append(f"    {i:>2}  {r['gpu_key']:<18} {r['num_gpus']:>4} {r['inference_parallelism']:<8} {r['quantization']:<8} "
+                     f"{r['kv_cache_quantization']:<6} {r['runtime']:<13} {r['replicas']:>5} {share:>15} {ttft:>9} {itl:>8} "
+                     f"{r['utilisation']:>5.0%} {cost:>9} {per_m:>8}  {why}")
+    refs = sorted({r["gpu_key"] for r in rows if (r.get("price") or {}).get("kind") == "reference"})
+    if refs:
+        lines.append(f"    reference list prices (USD, not quotes; see each row's price.source): {', '.join(refs)}")
+    unpriced = [r["gpu_key"] for r in rows if r["cost_per_hour"] is None]
+    if unpriced:
+        lines.append("    no price for " + ", ".join(unpriced) + ": ranked after the priced ones by GPU count (give --gpu-hour-costs)")
+    return lines

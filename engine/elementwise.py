@@ -48,6 +48,15 @@ def number_or(x: Any, default: float) -> Any:
     return x.astype("float64")
 
 
+def where(condition: Any, a: Any, b: Any) -> Any:
+    """``a if condition else b``, row by row for arrays."""
+    if isinstance(condition, (bool, int)) and not hasattr(condition, "shape"):
+        return a if condition else b
+    import numpy as np
+
+    return np.where(condition, a, b)
+
+
 def holds(condition: Any) -> bool:
     """A condition as one truth value: an array's rows must all agree, else :class:`NeedsRows`."""
     if isinstance(condition, bool):

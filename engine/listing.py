@@ -10,7 +10,7 @@ from .errors import RequestError
 
 _GPU_FIELDS = ("vendor", "category", "architecture", "memory_type", "memory_bandwidth_gb_s", "fp32_tflops", "fp16_tflops",
                "bf16_tflops", "fp8_tflops", "int8_tops", "fp4_tflops", "tdp_w", "flash_attention",
-               "default_interconnect", "unified_memory_gib", "compute_capability", "source")
+               "default_interconnect", "unified_memory_gib", "compute_capability", "source", "reference_price")
 
 #: What a model can be filtered by. The first five are read off its config.json (architecture) and
 #: catalog flags; the rest a catalog entry declares in ``capabilities`` from its model card.

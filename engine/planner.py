@@ -23,8 +23,9 @@ with the runtime it defaults to (GGUF types → llama.cpp, others → the defaul
 (``q8``) are skipped for the format they name. Fine-tuning tries ``fine_tuning_quantization`` for
 ``full`` (fp32 mixed precision, bf16, fp16, fp8); LoRA and QLoRA fix their base format.
 
-``gpus`` estimates the request on every catalog GPU (or ``gpu_keys``), skips the ``custom_*``
-placeholders, and lists those that fit, fastest first (``per_user_tps`` or ``training_tps``).
+``gpus`` estimates the request on every catalog GPU (or ``gpu_keys``) in one batch
+(:func:`vramplan.many.estimate_many`), skips the ``custom_*`` placeholders, and lists those that fit,
+fastest first (``per_user_tps`` or ``training_tps``).
 
 Serving: an ``slo`` (``ttft_ms``, ``itl_ms``, ``e2e_latency_ms``, any subset; inference only) makes
 "fits" also mean the serving model's latencies at that load are within it, and an open loop
@@ -34,6 +35,12 @@ request's ``request_rate`` within it, and ``max_request_rate`` the highest arriv
 three significant figures, bisected between an idle rate and the capacity) that meets it. Each such
 answer names the ``binding`` constraint: what fails one step further (``memory``, ``capacity`` or an
 SLO field).
+
+``cheapest_deployment`` needs no ``gpu_key``: it searches every catalog GPU (or ``gpu_keys``), GPUs
+per replica and their split, runtimes (``runtimes``), weights and KV formats (``min_quality_rank``)
+and the number of replicas for the cheapest deployments that carry ``request_rate`` or
+``concurrent_users`` within the ``slo``, priced by ``gpu_hour_costs`` or the catalog's reference
+prices (:mod:`vramplan.deploy`).
 """
 
 from __future__ import annotations
@@ -46,17 +53,22 @@ from . import formatrules
 from . import request as request_mod
 from .catalog import Catalog, get_catalog
 from .datafiles import field_name, schema_problems
+from .deploy import cheapest_deployment
 from .errors import RequestError, VramplanError
+from .many import estimate_many
+from .verdict import NOT_FITTING, SLO_FIELDS, binding, fits  # noqa: F401 - the planner's definition, re-exported
 
-PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys", "slo")
-#: Serving-model latencies an SLO may bound (the serving object's fields).
-SLO_FIELDS = ("ttft_ms", "itl_ms", "e2e_latency_ms")
+QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
+             "best_quantization", "gpus", "cheapest_deployment")
+PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys", "slo", "runtimes", "min_quality_rank", "gpu_hour_costs",
+               "max_deployments")
+#: Questions that search over GPUs themselves (no gpu_key needed).
+GPU_SEARCHES = ("gpus", "cheapest_deployment")
 #: The bisection for max_request_rate stops at this relative width (answers carry 3 significant figures).
 RATE_PRECISION = 1e-3
 #: Request field each numeric question varies, and the schema's ceiling for it.
 FIELDS = {"max_seq_length": ("seq_length", 16777216), "max_batch_size": ("batch_size", 1048576),
           "max_concurrent_users": ("concurrent_users", 1048576), "min_num_gpus": ("num_gpus", 1024)}
-NOT_FITTING = ("insufficient", "error")
 FINETUNE_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
 
@@ -73,32 +85,6 @@ def capacity_gib(body: dict[str, Any], cat: Catalog | None = None) -> float:
         return float(body["custom_vram"])
     cat = cat or get_catalog()
     return float(cat.gpus.get(body["gpu_key"]).data.get("memory_gib") or 0.0)
-
-
-def fits(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: dict[str, float] | None = None) -> bool:
-    """The planner's one definition of "fits" (see the module docstring)."""
-    return binding(out, capacity, headroom, slo) is None
-
-
-def binding(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: dict[str, float] | None = None) -> str | None:
-    """What keeps an estimate from fitting: ``configuration`` (memory_status error), ``memory``, ``capacity`` (an
-    open loop past it), the admission cap that makes sequences wait (``kv_cache``, ``max_num_seqs``...) or
-    an SLO field; None if it fits."""
-    if out["memory_status"] == "error":
-        return "configuration"
-    if out["memory_status"] in NOT_FITTING or out["vram_usage"] > (1.0 - headroom) * capacity + 1e-9:
-        return "memory"
-    srv = out.get("serving")
-    if srv is None:
-        return None
-    if srv["load"] == "open_loop" and srv["ttft_ms"] is None:
-        return "capacity"
-    if srv["load"] != "open_loop" and srv["queued_requests"]:
-        return srv["limited_by"]  # the runtime admits fewer than asked (its KV pool, max_num_seqs...): the rest wait
-    for key, limit in (slo or {}).items():
-        if srv[key] is None or srv[key] > limit:
-            return key
-    return None
 
 
 class Probe:
@@ -344,14 +330,12 @@ def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any
     if keys is None:
         keys = [e.key for e in cat.gpus if not e.data.get("custom")]
     speed = "per_user_tps" if workload == "inference" else "training_tps"
-    run = estimator(workload, cat)
     body = {k: v for k, v in body.items() if k not in ("trace", "custom_vram")}
+    bodies = [{**body, "gpu_key": key} for key in keys]
     found = []
-    for key in keys:
-        b = {**body, "gpu_key": key}
-        try:
-            out = run(b)
-        except VramplanError:
+    # one batch (vramplan.many): the responses single estimates give, a fraction of the time
+    for key, b, out in zip(keys, bodies, estimate_many(bodies, workload, cat)):
+        if isinstance(out, VramplanError):
             continue
         if fits(out, capacity_gib(b, cat), headroom):
             found.append({"gpu_key": key, "vram_usage": out["vram_usage"], "memory_status": out["memory_status"],
@@ -362,9 +346,15 @@ def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any
     return {"value": found, "considered": len(keys)}
 
 
+def _cheapest_deployment(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    if workload != "inference":
+        return {"value": None, "reason": "cheapest_deployment is a serving question (workload inference)"}
+    return cheapest_deployment(ctx["catalog"], body, ctx)
+
+
 HANDLERS = {"max_seq_length": _numeric, "max_batch_size": _numeric, "max_concurrent_users": _numeric,
             "max_request_rate": _max_request_rate, "min_num_gpus": _numeric, "best_quantization": _best_quantization,
-            "gpus": _gpus}
+            "gpus": _gpus, "cheapest_deployment": _cheapest_deployment}
 
 
 def validate_plan(request: Any) -> dict[str, Any]:
@@ -374,6 +364,21 @@ def validate_plan(request: Any) -> dict[str, Any]:
     if problems:
         raise RequestError(problems)
     return request
+
+
+def _check_keys(request: dict[str, Any], cat: Catalog) -> None:
+    """Runtimes and priced GPUs named in the plan fields exist (every unknown one named, with the closest)."""
+    problems, suggestions = [], {}
+    for i, key in enumerate(request.get("runtimes") or []):
+        if key not in cat.runtimes:
+            problems.append((f"runtimes[{i}]", f"unknown runtime {key!r}"))
+            suggestions[f"runtimes[{i}]"] = cat.runtimes.closest(key)
+    for key in request.get("gpu_hour_costs") or {}:
+        if key not in cat.gpus:
+            problems.append((f"gpu_hour_costs.{key}", f"unknown GPU {key!r}"))
+            suggestions[f"gpu_hour_costs.{key}"] = cat.gpus.closest(key)
+    if problems:
+        raise RequestError(problems, suggestions=suggestions)
 
 
 def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
@@ -392,13 +397,16 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, A
                 suggestions[f"gpu_keys[{i}]"] = cat.gpus.closest(key)
         if problems:
             raise RequestError(problems, suggestions=suggestions)
+    _check_keys(request, cat)
     find = list(dict.fromkeys(request["find"]))
     slo = request.get("slo") or None
     if slo and workload != "inference":
         raise RequestError([("slo", "latency objectives apply to inference (serving) only")])
-    ctx: dict[str, Any] = {"catalog": cat, "headroom": headroom, "gpu_keys": gpu_keys, "slo": slo}
+    ctx: dict[str, Any] = {"catalog": cat, "headroom": headroom, "gpu_keys": gpu_keys, "slo": slo,
+                           "runtimes": request.get("runtimes"), "min_quality_rank": request.get("min_quality_rank"),
+                           "gpu_hour_costs": request.get("gpu_hour_costs"), "max_deployments": request.get("max_deployments")}
     answers: dict[str, Any] = {}
-    needs_gpu = [q for q in find if q != "gpus"]
+    needs_gpu = [q for q in find if q not in GPU_SEARCHES]
     if needs_gpu:
         run = estimator(workload, cat)
         # Validates the whole request once (every bad field named) and gives the defaults searches start from.
@@ -406,7 +414,8 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, A
         ctx["base"] = request_mod.validate(body, workload)
         ctx["capacity"] = capacity_gib(body, cat)
     elif "llm_key" in body:
-        probe_gpu = (gpu_keys or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
+        plain = [k for k in gpu_keys or [] if not cat.gpus.get(k).data.get("custom")]
+        probe_gpu = (plain or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
         estimator(workload, cat)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
     for q in find:
         answers[q] = HANDLERS[q](q, body, workload, ctx)

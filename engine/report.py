@@ -30,6 +30,7 @@ from markupsafe import Markup
 
 from . import __version__, charts
 from .catalog import Catalog, get_catalog
+from .deploy import describe_deployment
 from .estimate import STATUS_TEXT
 from .units import GIB, MIB
 
@@ -233,8 +234,11 @@ def _curve(body: dict[str, Any], workload: str, res, capacity: float) -> dict[st
             "request": {"seq_length": int(res.request["seq_length"])}}
 
 
-def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
-    """Everything a report template shows, as plain JSON-able data."""
+def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, catalog: Catalog | None = None,
+                  deployment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a report template shows, as plain JSON-able data. ``deployment`` (``replicas``, and
+    optionally ``slo`` and ``headroom``) makes it the report of a deployment of that many replicas of
+    the request: its cost and binding constraint (:func:`vramplan.deploy.describe_deployment`)."""
     from . import request as request_mod
     from .estimate import run
     from .resolve import resolve
@@ -252,9 +256,15 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
             curve["request"]["vram_usage"] = p["vram_usage"]
     curve["request"].setdefault("vram_usage", vram)
     total = sum(out["memory_details"].values()) or 1.0
-    return {
-        "title": f"{'Inference' if workload == 'inference' else 'Fine-tuning'}: {res.model_name} on "
-                 f"{int(req['num_gpus'])} x {res.gpu.data['label']}",
+    extra = {}
+    if deployment is not None:
+        extra["deployment"] = _deployment(cat, body, res, deployment)
+    return {**extra,
+        "title": (f"Deployment: {res.model_name}, {extra['deployment']['replicas']} replica"
+                  f"{'s' if extra['deployment']['replicas'] != 1 else ''} of {int(req['num_gpus'])} x {res.gpu.data['label']}"
+                  if extra else
+                  f"{'Inference' if workload == 'inference' else 'Fine-tuning'}: {res.model_name} on "
+                  f"{int(req['num_gpus'])} x {res.gpu.data['label']}"),
         "workload": workload,
         "version": __version__,
         "request": _request_rows(body, req, workload),
@@ -281,6 +291,50 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
                     for p in cat.host.plugins()],
         "plugin_failures": [{"name": f.name, "version": f.version, "error": f.error} for f in cat.host.failures],
     }
+
+
+SLO_LABELS = {"ttft_ms": "Time to first token", "itl_ms": "Time between output tokens", "e2e_latency_ms": "Whole request"}
+
+
+def _deployment(cat: Catalog, body: dict[str, Any], res, deployment: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's cost and binding constraint, worded for the report."""
+    slo = deployment.get("slo") or {}
+    figures = describe_deployment(cat, body, deployment.get("replicas"), slo, float(deployment.get("headroom") or 0.0))
+    replicas, n = figures["replicas"], int(res.request["num_gpus"])
+    if "request_rate" in figures:
+        load = (f"{figures['request_rate'] * replicas:.4g} requests/s in all, {figures['request_rate']:.4g} per replica "
+                "(open loop)")
+    else:
+        load = f"{figures['concurrent_users']} concurrent users per replica, {figures['concurrent_users'] * replicas} in all"
+    price = figures["price"]
+    if price is None:
+        price_text = "no price: give gpu_hour_cost in the request"
+    elif price["kind"] == "reference":
+        price_text = (f"{figures['gpu_hour_cost']:g} USD per GPU-hour: a reference list price ({price['offer']}, read "
+                      f"{price['date']}; {price['source']}), not a quote")
+    else:
+        price_text = f"{figures['gpu_hour_cost']:g} per GPU-hour, from the request"
+    srv = {k: figures[k] for k in ("ttft_ms", "itl_ms", "e2e_latency_ms")}
+    return {
+        "replicas": replicas, "num_gpus": n, "total_gpus": figures["total_gpus"], "gpu": res.gpu.data["label"], "load": load,
+        "output_throughput_tps": figures["output_throughput_tps"], "utilisation": figures["utilisation"],
+        "limited_by": figures["limited_by"], "price": price_text,
+        "cost_per_hour": figures["cost_per_hour"], "cost_per_million_output_tokens": figures["cost_per_million_output_tokens"],
+        "binding": figures["binding"] or "none",
+        "binding_detail": figures["binding_detail"] or "one replica of one GPU: nothing cheaper in this configuration",
+        "slo": [{"field": k, "label": SLO_LABELS[k], "limit": limit, "value": srv[k],
+                 "met": srv[k] is not None and srv[k] <= limit} for k, limit in slo.items()],
+    }
+
+
+def render_deployment_report(row: dict[str, Any], fmt: str, slo: dict[str, float] | None = None,
+                             headroom: float = 0.0) -> str:
+    """The report of one cheapest_deployment answer (its ``request`` and ``replicas``)."""
+    from .estimate import run
+
+    body = row["request"]
+    return render_context(build_context(body, run({**body, "trace": True}, "inference"), "inference",
+                                        deployment={"replicas": row["replicas"], "slo": slo, "headroom": headroom}), fmt)
 
 
 # -- templates --------------------------------------------------------------------------------
@@ -341,6 +395,8 @@ def render_context(context: dict[str, Any], fmt: str, catalog: Catalog | None = 
     return environment(catalog).get_template(FORMATS[fmt]).render(**context)
 
 
-def render_report(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str) -> str:
-    """The report for one request and its response (re-estimated with a trace if it has none)."""
-    return render_context(build_context(body, out, workload), fmt)
+def render_report(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str,
+                  deployment: dict[str, Any] | None = None) -> str:
+    """The report for one request and its response (re-estimated with a trace if it has none); with
+    ``deployment`` (``replicas``, ``slo``, ``headroom``), the report of that deployment."""
+    return render_context(build_context(body, out, workload, deployment=deployment), fmt)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import hardware
 from .architecture import ROLES, Architecture
-from .elementwise import number_or
+from .elementwise import number_or, where
 from .errors import RequestError
 
 if TYPE_CHECKING:
@@ -169,12 +169,12 @@ def scenario_variable_names() -> list[str]:
     return list(VARIABLES)
 
 
-def _rt(res: Resolved, name: str) -> float:
-    """A per-hardware-class runtime constant for the request's GPU (see :mod:`vramplan.hardware`)."""
-    return hardware.runtime_constant(res.runtime.data["constants"], name, res.hardware_order)[1]
+def _rt(runtime: dict[str, Any], name: str, order: tuple[str, ...]) -> float:
+    """A per-hardware-class runtime constant for a GPU whose class order is ``order`` (see :mod:`vramplan.hardware`)."""
+    return hardware.runtime_constant(runtime["constants"], name, order)[1]
 
 
-def _unpack_flops(res: Resolved) -> float:
+def _unpack_flops(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...]) -> float:
     """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
 
     A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
@@ -182,12 +182,11 @@ def _unpack_flops(res: Resolved) -> float:
     its fallback): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against pre-scaled activations,
     k-quants with a longer sequence. Without one, the general constant applies.
     """
-    if res.quant.data.get("gguf_block") == "legacy":
-        found = hardware.find_runtime_constant(res.runtime.data["constants"], "dequant_flops_per_weight_legacy",
-                                               res.hardware_order)
+    if fmt.get("gguf_block") == "legacy":
+        found = hardware.find_runtime_constant(runtime["constants"], "dequant_flops_per_weight_legacy", order)
         if found is not None:
             return found[1]
-    return _rt(res, "dequant_flops_per_weight")
+    return _rt(runtime, "dequant_flops_per_weight", order)
 
 
 def _compute_capability(gpu: dict[str, Any]) -> float:
@@ -283,15 +282,20 @@ def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float)
     return _runtime_vars(runtime, gpu_key, gpu_mem_gib)[f"rt_{name}"]
 
 
+def activation_bytes(fmt: dict[str, Any]) -> float:
+    """Bytes per activation element for a weights format's compute dtype (before a runtime fixes it)."""
+    return 4.0 if fmt.get("compute", "fp16") == "fp32" else 2.0
+
+
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
-    req, a, gpu = res.request, res.arch, res.gpu.data
+    req, a = res.request, res.arch
     qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
     s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     compute = res.quant.data.get("compute", "fp16")
-    s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
+    s["act_bytes"] = activation_bytes(res.quant.data)
     s["weights_compute_bits"] = float(qbits["default"])
     s["int8_matmul"] = int(compute == "int8")
 
@@ -307,39 +311,96 @@ def build(res: Resolved) -> dict[str, float]:
     s["images"] = images
     s["image_context_tokens"] = images * a.image_tokens_per_image
     s["cross_kv_tokens"] = images * a.cross_tokens_per_image
-    s["seq"] += s["image_context_tokens"]  # image soft tokens sit in the context like text tokens
+    # image soft tokens sit in the context like text tokens (not +=: a sweep's seq_length is an array of its rows)
+    s["seq"] = s["seq"] + s["image_context_tokens"]
     if res.workload == "inference":
         _inference(s, req, a, res)
     else:
         _finetuning(s, req, res)
 
-    # Pre-Ampere cards have no bf16 and Pascal's fp16 rate is a fraction of fp32: runtimes then compute in fp32.
-    t16 = gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
-    native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
-              "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"), "bf16": gpu.get("bf16_tflops")}.get(compute)
-    s.update({
-        "gpu_mem_gib": res.gpu_memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"],
-        "gpu_tflops": float(native or t16), "gpu_tflops_16": float(t16), "gpu_tdp_w": gpu["tdp_w"],
-        "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
-        "ic_bw_gb_s": res.interconnect.data["bandwidth_gb_s"], "ic_latency_us": res.interconnect.data["latency_us"],
-        # Unified memory: "offloaded" data stays in the same memory the GPU reads.
-        "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not res.host_link or gpu.get("unified_memory_gib"))
-        else res.host_link.data["bandwidth_gb_s"],
-        "eff_decode_bw": _rt(res, "decode_bw_eff"), "eff_prefill_flops": _rt(res, "prefill_flops_eff"),
-        "eff_train_mfu": _rt(res, "train_mfu"), "power_idle_fraction": _rt(res, "power_memory_bound_fraction"),
-        "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
-        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
-        "weights_dequantized": int(res.quant.data["kind"] != "float"),
-    })
-    s["dequant_flops_per_weight"] = _unpack_flops(res) * s["weights_dequantized"]
-    nvme = _rt(res, "nvme_read_gb_s")
-    s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
-    s.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
-    for name, value in (req.get("runtime_settings") or {}).items():
-        s[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
-    if s.get("rt_activation_bytes", 0) > 0 and res.workload == "inference":
-        s["act_bytes"] = s["rt_activation_bytes"]  # e.g. ggml compute buffers hold f32 activations
+    s.update(device_vars(res, s["act_bytes"], bool(s["offload_to_nvme"])))
     return s
+
+
+def device_vars(res: Resolved, act_bytes: float, to_nvme: bool) -> dict[str, float]:
+    """Every scenario variable the GPU decides, given the runtime, format, links and request it runs with.
+
+    Split from :func:`build` so a search over many GPUs (:mod:`vramplan.deploy`) builds one scenario
+    per (runtime, format) and sets only these per GPU, from the same pieces: :func:`gpu_vars` (the GPU
+    alone), :func:`format_on_gpu_vars` (its throughput in the format's compute type),
+    :func:`runtime_on_gpu_vars` (the runtime's constants for the GPU's hardware class),
+    :func:`runtime_constants` (the profile's constants, tiers by GPU applied, ``runtime_settings`` over
+    them) and :func:`runtime_act_bytes`."""
+    gpu = res.gpu.data
+    d = gpu_vars(gpu, res.gpu_memory_gib, res.interconnect.data, res.host_link.data if res.host_link else None)
+    d.update(format_on_gpu_vars(gpu, res.quant.data))
+    d.update(runtime_on_gpu_vars(res.runtime.data, res.quant.data, res.hardware_order, d["host_bw_gb_s"], to_nvme))
+    d.update(runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, res.request.get("runtime_settings")))
+    d["act_bytes"] = runtime_act_bytes(d.get("rt_activation_bytes", 0.0), act_bytes, res.workload)
+    return d
+
+
+def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any],
+             host_link: dict[str, Any] | None) -> dict[str, float]:
+    """What the GPU alone decides (and its links)."""
+    return {
+        "gpu_mem_gib": memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"], "gpu_tflops_16": float(_tflops_16(gpu)),
+        "gpu_tdp_w": gpu["tdp_w"], "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
+        "ic_bw_gb_s": interconnect["bandwidth_gb_s"], "ic_latency_us": interconnect["latency_us"],
+        # Unified memory: "offloaded" data stays in the same memory the GPU reads.
+        "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not host_link or gpu.get("unified_memory_gib"))
+        else host_link["bandwidth_gb_s"],
+        "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or _tflops_16(gpu)),
+        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
+    }
+
+
+def _tflops_16(gpu: dict[str, Any]) -> float:
+    # Pre-Ampere cards have no bf16 and Pascal's fp16 rate is a fraction of fp32: runtimes then compute in fp32.
+    return gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
+
+
+def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, float]:
+    """The GPU's throughput in the format's compute type (its 16-bit rate where it has no native one)."""
+    native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
+              "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"),
+              "bf16": gpu.get("bf16_tflops")}.get(fmt.get("compute", "fp16"))
+    return {"gpu_tflops": float(native or _tflops_16(gpu)), "weights_dequantized": int(fmt["kind"] != "float")}
+
+
+def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...], host_bw_gb_s: float,
+                        to_nvme: bool) -> dict[str, float]:
+    """The runtime's efficiencies for a hardware class (``order``: the class and its fallbacks), the ALU
+    work it spends unpacking the format, and the offload path's bandwidth."""
+    nvme = _rt(runtime, "nvme_read_gb_s", order)
+    dequantized = int(fmt["kind"] != "float")
+    return {
+        "eff_decode_bw": _rt(runtime, "decode_bw_eff", order), "eff_prefill_flops": _rt(runtime, "prefill_flops_eff", order),
+        "eff_train_mfu": _rt(runtime, "train_mfu", order),
+        "power_idle_fraction": _rt(runtime, "power_memory_bound_fraction", order),
+        "dequant_flops_per_weight": _unpack_flops(runtime, fmt, order) * dequantized,
+        "offload_bw_gb_s": min(host_bw_gb_s, nvme) if to_nvme and nvme else host_bw_gb_s,
+    }
+
+
+def runtime_constants(runtime: dict[str, Any], gpu_key: str, gpu_mem_gib: float,
+                      settings: dict[str, float] | None) -> dict[str, float]:
+    """The profile's constants as rt_<name> on this GPU (tiers applied), the request's runtime_settings over them."""
+    values = _runtime_vars(runtime, gpu_key, gpu_mem_gib)
+    if not settings:
+        return values
+    out = dict(values)
+    for name, value in settings.items():
+        out[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
+    return out
+
+
+def runtime_act_bytes(rt_activation_bytes: Any, act_bytes: Any, workload: str) -> Any:
+    """Bytes per activation element: the runtime's, where it fixes them (ggml compute buffers hold f32
+    activations), else the format's compute type's. Elementwise."""
+    if workload != "inference":
+        return act_bytes
+    return where(rt_activation_bytes > 0, rt_activation_bytes, act_bytes)
 
 
 def _lora_dims(s: dict[str, float], a) -> None:
@@ -371,19 +432,24 @@ def _lora_dims(s: dict[str, float], a) -> None:
         s["lora_dims_up"] -= L * h
 
 
+def load_vars(num_gpus: Any, tensor: bool, batch: Any, users: Any, request_rate: Any, gpu_hour_cost: Any) -> dict[str, Any]:
+    """The inference variables a replica's size and load set: GPUs and their split, sequences in flight,
+    the open loop's rate and the price. Elementwise, so a search (:mod:`vramplan.deploy`) passes arrays
+    of many configurations where :func:`build` passes one request's numbers."""
+    seqs = batch * users
+    tp, pp = (num_gpus, 1) if tensor else (1, num_gpus)
+    return {"num_gpus": num_gpus, "tp": tp, "pp": pp, "dp": 1, "users": users, "seqs": seqs, "request_rate": request_rate,
+            "gpu_hour_cost": gpu_hour_cost, "micro_batch": seqs, "batch_global": seqs}
+
+
 def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> None:
-    n = req["num_gpus"]
-    tensor = req["inference_parallelism"] == "tensor"
-    s["tp"], s["pp"], s["dp"] = (n, 1, 1) if tensor else (1, n, 1)
-    s["users"] = req["concurrent_users"]
-    s["seqs"] = req["batch_size"] * req["concurrent_users"]
+    s.update(load_vars(req["num_gpus"], req["inference_parallelism"] == "tensor", req["batch_size"], req["concurrent_users"],
+                       number_or(req.get("request_rate"), 0.0), number_or(req.get("gpu_hour_cost"), 0.0)))
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
     # image soft tokens are part of each prompt (as they are of seq)
     s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
-    s["request_rate"] = number_or(req.get("request_rate"), 0.0)
-    s["gpu_hour_cost"] = number_or(req.get("gpu_hour_cost"), 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
@@ -405,9 +471,8 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
               "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "optimizer_fused_step", "fused_kernels",
               "activation_offloading", "grad_accum", "num_epochs"):
         s[k] = 0
-    s.update({"train_param_bytes": 0, "micro_batch": s["seqs"], "optimizer_moments": 0, "optimizer_state_bytes": 0,
-              "optimizer_state_overhead_bytes": 0.0, "num_samples": 0,
-              "tokens_per_sample": req["seq_length"], "batch_global": s["seqs"]})
+    s.update({"train_param_bytes": 0, "optimizer_moments": 0, "optimizer_state_bytes": 0,
+              "optimizer_state_overhead_bytes": 0.0, "num_samples": 0, "tokens_per_sample": req["seq_length"]})
     for m in ("q", "k", "v", "o", "gate", "up", "down"):
         s[f"lora_{m}"] = 0
 

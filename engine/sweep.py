@@ -43,7 +43,7 @@ from .errors import RequestError, VramplanError
 from .estimate import (ALWAYS_SHOWN, GIB, LIMITED_BY, STATUS, component_bytes, configuration_checks, needs_offload_search,
                        run, status_overrides)
 from .many import EXACT_INT, Group, NeedsRows, Row, Swept, as_lists, evaluate_groups, group_scenario, is_number
-from .planner import NOT_FITTING, binding, fits
+from .verdict import NOT_FITTING, binding, fits
 from .resolve import resolve
 from .scenario import build
 
@@ -449,14 +449,9 @@ def _swept(axis: Axis, picked: np.ndarray, typed: np.ndarray) -> Any:
     return typed[picked].view(Swept)
 
 
-def headline(cat: Catalog, workload: str, result: BatchResult, priced: np.ndarray) -> dict[str, np.ndarray]:
-    """The response's headline figures for every row of a batch, by the response's own rules:
-    components merged by label (:func:`~vramplan.estimate.component_bytes`), each rounded to 0.01
-    GiB, summed and rounded; ``memory_status`` from the unrounded share, the percentage rounded to 0.1; a
-    configuration error makes the status ``error`` (``problem`` words it) and
-    :func:`~vramplan.estimate.status_overrides` apply; ``fits`` as the planner defines it; each
-    speed figure rounded as the response rounds it; the ``serving`` object as
-    :func:`vramplan.estimate._serving` words it (``priced``: rows whose request gives a GPU-hour price)."""
+def memory_figures(cat: Catalog, workload: str, result: BatchResult) -> dict[str, np.ndarray]:
+    """``vram_usage``, ``capacity_gib``, ``actual_vram_percentage``, ``memory_status`` and ``problem``
+    (why a configuration cannot run) for every row, by the response's rules (see :func:`headline`)."""
     n, values = result.n, result.values
     capacity = result.column("gpu_mem_gib")
     vram = np.zeros(n)
@@ -484,15 +479,26 @@ def headline(cat: Catalog, workload: str, result: BatchResult, priced: np.ndarra
     for condition, word in status_overrides(values, values, workload):
         hit = np.broadcast_to(np.asarray(condition, dtype=bool), (n,))
         status[hit & (status != "error")] = word
-    figures = {"vram_usage": vram, "capacity_gib": capacity, "actual_vram_percentage": actual, "memory_status": status,
-               "problem": problem}
+    return {"vram_usage": vram, "capacity_gib": capacity, "actual_vram_percentage": actual, "memory_status": status,
+            "problem": problem}
+
+
+def headline(cat: Catalog, workload: str, result: BatchResult, priced: np.ndarray) -> dict[str, np.ndarray]:
+    """The response's headline figures for every row of a batch, by the response's own rules:
+    components merged by label (:func:`~vramplan.estimate.component_bytes`), each rounded to 0.01
+    GiB, summed and rounded; ``memory_status`` from the unrounded share, the percentage rounded to 0.1; a
+    configuration error makes the status ``error`` (``problem`` words it) and
+    :func:`~vramplan.estimate.status_overrides` apply; ``fits`` as the planner defines it; each
+    speed figure rounded as the response rounds it; the ``serving`` object as
+    :func:`vramplan.estimate._serving` words it (``priced``: rows whose request gives a GPU-hour price)."""
+    figures = memory_figures(cat, workload, result)
     for name in RESULTS[workload]:
         if name in FIGURES:
             formula, digits = FIGURES[name]
             figures[name] = round_like_python(result.column(formula), digits)
     if workload == "inference":
         figures.update(_serving(result, priced))
-    figures["binding"] = _binding(figures, capacity, workload)
+    figures["binding"] = _binding(figures, figures["capacity_gib"], workload)
     figures["fits"] = figures["binding"] == None  # noqa: E711 - elementwise over an object array
     return figures
 

@@ -272,3 +272,22 @@ def test_serving_columns_follow_the_response_past_capacity_and_with_a_price():
     assert fast["serving.ttft_ms"] is None and fast["serving.queued_requests"] is None
     assert slow["serving.ttft_ms"] > 0 and slow["serving.load"] == "open_loop"
     assert slow["serving.cost_per_hour"] == 2.5 and out[1]["serving.cost_per_hour"] == 5.0  # 2 GPUs x 2.50
+
+
+def test_request_numbers_go_through_the_scenario_as_arrays():
+    """Rows that differ only in numbers share one resolve and scenario, each number an array of the rows'
+    values: nothing on the way may need one value or update the array in place (which would send the
+    group row by row - the same answers at a hundred times the cost)."""
+    import numpy as np
+
+    from vramplan.catalog import get_catalog
+    from vramplan.many import group_scenario, is_number, swept
+    from vramplan.request import validate
+
+    base = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "quantization": "q4_k_m"}
+    reqs = [validate({**base, "seq_length": s, "batch_size": b, "concurrent_users": u}, "inference")
+            for s, b, u in ((512, 1, 1), (2048, 4, 2), (8192, 2, 8))]
+    req = {k: (swept([r[k] for r in reqs]) if is_number(v) else v) for k, v in reqs[0].items()}
+    _, s = group_scenario(get_catalog(), req, "inference")
+    rows = {k: s[k].view(np.ndarray).tolist() for k in ("seq", "seqs")}
+    assert rows == {"seq": [512, 2048, 8192], "seqs": [1, 8, 16]}  # seqs = batch x users: 1x1, 4x2, 2x8

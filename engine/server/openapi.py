@@ -212,6 +212,21 @@ def _estimate_op(kind: str, summary: str, description: str, example: dict) -> di
     }}
 
 
+#: POST report's body for a deployment: a row of a cheapest_deployment answer (its request and replicas).
+DEPLOYMENT_REPORT = {
+    "type": "object", "required": ["request", "replicas"], "additionalProperties": True,
+    "description": "A deployment: one replica's inference request and the number of replicas (a cheapest_deployment "
+                   "row; its other fields are recomputed, not trusted), with the slo and headroom it was asked with.",
+    "properties": {
+        "request": _ref("InferenceRequest"),
+        "replicas": {"type": "integer", "minimum": 1, "maximum": 1024},
+        "slo": {"type": "object", "additionalProperties": False, "properties": {
+            k: {"type": "number", "exclusiveMinimum": 0} for k in ("ttft_ms", "itl_ms", "e2e_latency_ms")}},
+        "headroom": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+    },
+}
+
+
 def _list_op(op_id: str, summary: str, component: str, parameters: list | None = None) -> dict:
     errors = _common_errors(post=False)
     if parameters:
@@ -292,9 +307,13 @@ def _document() -> str:
             f"{PREFIX}/plan": {"post": {
                 "operationId": "plan", "summary": "Answer \"what fits?\"", "tags": ["estimates"],
                 "description": "An inference or fine-tuning request plus `workload` and `find` (max_seq_length, "
-                               "max_batch_size, max_concurrent_users, min_num_gpus, best_quantization, gpus); "
-                               "each answer carries the full estimate at that value, or `value: null` with a "
-                               "`reason`. The value fits and the next step does not.\n\n" + UNITS,
+                               "max_batch_size, max_concurrent_users, max_request_rate, min_num_gpus, "
+                               "best_quantization, gpus, cheapest_deployment); each answer carries the full estimate "
+                               "at that value, or `value: null` with a `reason`. The value fits and the next step "
+                               "does not. cheapest_deployment needs no gpu_key: it searches every catalog GPU (or "
+                               "gpu_keys), GPUs per replica, their split, runtimes, weights and KV formats and the "
+                               "number of replicas, and lists the cheapest deployment per GPU type that meets the "
+                               "slo, best first.\n\n" + UNITS,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("PlanRequest")}}},
                 "responses": {"200": {"description": "One member per question.",
                                       "content": {"application/json": {"schema": _ref("PlanResponse")}}},
@@ -304,13 +323,15 @@ def _document() -> str:
                 "operationId": "report", "summary": "An auditable report of an estimate", "tags": ["estimates"],
                 "description": "The estimate with every formula, its inputs and result, the catalog sources, "
                                "charts and assumptions. `format=html` (self-contained) or `markdown`; without "
-                               "it, `Accept: text/markdown` gives Markdown, else HTML.",
+                               "it, `Accept: text/markdown` gives Markdown, else HTML. A deployment (a row of a "
+                               "cheapest_deployment answer: its `request` and `replicas`, with the `slo` asked) "
+                               "gets the report of one replica plus the deployment's cost and binding constraint.",
                 "parameters": [
                     {"name": "workload", "in": "query", "required": True,
                      "schema": {"enum": ["inference", "finetuning"]}},
                     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["html", "markdown"]}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
-                    _ref("InferenceRequest"), _ref("FinetuningRequest")]}}}},
+                    _ref("InferenceRequest"), _ref("FinetuningRequest"), DEPLOYMENT_REPORT]}}}},
                 "responses": {"200": {"description": "The rendered report.", "content": {
                     "text/html": {"schema": {"type": "string"}}, "text/markdown": {"schema": {"type": "string"}}}},
                               **_common_errors(post=True)},

@@ -3,8 +3,9 @@
 - ``POST /api/v1/vram-calculation/plan``: body = a plan request (schema ``plan-request``), answer =
   the plan (schema ``plan-response``), JSON.
 - ``POST /api/v1/vram-calculation/report?workload=inference|finetuning&format=html|markdown``:
-  body = an inference or fine-tuning request; answer = the rendered report (``text/html`` or
-  ``text/markdown``). Without ``format`` the ``Accept`` header chooses (``text/markdown`` →
+  body = an inference or fine-tuning request, or a deployment (``{"request": ..., "replicas": n,
+  "slo": {...}}``: a row of a ``cheapest_deployment`` answer) whose report adds its cost and binding
+  constraint; answer = the rendered report (``text/html`` or ``text/markdown``). Without ``format`` the ``Accept`` header chooses (``text/markdown`` →
   Markdown, else HTML); ``workload`` defaults to ``inference``.
 
 The handlers are plain async functions and do **not** authenticate: :data:`ROUTES` is mounted by
@@ -77,8 +78,29 @@ def _render(body: dict, workload: str, fmt: str, strict: bool = False) -> str:
     import vramplan
     from ..report import render_report
 
+    deployment = None
+    if workload == "inference" and "replicas" in body and "request" in body:  # a cheapest_deployment answer
+        deployment, body = _deployment(body)
     estimate = vramplan.estimate_inference if workload == "inference" else vramplan.estimate_finetuning
-    return render_report(body, estimate({**body, "trace": True}, strict=strict), workload, fmt)
+    return render_report(body, estimate({**body, "trace": True}, strict=strict), workload, fmt, deployment=deployment)
+
+
+def _deployment(body: dict) -> tuple[dict, dict]:
+    """A deployment to report: {"request": one replica's inference request, "replicas": n, "slo": {...},
+    "headroom": h} - one row of a cheapest_deployment answer, with the slo asked."""
+    problems = []
+    if not isinstance(body["request"], dict):
+        problems.append(("request", "must be an inference request (a JSON object)"))
+    if body.get("slo") is not None and not (isinstance(body["slo"], dict) and all(
+            k in ("ttft_ms", "itl_ms", "e2e_latency_ms") and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+            for k, v in body["slo"].items())):
+        problems.append(("slo", "must map ttft_ms, itl_ms or e2e_latency_ms to a number above 0"))
+    headroom = body.get("headroom", 0.0)
+    if not isinstance(headroom, (int, float)) or isinstance(headroom, bool) or not 0 <= headroom < 1:
+        problems.append(("headroom", "must be a number from 0 up to (not including) 1"))
+    if problems:
+        raise RequestError(problems)
+    return {"replicas": body["replicas"], "slo": body.get("slo"), "headroom": headroom}, body["request"]
 
 
 async def report_endpoint(request: Request) -> Response:
