@@ -25,17 +25,17 @@ __all__ = [
 
 
 def estimate_inference(request: dict[str, Any]) -> dict[str, Any]:
-    """POST /inference: memory and speed of serving a model."""
-    from .estimate import run
+    """POST /inference: memory and speed of serving a model (with ``suggestions`` when it does not fit)."""
+    from .suggest import estimate
 
-    return run(request, "inference")
+    return estimate(request, "inference")
 
 
 def estimate_finetuning(request: dict[str, Any]) -> dict[str, Any]:
-    """POST /finetuning: memory and speed of fine-tuning a model."""
-    from .estimate import run
+    """POST /finetuning: memory and speed of fine-tuning a model (with ``suggestions`` when it does not fit)."""
+    from .suggest import estimate
 
-    return run(request, "finetuning")
+    return estimate(request, "finetuning")
 
 
 def list_gpus() -> list[dict[str, Any]]:

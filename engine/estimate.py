@@ -192,6 +192,9 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     out["warnings"] = warnings
     if s["num_gpus"] > 1:
         out["per_gpu"] = _per_gpu(res, s, v, vram)
+    if res.workload == "inference" and res.request["enable_offloading"]:
+        out["offload"] = {"layers": int(s["offload_layers"]), "of_layers": int(res.arch.num_layers),
+                          "target": res.request["offload_target"], "kv_cache": bool(s["offload_kv"])}
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
         per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
         tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
