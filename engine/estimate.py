@@ -222,7 +222,8 @@ def _preset(req: dict[str, Any]) -> str:
 
 def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> list[str]:
     out = list(res.assumptions)
-    out.extend(res.runtime.data.get("assumptions", []))
+    # A runtime's serving behaviour belongs to inference responses only; its training behaviour to fine-tuning.
+    out.extend(res.runtime.data.get("assumptions" if res.workload == "inference" else "training_assumptions", []))
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
     if res.workload == "inference":
         out.append(f"KV cache: {res.kv_quant.data['label']}, {int(s['seqs'])} sequence(s) of {int(s['seq'])} tokens in flight")

@@ -196,6 +196,37 @@ def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime, hw_class: str)
     return out, sorted(scenario.values(), key=lambda r: r["name"]), sorted(runtime_rows.values(), key=lambda r: r["name"])
 
 
+def _suggestion_row(s: dict[str, Any]) -> dict[str, Any]:
+    """One suggestion as a report row: the change as request JSON, the result, and what it costs in words."""
+    import json
+
+    costs = []
+    for name, words, unit in (("quality_rank", "quality rank", ""), ("speed", "", " tokens/s"), ("workload", "", ""),
+                              ("gpus", "GPUs", ""), ("gpu_memory_gib", "GPU memory", " GiB")):
+        c = s["cost"].get(name)
+        if c is None or c["before"] == c["after"]:
+            continue
+        if name == "speed":
+            words = "decode per user" if c["field"] == "per_user_tps" else "training"
+        elif name == "workload":
+            words = c["field"].replace("_", " ")
+        costs.append(f"{words} {exact(round(c['before'], 1))} → {exact(round(c['after'], 1))}{unit}")
+    return {"summary": s["summary"], "change": json.dumps(s["change"]), "vram_usage": s["vram_usage"],
+            "percent": s["actual_vram_percentage"], "status": s["memory_status"], "cost": "; ".join(costs),
+            "keeps": s["keeps"]}
+
+
+def _live_trace(cat: Catalog, out: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    """The trace steps that produced this estimate's numbers: the components it shows and the figures it
+    reports (:mod:`vramplan.liveness`), not the other workload's or the branches not taken."""
+    from .estimate import OUTPUTS
+    from .liveness import live_steps
+
+    values = {step["id"]: step["value"] for step in out["trace"]}
+    outputs = [c.output for c in cat.formulas.components(workload) if values.get(c.output, 0) > 0]
+    return live_steps(cat.formulas, out["trace"], outputs + list(OUTPUTS[workload]))
+
+
 def context_lengths(max_len: int, request_len: int, n: int = CURVE_POINTS, start: int = CURVE_START) -> list[int]:
     """About ``n`` context lengths spaced evenly on a log scale from ``start`` to ``max_len``, plus the request's own."""
     max_len = max(max_len, start * 2)
@@ -242,13 +273,15 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
     from .scenario import hardware_class
 
     cat = catalog or get_catalog()
+    suggestions = out.get("suggestions")
     if "trace" not in out:
         out = run({**body, "trace": True}, workload, cat)
     req = request_mod.validate(body, workload)
     res = resolve(cat, req, workload)
     capacity = float(res.gpu_memory_gib)
     vram = float(out["vram_usage"])
-    formulas, scenario, runtime_constants = _formulas(cat, out["trace"], res.runtime, hardware_class(res.gpu.data))
+    formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime,
+                                                      hardware_class(res.gpu.data))
     curve = _curve(body, workload, res, capacity)
     for p in curve["points"]:
         if p["seq_length"] == curve["request"]["seq_length"]:
@@ -265,6 +298,7 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
                     "vram_usage": vram, "capacity": capacity, "percent": out["actual_vram_percentage"],
                     "gpu": res.gpu.data["label"], "num_gpus": int(req["num_gpus"]), "model": res.model_name,
                     "runtime": out.get("runtime", res.runtime.key)},
+        "suggestions": [_suggestion_row(s) for s in suggestions] if suggestions is not None else None,
         "memory": [{"label": k, "size_gb": v, "percent_of_total": round(v / total * 100, 1),
                     "percent_of_capacity": round(v / capacity * 100, 1) if capacity else 0.0}
                    for k, v in out["memory_details"].items()],
