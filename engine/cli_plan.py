@@ -69,27 +69,45 @@ def parse_text_grid(text: str, flag: str) -> list[str]:
 
 # -- plan --------------------------------------------------------------------------------------
 
+def _plan_options(f):
+    """``plan`` takes the estimate commands' flags (both workloads'), so a question is asked of the same request."""
+    from .cli import FINETUNING_OPTIONS, INFERENCE_OPTIONS, SHARED_OPTIONS
+
+    return SHARED_OPTIONS(INFERENCE_OPTIONS(FINETUNING_OPTIONS(f)))
+
+
 @click.command()
 @click.option("--request", "request_file", metavar="FILE", help="Request JSON (an inference or fine-tuning body, "
-              "optionally with workload/find/headroom/gpu_keys); - reads stdin.")
+              "optionally with workload/find/headroom/gpu_keys); - reads stdin. Flags override its fields.")
 @click.option("--workload", type=click.Choice(["inference", "finetuning"]), help="Default: the file's, else inference.")
 @click.option("--find", "find", metavar="Q[,Q...]",
               help=f"Questions, comma-separated: {', '.join(FIND_CHOICES)}.")
-@click.option("--gpu", "gpu_key")
-@click.option("--model", "llm_key")
+@_plan_options
 @click.option("--gpu-keys", help="Limit `gpus` to these GPUs (comma-separated).")
 @click.option("--headroom", type=click.FloatRange(0, 1, max_open=True), help="Fraction of GPU memory to keep free.")
+@click.option("--check", is_flag=True, help="Exit status 1 when a question has no answer.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, fmt) -> None:
-    """Answer "what fits?": largest context, batch or user count, fewest GPUs, best quantization, GPUs."""
-    from . import plan as run_plan
+def plan(request_file, workload, find, model_file, gpu_keys, headroom, check, fmt, **flags) -> None:
+    """Answer "what fits?": largest context, batch or user count, fewest GPUs, best quantization, GPUs.
 
-    from .cli import read_request  # here, not at import: vramplan.cli attaches this module
+    Takes the same model, GPU and workload flags as `inference` and `finetuning`."""
+    from . import plan as run_plan
+    from .cli import FINETUNING_ONLY, INFERENCE_ONLY, apply_model_file, finetuning_fields, inference_fields, merge, read_request
 
     body = read_request(request_file)
-    for key, value in (("workload", workload), ("gpu_key", gpu_key), ("llm_key", llm_key), ("headroom", headroom)):
-        if value is not None:
-            body[key] = value
+    workload = workload or body.get("workload") or "inference"
+    other = FINETUNING_ONLY if workload == "inference" else INFERENCE_ONLY + ("num_offload_layers", "percentage_offload")
+    given = [k for k in other if flags.get(k) is not None]
+    if given:
+        opts = {p.name: p.opts[0] for p in click.get_current_context().command.params}
+        names = ", ".join(opts.get(k, k) for k in given)
+        raise click.UsageError(f"{names}: not {'an inference' if workload == 'inference' else 'a fine-tuning'} "
+                               f"setting (give --workload {'finetuning' if workload == 'inference' else 'inference'})")
+    fields = inference_fields(flags) if workload == "inference" else finetuning_fields(flags)
+    body = apply_model_file(merge(body, fields), model_file, workload)
+    body["workload"] = workload
+    if headroom is not None:
+        body["headroom"] = headroom
     if find:
         body["find"] = parse_text_grid(find, "--find")
         bad = [q for q in body["find"] if q not in FIND_CHOICES]
@@ -97,7 +115,6 @@ def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, fmt
             raise click.UsageError(f"--find: unknown question {', '.join(bad)} (one of {', '.join(FIND_CHOICES)})")
     if gpu_keys:
         body["gpu_keys"] = parse_text_grid(gpu_keys, "--gpu-keys")
-    body.setdefault("workload", "inference")
     if "find" not in body:
         raise click.UsageError("--find: required (or a \"find\" list in the --request file)")
     answers = run_plan(body)
@@ -105,6 +122,8 @@ def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, fmt
         click.echo(json.dumps(answers, indent=2))
     else:
         click.echo(plan_table(answers, body))
+    if check and any(a["value"] is None for a in answers.values()):
+        sys.exit(1)
 
 
 def plan_table(answers: dict[str, Any], body: dict[str, Any]) -> str:

@@ -61,7 +61,9 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     model = arch = None
     if req["llm_key"] == "custom":
         arch = lookup(lambda config: from_hf_config(config, where="custom_model"), req.get("custom_model"))
-        model_name = str((req.get("custom_model") or {}).get("_name_or_path") or "custom model")
+        from .modelfiles import display_name
+
+        model_name = display_name(req.get("custom_model") or {}) or "custom model"
     else:
         model = lookup(cat.models.get, req["llm_key"])
         if model is not None:

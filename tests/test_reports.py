@@ -236,13 +236,13 @@ def test_html_is_self_contained(live):
 
 def test_markup_from_a_model_name_is_escaped():
     config = dict(get_catalog().models.get("llama-3-8b-instruct").data["config"])
-    config["_name_or_path"] = "<b>evil</b>|model"
+    config["_name_or_path"] = "org/<b>evil<b>|model"  # the name is the last part of a Hub id or path
     body = {"gpu_key": "rtx_4090", "llm_key": "custom", "custom_model": config}
     out = estimate("inference", body)
     html = report.render_report(body, out, "inference", "html")
     md = report.render_report(body, out, "inference", "markdown")
-    assert "<b>evil" not in html and "&lt;b&gt;evil&lt;/b&gt;|model" in html
-    assert "<b>evil" not in md and "&lt;b&gt;evil&lt;/b&gt;\\|model" in md
+    assert "<b>evil" not in html and "&lt;b&gt;evil&lt;b&gt;|model" in html
+    assert "<b>evil" not in md and "&lt;b&gt;evil&lt;b&gt;\\|model" in md
 
 
 def test_cli_report_formats():
