@@ -20,6 +20,7 @@ from .hookspecs import hookimpl
 
 __all__ = [
     "__version__", "estimate_inference", "estimate_finetuning", "list_gpus", "list_models", "plan",
+    "fit_map", "context_curve",
     "hookimpl", "VramplanError", "RequestError", "CatalogError", "FormulaError", "PluginError",
 ]
 
@@ -57,3 +58,17 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
     from .planner import plan as _plan
 
     return _plan(request)
+
+
+def fit_map(request: dict[str, Any]) -> dict[str, Any]:
+    """POST fit-map: one model on every GPU x every weight format (fine-tuning: method), each cell an estimate."""
+    from .maps import fit_map as _fit_map
+
+    return _fit_map(request)
+
+
+def context_curve(request: dict[str, Any]) -> dict[str, Any]:
+    """POST context-curve: memory against context length for one request, and the longest context that fits."""
+    from .maps import context_curve as _context_curve
+
+    return _context_curve(request)

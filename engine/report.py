@@ -28,15 +28,14 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from . import __version__, charts
+from . import __version__, charts, maps
 from .catalog import Catalog, get_catalog
 from .estimate import STATUS_TEXT
+from .maps import context_lengths  # noqa: F401  (the report's curve; tests use it from here)
 
 FORMATS = {"markdown": "report.md.j2", "html": "report.html.j2"}
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
 GIB = float(1 << 30)
-CURVE_POINTS = 12
-CURVE_START = 512
 
 
 #: Units of request fields (the schemas' descriptions say the same in words).
@@ -227,44 +226,6 @@ def _live_trace(cat: Catalog, out: dict[str, Any], workload: str) -> list[dict[s
     return live_steps(cat.formulas, out["trace"], outputs + list(OUTPUTS[workload]))
 
 
-def context_lengths(max_len: int, request_len: int, n: int = CURVE_POINTS, start: int = CURVE_START) -> list[int]:
-    """About ``n`` context lengths spaced evenly on a log scale from ``start`` to ``max_len``, plus the request's own."""
-    max_len = max(max_len, start * 2)
-    ratio = (max_len / start) ** (1 / (n - 1))
-    xs = {start, max_len, request_len}
-    for i in range(1, n - 1):
-        x = start * ratio ** i
-        step = 2 ** max(0, int(math.log2(x)) - 4)  # 4 significant bits: 640, 768, 1536, 12288, ...
-        xs.add(int(round(x / step) * step))
-    return sorted(x for x in xs if x >= 1)
-
-
-def _curve(body: dict[str, Any], workload: str, res, capacity: float) -> dict[str, Any]:
-    from .planner import Probe, search_max
-
-    model_max = res.arch.max_position_embeddings or max(res.request["seq_length"], 32768)
-    base = {k: v for k, v in body.items() if k != "trace"}
-    probe = Probe(base, workload, "seq_length", capacity, 0.0)
-    points = []
-    for x in context_lengths(int(model_max), int(res.request["seq_length"])):
-        out = probe.estimate(x)
-        if isinstance(out, dict):
-            points.append({"seq_length": x, "vram_usage": out["vram_usage"], "memory_status": out["memory_status"]})
-    top = max(int(model_max), int(res.request["seq_length"]))
-    crossing = search_max(probe, int(res.request["seq_length"]), 1, top)
-    at_one = probe.estimate(1)
-    if crossing is None and isinstance(at_one, dict) and at_one["memory_status"] == "error":
-        note = "the configuration cannot run at any context length (memory_status error; see the warnings)"
-    elif crossing is None:
-        note = f"does not fit at any context length (not even 1 token) on {capacity:g} GiB"
-    elif crossing >= top:
-        crossing, note = None, f"fits at every context length up to {top:,} tokens"
-    else:
-        note = f"fits up to {crossing:,} tokens; {crossing + 1:,} tokens need more than {capacity:g} GiB"
-    return {"points": points, "capacity": capacity, "crossing": crossing, "note": note, "model_max": int(model_max),
-            "request": {"seq_length": int(res.request["seq_length"])}}
-
-
 def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
     """Everything a report template shows, as plain JSON-able data."""
     from . import request as request_mod
@@ -282,7 +243,7 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
     vram = float(out["vram_usage"])
     formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime,
                                                       hardware_class(res.gpu.data))
-    curve = _curve(body, workload, res, capacity)
+    curve = maps.curve(body, workload, res, capacity)
     for p in curve["points"]:
         if p["seq_length"] == curve["request"]["seq_length"]:
             curve["request"]["vram_usage"] = p["vram_usage"]
