@@ -207,8 +207,8 @@ def test_every_vramplan_command_named_in_the_text_exists():
 
 def test_benchmark_scripts_in_the_text_answer_help():
     text = README.read_text("utf-8")
-    scripts = set(re.findall(r"python (benchmarks/[a-z_]+\.py)", text))
-    assert {"benchmarks/fidelity.py", "benchmarks/speed.py", "benchmarks/load.py"} <= scripts
+    scripts = set(re.findall(r"python ((?:benchmarks|docs)/[a-z_]+\.py)", text))
+    assert {"benchmarks/fidelity.py", "benchmarks/speed.py", "benchmarks/load.py", "docs/screenshots.py"} <= scripts
     for script in sorted(scripts):
         out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, (script, out.stderr)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
+from server_fixtures import PREFIX, api_token, app, auth_headers, client, isolated_data_dir, sqlite_store  # noqa: F401
 
 import vramplan
 from vramplan.catalog import get_catalog
@@ -116,3 +117,13 @@ def test_apply_change_merges_optimization_config():
     body = {"optimization_config": {"flash_attention": False}, "batch_size": 4}
     assert apply_change(body, {"optimization_config": {"gradient_checkpointing": True}, "batch_size": 2}) == \
         {"optimization_config": {"flash_attention": False, "gradient_checkpointing": True}, "batch_size": 2}
+
+
+def test_suggestions_and_plan_defaults_over_http(client, auth_headers):
+    body = {"gpu_key": "rtx_4060", "llm_key": "llama-3-8b-instruct"}
+    r = client.post(f"{PREFIX}/inference", json=body, headers=auth_headers)
+    assert r.status_code == 200 and r.json()["suggestions"] == vramplan.estimate_inference(body)["suggestions"]
+    # POST plan without `workload` answers for inference, as the CLI and POST report assume
+    plan = client.post(f"{PREFIX}/plan", json={**body, "find": ["max_seq_length"]}, headers=auth_headers)
+    assert plan.status_code == 200
+    assert plan.json() == vramplan.plan({**body, "workload": "inference", "find": ["max_seq_length"]})
