@@ -8,8 +8,9 @@ For each case it prints the measured figure, the estimate and the relative error
 Groups and what each case asks the engine:
 
 - ``decode llama.cpp NVIDIA`` / ``decode llama.cpp Apple``: llama-bench ``tg512`` tokens/s
-  (Llama 3 8B, batch 1) = ``estimated_latency_tps`` for ``seq_length`` 512 on ``runtime`` llama.cpp.
-- ``prefill llama.cpp``: llama-bench ``pp512`` tokens/s = 512 / ``tftt``.
+  (Llama 3 8B, batch 1) = ``estimated_latency_tps`` for 512 output tokens after a 1-token prompt on
+  ``runtime`` llama.cpp.
+- ``prefill llama.cpp``: llama-bench ``pp512`` tokens/s = 512 / ``tftt`` for one 512-token prompt.
 - ``prefill transformers H200``: ``prefill_tokens_per_s`` = batch x prompt tokens / ``tftt``.
   Cases that are the first of their process include CUDA/cuBLAS warm-up (calibration README); they
   are printed but left out of the statistics, and named as such.
@@ -80,12 +81,14 @@ def _cases(cal: Path):
         if r["kind"] in ("decode_tps", "prefill_tps"):
             gpu = GPU_KEYS[r["gpu"]]
             body = {"gpu_key": gpu, "llm_key": "llama-3-8b", "quantization": QUANT[r["quant"]], "runtime": "llama.cpp",
-                    "seq_length": 512, "batch_size": 1}
+                    "batch_size": 1}
             label = f"{r['gpu'].replace('NVIDIA GeForce ', '')} {r['quant']}"
-            if r["kind"] == "decode_tps":
+            if r["kind"] == "decode_tps":  # tg512: 512 tokens generated from an empty context
                 group = "decode llama.cpp Apple" if gpu.startswith("apple") else "decode llama.cpp NVIDIA"
+                body.update({"input_tokens": 1, "output_tokens": 512})
                 yield group, label + " tg512", r["value"], "inference", body, lambda o: o["estimated_latency_tps"], ""
-            else:
+            else:  # pp512: one 512-token prompt
+                body.update({"input_tokens": 512, "output_tokens": 1})
                 yield "prefill llama.cpp", label + " pp512", r["value"], "inference", body, lambda o: 512 / o["tftt"] * 1000, ""
         elif r["kind"] == "finetune_peak" and r.get("tokens_per_second") and r["framework"] == "torchtune":
             method = {"Full finetune": "full", "LoRA": "lora", "QLoRA": "qlora"}[r["settings"]["method"]]
@@ -106,7 +109,8 @@ def _cases(cal: Path):
         if r["workload"] == "inference":
             if "prefill_tokens_per_s" not in m:
                 continue
-            body = {**base, "quantization": dtype, "optimization_config": {"flash_attention": st["attention"] != "eager"}}
+            body = {**{k: v for k, v in base.items() if k != "seq_length"}, "input_tokens": st["prompt_tokens"], "output_tokens": 1,
+                    "quantization": dtype, "optimization_config": {"flash_attention": st["attention"] != "eager"}}
             tokens = st["batch_size"] * st["prompt_tokens"]
             yield ("prefill transformers H200", r["id"], m["prefill_tokens_per_s"], "inference", body,
                    (lambda t: lambda o: t / o["tftt"] * 1000)(tokens), WARMUP.get(r["id"], ""))

@@ -19,7 +19,7 @@ from .errors import CatalogError, FormulaError, PluginError, RequestError, Vramp
 from .hookspecs import hookimpl
 
 __all__ = [
-    "__version__", "estimate_inference", "estimate_finetuning", "list_gpus", "list_models", "plan",
+    "__version__", "estimate_inference", "estimate_finetuning", "list_gpus", "list_models", "list_runtimes", "plan",
     "fit_map", "context_curve",
     "hookimpl", "VramplanError", "RequestError", "CatalogError", "FormulaError", "PluginError",
 ]
@@ -51,6 +51,13 @@ def list_models() -> list[dict[str, Any]]:
     from .listing import models
 
     return models()
+
+
+def list_runtimes() -> list[dict[str, Any]]:
+    """GET /runtimes: every runtime profile (serving / training stack) with its cited constants."""
+    from .listing import runtimes
+
+    return runtimes()
 
 
 def plan(request: dict[str, Any]) -> dict[str, Any]:

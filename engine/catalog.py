@@ -154,10 +154,48 @@ def build_catalog(load_entrypoints: bool | None = None, extra_plugins: tuple = (
     for name, dirs in host.call_each("register_report_templates"):
         cat.template_dirs.extend(Path(d) for d in dirs or [])
     _load_formulas(cat, host)
+    _resolve_runtime_bases(cat)
     _check_runtimes(cat)
     _read_architectures(cat)
     cat.formulas.finalize(set(scenario_variable_names()) | {f"rt_{c}" for c in _runtime_constants(cat)})
     return cat
+
+
+def _resolve_runtime_bases(cat: Catalog) -> None:
+    """A runtime that ``extends`` another inherits its constants and overrides some (sglang of vllm).
+
+    The merged entry keeps its own provenance; each inherited constant keeps its own ``source``.
+    An unknown base or a cycle is an error naming the runtime and its file."""
+    problems = []
+    merged: dict[str, dict[str, Any]] = {}
+
+    def resolve(key: str, seen: tuple[str, ...]) -> dict[str, Any] | None:
+        if key in merged:
+            return merged[key]
+        entry = cat.runtimes.get(key)
+        base_key = entry.data.get("extends")
+        if base_key is None:
+            merged[key] = entry.data
+            return entry.data
+        if base_key in seen or base_key not in cat.runtimes:
+            why = "extends itself through " + " -> ".join((*seen, base_key)) if base_key in seen else \
+                f"extends unknown runtime {base_key!r}"
+            problems.append((f"runtime {key} ({entry.provenance})", why))
+            return None
+        base = resolve(base_key, (*seen, base_key))
+        if base is None:
+            return None
+        data = {**{k: v for k, v in base.items() if k not in ("default", "assumptions")}, **entry.data,
+                "constants": {**base["constants"], **entry.data.get("constants", {})}}
+        merged[key] = data
+        return data
+
+    for entry in list(cat.runtimes):
+        data = resolve(entry.key, (entry.key,))
+        if data is not None and data is not entry.data:
+            cat.runtimes.replace(entry.key, data)
+    if problems:
+        raise CatalogError(problems)
 
 
 def _runtime_constants(cat: Catalog) -> set[str]:

@@ -139,10 +139,8 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
         lines.append(f"  {'GPU':<{width}}  {capacity:8.2f} GiB  {_bar(capacity, scale)}")
     lines.append("")
     if workload == "inference":
-        lines += [f"  decode      {out['per_user_tps']:.1f} tokens/s per user, {out['estimated_throughput_tps']:.1f} tokens/s in all "
-                  f"({out['ms_per_token']:.2f} ms/token)",
-                  f"  first token {out['tftt']:.0f} ms",
-                  f"  memory      {out['static_shared_memory']:.2f} GiB shared + {out['per_user_memory']:.2f} GiB per user"]
+        lines += serving_lines(out["serving"])
+        lines.append(f"  memory      {out['static_shared_memory']:.2f} GiB shared + {out['per_user_memory']:.2f} GiB per user")
     else:
         lines += [f"  training    {out['training_tps']:.0f} tokens/s, {out['samples_per_second']:.3g} samples/s, "
                   f"{out['total_training_time_hours']:.2f} h for {out['total_tokens']:.3g} tokens"]
@@ -206,6 +204,24 @@ def _short(v: Any) -> str:
     return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
+LOADS = {"closed_loop": "closed loop", "open_loop": "open loop", "static_batch": "static batch"}
+
+
+def serving_lines(srv: dict[str, Any]) -> list[str]:
+    """The serving object in words: the load, what runs, how fast, what limits it."""
+    def ms(value: float | None) -> str:
+        return "-" if value is None else (f"{value:,.0f} ms" if value >= 100 else f"{value:.2f} ms")
+
+    lines = [f"  load        {LOADS[srv['load']]}: {srv['input_tokens']} prompt + {srv['output_tokens']} output tokens per request, "
+             f"{srv['running_sequences']:g} running" + (f", {srv['queued_requests']:g} queued" if srv["queued_requests"] else ""),
+             f"  throughput  {srv['output_throughput_tps']:,.1f} output tokens/s ({srv['total_throughput_tps']:,.1f} with prompts), "
+             f"{srv['requests_per_second']:.3g} requests/s, {srv['utilisation']:.0%} of capacity, limited by {srv['limited_by']}",
+             f"  latency     first token {ms(srv['ttft_ms'])}, then {ms(srv['itl_ms'])} per token, {ms(srv['e2e_latency_ms'])} per request"]
+    if srv["cost_per_million_output_tokens"] is not None:
+        lines.append(f"  cost        {srv['cost_per_hour']:,.2f} per hour, {srv['cost_per_million_output_tokens']:,.3f} per million output tokens")
+    return lines
+
+
 def emit(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(out, indent=2))
@@ -242,7 +258,8 @@ SHARED_OPTIONS = _opts(
     click.option("--seq-length", type=int, help="Tokens per sequence (prompt + generated)."),
     click.option("--num-gpus", type=int),
     click.option("--interconnect", "interconnect_type", help="Interconnect key, e.g. nvlink_gen4 or pcie4."),
-    click.option("--runtime", help="Runtime profile: transformers, vllm, llama.cpp, ..."),
+    click.option("--runtime", help="Runtime profile: transformers, vllm, sglang, tensorrt-llm, tgi, llama.cpp, ... "
+                 "(see `vramplan runtimes`)."),
     click.option("--custom-vram", type=float, help="GiB, for custom_discrete / custom_apple_silicon or to override."),
     click.option("--offload-target", type=click.Choice(["cpu_ram", "nvme"])),
     click.option("--flash-attention/--no-flash-attention", default=None),
@@ -251,7 +268,11 @@ SHARED_OPTIONS = _opts(
 INFERENCE_OPTIONS = _opts(
     click.option("--quantization", help="Weights format: fp16, bf16, fp8, int8, int4, q4_k_m, awq, nf4, ..."),
     click.option("--kv-cache-quantization", help="KV cache format: fp16, fp8, int8, int4, q8_0, q4_0."),
-    click.option("--concurrent-users", type=int),
+    click.option("--input-tokens", type=int, help="Prompt tokens per request (with --output-tokens, seq_length is their sum)."),
+    click.option("--output-tokens", type=int, help="Generated tokens per request."),
+    click.option("--concurrent-users", type=int, help="Closed loop: clients, each sending the next request when the last ends."),
+    click.option("--request-rate", type=float, help="Open loop: requests/s arriving at random (instead of --concurrent-users)."),
+    click.option("--gpu-hour-cost", type=float, help="Price of one GPU-hour, to price the answer."),
     click.option("--parallelism", "inference_parallelism", type=click.Choice(["pipeline", "tensor"])),
     click.option("--prefix-caching/--no-prefix-caching", "enable_prefix_caching", default=None),
     click.option("--shared-prefix-ratio", type=float),
@@ -288,7 +309,8 @@ OUTPUT_OPTIONS = _opts(
     click.option("--format", "fmt", type=FORMATS, default="table", show_default=True),
 )
 
-INFERENCE_ONLY = ("quantization", "kv_cache_quantization", "concurrent_users", "inference_parallelism",
+INFERENCE_ONLY = ("quantization", "kv_cache_quantization", "input_tokens", "output_tokens", "concurrent_users",
+                  "request_rate", "gpu_hour_cost", "inference_parallelism",
                   "enable_prefix_caching", "shared_prefix_ratio", "enable_continuous_batching", "num_offload_layers",
                   "percentage_offload", "offload_kv_cache")
 FINETUNING_ONLY = ("finetuning_method", "fine_tuning_quantization", "lora_rank", "lora_targets", "optimizer",
@@ -421,12 +443,13 @@ def plugins(fmt: str) -> None:
 
 def _attach() -> None:
     """Commands that live in their own modules."""
-    from .cli_models import gpus, models
+    from .cli_models import gpus, models, runtimes
     from .cli_plan import plan, sweep
     from .server.commands import serve, tokens
 
     main.add_command(models)
     main.add_command(gpus)
+    main.add_command(runtimes)
     main.add_command(serve)
     main.add_command(tokens)
     main.add_command(plan)

@@ -290,3 +290,48 @@ def gpus(vendor, min_memory, category, fmt) -> None:
     if any("category" in g for g in rows):
         columns.insert(3, ("category", "category"))
     click.echo(_table(rows, columns))
+
+
+@click.command("runtimes")
+@click.argument("key", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def runtimes(key, fmt) -> None:
+    """List the runtime profiles (serving / training stacks), or show one with every constant and its source."""
+    import vramplan
+
+    try:
+        entries = vramplan.list_runtimes()
+    except VramplanError as exc:
+        raise click.ClickException(exc.message) from None
+    if key is not None:
+        match = [r for r in entries if r["key"] == key]
+        if not match:
+            raise click.UsageError(f"runtime: unknown runtime {key!r} (runtimes: {', '.join(r['key'] for r in entries)})")
+        if fmt == "json":
+            _emit(match[0], fmt, "")
+            return
+        r = match[0]
+        click.echo(f"{r['key']}: {r['label']}" + (f" (extends {r['extends']})" if r["extends"] else "")
+                   + (f", defaults of {r['version']}" if r["version"] else ""))
+        click.echo(r["description"])
+        rows = [{"constant": name, "value": c["value"], "unit": c["unit"],
+                 "by GPU": "; ".join(f"{t['value']:g} " + (f"below {t['below_gib']:g} GiB" if "below_gib" in t else "on " + ", ".join(t["gpus"]))
+                                     for t in c.get("tiers", [])),
+                 "source": c["source"]} for name, c in r["constants"].items()]
+        click.echo(_table(rows, [("constant", "constant"), ("value", "value"), ("unit", "unit"), ("by GPU", "by GPU"),
+                                 ("source", "source")]))
+        return
+    if fmt == "json":
+        _emit(entries, fmt, "")
+        return
+    rows = []
+    for r in entries:
+        c = r["constants"]
+        rows.append({"key": r["key"] + (" (default)" if r["default"] else ""), "label": r["label"],
+                     "batching": "continuous" if r["continuous_batching"] else "static unless asked",
+                     "max_num_seqs": c["max_num_seqs"]["value"] or "-", "tokens/step": c["max_prefill_tokens"]["value"] or "-",
+                     "KV pool": (f"{c['gpu_memory_utilization']['value']:g} of "
+                                 + ("free" if c["kv_pool_of_free"]["value"] else "total")) if c["kv_preallocate"]["value"] else "grows"})
+    click.echo(_table(rows, [("key", "key"), ("label", "runtime"), ("batching", "batching"), ("max_num_seqs", "max seqs"),
+                             ("tokens/step", "tokens/step"), ("KV pool", "KV pool")]))
+    click.echo("(max seqs and tokens/step can depend on the GPU: `vramplan runtimes KEY` lists every constant, its tiers and its source)")

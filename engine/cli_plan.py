@@ -22,7 +22,8 @@ from typing import Any
 import click
 
 
-FIND_CHOICES = ("max_seq_length", "max_batch_size", "max_concurrent_users", "min_num_gpus", "best_quantization", "gpus")
+FIND_CHOICES = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
+                "best_quantization", "gpus")
 #: A grid this long shows a progress bar (on a terminal).
 PROGRESS_MIN = 20
 
@@ -85,9 +86,13 @@ def _plan_options(f):
 @_plan_options
 @click.option("--gpu-keys", help="Limit `gpus` to these GPUs (comma-separated).")
 @click.option("--headroom", type=click.FloatRange(0, 1, max_open=True), help="Fraction of GPU memory to keep free.")
+@click.option("--slo-ttft-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean time to first token, ms.")
+@click.option("--slo-itl-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean time between output tokens, ms.")
+@click.option("--slo-e2e-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean end-to-end request latency, ms.")
 @click.option("--check", is_flag=True, help="Exit status 1 when a question has no answer.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def plan(request_file, workload, find, model_file, gpu_keys, headroom, check, fmt, **flags) -> None:
+def plan(request_file, workload, find, model_file, gpu_keys, headroom, slo_ttft_ms, slo_itl_ms, slo_e2e_ms, check, fmt,
+         **flags) -> None:
     """Answer "what fits?": largest context, batch or user count, fewest GPUs, best quantization, GPUs.
 
     Takes the same model, GPU and workload flags as `inference` and `finetuning`."""
@@ -115,6 +120,9 @@ def plan(request_file, workload, find, model_file, gpu_keys, headroom, check, fm
             raise click.UsageError(f"--find: unknown question {', '.join(bad)} (one of {', '.join(FIND_CHOICES)})")
     if gpu_keys:
         body["gpu_keys"] = parse_text_grid(gpu_keys, "--gpu-keys")
+    slo = {k: v for k, v in (("ttft_ms", slo_ttft_ms), ("itl_ms", slo_itl_ms), ("e2e_latency_ms", slo_e2e_ms)) if v is not None}
+    if slo:
+        body["slo"] = {**(body.get("slo") or {}), **slo}
     if "find" not in body:
         raise click.UsageError("--find: required (or a \"find\" list in the --request file)")
     answers = run_plan(body)
@@ -140,7 +148,12 @@ def plan_table(answers: dict[str, Any], body: dict[str, Any]) -> str:
         else:
             e = a["estimate"]
             note = f"  (limited by {a['limited_by']})" if a.get("limited_by") else ""
-            lines.append(f"  {q:<22} {a['value']}: {e['vram_usage']:.2f} GiB, {e['memory_status']}{note}")
+            if a.get("binding"):
+                note += f"  (next step fails on {a['binding']})"
+            value = f"{a['value']:g} requests/s" if q == "max_request_rate" else a["value"]
+            srv = e.get("serving")
+            speed = (f", TTFT {srv['ttft_ms']:.0f} ms, ITL {srv['itl_ms']:.1f} ms" if srv and srv["ttft_ms"] is not None else "")
+            lines.append(f"  {q:<22} {value}: {e['vram_usage']:.2f} GiB, {e['memory_status']}{speed}{note}")
     return "\n".join(lines)
 
 

@@ -22,11 +22,18 @@ OUTPUTS = {
     "inference": ("static_shared_bytes", "kv_per_user_bytes", "ms_per_token", "throughput_tps", "per_user_tps",
                   "latency_tps", "tftt_ms", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w",
                   "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
-                  "weights_file_bytes"),
+                  "weights_file_bytes") + tuple(f"srv_{name}" for name in (
+                      "running", "queued", "output_tps", "total_tps", "requests_per_s", "ttft_s", "itl_s", "e2e_s",
+                      "utilisation", "limited_code", "past_capacity", "capacity_seq_rate", "static", "open_loop", "max_running",
+                      "cost_per_hour", "cost_per_mtok", "continuous")),
     "finetuning": ("static_shared_bytes", "training_tps", "samples_per_second", "steps_per_second", "total_tokens",
                    "training_hours", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w", "trainable_params",
                    "weights_file_bytes"),
 }
+
+#: What srv_limited_code means (formulas/performance/serving.yaml).
+LIMITED_BY = {1: "kv_cache", 2: "max_num_batched_tokens", 3: "max_num_seqs", 4: "batch_size", 5: "arrival_rate",
+              6: "compute", 7: "memory_bandwidth", 8: "overhead"}
 
 #: memory_status thresholds on actual_vram_percentage (seed: okay ≤ 50, moderate ≤ 75, high ≤ 90, else very_high; > 100 insufficient).
 STATUS = ((50.0, "okay"), (75.0, "moderate"), (90.0, "high"), (100.0, "very_high"))
@@ -195,6 +202,10 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     if res.workload == "inference" and res.request["enable_offloading"]:
         out["offload"] = {"layers": int(s["offload_layers"]), "of_layers": int(res.arch.num_layers),
                           "target": res.request["offload_target"], "kv_cache": bool(s["offload_kv"])}
+    if res.workload == "inference":
+        out["serving"] = _serving(res, s, v, warnings)
+        if s["rt_kv_preallocate"] and v["srv_max_running"] < 1 and out["memory_status"] != "error":
+            out["memory_status"] = "insufficient"  # the runtime refuses to start: its pool cannot hold one sequence
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
         per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
         tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
@@ -202,9 +213,43 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
                           "sequences_at_seq_length": tokens // s["seq"] if s["seq"] else 0}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
             warnings.append(f"the KV pool holds {tokens} tokens ({tokens // s['seq']} sequences of {int(s['seq'])}); "
-                            f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} would queue or preempt them")
+                            f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
+                            f"(serving.queued_requests)")
     if trace is not None:
         out["trace"] = trace
+    return out
+
+
+def _serving(res: Resolved, s: dict[str, float], v: dict[str, float], warnings: list[str]) -> dict[str, Any]:
+    """The serving model's answer at this load (formulas/performance/serving.yaml), and what it means."""
+    req = res.request
+    past = bool(v["srv_past_capacity"])
+    open_loop = bool(v["srv_open_loop"])
+    load = "open_loop" if open_loop else ("static_batch" if v["srv_static"] else "closed_loop")
+
+    def latency(key: str) -> float | None:
+        return None if past else round(v[key] * 1000, 2)
+
+    out = {
+        "input_tokens": req["input_tokens"], "output_tokens": req["output_tokens"], "load": load,
+        "running_sequences": round(v["srv_running"], 2), "queued_requests": None if past else round(v["srv_queued"], 2),
+        "output_throughput_tps": round(v["srv_output_tps"], 1), "total_throughput_tps": round(v["srv_total_tps"], 1),
+        "requests_per_second": round(v["srv_requests_per_s"], 4),
+        "ttft_ms": latency("srv_ttft_s"), "itl_ms": latency("srv_itl_s"), "e2e_latency_ms": latency("srv_e2e_s"),
+        "utilisation": round(v["srv_utilisation"], 3), "limited_by": LIMITED_BY[int(v["srv_limited_code"])],
+        "cost_per_hour": round(v["srv_cost_per_hour"], 4) if req.get("gpu_hour_cost") is not None else None,
+        "cost_per_million_output_tokens": round(v["srv_cost_per_mtok"], 4)
+        if req.get("gpu_hour_cost") is not None and v["srv_output_tps"] > 0 else None,
+    }
+    capacity = v["srv_capacity_seq_rate"] / s["batch"]
+    if past and capacity <= 0:
+        warnings.append(f"the KV cache cannot hold one sequence of {int(s['seq'])} tokens on {res.runtime.key}; nothing can run")
+    elif past:
+        warnings.append(f"request_rate {req['request_rate']:g}/s is past capacity: this deployment sustains about "
+                        f"{capacity:.3g} requests/s of {req['input_tokens']} + {req['output_tokens']} tokens; "
+                        "latencies grow without bound")
+    if s["rt_continuous_batching_always"] and req.get("continuous_batching_given") is False:
+        warnings.append(f"{res.runtime.key} always batches continuously; enable_continuous_batching false is ignored")
     return out
 
 
@@ -226,7 +271,19 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
     out.extend(res.runtime.data.get("assumptions" if res.workload == "inference" else "training_assumptions", []))
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
     if res.workload == "inference":
+        req = res.request
         out.append(f"KV cache: {res.kv_quant.data['label']}, {int(s['seqs'])} sequence(s) of {int(s['seq'])} tokens in flight")
+        split = req["context_split"]
+        out.append(f"requests: {req['input_tokens']} prompt + {req['output_tokens']} output tokens"
+                   + ("" if split == "given" else f" ({split})"))
+        if req.get("request_rate") is not None:
+            out.append(f"load: open loop, {req['request_rate']:g} requests/s arriving at random (Poisson), "
+                       f"{int(s['batch'])} sequence(s) each")
+        elif v["srv_static"]:
+            out.append(f"load: one static batch of {int(s['seqs'])} sequence(s) started together")
+        else:
+            out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
+                       "the next request when the last one finishes (continuous batching)")
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")
         elif s["pp"] > 1:

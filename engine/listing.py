@@ -40,3 +40,25 @@ def models() -> list[dict[str, Any]]:
             "source": d["source"], "provided_by": e.provenance.plugin,
         })
     return out
+
+
+#: Runtime constants a listing summarises (the serving knobs people set on the command line).
+SERVING_KNOBS = ("max_num_seqs", "max_prefill_tokens", "gpu_memory_utilization", "kv_block_tokens")
+
+
+def runtimes() -> list[dict[str, Any]]:
+    """GET /runtimes: every runtime profile with its constants, each with its unit and source."""
+    cat = get_catalog()
+    out = []
+    for e in cat.runtimes:
+        d = e.data
+        consts = d["constants"]
+        out.append({
+            "key": e.key, "label": d["label"], "description": d["description"],
+            "version": d.get("version"), "extends": d.get("extends"), "default": bool(d.get("default")),
+            "continuous_batching": bool(consts["continuous_batching_always"]["value"]),
+            "assumptions": list(d.get("assumptions", [])),
+            "constants": {name: {k: c[k] for k in ("value", "unit", "source", "tiers") if k in c} for name, c in consts.items()},
+            "provided_by": e.provenance.plugin,
+        })
+    return out

@@ -5,8 +5,9 @@ questions), ``headroom`` and ``gpu_keys`` (schema ``plan-request``) and answers 
 ``{"value": ..., "estimate": {...}}`` or ``{"value": null, "reason": "..."}`` (schema
 ``plan-response``).
 
-A configuration **fits** when its ``memory_status`` is neither ``insufficient`` nor ``error`` and
-``vram_usage <= (1 - headroom) x capacity``. Every answer is read off the estimator, never from a
+A configuration **fits** when its ``memory_status`` is neither ``insufficient`` nor ``error``,
+``vram_usage <= (1 - headroom) x capacity``, and (inference) the runtime runs every sequence at once
+rather than queueing some for its KV pool or batch cap. Every answer is read off the estimator, never from a
 formula of its own, so it is consistent by construction: for a "max" question the value fits and
 value + 1 does not (unless a cap ended the search: ``limited_by`` says which); for ``min_num_gpus``
 the value fits and value - 1 does not.
@@ -24,10 +25,20 @@ with the runtime it defaults to (GGUF types → llama.cpp, others → the defaul
 
 ``gpus`` estimates the request on every catalog GPU (or ``gpu_keys``), skips the ``custom_*``
 placeholders, and lists those that fit, fastest first (``per_user_tps`` or ``training_tps``).
+
+Serving: an ``slo`` (``ttft_ms``, ``itl_ms``, ``e2e_latency_ms``, any subset; inference only) makes
+"fits" also mean the serving model's latencies at that load are within it, and an open loop
+(``request_rate``) must be below the deployment's capacity. ``max_concurrent_users`` then answers how
+many clients the deployment serves within the SLO, ``min_num_gpus`` the fewest GPUs that carry the
+request's ``request_rate`` within it, and ``max_request_rate`` the highest arrival rate (requests/s,
+three significant figures, bisected between an idle rate and the capacity) that meets it. Each such
+answer names the ``binding`` constraint: what fails one step further (``memory``, ``capacity`` or an
+SLO field).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -36,8 +47,13 @@ from .catalog import Catalog, get_catalog
 from .datafiles import schema_problems
 from .errors import RequestError, VramplanError
 
-QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "min_num_gpus", "best_quantization", "gpus")
-PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys")
+QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
+             "best_quantization", "gpus")
+PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys", "slo")
+#: Serving-model latencies an SLO may bound (the serving object's fields).
+SLO_FIELDS = ("ttft_ms", "itl_ms", "e2e_latency_ms")
+#: The bisection for max_request_rate stops at this relative width (answers carry 3 significant figures).
+RATE_PRECISION = 1e-3
 #: Request field each numeric question varies, and the schema's ceiling for it.
 FIELDS = {"max_seq_length": ("seq_length", 16777216), "max_batch_size": ("batch_size", 1048576),
           "max_concurrent_users": ("concurrent_users", 1048576), "min_num_gpus": ("num_gpus", 1024)}
@@ -59,16 +75,38 @@ def capacity_gib(body: dict[str, Any], cat: Catalog | None = None) -> float:
     return float(cat.gpus.get(body["gpu_key"]).data.get("memory_gib") or 0.0)
 
 
-def fits(out: dict[str, Any], capacity: float, headroom: float = 0.0) -> bool:
+def fits(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: dict[str, float] | None = None) -> bool:
     """The planner's one definition of "fits" (see the module docstring)."""
-    return out["memory_status"] not in NOT_FITTING and out["vram_usage"] <= (1.0 - headroom) * capacity + 1e-9
+    return binding(out, capacity, headroom, slo) is None
+
+
+def binding(out: dict[str, Any], capacity: float, headroom: float = 0.0, slo: dict[str, float] | None = None) -> str | None:
+    """What keeps an estimate from fitting: ``configuration`` (memory_status error), ``memory``, ``capacity`` (an
+    open loop past it), the admission cap that makes sequences wait (``kv_cache``, ``max_num_seqs``...) or
+    an SLO field; None if it fits."""
+    if out["memory_status"] == "error":
+        return "configuration"
+    if out["memory_status"] in NOT_FITTING or out["vram_usage"] > (1.0 - headroom) * capacity + 1e-9:
+        return "memory"
+    srv = out.get("serving")
+    if srv is None:
+        return None
+    if srv["load"] == "open_loop" and srv["ttft_ms"] is None:
+        return "capacity"
+    if srv["load"] != "open_loop" and srv["queued_requests"]:
+        return srv["limited_by"]  # the runtime admits fewer than asked (its KV pool, max_num_seqs...): the rest wait
+    for key, limit in (slo or {}).items():
+        if srv[key] is None or srv[key] > limit:
+            return key
+    return None
 
 
 class Probe:
     """Estimates one request at different values of one field, remembering each (no estimate twice)."""
 
-    def __init__(self, body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float):
-        self.body, self.field, self.capacity, self.headroom = body, field, capacity, headroom
+    def __init__(self, body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float,
+                 slo: dict[str, float] | None = None):
+        self.body, self.field, self.capacity, self.headroom, self.slo = body, field, capacity, headroom, slo
         self.run = estimator(workload)
         self.seen: dict[int, dict[str, Any] | RequestError] = {}
 
@@ -82,7 +120,11 @@ class Probe:
 
     def fits(self, value: int) -> bool:
         out = self.estimate(value)
-        return not isinstance(out, RequestError) and fits(out, self.capacity, self.headroom)
+        return not isinstance(out, RequestError) and fits(out, self.capacity, self.headroom, self.slo)
+
+    def binding(self, value: int) -> str | None:
+        out = self.estimate(value)
+        return "request" if isinstance(out, RequestError) else binding(out, self.capacity, self.headroom, self.slo)
 
 
 def search_max(probe: Probe, start: int, lo_bound: int, cap: int) -> int | None:
@@ -139,9 +181,16 @@ def search_min(probe: Probe, lo_bound: int, cap: int) -> int | None:
     return hi
 
 
-def _why_not(out: dict[str, Any] | RequestError, field: str, value: int, capacity: float, headroom: float) -> str:
+def _why_not(out: dict[str, Any] | RequestError, field: str, value: float, capacity: float, headroom: float,
+             slo: dict[str, float] | None = None) -> str:
     if isinstance(out, RequestError):
         return f"{field}={value} is not a valid request: {out}"
+    why = binding(out, capacity, headroom, slo)
+    if why == "capacity":
+        return f"at {field}={value} requests arrive faster than the deployment serves them"
+    if why in SLO_FIELDS:
+        got = out["serving"][why]
+        return f"at {field}={value} {why} is {'unbounded' if got is None else f'{got:g}'}, over the SLO's {slo[why]:g}"
     limit = (1.0 - headroom) * capacity
     text = (f"even at {field}={value} it needs {out['vram_usage']:.2f} GiB, over the {limit:.2f} GiB allowed"
             + (f" ({capacity:g} GiB less {headroom:.0%} headroom)" if headroom else f" ({capacity:g} GiB)")
@@ -166,30 +215,78 @@ def model_context(body: dict[str, Any], cat: Catalog) -> int | None:
 
 def _numeric(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
     field, cap = FIELDS[question]
-    cat, capacity, headroom = ctx["catalog"], ctx["capacity"], ctx["headroom"]
+    cat, capacity, headroom, slo = ctx["catalog"], ctx["capacity"], ctx["headroom"], ctx["slo"]
     if question == "max_concurrent_users" and workload != "inference":
         return {"value": None, "reason": "concurrent_users applies to inference only"}
+    if question == "max_concurrent_users" and body.get("request_rate") is not None:
+        return {"value": None, "reason": "request_rate sets an open loop; max_concurrent_users asks about a closed loop "
+                                         "(leave request_rate out, or ask max_request_rate)"}
     limited_by = f"the schema's maximum {field} ({cap})"
     if question == "max_seq_length":
         n = model_context(body, cat)
         if n:
             cap, limited_by = min(cap, n), f"the model's context length ({n} tokens)"
-    probe = Probe(body, workload, field, capacity, headroom)
+    probe = Probe(body, workload, field, capacity, headroom, slo)
     if question == "min_num_gpus":
         value = search_min(probe, 1, cap)
         if value is None:
             return {"value": None, "reason": f"no GPU count up to {cap} fits: "
-                    + _why_not(probe.estimate(cap), field, cap, capacity, headroom), "evaluations": len(probe.seen)}
+                    + _why_not(probe.estimate(cap), field, cap, capacity, headroom, slo), "evaluations": len(probe.seen)}
     else:
         value = search_max(probe, int(ctx["base"].get(field, 1)), 1, cap)
         if value is None:
-            return {"value": None, "reason": "nothing fits: " + _why_not(probe.estimate(1), field, 1, capacity, headroom),
+            return {"value": None, "reason": "nothing fits: " + _why_not(probe.estimate(1), field, 1, capacity, headroom, slo),
                     "evaluations": len(probe.seen)}
     answer: dict[str, Any] = {"value": value, "estimate": _final(probe, value, body, workload, field),
                               "evaluations": len(probe.seen)}
     if question != "min_num_gpus" and value == cap:
         answer["limited_by"] = limited_by
+    elif slo or body.get("request_rate") is not None:
+        answer["binding"] = probe.binding(value - 1 if question == "min_num_gpus" else value + 1)
     return answer
+
+
+def _max_request_rate(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    """The highest open-loop arrival rate that fits, meets the SLO and stays below capacity.
+
+    Latencies grow with the rate and memory does not change with it, so the predicate is monotone: the
+    capacity (the serving model's requests/s when arrivals outrun it) bounds the search from above, an
+    almost idle rate from below, and bisection narrows the gap to RATE_PRECISION."""
+    if workload != "inference":
+        return {"value": None, "reason": "request_rate applies to inference only"}
+    capacity, headroom, slo = ctx["capacity"], ctx["headroom"], ctx["slo"]
+    run = estimator(workload)
+    base = {k: v for k, v in body.items() if k not in ("trace", "concurrent_users", "request_rate")}
+    seen: dict[float, dict[str, Any]] = {}
+
+    def at(rate: float) -> dict[str, Any]:
+        if rate not in seen:
+            seen[rate] = run({**base, "request_rate": rate})
+        return seen[rate]
+
+    flood = at(1e6)["serving"]  # far past capacity: served = capacity
+    top = flood["requests_per_second"]
+    if top <= 0:
+        return {"value": None, "reason": _why_not(at(1e6), "request_rate", 1e6, capacity, headroom, slo),
+                "evaluations": len(seen)}
+    lo = top * 1e-4
+    why = binding(at(lo), capacity, headroom, slo)
+    if why is not None:
+        return {"value": None, "reason": "even almost idle: " + _why_not(at(lo), "request_rate", float(f"{lo:.3g}"), capacity, headroom, slo),
+                "evaluations": len(seen)}
+    hi = top
+    while hi - lo > RATE_PRECISION * hi:
+        mid = (lo + hi) / 2
+        if fits(at(mid), capacity, headroom, slo):
+            lo = mid
+        else:
+            hi = mid
+    value = float(f"{lo:.3g}")
+    if value > lo:  # rounding must not step past the boundary
+        value = float(f"{lo - 10 ** (math.floor(math.log10(lo)) - 2):.3g}")
+    out = run({**base, "request_rate": value, **({"trace": True} if body.get("trace") else {})})
+    return {"value": value, "estimate": out, "capacity_requests_per_second": round(top, 4),
+            "binding": binding(at(hi), capacity, headroom, slo) or "capacity", "evaluations": len(seen) + 1}
 
 
 def _final(probe: Probe, value: int, body: dict[str, Any], workload: str, field: str) -> dict[str, Any]:
@@ -260,7 +357,8 @@ def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any
 
 
 HANDLERS = {"max_seq_length": _numeric, "max_batch_size": _numeric, "max_concurrent_users": _numeric,
-            "min_num_gpus": _numeric, "best_quantization": _best_quantization, "gpus": _gpus}
+            "max_request_rate": _max_request_rate, "min_num_gpus": _numeric, "best_quantization": _best_quantization,
+            "gpus": _gpus}
 
 
 def _field(where: str, message: str) -> str:
@@ -296,7 +394,10 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
         if problems:
             raise RequestError(problems, suggestions=suggestions)
     find = list(dict.fromkeys(request["find"]))
-    ctx: dict[str, Any] = {"catalog": cat, "headroom": headroom, "gpu_keys": gpu_keys}
+    slo = request.get("slo") or None
+    if slo and workload != "inference":
+        raise RequestError([("slo", "latency objectives apply to inference (serving) only")])
+    ctx: dict[str, Any] = {"catalog": cat, "headroom": headroom, "gpu_keys": gpu_keys, "slo": slo}
     answers: dict[str, Any] = {}
     needs_gpu = [q for q in find if q != "gpus"]
     if needs_gpu:

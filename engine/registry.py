@@ -44,6 +44,11 @@ class Registry(Generic[T]):
             raise CatalogError([(f"{self.kind} {key!r}", f"registered twice: by {first} and by {provenance}")])
         self._entries[key] = Entry(key, data, provenance)
 
+    def replace(self, key: str, data: T) -> None:
+        """Swap an entry's data for a derived version of it (e.g. a runtime merged with the one it
+        extends), keeping who supplied it."""
+        self._entries[key] = Entry(key, data, self._entries[key].provenance)
+
     def __contains__(self, key: object) -> bool:
         return key in self._entries
 

@@ -57,6 +57,11 @@ def validate(body: Any, workload: str) -> dict[str, Any]:
             problems.append(("percentage_offload", "give num_offload_layers or percentage_offload, not both"))
         if req["shared_prefix_ratio"] > 0 and not req["enable_prefix_caching"]:
             pass  # the ratio only matters with caching on; allowed, noted in assumptions later
+        if req.get("request_rate") is not None and req["concurrent_users"] != 1:
+            problems.append(("concurrent_users", "request_rate (an open loop) defines the load; leave concurrent_users "
+                             f"at 1 (got {req['concurrent_users']})"))
+        problems.extend(split_context(req, "seq_length" in body))
+        req["continuous_batching_given"] = body.get("enable_continuous_batching")
     else:
         req.setdefault("tokens_per_sample", req["seq_length"])
         opt = req["optimization_config"]
@@ -76,6 +81,51 @@ def validate(body: Any, workload: str) -> dict[str, Any]:
     if problems:
         raise RequestError(problems)
     return req
+
+
+#: Without input_tokens / output_tokens, the context is split as a prompt and an answer of this share
+#: (chat and retrieval workloads answer in a fraction of their context), at most ANSWER_CAP tokens.
+ANSWER_SHARE = 8
+ANSWER_CAP = 1024
+#: The schema's ceiling for seq_length.
+MAX_CONTEXT = 16777216
+
+
+def split_context(req: dict[str, Any], seq_given: bool) -> list[tuple[str, str]]:
+    """Fill ``input_tokens``, ``output_tokens`` and ``seq_length`` from whichever were given.
+
+    Both halves given: ``seq_length`` is their sum (a different ``seq_length`` is an error naming all
+    three). One half and ``seq_length``: the other half is the rest. One half alone: the other keeps
+    the 7:1 proportion of prompt to answer. ``seq_length`` alone (or nothing): 1/8 of it is the answer,
+    at most 1024 tokens. ``req["context_split"]`` records which rule applied, for the assumptions.
+    """
+    i, o, seq = req.get("input_tokens"), req.get("output_tokens"), req["seq_length"]
+    if i is not None and o is not None:
+        if seq_given and seq != i + o:
+            return [("seq_length", f"{seq} disagrees with input_tokens {i} + output_tokens {o} = {i + o}; "
+                                   "give seq_length = their sum, or leave it out")]
+        req["seq_length"], req["context_split"] = i + o, "given"
+    elif i is not None or o is not None:
+        given, other = ("input_tokens", "output_tokens") if i is not None else ("output_tokens", "input_tokens")
+        value = i if i is not None else o
+        if seq_given:
+            if seq - value < 1:
+                return [(given, f"{value} leaves no room for {other} in seq_length {seq}")]
+            rest = seq - value
+            req["context_split"] = f"{other} = seq_length - {given}"
+        else:
+            rest = (ANSWER_SHARE - 1) * value if i is None else max(1, value // (ANSWER_SHARE - 1))
+            req["context_split"] = f"{other} from the 7:1 proportion of prompt to answer"
+        req[other] = rest
+        req["seq_length"] = req["input_tokens"] + req["output_tokens"]
+    else:
+        o = min(ANSWER_CAP, max(1, seq // ANSWER_SHARE))
+        req["input_tokens"], req["output_tokens"] = max(1, seq - o), o
+        req["context_split"] = "seq_length split as 7/8 prompt, 1/8 answer (at most 1024 tokens)"
+        return []
+    if req["seq_length"] > MAX_CONTEXT:
+        return [("seq_length", f"input_tokens + output_tokens = {req['seq_length']} is more than {MAX_CONTEXT}")]
+    return []
 
 
 def optimization_defaults(workload: str) -> dict[str, Any]:

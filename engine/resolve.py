@@ -162,7 +162,4 @@ def _uncertainty_warnings(workload: str, gpu: dict[str, Any], arch: Architecture
         if req.get("runtime") not in (None, "transformers"):
             out.append(f"fine-tuning memory is modelled on PyTorch / transformers / peft; {runtime} does not train, "
                        "so the transformers mechanisms were used")
-    elif runtime == "vllm" and gpu.get("memory_gib", 0) < 70 and "max_prefill_tokens" not in (req.get("runtime_settings") or {}):
-        out.append("vllm on a GPU under 70 GiB defaults to max_num_batched_tokens 2048 and max_num_seqs 256 "
-                   "(vllm/engine/arg_utils.py); the profile here uses 8192 / 1024 unless runtime_settings says otherwise")
     return out

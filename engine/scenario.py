@@ -51,6 +51,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "users": ("users", "concurrent_users"),
     "seqs": ("sequences", "sequences in flight (batch x users)"),
     "seq": ("tokens", "context per sequence (prompt + generated)"),
+    "input_tokens": ("tokens", "prompt tokens per request (per sequence)"),
+    "output_tokens": ("tokens", "generated tokens per request (per sequence)"),
+    "request_rate": ("requests/s", "open-loop arrival rate; 0 = a closed loop of concurrent_users clients"),
+    "gpu_hour_cost": ("currency/GPU-hour", "price of one GPU-hour; 0 = not given"),
     "prefix_caching": ("flag", "enable_prefix_caching"),
     "shared_prefix_ratio": ("fraction", "share of each prompt that is a shared prefix"),
     "continuous_batching": ("flag", "enable_continuous_batching"),
@@ -178,16 +182,39 @@ def _quant_vars(qbits: dict[str, float]) -> dict[str, float]:
     return s
 
 
-_RT_CACHE: dict[int, tuple[dict, dict[str, float]]] = {}
+_RT_CACHE: dict[int, tuple] = {}
 
 
-def _runtime_vars(runtime: dict) -> dict[str, float]:
-    """A runtime profile's constants as rt_<name> (cached per loaded profile)."""
+def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float) -> dict[str, float]:
+    """A runtime profile's constants as rt_<name> (cached per loaded profile and tier).
+
+    A constant with ``tiers`` takes the first tier that names the GPU in ``gpus`` or whose
+    ``below_gib`` is above the GPU's memory (vLLM and SGLang size their token budgets and batch
+    limits by the GPU), else its ``value``."""
     hit = _RT_CACHE.get(id(runtime))
     if hit is None or hit[0] is not runtime:
-        hit = (runtime, {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()})
+        base = {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()}
+        tiered = tuple((f"rt_{name}", tuple((frozenset(t.get("gpus", ())), t.get("below_gib", 0.0), float(t["value"]))
+                                             for t in c["tiers"]))
+                       for name, c in runtime["constants"].items() if c.get("tiers"))
+        hit = (runtime, base, tiered, {})
         _RT_CACHE[id(runtime)] = hit
-    return hit[1]
+    _, base, tiered, by_tier = hit
+    if not tiered:
+        return base
+    picks = tuple(next((v for gpus, below, v in tiers if gpu_key in gpus or gpu_mem_gib < below), None)
+                  for _, tiers in tiered)
+    values = by_tier.get(picks)
+    if values is None:
+        values = dict(base)
+        values.update({name: v for (name, _), v in zip(tiered, picks) if v is not None})
+        by_tier[picks] = values
+    return values
+
+
+def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float) -> float:
+    """One constant as a request on that GPU sees it (tiers applied)."""
+    return _runtime_vars(runtime, gpu_key, gpu_mem_gib)[f"rt_{name}"]
 
 
 def build(res: Resolved) -> dict[str, float]:
@@ -234,7 +261,7 @@ def build(res: Resolved) -> dict[str, float]:
     s["dequant_flops_per_weight"] = _rt(res, "dequant_flops_per_weight", cls) * s["weights_dequantized"]
     nvme = _rt(res, "nvme_read_gb_s", cls)
     s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
-    s.update(_runtime_vars(res.runtime.data))
+    s.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
     for name, value in (req.get("runtime_settings") or {}).items():
         s[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
     if s.get("rt_activation_bytes", 0) > 0 and res.workload == "inference":
@@ -271,6 +298,9 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
+    s["input_tokens"], s["output_tokens"] = req["input_tokens"], req["output_tokens"]
+    s["request_rate"] = float(req.get("request_rate") or 0.0)
+    s["gpu_hour_cost"] = float(req.get("gpu_hour_cost") or 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
@@ -343,4 +373,5 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     s["tokens_per_sample"] = req["tokens_per_sample"]
     s["num_epochs"] = req["num_epochs"]
     s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0,
-              "offload_layers": 0, "offload_kv": 0})
+              "offload_layers": 0, "offload_kv": 0, "input_tokens": req["seq_length"], "output_tokens": 1,
+              "request_rate": 0.0, "gpu_hour_cost": 0.0})

@@ -2,7 +2,8 @@
 
 A layer above the pipeline, beside the planner: :func:`estimate` runs one estimate
 (:func:`vramplan.estimate.run`) and, when its ``memory_status`` is ``insufficient`` or ``error`` (or
-``very_high``, for headroom), adds ``suggestions``. The faces (:mod:`vramplan`'s Python functions,
+``very_high``, for headroom, except on a runtime that preallocates its KV pool to a share of the GPU
+by design), adds ``suggestions``. The faces (:mod:`vramplan`'s Python functions,
 hence the CLI, the HTTP API, the page and the reports) call this module; the pipeline never does,
 and the planner's own searches run the bare pipeline, so nothing here recurses.
 
@@ -75,7 +76,10 @@ def apply_change(body: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]
 def estimate(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
     """One estimate, with ``suggestions`` when it does not fit or fits with little headroom."""
     out = run(body, workload, catalog)
-    if out["memory_status"] in TARGETS:
+    status = out["memory_status"]
+    # A runtime that preallocates its KV pool (vLLM, SGLang, TensorRT-LLM, TGI: the response's kv_pool) fills
+    # the GPU to its memory-utilization setting by design, so very_high is its normal state, not a warning.
+    if status in TARGETS and not (status == "very_high" and "kv_pool" in out):
         out["suggestions"] = suggestions(body, workload, out, catalog)
     return out
 

@@ -53,11 +53,18 @@ def test_seed_example_has_every_seed_field(fn, body, fields, schema):
 def test_inference_consistency_of_speed_fields():
     out = vramplan.estimate_inference({**SEED_INFERENCE, "batch_size": 2, "concurrent_users": 3,
                                        "enable_continuous_batching": True})
-    # One decode step advances every sequence one token: latency tps = 1000 / ms_per_token;
-    # throughput covers batch x users sequences; each user sees a third of it.
+    # One decode round advances every sequence one token: latency tps = 1000 / ms_per_token; a user's two
+    # sequences stream at twice that; throughput is the 6 sequences' tokens over a request's whole time
+    # (Little's law: 6 in flight, each taking TTFT + (output - 1) x ITL), and the seed fields equal the
+    # serving object's.
+    srv = out["serving"]
     assert out["estimated_latency_tps"] == pytest.approx(1000 / out["ms_per_token"], rel=2e-3)
-    assert out["per_user_tps"] == pytest.approx(out["estimated_throughput_tps"] / 3, rel=2e-3)
-    assert out["estimated_throughput_tps"] == pytest.approx(6 * out["estimated_latency_tps"], rel=2e-3)
+    assert out["per_user_tps"] == pytest.approx(2 * out["estimated_latency_tps"], rel=2e-3)
+    assert (out["tftt"], out["ms_per_token"], out["estimated_throughput_tps"]) == \
+        (round(srv["ttft_ms"], 1), srv["itl_ms"], srv["output_throughput_tps"])
+    e2e_s = (srv["ttft_ms"] + (srv["output_tokens"] - 1) * srv["itl_ms"]) / 1000
+    assert srv["e2e_latency_ms"] == pytest.approx(e2e_s * 1000, rel=1e-3)   # ITL is shown to 0.01 ms
+    assert out["estimated_throughput_tps"] == pytest.approx(6 * srv["output_tokens"] / e2e_s, rel=2e-3)
     assert out["static_shared_memory"] + 3 * out["per_user_memory"] == pytest.approx(out["vram_usage"], abs=0.02)
 
 

@@ -38,11 +38,12 @@ Q4KM_HEAD_BYTES = V * H * 6.5625 / 8        # output.weight in Q6_K
 
 
 def test_decode_ms_per_token_is_bytes_over_bandwidth_plus_layer_overhead():
-    """Llama 3 8B Q4_K_M, RTX 4090 (1008 GB/s), llama.cpp, 512 tokens of context, one sequence."""
+    """Llama 3 8B Q4_K_M, RTX 4090 (1008 GB/s), llama.cpp, a 256-token prompt and 512 new tokens, one sequence."""
     out, t = traced({"gpu_key": "rtx_4090", "llm_key": "llama-3-8b", "quantization": "q4_k_m",
-                     "runtime": "llama.cpp", "seq_length": 512})
+                     "runtime": "llama.cpp", "input_tokens": 256, "output_tokens": 512})
     weights = Q4KM_LAYER_BYTES + Q4KM_HEAD_BYTES          # token_embd stays on the host
-    kv = 2 * KV * 2 * L * 512                              # K+V, fp16, 512 cells = 64 MiB
+    # K+V, fp16, at the mean context of a decoding token: 256 + 512 / 2 = 512 cells = 64 MiB
+    kv = 2 * KV * 2 * L * 512
     assert t["decode_weight_bytes"] == pytest.approx(weights, rel=1e-9)
     assert kv == 64 * 2 ** 20 and t["decode_kv_read_bytes"] == kv
     eff = rt("llama.cpp", "decode_bw_eff_nvidia_consumer")
@@ -53,8 +54,11 @@ def test_decode_ms_per_token_is_bytes_over_bandwidth_plus_layer_overhead():
     ms = (memory_s + overhead_s) * 1000
     assert out["ms_per_token"] == pytest.approx(ms, abs=0.006)
     assert out["estimated_latency_tps"] == pytest.approx(1000 / ms, abs=0.06)
-    # one user, one sequence: every speed figure is the same
-    assert out["estimated_throughput_tps"] == out["per_user_tps"] == out["estimated_latency_tps"]
+    # one user, one sequence: it streams at the decode speed; over the whole request (prefill, then 511 more
+    # tokens) it completes 512 tokens every TTFT + 511 x ITL
+    assert out["per_user_tps"] == out["estimated_latency_tps"]
+    e2e_s = (out["tftt"] + 511 * out["ms_per_token"]) / 1000
+    assert out["estimated_throughput_tps"] == pytest.approx(512 / e2e_s, rel=2e-3)
 
 
 def test_apple_k_quant_decode_is_bound_by_the_alu_unpacking():
@@ -152,7 +156,7 @@ def test_moe_decode_reads_only_routed_experts():
 
 def test_more_users_raise_throughput_and_lower_per_user_speed_until_compute_bound():
     base = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "fp16", "runtime": "vllm",
-            "seq_length": 1024, "enable_continuous_batching": True}
+            "input_tokens": 512, "output_tokens": 512, "enable_continuous_batching": True}
     runs = [vramplan.estimate_inference({**base, "concurrent_users": u}) for u in (1, 4, 16, 64, 256)]
     thr = [r["estimated_throughput_tps"] for r in runs]
     per = [r["per_user_tps"] for r in runs]
@@ -161,17 +165,19 @@ def test_more_users_raise_throughput_and_lower_per_user_speed_until_compute_boun
     assert thr[1] > 3 * thr[0]                       # memory-bound: 4 users share the weight reads
     _, big = traced({**base, "concurrent_users": 256})
     assert big["decode_compute_s"] > big["decode_weight_bytes"] / (3350e9 * rt("vllm", "decode_bw_eff"))
-    # static batching (a runtime that can run without continuous batching) wastes part of each step
+    # a static batch (transformers generate) prefills all 16 prompts, then decodes 511 rounds of 16
     tf = {**base, "runtime": "transformers", "concurrent_users": 16}
-    static = vramplan.estimate_inference({**tf, "enable_continuous_batching": False})
-    cont = vramplan.estimate_inference(tf)
-    assert static["estimated_throughput_tps"] == pytest.approx(
-        cont["estimated_throughput_tps"] * rt("transformers", "static_batching_efficiency"), rel=1e-3)
+    out, t = traced({**tf, "enable_continuous_batching": False})
+    assert out["serving"]["load"] == "static_batch" and t["prefill_seqs"] == 16
+    batch_s = t["prefill_ms"] / 1000 + 511 * t["srv_round_op_s"]
+    assert out["estimated_throughput_tps"] == pytest.approx(16 * 512 / batch_s, rel=2e-3)
+    assert out["tftt"] == pytest.approx(t["prefill_ms"], rel=2e-3)
 
 
 def test_prefill_flops_and_prefix_caching():
     """TFTT from FLOPs: prefix caching skips the shared half of the prompt."""
-    base = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "fp16", "runtime": "vllm", "seq_length": 8192}
+    base = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "fp16", "runtime": "vllm", "input_tokens": 8192,
+            "output_tokens": 1}
     full, t = traced(base)
     matmul = t["matmul_params_active"]
     assert matmul == pytest.approx(8030261248 - V * H, rel=1e-9)          # the embedding lookup is no matmul

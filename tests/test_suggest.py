@@ -127,3 +127,10 @@ def test_suggestions_and_plan_defaults_over_http(client, auth_headers):
     plan = client.post(f"{PREFIX}/plan", json={**body, "find": ["max_seq_length"]}, headers=auth_headers)
     assert plan.status_code == 200
     assert plan.json() == vramplan.plan({**body, "workload": "inference", "find": ["max_seq_length"]})
+
+
+def test_a_preallocated_kv_pool_at_its_utilisation_is_not_a_headroom_problem():
+    # vLLM takes gpu_memory_utilization (0.9) of the card for weights + KV pool by design: over 90 % is normal
+    out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm"})
+    assert out["memory_status"] == "very_high" and "kv_pool" in out
+    assert "suggestions" not in out

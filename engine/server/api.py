@@ -183,4 +183,5 @@ routes = [
     Route(f"{PREFIX}/finetuning", _estimate("estimate_finetuning"), methods=["POST"]),
     Route(f"{PREFIX}/gpus", _list_endpoint("list_gpus"), methods=["GET"]),
     Route(f"{PREFIX}/llms", _list_endpoint("list_models"), methods=["GET"]),
+    Route(f"{PREFIX}/runtimes", _list_endpoint("list_runtimes"), methods=["GET"]),
 ]

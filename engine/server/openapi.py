@@ -22,6 +22,7 @@ SCHEMA_FILES = {
     "FinetuningResponse": "finetuning-response.schema.json",
     "GpuList": "gpu-list.schema.json",
     "LlmList": "llm-list.schema.json",
+    "RuntimeList": "runtime-list.schema.json",
     "PlanRequest": "plan-request.schema.json",
     "PlanResponse": "plan-response.schema.json",
     "FitMapRequest": "fit-map-request.schema.json",
@@ -189,7 +190,7 @@ def _document() -> str:
         "servers": [{"url": "/", "description": "this server"}],
         "security": [{"bearerAuth": []}],
         "tags": [{"name": "estimates", "description": "Memory and performance estimates."},
-                 {"name": "catalogs", "description": "Valid gpu_key and llm_key values."},
+                 {"name": "catalogs", "description": "Valid gpu_key, llm_key and runtime values."},
                  {"name": "service", "description": "Health."}],
         "paths": {
             f"{PREFIX}/inference": _estimate_op(
@@ -204,6 +205,8 @@ def _document() -> str:
                 SEED_FINETUNING),
             f"{PREFIX}/gpus": _list_op("list_gpus", "List the valid gpu_key values with their memory.", "GpuList"),
             f"{PREFIX}/llms": _list_op("list_models", "List the valid llm_key values.", "LlmList"),
+            f"{PREFIX}/runtimes": _list_op("list_runtimes", "List the valid runtime values with their cited constants.",
+                                           "RuntimeList"),
             f"{PREFIX}/plan": {"post": {
                 "operationId": "plan", "summary": "Answer \"what fits?\"", "tags": ["estimates"],
                 "description": "An inference or fine-tuning request plus `workload` and `find` (max_seq_length, "

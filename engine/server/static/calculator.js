@@ -216,7 +216,7 @@
     requests_per_second: ["Requests per second", "req/s"], ttft_ms: ["Time to first token", "ms"],
     itl_ms: ["Time between tokens", "ms"], e2e_latency_ms: ["End-to-end latency", "ms"],
     utilisation: ["Utilisation", ""], limited_by: ["Limited by", ""],
-    cost_per_million_output_tokens: ["Cost per million output tokens", ""],
+    cost_per_hour: ["Cost per hour", ""], cost_per_million_output_tokens: ["Cost per million output tokens", ""],
   };
 
   function modelName(body) {
@@ -287,6 +287,9 @@
     if (panel.hidden) return;
     fillTable($("serving").tBodies[0], Object.entries(serving).map(([key, value]) => {
       const [label, unit] = SERVING_LABELS[key] || [key.replace(/_/g, " "), ""];
+      if (key === "load") value = { closed_loop: "closed loop (clients wait for each answer)",
+                                    open_loop: "open loop (requests arrive at random)",
+                                    static_batch: "one static batch" }[value] || value;
       let text = value === null ? "—" : typeof value === "number" ?
         (key === "utilisation" ? fmt(100 * value, 0) + " %" : fmt(value, 2) + (unit ? " " + unit : "")) : String(value);
       return [label, text];

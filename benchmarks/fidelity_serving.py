@@ -1,0 +1,271 @@
+"""Serving fidelity: every record of ../shared/calibration/published-serving.yaml through the public API.
+
+Each record is mapped onto an inference request as the calibration folder's README says, then the
+estimate's ``serving`` object is compared with the metrics the record reports. It prints every case's
+error ((estimate - measured) / measured), the median and 90th-percentile |error| per runtime and per
+metric, and every record it could not map with the reason (they count as misses, never dropped).
+
+    .venv/bin/python benchmarks/fidelity_serving.py [--calibration DIR] [--markdown] [--cases]
+
+Mapping (README of the calibration folder; where a source is ambiguous the physically consistent
+reading is taken and printed beside the case):
+
+- ``concurrency: C`` -> a closed loop of ``concurrent_users: C`` (batch 1); ``request_rate: r`` -> an
+  open loop at r requests/s.
+- a static batch, and offline runs whose prompts are all submitted at once (request rate inf, or a
+  burst of ``num_prompts``) -> one burst of ``batch_size`` = num_prompts (1000 where not stated) from
+  one client: the engine runs it as a static batch when it fits the runtime's cap, else as a saturated
+  continuous batch (the same as ``concurrent_users`` = num_prompts).
+- ``runtime: nim`` is TensorRT-LLM; ``tensor_parallel`` -> tensor parallelism over num_gpus; pipeline
+  parallelism likewise; expert-parallel (DEP) runs are estimated with tensor parallelism (not modelled).
+- output throughput per GPU x GPUs = the deployment's; lengths "~20000 (+/-15%)" at their stated value;
+  a burst with a variable answer length (sonnet) at its mean (total output tokens / prompts); ShareGPT
+  (variable lengths, no totals) cannot be mapped.
+- metrics compared: output (or total) throughput, TTFT, ITL (ITL mean, else TPOT mean, else medians),
+  llama.cpp prompt / generation tokens/s, and a static batch's or single request's end-to-end latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+import vramplan
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_CAL = HERE.parent.parent / "shared" / "calibration"
+
+MODELS = {
+    "meta-llama/Llama-2-7b-hf": "llama-2-7b", "meta-llama/Llama-2-70b-hf": "llama-2-70b",
+    "codellama/CodeLlama-7b-hf": "llama-2-7b",  # same architecture (vocabulary 32016 vs 32000)
+    "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct": "llama-3.1-8b-instruct",
+    "nvidia/Llama-3.1-8B-Instruct-FP8": "llama-3.1-8b-instruct", "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b-instruct",
+    "nvidia/Llama-3.3-70B-Instruct-FP8": "llama-3.3-70b-instruct", "nvidia/Llama-3.3-70B-Instruct-FP4": "llama-3.3-70b-instruct",
+    "meta-llama/Llama-3.1-405B-FP8": "llama-3.1-405b", "meta-llama/Llama-3.1-405B-Instruct": "llama-3.1-405b-instruct",
+    "amd/Llama-3.1-405B-Instruct-FP8-KV": "llama-3.1-405b-instruct", "nvidia/Llama-3.1-405B-Instruct-FP8": "llama-3.1-405b-instruct",
+    "openai/gpt-oss-20b": "gpt-oss-20b", "openai/gpt-oss-120b": "gpt-oss-120b",
+    "nvidia/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b", "nvidia/Qwen3-30B-A3B-FP4": "qwen3-30b-a3b",
+    "nvidia/Llama-4-Maverick-17B-128E-Instruct-FP8": "llama-4-maverick-17b-128e-instruct",
+    "deepseek-ai/DeepSeek-R1-0528": "deepseek-r1-0528",
+}
+GPUS = {
+    "H200-SXM-141GB": "h200", "H100-SXM-80GB": "h100_80", "H100-80GB (form factor not stated)": "h100_80",
+    "H100 (variant not stated)": "h100_80", "B200-180GB": "b200", "B200 (HGX)": "b200", "GB200-192GB": "gb200",
+    "RTX-PRO-6000-Blackwell-Server": "rtx_pro_6000", "L40S-48GB": "l40s", "A100 (variant not stated)": "a100_80",
+    "A100-80GB (form factor not stated)": "a100_80", "MI300X-192GB": "mi300x", "RTX4090-24GB": "rtx_4090",
+}
+#: Where the GPU key reads a variant the source does not state.
+GPU_READINGS = {"A100 (variant not stated)": "A100 read as SXM 80GB", "H100 (variant not stated)": "H100 read as SXM",
+                "H100-80GB (form factor not stated)": "H100 read as SXM"}
+
+
+#: TensorRT-LLM's A100 / L40S tables say "out tok/s" where the H100 table of the same page says "out tok/s/GPU";
+#: read per GPU, the only reading under which tensor-parallel rows agree with the single-GPU ones.
+PER_GPU_READING = "'out tok/s' of the A100/L40S tables read per GPU, like the H100 table's"
+
+
+def _weights(r: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(quantization, reading) from the record's weights dtype."""
+    raw = str(r.get("weights_dtype") or "").lower()
+    model = r.get("model") or ""
+    if "gpt-oss" in model:
+        return "mxfp4", "gpt-oss checkpoints hold MoE weights in MXFP4 whatever the table label"
+    if raw.startswith("fp8"):
+        return "fp8", None
+    if raw.startswith("fp4"):
+        return "nvfp4", "FP4 on Blackwell read as NVFP4"
+    if raw in ("f16", "fp16") or raw.startswith("fp16"):
+        return "fp16", None
+    if raw.startswith("q8_0"):
+        return "q8_0", None
+    if raw.startswith("bf16"):
+        return "bf16", None
+    if not raw:
+        return "bf16", "weights dtype not stated: the checkpoint's bf16"
+    return None, None
+
+
+def _kv(r: dict[str, Any]) -> str | None:
+    raw = str(r.get("kv_cache_dtype") or "").lower()
+    return "fp8" if raw.startswith("fp8") else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)):
+        return float(value)
+    m = re.match(r"^\s*~?\s*([\d.]+)", str(value or ""))
+    return float(m.group(1)) if m else None
+
+
+def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str]:
+    """(request body, readings taken, reason when it cannot be mapped)."""
+    notes: list[str] = []
+    model = MODELS.get(r.get("model") or "")
+    if model is None:
+        return None, notes, f"model {r.get('model') or r.get('model_name_in_source')!r} is not in the catalog"
+    gpu = GPUS.get(r.get("gpu_canonical") or "")
+    if gpu is None:
+        return None, notes, f"GPU {r.get('gpu_canonical')!r} is not in the catalog"
+    if "not explicitly per-GPU or total" in str(r.get("caveats")) and (r.get("num_gpus") or 1) > 1:
+        notes.append(PER_GPU_READING)
+    if r["gpu_canonical"] in GPU_READINGS:
+        notes.append(GPU_READINGS[r["gpu_canonical"]])
+    quant, reading = _weights(r)
+    if quant is None:
+        return None, notes, f"weights dtype {r.get('weights_dtype')!r} has no matching format"
+    if reading:
+        notes.append(reading)
+    runtime = {"nim": "tensorrt-llm"}.get(r["runtime"], r["runtime"])
+    version = str(r.get("runtime_version") or "")
+    if runtime == "tensorrt-llm" and re.match(r"^0\.[0-7]\b", version):
+        runtime = "tensorrt-llm-mmha"
+        notes.append(f"TensorRT-LLM {version} predates the XQA kernel: profile tensorrt-llm-mmha")
+    flags = str(r.get("engine_flags") or "")
+    if "torch.compile" in flags:
+        return None, notes, "torch.compile with a static cache is not modelled"
+    body: dict[str, Any] = {"gpu_key": gpu, "llm_key": model, "quantization": quant, "runtime": runtime}
+    if _kv(r):
+        body["kv_cache_quantization"] = _kv(r)
+    n = int(r.get("num_gpus") or 1)
+    if n > 1:
+        body["num_gpus"] = n
+        if (r.get("pipeline_parallel") or 1) > 1 and (r.get("tensor_parallel") or 1) == 1:
+            body["inference_parallelism"] = "pipeline"
+        else:
+            body["inference_parallelism"] = "tensor"
+            if not r.get("tensor_parallel"):
+                notes.append("expert parallelism (DEP) estimated as tensor parallelism")
+
+    metrics = r["metrics"]
+    i, o = _number(r.get("input_tokens")), _number(r.get("output_tokens"))
+    if runtime == "llama.cpp":  # llama-bench: pp = prompt only, tg = generation from an empty context
+        i, o = (i, 1.0) if metrics.get("prefill_tok_s") else (1.0, o)
+    if runtime == "transformers" and o is None and "max_length=128" in str(r.get("benchmark_tool")):
+        i, o = 7.0, 121.0
+        notes.append("generate to max_length 128: a ~7-token prompt and 121 new tokens (no early EOS)")
+    if o is None and r.get("total_output_tokens") and r.get("num_prompts"):
+        o = round(r["total_output_tokens"] / r["num_prompts"])
+        notes.append(f"variable answer lengths at their mean, {int(o)} tokens")
+    if i is None or o is None:
+        return None, notes, f"lengths vary ({r.get('dataset') or 'not stated'}): context, not a check"
+    if str(r.get("input_tokens") or "").startswith("~"):
+        notes.append("approximate lengths at their stated value")
+    body.update({"input_tokens": int(i), "output_tokens": max(int(o), 1)})
+
+    rate = r.get("request_rate")
+    if r.get("concurrency") and runtime != "llama.cpp":
+        body["concurrent_users"] = int(r["concurrency"])
+    elif isinstance(rate, (int, float)) and rate > 0:
+        body["request_rate"] = float(rate)
+    elif r.get("batch_size"):
+        body["batch_size"] = int(r["batch_size"])
+        if "static" not in str(r.get("benchmark_tool")).lower() and int(r["batch_size"]) > 1:
+            notes.append(f"a burst of {r['batch_size']} prompts sent at once")
+    else:  # offline: all prompts queued at once
+        prompts = int(r.get("num_prompts") or 1000)
+        body["batch_size"] = prompts
+        notes.append(f"offline: one burst of {prompts} prompts" + ("" if r.get("num_prompts") else " (not stated: 1000)"))
+    return body, notes, ""
+
+
+def comparisons(r: dict[str, Any], body: dict[str, Any], out: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """(metric, measured, estimated) pairs for what the record reports."""
+    m, srv = r["metrics"], out["serving"]
+    n = body.get("num_gpus", 1)
+    pairs: list[tuple[str, float, float | None]] = []
+    if m.get("output_throughput_tok_s") is not None:
+        per_gpu = "not explicitly per-GPU or total" in str(r.get("caveats"))  # read per GPU (see PER_GPU_READING)
+        pairs.append(("output throughput", m["output_throughput_tok_s"] * (n if per_gpu else 1), srv["output_throughput_tps"]))
+    elif m.get("output_throughput_tok_s_per_gpu") is not None:
+        pairs.append(("output throughput", m["output_throughput_tok_s_per_gpu"] * n, srv["output_throughput_tps"]))
+    elif m.get("total_throughput_tok_s") is not None:
+        pairs.append(("output throughput", m["total_throughput_tok_s"] * body["output_tokens"]
+                      / (body["input_tokens"] + body["output_tokens"]), srv["output_throughput_tps"]))
+    ttft = m.get("ttft_ms_mean") if m.get("ttft_ms_mean") is not None else m.get("ttft_ms_median")
+    if ttft is not None:
+        pairs.append(("TTFT", ttft, srv["ttft_ms"]))
+    itl = next((m[k] for k in ("itl_ms_mean", "tpot_ms_mean", "itl_ms_median", "tpot_ms_median") if m.get(k) is not None), None)
+    if itl is not None:
+        pairs.append(("ITL", itl, srv["itl_ms"]))
+    if m.get("prefill_tok_s") is not None:
+        pairs.append(("prefill tokens/s", m["prefill_tok_s"], body["input_tokens"] / srv["ttft_ms"] * 1000 if srv["ttft_ms"] else None))
+    if m.get("decode_tok_s_per_user") is not None:
+        pairs.append(("decode tokens/s", m["decode_tok_s_per_user"], 1000 / srv["itl_ms"] if srv["itl_ms"] else None))
+    if m.get("latency_s") is not None and (r["runtime"] == "transformers" or "static" in str(r.get("benchmark_tool")).lower()):
+        pairs.append(("end-to-end", m["latency_s"] * 1000, srv["e2e_latency_ms"]))
+    return [(k, float(meas), float(est) if est is not None else float("nan")) for k, meas, est in pairs]
+
+
+def run(cal_dir: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    data = yaml.safe_load((cal_dir / "published-serving.yaml").read_text())
+    cases, unmapped = [], []
+    for r in data["records"]:
+        body, notes, why = map_record(r)
+        if body is None:
+            unmapped.append((r["id"], why))
+            continue
+        try:
+            out = vramplan.estimate_inference(body)
+        except vramplan.VramplanError as exc:
+            unmapped.append((r["id"], f"the engine refused the request: {exc}"))
+            continue
+        for metric, measured, est in comparisons(r, body, out):
+            err = (est - measured) / measured if est == est else float("nan")
+            cases.append({"id": r["id"], "runtime": body["runtime"], "metric": metric, "measured": measured,
+                          "estimate": est, "error": err, "notes": notes, "limited_by": out["serving"]["limited_by"],
+                          "load": out["serving"]["load"]})
+    return cases, unmapped
+
+
+def _stats(errors: list[float]) -> tuple[float, float]:
+    a = sorted(abs(e) if e == e else float("inf") for e in errors)
+    p90 = a[min(len(a) - 1, max(0, round(0.9 * len(a) + 0.5) - 1))]
+    return statistics.median(a), p90
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--calibration", type=Path, default=DEFAULT_CAL)
+    ap.add_argument("--markdown", action="store_true", help="print the summary as the README's Markdown table")
+    ap.add_argument("--cases", action="store_true", help="print every case")
+    args = ap.parse_args(argv)
+    if not (args.calibration / "published-serving.yaml").is_file():
+        print(f"calibration file {args.calibration / 'published-serving.yaml'} not found: nothing to compare "
+              "(the shared calibration folder sits beside the repository)")
+        return 0
+    cases, unmapped = run(args.calibration)
+    if args.cases or not args.markdown:
+        for c in cases:
+            print(f"{c['id'][:62]:62} {c['metric']:18} measured {c['measured']:>10.4g} estimate {c['estimate']:>10.4g} "
+                  f"error {c['error']:+7.1%}  [{c['load']}, {c['limited_by']}]" + (f"  ({'; '.join(c['notes'])})" if c["notes"] else ""))
+        print()
+    groups: dict[tuple[str, str], list[float]] = {}
+    for c in cases:
+        groups.setdefault((c["metric"], c["runtime"]), []).append(c["error"])
+        groups.setdefault((c["metric"], "all"), []).append(c["error"])
+    rows = []
+    for (metric, runtime), errs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "all", kv[0][1])):
+        med, p90 = _stats(errs)
+        rows.append((metric, runtime, len(errs), med, p90))
+    if args.markdown:
+        print("| metric | runtime | cases | median abs error | 90th percentile |")
+        print("| --- | --- | ---: | ---: | ---: |")
+        for metric, runtime, n, med, p90 in rows:
+            print(f"| {metric} | {runtime} | {n} | {med:.0%} | {p90:.0%} |")
+    else:
+        for metric, runtime, n, med, p90 in rows:
+            print(f"{metric:18} {runtime:14} cases {n:3}  median |error| {med:6.1%}  p90 {p90:6.1%}")
+    print(f"\n{len(unmapped)} of {len(cases and {c['id'] for c in cases}) + len(unmapped)} records not mapped (counted as misses):")
+    for rid, why in unmapped:
+        print(f"  {rid}: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

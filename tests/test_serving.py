@@ -1,0 +1,256 @@
+"""Serving under load (formulas/performance/serving.yaml): each mechanism worked out by hand.
+
+Llama 3 8B in bf16 on one H100 (3350 GB/s, 989.4 dense bf16 TFLOP/s) under vLLM unless a test says
+otherwise. Its shapes: 32 layers, hidden 4096, 32 query / 8 KV heads of 128, FFN 14336, vocabulary
+128256. Runtime constants are read from the catalog (calibrated, may be re-tuned); the arithmetic
+around them is written out here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import vramplan
+from vramplan.catalog import get_catalog
+from vramplan.errors import RequestError
+from vramplan.scenario import runtime_constant
+
+CAT = get_catalog()
+L, H, FF, V = 32, 4096, 14336, 128256
+MATMUL = 8030261248 - V * H                  # params a token multiplies with (the embedding lookup is no matmul)
+HEAD = V * H
+WEIGHT_BYTES = (MATMUL) * 2                  # decode reads every layer weight and the head once a round, bf16
+KV_PER_TOKEN = 2 * 8 * 128 * 2 * L           # K + V, 8 heads of 128, bf16, 32 layers = 131,072 bytes
+BW = 3350e9 * 0.85                           # H100 bandwidth x vLLM's decode efficiency
+FLOPS = 989.4e12 * 0.6                       # dense bf16 x vLLM's GEMM efficiency
+BASE = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "bf16", "runtime": "vllm"}
+
+
+def rt(runtime: str, name: str) -> float:
+    return float(CAT.runtimes.get(runtime).data["constants"][name]["value"])
+
+
+def traced(body: dict) -> tuple[dict, dict]:
+    out = vramplan.estimate_inference({**body, "trace": True})
+    return out, {step["id"]: step["value"] for step in out["trace"]}
+
+
+def test_constants_this_file_assumes():
+    assert rt("vllm", "decode_bw_eff") == 0.85 and rt("vllm", "prefill_flops_eff") == 0.6
+    assert KV_PER_TOKEN == 131072 and WEIGHT_BYTES == 15009849344
+
+
+def prefill_alone_s(prompt: int) -> float:
+    """vLLM prefill of one prompt that fits one 8192-token step: max(compute, weight reads) + elementwise + overhead."""
+    gemm = 2 * (MATMUL - HEAD) * prompt + 2 * HEAD                      # the head only for the last position
+    attn = 2 * 4096 * L * prompt ** 2                                    # causal QK and AV, 4 x q_dim per pair / 2
+    compute = (gemm + attn / rt("vllm", "attention_eff_ratio")) / FLOPS
+    elementwise = prompt * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW
+    return max(compute, WEIGHT_BYTES / BW) + elementwise + L * rt("vllm", "prefill_layer_overhead_us") * 1e-6
+
+
+def round_s(n: int, ctx: float) -> float:
+    """A decode round of n sequences at a mean context: GEMMs (weights or FLOPs), then attention reading KV."""
+    gemm = max(WEIGHT_BYTES / BW, n * 2 * MATMUL / FLOPS)
+    attention = n * ctx * KV_PER_TOKEN / BW
+    return gemm + attention + L * rt("vllm", "decode_layer_overhead_us") * 1e-6
+
+
+def test_one_request_alone_is_its_prefill_then_its_decode_rounds():
+    out, t = traced({**BASE, "input_tokens": 2048, "output_tokens": 256})
+    srv = out["serving"]
+    assert srv["load"] == "static_batch" and srv["running_sequences"] == 1
+    assert t["prefill_ms"] / 1000 == pytest.approx(prefill_alone_s(2048), rel=1e-9)
+    itl = round_s(1, 2048 + 128)                                     # mean context: prompt + half the answer
+    assert srv["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
+    e2e = prefill_alone_s(2048) + 255 * itl
+    assert srv["e2e_latency_ms"] == pytest.approx(e2e * 1000, rel=1e-4)
+    assert srv["output_throughput_tps"] == pytest.approx(256 / e2e, rel=1e-3)
+    assert srv["total_throughput_tps"] == pytest.approx((2048 + 256) / e2e, rel=1e-3)
+    assert srv["limited_by"] == "memory_bandwidth"
+
+
+def test_chunked_prefill_interference_in_a_closed_loop():
+    """64 clients: between two of a sequence's tokens, 63/256 of a prompt is prefilled in the same steps;
+    with the GEMMs memory-bound (64 x 25 us < 5.27 ms of weight reads) part of each chunk hides under the reads."""
+    out, t = traced({**BASE, "input_tokens": 2048, "output_tokens": 256, "concurrent_users": 64})
+    srv = out["serving"]
+    assert srv["load"] == "closed_loop" and srv["running_sequences"] == 64 and srv["queued_requests"] == 0
+    hidden = WEIGHT_BYTES / BW - 64 * 2 * MATMUL / FLOPS                # slack under the weight reads, per chunk
+    assert hidden > 0
+    itl = round_s(64, 2048 + 128) + 63 / 256 * (prefill_alone_s(2048) - hidden)
+    assert srv["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
+    # TTFT: its own prompt, the 63 other sequences' decodes riding in its step (their attention, and their GEMM
+    # FLOPs on top of a compute-bound chunk), and half a round of waiting for the step under way.
+    chunk = prefill_alone_s(2048)
+    ttft = chunk + 63 * 2176 * KV_PER_TOKEN / BW + (max(WEIGHT_BYTES / BW, 63 * 2 * MATMUL / FLOPS + chunk)
+                                                   - max(WEIGHT_BYTES / BW, chunk)) + 0.5 * itl * 63 / 64
+    assert srv["ttft_ms"] == pytest.approx(ttft * 1000, rel=1e-4)
+    # Little's law: 64 sequences in flight, each taking TTFT + 255 ITL
+    e2e = ttft + 255 * itl
+    assert srv["output_throughput_tps"] == pytest.approx(64 * 256 / e2e, rel=1e-3)
+    assert out["estimated_throughput_tps"] == srv["output_throughput_tps"]
+    assert out["ms_per_token"] == srv["itl_ms"] and out["tftt"] == round(srv["ttft_ms"], 1)
+
+
+def test_tgi_pauses_decodes_for_prefill_so_nothing_hides():
+    out, t = traced({**BASE, "runtime": "tgi", "input_tokens": 2048, "output_tokens": 256, "concurrent_users": 64})
+    assert rt("tgi", "prefill_mixes_decode") == 0
+    assert out["serving"]["itl_ms"] == pytest.approx((t["srv_round_op_s"] + 63 / 256 * t["srv_prefill_seq_s"]) * 1000, abs=0.006)
+    vllm = vramplan.estimate_inference({**BASE, "input_tokens": 2048, "output_tokens": 256, "concurrent_users": 64})
+    assert out["serving"]["itl_ms"] > vllm["serving"]["itl_ms"]
+
+
+def test_kv_pool_limits_admission_and_the_rest_queue():
+    """2000 clients of 3584 + 512 tokens: vLLM admits what its pool holds at a prompt and half an answer each."""
+    out, t = traced({**BASE, "input_tokens": 3584, "output_tokens": 512, "concurrent_users": 2000})
+    per_seq = (3584 + 0.5 * 512) * KV_PER_TOKEN                       # 503,316,480 bytes (4096 tokens: no block padding)
+    admitted = math.floor(t["kv_pool_bytes"] / per_seq)
+    budget = 8192 * 512 / 4096                                         # 1024: the token budget does not bind first
+    assert admitted < budget < 2000
+    srv = out["serving"]
+    assert srv["running_sequences"] == admitted
+    assert srv["queued_requests"] == 2000 - admitted
+    assert srv["limited_by"] == "kv_cache"
+    # memory is the pool, not 2000 sequences' caches: vLLM queues what it cannot hold instead of running out
+    assert out["memory_details"]["KV Cache"] == pytest.approx(t["kv_pool_bytes"] / 2 ** 30, abs=0.006)
+    assert out["memory_status"] != "insufficient"
+    # the queued clients wait for earlier requests: E2E = clients / throughput (Little's law)
+    rate = srv["requests_per_second"]
+    assert srv["e2e_latency_ms"] == pytest.approx(2000 / rate * 1000, rel=1e-3)
+
+
+def test_token_budget_and_max_num_seqs_cap_admission():
+    # 8192-token steps, 7936 + 256-token requests: 8192 x 256 / 8192 = 256 sequences keep decoding
+    out = vramplan.estimate_inference({**BASE, "llm_key": "llama-3.2-1b", "input_tokens": 7936, "output_tokens": 256,
+                                       "concurrent_users": 400})
+    assert out["serving"]["running_sequences"] == 256 and out["serving"]["limited_by"] == "max_num_batched_tokens"
+    # max_num_seqs set lower binds first
+    capped = vramplan.estimate_inference({**BASE, "llm_key": "llama-3.2-1b", "input_tokens": 7936, "output_tokens": 256,
+                                          "concurrent_users": 400, "runtime_settings": {"max_num_seqs": 100}})
+    assert capped["serving"]["running_sequences"] == 100 and capped["serving"]["limited_by"] == "max_num_seqs"
+    assert capped["serving"]["queued_requests"] == 300
+
+
+def test_static_batch_prefills_everything_then_decodes_together():
+    """transformers generate on 16 prompts: TTFT is the batch's prefill, then 255 rounds of 16."""
+    body = {**BASE, "runtime": "transformers", "input_tokens": 1024, "output_tokens": 256, "batch_size": 16}
+    out, t = traced(body)
+    srv = out["serving"]
+    assert srv["load"] == "static_batch" and t["prefill_seqs"] == 16
+    assert srv["ttft_ms"] == pytest.approx(t["prefill_ms"], abs=0.006)
+    assert srv["itl_ms"] / 1000 == pytest.approx(t["srv_round_op_s"], rel=1e-4)
+    batch = t["prefill_ms"] / 1000 + 255 * t["srv_round_op_s"]
+    assert srv["output_throughput_tps"] == pytest.approx(16 * 256 / batch, rel=1e-3)
+    # with continuous batching (a server on top) the same 16 clients desynchronise: each request waits only
+    # for its own prompt, so the first token comes far sooner than after all 16 prompts
+    cont = vramplan.estimate_inference({**body, "batch_size": 1, "concurrent_users": 16, "enable_continuous_batching": True})
+    assert cont["serving"]["load"] == "closed_loop"
+    assert cont["serving"]["ttft_ms"] < srv["ttft_ms"] / 4
+
+
+def test_open_loop_waits_grow_towards_capacity_and_past_it_latencies_are_null():
+    body = {**BASE, "input_tokens": 2000, "output_tokens": 500}
+    flood = vramplan.estimate_inference({**body, "request_rate": 1e6})
+    cap = flood["serving"]["requests_per_second"]
+    assert flood["serving"]["ttft_ms"] is None and flood["serving"]["e2e_latency_ms"] is None
+    assert any(f"sustains about {cap:.3g} requests/s" in w for w in flood["warnings"])
+    runs = [vramplan.estimate_inference({**body, "request_rate": f * cap})["serving"] for f in (0.05, 0.5, 0.9, 0.99)]
+    e2e = [r["e2e_latency_ms"] for r in runs]
+    assert e2e == sorted(e2e) and e2e[-1] > 1.5 * e2e[0]
+    for f, r in zip((0.05, 0.5, 0.9, 0.99), runs):
+        assert r["requests_per_second"] == pytest.approx(f * cap, rel=1e-3)
+        assert r["utilisation"] == pytest.approx(f, abs=2e-3)
+        assert r["limited_by"] == "arrival_rate"
+        # Little's law: in service + waiting = arrivals x end-to-end time
+        assert r["running_sequences"] + r["queued_requests"] == pytest.approx(f * cap * r["e2e_latency_ms"] / 1000, rel=2e-3)
+
+
+def test_open_loop_concurrency_solves_m_equals_one_plus_lambda_e2e_on_the_line():
+    """Processor sharing on the line through one request alone and capacity, worked from public outputs."""
+    body = {**BASE, "input_tokens": 2000, "output_tokens": 500}
+    alone = vramplan.estimate_inference(body)["serving"]["e2e_latency_ms"] / 1000
+    _, t = traced({**body, "request_rate": 1e6})
+    n_cap, e_cap = t["srv_n_cap"], t["srv_e2e_cap_s"]
+    slope = (e_cap - alone) / (n_cap - 1)
+    lam = 4.0
+    m = (1 + lam * (alone - slope)) / (1 - lam * slope)
+    _, op = traced({**body, "request_rate": lam})
+    assert op["srv_op_n"] == pytest.approx(m, rel=1e-6)
+
+
+def test_past_capacity_when_nothing_fits_in_the_kv_pool():
+    out = vramplan.estimate_inference({**BASE, "input_tokens": 2_000_000, "output_tokens": 100})
+    assert out["serving"]["running_sequences"] == 0 and out["serving"]["ttft_ms"] is None
+    assert out["serving"]["limited_by"] == "kv_cache"
+    assert any("cannot hold one sequence" in w for w in out["warnings"])
+    assert out["memory_status"] == "insufficient"           # vLLM refuses to start with such a max_model_len
+
+
+def test_price_per_million_output_tokens():
+    out = vramplan.estimate_inference({**BASE, "input_tokens": 2000, "output_tokens": 500, "concurrent_users": 32,
+                                       "gpu_hour_cost": 2.5})
+    srv = out["serving"]
+    assert srv["cost_per_hour"] == 2.5
+    assert srv["cost_per_million_output_tokens"] == pytest.approx(2.5 / (srv["output_throughput_tps"] * 3600) * 1e6, rel=1e-3)
+    assert vramplan.estimate_inference({**BASE, "concurrent_users": 32})["serving"]["cost_per_million_output_tokens"] is None
+
+
+def test_context_split_rules():
+    def split(**fields):
+        out = vramplan.estimate_inference({**BASE, **fields})
+        return out["serving"]["input_tokens"], out["serving"]["output_tokens"], out["assumptions"]
+
+    assert split(seq_length=2048)[:2] == (1792, 256)                     # 1/8 answer
+    assert split(seq_length=32768)[:2] == (31744, 1024)                  # at most 1024
+    assert split(input_tokens=1000, output_tokens=100)[:2] == (1000, 100)
+    assert split(input_tokens=1000, seq_length=1500)[:2] == (1000, 500)
+    assert split(output_tokens=300)[:2] == (2100, 300)                   # 7:1
+    assert split(input_tokens=700)[:2] == (700, 100)
+    assert any("7/8 prompt" in a for a in split(seq_length=2048)[2])
+    with pytest.raises(RequestError) as exc:
+        vramplan.estimate_inference({**BASE, "input_tokens": 1000, "output_tokens": 100, "seq_length": 2000})
+    assert "seq_length" in str(exc.value) and "1100" in str(exc.value)
+    with pytest.raises(RequestError) as exc:
+        vramplan.estimate_inference({**BASE, "output_tokens": 2048, "seq_length": 2048})
+    assert "output_tokens" in str(exc.value)
+    with pytest.raises(RequestError) as exc:
+        vramplan.estimate_inference({**BASE, "request_rate": 2, "concurrent_users": 8})
+    assert "concurrent_users" in str(exc.value)
+
+
+def test_runtimes_that_always_batch_continuously_ignore_the_flag_with_a_warning():
+    out = vramplan.estimate_inference({**BASE, "concurrent_users": 8, "enable_continuous_batching": False})
+    assert out["serving"]["load"] == "closed_loop"
+    assert any("always batches continuously" in w for w in out["warnings"])
+    assert not any("continuously" in w for w in vramplan.estimate_inference({**BASE, "concurrent_users": 8})["warnings"])
+
+
+def test_runtime_profiles_extend_and_tier_by_gpu():
+    runtimes = {r["key"]: r for r in vramplan.list_runtimes()}
+    assert {"transformers", "vllm", "sglang", "tensorrt-llm", "tgi", "llama.cpp"} <= set(runtimes)
+    for r in runtimes.values():
+        assert all(c["source"] for c in r["constants"].values()), r["key"]
+    assert runtimes["sglang"]["extends"] == "vllm"
+    # inherited as is
+    assert runtimes["sglang"]["constants"]["cuda_graph_mib"] == runtimes["vllm"]["constants"]["cuda_graph_mib"]
+    assert runtimes["tensorrt-llm"]["constants"]["kv_reserve_output_fraction"]["value"] == 1
+    # vLLM's step budget by GPU: 8192 on an H100, 2048 on an A100 (named) and on a 24 GiB card (below 70 GiB)
+    vllm = CAT.runtimes.get("vllm").data
+    assert runtime_constant(vllm, "max_prefill_tokens", "h100_80", 80) == 8192
+    assert runtime_constant(vllm, "max_prefill_tokens", "a100_80", 80) == 2048
+    assert runtime_constant(vllm, "max_num_seqs", "rtx_4090", 24) == 256
+    sglang = CAT.runtimes.get("sglang").data
+    assert [runtime_constant(sglang, "max_prefill_tokens", k, m) for k, m in (("rtx_4090", 24), ("h100_80", 80), ("b200", 180))] \
+        == [2048, 8192, 16384]
+
+
+def test_pre_xqa_tensorrt_llm_reads_kv_once_per_query_head():
+    """Llama 2 70B (64 query / 8 KV heads): the old kernel reads each sequence's cache 8 times per round."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-2-70b", "quantization": "fp8", "kv_cache_quantization": "fp8",
+            "num_gpus": 2, "inference_parallelism": "tensor", "input_tokens": 2048, "output_tokens": 2048, "batch_size": 64}
+    _, new = traced({**body, "runtime": "tensorrt-llm"})
+    _, old = traced({**body, "runtime": "tensorrt-llm-mmha"})
+    assert old["srv_attn_s"] == pytest.approx(8 * new["srv_attn_s"], rel=1e-9)
