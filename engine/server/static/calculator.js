@@ -285,15 +285,20 @@
     const panel = $("serving-panel");
     panel.hidden = !serving || typeof serving !== "object";
     if (panel.hidden) return;
-    fillTable($("serving").tBodies[0], Object.entries(serving).map(([key, value]) => {
+    const rows = Object.entries(serving).map(([key, value]) => {
       const [label, unit] = SERVING_LABELS[key] || [key.replace(/_/g, " "), ""];
       if (key === "load") value = { closed_loop: "closed loop (clients wait for each answer)",
                                     open_loop: "open loop (requests arrive at random)",
                                     static_batch: "one static batch" }[value] || value;
       let text = value === null ? "—" : typeof value === "number" ?
-        (key === "utilisation" ? fmt(100 * value, 0) + " %" : fmt(value, 2) + (unit ? " " + unit : "")) : String(value);
+        (key === "utilisation" ? fmt(100 * value, 0) + " %" :
+         fmt(value, value !== 0 && Math.abs(value) < 1 ? 3 : 2) + (unit ? " " + unit : "")) : String(value);
       return [label, text];
-    }));
+    });
+    const half = Math.ceil(rows.length / 2);  // two columns side by side
+    const bodies = $("serving").querySelectorAll("tbody");
+    fillTable(bodies[0], rows.slice(0, half));
+    fillTable(bodies[1], rows.slice(half));
   }
 
   function costText(cost) {
