@@ -283,7 +283,8 @@ def collect(cal_dir: Path) -> tuple[list[Row], list[str]]:
         rows += vllm_rows(records, skipped)
         finetune_peak_skips(records, skipped)
     for path in sorted(MEASURED_DIR.glob("*.jsonl")):
-        cases = [c for c in load_jsonl(path) if "workload" in c]  # memory runs; decode timings are another kind
+        # memory runs; decode timings (workload "decode", or no workload) are another kind
+        cases = [c for c in load_jsonl(path) if c.get("workload") in ("inference", "finetuning")]
         if not cases:
             continue
         device = cases[0].get("device", "")

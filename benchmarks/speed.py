@@ -1,24 +1,44 @@
-"""Microseconds per estimate, in-process. A benchmark that prints numbers, not a timed test.
+"""How fast vramplan answers, side by side in one run. A benchmark that prints numbers, not a timed test.
 
-    python benchmarks/speed.py [--n 2000]
+    python benchmarks/speed.py [--n 2000] [--points 409600] [--starts 7]
+
+* one estimate in-process (``vramplan.estimate_inference`` / ``estimate_finetuning``);
+* a sweep, per point: the engine alone (``vramplan.sweep``), and with CSV written as
+  ``vramplan sweep`` writes it; ``estimate_many`` per body (whole responses);
+* ``cheapest_deployment`` (not built yet: its line says so);
+* ``vramplan inference …`` from start to answer, in a fresh process: wall time and CPU time, with
+  the validated-data cache warm (the usual case) and cold;
+* the planner's questions.
+
+The machine is shared: other tenants' load shows up as whole slow rounds, so each figure is also
+given as the best round's (as timeit does), and the CLI start as wall and CPU seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import vramplan
 from vramplan.catalog import get_catalog
+from vramplan.cli_sweep import Writer
+from vramplan.many import estimate_many
+from vramplan.sweep import Axis, Sweep
 
 INFERENCE = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "quantization": "q4_k_m", "seq_length": 2048}
 FINETUNING = {"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "finetuning_method": "lora", "batch_size": 4}
+CLI = ["inference", "--gpu", "rtx_4090", "--model", "llama-3-8b-instruct", "--quantization", "q4_k_m"]
 
 
 def per_call_us(fn, body, n: int, rounds: int = 5) -> tuple[float, float, float]:
-    """Median and p99 over all calls, and the best round's median (the machine is shared: other
-    tenants' load shows up as whole slow rounds, which the best round leaves out, as timeit does)."""
+    """Median and p99 over all calls, and the best round's median."""
     samples, round_medians = [], []
     for _ in range(rounds):
         these = []
@@ -32,19 +52,119 @@ def per_call_us(fn, body, n: int, rounds: int = 5) -> tuple[float, float, float]
     return statistics.median(samples), samples[int(0.99 * (len(samples) - 1))], min(round_medians)
 
 
+def sweep_axes(points: int) -> list[Axis]:
+    """A context x batch x users grid of about ``points`` points (the usual shape of a capacity sweep)."""
+    users = 32
+    batches = 32
+    contexts = max(points // (users * batches), 1)
+    return [Axis("seq_length", tuple(512 * (i + 1) for i in range(contexts))),
+            Axis("batch_size", tuple(range(1, batches + 1))), Axis("concurrent_users", tuple(range(1, users + 1)))]
+
+
+def best_of(rounds: int, fn) -> list[float]:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def timed(fn) -> tuple[float, float]:
+    """Wall and CPU seconds of one call."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def cli_start(runs: int, cache_dir: str, cold: bool) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of ``vramplan inference …`` in a fresh process, each run."""
+    walls, cpus = [], []
+    env = {**os.environ, "VRAMPLAN_CACHE_DIR": cache_dir}
+    for _ in range(runs):
+        if cold:
+            env["VRAMPLAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="vramplan-cold-")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "vramplan", *CLI], env=env, check=True, capture_output=True)
+        walls.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return walls, cpus
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--n", type=int, default=2000, help="single estimates timed")
+    ap.add_argument("--points", type=int, default=409_600, help="points in the sweep grid")
+    ap.add_argument("--starts", type=int, default=7, help="fresh CLI processes timed")
     args = ap.parse_args()
     t0 = time.perf_counter()
     get_catalog()
-    print(f"catalog load (once per process): {(time.perf_counter() - t0) * 1000:.0f} ms")
+    print(f"catalog load (once per process, cache warm or cold as it is): {(time.perf_counter() - t0) * 1000:.0f} ms")
+
+    print("\n== one estimate")
+    single = {}
     for name, fn, body in (("inference", vramplan.estimate_inference, INFERENCE),
                            ("finetuning", vramplan.estimate_finetuning, FINETUNING)):
         per_call_us(fn, body, 50)  # warm caches
         med, p99, best = per_call_us(fn, body, args.n)
+        single[name] = (med, best)
         print(f"{name:<11} median {med:8.1f} us   p99 {p99:8.1f} us   best-round median {best:8.1f} us   "
               f"({1e6 / med:,.0f} estimates/s)")
+
+    print("\n== sweep, per point (inference, context x batch x users)")
+    axes = sweep_axes(args.points)
+    grid = Sweep(INFERENCE, "inference", axes)
+    next(Sweep(INFERENCE, "inference", axes, chunk=64).chunks())  # warm
+
+    def engine():
+        for _ in Sweep(INFERENCE, "inference", axes).chunks():
+            pass
+
+    def written(fmt):
+        def write():
+            writer = Writer(fmt, io.StringIO(), grid.names)
+            for chunk in Sweep(INFERENCE, "inference", axes).chunks():
+                writer.write(chunk)
+        return write
+
+    # Rounds alternate with rounds of single estimates, and both are timed in CPU seconds as well as
+    # wall seconds: on a shared machine the wall clock also counts time spent waiting for a CPU.
+    for label, fn in (("engine (columns)", engine), ("with CSV written", written("csv")), ("with JSON lines", written("jsonl"))):
+        walls, cpus, single_walls, single_cpus = [], [], [], []
+        for _ in range(3):
+            wall, cpu = timed(fn)
+            walls.append(wall / grid.total * 1e6)
+            cpus.append(cpu / grid.total * 1e6)
+            wall, cpu = timed(lambda: [vramplan.estimate_inference(dict(INFERENCE)) for _ in range(300)])
+            single_walls.append(wall / 300 * 1e6)
+            single_cpus.append(cpu / 300 * 1e6)
+        w, c, sw, sc = (statistics.median(x) for x in (walls, cpus, single_walls, single_cpus))
+        print(f"{label:<17} {grid.total:,} points: {c:5.2f} us CPU/point ({1e6 / c:,.0f} points/CPU-s), "
+              f"{w:5.2f} us wall ({1e6 / w:,.0f} points/s); one estimate meanwhile {sc:4.0f} us CPU, {sw:4.0f} us wall: "
+              f"{sc / c:4.0f}x cheaper per point")
+    bodies = [{**INFERENCE, "seq_length": s, "batch_size": b} for s in (512, 2048, 8192, 32768) for b in range(1, 251)]
+    estimate_many(bodies[:10], "inference")
+    many = [timed(lambda: estimate_many(bodies, "inference")) for _ in range(3)]
+    single = [timed(lambda: [vramplan.estimate_inference(dict(b)) for b in bodies]) for _ in range(3)]
+    many_cpu, single_cpu = (statistics.median(t[1] for t in x) / len(bodies) * 1e6 for x in (many, single))
+    print(f"estimate_many     {len(bodies):,} whole responses: {many_cpu:6.1f} us CPU/body against {single_cpu:6.1f} "
+          f"us one at a time ({single_cpu / many_cpu:4.1f}x)")
+
+    print("\n== cheapest_deployment over every catalog GPU for one model")
+    print("not built yet (issue 17's planner question comes with the serving model)")
+
+    print("\n== `vramplan " + " ".join(CLI) + "`, start to answer, fresh process")
+    cache = tempfile.mkdtemp(prefix="vramplan-bench-cache-")
+    cli_start(1, cache, cold=False)  # fills the cache
+    for label, cold in (("warm cache", False), ("cold cache", True)):
+        walls, cpus = cli_start(args.starts if not cold else 3, cache, cold)
+        print(f"{label:<11} wall median {statistics.median(walls):5.2f} s (best {min(walls):5.2f} s)   "
+              f"CPU median {statistics.median(cpus):5.2f} s (best {min(cpus):5.2f} s)")
+    print(f"(load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: wall above CPU is time spent waiting for a CPU)")
+
+    print("\n== planner")
     plan_body = {**INFERENCE, "workload": "inference",
                  "find": ["max_seq_length", "max_batch_size", "max_concurrent_users", "best_quantization"]}
     vramplan.plan(dict(plan_body))
@@ -53,13 +173,6 @@ def main() -> None:
         for _ in range(5):
             vramplan.plan({**plan_body, "find": find})
         print(f"plan {find[0]:<17} {(time.perf_counter() - t0) / 5 * 1000:8.1f} ms")
-    grid = [{**INFERENCE, "seq_length": s, "batch_size": b} for s in (512, 2048, 8192, 32768, 131072)
-            for b in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)] * 200
-    t0 = time.perf_counter()
-    for body in grid:
-        vramplan.estimate_inference(body)
-    dt = time.perf_counter() - t0
-    print(f"sweep of {len(grid):,} inference points: {len(grid) / dt:,.0f} estimates/s")
 
 
 if __name__ == "__main__":

@@ -46,11 +46,17 @@ def list_gpus() -> list[dict[str, Any]]:
     return gpus()
 
 
-def list_models() -> list[dict[str, Any]]:
-    """GET /llms: every model with the seed's key/name plus size and family."""
+def list_models(**filters: Any) -> list[dict[str, Any]]:
+    """GET /llms: every model with the seed's key/name plus size, family and capabilities.
+
+    Optional filters, as GET /llms takes them: ``family`` (prefix, any case), ``min_params`` /
+    ``max_params`` (billions, total), ``capability`` (one or a list, all required: instruct, moe,
+    vision, sliding_window, mla, reasoning, code, tools), ``search`` (words in key, name, family or
+    Hub repository). A bad filter raises :class:`RequestError` naming it.
+    """
     from .listing import models
 
-    return models()
+    return models(**filters)
 
 
 def list_runtimes() -> list[dict[str, Any]]:

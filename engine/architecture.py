@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import families
 from .errors import RequestError
 
 #: Tensor roles, named as GGUF names tensors (llama.cpp ``LLM_TENSOR_NAMES``), so a quantization
@@ -20,7 +21,14 @@ from .errors import RequestError
 #: ``vision`` is a multimodal model's image encoder and projector, which llama.cpp keeps in a
 #: separate ``mmproj`` file and serving stacks load unquantized; it is 0 for text-only models.
 ROLES = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output",
-         "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "norm", "vision")
+         "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp", "norm", "vision",
+         "ssm_in", "ssm_out", "per_layer_embd", "other")
+#: The last four belong to families with unusual layers (:mod:`vramplan.families`): ``ssm_in`` /
+#: ``ssm_out`` are the input-side and output projections of recurrent mixers (llama.cpp
+#: ``ssm_in`` / ``ssm_out``; their conv weights, A, D and dt biases are 1-D-like and kept with
+#: ``norm``, as llama-quant.cpp leaves ``ssm_conv1d`` unquantized); ``per_layer_embd`` is Gemma
+#: 3n's per-layer embedding table (a lookup, held where ``token_embd`` is); ``other`` gathers the
+#: small matrices a family adds (Gemma 3n AltUp, LAuReL and per-layer projections).
 
 #: What a family does when its config leaves a key out (the family's ``*Config`` class defaults
 #: in transformers), and what its modeling code builds that no config key states. Keys:
@@ -60,6 +68,18 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "llama4_text": {"tie_word_embeddings": False},  # use_qk_norm is a weightless L2 norm
     "gpt_oss": {"tie_word_embeddings": False, "qkv_bias": True, "out_bias": True},
     "falcon": {"tie_word_embeddings": True},
+    "smollm3": {"tie_word_embeddings": True},
+    "glm4_moe": {"tie_word_embeddings": False, "qkv_bias": True, "qk_norm": True, "qk_norm_key": "use_qk_norm"},
+    # MiniMax-M2: qk_norm_type "per_layer" = one RMSNorm over the whole q and k projections
+    "minimax_m2": {"tie_word_embeddings": False, "qk_norm": "full", "qk_norm_key": "use_qk_norm"},
+    "nemotron-nas": {"tie_word_embeddings": False},
+    # families with unusual layers (vramplan.families reads their own keys)
+    "qwen3_next": {"tie_word_embeddings": False, "qk_norm": True},
+    "granitemoehybrid": {"tie_word_embeddings": False},
+    "nemotron_h": {"tie_word_embeddings": False},
+    "jamba": {"tie_word_embeddings": False},
+    "gemma3n_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},
+    "mllama_text_model": {"tie_word_embeddings": False},
 }
 
 _SLIDING = {"sliding_attention", "sliding", "local", "chunked_attention"}
@@ -80,8 +100,9 @@ class Architecture:
     tie_word_embeddings: bool
     v_head_dim: int = 0
     max_position_embeddings: int | None = None
-    layer_types: tuple[str, ...] = ()  # "full" or "sliding", one per layer
+    layer_types: tuple[str, ...] = ()  # one per layer: "full", "sliding", "none" (no attention), "linear"
     sliding_window: int | None = None
+    attn_mask_window: int | None = None  # the window transformers' attention mask applies (see _attn_mask_window)
     gated_mlp: bool = True
     qkv_bias: bool = False
     out_bias: bool = False
@@ -98,6 +119,8 @@ class Architecture:
     shared_expert_intermediate_size: int = 0  # all shared experts together
     moe_layers: tuple[int, ...] = ()  # indices of layers whose FFN is MoE
     dense_intermediate_size: int = 0  # FFN size of the non-MoE layers of an MoE model
+    # Layers that differ (DeciLM / Nemotron NAS block_configs): FFN width per layer, 0 = no FFN
+    ffn_sizes: tuple[int, ...] = ()
     # Multi-head latent attention (DeepSeek V2/V3, Kimi K2)
     kv_lora_rank: int = 0
     q_lora_rank: int = 0
@@ -105,6 +128,21 @@ class Architecture:
     qk_nope_head_dim: int = 0
     # Multimodal: image encoder + projector parameters (``vision_config``), counted whole
     vision_params: int = 0
+    # Families with unusual layers (vramplan.families): layer_types may also hold "recurrent"
+    # (linear attention / SSM: a fixed state per sequence, no KV), "cross" (attends to image
+    # tokens) and "none" (no token mixer).
+    recurrent_kind: str = ""  # "gated_deltanet", "mamba2", "mamba"
+    conv_channels: int = 0  # channels of a recurrent layer's causal-conv state
+    conv_kernel: int = 0
+    ssm_state_elems: int = 0  # elements of one recurrent layer's SSM / delta-rule state, per sequence
+    ssm_kernel_state_bits: int = 0  # bits the reference kernels return the state in (0: compute dtype)
+    recurrent_params: tuple[tuple[str, int], ...] = ()  # (role, params) of one recurrent mixer
+    kv_shared: tuple[bool, ...] = ()  # per layer: reads another layer's KV cache (Gemma 3n)
+    ffn_widths: tuple[int, ...] = ()  # per-layer dense FFN widths where they differ (Gemma 3n)
+    per_layer_embd_params: int = 0
+    extra_params: tuple[tuple[str, int], ...] = ()  # (role, params) the generic count misses
+    cross_tokens_per_image: int = 0  # keys/values each cross-attention layer caches per image
+    image_tokens_per_image: int = 0  # soft tokens an image adds to the context
     assumed: tuple[str, ...] = field(default=(), compare=False)
 
     # -- shape facts ---------------------------------------------------------------------------
@@ -122,7 +160,41 @@ class Architecture:
 
     @property
     def num_full_layers(self) -> int:
-        return self.num_layers - self.num_sliding_layers
+        """Layers with global softmax attention (each keeps a full-length KV cache)."""
+        if not self.layer_types:
+            return self.num_layers
+        return sum(1 for t in self.layer_types if t == "full")
+
+    @property
+    def num_recurrent_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t == "recurrent")
+
+    @property
+    def num_cross_layers(self) -> int:
+        return sum(1 for t in self.layer_types if t == "cross")
+
+    @property
+    def num_attention_layers(self) -> int:
+        """Layers with attention projections: softmax self-attention (full or windowed) and
+        cross-attention (the others have none, a recurrent mixer, or a plain linear)."""
+        return self.num_full_layers + self.num_sliding_layers + self.num_cross_layers
+
+    def _kv_owning(self, kind: str) -> int:
+        shared = self.kv_shared or (False,) * len(self.layer_types)
+        return sum(1 for t, s in zip(self.layer_types, shared) if t == kind and not s)
+
+    @property
+    def num_kv_full_layers(self) -> int:
+        """Global-attention layers that keep their own KV cache (Gemma 3n's shared layers do not)."""
+        return self._kv_owning("full") if self.layer_types else self.num_layers
+
+    @property
+    def num_kv_sliding_layers(self) -> int:
+        return self._kv_owning("sliding")
+
+    @property
+    def is_hybrid(self) -> bool:
+        return self.num_recurrent_layers > 0
 
     @property
     def kv_elements_per_token_per_layer(self) -> int:
@@ -154,6 +226,7 @@ class Architecture:
         whether the embedding lookup counts as "active" (OpenAI's gpt-oss figures leave it out).
         """
         h, L = self.hidden_size, self.num_layers
+        La = self.num_attention_layers  # layers with attention weights (all but DeciLM no-op / linear ones)
         r = dict.fromkeys(ROLES, 0)
         r["token_embd"] = self.vocab_size * h
         r["output"] = 0 if self.tie_word_embeddings else self.vocab_size * h
@@ -163,25 +236,28 @@ class Architecture:
         if self.is_mla:
             nope_rope = self.qk_nope_head_dim + self.qk_rope_head_dim
             if self.q_lora_rank:
-                r["attn_q"] = L * (h * self.q_lora_rank + self.q_lora_rank * self.num_heads * nope_rope)
-                r["norm"] += L * self.q_lora_rank
+                r["attn_q"] = La * (h * self.q_lora_rank + self.q_lora_rank * self.num_heads * nope_rope)
+                r["norm"] += La * self.q_lora_rank
             else:
-                r["attn_q"] = L * h * self.num_heads * nope_rope
-            r["attn_k"] = L * h * (self.kv_lora_rank + self.qk_rope_head_dim)
-            r["attn_v"] = L * self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
-            r["norm"] += L * self.kv_lora_rank
+                r["attn_q"] = La * h * self.num_heads * nope_rope
+            r["attn_k"] = La * h * (self.kv_lora_rank + self.qk_rope_head_dim)
+            r["attn_v"] = La * self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
+            r["norm"] += La * self.kv_lora_rank
         else:
             kv = self.num_kv_heads * self.head_dim
-            r["attn_q"] = L * h * self.q_dim
-            r["attn_k"] = L * h * kv
-            r["attn_v"] = L * h * self.num_kv_heads * (self.v_head_dim or self.head_dim)
+            r["attn_q"] = La * h * self.q_dim
+            r["attn_k"] = La * h * kv
+            r["attn_v"] = La * h * self.num_kv_heads * (self.v_head_dim or self.head_dim)
             if self.qkv_bias:
-                r["norm"] += L * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
-        r["attn_output"] = L * self.attn_out_dim * h
+                r["norm"] += La * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
+        r["attn_output"] = La * self.attn_out_dim * h
         if self.out_bias:
-            r["norm"] += L * h
+            r["norm"] += La * h
         if self.qk_norm:
-            r["norm"] += L * (self.qk_norm_params_per_layer or 2 * self.head_dim)
+            r["norm"] += La * (self.qk_norm_params_per_layer or 2 * self.head_dim)
+        n_linear = sum(1 for t in self.layer_types if t == "linear")
+        if n_linear:  # DeciLM replace_with_linear attention: one hidden x hidden linear
+            r["attn_output"] += n_linear * h * h
         # feed-forward
         moe_layers = set(self.moe_layers) if self.is_moe else set()
         n_moe = len(moe_layers)
@@ -189,6 +265,10 @@ class Architecture:
         dense_ff = self.dense_intermediate_size or self.intermediate_size
         mats = 3 if self.gated_mlp else 2
         up_like = dense_ff * h * n_dense  # one matrix's worth over dense layers
+        if self.ffn_sizes:
+            up_like = h * sum(f for i, f in enumerate(self.ffn_sizes) if i not in moe_layers)
+        elif self.ffn_widths and not n_moe:
+            up_like = sum(self.ffn_widths) * h
         if self.gated_mlp:
             r["ffn_gate"] += up_like
         r["ffn_up"] += up_like
@@ -210,10 +290,21 @@ class Architecture:
                 r["norm"] += n_moe * (experts * (2 * self.moe_intermediate_size + h) + self.num_experts)
         # norms: per layer (pre-attention, pre-FFN; Gemma 2/3 add two post-norms) and the final one
         norm_width = h * (2 if self.norm_bias else 1)
-        r["norm"] += (L * self.norms_per_layer + 1) * norm_width
+        norms = L * self.norms_per_layer
+        if self.ffn_sizes:  # DeciLM: a layer's pre-attention norm exists with its attention, pre-FFN norm with its FFN
+            norms = (La + n_linear + self.num_recurrent_layers) + sum(1 for f in self.ffn_sizes if f)
+        r["norm"] += (norms + 1) * norm_width
         if self.model_type == "gpt_oss":
             r["norm"] += L * self.num_heads  # attention sinks
         r["vision"] = 0 if active else self.vision_params  # the image encoder runs per image, not per token
+        # families with unusual layers: recurrent mixers, their extras, per-layer embeddings
+        for role, n in self.recurrent_params:
+            r[role] += self.num_recurrent_layers * n
+        for role, n in self.extra_params:
+            r[role] += n
+        # per-layer embeddings are looked up (one row per token), never multiplied: left out of
+        # what a token runs through, as the vision encoder is
+        r["per_layer_embd"] = 0 if active else self.per_layer_embd_params
         return r
 
     def param_count(self, active: bool = False) -> int:
@@ -256,6 +347,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         cfg = merged
         where = f"{where}.text_config"
     model_type = str(cfg.get("model_type") or "unknown")
+    cfg = families.normalize(cfg, model_type)
     fam = FAMILY_DEFAULTS.get(model_type, {})
     assumed: list[str] = []
     problems: list[tuple[str, str]] = []
@@ -268,6 +360,11 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     hidden = _first(cfg, "hidden_size", "n_embd", "d_model")
     layers = _first(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
     heads = _first(cfg, "num_attention_heads", "n_head", "num_heads")
+    blocks = _decilm_blocks(cfg, hidden, heads, layers, where, problems)
+    if problems:  # a malformed block_configs: its keys are what is wrong, not the null ones it would fill in
+        raise RequestError(problems)
+    if blocks:  # the per-layer shapes fill in the keys a DeciLM config leaves null
+        cfg = {**cfg, "intermediate_size": max(blocks[1]) or 1, "num_key_value_heads": blocks[2]}
     vocab = _first(cfg, "vocab_size", "padded_vocab_size")
     inter = _first(cfg, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size")
     required = (("hidden_size", hidden), ("num_hidden_layers", layers), ("num_attention_heads", heads),
@@ -305,6 +402,8 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
             assumed.append("tie_word_embeddings = true (transformers' default; not in config)")
 
     layer_types, window = _attention_layout(cfg, model_type, layers)
+    if blocks:
+        layer_types, window = blocks[0], None
 
     # mixture of experts
     n_exp = _first(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0
@@ -355,7 +454,15 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
 
     if problems:
         raise RequestError(problems)
-    return Architecture(
+    base = {"layers": layers, "hidden": hidden, "heads": heads, "head_dim": head_dim, "layer_types": layer_types,
+            "n_experts": int(n_exp), "n_moe": len(moe_layers), "shared_inter": int(shared_inter), "inter": inter,
+            "moe_inter": int(moe_inter)}
+    special = families.read(cfg, top, model_type, base, where=where, problems=problems, assumed=assumed)
+    if problems:
+        raise RequestError(problems)
+    if special.get("layer_types"):  # a family's own layout decides which layers are windowed
+        window = cfg.get("sliding_window") if "sliding" in special["layer_types"] else None
+    fields = dict(
         model_type=model_type,
         hidden_size=hidden,
         num_layers=layers,
@@ -369,6 +476,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         max_position_embeddings=_first(cfg, "max_position_embeddings", "n_positions", "max_seq_len"),
         layer_types=layer_types,
         sliding_window=int(window) if window else None,
+        attn_mask_window=_attn_mask_window(cfg, model_type, window),
         gated_mlp=bool(fam.get("gated_mlp", True)),
         qkv_bias=bool(_first(cfg, "attention_bias", "qkv_bias", default=fam.get("qkv_bias", False))),
         out_bias=bool(fam.get("out_bias", False)),
@@ -384,13 +492,71 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         shared_expert_intermediate_size=int(shared_inter),
         moe_layers=moe_layers,
         dense_intermediate_size=int(dense_inter),
+        ffn_sizes=blocks[1] if blocks else (),
         kv_lora_rank=kv_lora,
         q_lora_rank=int(cfg.get("q_lora_rank") or 0),
         qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0),
         qk_nope_head_dim=int(cfg.get("qk_nope_head_dim") or 0),
         vision_params=_vision_params(top, hidden),
-        assumed=tuple(assumed),
     )
+    fields.update(special)
+    fields["sliding_window"] = int(window) if window else None
+    return Architecture(**fields, assumed=tuple(assumed))
+
+
+def _decilm_blocks(cfg: dict, hidden, heads, layers, where: str, problems: list[tuple[str, str]]):
+    """DeciLM / Nemotron NAS ``block_configs``: each layer's attention (GQA group size, or a no-op, or
+    one linear) and FFN (``ffn_mult`` of the hidden size, or a no-op, or one linear).
+
+    Returns (layer_types, ffn_sizes, kv_heads) or None when the config has no block_configs. FFN
+    width = round_up(int(2 * ffn_mult * hidden / 3), 256), as ``_ffn_mult_to_intermediate_size`` in
+    the model's modeling_decilm.py (and vLLM / llama.cpp's converter) computes it.
+    """
+    raw = cfg.get("block_configs")
+    if raw is None:
+        return None
+    at = f"{where}.block_configs"
+    if not (isinstance(raw, list) and raw and all(isinstance(b, dict) for b in raw)):
+        problems.append((at, "must be a list of per-layer objects"))
+        return None
+    if not (isinstance(hidden, int) and isinstance(heads, int) and hidden > 0 and heads > 0):
+        return None  # reported with the other required keys
+    if isinstance(layers, int) and layers != len(raw):
+        problems.append((at, f"has {len(raw)} entries for num_hidden_layers {layers}"))
+        return None
+    kinds, ffn, groups = [], [], set()
+    for i, b in enumerate(raw):
+        attn, mlp = b.get("attention") or {}, b.get("ffn") or {}
+        if attn.get("no_op"):
+            kinds.append("none")
+        elif attn.get("replace_with_linear"):
+            kinds.append("linear")
+        else:
+            group = attn.get("n_heads_in_group")
+            if isinstance(group, bool) or not isinstance(group, int) or group <= 0 or heads % group:
+                problems.append((f"{at}[{i}].attention.n_heads_in_group",
+                                 f"must be a positive divisor of num_attention_heads {heads}, got {group!r}"))
+                return None
+            groups.add(group)
+            kinds.append("full")
+        if mlp.get("no_op"):
+            ffn.append(0)
+        elif mlp.get("replace_with_linear"):
+            ffn.append(0)
+            problems.append((f"{at}[{i}].ffn.replace_with_linear", "a linear FFN replacement is not supported"))
+        else:
+            mult = mlp.get("ffn_mult")
+            if isinstance(mult, bool) or not isinstance(mult, (int, float)) or mult <= 0:
+                problems.append((f"{at}[{i}].ffn.ffn_mult", f"must be a positive number, got {mult!r}"))
+                return None
+            width = int(2 * mult * hidden / 3)
+            ffn.append(-(-width // 256) * 256)
+    if len(groups) > 1:
+        problems.append((at, f"attention layers use different n_heads_in_group {sorted(groups)}; "
+                             "one KV-head count per model is supported"))
+        return None
+    kv_heads = heads // groups.pop() if groups else heads
+    return tuple(kinds), tuple(ffn), kv_heads
 
 
 def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[str, ...], int | None]:
@@ -428,6 +594,19 @@ def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[st
     if "sliding" not in layer_types:
         window = None
     return layer_types, window
+
+
+def _attn_mask_window(cfg: dict, model_type: str, window: int | None) -> int | None:
+    """The sliding window transformers' own attention mask applies, where it differs from the KV layout.
+
+    Phi-3's modeling code builds a sliding-window mask from ``config.sliding_window`` on every layer
+    (transformers models/phi3/modeling_phi3.py ``Phi3Model.forward``: ``create_sliding_window_causal_mask``
+    when ``sliding_window`` is set), although :func:`_attention_layout` treats its layers as global
+    (the window does not bound what the KV cache keeps). Other families mask their sliding layers.
+    """
+    if model_type == "phi3" and isinstance(cfg.get("sliding_window"), int) and cfg["sliding_window"] > 0:
+        return int(cfg["sliding_window"])
+    return int(window) if window else None
 
 
 def _vision_params(config: dict, text_hidden: int) -> int:

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from .architecture import Architecture, from_hf_config
-from .datafiles import load_validated, schema_problems
+from .datafiles import is_valid, load_validated, schema_problems
 from .errors import CatalogError, FormulaError, RequestError
 from .formulaset import FormulaSet, formula_file_from_data
+from .ggufmix import GgufRules, add_section, compile_all
 from .pluginhost import PluginHost
 from .registry import Provenance, Registry
 
@@ -50,6 +51,7 @@ class Catalog:
     formulas: FormulaSet = field(default_factory=FormulaSet)
     template_dirs: list[Path] = field(default_factory=list)
     architectures: dict[str, Architecture] = field(default_factory=dict)
+    gguf: GgufRules = field(default_factory=GgufRules)  # llama.cpp's per-tensor GGUF type rules
     default_runtime: str = "transformers"
 
     def registry(self, kind: str) -> Registry:
@@ -84,6 +86,8 @@ def _load_catalog_dir(cat: Catalog, root: Path, plugin: str) -> None:
                     getattr(cat, attr).add(key, entry, Provenance(plugin, shown))
                 except CatalogError as exc:
                     problems.extend(exc.problems)
+            if sub == "quantization" and data.get("gguf"):
+                problems.extend(add_section(cat.gguf, data["gguf"], shown))
     if problems:
         raise CatalogError(problems)
 
@@ -104,7 +108,8 @@ def _register_from_code(cat: Catalog, host: PluginHost) -> None:
                 continue  # failed third-party plugin: already reported and skipped
             problems = []
             for key, entry in staged:
-                problems += [(f"plugin {plugin}: {kind} {key!r}: {w}", m) for w, m in schema_problems({top: {key: entry}}, schema)]
+                if not is_valid({top: {key: entry}}, schema):  # the fast check; the slow one explains
+                    problems += [(f"plugin {plugin}: {kind} {key!r}: {w}", m) for w, m in schema_problems({top: {key: entry}}, schema)]
             if problems:
                 if host.is_builtin(plugin):
                     raise CatalogError(problems)
@@ -157,6 +162,7 @@ def build_catalog(load_entrypoints: bool | None = None, extra_plugins: tuple = (
     _resolve_runtime_bases(cat)
     _check_runtimes(cat)
     _read_architectures(cat)
+    compile_all(cat.gguf, cat.quantization)
     cat.formulas.finalize(set(scenario_variable_names()) | {f"rt_{c}" for c in _runtime_constants(cat)})
     return cat
 

@@ -7,6 +7,7 @@ HTTP response body (``--format json``). Every error is one line on stderr and ex
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -20,8 +21,26 @@ from .errors import VramplanError
 BAR_WIDTH = 30
 
 
+#: Commands that live in their own modules, imported when they run: the HTTP server's imports alone
+#: take longer than answering ``vramplan inference``.
+LAZY_COMMANDS = {
+    "models": "vramplan.cli_models:models", "gpus": "vramplan.cli_models:gpus", "runtimes": "vramplan.cli_models:runtimes",
+    "serve": "vramplan.server.commands:serve", "tokens": "vramplan.server.commands:tokens",
+    "plan": "vramplan.cli_plan:plan", "sweep": "vramplan.cli_sweep:sweep",
+}
+
+
 class _Group(click.Group):
     """Every user error — bad flags, bad request, unknown keys — is one line on stderr and exit 2."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS and name not in self.commands:
+            module, _, attr = LAZY_COMMANDS[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
@@ -83,9 +102,9 @@ def apply_model_file(body: dict[str, Any], path: str | None, workload: str = "in
     """``--model-file``: estimate from a config.json, GGUF or safetensors file directly."""
     if not path:
         return body
-    from .modelfiles import read_model_file
+    from .hub import read_model
 
-    info = read_model_file(path)
+    info = read_model(path)
     config = dict(info["config"])
     if info.get("name") and not config.get("_name_or_path"):
         config["_name_or_path"] = info["name"]  # results are titled by the file's own name (GGUF general.name)
@@ -120,12 +139,13 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
     cat = get_catalog()
     gpu = cat.gpus.get(body["gpu_key"])
     capacity = body.get("custom_vram") or gpu.data["memory_gib"]
-    if body["llm_key"] == "custom":
+    key = body["llm_key"]
+    if key == "custom":
         from .modelfiles import display_name
 
         model = display_name(body.get("custom_model") or {}) or "custom model"
     else:
-        model = cat.models.get(body["llm_key"]).data["name"]
+        model = key if key.startswith("hf:") else cat.models.get(key).data["name"]
     n = body.get("num_gpus", 1)
     lines = [f"{model} on {n} x {gpu.data['label']} ({capacity:g} GiB each), runtime {out.get('runtime')}",
              f"{out['vram_usage']:.2f} GiB of {capacity:g} GiB ({out['actual_vram_percentage']:.1f}%) — "
@@ -252,8 +272,10 @@ REQUEST_OPTION = click.option("--request", "request_file", metavar="FILE",
 #: Flags both workloads take, with the same meaning.
 SHARED_OPTIONS = _opts(
     click.option("--gpu", "gpu_key", help="gpu_key, e.g. rtx_4090 (see `vramplan gpus`)."),
-    click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`)."),
-    click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from."),
+    click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`) or a Hub id "
+                                            "hf:ORG/NAME[@REVISION]."),
+    click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from, "
+                                                                        "or a GGUF by URL / hf:ORG/NAME/FILE.gguf (header only)."),
     click.option("--batch-size", type=int, help="Sequences per batch (fine-tuning: the global batch)."),
     click.option("--seq-length", type=int, help="Tokens per sequence (prompt + generated)."),
     click.option("--num-gpus", type=int),
@@ -439,21 +461,3 @@ def plugins(fmt: str) -> None:
         click.echo(f"{p['name']:<32} {p['version']:<10} {kind:<9} {', '.join(p['hooks'])}")
     for f in failed:
         click.echo(f"{f['name']:<32} {f['version']:<10} FAILED    {f['error']}")
-
-
-def _attach() -> None:
-    """Commands that live in their own modules."""
-    from .cli_models import gpus, models, runtimes
-    from .cli_plan import plan, sweep
-    from .server.commands import serve, tokens
-
-    main.add_command(models)
-    main.add_command(gpus)
-    main.add_command(runtimes)
-    main.add_command(serve)
-    main.add_command(tokens)
-    main.add_command(plan)
-    main.add_command(sweep)
-
-
-_attach()

@@ -64,30 +64,24 @@ def models() -> None:
 @click.option("--family", help="only this family; a prefix matches too (qwen matches qwen2.5 and qwen3)")
 @click.option("--min-params", type=click.FloatRange(min=0), help="at least this many billion parameters (total)")
 @click.option("--max-params", type=click.FloatRange(min=0), help="at most this many billion parameters (total)")
-@click.option("--search", help="text to find in the key or name (case-insensitive)")
+@click.option("--capability", "capabilities", multiple=True, metavar="NAME",
+              help="only models with this capability (repeatable, all required): instruct, moe, vision, "
+                   "sliding_window, mla, reasoning, code, tools")
+@click.option("--search", help="words that must all appear in the key, name, family or Hub repository (any case)")
 @FORMAT
-def list_models_cmd(family, min_params, max_params, search, fmt) -> None:
-    """List catalog models."""
+def list_models_cmd(family, min_params, max_params, capabilities, search, fmt) -> None:
+    """List catalog models, filtered as GET llms filters them."""
     import vramplan
 
-    if min_params is not None and max_params is not None and min_params > max_params:
-        raise click.UsageError(f"--min-params {min_params:g} is above --max-params {max_params:g}")
+    filters = {"family": family, "min_params": min_params, "max_params": max_params,
+               "capability": [c.strip() for v in capabilities for c in v.split(",") if c.strip()] or None,
+               "search": search}
     try:
-        entries = vramplan.list_models()
+        rows = vramplan.list_models(**{k: v for k, v in filters.items() if v is not None})
+    except vramplan.RequestError as exc:
+        raise click.UsageError("; ".join(f"--{w.replace('_', '-')}: {m}" for w, m in exc.problems)) from None
     except VramplanError as exc:
         raise click.ClickException(exc.message) from None
-    rows = []
-    for m in entries:
-        params = m.get("params_b")
-        if family and not str(m.get("family", "")).lower().startswith(family.lower()):
-            continue
-        if min_params is not None and (params is None or params < min_params):
-            continue
-        if max_params is not None and (params is None or params > max_params):
-            continue
-        if search and search.lower() not in f"{m.get('key', '')} {m.get('name', '')}".lower():
-            continue
-        rows.append(m)
     rows.sort(key=lambda m: (str(m.get("family", "")), m.get("params_b") or 0, str(m.get("key"))))
     if fmt == "json":
         _emit(rows, fmt, "")
@@ -100,7 +94,7 @@ def list_models_cmd(family, min_params, max_params, search, fmt) -> None:
 
 
 @models.command("import")
-@click.argument("path", type=click.Path(exists=True, dir_okay=True, path_type=Path))
+@click.argument("path")
 @click.option("--save-as", "save_as", help="write a catalog entry under this key (lowercase, e.g. my-llama-8b)")
 @click.option("--catalog-dir", type=click.Path(file_okay=False, path_type=Path),
               help="where --save-as writes (default: the user catalog, <user data dir>/catalogs/models)")
@@ -110,15 +104,24 @@ def list_models_cmd(family, min_params, max_params, search, fmt) -> None:
 @FORMAT
 def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, fmt) -> None:
     """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder with
-    one) and show the architecture found; with --save-as, add it to a user catalog."""
+    one), a GGUF by URL (header only), a Hub model hf:ORG/NAME[@REV] or a Hub GGUF
+    hf:ORG/NAME/FILE.gguf[@REV], and show the architecture found and what one sequence keeps;
+    with --save-as, add it to a user catalog."""
     from .architecture import from_hf_config
-    from .modelfiles import read_model_file
+    from .hub import read_model
+
+    remote = path.startswith(("http://", "https://", "hf:"))
+    if not remote:
+        if not Path(path).exists():
+            raise click.UsageError(f"{path}: no such file or folder (give a local path, an http(s) URL of a GGUF, "
+                                   "or a Hub id hf:ORG/NAME)")
+        path = Path(path)
 
     if save_as is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_.-]*", save_as):
         raise click.UsageError(f"--save-as {save_as!r}: use lowercase letters, digits, '.', '_' and '-' "
                                "(starting with a letter or digit)")
     try:
-        info = read_model_file(path)
+        info = read_model(path)
     except VramplanError as exc:
         raise click.UsageError(exc.message) from None
     arch = None
@@ -129,6 +132,8 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
             # An incomplete config cannot be estimated from: an error whether or not it is saved.
             raise click.UsageError(exc.message) from None
     summary = _summary(info, arch)
+    if arch is not None:
+        summary.update(_per_sequence(arch))
     if fmt == "json":
         _emit(summary, fmt, "")
     else:
@@ -177,6 +182,14 @@ def _summary_text(s: dict) -> str:
                  ("sliding layers", f"{s['sliding_layers']} (window {s['sliding_window']})"
                   if s["sliding_layers"] else "0"),
                  ("context", s["context_length"] or "-")]
+    if s.get("layer_kinds") and set(s["layer_kinds"]) - {"full"}:
+        rows += [("layer kinds", ", ".join(f"{n} {_KIND_WORDS.get(k, k)}" for k, n in s["layer_kinds"].items()))]
+    if "kv_bytes_per_token" in s:
+        rows += [("KV per token", f"{s['kv_bytes_per_token']:,} bytes in 16 bits ({s['kv_layers']} layers keep a cache)")]
+    if s.get("recurrent_state_bytes_per_sequence"):
+        per = s["recurrent_state_bytes_per_sequence"]
+        rows += [("state per sequence", "; ".join(f"{rt} {v / 2**20:.2f} MiB" for rt, v in per.items())
+                  + " (16-bit model; does not grow with the context)")]
     rows += [("params (file)", b(s["params"]))]
     if "params_from_config" in s:
         rows += [("params (config)", b(s["params_from_config"]))]
@@ -190,6 +203,38 @@ def _summary_text(s: dict) -> str:
     lines = [f"{k.ljust(width)}  {_cell(v)}" for k, v in rows]
     lines += [f"note: {n}" for n in s["notes"]]
     return "\n".join(lines)
+
+
+_KIND_WORDS = {"full": "global attention", "sliding": "sliding-window attention", "cross": "cross-attention",
+               "none": "MLP-only"}
+
+
+def _per_sequence(arch) -> dict:
+    """What one sequence keeps in the cache, from the same formulas an estimate uses: keys and values
+    per token, and the recurrent state per runtime (16-bit model)."""
+    from .catalog import get_catalog
+    from .scenario import _model_vars, _runtime_vars
+
+    kinds: dict[str, int] = {}
+    for t in arch.layer_types or ("full",) * arch.num_layers:
+        label = t if t != "recurrent" else {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2",
+                                             "mamba": "Mamba"}.get(arch.recurrent_kind, "recurrent")
+        kinds[label] = kinds.get(label, 0) + 1
+    out: dict = {"layer_kinds": kinds}
+    cat = get_catalog()
+    base = dict(_model_vars(arch), act_bytes=2.0, kv_bits=16.0)
+    kv_layers = arch.num_kv_full_layers + arch.num_kv_sliding_layers + arch.num_cross_layers
+    per_token = cat.formulas.evaluate(base, ["kv_bytes_per_token_layer"])["kv_bytes_per_token_layer"]
+    out["kv_bytes_per_token"] = int(per_token * kv_layers)
+    out["kv_layers"] = kv_layers
+    if arch.num_recurrent_layers:
+        state = {}
+        for rt in cat.runtimes:
+            # no GPU here: every constant at its untiered value (the state's constants have no tiers)
+            v = cat.formulas.evaluate({**base, **_runtime_vars(rt.data, "", float("inf"))}, ["recurrent_state_bytes_per_seq"])
+            state[rt.key] = int(v["recurrent_state_bytes_per_seq"])
+        out["recurrent_state_bytes_per_sequence"] = state
+    return out
 
 
 def default_catalog_dir() -> Path:
@@ -218,7 +263,7 @@ def _save_entry(key, info, arch, path: Path, catalog_dir, display_name, context_
         entry["active_params_b"] = float(f"{arch.param_count(active=True) / 1e9:.6g}")
     entry["context_length"] = int(ctx)
     entry["instruct"] = bool(re.search(r"instruct|chat|[-_]it\b", info["name"], re.I))
-    entry["source"] = path.resolve().as_uri()
+    entry["source"] = _source(path)
     notes = [f"imported from {info['kind']} file"]
     if info["weights_bytes"]:
         notes.append(f"weights {info['weights_bytes']} bytes")
@@ -237,11 +282,25 @@ def _save_entry(key, info, arch, path: Path, catalog_dir, display_name, context_
         raise click.UsageError(f"--save-as {key}: {target} already exists (use --force to replace it)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        target.write_text(f"# Imported by `vramplan models import` from {path.name}.\n"
+        target.write_text(f"# Imported by `vramplan models import` from {getattr(path, 'name', path)}.\n"
                           + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True), encoding="utf-8")
     except OSError as exc:
         raise click.UsageError(f"--catalog-dir {folder}: cannot write there ({exc.strerror or exc})") from None
     return target
+
+
+def _source(path) -> str:
+    """Where a saved entry came from: a file URI, the URL, or the Hub page of the config."""
+    text = str(path)
+    if text.startswith("hf:"):
+        from .hub import parse
+
+        ref = parse(text, "path")
+        return (f"https://huggingface.co/{ref.repo}/blob/{ref.revision or 'main'}/"
+                f"{ref.filename or 'config.json'}")
+    if text.startswith(("http://", "https://")):
+        return text
+    return Path(path).resolve().as_uri()
 
 
 def _models_schema() -> dict:

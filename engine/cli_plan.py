@@ -1,22 +1,17 @@
-"""``vramplan plan`` (what fits?) and ``vramplan sweep`` (a grid of estimates as CSV or JSON).
+"""``vramplan plan`` (what fits?), and the grid syntax ``plan`` and ``sweep`` (:mod:`vramplan.cli_sweep`) share.
 
-Both are plain click commands; :mod:`vramplan.cli` attaches them to the main group, whose error
-handling turns every :class:`~vramplan.errors.VramplanError` and usage error into one line and exit 2.
+A plain click command; :mod:`vramplan.cli` attaches it to the main group, whose error handling
+turns every :class:`~vramplan.errors.VramplanError` and usage error into one line and exit 2.
 
-Grid syntax (``sweep``): a comma list ``1,8,32``; numbers take binary suffixes ``k`` (x1024) and
-``m`` (x1024^2), so ``2k`` = 2048; a range ``a..b`` is a, 2a, 4a, … up to b (b included), so
-``2k..128k`` = 2048, 4096, …, 131072. Text axes (``--gpu``, ``--model``, ``--quantization``, …) take
-comma lists.
+Grid syntax: a comma list ``1,8,32``; numbers take binary suffixes ``k`` (x1024) and ``m``
+(x1024^2), so ``2k`` = 2048; a range ``a..b`` is a, 2a, 4a, … up to b (b included), so
+``2k..128k`` = 2048, 4096, …, 131072. Text lists (``--gpu-keys``, ``--find``) are comma lists.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import itertools
 import json
 import re
-import sys
 from typing import Any
 
 import click
@@ -24,8 +19,6 @@ import click
 
 FIND_CHOICES = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
                 "best_quantization", "gpus")
-#: A grid this long shows a progress bar (on a terminal).
-PROGRESS_MIN = 20
 
 _NUMBER = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*$")
 
@@ -155,137 +148,3 @@ def plan_table(answers: dict[str, Any], body: dict[str, Any]) -> str:
             speed = (f", TTFT {srv['ttft_ms']:.0f} ms, ITL {srv['itl_ms']:.1f} ms" if srv and srv["ttft_ms"] is not None else "")
             lines.append(f"  {q:<22} {value}: {e['vram_usage']:.2f} GiB, {e['memory_status']}{speed}{note}")
     return "\n".join(lines)
-
-
-# -- sweep -------------------------------------------------------------------------------------
-
-#: Grid flags: option name → (request field, parser kind, catalog registry used to check keys).
-AXES = {
-    "gpu": ("gpu_key", "text", "gpus"),
-    "model": ("llm_key", "text", "models"),
-    "quantization": ("quantization", "text", "quantization"),
-    "kv_cache_quantization": ("kv_cache_quantization", "text", "quantization"),
-    "runtime": ("runtime", "text", "runtimes"),
-    "method": ("finetuning_method", "text", None),
-    "seq_length": ("seq_length", "int", None),
-    "batch_size": ("batch_size", "int", None),
-    "concurrent_users": ("concurrent_users", "int", None),
-    "num_gpus": ("num_gpus", "int", None),
-    "lora_rank": ("lora_rank", "int", None),
-}
-
-RESULT_COLUMNS = {
-    "inference": ("vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits", "per_user_tps",
-                  "estimated_throughput_tps", "ms_per_token", "tftt", "runtime"),
-    "finetuning": ("vram_usage", "capacity_gib", "actual_vram_percentage", "memory_status", "fits", "training_tps",
-                   "samples_per_second", "total_training_time_hours", "runtime"),
-}
-
-
-def _check_keys(axes: dict[str, list], flags: dict[str, str]) -> None:
-    """Unknown catalog keys are usage errors naming the flag (before any estimate runs)."""
-    from .catalog import get_catalog
-
-    cat = get_catalog()
-    for name, values in axes.items():
-        registry = AXES[name][2]
-        if registry is None:
-            continue
-        reg = cat.registry(registry)
-        for v in values:
-            if v not in reg and not (name == "model" and v == "custom"):
-                raise click.UsageError(f"{flags[name]}: unknown {reg.kind} {v!r} (closest: {', '.join(reg.closest(v))})")
-
-
-def sweep_rows(base: dict[str, Any], workload: str, axes: dict[str, list], progress: bool = False) -> list[dict[str, Any]]:
-    """One row per grid point: the axes' values, then the estimate's headline figures."""
-    from .errors import RequestError
-    from .estimate import run
-    from .planner import capacity_gib, fits
-
-    names = list(axes)
-    combos = list(itertools.product(*(axes[n] for n in names)))
-    rows = []
-
-    def one(combo) -> dict[str, Any]:
-        body = {**base, **{AXES[n][0]: v for n, v in zip(names, combo)}}
-        body.pop("trace", None)
-        row: dict[str, Any] = {"workload": workload, "gpu_key": body.get("gpu_key"), "llm_key": body.get("llm_key")}
-        row.update({AXES[n][0]: v for n, v in zip(names, combo)})
-        try:
-            out = run(body, workload)
-        except RequestError as exc:
-            row.update({c: None for c in RESULT_COLUMNS[workload]})
-            row["memory_status"], row["error"] = "error", str(exc)
-            return row
-        capacity = capacity_gib(body)
-        for c in RESULT_COLUMNS[workload]:
-            row[c] = capacity if c == "capacity_gib" else fits(out, capacity) if c == "fits" else out.get(c)
-        row["error"] = ""
-        return row
-
-    if progress:
-        with click.progressbar(combos, label="estimating", file=sys.stderr, show_pos=True) as bar:
-            rows = [one(c) for c in bar]
-    else:
-        rows = [one(c) for c in combos]
-    return rows
-
-
-@click.command()
-@click.option("--request", "request_file", metavar="FILE", help="Base request JSON; grid flags override its fields.")
-@click.option("--workload", type=click.Choice(["inference", "finetuning"]), default="inference", show_default=True)
-@click.option("--gpu", metavar="KEYS", help="GPU keys, comma-separated.")
-@click.option("--model", metavar="KEYS", help="Model keys, comma-separated.")
-@click.option("--quantization", metavar="FORMATS", help="e.g. fp16,q4_k_m.")
-@click.option("--kv-cache-quantization", metavar="FORMATS")
-@click.option("--runtime", metavar="RUNTIMES")
-@click.option("--method", metavar="METHODS", help="Fine-tuning methods: full,lora,qlora.")
-@click.option("--seq-length", metavar="GRID", help="e.g. 2k..128k (powers of two between) or 2048,8192.")
-@click.option("--batch-size", metavar="GRID", help="e.g. 1,8,32.")
-@click.option("--concurrent-users", metavar="GRID")
-@click.option("--num-gpus", metavar="GRID")
-@click.option("--lora-rank", metavar="GRID")
-@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), help="Default: json for an --output ending .json, else csv.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File to write (default stdout).")
-def sweep(request_file, workload, fmt, output, **grid) -> None:
-    """Estimate every combination of the grid flags and write one row each (CSV or JSON)."""
-    from .cli import read_request
-
-    base = read_request(request_file)
-    flags = {name: "--" + name.replace("_", "-") for name in AXES}
-    axes: dict[str, list] = {}
-    for name in AXES:  # a fixed column order, whatever the order of the flags
-        text = grid.get(name)
-        if text is None:
-            continue
-        axes[name] = parse_int_grid(text, flags[name]) if AXES[name][1] == "int" else parse_text_grid(text, flags[name])
-    if "method" in axes and workload != "finetuning":
-        raise click.UsageError("--method: only with --workload finetuning")
-    missing = [f"{f} (give {flags[n]} or a --request file)" for n, f in (("gpu", "gpu_key"), ("model", "llm_key"))
-               if n not in axes and f not in base]
-    if missing:
-        raise click.UsageError("; ".join(f"{m}: required" for m in missing))
-    _check_keys(axes, flags)
-    total = 1
-    for values in axes.values():
-        total *= len(values)
-    progress = total >= PROGRESS_MIN and sys.stderr.isatty()
-    rows = sweep_rows(base, workload, axes, progress=progress)
-    fmt = fmt or ("json" if output and output.endswith(".json") else "csv")
-    text = json.dumps(rows, indent=2) + "\n" if fmt == "json" else to_csv(rows)
-    if output:
-        with open(output, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        click.echo(f"wrote {len(rows)} rows to {output}", err=True)
-    else:
-        click.echo(text, nl=False)
-
-
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    return buf.getvalue()

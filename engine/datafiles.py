@@ -3,6 +3,10 @@
 Every problem in a file is reported at once, each naming the file and the key path::
 
     catalogs/gpus/nvidia.yaml: $.gpus.h100_80.memory_gib: 'eighty' is not of type 'number'
+
+A file that passed is remembered by its contents (:mod:`vramplan.datacache`), so a warm start
+reads neither YAML nor schemas. PyYAML and the pure-Python jsonschema are imported only when a file
+must be parsed or a problem explained: a warm ``vramplan inference`` needs neither.
 """
 
 from __future__ import annotations
@@ -13,9 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import yaml
-
+from . import datacache
 from .errors import CatalogError
 
 #: Data files larger than this are refused before parsing (a catalog is text, not a data dump).
@@ -30,7 +32,10 @@ def load_schema(name: str) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=None)
-def validator(name: str) -> jsonschema.protocols.Validator:
+def validator(name: str) -> Any:
+    """The pure-Python validator, which explains each problem (jsonschema.protocols.Validator)."""
+    import jsonschema
+
     schema = load_schema(name)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
@@ -74,7 +79,7 @@ def schema_problems(instance: Any, schema_name: str, prefix: str = "") -> list[t
     return out
 
 
-def _short(err: jsonschema.ValidationError) -> str:
+def _short(err: Any) -> str:
     if err.validator == "additionalProperties":
         return err.message.replace("Additional properties are not allowed", "unknown key")
     if err.validator == "enum":
@@ -82,31 +87,56 @@ def _short(err: jsonschema.ValidationError) -> str:
     return err.message
 
 
-def read_yaml(path: Path, display: str | None = None) -> Any:
-    """Parse one YAML file with the safe loader, refusing oversized files."""
-    shown = display or str(path)
+def _loader() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed: the same data, faster
+
+
+def _read_bytes(path: Path, shown: str) -> bytes:
     try:
         size = path.stat().st_size
+        if size > MAX_DATA_FILE_BYTES:
+            raise CatalogError([(shown, f"is {size} bytes; data files are limited to {MAX_DATA_FILE_BYTES}")])
+        return path.read_bytes()
     except OSError as exc:
         raise CatalogError([(shown, f"cannot read: {exc.strerror}")]) from None
-    if size > MAX_DATA_FILE_BYTES:
-        raise CatalogError([(shown, f"is {size} bytes; data files are limited to {MAX_DATA_FILE_BYTES}")])
+
+
+def _parse_yaml(raw: bytes, shown: str) -> Any:
+    import yaml
+
     try:
-        with path.open("r", encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CatalogError([(shown, "not UTF-8 text")]) from None
+    try:
+        return yaml.load(text, Loader=_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}" if mark else shown
         raise CatalogError([(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    except UnicodeDecodeError:
-        raise CatalogError([(shown, "not UTF-8 text")]) from None
+
+
+def read_yaml(path: Path, display: str | None = None) -> Any:
+    """Parse one YAML file with the safe loader, refusing oversized files."""
+    shown = display or str(path)
+    return _parse_yaml(_read_bytes(path, shown), shown)
 
 
 def load_validated(path: Path, schema_name: str, display: str | None = None) -> dict[str, Any]:
-    """Read a YAML file and validate it; a :class:`CatalogError` lists every problem with its path."""
+    """Read a YAML file and validate it; a :class:`CatalogError` lists every problem with its path.
+
+    Data that passed before with the same bytes comes from the cache (:mod:`vramplan.datacache`)."""
     shown = display or str(path)
-    data = read_yaml(path, shown)
-    problems = schema_problems(data, schema_name)
-    if problems:
-        raise CatalogError([(f"{shown}: {where}", msg) for where, msg in problems])
+    raw = _read_bytes(path, shown)
+    data = datacache.get(raw, schema_name)
+    if data is not None:
+        return data
+    data = _parse_yaml(raw, shown)
+    if not is_valid(data, schema_name):
+        problems = schema_problems(data, schema_name)
+        if problems:
+            raise CatalogError([(f"{shown}: {where}", msg) for where, msg in problems])
+    datacache.put(raw, schema_name, data)
     return data

@@ -7,6 +7,7 @@ names (GiB, rounded as the seed shows them), plus the additive extras.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import request as request_mod
@@ -22,7 +23,8 @@ OUTPUTS = {
     "inference": ("static_shared_bytes", "kv_per_user_bytes", "ms_per_token", "throughput_tps", "per_user_tps",
                   "latency_tps", "tftt_ms", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w",
                   "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
-                  "weights_file_bytes") + tuple(f"srv_{name}" for name in (
+                  "weights_file_bytes", "kv_attention_bytes_per_seq", "recurrent_state_bytes_per_seq",
+                  "recurrent_share_per_gpu") + tuple(f"srv_{name}" for name in (
                       "running", "queued", "output_tps", "total_tps", "requests_per_s", "ttft_s", "itl_s", "e2e_s",
                       "utilisation", "limited_code", "past_capacity", "capacity_seq_rate", "static", "open_loop", "max_running",
                       "cost_per_hour", "cost_per_mtok", "continuous")),
@@ -55,22 +57,47 @@ def _gib(x: float, nd: int = 2) -> float:
     return round(x / GIB, nd)
 
 
+def configuration_checks(s: Mapping[str, Any], workload: str) -> list[tuple[Any, Callable[[Mapping[str, Any]], str]]]:
+    """Well-formed requests whose configuration cannot run (memory_status 'error'), as
+    ``(condition, message)`` pairs; ``message(s)`` words it for one scenario. The conditions read
+    scenario numbers only, with ``&`` and ``|``, so they hold for one scenario (booleans) and for a
+    batch of them (numpy arrays) alike."""
+    if workload != "inference":
+        return []
+    tp, pp, heads, layers, offloaded = s["tp"], s["pp"], s["n_heads"], s["n_layers"], s["offload_layers"]
+    return [
+        ((tp > 1) & ((heads % tp != 0) | (tp > heads)),
+         lambda s: f"tensor parallelism over {int(s['tp'])} GPUs needs the {int(s['n_heads'])} attention heads to "
+                   f"divide evenly across them"),
+        (pp > layers, lambda s: f"pipeline parallelism over {int(s['pp'])} GPUs needs at least as many layers "
+                                f"(the model has {int(s['n_layers'])})"),
+        ((pp > 1) & (offloaded != 0) & (layers - offloaded < pp),
+         lambda s: "too few layers stay on the GPUs for every pipeline stage to hold one"),
+    ]
+
+
 def _configuration_errors(res: Resolved, s: dict[str, float]) -> list[str]:
     """Well-formed requests whose configuration cannot run (memory_status 'error')."""
-    errors = []
-    a = res.arch
-    if res.workload == "inference":
-        if s["tp"] > 1 and (a.num_heads % s["tp"] or s["tp"] > a.num_heads):
-            errors.append(f"tensor parallelism over {int(s['tp'])} GPUs needs the {a.num_heads} attention heads to divide "
-                          f"evenly across them")
-        if s["pp"] > a.num_layers:
-            errors.append(f"pipeline parallelism over {int(s['pp'])} GPUs needs at least as many layers (the model has {a.num_layers})")
-        if s["pp"] > 1 and s["offload_layers"] and s["n_layers"] - s["offload_layers"] < s["pp"]:
-            errors.append("too few layers stay on the GPUs for every pipeline stage to hold one")
-    mpe = a.max_position_embeddings
+    errors = [message(s) for condition, message in configuration_checks(s, res.workload) if condition]
+    mpe = res.arch.max_position_embeddings
     if mpe and res.request["seq_length"] > mpe:
         res.warnings.append(f"seq_length {res.request['seq_length']} exceeds the model's context of {mpe} tokens")
     return errors
+
+
+def status_overrides(s: Mapping[str, Any], v: Mapping[str, Any], workload: str) -> list[tuple[Any, str]]:
+    """Rules that set ``memory_status`` after the thresholds (a configuration error stays an error),
+    as ``(condition, status)`` pairs; like :func:`configuration_checks`, for one scenario or a batch."""
+    if workload != "inference":
+        return []
+    # the runtime refuses to start: its preallocated pool cannot hold one sequence
+    return [((s["rt_kv_preallocate"] != 0) & (v["srv_max_running"] < 1), "insufficient")]
+
+
+def needs_offload_search(req: dict[str, Any], workload: str, status: str) -> bool:
+    """enable_offloading without an amount, and it does not fit: the fewest offloaded layers that fit are searched."""
+    return (workload == "inference" and req["enable_offloading"] and status == "insufficient"
+            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None)
 
 
 def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
@@ -87,8 +114,7 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
     targets = tuple(c.output for c in components) + OUTPUTS[workload]
     v = cat.formulas.evaluate(s, targets, trace=trace)
     out = assemble(res, s, v, components, trace)
-    if (workload == "inference" and req["enable_offloading"] and out["memory_status"] == "insufficient"
-            and req.get("num_offload_layers") is None and req.get("percentage_offload") is None):
+    if needs_offload_search(req, workload, out["memory_status"]):
         return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
     return out
 
@@ -122,7 +148,7 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
                      ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
                      ("interconnect_type", cat.interconnects)):
         key = body.get(fld)
-        if fld in named or not isinstance(key, str) or (fld == "llm_key" and key == "custom"):
+        if fld in named or not isinstance(key, str) or (fld == "llm_key" and (key == "custom" or key.startswith("hf:"))):
             continue
         try:
             reg.get(key, fld)
@@ -132,17 +158,26 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
     return RequestError(problems, suggestions=suggestions)
 
 
-def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:
-    details: dict[str, float] = {}
-    raw: dict[str, float] = {}
+#: memory_details labels shown even at zero.
+ALWAYS_SHOWN = ("Base Model Weights",)
+
+
+def component_bytes(components, v: dict[str, Any]) -> dict[str, Any]:
+    """Bytes per ``memory_details`` label, in display order: components sharing a label add up, a
+    later one only when positive. Numbers or numpy arrays alike (``b * (b > 0)`` is b or 0)."""
+    raw: dict[str, Any] = {}
     for c in components:
         b = v[c.output]
-        if b <= 0 and c.label in raw:
-            continue
-        raw[c.label] = raw.get(c.label, 0.0) + b
+        raw[c.label] = raw[c.label] + b * (b > 0) if c.label in raw else 0.0 + b
+    return raw
+
+
+def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:
+    details: dict[str, float] = {}
+    raw = component_bytes(components, v)
     # Round each component, then let the total be their sum, so memory_details adds up exactly.
     for label, b in raw.items():
-        if b > 0 or label in ("Base Model Weights",):
+        if b > 0 or label in ALWAYS_SHOWN:
             details[label] = _gib(b)
     vram = round(sum(details.values()), 2)
     capacity = res.gpu_memory_gib
@@ -192,6 +227,8 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             active.append(f"zero_stage_{opt['zero_stage']}")
         out["active_optimizations"] = active
         out["optimization_preset"] = _preset(res.request)
+    # The whole model in the chosen format (a GGUF: its tensor data), beside the busiest GPU's share above
+    out["model_weights_gb"] = _gib(v["weights_file_bytes"])
     out["memory_details"] = details
     out["memory_breakdown"] = breakdown
     out["runtime"] = res.runtime.key
@@ -204,15 +241,22 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
                           "target": res.request["offload_target"], "kv_cache": bool(s["offload_kv"])}
     if res.workload == "inference":
         out["serving"] = _serving(res, s, v, warnings)
-        if s["rt_kv_preallocate"] and v["srv_max_running"] < 1 and out["memory_status"] != "error":
-            out["memory_status"] = "insufficient"  # the runtime refuses to start: its pool cannot hold one sequence
+        for condition, status_word in status_overrides(s, v, res.workload):
+            if condition and out["memory_status"] != "error":
+                out["memory_status"] = status_word
     if res.workload == "inference" and s.get("rt_kv_preallocate"):
-        per_token = v["kv_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
-        tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
-        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens,
-                          "sequences_at_seq_length": tokens // s["seq"] if s["seq"] else 0}
+        per_token = v["kv_attention_bytes_per_seq"] / max(s["seq"], 1) * v["kv_share_per_gpu"]
+        state = v["recurrent_state_bytes_per_seq"] * v["recurrent_share_per_gpu"]
+        if state:  # a hybrid model's sequence also takes its fixed recurrent state from the pool
+            per_seq = per_token * s["seq"] + state
+            sequences = int(v["kv_pool_bytes"] // per_seq) if per_seq else 0
+            tokens = int(sequences * s["seq"])
+        else:
+            tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
+            sequences = tokens // s["seq"] if s["seq"] else 0
+        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens, "sequences_at_seq_length": sequences}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
-            warnings.append(f"the KV pool holds {tokens} tokens ({tokens // s['seq']} sequences of {int(s['seq'])}); "
+            warnings.append(f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}); "
                             f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
                             f"(serving.queued_requests)")
     if trace is not None:
@@ -284,6 +328,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
         else:
             out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
                        "the next request when the last one finishes (continuous batching)")
+        out.extend(_layout_assumptions(res.arch, s, v))
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")
         elif s["pp"] > 1:
@@ -296,6 +341,26 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
             out.append(f"data parallelism over {int(s['dp'])} GPUs (interconnect {res.interconnect.key})"
                        + (f", ZeRO stage {int(s['zero_stage'])}" if s["zero_stage"] else ""))
     out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
+    return out
+
+
+def _layout_assumptions(a, s: dict[str, float], v: dict[str, float]) -> list[str]:
+    """Say what a model with unusual layers keeps per sequence (vramplan.families)."""
+    out = []
+    if a.num_recurrent_layers:
+        kind = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", "mamba": "Mamba"}.get(a.recurrent_kind, a.recurrent_kind)
+        out.append(f"recurrent state: {a.num_recurrent_layers} {kind} layers keep "
+                   f"{v['recurrent_state_bytes_per_seq'] / 2**20:.2f} MiB per sequence, whatever its length; "
+                   f"{a.num_layers - a.num_recurrent_layers} of {a.num_layers} layers keep a KV cache")
+    shared = sum(a.kv_shared)
+    if shared:
+        out.append(f"KV sharing: {shared} of {a.num_layers} layers read an earlier layer's cache and keep none")
+    if s.get("images"):
+        if s["cross_kv_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence, {int(s['cross_kv_tokens'])} vision tokens cached by each of "
+                       f"{a.num_cross_layers} cross-attention layers")
+        elif s["image_context_tokens"]:
+            out.append(f"images: {int(s['images'])} per sequence add {int(s['image_context_tokens'])} tokens to the context")
     return out
 
 

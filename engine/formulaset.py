@@ -6,14 +6,16 @@ optimization or performance model as a list of formulas — ``id``, ``descriptio
 small grammar: arithmetic, comparisons, ``a if c else b``, and calls to the functions in
 :data:`FUNCTIONS`. A name that is not a declared input, an input that names nothing known, any
 attribute access, subscript, lambda or comprehension is a :class:`FormulaError` naming the file,
-the formula and the symbol. Evaluation walks the parsed tree with simpleeval, in dependency order,
-and can record a trace of every step.
+the formula and the symbol. Evaluation runs in dependency order and can record a trace of every
+step: by default through closures compiled from each tree at load (:mod:`vramplan.compiled`);
+with ``VRAMPLAN_EVALUATOR=simpleeval`` (unset or empty: the default) by simpleeval walking the same
+tree. Both take their operators, functions and limits from :mod:`vramplan.semantics`, so they agree
+on every value and every refusal.
 """
 
 from __future__ import annotations
 
 import ast
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,27 +23,10 @@ from typing import Any
 
 import simpleeval
 
+from . import semantics
 from .compiled import compile_tree
 from .errors import FormulaError
-
-
-def _clamp(x: float, lo: float, hi: float) -> float:
-    return lo if x < lo else hi if x > hi else x
-
-
-def _round_up(x: float, multiple: float) -> float:
-    """``x`` rounded up to a whole multiple (block and padding sizes)."""
-    if multiple <= 0:
-        raise ZeroDivisionError("round_up to a non-positive multiple")
-    return math.ceil(x / multiple) * multiple
-
-
-#: The only functions a formula may call.
-FUNCTIONS: dict[str, Any] = {
-    "min": min, "max": max, "abs": abs, "ceil": math.ceil, "floor": math.floor,
-    "sqrt": math.sqrt, "log2": math.log2, "exp": math.exp, "log": math.log,
-    "clamp": _clamp, "round_up": _round_up,
-}
+from .semantics import FUNCTIONS, MAX_VALUE
 
 _ALLOWED_NODES = (
     ast.Expression, ast.Expr, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp,
@@ -281,14 +266,17 @@ class FormulaSet:
         """Evaluate what ``targets`` need on top of ``scenario``; return scenario + results."""
         values: dict[str, float] = dict(scenario)
         plan = self.plan(targets)
-        if trace is None and os.environ.get("VRAMPLAN_EVALUATOR", "compiled") != "simpleeval":
+        if trace is None and evaluator_name() == "compiled":
             f = None
             try:  # the hot path: one try around the loop, closures compiled at load
                 for f in plan:
                     value = f.fn(values)
-                    cls = value.__class__  # bool is not int here: True/False go through _check
-                    if (cls is not float and cls is not int) or value - value != 0:
-                        value = _check(f, value)
+                    cls = value.__class__  # bool is not int here: True/False go through the full check
+                    if cls is float:
+                        if value - value != 0:  # inf or nan
+                            value = semantics.checked(f.id, f.file, value)
+                    elif cls is not int or not -MAX_VALUE <= value <= MAX_VALUE:
+                        value = semantics.checked(f.id, f.file, value)
                     values[f.id] = value
             except FormulaError:
                 raise
@@ -312,32 +300,35 @@ class FormulaSet:
         return _runner(dict(inputs), evaluator)(f)
 
 
+#: The evaluators ``VRAMPLAN_EVALUATOR`` may name; unset or empty means the first, the default.
+EVALUATORS = ("compiled", "simpleeval")
+
+
+def evaluator_name(name: str | None = None) -> str:
+    """The evaluator to use: ``name``, else ``VRAMPLAN_EVALUATOR``, else the default (compiled closures)."""
+    chosen = name or os.environ.get("VRAMPLAN_EVALUATOR") or EVALUATORS[0]
+    if chosen not in EVALUATORS:
+        raise FormulaError([("VRAMPLAN_EVALUATOR", f"{chosen!r} is not an evaluator (choose {' or '.join(EVALUATORS)})")])
+    return chosen
+
+
 def _runner(values: dict[str, float], evaluator: str | None = None) -> Callable[[Formula], float]:
     """Evaluate formulas against ``values``: compiled closures, or simpleeval when asked."""
-    if (evaluator or os.environ.get("VRAMPLAN_EVALUATOR", "compiled")) == "simpleeval":
-        se = simpleeval.SimpleEval(functions=FUNCTIONS, names=values)
+    if evaluator_name(evaluator) == "simpleeval":
+        se = simpleeval.SimpleEval(operators=semantics.OPERATORS, functions=FUNCTIONS, names=values)
         return lambda f: _run(f, lambda: se.eval(f.expr, previously_parsed=f.tree))
     return lambda f: _run(f, lambda: f.fn(values))
 
 
 def _run(f: Formula, compute: Callable[[], Any]) -> float:
+    """One formula's checked value, or a :class:`FormulaError` naming it and the reason."""
     try:
         value = compute()
-    except ZeroDivisionError:
-        raise FormulaError([(f"formula {f.id} ({f.file})", "division by zero")]) from None
-    except (OverflowError, simpleeval.NumberTooHigh):
-        raise FormulaError([(f"formula {f.id} ({f.file})", "result too large")]) from None
-    except (ValueError, TypeError, KeyError) as exc:
-        raise FormulaError([(f"formula {f.id} ({f.file})", f"cannot be evaluated: {exc!r}")]) from None
-    except simpleeval.InvalidExpression as exc:
-        raise FormulaError([(f"formula {f.id} ({f.file})", f"cannot be evaluated: {exc}")]) from None
-    return _check(f, value)
-
-
-def _check(f: Formula, value: Any) -> float:
-    """Booleans become 0/1; anything that is not a finite number is an error naming the formula."""
-    if value is True or value is False:
-        return 1.0 if value else 0.0
-    if not isinstance(value, (int, float)) or value != value or value in (math.inf, -math.inf):
-        raise FormulaError([(f"formula {f.id} ({f.file})", f"gave {value!r}, not a finite number")])
-    return value
+    except simpleeval.InvalidExpression as exc:  # not reached for a checked tree; kept as a clean error
+        raise FormulaError([(semantics.where(f.id, f.file), f"cannot be evaluated: {exc}")]) from None
+    except Exception as exc:
+        reason = semantics.refusal(exc)
+        if reason is None:
+            raise
+        raise FormulaError([(semantics.where(f.id, f.file), reason)]) from None
+    return semantics.checked(f.id, f.file, value)

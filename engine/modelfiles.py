@@ -24,6 +24,7 @@ import struct
 from collections import Counter
 from pathlib import Path
 
+from . import families
 from .errors import RequestError
 
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
@@ -71,7 +72,7 @@ _GGUF_KEYS = {
 
 def read_model_file(path: str | Path) -> dict:
     """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder
-    holding one of them) and describe the model.
+    holding one of them) and describe the model. (URLs and Hub names: :func:`vramplan.hub.read_model`.)
 
     Returns ``{"kind", "config", "params", "weights_bytes", "tensor_types", "quantization",
     "name", "notes"}``: ``config`` is config.json-style; ``params`` and ``weights_bytes`` are
@@ -158,12 +159,18 @@ def _read_gguf(p: Path) -> dict:
         raise
     except Exception as exc:  # the reader raises ValueError, struct/IndexError… on a damaged file
         raise RequestError([(str(p), f"is not a readable GGUF file ({type(exc).__name__}: {exc})")]) from None
+    return gguf_description(meta, tensors, n_tokens, where=str(p), stem=p.stem)
+
+
+def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: str, stem: str) -> dict:
+    """The model a GGUF header describes (metadata values and ``(name, type, shape, n_elements,
+    n_bytes)`` per tensor), read from a local file or over HTTP (:mod:`vramplan.remote`)."""
     if not tensors:
-        raise RequestError([(str(p), "is a GGUF file with no tensors (a vocabulary-only file?)")])
+        raise RequestError([(where, "is a GGUF file with no tensors (a vocabulary-only file?)")])
 
     arch = str(meta.get("general.architecture") or "")
     if not arch:
-        raise RequestError([(str(p), "has no general.architecture metadata")])
+        raise RequestError([(where, "has no general.architecture metadata")])
     config: dict = {"model_type": _GGUF_ARCH_MODEL_TYPE.get(arch, arch), "gguf_architecture": arch}
     for suffix, key in _GGUF_KEYS.items():
         value = meta.get(f"{arch}.{suffix}")
@@ -188,12 +195,13 @@ def _read_gguf(p: Path) -> dict:
             config.pop("head_dim", None)
     if "moe_intermediate_size" in config and "intermediate_size" not in config:
         config["intermediate_size"] = config["moe_intermediate_size"]
+    config = families.from_gguf(arch, meta, config)  # hybrid families' recurrent geometry
 
     types = Counter(t for _n, t, _s, _e, _b in tensors)
     params = sum(n for *_x, n, _b in tensors)
     weights_bytes = sum(b for *_x, b in tensors)
     quant = _gguf_quantization(meta.get("general.file_type"), tensors)
-    name = str(meta.get("general.name") or p.stem)
+    name = str(meta.get("general.name") or stem)
     notes = [f"GGUF architecture '{arch}'"]
     return _result("gguf", config, params, weights_bytes, types, quant, name, notes)
 

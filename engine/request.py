@@ -10,6 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 from .datafiles import is_valid, schema_problems
+from .elementwise import at_least, at_most, holds
 from .errors import RequestError
 
 SCHEMAS = {"inference": "inference-request", "finetuning": "finetuning-request"}
@@ -31,14 +32,17 @@ def _defaults(schema_name: str) -> dict[str, Any]:
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
-def validate(body: Any, workload: str) -> dict[str, Any]:
-    """Return the request with defaults applied, or raise :class:`RequestError` naming every bad field."""
+def validate(body: Any, workload: str, *, schema_checked: bool = False) -> dict[str, Any]:
+    """Return the request with defaults applied, or raise :class:`RequestError` naming every bad field.
+
+    ``schema_checked``: the caller has already checked every field against the schema (a sweep
+    checks each value of an axis once, then passes the axis in as an array of values)."""
     if workload not in SCHEMAS:
         raise ValueError(f"unknown workload {workload!r}")
     if not isinstance(body, dict):
         raise RequestError([("body", "must be a JSON object")])
     schema_name = SCHEMAS[workload]
-    problems = [] if is_valid(body, schema_name) else \
+    problems = [] if schema_checked or is_valid(body, schema_name) else \
         [(_field(where), msg) for where, msg in schema_problems(body, schema_name)]
     req = {**_defaults(schema_name), **body}
     opt_defaults = _opt_defaults(schema_name)
@@ -101,7 +105,7 @@ def split_context(req: dict[str, Any], seq_given: bool) -> list[tuple[str, str]]
     """
     i, o, seq = req.get("input_tokens"), req.get("output_tokens"), req["seq_length"]
     if i is not None and o is not None:
-        if seq_given and seq != i + o:
+        if seq_given and holds(seq != i + o):
             return [("seq_length", f"{seq} disagrees with input_tokens {i} + output_tokens {o} = {i + o}; "
                                    "give seq_length = their sum, or leave it out")]
         req["seq_length"], req["context_split"] = i + o, "given"
@@ -109,7 +113,7 @@ def split_context(req: dict[str, Any], seq_given: bool) -> list[tuple[str, str]]
         given, other = ("input_tokens", "output_tokens") if i is not None else ("output_tokens", "input_tokens")
         value = i if i is not None else o
         if seq_given:
-            if seq - value < 1:
+            if holds(seq - value < 1):
                 return [(given, f"{value} leaves no room for {other} in seq_length {seq}")]
             rest = seq - value
             req["context_split"] = f"{other} = seq_length - {given}"
@@ -119,11 +123,11 @@ def split_context(req: dict[str, Any], seq_given: bool) -> list[tuple[str, str]]
         req[other] = rest
         req["seq_length"] = req["input_tokens"] + req["output_tokens"]
     else:
-        o = min(ANSWER_CAP, max(1, seq // ANSWER_SHARE))
-        req["input_tokens"], req["output_tokens"] = max(1, seq - o), o
+        o = at_most(at_least(seq // ANSWER_SHARE, 1), ANSWER_CAP)
+        req["input_tokens"], req["output_tokens"] = at_least(seq - o, 1), o
         req["context_split"] = "seq_length split as 7/8 prompt, 1/8 answer (at most 1024 tokens)"
         return []
-    if req["seq_length"] > MAX_CONTEXT:
+    if holds(req["seq_length"] > MAX_CONTEXT):
         return [("seq_length", f"input_tokens + output_tokens = {req['seq_length']} is more than {MAX_CONTEXT}")]
     return []
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import hub
 from .architecture import Architecture, from_hf_config
 from .catalog import Catalog
+from .elementwise import holds, number_or
 from .errors import RequestError
+from .ggufmix import format_bits
 from .registry import Entry
 
 #: Weights format a fine-tuning method trains on, by (method, fine_tuning_quantization).
@@ -33,8 +36,10 @@ class Resolved:
     runtime: Entry
     interconnect: Entry
     host_link: Entry | None
+    weight_bits: dict[str, float] = field(default_factory=dict)  # bits per parameter by role, this model in this format
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    weights_file_bytes: int | None = None  # exact bytes of a Hub model's checkpoint in the requested format
 
 
 def _format(cat: Catalog, key: str, field_name: str) -> Entry:
@@ -58,12 +63,18 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             return None
 
     gpu = lookup(cat.gpus.get, req["gpu_key"])
-    model = arch = None
+    model = arch = hub_info = None
     if req["llm_key"] == "custom":
         arch = lookup(lambda config: from_hf_config(config, where="custom_model"), req.get("custom_model"))
         from .modelfiles import display_name
 
         model_name = display_name(req.get("custom_model") or {}) or "custom model"
+    elif hub.is_hub_key(req["llm_key"]):  # hf:ORG/NAME[@REVISION]: config.json and safetensors headers
+        hub_info = lookup(hub.resolve_model, req["llm_key"])
+        if hub_info is not None:
+            arch = lookup(lambda config: from_hf_config(config, where=f"llm_key {req['llm_key']}: config.json"),
+                          hub_info["config"])
+        model_name = req["llm_key"][len(hub.PREFIX):]
     else:
         model = lookup(cat.models.get, req["llm_key"])
         if model is not None:
@@ -125,14 +136,33 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         raise RequestError(problems, suggestions=suggestions)
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
+    file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
     warnings.extend(_uncertainty_warnings(workload, gpu.data, arch, runtime.key, req))
     if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
+    # GGUF file types choose a ggml type per tensor from the model's shape (llama-quant.cpp rules in the catalog)
+    bits = format_bits(cat.gguf, quant, arch)
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
-        interconnect=interconnect, host_link=host_link, assumptions=assumptions, warnings=warnings)
+        interconnect=interconnect, host_link=host_link, weight_bits=bits, assumptions=assumptions, warnings=warnings,
+        weights_file_bytes=file_bytes)
+
+
+def _exact_weights_bytes(info: dict | None, quant: Entry, req: dict[str, Any], workload: str,
+                         assumptions: list[str]) -> int | None:
+    """A Hub model's exact weight bytes (its safetensors headers), where the request runs it in the
+    checkpoint's own format; else None and the bytes are computed from parameters x bits."""
+    if not info:
+        return None
+    assumptions.extend(f"model: {n}" for n in info["notes"])
+    if not info.get("weights_bytes") or req.get("custom_weights_bytes") or workload != "inference":
+        return None
+    if info.get("quantization") != quant.key:
+        return None
+    assumptions.append(f"weights: {info['weights_bytes']:,} bytes as the checkpoint's safetensors headers state them")
+    return int(info["weights_bytes"])
 
 
 #: Vendors whose backends the runtime profiles were not measured on (calibration: NVIDIA CUDA / Vulkan).
@@ -151,6 +181,12 @@ def _uncertainty_warnings(workload: str, gpu: dict[str, Any], arch: Architecture
     if arch.vision_params:
         out.append("the model has a vision encoder: its weights are counted, but image-token activations and "
                    "the encoder's own transients are not modelled")
+    images = number_or(req.get("images_per_sequence"), 0)
+    if not (arch.image_tokens_per_image or arch.cross_tokens_per_image) and holds(images > 0):
+        out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
+    if arch.num_recurrent_layers:
+        out.append("hybrid model: the recurrent layers' per-sequence state is modelled; their prefill transients "
+                   "(chunked-scan intermediates) are not")
     opt = req.get("optimization_config") or {}
     if workload == "finetuning":
         if arch.is_moe:

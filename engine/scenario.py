@@ -11,6 +11,8 @@ from functools import lru_cache
 from typing import Any
 
 from .architecture import ROLES, Architecture
+from .elementwise import number_or
+from .errors import RequestError
 from .resolve import Resolved
 
 #: name → (unit, meaning)
@@ -28,8 +30,19 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "vocab": ("tokens", "vocabulary size"),
     "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
     "kv_per_head": ("flag", "1 if the KV cache is per KV head (splits with tensor parallelism); 0 for MLA latents"),
-    "n_layers_full": ("layers", "layers with global attention"),
+    "n_layers_full": ("layers", "layers with global self-attention"),
     "n_layers_sliding": ("layers", "layers with sliding-window attention"),
+    "n_kv_layers_full": ("layers", "global-attention layers that keep their own KV cache (Gemma 3n's KV-sharing layers do not)"),
+    "n_kv_layers_sliding": ("layers", "sliding-window layers that keep their own KV cache"),
+    "n_layers_cross": ("layers", "cross-attention layers (Llama 3.2 Vision): they cache the image tokens' keys and values"),
+    "n_layers_recurrent": ("layers", "linear-attention / state-space layers: a fixed state per sequence, no KV"),
+    "conv_channels": ("elements", "channels of a recurrent layer's causal-conv state"),
+    "conv_kernel": ("tokens", "causal-conv kernel of a recurrent layer"),
+    "ssm_state_elems": ("elements", "elements of one recurrent layer's SSM / delta-rule state per sequence"),
+    "ssm_kernel_state_bits": ("bits", "bits the reference kernels return the recurrent state in (0: the compute dtype)"),
+    "images": ("images", "images per sequence (multimodal models)"),
+    "image_context_tokens": ("tokens", "soft tokens the images add to each sequence's context (included in seq)"),
+    "cross_kv_tokens": ("tokens", "image tokens each cross-attention layer caches per sequence"),
     "sliding_window": ("tokens", "sliding window size (0 if none)"),
     "is_moe": ("flag", "mixture of experts"),
     "n_experts": ("experts", "routed experts per MoE layer"),
@@ -41,6 +54,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "params_active": ("params", "parameters a token uses (MoE: routed experts only)"),
     "gated_mlp": ("flag", "SwiGLU/GeGLU-style gated MLP (gate, up, down)"),
     "fused_gate_up": ("flag", "gate and up projections in one linear whose output the MLP keeps (Phi-3 / GLM gate_up_proj)"),
+    "fused_qkv": ("flag", "q, k and v computed by one linear and split into views (Phi-3 qkv_proj)"),
+    "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
+                                "it contiguous in (batch, heads, tokens, head_dim) order"),
+    "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
+    "n_layers_masked": ("layers", "layers whose attention applies the sliding-window mask"),
+    "int8_matmul": ("flag", "weights and activations meet in an int8 matmul (bitsandbytes LLM.int8 in transformers)"),
     # quantization
     "custom_weights_bytes": ("bytes", "exact weight bytes from a model file (0: compute from params x bits)"),
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
@@ -50,7 +69,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "batch": ("sequences", "batch_size"),
     "users": ("users", "concurrent_users"),
     "seqs": ("sequences", "sequences in flight (batch x users)"),
-    "seq": ("tokens", "context per sequence (prompt + generated)"),
+    "seq": ("tokens", "context per sequence (prompt + generated, plus image tokens)"),
     "input_tokens": ("tokens", "prompt tokens per request (per sequence)"),
     "output_tokens": ("tokens", "generated tokens per request (per sequence)"),
     "request_rate": ("requests/s", "open-loop arrival rate; 0 = a closed loop of concurrent_users clients"),
@@ -106,6 +125,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "eff_train_mfu": ("fraction", "model FLOPs utilization in training (runtime x hardware class)"),
     "power_idle_fraction": ("fraction", "share of TDP a GPU draws while memory-bound"),
     "gpu_fp32_tflops": ("TFLOP/s", "vector (non-tensor) fp32 throughput: the ALUs that dequantize weights"),
+    "gpu_cc": ("version", "NVIDIA CUDA compute capability as a number (6.1, 8.9); 0 for other vendors"),
+    "gpu_sm_count": ("SMs", "streaming multiprocessors of one GPU; 0 where the catalog has none (no per-SM cap)"),
     "weights_dequantized": ("flag", "weights are stored in a format the matmuls must unpack (integer, GGUF, AWQ/GPTQ, NF4, ...)"),
     "dequant_flops_per_weight": ("FLOP", "ALU work to unpack one weight in a decode mat-vec (runtime x hardware class)"),
 }
@@ -120,6 +141,12 @@ for _m in ("q", "k", "v", "o", "gate", "up", "down"):
 
 #: Families whose transformers MLP computes gate and up with one linear (gate_up_proj).
 FUSED_GATE_UP_FAMILIES = ("phi3", "glm", "glm4")
+#: Families whose transformers attention computes q, k, v with one linear (qkv_proj) and slices it
+#: (models/phi3/modeling_phi3.py Phi3Attention.forward).
+FUSED_QKV_FAMILIES = ("phi3",)
+#: Families whose apply_rotary_pos_emb ends in torch.cat([rotated, pass-through]) (partial rotary),
+#: which returns q contiguous in (batch, heads, tokens, head_dim) order (models/phi3, glm, glm4).
+ROPE_CAT_FAMILIES = ("phi3", "glm", "glm4")
 
 #: Efficiency classes runtimes keep constants for.
 HARDWARE_CLASSES = ("nvidia_datacenter", "nvidia_consumer", "amd", "intel", "apple")
@@ -135,6 +162,30 @@ def hardware_class(gpu: dict[str, Any]) -> str:
     if gpu["vendor"] in ("amd", "intel"):
         return gpu["vendor"]
     return "nvidia_datacenter" if gpu["category"] == "datacenter" else "nvidia_consumer"
+
+
+def _unpack_flops(res: Resolved, cls: str) -> float:
+    """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
+
+    A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
+    per class like every constant): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against
+    pre-scaled activations, k-quants with a longer sequence. Without one, the general constant applies.
+    """
+    consts = res.runtime.data["constants"]
+    if res.quant.data.get("gguf_block") == "legacy":
+        for key in (f"dequant_flops_per_weight_legacy_{cls}", "dequant_flops_per_weight_legacy"):
+            if key in consts:
+                return float(consts[key]["value"])
+    return _rt(res, "dequant_flops_per_weight", cls)
+
+
+def _compute_capability(gpu: dict[str, Any]) -> float:
+    """The catalog's CUDA compute capability ("6.1") as a number; 0 for non-NVIDIA parts (no CUDA kernels)."""
+    cc = gpu.get("compute_capability")
+    if gpu["vendor"] != "nvidia" or not cc:
+        return 0.0
+    major, _, minor = str(cc).partition(".")
+    return float(major) + float(minor or 0) / 10
 
 
 def _rt(res: Resolved, name: str, cls: str) -> float:
@@ -158,12 +209,21 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
         "kv_per_head": 0 if a.is_mla else 1,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,
+        "n_kv_layers_full": a.num_kv_full_layers, "n_kv_layers_sliding": a.num_kv_sliding_layers,
+        "n_layers_cross": a.num_cross_layers, "n_layers_recurrent": a.num_recurrent_layers,
+        "conv_channels": a.conv_channels, "conv_kernel": a.conv_kernel, "ssm_state_elems": a.ssm_state_elems,
+        "ssm_kernel_state_bits": a.ssm_kernel_state_bits,
         "sliding_window": a.sliding_window or 0, "is_moe": int(a.is_moe), "n_experts": a.num_experts,
         "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
         "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
         # transformers' Phi3MLP / GlmMLP: one gate_up_proj, chunked into views (models/phi3/modeling_phi3.py)
         "fused_gate_up": int(a.model_type in FUSED_GATE_UP_FAMILIES and a.gated_mlp and not a.is_moe),
+        "fused_qkv": int(a.model_type in FUSED_QKV_FAMILIES and not a.is_mla),
+        "rope_cat_layout": int(a.model_type in ROPE_CAT_FAMILIES),
+        "mask_window": a.attn_mask_window or 0,
+        # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
+        "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,
     })
     for role in ROLES:
         s[f"p_{role}"] = roles[role]
@@ -179,6 +239,9 @@ def _quant_vars(qbits: dict[str, float]) -> dict[str, float]:
         s[f"b_{role}"] = float(qbits.get(role, qbits["default"]))
     # Quantizers leave a vision encoder in 16-bit (GGUF: separate mmproj file; bnb/AWQ/GPTQ: skipped modules).
     s["b_vision"] = float(qbits.get("vision", 32 if qbits["default"] >= 32 else 16))
+    # Gemma 3n's per-layer embedding table is stored like the token embedding (llama.cpp writes
+    # per_layer_token_embd in the token_embd type; fp8/int8/AWQ/GPTQ leave both unquantized).
+    s["b_per_layer_embd"] = float(qbits.get("per_layer_embd", qbits.get("token_embd", qbits["default"])))
     return s
 
 
@@ -220,13 +283,14 @@ def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float)
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
     req, a, gpu = res.request, res.arch, res.gpu.data
-    qbits = res.quant.data["bits"]
+    qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
-    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or 0)
+    s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = 4.0 if compute == "fp32" else 2.0
     s["weights_compute_bits"] = float(qbits["default"])
+    s["int8_matmul"] = int(compute == "int8")
 
     n = req.get("num_gpus", 1)
     s["num_gpus"] = n
@@ -235,6 +299,11 @@ def build(res: Resolved) -> dict[str, float]:
     s["flash_attention"] = int(bool(req["optimization_config"].get("flash_attention", True)))
     s["batch"] = req["batch_size"]
     s["seq"] = req["seq_length"]
+    images = number_or(req.get("images_per_sequence"), 0)
+    s["images"] = images
+    s["image_context_tokens"] = images * a.image_tokens_per_image
+    s["cross_kv_tokens"] = images * a.cross_tokens_per_image
+    s["seq"] += s["image_context_tokens"]  # image soft tokens sit in the context like text tokens
     if res.workload == "inference":
         _inference(s, req, a, res)
     else:
@@ -256,9 +325,10 @@ def build(res: Resolved) -> dict[str, float]:
         "eff_decode_bw": _rt(res, "decode_bw_eff", cls), "eff_prefill_flops": _rt(res, "prefill_flops_eff", cls),
         "eff_train_mfu": _rt(res, "train_mfu", cls), "power_idle_fraction": _rt(res, "power_memory_bound_fraction", cls),
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
+        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
         "weights_dequantized": int(res.quant.data["kind"] != "float"),
     })
-    s["dequant_flops_per_weight"] = _rt(res, "dequant_flops_per_weight", cls) * s["weights_dequantized"]
+    s["dequant_flops_per_weight"] = _unpack_flops(res, cls) * s["weights_dequantized"]
     nvme = _rt(res, "nvme_read_gb_s", cls)
     s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
     s.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
@@ -271,10 +341,12 @@ def build(res: Resolved) -> dict[str, float]:
 
 def _lora_dims(s: dict[str, float], a) -> None:
     """Σ (in + out) over every linear of each kind, counting each expert's copy (PEFT all-linear does)."""
-    L, h = a.num_layers, a.hidden_size
+    L, h = a.num_attention_layers, a.hidden_size  # q/k/v/o exist only in attention layers (hybrids)
     n_moe = len(a.moe_layers)
     dense_ff = a.dense_intermediate_size or a.intermediate_size
-    ff_copies = (L - n_moe) * (h + dense_ff)
+    ff_layers = sum(1 for i, f in enumerate(a.ffn_sizes) if f and i not in set(a.moe_layers)) if a.ffn_sizes \
+        else a.num_layers - n_moe
+    ff_copies = ff_layers * (h + dense_ff)
     if n_moe:
         ff_copies += n_moe * a.num_experts * (h + a.moe_intermediate_size)
         if a.shared_expert_intermediate_size:
@@ -287,6 +359,13 @@ def _lora_dims(s: dict[str, float], a) -> None:
     s["lora_dims_gate"] = ff_copies if a.gated_mlp else 0
     s["lora_dims_up"] = ff_copies
     s["lora_dims_down"] = ff_copies
+    # A fused linear shares one input: qkv_proj is h -> q + k + v, gate_up_proj h -> 2 x intermediate,
+    # so k/v (and up) add only their output width (one lora_A of r x h per fused module).
+    if s["fused_qkv"]:
+        s["lora_dims_k"] -= L * h
+        s["lora_dims_v"] -= L * h
+    if s["fused_gate_up"]:
+        s["lora_dims_up"] -= L * h
 
 
 def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> None:
@@ -298,9 +377,10 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
-    s["input_tokens"], s["output_tokens"] = req["input_tokens"], req["output_tokens"]
-    s["request_rate"] = float(req.get("request_rate") or 0.0)
-    s["gpu_hour_cost"] = float(req.get("gpu_hour_cost") or 0.0)
+    # image soft tokens are part of each prompt (as they are of seq)
+    s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
+    s["request_rate"] = number_or(req.get("request_rate"), 0.0)
+    s["gpu_hour_cost"] = number_or(req.get("gpu_hour_cost"), 0.0)
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     layers = 0
     if s["offload_enabled"]:
@@ -331,6 +411,42 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
 ALL_LINEAR = ("q", "k", "v", "o", "gate", "up", "down")
 
 
+def model_linear_names(s: dict[str, float]) -> dict[str, tuple[str, ...]]:
+    """The decoder layer's linear modules as transformers names them, with the projections each computes."""
+    names: dict[str, tuple[str, ...]] = {}
+    if s["fused_qkv"]:
+        names["qkv_proj"] = ("q", "k", "v")
+    else:
+        names.update({"q_proj": ("q",), "k_proj": ("k",), "v_proj": ("v",)})
+    names["o_proj"] = ("o",)
+    if s["fused_gate_up"]:
+        names["gate_up_proj"] = ("gate", "up")
+    else:
+        if s["gated_mlp"]:
+            names["gate_proj"] = ("gate",)
+        names["up_proj"] = ("up",)
+    names["down_proj"] = ("down",)
+    return names
+
+
+def _lora_targets(targets, s: dict[str, float], res: Resolved) -> tuple[str, ...]:
+    """Projections peft adapts: "all-linear" hits every linear of the layers (the head excluded), a list
+    hits the modules whose name it gives - on Phi-3 ``qkv_proj`` / ``gate_up_proj``, so ``q_proj`` matches
+    nothing there (peft tuners_utils.check_target_module_exists; inject_adapter raises when no module matched)."""
+    names = model_linear_names(s)
+    if targets == "all-linear":
+        return tuple(p for projs in names.values() for p in projs)
+    missing = [t for t in targets if t not in names]
+    hit = tuple(p for t in targets if t in names for p in names[t])
+    if not hit:
+        raise RequestError([("lora_target_modules", f"none of {', '.join(targets)} is a linear layer of this model "
+                             f"(its layers have {', '.join(names)}); peft would find no module to adapt")])
+    if missing:
+        res.warnings.append(f"lora_target_modules: {', '.join(missing)} matches no layer of this model "
+                            f"(its layers have {', '.join(names)}); peft adapts only the others")
+    return hit
+
+
 def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None:
     opt = req["optimization_config"]
     method = req["finetuning_method"]
@@ -345,10 +461,9 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     if s["mixed_precision"]:
         s["act_bytes"] = 2.0  # autocast runs the matmuls in bf16/fp16
     s["lora_rank"] = req["lora_rank"] if method != "full" else 0
-    targets = req["lora_target_modules"]
-    chosen = ALL_LINEAR if targets == "all-linear" else tuple(t.split("_")[0] for t in targets)
+    chosen = _lora_targets(req["lora_target_modules"], s, res) if method != "full" else ()
     for m in ALL_LINEAR:
-        s[f"lora_{m}"] = int(method != "full" and m in chosen)
+        s[f"lora_{m}"] = int(m in chosen)
     ga = req["gradient_accumulation_steps"]
     s["grad_accum"] = ga
     mb = req.get("micro_batch_size")

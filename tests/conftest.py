@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 
 import pytest
+
+# Validated data files are cached by content (vramplan.datacache): keep the suite's cache out of the
+# user's cache dir. tests/test_datacache.py points it at folders of its own.
+os.environ.setdefault("VRAMPLAN_CACHE_DIR", tempfile.mkdtemp(prefix="vramplan-test-cache-"))
 
 import vramplan
 from vramplan.catalog import build_catalog, reset

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import vramplan
+
 from vramplan.architecture import ROLES, Architecture, from_hf_config
 from vramplan.errors import RequestError
 
@@ -28,7 +30,8 @@ CATALOG = _catalog()
 MOE = {k: v for k, v in CATALOG.items() if "active_params_b" in v}
 
 # Published active figures are often rounded, and vendors differ on whether the embedding lookup
-# counts as active. (convention, relative tolerance, why); convention "lookup" = without token_embd.
+# counts as active. (convention, relative tolerance, why); convention "lookup" = without token_embd,
+# "none" = without token_embd and the output head. The first matching prefix applies.
 ACTIVE_RULES: dict[str, tuple[str, float, str]] = {
     "gpt-oss": ("lookup", 0.005, "OpenAI counts the unembedding, not the embedding lookup (3.61B / 5.13B)"),
     "deepseek-v2-lite": ("lookup", 0.025, "'2.4B activated' is rounded to 0.1B and leaves the lookup out"),
@@ -40,6 +43,17 @@ ACTIVE_RULES: dict[str, tuple[str, float, str]] = {
     "qwen3-30b-a3b": ("both", 0.02, "'3.3B activated' is rounded to 0.1B"),
     "qwen3-235b-a22b": ("both", 0.025, "'22B activated' is rounded to 1B"),
     "phi-3.5-moe": ("both", 0.01, "'6.6B active' is rounded to 0.1B"),
+    "glm-4.5-air": ("none", 0.02, "'12B active' is rounded to 1B, counted without the embedding and the head"),
+    "glm-4.": ("none", 0.005, "'32B active' counts neither the embedding nor the head"),
+    "qwen3-coder-480b": ("both", 0.02, "'35B activated' is rounded to 1B"),
+    "qwen3-coder-30b": ("both", 0.02, "'3.3B activated' is rounded to 0.1B"),
+    "minimax-m2": ("none", 0.03, "'10B activated' is rounded to 1B"),
+}
+
+# Published totals rounded more coarsely than 0.5% (key prefix -> relative tolerance, why).
+TOTAL_RULES: dict[str, tuple[float, str]] = {
+    "glm-4.5-air": (0.01, "'106B' is rounded (the count is 106.85B without the MTP layer)"),
+    "glm-4.": (0.01, "'355B' is rounded (the count is 352.80B without the MTP layer, 358.3B with it and its embedding and head copies)"),
 }
 
 
@@ -48,8 +62,20 @@ def test_catalog_param_count_matches_published_total(key):
     entry = CATALOG[key]
     arch = from_hf_config(entry["config"])
     counted = arch.param_count() / 1e9
-    assert counted == pytest.approx(entry["params_b"], rel=0.005), (
+    tol = next((rel for prefix, (rel, _why) in TOTAL_RULES.items() if key.startswith(prefix)), 0.005)
+    assert counted == pytest.approx(entry["params_b"], rel=tol), (
         f"{key}: counted {counted:.3f}B from config, published {entry['params_b']}B")
+
+
+@pytest.mark.parametrize("key", sorted(CATALOG))
+def test_catalog_entry_in_16_bit_weighs_its_stated_size(key):
+    """Through the whole engine: the entry's bf16 weights (model_weights_gb) agree with params_b x 2 bytes,
+    within the same tolerance as the count (transformers loads the whole checkpoint, vision encoder included)."""
+    entry = CATALOG[key]
+    out = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": key, "quantization": "bf16", "runtime": "transformers"})
+    stated_gib = entry["params_b"] * 1e9 * 2 / 2**30
+    tol = next((rel for prefix, (rel, _why) in TOTAL_RULES.items() if key.startswith(prefix)), 0.005)
+    assert out["model_weights_gb"] == pytest.approx(stated_gib, rel=tol, abs=0.01), key
 
 
 @pytest.mark.parametrize("key", sorted(MOE))
@@ -60,8 +86,10 @@ def test_catalog_active_params_match_published(key):
     for prefix, (conv, rel, _why) in ACTIVE_RULES.items():
         if key.startswith(prefix):
             convention, tol = conv, rel
+            break
     roles = arch.param_roles(active=True)
-    active = sum(roles.values()) - (roles["token_embd"] if convention == "lookup" else 0)
+    left_out = {"both": 0, "lookup": roles["token_embd"], "none": roles["token_embd"] + roles["output"]}[convention]
+    active = sum(roles.values()) - left_out
     assert active / 1e9 == pytest.approx(entry["active_params_b"], rel=tol), (
         f"{key}: counted {active / 1e9:.3f}B active ({convention}), published {entry['active_params_b']}B")
 
@@ -285,3 +313,73 @@ def test_count_equals_parameters_measured_on_a_gpu(model):
     hf_config, measured = MEASURED[model]
     assert from_hf_config(hf_config).param_count() == measured
     assert from_hf_config(CATALOG[model]["config"]).param_count() == measured
+
+
+# -- layers that differ (DeciLM / Nemotron NAS block_configs) -------------------------------
+
+NEMOTRON_49B = CATALOG["llama-3.3-nemotron-super-49b-v1"]["config"]
+
+
+def test_nemotron_super_reads_every_layer_of_block_configs():
+    arch = from_hf_config(NEMOTRON_49B)
+    assert arch.num_layers == 80 and arch.num_kv_heads == 64 // 8
+    # attention is a no-op in layers 6, 7, 11, 42-51 and 53-70: 2 + 1 + 10 + 18 = 31 of 80
+    assert arch.num_full_layers == 49 and arch.layer_types.count("none") == 31
+    assert arch.layer_types[6] == "none" and arch.layer_types[52] == "full"
+    # FFN width = round_up(int(2 x ffn_mult x 8192 / 3), 256): 5.25 -> 28672, 2.625 -> 14336, 3.28125 -> 17920,
+    # 1.3125 -> 7168, 1.0 -> int(5461.3) = 5461 -> 5632, 0.5 -> 2730 -> 2816
+    assert arch.ffn_sizes[1] == 28672 and arch.ffn_sizes[0] == 14336 and arch.ffn_sizes[11] == 17920
+    assert arch.ffn_sizes[42] == 7168 and arch.ffn_sizes[54] == 5632 and arch.ffn_sizes[62] == 2816
+    r = arch.param_roles()
+    assert r["attn_q"] == 49 * 8192 * 8192 and r["attn_k"] == r["attn_v"] == 49 * 8192 * 8 * 128
+    assert r["ffn_down"] == 8192 * sum(arch.ffn_sizes)
+    # norms: one per attention layer, one per FFN, and the final one
+    assert r["norm"] == (49 + 80 + 1) * 8192
+    assert arch.param_count() == 49_867_145_216
+
+
+def test_nemotron_kv_cache_counts_only_layers_with_attention(infer):
+    # 49 attention layers x K and V x 8 heads x 128 x 2 bytes = 200,704 bytes per token; 1000 tokens
+    _, t = infer(llm_key="llama-3.3-nemotron-super-49b-v1", gpu_key="h200", runtime="transformers", seq_length=1000)
+    assert t["kv_cache_gpu_bytes"] == 49 * 2 * 8 * 128 * 2 * 1000
+
+
+def test_block_configs_errors_name_the_block():
+    bad = dict(NEMOTRON_49B, num_hidden_layers=79)
+    with pytest.raises(RequestError, match=r"custom_model\.block_configs: has 80 entries for num_hidden_layers 79"):
+        from_hf_config(bad)
+    blocks = [dict(b) for b in NEMOTRON_49B["block_configs"]]
+    blocks[3] = {"attention": {"n_heads_in_group": 7}, "ffn": {"ffn_mult": 1.0}}
+    with pytest.raises(RequestError, match=r"block_configs\[3\]\.attention\.n_heads_in_group: must be a positive divisor"):
+        from_hf_config(dict(NEMOTRON_49B, block_configs=blocks))
+    blocks[3] = {"attention": {"n_heads_in_group": 4}, "ffn": {"ffn_mult": 1.0}}
+    with pytest.raises(RequestError, match=r"different n_heads_in_group \[4, 8\]"):
+        from_hf_config(dict(NEMOTRON_49B, block_configs=blocks))
+    blocks[3] = {"attention": {"replace_with_linear": True}, "ffn": {"ffn_mult": "wide"}}
+    with pytest.raises(RequestError, match=r"block_configs\[3\]\.ffn\.ffn_mult: must be a positive number"):
+        from_hf_config(dict(NEMOTRON_49B, block_configs=blocks))
+
+
+def test_linear_attention_replacement_is_one_hidden_square_matrix():
+    blocks = [{"attention": {"n_heads_in_group": 8}, "ffn": {"ffn_mult": 1.5}},
+              {"attention": {"replace_with_linear": True}, "ffn": {"no_op": True}}]
+    cfg = {"model_type": "nemotron-nas", "hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8,
+           "vocab_size": 100, "tie_word_embeddings": False, "block_configs": blocks}
+    arch = from_hf_config(cfg)
+    r = arch.param_roles()
+    # layer 0: q 256x256, k/v 256x32 (1 KV head of 32); ffn 1.5 -> int(256) = 256; layer 1: one 256x256 linear
+    assert r["attn_q"] == 256 * 256 and r["attn_k"] == 256 * 32
+    assert r["attn_output"] == 256 * 256 + 256 * 256
+    assert r["ffn_up"] == 256 * 256 and arch.ffn_sizes == (256, 0)
+    assert r["norm"] == (2 + 1 + 1) * 256  # two attention-side norms, one FFN norm, the final one
+    assert arch.num_full_layers == 1
+
+
+def test_glm45_and_minimax_m2_qk_norms():
+    glm = from_hf_config(CATALOG["glm-4.5"]["config"])
+    assert glm.qk_norm_params_per_layer == 2 * 128 and glm.qkv_bias  # use_qk_norm: one head_dim weight each
+    assert not from_hf_config(CATALOG["glm-4.5-air"]["config"]).qk_norm
+    assert glm.moe_layers == tuple(range(3, 92)) and glm.shared_expert_intermediate_size == 1536
+    m2 = from_hf_config(CATALOG["minimax-m2"]["config"])
+    assert m2.qk_norm_params_per_layer == (48 + 8) * 128  # per_layer: over all q and all k outputs
+    assert m2.num_experts == 256 and m2.moe_intermediate_size == 1536 and len(m2.moe_layers) == 62

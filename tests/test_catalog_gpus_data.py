@@ -293,3 +293,56 @@ def test_dense_tensor_at_least_fp32(gpus):
         for field in ("fp16_tflops", "bf16_tflops"):
             if g.get(field) is not None:
                 assert g[field] >= g["fp32_tflops"] * 0.99, (key, field)
+
+
+# ----------------------------------------------------------------------------- issue 15 additions
+
+NEW_GPUS = ("rtx_5060", "rtx_5060_ti_8", "rtx_5050", "rtx_pro_6000_maxq", "rtx_pro_6000_server", "rtx_pro_5000",
+            "rtx_pro_4500", "rtx_pro_4000", "h200_nvl", "h800", "gh200_144", "gb300", "jetson_thor", "mi350x",
+            "mi300a", "rx_9070", "rx_9070_xt", "radeon_ai_pro_r9700", "ryzen_ai_max_395", "arc_b580", "arc_b570",
+            "arc_pro_b60", "apple_m5_32")
+
+
+def test_new_gpus_present(gpus):
+    assert set(NEW_GPUS) <= set(gpus)
+
+
+def test_new_gpus_reproduce_the_vendors_headline_figures(gpus):
+    # GeForce Blackwell: "AI TOPS" = FP4 sparse = 2 x dense FP4; bus width x data rate / 8 = bandwidth
+    assert 2 * gpus["rtx_5060"]["fp4_tflops"] == pytest.approx(614, abs=1)
+    assert gpus["rtx_5060"]["memory_bandwidth_gb_s"] == 128 * 28 / 8
+    assert 2 * gpus["rtx_5050"]["fp4_tflops"] == pytest.approx(421, abs=1)
+    assert gpus["rtx_5050"]["memory_bandwidth_gb_s"] == 128 * 20 / 8
+    assert gpus["rtx_5060_ti_8"]["memory_gib"] == 8 and 2 * gpus["rtx_5060_ti_8"]["fp4_tflops"] == pytest.approx(759, abs=1)
+    # RTX PRO Blackwell: AI TOPS (FP4 sparse) 3511 / 2064 / 1687 / 1247
+    for key, tops in (("rtx_pro_6000_maxq", 3511), ("rtx_pro_5000", 2064), ("rtx_pro_4500", 1687), ("rtx_pro_4000", 1247)):
+        assert 2 * gpus[key]["fp4_tflops"] == pytest.approx(tops, rel=0.002), key
+        assert gpus[key]["fp16_tflops"] == pytest.approx(gpus[key]["fp4_tflops"] / 4, rel=0.002), key
+    # Hopper: H200 NVL dense = sparse / 2 (1671*, 3341*); H800 keeps H100 SXM compute
+    assert gpus["h200_nvl"]["bf16_tflops"] == pytest.approx(1671 / 2, abs=0.5)
+    assert gpus["h800"]["bf16_tflops"] == gpus["h100_80"]["bf16_tflops"]
+    assert gpus["gh200_144"]["memory_gib"] == 144 and gpus["gh200_144"]["memory_bandwidth_gb_s"] == 4900
+    # GB300 NVL72: 1080 PF FP4 dense / 72 GPUs = 15 PF each
+    assert gpus["gb300"]["fp4_tflops"] == pytest.approx(1080_000 / 72)
+    assert gpus["jetson_thor"]["fp4_tflops"] == 2070 / 2
+    # AMD: MI350X 256 CUs x 2.2 GHz x 4096 FP16 FLOP/clk; RDNA 4 INT4 sparse = 4 x INT8 dense
+    assert gpus["mi350x"]["fp16_tflops"] == pytest.approx(256 * 2.2 * 4096 / 1000, abs=0.1)
+    assert 4 * gpus["rx_9070_xt"]["int8_tops"] == pytest.approx(1557, abs=1)
+    assert 4 * gpus["rx_9070"]["int8_tops"] == pytest.approx(1156, abs=1)
+    assert 4 * gpus["radeon_ai_pro_r9700"]["int8_tops"] == pytest.approx(1531, abs=1)
+    # Intel Arc Pro B60: 197 INT8 TOPS as Intel prints it
+    assert gpus["arc_pro_b60"]["int8_tops"] == 197
+
+
+def test_unified_memory_devices(gpus):
+    assert gpus["ryzen_ai_max_395"]["memory_gib"] == 96 and gpus["ryzen_ai_max_395"]["unified_memory_gib"] == 128
+    assert gpus["mi300a"]["host_link"] == gpus["jetson_thor"]["host_link"] == "unified_memory"
+    assert gpus["apple_m5_32"]["memory_gib"] == pytest.approx(32 * 2 / 3, abs=0.01)
+
+
+@pytest.mark.parametrize("key", NEW_GPUS)
+def test_new_gpus_run_an_estimate(key):
+    import vramplan
+
+    out = vramplan.estimate_inference({"gpu_key": key, "llm_key": "llama-3.1-8b-instruct", "quantization": "q4_k_m"})
+    assert out["model_weights_gb"] == 4.58 and out["estimated_throughput_tps"] > 0

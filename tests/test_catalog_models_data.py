@@ -60,3 +60,14 @@ def test_moe_entries_state_active_params():
         assert is_moe == ("active_params_b" in entry), f"{fname}: {key}"
         if is_moe:
             assert entry["active_params_b"] < entry["params_b"]
+
+
+def test_slips_found_in_the_spot_check_stay_fixed():
+    """Values checked against each model's own config.json (issue 15's spot check)."""
+    models = {k: e for k, (_, e) in _all_models().items()}
+    base = models["mistral-nemo-base-2407"]
+    assert base["context_length"] == 128000 and base["config"]["max_position_embeddings"] == 128000
+    assert models["mistral-nemo-instruct-2407"]["config"]["max_position_embeddings"] == 1024000
+    assert models["qwen2.5-14b"]["config"]["rms_norm_eps"] == 1e-5
+    assert models["kimi-k2-instruct"]["config"]["quantization_config"] == {
+        "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}

@@ -12,14 +12,15 @@ from safetensors.numpy import save_file
 
 import vramplan
 from vramplan.cli_models import gpus, models
+from vramplan.listing import filter_models
 
 FAKE_MODELS = [
     {"key": "llama-3-8b-instruct", "name": "Llama 3 8B Instruct", "family": "llama", "params_b": 8.03,
-     "active_params_b": None, "context_length": 8192},
+     "active_params_b": None, "context_length": 8192, "capabilities": ["instruct"]},
     {"key": "mixtral-8x7b-instruct", "name": "Mixtral 8x7B Instruct", "family": "mixtral", "params_b": 46.7,
-     "active_params_b": 12.9, "context_length": 32768},
+     "active_params_b": 12.9, "context_length": 32768, "capabilities": ["instruct", "moe"]},
     {"key": "qwen2.5-0.5b-instruct", "name": "Qwen2.5 0.5B Instruct", "family": "qwen2.5", "params_b": 0.494,
-     "active_params_b": None, "context_length": 32768},
+     "active_params_b": None, "context_length": 32768, "capabilities": ["instruct"]},
 ]
 FAKE_GPUS = [
     {"key": "h100_80", "label": "NVIDIA H100 80GB", "memory": 80, "vendor": "nvidia", "category": "datacenter",
@@ -34,7 +35,8 @@ FAKE_GPUS = [
 @pytest.fixture
 def fake_lists(monkeypatch):
     """Stand-in lists so these tests state the CLI's filtering, not the catalog's contents."""
-    monkeypatch.setattr(vramplan, "list_models", lambda: [dict(m) for m in FAKE_MODELS], raising=False)
+    monkeypatch.setattr(vramplan, "list_models", lambda **f: filter_models([dict(m) for m in FAKE_MODELS], **f),
+                        raising=False)
     monkeypatch.setattr(vramplan, "list_gpus", lambda: [dict(g) for g in FAKE_GPUS], raising=False)
 
 
@@ -54,12 +56,23 @@ def test_models_list_filters_and_json(fake_lists):
     assert res.output.splitlines()[0].split()[:2] == ["key", "name"]
 
 
+def test_models_list_by_capability(fake_lists):
+    res = run(models, ["list", "--capability", "moe", "--format", "json"])
+    assert [m["key"] for m in json.loads(res.output)] == ["mixtral-8x7b-instruct"]
+    res = run(models, ["list", "--capability", "instruct,moe", "--search", "llama", "--format", "json"])
+    assert json.loads(res.output) == []
+    res = run(models, ["list", "--capability", "instruct", "--capability", "moe"])
+    assert "no models match" not in res.output and "mixtral-8x7b-instruct" in res.output
+
+
 def test_models_list_bad_range_is_usage_error(fake_lists):
     res = CliRunner().invoke(models, ["list", "--min-params", "10", "--max-params", "1"])
     assert res.exit_code == 2
     assert "--min-params" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(models, ["list", "--min-params", "lots"])
     assert res.exit_code == 2
+    res = CliRunner().invoke(models, ["list", "--capability", "telepathy"])
+    assert res.exit_code == 2 and "--capability: unknown capability 'telepathy'" in res.output
 
 
 def test_gpus_filters(fake_lists):

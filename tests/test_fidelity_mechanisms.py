@@ -159,25 +159,26 @@ def test_lora_saved_activations_per_token_layer():
 def test_mixed_precision_keeps_fp32_residuals_and_per_linear_casts():
     # Llama 3.2 1B full fine-tuning with fp32 master weights under bf16 autocast: norms keep fp32 input and
     # normalized input (2 x 8 x 2048 = 32,768); q, k, v, gate, up each cast the fp32 input to bf16
-    # (5 x 2 x 2048 = 20,480); o_proj and down_proj keep their bf16 inputs (2 x (2048 + 8192) = 20,480);
-    # SDPA + MLP core 2 x (2 x 2048 + 2 x 512 + 3 x 8192) = 59,392. Total 133,120 bytes per token per layer.
+    # (5 x 2 x 2048 = 20,480); down_proj keeps its bf16 input (2 x 8192 = 16,384) and o_proj reads SDPA's own
+    # output (no copy under SDPA); SDPA + MLP core 2 x (2 x 2048 + 2 x 512 + 3 x 8192) = 59,392.
+    # Total 129,024 bytes per token per layer.
     # Autocast's bf16 weight copies (tied head included): (1,235,814,400 - 67,584 norm params) x 2.
     v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="fp32", batch_size=4, seq_length=1024)
-    assert v["layer_saved_bytes_per_token"] == 133_120
+    assert v["layer_saved_bytes_per_token"] == 32_768 + 20_480 + 16_384 + 59_392 == 129_024
     assert v["autocast_copy_bytes"] == (1_235_814_400 - 67_584) * 2
-    # Backward start: 4096 x 16 x 133,120 + 6,304,038,912 logits + 2,471,493,632 copies + final norm
-    # 4096 x 2048 x (4 + 4 + 2) = 83,886,080 -> 17,583,591,424 bytes (calibration peak allocated 32.22 GB
-    # = this + 14.90 GB of weights and moments).
-    assert v["fwd_phase_bytes"] == 4096 * 16 * 133_120 + 6_304_038_912 + 2_471_493_632 + 83_886_080
+    # Backward start: 4096 x 16 x 129,024 + 6,304,038,912 logits + 2,471,493,632 copies + final norm
+    # 4096 x 2048 x (4 + 4 + 2) = 83,886,080 -> 17,315,135,488 bytes (calibration peak allocated 32.22 GB
+    # = 17.32 GB of these + 14.90 GB of weights and moments).
+    assert v["fwd_phase_bytes"] == 4096 * 16 * 129_024 + 6_304_038_912 + 2_471_493_632 + 83_886_080 == 17_315_135_488
 
 
 def test_adamw_8bit_states():
-    # bitsandbytes AdamW8bit: two uint8 moments + an fp32 absmax per 2048-element block:
-    # 1,235,814,400 x 2 x (1 + 4 / 2048) = 2,476,456,200 bytes (calibration: 2,511,915,520 incl. the
+    # bitsandbytes AdamW8bit: two uint8 moments + an fp32 absmax per 256-element block (bnb 0.50 Optimizer8bit):
+    # 1,235,814,400 x 2 x (1 + 4 / 256) = 2,510,248,000 bytes (calibration: 2,511,915,520 incl. the
     # 32-bit state bnb keeps for tensors under 4096 elements).
     v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="bf16", optimizer="adamw_8bit",
               batch_size=4, seq_length=1024, optimization_config={"gradient_checkpointing": True})
-    assert v["optimizer_states_gpu_bytes"] == pytest.approx(2_476_456_200, rel=1e-12)
+    assert v["optimizer_states_gpu_bytes"] == pytest.approx(2_510_248_000, rel=1e-12)
     assert v["optimizer_step_temp_bytes"] == 0  # the fused 8-bit kernel makes no foreach temporaries
 
 
@@ -270,3 +271,105 @@ def test_warns_about_a_vision_tower():
                                 "num_attention_heads": 16, "patch_size": 14, "image_size": 896}}
     resp = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": config})
     assert any("vision encoder" in w for w in resp["warnings"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: fused projections, LoRA target matching, sliding-window masks, LLM.int8, o_proj's input
+
+PHI3_MINI_WINDOW = {**PHI3_MINI, "sliding_window": 2047}  # the published config.json declares it
+MISTRAL_7B_V01 = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                  "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 32000,
+                  "max_position_embeddings": 32768, "tie_word_embeddings": False, "sliding_window": 4096}
+
+
+def test_phi3_lora_all_linear_adapts_the_fused_modules():
+    # peft "all-linear" on Phi-3 hits qkv_proj (3072 -> 9216), o_proj (3072 -> 3072), gate_up_proj
+    # (3072 -> 16384) and down_proj (8192 -> 3072): rank 16 x 32 layers x (12288 + 6144 + 19456 + 11264)
+    # = 16 x 32 x 49152 = 25,165,824 trainable parameters (what peft prints for Phi-3 mini, r 16).
+    v = train(PHI3_MINI, finetuning_method="lora", lora_rank=16, lora_target_modules="all-linear",
+              batch_size=1, seq_length=1024)
+    assert v["lora_params"] == 16 * 32 * (12288 + 6144 + 19456 + 11264) == 25_165_824
+    # Naming the fused module adapts q, k and v together: qkv_proj + o_proj = 16 x 32 x (12288 + 6144).
+    v = train(PHI3_MINI, finetuning_method="lora", lora_rank=16, lora_target_modules=["qkv_proj", "o_proj"],
+              batch_size=1, seq_length=1024)
+    assert v["lora_params"] == 16 * 32 * (12288 + 6144) == 9_437_184
+
+
+def test_lora_targets_that_name_no_module_of_the_model_are_refused():
+    # Phi-3 has no q_proj / v_proj (peft raises "Target modules ... not found in the base model").
+    with pytest.raises(RequestError, match="lora_target_modules.*qkv_proj, o_proj, gate_up_proj, down_proj"):
+        train(PHI3_MINI, finetuning_method="lora", lora_target_modules=["q_proj", "v_proj"], batch_size=1, seq_length=512)
+    # and Llama has no qkv_proj
+    with pytest.raises(RequestError, match="lora_target_modules"):
+        train(LLAMA32_1B, finetuning_method="lora", lora_target_modules=["qkv_proj"], batch_size=1, seq_length=512)
+    # a partly matching list adapts what exists and says which names matched nothing
+    body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": PHI3_MINI, "finetuning_method": "lora",
+            "lora_target_modules": ["q_proj", "o_proj"], "batch_size": 1, "seq_length": 512}
+    resp = vramplan.estimate_finetuning(body)
+    assert any("q_proj matches no layer" in w for w in resp["warnings"])
+
+
+def test_phi3_lora_saved_activations_fused_views_and_window_mask():
+    # Phi-3 mini LoRA all-linear r16, bf16 base, 1 x 2048 tokens, config window 2047 (2048 > 2047: masked):
+    #   norms' fp32 inputs 2 x 4 x 3072 = 24,576; SDPA q, out, k, v 2 x (2 x 3072 + 2 x 3072) = 24,576;
+    #   MLP gate, up, act(gate) 2 x 3 x 8192 = 49,152; v is a view of qkv_proj's output, which stays
+    #   alive: 2 x (3072 + 3072) more = 12,288; adapters: one fp32 input copy per fused module
+    #   4 x 2 x 3072 = 24,576, o and down inputs 4 x (3072 + 8192) = 45,056, lora_A outputs 4 x 4 x 16 = 256;
+    #   each layer's SDPA keeps its bf16 additive mask, 2048 x 2 = 4,096 bytes per token.
+    #   Sum 24,576 + 24,576 + 49,152 + 12,288 + 69,888 + 4,096 = 184,576 bytes per token and layer.
+    v = train(PHI3_MINI_WINDOW, finetuning_method="lora", lora_rank=16, lora_target_modules="all-linear",
+              batch_size=1, seq_length=2048)
+    assert v["sdpa_window_mask"] == 1
+    assert v["train_mask_bytes_per_token_layer"] == 2048 * 2 == 4096
+    assert v["layer_saved_bytes_per_token"] == 184_576
+    # At 2047 tokens the keys fit the window: no mask, 184,576 - 4,096 = 180,480.
+    v = train(PHI3_MINI_WINDOW, finetuning_method="lora", lora_rank=16, lora_target_modules="all-linear",
+              batch_size=1, seq_length=2047)
+    assert v["sdpa_window_mask"] == 0 and v["layer_saved_bytes_per_token"] == 180_480
+
+
+def test_full_finetuning_o_proj_input_is_sdpa_output_unless_rope_concatenates():
+    # Llama 3.2 1B mixed precision: norms 2 x 8 x 2048 = 32,768; casts 2 x (3 x 2048 + 2 x 2048 + 8192) = 36,864
+    # (o_proj reads SDPA's own output: no copy); SDPA + MLP 2 x (4096 + 1024 + 3 x 8192) = 59,392; sum 129,024.
+    v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="fp32", batch_size=4, seq_length=1024)
+    assert v["layer_saved_bytes_per_token"] == 32_768 + 36_864 + 59_392 == 129_024
+    # Phi-3 mini full bf16 (no window): norms 2 x 6 x 3072 = 36,864; inputs of qkv_proj, gate_up_proj, o_proj (a copy:
+    # cat-RoPE leaves q head-major) and down_proj 2 x (3 x 3072 + 8192) = 34,816; SDPA + MLP 2 x (4 x 3072 + 3 x 8192)
+    # = 73,728; qkv output kept by the v view 2 x 6144 = 12,288; sum 157,696 (CPU measurement: 16h + 8q + 6kv + 8I).
+    v = train(PHI3_MINI, finetuning_method="full", fine_tuning_quantization="bf16", batch_size=1, seq_length=1024)
+    assert v["layer_saved_bytes_per_token"] == 36_864 + 34_816 + 73_728 + 12_288 == 157_696
+
+
+def test_fp32_sdpa_with_a_window_mask_runs_the_memory_efficient_kernel():
+    # Mistral 7B v0.1 (window 4096, GQA 32/8) in fp32 at an 8192-token prompt: transformers builds the
+    # mask, repeats K and V to 32 heads, and SDPA's memory-efficient kernel runs - no score matrix.
+    # Transient: the additive fp32 mask plus logical_not's bool 8192 x 8192 x (4 + 1) = 335,544,320 and
+    # the repeated K and V 8192 x 2 x 4096 x 4 = 268,435,456; the shared bool mask 8192^2 = 67,108,864.
+    v = infer(MISTRAL_7B_V01, quantization="fp32", kv_cache_quantization="fp32", seq_length=8192)
+    assert v["sdpa_window_mask"] == 1 and v["sdpa_math_fallback"] == 0 and v["attn_scores_bytes"] == 0
+    assert v["window_mask_transient_bytes"] == 335_544_320 + 268_435_456
+    assert v["window_mask_bool_bytes"] == 67_108_864
+    # Within the window (4096 tokens) there is no mask: enable_gqa, and fp32 GQA falls back to math:
+    # scores 4096 x 4096 x 32 heads x 8 bytes = 4,294,967,296.
+    v = infer(MISTRAL_7B_V01, quantization="fp32", kv_cache_quantization="fp32", seq_length=4096)
+    assert v["sdpa_window_mask"] == 0 and v["attn_scores_bytes"] == 4096 * 4096 * 32 * 8 == 4_294_967_296
+
+
+def test_phi3_window_mask_in_fp32_inference():
+    # Phi-3 mini declares a 2047 window that transformers masks on every layer: at 4096 tokens in fp32
+    # (MHA: no repeat) the conversion holds 4096^2 x 5 = 83,886,080 bytes and the bool mask 16,777,216.
+    v = infer(PHI3_MINI_WINDOW, quantization="fp32", kv_cache_quantization="fp32", seq_length=4096)
+    assert v["window_mask_transient_bytes"] == 83_886_080
+    assert v["activations_gpu_bytes"] == v["ffn_transient_bytes"] + v["hidden_live_bytes"] + 16_777_216
+    # without the window key nothing is masked
+    assert infer(PHI3_MINI, quantization="fp32", kv_cache_quantization="fp32", seq_length=4096)["window_mask_bool_bytes"] == 0
+
+
+def test_llm_int8_mlp_holds_int32_and_fp16_copies_of_a_linear_output():
+    # bitsandbytes LLM.int8, Llama 3 8B, 1 x 2048 prompt: while up_proj runs, act(gate) and up (2 x 14336 x 2 bytes)
+    # are alive with the int32 GEMM result (4) and its fp16 dequantization (2) of up's 14336 outputs:
+    # 57,344 + 86,016 = 143,360 bytes per token, x 2048 = 293,601,280 (bf16: 3 x 14336 x 2 x 2048 = 176,160,768).
+    v = infer(LLAMA3_8B, quantization="int8", kv_cache_quantization="bf16", seq_length=2048)
+    assert v["ffn_int8_bytes_per_token"] == 143_360
+    assert v["ffn_transient_bytes"] == 293_601_280
+    assert infer(LLAMA3_8B, quantization="bf16", seq_length=2048)["ffn_transient_bytes"] == 176_160_768

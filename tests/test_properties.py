@@ -17,6 +17,7 @@ import vramplan
 from vramplan.catalog import get_catalog
 from vramplan.errors import RequestError
 from vramplan.estimate import memory_status
+from vramplan.ggufmix import format_bits
 
 CAT = get_catalog()
 GPUS = sorted(e.key for e in CAT.gpus if not e.data.get("custom"))
@@ -153,15 +154,16 @@ def test_offloading_never_raises_vram(body, layers):
     assert off["vram_usage"] <= base["vram_usage"] + 0.005 * (len(off["memory_details"]) + len(base["memory_details"]))
 
 
-ORDERED = sorted((e for e in CAT.quantization if not e.data.get("alias_of")), key=lambda e: e.data["bits"]["default"])
+ORDERED = sorted((e for e in CAT.quantization if not e.data.get("alias_of")), key=lambda e: e.key)
 
 
 @SETTINGS
 @given(st.sampled_from(MODELS), st.sampled_from(ORDERED), st.sampled_from(ORDERED))
 def test_a_smaller_quantization_never_raises_weights(model, a, b):
-    """Formats compared where every tensor role is no wider."""
+    """Formats compared where every tensor role is no wider (GGUF types: as llama.cpp stores this model)."""
     roles = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "norm")
-    bits = lambda e, r: e.data["bits"].get(r, e.data["bits"]["default"])
+    arch = CAT.architectures[model]
+    bits = lambda e, r: (lambda m: m.get(r, m["default"]))(format_bits(CAT.gguf, e, arch))
     assume(all(bits(a, r) <= bits(b, r) for r in roles))
     w = {}
     for fmt in (a, b):

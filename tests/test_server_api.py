@@ -156,6 +156,34 @@ def test_seed_gpu_and_llm_lists(client, auth_headers):
     jsonschema.validate(llms, load_schema(SCHEMA_FILES["LlmList"]))
 
 
+def test_llm_list_filters_by_family_size_capability_and_search(client, auth_headers):
+    def keys(query):
+        r = client.get(f"{PREFIX}/llms?{query}", headers=auth_headers)
+        assert r.status_code == 200, r.text
+        jsonschema.validate(r.json(), load_schema(SCHEMA_FILES["LlmList"]))
+        return {m["key"] for m in r.json()}
+
+    qwen3_moe = keys("family=QWEN3&capability=moe")
+    assert {"qwen3-30b-a3b", "qwen3-235b-a22b"} <= qwen3_moe
+    assert all(k.startswith("qwen3") for k in qwen3_moe) and "qwen3-8b" not in qwen3_moe
+    small = keys("min_params=0.4&max_params=0.5")  # Qwen2.5 0.5B has 0.494 B
+    assert "qwen2.5-0.5b-instruct" in small and "llama-3.1-8b" not in small
+    assert keys("capability=moe,mla&search=deepseek") == keys("capability=moe&capability=mla&search=DeepSeek")
+    assert "deepseek-v3" in keys("capability=mla") and "llama-3.1-8b" not in keys("capability=mla")
+    assert keys("search=coder%2032b") == {"qwen2.5-coder-32b-instruct"}
+    assert keys("search=no-such-model") == set()
+
+
+def test_llm_list_rejects_bad_filters_naming_them(client, auth_headers):
+    r = client.get(f"{PREFIX}/llms?min_params=big&capability=telepathy&colour=red", headers=auth_headers)
+    assert r.status_code == 422
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert fields == {"min_params", "capability", "colour"}
+    r = client.get(f"{PREFIX}/llms?capability=telepathy&min_params=9&max_params=1", headers=auth_headers)
+    assert r.status_code == 422
+    assert {e["field"] for e in r.json()["errors"]} == {"capability", "min_params"}
+
+
 def test_seed_curl_verbatim_body(client, auth_headers):
     """The seed's curl -d payload as text, byte for byte (newlines and all)."""
     raw = '{\n"gpu_key": "rtx_4090",\n"llm_key": "llama-3-8b-instruct",\n"quantization": "q4_k_m",\n' \

@@ -10,13 +10,32 @@ config.json fields with random weights directly on the GPU, then
 nvidia_smi_peak_bytes = peak_reserved_bytes + cuda_context_bytes (device memory in use after CUDA
 init and one cuBLAS matmul, before any model), as in the calibration file.
 
-    python benchmarks/measured/measure.py --all --out FILE.jsonl
+Issue 16 adds the classes the estimate missed most on held-out runs, and decode speed:
+* LLM.int8 inference (``weights_dtype: int8``): the bf16 model is saved and loaded back with
+  BitsAndBytesConfig(load_in_8bit=True) as users load it; the peak counts from before the load;
+* fp32 inference with a sliding-window config (Mistral 7B v0.1 beyond and within its window, Phi-3
+  mini with its published ``sliding_window: 2047``);
+* Phi-3 mini LoRA (all-linear, with and without the window) and full bf16 fine-tuning;
+* pure-bf16 full fine-tuning of 0.5B-7B models, and fp32 mixed precision with bitsandbytes AdamW8bit;
+* every training case also records the caching allocator's segments (count and sizes at the end,
+  torch.cuda.memory_stats peaks), and two cases repeat under expandable_segments, so the next
+  session can model the reserve from segments instead of fitted fractions;
+* ``decode`` cases: transformers generate() with the dynamic cache and the static cache (eager:
+  disable_compile) at batch 1-64; each process warms up with the same shapes first, then times
+  generate(max_new_tokens=1) and generate(max_new_tokens=65) twice and keeps the faster pair
+  (ms per decode step = (t65 - t1) / 64).
+
+Every case runs in its own process. The whole plan fits about ten minutes of an H200:
+
+    python benchmarks/measured/measure.py --all --out FILE.jsonl --budget 540
+    python benchmarks/measured/measure.py --list          # the cases, in the order they run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -41,6 +60,20 @@ GEMMA2_2B = {"model_type": "gemma2", "hidden_size": 2304, "intermediate_size": 9
              "max_position_embeddings": 8192, "sliding_window": 4096, "query_pre_attn_scalar": 256,
              "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh",
              "tie_word_embeddings": True}
+
+MISTRAL7B_V01 = {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                 "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 32000,
+                 "max_position_embeddings": 32768, "tie_word_embeddings": False, "sliding_window": 4096,
+                 "hidden_act": "silu", "rope_theta": 10000.0}
+PHI3_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064, "max_position_embeddings": 4096,
+             "tie_word_embeddings": False, "hidden_act": "silu", "pad_token_id": 32000, "bos_token_id": 1,
+             "eos_token_id": 32000}
+PHI3_MINI_WINDOW = {**PHI3_MINI, "sliding_window": 2047}  # as the published config.json declares it
+QWEN05 = {**QWEN15, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+          "num_key_value_heads": 2}
+LLAMA8B = {**LLAMA3B, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+           "tie_word_embeddings": False, "max_position_embeddings": 8192}
 
 # name: (model, config, workload, settings)
 CASES = {
@@ -72,13 +105,128 @@ CASES = {
         dict(weights_dtype="bf16", attention="sdpa", batch_size=8, prompt_tokens=8192, generated_tokens=16)),
 }
 
+# Issue 16 - the classes furthest off on held-out runs, in the order they run (most informative first).
+CASES_I16 = {
+    "inf-llama-3.2-1b-int8-b16-s2048": ("llama-3.2-1b", LLAMA1B, "inference",
+        dict(weights_dtype="int8", attention="sdpa", batch_size=16, prompt_tokens=2048, generated_tokens=16)),
+    "inf-llama-3.2-3b-int8-b8-s2048": ("llama-3.2-3b", LLAMA3B, "inference",
+        dict(weights_dtype="int8", attention="sdpa", batch_size=8, prompt_tokens=2048, generated_tokens=16)),
+    "inf-mistral-7b-v0.1-fp32-sdpa-b1-s8192": ("mistral-7b-v0.1", MISTRAL7B_V01, "inference",
+        dict(weights_dtype="fp32", attention="sdpa", batch_size=1, prompt_tokens=8192, generated_tokens=16)),
+    "inf-mistral-7b-v0.1-fp32-sdpa-b1-s4096": ("mistral-7b-v0.1", MISTRAL7B_V01, "inference",
+        dict(weights_dtype="fp32", attention="sdpa", batch_size=1, prompt_tokens=4096, generated_tokens=16)),
+    "inf-phi-3-mini-window-fp32-sdpa-b2-s4096": ("phi-3-mini", PHI3_MINI_WINDOW, "inference",
+        dict(weights_dtype="fp32", attention="sdpa", batch_size=2, prompt_tokens=4096, generated_tokens=16)),
+    "ft-phi-3-mini-window-lora-r16-gc0-b4-s2048": ("phi-3-mini", PHI3_MINI_WINDOW, "finetuning",
+        dict(method="lora", weights_dtype="bf16", gradient_checkpointing=False, batch_size=4, seq_length=2048,
+             lora_rank=16, lora_target_modules="all-linear")),
+    "ft-phi-3-mini-lora-qkvo-r16-gc0-b4-s2048": ("phi-3-mini", PHI3_MINI, "finetuning",
+        dict(method="lora", weights_dtype="bf16", gradient_checkpointing=False, batch_size=4, seq_length=2048,
+             lora_rank=16, lora_target_modules=["qkv_proj", "o_proj"])),
+    "ft-phi-3-mini-full-bf16-gc1-b4-s2048": ("phi-3-mini", PHI3_MINI, "finetuning",
+        dict(method="full", weights_dtype="bf16", gradient_checkpointing=True, batch_size=4, seq_length=2048)),
+    "ft-qwen2.5-0.5b-full-bf16-gc0-b8-s1024": ("qwen2.5-0.5b", QWEN05, "finetuning",
+        dict(method="full", weights_dtype="bf16", gradient_checkpointing=False, batch_size=8, seq_length=1024)),
+    "ft-llama-3.2-3b-full-bf16-gc1-b4-s1024": ("llama-3.2-3b", LLAMA3B, "finetuning",
+        dict(method="full", weights_dtype="bf16", gradient_checkpointing=True, batch_size=4, seq_length=1024)),
+    "ft-qwen2.5-7b-full-bf16-gc1-b1-s2048": ("qwen2.5-7b", QWEN7, "finetuning",
+        dict(method="full", weights_dtype="bf16", gradient_checkpointing=True, batch_size=1, seq_length=2048)),
+    "ft-llama-3.2-1b-full-fp32-adamw8bit-gc1-b4-s1024": ("llama-3.2-1b", LLAMA1B, "finetuning",
+        dict(method="full", weights_dtype="fp32", gradient_checkpointing=True, batch_size=4, seq_length=1024,
+             optimizer="bitsandbytes AdamW8bit")),
+    "ft-qwen2.5-1.5b-full-fp32-adamw8bit-gc0-b2-s1024": ("qwen2.5-1.5b", QWEN15, "finetuning",
+        dict(method="full", weights_dtype="fp32", gradient_checkpointing=False, batch_size=2, seq_length=1024,
+             optimizer="bitsandbytes AdamW8bit")),
+    # the same shapes as two cases above under expandable_segments (PYTORCH_CUDA_ALLOC_CONF)
+    "ft-llama-3.2-3b-full-bf16-gc1-b4-s1024-expandable": ("llama-3.2-3b", LLAMA3B, "finetuning",
+        dict(method="full", weights_dtype="bf16", gradient_checkpointing=True, batch_size=4, seq_length=1024,
+             allocator="expandable_segments:True")),
+    "ft-qwen2.5-0.5b-full-bf16-gc0-b8-s1024-expandable": ("qwen2.5-0.5b", QWEN05, "finetuning",
+        dict(method="full", weights_dtype="bf16", gradient_checkpointing=False, batch_size=8, seq_length=1024,
+             allocator="expandable_segments:True")),
+}
+DECODE_MODELS = {"llama-3.2-1b": LLAMA1B, "llama-3-8b": LLAMA8B}
+for _model, _cfg in DECODE_MODELS.items():
+    for _cache in ("dynamic", "static"):
+        for _b in (1, 8, 32, 64):
+            CASES_I16[f"decode-{_model}-bf16-{_cache}-b{_b}-ctx512"] = (_model, _cfg, "decode",
+                dict(weights_dtype="bf16", attention="sdpa", cache=_cache, batch_size=_b, prompt_tokens=512,
+                     timed_steps=64))
+
+
+def _allocator_summary(torch) -> dict:
+    """Segments the caching allocator holds at the end of the run, and its peak statistics."""
+    stats = torch.cuda.memory_stats()
+    segs = torch.cuda.memory_snapshot()
+    sizes = sorted((seg["total_size"] for seg in segs), reverse=True)
+    return {
+        "segments": len(sizes), "segment_bytes": sum(sizes), "largest_segments": sizes[:12],
+        "segments_2mib": sum(1 for x in sizes if x == 2 * 1024**2), "segments_20mib": sum(1 for x in sizes if x == 20 * 1024**2),
+        "free_in_segments_bytes": sum(seg["total_size"] - seg["allocated_size"] for seg in segs),
+        "reserved_large_pool_peak": stats.get("reserved_bytes.large_pool.peak"),
+        "reserved_small_pool_peak": stats.get("reserved_bytes.small_pool.peak"),
+        "segment_count_peak": stats.get("segment.all.peak"), "num_alloc_retries": stats.get("num_alloc_retries"),
+        "inactive_split_bytes_peak": stats.get("inactive_split_bytes.all.peak"),
+    }
+
+
+def _build(cfg: dict, dtype, attn: str, dev, torch, m: dict, out_dir: str | None = None):
+    """The model on the GPU with random weights; int8 is saved and loaded back through bitsandbytes."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.for_model(**cfg)
+    if dtype != "int8":
+        torch.cuda.reset_peak_memory_stats()
+        with torch.device(dev):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    import tempfile
+    from transformers import BitsAndBytesConfig
+    with torch.device(dev):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation=attn)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        model.save_pretrained(tmp)
+        del model
+        torch.cuda.empty_cache()
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16, attn_implementation=attn, device_map="cuda",
+                                                     quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+    torch.cuda.synchronize()
+    m["peak_reserved_after_load_bytes"] = torch.cuda.max_memory_reserved()
+    return model
+
+
+def _decode(model, st: dict, vocab: int, dev, torch, m: dict) -> None:
+    """ms per decode step of generate() at this batch and cache, after a warm-up at the same shapes."""
+    b, ctx, steps = st["batch_size"], st["prompt_tokens"], st["timed_steps"]
+    ids = torch.randint(0, vocab, (b, ctx), device=dev)
+    kw = dict(do_sample=False, eos_token_id=None, pad_token_id=0)
+    if st["cache"] == "static":
+        kw.update(cache_implementation="static", disable_compile=True)
+
+    def gen(n: int) -> float:
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    with torch.no_grad():
+        gen(steps + 1)  # warm-up: the same shapes, so the allocator and cuBLAS have what they need
+        best = None
+        for _ in range(2):
+            t1, tn = gen(1), gen(steps + 1)
+            if best is None or tn - t1 < best[1] - best[0]:
+                best = (t1, tn)
+    m["prefill_plus_one_s"] = round(best[0], 5)
+    m["ms_per_step"] = round((best[1] - best[0]) / steps * 1000, 3)
+    m["tokens_per_s"] = round(b * 1000 / m["ms_per_step"], 1)
+
 
 def run_case(name: str) -> dict:
     import torch
     import transformers
-    from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_name, cfg, workload, st = CASES[name]
+    model_name, cfg, workload, st = {**CASES, **CASES_I16}[name]
     dev = torch.device("cuda")
     torch.cuda.init()
     a = torch.randn(1024, 1024, device=dev)
@@ -87,20 +235,29 @@ def run_case(name: str) -> dict:
     torch.cuda.synchronize()
     free, total = torch.cuda.mem_get_info()
     context = total - free
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[st["weights_dtype"]]
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "int8": "int8"}[st["weights_dtype"]]
     attn = "eager" if st.get("attention") == "eager" else "sdpa"
-    config = AutoConfig.for_model(**cfg)
-    torch.cuda.reset_peak_memory_stats()
-    with torch.device(dev):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
+    m: dict = {}
+    model = _build(cfg, dtype, attn, dev, torch, m)
     params = sum(p.numel() for p in model.parameters())
     vocab = cfg["vocab_size"]
     out = {"id": f"h100b-{name}" if "H100" in torch.cuda.get_device_name() else f"h200b-{name}",
            "workload": workload, "model": model_name, "hf_config": cfg, "device": torch.cuda.get_device_name(),
            "versions": {"torch": torch.__version__, "transformers": transformers.__version__}}
-    m: dict = {"params": params}
+    m["params"] = params
+    if workload == "decode":
+        out["kind"] = "decode"
+        model.eval()
+        _decode(model, st, vocab, dev, torch, m)
+        out["settings"] = {"runtime": "transformers", **st}
+        out["measured"] = m
+        return out
     if workload == "inference":
         settings = {"runtime": "transformers", **st}
+        if dtype == "int8":
+            import bitsandbytes
+            settings["quantization_detail"] = "bitsandbytes LLM.int8 (load_in_8bit, threshold 6.0), bf16 compute"
+            out["versions"]["bitsandbytes"] = bitsandbytes.__version__
         model.eval()
         torch.cuda.synchronize()
         m["weights_bytes"] = torch.cuda.memory_allocated()
@@ -111,6 +268,7 @@ def run_case(name: str) -> dict:
             o = model(input_ids=ids, use_cache=True, logits_to_keep=1)
             torch.cuda.synchronize()
             m["prefill_tokens_per_s"] = round(b * s / (time.time() - t0), 1)
+            m["prefill_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
             cache = o.past_key_values
             nxt = o.logits[:, -1:].argmax(-1)
             del o
@@ -124,9 +282,10 @@ def run_case(name: str) -> dict:
     else:
         method = st["method"]
         ga = st.get("gradient_accumulation_steps", 1)
+        optimizer = st.get("optimizer", "torch.optim.AdamW (default foreach)")
         settings = {"runtime": "transformers", "mixed_precision_autocast": "bf16" if dtype == torch.float32 else None,
                     "lora_alpha": 2 * st["lora_rank"] if method == "lora" else None,
-                    "optimizer": "torch.optim.AdamW (default foreach)", "gradient_accumulation_steps": ga,
+                    "optimizer": optimizer, "gradient_accumulation_steps": ga,
                     "attention": attn, "loss": "causal LM cross-entropy over the full sequence (labels = inputs)", **st}
         if method == "lora":
             from peft import LoraConfig, get_peft_model
@@ -143,7 +302,12 @@ def run_case(name: str) -> dict:
         m["trainable_params"] = sum(p.numel() for p in trainable)
         torch.cuda.synchronize()
         m["weights_bytes"] = torch.cuda.memory_allocated()
-        opt = torch.optim.AdamW(trainable, lr=1e-5)
+        if "8bit" in optimizer.lower():
+            import bitsandbytes
+            opt = bitsandbytes.optim.AdamW8bit(trainable, lr=1e-5)
+            out["versions"]["bitsandbytes"] = bitsandbytes.__version__
+        else:
+            opt = torch.optim.AdamW(trainable, lr=1e-5)
         mb = st["batch_size"] // ga
         s = st["seq_length"]
         t0 = time.time()
@@ -159,9 +323,11 @@ def run_case(name: str) -> dict:
             if step == 0:
                 torch.cuda.synchronize()
                 m["weights_plus_optimizer_state_bytes"] = torch.cuda.memory_allocated()
+                m["step0_peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
                 t0 = time.time()
         torch.cuda.synchronize()
         m["train_tokens_per_s"] = round(2 * st["batch_size"] * s / (time.time() - t0), 1)
+        m["allocator"] = _allocator_summary(torch)
     torch.cuda.synchronize()
     m["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
     m["peak_reserved_bytes"] = torch.cuda.max_memory_reserved()
@@ -175,24 +341,35 @@ def run_case(name: str) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--case")
-    ap.add_argument("--all", action="store_true")
+    ap.add_argument("--all", action="store_true", help="the issue 16 plan (CASES_I16), in order")
+    ap.add_argument("--calibration-cases", action="store_true", help="the 2026-11-26 cases (CASES) instead")
+    ap.add_argument("--list", action="store_true")
     ap.add_argument("--out", default="measured.jsonl")
-    ap.add_argument("--timeout", type=int, default=60)
-    ap.add_argument("--budget", type=int, default=300, help="start no case after this many seconds")
+    ap.add_argument("--timeout", type=int, default=120)
+    ap.add_argument("--budget", type=int, default=540, help="start no case after this many seconds")
     args = ap.parse_args()
+    plan = CASES if args.calibration_cases else CASES_I16
+    if args.list:
+        for name in plan:
+            print(name)
+        return 0
     if args.case:
         print("RESULT " + json.dumps(run_case(args.case)), flush=True)
         return 0
     t_start = time.time()
     with open(args.out, "a") as fh:
-        for name in CASES:
+        for name in plan:
             if time.time() - t_start > args.budget:
                 print(f"{name}: skipped (time budget spent)", flush=True)
                 continue
+            st = plan[name][3]
+            env = dict(os.environ)
+            if st.get("allocator"):
+                env["PYTORCH_CUDA_ALLOC_CONF"] = st["allocator"]
             t0 = time.time()
             try:
                 p = subprocess.run([sys.executable, __file__, "--case", name], capture_output=True, text=True,
-                                   timeout=args.timeout)
+                                   timeout=args.timeout, env=env)
             except subprocess.TimeoutExpired:
                 print(f"{name}: timed out", flush=True)
                 continue
@@ -203,6 +380,10 @@ def main() -> int:
             fh.write(lines[-1][7:] + "\n")
             fh.flush()
             r = json.loads(lines[-1][7:])["measured"]
+            if "ms_per_step" in r:
+                print(f"{name}: {time.time() - t0:.0f}s {r['ms_per_step']:.2f} ms/step (total {time.time() - t_start:.0f}s)",
+                      flush=True)
+                continue
             print(f"{name}: {time.time() - t0:.0f}s peak_alloc={r['peak_allocated_bytes'] / 1e9:.2f} GB "
                   f"reserved={r['peak_reserved_bytes'] / 1e9:.2f} GB ctx={r['cuda_context_bytes'] / 1e6:.0f} MB "
                   f"(total {time.time() - t_start:.0f}s)", flush=True)

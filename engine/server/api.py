@@ -16,7 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .. import hub
 from ..errors import RequestError, VramplanError
+from ..listing import model_filters_from_query
 from . import auth
 from .errors import error_response, request_error_response, unauthorized
 
@@ -123,9 +125,13 @@ async def _call_engine(request: Request, fn_name: str, *args) -> Response:
 
     fn = getattr(vramplan, fn_name)
     try:
-        if fn_name in CACHED_LISTINGS:
+        if fn_name in CACHED_LISTINGS and not args:
             return _listing(fn_name, fn)
-        result = fn(*args) if fn_name in INLINE_CALLS else await run_in_threadpool(fn, *args)
+        if fn_name in CACHED_LISTINGS:  # a filtered listing: keyword filters
+            return JSONResponse(fn(**args[0]))
+        with hub.using(hub_policy(request)):
+            inline = fn_name in INLINE_CALLS and not _names_hub_model(args)  # a Hub lookup waits on the network
+            result = fn(*args) if inline else await run_in_threadpool(fn, *args)
         return JSONResponse(result)
     except RequestError as exc:
         return request_error_response(exc)
@@ -138,6 +144,16 @@ async def _call_engine(request: Request, fn_name: str, *args) -> Response:
         incident = secrets.token_hex(6)
         log.exception("unexpected error in %s (incident %s)", fn_name, incident)
         return error_response(500, f"internal error (incident {incident}); the server log has the details")
+
+
+def hub_policy(request: Request) -> hub.Policy:
+    """The operator's Hub policy (``VRAMPLAN_HUB_LOOKUPS`` etc., read when the app was made)."""
+    policy = getattr(request.app.state, "hub_policy", None)
+    return policy if policy is not None else hub.policy_from_env(server=True)
+
+
+def _names_hub_model(args) -> bool:
+    return any(isinstance(a, dict) and hub.is_hub_key(a.get("llm_key")) for a in args)
 
 
 def _listing(fn_name: str, fn) -> Response:
@@ -172,6 +188,12 @@ def _list_endpoint(fn_name: str):
         denied = await authenticate(request)
         if denied is not None:
             return denied
+        if fn_name == "list_models" and request.query_params:  # GET llms?family=…&capability=…: filtered
+            try:
+                filters = model_filters_from_query({k: request.query_params.getlist(k) for k in request.query_params})
+            except RequestError as exc:
+                return request_error_response(exc)
+            return await _call_engine(request, fn_name, filters)
         return await _call_engine(request, fn_name)
 
     endpoint.__name__ = fn_name

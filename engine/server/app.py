@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from .. import hub
 from . import api, auth, pages, report_routes, settings
 from .errors import error_response
 from .tokens import TokenStore, open_store
@@ -105,6 +106,7 @@ def create_app(store: TokenStore | None = None, admin_secret: str | None = None,
     app.state.page_ip_limiter = auth.RateLimiter(PAGE_RATE_PER_ADDRESS_PER_MINUTE, 60)
     app.state.login_limiter = auth.RateLimiter(LOGIN_ATTEMPTS_PER_5_MINUTES, 300)
     app.state.token_fail_limiter = auth.RateLimiter(api.TOKEN_FAILURES_PER_MINUTE, 60)
+    app.state.hub_policy = hub.policy_from_env(server=True)  # Hub ids off unless VRAMPLAN_HUB_LOOKUPS=1
     app.add_middleware(SecurityHeaders)
     return app
 

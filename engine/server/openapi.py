@@ -12,6 +12,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 
+from ..listing import CAPABILITIES
 from .api import MAX_BODY_BYTES, PREFIX, TOKEN_FAILURES_PER_MINUTE
 
 #: component name -> schema file in the ``vramplan.schemas`` package
@@ -154,14 +155,35 @@ def _estimate_op(kind: str, summary: str, description: str, example: dict) -> di
     }}
 
 
-def _list_op(op_id: str, summary: str, component: str) -> dict:
+def _list_op(op_id: str, summary: str, component: str, parameters: list | None = None) -> dict:
+    errors = _common_errors(post=False)
+    if parameters:
+        errors["422"] = _error("An unknown query parameter, or a malformed filter (each named, with the valid ones).")
+        errors = dict(sorted(errors.items()))
     return {"get": {
         "operationId": op_id, "summary": summary, "tags": ["catalogs"],
         "description": summary + " Memory in GiB.",
+        **({"parameters": parameters} if parameters else {}),
         "responses": {"200": {"description": summary,
                               "content": {"application/json": {"schema": _ref(component)}}},
-                      **_common_errors(post=False)},
+                      **errors},
     }}
+
+
+def _llm_filters() -> list[dict]:
+    """GET llms query parameters (vramplan.listing.filter_models)."""
+    def param(name, schema, description, **extra):
+        return {"name": name, "in": "query", "required": False, "schema": schema, "description": description, **extra}
+
+    return [
+        param("family", {"type": "string"}, "The family or a prefix of it, any case (`qwen` matches qwen2.5 and qwen3)."),
+        param("min_params", {"type": "number", "minimum": 0}, "At least this many parameters in total, billions."),
+        param("max_params", {"type": "number", "minimum": 0}, "At most this many parameters in total, billions."),
+        param("capability", {"type": "array", "items": {"enum": list(CAPABILITIES)}},
+              "Required capabilities, repeated or comma-separated; all must hold. "
+              + "; ".join(f"`{k}`: {v}" for k, v in CAPABILITIES.items()) + ".", style="form", explode=True),
+        param("search", {"type": "string"}, "Words that must all appear in the key, name, family or Hub repository, any case."),
+    ]
 
 
 SEED_INFERENCE = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "quantization": "q4_k_m",
@@ -204,7 +226,8 @@ def _document() -> str:
                 "training throughput and time for full fine-tuning, LoRA or QLoRA.",
                 SEED_FINETUNING),
             f"{PREFIX}/gpus": _list_op("list_gpus", "List the valid gpu_key values with their memory.", "GpuList"),
-            f"{PREFIX}/llms": _list_op("list_models", "List the valid llm_key values.", "LlmList"),
+            f"{PREFIX}/llms": _list_op("list_models", "List the valid llm_key values, optionally filtered by family, "
+                                       "size, capability and search words.", "LlmList", _llm_filters()),
             f"{PREFIX}/runtimes": _list_op("list_runtimes", "List the valid runtime values with their cited constants.",
                                            "RuntimeList"),
             f"{PREFIX}/plan": {"post": {

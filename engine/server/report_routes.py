@@ -35,7 +35,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import RequestError, VramplanError
-from .api import PREFIX, _call_engine, read_json_object
+from .. import hub
+from .api import PREFIX, _call_engine, hub_policy, read_json_object
 from .errors import error_response, request_error_response
 
 log = logging.getLogger("vramplan.server")
@@ -115,7 +116,8 @@ async def report_endpoint(request: Request) -> Response:
     if isinstance(body, Response):
         return body
     try:
-        text = await run_in_threadpool(_render, body, workload, fmt)
+        with hub.using(hub_policy(request)):
+            text = await run_in_threadpool(_render, body, workload, fmt)
     except RequestError as exc:
         return request_error_response(exc)
     except VramplanError as exc:

@@ -1,0 +1,150 @@
+"""A model of PyTorch's CUDA caching allocator (c10/cuda/CUDACachingAllocator.cpp, default settings).
+
+Replaying a run's allocations and frees through it gives the run's reserved memory - what nvidia-smi
+shows beyond the CUDA context - without a GPU (replay_training.py records the sequence on the meta
+device). Pure Python, no dependencies.
+
+Blocks live in segments obtained with cudaMalloc; reserved memory is the sum of segment sizes.
+- every request is rounded up to a multiple of 512 bytes (kMinBlockSize);
+- requests <= 1 MiB (kSmallSize) use the small pool, whose segments are 2 MiB (kSmallBuffer);
+  larger ones the large pool: a new segment is 20 MiB (kLargeBuffer) for requests under 10 MiB
+  (kMinLargeAlloc), else the request rounded up to 2 MiB (kRoundLarge);
+- a request takes the smallest free block of its pool that fits (best fit, lowest address on ties);
+- the block is split when the rest is >= 512 bytes (small pool) or > 1 MiB (large pool); the request
+  takes the front;
+- a freed block merges with free neighbours of the same segment; segments are never returned
+  (no OOM on the measured runs, no empty_cache).
+
+With ``expandable_segments=True`` (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True) each pool is one
+virtual-address segment mapped in pages of 2 MiB (small pool) or 20 MiB (large pool): a request no free
+block fits extends the segment's free tail by as many pages as it lacks (try_allocate_expandable_block,
+map_block), large blocks split whenever 512 bytes or more remain (should_split), and the reserved
+memory is what is mapped.
+"""
+from __future__ import annotations
+
+import bisect
+
+K_MIN_BLOCK = 512
+K_SMALL_SIZE = 1 << 20
+K_SMALL_BUFFER = 2 << 20
+K_LARGE_BUFFER = 20 << 20
+K_MIN_LARGE_ALLOC = 10 << 20
+K_ROUND_LARGE = 2 << 20
+
+
+def round_size(n: int) -> int:
+    return K_MIN_BLOCK if n < K_MIN_BLOCK else K_MIN_BLOCK * ((n + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
+
+
+def allocation_size(n: int) -> int:
+    if n <= K_SMALL_SIZE:
+        return K_SMALL_BUFFER
+    if n < K_MIN_LARGE_ALLOC:
+        return K_LARGE_BUFFER
+    return K_ROUND_LARGE * ((n + K_ROUND_LARGE - 1) // K_ROUND_LARGE)
+
+
+class Block:
+    __slots__ = ("addr", "size", "free", "prev", "next", "small")
+
+    def __init__(self, addr, size, small):
+        self.addr, self.size, self.free, self.prev, self.next, self.small = addr, size, True, None, None, small
+
+
+class Allocator:
+    """One device, one stream, no max_split_size (PyTorch's defaults); expandable segments optional."""
+
+    def __init__(self, expandable_segments: bool = False):
+        self.pools = {True: [], False: []}  # sorted lists of (size, addr, block) of free blocks
+        self.next_addr = 0
+        self.reserved = self.allocated = self.peak_reserved = self.peak_allocated = 0
+        self.handles = {}
+        self.expandable = expandable_segments
+        self.tail = {True: None, False: None}  # expandable: the last mapped block of each pool's segment
+
+    def _insert(self, b):
+        bisect.insort(self.pools[b.small], (b.size, b.addr, b))
+
+    def _remove(self, b):
+        pool = self.pools[b.small]
+        i = bisect.bisect_left(pool, (b.size, b.addr))
+        assert pool[i][2] is b
+        pool.pop(i)
+
+    def malloc(self, handle, nbytes: int) -> None:
+        """Allocate ``nbytes`` under ``handle`` (DeviceCachingAllocator::malloc: get_free_block, else
+        alloc_block of get_allocation_size; then split when should_split)."""
+        size = round_size(nbytes)
+        small = size <= K_SMALL_SIZE
+        pool = self.pools[small]
+        i = bisect.bisect_left(pool, (size, -1))
+        if i < len(pool):
+            b = pool.pop(i)[2]
+        elif self.expandable:
+            b = self._map_tail(size, small)
+        else:
+            seg = allocation_size(size)
+            b = Block(self.next_addr, seg, small)
+            self.next_addr += seg + (1 << 30)  # segments are not adjacent
+            self.reserved += seg
+            self.peak_reserved = max(self.peak_reserved, self.reserved)
+        rest = b.size - size
+        if rest >= K_MIN_BLOCK and (small or self.expandable or rest > K_SMALL_SIZE):
+            r = Block(b.addr + size, rest, small)
+            r.prev, r.next = b, b.next
+            if b.next:
+                b.next.prev = r
+            b.next = r
+            b.size = size
+            self._insert(r)
+            if self.tail[small] is b:
+                self.tail[small] = r
+        b.free = False
+        self.handles[handle] = b
+        self.allocated += b.size
+        self.peak_allocated = max(self.peak_allocated, self.allocated)
+
+    def _map_tail(self, size: int, small: bool) -> Block:
+        """Map the pages a request lacks at the end of the pool's segment, joining a free tail block."""
+        page = K_SMALL_BUFFER if small else K_LARGE_BUFFER
+        last = self.tail[small]
+        have = last.size if last is not None and last.free else 0
+        mapped = page * ((size - have + page - 1) // page)
+        self.reserved += mapped
+        self.peak_reserved = max(self.peak_reserved, self.reserved)
+        if have:
+            self._remove(last)
+            last.size += mapped
+            return last
+        start = last.addr + last.size if last is not None else (0 if small else 1 << 50)
+        b = Block(start, mapped, small)
+        if last is not None:
+            last.next, b.prev = b, last
+        self.tail[small] = b
+        return b
+
+    def free(self, handle) -> None:
+        """Free ``handle``'s block and merge it with free neighbours (free_block / try_merge_blocks)."""
+        b = self.handles.pop(handle)
+        self.allocated -= b.size
+        b.free = True
+        for nb in (b.prev, b.next):
+            if nb is not None and nb.free:
+                self._remove(nb)
+                if nb is b.prev:
+                    nb.size += b.size
+                    nb.next = b.next
+                    if b.next:
+                        b.next.prev = nb
+                    if self.tail[b.small] is b:
+                        self.tail[b.small] = nb
+                    b = nb
+                else:
+                    b.size += nb.size
+                    b.next = nb.next
+                    if nb.next:
+                        nb.next.prev = b
+                    if self.tail[b.small] is nb:
+                        self.tail[b.small] = b
+        self._insert(b)

@@ -1,0 +1,65 @@
+"""Simulated training runs over many shapes (replay_training.simulate), one JSON line each.
+
+    python benchmarks/allocator/sweep.py OUT.jsonl
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "measured"))
+import measure  # noqa: E402  (model configs)
+from replay_training import simulate  # noqa: E402
+
+MODELS = {"qwen2.5-0.5b": measure.QWEN05, "llama-3.2-1b": measure.LLAMA1B, "qwen2.5-1.5b": measure.QWEN15,
+          "smollm2-1.7b": measure.SMOL17, "llama-3.2-3b": measure.LLAMA3B, "phi-3-mini": measure.PHI3_MINI,
+          "qwen2.5-7b": measure.QWEN7, "llama-3-8b": measure.LLAMA8B}
+RECIPES = [  # (method, weights dtype, optimizer, checkpointing)
+    ("full", "bf16", "adamw", False), ("full", "bf16", "adamw", True), ("full", "fp32", "adamw", False),
+    ("full", "fp32", "adamw", True), ("full", "bf16", "adamw8bit", True), ("full", "fp32", "adamw8bit", True),
+    ("lora", "bf16", "adamw", False), ("lora", "bf16", "adamw", True)]
+SHAPES = [(1, 2048), (4, 1024), (8, 2048)]
+
+
+def cases():
+    combos = list(itertools.product(MODELS.items(), RECIPES, SHAPES))
+    random.Random(0).shuffle(combos)  # any prefix of the sweep covers every model and recipe
+    for (model, cfg), (method, dtype, opt, gc), (b, s) in combos:
+        big = model in ("qwen2.5-7b", "llama-3-8b")
+        if big and method == "full" and (dtype == "fp32" or (b, s) == (8, 2048)):
+            continue  # beyond one H200 anyway
+        if not big and method == "lora" and (b, s) == (1, 2048):
+            continue
+        st = dict(method=method, weights_dtype=dtype, gradient_checkpointing=gc, batch_size=b, seq_length=s,
+                  optimizer="bitsandbytes AdamW8bit" if opt == "adamw8bit" else "torch.optim.AdamW")
+        if method == "lora":
+            st.update(lora_rank=16, lora_target_modules="all-linear")
+        yield {"id": f"sim-{model}-{method}-{dtype}-{opt}-gc{int(gc)}-b{b}-s{s}", "model": model, "workload": "finetuning",
+               "hf_config": cfg, "settings": st}
+
+
+def main(out: str) -> int:
+    done = set()
+    if Path(out).exists():
+        done = {json.loads(line)["id"] for line in Path(out).read_text().splitlines() if line.strip()}
+    with open(out, "a") as fh:
+        for case in cases():
+            if case["id"] in done:
+                continue
+            t0 = time.time()
+            a = simulate(case)
+            case["simulated"] = {"peak_allocated_bytes": a.peak_allocated, "peak_reserved_bytes": a.peak_reserved,
+                                 "seconds": round(time.time() - t0, 1)}
+            fh.write(json.dumps(case) + "\n")
+            fh.flush()
+            print(case["id"], round(a.peak_reserved / 1e9, 2), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

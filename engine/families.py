@@ -1,0 +1,507 @@
+"""Families whose layers are not all alike, read family by family from ``config.json``.
+
+:mod:`vramplan.architecture` reads what every decoder shares (hidden size, heads, MoE, MLA,
+sliding windows). The families here add layers the generic reading cannot see, and each one is
+read from its own config keys, as its transformers ``*Config`` class and modeling code build it:
+
+- **recurrent mixers** whose per-sequence state does not grow with the context: Qwen3-Next's
+  gated DeltaNet (``linear_attention`` layers), the Mamba2 layers of Granite 4.0-H and Nemotron-H,
+  and Jamba's Mamba layers. Each keeps a causal-conv state (the last ``kernel - 1`` or ``kernel``
+  inputs of ``conv_channels`` channels) and an SSM / delta-rule state per layer per sequence;
+- **KV sharing** (Gemma 3n): the last ``num_kv_shared_layers`` layers read the cache of the last
+  earlier layer of their attention type instead of keeping their own;
+- **per-layer embeddings** (Gemma 3n): a second lookup table, ``vocab_size_per_layer_input x
+  num_hidden_layers x hidden_size_per_layer_input``, that runtimes may keep off the GPU;
+- **cross-attention layers** (Llama 3.2 Vision): their keys and values come from the image
+  encoder's tokens, a fixed number per image, not from the text context;
+- **image tokens in the context** (Gemma 3, Gemma 3n): each image adds a fixed number of soft
+  tokens to the sequence.
+
+:func:`read` returns keyword overrides for :class:`vramplan.architecture.Architecture`;
+:func:`normalize` renames the keys a family spells differently before the generic reading. Each
+reader cites the code it follows. Layer kinds are ``full``, ``sliding``, ``recurrent``, ``cross``
+and ``none`` (a block with no token mixer, Nemotron-H's MLP-only blocks).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+#: Config class defaults a family's readers fall back on when a key is missing (the values of the
+#: transformers ``*Config.__init__`` signatures cited per family below); each use is reported in
+#: ``Architecture.assumed``.
+CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
+    # transformers models/qwen3_next/configuration_qwen3_next.py Qwen3NextConfig
+    "qwen3_next": {"linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+                   "linear_num_key_heads": 16, "linear_num_value_heads": 32, "full_attention_interval": 4},
+    # transformers models/granitemoehybrid/configuration_granitemoehybrid.py GraniteMoeHybridConfig
+    "granitemoehybrid": {"mamba_n_heads": 128, "mamba_n_groups": 1, "mamba_d_state": 256, "mamba_d_conv": 4,
+                         "mamba_expand": 2, "mamba_conv_bias": True, "mamba_proj_bias": False,
+                         "shared_intermediate_size": 1024},
+    # transformers models/nemotron_h/configuration_nemotron_h.py NemotronHConfig
+    "nemotron_h": {"mamba_num_heads": 128, "mamba_head_dim": 64, "ssm_state_size": 128, "n_groups": 8,
+                   "conv_kernel": 4, "use_conv_bias": True, "use_bias": False},
+    # transformers models/jamba/configuration_jamba.py JambaConfig
+    "jamba": {"attn_layer_period": 8, "attn_layer_offset": 4, "expert_layer_period": 2, "expert_layer_offset": 1,
+              "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_dt_rank": "auto",
+              "mamba_conv_bias": True, "mamba_proj_bias": False},
+    # transformers models/gemma3n/configuration_gemma3n.py Gemma3nTextConfig
+    "gemma3n_text": {"vocab_size_per_layer_input": 262144, "hidden_size_per_layer_input": 256, "altup_num_inputs": 4,
+                     "num_kv_shared_layers": 15, "laurel_rank": 64},
+}
+
+#: Bits in which the reference kernels return the recurrent state, where the runtime stores what
+#: the model code hands it (transformers). 0 = the compute dtype.
+#: Qwen3-Next: fla ``chunk_gated_delta_rule`` and transformers' ``torch_chunk_gated_delta_rule``
+#: both compute the state in float32 and return it as is (modeling_qwen3_next.py); the Mamba2 /
+#: Mamba caches are allocated in the model dtype and copied into (``HybridMambaAttentionDynamicCache``).
+STATE_KERNEL_BITS = {"qwen3_next": 32}
+
+
+def _int(cfg: dict, key: str, family: str, where: str, problems: list, assumed: list, *, minimum: int = 1) -> int:
+    """A positive integer config key, or the family's class default (reported), or a problem."""
+    value = cfg.get(key)
+    if value is None and key in CLASS_DEFAULTS.get(family, {}):
+        value = CLASS_DEFAULTS[family][key]
+        assumed.append(f"{key} = {value} ({family} default; not in config)")
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        problems.append((f"{where}.{key}", f"must be an integer >= {minimum}, got {value!r}"))
+        return max(minimum, 1)
+    return value
+
+
+def _flag(cfg: dict, key: str, family: str) -> bool:
+    value = cfg.get(key)
+    if value is None:
+        value = CLASS_DEFAULTS.get(family, {}).get(key, False)
+    return bool(value)
+
+
+def _kinds(raw: Any, layers: int, mapping: dict[str, str], key: str, where: str, problems: list) -> tuple[str, ...] | None:
+    """Per-layer kinds from a config list of layer-type strings, or None (with a problem) when malformed."""
+    if not isinstance(raw, (list, tuple)) or len(raw) != layers:
+        problems.append((f"{where}.{key}", f"must list one of {sorted(mapping)} for each of the {layers} layers"))
+        return None
+    out = []
+    for i, t in enumerate(raw):
+        if t not in mapping:
+            problems.append((f"{where}.{key}[{i}]", f"{t!r} is not one of {sorted(mapping)}"))
+            return None
+        out.append(mapping[t])
+    return tuple(out)
+
+
+# -- key spellings ----------------------------------------------------------------------------
+
+def normalize(cfg: dict, model_type: str) -> dict:
+    """Rename the keys a family spells differently, before the generic reading sees them."""
+    if model_type == "granitemoehybrid":
+        # GraniteMoeHybridDecoderLayer: every layer has ``shared_mlp`` (shared_intermediate_size) and,
+        # with num_local_experts > 0, ``block_sparse_moe`` whose experts are ``intermediate_size`` wide.
+        shared = cfg.get("shared_intermediate_size", CLASS_DEFAULTS["granitemoehybrid"]["shared_intermediate_size"])
+        if cfg.get("num_local_experts"):
+            cfg = {**cfg, "shared_expert_intermediate_size": shared}
+        else:
+            cfg = {**cfg, "intermediate_size": shared}  # dense (H-Micro): the shared MLP is the FFN
+    elif model_type == "gemma3n_text" and isinstance(cfg.get("intermediate_size"), list):
+        widths = cfg["intermediate_size"]
+        if widths and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+            cfg = {**cfg, "intermediate_size": max(widths), "_ffn_widths": list(widths)}
+    elif model_type == "nemotron_h":
+        if cfg.get("head_dim") is None and cfg.get("attention_head_dim") is not None:
+            cfg = {**cfg, "head_dim": cfg["attention_head_dim"]}
+    return cfg
+
+
+# -- readers ----------------------------------------------------------------------------------
+
+def _qwen3_next(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Qwen3-Next: gated DeltaNet ``linear_attention`` layers and gated full attention.
+
+    transformers modeling_qwen3_next.py: ``Qwen3NextGatedDeltaNet`` has ``in_proj_qkvz`` (h ->
+    2 key_dim + 2 value_dim), ``in_proj_ba`` (h -> 2 num_v_heads), a depthwise ``conv1d`` over
+    conv_dim = 2 key_dim + value_dim (kernel ``linear_conv_kernel_dim``, no bias), ``dt_bias`` and
+    ``A_log`` (num_v_heads each), a gated RMSNorm of head_v_dim and ``out_proj`` (value_dim -> h).
+    Its cache keeps the conv state and a recurrent state of num_v_heads x head_k_dim x head_v_dim
+    (vLLM mamba_utils.py ``gated_delta_net_state_shape``). ``Qwen3NextAttention.q_proj`` is twice
+    as wide (query and output gate); the MoE block adds ``shared_expert_gate`` (h -> 1).
+    """
+    fam, L, h = "qwen3_next", base["layers"], base["hidden"]
+    raw = cfg.get("layer_types")
+    if raw is None:
+        interval = _int(cfg, "full_attention_interval", fam, where, problems, assumed)
+        raw = ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(L)]
+    kinds = _kinds(raw, L, {"linear_attention": "recurrent", "full_attention": "full"}, "layer_types", where, problems)
+    kernel = _int(cfg, "linear_conv_kernel_dim", fam, where, problems, assumed)
+    hk = _int(cfg, "linear_key_head_dim", fam, where, problems, assumed)
+    hv = _int(cfg, "linear_value_head_dim", fam, where, problems, assumed)
+    nk = _int(cfg, "linear_num_key_heads", fam, where, problems, assumed)
+    nv = _int(cfg, "linear_num_value_heads", fam, where, problems, assumed)
+    if kinds is None:
+        return {}
+    key_dim, value_dim = hk * nk, hv * nv
+    conv = 2 * key_dim + value_dim
+    n_attn = kinds.count("full")
+    extra = [("attn_q", n_attn * h * base["heads"] * base["head_dim"])]  # the output gate half of q_proj
+    if base["n_moe"] and base["shared_inter"]:
+        extra.append(("ffn_gate_inp", base["n_moe"] * h))  # shared_expert_gate
+    return {
+        "layer_types": kinds, "recurrent_kind": "gated_deltanet",
+        "conv_channels": conv, "conv_kernel": kernel, "ssm_state_elems": nv * hk * hv,
+        "ssm_kernel_state_bits": STATE_KERNEL_BITS[fam],
+        "recurrent_params": (("ssm_in", h * (2 * key_dim + 2 * value_dim) + h * 2 * nv), ("ssm_out", value_dim * h),
+                             ("norm", conv * kernel + 2 * nv + hv)),
+        "extra_params": tuple(extra),
+    }
+
+
+def _mamba2_mixer(h: int, d_inner: int, n_heads: int, n_groups: int, d_state: int, kernel: int,
+                  conv_bias: bool, proj_bias: bool) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """Channels of the conv state and parameters of one Mamba2 mixer (transformers
+    ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer``, both adapted from ``Mamba2Mixer``):
+    ``in_proj`` h -> d_inner (gate) + conv_dim + n_heads (dt), depthwise ``conv1d`` over conv_dim =
+    d_inner + 2 n_groups d_state, ``dt_bias`` / ``A_log`` / ``D`` of n_heads, a gated RMSNorm of
+    d_inner, ``out_proj`` d_inner -> h."""
+    conv = d_inner + 2 * n_groups * d_state
+    in_out = d_inner + conv + n_heads
+    norm = conv * kernel + (conv if conv_bias else 0) + 3 * n_heads + d_inner
+    if proj_bias:
+        norm += in_out + h
+    return conv, (("ssm_in", h * in_out), ("ssm_out", d_inner * h), ("norm", norm))
+
+
+def _granite_hybrid(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Granite 4.0-H (``granitemoehybrid``): ``layer_types`` of ``mamba`` / ``attention``; every
+    layer keeps its (MoE) feed-forward. The cache (transformers ``HybridMambaAttentionDynamicCache``)
+    holds conv states of (mamba_expand h + 2 n_groups d_state) x d_conv and SSM states of
+    mamba_n_heads x mamba_d_head x mamba_d_state per Mamba layer."""
+    fam, L, h = "granitemoehybrid", base["layers"], base["hidden"]
+    raw = cfg.get("layer_types", cfg.get("layers_block_type"))
+    if raw is None:
+        raw = ["mamba"] * L  # GraniteMoeHybridConfig.layers_block_type
+        assumed.append("layer_types = all mamba (granitemoehybrid default; not in config)")
+    kinds = _kinds(raw, L, {"mamba": "recurrent", "attention": "full"}, "layer_types", where, problems)
+    expand = _int(cfg, "mamba_expand", fam, where, problems, assumed)
+    n_heads = _int(cfg, "mamba_n_heads", fam, where, problems, assumed)
+    n_groups = _int(cfg, "mamba_n_groups", fam, where, problems, assumed)
+    d_state = _int(cfg, "mamba_d_state", fam, where, problems, assumed)
+    kernel = _int(cfg, "mamba_d_conv", fam, where, problems, assumed)
+    d_inner = expand * h
+    d_head = cfg.get("mamba_d_head")
+    if d_head in (None, "auto"):
+        d_head = d_inner // n_heads
+    if not isinstance(d_head, int) or isinstance(d_head, bool) or d_head * n_heads != d_inner:
+        problems.append((f"{where}.mamba_d_head", f"mamba_d_head x mamba_n_heads must equal mamba_expand x hidden_size "
+                                                  f"({d_inner}), got {d_head!r} x {n_heads}"))
+        return {}
+    if kinds is None:
+        return {}
+    conv, params = _mamba2_mixer(h, d_inner, n_heads, n_groups, d_state, kernel,
+                                 _flag(cfg, "mamba_conv_bias", fam), _flag(cfg, "mamba_proj_bias", fam))
+    return {"layer_types": kinds, "recurrent_kind": "mamba2", "conv_channels": conv, "conv_kernel": kernel,
+            "ssm_state_elems": n_heads * d_head * d_state, "recurrent_params": params}
+
+
+def _nemotron_h(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Nemotron-H: ``hybrid_override_pattern`` names each block - ``M`` Mamba2 mixer, ``*``
+    attention, ``-`` MLP, ``E`` MoE - and each block has a single pre-norm (transformers
+    modeling_nemotron_h.py ``NemotronHBlock``). MLPs are squared-ReLU, not gated."""
+    fam, L, h = "nemotron_h", base["layers"], base["hidden"]
+    pattern = cfg.get("hybrid_override_pattern")
+    if not isinstance(pattern, str) or len(pattern) != L or set(pattern) - set("M*-E"):
+        problems.append((f"{where}.hybrid_override_pattern", f"must be a string of {L} characters from M, *, - and E"))
+        return {}
+    kinds = tuple({"M": "recurrent", "*": "full", "-": "none", "E": "none"}[c] for c in pattern)
+    n_heads = _int(cfg, "mamba_num_heads", fam, where, problems, assumed)
+    d_head = _int(cfg, "mamba_head_dim", fam, where, problems, assumed)
+    n_groups = _int(cfg, "n_groups", fam, where, problems, assumed)
+    d_state = _int(cfg, "ssm_state_size", fam, where, problems, assumed)
+    kernel = _int(cfg, "conv_kernel", fam, where, problems, assumed)
+    d_inner = n_heads * d_head
+    conv, params = _mamba2_mixer(h, d_inner, n_heads, n_groups, d_state, kernel,
+                                 _flag(cfg, "use_conv_bias", fam), _flag(cfg, "use_bias", fam))
+    moe = tuple(i for i, c in enumerate(pattern) if c == "E")
+    # per-block FFN width, 0 for the mixer blocks (and a block's one norm follows from its kind: the
+    # architecture counts a norm per attention, recurrent and FFN block)
+    ffn = tuple(base["inter"] if c == "-" else (base["moe_inter"] if c == "E" else 0) for c in pattern)
+    out = {"layer_types": kinds, "recurrent_kind": "mamba2", "conv_channels": conv, "conv_kernel": kernel,
+           "ssm_state_elems": n_heads * d_head * d_state, "recurrent_params": params, "ffn_sizes": ffn,
+           "gated_mlp": False}
+    if base["n_experts"]:
+        out["moe_layers"] = moe
+    return out
+
+
+def _jamba(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Jamba: Mamba (v1) layers with attention every ``attn_layer_period`` layers from
+    ``attn_layer_offset``, MoE every ``expert_layer_period`` from ``expert_layer_offset``
+    (transformers modeling_jamba.py ``JambaMambaMixer``): ``in_proj`` h -> 2 d_inner, depthwise
+    ``conv1d`` over d_inner, ``x_proj`` d_inner -> dt_rank + 2 d_state, ``dt_proj`` dt_rank ->
+    d_inner (with bias), ``A_log`` d_inner x d_state, ``D`` d_inner, RMSNorms over dt, B and C,
+    ``out_proj`` d_inner -> h; state: conv of d_inner channels, SSM of d_inner x d_state."""
+    fam, L, h = "jamba", base["layers"], base["hidden"]
+    raw = cfg.get("layers_block_type")
+    if raw is None:
+        period = _int(cfg, "attn_layer_period", fam, where, problems, assumed)
+        offset = _int(cfg, "attn_layer_offset", fam, where, problems, assumed, minimum=0)
+        raw = ["attention" if i % period == offset else "mamba" for i in range(L)]
+    kinds = _kinds(raw, L, {"mamba": "recurrent", "attention": "full"}, "layers_block_type", where, problems)
+    d_state = _int(cfg, "mamba_d_state", fam, where, problems, assumed)
+    kernel = _int(cfg, "mamba_d_conv", fam, where, problems, assumed)
+    expand = _int(cfg, "mamba_expand", fam, where, problems, assumed)
+    dt_rank = cfg.get("mamba_dt_rank", "auto")
+    if dt_rank == "auto":
+        dt_rank = math.ceil(h / 16)
+    if not isinstance(dt_rank, int) or isinstance(dt_rank, bool) or dt_rank < 1:
+        problems.append((f"{where}.mamba_dt_rank", f"must be 'auto' or a positive integer, got {dt_rank!r}"))
+        return {}
+    if kinds is None:
+        return {}
+    d_inner = expand * h
+    norm = d_inner * kernel + (d_inner if _flag(cfg, "mamba_conv_bias", fam) else 0) + d_inner + d_inner * d_state \
+        + d_inner + dt_rank + 2 * d_state
+    if _flag(cfg, "mamba_proj_bias", fam):
+        norm += 2 * d_inner + h
+    out = {"layer_types": kinds, "recurrent_kind": "mamba", "conv_channels": d_inner, "conv_kernel": kernel,
+           "ssm_state_elems": d_inner * d_state,
+           "recurrent_params": (("ssm_in", h * 2 * d_inner + d_inner * (dt_rank + 2 * d_state) + dt_rank * d_inner),
+                                ("ssm_out", d_inner * h), ("norm", norm))}
+    if base["n_experts"] > 1:
+        period = _int(cfg, "expert_layer_period", fam, where, problems, assumed)
+        offset = _int(cfg, "expert_layer_offset", fam, where, problems, assumed, minimum=0)
+        out["moe_layers"] = tuple(i for i in range(L) if i % period == offset)
+    return out
+
+
+def _gemma3n(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Gemma 3n (transformers modeling_gemma3n.py).
+
+    ``Gemma3nTextModel`` adds ``embed_tokens_per_layer`` (vocab_size_per_layer_input x L x
+    hidden_size_per_layer_input, a lookup), ``per_layer_model_projection`` (h -> L x hpl) with its
+    norm, and AltUp's (altup_num_inputs - 1) in- and out-projections of h x h. Each
+    ``Gemma3nTextDecoderLayer`` adds AltUp (``correct_output_scale`` h, ``correction_coefs`` n x n,
+    ``prediction_coefs`` n -> n^2, ``modality_router`` h -> n, ``router_norm`` h), LAuReL
+    (``linear_left`` h -> rank, ``linear_right`` rank -> h, ``post_laurel_norm`` h) and the
+    per-layer input path (``per_layer_input_gate`` h -> hpl, ``per_layer_projection`` hpl -> h,
+    ``post_per_layer_input_norm`` h). KV sharing follows ``Gemma3nTextConfig.kv_sharing_roles``.
+    """
+    fam, L, h = "gemma3n_text", base["layers"], base["hidden"]
+    hpl = _int(cfg, "hidden_size_per_layer_input", fam, where, problems, assumed)
+    vpl = _int(cfg, "vocab_size_per_layer_input", fam, where, problems, assumed)
+    n = _int(cfg, "altup_num_inputs", fam, where, problems, assumed)
+    rank = _int(cfg, "laurel_rank", fam, where, problems, assumed)
+    shared = _int(cfg, "num_kv_shared_layers", fam, where, problems, assumed, minimum=0)
+    types = base["layer_types"]
+    out: dict = {}
+    if not isinstance(cfg.get("layer_types"), list):  # Gemma3nTextConfig: every 5th layer is global
+        types = tuple("full" if (i + 1) % 5 == 0 else "sliding" for i in range(L))
+        out["layer_types"] = types
+        assumed.append("layer_types = every 5th layer global (gemma3n_text default; not in config)")
+    first_shared = L - shared
+    kv_shared = [False] * L
+    for kind in ("full", "sliding"):
+        idx = [i for i, t in enumerate(types) if t == kind]
+        consumers = [i for i in idx if i >= first_shared]
+        if consumers and any(i < first_shared for i in idx):
+            for i in consumers:
+                kv_shared[i] = True
+    per_layer_other = n * n + n ** 3 + h * n + 2 * rank * h + 2 * h * hpl
+    per_layer_norm = 2 * h + h + h  # AltUp scale and router norm, LAuReL norm, per-layer input norm
+    widths = cfg.get("_ffn_widths")
+    out.update({
+        "kv_shared": tuple(kv_shared),
+        "per_layer_embd_params": vpl * L * hpl,
+        "extra_params": (("other", L * per_layer_other + h * L * hpl + 2 * (n - 1) * h * h),
+                         ("norm", L * per_layer_norm + hpl)),
+        "image_tokens_per_image": _tokens_per_image(top),
+    })
+    if widths:
+        out["ffn_widths"] = tuple(widths)
+    encoders = _gemma3n_encoders(top, h)
+    if encoders:
+        out["vision_params"] = encoders
+    return out
+
+
+#: Parameters of timm image encoders a config names but does not describe (``vision_config.architecture``).
+#: mobilenetv5_300m_enc: 294,284,096 - keras-hub keras_hub/src/models/mobilenetv5/mobilenetv5_presets.py,
+#: preset "mobilenetv5_300m_enc_gemma3n" metadata "params" (the Gemma 3n vision backbone).
+TIMM_ENCODER_PARAMS = {"mobilenetv5_300m_enc": 294_284_096}
+
+
+def _gemma3n_encoders(top: dict, text_hidden: int) -> int:
+    """Gemma 3n's vision and audio towers and their embedders into the text model (transformers
+    modeling_gemma3n.py), counted whole like any vision encoder: 0 when the config has neither.
+
+    - vision: the timm encoder ``vision_config.architecture`` (:data:`TIMM_ENCODER_PARAMS`);
+    - audio (``Gemma3nAudioEncoder``): the sub-sample conv projection (two bias-free Conv2d of
+      ``sscp_conv_channel_size`` channels, each with a cumulative group norm, then a linear from
+      channels x frequency bins to hidden) and ``conf_num_hidden_layers`` conformer blocks - two
+      feed-forwards (two norms, h -> 4h -> h), attention (a norm, q/k/v, per-dim scale, relative
+      position projection, output, a norm), a light conv (a norm, h -> 2h, depthwise conv of
+      ``conf_conv_kernel_size``, a norm, h -> h) and a final norm;
+    - ``Gemma3nMultimodalEmbedder`` per modality: an embedding of ``vocab_size`` rows, two norms
+      and a projection to the text hidden size.
+    """
+    total = 0
+    vc, ac = top.get("vision_config"), top.get("audio_config")
+    if isinstance(vc, dict):
+        enc = TIMM_ENCODER_PARAMS.get(str(vc.get("architecture", "mobilenetv5_300m_enc")), 0)
+        vh, vv = vc.get("hidden_size", 2048), vc.get("vocab_size", 128)
+        if enc and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (vh, vv)):
+            total += enc + vv * vh + 2 * vh + vh * text_hidden
+    if isinstance(ac, dict):
+        ah, av = ac.get("hidden_size", 1536), ac.get("vocab_size", 128)
+        heads, layers = ac.get("conf_num_attention_heads", 8), ac.get("conf_num_hidden_layers", 12)
+        kernel, feats = ac.get("conf_conv_kernel_size", 5), ac.get("input_feat_size", 128)
+        chans = ac.get("sscp_conv_channel_size", [128, 32])
+        kernels = ac.get("sscp_conv_kernel_size", [[3, 3], [3, 3]])
+        strides = ac.get("sscp_conv_stride_size", [[2, 2], [2, 2]])
+        try:
+            ints = [ah, av, heads, layers, kernel, feats, *chans, *(k for pair in kernels for k in pair),
+                    *(k for pair in strides for k in pair)]
+            ok = len(chans) == len(kernels) == len(strides) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in ints)
+        except TypeError:
+            ok = False
+        if ok:
+            sscp, c_in, f = 0, 1, feats
+            for c_out, (kh, kw), (_sh, sw) in zip(chans, kernels, strides):
+                sscp += c_in * c_out * kh * kw + c_out
+                f = (f + 2 - kw) // sw + 1  # frequency padded by 1 on each side
+                c_in = c_out
+            sscp += c_in * f * ah
+            # two feed-forwards 2 x 8h^2, attention 5h^2 (q, k, v, relative positions, output) and the light
+            # conv's 3h^2; nine norms of h, the depthwise kernel x h, the per-dim scale of head_dim
+            block = 24 * ah * ah + (9 + kernel) * ah + ah // heads
+            total += sscp + layers * block + av * ah + 2 * ah + ah * text_hidden
+    return total
+
+
+def _mllama(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Llama 3.2 Vision (transformers modeling_mllama.py): the text layers listed in
+    ``cross_attention_layers`` attend to the image encoder's output instead of the text
+    (``MllamaCrossAttentionDecoderLayer``: q/k/v/o as a self-attention layer plus q_norm, k_norm of
+    head_dim and two scalar gates); ``embed_tokens`` has vocab_size + 8 rows. Each image yields
+    max_num_tiles x ((image_size / patch_size)^2 + 1) vision tokens, whose keys and values every
+    cross-attention layer caches."""
+    L, h = base["layers"], base["hidden"]
+    cross = cfg.get("cross_attention_layers")
+    if not isinstance(cross, list) or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < L for i in cross):
+        problems.append((f"{where}.cross_attention_layers", f"must list layer indices below {L}"))
+        return {}
+    kinds = tuple("cross" if i in set(cross) else "full" for i in range(L))
+    out = {"layer_types": kinds,
+           "extra_params": (("token_embd", 8 * h), ("norm", len(set(cross)) * (2 * base["head_dim"] + 2)))}
+    vc = top.get("vision_config")
+    if isinstance(vc, dict):
+        tiles, size, patch = vc.get("max_num_tiles", 4), vc.get("image_size", 560), vc.get("patch_size", 14)
+        if all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in (tiles, size, patch)):
+            out["cross_tokens_per_image"] = tiles * ((size // patch) ** 2 + 1)
+            out["vision_params"] = _mllama_vision_params(vc, h)
+    return out
+
+
+def _mllama_vision_params(vc: dict, text_hidden: int) -> int:
+    """``MllamaVisionModel`` + ``multi_modal_projector`` (transformers modeling_mllama.py):
+    patch conv (no bias), class embedding, gated position embedding (patches + 1 rows, a gate, and a
+    tile embedding of (aspect ratios + 1) x tiles x (patches + 1) x h), gated pre- and post-tile
+    embeddings of (aspect ratios + 1) x tiles x h, pre / post LayerNorms, ``num_hidden_layers``
+    local and ``num_global_layers`` gated global encoder layers (q/k/v/o without bias, fc1/fc2 with
+    bias, two LayerNorms; global layers add two gates), and a biased projector vision_output_dim -> h."""
+    h, inter = vc.get("hidden_size", 1280), vc.get("intermediate_size", 5120)
+    local, glob = vc.get("num_hidden_layers", 32), vc.get("num_global_layers", 8)
+    c, p, size = vc.get("num_channels", 3), vc.get("patch_size", 14), vc.get("image_size", 560)
+    tiles = vc.get("max_num_tiles", 4)
+    ratios = len(vc.get("supported_aspect_ratios") or [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]])
+    out_dim = vc.get("vision_output_dim", 7680)
+    values = (h, inter, local, glob, c, p, size, tiles, out_dim)
+    if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in values):
+        return 0
+    patches = (size // p) ** 2 + 1
+    layer = 4 * h * h + (h * inter + inter) + (inter * h + h) + 2 * 2 * h
+    encoder = (c * p * p * h + h + patches * h + 1 + (ratios + 1) * tiles * patches * h
+               + 2 * ((ratios + 1) * tiles * h + 1) + 2 * 2 * h + local * layer + glob * (layer + 2))
+    return encoder + out_dim * text_hidden + text_hidden
+
+
+def _tokens_per_image(top: dict) -> int:
+    """Soft tokens one image adds to the context, where the config states a fixed number
+    (Gemma 3 ``mm_tokens_per_image``, Gemma 3n ``vision_soft_tokens_per_image``, LLaVA-style
+    ``image_seq_length``); 0 when it depends on the image or is not stated."""
+    for key in ("mm_tokens_per_image", "vision_soft_tokens_per_image", "image_seq_length"):
+        v = top.get(key)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return 0
+
+
+#: model_type (of the language model) -> reader.
+READERS: dict[str, Callable[..., dict]] = {
+    "qwen3_next": _qwen3_next,
+    "granitemoehybrid": _granite_hybrid,
+    "nemotron_h": _nemotron_h,
+    "jamba": _jamba,
+    "gemma3n_text": _gemma3n,
+    "gemma3n": _gemma3n,
+    "mllama_text_model": _mllama,
+    "mllama": _mllama,
+}
+
+
+def read(cfg: dict, top: dict, model_type: str, base: dict, *, where: str, problems: list,
+         assumed: list) -> dict:
+    """Keyword overrides for ``Architecture`` from a family's own keys (empty for ordinary decoders).
+
+    ``base`` carries what the generic reading found: layers, hidden, heads, head_dim, layer_types,
+    n_experts, n_moe (MoE layers) and shared_inter. Families without a reader still get the image
+    tokens per image their top-level config states.
+    """
+    reader = READERS.get(model_type)
+    out = reader(cfg, top, base, where, problems, assumed) if reader else {}
+    if "image_tokens_per_image" not in out and "cross_tokens_per_image" not in out:
+        tokens = _tokens_per_image(top)
+        if tokens:
+            out["image_tokens_per_image"] = tokens
+    return out
+
+
+# -- GGUF metadata ----------------------------------------------------------------------------
+
+def from_gguf(arch: str, meta: dict, config: dict) -> dict:
+    """Add a hybrid family's keys to the config.json-style dict read from a GGUF header.
+
+    llama.cpp's converter (convert_hf_to_gguf.py) writes the recurrent geometry as ``{arch}.ssm.*``:
+    Qwen3-Next ``Qwen3NextModel`` - conv_kernel = linear_conv_kernel_dim, state_size =
+    linear_key_head_dim, group_count = linear_num_key_heads, time_step_rank = linear_num_value_heads,
+    inner_size = linear_value_head_dim x linear_num_value_heads, plus ``full_attention_interval``;
+    Granite 4.0-H ``GraniteHybridModel`` - conv_kernel = mamba_d_conv, state_size = mamba_d_state,
+    group_count = mamba_n_groups, time_step_rank = mamba_n_heads, inner_size = mamba_n_heads x
+    mamba_d_head, with ``attention.head_count_kv`` per layer 0 on Mamba layers (llama-model.cpp
+    marks those layers recurrent).
+    """
+    def get(key):
+        v = meta.get(f"{arch}.{key}")
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    kernel, state, groups, rank, inner = (get(f"ssm.{k}") for k in
+                                          ("conv_kernel", "state_size", "group_count", "time_step_rank", "inner_size"))
+    shared = get("expert_shared_feed_forward_length")
+    if arch == "qwen3next" and None not in (kernel, state, groups, rank, inner) and rank:
+        config = {**config, "model_type": "qwen3_next", "linear_conv_kernel_dim": kernel, "linear_key_head_dim": state,
+                  "linear_num_key_heads": groups, "linear_num_value_heads": rank, "linear_value_head_dim": inner // rank,
+                  "full_attention_interval": get("full_attention_interval") or 4}
+        if shared:
+            config["shared_expert_intermediate_size"] = shared
+    elif arch == "granitehybrid" and None not in (kernel, state, groups, rank, inner) and rank:
+        kv = meta.get(f"{arch}.attention.head_count_kv")
+        hidden = config.get("hidden_size") or 0
+        config = {**config, "model_type": "granitemoehybrid", "mamba_d_conv": kernel, "mamba_d_state": state,
+                  "mamba_n_groups": groups, "mamba_n_heads": rank, "mamba_d_head": inner // rank,
+                  "mamba_expand": inner // hidden if hidden else 2}
+        if isinstance(kv, list):
+            config["layer_types"] = ["mamba" if not n else "attention" for n in kv]
+        if shared:
+            config["shared_intermediate_size"] = shared
+    return config

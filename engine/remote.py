@@ -1,0 +1,225 @@
+"""Read a GGUF header over HTTP with range requests - never the tensor data.
+
+A GGUF file starts with its metadata and tensor table (llama.cpp ``gguf.md``: magic, version,
+tensor count, key/value count, the key/values, then one info record per tensor: name, dims, type,
+offset), and the tensors follow, aligned. Everything vramplan needs - the architecture keys and
+each tensor's shape and type, hence its exact size - is in that header, which takes a few MB at
+most (the tokenizer's vocabulary is most of it) whatever the file's size. :class:`RangeReader`
+fetches the file from the start in growing chunks (``Range: bytes=a-b``), only as far as the
+parser asks, and counts every byte it received; :func:`parse_gguf_header` walks the header with
+the same limits as a local file (:data:`LIMITS`).
+
+Plain ``http(s)://`` URLs work as given (loopback included); Hugging Face files come through
+:mod:`vramplan.hub`, which adds the token and endpoint ``huggingface_hub`` would use.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from .errors import RequestError
+
+#: Bounds on what a GGUF header may ask the reader to take in; a file past them is refused,
+#: naming the bound. (The largest real headers - 150k-token vocabularies with merges - are under 16 MiB.)
+LIMITS = {
+    "header_bytes": 64 * 1024 * 1024,  # bytes read before the tensor table ends
+    "kv_count": 100_000,  # metadata keys
+    "tensor_count": 1_000_000,  # tensor records
+    "string_bytes": 16 * 1024 * 1024,  # one string (a chat template is the longest real one)
+    "array_items": 10_000_000,  # one array (a vocabulary or its merges)
+    "dims": 8,  # dimensions of one tensor
+}
+
+#: First and largest request sizes; each request after the first doubles, up to the largest, so a
+#: header is read with at most MAX_CHUNK bytes beyond its end.
+FIRST_CHUNK = 1024 * 1024
+MAX_CHUNK = 2 * 1024 * 1024
+
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass
+class RangeReader:
+    """Sequential reads over an HTTP(S) resource, fetched by ranges as the reader advances.
+
+    ``bytes_received`` counts what came over the network (a server that ignores ``Range`` and
+    sends the whole file is read only as far as needed, then the connection is closed).
+    """
+
+    url: str
+    headers: dict
+    timeout: float = 10.0
+    max_bytes: int = LIMITS["header_bytes"]
+    where: str = "model file"
+    first_chunk: int = FIRST_CHUNK  # a safetensors header is usually under 100 kB; a GGUF one a few MB
+
+    def __post_init__(self) -> None:
+        import httpx
+
+        self._client = httpx.Client(timeout=self.timeout, follow_redirects=True, headers=self.headers)
+        self._buf = bytearray()
+        self._pos = 0  # read position within the file
+        self._next = self.first_chunk
+        self.bytes_received = 0
+        self.size: int | None = None  # the file's size, from Content-Range, when the server says
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "RangeReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) - self._pos < n:
+            self._fetch(n)
+        out = bytes(self._buf[self._pos:self._pos + n])
+        self._pos += n
+        return out
+
+    @property
+    def position(self) -> int:
+        return self._pos
+
+    def _fetch(self, need: int) -> None:
+        import httpx
+
+        start = len(self._buf)
+        want = max(self._next, need - (start - self._pos))
+        if start + want > self.max_bytes:
+            want = self.max_bytes - start
+            if want <= 0 or start - self._pos + want < need:
+                raise RequestError([(self.where, f"its header goes past {self.max_bytes:,} bytes; vramplan reads "
+                                                 "at most that much of a remote file")])
+        self._next = min(self._next * 2, MAX_CHUNK)
+        end = start + want - 1
+        try:
+            with self._client.stream("GET", self.url, headers={"Range": f"bytes={start}-{end}"}) as resp:
+                if resp.status_code in (401, 403):
+                    raise RequestError([(self.where, f"access denied (HTTP {resp.status_code}); for a gated Hugging Face "
+                                                     "model, log in (hf auth login) or set HF_TOKEN")])
+                if resp.status_code == 404:
+                    raise RequestError([(self.where, "not found (HTTP 404)")])
+                if resp.status_code == 416 or (resp.status_code == 206 and start > 0 and self.size is not None
+                                               and start >= self.size):
+                    raise RequestError([(self.where, f"the file ends at byte {start:,}, inside its GGUF header "
+                                                     "(truncated or not a GGUF file)")])
+                if resp.status_code not in (200, 206):
+                    raise RequestError([(self.where, f"HTTP {resp.status_code} from the server")])
+                self._note_size(resp.headers.get("content-range"))
+                skip = start if resp.status_code == 200 else 0  # Range ignored: the body starts at byte 0
+                got = 0
+                for chunk in resp.iter_bytes():
+                    self.bytes_received += len(chunk)
+                    if skip:
+                        cut = min(skip, len(chunk))
+                        chunk, skip = chunk[cut:], skip - cut
+                    take = chunk[:want - got]
+                    self._buf += take
+                    got += len(take)
+                    if got >= want:
+                        break
+                if got == 0:
+                    raise RequestError([(self.where, f"the file ends at byte {start:,}, inside its GGUF header "
+                                                     "(truncated or not a GGUF file)")])
+        except httpx.TimeoutException:
+            raise RequestError([(self.where, f"no answer within {self.timeout:g} s")]) from None
+        except httpx.HTTPError as exc:
+            raise RequestError([(self.where, f"cannot be fetched ({type(exc).__name__}: {exc})")]) from None
+
+    def _note_size(self, content_range: str | None) -> None:
+        if content_range and "/" in content_range:
+            total = content_range.rsplit("/", 1)[1].strip()
+            if total.isdigit():
+                self.size = int(total)
+
+
+def parse_gguf_header(reader, where: str = "model file") -> tuple[dict, list[tuple], int | None]:
+    """Walk a GGUF header from ``reader.read(n)``: returns ``(metadata, tensors, n_tokens)``.
+
+    ``metadata`` maps keys to Python values (the tokenizer's arrays are walked but not kept, except
+    their length as ``n_tokens``); ``tensors`` lists ``(name, type_name, shape, n_elements, n_bytes)``
+    with sizes from ggml's block sizes (``gguf.GGML_QUANT_SIZES``).
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    def bad(msg: str) -> RequestError:
+        return RequestError([(where, f"is not a readable GGUF file ({msg})")])
+
+    def u32() -> int:
+        return struct.unpack("<I", reader.read(4))[0]
+
+    def u64() -> int:
+        return struct.unpack("<Q", reader.read(8))[0]
+
+    def string() -> str:
+        n = u64()
+        if n > LIMITS["string_bytes"]:
+            raise bad(f"a string of {n:,} bytes is over the {LIMITS['string_bytes']:,}-byte limit")
+        return reader.read(n).decode("utf-8", "replace")
+
+    def value(vtype: int, keep: bool):
+        if vtype in _SCALARS:
+            fmt = _SCALARS[vtype]
+            return struct.unpack(fmt, reader.read(struct.calcsize(fmt)))[0]
+        if vtype == _STRING:
+            return string()
+        if vtype == _ARRAY:
+            etype, count = u32(), u64()
+            if count > LIMITS["array_items"]:
+                raise bad(f"an array of {count:,} items is over the {LIMITS['array_items']:,}-item limit")
+            if etype in _SCALARS and not keep:
+                reader.read(struct.calcsize(_SCALARS[etype]) * count)
+                return count
+            items = [value(etype, keep) for _ in range(count)]
+            return items if keep else count
+        raise bad(f"unknown metadata value type {vtype}")
+
+    if reader.read(4) != b"GGUF":
+        raise bad("no GGUF magic at the start")
+    version = u32()
+    if version & 0xFFFF == 0:
+        raise bad("big-endian GGUF files are not supported")
+    if version not in (2, 3):
+        raise bad(f"GGUF version {version}; versions 2 and 3 are read")
+    n_tensors, n_kv = u64(), u64()
+    if n_kv > LIMITS["kv_count"]:
+        raise bad(f"{n_kv:,} metadata keys are over the {LIMITS['kv_count']:,}-key limit")
+    if n_tensors > LIMITS["tensor_count"]:
+        raise bad(f"{n_tensors:,} tensors are over the {LIMITS['tensor_count']:,}-tensor limit")
+    meta: dict = {}
+    n_tokens = None
+    for _ in range(n_kv):
+        key = string()
+        vtype = u32()
+        keep = not key.startswith("tokenizer.ggml.") or key == "tokenizer.ggml.model"
+        v = value(vtype, keep)
+        if key == "tokenizer.ggml.tokens":
+            n_tokens = v if isinstance(v, int) else None
+        if keep:
+            meta[key] = v
+    tensors = []
+    for _ in range(n_tensors):
+        name = string()
+        n_dims = u32()
+        if n_dims > LIMITS["dims"]:
+            raise bad(f"tensor {name!r} has {n_dims} dimensions")
+        dims = [u64() for _ in range(n_dims)]
+        ttype = u32()
+        u64()  # offset of the data, not needed
+        try:
+            qtype = GGMLQuantizationType(ttype)
+            block, size = GGML_QUANT_SIZES[qtype]
+        except (ValueError, KeyError):
+            raise bad(f"tensor {name!r} has unknown type {ttype}") from None
+        n = 1
+        for d in dims:
+            n *= d
+        if n % block:
+            raise bad(f"tensor {name!r} has {n} elements, not a whole number of {qtype.name} blocks of {block}")
+        tensors.append((name, qtype.name, dims, n, n // block * size))
+    return meta, tensors, n_tokens

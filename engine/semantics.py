@@ -1,0 +1,127 @@
+"""What a formula expression means: one table of operators and functions for every evaluator.
+
+vramplan evaluates a checked expression (:func:`vramplan.formulaset.parse_expression`) three
+ways: closures compiled from the tree (:mod:`vramplan.compiled`, the default), simpleeval walking
+the tree (``VRAMPLAN_EVALUATOR=simpleeval``, the reference) and numpy over many scenarios at once
+(:mod:`vramplan.batch`). They give the same values and the same refusals because each takes its
+meaning from here:
+
+* **Arithmetic** is Python's on Python numbers (ints stay exact, ``/`` is true division,
+  ``//`` and ``%`` floor), through :data:`BINARY`, :data:`COMPARE` and :data:`UNARY`, which
+  simpleeval receives as its operator table in place of its own.
+* **Powers** (:func:`power`): the exponent is a numeric literal checked at load, so the base may
+  be any size; simpleeval's own limit (base and exponent at most 4,000,000, which refused a
+  5,000,000-token context while the closures answered) does not apply. A result that is not a
+  real number (a negative base to a fractional power) is a domain error, not a complex number.
+* **Functions** are the whitelist :data:`FUNCTIONS` and nothing else.
+* **Every formula's value** (:func:`check`) is a finite real number within binary64's range;
+  booleans become 1.0 / 0.0.
+
+Refusals name the formula and one of these reasons, whichever evaluator ran:
+:data:`DIVISION_BY_ZERO` (``/``, ``//`` or ``%`` by zero, zero to a negative power,
+``round_up`` to a non-positive multiple), :data:`TOO_LARGE` (a power, ``exp`` or integer
+conversion out of range, or a value beyond binary64), :data:`DOMAIN` (``sqrt``/``log``/
+``log2`` outside their domain, ``ceil``/``floor`` of NaN, a complex power) and
+:data:`NOT_A_NUMBER` (a NaN value).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .errors import FormulaError
+
+#: Largest magnitude a formula's value may have (binary64's largest finite number).
+MAX_VALUE = sys.float_info.max
+
+DIVISION_BY_ZERO = "division by zero"
+TOO_LARGE = "result too large"
+DOMAIN = "cannot be evaluated: math domain error"
+NOT_A_NUMBER = "result is not a number"
+
+
+def power(a: Any, b: Any) -> Any:
+    """``a ** b`` with a real result: zero to a negative power divides by zero, a float result out
+    of range is too large (both raised by Python), a complex result is a domain error."""
+    result = a ** b
+    if result.__class__ is complex:
+        raise ValueError("math domain error")
+    return result
+
+
+def _clamp(x: float, lo: float, hi: float) -> float:
+    return lo if x < lo else hi if x > hi else x
+
+
+def _round_up(x: float, multiple: float) -> float:
+    """``x`` rounded up to a whole multiple (block and padding sizes)."""
+    if multiple <= 0:
+        raise ZeroDivisionError("round_up to a non-positive multiple")
+    return math.ceil(x / multiple) * multiple
+
+
+#: The only functions a formula may call.
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "min": min, "max": max, "abs": abs, "ceil": math.ceil, "floor": math.floor,
+    "sqrt": math.sqrt, "log2": math.log2, "exp": math.exp, "log": math.log,
+    "clamp": _clamp, "round_up": _round_up,
+}
+
+BINARY: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: power,
+}
+COMPARE: dict[type, Callable[[Any, Any], bool]] = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge,
+}
+UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+#: Every operator, as simpleeval takes them (it looks up BinOp, Compare and UnaryOp nodes alike).
+OPERATORS: dict[type, Callable[..., Any]] = {**BINARY, **COMPARE, **UNARY}
+
+
+def where(formula_id: str, file: str) -> str:
+    """How a refusal names its formula."""
+    return f"formula {formula_id} ({file})"
+
+
+def refusal(exc: BaseException) -> str | None:
+    """The reason for an exception raised while evaluating, or None for one that is not a refusal."""
+    if isinstance(exc, ZeroDivisionError):
+        return DIVISION_BY_ZERO
+    if isinstance(exc, OverflowError):
+        return TOO_LARGE
+    if isinstance(exc, ValueError):
+        return DOMAIN
+    if isinstance(exc, (TypeError, KeyError)):
+        return f"cannot be evaluated: {exc!r}"
+    return None
+
+
+def check(value: Any) -> tuple[Any, str | None]:
+    """A formula's value as the engine keeps it, or the reason it is refused."""
+    if value is True or value is False:
+        return (1.0 if value else 0.0), None
+    cls = value.__class__
+    if cls is float or isinstance(value, float):
+        if value != value:
+            return value, NOT_A_NUMBER
+        if value in (math.inf, -math.inf):
+            return value, TOO_LARGE
+        return value, None
+    if cls is int or isinstance(value, int):
+        return value, (None if -MAX_VALUE <= value <= MAX_VALUE else TOO_LARGE)
+    return value, f"gave {value!r}, not a finite number"
+
+
+def checked(formula_id: str, file: str, value: Any) -> Any:
+    """:func:`check`, raising a :class:`FormulaError` naming the formula for a refused value."""
+    value, reason = check(value)
+    if reason:
+        raise FormulaError([(where(formula_id, file), reason)])
+    return value

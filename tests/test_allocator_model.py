@@ -1,0 +1,69 @@
+"""The caching-allocator model (benchmarks/allocator/cuda_caching_allocator.py) follows the rules of
+c10/cuda/CUDACachingAllocator.cpp; each case works the segments out by hand."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+MiB = 1 << 20
+_spec = importlib.util.spec_from_file_location(
+    "cuda_caching_allocator", Path(__file__).resolve().parent.parent / "benchmarks" / "allocator" / "cuda_caching_allocator.py")
+cca = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cca)
+
+
+def test_rounding_and_segment_sizes():
+    # kMinBlockSize 512: 1 byte -> 512, 513 -> 1024.
+    assert cca.round_size(1) == 512 and cca.round_size(513) == 1024
+    # <= 1 MiB: a 2 MiB small-pool segment; 1-10 MiB: a 20 MiB segment; >= 10 MiB: rounded up to 2 MiB.
+    assert cca.allocation_size(MiB) == 2 * MiB
+    assert cca.allocation_size(MiB + 512) == 20 * MiB
+    assert cca.allocation_size(10 * MiB) == 10 * MiB
+    assert cca.allocation_size(10 * MiB + 1) == 12 * MiB
+
+
+def test_a_3_mib_request_splits_a_20_mib_segment_and_frees_merge():
+    a = cca.Allocator()
+    a.malloc("x", 3 * MiB)       # new 20 MiB segment, split: 3 MiB used, 17 MiB free (17 MiB > 1 MiB)
+    a.malloc("y", 30 * MiB)      # nothing free fits: a 30 MiB segment
+    a.malloc("z", 100)           # small pool: a 2 MiB segment, 512 bytes used
+    assert a.reserved == (20 + 30 + 2) * MiB
+    a.free("x")                  # 3 MiB merges back with the 17 MiB rest: one free 20 MiB block
+    a.malloc("w", 19 * MiB)      # fits the merged block; the 1 MiB rest is not split off (needs > 1 MiB)
+    assert a.reserved == 52 * MiB
+    assert a.allocated == 20 * MiB + 30 * MiB + 512   # w holds the whole 20 MiB block
+
+
+def test_best_fit_and_a_freed_block_too_small_for_the_next_request():
+    # Two 40 MiB tensors, the first freed, then 24 MiB + 24 MiB: the first 24 MiB takes the freed
+    # 40 MiB block (split: 16 MiB rest), the second finds only 16 MiB free and opens a 24 MiB segment.
+    a = cca.Allocator()
+    a.malloc(1, 40 * MiB)
+    a.malloc(2, 40 * MiB)
+    a.free(1)
+    a.malloc(3, 24 * MiB)
+    a.malloc(4, 24 * MiB)
+    assert a.reserved == (40 + 40 + 24) * MiB
+    assert a.peak_reserved - a.allocated == 16 * MiB  # the 16 MiB rest stays reserved, unused
+
+
+def test_expandable_segments_map_20_mib_pages_at_the_tail():
+    # expandable_segments:True - one segment per pool, mapped in 20 MiB pages (large pool):
+    a = cca.Allocator(expandable_segments=True)
+    a.malloc(1, 30 * MiB)        # maps ceil(30 / 20) = 2 pages = 40 MiB; 10 MiB free tail (split at >= 512 B)
+    assert a.reserved == 40 * MiB
+    a.malloc(2, 25 * MiB)        # no free block fits; the 10 MiB free tail lacks 15 MiB -> 1 more page
+    assert a.reserved == 60 * MiB
+    a.free(1)                    # a 30 MiB hole at the front
+    a.malloc(3, 24 * MiB)        # fits the hole (best fit), rest 6 MiB stays free
+    a.malloc(4, 24 * MiB)        # nothing fits (6 MiB hole, 5 MiB tail): 19 MiB lacking -> 1 page
+    assert a.reserved == 80 * MiB
+    # The same sequence without expandable segments: a 30 MiB and a 26 MiB segment (25 rounded to 2 MiB),
+    # 24 MiB into the freed 30 MiB block (its 6 MiB rest split off), then a new 24 MiB segment: 80 MiB.
+    b = cca.Allocator()
+    for h, n in ((1, 30), (2, 25), (3, 24), (4, 24)):
+        b.malloc(h, n * MiB)
+        if h == 2:
+            b.free(1)
+    assert b.reserved == (30 + 26 + 24) * MiB
