@@ -9,13 +9,15 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .architecture import Architecture, from_hf_config
+from . import catalogcheck
+from .architecture import Architecture
 from .datafiles import is_valid, load_validated, schema_problems
-from .errors import CatalogError, FormulaError, RequestError
-from .formulaset import FormulaSet, formula_file_from_data
+from .errors import CatalogError, FormulaError
+from .formulaset import FormulaFile, FormulaSet, formula_file_from_data
 from .ggufmix import GgufRules, add_section, compile_all
 from .pluginhost import PluginHost
 from .registry import Provenance, Registry
@@ -26,7 +28,11 @@ CATALOG_KINDS = {
     "models": ("models", "catalog-models", "models"),
     "quantization": ("quantization", "catalog-quantization", "quantization_formats"),
     "interconnects": ("interconnects", "catalog-interconnects", "interconnects"),
+    "runtime_constants": ("runtime_constants", "catalog-runtime-constants", "runtime_constants"),
     "runtimes": ("runtimes", "catalog-runtimes", "runtimes"),
+    "optimizers": ("optimizers", "catalog-optimizers", "optimizers"),
+    "hardware_classes": ("hardware_classes", "catalog-hardware-classes", "hardware_classes"),
+    "format_rules": ("format_rules", "catalog-format-rules", "format_rules"),
 }
 #: Hook name → catalog kind, for plugins that register entries in code.
 REGISTER_HOOKS = {
@@ -34,25 +40,43 @@ REGISTER_HOOKS = {
     "register_models": "models",
     "register_quantization_formats": "quantization",
     "register_interconnects": "interconnects",
+    "register_runtime_constants": "runtime_constants",
     "register_runtimes": "runtimes",
+    "register_optimizers": "optimizers",
+    "register_hardware_classes": "hardware_classes",
+    "register_format_rules": "format_rules",
 }
 _FIELDS = {"gpus": ("GPU", "gpu_key"), "models": ("model", "llm_key"), "quantization": ("quantization format", "quantization"),
-           "interconnects": ("interconnect", "interconnect_type"), "runtimes": ("runtime", "runtime")}
+           "interconnects": ("interconnect", "interconnect_type"), "runtimes": ("runtime", "runtime"),
+           "runtime_constants": ("runtime constant", "runtime_settings"), "optimizers": ("optimizer", "optimizer"),
+           "hardware_classes": ("hardware class", "hardware_class"), "format_rules": ("format rule", "format_rule")}
+
+
+def _registry(kind: str):
+    return field(default_factory=lambda: Registry(*_FIELDS[kind]))
 
 
 @dataclass
 class Catalog:
     host: PluginHost
-    gpus: Registry = field(default_factory=lambda: Registry(*_FIELDS["gpus"]))
-    models: Registry = field(default_factory=lambda: Registry(*_FIELDS["models"]))
-    quantization: Registry = field(default_factory=lambda: Registry(*_FIELDS["quantization"]))
-    interconnects: Registry = field(default_factory=lambda: Registry(*_FIELDS["interconnects"]))
-    runtimes: Registry = field(default_factory=lambda: Registry(*_FIELDS["runtimes"]))
+    gpus: Registry = _registry("gpus")
+    models: Registry = _registry("models")
+    quantization: Registry = _registry("quantization")
+    interconnects: Registry = _registry("interconnects")
+    runtimes: Registry = _registry("runtimes")
+    runtime_constants: Registry = _registry("runtime_constants")
+    optimizers: Registry = _registry("optimizers")
+    hardware_classes: Registry = _registry("hardware_classes")
+    format_rules: Registry = _registry("format_rules")
     formulas: FormulaSet = field(default_factory=FormulaSet)
     template_dirs: list[Path] = field(default_factory=list)
     architectures: dict[str, Architecture] = field(default_factory=dict)
     gguf: GgufRules = field(default_factory=GgufRules)  # llama.cpp's per-tensor GGUF type rules
     default_runtime: str = "transformers"
+    #: GPU key → its hardware class (None: no class matches; estimates warn).
+    gpu_classes: dict[str, str | None] = field(default_factory=dict)
+    #: (kind, key) of entries from vramplan's own data: a problem with one fails loudly.
+    builtin: set[tuple[str, str]] = field(default_factory=set)
 
     def registry(self, kind: str) -> Registry:
         return getattr(self, CATALOG_KINDS[kind][0])
@@ -68,26 +92,53 @@ def _display(path: Path) -> str:
     return str(path)
 
 
+def _packaged(root: Path, package: str) -> bool:
+    """Whether ``root`` is vramplan's own data folder (``vramplan.catalogs`` / ``vramplan.formulas``)."""
+    try:
+        return root.resolve() == Path(str(resources.files(package))).resolve()
+    except (ModuleNotFoundError, OSError):  # pragma: no cover - the package is always installed
+        return False
+
+
 def _load_catalog_dir(cat: Catalog, root: Path, plugin: str) -> None:
+    """Load one catalog folder. vramplan's own folder fails loudly; any other (a plugin's, the user's)
+    is isolated per file: a file that does not validate or claims a taken key is named and skipped."""
+    strict = cat.host.is_builtin(plugin) and _packaged(root, "vramplan.catalogs")
+    contributor = plugin if not cat.host.is_builtin(plugin) else str(root)
+    if not root.is_dir():
+        if strict:
+            raise CatalogError([(str(root), "catalog folder does not exist")])
+        cat.host.record_failure(contributor, f"catalog folder {root} does not exist", version="n/a")
+        return
     problems = []
     for sub, (attr, schema, top) in CATALOG_KINDS.items():
         folder = root / sub
         if not folder.is_dir():
             continue
         for path in sorted(folder.glob("*.yaml")):
-            shown = _display(path)
+            shown = _display(path) if strict else str(path)
+            registry = getattr(cat, attr)
             try:
                 data = load_validated(path, schema, shown)
+                entries = (data.get(top) or {}).items()
+                if not strict:  # all or nothing: a file that claims a taken key is skipped whole
+                    taken = [(f"{registry.kind} {key!r}", f"registered twice: by {registry.get(key).provenance} and by "
+                              f"{Provenance(plugin, shown)}") for key, _ in entries if key in registry]
+                    if taken:
+                        raise CatalogError(taken)
+                if sub == "quantization" and data.get("gguf"):  # llama.cpp's per-tensor type rules
+                    gguf_problems = add_section(cat.gguf, data["gguf"], shown)
+                    if gguf_problems:
+                        raise CatalogError(gguf_problems)
+                for key, entry in entries:
+                    registry.add(key, entry, Provenance(plugin, shown))
+                    if strict:
+                        cat.builtin.add((sub, key))
             except CatalogError as exc:
-                problems.extend(exc.problems)
-                continue
-            for key, entry in (data.get(top) or {}).items():
-                try:
-                    getattr(cat, attr).add(key, entry, Provenance(plugin, shown))
-                except CatalogError as exc:
+                if strict:
                     problems.extend(exc.problems)
-            if sub == "quantization" and data.get("gguf"):
-                problems.extend(add_section(cat.gguf, data["gguf"], shown))
+                else:
+                    cat.host.record_failure(contributor, f"{shown} skipped: {exc}", version="n/a")
     if problems:
         raise CatalogError(problems)
 
@@ -117,39 +168,74 @@ def _register_from_code(cat: Catalog, host: PluginHost) -> None:
                 continue
             for key, entry in staged:
                 getattr(cat, attr).add(key, entry, Provenance(plugin))
+                if host.is_builtin(plugin):
+                    cat.builtin.add((kind, key))
 
 
-def _formula_dirs(host: PluginHost) -> list[tuple[Path, str]]:
-    dirs = [(Path(d), name) for name, result in host.call_each("register_formula_dirs") for d in (result or [])]
+def _formula_dirs(host: PluginHost) -> list[tuple[Path, str, str]]:
+    """``(folder, source, origin)``: origin is "builtin", "plugin" (isolated) or "env" (fails loudly)."""
+    dirs = [(Path(d), name, "builtin" if host.is_builtin(name) else "plugin")
+            for name, result in host.call_each("register_formula_dirs") for d in (result or [])]
     env = os.environ.get("VRAMPLAN_FORMULA_PATH", "")
-    dirs += [(Path(p), f"VRAMPLAN_FORMULA_PATH:{p}") for p in env.split(os.pathsep) if p.strip()]
+    dirs += [(Path(p), f"VRAMPLAN_FORMULA_PATH:{p}", "env") for p in env.split(os.pathsep) if p.strip()]
     return dirs
 
 
+def _parse_formula_folder(folder: Path, source: str, shown_relative: bool) -> tuple[list[FormulaFile], list[tuple[str, str]]]:
+    files, problems = [], []
+    for path in sorted(folder.rglob("*.yaml")):
+        shown = _display(path) if shown_relative else str(path)
+        try:
+            data = load_validated(path, "formula-file", shown)
+            files.append(formula_file_from_data(data, file=shown, source=source))
+        except (CatalogError, FormulaError) as exc:
+            problems.extend(exc.problems)
+    return files, problems
+
+
 def _load_formulas(cat: Catalog, host: PluginHost) -> None:
+    """Built-in formulas and ``VRAMPLAN_FORMULA_PATH`` folders fail loudly; a plugin's formula folder is
+    all or nothing: if one of its files does not load, or its formulas do not fit the graph (unknown
+    inputs, circles, the engine's declared outputs, another folder's override of the same id), the
+    plugin's formulas are skipped and the failure names the files."""
     problems = []
-    first_source = None
-    for folder, source in _formula_dirs(host):
+    for folder, source, origin in _formula_dirs(host):
         if not folder.is_dir():
-            problems.append((str(folder), f"formula folder from {source} does not exist"))
+            if origin == "plugin":
+                host.record_failure(source, f"formula folder {folder} does not exist")
+            else:
+                problems.append((str(folder), f"formula folder from {source} does not exist"))
             continue
-        first_source = first_source or source
-        for path in sorted(folder.rglob("*.yaml")):
-            shown = _display(path) if source == first_source else str(path)
-            try:
-                data = load_validated(path, "formula-file", shown)
-                ff = formula_file_from_data(data, file=shown, source=source)
-                cat.formulas.add(ff, may_override=source != first_source)
-            except (CatalogError, FormulaError) as exc:
-                problems.extend(exc.problems)
+        files, file_problems = _parse_formula_folder(folder, source, origin == "builtin")
+        if origin != "plugin":
+            problems.extend(file_problems)
+            for ff in files:
+                try:
+                    cat.formulas.add(ff, may_override=origin != "builtin")
+                except FormulaError as exc:
+                    problems.extend(exc.problems)
+            continue
+        if file_problems:
+            host.record_failure(source, "formulas skipped: " + "; ".join(f"{w}: {m}" for w, m in file_problems))
+            continue
+        saved = cat.formulas.snapshot()
+        try:
+            for ff in files:
+                cat.formulas.add(ff, may_override=True)
+            catalogcheck.check_formula_graph(cat, runtimes=[e for e in cat.runtimes if ("runtimes", e.key) in cat.builtin])
+        except FormulaError as exc:
+            cat.formulas.restore(saved)
+            host.record_failure(source, f"formulas skipped: {exc}")
     if problems:
         raise FormulaError(problems)
 
 
 def build_catalog(load_entrypoints: bool | None = None, extra_plugins: tuple = ()) -> Catalog:
-    """Load every plugin's data and check it as a whole."""
-    from .scenario import scenario_variable_names
+    """Load every plugin's data and check it as a whole.
 
+    Order matters: catalogs first (declared runtime constants fill the runtime profiles' gaps, GPUs
+    get their hardware class), then formulas (checked against the runtimes and the engine's declared
+    outputs), then the runtimes against what the formulas use."""
     host = PluginHost(load_entrypoints=load_entrypoints, extra_plugins=extra_plugins)
     cat = Catalog(host=host)
     for name, dirs in host.call_each("register_catalog_dirs"):
@@ -158,86 +244,13 @@ def build_catalog(load_entrypoints: bool | None = None, extra_plugins: tuple = (
     _register_from_code(cat, host)
     for name, dirs in host.call_each("register_report_templates"):
         cat.template_dirs.extend(Path(d) for d in dirs or [])
+    catalogcheck.check_catalog(cat)
     _load_formulas(cat, host)
-    _resolve_runtime_bases(cat)
-    _check_runtimes(cat)
-    _read_architectures(cat)
+    catalogcheck.check_runtimes_against_formulas(cat)
+    catalogcheck.read_architectures(cat)
     compile_all(cat.gguf, cat.quantization)
-    cat.formulas.finalize(set(scenario_variable_names()) | {f"rt_{c}" for c in _runtime_constants(cat)})
+    catalogcheck.check_formula_graph(cat, runtimes=list(cat.runtimes))
     return cat
-
-
-def _resolve_runtime_bases(cat: Catalog) -> None:
-    """A runtime that ``extends`` another inherits its constants and overrides some (sglang of vllm).
-
-    The merged entry keeps its own provenance; each inherited constant keeps its own ``source``.
-    An unknown base or a cycle is an error naming the runtime and its file."""
-    problems = []
-    merged: dict[str, dict[str, Any]] = {}
-
-    def resolve(key: str, seen: tuple[str, ...]) -> dict[str, Any] | None:
-        if key in merged:
-            return merged[key]
-        entry = cat.runtimes.get(key)
-        base_key = entry.data.get("extends")
-        if base_key is None:
-            merged[key] = entry.data
-            return entry.data
-        if base_key in seen or base_key not in cat.runtimes:
-            why = "extends itself through " + " -> ".join((*seen, base_key)) if base_key in seen else \
-                f"extends unknown runtime {base_key!r}"
-            problems.append((f"runtime {key} ({entry.provenance})", why))
-            return None
-        base = resolve(base_key, (*seen, base_key))
-        if base is None:
-            return None
-        data = {**{k: v for k, v in base.items() if k not in ("default", "assumptions")}, **entry.data,
-                "constants": {**base["constants"], **entry.data.get("constants", {})}}
-        merged[key] = data
-        return data
-
-    for entry in list(cat.runtimes):
-        data = resolve(entry.key, (entry.key,))
-        if data is not None and data is not entry.data:
-            cat.runtimes.replace(entry.key, data)
-    if problems:
-        raise CatalogError(problems)
-
-
-def _runtime_constants(cat: Catalog) -> set[str]:
-    names: set[str] | None = None
-    for entry in cat.runtimes:
-        keys = set(entry.data["constants"])
-        names = keys if names is None else names & keys
-    return names or set()
-
-
-def _check_runtimes(cat: Catalog) -> None:
-    """Every runtime must define every constant any formula uses; exactly one is the default."""
-    used = {n[3:] for f in cat.formulas.formulas.values() for n in f.inputs if n.startswith("rt_")}
-    problems = []
-    for entry in cat.runtimes:
-        missing = sorted(used - set(entry.data["constants"]))
-        if missing:
-            problems.append((f"runtime {entry.key} ({entry.provenance})", f"lacks constants the formulas use: {', '.join(missing)}"))
-    defaults = [e.key for e in cat.runtimes if e.data.get("default")]
-    if len(defaults) != 1 and len(cat.runtimes):
-        problems.append(("runtimes", f"exactly one runtime must be marked default, found {defaults or 'none'}"))
-    if problems:
-        raise CatalogError(problems)
-    if defaults:
-        cat.default_runtime = defaults[0]
-
-
-def _read_architectures(cat: Catalog) -> None:
-    problems = []
-    for entry in cat.models:
-        try:
-            cat.architectures[entry.key] = from_hf_config(entry.data["config"], where=f"{entry.provenance.file or entry.provenance.plugin}: $.models.{entry.key}.config")
-        except RequestError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise CatalogError(problems)
 
 
 _lock = threading.Lock()

@@ -27,6 +27,7 @@ LAZY_COMMANDS = {
     "models": "vramplan.cli_models:models", "gpus": "vramplan.cli_models:gpus", "runtimes": "vramplan.cli_models:runtimes",
     "serve": "vramplan.server.commands:serve", "tokens": "vramplan.server.commands:tokens",
     "plan": "vramplan.cli_plan:plan", "sweep": "vramplan.cli_sweep:sweep",
+    "formulas": "vramplan.cli_formulas:formulas",
 }
 
 
@@ -312,7 +313,8 @@ FINETUNING_OPTIONS = _opts(
                  help="Full fine-tuning precision (fp32 = mixed precision)."),
     click.option("--lora-rank", type=int),
     click.option("--lora-targets", help="all-linear or a comma list such as q_proj,v_proj."),
-    click.option("--optimizer", help="adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, adafactor, sgd, ..."),
+    click.option("--optimizer", help="adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, adafactor, sgd, or one a plugin "
+                 "or your catalog folder adds (catalogs/optimizers)."),
     click.option("--micro-batch-size", type=int),
     click.option("--grad-accum", "gradient_accumulation_steps", type=int),
     click.option("--num-samples", type=int),

@@ -15,8 +15,8 @@ from pathlib import Path
 import click
 
 from .errors import VramplanError
+from .units import GIB
 
-GIB = 1024**3
 
 
 # -- output helpers ---------------------------------------------------------------------------
@@ -246,8 +246,9 @@ def default_catalog_dir() -> Path:
 
 
 def _save_entry(key, info, arch, path: Path, catalog_dir, display_name, context_length, force) -> Path:
-    import jsonschema
     import yaml
+
+    from .datafiles import validator
 
     ctx = context_length or arch.max_position_embeddings
     if not ctx:
@@ -272,8 +273,7 @@ def _save_entry(key, info, arch, path: Path, catalog_dir, display_name, context_
     entry["notes"] = "; ".join(notes)
     entry["config"] = info["config"]
     doc = {"models": {key: entry}}
-    schema = _models_schema()
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    errors = sorted(validator("catalog-models").iter_errors(doc), key=lambda e: list(e.path))
     if errors:
         raise click.UsageError(f"cannot save {key}: {errors[0].message} at $.{'.'.join(map(str, errors[0].path))}")
     folder = catalog_dir or default_catalog_dir()
@@ -302,15 +302,6 @@ def _source(path) -> str:
         return text
     return Path(path).resolve().as_uri()
 
-
-def _models_schema() -> dict:
-    from importlib import resources
-
-    try:
-        text = resources.files("vramplan.schemas").joinpath("catalog-models.schema.json").read_text("utf-8")
-    except (ModuleNotFoundError, FileNotFoundError):  # running from a source checkout
-        text = (Path(__file__).resolve().parent.parent / "schemas" / "catalog-models.schema.json").read_text("utf-8")
-    return json.loads(text)
 
 
 # -- gpus -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ must be parsed or a problem explained: a warm ``vramplan inference`` needs neith
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -65,6 +66,15 @@ def json_path(path) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     return out
+
+
+def field_name(where: str, message: str = "") -> str:
+    """The request field a schema problem is about: ``$.batch_size`` → ``batch_size``; a missing
+    required property at the top names the property itself; the whole document is ``body``."""
+    if where == "$":
+        m = re.match(r"'([^']+)' is a required property", message)
+        return m.group(1) if m else "body"
+    return where[2:] if where.startswith("$.") else where
 
 
 def schema_problems(instance: Any, schema_name: str, prefix: str = "") -> list[tuple[str, str]]:

@@ -45,10 +45,6 @@ class VramplanError(Exception):
 class RequestError(VramplanError):
     """A request that cannot be answered as given: wrong type, out of range, unknown key."""
 
-    @property
-    def unknown_key(self) -> bool:
-        return bool(self.suggestions)
-
 
 class CatalogError(VramplanError):
     """A catalog or data file that does not validate, or two contributors claiming one key."""

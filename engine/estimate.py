@@ -10,28 +10,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import contract
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
 from .errors import RequestError
 from .resolve import Resolved, resolve
+from .units import GIB
 
-GIB = float(1 << 30)
 
-#: Formula ids the response reads, per workload (besides the components).
-OUTPUTS = {
-    "inference": ("static_shared_bytes", "kv_per_user_bytes", "ms_per_token", "throughput_tps", "per_user_tps",
-                  "latency_tps", "tftt_ms", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w",
-                  "kv_pool_bytes", "kv_needed_bytes", "kv_bytes_per_seq", "kv_share_per_gpu", "weights_gpu_bytes",
-                  "weights_file_bytes", "kv_attention_bytes_per_seq", "recurrent_state_bytes_per_seq",
-                  "recurrent_share_per_gpu") + tuple(f"srv_{name}" for name in (
-                      "running", "queued", "output_tps", "total_tps", "requests_per_s", "ttft_s", "itl_s", "e2e_s",
-                      "utilisation", "limited_code", "past_capacity", "capacity_seq_rate", "static", "open_loop", "max_running",
-                      "cost_per_hour", "cost_per_mtok", "continuous")),
-    "finetuning": ("static_shared_bytes", "training_tps", "samples_per_second", "steps_per_second", "total_tokens",
-                   "training_hours", "system_ram_bytes", "offloaded_total_bytes", "power_draw_w", "trainable_params",
-                   "weights_file_bytes"),
-}
+#: Formula ids the engine reads, per workload, besides the components (declared in vocabulary/outputs.yaml).
+OUTPUTS = contract.outputs_by_workload()
 
 #: What srv_limited_code means (formulas/performance/serving.yaml).
 LIMITED_BY = {1: "kv_cache", 2: "max_num_batched_tokens", 3: "max_num_seqs", 4: "batch_size", 5: "arrival_rate",
@@ -106,7 +95,7 @@ def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> 
     try:
         req = request_mod.validate(body, workload)
     except RequestError as exc:
-        raise _with_unknown_keys(cat, body, exc) from None
+        raise _with_unknown_keys(cat, body, exc, workload) from None
     res = resolve(cat, req, workload)
     s = scenario_mod.build(res)
     components = cat.formulas.components(workload)
@@ -126,7 +115,7 @@ def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) 
     the smallest count that fits (or all of them when even that does not)."""
     from .planner import Probe, capacity_gib, search_min
 
-    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0)
+    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0, catalog=cat)
     n = search_min(probe, 1, n_layers)
     if n is None:
         out = probe.estimate(n_layers)
@@ -138,7 +127,7 @@ def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) 
     return out
 
 
-def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestError:
+def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError, workload: str) -> RequestError:
     """Add unknown catalog keys to a schema error, so one message names every bad field."""
     if not isinstance(body, dict):
         return exc
@@ -146,7 +135,9 @@ def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError) -> RequestErr
     named = {w for w, _ in problems}
     for fld, reg in (("gpu_key", cat.gpus), ("llm_key", cat.models), ("quantization", cat.quantization),
                      ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
-                     ("interconnect_type", cat.interconnects)):
+                     ("interconnect_type", cat.interconnects), ("optimizer", cat.optimizers)):
+        if fld == "optimizer" and workload != "finetuning":
+            continue
         key = body.get(fld)
         if fld in named or not isinstance(key, str) or (fld == "llm_key" and (key == "custom" or key.startswith("hf:"))):
             continue
@@ -221,12 +212,12 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         "estimated_power_draw": round(v["power_draw_w"]),
     })
     if res.workload == "finetuning":
-        opt = res.request["optimization_config"]
+        opt = _optimization_flags(res)
         active = [k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)]
         if opt.get("zero_stage"):
             active.append(f"zero_stage_{opt['zero_stage']}")
         out["active_optimizations"] = active
-        out["optimization_preset"] = _preset(res.request)
+        out["optimization_preset"] = _preset(opt)
     # The whole model in the chosen format (a GGUF: its tensor data), beside the busiest GPU's share above
     out["model_weights_gb"] = _gib(v["weights_file_bytes"])
     out["memory_details"] = details
@@ -297,10 +288,19 @@ def _serving(res: Resolved, s: dict[str, float], v: dict[str, float], warnings: 
     return out
 
 
-def _preset(req: dict[str, Any]) -> str:
+def _optimization_flags(res: Resolved) -> dict[str, Any]:
+    """The request's optimization flags, with the seed's optimizer flags set from the optimizer in use
+    (an 8-bit or paged optimizer named by ``optimizer`` shows as use_8bit / use_paged_optimizer)."""
+    opt = dict(res.request["optimization_config"])
+    if res.optimizer is not None:
+        opt["use_8bit_optimizer"] = bool(opt.get("use_8bit_optimizer")) or res.optimizer.data["state_dtype"] == "int8"
+        opt["use_paged_optimizer"] = bool(opt.get("use_paged_optimizer")) or bool(res.optimizer.data.get("paged"))
+    return opt
+
+
+def _preset(opt: dict[str, Any]) -> str:
     """'default' when the flags are the documented defaults, 'memory_efficient' when checkpointing and an
     8-bit optimizer are both on, else 'custom'."""
-    opt = req["optimization_config"]
     defaults = request_mod.optimization_defaults("finetuning")
     if all(opt.get(k, v) == v for k, v in defaults.items()):
         return "default"
@@ -334,7 +334,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> lis
         elif s["pp"] > 1:
             out.append(f"pipeline parallelism: {int(s['pp'])} stages (interconnect {res.interconnect.key})")
     else:
-        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.request['optimizer']}, "
+        out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.optimizer.key}, "
                    f"micro-batch {int(s['micro_batch'])} x {int(s['seq'])} tokens per GPU, "
                    f"{int(v['trainable_params']):,} trainable parameters")
         if s["dp"] > 1:

@@ -176,23 +176,56 @@ class FormulaSet:
     def __init__(self) -> None:
         self.files: dict[str, FormulaFile] = {}
         self.formulas: dict[str, Formula] = {}
+        self.loaded_files: list[FormulaFile] = []  # every file in load order, overridden ones included
+        self.overridden: dict[str, Formula] = {}  # formula id → the built-in definition an override replaced
         self._origin: dict[str, str] = {}  # formula id → source that defined it
+        self._builtin: set[str] = set()  # ids whose current definition is built-in
         self._order: list[str] = []
         self._plans: dict[tuple, Any] = {}  # evaluation plans and component lists, dropped on change
 
     # -- building ------------------------------------------------------------------------------
     def add(self, ff: FormulaFile, *, may_override: bool) -> None:
-        """Add a file's formulas. A later source may override ids; the same source may not repeat them."""
+        """Add a file's formulas. Built-ins (``may_override`` false) may not repeat an id; any later
+        folder may override a built-in formula, but two folders may not both define or override one id."""
+        problems = []
+        for f in ff.formulas:
+            if f.id not in self.formulas:
+                continue
+            prev = self.formulas[f.id]
+            if not may_override or self._origin[f.id] == ff.source:
+                problems.append((f"{ff.file}: formula {f.id}", f"already defined in {prev.file}"))
+            elif f.id not in self._builtin:
+                problems.append((f"{ff.file}: formula {f.id}", f"also defined by {prev.file} ({self._origin[f.id]}); "
+                                 "two folders may not both define or override one formula"))
+        if problems:
+            raise FormulaError(problems)
         for f in ff.formulas:
             if f.id in self.formulas:
-                if not may_override or self._origin[f.id] == ff.source:
-                    raise FormulaError([(f"{ff.file}: formula {f.id}",
-                                         f"already defined in {self.formulas[f.id].file}")])
+                self.overridden[f.id] = self.formulas[f.id]
+                self._builtin.discard(f.id)
+            elif not may_override:
+                self._builtin.add(f.id)
             self.formulas[f.id] = f
             self._origin[f.id] = ff.source
+        self.loaded_files.append(ff)
         if ff.id in self.files and ff.component is None:
             ff = FormulaFile(**{**ff.__dict__, "component": self.files[ff.id].component})
         self.files[ff.id] = ff
+        self._plans.clear()
+
+    def source_of(self, formula_id: str) -> str:
+        """The plugin or folder that supplied a formula's current definition."""
+        return self._origin[formula_id]
+
+    def snapshot(self) -> tuple:
+        """The set's state, to :meth:`restore` when a plugin's formulas turn out not to fit."""
+        return (dict(self.files), dict(self.formulas), list(self.loaded_files), dict(self.overridden),
+                dict(self._origin), set(self._builtin))
+
+    def restore(self, state: tuple) -> None:
+        files, formulas, loaded, overridden, origin, builtin = state
+        self.files, self.formulas, self.loaded_files, self.overridden = dict(files), dict(formulas), list(loaded), dict(overridden)
+        self._origin, self._builtin = dict(origin), set(builtin)
         self._plans.clear()
 
     def components(self, workload: str) -> tuple[Component, ...]:

@@ -73,9 +73,46 @@ def register_runtimes(register: Register) -> None:
 
 
 @hookspec
+def register_runtime_constants(register: Register) -> None:
+    """Declare runtime constants (schema: ``catalog-runtime-constants``): a runtime profile that lacks
+    one gets its ``default``, so a plugin formula can use a new ``rt_<name>`` with every runtime.
+
+    Example: ``register("acme_prefetch_mib", {"unit": "MiB", "description": "...", "default": 0, "source": "..."})``
+    """
+
+
+@hookspec
+def register_optimizers(register: Register) -> None:
+    """Add optimizers a fine-tuning request can name (schema: ``catalog-optimizers``).
+
+    Example: ``register("lion", {"label": "Lion", "states_per_param": 1, "state_dtype": "param", "source": "..."})``
+    """
+
+
+@hookspec
+def register_hardware_classes(register: Register) -> None:
+    """Add hardware classes: GPUs whose runtime efficiencies differ (schema: ``catalog-hardware-classes``).
+
+    Example: ``register("acme", {"label": "ACME", "match": [{"vendor": "other", "architecture": "acme-1"}],
+    "backend": "ACME RT", "calibrated": False, "fallback": "nvidia_datacenter", "source": "..."})``
+    """
+
+
+@hookspec
+def register_format_rules(register: Register) -> None:
+    """Add format rules: the weights a fine-tuning method trains on, the runtime a format defaults to
+    (schema: ``catalog-format-rules``).
+
+    Example: ``register("acme_q_on_acme", {"when": {"quantization_kind": "acme"}, "runtime": "acme-server", "source": "..."})``
+    """
+
+
+@hookspec
 def register_catalog_dirs() -> list[Path | str]:
     """Return folders of catalog YAML (sub-folders ``gpus/``, ``models/``, ``quantization/``,
-    ``interconnects/``, ``runtimes/``), each file validated against its schema.
+    ``interconnects/``, ``runtimes/``, ``runtime_constants/``, ``optimizers/``, ``hardware_classes/``,
+    ``format_rules/``), each file validated against its schema. A file that does not validate or claims
+    a key already taken is named in the plugin failures and skipped; the rest keeps loading.
 
     Example: ``return [Path(__file__).parent / "catalogs"]``
     """
@@ -83,7 +120,9 @@ def register_catalog_dirs() -> list[Path | str]:
 
 @hookspec
 def register_formula_dirs() -> list[Path | str]:
-    """Return folders of formula YAML; a formula whose id already exists overrides it.
+    """Return folders of formula YAML; a formula whose id is built in overrides it. The folder is
+    all or nothing: if a file does not load or the formulas do not fit the graph, the plugin's formulas
+    are skipped and named in the plugin failures. Two folders may not define or override one id.
 
     Example: ``return [Path(__file__).parent / "formulas"]``
     """

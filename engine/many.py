@@ -228,7 +228,7 @@ def _estimate_chunk(cat: Catalog, bodies: list[dict[str, Any]], workload: str, o
         try:
             req = request_mod.validate(body, workload)
         except RequestError as exc:
-            out[offset + i] = _with_unknown_keys(cat, body, exc)
+            out[offset + i] = _with_unknown_keys(cat, body, exc, workload)
             continue
         by_key.setdefault(group_key(req), []).append((offset + i, req))
     groups: list[Group] = []

@@ -57,12 +57,11 @@ def _check_list(request: dict[str, Any], field: str, registry) -> list[str] | No
 
 def fit_map(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
     """GPUs x formats (or methods), each cell one estimate; see the module docstring."""
-    from .datafiles import schema_problems
-    from .planner import _field
+    from .datafiles import field_name, schema_problems
 
     if not isinstance(request, dict):
         raise RequestError([("body", "must be a JSON object")])
-    problems = [(_field(w, m), m) for w, m in schema_problems(request, "fit-map-request")]
+    problems = [(field_name(w, m), m) for w, m in schema_problems(request, "fit-map-request")]
     if problems:
         raise RequestError(problems)
     cat = catalog or get_catalog()
@@ -129,12 +128,11 @@ def context_curve(request: dict[str, Any], catalog: Catalog | None = None) -> di
     from .request import validate
     from .resolve import resolve
 
-    from .datafiles import schema_problems
-    from .planner import _field
+    from .datafiles import field_name, schema_problems
 
     if not isinstance(request, dict):
         raise RequestError([("body", "must be a JSON object")])
-    problems = [(_field(w, m), m) for w, m in schema_problems(request, "context-curve-request")]
+    problems = [(field_name(w, m), m) for w, m in schema_problems(request, "context-curve-request")]
     if problems:
         raise RequestError(problems)
     cat = catalog or get_catalog()
@@ -142,14 +140,14 @@ def context_curve(request: dict[str, Any], catalog: Catalog | None = None) -> di
     body = {k: v for k, v in request.items() if k not in ("workload", "trace")}
     run(body, workload, cat)  # every bad field named once
     res = resolve(cat, validate(body, workload), workload)
-    return {"workload": workload, **curve(body, workload, res, float(res.gpu_memory_gib))}
+    return {"workload": workload, **curve(body, workload, res, float(res.gpu_memory_gib), cat)}
 
 
-def curve(body: dict[str, Any], workload: str, res, capacity: float) -> dict[str, Any]:
+def curve(body: dict[str, Any], workload: str, res, capacity: float, catalog: Catalog | None = None) -> dict[str, Any]:
     """The curve for a resolved request (the report has resolved it already)."""
     model_max = res.arch.max_position_embeddings or max(res.request["seq_length"], 32768)
     base = {k: v for k, v in body.items() if k != "trace"}
-    probe = Probe(base, workload, "seq_length", capacity, 0.0)
+    probe = Probe(base, workload, "seq_length", capacity, 0.0, catalog=catalog)
     points = []
     for x in context_lengths(int(model_max), int(res.request["seq_length"])):
         out = probe.estimate(x)

@@ -39,16 +39,15 @@ SLO field).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
+from . import formatrules
+from . import request as request_mod
 from .catalog import Catalog, get_catalog
-from .datafiles import schema_problems
+from .datafiles import field_name, schema_problems
 from .errors import RequestError, VramplanError
 
-QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
-             "best_quantization", "gpus")
 PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys", "slo")
 #: Serving-model latencies an SLO may bound (the serving object's fields).
 SLO_FIELDS = ("ttft_ms", "itl_ms", "e2e_latency_ms")
@@ -61,10 +60,11 @@ NOT_FITTING = ("insufficient", "error")
 FINETUNE_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
 
-def estimator(workload: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def estimator(workload: str, catalog: Catalog | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The estimate of a request body, against ``catalog`` (the loaded one when None)."""
     from .estimate import run
 
-    return lambda body: run(body, workload)
+    return lambda body: run(body, workload, catalog)
 
 
 def capacity_gib(body: dict[str, Any], cat: Catalog | None = None) -> float:
@@ -105,9 +105,9 @@ class Probe:
     """Estimates one request at different values of one field, remembering each (no estimate twice)."""
 
     def __init__(self, body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float,
-                 slo: dict[str, float] | None = None):
+                 slo: dict[str, float] | None = None, catalog: Catalog | None = None):
         self.body, self.field, self.capacity, self.headroom, self.slo = body, field, capacity, headroom, slo
-        self.run = estimator(workload)
+        self.run = estimator(workload, catalog)
         self.seen: dict[int, dict[str, Any] | RequestError] = {}
 
     def estimate(self, value: int) -> dict[str, Any] | RequestError:
@@ -226,7 +226,7 @@ def _numeric(question: str, body: dict[str, Any], workload: str, ctx: dict[str, 
         n = model_context(body, cat)
         if n:
             cap, limited_by = min(cap, n), f"the model's context length ({n} tokens)"
-    probe = Probe(body, workload, field, capacity, headroom, slo)
+    probe = Probe(body, workload, field, capacity, headroom, slo, cat)
     if question == "min_num_gpus":
         value = search_min(probe, 1, cap)
         if value is None:
@@ -255,7 +255,7 @@ def _max_request_rate(question: str, body: dict[str, Any], workload: str, ctx: d
     if workload != "inference":
         return {"value": None, "reason": "request_rate applies to inference only"}
     capacity, headroom, slo = ctx["capacity"], ctx["headroom"], ctx["slo"]
-    run = estimator(workload)
+    run = estimator(workload, ctx["catalog"])
     base = {k: v for k, v in body.items() if k not in ("trace", "concurrent_users", "request_rate")}
     seen: dict[float, dict[str, Any]] = {}
 
@@ -291,16 +291,22 @@ def _max_request_rate(question: str, body: dict[str, Any], workload: str, ctx: d
 
 def _final(probe: Probe, value: int, body: dict[str, Any], workload: str, field: str) -> dict[str, Any]:
     if body.get("trace"):
-        return estimator(workload)({**body, field: value, "trace": True})
+        return probe.run({**body, field: value, "trace": True})
     return probe.seen[value]  # type: ignore[return-value]
 
 
-def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog) -> tuple[str, list[str], str]:
-    """(request field, formats best first, note on what was tried)."""
+def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog,
+                      validated: dict[str, Any] | None = None) -> tuple[str, list[str], str]:
+    """(request field, formats best first, note on what was tried).
+
+    A fine-tuning method whose format rule holds whatever ``fine_tuning_quantization`` says (LoRA,
+    QLoRA: catalogs/format_rules) leaves nothing to choose."""
     if workload == "finetuning":
-        method = body.get("finetuning_method", "lora")
-        if method != "full":
-            return "fine_tuning_quantization", [], f"{method} fixes the base weights' format ({'nf4' if method == 'qlora' else 'bf16'})"
+        validated = validated or request_mod.validate(body, workload)
+        method = validated["finetuning_method"]
+        fixed, rule = formatrules.finetuning_weights(cat.format_rules, validated)
+        if rule is not None and "fine_tuning_quantization" not in rule.data["when"]:
+            return "fine_tuning_quantization", [], f"{method} fixes the base weights' format ({fixed})"
         ranked = sorted(FINETUNE_PRECISIONS, key=lambda k: -cat.quantization.get(k).data["quality_rank"])
         return "fine_tuning_quantization", ranked, "full fine-tuning precisions"
     runtime = body.get("runtime")
@@ -312,10 +318,10 @@ def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog) -> tupl
 
 def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
     cat, capacity, headroom = ctx["catalog"], ctx["capacity"], ctx["headroom"]
-    field, ranked, note = _quant_candidates(body, workload, cat)
+    field, ranked, note = _quant_candidates(body, workload, cat, ctx.get("base"))
     if not ranked:
         return {"value": None, "reason": f"nothing to choose: {note}"}
-    run = estimator(workload)
+    run = estimator(workload, cat)
     tried = []
     for key in ranked:
         try:
@@ -338,7 +344,7 @@ def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any
     if keys is None:
         keys = [e.key for e in cat.gpus if not e.data.get("custom")]
     speed = "per_user_tps" if workload == "inference" else "training_tps"
-    run = estimator(workload)
+    run = estimator(workload, cat)
     body = {k: v for k, v in body.items() if k not in ("trace", "custom_vram")}
     found = []
     for key in keys:
@@ -361,26 +367,19 @@ HANDLERS = {"max_seq_length": _numeric, "max_batch_size": _numeric, "max_concurr
             "gpus": _gpus}
 
 
-def _field(where: str, message: str) -> str:
-    if where == "$":
-        m = re.match(r"'([^']+)' is a required property", message)
-        return m.group(1) if m else "body"
-    return where[2:] if where.startswith("$.") else where
-
-
 def validate_plan(request: Any) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise RequestError([("body", "must be a JSON object")])
-    problems = [(_field(w, m), m) for w, m in schema_problems(request, "plan-request")]
+    problems = [(field_name(w, m), m) for w, m in schema_problems(request, "plan-request")]
     if problems:
         raise RequestError(problems)
     return request
 
 
-def plan(request: dict[str, Any]) -> dict[str, Any]:
+def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
     """Answer each question in ``request["find"]``; see the module docstring."""
     validate_plan(request)
-    cat = get_catalog()
+    cat = catalog or get_catalog()
     workload = request.get("workload", "inference")  # the default the CLI and POST report use too
     body = {k: v for k, v in request.items() if k not in PLAN_FIELDS}
     headroom = float(request.get("headroom", 0.0))
@@ -401,16 +400,14 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
     answers: dict[str, Any] = {}
     needs_gpu = [q for q in find if q != "gpus"]
     if needs_gpu:
-        run = estimator(workload)
+        run = estimator(workload, cat)
         # Validates the whole request once (every bad field named) and gives the defaults searches start from.
         run({k: v for k, v in body.items() if k != "trace"})
-        from .request import validate
-
-        ctx["base"] = validate(body, workload)
+        ctx["base"] = request_mod.validate(body, workload)
         ctx["capacity"] = capacity_gib(body, cat)
     elif "llm_key" in body:
         probe_gpu = (gpu_keys or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
-        estimator(workload)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
+        estimator(workload, cat)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
     for q in find:
         answers[q] = HANDLERS[q](q, body, workload, ctx)
     return answers

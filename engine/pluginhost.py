@@ -114,8 +114,9 @@ class PluginHost:
             self.record_failure(name, f"{hook_name}: {type(exc).__name__}: {exc}")
             return []
 
-    def record_failure(self, name: str, error: str) -> None:
-        self.failures.append(PluginFailure(name, self._versions.get(name, "unknown"), error))
+    def record_failure(self, name: str, error: str, version: str | None = None) -> None:
+        """Record a third-party plugin, data file or folder that was skipped, and why."""
+        self.failures.append(PluginFailure(name, version or self._versions.get(name, "unknown"), error))
 
     def plugins(self) -> list[PluginInfo]:
         out = []

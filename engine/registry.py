@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from .errors import CatalogError, RequestError
 
@@ -45,9 +45,13 @@ class Registry(Generic[T]):
         self._entries[key] = Entry(key, data, provenance)
 
     def replace(self, key: str, data: T) -> None:
-        """Swap an entry's data for a derived version of it (e.g. a runtime merged with the one it
-        extends), keeping who supplied it."""
+        """Swap an entry's data for a derived version of it (a runtime merged with the one it extends,
+        declared defaults filled in), keeping who supplied it."""
         self._entries[key] = Entry(key, data, self._entries[key].provenance)
+
+    def remove(self, key: str) -> Entry[T]:
+        """Take an entry out (a third-party entry that failed a load-time check)."""
+        return self._entries.pop(key)
 
     def __contains__(self, key: object) -> bool:
         return key in self._entries
@@ -77,8 +81,3 @@ class Registry(Generic[T]):
             close += [k for k in keys if key.lower() in k and k not in close][: n - len(close)]
         return close or keys[:n]
 
-
-def entry_dict(entry: Entry[Any]) -> dict[str, Any]:
-    """An entry's data with its provenance, for listings and reports."""
-    return {"key": entry.key, **entry.data, "provided_by": entry.provenance.plugin,
-            **({"catalog_file": entry.provenance.file} if entry.provenance.file else {})}

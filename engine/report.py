@@ -32,10 +32,10 @@ from . import __version__, charts, maps
 from .catalog import Catalog, get_catalog
 from .estimate import STATUS_TEXT
 from .maps import context_lengths  # noqa: F401  (the report's curve; tests use it from here)
+from .units import GIB, MIB
 
 FORMATS = {"markdown": "report.md.j2", "html": "report.html.j2"}
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
-GIB = float(1 << 30)
 
 
 #: Units of request fields (the schemas' descriptions say the same in words).
@@ -90,7 +90,7 @@ def human(v: Any, unit: str) -> str:
     """Bytes also in GiB or MiB, so a reader sees the scale; other units left alone."""
     if unit != "bytes" or not isinstance(v, (int, float)) or isinstance(v, bool):
         return ""
-    return f"{v / GIB:.3f} GiB" if abs(v) >= GIB / 10 else f"{v / (1 << 20):.2f} MiB"
+    return f"{v / GIB:.3f} GiB" if abs(v) >= GIB / 10 else f"{v / MIB:.2f} MiB"
 
 
 def sentence(text: Any) -> str:
@@ -162,7 +162,7 @@ def _provenance(res) -> list[dict[str, Any]]:
     return rows
 
 
-def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime, hw_class: str) -> tuple[list[dict], list[dict], list[dict]]:
+def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime) -> tuple[list[dict], list[dict], list[dict]]:
     """(formulas in evaluation order, scenario inputs they read, runtime constants they read)."""
     from .scenario import VARIABLES
 
@@ -178,8 +178,7 @@ def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime, hw_class: str)
             if name in known:
                 unit, kind = known[name].unit, "formula"
             elif name.startswith("rt_"):
-                base = name[3:]
-                key = f"{base}_{hw_class}" if f"{base}_{hw_class}" in consts else base
+                key = name[3:]  # rt_<name> is the profile's plain constant (per-class ones feed the eff_* variables)
                 c = consts.get(key, {})
                 unit, kind = str(c.get("unit", "")), "runtime"
                 runtime_rows.setdefault(name, {"name": name, "constant": key, "value": exact(value), "unit": unit,
@@ -231,8 +230,6 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
     from . import request as request_mod
     from .estimate import run
     from .resolve import resolve
-    from .scenario import hardware_class
-
     cat = catalog or get_catalog()
     suggestions = out.get("suggestions")
     if "trace" not in out:
@@ -241,9 +238,8 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
     res = resolve(cat, req, workload)
     capacity = float(res.gpu_memory_gib)
     vram = float(out["vram_usage"])
-    formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime,
-                                                      hardware_class(res.gpu.data))
-    curve = maps.curve(body, workload, res, capacity)
+    formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime)
+    curve = maps.curve(body, workload, res, capacity, cat)
     for p in curve["points"]:
         if p["seq_length"] == curve["request"]["seq_length"]:
             curve["request"]["vram_usage"] = p["vram_usage"]

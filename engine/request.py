@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from .datafiles import is_valid, schema_problems
+from .datafiles import field_name, is_valid, load_schema, schema_problems
 from .elementwise import at_least, at_most, holds
 from .errors import RequestError
 
@@ -20,14 +20,8 @@ OPTIMIZATION_FLAGS = ("flash_attention", "gradient_checkpointing", "use_8bit_opt
                       "use_fused_kernels", "activation_offloading", "sequence_packing")
 
 
-def _field(path: str) -> str:
-    return path[2:] if path.startswith("$.") else ("body" if path == "$" else path)
-
-
 @lru_cache(maxsize=None)
 def _defaults(schema_name: str) -> dict[str, Any]:
-    from .datafiles import load_schema
-
     props = load_schema(schema_name)["properties"]
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
@@ -43,7 +37,7 @@ def validate(body: Any, workload: str, *, schema_checked: bool = False) -> dict[
         raise RequestError([("body", "must be a JSON object")])
     schema_name = SCHEMAS[workload]
     problems = [] if schema_checked or is_valid(body, schema_name) else \
-        [(_field(where), msg) for where, msg in schema_problems(body, schema_name)]
+        [(field_name(where, msg), msg) for where, msg in schema_problems(body, schema_name)]
     req = {**_defaults(schema_name), **body}
     opt_defaults = _opt_defaults(schema_name)
     req["optimization_config"] = {**opt_defaults, **(body.get("optimization_config") or {})} \
@@ -59,8 +53,6 @@ def validate(body: Any, workload: str, *, schema_checked: bool = False) -> dict[
     if workload == "inference":
         if req.get("num_offload_layers") is not None and req.get("percentage_offload") is not None:
             problems.append(("percentage_offload", "give num_offload_layers or percentage_offload, not both"))
-        if req["shared_prefix_ratio"] > 0 and not req["enable_prefix_caching"]:
-            pass  # the ratio only matters with caching on; allowed, noted in assumptions later
         if req.get("request_rate") is not None and req["concurrent_users"] != 1:
             problems.append(("concurrent_users", "request_rate (an open loop) defines the load; leave concurrent_users "
                              f"at 1 (got {req['concurrent_users']})"))
@@ -68,17 +60,6 @@ def validate(body: Any, workload: str, *, schema_checked: bool = False) -> dict[
         req["continuous_batching_given"] = body.get("enable_continuous_batching")
     else:
         req.setdefault("tokens_per_sample", req["seq_length"])
-        opt = req["optimization_config"]
-        if opt.get("use_8bit_optimizer") and req["optimizer"] == "adamw":
-            req["optimizer"] = "paged_adamw_8bit" if opt.get("use_paged_optimizer") else "adamw_8bit"
-        elif opt.get("use_paged_optimizer") and req["optimizer"] == "adamw":
-            req["optimizer"] = "paged_adamw"
-        if req["optimizer"] in ("adamw_8bit", "paged_adamw_8bit"):
-            opt["use_8bit_optimizer"] = True
-        if req["optimizer"].startswith("paged"):
-            opt["use_paged_optimizer"] = True
-        if opt.get("zero_stage", 0) > 0 and req["num_gpus"] == 1:
-            pass  # ZeRO on one GPU shards nothing; a warning is added later
         mb = req.get("micro_batch_size")
         if mb is not None and mb > req["batch_size"]:
             problems.append(("micro_batch_size", f"{mb} is larger than batch_size {req['batch_size']}"))
@@ -139,7 +120,5 @@ def optimization_defaults(workload: str) -> dict[str, Any]:
 
 @lru_cache(maxsize=None)
 def _opt_defaults(schema_name: str) -> dict[str, Any]:
-    from .datafiles import load_schema
-
     props = load_schema(schema_name)["properties"]["optimization_config"].get("properties", {})
     return {k: v["default"] for k, v in props.items() if "default" in v}

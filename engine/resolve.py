@@ -7,18 +7,17 @@ request is reported at once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import hub
+from . import formatrules, hardware, hub
 from .architecture import Architecture, from_hf_config
-from .catalog import Catalog
 from .elementwise import holds, number_or
 from .errors import RequestError
 from .ggufmix import format_bits
 from .registry import Entry
 
-#: Weights format a fine-tuning method trains on, by (method, fine_tuning_quantization).
-FINETUNE_WEIGHTS = {"lora": "bf16", "qlora": "nf4"}
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 
 @dataclass
@@ -36,6 +35,9 @@ class Resolved:
     runtime: Entry
     interconnect: Entry
     host_link: Entry | None
+    optimizer: Entry | None = None  # fine-tuning only
+    hardware_class: str | None = None  # catalogs/hardware_classes key; None when no class matches the GPU
+    hardware_order: tuple[str, ...] = ()  # the class and its fallbacks, for per-class runtime constants
     weight_bits: dict[str, float] = field(default_factory=dict)  # bits per parameter by role, this model in this format
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -88,20 +90,20 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             problems.append(("kv_cache_quantization", f"{kv_quant.key} cannot store a KV cache "
                              f"(KV formats: {', '.join(e.key for e in cat.quantization if 'kv_cache_bits' in e.data)})"))
     else:
-        method = req["finetuning_method"]
-        qkey = req["fine_tuning_quantization"] if method == "full" else FINETUNE_WEIGHTS[method]
-        if method == "full" and qkey == "fp8":
-            qkey = "bf16"
-            warnings.append("full fine-tuning in fp8 keeps bf16 weights, gradients and moments (fp8 matmuls, as torchao's float8 "
-                            "training does); memory is estimated as pure bf16")
+        qkey, rule = formatrules.finetuning_weights(cat.format_rules, req)
+        if rule is not None:
+            _say(rule, assumptions, warnings)
         quant = lookup(_format, cat, qkey, "fine_tuning_quantization")
         kv_quant = None
+    optimizer = lookup(_optimizer, cat, req) if workload == "finetuning" else None
 
     runtime_key = req.get("runtime")
     if runtime_key is None:
-        if workload == "inference" and quant is not None and quant.data["kind"] == "gguf" and "llama.cpp" in cat.runtimes:
-            runtime_key = "llama.cpp"
-            assumptions.append("runtime: llama.cpp (the default for GGUF quantizations)")
+        facts = formatrules.facts(workload, req, quant.data["kind"] if quant is not None else None)
+        rule = formatrules.rule_for(cat.format_rules, "runtime", facts)
+        if rule is not None and rule.data["runtime"] in cat.runtimes:
+            runtime_key = rule.data["runtime"]
+            _say(rule, assumptions, warnings)
         else:
             runtime_key = cat.default_runtime
             assumptions.append(f"runtime: {runtime_key} (the default)")
@@ -137,7 +139,14 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
     file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
-    warnings.extend(_uncertainty_warnings(workload, gpu.data, arch, runtime.key, req))
+    cls = cat.gpu_classes.get(gpu.key)
+    classes = {e.key: e.data for e in cat.hardware_classes}
+    if cls is None:
+        warnings.append(f"GPU {gpu.key} (vendor {gpu.data['vendor']}, category {gpu.data['category']}) matches no hardware class "
+                        f"({', '.join(classes)}); runtime efficiencies are each runtime's plain values, measured on NVIDIA "
+                        f"data-center GPUs: set hardware_class in its catalog entry, or register a hardware class")
+    warnings.extend(_ignored_settings(workload, req))
+    warnings.extend(_uncertainty_warnings(workload, classes.get(cls), gpu.data, arch, runtime.key, req))
     if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
@@ -146,7 +155,8 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
-        interconnect=interconnect, host_link=host_link, weight_bits=bits, assumptions=assumptions, warnings=warnings,
+        interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
+        hardware_order=hardware.lookup_order(classes, cls), weight_bits=bits, assumptions=assumptions, warnings=warnings,
         weights_file_bytes=file_bytes)
 
 
@@ -165,17 +175,49 @@ def _exact_weights_bytes(info: dict | None, quant: Entry, req: dict[str, Any], w
     return int(info["weights_bytes"])
 
 
-#: Vendors whose backends the runtime profiles were not measured on (calibration: NVIDIA CUDA / Vulkan).
-_UNMEASURED_VENDORS = {"amd": "ROCm/HIP", "apple": "Metal", "intel": "SYCL/XPU"}
+def _say(rule: Entry, assumptions: list[str], warnings: list[str]) -> None:
+    """What an applied format rule asks to be said."""
+    if rule.data.get("assumption"):
+        assumptions.append(rule.data["assumption"])
+    if rule.data.get("warning"):
+        warnings.append(rule.data["warning"])
 
 
-def _uncertainty_warnings(workload: str, gpu: dict[str, Any], arch: Architecture, runtime: str,
-                          req: dict[str, Any]) -> list[str]:
+def _optimizer(cat: Catalog, req: dict[str, Any]) -> Entry:
+    """The optimizer entry, after the seed's use_8bit_optimizer / use_paged_optimizer flags.
+
+    The flags turn the requested optimizer into its registered variant (``variant_of``) with int8
+    states and/or paging, as asked. The request itself is left as given; the response lists the flags
+    of the optimizer in use (estimate._optimization_flags)."""
+    entry = cat.optimizers.get(req["optimizer"], "optimizer")
+    opt = req["optimization_config"]
+    want_8bit = bool(opt.get("use_8bit_optimizer")) or entry.data["state_dtype"] == "int8"
+    want_paged = bool(opt.get("use_paged_optimizer")) or bool(entry.data.get("paged"))
+    if (want_8bit, want_paged) != (entry.data["state_dtype"] == "int8", bool(entry.data.get("paged"))):
+        for variant in cat.optimizers:
+            d = variant.data
+            if d.get("variant_of") == entry.key and (d["state_dtype"] == "int8", bool(d.get("paged"))) == (want_8bit, want_paged):
+                entry = variant
+                break
+    return entry
+
+
+def _ignored_settings(workload: str, req: dict[str, Any]) -> list[str]:
+    """Settings the request gives that change nothing in this configuration."""
+    if workload == "inference" and req["shared_prefix_ratio"] > 0 and not req["enable_prefix_caching"]:
+        return [f"shared_prefix_ratio {req['shared_prefix_ratio']:g} is ignored because enable_prefix_caching is false"]
+    zero = req["optimization_config"].get("zero_stage", 0)
+    if workload == "finetuning" and zero > 0 and req["num_gpus"] == 1:
+        return [f"zero_stage {zero} on one GPU shards nothing: memory is as without ZeRO"]
+    return []
+
+
+def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: dict[str, Any], arch: Architecture,
+                          runtime: str, req: dict[str, Any]) -> list[str]:
     """Say where the estimate leans on runtime internals the calibration did not cover (docs/FIDELITY.md)."""
     out = []
-    vendor = "apple" if gpu.get("category") == "apple" else gpu.get("vendor")
-    if vendor in _UNMEASURED_VENDORS:
-        out.append(f"{runtime} on {_UNMEASURED_VENDORS[vendor]}: the runtime's context, allocator and compute-buffer "
+    if hw_class is not None and not hw_class["calibrated"]:
+        out.append(f"{runtime} on {hw_class['backend']}: the runtime's context, allocator and compute-buffer "
                    f"constants were measured on NVIDIA GPUs; this backend allocates differently, so treat the "
                    f"overheads as approximate")
     if arch.vision_params:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import hardware
 from .architecture import ROLES, Architecture
 from .elementwise import number_or
 from .errors import RequestError
-from .resolve import Resolved
+
+if TYPE_CHECKING:
+    from .resolve import Resolved
 
 #: name → (unit, meaning)
 VARIABLES: dict[str, tuple[str, str]] = {
@@ -89,10 +92,14 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "grad_accum": ("steps", "gradient accumulation steps"),
     "gradient_checkpointing": ("flag", "recompute activations in backward"),
     "zero_stage": ("stage", "DeepSpeed ZeRO stage"),
-    "optimizer_8bit": ("flag", "8-bit optimizer moments"),
-    "optimizer_paged": ("flag", "paged optimizer states"),
-    "optimizer_moments": ("tensors", "optimizer state tensors per parameter (AdamW 2, SGD 0)"),
-    "optimizer_factored": ("flag", "Adafactor's factored second moment"),
+    "optimizer_8bit": ("flag", "8-bit optimizer moments (the optimizer's state_dtype is int8)"),
+    "optimizer_paged": ("flag", "paged optimizer states (the optimizer's paged)"),
+    "optimizer_moments": ("tensors", "optimizer state tensors per parameter (the optimizer's states_per_param: AdamW 2, SGD 0)"),
+    "optimizer_factored": ("flag", "Adafactor's factored second moment (the optimizer's factored)"),
+    "optimizer_state_bytes": ("bytes", "bytes per optimizer state element when the optimizer fixes its type; 0 = the trained "
+                              "parameters' precision (the optimizer's state_dtype)"),
+    "optimizer_state_overhead_bytes": ("bytes", "block-quantization scale bytes per state element (block_scale_bytes / block_size)"),
+    "optimizer_fused_step": ("flag", "the optimizer updates each tensor in one kernel, with no state-sized temporaries"),
     "fused_kernels": ("flag", "fused cross-entropy / optimizer kernels"),
     "activation_offloading": ("flag", "checkpointed activations kept on the host"),
     "num_samples": ("samples", "dataset size"),
@@ -148,35 +155,39 @@ FUSED_QKV_FAMILIES = ("phi3",)
 #: which returns q contiguous in (batch, heads, tokens, head_dim) order (models/phi3, glm, glm4).
 ROPE_CAT_FAMILIES = ("phi3", "glm", "glm4")
 
-#: Efficiency classes runtimes keep constants for.
-HARDWARE_CLASSES = ("nvidia_datacenter", "nvidia_consumer", "amd", "intel", "apple")
+#: Runtime constants Python reads besides the formulas' rt_* inputs; each is declared in
+#: catalogs/runtime_constants, so every runtime profile has it (or its declared default) after load.
+RUNTIME_READS = ("decode_bw_eff", "prefill_flops_eff", "train_mfu", "power_memory_bound_fraction",
+                 "dequant_flops_per_weight", "dequant_flops_per_weight_legacy", "nvme_read_gb_s", "kv_preallocate",
+                 "activation_bytes")
+
+#: Bytes per element of each optimizer state_dtype (catalogs/optimizers); "param" follows the trained weights.
+STATE_DTYPE_BYTES = {"param": 0, "fp32": 4, "bf16": 2, "fp16": 2, "int8": 1}
 
 
 def scenario_variable_names() -> list[str]:
     return list(VARIABLES)
 
 
-def hardware_class(gpu: dict[str, Any]) -> str:
-    if gpu["vendor"] == "apple" or gpu["category"] == "apple":
-        return "apple"
-    if gpu["vendor"] in ("amd", "intel"):
-        return gpu["vendor"]
-    return "nvidia_datacenter" if gpu["category"] == "datacenter" else "nvidia_consumer"
+def _rt(res: Resolved, name: str) -> float:
+    """A per-hardware-class runtime constant for the request's GPU (see :mod:`vramplan.hardware`)."""
+    return hardware.runtime_constant(res.runtime.data["constants"], name, res.hardware_order)[1]
 
 
-def _unpack_flops(res: Resolved, cls: str) -> float:
+def _unpack_flops(res: Resolved) -> float:
     """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
 
     A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
-    per class like every constant): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against
-    pre-scaled activations, k-quants with a longer sequence. Without one, the general constant applies.
+    per class like every constant; declared in catalogs/runtime_constants with the general constant as
+    its fallback): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against pre-scaled activations,
+    k-quants with a longer sequence. Without one, the general constant applies.
     """
-    consts = res.runtime.data["constants"]
     if res.quant.data.get("gguf_block") == "legacy":
-        for key in (f"dequant_flops_per_weight_legacy_{cls}", "dequant_flops_per_weight_legacy"):
-            if key in consts:
-                return float(consts[key]["value"])
-    return _rt(res, "dequant_flops_per_weight", cls)
+        found = hardware.find_runtime_constant(res.runtime.data["constants"], "dequant_flops_per_weight_legacy",
+                                               res.hardware_order)
+        if found is not None:
+            return found[1]
+    return _rt(res, "dequant_flops_per_weight")
 
 
 def _compute_capability(gpu: dict[str, Any]) -> float:
@@ -186,14 +197,6 @@ def _compute_capability(gpu: dict[str, Any]) -> float:
         return 0.0
     major, _, minor = str(cc).partition(".")
     return float(major) + float(minor or 0) / 10
-
-
-def _rt(res: Resolved, name: str, cls: str) -> float:
-    consts = res.runtime.data["constants"]
-    for key in (f"{name}_{cls}", name):
-        if key in consts:
-            return float(consts[key]["value"])
-    return 0.0
 
 
 @lru_cache(maxsize=512)
@@ -309,7 +312,6 @@ def build(res: Resolved) -> dict[str, float]:
     else:
         _finetuning(s, req, res)
 
-    cls = hardware_class(gpu)
     # Pre-Ampere cards have no bf16 and Pascal's fp16 rate is a fraction of fp32: runtimes then compute in fp32.
     t16 = gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
     native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
@@ -322,14 +324,14 @@ def build(res: Resolved) -> dict[str, float]:
         # Unified memory: "offloaded" data stays in the same memory the GPU reads.
         "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not res.host_link or gpu.get("unified_memory_gib"))
         else res.host_link.data["bandwidth_gb_s"],
-        "eff_decode_bw": _rt(res, "decode_bw_eff", cls), "eff_prefill_flops": _rt(res, "prefill_flops_eff", cls),
-        "eff_train_mfu": _rt(res, "train_mfu", cls), "power_idle_fraction": _rt(res, "power_memory_bound_fraction", cls),
+        "eff_decode_bw": _rt(res, "decode_bw_eff"), "eff_prefill_flops": _rt(res, "prefill_flops_eff"),
+        "eff_train_mfu": _rt(res, "train_mfu"), "power_idle_fraction": _rt(res, "power_memory_bound_fraction"),
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or t16),
         "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
         "weights_dequantized": int(res.quant.data["kind"] != "float"),
     })
-    s["dequant_flops_per_weight"] = _unpack_flops(res, cls) * s["weights_dequantized"]
-    nvme = _rt(res, "nvme_read_gb_s", cls)
+    s["dequant_flops_per_weight"] = _unpack_flops(res) * s["weights_dequantized"]
+    nvme = _rt(res, "nvme_read_gb_s")
     s["offload_bw_gb_s"] = min(s["host_bw_gb_s"], nvme) if s["offload_to_nvme"] and nvme else s["host_bw_gb_s"]
     s.update(_runtime_vars(res.runtime.data, res.gpu.key, res.gpu_memory_gib))
     for name, value in (req.get("runtime_settings") or {}).items():
@@ -399,10 +401,11 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
     s["offload_layers"] = layers
     s["offload_kv"] = int(bool(s["offload_enabled"] and req.get("offload_kv_cache")))
     for k in ("method_full", "method_lora", "method_qlora", "mixed_precision", "lora_rank", "gradient_checkpointing",
-              "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "fused_kernels",
+              "zero_stage", "optimizer_8bit", "optimizer_paged", "optimizer_factored", "optimizer_fused_step", "fused_kernels",
               "activation_offloading", "grad_accum", "num_epochs"):
         s[k] = 0
-    s.update({"train_param_bytes": 0, "micro_batch": s["seqs"], "optimizer_moments": 0, "num_samples": 0,
+    s.update({"train_param_bytes": 0, "micro_batch": s["seqs"], "optimizer_moments": 0, "optimizer_state_bytes": 0,
+              "optimizer_state_overhead_bytes": 0.0, "num_samples": 0,
               "tokens_per_sample": req["seq_length"], "batch_global": s["seqs"]})
     for m in ("q", "k", "v", "o", "gate", "up", "down"):
         s[f"lora_{m}"] = 0
@@ -477,11 +480,7 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     s["batch_global"] = req["batch_size"]
     s["gradient_checkpointing"] = int(bool(opt.get("gradient_checkpointing")))
     s["zero_stage"] = int(opt.get("zero_stage", 0))
-    optimizer = req["optimizer"]
-    s["optimizer_8bit"] = int("8bit" in optimizer)
-    s["optimizer_paged"] = int(optimizer.startswith("paged"))
-    s["optimizer_moments"] = {"sgd": 0, "adafactor": 0}.get(optimizer, 2)
-    s["optimizer_factored"] = int(optimizer == "adafactor")
+    _optimizer(s, res.optimizer.data)
     s["fused_kernels"] = int(bool(opt.get("use_fused_kernels")))
     s["activation_offloading"] = int(bool(opt.get("activation_offloading")))
     s["num_samples"] = req["num_samples"]
@@ -490,3 +489,14 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0,
               "offload_layers": 0, "offload_kv": 0, "input_tokens": req["seq_length"], "output_tokens": 1,
               "request_rate": 0.0, "gpu_hour_cost": 0.0})
+
+
+def _optimizer(s: dict[str, float], opt: dict[str, Any]) -> None:
+    """The optimizer catalog entry as scenario variables (catalogs/optimizers, schema catalog-optimizers)."""
+    s["optimizer_moments"] = opt["states_per_param"]
+    s["optimizer_8bit"] = int(opt["state_dtype"] == "int8")
+    s["optimizer_state_bytes"] = STATE_DTYPE_BYTES[opt["state_dtype"]]
+    s["optimizer_state_overhead_bytes"] = opt["block_scale_bytes"] / opt["block_size"] if "block_size" in opt else 0.0
+    s["optimizer_paged"] = int(bool(opt.get("paged")))
+    s["optimizer_factored"] = int(bool(opt.get("factored")))
+    s["optimizer_fused_step"] = int(bool(opt.get("fused_step")))

@@ -55,8 +55,6 @@ MAX_SUGGESTIONS = 6
 MAX_GPUS = 8
 #: Fine-tuning methods in the order a memory-bound user steps down (full → LoRA → QLoRA).
 METHOD_STEPS = {"full": ("lora", "qlora"), "lora": ("qlora",), "qlora": ()}
-#: Base-weight format of each fine-tuning method (what quality_rank compares; resolve.FINETUNE_WEIGHTS).
-METHOD_BASE = {"lora": "bf16", "qlora": "nf4"}
 #: GPU categories one buys or rents as a card or a server GPU (not an edge module or a laptop/desktop SoC).
 CARD_CATEGORIES = ("consumer", "workstation", "datacenter")
 METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
@@ -164,7 +162,7 @@ class _Search:
         """The planner's answer to one question about the request (+ ``extra`` fields), or None."""
         try:
             answers = planner_plan({**self.body, **(extra or {}), "workload": self.workload, "find": [question],
-                                    "headroom": self.headroom})
+                                    "headroom": self.headroom}, self.cat)
         except VramplanError:
             return None
         answer = answers[question]
@@ -273,7 +271,7 @@ class _Search:
         n_layers = arch.num_layers
         base = {**self.body, "enable_offloading": True}
         base.pop("percentage_offload", None)
-        probe = Probe(base, "inference", "num_offload_layers", self.capacity, self.headroom)
+        probe = Probe(base, "inference", "num_offload_layers", self.capacity, self.headroom, catalog=self.cat)
         n = search_min(probe, 1, n_layers)
         if n is None:
             return None
@@ -309,7 +307,7 @@ class _Search:
         for step in METHOD_STEPS[method]:
             s = self.suggest({"finetuning_method": step}, f"{METHOD_LABEL[step]} instead of {METHOD_LABEL[method]}",
                              quality_rank={"field": "finetuning_method", "before": base_rank,
-                                           "after": self._rank(METHOD_BASE[step])})
+                                           "after": self._rank(self._base_format(step))})
             if s:
                 found.append(s)
                 break
@@ -348,7 +346,8 @@ class _Search:
         most = int(req["batch_size"]) // per_step
         if most <= accum:
             return None
-        probe = Probe(self.body, "finetuning", "gradient_accumulation_steps", self.capacity, self.headroom)
+        probe = Probe(self.body, "finetuning", "gradient_accumulation_steps", self.capacity, self.headroom,
+                      catalog=self.cat)
         n = search_min(probe, accum + 1, most)
         if n is None:
             return None
@@ -402,7 +401,8 @@ class _Search:
         before = self._base_rank()
         for method in METHOD_STEPS[req["finetuning_method"]]:
             steps.append(({"finetuning_method": method}, METHOD_LABEL[method],
-                          {"field": "finetuning_method", "before": before, "after": self._rank(METHOD_BASE[method])}))
+                          {"field": "finetuning_method", "before": before,
+                           "after": self._rank(self._base_format(method))}))
         for step, text, quality in steps:
             change = apply_change(change, step)
             words.append(text)
@@ -425,13 +425,17 @@ class _Search:
         return [s for s in [self.suggest({**change, "num_gpus": n}, " + ".join(words) + f" on {n} GPUs",
                                          answer["estimate"], **cost)] if s]
 
+    def _base_format(self, method: str | None = None) -> str:
+        """The format the base weights are estimated in for a method (catalogs/format_rules: LoRA keeps a
+        16-bit base, QLoRA an NF4 one, full fine-tuning in fp8 bf16; else the request's own precision)."""
+        from .formatrules import finetuning_weights
+
+        req = {**self.req, "finetuning_method": method or self.req["finetuning_method"]}
+        key, _ = finetuning_weights(self.cat.format_rules, req)
+        return key
+
     def _base_rank(self) -> float:
-        req = self.req
-        method = req["finetuning_method"]
-        if method != "full":
-            return self._rank(METHOD_BASE[method])
-        precision = req["fine_tuning_quantization"]
-        return self._rank("bf16" if precision == "fp8" else precision)
+        return self._rank(self._base_format())
 
 
 def _within(small: dict[str, Any], big: dict[str, Any]) -> bool:

@@ -75,8 +75,9 @@ WEIGHT_FORMATS = sorted(e.key for e in CAT.quantization)
 KV_FORMATS = sorted(e.key for e in CAT.quantization if "kv_cache_bits" in e.data)
 RUNTIMES = sorted(e.key for e in CAT.runtimes)
 INTERCONNECTS = sorted(e.key for e in CAT.interconnects)
+OPTIMIZERS = sorted(e.key for e in CAT.optimizers)
 KEYS = {"gpu_key": GPUS, "llm_key": MODELS, "quantization": WEIGHT_FORMATS, "kv_cache_quantization": KV_FORMATS,
-        "runtime": RUNTIMES, "interconnect_type": INTERCONNECTS}
+        "runtime": RUNTIMES, "interconnect_type": INTERCONNECTS, "optimizer": OPTIMIZERS}
 #: Fields left out: a custom model or weights file is a different input kind; trace is the caller's.
 SKIP = {"custom_model", "custom_weights_bytes", "trace", "runtime_settings"}
 #: Stand-in ceiling for a schema integer without a maximum.

@@ -115,9 +115,8 @@ def test_import_save_as_writes_schema_valid_entry(tmp_path):
     entry = doc["models"]["tiny-chat"]
     assert entry["params_b"] == 1.6e-07 and entry["context_length"] == 512 and entry["instruct"] is True
     assert entry["config"]["hidden_size"] == 8
-    import jsonschema
-    from vramplan.cli_models import _models_schema
-    jsonschema.validate(doc, _models_schema())
+    from vramplan.datafiles import schema_problems
+    assert schema_problems(doc, "catalog-models") == []
     again = CliRunner().invoke(models, ["import", str(path), "--save-as", "tiny-chat", "--catalog-dir", str(out)])
     assert again.exit_code == 2 and "--force" in again.output
 

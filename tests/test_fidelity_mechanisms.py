@@ -173,9 +173,9 @@ def test_mixed_precision_keeps_fp32_residuals_and_per_linear_casts():
 
 
 def test_adamw_8bit_states():
-    # bitsandbytes AdamW8bit: two uint8 moments + an fp32 absmax per 256-element block (bnb 0.50 Optimizer8bit):
-    # 1,235,814,400 x 2 x (1 + 4 / 256) = 2,510,248,000 bytes (calibration: 2,511,915,520 incl. the
-    # 32-bit state bnb keeps for tensors under 4096 elements).
+    # bitsandbytes AdamW8bit (catalogs/optimizers: Optimizer2State.init_state): two uint8 moments + an
+    # fp32 absmax per 256-element block: 1,235,814,400 x 2 x (1 + 4 / 256) = 2,510,248,000 bytes
+    # (calibration: 2,511,915,520 incl. the 32-bit state bnb keeps for tensors under 4096 elements).
     v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="bf16", optimizer="adamw_8bit",
               batch_size=4, seq_length=1024, optimization_config={"gradient_checkpointing": True})
     assert v["optimizer_states_gpu_bytes"] == pytest.approx(2_510_248_000, rel=1e-12)

@@ -140,10 +140,12 @@ def test_full_precision_choices(train):
 
 def test_8bit_and_paged_optimizers(train):
     P = 8_030_261_248
+    # bitsandbytes 8-bit states: one byte per element + a 4-byte absmax per 256 elements.
     _, t8 = train(finetuning_method="full", fine_tuning_quantization="bf16", optimizer="adamw_8bit")
     assert t8["optimizer_states_total_bytes"] == pytest.approx(2 * P * (1 + 4 / 256))
     out, tp = train(finetuning_method="full", fine_tuning_quantization="bf16",
                     optimization_config={"use_paged_optimizer": True, "use_8bit_optimizer": True})
+    assert {"use_8bit_optimizer", "use_paged_optimizer"} <= set(out["active_optimizations"])
     assert tp["optimizer_offloaded_bytes"] == pytest.approx(2 * P * (1 + 4 / 256))
     # On the GPU only the largest tensor's moments are paged in at a time: the embedding table.
     assert tp["optimizer_states_gpu_bytes"] == pytest.approx(2 * EMBD * (1 + 4 / 256))

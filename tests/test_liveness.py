@@ -46,7 +46,7 @@ def test_an_inference_estimate_is_made_of_inference_formulas():
     # ... but the KV cache and decode time do not depend on them.
     assert not live & {"lora_params", "trainable_params", "train_tokens", "optimizer_states_total_bytes"}
     # KV bytes per token per layer (2 x 8 KV heads x 128 x 2 bytes) feed the KV cache: live
-    assert {"kv_bytes_per_token_layer", "kv_bytes_per_seq", "kv_cache_gpu_bytes", "ms_per_token"} <= live
+    assert {"kv_bytes_per_token_layer", "kv_cache_gpu_bytes", "ms_per_token"} <= live
 
 
 def test_fine_tuning_responses_carry_no_inference_assumptions():

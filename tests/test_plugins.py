@@ -166,6 +166,7 @@ def test_example_plugin_through_its_entry_point():
     cat = build_catalog(load_entrypoints=True)
     assert cat.gpus.get("acme_x1").provenance.plugin == "acme"
     assert cat.interconnects.get("acme_link").provenance.plugin == "acme"
+    assert cat.gpu_classes["acme_x1"] == "acme" and cat.hardware_classes.get("acme").provenance.plugin == "acme"
     fmt = cat.quantization.get("acme_q5")
     assert fmt.provenance.plugin == "acme" and fmt.provenance.file.endswith("quantization/acme.yaml")
     from vramplan.catalog import reset
@@ -181,3 +182,64 @@ def test_example_plugin_through_its_entry_point():
         assert out["actual_vram_percentage"] == round(out["vram_usage"] / 48 * 100, 1)
     finally:
         reset()
+
+
+# -- every registration hook -----------------------------------------------------------------------
+
+TINY_CONFIG = {"model_type": "llama", "hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 8,
+               "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 64, "vocab_size": 32000,
+               "max_position_embeddings": 4096, "tie_word_embeddings": False}
+
+
+class EveryHook:
+    """One plugin that uses every registration hook once."""
+
+    __name__ = "every-hook-plugin"
+
+    @hookimpl
+    def register_models(self, register):
+        register("tiny-llama", {"name": "Tiny Llama", "family": "llama", "params_b": 0.17, "context_length": 4096,
+                                "source": "https://example.com/tiny/config.json", "config": dict(TINY_CONFIG)})
+
+    @hookimpl
+    def register_quantization_formats(self, register):
+        register("q6_test", {"label": "Test 6-bit", "kind": "integer", "bits": {"default": 6, "token_embd": 16, "output": 16,
+                                                                                "norm": 16},
+                             "quality_rank": 1, "source": "https://example.com/q6 (test)"})
+
+    @hookimpl
+    def register_interconnects(self, register):
+        register("test_link", {"label": "Test link", "bandwidth_gb_s": 100, "latency_us": 3, "source": "https://example.com/link"})
+
+    @hookimpl
+    def register_optimizers(self, register):
+        register("momentum_sgd", {"label": "SGD with momentum", "states_per_param": 1, "state_dtype": "param",
+                                  "source": "torch/optim/sgd.py: momentum > 0 keeps one momentum_buffer"})
+
+    @hookimpl
+    def register_runtimes(self, register):
+        base = get_catalog().runtimes.get("transformers").data["constants"]
+        register("test-server", {"label": "Test server", "description": "transformers with a 1 GiB CUDA context",
+                                 "constants": {**base, "cuda_context_mib": {"value": 1024, "unit": "MiB", "source": "test"}}})
+
+
+def test_every_registration_hook_adds_entries_with_provenance(with_plugins):
+    with with_plugins(EveryHook()) as cat:
+        for kind, key in (("models", "tiny-llama"), ("quantization", "q6_test"), ("interconnects", "test_link"),
+                          ("optimizers", "momentum_sgd"), ("runtimes", "test-server")):
+            entry = cat.registry(kind).get(key)
+            assert entry.provenance.plugin == "every-hook-plugin" and entry.provenance.file is None, kind
+        body = {"gpu_key": "h100_80", "llm_key": "tiny-llama", "quantization": "q6_test", "runtime": "test-server",
+                "interconnect_type": "test_link", "trace": True}
+        t = {s["id"]: s["value"] for s in vramplan.estimate_inference(body)["trace"]}
+        # Tiny Llama layers: 8 x (2 x 1024 x 1024 + 2 x 1024 x 256 + 3 x 1024 x 4096) = 121,634,816 params at 6 bits,
+        # 8 x 2 x 1024 + 1024 norm params at 16 bits, embedding and head 2 x 32000 x 1024 at 16 bits:
+        layers = 121_634_816 * 6 + 17_408 * 16
+        assert t["weights_gpu_bytes"] == pytest.approx((layers + 65_536_000 * 16) / 8)
+        # The runtime's own CUDA context: 1024 MiB in place of transformers' 716.8.
+        assert t["fixed_overhead_bytes"] == pytest.approx((1024 + 66) * 1048576)
+        ft = vramplan.estimate_finetuning({"gpu_key": "h100_80", "llm_key": "tiny-llama", "finetuning_method": "full",
+                                           "fine_tuning_quantization": "bf16", "optimizer": "momentum_sgd", "trace": True})
+        tf = {s["id"]: s["value"] for s in ft["trace"]}
+        # One bf16 momentum buffer per parameter: (121,634,816 + 17,408 + 65,536,000) x 2 bytes.
+        assert tf["optimizer_states_total_bytes"] == (121_634_816 + 17_408 + 65_536_000) * 2

@@ -121,11 +121,12 @@ def live():
 NOT_THIS_WORKLOAD = {
     "inference": ("lora_params", "trainable_params", "train_tokens", "optimizer_states_total_bytes", "grads_bytes",
                   "train_activation_bytes"),
-    "finetuning": ("kv_bytes_per_seq", "decode_gpu_s", "prefill_tokens", "kv_pool_bytes", "attn_transient_bytes"),
+    "finetuning": ("kv_bytes_per_token_layer", "decode_kv_read_bytes", "prefill_tokens", "kv_pool_bytes",
+                   "attn_transient_bytes"),
 }
 #: Formulas every estimate of that workload needs for the figures it reports.
 THIS_WORKLOAD = {
-    "inference": ("kv_bytes_per_seq", "weights_gpu_bytes", "ms_per_token", "tftt_ms"),
+    "inference": ("kv_bytes_per_token_layer", "kv_cache_gpu_bytes", "weights_gpu_bytes", "ms_per_token", "tftt_ms"),
     "finetuning": ("trainable_params", "lora_params", "train_activation_bytes", "training_tps"),
 }
 
@@ -145,7 +146,7 @@ def test_the_formulas_that_produced_the_numbers_are_shown_with_their_inputs(live
     for fid in NOT_THIS_WORKLOAD[workload]:
         assert fid in steps and not shown(text, steps[fid]), fid  # evaluated, but not part of this estimate
     # one step whose arithmetic the reader can redo: its inputs and result appear as numbers
-    step = steps["kv_bytes_per_seq" if workload == "inference" else "lora_params"]
+    step = steps["kv_bytes_per_token_layer" if workload == "inference" else "lora_params"]
     assert report.exact(step["value"]) in text
     for name, value in step["inputs"].items():
         assert f"{name}</code> = {report.exact(value)}" in text or f"`{name}` = {report.exact(value)}" in text \

@@ -9,7 +9,7 @@ default, so the API applies the rest exactly as for any client.
 :data:`LAYOUT` places the fields people look for first; every other scalar property of a schema
 (one added by a later version or a plugin's schema) lands in "More settings" on its own, with its
 default. Drop-downs whose choices live in the catalog (weight and KV formats, runtimes,
-interconnects) list the catalog's entries.
+interconnects, optimizers) list the catalog's entries, plugins' included.
 """
 
 from __future__ import annotations
@@ -96,6 +96,8 @@ def _catalog_choices(name: str, workload: str, cat: Catalog) -> list[tuple[str, 
         return [(e.key, str(e.data.get("label") or e.key)) for e in cat.runtimes]
     if name == "interconnect_type":
         return [(e.key, str(e.data.get("label") or e.key)) for e in cat.interconnects]
+    if name == "optimizer" and workload == "finetuning":
+        return [(e.key, e.key) for e in cat.optimizers]
     return None
 
 

@@ -8,10 +8,11 @@ meanings and units of the numbers.
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
-from importlib import resources
 
+from .. import datafiles
 from ..listing import CAPABILITIES
 from .api import MAX_BODY_BYTES, PREFIX, TOKEN_FAILURES_PER_MINUTE
 
@@ -101,7 +102,8 @@ ERROR_SCHEMA = {
 
 
 def load_schema(filename: str) -> dict:
-    return json.loads(resources.files("vramplan.schemas").joinpath(filename).read_text(encoding="utf-8"))
+    """A private copy of a packaged schema by file name (the document below edits its copies)."""
+    return copy.deepcopy(datafiles.load_schema(filename.removesuffix(".schema.json")))
 
 
 def _version() -> str:

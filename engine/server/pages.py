@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..catalog import get_catalog
 from . import auth
 from .api import PREFIX
 from .openapi import SCHEMA_FILES, load_schema, openapi_document, schema_rows
@@ -25,7 +26,6 @@ def _schema_or_none(name: str) -> dict | None:
 
 def calculator_form() -> dict:
     """The form, generated from the request schemas (defaults, bounds, choices) and the catalog."""
-    from ..catalog import get_catalog
     from .form import build
 
     schemas = {"inference": _schema_or_none("InferenceRequest") or {},
@@ -37,8 +37,6 @@ async def index(request: Request) -> Response:
     """The calculator. With page sessions on, it carries a fresh page token: a browser-session cookie
     (no Max-Age), HttpOnly, SameSite=Strict, sent only to the API paths, valid one hour."""
     page_sessions = request.app.state.page_sessions
-    from ..catalog import get_catalog
-
     cat = get_catalog()
     formats = [k for k in MAP_FORMATS if k in cat.quantization]
     facts = {"gpus": sum(1 for e in cat.gpus if not e.data.get("custom")), "models": len(cat.models),

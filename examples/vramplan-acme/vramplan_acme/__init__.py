@@ -1,7 +1,8 @@
 """An example third-party vramplan plugin.
 
-It adds one GPU and one interconnect in code (``register_gpus``, ``register_interconnects``) and
-one quantization format from a data file (``register_catalog_dirs``), to show both ways. vramplan
+It adds one GPU, its hardware class and one interconnect in code (``register_gpus``,
+``register_hardware_classes``, ``register_interconnects``) and one quantization format from a data
+file (``register_catalog_dirs``), to show both ways. vramplan
 finds it through the ``vramplan`` entry point in this package's pyproject.toml; nothing in
 vramplan itself changes.
 """
@@ -32,6 +33,20 @@ def register_gpus(register):
         "default_interconnect": "acme_link",
         "host_link": "pcie5",
         "source": "https://example.com/acme-x1-datasheet (fictional example)",
+    })
+
+
+@hookimpl
+def register_hardware_classes(register):
+    # Runtime profiles have no *_acme efficiencies; the fallback says whose to use, and
+    # calibrated: false makes every estimate on it say the overheads are approximate.
+    register("acme", {
+        "label": "ACME accelerators",
+        "match": [{"vendor": "other", "architecture": "acme-1"}],
+        "backend": "ACME RT",
+        "calibrated": False,
+        "fallback": "nvidia_datacenter",
+        "source": "https://example.com/acme-rt (fictional example)",
     })
 
 

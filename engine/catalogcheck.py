@@ -1,0 +1,222 @@
+"""Load-time checks that tie the catalog kinds, the formulas and the engine's declared needs together.
+
+Each check treats vramplan's own data and third-party data differently: a problem in a built-in
+entry fails loudly (:class:`CatalogError` / :class:`FormulaError`); a problem in an entry from a
+plugin or the user's catalog folder takes that entry out and records it in the plugin host's
+failures, naming the entry and its file, so the rest keeps working.
+
+- a runtime that ``extends`` another gets its constants merged in;
+- runtime profiles get the declared defaults of constants they lack (``catalogs/runtime_constants``)
+  and must define every declared constant without one, in the declared unit, and every constant a
+  formula uses; exactly one runtime is the default;
+- hardware classes: fallbacks exist and do not loop; every GPU gets at most one class;
+- optimizers name existing optimizers in ``variant_of``; format rules name existing formats;
+- the formula graph: every input known, no circles, the engine's outputs present in their units
+  (:mod:`vramplan.contract`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from . import contract, hardware
+from .architecture import from_hf_config
+from .errors import CatalogError, RequestError
+from .registry import Entry
+from .scenario import RUNTIME_READS, scenario_variable_names
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
+
+Problems = list[tuple[str, str]]
+
+
+def _where(kind: str, entry: Entry) -> str:
+    return f"{kind} {entry.key} ({entry.provenance})"
+
+
+def _reject(cat: Catalog, kind: str, entry: Entry, problem: str, loud: Problems) -> None:
+    """A built-in entry's problem is collected for a loud error; a third-party entry is taken out."""
+    if (kind, entry.key) in cat.builtin:
+        loud.append((_where(kind, entry), problem))
+        return
+    cat.registry(kind).remove(entry.key)
+    prov = entry.provenance
+    contributor = prov.file if cat.host.is_builtin(prov.plugin) and prov.file else prov.plugin
+    cat.host.record_failure(contributor, f"{kind} {entry.key!r} skipped: {problem}",
+                            version=None if contributor == prov.plugin else "n/a")
+
+
+def check_catalog(cat: Catalog) -> None:
+    loud: Problems = []
+    _resolve_runtime_bases(cat, loud)
+    _settle_runtime_constants(cat, loud)
+    _check_hardware_classes(cat, loud)
+    _classify_gpus(cat, loud)
+    for opt in list(cat.optimizers):
+        base = opt.data.get("variant_of")
+        if base is not None and (base not in cat.optimizers or base == opt.key):
+            _reject(cat, "optimizers", opt, f"variant_of {base!r} is not another registered optimizer", loud)
+    for rule in list(cat.format_rules):
+        weights = rule.data.get("weights")
+        if weights is not None and weights not in cat.quantization:
+            _reject(cat, "format_rules", rule, f"weights {weights!r} is not a registered quantization format", loud)
+    if loud:
+        raise CatalogError(loud)
+
+
+def _resolve_runtime_bases(cat: Catalog, loud: Problems) -> None:
+    """A runtime that ``extends`` another inherits its constants and overrides some (sglang of vllm).
+
+    The merged entry keeps its own provenance; each inherited constant keeps its own ``source``.
+    An unknown base or a cycle is a problem of the runtime that names it."""
+    merged: dict[str, dict[str, Any]] = {}
+    broken: dict[str, str] = {}
+
+    def resolve(key: str, seen: tuple[str, ...]) -> dict[str, Any] | None:
+        if key in merged:
+            return merged[key]
+        entry = cat.runtimes.get(key)
+        base_key = entry.data.get("extends")
+        if base_key is None:
+            merged[key] = entry.data
+            return entry.data
+        if base_key in seen or base_key not in cat.runtimes:
+            broken[key] = "extends itself through " + " -> ".join((*seen, base_key)) if base_key in seen else \
+                f"extends unknown runtime {base_key!r}"
+            return None
+        base = resolve(base_key, (*seen, base_key))
+        if base is None:
+            broken.setdefault(key, f"extends {base_key!r}, which cannot be resolved")
+            return None
+        data = {**{k: v for k, v in base.items() if k not in ("default", "assumptions")}, **entry.data,
+                "constants": {**base["constants"], **entry.data.get("constants", {})}}
+        merged[key] = data
+        return data
+
+    for entry in list(cat.runtimes):
+        data = resolve(entry.key, (entry.key,))
+        if data is not None and data is not entry.data:
+            cat.runtimes.replace(entry.key, data)
+    for key, why in broken.items():
+        _reject(cat, "runtimes", cat.runtimes.get(key), why, loud)
+
+
+def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
+    declared = {e.key: e for e in cat.runtime_constants}
+    undeclared = sorted(set(RUNTIME_READS) - set(declared))
+    if undeclared:
+        loud.append(("catalogs/runtime_constants", f"the engine reads runtime constants nothing declares: {', '.join(undeclared)}"))
+    for decl in list(declared.values()):
+        fallback = decl.data.get("fallback")
+        if fallback is not None and fallback not in declared:
+            _reject(cat, "runtime_constants", decl, f"fallback {fallback!r} is not a declared runtime constant", loud)
+            declared.pop(decl.key, None)
+    for runtime in list(cat.runtimes):
+        constants = dict(runtime.data.get("constants") or {})
+        missing, wrong_unit = [], []
+        for name, decl in declared.items():
+            if name not in constants:
+                if "fallback" in decl.data:
+                    continue  # the engine reads the fallback constant instead
+                if "default" in decl.data:
+                    constants[name] = {"value": decl.data["default"], "unit": decl.data["unit"],
+                                       "source": f"default declared by {decl.provenance}: {decl.data['source']}"}
+                else:
+                    missing.append(name)
+            elif constants[name]["unit"] != decl.data["unit"]:
+                wrong_unit.append(f"{name} is in {constants[name]['unit']!r}, declared in {decl.data['unit']!r}")
+        if missing or wrong_unit:
+            what = ([f"lacks declared constants without a default: {', '.join(missing)}"] if missing else []) + wrong_unit
+            _reject(cat, "runtimes", runtime, "; ".join(what), loud)
+        elif constants != runtime.data.get("constants"):
+            cat.runtimes.replace(runtime.key, {**runtime.data, "constants": constants})
+
+
+def _check_hardware_classes(cat: Catalog, loud: Problems) -> None:
+    classes = {e.key: e.data for e in cat.hardware_classes}
+    for entry in list(cat.hardware_classes):
+        seen, key = [entry.key], entry.data.get("fallback")
+        while key is not None:
+            if key not in classes:
+                _reject(cat, "hardware_classes", entry, f"fallback {key!r} is not a registered hardware class", loud)
+                break
+            if key in seen:
+                _reject(cat, "hardware_classes", entry, f"fallbacks loop: {' → '.join(seen + [key])}", loud)
+                break
+            seen.append(key)
+            key = classes[key].get("fallback")
+
+
+def _classify_gpus(cat: Catalog, loud: Problems) -> None:
+    """Give every GPU its class; a tie between two classes is a problem of the third-party class."""
+    while True:
+        classes = [(e.key, e.data) for e in cat.hardware_classes]
+        for gpu in list(cat.gpus):
+            named = gpu.data.get("hardware_class")
+            if named is not None and named not in cat.hardware_classes:
+                _reject(cat, "gpus", gpu, f"hardware_class {named!r} is not a registered hardware class", loud)
+                continue
+            cls, tied = hardware.classify(classes, gpu.data)
+            if tied:
+                third_party = [k for k in [cls, *tied] if ("hardware_classes", k) not in cat.builtin]
+                problem = (f"matches GPU {gpu.key} as strongly as {', '.join(k for k in [cls, *tied])}: name more fields "
+                           f"in its match rule, or set hardware_class on the GPU")
+                if not third_party:
+                    loud.append((f"hardware classes {', '.join([cls, *tied])}", problem))
+                    return
+                for k in third_party:
+                    _reject(cat, "hardware_classes", cat.hardware_classes.get(k), problem, loud)
+                break  # classes changed: classify every GPU again
+            cat.gpu_classes[gpu.key] = cls
+        else:
+            return
+
+
+def read_architectures(cat: Catalog) -> None:
+    """Read every catalog model's config.json into an :class:`Architecture`, once."""
+    loud: Problems = []
+    for entry in list(cat.models):
+        try:
+            cat.architectures[entry.key] = from_hf_config(entry.data["config"], where=f"{entry.provenance.file or entry.provenance.plugin}: $.models.{entry.key}.config")
+        except RequestError as exc:
+            if ("models", entry.key) in cat.builtin:
+                loud.extend(exc.problems)
+            else:
+                _reject(cat, "models", entry, str(exc), loud)
+    if loud:
+        raise CatalogError(loud)
+
+
+def check_runtimes_against_formulas(cat: Catalog) -> None:
+    """Every runtime defines every constant a formula uses; exactly one runtime is the default."""
+    used = {n[3:] for f in cat.formulas.formulas.values() for n in f.inputs if n.startswith("rt_")}
+    loud: Problems = []
+    for entry in list(cat.runtimes):
+        missing = sorted(used - set(entry.data.get("constants") or {}))
+        if missing:
+            _reject(cat, "runtimes", entry, f"lacks constants the formulas use: {', '.join(missing)}", loud)
+    defaults = [e for e in cat.runtimes if e.data.get("default")]
+    if len(defaults) > 1:
+        for entry in defaults:
+            if ("runtimes", entry.key) not in cat.builtin:
+                _reject(cat, "runtimes", entry, "marks itself the default runtime, which a built-in runtime already is", loud)
+        defaults = [e for e in cat.runtimes if e.data.get("default")]
+    if len(defaults) != 1 and len(cat.runtimes):
+        loud.append(("runtimes", f"exactly one runtime must be marked default, found {[e.key for e in defaults] or 'none'}"))
+    if loud:
+        raise CatalogError(loud)
+    if defaults:
+        cat.default_runtime = defaults[0].key
+
+
+def check_formula_graph(cat: Catalog, runtimes: Iterable[Entry]) -> None:
+    """Inputs known (scenario variables, formulas, constants every given runtime has), no circles,
+    the engine's declared outputs present in their units. Raises :class:`FormulaError`."""
+    names: set[str] | None = None
+    for entry in runtimes:
+        keys = set(entry.data.get("constants") or {})
+        names = keys if names is None else names & keys
+    cat.formulas.finalize(set(scenario_variable_names()) | {f"rt_{c}" for c in names or ()})
+    contract.check(cat.formulas)

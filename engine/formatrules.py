@@ -1,0 +1,47 @@
+"""Format rules: which weights format a fine-tuning method trains on, which runtime a format defaults to.
+
+The rules are catalog data (``catalogs/format_rules``), read here by resolve and the planner alike,
+so the two never disagree. A rule applies when the request meets every field of its ``when``;
+where several applicable rules set the same thing (``weights`` or ``runtime``), the one whose
+``when`` names more fields wins, and a tie goes to the rule registered last: plugins and the user's
+catalog folder load after the built-ins, so their rules override them as formula overrides do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .registry import Entry, Registry
+
+
+def facts(workload: str, request: Mapping[str, Any], quantization_kind: str | None = None) -> dict[str, Any]:
+    """What a rule's ``when`` can test, from a validated request (its defaults applied)."""
+    out: dict[str, Any] = {"workload": workload}
+    if workload == "finetuning":
+        out["finetuning_method"] = request.get("finetuning_method")
+        out["fine_tuning_quantization"] = request.get("fine_tuning_quantization")
+    if quantization_kind is not None:
+        out["quantization_kind"] = quantization_kind
+    return out
+
+
+def rule_for(rules: Registry, action: str, facts_: Mapping[str, Any]) -> Entry | None:
+    """The rule that decides ``action`` ("weights" or "runtime") for these facts, or None."""
+    best: Entry | None = None
+    for rule in rules:
+        when = rule.data["when"]
+        if action in rule.data and all(facts_.get(k) == v for k, v in when.items()):
+            if best is None or len(when) >= len(best.data["when"]):
+                best = rule
+    return best
+
+
+def finetuning_weights(rules: Registry, request: Mapping[str, Any]) -> tuple[str, Entry | None]:
+    """``(quantization key, rule)`` the weights of a fine-tuning request are estimated in.
+
+    Without a rule the request's own ``fine_tuning_quantization`` applies (full fine-tuning)."""
+    rule = rule_for(rules, "weights", facts("finetuning", request))
+    if rule is not None:
+        return rule.data["weights"], rule
+    return request["fine_tuning_quantization"], None
