@@ -1,7 +1,8 @@
 """Maps of many estimates: the fit map (GPUs x weight formats) and memory against context length.
 
-A layer above the pipeline, like the planner: each point is one run of the pipeline
-(:func:`vramplan.estimate.run`), so every cell and every point is exactly what an estimate of that
+A layer above the pipeline, like the planner: each point is one estimate of the pipeline (the fit map
+evaluates its cells together with :func:`vramplan.many.estimate_many`, which gives what one
+:func:`vramplan.estimate.run` each gives), so every cell and every point is what an estimate of that
 request says. The page draws both; the HTML report draws the curve.
 
 - :func:`fit_map` — for one model and workload, every catalog GPU (or ``gpu_keys``) against the weight
@@ -79,16 +80,18 @@ def fit_map(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str
     else:
         columns = [dict(c) for c in FINETUNING_COLUMNS]
         speed = "training_tps"
+    from .many import estimate_many  # batch evaluation: the same responses as one run() each, faster
+
+    bodies = [{**body, "gpu_key": key, col["field"]: col["key"]} for key in gpu_keys for col in columns]
+    results = iter(zip(bodies, estimate_many(bodies, workload, cat)))
     rows = []
     for key in gpu_keys:
         gpu = cat.gpus.get(key).data
         cells = []
-        for col in columns:
-            b = {**body, "gpu_key": key, col["field"]: col["key"]}
-            try:
-                out = run(b, workload, cat)
-            except VramplanError as exc:
-                cells.append({"fits": False, "memory_status": "error", "error": str(exc)})
+        for _col in columns:
+            b, out = next(results)
+            if isinstance(out, VramplanError):
+                cells.append({"fits": False, "memory_status": "error", "error": str(out)})
                 continue
             cells.append({"vram_usage": out["vram_usage"], "actual_vram_percentage": out["actual_vram_percentage"],
                           "memory_status": out["memory_status"], "fits": fits(out, capacity_gib(b, cat)),

@@ -19,7 +19,7 @@ Candidates, each the smallest step of its kind that fits (planner searches: gall
   fewer layers on the GPU (``num_offload_layers``, the fewest offloaded); tensor parallelism over the
   fewest GPUs up to :data:`MAX_GPUS`; a shorter context, a smaller batch, fewer users (``max_*``); the
   catalog GPU with the least memory that fits (the same vendor and category first, then the same vendor's
-  cards: the same software stack); lower weight formats on more GPUs (one per GPU count);
+  cards: the same software stack); lower weight formats on 2, 4 or 8 GPUs (the best format per count);
 - fine-tuning: gradient checkpointing, an 8-bit (then paged 8-bit) optimizer, more gradient
   accumulation at the same global batch, LoRA or QLoRA instead of full fine-tuning (QLoRA instead of
   LoRA), a lower full-fine-tuning precision, ZeRO stages on several GPUs, optimizer offloading,
@@ -55,6 +55,9 @@ MAX_SUGGESTIONS = 6
 MAX_GPUS = 8
 #: Fine-tuning methods in the order a memory-bound user steps down (full → LoRA → QLoRA).
 METHOD_STEPS = {"full": ("lora", "qlora"), "lora": ("qlora",), "qlora": ()}
+#: GPU counts a lower weight format is tried on with tensor parallelism: the sizes that split the attention
+#: heads of common models evenly (32, 64, 128 heads) and that serving stacks run (vLLM/SGLang --tp 2, 4, 8).
+TP_SIZES = (2, 4, 8)
 #: GPU categories one buys or rents as a card or a server GPU (not an edge module or a laptop/desktop SoC).
 CARD_CATEGORIES = ("consumer", "workstation", "datacenter")
 METHOD_LABEL = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
@@ -196,30 +199,39 @@ class _Search:
         return self.suggest({"num_gpus": n, **extra}, f"{n} GPUs {how}", answer["estimate"])
 
     def _other_gpu(self) -> dict | None:
-        """The catalog GPU with the least memory that fits (the same vendor first: the same software stack).
+        """The catalog GPU with the least memory that fits, the fastest of those (the same vendor and category
+        first, then the same vendor's cards: the same software stack; then any).
 
+        GPUs are estimated in order of memory, a tier at a time, and the search stops at the first memory
+        size where one fits: that is the answer the whole catalog would give, usually after a few estimates.
         Not offered when the request sizes its own memory (``custom_vram``): the user named their card."""
         if self.req.get("custom_vram") is not None:
             return None
-        answer = self._plan("gpus")
-        if answer is None:
-            return None
         here = self.cat.gpus.get(self.req["gpu_key"]).data
-        rows = [r for r in answer["value"] if r["gpu_key"] != self.req["gpu_key"]]
-        if not rows:
-            return None
 
-        def tier(row: dict) -> int:
-            g = self.cat.gpus.get(row["gpu_key"]).data
+        def tier(g: dict) -> int:
             if g.get("vendor") == here.get("vendor") and g.get("category") == here.get("category"):
                 return 0
             return 1 if g.get("vendor") == here.get("vendor") and g.get("category") in CARD_CATEGORIES else 2
 
-        first = min(tier(r) for r in rows)
-        rows = [r for r in rows if tier(r) == first]
-        best = min(rows, key=lambda r: (capacity_gib({"gpu_key": r["gpu_key"]}, self.cat), -r[self.speed_field]))
-        gpu = self.cat.gpus.get(best["gpu_key"]).data
-        return self.suggest({"gpu_key": best["gpu_key"]}, f"{gpu['label']} ({gpu['memory_gib']:g} GiB) instead")
+        candidates = [e for e in self.cat.gpus if not e.data.get("custom") and e.key != self.req["gpu_key"]]
+        for t in (0, 1, 2):
+            sizes: dict[float, list] = {}
+            for e in candidates:
+                if tier(e.data) == t:
+                    sizes.setdefault(float(e.data.get("memory_gib") or 0.0), []).append(e)
+            for size in sorted(sizes):
+                fitting = []
+                for e in sizes[size]:
+                    change = {"gpu_key": e.key}
+                    result = self._estimate(change)
+                    if self._fits(result, change):
+                        fitting.append((result.get(self.speed_field) or 0.0, e, change, result))
+                if fitting:
+                    _, e, change, result = max(fitting, key=lambda f: (f[0], f[1].key))
+                    gpu = e.data
+                    return self.suggest(change, f"{gpu['label']} ({gpu['memory_gib']:g} GiB) instead", result)
+        return None
 
     # -- inference -----------------------------------------------------------------------------
     def inference(self) -> list[dict]:
@@ -357,29 +369,29 @@ class _Search:
 
     # -- combinations --------------------------------------------------------------------------
     def quantized_on_more_gpus(self) -> list[dict]:
-        """Lower weight formats on the fewest GPUs each needs (tensor parallelism, up to :data:`MAX_GPUS`):
-        one suggestion per GPU count, the best format that fits on it (Q4_K_M on two cards, not only
-        IQ2_XXS on one)."""
+        """Lower weight formats on more GPUs (tensor parallelism over :data:`TP_SIZES`): for each GPU count,
+        the best format that fits on it (Q4_K_M on two cards, not only IQ2_XXS on one). Each count only
+        tries formats better than the one a smaller count needed, so the whole scan is about one pass
+        over the formats."""
         from .planner import _quant_candidates
 
         _, ranked, _ = _quant_candidates(self.body, "inference", self.cat)
         before = self._rank(self.req["quantization"])
-        found, fewest = [], MAX_GPUS + 1
-        for q in ranked:
-            if self._rank(q) >= before:
+        ranked = [q for q in ranked if self._rank(q) < before]
+        found, floor = [], None  # floor: the rank the previous (smaller) GPU count reached
+        for n in TP_SIZES:
+            if n <= int(self.req["num_gpus"]):
                 continue
-            extra = {"quantization": q, "inference_parallelism": "tensor"}
-            answer = self._plan("min_num_gpus", extra)
-            if answer is None or answer["value"] >= fewest:
-                continue
-            fewest = n = answer["value"]
-            if n > 1:  # one GPU is the plain best_quantization suggestion
-                found.append(self.suggest(
-                    {"quantization": q, "num_gpus": n, "inference_parallelism": "tensor"},
-                    f"{self._label(q)} weights on {n} GPUs with tensor parallelism", answer["estimate"],
-                    quality_rank={"field": "quantization", "before": before, "after": self._rank(q)}))
-            if n == 1:
-                break
+            for q in ranked:
+                if floor is not None and self._rank(q) <= floor:
+                    break
+                change = {"quantization": q, "num_gpus": n, "inference_parallelism": "tensor"}
+                s = self.suggest(change, f"{self._label(q)} weights on {n} GPUs with tensor parallelism",
+                                 quality_rank={"field": "quantization", "before": before, "after": self._rank(q)})
+                if s:
+                    found.append(s)
+                    floor = self._rank(q)
+                    break
         return found
 
     def combinations(self, singles: list[dict]) -> list[dict]:
