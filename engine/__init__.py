@@ -25,18 +25,25 @@ __all__ = [
 ]
 
 
-def estimate_inference(request: dict[str, Any]) -> dict[str, Any]:
-    """POST /inference: memory and speed of serving a model (with ``suggestions`` when it does not fit)."""
+def estimate_inference(request: dict[str, Any], *, strict: bool = False, suggestions: bool = True) -> dict[str, Any]:
+    """POST /inference: memory and speed of serving a model, with ``suggestions`` when it does not fit.
+
+    Fields the API does not know are ignored with a warning (``warnings``); ``strict=True`` refuses them.
+    ``suggestions=False`` skips the search for them (the HTTP layer runs it off its event loop).
+    """
+    from .estimate import run
     from .suggest import estimate
 
-    return estimate(request, "inference")
+    return estimate(request, "inference", strict=strict) if suggestions else run(request, "inference", strict=strict)
 
 
-def estimate_finetuning(request: dict[str, Any]) -> dict[str, Any]:
-    """POST /finetuning: memory and speed of fine-tuning a model (with ``suggestions`` when it does not fit)."""
+def estimate_finetuning(request: dict[str, Any], *, strict: bool = False, suggestions: bool = True) -> dict[str, Any]:
+    """POST /finetuning: memory and speed of fine-tuning a model (``strict`` and ``suggestions`` as for
+    :func:`estimate_inference`)."""
+    from .estimate import run
     from .suggest import estimate
 
-    return estimate(request, "finetuning")
+    return estimate(request, "finetuning", strict=strict) if suggestions else run(request, "finetuning", strict=strict)
 
 
 def list_gpus() -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from . import families
+from .configkeys import check_config
 from .errors import RequestError
 
 #: Tensor roles, named as GGUF names tensors (llama.cpp ``LLM_TENSOR_NAMES``), so a quantization
@@ -336,6 +337,9 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     """
     if not isinstance(config, dict):
         raise RequestError([(where, "must be a config.json object")])
+    bad = check_config(config, where)  # types and bounds of every key read below (configkeys.py)
+    if bad:
+        raise RequestError(bad)
     top = config
     cfg = config
     if isinstance(cfg.get("text_config"), dict):  # multimodal: the language model is nested
@@ -386,6 +390,8 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
             kv_heads = heads
             assumed.append("num_key_value_heads = num_attention_heads (no GQA key in config)")
     kv_heads = _require_int(kv_heads, f"{where}.num_key_value_heads", problems)
+    if kv_heads > heads:
+        problems.append((f"{where}.num_key_value_heads", f"{kv_heads} is more than num_attention_heads {heads}"))
     head_dim = cfg.get("head_dim")
     if head_dim is None:  # derived: only worth reporting when hidden_size and heads were sound
         head_dim = hidden // max(heads, 1) or (1 if problems else 0)
@@ -432,6 +438,8 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
             shared_inter = moe_inter  # one shared expert per MoE layer
         if not top_k:
             problems.append((f"{where}.num_experts_per_tok", "is required for a mixture-of-experts model"))
+        elif top_k > n_exp:
+            problems.append((f"{where}.num_experts_per_tok", f"{top_k} is more than the {n_exp} experts"))
 
     # multi-head latent attention
     kv_lora = int(cfg.get("kv_lora_rank") or 0)

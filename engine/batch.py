@@ -296,7 +296,7 @@ class BatchResult:
         if k < 0:
             return None
         f = self.formulas[k]
-        return FormulaError([(semantics.where(f.id, f.file), self.reasons[int(self.reason[row]) - 1])])
+        return semantics.refused(f.id, f.file, self.reasons[int(self.reason[row]) - 1])
 
     def column(self, name: str, dtype: Any = np.float64) -> np.ndarray:
         """One value as an array of n rows (a shared number repeated)."""

@@ -70,17 +70,29 @@ def main() -> None:
 
 # -- shared helpers ---------------------------------------------------------------------------
 
+#: Largest request file read (the HTTP API takes 64 KiB; a file may carry a larger custom_model).
+MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
 def read_request(path: str | None) -> dict[str, Any]:
     if path is None:
         return {}
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text("utf-8")
+        if path == "-":
+            raw = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+        else:
+            with open(path, "rb") as fh:  # bounded: a link to /dev/zero must not be read forever
+                raw = fh.read(MAX_REQUEST_BYTES + 1)
     except OSError as exc:
         raise click.UsageError(f"--request: cannot read {path}: {exc.strerror}") from None
+    if len(raw) > MAX_REQUEST_BYTES:
+        raise click.UsageError(f"--request: {path} is over {MAX_REQUEST_BYTES:,} bytes")
     try:
-        body = json.loads(text)
+        body = json.loads(raw.decode("utf-8"))
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"--request: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise click.UsageError(f"--request: not usable JSON ({str(exc)[:200]})") from None
     if not isinstance(body, dict):
         raise click.UsageError("--request: must hold a JSON object")
     return body
@@ -244,6 +256,9 @@ def serving_lines(srv: dict[str, Any]) -> list[str]:
 
 
 def emit(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str) -> None:
+    for warning in out.get("warnings", []):  # fields the API ignored: said on stderr whatever the format
+        if warning.startswith("ignored unknown field"):
+            click.echo(f"warning: {warning}", err=True)
     if fmt == "json":
         click.echo(json.dumps(out, indent=2))
     elif fmt in ("markdown", "html"):

@@ -108,6 +108,8 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     hf:ORG/NAME/FILE.gguf[@REV], and show the architecture found and what one sequence keeps;
     with --save-as, add it to a user catalog."""
     from .architecture import from_hf_config
+    from .configkeys import check_config
+    from .errors import RequestError
     from .hub import read_model
 
     remote = path.startswith(("http://", "https://", "hf:"))
@@ -125,6 +127,9 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     except VramplanError as exc:
         raise click.UsageError(exc.message) from None
     arch = None
+    hostile = check_config(info["config"], str(path)) if isinstance(info["config"], dict) else []
+    if hostile:  # wrong types or sizes no model has: refuse the file rather than describe it
+        raise click.UsageError(RequestError(hostile).message)
     if info["config"]:
         try:
             arch = from_hf_config(info["config"], where=str(path))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -97,6 +98,15 @@ def _short(err: Any) -> str:
     return err.message
 
 
+#: Nodes one YAML document may hold once its aliases are expanded (the built-in catalogs hold a
+#: few thousand each; a 4 MiB file of plain text holds at most about a million).
+MAX_YAML_NODES = 200_000
+#: An alias (``*name``) where YAML allows one: after a space, a flow indicator or a line start. A
+#: file with none is loaded at once; the others are scanned first (formula expressions like
+#: ``2 * x`` trigger nothing: the star is followed by a space).
+_ALIAS = re.compile(rb"(?:^|[\s\[{,:?-])\*[^\s,\[\]{}]")
+
+
 def _loader() -> Any:
     import yaml
 
@@ -104,13 +114,60 @@ def _loader() -> Any:
 
 
 def _read_bytes(path: Path, shown: str) -> bytes:
+    """The file's bytes: a regular file (a link to ``/dev/zero`` or a FIFO would never end), at most
+    :data:`MAX_DATA_FILE_BYTES`, read no further than that whatever its size claims."""
     try:
-        size = path.stat().st_size
-        if size > MAX_DATA_FILE_BYTES:
-            raise CatalogError([(shown, f"is {size} bytes; data files are limited to {MAX_DATA_FILE_BYTES}")])
-        return path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise CatalogError([(shown, "is not a regular file")])
+        if info.st_size > MAX_DATA_FILE_BYTES:
+            raise CatalogError([(shown, f"is {info.st_size} bytes; data files are limited to {MAX_DATA_FILE_BYTES}")])
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_DATA_FILE_BYTES + 1)
     except OSError as exc:
         raise CatalogError([(shown, f"cannot read: {exc.strerror}")]) from None
+    if len(raw) > MAX_DATA_FILE_BYTES:
+        raise CatalogError([(shown, f"is over {MAX_DATA_FILE_BYTES} bytes; data files are limited to that")])
+    return raw
+
+
+def _check_aliases(text: str) -> None:
+    """Refuse a document whose aliases expand it beyond :data:`MAX_YAML_NODES` nodes, or that refers
+    to a node from inside it.
+
+    An alias repeats a node without repeating its text: nine levels of nine aliases in 652 bytes
+    stand for 9^9 nodes, and whatever walks the document afterwards (schema validation, the
+    catalog) never finishes — the "billion laughs". The parser's events are walked once, each
+    node's expanded size summed as its collection closes. Every YAML file vramplan reads goes
+    through here: built-in, plugin and user catalogs, formula folders.
+    """
+    import yaml
+
+    sizes: dict[str, int] = {}
+    stack: list[list] = []  # [expanded size so far, anchor] per open collection
+
+    def close(size: int, anchor: str | None, event) -> None:
+        if size > MAX_YAML_NODES:
+            raise yaml.composer.ComposerError(None, None, f"expands to more than {MAX_YAML_NODES:,} nodes "
+                                              "(aliases repeating aliases)", event.start_mark)
+        if anchor:
+            sizes[anchor] = size
+        if stack:
+            stack[-1][0] += size
+
+    for event in yaml.parse(text, Loader=_loader()):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            stack.append([1, event.anchor])
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            size, anchor = stack.pop()
+            close(size, anchor, event)
+        elif isinstance(event, yaml.ScalarEvent):
+            close(1, event.anchor, event)
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes and any(a == event.anchor for _, a in stack):
+                raise yaml.composer.ComposerError(None, None, f"alias *{event.anchor} refers to a node that "
+                                                  "contains it", event.start_mark)
+            close(sizes.get(event.anchor, 1), None, event)  # an undefined one: the loader names it
 
 
 def _parse_yaml(raw: bytes, shown: str) -> Any:
@@ -121,15 +178,19 @@ def _parse_yaml(raw: bytes, shown: str) -> Any:
     except UnicodeDecodeError:
         raise CatalogError([(shown, "not UTF-8 text")]) from None
     try:
+        if _ALIAS.search(raw):
+            _check_aliases(text)
         return yaml.load(text, Loader=_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{shown}:{mark.line + 1}" if mark else shown
         raise CatalogError([(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    except RecursionError:
+        raise CatalogError([(shown, "not valid YAML: nested too deeply")]) from None
 
 
 def read_yaml(path: Path, display: str | None = None) -> Any:
-    """Parse one YAML file with the safe loader, refusing oversized files."""
+    """Parse one YAML file with the safe loader, refusing oversized and non-regular files and alias bombs."""
     shown = display or str(path)
     return _parse_yaml(_read_bytes(path, shown), shown)
 

@@ -53,6 +53,9 @@ class CatalogError(VramplanError):
 class FormulaError(VramplanError):
     """A formula file that does not load, or a formula that cannot be evaluated."""
 
+    #: The id of the formula whose evaluation failed (None for load errors).
+    formula: str | None = None
+
 
 class PluginError(VramplanError):
     """A built-in plugin that fails, or a hook implementation that breaks the contract."""

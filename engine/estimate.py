@@ -14,7 +14,7 @@ from . import contract
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
-from .errors import RequestError
+from .errors import FormulaError, RequestError, VramplanError
 from .resolve import Resolved, resolve
 from .units import GIB
 
@@ -89,23 +89,114 @@ def needs_offload_search(req: dict[str, Any], workload: str, status: str) -> boo
             and req.get("num_offload_layers") is None and req.get("percentage_offload") is None)
 
 
-def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
-    """The whole pass for one request body; returns the response body."""
+def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, strict: bool = False) -> dict[str, Any]:
+    """The whole pass for one request body; returns the response body.
+
+    ``strict``: refuse fields the schema does not know (default: ignore them with a warning).
+    """
     cat = catalog or get_catalog()
     try:
-        req = request_mod.validate(body, workload)
+        req, notes = request_mod.check(body, workload, strict=strict)
     except RequestError as exc:
         raise _with_unknown_keys(cat, body, exc, workload) from None
+    try:
+        res, out = _estimate(cat, req, workload, notes)
+    except FormulaError as exc:
+        raise _blame(cat, body, workload, exc) from None
+    if needs_offload_search(req, workload, out["memory_status"]):
+        return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
+    return out
+
+
+def negative_output(v: Mapping[str, Any], workload: str) -> str | None:
+    """The first figure the response reads that came out negative, or None: a response never shows one."""
+    return next((fid for fid in OUTPUTS[workload] if v[fid] < 0), None)
+
+
+def _estimate(cat: Catalog, req: dict[str, Any], workload: str, notes: list[str]) -> tuple[Resolved, dict[str, Any]]:
     res = resolve(cat, req, workload)
+    res.warnings[:0] = notes
     s = scenario_mod.build(res)
     components = cat.formulas.components(workload)
     trace: list | None = [] if req.get("trace") else None
     targets = tuple(c.output for c in components) + OUTPUTS[workload]
     v = cat.formulas.evaluate(s, targets, trace=trace)
-    out = assemble(res, s, v, components, trace)
-    if needs_offload_search(req, workload, out["memory_status"]):
-        return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
+    fid = negative_output(v, workload)
+    if fid is not None:
+        err = FormulaError([(f"formula {fid} ({cat.formulas.formulas[fid].file})", f"gave {v[fid]!r}, a negative figure")])
+        err.formula = fid
+        raise err
+    return res, assemble(res, s, v, components, trace)
+
+
+def _blame(cat: Catalog, body: dict[str, Any], workload: str, exc: FormulaError) -> VramplanError:
+    """A formula that fails (overflow, division by zero, not finite, negative) because of numbers the
+    request carries is the request's error: a :class:`RequestError` naming those fields.
+
+    Which fields: each of the request's :data:`DATA_OVERRIDES` (each ``runtime_settings`` member,
+    ``custom_model``, ``custom_weights_bytes``, ``custom_vram``) is taken away in turn, and the ones
+    without which the same request evaluates are named; if no single one suffices, all of them
+    together are tried. If the request still fails without them, the server's formulas or data are
+    at fault and the :class:`FormulaError` stands (a 500 with an incident id over HTTP).
+    """
+    if exc.formula is None or not isinstance(body, dict):
+        return exc
+    names = _client_numbers(body, workload)
+    culprits = [name for name in names if _evaluates(cat, _without(cat, body, [name]), workload)]
+    if not culprits and len(names) > 1 and _evaluates(cat, _without(cat, body, names), workload):
+        culprits = names
+    if not culprits:
+        return exc
+    what = exc.problems[0][1] if exc.problems else "fails"
+    together = f" (together with {', '.join(culprits[1:])})" if len(culprits) > 1 else ""
+    return RequestError([(name, f"is out of the range the engine can size{together if i == 0 else ''}: "
+                                f"formula {exc.formula} {what}") for i, name in enumerate(culprits)])
+
+
+#: Request fields that replace the engine's own data with the client's numbers: the model's
+#: architecture, its weight bytes, the GPU's memory, the runtime's constants. A formula these make
+#: fail is the request's error. The workload's own numbers (batch, context, users, GPUs, ...) are not
+#: here: every value the schema allows them must evaluate, so a failure there is the engine's.
+DATA_OVERRIDES = ("custom_model", "custom_weights_bytes", "custom_vram", "runtime_settings")
+
+
+def _client_numbers(body: dict[str, Any], workload: str) -> list[str]:
+    """The data overrides the client sent, by field path: each ``runtime_settings`` member, the
+    others whole."""
+    out = []
+    for name in DATA_OVERRIDES:
+        value = body.get(name)
+        if name == "runtime_settings" and isinstance(value, dict):
+            out += [f"{name}.{member}" for member in value]
+        elif name == "custom_model" and isinstance(value, dict) and body.get("llm_key") == "custom":
+            out.append(name)
+        elif name not in ("runtime_settings", "custom_model") and value is not None:
+            out.append(name)
     return out
+
+
+def _without(cat: Catalog, body: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``body`` without the named fields (defaults apply); without ``custom_model``, a catalog model stands in."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in body.items()}
+    for name in names:
+        top, _, member = name.partition(".")
+        if member:
+            out.get(top, {}).pop(member, None)
+        elif top == "custom_model":
+            out.pop(top, None)
+            out["llm_key"] = next((e.key for e in cat.models), "")
+        else:
+            out.pop(top, None)
+    return out
+
+
+def _evaluates(cat: Catalog, body: dict[str, Any], workload: str) -> bool:
+    try:
+        req, notes = request_mod.check(body, workload)
+        _estimate(cat, req, workload, notes)
+    except VramplanError:
+        return False
+    return True
 
 
 def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) -> dict[str, Any]:
@@ -172,9 +263,10 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             details[label] = _gib(b)
     vram = round(sum(details.values()), 2)
     capacity = res.gpu_memory_gib
-    actual = round(vram / capacity * 100, 1) if capacity else 0.0  # status follows the figure shown
+    share = vram / capacity * 100 if capacity else 0.0
+    actual = round(share, 1)
     errors = _configuration_errors(res, s)
-    status = "error" if errors else memory_status(actual)
+    status = "error" if errors else memory_status(share)  # the unrounded share: 50.03 % is moderate
     warnings = list(res.warnings) + [f"configuration error: {e}" for e in errors]
     if status == "insufficient":
         warnings.append(f"needs {vram:.2f} GiB on the busiest GPU but {res.gpu.data['label']} has {capacity:g} GiB")
@@ -214,7 +306,7 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     if res.workload == "finetuning":
         opt = _optimization_flags(res)
         active = [k for k in request_mod.OPTIMIZATION_FLAGS if opt.get(k)]
-        if opt.get("zero_stage"):
+        if opt.get("zero_stage") and res.request["num_gpus"] > 1:  # on one GPU it shards nothing (see warnings)
             active.append(f"zero_stage_{opt['zero_stage']}")
         out["active_optimizations"] = active
         out["optimization_preset"] = _preset(opt)

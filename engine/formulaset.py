@@ -37,6 +37,14 @@ _ALLOWED_NODES = (
 MAX_DEPTH = 40
 MAX_LITERAL = 1e18
 MAX_EXPONENT = 4
+#: How large an integer a formula may build, as a degree in its inputs (each input and literal
+#: counting as one factor of up to ~1e18-1e21; see :func:`int_degree`). Floats overflow to an error
+#: at once, but Python integers grow without limit: a tower of twelve ``**4`` builds a number of
+#: 10^8 digits and hangs the evaluation. 256 factors of 1e21 are ~5,400 digits, microseconds of
+#: work; the built-in formulas need at most 39.
+MAX_INT_DEGREE = 256
+#: The degree of an integer made from a float (``ceil``/``floor``): floats stop below 1.8e308 = (1e18)^17.1.
+_FLOAT_AS_INT = 18
 
 
 @dataclass(frozen=True)
@@ -127,11 +135,94 @@ def parse_expression(expr: str, *, where: str, declared: Iterable[str]) -> ast.A
     visit(tree, 0)
     if problems:
         raise FormulaError(problems)
+    degree = int_degree(tree.body, lambda name: 1)
+    if degree > MAX_INT_DEGREE:
+        raise FormulaError([(where, _degree_message(degree))])
     used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in FUNCTIONS}
     unused = sorted(declared - used)
     if unused:
         raise FormulaError([(where, f"declared input {unused[0]!r} is not used by the expression")])
     return tree.body
+
+
+def _degree_message(degree: int) -> str:
+    return (f"can build an integer of degree {degree} in its inputs (limit {MAX_INT_DEGREE}): powers of powers, "
+            f"or products of many powers, make numbers too large to compute")
+
+
+def int_degree(node: ast.AST, degree_of: Callable[[str], int | None]) -> int:
+    """The largest integer any part of ``node`` can build, as a count of input-sized factors multiplied
+    together (0 when every part is a float).
+
+    Only integers can grow slowly enough to hang instead of overflowing, so only they are counted: a
+    product adds its factors' degrees, ``x ** k`` multiplies by ``k``, a sum or ``max`` keeps the
+    larger, true division and ``sqrt``/``exp``/``log`` give floats, and ``ceil``/``floor`` of a float is
+    at most ~1.8e308 (degree 18). Every sub-expression counts, since ``tower * 0 + x / 8`` still
+    computes the tower. ``degree_of(name)`` gives an input's degree (1 for a scenario variable; for
+    another formula its own value's degree, None if it is a float).
+    """
+    peak = [0]
+
+    def visit(n: ast.AST) -> int | None:
+        d = _degree(n, degree_of, visit)
+        if d is not None and d > peak[0]:
+            peak[0] = d
+        return d
+
+    visit(node)
+    return peak[0]
+
+
+def value_degree(node: ast.AST, degree_of: Callable[[str], int | None]) -> int | None:
+    """The degree of ``node``'s own value (None for a float): what a formula passes to those that read it."""
+    return _degree(node, degree_of, lambda n: value_degree(n, degree_of))
+
+
+def _degree(node: ast.AST, degree_of, visit) -> int | None:
+    if isinstance(node, ast.Constant):
+        return None if isinstance(node.value, float) else 1
+    if isinstance(node, ast.Name):
+        return degree_of(node.id)
+    if isinstance(node, ast.UnaryOp):
+        d = visit(node.operand)
+        return 1 if isinstance(node.op, ast.Not) else d
+    if isinstance(node, ast.Compare):
+        for part in (node.left, *node.comparators):
+            visit(part)
+        return 1  # a bool
+    if isinstance(node, (ast.BoolOp, ast.IfExp, ast.Call)):
+        parts = node.values if isinstance(node, ast.BoolOp) else \
+            [node.test, node.body, node.orelse] if isinstance(node, ast.IfExp) else node.args
+        degrees = [visit(p) for p in parts]
+        if isinstance(node, ast.IfExp):
+            degrees = degrees[1:]
+        ints = [d for d in degrees if d is not None]
+        if isinstance(node, ast.Call):
+            name = node.func.id  # parse_expression allows only whitelisted names here
+            if name in ("sqrt", "log", "log2", "exp"):
+                return None
+            if name in ("ceil", "floor"):
+                return ints[0] if ints else _FLOAT_AS_INT
+            if name == "round_up":  # ceil(x / multiple) * multiple: a float made whole, times the multiple
+                return _FLOAT_AS_INT + ((degrees[1] or 0) if len(degrees) > 1 else 0)
+        return max(ints) if ints else None
+    if isinstance(node, ast.BinOp):
+        left, right = visit(node.left), visit(node.right)
+        op = node.op
+        if isinstance(op, ast.Div):
+            return None
+        if isinstance(op, ast.Pow):
+            exp = node.right.operand if isinstance(node.right, ast.UnaryOp) else node.right
+            negative = isinstance(node.right, ast.UnaryOp) and isinstance(node.right.op, ast.USub)
+            if left is None or not isinstance(exp, ast.Constant) or isinstance(exp.value, float) or negative:
+                return None
+            return left * max(1, abs(int(exp.value)))
+        if left is None or right is None:  # a float operand makes + - * a float; // and % stay below the int
+            if isinstance(op, (ast.FloorDiv, ast.Mod)) and (left is not None or right is not None):
+                return left if left is not None else right
+            return None
+        return left + right if isinstance(op, ast.Mult) else max(left, right)
+    return 1
 
 
 def formula_file_from_data(data: Mapping[str, Any], *, file: str, source: str) -> FormulaFile:
@@ -253,6 +344,16 @@ class FormulaSet:
         if problems:
             raise FormulaError(problems)
         self._order = self._toposort()
+        degrees: dict[str, int | None] = {}
+        for fid in self._order:  # degrees compound along the graph: bound them over it, not per formula
+            f = self.formulas[fid]
+            degree_of = lambda name: degrees.get(name, 1)  # noqa: E731
+            peak = int_degree(f.tree, degree_of)
+            degrees[fid] = value_degree(f.tree, degree_of)
+            if peak > MAX_INT_DEGREE:
+                problems.append((f"{f.file}: formula {fid}", _degree_message(peak) + " (with the formulas it reads)"))
+        if problems:
+            raise FormulaError(problems)
         self._plans.clear()
 
     def _toposort(self) -> list[str]:
@@ -353,15 +454,23 @@ def _runner(values: dict[str, float], evaluator: str | None = None) -> Callable[
     return lambda f: _run(f, lambda: f.fn(values))
 
 
+def _fail(f: Formula, what: str) -> FormulaError:
+    """A :class:`FormulaError` naming the formula; ``.formula`` carries its id for the caller."""
+    return semantics.refused(f.id, f.file, what)
+
+
 def _run(f: Formula, compute: Callable[[], Any]) -> float:
     """One formula's checked value, or a :class:`FormulaError` naming it and the reason."""
     try:
         value = compute()
     except simpleeval.InvalidExpression as exc:  # not reached for a checked tree; kept as a clean error
-        raise FormulaError([(semantics.where(f.id, f.file), f"cannot be evaluated: {exc}")]) from None
+        raise _fail(f, f"cannot be evaluated: {exc}") from None
     except Exception as exc:
         reason = semantics.refusal(exc)
         if reason is None:
             raise
-        raise FormulaError([(semantics.where(f.id, f.file), reason)]) from None
-    return semantics.checked(f.id, f.file, value)
+        raise _fail(f, reason) from None
+    value, reason = semantics.check(value)
+    if reason:
+        raise _fail(f, reason)
+    return value

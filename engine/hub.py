@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RequestError
-from .modelfiles import (SAFETENSORS_DTYPE_BYTES, _packed_note, _quant_from_config, _result, _safetensors_header,
-                         _safetensors_quant, _tally, gguf_description, read_model_file)
+from .modelfiles import (MAX_SAFETENSORS_TENSORS, SAFETENSORS_DTYPE_BYTES, _packed_note, _quant_from_config, _result,
+                         _safetensors_header, _safetensors_quant, _tally, gguf_description, parse_json_text,
+                         read_model_file, tensor_problem)
 from .remote import RangeReader, parse_gguf_header
 
 PREFIX = "hf:"
@@ -295,10 +296,12 @@ def _download(ref: HubRef, filename: str, policy: Policy, budget: _Budget, where
 
 
 def _read_json_file(path: Path, where: str):
+    """A downloaded JSON file, parsed with the caps of a local model file (integer digits, nesting)."""
     try:
-        return json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raw = path.read_bytes()  # the download budget already bounds its size
+    except OSError as exc:
         raise RequestError([(where, f"{path.name} is not valid JSON ({exc})")]) from None
+    return parse_json_text(raw, f"{where}: {path.name}")
 
 
 def _read_hub_model(ref: HubRef, policy: Policy, where: str) -> dict:
@@ -349,16 +352,16 @@ def _read_hub_model(ref: HubRef, policy: Policy, where: str) -> dict:
 def _check_header(header, where: str, shard: str) -> dict:
     if not isinstance(header, dict):
         raise RequestError([(where, f"{shard} has a safetensors header that is not a JSON object")])
+    if len(header) > MAX_SAFETENSORS_TENSORS:
+        raise RequestError([(where, f"{shard} lists {len(header):,} tensors (limit {MAX_SAFETENSORS_TENSORS:,})")])
     for tname, info in header.items():
         if tname == "__metadata__":
             continue
-        ok = (isinstance(info, dict) and info.get("dtype") in SAFETENSORS_DTYPE_BYTES
-              and isinstance(info.get("shape"), list) and isinstance(info.get("data_offsets"), list)
-              and len(info["data_offsets"]) == 2
-              and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in info["shape"] + info["data_offsets"])
-              and info["data_offsets"][1] >= info["data_offsets"][0])
-        if not ok:
+        if not (isinstance(info, dict) and info.get("dtype") in SAFETENSORS_DTYPE_BYTES):
             raise RequestError([(where, f"{shard} has a malformed safetensors entry for tensor {tname!r}")])
+        problem = tensor_problem(tname, info)  # dimensions capped, the shape filling its byte range
+        if problem:
+            raise RequestError([(where, f"{shard} {problem}")])
     return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
@@ -391,11 +394,7 @@ def _shard_header(ref: HubRef, commit: str, shard: str, policy: Policy, budget: 
         raise
     finally:
         budget.spend(reader.bytes_received)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise RequestError([(where, f"{shard} has an unreadable safetensors header ({exc})")]) from None
-    header = _check_header(header, where, shard)
+    header = _check_header(parse_json_text(raw, f"{where}: {shard}"), where, shard)
     _cache_store(ref.repo, commit, shard, header)
     return header
 

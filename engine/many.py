@@ -40,7 +40,7 @@ from .batch import BatchResult, evaluate_batch
 from .catalog import Catalog, get_catalog
 from .elementwise import NeedsRows
 from .errors import RequestError, VramplanError
-from .estimate import OUTPUTS, _with_unknown_keys, assemble, needs_offload_search, run
+from .estimate import OUTPUTS, _with_unknown_keys, assemble, needs_offload_search, negative_output, run
 from .resolve import Resolved, resolve
 
 #: Integers beyond this are exact in Python but not in binary64: a group that reaches one goes row by row.
@@ -226,9 +226,12 @@ def _estimate_chunk(cat: Catalog, bodies: list[dict[str, Any]], workload: str, o
             out[offset + i] = _single(cat, body, workload)
             continue
         try:
-            req = request_mod.validate(body, workload)
+            req, notes = request_mod.check(body, workload)
         except RequestError as exc:
             out[offset + i] = _with_unknown_keys(cat, body, exc, workload)
+            continue
+        if notes:  # a request with ignored inputs says so in its own warnings: row by row (rare)
+            out[offset + i] = _single(cat, body, workload)
             continue
         by_key.setdefault(group_key(req), []).append((offset + i, req))
     groups: list[Group] = []
@@ -244,11 +247,12 @@ def _estimate_chunk(cat: Catalog, bodies: list[dict[str, Any]], workload: str, o
     for g in groups:
         scenario = as_lists(g.scenario)
         for j, (index, req) in enumerate(zip(g.rows, g.requests)):
-            if refused[row] >= 0:
-                out[index] = result.error(row)
+            v = Row((formula_values, row), (scenario, j))
+            if refused[row] >= 0 or negative_output(v, workload) is not None:
+                # a formula the row breaks: run() names the request's field to blame, or the formula
+                out[index] = _single(cat, bodies[index - offset], workload)
             else:
                 s = Row((scenario, j))
-                v = Row((formula_values, row), (scenario, j))
                 res = replace(g.res, request=req, warnings=list(g.res.warnings), assumptions=list(g.res.assumptions))
                 response = assemble(res, s, v, components, None)
                 if needs_offload_search(req, workload, response["memory_status"]):

@@ -14,12 +14,22 @@ Three kinds of file, headers only — tensor data is never read:
 :func:`read_model_file` returns one dict shape for all three, whose ``config`` is a config.json-style
 object that :func:`vramplan.architecture.from_hf_config` reads. A file that cannot be read raises
 :class:`RequestError` with one message naming the file.
+
+Every file is hostile input, so sizes and counts are checked before anything is read or built
+from them: only regular files (a link to ``/dev/zero`` would be read forever), JSON of at most
+:data:`MAX_JSON_BYTES`, nesting and integer digits capped; a GGUF header is walked once with
+every string length, array count and tensor dimension checked against the file's size and the
+limits of a remote header (:data:`vramplan.remote.LIMITS`) before the gguf library parses it (it trusts the counts: an 84-byte file
+claiming an array of 2^62 bytes made it grow without end); a safetensors header is limited in
+tensors and dimensions, and each tensor's shape must account for its byte range, as the format
+requires.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import stat
 import struct
 from collections import Counter
 from pathlib import Path
@@ -29,6 +39,17 @@ from .errors import RequestError
 
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
+#: Largest config.json / index file read (real ones are a few KB; a sharded index a few MB).
+MAX_JSON_BYTES = 16 * 1024 * 1024
+#: Digits of one integer in a JSON file (a model's largest count, its byte size, has 13).
+MAX_JSON_INT_DIGITS = 30
+#: Tensors in one safetensors file and dimensions of one tensor (real: a few thousand; at most 5).
+MAX_SAFETENSORS_TENSORS = 1_000_000
+MAX_TENSOR_DIMS = 16
+#: Shards a model.safetensors.index.json may list (real: up to a few hundred).
+MAX_SHARDS = 100_000
+#: Arrays nest at most this deep in a GGUF header (real files: arrays of scalars or strings only).
+GGUF_NESTING = 4
 
 #: Bytes per element of each safetensors dtype (the format's spec).
 SAFETENSORS_DTYPE_BYTES = {
@@ -84,6 +105,7 @@ def read_model_file(path: str | Path) -> dict:
         raise RequestError([(str(p), "no such file")])
     if p.is_dir():
         p = _pick_in_folder(p)
+    _regular_size(p)
     try:
         with p.open("rb") as fh:
             magic = fh.read(4)
@@ -120,11 +142,50 @@ def _result(kind, config, params, weights_bytes, tensor_types, quantization, nam
             "notes": list(notes)}
 
 
-def _read_json(p: Path):
+def _regular_size(p: Path) -> int:
+    """The size of ``p``, which must be a regular file (not a device, FIFO or socket)."""
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError([(str(p), f"is not valid JSON ({exc})")]) from None
+        info = p.stat()
+    except OSError as exc:
+        raise RequestError([(str(p), f"cannot be read: {exc.strerror or exc}")]) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise RequestError([(str(p), "is not a regular file (a device, FIFO or socket cannot be a model file)")])
+    return info.st_size
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits (at most {MAX_JSON_INT_DIGITS})")
+    return int(text)
+
+
+def parse_json_text(raw: bytes, shown: str):
+    """JSON from a file: integers of at most :data:`MAX_JSON_INT_DIGITS` digits, nesting within
+    Python's recursion limit; any failure is a :class:`RequestError` naming ``shown``."""
+    try:
+        return json.loads(raw.decode("utf-8"), parse_int=_parse_int, parse_constant=_no_constant)
+    except RecursionError:
+        raise RequestError([(shown, "is not usable JSON (nested too deeply)")]) from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise RequestError([(shown, f"is not valid JSON ({str(exc)[:200]})")]) from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _read_json(p: Path):
+    size = _regular_size(p)
+    if size > MAX_JSON_BYTES:
+        raise RequestError([(str(p), f"is {size:,} bytes; JSON model files are limited to {MAX_JSON_BYTES:,}")])
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_JSON_BYTES + 1)
+    except OSError as exc:
+        raise RequestError([(str(p), f"cannot be read: {exc.strerror or exc}")]) from None
+    if len(raw) > MAX_JSON_BYTES:
+        raise RequestError([(str(p), f"is over {MAX_JSON_BYTES:,} bytes; JSON model files are limited to that")])
+    return parse_json_text(raw, str(p))
 
 
 def display_name(config: dict) -> str | None:
@@ -142,11 +203,108 @@ def _config_name(config: dict, p: Path) -> str:
 
 # -- GGUF ---------------------------------------------------------------------------------------
 
+#: GGUF value types (ggml's gguf.h ``enum gguf_type``) -> byte size of one value; 8 = string, 9 = array.
+_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def check_gguf_header(p: Path) -> None:
+    """Walk a GGUF header (ggml docs/gguf.md: magic, version, tensor and key counts, key/value
+    pairs, tensor infos) and refuse it, naming the file and the limit, if any length or count
+    cannot fit the file or exceeds the limits a remote header is read with
+    (:data:`vramplan.remote.LIMITS`). Only then may the gguf library parse it."""
+    from .remote import LIMITS
+
+    size = _regular_size(p)
+    shown = str(p)
+
+    def fail(what: str):
+        raise RequestError([(shown, f"is not a usable GGUF file: {what}")])
+
+    with p.open("rb") as fh:
+        def read(n: int) -> bytes:
+            data = fh.read(n)
+            if len(data) < n:
+                fail(f"the header ends early (at byte {fh.tell():,} of {size:,})")
+            return data
+
+        def u32() -> int:
+            return struct.unpack("<I", read(4))[0]
+
+        def u64() -> int:
+            return struct.unpack("<Q", read(8))[0]
+
+        def left() -> int:
+            return size - fh.tell()
+
+        def string(what: str) -> None:
+            n = u64()
+            if n > LIMITS["string_bytes"] or n > left():
+                fail(f"{what} claims a string of {n:,} bytes with {left():,} bytes left "
+                     f"(limit {LIMITS['string_bytes']:,})")
+            fh.seek(n, 1)
+
+        def value(vtype: int, key: str, depth: int) -> None:
+            if vtype in _GGUF_SIZES:
+                read(_GGUF_SIZES[vtype])
+            elif vtype == _GGUF_STRING:
+                string(f"key {key}")
+            elif vtype == _GGUF_ARRAY:
+                if depth >= GGUF_NESTING:
+                    fail(f"key {key} nests arrays more than {GGUF_NESTING} deep")
+                item, count = u32(), u64()
+                smallest = _GGUF_SIZES.get(item, 8)  # a string or array item takes at least its 8-byte length
+                if count > LIMITS["array_items"] or count * smallest > left():
+                    fail(f"key {key} claims an array of {count:,} items with {left():,} bytes left "
+                         f"(limit {LIMITS['array_items']:,} items)")
+                if item in _GGUF_SIZES:
+                    fh.seek(count * _GGUF_SIZES[item], 1)
+                else:
+                    for _ in range(count):
+                        value(item, key, depth + 1)
+            else:
+                fail(f"key {key} has unknown value type {vtype}")
+
+        if read(4) != b"GGUF":
+            fail("no GGUF magic")
+        version = u32()
+        if version not in (2, 3):
+            fail(f"version {version} (vramplan reads GGUF versions 2 and 3)")
+        n_tensors, n_keys = u64(), u64()
+        if n_tensors > LIMITS["tensor_count"]:
+            fail(f"{n_tensors:,} tensors (limit {LIMITS['tensor_count']:,})")
+        if n_keys > LIMITS["kv_count"]:
+            fail(f"{n_keys:,} metadata keys (limit {LIMITS['kv_count']:,})")
+        for i in range(n_keys):
+            n = u64()
+            if n > 65536 or n > left():
+                fail(f"metadata key {i} claims a name of {n:,} bytes")
+            key = read(n).decode("utf-8", "replace")
+            value(u32(), key, 0)
+        for i in range(n_tensors):
+            string(f"tensor {i}'s name")
+            dims = u32()
+            if dims > LIMITS["dims"]:
+                fail(f"tensor {i} has {dims:,} dimensions (limit {LIMITS['dims']})")
+            elements = 1
+            for _ in range(dims):
+                elements *= u64()
+            if elements > 1 << 50:
+                fail(f"tensor {i} claims {elements:,} elements")
+            read(12)  # type (u32) and data offset (u64)
+
+
 def _read_gguf(p: Path) -> dict:
     try:
         from gguf import GGUFReader
     except ImportError:  # pragma: no cover - gguf is a dependency
         raise RequestError([(str(p), "reading GGUF files needs the 'gguf' package")]) from None
+    try:
+        check_gguf_header(p)
+    except struct.error:
+        raise RequestError([(str(p), "is not a usable GGUF file: the header ends early")]) from None
+    except OSError as exc:
+        raise RequestError([(str(p), f"cannot be read: {exc.strerror or exc}")]) from None
     try:
         reader = GGUFReader(str(p), "r")
         meta = {name: _field_value(field) for name, field in reader.fields.items()
@@ -175,9 +333,10 @@ def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: 
     for suffix, key in _GGUF_KEYS.items():
         value = meta.get(f"{arch}.{suffix}")
         if isinstance(value, list):  # per-layer arrays (e.g. head counts that vary by layer)
-            value = max(value) if value else None
-        if value is not None:
-            config[key] = int(value)
+            numbers = [v for v in value if _is_number(v)]
+            value = max(numbers) if numbers and len(numbers) == len(value) else (value or None)
+        if value is not None:  # a number as the integer it counts; anything else is left for the key check to name
+            config[key] = int(value) if _is_number(value) else value
     by_name = {name: shape for name, _t, shape, _n, _b in tensors}
     if "vocab_size" not in config:
         if "token_embd.weight" in by_name and len(by_name["token_embd.weight"]) == 2:
@@ -188,10 +347,11 @@ def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: 
     if arch == "deepseek2" and "kv_lora_rank" in config:  # MLA: key_length = nope + rope
         rope = meta.get(f"{arch}.rope.dimension_count")
         key_len = meta.get(f"{arch}.attention.key_length")
-        if rope and key_len:
+        value_len = meta.get(f"{arch}.attention.value_length")
+        if _is_number(rope) and _is_number(key_len) and rope and key_len:
             config["qk_rope_head_dim"] = int(rope)
             config["qk_nope_head_dim"] = int(key_len) - int(rope)
-            config["v_head_dim"] = int(meta.get(f"{arch}.attention.value_length") or key_len - rope)
+            config["v_head_dim"] = int(value_len) if _is_number(value_len) and value_len else int(key_len) - int(rope)
             config.pop("head_dim", None)
     if "moe_intermediate_size" in config and "intermediate_size" not in config:
         config["intermediate_size"] = config["moe_intermediate_size"]
@@ -204,6 +364,10 @@ def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: 
     name = str(meta.get("general.name") or stem)
     notes = [f"GGUF architecture '{arch}'"]
     return _result("gguf", config, params, weights_bytes, types, quant, name, notes)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _field_value(field):
@@ -225,7 +389,7 @@ def _gguf_quantization(file_type, tensors) -> str | None:
     if file_type is not None:
         try:
             ft = LlamaFileType(int(file_type))
-        except ValueError:
+        except (ValueError, TypeError, OverflowError):
             ft = None
         if ft is not None and ft != LlamaFileType.GUESSED:
             special = {"ALL_F32": "fp32", "MOSTLY_F16": "fp16", "MOSTLY_BF16": "bf16", "MOSTLY_MXFP4_MOE": "mxfp4"}
@@ -242,8 +406,8 @@ def _gguf_quantization(file_type, tensors) -> str | None:
 
 def _safetensors_header(p: Path) -> dict:
     """The JSON header of a safetensors file (8-byte little-endian length, then JSON)."""
+    size = _regular_size(p)
     try:
-        size = p.stat().st_size
         with p.open("rb") as fh:
             raw = fh.read(8)
             if len(raw) < 8:
@@ -251,28 +415,61 @@ def _safetensors_header(p: Path) -> dict:
             (n,) = struct.unpack("<Q", raw)
             if n == 0 or n > MAX_SAFETENSORS_HEADER or n > size - 8:
                 raise RequestError([(str(p), f"is not a safetensors file (header length {n} does not fit "
-                                             f"a {size}-byte file)")])
-            header = json.loads(fh.read(n).decode("utf-8"))
-    except RequestError:
-        raise
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                                             f"a {size}-byte file; limit {MAX_SAFETENSORS_HEADER:,})")])
+            raw = fh.read(n)
+    except OSError as exc:
         raise RequestError([(str(p), f"is not a safetensors file (unreadable header: {exc})")]) from None
+    header = parse_json_text(raw, str(p))
     if not isinstance(header, dict):
         raise RequestError([(str(p), "is not a safetensors file (header is not a JSON object)")])
+    if len(header) > MAX_SAFETENSORS_TENSORS:
+        raise RequestError([(str(p), f"lists {len(header):,} tensors (limit {MAX_SAFETENSORS_TENSORS:,})")])
     data_size = size - 8 - n
     for tname, info in header.items():
-        if tname == "__metadata__":
-            continue
-        ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
-              and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
-              and all(isinstance(x, int) and x >= 0 for x in info["shape"] + info["data_offsets"]))
-        if not ok:
-            raise RequestError([(str(p), f"has a malformed entry for tensor {tname!r}")])
-        start, end = info["data_offsets"]
-        if end < start or end > data_size:
-            raise RequestError([(str(p), f"is truncated or damaged: tensor {tname!r} ends at byte {end} "
-                                         f"of a {data_size}-byte data section")])
+        problem = tensor_problem(tname, info, data_size)
+        if problem:
+            raise RequestError([(str(p), problem)])
     return header
+
+
+def tensor_problem(tname: str, info, data_size: int | None = None) -> str | None:
+    """What is wrong with one safetensors header entry, or None (``__metadata__`` is never wrong):
+    its fields' types, at most :data:`MAX_TENSOR_DIMS` dimensions, a byte range inside the data
+    section (when its size is known) that the shape fills exactly, as the format requires."""
+    if tname == "__metadata__":
+        return None
+    name = repr(str(tname)[:80])
+    if isinstance(info, dict) and isinstance(info.get("shape"), list) and len(info["shape"]) > MAX_TENSOR_DIMS:
+        return f"tensor {name} has {len(info['shape']):,} dimensions (limit {MAX_TENSOR_DIMS})"
+    ok = (isinstance(info, dict) and isinstance(info.get("dtype"), str) and isinstance(info.get("shape"), list)
+          and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2
+          and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in info["shape"] + info["data_offsets"]))
+    if not ok:
+        return f"has a malformed entry for tensor {name}"
+    start, end = info["data_offsets"]
+    if end < start or (data_size is not None and end > data_size):
+        return f"is truncated or damaged: tensor {name} ends at byte {end} of a {data_size}-byte data section"
+    elements = _elements(info["shape"], end - start)
+    width = SAFETENSORS_DTYPE_BYTES.get(info["dtype"])
+    if elements is None or (width is not None and elements * width != end - start):
+        return f"is damaged: tensor {name} of shape {_short_shape(info['shape'])} does not fill its {end - start:,} bytes"
+    return None
+
+
+def _elements(shape: list[int], nbytes: int) -> int | None:
+    """The element count of ``shape``, or None once it passes what ``nbytes`` bytes could hold at
+    8 sub-byte elements per byte (stops before building a 5,400-digit product of 300 dimensions)."""
+    elements = 1
+    for dim in shape:
+        elements *= dim
+        if elements > 8 * nbytes and nbytes and dim:
+            return None
+    return elements
+
+
+def _short_shape(shape: list[int]) -> str:
+    text = str(shape)
+    return text if len(text) <= 60 else text[:57] + "...]"
 
 
 def _tally(headers: list[dict]) -> tuple[int, int, Counter, Counter]:
@@ -331,9 +528,13 @@ def _read_safetensors(p: Path) -> dict:
 
 
 def _read_safetensors_index(p: Path, index: dict) -> dict:
-    shards = sorted(set(index["weight_map"].values()))
-    if not shards or not all(isinstance(s, str) for s in shards):
-        raise RequestError([(str(p), "has an empty or malformed weight_map")])
+    names = list(index["weight_map"].values())
+    if not names or not all(isinstance(s, str) and s and "/" not in s and "\\" not in s and s not in (".", "..")
+                            for s in names):
+        raise RequestError([(str(p), "has an empty or malformed weight_map (shards must be file names beside it)")])
+    shards = sorted(set(names))
+    if len(shards) > MAX_SHARDS:
+        raise RequestError([(str(p), f"lists {len(shards):,} shards (limit {MAX_SHARDS:,})")])
     present = [p.parent / s for s in shards if (p.parent / s).exists()]
     config, notes = _sibling_config(p)
     name = _config_name(config, p) if config else p.parent.name
@@ -342,8 +543,9 @@ def _read_safetensors_index(p: Path, index: dict) -> dict:
         notes += _packed_note(types, config)
         return _result("safetensors", config, params, nbytes, types, _safetensors_quant(config, type_bytes),
                        name, notes)
-    total = (index.get("metadata") or {}).get("total_size")
-    if not isinstance(total, int) or total <= 0:
+    metadata = index.get("metadata")
+    total = metadata.get("total_size") if isinstance(metadata, dict) else None
+    if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
         raise RequestError([(str(p), f"{len(shards) - len(present)} of {len(shards)} shards are missing and "
                                      "the index has no metadata.total_size")])
     notes.append(f"{len(shards) - len(present)} of {len(shards)} shard files are not here: weights bytes "

@@ -2,14 +2,30 @@
 
 Every problem is collected and reported at once, each naming its field
 (``batch_size: 0 is less than the minimum of 1; custom_vram: required when gpu_key is custom_discrete``).
+
+Before the schema sees the body, three things are settled here, generically for every property the
+schema declares (so fields added to a schema later get the same treatment):
+
+- ``null`` means "absent" (a client that serializes an unset optional as ``null`` gets the default);
+- a field the schema does not know is, by default, ignored with a warning that names it and the
+  closest known field (apxml clients may send flags this server does not model); ``strict=True``
+  (HTTP: ``Prefer: handling=strict``) rejects it instead;
+- a number that is not finite (``NaN``, ``Infinity``, which Python callers can pass) is refused,
+  wherever it sits, ``custom_model`` included.
+
+Inputs that change nothing (``zero_stage`` on one GPU, ``shared_prefix_ratio`` without prefix
+caching, …) are said so in the warnings :func:`check` returns.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 from functools import lru_cache
 from typing import Any
 
-from .datafiles import field_name, is_valid, load_schema, schema_problems
+from .configkeys import show
+from .datafiles import is_valid, load_schema, validator
 from .elementwise import at_least, at_most, holds
 from .errors import RequestError
 
@@ -19,6 +35,16 @@ SCHEMAS = {"inference": "inference-request", "finetuning": "finetuning-request"}
 OPTIMIZATION_FLAGS = ("flash_attention", "gradient_checkpointing", "use_8bit_optimizer", "use_paged_optimizer",
                       "use_fused_kernels", "activation_offloading", "sequence_packing")
 
+#: How deep :func:`_non_finite` looks into nested objects (a 64 KiB body nests at most this much usefully).
+MAX_NESTING = 64
+
+
+def _field(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
 
 @lru_cache(maxsize=None)
 def _defaults(schema_name: str) -> dict[str, Any]:
@@ -26,46 +52,85 @@ def _defaults(schema_name: str) -> dict[str, Any]:
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
-def validate(body: Any, workload: str, *, schema_checked: bool = False) -> dict[str, Any]:
+def validate(body: Any, workload: str, *, schema_checked: bool = False, strict: bool = False) -> dict[str, Any]:
     """Return the request with defaults applied, or raise :class:`RequestError` naming every bad field.
 
     ``schema_checked``: the caller has already checked every field against the schema (a sweep
     checks each value of an axis once, then passes the axis in as an array of values)."""
+    return check(body, workload, schema_checked=schema_checked, strict=strict)[0]
+
+
+def check(body: Any, workload: str, *, schema_checked: bool = False,
+          strict: bool = False) -> tuple[dict[str, Any], list[str]]:
+    """``(request with defaults, warnings)``; the warnings say which inputs were ignored and why."""
     if workload not in SCHEMAS:
         raise ValueError(f"unknown workload {workload!r}")
     if not isinstance(body, dict):
         raise RequestError([("body", "must be a JSON object")])
     schema_name = SCHEMAS[workload]
-    problems = [] if schema_checked or is_valid(body, schema_name) else \
-        [(field_name(where, msg), msg) for where, msg in schema_problems(body, schema_name)]
-    req = {**_defaults(schema_name), **body}
-    opt_defaults = _opt_defaults(schema_name)
-    req["optimization_config"] = {**opt_defaults, **(body.get("optimization_config") or {})} \
-        if isinstance(body.get("optimization_config", {}), dict) else dict(opt_defaults)
+    schema = load_schema(schema_name)
+    problems: list[tuple[str, str]] = []
+    suggestions: dict[str, list[str]] = {}
+    notes: list[str] = []
+    _non_finite(body, (), problems, 0)
+    body = _without_nulls(body, schema)
+    body = _known_fields(body, schema, (), strict, problems, suggestions, notes)
+    if not schema_checked and not is_valid(body, schema_name):
+        named = {where for where, _ in problems}
+        problems += [p for p in _schema_problems(body, schema_name) if p[0] not in named]
     if problems:
-        raise RequestError(problems)
+        raise RequestError(problems, suggestions=suggestions)
+    req = {**_defaults(schema_name), **body}
+    req["optimization_config"] = {**_opt_defaults(schema_name), **(body.get("optimization_config") or {})}
 
-    # Contradictions the schema cannot express.
+    # Contradictions the schema cannot express, and inputs that change nothing (said in warnings).
     if req["llm_key"] == "custom" and "custom_model" not in req:
         problems.append(("custom_model", "required when llm_key is custom (a config.json object)"))
     if "custom_model" in req and req["llm_key"] != "custom":
         problems.append(("custom_model", "only used with llm_key custom"))
+    if "offload_target" in body and not holds(req["enable_offloading"]):
+        notes.append(f"offload_target {body['offload_target']} is ignored because enable_offloading is false")
     if workload == "inference":
         if req.get("num_offload_layers") is not None and req.get("percentage_offload") is not None:
             problems.append(("percentage_offload", "give num_offload_layers or percentage_offload, not both"))
-        if req.get("request_rate") is not None and req["concurrent_users"] != 1:
+        if req.get("request_rate") is not None and holds(req["concurrent_users"] != 1):
             problems.append(("concurrent_users", "request_rate (an open loop) defines the load; leave concurrent_users "
                              f"at 1 (got {req['concurrent_users']})"))
         problems.extend(split_context(req, "seq_length" in body))
         req["continuous_batching_given"] = body.get("enable_continuous_batching")
+        if holds(req["shared_prefix_ratio"] > 0) and not holds(req["enable_prefix_caching"]):
+            notes.append(f"shared_prefix_ratio {req['shared_prefix_ratio']:g} is ignored because enable_prefix_caching "
+                         "is false (without prefix caching every sequence stores its own copy of the prefix)")
     else:
-        req.setdefault("tokens_per_sample", req["seq_length"])
-        mb = req.get("micro_batch_size")
-        if mb is not None and mb > req["batch_size"]:
-            problems.append(("micro_batch_size", f"{mb} is larger than batch_size {req['batch_size']}"))
+        _finetuning(req, body, notes, problems)
     if problems:
         raise RequestError(problems)
-    return req
+    return req, notes
+
+
+def _finetuning(req: dict[str, Any], body: dict[str, Any], notes: list[str], problems: list) -> None:
+    req.setdefault("tokens_per_sample", req["seq_length"])
+    opt = req["optimization_config"]
+    method = req["finetuning_method"]
+    if opt.get("zero_stage", 0) > 0 and holds(req["num_gpus"] == 1):
+        notes.append(f"zero_stage {opt['zero_stage']} is ignored on one GPU: ZeRO shards training state across "
+                     "data-parallel GPUs, so with num_gpus 1 it saves nothing (ZeRO-Offload to the host is "
+                     "enable_offloading)")
+    if "fine_tuning_quantization" in body and method != "full":
+        base = "bf16" if method == "lora" else "nf4"
+        notes.append(f"fine_tuning_quantization {body['fine_tuning_quantization']} is ignored for {method}: "
+                     f"{method} trains adapters on a frozen {base} base")
+    if "lora_rank" in body and method == "full":
+        notes.append(f"lora_rank {body['lora_rank']} is ignored for full fine-tuning (no adapters)")
+    if "lora_target_modules" in body and method == "full":
+        notes.append("lora_target_modules is ignored for full fine-tuning (no adapters)")
+    if holds(req["tokens_per_sample"] > req["seq_length"]):
+        notes.append(f"tokens_per_sample {req['tokens_per_sample']} is larger than seq_length {req['seq_length']}: "
+                     "trainers cut each sample to seq_length, so memory is sized for seq_length while training time "
+                     "counts the tokens_per_sample given; raise seq_length if the samples are really that long")
+    mb = req.get("micro_batch_size")
+    if mb is not None and holds(mb > req["batch_size"]):
+        problems.append(("micro_batch_size", f"{mb} is larger than batch_size {req['batch_size']}"))
 
 
 #: Without input_tokens / output_tokens, the context is split as a prompt and an answer of this share
@@ -122,3 +187,97 @@ def optimization_defaults(workload: str) -> dict[str, Any]:
 def _opt_defaults(schema_name: str) -> dict[str, Any]:
     props = load_schema(schema_name)["properties"]["optimization_config"].get("properties", {})
     return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
+# -- before the schema ---------------------------------------------------------------------------
+
+def _non_finite(value: Any, path: tuple, problems: list, depth: int) -> None:
+    """Name every NaN / infinity in the body (JSON cannot carry them; Python callers can)."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            problems.append((_field(path) or "body", f"must be a finite number, got {value!r}"))
+    elif depth < MAX_NESTING:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                _non_finite(v, (*path, str(k)), problems, depth + 1)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                _non_finite(v, (*path, i), problems, depth + 1)
+
+
+def _object_schemas(schema: dict) -> tuple[dict, Any]:
+    """(declared properties, schema of other properties) of an object schema."""
+    return schema.get("properties") or {}, schema.get("additionalProperties", True)
+
+
+def _without_nulls(obj: dict, schema: dict) -> dict:
+    """Drop ``null`` members of the body and of the objects its schema describes (``custom_model`` is a
+    config.json, whose nulls its own reader handles)."""
+    props, extra = _object_schemas(schema)
+    out = {}
+    for key, value in obj.items():
+        if value is None:
+            continue
+        sub = props.get(key, extra if isinstance(extra, dict) else {})
+        if isinstance(value, dict) and (sub.get("properties") or isinstance(sub.get("additionalProperties"), dict)):
+            value = _without_nulls(value, sub)
+        out[key] = value
+    return out
+
+
+def _known_fields(obj: dict, schema: dict, path: tuple, strict: bool, problems: list,
+                  suggestions: dict, notes: list) -> dict:
+    """Drop (with a warning) or, when strict, refuse members an ``additionalProperties: false`` schema
+    does not declare; recurse into declared object members."""
+    props, extra = _object_schemas(schema)
+    out = {}
+    for key, value in obj.items():
+        if key in props:
+            sub = props[key]
+            if isinstance(value, dict) and sub.get("properties"):
+                value = _known_fields(value, sub, (*path, key), strict, problems, suggestions, notes)
+            out[key] = value
+            continue
+        if extra is not False:
+            out[key] = value
+            continue
+        where = _field((*path, key))
+        close = difflib.get_close_matches(str(key), list(props), n=3, cutoff=0.75)  # batchsize, flash_attn: yes
+        if strict:
+            problems.append((where, "unknown field"))
+            if close:
+                suggestions[where] = close
+        else:
+            hint = f" (closest known field: {_field((*path, close[0]))})" if close else ""
+            notes.append(f"ignored unknown field {where}{hint}")
+    return out
+
+
+_BOUNDS = {"maximum": "greater than the maximum of", "minimum": "less than the minimum of",
+           "exclusiveMaximum": "not less than", "exclusiveMinimum": "not greater than"}
+
+
+def _schema_problems(body: dict, schema_name: str) -> list[tuple[str, str]]:
+    """Every schema violation, each under the field it concerns (a missing required field by its own name)."""
+    errors = sorted(validator(schema_name).iter_errors(body), key=lambda e: [str(p) for p in e.absolute_path])
+    out = []
+    for err in errors:
+        path = list(err.absolute_path)
+        if err.validator == "required":
+            missing = [name for name in err.validator_value if name not in (err.instance or {})]
+            out += [p for p in ((_field((*path, name)), "is required") for name in missing) if p not in out]
+            continue
+        if err.validator == "enum":
+            message = f"{show(err.instance)} is not one of {', '.join(map(repr, err.validator_value))}"
+        elif err.validator in _BOUNDS:
+            limit = err.validator_value
+            message = f"{show(err.instance)} is {_BOUNDS[err.validator]} {limit:,}" if isinstance(limit, int) \
+                else f"{show(err.instance)} is {_BOUNDS[err.validator]} {limit:g}"
+        elif err.validator == "type":
+            message = f"{show(err.instance)} is not of type {err.validator_value!r}"
+        elif err.validator == "additionalProperties":
+            message = err.message.replace("Additional properties are not allowed", "unknown key")
+        else:
+            message = err.message
+        out.append((_field(path) or "body", message))
+    return out

@@ -19,6 +19,16 @@ from .registry import Entry
 if TYPE_CHECKING:
     from .catalog import Catalog
 
+#: The range a request may set a runtime constant to (``runtime_settings``), by the unit the runtime
+#: catalog gives the constant: far beyond any real deployment (the catalog's largest fraction is an
+#: efficiency of 1.16, its largest token count 8,192), and small enough that the formulas stay finite.
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "flag": (0, 1), "fraction": (0, 2), "tokens": (0, 16777216), "sequences": (0, 1048576), "MiB": (0, 1048576),
+    "bytes": (0, 1024), "tensors": (0, 1024), "copies": (0, 1024), "us": (0, 1e7), "FLOP": (0, 1e4), "GB/s": (0, 1e6),
+}
+#: The range for a unit not listed above (a plugin runtime's own units).
+OTHER_SETTING_RANGE = (0, 1e12)
+
 
 @dataclass
 class Resolved:
@@ -110,10 +120,18 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     runtime = lookup(cat.runtimes.get, runtime_key)
     if runtime is not None:
         known = runtime.data["constants"]
-        for name in req.get("runtime_settings") or {}:
+        for name, value in (req.get("runtime_settings") or {}).items():
             if name not in known:
                 problems.append((f"runtime_settings.{name}", f"{runtime.key} has no constant {name!r} "
                                  f"(see the runtime catalog: {', '.join(sorted(known))})"))
+                continue
+            problem = _setting_problem(known[name]["unit"], value)
+            if problem:
+                problems.append((f"runtime_settings.{name}", problem))
+        eager = (req.get("runtime_settings") or {}).get("eager_score_bytes", known.get("eager_score_bytes", {}).get("value"))
+        if workload == "inference" and req["optimization_config"].get("flash_attention") is False and eager == 0:
+            # A runtime with no unfused attention path materializes no score matrix (its eager_score_bytes is 0).
+            warnings.append(f"flash_attention false is ignored: {runtime.key} always runs a fused attention kernel")
 
     link_key = req.get("interconnect_type") or (gpu.data["default_interconnect"] if gpu else None)
     interconnect = lookup(cat.interconnects.get, link_key, "interconnect_type") if link_key else None
@@ -145,7 +163,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         warnings.append(f"GPU {gpu.key} (vendor {gpu.data['vendor']}, category {gpu.data['category']}) matches no hardware class "
                         f"({', '.join(classes)}); runtime efficiencies are each runtime's plain values, measured on NVIDIA "
                         f"data-center GPUs: set hardware_class in its catalog entry, or register a hardware class")
-    warnings.extend(_ignored_settings(workload, req))
+    # (settings that change nothing are said by request.check, which sees what the client sent)
     warnings.extend(_uncertainty_warnings(workload, classes.get(cls), gpu.data, arch, runtime.key, req))
     if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
@@ -158,6 +176,15 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
         hardware_order=hardware.lookup_order(classes, cls), weight_bits=bits, assumptions=assumptions, warnings=warnings,
         weights_file_bytes=file_bytes)
+
+
+def _setting_problem(unit: str, value: float) -> str | None:
+    lo, hi = SETTING_RANGES.get(unit, OTHER_SETTING_RANGE)
+    if unit == "flag" and value not in (0, 1):
+        return f"is a flag: 0 or 1, got {value!r}"
+    if not lo <= value <= hi:
+        return f"{value!r} is out of range for a constant in {unit}: {lo:g} to {hi:g}"
+    return None
 
 
 def _exact_weights_bytes(info: dict | None, quant: Entry, req: dict[str, Any], workload: str,
@@ -200,16 +227,6 @@ def _optimizer(cat: Catalog, req: dict[str, Any]) -> Entry:
                 entry = variant
                 break
     return entry
-
-
-def _ignored_settings(workload: str, req: dict[str, Any]) -> list[str]:
-    """Settings the request gives that change nothing in this configuration."""
-    if workload == "inference" and req["shared_prefix_ratio"] > 0 and not req["enable_prefix_caching"]:
-        return [f"shared_prefix_ratio {req['shared_prefix_ratio']:g} is ignored because enable_prefix_caching is false"]
-    zero = req["optimization_config"].get("zero_stage", 0)
-    if workload == "finetuning" and zero > 0 and req["num_gpus"] == 1:
-        return [f"zero_stage {zero} on one GPU shards nothing: memory is as without ZeRO"]
-    return []
 
 
 def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: dict[str, Any], arch: Architecture,

@@ -298,7 +298,8 @@ def build(res: Resolved) -> dict[str, float]:
     n = req.get("num_gpus", 1)
     s["num_gpus"] = n
     s["offload_enabled"] = int(bool(req.get("enable_offloading")))
-    s["offload_to_nvme"] = int(req.get("offload_target") == "nvme")
+    # offload_target matters only with offloading on (else it is ignored, and a warning says so)
+    s["offload_to_nvme"] = int(bool(req.get("enable_offloading")) and req.get("offload_target") == "nvme")
     s["flash_attention"] = int(bool(req["optimization_config"].get("flash_attention", True)))
     s["batch"] = req["batch_size"]
     s["seq"] = req["seq_length"]

@@ -119,9 +119,17 @@ def check(value: Any) -> tuple[Any, str | None]:
     return value, f"gave {value!r}, not a finite number"
 
 
+def refused(formula_id: str, file: str, reason: str) -> FormulaError:
+    """The error for a refused evaluation, naming the formula; ``.formula`` carries its id, so the
+    estimate can tell a request that breaks a formula from a broken formula (estimate._blame)."""
+    err = FormulaError([(where(formula_id, file), reason)])
+    err.formula = formula_id
+    return err
+
+
 def checked(formula_id: str, file: str, value: Any) -> Any:
     """:func:`check`, raising a :class:`FormulaError` naming the formula for a refused value."""
     value, reason = check(value)
     if reason:
-        raise FormulaError([(where(formula_id, file), reason)])
+        raise refused(formula_id, file, reason)
     return value

@@ -74,13 +74,23 @@ def apply_change(body: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def estimate(body: dict[str, Any], workload: str, catalog: Catalog | None = None) -> dict[str, Any]:
-    """One estimate, with ``suggestions`` when it does not fit or fits with little headroom."""
-    out = run(body, workload, catalog)
+def estimate(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, strict: bool = False) -> dict[str, Any]:
+    """One estimate, with ``suggestions`` when it does not fit or fits with little headroom (``strict``: refuse
+    unknown fields, as :func:`vramplan.estimate.run` does)."""
+    return add_suggestions(body, workload, run(body, workload, catalog, strict=strict), catalog)
+
+
+def needs_suggestions(out: dict[str, Any]) -> bool:
+    """Does this response get ``suggestions``? Not when it fits with headroom, nor when it is ``very_high`` on
+    a runtime that preallocates its KV pool (vLLM, SGLang, TensorRT-LLM, TGI: the response's ``kv_pool``),
+    which fills the GPU to its memory-utilization setting by design: there very_high is the normal state."""
     status = out["memory_status"]
-    # A runtime that preallocates its KV pool (vLLM, SGLang, TensorRT-LLM, TGI: the response's kv_pool) fills
-    # the GPU to its memory-utilization setting by design, so very_high is its normal state, not a warning.
-    if status in TARGETS and not (status == "very_high" and "kv_pool" in out):
+    return status in TARGETS and not (status == "very_high" and "kv_pool" in out)
+
+
+def add_suggestions(body: dict[str, Any], workload: str, out: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
+    """``out`` (the pipeline's response to ``body``) with ``suggestions`` where :func:`needs_suggestions`."""
+    if needs_suggestions(out):
         out["suggestions"] = suggestions(body, workload, out, catalog)
     return out
 
@@ -89,6 +99,8 @@ def suggestions(body: dict[str, Any], workload: str, out: dict[str, Any], catalo
     """Changes that make ``body`` fit, cheapest first (see the module docstring)."""
     cat = catalog or get_catalog()
     search = _Search(body, workload, out, cat)
+    if search.hopeless():
+        return []
     if workload == "inference":
         found = search.inference()
     else:
@@ -113,6 +125,48 @@ class _Search:
 
         self.req = validate(self.body, workload)  # defaults applied: the "before" of every change
         self.speed_field = "per_user_tps" if workload == "inference" else "training_tps"
+
+    # -- a bound first ---------------------------------------------------------------------------
+    def hopeless(self) -> bool:
+        """True when even every lever at its most frugal at once does not fit, so no suggestion can.
+
+        Memory falls with each lever (the planner's searches rely on the same monotonicity), so the
+        request with all of them at their extreme is a lower bound for every suggestion: inference on
+        :data:`MAX_GPUS` of the catalog's largest GPU in its lowest-quality weight format and smallest KV
+        format, one sequence of one token (pipeline parallelism: no head-divisibility error), and, for
+        the offloading suggestion, the request with every layer offloaded; fine-tuning with QLoRA,
+        checkpointing, a paged 8-bit optimizer, micro-batch 1, optimizer offloading and ZeRO-3 over
+        :data:`MAX_GPUS` of the largest GPU. Only ``insufficient`` counts: a bound that cannot run
+        (``error``, a refused request) proves nothing, and the full search runs. Two estimates, which
+        spare a hopeless request (a model far beyond any node) the hundreds a search would take."""
+        largest = max((e for e in self.cat.gpus if not e.data.get("custom")), key=lambda e: e.data.get("memory_gib") or 0)
+        base = {k: v for k, v in self.body.items() if k != "custom_vram"}
+        base.update({"gpu_key": largest.key, "num_gpus": MAX_GPUS, "seq_length": 1, "batch_size": 1})
+        for f in ("input_tokens", "output_tokens", "micro_batch_size", "request_rate"):
+            base.pop(f, None)
+        if self.workload == "inference":
+            formats = [e for e in self.cat.quantization if e.data.get("kind") != "alias"]
+            lowest = min(formats, key=lambda e: e.data["quality_rank"])
+            kv = min((e for e in formats if "kv_cache_bits" in e.data), key=lambda e: e.data["kv_cache_bits"])
+            bounds = [{**base, "quantization": lowest.key, "kv_cache_quantization": kv.key, "concurrent_users": 1,
+                       "inference_parallelism": "pipeline", "enable_offloading": False}]
+            arch = self._arch()
+            if arch is not None:
+                bounds.append({**self.body, "enable_offloading": True, "num_offload_layers": arch.num_layers,
+                               "inference_parallelism": "pipeline"})
+        else:
+            bounds = [{**base, "finetuning_method": "qlora", "optimizer": "paged_adamw_8bit", "enable_offloading": True,
+                       "gradient_accumulation_steps": 1,
+                       "optimization_config": {**(self.body.get("optimization_config") or {}),
+                                               "gradient_checkpointing": True, "zero_stage": 3}}]
+        for body in bounds:
+            try:
+                result = run(body, self.workload, self.cat)
+            except VramplanError:
+                return False
+            if result["memory_status"] != "insufficient":
+                return False
+        return True
 
     # -- one candidate -------------------------------------------------------------------------
     def _estimate(self, change: dict[str, Any]) -> dict[str, Any] | None:

@@ -327,8 +327,8 @@ class Sweep:
         for name in RESULTS[self.workload]:
             results.columns[name][estimated] = figures[name][~refused]
         results.missing[estimated] = False
-        for i in np.flatnonzero(refused).tolist():
-            chunk.errors[rows[i]] = str(result.error(i))
+        for i in np.flatnonzero(refused).tolist():  # a formula the row breaks: the single estimate's words
+            chunk.errors[rows[i]] = self._refusal(self._row_body(chunk, int(rows[i])))
         for i in np.flatnonzero(figures["problem"] != "").tolist():
             if not refused[i]:
                 chunk.errors[rows[i]] = figures["problem"][i]
@@ -336,11 +336,16 @@ class Sweep:
         for i in np.flatnonzero(search & (figures["memory_status"] == "insufficient") & ~refused).tolist():
             self._searched_row(chunk, results, int(rows[i]))
 
-    def _searched_row(self, chunk: _Chunk, results: _Results, r: int) -> None:
-        """enable_offloading without an amount where the row does not fit: the single estimate's search."""
+    def _row_body(self, chunk: _Chunk, r: int) -> dict[str, Any]:
+        """The request body of row ``r`` of a chunk."""
         body = self.base
         for a in self.axes:
             body = set_field(body, a.field, chunk.columns[a.field][r])
+        return body
+
+    def _searched_row(self, chunk: _Chunk, results: _Results, r: int) -> None:
+        """enable_offloading without an amount where the row does not fit: the single estimate's search."""
+        body = self._row_body(chunk, r)
         try:
             out = run(body, self.workload, self.cat)
         except VramplanError as exc:
@@ -447,7 +452,7 @@ def _swept(axis: Axis, picked: np.ndarray, typed: np.ndarray) -> Any:
 def headline(cat: Catalog, workload: str, result: BatchResult, priced: np.ndarray) -> dict[str, np.ndarray]:
     """The response's headline figures for every row of a batch, by the response's own rules:
     components merged by label (:func:`~vramplan.estimate.component_bytes`), each rounded to 0.01
-    GiB, summed and rounded; the percentage rounded to 0.1 before ``memory_status`` reads it; a
+    GiB, summed and rounded; ``memory_status`` from the unrounded share, the percentage rounded to 0.1; a
     configuration error makes the status ``error`` (``problem`` words it) and
     :func:`~vramplan.estimate.status_overrides` apply; ``fits`` as the planner defines it; each
     speed figure rounded as the response rounds it; the ``serving`` object as
@@ -461,10 +466,11 @@ def headline(cat: Catalog, workload: str, result: BatchResult, priced: np.ndarra
         vram = vram + np.where(shown, round_like_python(raw / GIB, 2), 0.0)
     vram = round_like_python(vram, 2)
     with np.errstate(all="ignore"):
-        actual = np.where(capacity != 0, round_like_python(vram / capacity * 100, 1), 0.0)
+        share = np.where(capacity != 0, vram / capacity * 100, 0.0)
+    actual = round_like_python(share, 1)
     status = np.full(n, "insufficient", dtype=object)
     for limit, name in reversed(STATUS):
-        status[actual <= limit] = name
+        status[share <= limit] = name  # the unrounded share, as the response's memory_status
     problem = np.full(n, "", dtype=object)
     row_values = None
     for condition, message in configuration_checks(values, workload):

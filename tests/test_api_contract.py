@@ -126,15 +126,20 @@ def test_unknown_keys_list_the_closest():
 def test_every_bad_field_is_named_at_once():
     with pytest.raises(RequestError) as err:
         vramplan.estimate_inference({"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "batch_size": 0,
-                                     "seq_length": "long", "shared_prefix_ratio": 1.5, "colour": "red"})
+                                     "seq_length": "long", "shared_prefix_ratio": 1.5, "colour": "red"}, strict=True)
     fields = {w for w, _ in err.value.problems}
-    assert {"batch_size", "seq_length", "shared_prefix_ratio", "body"} <= fields
-    assert "'colour' was unexpected" in str(err.value)
+    assert {"batch_size", "seq_length", "shared_prefix_ratio", "colour"} <= fields
+    assert "colour: unknown field" in str(err.value)
 
 
 def test_missing_required_fields():
-    with pytest.raises(RequestError, match="'gpu_key' is a required property"):
+    # each under its own name, not "body" (issue 12)
+    with pytest.raises(RequestError) as err:
         vramplan.estimate_finetuning({"llm_key": "llama-3-8b-instruct"})
+    assert err.value.problems == [("gpu_key", "is required")]
+    with pytest.raises(RequestError) as err:
+        vramplan.estimate_inference({})
+    assert err.value.problems == [("gpu_key", "is required"), ("llm_key", "is required")]
     with pytest.raises(RequestError, match="body: must be a JSON object"):
         vramplan.estimate_inference(["not", "an", "object"])
 

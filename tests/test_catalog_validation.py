@@ -176,3 +176,64 @@ def test_model_config_missing_fields_names_them(tmp_path):
         """)
     msg = skipped(plugin)
     assert "half-a-model.config.hidden_size" in msg and "vocab_size" in msg
+
+
+# -- YAML aliases (issue 12, item 6) -----------------------------------------------------------------
+
+def _laughs(levels: int = 9, width: int = 9) -> str:
+    lines = ['a0: &a0 ["lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("kind", ["gpus", "runtimes"])
+def test_an_alias_bomb_is_refused_at_once(tmp_path, kind):
+    """9 levels x 9 aliases in a few hundred bytes stand for 9^9 = 387,420,489 nodes: a plugin's file
+    is skipped and named, the rest of the catalog loads."""
+    import time
+
+    plugin = plugin_with(tmp_path, kind, _laughs())
+    t0 = time.perf_counter()
+    assert re.search(r"broken\.yaml:\d+: not valid YAML: expands to more than 200,000 nodes", skipped(plugin))
+    assert time.perf_counter() - t0 < 60  # the catalog itself takes seconds on a loaded machine
+
+
+def test_an_alias_bomb_in_a_formula_folder_is_refused(tmp_path, monkeypatch):
+    from vramplan.errors import FormulaError
+
+    (tmp_path / "bomb.yaml").write_text(_laughs())
+    monkeypatch.setenv("VRAMPLAN_FORMULA_PATH", str(tmp_path))
+    with pytest.raises(FormulaError, match="bomb.yaml:.*expands to more than"):
+        build_catalog(load_entrypoints=False)
+
+
+def test_a_self_referencing_alias_is_refused(tmp_path):
+    plugin = plugin_with(tmp_path, "gpus", "gpus: &g {x: *g}\n")
+    assert "alias *g refers to a node that contains it" in skipped(plugin)
+
+
+def test_modest_aliases_still_load(tmp_path):
+    """The built-in catalogs share config blocks with anchors (llama.yaml, mistral.yaml)."""
+    from vramplan.datafiles import read_yaml
+
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {x: 1, y: [1, 2]}\none: *b\ntwo: {<<: *b, x: 3}\n")
+    assert read_yaml(path) == {"base": {"x": 1, "y": [1, 2]}, "one": {"x": 1, "y": [1, 2]}, "two": {"x": 3, "y": [1, 2]}}
+
+
+def test_a_data_file_that_is_not_a_regular_file_is_refused(tmp_path):
+    import os
+
+    folder = tmp_path / "gpus"
+    folder.mkdir()
+    os.symlink("/dev/zero", folder / "zero.yaml")
+
+    class Plugin:
+        __name__ = "broken-data"
+
+        @hookimpl
+        def register_catalog_dirs(self):
+            return [tmp_path]
+
+    assert "zero.yaml: is not a regular file" in skipped(Plugin())

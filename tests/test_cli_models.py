@@ -168,3 +168,26 @@ def test_saved_model_is_loaded_by_the_catalog_and_estimates(tmp_path, monkeypatc
         assert weights == 1_235_814_400 * 2  # Llama 3.2 1B's architecture in fp16
     finally:
         reset()
+
+
+def test_import_of_hostile_files_exits_2_naming_file_and_limit(tmp_path):
+    """Issue 12, item 9: each was a traceback (exit 1), a MemoryError or an endless read."""
+    import os
+    import struct
+
+    os.symlink("/dev/zero", tmp_path / "config.json")
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "digits.json").write_text('{"hidden_size": ' + "9" * 4401 + "}")
+    (tmp_path / "layers.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 1e9,
+                                                      "num_attention_heads": 4, "vocab_size": 100,
+                                                      "intermediate_size": 128}))
+    header = json.dumps({"w": {"dtype": "F16", "shape": [10**18] * 300, "data_offsets": [0, 2]}}).encode()
+    (tmp_path / "dims.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
+    cases = {"config.json": "is not a regular file", "deep.json": "nested too deeply",
+             "digits.json": "an integer of 4401 digits (at most 30)",
+             "layers.json": "num_hidden_layers: must be an integer from 1 to 4,096, got 1000000000.0",
+             "dims.safetensors": "has 300 dimensions (limit 16)"}
+    for name, why in cases.items():
+        res = CliRunner().invoke(models, ["import", str(tmp_path / name)])
+        assert res.exit_code == 2, (name, res.output)
+        assert name in res.output and why in res.output and "Traceback" not in res.output, res.output

@@ -75,7 +75,7 @@ def test_twenty_failed_tokens_then_429_with_retry_after(client, clock):
 def test_blocked_address_is_refused_before_the_store_is_asked(client, app, clock, auth_headers):
     calls = []
     verify = app.state.store.verify
-    app.state.store.verify = lambda token: calls.append(token) or verify(token)
+    app.state.store.verify = lambda token, **kw: calls.append(token) or verify(token, **kw)
     for _ in range(TOKEN_FAILURES_PER_MINUTE):
         gpus(client, BAD)
     assert len(calls) == 20

@@ -205,3 +205,130 @@ def test_truncated_safetensors_data(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(RequestError, match="no such file"):
         read_model_file(tmp_path / "nope.gguf")
+
+
+# -- hostile files: caps before reading (issue 12, item 9) ------------------------------------------
+
+def _gguf_header(kv: bytes, n_kv: int = 1, n_tensors: int = 0) -> bytes:
+    """GGUF v3 (ggml docs/gguf.md): magic, version u32, tensor count u64, key count u64, then key/values."""
+    return b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv) + kv
+
+
+def _key(name: str) -> bytes:
+    return struct.pack("<Q", len(name)) + name.encode()
+
+
+def test_gguf_array_claiming_2_62_items_is_refused_before_the_reader(tmp_path):
+    """84 bytes claiming an array of 2^62 uint8: the gguf reader grew ~75 MB/s until killed."""
+    evil = _gguf_header(_key("general.evil") + struct.pack("<IIQ", 9, 0, 2**62))
+    path = tmp_path / "evil.gguf"
+    path.write_bytes(evil.ljust(84, b"\0"))
+    with pytest.raises(RequestError) as err:
+        read_model_file(path)
+    assert str(err.value) == (f"{path}: is not a usable GGUF file: key general.evil claims an array of "
+                              "4,611,686,018,427,387,904 items with 24 bytes left (limit 10,000,000 items)")
+    # 84 bytes - (24 header + 20 key + 4 type + 4 item type + 8 count) = 24 left
+
+
+@pytest.mark.parametrize("kv, n_kv, n_tensors, why", [
+    (b"", 10**9, 0, "1,000,000,000 metadata keys (limit 100,000)"),
+    (b"", 0, 10**8, "100,000,000 tensors (limit 1,000,000)"),
+    (_key("general.name") + struct.pack("<IQ", 8, 2**40), 1, 0, "key general.name claims a string of 1,099,511,627,776 bytes"),
+    (_key("a") + struct.pack("<IIQ", 9, 8, 10**6), 1, 0, "key a claims an array of 1,000,000 items"),
+    (_key("a") + struct.pack("<I", 99), 1, 0, "key a has unknown value type 99"),
+    (_key("t") + struct.pack("<I", 60000), 0, 1, "tensor 0 has 60,000 dimensions (limit 8)"),
+])
+def test_gguf_header_counts_are_checked_against_the_file(tmp_path, kv, n_kv, n_tensors, why):
+    path = tmp_path / "bad.gguf"
+    body = _gguf_header(kv, n_kv, n_tensors) if n_tensors == 0 else _gguf_header(kv, 0, n_tensors)
+    path.write_bytes(body.ljust(200, b"\0"))
+    with pytest.raises(RequestError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        read_model_file(path)
+
+
+def test_the_tiny_gguf_still_passes_the_header_walk(tmp_path):
+    from vramplan.modelfiles import check_gguf_header
+
+    _write_tiny_gguf(tmp_path / "tiny.gguf")
+    check_gguf_header(tmp_path / "tiny.gguf")  # token list, tensors, every value type it writes
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "/dev/urandom"])
+def test_a_config_linked_to_a_device_is_refused(tmp_path, target):
+    import os
+
+    os.symlink(target, tmp_path / "config.json")
+    with pytest.raises(RequestError, match="config.json: is not a regular file"):
+        read_model_file(tmp_path / "config.json")
+    with pytest.raises(RequestError, match="is not a regular file"):
+        read_model_file(tmp_path)  # the folder picks config.json
+
+
+@pytest.mark.parametrize("content, why", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ('{"hidden_size": ' + "9" * 4401 + "}", "an integer of 4401 digits (at most 30)"),
+    ('{"hidden_size": NaN}', "NaN is not a JSON number"),
+])
+def test_hostile_json_is_one_clear_error(tmp_path, content, why):
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(RequestError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        read_model_file(path)
+
+
+def test_oversized_json_is_refused_before_reading(tmp_path, monkeypatch):
+    import vramplan.modelfiles as modelfiles
+
+    monkeypatch.setattr(modelfiles, "MAX_JSON_BYTES", 1000)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"x": "y" * 2000}))
+    # {"x": "yy...y"}: 7 + 2000 + 2 = 2,009 bytes
+    with pytest.raises(RequestError, match="is 2,009 bytes; JSON model files are limited to 1,000"):
+        read_model_file(path)
+
+
+def _raw_safetensors(path, header: dict, data: bytes = b"\0\0"):
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+@pytest.mark.parametrize("shape, why", [
+    ([10**18] * 300, "has 300 dimensions (limit 16)"),
+    ([1] * 60_000, "has 60,000 dimensions (limit 16)"),
+    ([10**18] * 16, "does not fill its 2 bytes"),
+    ([3], "does not fill its 2 bytes"),  # 3 F16 elements are 6 bytes, not 2
+])
+def test_safetensors_shapes_must_account_for_their_bytes(tmp_path, shape, why):
+    import time
+
+    path = tmp_path / "w.safetensors"
+    _raw_safetensors(path, {"w": {"dtype": "F16", "shape": shape, "data_offsets": [0, 2]}})
+    t0 = time.perf_counter()
+    with pytest.raises(RequestError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        read_model_file(path)
+    assert time.perf_counter() - t0 < 1  # 60,000 dimensions took 10.8 s
+
+
+def test_index_shards_must_be_file_names_beside_it(tmp_path):
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "../../etc/passwd"}}))
+    with pytest.raises(RequestError, match="shards must be file names beside it"):
+        read_model_file(tmp_path / "model.safetensors.index.json")
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": ["a"]}, "metadata": []}))
+    with pytest.raises(RequestError, match="malformed weight_map"):
+        read_model_file(tmp_path / "model.safetensors.index.json")
+
+
+def test_gguf_metadata_of_the_wrong_type_is_named_by_the_key_check(tmp_path):
+    """A GGUF whose block_count is a string reaches the architecture check as config.num_hidden_layers."""
+    w = GGUFWriter(str(tmp_path / "s.gguf"), "llama")
+    w.add_string("llama.block_count", "many")
+    w.add_embedding_length(HIDDEN)
+    w.add_tensor("token_embd.weight", np.zeros((VOCAB, HIDDEN), dtype=np.float16))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    info = read_model_file(tmp_path / "s.gguf")
+    assert info["config"]["num_hidden_layers"] == "many"
+    with pytest.raises(RequestError, match=r"num_hidden_layers: must be an integer from 1 to 4,096, got 'many'"):
+        from_hf_config(info["config"], where="s.gguf")

@@ -134,3 +134,22 @@ def test_a_preallocated_kv_pool_at_its_utilisation_is_not_a_headroom_problem():
     out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm"})
     assert out["memory_status"] == "very_high" and "kv_pool" in out
     assert "suggestions" not in out
+
+
+def test_a_model_beyond_any_node_gets_an_empty_list_from_the_bound():
+    """The largest config the schema allows (hidden 2^20, 4096 layers, ~6.6 PB of fp16 weights) cannot fit even
+    in 1-bit weights over 8 of the largest catalog GPU: two bounding estimates say so, no search runs."""
+    import vramplan.suggest as suggest
+    from vramplan.configkeys import largest_config
+
+    body = {"gpu_key": "h100_80", "llm_key": "custom", "custom_model": largest_config()}
+    out = vramplan.estimate_inference(body)
+    assert out["memory_status"] == "insufficient" and out["suggestions"] == []
+    runs = []
+    real = suggest.run
+    try:
+        suggest.run = lambda *a, **k: runs.append(a) or real(*a, **k)
+        vramplan.estimate_inference(body)
+    finally:
+        suggest.run = real
+    assert len(runs) <= 3  # the estimate itself and the two bounds

@@ -210,3 +210,11 @@ def test_cli_bad_database_url_exits_2(monkeypatch):
     monkeypatch.setenv("VRAMPLAN_DATABASE_URL", "mysql://x/y")
     result = CliRunner().invoke(tokens, ["list"])
     assert result.exit_code == 2 and "unsupported scheme" in result.stderr
+
+
+def test_operator_sessions_in_postgres(postgres_store):
+    """Logout ends a session for every instance sharing the database (issue 12, item 8)."""
+    sid = postgres_store.create_session(60)
+    assert postgres_store.session_active(sid) and not postgres_store.session_active(sid + "x")
+    postgres_store.end_session(sid)
+    assert not postgres_store.session_active(sid)

@@ -86,10 +86,17 @@ def page_sessions_from_env() -> bool:
     return os.environ.get("VRAMPLAN_PAGE_SESSIONS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+#: The reverse proxies whose ``X-Forwarded-For`` names the client (``vramplan serve --forwarded-allow-ips``).
+FORWARDED_ALLOW_IPS_ENV = "VRAMPLAN_FORWARDED_ALLOW_IPS"
+
+
 def create_app(store: TokenStore | None = None, admin_secret: str | None = None, *,
-               page_sessions: bool | None = None) -> Starlette:
+               page_sessions: bool | None = None, forwarded_allow_ips: str | None = None) -> Starlette:
     """The app. ``page_sessions``: may the calculator page call the API without a token (default: yes,
-    unless ``$VRAMPLAN_PAGE_SESSIONS`` is 0)."""
+    unless ``$VRAMPLAN_PAGE_SESSIONS`` is 0). ``forwarded_allow_ips``: comma-separated addresses or
+    networks of the reverse proxies in front of the server (default ``$VRAMPLAN_FORWARDED_ALLOW_IPS``,
+    else none): a request from one of them is taken to come from the client its ``X-Forwarded-For``
+    names, so rate limits count each client, not the proxy; from anywhere else the header is ignored."""
     store = store if store is not None else open_store()
     admin_secret = admin_secret if admin_secret is not None else auth.load_admin_secret()
     app = Starlette(
@@ -108,6 +115,11 @@ def create_app(store: TokenStore | None = None, admin_secret: str | None = None,
     app.state.token_fail_limiter = auth.RateLimiter(api.TOKEN_FAILURES_PER_MINUTE, 60)
     app.state.hub_policy = hub.policy_from_env(server=True)  # Hub ids off unless VRAMPLAN_HUB_LOOKUPS=1
     app.add_middleware(SecurityHeaders)
+    proxies = forwarded_allow_ips if forwarded_allow_ips is not None else os.environ.get(FORWARDED_ALLOW_IPS_ENV, "")
+    if proxies.strip():
+        from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=proxies.strip())  # outermost: every limit sees it
     return app
 
 

@@ -103,11 +103,13 @@ class Signer:
         return f"{body}.{_b64(hmac.new(self._key, body.encode('ascii'), hashlib.sha256).digest())}"
 
     def unsign(self, value: str | None) -> dict | None:
-        if not value or value.count(".") != 1 or len(value) > 4096:
+        """The payload of a cookie this signer made and that has not expired, else None (never raises:
+        the value comes from the client, ``a.é`` included)."""
+        if not value or not value.isascii() or value.count(".") != 1 or len(value) > 4096:
             return None
         body, sig = value.split(".")
-        expected = _b64(hmac.new(self._key, body.encode("ascii", "replace"), hashlib.sha256).digest())
-        if not hmac.compare_digest(sig, expected):
+        expected = _b64(hmac.new(self._key, body.encode("ascii"), hashlib.sha256).digest())
+        if not hmac.compare_digest(sig.encode("ascii"), expected.encode("ascii")):
             return None
         try:
             payload = json.loads(_unb64(body))
@@ -197,9 +199,26 @@ def same_origin(request) -> bool:
     return origin.split("://", 1)[-1] == host and origin.split("://", 1)[0] in ("http", "https")
 
 
+def prefers_strict(headers) -> bool:
+    """True if the request says ``Prefer: handling=strict`` (RFC 7240 §4.4; several ``Prefer`` headers
+    and comma-separated preferences allowed, names case-insensitive, the value optionally quoted)."""
+    for value in headers.getlist("prefer") if hasattr(headers, "getlist") else [headers.get("prefer", "")]:
+        for pref in value.split(","):
+            name, _, token = pref.split(";", 1)[0].partition("=")
+            if name.strip().lower() == "handling" and token.strip().strip('"').lower() == "strict":
+                return True
+    return False
+
+
 def client_key(request) -> str:
     """The rate-limit key of the caller: its IPv4 address, or the /64 network of its IPv6 address
-    (one host usually holds a whole /64, so per-address limits on IPv6 would be per-guess)."""
+    (one host usually holds a whole /64, so per-address limits on IPv6 would be per-guess).
+
+    The address is the connection's peer, or — only when the operator named the reverse proxies in
+    front of the server (``vramplan serve --forwarded-allow-ips``) and the request came through one
+    of them — the client that proxy names in ``X-Forwarded-For`` (uvicorn's ProxyHeadersMiddleware
+    rewrites the peer before any handler runs). A client cannot choose its own key by sending the
+    header to a server that does not trust it."""
     host = request.client.host if request.client else "unknown"
     if ":" in host:
         try:

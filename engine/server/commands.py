@@ -36,7 +36,11 @@ def _store():
               help="Worker processes (they share the token store and the operator secret).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
-def serve(host: str, port: int, workers: int, log_level: str) -> None:
+@click.option("--forwarded-allow-ips", envvar="VRAMPLAN_FORWARDED_ALLOW_IPS", default="", metavar="IPS",
+              help="Comma-separated addresses or networks of the reverse proxies in front of the server; requests "
+                   "from them are counted against the client their X-Forwarded-For names (rate limits). "
+                   "Default: none (the header is ignored).")
+def serve(host: str, port: int, workers: int, log_level: str, forwarded_allow_ips: str) -> None:
     """Run the HTTP API, the calculator page (/), the API docs (/docs) and token settings (/settings).
 
     Tokens live in $VRAMPLAN_DATABASE_URL (default: a SQLite file in the user data directory).
@@ -45,20 +49,32 @@ def serve(host: str, port: int, workers: int, log_level: str) -> None:
     The calculator page calls the API with a short-lived page session; VRAMPLAN_PAGE_SESSIONS=0
     makes it ask for a token instead.
     """
+    import os
+
     import uvicorn
 
+    from ..catalog import get_catalog
+    from ..errors import VramplanError
+    from .app import FORWARDED_ALLOW_IPS_ENV
     from .auth import ADMIN_SECRET_ENV, admin_secret_path, load_admin_secret
+    from .protocol import json_errors_protocol
 
     _store().close()  # fail early on a bad database URL, and create the schema once, before workers fork
+    try:  # fail loudly on broken data (a formula folder in VRAMPLAN_FORMULA_PATH, a catalog), naming the file
+        get_catalog()
+    except VramplanError as exc:
+        _fail(f"the catalog does not load: {exc}")
     load_admin_secret()  # generated (and its path announced) here, before workers start
-    import os
+    if forwarded_allow_ips.strip():
+        os.environ[FORWARDED_ALLOW_IPS_ENV] = forwarded_allow_ips.strip()  # every worker's app reads it
 
     where = f"${ADMIN_SECRET_ENV}" if os.environ.get(ADMIN_SECRET_ENV, "").strip() else str(admin_secret_path())
     click.echo(f"vramplan: serving on http://{host}:{port}/ (API docs /docs, tokens /settings; "
                f"operator secret from {where})", err=True)
     with tcp_nodelay_for_workers():
         uvicorn.run("vramplan.server.app:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, log_level=log_level, server_header=False, proxy_headers=False)
+                    workers=workers, log_level=log_level, server_header=False, proxy_headers=False,
+                    http=json_errors_protocol())
 
 
 @contextlib.contextmanager

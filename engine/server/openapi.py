@@ -61,14 +61,25 @@ AUTH = (
     "A missing, unknown or revoked token gets 401 with `WWW-Authenticate: Bearer`; after "
     f"{TOKEN_FAILURES_PER_MINUTE} failed tokens "
     "in a minute from one client address (IPv6: one /64), that address gets 429 with `Retry-After` for any "
-    "token until the minute has passed (valid tokens never count). The calculator page at `/` "
+    "token until the minute has passed (valid tokens never count). The client address is the connection's "
+    "peer, or the client named in `X-Forwarded-For` by a reverse proxy the operator listed with "
+    "`vramplan serve --forwarded-allow-ips` (from anyone else the header is ignored). The calculator page at `/` "
     "calls the API with a short-lived page session instead (an HttpOnly cookie plus the `X-Vramplan-Page: 1` "
     "header, same-origin only, rate-limited); every other client needs a token. An operator who wants the "
     "page closed too sets `VRAMPLAN_PAGE_SESSIONS=0`; the page then asks for a token."
 )
 
+COMPATIBILITY = (
+    "**Fields this server does not know** are ignored, and the response's `warnings` names each one with the "
+    "closest known field (clients written for the apxml API may send more than vramplan models). Send "
+    "`Prefer: handling=strict` (RFC 7240) to have them refused with 422 instead; the response then carries "
+    "`Preference-Applied: handling=strict`. **`null`** for an optional field means the field is absent (its "
+    "default applies)."
+)
+
 ERRORS = (
-    "**Errors** are always JSON (`Error`): 400 malformed JSON, 401 missing/wrong token, 405 wrong method, "
+    "**Errors** are always JSON (`Error`): 400 malformed JSON or HTTP request (e.g. a Content-Length that is "
+    "not a number), 401 missing/wrong token, 405 wrong method, "
     f"413 body over {MAX_BODY_BYTES // 1024} KiB, 415 Content-Type not `application/json`, 429 too many "
     "failed tokens or page calls (`Retry-After`), 422 a request "
     "the engine refuses — every bad field with its path and reason, and for an unknown gpu/llm/quantization "
@@ -106,6 +117,52 @@ def load_schema(filename: str) -> dict:
     return copy.deepcopy(datafiles.load_schema(filename.removesuffix(".schema.json")))
 
 
+#: Request schemas as the wire accepts them by default (see :func:`as_accepted`).
+REQUEST_COMPONENTS = ("InferenceRequest", "FinetuningRequest")
+
+
+def as_accepted(schema: dict) -> dict:
+    """A request schema as the API accepts it without ``Prefer: handling=strict``.
+
+    The schema files list the fields the engine knows (``additionalProperties: false``), which is what
+    strict mode enforces. By default the server also takes unknown fields (ignored, with a warning)
+    and ``null`` for any optional field (= absent); the published document says so, so that a client
+    generated from it, or a fuzzer, sees the real contract.
+    """
+    out = dict(schema)
+    if out.get("additionalProperties") is False:
+        del out["additionalProperties"]
+    required = set(out.get("required", []))
+    props = {}
+    for name, prop in (out.get("properties") or {}).items():
+        if name == "custom_model":  # document the config.json keys read, with their types and bounds
+            from ..configkeys import json_schema
+
+            prop = {**json_schema(), "description": prop.get("description", "")}
+        elif prop.get("type") == "object" and prop.get("properties"):
+            prop = as_accepted(prop)
+        elif prop.get("type") == "object" and isinstance(prop.get("additionalProperties"), dict):
+            prop = {**prop, "additionalProperties": _nullable(prop["additionalProperties"])}
+        props[name] = prop if name in required else _nullable(prop)
+    if props:
+        out["properties"] = props
+    return out
+
+
+def _nullable(prop: dict) -> dict:
+    """``prop`` that also accepts ``null``."""
+    if isinstance(prop.get("type"), str):
+        out = {**prop, "type": [prop["type"], "null"]}
+        if "enum" in prop:
+            out["enum"] = [*prop["enum"], None]
+        return out
+    if "enum" in prop and "type" not in prop:
+        return {**prop, "enum": [*prop["enum"], None]}
+    keep = {k: prop[k] for k in ("description", "default") if k in prop}
+    inner = {k: v for k, v in prop.items() if k not in keep}
+    return {"anyOf": [inner, {"type": "null"}], **keep}
+
+
 def _version() -> str:
     try:
         from importlib.metadata import version
@@ -133,11 +190,13 @@ def _common_errors(post: bool) -> dict:
            "503": _error("The token store is unavailable (`Retry-After` says when to try again).")}
     if post:
         out.update({
-            "400": _error("Malformed JSON."),
+            "400": _error("Malformed JSON, or an HTTP request that cannot be parsed (e.g. Content-Length: -1)."),
             "413": _error(f"Body over {MAX_BODY_BYTES // 1024} KiB."),
             "415": _error("Content-Type is not application/json."),
-            "422": _error("Schema violation (every bad field with its path and reason) or unknown "
-                          "gpu/llm/quantization key (with the closest valid keys)."),
+            "422": _error("Schema violation (every bad field with its path and reason), unknown "
+                          "gpu/llm/quantization key (with the closest valid keys), a custom_model key of the "
+                          "wrong type or beyond what any real model has, a number the formulas cannot size, "
+                          "or (with `Prefer: handling=strict`) a field this server does not know."),
         })
     return dict(sorted(out.items()))
 
@@ -197,6 +256,8 @@ SEED_FINETUNING = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "fin
 @lru_cache(maxsize=1)
 def _document() -> str:
     schemas = {name: load_schema(filename) for name, filename in SCHEMA_FILES.items()}
+    for name in REQUEST_COMPONENTS:
+        schemas[name] = as_accepted(schemas[name])
     schemas["Error"] = ERROR_SCHEMA
     doc = {
         "openapi": "3.1.0",
@@ -208,7 +269,7 @@ def _document() -> str:
             "description": "\n\n".join([
                 "GPU memory and speed estimates for LLM inference and fine-tuning, wire-compatible with "
                 "the public apxml VRAM-calculator API: a client written for it works by changing only "
-                "the base URL.", UNITS, MEANINGS, AUTH, ERRORS]),
+                "the base URL.", UNITS, MEANINGS, AUTH, COMPATIBILITY, ERRORS]),
             "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
         },
         "servers": [{"url": "/", "description": "this server"}],
@@ -252,7 +313,7 @@ def _document() -> str:
                     {"name": "workload", "in": "query", "required": True,
                      "schema": {"enum": ["inference", "finetuning"]}},
                     {"name": "format", "in": "query", "required": False, "schema": {"enum": ["html", "markdown"]}}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"anyOf": [
                     _ref("InferenceRequest"), _ref("FinetuningRequest")]}}}},
                 "responses": {"200": {"description": "The rendered report.", "content": {
                     "text/html": {"schema": {"type": "string"}}, "text/markdown": {"schema": {"type": "string"}}}},

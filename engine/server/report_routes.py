@@ -36,7 +36,8 @@ from starlette.routing import Route
 
 from ..errors import RequestError, VramplanError
 from .. import hub
-from .api import PREFIX, _call_engine, hub_policy, read_json_object
+from . import auth
+from .api import PREFIX, _applied, _call_engine, _names_hub_model, hub_policy, read_json_object, run_engine
 from .errors import error_response, request_error_response
 
 log = logging.getLogger("vramplan.server")
@@ -93,12 +94,12 @@ def report_csp(html: str) -> str:
     return f"default-src 'none'; style-src {hashes or chr(39) + 'none' + chr(39)}; img-src data:; frame-ancestors 'none'; base-uri 'none'"
 
 
-def _render(body: dict, workload: str, fmt: str) -> str:
+def _render(body: dict, workload: str, fmt: str, strict: bool = False) -> str:
     import vramplan
     from ..report import render_report
 
     estimate = vramplan.estimate_inference if workload == "inference" else vramplan.estimate_finetuning
-    return render_report(body, estimate({**body, "trace": True}), workload, fmt)
+    return render_report(body, estimate({**body, "trace": True}, strict=strict), workload, fmt)
 
 
 async def report_endpoint(request: Request) -> Response:
@@ -115,11 +116,17 @@ async def report_endpoint(request: Request) -> Response:
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
+    strict = auth.prefers_strict(request.headers)
     try:
         with hub.using(hub_policy(request)):
-            text = await run_in_threadpool(_render, body, workload, fmt)
+            if _names_hub_model((body,)):  # a Hub lookup waits on the network: the general thread pool
+                text = await run_in_threadpool(_render, body, workload, fmt, strict)
+            else:
+                text = await run_engine(_render, body, workload, fmt, strict)
     except RequestError as exc:
-        return request_error_response(exc)
+        response = request_error_response(exc)
+        response.headers.update(_applied(strict))
+        return response
     except VramplanError as exc:
         incident = secrets.token_hex(6)
         log.error("engine error in report (incident %s): %s", incident, exc)
@@ -130,6 +137,7 @@ async def report_endpoint(request: Request) -> Response:
         log.exception("unexpected error in report (incident %s)", incident)
         return error_response(500, f"internal error (incident {incident}); the server log has the details")
     headers = {"Content-Security-Policy": report_csp(text)} if fmt == "html" else {}
+    headers.update(_applied(strict))
     return Response(text, media_type=REPORT_FORMATS[fmt], headers=headers)
 
 

@@ -1,0 +1,371 @@
+"""Every ``config.json`` key the engine reads, with its type and bounds: the guard in front of
+:func:`vramplan.architecture.from_hf_config`.
+
+A ``config.json`` is hostile input (a request's ``custom_model``, a file given to ``models
+import``), so each key is checked before anything is computed from it: its type (a string where a
+count belongs was a 500 with a traceback) and a range that no real model comes near (30,000,000
+layers made a worker build a 30-million-item tuple for 7.5 s). The bounds are far above the
+largest published models — each entry says which model holds today's record — and low enough
+that every product the formulas take of them stays a finite float.
+
+The tables are grouped by the family that introduced the keys. The engine reads every key
+whatever ``model_type`` says (a ``llama`` config with ``kv_lora_rank`` is read as MLA), so every
+group is checked for every config. A new family adds its group to :data:`FAMILY_KEYS` (and its
+nested objects' keys to :data:`VISION_KEYS` / :data:`AUDIO_KEYS`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Ceilings shared by several keys.
+MAX_LAYERS = 4096            # record: 126 layers (Llama 3.1 405B)
+MAX_WIDTH = 1 << 20          # record hidden size: 16,384 (Llama 3.1 405B)
+MAX_FFN = 1 << 22            # record FFN width: 53,248 (Llama 3.1 405B)
+MAX_HEADS = 16384            # record: 232 heads (Falcon-180B)
+MAX_HEAD_DIM = 16384         # record: 256 (Gemma 2/3)
+MAX_VOCAB = 1 << 24          # record: 262,208 (Gemma 3)
+MAX_CONTEXT = 1 << 30        # record: 10,485,760 tokens (Llama 4 Scout)
+MAX_EXPERTS = 65536          # record: 512 routed experts (Qwen3-Next)
+MAX_RANK = 65536             # record MLA rank: 1,536 (DeepSeek-V3 q_lora_rank)
+MAX_STATE = 65536            # record SSM state size: 256 (Granite 4.0-H mamba_d_state)
+MAX_KERNEL = 1024            # record causal-conv kernel: 4 (Mamba, Qwen3-Next)
+MAX_SMALL = 1024             # small counts: channels, tiles, AltUp inputs, merge sizes
+MAX_NAME = 200               # characters of a model_type, a layer type, an encoder name
+MAX_TEXT = 1000              # characters of any other string key read (a model name)
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key.
+
+    ``kind``: ``int``, ``number`` (a finite int or float), ``bool``, ``str``, ``object`` (whose keys
+    ``fields`` lists, if given), ``object_list`` (a list of such objects), ``int_list``, ``str_list``,
+    ``int_lists`` (a list of lists of ints), ``int_or_list`` (an int or a list of ints) or
+    ``int_or_auto``. ``lo``/``hi`` bound a number (or every int of a list); ``record`` names the
+    largest real value; ``max_len`` bounds a string or a list.
+    """
+
+    kind: str
+    lo: float = 0
+    hi: float = 0
+    record: str = ""
+    max_len: int = MAX_LAYERS
+    fields: dict[str, Key] | None = field(default=None, compare=False, hash=False)
+
+
+def _count(lo: int, hi: int, record: str) -> Key:
+    return Key("int", lo, hi, record)
+
+
+_LAYERS = _count(1, MAX_LAYERS, "126 (Llama 3.1 405B)")
+_HIDDEN = _count(1, MAX_WIDTH, "16,384 (Llama 3.1 405B)")
+_FFN = _count(1, MAX_FFN, "53,248 (Llama 3.1 405B)")
+_HEADS = _count(1, MAX_HEADS, "232 (Falcon-180B)")
+_HEAD_DIM = _count(1, MAX_HEAD_DIM, "256 (Gemma 2/3)")
+_VOCAB = _count(1, MAX_VOCAB, "262,208 (Gemma 3)")
+_CONTEXT = _count(1, MAX_CONTEXT, "10,485,760 (Llama 4 Scout)")
+_EXPERTS = _count(0, MAX_EXPERTS, "512 (Qwen3-Next)")
+_TOP_K = _count(0, MAX_EXPERTS, "10 (Qwen3-Next)")
+_STEP = _count(1, MAX_LAYERS, "8 (Jamba attn_layer_period)")
+_OFFSET = _count(0, MAX_LAYERS, "4 (Jamba attn_layer_offset)")
+_KERNEL = _count(1, MAX_KERNEL, "4 (Mamba, Qwen3-Next)")
+_STATE = _count(1, MAX_STATE, "256 (Granite 4.0-H)")
+_TOKENS = _count(0, 1 << 20, "576 (LLaVA-1.5 image_seq_length)")
+_LAYER_INDICES = Key("int_list", 0, MAX_LAYERS - 1)
+_FLAG = Key("bool")
+_NAME = Key("str", max_len=MAX_NAME)
+
+#: Keys of every family: transformers' ``PretrainedConfig`` names and their GPT-2 / Falcon / T5 spellings.
+COMMON_KEYS: dict[str, Key] = {
+    "model_type": _NAME,
+    "_name_or_path": Key("str", max_len=MAX_TEXT),
+    "hidden_size": _HIDDEN, "n_embd": _HIDDEN, "d_model": _HIDDEN,
+    "num_hidden_layers": _LAYERS, "n_layer": _LAYERS, "num_layers": _LAYERS, "n_layers": _LAYERS,
+    "num_attention_heads": _HEADS, "n_head": _HEADS, "num_heads": _HEADS,
+    "vocab_size": _VOCAB, "padded_vocab_size": _VOCAB,
+    # an int, or one width per layer (Gemma 3n)
+    "intermediate_size": Key("int_or_list", 1, MAX_FFN, "53,248 (Llama 3.1 405B)"),
+    "ffn_dim": _FFN, "n_inner": _FFN, "ffn_hidden_size": _FFN,
+    "head_dim": _HEAD_DIM,
+    "max_position_embeddings": _CONTEXT, "n_positions": _CONTEXT, "max_seq_len": _CONTEXT,
+    "tie_word_embeddings": _FLAG, "attention_bias": _FLAG, "qkv_bias": _FLAG, "mlp_bias": _FLAG,
+    "lm_head_bias": _FLAG,
+}
+
+#: Keys a family introduced, by family.
+FAMILY_KEYS: dict[str, dict[str, Key]] = {
+    # grouped-query / multi-query attention (Llama 2 70B, Falcon, GPT-BigCode)
+    "gqa": {"num_key_value_heads": _HEADS, "num_kv_heads": _HEADS, "n_head_kv": _HEADS, "multi_query": _FLAG},
+    # sliding-window attention: Mistral, Gemma 2/3 (layer_types or sliding_window_pattern), Cohere 2, Qwen 2
+    "sliding_window": {
+        "sliding_window": _count(0, MAX_CONTEXT, "131,072 (Qwen 2.5)"),
+        "use_sliding_window": _FLAG,
+        "sliding_window_pattern": _count(1, MAX_LAYERS, "6 (Gemma 3)"),
+        "layer_types": Key("str_list", max_len=MAX_LAYERS),
+    },
+    # mixture of experts: Mixtral, Qwen-MoE, DeepSeek, Phi-3.5-MoE, gpt-oss, Llama 4
+    "moe": {
+        "num_local_experts": _EXPERTS, "num_experts": _EXPERTS, "n_routed_experts": _EXPERTS,
+        "num_experts_per_tok": _TOP_K, "moe_topk": _TOP_K, "top_k": _TOP_K, "experts_per_token": _TOP_K,
+        "moe_intermediate_size": _FFN, "expert_intermediate_size": _FFN,
+        "shared_expert_intermediate_size": _count(0, MAX_FFN, "20,480 (Qwen1.5-MoE-A2.7B)"),
+        "n_shared_experts": _count(0, MAX_EXPERTS, "2 (DeepSeek-V2)"),
+        "first_k_dense_replace": _count(0, MAX_LAYERS, "3 (DeepSeek-V3)"),
+        "interleave_moe_layer_step": _STEP, "decoder_sparse_step": _STEP, "moe_layer_freq": _STEP,
+        "moe_layers": _LAYER_INDICES,
+        "mlp_only_layers": _LAYER_INDICES,
+        "intermediate_size_mlp": _FFN,
+    },
+    # multi-head latent attention: DeepSeek V2/V3, Kimi K2
+    "mla": {
+        "kv_lora_rank": _count(0, MAX_RANK, "512 (DeepSeek-V3)"),
+        "q_lora_rank": _count(0, MAX_RANK, "1,536 (DeepSeek-V3)"),
+        "qk_rope_head_dim": _count(0, MAX_HEAD_DIM, "64 (DeepSeek-V3)"),
+        "qk_nope_head_dim": _count(0, MAX_HEAD_DIM, "128 (DeepSeek-V3)"),
+        "v_head_dim": _count(0, MAX_HEAD_DIM, "128 (DeepSeek-V3)"),
+    },
+    # Llama 4: chunked attention on RoPE layers, every n-th layer global
+    "llama4": {
+        "attention_chunk_size": _count(0, MAX_CONTEXT, "8,192 (Llama 4)"),
+        "no_rope_layers": Key("int_list", 0, 1),
+        "no_rope_layer_interval": _count(1, MAX_LAYERS, "4 (Llama 4)"),
+    },
+    # Cohere: q/k norm switched by a key
+    "cohere": {"use_qk_norm": _FLAG},
+    # DeciLM / Nemotron NAS (Llama-3.3-Nemotron-Super): per-layer attention and FFN shapes
+    "decilm": {"block_configs": Key("object_list", max_len=MAX_LAYERS, fields={
+        "attention": Key("object", fields={"no_op": _FLAG, "replace_with_linear": _FLAG,
+                                           "n_heads_in_group": _count(1, MAX_HEADS, "8 (Llama-3.3-Nemotron-Super)")}),
+        "ffn": Key("object", fields={"no_op": _FLAG, "replace_with_linear": _FLAG,
+                                     "ffn_mult": Key("number", 0, 1024, "5.25 (Llama-3.3-Nemotron-Super)")}),
+    })},
+    # Qwen3-Next: gated DeltaNet linear attention
+    "qwen3_next": {
+        "linear_conv_kernel_dim": _KERNEL,
+        "linear_key_head_dim": _HEAD_DIM, "linear_value_head_dim": _HEAD_DIM,
+        "linear_num_key_heads": _HEADS, "linear_num_value_heads": _HEADS,
+        "full_attention_interval": _count(1, MAX_LAYERS, "4 (Qwen3-Next)"),
+    },
+    # Mamba / Mamba2 mixers: Granite 4.0-H, Jamba (mamba_*), Nemotron-H (its own spellings)
+    "mamba": {
+        "mamba_n_heads": _HEADS, "mamba_n_groups": _HEADS, "mamba_d_state": _STATE, "mamba_d_conv": _KERNEL,
+        "mamba_expand": _count(1, MAX_SMALL, "2 (Mamba)"), "mamba_conv_bias": _FLAG, "mamba_proj_bias": _FLAG,
+        "mamba_d_head": Key("int_or_auto", 1, MAX_HEAD_DIM, "64 (Granite 4.0-H)"),
+        "mamba_dt_rank": Key("int_or_auto", 1, MAX_WIDTH, "256 (Jamba)"),
+        "shared_intermediate_size": _count(0, MAX_FFN, "1,024 (Granite 4.0-H)"),
+        "layers_block_type": Key("str_list", max_len=MAX_LAYERS),
+        "hybrid_override_pattern": Key("str", max_len=MAX_LAYERS),
+        "mamba_num_heads": _HEADS, "mamba_head_dim": _HEAD_DIM, "n_groups": _HEADS, "ssm_state_size": _STATE,
+        "conv_kernel": _KERNEL, "use_conv_bias": _FLAG, "use_bias": _FLAG, "attention_head_dim": _HEAD_DIM,
+        "attn_layer_period": _STEP, "attn_layer_offset": _OFFSET,
+        "expert_layer_period": _STEP, "expert_layer_offset": _OFFSET,
+    },
+    # Gemma 3n: per-layer embeddings, AltUp, LAuReL, KV sharing
+    "gemma3n": {
+        "hidden_size_per_layer_input": _count(1, MAX_WIDTH, "256 (Gemma 3n)"),
+        "vocab_size_per_layer_input": _VOCAB,
+        "altup_num_inputs": _count(1, MAX_SMALL, "4 (Gemma 3n)"),
+        "laurel_rank": _count(1, MAX_RANK, "64 (Gemma 3n)"),
+        "num_kv_shared_layers": _count(0, MAX_LAYERS, "15 (Gemma 3n E4B)"),
+    },
+    # Llama 3.2 Vision: text layers that cross-attend to the image
+    "mllama": {"cross_attention_layers": _LAYER_INDICES},
+    # multimodal configs: Pixtral's patch merger and the image tokens per image sit at the top level
+    "multimodal": {
+        "spatial_merge_size": _count(1, 64, "2 (Mistral 3)"),
+        "mm_tokens_per_image": _TOKENS, "vision_soft_tokens_per_image": _TOKENS, "image_seq_length": _TOKENS,
+    },
+}
+
+#: ``vision_config`` keys (SigLIP, CLIP, Pixtral, Llama 4 and Llama 3.2 vision encoders, Gemma 3n's timm one).
+VISION_KEYS: dict[str, Key] = {
+    "model_type": _NAME,
+    "architecture": _NAME,
+    "hidden_size": _HIDDEN,
+    "intermediate_size": _FFN,
+    "num_hidden_layers": _LAYERS, "depth": _LAYERS,
+    "num_global_layers": _count(0, MAX_LAYERS, "8 (Llama 3.2 Vision)"),
+    "num_channels": _count(1, MAX_SMALL, "3 (RGB)"),
+    "patch_size": _count(1, 65536, "16 (Pixtral)"),
+    "image_size": _count(0, 65536, "1,540 (Pixtral 12B)"),
+    "max_num_tiles": _count(1, MAX_SMALL, "4 (Llama 3.2 Vision)"),
+    "supported_aspect_ratios": Key("int_lists", 1, MAX_SMALL, max_len=MAX_SMALL),
+    "vocab_size": _VOCAB,
+    "projector_input_dim": _FFN, "projector_output_dim": _FFN, "vision_output_dim": _FFN,
+}
+
+#: ``audio_config`` keys (Gemma 3n's conformer encoder).
+AUDIO_KEYS: dict[str, Key] = {
+    "hidden_size": _HIDDEN, "vocab_size": _VOCAB,
+    "conf_num_attention_heads": _HEADS, "conf_num_hidden_layers": _LAYERS,
+    "conf_conv_kernel_size": _KERNEL, "input_feat_size": _count(1, 65536, "128 (Gemma 3n)"),
+    "sscp_conv_channel_size": Key("int_list", 1, MAX_WIDTH, max_len=MAX_SMALL),
+    "sscp_conv_kernel_size": Key("int_lists", 1, MAX_KERNEL, max_len=MAX_SMALL),
+    "sscp_conv_stride_size": Key("int_lists", 1, MAX_KERNEL, max_len=MAX_SMALL),
+}
+
+
+def _merged() -> dict[str, Key]:
+    out = dict(COMMON_KEYS)
+    for family, keys in FAMILY_KEYS.items():
+        for name, key in keys.items():
+            if name in out and out[name] != key:  # one meaning per key, whichever family spells it
+                raise RuntimeError(f"config key {name!r} declared twice with different bounds ({family})")
+            out[name] = key
+    return out
+
+
+#: Every top-level (or ``text_config``) key the engine reads.
+CONFIG_KEYS: dict[str, Key] = _merged()
+CONFIG_KEYS["vision_config"] = Key("object", fields=VISION_KEYS)
+CONFIG_KEYS["audio_config"] = Key("object", fields=AUDIO_KEYS)
+CONFIG_KEYS["text_config"] = Key("object", fields=CONFIG_KEYS)  # the language model of a multimodal config
+
+
+def show(value: Any) -> str:
+    """A short rendering of a hostile value for a message (never a 400-digit number)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**15:
+        return f"an integer of {len(str(abs(value)))} digits" if abs(value) < 10**4000 else "a huge integer"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _bound(n: float) -> str:
+    return f"{n:,}" if isinstance(n, int) or float(n).is_integer() else f"{n:g}"
+
+
+def _number_problem(value: Any, key: Key, integer: bool = True) -> str | None:
+    ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not ok:
+        what = "an integer" if integer else "a number"
+        return f"must be {what} from {_bound(int(key.lo))} to {_bound(int(key.hi))}, got {show(value)}"
+    if value < key.lo:
+        return f"must be at least {_bound(key.lo)}, got {show(value)}"
+    if value > key.hi:
+        record = f" (largest real: {key.record})" if key.record else ""
+        return f"{show(value)} is above {_bound(key.hi)}, a limit no real model comes near{record}"
+    return None
+
+
+def _list_problem(value: Any, key: Key, item_problem) -> str | None:
+    if not isinstance(value, list):
+        return f"must be a list, got {show(value)}"
+    if len(value) > key.max_len:
+        return f"has {len(value):,} items; at most {key.max_len:,}"
+    for i, item in enumerate(value):
+        bad = item_problem(item)
+        if bad:
+            return f"item {i}: {bad}"
+    return None
+
+
+def key_problem(value: Any, key: Key) -> str | None:
+    """What is wrong with ``value`` for ``key`` (nested objects aside: see :func:`check_keys`), or None."""
+    kind = key.kind
+    if kind == "int":
+        return _number_problem(value, key)
+    if kind == "number":
+        return _number_problem(value, key, integer=False)
+    if kind == "bool":
+        return None if isinstance(value, bool) else f"must be true or false, got {show(value)}"
+    if kind == "str":
+        if not isinstance(value, str):
+            return f"must be a string, got {show(value)}"
+        return None if len(value) <= key.max_len else f"is {len(value):,} characters long; at most {key.max_len:,}"
+    if kind == "object":
+        return None if isinstance(value, dict) else f"must be an object, got {show(value)}"
+    if kind == "object_list":
+        return _list_problem(value, key, lambda item: None if isinstance(item, dict) else f"must be an object, got {show(item)}")
+    if kind == "int_list":
+        return _list_problem(value, key, lambda item: _number_problem(item, key))
+    if kind == "str_list":
+        return _list_problem(value, key, lambda item: None if isinstance(item, str) and len(item) <= MAX_NAME
+                             else f"must be a short string (a layer type), got {show(item)}")
+    if kind == "int_lists":
+        inner = Key("int_list", key.lo, key.hi, max_len=key.max_len)
+        return _list_problem(value, key, lambda item: key_problem(item, inner))
+    if kind == "int_or_list":
+        return key_problem(value, Key("int_list", key.lo, key.hi, key.record)) if isinstance(value, list) \
+            else _number_problem(value, key)
+    if kind == "int_or_auto":
+        return None if value == "auto" else _number_problem(value, key)
+    raise ValueError(f"unknown key kind {kind!r}")  # pragma: no cover - a table error
+
+
+#: Objects nest at most this deep (text_config in text_config…); deeper ones are refused, not walked.
+MAX_NESTING = 8
+
+
+def check_keys(config: dict, table: dict[str, Key], where: str, depth: int = 0) -> list[tuple[str, str]]:
+    """``(key path, problem)`` for every key of ``table`` that ``config`` holds with a wrong type or
+    out of range, nested objects included. ``null`` is absent, as config.json files write it."""
+    problems = []
+    for name, key in table.items():
+        value = config.get(name)
+        if value is None:
+            continue
+        at = f"{where}.{name}"
+        bad = key_problem(value, key)
+        if bad:
+            problems.append((at, bad))
+        elif key.fields is not None and key.kind in ("object", "object_list"):
+            if depth >= MAX_NESTING:
+                problems.append((at, f"nests more than {MAX_NESTING} objects deep"))
+            elif key.kind == "object":
+                problems += check_keys(value, key.fields, at, depth + 1)
+            else:
+                for i, item in enumerate(value):
+                    problems += check_keys(item, key.fields, f"{at}[{i}]", depth + 1)
+    return problems
+
+
+def check_config(config: dict, where: str) -> list[tuple[str, str]]:
+    """Every problem in a config.json object: its keys, ``text_config``, ``vision_config`` and ``audio_config``."""
+    return check_keys(config, CONFIG_KEYS, where)
+
+
+def largest_config() -> dict:
+    """A config.json with every count at its ceiling: the largest custom model a request may carry
+    (a mixture of experts, so that every MoE path is taken). Tests and benchmarks time it."""
+    return {"model_type": "mixtral", "hidden_size": MAX_WIDTH, "num_hidden_layers": MAX_LAYERS,
+            "num_attention_heads": MAX_HEADS, "num_key_value_heads": MAX_HEADS, "head_dim": MAX_HEAD_DIM,
+            "intermediate_size": MAX_FFN, "vocab_size": MAX_VOCAB, "max_position_embeddings": MAX_CONTEXT,
+            "num_local_experts": MAX_EXPERTS, "num_experts_per_tok": MAX_EXPERTS, "moe_intermediate_size": MAX_FFN,
+            "tie_word_embeddings": False}
+
+
+def _key_schema(key: Key, depth: int = 0) -> dict:
+    # (no maxItems on per-layer lists: more than MAX_LAYERS items do not fit the API's 64 KiB body,
+    # which answers 413 first)
+    kind = key.kind
+    if kind in ("int", "number"):
+        return {"type": ["integer" if kind == "int" else "number", "null"], "minimum": key.lo, "maximum": key.hi}
+    if kind == "int_list":
+        return {"type": ["array", "null"], "items": {"type": "integer", "minimum": key.lo, "maximum": key.hi}}
+    if kind == "int_lists":
+        return {"type": ["array", "null"],
+                "items": {"type": "array", "items": {"type": "integer", "minimum": key.lo, "maximum": key.hi}}}
+    if kind == "str_list":
+        return {"type": ["array", "null"], "items": {"type": "string", "maxLength": MAX_NAME}}
+    if kind == "int_or_list":
+        return {"anyOf": [{"type": "integer", "minimum": key.lo, "maximum": key.hi},
+                          {"type": "array", "items": {"type": "integer", "minimum": key.lo, "maximum": key.hi}},
+                          {"type": "null"}]}
+    if kind == "int_or_auto":
+        return {"anyOf": [{"type": "integer", "minimum": key.lo, "maximum": key.hi}, {"const": "auto"}, {"type": "null"}]}
+    if kind == "str":
+        return {"type": ["string", "null"], "maxLength": key.max_len}
+    if kind in ("object", "object_list") and key.fields is not None and depth < 2:
+        obj = {"type": "object", "properties": {n: _key_schema(k, depth + 1) for n, k in key.fields.items()}}
+        return {"type": ["object", "null"], "properties": obj["properties"]} if kind == "object" else \
+            {"type": ["array", "null"], "items": obj}
+    return {"type": [{"bool": "boolean", "object": "object", "object_list": "array"}[kind], "null"]}
+
+
+def json_schema() -> dict:
+    """The config.json keys the engine reads, as JSON Schema (the API documents ``custom_model`` with
+    it; other keys a config.json carries are allowed and ignored)."""
+    return {"type": "object", "properties": {n: _key_schema(k) for n, k in CONFIG_KEYS.items()}}
