@@ -24,7 +24,9 @@ How each record becomes a request (docs/FIDELITY.md says why):
 * ``finetune_peak`` records (torchtune, unsloth) come from other stacks (torch.compile, fused
   kernels, offloaded checkpointing, unstated recipes): they are skipped with the reason printed.
 
-Exit status 0 whatever the errors: this is a report, not a gate (tests pin the mechanisms).
+Exit status 0 whatever the errors: this is a report, not a gate (tests pin the mechanisms). Without the
+calibration folder (a clone without ``../shared``), it says which files are missing and which groups
+they would give, and prints the groups it can (``benchmarks/measured``).
 """
 
 from __future__ import annotations
@@ -255,14 +257,27 @@ def load_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+#: Calibration files and the groups each one feeds (named when a file is missing).
+CALIBRATION_FILES = {
+    "h200-transformers.jsonl": "H200 fine-tuning vram, H200 weights, H200 inference vram, H200 KV",
+    "published-llama3-8b.yaml": "llama.cpp model/KV/compute buffers, vLLM weights and KV pool",
+}
+
+
+def missing_files(cal_dir: Path) -> list[str]:
+    """One line per calibration file that is not there, naming the groups it would have given."""
+    return [f"{cal_dir / name} is missing: no {groups}" for name, groups in CALIBRATION_FILES.items()
+            if not (cal_dir / name).is_file()]
+
+
 def collect(cal_dir: Path) -> tuple[list[Row], list[str]]:
     rows: list[Row] = []
     skipped: list[str] = []
     h200 = cal_dir / "h200-transformers.jsonl"
-    if h200.exists():
+    if h200.is_file():
         rows += transformers_rows(load_jsonl(h200), "H200", "h200")
     pub = cal_dir / "published-llama3-8b.yaml"
-    if pub.exists():
+    if pub.is_file():
         records = yaml.safe_load(pub.read_text())
         rows += llamacpp_rows(records, skipped)
         rows += vllm_rows(records, skipped)
@@ -293,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quiet", action="store_true", help="summary only")
     args = ap.parse_args(argv)
     t0 = time.time()
+    missing = missing_files(args.calibration_dir)
+    for line in missing:  # the groups that need the calibration folder beside the project are left out, said so
+        print(f"note: {line} (give --calibration-dir DIR; the folder sits beside the project as ../shared/calibration)",
+              file=sys.stderr)
     rows, skipped = collect(args.calibration_dir)
     summ = summary(rows)
     if args.markdown:

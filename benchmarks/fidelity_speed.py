@@ -3,7 +3,7 @@
 For each case it prints the measured figure, the estimate and the relative error of the estimate
 ((estimate - measured) / measured), and per group the median and maximum |error|.
 
-    .venv/bin/python benchmarks/fidelity_speed.py [--calibration DIR] [--markdown]
+    .venv/bin/python benchmarks/fidelity_speed.py [--calibration DIR] [--markdown [--summary]]
 
 Groups and what each case asks the engine:
 
@@ -76,9 +76,24 @@ SERVING_GPUS = {"RTX4090-24GB": "rtx_4090"}
 PRE_GRAPH_SOURCES = {"https://github.com/ggml-org/llama.cpp/pull/4766"}
 
 
+#: Calibration files and the groups each one feeds (named when a file is missing).
+CALIBRATION_FILES = {
+    "published-llama3-8b.yaml": "decode llama.cpp NVIDIA / Apple, prefill llama.cpp, training torchtune",
+    "h200-transformers.jsonl": "prefill transformers H200, training transformers H200",
+    "published-serving.yaml": "llama.cpp decode and prefill cases from the serving records",
+}
+
+
+def missing_files(cal: Path) -> list[str]:
+    """One line per calibration file that is not there, naming the groups it would have given."""
+    return [f"{cal / name} is missing: no {groups}" for name, groups in CALIBRATION_FILES.items()
+            if not (cal / name).is_file()]
+
+
 def _cases(cal: Path):
     """Yield (group, id, measured, request kind, request body, how to read the estimate, note)."""
-    published = yaml.safe_load((cal / "published-llama3-8b.yaml").read_text())
+    published = yaml.safe_load((cal / "published-llama3-8b.yaml").read_text()) \
+        if (cal / "published-llama3-8b.yaml").is_file() else []
     for r in published:
         if r["kind"] in ("decode_tps", "prefill_tps"):
             gpu = GPU_KEYS[r["gpu"]]
@@ -99,7 +114,8 @@ def _cases(cal: Path):
                     "optimization_config": {"gradient_checkpointing": True, "flash_attention": True}}
             yield ("training torchtune (other runtime)", f"{r['gpu']} {r['settings']['method']}", r["tokens_per_second"],
                    "finetuning", body, lambda o: o["training_tps"], "torch.compile; recipe settings assumed")
-    for line in (cal / "h200-transformers.jsonl").read_text().splitlines():
+    h200 = cal / "h200-transformers.jsonl"
+    for line in (h200.read_text().splitlines() if h200.is_file() else []):
         if not line.strip():
             continue
         r = json.loads(line)
@@ -143,7 +159,8 @@ def _model_body(model: str) -> dict:
 
 def _serving_cases(cal: Path):
     """The llama.cpp records of published-serving.yaml that map onto a request (pp512 / tg128, one GPU)."""
-    for r in yaml.safe_load((cal / "published-serving.yaml").read_text())["records"]:
+    path = cal / "published-serving.yaml"
+    for r in (yaml.safe_load(path.read_text())["records"] if path.is_file() else []):
         if r.get("runtime") != "llama.cpp" or r.get("num_gpus") != 1:
             continue
         gpu, model = SERVING_GPUS.get(r.get("gpu_canonical")), HF_MODELS.get(r.get("model"))
@@ -209,12 +226,14 @@ def print_text(groups: dict[str, list[dict]]) -> None:
         print(f"{'median |error| / max |error| over ' + str(n) + ' cases':58s} {'':10s} {med:10.1%} {mx:8.1%}")
 
 
-def print_markdown(groups: dict[str, list[dict]]) -> None:
+def print_markdown(groups: dict[str, list[dict]], cases: bool = True) -> None:
     print("| speed group | cases | median \\|error\\| | max \\|error\\| |")
     print("|---|---:|---:|---:|")
     for group, rows in groups.items():
         med, mx, n = summary(rows)
         print(f"| {group} | {n} | {med:.1%} | {mx:.1%} |")
+    if not cases:
+        return
     for group, rows in groups.items():
         if group == EVERY:
             continue
@@ -229,10 +248,21 @@ def print_markdown(groups: dict[str, list[dict]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calibration", type=Path, default=DEFAULT_CAL)
-    ap.add_argument("--markdown", action="store_true", help="print the README table")
+    ap.add_argument("--markdown", action="store_true", help="Markdown tables: the summary, then every case")
+    ap.add_argument("--summary", action="store_true", help="with --markdown: the summary table only (the README's)")
     args = ap.parse_args(argv)
+    missing = missing_files(args.calibration)
+    for line in missing:
+        print(f"note: {line} (give --calibration DIR; the folder sits beside the project as ../shared/calibration)",
+              file=sys.stderr)
     groups = run(args.calibration)
-    (print_markdown if args.markdown else print_text)(groups)
+    if not groups:
+        print("no speed measurements to compare: every group needs the calibration folder", file=sys.stderr)
+        return 0
+    if args.markdown:
+        print_markdown(groups, cases=not args.summary)
+    else:
+        print_text(groups)
     return 0
 
 

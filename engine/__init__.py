@@ -20,25 +20,30 @@ from .hookspecs import hookimpl
 
 __all__ = [
     "__version__", "estimate_inference", "estimate_finetuning", "list_gpus", "list_models", "list_runtimes", "plan",
+    "fit_map", "context_curve",
     "hookimpl", "VramplanError", "RequestError", "CatalogError", "FormulaError", "PluginError",
 ]
 
 
-def estimate_inference(request: dict[str, Any], *, strict: bool = False) -> dict[str, Any]:
-    """POST /inference: memory and speed of serving a model.
+def estimate_inference(request: dict[str, Any], *, strict: bool = False, suggestions: bool = True) -> dict[str, Any]:
+    """POST /inference: memory and speed of serving a model, with ``suggestions`` when it does not fit.
 
     Fields the API does not know are ignored with a warning (``warnings``); ``strict=True`` refuses them.
+    ``suggestions=False`` skips the search for them (the HTTP layer runs it off its event loop).
     """
     from .estimate import run
+    from .suggest import estimate
 
-    return run(request, "inference", strict=strict)
+    return estimate(request, "inference", strict=strict) if suggestions else run(request, "inference", strict=strict)
 
 
-def estimate_finetuning(request: dict[str, Any], *, strict: bool = False) -> dict[str, Any]:
-    """POST /finetuning: memory and speed of fine-tuning a model (``strict`` as for :func:`estimate_inference`)."""
+def estimate_finetuning(request: dict[str, Any], *, strict: bool = False, suggestions: bool = True) -> dict[str, Any]:
+    """POST /finetuning: memory and speed of fine-tuning a model (``strict`` and ``suggestions`` as for
+    :func:`estimate_inference`)."""
     from .estimate import run
+    from .suggest import estimate
 
-    return run(request, "finetuning", strict=strict)
+    return estimate(request, "finetuning", strict=strict) if suggestions else run(request, "finetuning", strict=strict)
 
 
 def list_gpus() -> list[dict[str, Any]]:
@@ -73,3 +78,17 @@ def plan(request: dict[str, Any]) -> dict[str, Any]:
     from .planner import plan as _plan
 
     return _plan(request)
+
+
+def fit_map(request: dict[str, Any]) -> dict[str, Any]:
+    """POST fit-map: one model on every GPU x every weight format (fine-tuning: method), each cell an estimate."""
+    from .maps import fit_map as _fit_map
+
+    return _fit_map(request)
+
+
+def context_curve(request: dict[str, Any]) -> dict[str, Any]:
+    """POST context-curve: memory against context length for one request, and the longest context that fits."""
+    from .maps import context_curve as _context_curve
+
+    return _context_curve(request)

@@ -111,18 +111,23 @@ def merge(body: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def apply_model_file(body: dict[str, Any], path: str | None) -> dict[str, Any]:
+def apply_model_file(body: dict[str, Any], path: str | None, workload: str = "inference") -> dict[str, Any]:
     """``--model-file``: estimate from a config.json, GGUF or safetensors file directly."""
     if not path:
         return body
     from .hub import read_model
 
     info = read_model(path)
-    body = {**body, "llm_key": "custom", "custom_model": info["config"]}
+    config = dict(info["config"])
+    if info.get("name") and not config.get("_name_or_path"):
+        config["_name_or_path"] = info["name"]  # results are titled by the file's own name (GGUF general.name)
+    body = {**body, "llm_key": "custom", "custom_model": config}
     if info.get("weights_bytes") and info.get("kind") in ("gguf", "safetensors"):
         body["custom_weights_bytes"] = int(info["weights_bytes"])
-    if info.get("quantization") and "quantization" not in body and "llm_key" in body:
+    if info.get("quantization") and "quantization" not in body:
         body["quantization"] = info["quantization"]
+    if info.get("kind") == "gguf" and "runtime" not in body and workload == "inference":
+        body["runtime"] = "llama.cpp"  # the runtime that loads GGUF files, whatever their tensor types
     return body
 
 
@@ -148,7 +153,12 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
     gpu = cat.gpus.get(body["gpu_key"])
     capacity = body.get("custom_vram") or gpu.data["memory_gib"]
     key = body["llm_key"]
-    model = key if key == "custom" or key.startswith("hf:") else cat.models.get(key).data["name"]
+    if key == "custom":
+        from .modelfiles import display_name
+
+        model = display_name(body.get("custom_model") or {}) or "custom model"
+    else:
+        model = key if key.startswith("hf:") else cat.models.get(key).data["name"]
     n = body.get("num_gpus", 1)
     lines = [f"{model} on {n} x {gpu.data['label']} ({capacity:g} GiB each), runtime {out.get('runtime')}",
              f"{out['vram_usage']:.2f} GiB of {capacity:g} GiB ({out['actual_vram_percentage']:.1f}%) — "
@@ -169,9 +179,62 @@ def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> st
                   f"{out['total_training_time_hours']:.2f} h for {out['total_tokens']:.3g} tokens"]
     lines.append(f"  host RAM    {out['estimated_system_ram_required']:.1f} GiB   offloaded {out['offloaded_memory']:.2f} GiB   "
                  f"power {out['estimated_power_draw']} W")
+    off = out.get("offload")
+    if off:
+        where = "CPU RAM" if off["target"] == "cpu_ram" else "NVMe"
+        lines.append(f"  layers      {off['of_layers'] - off['layers']} of {off['of_layers']} on the GPU, {off['layers']} in {where}"
+                     + (", KV cache too" if off["kv_cache"] else ""))
     for w in out.get("warnings", []):
         lines.append(f"  warning: {w}")
+    if "suggestions" in out:
+        lines += [""] + suggestion_lines(out["suggestions"])
+    if "trace" in out:
+        lines += ["", "  formulas, in evaluation order:"]
+        for step in out["trace"]:
+            lines.append(f"    {step['id']} = {_short(step['value'])} {step['unit']}   ({step['expr']})")
     return "\n".join(lines)
+
+
+def suggestion_lines(suggestions: list[dict[str, Any]]) -> list[str]:
+    """What would make it fit, cheapest first, each with its request fields and what it costs."""
+    if not suggestions:
+        return ["  no change within one node (8 GPUs) that fits was found"]
+    lines = ["  what would make it fit (cheapest first; each estimated):"]
+    for i, s in enumerate(suggestions, 1):
+        lines.append(f"  {i}. {s['summary']}: {s['vram_usage']:.2f} GiB, {s['memory_status']}, keeps {s['keeps']:.0%}")
+        lines.append(f"     {_flags(s['change'])}")
+    return lines
+
+
+#: Request field → CLI flag, for showing a suggestion as the flags that apply it.
+_FLAG_NAMES = {"gpu_key": "--gpu", "llm_key": "--model", "inference_parallelism": "--parallelism",
+               "finetuning_method": "--method", "fine_tuning_quantization": "--precision",
+               "gradient_accumulation_steps": "--grad-accum", "num_offload_layers": "--offload-layers",
+               "percentage_offload": "--offload-percent", "num_epochs": "--epochs"}
+_BOOL_FLAGS = {"enable_offloading": ("--offload", None), "enable_prefix_caching": ("--prefix-caching", "--no-prefix-caching"),
+               "gradient_checkpointing": ("--gradient-checkpointing", "--no-gradient-checkpointing"),
+               "flash_attention": ("--flash-attention", "--no-flash-attention"),
+               "use_fused_kernels": ("--fused-kernels", "--no-fused-kernels"),
+               "activation_offloading": ("--activation-offloading", "--no-activation-offloading")}
+
+
+def _flags(change: dict[str, Any]) -> str:
+    parts = []
+    items = [(k, v) for k, v in change.items() if k != "optimization_config"] + \
+        list((change.get("optimization_config") or {}).items())
+    if "num_offload_layers" in change:
+        items = [(k, v) for k, v in items if k != "enable_offloading"]  # --offload-layers turns offloading on
+    for key, value in items:
+        if isinstance(value, bool):
+            on, off = _BOOL_FLAGS.get(key, ("--" + key.replace("_", "-"), None))
+            parts.append(on if value else (off or f"{on} false"))
+        else:
+            parts.append(f"{_FLAG_NAMES.get(key, '--' + key.replace('_', '-'))} {value}")
+    return " ".join(parts)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 
 LOADS = {"closed_loop": "closed loop", "open_loop": "open loop", "static_batch": "static batch"}
@@ -209,50 +272,166 @@ def emit(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str) -> 
 FORMATS = click.Choice(["table", "json", "markdown", "html"])
 
 
+# -- the estimate flags (shared by inference, finetuning and plan) -------------------------------
+
+def _opts(*decorators):
+    """Stack click options in the order given (the --help order)."""
+    def apply(f):
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+    return apply
+
+
+REQUEST_OPTION = click.option("--request", "request_file", metavar="FILE",
+                              help="Request JSON (the HTTP body); - reads stdin. Flags override its fields.")
+#: Flags both workloads take, with the same meaning.
+SHARED_OPTIONS = _opts(
+    click.option("--gpu", "gpu_key", help="gpu_key, e.g. rtx_4090 (see `vramplan gpus`)."),
+    click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`) or a Hub id "
+                                            "hf:ORG/NAME[@REVISION]."),
+    click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from, "
+                                                                        "or a GGUF by URL / hf:ORG/NAME/FILE.gguf (header only)."),
+    click.option("--batch-size", type=int, help="Sequences per batch (fine-tuning: the global batch)."),
+    click.option("--seq-length", type=int, help="Tokens per sequence (prompt + generated)."),
+    click.option("--num-gpus", type=int),
+    click.option("--interconnect", "interconnect_type", help="Interconnect key, e.g. nvlink_gen4 or pcie4."),
+    click.option("--runtime", help="Runtime profile: transformers, vllm, sglang, tensorrt-llm, tgi, llama.cpp, ... "
+                 "(see `vramplan runtimes`)."),
+    click.option("--custom-vram", type=float, help="GiB, for custom_discrete / custom_apple_silicon or to override."),
+    click.option("--offload-target", type=click.Choice(["cpu_ram", "nvme"])),
+    click.option("--flash-attention/--no-flash-attention", default=None),
+)
+#: Inference-only flags.
+INFERENCE_OPTIONS = _opts(
+    click.option("--quantization", help="Weights format: fp16, bf16, fp8, int8, int4, q4_k_m, awq, nf4, ..."),
+    click.option("--kv-cache-quantization", help="KV cache format: fp16, fp8, int8, int4, q8_0, q4_0."),
+    click.option("--input-tokens", type=int, help="Prompt tokens per request (with --output-tokens, seq_length is their sum)."),
+    click.option("--output-tokens", type=int, help="Generated tokens per request."),
+    click.option("--concurrent-users", type=int, help="Closed loop: clients, each sending the next request when the last ends."),
+    click.option("--request-rate", type=float, help="Open loop: requests/s arriving at random (instead of --concurrent-users)."),
+    click.option("--gpu-hour-cost", type=float, help="Price of one GPU-hour, to price the answer."),
+    click.option("--parallelism", "inference_parallelism", type=click.Choice(["pipeline", "tensor"])),
+    click.option("--prefix-caching/--no-prefix-caching", "enable_prefix_caching", default=None),
+    click.option("--shared-prefix-ratio", type=float),
+    click.option("--continuous-batching/--no-continuous-batching", "enable_continuous_batching", default=None),
+    click.option("--offload", "offload", metavar="auto|N|P%", is_flag=False, flag_value="auto", default=None,
+                 help="Offload layers to the host: auto (alone: the fewest that fit), N layers or P% of them."),
+    click.option("--offload-layers", "num_offload_layers", type=int, help="Layers to offload (= --offload N)."),
+    click.option("--offload-percent", "percentage_offload", type=float, help="Percentage of layers (= --offload P%)."),
+    click.option("--offload-kv/--no-offload-kv", "offload_kv_cache", default=None),
+)
+#: Fine-tuning-only flags (``--offload`` is the finetuning command's own switch; see FINETUNING_OFFLOAD).
+FINETUNING_OPTIONS = _opts(
+    click.option("--method", "finetuning_method", type=click.Choice(["full", "lora", "qlora"])),
+    click.option("--precision", "fine_tuning_quantization", type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
+                 help="Full fine-tuning precision (fp32 = mixed precision)."),
+    click.option("--lora-rank", type=int),
+    click.option("--lora-targets", help="all-linear or a comma list such as q_proj,v_proj."),
+    click.option("--optimizer", help="adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, adafactor, sgd, or one a plugin "
+                 "or your catalog folder adds (catalogs/optimizers)."),
+    click.option("--micro-batch-size", type=int),
+    click.option("--grad-accum", "gradient_accumulation_steps", type=int),
+    click.option("--num-samples", type=int),
+    click.option("--tokens-per-sample", type=int),
+    click.option("--epochs", "num_epochs", type=int),
+    click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None),
+    click.option("--fused-kernels/--no-fused-kernels", "use_fused_kernels", default=None),
+    click.option("--activation-offloading/--no-activation-offloading", default=None),
+    click.option("--zero-stage", type=click.IntRange(0, 3)),
+)
+FINETUNING_OFFLOAD = click.option("--offload/--no-offload", "offload", default=None,
+                                  help="ZeRO-Offload: optimizer states to the host.")
+OUTPUT_OPTIONS = _opts(
+    click.option("--check", is_flag=True, help="Exit status 1 when it does not fit (insufficient or error)."),
+    click.option("--trace", is_flag=True, default=None, help="Include every evaluated formula (json; a list in the table)."),
+    click.option("--format", "fmt", type=FORMATS, default="table", show_default=True),
+)
+
+INFERENCE_ONLY = ("quantization", "kv_cache_quantization", "input_tokens", "output_tokens", "concurrent_users",
+                  "request_rate", "gpu_hour_cost", "inference_parallelism",
+                  "enable_prefix_caching", "shared_prefix_ratio", "enable_continuous_batching", "num_offload_layers",
+                  "percentage_offload", "offload_kv_cache")
+FINETUNING_ONLY = ("finetuning_method", "fine_tuning_quantization", "lora_rank", "lora_targets", "optimizer",
+                   "micro_batch_size", "gradient_accumulation_steps", "num_samples", "tokens_per_sample", "num_epochs",
+                   "gradient_checkpointing", "use_fused_kernels", "activation_offloading", "zero_stage")
+SHARED = ("gpu_key", "llm_key", "batch_size", "seq_length", "num_gpus", "interconnect_type", "runtime", "custom_vram",
+          "offload_target", "trace")
+
+
+def parse_offload(value: str) -> dict[str, Any]:
+    """``--offload auto|N|P%`` → request fields (auto: the fewest layers with which it fits)."""
+    text = value.strip().lower()
+    if text == "auto":
+        return {"enable_offloading": True}
+    try:
+        if text.endswith("%"):
+            return {"enable_offloading": True, "percentage_offload": float(text[:-1])}
+        return {"enable_offloading": True, "num_offload_layers": int(text)}
+    except ValueError:
+        raise click.UsageError(f"--offload: {value!r} is not auto, a number of layers or a percentage such as 25%") from None
+
+
+def inference_fields(flags: dict[str, Any]) -> dict[str, Any]:
+    """The inference request fields the flags set (None = not given)."""
+    out = {k: flags.get(k) for k in SHARED + INFERENCE_ONLY}
+    if flags.get("num_offload_layers") is not None or flags.get("percentage_offload") is not None:
+        out["enable_offloading"] = True
+    if flags.get("offload") is not None:
+        out.update(parse_offload(flags["offload"]))
+    if flags.get("flash_attention") is not None:
+        out["optimization_config"] = {"flash_attention": flags["flash_attention"]}
+    return out
+
+
+def finetuning_fields(flags: dict[str, Any]) -> dict[str, Any]:
+    """The fine-tuning request fields the flags set (None = not given)."""
+    out = {k: flags.get(k) for k in SHARED + FINETUNING_ONLY if k not in ("lora_targets", "gradient_checkpointing",
+                                                                          "use_fused_kernels", "activation_offloading",
+                                                                          "zero_stage")}
+    offload = flags.get("offload")
+    if offload is not None:
+        if isinstance(offload, str) and offload.strip().lower() not in ("auto", "on"):
+            raise click.UsageError("--offload: fine-tuning offloads the optimizer states (ZeRO-Offload); give --offload "
+                                   "without a number")
+        out["enable_offloading"] = offload if isinstance(offload, bool) else True
+    opt = {k: flags.get(k) for k in ("flash_attention", "gradient_checkpointing", "use_fused_kernels",
+                                     "activation_offloading", "zero_stage") if flags.get(k) is not None}
+    if opt:
+        out["optimization_config"] = opt
+    targets = flags.get("lora_targets")
+    if targets:
+        out["lora_target_modules"] = "all-linear" if targets == "all-linear" else \
+            [t.strip() for t in targets.split(",") if t.strip()]
+    return out
+
+
+def build_request(request_file: str | None, model_file: str | None, fields: dict[str, Any],
+                  workload: str) -> dict[str, Any]:
+    """The request file, the flags over it, then a model file's architecture."""
+    return apply_model_file(merge(read_request(request_file), fields), model_file, workload)
+
+
+def finish(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str, check: bool) -> None:
+    emit(body, out, workload, fmt)
+    if check and out["memory_status"] in ("insufficient", "error"):
+        sys.exit(1)
+
+
 # -- inference ---------------------------------------------------------------------------------
 
 @main.command()
-@click.option("--request", "request_file", metavar="FILE", help="Request JSON (the HTTP body); - reads stdin.")
-@click.option("--gpu", "gpu_key", help="gpu_key, e.g. rtx_4090 (see `vramplan gpus`).")
-@click.option("--model", "llm_key", help="llm_key, e.g. llama-3-8b-instruct (see `vramplan models list`) or a Hub id "
-                                          "hf:ORG/NAME[@REVISION].")
-@click.option("--model-file", type=click.Path(dir_okay=True), help="config.json, .gguf or .safetensors to estimate from, "
-                                                                     "or a GGUF by URL / hf:ORG/NAME/FILE.gguf (header only).")
-@click.option("--quantization", help="Weights format: fp16, bf16, fp8, int8, int4, q4_k_m, awq, nf4, ...")
-@click.option("--kv-cache-quantization", help="KV cache format: fp16, fp8, int8, int4, q8_0, q4_0.")
-@click.option("--batch-size", type=int)
-@click.option("--seq-length", type=int, help="Tokens per sequence (prompt + generated).")
-@click.option("--input-tokens", type=int, help="Prompt tokens per request (with --output-tokens, seq_length is their sum).")
-@click.option("--output-tokens", type=int, help="Generated tokens per request.")
-@click.option("--concurrent-users", type=int, help="Closed loop: clients, each sending the next request when the last ends.")
-@click.option("--request-rate", type=float, help="Open loop: requests/s arriving at random (instead of --concurrent-users).")
-@click.option("--gpu-hour-cost", type=float, help="Price of one GPU-hour, to price the answer.")
-@click.option("--num-gpus", type=int)
-@click.option("--parallelism", "inference_parallelism", type=click.Choice(["pipeline", "tensor"]))
-@click.option("--interconnect", "interconnect_type")
-@click.option("--runtime", help="transformers, vllm, sglang, tensorrt-llm, tgi or llama.cpp (see `vramplan runtimes`).")
-@click.option("--custom-vram", type=float, help="GiB, for custom_discrete / custom_apple_silicon.")
-@click.option("--prefix-caching/--no-prefix-caching", "enable_prefix_caching", default=None)
-@click.option("--shared-prefix-ratio", type=float)
-@click.option("--continuous-batching/--no-continuous-batching", "enable_continuous_batching", default=None)
-@click.option("--offload-layers", "num_offload_layers", type=int, help="Layers to offload (turns offloading on).")
-@click.option("--offload-percent", "percentage_offload", type=float, help="Percentage of layers to offload.")
-@click.option("--offload-kv/--no-offload-kv", "offload_kv_cache", default=None)
-@click.option("--offload-target", type=click.Choice(["cpu_ram", "nvme"]))
-@click.option("--flash-attention/--no-flash-attention", default=None)
-@click.option("--trace", is_flag=True, default=None, help="Include every evaluated formula (json).")
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def inference(request_file, model_file, fmt, flash_attention, **flags) -> None:
+@REQUEST_OPTION
+@SHARED_OPTIONS
+@INFERENCE_OPTIONS
+@OUTPUT_OPTIONS
+def inference(request_file, model_file, fmt, check, **flags) -> None:
     """Estimate memory and speed of serving a model."""
     from . import estimate_inference
 
-    if flags.get("num_offload_layers") is not None or flags.get("percentage_offload") is not None:
-        flags["enable_offloading"] = True
-    if flash_attention is not None:
-        flags["optimization_config"] = {"flash_attention": flash_attention}
-    body = apply_model_file(merge(read_request(request_file), flags), model_file)
+    body = build_request(request_file, model_file, inference_fields(flags), "inference")
     _require_keys(body)
-    emit(body, estimate_inference(body), "inference", fmt)
+    finish(body, estimate_inference(body), "inference", fmt, check)
 
 
 def _require_keys(body: dict[str, Any]) -> None:
@@ -265,52 +444,18 @@ def _require_keys(body: dict[str, Any]) -> None:
 # -- fine-tuning -------------------------------------------------------------------------------
 
 @main.command()
-@click.option("--request", "request_file", metavar="FILE", help="Request JSON (the HTTP body); - reads stdin.")
-@click.option("--gpu", "gpu_key")
-@click.option("--model", "llm_key")
-@click.option("--model-file", type=click.Path(dir_okay=True))
-@click.option("--method", "finetuning_method", type=click.Choice(["full", "lora", "qlora"]))
-@click.option("--precision", "fine_tuning_quantization", type=click.Choice(["fp32", "fp16", "bf16", "fp8"]),
-              help="Full fine-tuning precision (fp32 = mixed precision).")
-@click.option("--lora-rank", type=int)
-@click.option("--lora-targets", help="all-linear or a comma list such as q_proj,v_proj.")
-@click.option("--optimizer", help="adamw, adamw_8bit, paged_adamw, paged_adamw_8bit, adafactor, sgd, or one a plugin or "
-              "your catalog folder adds (catalogs/optimizers).")
-@click.option("--batch-size", type=int, help="Global batch size.")
-@click.option("--micro-batch-size", type=int)
-@click.option("--grad-accum", "gradient_accumulation_steps", type=int)
-@click.option("--seq-length", type=int)
-@click.option("--num-samples", type=int)
-@click.option("--tokens-per-sample", type=int)
-@click.option("--epochs", "num_epochs", type=int)
-@click.option("--num-gpus", type=int)
-@click.option("--interconnect", "interconnect_type")
-@click.option("--custom-vram", type=float)
-@click.option("--offload/--no-offload", "enable_offloading", default=None, help="ZeRO-Offload optimizer states.")
-@click.option("--offload-target", type=click.Choice(["cpu_ram", "nvme"]))
-@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
-@click.option("--flash-attention/--no-flash-attention", default=None)
-@click.option("--fused-kernels/--no-fused-kernels", "use_fused_kernels", default=None)
-@click.option("--activation-offloading/--no-activation-offloading", default=None)
-@click.option("--zero-stage", type=click.IntRange(0, 3))
-@click.option("--trace", is_flag=True, default=None)
-@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True)
-def finetuning(request_file, model_file, fmt, lora_targets, gradient_checkpointing, flash_attention,
-               use_fused_kernels, activation_offloading, zero_stage, **flags) -> None:
+@REQUEST_OPTION
+@SHARED_OPTIONS
+@FINETUNING_OPTIONS
+@FINETUNING_OFFLOAD
+@OUTPUT_OPTIONS
+def finetuning(request_file, model_file, fmt, check, **flags) -> None:
     """Estimate memory and speed of fine-tuning a model."""
     from . import estimate_finetuning
 
-    opt = {k: v for k, v in (("gradient_checkpointing", gradient_checkpointing), ("flash_attention", flash_attention),
-                             ("use_fused_kernels", use_fused_kernels), ("activation_offloading", activation_offloading),
-                             ("zero_stage", zero_stage)) if v is not None}
-    if opt:
-        flags["optimization_config"] = opt
-    if lora_targets:
-        flags["lora_target_modules"] = "all-linear" if lora_targets == "all-linear" else \
-            [t.strip() for t in lora_targets.split(",") if t.strip()]
-    body = apply_model_file(merge(read_request(request_file), flags), model_file)
+    body = build_request(request_file, model_file, finetuning_fields(flags), "finetuning")
     _require_keys(body)
-    emit(body, estimate_finetuning(body), "finetuning", fmt)
+    finish(body, estimate_finetuning(body), "finetuning", fmt, check)
 
 
 # -- plugins -----------------------------------------------------------------------------------
@@ -327,6 +472,7 @@ def plugins(fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps({"plugins": loaded, "failed": failed}, indent=2))
         return
+    click.echo(f"{'name':<32} {'version':<10} {'kind':<9} hooks")
     for p in loaded:
         kind = "built-in" if p["builtin"] else "plugin"
         click.echo(f"{p['name']:<32} {p['version']:<10} {kind:<9} {', '.join(p['hooks'])}")

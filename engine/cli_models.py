@@ -127,7 +127,6 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     except VramplanError as exc:
         raise click.UsageError(exc.message) from None
     arch = None
-    arch_error = None
     hostile = check_config(info["config"], str(path)) if isinstance(info["config"], dict) else []
     if hostile:  # wrong types or sizes no model has: refuse the file rather than describe it
         raise click.UsageError(RequestError(hostile).message)
@@ -135,8 +134,9 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
         try:
             arch = from_hf_config(info["config"], where=str(path))
         except VramplanError as exc:
-            arch_error = exc.message
-    summary = _summary(info, arch, arch_error)
+            # An incomplete config cannot be estimated from: an error whether or not it is saved.
+            raise click.UsageError(exc.message) from None
+    summary = _summary(info, arch)
     if arch is not None:
         summary.update(_per_sequence(arch))
     if fmt == "json":
@@ -146,16 +146,16 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     if save_as is None:
         return
     if arch is None:
-        raise click.UsageError(arch_error or f"{path}: no architecture found (put the model's config.json "
+        raise click.UsageError(f"{path}: no architecture found (put the model's config.json "
                                              "beside the weights), so it cannot be saved to the catalog")
     written = _save_entry(save_as, info, arch, path, catalog_dir, display_name, context_length, force)
     click.echo(f"saved {save_as} to {written}", err=(fmt == "json"))
 
 
-def _summary(info: dict, arch, arch_error: str | None) -> dict:
+def _summary(info: dict, arch) -> dict:
     s: dict = {"name": info["name"], "kind": info["kind"], "quantization": info["quantization"],
                "params": info["params"], "weights_bytes": info["weights_bytes"],
-               "weights_gib": round(info["weights_bytes"] / GIB, 3) if info["weights_bytes"] else None,
+               "weights_gib": round(info["weights_bytes"] / GIB, 2) if info["weights_bytes"] else None,
                "tensor_types": info["tensor_types"], "notes": list(info["notes"])}
     if arch is not None:
         s.update({
@@ -169,8 +169,6 @@ def _summary(info: dict, arch, arch_error: str | None) -> dict:
             "active_params_from_config": arch.param_count(active=True) if arch.is_moe else None,
         })
         s["notes"] += list(arch.assumed)
-    elif arch_error:
-        s["notes"].append(f"architecture not readable: {arch_error}")
     return s
 
 
@@ -178,7 +176,7 @@ def _summary_text(s: dict) -> str:
     def b(n):
         if not n:
             return "-"
-        return f"{n / 1e9:.3f} B ({n:,})" if n >= 1e7 else f"{n:,}"
+        return f"{n / 1e9:.2f} B ({n:,})" if n >= 1e7 else f"{n:,}"
 
     rows = [("name", s["name"]), ("file kind", s["kind"])]
     if "layers" in s:
@@ -202,7 +200,7 @@ def _summary_text(s: dict) -> str:
         rows += [("params (config)", b(s["params_from_config"]))]
         if s.get("active_params_from_config"):
             rows += [("active params", b(s["active_params_from_config"]))]
-    rows += [("weights", f"{s['weights_bytes']:,} bytes ({s['weights_gib']} GiB)" if s["weights_bytes"] else "-"),
+    rows += [("weights", f"{s['weights_bytes']:,} bytes ({s['weights_gib']:.2f} GiB)" if s["weights_bytes"] else "-"),
              ("quantization", s["quantization"] or "-")]
     if s["tensor_types"]:
         rows += [("tensor types", ", ".join(f"{k}: {v}" for k, v in sorted(s["tensor_types"].items())))]

@@ -11,6 +11,7 @@ Grid syntax: a comma list ``1,8,32``; numbers take binary suffixes ``k`` (x1024)
 from __future__ import annotations
 
 import json
+import sys
 import re
 from typing import Any
 
@@ -63,23 +64,25 @@ def parse_text_grid(text: str, flag: str) -> list[str]:
 
 # -- plan --------------------------------------------------------------------------------------
 
+def _plan_options(f):
+    """``plan`` takes the estimate commands' flags (both workloads'), so a question is asked of the same request."""
+    from .cli import FINETUNING_OPTIONS, INFERENCE_OPTIONS, SHARED_OPTIONS
+
+    return SHARED_OPTIONS(INFERENCE_OPTIONS(FINETUNING_OPTIONS(f)))
+
+
 @click.command()
 @click.option("--request", "request_file", metavar="FILE", help="Request JSON (an inference or fine-tuning body, "
-              "optionally with workload/find/headroom/gpu_keys); - reads stdin.")
+              "optionally with workload/find/headroom/gpu_keys); - reads stdin. Flags override its fields.")
 @click.option("--workload", type=click.Choice(["inference", "finetuning"]), help="Default: the file's, else inference.")
 @click.option("--find", "find", metavar="Q[,Q...]",
               help=f"Questions, comma-separated: {', '.join(FIND_CHOICES)}.")
-@click.option("--gpu", "gpu_key")
-@click.option("--model", "llm_key")
+@_plan_options
 @click.option("--gpu-keys", help="Limit `gpus` to these GPUs (comma-separated).")
 @click.option("--headroom", type=click.FloatRange(0, 1, max_open=True), help="Fraction of GPU memory to keep free.")
 @click.option("--slo-ttft-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean time to first token, ms.")
 @click.option("--slo-itl-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean time between output tokens, ms.")
 @click.option("--slo-e2e-ms", type=click.FloatRange(0, min_open=True), help="SLO: mean end-to-end request latency, ms.")
-@click.option("--input-tokens", type=click.IntRange(1), help="Prompt tokens per request.")
-@click.option("--output-tokens", type=click.IntRange(1), help="Generated tokens per request.")
-@click.option("--request-rate", type=click.FloatRange(0, min_open=True), help="Open loop: requests/s arriving (the whole deployment's).")
-@click.option("--users", "concurrent_users", type=click.IntRange(1), help="Closed loop: concurrent clients (the whole deployment's).")
 @click.option("--runtimes", help="cheapest_deployment: runtimes to search (comma-separated; default: every runtime "
               "with a deployment profile).")
 @click.option("--min-quality-rank", type=click.FloatRange(0),
@@ -87,21 +90,34 @@ def parse_text_grid(text: str, flag: str) -> list[str]:
 @click.option("--gpu-hour-costs", metavar="KEY=PRICE[,...]", help="cheapest_deployment: price per GPU-hour by GPU key "
               "(overrides the catalog's reference prices).")
 @click.option("--max-deployments", type=click.IntRange(1, 1000), help="cheapest_deployment: GPU types to list (default 10).")
+@click.option("--check", is_flag=True, help="Exit status 1 when a question has no answer.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]), default="table", show_default=True,
               help="markdown / html: the report of the best cheapest_deployment answer (its cost and binding constraint).")
-def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, slo_ttft_ms, slo_itl_ms, slo_e2e_ms, input_tokens,
-         output_tokens, request_rate, concurrent_users, runtimes, min_quality_rank, gpu_hour_costs, max_deployments, fmt) -> None:
+def plan(request_file, workload, find, model_file, gpu_keys, headroom, slo_ttft_ms, slo_itl_ms, slo_e2e_ms, runtimes,
+         min_quality_rank, gpu_hour_costs, max_deployments, check, fmt, **flags) -> None:
     """Answer "what fits?": largest context, batch or user count, fewest GPUs, best quantization, GPUs,
-    the cheapest deployment that meets an SLO."""
-    from . import plan as run_plan
+    the cheapest deployment that meets an SLO.
 
-    from .cli import read_request  # here, not at import: vramplan.cli attaches this module
+    Takes the same model, GPU and workload flags as `inference` and `finetuning`; for
+    cheapest_deployment the load (--request-rate or --concurrent-users) is the whole deployment's."""
+    from . import plan as run_plan
+    from .cli import FINETUNING_ONLY, INFERENCE_ONLY, apply_model_file, finetuning_fields, inference_fields, merge, read_request
 
     body = read_request(request_file)
-    for key, value in (("workload", workload), ("gpu_key", gpu_key), ("llm_key", llm_key), ("headroom", headroom),
-                       ("input_tokens", input_tokens), ("output_tokens", output_tokens), ("request_rate", request_rate),
-                       ("concurrent_users", concurrent_users), ("min_quality_rank", min_quality_rank),
-                       ("max_deployments", max_deployments)):
+    workload = workload or body.get("workload") or "inference"
+    other = FINETUNING_ONLY if workload == "inference" else INFERENCE_ONLY + ("num_offload_layers", "percentage_offload")
+    given = [k for k in other if flags.get(k) is not None]
+    if given:
+        opts = {p.name: p.opts[0] for p in click.get_current_context().command.params}
+        names = ", ".join(opts.get(k, k) for k in given)
+        raise click.UsageError(f"{names}: not {'an inference' if workload == 'inference' else 'a fine-tuning'} "
+                               f"setting (give --workload {'finetuning' if workload == 'inference' else 'inference'})")
+    fields = inference_fields(flags) if workload == "inference" else finetuning_fields(flags)
+    body = apply_model_file(merge(body, fields), model_file, workload)
+    body["workload"] = workload
+    if headroom is not None:
+        body["headroom"] = headroom
+    for key, value in (("min_quality_rank", min_quality_rank), ("max_deployments", max_deployments)):
         if value is not None:
             body[key] = value
     if runtimes:
@@ -118,7 +134,6 @@ def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, slo
     slo = {k: v for k, v in (("ttft_ms", slo_ttft_ms), ("itl_ms", slo_itl_ms), ("e2e_latency_ms", slo_e2e_ms)) if v is not None}
     if slo:
         body["slo"] = {**(body.get("slo") or {}), **slo}
-    body.setdefault("workload", "inference")
     if "find" not in body:
         raise click.UsageError("--find: required (or a \"find\" list in the --request file)")
     if fmt in ("markdown", "html") and "cheapest_deployment" not in body["find"]:
@@ -135,6 +150,8 @@ def plan(request_file, workload, find, gpu_key, llm_key, gpu_keys, headroom, slo
         click.echo(json.dumps(answers, indent=2))
     else:
         click.echo(plan_table(answers, body))
+    if check and any(a["value"] is None for a in answers.values()):
+        sys.exit(1)
 
 
 def parse_prices(text: str, flag: str) -> dict[str, float]:

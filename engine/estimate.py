@@ -319,6 +319,9 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     out["warnings"] = warnings
     if s["num_gpus"] > 1:
         out["per_gpu"] = _per_gpu(res, s, v, vram)
+    if res.workload == "inference" and res.request["enable_offloading"]:
+        out["offload"] = {"layers": int(s["offload_layers"]), "of_layers": int(res.arch.num_layers),
+                          "target": res.request["offload_target"], "kv_cache": bool(s["offload_kv"])}
     if res.workload == "inference":
         out["serving"] = _serving(res, s, v, warnings)
         for condition, status_word in status_overrides(s, v, res.workload):
@@ -400,7 +403,8 @@ def _preset(opt: dict[str, Any]) -> str:
 
 def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> list[str]:
     out = list(res.assumptions)
-    out.extend(res.runtime.data.get("assumptions", []))
+    # A runtime's serving behaviour belongs to inference responses only; its training behaviour to fine-tuning.
+    out.extend(res.runtime.data.get("assumptions" if res.workload == "inference" else "training_assumptions", []))
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
     if res.workload == "inference":
         req = res.request

@@ -188,11 +188,17 @@ def _read_json(p: Path):
     return parse_json_text(raw, str(p))
 
 
+def display_name(config: dict) -> str | None:
+    """The model's name from a config.json: the last part of ``_name_or_path`` (a Hub id ``org/name`` or the
+    folder it was saved from), ``None`` when the config does not say (the caller names the file instead)."""
+    name = config.get("_name_or_path") if isinstance(config, dict) else None
+    if isinstance(name, str) and name.strip().rstrip("/\\"):
+        return name.strip().rstrip("/\\").replace("\\", "/").split("/")[-1]
+    return None
+
+
 def _config_name(config: dict, p: Path) -> str:
-    name = config.get("_name_or_path")
-    if isinstance(name, str) and name:
-        return name.rstrip("/").split("/")[-1]
-    return p.parent.name or p.stem
+    return display_name(config) or p.parent.name or p.stem
 
 
 # -- GGUF ---------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The planner: "what fits?" answered by searching the estimator itself.
 
-``plan(request)`` takes an inference or fine-tuning request plus ``workload``, ``find`` (the
+``plan(request)`` takes an inference or fine-tuning request plus ``workload`` (default inference), ``find`` (the
 questions), ``headroom`` and ``gpu_keys`` (schema ``plan-request``) and answers each question with
 ``{"value": ..., "estimate": {...}}`` or ``{"value": null, "reason": "..."}`` (schema
 ``plan-response``).
@@ -385,7 +385,7 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, A
     """Answer each question in ``request["find"]``; see the module docstring."""
     validate_plan(request)
     cat = catalog or get_catalog()
-    workload = request["workload"]
+    workload = request.get("workload", "inference")  # the default the CLI and POST report use too
     body = {k: v for k, v in request.items() if k not in PLAN_FIELDS}
     headroom = float(request.get("headroom", 0.0))
     gpu_keys = request.get("gpu_keys")

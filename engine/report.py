@@ -28,16 +28,15 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from . import __version__, charts
+from . import __version__, charts, maps
 from .catalog import Catalog, get_catalog
 from .deploy import describe_deployment
 from .estimate import STATUS_TEXT
+from .maps import context_lengths  # noqa: F401  (the report's curve; tests use it from here)
 from .units import GIB, MIB
 
 FORMATS = {"markdown": "report.md.j2", "html": "report.html.j2"}
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
-CURVE_POINTS = 12
-CURVE_START = 512
 
 
 #: Units of request fields (the schemas' descriptions say the same in words).
@@ -196,42 +195,35 @@ def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime) -> tuple[list[
     return out, sorted(scenario.values(), key=lambda r: r["name"]), sorted(runtime_rows.values(), key=lambda r: r["name"])
 
 
-def context_lengths(max_len: int, request_len: int, n: int = CURVE_POINTS, start: int = CURVE_START) -> list[int]:
-    """About ``n`` context lengths spaced evenly on a log scale from ``start`` to ``max_len``, plus the request's own."""
-    max_len = max(max_len, start * 2)
-    ratio = (max_len / start) ** (1 / (n - 1))
-    xs = {start, max_len, request_len}
-    for i in range(1, n - 1):
-        x = start * ratio ** i
-        step = 2 ** max(0, int(math.log2(x)) - 4)  # 4 significant bits: 640, 768, 1536, 12288, ...
-        xs.add(int(round(x / step) * step))
-    return sorted(x for x in xs if x >= 1)
+def _suggestion_row(s: dict[str, Any]) -> dict[str, Any]:
+    """One suggestion as a report row: the change as request JSON, the result, and what it costs in words."""
+    import json
+
+    costs = []
+    for name, words, unit in (("quality_rank", "quality rank", ""), ("speed", "", " tokens/s"), ("workload", "", ""),
+                              ("gpus", "GPUs", ""), ("gpu_memory_gib", "GPU memory", " GiB")):
+        c = s["cost"].get(name)
+        if c is None or c["before"] == c["after"]:
+            continue
+        if name == "speed":
+            words = "decode per user" if c["field"] == "per_user_tps" else "training"
+        elif name == "workload":
+            words = c["field"].replace("_", " ")
+        costs.append(f"{words} {exact(round(c['before'], 1))} → {exact(round(c['after'], 1))}{unit}")
+    return {"summary": s["summary"], "change": json.dumps(s["change"]), "vram_usage": s["vram_usage"],
+            "percent": s["actual_vram_percentage"], "status": s["memory_status"], "cost": "; ".join(costs),
+            "keeps": s["keeps"]}
 
 
-def _curve(body: dict[str, Any], workload: str, res, capacity: float) -> dict[str, Any]:
-    from .planner import Probe, search_max
+def _live_trace(cat: Catalog, out: dict[str, Any], workload: str) -> list[dict[str, Any]]:
+    """The trace steps that produced this estimate's numbers: the components it shows and the figures it
+    reports (:mod:`vramplan.liveness`), not the other workload's or the branches not taken."""
+    from .estimate import OUTPUTS
+    from .liveness import live_steps
 
-    model_max = res.arch.max_position_embeddings or max(res.request["seq_length"], 32768)
-    base = {k: v for k, v in body.items() if k != "trace"}
-    probe = Probe(base, workload, "seq_length", capacity, 0.0)
-    points = []
-    for x in context_lengths(int(model_max), int(res.request["seq_length"])):
-        out = probe.estimate(x)
-        if isinstance(out, dict):
-            points.append({"seq_length": x, "vram_usage": out["vram_usage"], "memory_status": out["memory_status"]})
-    top = max(int(model_max), int(res.request["seq_length"]))
-    crossing = search_max(probe, int(res.request["seq_length"]), 1, top)
-    at_one = probe.estimate(1)
-    if crossing is None and isinstance(at_one, dict) and at_one["memory_status"] == "error":
-        note = "the configuration cannot run at any context length (memory_status error; see the warnings)"
-    elif crossing is None:
-        note = f"does not fit at any context length (not even 1 token) on {capacity:g} GiB"
-    elif crossing >= top:
-        crossing, note = None, f"fits at every context length up to {top:,} tokens"
-    else:
-        note = f"fits up to {crossing:,} tokens; {crossing + 1:,} tokens need more than {capacity:g} GiB"
-    return {"points": points, "capacity": capacity, "crossing": crossing, "note": note, "model_max": int(model_max),
-            "request": {"seq_length": int(res.request["seq_length"])}}
+    values = {step["id"]: step["value"] for step in out["trace"]}
+    outputs = [c.output for c in cat.formulas.components(workload) if values.get(c.output, 0) > 0]
+    return live_steps(cat.formulas, out["trace"], outputs + list(OUTPUTS[workload]))
 
 
 def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, catalog: Catalog | None = None,
@@ -243,14 +235,15 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
     from .estimate import run
     from .resolve import resolve
     cat = catalog or get_catalog()
+    suggestions = out.get("suggestions")
     if "trace" not in out:
         out = run({**body, "trace": True}, workload, cat)
     req = request_mod.validate(body, workload)
     res = resolve(cat, req, workload)
     capacity = float(res.gpu_memory_gib)
     vram = float(out["vram_usage"])
-    formulas, scenario, runtime_constants = _formulas(cat, out["trace"], res.runtime)
-    curve = _curve(body, workload, res, capacity)
+    formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime)
+    curve = maps.curve(body, workload, res, capacity, cat)
     for p in curve["points"]:
         if p["seq_length"] == curve["request"]["seq_length"]:
             curve["request"]["vram_usage"] = p["vram_usage"]
@@ -272,6 +265,7 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
                     "vram_usage": vram, "capacity": capacity, "percent": out["actual_vram_percentage"],
                     "gpu": res.gpu.data["label"], "num_gpus": int(req["num_gpus"]), "model": res.model_name,
                     "runtime": out.get("runtime", res.runtime.key)},
+        "suggestions": [_suggestion_row(s) for s in suggestions] if suggestions is not None else None,
         "memory": [{"label": k, "size_gb": v, "percent_of_total": round(v / total * 100, 1),
                     "percent_of_capacity": round(v / capacity * 100, 1) if capacity else 0.0}
                    for k, v in out["memory_details"].items()],

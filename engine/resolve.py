@@ -78,7 +78,9 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     model = arch = hub_info = None
     if req["llm_key"] == "custom":
         arch = lookup(lambda config: from_hf_config(config, where="custom_model"), req.get("custom_model"))
-        model_name = str((req.get("custom_model") or {}).get("_name_or_path") or "custom model")
+        from .modelfiles import display_name
+
+        model_name = display_name(req.get("custom_model") or {}) or "custom model"
     elif hub.is_hub_key(req["llm_key"]):  # hf:ORG/NAME[@REVISION]: config.json and safetensors headers
         hub_info = lookup(hub.resolve_model, req["llm_key"])
         if hub_info is not None:

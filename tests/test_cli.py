@@ -88,3 +88,116 @@ def test_model_file_estimates_from_a_config_json(tmp_path):
     steps = {s["id"]: s["value"] for s in json.loads(result.output)["trace"]}
     # Llama 3.2 1B's architecture: 1,235,814,400 parameters in fp16.
     assert steps["weights_file_bytes"] == 1_235_814_400 * 2
+
+
+# -- answers, not just numbers ------------------------------------------------------------------
+
+BIG_ON_SMALL = ["--gpu", "rtx_4060", "--model", "llama-3-8b-instruct"]  # ~15 GiB of fp16 weights on an 8 GiB card
+
+
+def test_check_exits_1_when_it_does_not_fit_and_0_when_it_does():
+    assert run("inference", *BIG_ON_SMALL).exit_code == 0  # without --check: exit 0 as before
+    assert run("inference", *BIG_ON_SMALL, "--check").exit_code == 1
+    assert run("inference", "--gpu", "rtx_4090", "--model", "llama-3-8b-instruct", "--quantization", "q4_k_m",
+               "--check").exit_code == 0
+    full = ["finetuning", "--gpu", "rtx_3090", "--model", "llama-3-8b-instruct", "--method", "full", "--check"]
+    assert run(*full).exit_code == 1
+
+
+def test_the_table_lists_suggestions_as_flags_that_apply_them():
+    result = run("inference", *BIG_ON_SMALL)
+    assert "what would make it fit" in result.output
+    out = vramplan.estimate_inference({"gpu_key": "rtx_4060", "llm_key": "llama-3-8b-instruct"})
+    first = out["suggestions"][0]
+    assert first["summary"] in result.output
+    # the flags printed under it reproduce the suggestion's estimate
+    flag_line = result.output.split(first["summary"])[1].splitlines()[1].split()
+    again = run("inference", *BIG_ON_SMALL, *flag_line, "--format", "json")
+    assert json.loads(again.output)["vram_usage"] == first["vram_usage"]
+
+
+@pytest.mark.parametrize("value,fields", [("auto", {"enable_offloading": True}),
+                                          ("12", {"enable_offloading": True, "num_offload_layers": 12}),
+                                          ("25%", {"enable_offloading": True, "percentage_offload": 25.0})])
+def test_offload_auto_n_or_percent(value, fields):
+    result = run("inference", *BIG_ON_SMALL, "--offload", value, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == vramplan.estimate_inference({"gpu_key": "rtx_4060", "llm_key": "llama-3-8b-instruct",
+                                                                     **fields})
+
+
+def test_offload_alone_is_auto_and_the_table_says_where_the_layers_went():
+    result = run("inference", *BIG_ON_SMALL, "--offload")
+    out = vramplan.estimate_inference({"gpu_key": "rtx_4060", "llm_key": "llama-3-8b-instruct", "enable_offloading": True})
+    n = out["offload"]["layers"]
+    assert 0 < n < 32 and out["offload"]["of_layers"] == 32  # Llama 3 8B has 32 layers
+    assert f"{32 - n} of 32 on the GPU, {n} in CPU RAM" in result.output
+    assert run("inference", *BIG_ON_SMALL, "--offload", "lots").exit_code == 2
+
+
+def test_trace_in_the_table_lists_the_formulas():
+    result = run("inference", "--gpu", "rtx_4090", "--model", "llama-3-8b-instruct", "--trace")
+    assert result.exit_code == 0
+    assert "formulas, in evaluation order:" in result.output
+    assert "kv_bytes_per_seq = " in result.output
+
+
+def test_plan_takes_the_estimate_flags():
+    # --quantization and --seq-length shape the request the planner searches, as for `inference`
+    result = run("plan", "--gpu", "rtx_4090", "--model", "llama-3-8b-instruct", "--quantization", "q4_k_m",
+                 "--seq-length", "4096", "--find", "max_concurrent_users", "--format", "json")
+    assert result.exit_code == 0, result.output
+    expected = vramplan.plan({"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "quantization": "q4_k_m",
+                              "seq_length": 4096, "find": ["max_concurrent_users"]})
+    assert json.loads(result.output) == expected
+    ft = run("plan", "--workload", "finetuning", "--gpu", "rtx_3090", "--model", "llama-3-8b-instruct", "--method",
+             "qlora", "--find", "max_batch_size", "--format", "json")
+    assert json.loads(ft.output) == vramplan.plan({"workload": "finetuning", "gpu_key": "rtx_3090",
+                                                   "llm_key": "llama-3-8b-instruct", "finetuning_method": "qlora",
+                                                   "find": ["max_batch_size"]})
+    wrong = run("plan", "--gpu", "rtx_3090", "--model", "llama-3-8b-instruct", "--method", "qlora", "--find", "gpus")
+    assert wrong.exit_code == 2 and "--method: not an inference setting" in wrong.output
+
+
+def test_plan_workload_defaults_to_inference_everywhere():
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct", "find": ["max_batch_size"]}
+    assert vramplan.plan(body) == vramplan.plan({**body, "workload": "inference"})
+
+
+def test_plugins_table_has_a_header_row():
+    lines = run("plugins").output.splitlines()
+    assert lines[0].split() == ["name", "version", "kind", "hooks"]
+    assert any(line.startswith("vramplan.plugins.catalogs") for line in lines[1:])
+
+
+def test_a_gguf_model_file_is_titled_by_its_name_and_runs_on_llama_cpp(tmp_path):
+    from gguf import LlamaFileType
+    from test_modelfiles import _write_tiny_gguf
+
+    path = tmp_path / "weights-folder-name.gguf"
+    _write_tiny_gguf(path, file_type=LlamaFileType.MOSTLY_F16)  # general.name "tiny-llama", an fp16 GGUF
+    table = run("inference", "--gpu", "rtx_4090", "--model-file", str(path))
+    assert table.exit_code == 0, table.output
+    assert table.output.startswith("tiny-llama on 1 x NVIDIA GeForce RTX 4090")
+    assert "runtime llama.cpp" in table.output.splitlines()[0]  # fp16 alone would default to transformers
+    report = run("inference", "--gpu", "rtx_4090", "--model-file", str(path), "--format", "markdown")
+    assert report.output.startswith("# Inference: tiny-llama on 1 x NVIDIA GeForce RTX 4090")
+
+
+def test_import_of_an_incomplete_config_is_an_error_without_save_as(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 2048}))  # no layers, heads, vocab ...
+    result = run("models", "import", str(path))
+    assert result.exit_code == 2
+    assert "num_hidden_layers" in result.output and "Traceback" not in result.output
+
+
+def test_import_prints_sizes_with_two_decimals():
+    from vramplan.cli_models import _summary_text
+
+    # Llama 3 8B Q4_K_M as llama.cpp reads it: 8,030,261,248 parameters in 4,920,734,720 bytes = 4.58 GiB
+    text = _summary_text({"name": "Meta-Llama-3-8B-Instruct", "kind": "gguf", "params": 8_030_261_248,
+                          "weights_bytes": 4_920_734_720, "weights_gib": round(4_920_734_720 / 2**30, 2),
+                          "quantization": "q4_k_m", "tensor_types": {}, "notes": []})
+    assert "8.03 B (8,030,261,248)" in text
+    assert "4,920,734,720 bytes (4.58 GiB)" in text

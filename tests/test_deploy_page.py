@@ -23,6 +23,8 @@ def open_form(driver, base: str) -> None:
 
     driver.get(base + "/")
     wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#deploy-llm_key option")) > 2)
+    driver.find_element(By.ID, "tab-deploy").click()  # the form lives in its own view of the page
+    wait(driver, lambda d: d.find_element(By.ID, "deploy-form").is_displayed())
 
 
 def test_the_form_draws_the_ranked_table_the_api_answers(browser, live_server):

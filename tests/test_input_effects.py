@@ -205,7 +205,8 @@ def test_offloading_without_an_amount_offloads_the_fewest_layers_that_fit():
     n = int(out["assumptions"][0].split("offloading: ")[1].split(" of ")[0])
     fits = vramplan.estimate_inference({**body, "enable_offloading": True, "num_offload_layers": n})
     short = vramplan.estimate_inference({**body, "enable_offloading": True, "num_offload_layers": n - 1})
-    same = lambda o: {k: v for k, v in o.items() if k != "assumptions"}  # noqa: E731
+    # suggestions answer the request as given (auto offloading may offload more for headroom; a fixed count not)
+    same = lambda o: {k: v for k, v in o.items() if k not in ("assumptions", "suggestions")}  # noqa: E731
     assert same(out) == same(fits) and fits["memory_status"] != "insufficient"
     assert short["memory_status"] == "insufficient"
     # Small enough to fit without offloading: nothing moves.

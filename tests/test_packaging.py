@@ -1,4 +1,8 @@
-"""The wheel carries the data: formulas, catalogs and schemas ship inside the package."""
+"""The wheel carries the data: formulas, catalogs and schemas ship inside the package.
+
+The wheel is built with the setuptools the test extra installs (``setuptools>=77``, as the build
+system requires), so the test passes in a fresh ``python3 -m venv`` after the README's
+``pip install -e ".[test]"``, with no network and no ``pip install --upgrade`` first."""
 
 from __future__ import annotations
 
@@ -25,3 +29,6 @@ def test_wheel_contains_formulas_catalogs_and_schemas(tmp_path):
     assert not any(n.startswith(("engine/", "plugins/")) for n in names)  # no top-level engine/plugins modules
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "vramplan = vramplan.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata  # the SPDX string (PEP 639), not the deprecated table
+    assert "vramplan/server/static/charts.js" in names  # the page's scripts ship too

@@ -117,19 +117,61 @@ def live():
     return out
 
 
+#: Formulas of the other workload that the shared graph evaluates but whose values no figure uses.
+NOT_THIS_WORKLOAD = {
+    "inference": ("lora_params", "trainable_params", "train_tokens", "optimizer_states_total_bytes", "grads_bytes",
+                  "train_activation_bytes"),
+    "finetuning": ("kv_bytes_per_token_layer", "decode_kv_read_bytes", "prefill_tokens", "kv_pool_bytes",
+                   "attn_transient_bytes"),
+}
+#: Formulas every estimate of that workload needs for the figures it reports.
+THIS_WORKLOAD = {
+    "inference": ("kv_bytes_per_token_layer", "kv_cache_gpu_bytes", "weights_gpu_bytes", "ms_per_token", "tftt_ms"),
+    "finetuning": ("trainable_params", "lora_params", "train_activation_bytes", "training_tps"),
+}
+
+
+def shown(text: str, step: dict) -> bool:
+    return f"{step['id']} = {step['expr']}" in text.replace("&lt;", "<").replace("&gt;", ">").replace("&#39;", "'")
+
+
 @pytest.mark.parametrize("workload", ["inference", "finetuning"])
 @pytest.mark.parametrize("fmt", ["markdown", "html"])
-def test_every_formula_in_the_trace_is_shown_with_its_inputs(live, workload, fmt):
+def test_the_formulas_that_produced_the_numbers_are_shown_with_their_inputs(live, workload, fmt):
     response, text = live[workload, fmt]
-    assert len(response["trace"]) > 20
-    for step in response["trace"]:
-        assert f"{step['id']} = {step['expr']}" in text.replace("&lt;", "<").replace("&gt;", ">").replace("&#39;", "'"), step["id"]
+    steps = {s["id"]: s for s in response["trace"]}
+    assert len(steps) > 20
+    for fid in THIS_WORKLOAD[workload]:
+        assert shown(text, steps[fid]), fid
+    for fid in NOT_THIS_WORKLOAD[workload]:
+        assert fid in steps and not shown(text, steps[fid]), fid  # evaluated, but not part of this estimate
     # one step whose arithmetic the reader can redo: its inputs and result appear as numbers
-    step = next(s for s in response["trace"] if s["unit"] == "bytes" and len(s["inputs"]) >= 2)
+    step = steps["kv_bytes_per_token_layer" if workload == "inference" else "lora_params"]
     assert report.exact(step["value"]) in text
     for name, value in step["inputs"].items():
         assert f"{name}</code> = {report.exact(value)}" in text or f"`{name}` = {report.exact(value)}" in text \
             or f"{name}</code></a> = {report.exact(value)}" in text
+
+
+def test_markdown_report_has_no_raw_svg_and_spaced_headings():
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3-70b-instruct", "quantization": "q4_k_m", "num_gpus": 2}
+    text = report.render_report(body, vramplan.estimate_inference(body), "inference", "markdown")
+    assert "<svg" not in text
+    # pipeline parallelism over 2 GPUs: a per-GPU table under its own heading, a blank line from the one above
+    assert "\n\n### Per GPU\n\n| GPU | Layers | GiB |" in text
+
+
+def test_reports_show_suggestions_when_it_does_not_fit():
+    # Llama 3 8B in fp16 is ~15 GiB of weights: it cannot fit an 8 GiB RTX 4060
+    body = {"gpu_key": "rtx_4060", "llm_key": "llama-3-8b-instruct"}
+    out = vramplan.estimate_inference(body)
+    assert out["memory_status"] == "insufficient" and out["suggestions"]
+    md = report.render_report(body, out, "inference", "markdown")
+    html = report.render_report(body, out, "inference", "html")
+    first = out["suggestions"][0]
+    assert "### What would make it fit" in md and "<h3>What would make it fit</h3>" in html
+    assert json.dumps(first["change"]) in md
+    assert json.dumps(first["change"]).replace('"', "&#34;") in html
 
 
 @pytest.mark.parametrize("workload", ["inference", "finetuning"])
@@ -153,9 +195,8 @@ def test_provenance_urls_plugins_and_verdict_appear(live, workload, fmt):
 
 
 @pytest.mark.parametrize("workload", ["inference", "finetuning"])
-@pytest.mark.parametrize("fmt", ["markdown", "html"])
-def test_charts_are_well_formed_svg(live, workload, fmt):
-    response, text = live[workload, fmt]
+def test_charts_are_well_formed_svg(live, workload):
+    response, text = live[workload, "html"]  # the Markdown report shows the same data as tables, no raw SVG
     charts = svgs(text)
     assert len(charts) == 2
     ns = "{http://www.w3.org/2000/svg}"
@@ -196,13 +237,13 @@ def test_html_is_self_contained(live):
 
 def test_markup_from_a_model_name_is_escaped():
     config = dict(get_catalog().models.get("llama-3-8b-instruct").data["config"])
-    config["_name_or_path"] = "<b>evil</b>|model"
+    config["_name_or_path"] = "org/<b>evil<b>|model"  # the name is the last part of a Hub id or path
     body = {"gpu_key": "rtx_4090", "llm_key": "custom", "custom_model": config}
     out = estimate("inference", body)
     html = report.render_report(body, out, "inference", "html")
     md = report.render_report(body, out, "inference", "markdown")
-    assert "<b>evil" not in html and "&lt;b&gt;evil&lt;/b&gt;|model" in html
-    assert "<b>evil" not in md and "&lt;b&gt;evil&lt;/b&gt;\\|model" in md
+    assert "<b>evil" not in html and "&lt;b&gt;evil&lt;b&gt;|model" in html
+    assert "<b>evil" not in md and "&lt;b&gt;evil&lt;b&gt;\\|model" in md
 
 
 def test_cli_report_formats():

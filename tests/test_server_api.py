@@ -422,8 +422,11 @@ def test_calculator_page_is_self_contained(client):
     assert "<script>" not in html and " style=" not in html  # nothing inline: the CSP forbids it
     # the pickers preselect the schemas' defaults
     assert '<option value="fp16" selected>' in html and '<option value="lora" selected>' in html
-    assert 'id="seq_length" value="2048"' in html
-    for asset in ("/static/calculator.js", "/static/style.css"):
+    # every control carries its request field and the schema's default, and starts there
+    assert re.search(r'id="seq_length" data-field="seq_length" data-type="integer" data-default="2048"[^>]*value="2048"', html)
+    assert re.search(r'id="gradient_checkpointing" data-field="optimization_config.gradient_checkpointing" '
+                     r'data-type="boolean"\s+data-default="true" checked', html)
+    for asset in ("/static/calculator.js", "/static/charts.js", "/static/style.css"):
         assert asset in html
         resp = client.get(asset)
         assert resp.status_code == 200 and len(resp.content) > 500

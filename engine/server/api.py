@@ -25,6 +25,7 @@ from starlette.routing import Route
 from .. import hub
 from ..errors import RequestError, VramplanError
 from ..listing import model_filters_from_query
+from ..suggest import add_suggestions, needs_suggestions
 from . import auth
 from .errors import error_response, request_error_response, unauthorized
 from .tokens import TokenStoreBusy
@@ -138,6 +139,8 @@ def _reject_constant(name: str):
 #: catalog model's estimate takes well under a millisecond of pure CPU, and handing it to a thread
 #: costs more than the call (two thread switches; the GIL gives threads no parallelism anyway).
 INLINE_CALLS = frozenset({"estimate_inference", "estimate_finetuning", "list_gpus", "list_models"})
+#: The estimate calls, by workload: their suggestions (when an estimate does not fit) are a search.
+ESTIMATES = {"estimate_inference": "inference", "estimate_finetuning": "finetuning"}
 #: Listings change only with the catalog: their JSON is rendered once per (function, catalog).
 CACHED_LISTINGS = frozenset({"list_gpus", "list_models"})
 _listing_cache: dict[str, tuple] = {}
@@ -187,6 +190,12 @@ async def _call_engine(request: Request, fn_name: str, *args, strict: bool = Fal
         with hub.using(hub_policy(request)):
             if _names_hub_model(args):  # a Hub lookup waits on the network: the general thread pool
                 result = await run_in_threadpool(lambda: fn(*args, **kwargs))
+            elif _cheap(fn_name, args) and fn_name in ESTIMATES:
+                # The estimate itself is cheap; the search for suggestions (only when it does not fit) is not,
+                # so it runs in the engine's own pool, off the event loop.
+                result = fn(*args, suggestions=False, **kwargs)
+                if needs_suggestions(result):
+                    result = await run_engine(add_suggestions, args[0], ESTIMATES[fn_name], result)
             elif _cheap(fn_name, args):
                 result = fn(*args, **kwargs)
             else:  # CPU work that may take milliseconds: the engine's own bounded pool

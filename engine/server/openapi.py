@@ -27,6 +27,10 @@ SCHEMA_FILES = {
     "RuntimeList": "runtime-list.schema.json",
     "PlanRequest": "plan-request.schema.json",
     "PlanResponse": "plan-response.schema.json",
+    "FitMapRequest": "fit-map-request.schema.json",
+    "FitMapResponse": "fit-map-response.schema.json",
+    "ContextCurveRequest": "context-curve-request.schema.json",
+    "ContextCurveResponse": "context-curve-response.schema.json",
 }
 
 UNITS = (
@@ -334,6 +338,31 @@ def _document() -> str:
                     _ref("InferenceRequest"), _ref("FinetuningRequest"), DEPLOYMENT_REPORT]}}}},
                 "responses": {"200": {"description": "The rendered report.", "content": {
                     "text/html": {"schema": {"type": "string"}}, "text/markdown": {"schema": {"type": "string"}}}},
+                              **_common_errors(post=True)},
+            }},
+            f"{PREFIX}/fit-map": {"post": {
+                "operationId": "fit_map", "summary": "One model on every GPU x every weight format",
+                "tags": ["estimates"],
+                "description": "An inference or fine-tuning request (gpu_key optional) plus `workload`, `gpu_keys` and "
+                               "`quantizations`: each cell is the estimate on that GPU with that weight format "
+                               "(fine-tuning: method), with its memory, status, whether it fits and its speed.\n\n" + UNITS,
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("FitMapRequest"),
+                    "example": {"llm_key": "llama-3-8b-instruct", "seq_length": 8192,
+                                "gpu_keys": ["rtx_4090", "h100_80"], "quantizations": ["fp16", "q4_k_m"]}}}},
+                "responses": {"200": {"description": "GPUs (rows) x formats (columns).",
+                                      "content": {"application/json": {"schema": _ref("FitMapResponse")}}},
+                              **_common_errors(post=True)},
+            }},
+            f"{PREFIX}/context-curve": {"post": {
+                "operationId": "context_curve", "summary": "Memory against context length", "tags": ["estimates"],
+                "description": "An inference or fine-tuning request plus `workload` (default inference): `vram_usage` "
+                               "at about 12 context lengths from 512 tokens to the model's context, and the longest "
+                               "context that fits.\n\n" + UNITS,
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": _ref("ContextCurveRequest"), "example": SEED_INFERENCE}}},
+                "responses": {"200": {"description": "The curve.",
+                                      "content": {"application/json": {"schema": _ref("ContextCurveResponse")}}},
                               **_common_errors(post=True)},
             }},
             "/healthz": {"get": {

@@ -12,27 +12,9 @@ from .api import PREFIX
 from .openapi import SCHEMA_FILES, load_schema, openapi_document, schema_rows
 from .render import render
 
-# Used when the request schema does not list the choices as an enum (the engine accepts more,
-# e.g. plugin-provided formats; these are the ones the page offers).
-FALLBACK_CHOICES = {
-    "quantization": ["fp16", "bf16", "fp32", "fp8", "int8", "int4", "q8", "q8_0", "q6_k", "q5_k_m",
-                     "q4_k_m", "q4_0", "q3_k_m", "q2_k", "iq4_xs", "awq", "gptq", "nf4", "mxfp4"],
-    "kv_cache_quantization": ["fp16", "fp8", "int8", "int4"],
-    "inference_parallelism": ["pipeline", "tensor"],
-    "runtime": ["transformers", "vllm", "llama.cpp"],
-    "offload_target": ["cpu_ram", "nvme"],
-    "finetuning_method": ["lora", "qlora", "full"],
-    "fine_tuning_quantization": ["fp16", "bf16", "fp32", "fp8"],
-}
-
-
-def _choices(schema: dict | None, field: str) -> dict:
-    """The options a select offers for ``field`` and the one preselected: the schema's default."""
-    prop = ((schema or {}).get("properties") or {}).get(field) or {}
-    enum = prop.get("enum")
-    options = list(enum) if enum and all(isinstance(v, str) for v in enum) else FALLBACK_CHOICES.get(field, [])
-    default = prop.get("default", options[0] if options else "")
-    return {"options": options, "default": default}
+#: The fit map's "common" columns: one format per precision class a user chooses between (16-bit, 8-bit float
+#: and integer, the GGUF K-quants from 8 down to 2 bits, 4-bit group formats). "all" asks for every format.
+MAP_FORMATS = ("fp16", "fp8", "int8", "q8_0", "q6_k", "q5_k_m", "q4_k_m", "awq", "iq4_xs", "q3_k_m", "q2_k")
 
 
 def _schema_or_none(name: str) -> dict | None:
@@ -42,24 +24,26 @@ def _schema_or_none(name: str) -> dict | None:
         return None
 
 
-def calculator_choices() -> dict:
-    inference, finetuning = _schema_or_none("InferenceRequest"), _schema_or_none("FinetuningRequest")
-    out = {f: _choices(inference, f) for f in ("quantization", "kv_cache_quantization",
-                                                "inference_parallelism", "runtime", "offload_target")}
-    out.update({f"ft_{f}": _choices(finetuning, f) for f in ("finetuning_method", "fine_tuning_quantization",
-                                                             "runtime", "offload_target")})
-    # Optimizers are catalog data (plugins and the user's folder add more): offer every registered one.
-    default = ((finetuning or {}).get("properties", {}).get("optimizer") or {}).get("default", "adamw")
-    out["ft_optimizer"] = {"options": get_catalog().optimizers.keys(), "default": default}
-    return out
+def calculator_form() -> dict:
+    """The form, generated from the request schemas (defaults, bounds, choices) and the catalog."""
+    from .form import build
+
+    schemas = {"inference": _schema_or_none("InferenceRequest") or {},
+               "finetuning": _schema_or_none("FinetuningRequest") or {}}
+    return build(schemas, get_catalog())
 
 
 async def index(request: Request) -> Response:
     """The calculator. With page sessions on, it carries a fresh page token: a browser-session cookie
     (no Max-Age), HttpOnly, SameSite=Strict, sent only to the API paths, valid one hour."""
     page_sessions = request.app.state.page_sessions
-    response = render("index.html", {"api_prefix": PREFIX, "choices": calculator_choices(),
-                                     "page_sessions": page_sessions}, headers={"Cache-Control": "no-store"})
+    cat = get_catalog()
+    formats = [k for k in MAP_FORMATS if k in cat.quantization]
+    facts = {"gpus": sum(1 for e in cat.gpus if not e.data.get("custom")), "models": len(cat.models),
+             "formats": sum(1 for e in cat.quantization if e.data["kind"] != "alias"), "runtimes": len(cat.runtimes)}
+    response = render("index.html", {"api_prefix": PREFIX, "form": calculator_form(), "map_formats": formats,
+                                     "facts": facts, "page_sessions": page_sessions},
+                      headers={"Cache-Control": "no-store"})
     if page_sessions:
         page = request.app.state.page_signer.sign({"sid": auth.new_session_id()}, ttl=auth.PAGE_TOKEN_TTL)
         response.set_cookie(auth.PAGE_COOKIE, page, path=PREFIX + "/", httponly=True, samesite="strict",

@@ -1,4 +1,5 @@
-"""``POST plan`` and ``POST report`` under ``/api/v1/vram-calculation/``: the planner and the reports over HTTP.
+"""``POST plan``, ``POST report``, ``POST fit-map`` and ``POST context-curve`` under ``/api/v1/vram-calculation/``:
+the planner, the reports and the maps of many estimates over HTTP.
 
 - ``POST /api/v1/vram-calculation/plan``: body = a plan request (schema ``plan-request``), answer =
   the plan (schema ``plan-response``), JSON.
@@ -7,6 +8,10 @@
   "slo": {...}}``: a row of a ``cheapest_deployment`` answer) whose report adds its cost and binding
   constraint; answer = the rendered report (``text/html`` or ``text/markdown``). Without ``format`` the ``Accept`` header chooses (``text/markdown`` →
   Markdown, else HTML); ``workload`` defaults to ``inference``.
+- ``POST /api/v1/vram-calculation/fit-map``: body = a request plus ``workload``, ``gpu_keys``,
+  ``quantizations`` (schema ``fit-map-request``); answer = GPUs x formats (schema ``fit-map-response``).
+- ``POST /api/v1/vram-calculation/context-curve``: body = a request plus ``workload``; answer = memory
+  against context length (schema ``context-curve-response``).
 
 The handlers are plain async functions and do **not** authenticate: :data:`ROUTES` is mounted by
 ``app.py`` behind its authentication, or use :func:`authenticated_routes` to get the same routes
@@ -58,6 +63,22 @@ async def plan_endpoint(request: Request) -> Response:
     if isinstance(body, Response):
         return body
     return await _call_engine(request, "plan", body)
+
+
+async def fit_map_endpoint(request: Request) -> Response:
+    """POST fit-map: every GPU x every weight format (or fine-tuning method), each cell one estimate."""
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    return await _call_engine(request, "fit_map", body)
+
+
+async def context_curve_endpoint(request: Request) -> Response:
+    """POST context-curve: memory against context length for one request."""
+    body = await _json_body(request)
+    if isinstance(body, Response):
+        return body
+    return await _call_engine(request, "context_curve", body)
 
 
 def report_format(request: Request) -> str | None:
@@ -145,6 +166,8 @@ async def report_endpoint(request: Request) -> Response:
 ROUTES = [
     Route(f"{PREFIX}/plan", plan_endpoint, methods=["POST"]),
     Route(f"{PREFIX}/report", report_endpoint, methods=["POST"]),
+    Route(f"{PREFIX}/fit-map", fit_map_endpoint, methods=["POST"]),
+    Route(f"{PREFIX}/context-curve", context_curve_endpoint, methods=["POST"]),
 ]
 
 

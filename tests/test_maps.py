@@ -1,0 +1,68 @@
+"""Maps of many estimates: the fit map (GPUs x formats) and memory against context length, Python and HTTP."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+from server_fixtures import PREFIX, api_token, app, auth_headers, client, isolated_data_dir, sqlite_store  # noqa: F401
+
+import vramplan
+from vramplan.datafiles import load_schema
+from vramplan.errors import RequestError
+
+MAP = {"llm_key": "llama-3-8b-instruct", "gpu_keys": ["rtx_4060", "rtx_4090"], "quantizations": ["q4_k_m", "fp16"]}
+
+
+def test_fit_map_cells_are_estimates():
+    m = vramplan.fit_map(MAP)
+    jsonschema.validate(m, load_schema("fit-map-response"))
+    assert [c["key"] for c in m["columns"]] == ["fp16", "q4_k_m"]  # best quality first (96, 78)
+    assert [r["gpu_key"] for r in m["rows"]] == ["rtx_4060", "rtx_4090"]
+    cell = {(r["gpu_key"], c["key"]): r["cells"][i] for r in m["rows"] for i, c in enumerate(m["columns"])}
+    # Llama 3 8B: fp16 weights are 8.03e9 x 2 bytes = 14.96 GiB, over an 8 GiB RTX 4060 but within 24 GiB;
+    # Q4_K_M is ~4.6 GiB, within both.
+    assert not cell["rtx_4060", "fp16"]["fits"] and cell["rtx_4060", "fp16"]["memory_status"] == "insufficient"
+    assert cell["rtx_4060", "q4_k_m"]["fits"] and cell["rtx_4090", "fp16"]["fits"] and cell["rtx_4090", "q4_k_m"]["fits"]
+    for (gpu, q), c in cell.items():
+        out = vramplan.estimate_inference({"llm_key": "llama-3-8b-instruct", "gpu_key": gpu, "quantization": q})
+        assert (c["vram_usage"], c["memory_status"], c["per_user_tps"], c["runtime"]) == \
+            (out["vram_usage"], out["memory_status"], out["per_user_tps"], out["runtime"])
+    assert cell["rtx_4090", "q4_k_m"]["runtime"] == "llama.cpp" and cell["rtx_4090", "fp16"]["runtime"] == "transformers"
+
+
+def test_fine_tuning_fit_map_has_one_column_per_method():
+    m = vramplan.fit_map({"workload": "finetuning", "llm_key": "llama-3-8b-instruct", "gpu_keys": ["rtx_3090"]})
+    assert [c["key"] for c in m["columns"]] == ["full", "lora", "qlora"] and m["speed_field"] == "training_tps"
+    full, lora, qlora = m["rows"][0]["cells"]
+    assert not full["fits"] and qlora["fits"]  # 8B full fine-tuning needs far more than 24 GiB; QLoRA fits
+    assert qlora["vram_usage"] < lora["vram_usage"] < full["vram_usage"]
+
+
+def test_fit_map_names_bad_keys():
+    with pytest.raises(RequestError) as err:
+        vramplan.fit_map({**MAP, "gpu_keys": ["rtx_4090", "rtx_4909"]})
+    assert "gpu_keys[1]" in str(err.value) and "rtx_4090" in err.value.suggestions["gpu_keys[1]"]
+    with pytest.raises(RequestError, match="quantizations"):
+        vramplan.fit_map({**MAP, "quantizations": []})
+
+
+def test_context_curve_crossing_is_the_planners_max_seq_length():
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b-instruct"}  # fp16, 128k context: 24 GiB ends it early
+    c = vramplan.context_curve(body)
+    jsonschema.validate(c, load_schema("context-curve-response"))
+    plan = vramplan.plan({**body, "find": ["max_seq_length"]})["max_seq_length"]
+    assert c["crossing"] == plan["value"]
+    assert c["model_max"] == 131072 and c["points"][0]["seq_length"] == 512 and c["points"][-1]["seq_length"] == 131072
+    usage = [p["vram_usage"] for p in c["points"]]
+    assert usage == sorted(usage)  # memory grows with context
+
+
+def test_maps_over_http(client, auth_headers):
+    r = client.post(f"{PREFIX}/fit-map", json=MAP, headers=auth_headers)
+    assert r.status_code == 200 and r.json() == vramplan.fit_map(MAP)
+    r = client.post(f"{PREFIX}/context-curve", json={"gpu_key": "rtx_4090", "llm_key": "llama-3-8b-instruct"},
+                    headers=auth_headers)
+    assert r.status_code == 200 and r.json()["note"].startswith("fits")
+    bad = client.post(f"{PREFIX}/fit-map", json={**MAP, "workload": "training"}, headers=auth_headers)
+    assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "workload"
+    assert client.post(f"{PREFIX}/fit-map", json=MAP).status_code == 401
