@@ -73,11 +73,14 @@ def list_runtimes() -> list[dict[str, Any]]:
     return runtimes()
 
 
-def plan(request: dict[str, Any]) -> dict[str, Any]:
-    """Answer "what fits?" questions (max context, batch, users, fewest GPUs, best quantization, GPUs)."""
+def plan(request: dict[str, Any], *, strict: bool = False) -> dict[str, Any]:
+    """Answer "what fits?" questions (max context, batch, users, fewest GPUs, best quantization, GPUs).
+
+    ``strict``: refuse fields the request schema does not know instead of ignoring them with a warning.
+    """
     from .planner import plan as _plan
 
-    return _plan(request)
+    return _plan(request, strict=strict)
 
 
 def fit_map(request: dict[str, Any]) -> dict[str, Any]:

@@ -79,6 +79,13 @@ def estimator(workload: str, catalog: Catalog | None = None) -> Callable[[dict[s
     return lambda body: run(body, workload, catalog)
 
 
+def run_checked(body: dict[str, Any], workload: str, catalog: Catalog, *, strict: bool) -> dict[str, Any]:
+    """One estimate that validates the request (``strict``: unknown fields refused, not ignored)."""
+    from .estimate import run
+
+    return run(body, workload, catalog, strict=strict)
+
+
 def capacity_gib(body: dict[str, Any], cat: Catalog | None = None) -> float:
     """The GPU memory the request runs against: ``custom_vram`` if given, else the catalog's."""
     if body.get("custom_vram") is not None:
@@ -381,8 +388,12 @@ def _check_keys(request: dict[str, Any], cat: Catalog) -> None:
         raise RequestError(problems, suggestions=suggestions)
 
 
-def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
-    """Answer each question in ``request["find"]``; see the module docstring."""
+def plan(request: dict[str, Any], catalog: Catalog | None = None, *, strict: bool = False) -> dict[str, Any]:
+    """Answer each question in ``request["find"]``; see the module docstring.
+
+    ``strict``: refuse request fields the estimate schema does not know (``Prefer: handling=strict``), as the
+    estimate endpoints do; by default they are ignored, and each answer's estimate lists them in ``warnings``.
+    """
     validate_plan(request)
     cat = catalog or get_catalog()
     workload = request.get("workload", "inference")  # the default the CLI and POST report use too
@@ -408,15 +419,14 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, A
     answers: dict[str, Any] = {}
     needs_gpu = [q for q in find if q not in GPU_SEARCHES]
     if needs_gpu:
-        run = estimator(workload, cat)
         # Validates the whole request once (every bad field named) and gives the defaults searches start from.
-        run({k: v for k, v in body.items() if k != "trace"})
+        run_checked({k: v for k, v in body.items() if k != "trace"}, workload, cat, strict=strict)
         ctx["base"] = request_mod.validate(body, workload)
         ctx["capacity"] = capacity_gib(body, cat)
     elif "llm_key" in body:
         plain = [k for k in gpu_keys or [] if not cat.gpus.get(k).data.get("custom")]
         probe_gpu = (plain or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
-        estimator(workload, cat)({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu})
+        run_checked({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu}, workload, cat, strict=strict)
     for q in find:
         answers[q] = HANDLERS[q](q, body, workload, ctx)
     return answers

@@ -206,6 +206,21 @@ def test_strict_preference_refuses_unknown_fields(client, auth_headers):
     assert report.status_code == 422
 
 
+def test_strict_preference_applies_to_plan(client, auth_headers):
+    body = {**SEED_INFERENCE_REQUEST, "find": ["max_seq_length"], "batchsize": 4}
+    lenient = client.post(f"{PREFIX}/plan", json=body, headers=auth_headers)
+    assert lenient.status_code == 200
+    assert "ignored unknown field batchsize (closest known field: batch_size)" in \
+        lenient.json()["max_seq_length"]["estimate"]["warnings"]
+    strict = client.post(f"{PREFIX}/plan", json=body, headers={**auth_headers, "Prefer": "handling=strict"})
+    assert strict.status_code == 422
+    assert strict.json()["errors"] == [{"field": "batchsize", "message": "unknown field", "closest": ["batch_size"]}]
+    assert strict.headers["preference-applied"] == "handling=strict"
+    gpu_search = {k: v for k, v in body.items() if k != "gpu_key"} | {"find": ["gpus"]}  # the no-GPU branch
+    assert client.post(f"{PREFIX}/plan", json=gpu_search,
+                       headers={**auth_headers, "Prefer": "handling=strict"}).status_code == 422
+
+
 def test_null_fields_are_absent_over_http(client, auth_headers):
     body = {**SEED_INFERENCE_REQUEST, "num_offload_layers": None, "custom_vram": None}
     resp = client.post(f"{PREFIX}/inference", json=body, headers=auth_headers)

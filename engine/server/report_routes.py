@@ -62,7 +62,7 @@ async def plan_endpoint(request: Request) -> Response:
     body = await _json_body(request)
     if isinstance(body, Response):
         return body
-    return await _call_engine(request, "plan", body)
+    return await _call_engine(request, "plan", body, strict=auth.prefers_strict(request.headers))
 
 
 async def fit_map_endpoint(request: Request) -> Response:
