@@ -10,12 +10,15 @@ metric, and every record it could not map with the reason (they count as misses,
 Mapping (README of the calibration folder; where a source is ambiguous the physically consistent
 reading is taken and printed beside the case):
 
-- ``concurrency: C`` -> a closed loop of ``concurrent_users: C`` (batch 1); ``request_rate: r`` -> an
-  open loop at r requests/s.
+- ``concurrency: C`` -> a closed loop of ``concurrent_users: C`` (batch 1), unless the run has no more
+  prompts than C: then all are in flight at once and none follows, one burst of num_prompts;
+  ``request_rate: r`` -> an open loop at r requests/s.
 - a static batch, and offline runs whose prompts are all submitted at once (request rate inf, or a
   burst of ``num_prompts``) -> one burst of ``batch_size`` = num_prompts (1000 where not stated) from
   one client: the engine runs it as a static batch when it fits the runtime's cap, else as a saturated
   continuous batch (the same as ``concurrent_users`` = num_prompts).
+- a record that names no checkpoint (``model: null``) is read as the checkpoint its source's own deployment
+  guide serves, where there is one (NAMED_MODELS), and says so beside the case.
 - ``runtime: nim`` is TensorRT-LLM; ``tensor_parallel`` -> tensor parallelism over num_gpus; pipeline
   parallelism likewise; expert-parallel (DEP) runs are estimated with tensor parallelism (not modelled).
 - output throughput per GPU x GPUs = the deployment's; lengths "~20000 (+/-15%)" at their stated value;
@@ -53,6 +56,20 @@ MODELS = {
     "nvidia/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b", "nvidia/Qwen3-30B-A3B-FP4": "qwen3-30b-a3b",
     "nvidia/Llama-4-Maverick-17B-128E-Instruct-FP8": "llama-4-maverick-17b-128e-instruct",
     "deepseek-ai/DeepSeek-R1-0528": "deepseek-r1-0528",
+}
+#: Records whose ``model`` is null (the source names no checkpoint), by ``model_name_in_source``: the
+#: checkpoint the source's own deployment guide serves, the catalog entry estimated, and the reading.
+NAMED_MODELS = {
+    "Nemotron Nano 30B (FP8, TP=2, 2 GPUs)": (
+        "nvidia-nemotron-3-nano-30b-a3b",
+        "checkpoint read from Vultr's Nemotron Nano guide (docs.vultr.com/inference-cookbook/cuda/model-guides/nemotron-nano): "
+        "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-FP8, the BF16 architecture with fp8 weights; that checkpoint keeps its "
+        "6 attention layers and the 6 Mamba layers before them in BF16 (not modelled)"),
+    "Nemotron Super 49B (FP8, TP=1, 1 GPU)": (
+        "llama-3.3-nemotron-super-49b-v1",
+        "checkpoint read from Vultr's Nemotron Super guide (docs.vultr.com/inference-cookbook/cuda/model-guides/nemotron-super-49b): "
+        "nvidia/Llama-3_3-Nemotron-Super-49B-v1_5-FP8, estimated with v1's architecture (v1.5's full config.json was not "
+        "found; its first 10 block_configs, in NVIDIA NeMo Automodel's test slice, equal v1's)"),
 }
 GPUS = {
     "H200-SXM-141GB": "h200", "H100-SXM-80GB": "h100_80", "H100-80GB (form factor not stated)": "h100_80",
@@ -107,6 +124,9 @@ def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str
     """(request body, readings taken, reason when it cannot be mapped)."""
     notes: list[str] = []
     model = MODELS.get(r.get("model") or "")
+    if model is None and not r.get("model") and r.get("model_name_in_source") in NAMED_MODELS:
+        model, reading = NAMED_MODELS[r["model_name_in_source"]]
+        notes.append(reading)
     if model is None:
         return None, notes, f"model {r.get('model') or r.get('model_name_in_source')!r} is not in the catalog"
     gpu = GPUS.get(r.get("gpu_canonical") or "")
@@ -159,7 +179,11 @@ def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str
     body.update({"input_tokens": int(i), "output_tokens": max(int(o), 1)})
 
     rate = r.get("request_rate")
-    if r.get("concurrency") and runtime != "llama.cpp":
+    prompts = r.get("num_prompts")
+    if r.get("concurrency") and runtime != "llama.cpp" and isinstance(prompts, int) and prompts <= r["concurrency"]:
+        body["batch_size"] = prompts  # every prompt is sent at once and the loop never refills: one burst
+        notes.append(f"concurrency {r['concurrency']} >= its {prompts} prompts: one burst of {prompts} prompts")
+    elif r.get("concurrency") and runtime != "llama.cpp":
         body["concurrent_users"] = int(r["concurrency"])
     elif isinstance(rate, (int, float)) and rate > 0:
         body["request_rate"] = float(rate)

@@ -2,7 +2,7 @@
 
 Starts `vramplan serve` on a free loopback port with a throwaway data folder, drives Debian's headless
 Chromium with Selenium (as the browser tests do) and writes screenshot-calculator.png,
-screenshot-suggestions.png, screenshot-planner.png and screenshot-fitmap.png.
+screenshot-suggestions.png, screenshot-planner.png, screenshot-fitmap.png and screenshot-deploy.png.
 """
 
 from __future__ import annotations
@@ -128,6 +128,13 @@ def main(out: Path) -> None:
             driver.find_element(By.ID, "fitmap-run").click()
             wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#fitmap td.cell"), timeout=120)
             shoot(driver, out / "screenshot-fitmap.png", height=1500)
+            # 5. the cheapest deployment: Llama 3.1 8B, 2,000-token prompts, 500-token answers, 5 requests/s
+            driver.find_element(By.ID, "tab-deploy").click()
+            wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#deploy-llm_key option")) > 2)
+            pick(driver, "deploy-llm_key", "llama-3.1-8b-instruct")
+            driver.find_element(By.ID, "deploy-submit").click()
+            wait(driver, lambda d: d.find_element(By.ID, "deploy-results").is_displayed(), timeout=180)
+            shoot(driver, out / "screenshot-deploy.png", height=1500)
         finally:
             driver.quit()
             proc.terminate()

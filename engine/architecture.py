@@ -137,6 +137,7 @@ class Architecture:
     conv_kernel: int = 0
     ssm_state_elems: int = 0  # elements of one recurrent layer's SSM / delta-rule state, per sequence
     ssm_kernel_state_bits: int = 0  # bits the reference kernels return the state in (0: compute dtype)
+    ssm_cache_bits: int = 0  # bits the checkpoint asks the SSM state cache to be kept in (Nemotron-H mamba_ssm_cache_dtype; 0: not stated)
     recurrent_params: tuple[tuple[str, int], ...] = ()  # (role, params) of one recurrent mixer
     kv_shared: tuple[bool, ...] = ()  # per layer: reads another layer's KV cache (Gemma 3n)
     ffn_widths: tuple[int, ...] = ()  # per-layer dense FFN widths where they differ (Gemma 3n)

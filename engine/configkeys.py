@@ -160,6 +160,8 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "hybrid_override_pattern": Key("str", max_len=MAX_LAYERS),
         "mamba_num_heads": _HEADS, "mamba_head_dim": _HEAD_DIM, "n_groups": _HEADS, "ssm_state_size": _STATE,
         "conv_kernel": _KERNEL, "use_conv_bias": _FLAG, "use_bias": _FLAG, "attention_head_dim": _HEAD_DIM,
+        "moe_shared_expert_intermediate_size": _count(0, MAX_FFN, "3,712 (Nemotron 3 Nano)"),
+        "mamba_ssm_cache_dtype": _NAME,
         "attn_layer_period": _STEP, "attn_layer_offset": _OFFSET,
         "expert_layer_period": _STEP, "expert_layer_offset": _OFFSET,
     },

@@ -58,6 +58,10 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
 #: Mamba caches are allocated in the model dtype and copied into (``HybridMambaAttentionDynamicCache``).
 STATE_KERNEL_BITS = {"qwen3_next": 32}
 
+#: ``mamba_ssm_cache_dtype`` values of a Nemotron-H config.json and their bits (the dtype names
+#: vLLM's CacheConfig.mamba_ssm_cache_dtype accepts besides "auto").
+SSM_CACHE_DTYPE_BITS = {"float32": 32, "float16": 16, "bfloat16": 16}
+
 
 def _int(cfg: dict, key: str, family: str, where: str, problems: list, assumed: list, *, minimum: int = 1) -> int:
     """A positive integer config key, or the family's class default (reported), or a problem."""
@@ -111,6 +115,12 @@ def normalize(cfg: dict, model_type: str) -> dict:
     elif model_type == "nemotron_h":
         if cfg.get("head_dim") is None and cfg.get("attention_head_dim") is not None:
             cfg = {**cfg, "head_dim": cfg["attention_head_dim"]}
+        # NemotronHMoE builds its shared expert as NemotronHMLP(intermediate_size=
+        # config.moe_shared_expert_intermediate_size) - its own width, not n_shared_experts x
+        # moe_intermediate_size as DeepSeek's (transformers modeling_nemotron_h.py NemotronHMoE.__init__)
+        if cfg.get("moe_shared_expert_intermediate_size") is not None:
+            cfg = {**cfg, "shared_expert_intermediate_size": cfg["moe_shared_expert_intermediate_size"],
+                   "n_shared_experts": None}
     return cfg
 
 
@@ -221,13 +231,20 @@ def _nemotron_h(cfg: dict, top: dict, base: dict, where: str, problems: list, as
     d_inner = n_heads * d_head
     conv, params = _mamba2_mixer(h, d_inner, n_heads, n_groups, d_state, kernel,
                                  _flag(cfg, "use_conv_bias", fam), _flag(cfg, "use_bias", fam))
+    # the SSM state cache dtype the checkpoint asks for (vLLM honours it for Nemotron-H: see the
+    # runtime constant model_ssm_cache_dtype)
+    cache_dtype = cfg.get("mamba_ssm_cache_dtype")
+    cache_bits = SSM_CACHE_DTYPE_BITS.get(cache_dtype, -1) if cache_dtype is not None else 0
+    if cache_bits < 0:
+        problems.append((f"{where}.mamba_ssm_cache_dtype", f"must be one of {sorted(SSM_CACHE_DTYPE_BITS)}, got {cache_dtype!r}"))
+        cache_bits = 0
     moe = tuple(i for i, c in enumerate(pattern) if c == "E")
     # per-block FFN width, 0 for the mixer blocks (and a block's one norm follows from its kind: the
     # architecture counts a norm per attention, recurrent and FFN block)
     ffn = tuple(base["inter"] if c == "-" else (base["moe_inter"] if c == "E" else 0) for c in pattern)
     out = {"layer_types": kinds, "recurrent_kind": "mamba2", "conv_channels": conv, "conv_kernel": kernel,
            "ssm_state_elems": n_heads * d_head * d_state, "recurrent_params": params, "ffn_sizes": ffn,
-           "gated_mlp": False}
+           "gated_mlp": False, "ssm_cache_bits": cache_bits}
     if base["n_experts"]:
         out["moe_layers"] = moe
     return out

@@ -48,6 +48,7 @@ ACTIVE_RULES: dict[str, tuple[str, float, str]] = {
     "qwen3-coder-480b": ("both", 0.02, "'35B activated' is rounded to 1B"),
     "qwen3-coder-30b": ("both", 0.02, "'3.3B activated' is rounded to 0.1B"),
     "minimax-m2": ("none", 0.03, "'10B activated' is rounded to 1B"),
+    "nvidia-nemotron-3-nano": ("lookup", 0.02, "'3.2B active (3.6B with embeddings)' is rounded to 0.1B"),
 }
 
 # Published totals rounded more coarsely than 0.5% (key prefix -> relative tolerance, why).

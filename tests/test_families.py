@@ -154,6 +154,75 @@ def test_nemotron_h_pattern_blocks_by_hand():
     assert a.kv_elements_per_token_per_layer == 2 * 2 * 16 and a.num_kv_full_layers == 1
 
 
+def _nemotron3_nano() -> dict:
+    """The catalog entry's config (nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16 config.json)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "catalogs" / "models" / "nvidia.yaml"
+    return yaml.safe_load(path.read_text())["models"]["nvidia-nemotron-3-nano-30b-a3b"]["config"]
+
+
+def test_nemotron3_nano_counts_mamba2_moe_and_attention_blocks_by_hand():
+    """nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B: 23 M, 23 E, 6 * blocks of width 2688 (NVIDIA: 31.6B total)."""
+    a = from_hf_config(_nemotron3_nano())
+    assert (a.num_recurrent_layers, len(a.moe_layers), a.num_full_layers) == (23, 23, 6)
+    h = 2688
+    # Mamba2 mixer: d_inner 64 heads x 64 = 4096, conv over 4096 + 2 x 8 groups x 128 = 6144 channels;
+    # in_proj h x (4096 + 6144 + 64), conv 6144 x 4 + bias 6144, dt_bias / A_log / D 3 x 64, gated norm 4096,
+    # out_proj 4096 x h, plus the block's pre-norm
+    mamba = h * 10304 + 6144 * 4 + 6144 + 3 * 64 + 4096 + 4096 * h + h
+    assert mamba == 38_744_896
+    # attention: q 32 x 128, k and v 2 x 128 each, o back to h (no bias), plus the pre-norm
+    attn = h * 4096 + 2 * h * 256 + 4096 * h + h
+    # MoE: 128 squared-ReLU experts of up + down (1856 wide), the shared expert of its own width 3712
+    # (moe_shared_expert_intermediate_size, not n_shared_experts x 1856), the router 128 x h, the pre-norm
+    moe = 128 * 2 * 1856 * h + 2 * 3712 * h + 128 * h + h
+    embed = 2 * 131072 * h  # untied embedding and output head
+    total = 23 * mamba + 6 * attn + 23 * moe + embed + h
+    assert a.param_count() == total == 31_577_937_344  # NVIDIA: "31.6B total"
+    # a token runs 6 of the 128 experts; "3.2B active (3.6B with embeddings)"
+    active_moe = 6 * 2 * 1856 * h + 2 * 3712 * h + 128 * h + h
+    active = 23 * mamba + 6 * attn + 23 * active_moe + embed + h
+    assert a.param_count(active=True) == active == 3_580_073_408
+    assert active - 131072 * h == 3_227_751_872
+    # keys and values of the 6 attention blocks: 2 x 2 KV heads x 128 = 512 elements per token per layer
+    assert a.kv_elements_per_token_per_layer == 512 and a.num_kv_full_layers == 6
+    # SSM state 64 heads x 64 x 128 per Mamba layer; float32 by the config's mamba_ssm_cache_dtype
+    assert (a.conv_channels, a.ssm_state_elems, a.ssm_cache_bits) == (6144, 524288, 32)
+
+
+def test_nemotron3_nano_state_and_kv_per_sequence_in_vllm_by_hand():
+    out = vramplan.estimate_inference({"gpu_key": "b200", "llm_key": "nvidia-nemotron-3-nano-30b-a3b",
+                                       "runtime": "vllm", "quantization": "bf16", "seq_length": 4096,
+                                       "batch_size": 4, "trace": True})
+    t = _trace(out)
+    # vLLM keeps the SSM state in the config's float32 (NemotronHForCausalLMConfig), the conv state in bf16:
+    # 6144 x 3 x 2 + 524,288 x 4 = 2,134,016 bytes per Mamba layer
+    assert t["ssm_state_bits"] == 32 and t["recurrent_state_bytes_layer"] == 2_134_016
+    # bf16 keys and values: 2 x 2 x 128 x 2 = 1024 bytes per token per attention layer; the state is padded to one
+    # attention page of 16 x ceil(2,134,016 / (16 x 1024)) = 2096 tokens = 2,146,304 bytes, x 23 Mamba layers
+    assert t["kv_block_tokens"] == 2096
+    assert t["recurrent_state_bytes_per_seq"] == 23 * 2096 * 1024 == 49_364_992
+    # 4096 tokens in 2096-token blocks -> 4192 tokens x 6 layers x 1024 bytes
+    assert t["kv_attention_bytes_per_seq"] == 4192 * 6 * 1024
+    assert t["recurrent_state_gpu_bytes"] == 4 * 49_364_992
+    # transformers does not read mamba_ssm_cache_dtype: the state stays in the model's bf16 (whole kernel of conv)
+    tf = _trace(vramplan.estimate_inference({"gpu_key": "b200", "llm_key": "nvidia-nemotron-3-nano-30b-a3b",
+                                             "runtime": "transformers", "quantization": "bf16", "seq_length": 4096,
+                                             "trace": True}))
+    assert tf["ssm_state_bits"] == 16
+    assert tf["recurrent_state_bytes_per_seq"] == 23 * (6144 * 4 * 2 + 524288 * 2)
+
+
+def test_nemotron_h_bad_ssm_cache_dtype_names_the_field():
+    with pytest.raises(RequestError, match="custom_model.mamba_ssm_cache_dtype"):
+        from_hf_config({**_nemotron3_nano(), "mamba_ssm_cache_dtype": "float8"})
+    without = {k: v for k, v in _nemotron3_nano().items() if k != "mamba_ssm_cache_dtype"}
+    assert from_hf_config(without).ssm_cache_bits == 0  # not stated: the runtime's own rule applies
+
+
 def test_jamba_mamba1_layers_from_periods_by_hand():
     cfg = {"model_type": "jamba", "hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
            "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100, "tie_word_embeddings": False,
@@ -297,6 +366,8 @@ def test_catalog_entries_of_new_architectures_have_their_layouts():
     assert archs["granite-4.0-h-small"].num_recurrent_layers == 36 and archs["granite-4.0-h-small"].num_full_layers == 4
     assert archs["llama-3.2-11b-vision-instruct"].num_cross_layers == 8
     assert sum(archs["gemma-3n-e4b-it"].kv_shared) == 15
+    nano = archs["nvidia-nemotron-3-nano-30b-a3b"]
+    assert (nano.num_recurrent_layers, len(nano.moe_layers), nano.num_full_layers) == (23, 23, 6)
 
 
 def _hybrid_gguf(path, arch: str, kv_heads):

@@ -96,7 +96,7 @@
       cell(tr, String(i + 1), true);
       cell(tr, r.gpu_key);
       cell(tr, String(r.num_gpus), true);
-      cell(tr, r.inference_parallelism);
+      cell(tr, r.num_gpus > 1 ? r.inference_parallelism : "—");  // one GPU: nothing is split
       cell(tr, r.quantization);
       cell(tr, r.kv_cache_quantization);
       cell(tr, r.runtime);
