@@ -29,7 +29,7 @@ import time
 
 import vramplan
 from vramplan.catalog import get_catalog
-from vramplan.cli_sweep import Writer
+from vramplan.cli.sweep import Writer
 from vramplan.many import estimate_many
 from vramplan.sweep import Axis, Sweep
 

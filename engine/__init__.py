@@ -11,12 +11,11 @@ every bad field.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import Any
 
 from .errors import CatalogError, FormulaError, PluginError, RequestError, VramplanError
 from .hookspecs import hookimpl
+from .version import __version__
 
 __all__ = [
     "__version__", "estimate_inference", "estimate_finetuning", "list_gpus", "list_models", "list_runtimes", "plan",
@@ -31,7 +30,7 @@ def estimate_inference(request: dict[str, Any], *, strict: bool = False, suggest
     Fields the API does not know are ignored with a warning (``warnings``); ``strict=True`` refuses them.
     ``suggestions=False`` skips the search for them (the HTTP layer runs it off its event loop).
     """
-    from .estimate import run
+    from .answer import estimate as run
     from .suggest import estimate
 
     return estimate(request, "inference", strict=strict) if suggestions else run(request, "inference", strict=strict)
@@ -40,7 +39,7 @@ def estimate_inference(request: dict[str, Any], *, strict: bool = False, suggest
 def estimate_finetuning(request: dict[str, Any], *, strict: bool = False, suggestions: bool = True) -> dict[str, Any]:
     """POST /finetuning: memory and speed of fine-tuning a model (``strict`` and ``suggestions`` as for
     :func:`estimate_inference`)."""
-    from .estimate import run
+    from .answer import estimate as run
     from .suggest import estimate
 
     return estimate(request, "finetuning", strict=strict) if suggestions else run(request, "finetuning", strict=strict)

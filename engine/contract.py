@@ -32,6 +32,11 @@ def outputs_by_workload() -> dict[str, tuple[str, ...]]:
     return {w: tuple(fid for fid, d in declared_outputs().items() if w in d["workloads"]) for w in WORKLOADS}
 
 
+def stage_outputs() -> frozenset[str]:
+    """The declared outputs read only for a response with pipeline stages (``only_for: pipeline_stages``)."""
+    return frozenset(fid for fid, d in declared_outputs().items() if d.get("only_for") == "pipeline_stages")
+
+
 def check(formulas) -> None:
     """Every declared output is a formula in its declared unit; every memory component is in bytes."""
     problems = []

@@ -46,7 +46,7 @@ def cache_dir() -> Path | None:
 @lru_cache(maxsize=None)
 def _code_fingerprint() -> bytes:
     """The versions and checker source a validated file's data depends on."""
-    from . import __version__
+    from .version import __version__
 
     parts = [FORMAT, __version__]
     try:
@@ -67,9 +67,11 @@ def _code_fingerprint() -> bytes:
 
 @lru_cache(maxsize=None)
 def _schema_fingerprint(schema_name: str) -> bytes:
-    from .datafiles import load_schema
+    """The schema file's bytes, as :func:`vramplan.datafiles.load_schema` reads them (read here, not
+    through datafiles, which imports this module)."""
+    from importlib import resources
 
-    return hashlib.sha256(json.dumps(load_schema(schema_name), sort_keys=True).encode()).digest()
+    return hashlib.sha256(resources.files("vramplan.schemas").joinpath(f"{schema_name}.schema.json").read_bytes()).digest()
 
 
 def key(raw: bytes, schema_name: str) -> str:

@@ -1,8 +1,9 @@
-"""Evaluate the formula graph for a scenario and assemble the response the seed API defines.
+"""The estimate stage: the evaluated formula graph as the response the seed API defines.
 
-validate → resolve → scenario → **evaluate → estimate** → render. This module owns the last two:
-it asks the formula set for what the response needs and maps the results onto the seed's field
-names (GiB, rounded as the seed shows them), plus the additive extras.
+validate → resolve → scenario → evaluate → **estimate** → render. This module maps the formula
+values a response reads (declared in vocabulary/outputs.yaml) onto the seed's field names (GiB,
+rounded as the seed shows them), plus the additive extras, and words the statuses. The pass that
+drives the stages is :mod:`vramplan.pipeline`; nothing here searches or reaches back.
 """
 
 from __future__ import annotations
@@ -12,10 +13,8 @@ from typing import Any
 
 from . import contract
 from . import request as request_mod
-from . import scenario as scenario_mod
-from .catalog import Catalog, get_catalog
-from .errors import FormulaError, RequestError, VramplanError
-from .resolve import Resolved, resolve
+from .resolve import Resolved
+from .scenario import Notes
 from .units import GIB
 
 
@@ -65,13 +64,13 @@ def configuration_checks(s: Mapping[str, Any], workload: str) -> list[tuple[Any,
     ]
 
 
-def _configuration_errors(res: Resolved, s: dict[str, float]) -> list[str]:
-    """Well-formed requests whose configuration cannot run (memory_status 'error')."""
+def _configuration_errors(res: Resolved, s: dict[str, float]) -> tuple[list[str], list[str]]:
+    """(configurations that cannot run (memory_status 'error'), warnings about settings past the model's limits)."""
     errors = [message(s) for condition, message in configuration_checks(s, res.workload) if condition]
     mpe = res.arch.max_position_embeddings
-    if mpe and res.request["seq_length"] > mpe:
-        res.warnings.append(f"seq_length {res.request['seq_length']} exceeds the model's context of {mpe} tokens")
-    return errors
+    past = [f"seq_length {res.request['seq_length']} exceeds the model's context of {mpe} tokens"] \
+        if mpe and res.request["seq_length"] > mpe else []
+    return errors, past
 
 
 def status_overrides(s: Mapping[str, Any], v: Mapping[str, Any], workload: str) -> list[tuple[Any, str]]:
@@ -89,155 +88,9 @@ def needs_offload_search(req: dict[str, Any], workload: str, status: str) -> boo
             and req.get("num_offload_layers") is None and req.get("percentage_offload") is None)
 
 
-def run(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, strict: bool = False) -> dict[str, Any]:
-    """The whole pass for one request body; returns the response body.
-
-    ``strict``: refuse fields the schema does not know (default: ignore them with a warning).
-    """
-    cat = catalog or get_catalog()
-    try:
-        req, notes = request_mod.check(body, workload, strict=strict)
-    except RequestError as exc:
-        raise _with_unknown_keys(cat, body, exc, workload) from None
-    try:
-        res, out = _estimate(cat, req, workload, notes)
-    except FormulaError as exc:
-        raise _blame(cat, body, workload, exc) from None
-    if needs_offload_search(req, workload, out["memory_status"]):
-        return _fewest_offloaded_layers(body, cat, res.arch.num_layers)
-    return out
-
-
 def negative_output(v: Mapping[str, Any], workload: str) -> str | None:
     """The first figure the response reads that came out negative, or None: a response never shows one."""
     return next((fid for fid in OUTPUTS[workload] if v[fid] < 0), None)
-
-
-def _estimate(cat: Catalog, req: dict[str, Any], workload: str, notes: list[str]) -> tuple[Resolved, dict[str, Any]]:
-    res = resolve(cat, req, workload)
-    res.warnings[:0] = notes
-    s = scenario_mod.build(res)
-    components = cat.formulas.components(workload)
-    trace: list | None = [] if req.get("trace") else None
-    targets = tuple(c.output for c in components) + OUTPUTS[workload]
-    v = cat.formulas.evaluate(s, targets, trace=trace)
-    fid = negative_output(v, workload)
-    if fid is not None:
-        err = FormulaError([(f"formula {fid} ({cat.formulas.formulas[fid].file})", f"gave {v[fid]!r}, a negative figure")])
-        err.formula = fid
-        raise err
-    return res, assemble(res, s, v, components, trace)
-
-
-def _blame(cat: Catalog, body: dict[str, Any], workload: str, exc: FormulaError) -> VramplanError:
-    """A formula that fails (overflow, division by zero, not finite, negative) because of numbers the
-    request carries is the request's error: a :class:`RequestError` naming those fields.
-
-    Which fields: each of the request's :data:`DATA_OVERRIDES` (each ``runtime_settings`` member,
-    ``custom_model``, ``custom_weights_bytes``, ``custom_vram``) is taken away in turn, and the ones
-    without which the same request evaluates are named; if no single one suffices, all of them
-    together are tried. If the request still fails without them, the server's formulas or data are
-    at fault and the :class:`FormulaError` stands (a 500 with an incident id over HTTP).
-    """
-    if exc.formula is None or not isinstance(body, dict):
-        return exc
-    names = _client_numbers(body, workload)
-    culprits = [name for name in names if _evaluates(cat, _without(cat, body, [name]), workload)]
-    if not culprits and len(names) > 1 and _evaluates(cat, _without(cat, body, names), workload):
-        culprits = names
-    if not culprits:
-        return exc
-    what = exc.problems[0][1] if exc.problems else "fails"
-    together = f" (together with {', '.join(culprits[1:])})" if len(culprits) > 1 else ""
-    return RequestError([(name, f"is out of the range the engine can size{together if i == 0 else ''}: "
-                                f"formula {exc.formula} {what}") for i, name in enumerate(culprits)])
-
-
-#: Request fields that replace the engine's own data with the client's numbers: the model's
-#: architecture, its weight bytes, the GPU's memory, the runtime's constants. A formula these make
-#: fail is the request's error. The workload's own numbers (batch, context, users, GPUs, ...) are not
-#: here: every value the schema allows them must evaluate, so a failure there is the engine's.
-DATA_OVERRIDES = ("custom_model", "custom_weights_bytes", "custom_vram", "runtime_settings")
-
-
-def _client_numbers(body: dict[str, Any], workload: str) -> list[str]:
-    """The data overrides the client sent, by field path: each ``runtime_settings`` member, the
-    others whole."""
-    out = []
-    for name in DATA_OVERRIDES:
-        value = body.get(name)
-        if name == "runtime_settings" and isinstance(value, dict):
-            out += [f"{name}.{member}" for member in value]
-        elif name == "custom_model" and isinstance(value, dict) and body.get("llm_key") == "custom":
-            out.append(name)
-        elif name not in ("runtime_settings", "custom_model") and value is not None:
-            out.append(name)
-    return out
-
-
-def _without(cat: Catalog, body: dict[str, Any], names: list[str]) -> dict[str, Any]:
-    """``body`` without the named fields (defaults apply); without ``custom_model``, a catalog model stands in."""
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in body.items()}
-    for name in names:
-        top, _, member = name.partition(".")
-        if member:
-            out.get(top, {}).pop(member, None)
-        elif top == "custom_model":
-            out.pop(top, None)
-            out["llm_key"] = next((e.key for e in cat.models), "")
-        else:
-            out.pop(top, None)
-    return out
-
-
-def _evaluates(cat: Catalog, body: dict[str, Any], workload: str) -> bool:
-    try:
-        req, notes = request_mod.check(body, workload)
-        _estimate(cat, req, workload, notes)
-    except VramplanError:
-        return False
-    return True
-
-
-def _fewest_offloaded_layers(body: dict[str, Any], cat: Catalog, n_layers: int) -> dict[str, Any]:
-    """enable_offloading without an amount: offload the fewest layers that make the workload fit.
-
-    VRAM falls monotonically with offloaded layers, so the planner's search over 1..n_layers finds
-    the smallest count that fits (or all of them when even that does not)."""
-    from .planner import Probe, capacity_gib, search_min
-
-    probe = Probe(body, "inference", "num_offload_layers", capacity_gib(body, cat), 0.0, catalog=cat)
-    n = search_min(probe, 1, n_layers)
-    if n is None:
-        out = probe.estimate(n_layers)
-        out["warnings"].append(f"offloading all {n_layers} layers still does not fit")
-        return out
-    out = probe.estimate(n)
-    out["assumptions"].insert(0, f"offloading: {n} of {n_layers} layers offloaded, the fewest with which the "
-                                 f"workload fits (enable_offloading without num_offload_layers or percentage_offload)")
-    return out
-
-
-def _with_unknown_keys(cat: Catalog, body: Any, exc: RequestError, workload: str) -> RequestError:
-    """Add unknown catalog keys to a schema error, so one message names every bad field."""
-    if not isinstance(body, dict):
-        return exc
-    problems, suggestions = list(exc.problems), dict(exc.suggestions)
-    named = {w for w, _ in problems}
-    for fld, reg in (("gpu_key", cat.gpus), ("llm_key", cat.models), ("quantization", cat.quantization),
-                     ("kv_cache_quantization", cat.quantization), ("runtime", cat.runtimes),
-                     ("interconnect_type", cat.interconnects), ("optimizer", cat.optimizers)):
-        if fld == "optimizer" and workload != "finetuning":
-            continue
-        key = body.get(fld)
-        if fld in named or not isinstance(key, str) or (fld == "llm_key" and (key == "custom" or key.startswith("hf:"))):
-            continue
-        try:
-            reg.get(key, fld)
-        except RequestError as unknown:
-            problems.extend(unknown.problems)
-            suggestions.update(unknown.suggestions)
-    return RequestError(problems, suggestions=suggestions)
 
 
 #: memory_details labels shown even at zero.
@@ -254,7 +107,9 @@ def component_bytes(components, v: dict[str, Any]) -> dict[str, Any]:
     return raw
 
 
-def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace) -> dict[str, Any]:
+def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components, trace, notes: Notes) -> dict[str, Any]:
+    """The response for one scenario's formula values ``v``; ``notes``: what the earlier stages said
+    (:func:`vramplan.pipeline.notes_of`), listed first among its assumptions and warnings."""
     details: dict[str, float] = {}
     raw = component_bytes(components, v)
     # Round each component, then let the total be their sum, so memory_details adds up exactly.
@@ -265,9 +120,9 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     capacity = res.gpu_memory_gib
     share = vram / capacity * 100 if capacity else 0.0
     actual = round(share, 1)
-    errors = _configuration_errors(res, s)
+    errors, past_limits = _configuration_errors(res, s)
     status = "error" if errors else memory_status(share)  # the unrounded share: 50.03 % is moderate
-    warnings = list(res.warnings) + [f"configuration error: {e}" for e in errors]
+    warnings = [*notes.warnings, *past_limits] + [f"configuration error: {e}" for e in errors]
     if status == "insufficient":
         warnings.append(f"needs {vram:.2f} GiB on the busiest GPU but {res.gpu.data['label']} has {capacity:g} GiB")
     breakdown = [{"label": k, "value": round(d / vram * 100, 1) if vram else 0.0, "size_gb": d} for k, d in details.items()]
@@ -315,7 +170,7 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     out["memory_details"] = details
     out["memory_breakdown"] = breakdown
     out["runtime"] = res.runtime.key
-    out["assumptions"] = _assumptions(res, s, v)
+    out["assumptions"] = _assumptions(res, s, v, notes)
     out["warnings"] = warnings
     if s["num_gpus"] > 1:
         out["per_gpu"] = _per_gpu(res, s, v, vram)
@@ -401,8 +256,8 @@ def _preset(opt: dict[str, Any]) -> str:
     return "custom"
 
 
-def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float]) -> list[str]:
-    out = list(res.assumptions)
+def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes: Notes) -> list[str]:
+    out = list(notes.assumptions)
     # A runtime's serving behaviour belongs to inference responses only; its training behaviour to fine-tuning.
     out.extend(res.runtime.data.get("assumptions" if res.workload == "inference" else "training_assumptions", []))
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
@@ -459,33 +314,20 @@ def _layout_assumptions(a, s: dict[str, float], v: dict[str, float]) -> list[str
 def _per_gpu(res: Resolved, s: dict[str, float], v: dict[str, float], busiest: float) -> list[dict[str, Any]]:
     """Memory of each GPU.
 
-    Tensor and data parallelism are symmetric: every GPU is the busiest. Pipeline stages differ:
-    stage i holds its own layers' weights and KV cache, the first stage the embedding (and vision
-    encoder), the last the output head; activations, logits and runtime overhead are per GPU. The
-    busiest stage was computed by the formulas (``weights_gpu_bytes`` and ``kv_cache_gpu_bytes``
-    cover ``layers_per_stage`` layers plus the larger end); every other stage is that figure less
-    the weights and KV it does not hold.
+    Tensor and data parallelism are symmetric: every GPU is the busiest. Pipeline stages differ in
+    their layers and ends; formulas/memory/pipeline_stages.yaml gives the weights and KV cache of
+    each kind of stage (first, last, between with or without an extra layer). Each stage also holds
+    what every GPU holds alike: the busiest GPU's total less its weights and KV cache.
     """
     n = int(s["num_gpus"])
     if s["pp"] <= 1:
         return [{"gpu": i, "vram_usage": busiest} for i in range(n)]
-    layers = int(v["layers_on_gpu"])
-    busiest_layers = int(v["layers_per_stage"])
-    per = [layers // n + (1 if i < layers % n else 0) for i in range(n)]
-    scale, tp = v["weights_scale"], s["tp"]
-    layer_w = scale * v["layer_weights_bytes"] / s["n_layers"] / tp
-    first_end = scale * (v["embd_gpu_bytes"] + v["vision_weights_bytes"]) / tp
-    head = v["output_weights_bytes"] if v["output_weights_bytes"] > 0 else v["embd_weights_bytes"]
-    last_end = scale * head / tp
-    kv_busiest = v["kv_cache_gpu_bytes"]
-    kv_per_layer = v["kv_needed_bytes"] / busiest_layers if busiest_layers else 0.0
+    base, extra = int(v["pp_stage_layers"]), int(v["pp_stages_with_extra_layer"])
+    alike = busiest * GIB - v["weights_gpu_bytes"] - v["kv_cache_gpu_bytes"]
     out = []
     for i in range(n):
-        end = (first_end if i == 0 else 0.0) + (last_end if i == n - 1 else 0.0)
-        weights = layer_w * per[i] + end
-        # A preallocated KV pool (vLLM) fills every GPU up to its cap; otherwise KV follows the layers.
-        kv = kv_busiest if s.get("rt_kv_preallocate") else kv_per_layer * per[i]
-        rest = busiest * GIB - v["weights_gpu_bytes"] - kv_busiest
-        out.append({"gpu": i, "stage": i, "layers": per[i],
-                    "vram_usage": round(min(busiest, (weights + kv + rest) / GIB), 2)})
+        held = (v["pp_first_stage_bytes"] if i == 0 else v["pp_last_stage_bytes"] if i == n - 1
+                else v["pp_middle_stage_extra_bytes"] if i < extra else v["pp_middle_stage_bytes"])
+        out.append({"gpu": i, "stage": i, "layers": base + (1 if i < extra else 0),
+                    "vram_usage": round(min(busiest, (held + alike) / GIB), 2)})
     return out

@@ -3,7 +3,7 @@ once per batch.
 
 The planner, ``vramplan sweep`` and the page's fit map ask thousands of requests that differ in a
 few numbers (context, batch, users, GPUs). :func:`estimate_many` answers them as
-:func:`vramplan.estimate.run` answers each one — the same response, or the same error — in a
+:func:`vramplan.answer.estimate` answers each one — the same response, or the same error — in a
 fraction of the time:
 
 1. every body is validated as usual;
@@ -17,7 +17,7 @@ fraction of the time:
    whole batch (:func:`vramplan.batch.evaluate_batch`);
 4. each row's response is assembled from its own numbers by :func:`vramplan.estimate.assemble`.
 
-Rows that a single estimate would treat specially go through :func:`~vramplan.estimate.run` itself:
+Rows that a single estimate would treat specially go through :func:`~vramplan.answer.estimate` itself:
 a request for a trace, and ``enable_offloading`` without an amount where the request does not fit
 (that searches for the fewest offloaded layers).
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,8 +40,11 @@ from .batch import BatchResult, evaluate_batch
 from .catalog import Catalog, get_catalog
 from .elementwise import NeedsRows
 from .errors import RequestError, VramplanError
-from .estimate import OUTPUTS, _with_unknown_keys, assemble, needs_offload_search, negative_output, run
+from .answer import estimate as run
+from .estimate import OUTPUTS, assemble, needs_offload_search, negative_output
+from .pipeline import notes_of, with_unknown_keys
 from .resolve import Resolved, resolve
+from .scenario import Notes
 
 #: Integers beyond this are exact in Python but not in binary64: a group that reaches one goes row by row.
 EXACT_INT = 2**53
@@ -101,6 +104,8 @@ class Group:
     scenario: dict[str, Any]
     rows: list[Any]  # the callers' row handles, in order
     requests: list[dict[str, Any]] | None = None  # each row's validated request, when the caller has them
+    notes: Notes = field(default_factory=Notes)  # what the scenario stage said: the same for every row (a
+    # message naming one row's number needs rows)
 
     @property
     def size(self) -> int:
@@ -109,9 +114,15 @@ class Group:
 
 def group_scenario(cat: Catalog, req: dict[str, Any], workload: str) -> tuple[Resolved, dict[str, Any]]:
     """resolve and scenario for a request whose numbers may be :class:`Swept` (may raise NeedsRows)."""
+    res, s, _ = group_scenario_with_notes(cat, req, workload)
+    return res, s
+
+
+def group_scenario_with_notes(cat: Catalog, req: dict[str, Any], workload: str) -> tuple[Resolved, dict[str, Any], Notes]:
+    """:func:`group_scenario` and what the scenario stage said (:class:`~vramplan.scenario.Notes`)."""
     try:
         res = resolve(cat, req, workload)
-        return res, scenario_mod.build(res)
+        return (res, *scenario_mod.build_with_notes(res))
     except (RequestError, NeedsRows):
         raise
     except (TypeError, ValueError, ArithmeticError) as exc:  # code that took an array for one value
@@ -228,7 +239,7 @@ def _estimate_chunk(cat: Catalog, bodies: list[dict[str, Any]], workload: str, o
         try:
             req, notes = request_mod.check(body, workload)
         except RequestError as exc:
-            out[offset + i] = _with_unknown_keys(cat, body, exc, workload)
+            out[offset + i] = with_unknown_keys(cat, body, exc, workload)
             continue
         if notes:  # a request with ignored inputs says so in its own warnings: row by row (rare)
             out[offset + i] = _single(cat, body, workload)
@@ -253,8 +264,8 @@ def _estimate_chunk(cat: Catalog, bodies: list[dict[str, Any]], workload: str, o
                 out[index] = _single(cat, bodies[index - offset], workload)
             else:
                 s = Row((scenario, j))
-                res = replace(g.res, request=req, warnings=list(g.res.warnings), assumptions=list(g.res.assumptions))
-                response = assemble(res, s, v, components, None)
+                res = replace(g.res, request=req)
+                response = assemble(res, s, v, components, None, notes_of(res, g.notes))
                 if needs_offload_search(req, workload, response["memory_status"]):
                     response = _single(cat, bodies[index - offset], workload)
                 out[index] = response
@@ -270,8 +281,8 @@ def _groups_of(cat: Catalog, members: list[tuple[int, dict[str, Any]]], workload
             for name, value in first.items():
                 if is_number(value):
                     req[name] = swept([m[1][name] for m in members])
-            res, s = group_scenario(cat, req, workload)
-            return [Group(res, s, [m[0] for m in members], [m[1] for m in members])]
+            res, s, notes = group_scenario_with_notes(cat, req, workload)
+            return [Group(res, s, [m[0] for m in members], [m[1] for m in members], notes)]
         except RequestError as exc:  # raised the same way for every row: it did not look at the numbers
             for index, _ in members:
                 out[index] = exc
@@ -282,7 +293,8 @@ def _groups_of(cat: Catalog, members: list[tuple[int, dict[str, Any]]], workload
     for index, req in members:
         try:
             res = resolve(cat, req, workload)
-            groups.append(Group(res, scenario_mod.build(res), [index], [req]))
+            s, notes = scenario_mod.build_with_notes(res)
+            groups.append(Group(res, s, [index], [req], notes))
         except RequestError as exc:
             out[index] = exc
     return groups

@@ -2,7 +2,7 @@
 
 A layer above the pipeline, like the planner: each point is one estimate of the pipeline (the fit map
 evaluates its cells together with :func:`vramplan.many.estimate_many`, which gives what one
-:func:`vramplan.estimate.run` each gives), so every cell and every point is what an estimate of that
+:func:`vramplan.answer.estimate` each gives), so every cell and every point is what an estimate of that
 request says. The page draws both; the HTML report draws the curve.
 
 - :func:`fit_map` — for one model and workload, every catalog GPU (or ``gpu_keys``) against the weight
@@ -18,10 +18,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .answer import estimate as run
+from .answer import outcome
 from .catalog import Catalog, get_catalog
+from .datafiles import field_name, schema_problems
 from .errors import RequestError, VramplanError
-from .estimate import run
-from .planner import Probe, capacity_gib, fits, search_max
+from .many import estimate_many
+from .pipeline import Outcome
+from .planner import estimator
+from .search import Probe, capacity_gib, search_max
+from .verdict import fits
 
 CURVE_POINTS = 12
 CURVE_START = 512
@@ -58,8 +64,6 @@ def _check_list(request: dict[str, Any], field: str, registry) -> list[str] | No
 
 def fit_map(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
     """GPUs x formats (or methods), each cell one estimate; see the module docstring."""
-    from .datafiles import field_name, schema_problems
-
     if not isinstance(request, dict):
         raise RequestError([("body", "must be a JSON object")])
     problems = [(field_name(w, m), m) for w, m in schema_problems(request, "fit-map-request")]
@@ -80,8 +84,7 @@ def fit_map(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str
     else:
         columns = [dict(c) for c in FINETUNING_COLUMNS]
         speed = "training_tps"
-    from .many import estimate_many  # batch evaluation: the same responses as one run() each, faster
-
+    # batch evaluation (vramplan.many): the same responses as one run() each, faster
     bodies = [{**body, "gpu_key": key, col["field"]: col["key"]} for key in gpu_keys for col in columns]
     results = iter(zip(bodies, estimate_many(bodies, workload, cat)))
     rows = []
@@ -128,11 +131,6 @@ def context_lengths(max_len: int, request_len: int, n: int = CURVE_POINTS, start
 
 def context_curve(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
     """``vram_usage`` against ``seq_length`` for one request (plus ``workload``, default inference)."""
-    from .request import validate
-    from .resolve import resolve
-
-    from .datafiles import field_name, schema_problems
-
     if not isinstance(request, dict):
         raise RequestError([("body", "must be a JSON object")])
     problems = [(field_name(w, m), m) for w, m in schema_problems(request, "context-curve-request")]
@@ -141,16 +139,16 @@ def context_curve(request: dict[str, Any], catalog: Catalog | None = None) -> di
     cat = catalog or get_catalog()
     workload = _workload(request)
     body = {k: v for k, v in request.items() if k not in ("workload", "trace")}
-    run(body, workload, cat)  # every bad field named once
-    res = resolve(cat, validate(body, workload), workload)
-    return {"workload": workload, **curve(body, workload, res, float(res.gpu_memory_gib), cat)}
+    done = outcome(body, workload, cat)  # every bad field named once
+    return {"workload": workload, **curve(done, cat)}
 
 
-def curve(body: dict[str, Any], workload: str, res, capacity: float, catalog: Catalog | None = None) -> dict[str, Any]:
-    """The curve for a resolved request (the report has resolved it already)."""
+def curve(done: Outcome, catalog: Catalog) -> dict[str, Any]:
+    """The curve around one estimate of a request (a report's, or the context-curve endpoint's)."""
+    res, workload, capacity = done.resolved, done.workload, float(done.resolved.gpu_memory_gib)
     model_max = res.arch.max_position_embeddings or max(res.request["seq_length"], 32768)
-    base = {k: v for k, v in body.items() if k != "trace"}
-    probe = Probe(base, workload, "seq_length", capacity, 0.0, catalog=catalog)
+    base = {k: v for k, v in done.body.items() if k != "trace"}
+    probe = Probe(estimator(workload, catalog), base, "seq_length", capacity, 0.0)
     points = []
     for x in context_lengths(int(model_max), int(res.request["seq_length"])):
         out = probe.estimate(x)

@@ -53,13 +53,13 @@ from . import formatrules
 from . import request as request_mod
 from .catalog import Catalog, get_catalog
 from .datafiles import field_name, schema_problems
+from .answer import estimate
 from .deploy import cheapest_deployment
 from .errors import RequestError, VramplanError
 from .many import estimate_many
+from .search import Probe, capacity_gib, search_max, search_min  # noqa: F401 - capacity_gib re-exported
 from .verdict import NOT_FITTING, SLO_FIELDS, binding, fits  # noqa: F401 - the planner's definition, re-exported
 
-QUESTIONS = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
-             "best_quantization", "gpus", "cheapest_deployment")
 PLAN_FIELDS = ("workload", "find", "headroom", "gpu_keys", "slo", "runtimes", "min_quality_rank", "gpu_hour_costs",
                "max_deployments")
 #: Questions that search over GPUs themselves (no gpu_key needed).
@@ -72,106 +72,15 @@ FIELDS = {"max_seq_length": ("seq_length", 16777216), "max_batch_size": ("batch_
 FINETUNE_PRECISIONS = ("fp32", "bf16", "fp16", "fp8")
 
 
-def estimator(workload: str, catalog: Catalog | None = None) -> Callable[[dict[str, Any]], dict[str, Any]]:
-    """The estimate of a request body, against ``catalog`` (the loaded one when None)."""
-    from .estimate import run
-
-    return lambda body: run(body, workload, catalog)
+def estimator(workload: str, catalog: Catalog) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The estimate of a request body against ``catalog``, as the API answers it (auto-offload included)."""
+    return lambda body: estimate(body, workload, catalog)
 
 
-def run_checked(body: dict[str, Any], workload: str, catalog: Catalog, *, strict: bool) -> dict[str, Any]:
-    """One estimate that validates the request (``strict``: unknown fields refused, not ignored)."""
-    from .estimate import run
-
-    return run(body, workload, catalog, strict=strict)
-
-
-def capacity_gib(body: dict[str, Any], cat: Catalog | None = None) -> float:
-    """The GPU memory the request runs against: ``custom_vram`` if given, else the catalog's."""
-    if body.get("custom_vram") is not None:
-        return float(body["custom_vram"])
-    cat = cat or get_catalog()
-    return float(cat.gpus.get(body["gpu_key"]).data.get("memory_gib") or 0.0)
-
-
-class Probe:
-    """Estimates one request at different values of one field, remembering each (no estimate twice)."""
-
-    def __init__(self, body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float,
-                 slo: dict[str, float] | None = None, catalog: Catalog | None = None):
-        self.body, self.field, self.capacity, self.headroom, self.slo = body, field, capacity, headroom, slo
-        self.run = estimator(workload, catalog)
-        self.seen: dict[int, dict[str, Any] | RequestError] = {}
-
-    def estimate(self, value: int) -> dict[str, Any] | RequestError:
-        if value not in self.seen:
-            try:
-                self.seen[value] = self.run({**self.body, self.field: value})
-            except RequestError as exc:  # e.g. micro_batch_size > batch_size: this value cannot run
-                self.seen[value] = exc
-        return self.seen[value]
-
-    def fits(self, value: int) -> bool:
-        out = self.estimate(value)
-        return not isinstance(out, RequestError) and fits(out, self.capacity, self.headroom, self.slo)
-
-    def binding(self, value: int) -> str | None:
-        out = self.estimate(value)
-        return "request" if isinstance(out, RequestError) else binding(out, self.capacity, self.headroom, self.slo)
-
-
-def search_max(probe: Probe, start: int, lo_bound: int, cap: int) -> int | None:
-    """Largest value in [lo_bound, cap] that fits, for a predicate true below a boundary; None if none."""
-    start = min(max(start, lo_bound), cap)
-    if probe.fits(start):
-        lo, hi = start, None
-        while hi is None:
-            if lo == cap:
-                return cap
-            nxt = min(lo * 2, cap)
-            if probe.fits(nxt):
-                lo = nxt
-            else:
-                hi = nxt
-    else:
-        hi, lo = start, None
-        while lo is None:
-            if hi == lo_bound:
-                return None
-            nxt = max(hi // 2, lo_bound)
-            if probe.fits(nxt):
-                lo = nxt
-            else:
-                hi = nxt
-    while hi - lo > 1:  # invariant: lo fits, hi does not
-        mid = (lo + hi) // 2
-        if probe.fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
-
-
-def search_min(probe: Probe, lo_bound: int, cap: int) -> int | None:
-    """Smallest value in [lo_bound, cap] that fits, for a predicate true above a boundary; None if none."""
-    if probe.fits(lo_bound):
-        return lo_bound
-    lo, hi = lo_bound, None  # lo does not fit
-    while hi is None:
-        if lo >= cap:
-            return None
-        nxt = min(lo * 2, cap)
-        if probe.fits(nxt):
-            hi = nxt
-        else:
-            lo = nxt
-    while hi - lo > 1:  # invariant: hi fits, lo does not
-        mid = (lo + hi) // 2
-        if probe.fits(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+def _probe(body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float,
+           slo: dict[str, float] | None, catalog: Catalog) -> Probe:
+    """A :class:`~vramplan.search.Probe` of ``field`` that estimates as the API answers."""
+    return Probe(estimator(workload, catalog), body, field, capacity, headroom, slo)
 
 
 def _why_not(out: dict[str, Any] | RequestError, field: str, value: float, capacity: float, headroom: float,
@@ -219,7 +128,7 @@ def _numeric(question: str, body: dict[str, Any], workload: str, ctx: dict[str, 
         n = model_context(body, cat)
         if n:
             cap, limited_by = min(cap, n), f"the model's context length ({n} tokens)"
-    probe = Probe(body, workload, field, capacity, headroom, slo, cat)
+    probe = _probe(body, workload, field, capacity, headroom, slo, cat)
     if question == "min_num_gpus":
         value = search_min(probe, 1, cap)
         if value is None:
@@ -420,13 +329,13 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None, *, strict: boo
     needs_gpu = [q for q in find if q not in GPU_SEARCHES]
     if needs_gpu:
         # Validates the whole request once (every bad field named) and gives the defaults searches start from.
-        run_checked({k: v for k, v in body.items() if k != "trace"}, workload, cat, strict=strict)
+        estimate({k: v for k, v in body.items() if k != "trace"}, workload, cat, strict=strict)
         ctx["base"] = request_mod.validate(body, workload)
         ctx["capacity"] = capacity_gib(body, cat)
     elif "llm_key" in body:
         plain = [k for k in gpu_keys or [] if not cat.gpus.get(k).data.get("custom")]
         probe_gpu = (plain or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
-        run_checked({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu}, workload, cat, strict=strict)
+        estimate({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu}, workload, cat, strict=strict)
     for q in find:
         answers[q] = HANDLERS[q](q, body, workload, ctx)
     return answers

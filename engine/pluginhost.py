@@ -55,7 +55,7 @@ class PluginHost:
         self.failures: list[PluginFailure] = []
         self._versions: dict[str, str] = {}
         self._builtin: set[str] = set()
-        from . import __version__
+        from .version import __version__
 
         for modname in DEFAULT_PLUGINS:
             module = importlib.import_module(modname)

@@ -1,8 +1,11 @@
 """Auditable reports (Markdown and HTML) of one estimate: the last stage, ``render``.
 
-:func:`render_report` = :func:`build_context` (plain, JSON-able data read from the request, the
-response with its trace, and the catalog) + :func:`render_context` (jinja2 templates). Keeping the
-context plain lets tests freeze one and snapshot the templates alone.
+A layer above the pipeline and the searches. :func:`report_context` runs the pipeline **once** (with
+a trace, through :func:`vramplan.answer.outcome`), asks the planner's searches what the report shows
+beside it (suggestions, the context curve, a deployment's cost), and hands those products to
+:func:`build_context`, which only reads them: plain, JSON-able data from the resolved request, the
+response with its trace, the planner's answers and the catalog. :func:`render_context` fills the
+jinja2 templates. Keeping the context plain lets tests freeze one and snapshot the templates alone.
 
 Templates: one :class:`jinja2.Environment` per template search path, ``StrictUndefined``,
 autoescape for ``*.html*``. The loader searches, first match wins:
@@ -18,6 +21,7 @@ templates as ``stacked_bar_svg(memory, capacity)`` and ``context_chart_svg(curve
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -28,12 +32,20 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from . import __version__, charts, maps
+from . import charts, contract, maps
+from .answer import outcome
 from .catalog import Catalog, get_catalog
+from .datafiles import load_schema
 from .deploy import describe_deployment
-from .estimate import STATUS_TEXT
+from .estimate import OUTPUTS, STATUS_TEXT
+from .liveness import live_steps
 from .maps import context_lengths  # noqa: F401  (the report's curve; tests use it from here)
+from .pipeline import Outcome
+from .request import SCHEMAS
+from .scenario import VARIABLES
+from .suggest import add_suggestions
 from .units import GIB, MIB
+from .version import __version__
 
 FORMATS = {"markdown": "report.md.j2", "html": "report.html.j2"}
 BUILTIN_TEMPLATES = Path(__file__).parent / "templates"
@@ -110,9 +122,6 @@ def md_cell(text: Any) -> str:
 
 def _request_rows(body: dict[str, Any], req: dict[str, Any], workload: str) -> list[dict[str, Any]]:
     """The request in the schema's field order, defaults applied and marked."""
-    from .datafiles import load_schema
-    from .request import SCHEMAS
-
     order = list(load_schema(SCHEMAS[workload])["properties"])
     rows = []
     for field in sorted(req, key=lambda f: order.index(f) if f in order else len(order)):
@@ -165,8 +174,6 @@ def _provenance(res) -> list[dict[str, Any]]:
 
 def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime) -> tuple[list[dict], list[dict], list[dict]]:
     """(formulas in evaluation order, scenario inputs they read, runtime constants they read)."""
-    from .scenario import VARIABLES
-
     known = cat.formulas.formulas
     consts = runtime.data["constants"]
     scenario: dict[str, dict] = {}
@@ -197,8 +204,6 @@ def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime) -> tuple[list[
 
 def _suggestion_row(s: dict[str, Any]) -> dict[str, Any]:
     """One suggestion as a report row: the change as request JSON, the result, and what it costs in words."""
-    import json
-
     costs = []
     for name, words, unit in (("quality_rank", "quality rank", ""), ("speed", "", " tokens/s"), ("workload", "", ""),
                               ("gpus", "GPUs", ""), ("gpu_memory_gib", "GPU memory", " GiB")):
@@ -218,32 +223,45 @@ def _suggestion_row(s: dict[str, Any]) -> dict[str, Any]:
 def _live_trace(cat: Catalog, out: dict[str, Any], workload: str) -> list[dict[str, Any]]:
     """The trace steps that produced this estimate's numbers: the components it shows and the figures it
     reports (:mod:`vramplan.liveness`), not the other workload's or the branches not taken."""
-    from .estimate import OUTPUTS
-    from .liveness import live_steps
-
     values = {step["id"]: step["value"] for step in out["trace"]}
     outputs = [c.output for c in cat.formulas.components(workload) if values.get(c.output, 0) > 0]
-    return live_steps(cat.formulas, out["trace"], outputs + list(OUTPUTS[workload]))
+    staged = any("stage" in g for g in out.get("per_gpu", []))
+    read = [fid for fid in OUTPUTS[workload] if staged or fid not in contract.stage_outputs()]
+    return live_steps(cat.formulas, out["trace"], outputs + read)
 
 
-def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, catalog: Catalog | None = None,
-                  deployment: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything a report template shows, as plain JSON-able data. ``deployment`` (``replicas``, and
-    optionally ``slo`` and ``headroom``) makes it the report of a deployment of that many replicas of
-    the request: its cost and binding constraint (:func:`vramplan.deploy.describe_deployment`)."""
-    from . import request as request_mod
-    from .estimate import run
-    from .resolve import resolve
+def report_context(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, strict: bool = False,
+                   suggestions: bool = True, deployment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a report of ``body`` shows: one pass of the pipeline with a trace (auto-offload
+    included, as the API answers), its ``suggestions`` when it does not fit (``suggestions=False``:
+    none), the context curve around it, and with ``deployment`` (``replicas``, optionally ``slo`` and
+    ``headroom``) the cost and binding constraint of that many replicas
+    (:func:`vramplan.deploy.describe_deployment`). ``strict`` refuses unknown fields, as the API does."""
     cat = catalog or get_catalog()
+    done = outcome({**body, "trace": True}, workload, cat, strict=strict)
+    if suggestions:
+        add_suggestions(body, workload, done.response, cat)
+    figures = None
+    if deployment is not None:
+        slo = deployment.get("slo") or {}
+        figures = {"slo": slo, **describe_deployment(cat, body, deployment.get("replicas"), slo,
+                                                      float(deployment.get("headroom") or 0.0))}
+    return build_context(done, maps.curve(done, cat), cat, deployment=figures)
+
+
+def build_context(done: Outcome, curve: dict[str, Any], catalog: Catalog, *,
+                  deployment: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report's context, read off one pipeline pass (``done``: its response carries the trace, and
+    ``suggestions`` if it has any) and the planner's answers: the context ``curve``
+    (:func:`vramplan.maps.curve`) and, for a deployment report, ``deployment`` (the figures of
+    :func:`vramplan.deploy.describe_deployment` and the ``slo`` asked). Runs nothing."""
+    cat, out, req, res, workload = catalog, done.response, done.request, done.resolved, done.workload
+    body = {k: v for k, v in done.body.items() if k != "trace"}
     suggestions = out.get("suggestions")
-    if "trace" not in out:
-        out = run({**body, "trace": True}, workload, cat)
-    req = request_mod.validate(body, workload)
-    res = resolve(cat, req, workload)
     capacity = float(res.gpu_memory_gib)
     vram = float(out["vram_usage"])
     formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime)
-    curve = maps.curve(body, workload, res, capacity, cat)
+    curve = {**curve, "request": dict(curve["request"])}
     for p in curve["points"]:
         if p["seq_length"] == curve["request"]["seq_length"]:
             curve["request"]["vram_usage"] = p["vram_usage"]
@@ -251,7 +269,7 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
     total = sum(out["memory_details"].values()) or 1.0
     extra = {}
     if deployment is not None:
-        extra["deployment"] = _deployment(cat, body, res, deployment)
+        extra["deployment"] = _deployment(res, deployment)
     return {**extra,
         "title": (f"Deployment: {res.model_name}, {extra['deployment']['replicas']} replica"
                   f"{'s' if extra['deployment']['replicas'] != 1 else ''} of {int(req['num_gpus'])} x {res.gpu.data['label']}"
@@ -290,10 +308,10 @@ def build_context(body: dict[str, Any], out: dict[str, Any], workload: str, cata
 SLO_LABELS = {"ttft_ms": "Time to first token", "itl_ms": "Time between output tokens", "e2e_latency_ms": "Whole request"}
 
 
-def _deployment(cat: Catalog, body: dict[str, Any], res, deployment: dict[str, Any]) -> dict[str, Any]:
-    """A deployment's cost and binding constraint, worded for the report."""
-    slo = deployment.get("slo") or {}
-    figures = describe_deployment(cat, body, deployment.get("replicas"), slo, float(deployment.get("headroom") or 0.0))
+def _deployment(res, figures: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's cost and binding constraint (``figures``: :func:`vramplan.deploy.describe_deployment`'s
+    and the ``slo`` asked), worded for the report."""
+    slo = figures["slo"]
     replicas, n = figures["replicas"], int(res.request["num_gpus"])
     if "request_rate" in figures:
         load = (f"{figures['request_rate'] * replicas:.4g} requests/s in all, {figures['request_rate']:.4g} per replica "
@@ -322,13 +340,11 @@ def _deployment(cat: Catalog, body: dict[str, Any], res, deployment: dict[str, A
 
 
 def render_deployment_report(row: dict[str, Any], fmt: str, slo: dict[str, float] | None = None,
-                             headroom: float = 0.0) -> str:
+                             headroom: float = 0.0, catalog: Catalog | None = None) -> str:
     """The report of one cheapest_deployment answer (its ``request`` and ``replicas``)."""
-    from .estimate import run
-
-    body = row["request"]
-    return render_context(build_context(body, run({**body, "trace": True}, "inference"), "inference",
-                                        deployment={"replicas": row["replicas"], "slo": slo, "headroom": headroom}), fmt)
+    ctx = report_context(row["request"], "inference", catalog, suggestions=False,
+                         deployment={"replicas": row["replicas"], "slo": slo, "headroom": headroom})
+    return render_context(ctx, fmt, catalog)
 
 
 # -- templates --------------------------------------------------------------------------------
@@ -389,8 +405,8 @@ def render_context(context: dict[str, Any], fmt: str, catalog: Catalog | None = 
     return environment(catalog).get_template(FORMATS[fmt]).render(**context)
 
 
-def render_report(body: dict[str, Any], out: dict[str, Any], workload: str, fmt: str,
-                  deployment: dict[str, Any] | None = None) -> str:
-    """The report for one request and its response (re-estimated with a trace if it has none); with
+def render_report(body: dict[str, Any], workload: str, fmt: str, catalog: Catalog | None = None, *,
+                  strict: bool = False, deployment: dict[str, Any] | None = None) -> str:
+    """The report for one request (:func:`report_context`, then :func:`render_context`); with
     ``deployment`` (``replicas``, ``slo``, ``headroom``), the report of that deployment."""
-    return render_context(build_context(body, out, workload, deployment=deployment), fmt)
+    return render_context(report_context(body, workload, catalog, strict=strict, deployment=deployment), fmt, catalog)

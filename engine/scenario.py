@@ -7,6 +7,7 @@ and other formulas' ids; the formula loader rejects any other name. Flags are 0 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -288,8 +289,24 @@ def activation_bytes(fmt: dict[str, Any]) -> float:
     return 4.0 if fmt.get("compute", "fp16") == "fp32" else 2.0
 
 
+@dataclass
+class Notes:
+    """What building a scenario says about the request (an offloading choice, a setting it ignores),
+    handed back beside the numbers: the stage writes into no earlier stage's lists."""
+
+    assumptions: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
 def build(res: Resolved) -> dict[str, float]:
-    """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants."""
+    """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants
+    (the numbers alone; :func:`build_with_notes` also gives what the stage says)."""
+    return build_with_notes(res)[0]
+
+
+def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
+    """The Scenario for one request and the :class:`Notes` the response words from it."""
+    notes = Notes()
     req, a = res.request, res.arch
     qbits = res.weight_bits or res.quant.data["bits"]
     s: dict[str, float] = dict(_model_vars(a))
@@ -315,12 +332,12 @@ def build(res: Resolved) -> dict[str, float]:
     # image soft tokens sit in the context like text tokens (not +=: a sweep's seq_length is an array of its rows)
     s["seq"] = s["seq"] + s["image_context_tokens"]
     if res.workload == "inference":
-        _inference(s, req, a, res)
+        _inference(s, req, a, res, notes)
     else:
-        _finetuning(s, req, res)
+        _finetuning(s, req, res, notes)
 
     s.update(device_vars(res, s["act_bytes"], bool(s["offload_to_nvme"])))
-    return s
+    return s, notes
 
 
 def device_vars(res: Resolved, act_bytes: float, to_nvme: bool) -> dict[str, float]:
@@ -443,7 +460,7 @@ def load_vars(num_gpus: Any, tensor: bool, batch: Any, users: Any, request_rate:
             "gpu_hour_cost": gpu_hour_cost, "micro_batch": seqs, "batch_global": seqs}
 
 
-def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> None:
+def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved, notes: Notes) -> None:
     s.update(load_vars(req["num_gpus"], req["inference_parallelism"] == "tensor", req["batch_size"], req["concurrent_users"],
                        number_or(req.get("request_rate"), 0.0), number_or(req.get("gpu_hour_cost"), 0.0)))
     s["prefix_caching"] = int(req["enable_prefix_caching"])
@@ -457,15 +474,15 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved) -> No
         if req.get("num_offload_layers") is not None:
             layers = min(req["num_offload_layers"], a.num_layers)
             if req["num_offload_layers"] > a.num_layers:
-                res.warnings.append(f"num_offload_layers {req['num_offload_layers']} exceeds the model's "
-                                    f"{a.num_layers} layers; all layers are offloaded")
+                notes.warnings.append(f"num_offload_layers {req['num_offload_layers']} exceeds the model's "
+                                      f"{a.num_layers} layers; all layers are offloaded")
         elif req.get("percentage_offload") is not None:
             layers = round(req["percentage_offload"] / 100 * a.num_layers)
         elif not req.get("offload_kv_cache"):
-            res.assumptions.append("offloading: enable_offloading without num_offload_layers or percentage_offload "
-                                   "offloads the fewest layers that make the workload fit; none offloaded here")
+            notes.assumptions.append("offloading: enable_offloading without num_offload_layers or percentage_offload "
+                                     "offloads the fewest layers that make the workload fit; none offloaded here")
     elif req.get("num_offload_layers") or req.get("percentage_offload") or req.get("offload_kv_cache"):
-        res.warnings.append("offloading settings are ignored because enable_offloading is false")
+        notes.warnings.append("offloading settings are ignored because enable_offloading is false")
     s["offload_layers"] = layers
     s["offload_kv"] = int(bool(s["offload_enabled"] and req.get("offload_kv_cache")))
     for k in ("method_full", "method_lora", "method_qlora", "mixed_precision", "lora_rank", "gradient_checkpointing",
@@ -499,7 +516,7 @@ def model_linear_names(s: dict[str, float]) -> dict[str, tuple[str, ...]]:
     return names
 
 
-def _lora_targets(targets, s: dict[str, float], res: Resolved) -> tuple[str, ...]:
+def _lora_targets(targets, s: dict[str, float], notes: Notes) -> tuple[str, ...]:
     """Projections peft adapts: "all-linear" hits every linear of the layers (the head excluded), a list
     hits the modules whose name it gives - on Phi-3 ``qkv_proj`` / ``gate_up_proj``, so ``q_proj`` matches
     nothing there (peft tuners_utils.check_target_module_exists; inject_adapter raises when no module matched)."""
@@ -512,12 +529,12 @@ def _lora_targets(targets, s: dict[str, float], res: Resolved) -> tuple[str, ...
         raise RequestError([("lora_target_modules", f"none of {', '.join(targets)} is a linear layer of this model "
                              f"(its layers have {', '.join(names)}); peft would find no module to adapt")])
     if missing:
-        res.warnings.append(f"lora_target_modules: {', '.join(missing)} matches no layer of this model "
-                            f"(its layers have {', '.join(names)}); peft adapts only the others")
+        notes.warnings.append(f"lora_target_modules: {', '.join(missing)} matches no layer of this model "
+                              f"(its layers have {', '.join(names)}); peft adapts only the others")
     return hit
 
 
-def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None:
+def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved, notes: Notes) -> None:
     opt = req["optimization_config"]
     method = req["finetuning_method"]
     n = req["num_gpus"]
@@ -531,7 +548,7 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     if s["mixed_precision"]:
         s["act_bytes"] = 2.0  # autocast runs the matmuls in bf16/fp16
     s["lora_rank"] = req["lora_rank"] if method != "full" else 0
-    chosen = _lora_targets(req["lora_target_modules"], s, res) if method != "full" else ()
+    chosen = _lora_targets(req["lora_target_modules"], s, notes) if method != "full" else ()
     for m in ALL_LINEAR:
         s[f"lora_{m}"] = int(m in chosen)
     ga = req["gradient_accumulation_steps"]
@@ -540,8 +557,8 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved) -> None
     if mb is None:
         mb = max(1, math.ceil(req["batch_size"] / (ga * n)))
         if req["batch_size"] % (ga * n):
-            res.warnings.append(f"batch_size {req['batch_size']} does not divide into gradient_accumulation_steps {ga} "
-                                f"x {n} GPUs; micro-batch rounded up to {mb}")
+            notes.warnings.append(f"batch_size {req['batch_size']} does not divide into gradient_accumulation_steps {ga} "
+                                  f"x {n} GPUs; micro-batch rounded up to {mb}")
     s["micro_batch"] = mb
     s["seqs"] = mb
     s["batch_global"] = req["batch_size"]

@@ -1,7 +1,7 @@
 """What would make it fit: suggestions for an estimate that does not fit, or fits with little headroom.
 
 A layer above the pipeline, beside the planner: :func:`estimate` runs one estimate
-(:func:`vramplan.estimate.run`) and, when its ``memory_status`` is ``insufficient`` or ``error`` (or
+(:func:`vramplan.answer.estimate`) and, when its ``memory_status`` is ``insufficient`` or ``error`` (or
 ``very_high``, for headroom, except on a runtime that preallocates its KV pool to a share of the GPU
 by design), adds ``suggestions``. The faces (:mod:`vramplan`'s Python functions,
 hence the CLI, the HTTP API, the page and the reports) call this module; the pipeline never does,
@@ -42,9 +42,13 @@ from typing import Any
 
 from .catalog import Catalog, get_catalog
 from .errors import VramplanError
-from .estimate import run
-from .planner import Probe, capacity_gib, fits, search_min
+from .answer import estimate as run
+from .formatrules import finetuning_weights
+from .planner import _quant_candidates, estimator
 from .planner import plan as planner_plan
+from .request import validate
+from .search import Probe, capacity_gib, search_min
+from .verdict import fits
 
 #: memory_status → headroom the suggestion must leave (very_high is over 90 %: reach the "high" band).
 TARGETS = {"insufficient": 0.0, "error": 0.0, "very_high": 0.10}
@@ -76,7 +80,7 @@ def apply_change(body: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]
 
 def estimate(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, strict: bool = False) -> dict[str, Any]:
     """One estimate, with ``suggestions`` when it does not fit or fits with little headroom (``strict``: refuse
-    unknown fields, as :func:`vramplan.estimate.run` does)."""
+    unknown fields, as :func:`vramplan.answer.estimate` does)."""
     return add_suggestions(body, workload, run(body, workload, catalog, strict=strict), catalog)
 
 
@@ -121,8 +125,6 @@ class _Search:
         self.workload, self.out, self.cat = workload, out, cat
         self.headroom = TARGETS[out["memory_status"]]
         self.capacity = capacity_gib(self.body, cat)
-        from .request import validate
-
         self.req = validate(self.body, workload)  # defaults applied: the "before" of every change
         self.speed_field = "per_user_tps" if workload == "inference" else "training_tps"
 
@@ -337,7 +339,7 @@ class _Search:
         n_layers = arch.num_layers
         base = {**self.body, "enable_offloading": True}
         base.pop("percentage_offload", None)
-        probe = Probe(base, "inference", "num_offload_layers", self.capacity, self.headroom, catalog=self.cat)
+        probe = Probe(estimator("inference", self.cat), base, "num_offload_layers", self.capacity, self.headroom)
         n = search_min(probe, 1, n_layers)
         if n is None:
             return None
@@ -412,8 +414,8 @@ class _Search:
         most = int(req["batch_size"]) // per_step
         if most <= accum:
             return None
-        probe = Probe(self.body, "finetuning", "gradient_accumulation_steps", self.capacity, self.headroom,
-                      catalog=self.cat)
+        probe = Probe(estimator("finetuning", self.cat), self.body, "gradient_accumulation_steps", self.capacity,
+                      self.headroom)
         n = search_min(probe, accum + 1, most)
         if n is None:
             return None
@@ -427,8 +429,6 @@ class _Search:
         the best format that fits on it (Q4_K_M on two cards, not only IQ2_XXS on one). Each count only
         tries formats better than the one a smaller count needed, so the whole scan is about one pass
         over the formats."""
-        from .planner import _quant_candidates
-
         _, ranked, _ = _quant_candidates(self.body, "inference", self.cat)
         before = self._rank(self.req["quantization"])
         ranked = [q for q in ranked if self._rank(q) < before]
@@ -494,8 +494,6 @@ class _Search:
     def _base_format(self, method: str | None = None) -> str:
         """The format the base weights are estimated in for a method (catalogs/format_rules: LoRA keeps a
         16-bit base, QLoRA an NF4 one, full fine-tuning in fp8 bf16; else the request's own precision)."""
-        from .formatrules import finetuning_weights
-
         req = {**self.req, "finetuning_method": method or self.req["finetuning_method"]}
         key, _ = finetuning_weights(self.cat.format_rules, req)
         return key

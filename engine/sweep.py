@@ -6,7 +6,7 @@ rows in chunks of columns, in grid order: the product of the axes with the last 
 axes that change what is resolved (keys, flags, text) before axes of numbers.
 
 The rows carry what a single estimate answers, to its rounding (``tests/test_many.py`` checks
-row after row against :func:`vramplan.estimate.run` on random grids), at a small fraction of its cost:
+row after row against :func:`vramplan.answer.estimate` on random grids), at a small fraction of its cost:
 
 * each combination of the non-number axes is checked and resolved once; each value of a number
   axis is checked against the schema once (the request schema constrains each field on its own,
@@ -36,12 +36,13 @@ from typing import Any
 import numpy as np
 
 from . import request as request_mod
+from .answer import estimate as run
 from .batch import BatchResult
 from .catalog import Catalog, get_catalog
 from .datafiles import is_valid, load_schema
 from .errors import RequestError, VramplanError
 from .estimate import (ALWAYS_SHOWN, GIB, LIMITED_BY, STATUS, component_bytes, configuration_checks, needs_offload_search,
-                       run, status_overrides)
+                       status_overrides)
 from .many import EXACT_INT, Group, NeedsRows, Row, Swept, as_lists, evaluate_groups, group_scenario, is_number
 from .verdict import NOT_FITTING, binding, fits
 from .resolve import resolve

@@ -193,7 +193,7 @@ def test_import_of_an_incomplete_config_is_an_error_without_save_as(tmp_path):
 
 
 def test_import_prints_sizes_with_two_decimals():
-    from vramplan.cli_models import _summary_text
+    from vramplan.cli.models import _summary_text
 
     # Llama 3 8B Q4_K_M as llama.cpp reads it: 8,030,261,248 parameters in 4,920,734,720 bytes = 4.58 GiB
     text = _summary_text({"name": "Meta-Llama-3-8B-Instruct", "kind": "gguf", "params": 8_030_261_248,

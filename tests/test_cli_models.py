@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from safetensors.numpy import save_file
 
 import vramplan
-from vramplan.cli_models import gpus, models
+from vramplan.cli.models import gpus, models
 from vramplan.listing import filter_models
 
 FAKE_MODELS = [

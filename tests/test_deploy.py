@@ -315,7 +315,7 @@ def test_the_report_shows_cost_and_binding_constraint(small):
     assert "| Time between output tokens (`itl_ms`) | 35 |" in md
     html = render_deployment_report(row, "html", slo=SLO)
     assert 'data-field="cost_per_hour">2.7<' in html and '<a href="#deployment">Deployment</a>' in html
-    plain = vramplan.report.render_report(row["request"], vramplan.estimate_inference(row["request"]), "inference", "markdown")
+    plain = vramplan.report.render_report(row["request"], "inference", "markdown")
     assert "## Deployment" not in plain  # an ordinary report is unchanged
 
 

@@ -50,6 +50,21 @@ def same_values(a, b):
     return type(a) is type(b) and a == b
 
 
+def max_body(workload: str) -> dict:
+    """Every numeric field of the request schema at its maximum (2**62 where it has none)."""
+    from strategies import NO_MAXIMUM, SKIP
+    from vramplan.datafiles import load_schema
+
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct"}
+    for name, spec in load_schema(f"{workload}-request")["properties"].items():
+        if name not in SKIP and spec.get("type") in ("integer", "number"):
+            body[name] = spec.get("maximum", NO_MAXIMUM)
+    body.pop("percentage_offload", None)  # one way to say how much to offload
+    for name in ("input_tokens", "output_tokens", "request_rate"):  # seq_length and concurrent_users set the load
+        body.pop(name, None)
+    return body
+
+
 def three_ways(workload, body, monkeypatch):
     """The default hot path, the compiled closures with a trace, and simpleeval with a trace."""
     fn = vramplan.estimate_inference if workload == "inference" else vramplan.estimate_finetuning
@@ -103,6 +118,23 @@ def test_a_five_million_token_context_gets_one_answer(monkeypatch):
 def test_evaluators_agree_at_the_schema_extremes(workload, monkeypatch):
     for body in extreme_requests(workload, 12):
         assert_agree(workload, body, monkeypatch)
+
+
+@pytest.mark.parametrize("workload,body", [
+    # the longest context the schema allows (16,777,216 tokens), alone and with a pipeline over 8 GPUs
+    ("inference", {"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "seq_length": 16777216}),
+    ("inference", {"gpu_key": "h100_80", "llm_key": "llama-3-70b-instruct", "seq_length": 16777216, "num_gpus": 8,
+                   "runtime": "vllm"}),
+    ("finetuning", {"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "seq_length": 16777216}),
+    # every number at the schema's top at once (a field without a maximum: 2**62)
+    *[(w, max_body(w)) for w in ("inference", "finetuning")],
+])
+def test_evaluators_agree_at_the_schemas_maxima(workload, body, monkeypatch):
+    assert_agree(workload, body, monkeypatch)
+    fast, _, _ = three_ways(workload, body, monkeypatch)
+    if workload == "inference" and body.get("num_gpus") is None:
+        # KV cache alone: 2 (K, V) x 32 layers x 8 KV heads x 128 x 16,777,216 tokens x 2 bytes = 2,048 GiB
+        assert fast["memory_details"]["KV Cache"] == pytest.approx(2 * 32 * 8 * 128 * 16777216 * 2 / 2**30, abs=0.01)
 
 
 @checks(40)

@@ -147,7 +147,7 @@ class SmallGpu:
 
 
 def test_auto_offloading_uses_the_catalog_it_was_given():
-    from vramplan.estimate import run
+    from vramplan.answer import estimate as run
 
     cat = build_catalog(load_entrypoints=False, extra_plugins=(SmallGpu(),))
     assert "test_gpu_12" not in get_catalog().gpus  # not installed: only the explicit catalog knows it

@@ -14,7 +14,7 @@ from strategies import CAT, checks, extreme_requests, requests
 import vramplan
 from vramplan.datafiles import load_schema
 from vramplan.errors import VramplanError
-from vramplan.estimate import run
+from vramplan.answer import estimate as run
 from vramplan.many import estimate_many
 from vramplan.planner import binding, capacity_gib, fits
 from vramplan.sweep import RESULTS, Axis, Sweep, _field_of

@@ -25,7 +25,7 @@ def test_wheel_contains_formulas_catalogs_and_schemas(tmp_path):
         expected = {f"vramplan/{p.relative_to(ROOT).as_posix()}" for p in (ROOT / folder).rglob("*")
                     if p.is_file() and p.suffix in (".yaml", ".json")}
         assert expected and expected <= shipped, sorted(expected - shipped)[:5]
-    assert "vramplan/cli.py" in names and "vramplan/plugins/catalogs.py" in names
+    assert "vramplan/cli/__init__.py" in names and "vramplan/cli/plan.py" in names and "vramplan/plugins/catalogs.py" in names
     assert not any(n.startswith(("engine/", "plugins/")) for n in names)  # no top-level engine/plugins modules
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "vramplan = vramplan.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()

@@ -189,7 +189,7 @@ def test_unknown_gpu_keys_suggest_close_ones():
 
 
 def test_plan_cli_json_is_the_python_answer(tmp_path):
-    from vramplan.cli_plan import plan
+    from vramplan.cli.plan import plan
 
     path = tmp_path / "req.json"
     path.write_text(json.dumps({k: v for k, v in SMALL.items() if k != "workload"}))

@@ -55,7 +55,7 @@ def estimate(workload: str, body: dict) -> dict:
 def freeze(workload: str) -> dict:
     """A real context, trimmed (a few formulas, the inputs they read) and with versions normalised."""
     body = REQUESTS[workload]
-    ctx = report.build_context(body, estimate(workload, body), workload)
+    ctx = report.report_context(body, workload)
     ctx["formulas"] = ctx["formulas"][:KEEP_FORMULAS]
     used = {i["name"] for f in ctx["formulas"] for i in f["inputs"]}
     ctx["scenario"] = [s for s in ctx["scenario"] if s["name"] in used]
@@ -113,7 +113,7 @@ def live():
     for workload, body in REQUESTS.items():
         response = estimate(workload, body)
         for fmt in ("markdown", "html"):
-            out[workload, fmt] = (response, report.render_report(body, response, workload, fmt))
+            out[workload, fmt] = (response, report.render_report(body, workload, fmt))
     return out
 
 
@@ -155,7 +155,7 @@ def test_the_formulas_that_produced_the_numbers_are_shown_with_their_inputs(live
 
 def test_markdown_report_has_no_raw_svg_and_spaced_headings():
     body = {"gpu_key": "rtx_4090", "llm_key": "llama-3-70b-instruct", "quantization": "q4_k_m", "num_gpus": 2}
-    text = report.render_report(body, vramplan.estimate_inference(body), "inference", "markdown")
+    text = report.render_report(body, "inference", "markdown")
     assert "<svg" not in text
     # pipeline parallelism over 2 GPUs: a per-GPU table under its own heading, a blank line from the one above
     assert "\n\n### Per GPU\n\n| GPU | Layers | GiB |" in text
@@ -166,8 +166,8 @@ def test_reports_show_suggestions_when_it_does_not_fit():
     body = {"gpu_key": "rtx_4060", "llm_key": "llama-3-8b-instruct"}
     out = vramplan.estimate_inference(body)
     assert out["memory_status"] == "insufficient" and out["suggestions"]
-    md = report.render_report(body, out, "inference", "markdown")
-    html = report.render_report(body, out, "inference", "html")
+    md = report.render_report(body, "inference", "markdown")
+    html = report.render_report(body, "inference", "html")
     first = out["suggestions"][0]
     assert "### What would make it fit" in md and "<h3>What would make it fit</h3>" in html
     assert json.dumps(first["change"]) in md
@@ -217,7 +217,7 @@ def test_context_lengths_span_512_to_the_model_context():
 
 def test_the_crossing_is_where_the_estimate_stops_fitting():
     body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b-instruct", "quantization": "fp16"}
-    ctx = report.build_context(body, estimate("inference", body), "inference")
+    ctx = report.report_context(body, "inference")
     x = ctx["curve"]["crossing"]
     assert x is not None and 512 < x < 131072  # 16 GiB of fp16 weights leave room for some, not all, of 128k tokens
     at = vramplan.estimate_inference({**body, "seq_length": x})
@@ -239,9 +239,8 @@ def test_markup_from_a_model_name_is_escaped():
     config = dict(get_catalog().models.get("llama-3-8b-instruct").data["config"])
     config["_name_or_path"] = "org/<b>evil<b>|model"  # the name is the last part of a Hub id or path
     body = {"gpu_key": "rtx_4090", "llm_key": "custom", "custom_model": config}
-    out = estimate("inference", body)
-    html = report.render_report(body, out, "inference", "html")
-    md = report.render_report(body, out, "inference", "markdown")
+    html = report.render_report(body, "inference", "html")
+    md = report.render_report(body, "inference", "markdown")
     assert "<b>evil" not in html and "&lt;b&gt;evil&lt;b&gt;|model" in html
     assert "<b>evil" not in md and "&lt;b&gt;evil&lt;b&gt;\\|model" in md
 
@@ -280,11 +279,11 @@ def test_user_folder_overrides_a_partial(tmp_path, monkeypatch):
                   '<section id="verdict">USER VERDICT {{ verdict.status }}</section>\n')
     monkeypatch.setenv("VRAMPLAN_TEMPLATE_DIR", str(user))
     body = REQUESTS["inference"]
-    html = report.render_report(body, estimate("inference", body), "inference", "html")
+    html = report.render_report(body, "inference", "html")
     assert "USER VERDICT " in html and "Fits (" not in html
     assert '<section id="formulas">' in html  # everything else is still the built-in template
     monkeypatch.delenv("VRAMPLAN_TEMPLATE_DIR")
-    assert "USER VERDICT" not in report.render_report(body, estimate("inference", body), "inference", "html")
+    assert "USER VERDICT" not in report.render_report(body, "inference", "html")
 
 
 def test_plugin_templates_override_builtins_and_users_override_plugins(tmp_path, monkeypatch):
@@ -293,16 +292,15 @@ def test_plugin_templates_override_builtins_and_users_override_plugins(tmp_path,
     _write(first, "partials/verdict.html.j2", "<p>FIRST VERDICT</p>\n")
     second = _write(tmp_path / "second", "report.md.j2", "SECOND PLUGIN {{ verdict.status }}\n")
     body = REQUESTS["inference"]
-    out = estimate("inference", body)
     with catalog_with(TemplatePlugin(first, "first_templates"), TemplatePlugin(second, "second_templates")):
-        assert report.render_report(body, out, "inference", "markdown").startswith("SECOND PLUGIN ")  # last registered wins
-        html = report.render_report(body, out, "inference", "html")
+        assert report.render_report(body, "inference", "markdown").startswith("SECOND PLUGIN ")  # last registered wins
+        html = report.render_report(body, "inference", "html")
         assert "FIRST VERDICT" in html and '<section id="memory">' in html  # partial from a plugin, rest built in
         user = _write(tmp_path / "user", "report.md.j2", "USER {{ verdict.status }}\n")
         monkeypatch.setenv("VRAMPLAN_TEMPLATE_DIR", str(user))
-        assert report.render_report(body, out, "inference", "markdown").startswith("USER ")
+        assert report.render_report(body, "inference", "markdown").startswith("USER ")
         monkeypatch.delenv("VRAMPLAN_TEMPLATE_DIR")
-    assert report.render_report(body, out, "inference", "markdown").startswith("# Inference")
+    assert report.render_report(body, "inference", "markdown").startswith("# Inference")
 
 
 def test_undefined_names_fail_loudly(tmp_path, monkeypatch):
@@ -310,7 +308,7 @@ def test_undefined_names_fail_loudly(tmp_path, monkeypatch):
     monkeypatch.setenv("VRAMPLAN_TEMPLATE_DIR", str(user))
     body = REQUESTS["inference"]
     with pytest.raises(jinja2.UndefinedError):
-        report.render_report(body, estimate("inference", body), "inference", "markdown")
+        report.render_report(body, "inference", "markdown")
 
 
 # -- HTTP ---------------------------------------------------------------------------------------

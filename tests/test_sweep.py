@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import vramplan
-from vramplan.cli_plan import parse_int_grid, parse_text_grid
-from vramplan.cli_sweep import sweep
+from vramplan.cli.plan import parse_int_grid, parse_text_grid
+from vramplan.cli.sweep import sweep
 from vramplan.planner import binding, fits
 from vramplan.sweep import CHUNK, Axis, Sweep, round_like_python
 
@@ -265,7 +265,7 @@ def test_rounding_over_arrays_is_pythons_round_everywhere(values, digits):
 
 @pytest.mark.parametrize("text", ['a, b', 'say "hi"', "line\nbreak", "plain", "", "x\r"])
 def test_csv_cells_are_quoted_as_the_csv_module_quotes_them(text):
-    from vramplan.cli_sweep import _csv_text
+    from vramplan.cli.sweep import _csv_text
 
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerow([text, "end"])

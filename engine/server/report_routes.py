@@ -96,14 +96,12 @@ def report_csp(html: str) -> str:
 
 
 def _render(body: dict, workload: str, fmt: str, strict: bool = False) -> str:
-    import vramplan
     from ..report import render_report
 
     deployment = None
     if workload == "inference" and "replicas" in body and "request" in body:  # a cheapest_deployment answer
         deployment, body = _deployment(body)
-    estimate = vramplan.estimate_inference if workload == "inference" else vramplan.estimate_finetuning
-    return render_report(body, estimate({**body, "trace": True}, strict=strict), workload, fmt, deployment=deployment)
+    return render_report(body, workload, fmt, strict=strict, deployment=deployment)
 
 
 def _deployment(body: dict) -> tuple[dict, dict]:

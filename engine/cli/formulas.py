@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from .errors import RequestError
+from ..errors import RequestError
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
                       help="table for people, json for scripts")
@@ -28,7 +28,7 @@ def formulas() -> None:
 
 
 def _catalog():
-    from .catalog import get_catalog
+    from ..catalog import get_catalog
 
     return get_catalog()
 
@@ -38,7 +38,7 @@ def _first_line(text: str) -> str:
 
 
 def _variables(cat) -> list[dict[str, Any]]:
-    from .scenario import VARIABLES
+    from ..scenario import VARIABLES
 
     rows = [{"name": n, "unit": u, "meaning": m, "kind": "scenario"} for n, (u, m) in VARIABLES.items()]
     rows += [{"name": f"rt_{e.key}", "unit": e.data["unit"], "meaning": e.data["description"], "kind": "runtime",
@@ -82,7 +82,7 @@ def list_formulas(fmt: str) -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Also list the cases that hold and those superseded.")
 def check(verbose: bool) -> None:
     """Run the golden cases of every loaded formula file; exit 1 if one no longer holds."""
-    from .goldencases import run
+    from ..goldencases import run
 
     results = run(_catalog().formulas)
     failed = [r for r in results if r.status == "failed"]
@@ -99,7 +99,7 @@ def check(verbose: bool) -> None:
 
 
 def _input_row(cat, name: str) -> dict[str, Any]:
-    from .scenario import VARIABLES
+    from ..scenario import VARIABLES
 
     fs = cat.formulas
     if name in fs.formulas:
@@ -123,7 +123,7 @@ def _input_row(cat, name: str) -> dict[str, Any]:
 
 
 def _readers(cat, fid: str) -> list[str]:
-    from .contract import OUTPUTS_FILE, declared_outputs
+    from ..contract import OUTPUTS_FILE, declared_outputs
 
     fs = cat.formulas
     out = [f"formula {f.id}" for f in sorted(fs.formulas.values(), key=lambda f: f.id) if fid in f.inputs]
@@ -139,7 +139,7 @@ def _readers(cat, fid: str) -> list[str]:
 @FORMAT
 def show(formula_id: str, fmt: str) -> None:
     """One formula: expression, inputs with units and meanings, what reads it, references, golden cases."""
-    from .goldencases import run_case
+    from ..goldencases import run_case
 
     cat = _catalog()
     fs = cat.formulas

@@ -21,8 +21,9 @@ from typing import Any, TextIO
 import click
 import numpy as np
 
-from .cli_plan import parse_int_grid, parse_number, parse_text_grid
-from .sweep import Rows
+from ..sweep import Rows
+from .common import read_request
+from .plan import parse_int_grid, parse_number, parse_text_grid
 
 #: Friendly grid flags: option name → (request field, parser kind, catalog registry used to check keys).
 AXES = {
@@ -48,8 +49,8 @@ FORMATS = ("csv", "jsonl", "json")
 
 def parse_axis(text: str, workload: str) -> tuple[str, list[Any]]:
     """``FIELD=V1,V2`` → the field and its typed values, typed by the request schema where it says."""
-    from .datafiles import load_schema
-    from .request import SCHEMAS
+    from ..datafiles import load_schema
+    from ..request import SCHEMAS
 
     field, sep, values = text.partition("=")
     field = field.strip()
@@ -120,7 +121,7 @@ def _literal(item: str) -> Any:
 
 def check_keys(axes: dict[str, list], flags: dict[str, str]) -> None:
     """Unknown catalog keys are usage errors naming the flag (before any estimate runs)."""
-    from .catalog import get_catalog
+    from ..catalog import get_catalog
 
     cat = get_catalog()
     for field, values in axes.items():
@@ -250,8 +251,7 @@ def _cells(rows: Rows, name: str, text, empty: str) -> list[str]:
 @click.option("--progress/--no-progress", default=None, help="Progress on stderr (default: on a terminal, for 20+ rows).")
 def sweep(request_file, workload, extra, columns, fmt, output, progress, **grid) -> None:
     """Estimate every combination of the grid and write one row each (CSV, JSON lines or JSON)."""
-    from .cli import read_request  # here, not at import: vramplan.cli attaches this module
-    from .sweep import Axis, Sweep
+    from ..sweep import Axis, Sweep
 
     base = read_request(request_file)
     axes: dict[str, list] = {}

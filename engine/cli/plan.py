@@ -1,4 +1,4 @@
-"""``vramplan plan`` (what fits?), and the grid syntax ``plan`` and ``sweep`` (:mod:`vramplan.cli_sweep`) share.
+"""``vramplan plan`` (what fits?), and the grid syntax ``plan`` and ``sweep`` (:mod:`vramplan.cli.sweep`) share.
 
 A plain click command; :mod:`vramplan.cli` attaches it to the main group, whose error handling
 turns every :class:`~vramplan.errors.VramplanError` and usage error into one line and exit 2.
@@ -16,6 +16,9 @@ import re
 from typing import Any
 
 import click
+
+from .common import (FINETUNING_ONLY, FINETUNING_OPTIONS, INFERENCE_ONLY, INFERENCE_OPTIONS, SHARED_OPTIONS,
+                     apply_model_file, finetuning_fields, inference_fields, merge, read_request)
 
 
 FIND_CHOICES = ("max_seq_length", "max_batch_size", "max_concurrent_users", "max_request_rate", "min_num_gpus",
@@ -66,8 +69,6 @@ def parse_text_grid(text: str, flag: str) -> list[str]:
 
 def _plan_options(f):
     """``plan`` takes the estimate commands' flags (both workloads'), so a question is asked of the same request."""
-    from .cli import FINETUNING_OPTIONS, INFERENCE_OPTIONS, SHARED_OPTIONS
-
     return SHARED_OPTIONS(INFERENCE_OPTIONS(FINETUNING_OPTIONS(f)))
 
 
@@ -100,8 +101,7 @@ def plan(request_file, workload, find, model_file, gpu_keys, headroom, slo_ttft_
 
     Takes the same model, GPU and workload flags as `inference` and `finetuning`; for
     cheapest_deployment the load (--request-rate or --concurrent-users) is the whole deployment's."""
-    from . import plan as run_plan
-    from .cli import FINETUNING_ONLY, INFERENCE_ONLY, apply_model_file, finetuning_fields, inference_fields, merge, read_request
+    from .. import plan as run_plan
 
     body = read_request(request_file)
     workload = workload or body.get("workload") or "inference"
@@ -143,7 +143,7 @@ def plan(request_file, workload, find, model_file, gpu_keys, headroom, slo_ttft_
         answer = answers["cheapest_deployment"]
         if answer["value"] is None:
             raise click.ClickException(f"cheapest_deployment: none: {answer['reason']}")
-        from .report import render_deployment_report
+        from ..report import render_deployment_report
 
         click.echo(render_deployment_report(answer["value"][0], fmt, slo=body.get("slo"), headroom=body.get("headroom", 0.0)))
     elif fmt == "json":

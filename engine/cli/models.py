@@ -14,8 +14,8 @@ from pathlib import Path
 
 import click
 
-from .errors import VramplanError
-from .units import GIB
+from ..errors import VramplanError
+from ..units import GIB
 
 
 
@@ -107,10 +107,10 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     one), a GGUF by URL (header only), a Hub model hf:ORG/NAME[@REV] or a Hub GGUF
     hf:ORG/NAME/FILE.gguf[@REV], and show the architecture found and what one sequence keeps;
     with --save-as, add it to a user catalog."""
-    from .architecture import from_hf_config
-    from .configkeys import check_config
-    from .errors import RequestError
-    from .hub import read_model
+    from ..architecture import from_hf_config
+    from ..configkeys import check_config
+    from ..errors import RequestError
+    from ..hub import read_model
 
     remote = path.startswith(("http://", "https://", "hf:"))
     if not remote:
@@ -217,8 +217,8 @@ _KIND_WORDS = {"full": "global attention", "sliding": "sliding-window attention"
 def _per_sequence(arch) -> dict:
     """What one sequence keeps in the cache, from the same formulas an estimate uses: keys and values
     per token, and the recurrent state per runtime (16-bit model)."""
-    from .catalog import get_catalog
-    from .scenario import _model_vars, _runtime_vars
+    from ..catalog import get_catalog
+    from ..scenario import _model_vars, _runtime_vars
 
     kinds: dict[str, int] = {}
     for t in arch.layer_types or ("full",) * arch.num_layers:
@@ -253,7 +253,7 @@ def default_catalog_dir() -> Path:
 def _save_entry(key, info, arch, path: Path, catalog_dir, display_name, context_length, force) -> Path:
     import yaml
 
-    from .datafiles import validator
+    from ..datafiles import validator
 
     ctx = context_length or arch.max_position_embeddings
     if not ctx:
@@ -298,7 +298,7 @@ def _source(path) -> str:
     """Where a saved entry came from: a file URI, the URL, or the Hub page of the config."""
     text = str(path)
     if text.startswith("hf:"):
-        from .hub import parse
+        from ..hub import parse
 
         ref = parse(text, "path")
         return (f"https://huggingface.co/{ref.repo}/blob/{ref.revision or 'main'}/"
@@ -390,3 +390,25 @@ def runtimes(key, fmt) -> None:
     click.echo(_table(rows, [("key", "key"), ("label", "runtime"), ("batching", "batching"), ("max_num_seqs", "max seqs"),
                              ("tokens/step", "tokens/step"), ("KV pool", "KV pool")]))
     click.echo("(max seqs and tokens/step can depend on the GPU: `vramplan runtimes KEY` lists every constant, its tiers and its source)")
+
+
+# -- plugins -----------------------------------------------------------------------------------
+
+@click.command("plugins")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def plugins(fmt: str) -> None:
+    """List loaded plugins with versions, and any that failed to load."""
+    from ..catalog import get_catalog
+
+    cat = get_catalog()
+    loaded = [{"name": p.name, "version": p.version, "builtin": p.builtin, "hooks": list(p.hooks)} for p in cat.host.plugins()]
+    failed = [{"name": f.name, "version": f.version, "error": f.error} for f in cat.host.failures]
+    if fmt == "json":
+        click.echo(json.dumps({"plugins": loaded, "failed": failed}, indent=2))
+        return
+    click.echo(f"{'name':<32} {'version':<10} {'kind':<9} hooks")
+    for p in loaded:
+        kind = "built-in" if p["builtin"] else "plugin"
+        click.echo(f"{p['name']:<32} {p['version']:<10} {kind:<9} {', '.join(p['hooks'])}")
+    for f in failed:
+        click.echo(f"{f['name']:<32} {f['version']:<10} FAILED    {f['error']}")
