@@ -67,3 +67,23 @@ def test_expandable_segments_map_20_mib_pages_at_the_tail():
         if h == 2:
             b.free(1)
     assert b.reserved == (30 + 26 + 24) * MiB
+
+
+def test_state_init_carves_the_freed_logit_block_so_the_next_step_opens_a_new_one():
+    # The training-reserve mechanism of docs/FIDELITY.md in miniature (MiB): a 100 MiB weight, step 0's
+    # 400 MiB fp32 logit tensor (its own 400 MiB segment, >= 10 MiB: rounded to 2 MiB), freed after the loss.
+    a = cca.Allocator()
+    a.malloc("w", 100 * MiB)
+    a.malloc("logits0", 400 * MiB)
+    a.free("logits0")
+    # Step 0's optimizer: exp_avg and exp_avg_sq (100 MiB each) and foreach's sqrt(v) temporary (100 MiB)
+    # take the only free block, front first: [0,100) [100,200) [200,300), 100 MiB rest.
+    a.malloc("exp_avg", 100 * MiB)
+    a.malloc("exp_avg_sq", 100 * MiB)
+    a.malloc("sqrt_v", 100 * MiB)
+    a.free("sqrt_v")             # merges with the rest: one free block of 200 MiB behind the states
+    a.malloc("logits1", 400 * MiB)  # 400 > 200: a new 400 MiB segment
+    assert a.opened == [(100 * MiB, 100 * MiB), (400 * MiB, 400 * MiB), (400 * MiB, 400 * MiB)]
+    assert a.reserved == (100 + 400 + 400) * MiB
+    # allocated at step 1's loss: 100 weight + 200 states + 400 logits = 700; the 200 MiB hole stays reserved
+    assert a.peak_allocated == 700 * MiB and a.reserved - a.allocated == 200 * MiB
