@@ -47,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cuda_caching_allocator as cca  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "benchmarks"))
 WORKSPACE_BYTES = 69_207_040  # as replay_training.py: the cuBLAS / cuBLASLt workspaces allocated before the model
 LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -217,6 +216,7 @@ def simulate(v: dict, optimizer: str = "adamw", steps: int = 3) -> cca.Allocator
 
 
 def main(argv: list[str]) -> int:
+    sys.path.insert(0, str(REPO / "benchmarks"))
     import fidelity
     import vramplan
     select = next((x for x in argv if not x.startswith("--")), "")
