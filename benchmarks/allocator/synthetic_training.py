@@ -9,6 +9,7 @@ engine's training allocator reserve (docs/FIDELITY.md, "The caching allocator, s
 here while it is checked against the recorded sequences and the measured runs:
 
     python benchmarks/allocator/synthetic_training.py [ID-SUBSTRING] [--phases]
+    python benchmarks/allocator/synthetic_training.py --sweep benchmarks/allocator/sweep-2026-12-01.jsonl
 
 What the sequence follows, per micro-batch (Llama-style decoder layers; transformers 5.17, peft 0.21,
 torch 2.11 foreach AdamW, as replay_training.py records them):
@@ -215,8 +216,37 @@ def simulate(v: dict, optimizer: str = "adamw", steps: int = 3) -> cca.Allocator
     return a
 
 
+def against_sweep(path: Path) -> int:
+    """The synthetic sequence and the engine against sweep.py's replays of the recorded sequence (vram = peak
+    reserved + the CUDA context); fused-projection models (Phi-3) are left out: the sequence does not write them."""
+    import fidelity
+    import vramplan
+    rows = []
+    for line in path.read_text().splitlines():
+        case = json.loads(line) if line.strip() else None
+        if not case or "phi-3" in case["id"]:
+            continue
+        _, body = fidelity.transformers_request({**case, "settings": {"runtime": "transformers", **case["settings"]}})
+        resp = vramplan.estimate_finetuning(body)
+        v = fidelity.trace_values(resp)
+        a = simulate(v)
+        context = v["rt_cuda_context_mib"] * 2**20
+        replayed = case["simulated"]["peak_reserved_bytes"] + context
+        synthetic = (a.peak_reserved + context - replayed) / replayed * 100
+        engine = (resp["vram_usage"] * 2**30 - replayed) / replayed * 100
+        rows.append((abs(synthetic), abs(engine)))
+        print(f"{case['id'][:60]:60} synthetic {synthetic:+6.1f}%  engine today {engine:+6.1f}%")
+    s, e = [r[0] for r in rows], [r[1] for r in rows]
+    print(f"{len(rows)} replayed runs: synthetic median {statistics.median(s):.1f}% max {max(s):.1f}%, beyond 5% / 10%:"
+          f" {sum(x > 5 for x in s)} / {sum(x > 10 for x in s)} | engine today median {statistics.median(e):.1f}%"
+          f" max {max(e):.1f}%, beyond 5% / 10%: {sum(x > 5 for x in e)} / {sum(x > 10 for x in e)}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(REPO / "benchmarks"))
+    if "--sweep" in argv:
+        return against_sweep(Path(argv[argv.index("--sweep") + 1]))
     import fidelity
     import vramplan
     select = next((x for x in argv if not x.startswith("--")), "")
