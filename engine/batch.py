@@ -392,15 +392,21 @@ def _reason_code(result: BatchResult, reason: str) -> int:
     return result.reasons.index(reason) + 1
 
 
-def _shared(f: Formula, values: dict[str, Any], result: BatchResult, index: int) -> Any:
-    """A formula whose inputs every row shares: once, through its closure, as a single estimate runs it."""
+def _checked(f: Formula, env: dict[str, Any]) -> tuple[Any, str | None]:
+    """One evaluation through the formula's closure: ``(value, None)``, or ``(0.0, reason)`` for a refusal the
+    evaluators share (:mod:`vramplan.semantics`); anything else is a bug and propagates."""
     try:
-        value, reason = semantics.check(f.fn(values))
+        return semantics.check(f.fn(env))
     except Exception as exc:
         reason = semantics.refusal(exc)
         if reason is None:
             raise
-        value = 0.0
+        return 0.0, reason
+
+
+def _shared(f: Formula, values: dict[str, Any], result: BatchResult, index: int) -> Any:
+    """A formula whose inputs every row shares: once, through its closure, as a single estimate runs it."""
+    value, reason = _checked(f, values)
     if reason:
         _refuse_all(result, index, reason)
         return 0.0
@@ -416,13 +422,7 @@ def _row_by_row(f: Formula, values: dict[str, Any], result: BatchResult, index: 
     for row in np.flatnonzero(result.refused_by < 0).tolist():
         for name in arrays:
             env[name] = columns[name][row]
-        try:
-            value, reason = semantics.check(f.fn(env))
-        except Exception as exc:
-            reason = semantics.refusal(exc)
-            if reason is None:
-                raise
-            value = 0.0
+        value, reason = _checked(f, env)
         if reason:
             result.refused_by[row] = index
             result.reason[row] = _reason_code(result, reason)

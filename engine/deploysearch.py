@@ -31,13 +31,13 @@ from .catalog import Catalog
 from .deployspace import Space
 from .estimate import LIMITED_BY
 from .sweep import memory_figures, round_like_python
+from .units import GIB
 from .verdict import NOT_FITTING, SLO_FIELDS
 
 #: The most replicas a deployment may have (an open loop; a closed loop has at most one per client).
 MAX_REPLICAS = 1024
 #: GPU types shown when the request does not say.
 DEFAULT_SHOWN = 10
-GIB = float(1 << 30)
 #: Weights more than this over a GPU's usable memory rule a configuration out unevaluated (GiB; the
 #: response's per-component rounding moves vram_usage by less).
 WEIGHT_MARGIN_GIB = 0.1

@@ -44,8 +44,6 @@ from .catalog import Catalog, get_catalog
 from .errors import VramplanError
 from .answer import estimate as run
 from .formatrules import finetuning_weights
-from .planner import _quant_candidates, estimator
-from .planner import plan as planner_plan
 from .request import validate
 from .search import Probe, capacity_gib, search_min
 from .verdict import fits
@@ -219,6 +217,8 @@ class _Search:
 
     def _plan(self, question: str, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The planner's answer to one question about the request (+ ``extra`` fields), or None."""
+        from .planner import plan as planner_plan  # the planner (and numpy) only when a suggestion is searched
+
         try:
             answers = planner_plan({**self.body, **(extra or {}), "workload": self.workload, "find": [question],
                                     "headroom": self.headroom}, self.cat)
@@ -339,6 +339,7 @@ class _Search:
         n_layers = arch.num_layers
         base = {**self.body, "enable_offloading": True}
         base.pop("percentage_offload", None)
+        from .planner import estimator
         probe = Probe(estimator("inference", self.cat), base, "num_offload_layers", self.capacity, self.headroom)
         n = search_min(probe, 1, n_layers)
         if n is None:
@@ -414,6 +415,7 @@ class _Search:
         most = int(req["batch_size"]) // per_step
         if most <= accum:
             return None
+        from .planner import estimator
         probe = Probe(estimator("finetuning", self.cat), self.body, "gradient_accumulation_steps", self.capacity,
                       self.headroom)
         n = search_min(probe, accum + 1, most)
@@ -429,6 +431,7 @@ class _Search:
         the best format that fits on it (Q4_K_M on two cards, not only IQ2_XXS on one). Each count only
         tries formats better than the one a smaller count needed, so the whole scan is about one pass
         over the formats."""
+        from .planner import _quant_candidates
         _, ranked, _ = _quant_candidates(self.body, "inference", self.cat)
         before = self._rank(self.req["quantization"])
         ranked = [q for q in ranked if self._rank(q) < before]

@@ -125,3 +125,21 @@ def test_per_gpu_memory_of_pipeline_stages_by_hand():
     assert out["per_gpu"] == [{"gpu": 0, "stage": 0, "layers": 16, "vram_usage": stage0},
                               {"gpu": 1, "stage": 1, "layers": 16, "vram_usage": stage0}]
     assert stage0 == out["vram_usage"]
+
+
+def test_an_estimate_that_fits_loads_no_search_machinery():
+    """`vramplan inference …` starts in a fresh process each time: an answer that fits (no suggestion to
+    search) must not pay for the planner, the deployment search or numpy (~0.2 s of imports here)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vramplan\n"
+            "out = vramplan.estimate_inference({'gpu_key': 'rtx_4090', 'llm_key': 'llama-3-8b-instruct',"
+            " 'quantization': 'q4_k_m'})\n"
+            "assert 'suggestions' not in out, out.get('memory_status')\n"
+            "print(sorted(m for m in ('numpy', 'vramplan.planner', 'vramplan.deploy', 'vramplan.suggest')"
+            " if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # suggest is the entry point (it decides whether to search); what it would search with stays unloaded
+    assert done.stdout.strip() == "['vramplan.suggest']"
