@@ -31,6 +31,7 @@ reading is taken and printed beside the case):
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import statistics
 import sys
@@ -108,9 +109,71 @@ def _weights(r: dict[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _kv(r: dict[str, Any]) -> str | None:
+#: NVIDIA ModelOpt checkpoints whose hf_quant_config.json sets ``kv_cache_quant_algo: FP8``. TensorRT-LLM's PyTorch
+#: backend with ``KvCacheConfig(dtype="auto")`` (what trtllm-bench leaves) takes the KV dtype from the checkpoint
+#: (tensorrt_llm/_torch/pyexecutor/_util.py: 1 byte per element when quant_config.quant_mode.has_fp8_kv_cache()).
+#: Source: TensorRT-LLM's accuracy tests load these checkpoints with the default KvCacheConfig and assert
+#: ``kv_cache_quant_algo == QuantAlgo.FP8`` (Llama 4 Maverick FP8, tests/integration/defs/accuracy/test_llm_api_pytorch.py)
+#: or look their reference up under ``kv_cache_quant_algo: FP8`` (references/mmlu.yaml, gsm8k.yaml: Llama 3.3 70B
+#: NVFP4, Qwen3-30B-A3B NVFP4, Qwen3-235B-A22B FP8), matched exactly by accuracy_core.get_hypothesis_testing_params.
+#: The Llama 3.1 8B / 3.3 70B / 3.1 405B FP8 checkpoints do not: their model cards say only the linear operators'
+#: weights and activations are quantized, and the same tests find them under ``quant_algo: FP8`` with no KV entry
+#: (the 8B test sets ``KvCacheConfig(dtype="fp8")`` itself to get an FP8 cache).
+CHECKPOINT_FP8_KV = {
+    "nvidia/Llama-3.3-70B-Instruct-FP4", "nvidia/Qwen3-30B-A3B-FP4", "nvidia/Qwen3-235B-A22B-FP8",
+    "nvidia/Llama-4-Maverick-17B-128E-Instruct-FP8",
+}
+CHECKPOINT_KV_READING = ("KV dtype not stated: the checkpoint's hf_quant_config sets kv_cache_quant_algo FP8 and "
+                         "TensorRT-LLM's kv dtype 'auto' takes it: fp8 KV cache")
+
+
+def _kv(r: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(KV cache quantization, reading) from the record's KV dtype, else from its checkpoint."""
     raw = str(r.get("kv_cache_dtype") or "").lower()
-    return "fp8" if raw.startswith("fp8") else None
+    if raw.startswith("fp8"):
+        return "fp8", None
+    if not raw and r.get("model") in CHECKPOINT_FP8_KV and r.get("runtime") in ("tensorrt-llm", "nim"):
+        return "fp8", CHECKPOINT_KV_READING
+    return None, None
+
+
+#: trtllm-bench (``throughput`` without ``--max_batch_size`` / ``--max_num_tokens``, as NVIDIA's perf-overview runs it)
+#: picks both from the dataset: tensorrt_llm/bench/build/tuning.py calc_engine_setting / finetune_setting.
+TRTLLM_BENCH_READING = "trtllm-bench tunes max_batch_size {bs} and max_num_tokens {tok} to the dataset (bench/build/tuning.py)"
+#: tuning.py BYTES_PER_ELEM by QuantAlgo (NO_QUANT 2, FP8 1, NVFP4 0.5; anything else 2).
+_BENCH_BYTES = {"fp8": 1.0, "nvfp4": 0.5}
+
+
+def trtllm_bench_settings(body: dict[str, Any], tp: int, pp: int) -> tuple[int, int] | None:
+    """(max_batch_size, max_num_tokens) that trtllm-bench's tuning sets for this model, mapping and dataset.
+
+    calc_engine_setting: KV bytes per token = 2 x layers x max(tp, kv_heads) x head_dim x KV bytes; the memory
+    for the KV cache = (device memory x GPUs - parameters x weight bytes) x 0.95; requests = that / (bytes per
+    token x (ISL + OSL)). finetune_setting: raw batch = min(requests, 4096) / pp; raw tokens =
+    min(raw batch x (1 + ISL / OSL), 32768); the batch rounds up to 32 (under 256, at least 64), 128 (under
+    1024) or 256; the tokens to 256 (under 4096, at least 2048), 512 (under 8192) or 1024. None where that
+    tuning raises (the parameters at its bytes per element exceed the GPUs' memory, e.g. MXFP4, which it counts
+    at 2 bytes): such a run must have set both itself, and the profile's defaults stand.
+    """
+    model = next(m for m in vramplan.list_models() if m["key"] == body["llm_key"])
+    gpu = next(g for g in vramplan.list_gpus() if g["key"] == body["gpu_key"])
+    probe = {k: v for k, v in body.items() if k not in ("runtime_settings",)} | {"trace": True}
+    trace = {s["id"]: s.get("value") for s in vramplan.estimate_inference(probe)["trace"] if isinstance(s, dict) and "id" in s}
+    kv_heads = model["num_key_value_heads"]
+    # kv_bytes_per_token_layer = 2 x kv_heads x head_dim x KV bytes (the model's, before any split)
+    byte_per_token = trace["kv_bytes_per_token_layer"] * model["num_layers"] * max(tp, kv_heads) / kv_heads / 2**30
+    engine_gib = model["params_b"] * 1e9 * _BENCH_BYTES.get(body["quantization"], 2.0) / 2**30
+    if engine_gib >= gpu["memory"] * tp * pp:
+        return None
+    cache_gib = (gpu["memory"] * tp * pp - engine_gib) * 0.95
+    requests = cache_gib / (byte_per_token * (body["input_tokens"] + body["output_tokens"]))
+    raw_bs = min(requests, 4096) / pp
+    raw_tok = min(raw_bs * (1 + body["input_tokens"] / body["output_tokens"]), 32768)
+    bs = max(64, 32 * math.ceil(raw_bs / 32)) if raw_bs < 256 else 128 * math.ceil(raw_bs / 128) if raw_bs < 1024 \
+        else 256 * math.ceil(raw_bs / 256)
+    tok = max(2048, 256 * math.ceil(raw_tok / 256)) if raw_tok < 4096 else 512 * math.ceil(raw_tok / 512) if raw_tok < 8192 \
+        else 1024 * math.ceil(raw_tok / 1024)
+    return bs, tok
 
 
 def _number(value: Any) -> float | None:
@@ -150,8 +213,11 @@ def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str
     if "torch.compile" in flags:
         return None, notes, "torch.compile with a static cache is not modelled"
     body: dict[str, Any] = {"gpu_key": gpu, "llm_key": model, "quantization": quant, "runtime": runtime}
-    if _kv(r):
-        body["kv_cache_quantization"] = _kv(r)
+    kv, reading = _kv(r)
+    if kv:
+        body["kv_cache_quantization"] = kv
+    if reading:
+        notes.append(reading)
     n = int(r.get("num_gpus") or 1)
     if n > 1:
         body["num_gpus"] = n
@@ -177,6 +243,12 @@ def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str
     if str(r.get("input_tokens") or "").startswith("~"):
         notes.append("approximate lengths at their stated value")
     body.update({"input_tokens": int(i), "output_tokens": max(int(o), 1)})
+
+    if runtime == "tensorrt-llm" and "perf-overview" in str(r.get("source")) and "trtllm-bench" in str(r.get("benchmark_tool")):
+        tuned = trtllm_bench_settings(body, int(r.get("tensor_parallel") or n), int(r.get("pipeline_parallel") or 1))
+        if tuned:
+            body["runtime_settings"] = {"max_num_seqs": tuned[0], "max_prefill_tokens": tuned[1]}
+            notes.append(TRTLLM_BENCH_READING.format(bs=tuned[0], tok=tuned[1]))
 
     rate = r.get("request_rate")
     prompts = r.get("num_prompts")

@@ -217,8 +217,9 @@ class _Search:
 
     def _plan(self, question: str, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """The planner's answer to one question about the request (+ ``extra`` fields), or None."""
+        from .planner import plan as planner_plan  # the planner (and numpy) only when a suggestion is searched
+
         try:
-            from .planner import plan as planner_plan  # the planner (and numpy) only when a suggestion is searched
             answers = planner_plan({**self.body, **(extra or {}), "workload": self.workload, "find": [question],
                                     "headroom": self.headroom}, self.cat)
         except VramplanError:

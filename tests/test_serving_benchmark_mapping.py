@@ -1,0 +1,80 @@
+"""How benchmarks/fidelity_serving.py reads TensorRT-LLM's perf-overview runs: the KV dtype their NVIDIA
+ModelOpt checkpoints carry, and the max_batch_size / max_num_tokens trtllm-bench tunes for each dataset
+(tensorrt_llm/bench/build/tuning.py). Each figure is worked out by hand here."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "fidelity_serving", Path(__file__).resolve().parent.parent / "benchmarks" / "fidelity_serving.py")
+fs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fs)
+
+
+def _record(model: str, **over) -> dict:
+    r = {"id": "t", "model": model, "runtime": "tensorrt-llm", "runtime_version": "1.0", "kv_cache_dtype": None,
+         "weights_dtype": "fp4", "gpu_canonical": "B200-180GB", "num_gpus": 1, "tensor_parallel": 1,
+         "pipeline_parallel": 1, "input_tokens": 1000, "output_tokens": 1000, "request_rate": "inf",
+         "num_prompts": 3000, "benchmark_tool": "trtllm-bench throughput (offline, all requests queued)",
+         "source": "https://github.com/NVIDIA/TensorRT-LLM/blob/x/docs/source/performance/perf-overview.md",
+         "metrics": {"output_throughput_tok_s": 7007}}
+    r.update(over)
+    return r
+
+
+def test_checkpoint_kv_dtype_follows_hf_quant_config():
+    # nvidia/Llama-3.3-70B-Instruct-FP4 carries kv_cache_quant_algo FP8 (TensorRT-LLM's accuracy references list
+    # it only as NVFP4 + FP8 KV) and kv dtype 'auto' takes it; the record states no KV dtype.
+    assert fs._kv(_record("nvidia/Llama-3.3-70B-Instruct-FP4")) == ("fp8", fs.CHECKPOINT_KV_READING)
+    # The Llama 3.1 8B FP8 checkpoint quantizes only the linear layers: bf16 KV, no reading.
+    assert fs._kv(_record("nvidia/Llama-3.1-8B-Instruct-FP8", weights_dtype="fp8")) == (None, None)
+    # A stated KV dtype wins, and is no reading.
+    assert fs._kv(_record("nvidia/Llama-3.1-8B-Instruct-FP8", kv_cache_dtype="fp8")) == ("fp8", None)
+    # vLLM runs are not read from the checkpoint (the source is TensorRT-LLM's loader).
+    assert fs._kv(_record("nvidia/Qwen3-30B-A3B-FP4", runtime="vllm")) == (None, None)
+
+
+def test_trtllm_bench_tuning_llama70b_nvfp4_b200():
+    # Llama 3.3 70B (70.55e9 parameters, 80 layers, 8 KV heads of 128) in NVFP4 with an FP8 KV cache on one
+    # B200 (180 GiB), 1000/1000:
+    #   bytes per token = 2 x 80 x max(1, 8) x 128 x 1 = 163,840 B = 1.52588e-4 GiB
+    #   engine = 70.55e9 x 0.5 / 2^30 = 32.853 GiB; cache = (180 - 32.853) x 0.95 = 139.79 GiB
+    #   requests = 139.79 / (1.52588e-4 x 2000) = 458.1 -> raw batch 458.1 (pp 1)
+    #   batch: 256 <= 458.1 < 1024 -> 128 x ceil(458.1 / 128) = 512
+    #   tokens: 458.1 x (1 + 1000 / 1000) = 916.2 < 4096 -> max(2048, 256 x 4) = 2048
+    body = {"gpu_key": "b200", "llm_key": "llama-3.3-70b-instruct", "quantization": "nvfp4", "runtime": "tensorrt-llm",
+            "kv_cache_quantization": "fp8", "input_tokens": 1000, "output_tokens": 1000, "batch_size": 3000}
+    assert fs.trtllm_bench_settings(body, 1, 1) == (512, 2048)
+
+
+def test_trtllm_bench_tuning_llama8b_fp8_h200_short_requests():
+    # Llama 3.1 8B (8.03e9, 32 layers, 8 KV heads of 128) in FP8 with a bf16 KV cache on one H200 (141 GiB), 128/128:
+    #   bytes per token = 2 x 32 x 8 x 128 x 2 = 131,072 B = 1.2207e-4 GiB
+    #   engine = 8.03e9 x 1 / 2^30 = 7.4785 GiB; cache = (141 - 7.4785) x 0.95 = 126.85 GiB
+    #   requests = 126.85 / (1.2207e-4 x 256) = 4059 -> batch >= 1024: 256 x ceil(4059 / 256) = 256 x 16 = 4096
+    #   tokens: min(4059 x 2, 32768) = 8118, in [4096, 8192) -> 512 x ceil(8118 / 512) = 512 x 16 = 8192
+    body = {"gpu_key": "h200", "llm_key": "llama-3.1-8b-instruct", "quantization": "fp8", "runtime": "tensorrt-llm",
+            "input_tokens": 128, "output_tokens": 128, "batch_size": 30000}
+    assert fs.trtllm_bench_settings(body, 1, 1) == (4096, 8192)
+
+
+def test_trtllm_bench_tuning_that_would_raise_leaves_the_defaults():
+    # gpt-oss-120b at tuning.py's 2 bytes per element (MXFP4 is not in its table): 116.83e9 x 2 / 2^30 = 217.6 GiB,
+    # more than one H200's 141 GiB -> calc_engine_setting raises, so such a run set both itself.
+    body = {"gpu_key": "h200", "llm_key": "gpt-oss-120b", "quantization": "mxfp4", "runtime": "tensorrt-llm",
+            "input_tokens": 1024, "output_tokens": 1024, "batch_size": 3000}
+    assert fs.trtllm_bench_settings(body, 1, 1) is None
+
+
+def test_perf_overview_record_maps_with_both_readings_printed():
+    body, notes, why = fs.map_record(_record("nvidia/Llama-3.3-70B-Instruct-FP4"))
+    assert why == ""
+    assert body["kv_cache_quantization"] == "fp8"
+    assert body["runtime_settings"] == {"max_num_seqs": 512, "max_prefill_tokens": 2048}  # worked out above
+    assert fs.CHECKPOINT_KV_READING in notes
+    assert fs.TRTLLM_BENCH_READING.format(bs=512, tok=2048) in notes
+    # A trtllm-bench run from another source (its own settings unknown) keeps the profile's defaults.
+    other = _record("nvidia/Llama-3.3-70B-Instruct-FP4", source="https://example.org/blog")
+    assert "runtime_settings" not in fs.map_record(other)[0]
