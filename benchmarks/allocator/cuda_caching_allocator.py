@@ -62,6 +62,7 @@ class Allocator:
         self.handles = {}
         self.expandable = expandable_segments
         self.tail = {True: None, False: None}  # expandable: the last mapped block of each pool's segment
+        self.opened: list[tuple[int, int]] = []  # (request bytes, bytes newly reserved) per cudaMalloc / page map
 
     def _insert(self, b):
         bisect.insort(self.pools[b.small], (b.size, b.addr, b))
@@ -88,6 +89,7 @@ class Allocator:
             b = Block(self.next_addr, seg, small)
             self.next_addr += seg + (1 << 30)  # segments are not adjacent
             self.reserved += seg
+            self.opened.append((nbytes, seg))
             self.peak_reserved = max(self.peak_reserved, self.reserved)
         rest = b.size - size
         if rest >= K_MIN_BLOCK and (small or self.expandable or rest > K_SMALL_SIZE):
@@ -112,6 +114,7 @@ class Allocator:
         have = last.size if last is not None and last.free else 0
         mapped = page * ((size - have + page - 1) // page)
         self.reserved += mapped
+        self.opened.append((size, mapped))
         self.peak_reserved = max(self.peak_reserved, self.reserved)
         if have:
             self._remove(last)

@@ -20,7 +20,7 @@ model), kernels' internal scratch.
 
 Needs torch, transformers and peft (not dependencies of vramplan):
 
-    python benchmarks/allocator/replay_training.py [ID-SUBSTRING] [--phases]
+    python benchmarks/allocator/replay_training.py [ID-SUBSTRING] [--phases] [--segments]
     python benchmarks/allocator/replay_training.py --plan   # predictions for measure.py's training cases
 """
 
@@ -214,17 +214,39 @@ def simulate(case: dict, steps: int = 3) -> cca.Allocator:
             gc.collect()
     gc.collect()
     alloc.phases = []
+    alloc.segments = [("model", n, seg) for n, seg in alloc.opened]  # (phase, request, segment) per new segment
     phase = "model"
     for kind, handle, size in rec.events:
         if kind == "m":
             alloc.phases.append((phase, alloc.reserved))
             phase = handle
         elif kind == "a":
+            opened = len(alloc.opened)
             alloc.malloc(handle, size)
+            alloc.segments += [(phase, n, seg) for n, seg in alloc.opened[opened:]]
         elif handle in alloc.handles:
             alloc.free(handle)
     alloc.phases.append((phase, alloc.reserved))
     return alloc
+
+
+def segment_report(case: dict, a: cca.Allocator) -> str:
+    """Where the reserve comes from: per phase, the segments opened, and how many of them the loss
+    phase's logit tensors opened (a request of micro-batch tokens x vocab x 2 or 4 bytes)."""
+    st = case["settings"]
+    tokens = st["batch_size"] // st.get("gradient_accumulation_steps", 1) * st["seq_length"]
+    logit_sizes = {tokens * case["hf_config"]["vocab_size"] * b for b in (2, 4)}
+    out: dict[str, list[float]] = {}
+    for phase, n, seg in a.segments:
+        row = out.setdefault(phase, [0, 0.0, 0, 0.0])
+        if n in logit_sizes:
+            row[2] += 1
+            row[3] += seg / 1e9
+        else:
+            row[0] += 1
+            row[1] += seg / 1e9
+    return "   segments opened (GB): " + " ".join(
+        f"{p}:{r[1] + r[3]:.2f}" + (f"[{r[2]} logit {r[3]:.2f}]" if r[2] else "") for p, r in out.items())
 
 
 def main(argv: list[str]) -> int:
@@ -248,6 +270,8 @@ def main(argv: list[str]) -> int:
         m = case.get("measured")
         if "--phases" in argv:
             print("   reserved at the end of each phase (GB):", " ".join(f"{p}:{r / G:.2f}" for p, r in a.phases))
+        if "--segments" in argv:
+            print(segment_report(case, a))
         if m:
             err = (a.peak_reserved - m["peak_reserved_bytes"]) / m["peak_reserved_bytes"] * 100
             errors.append(abs(err))
