@@ -179,7 +179,8 @@ def main() -> None:
     bodies = [{**INFERENCE, "seq_length": s, "batch_size": b} for s in (512, 2048, 8192, 32768) for b in range(1, 251)]
     estimate_many(bodies[:10], "inference")
     many = [timed(lambda: estimate_many(bodies, "inference")) for _ in range(3)]
-    single = [timed(lambda: [vramplan.estimate_inference(dict(b)) for b in bodies]) for _ in range(3)]
+    # estimate_many answers without suggestions (the searches a non-fitting body would get): compare like with like
+    single = [timed(lambda: [vramplan.estimate_inference(dict(b), suggestions=False) for b in bodies]) for _ in range(3)]
     many_cpu, single_cpu = (statistics.median(t[1] for t in x) / len(bodies) * 1e6 for x in (many, single))
     print(f"estimate_many     {len(bodies):,} whole responses: {many_cpu:6.1f} us CPU/body against {single_cpu:6.1f} "
           f"us one at a time ({single_cpu / many_cpu:4.1f}x)")
