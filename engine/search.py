@@ -79,13 +79,7 @@ def search_max(probe: Probe, start: int, lo_bound: int, cap: int) -> int | None:
                 lo = nxt
             else:
                 hi = nxt
-    while hi - lo > 1:  # invariant: lo fits, hi does not
-        mid = (lo + hi) // 2
-        if probe.fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return _bisect(probe, lo, hi)
 
 
 def search_min(probe: Probe, lo_bound: int, cap: int) -> int | None:
@@ -101,10 +95,15 @@ def search_min(probe: Probe, lo_bound: int, cap: int) -> int | None:
             hi = nxt
         else:
             lo = nxt
-    while hi - lo > 1:  # invariant: hi fits, lo does not
-        mid = (lo + hi) // 2
+    return _bisect(probe, hi, lo)
+
+
+def _bisect(probe: Probe, good: int, bad: int) -> int:
+    """The fitting end of the boundary between ``good`` (fits) and ``bad`` (does not), on either side of it."""
+    while abs(bad - good) > 1:
+        mid = (good + bad) // 2
         if probe.fits(mid):
-            hi = mid
+            good = mid
         else:
-            lo = mid
-    return hi
+            bad = mid
+    return good
