@@ -45,8 +45,18 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _emit(data, fmt: str, text: str) -> None:
-    click.echo(json.dumps(data, indent=2) if fmt == "json" else text)
+def _json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+def _listing(rows: list[dict], fmt: str, columns: list[tuple[str, str]], none: str) -> None:
+    """A filtered listing: JSON (an empty list when nothing matches), else a table or the ``none`` line."""
+    if fmt == "json":
+        _json(rows)
+    elif not rows:
+        click.echo(none)
+    else:
+        click.echo(_table(rows, columns))
 
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
@@ -83,14 +93,8 @@ def list_models_cmd(family, min_params, max_params, capabilities, search, fmt) -
     except VramplanError as exc:
         raise click.ClickException(exc.message) from None
     rows.sort(key=lambda m: (str(m.get("family", "")), m.get("params_b") or 0, str(m.get("key"))))
-    if fmt == "json":
-        _emit(rows, fmt, "")
-        return
-    if not rows:
-        click.echo("no models match")
-        return
-    click.echo(_table(rows, [("key", "key"), ("name", "name"), ("family", "family"), ("params_b", "params (B)"),
-                             ("active_params_b", "active (B)"), ("context_length", "context")]))
+    _listing(rows, fmt, [("key", "key"), ("name", "name"), ("family", "family"), ("params_b", "params (B)"),
+                         ("active_params_b", "active (B)"), ("context_length", "context")], "no models match")
 
 
 @models.command("import")
@@ -140,7 +144,7 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     if arch is not None:
         summary.update(_per_sequence(arch))
     if fmt == "json":
-        _emit(summary, fmt, "")
+        _json(summary)
     else:
         click.echo(_summary_text(summary))
     if save_as is None:
@@ -334,17 +338,11 @@ def gpus(vendor, min_memory, category, fmt) -> None:
             continue
         rows.append(g)
     rows.sort(key=lambda g: (str(g.get("vendor", "")), g.get("memory") or 0, str(g.get("key"))))
-    if fmt == "json":
-        _emit(rows, fmt, "")
-        return
-    if not rows:
-        click.echo("no GPUs match")
-        return
     columns = [("key", "key"), ("label", "label"), ("vendor", "vendor"), ("memory", "memory (GiB)"),
                ("memory_bandwidth_gb_s", "bandwidth (GB/s)"), ("bf16_tflops", "bf16 TFLOPS"), ("tdp_w", "TDP (W)")]
     if any("category" in g for g in rows):
         columns.insert(3, ("category", "category"))
-    click.echo(_table(rows, columns))
+    _listing(rows, fmt, columns, "no GPUs match")
 
 
 @click.command("runtimes")
@@ -363,7 +361,7 @@ def runtimes(key, fmt) -> None:
         if not match:
             raise click.UsageError(f"runtime: unknown runtime {key!r} (runtimes: {', '.join(r['key'] for r in entries)})")
         if fmt == "json":
-            _emit(match[0], fmt, "")
+            _json(match[0])
             return
         r = match[0]
         click.echo(f"{r['key']}: {r['label']}" + (f" (extends {r['extends']})" if r["extends"] else "")
@@ -377,7 +375,7 @@ def runtimes(key, fmt) -> None:
                                  ("source", "source")]))
         return
     if fmt == "json":
-        _emit(entries, fmt, "")
+        _json(entries)
         return
     rows = []
     for r in entries:
@@ -404,7 +402,7 @@ def plugins(fmt: str) -> None:
     loaded = [{"name": p.name, "version": p.version, "builtin": p.builtin, "hooks": list(p.hooks)} for p in cat.host.plugins()]
     failed = [{"name": f.name, "version": f.version, "error": f.error} for f in cat.host.failures]
     if fmt == "json":
-        click.echo(json.dumps({"plugins": loaded, "failed": failed}, indent=2))
+        _json({"plugins": loaded, "failed": failed})
         return
     click.echo(f"{'name':<32} {'version':<10} {'kind':<9} hooks")
     for p in loaded:
