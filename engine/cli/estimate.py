@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from .common import (FINETUNING_OFFLOAD, FINETUNING_OPTIONS, INFERENCE_OPTIONS, OUTPUT_OPTIONS, REQUEST_OPTION,
-                     SHARED_OPTIONS, build_request, finetuning_fields, inference_fields)
+                     SHARED_OPTIONS, build_request, finetuning_fields, inference_fields, require_keys)
 
 BAR_WIDTH = 30
 
@@ -178,15 +178,8 @@ def finish(body: dict[str, Any], workload: str, fmt: str, check: bool) -> None:
 def inference(request_file, model_file, fmt, check, **flags) -> None:
     """Estimate memory and speed of serving a model."""
     body = build_request(request_file, model_file, inference_fields(flags), "inference")
-    _require_keys(body)
+    require_keys(body)
     finish(body, "inference", fmt, check)
-
-
-def _require_keys(body: dict[str, Any]) -> None:
-    missing = [f for f, opt in (("gpu_key", "--gpu"), ("llm_key", "--model")) if f not in body]
-    if missing:
-        raise click.UsageError("; ".join(f"{f}: required (give {opt} or a --request file)" for f, opt in
-                                         (("gpu_key", "--gpu"), ("llm_key", "--model")) if f in missing))
 
 
 # -- fine-tuning -------------------------------------------------------------------------------
@@ -200,5 +193,5 @@ def _require_keys(body: dict[str, Any]) -> None:
 def finetuning(request_file, model_file, fmt, check, **flags) -> None:
     """Estimate memory and speed of fine-tuning a model."""
     body = build_request(request_file, model_file, finetuning_fields(flags), "finetuning")
-    _require_keys(body)
+    require_keys(body)
     finish(body, "finetuning", fmt, check)
