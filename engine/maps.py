@@ -21,6 +21,7 @@ from typing import Any
 from .answer import estimate as run
 from .answer import outcome
 from .catalog import Catalog, get_catalog
+from .contract import WORKLOADS
 from .datafiles import field_name, schema_problems
 from .errors import RequestError, VramplanError
 from .many import estimate_many
@@ -31,7 +32,6 @@ from .verdict import fits
 
 CURVE_POINTS = 12
 CURVE_START = 512
-WORKLOADS = ("inference", "finetuning")
 #: Fine-tuning columns of the fit map: the methods, cheapest in memory last.
 FINETUNING_COLUMNS = ({"key": "full", "label": "Full", "field": "finetuning_method"},
                       {"key": "lora", "label": "LoRA", "field": "finetuning_method"},
