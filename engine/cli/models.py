@@ -16,7 +16,7 @@ import click
 
 from ..errors import VramplanError
 from ..units import GIB
-
+from .common import LIST_FORMAT
 
 
 # -- output helpers ---------------------------------------------------------------------------
@@ -59,10 +59,6 @@ def _listing(rows: list[dict], fmt: str, columns: list[tuple[str, str]], none: s
         click.echo(_table(rows, columns))
 
 
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-                      help="table for people, json for scripts")
-
-
 # -- models -----------------------------------------------------------------------------------
 
 @click.group("models")
@@ -78,7 +74,7 @@ def models() -> None:
               help="only models with this capability (repeatable, all required): instruct, moe, vision, "
                    "sliding_window, mla, reasoning, code, tools")
 @click.option("--search", help="words that must all appear in the key, name, family or Hub repository (any case)")
-@FORMAT
+@LIST_FORMAT
 def list_models_cmd(family, min_params, max_params, capabilities, search, fmt) -> None:
     """List catalog models, filtered as GET llms filters them."""
     import vramplan
@@ -105,7 +101,7 @@ def list_models_cmd(family, min_params, max_params, capabilities, search, fmt) -
 @click.option("--name", "display_name", help="display name for --save-as (default: from the file)")
 @click.option("--context-length", type=click.IntRange(min=1), help="context length when the file does not state one")
 @click.option("--force", is_flag=True, help="replace an entry of the same key in that folder")
-@FORMAT
+@LIST_FORMAT
 def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, fmt) -> None:
     """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder with
     one), a GGUF by URL (header only), a Hub model hf:ORG/NAME[@REV] or a Hub GGUF
@@ -312,14 +308,13 @@ def _source(path) -> str:
     return Path(path).resolve().as_uri()
 
 
-
 # -- gpus -------------------------------------------------------------------------------------
 
 @click.command("gpus")
 @click.option("--vendor", help="only this vendor (nvidia, amd, apple, intel, …)")
 @click.option("--min-memory", type=click.FloatRange(min=0), help="at least this much memory, GiB")
 @click.option("--category", help="only this category (e.g. datacenter, consumer, workstation)")
-@FORMAT
+@LIST_FORMAT
 def gpus(vendor, min_memory, category, fmt) -> None:
     """List catalog GPUs."""
     import vramplan
