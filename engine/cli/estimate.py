@@ -33,10 +33,11 @@ def _status_text(status: str) -> str:
 def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> str:
     """The human face: the verdict, a bar per memory component against the GPU, then speed."""
     from ..catalog import get_catalog
+    from ..search import capacity_gib
 
     cat = get_catalog()
     gpu = cat.gpus.get(body["gpu_key"])
-    capacity = body.get("custom_vram") or gpu.data["memory_gib"]
+    capacity = capacity_gib(body, cat)
     key = body["llm_key"]
     if key == "custom":
         from ..modelfiles import display_name
