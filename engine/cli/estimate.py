@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from ..verdict import NOT_FITTING
 from .common import (FINETUNING_OFFLOAD, FINETUNING_OPTIONS, INFERENCE_OPTIONS, OUTPUT_OPTIONS, REQUEST_OPTION,
                      SHARED_OPTIONS, build_request, finetuning_fields, inference_fields, require_keys)
 
@@ -27,7 +28,7 @@ def _status_text(status: str) -> str:
     from ..estimate import STATUS_TEXT
 
     text = STATUS_TEXT[status]
-    return text.upper() if status in ("insufficient", "error") else text  # the verdicts to not miss
+    return text.upper() if status in NOT_FITTING else text  # the verdicts to not miss
 
 
 def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> str:
@@ -165,7 +166,7 @@ def finish(body: dict[str, Any], workload: str, fmt: str, check: bool) -> None:
         _say_ignored(out.get("warnings", []))
         click.echo(json.dumps(out, indent=2) if fmt == "json" else render_table(body, out, workload))
         status = out["memory_status"]
-    if check and status in ("insufficient", "error"):
+    if check and status in NOT_FITTING:
         sys.exit(1)
 
 
