@@ -195,10 +195,6 @@ class Architecture:
         return self._kv_owning("sliding")
 
     @property
-    def is_hybrid(self) -> bool:
-        return self.num_recurrent_layers > 0
-
-    @property
     def kv_elements_per_token_per_layer(self) -> int:
         """K and V elements one token adds to one layer's cache.
 

@@ -41,6 +41,7 @@ from .deploysearch import (DECIDED, DEFAULT_SHOWN, DROPPED, MAX_REPLICAS, Outcom
 from .deployspace import Price, Space, build_space, price_of
 from .errors import RequestError, VramplanError
 from .many import estimate_many
+from .search import capacity_gib
 from .verdict import binding
 
 
@@ -193,7 +194,7 @@ def describe_deployment(cat: Catalog, body: dict[str, Any], replicas: int, slo: 
     if isinstance(est, VramplanError):
         raise est
     gpu = cat.gpus.get(body["gpu_key"])
-    capacity = float(body.get("custom_vram") or gpu.data["memory_gib"])
+    capacity = capacity_gib(body, cat)
     price = Price(None, None)
     if body.get("gpu_hour_cost") is not None:
         ref = price_of(gpu, {})

@@ -8,7 +8,7 @@ drives the stages is :mod:`vramplan.pipeline`; nothing here searches or reaches 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import contract
@@ -20,6 +20,11 @@ from .units import GIB
 
 #: Formula ids the engine reads, per workload, besides the components (declared in vocabulary/outputs.yaml).
 OUTPUTS = contract.outputs_by_workload()
+
+
+def response_targets(components: Iterable[Any], workload: str) -> tuple[str, ...]:
+    """Every formula value a response reads: each memory component's output, then :data:`OUTPUTS`."""
+    return tuple(c.output for c in components) + OUTPUTS[workload]
 
 #: What srv_limited_code means (formulas/performance/serving.yaml).
 LIMITED_BY = {1: "kv_cache", 2: "max_num_batched_tokens", 3: "max_num_seqs", 4: "batch_size", 5: "arrival_rate",

@@ -25,9 +25,6 @@ from .architecture import Architecture
 from .errors import CatalogError, FormulaError
 from .formulaset import FUNCTIONS, compile_tree, parse_expression
 
-#: llama-quant.cpp tensor categories a format may give rules for (tensor_get_category).
-CATEGORIES = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-
 #: Per-tensor variables a rule may read (see catalogs/quantization/gguf.yaml); ``derived`` adds more.
 VARIABLES = ("index", "count", "layer", "blocks", "ncols", "base_block", "n_gqa", "n_expert", "imatrix",
              "falcon", "model_70b")

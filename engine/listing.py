@@ -149,10 +149,6 @@ def model_filters_from_query(query: Mapping[str, list[str]]) -> dict[str, Any]:
     return out
 
 
-#: Runtime constants a listing summarises (the serving knobs people set on the command line).
-SERVING_KNOBS = ("max_num_seqs", "max_prefill_tokens", "gpu_memory_utilization", "kv_block_tokens")
-
-
 def runtimes() -> list[dict[str, Any]]:
     """GET /runtimes: every runtime profile with its constants, each with its unit and source."""
     cat = get_catalog()

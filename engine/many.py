@@ -41,7 +41,7 @@ from .catalog import Catalog, get_catalog
 from .elementwise import NeedsRows
 from .errors import RequestError, VramplanError
 from .answer import estimate as run
-from .estimate import OUTPUTS, assemble, needs_offload_search, negative_output
+from .estimate import assemble, needs_offload_search, negative_output, response_targets
 from .pipeline import notes_of, with_unknown_keys
 from .resolve import Resolved, resolve
 from .scenario import Notes
@@ -165,14 +165,9 @@ def stack(groups: list[Group]) -> tuple[dict[str, Any], int]:
     return columns, n
 
 
-def targets(cat: Catalog, workload: str) -> tuple[str, ...]:
-    """Every formula value a response reads."""
-    return tuple(c.output for c in cat.formulas.components(workload)) + OUTPUTS[workload]
-
-
 def evaluate_groups(cat: Catalog, groups: list[Group], workload: str) -> BatchResult:
     columns, n = stack(groups)
-    return evaluate_batch(cat.formulas, columns, n, targets(cat, workload))
+    return evaluate_batch(cat.formulas, columns, n, response_targets(cat.formulas.components(workload), workload))
 
 
 class Row(Mapping):

@@ -21,17 +21,17 @@ from typing import Any
 from .answer import estimate as run
 from .answer import outcome
 from .catalog import Catalog, get_catalog
+from .contract import WORKLOADS
 from .datafiles import field_name, schema_problems
 from .errors import RequestError, VramplanError
 from .many import estimate_many
 from .pipeline import Outcome
-from .planner import estimator
+from .planner import catalog_gpus, estimator, loaded_formats
 from .search import Probe, capacity_gib, search_max
 from .verdict import fits
 
 CURVE_POINTS = 12
 CURVE_START = 512
-WORKLOADS = ("inference", "finetuning")
 #: Fine-tuning columns of the fit map: the methods, cheapest in memory last.
 FINETUNING_COLUMNS = ({"key": "full", "label": "Full", "field": "finetuning_method"},
                       {"key": "lora", "label": "LoRA", "field": "finetuning_method"},
@@ -75,7 +75,7 @@ def fit_map(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str
     formats = _check_list(request, "quantizations", cat.quantization)
     body = {k: v for k, v in request.items() if k not in MAP_FIELDS + ("trace", "custom_vram")}
     if gpu_keys is None:
-        gpu_keys = [e.key for e in cat.gpus if not e.data.get("custom")]
+        gpu_keys = catalog_gpus(cat)
     probe_gpu = body.get("gpu_key") or gpu_keys[0]
     run({**body, "gpu_key": probe_gpu}, workload, cat)  # every bad field of the request named once, up front
     if workload == "inference":
@@ -107,10 +107,10 @@ def fit_map(request: dict[str, Any], catalog: Catalog | None = None) -> dict[str
 def _format_columns(body: dict[str, Any], formats: list[str] | None, cat: Catalog) -> list[dict[str, Any]]:
     """Weight formats, best quality first: those asked for, else those the runtime loads (all without one)."""
     runtime = body.get("runtime")
-    entries = [cat.quantization.get(k) for k in formats] if formats else \
-        [e for e in cat.quantization if e.data["kind"] != "alias"
-         and (runtime is None or runtime in e.data.get("runtimes", [runtime]))]
-    entries = sorted(entries, key=lambda e: -e.data["quality_rank"])  # stable: ties keep catalog order
+    if formats:
+        entries = sorted((cat.quantization.get(k) for k in formats), key=lambda e: -e.data["quality_rank"])
+    else:
+        entries = loaded_formats(cat, runtime)
     return [{"key": e.key, "label": str(e.data.get("label", e.key)).split(" (")[0], "field": "quantization",
              "quality_rank": e.data["quality_rank"]} for e in entries]
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from . import families
 from .errors import RequestError
+from .remote import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, LIMITS
 
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -203,9 +204,8 @@ def _config_name(config: dict, p: Path) -> str:
 
 # -- GGUF ---------------------------------------------------------------------------------------
 
-#: GGUF value types (ggml's gguf.h ``enum gguf_type``) -> byte size of one value; 8 = string, 9 = array.
-_GGUF_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-_GGUF_STRING, _GGUF_ARRAY = 8, 9
+#: GGUF scalar value types -> byte size of one value.
+_GGUF_SIZES = {vtype: struct.calcsize(fmt) for vtype, fmt in GGUF_SCALARS.items()}
 
 
 def check_gguf_header(p: Path) -> None:
@@ -213,8 +213,6 @@ def check_gguf_header(p: Path) -> None:
     pairs, tensor infos) and refuse it, naming the file and the limit, if any length or count
     cannot fit the file or exceeds the limits a remote header is read with
     (:data:`vramplan.remote.LIMITS`). Only then may the gguf library parse it."""
-    from .remote import LIMITS
-
     size = _regular_size(p)
     shown = str(p)
 
@@ -247,9 +245,9 @@ def check_gguf_header(p: Path) -> None:
         def value(vtype: int, key: str, depth: int) -> None:
             if vtype in _GGUF_SIZES:
                 read(_GGUF_SIZES[vtype])
-            elif vtype == _GGUF_STRING:
+            elif vtype == GGUF_STRING:
                 string(f"key {key}")
-            elif vtype == _GGUF_ARRAY:
+            elif vtype == GGUF_ARRAY:
                 if depth >= GGUF_NESTING:
                     fail(f"key {key} nests arrays more than {GGUF_NESTING} deep")
                 item, count = u32(), u64()

@@ -19,7 +19,7 @@ from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog
 from .errors import FormulaError, RequestError, VramplanError
-from .estimate import OUTPUTS, assemble, negative_output
+from .estimate import assemble, negative_output, response_targets
 from .resolve import Resolved, resolve
 from .scenario import Notes
 
@@ -62,8 +62,7 @@ def estimate(cat: Catalog, req: dict[str, Any], workload: str, request_notes: li
     s, said = scenario_mod.build_with_notes(res)
     components = cat.formulas.components(workload)
     trace: list | None = [] if req.get("trace") else None
-    targets = tuple(c.output for c in components) + OUTPUTS[workload]
-    v = cat.formulas.evaluate(s, targets, trace=trace)
+    v = cat.formulas.evaluate(s, response_targets(components, workload), trace=trace)
     fid = negative_output(v, workload)
     if fid is not None:
         err = FormulaError([(f"formula {fid} ({cat.formulas.formulas[fid].file})", f"gave {v[fid]!r}, a negative figure")])

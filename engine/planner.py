@@ -57,6 +57,7 @@ from .answer import estimate
 from .deploy import cheapest_deployment
 from .errors import RequestError, VramplanError
 from .many import estimate_many
+from .registry import Entry
 from .search import Probe, capacity_gib, search_max, search_min  # noqa: F401 - capacity_gib re-exported
 from .verdict import NOT_FITTING, SLO_FIELDS, binding, fits  # noqa: F401 - the planner's definition, re-exported
 
@@ -197,6 +198,19 @@ def _final(probe: Probe, value: int, body: dict[str, Any], workload: str, field:
     return probe.seen[value]  # type: ignore[return-value]
 
 
+def catalog_gpus(cat: Catalog) -> list[str]:
+    """The GPU keys a search tries when the request names none: every catalog GPU but ``custom``."""
+    return [e.key for e in cat.gpus if not e.data.get("custom")]
+
+
+def loaded_formats(cat: Catalog, runtime: str | None) -> list[Entry]:
+    """Weights formats (aliases aside) the runtime loads, every one without a runtime, best quality
+    first (stable: ties keep catalog order)."""
+    entries = [e for e in cat.quantization if e.data["kind"] != "alias"
+               and (runtime is None or runtime in e.data.get("runtimes", [runtime]))]
+    return sorted(entries, key=lambda e: -e.data["quality_rank"])
+
+
 def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog,
                       validated: dict[str, Any] | None = None) -> tuple[str, list[str], str]:
     """(request field, formats best first, note on what was tried).
@@ -212,9 +226,7 @@ def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog,
         ranked = sorted(FINETUNE_PRECISIONS, key=lambda k: -cat.quantization.get(k).data["quality_rank"])
         return "fine_tuning_quantization", ranked, "full fine-tuning precisions"
     runtime = body.get("runtime")
-    entries = [e for e in cat.quantization if e.data["kind"] != "alias"
-               and (runtime is None or runtime in e.data.get("runtimes", [runtime]))]
-    ranked = [e.key for e in sorted(entries, key=lambda e: -e.data["quality_rank"])]  # stable: ties keep catalog order
+    ranked = [e.key for e in loaded_formats(cat, runtime)]
     return "quantization", ranked, f"formats {runtime} loads" if runtime else "every format, each with its default runtime"
 
 
@@ -244,7 +256,7 @@ def _gpus(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any
     cat, headroom = ctx["catalog"], ctx["headroom"]
     keys = ctx["gpu_keys"]
     if keys is None:
-        keys = [e.key for e in cat.gpus if not e.data.get("custom")]
+        keys = catalog_gpus(cat)
     speed = "per_user_tps" if workload == "inference" else "training_tps"
     body = {k: v for k, v in body.items() if k not in ("trace", "custom_vram")}
     bodies = [{**body, "gpu_key": key} for key in keys]
@@ -334,7 +346,7 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None, *, strict: boo
         ctx["capacity"] = capacity_gib(body, cat)
     elif "llm_key" in body:
         plain = [k for k in gpu_keys or [] if not cat.gpus.get(k).data.get("custom")]
-        probe_gpu = (plain or [None])[0] or body.get("gpu_key") or next(e.key for e in cat.gpus if not e.data.get("custom"))
+        probe_gpu = (plain or [None])[0] or body.get("gpu_key") or catalog_gpus(cat)[0]
         estimate({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu}, workload, cat, strict=strict)
     for q in find:
         answers[q] = HANDLERS[q](q, body, workload, ctx)

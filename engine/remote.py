@@ -36,8 +36,9 @@ LIMITS = {
 FIRST_CHUNK = 1024 * 1024
 MAX_CHUNK = 2 * 1024 * 1024
 
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
+#: GGUF value types (ggml's gguf.h ``enum gguf_type``) -> struct format of one value; 8 = string, 9 = array.
+GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+GGUF_STRING, GGUF_ARRAY = 8, 9
 
 
 @dataclass
@@ -163,17 +164,17 @@ def parse_gguf_header(reader, where: str = "model file") -> tuple[dict, list[tup
         return reader.read(n).decode("utf-8", "replace")
 
     def value(vtype: int, keep: bool):
-        if vtype in _SCALARS:
-            fmt = _SCALARS[vtype]
+        if vtype in GGUF_SCALARS:
+            fmt = GGUF_SCALARS[vtype]
             return struct.unpack(fmt, reader.read(struct.calcsize(fmt)))[0]
-        if vtype == _STRING:
+        if vtype == GGUF_STRING:
             return string()
-        if vtype == _ARRAY:
+        if vtype == GGUF_ARRAY:
             etype, count = u32(), u64()
             if count > LIMITS["array_items"]:
                 raise bad(f"an array of {count:,} items is over the {LIMITS['array_items']:,}-item limit")
-            if etype in _SCALARS and not keep:
-                reader.read(struct.calcsize(_SCALARS[etype]) * count)
+            if etype in GGUF_SCALARS and not keep:
+                reader.read(struct.calcsize(GGUF_SCALARS[etype]) * count)
                 return count
             items = [value(etype, keep) for _ in range(count)]
             return items if keep else count

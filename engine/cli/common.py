@@ -72,6 +72,10 @@ def apply_model_file(body: dict[str, Any], path: str | None, workload: str = "in
 
 FORMATS = click.Choice(["table", "json", "markdown", "html"])
 
+#: ``--format`` of the listing commands (models, gpus, formulas).
+LIST_FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                           help="table for people, json for scripts")
+
 
 # -- the estimate flags (shared by inference, finetuning and plan) -------------------------------
 
@@ -211,3 +215,15 @@ def build_request(request_file: str | None, model_file: str | None, fields: dict
                   workload: str) -> dict[str, Any]:
     """The request file, the flags over it, then a model file's architecture."""
     return apply_model_file(merge(read_request(request_file), fields), model_file, workload)
+
+
+#: The fields every estimate needs, with the flags that give them.
+KEY_FLAGS = (("gpu_key", "--gpu"), ("llm_key", "--model"))
+
+
+def require_keys(*given: dict[str, Any]) -> None:
+    """Refuse, naming the flag, a request that has no GPU or no model in any of ``given``."""
+    missing = [f"{f}: required (give {flag} or a --request file)" for f, flag in KEY_FLAGS
+               if not any(f in g for g in given)]
+    if missing:
+        raise click.UsageError("; ".join(missing))

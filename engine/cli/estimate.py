@@ -10,8 +10,9 @@ from typing import Any
 
 import click
 
+from ..verdict import NOT_FITTING
 from .common import (FINETUNING_OFFLOAD, FINETUNING_OPTIONS, INFERENCE_OPTIONS, OUTPUT_OPTIONS, REQUEST_OPTION,
-                     SHARED_OPTIONS, build_request, finetuning_fields, inference_fields)
+                     SHARED_OPTIONS, build_request, finetuning_fields, inference_fields, require_keys)
 
 BAR_WIDTH = 30
 
@@ -27,16 +28,17 @@ def _status_text(status: str) -> str:
     from ..estimate import STATUS_TEXT
 
     text = STATUS_TEXT[status]
-    return text.upper() if status in ("insufficient", "error") else text  # the verdicts to not miss
+    return text.upper() if status in NOT_FITTING else text  # the verdicts to not miss
 
 
 def render_table(body: dict[str, Any], out: dict[str, Any], workload: str) -> str:
     """The human face: the verdict, a bar per memory component against the GPU, then speed."""
     from ..catalog import get_catalog
+    from ..search import capacity_gib
 
     cat = get_catalog()
     gpu = cat.gpus.get(body["gpu_key"])
-    capacity = body.get("custom_vram") or gpu.data["memory_gib"]
+    capacity = capacity_gib(body, cat)
     key = body["llm_key"]
     if key == "custom":
         from ..modelfiles import display_name
@@ -164,7 +166,7 @@ def finish(body: dict[str, Any], workload: str, fmt: str, check: bool) -> None:
         _say_ignored(out.get("warnings", []))
         click.echo(json.dumps(out, indent=2) if fmt == "json" else render_table(body, out, workload))
         status = out["memory_status"]
-    if check and status in ("insufficient", "error"):
+    if check and status in NOT_FITTING:
         sys.exit(1)
 
 
@@ -178,15 +180,8 @@ def finish(body: dict[str, Any], workload: str, fmt: str, check: bool) -> None:
 def inference(request_file, model_file, fmt, check, **flags) -> None:
     """Estimate memory and speed of serving a model."""
     body = build_request(request_file, model_file, inference_fields(flags), "inference")
-    _require_keys(body)
+    require_keys(body)
     finish(body, "inference", fmt, check)
-
-
-def _require_keys(body: dict[str, Any]) -> None:
-    missing = [f for f, opt in (("gpu_key", "--gpu"), ("llm_key", "--model")) if f not in body]
-    if missing:
-        raise click.UsageError("; ".join(f"{f}: required (give {opt} or a --request file)" for f, opt in
-                                         (("gpu_key", "--gpu"), ("llm_key", "--model")) if f in missing))
 
 
 # -- fine-tuning -------------------------------------------------------------------------------
@@ -200,5 +195,5 @@ def _require_keys(body: dict[str, Any]) -> None:
 def finetuning(request_file, model_file, fmt, check, **flags) -> None:
     """Estimate memory and speed of fine-tuning a model."""
     body = build_request(request_file, model_file, finetuning_fields(flags), "finetuning")
-    _require_keys(body)
+    require_keys(body)
     finish(body, "finetuning", fmt, check)

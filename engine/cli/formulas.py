@@ -17,9 +17,7 @@ from typing import Any
 import click
 
 from ..errors import RequestError
-
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-                      help="table for people, json for scripts")
+from .common import LIST_FORMAT
 
 
 @click.group("formulas")
@@ -47,7 +45,7 @@ def _variables(cat) -> list[dict[str, Any]]:
 
 
 @formulas.command("list")
-@FORMAT
+@LIST_FORMAT
 def list_formulas(fmt: str) -> None:
     """Every formula, scenario variable and declared runtime constant, with units and meanings."""
     cat = _catalog()
@@ -136,7 +134,7 @@ def _readers(cat, fid: str) -> list[str]:
 
 @formulas.command("show")
 @click.argument("formula_id")
-@FORMAT
+@LIST_FORMAT
 def show(formula_id: str, fmt: str) -> None:
     """One formula: expression, inputs with units and meanings, what reads it, references, golden cases."""
     from ..goldencases import run_case

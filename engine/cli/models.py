@@ -16,7 +16,7 @@ import click
 
 from ..errors import VramplanError
 from ..units import GIB
-
+from .common import LIST_FORMAT
 
 
 # -- output helpers ---------------------------------------------------------------------------
@@ -45,12 +45,18 @@ def _cell(value) -> str:
     return str(value)
 
 
-def _emit(data, fmt: str, text: str) -> None:
-    click.echo(json.dumps(data, indent=2) if fmt == "json" else text)
+def _json(data) -> None:
+    click.echo(json.dumps(data, indent=2))
 
 
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
-                      help="table for people, json for scripts")
+def _listing(rows: list[dict], fmt: str, columns: list[tuple[str, str]], none: str) -> None:
+    """A filtered listing: JSON (an empty list when nothing matches), else a table or the ``none`` line."""
+    if fmt == "json":
+        _json(rows)
+    elif not rows:
+        click.echo(none)
+    else:
+        click.echo(_table(rows, columns))
 
 
 # -- models -----------------------------------------------------------------------------------
@@ -68,7 +74,7 @@ def models() -> None:
               help="only models with this capability (repeatable, all required): instruct, moe, vision, "
                    "sliding_window, mla, reasoning, code, tools")
 @click.option("--search", help="words that must all appear in the key, name, family or Hub repository (any case)")
-@FORMAT
+@LIST_FORMAT
 def list_models_cmd(family, min_params, max_params, capabilities, search, fmt) -> None:
     """List catalog models, filtered as GET llms filters them."""
     import vramplan
@@ -83,14 +89,8 @@ def list_models_cmd(family, min_params, max_params, capabilities, search, fmt) -
     except VramplanError as exc:
         raise click.ClickException(exc.message) from None
     rows.sort(key=lambda m: (str(m.get("family", "")), m.get("params_b") or 0, str(m.get("key"))))
-    if fmt == "json":
-        _emit(rows, fmt, "")
-        return
-    if not rows:
-        click.echo("no models match")
-        return
-    click.echo(_table(rows, [("key", "key"), ("name", "name"), ("family", "family"), ("params_b", "params (B)"),
-                             ("active_params_b", "active (B)"), ("context_length", "context")]))
+    _listing(rows, fmt, [("key", "key"), ("name", "name"), ("family", "family"), ("params_b", "params (B)"),
+                         ("active_params_b", "active (B)"), ("context_length", "context")], "no models match")
 
 
 @models.command("import")
@@ -101,7 +101,7 @@ def list_models_cmd(family, min_params, max_params, capabilities, search, fmt) -
 @click.option("--name", "display_name", help="display name for --save-as (default: from the file)")
 @click.option("--context-length", type=click.IntRange(min=1), help="context length when the file does not state one")
 @click.option("--force", is_flag=True, help="replace an entry of the same key in that folder")
-@FORMAT
+@LIST_FORMAT
 def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, fmt) -> None:
     """Read a config.json, .gguf, .safetensors or model.safetensors.index.json (or a folder with
     one), a GGUF by URL (header only), a Hub model hf:ORG/NAME[@REV] or a Hub GGUF
@@ -140,7 +140,7 @@ def import_cmd(path, save_as, catalog_dir, display_name, context_length, force, 
     if arch is not None:
         summary.update(_per_sequence(arch))
     if fmt == "json":
-        _emit(summary, fmt, "")
+        _json(summary)
     else:
         click.echo(_summary_text(summary))
     if save_as is None:
@@ -308,14 +308,13 @@ def _source(path) -> str:
     return Path(path).resolve().as_uri()
 
 
-
 # -- gpus -------------------------------------------------------------------------------------
 
 @click.command("gpus")
 @click.option("--vendor", help="only this vendor (nvidia, amd, apple, intel, …)")
 @click.option("--min-memory", type=click.FloatRange(min=0), help="at least this much memory, GiB")
 @click.option("--category", help="only this category (e.g. datacenter, consumer, workstation)")
-@FORMAT
+@LIST_FORMAT
 def gpus(vendor, min_memory, category, fmt) -> None:
     """List catalog GPUs."""
     import vramplan
@@ -334,17 +333,11 @@ def gpus(vendor, min_memory, category, fmt) -> None:
             continue
         rows.append(g)
     rows.sort(key=lambda g: (str(g.get("vendor", "")), g.get("memory") or 0, str(g.get("key"))))
-    if fmt == "json":
-        _emit(rows, fmt, "")
-        return
-    if not rows:
-        click.echo("no GPUs match")
-        return
     columns = [("key", "key"), ("label", "label"), ("vendor", "vendor"), ("memory", "memory (GiB)"),
                ("memory_bandwidth_gb_s", "bandwidth (GB/s)"), ("bf16_tflops", "bf16 TFLOPS"), ("tdp_w", "TDP (W)")]
     if any("category" in g for g in rows):
         columns.insert(3, ("category", "category"))
-    click.echo(_table(rows, columns))
+    _listing(rows, fmt, columns, "no GPUs match")
 
 
 @click.command("runtimes")
@@ -363,7 +356,7 @@ def runtimes(key, fmt) -> None:
         if not match:
             raise click.UsageError(f"runtime: unknown runtime {key!r} (runtimes: {', '.join(r['key'] for r in entries)})")
         if fmt == "json":
-            _emit(match[0], fmt, "")
+            _json(match[0])
             return
         r = match[0]
         click.echo(f"{r['key']}: {r['label']}" + (f" (extends {r['extends']})" if r["extends"] else "")
@@ -377,7 +370,7 @@ def runtimes(key, fmt) -> None:
                                  ("source", "source")]))
         return
     if fmt == "json":
-        _emit(entries, fmt, "")
+        _json(entries)
         return
     rows = []
     for r in entries:
@@ -404,7 +397,7 @@ def plugins(fmt: str) -> None:
     loaded = [{"name": p.name, "version": p.version, "builtin": p.builtin, "hooks": list(p.hooks)} for p in cat.host.plugins()]
     failed = [{"name": f.name, "version": f.version, "error": f.error} for f in cat.host.failures]
     if fmt == "json":
-        click.echo(json.dumps({"plugins": loaded, "failed": failed}, indent=2))
+        _json({"plugins": loaded, "failed": failed})
         return
     click.echo(f"{'name':<32} {'version':<10} {'kind':<9} hooks")
     for p in loaded:

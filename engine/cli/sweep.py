@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 from ..sweep import Rows
-from .common import read_request
+from .common import read_request, require_keys
 from .plan import parse_int_grid, parse_number, parse_text_grid
 
 #: Friendly grid flags: option name → (request field, parser kind, catalog registry used to check keys).
@@ -270,10 +270,7 @@ def sweep(request_file, workload, extra, columns, fmt, output, progress, **grid)
         axes[field], flags[field] = values, f"--axis {field}"
     if "finetuning_method" in axes and workload != "finetuning":
         raise click.UsageError(f"{flags['finetuning_method']}: only with --workload finetuning")
-    missing = [f"{f}: required (give {flag} or a --request file)" for f, flag in (("gpu_key", "--gpu"), ("llm_key", "--model"))
-               if f not in axes and f not in base]
-    if missing:
-        raise click.UsageError("; ".join(missing))
+    require_keys(axes, base)
     check_keys(axes, flags)
     grid_ = Sweep(base, workload, [Axis(field, tuple(values)) for field, values in axes.items()])
     names = grid_.names

@@ -14,6 +14,7 @@ from functools import lru_cache
 
 from .. import datafiles
 from ..listing import CAPABILITIES
+from ..version import __version__
 from .api import MAX_BODY_BYTES, PREFIX, TOKEN_FAILURES_PER_MINUTE
 
 #: component name -> schema file in the ``vramplan.schemas`` package
@@ -163,15 +164,6 @@ def _nullable(prop: dict) -> dict:
     return {"anyOf": [inner, {"type": "null"}], **keep}
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("vramplan")
-    except Exception:  # not installed as a distribution (running from a checkout)
-        return "0.0.0"
-
-
 def _error(description: str) -> dict:
     return {"description": description,
             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
@@ -279,7 +271,7 @@ def _document() -> str:
         "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "info": {
             "title": "vramplan API",
-            "version": _version(),
+            "version": __version__,
             "summary": "Will this LLM workload fit on that GPU, and how fast will it run?",
             "description": "\n\n".join([
                 "GPU memory and speed estimates for LLM inference and fine-tuning, wire-compatible with "

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..contract import WORKLOADS
 from ..errors import RequestError, VramplanError
 from .. import hub
 from . import auth
@@ -43,7 +44,6 @@ from .errors import error_response, request_error_response
 
 log = logging.getLogger("vramplan.server")
 
-WORKLOADS = ("inference", "finetuning")
 REPORT_FORMATS = {"html": "text/html; charset=utf-8", "markdown": "text/markdown; charset=utf-8"}
 _STYLE = re.compile(r"<style>(.*?)</style>", re.S)
 
