@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from . import hardware
+from . import formatrules, hardware
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog
@@ -210,19 +210,6 @@ class Space:
 
 # -- building the space ---------------------------------------------------------------------------
 
-def runtime_formats(cat: Catalog, runtime: Entry) -> list[Entry]:
-    """Weights formats the runtime loads (the formats' ``runtimes`` lists; else those of the runtime it extends)."""
-    key: str | None = runtime.key
-    seen = set()
-    while key is not None and key not in seen:
-        seen.add(key)
-        found = [e for e in cat.quantization if e.data["kind"] != "alias" and key in e.data.get("runtimes", ())]
-        if found:
-            return found
-        key = cat.runtimes.get(key).data.get("extends") if key in cat.runtimes else None
-    return []
-
-
 def runs_on(runtime: Entry, gpu: dict[str, Any]) -> bool:
     """Whether the runtime's profile says it runs on this GPU (no ``deployment`` block: anywhere); its
     ``deployment.formats`` say the same per weights format."""
@@ -285,7 +272,7 @@ def build_space(cat: Catalog, body: dict[str, Any], gpu_keys: list[str] | None, 
     for rkey in keys:
         runtime = cat.runtimes.get(rkey, "runtimes")
         dep = runtime.data.get("deployment") or {}
-        formats = runtime_formats(cat, runtime)
+        formats = formatrules.runtime_formats(cat, runtime.key)
         if "quantization" in fixed:
             formats = [e for e in formats if e.key == target(fixed["quantization"])]
         formats = [e for e in formats if e.data["quality_rank"] >= floor]

@@ -1,4 +1,5 @@
-"""Format rules: which weights format a fine-tuning method trains on, which runtime a format defaults to.
+"""Format rules: which weights format a fine-tuning method trains on, which runtime a format defaults to,
+and which formats a runtime loads.
 
 The rules are catalog data (``catalogs/format_rules``), read here by resolve and the planner alike,
 so the two never disagree. A rule applies when the request meets every field of its ``when``;
@@ -10,9 +11,12 @@ catalog folder load after the built-ins, so their rules override them as formula
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .registry import Entry, Registry
+
+if TYPE_CHECKING:
+    from .catalog import Catalog
 
 
 def facts(workload: str, request: Mapping[str, Any], quantization_kind: str | None = None) -> dict[str, Any]:
@@ -45,3 +49,24 @@ def finetuning_weights(rules: Registry, request: Mapping[str, Any]) -> tuple[str
     if rule is not None:
         return rule.data["weights"], rule
     return request["fine_tuning_quantization"], None
+
+
+def runtime_formats(cat: Catalog, runtime: str) -> list[Entry]:
+    """Weights and KV formats (aliases aside) the runtime loads: those whose ``runtimes`` list names it, and
+    those that list none; a runtime no format names loads what the runtime it ``extends`` loads (TensorRT-LLM's
+    MMHA profile, for one, is TensorRT-LLM with older attention kernels). Catalog order."""
+    key: str | None = runtime
+    seen: set[str] = set()
+    while key is not None and key not in seen:
+        seen.add(key)
+        if any(e.data["kind"] != "alias" and key in e.data.get("runtimes", ()) for e in cat.quantization):
+            break
+        key = cat.runtimes.get(key).data.get("extends") if key in cat.runtimes else None
+    named = key if key is not None else runtime
+    return [e for e in cat.quantization if e.data["kind"] != "alias" and named in e.data.get("runtimes", [named])]
+
+
+def loads(cat: Catalog, runtime: str, fmt: Entry) -> bool:
+    """Whether the runtime loads this format (:func:`runtime_formats`; an alias, as the format it names)."""
+    target = cat.quantization.get(fmt.data["alias_of"]) if fmt.data.get("alias_of") else fmt
+    return any(e.key == target.key for e in runtime_formats(cat, runtime))

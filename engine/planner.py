@@ -206,8 +206,8 @@ def catalog_gpus(cat: Catalog) -> list[str]:
 def loaded_formats(cat: Catalog, runtime: str | None) -> list[Entry]:
     """Weights formats (aliases aside) the runtime loads, every one without a runtime, best quality
     first (stable: ties keep catalog order)."""
-    entries = [e for e in cat.quantization if e.data["kind"] != "alias"
-               and (runtime is None or runtime in e.data.get("runtimes", [runtime]))]
+    entries = ([e for e in cat.quantization if e.data["kind"] != "alias"] if runtime is None
+               else formatrules.runtime_formats(cat, runtime))
     return sorted(entries, key=lambda e: -e.data["quality_rank"])
 
 

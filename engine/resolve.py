@@ -165,7 +165,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
                         f"data-center GPUs: set hardware_class in its catalog entry, or register a hardware class")
     # (settings that change nothing are said by request.check, which sees what the client sent)
     warnings.extend(_uncertainty_warnings(workload, classes.get(cls), gpu.data, arch, runtime.key, req))
-    if workload == "inference" and runtime.key not in quant.data.get("runtimes", [runtime.key]):
+    if workload == "inference" and not formatrules.loads(cat, runtime.key, quant):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
     # GGUF file types choose a ggml type per tensor from the model's shape (llama-quant.cpp rules in the catalog)

@@ -43,6 +43,7 @@ from typing import Any
 from .catalog import Catalog, get_catalog
 from .errors import VramplanError
 from .answer import estimate as run
+from . import formatrules
 from .formatrules import finetuning_weights
 from .request import validate
 from .search import Probe, capacity_gib, search_min
@@ -295,8 +296,8 @@ class _Search:
         runtime = self.out.get("runtime")
         kv_now = req["kv_cache_quantization"]
         kv_bits = self.cat.quantization.get(kv_now).data.get("kv_cache_bits", 16)
-        kv_formats = sorted((e for e in self.cat.quantization if e.data.get("kind") != "alias"
-                             and e.data.get("kv_cache_bits", 99) < kv_bits and runtime in e.data.get("runtimes", [])),
+        kv_formats = sorted((e for e in formatrules.runtime_formats(self.cat, runtime)
+                             if e.data.get("kv_cache_bits", 99) < kv_bits),
                             key=lambda e: -e.data["quality_rank"])
         for e in kv_formats:  # the best KV format that fits
             s = self.suggest({"kv_cache_quantization": e.key}, f"{self._label(e.key)} KV cache instead of "
