@@ -78,7 +78,7 @@ def test_the_function_names_its_arguments_when_given_the_wrong_number():
 def _reference_peaks(chunks) -> tuple[int, int]:
     a = caching.Allocator()
     handle = 0
-    for ev, _ in chunks:
+    for ev in chunks:
         for e in ev:
             if e >= 0:
                 handle += 1
@@ -88,11 +88,17 @@ def _reference_peaks(chunks) -> tuple[int, int]:
     return a.peak_reserved, a.peak_allocated
 
 
+def _as_steps(chunks):
+    """Chunks of events as training.steps yields them, each ending a step."""
+    for ev in chunks:
+        yield ev, [], True
+
+
 def test_fast_replay_matches_the_reference_allocator_on_hand_checked_and_random_sequences():
     # The hand-checked case of test_allocator_model (MiB): 40 + 40, free the first, 24 + 24 -> 104 MiB reserved,
     # peak allocated 40 + 24 + 24 = 88 MiB (the first 24 takes the freed 40 MiB block, its 16 MiB rest split off).
     seq = [40 * MiB, 40 * MiB, ~1, 24 * MiB, 24 * MiB]
-    assert caching.replay_peaks([(seq, [])]) == _reference_peaks([(seq, [])]) == (104 * MiB, 88 * MiB)
+    assert caching.replay_peaks(_as_steps([seq])) == _reference_peaks([seq]) == (104 * MiB, 88 * MiB)
     rng = random.Random(16)
     for _ in range(30):
         live, ev, n = [], [], 0
@@ -103,21 +109,48 @@ def test_fast_replay_matches_the_reference_allocator_on_hand_checked_and_random_
                 n += 1
                 live.append(n)
                 ev.append(rng.choice([rng.randrange(1, 4096), rng.randrange(1, 2 * MiB), rng.randrange(MiB, 64 * MiB)]))
-        chunks = [(ev[:200], []), (ev[200:], [])]
-        assert caching.replay_peaks(chunks) == _reference_peaks(chunks)
+        chunks = [ev[:200], ev[200:]]
+        assert caching.replay_peaks(_as_steps(chunks)) == _reference_peaks(chunks)
 
 
-def test_the_fast_replay_stops_only_when_a_step_repeats_exactly():
-    # A step that frees all it allocates leaves the state it started from: the next one is not generated.
+def test_the_fast_replay_leaves_out_steps_that_repeat_exactly():
+    # Step k allocates 30 MiB and frees it. Step 0 opens a 30 MiB segment (start: nothing; end: one free 30 MiB
+    # block); step 1 reuses it and ends where it started - step 2 would start from step 1's start: not generated.
     generated = []
 
     def chunks():
         for k in range(5):
             generated.append(k)
-            yield [30 * MiB, ~(k + 1)], []
-    # step 0 opens a 30 MiB segment and frees it; step 1 reuses it: both leave the same state, step 2 is skipped
+            repeated = yield [30 * MiB, ~(k + 1)], [], True
+            if repeated:
+                return
     assert caching.replay_peaks(chunks()) == (30 * MiB, 30 * MiB)
     assert generated == [0, 1]
+
+
+def test_repeated_micro_batches_are_left_out_and_the_peaks_stay_those_of_every_event():
+    # 16 micro-batches of accumulation: the fast replay stops generating them once one leaves the state as it
+    # found it, and gets the reference allocator's peaks over all of them.
+    shape = training.Shape(**{**TINY, "grad_accum": 16, "train_tokens": 4096, "hidden": 2048, "intermediate": 8192,
+                              "vocab": 32000, "n_layers": 2, "q_dim": 2048, "kv_dim": 512,
+                              "layer_saved_bytes_per_token": 60000, "head_saved_bytes": 4096 * 2048 * 2})
+    every = sum(len(ev) for ev, _, _ in training.steps(shape))
+    a = training.simulate(shape)
+    assert training.peaks(shape) == (a.peak_reserved, a.peak_allocated)
+    sent = []
+
+    def counting():
+        gen = training.steps(shape)
+        chunk = next(gen)
+        while True:
+            sent.append(len(chunk[0]))
+            repeated = yield chunk
+            try:
+                chunk = gen.send(repeated)
+            except StopIteration:
+                return
+    caching.replay_peaks(counting())
+    assert sum(sent) < every / 2
 
 
 def values(resp: dict) -> dict[str, float]:
@@ -186,3 +219,15 @@ def test_a_batch_of_estimates_gives_what_single_estimates_give():
         one = vramplan.estimate_finetuning(dict(body))
         assert got["vram_usage"] == one["vram_usage"]
         assert got["memory_breakdown"] == one["memory_breakdown"]
+
+
+def test_a_sequence_too_long_to_replay_keeps_the_fractions():
+    # hidden 8 with intermediate 65,536: the layer saves ~4 x 65,536 x 2 bytes per token beyond the tokens x
+    # intermediate pieces' four, i.e. tens of thousands of tokens x hidden pieces per layer: 3 x 16 layers x
+    # 4 x (5 + saved / 16) events is far beyond 2,000,000 - not replayed (an estimate must not hang).
+    config = {**LLAMA32_1B, "hidden_size": 8, "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 8,
+              "intermediate_size": 65536}
+    resp, v = train(config, finetuning_method="full")
+    assert v["train_reserve_sequence_events"] > 2_000_000
+    assert v["train_reserve_simulated"] == 0
+    assert v["allocator_reserve_bytes"] == pytest.approx(0.25 * v["train_logits_bytes"] + 0.75 * v["grads_bytes"])

@@ -92,23 +92,39 @@ class Shape(NamedTuple):
 
 
 def steps(v: Shape | dict, n_steps: int = STEPS):
-    """The sequence one optimizer step at a time: yields ``(events, marks)`` per step. An event is a
-    malloc of ``e`` bytes (``e >= 0``, handles numbered 1, 2, ... in order) or the free of handle ``~e``
-    (``e < 0``); ``marks`` are ``(event index, phase label)``. The first step's list starts with the
-    model build."""
+    """The sequence in chunks: yields ``(events, marks, ends_step)``. An event is a malloc of ``e`` bytes
+    (``e >= 0``, handles numbered 1, 2, ... in order) or the free of handle ``~e`` (``e < 0``); ``marks``
+    are ``(event index, phase label)``. A chunk is one micro-batch (``ends_step`` False) or a step's last
+    micro-batch with the optimizer (True); the first starts with the model build.
+
+    A replay may ``send`` back whether the chunk repeated (caching.replay_peaks): a micro-batch after the
+    second that left the allocator's state as it found it - the later ones, the same events, would too -
+    ends the step's micro-batches; a step that started from the state the step before started from ends
+    the sequence (every later step repeats it). Iterating without sending generates every event."""
     if not isinstance(v, dict):
         v = v._asdict()
     ev: list[int] = []
     marks: list[tuple[int, str]] = []
-    count = [0]
+    count = 0
 
     def new(size: float) -> int:
+        nonlocal count
         ev.append(int(size))
-        count[0] += 1
-        return count[0]
+        count += 1
+        return count
+
+    def news(sizes: list[int]) -> list[int]:
+        """Several mallocs in a row (sizes already whole bytes), their handles."""
+        nonlocal count
+        ev.extend(sizes)
+        count += len(sizes)
+        return list(range(count - len(sizes) + 1, count + 1))
 
     def free(h: int) -> None:
         ev.append(~h)
+
+    def frees(hs: list[int]) -> None:
+        ev.extend([~h for h in hs])
 
     def mark(label: str) -> None:
         marks.append((len(ev), label))
@@ -139,10 +155,11 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                      for i in range(L) for m in targets for ab in "AB"]
         for _, c, b in trainable:
             new(c * b)
-    per_layer: dict[int, list[tuple[str, int, int]]] = {}
+    per_module: dict[tuple[int, str], list[tuple[str, int, int]]] = {}  # (layer, module) -> its trainable tensors
     for n, c, b in trainable:
         if n[0].isdigit():
-            per_layer.setdefault(int(n.split(".")[0]), []).append((n, c, b))
+            i, m = n.split(".")[:2]
+            per_module.setdefault((int(i), m), []).append((n, c, b))
 
     rest, pieces_bytes = v["layer_saved_bytes_per_token"] * T, []
     while len(pieces_bytes) < 4 and rest >= T * I * act:
@@ -152,6 +169,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         pieces_bytes.append(T * H * 2)
         rest -= T * H * 2
     pieces_bytes += [rest] if rest > 0 else []
+    pieces_bytes = [int(p) for p in pieces_bytes]
+    copy_bytes = [int(c * 2) for _, c in layer[:7]] if mixed else []
 
     grads: dict[str, int] = {}
 
@@ -163,16 +182,20 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
 
     states_made = False
     for step in range(n_steps):
-        for _ in range(ga):
+        for k in range(ga):
+            if k:  # micro-batch k - 1 ends a chunk
+                repeated = yield ev, marks, False
+                ev, marks = [], []
+                if repeated and k >= 2:
+                    break  # micro-batch k - 1 (like every later one) left the state as it found it: they repeat
             mark(f"fwd{step}")
             saved, copies = [], []
             x = new(T * H * resid)
             for _i in range(L):
-                pieces = [new(p) for p in pieces_bytes]
-                weight_copies = [new(c * 2) for _, c in layer[:7]] if mixed else []
+                pieces = news(pieces_bytes)
+                weight_copies = news(copy_bytes)
                 if gc:
-                    for h in pieces:
-                        free(h)
+                    frees(pieces)
                     copies += weight_copies
                     saved.append([x])
                     x = new(T * H * resid)
@@ -184,8 +207,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             fp32_copy, log_probs = new(T * V * 4), new(T * V * 4)
             free(fp32_copy)
             free(logits)
-            for h in copies:
-                free(h)
+            frees(copies)
             mark(f"bwd{step}")
             g_nll = new(T * V * 4)
             g_lsm = new(T * V * 4)
@@ -204,16 +226,14 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             for i in reversed(range(L)):
                 recomputed = []
                 if gc:
-                    recomputed = [new(p) for p in pieces_bytes]
-                    recomputed += [new(c * 2) for _, c in layer[:7]] if mixed else []
+                    recomputed = news(pieces_bytes) + news(copy_bytes)
 
                 def g(m: str) -> None:
                     if full:
                         grad(f"{i}.{m}", size[m], wb)
                     else:
-                        for n, c, b in per_layer.get(i, []):
-                            if n.split(".")[1] == m:
-                                grad(n, c, b)
+                        for n, c, b in per_module.get((i, m), ()):
+                            grad(n, c, b)
                 t1 = new(T * I * act)
                 g("down")
                 t2, t3 = new(T * I * act), new(T * I * act)
@@ -234,8 +254,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     free(h)
                 g("n1")
                 free(th)
-                for h in recomputed + saved[i]:
-                    free(h)
+                frees(recomputed + saved[i])
             if full and tied:
                 free(new(V * H * wb))  # embedding_dense_backward's gradient, added into the head's
             if full:
@@ -253,13 +272,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     new(c * b)
             states_made = True
         if not v["optimizer_fused_step"]:
-            for h in [new(c * b) for _, c, b in trainable]:
-                free(h)
-        for h in grads.values():
-            free(h)
+            frees(news([int(c * b) for _, c, b in trainable]))
+        frees(list(grads.values()))
         grads = {}
-        yield ev, marks
+        repeated = yield ev, marks, True
         ev, marks = [], []
+        if repeated:
+            return  # this step started from the state the one before started from: every later step repeats it
 
 
 def simulate(v: Shape | dict, n_steps: int = STEPS) -> caching.Allocator:
@@ -268,7 +287,7 @@ def simulate(v: Shape | dict, n_steps: int = STEPS) -> caching.Allocator:
     a = caching.Allocator()
     a.phases = []
     handle = 0
-    for ev, marks in steps(v, n_steps):
+    for ev, marks, _ in steps(v, n_steps):
         at = dict(marks)
         for k, e in enumerate(ev):
             if k in at:
