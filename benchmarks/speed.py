@@ -143,7 +143,8 @@ RESERVE_SHAPES = {
 
 def training_reserve(rounds: int = 5) -> None:
     """The simulated reserve's cost per shape: generate + replay with the memo cleared (best and median of
-    ``rounds``), the memoised call, and a whole fine-tuning estimate of a shape not seen before."""
+    ``rounds``), the memoised call, and a whole fine-tuning estimate of a shape not seen before (one that
+    fits: an estimate that does not fit also runs the suggestion searches, a new shape per probe)."""
     from vramplan.allocator import training
 
     for label, req in RESERVE_SHAPES.items():
@@ -170,8 +171,8 @@ def training_reserve(rounds: int = 5) -> None:
             training.reserve_bytes(*shape)
         warm = (time.perf_counter() - t0) * 1e3
         whole = []
-        for k in range(rounds):  # a new shape each time: the batch grows by one
-            b = dict(body, trace=False, batch_size=req["batch_size"] + 100 + k)
+        for k in range(rounds):  # a new shape each time (8 more tokens), still fitting: no suggestion searches
+            b = dict(body, trace=False, seq_length=req["seq_length"] + 8 * (k + 1))
             t0 = time.perf_counter()
             vramplan.estimate_finetuning(b)
             whole.append((time.perf_counter() - t0) * 1e3)

@@ -173,7 +173,7 @@ def replay_peaks(chunks) -> tuple[int, int]:
     prev: list[int] = []
     nxt: list[int] = []
     small_: list[bool] = []
-    # Free blocks of each pool as sorted ints size << 96 | addr << 32 | block: best fit (smallest size, then
+    # Free blocks of each pool as sorted ints size << 160 | addr << 32 | block: best fit (smallest size, then
     # lowest address) is one bisect over plain ints. Addresses stay below 2**44 (segments 1 GiB apart),
     # blocks below 2**20.
     spool: list[int] = []
@@ -194,7 +194,7 @@ def replay_peaks(chunks) -> tuple[int, int]:
                 size = K_MIN_BLOCK if e < K_MIN_BLOCK else K_MIN_BLOCK * ((e + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
                 small = size <= K_SMALL_SIZE
                 pool = spool if small else lpool
-                i = bisect_left(pool, size << 96)
+                i = bisect_left(pool, size << 160)
                 if i < len(pool):
                     b = pool.pop(i) & 0xFFFFFFFF
                     bsize = size_[b]
@@ -226,7 +226,7 @@ def replay_peaks(chunks) -> tuple[int, int]:
                         prev[n] = r
                     nxt[b] = r
                     size_[b] = bsize = size
-                    insort(pool, (rest << 96) | (ra << 32) | r)
+                    insort(pool, (rest << 160) | (ra << 32) | r)
                 free_[b] = False
                 handles.append(b)
                 allocated += bsize
@@ -240,7 +240,7 @@ def replay_peaks(chunks) -> tuple[int, int]:
                 pool = spool if small_[b] else lpool
                 p = prev[b]
                 if p >= 0 and free_[p]:
-                    del pool[bisect_left(pool, (size_[p] << 96) | (addr[p] << 32) | p)]
+                    del pool[bisect_left(pool, (size_[p] << 160) | (addr[p] << 32) | p)]
                     s += size_[p]
                     size_[p] = s
                     n = nxt[b]
@@ -250,14 +250,14 @@ def replay_peaks(chunks) -> tuple[int, int]:
                     b = p
                 n = nxt[b]
                 if n >= 0 and free_[n]:
-                    del pool[bisect_left(pool, (size_[n] << 96) | (addr[n] << 32) | n)]
+                    del pool[bisect_left(pool, (size_[n] << 160) | (addr[n] << 32) | n)]
                     s += size_[n]
                     size_[b] = s
                     nn = nxt[n]
                     nxt[b] = nn
                     if nn >= 0:
                         prev[nn] = b
-                insort(pool, (s << 96) | (addr[b] << 32) | b)
+                insort(pool, (s << 160) | (addr[b] << 32) | b)
         now = (reserved, allocated, next_addr, tuple(k >> 32 for k in spool), tuple(k >> 32 for k in lpool))
         repeated = now == (step_start if ends_step else chunk_start)
         if ends_step:
