@@ -353,17 +353,24 @@ def _safetensors_header(p: Path) -> dict:
             raw = fh.read(n)
     except OSError as exc:
         raise RequestError([(str(p), f"is not a safetensors file (unreadable header: {exc})")]) from None
-    header = parse_json_text(raw, str(p))
+    return check_safetensors_header(parse_json_text(raw, str(p)), str(p), size - 8 - n)
+
+
+def check_safetensors_header(header, where: str, data_size: int | None = None, shard: str = "") -> dict:
+    """A parsed safetensors header, checked (a JSON object of at most
+    :data:`MAX_SAFETENSORS_TENSORS` entries, each sound by :func:`tensor_problem`) and returned
+    without its ``__metadata__``: one check for a local file, a Hub shard's header fetched by range
+    or remembered in vramplan's cache. ``shard`` names the shard within ``where`` (a Hub model)."""
+    lead = f"{shard} " if shard else ""
     if not isinstance(header, dict):
-        raise RequestError([(str(p), "is not a safetensors file (header is not a JSON object)")])
+        raise RequestError([(where, f"{lead}is not a safetensors file (header is not a JSON object)")])
     if len(header) > MAX_SAFETENSORS_TENSORS:
-        raise RequestError([(str(p), f"lists {len(header):,} tensors (limit {MAX_SAFETENSORS_TENSORS:,})")])
-    data_size = size - 8 - n
+        raise RequestError([(where, f"{lead}lists {len(header):,} tensors (limit {MAX_SAFETENSORS_TENSORS:,})")])
     for tname, info in header.items():
         problem = tensor_problem(tname, info, data_size)
         if problem:
-            raise RequestError([(str(p), problem)])
-    return header
+            raise RequestError([(where, lead + problem)])
+    return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
 def tensor_problem(tname: str, info, data_size: int | None = None) -> str | None:

@@ -167,6 +167,22 @@ def test_sharded_model_from_a_loopback_hub_reads_only_headers_then_works_offline
     assert json.loads(r.stdout)["params"] == TINY_PARAMS + 2_000_000
 
 
+def test_a_damaged_shard_header_is_refused_with_the_local_files_wording(tmp_path):
+    """One check serves a local safetensors file and a Hub shard read by range: 3 F16 elements are
+    6 bytes, not the 2 the entry's data_offsets give."""
+    header = json.dumps({"w": {"dtype": "F16", "shape": [3], "data_offsets": [0, 2]}}).encode()
+    shard = len(header).to_bytes(8, "little") + header + b"\0\0"
+    (tmp_path / "model.safetensors").write_bytes(shard)
+    why = "is damaged: tensor 'w' of shape [3] does not fill its 2 bytes"
+    with pytest.raises(RequestError) as local:
+        read_model_file(tmp_path / "model.safetensors")
+    assert str(local.value) == f"{tmp_path / 'model.safetensors'}: {why}"
+    files = {"acme/bad/config.json": json.dumps(TINY).encode(), "acme/bad/model.safetensors": shard}
+    with FileServer(files) as server:
+        r = _run(["models", "import", "hf:acme/bad"], _env(tmp_path, HF_ENDPOINT=server.url))
+    assert r.returncode == 2 and f"hf:acme/bad: model.safetensors {why}" in r.stderr, r.stderr
+
+
 def test_a_missing_repository_on_the_hub_is_one_clear_line(tmp_path):
     with FileServer({}) as server:
         r = _run(["models", "import", "hf:acme/nothing"], _env(tmp_path, HF_ENDPOINT=server.url))
