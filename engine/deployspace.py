@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from . import formatrules, hardware
+from . import formatrules
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog
@@ -342,7 +342,6 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     rt_class = [(p.quant.data["kind"] != "float", p.quant.data.get("gguf_block")) for p in pairs]
     example = {c: pairs[i].quant.data for i, c in enumerate(fmt_class)} | {c: pairs[i].quant.data for i, c in enumerate(rt_class)}
     to_nvme = bool(pairs[0].base["offload_to_nvme"])
-    classes = {e.key: e.data for e in cat.hardware_classes}
     combo_pair: list[int] = []
     combo_gpu: list[int] = []
     combo_layouts: list[bool] = []
@@ -354,7 +353,7 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
         mem = float(g["memory_gib"])
         ic, host = _links(cat, space.body, gpu)
         hw = scenario_mod.gpu_vars(g, mem, ic.data, host.data if host else None)
-        order = hardware.lookup_order(classes, cat.gpu_classes.get(gpu.key))  # as resolve() finds it
+        order = cat.hardware_orders.get(gpu.key, ())  # as resolve() finds it
         g_row = pieces["gpu"].row(gi, lambda: hw)
         for rkey, members in by_runtime.items():
             runtime = pairs[members[0]].runtime
