@@ -335,3 +335,16 @@ def test_cli_table_report_and_bad_prices():
     assert report.exit_code == 0 and "**Binding constraint: `capacity`**" in report.output
     bad = runner.invoke(main, args[:-1] + ["l4=cheap"])
     assert bad.exit_code == 2 and "--gpu-hour-costs" in bad.output
+
+
+def test_the_search_reads_only_declared_outputs():
+    """SERVING_TARGETS is checked against vocabulary/outputs.yaml at import: a renamed output is named there."""
+    from vramplan.deploysearch import SERVING_TARGETS, declared_targets
+    from vramplan.errors import FormulaError
+
+    assert "srv_ttft_s" in SERVING_TARGETS
+    assert declared_targets(("srv_ttft_s",), ("srv_ttft_s", "srv_itl_s")) == ("srv_ttft_s",)
+    with pytest.raises(FormulaError) as err:
+        declared_targets(("srv_ttft_s", "srv_ttft_seconds"), ("srv_ttft_s", "srv_itl_s"))
+    assert str(err.value) == ("vocabulary/outputs.yaml: the deployment search (deploysearch.SERVING_TARGETS) reads "
+                              "srv_ttft_seconds, not declared for inference")

@@ -15,7 +15,9 @@ import pytest
 import vramplan
 from vramplan.catalog import get_catalog
 from vramplan.errors import RequestError
-from vramplan.scenario import runtime_constant
+from vramplan.request import validate
+from vramplan.resolve import resolve
+from vramplan.scenario import build
 
 CAT = get_catalog()
 L, H, FF, V = 32, 4096, 14336, 128256
@@ -26,6 +28,12 @@ KV_PER_TOKEN = 2 * 8 * 128 * 2 * L           # K + V, 8 heads of 128, bf16, 32 l
 BW = 3350e9 * 0.85                           # H100 bandwidth x vLLM's decode efficiency
 FLOPS = 989.4e12 * 0.6                       # dense bf16 x vLLM's GEMM efficiency
 BASE = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "bf16", "runtime": "vllm"}
+
+
+def seen_on(gpu_key: str, runtime: str, name: str) -> float:
+    """A runtime constant as a request on that GPU sees it: the scenario's rt_<name>, tiers applied."""
+    res = resolve(CAT, validate({**BASE, "gpu_key": gpu_key, "runtime": runtime}, "inference"), "inference")
+    return build(res)[f"rt_{name}"]
 
 
 def rt(runtime: str, name: str) -> float:
@@ -282,13 +290,10 @@ def test_runtime_profiles_extend_and_tier_by_gpu():
     assert runtimes["sglang"]["constants"]["cuda_graph_mib"] == runtimes["vllm"]["constants"]["cuda_graph_mib"]
     assert runtimes["tensorrt-llm"]["constants"]["kv_reserve_output_fraction"]["value"] == 1
     # vLLM's step budget by GPU: 8192 on an H100, 2048 on an A100 (named) and on a 24 GiB card (below 70 GiB)
-    vllm = CAT.runtimes.get("vllm").data
-    assert runtime_constant(vllm, "max_prefill_tokens", "h100_80", 80) == 8192
-    assert runtime_constant(vllm, "max_prefill_tokens", "a100_80", 80) == 2048
-    assert runtime_constant(vllm, "max_num_seqs", "rtx_4090", 24) == 256
-    sglang = CAT.runtimes.get("sglang").data
-    assert [runtime_constant(sglang, "max_prefill_tokens", k, m) for k, m in (("rtx_4090", 24), ("h100_80", 80), ("b200", 180))] \
-        == [2048, 8192, 16384]
+    assert seen_on("h100_80", "vllm", "max_prefill_tokens") == 8192
+    assert seen_on("a100_80", "vllm", "max_prefill_tokens") == 2048
+    assert seen_on("rtx_4090", "vllm", "max_num_seqs") == 256
+    assert [seen_on(k, "sglang", "max_prefill_tokens") for k in ("rtx_4090", "h100_80", "b200")] == [2048, 8192, 16384]
 
 
 def test_pre_xqa_tensorrt_llm_reads_kv_once_per_query_head():
