@@ -26,6 +26,12 @@ reading is taken and printed beside the case):
   (variable lengths, no totals) cannot be mapped.
 - metrics compared: output (or total) throughput, TTFT, ITL (ITL mean, else TPOT mean, else medians),
   llama.cpp prompt / generation tokens/s, and a static batch's or single request's end-to-end latency.
+- a record that does not state its KV cache dtype is read with the checkpoint's (16-bit unless its
+  quantization config says FP8), unless that reading is physically impossible: when 16-bit keys and
+  values would cap the run's output below what it measured - the sequences the pool holds (at the
+  larger KV memory fraction the source names) decoding with nothing else to do, reading the weights and
+  their caches at the GPU's full memory bandwidth - the run can only have used an 8-bit cache
+  (``bandwidth_bound``), and it is read so.
 """
 
 from __future__ import annotations
@@ -176,6 +182,42 @@ def trtllm_bench_settings(body: dict[str, Any], tp: int, pp: int) -> tuple[int, 
     return bs, tok
 
 
+#: TensorRT-LLM perf-overview.md: "In many cases, we also use a higher KV cache percentage by setting
+#: --kv_cache_free_gpu_mem_fraction 0.95" - the bound takes the larger pool.
+BOUND_MEMORY_FRACTION = 0.95
+BOUND_READING = ("KV dtype not stated: 16-bit keys and values would cap {id} at {bound:,.0f} output tok/s ({n} sequences "
+                 "in a pool of {frac} of free memory, decoding alone, weights and caches read at the full {bw:,.0f} GB/s), "
+                 "below the {measured:,.0f} it measured: only an 8-bit cache is consistent, for every run of this checkpoint "
+                 "in this source - fp8 KV cache")
+
+
+def bandwidth_bound(body: dict[str, Any]) -> tuple[float, int, float] | None:
+    """(output tok/s ceiling, sequences, GB/s) of a request as it stands: the sequences its KV pool admits
+    (at BOUND_MEMORY_FRACTION where the runtime sizes the pool from free memory) decoding with no prompt
+    work, no overhead and no compute, each round reading one GPU's weights and their caches at the mean
+    context at the GPU's peak bandwidth. No run can exceed it; None for pipelines (micro-batches)."""
+    probe = dict(body, trace=True, runtime_settings={**body.get("runtime_settings", {}),
+                                                     "gpu_memory_utilization": BOUND_MEMORY_FRACTION})
+    steps = [s for s in vramplan.estimate_inference(probe)["trace"] if isinstance(s, dict) and "id" in s]
+    value = {s["id"]: s.get("value") for s in steps}
+    given = {k: v for s in steps for k, v in (s.get("inputs") or {}).items()}
+    if given.get("pp", 1) != 1 or not value.get("srv_max_running"):
+        return None
+    n = int(value["srv_max_running"])
+    bw = float(given["gpu_bw_gb_s"])
+    round_s = (value["decode_weight_bytes"] + n * value["decode_kv_seq_bytes"]) / (bw * 1e9)
+    return n / round_s, n, bw
+
+
+def _measured_output_tps(r: dict[str, Any]) -> float | None:
+    m = r["metrics"]
+    if m.get("output_throughput_tok_s") is not None and "not explicitly per-GPU or total" not in str(r.get("caveats")):
+        return float(m["output_throughput_tok_s"])
+    if m.get("output_throughput_tok_s_per_gpu") is not None:
+        return float(m["output_throughput_tok_s_per_gpu"]) * (r.get("num_gpus") or 1)
+    return None
+
+
 def _number(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         return float(value)
@@ -183,8 +225,9 @@ def _number(value: Any) -> float | None:
     return float(m.group(1)) if m else None
 
 
-def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str]:
-    """(request body, readings taken, reason when it cannot be mapped)."""
+def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = None) -> tuple[dict[str, Any] | None, list[str], str]:
+    """(request body, readings taken, reason when it cannot be mapped). ``fp8_kv`` maps (source, checkpoint) to the
+    reading that makes every run of that checkpoint in that source an 8-bit-cache run (``kv_readings``)."""
     notes: list[str] = []
     model = MODELS.get(r.get("model") or "")
     if model is None and not r.get("model") and r.get("model_name_in_source") in NAMED_MODELS:
@@ -250,6 +293,11 @@ def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str
             body["runtime_settings"] = {"max_num_seqs": tuned[0], "max_prefill_tokens": tuned[1]}
             notes.append(TRTLLM_BENCH_READING.format(bs=tuned[0], tok=tuned[1]))
 
+    reading = (fp8_kv or {}).get((str(r.get("source")), str(r.get("model"))))
+    if reading and not r.get("kv_cache_dtype") and "kv_cache_quantization" not in body:
+        body["kv_cache_quantization"] = "fp8"
+        notes.append(reading)
+
     rate = r.get("request_rate")
     prompts = r.get("num_prompts")
     if r.get("concurrency") and runtime != "llama.cpp" and isinstance(prompts, int) and prompts <= r["concurrency"]:
@@ -268,6 +316,26 @@ def map_record(r: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str], str
         body["batch_size"] = prompts
         notes.append(f"offline: one burst of {prompts} prompts" + ("" if r.get("num_prompts") else " (not stated: 1000)"))
     return body, notes, ""
+
+
+def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(source, checkpoint) -> reading, for the checkpoints of a source with a run that 16-bit keys and values
+    cannot explain (its measured output above ``bandwidth_bound`` at the 16-bit reading): the source ran that
+    checkpoint with one cache dtype, so all its runs there are read with an 8-bit cache."""
+    found: dict[tuple[str, str], str] = {}
+    for r in records:
+        key = (str(r.get("source")), str(r.get("model")))
+        measured = _measured_output_tps(r)
+        if key in found or r.get("kv_cache_dtype") or not measured or r.get("runtime") == "llama.cpp":
+            continue
+        body, _, _ = map_record(r)
+        if body is None or "kv_cache_quantization" in body:
+            continue
+        bound = bandwidth_bound(body)
+        if bound and measured > bound[0]:
+            found[key] = BOUND_READING.format(id=r["id"], bound=bound[0], n=bound[1], frac=BOUND_MEMORY_FRACTION, bw=bound[2],
+                                              measured=measured)
+    return found
 
 
 def comparisons(r: dict[str, Any], body: dict[str, Any], out: dict[str, Any]) -> list[tuple[str, float, float]]:
@@ -301,8 +369,9 @@ def comparisons(r: dict[str, Any], body: dict[str, Any], out: dict[str, Any]) ->
 def run(cal_dir: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     data = yaml.safe_load((cal_dir / "published-serving.yaml").read_text())
     cases, unmapped = [], []
+    fp8_kv = kv_readings(data["records"])
     for r in data["records"]:
-        body, notes, why = map_record(r)
+        body, notes, why = map_record(r, fp8_kv)
         if body is None:
             unmapped.append((r["id"], why))
             continue

@@ -75,6 +75,8 @@ class Catalog:
     default_runtime: str = "transformers"
     #: GPU key → its hardware class (None: no class matches; estimates warn).
     gpu_classes: dict[str, str | None] = field(default_factory=dict)
+    #: GPU key → its class and the class's fallbacks, most specific first (:func:`hardware.lookup_order`).
+    hardware_orders: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: (kind, key) of entries from vramplan's own data: a problem with one fails loudly.
     builtin: set[tuple[str, str]] = field(default_factory=set)
 

@@ -166,7 +166,9 @@ def _check_hardware_classes(cat: Catalog, loud: Problems) -> None:
 
 
 def _classify_gpus(cat: Catalog, loud: Problems) -> None:
-    """Give every GPU its class; a tie between two classes is a problem of the third-party class."""
+    """Give every GPU its class and the class's fallback order (once, at load: resolve and the
+    deployment search read them per request); a tie between two classes is a problem of the
+    third-party class."""
     while True:
         classes = [(e.key, e.data) for e in cat.hardware_classes]
         for gpu in list(cat.gpus):
@@ -187,6 +189,8 @@ def _classify_gpus(cat: Catalog, loud: Problems) -> None:
                 break  # classes changed: classify every GPU again
             cat.gpu_classes[gpu.key] = cls
         else:
+            by_key = {e.key: e.data for e in cat.hardware_classes}
+            cat.hardware_orders = {key: hardware.lookup_order(by_key, cls) for key, cls in cat.gpu_classes.items()}
             return
 
 

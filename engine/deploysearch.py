@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import contract
 from .batch import BatchResult, evaluate_batch
 from .catalog import Catalog
 from .deployspace import Space
+from .errors import FormulaError
 from .estimate import LIMITED_BY
 from .sweep import memory_figures, round_like_python
 from .units import GIB
@@ -41,9 +43,23 @@ DEFAULT_SHOWN = 10
 #: Weights more than this over a GPU's usable memory rule a configuration out unevaluated (GiB; the
 #: response's per-component rounding moves vram_usage by less).
 WEIGHT_MARGIN_GIB = 0.1
+
+
+def declared_targets(names: tuple[str, ...], declared: tuple[str, ...]) -> tuple[str, ...]:
+    """``names``, once each is a declared inference output (``vocabulary/outputs.yaml``, which the
+    loader checks every formula set against): a renamed output fails here, at import, naming it -
+    not at the first deployment search that reads the old name."""
+    missing = [n for n in names if n not in declared]
+    if missing:
+        raise FormulaError([(contract.OUTPUTS_FILE, f"the deployment search (deploysearch.SERVING_TARGETS) reads "
+                                                    f"{', '.join(missing)}, not declared for inference")])
+    return names
+
+
 #: What the search reads from the formula graph besides the memory components.
-SERVING_TARGETS = ("srv_past_capacity", "srv_open_loop", "srv_static", "srv_ttft_s", "srv_itl_s", "srv_e2e_s", "srv_queued",
-                   "srv_limited_code", "srv_max_running", "srv_capacity_seq_rate")
+SERVING_TARGETS = declared_targets(
+    ("srv_past_capacity", "srv_open_loop", "srv_static", "srv_ttft_s", "srv_itl_s", "srv_e2e_s", "srv_queued",
+     "srv_limited_code", "srv_max_running", "srv_capacity_seq_rate"), contract.outputs_by_workload()["inference"])
 
 PENDING, DECIDED, DROPPED, PRUNED = 0, 1, 2, 3
 

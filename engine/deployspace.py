@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from . import formatrules, hardware
+from . import formatrules
 from . import request as request_mod
 from . import scenario as scenario_mod
 from .catalog import Catalog
@@ -117,8 +117,7 @@ class Space:
     batch: int
     notes: list[str] = field(default_factory=list)
     pieces: dict[str, Piece] = field(default_factory=dict)
-    combo_pair: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    combo_gpu: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    combo_pair: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per (pair, GPU) combination
     combo: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per configuration
     n: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     tensor: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
@@ -162,7 +161,7 @@ class Space:
     def columns(self, rows: np.ndarray, replicas: np.ndarray) -> dict[str, Any]:
         """The scenario columns of configurations ``rows`` with ``replicas`` replicas sharing the load."""
         combo = self.combo[rows]
-        index = {"pair": self.combo_pair[combo]}
+        index = {"pair": self.pair[rows]}
         for name, piece in self.pieces.items():
             index[name] = np.asarray(piece.of_combo, dtype=np.int64)[combo]
         out: dict[str, Any] = {}
@@ -191,9 +190,9 @@ class Space:
     # -- one replica as a request ----------------------------------------------------------------
     def replica_body(self, row: int, replicas: int, priced: bool = True) -> dict[str, Any]:
         """The inference request that estimates one replica of configuration ``row``."""
-        p = self.pairs[int(self.combo_pair[self.combo[row]])]
+        p = self.pairs[int(self.pair[row])]
         body = dict(self.body)
-        body.update({"gpu_key": self.gpus[int(self.combo_gpu[self.combo[row]])].key, "num_gpus": int(self.n[row]),
+        body.update({"gpu_key": self.gpus[int(self.gpu[row])].key, "num_gpus": int(self.n[row]),
                      "inference_parallelism": "tensor" if self.tensor[row] else "pipeline",
                      "quantization": p.quant.key, "kv_cache_quantization": p.kv[int(self.kv[row])][0],
                      "runtime": p.runtime.key})
@@ -202,7 +201,7 @@ class Space:
             body.pop("concurrent_users", None)
         else:
             body["concurrent_users"] = -(-self.users // replicas)
-        price = self.prices[int(self.combo_gpu[self.combo[row]])]
+        price = self.prices[int(self.gpu[row])]
         if priced and price.usd is not None:
             body["gpu_hour_cost"] = price.usd
         return body
@@ -342,7 +341,6 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     rt_class = [(p.quant.data["kind"] != "float", p.quant.data.get("gguf_block")) for p in pairs]
     example = {c: pairs[i].quant.data for i, c in enumerate(fmt_class)} | {c: pairs[i].quant.data for i, c in enumerate(rt_class)}
     to_nvme = bool(pairs[0].base["offload_to_nvme"])
-    classes = {e.key: e.data for e in cat.hardware_classes}
     combo_pair: list[int] = []
     combo_gpu: list[int] = []
     combo_layouts: list[bool] = []
@@ -354,7 +352,7 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
         mem = float(g["memory_gib"])
         ic, host = _links(cat, space.body, gpu)
         hw = scenario_mod.gpu_vars(g, mem, ic.data, host.data if host else None)
-        order = hardware.lookup_order(classes, cat.gpu_classes.get(gpu.key))  # as resolve() finds it
+        order = cat.hardware_orders.get(gpu.key, ())  # as resolve() finds it
         g_row = pieces["gpu"].row(gi, lambda: hw)
         for rkey, members in by_runtime.items():
             runtime = pairs[members[0]].runtime
@@ -382,7 +380,6 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
             combo_layouts.extend([unified] * m)
     space.pieces = pieces
     space.combo_pair = np.array(combo_pair, dtype=np.int64)
-    space.combo_gpu = np.array(combo_gpu, dtype=np.int64)
     # each combination x its layouts x its pair's KV precisions, in that order
     per_layout = {u: (np.array([c for c, _ in layouts[u]], dtype=np.int64), np.array([t for _, t in layouts[u]], dtype=bool))
                   for u in (False, True)}
@@ -403,7 +400,7 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     quality_table = np.array([[q for _, _, q in p.kv] + [0.0] * (width - len(p.kv)) for p in pairs])
     kv_bits, kv_q = bits_table[pair_of, kv], quality_table[pair_of, kv]
     space.combo, space.n, space.tensor, space.kv, space.kv_bits = combo, n, tensor.astype(bool), kv, kv_bits
-    space.pair, space.gpu = pair_of, space.combo_gpu[combo]
+    space.pair, space.gpu = pair_of, np.array(combo_gpu, dtype=np.int64)[combo]
     weights_q = np.array([float(p.quant.data["quality_rank"]) for p in pairs])[pair_of]
     space.quality = np.stack([weights_q, kv_q], axis=1)
 

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RequestError
-from .modelfiles import (MAX_SAFETENSORS_TENSORS, SAFETENSORS_DTYPE_BYTES, _packed_note, _quant_from_config, _result,
-                         _safetensors_header, _safetensors_quant, _tally, gguf_description, parse_json_text,
-                         read_model_file, tensor_problem)
+from .modelfiles import (MAX_SAFETENSORS_HEADER, _packed_note, _quant_from_config, _result, _safetensors_header,
+                         _safetensors_quant, _tally, check_safetensors_header, gguf_description, parse_json_text,
+                         read_model_file)
 from .remote import RangeReader, parse_gguf_header
 
 PREFIX = "hf:"
@@ -39,9 +39,6 @@ PREFIX = "hf:"
 #: A Hub repository id (huggingface_hub ``validate_repo_id``: ORG/NAME of letters, digits, ``-_.``).
 _REPO = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}"
 _REF = re.compile(rf"^hf:(?P<repo>{_REPO})(?:/(?P<file>[A-Za-z0-9_.\-/]+\.gguf))?(?:@(?P<rev>[A-Za-z0-9_.\-/]{{1,255}}))?$")
-
-#: safetensors dtypes and the largest header the format allows (its spec: 100 MB).
-MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -349,22 +346,6 @@ def _read_hub_model(ref: HubRef, policy: Policy, where: str) -> dict:
     return _result("hub", config, None, None, {}, _quant_from_config(config), name, notes)
 
 
-def _check_header(header, where: str, shard: str) -> dict:
-    if not isinstance(header, dict):
-        raise RequestError([(where, f"{shard} has a safetensors header that is not a JSON object")])
-    if len(header) > MAX_SAFETENSORS_TENSORS:
-        raise RequestError([(where, f"{shard} lists {len(header):,} tensors (limit {MAX_SAFETENSORS_TENSORS:,})")])
-    for tname, info in header.items():
-        if tname == "__metadata__":
-            continue
-        if not (isinstance(info, dict) and info.get("dtype") in SAFETENSORS_DTYPE_BYTES):
-            raise RequestError([(where, f"{shard} has a malformed safetensors entry for tensor {tname!r}")])
-        problem = tensor_problem(tname, info)  # dimensions capped, the shape filling its byte range
-        if problem:
-            raise RequestError([(where, f"{shard} {problem}")])
-    return {k: v for k, v in header.items() if k != "__metadata__"}
-
-
 def _shard_header(ref: HubRef, commit: str, shard: str, policy: Policy, budget: _Budget, where: str) -> dict | None:
     """A shard's safetensors header: from the shard in the HF cache, vramplan's cache, or a range
     request (then cached); None when none of them can give it (offline, or no such file)."""
@@ -373,10 +354,10 @@ def _shard_header(ref: HubRef, commit: str, shard: str, policy: Policy, budget: 
 
     local = try_to_load_from_cache(ref.repo, shard, revision=commit)
     if isinstance(local, str):
-        return _check_header(_safetensors_header(Path(local)), where, shard)
+        return _safetensors_header(Path(local))
     cached = _cache_load(ref.repo, commit, shard)
     if cached is not None:
-        return _check_header(cached, where, shard)
+        return check_safetensors_header(cached, where, shard=shard)
     if constants.HF_HUB_OFFLINE:
         return None
     url = hf_hub_url(ref.repo, shard, revision=commit)
@@ -394,7 +375,7 @@ def _shard_header(ref: HubRef, commit: str, shard: str, policy: Policy, budget: 
         raise
     finally:
         budget.spend(reader.bytes_received)
-    header = _check_header(parse_json_text(raw, f"{where}: {shard}"), where, shard)
+    header = check_safetensors_header(parse_json_text(raw, f"{where}: {shard}"), where, shard=shard)
     _cache_store(ref.repo, commit, shard, header)
     return header
 

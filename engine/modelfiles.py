@@ -19,7 +19,7 @@ Every file is hostile input, so sizes and counts are checked before anything is 
 from them: only regular files (a link to ``/dev/zero`` would be read forever), JSON of at most
 :data:`MAX_JSON_BYTES`, nesting and integer digits capped; a GGUF header is walked once with
 every string length, array count and tensor dimension checked against the file's size and the
-limits of a remote header (:data:`vramplan.remote.LIMITS`) before the gguf library parses it (it trusts the counts: an 84-byte file
+limits of a remote header by the one header walker (:func:`vramplan.remote.parse_gguf_header`) before the gguf library parses it (it trusts the counts: an 84-byte file
 claiming an array of 2^62 bytes made it grow without end); a safetensors header is limited in
 tensors and dimensions, and each tensor's shape must account for its byte range, as the format
 requires.
@@ -36,7 +36,7 @@ from pathlib import Path
 
 from . import families
 from .errors import RequestError
-from .remote import GGUF_ARRAY, GGUF_SCALARS, GGUF_STRING, LIMITS
+from .remote import parse_gguf_header
 
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
 MAX_SAFETENSORS_HEADER = 100 * 1024 * 1024
@@ -49,8 +49,6 @@ MAX_SAFETENSORS_TENSORS = 1_000_000
 MAX_TENSOR_DIMS = 16
 #: Shards a model.safetensors.index.json may list (real: up to a few hundred).
 MAX_SHARDS = 100_000
-#: Arrays nest at most this deep in a GGUF header (real files: arrays of scalars or strings only).
-GGUF_NESTING = 4
 
 #: Bytes per element of each safetensors dtype (the format's spec).
 SAFETENSORS_DTYPE_BYTES = {
@@ -204,92 +202,32 @@ def _config_name(config: dict, p: Path) -> str:
 
 # -- GGUF ---------------------------------------------------------------------------------------
 
-#: GGUF scalar value types -> byte size of one value.
-_GGUF_SIZES = {vtype: struct.calcsize(fmt) for vtype, fmt in GGUF_SCALARS.items()}
+class _HeaderFile:
+    """A local file read as :func:`vramplan.remote.parse_gguf_header` reads a remote one; a read
+    past the end is refused, naming where the header stopped."""
+
+    def __init__(self, fh, size: int, where: str):
+        self._fh, self._size, self._where = fh, size, where
+
+    @property
+    def position(self) -> int:
+        return self._fh.tell()
+
+    def read(self, n: int) -> bytes:
+        data = self._fh.read(n)
+        if len(data) < n:
+            raise RequestError([(self._where, f"is not a usable GGUF file: the header ends early "
+                                              f"(at byte {self.position:,} of {self._size:,})")])
+        return data
 
 
-def check_gguf_header(p: Path) -> None:
-    """Walk a GGUF header (ggml docs/gguf.md: magic, version, tensor and key counts, key/value
-    pairs, tensor infos) and refuse it, naming the file and the limit, if any length or count
-    cannot fit the file or exceeds the limits a remote header is read with
-    (:data:`vramplan.remote.LIMITS`). Only then may the gguf library parse it."""
+def check_gguf_header(p: Path) -> tuple[dict, list[tuple], int | None]:
+    """Walk a local GGUF header with the one header walker (:func:`vramplan.remote.parse_gguf_header`:
+    every length and count checked against the file's size and the limits of a remote header)
+    before the gguf library parses it; returns what the walk read."""
     size = _regular_size(p)
-    shown = str(p)
-
-    def fail(what: str):
-        raise RequestError([(shown, f"is not a usable GGUF file: {what}")])
-
     with p.open("rb") as fh:
-        def read(n: int) -> bytes:
-            data = fh.read(n)
-            if len(data) < n:
-                fail(f"the header ends early (at byte {fh.tell():,} of {size:,})")
-            return data
-
-        def u32() -> int:
-            return struct.unpack("<I", read(4))[0]
-
-        def u64() -> int:
-            return struct.unpack("<Q", read(8))[0]
-
-        def left() -> int:
-            return size - fh.tell()
-
-        def string(what: str) -> None:
-            n = u64()
-            if n > LIMITS["string_bytes"] or n > left():
-                fail(f"{what} claims a string of {n:,} bytes with {left():,} bytes left "
-                     f"(limit {LIMITS['string_bytes']:,})")
-            fh.seek(n, 1)
-
-        def value(vtype: int, key: str, depth: int) -> None:
-            if vtype in _GGUF_SIZES:
-                read(_GGUF_SIZES[vtype])
-            elif vtype == GGUF_STRING:
-                string(f"key {key}")
-            elif vtype == GGUF_ARRAY:
-                if depth >= GGUF_NESTING:
-                    fail(f"key {key} nests arrays more than {GGUF_NESTING} deep")
-                item, count = u32(), u64()
-                smallest = _GGUF_SIZES.get(item, 8)  # a string or array item takes at least its 8-byte length
-                if count > LIMITS["array_items"] or count * smallest > left():
-                    fail(f"key {key} claims an array of {count:,} items with {left():,} bytes left "
-                         f"(limit {LIMITS['array_items']:,} items)")
-                if item in _GGUF_SIZES:
-                    fh.seek(count * _GGUF_SIZES[item], 1)
-                else:
-                    for _ in range(count):
-                        value(item, key, depth + 1)
-            else:
-                fail(f"key {key} has unknown value type {vtype}")
-
-        if read(4) != b"GGUF":
-            fail("no GGUF magic")
-        version = u32()
-        if version not in (2, 3):
-            fail(f"version {version} (vramplan reads GGUF versions 2 and 3)")
-        n_tensors, n_keys = u64(), u64()
-        if n_tensors > LIMITS["tensor_count"]:
-            fail(f"{n_tensors:,} tensors (limit {LIMITS['tensor_count']:,})")
-        if n_keys > LIMITS["kv_count"]:
-            fail(f"{n_keys:,} metadata keys (limit {LIMITS['kv_count']:,})")
-        for i in range(n_keys):
-            n = u64()
-            if n > 65536 or n > left():
-                fail(f"metadata key {i} claims a name of {n:,} bytes")
-            key = read(n).decode("utf-8", "replace")
-            value(u32(), key, 0)
-        for i in range(n_tensors):
-            string(f"tensor {i}'s name")
-            dims = u32()
-            if dims > LIMITS["dims"]:
-                fail(f"tensor {i} has {dims:,} dimensions (limit {LIMITS['dims']})")
-            elements = 1
-            for _ in range(dims):
-                elements *= u64()
-            if elements > 1 << 50:
-                fail(f"tensor {i} claims {elements:,} elements")
-            read(12)  # type (u32) and data offset (u64)
+        return parse_gguf_header(_HeaderFile(fh, size, str(p)), str(p), size)
 
 
 def _read_gguf(p: Path) -> dict:
@@ -299,8 +237,6 @@ def _read_gguf(p: Path) -> dict:
         raise RequestError([(str(p), "reading GGUF files needs the 'gguf' package")]) from None
     try:
         check_gguf_header(p)
-    except struct.error:
-        raise RequestError([(str(p), "is not a usable GGUF file: the header ends early")]) from None
     except OSError as exc:
         raise RequestError([(str(p), f"cannot be read: {exc.strerror or exc}")]) from None
     try:
@@ -417,17 +353,24 @@ def _safetensors_header(p: Path) -> dict:
             raw = fh.read(n)
     except OSError as exc:
         raise RequestError([(str(p), f"is not a safetensors file (unreadable header: {exc})")]) from None
-    header = parse_json_text(raw, str(p))
+    return check_safetensors_header(parse_json_text(raw, str(p)), str(p), size - 8 - n)
+
+
+def check_safetensors_header(header, where: str, data_size: int | None = None, shard: str = "") -> dict:
+    """A parsed safetensors header, checked (a JSON object of at most
+    :data:`MAX_SAFETENSORS_TENSORS` entries, each sound by :func:`tensor_problem`) and returned
+    without its ``__metadata__``: one check for a local file, a Hub shard's header fetched by range
+    or remembered in vramplan's cache. ``shard`` names the shard within ``where`` (a Hub model)."""
+    lead = f"{shard} " if shard else ""
     if not isinstance(header, dict):
-        raise RequestError([(str(p), "is not a safetensors file (header is not a JSON object)")])
+        raise RequestError([(where, f"{lead}is not a safetensors file (header is not a JSON object)")])
     if len(header) > MAX_SAFETENSORS_TENSORS:
-        raise RequestError([(str(p), f"lists {len(header):,} tensors (limit {MAX_SAFETENSORS_TENSORS:,})")])
-    data_size = size - 8 - n
+        raise RequestError([(where, f"{lead}lists {len(header):,} tensors (limit {MAX_SAFETENSORS_TENSORS:,})")])
     for tname, info in header.items():
         problem = tensor_problem(tname, info, data_size)
         if problem:
-            raise RequestError([(str(p), problem)])
-    return header
+            raise RequestError([(where, lead + problem)])
+    return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
 def tensor_problem(tname: str, info, data_size: int | None = None) -> str | None:

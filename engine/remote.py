@@ -6,8 +6,9 @@ offset), and the tensors follow, aligned. Everything vramplan needs - the archit
 each tensor's shape and type, hence its exact size - is in that header, which takes a few MB at
 most (the tokenizer's vocabulary is most of it) whatever the file's size. :class:`RangeReader`
 fetches the file from the start in growing chunks (``Range: bytes=a-b``), only as far as the
-parser asks, and counts every byte it received; :func:`parse_gguf_header` walks the header with
-the same limits as a local file (:data:`LIMITS`).
+parser asks, and counts every byte it received; :func:`parse_gguf_header` walks the header - the
+one walker, which reads local files too (:func:`vramplan.modelfiles.check_gguf_header`) - within
+:data:`LIMITS`.
 
 Plain ``http(s)://`` URLs work as given (loopback included); Hugging Face files come through
 :mod:`vramplan.hub`, which adds the token and endpoint ``huggingface_hub`` would use.
@@ -39,6 +40,12 @@ MAX_CHUNK = 2 * 1024 * 1024
 #: GGUF value types (ggml's gguf.h ``enum gguf_type``) -> struct format of one value; 8 = string, 9 = array.
 GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 GGUF_STRING, GGUF_ARRAY = 8, 9
+#: Arrays nest at most this deep in a GGUF header (real files: arrays of scalars or strings only).
+GGUF_NESTING = 4
+#: Longest metadata key name (real ones: under 60 bytes) and most elements of one tensor (2^50,
+#: a thousand times the largest real tensor).
+MAX_KEY_BYTES = 65536
+MAX_TENSOR_ELEMENTS = 1 << 50
 
 
 @dataclass
@@ -139,17 +146,24 @@ class RangeReader:
                 self.size = int(total)
 
 
-def parse_gguf_header(reader, where: str = "model file") -> tuple[dict, list[tuple], int | None]:
+def parse_gguf_header(reader, where: str = "model file", size: int | None = None
+                      ) -> tuple[dict, list[tuple], int | None]:
     """Walk a GGUF header from ``reader.read(n)``: returns ``(metadata, tensors, n_tokens)``.
 
-    ``metadata`` maps keys to Python values (the tokenizer's arrays are walked but not kept, except
-    their length as ``n_tokens``); ``tensors`` lists ``(name, type_name, shape, n_elements, n_bytes)``
-    with sizes from ggml's block sizes (``gguf.GGML_QUANT_SIZES``).
+    The one walker of a GGUF header (ggml docs/gguf.md: magic, version, tensor and key counts,
+    key/value pairs, tensor infos), for a local file (:func:`vramplan.modelfiles.check_gguf_header`)
+    and over HTTP alike. Every length and count is checked against :data:`LIMITS` and, given the
+    file's ``size`` (a local file; ``reader`` then also has ``position``), against the bytes left
+    in it, before anything is read or built from it; a refusal names the file and the bound. (A
+    remote file's end is the :class:`RangeReader`'s to report, as the byte where it stopped.) ``metadata`` maps keys to Python values (the
+    tokenizer's arrays are walked but not kept, except their length as ``n_tokens``); ``tensors``
+    lists ``(name, type_name, shape, n_elements, n_bytes)`` with sizes from ggml's block sizes
+    (``gguf.GGML_QUANT_SIZES``).
     """
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
     def bad(msg: str) -> RequestError:
-        return RequestError([(where, f"is not a readable GGUF file ({msg})")])
+        return RequestError([(where, f"is not a usable GGUF file: {msg}")])
 
     def u32() -> int:
         return struct.unpack("<I", reader.read(4))[0]
@@ -157,70 +171,86 @@ def parse_gguf_header(reader, where: str = "model file") -> tuple[dict, list[tup
     def u64() -> int:
         return struct.unpack("<Q", reader.read(8))[0]
 
-    def string() -> str:
-        n = u64()
-        if n > LIMITS["string_bytes"]:
-            raise bad(f"a string of {n:,} bytes is over the {LIMITS['string_bytes']:,}-byte limit")
+    def left() -> int | None:
+        return None if size is None else size - reader.position
+
+    def string(what: str) -> str:
+        n, rest = u64(), left()
+        if n > LIMITS["string_bytes"] or (rest is not None and n > rest):
+            with_left = "" if rest is None else f" with {rest:,} bytes left"
+            raise bad(f"{what} claims a string of {n:,} bytes{with_left} (limit {LIMITS['string_bytes']:,})")
         return reader.read(n).decode("utf-8", "replace")
 
-    def value(vtype: int, keep: bool):
+    def value(vtype: int, key: str, keep: bool, depth: int = 0):
         if vtype in GGUF_SCALARS:
             fmt = GGUF_SCALARS[vtype]
             return struct.unpack(fmt, reader.read(struct.calcsize(fmt)))[0]
         if vtype == GGUF_STRING:
-            return string()
+            return string(f"key {key}")
         if vtype == GGUF_ARRAY:
+            if depth >= GGUF_NESTING:
+                raise bad(f"key {key} nests arrays more than {GGUF_NESTING} deep")
             etype, count = u32(), u64()
-            if count > LIMITS["array_items"]:
-                raise bad(f"an array of {count:,} items is over the {LIMITS['array_items']:,}-item limit")
+            smallest = struct.calcsize(GGUF_SCALARS[etype]) if etype in GGUF_SCALARS else 8  # else its 8-byte length
+            rest = left()
+            if count > LIMITS["array_items"] or (rest is not None and count * smallest > rest):
+                with_left = "" if rest is None else f" with {rest:,} bytes left"
+                raise bad(f"key {key} claims an array of {count:,} items{with_left} "
+                          f"(limit {LIMITS['array_items']:,} items)")
             if etype in GGUF_SCALARS and not keep:
                 reader.read(struct.calcsize(GGUF_SCALARS[etype]) * count)
                 return count
-            items = [value(etype, keep) for _ in range(count)]
+            items = [value(etype, key, keep, depth + 1) for _ in range(count)]
             return items if keep else count
-        raise bad(f"unknown metadata value type {vtype}")
+        raise bad(f"key {key} has unknown value type {vtype}")
 
     if reader.read(4) != b"GGUF":
-        raise bad("no GGUF magic at the start")
+        raise bad("no GGUF magic")
     version = u32()
     if version & 0xFFFF == 0:
         raise bad("big-endian GGUF files are not supported")
     if version not in (2, 3):
-        raise bad(f"GGUF version {version}; versions 2 and 3 are read")
+        raise bad(f"version {version} (vramplan reads GGUF versions 2 and 3)")
     n_tensors, n_kv = u64(), u64()
-    if n_kv > LIMITS["kv_count"]:
-        raise bad(f"{n_kv:,} metadata keys are over the {LIMITS['kv_count']:,}-key limit")
     if n_tensors > LIMITS["tensor_count"]:
-        raise bad(f"{n_tensors:,} tensors are over the {LIMITS['tensor_count']:,}-tensor limit")
+        raise bad(f"{n_tensors:,} tensors (limit {LIMITS['tensor_count']:,})")
+    if n_kv > LIMITS["kv_count"]:
+        raise bad(f"{n_kv:,} metadata keys (limit {LIMITS['kv_count']:,})")
     meta: dict = {}
     n_tokens = None
-    for _ in range(n_kv):
-        key = string()
+    for i in range(n_kv):
+        n = u64()
+        if n > MAX_KEY_BYTES or (left() is not None and n > left()):
+            raise bad(f"metadata key {i} claims a name of {n:,} bytes")
+        key = reader.read(n).decode("utf-8", "replace")
         vtype = u32()
         keep = not key.startswith("tokenizer.ggml.") or key == "tokenizer.ggml.model"
-        v = value(vtype, keep)
+        v = value(vtype, key, keep)
         if key == "tokenizer.ggml.tokens":
             n_tokens = v if isinstance(v, int) else None
         if keep:
             meta[key] = v
     tensors = []
-    for _ in range(n_tensors):
-        name = string()
+    for i in range(n_tensors):
+        name = string(f"tensor {i}'s name")
         n_dims = u32()
         if n_dims > LIMITS["dims"]:
-            raise bad(f"tensor {name!r} has {n_dims} dimensions")
+            raise bad(f"tensor {i} has {n_dims:,} dimensions (limit {LIMITS['dims']})")
         dims = [u64() for _ in range(n_dims)]
+        n = 1
+        for d in dims:
+            n *= d
+        if n > MAX_TENSOR_ELEMENTS:
+            raise bad(f"tensor {i} claims {n:,} elements")
         ttype = u32()
         u64()  # offset of the data, not needed
         try:
             qtype = GGMLQuantizationType(ttype)
-            block, size = GGML_QUANT_SIZES[qtype]
+            block, nbytes = GGML_QUANT_SIZES[qtype]
         except (ValueError, KeyError):
             raise bad(f"tensor {name!r} has unknown type {ttype}") from None
-        n = 1
-        for d in dims:
-            n *= d
         if n % block:
             raise bad(f"tensor {name!r} has {n} elements, not a whole number of {qtype.name} blocks of {block}")
-        tensors.append((name, qtype.name, dims, n, n // block * size))
+        tensors.append((name, qtype.name, dims, n, n // block * nbytes))
     return meta, tensors, n_tokens
+

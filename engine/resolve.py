@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import formatrules, hardware, hub
+from . import formatrules, hub
 from .architecture import Architecture, from_hf_config
 from .elementwise import holds, number_or
 from .errors import RequestError
@@ -158,13 +158,13 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
     file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
     cls = cat.gpu_classes.get(gpu.key)
-    classes = {e.key: e.data for e in cat.hardware_classes}
     if cls is None:
         warnings.append(f"GPU {gpu.key} (vendor {gpu.data['vendor']}, category {gpu.data['category']}) matches no hardware class "
-                        f"({', '.join(classes)}); runtime efficiencies are each runtime's plain values, measured on NVIDIA "
-                        f"data-center GPUs: set hardware_class in its catalog entry, or register a hardware class")
+                        f"({', '.join(cat.hardware_classes.keys())}); runtime efficiencies are each runtime's plain values, "
+                        f"measured on NVIDIA data-center GPUs: set hardware_class in its catalog entry, or register a hardware class")
     # (settings that change nothing are said by request.check, which sees what the client sent)
-    warnings.extend(_uncertainty_warnings(workload, classes.get(cls), gpu.data, arch, runtime.key, req))
+    hw_class = cat.hardware_classes.get(cls).data if cls is not None else None
+    warnings.extend(_uncertainty_warnings(workload, hw_class, gpu.data, arch, runtime.key, req))
     if workload == "inference" and not formatrules.loads(cat, runtime.key, quant):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
@@ -174,7 +174,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
         interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
-        hardware_order=hardware.lookup_order(classes, cls), weight_bits=bits, assumptions=assumptions, warnings=warnings,
+        hardware_order=cat.hardware_orders.get(gpu.key, ()), weight_bits=bits, assumptions=assumptions, warnings=warnings,
         weights_file_bytes=file_bytes)
 
 

@@ -279,11 +279,6 @@ def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float) -> dict[str, 
     return values
 
 
-def runtime_constant(runtime: dict, name: str, gpu_key: str, gpu_mem_gib: float) -> float:
-    """One constant as a request on that GPU sees it (tiers applied)."""
-    return _runtime_vars(runtime, gpu_key, gpu_mem_gib)[f"rt_{name}"]
-
-
 def activation_bytes(fmt: dict[str, Any]) -> float:
     """Bytes per activation element for a weights format's compute dtype (before a runtime fixes it)."""
     return 4.0 if fmt.get("compute", "fp16") == "fp32" else 2.0

@@ -201,3 +201,10 @@ def test_import_prints_sizes_with_two_decimals():
                           "quantization": "q4_k_m", "tensor_types": {}, "notes": []})
     assert "8.03 B (8,030,261,248)" in text
     assert "4,920,734,720 bytes (4.58 GiB)" in text
+
+
+@pytest.mark.parametrize("command", [["models", "list"], ["gpus"], ["runtimes"], ["plugins"], ["formulas", "list"]])
+def test_listing_commands_share_one_format_option(command):
+    r = run(*command, "--help")
+    assert r.exit_code == 0, r.output
+    assert "--format [table|json] table for people, json for scripts [default: table]" in " ".join(r.output.split())

@@ -101,11 +101,12 @@ def test_no_cheaper_configuration_in_a_brute_force_grid_meets_the_slo(small):
     cheaper = [(c, b) for c, b, ok in zip(costs, bodies, meets) if ok and c < best["cost_per_hour"] - 1e-9]
     assert cheaper == []
     assert any(ok and math.isclose(c, best["cost_per_hour"]) for c, ok in zip(costs, meets))
-    # worked by hand: 3 replicas of one A10 at 0.9 an hour = 2.7; a million output tokens at 12 requests/s
-    # x 200 tokens = 2,400 tokens/s cost 2.7 / (2400 x 3600) x 1e6 = 0.3125
-    assert (best["gpu_key"], best["replicas"], best["total_gpus"], best["cost_per_hour"]) == ("a10", 3, 3, 2.7)
+    # worked by hand: one A10 per replica misses the 35 ms ITL at 4 requests/s (int8 weights, fp8 KV: ~35.6 ms),
+    # so 2 replicas of two A10s at 0.9 an hour = 3.6; a million output tokens at 12 requests/s x 200 tokens
+    # = 2,400 tokens/s cost 3.6 / (2400 x 3600) x 1e6 = 0.41667
+    assert (best["gpu_key"], best["replicas"], best["total_gpus"], best["cost_per_hour"]) == ("a10", 2, 4, 3.6)
     assert best["output_throughput_tps"] == pytest.approx(2400, abs=0.5)
-    assert best["cost_per_million_output_tokens"] == pytest.approx(2.7 / (2400 * 3600) * 1e6, abs=1e-4)
+    assert best["cost_per_million_output_tokens"] == pytest.approx(3.6 / (2400 * 3600) * 1e6, abs=1e-4)
 
 
 @pytest.mark.parametrize("load", [{"request_rate": 4}, {"concurrent_users": 90}])
@@ -297,7 +298,7 @@ def test_http_plan_and_deployment_report(small):
         assert f"| Cost per hour | {row['cost_per_hour']:g} |" in report.text
         assert f"**Binding constraint: `{row['binding']}`**" in report.text
         html = client.post(f"{PREFIX}/report?workload=inference&format=html", json={**row, "slo": SLO})
-        assert html.status_code == 200 and 'data-field="binding">itl_ms<' in html.text
+        assert html.status_code == 200 and 'data-field="binding">capacity<' in html.text
         for wrong, field in (({"replicas": 0}, "replicas"), ({"slo": {"ttft_ms": -1}}, "slo"), ({"request": 3}, "request")):
             resp = client.post(f"{PREFIX}/report?workload=inference&format=markdown", json={**row, **wrong})
             assert resp.status_code == 422 and field in json.dumps(resp.json()), resp.text
@@ -305,16 +306,17 @@ def test_http_plan_and_deployment_report(small):
 
 def test_the_report_shows_cost_and_binding_constraint(small):
     row = small["value"][0]
-    # 3 replicas at 4 requests/s each; one fewer would take 6 each, and the ITL goes over 35 ms
-    assert (row["replicas"], row["binding"], row["binding_step"]) == (3, "itl_ms", "2 replicas")
+    # 2 replicas of 2 A10s at 6 requests/s each; one replica would take all 12, past what it serves
+    assert (row["replicas"], row["binding"], row["binding_step"]) == (2, "capacity", "1 replica")
     md = render_deployment_report(row, "markdown", slo=SLO)
-    assert md.startswith("# Deployment: Llama 3 8B Instruct, 3 replicas of 1 x NVIDIA A10")
-    assert "| Cost per hour | 2.7 |" in md and "| Cost per million output tokens | 0.3125 |" in md
+    assert md.startswith("# Deployment: Llama 3 8B Instruct, 2 replicas of 2 x NVIDIA A10")
+    # 4 GPUs x 0.9 = 3.6 an hour; 3.6 / (2400 tokens/s x 3600 s) x 1e6 = 0.41667 per million
+    assert "| Cost per hour | 3.6 |" in md and "| Cost per million output tokens | 0.4167 |" in md
     assert "Price: 0.9 per GPU-hour, from the request." in md
-    assert "**Binding constraint: `itl_ms`**: with 2 replicas itl_ms would be" in md
+    assert "**Binding constraint: `capacity`**: with 1 replica requests arrive faster than a replica serves them" in md
     assert "| Time between output tokens (`itl_ms`) | 35 |" in md
     html = render_deployment_report(row, "html", slo=SLO)
-    assert 'data-field="cost_per_hour">2.7<' in html and '<a href="#deployment">Deployment</a>' in html
+    assert 'data-field="cost_per_hour">3.6<' in html and '<a href="#deployment">Deployment</a>' in html
     plain = vramplan.report.render_report(row["request"], "inference", "markdown")
     assert "## Deployment" not in plain  # an ordinary report is unchanged
 
@@ -328,8 +330,21 @@ def test_cli_table_report_and_bad_prices():
     table = runner.invoke(main, args)
     assert table.exit_code == 0, table.output
     first = next(line for line in table.output.splitlines() if line.strip().startswith("1 "))
-    assert "a10" in first and " 2.70 " in first and "itl_ms (at 2 replicas)" in first
+    assert "a10" in first and " 3.60 " in first and "capacity (at 1 replica)" in first
     report = runner.invoke(main, args + ["--format", "markdown"])
-    assert report.exit_code == 0 and "**Binding constraint: `itl_ms`**" in report.output
+    assert report.exit_code == 0 and "**Binding constraint: `capacity`**" in report.output
     bad = runner.invoke(main, args[:-1] + ["l4=cheap"])
     assert bad.exit_code == 2 and "--gpu-hour-costs" in bad.output
+
+
+def test_the_search_reads_only_declared_outputs():
+    """SERVING_TARGETS is checked against vocabulary/outputs.yaml at import: a renamed output is named there."""
+    from vramplan.deploysearch import SERVING_TARGETS, declared_targets
+    from vramplan.errors import FormulaError
+
+    assert "srv_ttft_s" in SERVING_TARGETS
+    assert declared_targets(("srv_ttft_s",), ("srv_ttft_s", "srv_itl_s")) == ("srv_ttft_s",)
+    with pytest.raises(FormulaError) as err:
+        declared_targets(("srv_ttft_s", "srv_ttft_seconds"), ("srv_ttft_s", "srv_itl_s"))
+    assert str(err.value) == ("vocabulary/outputs.yaml: the deployment search (deploysearch.SERVING_TARGETS) reads "
+                              "srv_ttft_seconds, not declared for inference")

@@ -168,7 +168,7 @@ class OtherVendorGpu:
 
 def test_a_gpu_no_class_matches_gets_a_warning_not_a_silent_default():
     cat = build_catalog(load_entrypoints=False, extra_plugins=(OtherVendorGpu(),))
-    assert cat.gpu_classes["test_gpu_32"] is None
+    assert cat.gpu_classes["test_gpu_32"] is None and cat.hardware_orders["test_gpu_32"] == ()
     res, s = _scenario(cat, "test_gpu_32")
     assert s["eff_decode_bw"] == 0.85  # the runtime's plain value...
     [warning] = [w for w in res.warnings if "matches no hardware class" in w]  # ...and it says so
@@ -188,7 +188,10 @@ class AcmeClass:
 def test_a_plugin_class_with_a_fallback_takes_that_class_efficiencies():
     cat = build_catalog(load_entrypoints=False, extra_plugins=(OtherVendorGpu(), AcmeClass()))
     assert cat.gpu_classes["test_gpu_32"] == "acme"
+    # acme falls back to amd, which has no fallback (catalogs/hardware_classes): looked up once, at load
+    assert cat.hardware_orders["test_gpu_32"] == ("acme", "amd")
     res, s = _scenario(cat, "test_gpu_32")
+    assert res.hardware_order is cat.hardware_orders["test_gpu_32"]
     # No runtime has *_acme constants; the fallback amd gives transformers' decode_bw_eff_amd 0.75,
     # prefill_flops_eff_amd and train_mfu_amd likewise.
     consts = cat.runtimes.get("transformers").data["constants"]
@@ -209,6 +212,7 @@ def test_a_plugin_class_tied_with_a_builtin_one_is_skipped():
 
     cat = build_catalog(load_entrypoints=False, extra_plugins=(Greedy(),))
     assert "hopper" not in cat.hardware_classes and cat.gpu_classes["h100_80"] == "nvidia_datacenter"
+    assert cat.hardware_orders["h100_80"] == ("nvidia_datacenter",)  # ordered after the skipped class left
     [failure] = [f for f in cat.host.failures if f.name == "greedy-class-plugin"]
     assert "hardware_classes 'hopper' skipped: matches GPU" in failure.error and "nvidia_datacenter" in failure.error
 
@@ -225,6 +229,7 @@ def test_a_more_specific_plugin_class_wins():
 
     cat = build_catalog(load_entrypoints=False, extra_plugins=(Hopper(),))
     assert cat.gpu_classes["h100_80"] == "hopper" and cat.gpu_classes["a100_80"] == "nvidia_datacenter"
+    assert cat.hardware_orders["h100_80"] == ("hopper", "nvidia_datacenter")
     assert _scenario(cat, "h100_80")[1]["eff_decode_bw"] == 0.85  # falls back to the plain value
 
 

@@ -167,6 +167,22 @@ def test_sharded_model_from_a_loopback_hub_reads_only_headers_then_works_offline
     assert json.loads(r.stdout)["params"] == TINY_PARAMS + 2_000_000
 
 
+def test_a_damaged_shard_header_is_refused_with_the_local_files_wording(tmp_path):
+    """One check serves a local safetensors file and a Hub shard read by range: 3 F16 elements are
+    6 bytes, not the 2 the entry's data_offsets give."""
+    header = json.dumps({"w": {"dtype": "F16", "shape": [3], "data_offsets": [0, 2]}}).encode()
+    shard = len(header).to_bytes(8, "little") + header + b"\0\0"
+    (tmp_path / "model.safetensors").write_bytes(shard)
+    why = "is damaged: tensor 'w' of shape [3] does not fill its 2 bytes"
+    with pytest.raises(RequestError) as local:
+        read_model_file(tmp_path / "model.safetensors")
+    assert str(local.value) == f"{tmp_path / 'model.safetensors'}: {why}"
+    files = {"acme/bad/config.json": json.dumps(TINY).encode(), "acme/bad/model.safetensors": shard}
+    with FileServer(files) as server:
+        r = _run(["models", "import", "hf:acme/bad"], _env(tmp_path, HF_ENDPOINT=server.url))
+    assert r.returncode == 2 and f"hf:acme/bad: model.safetensors {why}" in r.stderr, r.stderr
+
+
 def test_a_missing_repository_on_the_hub_is_one_clear_line(tmp_path):
     with FileServer({}) as server:
         r = _run(["models", "import", "hf:acme/nothing"], _env(tmp_path, HF_ENDPOINT=server.url))
@@ -250,6 +266,26 @@ def test_truncated_and_missing_remote_files_are_clear_errors(tmp_path):
             hub.read_model(f"{server.url}/junk.gguf")
         with pytest.raises(RequestError, match=r"not found \(HTTP 404\)"):
             hub.read_model(f"{server.url}/absent.gguf")
+
+
+def test_a_hostile_header_is_refused_by_the_same_walk_locally_and_over_http(tmp_path):
+    """One header walker reads local and remote GGUFs: 84 bytes claiming an array of 2^62 uint8
+    (GGUF v3: magic, version 3, 0 tensors, 1 key "general.evil" of type 9 = array, items of type 0)."""
+    import struct
+
+    key = b"general.evil"
+    evil = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key
+            + struct.pack("<IIQ", 9, 0, 2**62)).ljust(84, b"\0")
+    (tmp_path / "evil.gguf").write_bytes(evil)
+    why = "is not a usable GGUF file: key general.evil claims an array of 4,611,686,018,427,387,904 items"
+    with pytest.raises(RequestError) as local:
+        read_model_file(tmp_path / "evil.gguf")
+    with FileServer({"evil.gguf": evil}) as server:
+        with pytest.raises(RequestError) as remote:
+            hub.read_model(f"{server.url}/evil.gguf")
+    # the local file's size bounds it too: 84 - (24 header + 20 key + 4 type + 4 item type + 8 count) = 24 left
+    assert str(local.value) == f"{tmp_path / 'evil.gguf'}: {why} with 24 bytes left (limit 10,000,000 items)"
+    assert str(remote.value) == f"{server.url}/evil.gguf: {why} (limit 10,000,000 items)"
 
 
 def test_hub_gguf_file_reads_its_header_by_ranges(tmp_path):

@@ -338,6 +338,23 @@ def test_page_session_is_rate_limited(client, app):
     assert [call(client, "GET", "llms", headers=PAGE).status_code for _ in range(4)] == [200, 200, 200, 429]
 
 
+def test_the_calculator_is_built_once_per_catalog(client, with_plugins):
+    """GET / reuses the form built for the loaded catalog; a new catalog (a plugin's GPU) builds it again."""
+    from test_plugins import GpuPlugin
+    from vramplan.server import pages
+
+    def gpus_shown() -> int:
+        return int(re.search(r"<strong>(\d+)</strong> GPUs", client.get("/").text).group(1))
+
+    with with_plugins():  # the built-in plugins only
+        plain = gpus_shown()
+        built = pages._built
+        assert gpus_shown() == plain and pages._built is built  # the second GET builds nothing
+    with with_plugins(GpuPlugin()):
+        assert gpus_shown() == plain + 1  # test_gpu_32, from the plugin (not a custom entry)
+        assert pages._built is not built
+
+
 # -- headers, OpenAPI, docs --------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", ["/", "/docs", "/settings", "/healthz", f"{PREFIX}/gpus"])
@@ -363,7 +380,9 @@ def _refs(node):
 
 
 def test_openapi_document(client):
-    doc = client.get("/openapi.json").json()
+    resp = client.get("/openapi.json")
+    assert resp.headers["content-type"] == "application/json"
+    doc = resp.json()
     assert re.fullmatch(r"3\.1\.\d+", doc["openapi"])
     assert doc["info"]["title"] and doc["info"]["version"]
     assert "GiB (2^30 bytes)" in doc["info"]["description"]

@@ -15,7 +15,9 @@ import pytest
 import vramplan
 from vramplan.catalog import get_catalog
 from vramplan.errors import RequestError
-from vramplan.scenario import runtime_constant
+from vramplan.request import validate
+from vramplan.resolve import resolve
+from vramplan.scenario import build
 
 CAT = get_catalog()
 L, H, FF, V = 32, 4096, 14336, 128256
@@ -26,6 +28,12 @@ KV_PER_TOKEN = 2 * 8 * 128 * 2 * L           # K + V, 8 heads of 128, bf16, 32 l
 BW = 3350e9 * 0.85                           # H100 bandwidth x vLLM's decode efficiency
 FLOPS = 989.4e12 * 0.6                       # dense bf16 x vLLM's GEMM efficiency
 BASE = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "bf16", "runtime": "vllm"}
+
+
+def seen_on(gpu_key: str, runtime: str, name: str) -> float:
+    """A runtime constant as a request on that GPU sees it: the scenario's rt_<name>, tiers applied."""
+    res = resolve(CAT, validate({**BASE, "gpu_key": gpu_key, "runtime": runtime}, "inference"), "inference")
+    return build(res)[f"rt_{name}"]
 
 
 def rt(runtime: str, name: str) -> float:
@@ -73,14 +81,21 @@ def test_one_request_alone_is_its_prefill_then_its_decode_rounds():
 
 
 def test_chunked_prefill_interference_in_a_closed_loop():
-    """64 clients: between two of a sequence's tokens, 63/256 of a prompt is prefilled in the same steps;
-    with the GEMMs memory-bound (64 x 25 us < 5.27 ms of weight reads) part of each chunk hides under the reads."""
+    """64 clients: between two of a sequence's tokens 63/256 of a prompt starts; its chunks ride in the decode
+    steps, in the share of steps its tokens fill (504 prompt tokens a round into 8192 - 64 free per step), where
+    its GEMMs add to the step's and hide under the weight reads only as far as that step leaves slack."""
     out, t = traced({**BASE, "input_tokens": 2048, "output_tokens": 256, "concurrent_users": 64})
     srv = out["serving"]
     assert srv["load"] == "closed_loop" and srv["running_sequences"] == 64 and srv["queued_requests"] == 0
-    hidden = WEIGHT_BYTES / BW - 64 * 2 * MATMUL / FLOPS                # slack under the weight reads, per chunk
-    assert hidden > 0
-    itl = round_s(64, 2048 + 128) + 63 / 256 * (prefill_alone_s(2048) - hidden)
+    prompts = 63 / 256                                                   # prompts starting per round
+    share = prompts * 2048 / (8192 - 64)                                 # 504 / 8128 = 0.062 of the steps carry chunks
+    assert share == pytest.approx(0.062008, abs=1e-6)
+    weights, decode_gemm = WEIGHT_BYTES / BW, 64 * 2 * MATMUL / FLOPS     # 5.27 ms of reads, 1.62 ms of FLOPs
+    prompt_gemm = (2 * (MATMUL - HEAD) * 2048 + 2 * HEAD) / FLOPS       # 48.2 ms: compute-bound where it rides
+    prompt_rest = (2 * 4096 * L * 2048 ** 2 / rt("vllm", "attention_eff_ratio") / FLOPS
+                   + 2048 * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW)
+    gemms = (1 - share) * weights + max(share * weights, share * decode_gemm + prompts * prompt_gemm)
+    itl = gemms + 64 * 2176 * KV_PER_TOKEN / BW + L * rt("vllm", "decode_layer_overhead_us") * 1e-6 + prompts * prompt_rest
     assert srv["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
     # TTFT: its own prompt, the 63 other sequences' decodes riding in its step (their attention, and their GEMM
     # FLOPs on top of a compute-bound chunk), and half a round of waiting for the step under way.
@@ -93,6 +108,43 @@ def test_chunked_prefill_interference_in_a_closed_loop():
     assert srv["output_throughput_tps"] == pytest.approx(64 * 256 / e2e, rel=1e-3)
     assert out["estimated_throughput_tps"] == srv["output_throughput_tps"]
     assert out["ms_per_token"] == srv["itl_ms"] and out["tftt"] == round(srv["ttft_ms"], 1)
+
+
+def _short_prompt_round_parts() -> tuple[float, float, float, float]:
+    """256 clients of 128-token prompts and answers: (decode GEMMs, one prompt's GEMMs, one prompt's other work,
+    the decodes' attention and fixed cost) of a round, on the H100."""
+    decode_gemm = 256 * 2 * MATMUL / FLOPS                              # 6.47 ms: over the 5.27 ms of weight reads
+    prompt_gemm = (2 * (MATMUL - HEAD) * 128 + 2 * HEAD) / FLOPS        # the head for the last position only
+    prompt_rest = (2 * 4096 * L * 128 ** 2 / 0.8 / FLOPS                 # causal attention at 0.8 of the GEMM rate
+                   + 128 * L * (H + FF) * 8 / BW)                        # 8 bytes per element of non-GEMM traffic
+    attention_fixed = 256 * 192 * KV_PER_TOKEN / BW + L * 25e-6          # mean context 128 + 64; 25 us a layer
+    return decode_gemm, prompt_gemm, prompt_rest, attention_fixed
+
+
+def test_short_prompts_ride_in_compute_bound_steps_without_a_weight_read_of_their_own():
+    """vLLM: 255/128 = 1.99 prompts (255 tokens) start per round and fill 255 / (8192 - 256) of the steps; the
+    decode GEMMs are already compute-bound, so the prompts add their FLOPs and nothing for weights."""
+    assert rt("vllm", "prefill_layer_overhead_us") == 25 and rt("vllm", "elementwise_traffic_bytes") == 8
+    out, t = traced({**BASE, "input_tokens": 128, "output_tokens": 128, "concurrent_users": 256})
+    assert out["serving"]["running_sequences"] == 256
+    assert t["srv_mixed_share_op"] == pytest.approx(255 / 7936, rel=1e-12)
+    decode_gemm, prompt_gemm, prompt_rest, attention_fixed = _short_prompt_round_parts()
+    assert decode_gemm > WEIGHT_BYTES / BW
+    itl = decode_gemm + 255 / 128 * (prompt_gemm + prompt_rest) + attention_fixed
+    assert out["serving"]["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
+
+
+def test_sglang_prefills_the_waiting_prompts_in_one_pass_of_their_own():
+    """SGLang (no mixed chunks) pauses the decodes for one prefill pass a round holding the 1.99 waiting prompts
+    (255 tokens, under its per-pass budget): the pass reads the weights once and does their FLOPs, whichever is
+    slower, plus its layers' launch overhead."""
+    assert rt("sglang", "prefill_mixes_decode") == 0
+    out, t = traced({**BASE, "runtime": "sglang", "input_tokens": 128, "output_tokens": 128, "concurrent_users": 256})
+    assert out["serving"]["running_sequences"] == 256 and t["srv_passes_op"] == 1
+    decode_gemm, prompt_gemm, prompt_rest, attention_fixed = _short_prompt_round_parts()
+    prefill_pass = max(WEIGHT_BYTES / BW, 255 / 128 * prompt_gemm) + 255 / 128 * prompt_rest + L * 25e-6
+    itl = decode_gemm + attention_fixed + prefill_pass
+    assert out["serving"]["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
 
 
 def test_tgi_pauses_decodes_for_prefill_so_nothing_hides():
@@ -238,13 +290,10 @@ def test_runtime_profiles_extend_and_tier_by_gpu():
     assert runtimes["sglang"]["constants"]["cuda_graph_mib"] == runtimes["vllm"]["constants"]["cuda_graph_mib"]
     assert runtimes["tensorrt-llm"]["constants"]["kv_reserve_output_fraction"]["value"] == 1
     # vLLM's step budget by GPU: 8192 on an H100, 2048 on an A100 (named) and on a 24 GiB card (below 70 GiB)
-    vllm = CAT.runtimes.get("vllm").data
-    assert runtime_constant(vllm, "max_prefill_tokens", "h100_80", 80) == 8192
-    assert runtime_constant(vllm, "max_prefill_tokens", "a100_80", 80) == 2048
-    assert runtime_constant(vllm, "max_num_seqs", "rtx_4090", 24) == 256
-    sglang = CAT.runtimes.get("sglang").data
-    assert [runtime_constant(sglang, "max_prefill_tokens", k, m) for k, m in (("rtx_4090", 24), ("h100_80", 80), ("b200", 180))] \
-        == [2048, 8192, 16384]
+    assert seen_on("h100_80", "vllm", "max_prefill_tokens") == 8192
+    assert seen_on("a100_80", "vllm", "max_prefill_tokens") == 2048
+    assert seen_on("rtx_4090", "vllm", "max_num_seqs") == 256
+    assert [seen_on(k, "sglang", "max_prefill_tokens") for k in ("rtx_4090", "h100_80", "b200")] == [2048, 8192, 16384]
 
 
 def test_pre_xqa_tensorrt_llm_reads_kv_once_per_query_head():

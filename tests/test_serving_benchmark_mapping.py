@@ -78,3 +78,32 @@ def test_perf_overview_record_maps_with_both_readings_printed():
     # A trtllm-bench run from another source (its own settings unknown) keeps the profile's defaults.
     other = _record("nvidia/Llama-3.3-70B-Instruct-FP4", source="https://example.org/blog")
     assert "runtime_settings" not in fs.map_record(other)[0]
+
+
+def test_bandwidth_bound_is_the_sequences_over_one_round_of_reads_at_peak_bandwidth():
+    # Llama 3.1 8B FP8 on an H100 (3,350 GB/s), 1000/1000, at most 10 sequences: each round reads the weights
+    # (6.98e9 linear parameters at 1 byte + the 525.3e6-parameter head at 2 bytes = 8.03e9 bytes) and every
+    # sequence's bf16 cache at its mean context (1000 + 500 tokens x 131,072 bytes = 1.966e8 bytes):
+    #   (8.03e9 + 10 x 1.966e8) / 3.35e12 = 2.984 ms a round -> 10 / 2.984 ms = 3,351 output tok/s at most
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "quantization": "fp8", "runtime": "tensorrt-llm",
+            "input_tokens": 1000, "output_tokens": 1000, "batch_size": 3000, "runtime_settings": {"max_num_seqs": 10}}
+    ceiling, n, bw = fs.bandwidth_bound(body)
+    assert (n, bw) == (10, 3350)
+    assert abs(ceiling - 3351) / 3351 < 0.005
+
+
+def test_a_run_beyond_its_16_bit_ceiling_reads_every_run_of_its_checkpoint_with_an_8_bit_cache():
+    # 1000/1000 on one H100 with a bf16 cache: ~267 sequences fit and the ceiling is ~14,700 tok/s; 15,220 measured
+    # is beyond it, so that run - and the 128/128 run of the same checkpoint in the same source, which alone
+    # would pass - are read with an FP8 cache. A run of another source is left alone.
+    fast = _record("nvidia/Llama-3.1-8B-Instruct-FP8", id="fast", weights_dtype="fp8", gpu_canonical="H100-SXM-80GB",
+                   metrics={"output_throughput_tok_s": 15220})
+    short = dict(fast, id="short", input_tokens=128, output_tokens=128, metrics={"output_throughput_tok_s": 28312})
+    elsewhere = dict(fast, id="elsewhere", source="https://example.org/other", metrics={"output_throughput_tok_s": 9000})
+    readings = fs.kv_readings([short, fast, elsewhere])
+    assert list(readings) == [(fast["source"], "nvidia/Llama-3.1-8B-Instruct-FP8")]
+    assert "would cap fast at" in readings[(fast["source"], "nvidia/Llama-3.1-8B-Instruct-FP8")]
+    for r in (short, fast):
+        body, notes, _ = fs.map_record(r, readings)
+        assert body["kv_cache_quantization"] == "fp8" and any("only an 8-bit cache" in n for n in notes)
+    assert "kv_cache_quantization" not in fs.map_record(elsewhere, readings)[0]

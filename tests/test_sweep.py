@@ -272,3 +272,16 @@ def test_csv_cells_are_quoted_as_the_csv_module_quotes_them(text):
     if "\r" not in text:  # a carriage return is quoted too here (the csv module leaves it bare with "\n" lines)
         assert _csv_text(text) + ",end\n" == buf.getvalue()
     assert next(csv.reader(io.StringIO(_csv_text(text) + ",end"))) == [text, "end"]
+
+
+def test_axis_items_read_true_and_false_one_way():
+    """A boolean axis and an untyped one read true/false alike (any case); only the boolean axis refuses other text."""
+    import click
+
+    from vramplan.cli.sweep import _flag_item, _literal
+
+    assert [_flag_item(v, "--axis f") for v in ("true", "FALSE", "True")] == [True, False, True]
+    assert [_literal(v) for v in ("TRUE", "false", "8", "0.5", "vllm")] == [True, False, 8, 0.5, "vllm"]
+    assert type(_literal("8")) is int
+    with pytest.raises(click.UsageError, match="--axis f: '1' is not true or false"):
+        _flag_item("1", "--axis f")

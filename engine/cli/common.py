@@ -72,7 +72,7 @@ def apply_model_file(body: dict[str, Any], path: str | None, workload: str = "in
 
 FORMATS = click.Choice(["table", "json", "markdown", "html"])
 
-#: ``--format`` of the listing commands (models, gpus, formulas).
+#: ``--format`` of the listing commands (models, gpus, runtimes, plugins, formulas).
 LIST_FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
                            help="table for people, json for scripts")
 

@@ -342,7 +342,7 @@ def gpus(vendor, min_memory, category, fmt) -> None:
 
 @click.command("runtimes")
 @click.argument("key", required=False)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@LIST_FORMAT
 def runtimes(key, fmt) -> None:
     """List the runtime profiles (serving / training stacks), or show one with every constant and its source."""
     import vramplan
@@ -388,7 +388,7 @@ def runtimes(key, fmt) -> None:
 # -- plugins -----------------------------------------------------------------------------------
 
 @click.command("plugins")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@LIST_FORMAT
 def plugins(fmt: str) -> None:
     """List loaded plugins with versions, and any that failed to load."""
     from ..catalog import get_catalog

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from .common import (FINETUNING_ONLY, FINETUNING_OPTIONS, INFERENCE_ONLY, INFERENCE_OPTIONS, SHARED_OPTIONS,
+from .common import (FINETUNING_ONLY, FINETUNING_OPTIONS, FORMATS, INFERENCE_ONLY, INFERENCE_OPTIONS, SHARED_OPTIONS,
                      apply_model_file, finetuning_fields, inference_fields, merge, read_request)
 
 
@@ -92,7 +92,7 @@ def _plan_options(f):
               "(overrides the catalog's reference prices).")
 @click.option("--max-deployments", type=click.IntRange(1, 1000), help="cheapest_deployment: GPU types to list (default 10).")
 @click.option("--check", is_flag=True, help="Exit status 1 when a question has no answer.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]), default="table", show_default=True,
+@click.option("--format", "fmt", type=FORMATS, default="table", show_default=True,
               help="markdown / html: the report of the best cheapest_deployment answer (its cost and binding constraint).")
 def plan(request_file, workload, find, model_file, gpu_keys, headroom, slo_ttft_ms, slo_itl_ms, slo_e2e_ms, runtimes,
          min_quality_rank, gpu_hour_costs, max_deployments, check, fmt, **flags) -> None:

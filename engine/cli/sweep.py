@@ -101,16 +101,23 @@ def _number_items(text: str, flag: str) -> list[float]:
     return out
 
 
+def _as_flag(item: str) -> bool | None:
+    """``true`` / ``false`` (any case) as a bool; None for anything else."""
+    return {"true": True, "false": False}.get(item.lower())
+
+
 def _flag_item(item: str, flag: str) -> bool:
-    if item.lower() in ("true", "false"):
-        return item.lower() == "true"
-    raise click.UsageError(f"{flag}: {item!r} is not true or false")
+    value = _as_flag(item)
+    if value is None:
+        raise click.UsageError(f"{flag}: {item!r} is not true or false")
+    return value
 
 
 def _literal(item: str) -> Any:
     """An item of an axis the schema gives no type for: a flag, a number, else text."""
-    if item.lower() in ("true", "false"):
-        return item.lower() == "true"
+    value = _as_flag(item)
+    if value is not None:
+        return value
     for kind in (int, float):
         try:
             return kind(item)

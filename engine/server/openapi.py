@@ -371,7 +371,12 @@ def _document() -> str:
                 "description": "An API token from `vramplan tokens create` or /settings."}},
         },
     }
-    return json.dumps(doc)
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))  # as starlette's JSONResponse writes JSON
+
+
+def openapi_text() -> str:
+    """The OpenAPI document as JSON text, built once per process: what ``/openapi.json`` sends."""
+    return _document()
 
 
 def openapi_document() -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -9,7 +11,7 @@ from starlette.routing import Route
 from ..catalog import get_catalog
 from . import auth
 from .api import PREFIX
-from .openapi import SCHEMA_FILES, load_schema, openapi_document, schema_rows
+from .openapi import SCHEMA_FILES, load_schema, openapi_document, openapi_text, schema_rows
 from .render import render
 
 #: The fit map's "common" columns: one format per precision class a user chooses between (16-bit, 8-bit float
@@ -24,25 +26,33 @@ def _schema_or_none(name: str) -> dict | None:
         return None
 
 
-def calculator_form() -> dict:
-    """The form, generated from the request schemas (defaults, bounds, choices) and the catalog."""
-    from .form import build
+#: The calculator's catalog-derived parts - the form, generated from the request schemas (defaults,
+#: bounds, choices) and the catalog, the fit map's formats, the catalog's counts - for the catalog
+#: they were built from (``catalog.reset`` installs another object, which rebuilds them): the form
+#: deep-copies and walks both request schemas, too much to redo on every GET /.
+_built: tuple[object, dict] | None = None
 
-    schemas = {"inference": _schema_or_none("InferenceRequest") or {},
-               "finetuning": _schema_or_none("FinetuningRequest") or {}}
-    return build(schemas, get_catalog())
+
+def _calculator(cat) -> dict:
+    global _built
+    if _built is None or _built[0] is not cat:
+        from .form import build
+
+        schemas = {"inference": _schema_or_none("InferenceRequest") or {},
+                   "finetuning": _schema_or_none("FinetuningRequest") or {}}
+        facts = {"gpus": sum(1 for e in cat.gpus if not e.data.get("custom")), "models": len(cat.models),
+                 "formats": sum(1 for e in cat.quantization if e.data["kind"] != "alias"),
+                 "runtimes": len(cat.runtimes)}
+        _built = (cat, {"form": build(schemas, cat), "map_formats": [k for k in MAP_FORMATS if k in cat.quantization],
+                        "facts": facts})
+    return _built[1]
 
 
 async def index(request: Request) -> Response:
     """The calculator. With page sessions on, it carries a fresh page token: a browser-session cookie
     (no Max-Age), HttpOnly, SameSite=Strict, sent only to the API paths, valid one hour."""
     page_sessions = request.app.state.page_sessions
-    cat = get_catalog()
-    formats = [k for k in MAP_FORMATS if k in cat.quantization]
-    facts = {"gpus": sum(1 for e in cat.gpus if not e.data.get("custom")), "models": len(cat.models),
-             "formats": sum(1 for e in cat.quantization if e.data["kind"] != "alias"), "runtimes": len(cat.runtimes)}
-    response = render("index.html", {"api_prefix": PREFIX, "form": calculator_form(), "map_formats": formats,
-                                     "facts": facts, "page_sessions": page_sessions},
+    response = render("index.html", {"api_prefix": PREFIX, **_calculator(get_catalog()), "page_sessions": page_sessions},
                       headers={"Cache-Control": "no-store"})
     if page_sessions:
         page = request.app.state.page_signer.sign({"sid": auth.new_session_id()}, ttl=auth.PAGE_TOKEN_TTL)
@@ -52,6 +62,12 @@ async def index(request: Request) -> Response:
 
 
 async def docs(request: Request) -> Response:
+    return render("docs.html", _docs_context())
+
+
+@lru_cache(maxsize=1)
+def _docs_context() -> dict:
+    """What the docs page shows, from the OpenAPI document (built once per process, so this is too)."""
     doc = openapi_document()
     components = doc["components"]["schemas"]
     operations = []
@@ -65,8 +81,7 @@ async def docs(request: Request) -> Response:
                 "response_rows": schema_rows(_list_item(_component(components, ok.get("schema")))),
                 "example": body.get("example"),
             })
-    return render("docs.html", {"doc": doc, "operations": operations,
-                                "error_rows": schema_rows(components["Error"])})
+    return {"doc": doc, "operations": operations, "error_rows": schema_rows(components["Error"])}
 
 
 def _component(components: dict, schema: dict | None) -> dict:
@@ -87,7 +102,7 @@ def _list_item(schema: dict) -> dict:
 
 
 async def openapi_json(request: Request) -> Response:
-    return JSONResponse(openapi_document())
+    return Response(openapi_text(), media_type="application/json")
 
 
 async def healthz(request: Request) -> Response:
