@@ -58,11 +58,11 @@ def test_tiny_gradient_accumulation_keeps_the_optimizer_peak():
 
 
 def test_tiny_lora_reserve_by_hand():
-    # LoRA rank 1 on all seven projections: 14 fp32 adapters (A and B, 8-64 bytes each), 11 frozen bf16 parameters.
-    # Step 0: 25 blocks after the build; the backward's most is 25 + x, g_hidden, th, 2 pieces, tq tk tv and 14
-    # adapter gradients less... = 47; then 14 gradients + 28 moments + 14 sqrt(v) = 25 + 56 = 81. Step 1's
-    # backward: 25 + 28 moments + 22 = 75 < 81. 73,400,320 - (69,207,040 + 81 x 512) = 73,400,320 - 69,248,512
-    # = 4,151,808.
+    # LoRA rank 1 on all seven projections: 14 fp32 adapters (A and B, 32-64 bytes each), 11 frozen bf16
+    # parameters: 25 blocks after the build. Step 0's backward holds at most 25 + x, the 2 saved pieces, g_hidden,
+    # th, tq, tk, tv and the 14 adapter gradients = 47 (the q/k/v gradients are made while tq, tk, tv live);
+    # the optimizer: 25 + 14 gradients + 28 moments + 14 sqrt(v) = 81. Step 1's backward: 25 + 28 moments + 22
+    # = 75 < 81. 73,400,320 - (69,207,040 + 81 x 512) = 73,400,320 - 69,248,512 = 4,151,808.
     lora = {**TINY, "method_full": 0, "lora_rank": 1, "moment_bytes": 4,
             **{f"lora_{m}": 1 for m in training.LORA_MODULES}}
     shape = training.Shape(**lora)
@@ -70,9 +70,17 @@ def test_tiny_lora_reserve_by_hand():
     assert semantics.FUNCTIONS["training_allocator_reserve"](*shape) == 4_151_808
 
 
-def test_the_function_names_its_arguments_when_given_the_wrong_number():
+def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
     with pytest.raises(TypeError, match="training_allocator_reserve takes 26 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
+    # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
+    with pytest.raises(ValueError, match="negative"):
+        semantics.FUNCTIONS["training_allocator_reserve"](*training.Shape(**{**TINY, "hidden": -8}))
+    assert semantics.refusal(ValueError()) == semantics.DOMAIN
+    # 1,000 layers x 1,000 micro-batches: 3 x (1,000 x (1,000 x (4 x (5 + 64 / 16) + 100) + 50) + 100,000 + 100)
+    # = 3 x (136,050,000 + 100,100) events at most > 2,000,000 - refused before anything is generated
+    with pytest.raises(ValueError, match="more than 2,000,000 allocator events"):
+        semantics.FUNCTIONS["training_allocator_reserve"](*training.Shape(**{**TINY, "n_layers": 1000, "grad_accum": 1000}))
 
 
 def _reference_peaks(chunks) -> tuple[int, int]:

@@ -34,9 +34,10 @@ QLoRA (4-bit layers' dequantization), fused projections (Phi-3, GLM), MoE, eager
 tensors, fused cross-entropy, paged or other optimizers, ZeRO, data / tensor / pipeline parallelism,
 offloading, models without a gated MLP or with recurrent or cross-attention layers.
 
-Speed: a sequence has thousands of events (Llama 3 8B: ~10,000 per step), so the replay is the fast
-one of :func:`vramplan.allocator.caching.replay_peaks`, steps stop once a step starts from the same
-allocator state as the one before it (it then repeats exactly), and the result is memoised per shape.
+Speed: a sequence has thousands of events (Llama 3 8B: 2,600-5,800 per step), so the replay is the fast
+one of :func:`vramplan.allocator.caching.replay_peaks`; steps stop once a step starts from the allocator
+state the step before started from, and accumulation micro-batches once one leaves the state as it
+found it (both then repeat exactly, same peaks), and the result is memoised per shape.
 """
 
 from __future__ import annotations
@@ -46,12 +47,21 @@ from typing import NamedTuple
 
 from . import caching
 
-#: The cuBLAS / cuBLASLt workspaces allocated before the model (replay_training.py records them:
-#: 69,207,040 bytes on torch 2.11 / H200 - cublasLt's 32 MiB twice + cuBLAS's own).
+#: The cuBLAS / cuBLASLt workspaces allocated before the model, as replay_training.py records them
+#: (torch 2.11; the calibration runs hold 64-67 MiB beyond their parameters when the model is built).
 WORKSPACE_BYTES = 69_207_040
 #: The calibration method's run: three AdamW steps (benchmarks/measured/measure.py).
 STEPS = 3
 LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
+#: The longest sequence replayed (about 2 s of pure Python): formulas/memory/runtime_overhead.yaml routes
+#: longer ones to the fitted fractions (train_reserve_sequence_events), and the function refuses them.
+MAX_EVENTS = 2_000_000
+
+
+def max_events(v: Shape) -> float:
+    """At most how many events the sequence has - the formula train_reserve_sequence_events, the same bound."""
+    pieces = 5 + v.layer_saved_bytes_per_token / (2 * max(v.hidden, 1))
+    return 3 * (v.grad_accum * (v.n_layers * (4 * pieces + 100) + 50) + 100 * v.n_layers + 100)
 
 
 class Shape(NamedTuple):
@@ -304,7 +314,7 @@ def simulate(v: Shape | dict, n_steps: int = STEPS) -> caching.Allocator:
 @lru_cache(maxsize=4096)
 def peaks(shape: Shape) -> tuple[int, int]:
     """``(peak reserved, peak allocated)`` bytes of the sequence's :data:`STEPS` steps, by the fast replay
-    (the same allocator rules; tests/test_allocator_model.py checks they agree with :func:`simulate`)."""
+    (the same allocator rules; tests/test_training_reserve.py checks they agree with :func:`simulate`)."""
     return caching.replay_peaks(steps(shape, STEPS))
 
 
@@ -314,6 +324,10 @@ def reserve_bytes(*args: float) -> int:
     if len(args) != len(Shape._fields):
         raise TypeError(f"training_allocator_reserve takes {len(Shape._fields)} arguments "
                         f"({', '.join(Shape._fields)}), not {len(args)}")
+    if any(x < 0 for x in args):  # sizes and counts: a negative one would read as a free
+        raise ValueError("training_allocator_reserve: a negative size or count")
     shape = Shape(*(float(x) if isinstance(x, float) and not float(x).is_integer() else int(x) for x in args))
+    if max_events(shape) > MAX_EVENTS:  # whatever formula calls it (an override too): never a hang
+        raise ValueError(f"training_allocator_reserve: more than {MAX_EVENTS:,} allocator events to replay")
     reserved, allocated = peaks(shape)
     return reserved - allocated
