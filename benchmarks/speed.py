@@ -9,7 +9,10 @@
   closed loop): CPU and wall seconds, configurations considered, estimates computed;
 * ``vramplan inference …`` from start to answer, in a fresh process: wall time and CPU time, with
   the validated-data cache warm (the usual case) and cold;
-* the planner's questions.
+* the planner's questions;
+* the simulated training allocator reserve (vramplan.allocator.training): per shape, the sequence
+  generated and replayed cold (memo cleared) and memoised, and a whole fine-tuning estimate of a new
+  shape (``--reserve-only`` prints just this).
 
 The machine is shared: other tenants' load shows up as whole slow rounds, so each figure is also
 given as the best round's (as timeit does), and the CLI start as wall and CPU seconds.
@@ -124,13 +127,72 @@ def cheapest_deployment(rounds: int) -> None:
               f"{best['runtime']}, {cost}, binding {best['binding']}")
 
 
+#: Fine-tuning shapes for the simulated reserve: (label, request), from small to the largest covered class.
+RESERVE_SHAPES = {
+    "llama-3.2-1b full bf16, 4 x 1024, checkpointing": {"llm_key": "llama-3.2-1b", "finetuning_method": "full",
+                                                          "batch_size": 4, "seq_length": 1024},
+    "llama-3-8b LoRA r16, 4 x 1024, checkpointing": {"llm_key": "llama-3-8b-instruct", "finetuning_method": "lora",
+                                                       "batch_size": 4, "seq_length": 1024},
+    "llama-3-8b full bf16, 4 x 1024, no checkpointing": {"llm_key": "llama-3-8b-instruct", "finetuning_method": "full",
+                                                           "batch_size": 4, "seq_length": 1024,
+                                                           "optimization_config": {"gradient_checkpointing": False}},
+    "llama-3.3-70b LoRA r16, 1 x 2048, checkpointing": {"llm_key": "llama-3.3-70b-instruct", "finetuning_method": "lora",
+                                                          "batch_size": 1, "seq_length": 2048},
+}
+
+
+def training_reserve(rounds: int = 5) -> None:
+    """The simulated reserve's cost per shape: generate + replay with the memo cleared (best and median of
+    ``rounds``), the memoised call, and a whole fine-tuning estimate of a shape not seen before (one that
+    fits: an estimate that does not fit also runs the suggestion searches, a new shape per probe)."""
+    from vramplan.allocator import training
+
+    for label, req in RESERVE_SHAPES.items():
+        body = {"gpu_key": "h200", "trace": True, **req}
+        steps = vramplan.estimate_finetuning(dict(body))["trace"]
+        v = {}
+        for step in steps:
+            for name, value in step["inputs"].items():
+                v.setdefault(name, value)
+            v[step["id"]] = step["value"]
+        if not v.get("train_reserve_simulated"):
+            print(f"{label:<50} not simulated (fitted fractions)")
+            continue
+        shape = training.Shape.of(v)
+        events = sum(len(ev) for ev, _, _ in training.steps(shape))
+        cold = []
+        for _ in range(rounds):
+            training.peaks.cache_clear()
+            t0 = time.perf_counter()
+            training.reserve_bytes(*shape)
+            cold.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        for _ in range(1000):
+            training.reserve_bytes(*shape)
+        warm = (time.perf_counter() - t0) * 1e3
+        whole = []
+        for k in range(rounds):  # a new shape each time (8 more tokens), still fitting: no suggestion searches
+            b = dict(body, trace=False, seq_length=req["seq_length"] + 8 * (k + 1))
+            t0 = time.perf_counter()
+            vramplan.estimate_finetuning(b)
+            whole.append((time.perf_counter() - t0) * 1e3)
+        print(f"{label:<50} {events:6,} events (3 steps): cold {min(cold):5.1f} ms best, {statistics.median(cold):5.1f} ms "
+              f"median | memoised {warm:5.3f} us | whole estimate, new shape {min(whole):5.1f} ms best, "
+              f"{statistics.median(whole):5.1f} ms median")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000, help="single estimates timed")
     ap.add_argument("--points", type=int, default=409_600, help="points in the sweep grid")
     ap.add_argument("--starts", type=int, default=7, help="fresh CLI processes timed")
     ap.add_argument("--rounds", type=int, default=5, help="cheapest_deployment answers timed per question")
+    ap.add_argument("--reserve-only", action="store_true", help="only the simulated training reserve's cost")
     args = ap.parse_args()
+    if args.reserve_only:
+        print("== simulated training allocator reserve (vramplan.allocator.training)")
+        training_reserve()
+        return
     t0 = time.perf_counter()
     get_catalog()
     print(f"catalog load (once per process, cache warm or cold as it is): {(time.perf_counter() - t0) * 1000:.0f} ms")
@@ -144,6 +206,9 @@ def main() -> None:
         single[name] = (med, best)
         print(f"{name:<11} median {med:8.1f} us   p99 {p99:8.1f} us   best-round median {best:8.1f} us   "
               f"({1e6 / med:,.0f} estimates/s)")
+
+    print("\n== simulated training allocator reserve (vramplan.allocator.training)")
+    training_reserve()
 
     print("\n== sweep, per point (inference, context x batch x users)")
     axes = sweep_axes(args.points)

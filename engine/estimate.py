@@ -292,6 +292,13 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         if s["dp"] > 1:
             out.append(f"data parallelism over {int(s['dp'])} GPUs (interconnect {res.interconnect.key})"
                        + (f", ZeRO stage {int(s['zero_stage'])}" if s["zero_stage"] else ""))
+        if v["train_reserve_simulated"]:
+            out.append("allocator reserve: simulated - this run's allocation sequence replayed through PyTorch's "
+                       "caching-allocator rules (formulas/memory/runtime_overhead.yaml train_reserve_simulated_bytes)")
+        else:
+            out.append("allocator reserve: fitted fractions of the logit and gradient blocks - the simulated "
+                       "sequence does not cover this run (QLoRA, MoE, fused projections, several GPUs, offloading, "
+                       "or an optimizer other than AdamW)")
     out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
     return out
 

@@ -13,7 +13,8 @@ meaning from here:
   be any size; simpleeval's own limit (base and exponent at most 4,000,000, which refused a
   5,000,000-token context while the closures answered) does not apply. A result that is not a
   real number (a negative base to a fractional power) is a domain error, not a complex number.
-* **Functions** are the whitelist :data:`FUNCTIONS` and nothing else.
+* **Functions** are the whitelist :data:`FUNCTIONS` and nothing else (one of them,
+  ``training_allocator_reserve``, replays a simulated allocation sequence: :mod:`vramplan.allocator`).
 * **Every formula's value** (:func:`check`) is a finite real number within binary64's range;
   booleans become 1.0 / 0.0.
 
@@ -34,6 +35,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .allocator.training import reserve_bytes as _training_allocator_reserve
 from .errors import FormulaError
 
 #: Largest magnitude a formula's value may have (binary64's largest finite number).
@@ -70,6 +72,10 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "abs": abs, "ceil": math.ceil, "floor": math.floor,
     "sqrt": math.sqrt, "log2": math.log2, "exp": math.exp, "log": math.log,
     "clamp": _clamp, "round_up": _round_up,
+    # The training run's allocation sequence replayed through the caching-allocator model: bytes
+    # reserved beyond the allocated peak (vramplan.allocator.training; no numpy form, so a batch
+    # evaluates it row by row, memoised per shape).
+    "training_allocator_reserve": _training_allocator_reserve,
 }
 
 BINARY: dict[type, Callable[[Any, Any], Any]] = {

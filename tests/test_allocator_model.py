@@ -1,16 +1,12 @@
-"""The caching-allocator model (benchmarks/allocator/cuda_caching_allocator.py) follows the rules of
+"""The caching-allocator model (vramplan.allocator.caching) follows the rules of
 c10/cuda/CUDACachingAllocator.cpp; each case works the segments out by hand."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+from vramplan.allocator import caching as cca
+from vramplan.allocator import training as synthetic
 
 MiB = 1 << 20
-_spec = importlib.util.spec_from_file_location(
-    "cuda_caching_allocator", Path(__file__).resolve().parent.parent / "benchmarks" / "allocator" / "cuda_caching_allocator.py")
-cca = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(cca)
 
 
 def test_rounding_and_segment_sizes():
@@ -87,12 +83,6 @@ def test_state_init_carves_the_freed_logit_block_so_the_next_step_opens_a_new_on
     assert a.reserved == (100 + 400 + 400) * MiB
     # allocated at step 1's loss: 100 weight + 200 states + 400 logits = 700; the 200 MiB hole stays reserved
     assert a.peak_allocated == 700 * MiB and a.reserved - a.allocated == 200 * MiB
-
-
-_sspec = importlib.util.spec_from_file_location(
-    "synthetic_training", Path(__file__).resolve().parent.parent / "benchmarks" / "allocator" / "synthetic_training.py")
-synthetic = importlib.util.module_from_spec(_sspec)
-_sspec.loader.exec_module(synthetic)
 
 
 def test_synthetic_sequence_keeps_the_bf16_logits_segment_free_at_the_loss_peak():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import replay_training as rt  # noqa: E402  (patches SDPA / F.linear for the meta device)
-import cuda_caching_allocator as cca  # noqa: E402
+from vramplan.allocator import caching as cca  # noqa: E402  (the engine's allocator model)
 from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
 
 _meta_sdpa = F.scaled_dot_product_attention

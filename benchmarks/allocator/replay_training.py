@@ -3,7 +3,7 @@
 The run executes for real on PyTorch's meta device (every op, every shape, autograd, gradient
 checkpointing, peft, foreach AdamW), a TorchDispatchMode records each new storage and a weak
 reference records its release, and the allocations and frees are replayed through
-cuda_caching_allocator.py. What the meta device cannot run is put back as CUDA runs it:
+vramplan.allocator.caching (engine/allocator/caching.py). What the meta device cannot run is put back as CUDA runs it:
 
 * SDPA: flash attention without a mask (grouped KV heads natively; output laid out like q, as
   flash's empty_like(q) does), the memory-efficient kernel with the additive mask SDPA converts a
@@ -41,7 +41,7 @@ import transformers.masking_utils as _masking
 from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import cuda_caching_allocator as cca  # noqa: E402
+from vramplan.allocator import caching as cca  # noqa: E402  (the engine's allocator model)
 
 REPO = Path(__file__).resolve().parents[2]
 CALIBRATION = [REPO.parent / "shared" / "calibration" / "h200-transformers.jsonl",

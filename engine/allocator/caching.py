@@ -151,3 +151,119 @@ class Allocator:
                     if self.tail[b.small] is nb:
                         self.tail[b.small] = b
         self._insert(b)
+
+
+def replay_peaks(chunks) -> tuple[int, int]:
+    """``(peak reserved, peak allocated)`` of a sequence given by a generator of chunks
+    ``(events, marks, ends_step)`` (vramplan.allocator.training.steps: ``e >= 0`` a malloc of ``e`` bytes,
+    handles numbered in order; ``e < 0`` the free of ``~e``).
+
+    The rules of :class:`Allocator` (default settings, not expandable), written as one loop over flat
+    lists and integer keys instead of method calls and block objects: about 1.5 times as fast, the same
+    decisions (tests/test_training_reserve.py replays sequences through both). After each chunk it sends
+    the generator whether the chunk repeated: whether the state it left is the state the chunk started
+    from (a micro-batch), or the state the step before started from (a step's end). The state is every
+    free block, the totals and where the next segment goes - all that decides what the allocator does
+    next - so a chunk of the same events from the same state repeats event for event: same blocks,
+    same segments, same peaks, and the generator may leave it out."""
+    # Per block: address, size, free, previous and next block of its segment (-1: none), small pool.
+    addr: list[int] = []
+    size_: list[int] = []
+    free_: list[bool] = []
+    prev: list[int] = []
+    nxt: list[int] = []
+    small_: list[bool] = []
+    # Free blocks of each pool as sorted ints size << 160 | addr << 32 | block: best fit (smallest size, then
+    # lowest address) is one bisect over plain ints. Addresses stay below 2**44 (segments 1 GiB apart),
+    # blocks below 2**20.
+    spool: list[int] = []
+    lpool: list[int] = []
+    handles = [-1]  # handle -> block
+    next_addr = reserved = allocated = peak_reserved = peak_allocated = 0
+    insort, bisect_left = bisect.insort, bisect.bisect_left
+    empty = (0, 0, 0, (), ())
+    step_start = empty
+    chunk_start = empty
+    try:
+        ev, _marks, ends_step = next(chunks)
+    except StopIteration:
+        return 0, 0
+    while True:
+        for e in ev:
+            if e >= 0:
+                size = K_MIN_BLOCK if e < K_MIN_BLOCK else K_MIN_BLOCK * ((e + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
+                small = size <= K_SMALL_SIZE
+                pool = spool if small else lpool
+                i = bisect_left(pool, size << 160)
+                if i < len(pool):
+                    b = pool.pop(i) & 0xFFFFFFFF
+                    bsize = size_[b]
+                else:
+                    bsize = allocation_size(size)
+                    b = len(addr)
+                    addr.append(next_addr)
+                    size_.append(bsize)
+                    free_.append(True)
+                    prev.append(-1)
+                    nxt.append(-1)
+                    small_.append(small)
+                    next_addr += bsize + (1 << 30)
+                    reserved += bsize
+                    if reserved > peak_reserved:
+                        peak_reserved = reserved
+                rest = bsize - size
+                if rest >= K_MIN_BLOCK and (small or rest > K_SMALL_SIZE):
+                    r = len(addr)
+                    ra = addr[b] + size
+                    addr.append(ra)
+                    size_.append(rest)
+                    free_.append(True)
+                    prev.append(b)
+                    n = nxt[b]
+                    nxt.append(n)
+                    small_.append(small)
+                    if n >= 0:
+                        prev[n] = r
+                    nxt[b] = r
+                    size_[b] = bsize = size
+                    insort(pool, (rest << 160) | (ra << 32) | r)
+                free_[b] = False
+                handles.append(b)
+                allocated += bsize
+                if allocated > peak_allocated:
+                    peak_allocated = allocated
+            else:
+                b = handles[~e]
+                s = size_[b]
+                allocated -= s
+                free_[b] = True
+                pool = spool if small_[b] else lpool
+                p = prev[b]
+                if p >= 0 and free_[p]:
+                    del pool[bisect_left(pool, (size_[p] << 160) | (addr[p] << 32) | p)]
+                    s += size_[p]
+                    size_[p] = s
+                    n = nxt[b]
+                    nxt[p] = n
+                    if n >= 0:
+                        prev[n] = p
+                    b = p
+                n = nxt[b]
+                if n >= 0 and free_[n]:
+                    del pool[bisect_left(pool, (size_[n] << 160) | (addr[n] << 32) | n)]
+                    s += size_[n]
+                    size_[b] = s
+                    nn = nxt[n]
+                    nxt[b] = nn
+                    if nn >= 0:
+                        prev[nn] = b
+                insort(pool, (s << 160) | (addr[b] << 32) | b)
+        now = (reserved, allocated, next_addr, tuple(k >> 32 for k in spool), tuple(k >> 32 for k in lpool))
+        repeated = now == (step_start if ends_step else chunk_start)
+        if ends_step:
+            step_start = now
+        chunk_start = now
+        try:
+            ev, _marks, ends_step = chunks.send(repeated)
+        except StopIteration:
+            return peak_reserved, peak_allocated

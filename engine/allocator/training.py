@@ -1,0 +1,333 @@
+"""A training run's allocations written from the estimate's own tensor inventory, replayed through the
+caching-allocator model (:mod:`vramplan.allocator.caching`): the reserve beyond the allocated peak.
+
+``nvidia-smi`` shows the allocator's segments, not the live tensors. How much of a training step's
+memory stays reserved beyond the allocated peak depends on where each parameter's gradient, moments and
+foreach temporaries land among the blocks freed by the forward and the loss (docs/FIDELITY.md, "What
+the reserve consists of") - not on any total. So the sequence is written out and replayed: no torch,
+only the values the formula graph already has.
+
+What the sequence follows, per micro-batch (Llama-style decoder layers; transformers 5.17, peft 0.21,
+torch 2.11 foreach AdamW, as benchmarks/allocator/replay_training.py records them on the meta device):
+
+* model build: the workspaces (69,207,040 bytes), then every parameter in construction order
+  (embedding, per layer q, k, v, o, gate, up, down and the two norms, final norm, untied head), then
+  LoRA's fp32 A (rank x in) and B (out x rank) per targeted module;
+* forward: per layer its saved tensors (``layer_saved_bytes_per_token`` x tokens, as up to four
+  tokens x intermediate tensors and tokens x hidden pieces); with checkpointing they are freed at
+  once and the layer input stays (tokens x hidden x residual bytes); mixed precision adds the bf16
+  copies of the layer's seven weights (kept by the graph, or by autocast's cache until the forward
+  ends under checkpointing). Then the head's saved inputs and the loss: bf16 logits, their fp32 copy,
+  log_softmax's output; the copy is freed, then the logits (the outputs are dropped);
+* backward: nll_loss's and log_softmax's fp32 gradients, the bf16 logits' gradient, the head
+  weight's gradient (the tied embedding's), then per layer in reverse: the recomputation
+  (checkpointing), the MLP's gradient temporaries (tokens x intermediate) around down, up and gate's
+  weight gradients, attention's (tokens x q / kv) around o, q, k and v's, the norms'; the embedding
+  backward's own vocab x hidden temporary at the end. A later micro-batch's weight gradients are
+  temporaries added in place;
+* optimizer: on the first step exp_avg and exp_avg_sq per trainable tensor in order (bitsandbytes
+  8-bit: two uint8 moments + fp32 absmax per 256 elements), then foreach's sqrt(v) list (none for a
+  fused step), freed; zero_grad frees the gradients.
+
+Not written (the estimate keeps its fitted fractions for them, formulas/memory/runtime_overhead.yaml):
+QLoRA (4-bit layers' dequantization), fused projections (Phi-3, GLM), MoE, eager attention's score
+tensors, fused cross-entropy, paged or other optimizers, ZeRO, data / tensor / pipeline parallelism,
+offloading, models without a gated MLP or with recurrent or cross-attention layers.
+
+Speed: a sequence has thousands of events (Llama 3 8B: 2,600-5,800 per step), so the replay is the fast
+one of :func:`vramplan.allocator.caching.replay_peaks`; steps stop once a step starts from the allocator
+state the step before started from, and accumulation micro-batches once one leaves the state as it
+found it (both then repeat exactly, same peaks), and the result is memoised per shape.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+from . import caching
+
+#: The cuBLAS / cuBLASLt workspaces allocated before the model, as replay_training.py records them
+#: (torch 2.11; the calibration runs hold 64-67 MiB beyond their parameters when the model is built).
+WORKSPACE_BYTES = 69_207_040
+#: The calibration method's run: three AdamW steps (benchmarks/measured/measure.py).
+STEPS = 3
+LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
+#: The longest sequence replayed (about 2 s of pure Python): formulas/memory/runtime_overhead.yaml routes
+#: longer ones to the fitted fractions (train_reserve_sequence_events), and the function refuses them.
+MAX_EVENTS = 2_000_000
+
+
+def max_events(v: Shape) -> float:
+    """At most how many events the sequence has - the formula train_reserve_sequence_events, the same bound."""
+    pieces = 5 + v.layer_saved_bytes_per_token / (2 * max(v.hidden, 1))
+    return 3 * (v.grad_accum * (v.n_layers * (4 * pieces + 100) + 50) + 100 * v.n_layers + 100)
+
+
+class Shape(NamedTuple):
+    """What the sequence needs, each a value of the formula graph (formulas/memory/runtime_overhead.yaml
+    ``train_reserve_simulated_bytes`` passes them in this order)."""
+
+    train_tokens: int
+    hidden: int
+    intermediate: int
+    vocab: int
+    n_layers: int
+    q_dim: int
+    kv_dim: int
+    method_full: int
+    mixed_precision: int
+    gradient_checkpointing: int
+    grad_accum: int
+    resid_bytes: int
+    act_bytes: int
+    p_output: int
+    moment_bytes: float
+    optimizer_fused_step: int
+    layer_saved_bytes_per_token: float
+    head_saved_bytes: float
+    lora_rank: int
+    lora_q: int
+    lora_k: int
+    lora_v: int
+    lora_o: int
+    lora_gate: int
+    lora_up: int
+    lora_down: int
+
+    @classmethod
+    def of(cls, values: dict) -> Shape:
+        """The shape from a mapping of the graph's values (an estimate's trace); LoRA flags default to 0."""
+        return cls(*(values.get(f, 0) if f.startswith("lora_") else values[f] for f in cls._fields))
+
+
+def steps(v: Shape | dict, n_steps: int = STEPS):
+    """The sequence in chunks: yields ``(events, marks, ends_step)``. An event is a malloc of ``e`` bytes
+    (``e >= 0``, handles numbered 1, 2, ... in order) or the free of handle ``~e`` (``e < 0``); ``marks``
+    are ``(event index, phase label)``. A chunk is one micro-batch (``ends_step`` False) or a step's last
+    micro-batch with the optimizer (True); the first starts with the model build.
+
+    A replay may ``send`` back whether the chunk repeated (caching.replay_peaks): a micro-batch after the
+    second that left the allocator's state as it found it - the later ones, the same events, would too -
+    ends the step's micro-batches; a step that started from the state the step before started from ends
+    the sequence (every later step repeats it). Iterating without sending generates every event."""
+    if not isinstance(v, dict):
+        v = v._asdict()
+    ev: list[int] = []
+    marks: list[tuple[int, str]] = []
+    count = 0
+
+    def new(size: float) -> int:
+        nonlocal count
+        ev.append(int(size))
+        count += 1
+        return count
+
+    def news(sizes: list[int]) -> list[int]:
+        """Several mallocs in a row (sizes already whole bytes), their handles."""
+        nonlocal count
+        ev.extend(sizes)
+        count += len(sizes)
+        return list(range(count - len(sizes) + 1, count + 1))
+
+    def free(h: int) -> None:
+        ev.append(~h)
+
+    def frees(hs: list[int]) -> None:
+        ev.extend([~h for h in hs])
+
+    def mark(label: str) -> None:
+        marks.append((len(ev), label))
+
+    T, H, I, V = int(v["train_tokens"]), int(v["hidden"]), int(v["intermediate"]), int(v["vocab"])
+    L, q, kv = int(v["n_layers"]), int(v["q_dim"]), int(v["kv_dim"])
+    full, mixed = bool(v["method_full"]), bool(v["mixed_precision"])
+    gc, ga = bool(v["gradient_checkpointing"]), int(v["grad_accum"])
+    wb = 4 if mixed else 2                          # weights (and full fine-tuning's grads / states) bytes
+    resid, act = v["resid_bytes"], v["act_bytes"]
+    tied = v["p_output"] == 0
+    eight_bit = v["moment_bytes"] < 2 and v["optimizer_fused_step"]
+    layer = [("q", H * q), ("k", H * kv), ("v", H * kv), ("o", q * H), ("gate", H * I), ("up", H * I), ("down", I * H),
+             ("n1", H), ("n2", H)]
+    shapes = {"q": (H, q), "k": (H, kv), "v": (H, kv), "o": (q, H), "gate": (H, I), "up": (H, I), "down": (I, H)}
+
+    new(WORKSPACE_BYTES)
+    params = [("embd", V * H)] + [(f"{i}.{n}", c) for i in range(L) for n, c in layer] + [("norm", H)]
+    params += [] if tied else [("head", V * H)]
+    for _, c in params:
+        new(c * wb)
+    if full:
+        trainable = [(n, c, wb) for n, c in params]
+    else:
+        targets = [m for m in LORA_MODULES if v.get(f"lora_{m}")]
+        r = int(v["lora_rank"])
+        trainable = [(f"{i}.{m}.{ab}", r * (shapes[m][0] if ab == "A" else shapes[m][1]), 4)
+                     for i in range(L) for m in targets for ab in "AB"]
+        for _, c, b in trainable:
+            new(c * b)
+    per_module: dict[tuple[int, str], list[tuple[str, int, int]]] = {}  # (layer, module) -> its trainable tensors
+    for n, c, b in trainable:
+        if n[0].isdigit():
+            i, m = n.split(".")[:2]
+            per_module.setdefault((int(i), m), []).append((n, c, b))
+
+    rest, pieces_bytes = v["layer_saved_bytes_per_token"] * T, []
+    while len(pieces_bytes) < 4 and rest >= T * I * act:
+        pieces_bytes.append(T * I * act)
+        rest -= T * I * act
+    while rest >= T * H * 2:
+        pieces_bytes.append(T * H * 2)
+        rest -= T * H * 2
+    pieces_bytes += [rest] if rest > 0 else []
+    pieces_bytes = [int(p) for p in pieces_bytes]
+    copy_bytes = [int(c * 2) for _, c in layer[:7]] if mixed else []
+
+    grads: dict[str, int] = {}
+
+    def grad(name: str, numel: float, nbytes: float) -> None:
+        if name in grads:      # accumulation: the new gradient is a temporary added in place
+            free(new(numel * nbytes))
+        else:
+            grads[name] = new(numel * nbytes)
+
+    states_made = False
+    for step in range(n_steps):
+        for k in range(ga):
+            if k:  # micro-batch k - 1 ends a chunk
+                repeated = yield ev, marks, False
+                ev, marks = [], []
+                if repeated and k >= 2:
+                    break  # micro-batch k - 1 (like every later one) left the state as it found it: they repeat
+            mark(f"fwd{step}")
+            saved, copies = [], []
+            x = new(T * H * resid)
+            for _i in range(L):
+                pieces = news(pieces_bytes)
+                weight_copies = news(copy_bytes)
+                if gc:
+                    frees(pieces)
+                    copies += weight_copies
+                    saved.append([x])
+                    x = new(T * H * resid)
+                else:
+                    saved.append(pieces + weight_copies)
+            head_saved = new(v["head_saved_bytes"])
+            head_copy = new(V * H * 2) if mixed else None
+            logits = new(T * V * 2)
+            fp32_copy, log_probs = new(T * V * 4), new(T * V * 4)
+            free(fp32_copy)
+            free(logits)
+            frees(copies)
+            mark(f"bwd{step}")
+            g_nll = new(T * V * 4)
+            g_lsm = new(T * V * 4)
+            free(g_nll)
+            free(log_probs)
+            g_logits = new(T * V * 2)
+            free(g_lsm)
+            g_hidden = new(T * H * act)
+            if full:
+                grad("embd" if tied else "head", V * H, wb)
+            free(g_logits)
+            free(head_saved)
+            if head_copy:
+                free(head_copy)
+            size = dict(layer)
+            for i in reversed(range(L)):
+                recomputed = []
+                if gc:
+                    recomputed = news(pieces_bytes) + news(copy_bytes)
+
+                def g(m: str) -> None:
+                    if full:
+                        grad(f"{i}.{m}", size[m], wb)
+                    else:
+                        for n, c, b in per_module.get((i, m), ()):
+                            grad(n, c, b)
+                t1 = new(T * I * act)
+                g("down")
+                t2, t3 = new(T * I * act), new(T * I * act)
+                free(t1)
+                g("up")
+                g("gate")
+                th = new(T * H * act)
+                free(t2)
+                free(t3)
+                g("n2")
+                ta = new(T * q * act)
+                g("o")
+                tq, tk, tv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+                free(ta)
+                for m in ("q", "k", "v"):
+                    g(m)
+                for h in (tq, tk, tv):
+                    free(h)
+                g("n1")
+                free(th)
+                frees(recomputed + saved[i])
+            if full and tied:
+                free(new(V * H * wb))  # embedding_dense_backward's gradient, added into the head's
+            if full:
+                grad("norm", H, wb)
+            free(g_hidden)
+            free(x)
+        mark(f"opt{step}")
+        if not states_made:
+            for _, c, b in trainable:
+                if eight_bit and c >= 4096:
+                    for nbytes in (c, c, (c + 255) // 256 * 4, (c + 255) // 256 * 4):
+                        new(nbytes)
+                else:
+                    new(c * b)
+                    new(c * b)
+            states_made = True
+        if not v["optimizer_fused_step"]:
+            frees(news([int(c * b) for _, c, b in trainable]))
+        frees(list(grads.values()))
+        grads = {}
+        repeated = yield ev, marks, True
+        ev, marks = [], []
+        if repeated:
+            return  # this step started from the state the one before started from: every later step repeats it
+
+
+def simulate(v: Shape | dict, n_steps: int = STEPS) -> caching.Allocator:
+    """Replay every event of ``n_steps`` steps through the reference allocator; ``a.phases`` holds the
+    reserved bytes at the start of each phase (the benchmark's view; the engine uses :func:`peaks`)."""
+    a = caching.Allocator()
+    a.phases = []
+    handle = 0
+    for ev, marks, _ in steps(v, n_steps):
+        at = dict(marks)
+        for k, e in enumerate(ev):
+            if k in at:
+                a.phases.append((at[k], a.reserved))
+            if e >= 0:
+                handle += 1
+                a.malloc(handle, e)
+            else:
+                a.free(~e)
+    a.phases.append(("end", a.reserved))
+    return a
+
+
+@lru_cache(maxsize=4096)
+def peaks(shape: Shape) -> tuple[int, int]:
+    """``(peak reserved, peak allocated)`` bytes of the sequence's :data:`STEPS` steps, by the fast replay
+    (the same allocator rules; tests/test_training_reserve.py checks they agree with :func:`simulate`)."""
+    return caching.replay_peaks(steps(shape, STEPS))
+
+
+def reserve_bytes(*args: float) -> int:
+    """The formula function ``training_allocator_reserve``: peak reserved - peak allocated of the sequence
+    for the :class:`Shape` given positionally (bytes the allocator holds beyond the allocated peak)."""
+    if len(args) != len(Shape._fields):
+        raise TypeError(f"training_allocator_reserve takes {len(Shape._fields)} arguments "
+                        f"({', '.join(Shape._fields)}), not {len(args)}")
+    if any(x < 0 for x in args):  # sizes and counts: a negative one would read as a free
+        raise ValueError("training_allocator_reserve: a negative size or count")
+    shape = Shape(*(float(x) if isinstance(x, float) and not float(x).is_integer() else int(x) for x in args))
+    if max_events(shape) > MAX_EVENTS:  # whatever formula calls it (an override too): never a hang
+        raise ValueError(f"training_allocator_reserve: more than {MAX_EVENTS:,} allocator events to replay")
+    reserved, allocated = peaks(shape)
+    return reserved - allocated

@@ -1,0 +1,241 @@
+"""The training allocator reserve: simulated (vramplan.allocator.training replayed through the caching-allocator
+model) for the classes the sequence writes, the fitted fractions for the rest - with sequences small enough
+to follow by hand, the routing of each class, the fast replay against the reference one, and a batch of
+estimates against single ones."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import vramplan
+from vramplan import semantics
+from vramplan.allocator import caching, training
+from vramplan.many import estimate_many
+
+MiB = 1 << 20
+LLAMA32_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
+              "max_position_embeddings": 131072, "tie_word_embeddings": True}
+MIXTRAL = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
+           "max_position_embeddings": 131072, "tie_word_embeddings": False, "num_local_experts": 8,
+           "num_experts_per_tok": 2}
+PHI3_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
+             "max_position_embeddings": 4096, "tie_word_embeddings": False}
+
+#: A model whose every tensor is under 512 bytes: 1 token, hidden 8, intermediate 16, vocab 32, one layer, tied.
+TINY = dict(train_tokens=1, hidden=8, intermediate=16, vocab=32, n_layers=1, q_dim=8, kv_dim=8, method_full=1,
+            mixed_precision=0, gradient_checkpointing=0, grad_accum=1, resid_bytes=2, act_bytes=2, p_output=0,
+            moment_bytes=2, optimizer_fused_step=0, layer_saved_bytes_per_token=64, head_saved_bytes=32, lora_rank=0,
+            lora_q=0, lora_k=0, lora_v=0, lora_o=0, lora_gate=0, lora_up=0, lora_down=0)
+# Common to the tiny cases: the 69,207,040-byte workspaces open a large-pool segment of ceil(69,207,040 / 2 MiB)
+# = 34 x 2,097,152 = 71,303,168 bytes, split (the 2,096,128 rest > 1 MiB) so 69,207,040 of it is allocated; every
+# other tensor takes one 512-byte block of a single 2 MiB small-pool segment (4096 blocks, never full):
+# reserved 71,303,168 + 2,097,152 = 73,400,320, allocated 69,207,040 + 512 x (live blocks at the peak).
+RESERVED = 73_400_320
+
+
+def test_tiny_full_fine_tuning_reserve_by_hand():
+    # Full bf16, foreach AdamW: 11 parameters (embedding, q k v o gate up down, two norms, final norm). The peak is
+    # the optimizer's: 11 parameters + 11 gradients + 22 moments + 11 sqrt(v) temporaries = 55 blocks (the
+    # backward's most is 28: 11 parameters, x, 2 saved pieces of 32 bytes, g_hidden, up to 13 gradients and
+    # temporaries; step 1's backward adds the 22 moments: 50 < 55). 73,400,320 - (69,207,040 + 55 x 512)
+    # = 73,400,320 - 69,235,200 = 4,165,120.
+    shape = training.Shape(**TINY)
+    assert training.peaks(shape) == (RESERVED, 69_235_200)
+    assert semantics.FUNCTIONS["training_allocator_reserve"](*shape) == 4_165_120
+
+
+def test_tiny_gradient_accumulation_keeps_the_optimizer_peak():
+    # Two micro-batches: the second's gradients are temporaries added in place (one block at a time), so its
+    # backward holds at most 9 blocks beyond parameters, moments and gradients (tq, tk, tv, th, x, the two saved
+    # pieces, g_hidden and one gradient temporary): step 1, 11 + 22 + 11 + 9 = 53 < 55 - the same reserve.
+    shape = training.Shape(**{**TINY, "grad_accum": 2})
+    assert training.peaks(shape) == (RESERVED, 69_235_200)
+
+
+def test_tiny_lora_reserve_by_hand():
+    # LoRA rank 1 on all seven projections: 14 fp32 adapters (A and B, 32-64 bytes each), 11 frozen bf16
+    # parameters: 25 blocks after the build. Step 0's backward holds at most 25 + x, the 2 saved pieces, g_hidden,
+    # th, tq, tk, tv and the 14 adapter gradients = 47 (the q/k/v gradients are made while tq, tk, tv live);
+    # the optimizer: 25 + 14 gradients + 28 moments + 14 sqrt(v) = 81. Step 1's backward: 25 + 28 moments + 22
+    # = 75 < 81. 73,400,320 - (69,207,040 + 81 x 512) = 73,400,320 - 69,248,512 = 4,151,808.
+    lora = {**TINY, "method_full": 0, "lora_rank": 1, "moment_bytes": 4,
+            **{f"lora_{m}": 1 for m in training.LORA_MODULES}}
+    shape = training.Shape(**lora)
+    assert training.peaks(shape) == (RESERVED, 69_248_512)
+    assert semantics.FUNCTIONS["training_allocator_reserve"](*shape) == 4_151_808
+
+
+def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 26 arguments"):
+        semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
+    # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
+    with pytest.raises(ValueError, match="negative"):
+        semantics.FUNCTIONS["training_allocator_reserve"](*training.Shape(**{**TINY, "hidden": -8}))
+    assert semantics.refusal(ValueError()) == semantics.DOMAIN
+    # 1,000 layers x 1,000 micro-batches: 3 x (1,000 x (1,000 x (4 x (5 + 64 / 16) + 100) + 50) + 100,000 + 100)
+    # = 3 x (136,050,000 + 100,100) events at most > 2,000,000 - refused before anything is generated
+    with pytest.raises(ValueError, match="more than 2,000,000 allocator events"):
+        semantics.FUNCTIONS["training_allocator_reserve"](*training.Shape(**{**TINY, "n_layers": 1000, "grad_accum": 1000}))
+
+
+def _reference_peaks(chunks) -> tuple[int, int]:
+    a = caching.Allocator()
+    handle = 0
+    for ev in chunks:
+        for e in ev:
+            if e >= 0:
+                handle += 1
+                a.malloc(handle, e)
+            else:
+                a.free(~e)
+    return a.peak_reserved, a.peak_allocated
+
+
+def _as_steps(chunks):
+    """Chunks of events as training.steps yields them, each ending a step."""
+    for ev in chunks:
+        yield ev, [], True
+
+
+def test_fast_replay_matches_the_reference_allocator_on_hand_checked_and_random_sequences():
+    # The hand-checked case of test_allocator_model (MiB): 40 + 40, free the first, 24 + 24 -> 104 MiB reserved,
+    # peak allocated 40 + 24 + 24 = 88 MiB (the first 24 takes the freed 40 MiB block, its 16 MiB rest split off).
+    seq = [40 * MiB, 40 * MiB, ~1, 24 * MiB, 24 * MiB]
+    assert caching.replay_peaks(_as_steps([seq])) == _reference_peaks([seq]) == (104 * MiB, 88 * MiB)
+    rng = random.Random(16)
+    for _ in range(30):
+        live, ev, n = [], [], 0
+        for _ in range(400):
+            if live and rng.random() < 0.45:
+                ev.append(~live.pop(rng.randrange(len(live))))
+            else:
+                n += 1
+                live.append(n)
+                ev.append(rng.choice([rng.randrange(1, 4096), rng.randrange(1, 2 * MiB), rng.randrange(MiB, 64 * MiB)]))
+        chunks = [ev[:200], ev[200:]]
+        assert caching.replay_peaks(_as_steps(chunks)) == _reference_peaks(chunks)
+
+
+def test_the_fast_replay_leaves_out_steps_that_repeat_exactly():
+    # Step k allocates 30 MiB and frees it. Step 0 opens a 30 MiB segment (start: nothing; end: one free 30 MiB
+    # block); step 1 reuses it and ends where it started - step 2 would start from step 1's start: not generated.
+    generated = []
+
+    def chunks():
+        for k in range(5):
+            generated.append(k)
+            repeated = yield [30 * MiB, ~(k + 1)], [], True
+            if repeated:
+                return
+    assert caching.replay_peaks(chunks()) == (30 * MiB, 30 * MiB)
+    assert generated == [0, 1]
+
+
+def test_repeated_micro_batches_are_left_out_and_the_peaks_stay_those_of_every_event():
+    # 16 micro-batches of accumulation: the fast replay stops generating them once one leaves the state as it
+    # found it, and gets the reference allocator's peaks over all of them.
+    shape = training.Shape(**{**TINY, "grad_accum": 16, "train_tokens": 4096, "hidden": 2048, "intermediate": 8192,
+                              "vocab": 32000, "n_layers": 2, "q_dim": 2048, "kv_dim": 512,
+                              "layer_saved_bytes_per_token": 60000, "head_saved_bytes": 4096 * 2048 * 2})
+    every = sum(len(ev) for ev, _, _ in training.steps(shape))
+    a = training.simulate(shape)
+    assert training.peaks(shape) == (a.peak_reserved, a.peak_allocated)
+    sent = []
+
+    def counting():
+        gen = training.steps(shape)
+        chunk = next(gen)
+        while True:
+            sent.append(len(chunk[0]))
+            repeated = yield chunk
+            try:
+                chunk = gen.send(repeated)
+            except StopIteration:
+                return
+    caching.replay_peaks(counting())
+    assert sum(sent) < every / 2
+
+
+def values(resp: dict) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for step in resp["trace"]:
+        for name, value in step["inputs"].items():
+            out.setdefault(name, value)
+        out[step["id"]] = step["value"]
+    return out
+
+
+def train(config: dict, **kw) -> tuple[dict, dict[str, float]]:
+    kw.setdefault("optimization_config", {"gradient_checkpointing": False})
+    body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": config, "trace": True, "batch_size": 2,
+            "seq_length": 512, **kw}
+    resp = vramplan.estimate_finetuning(body)
+    return resp, values(resp)
+
+
+COVERED = {
+    "full bf16": dict(finetuning_method="full", precision="bf16"),
+    "full fp32 mixed": dict(finetuning_method="full", precision="fp32"),
+    "lora": dict(finetuning_method="lora", lora_rank=16),
+    "adamw 8-bit": dict(finetuning_method="full", optimizer="adamw_8bit"),
+    "checkpointing": dict(finetuning_method="full", optimization_config={"gradient_checkpointing": True}),
+    "accumulation": dict(finetuning_method="lora", gradient_accumulation_steps=2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COVERED))
+def test_covered_classes_take_the_simulated_reserve(case):
+    resp, v = train(LLAMA32_1B, **COVERED[case])
+    assert v["train_reserve_simulated"] == 1
+    simulated = training.reserve_bytes(*training.Shape.of(v))
+    assert v["allocator_reserve_bytes"] == v["train_reserve_simulated_bytes"] == simulated > 0
+    assert any(a.startswith("allocator reserve: simulated") for a in resp["assumptions"])
+
+
+UNCOVERED = {
+    "qlora": (LLAMA32_1B, dict(finetuning_method="qlora")),
+    "moe": (MIXTRAL, dict(finetuning_method="lora")),
+    "fused projections": (PHI3_MINI, dict(finetuning_method="lora")),
+    "paged optimizer": (LLAMA32_1B, dict(finetuning_method="full", optimizer="paged_adamw_8bit")),
+    "zero on two gpus": (LLAMA32_1B, dict(finetuning_method="full", num_gpus=2,
+                                          optimization_config={"gradient_checkpointing": False, "zero_stage": 2})),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNCOVERED))
+def test_uncovered_classes_keep_the_fitted_fractions(case):
+    config, kw = UNCOVERED[case]
+    resp, v = train(config, **kw)
+    assert v["train_reserve_simulated"] == 0 and v["train_reserve_simulated_bytes"] == 0
+    # 0.25 x the loss's logit bytes + 0.75 x the gradients (catalogs/runtimes/runtimes.yaml)
+    assert v["allocator_reserve_bytes"] == pytest.approx(0.25 * v["train_logits_bytes"] + 0.75 * v["grads_bytes"])
+    assert any(a.startswith("allocator reserve: fitted fractions") for a in resp["assumptions"])
+
+
+def test_a_batch_of_estimates_gives_what_single_estimates_give():
+    # Rows differing in batch size (new shapes: the function runs row by row) and in the method (covered and not).
+    bodies = [{"gpu_key": "h200", "llm_key": "custom", "custom_model": LLAMA32_1B, "batch_size": b, "seq_length": 1024,
+               "finetuning_method": m, "optimization_config": {"gradient_checkpointing": gc}}
+              for b in (1, 3, 4) for m in ("full", "lora", "qlora") for gc in (False, True)]
+    many = estimate_many(bodies, "finetuning")
+    for body, got in zip(bodies, many):
+        one = vramplan.estimate_finetuning(dict(body))
+        assert got["vram_usage"] == one["vram_usage"]
+        assert got["memory_breakdown"] == one["memory_breakdown"]
+
+
+def test_a_sequence_too_long_to_replay_keeps_the_fractions():
+    # hidden 8 with intermediate 65,536: the layer saves ~4 x 65,536 x 2 bytes per token beyond the tokens x
+    # intermediate pieces' four, i.e. tens of thousands of tokens x hidden pieces per layer: 3 x 16 layers x
+    # 4 x (5 + saved / 16) events is far beyond 2,000,000 - not replayed (an estimate must not hang).
+    config = {**LLAMA32_1B, "hidden_size": 8, "num_attention_heads": 1, "num_key_value_heads": 1, "head_dim": 8,
+              "intermediate_size": 65536}
+    resp, v = train(config, finetuning_method="full")
+    assert v["train_reserve_sequence_events"] > 2_000_000
+    assert v["train_reserve_simulated"] == 0
+    assert v["allocator_reserve_bytes"] == pytest.approx(0.25 * v["train_logits_bytes"] + 0.75 * v["grads_bytes"])
