@@ -295,6 +295,9 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         if v["train_reserve_simulated"]:
             out.append("allocator reserve: simulated - this run's allocation sequence replayed through PyTorch's "
                        "caching-allocator rules (formulas/memory/runtime_overhead.yaml train_reserve_simulated_bytes)")
+        elif s["rt_train_reserve_simulation"] != 1:
+            out.append("allocator reserve: fitted fractions of the logit and gradient blocks - runtime_settings "
+                       "train_reserve_simulation is 0")
         else:
             out.append("allocator reserve: fitted fractions of the logit and gradient blocks - the simulated "
                        "sequence does not cover this run (QLoRA, MoE, fused projections, several GPUs, offloading, "

@@ -239,3 +239,26 @@ def test_a_sequence_too_long_to_replay_keeps_the_fractions():
     assert v["train_reserve_sequence_events"] > 2_000_000
     assert v["train_reserve_simulated"] == 0
     assert v["allocator_reserve_bytes"] == pytest.approx(0.25 * v["train_logits_bytes"] + 0.75 * v["grads_bytes"])
+
+
+def test_runtime_settings_can_turn_the_simulation_off_for_fast_sweeps():
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.2-1b", "finetuning_method": "full", "batch_size": 4, "seq_length": 1024}
+    slow = vramplan.estimate_finetuning(body)
+    fast = vramplan.estimate_finetuning({**body, "runtime_settings": {"train_reserve_simulation": 0}})
+    assert any(a.startswith("allocator reserve: simulated") for a in slow["assumptions"])
+    assert "allocator reserve: fitted fractions of the logit and gradient blocks - runtime_settings " \
+           "train_reserve_simulation is 0" in fast["assumptions"]
+    assert fast["vram_usage"] != slow["vram_usage"]
+
+
+def test_a_fine_tuning_search_guided_by_the_fitted_reserve_answers_with_the_simulated_one():
+    # the planner brackets the fitted-reserve boundary first; the answer must still be the simulated estimate's:
+    # it fits at the answer and not one above (and the fitted reserve alone would answer otherwise here)
+    body = {"gpu_key": "l40s", "llm_key": "llama-3.2-1b", "finetuning_method": "full", "batch_size": 1, "seq_length": 2048}
+    answer = vramplan.plan({**body, "workload": "finetuning", "find": ["max_batch_size"]})["max_batch_size"]["value"]
+    at = vramplan.estimate_finetuning({**body, "batch_size": answer})
+    above = vramplan.estimate_finetuning({**body, "batch_size": answer + 1})
+    assert at["memory_status"] != "insufficient" and above["memory_status"] == "insufficient"
+    fitted = vramplan.plan({**body, "workload": "finetuning", "find": ["max_batch_size"],
+                            "runtime_settings": {"train_reserve_simulation": 0}})["max_batch_size"]["value"]
+    assert fitted != answer
