@@ -124,8 +124,14 @@ def transformers_rows(cases: list[dict], prefix: str, gpu_key: str) -> list[Row]
         label = "inference" if workload == "inference" else "fine-tuning"
         rows.append(Row(f"{prefix} {label} vram", cid, m["nvidia_smi_peak_bytes"] / GIB, resp["vram_usage"]))
         if m.get("weights_bytes"):
-            # the run's weights_bytes is memory_allocated after building the model: cuBLAS/cuBLASLt workspaces too
-            est = v["weights_gpu_bytes"] + v["rt_library_workspace_mib"] * MIB
+            # the run's weights_bytes is memory_allocated after building the model: cuBLAS/cuBLASLt workspaces too,
+            # as many as that torch had created by then; runs that record what was allocated before the model
+            # (pre_model_allocated_bytes) are compared on the model's own tensors
+            if m.get("pre_model_allocated_bytes") is not None:
+                m = {**m, "weights_bytes": m["weights_bytes"] - m["pre_model_allocated_bytes"]}
+                est = v["weights_gpu_bytes"]
+            else:
+                est = v["weights_gpu_bytes"] + v["rt_library_workspace_mib"] * MIB
             if workload == "finetuning":
                 est += v.get("lora_adapter_bytes", 0)
             rows.append(Row(f"{prefix} weights", cid, m["weights_bytes"] / GIB, est / GIB))

@@ -238,6 +238,9 @@ def run_case(name: str) -> dict:
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "int8": "int8"}[st["weights_dtype"]]
     attn = "eager" if st.get("attention") == "eager" else "sdpa"
     m: dict = {}
+    # what the allocator holds before any model (the warm-up's cuBLAS workspace): weights_bytes - this is the
+    # model's own tensors, whichever workspaces this torch has created by then (docs/FIDELITY.md)
+    m["pre_model_allocated_bytes"] = torch.cuda.memory_allocated()
     model = _build(cfg, dtype, attn, dev, torch, m)
     params = sum(p.numel() for p in model.parameters())
     vocab = cfg["vocab_size"]

@@ -1,0 +1,41 @@
+"""benchmarks/fidelity.py's weights comparison: a run's weights_bytes is memory_allocated() once the model is
+built, so it holds the cuBLAS workspaces that torch had created by then; runs that also record what was
+allocated before the model are compared on the model's own tensors."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("fidelity", ROOT / "benchmarks" / "fidelity.py")
+fidelity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fidelity)
+
+MIB = 1024 ** 2
+
+
+def _case() -> dict:
+    # the first inference run of the 2026-11-26 session (SmolLM2 1.7B bf16): weights_bytes 3,456,308,736 =
+    # 1,711,376,384 parameters x 2 bytes + 33,555,968 (one 32 MiB workspace and 1,536 bytes more)
+    for line in (ROOT / "benchmarks" / "measured" / "h200-2026-11-26.jsonl").read_text().splitlines():
+        case = json.loads(line)
+        if case["workload"] == "inference":
+            return case
+    raise AssertionError("no inference run in the session file")
+
+
+def test_weights_with_the_workspaces_of_the_reading_or_the_models_own_tensors():
+    case = _case()
+    (old,) = [r for r in fidelity.transformers_rows([case], "x", "h200") if r.group == "x weights"]
+    # no record of what came before the model: the estimate adds the profile's 66 MiB of workspaces
+    params_bytes = case["measured"]["params"] * 2
+    assert abs(old.estimate * 2 ** 30 - (params_bytes + 66 * MIB)) < 2 * MIB
+    # with it (here: the 32 MiB workspace and 1 MiB more), the model's own tensors on both sides
+    newer = copy.deepcopy(case)
+    newer["measured"]["pre_model_allocated_bytes"] = 33 * MIB
+    (new,) = [r for r in fidelity.transformers_rows([newer], "x", "h200") if r.group == "x weights"]
+    assert new.measured * 2 ** 30 == case["measured"]["weights_bytes"] - 33 * MIB
+    assert abs(new.estimate * 2 ** 30 - params_bytes) < 2 * MIB
