@@ -11,34 +11,17 @@ import pytest
 import vramplan
 from vramplan.errors import RequestError
 
+from model_configs import LLAMA32_1B, MIXTRAL, PHI3_MINI
+from model_configs import trace_values as values
+
 LLAMA3_8B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,
              "max_position_embeddings": 8192, "tie_word_embeddings": False}
-LLAMA32_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-              "max_position_embeddings": 131072, "tie_word_embeddings": True}
 GEMMA2_9B = {"model_type": "gemma2", "hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
              "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000,
              "max_position_embeddings": 8192, "tie_word_embeddings": True, "sliding_window": 4096,
              "query_pre_attn_scalar": 256,
              "layer_types": ["sliding_attention", "full_attention"] * 21}
-MIXTRAL = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
-           "max_position_embeddings": 131072, "tie_word_embeddings": False, "num_local_experts": 8,
-           "num_experts_per_tok": 2}
-PHI3_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
-             "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
-             "max_position_embeddings": 4096, "tie_word_embeddings": False}
-
-
-def values(resp: dict) -> dict[str, float]:
-    """Every traced formula's value and every scenario input a formula read."""
-    out: dict[str, float] = {}
-    for step in resp["trace"]:
-        for name, value in step["inputs"].items():
-            out.setdefault(name, value)
-        out[step["id"]] = step["value"]
-    return out
 
 
 def infer(config: dict, **kw) -> dict[str, float]:

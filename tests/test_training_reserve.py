@@ -14,17 +14,10 @@ from vramplan import semantics
 from vramplan.allocator import caching, training
 from vramplan.many import estimate_many
 
+from model_configs import LLAMA32_1B, MIXTRAL, PHI3_MINI
+from model_configs import trace_values as values
+
 MiB = 1 << 20
-LLAMA32_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
-              "max_position_embeddings": 131072, "tie_word_embeddings": True}
-MIXTRAL = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
-           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 32000,
-           "max_position_embeddings": 131072, "tie_word_embeddings": False, "num_local_experts": 8,
-           "num_experts_per_tok": 2}
-PHI3_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
-             "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
-             "max_position_embeddings": 4096, "tie_word_embeddings": False}
 
 #: A model whose every tensor is under 512 bytes: 1 token, hidden 8, intermediate 16, vocab 32, one layer, tied.
 TINY = dict(train_tokens=1, hidden=8, intermediate=16, vocab=32, n_layers=1, q_dim=8, kv_dim=8, method_full=1,
@@ -159,15 +152,6 @@ def test_repeated_micro_batches_are_left_out_and_the_peaks_stay_those_of_every_e
                 return
     caching.replay_peaks(counting())
     assert sum(sent) < every / 2
-
-
-def values(resp: dict) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for step in resp["trace"]:
-        for name, value in step["inputs"].items():
-            out.setdefault(name, value)
-        out[step["id"]] = step["value"]
-    return out
 
 
 def train(config: dict, **kw) -> tuple[dict, dict[str, float]]:
