@@ -26,7 +26,7 @@ from .datafiles import field_name, schema_problems
 from .errors import RequestError, VramplanError
 from .many import estimate_many
 from .pipeline import Outcome
-from .planner import catalog_gpus, estimator, guided_probe, loaded_formats
+from .planner import catalog_gpus, estimator, loaded_formats
 from .search import Probe, capacity_gib, search_max
 from .verdict import fits
 
@@ -148,7 +148,7 @@ def curve(done: Outcome, catalog: Catalog) -> dict[str, Any]:
     res, workload, capacity = done.resolved, done.workload, float(done.resolved.gpu_memory_gib)
     model_max = res.arch.max_position_embeddings or max(res.request["seq_length"], 32768)
     base = {k: v for k, v in done.body.items() if k != "trace"}
-    probe = guided_probe(base, workload, "seq_length", capacity, 0.0, None, catalog)
+    probe = Probe(estimator(workload, catalog), base, "seq_length", capacity, 0.0)
     points = []
     for x in context_lengths(int(model_max), int(res.request["seq_length"])):
         out = probe.estimate(x)

@@ -78,24 +78,10 @@ def estimator(workload: str, catalog: Catalog) -> Callable[[dict[str, Any]], dic
     return lambda body: estimate(body, workload, catalog)
 
 
-#: The runtime setting a fine-tuning search's guide turns off (catalogs/runtime_constants/engine.yaml).
-RESERVE_SIMULATION = "train_reserve_simulation"
-
-
-def guided_probe(body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float,
-                 slo: dict[str, float] | None, catalog: Catalog) -> Probe:
-    """A :class:`~vramplan.search.Probe` of ``field`` that estimates as the API answers. A fine-tuning probe is
-    guided by the same estimates with the fitted allocator reserve (runtime_settings train_reserve_simulation 0,
-    under a microsecond where the simulated reserve of a new shape costs milliseconds): the search brackets
-    the guide's boundary first and the simulated estimates decide the answer near it. A request that sets the
-    option itself is searched as it asks."""
-    run = estimator(workload, catalog)
-    settings = body.get("runtime_settings")
-    guide = None
-    if workload == "finetuning" and (settings is None or (isinstance(settings, dict) and RESERVE_SIMULATION not in settings)):
-        fast = {**body, "runtime_settings": {**(settings or {}), RESERVE_SIMULATION: 0}}
-        guide = Probe(run, fast, field, capacity, headroom, slo)
-    return Probe(run, body, field, capacity, headroom, slo, guide)
+def _probe(body: dict[str, Any], workload: str, field: str, capacity: float, headroom: float,
+           slo: dict[str, float] | None, catalog: Catalog) -> Probe:
+    """A :class:`~vramplan.search.Probe` of ``field`` that estimates as the API answers."""
+    return Probe(estimator(workload, catalog), body, field, capacity, headroom, slo)
 
 
 def _why_not(out: dict[str, Any] | RequestError, field: str, value: float, capacity: float, headroom: float,
@@ -143,7 +129,7 @@ def _numeric(question: str, body: dict[str, Any], workload: str, ctx: dict[str, 
         n = model_context(body, cat)
         if n:
             cap, limited_by = min(cap, n), f"the model's context length ({n} tokens)"
-    probe = guided_probe(body, workload, field, capacity, headroom, slo, cat)
+    probe = _probe(body, workload, field, capacity, headroom, slo, cat)
     if question == "min_num_gpus":
         value = search_min(probe, 1, cap)
         if value is None:

@@ -5,11 +5,6 @@ Memory grows with context, batch and users and shrinks with more GPUs or offload
 it fit at this value?" is a monotone predicate; :func:`search_max` and :func:`search_min` gallop
 from a start value (doubling or halving, about log2 steps) to bracket the boundary, then bisect.
 
-A probe may carry a *guide*: a cheaper probe over the same field whose boundary lies near its own (a
-fine-tuning estimate with the fitted allocator reserve instead of the simulated one). The search then
-finds the guide's boundary first and brackets the probe's own from there with small steps, so the costly
-estimates are a handful near the answer; the answer is the probe's own, found exactly as without a guide.
-
 A :class:`Probe` is given the estimator it calls — the bare pipeline for the auto-offload search
 (:mod:`vramplan.answer`), an estimate as the API answers it for the planner — so this module sits
 above nothing it could call back.
@@ -39,9 +34,9 @@ class Probe:
     :class:`RequestError`, e.g. micro_batch_size > batch_size) is remembered as the error."""
 
     def __init__(self, run: Callable[[dict[str, Any]], dict[str, Any]], body: dict[str, Any], field: str,
-                 capacity: float, headroom: float, slo: dict[str, float] | None = None, guide: Probe | None = None):
+                 capacity: float, headroom: float, slo: dict[str, float] | None = None):
         self.body, self.field, self.capacity, self.headroom, self.slo = body, field, capacity, headroom, slo
-        self.run, self.guide = run, guide
+        self.run = run
         self.seen: dict[int, dict[str, Any] | RequestError] = {}
 
     def estimate(self, value: int) -> dict[str, Any] | RequestError:
@@ -64,9 +59,6 @@ class Probe:
 def search_max(probe: Probe, start: int, lo_bound: int, cap: int) -> int | None:
     """Largest value in [lo_bound, cap] that fits, for a predicate true below a boundary; None if none."""
     start = min(max(start, lo_bound), cap)
-    if getattr(probe, "guide", None) is not None:
-        near = search_max(probe.guide, start, lo_bound, cap)
-        return _near_max(probe, near if near is not None else lo_bound, lo_bound, cap)
     if probe.fits(start):
         lo, hi = start, None
         while hi is None:
@@ -92,9 +84,6 @@ def search_max(probe: Probe, start: int, lo_bound: int, cap: int) -> int | None:
 
 def search_min(probe: Probe, lo_bound: int, cap: int) -> int | None:
     """Smallest value in [lo_bound, cap] that fits, for a predicate true above a boundary; None if none."""
-    if getattr(probe, "guide", None) is not None:
-        near = search_min(probe.guide, lo_bound, cap)
-        return _near_min(probe, near if near is not None else cap, lo_bound, cap)
     if probe.fits(lo_bound):
         return lo_bound
     lo, hi = lo_bound, None  # lo does not fit
@@ -107,55 +96,6 @@ def search_min(probe: Probe, lo_bound: int, cap: int) -> int | None:
         else:
             lo = nxt
     return _bisect(probe, hi, lo)
-
-
-def _step(value: int) -> int:
-    """The first step away from a guide's boundary: 1/32 of it (at least 1), doubling while it holds."""
-    return max(value // 32, 1)
-
-
-def _near_max(probe: Probe, near: int, lo_bound: int, cap: int) -> int | None:
-    """``search_max``'s answer, bracketed from ``near`` (a guide's boundary) outwards in doubling steps."""
-    step = _step(near)
-    if probe.fits(near):
-        lo = near
-        while True:
-            if lo == cap:
-                return cap
-            nxt = min(lo + step, cap)
-            if not probe.fits(nxt):
-                return _bisect(probe, lo, nxt)
-            lo, step = nxt, step * 2
-    hi = near
-    while True:
-        if hi == lo_bound:
-            return None
-        nxt = max(hi - step, lo_bound)
-        if probe.fits(nxt):
-            return _bisect(probe, nxt, hi)
-        hi, step = nxt, step * 2
-
-
-def _near_min(probe: Probe, near: int, lo_bound: int, cap: int) -> int | None:
-    """``search_min``'s answer, bracketed from ``near`` (a guide's boundary) outwards in doubling steps."""
-    step = _step(near)
-    if probe.fits(near):
-        hi = near
-        while True:
-            if hi == lo_bound:
-                return lo_bound
-            nxt = max(hi - step, lo_bound)
-            if not probe.fits(nxt):
-                return _bisect(probe, hi, nxt)
-            hi, step = nxt, step * 2
-    lo = near
-    while True:
-        if lo >= cap:
-            return None
-        nxt = min(lo + step, cap)
-        if probe.fits(nxt):
-            return _bisect(probe, nxt, lo)
-        lo, step = nxt, step * 2
 
 
 def _bisect(probe: Probe, good: int, bad: int) -> int:

@@ -416,9 +416,9 @@ class _Search:
         most = int(req["batch_size"]) // per_step
         if most <= accum:
             return None
-        from .planner import guided_probe
-        probe = guided_probe(self.body, "finetuning", "gradient_accumulation_steps", self.capacity, self.headroom, None,
-                             self.cat)
+        from .planner import estimator
+        probe = Probe(estimator("finetuning", self.cat), self.body, "gradient_accumulation_steps", self.capacity,
+                      self.headroom)
         n = search_min(probe, accum + 1, most)
         if n is None:
             return None
