@@ -328,4 +328,9 @@ def test_cheap_estimates_stay_inline_and_heavy_ones_go_to_the_pool():
     assert not _cheap("estimate_inference", ({**SEED_INFERENCE_REQUEST, "llm_key": "custom", "custom_model": {}},))
     assert not _cheap("estimate_inference", ({**SEED_INFERENCE_REQUEST, "enable_offloading": True},))
     assert _cheap("estimate_inference", ({**SEED_INFERENCE_REQUEST, "enable_offloading": True, "num_offload_layers": 4},))
+    # a fine-tuning estimate may replay its training run through the allocator model: off the event loop,
+    # unless the request takes the fitted reserve
+    tuning = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "finetuning_method": "lora", "batch_size": 4}
+    assert not _cheap("estimate_finetuning", (tuning,))
+    assert _cheap("estimate_finetuning", ({**tuning, "runtime_settings": {"train_reserve_simulation": 0}},))
     assert not _cheap("plan", ({},))

@@ -165,7 +165,13 @@ def _cheap(fn_name: str, args: tuple) -> bool:
         return True
     auto_offload = body.get("enable_offloading") and body.get("num_offload_layers") is None \
         and body.get("percentage_offload") is None
-    return body.get("llm_key") != "custom" and "custom_model" not in body and not auto_offload and not body.get("trace")
+    settings = body.get("runtime_settings")
+    # a fine-tuning estimate may replay its training run through the allocator model (engine/allocator):
+    # milliseconds to a few hundred for a shape not seen before - not for the event loop
+    simulates = fn_name == "estimate_finetuning" and not (isinstance(settings, dict)
+                                                         and settings.get("train_reserve_simulation") == 0)
+    return (body.get("llm_key") != "custom" and "custom_model" not in body and not auto_offload
+            and not body.get("trace") and not simulates)
 
 
 async def run_engine(fn, *args, **kwargs):
