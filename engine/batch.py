@@ -413,13 +413,30 @@ def _shared(f: Formula, values: dict[str, Any], result: BatchResult, index: int)
     return value
 
 
+def _gate(tree: ast.AST) -> tuple[str, float] | None:
+    """``(flag, value)`` for an expression ``<anything> if flag else <number>``: the rows whose flag is 0 take the
+    number without evaluating the rest (the simulated training reserve is such a formula, 0 for inference)."""
+    body = tree.body if isinstance(tree, ast.Expression) else tree
+    if (isinstance(body, ast.IfExp) and isinstance(body.test, ast.Name) and isinstance(body.orelse, ast.Constant)
+            and isinstance(body.orelse.value, (int, float)) and not isinstance(body.orelse.value, bool)):
+        return body.test.id, float(body.orelse.value)
+    return None
+
+
 def _row_by_row(f: Formula, values: dict[str, Any], result: BatchResult, index: int) -> np.ndarray:
-    """A formula with no numpy form: each live row through its closure."""
+    """A formula with no numpy form: each live row through its closure (only the rows that need it, where the
+    formula is gated by a flag: :func:`_gate`)."""
     columns = {name: (values[name].tolist() if isinstance(values[name], np.ndarray) else values[name]) for name in f.inputs}
     arrays = [name for name in f.inputs if isinstance(values[name], np.ndarray)]
     out = np.zeros(result.n, dtype=np.float64)
     env = dict(columns)
-    for row in np.flatnonzero(result.refused_by < 0).tolist():
+    live = np.flatnonzero(result.refused_by < 0)
+    gate = _gate(f.tree)
+    if gate is not None:
+        flag = np.broadcast_to(np.asarray(values[gate[0]], dtype=np.float64), (result.n,))[live]
+        out[live[flag == 0]] = gate[1]
+        live = live[flag != 0]
+    for row in live.tolist():
         for name in arrays:
             env[name] = columns[name][row]
         value, reason = _checked(f, env)

@@ -129,3 +129,23 @@ def test_a_function_without_a_numpy_form_runs_row_by_row(monkeypatch):
     result = evaluate_batch(fs, {"a": np.array([3.0, 5.0]), "b": np.array([4.0, 12.0]), "c": np.array([1.0, 0.0])}, 2, ["f"])
     assert result.row(0, ["f"])["f"] == 5.0  # sqrt(9 + 16)
     assert str(result.error(1)) == "formula f (random.yaml): division by zero"
+
+
+def test_a_row_by_row_formula_gated_by_a_flag_runs_only_where_the_flag_is_set(monkeypatch):
+    # `hypot(a, b) if c else 7`: the rows with c = 0 take 7 without calling the function (an inference sweep does
+    # not replay a training run); the others as one at a time would - sqrt(9 + 16) = 5, sqrt(25 + 144) = 13.
+    calls = []
+
+    def hypot(x, y):
+        calls.append((x, y))
+        return math.hypot(x, y)
+
+    monkeypatch.setitem(semantics.FUNCTIONS, "hypot", hypot)
+    fs = formula_set("hypot(a, b) if c else 7")
+    cols = {"a": np.array([3.0, 1.0, 5.0]), "b": np.array([4.0, 1.0, 12.0]), "c": np.array([1, 0, 1])}
+    result = evaluate_batch(fs, cols, 3, ["f"])
+    assert result.values["f"].tolist() == [5.0, 7.0, 13.0]
+    assert calls == [(3.0, 4.0), (5.0, 12.0)]
+    calls.clear()
+    shared_off = evaluate_batch(fs, {**cols, "c": 0}, 3, ["f"])
+    assert shared_off.values["f"].tolist() == [7.0, 7.0, 7.0] and calls == []
