@@ -41,6 +41,7 @@ from pathlib import Path
 import yaml
 
 import vramplan
+from vramplan.estimate import trace_values
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -55,16 +56,6 @@ KV_TYPES = {"f16": "fp16", "bf16": "bf16", "f32": "fp32", "q8_0": "q8_0", "q4_0"
             "q5_0": "q5_0", "q5_1": "q5_1", "iq4_nl": "iq4_nl"}
 # llama.cpp file types as printed, by vramplan quantization keys.
 GGUF_TYPES = {"Q4_0": "q4_0", "Q5_K_S": "q5_k_s", "Q4_K_M": "q4_k_m", "Q8_0": "q8_0", "F16": "fp16"}
-
-
-def trace_values(resp: dict) -> dict[str, float]:
-    """Every evaluated formula's value by id, and every scenario input a formula read."""
-    out: dict[str, float] = {}
-    for step in resp.get("trace", []):
-        for name, value in step.get("inputs", {}).items():
-            out.setdefault(name, value)
-        out[step["id"]] = step["value"]
-    return out
 
 
 class Row:

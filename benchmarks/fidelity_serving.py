@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 import vramplan
+from vramplan.estimate import trace_values
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CAL = HERE.parent.parent / "shared" / "calibration"
@@ -164,7 +165,7 @@ def trtllm_bench_settings(body: dict[str, Any], tp: int, pp: int) -> tuple[int, 
     model = next(m for m in vramplan.list_models() if m["key"] == body["llm_key"])
     gpu = next(g for g in vramplan.list_gpus() if g["key"] == body["gpu_key"])
     probe = {k: v for k, v in body.items() if k not in ("runtime_settings",)} | {"trace": True}
-    trace = {s["id"]: s.get("value") for s in vramplan.estimate_inference(probe)["trace"] if isinstance(s, dict) and "id" in s}
+    trace = trace_values(vramplan.estimate_inference(probe))
     kv_heads = model["num_key_value_heads"]
     # kv_bytes_per_token_layer = 2 x kv_heads x head_dim x KV bytes (the model's, before any split)
     byte_per_token = trace["kv_bytes_per_token_layer"] * model["num_layers"] * max(tp, kv_heads) / kv_heads / 2**30
@@ -198,14 +199,12 @@ def bandwidth_bound(body: dict[str, Any]) -> tuple[float, int, float] | None:
     context at the GPU's peak bandwidth. No run can exceed it; None for pipelines (micro-batches)."""
     probe = dict(body, trace=True, runtime_settings={**body.get("runtime_settings", {}),
                                                      "gpu_memory_utilization": BOUND_MEMORY_FRACTION})
-    steps = [s for s in vramplan.estimate_inference(probe)["trace"] if isinstance(s, dict) and "id" in s]
-    value = {s["id"]: s.get("value") for s in steps}
-    given = {k: v for s in steps for k, v in (s.get("inputs") or {}).items()}
-    if given.get("pp", 1) != 1 or not value.get("srv_max_running"):
+    v = trace_values(vramplan.estimate_inference(probe))
+    if v.get("pp", 1) != 1 or not v.get("srv_max_running"):
         return None
-    n = int(value["srv_max_running"])
-    bw = float(given["gpu_bw_gb_s"])
-    round_s = (value["decode_weight_bytes"] + n * value["decode_kv_seq_bytes"]) / (bw * 1e9)
+    n = int(v["srv_max_running"])
+    bw = float(v["gpu_bw_gb_s"])
+    round_s = (v["decode_weight_bytes"] + n * v["decode_kv_seq_bytes"]) / (bw * 1e9)
     return n / round_s, n, bw
 
 

@@ -33,6 +33,7 @@ import time
 import vramplan
 from vramplan.catalog import get_catalog
 from vramplan.cli.sweep import Writer
+from vramplan.estimate import trace_values
 from vramplan.many import estimate_many
 from vramplan.sweep import Axis, Sweep
 
@@ -149,12 +150,7 @@ def training_reserve(rounds: int = 5) -> None:
 
     for label, req in RESERVE_SHAPES.items():
         body = {"gpu_key": "h200", "trace": True, **req}
-        steps = vramplan.estimate_finetuning(dict(body))["trace"]
-        v = {}
-        for step in steps:
-            for name, value in step["inputs"].items():
-                v.setdefault(name, value)
-            v[step["id"]] = step["value"]
+        v = trace_values(vramplan.estimate_finetuning(dict(body)))
         if not v.get("train_reserve_simulated"):
             print(f"{label:<50} not simulated (fitted fractions)")
             continue

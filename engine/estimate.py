@@ -26,6 +26,17 @@ def response_targets(components: Iterable[Any], workload: str) -> tuple[str, ...
     """Every formula value a response reads: each memory component's output, then :data:`OUTPUTS`."""
     return tuple(c.output for c in components) + OUTPUTS[workload]
 
+def trace_values(response: Mapping[str, Any]) -> dict[str, Any]:
+    """A traced response's figures by name (``trace: true``): every evaluated formula's value, and every scenario
+    input a formula read."""
+    out: dict[str, Any] = {}
+    for step in response.get("trace") or []:
+        for name, value in (step.get("inputs") or {}).items():
+            out.setdefault(name, value)
+        out[step["id"]] = step["value"]
+    return out
+
+
 #: What srv_limited_code means (formulas/performance/serving.yaml).
 LIMITED_BY = {1: "kv_cache", 2: "max_num_batched_tokens", 3: "max_num_seqs", 4: "batch_size", 5: "arrival_rate",
               6: "compute", 7: "memory_bandwidth", 8: "overhead"}
@@ -301,7 +312,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         else:
             out.append("allocator reserve: fitted fractions of the logit and gradient blocks - the simulated "
                        "sequence does not cover this run (QLoRA, MoE, fused projections, several GPUs, offloading, "
-                       "or an optimizer other than AdamW)")
+                       "an optimizer other than AdamW, or more allocator events than a replay takes)")
     out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
     return out
 

@@ -1,5 +1,4 @@
-"""config.json dicts of real models the tests build custom requests from (each as its Hub config has it), and
-the reading of a traced response the mechanism tests share."""
+"""config.json dicts of real models the tests build custom requests from (each as its Hub config has it)."""
 
 LLAMA32_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
               "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256,
@@ -12,12 +11,3 @@ PHI3_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 819
              "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
              "max_position_embeddings": 4096, "tie_word_embeddings": False}
 
-
-def trace_values(resp: dict) -> dict[str, float]:
-    """Every traced formula's value and every scenario input a formula read."""
-    out: dict[str, float] = {}
-    for step in resp["trace"]:
-        for name, value in step["inputs"].items():
-            out.setdefault(name, value)
-        out[step["id"]] = step["value"]
-    return out

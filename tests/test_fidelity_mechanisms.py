@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 
 import vramplan
+from vramplan.estimate import trace_values as values
 from vramplan.errors import RequestError
 
 from model_configs import LLAMA32_1B, MIXTRAL, PHI3_MINI
-from model_configs import trace_values as values
 
 LLAMA3_8B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
              "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 128256,

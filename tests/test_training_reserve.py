@@ -10,12 +10,12 @@ import random
 import pytest
 
 import vramplan
+from vramplan.estimate import trace_values as values
 from vramplan import semantics
 from vramplan.allocator import caching, training
 from vramplan.many import estimate_many
 
 from model_configs import LLAMA32_1B, MIXTRAL, PHI3_MINI
-from model_configs import trace_values as values
 
 MiB = 1 << 20
 
