@@ -328,3 +328,17 @@ def test_vllm_v0_host_work_grows_each_round_with_the_running_sequences():
     assert t0["srv_round_op_s"] - t1["srv_round_op_s"] == pytest.approx(64 * 100e-6, rel=1e-9)
     assert v0["serving"]["itl_ms"] - v1["serving"]["itl_ms"] == pytest.approx(6.4, abs=0.011)
     assert v0["serving"]["output_throughput_tps"] < v1["serving"]["output_throughput_tps"]
+
+
+def test_nvfp4_gemms_run_at_their_kernels_rate_not_the_fp4_peak():
+    """NVFP4 GEMMs reach ~2.13x the 16-bit GEMM rate (vLLM PR #20646 on B200), not the 4x of the peaks: on a B200
+    (bf16 2,250, fp4 9,000 TFLOP/s dense) the matmuls run at min(9000, 2.13 x 2250) = 4,792.5; FP8 keeps its peak."""
+    def tflops(quant: str) -> float:
+        res = resolve(CAT, validate({**BASE, "gpu_key": "b200", "quantization": quant}, "inference"), "inference")
+        return build(res)["gpu_tflops"]
+    assert tflops("nvfp4") == pytest.approx(2.13 * 2250)
+    assert tflops("fp8") == pytest.approx(4500)
+    assert tflops("bf16") == pytest.approx(2250)
+    # a GPU without an FP4 rate computes NVFP4 at its 16-bit rate, as before (the H100: 989.4)
+    res = resolve(CAT, validate({**BASE, "quantization": "nvfp4", "runtime": "transformers"}, "inference"), "inference")
+    assert build(res)["gpu_tflops"] == pytest.approx(989.4)
