@@ -58,7 +58,7 @@ MODELS = {
     "meta-llama/Llama-3.1-8B-Instruct": "llama-3.1-8b-instruct", "meta-llama/Meta-Llama-3.1-8B-Instruct": "llama-3.1-8b-instruct",
     "nvidia/Llama-3.1-8B-Instruct-FP8": "llama-3.1-8b-instruct", "meta-llama/Llama-3.1-70B-Instruct": "llama-3.1-70b-instruct",
     "nvidia/Llama-3.3-70B-Instruct-FP8": "llama-3.3-70b-instruct", "nvidia/Llama-3.3-70B-Instruct-FP4": "llama-3.3-70b-instruct",
-    "meta-llama/Llama-3.1-405B-FP8": "llama-3.1-405b", "meta-llama/Llama-3.1-405B-Instruct": "llama-3.1-405b-instruct",
+    "meta-llama/Llama-3.1-405B-FP8": "llama-3.1-405b-fp8", "meta-llama/Llama-3.1-405B-Instruct": "llama-3.1-405b-instruct",
     "amd/Llama-3.1-405B-Instruct-FP8-KV": "llama-3.1-405b-instruct", "nvidia/Llama-3.1-405B-Instruct-FP8": "llama-3.1-405b-instruct",
     "openai/gpt-oss-20b": "gpt-oss-20b", "openai/gpt-oss-120b": "gpt-oss-120b",
     "nvidia/Qwen3-235B-A22B-FP8": "qwen3-235b-a22b", "nvidia/Qwen3-30B-A3B-FP4": "qwen3-30b-a3b",

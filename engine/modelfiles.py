@@ -36,6 +36,7 @@ from pathlib import Path
 
 from . import families
 from .errors import RequestError
+from .keptmodules import checkpoint_config, checkpoint_format
 from .remote import parse_gguf_header
 
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
@@ -59,9 +60,6 @@ SAFETENSORS_DTYPE_BYTES = {
 #: safetensors dtype of the bulk of the weights -> quantization key (catalogs/quantization).
 _DTYPE_QUANT = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", "F8_E5M2": "fp8"}
 
-#: ``quantization_config.quant_method`` -> quantization key.
-_QUANT_METHOD = {"awq": "awq", "gptq": "gptq", "mxfp4": "mxfp4", "fp8": "fp8", "bitsandbytes": "nf4",
-                 "compressed-tensors": None}
 
 #: llama.cpp architecture names -> Hugging Face ``model_type`` (where they differ).
 _GGUF_ARCH_MODEL_TYPE = {
@@ -450,13 +448,9 @@ def _safetensors_quant(config: dict, type_bytes: Counter) -> str | None:
 
 
 def _quant_from_config(config: dict) -> str | None:
-    qc = config.get("quantization_config")
-    if isinstance(qc, dict):
-        method = str(qc.get("quant_method") or "").lower()
-        if method == "bitsandbytes" and qc.get("load_in_8bit"):
-            return "int8"
-        return _QUANT_METHOD.get(method, method or None)
-    return None
+    """The quantization key of the checkpoint's ``quantization_config`` (keptmodules.QUANT_METHODS), or None."""
+    qc = checkpoint_config(config)
+    return checkpoint_format(qc) if qc is not None else None
 
 
 def _read_safetensors(p: Path) -> dict:

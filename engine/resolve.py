@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import formatrules, hub
+from . import formatrules, hub, keptmodules
 from .architecture import Architecture, from_hf_config
 from .elementwise import holds, number_or
 from .errors import RequestError
@@ -52,6 +52,7 @@ class Resolved:
     assumptions: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     weights_file_bytes: int | None = None  # exact bytes of a Hub model's checkpoint in the requested format
+    kept_layer_params: float = 0.0  # layer parameters the checkpoint keeps at 16 bits (modules_to_not_convert)
 
 
 def _format(cat: Catalog, key: str, field_name: str) -> Entry:
@@ -170,12 +171,33 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
                         f"(runtimes that do: {', '.join(quant.data.get('runtimes', []))})")
     # GGUF file types choose a ggml type per tensor from the model's shape (llama-quant.cpp rules in the catalog)
     bits = format_bits(cat.gguf, quant, arch)
+    config = (model.data.get("config") if model is not None else hub_info["config"] if hub_info
+              else req.get("custom_model"))
+    where = ("custom_model" if req["llm_key"] == "custom" else f"llm_key {req['llm_key']}: config.json" if hub_info
+             else f"llm_key {req['llm_key']}: catalog config")
+    bits, kept_params = _checkpoint_kept(config, arch, quant, bits, assumptions, where)
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
         interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
         hardware_order=cat.hardware_orders.get(gpu.key, ()), weight_bits=bits, assumptions=assumptions, warnings=warnings,
-        weights_file_bytes=file_bytes)
+        weights_file_bytes=file_bytes, kept_layer_params=kept_params)
+
+
+def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[str, float],
+                     assumptions: list[str], where: str) -> tuple[dict[str, float], float]:
+    """The format's bits by role with the modules the checkpoint keeps at 16 bits, where the request runs
+    the model in the checkpoint's own quantization method (:mod:`vramplan.keptmodules`); and the layer
+    parameters so kept."""
+    qc = keptmodules.checkpoint_config(config)
+    if qc is None or keptmodules.checkpoint_format(qc) != quant.key:
+        return bits, 0.0
+    kept = keptmodules.kept(arch, qc, where)
+    if kept is None:
+        return bits, 0.0
+    assumptions.append(f"weights: the checkpoint keeps at 16 bits (its quantization_config.modules_to_not_convert) "
+                       f"{kept.said}; its other linear layers are {quant.key}")
+    return keptmodules.apply(bits, kept), keptmodules.kept_layer_params(arch, kept)
 
 
 def _setting_problem(unit: str, value: float) -> str | None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from . import hardware
+from . import hardware, keptmodules
 from .architecture import ROLES, Architecture
 from .elementwise import number_or, where
 from .errors import RequestError
@@ -67,6 +67,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "int8_matmul": ("flag", "weights and activations meet in an int8 matmul (bitsandbytes LLM.int8 in transformers)"),
     # quantization
     "custom_weights_bytes": ("bytes", "exact weight bytes from a model file (0: compute from params x bits)"),
+    "p_kept": ("params", "layer parameters the checkpoint keeps unquantized (quantization_config.modules_to_not_convert; 0: none)"),
+    "b_kept": ("bits", "bits per parameter of the modules a checkpoint keeps unquantized (its 16-bit dtype)"),
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
     "act_bytes": ("bytes", "bytes per activation element (compute dtype)"),
     "weights_compute_bits": ("bits", "bits per weight element the matmuls read"),
@@ -307,6 +309,8 @@ def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
     s: dict[str, float] = dict(_model_vars(a))
     s.update(_quant_vars(qbits))
     s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
+    s["p_kept"] = float(res.kept_layer_params)
+    s["b_kept"] = keptmodules.KEPT_BITS
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = activation_bytes(res.quant.data)
     s["weights_compute_bits"] = float(qbits["default"])
