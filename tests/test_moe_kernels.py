@@ -13,6 +13,8 @@ gated (gate, up, down).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 import vramplan
@@ -43,26 +45,37 @@ def test_each_touched_expert_computes_whole_tiles_of_rows():
     # The next power of two of 8 is 8, below the smallest tile of 16: tiles of 16 rows.
     assert rt("vllm", "moe_block_m_min") == 16 and rt("vllm", "moe_block_m_max") == 128
     assert t["moe_block_m"] == 16
-    # 64 tokens leave an expert untouched with probability (28/32)^64 = 0.875^64 = 1.9e-4, so the touched
-    # experts hold 8 / coverage rows each, padded to one tile of 16: 16 x coverage / 8 = 2 x coverage rows
-    # computed per real one (1.99961).
+    # 64 tokens leave an expert untouched with probability (28/32)^64 = 0.875^64 = 1.9e-4, so a touched expert
+    # holds 8 / coverage = 8.00155 rows (sd sqrt(8.00155) = 2.8287, near Poisson). One tile of 16 always; a second
+    # only past 16.5 rows, (16.5 - 8.00155) / 2.8287 = 3.0044 sd up: 1 - Phi(3.0044) = 0.0012 (logistic Phi of
+    # Bowling et al. 2009). 1.0012 tiles x 16 / 8.00155 = 2.0020 rows computed per real one.
     coverage = 1 - 0.875 ** 64
     assert t["expert_coverage"] == pytest.approx(coverage, rel=1e-12)
-    assert t["moe_padded_rows"] == pytest.approx(2 * coverage, rel=1e-12)
+    rows = 8 / coverage
+    z = (16.5 - rows) / rows ** 0.5
+    tiles = 1 + 1 - 1 / (1 + math.exp(-(0.07056 * z ** 3 + 1.5976 * z)))
+    assert tiles == pytest.approx(1.0012, abs=1e-4)
+    assert t["moe_expected_tiles"] == pytest.approx(tiles, rel=1e-12)
+    assert t["moe_padded_rows"] == pytest.approx(tiles * 16 / rows, rel=1e-12)
+    assert t["moe_padded_rows"] == pytest.approx(2.0020, abs=1e-4)
     assert t["expert_active_params"] == 2388787200 == EXPERT_PARAMS
     # The routed experts' FLOPs count twice over (less the untouched share); the rest of the matmuls once.
-    extra = 2 * (2 * coverage - 1) * EXPERT_PARAMS             # ~4.78e9 FLOPs per token of padding rows
+    extra = 2 * (tiles * 16 / rows - 1) * EXPERT_PARAMS        # ~4.79e9 FLOPs per token of padding rows
     assert t["decode_gemm_flops_per_token"] == pytest.approx(2 * t["matmul_params_active"] + extra, rel=1e-12)
 
 
-def test_tiles_grow_with_the_tokens_per_expert_and_stop_at_the_largest():
-    # 256 users: 256 x 4 / 32 = 32 rows per expert - a tile of 32, every expert touched (1 - 0.875^256 = 1 - 1.4e-15),
-    # so 32 / 32 = 1 row per real one: no padding at all.
+def test_tiles_grow_with_the_tokens_per_expert_and_the_routing_spills_some_over():
+    # 256 users: 256 x 4 / 32 = 32 rows per expert - a tile of 32, every expert touched (1 - 0.875^256 = 1 - 1.4e-15).
+    # The mean fills the tile exactly, so the experts that get more than 32.5 rows (sd sqrt(32) = 5.657: 0.088 sd above
+    # the mean, Phi = 0.5353) spill into a second: 2 - 0.5353 = 1.4647 tiles, 1.4647 x 32 / 32 = 1.4647 rows per real one.
     t = gpt_oss_20b(256)
     assert t["srv_decode_seqs"] == 256
     assert t["moe_block_m"] == 32
-    assert t["moe_padded_rows"] == pytest.approx(1.0, rel=1e-12)
-    assert t["decode_gemm_flops_per_token"] == pytest.approx(2 * t["matmul_params_active"], rel=1e-12)
+    z = 0.5 / 32 ** 0.5
+    spill = 1 - 1 / (1 + math.exp(-(0.07056 * z ** 3 + 1.5976 * z)))
+    assert spill == pytest.approx(0.4647, abs=1e-4)
+    assert t["moe_padded_rows"] == pytest.approx(1 + spill, rel=1e-9)
+    assert t["decode_gemm_flops_per_token"] == pytest.approx(2 * t["matmul_params_active"] + 2 * spill * EXPERT_PARAMS, rel=1e-9)
 
 
 def test_fused_moe_layers_add_their_extra_kernels_to_the_fixed_step_cost():
