@@ -251,6 +251,9 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
     if runtime == "tensorrt-llm" and re.match(r"^0\.[0-7]\b", version):
         runtime = "tensorrt-llm-mmha"
         notes.append(f"TensorRT-LLM {version} predates the XQA kernel: profile tensorrt-llm-mmha")
+    if runtime == "vllm" and re.match(r"^0\.[0-7]\b", version):
+        runtime = "vllm-v0"
+        notes.append(f"vLLM {version.split()[0]} runs the V0 engine (V1 is the default from 0.8): profile vllm-v0")
     flags = str(r.get("engine_flags") or "")
     if "torch.compile" in flags:
         return None, notes, "torch.compile with a static cache is not modelled"

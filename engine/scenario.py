@@ -378,7 +378,10 @@ def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, fl
     native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
               "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"),
               "bf16": gpu.get("bf16_tflops")}.get(fmt.get("compute", "fp16"))
-    return {"gpu_tflops": float(native or _tflops_16(gpu)), "weights_dequantized": int(fmt["kind"] != "float")}
+    rate = float(native or _tflops_16(gpu))
+    if native and fmt.get("compute_rate"):  # the format's kernels reach less than the native peak (catalog, cited)
+        rate = min(rate, fmt["compute_rate"]["vs_16bit"] * _tflops_16(gpu))
+    return {"gpu_tflops": rate, "weights_dequantized": int(fmt["kind"] != "float")}
 
 
 def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...], host_bw_gb_s: float,

@@ -303,3 +303,42 @@ def test_pre_xqa_tensorrt_llm_reads_kv_once_per_query_head():
     _, new = traced({**body, "runtime": "tensorrt-llm"})
     _, old = traced({**body, "runtime": "tensorrt-llm-mmha"})
     assert old["srv_attn_s"] == pytest.approx(8 * new["srv_attn_s"], rel=1e-9)
+
+
+def test_vllm_v0_defaults_from_its_source():
+    """V0 (0.5-0.7): 256 sequences on every GPU, chunked prefill into 512 tokens, graphs up to 256, and host work per
+    running sequence the GPU waits for; V1 has none of the last."""
+    assert [seen_on(k, "vllm-v0", "max_num_seqs") for k in ("rtx_4090", "h100_80")] == [256, 256]
+    assert [seen_on(k, "vllm-v0", "max_prefill_tokens") for k in ("rtx_4090", "h100_80")] == [512, 512]
+    assert seen_on("h100_80", "vllm-v0", "cuda_graph_max_seqs") == 256
+    assert seen_on("h100_80", "vllm-v0", "decode_seq_host_us") == 100
+    assert seen_on("h100_80", "vllm", "decode_seq_host_us") == 0
+
+
+def test_vllm_v0_host_work_grows_each_round_with_the_running_sequences():
+    """64 users, 512-token prompts and 256-token answers: with V1's budgets and limits given to V0, the only difference
+    is the host work - 64 running sequences x 100 us = 6.4 ms more per round (every round, with or without a chunk),
+    so ITL_v0 = ITL_v1 + 6.4 ms; output throughput follows Little's law on the longer request."""
+    body = {**BASE, "input_tokens": 512, "output_tokens": 256, "concurrent_users": 64}
+    same = {"max_prefill_tokens": 8192, "max_num_seqs": 1024, "cuda_graph_max_seqs": 512}
+    v1, t1 = traced(body)
+    v0, t0 = traced({**body, "runtime": "vllm-v0", "runtime_settings": same})
+    assert t0["srv_op_n"] == t1["srv_op_n"] == 64
+    assert t0["srv_host_seq_s"] == pytest.approx(100e-6) and t1["srv_host_seq_s"] == 0
+    assert t0["srv_round_op_s"] - t1["srv_round_op_s"] == pytest.approx(64 * 100e-6, rel=1e-9)
+    assert v0["serving"]["itl_ms"] - v1["serving"]["itl_ms"] == pytest.approx(6.4, abs=0.011)
+    assert v0["serving"]["output_throughput_tps"] < v1["serving"]["output_throughput_tps"]
+
+
+def test_nvfp4_gemms_run_at_their_kernels_rate_not_the_fp4_peak():
+    """NVFP4 GEMMs reach ~2.13x the 16-bit GEMM rate (vLLM PR #20646 on B200), not the 4x of the peaks: on a B200
+    (bf16 2,250, fp4 9,000 TFLOP/s dense) the matmuls run at min(9000, 2.13 x 2250) = 4,792.5; FP8 keeps its peak."""
+    def tflops(quant: str) -> float:
+        res = resolve(CAT, validate({**BASE, "gpu_key": "b200", "quantization": quant}, "inference"), "inference")
+        return build(res)["gpu_tflops"]
+    assert tflops("nvfp4") == pytest.approx(2.13 * 2250)
+    assert tflops("fp8") == pytest.approx(4500)
+    assert tflops("bf16") == pytest.approx(2250)
+    # a GPU without an FP4 rate computes NVFP4 at its 16-bit rate, as before (the H100: 989.4)
+    res = resolve(CAT, validate({**BASE, "quantization": "nvfp4", "runtime": "transformers"}, "inference"), "inference")
+    assert build(res)["gpu_tflops"] == pytest.approx(989.4)
