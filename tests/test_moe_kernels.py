@@ -1,0 +1,100 @@
+"""MoE decode kernels (formulas/performance/decode.yaml), each mechanism worked out by hand.
+
+A fused MoE layer sorts its tokens by expert and pads each expert's list to whole tiles of the grouped
+GEMM (vLLM fused_moe moe_align_block_size, triton_kernels routing); the tile grows with the tokens per
+expert (triton_kernels opt_flags: max(16, min(next_power_of_2(tokens x top_k // experts), 128))). The
+tensor cores multiply the padding rows like real ones, so a decode step's routed-expert FLOPs grow by
+the padded rows over the real ones. The layer also runs more kernels than a dense MLP (router GEMM,
+top-k, sorting, the reduction): a fixed cost per MoE layer.
+
+gpt-oss-20b: 24 layers, all MoE, 32 experts of which 4 per token, hidden 2880, expert intermediate 2880,
+gated (gate, up, down).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import vramplan
+from vramplan.catalog import get_catalog
+from vramplan.estimate import trace_values as values
+
+from model_configs import MIXTRAL
+
+CAT = get_catalog()
+EXPERT_PARAMS = 24 * 4 * 2880 * 2880 * 3     # 96 x 24,883,200 = 2,388,787,200 routed-expert params a token multiplies with
+
+
+def rt(runtime: str, name: str) -> float:
+    return float(CAT.runtimes.get(runtime).data["constants"][name]["value"])
+
+
+def gpt_oss_20b(users: int, runtime: str = "vllm") -> dict[str, float]:
+    body = {"gpu_key": "h200", "llm_key": "gpt-oss-20b", "quantization": "mxfp4", "runtime": runtime,
+            "input_tokens": 1000, "output_tokens": 1000, "concurrent_users": users, "trace": True}
+    return values(vramplan.estimate_inference(body))
+
+
+def test_each_touched_expert_computes_whole_tiles_of_rows():
+    t = gpt_oss_20b(64)
+    assert t["srv_decode_seqs"] == 64                          # 64 users all fit the H200's KV pool
+    # 64 tokens x 4 experts / 32 experts = 8 rows per expert on average.
+    assert t["moe_tokens_per_expert"] == pytest.approx(8.0, rel=1e-12)
+    # The next power of two of 8 is 8, below the smallest tile of 16: tiles of 16 rows.
+    assert rt("vllm", "moe_block_m_min") == 16 and rt("vllm", "moe_block_m_max") == 128
+    assert t["moe_block_m"] == 16
+    # 64 tokens leave an expert untouched with probability (28/32)^64 = 0.875^64 = 1.9e-4, so a touched expert
+    # holds 8 / coverage = 8.00155 rows (sd sqrt(8.00155) = 2.8287, near Poisson). One tile of 16 always; a second
+    # only past 16.5 rows, (16.5 - 8.00155) / 2.8287 = 3.0044 sd up: 1 - Phi(3.0044) = 0.0012 (logistic Phi of
+    # Bowling et al. 2009). 1.0012 tiles x 16 / 8.00155 = 2.0020 rows computed per real one.
+    coverage = 1 - 0.875 ** 64
+    assert t["expert_coverage"] == pytest.approx(coverage, rel=1e-12)
+    rows = 8 / coverage
+    z = (16.5 - rows) / rows ** 0.5
+    tiles = 1 + 1 - 1 / (1 + math.exp(-(0.07056 * z ** 3 + 1.5976 * z)))
+    assert tiles == pytest.approx(1.0012, abs=1e-4)
+    assert t["moe_expected_tiles"] == pytest.approx(tiles, rel=1e-12)
+    assert t["moe_padded_rows"] == pytest.approx(tiles * 16 / rows, rel=1e-12)
+    assert t["moe_padded_rows"] == pytest.approx(2.0020, abs=1e-4)
+    assert t["expert_active_params"] == 2388787200 == EXPERT_PARAMS
+    # The routed experts' FLOPs count twice over (less the untouched share); the rest of the matmuls once.
+    extra = 2 * (tiles * 16 / rows - 1) * EXPERT_PARAMS        # ~4.79e9 FLOPs per token of padding rows
+    assert t["decode_gemm_flops_per_token"] == pytest.approx(2 * t["matmul_params_active"] + extra, rel=1e-12)
+
+
+def test_tiles_grow_with_the_tokens_per_expert_and_the_routing_spills_some_over():
+    # 256 users: 256 x 4 / 32 = 32 rows per expert - a tile of 32, every expert touched (1 - 0.875^256 = 1 - 1.4e-15).
+    # The mean fills the tile exactly, so the experts that get more than 32.5 rows (sd sqrt(32) = 5.657: 0.088 sd above
+    # the mean, Phi = 0.5353) spill into a second: 2 - 0.5353 = 1.4647 tiles, 1.4647 x 32 / 32 = 1.4647 rows per real one.
+    t = gpt_oss_20b(256)
+    assert t["srv_decode_seqs"] == 256
+    assert t["moe_block_m"] == 32
+    z = 0.5 / 32 ** 0.5
+    spill = 1 - 1 / (1 + math.exp(-(0.07056 * z ** 3 + 1.5976 * z)))
+    assert spill == pytest.approx(0.4647, abs=1e-4)
+    assert t["moe_padded_rows"] == pytest.approx(1 + spill, rel=1e-9)
+    assert t["decode_gemm_flops_per_token"] == pytest.approx(2 * t["matmul_params_active"] + 2 * spill * EXPERT_PARAMS, rel=1e-9)
+
+
+def test_fused_moe_layers_add_their_extra_kernels_to_the_fixed_step_cost():
+    t = gpt_oss_20b(64)
+    # vLLM on an H200 replays a graph at 64 sequences: 24 layers x 25 us, plus 24 MoE layers x 8 us for the
+    # kernels a fused MoE layer runs beyond a dense MLP (7 vs 3, at ~2 us each) = 600 + 192 = 792 us.
+    assert t["decode_cuda_graphs"] == 1
+    assert rt("vllm", "decode_layer_overhead_us") == 25 and rt("vllm", "moe_layer_overhead_us") == 8
+    assert t["decode_overhead_s"] == pytest.approx((24 * 25 + 24 * 8) * 1e-6, rel=1e-12)
+
+
+def test_dense_models_and_mat_vec_decoding_pad_nothing():
+    dense = values(vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "llama-3-8b", "quantization": "bf16",
+                                                "runtime": "vllm", "concurrent_users": 64, "trace": True}))
+    assert dense["moe_block_m"] == 0 and dense["moe_padded_rows"] == 1 and dense["expert_active_params"] == 0
+    assert dense["decode_gemm_flops_per_token"] == pytest.approx(2 * dense["matmul_params_active"], rel=1e-12)
+    # llama.cpp decodes one sequence with mat-vec kernels (mul_mat_id, one routed row each): no tiles, and its
+    # per-layer overhead already holds its MoE graph nodes (moe_layer_overhead_us 0). Mixtral, 2 of 8 experts.
+    mix = values(vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": MIXTRAL,
+                                              "quantization": "bf16", "runtime": "llama.cpp", "trace": True}))
+    assert mix["decode_matvec"] == 1 and mix["moe_block_m"] == 0 and mix["moe_padded_rows"] == 1
+    assert mix["moe_tokens_per_expert"] == pytest.approx(2 / 8, rel=1e-12)    # 1 token x 2 / 8
