@@ -134,8 +134,11 @@ def _matcher(key: str):
 def kept(a: Architecture, qc: Mapping[str, Any], where: str = "config.json") -> Kept | None:
     """The share of each role's parameters the checkpoint keeps at 16 bits, or None when it keeps none
     of the modules the engine counts. A list too long to match is a :class:`RequestError` naming ``where``."""
-    patterns = qc.get("modules_to_not_convert") or []
-    if not isinstance(patterns, list) or not patterns:
+    patterns = qc.get("modules_to_not_convert")
+    if patterns is not None and not isinstance(patterns, list):
+        raise RequestError([(f"{where}.quantization_config.modules_to_not_convert",
+                             f"must be a list of module names or patterns, not {type(patterns).__name__}")])
+    if not patterns:
         return None
     keys = tuple(str(p) for p in patterns if isinstance(p, (str, int)) and not isinstance(p, bool) and str(p))
     if len(keys) * len(_module_names(a)) > MAX_MATCHES:

@@ -133,7 +133,8 @@ def test_matching_follows_transformers_should_convert_module():
     assert keptmodules.kept(a, {"modules_to_not_convert": []}) is None
     # a pattern that is no regular expression matches as text, and a bad list is no list
     assert keptmodules.kept(a, {"modules_to_not_convert": ["model.layers.1.self_attn("]}) is None
-    assert keptmodules.kept(a, {"modules_to_not_convert": "lm_head"}) is None
+    with pytest.raises(RequestError):  # a string would be read letter by letter: refused, naming the field
+        keptmodules.kept(a, {"modules_to_not_convert": "lm_head"})
     # methods: fbgemm_fp8 is the catalog's fp8
     assert keptmodules.checkpoint_format({"quant_method": "fbgemm_fp8"}) == "fp8"
     assert keptmodules.checkpoint_format({"quant_method": "compressed-tensors"}) is None
@@ -213,3 +214,17 @@ def test_a_hostile_modules_list_in_a_request_is_refused_or_matched_as_text():
     # neither "fp8" checkpoints of another method nor a quantization_config that is no object change the bits
     big["quantization_config"] = "fp8"
     assert vramplan.estimate_inference(req)["memory_status"] != "error"
+
+
+@pytest.mark.parametrize("value", ["self_attn", {"self_attn": True}, 3])
+def test_a_modules_list_that_is_no_list_is_a_422_naming_it(value):
+    """transformers iterates modules_to_not_convert as a list; a string (which would be read letter by letter),
+    an object or a number is refused, naming the field, rather than silently ignored."""
+    cfg = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100,
+           "quantization_config": {"quant_method": "fp8", "modules_to_not_convert": value}}
+    with pytest.raises(RequestError) as err:
+        vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "custom", "custom_model": cfg, "quantization": "fp8",
+                                     "seq_length": 512, "batch_size": 1})
+    assert "custom_model.quantization_config.modules_to_not_convert" in str(err.value)
+    assert "must be a list" in str(err.value)
