@@ -337,6 +337,7 @@ def test_nvfp4_gemms_run_at_their_kernels_rate_not_the_fp4_peak():
         res = resolve(CAT, validate({**BASE, "gpu_key": "b200", "quantization": quant}, "inference"), "inference")
         return build(res)["gpu_tflops"]
     assert tflops("nvfp4") == pytest.approx(2.13 * 2250)
+    assert tflops("mxfp4") == pytest.approx(2 * 2250)  # W4A8: FP8 MMAs on Blackwell, min(9000, 2 x 2250) = 4500
     assert tflops("fp8") == pytest.approx(4500)
     assert tflops("bf16") == pytest.approx(2250)
     # a GPU without an FP4 rate computes NVFP4 at its 16-bit rate, as before (the H100: 989.4)
