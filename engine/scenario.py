@@ -254,16 +254,18 @@ def _quant_vars(qbits: dict[str, float]) -> dict[str, float]:
 _RT_CACHE: dict[int, tuple] = {}
 
 
-def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float) -> dict[str, float]:
+def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float, context: float = 0.0) -> dict[str, float]:
     """A runtime profile's constants as rt_<name> (cached per loaded profile and tier).
 
-    A constant with ``tiers`` takes the first tier that names the GPU in ``gpus`` or whose
+    A constant with ``tiers`` takes the first tier that names the GPU in ``gpus``, whose
     ``below_gib`` is above the GPU's memory (vLLM and SGLang size their token budgets and batch
-    limits by the GPU), else its ``value``."""
+    limits by the GPU) or whose ``context_above`` is below the model's context (vLLM's V0 engine
+    chunks prompts only for models of more than 32K), else its ``value``."""
     hit = _RT_CACHE.get(id(runtime))
     if hit is None or hit[0] is not runtime:
         base = {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()}
-        tiered = tuple((f"rt_{name}", tuple((frozenset(t.get("gpus", ())), t.get("below_gib", 0.0), float(t["value"]))
+        tiered = tuple((f"rt_{name}", tuple((frozenset(t.get("gpus", ())), t.get("below_gib", 0.0),
+                                              t.get("context_above", float("inf")), float(t["value"]))
                                              for t in c["tiers"]))
                        for name, c in runtime["constants"].items() if c.get("tiers"))
         hit = (runtime, base, tiered, {})
@@ -271,7 +273,8 @@ def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float) -> dict[str, 
     _, base, tiered, by_tier = hit
     if not tiered:
         return base
-    picks = tuple(next((v for gpus, below, v in tiers if gpu_key in gpus or gpu_mem_gib < below), None)
+    picks = tuple(next((v for gpus, below, above, v in tiers
+                        if gpu_key in gpus or gpu_mem_gib < below or context > above), None)
                   for _, tiers in tiered)
     values = by_tier.get(picks)
     if values is None:
@@ -352,7 +355,8 @@ def device_vars(res: Resolved, act_bytes: float, to_nvme: bool) -> dict[str, flo
     d = gpu_vars(gpu, res.gpu_memory_gib, res.interconnect.data, res.host_link.data if res.host_link else None)
     d.update(format_on_gpu_vars(gpu, res.quant.data))
     d.update(runtime_on_gpu_vars(res.runtime.data, res.quant.data, res.hardware_order, d["host_bw_gb_s"], to_nvme))
-    d.update(runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, res.request.get("runtime_settings")))
+    d.update(runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, res.request.get("runtime_settings"),
+                               float(res.arch.max_position_embeddings or 0)))
     d["act_bytes"] = runtime_act_bytes(d.get("rt_activation_bytes", 0.0), act_bytes, res.workload)
     return d
 
@@ -404,9 +408,10 @@ def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tup
 
 
 def runtime_constants(runtime: dict[str, Any], gpu_key: str, gpu_mem_gib: float,
-                      settings: dict[str, float] | None) -> dict[str, float]:
-    """The profile's constants as rt_<name> on this GPU (tiers applied), the request's runtime_settings over them."""
-    values = _runtime_vars(runtime, gpu_key, gpu_mem_gib)
+                      settings: dict[str, float] | None, context: float = 0.0) -> dict[str, float]:
+    """The profile's constants as rt_<name> on this GPU for a model of this context (tiers applied), the
+    request's runtime_settings over them."""
+    values = _runtime_vars(runtime, gpu_key, gpu_mem_gib, context)
     if not settings:
         return values
     out = dict(values)

@@ -305,11 +305,22 @@ def test_pre_xqa_tensorrt_llm_reads_kv_once_per_query_head():
     assert old["srv_attn_s"] == pytest.approx(8 * new["srv_attn_s"], rel=1e-9)
 
 
+def v0_seen(llm_key: str, name: str) -> float:
+    res = resolve(CAT, validate({**BASE, "llm_key": llm_key, "runtime": "vllm-v0"}, "inference"), "inference")
+    return build(res)[f"rt_{name}"]
+
+
 def test_vllm_v0_defaults_from_its_source():
-    """V0 (0.5-0.7): 256 sequences on every GPU, chunked prefill into 512 tokens, graphs up to 256, and host work per
-    running sequence the GPU waits for; V1 has none of the last."""
+    """V0 (0.5-0.7): 256 sequences on every GPU, graphs up to 256, host work per running sequence the GPU waits for
+    (V1 has none); chunked prefill into 512 tokens only for models of more than 32K context, else prompts first with
+    max(max_model_len, 2048) tokens a step - Llama 3 8B (8,192) 8192, Mistral 7B v0.1 (32,768) 32768, Llama 3.1 8B
+    (131,072) 512 and chunked."""
     assert [seen_on(k, "vllm-v0", "max_num_seqs") for k in ("rtx_4090", "h100_80")] == [256, 256]
-    assert [seen_on(k, "vllm-v0", "max_prefill_tokens") for k in ("rtx_4090", "h100_80")] == [512, 512]
+    assert [seen_on(k, "vllm-v0", "max_prefill_tokens") for k in ("rtx_4090", "h100_80")] == [8192, 8192]
+    assert (v0_seen("llama-3-8b", "max_prefill_tokens"), v0_seen("llama-3-8b", "prefill_mixes_decode")) == (8192, 0)
+    assert (v0_seen("llama-3.1-8b", "max_prefill_tokens"), v0_seen("llama-3.1-8b", "prefill_mixes_decode")) == (512, 1)
+    assert CAT.models.get("mistral-7b-v0.1").data["config"]["max_position_embeddings"] == 32768
+    assert (v0_seen("mistral-7b-v0.1", "max_prefill_tokens"), v0_seen("mistral-7b-v0.1", "prefill_mixes_decode")) == (32768, 0)
     assert seen_on("h100_80", "vllm-v0", "cuda_graph_max_seqs") == 256
     assert seen_on("h100_80", "vllm-v0", "decode_seq_host_us") == 100
     assert seen_on("h100_80", "vllm", "decode_seq_host_us") == 0
@@ -320,7 +331,7 @@ def test_vllm_v0_host_work_grows_each_round_with_the_running_sequences():
     is the host work - 64 running sequences x 100 us = 6.4 ms more per round (every round, with or without a chunk),
     so ITL_v0 = ITL_v1 + 6.4 ms; output throughput follows Little's law on the longer request."""
     body = {**BASE, "input_tokens": 512, "output_tokens": 256, "concurrent_users": 64}
-    same = {"max_prefill_tokens": 8192, "max_num_seqs": 1024, "cuda_graph_max_seqs": 512}
+    same = {"max_prefill_tokens": 8192, "max_num_seqs": 1024, "cuda_graph_max_seqs": 512, "prefill_mixes_decode": 1}
     v1, t1 = traced(body)
     v0, t0 = traced({**body, "runtime": "vllm-v0", "runtime_settings": same})
     assert t0["srv_op_n"] == t1["srv_op_n"] == 64

@@ -363,10 +363,9 @@ def runtimes(key, fmt) -> None:
                    + (f", defaults of {r['version']}" if r["version"] else ""))
         click.echo(r["description"])
         rows = [{"constant": name, "value": c["value"], "unit": c["unit"],
-                 "by GPU": "; ".join(f"{t['value']:g} " + (f"below {t['below_gib']:g} GiB" if "below_gib" in t else "on " + ", ".join(t["gpus"]))
-                                     for t in c.get("tiers", [])),
+                 "by GPU": "; ".join(f"{t['value']:g} " + _tier_words(t) for t in c.get("tiers", [])),
                  "source": c["source"]} for name, c in r["constants"].items()]
-        click.echo(_table(rows, [("constant", "constant"), ("value", "value"), ("unit", "unit"), ("by GPU", "by GPU"),
+        click.echo(_table(rows, [("constant", "constant"), ("value", "value"), ("unit", "unit"), ("by GPU", "by GPU / model"),
                                  ("source", "source")]))
         return
     if fmt == "json":
@@ -405,3 +404,12 @@ def plugins(fmt: str) -> None:
         click.echo(f"{p['name']:<32} {p['version']:<10} {kind:<9} {', '.join(p['hooks'])}")
     for f in failed:
         click.echo(f"{f['name']:<32} {f['version']:<10} FAILED    {f['error']}")
+
+
+def _tier_words(t: dict) -> str:
+    """When a runtime constant's tier applies, in words (a GPU list, a memory bound, a model context)."""
+    if "below_gib" in t:
+        return f"below {t['below_gib']:g} GiB"
+    if "context_above" in t:
+        return f"above {t['context_above']:g} tokens of context"
+    return "on " + ", ".join(t["gpus"])
