@@ -338,9 +338,8 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     by_runtime: dict[str, list[int]] = {}
     for pi, p in enumerate(pairs):
         by_runtime.setdefault(p.runtime.key, []).append(pi)
-    fmt_class = [(p.quant.data.get("compute", "fp16"), p.quant.data["kind"] != "float",
-                  (p.quant.data.get("compute_rate") or {}).get("vs_16bit")) for p in pairs]
-    rt_class = [(p.quant.data["kind"] != "float", p.quant.data.get("gguf_block")) for p in pairs]
+    fmt_class = [scenario_mod.format_on_gpu_key(p.quant.data) for p in pairs]
+    rt_class = [scenario_mod.runtime_on_gpu_key(p.quant.data) for p in pairs]
     example = {c: pairs[i].quant.data for i, c in enumerate(fmt_class)} | {c: pairs[i].quant.data for i, c in enumerate(rt_class)}
     to_nvme = bool(pairs[0].base["offload_to_nvme"])
     combo_pair: list[int] = []

@@ -381,6 +381,12 @@ def _tflops_16(gpu: dict[str, Any]) -> float:
     return gpu.get("bf16_tflops") or max(gpu.get("fp16_tflops") or 0, gpu.get("fp32_tflops") or 0)
 
 
+def format_on_gpu_key(fmt: dict[str, Any]) -> tuple:
+    """What :func:`format_on_gpu_vars` reads of a format: formats with equal keys give equal values on a GPU
+    (the deployment space computes them once per key)."""
+    return fmt.get("compute", "fp16"), fmt["kind"] != "float", (fmt.get("compute_rate") or {}).get("vs_16bit")
+
+
 def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, float]:
     """The GPU's throughput in the format's compute type (its 16-bit rate where it has no native one)."""
     native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
@@ -390,6 +396,11 @@ def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, fl
     if native and fmt.get("compute_rate"):  # the format's kernels reach less than the native peak (catalog, cited)
         rate = min(rate, fmt["compute_rate"]["vs_16bit"] * _tflops_16(gpu))
     return {"gpu_tflops": rate, "weights_dequantized": int(fmt["kind"] != "float")}
+
+
+def runtime_on_gpu_key(fmt: dict[str, Any]) -> tuple:
+    """What :func:`runtime_on_gpu_vars` reads of a format (the unpacking cost's kind and ggml block family)."""
+    return fmt["kind"] != "float", fmt.get("gguf_block")
 
 
 def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...], host_bw_gb_s: float,
