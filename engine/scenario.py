@@ -125,6 +125,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "gpu_bw_gb_s": ("GB/s", "memory bandwidth of one GPU"),
     "gpu_tflops": ("TFLOP/s", "dense tensor throughput in the compute dtype"),
     "gpu_tflops_16": ("TFLOP/s", "dense fp16/bf16 tensor throughput"),
+    "unpacked_gemm_rate": ("fraction", "rate of the format's weight-unpacking (W4A16) GEMM kernels on this GPU against "
+                                       "gpu_tflops (the format's unpacked_rate on its architectures; 1 elsewhere)"),
     "gpu_tdp_w": ("W", "board power of one GPU"),
     "gpu_unified": ("flag", "unified memory (Apple silicon, Grace, DGX Spark)"),
     "ic_bw_gb_s": ("GB/s", "GPU-to-GPU link bandwidth per direction"),
@@ -384,18 +386,24 @@ def _tflops_16(gpu: dict[str, Any]) -> float:
 def format_on_gpu_key(fmt: dict[str, Any]) -> tuple:
     """What :func:`format_on_gpu_vars` reads of a format: formats with equal keys give equal values on a GPU
     (the deployment space computes them once per key)."""
-    return fmt.get("compute", "fp16"), fmt["kind"] != "float", (fmt.get("compute_rate") or {}).get("vs_16bit")
+    unpacked = fmt.get("unpacked_rate") or {}
+    return (fmt.get("compute", "fp16"), fmt["kind"] != "float", (fmt.get("compute_rate") or {}).get("vs_16bit"),
+            unpacked.get("vs_16bit"), tuple(unpacked.get("architectures") or ()))
 
 
 def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, float]:
-    """The GPU's throughput in the format's compute type (its 16-bit rate where it has no native one)."""
+    """The GPU's throughput in the format's compute type (its 16-bit rate where it has no native one, or the
+    rate the format's unpacking kernels reach on that architecture: ``unpacked_rate``)."""
     native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
               "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"),
               "bf16": gpu.get("bf16_tflops")}.get(fmt.get("compute", "fp16"))
     rate = float(native or _tflops_16(gpu))
     if native and fmt.get("compute_rate"):  # the format's kernels reach less than the native peak (catalog, cited)
         rate = min(rate, fmt["compute_rate"]["vs_16bit"] * _tflops_16(gpu))
-    return {"gpu_tflops": rate, "weights_dequantized": int(fmt["kind"] != "float")}
+    unpacked = fmt.get("unpacked_rate")
+    # W4A16 GEMM kernels issue-bound below the 16-bit GEMMs (catalog, cited); attention keeps gpu_tflops
+    factor = unpacked["vs_16bit"] if not native and unpacked and gpu.get("architecture") in unpacked["architectures"] else 1.0
+    return {"gpu_tflops": rate, "unpacked_gemm_rate": float(factor), "weights_dequantized": int(fmt["kind"] != "float")}
 
 
 def runtime_on_gpu_key(fmt: dict[str, Any]) -> tuple:

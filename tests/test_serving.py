@@ -351,6 +351,43 @@ def test_nvfp4_gemms_run_at_their_kernels_rate_not_the_fp4_peak():
     assert tflops("mxfp4") == pytest.approx(2 * 2250)  # W4A8: FP8 MMAs on Blackwell, min(9000, 2 x 2250) = 4500
     assert tflops("fp8") == pytest.approx(4500)
     assert tflops("bf16") == pytest.approx(2250)
-    # a GPU without an FP4 rate computes NVFP4 at its 16-bit rate, as before (the H100: 989.4)
-    res = resolve(CAT, validate({**BASE, "quantization": "nvfp4", "runtime": "transformers"}, "inference"), "inference")
-    assert build(res)["gpu_tflops"] == pytest.approx(989.4)
+    # a GPU without an FP4 rate and without a measured unpacking rate computes NVFP4 at its 16-bit rate (A100: 312)
+    res = resolve(CAT, validate({**BASE, "gpu_key": "a100_80", "quantization": "nvfp4"}, "inference"), "inference")
+    assert build(res)["gpu_tflops"] == pytest.approx(312)
+
+
+def test_4bit_microscaling_on_hopper_runs_at_the_unpacking_kernels_rate():
+    """Hopper has no FP4 MMA: MXFP4 / NVFP4 GEMM kernels unpack in registers and multiply in bf16 (W4A16), issue-bound
+    at 0.53 of the bf16 GEMMs (between Marlin's 0.43 and FlashInfer's W4A16 0.63, catalog). The GPU's rate for the
+    format stays its 16-bit 989.4 (attention runs there); its quantized GEMMs get the factor. bf16 and FP8 keep
+    their peaks; Blackwell multiplies MXFP4 with FP8 MMAs; Ampere has no measurement and keeps the 16-bit rate."""
+    def rates(gpu: str, quant: str) -> tuple[float, float]:
+        res = resolve(CAT, validate({**BASE, "gpu_key": gpu, "llm_key": "gpt-oss-20b", "quantization": quant},
+                                    "inference"), "inference")
+        d = build(res)
+        return d["gpu_tflops"], d["unpacked_gemm_rate"]
+    assert rates("h100_80", "mxfp4") == (pytest.approx(989.4), pytest.approx(0.53))
+    assert rates("h100_80", "nvfp4") == (pytest.approx(989.4), pytest.approx(0.53))
+    assert rates("h200", "mxfp4") == (pytest.approx(989.4), pytest.approx(0.53))  # a Hopper with the H100's tensor cores
+    assert rates("h100_80", "bf16") == (pytest.approx(989.4), 1.0)
+    assert rates("h100_80", "fp8") == (pytest.approx(1978.9), 1.0)
+    assert rates("h100_80", "awq") == (pytest.approx(989.4), 1.0)   # no unpacked_rate: its Hopper kernels are not measured
+    assert rates("b200", "mxfp4") == (pytest.approx(4500), 1.0)     # W4A8: min(9000, 2 x 2250)
+    assert rates("a100_80", "mxfp4") == (pytest.approx(312), 1.0)
+
+
+def test_unpacking_rate_slows_large_batch_decode_of_gpt_oss_on_hopper():
+    """gpt-oss-20b in MXFP4 on an H100 at 512 sequences: its experts multiply at the unpacking kernels' 524.382
+    (0.53 x 989.4), what the checkpoint keeps in bf16 at 989.4 - 24 layers of attention (2880 x (4096 + 512 + 512)
+    + 4096 x 2880 = 26,542,080) and router (2880 x 32 = 92,160) = 639,221,760 params, and the bf16 head
+    (201,088 x 2880 = 579,133,440): 2 x 1,218,355,200 = 2,436,710,400 FLOPs a token at 16 bits."""
+    body = {"gpu_key": "h100_80", "llm_key": "gpt-oss-20b", "quantization": "mxfp4", "runtime": "vllm",
+            "input_tokens": 1000, "output_tokens": 1000, "concurrent_users": 512, "trace": True}
+    steps = {s["id"]: s["value"] for s in vramplan.estimate_inference(body)["trace"] if isinstance(s, dict) and "id" in s}
+    assert steps["gemm16_kept_params"] == 24 * (2880 * (4096 + 512 + 512) + 4096 * 2880 + 2880 * 32) == 639_221_760
+    assert steps["gemm16_head_params"] == 201_088 * 2880 == 579_133_440
+    flops = steps["decode_gemm_flops_per_token"]
+    f16 = 2 * (639_221_760 + 579_133_440)
+    assert steps["srv_token_s"] == pytest.approx(((flops - f16) / 524.382e12 + f16 / 989.4e12) / 0.6)
+    # at the bf16 rate alone the same token would take flops / 593.64e12 - the unpacking costs more than 1.5x that
+    assert steps["srv_token_s"] > 1.5 * flops / (989.4e12 * 0.6)
