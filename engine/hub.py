@@ -31,7 +31,7 @@ from pathlib import Path
 from .errors import RequestError
 from .modelfiles import (MAX_SAFETENSORS_HEADER, _packed_note, _quant_from_config, _result, _safetensors_header,
                          _safetensors_quant, _tally, check_safetensors_header, gguf_description, parse_json_text,
-                         read_model_file)
+                         read_model_file, with_hf_quant_config)
 from .remote import RangeReader, parse_gguf_header
 
 PREFIX = "hf:"
@@ -309,6 +309,12 @@ def _read_hub_model(ref: HubRef, policy: Policy, where: str) -> dict:
         raise RequestError([(where, "config.json is not a JSON object")])
     commit = cfg_path.parent.name  # huggingface_hub's cache: snapshots/<commit>/config.json
     notes = [f"Hugging Face Hub {ref.repo} at {commit[:12]}"]
+    if not isinstance(config.get("quantization_config"), dict):
+        # ModelOpt's older exports state their quantization (quant_algo, exclude_modules) only in this small file
+        # beside config.json, which vLLM's get_quant_config reads in that case: one more metadata request
+        quant_path = _download(ref, "hf_quant_config.json", policy, budget, where, required=False, revision=commit)
+        if quant_path is not None:
+            config = with_hf_quant_config(config, _read_json_file(quant_path, where), f"{where}: hf_quant_config.json")
     index_path = _download(ref, "model.safetensors.index.json", policy, budget, where, required=False, revision=commit)
     total = None
     if index_path is not None:

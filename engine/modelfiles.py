@@ -36,7 +36,7 @@ from pathlib import Path
 
 from . import families
 from .errors import RequestError
-from .keptmodules import checkpoint_config, checkpoint_format
+from .keptmodules import HF_QUANT_CONFIG, checkpoint_config, checkpoint_format
 from .remote import parse_gguf_header
 
 #: Largest JSON header accepted in a safetensors file (the format caps it at 100 MB).
@@ -119,6 +119,7 @@ def read_model_file(path: str | Path) -> dict:
             return _read_safetensors_index(p, data)
         if not isinstance(data, dict):
             raise RequestError([(str(p), "is not a config.json object")])
+        data = _with_sibling_quant(data, p)
         return _result("config", data, None, None, {}, _quant_from_config(data), _config_name(data, p),
                        ["architecture only: a config.json gives no weight sizes"])
     raise RequestError([(str(p), "is not a model file vramplan reads (config.json, .gguf, .safetensors, "
@@ -435,7 +436,26 @@ def _sibling_config(p: Path) -> tuple[dict, list[str]]:
     data = _read_json(cfg_path)
     if not isinstance(data, dict):
         raise RequestError([(str(cfg_path), "is not a config.json object")])
-    return data, []
+    return _with_sibling_quant(data, p), []
+
+
+def _with_sibling_quant(config: dict, p: Path) -> dict:
+    """config.json with the hf_quant_config.json beside ``p``, where config.json has no quantization_config."""
+    quant_path = p.parent / "hf_quant_config.json"
+    if isinstance(config.get("quantization_config"), dict) or not quant_path.exists():
+        return config
+    return with_hf_quant_config(config, _read_json(quant_path), str(quant_path))
+
+
+def with_hf_quant_config(config: dict, data, shown: str) -> dict:
+    """config.json with ModelOpt's hf_quant_config.json beside it (``{"producer": ..., "quantization": {"quant_algo",
+    "kv_cache_quant_algo", "exclude_modules"}}``), read where config.json has no ``quantization_config`` as vLLM's
+    get_quant_config does; it travels under :data:`keptmodules.HF_QUANT_CONFIG`."""
+    if not isinstance(data, dict):
+        raise RequestError([(shown, "is not a JSON object")])
+    if not isinstance(data.get("quantization"), dict):
+        raise RequestError([(f"{shown}.quantization", "must be an object (quant_algo, exclude_modules)")])
+    return {**config, HF_QUANT_CONFIG: data}
 
 
 def _safetensors_quant(config: dict, type_bytes: Counter) -> str | None:

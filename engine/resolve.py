@@ -192,10 +192,16 @@ def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[s
     qc = keptmodules.checkpoint_config(config)
     if qc is None or keptmodules.checkpoint_format(qc) != quant.key:
         return bits, 0.0
-    kept = keptmodules.kept(arch, qc, where)
+    key = keptmodules.checkpoint_key(config)
+    said = f"{key}."
+    if key != "quantization_config":  # ModelOpt's hf_quant_config.json beside config.json
+        said = "hf_quant_config.json quantization."
+        if where.endswith(": config.json"):
+            where, key = where.removesuffix("config.json") + "hf_quant_config.json", "quantization"
+    kept = keptmodules.kept(arch, qc, where, key)
     if kept is None:
         return bits, 0.0
-    assumptions.append(f"weights: the checkpoint keeps at 16 bits (its quantization_config.modules_to_not_convert) "
+    assumptions.append(f"weights: the checkpoint keeps at 16 bits (its {said}{kept.source}) "
                        f"{kept.said}; its other linear layers are {quant.key}")
     return keptmodules.apply(bits, kept), keptmodules.kept_layer_params(arch, kept)
 

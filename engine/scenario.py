@@ -67,7 +67,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "int8_matmul": ("flag", "weights and activations meet in an int8 matmul (bitsandbytes LLM.int8 in transformers)"),
     # quantization
     "custom_weights_bytes": ("bytes", "exact weight bytes from a model file (0: compute from params x bits)"),
-    "p_kept": ("params", "layer parameters the checkpoint keeps unquantized (quantization_config.modules_to_not_convert; 0: none)"),
+    "p_kept": ("params", "layer parameters the checkpoint keeps unquantized (its quantization_config modules_to_not_convert, ignore or exclude_modules; 0: none)"),
     "b_kept": ("bits", "bits per parameter of the modules a checkpoint keeps unquantized (its 16-bit dtype)"),
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
     "act_bytes": ("bytes", "bytes per activation element (compute dtype)"),
