@@ -291,8 +291,7 @@ def _excluded_by_modelopt(name: str, pattern: str) -> bool:
     name (kept there for exports before ModelOpt 0.39), or a shell wildcard over the whole name (fnmatch; its
     ``*`` crosses dots). Python's fnmatch.translate compiles each ``*`` segment to an atomic group (3.11; before, a
     look-ahead that acts as one), ``(?>.*?X)``, which never backtracks into an earlier segment: no wildcard can make
-    the match run for long
-    (20 ``*`` over an 80-character name: 6 us)."""
+    the match run for long (20 ``*`` over an 80-character name: 6 us)."""
     return pattern == name or pattern in name or (any(c in pattern for c in "*?[") and fnmatchcase(name, pattern))
 
 
