@@ -374,6 +374,11 @@ def test_4bit_microscaling_on_hopper_runs_at_the_unpacking_kernels_rate():
     assert rates("h100_80", "awq") == (pytest.approx(989.4), 1.0)   # no unpacked_rate: its Hopper kernels are not measured
     assert rates("b200", "mxfp4") == (pytest.approx(4500), 1.0)     # W4A8: min(9000, 2 x 2250)
     assert rates("a100_80", "mxfp4") == (pytest.approx(312), 1.0)
+    # and the response says so, with the rate
+    said = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "gpt-oss-20b", "quantization": "mxfp4"})["assumptions"]
+    assert any(a.startswith("compute: the NVIDIA H200") and "W4A16" in a and "0.53 of its 16-bit GEMM rate" in a for a in said)
+    said = vramplan.estimate_inference({"gpu_key": "b200", "llm_key": "gpt-oss-20b", "quantization": "mxfp4"})["assumptions"]
+    assert not any(a.startswith("compute:") for a in said)
 
 
 def test_unpacking_rate_slows_large_batch_decode_of_gpt_oss_on_hopper():
