@@ -341,6 +341,12 @@ def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
         _finetuning(s, req, res, notes)
 
     s.update(device_vars(res, s["act_bytes"], bool(s["offload_to_nvme"])))
+    if s["unpacked_gemm_rate"] < 1:
+        fmt, gpu = res.quant.data, res.gpu.data
+        notes.assumptions.append(
+            f"compute: the {gpu['label']} ({gpu['architecture']}) has no {fmt.get('compute', 'fp16').upper()} tensor-core "
+            f"rate, so {fmt['label']} matmuls run kernels that unpack the weights in registers and multiply at 16 bits "
+            f"(W4A16), at {s['unpacked_gemm_rate']:g} of its 16-bit GEMM rate (unpacked_rate, catalogs/quantization)")
     return s, notes
 
 

@@ -100,7 +100,8 @@ def test_synthetic_sequence_keeps_the_bf16_logits_segment_free_at_the_loss_peak(
     v = {"train_tokens": T, "hidden": 8, "intermediate": 16, "vocab": V, "n_layers": 1, "q_dim": 8, "kv_dim": 8,
          "method_full": 1, "mixed_precision": 0, "gradient_checkpointing": 0, "grad_accum": 1, "resid_bytes": 2,
          "act_bytes": 2, "p_output": 0, "moment_bytes": 2, "optimizer_fused_step": 0,
-         "layer_saved_bytes_per_token": 64, "head_saved_bytes": T * 8 * 4, "lora_rank": 0}
+         "layer_saved_bytes_per_token": 64, "head_saved_bytes": T * 8 * 4, "lora_rank": 0,
+         "library_workspace_bytes": 69_207_040}
     a = synthetic.simulate(v)
     assert a.peak_allocated >= 12 * T * V
     assert abs(a.peak_reserved - a.peak_allocated - 2 * T * V) < 32 * MiB

@@ -277,9 +277,10 @@ def test_plugin_runtime_with_a_new_constant_and_a_formula_that_uses_it(tmp_path,
         body = {"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "trace": True}
         acme = trace_of(vramplan.estimate_inference({**body, "runtime": "acme-server"}))
         plain = trace_of(vramplan.estimate_inference({**body, "runtime": "transformers"}))
-        # transformers: (716.8 + 66 + 0) MiB = 782.8 x 1,048,576 = 820,825,292.8 bytes; ACME adds 512 MiB = 536,870,912.
-        assert plain["fixed_overhead_bytes"] == pytest.approx(820_825_292.8)
-        assert acme["fixed_overhead_bytes"] == pytest.approx(820_825_292.8 + 536_870_912)
+        # transformers: (716.8 + 66.0009765625 + 0) MiB = 782.8009765625 x 1,048,576 = 820,826,316.8 bytes (the
+        # workspaces are 69,207,040 bytes); ACME adds 512 MiB = 536,870,912.
+        assert plain["fixed_overhead_bytes"] == pytest.approx(820_826_316.8)
+        assert acme["fixed_overhead_bytes"] == pytest.approx(820_826_316.8 + 536_870_912)
 
 
 def test_plugin_formula_needing_an_undeclared_constant_is_skipped(tmp_path):

@@ -60,10 +60,12 @@ def prefill_alone_s(prompt: int) -> float:
 
 
 def round_s(n: int, ctx: float) -> float:
-    """A decode round of n sequences at a mean context: GEMMs (weights or FLOPs), then attention reading KV."""
+    """A decode round of n sequences at a mean context: GEMMs (weights or FLOPs), then attention reading KV and
+    each token's elementwise kernels streaming its hidden and feed-forward activations (as a prompt token's do)."""
     gemm = max(WEIGHT_BYTES / BW, n * 2 * MATMUL / FLOPS)
     attention = n * ctx * KV_PER_TOKEN / BW
-    return gemm + attention + L * rt("vllm", "decode_layer_overhead_us") * 1e-6
+    elementwise = n * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW
+    return gemm + attention + elementwise + L * rt("vllm", "decode_layer_overhead_us") * 1e-6
 
 
 def test_one_request_alone_is_its_prefill_then_its_decode_rounds():
@@ -95,12 +97,14 @@ def test_chunked_prefill_interference_in_a_closed_loop():
     prompt_rest = (2 * 4096 * L * 2048 ** 2 / rt("vllm", "attention_eff_ratio") / FLOPS
                    + 2048 * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW)
     gemms = (1 - share) * weights + max(share * weights, share * decode_gemm + prompts * prompt_gemm)
-    itl = gemms + 64 * 2176 * KV_PER_TOKEN / BW + L * rt("vllm", "decode_layer_overhead_us") * 1e-6 + prompts * prompt_rest
+    elementwise = L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW   # one decode token's non-GEMM kernels
+    itl = (gemms + 64 * (2176 * KV_PER_TOKEN / BW + elementwise) + L * rt("vllm", "decode_layer_overhead_us") * 1e-6
+           + prompts * prompt_rest)
     assert srv["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
     # TTFT: its own prompt, the 63 other sequences' decodes riding in its step (their attention, and their GEMM
     # FLOPs on top of a compute-bound chunk), and half a round of waiting for the step under way.
     chunk = prefill_alone_s(2048)
-    ttft = chunk + 63 * 2176 * KV_PER_TOKEN / BW + (max(WEIGHT_BYTES / BW, 63 * 2 * MATMUL / FLOPS + chunk)
+    ttft = chunk + 63 * (2176 * KV_PER_TOKEN / BW + elementwise) + (max(WEIGHT_BYTES / BW, 63 * 2 * MATMUL / FLOPS + chunk)
                                                    - max(WEIGHT_BYTES / BW, chunk)) + 0.5 * itl * 63 / 64
     assert srv["ttft_ms"] == pytest.approx(ttft * 1000, rel=1e-4)
     # Little's law: 64 sequences in flight, each taking TTFT + 255 ITL
@@ -112,12 +116,14 @@ def test_chunked_prefill_interference_in_a_closed_loop():
 
 def _short_prompt_round_parts() -> tuple[float, float, float, float]:
     """256 clients of 128-token prompts and answers: (decode GEMMs, one prompt's GEMMs, one prompt's other work,
-    the decodes' attention and fixed cost) of a round, on the H100."""
+    the decodes' attention, elementwise kernels and fixed cost) of a round, on the H100."""
     decode_gemm = 256 * 2 * MATMUL / FLOPS                              # 6.47 ms: over the 5.27 ms of weight reads
     prompt_gemm = (2 * (MATMUL - HEAD) * 128 + 2 * HEAD) / FLOPS        # the head for the last position only
     prompt_rest = (2 * 4096 * L * 128 ** 2 / 0.8 / FLOPS                 # causal attention at 0.8 of the GEMM rate
                    + 128 * L * (H + FF) * 8 / BW)                        # 8 bytes per element of non-GEMM traffic
-    attention_fixed = 256 * 192 * KV_PER_TOKEN / BW + L * 25e-6          # mean context 128 + 64; 25 us a layer
+    attention_fixed = (256 * 192 * KV_PER_TOKEN / BW                     # mean context 128 + 64
+                       + 256 * L * (H + FF) * 8 / BW                     # each decode token's non-GEMM traffic
+                       + L * 25e-6)                                      # 25 us a layer
     return decode_gemm, prompt_gemm, prompt_rest, attention_fixed
 
 
@@ -193,7 +199,7 @@ def test_static_batch_prefills_everything_then_decodes_together():
     srv = out["serving"]
     assert srv["load"] == "static_batch" and t["prefill_seqs"] == 16
     assert srv["ttft_ms"] == pytest.approx(t["prefill_ms"], abs=0.006)
-    assert srv["itl_ms"] / 1000 == pytest.approx(t["srv_round_op_s"], rel=1e-4)
+    assert srv["itl_ms"] / 1000 == pytest.approx(t["srv_round_op_s"], abs=5e-6)   # itl_ms is rounded to 0.01 ms
     batch = t["prefill_ms"] / 1000 + 255 * t["srv_round_op_s"]
     assert srv["output_throughput_tps"] == pytest.approx(16 * 256 / batch, rel=1e-3)
     # with continuous batching (a server on top) the same 16 clients desynchronise: each request waits only
@@ -374,6 +380,11 @@ def test_4bit_microscaling_on_hopper_runs_at_the_unpacking_kernels_rate():
     assert rates("h100_80", "awq") == (pytest.approx(989.4), 1.0)   # no unpacked_rate: its Hopper kernels are not measured
     assert rates("b200", "mxfp4") == (pytest.approx(4500), 1.0)     # W4A8: min(9000, 2 x 2250)
     assert rates("a100_80", "mxfp4") == (pytest.approx(312), 1.0)
+    # and the response says so, with the rate
+    said = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "gpt-oss-20b", "quantization": "mxfp4"})["assumptions"]
+    assert any(a.startswith("compute: the NVIDIA H200") and "W4A16" in a and "0.53 of its 16-bit GEMM rate" in a for a in said)
+    said = vramplan.estimate_inference({"gpu_key": "b200", "llm_key": "gpt-oss-20b", "quantization": "mxfp4"})["assumptions"]
+    assert not any(a.startswith("compute:") for a in said)
 
 
 def test_unpacking_rate_slows_large_batch_decode_of_gpt_oss_on_hopper():

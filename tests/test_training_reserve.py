@@ -23,7 +23,8 @@ MiB = 1 << 20
 TINY = dict(train_tokens=1, hidden=8, intermediate=16, vocab=32, n_layers=1, q_dim=8, kv_dim=8, method_full=1,
             mixed_precision=0, gradient_checkpointing=0, grad_accum=1, resid_bytes=2, act_bytes=2, p_output=0,
             moment_bytes=2, optimizer_fused_step=0, layer_saved_bytes_per_token=64, head_saved_bytes=32, lora_rank=0,
-            lora_q=0, lora_k=0, lora_v=0, lora_o=0, lora_gate=0, lora_up=0, lora_down=0)
+            lora_q=0, lora_k=0, lora_v=0, lora_o=0, lora_gate=0, lora_up=0, lora_down=0,
+            library_workspace_bytes=69_207_040)
 # Common to the tiny cases: the 69,207,040-byte workspaces open a large-pool segment of ceil(69,207,040 / 2 MiB)
 # = 34 x 2,097,152 = 71,303,168 bytes, split (the 2,096,128 rest > 1 MiB) so 69,207,040 of it is allocated; every
 # other tensor takes one 512-byte block of a single 2 MiB small-pool segment (4096 blocks, never full):
@@ -64,7 +65,7 @@ def test_tiny_lora_reserve_by_hand():
 
 
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 26 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 27 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):

@@ -42,11 +42,13 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from vramplan.allocator import caching as cca  # noqa: E402  (the engine's allocator model)
+from vramplan.catalog import get_catalog  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CALIBRATION = [REPO.parent / "shared" / "calibration" / "h200-transformers.jsonl",
                REPO / "benchmarks" / "measured" / "h200-2026-11-26.jsonl"]
-WORKSPACE_BYTES = 69_207_040  # cuBLAS + cuBLASLt workspaces the calibration found allocated before the model
+# cuBLAS + cuBLASLt workspaces the calibration found allocated before the model: transformers' library_workspace_mib
+WORKSPACE_BYTES = round(get_catalog().runtimes.get("transformers").data["constants"]["library_workspace_mib"]["value"] * 1048576)
 
 # packed-sequence detection reads values (.item()), which meta tensors do not have; no packing here
 _masking.find_packed_sequence_indices = lambda *a, **k: None

@@ -47,9 +47,6 @@ from typing import NamedTuple
 
 from . import caching
 
-#: The cuBLAS / cuBLASLt workspaces allocated before the model, as replay_training.py records them
-#: (torch 2.11; the calibration runs hold 64-67 MiB beyond their parameters when the model is built).
-WORKSPACE_BYTES = 69_207_040
 #: The calibration method's run: three AdamW steps (benchmarks/measured/measure.py).
 STEPS = 3
 LORA_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
@@ -94,6 +91,9 @@ class Shape(NamedTuple):
     lora_gate: int
     lora_up: int
     lora_down: int
+    #: the cuBLAS / cuBLASLt workspaces allocated before the model (the runtime's library_workspace_mib: the
+    #: calibration runs hold 69,207,040 bytes beyond their parameters once the model is built)
+    library_workspace_bytes: int
 
     @classmethod
     def of(cls, values: dict) -> Shape:
@@ -151,7 +151,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
              ("n1", H), ("n2", H)]
     shapes = {"q": (H, q), "k": (H, kv), "v": (H, kv), "o": (q, H), "gate": (H, I), "up": (H, I), "down": (I, H)}
 
-    new(WORKSPACE_BYTES)
+    new(v["library_workspace_bytes"])
     params = [("embd", V * H)] + [(f"{i}.{n}", c) for i in range(L) for n, c in layer] + [("norm", H)]
     params += [] if tied else [("head", V * H)]
     for _, c in params:
