@@ -47,7 +47,8 @@ def test_decode_ms_per_token_is_bytes_over_bandwidth_plus_layer_overhead():
     assert t["decode_weight_bytes"] == pytest.approx(weights, rel=1e-9)
     assert kv == 64 * 2 ** 20 and t["decode_kv_read_bytes"] == kv
     eff = rt("llama.cpp", "decode_bw_eff_nvidia_consumer")
-    memory_s = (weights + kv) / (1008e9 * eff)
+    activations = L * (H + FF) * rt("llama.cpp", "elementwise_traffic_bytes")   # one token's non-GEMM kernels
+    memory_s = (weights + kv + activations) / (1008e9 * eff)
     # the 4090 (compute capability 8.9) replays the step as a CUDA graph: no per-kernel launch penalty,
     # plus the per-token host work (graph build, submission)
     assert t["decode_cuda_graphs"] == 1
