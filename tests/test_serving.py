@@ -393,8 +393,8 @@ def test_unpacking_rate_slows_large_batch_decode_of_gpt_oss_on_hopper():
     + 4096 x 2880 = 26,542,080) and router (2880 x 32 = 92,160) = 639,221,760 params, and the bf16 head
     (201,088 x 2880 = 579,133,440): 2 x 1,218,355,200 = 2,436,710,400 FLOPs a token at 16 bits."""
     body = {"gpu_key": "h100_80", "llm_key": "gpt-oss-20b", "quantization": "mxfp4", "runtime": "vllm",
-            "input_tokens": 1000, "output_tokens": 1000, "concurrent_users": 512, "trace": True}
-    steps = {s["id"]: s["value"] for s in vramplan.estimate_inference(body)["trace"] if isinstance(s, dict) and "id" in s}
+            "input_tokens": 1000, "output_tokens": 1000, "concurrent_users": 512}
+    _, steps = traced(body)
     assert steps["gemm16_kept_params"] == 24 * (2880 * (4096 + 512 + 512) + 4096 * 2880 + 2880 * 32) == 639_221_760
     assert steps["gemm16_head_params"] == 201_088 * 2880 == 579_133_440
     flops = steps["decode_gemm_flops_per_token"]
