@@ -131,6 +131,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "gpu_unified": ("flag", "unified memory (Apple silicon, Grace, DGX Spark)"),
     "ic_bw_gb_s": ("GB/s", "GPU-to-GPU link bandwidth per direction"),
     "ic_latency_us": ("us", "GPU-to-GPU link latency"),
+    "ic_p2p": ("flag", "the GPUs load from each other's memory over NVLink / NVSwitch (what custom all-reduce kernels need)"),
     "host_bw_gb_s": ("GB/s", "GPU-to-host link bandwidth per direction"),
     "offload_bw_gb_s": ("GB/s", "bandwidth of the offload target path"),
     "eff_decode_bw": ("fraction", "share of memory bandwidth decode achieves (runtime x hardware class)"),
@@ -376,6 +377,7 @@ def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any
         "gpu_mem_gib": memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"], "gpu_tflops_16": float(_tflops_16(gpu)),
         "gpu_tdp_w": gpu["tdp_w"], "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
         "ic_bw_gb_s": interconnect["bandwidth_gb_s"], "ic_latency_us": interconnect["latency_us"],
+        "ic_p2p": int(interconnect.get("kind") in ("nvlink", "nvswitch")),
         # Unified memory: "offloaded" data stays in the same memory the GPU reads.
         "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not host_link or gpu.get("unified_memory_gib"))
         else host_link["bandwidth_gb_s"],

@@ -440,3 +440,43 @@ def test_temperature_sampling_is_a_runtime_setting_that_streams_more_per_row():
     assert sampled["srv_elementwise_s"] - greedy["srv_elementwise_s"] == pytest.approx(per_row, rel=1e-9)
     assert greedy["srv_op_n"] == sampled["srv_op_n"] == 256
     assert sampled["decode_elementwise_bytes"] - greedy["decode_elementwise_bytes"] == pytest.approx(256 * 128256 * 36, rel=1e-12)
+
+
+def test_tensor_parallel_all_reduces_use_the_runtimes_custom_kernel_on_nvlink_and_nccl_elsewhere():
+    """Llama 3 70B (80 layers, hidden 8192) over 8 H100s on NVSwitch, one user: vLLM's custom all-reduce takes 5 us
+    whatever the GPU count and moves the hidden state at half the 450 GB/s link - 2 x 7/8 x 16,384 B / 225e9 = 127.43 ns
+    a token; 160 all-reduces a step = 160 x (5 us + 0.12743 us) = 820.39 us. TGI all-reduces through NCCL: a ring of
+    2 x 7 = 14 hops of 3.4 us = 47.6 us at the full link (63.72 ns a token) = 160 x 47.664 us = 7.626 ms. Four L40S on
+    PCIe have no NVLink peer loads: vLLM falls back to NCCL, 2 x 3 hops x 5.7 us = 34.2 us."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3-70b", "quantization": "bf16", "num_gpus": 8,
+            "inference_parallelism": "tensor", "input_tokens": 512, "output_tokens": 128}
+    _, v = traced({**body, "runtime": "vllm"})
+    assert v["allreduce_custom"] == 1 and v["decode_mb_seqs"] == 1
+    assert v["allreduce_latency_s"] == pytest.approx(5e-6, rel=1e-12)
+    assert v["allreduce_token_s"] == pytest.approx(2 * 7 / 8 * 16384 / 225e9, rel=1e-12)
+    assert v["decode_tp_comm_s"] == pytest.approx(160 * (5e-6 + 2 * 7 / 8 * 16384 / 225e9), rel=1e-9)
+    assert v["decode_tp_comm_s"] == pytest.approx(820.39e-6, abs=0.01e-6)
+    _, g = traced({**body, "runtime": "tgi"})
+    assert g["allreduce_custom"] == 0
+    assert g["allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
+    assert g["decode_tp_comm_s"] == pytest.approx(160 * (47.6e-6 + 2 * 7 / 8 * 16384 / 450e9), rel=1e-9)
+    _, pcie = traced({**body, "gpu_key": "l40s", "num_gpus": 4, "quantization": "fp8", "runtime": "vllm"})
+    assert pcie["allreduce_custom"] == 0 and pcie["allreduce_latency_s"] == pytest.approx(6 * 5.7e-6, rel=1e-12)
+
+
+def test_a_decode_step_too_large_for_the_custom_kernel_all_reduces_through_nccl():
+    """vLLM's custom kernel takes messages up to 8 MiB (hidden 8192 x 2 bytes = 16 KiB a token): one user's 128-token
+    prompt (2 MiB) and decode step stay on it; a burst of 256 decodes (4 MiB) too, but its prompts are prefilled in passes
+    of 8192 tokens (128 MiB), which go to NCCL's ring; 1024 decodes (16 MiB) go to NCCL as well."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3-70b", "quantization": "fp8", "num_gpus": 8,
+            "inference_parallelism": "tensor", "runtime": "vllm", "kv_cache_quantization": "fp8",
+            "input_tokens": 128, "output_tokens": 128}
+    _, one = traced(body)
+    assert one["decode_mb_seqs"] == 1 and one["allreduce_custom"] == 1 and one["prefill_allreduce_custom"] == 1
+    _, burst = traced({**body, "batch_size": 256})
+    assert burst["decode_mb_seqs"] == 256 and 256 * 8192 * 2 == 4 * 2 ** 20 and burst["allreduce_custom"] == 1
+    assert burst["prompt_tokens"] / burst["prefill_chunks"] == 8192 and burst["prefill_allreduce_custom"] == 0
+    assert burst["prefill_allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
+    _, large = traced({**body, "batch_size": 1024, "runtime_settings": {"max_num_seqs": 1024}})
+    assert large["decode_mb_seqs"] == 1024
+    assert large["allreduce_custom"] == 0 and large["allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
