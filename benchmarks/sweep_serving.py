@@ -29,6 +29,7 @@ rounds latencies to 0.01 ms and throughputs to 0.1 tokens/s, which the checks al
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 import sys
@@ -180,7 +181,7 @@ def check_figures(sw: Sweep, req: dict[str, Any], r: dict[str, Any]) -> None:
         sw.flag("utilisation_above_1", req, f"utilisation {s['utilisation']}")
     if s["cost_per_million_output_tokens"] is not None and s["output_throughput_tps"] > 0:
         want = s["cost_per_hour"] / (s["output_throughput_tps"] * 3600) * 1e6
-        if not close(s["cost_per_million_output_tokens"], want, 0.005, 0.002):
+        if not close(s["cost_per_million_output_tokens"], want, 0.005 + 0.05 / s["output_throughput_tps"], 0.002):  # tok/s rounded to 0.1
             sw.flag("cost", req, f"{s['cost_per_million_output_tokens']} per million but {s['cost_per_hour']}/h at {s['output_throughput_tps']} tok/s = {want:.4g}")
     pool = r.get("kv_pool")
     if pool and pool.get("tokens") and req.get("runtime") in ("vllm", "vllm-v0") and s["running_sequences"] > 0:
@@ -207,6 +208,8 @@ def closed_ladder(sw: Sweep, req: dict[str, Any], users: list[int], capacity_rps
         if s["ttft_ms"] is None:
             continue
         b = req.get("batch_size", 1)
+        if s["running_sequences"] > max_num_seqs(req["runtime"]):
+            sw.flag("running_above_max_num_seqs", q, f"running {s['running_sequences']} > max_num_seqs {max_num_seqs(req['runtime'])}")
         if s["running_sequences"] > u * b + 1e-9:
             sw.flag("running_above_users", q, f"running {s['running_sequences']} > {u} users x {b}")
         if not close(s["running_sequences"] / b + s["queued_requests"], u, 0.001, 0.01):
@@ -234,6 +237,14 @@ def closed_ladder(sw: Sweep, req: dict[str, Any], users: list[int], capacity_rps
         if b["ttft_ms"] < a["ttft_ms"] * 0.995 - 0.011:
             sw.flag("ttft_drops", q1, f"{u0} users {a['ttft_ms']} ms -> {u1} users {b['ttft_ms']} ms "
                     f"(running {a['running_sequences']} -> {b['running_sequences']})")
+
+
+@functools.lru_cache(maxsize=None)
+def max_num_seqs(runtime: str) -> float:
+    """The largest max_num_seqs the runtime's profile names (any GPU tier); inf where it has none."""
+    c = next(r for r in vramplan.list_runtimes() if r["key"] == runtime)["constants"].get("max_num_seqs") or {}
+    values = [c.get("value", 0)] + [t["value"] for t in c.get("tiers", [])]
+    return max(values) if max(values) > 0 else math.inf
 
 
 SUSTAINS = re.compile(r"sustains about ([0-9.e+-]+) requests/s")
