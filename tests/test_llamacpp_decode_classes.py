@@ -36,24 +36,24 @@ def test_pascal_f16_decode_runs_on_the_fp32_alus_not_the_fp16_rate():
     (a 256-token prompt and 512 new ones).
 
     Memory: (15,009,849,344 weights + 2 x 1024 x 2 bytes x 32 layers x 512 cells = 67,108,864 KV + 32 layers x
-    (4096 + 14336) x 16 bytes = 9,437,184 of activations) bytes at min(346 GB/s x 0.9, 30 SMs x 10.9 = 327) =
-    311.4 GB/s = 48.4470 ms. Mat-vec arithmetic: (2 x 7,504,924,672
+    (4096 + 14336) x 16 bytes = 9,437,184 of activations + 128,256 x 4 = 513,024 of f32 logits) bytes at min(346 GB/s x 0.9, 30 SMs x 10.9 = 327) =
+    311.4 GB/s = 48.4487 ms. Mat-vec arithmetic: (2 x 7,504,924,672
     + 4 x 32 x 4096 x 512) = 15,278,284,800 FLOP / 11.76e12 = 1.299 ms (the FP16 tensor path would have said
     15,278,284,800 / (0.18e12 x 0.6) = 141.5 ms and 7 tok/s). Overhead: no CUDA graph below compute
-    capability 8.0, 32 x (81 + 27) us + 300 us = 3.756 ms. Token: 48.4470 + 3.756 = 52.203 ms = 19.16 tok/s.
+    capability 8.0, 32 x (81 + 27) us + 300 us = 3.756 ms. Token: 48.4487 + 3.756 = 52.205 ms = 19.16 tok/s.
     """
     out, t = traced({"gpu_key": "p40", "llm_key": "llama-3-8b", "quantization": "fp16", "runtime": "llama.cpp",
                      "input_tokens": 256, "output_tokens": 512})
     assert t["decode_weight_bytes"] == F16_LAYER_BYTES + F16_HEAD_BYTES
     assert t["decode_kv_read_bytes"] == 67_108_864
     assert t["decode_stream_gb_s"] == pytest.approx(311.4, rel=1e-12)
-    assert t["decode_elementwise_bytes"] == 32 * (4096 + 14336) * 16 == 9_437_184
-    assert t["decode_memory_s"] == pytest.approx((15_009_849_344 + 67_108_864 + 9_437_184) / 311.4e9, rel=1e-9)
+    assert t["decode_elementwise_bytes"] == 32 * (4096 + 14336) * 16 + 128256 * 4 == 9_950_208
+    assert t["decode_memory_s"] == pytest.approx((15_009_849_344 + 67_108_864 + 9_950_208) / 311.4e9, rel=1e-9)
     assert t["decode_matvec"] == 1
     assert t["decode_compute_s"] == pytest.approx(15_278_284_800 / 11.76e12, rel=1e-9)
     assert t["decode_cuda_graphs"] == 0
     assert t["decode_overhead_s"] == pytest.approx(3.756e-3, rel=1e-12)
-    ms = (15_086_395_392 / 311.4e9 + 3.756e-3) * 1000
+    ms = (15_086_908_416 / 311.4e9 + 3.756e-3) * 1000
     assert out["ms_per_token"] == pytest.approx(ms, abs=0.006)
     assert out["estimated_latency_tps"] == pytest.approx(19.16, abs=0.05)
 
@@ -80,15 +80,15 @@ def test_quantized_decode_needs_dp4a_compute_capability_6_1():
 def test_hbm_datacenter_gpus_stream_at_the_per_sm_cap_not_their_bandwidth():
     """A100 80GB PCIe (1935 GB/s, 108 SMs): min(1935 x 0.9 = 1741.5, 108 x 10.9 = 1177.2) = 1177.2 GB/s.
 
-    Llama 3 70B Q4_K_M: its weights, KV and one token's activations (80 layers x (8192 + 28672) x 16 bytes =
-    47,185,920) at 1177.2 GB/s, plus 80 layers x 81 us + 300 us with the CUDA graph.
+    Llama 3 70B Q4_K_M: its weights, KV, one token's activations (80 layers x (8192 + 28672) x 16 bytes =
+    47,185,920) and its f32 logits (128,256 x 4 = 513,024) at 1177.2 GB/s, plus 80 layers x 81 us + 300 us with the CUDA graph.
     An RTX 4090 (128 SMs x 10.9 = 1395.2) keeps its bandwidth share 1008 x 0.92 = 927.36 GB/s.
     """
     out, t = traced({"gpu_key": "a100_80_pcie", "llm_key": "llama-3-70b", "quantization": "q4_k_m",
                      "runtime": "llama.cpp", "input_tokens": 256, "output_tokens": 512})
     assert t["decode_stream_gb_s"] == pytest.approx(1177.2, rel=1e-12)
-    assert t["decode_elementwise_bytes"] == 80 * (8192 + 28672) * 16 == 47_185_920
-    memory_s = (t["decode_weight_bytes"] + t["decode_kv_read_bytes"] + 47_185_920) / 1177.2e9
+    assert t["decode_elementwise_bytes"] == 80 * (8192 + 28672) * 16 + 128256 * 4 == 47_698_944
+    memory_s = (t["decode_weight_bytes"] + t["decode_kv_read_bytes"] + 47_698_944) / 1177.2e9
     assert t["decode_memory_s"] == pytest.approx(memory_s, rel=1e-12)
     assert t["decode_overhead_s"] == pytest.approx((80 * 81 + 300) * 1e-6, rel=1e-12)
     assert out["ms_per_token"] == pytest.approx((memory_s + 6.78e-3) * 1000, abs=0.006)

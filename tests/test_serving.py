@@ -27,6 +27,7 @@ WEIGHT_BYTES = (MATMUL) * 2                  # decode reads every layer weight a
 KV_PER_TOKEN = 2 * 8 * 128 * 2 * L           # K + V, 8 heads of 128, bf16, 32 layers = 131,072 bytes
 BW = 3350e9 * 0.85                           # H100 bandwidth x vLLM's decode efficiency
 FLOPS = 989.4e12 * 0.6                       # dense bf16 x vLLM's GEMM efficiency
+SAMPLE = V * 12 / BW                         # V1's greedy sampler, a sequence: bf16 logits 2 + fp32 copy 2 + 4 + argmax 4
 BASE = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "bf16", "runtime": "vllm"}
 
 
@@ -48,6 +49,7 @@ def traced(body: dict) -> tuple[dict, dict]:
 def test_constants_this_file_assumes():
     assert rt("vllm", "decode_bw_eff") == 0.85 and rt("vllm", "prefill_flops_eff") == 0.6
     assert KV_PER_TOKEN == 131072 and WEIGHT_BYTES == 15009849344
+    assert rt("vllm", "sampler_traffic_bytes") == 12 and rt("vllm-v0", "sampler_traffic_bytes") == 36
 
 
 def prefill_alone_s(prompt: int) -> float:
@@ -55,7 +57,7 @@ def prefill_alone_s(prompt: int) -> float:
     gemm = 2 * (MATMUL - HEAD) * prompt + 2 * HEAD                      # the head only for the last position
     attn = 2 * 4096 * L * prompt ** 2                                    # causal QK and AV, 4 x q_dim per pair / 2
     compute = (gemm + attn / rt("vllm", "attention_eff_ratio")) / FLOPS
-    elementwise = prompt * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW
+    elementwise = prompt * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW + SAMPLE   # + its first token's sampler
     return max(compute, WEIGHT_BYTES / BW) + elementwise + L * rt("vllm", "prefill_layer_overhead_us") * 1e-6
 
 
@@ -64,7 +66,7 @@ def round_s(n: int, ctx: float) -> float:
     each token's elementwise kernels streaming its hidden and feed-forward activations (as a prompt token's do)."""
     gemm = max(WEIGHT_BYTES / BW, n * 2 * MATMUL / FLOPS)
     attention = n * ctx * KV_PER_TOKEN / BW
-    elementwise = n * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW
+    elementwise = n * (L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW + SAMPLE)    # + each sequence's sampler
     return gemm + attention + elementwise + L * rt("vllm", "decode_layer_overhead_us") * 1e-6
 
 
@@ -95,9 +97,9 @@ def test_chunked_prefill_interference_in_a_closed_loop():
     weights, decode_gemm = WEIGHT_BYTES / BW, 64 * 2 * MATMUL / FLOPS     # 5.27 ms of reads, 1.62 ms of FLOPs
     prompt_gemm = (2 * (MATMUL - HEAD) * 2048 + 2 * HEAD) / FLOPS       # 48.2 ms: compute-bound where it rides
     prompt_rest = (2 * 4096 * L * 2048 ** 2 / rt("vllm", "attention_eff_ratio") / FLOPS
-                   + 2048 * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW)
+                   + 2048 * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW + SAMPLE)
     gemms = (1 - share) * weights + max(share * weights, share * decode_gemm + prompts * prompt_gemm)
-    elementwise = L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW   # one decode token's non-GEMM kernels
+    elementwise = L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW + SAMPLE   # one decode token's kernels, sampler
     itl = (gemms + 64 * (2176 * KV_PER_TOKEN / BW + elementwise) + L * rt("vllm", "decode_layer_overhead_us") * 1e-6
            + prompts * prompt_rest)
     assert srv["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
@@ -120,9 +122,10 @@ def _short_prompt_round_parts() -> tuple[float, float, float, float]:
     decode_gemm = 256 * 2 * MATMUL / FLOPS                              # 6.47 ms: over the 5.27 ms of weight reads
     prompt_gemm = (2 * (MATMUL - HEAD) * 128 + 2 * HEAD) / FLOPS        # the head for the last position only
     prompt_rest = (2 * 4096 * L * 128 ** 2 / 0.8 / FLOPS                 # causal attention at 0.8 of the GEMM rate
-                   + 128 * L * (H + FF) * 8 / BW)                        # 8 bytes per element of non-GEMM traffic
+                   + 128 * L * (H + FF) * 8 / BW                         # 8 bytes per element of non-GEMM traffic
+                   + SAMPLE)                                             # the first token's sampler
     attention_fixed = (256 * 192 * KV_PER_TOKEN / BW                     # mean context 128 + 64
-                       + 256 * L * (H + FF) * 8 / BW                     # each decode token's non-GEMM traffic
+                       + 256 * (L * (H + FF) * 8 / BW + SAMPLE)          # each decode token's non-GEMM traffic, sampler
                        + L * 25e-6)                                      # 25 us a layer
     return decode_gemm, prompt_gemm, prompt_rest, attention_fixed
 
@@ -222,8 +225,9 @@ def test_open_loop_waits_grow_towards_capacity_and_past_it_latencies_are_null():
         assert r["requests_per_second"] == pytest.approx(f * cap, rel=1e-3)
         assert r["utilisation"] == pytest.approx(f, abs=2e-3)
         assert r["limited_by"] == "arrival_rate"
-        # Little's law: in service + waiting = arrivals x end-to-end time
-        assert r["running_sequences"] + r["queued_requests"] == pytest.approx(f * cap * r["e2e_latency_ms"] / 1000, rel=2e-3)
+        # Little's law: in service + waiting = arrivals x end-to-end time (each reported to two decimals)
+        assert r["running_sequences"] + r["queued_requests"] == pytest.approx(f * cap * r["e2e_latency_ms"] / 1000,
+                                                                              rel=2e-3, abs=0.011)
 
 
 def test_open_loop_concurrency_solves_m_equals_one_plus_lambda_e2e_on_the_line():
@@ -333,17 +337,20 @@ def test_vllm_v0_defaults_from_its_source():
 
 
 def test_vllm_v0_host_work_grows_each_round_with_the_running_sequences():
-    """64 users, 512-token prompts and 256-token answers: with V1's budgets and limits given to V0, the only difference
-    is the host work - 64 running sequences x 100 us = 6.4 ms more per round (every round, with or without a chunk),
-    so ITL_v0 = ITL_v1 + 6.4 ms; output throughput follows Little's law on the longer request."""
+    """64 users, 512-token prompts and 256-token answers: with V1's budgets and limits given to V0, the differences
+    are the host work - 64 running sequences x 100 us = 6.4 ms more per round (every round, with or without a chunk) -
+    and V0's sampler, which takes softmax and log_softmax of every row: 36 bytes a vocabulary entry against V1's 12,
+    (64 + 63/256 first tokens) x 128,256 x 24 / 2.8475e12 = 69.5 us; output throughput follows Little's law on the longer request."""
     body = {**BASE, "input_tokens": 512, "output_tokens": 256, "concurrent_users": 64}
     same = {"max_prefill_tokens": 8192, "max_num_seqs": 1024, "cuda_graph_max_seqs": 512, "prefill_mixes_decode": 1}
     v1, t1 = traced(body)
     v0, t0 = traced({**body, "runtime": "vllm-v0", "runtime_settings": same})
     assert t0["srv_op_n"] == t1["srv_op_n"] == 64
     assert t0["srv_host_seq_s"] == pytest.approx(100e-6) and t1["srv_host_seq_s"] == 0
-    assert t0["srv_round_op_s"] - t1["srv_round_op_s"] == pytest.approx(64 * 100e-6, rel=1e-9)
-    assert v0["serving"]["itl_ms"] - v1["serving"]["itl_ms"] == pytest.approx(6.4, abs=0.011)
+    sampler = (64 + 63 / 256) * V * (36 - 12) / BW        # the decodes' rows and the first-token row of 63/256 prompts
+    assert sampler == pytest.approx(69.5e-6, abs=0.1e-6)
+    assert t0["srv_round_op_s"] - t1["srv_round_op_s"] == pytest.approx(64 * 100e-6 + sampler, rel=1e-9)
+    assert v0["serving"]["itl_ms"] - v1["serving"]["itl_ms"] == pytest.approx(6.4 + 0.0695, abs=0.011)
     assert v0["serving"]["output_throughput_tps"] < v1["serving"]["output_throughput_tps"]
 
 
@@ -420,3 +427,34 @@ def test_sglang_pool_is_sized_before_any_client_arrives():
     assert many["memory_details"]["KV Cache"] == one["memory_details"]["KV Cache"]
     assert many["serving"]["running_sequences"] == math.floor(tokens / 1110)
     assert many["serving"]["queued_requests"] == 1024 - math.floor(tokens / 1110)
+
+
+def test_tensor_parallel_ranks_each_run_the_norms_on_the_whole_hidden_state_and_sample_whole_rows():
+    """Llama 3 8B over 2 tensor-parallel H100s, 64 sequences: each rank holds the all-reduced 4096-wide hidden state and
+    runs the norms and residual adds on all of it, but only half of the 14,336-wide feed-forward activation; the
+    gathered logits are sampled whole on each rank. Per GPU and sequence: 32 x (4096 + 7168) x 8 = 2,883,584 bytes of
+    elementwise traffic + 128,256 x 12 = 1,539,072 of sampler traffic = 4,422,656 bytes."""
+    body = {**BASE, "num_gpus": 2, "inference_parallelism": "tensor", "input_tokens": 1024, "output_tokens": 1024,
+            "batch_size": 64}
+    out, t = traced(body)
+    per_seq = 32 * (4096 + 14336 // 2) * 8 + 128256 * 12
+    assert per_seq == 4422656
+    assert t["decode_mb_seqs"] == 64
+    assert t["decode_elementwise_bytes"] == pytest.approx(64 * per_seq, rel=1e-12)
+    assert t["srv_elementwise_s"] == pytest.approx(per_seq / (t["decode_stream_gb_s"] * 1e9), rel=1e-12)
+    # a split hidden state would have been 32 x (4096 + 14336) x 8 / 2 = 2,359,296 bytes of elementwise traffic a rank
+    assert t["decode_elementwise_bytes"] > 64 * (2359296 + 128256 * 12)
+
+
+def test_temperature_sampling_is_a_runtime_setting_that_streams_more_per_row():
+    """Greedy (12 bytes a vocabulary entry) is the default; a deployment sampling with a temperature sets ~48 (softmax,
+    exponential noise, division, argmax): each running sequence's row then costs 128,256 x 36 / 2.8475e12 = 1.6215 us
+    more a round, 256 of them 0.4151 ms."""
+    body = {**BASE, "input_tokens": 512, "output_tokens": 256, "concurrent_users": 256}
+    _, greedy = traced(body)
+    _, sampled = traced({**body, "runtime_settings": {"sampler_traffic_bytes": 48}})
+    per_row = 128256 * 36 / BW
+    assert per_row == pytest.approx(1.6215e-6, abs=1e-10)
+    assert sampled["srv_elementwise_s"] - greedy["srv_elementwise_s"] == pytest.approx(per_row, rel=1e-9)
+    assert greedy["srv_op_n"] == sampled["srv_op_n"] == 256
+    assert sampled["decode_elementwise_bytes"] - greedy["decode_elementwise_bytes"] == pytest.approx(256 * 128256 * 36, rel=1e-12)
