@@ -411,6 +411,24 @@ def test_unpacking_rate_slows_large_batch_decode_of_gpt_oss_on_hopper():
     assert steps["srv_token_s"] > 1.5 * flops / (989.4e12 * 0.6)
 
 
+def test_sglang_pool_is_sized_before_any_client_arrives():
+    # SGLang sizes its KV pool at startup from mem_fraction_static (no sampler profile run), so 1024 clients cannot
+    # shrink it: the pool's tokens are the same as with one client, and the running cap stays what that pool admits.
+    # Qwen3-30B-A3B q4_k_m on an RTX 4090, 1000 + 200 tokens: SGLang admits a sequence with its prompt and 0.55 of
+    # its answer (kv_reserve_output_fraction), 1000 + 0.55 x 200 = 1110 tokens; the pool's T tokens hold floor(T / 1110).
+    # (Before: the logits of 1024 clients' rows came out of the pool - 16,749 tokens, 15 running, 669 tok/s.)
+    req = {"gpu_key": "rtx_4090", "llm_key": "qwen3-30b-a3b", "quantization": "q4_k_m", "runtime": "sglang",
+           "input_tokens": 1000, "output_tokens": 200}
+    one = vramplan.estimate_inference({**req, "concurrent_users": 1})
+    many = vramplan.estimate_inference({**req, "concurrent_users": 1024})
+    assert rt("sglang", "kv_reserve_output_fraction") == 0.55
+    tokens = one["kv_pool"]["tokens"]
+    assert many["kv_pool"]["tokens"] == tokens
+    assert many["memory_details"]["KV Cache"] == one["memory_details"]["KV Cache"]
+    assert many["serving"]["running_sequences"] == math.floor(tokens / 1110)
+    assert many["serving"]["queued_requests"] == 1024 - math.floor(tokens / 1110)
+
+
 def test_tensor_parallel_ranks_each_run_the_norms_on_the_whole_hidden_state_and_sample_whole_rows():
     """Llama 3 8B over 2 tensor-parallel H100s, 64 sequences: each rank holds the all-reduced 4096-wide hidden state and
     runs the norms and residual adds on all of it, but only half of the 14,336-wide feed-forward activation; the
