@@ -365,29 +365,21 @@ def planner(sw: Sweep) -> None:
         def meets(s: dict[str, Any]) -> bool:
             return all(s.get(k) is not None and s[k] <= v for k, v in slo.items())
 
-        mcu = ans.get("max_concurrent_users") or {}
-        if mcu.get("value"):
-            n = mcu["value"]
-            at = sw.estimate(dict(base, concurrent_users=n))
-            nxt = sw.estimate(dict(base, concurrent_users=n + 1))
+        # each answer must meet the SLO, and one step further must not (unless the answer is bound by capacity)
+        for question, field, step, name in (("max_concurrent_users", "concurrent_users", lambda v: v + 1, "users"),
+                                            ("max_request_rate", "request_rate", lambda v: v * 1.05, "rate")):
+            found = ans.get(question) or {}
+            if not found.get("value"):
+                continue
+            value = found["value"]
+            at = sw.estimate(dict(base, **{field: value}))
+            nxt = sw.estimate(dict(base, **{field: step(value)}))
             if at and not meets(at["serving"]):
-                sw.flag("planner_users_breaks_slo", base, f"max_concurrent_users {n} but at {n}: "
+                sw.flag(f"planner_{name}_breaks_slo", base, f"{question} {value} but at it: "
                         + ", ".join(f"{k} {at['serving'][k]}" for k in slo))
-            if nxt and meets(nxt["serving"]) and mcu.get("binding") in slo:
-                sw.flag("planner_users_not_max", base, f"max_concurrent_users {n} ({mcu.get('binding')}) but {n + 1} meets the SLO too: "
-                        + ", ".join(f"{k} {nxt['serving'][k]}" for k in slo))
-        mrr = ans.get("max_request_rate") or {}
-        if mrr.get("value"):
-            rate = mrr["value"]
-            at = sw.estimate(dict(base, request_rate=rate))
-            nxt = sw.estimate(dict(base, request_rate=rate * 1.05))
-            if at and not meets(at["serving"]):
-                sw.flag("planner_rate_breaks_slo", base, f"max_request_rate {rate} but at it: "
-                        + ", ".join(f"{k} {at['serving'][k]}" for k in slo))
-            if nxt and meets(nxt["serving"]) and mrr.get("binding") in slo:
-                sw.flag("planner_rate_not_max", base, f"max_request_rate {rate} ({mrr.get('binding')}) but {rate * 1.05:.3g} meets the SLO: "
-                        + ", ".join(f"{k} {nxt['serving'][k]}" for k in slo))
-
+            if nxt and meets(nxt["serving"]) and found.get("binding") in slo:
+                sw.flag(f"planner_{name}_not_max", base, f"{question} {value} ({found.get('binding')}) but {step(value):.4g} "
+                        "meets the SLO too: " + ", ".join(f"{k} {nxt['serving'][k]}" for k in slo))
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
