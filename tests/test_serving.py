@@ -498,3 +498,20 @@ def test_a_decode_step_too_large_for_the_custom_kernel_all_reduces_through_nccl(
     _, large = traced({**body, "batch_size": 1024, "runtime_settings": {"max_num_seqs": 1024}})
     assert large["decode_mb_seqs"] == 1024
     assert large["allreduce_custom"] == 0 and large["allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
+
+
+def test_a_clients_sequences_arriving_together_are_prefilled_together_under_continuous_batching():
+    """Two clients each sending 4 sequences of 1000-token prompts: a request's 4 prompts arrive at once and the
+    scheduler admits them in one step (4,000 tokens, under the 8192 budget), so its first tokens come after all four
+    prompts' prefill - not after one prompt's, as if they came one by one - and no sooner than the same 4 prompts'
+    prefill for one client alone (a static burst), which has no other sequences riding in its step."""
+    body = {**BASE, "input_tokens": 1000, "output_tokens": 200, "batch_size": 4}
+    alone, ta = traced(body)
+    two, tt = traced({**body, "concurrent_users": 2})
+    assert ta["srv_static"] == 1 and ta["prefill_seqs"] == 4
+    assert tt["srv_static"] == 0 and tt["prefill_seqs"] == 4 and tt["srv_running_closed"] == 8
+    assert tt["prompt_tokens"] == 4 * 1000 == ta["prompt_tokens"]
+    assert tt["prefill_ms"] == pytest.approx(ta["prefill_ms"], rel=1e-12)            # the same 4 prompts, one pass
+    assert two["serving"]["ttft_ms"] >= alone["serving"]["ttft_ms"] >= round(tt["prefill_ms"], 2) - 0.005   # reported to 2 decimals
+    one_by_one, t1 = traced({**body, "batch_size": 1, "concurrent_users": 8})
+    assert t1["prefill_seqs"] == 1 and one_by_one["serving"]["ttft_ms"] < two["serving"]["ttft_ms"]
