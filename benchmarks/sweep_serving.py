@@ -16,7 +16,7 @@ under load"):
 - open loop: below capacity it serves what arrives (``arrival_rate``), latencies non-decreasing in the
   rate, Little's law (rate x e2e = running + queued); past capacity nulls and a warning with the rate;
 - single-stream decode: FP8/FP4 not slower than BF16 on GPUs with the units; more tensor-parallel GPUs
-  not slower by more than the all-reduces explain;
+  not more than 5 % slower (where they are, it is the all-reduces: TGI's NCCL rings);
 - planner: ``max_concurrent_users`` / ``max_request_rate`` under an SLO meet it at the answer, and the
   direct estimate one step further breaks it (unless memory or capacity binds).
 
