@@ -283,6 +283,9 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
     if "torch.compile" in flags:
         return None, notes, "torch.compile with a static cache is not modelled"
     body: dict[str, Any] = {"gpu_key": gpu, "llm_key": model, "quantization": quant, "runtime": runtime}
+    if "--enforce-eager" in flags:  # vLLM: no CUDA / HIP graph is captured, every step launches its kernels
+        body["runtime_settings"] = {"cuda_graph_max_seqs": 0}
+        notes.append("--enforce-eager: every decode step launches its kernels from the host (cuda_graph_max_seqs 0)")
     kv, reading = _kv(r)
     if kv:
         body["kv_cache_quantization"] = kv

@@ -142,6 +142,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "power_idle_fraction": ("fraction", "share of TDP a GPU draws while memory-bound"),
     "gpu_fp32_tflops": ("TFLOP/s", "vector (non-tensor) fp32 throughput: the ALUs that dequantize weights"),
     "gpu_cc": ("version", "NVIDIA CUDA compute capability as a number (6.1, 8.9); 0 for other vendors"),
+    "gpu_hip": ("flag", "an AMD GPU, programmed through ROCm / HIP (where a runtime may capture HIP graphs)"),
     "gpu_sm_count": ("SMs", "streaming multiprocessors of one GPU; 0 where the catalog has none (no per-SM cap)"),
     "weights_dequantized": ("flag", "weights are stored in a format the matmuls must unpack (integer, GGUF, AWQ/GPTQ, NF4, ...)"),
     "dequant_flops_per_weight": ("FLOP", "ALU work to unpack one weight in a decode mat-vec (runtime x hardware class)"),
@@ -387,7 +388,7 @@ def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any
         "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not host_link or gpu.get("unified_memory_gib"))
         else host_link["bandwidth_gb_s"],
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or _tflops_16(gpu)),
-        "gpu_cc": _compute_capability(gpu), "gpu_sm_count": float(gpu.get("sm_count") or 0),
+        "gpu_cc": _compute_capability(gpu), "gpu_hip": 1.0 if gpu["vendor"] == "amd" else 0.0, "gpu_sm_count": float(gpu.get("sm_count") or 0),
     }
 
 

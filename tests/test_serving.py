@@ -332,25 +332,27 @@ def test_vllm_v0_defaults_from_its_source():
     assert CAT.models.get("mistral-7b-v0.1").data["config"]["max_position_embeddings"] == 32768
     assert (v0_seen("mistral-7b-v0.1", "max_prefill_tokens"), v0_seen("mistral-7b-v0.1", "prefill_mixes_decode")) == (32768, 0)
     assert seen_on("h100_80", "vllm-v0", "cuda_graph_max_seqs") == 256
-    assert seen_on("h100_80", "vllm-v0", "decode_seq_host_us") == 100
+    assert seen_on("h100_80", "vllm-v0", "decode_seq_host_us") == 80
+    assert seen_on("h100_80", "vllm-v0", "decode_token_overhead_us") == 4000
     assert seen_on("h100_80", "vllm", "decode_seq_host_us") == 0
 
 
 def test_vllm_v0_host_work_grows_each_round_with_the_running_sequences():
     """64 users, 512-token prompts and 256-token answers: with V1's budgets and limits given to V0, the differences
-    are the host work - 64 running sequences x 100 us = 6.4 ms more per round (every round, with or without a chunk) -
-    and V0's sampler, which takes softmax and log_softmax of every row: 36 bytes a vocabulary entry against V1's 12,
-    (64 + 63/256 first tokens) x 128,256 x 24 / 2.8475e12 = 69.5 us; output throughput follows Little's law on the longer request."""
+    are the host work - a 4 ms bubble a step (RFC #6854) plus 64 running sequences x 80 us = 5.12 ms, 9.12 ms more per
+    round (every round, with or without a chunk) - and V0's sampler, which takes softmax and log_softmax of every row:
+    36 bytes a vocabulary entry against V1's 12, (64 + 63/256 first tokens) x 128,256 x 24 / 2.8475e12 = 69.5 us;
+    output throughput follows Little's law on the longer request."""
     body = {**BASE, "input_tokens": 512, "output_tokens": 256, "concurrent_users": 64}
     same = {"max_prefill_tokens": 8192, "max_num_seqs": 1024, "cuda_graph_max_seqs": 512, "prefill_mixes_decode": 1}
     v1, t1 = traced(body)
     v0, t0 = traced({**body, "runtime": "vllm-v0", "runtime_settings": same})
     assert t0["srv_op_n"] == t1["srv_op_n"] == 64
-    assert t0["srv_host_seq_s"] == pytest.approx(100e-6) and t1["srv_host_seq_s"] == 0
+    assert t0["srv_host_seq_s"] == pytest.approx(80e-6) and t1["srv_host_seq_s"] == 0
     sampler = (64 + 63 / 256) * V * (36 - 12) / BW        # the decodes' rows and the first-token row of 63/256 prompts
     assert sampler == pytest.approx(69.5e-6, abs=0.1e-6)
-    assert t0["srv_round_op_s"] - t1["srv_round_op_s"] == pytest.approx(64 * 100e-6 + sampler, rel=1e-9)
-    assert v0["serving"]["itl_ms"] - v1["serving"]["itl_ms"] == pytest.approx(6.4 + 0.0695, abs=0.011)
+    assert t0["srv_round_op_s"] - t1["srv_round_op_s"] == pytest.approx(4e-3 + 64 * 80e-6 + sampler, rel=1e-9)
+    assert v0["serving"]["itl_ms"] - v1["serving"]["itl_ms"] == pytest.approx(4 + 5.12 + 0.0695, abs=0.011)
     assert v0["serving"]["output_throughput_tps"] < v1["serving"]["output_throughput_tps"]
 
 

@@ -107,3 +107,18 @@ def test_a_run_beyond_its_16_bit_ceiling_reads_every_run_of_its_checkpoint_with_
         body, notes, _ = fs.map_record(r, readings)
         assert body["kv_cache_quantization"] == "fp8" and any("only an 8-bit cache" in n for n in notes)
     assert "kv_cache_quantization" not in fs.map_record(elsewhere, readings)[0]
+
+
+def test_enforce_eager_maps_to_no_captured_graph():
+    # dstack's MI300X runs: benchmark_throughput.py ... --enforce-eager: vLLM captures no graph at all.
+    r = _record("meta-llama/Llama-3.1-405B-FP8", runtime="vllm", runtime_version="0.6.3", weights_dtype="fp8",
+                gpu_canonical="MI300X-192GB", num_gpus=8, tensor_parallel=8, input_tokens=2048, output_tokens=2048,
+                request_rate=None, num_prompts=64, batch_size=64, benchmark_tool="benchmark_throughput.py",
+                engine_flags="benchmark_throughput.py --tensor-parallel-size 8 --enforce-eager --num-scheduler-step 1",
+                source="dstack")
+    body, notes, why = fs.map_record(r)
+    assert why == "" and body["runtime"] == "vllm-v0"
+    assert body["runtime_settings"] == {"cuda_graph_max_seqs": 0}
+    assert any("--enforce-eager" in n for n in notes)
+    body, _, _ = fs.map_record({**r, "engine_flags": "benchmark_throughput.py --tensor-parallel-size 8"})
+    assert "runtime_settings" not in body

@@ -1,0 +1,41 @@
+"""CUDA / HIP graph capture in the vLLM family, and what a step costs without it (issue 11).
+
+vLLM replays a captured graph for decode batches up to cuda_graph_max_seqs, on NVIDIA and - as HIP graphs - on
+ROCm (hip_graphs 1); `--enforce-eager` (runtime_settings cuda_graph_max_seqs 0) launches every kernel from the
+host. V0 pays 47 us a layer for that (vLLM PR #1440: Llama-2-7B, 1.2 s eager vs 1.05 s graphed for 100 tokens =
+1.5 ms a step / 32 layers). llama.cpp's HIP build captures nothing and pays no CUDA launch penalty.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from test_performance import rt, traced
+
+BASE = {"llm_key": "llama-3.1-8b", "quantization": "bf16", "input_tokens": 512, "output_tokens": 128, "batch_size": 1}
+
+
+def test_constants_are_the_ones_the_arithmetic_below_assumes():
+    assert rt("vllm-v0", "decode_ungraphed_layer_us") == 47
+    assert rt("vllm-v0", "hip_graphs") == 1 and rt("vllm", "hip_graphs") == 1
+    assert rt("vllm-v0", "decode_layer_overhead_us") == 25 and rt("vllm-v0", "decode_token_overhead_us") == 4000
+
+
+@pytest.mark.parametrize("gpu", ["mi300x", "h100_80"])
+def test_enforce_eager_adds_the_launch_cost_of_every_layer_on_cuda_and_rocm(gpu):
+    """Llama 3.1 8B, one sequence, vLLM V0: graphed, 32 layers x 25 us + the 4,000 us host bubble of a step = 4,800 us of
+    fixed cost; eager, 32 x (25 + 47) + 4,000 = 6,304 us - the time between tokens grows by exactly 32 x 47 us = 1.504 ms."""
+    graphed, tg = traced({**BASE, "gpu_key": gpu, "runtime": "vllm-v0"})
+    eager, te = traced({**BASE, "gpu_key": gpu, "runtime": "vllm-v0", "runtime_settings": {"cuda_graph_max_seqs": 0}})
+    assert tg["decode_cuda_graphs"] == 1 and te["decode_cuda_graphs"] == 0
+    assert tg["decode_overhead_s"] == pytest.approx(32 * 25e-6 + 4e-3, rel=1e-9)
+    assert te["decode_overhead_s"] == pytest.approx(32 * (25 + 47) * 1e-6 + 4e-3, rel=1e-9)
+    assert eager["serving"]["itl_ms"] - graphed["serving"]["itl_ms"] == pytest.approx(1.504, abs=0.011)
+
+
+def test_llama_cpp_on_rocm_captures_nothing_and_pays_no_cuda_launch_penalty():
+    """llama.cpp on an MI300X: no graph (hip_graphs 0), and the per-layer cost stays 81 us (no +27 us): 32 x 81 = 2,592
+    us + 300 us of per-token host work = 2,892 us."""
+    _, t = traced({**BASE, "gpu_key": "mi300x", "runtime": "llama.cpp", "quantization": "q4_k_m"})
+    assert t["decode_cuda_graphs"] == 0
+    assert t["decode_overhead_s"] == pytest.approx(2892e-6, rel=1e-9)
