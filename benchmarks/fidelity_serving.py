@@ -20,7 +20,8 @@ reading is taken and printed beside the case):
 - a record that names no checkpoint (``model: null``) is read as the checkpoint its source's own deployment
   guide serves, where there is one (NAMED_MODELS), and says so beside the case.
 - ``runtime: nim`` is TensorRT-LLM; ``tensor_parallel`` -> tensor parallelism over num_gpus; pipeline
-  parallelism likewise; expert-parallel (DEP) runs are estimated with tensor parallelism (not modelled).
+  parallelism likewise; a run named DEP (attention data parallelism + expert parallelism), and a TensorRT-LLM
+  1.0 MoE run whose note sets enable_attention_dp and --ep, -> ``inference_parallelism: expert``.
 - output throughput per GPU x GPUs = the deployment's; lengths "~20000 (+/-15%)" at their stated value;
   a burst with a variable answer length (sonnet) at its mean (total output tokens / prompts); ShareGPT
   (variable lengths, no totals) cannot be mapped.
@@ -224,6 +225,31 @@ def _number(value: Any) -> float | None:
     return float(m.group(1)) if m else None
 
 
+#: A record whose id names DEP (TensorRT-LLM's developer-guide tables: "DEP4", "DEP8") ran attention data parallelism
+#: with expert parallelism over all its GPUs.
+DEP_READING = "DEP{n}: attention data parallelism + expert parallelism over {n} GPUs (inference_parallelism expert)"
+#: TensorRT-LLM 1.0 perf-overview MoE runs: "MoE: enable_attention_dp true, --ep set", but the page's YAML nests
+#: enable_attention_dp under cuda_graph_config (which forbids extra keys, llmapi/llm_args.py CudaGraphConfig), so it is
+#: ambiguous. Read as DEP: the later developer guide labels the same Maverick H200 run DEP8 (4,146 tok/s/GPU = 33.2 k,
+#: against 1.0's 31,782 "TP8"), and only DEP's per-rank weights (all but the experts on every GPU) and full-head KV
+#: per rank leave H100 the small pool that its 3.3x gap to H200 needs: read as DEP8 the estimate's H100 / H200 ratio is
+#: 0.29 against the measured 0.30 (Qwen3-235B 0.69 against 0.63), read as TP8 0.91 (0.83).
+V1_DEP_READING = ("MoE run with enable_attention_dp and --ep (the 1.0 YAML nests it under cuda_graph_config, a typo): read "
+                  "as DEP{n} - attention data parallelism + expert parallelism (inference_parallelism expert), as the "
+                  "developer guide labels Maverick H200")
+
+
+def _attention_dp(r: dict[str, Any], model: str) -> str:
+    """The reading that a multi-GPU record ran attention data parallelism + expert parallelism, or ''."""
+    n = int(r.get("num_gpus") or 1)
+    if re.search(r"-DEP\d+-", str(r.get("id"))):
+        return DEP_READING.format(n=n)
+    moe = next((m.get("moe") for m in vramplan.list_models() if m["key"] == model), False)
+    if moe and "enable_attention_dp true" in str(r.get("runtime_note")) and r.get("expert_parallel"):
+        return V1_DEP_READING.format(n=n)
+    return ""
+
+
 def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = None) -> tuple[dict[str, Any] | None, list[str], str]:
     """(request body, readings taken, reason when it cannot be mapped). ``fp8_kv`` maps (source, checkpoint) to the
     reading that makes every run of that checkpoint in that source an 8-bit-cache run (``kv_readings``)."""
@@ -269,8 +295,12 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
     n = int(r.get("num_gpus") or 1)
     if n > 1:
         body["num_gpus"] = n
+        dep = _attention_dp(r, model)
         if (r.get("pipeline_parallel") or 1) > 1 and (r.get("tensor_parallel") or 1) == 1:
             body["inference_parallelism"] = "pipeline"
+        elif dep:
+            body["inference_parallelism"] = "expert"
+            notes.append(dep)
         else:
             body["inference_parallelism"] = "tensor"
             if not r.get("tensor_parallel"):

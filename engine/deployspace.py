@@ -52,7 +52,7 @@ GPU_COUNTS = (1, 2, 4, 8)
 #: Request fields the search chooses (a request that gives one fixes it).
 SEARCHED = ("quantization", "kv_cache_quantization", "runtime", "num_gpus", "inference_parallelism")
 #: Scenario variables a replica's size and load set (vramplan.scenario.load_vars), and the KV precision.
-ROW_VARS = ("num_gpus", "tp", "pp", "dp", "users", "seqs", "request_rate", "gpu_hour_cost", "micro_batch", "batch_global",
+ROW_VARS = ("num_gpus", "tp", "pp", "dp", "ep", "users", "seqs", "request_rate", "gpu_hour_cost", "micro_batch", "batch_global",
             "kv_bits")
 
 
@@ -254,6 +254,10 @@ def build_space(cat: Catalog, body: dict[str, Any], gpu_keys: list[str] | None, 
     """Every configuration the search considers (see the module docstring). ``body`` is the plan's
     request without the plan fields; the planner has validated it once already."""
     fixed = {k: body[k] for k in SEARCHED if body.get(k) is not None}
+    if fixed.get("inference_parallelism") == "expert":
+        raise RequestError([("inference_parallelism", "expert (attention data parallelism + expert parallelism) is not "
+                             "searched by the deployment planner: leave inference_parallelism out to search pipeline and "
+                             "tensor layouts, or estimate an expert layout with POST inference")])
     base_body = {k: v for k, v in body.items() if k not in SEARCHED and k not in ("gpu_key", "trace")}
     gpus = [cat.gpus.get(k) for k in gpu_keys] if gpu_keys else list(cat.gpus)
     gpus = [g for g in gpus if not g.data.get("custom")]

@@ -210,8 +210,11 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             sequences = tokens // s["seq"] if s["seq"] else 0
         out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens, "sequences_at_seq_length": sequences}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
-            warnings.append(f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}); "
-                            f"{int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
+            ep = int(s.get("ep", 1))
+            pool = f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])})" if ep == 1 else (
+                f"each GPU's KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}, "
+                f"{ep * sequences} over the {ep} attention data-parallel GPUs)")
+            warnings.append(f"{pool}; {int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
                             f"(serving.queued_requests)")
     if trace is not None:
         out["trace"] = trace

@@ -155,6 +155,8 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
 
     if problems:
         raise RequestError(problems, suggestions=suggestions)
+    if workload == "inference" and req["inference_parallelism"] == "expert":
+        _check_expert_split(cat, arch, runtime)
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
     file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
@@ -255,6 +257,19 @@ def _optimizer(cat: Catalog, req: dict[str, Any]) -> Entry:
                 entry = variant
                 break
     return entry
+
+
+def _check_expert_split(cat: Catalog, arch: Architecture, runtime: Entry) -> None:
+    """inference_parallelism "expert" splits the routed experts across the GPUs and replicates the rest (attention
+    data parallelism): a dense model has no experts to split, and a runtime without the mode cannot run it."""
+    if not arch.is_moe:
+        raise RequestError([("inference_parallelism", "expert (attention data parallelism + expert parallelism) splits "
+                             "the routed experts of an MoE model across the GPUs; this model is dense (no routed experts), "
+                             "so every GPU would hold the whole model: use tensor or pipeline")])
+    if not runtime.data["constants"]["attention_dp"]["value"]:
+        able = [e.key for e in cat.runtimes if e.data["constants"]["attention_dp"]["value"]]
+        raise RequestError([("inference_parallelism", f"expert (attention data parallelism + expert parallelism) is not a "
+                             f"mode of {runtime.key}; runtimes that have it: {', '.join(able)} (or use tensor or pipeline)")])
 
 
 def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: dict[str, Any], arch: Architecture,

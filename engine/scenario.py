@@ -72,6 +72,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
     "act_bytes": ("bytes", "bytes per activation element (compute dtype)"),
     "weights_compute_bits": ("bits", "bits per weight element the matmuls read"),
+    "act_quant_bits": ("bits", "bits per activation element the format's GEMMs take quantized (fp8: 8; 0 = not quantized)"),
     # workload
     "batch": ("sequences", "batch_size"),
     "users": ("users", "concurrent_users"),
@@ -115,6 +116,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "tp": ("GPUs", "tensor-parallel degree"),
     "pp": ("GPUs", "pipeline-parallel degree"),
     "dp": ("GPUs", "data-parallel degree"),
+    "ep": ("GPUs", "attention data-parallel ranks that split the routed experts (inference_parallelism expert; 1 otherwise)"),
     # offloading
     "offload_layers": ("layers", "layers whose weights live on the host"),
     "offload_kv": ("flag", "KV cache lives on the host"),
@@ -322,6 +324,9 @@ def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
     s["act_bytes"] = activation_bytes(res.quant.data)
     s["weights_compute_bits"] = float(qbits["default"])
     s["int8_matmul"] = int(compute == "int8")
+    # FP8 (W8A8) GEMMs take FP8 activations. The fp4 compute type is left at 0: it covers NVFP4 (W4A4, quantized
+    # activations) and MXFP4, which Hopper runs W4A16 - the catalog does not tell them apart per GPU.
+    s["act_quant_bits"] = 8.0 if compute == "fp8" else 0.0
 
     n = req.get("num_gpus", 1)
     s["num_gpus"] = n
@@ -485,19 +490,30 @@ def _lora_dims(s: dict[str, float], a) -> None:
         s["lora_dims_up"] -= L * h
 
 
-def load_vars(num_gpus: Any, tensor: bool, batch: Any, users: Any, request_rate: Any, gpu_hour_cost: Any) -> dict[str, Any]:
+def load_vars(num_gpus: Any, tensor: bool, batch: Any, users: Any, request_rate: Any, gpu_hour_cost: Any,
+              expert: bool = False) -> dict[str, Any]:
     """The inference variables a replica's size and load set: GPUs and their split, sequences in flight,
     the open loop's rate and the price. Elementwise, so a search (:mod:`vramplan.deploy`) passes arrays
-    of many configurations where :func:`build` passes one request's numbers."""
+    of many configurations where :func:`build` passes one request's numbers.
+
+    ``expert`` (inference_parallelism "expert", one request only): attention data parallelism with the routed
+    experts split over the GPUs (TensorRT-LLM's "DEP"): every GPU is a rank with tp = pp = 1 for everything but
+    the routed experts, which ``ep`` splits (tensorrt_llm/mapping.py MappingBase.dp_size = tp_size with
+    enable_attention_dp; modules/attention.py Attention.__init__ sets tp_size = 1)."""
     seqs = batch * users
-    tp, pp = (num_gpus, 1) if tensor else (1, num_gpus)
-    return {"num_gpus": num_gpus, "tp": tp, "pp": pp, "dp": 1, "users": users, "seqs": seqs, "request_rate": request_rate,
+    if expert:
+        tp, pp, ep = 1, 1, num_gpus
+    else:
+        tp, pp = (num_gpus, 1) if tensor else (1, num_gpus)
+        ep = 1
+    return {"num_gpus": num_gpus, "tp": tp, "pp": pp, "dp": 1, "ep": ep, "users": users, "seqs": seqs, "request_rate": request_rate,
             "gpu_hour_cost": gpu_hour_cost, "micro_batch": seqs, "batch_global": seqs}
 
 
 def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved, notes: Notes) -> None:
     s.update(load_vars(req["num_gpus"], req["inference_parallelism"] == "tensor", req["batch_size"], req["concurrent_users"],
-                       number_or(req.get("request_rate"), 0.0), number_or(req.get("gpu_hour_cost"), 0.0)))
+                       number_or(req.get("request_rate"), 0.0), number_or(req.get("gpu_hour_cost"), 0.0),
+                       expert=req["inference_parallelism"] == "expert"))
     s["prefix_caching"] = int(req["enable_prefix_caching"])
     s["shared_prefix_ratio"] = req["shared_prefix_ratio"]
     s["continuous_batching"] = int(req["enable_continuous_batching"])
@@ -573,7 +589,7 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved, notes: 
     opt = req["optimization_config"]
     method = req["finetuning_method"]
     n = req["num_gpus"]
-    s["tp"], s["pp"], s["dp"] = 1, 1, n
+    s["tp"], s["pp"], s["dp"], s["ep"] = 1, 1, n, 1
     s["users"] = 1
     s["method_full"] = int(method == "full")
     s["method_lora"] = int(method == "lora")

@@ -315,7 +315,11 @@ class _Search:
                                                                       "before": self._rank(req["quantization"]),
                                                                       "after": best["quality_rank"]}))
         found.append(self._offload())
-        if req["num_gpus"] == 1 or req["inference_parallelism"] == "tensor":
+        if req["inference_parallelism"] == "expert":  # a MoE model (resolve refuses a dense one): keep its split
+            found.append(self._more_gpus({"inference_parallelism": "expert"}, "with attention data + expert parallelism"))
+            if req["num_gpus"] > 1:
+                found.append(self.suggest({"inference_parallelism": "tensor"}, "tensor instead of attention data + expert parallelism"))
+        elif req["num_gpus"] == 1 or req["inference_parallelism"] == "tensor":
             found.append(self._more_gpus({"inference_parallelism": "tensor"}, "with tensor parallelism"))
         else:
             found.append(self._more_gpus({}, "with pipeline parallelism"))
