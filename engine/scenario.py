@@ -34,6 +34,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "vocab": ("tokens", "vocabulary size"),
     "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
     "kv_per_head": ("flag", "1 if the KV cache is per KV head (splits with tensor parallelism); 0 for MLA latents"),
+    "mla_key_flops": ("FLOP", "MLA decode attention in the latent space (weights absorbed): FLOPs per cached token per layer, "
+                              "2 x heads x (kv_lora_rank + qk_rope_head_dim) for QK plus 2 x heads x kv_lora_rank for AV; 0 without MLA"),
     "n_layers_full": ("layers", "layers with global self-attention"),
     "n_layers_sliding": ("layers", "layers with sliding-window attention"),
     "n_kv_layers_full": ("layers", "global-attention layers that keep their own KV cache (Gemma 3n's KV-sharing layers do not)"),
@@ -220,6 +222,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "attn_out_dim": a.attn_out_dim, "intermediate": a.dense_intermediate_size or a.intermediate_size,
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
         "kv_per_head": 0 if a.is_mla else 1,
+        "mla_key_flops": 2 * a.num_heads * (2 * a.kv_lora_rank + a.qk_rope_head_dim) if a.is_mla else 0,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,
         "n_kv_layers_full": a.num_kv_full_layers, "n_kv_layers_sliding": a.num_kv_sliding_layers,
         "n_layers_cross": a.num_cross_layers, "n_layers_recurrent": a.num_recurrent_layers,

@@ -39,3 +39,4 @@ def test_llama_cpp_on_rocm_captures_nothing_and_pays_no_cuda_launch_penalty():
     _, t = traced({**BASE, "gpu_key": "mi300x", "runtime": "llama.cpp", "quantization": "q4_k_m"})
     assert t["decode_cuda_graphs"] == 0
     assert t["decode_overhead_s"] == pytest.approx(2892e-6, rel=1e-9)
+

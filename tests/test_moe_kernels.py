@@ -99,3 +99,15 @@ def test_dense_models_and_mat_vec_decoding_pad_nothing():
                                               "quantization": "bf16", "runtime": "llama.cpp", "trace": True}))
     assert mix["decode_matvec"] == 1 and mix["moe_block_m"] == 0 and mix["moe_padded_rows"] == 1
     assert mix["moe_tokens_per_expert"] == pytest.approx(2 / 8, rel=1e-12)    # 1 token x 2 / 8
+
+
+def test_mla_decodes_in_the_latent_space_where_the_runtime_absorbs_the_up_projections():
+    """DeepSeek-V2-Lite (27 layers, 16 heads, kv_lora_rank 512, rope 64, qk_nope 128): vLLM scores the 576-wide latent and
+    weights the 512-wide one, 2 x 16 x (2 x 512 + 64) = 34,816 FLOPs per cached token and layer; transformers
+    decompresses the heads, 4 x q_dim = 4 x 16 x 192 = 12,288. Same request, same context: the ratio is 34,816 / 12,288."""
+    body = {"gpu_key": "h100_80", "llm_key": "deepseek-v2-lite-chat", "quantization": "bf16", "input_tokens": 1024,
+            "output_tokens": 256, "batch_size": 1}
+    tv = values(vramplan.estimate_inference({**body, "runtime": "vllm", "trace": True}))
+    tt = values(vramplan.estimate_inference({**body, "runtime": "transformers", "trace": True}))
+    assert tv["decode_attn_flops_per_token"] == pytest.approx(34816 * 27 * (1024 + 128), rel=1e-9)
+    assert tv["decode_attn_flops_per_token"] / tt["decode_attn_flops_per_token"] == pytest.approx(34816 / 12288, rel=1e-9)
