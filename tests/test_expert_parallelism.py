@@ -156,3 +156,11 @@ def test_other_planner_questions_keep_the_expert_split():
                          "inference_parallelism": "expert", "find": ["min_num_gpus"]})
     assert out["min_num_gpus"]["value"] == 2
     assert out["min_num_gpus"]["estimate"]["memory_details"]["Base Model Weights"] == pytest.approx(44.99, abs=0.01)
+
+
+def test_the_response_says_the_split_and_how_far_published_dep_runs_fell_below():
+    out, _ = traced(num_gpus=4, inference_parallelism="expert")
+    said = [a for a in out["assumptions"] if a.startswith("attention data parallelism + expert parallelism over 4 GPUs")]
+    assert len(said) == 1 and "1/4 of the routed experts" in said[0] and "below such estimates" in said[0]
+    one, _ = traced()
+    assert not any("expert parallelism" in a for a in one["assumptions"])
