@@ -43,8 +43,9 @@ from vramplan.errors import RequestError
 USERS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 RATE_FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9, 0.97]
 
-# (model, gpu, quantization, tensor-parallel GPUs): dense, MoE, hybrid / state-space, sliding-window,
-# MLA, multimodal; consumer, datacenter (NVIDIA, AMD), Apple.
+# (model, gpu, quantization, GPUs[, split]): dense, MoE, hybrid / state-space, sliding-window, MLA,
+# multimodal; consumer, datacenter (NVIDIA, AMD), Apple; tensor parallelism unless a split is named
+# (pipeline, or expert: attention data parallelism + expert parallelism, refused by the runtimes without it).
 FULL_DEPLOYMENTS = [
     ("llama-3.1-8b-instruct", "rtx_4090", "bf16", 1), ("llama-3.1-8b-instruct", "rtx_4090", "fp8", 1),
     ("llama-3.1-8b-instruct", "rtx_3090", "awq", 1), ("llama-3.1-8b-instruct", "a100_80", "bf16", 1),
@@ -69,11 +70,14 @@ FULL_DEPLOYMENTS = [
     ("phi-3.5-moe-instruct", "h100_80", "bf16", 2), ("llama-4-scout-17b-16e-instruct", "h100_80", "bf16", 4),
     ("llama-3.3-70b-instruct", "a100_80", "bf16", 4, "pipeline"), ("deepseek-r1", "h200", "fp8", 8, "pipeline"),
     ("qwen3-235b-a22b", "h100_80", "fp8", 4, "pipeline"),
+    ("qwen3-235b-a22b", "h200", "fp8", 4, "expert"), ("deepseek-r1", "h200", "fp8", 8, "expert"),
+    ("qwen3-30b-a3b", "h100_80", "fp8", 2, "expert"),
 ]
 QUICK_DEPLOYMENTS = [
     ("llama-3.1-8b-instruct", "h100_80", "bf16", 1), ("llama-3.3-70b-instruct", "h100_80", "fp8", 2),
     ("qwen3-30b-a3b", "rtx_4090", "q4_k_m", 1), ("deepseek-v2-lite-chat", "a100_80", "bf16", 1),
     ("granite-4.0-h-small", "h100_80", "bf16", 1), ("gemma-3-27b-it", "h200", "fp8", 1),
+    ("qwen3-30b-a3b", "h100_80", "fp8", 2, "expert"),
 ]
 RUNTIMES = ["vllm", "vllm-v0", "sglang", "tensorrt-llm", "tgi", "llama.cpp", "transformers"]
 QUICK_RUNTIMES = ["vllm", "sglang", "tgi", "llama.cpp"]

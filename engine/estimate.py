@@ -208,9 +208,10 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         else:
             tokens = int(v["kv_pool_bytes"] / per_token) if per_token else 0
             sequences = tokens // s["seq"] if s["seq"] else 0
-        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens, "sequences_at_seq_length": sequences}
+        # Under attention data parallelism each GPU's pool holds its own sequences: the deployment holds ep times as many.
+        ep = int(s.get("ep", 1))
+        out["kv_pool"] = {"size_gb": _gib(v["kv_pool_bytes"]), "tokens": tokens * ep, "sequences_at_seq_length": sequences * ep}
         if v["kv_needed_bytes"] > v["kv_pool_bytes"]:
-            ep = int(s.get("ep", 1))
             pool = f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])})" if ep == 1 else (
                 f"each GPU's KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}, "
                 f"{ep * sequences} over the {ep} attention data-parallel GPUs)")

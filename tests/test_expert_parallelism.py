@@ -164,3 +164,13 @@ def test_the_response_says_the_split_and_how_far_published_dep_runs_fell_below()
     assert len(said) == 1 and "1/4 of the routed experts" in said[0] and "below such estimates" in said[0]
     one, _ = traced()
     assert not any("expert parallelism" in a for a in one["assumptions"])
+
+
+def test_the_response_kv_pool_counts_every_rank():
+    """The response's kv_pool is the deployment's: each of the 4 GPUs' pools holds pool bytes / 4,096 tokens (all
+    heads of its own sequences), the deployment 4 times that; size_gb stays one GPU's pool."""
+    out, dep = traced(num_gpus=4, inference_parallelism="expert")
+    per_rank = int(dep["kv_pool_bytes"] / 4096)
+    assert out["kv_pool"]["tokens"] == 4 * per_rank
+    assert out["kv_pool"]["sequences_at_seq_length"] == 4 * (per_rank // 2048)
+    assert out["kv_pool"]["size_gb"] == pytest.approx(dep["kv_pool_bytes"] / 2**30, abs=0.006)
