@@ -111,3 +111,17 @@ def test_mla_decodes_in_the_latent_space_where_the_runtime_absorbs_the_up_projec
     tt = values(vramplan.estimate_inference({**body, "runtime": "transformers", "trace": True}))
     assert tv["decode_attn_flops_per_token"] == pytest.approx(34816 * 27 * (1024 + 128), rel=1e-9)
     assert tv["decode_attn_flops_per_token"] / tt["decode_attn_flops_per_token"] == pytest.approx(34816 / 12288, rel=1e-9)
+
+
+def test_an_open_loops_capacity_reads_the_experts_its_full_rounds_touch():
+    """Qwen3-30B-A3B (8 of 128 experts a token) on an H100 under vLLM: an open loop at 0.5 requests/s runs a few
+    sequences, whose rounds touch a fraction of the experts; the rounds at its admission cap touch them all. The
+    capacity round reads what a closed loop at the cap reads (decode_layer_bytes is linear in the coverage), not
+    the operating point's share."""
+    body = {"gpu_key": "h100_80", "llm_key": "qwen3-30b-a3b", "quantization": "fp8", "runtime": "vllm",
+            "input_tokens": 1000, "output_tokens": 200, "trace": True}
+    light = values(vramplan.estimate_inference({**body, "request_rate": 0.5}))
+    full = values(vramplan.estimate_inference({**body, "concurrent_users": 100000}))
+    assert light["srv_n_cap"] == full["srv_decode_seqs"]
+    assert light["expert_coverage"] < 0.9 < light["expert_coverage_cap"] == pytest.approx(full["expert_coverage"], rel=1e-12)
+    assert light["srv_weights_s"] < light["srv_weights_cap_s"] == pytest.approx(full["srv_weights_s"], rel=1e-9)
