@@ -304,7 +304,7 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
         else:
             body["inference_parallelism"] = "tensor"
             if not r.get("tensor_parallel"):
-                notes.append("expert parallelism (DEP) estimated as tensor parallelism")
+                notes.append(f"parallelism not stated: tensor parallelism over the {n} GPUs")
 
     metrics = r["metrics"]
     i, o = _number(r.get("input_tokens")), _number(r.get("output_tokens"))
