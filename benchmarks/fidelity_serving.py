@@ -285,8 +285,12 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
         return None, notes, "torch.compile with a static cache is not modelled"
     body: dict[str, Any] = {"gpu_key": gpu, "llm_key": model, "quantization": quant, "runtime": runtime}
     if "--enforce-eager" in flags:  # vLLM: no CUDA / HIP graph is captured, every step launches its kernels
-        body["runtime_settings"] = {"cuda_graph_max_seqs": 0}
+        body.setdefault("runtime_settings", {})["cuda_graph_max_seqs"] = 0
         notes.append("--enforce-eager: every decode step launches its kernels from the host (cuda_graph_max_seqs 0)")
+    steps = re.search(r"--num-scheduler-steps?[ =](\d+)", flags)
+    if steps and int(steps.group(1)) > 1:  # vLLM V0 multi-step scheduling (PR #7000)
+        body.setdefault("runtime_settings", {})["scheduler_steps"] = int(steps.group(1))
+        notes.append(f"--num-scheduler-steps {steps.group(1)}: V0's per-step host work once every {steps.group(1)} steps")
     kv, reading = _kv(r)
     if kv:
         body["kv_cache_quantization"] = kv
@@ -325,7 +329,7 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
     if runtime == "tensorrt-llm" and "perf-overview" in str(r.get("source")) and "trtllm-bench" in str(r.get("benchmark_tool")):
         tuned = trtllm_bench_settings(body, int(r.get("tensor_parallel") or n), int(r.get("pipeline_parallel") or 1))
         if tuned:
-            body["runtime_settings"] = {"max_num_seqs": tuned[0], "max_prefill_tokens": tuned[1]}
+            body.setdefault("runtime_settings", {}).update(max_num_seqs=tuned[0], max_prefill_tokens=tuned[1])
             notes.append(TRTLLM_BENCH_READING.format(bs=tuned[0], tok=tuned[1]))
 
     reading = (fp8_kv or {}).get((str(r.get("source")), str(r.get("model"))))

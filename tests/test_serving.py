@@ -517,3 +517,14 @@ def test_a_clients_sequences_arriving_together_are_prefilled_together_under_cont
     assert two["serving"]["ttft_ms"] >= alone["serving"]["ttft_ms"] >= round(tt["prefill_ms"], 2) - 0.005   # reported to 2 decimals
     one_by_one, t1 = traced({**body, "batch_size": 1, "concurrent_users": 8})
     assert t1["prefill_seqs"] == 1 and one_by_one["serving"]["ttft_ms"] < two["serving"]["ttft_ms"]
+
+
+def test_vllm_v0_multi_step_scheduling_pays_the_host_work_once_every_n_steps():
+    """--num-scheduler-steps 8 (runtime_settings scheduler_steps 8): V0's 4 ms bubble and 80 us a running sequence
+    come once every 8 steps (vLLM RFC #6854). 16 users: (4 ms + 16 x 80 us = 5.28 ms) x 7/8 = 4.62 ms less a round."""
+    body = {**BASE, "runtime": "vllm-v0", "input_tokens": 512, "output_tokens": 256, "concurrent_users": 16}
+    one, t1 = traced(body)
+    eight, t8 = traced({**body, "runtime_settings": {"scheduler_steps": 8}})
+    assert t1["srv_op_n"] == t8["srv_op_n"] == 16
+    assert t8["srv_host_seq_s"] == pytest.approx(80e-6 / 8, rel=1e-12)
+    assert t1["srv_round_op_s"] - t8["srv_round_op_s"] == pytest.approx((4e-3 + 16 * 80e-6) * 7 / 8, rel=1e-9)

@@ -122,3 +122,15 @@ def test_enforce_eager_maps_to_no_captured_graph():
     assert any("--enforce-eager" in n for n in notes)
     body, _, _ = fs.map_record({**r, "engine_flags": "benchmark_throughput.py --tensor-parallel-size 8"})
     assert "runtime_settings" not in body
+
+
+def test_num_scheduler_steps_maps_to_the_host_work_once_every_n_steps():
+    # dstack's Meta-FP8 MI300X runs: --enforce-eager --num-scheduler-step 15 (vLLM accepts the prefix of the flag).
+    r = _record("meta-llama/Llama-3.1-405B-FP8", runtime="vllm", runtime_version="0.6.3", weights_dtype="fp8",
+                gpu_canonical="MI300X-192GB", num_gpus=8, tensor_parallel=8, request_rate=None, num_prompts=64,
+                batch_size=64, benchmark_tool="benchmark_throughput.py", source="dstack",
+                engine_flags="benchmark_throughput.py --tensor-parallel-size 8 --enforce-eager --num-scheduler-step 15")
+    body, notes, _ = fs.map_record(r)
+    assert body["runtime_settings"] == {"cuda_graph_max_seqs": 0, "scheduler_steps": 15}
+    body, _, _ = fs.map_record({**r, "engine_flags": "benchmark_throughput.py --num-scheduler-step 1"})
+    assert "runtime_settings" not in body
