@@ -125,3 +125,21 @@ def test_an_open_loops_capacity_reads_the_experts_its_full_rounds_touch():
     assert light["srv_n_cap"] == full["srv_decode_seqs"]
     assert light["expert_coverage"] < 0.9 < light["expert_coverage_cap"] == pytest.approx(full["expert_coverage"], rel=1e-12)
     assert light["srv_weights_s"] < light["srv_weights_cap_s"] == pytest.approx(full["srv_weights_s"], rel=1e-9)
+
+
+def test_unpacked_mxfp4_experts_stream_at_the_measured_share_of_the_bandwidth_on_hopper():
+    """gpt-oss-20b MXFP4 on an H100 (3,352 GB/s; vLLM decode at 0.85) with one sequence: the round's routed experts
+    (coverage 4/32) stream at 0.477 of the bandwidth (triton PR #9248's 2,290 of 4,800 GB/s on an H200), not at 0.85 -
+    the round grows by exactly the expert bytes it touches x (1 / (0.477 x 3352) - 1 / (0.85 x 3352)) per GB/s. On a
+    B200 (W4A8, FP8 MMAs) nothing changes."""
+    body = {"gpu_key": "h100_80", "llm_key": "gpt-oss-20b", "quantization": "mxfp4", "runtime": "vllm",
+            "input_tokens": 1000, "output_tokens": 200, "batch_size": 1, "trace": True}
+    slow = values(vramplan.estimate_inference(body))
+    fast = values(vramplan.estimate_inference({**body, "runtime_settings": {"unpacked_moe_stream_of_peak": 0}}))
+    touched = slow["expert_coverage"] * slow["expert_weights_bytes"] * slow["weights_scale"]
+    assert slow["expert_coverage"] == pytest.approx(4 / 32)
+    bw = slow["gpu_bw_gb_s"] * 1e9
+    assert slow["decode_unpacked_moe_s"] == pytest.approx(touched * (1 / (0.477 * bw) - 1 / (0.85 * bw)), rel=1e-9)
+    assert slow["srv_weights_s"] - fast["srv_weights_s"] == pytest.approx(slow["decode_unpacked_moe_s"], rel=1e-9)
+    b200 = values(vramplan.estimate_inference({**body, "gpu_key": "b200"}))
+    assert b200["decode_unpacked_moe_s"] == 0
