@@ -303,8 +303,8 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         elif s["ep"] > 1:
             out.append(f"attention data parallelism + expert parallelism over {int(s['ep'])} GPUs (interconnect "
                        f"{res.interconnect.key}): each GPU serves its own sequences and holds 1/{int(s['ep'])} of the "
-                       "routed experts; TensorRT-LLM's six published DEP runs measured 29-63% below such estimates "
-                       "(docs/PERFORMANCE.md: per-step costs of this mode the model does not have yet)")
+                       "routed experts; TensorRT-LLM's published DEP runs measured below such estimates "
+                       "(docs/PERFORMANCE.md gives by how much: per-step costs of this mode the model does not have yet)")
     else:
         out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.optimizer.key}, "
                    f"micro-batch {int(s['micro_batch'])} x {int(s['seq'])} tokens per GPU, "
