@@ -48,6 +48,7 @@ from typing import Any
 import yaml
 
 import vramplan
+from vramplan.catalog import get_catalog
 from vramplan.estimate import trace_values
 
 HERE = Path(__file__).resolve().parent
@@ -155,7 +156,12 @@ _BENCH_BYTES = {"fp8": 1.0, "nvfp4": 0.5}
 def trtllm_bench_settings(body: dict[str, Any], tp: int, pp: int) -> tuple[int, int] | None:
     """(max_batch_size, max_num_tokens) that trtllm-bench's tuning sets for this model, mapping and dataset.
 
-    calc_engine_setting: KV bytes per token = 2 x layers x max(tp, kv_heads) x head_dim x KV bytes; the memory
+    calc_engine_setting: KV bytes per token = 2 x attention layers x max(tp, kv_heads) x head size x KV bytes (its
+    own count from config.json, bench/build/dataclasses.py ModelConfig: head size = head_size / head_dim /
+    attention_head_dim, else hidden_size // num_attention_heads; attention layers = num_hidden_layers, or the
+    hybrid_override_pattern's '*' and a Mamba-cache term for Nemotron-H, which no TensorRT-LLM record runs and
+    this does not emulate. It knows no MLA: DeepSeek's 128 KV heads x 7168 // 128 = 56 count
+    874,496 B a token at 1 byte where the latent cache holds 35,136); the memory
     for the KV cache = (device memory x GPUs - parameters x weight bytes) x 0.95; requests = that / (bytes per
     token x (ISL + OSL)). finetune_setting: raw batch = min(requests, 4096) / pp; raw tokens =
     min(raw batch x (1 + ISL / OSL), 32768); the batch rounds up to 32 (under 256, at least 64), 128 (under
@@ -165,11 +171,13 @@ def trtllm_bench_settings(body: dict[str, Any], tp: int, pp: int) -> tuple[int, 
     """
     model = next(m for m in vramplan.list_models() if m["key"] == body["llm_key"])
     gpu = next(g for g in vramplan.list_gpus() if g["key"] == body["gpu_key"])
-    probe = {k: v for k, v in body.items() if k not in ("runtime_settings",)} | {"trace": True}
-    trace = trace_values(vramplan.estimate_inference(probe))
-    kv_heads = model["num_key_value_heads"]
-    # kv_bytes_per_token_layer = 2 x kv_heads x head_dim x KV bytes (the model's, before any split)
-    byte_per_token = trace["kv_bytes_per_token_layer"] * model["num_layers"] * max(tp, kv_heads) / kv_heads / 2**30
+    config = get_catalog().models.get(body["llm_key"]).data.get("config") or {}
+    config = {**config, **(config.get("text_config") or {})}  # its AliasPath("text_config", ...) fallbacks
+    kv_heads = config.get("num_key_value_heads") or model["num_key_value_heads"]
+    head_size = next((config[k] for k in ("head_size", "head_dim", "attention_head_dim") if config.get(k)),
+                     model["hidden_size"] // model["num_attention_heads"])
+    kv_bytes = 1.0 if body.get("kv_cache_quantization") == "fp8" else 2.0  # BYTES_PER_ELEM[kv_cache_quant_algo], else 2
+    byte_per_token = 2 * model["num_layers"] * max(tp, kv_heads) * head_size * kv_bytes / 2**30
     engine_gib = model["params_b"] * 1e9 * _BENCH_BYTES.get(body["quantization"], 2.0) / 2**30
     if engine_gib >= gpu["memory"] * tp * pp:
         return None

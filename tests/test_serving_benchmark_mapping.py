@@ -60,6 +60,19 @@ def test_trtllm_bench_tuning_llama8b_fp8_h200_short_requests():
     assert fs.trtllm_bench_settings(body, 1, 1) == (4096, 8192)
 
 
+def test_trtllm_bench_tuning_counts_deepseek_kv_as_its_config_says_not_as_mla():
+    # trtllm-bench's ModelConfig knows no MLA: DeepSeek-R1's config.json has 128 KV heads and no head_dim, so the
+    # head size is hidden_size // num_attention_heads = 7168 // 128 = 56. DEP8 (tp 8) on H200 (141 GiB), FP8 KV, 1024/1024:
+    #   bytes per token = 2 x 61 x max(8, 128) x 56 x 1 = 874,496 B = 8.14444e-4 GiB (the latent cache: 35,136 B)
+    #   engine = 671e9 x 1 / 2^30 = 624.92 GiB; cache = (141 x 8 - 624.92) x 0.95 = 477.93 GiB
+    #   requests = 477.93 / (8.14444e-4 x 2048) = 286.5 -> batch: 256 <= 286.5 < 1024 -> 128 x ceil(2.24) = 384
+    #   tokens: 286.5 x 2 = 573 < 4096 -> max(2048, 256 x 3) = 2048
+    body = {"gpu_key": "h200", "llm_key": "deepseek-r1-0528", "quantization": "fp8", "runtime": "tensorrt-llm",
+            "kv_cache_quantization": "fp8", "num_gpus": 8, "inference_parallelism": "expert",
+            "input_tokens": 1024, "output_tokens": 1024, "batch_size": 3000}
+    assert fs.trtllm_bench_settings(body, 8, 1) == (384, 2048)
+
+
 def test_trtllm_bench_tuning_that_would_raise_leaves_the_defaults():
     # gpt-oss-120b at tuning.py's 2 bytes per element (MXFP4 is not in its table): 116.83e9 x 2 / 2^30 = 217.6 GiB,
     # more than one H200's 141 GiB -> calc_engine_setting raises, so such a run set both itself.
