@@ -362,7 +362,26 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
         prompts = int(r.get("num_prompts") or 1000)
         body["batch_size"] = prompts
         notes.append(f"offline: one burst of {prompts} prompts" + ("" if r.get("num_prompts") else " (not stated: 1000)"))
+    if "gptSessionBenchmark" in str(r.get("benchmark_tool")) and body.get("batch_size", 1) > 1:
+        _static_session(body, notes)
     return body, notes, ""
+
+
+#: TensorRT-LLM 0.5-0.6's gptSessionBenchmark runs one static batch (GptSession::generate takes the whole batch and
+#: has no queue), so every one of its batch_size sequences held its KV blocks at once.
+STATIC_SESSION_READING = ("a static session runs its whole batch at once (gptSessionBenchmark has no queue): its KV cache "
+                          "held all {n} sequences, where the profile's pool of {frac} of free memory holds {c} - read with "
+                          "gpu_memory_utilization 1.0")
+
+
+def _static_session(body: dict[str, Any], notes: list[str]) -> None:
+    """A static session's batch ran whole: where the profile's KV pool would queue part of it, read the pool as all of
+    the free memory (the most a session can allocate), and say so."""
+    c = vramplan.estimate_inference(body)["serving"]["running_sequences"]
+    if c < body["batch_size"]:
+        frac = trace_values(vramplan.estimate_inference(dict(body, trace=True))).get("rt_gpu_memory_utilization", 0.9)
+        body.setdefault("runtime_settings", {})["gpu_memory_utilization"] = 1.0
+        notes.append(STATIC_SESSION_READING.format(n=body["batch_size"], frac=frac, c=int(c)))
 
 
 def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:

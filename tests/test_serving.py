@@ -212,6 +212,31 @@ def test_static_batch_prefills_everything_then_decodes_together():
     assert cont["serving"]["ttft_ms"] < srv["ttft_ms"] / 4
 
 
+def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
+    """One client's burst of 2000 requests of 3584 + 512 tokens: vLLM runs what its pool holds (C) and queues the rest.
+    A closed loop of 2000 clients keeps C busy until the end; the burst's first wave enters at the token budget's pace
+    and its last requests finish beside ever fewer others, so it takes more rounds than 2000 x 512 / C."""
+    body = {**BASE, "input_tokens": 3584, "output_tokens": 512}
+    loop, lt = traced({**body, "concurrent_users": 2000})
+    burst, bt = traced({**body, "batch_size": 2000})
+    c = loop["serving"]["running_sequences"]
+    assert burst["serving"]["running_sequences"] == c and bt["srv_burst"] == 1 and lt["srv_burst"] == 0
+    # the first wave enters at (8192 - C / 2) / 3584 prompts a round (decodes share vLLM's 8192-token budget)
+    pace = (8192 - c / 2) / 3584
+    turnovers = math.floor(1999 / c)
+    rounds = max((1999 - c * turnovers) / pace + turnovers * 512, 1999 / pace) + 512
+    assert bt["srv_burst_rounds"] == pytest.approx(rounds, rel=1e-9)
+    assert rounds > 2000 * 512 / c                                # more rounds than the cap would need
+    # each round beyond the closed loop's count costs a round of one sequence
+    extra = (rounds - 2000 * 512 / c) * bt["srv_round_one_s"]
+    closed_time = 2000 * bt["srv_e2e_op_s"] / c                   # the closed loop at the cap: c sequences per E2E
+    assert burst["serving"]["output_throughput_tps"] == pytest.approx(2000 * 512 / (closed_time + extra), rel=1e-3)
+    assert burst["serving"]["output_throughput_tps"] < loop["serving"]["output_throughput_tps"]
+    # a burst that fits runs as one static batch: no drain beyond its own
+    small, st = traced({**body, "batch_size": c})
+    assert small["serving"]["load"] == "static_batch" and st["srv_burst_extra_s"] == 0
+
+
 def test_open_loop_waits_grow_towards_capacity_and_past_it_latencies_are_null():
     body = {**BASE, "input_tokens": 2000, "output_tokens": 500}
     flood = vramplan.estimate_inference({**body, "request_rate": 1e6})
