@@ -147,3 +147,25 @@ def test_num_scheduler_steps_maps_to_the_host_work_once_every_n_steps():
     assert body["runtime_settings"] == {"cuda_graph_max_seqs": 0, "scheduler_steps": 15}
     body, _, _ = fs.map_record({**r, "engine_flags": "benchmark_throughput.py --num-scheduler-step 1"})
     assert "runtime_settings" not in body
+
+
+def test_a_static_session_ran_its_whole_batch():
+    # gptSessionBenchmark (TensorRT-LLM 0.5-0.6) runs one static batch with no queue: Llama 2 7B fp16 on an A100 80GB at
+    # batch 60, 128 + 2048 tokens, needs 60 x 2176 tokens x 512 KiB (32 layers x 2 x 4096 x 2 bytes) = 63.75 GiB of cache,
+    # more than 0.9 of the memory left after 12.55 GiB of weights holds, but all 60 ran: the pool is read as all of it.
+    r = _record("meta-llama/Llama-2-7b-hf", runtime="tensorrt-llm", runtime_version="0.6.1", weights_dtype="fp16",
+                kv_cache_dtype="fp16", gpu_canonical="A100 (variant not stated)", input_tokens=128, output_tokens=2048,
+                batch_size=60, num_prompts=None, request_rate=None, benchmark_tool="cpp gptSessionBenchmark (static batch)",
+                source="https://github.com/NVIDIA/TensorRT-LLM/blob/x/docs/source/performance.md")
+    body, notes, why = fs.map_record(r)
+    assert why == "" and body["batch_size"] == 60
+    assert body["runtime_settings"]["gpu_memory_utilization"] == 1.0
+    assert any("static session" in n for n in notes)
+    out = fs.vramplan.estimate_inference(body)["serving"]
+    assert out["load"] == "static_batch" and out["running_sequences"] == 60
+    default = fs.vramplan.estimate_inference({k: v for k, v in body.items() if k != "runtime_settings"})["serving"]
+    assert default["running_sequences"] < 60                     # the profile's 0.9 pool would have queued some
+    # a batch the default pool holds is left alone: 16 sequences of 128 + 2048
+    small, small_notes, _ = fs.map_record({**r, "batch_size": 16})
+    assert "gpu_memory_utilization" not in small.get("runtime_settings", {})
+    assert not any("static session" in n for n in small_notes)
