@@ -232,6 +232,8 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     closed_time = 2000 * bt["srv_e2e_op_s"] / c                   # the closed loop at the cap: c sequences per E2E
     assert burst["serving"]["output_throughput_tps"] == pytest.approx(2000 * 512 / (closed_time + extra), rel=1e-3)
     assert burst["serving"]["output_throughput_tps"] < loop["serving"]["output_throughput_tps"]
+    said = [a for a in burst["assumptions"] if a.startswith("load: one burst of 2000 sequences")]
+    assert said and f"more than the {int(c)} that run at once" in said[0] and f"~{rounds:,.0f} rounds" in said[0]
     # a burst that fits runs as one static batch: no drain beyond its own
     small, st = traced({**body, "batch_size": c})
     assert small["serving"]["load"] == "static_batch" and st["srv_burst_extra_s"] == 0
