@@ -232,6 +232,15 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     closed_time = 2000 * bt["srv_e2e_op_s"] / c                   # the closed loop at the cap: c sequences per E2E
     assert burst["serving"]["output_throughput_tps"] == pytest.approx(2000 * 512 / (closed_time + extra), rel=1e-3)
     assert burst["serving"]["output_throughput_tps"] < loop["serving"]["output_throughput_tps"]
+    # a request waits for its prompt to enter: request j at (j mod C) / pace + floor(j / C) x 512 rounds, on average
+    waves, left = 2000 // int(c), 2000 - (2000 // int(c)) * int(c)
+    wait = max(((waves * c * (c - 1) / 2 + left * (left - 1) / 2) / pace + 512 * (c * waves * (waves - 1) / 2 + waves * left))
+               / 2000, 1999 / 2 / pace)
+    assert bt["srv_burst_wait_rounds"] == pytest.approx(wait, rel=1e-9)
+    assert burst["serving"]["ttft_ms"] / 1000 == pytest.approx(bt["srv_ttft_op_s"] + wait * bt["srv_itl_op_s"], rel=1e-4)
+    # the closed loop of 2000 clients makes every one wait (2000 - C) / throughput instead
+    assert loop["serving"]["ttft_ms"] / 1000 == pytest.approx(
+        lt["srv_ttft_op_s"] + (2000 - c) / loop["serving"]["requests_per_second"], rel=1e-3)
     said = [a for a in burst["assumptions"] if a.startswith("load: one burst of 2000 sequences")]
     assert said and f"more than the {int(c)} that run at once" in said[0] and f"~{rounds:,.0f} rounds" in said[0]
     # a burst that fits runs as one static batch: no drain beyond its own
