@@ -379,7 +379,7 @@ def _static_session(body: dict[str, Any], notes: list[str]) -> None:
     the free memory (the most a session can allocate), and say so."""
     c = vramplan.estimate_inference(body)["serving"]["running_sequences"]
     if c < body["batch_size"]:
-        frac = trace_values(vramplan.estimate_inference(dict(body, trace=True))).get("rt_gpu_memory_utilization", 0.9)
+        frac = trace_values(vramplan.estimate_inference(dict(body, trace=True)))["rt_gpu_memory_utilization"]
         body.setdefault("runtime_settings", {})["gpu_memory_utilization"] = 1.0
         notes.append(STATIC_SESSION_READING.format(n=body["batch_size"], frac=frac, c=int(c)))
 
