@@ -215,8 +215,13 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             pool = f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])})" if ep == 1 else (
                 f"each GPU's KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}, "
                 f"{ep * sequences} over the {ep} attention data-parallel GPUs)")
-            warnings.append(f"{pool}; {int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
-                            f"(serving.queued_requests)")
+            if v.get("srv_burst_preempted", 0) > 0:
+                warnings.append(f"{pool}; {int(s['seqs'])} sequences started together need more as they grow, and "
+                                f"{res.runtime.key} preempts {int(v['srv_burst_preempted'])} of them when it fills, "
+                                "recomputing them after the others end (serving_burst.yaml)")
+            else:
+                warnings.append(f"{pool}; {int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
+                                f"(serving.queued_requests)")
     if trace is not None:
         out["trace"] = trace
     return out

@@ -243,9 +243,36 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
         lt["srv_ttft_op_s"] + (2000 - c) / loop["serving"]["requests_per_second"], rel=1e-3)
     said = [a for a in burst["assumptions"] if a.startswith("load: one burst of 2000 sequences")]
     assert said and f"more than the {int(c)} that run at once" in said[0] and f"~{rounds:,.0f} rounds" in said[0]
-    # a burst that fits runs as one static batch: no drain beyond its own
-    small, st = traced({**body, "batch_size": c})
+    # a burst that fits at full length (3584 + 512 tokens a sequence) runs as one static batch: no drain of its own
+    fits = math.floor(bt["kv_pool_bytes"] / (4096 * KV_PER_TOKEN))
+    small, st = traced({**body, "batch_size": fits})
     assert small["serving"]["load"] == "static_batch" and st["srv_burst_extra_s"] == 0
+
+
+def test_a_static_burst_that_outgrows_the_pool_preempts_and_recomputes():
+    """vLLM admits a sequence by its prompt and half its answer; a burst whose sequences start and grow together needs
+    the whole answer's cache by the end, so the last admitted are preempted once the pool is full and recomputed after."""
+    body = {**BASE, "input_tokens": 4096, "output_tokens": 4096}
+    _, probe = traced({**body, "batch_size": 1})
+    pool = probe["kv_pool_bytes"]
+    admitted = math.floor(pool / ((4096 + 0.5 * 4096) * KV_PER_TOKEN))       # what vLLM's admission counts
+    full = math.floor(pool / (8192 * KV_PER_TOKEN))                          # what the pool holds at full length
+    assert full < admitted
+    out, t = traced({**body, "batch_size": admitted})
+    assert out["serving"]["load"] == "static_batch" and out["serving"]["running_sequences"] == admitted
+    assert t["srv_burst_full_limit"] == full and t["srv_burst_preempted"] == admitted - full
+    # the first preempted stopped when the pool filled, at 8192 x full / admitted tokens, with the rest of its answer left
+    rounds = min(4096, 8192 * (1 - full / admitted))
+    assert t["srv_burst_preempt_rounds"] == pytest.approx(rounds, rel=1e-12)
+    # recomputation redoes their contexts, between the fill point and full length, at the batch prefill's rate per token
+    redo = (admitted - full) * 8192 * (1 + full / admitted) / 2 * t["prefill_ms"] / 1000 / (admitted * 4096)
+    assert t["srv_burst_recompute_s"] == pytest.approx(redo, rel=1e-9)
+    batch = t["srv_e2e_op_s"] + rounds * t["srv_round_one_s"] + redo
+    assert out["serving"]["output_throughput_tps"] == pytest.approx(admitted * 4096 / batch, rel=1e-3)
+    assert any(f"preempts {admitted - full} of them" in w for w in out["warnings"])
+    # TensorRT-LLM reserves the whole answer at admission: it admits only what fits at full length, nothing preempted
+    trt, tt = traced({**body, "runtime": "tensorrt-llm", "batch_size": 2})
+    assert tt["srv_burst_full_limit"] == tt["srv_kv_limit"] and tt["srv_burst_preempted"] == 0
 
 
 def test_open_loop_waits_grow_towards_capacity_and_past_it_latencies_are_null():
