@@ -298,11 +298,15 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         elif v["srv_static"]:
             out.append(f"load: one static batch of {int(s['seqs'])} sequence(s) started together")
         elif v["srv_burst"]:
-            out.append(f"load: one burst of {int(s['seqs'])} sequences sent together, more than the "
-                       f"{int(v['srv_burst_wave'])} that run at once: the rest start as slots free, and throughput is "
-                       f"over the burst's ~{v['srv_burst_rounds']:,.0f} rounds (the first wave entering at "
+            cap, wave = int(v["srv_running_closed"]), int(v["srv_burst_wave"])
+            grown = (f" ({wave} a wave once its sequences, admitted together, have grown: the pool holds no more)"
+                     if wave < cap else "")
+            out.append(f"load: one burst of {int(s['seqs'])} sequences sent together, more than the {cap} that run at "
+                       f"once{grown}: the rest start as slots free, and throughput is over the burst's "
+                       f"~{v['srv_burst_rounds']:,.0f} rounds (the first wave entering at "
                        f"{v['srv_burst_admit_per_round']:.3g} prompts a round, the last requests finishing beside ever "
-                       f"fewer others), not {s['seqs'] * req['output_tokens'] / v['srv_burst_wave']:,.0f} rounds at the cap")
+                       f"fewer others), not {s['seqs'] * req['output_tokens'] / max(v['srv_running_closed'], 1):,.0f} "
+                       "rounds at the cap")
         else:
             out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
                        "the next request when the last one finishes (continuous batching)")

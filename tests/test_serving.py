@@ -223,8 +223,13 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     assert burst["serving"]["running_sequences"] == c and bt["srv_burst"] == 1 and lt["srv_burst"] == 0
     # the first wave enters at (8192 - C / 2) / 3584 prompts a round (decodes share vLLM's 8192-token budget)
     pace = (8192 - c / 2) / 3584
-    turnovers = math.floor(1999 / c)
-    rounds = max((1999 - c * turnovers) / pace + turnovers * 512, 1999 / pace) + 512
+    # vLLM counts a prompt and half an answer, but a wave admitted within S = C / pace rounds grows together: when its
+    # first ends the others hold all but up to S of their answers, 0.5 x 512 x (1 - S / 512) tokens more each
+    grown = 3584 + 256 + 0.5 * 512 * (1 - min(c / pace, 512) / 512)
+    wave = min(c, math.floor(bt["kv_pool_bytes"] / (grown * KV_PER_TOKEN)))
+    assert bt["srv_burst_wave"] == wave < c
+    turnovers = math.floor(1999 / wave)
+    rounds = max((1999 - wave * turnovers) / pace + turnovers * 512, 1999 / pace) + 512
     assert bt["srv_burst_rounds"] == pytest.approx(rounds, rel=1e-9)
     assert rounds > 2000 * 512 / c                                # more rounds than the cap would need
     # each round beyond the closed loop's count costs a round of one sequence
@@ -233,16 +238,16 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     assert burst["serving"]["output_throughput_tps"] == pytest.approx(2000 * 512 / (closed_time + extra), rel=1e-3)
     assert burst["serving"]["output_throughput_tps"] < loop["serving"]["output_throughput_tps"]
     # a request waits for its prompt to enter: request j at (j mod C) / pace + floor(j / C) x 512 rounds, on average
-    waves, left = 2000 // int(c), 2000 - (2000 // int(c)) * int(c)
-    wait = max(((waves * c * (c - 1) / 2 + left * (left - 1) / 2) / pace + 512 * (c * waves * (waves - 1) / 2 + waves * left))
-               / 2000, 1999 / 2 / pace)
+    waves, left = 2000 // wave, 2000 - (2000 // wave) * wave
+    wait = max(((waves * wave * (wave - 1) / 2 + left * (left - 1) / 2) / pace
+                + 512 * (wave * waves * (waves - 1) / 2 + waves * left)) / 2000, 1999 / 2 / pace)
     assert bt["srv_burst_wait_rounds"] == pytest.approx(wait, rel=1e-9)
     assert burst["serving"]["ttft_ms"] / 1000 == pytest.approx(bt["srv_ttft_op_s"] + wait * bt["srv_itl_op_s"], rel=1e-4)
     # the closed loop of 2000 clients makes every one wait (2000 - C) / throughput instead
     assert loop["serving"]["ttft_ms"] / 1000 == pytest.approx(
         lt["srv_ttft_op_s"] + (2000 - c) / loop["serving"]["requests_per_second"], rel=1e-3)
     said = [a for a in burst["assumptions"] if a.startswith("load: one burst of 2000 sequences")]
-    assert said and f"more than the {int(c)} that run at once" in said[0] and f"~{rounds:,.0f} rounds" in said[0]
+    assert said and f"more than the {int(c)} that run at once ({wave} a wave" in said[0] and f"~{rounds:,.0f} rounds" in said[0]
     # a burst that fits at full length (3584 + 512 tokens a sequence) runs as one static batch: no drain of its own
     fits = math.floor(bt["kv_pool_bytes"] / (4096 * KV_PER_TOKEN))
     small, st = traced({**body, "batch_size": fits})
@@ -256,7 +261,10 @@ def test_a_static_burst_that_outgrows_the_pool_preempts_and_recomputes():
     _, probe = traced({**body, "batch_size": 1})
     pool = probe["kv_pool_bytes"]
     admitted = math.floor(pool / ((4096 + 0.5 * 4096) * KV_PER_TOKEN))       # what vLLM's admission counts
-    full = math.floor(pool / (8192 * KV_PER_TOKEN))                          # what the pool holds at full length
+    # they enter at (8192 - admitted / 2) / 4096 prompts a round, within S = admitted / pace rounds, so grown they
+    # hold all but up to S of their answers: 0.5 x 4096 x (1 - S / 4096) tokens more than the admission counted
+    pace = (8192 - admitted / 2) / 4096
+    full = math.floor(pool / ((4096 + 2048 + 2048 * (1 - (admitted / pace) / 4096)) * KV_PER_TOKEN))
     assert full < admitted
     out, t = traced({**body, "batch_size": admitted})
     assert out["serving"]["load"] == "static_batch" and out["serving"]["running_sequences"] == admitted
