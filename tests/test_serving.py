@@ -232,8 +232,14 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     rounds = max((1999 - wave * turnovers) / pace + turnovers * 512, 1999 / pace) + 512
     assert bt["srv_burst_rounds"] == pytest.approx(rounds, rel=1e-9)
     assert rounds > 2000 * 512 / c                                # more rounds than the cap would need
-    # each round beyond the closed loop's count costs a round of one sequence
-    extra = (rounds - 2000 * 512 / c) * bt["srv_round_one_s"]
+    # each round beyond the closed loop's count costs a round of one sequence; and at each turnover vLLM admits c by
+    # its count, then preempts the c - wave the grown pool cannot hold and recomputes their contexts (half-way between
+    # where the pool filled, 4096 x wave / c tokens, and full length) at a prompt's prefill rate
+    preempted = math.floor(1999 / wave) * (c - wave)
+    assert bt["srv_burst_preempted"] == preempted and bt["prefill_seqs"] == 1
+    redo = preempted * 4096 * (1 + wave / c) / 2 * bt["prefill_ms"] / 1000 / 3584
+    assert bt["srv_burst_recompute_s"] == pytest.approx(redo, rel=1e-9)
+    extra = (rounds - 2000 * 512 / c) * bt["srv_round_one_s"] + redo
     closed_time = 2000 * bt["srv_e2e_op_s"] / c                   # the closed loop at the cap: c sequences per E2E
     assert burst["serving"]["output_throughput_tps"] == pytest.approx(2000 * 512 / (closed_time + extra), rel=1e-3)
     assert burst["serving"]["output_throughput_tps"] < loop["serving"]["output_throughput_tps"]
