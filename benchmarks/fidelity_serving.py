@@ -377,9 +377,10 @@ STATIC_SESSION_READING = ("a static session runs its whole batch at once (gptSes
 def _static_session(body: dict[str, Any], notes: list[str]) -> None:
     """A static session's batch ran whole: where the profile's KV pool would queue part of it, read the pool as all of
     the free memory (the most a session can allocate), and say so."""
-    c = vramplan.estimate_inference(body)["serving"]["running_sequences"]
+    out = vramplan.estimate_inference(dict(body, trace=True))
+    c = out["serving"]["running_sequences"]
     if c < body["batch_size"]:
-        frac = trace_values(vramplan.estimate_inference(dict(body, trace=True)))["rt_gpu_memory_utilization"]
+        frac = trace_values(out)["rt_gpu_memory_utilization"]
         body.setdefault("runtime_settings", {})["gpu_memory_utilization"] = 1.0
         notes.append(STATIC_SESSION_READING.format(n=body["batch_size"], frac=frac, c=int(c)))
 

@@ -215,13 +215,16 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
             pool = f"the KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])})" if ep == 1 else (
                 f"each GPU's KV pool holds {tokens} tokens ({sequences} sequences of {int(s['seq'])}, "
                 f"{ep * sequences} over the {ep} attention data-parallel GPUs)")
-            if v.get("srv_burst_preempted", 0) > 0:
+            preempted = int(v["srv_burst_preempted"])
+            if v["srv_static"] and preempted:
                 warnings.append(f"{pool}; {int(s['seqs'])} sequences started together need more as they grow, and "
-                                f"{res.runtime.key} preempts {int(v['srv_burst_preempted'])} of them when it fills, "
-                                "recomputing them after the others end (serving_burst.yaml)")
+                                f"{res.runtime.key} preempts {preempted} of them when it fills, recomputing them after "
+                                "the others end (serving_burst.yaml)")
             else:
                 warnings.append(f"{pool}; {int(s['seqs'])} sequences in flight need more, and {res.runtime.key} queues the rest "
-                                f"(serving.queued_requests)")
+                                "(serving.queued_requests)" + (
+                                    f", preempting {preempted} in all as each wave of the burst grows and recomputing "
+                                    "them when they rejoin (serving_burst.yaml)" if preempted else ""))
     if trace is not None:
         out["trace"] = trace
     return out
@@ -305,8 +308,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
                        f"once{grown}: the rest start as slots free, and throughput is over the burst's "
                        f"~{v['srv_burst_rounds']:,.0f} rounds (the first wave entering at "
                        f"{v['srv_burst_admit_per_round']:.3g} prompts a round, the last requests finishing beside ever "
-                       f"fewer others), not {s['seqs'] * req['output_tokens'] / max(v['srv_running_closed'], 1):,.0f} "
-                       "rounds at the cap")
+                       f"fewer others), not {s['seqs'] * req['output_tokens'] / v['srv_op_n']:,.0f} rounds at the cap")
         else:
             out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
                        "the next request when the last one finishes (continuous batching)")

@@ -239,6 +239,7 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     assert bt["srv_burst_preempted"] == preempted and bt["prefill_seqs"] == 1
     redo = preempted * 4096 * (1 + wave / c) / 2 * bt["prefill_ms"] / 1000 / 3584
     assert bt["srv_burst_recompute_s"] == pytest.approx(redo, rel=1e-9)
+    assert any("queues the rest" in w and f"preempting {preempted} in all" in w for w in burst["warnings"])
     extra = (rounds - 2000 * 512 / c) * bt["srv_round_one_s"] + redo
     closed_time = 2000 * bt["srv_e2e_op_s"] / c                   # the closed loop at the cap: c sequences per E2E
     assert burst["serving"]["output_throughput_tps"] == pytest.approx(2000 * 512 / (closed_time + extra), rel=1e-3)
