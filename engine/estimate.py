@@ -298,6 +298,12 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         if req.get("request_rate") is not None:
             out.append(f"load: open loop, {req['request_rate']:g} requests/s arriving at random (Poisson), "
                        f"{int(s['batch'])} sequence(s) each")
+        elif v["srv_static"] and v["srv_static_groups"] > 1:
+            group = s["seqs"] / v["srv_static_groups"]
+            out.append(f"load: one burst of {int(s['seqs'])} sequences sent together, all running at once; the scheduler "
+                       f"takes their prompts first come, first served, {group:.3g} a step, so their first tokens come in "
+                       f"{v['srv_static_groups']:.3g} groups ({v['srv_static_ramp_s'] * 1000:,.0f} ms sooner on average "
+                       "than the last group's) and their later tokens wait for the rest of the prefill")
         elif v["srv_static"]:
             out.append(f"load: one static batch of {int(s['seqs'])} sequence(s) started together")
         elif v["srv_burst"]:

@@ -20,11 +20,16 @@ def test_constants_are_the_ones_the_arithmetic_below_assumes():
 
 def test_thousands_of_requests_are_bound_by_the_host_work():
     """2,048 sequences (one burst, they all fit on a B200): the host needs 2,048 x 29 us = 59.392 ms a step, more than
-    the GPU (an 8B model's FP8 weights and ~140-token caches read in a few ms) - the time between tokens is the host's
-    59.39 ms and 'overhead' limits the throughput (2,048 / 59.392 ms = 34,483 tok/s at most)."""
-    s = vramplan.estimate_inference({**BODY, "batch_size": 2048})["serving"]
+    the GPU (an 8B model's FP8 weights and ~140-token caches read in a few ms) - a decode round is the host's 59.39 ms
+    and 'overhead' limits the throughput (2,048 / 59.392 ms = 34,483 tok/s at most). The time between tokens adds the
+    burst's prefill ramp spread over the 255 later tokens: the executor takes the 16-token prompts (8192 - 2048 / 2) /
+    16 = 448 a step, in 2048 / 448 = 4.571 groups (serving_burst.yaml srv_static_ramp_s)."""
+    out = vramplan.estimate_inference({**BODY, "batch_size": 2048, "trace": True})
+    s, t = out["serving"], {step["id"]: step["value"] for step in out["trace"]}
     assert s["running_sequences"] == 2048
-    assert s["itl_ms"] == pytest.approx(59.392, abs=0.01)
+    assert t["srv_round_op_s"] == pytest.approx(59.392e-3, rel=1e-9)
+    assert t["srv_static_groups"] == pytest.approx(2048 / 448, rel=1e-12)
+    assert s["itl_ms"] == pytest.approx(59.392 + t["srv_static_ramp_s"] / 255 * 1000, abs=0.006)
     assert s["limited_by"] == "overhead"
     assert s["output_throughput_tps"] < 2048 / 59.392e-3
 

@@ -580,6 +580,38 @@ def test_a_decode_step_too_large_for_the_custom_kernel_all_reduces_through_nccl(
     assert large["allreduce_custom"] == 0 and large["allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
 
 
+def test_a_burst_that_fits_gets_its_first_tokens_group_by_group_under_continuous_batching():
+    """One client's 64 prompts of 1000 tokens on vLLM: all 64 run at once (a static batch by admission), but the
+    scheduler takes the prompts first come, first served, as many whole ones a step as the 8192-token budget holds
+    beside the decodes - (8192 - 64 / 2) / 1000 = 8.16, so 8 a step in 64 / 8 = 8 groups. Group k's first tokens come
+    after k / 8 of the whole batch's prefill P: the mean is P x 9 / 16, 7 / 16 of P sooner than the last group's. The
+    time is not saved - each request's 199 later tokens absorb it - so end to end and throughput stay the static
+    batch's P + 199 rounds. transformers' generate (no continuous batching) and TensorRT-LLM's GptSession prefill
+    every prompt first: one group, first tokens after all of P."""
+    body = {**BASE, "input_tokens": 1000, "output_tokens": 200, "batch_size": 64}
+    out, t = traced(body)
+    assert t["srv_static"] == 1 and t["srv_continuous"] == 1 and t["srv_running_closed"] == 64
+    assert t["srv_burst_admit_per_round"] == pytest.approx((8192 - 64 / 2) / 1000)
+    assert t["srv_static_groups"] == 8
+    whole = t["prefill_ms"] / 1000 * 64 / t["prefill_seqs"]                       # P, the whole batch's prefill
+    assert t["prefill_seqs"] == 64
+    assert t["srv_static_ramp_s"] == pytest.approx(whole * 7 / 16, rel=1e-12)
+    assert t["srv_ttft_op_s"] == pytest.approx(whole * 9 / 16, rel=1e-12)
+    assert t["srv_itl_op_s"] == pytest.approx(t["srv_round_op_s"] + whole * 7 / 16 / 199, rel=1e-12)
+    assert t["srv_e2e_op_s"] == pytest.approx(whole + 199 * t["srv_round_op_s"], rel=1e-12)
+    s = out["serving"]
+    assert s["load"] == "static_batch" and s["ttft_ms"] == pytest.approx(whole * 9 / 16 * 1000, abs=0.006)
+    assert any("8 groups" in a for a in out["assumptions"])
+    # the same 64 on runtimes that prefill all of them first: one group, no head start
+    for runtime, extra in (("transformers", {}), ("tensorrt-llm-mmha", {})):
+        _, u = traced({**body, "runtime": runtime, **extra})
+        assert u["srv_static_groups"] == 1 and u["srv_static_ramp_s"] == 0
+        assert u["srv_ttft_op_s"] == pytest.approx(u["prefill_ms"] / 1000 * 64 / u["prefill_seqs"], rel=1e-12)
+    # TensorRT-LLM's batch manager (enable_continuous_batching) takes them in flight, like vLLM
+    _, m = traced({**body, "runtime": "tensorrt-llm-mmha", "enable_continuous_batching": True})
+    assert m["srv_continuous"] == 1 and m["srv_static_groups"] > 1
+
+
 def test_a_clients_sequences_arriving_together_are_prefilled_together_under_continuous_batching():
     """Two clients each sending 4 sequences of 1000-token prompts: a request's 4 prompts arrive at once and the
     scheduler admits them in one step (4,000 tokens, under the 8192 budget), so its first tokens come after all four
