@@ -619,6 +619,23 @@ def test_a_burst_that_fits_gets_its_first_tokens_group_by_group_under_continuous
     assert m["srv_continuous"] == 1 and m["srv_static_groups"] > 1
 
 
+def test_a_budget_smaller_than_a_step_of_prompts_stretches_a_bursts_prefill():
+    """vLLM V0 chunks prompts into 512-token steps for a model of more than 32K context (Llama 3.1 8B): a step takes
+    512 - 64 / 2 = 480 prompt tokens beside the decodes, 0.48 of a 1000-token prompt, so 64 prompts need 64 / 0.48 =
+    133.3 steps, each at least a decode round with V0's host bubble - longer than the prompts' prefill alone. The burst's
+    prefill is the longer of the two, its first tokens come on average after 65 / 128 of it (64 groups of one), and its
+    end to end is that prefill plus 199 rounds."""
+    body = {**BASE, "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm-v0", "input_tokens": 1000, "output_tokens": 200,
+            "batch_size": 64}
+    out, t = traced(body)
+    assert t["srv_burst_admit_per_round"] == pytest.approx(480 / 1000) and t["srv_static_groups"] == 64
+    alone = t["prefill_ms"] / 1000 * 64 / t["prefill_seqs"]
+    ramp = 64 / 0.48 * max(t["srv_round_op_s"], 0.48 * t["srv_ramp_prompt_s"])
+    assert ramp > alone and t["srv_static_prefill_s"] == pytest.approx(ramp, rel=1e-12)
+    assert t["srv_ttft_op_s"] == pytest.approx(ramp * 65 / 128, rel=1e-12)
+    assert t["srv_e2e_op_s"] == pytest.approx(ramp + 199 * t["srv_round_op_s"], rel=1e-12)
+
+
 @pytest.mark.parametrize("runtime", ["vllm", "tgi", "tensorrt-llm"])
 def test_one_prompt_past_the_cap_does_not_make_the_first_tokens_come_sooner(runtime):
     """64 prompts that all run at once and 65 of which one waits for a slot: both ramp up at the token budget's pace,
