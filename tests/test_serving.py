@@ -650,6 +650,21 @@ def test_one_prompt_past_the_cap_does_not_make_the_first_tokens_come_sooner(runt
     assert past["ttft_ms"] == pytest.approx(fits["ttft_ms"], rel=0.1)
 
 
+def test_an_moe_deployments_sustainable_rate_does_not_depend_on_the_rate_asked():
+    """gpt-oss-120b on an H100 (128 experts, 4 a token): the rounds that set the sustainable rate run the admission
+    cap's sequences, so their grouped GEMMs pad tiles at the cap's rows per expert - not at the operating point's,
+    which at a tenth of the rate has ~1 row per touched expert in a 16-row tile (a 16x padding that made the capacity
+    30% lower there). Padding at the cap: moe_tokens_per_expert_cap = cap x 4 / 128, the same whatever the rate."""
+    body = {**BASE, "llm_key": "gpt-oss-120b", "quantization": "mxfp4", "input_tokens": 1000, "output_tokens": 200}
+    _, full = traced({**body, "request_rate": 1e6})
+    cap = full["srv_n_cap"]
+    _, light = traced({**body, "request_rate": full["srv_capacity_seq_rate"] / 10})
+    assert light["srv_n_cap"] == cap and light["moe_tokens_per_expert_cap"] == pytest.approx(cap * 4 / 128)
+    assert light["moe_padded_rows_cap"] == pytest.approx(full["moe_padded_rows"], rel=1e-12)   # at the cap, as the full loop's
+    assert light["moe_padded_rows"] > 2 * light["moe_padded_rows_cap"]                        # the light load pads far more
+    assert light["srv_capacity_seq_rate"] == pytest.approx(full["srv_capacity_seq_rate"], rel=0.01)
+
+
 def test_a_clients_sequences_arriving_together_are_prefilled_together_under_continuous_batching():
     """Two clients each sending 4 sequences of 1000-token prompts: a request's 4 prompts arrive at once and the
     scheduler admits them in one step (4,000 tokens, under the 8192 budget), so its first tokens come after all four
