@@ -253,7 +253,7 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     assert bt["srv_burst_ramp_rounds"] == pytest.approx(ramp, rel=1e-9) and bt["srv_burst_turn_rounds"] == pytest.approx(turn, rel=1e-9)
     # (one GPU: a ramp prompt's work is a mixed-in prompt's, its GEMMs and the rest)
     assert bt["srv_ramp_prompt_s"] == pytest.approx(bt["srv_prompt_gemm_s"] + bt["srv_prompt_other_s"], rel=1e-12)
-    ramp_round = max(bt["srv_itl_op_s"], pace * (bt["srv_prompt_gemm_s"] + bt["srv_prompt_other_s"]))
+    ramp_round = max(bt["srv_round_op_s"], pace * (bt["srv_prompt_gemm_s"] + bt["srv_prompt_other_s"]))
     assert bt["srv_burst_ramp_round_s"] == pytest.approx(ramp_round, rel=1e-9)
     wait = max(ramp * ramp_round + turn * bt["srv_itl_op_s"], 1999 / 2 / pace * ramp_round)
     assert burst["serving"]["ttft_ms"] / 1000 == pytest.approx(bt["srv_ttft_op_s"] + wait, rel=1e-4)
