@@ -12,7 +12,8 @@ under load"):
 - closed loop: ``running_sequences`` = min(users, the admission cap) with one cap for every load,
   ``running + queued = users``, Little's law (requests/s x e2e = users), e2e = TTFT + (output - 1) x ITL;
   output throughput, TTFT and ITL non-decreasing in users, throughput never above the capacity the
-  open loop reports;
+  open loop reports (where the runtime's KV pool is the deployment's whatever the load: transformers and
+  llama.cpp size their cache by the request, so U clients and an open loop are different deployments);
 - open loop: below capacity it serves what arrives (``arrival_rate``), latencies non-decreasing in the
   rate, Little's law (rate x e2e = running + queued); past capacity nulls and a warning with the rate;
 - single-stream decode: FP8/FP4 not slower than BF16 on GPUs with the units; more tensor-parallel GPUs
@@ -223,7 +224,11 @@ def closed_ladder(sw: Sweep, req: dict[str, Any], users: list[int], capacity_rps
         little = rps * s["e2e_latency_ms"] / 1000
         if not close(little, u, 0.01 + 0.05 / max(s["total_throughput_tps"], 1e-9), 0.02):
             sw.flag("little_closed", q, f"requests/s {rps:.5g} x e2e {s['e2e_latency_ms']} ms = {little:.3f} != {u} users")
-        if capacity_rps and s["requests_per_second"] > capacity_rps * 1.01:
+        # The open loop's capacity bounds the closed loop only on the same deployment: a runtime with a preallocated
+        # KV pool (vLLM, SGLang, TensorRT-LLM, TGI) keeps it whatever the load; transformers and llama.cpp size their
+        # cache by the request (batch_size x concurrent_users sequences, n_ctx = context x slots), so U clients are a
+        # deployment of U slots and an open loop one of batch_size slots.
+        if capacity_rps and preallocates(req["runtime"]) and s["requests_per_second"] > capacity_rps * 1.01:
             sw.flag("above_capacity", q, f"{s['requests_per_second']} requests/s above the open loop's sustainable {capacity_rps}")
     caps = {s["running_sequences"] for u, _, s in rows if s["queued_requests"] and s["queued_requests"] > 0.5}
     if len(caps) > 1:
@@ -249,6 +254,13 @@ def max_num_seqs(runtime: str) -> float:
     c = next(r for r in vramplan.list_runtimes() if r["key"] == runtime)["constants"].get("max_num_seqs") or {}
     values = [c.get("value", 0)] + [t["value"] for t in c.get("tiers", [])]
     return max(values) if max(values) > 0 else math.inf
+
+
+@functools.lru_cache(maxsize=None)
+def preallocates(runtime: str) -> bool:
+    """Whether the runtime's KV pool is allocated once for the deployment (kv_preallocate), whatever the load."""
+    c = next(r for r in vramplan.list_runtimes() if r["key"] == runtime)["constants"].get("kv_preallocate") or {}
+    return bool(c.get("value"))
 
 
 SUSTAINS = re.compile(r"sustains about ([0-9.e+-]+) requests/s")

@@ -297,7 +297,11 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
                    + ("" if split == "given" else f" ({split})"))
         if req.get("request_rate") is not None:
             out.append(f"load: open loop, {req['request_rate']:g} requests/s arriving at random (Poisson), "
-                       f"{int(s['batch'])} sequence(s) each")
+                       f"{int(s['batch'])} sequence(s) each"
+                       + ("" if s.get("rt_kv_preallocate") else
+                          f"; {res.runtime.key} sizes its cache by the request, so its {int(s['seqs'])} slot(s) serve one "
+                          "request at a time while the rest queue (a closed loop of N concurrent_users is a server of N "
+                          "slots)"))
         elif v["srv_static"] and v["srv_static_groups"] > 1:
             group = s["seqs"] / v["srv_static_groups"]
             out.append(f"load: one burst of {int(s['seqs'])} sequences sent together, all running at once; the scheduler "

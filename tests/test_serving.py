@@ -665,6 +665,44 @@ def test_an_moe_deployments_sustainable_rate_does_not_depend_on_the_rate_asked()
     assert light["srv_capacity_seq_rate"] == pytest.approx(full["srv_capacity_seq_rate"], rel=0.01)
 
 
+def test_an_moe_prompt_reads_the_experts_its_own_tokens_touch():
+    """Qwen3-30B-A3B in bf16 (48 layers of 128 experts, 8 a token, each 3 x 2048 x 768), 4 clients of 1000 + 200
+    tokens: a decode round's 4 tokens touch 1 - (120/128)^4 = 22.75% of a layer's experts, a 1000-token prompt
+    1 - (120/128)^1000 = all of them. SGLang prefills in a pass of its own: the pass reads the round's weights and
+    the other 77.25% of the 57,982,058,496 expert bytes. vLLM mixes the chunk into a decode step: that step reads the
+    union of both, the same here."""
+    body = {**BASE, "llm_key": "qwen3-30b-a3b", "input_tokens": 1000, "output_tokens": 200, "concurrent_users": 4}
+    experts = 48 * 128 * 3 * 2048 * 768 * 2
+    decode_cov = 1 - (120 / 128) ** 4
+    out, t = traced({**body, "runtime": "sglang"})
+    assert t["expert_coverage"] == pytest.approx(decode_cov, rel=1e-12) and t["srv_pass_coverage"] == pytest.approx(1.0)
+    more = (1 - decode_cov) * experts / (t["decode_expert_stream_gb_s"] * 1e9)
+    assert t["srv_pass_weights_s"] == pytest.approx(t["srv_weights_s"] + more, rel=1e-9)
+    prompts = 3 / 200                                   # the other 3 clients' successors start each round
+    assert t["srv_passes_op"] == pytest.approx(prompts)
+    itl = (t["srv_round_op_s"] + max(prompts * t["srv_pass_weights_s"], prompts * t["srv_prompt_gemm_s"])
+           + prompts * (t["srv_prompt_other_s"] + t["srv_pass_fixed_s"]))
+    assert out["serving"]["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
+    _, v = traced({**body, "runtime": "vllm"})
+    assert v["srv_mixed_weights_s"] == pytest.approx(v["srv_weights_s"] + (1 - decode_cov) * 1.0 * experts
+                                                     / (v["decode_expert_stream_gb_s"] * 1e9), rel=1e-9)
+
+
+def test_a_pipelines_prompt_passes_read_every_expert_so_more_clients_never_lower_throughput():
+    """DeepSeek R1 over 8 pipeline stages under SGLang, 8000 + 100 tokens: 64 clients make decode micro-batches of 8
+    that touch 1 - (248/256)^8 = 22.5% of the experts; each 8000-token prompt's pass touches all of them, whatever
+    the clients. Read at the decodes' coverage, the passes cost more per prompt as clients grew and throughput fell
+    (628 -> 551 tokens/s from 128 to 256 clients)."""
+    body = {"gpu_key": "h200", "llm_key": "deepseek-r1", "quantization": "fp8", "num_gpus": 8, "runtime": "sglang",
+            "input_tokens": 8000, "output_tokens": 100}
+    rates = []
+    for users in (64, 128, 256):
+        out, t = traced({**body, "concurrent_users": users})
+        assert t["srv_pass_coverage"] == pytest.approx(1.0)
+        rates.append(out["serving"]["output_throughput_tps"])
+    assert t["expert_coverage"] < 1 and rates == sorted(rates)
+
+
 def test_a_clients_sequences_arriving_together_are_prefilled_together_under_continuous_batching():
     """Two clients each sending 4 sequences of 1000-token prompts: a request's 4 prompts arrive at once and the
     scheduler admits them in one step (4,000 tokens, under the 8192 budget), so its first tokens come after all four
