@@ -587,6 +587,27 @@ def test_a_decode_step_too_large_for_the_custom_kernel_all_reduces_through_nccl(
     assert large["allreduce_custom"] == 0 and large["allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
 
 
+def test_the_sustainable_rate_pays_the_all_reduce_path_of_the_caps_batch_whatever_the_rate_asked():
+    """Llama 3.3 70B over 8 H100s under vLLM, 200 + 2000 tokens: the cap is max_num_seqs' 1024 sequences, whose decode
+    step all-reduces 1024 x 8192 x 2 = 16 MiB - NCCL's ring (2 x 7 hops x 3.4 us), not the 8 MiB custom kernel (5 us,
+    half the link's rate) a light load's batch uses. The rounds that set the capacity run the cap's batch at every
+    rate: 2 x 80 all-reduces x (47.6 - 5) us = 6.816 ms more a round than the light load's, and each sequence's
+    all-reduce bytes at the full link rate. Before, at 90% of the rate the capacity read 6.40 requests/s, under the
+    6.71 the warning gave, and the load was reported past capacity."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.3-70b-instruct", "quantization": "bf16", "num_gpus": 8,
+            "inference_parallelism": "tensor", "runtime": "vllm", "input_tokens": 200, "output_tokens": 2000}
+    _, full = traced({**body, "request_rate": 1e6})
+    assert full["srv_n_cap"] == 1024 and full["allreduce_custom"] == 0
+    _, light = traced({**body, "request_rate": full["srv_capacity_seq_rate"] / 10})
+    assert light["allreduce_custom"] == 1 and light["allreduce_custom_cap"] == 0
+    assert light["srv_fixed_cap_s"] - light["srv_fixed_s"] == pytest.approx(2 * 80 * (14 * 3.4e-6 - 5e-6), rel=1e-9)
+    ring_token = light["ring_allreduce_token_s"]
+    assert light["srv_comm_token_s"] - light["srv_comm_token_cap_s"] == pytest.approx(2 * 80 * (ring_token / 0.5 - ring_token), rel=1e-9)
+    assert light["srv_capacity_seq_rate"] == pytest.approx(full["srv_capacity_seq_rate"], rel=1e-9)
+    near, _ = traced({**body, "request_rate": 0.97 * full["srv_capacity_seq_rate"]})
+    assert near["serving"]["ttft_ms"] is not None and near["serving"]["limited_by"] == "arrival_rate"
+
+
 def test_a_burst_that_fits_gets_its_first_tokens_group_by_group_under_continuous_batching():
     """One client's 64 prompts of 1000 tokens on vLLM: all 64 run at once (a static batch by admission), but the
     scheduler takes the prompts first come, first served, as many whole ones a step as the 8192-token budget holds
@@ -650,12 +671,16 @@ def test_one_prompt_past_the_cap_does_not_make_the_first_tokens_come_sooner(runt
     assert past["ttft_ms"] == pytest.approx(fits["ttft_ms"], rel=0.1)
 
 
-def test_an_moe_deployments_sustainable_rate_does_not_depend_on_the_rate_asked():
+@pytest.mark.parametrize("lengths", [(1000, 200), (128, 1)])
+def test_an_moe_deployments_sustainable_rate_does_not_depend_on_the_rate_asked(lengths):
     """gpt-oss-120b on an H100 (128 experts, 4 a token): the rounds that set the sustainable rate run the admission
     cap's sequences, so their grouped GEMMs pad tiles at the cap's rows per expert - not at the operating point's,
     which at a tenth of the rate has ~1 row per touched expert in a 16-row tile (a 16x padding that made the capacity
-    30% lower there). Padding at the cap: moe_tokens_per_expert_cap = cap x 4 / 128, the same whatever the rate."""
-    body = {**BASE, "llm_key": "gpt-oss-120b", "quantization": "mxfp4", "input_tokens": 1000, "output_tokens": 200}
+    30% lower there). Padding at the cap: moe_tokens_per_expert_cap = cap x 4 / 128, the same whatever the rate.
+    With one-token answers the capacity is the first tokens': the decodes riding in a prompt's chunks read the
+    experts the cap's sequences touch (srv_weights_cap_s), not the operating point's (which read 423 requests/s at 90% of
+    the rate against 453 at the cap)."""
+    body = {**BASE, "llm_key": "gpt-oss-120b", "quantization": "mxfp4", "input_tokens": lengths[0], "output_tokens": lengths[1]}
     _, full = traced({**body, "request_rate": 1e6})
     cap = full["srv_n_cap"]
     _, light = traced({**body, "request_rate": full["srv_capacity_seq_rate"] / 10})
