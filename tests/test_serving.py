@@ -587,6 +587,22 @@ def test_a_decode_step_too_large_for_the_custom_kernel_all_reduces_through_nccl(
     assert large["allreduce_custom"] == 0 and large["allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
 
 
+def test_tensorrt_llms_custom_all_reduce_takes_16_mb_over_two_gpus_and_8_mb_beyond():
+    """TensorRT-LLM 1.0 sizes its all-reduce workspace by the GPUs (plugin.py max_workspace_size_auto: 16,000,000 bytes
+    for tp <= 2, 8,000,000 beyond); vLLM's is 8 MiB at any tp. 600 decodes of Llama 3 70B (hidden 8192 x 2 bytes):
+    600 x 16,384 = 9,830,400 bytes - TensorRT-LLM's kernel over 2 GPUs, NCCL over 4 and for vLLM."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3-70b", "quantization": "fp8", "inference_parallelism": "tensor",
+            "kv_cache_quantization": "fp8", "input_tokens": 128, "output_tokens": 128, "batch_size": 600,
+            "runtime_settings": {"max_num_seqs": 600}}
+    assert 600 * 8192 * 2 == 9_830_400
+    _, trt2 = traced({**body, "runtime": "tensorrt-llm", "num_gpus": 2})
+    assert trt2["decode_mb_seqs"] == 600 and trt2["allreduce_max_bytes"] == 16_000_000 and trt2["allreduce_custom"] == 1
+    _, trt4 = traced({**body, "runtime": "tensorrt-llm", "num_gpus": 4})
+    assert trt4["allreduce_max_bytes"] == 8_000_000 and trt4["allreduce_custom"] == 0
+    _, vllm2 = traced({**body, "runtime": "vllm", "num_gpus": 2})
+    assert vllm2["allreduce_max_bytes"] == 8 * 2 ** 20 and vllm2["allreduce_custom"] == 0
+
+
 def test_the_sustainable_rate_pays_the_all_reduce_path_of_the_caps_batch_whatever_the_rate_asked():
     """Llama 3.3 70B over 8 H100s under vLLM, 200 + 2000 tokens: the cap is max_num_seqs' 1024 sequences, whose decode
     step all-reduces 1024 x 8192 x 2 = 16 MiB - NCCL's ring (2 x 7 hops x 3.4 us), not the 8 MiB custom kernel (5 us,
