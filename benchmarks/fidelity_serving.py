@@ -295,6 +295,13 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
     if "--enforce-eager" in flags:  # vLLM: no CUDA / HIP graph is captured, every step launches its kernels
         body.setdefault("runtime_settings", {})["cuda_graph_max_seqs"] = 0
         notes.append("--enforce-eager: every decode step launches its kernels from the host (cuda_graph_max_seqs 0)")
+    if (runtime == "vllm-v0" and "--enforce-eager" not in flags and version.startswith("0.6.3")
+            and (r.get("input_tokens") or 0) + (r.get("output_tokens") or 0) > 8192):
+        # 0.6.3 passed the encoder length to the max_seq_len_to_capture check and kept replaying graphs, with the block
+        # table cut at 8192 tokens (vLLM issue #9448; PR #9285, merged 2024-11-07): decode would be faster, not slower.
+        notes.append(f"vLLM {version.split()[0]}: contexts past max_seq_len_to_capture (8192) decode eagerly, read as a "
+                     "build with PR #9285's fix (0.6.3 itself kept replaying graphs, cutting attention at 8192 tokens - "
+                     "faster than measured)")
     steps = re.search(r"--num-scheduler-steps?[ =](\d+)", flags)
     if steps and int(steps.group(1)) > 1:  # vLLM V0 multi-step scheduling (PR #7000)
         body.setdefault("runtime_settings", {})["scheduler_steps"] = int(steps.group(1))

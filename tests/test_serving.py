@@ -789,3 +789,18 @@ def test_a_prefill_step_pays_the_runtimes_per_step_host_work_too():
     tiny = {**body, "llm_key": "qwen3-0.6b"}
     rates = [vramplan.estimate_inference({**tiny, "concurrent_users": u})["serving"]["output_throughput_tps"] for u in (1, 2, 4)]
     assert rates == sorted(rates)
+
+
+def test_vllm_v0_decodes_contexts_past_max_seq_len_to_capture_eagerly():
+    """V0 replays a decode step's graph only while every running sequence is within max_seq_len_to_capture (8192,
+    arg_utils.py; model_runner.py _use_captured_graph), so 7,692 + 500 tokens replay and 7,693 + 500 launch their
+    32 layers' kernels one by one: 32 x 47 us = 1.504 ms more a round. V1's piecewise graphs leave attention out of
+    the capture and replay at any context."""
+    assert rt("vllm-v0", "cuda_graph_max_context") == 8192 and rt("vllm-v0", "decode_ungraphed_layer_us") == 47
+    body = {**BASE, "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm-v0", "output_tokens": 500}
+    _, within = traced({**body, "input_tokens": 7692})
+    _, past = traced({**body, "input_tokens": 7693})
+    assert within["decode_cuda_graphs"] == 1 and past["decode_cuda_graphs"] == 0
+    assert past["srv_fixed_s"] - within["srv_fixed_s"] == pytest.approx(32 * 47e-6, rel=1e-9)
+    _, v1 = traced({**body, "runtime": "vllm", "input_tokens": 32000})
+    assert v1["decode_cuda_graphs"] == 1
