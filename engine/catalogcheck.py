@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import contract, hardware
+from . import contract, hardware, runtimetext
 from .architecture import from_hf_config
 from .errors import CatalogError, RequestError
 from .registry import Entry
@@ -129,8 +129,11 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
                     missing.append(name)
             elif constants[name]["unit"] != decl.data["unit"]:
                 wrong_unit.append(f"{name} is in {constants[name]['unit']!r}, declared in {decl.data['unit']!r}")
-        if missing or wrong_unit:
+        lines = [*runtime.data.get("assumptions", ()), *runtime.data.get("training_assumptions", ())]
+        unknown = runtimetext.unknown_names(lines, constants)
+        if missing or wrong_unit or unknown:
             what = ([f"lacks declared constants without a default: {', '.join(missing)}"] if missing else []) + wrong_unit
+            what += [f"assumptions name unknown constants: {', '.join('{' + n + '}' for n in unknown)}"] if unknown else []
             _reject(cat, "runtimes", runtime, "; ".join(what), loud)
         elif constants != runtime.data.get("constants"):
             cat.runtimes.replace(runtime.key, {**runtime.data, "constants": constants})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import contract
+from . import contract, runtimetext
 from . import request as request_mod
 from .resolve import Resolved
 from .scenario import Notes
@@ -287,7 +287,8 @@ def _preset(opt: dict[str, Any]) -> str:
 def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes: Notes) -> list[str]:
     out = list(notes.assumptions)
     # A runtime's serving behaviour belongs to inference responses only; its training behaviour to fine-tuning.
-    out.extend(res.runtime.data.get("assumptions" if res.workload == "inference" else "training_assumptions", []))
+    out.extend(runtimetext.fill(line, lambda name: s.get(f"rt_{name}"))
+               for line in res.runtime.data.get("assumptions" if res.workload == "inference" else "training_assumptions", []))
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
     if res.workload == "inference":
         req = res.request

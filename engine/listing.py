@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from . import runtimetext
 from .catalog import get_catalog
 from .errors import RequestError
 
@@ -160,7 +161,8 @@ def runtimes() -> list[dict[str, Any]]:
             "key": e.key, "label": d["label"], "description": d["description"],
             "version": d.get("version"), "extends": d.get("extends"), "default": bool(d.get("default")),
             "continuous_batching": bool(consts["continuous_batching_always"]["value"]),
-            "assumptions": list(d.get("assumptions", [])),
+            "assumptions": [runtimetext.fill(line, lambda name: (consts.get(name) or {}).get("value"))
+                            for line in d.get("assumptions", [])],
             "constants": {name: {k: c[k] for k in ("value", "unit", "source", "tiers") if k in c} for name, c in consts.items()},
             "provided_by": e.provenance.plugin,
         })

@@ -124,6 +124,19 @@ def test_runtime_lacking_a_constant_the_formulas_use(tmp_path):
     assert re.search(r"runtimes 'bare' skipped: lacks declared constants without a default: .*decode_bw_eff", msg)
 
 
+def test_runtime_assumptions_naming_an_unknown_constant(tmp_path):
+    """An assumption line's {name} must name one of the profile's constants: a typo would print verbatim."""
+    plugin = plugin_with(tmp_path, "runtimes", """\
+        runtimes:
+          typo:
+            label: Typo
+            description: a vLLM with a misspelt placeholder
+            extends: vllm
+            assumptions: ['typo: prefill in steps of {max_prefil_tokens} tokens']
+        """)
+    assert re.search(r"runtimes 'typo' skipped: assumptions name unknown constants: \{max_prefil_tokens\}", skipped(plugin))
+
+
 def test_runtime_lacking_a_constant_only_the_formulas_use(tmp_path):
     from vramplan.catalog import get_catalog
 

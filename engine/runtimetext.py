@@ -1,0 +1,28 @@
+"""A runtime profile's assumption lines name its constants as ``{name}``: each is filled with the value the
+request sees (its GPU's tier, the model's context, ``runtime_settings``), so what a response says is what
+the formulas used."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+
+PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+def _show(value: float) -> str:
+    return f"{value:,.6g}".replace(",", "") if isinstance(value, float) else str(value)
+
+
+def fill(text: str, value_of: Callable[[str], float | None]) -> str:
+    """``text`` with each ``{name}`` replaced by ``value_of(name)``; a name it does not know stays as written."""
+    def one(m: re.Match[str]) -> str:
+        v = value_of(m.group(1))
+        return m.group(0) if v is None else _show(v)
+    return PLACEHOLDER.sub(one, text)
+
+
+def unknown_names(lines: Iterable[str], known: Iterable[str]) -> list[str]:
+    """The ``{name}`` placeholders in ``lines`` that name no constant in ``known``."""
+    names = set(known)
+    return sorted({m.group(1) for line in lines for m in PLACEHOLDER.finditer(line) if m.group(1) not in names})
