@@ -11,7 +11,9 @@ PLACEHOLDER = re.compile(r"\{([a-z][a-z0-9_]*)\}")
 
 
 def _show(value: float) -> str:
-    return f"{value:,.6g}".replace(",", "") if isinstance(value, float) else str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def fill(text: str, value_of: Callable[[str], float | None]) -> str:
