@@ -143,3 +143,52 @@ def test_unpacked_mxfp4_experts_stream_at_the_measured_share_of_the_bandwidth_on
     assert slow["srv_weights_s"] - fast["srv_weights_s"] == pytest.approx(slow["decode_unpacked_moe_s"], rel=1e-9)
     b200 = values(vramplan.estimate_inference({**body, "gpu_key": "b200"}))
     assert b200["decode_unpacked_moe_s"] == 0
+
+
+def test_each_routed_expert_writes_a_hidden_wide_row_that_the_combine_reads_back():
+    """gpt-oss-20b under vLLM: fused_moe's second GEMM writes intermediate_cache3 (tokens, top_k, hidden) in bf16 and
+    moe_sum reads it back - 24 MoE layers x 2 passes x 4 experts x 2880 x 2 bytes = 1,105,920 bytes a token, on top of
+    the norms' and activations' 24 x (2880 + 4 x 2880) x 8 = 2,764,800. It is paid per sequence, so the round at 256
+    users grows by 256 x 1,105,920 / (0.85 x 4,800 GB/s) over what the same round costs without it."""
+    t = gpt_oss_20b(256)
+    assert t["moe_combine_token_bytes"] == 24 * 2 * 4 * 2880 * 2 == 1105920
+    assert rt("vllm", "elementwise_traffic_bytes") == 8
+    assert t["elementwise_token_bytes"] == 24 * (2880 + 4 * 2880) * 8 + 1105920 == 3870720
+    stream = t["decode_stream_gb_s"] * 1e9
+    assert t["srv_elementwise_s"] == pytest.approx((3870720 + t["sampler_seq_bytes"]) / stream, rel=1e-12)
+    # The combine is 2 x 4 x 2880 x 2 = 46,080 bytes a layer against the layer's whole expert set read once a round
+    # (32 x 3 x 2880 x 2880 MXFP4 weights): at 256 sequences 11.8 MB, at 1 sequence 46 KB - it grows with the batch.
+    one = gpt_oss_20b(1)
+    assert one["moe_combine_token_bytes"] == t["moe_combine_token_bytes"]   # per token: the same at any batch
+
+
+def test_tensor_parallel_ranks_each_combine_every_token_and_dense_models_combine_nothing():
+    """Mixtral 8x7B (32 MoE layers, 2 of 8 experts, hidden 4096) over 2 tensor-parallel GPUs in vLLM: each rank holds
+    half of every expert's width, so its second GEMM writes a full 4096-wide partial row per routed expert for every
+    token before the all-reduce - 32 x 2 x 2 x 4096 x 2 = 1,048,576 bytes a token on each rank, 2,097,152 over both.
+    Llama 3 8B has no MoE layer: 0."""
+    mix = values(vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": MIXTRAL,
+                                              "quantization": "bf16", "runtime": "vllm", "num_gpus": 2, "inference_parallelism": "tensor",
+                                              "concurrent_users": 64, "trace": True}))
+    assert mix["tp"] == 2 and mix["n_moe_layers"] == 32
+    assert mix["moe_combine_token_bytes"] == 2 * 32 * 2 * 2 * 4096 * 2 == 2097152
+    dense = values(vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "llama-3-8b", "quantization": "bf16",
+                                                "runtime": "vllm", "concurrent_users": 64, "trace": True}))
+    assert dense["moe_combine_token_bytes"] == 0
+
+
+def test_a_pipeline_stage_streams_only_its_own_layers_activations():
+    """Llama 3.1 8B in vLLM on one H100 and over 2 pipeline stages: the token's elementwise traffic is 32 x (4096 +
+    14336) x 8 = 4,718,592 bytes over all layers; a stage runs 16 of them, so its per-sequence share is half of it and
+    half the sampler's 128,256 x 12 = 1,539,072 (only the last stage samples; the round spreads it over the stages) -
+    (4,718,592 + 1,539,072) / 2 = 3,128,832 bytes, as its KV read is half the sequence's."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "quantization": "bf16", "runtime": "vllm",
+            "input_tokens": 1000, "output_tokens": 1000, "concurrent_users": 64, "trace": True}
+    one = values(vramplan.estimate_inference(body))
+    two = values(vramplan.estimate_inference({**body, "num_gpus": 2, "inference_parallelism": "pipeline"}))
+    assert one["elementwise_token_bytes"] == two["elementwise_token_bytes"] == 32 * (4096 + 14336) * 8 == 4718592
+    assert two["sampler_seq_bytes"] == 128256 * 12 == 1539072
+    stream = two["decode_stream_gb_s"] * 1e9
+    assert two["srv_elementwise_s"] == pytest.approx(3128832 / stream, rel=1e-12)
+    assert one["srv_elementwise_s"] == pytest.approx(6257664 / (one["decode_stream_gb_s"] * 1e9), rel=1e-12)
+    assert two["decode_kv_seq_bytes"] == pytest.approx(one["decode_kv_seq_bytes"] / 2, rel=1e-12)
