@@ -192,3 +192,24 @@ def test_a_pipeline_stage_streams_only_its_own_layers_activations():
     assert two["srv_elementwise_s"] == pytest.approx(3128832 / stream, rel=1e-12)
     assert one["srv_elementwise_s"] == pytest.approx(6257664 / (one["decode_stream_gb_s"] * 1e9), rel=1e-12)
     assert two["decode_kv_seq_bytes"] == pytest.approx(one["decode_kv_seq_bytes"] / 2, rel=1e-12)
+
+
+def test_tensorrt_llm_copies_each_tokens_input_per_routed_expert_before_the_first_gemm():
+    """Qwen3-30B-A3B (48 MoE layers, 8 of 128 experts, hidden 2048) in FP8 on an H100: TensorRT-LLM's expandInputRowsKernel
+    writes every token's FP8 input once per routed expert and the first grouped GEMM reads the copy - 48 x 2 x 8 x 2048 x
+    1 byte = 1,572,864 bytes a token; vLLM's fused_moe_kernel reads the rows in place (0). gpt-oss-20b MXFP4 on the same
+    H100 runs TensorRT-LLM's Triton backend (W4A16), which gathers in place too (0)."""
+    body = {"gpu_key": "h100_80", "llm_key": "qwen3-30b-a3b", "quantization": "fp8", "input_tokens": 1000,
+            "output_tokens": 200, "concurrent_users": 64, "trace": True}
+    trt = values(vramplan.estimate_inference({**body, "runtime": "tensorrt-llm"}))
+    vllm = values(vramplan.estimate_inference({**body, "runtime": "vllm"}))
+    assert rt("tensorrt-llm", "moe_permute_inputs") == 1 and trt["act_quant_bits"] == 8
+    assert trt["moe_permute_token_bytes"] == 48 * 2 * 8 * 2048 * 1 == 1572864
+    assert vllm["moe_permute_token_bytes"] == 0
+    # Both combine the experts' bf16 rows: 48 x 2 x 8 x 2048 x 2 = 3,145,728 bytes a token.
+    assert trt["moe_combine_token_bytes"] == vllm["moe_combine_token_bytes"] == 3145728
+    assert trt["elementwise_token_bytes"] - vllm["elementwise_token_bytes"] == pytest.approx(
+        1572864 + 48 * (2048 + 8 * 768) * (rt("tensorrt-llm", "elementwise_traffic_bytes") - rt("vllm", "elementwise_traffic_bytes")))
+    oss = values(vramplan.estimate_inference({**body, "llm_key": "gpt-oss-20b", "quantization": "mxfp4",
+                                              "runtime": "tensorrt-llm"}))
+    assert oss["unpacked_gemm_rate"] < 1 and oss["moe_permute_token_bytes"] == 0
