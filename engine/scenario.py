@@ -74,7 +74,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
     "act_bytes": ("bytes", "bytes per activation element (compute dtype)"),
     "weights_compute_bits": ("bits", "bits per weight element the matmuls read"),
-    "act_quant_bits": ("bits", "bits per activation element the format's GEMMs take quantized (fp8: 8; 0 = not quantized)"),
+    "act_quant_bits": ("bits", "bits per activation element (scales included) the format's GEMMs quantize their inputs to on "
+                              "this GPU (activation_quant where its compute type is native; 0 = the compute dtype)"),
     # workload
     "batch": ("sequences", "batch_size"),
     "users": ("users", "concurrent_users"),
@@ -327,9 +328,6 @@ def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
     s["act_bytes"] = activation_bytes(res.quant.data)
     s["weights_compute_bits"] = float(qbits["default"])
     s["int8_matmul"] = int(compute == "int8")
-    # FP8 (W8A8) GEMMs take FP8 activations. The fp4 compute type is left at 0: it covers NVFP4 (W4A4, quantized
-    # activations) and MXFP4, which Hopper runs W4A16 - the catalog does not tell them apart per GPU.
-    s["act_quant_bits"] = 8.0 if compute == "fp8" else 0.0
 
     n = req.get("num_gpus", 1)
     s["num_gpus"] = n
@@ -405,12 +403,14 @@ def format_on_gpu_key(fmt: dict[str, Any]) -> tuple:
     (the deployment space computes them once per key)."""
     unpacked = fmt.get("unpacked_rate") or {}
     return (fmt.get("compute", "fp16"), fmt["kind"] != "float", (fmt.get("compute_rate") or {}).get("vs_16bit"),
-            unpacked.get("vs_16bit"), tuple(unpacked.get("architectures") or ()))
+            unpacked.get("vs_16bit"), tuple(unpacked.get("architectures") or ()),
+            (fmt.get("activation_quant") or {}).get("bits"))
 
 
 def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, float]:
     """The GPU's throughput in the format's compute type (its 16-bit rate where it has no native one, or the
-    rate the format's unpacking kernels reach on that architecture: ``unpacked_rate``)."""
+    rate the format's unpacking kernels reach on that architecture: ``unpacked_rate``), and the bits its GEMMs
+    quantize their inputs to where that type is native (``activation_quant``; 0 = the compute dtype)."""
     native = {"fp8": gpu.get("fp8_tflops"), "int8": gpu.get("int8_tops"), "fp4": gpu.get("fp4_tflops"),
               "fp32": gpu.get("fp32_tflops"), "fp16": gpu.get("fp16_tflops"),
               "bf16": gpu.get("bf16_tflops")}.get(fmt.get("compute", "fp16"))
@@ -420,7 +420,9 @@ def format_on_gpu_vars(gpu: dict[str, Any], fmt: dict[str, Any]) -> dict[str, fl
     unpacked = fmt.get("unpacked_rate")
     # W4A16 GEMM kernels issue-bound below the 16-bit GEMMs (catalog, cited); attention keeps gpu_tflops
     factor = unpacked["vs_16bit"] if not native and unpacked and gpu.get("architecture") in unpacked["architectures"] else 1.0
-    return {"gpu_tflops": rate, "unpacked_gemm_rate": float(factor), "weights_dequantized": int(fmt["kind"] != "float")}
+    act_bits = float((fmt.get("activation_quant") or {}).get("bits") or 0) if native else 0.0
+    return {"gpu_tflops": rate, "unpacked_gemm_rate": float(factor), "weights_dequantized": int(fmt["kind"] != "float"),
+            "act_quant_bits": act_bits}
 
 
 def runtime_on_gpu_key(fmt: dict[str, Any]) -> tuple:

@@ -213,3 +213,20 @@ def test_tensorrt_llm_copies_each_tokens_input_per_routed_expert_before_the_firs
     oss = values(vramplan.estimate_inference({**body, "llm_key": "gpt-oss-20b", "quantization": "mxfp4",
                                               "runtime": "tensorrt-llm"}))
     assert oss["unpacked_gemm_rate"] < 1 and oss["moe_permute_token_bytes"] == 0
+
+
+def test_the_permuted_inputs_are_in_the_format_the_gemm_quantizes_them_to_on_that_gpu():
+    """act_quant_bits is the format's activation_quant where the GPU runs its compute type natively, else 0 (the 16-bit
+    compute dtype): FP8 on an H100 8 bits (W8A8), on an A100 (no FP8 MMA: W8A16) 0; NVFP4 on a B200 4.5 bits (E2M1 + an
+    FP8 scale per 16: W4A4), on an H100 0 (W4A16); MXFP4 on a B200 8.25 (MXFP8 activations: W4A8). TensorRT-LLM's
+    copy of Qwen3-30B-A3B's inputs in NVFP4 on a B200 is then 48 x 2 x 8 x 2048 x 4.5 / 8 = 884,736 bytes a token."""
+    def at(gpu: str, quant: str, llm: str = "qwen3-30b-a3b") -> dict[str, float]:
+        return values(vramplan.estimate_inference({"gpu_key": gpu, "llm_key": llm, "quantization": quant,
+                                                   "runtime": "tensorrt-llm", "concurrent_users": 8, "trace": True}))
+    assert at("h100_80", "fp8")["act_quant_bits"] == 8
+    assert at("a100_80", "fp8")["act_quant_bits"] == 0
+    b200 = at("b200", "nvfp4")
+    assert b200["act_quant_bits"] == 4.5
+    assert b200["moe_permute_token_bytes"] == 48 * 2 * 8 * 2048 * 4.5 / 8 == 884736
+    assert at("h100_80", "nvfp4")["act_quant_bits"] == 0
+    assert at("b200", "mxfp4", "gpt-oss-20b")["act_quant_bits"] == 8.25
