@@ -423,13 +423,14 @@ def test_vllm_v0_defaults_from_its_source():
 
 
 def test_vllm_v0_host_work_grows_each_round_with_the_running_sequences():
-    """64 users, 512-token prompts and 256-token answers: with V1's budgets and limits given to V0, the differences
+    """64 users, 512-token prompts and 256-token answers: with V1's budgets, limits and graphs in mixed steps given to V0, the differences
     are the host work - a 4 ms bubble a step (RFC #6854) plus 64 running sequences x 80 us = 5.12 ms, 9.12 ms more per
     round (every round, with or without a chunk) - and V0's sampler, which takes softmax and log_softmax of every row:
     36 bytes a vocabulary entry against V1's 12, (64 + 63/256 first tokens) x 128,256 x 24 / 2.8475e12 = 69.5 us;
     output throughput follows Little's law on the longer request."""
     body = {**BASE, "input_tokens": 512, "output_tokens": 256, "concurrent_users": 64}
-    same = {"max_prefill_tokens": 8192, "max_num_seqs": 1024, "cuda_graph_max_seqs": 512, "prefill_mixes_decode": 1}
+    same = {"max_prefill_tokens": 8192, "max_num_seqs": 1024, "cuda_graph_max_seqs": 512, "prefill_mixes_decode": 1,
+            "mixed_steps_eager": 0}
     v1, t1 = traced(body)
     v0, t0 = traced({**body, "runtime": "vllm-v0", "runtime_settings": same})
     assert t0["srv_op_n"] == t1["srv_op_n"] == 64
@@ -804,3 +805,26 @@ def test_vllm_v0_decodes_contexts_past_max_seq_len_to_capture_eagerly():
     assert past["srv_fixed_s"] - within["srv_fixed_s"] == pytest.approx(32 * 47e-6, rel=1e-9)
     _, v1 = traced({**body, "runtime": "vllm", "input_tokens": 32000})
     assert v1["decode_cuda_graphs"] == 1
+
+
+def test_vllm_v0_runs_the_steps_that_carry_prompt_chunks_eagerly():
+    """vLLM V0's _use_captured_graph needs a decode-only batch: the rounds that carry prompt chunks launch every layer's
+    kernels from the host (47 us a layer, vllm-v0's decode_ungraphed_layer_us) although their decodes alone would replay a
+    graph. Llama 3.1 8B on an H100, 64 clients with 2,000-token prompts: 32 layers x 47 us = 1.504 ms more in the share of
+    rounds with prompts; the same request with mixed_steps_eager 0 lacks exactly that. vLLM V1 replays piecewise graphs in
+    mixed steps (0); TensorRT-LLM's PyTorch executor runs them eagerly too, at a per-layer cost not published (0 us)."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "quantization": "bf16", "runtime": "vllm-v0",
+            "input_tokens": 2000, "output_tokens": 200, "concurrent_users": 64}
+    _, eager = traced(body)
+    _, graphed = traced({**body, "runtime_settings": {"mixed_steps_eager": 0}})
+    assert rt("vllm-v0", "mixed_steps_eager") == 1 and rt("vllm-v0", "decode_ungraphed_layer_us") == 47
+    assert eager["srv_eager_mix_s"] == pytest.approx(32 * 47e-6, rel=1e-12) and graphed["srv_eager_mix_s"] == 0
+    assert eager["decode_cuda_graphs"] == 1 and 0 < eager["srv_mixed_share_op"] <= 1
+    assert eager["srv_round_op_s"] - graphed["srv_round_op_s"] == pytest.approx(eager["srv_mixed_share_op"] * 32 * 47e-6, rel=1e-9)
+    # --enforce-eager: every decode already pays the launches (in srv_fixed_s), the mixed rounds pay nothing more.
+    _, forced = traced({**body, "runtime_settings": {"cuda_graph_max_seqs": 0}})
+    _, forced_graphed = traced({**body, "runtime_settings": {"cuda_graph_max_seqs": 0, "mixed_steps_eager": 0}})
+    assert forced["decode_cuda_graphs"] == 0 and forced["srv_round_op_s"] == pytest.approx(forced_graphed["srv_round_op_s"], rel=1e-12)
+    v1 = traced({**body, "runtime": "vllm"})[1]
+    assert rt("vllm", "mixed_steps_eager") == 0 and v1["srv_eager_mix_s"] == 0
+    assert rt("tensorrt-llm", "mixed_steps_eager") == 1 and rt("tensorrt-llm", "decode_ungraphed_layer_us") == 0
