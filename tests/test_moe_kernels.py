@@ -230,3 +230,15 @@ def test_the_permuted_inputs_are_in_the_format_the_gemm_quantizes_them_to_on_tha
     assert b200["moe_permute_token_bytes"] == 48 * 2 * 8 * 2048 * 4.5 / 8 == 884736
     assert at("h100_80", "nvfp4")["act_quant_bits"] == 0
     assert at("b200", "mxfp4", "gpt-oss-20b")["act_quant_bits"] == 8.25
+
+
+def test_transformers_expert_loop_gathers_a_copy_of_each_experts_rows():
+    """transformers' MixtralExperts loop takes current_state = hidden_states[token_idx] - a gathered copy per expert - so
+    Mixtral 8x7B in bf16 moves 32 layers x 2 x 2 experts x 4096 x 2 bytes = 1,048,576 bytes a token for it; llama.cpp's
+    decode mul_mat_id reads the rows in place (0)."""
+    def at(runtime: str) -> dict[str, float]:
+        return values(vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": MIXTRAL,
+                                                   "quantization": "bf16", "runtime": runtime, "trace": True}))
+    assert rt("transformers", "moe_permute_inputs") == 1
+    assert at("transformers")["moe_permute_token_bytes"] == 32 * 2 * 2 * 4096 * 2 == 1048576
+    assert at("llama.cpp")["moe_permute_token_bytes"] == 0
