@@ -328,6 +328,30 @@ def test_open_loop_concurrency_solves_m_equals_one_plus_lambda_e2e_on_the_line()
     assert op["srv_op_n"] == pytest.approx(m, rel=1e-6)
 
 
+def test_open_loop_moe_batch_guess_counts_what_each_running_sequence_adds():
+    """An open loop guesses the batch its MoE rounds run (routing coverage, tile padding) before it knows the rounds:
+    Little's law at the arrival rate on a round linear in the batch. Near capacity a guess with no per-sequence cost
+    (gpt-oss-20b on an RTX 5090 under V0: 20 sequences where 82 run) padded each expert's tiles as for a quarter of
+    the batch, so the operating point's round came out longer than capacity's and Little's law broke."""
+    body = {"llm_key": "gpt-oss-20b", "gpu_key": "rtx_5090", "quantization": "mxfp4", "runtime": "vllm-v0",
+            "input_tokens": 1000, "output_tokens": 200}
+    cap = vramplan.estimate_inference({**body, "request_rate": 1e6})["serving"]["requests_per_second"]
+    lam = 0.97 * cap
+    out, t = traced({**body, "request_rate": lam})
+    # what one more running sequence adds: its KV read, non-GEMM traffic, host work (V0 does not overlap it), its
+    # token's GEMMs at the prompt's rate, and 1/200 of a successor's 1000-token prompt
+    c = (t["decode_kv_seq_bytes"] / (t["decode_stream_gb_s"] * 1e9) + t["srv_elementwise_s"] + t["srv_host_seq_s"]
+         + t["srv_prompt_gemm_s"] / 1000 + (t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"]) / 200)
+    assert t["srv_guess_seq_s"] == pytest.approx(c, rel=1e-9)
+    stay = t["prefill_ms"] / 1000 + 199.5 * t["srv_full_read_s"]
+    m = lam * stay / (1 - lam * 199.5 * c)
+    assert t["srv_decode_seqs"] == pytest.approx(m, rel=1e-9)
+    assert 0.9 * t["srv_op_n"] < m < 1.1 * t["srv_op_n"]             # the guess lands near the batch that runs
+    assert t["srv_round_op_s"] <= t["srv_round_cap_s"]                # fewer sequences, no longer a round
+    srv = out["serving"]
+    assert srv["running_sequences"] + srv["queued_requests"] == pytest.approx(lam * srv["e2e_latency_ms"] / 1000, rel=5e-3)
+
+
 def test_past_capacity_when_nothing_fits_in_the_kv_pool():
     out = vramplan.estimate_inference({**BASE, "input_tokens": 2_000_000, "output_tokens": 100})
     assert out["serving"]["running_sequences"] == 0 and out["serving"]["ttft_ms"] is None
