@@ -143,6 +143,21 @@ def context_curve(request: dict[str, Any], catalog: Catalog | None = None) -> di
     return {"workload": workload, **curve(done, cat)}
 
 
+def _why_longer(n: int, why: str | None, capacity: float) -> str:
+    """What stops a context of ``n`` tokens, for the curve's note: the memory, or - where the runtime sizes its pool at
+    start-up and the memory stays put - the sequences in flight its admission no longer takes at once."""
+    tokens = f"{n:,} token{'' if n == 1 else 's'}"
+    if why == "memory" or why is None:
+        return f"{tokens} need more than {capacity:g} GiB"
+    if why == "configuration":
+        return f"{tokens} cannot run (memory_status error; see the warnings)"
+    if why == "capacity":
+        return f"at {tokens} requests arrive faster than the deployment serves them"
+    if why == "request":
+        return f"{tokens} are not a valid request"
+    return f"at {tokens} the runtime admits fewer sequences than the load sends ({why}) and the rest queue"
+
+
 def curve(done: Outcome, catalog: Catalog) -> dict[str, Any]:
     """The curve around one estimate of a request (a report's, or the context-curve endpoint's)."""
     res, workload, capacity = done.resolved, done.workload, float(done.resolved.gpu_memory_gib)
@@ -159,11 +174,13 @@ def curve(done: Outcome, catalog: Catalog) -> dict[str, Any]:
     at_one = probe.estimate(1)
     if crossing is None and isinstance(at_one, dict) and at_one["memory_status"] == "error":
         note = "the configuration cannot run at any context length (memory_status error; see the warnings)"
+    elif crossing is None and probe.binding(1) not in ("memory", "request", None):
+        note = f"does not fit at any context length: even {_why_longer(1, probe.binding(1), capacity)}"
     elif crossing is None:
         note = f"does not fit at any context length (not even 1 token) on {capacity:g} GiB"
     elif crossing >= top:
         crossing, note = None, f"fits at every context length up to {top:,} tokens"
     else:
-        note = f"fits up to {crossing:,} tokens; {crossing + 1:,} tokens need more than {capacity:g} GiB"
+        note = f"fits up to {crossing:,} tokens; {_why_longer(crossing + 1, probe.binding(crossing + 1), capacity)}"
     return {"points": points, "capacity": capacity, "crossing": crossing, "note": note, "model_max": int(model_max),
             "request": {"seq_length": int(res.request["seq_length"])}}

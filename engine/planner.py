@@ -194,7 +194,7 @@ def _max_request_rate(question: str, body: dict[str, Any], workload: str, ctx: d
 
 def _final(probe: Probe, value: int, body: dict[str, Any], workload: str, field: str) -> dict[str, Any]:
     if body.get("trace"):
-        return probe.run({**body, field: value, "trace": True})
+        return probe.run({**probe.body_at(value), "trace": True})
     return probe.seen[value]  # type: ignore[return-value]
 
 

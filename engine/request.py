@@ -178,6 +178,32 @@ def split_context(req: dict[str, Any], seq_given: bool) -> list[tuple[str, str]]
     return []
 
 
+def context_change(body: dict[str, Any], seq_length: int) -> dict[str, Any]:
+    """The fields that put a request at another context length (the planner's ``max_seq_length``, the report's
+    memory-against-context curve, a shorter-context suggestion).
+
+    A request that sets an answer length - ``output_tokens``, or ``input_tokens`` alone, whose answer is the 7:1
+    proportion's - keeps that answer and grows or shrinks its prompt, and says all three fields so that they agree
+    (``seq_length`` alone would contradict the halves the request gives). A context no longer than that answer
+    takes the split ``seq_length`` alone gets (1/8 answer, at most 1024 tokens). Without either half: ``seq_length``
+    alone. Fields of the wrong type are left for validation to name."""
+    i, o = body.get("input_tokens"), body.get("output_tokens")
+    if i is None and o is None:
+        return {"seq_length": seq_length}
+    answer = o if o is not None else (i // (ANSWER_SHARE - 1) if _count(i) else None)
+    if not _count(answer):
+        return {"seq_length": seq_length}
+    answer = max(answer, 1)
+    if seq_length <= answer:
+        answer = min(max(seq_length // ANSWER_SHARE, 1), ANSWER_CAP)
+    prompt = max(seq_length - answer, 1)
+    return {"seq_length": prompt + answer, "input_tokens": prompt, "output_tokens": answer}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def optimization_defaults(workload: str) -> dict[str, Any]:
     """The documented defaults of ``optimization_config`` for a workload."""
     return dict(_opt_defaults(SCHEMAS[workload]))

@@ -17,6 +17,7 @@ from typing import Any
 
 from .catalog import Catalog
 from .errors import RequestError
+from .request import context_change
 from .verdict import binding, fits
 
 
@@ -39,10 +40,17 @@ class Probe:
         self.run = run
         self.seen: dict[int, dict[str, Any] | RequestError] = {}
 
+    def body_at(self, value: int) -> dict[str, Any]:
+        """The request at ``value`` - at another context length, with the halves it gives kept in step
+        (:func:`~vramplan.request.context_change`)."""
+        if self.field == "seq_length":
+            return {**self.body, **context_change(self.body, value)}
+        return {**self.body, self.field: value}
+
     def estimate(self, value: int) -> dict[str, Any] | RequestError:
         if value not in self.seen:
             try:
-                self.seen[value] = self.run({**self.body, self.field: value})
+                self.seen[value] = self.run(self.body_at(value))
             except RequestError as exc:  # this value cannot run
                 self.seen[value] = exc
         return self.seen[value]

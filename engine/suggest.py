@@ -45,7 +45,7 @@ from .errors import VramplanError
 from .answer import estimate as run
 from . import formatrules
 from .formatrules import finetuning_weights
-from .request import validate
+from .request import context_change, validate
 from .search import Probe, capacity_gib, search_min
 from .verdict import fits
 
@@ -245,7 +245,8 @@ class _Search:
         if answer is None or answer["value"] >= before:
             return None
         value = answer["value"]
-        return self.suggest({field: value}, f"{noun} {value:,} instead of {before:,}", answer["estimate"],
+        change = context_change(self.body, value) if field == "seq_length" else {field: value}
+        return self.suggest(change, f"{noun} {value:,} instead of {before:,}", answer["estimate"],
                             workload={"field": field, "before": before, "after": value})
 
     def _more_gpus(self, extra: dict[str, Any], how: str) -> dict | None:

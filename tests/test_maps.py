@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jsonschema
 import pytest
 from server_fixtures import PREFIX, api_token, app, auth_headers, client, isolated_data_dir, sqlite_store  # noqa: F401
@@ -55,6 +57,29 @@ def test_context_curve_crossing_is_the_planners_max_seq_length():
     assert c["model_max"] == 131072 and c["points"][0]["seq_length"] == 512 and c["points"][-1]["seq_length"] == 131072
     usage = [p["vram_usage"] for p in c["points"]]
     assert usage == sorted(usage)  # memory grows with context
+
+
+def test_context_curve_of_a_request_that_gives_its_lengths_and_a_pool_that_queues():
+    """vLLM preallocates its pool, so memory stays put with context; what ends the curve is admission: 50 clients
+    of 500-token answers on Llama 3.3 70B FP8 over 2 H100s. The pool's tokens / 50 sequences (a vLLM sequence
+    counts its prompt and half its answer) is the longest prompt at which all 50 run."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.3-70b-instruct", "quantization": "fp8", "num_gpus": 2,
+            "inference_parallelism": "tensor", "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500,
+            "concurrent_users": 50}
+    c = vramplan.context_curve(body)
+    assert len(c["points"]) > 5 and len({p["vram_usage"] for p in c["points"]}) == 1
+    out = vramplan.estimate_inference({**body, "trace": True})
+    pool = next(step["value"] for step in out["trace"] if step["id"] == "kv_pool_bytes")
+
+    def admitted(context: int) -> int:
+        # 80 layers x 8 KV heads x 128 x (K, V) x 2 bytes / 2 GPUs = 163,840 bytes a token, the context padded to
+        # 16-token blocks; a sequence is admitted with its prompt and half its 500-token answer
+        per_token = 163840 * math.ceil(context / 16) * 16 / context
+        return math.floor(pool / (per_token * (context - 500 + 250)))
+
+    assert admitted(c["crossing"]) >= 50 > admitted(c["crossing"] + 1)
+    assert c["note"] == (f"fits up to {c['crossing']:,} tokens; at {c['crossing'] + 1:,} tokens the runtime admits "
+                         "fewer sequences than the load sends (kv_cache) and the rest queue")
 
 
 def test_maps_over_http(client, auth_headers):

@@ -15,6 +15,7 @@ from vramplan.catalog import get_catalog
 from vramplan.datafiles import load_schema
 from vramplan.errors import RequestError
 from vramplan.planner import _quant_candidates
+from vramplan.request import context_change
 
 SMALL = {"workload": "inference", "gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b-instruct", "quantization": "fp16"}
 BIG = {"workload": "inference", "gpu_key": "rtx_4090", "llm_key": "llama-3.1-70b-instruct", "quantization": "fp16"}
@@ -61,6 +62,41 @@ def test_max_seq_length_is_capped_by_the_model_context():
                        "quantization": "q4_k_m", "find": ["max_seq_length"]})["max_seq_length"]
     assert a["value"] == 8192
     assert "context length" in a["limited_by"]
+
+
+def test_context_change_keeps_the_answer_the_request_gives():
+    # both halves: the 200-token answer stays, the prompt is the rest of the context
+    assert context_change({"input_tokens": 1000, "output_tokens": 200}, 4096) == \
+        {"seq_length": 4096, "input_tokens": 3896, "output_tokens": 200}
+    # the prompt alone: its answer is the 7:1 proportion's, 700 // 7 = 100
+    assert context_change({"input_tokens": 700}, 4096) == {"seq_length": 4096, "input_tokens": 3996, "output_tokens": 100}
+    # a context no longer than the answer takes seq_length's own split: 100 // 8 = 12 answer tokens, 88 prompt
+    assert context_change({"output_tokens": 200}, 100) == {"seq_length": 100, "input_tokens": 88, "output_tokens": 12}
+    assert context_change({"output_tokens": 200}, 1) == {"seq_length": 2, "input_tokens": 1, "output_tokens": 1}
+    # neither half, or halves of the wrong type (validation names them): seq_length alone
+    assert context_change({}, 4096) == {"seq_length": 4096}
+    assert context_change({"output_tokens": "200"}, 4096) == {"seq_length": 4096}
+
+
+def test_max_seq_length_of_a_request_that_gives_its_lengths():
+    """seq_length beside input_tokens + output_tokens that disagree is a 422, so a search that set seq_length
+    alone found nothing but the request's own length (Llama 3.1 8B on an H100 answered 1,200 tokens); the
+    search keeps the 200-token answer and grows the prompt."""
+    req = {"workload": "inference", "gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "input_tokens": 1000,
+           "output_tokens": 200}
+    a = vramplan.plan({**req, "find": ["max_seq_length"]})["max_seq_length"]
+    assert a["value"] == 131072 and "context length" in a["limited_by"]
+    assert (a["estimate"]["serving"]["input_tokens"], a["estimate"]["serving"]["output_tokens"]) == (130872, 200)
+    # where memory binds (fp16 on a 24 GiB card under transformers): the answer fits, one token more does not
+    small = {**req, "gpu_key": "rtx_4090", "runtime": "transformers", "quantization": "fp16", "input_tokens": 60000,
+             "output_tokens": 500}
+    v = vramplan.plan({**small, "find": ["max_seq_length"]})["max_seq_length"]["value"]
+    assert 1000 < v < 60500
+    assert fits(estimate(small, input_tokens=v - 500), 24) and not fits(estimate(small, input_tokens=v - 499), 24)
+    # and the shorter-context suggestion says all three fields, in step
+    out = vramplan.estimate_inference({k: x for k, x in small.items() if k != "workload"})
+    shorter = [s for s in out["suggestions"] if s["summary"].startswith("a context of")]
+    assert shorter and shorter[0]["change"] == {"seq_length": v, "input_tokens": v - 500, "output_tokens": 500}
 
 
 def test_min_num_gpus_fits_and_one_fewer_does_not():
