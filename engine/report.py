@@ -249,6 +249,48 @@ def report_context(body: dict[str, Any], workload: str, catalog: Catalog | None 
     return build_context(done, maps.curve(done, cat), cat, deployment=figures)
 
 
+#: The serving object's figures in a report: (field, label, unit); a latency past capacity is null and shows a dash.
+SERVING = (("running_sequences", "Sequences running at once", "sequences"),
+           ("queued_requests", "Requests waiting", "requests"),
+           ("output_throughput_tps", "Output throughput", "tokens/s"),
+           ("total_throughput_tps", "Throughput with the prompts", "tokens/s"),
+           ("requests_per_second", "Requests completed", "requests/s"),
+           ("utilisation", "Share of capacity in use", "fraction"),
+           ("ttft_ms", "Time to first token", "ms"),
+           ("itl_ms", "Time between output tokens", "ms"),
+           ("e2e_latency_ms", "Whole request", "ms"),
+           ("cost_per_hour", "Cost per hour", "currency/h"),
+           ("cost_per_million_output_tokens", "Cost per million output tokens", "currency"))
+LOADS = {"closed_loop": "a closed loop of {users} client{s}, each sending its next request when the last one ends",
+         "open_loop": "an open loop of {rate:g} requests/s arriving at random",
+         "static_batch": "one static batch"}
+
+
+def _serving(out: dict[str, Any], req: dict[str, Any]) -> dict[str, Any] | None:
+    """The serving figures of an inference report, with the sentence that says what load they are for and,
+    when the load does not all run (an open loop past capacity, a closed loop whose requests queue), why."""
+    srv = out.get("serving")
+    if not srv:
+        return None
+    users = int(req.get("concurrent_users") or 1)
+    load = LOADS.get(srv["load"], srv["load"]).format(users=users, s="" if users == 1 else "s",
+                                                      rate=float(req.get("request_rate") or 0))
+    summary = f"{load[0].upper()}{load[1:]}: {srv['input_tokens']:,} prompt + {srv['output_tokens']:,} output tokens a request."
+    alert = None
+    if srv["load"] == "open_loop" and srv["ttft_ms"] is None:
+        alert = (f"past capacity: requests arrive faster than the deployment serves them (about "
+                 f"{srv['requests_per_second']:.3g} requests/s, limited by `{srv['limited_by']}`), so the queue and the "
+                 "latencies grow without bound; the seed's `tftt` and `ms_per_token` are the figures at capacity, before any queue")
+    elif srv["queued_requests"]:
+        alert = (f"{srv['queued_requests']:g} requests wait: the runtime runs {srv['running_sequences']:g} sequences at "
+                 f"once (limited by `{srv['limited_by']}`)")
+    if alert is None:
+        summary += f" Limited by `{srv['limited_by']}`."
+    rows = [{"field": f, "label": label, "value": srv[f], "unit": unit} for f, label, unit in SERVING
+            if f in srv and (srv[f] is not None or f in ("ttft_ms", "itl_ms", "e2e_latency_ms"))]
+    return {"summary": summary, "alert": alert, "rows": rows}
+
+
 def build_context(done: Outcome, curve: dict[str, Any], catalog: Catalog, *,
                   deployment: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report's context, read off one pipeline pass (``done``: its response carries the trace, and
@@ -292,6 +334,7 @@ def build_context(done: Outcome, curve: dict[str, Any], catalog: Catalog, *,
         "curve": curve,
         "performance": [{"field": f, "label": label, "value": out[f], "unit": unit}
                         for f, label, unit in PERFORMANCE[workload] if f in out],
+        "serving": _serving(out, req) if workload == "inference" else None,
         "active_optimizations": out.get("active_optimizations", []),
         "formulas": formulas,
         "scenario": scenario,

@@ -174,6 +174,34 @@ def test_reports_show_suggestions_when_it_does_not_fit():
     assert json.dumps(first["change"]).replace('"', "&#34;") in html
 
 
+def test_reports_show_the_serving_figures_and_a_load_that_does_not_all_run():
+    # an open loop past capacity: its latencies are null; the verdict says so with the sustainable rate
+    body = {"gpu_key": "h100_80", "llm_key": "gpt-oss-120b", "quantization": "mxfp4", "runtime": "vllm",
+            "input_tokens": 2000, "output_tokens": 200, "request_rate": 50}
+    srv = vramplan.estimate_inference(body)["serving"]
+    assert srv["ttft_ms"] is None and srv["requests_per_second"] < 50
+    md = report.render_report(body, "inference", "markdown")
+    html = report.render_report(body, "inference", "html")
+    rate = f"{srv['requests_per_second']:.3g} requests/s"
+    assert "**The load:** past capacity" in md and rate in md.split("## Request")[0]
+    assert "<strong>The load:</strong> past capacity" in html and rate in html
+    assert "### Serving" in md and "An open loop of 50 requests/s arriving at random: 2,000 prompt + 200 output tokens" in md
+    assert "| Time to first token (`serving.ttft_ms`) | - | ms |" in md
+    assert f"| Output throughput (`serving.output_throughput_tps`) | {srv['output_throughput_tps']:g} | tokens/s |" in md
+    # a closed loop whose requests queue behind the KV pool: how many wait, and how many run
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.3-70b-instruct", "quantization": "fp8", "num_gpus": 2,
+            "inference_parallelism": "tensor", "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500,
+            "concurrent_users": 50}
+    srv = vramplan.estimate_inference(body)["serving"]
+    assert srv["running_sequences"] + srv["queued_requests"] == 50 and srv["queued_requests"] > 0
+    md = report.render_report(body, "inference", "markdown")
+    assert (f"**The load:** {srv['queued_requests']:g} requests wait: the runtime runs {srv['running_sequences']:g} "
+            "sequences at once (limited by `kv_cache`).") in md
+    # a load that all runs: no alert, what limits it said in the section
+    md = report.render_report({**body, "concurrent_users": 4}, "inference", "markdown")
+    assert "The load:" not in md and "A closed loop of 4 clients" in md and "Limited by `" in md
+
+
 @pytest.mark.parametrize("workload", ["inference", "finetuning"])
 @pytest.mark.parametrize("fmt", ["markdown", "html"])
 def test_provenance_urls_plugins_and_verdict_appear(live, workload, fmt):
