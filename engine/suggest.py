@@ -3,7 +3,8 @@
 A layer above the pipeline, beside the planner: :func:`estimate` runs one estimate
 (:func:`vramplan.answer.estimate`) and, when its ``memory_status`` is ``insufficient`` or ``error`` (or
 ``very_high``, for headroom, except on a runtime that preallocates its KV pool to a share of the GPU
-by design), adds ``suggestions``. The faces (:mod:`vramplan`'s Python functions,
+by design), or when its load does not all run (an open loop past capacity, a closed loop whose requests
+queue: :func:`load_waits`; then with no memory headroom asked), adds ``suggestions``. The faces (:mod:`vramplan`'s Python functions,
 hence the CLI, the HTTP API, the page and the reports) call this module; the pipeline never does,
 and the planner's own searches run the bare pipeline, so nothing here recurses.
 
@@ -19,7 +20,8 @@ Candidates, each the smallest step of its kind that fits (planner searches: gall
   fewer layers on the GPU (``num_offload_layers``, the fewest offloaded); tensor parallelism over the
   fewest GPUs up to :data:`MAX_GPUS`; a shorter context, a smaller batch, fewer users (``max_*``); the
   catalog GPU with the least memory that fits (the same vendor and category first, then the same vendor's
-  cards: the same software stack); lower weight formats on 2, 4 or 8 GPUs (the best format per count);
+  cards: the same software stack); lower weight formats on 2, 4 or 8 GPUs (the best format per count); for an
+  open loop past capacity, the highest rate the deployment sustains (``max_request_rate``);
 - fine-tuning: gradient checkpointing, an 8-bit (then paged 8-bit) optimizer, more gradient
   accumulation at the same global batch, LoRA or QLoRA instead of full fine-tuning (QLoRA instead of
   LoRA), a lower full-fine-tuning precision, ZeRO stages on several GPUs, optimizer offloading,
@@ -83,12 +85,30 @@ def estimate(body: dict[str, Any], workload: str, catalog: Catalog | None = None
     return add_suggestions(body, workload, run(body, workload, catalog, strict=strict), catalog)
 
 
-def needs_suggestions(out: dict[str, Any]) -> bool:
-    """Does this response get ``suggestions``? Not when it fits with headroom, nor when it is ``very_high`` on
-    a runtime that preallocates its KV pool (vLLM, SGLang, TensorRT-LLM, TGI: the response's ``kv_pool``),
-    which fills the GPU to its memory-utilization setting by design: there very_high is the normal state."""
+def memory_needs_suggestions(out: dict[str, Any]) -> bool:
+    """Does the memory call for suggestions? Not when it fits with headroom, nor when it is ``very_high`` on a
+    runtime that preallocates its KV pool (vLLM, SGLang, TensorRT-LLM, TGI: the response's ``kv_pool``), which
+    fills the GPU to its memory-utilization setting by design: there very_high is the normal state."""
     status = out["memory_status"]
     return status in TARGETS and not (status == "very_high" and "kv_pool" in out)
+
+
+def load_waits(out: dict[str, Any]) -> bool:
+    """Does the load not all run - an open loop past capacity (null latencies), or a closed loop some of whose
+    requests queue behind the runtime's admission (its KV pool, max_num_seqs, token budget)? The planner does not
+    call that fitting (:func:`vramplan.verdict.binding`), whatever the memory."""
+    srv = out.get("serving")
+    if not srv:
+        return False
+    if srv["load"] == "open_loop":
+        return srv["ttft_ms"] is None
+    return bool(srv["queued_requests"])
+
+
+def needs_suggestions(out: dict[str, Any]) -> bool:
+    """Does this response get ``suggestions``? When the memory calls for them (:func:`memory_needs_suggestions`)
+    or the load does not all run (:func:`load_waits`)."""
+    return memory_needs_suggestions(out) or load_waits(out)
 
 
 def add_suggestions(body: dict[str, Any], workload: str, out: dict[str, Any], catalog: Catalog | None = None) -> dict[str, Any]:
@@ -122,7 +142,8 @@ class _Search:
     def __init__(self, body: dict[str, Any], workload: str, out: dict[str, Any], cat: Catalog):
         self.body = {k: v for k, v in body.items() if k != "trace"}
         self.workload, self.out, self.cat = workload, out, cat
-        self.headroom = TARGETS[out["memory_status"]]
+        # the headroom a memory verdict asks for; none where only the load does not run (the memory is fine)
+        self.headroom = TARGETS[out["memory_status"]] if memory_needs_suggestions(out) else 0.0
         self.capacity = capacity_gib(self.body, cat)
         self.req = validate(self.body, workload)  # defaults applied: the "before" of every change
         self.speed_field = "per_user_tps" if workload == "inference" else "training_tps"
@@ -332,7 +353,22 @@ class _Search:
         found.append(self._shrink("max_concurrent_users", "concurrent_users", "concurrent users:"))
         found.append(self._other_gpu())
         found.extend(self.quantized_on_more_gpus())
+        if load_waits(self.out):
+            found.append(self._lower_rate())
         return [s for s in found if s]
+
+    def _lower_rate(self) -> dict | None:
+        """An open loop past capacity: the highest arrival rate the deployment sustains (the planner's
+        max_request_rate), what the load gives up."""
+        before = self.req.get("request_rate")
+        if not before:
+            return None
+        answer = self._plan("max_request_rate")
+        if answer is None or answer["value"] >= before:
+            return None
+        value = answer["value"]
+        return self.suggest({"request_rate": value}, f"{value:.3g} requests/s instead of {before:g}", answer["estimate"],
+                            workload={"field": "request_rate", "before": before, "after": value})
 
     def _offload(self) -> dict | None:
         """The fewest layers offloaded to the host that fit (none if the workload already offloads)."""

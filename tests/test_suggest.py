@@ -136,6 +136,51 @@ def test_a_preallocated_kv_pool_at_its_utilisation_is_not_a_headroom_problem():
     assert "suggestions" not in out
 
 
+LOADS = [
+    # gpt-oss-120b on one H100 under vLLM, 50 requests/s of 2000 + 200 tokens: far past what it sustains (~7.5/s)
+    {"gpu_key": "h100_80", "llm_key": "gpt-oss-120b", "quantization": "mxfp4", "runtime": "vllm", "input_tokens": 2000,
+     "output_tokens": 200, "request_rate": 50},
+    # Llama 3.3 70B FP8 over 2 H100s, 50 clients of 5000 + 500 tokens: vLLM's pool admits 42, 8 requests wait
+    {"gpu_key": "h100_80", "llm_key": "llama-3.3-70b-instruct", "quantization": "fp8", "num_gpus": 2,
+     "inference_parallelism": "tensor", "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500, "concurrent_users": 50},
+]
+
+
+@pytest.mark.parametrize("body", LOADS)
+def test_a_load_that_does_not_all_run_gets_suggestions_that_run_it(body):
+    """The memory is fine (very_high is vLLM's pool by design), but the load is not: an open loop past capacity, a
+    closed loop whose requests queue. Each suggestion, applied, runs the whole load: latencies for the open loop,
+    no queue for the closed one - and asks no memory headroom."""
+    out = vramplan.estimate_inference(body)
+    srv = out["serving"]
+    assert out["memory_status"] == "very_high" and "kv_pool" in out
+    assert srv["ttft_ms"] is None if "request_rate" in body else srv["queued_requests"] > 0
+    jsonschema.validate(out, load_schema("inference-response"))
+    assert out["suggestions"]
+    for s in out["suggestions"]:
+        changed = apply_change(body, s["change"])
+        again = vramplan.estimate_inference(changed)
+        assert again["memory_status"] not in ("insufficient", "error") and again["vram_usage"] <= capacity(changed)
+        if "request_rate" in body:
+            assert again["serving"]["ttft_ms"] is not None, s
+        else:
+            assert again["serving"]["queued_requests"] == 0, s
+
+
+def test_the_suggested_rates_and_users_are_what_the_deployment_sustains_and_admits():
+    rate_body, users_body = LOADS
+    out = vramplan.estimate_inference(rate_body)
+    lower = [s for s in out["suggestions"] if set(s["change"]) == {"request_rate"}]
+    best = vramplan.plan({**rate_body, "find": ["max_request_rate"]})["max_request_rate"]["value"]
+    assert lower and lower[0]["change"]["request_rate"] == best
+    assert best <= out["serving"]["requests_per_second"] * 1.001     # no more than the capacity the warning states
+    assert lower[0]["cost"]["workload"] == {"field": "request_rate", "before": 50, "after": best}
+    # the closed loop: as many clients as the pool admits at once (42 of the 50)
+    out = vramplan.estimate_inference(users_body)
+    fewer = [s for s in out["suggestions"] if set(s["change"]) == {"concurrent_users"}]
+    assert fewer and fewer[0]["change"]["concurrent_users"] == out["serving"]["running_sequences"] == 42
+
+
 def test_a_model_beyond_any_node_gets_an_empty_list_from_the_bound():
     """The largest config the schema allows (hidden 2^20, 4096 layers, ~6.6 PB of fp16 weights) cannot fit even
     in 1-bit weights over 8 of the largest catalog GPU: two bounding estimates say so, no search runs."""
