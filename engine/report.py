@@ -281,7 +281,7 @@ def _serving(out: dict[str, Any], req: dict[str, Any]) -> dict[str, Any] | None:
         alert = (f"past capacity: requests arrive faster than the deployment serves them (about "
                  f"{srv['requests_per_second']:.3g} requests/s, limited by `{srv['limited_by']}`), so the queue and the "
                  "latencies grow without bound; the seed's `tftt` and `ms_per_token` are the figures at capacity, before any queue")
-    elif srv["queued_requests"]:
+    elif srv["load"] != "open_loop" and srv["queued_requests"]:  # an open loop's queue below capacity is its waiting time
         alert = (f"{srv['queued_requests']:g} requests wait: the runtime runs {srv['running_sequences']:g} sequences at "
                  f"once (limited by `{srv['limited_by']}`)")
     if alert is None:

@@ -4,9 +4,10 @@ A layer above the pipeline, beside the planner: :func:`estimate` runs one estima
 (:func:`vramplan.answer.estimate`) and, when its ``memory_status`` is ``insufficient`` or ``error`` (or
 ``very_high``, for headroom, except on a runtime that preallocates its KV pool to a share of the GPU
 by design), or when its load does not all run (an open loop past capacity, a closed loop whose requests
-queue: :func:`load_waits`; then with no memory headroom asked), adds ``suggestions``. The faces (:mod:`vramplan`'s Python functions,
-hence the CLI, the HTTP API, the page and the reports) call this module; the pipeline never does,
-and the planner's own searches run the bare pipeline, so nothing here recurses.
+queue: :func:`load_waits`; then with no memory headroom asked), adds ``suggestions``. The faces
+(:mod:`vramplan`'s Python functions, hence the CLI, the HTTP API, the page and the reports) call this
+module; the pipeline never does, and the planner's own searches run the bare pipeline, so nothing here
+recurses.
 
 **Every suggestion is found by the planner and checked by an estimate, never guessed.** Each is a
 ``change`` (request fields to set; :func:`apply_change` says how a change merges into a request)

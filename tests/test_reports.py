@@ -188,6 +188,10 @@ def test_reports_show_the_serving_figures_and_a_load_that_does_not_all_run():
     assert "### Serving" in md and "An open loop of 50 requests/s arriving at random: 2,000 prompt + 200 output tokens" in md
     assert "| Time to first token (`serving.ttft_ms`) | - | ms |" in md
     assert f"| Output throughput (`serving.output_throughput_tps`) | {srv['output_throughput_tps']:g} | tokens/s |" in md
+    # below capacity an open loop's queue is its waiting time, not a load that does not run
+    below = {**body, "request_rate": 0.95 * srv["requests_per_second"]}
+    assert vramplan.estimate_inference(below)["serving"]["queued_requests"] > 0
+    assert "The load:" not in report.render_report(below, "inference", "markdown")
     # a closed loop whose requests queue behind the KV pool: how many wait, and how many run
     body = {"gpu_key": "h100_80", "llm_key": "llama-3.3-70b-instruct", "quantization": "fp8", "num_gpus": 2,
             "inference_parallelism": "tensor", "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500,
