@@ -41,6 +41,7 @@ the catalog does not price). Suggestions are listed by ``keeps``, highest first;
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .catalog import Catalog, get_catalog
@@ -59,6 +60,9 @@ MAX_SUGGESTIONS = 6
 #: Most GPUs a suggestion adds up to: one node (DGX/HGX H100 and B200 systems hold 8 GPUs on one
 #: NVLink/NVSwitch fabric; tensor parallelism beyond a node crosses a slower network).
 MAX_GPUS = 8
+#: Most copies of a deployment a suggestion spreads an open loop's arrivals over (beyond, the planner's
+#: cheapest_deployment prices the fleet).
+MAX_REPLICAS = 64
 #: Fine-tuning methods in the order a memory-bound user steps down (full → LoRA → QLoRA).
 METHOD_STEPS = {"full": ("lora", "qlora"), "lora": ("qlora",), "qlora": ()}
 #: GPU counts a lower weight format is tried on with tensor parallelism: the sizes that split the attention
@@ -226,7 +230,7 @@ class _Search:
                 if c["before"]:
                     keeps *= min(1.0, c["after"] / c["before"])
         gpus_before = int(self.req["num_gpus"])
-        gpus_after = int(change.get("num_gpus", gpus_before))
+        gpus_after = int(change.get("num_gpus", gpus_before)) * int(cost.get("replicas", 1))
         cap_after = capacity_gib(apply_change(self.body, change), self.cat)
         mem_before, mem_after = gpus_before * self.capacity, gpus_after * cap_after
         if (gpus_after, cap_after) != (gpus_before, self.capacity):
@@ -355,21 +359,31 @@ class _Search:
         found.append(self._other_gpu())
         found.extend(self.quantized_on_more_gpus())
         if load_waits(self.out):
-            found.append(self._lower_rate())
+            found.extend(self._rates())
         return [s for s in found if s]
 
-    def _lower_rate(self) -> dict | None:
-        """An open loop past capacity: the highest arrival rate the deployment sustains (the planner's
-        max_request_rate), what the load gives up."""
+    def _rates(self) -> list[dict | None]:
+        """An open loop past capacity, from the highest arrival rate one deployment sustains (the planner's
+        max_request_rate, m): that rate, what the load gives up; and the whole rate over k = ceil(rate / m) copies
+        of the deployment behind a load balancer, each taking rate / k - the change is that per-copy load, its cost
+        k times the GPUs."""
         before = self.req.get("request_rate")
         if not before:
-            return None
+            return []
         answer = self._plan("max_request_rate")
         if answer is None or answer["value"] >= before:
-            return None
+            return []
         value = answer["value"]
-        return self.suggest({"request_rate": value}, f"{value:.3g} requests/s instead of {before:g}", answer["estimate"],
-                            workload={"field": "request_rate", "before": before, "after": value})
+        found = [self.suggest({"request_rate": value}, f"{value:.3g} requests/s instead of {before:g}", answer["estimate"],
+                              workload={"field": "request_rate", "before": before, "after": value})]
+        k = math.ceil(before / value)
+        if k <= MAX_REPLICAS:
+            n = int(self.req["num_gpus"])
+            digits = 3 - math.floor(math.log10(before / k))  # 4 significant digits, rounded up: k copies take it all
+            per = math.ceil(before / k * 10 ** digits) / 10 ** digits
+            found.append(self.suggest({"request_rate": per}, f"{k} copies of this deployment ({k * n} GPUs) behind a load "
+                                      f"balancer, {per:.3g} requests/s each", replicas=k))
+        return found
 
     def _offload(self) -> dict | None:
         """The fewest layers offloaded to the host that fit (none if the workload already offloads)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jsonschema
 import pytest
 from server_fixtures import PREFIX, api_token, app, auth_headers, client, isolated_data_dir, sqlite_store  # noqa: F401
@@ -175,6 +177,13 @@ def test_the_suggested_rates_and_users_are_what_the_deployment_sustains_and_admi
     assert lower and lower[0]["change"]["request_rate"] == best
     assert best <= out["serving"]["requests_per_second"] * 1.001     # no more than the capacity the warning states
     assert lower[0]["cost"]["workload"] == {"field": "request_rate", "before": 50, "after": best}
+    # or the whole 50/s over k = ceil(50 / best) copies, each taking 50 / k (rounded up): k times the GPUs
+    k = math.ceil(50 / best)
+    copies = [s for s in out["suggestions"] if "copies of this deployment" in s["summary"]]
+    assert copies and copies[0]["summary"].startswith(f"{k} copies of this deployment ({k} GPUs)")
+    per = copies[0]["change"]["request_rate"]
+    assert k * per >= 50 and per <= best and copies[0]["cost"]["gpus"] == {"before": 1, "after": k}
+    assert "workload" not in copies[0]["cost"]                          # the whole load is served
     # the closed loop: as many clients as the pool admits at once (42 of the 50)
     out = vramplan.estimate_inference(users_body)
     fewer = [s for s in out["suggestions"] if set(s["change"]) == {"concurrent_users"}]
