@@ -82,6 +82,19 @@ def test_context_curve_of_a_request_that_gives_its_lengths_and_a_pool_that_queue
                          "fewer sequences than the load sends (kv_cache) and the rest queue")
 
 
+def test_context_curve_of_an_open_loop_ends_where_its_rate_outruns_the_deployment():
+    # gpt-oss-120b on one H100 under vLLM at 5 requests/s with 200-token answers: longer prompts cost more per request,
+    # and the curve ends at the longest one the deployment still serves at that rate
+    body = {"gpu_key": "h100_80", "llm_key": "gpt-oss-120b", "quantization": "mxfp4", "runtime": "vllm",
+            "input_tokens": 2000, "output_tokens": 200, "request_rate": 5}
+    c = vramplan.context_curve(body)
+    n = c["crossing"]
+    assert c["note"] == f"fits up to {n:,} tokens; at {n + 1:,} tokens requests arrive faster than the deployment serves them"
+    at = vramplan.estimate_inference({**body, "input_tokens": n - 200}, suggestions=False)["serving"]
+    past = vramplan.estimate_inference({**body, "input_tokens": n + 1 - 200}, suggestions=False)["serving"]
+    assert at["ttft_ms"] is not None and past["ttft_ms"] is None
+
+
 def test_maps_over_http(client, auth_headers):
     r = client.post(f"{PREFIX}/fit-map", json=MAP, headers=auth_headers)
     assert r.status_code == 200 and r.json() == vramplan.fit_map(MAP)
