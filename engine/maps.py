@@ -174,8 +174,8 @@ def curve(done: Outcome, catalog: Catalog) -> dict[str, Any]:
     at_one = probe.estimate(1)
     if crossing is None and isinstance(at_one, dict) and at_one["memory_status"] == "error":
         note = "the configuration cannot run at any context length (memory_status error; see the warnings)"
-    elif crossing is None and probe.binding(1) not in ("memory", "request", None):
-        note = f"does not fit at any context length: even {_why_longer(1, probe.binding(1), capacity)}"
+    elif crossing is None and (why := probe.binding(1)) not in ("memory", "request", None):
+        note = f"does not fit at any context length: even {_why_longer(1, why, capacity)}"
     elif crossing is None:
         note = f"does not fit at any context length (not even 1 token) on {capacity:g} GiB"
     elif crossing >= top:

@@ -43,7 +43,7 @@ from .maps import context_lengths  # noqa: F401  (the report's curve; tests use 
 from .pipeline import Outcome
 from .request import SCHEMAS
 from .scenario import VARIABLES
-from .suggest import add_suggestions
+from .suggest import add_suggestions, load_waits
 from .units import GIB, MIB
 from .version import __version__
 
@@ -277,11 +277,11 @@ def _serving(out: dict[str, Any], req: dict[str, Any]) -> dict[str, Any] | None:
                                                       rate=float(req.get("request_rate") or 0))
     summary = f"{load[0].upper()}{load[1:]}: {srv['input_tokens']:,} prompt + {srv['output_tokens']:,} output tokens a request."
     alert = None
-    if srv["load"] == "open_loop" and srv["ttft_ms"] is None:
+    if load_waits(out) and srv["load"] == "open_loop":
         alert = (f"past capacity: requests arrive faster than the deployment serves them (about "
                  f"{srv['requests_per_second']:.3g} requests/s, limited by `{srv['limited_by']}`), so the queue and the "
                  "latencies grow without bound; the seed's `tftt` and `ms_per_token` are the figures at capacity, before any queue")
-    elif srv["load"] != "open_loop" and srv["queued_requests"]:  # an open loop's queue below capacity is its waiting time
+    elif load_waits(out):  # an open loop's queue below capacity is its waiting time, not a load that waits
         alert = (f"{srv['queued_requests']:g} requests wait: the runtime runs {srv['running_sequences']:g} sequences at "
                  f"once (limited by `{srv['limited_by']}`)")
     if alert is None:
