@@ -104,6 +104,20 @@ def set_field(body: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def keep_answer(base: dict[str, Any], axes: Sequence[Axis]) -> dict[str, Any]:
+    """The base a ``seq_length`` axis changes: over a request that gives both ``input_tokens`` and
+    ``output_tokens`` (and no axis of either), each context keeps the answer and its prompt is the rest, as the
+    planner's context searches do - with both halves a different ``seq_length`` would refuse every row. A context
+    too short for the answer is that row's error ("output_tokens: 200 leaves no room for input_tokens in
+    seq_length 128")."""
+    fields = {a.field for a in axes}
+    if "seq_length" not in fields or fields & {"input_tokens", "output_tokens"}:
+        return base
+    if base.get("input_tokens") is None or base.get("output_tokens") is None:
+        return base
+    return {k: v for k, v in base.items() if k != "input_tokens"}
+
+
 def ordered(axes: Sequence[Axis]) -> list[Axis]:
     """Grid order: non-number axes, then number axes, each in the order given."""
     return [a for a in axes if not a.numeric] + [a for a in axes if a.numeric]
@@ -180,6 +194,7 @@ class Sweep:
                  chunk: int = CHUNK):
         self.base, self.workload, self.cat, self.chunk = dict(base), workload, catalog or get_catalog(), chunk
         self.base.pop("trace", None)
+        self.base = keep_answer(self.base, axes)
         self.axes = ordered(axes)
         self.outer = [a for a in self.axes if not a.numeric]
         self.inner = [a for a in self.axes if a.numeric]

@@ -215,6 +215,22 @@ def test_runtime_settings_can_be_swept():
     assert out[0]["vram_usage"] < out[1]["vram_usage"]
 
 
+
+def test_a_context_axis_over_both_halves_keeps_the_answer():
+    # A base with a 1000-token prompt and a 200-token answer: each context keeps the 200-token answer and the prompt
+    # is the rest (2048 - 200 = 1848, 8192 - 200 = 7992); 128 tokens cannot hold the answer. Before, every row
+    # refused: "seq_length: 2048 disagrees with input_tokens 1000 + output_tokens 200 = 1200".
+    base = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b", "input_tokens": 1000, "output_tokens": 200}
+    out = sweep_rows(base, "inference", {"seq_length": [128, 2048, 8192]})
+    assert out[0]["error"] == "output_tokens: 200 leaves no room for input_tokens in seq_length 128"
+    assert [(r["serving.input_tokens"], r["serving.output_tokens"]) for r in out[1:]] == [(1848, 200), (7992, 200)]
+    for row, prompt in zip(out[1:], (1848, 7992)):
+        single = vramplan.estimate_inference({**base, "input_tokens": prompt})
+        assert row["error"] == "" and row["vram_usage"] == single["vram_usage"] and row["tftt"] == single["tftt"]
+    # With an axis of either half the rows say what the request says: those that disagree are refused.
+    mixed = sweep_rows(base, "inference", {"seq_length": [1200, 2048], "output_tokens": [200]})
+    assert mixed[0]["error"] == "" and mixed[1]["error"].startswith("seq_length: 2048 disagrees")
+
 def test_columns_picks_and_orders_the_columns():
     result = CliRunner().invoke(sweep, ["--gpu", "rtx_4090", "--model", "llama-3-8b-instruct", "--seq-length", "1k,2k",
                                         "--columns", "fits,seq_length,serving.ttft_ms"])
