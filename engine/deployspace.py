@@ -174,6 +174,7 @@ class Space:
         for key, a in split.items():
             b = piped[key]
             out[key] = np.where(tensor, a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or a != b else a
+        out.update(scenario_mod.server_slots({**out, "batch": self.batch}))
         out["kv_bits"] = self.kv_bits[rows]
         # act_bytes: the runtime's where it fixes it, else the format's (scenario.runtime_act_bytes)
         act = np.array([scenario_mod.activation_bytes(p.quant.data) for p in self.pairs])[index["pair"]]

@@ -57,6 +57,17 @@ def memory_status(percent: float) -> str:
     return "insufficient"
 
 
+def _slots_text(runtime: str, s: dict[str, Any]) -> str:
+    """How an open loop runs on a runtime that sizes its cache by the request (scenario.server_slots)."""
+    if s["users"] > 1:
+        return (f"; {runtime} sizes its cache by the request: its {int(s['rt_max_num_seqs'])} slots "
+                f"(runtime_settings.max_num_seqs, llama-server's --parallel) hold {int(s['users'])} requests at a time and "
+                "the memory is theirs; the rest queue")
+    return (f"; {runtime} sizes its cache by the request, so its {int(s['seqs'])} slot(s) serve one request at a time "
+            "while the rest queue (runtime_settings.max_num_seqs gives it more, as llama-server's --parallel does; a closed "
+            "loop of N concurrent_users is a server of N slots)")
+
+
 def _gib(x: float, nd: int = 2) -> float:
     return round(x / GIB, nd)
 
@@ -299,10 +310,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         if req.get("request_rate") is not None:
             out.append(f"load: open loop, {req['request_rate']:g} requests/s arriving at random (Poisson), "
                        f"{int(s['batch'])} sequence(s) each"
-                       + ("" if s.get("rt_kv_preallocate") else
-                          f"; {res.runtime.key} sizes its cache by the request, so its {int(s['seqs'])} slot(s) serve one "
-                          "request at a time while the rest queue (a closed loop of N concurrent_users is a server of N "
-                          "slots)"))
+                       + ("" if s.get("rt_kv_preallocate") else _slots_text(res.runtime.key, s)))
         elif v["srv_static"] and v["srv_static_groups"] > 1:
             group = s["seqs"] / v["srv_static_groups"]
             out.append(f"load: one burst of {int(s['seqs'])} sequences sent together, all running at once; the scheduler "

@@ -26,6 +26,8 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "flag": (0, 1), "fraction": (0, 2), "tokens": (0, 16777216), "sequences": (0, 1048576), "MiB": (0, 1048576),
     "bytes": (0, 1024), "tensors": (0, 1024), "copies": (0, 1024), "us": (0, 1e7), "FLOP": (0, 1e4), "GB/s": (0, 1e6),
 }
+#: Units that count things a runtime cannot split (max_num_seqs 0.5 would admit half a sequence).
+WHOLE_UNITS = ("sequences", "tokens")
 #: The range for a unit not listed above (a plugin runtime's own units).
 OTHER_SETTING_RANGE = (0, 1e12)
 
@@ -214,6 +216,8 @@ def _setting_problem(unit: str, value: float) -> str | None:
         return f"is a flag: 0 or 1, got {value!r}"
     if not lo <= value <= hi:
         return f"{value!r} is out of range for a constant in {unit}: {lo:g} to {hi:g}"
+    if unit in WHOLE_UNITS and value % 1:
+        return f"counts {unit}: a whole number, got {value!r}"
     return None
 
 

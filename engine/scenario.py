@@ -349,6 +349,8 @@ def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
         _finetuning(s, req, res, notes)
 
     s.update(device_vars(res, s["act_bytes"], bool(s["offload_to_nvme"])))
+    if res.workload == "inference":
+        s.update(server_slots(s))
     if s["unpacked_gemm_rate"] < 1:
         fmt, gpu = res.quant.data, res.gpu.data
         notes.assumptions.append(
@@ -513,6 +515,28 @@ def load_vars(num_gpus: Any, tensor: bool, batch: Any, users: Any, request_rate:
         ep = 1
     return {"num_gpus": num_gpus, "tp": tp, "pp": pp, "dp": 1, "ep": ep, "users": users, "seqs": seqs, "request_rate": request_rate,
             "gpu_hour_cost": gpu_hour_cost, "micro_batch": seqs, "batch_global": seqs}
+
+
+def server_slots(v: dict[str, Any]) -> dict[str, Any]:
+    """An open loop's slots on a runtime that sizes its cache by the request, where ``runtime_settings.max_num_seqs``
+    gives them (llama-server's ``--parallel``: tools/server/server.cpp runs that many slots, one sequence each, and
+    the context holds all of them): the server holds ``max_num_seqs // batch_size`` requests at once (at least
+    one), and its memory is theirs - the variables a closed loop of that many clients has (``users``, ``seqs``), as
+    a closed loop of N clients is a server of N slots. Without slots (0, the profile's default), on a runtime with
+    a preallocated pool, or for a closed loop: nothing changes (an open loop there is one request at a time; a
+    closed loop's clients beyond the slots queue, ``max_num_seqs`` binding). ``v`` holds the load's ``batch``,
+    ``users``, ``seqs`` and ``request_rate`` and the runtime's constants; elementwise (a sweep's arrays,
+    :mod:`vramplan.deployspace`'s rows)."""
+    slots = v.get("rt_max_num_seqs", 0.0)
+    if isinstance(slots, (int, float)) and slots <= 0:
+        return {}
+    batch, users = v["batch"], v["users"]
+    held = (slots + 1e-9) // batch
+    held = where(held > 1, held, 1)
+    served = where(v["request_rate"] > 0, where(slots > 0, where(v.get("rt_kv_preallocate", 1.0) > 0, users, held), users),
+                   users)
+    seqs = served * batch
+    return {"users": served, "seqs": seqs, "micro_batch": seqs, "batch_global": seqs}
 
 
 def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved, notes: Notes) -> None:

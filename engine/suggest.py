@@ -22,7 +22,9 @@ Candidates, each the smallest step of its kind that fits (planner searches: gall
   fewest GPUs up to :data:`MAX_GPUS`; a shorter context, a smaller batch, fewer users (``max_*``); the
   catalog GPU with the least memory that fits (the same vendor and category first, then the same vendor's
   cards: the same software stack); lower weight formats on 2, 4 or 8 GPUs (the best format per count); for an
-  open loop past capacity, the highest rate the deployment sustains (``max_request_rate``);
+  open loop past capacity, the fewest slots that sustain it on a runtime that sizes its cache by the request
+  (``runtime_settings.max_num_seqs``, llama-server's ``--parallel``), the highest rate the deployment sustains
+  (``max_request_rate``) and copies of the deployment behind a load balancer;
 - fine-tuning: gradient checkpointing, an 8-bit (then paged 8-bit) optimizer, more gradient
   accumulation at the same global batch, LoRA or QLoRA instead of full fine-tuning (QLoRA instead of
   LoRA), a lower full-fine-tuning precision, ZeRO stages on several GPUs, optimizer offloading,
@@ -63,6 +65,9 @@ MAX_GPUS = 8
 #: Most copies of a deployment a suggestion spreads an open loop's arrivals over (beyond, the planner's
 #: cheapest_deployment prices the fleet).
 MAX_REPLICAS = 64
+#: Most sequences a slots suggestion gives a runtime that sizes its cache by the request (llama-server's --parallel
+#: has no cap of its own; the memory of so many contexts binds first on every catalog GPU but the largest).
+MAX_SLOTS = 512
 #: Fine-tuning methods in the order a memory-bound user steps down (full → LoRA → QLoRA).
 METHOD_STEPS = {"full": ("lora", "qlora"), "lora": ("qlora",), "qlora": ()}
 #: GPU counts a lower weight format is tried on with tensor parallelism: the sizes that split the attention
@@ -359,8 +364,50 @@ class _Search:
         found.append(self._other_gpu())
         found.extend(self.quantized_on_more_gpus())
         if load_waits(self.out):
+            found.append(self._slots())
             found.extend(self._rates())
         return [s for s in found if s]
+
+    def _slots(self) -> dict | None:
+        """An open loop past capacity on a runtime that sizes its cache by the request (no ``kv_pool``: llama.cpp,
+        transformers), which serves it from ``runtime_settings.max_num_seqs`` slots (scenario.server_slots; one
+        request at a time without): the fewest slots, a whole number of requests, that sustain the rate - a gallop
+        and a bisection on requests held, more slots never serving fewer - if their memory fits."""
+        if "kv_pool" in self.out or not self.req.get("request_rate") or self.out["serving"]["ttft_ms"] is not None:
+            return None
+        batch = int(self.req["batch_size"])
+        settings = dict(self.body.get("runtime_settings") or {})
+        now = max(int(settings.get("max_num_seqs") or 0) // batch, 1)
+        seen: dict[int, dict[str, Any] | None] = {}
+
+        def change(k: int) -> dict[str, Any]:
+            return {"runtime_settings": {**settings, "max_num_seqs": k * batch}}
+
+        def sustains(k: int) -> bool:
+            if k not in seen:
+                seen[k] = self._estimate(change(k))
+            out = seen[k]
+            return out is not None and out["memory_status"] != "error" and out["serving"]["ttft_ms"] is not None
+
+        top = max(MAX_SLOTS // batch, 1)
+        lo, hi = now, None  # lo does not sustain the rate
+        while hi is None:
+            if lo >= top:
+                return None
+            nxt = min(lo * 2, top)
+            if sustains(nxt):
+                hi = nxt
+            else:
+                lo = nxt
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if sustains(mid):
+                hi = mid
+            else:
+                lo = mid
+        n, before = hi * batch, now * batch
+        how = f"llama-server --parallel {n}, " if self.out.get("runtime") == "llama.cpp" else ""
+        return self.suggest(change(hi), f"{n} slots instead of {before} ({how}runtime_settings.max_num_seqs {n})", seen[hi])
 
     def _rates(self) -> list[dict | None]:
         """An open loop past capacity, from the highest arrival rate one deployment sustains (the planner's

@@ -109,7 +109,8 @@ def test_no_cheaper_configuration_in_a_brute_force_grid_meets_the_slo(small):
     assert best["cost_per_million_output_tokens"] == pytest.approx(3.6 / (2400 * 3600) * 1e6, abs=1e-4)
 
 
-@pytest.mark.parametrize("load", [{"request_rate": 4}, {"concurrent_users": 90}])
+@pytest.mark.parametrize("load", [{"request_rate": 4}, {"concurrent_users": 90},
+                                  {"request_rate": 4, "runtime_settings": {"max_num_seqs": 6}}])
 def test_the_batch_search_reads_what_single_estimates_read(load):
     """Random configurations of a whole-catalog space at random replica counts: the batch figures the
     search decides on (memory, latencies, what binds) equal each single estimate's."""

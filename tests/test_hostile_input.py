@@ -113,6 +113,8 @@ def test_huge_architecture_numbers_are_the_requests_422(config, field):
     ("gpu_memory_utilization", 2.5, "2.5 is out of range for a constant in fraction: 0 to 2"),
     ("kv_preallocate", 0.5, "is a flag: 0 or 1, got 0.5"),
     ("max_num_seqs", 2_000_000, "2000000 is out of range for a constant in sequences: 0 to 1.04858e+06"),
+    ("max_num_seqs", 0.5, "counts sequences: a whole number, got 0.5"),   # half a sequence admitted: none ran
+    ("max_prefill_tokens", 2048.25, "counts tokens: a whole number, got 2048.25"),
 ])
 def test_runtime_settings_have_the_range_of_their_unit(setting, value, message):
     err = refused({"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "runtime": "vllm",

@@ -328,6 +328,42 @@ def test_open_loop_concurrency_solves_m_equals_one_plus_lambda_e2e_on_the_line()
     assert op["srv_op_n"] == pytest.approx(m, rel=1e-6)
 
 
+def test_open_loop_on_llama_cpp_runs_from_the_slots_max_num_seqs_gives():
+    """llama-server's --parallel as runtime_settings.max_num_seqs: the slots hold that many requests at once and the
+    memory is theirs; without it an open loop is one request at a time."""
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b", "quantization": "q4_k_m", "runtime": "llama.cpp",
+            "enable_continuous_batching": True, "input_tokens": 1000, "output_tokens": 200, "request_rate": 2}
+    one = vramplan.estimate_inference(body)
+    eight = vramplan.estimate_inference({**body, "runtime_settings": {"max_num_seqs": 8}})
+    # the cache: 1,200 tokens a slot padded to 256 cells (an explicit --parallel is not unified: llama-context.cpp
+    # n_ctx_seq = PAD(n_ctx / n_seq_max, 256)), 131,072 bytes a token (32 layers x 8 KV heads x 128 x K and V x
+    # fp16): 1 slot 1,280 cells = 0.15625 GiB, 8 slots 10,240 cells = 1.25 GiB
+    assert one["memory_details"]["KV Cache"] == round(1280 * 131072 / 2**30, 2) == 0.16
+    assert eight["memory_details"]["KV Cache"] == round(8 * 1280 * 131072 / 2**30, 2) == 1.25
+    # the same memory as a closed loop of 8 clients (a server of 8 slots)
+    closed = {k: v for k, v in body.items() if k != "request_rate"}
+    users8 = vramplan.estimate_inference({**closed, "concurrent_users": 8})
+    assert eight["vram_usage"] == users8["vram_usage"] and eight["per_user_memory"] == users8["per_user_memory"]
+    # one slot serves about 0.575 requests/s: 2 arrive, past capacity; 8 slots take them all, and Little's law holds
+    assert one["serving"]["ttft_ms"] is None and one["serving"]["limited_by"] == "batch_size"
+    srv = eight["serving"]
+    assert srv["ttft_ms"] is not None and srv["requests_per_second"] == pytest.approx(2, rel=1e-3)
+    assert 1 < srv["running_sequences"] <= 8
+    assert srv["running_sequences"] + srv["queued_requests"] == pytest.approx(2 * srv["e2e_latency_ms"] / 1000, rel=2e-3, abs=0.011)
+    assert any("8 slots" in a and "hold 8 requests at a time" in a for a in eight["assumptions"])
+    # 7 slots with requests of 2 sequences: 7 // 2 = 3 requests at a time, 6 sequences' memory
+    s = build(resolve(CAT, validate({**body, "batch_size": 2, "runtime_settings": {"max_num_seqs": 7}}, "inference"), "inference"))
+    assert (s["users"], s["seqs"]) == (3, 6)
+    # a closed loop keeps its clients: beyond the slots they queue
+    four = vramplan.estimate_inference({**closed, "concurrent_users": 8, "runtime_settings": {"max_num_seqs": 4}})
+    assert four["serving"]["running_sequences"] == 4 and four["serving"]["queued_requests"] == 4
+    assert four["serving"]["limited_by"] == "max_num_seqs"
+    # a runtime with a preallocated pool is unchanged by it (its open loop already runs many requests)
+    pooled = {**BASE, "input_tokens": 1000, "output_tokens": 200, "request_rate": 2}
+    assert vramplan.estimate_inference({**pooled, "runtime_settings": {"max_num_seqs": 8}})["vram_usage"] == \
+        vramplan.estimate_inference(pooled)["vram_usage"]
+
+
 def test_open_loop_moe_batch_guess_counts_what_each_running_sequence_adds():
     """An open loop guesses the batch its MoE rounds run (routing coverage, tile padding) before it knows the rounds:
     Little's law at the arrival rate on a round linear in the batch. Near capacity a guess with no per-sequence cost

@@ -190,6 +190,32 @@ def test_the_suggested_rates_and_users_are_what_the_deployment_sustains_and_admi
     assert fewer and fewer[0]["change"]["concurrent_users"] == out["serving"]["running_sequences"] == 42
 
 
+def test_an_open_loop_on_llama_cpp_is_offered_the_fewest_slots_that_serve_it():
+    """One llama-server slot serves ~0.575 requests/s of 1000 + 200 tokens; at 2 requests/s the fewest slots that take
+    them all (runtime_settings.max_num_seqs, --parallel), checked against one fewer; the rest of the settings kept."""
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b", "quantization": "q4_k_m", "runtime": "llama.cpp",
+            "enable_continuous_batching": True, "input_tokens": 1000, "output_tokens": 200, "request_rate": 2,
+            "runtime_settings": {"max_prefill_tokens": 512}}
+    out = vramplan.estimate_inference(body)
+    assert out["serving"]["ttft_ms"] is None and "kv_pool" not in out
+    slots = [s for s in out["suggestions"] if "slots instead of 1" in s["summary"]]
+    assert len(slots) == 1
+    n = slots[0]["change"]["runtime_settings"]["max_num_seqs"]
+    assert slots[0]["change"] == {"runtime_settings": {"max_prefill_tokens": 512, "max_num_seqs": n}}
+    assert f"llama-server --parallel {n}" in slots[0]["summary"]
+    # n slots sustain 2 requests/s, n - 1 do not; the memory is n slots' (more than one slot's)
+    served = vramplan.estimate_inference(apply_change(body, slots[0]["change"]))
+    assert served["serving"]["ttft_ms"] is not None and served["serving"]["requests_per_second"] == pytest.approx(2, rel=1e-3)
+    fewer = vramplan.estimate_inference({**body, "runtime_settings": {"max_prefill_tokens": 512, "max_num_seqs": n - 1}})
+    assert fewer["serving"]["ttft_ms"] is None
+    assert served["vram_usage"] == slots[0]["vram_usage"] > out["vram_usage"]
+    # n slots serve at most n x one slot's rate (each request's e2e time only grows beside others): n >= ceil(2 / 0.575)
+    assert n >= math.ceil(2 / out["serving"]["requests_per_second"])
+    # a runtime with a preallocated pool already runs many requests at once: no slots suggestion there
+    pooled = vramplan.estimate_inference(LOADS[0])
+    assert not [s for s in pooled["suggestions"] if "slots" in s["summary"]]
+
+
 def test_a_model_beyond_any_node_gets_an_empty_list_from_the_bound():
     """The largest config the schema allows (hidden 2^20, 4096 layers, ~6.6 PB of fp16 weights) cannot fit even
     in 1-bit weights over 8 of the largest catalog GPU: two bounding estimates say so, no search runs."""
