@@ -52,8 +52,8 @@ GPU_COUNTS = (1, 2, 4, 8)
 #: Request fields the search chooses (a request that gives one fixes it).
 SEARCHED = ("quantization", "kv_cache_quantization", "runtime", "num_gpus", "inference_parallelism")
 #: Scenario variables a replica's size and load set (vramplan.scenario.load_vars), and the KV precision.
-ROW_VARS = ("num_gpus", "tp", "pp", "dp", "ep", "users", "seqs", "request_rate", "gpu_hour_cost", "micro_batch", "batch_global",
-            "kv_bits")
+ROW_VARS = ("num_gpus", "tp", "pp", "dp", "ep", "users", "seqs", "mem_users", "mem_seqs", "request_rate", "gpu_hour_cost",
+            "micro_batch", "batch_global", "kv_bits")
 
 
 @dataclass

@@ -59,9 +59,9 @@ def memory_status(percent: float) -> str:
 
 def _slots_text(runtime: str, s: dict[str, Any]) -> str:
     """How an open loop runs on a runtime that sizes its cache by the request (scenario.server_slots)."""
-    if s["users"] > 1:
+    if s["mem_users"] > 1:
         return (f"; {runtime} sizes its cache by the request: its {int(s['rt_max_num_seqs'])} slots "
-                f"(runtime_settings.max_num_seqs, llama-server's --parallel) hold {int(s['users'])} requests at a time and "
+                f"(runtime_settings.max_num_seqs, llama-server's --parallel) hold {int(s['mem_users'])} requests at a time and "
                 "the memory is theirs; the rest queue")
     return (f"; {runtime} sizes its cache by the request, so its {int(s['seqs'])} slot(s) serve one request at a time "
             "while the rest queue (runtime_settings.max_num_seqs gives it more, as llama-server's --parallel does; a closed "
@@ -161,7 +161,7 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
         "static_shared_memory": _gib(v["static_shared_bytes"]),
     }
     if res.workload == "inference":
-        users = s["users"]
+        users = s["mem_users"]  # the clients whose requests the memory holds (those beyond a runtime's slots add none)
         static = min(out["static_shared_memory"], vram)
         out["static_shared_memory"] = static
         out.update({
@@ -303,7 +303,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
     if res.workload == "inference":
         req = res.request
-        out.append(f"KV cache: {res.kv_quant.data['label']}, {int(s['seqs'])} sequence(s) of {int(s['seq'])} tokens in flight")
+        out.append(f"KV cache: {res.kv_quant.data['label']}, {int(s['mem_seqs'])} sequence(s) of {int(s['seq'])} tokens in flight")
         split = req["context_split"]
         out.append(f"requests: {req['input_tokens']} prompt + {req['output_tokens']} output tokens"
                    + ("" if split == "given" else f" ({split})"))
@@ -330,7 +330,11 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
                        f"fewer others), not {s['seqs'] * req['output_tokens'] / v['srv_op_n']:,.0f} rounds at the cap")
         else:
             out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
-                       "the next request when the last one finishes (continuous batching)")
+                       "the next request when the last one finishes (continuous batching)"
+                       + ("" if s["mem_users"] >= s["users"] else
+                          f"; {res.runtime.key} sizes its cache by the request: its {int(s['rt_max_num_seqs'])} slots "
+                          f"(runtime_settings.max_num_seqs) hold {int(s['mem_users'])} clients' requests and the memory is "
+                          "theirs; the others wait for a slot"))
         out.extend(_layout_assumptions(res.arch, s, v))
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")

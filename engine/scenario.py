@@ -80,6 +80,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "batch": ("sequences", "batch_size"),
     "users": ("users", "concurrent_users"),
     "seqs": ("sequences", "sequences in flight (batch x users)"),
+    "mem_users": ("users", "requests the memory holds at once: users, or on a runtime that sizes its cache by the request "
+                           "and has slots (runtime_settings.max_num_seqs), the requests its slots hold"),
+    "mem_seqs": ("sequences", "sequences the memory holds at once (mem_users x batch)"),
     "seq": ("tokens", "context per sequence (prompt + generated, plus image tokens)"),
     "input_tokens": ("tokens", "prompt tokens per request (per sequence)"),
     "output_tokens": ("tokens", "generated tokens per request (per sequence)"),
@@ -513,30 +516,30 @@ def load_vars(num_gpus: Any, tensor: bool, batch: Any, users: Any, request_rate:
     else:
         tp, pp = (num_gpus, 1) if tensor else (1, num_gpus)
         ep = 1
-    return {"num_gpus": num_gpus, "tp": tp, "pp": pp, "dp": 1, "ep": ep, "users": users, "seqs": seqs, "request_rate": request_rate,
-            "gpu_hour_cost": gpu_hour_cost, "micro_batch": seqs, "batch_global": seqs}
+    return {"num_gpus": num_gpus, "tp": tp, "pp": pp, "dp": 1, "ep": ep, "users": users, "seqs": seqs, "mem_users": users,
+            "mem_seqs": seqs, "request_rate": request_rate, "gpu_hour_cost": gpu_hour_cost, "micro_batch": seqs,
+            "batch_global": seqs}
 
 
 def server_slots(v: dict[str, Any]) -> dict[str, Any]:
-    """An open loop's slots on a runtime that sizes its cache by the request, where ``runtime_settings.max_num_seqs``
-    gives them (llama-server's ``--parallel``: tools/server/server.cpp runs that many slots, one sequence each, and
-    the context holds all of them): the server holds ``max_num_seqs // batch_size`` requests at once (at least
-    one), and its memory is theirs - the variables a closed loop of that many clients has (``users``, ``seqs``), as
-    a closed loop of N clients is a server of N slots. Without slots (0, the profile's default), on a runtime with
-    a preallocated pool, or for a closed loop: nothing changes (an open loop there is one request at a time; a
-    closed loop's clients beyond the slots queue, ``max_num_seqs`` binding). ``v`` holds the load's ``batch``,
-    ``users``, ``seqs`` and ``request_rate`` and the runtime's constants; elementwise (a sweep's arrays,
-    :mod:`vramplan.deployspace`'s rows)."""
+    """What the memory holds on a runtime that sizes its cache by the request, where ``runtime_settings.max_num_seqs``
+    gives it slots (llama-server's ``--parallel``: tools/server/server.cpp runs that many slots, one sequence each,
+    and the context holds all of them - llama-context.cpp n_ctx_seq = PAD(n_ctx / n_seq_max, 256)):
+    ``max_num_seqs // batch_size`` requests (at least one). An open loop fills them as requests arrive, a closed
+    loop with as many clients or fewer holds its clients' (the others wait for a slot: ``max_num_seqs`` binds in
+    the serving model). The load itself (``users``, ``seqs``) is unchanged. Without slots (0, the profile's
+    default) or on a runtime with a preallocated pool the memory holds the load: every client's sequences, and an
+    open loop one request. ``v`` holds ``batch``, ``users``, ``request_rate`` and the runtime's constants;
+    elementwise (a sweep's arrays, :mod:`vramplan.deployspace`'s rows)."""
     slots = v.get("rt_max_num_seqs", 0.0)
     if isinstance(slots, (int, float)) and slots <= 0:
         return {}
     batch, users = v["batch"], v["users"]
     held = (slots + 1e-9) // batch
     held = where(held > 1, held, 1)
-    served = where(v["request_rate"] > 0, where(slots > 0, where(v.get("rt_kv_preallocate", 1.0) > 0, users, held), users),
-                   users)
-    seqs = served * batch
-    return {"users": served, "seqs": seqs, "micro_batch": seqs, "batch_global": seqs}
+    held = where(v["request_rate"] > 0, held, where(users < held, users, held))
+    held = where(slots > 0, where(v.get("rt_kv_preallocate", 1.0) > 0, users, held), users)
+    return {"mem_users": held, "mem_seqs": held * batch}
 
 
 def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved, notes: Notes) -> None:
@@ -641,6 +644,7 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved, notes: 
                                   f"x {n} GPUs; micro-batch rounded up to {mb}")
     s["micro_batch"] = mb
     s["seqs"] = mb
+    s["mem_users"], s["mem_seqs"] = 1, mb
     s["batch_global"] = req["batch_size"]
     s["gradient_checkpointing"] = int(bool(opt.get("gradient_checkpointing")))
     s["zero_stage"] = int(opt.get("zero_stage", 0))

@@ -110,7 +110,8 @@ def test_no_cheaper_configuration_in_a_brute_force_grid_meets_the_slo(small):
 
 
 @pytest.mark.parametrize("load", [{"request_rate": 4}, {"concurrent_users": 90},
-                                  {"request_rate": 4, "runtime_settings": {"max_num_seqs": 6}}])
+                                  {"request_rate": 4, "runtime_settings": {"max_num_seqs": 6}},
+                                  {"concurrent_users": 90, "runtime_settings": {"max_num_seqs": 6}}])
 def test_the_batch_search_reads_what_single_estimates_read(load):
     """Random configurations of a whole-catalog space at random replica counts: the batch figures the
     search decides on (memory, latencies, what binds) equal each single estimate's."""

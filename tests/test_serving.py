@@ -353,11 +353,17 @@ def test_open_loop_on_llama_cpp_runs_from_the_slots_max_num_seqs_gives():
     assert any("8 slots" in a and "hold 8 requests at a time" in a for a in eight["assumptions"])
     # 7 slots with requests of 2 sequences: 7 // 2 = 3 requests at a time, 6 sequences' memory
     s = build(resolve(CAT, validate({**body, "batch_size": 2, "runtime_settings": {"max_num_seqs": 7}}, "inference"), "inference"))
-    assert (s["users"], s["seqs"]) == (3, 6)
-    # a closed loop keeps its clients: beyond the slots they queue
+    assert (s["mem_users"], s["mem_seqs"]) == (3, 6) and (s["users"], s["seqs"]) == (1, 2)   # the load is one request's
+    # a closed loop keeps its clients: beyond the slots they queue, and the memory is the slots' (4 x 1,280 cells)
     four = vramplan.estimate_inference({**closed, "concurrent_users": 8, "runtime_settings": {"max_num_seqs": 4}})
     assert four["serving"]["running_sequences"] == 4 and four["serving"]["queued_requests"] == 4
     assert four["serving"]["limited_by"] == "max_num_seqs"
+    assert four["memory_details"]["KV Cache"] == round(4 * 1280 * 131072 / 2**30, 2) == 0.62
+    assert four["vram_usage"] == vramplan.estimate_inference({**closed, "concurrent_users": 4})["vram_usage"]
+    # ... as few clients as slots or fewer: their own memory
+    two = vramplan.estimate_inference({**closed, "concurrent_users": 2, "runtime_settings": {"max_num_seqs": 4}})
+    assert two["memory_details"]["KV Cache"] == round(2 * 1280 * 131072 / 2**30, 2)
+    assert two["serving"]["queued_requests"] == 0
     # a runtime with a preallocated pool is unchanged by it (its open loop already runs many requests)
     pooled = {**BASE, "input_tokens": 1000, "output_tokens": 200, "request_rate": 2}
     assert vramplan.estimate_inference({**pooled, "runtime_settings": {"max_num_seqs": 8}})["vram_usage"] == \
