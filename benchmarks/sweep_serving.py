@@ -227,8 +227,12 @@ def closed_ladder(sw: Sweep, req: dict[str, Any], users: list[int], capacity_rps
         # The open loop's capacity bounds the closed loop only on the same deployment: a runtime with a preallocated
         # KV pool (vLLM, SGLang, TensorRT-LLM, TGI) keeps it whatever the load; transformers and llama.cpp size their
         # cache by the request (batch_size x concurrent_users sequences, n_ctx = context x slots), so U clients are a
-        # deployment of U slots and an open loop one of batch_size slots.
-        if capacity_rps and preallocates(req["runtime"]) and s["requests_per_second"] > capacity_rps * 1.01:
+        # deployment of U slots and an open loop one of batch_size slots - unless runtime_settings.max_num_seqs gives
+        # them their slots (llama-server's --parallel), which both loops then share.
+        slots = (req.get("runtime_settings") or {}).get("max_num_seqs")
+        if slots and s["running_sequences"] > slots + 1e-9:
+            sw.flag("running_above_slots", q, f"running {s['running_sequences']} > {slots} slots")
+        if capacity_rps and (preallocates(req["runtime"]) or slots) and s["requests_per_second"] > capacity_rps * 1.01:
             sw.flag("above_capacity", q, f"{s['requests_per_second']} requests/s above the open loop's sustainable {capacity_rps}")
     caps = {s["running_sequences"] for u, _, s in rows if s["queued_requests"] and s["queued_requests"] > 0.5}
     if len(caps) > 1:
@@ -437,6 +441,15 @@ def main(argv: list[str] | None = None) -> int:
             req = dict(base_request(model, gpu, quant, ngpu, rt, 1000, 200, *par), batch_size=4)
             cap = open_loop(sw, req)
             closed_ladder(sw, req, [1, 2, 8, 32, 128], cap)
+    # servers of slots (llama-server --parallel 8 as runtime_settings.max_num_seqs): the open and the closed loop are
+    # then one deployment - its capacity bounds every closed loop, and at most 8 run
+    for model, gpu, quant, ngpu, *par in deployments[:6]:
+        for rt in ("llama.cpp", "transformers"):
+            for b in (1, 2):
+                req = dict(base_request(model, gpu, quant, ngpu, rt, 1000, 200, *par), batch_size=b,
+                           enable_continuous_batching=True, runtime_settings={"max_num_seqs": 8})
+                cap = open_loop(sw, req)
+                closed_ladder(sw, req, [1, 2, 4, 8, 16, 64], cap)
     quant_pairs(sw, runtimes)
     tp_pairs(sw, runtimes)
     planner(sw)
