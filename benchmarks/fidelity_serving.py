@@ -233,6 +233,29 @@ def _number(value: Any) -> float | None:
     return float(m.group(1)) if m else None
 
 
+#: KV pools a source states for its deployment, in tokens: (source repository, GPU, checkpoint, the flag that says it) ->
+#: (tokens a GPU's pool holds, the reading). vLLM refuses a max_model_len its pool cannot hold ("The model's max seq len
+#: (...) is larger than the maximum number of tokens that can be stored in KV cache (...)", V0 worker.py
+#: raise_if_cache_size_invalid), so a max_model_len set below the model's context to what "our setup supports" is the
+#: pool: runtime_settings kv_pool_tokens (as --num-gpu-blocks-override would pin it).
+LOGGED_POOLS = {
+    ("github.com/dstackai/benchmarks", "H100-SXM-80GB", "meta-llama/Llama-3.1-405B-FP8", "--max-model-len 91680"): (
+        91680, "KV pool from the source: dstack's 8xH100 README (nvidia/8xh100/README.md, the same vLLM build) runs with "
+               "\"max model length (91680) supported by our setup\" - below the model's 131,072, which vLLM refuses beyond "
+               "its pool, and 5,730 blocks of 16, the count its refusal prints: a pool of 91,680 tokens per GPU "
+               "(kv_pool_tokens), where the estimate's memory gives 212,027 (docs/FIDELITY.md)"),
+}
+
+
+def _logged_pool(r: dict[str, Any]) -> tuple[int, str] | None:
+    """(tokens, reading) where the record's source states its deployment's KV pool (LOGGED_POOLS)."""
+    for (repo, gpu, model, flag), found in LOGGED_POOLS.items():
+        if repo in str(r.get("source")) and r.get("gpu_canonical") == gpu and r.get("model") == model \
+                and flag in str(r.get("engine_flags")):
+            return found
+    return None
+
+
 #: A record whose id names DEP (TensorRT-LLM's developer-guide tables: "DEP4", "DEP8") ran attention data parallelism
 #: with expert parallelism over all its GPUs.
 DEP_READING = "DEP{n}: attention data parallelism + expert parallelism over {n} GPUs (inference_parallelism expert)"
@@ -306,6 +329,10 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
     if steps and int(steps.group(1)) > 1:  # vLLM V0 multi-step scheduling (PR #7000)
         body.setdefault("runtime_settings", {})["scheduler_steps"] = int(steps.group(1))
         notes.append(f"--num-scheduler-steps {steps.group(1)}: V0's per-step host work once every {steps.group(1)} steps")
+    pool = _logged_pool(r)
+    if pool:
+        body.setdefault("runtime_settings", {})["kv_pool_tokens"] = pool[0]
+        notes.append(pool[1])
     kv, reading = _kv(r)
     if kv:
         body["kv_cache_quantization"] = kv

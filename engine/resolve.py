@@ -135,6 +135,11 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         if workload == "inference" and req["optimization_config"].get("flash_attention") is False and eager == 0:
             # A runtime with no unfused attention path materializes no score matrix (its eager_score_bytes is 0).
             warnings.append(f"flash_attention false is ignored: {runtime.key} always runs a fused attention kernel")
+        settings = req.get("runtime_settings") or {}
+        pinned = settings.get("kv_pool_tokens")
+        if pinned and not settings.get("kv_preallocate", known.get("kv_preallocate", {}).get("value")):
+            warnings.append(f"runtime_settings.kv_pool_tokens is ignored: {runtime.key} sizes its cache by the request "
+                            "(it has no preallocated pool)")
 
     link_key = req.get("interconnect_type") or (gpu.data["default_interconnect"] if gpu else None)
     interconnect = lookup(cat.interconnects.get, link_key, "interconnect_type") if link_key else None

@@ -370,6 +370,27 @@ def test_open_loop_on_llama_cpp_runs_from_the_slots_max_num_seqs_gives():
         vramplan.estimate_inference(pooled)["vram_usage"]
 
 
+def test_a_pool_the_deployment_logged_is_the_pool_it_admits_from():
+    """runtime_settings.kv_pool_tokens (vLLM's "GPU KV cache size", --num-gpu-blocks-override): the pool holds those
+    tokens whatever the memory left over, and admission reads it; a runtime without a pool ignores it and says so."""
+    body = {**BASE, "input_tokens": 1000, "output_tokens": 200, "concurrent_users": 50}
+    free = vramplan.estimate_inference(body)
+    pinned = vramplan.estimate_inference({**body, "runtime_settings": {"kv_pool_tokens": 50000}})
+    assert free["kv_pool"]["tokens"] > 400_000 and free["serving"]["running_sequences"] == 50
+    # 50,000 tokens x 131,072 bytes = 6,553,600,000 bytes = 6.10 GiB
+    assert pinned["kv_pool"]["tokens"] == 50000
+    assert pinned["memory_details"]["KV Cache"] == round(50000 * KV_PER_TOKEN / 2**30, 2) == 6.1
+    # vLLM admits a sequence with its prompt and half its answer in 16-token blocks: 1,100 tokens -> 69 blocks = 1,104;
+    # 50,000 / 1,104 = 45.3 -> 45 run, 5 of the 50 clients wait
+    assert pinned["serving"]["running_sequences"] == 50000 // (16 * math.ceil(1100 / 16)) == 45
+    assert pinned["serving"]["queued_requests"] == 5 and pinned["serving"]["limited_by"] == "kv_cache"
+    assert pinned["vram_usage"] < free["vram_usage"]
+    cpp = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "llama-3-8b", "runtime": "llama.cpp",
+                                       "runtime_settings": {"kv_pool_tokens": 50000}})
+    assert "runtime_settings.kv_pool_tokens is ignored: llama.cpp sizes its cache by the request (it has no preallocated " \
+           "pool)" in cpp["warnings"] and "kv_pool" not in cpp
+
+
 def test_open_loop_moe_batch_guess_counts_what_each_running_sequence_adds():
     """An open loop guesses the batch its MoE rounds run (routing coverage, tile padding) before it knows the rounds:
     Little's law at the arrival rate on a round linear in the batch. Near capacity a guess with no per-sequence cost

@@ -169,3 +169,20 @@ def test_a_static_session_ran_its_whole_batch():
     small, small_notes, _ = fs.map_record({**r, "batch_size": 16})
     assert "gpu_memory_utilization" not in small.get("runtime_settings", {})
     assert not any("static session" in n for n in small_notes)
+
+
+def test_a_pool_the_source_states_pins_the_h100_runs_and_not_the_mi300x_ones():
+    # dstack's 8xH100 runs set --max-model-len 91680, "supported by our setup": the pool of that deployment; the MI300X
+    # runs copy the flag onto GPUs whose memory holds millions of tokens, and keep the pool their memory gives.
+    h100 = _record("meta-llama/Llama-3.1-405B-FP8", runtime="vllm", runtime_version="0.6.3.post2.dev308+gb489fc3c",
+                   weights_dtype="fp8", gpu_canonical="H100-SXM-80GB", num_gpus=8, tensor_parallel=8, input_tokens=2048,
+                   output_tokens=2048, request_rate=None, num_prompts=64, batch_size=64,
+                   benchmark_tool="vLLM benchmarks/benchmark_throughput.py",
+                   engine_flags="benchmark_throughput.py --tensor-parallel-size 8 --max-model-len 91680 --num-scheduler-step 1",
+                   source="https://github.com/dstackai/benchmarks/blob/x/comparison/h100sxm5_vs_mi300x/csv_data/t.csv")
+    body, notes, why = fs.map_record(h100)
+    assert why == "" and body["runtime_settings"] == {"kv_pool_tokens": 91680} == {"kv_pool_tokens": 5730 * 16}
+    assert any("supported by our setup" in n for n in notes)
+    mi300x = {**h100, "gpu_canonical": "MI300X-192GB"}
+    body, notes, _ = fs.map_record(mi300x)
+    assert "runtime_settings" not in body and not any("supported by our setup" in n for n in notes)
