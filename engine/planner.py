@@ -56,6 +56,7 @@ from .datafiles import field_name, schema_problems
 from .answer import estimate
 from .deploy import cheapest_deployment
 from .errors import RequestError, VramplanError
+from .estimate import trace_values
 from .many import estimate_many
 from .registry import Entry
 from .search import Probe, capacity_gib, search_max, search_min  # noqa: F401 - capacity_gib re-exported
@@ -280,6 +281,32 @@ def _cheapest_deployment(question: str, body: dict[str, Any], workload: str, ctx
     return cheapest_deployment(ctx["catalog"], body, ctx)
 
 
+#: Questions that search another deployment (GPU, GPU count, weight format): a pool the request pins to its log
+#: (runtime_settings.kv_pool_tokens) belongs to the deployment asked about, and gives way to what it measured.
+DEPLOYMENT_QUESTIONS = ("min_num_gpus", "best_quantization", "gpus", "cheapest_deployment")
+
+
+def unpinned_settings(body: dict[str, Any], workload: str, catalog: Catalog) -> dict[str, Any]:
+    """``runtime_settings`` for another deployment than the one whose KV pool ``body`` pins to what its log states
+    (``kv_pool_tokens``): without the pin, and with the memory the pin says the estimate does not count - the
+    estimate's own pool less the logged one, on each GPU - kept as non-torch memory (``non_torch_mib``; over the
+    pool's share where the runtime pools a share of the free memory), so that another deployment's pool is what its
+    memory leaves less the same unexplained part, and this deployment's is the logged one again. Two estimates."""
+    settings = body.get("runtime_settings") or {}
+    rest = {k: v for k, v in settings.items() if k != "kv_pool_tokens"}
+    plain = {k: v for k, v in body.items() if k not in ("runtime_settings", "trace")}
+    try:
+        pinned = trace_values(estimate({**plain, "runtime_settings": settings, "trace": True}, workload, catalog))
+        free = trace_values(estimate({**plain, "runtime_settings": rest, "trace": True}, workload, catalog))
+    except VramplanError:
+        return rest
+    if pinned.get("rt_kv_preallocate") and free.get("kv_pool_bytes") is not None:
+        share = pinned["rt_gpu_memory_utilization"] if pinned["rt_kv_pool_of_free"] else 1.0
+        unexplained = (free["kv_pool_bytes"] - pinned["kv_pool_bytes"]) / share / 2**20
+        rest = {**rest, "non_torch_mib": round(max(pinned["rt_non_torch_mib"] + unexplained, 0.0), 3)}
+    return rest
+
+
 HANDLERS = {"max_seq_length": _numeric, "max_batch_size": _numeric, "max_concurrent_users": _numeric,
             "max_request_rate": _max_request_rate, "min_num_gpus": _numeric, "best_quantization": _best_quantization,
             "gpus": _gpus, "cheapest_deployment": _cheapest_deployment}
@@ -348,6 +375,13 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None, *, strict: boo
         plain = [k for k in gpu_keys or [] if not cat.gpus.get(k).data.get("custom")]
         probe_gpu = (plain or [None])[0] or body.get("gpu_key") or catalog_gpus(cat)[0]
         estimate({**{k: v for k, v in body.items() if k != "trace"}, "gpu_key": probe_gpu}, workload, cat, strict=strict)
+    moved = None  # the body for questions about another deployment, where the request pins its pool
     for q in find:
-        answers[q] = HANDLERS[q](q, body, workload, ctx)
+        if q in DEPLOYMENT_QUESTIONS and "kv_pool_tokens" in (body.get("runtime_settings") or {}):
+            if moved is None:
+                rest = unpinned_settings(body, workload, cat)
+                moved = {**{k: v for k, v in body.items() if k != "runtime_settings"}, **({"runtime_settings": rest} if rest else {})}
+            answers[q] = HANDLERS[q](q, moved, workload, ctx)
+        else:
+            answers[q] = HANDLERS[q](q, body, workload, ctx)
     return answers

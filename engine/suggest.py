@@ -32,6 +32,11 @@ Candidates, each the smallest step of its kind that fits (planner searches: gall
 - fine-tuning: memory savers stacked (checkpointing, a paged 8-bit optimizer, micro-batch 1, LoRA,
   QLoRA), the shortest stack that fits, else the whole stack on the fewest GPUs.
 
+**A pinned pool** (``runtime_settings.kv_pool_tokens``, the pool a deployment's log states) belongs to that
+deployment: candidates that change only the load or the lengths keep it; the others are other deployments, estimated
+with what the pin measured - the estimate's own pool less the logged one, kept as non-torch memory - in their
+``runtime_settings``.
+
 **Cheapest first.** Each suggestion says what it costs, and ``keeps`` multiplies what is left of the
 request: quality (the changed format's ``quality_rank`` over the old one's, catalog
 ``quantization/formats.yaml``), speed (decode ``per_user_tps`` or ``training_tps`` after over before,
@@ -68,6 +73,12 @@ MAX_REPLICAS = 64
 #: Most sequences a slots suggestion gives a runtime that sizes its cache by the request (llama-server's --parallel
 #: has no cap of its own; the memory of so many contexts binds first on every catalog GPU but the largest).
 MAX_SLOTS = 512
+#: Request fields a change may set and still run the deployment whose KV pool a request pins to what its log states
+#: (runtime_settings.kv_pool_tokens): the load and the lengths. Any other change is another deployment, whose pool
+#: its memory decides, and is estimated without the pin.
+SAME_POOL = frozenset({"request_rate", "concurrent_users", "batch_size", "seq_length", "input_tokens", "output_tokens"})
+#: Planner questions that search the load or the lengths (the pinned pool stays); the others search the deployment.
+SAME_POOL_QUESTIONS = frozenset({"max_request_rate", "max_concurrent_users", "max_batch_size", "max_seq_length"})
 #: Fine-tuning methods in the order a memory-bound user steps down (full → LoRA → QLoRA).
 METHOD_STEPS = {"full": ("lora", "qlora"), "lora": ("qlora",), "qlora": ()}
 #: GPU counts a lower weight format is tried on with tensor parallelism: the sizes that split the attention
@@ -157,6 +168,7 @@ class _Search:
         self.capacity = capacity_gib(self.body, cat)
         self.req = validate(self.body, workload)  # defaults applied: the "before" of every change
         self.speed_field = "per_user_tps" if workload == "inference" else "training_tps"
+        self._pin: dict[str, Any] | None = None  # runtime_settings for other deployments under a pinned pool
 
     # -- a bound first ---------------------------------------------------------------------------
     def hopeless(self) -> bool:
@@ -172,7 +184,7 @@ class _Search:
         (``error``, a refused request) proves nothing, and the full search runs. Two estimates, which
         spare a hopeless request (a model far beyond any node) the hundreds a search would take."""
         largest = max((e for e in self.cat.gpus if not e.data.get("custom")), key=lambda e: e.data.get("memory_gib") or 0)
-        base = {k: v for k, v in self.body.items() if k != "custom_vram"}
+        base = {k: v for k, v in self._base(True).items() if k != "custom_vram"}
         base.update({"gpu_key": largest.key, "num_gpus": MAX_GPUS, "seq_length": 1, "batch_size": 1})
         for f in ("input_tokens", "output_tokens", "micro_batch_size", "request_rate"):
             base.pop(f, None)
@@ -184,7 +196,7 @@ class _Search:
                        "inference_parallelism": "pipeline", "enable_offloading": False}]
             arch = self._arch()
             if arch is not None:
-                bounds.append({**self.body, "enable_offloading": True, "num_offload_layers": arch.num_layers,
+                bounds.append({**self._base(True), "enable_offloading": True, "num_offload_layers": arch.num_layers,
                                "inference_parallelism": "pipeline"})
         else:
             bounds = [{**base, "finetuning_method": "qlora", "optimizer": "paged_adamw_8bit", "enable_offloading": True,
@@ -201,9 +213,31 @@ class _Search:
         return True
 
     # -- one candidate -------------------------------------------------------------------------
+    def _base(self, deployment_changes: bool) -> dict[str, Any]:
+        """The request a candidate starts from: where the candidate changes the deployment (:data:`SAME_POOL`), its
+        pinned pool (runtime_settings.kv_pool_tokens) gives way to what the pin measured (:meth:`_unpinned`)."""
+        settings = self.body.get("runtime_settings") or {}
+        if not deployment_changes or "kv_pool_tokens" not in settings:
+            return self.body
+        rest = self._unpinned()
+        return {**{k: v for k, v in self.body.items() if k != "runtime_settings"}, **({"runtime_settings": rest} if rest else {})}
+
+    def _unpinned(self) -> dict[str, Any]:
+        """runtime_settings for another deployment than the one whose pool the request pins
+        (:func:`vramplan.planner.unpinned_settings`), estimated once."""
+        if self._pin is None:
+            from .planner import unpinned_settings
+
+            self._pin = unpinned_settings(self.body, self.workload, self.cat)
+        return self._pin
+
+    def _changed(self, change: dict[str, Any]) -> dict[str, Any]:
+        """The request with ``change`` applied, from :meth:`_base`."""
+        return apply_change(self._base(bool(set(change) - SAME_POOL)), change)
+
     def _estimate(self, change: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            return run(apply_change(self.body, change), self.workload, self.cat)
+            return run(self._changed(change), self.workload, self.cat)
         except VramplanError:
             return None
 
@@ -215,7 +249,11 @@ class _Search:
 
     def suggest(self, change: dict[str, Any], summary: str, result: dict[str, Any] | None = None,
                 **cost: Any) -> dict[str, Any] | None:
-        """A suggestion if ``change`` fits (estimating it unless ``result`` is given), else None."""
+        """A suggestion if ``change`` fits (estimating it unless ``result`` is given), else None. A change of the
+        deployment under a pinned pool says so: its ``runtime_settings`` leave the pin out (:meth:`_base`)."""
+        settings = self.body.get("runtime_settings") or {}
+        if "kv_pool_tokens" in settings and set(change) - SAME_POOL and "runtime_settings" not in change:
+            change = {**change, "runtime_settings": self._unpinned()}
         result = result if result is not None else self._estimate(change)
         if not self._fits(result, change):
             return None
@@ -252,7 +290,8 @@ class _Search:
         from .planner import plan as planner_plan  # the planner (and numpy) only when a suggestion is searched
 
         try:
-            answers = planner_plan({**self.body, **(extra or {}), "workload": self.workload, "find": [question],
+            base = self._base(question not in SAME_POOL_QUESTIONS or bool(set(extra or {}) - SAME_POOL))
+            answers = planner_plan({**base, **(extra or {}), "workload": self.workload, "find": [question],
                                     "headroom": self.headroom}, self.cat)
         except VramplanError:
             return None
@@ -441,7 +480,7 @@ class _Search:
         if arch is None:
             return None
         n_layers = arch.num_layers
-        base = {**self.body, "enable_offloading": True}
+        base = {**self._base(True), "enable_offloading": True}
         base.pop("percentage_offload", None)
         from .planner import estimator
         probe = Probe(estimator("inference", self.cat), base, "num_offload_layers", self.capacity, self.headroom)

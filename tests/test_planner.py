@@ -296,3 +296,21 @@ def _latency() -> None:
 
 if __name__ == "__main__":
     _latency()
+
+
+def test_a_pinned_pool_answers_load_questions_and_gives_way_for_deployment_questions():
+    # 91,680 logged tokens: vLLM admits prompt + half the answer, 2048 + 1024 = 3072 tokens (192 blocks of 16) a
+    # sequence, 91,680 / 3,072 = 29.8 -> 29 users; another weight format is another deployment, whose pool is what its
+    # memory leaves less what the pin measured (vramplan.planner.unpinned_settings)
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.1-405b-fp8", "quantization": "fp8", "runtime": "vllm", "num_gpus": 8,
+            "inference_parallelism": "tensor", "input_tokens": 2048, "output_tokens": 2048, "concurrent_users": 64,
+            "runtime_settings": {"kv_pool_tokens": 91680}}
+    a = vramplan.plan({**body, "find": ["max_concurrent_users", "best_quantization"]})
+    assert a["max_concurrent_users"]["value"] == 91680 // 3072 == 29
+    assert a["max_concurrent_users"]["estimate"]["kv_pool"]["tokens"] == 91680
+    settings = vramplan.planner.unpinned_settings(body, "inference", get_catalog())
+    assert set(settings) == {"non_torch_mib"} and settings["non_torch_mib"] > 256
+    same = vramplan.estimate_inference({**body, "runtime_settings": settings})
+    assert same["kv_pool"]["tokens"] == pytest.approx(91680, abs=2)
+    best = a["best_quantization"]
+    assert best["estimate"]["kv_pool"]["tokens"] > 91680 and best["estimate"]["serving"]["queued_requests"] == 0

@@ -9,6 +9,7 @@ import pytest
 from server_fixtures import PREFIX, api_token, app, auth_headers, client, isolated_data_dir, sqlite_store  # noqa: F401
 
 import vramplan
+from vramplan.estimate import trace_values
 from vramplan.catalog import get_catalog
 from vramplan.datafiles import load_schema
 from vramplan.suggest import apply_change
@@ -233,3 +234,39 @@ def test_a_model_beyond_any_node_gets_an_empty_list_from_the_bound():
     finally:
         suggest.run = real
     assert len(runs) <= 3  # the estimate itself and the two bounds
+
+
+def test_a_pinned_pool_stays_for_the_load_and_becomes_the_memory_it_measured_for_another_deployment():
+    """runtime_settings.kv_pool_tokens pins a logged pool: suggestions that change the load or the lengths keep it; those
+    that change the deployment leave it out and keep, as non-torch memory, what it says the model does not count (the
+    model's own pool less the logged one) - so the unchanged deployment would get the logged pool back."""
+    pin = {"kv_pool_tokens": 91680, "max_num_seqs": 512}
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.1-405b-fp8", "quantization": "fp8", "runtime": "vllm", "num_gpus": 8,
+            "inference_parallelism": "tensor", "input_tokens": 2048, "output_tokens": 2048, "concurrent_users": 64,
+            "runtime_settings": pin}
+    out = vramplan.estimate_inference(body)
+    assert out["kv_pool"]["tokens"] == 91680 and out["serving"]["queued_requests"] > 0
+    rest = {"max_num_seqs": 512}
+    free = vramplan.estimate_inference({**body, "runtime_settings": rest, "trace": True})
+    t = trace_values(free)
+    # the logged pool: 91,680 tokens x 516,096 bytes (126 layers x 8 KV heads x 128 x K, V x 2 bytes) / 8 GPUs
+    logged = 91680 * 516096 / 8
+    unexplained_mib = (t["kv_pool_bytes"] - logged) / 2**20
+    assert unexplained_mib > 5000                                   # the model's pool is ~2x the logged one here
+    moved = [s for s in out["suggestions"] if set(s["change"]) - {"concurrent_users", "seq_length", "input_tokens", "output_tokens"}]
+    kept = [s for s in out["suggestions"] if s not in moved]
+    assert moved and kept
+    for s in kept:
+        assert "runtime_settings" not in s["change"]
+        assert vramplan.estimate_inference(apply_change(body, s["change"]))["kv_pool"]["tokens"] == 91680
+    for s in moved:
+        settings = s["change"]["runtime_settings"]
+        assert "kv_pool_tokens" not in settings and settings["max_num_seqs"] == 512
+        # vLLM's own non-torch memory at TP 1 (256 MiB, runtimes.yaml) plus what the pin measured
+        assert settings["non_torch_mib"] == pytest.approx(t["rt_non_torch_mib"] + unexplained_mib, abs=0.001)
+        assert t["rt_non_torch_mib"] == 256
+        again = vramplan.estimate_inference(apply_change(body, s["change"]))
+        assert again["vram_usage"] == s["vram_usage"] and again["serving"]["queued_requests"] == 0
+    # the same deployment with the pin's memory instead of the pin: the logged pool again (to the byte's rounding)
+    same = vramplan.estimate_inference({**body, "runtime_settings": moved[0]["change"]["runtime_settings"]})
+    assert same["kv_pool"]["tokens"] == pytest.approx(91680, abs=2)
