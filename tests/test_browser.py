@@ -230,6 +230,49 @@ def test_suggestions_appear_and_apply(browser, live_server):
     assert browser.find_element(By.ID, "suggestions").is_displayed() == (first["memory_status"] == "very_high")
 
 
+def test_runtime_settings_are_a_json_field_and_a_slots_suggestion_applies_to_it(browser, live_server):
+    """llama.cpp serving 2 requests/s of 1000 + 200 tokens from one slot is past capacity; the page offers the fewest
+    llama-server slots that serve it, and applying it writes runtime_settings, which the next request sends."""
+    from selenium.webdriver.common.by import By
+
+    base, _ = live_server
+    ready(browser, base)
+    pick(browser, "gpu_key", "rtx_4090")
+    pick(browser, "llm_key", "llama-3.1-8b")
+    pick(browser, "quantization", "q4_k_m")
+    pick(browser, "runtime", "llama.cpp")
+    for field, value in (("input_tokens", 1000), ("output_tokens", 200), ("request_rate", 2)):
+        set_number(browser, field, value)
+    continuous = browser.find_element(By.ID, "enable_continuous_batching")
+    if not continuous.is_selected():
+        continuous.click()
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b", "quantization": "q4_k_m", "runtime": "llama.cpp",
+            "input_tokens": 1000, "output_tokens": 200, "request_rate": 2, "enable_continuous_batching": True}
+    api = vramplan.estimate_inference(body)
+    slots = next(s for s in api["suggestions"] if "slots instead of 1" in s["summary"])
+    browser.find_element(By.ID, "calculate").click()
+    cards = wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#suggestion-list li.suggestion"))
+    card = next(c for c in cards if "slots instead of 1" in c.text)
+    card.find_element(By.CSS_SELECTOR, "button.apply").click()
+    wait(browser, lambda d: shown_request(d).get("runtime_settings") == slots["change"]["runtime_settings"])
+    field = browser.find_element(By.ID, "runtime_settings")
+    assert json_of(field.get_attribute("value")) == slots["change"]["runtime_settings"]
+    _, usage = check_result(browser)
+    assert usage == slots["vram_usage"]
+    # text that is not a JSON object goes as typed, and the API's error names the field beside it
+    field.clear()
+    field.send_keys("max_num_seqs=4")
+    browser.find_element(By.ID, "calculate").click()
+    wait(browser, lambda d: "runtime_settings" in d.find_element(By.ID, "error").text
+         or d.find_elements(By.CSS_SELECTOR, "#runtime_settings[aria-invalid='true']"))
+
+
+def json_of(text: str):
+    import json
+
+    return json.loads(text)
+
+
 def test_the_fit_map_renders_and_a_cell_opens_its_estimate(browser, live_server):
     from selenium.webdriver.common.by import By
 

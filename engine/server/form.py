@@ -25,12 +25,13 @@ LAYOUT = (
     ("serving", "Serving", "inference",
      ("quantization", "kv_cache_quantization", "runtime", "concurrent_users", "input_tokens", "output_tokens",
       "request_rate", "gpu_hour_cost", "inference_parallelism", "interconnect_type", "enable_prefix_caching",
-      "shared_prefix_ratio", "enable_continuous_batching", "optimization_config.flash_attention")),
+      "shared_prefix_ratio", "enable_continuous_batching", "optimization_config.flash_attention", "runtime_settings")),
     ("offloading", "Offloading", "inference",
      ("enable_offloading", "offload_target", "num_offload_layers", "percentage_offload", "offload_kv_cache")),
     ("training", "Training", "finetuning",
      ("finetuning_method", "fine_tuning_quantization", "lora_rank", "optimizer", "gradient_accumulation_steps",
-      "micro_batch_size", "runtime", "interconnect_type", "num_samples", "tokens_per_sample", "num_epochs")),
+      "micro_batch_size", "runtime", "interconnect_type", "num_samples", "tokens_per_sample", "num_epochs",
+      "runtime_settings")),
     ("memory-savers", "Memory savers", "finetuning",
      ("optimization_config.gradient_checkpointing", "optimization_config.flash_attention",
       "optimization_config.use_8bit_optimizer", "optimization_config.use_paged_optimizer",
@@ -38,7 +39,7 @@ LAYOUT = (
       "optimization_config.zero_stage", "enable_offloading", "offload_target")),
 )
 #: Fields the page handles itself (pickers filled from the API) or cannot edit as one control.
-NOT_CONTROLS = {"gpu_key", "llm_key", "custom_model", "custom_weights_bytes", "trace", "runtime_settings"}
+NOT_CONTROLS = {"gpu_key", "llm_key", "custom_model", "custom_weights_bytes", "trace"}
 
 LABELS = {
     "num_gpus": "GPUs", "custom_vram": "GPU memory (GiB)", "batch_size": "Batch size", "seq_length": "Context (tokens)",
@@ -57,12 +58,13 @@ LABELS = {
     "optimization_config.use_8bit_optimizer": "8-bit optimizer", "optimization_config.use_paged_optimizer": "Paged optimizer",
     "optimization_config.use_fused_kernels": "Fused kernels", "optimization_config.activation_offloading": "Activation offloading",
     "optimization_config.zero_stage": "ZeRO stage", "optimization_config.sequence_packing": "Sequence packing",
+    "runtime_settings": "Runtime settings (JSON)",
 }
 #: Placeholders for optional fields without a default (what the API does when they are left empty).
 EMPTY = {
     "runtime": "default for the format", "interconnect_type": "the GPU's own", "custom_vram": "the catalog's",
     "num_offload_layers": "fewest that fit", "percentage_offload": "-", "micro_batch_size": "batch / accumulation",
-    "tokens_per_sample": "= context",
+    "tokens_per_sample": "= context", "runtime_settings": '{"max_num_seqs": 4}',
 }
 
 
@@ -79,6 +81,8 @@ def _kind(prop: dict) -> str | None:
     if isinstance(prop.get("enum"), list):
         return "select"
     kind = prop.get("type")
+    if kind == "object" and isinstance(prop.get("additionalProperties"), dict):
+        return "json"  # a map of names to values (runtime_settings): one text field holding a JSON object
     return {"boolean": "checkbox", "integer": "integer", "number": "number", "string": "text"}.get(kind) \
         if isinstance(kind, str) else None
 
@@ -125,7 +129,7 @@ def field_spec(name: str, prop: dict, workload: str, cat: Catalog) -> dict[str, 
     label = LABELS.get(name) or name.rsplit(".", 1)[-1].replace("_", " ").capitalize()
     return {
         "name": name, "id": name, "kind": kind, "label": label,
-        "type": prop.get("type", "string") if not isinstance(prop.get("enum"), list) else "string",
+        "type": "json" if kind == "json" else prop.get("type", "string") if not isinstance(prop.get("enum"), list) else "string",
         "default": default, "default_json": json.dumps(raw_default), "options": options,
         "blank": EMPTY.get(name, "-") if default is None and kind == "select" else None,
         "placeholder": EMPTY.get(name, "") if default is None else "",

@@ -111,8 +111,12 @@
 
   function typed(el) {
     if (el.dataset.type === "boolean") return el.checked;
-    if (el.value === "") return null;
+    if (el.value.trim() === "") return null;
     if (el.dataset.type === "integer" || el.dataset.type === "number") return Number(el.value);
+    if (el.dataset.type === "json") {
+      // a JSON object (runtime_settings); text that is not one goes as typed, for the API to name the field
+      try { return JSON.parse(el.value); } catch (e) { return el.value; }
+    }
     return el.value;
   }
 
@@ -144,6 +148,8 @@
   function applyFields(fields, prefix) {
     Object.entries(fields).forEach(([key, value]) => {
       const name = prefix ? prefix + "." + key : key;
+      const json = controls().find((c) => c.dataset.field === name && c.dataset.type === "json");
+      if (json) { json.value = value === null ? "" : JSON.stringify(value); return; }  // a change replaces the object
       if (value && typeof value === "object" && !Array.isArray(value)) return applyFields(value, name);
       const el = controls().find((c) => c.dataset.field === name);
       if (!el) return;
