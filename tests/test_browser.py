@@ -237,17 +237,16 @@ def test_runtime_settings_are_a_json_field_and_a_slots_suggestion_applies_to_it(
 
     base, _ = live_server
     ready(browser, base)
-    pick(browser, "gpu_key", "rtx_4090")
-    pick(browser, "llm_key", "llama-3.1-8b")
-    pick(browser, "quantization", "q4_k_m")
-    pick(browser, "runtime", "llama.cpp")
-    for field, value in (("input_tokens", 1000), ("output_tokens", 200), ("request_rate", 2)):
-        set_number(browser, field, value)
-    continuous = browser.find_element(By.ID, "enable_continuous_batching")
-    if not continuous.is_selected():
-        continuous.click()
     body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b", "quantization": "q4_k_m", "runtime": "llama.cpp",
             "input_tokens": 1000, "output_tokens": 200, "request_rate": 2, "enable_continuous_batching": True}
+    for field, value in body.items():
+        if isinstance(value, str):
+            pick(browser, field, value)
+        elif isinstance(value, bool):
+            if browser.find_element(By.ID, field).is_selected() != value:
+                browser.find_element(By.ID, field).click()
+        else:
+            set_number(browser, field, value)
     api = vramplan.estimate_inference(body)
     slots = next(s for s in api["suggestions"] if "slots instead of 1" in s["summary"])
     browser.find_element(By.ID, "calculate").click()
