@@ -172,10 +172,13 @@ def _provenance(res) -> list[dict[str, Any]]:
     return rows
 
 
-def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime) -> tuple[list[dict], list[dict], list[dict]]:
-    """(formulas in evaluation order, scenario inputs they read, runtime constants they read)."""
+def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime,
+              settings: dict[str, Any] | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+    """(formulas in evaluation order, scenario inputs they read, runtime constants they read). A constant the
+    request's ``settings`` (runtime_settings) set says so beside the profile's own value and source."""
     known = cat.formulas.formulas
     consts = runtime.data["constants"]
+    settings = settings or {}
     scenario: dict[str, dict] = {}
     runtime_rows: dict[str, dict] = {}
     out = []
@@ -189,8 +192,11 @@ def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime) -> tuple[list[
                 key = name[3:]  # rt_<name> is the profile's plain constant (per-class ones feed the eff_* variables)
                 c = consts.get(key, {})
                 unit, kind = str(c.get("unit", "")), "runtime"
+                source = str(c.get("source", "not available"))
+                if key in settings:
+                    source = f"set by the request (runtime_settings.{key}); the profile's: {source}"
                 runtime_rows.setdefault(name, {"name": name, "constant": key, "value": exact(value), "unit": unit,
-                                               "source": str(c.get("source", "not available"))})
+                                               "source": source})
             else:
                 unit, meaning = VARIABLES.get(name, ("", ""))
                 kind = "scenario"
@@ -302,7 +308,8 @@ def build_context(done: Outcome, curve: dict[str, Any], catalog: Catalog, *,
     suggestions = out.get("suggestions")
     capacity = float(res.gpu_memory_gib)
     vram = float(out["vram_usage"])
-    formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime)
+    formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime,
+                                                      req.get("runtime_settings"))
     curve = {**curve, "request": dict(curve["request"])}
     for p in curve["points"]:
         if p["seq_length"] == curve["request"]["seq_length"]:

@@ -153,6 +153,16 @@ def test_the_formulas_that_produced_the_numbers_are_shown_with_their_inputs(live
             or f"{name}</code></a> = {report.exact(value)}" in text
 
 
+def test_a_constant_the_request_sets_says_so_beside_the_profiles_source():
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b", "runtime": "vllm", "runtime_settings": {"gpu_memory_utilization": 0.8}}
+    md = report.render_report(body, "inference", "markdown")
+    row = next(line for line in md.splitlines() if line.startswith("| `rt_gpu_memory_utilization`"))
+    assert "| 0.8 |" in row and "set by the request (runtime_settings.gpu_memory_utilization); the profile's: " in row
+    plain = report.render_report({k: v for k, v in body.items() if k != "runtime_settings"}, "inference", "markdown")
+    row = next(line for line in plain.splitlines() if line.startswith("| `rt_gpu_memory_utilization`"))
+    assert "| 0.9 |" in row and "set by the request" not in row
+
+
 def test_markdown_report_has_no_raw_svg_and_spaced_headings():
     body = {"gpu_key": "rtx_4090", "llm_key": "llama-3-70b-instruct", "quantization": "q4_k_m", "num_gpus": 2}
     text = report.render_report(body, "inference", "markdown")
