@@ -288,12 +288,12 @@ DEPLOYMENT_QUESTIONS = ("min_num_gpus", "best_quantization", "gpus", "cheapest_d
 
 def unpinned_settings(body: dict[str, Any], workload: str, catalog: Catalog) -> dict[str, Any]:
     """``runtime_settings`` for another deployment than the one whose KV pool ``body`` pins to what its log states
-    (``kv_pool_tokens``): without the pin, and with the memory the pin says the estimate does not count - the
+    (``kv_pool_tokens``): the pin at 0 (sized from memory), and the memory the pin says the estimate does not count - the
     estimate's own pool less the logged one, on each GPU - kept as non-torch memory (``non_torch_mib``; over the
     pool's share where the runtime pools a share of the free memory), so that another deployment's pool is what its
     memory leaves less the same unexplained part, and this deployment's is the logged one again. Two estimates."""
     settings = body.get("runtime_settings") or {}
-    rest = {k: v for k, v in settings.items() if k != "kv_pool_tokens"}
+    rest = {**settings, "kv_pool_tokens": 0}  # 0: the pool is what the memory leaves (said, so a merge drops the pin)
     plain = {k: v for k, v in body.items() if k not in ("runtime_settings", "trace")}
     try:
         pinned = trace_values(estimate({**plain, "runtime_settings": settings, "trace": True}, workload, catalog))

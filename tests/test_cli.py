@@ -116,6 +116,31 @@ def test_the_table_lists_suggestions_as_flags_that_apply_them():
     assert json.loads(again.output)["vram_usage"] == first["vram_usage"]
 
 
+LLAMA_SERVER = ("--gpu", "rtx_4090", "--model", "llama-3.1-8b", "--quantization", "q4_k_m", "--runtime", "llama.cpp",
+                "--continuous-batching", "--input-tokens", "1000", "--output-tokens", "200", "--request-rate", "2")
+
+
+def test_runtime_settings_from_flags_over_the_file_and_suggested_as_flags(tmp_path):
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b", "quantization": "q4_k_m", "runtime": "llama.cpp",
+            "enable_continuous_batching": True, "input_tokens": 1000, "output_tokens": 200, "request_rate": 2}
+    result = run("inference", *LLAMA_SERVER, "--runtime-setting", "max_num_seqs=8", "--format", "json")
+    assert json.loads(result.output) == vramplan.estimate_inference({**body, "runtime_settings": {"max_num_seqs": 8}})
+    # a flag adds to the request file's runtime_settings, and overrides the same name
+    path = tmp_path / "req.json"
+    path.write_text(json.dumps({**body, "runtime_settings": {"max_prefill_tokens": 1024, "max_num_seqs": 2}}))
+    result = run("inference", "--request", str(path), "--runtime-setting", "max_num_seqs=8", "--format", "json")
+    assert json.loads(result.output) == vramplan.estimate_inference(
+        {**body, "runtime_settings": {"max_prefill_tokens": 1024, "max_num_seqs": 8}})
+    bad = run("inference", *LLAMA_SERVER, "--runtime-setting", "max_num_seqs")
+    assert bad.exit_code == 2 and "--runtime-setting: 'max_num_seqs' is not NAME=NUMBER" in bad.output
+    # one slot is past capacity; the table prints the slots suggestion as the flag, which reproduces its estimate
+    table = run("inference", *LLAMA_SERVER)
+    line = next(l for l in table.output.splitlines() if l.strip().startswith("--runtime-setting max_num_seqs="))
+    slots = next(s for s in vramplan.estimate_inference(body)["suggestions"] if "runtime_settings" in s["change"])
+    again = run("inference", *LLAMA_SERVER, *line.split(), "--format", "json")
+    assert json.loads(again.output)["vram_usage"] == slots["vram_usage"]
+
+
 @pytest.mark.parametrize("value,fields", [("auto", {"enable_offloading": True}),
                                           ("12", {"enable_offloading": True, "num_offload_layers": 12}),
                                           ("25%", {"enable_offloading": True, "percentage_offload": 25.0})])

@@ -309,7 +309,8 @@ def test_a_pinned_pool_answers_load_questions_and_gives_way_for_deployment_quest
     assert a["max_concurrent_users"]["value"] == 91680 // 3072 == 29
     assert a["max_concurrent_users"]["estimate"]["kv_pool"]["tokens"] == 91680
     settings = vramplan.planner.unpinned_settings(body, "inference", get_catalog())
-    assert set(settings) == {"non_torch_mib"} and settings["non_torch_mib"] > 256
+    assert set(settings) == {"kv_pool_tokens", "non_torch_mib"} and settings["kv_pool_tokens"] == 0
+    assert settings["non_torch_mib"] > 256
     same = vramplan.estimate_inference({**body, "runtime_settings": settings})
     assert same["kv_pool"]["tokens"] == pytest.approx(91680, abs=2)
     best = a["best_quantization"]

@@ -43,8 +43,9 @@ def merge(body: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:
     for key, value in flags.items():
         if value is None:
             continue
-        if key == "optimization_config":
-            out[key] = {**out.get(key, {}), **value}
+        if key in ("optimization_config", "runtime_settings"):
+            base = out.get(key)
+            out[key] = {**(base if isinstance(base, dict) else {}), **value}
         else:
             out[key] = value
     return out
@@ -106,6 +107,9 @@ SHARED_OPTIONS = _opts(
     click.option("--custom-vram", type=float, help="GiB, for custom_discrete / custom_apple_silicon or to override."),
     click.option("--offload-target", type=click.Choice(["cpu_ram", "nvme"])),
     click.option("--flash-attention/--no-flash-attention", default=None),
+    click.option("--runtime-setting", "runtime_setting", multiple=True, metavar="NAME=VALUE",
+                 help="A runtime constant (runtime_settings), e.g. max_num_seqs=4 (llama-server --parallel 4) or "
+                      "kv_pool_tokens=91680 (the pool your log states); repeatable, over the request file's."),
 )
 #: Inference-only flags.
 INFERENCE_OPTIONS = _opts(
@@ -178,9 +182,27 @@ def parse_offload(value: str) -> dict[str, Any]:
         raise click.UsageError(f"--offload: {value!r} is not auto, a number of layers or a percentage such as 25%") from None
 
 
+def parse_runtime_settings(items: tuple[str, ...] | None) -> dict[str, float] | None:
+    """``--runtime-setting NAME=VALUE`` (repeatable) → runtime_settings; the API checks the names and ranges."""
+    if not items:
+        return None
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if not sep or not name.strip() or value is None:
+            raise click.UsageError(f"--runtime-setting: {item!r} is not NAME=NUMBER, e.g. max_num_seqs=4")
+        out[name.strip()] = int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+    return out
+
+
 def inference_fields(flags: dict[str, Any]) -> dict[str, Any]:
     """The inference request fields the flags set (None = not given)."""
     out = {k: flags.get(k) for k in SHARED + INFERENCE_ONLY}
+    out["runtime_settings"] = parse_runtime_settings(flags.get("runtime_setting"))
     if flags.get("num_offload_layers") is not None or flags.get("percentage_offload") is not None:
         out["enable_offloading"] = True
     if flags.get("offload") is not None:
@@ -195,6 +217,7 @@ def finetuning_fields(flags: dict[str, Any]) -> dict[str, Any]:
     out = {k: flags.get(k) for k in SHARED + FINETUNING_ONLY if k not in ("lora_targets", "gradient_checkpointing",
                                                                           "use_fused_kernels", "activation_offloading",
                                                                           "zero_stage")}
+    out["runtime_settings"] = parse_runtime_settings(flags.get("runtime_setting"))
     offload = flags.get("offload")
     if offload is not None:
         if isinstance(offload, str) and offload.strip().lower() not in ("auto", "on"):

@@ -112,7 +112,10 @@ def _flags(change: dict[str, Any]) -> str:
     if "num_offload_layers" in change:
         items = [(k, v) for k, v in items if k != "enable_offloading"]  # --offload-layers turns offloading on
     for key, value in items:
-        if isinstance(value, bool):
+        if key == "runtime_settings":  # the whole object: each entry as the repeatable flag
+            parts += [f"--runtime-setting {name}={v:.12g}" if isinstance(v, float) else f"--runtime-setting {name}={v}"
+                      for name, v in value.items()]
+        elif isinstance(value, bool):
             on, off = _BOOL_FLAGS.get(key, ("--" + key.replace("_", "-"), None))
             parts.append(on if value else (off or f"{on} false"))
         else:
