@@ -57,12 +57,13 @@ def memory_status(percent: float) -> str:
     return "insufficient"
 
 
-def _slots_text(runtime: str, s: dict[str, Any]) -> str:
-    """How an open loop runs on a runtime that sizes its cache by the request (scenario.server_slots)."""
-    if s["mem_users"] > 1:
+def _slots_text(runtime: str, s: dict[str, Any], held: str = "requests at a time", rest: str = "the rest queue") -> str:
+    """How a runtime that sizes its cache by the request runs from the slots runtime_settings.max_num_seqs gives it
+    (scenario.server_slots); for an open loop without them, one request at a time."""
+    if s["mem_users"] > 1 or s["mem_users"] < s["users"]:
         return (f"; {runtime} sizes its cache by the request: its {int(s['rt_max_num_seqs'])} slots "
-                f"(runtime_settings.max_num_seqs, llama-server's --parallel) hold {int(s['mem_users'])} requests at a time and "
-                "the memory is theirs; the rest queue")
+                f"(runtime_settings.max_num_seqs, llama-server's --parallel) hold {int(s['mem_users'])} {held} and "
+                f"the memory is theirs; {rest}")
     return (f"; {runtime} sizes its cache by the request, so its {int(s['seqs'])} slot(s) serve one request at a time "
             "while the rest queue (runtime_settings.max_num_seqs gives it more, as llama-server's --parallel does; a closed "
             "loop of N concurrent_users is a server of N slots)")
@@ -332,9 +333,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
             out.append(f"load: closed loop of {int(s['users'])} client(s) x {int(s['batch'])} sequence(s), each sending "
                        "the next request when the last one finishes (continuous batching)"
                        + ("" if s["mem_users"] >= s["users"] else
-                          f"; {res.runtime.key} sizes its cache by the request: its {int(s['rt_max_num_seqs'])} slots "
-                          f"(runtime_settings.max_num_seqs) hold {int(s['mem_users'])} clients' requests and the memory is "
-                          "theirs; the others wait for a slot"))
+                          _slots_text(res.runtime.key, s, "clients' requests", "the others wait for a slot")))
         out.extend(_layout_assumptions(res.arch, s, v))
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")

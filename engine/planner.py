@@ -379,8 +379,7 @@ def plan(request: dict[str, Any], catalog: Catalog | None = None, *, strict: boo
     for q in find:
         if q in DEPLOYMENT_QUESTIONS and "kv_pool_tokens" in (body.get("runtime_settings") or {}):
             if moved is None:
-                rest = unpinned_settings(body, workload, cat)
-                moved = {**{k: v for k, v in body.items() if k != "runtime_settings"}, **({"runtime_settings": rest} if rest else {})}
+                moved = {**body, "runtime_settings": unpinned_settings(body, workload, cat)}
             answers[q] = HANDLERS[q](q, moved, workload, ctx)
         else:
             answers[q] = HANDLERS[q](q, body, workload, ctx)

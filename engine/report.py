@@ -175,7 +175,7 @@ def _provenance(res) -> list[dict[str, Any]]:
 def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime,
               settings: dict[str, Any] | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """(formulas in evaluation order, scenario inputs they read, runtime constants they read). A constant the
-    request's ``settings`` (runtime_settings) set says so beside the profile's own value and source."""
+    request's ``settings`` (runtime_settings) set says so beside the profile's source."""
     known = cat.formulas.formulas
     consts = runtime.data["constants"]
     settings = settings or {}

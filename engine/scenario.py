@@ -535,7 +535,7 @@ def server_slots(v: dict[str, Any]) -> dict[str, Any]:
     if isinstance(slots, (int, float)) and slots <= 0:
         return {}
     batch, users = v["batch"], v["users"]
-    held = (slots + 1e-9) // batch
+    held = slots // batch  # whole numbers: resolve refuses a fractional count of sequences
     held = where(held > 1, held, 1)
     held = where(v["request_rate"] > 0, held, where(users < held, users, held))
     held = where(slots > 0, where(v.get("rt_kv_preallocate", 1.0) > 0, users, held), users)

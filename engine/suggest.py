@@ -49,6 +49,7 @@ the catalog does not price). Suggestions are listed by ``keeps``, highest first;
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 from .catalog import Catalog, get_catalog
@@ -219,8 +220,7 @@ class _Search:
         settings = self.body.get("runtime_settings") or {}
         if not deployment_changes or "kv_pool_tokens" not in settings:
             return self.body
-        rest = self._unpinned()
-        return {**{k: v for k, v in self.body.items() if k != "runtime_settings"}, **({"runtime_settings": rest} if rest else {})}
+        return {**self.body, "runtime_settings": self._unpinned()}
 
     def _unpinned(self) -> dict[str, Any]:
         """runtime_settings for another deployment than the one whose pool the request pins
@@ -429,21 +429,9 @@ class _Search:
             return out is not None and out["memory_status"] != "error" and out["serving"]["ttft_ms"] is not None
 
         top = max(MAX_SLOTS // batch, 1)
-        lo, hi = now, None  # lo does not sustain the rate
-        while hi is None:
-            if lo >= top:
-                return None
-            nxt = min(lo * 2, top)
-            if sustains(nxt):
-                hi = nxt
-            else:
-                lo = nxt
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if sustains(mid):
-                hi = mid
-            else:
-                lo = mid
+        hi = search_min(SimpleNamespace(fits=sustains), now + 1, top) if now < top else None  # the planner's search
+        if hi is None:
+            return None
         n, before = hi * batch, now * batch
         how = f"llama-server --parallel {n}, " if self.out.get("runtime") == "llama.cpp" else ""
         return self.suggest(change(hi), f"{n} slots instead of {before} ({how}runtime_settings.max_num_seqs {n})", seen[hi])
