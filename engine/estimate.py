@@ -344,6 +344,16 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
                        f"{res.interconnect.key}): each GPU serves its own sequences and holds 1/{int(s['ep'])} of the "
                        "routed experts; TensorRT-LLM's published DEP runs measured below such estimates "
                        "(docs/PERFORMANCE.md gives by how much: per-step costs of this mode the model does not have yet)")
+        if v["infer_reserve_simulated"]:
+            out.append("allocator reserve: simulated - generate's prefill and first decode step replayed through PyTorch's "
+                       "caching-allocator rules (formulas/memory/runtime_overhead.yaml infer_reserve_simulated_bytes)")
+        elif s["rt_infer_reserve_simulation"] != 1 and res.runtime.data["constants"]["infer_reserve_simulation"]["value"] == 1:
+            out.append("allocator reserve: the fitted share of the prefill's transients and the KV cache - runtime_settings "
+                       "infer_reserve_simulation is 0")
+        elif s["rt_allocator_slack_fraction"] > 0:
+            out.append("allocator reserve: the fitted share of the prefill's transients and the KV cache - the simulated "
+                       "sequence does not cover this model (only 16-bit Llama, Mistral and Qwen2 layers with SDPA and no "
+                       "window mask, on one GPU with the cache on it)")
     else:
         out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.optimizer.key}, "
                    f"micro-batch {int(s['micro_batch'])} x {int(s['seq'])} tokens per GPU, "

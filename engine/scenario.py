@@ -62,6 +62,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "gated_mlp": ("flag", "SwiGLU/GeGLU-style gated MLP (gate, up, down)"),
     "fused_gate_up": ("flag", "gate and up projections in one linear whose output the MLP keeps (Phi-3 / GLM gate_up_proj)"),
     "fused_qkv": ("flag", "q, k and v computed by one linear and split into views (Phi-3 qkv_proj)"),
+    "qkv_bias": ("flag", "q, k and v projections have biases (parameters of their own)"),
+    "llama_layer": ("flag", "the model's decoder layers are transformers' LlamaDecoderLayer or one identical to it "
+                            "(Mistral, Qwen2): RMSNorm, rotate_half rotary, separate q/k/v, a gated MLP"),
     "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
                                 "it contiguous in (batch, heads, tokens, head_dim) order"),
     "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
@@ -167,6 +170,10 @@ FUSED_GATE_UP_FAMILIES = ("phi3", "glm", "glm4")
 #: Families whose transformers attention computes q, k, v with one linear (qkv_proj) and slices it
 #: (models/phi3/modeling_phi3.py Phi3Attention.forward).
 FUSED_QKV_FAMILIES = ("phi3",)
+#: Families whose transformers decoder layer is LlamaDecoderLayer or allocates as it does, op for op
+#: (models/llama, mistral, qwen2 modeling_*.py: the same RMSNorm, rotate_half, attention and MLP; Qwen2's q/k/v
+#: biases are parameters of their own), which the simulated inference reserve writes (vramplan.allocator.inference).
+LLAMA_LAYER_FAMILIES = ("llama", "mistral", "qwen2")
 #: Families whose apply_rotary_pos_emb ends in torch.cat([rotated, pass-through]) (partial rotary),
 #: which returns q contiguous in (batch, heads, tokens, head_dim) order (models/phi3, glm, glm4).
 ROPE_CAT_FAMILIES = ("phi3", "glm", "glm4")
@@ -240,6 +247,8 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "fused_gate_up": int(a.model_type in FUSED_GATE_UP_FAMILIES and a.gated_mlp and not a.is_moe),
         "fused_qkv": int(a.model_type in FUSED_QKV_FAMILIES and not a.is_mla),
         "rope_cat_layout": int(a.model_type in ROPE_CAT_FAMILIES),
+        "qkv_bias": int(bool(a.qkv_bias)),
+        "llama_layer": int(a.model_type in LLAMA_LAYER_FAMILIES and not a.qk_norm and not a.is_moe and not a.is_mla),
         "mask_window": a.attn_mask_window or 0,
         # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
         "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,

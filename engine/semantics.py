@@ -13,8 +13,9 @@ meaning from here:
   be any size; simpleeval's own limit (base and exponent at most 4,000,000, which refused a
   5,000,000-token context while the closures answered) does not apply. A result that is not a
   real number (a negative base to a fractional power) is a domain error, not a complex number.
-* **Functions** are the whitelist :data:`FUNCTIONS` and nothing else (one of them,
-  ``training_allocator_reserve``, replays a simulated allocation sequence: :mod:`vramplan.allocator`).
+* **Functions** are the whitelist :data:`FUNCTIONS` and nothing else (two of them,
+  ``training_allocator_reserve`` and ``inference_allocator_reserve``, replay a simulated allocation
+  sequence: :mod:`vramplan.allocator`).
 * **Every formula's value** (:func:`check`) is a finite real number within binary64's range;
   booleans become 1.0 / 0.0.
 
@@ -35,6 +36,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from .allocator.inference import reserve_bytes as _inference_allocator_reserve
 from .allocator.training import reserve_bytes as _training_allocator_reserve
 from .errors import FormulaError
 
@@ -72,10 +74,11 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "abs": abs, "ceil": math.ceil, "floor": math.floor,
     "sqrt": math.sqrt, "log2": math.log2, "exp": math.exp, "log": math.log,
     "clamp": _clamp, "round_up": _round_up,
-    # The training run's allocation sequence replayed through the caching-allocator model: bytes
-    # reserved beyond the allocated peak (vramplan.allocator.training; no numpy form, so a batch
-    # evaluates it row by row, memoised per shape).
+    # A training run's or a generation's allocation sequence replayed through the caching-allocator
+    # model: bytes reserved beyond the allocated peak (vramplan.allocator.training / .inference; no
+    # numpy form, so a batch evaluates them row by row, memoised per shape).
     "training_allocator_reserve": _training_allocator_reserve,
+    "inference_allocator_reserve": _inference_allocator_reserve,
 }
 
 BINARY: dict[type, Callable[[Any, Any], Any]] = {

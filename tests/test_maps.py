@@ -56,7 +56,11 @@ def test_context_curve_crossing_is_the_planners_max_seq_length():
     assert c["crossing"] == plan["value"]
     assert c["model_max"] == 131072 and c["points"][0]["seq_length"] == 512 and c["points"][-1]["seq_length"] == 131072
     usage = [p["vram_usage"] for p in c["points"]]
-    assert usage == sorted(usage)  # memory grows with context
+    # Memory grows with context, up to the caching allocator's reserve, which is not monotone in the shape: a short
+    # prefill's tensors fall in the 2 MiB small-pool segments and fragment them (Llama 3.1 8B, one sequence: 125 MiB
+    # reserved beyond the allocated peak at 512 tokens, 33 MiB at 768 - as the sequence transformers itself
+    # allocates, recorded on the meta device, replays). So a step may dip by that much, never by more.
+    assert all(b >= a - 0.1 for a, b in zip(usage, usage[1:])) and usage[-1] > usage[0] + 1
 
 
 def test_context_curve_of_a_request_that_gives_its_lengths_and_a_pool_that_queues():

@@ -1,0 +1,279 @@
+"""A transformers generation's allocations written from the estimate's own values, replayed through the
+caching-allocator model (:mod:`vramplan.allocator.caching`): the reserve beyond the allocated peak.
+
+The prefill's transients and the key / value tensors the dynamic cache makes between them decide which freed
+blocks later requests can reuse, and so how much ``nvidia-smi`` shows beyond what is allocated - not a share
+of any total (the fitted ``allocator_slack_fraction`` ranged 0.01-0.55 over the calibration runs). So the
+sequence is written out and replayed, as :mod:`vramplan.allocator.training` does for a training step.
+
+What the sequence follows (transformers 5.17, torch 2.11, ``LlamaForCausalLM`` and the identical Qwen2 /
+Mistral layers, 16-bit weights, SDPA's flash kernel without a mask; recorded on the meta device by
+benchmarks/allocator/replay_inference.py, which gives the same peaks):
+
+* model build: the cuBLAS / cuBLASLt workspaces, then every parameter in construction order (embedding;
+  per layer q, its bias, k, its bias, v, its bias, o, gate, up, down and the two norms; the final norm; an
+  untied head);
+* ``generate``'s prefill - ``model(input_ids, use_cache=True, logits_to_keep=1)``: the int64 ids, the
+  embedding output (kept to the end of the forward), positions and the rotary cos / sin tables (fp32
+  intermediates of positions x head_dim), then per layer: RMSNorm (an fp32 copy, its square, the mean,
+  rsqrt, the fp32 product, the 16-bit copy and the weighted output), q / k / v, rotate_half on q and k (the
+  product, the negated half, the concatenation, the second product, the sum), the cache's keys and values
+  (``DynamicLayer.update``: torch.cat of the empty cache and the new keys - a copy the cache keeps), SDPA's
+  output, its fp32 logsumexp and RNG state (a zero-byte tensor takes no block: the allocator returns no
+  memory for it), o, the residual sum, the second norm, gate, act(gate), up, their product,
+  down, the second residual sum; the previous layer's output freed. Then the final norm and the head on the
+  last position only, the argmax;
+* offloaded layers (the last ``offload_layers``; accelerate's device map fills the GPU in module order): their
+  parameters are not built on the GPU; ``dispatch_model`` hooks each of their modules that holds parameters
+  (accelerate hooks.py ``attach_align_device_hook``: one AlignDevicesHook a leaf module), so each linear's and
+  norm's weight (and bias) is copied to the GPU just before that module runs and released just after
+  (``pre_forward`` / ``post_forward`` ``set_module_tensor_to_device``);
+* its first decode step, ``model(next_ids, past_key_values=cache)``: the same with one token per sequence,
+  except that each layer's keys and values are concatenated to a new tensor one token longer and the old one
+  freed - so every cached tensor is allocated again at a size the freed ones cannot take (above 10 MiB the
+  allocator rounds to 2 MiB: a cache whose size is a multiple of 2 MiB grows into the next block size).
+
+Later decode steps are not written: the cache tensors grow into the next 2 MiB size every
+2 MiB / (batch x kv_dim x 2) tokens, and how much each crossing leaves behind depends on where every block
+sits; when the device fills, the allocator frees its unused cached segments and retries
+(c10/cuda/CUDACachingAllocator.cpp ``release_cached_blocks`` after a failed cudaMalloc), so a long generation
+that fragments further still runs. On the calibration runs (16 generated tokens) the second to sixteenth
+steps changed the reserve by 2 MB at most but for one multi-head model (SmolLM2 1.7B at 16 x 2048: the
+first step 1.36 GB - measured 1.36 - the sixteenth 1.50).
+
+Not written (the estimate keeps the fitted fraction, formulas/memory/runtime_overhead.yaml): other layer
+families (qk-norm, fused projections, partial rotary, MoE, recurrent or cross-attention layers), a
+sliding-window or eager attention's materialised mask and scores, fp32 weights (SDPA takes the
+memory-efficient or math path), quantized weights or cache, several GPUs, a cache kept on the host.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+from . import caching
+
+#: The longest sequence replayed (about 0.15 s of pure Python): a prefill and one decode step write 88 events a
+#: layer each.
+MAX_EVENTS = 200_000
+
+
+class Shape(NamedTuple):
+    """What the sequence needs, each a value of the formula graph (formulas/memory/runtime_overhead.yaml
+    ``infer_reserve_simulated_bytes`` passes them in this order)."""
+
+    mem_seqs: int        # sequences prefilled together (the batch)
+    seq: int             # tokens per sequence the prefill processes
+    hidden: int
+    intermediate: int
+    q_dim: int
+    kv_dim: int
+    n_heads: int
+    n_layers: int
+    vocab: int
+    p_output: int        # parameters of an untied output head (0: tied to the embedding)
+    qkv_bias: int        # 1 when q, k and v have biases (Qwen2): parameters of their own
+    act_bytes: int       # bytes per element of the weights, activations and cache (2)
+    #: the cuBLAS / cuBLASLt workspaces allocated before the model (the runtime's library_workspace_mib)
+    library_workspace_bytes: int
+    offload_layers: int = 0  # decoder layers whose weights stay on the host (the last ones), streamed module by module
+
+
+def events_bound(v: Shape) -> int:
+    """At most how many events the sequence has: the model build (12 a layer), the ids, and two forwards of 88
+    events a layer (24 more staging an offloaded one's weights) and 45 around them."""
+    return 12 * v.n_layers + 5 + 2 * (112 * v.n_layers + 45)
+
+
+def events(v: Shape) -> list[int]:
+    """The sequence: ``e >= 0`` a malloc of ``e`` bytes (handles numbered 1, 2, ... in order), ``e < 0`` the free
+    of handle ``~e``."""
+    ev: list[int] = []
+    count = 0
+
+    def new(size: float) -> int:
+        nonlocal count
+        ev.append(int(size))
+        count += 1
+        return count
+
+    def free(*hs: int) -> None:
+        ev.extend(~h for h in hs)
+
+    B, S, H, I = v.mem_seqs, v.seq, v.hidden, v.intermediate
+    Q, K, L, V, a = v.q_dim, v.kv_dim, v.n_layers, v.vocab, v.act_bytes
+    hd = Q // max(v.n_heads, 1)
+
+    #: each module's parameters in construction order: (module, [its tensors' elements])
+    modules = [("q", [H * Q] + [Q] * v.qkv_bias), ("k", [H * K] + [K] * v.qkv_bias), ("v", [H * K] + [K] * v.qkv_bias),
+               ("o", [Q * H]), ("gate", [H * I]), ("up", [H * I]), ("down", [I * H]), ("n1", [H]), ("n2", [H])]
+    on_host = min(max(v.offload_layers, 0), L)
+    new(v.library_workspace_bytes)
+    new(V * H * a)
+    for _ in range(L - on_host):
+        for _, tensors in modules:
+            for n in tensors:
+                new(n * a)
+    new(H * a)
+    if v.p_output:
+        new(v.p_output * a)
+    sizes = dict(modules)
+    staged: list[int] = []
+
+    def stage(i: int, module: str) -> None:
+        """An offloaded layer's module: its weights copied to the GPU before it runs (pre_forward)."""
+        if i >= L - on_host:
+            staged.extend(new(n * a) for n in sizes[module])
+
+    def unstage() -> None:
+        """... and released after it ran (post_forward)."""
+        free(*staged)
+        staged.clear()
+
+    cache = [0] * (2 * L)
+
+    def norm(t: int) -> int:
+        """LlamaRMSNorm: hidden.to(float32), pow(2).mean(-1), + eps, rsqrt, the product, .to(dtype), x weight."""
+        x32, sq = new(t * H * 4), new(t * H * 4)
+        mean = new(t * 4)
+        free(sq)
+        eps = new(t * 4)
+        r = new(t * 4)
+        free(eps)
+        prod = new(t * H * 4)
+        free(r, x32)
+        back = new(t * H * a)
+        out = new(t * H * a)
+        free(back, prod, mean)
+        return out
+
+    def rope(t: int, d: int) -> int:
+        """apply_rotary_pos_emb on one of q, k: x * cos, rotate_half (-x2, cat), * sin, the sum."""
+        xc = new(t * d * a)
+        neg = new(t * d * a // 2)
+        rot = new(t * d * a)
+        free(neg)
+        xs = new(t * d * a)
+        free(rot)
+        out = new(t * d * a)
+        free(xc, xs)
+        return out
+
+    def forward(s: int, cached: int, ids: int, first: bool) -> int:
+        """One forward of ``s`` new tokens a sequence on ``cached`` cached ones; the argmax's handle."""
+        t = B * s
+        emb = new(t * H * a)
+        ar = new(s * 8)
+        pos = new(s * 8)
+        free(ar)
+        pos32, freqs, emb32, cos32, cosm = new(s * 4), new(s * hd // 2 * 4), new(s * hd * 4), new(s * hd * 4), new(s * hd * 4)
+        free(cos32)
+        sin32, sinm = new(s * hd * 4), new(s * hd * 4)
+        free(sin32)
+        cos, sin = new(s * hd * a), new(s * hd * a)
+        free(pos32, freqs, emb32, cosm, sinm)
+        x = emb
+        for i in range(L):
+            stage(i, "n1")
+            n1 = norm(t)
+            unstage()
+            proj = []
+            for m, width in (("q", Q), ("k", K), ("v", K)):
+                stage(i, m)
+                proj.append(new(t * width * a))
+                unstage()
+            q, k, vv = proj
+            qr, kr = rope(t, Q), rope(t, K)
+            free(q, k)
+            for j in (2 * i, 2 * i + 1):
+                grown = new(B * (cached + s) * K * a)
+                if cache[j]:
+                    free(cache[j])
+                cache[j] = grown
+            free(kr, vv)
+            o = new(t * Q * a)  # SDPA's output, then its fp32 logsumexp and RNG state (its empty tensor takes no block)
+            lse, seed, offset = new(B * v.n_heads * s * 4), new(16), new(8)
+            free(offset, seed, lse)
+            stage(i, "o")
+            op = new(t * H * a)
+            unstage()
+            free(o, qr, n1)
+            h = new(t * H * a)
+            free(op)
+            stage(i, "n2")
+            n2 = norm(t)
+            unstage()
+            stage(i, "gate")
+            gate = new(t * I * a)
+            unstage()
+            act = new(t * I * a)
+            free(gate)
+            stage(i, "up")
+            up = new(t * I * a)
+            unstage()
+            prod = new(t * I * a)
+            free(act, up)
+            stage(i, "down")
+            down = new(t * H * a)
+            unstage()
+            free(prod, n2)
+            out = new(t * H * a)
+            free(down, h)
+            if x != emb:
+                free(x)
+            x = out
+        fn = norm(t)
+        free(x, pos, emb, sin, cos)
+        logits = new(B * V * a)
+        free(fn)
+        if first:
+            free(ids)
+            nxt = new(B * 8)
+        else:
+            nxt = new(B * 8)
+            free(ids)
+        free(logits)
+        return nxt
+
+    ids = new(B * S * 8)
+    nxt = forward(S, 0, ids, True)
+    forward(1, S, nxt, False)
+    return ev
+
+
+def simulate(v: Shape) -> caching.Allocator:
+    """Every event through the reference allocator (the benchmark's and the tests' view)."""
+    a = caching.Allocator()
+    handle = 0
+    for e in events(v):
+        if e >= 0:
+            handle += 1
+            a.malloc(handle, e)
+        else:
+            a.free(~e)
+    return a
+
+
+@lru_cache(maxsize=4096)
+def peaks(shape: Shape) -> tuple[int, int]:
+    """``(peak reserved, peak allocated)`` bytes of the sequence, by the fast replay (the same allocator rules;
+    tests/test_inference_reserve.py checks they agree with :func:`simulate`)."""
+    def chunks():
+        yield events(shape), [], True
+    return caching.replay_peaks(chunks())
+
+
+def reserve_bytes(*args: float) -> int:
+    """The formula function ``inference_allocator_reserve``: peak reserved - peak allocated of the sequence for
+    the :class:`Shape` given positionally (bytes the allocator holds beyond the allocated peak)."""
+    if len(args) != len(Shape._fields):
+        raise TypeError(f"inference_allocator_reserve takes {len(Shape._fields)} arguments "
+                        f"({', '.join(Shape._fields)}), not {len(args)}")
+    if any(x < 0 for x in args):  # sizes and counts: a negative one would read as a free
+        raise ValueError("inference_allocator_reserve: a negative size or count")
+    shape = Shape(*(int(x) for x in args))
+    if events_bound(shape) > MAX_EVENTS:  # whatever formula calls it (an override too): never a hang
+        raise ValueError(f"inference_allocator_reserve: more than {MAX_EVENTS:,} allocator events to replay")
+    reserved, allocated = peaks(shape)
+    return reserved - allocated
