@@ -10,9 +10,9 @@
 * ``vramplan inference …`` from start to answer, in a fresh process: wall time and CPU time, with
   the validated-data cache warm (the usual case) and cold;
 * the planner's questions;
-* the simulated training allocator reserve (vramplan.allocator.training): per shape, the sequence
-  generated and replayed cold (memo cleared) and memoised, and a whole fine-tuning estimate of a new
-  shape (``--reserve-only`` prints just this).
+* the simulated training allocator reserve (vramplan.allocator.training) and generation reserve
+  (vramplan.allocator.inference): per shape, the sequence generated and replayed cold (memo cleared) and
+  memoised, and a whole estimate of a new shape (``--reserve-only`` prints just these).
 
 The machine is shared: other tenants' load shows up as whole slow rounds, so each figure is also
 given as the best round's (as timeit does), and the CLI start as wall and CPU seconds.
@@ -142,10 +142,34 @@ RESERVE_SHAPES = {
 }
 
 
+def _reserve_cost(label: str, module, shape, events: int, estimate, body: dict, seq_length: int, note: str,
+                  rounds: int) -> None:
+    """One shape's simulated reserve: generate + replay with the memo cleared (best and median of ``rounds``), the
+    memoised call, and a whole estimate of a shape not seen before (8 more tokens each round, still fitting: an
+    estimate that does not fit also runs the suggestion searches, a new shape per probe)."""
+    cold = []
+    for _ in range(rounds):
+        module.peaks.cache_clear()
+        t0 = time.perf_counter()
+        module.reserve_bytes(*shape)
+        cold.append((time.perf_counter() - t0) * 1e3)
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        module.reserve_bytes(*shape)
+    warm = (time.perf_counter() - t0) * 1e3
+    whole = []
+    for k in range(rounds):
+        b = dict(body, trace=False, seq_length=seq_length + 8 * (k + 1))
+        t0 = time.perf_counter()
+        estimate(b)
+        whole.append((time.perf_counter() - t0) * 1e3)
+    print(f"{label:<50} {events:6,} events{note}: cold {min(cold):5.1f} ms best, {statistics.median(cold):5.1f} ms "
+          f"median | memoised {warm:5.3f} us | whole estimate, new shape {min(whole):5.1f} ms best, "
+          f"{statistics.median(whole):5.1f} ms median")
+
+
 def training_reserve(rounds: int = 5) -> None:
-    """The simulated reserve's cost per shape: generate + replay with the memo cleared (best and median of
-    ``rounds``), the memoised call, and a whole fine-tuning estimate of a shape not seen before (one that
-    fits: an estimate that does not fit also runs the suggestion searches, a new shape per probe)."""
+    """The simulated training reserve's cost per shape (:func:`_reserve_cost`)."""
     from vramplan.allocator import training
 
     for label, req in RESERVE_SHAPES.items():
@@ -156,25 +180,31 @@ def training_reserve(rounds: int = 5) -> None:
             continue
         shape = training.Shape.of(v)
         events = sum(len(ev) for ev, _, _ in training.steps(shape))
-        cold = []
-        for _ in range(rounds):
-            training.peaks.cache_clear()
-            t0 = time.perf_counter()
-            training.reserve_bytes(*shape)
-            cold.append((time.perf_counter() - t0) * 1e3)
-        t0 = time.perf_counter()
-        for _ in range(1000):
-            training.reserve_bytes(*shape)
-        warm = (time.perf_counter() - t0) * 1e3
-        whole = []
-        for k in range(rounds):  # a new shape each time (8 more tokens), still fitting: no suggestion searches
-            b = dict(body, trace=False, seq_length=req["seq_length"] + 8 * (k + 1))
-            t0 = time.perf_counter()
-            vramplan.estimate_finetuning(b)
-            whole.append((time.perf_counter() - t0) * 1e3)
-        print(f"{label:<50} {events:6,} events (3 steps): cold {min(cold):5.1f} ms best, {statistics.median(cold):5.1f} ms "
-              f"median | memoised {warm:5.3f} us | whole estimate, new shape {min(whole):5.1f} ms best, "
-              f"{statistics.median(whole):5.1f} ms median")
+        _reserve_cost(label, training, shape, events, vramplan.estimate_finetuning, body, req["seq_length"],
+                      " (3 steps)", rounds)
+
+
+#: transformers generations for the simulated inference reserve: (label, request), small to large.
+GENERATION_SHAPES = {
+    "llama-3.2-1b bf16, 8 x 2048": {"llm_key": "llama-3.2-1b", "batch_size": 8, "seq_length": 2048},
+    "llama-3-8b bf16, 4 x 4096": {"llm_key": "llama-3-8b-instruct", "batch_size": 4, "seq_length": 4096},
+    "qwen2.5-14b bf16, 8 x 2048": {"llm_key": "qwen2.5-14b-instruct", "batch_size": 8, "seq_length": 2048},
+}
+
+
+def inference_reserve(rounds: int = 5) -> None:
+    """The simulated generation reserve's cost per shape (:func:`_reserve_cost`)."""
+    from vramplan.allocator import inference
+
+    for label, req in GENERATION_SHAPES.items():
+        body = {"gpu_key": "h200", "runtime": "transformers", "trace": True, **req}
+        v = trace_values(vramplan.estimate_inference(dict(body)))
+        if not v.get("infer_reserve_simulated"):
+            print(f"{label:<50} not simulated (fitted share)")
+            continue
+        shape = inference.Shape(*(int(v[f]) for f in inference.Shape._fields))
+        _reserve_cost(label, inference, shape, len(inference.events(shape)), vramplan.estimate_inference, body,
+                      req["seq_length"], "", rounds)
 
 
 def main() -> None:
@@ -183,11 +213,13 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=409_600, help="points in the sweep grid")
     ap.add_argument("--starts", type=int, default=7, help="fresh CLI processes timed")
     ap.add_argument("--rounds", type=int, default=5, help="cheapest_deployment answers timed per question")
-    ap.add_argument("--reserve-only", action="store_true", help="only the simulated training reserve's cost")
+    ap.add_argument("--reserve-only", action="store_true", help="only the simulated allocator reserves' cost")
     args = ap.parse_args()
     if args.reserve_only:
         print("== simulated training allocator reserve (vramplan.allocator.training)")
         training_reserve()
+        print("\n== simulated generation allocator reserve (vramplan.allocator.inference)")
+        inference_reserve()
         return
     t0 = time.perf_counter()
     get_catalog()
@@ -205,6 +237,8 @@ def main() -> None:
 
     print("\n== simulated training allocator reserve (vramplan.allocator.training)")
     training_reserve()
+    print("\n== simulated generation allocator reserve (vramplan.allocator.inference)")
+    inference_reserve()
 
     print("\n== sweep, per point (inference, context x batch x users)")
     axes = sweep_axes(args.points)
