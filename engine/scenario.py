@@ -64,7 +64,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "fused_qkv": ("flag", "q, k and v computed by one linear and split into views (Phi-3 qkv_proj)"),
     "qkv_bias": ("flag", "q, k and v projections have biases (parameters of their own)"),
     "llama_layer": ("flag", "the model's decoder layers are transformers' LlamaDecoderLayer or one identical to it "
-                            "(Mistral, Qwen2): RMSNorm, rotate_half rotary, separate q/k/v, a gated MLP"),
+                            "(Mistral, Qwen2): RMSNorm, rotate_half rotary, separate q/k/v, a gated MLP, no biases but q/k/v's"),
     "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
                                 "it contiguous in (batch, heads, tokens, head_dim) order"),
     "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
@@ -248,7 +248,10 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "fused_qkv": int(a.model_type in FUSED_QKV_FAMILIES and not a.is_mla),
         "rope_cat_layout": int(a.model_type in ROPE_CAT_FAMILIES),
         "qkv_bias": int(bool(a.qkv_bias)),
-        "llama_layer": int(a.model_type in LLAMA_LAYER_FAMILIES and not a.qk_norm and not a.is_moe and not a.is_mla),
+        # (Llama / Mistral attention_bias also puts a bias on o_proj, which the written sequence does not build)
+        "llama_layer": int(a.model_type in LLAMA_LAYER_FAMILIES and not (a.qk_norm or a.is_moe or a.is_mla or a.out_bias
+                                                                         or a.mlp_bias or a.lm_head_bias)
+                           and not (a.qkv_bias and a.model_type != "qwen2")),
         "mask_window": a.attn_mask_window or 0,
         # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
         "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,

@@ -117,6 +117,8 @@ UNCOVERED = {
     "the cache on the host": (LLAMA32_1B, {"enable_offloading": True, "offload_kv_cache": True}),
     "qk-norm": ({**LLAMA32_1B, "model_type": "qwen3"}, {}),
     "4-bit weights": (LLAMA32_1B, {"quantization": "nf4"}),
+    "MLP biases": ({**LLAMA32_1B, "mlp_bias": True}, {}),
+    "Llama attention biases (o_proj's too)": ({**LLAMA32_1B, "attention_bias": True}, {}),
 }
 
 
