@@ -111,6 +111,7 @@ class Architecture:
     lm_head_bias: bool = False
     qk_norm: bool = False
     qk_norm_params_per_layer: int = 0  # 0 with qk_norm = one head_dim weight each for q and k
+    partial_rotary: bool = False  # rotary embedding on part of each head (partial_rotary_factor < 1)
     norms_per_layer: int = 2
     norm_bias: bool = False
     # Mixture of experts
@@ -489,6 +490,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         lm_head_bias=bool(_first(cfg, "lm_head_bias", default=fam.get("lm_head_bias", False))),
         qk_norm=bool(qk_params),
         qk_norm_params_per_layer=qk_params,
+        partial_rotary=_partial_rotary(cfg),
         norms_per_layer=int(fam.get("norms_per_layer", 2)),
         norm_bias=bool(fam.get("norm_bias", False)),
         num_experts=int(n_exp),
@@ -599,6 +601,13 @@ def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[st
     if "sliding" not in layer_types:
         window = None
     return layer_types, window
+
+
+def _partial_rotary(cfg: dict) -> bool:
+    """Whether the rotary embedding turns only part of each head (partial_rotary_factor below 1; GPT-NeoX style
+    rotary_pct); a value that is not a number reads as full rotary, as transformers' default 1.0."""
+    factor = _first(cfg, "partial_rotary_factor", "rotary_pct", default=1.0)
+    return isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor < 1
 
 
 def _attn_mask_window(cfg: dict, model_type: str, window: int | None) -> int | None:

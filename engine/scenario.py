@@ -63,8 +63,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "fused_gate_up": ("flag", "gate and up projections in one linear whose output the MLP keeps (Phi-3 / GLM gate_up_proj)"),
     "fused_qkv": ("flag", "q, k and v computed by one linear and split into views (Phi-3 qkv_proj)"),
     "qkv_bias": ("flag", "q, k and v projections have biases (parameters of their own)"),
-    "llama_layer": ("flag", "the model's decoder layers are transformers' LlamaDecoderLayer or one identical to it "
-                            "(Mistral, Qwen2): RMSNorm, rotate_half rotary, separate q/k/v, a gated MLP, no biases but q/k/v's"),
+    "llama_layer": ("flag", "the model's decoder layers are transformers' LlamaDecoderLayer or one that allocates as it does "
+                            "(Mistral, Qwen2; Phi-3 with its fused projections): RMSNorm, rotate_half on whole heads, a gated "
+                            "MLP, no biases but q/k/v's"),
     "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
                                 "it contiguous in (batch, heads, tokens, head_dim) order"),
     "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
@@ -172,8 +173,9 @@ FUSED_GATE_UP_FAMILIES = ("phi3", "glm", "glm4")
 FUSED_QKV_FAMILIES = ("phi3",)
 #: Families whose transformers decoder layer is LlamaDecoderLayer or allocates as it does, op for op
 #: (models/llama, mistral, qwen2 modeling_*.py: the same RMSNorm, rotate_half, attention and MLP; Qwen2's q/k/v
-#: biases are parameters of their own), which the simulated inference reserve writes (vramplan.allocator.inference).
-LLAMA_LAYER_FAMILIES = ("llama", "mistral", "qwen2")
+#: biases are parameters of their own; Phi-3 differs only where fused_qkv, fused_gate_up and rope_cat_layout say),
+#: which the simulated inference reserve writes (vramplan.allocator.inference).
+LLAMA_LAYER_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
 #: Families whose apply_rotary_pos_emb ends in torch.cat([rotated, pass-through]) (partial rotary),
 #: which returns q contiguous in (batch, heads, tokens, head_dim) order (models/phi3, glm, glm4).
 ROPE_CAT_FAMILIES = ("phi3", "glm", "glm4")
@@ -250,7 +252,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "qkv_bias": int(bool(a.qkv_bias)),
         # (Llama / Mistral attention_bias also puts a bias on o_proj, which the written sequence does not build)
         "llama_layer": int(a.model_type in LLAMA_LAYER_FAMILIES and not (a.qk_norm or a.is_moe or a.is_mla or a.out_bias
-                                                                         or a.mlp_bias or a.lm_head_bias)
+                                                                         or a.mlp_bias or a.lm_head_bias or a.partial_rotary)
                            and not (a.qkv_bias and a.model_type != "qwen2")),
         "mask_window": a.attn_mask_window or 0,
         # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)

@@ -35,6 +35,31 @@ def test_tiny_generation_reserve_by_hand():
     assert semantics.FUNCTIONS["inference_allocator_reserve"](*shape) == 4_179_968
 
 
+def test_phi3_layers_by_hand():
+    # Phi-3 builds o_proj before qkv_proj (8 x 24 x 2 = 384 bytes), then gate_up_proj (8 x 32 x 2 = 512), down and the
+    # norms: 8 parameters with the embedding and the final norm. The most live is 14, when SDPA's output, logsumexp
+    # and two RNG tensors join the ids, embedding, positions, cos, sin, the cached keys and values, the normed input,
+    # the qkv output (its views keep it until the attention returns) and q rotated (its closing torch.cat a copy).
+    # 73,400,320 - (69,207,040 + 22 x 512) = 4,182,016.
+    shape = inference.Shape(**{**TINY, "fused_qkv": 1, "fused_gate_up": 1, "rope_cat_layout": 1})
+    assert inference.events(shape)[:8] == [69_207_040, 512, 128, 384, 512, 256, 16, 16]
+    assert inference.peaks(shape) == (73_400_320, 69_218_304)
+
+
+def test_phi3_attention_output_is_copied_back_only_for_a_prompt():
+    # q leaves Phi-3's rotary contiguous in (batch, heads, tokens, dim) order, so transpose(1, 2).contiguous() copies
+    # the attention output - for several tokens, not for the decode step's one (a size-1 dim needs no copy).
+    # 2 sequences of 5 tokens, q_dim 8: the prefill's copy is 2 x 5 x 8 x 2 = 160 bytes right after SDPA's RNG
+    # offset (8 bytes) is freed; the decode step's output (2 x 1 x 8 x 2 = 32) goes straight to o_proj.
+    shape = inference.Shape(**{**TINY, "mem_seqs": 2, "seq": 5, "fused_qkv": 1, "fused_gate_up": 1, "rope_cat_layout": 1})
+    ev = inference.events(shape)
+    offsets = [i for i, e in enumerate(ev) if e == 8 and ev[i - 1] == 16]  # SDPA's seed (16) then offset (8)
+    assert len(offsets) == 2
+    prefill, decode = offsets
+    assert ev[prefill + 4] == 160 and ev[prefill + 5] < 0  # three frees, the copy, then the output it replaces
+    assert ev[decode + 4] == 2 * 1 * 8 * 2 and ev[decode + 4] == 32  # o_proj's output (2 x 1 x hidden 8 x 2)
+
+
 def test_an_offloaded_layer_is_staged_module_by_module():
     # The tiny model's layer on the host: the build holds the embedding and the final norm only (2 blocks), and each
     # module's weight comes to the GPU just before it runs and leaves just after - one at most at a time, never during
@@ -110,7 +135,7 @@ def generate(config: dict, **kw) -> tuple[dict, dict[str, float]]:
 
 
 UNCOVERED = {
-    "fused projections": (PHI3_MINI, {}),
+    "partial rotary (Phi-4-mini's 0.75)": ({**PHI3_MINI, "partial_rotary_factor": 0.75}, {}),
     "fp32 weights": (LLAMA32_1B, {"quantization": "fp32"}),
     "a sliding-window mask": ({**LLAMA32_1B, "model_type": "mistral", "sliding_window": 256}, {}),
     "two GPUs": (LLAMA32_1B, {"num_gpus": 2}),
@@ -161,9 +186,9 @@ def test_a_batch_of_estimates_gives_what_single_estimates_give():
 
 
 @pytest.mark.parametrize("args, error", [
-    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0), TypeError),                                # one argument short
-    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0), ValueError),                           # a negative size
-    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0), ValueError),                       # 10,000 layers: too many events
+    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0), TypeError),                       # one argument short
+    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0), ValueError),                  # a negative size
+    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0), ValueError),              # 10,000 layers: too many events
 ])
 def test_the_function_refuses_what_it_cannot_replay(args, error):
     with pytest.raises(error):

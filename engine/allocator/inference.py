@@ -78,12 +78,16 @@ class Shape(NamedTuple):
     #: the cuBLAS / cuBLASLt workspaces allocated before the model (the runtime's library_workspace_mib)
     library_workspace_bytes: int
     offload_layers: int = 0  # decoder layers whose weights stay on the host (the last ones), streamed module by module
+    fused_qkv: int = 0        # q, k and v from one linear whose output the attention's views keep (Phi-3 qkv_proj)
+    fused_gate_up: int = 0    # gate and up from one linear, chunked into views (Phi-3 gate_up_proj)
+    rope_cat_layout: int = 0  # rotary ends in torch.cat with the (empty) pass-through part: a copy, and q contiguous
+                              # in (batch, heads, tokens, head_dim) order, so the attention output is copied back
 
 
 def events_bound(v: Shape) -> int:
-    """At most how many events the sequence has: the model build (12 a layer), the ids, and two forwards of 88
+    """At most how many events the sequence has: the model build (12 a layer), the ids, and two forwards of 92
     events a layer (24 more staging an offloaded one's weights) and 45 around them."""
-    return 12 * v.n_layers + 5 + 2 * (112 * v.n_layers + 45)
+    return 12 * v.n_layers + 5 + 2 * (116 * v.n_layers + 45)
 
 
 def events(v: Shape) -> list[int]:
@@ -105,9 +109,13 @@ def events(v: Shape) -> list[int]:
     Q, K, L, V, a = v.q_dim, v.kv_dim, v.n_layers, v.vocab, v.act_bytes
     hd = Q // max(v.n_heads, 1)
 
-    #: each module's parameters in construction order: (module, [its tensors' elements])
-    modules = [("q", [H * Q] + [Q] * v.qkv_bias), ("k", [H * K] + [K] * v.qkv_bias), ("v", [H * K] + [K] * v.qkv_bias),
-               ("o", [Q * H]), ("gate", [H * I]), ("up", [H * I]), ("down", [I * H]), ("n1", [H]), ("n2", [H])]
+    #: each module's parameters in construction order: (module, [its tensors' elements]) - Phi3Attention builds o_proj
+    #: before qkv_proj (models/phi3/modeling_phi3.py)
+    attention = ([("o", [Q * H]), ("qkv", [H * (Q + 2 * K)])] if v.fused_qkv else
+                 [("q", [H * Q] + [Q] * v.qkv_bias), ("k", [H * K] + [K] * v.qkv_bias), ("v", [H * K] + [K] * v.qkv_bias),
+                  ("o", [Q * H])])
+    mlp = [("gate_up", [H * 2 * I])] if v.fused_gate_up else [("gate", [H * I]), ("up", [H * I])]
+    modules = attention + mlp + [("down", [I * H]), ("n1", [H]), ("n2", [H])]
     on_host = min(max(v.offload_layers, 0), L)
     new(v.library_workspace_bytes)
     new(V * H * a)
@@ -149,7 +157,8 @@ def events(v: Shape) -> list[int]:
         return out
 
     def rope(t: int, d: int) -> int:
-        """apply_rotary_pos_emb on one of q, k: x * cos, rotate_half (-x2, cat), * sin, the sum."""
+        """apply_rotary_pos_emb on one of q, k: x * cos, rotate_half (-x2, cat), * sin, the sum (Phi-3: then
+        torch.cat with the pass-through part, a copy)."""
         xc = new(t * d * a)
         neg = new(t * d * a // 2)
         rot = new(t * d * a)
@@ -158,6 +167,10 @@ def events(v: Shape) -> list[int]:
         free(rot)
         out = new(t * d * a)
         free(xc, xs)
+        if v.rope_cat_layout:
+            whole = new(t * d * a)
+            free(out)
+            out = whole
         return out
 
     def forward(s: int, cached: int, ids: int, first: bool) -> int:
@@ -178,46 +191,73 @@ def events(v: Shape) -> list[int]:
             stage(i, "n1")
             n1 = norm(t)
             unstage()
-            proj = []
-            for m, width in (("q", Q), ("k", K), ("v", K)):
-                stage(i, m)
-                proj.append(new(t * width * a))
+            if v.fused_qkv:  # q, k and v are views of one output, freed with the attention's locals
+                stage(i, "qkv")
+                qkv = new(t * (Q + 2 * K) * a)
                 unstage()
-            q, k, vv = proj
+            else:
+                proj = []
+                for m, width in (("q", Q), ("k", K), ("v", K)):
+                    stage(i, m)
+                    proj.append(new(t * width * a))
+                    unstage()
+                q, k, vv = proj
             qr, kr = rope(t, Q), rope(t, K)
-            free(q, k)
+            if not v.fused_qkv:
+                free(q, k)
             for j in (2 * i, 2 * i + 1):
                 grown = new(B * (cached + s) * K * a)
                 if cache[j]:
                     free(cache[j])
                 cache[j] = grown
-            free(kr, vv)
+            free(kr)
+            if not v.fused_qkv:
+                free(vv)
             o = new(t * Q * a)  # SDPA's output, then its fp32 logsumexp and RNG state (its empty tensor takes no block)
             lse, seed, offset = new(B * v.n_heads * s * 4), new(16), new(8)
             free(offset, seed, lse)
+            if v.rope_cat_layout and s > 1:  # transpose(1, 2).contiguous() of a (batch, heads, tokens, dim) output
+                copied = new(t * Q * a)
+                free(o)
+                o = copied
             stage(i, "o")
             op = new(t * H * a)
             unstage()
-            free(o, qr, n1)
+            free(o)
+            if v.fused_qkv:
+                free(qkv)
+            free(qr, n1)
             h = new(t * H * a)
             free(op)
             stage(i, "n2")
             n2 = norm(t)
             unstage()
-            stage(i, "gate")
-            gate = new(t * I * a)
-            unstage()
-            act = new(t * I * a)
-            free(gate)
-            stage(i, "up")
-            up = new(t * I * a)
-            unstage()
-            prod = new(t * I * a)
-            free(act, up)
-            stage(i, "down")
-            down = new(t * H * a)
-            unstage()
-            free(prod, n2)
+            if v.fused_gate_up:  # Phi3MLP: gate_up_proj's output stays under its chunk views until the MLP returns
+                stage(i, "gate_up")
+                gate_up = new(t * 2 * I * a)
+                unstage()
+                act = new(t * I * a)
+                prod = new(t * I * a)
+                free(act)
+                stage(i, "down")
+                down = new(t * H * a)
+                unstage()
+                free(prod, gate_up, n2)
+            else:
+                stage(i, "gate")
+                gate = new(t * I * a)
+                unstage()
+                act = new(t * I * a)
+                free(gate)
+                stage(i, "up")
+                up = new(t * I * a)
+                unstage()
+                prod = new(t * I * a)
+                free(act, up)
+                stage(i, "down")
+                down = new(t * H * a)
+                unstage()
+                free(prod, n2)
             out = new(t * H * a)
             free(down, h)
             if x != emb:
