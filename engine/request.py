@@ -98,6 +98,7 @@ def check(body: Any, workload: str, *, schema_checked: bool = False,
                              f"at 1 (got {req['concurrent_users']})"))
         problems.extend(split_context(req, "seq_length" in body))
         req["continuous_batching_given"] = body.get("enable_continuous_batching")
+        req["kv_cache_quantization_given"] = "kv_cache_quantization" in body
         if holds(req["shared_prefix_ratio"] > 0) and not holds(req["enable_prefix_caching"]):
             notes.append(f"shared_prefix_ratio {req['shared_prefix_ratio']:g} is ignored because enable_prefix_caching "
                          "is false (without prefix caching every sequence stores its own copy of the prefix)")

@@ -136,6 +136,16 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             # A runtime with no unfused attention path materializes no score matrix (its eager_score_bytes is 0).
             warnings.append(f"flash_attention false is ignored: {runtime.key} always runs a fused attention kernel")
         settings = req.get("runtime_settings") or {}
+        compute = (quant.data.get("compute") if quant is not None else None) or ""
+        act_override = settings.get("activation_bytes", known.get("activation_bytes", {}).get("value"))
+        if (workload == "inference" and compute == "fp32" and not req.get("kv_cache_quantization_given")
+                and not act_override and kv_quant is not None and kv_quant.key != "fp32"):
+            # A torch runtime's cache holds the keys and values its projections compute, in the weights' dtype
+            # (transformers DynamicCache; vLLM / SGLang kv_cache_dtype "auto"); the seed's fp16 default would halve it.
+            kv_quant = cat.quantization.get("fp32")
+            req["kv_cache_quantization"] = "fp32"
+            assumptions.append(f"KV cache: fp32, the weights' dtype - {runtime.key} keeps keys and values in the dtype its "
+                               "projections compute them in (kv_cache_quantization not given; fp16 would halve it)")
         pinned = settings.get("kv_pool_tokens")
         if pinned and not settings.get("kv_preallocate", known.get("kv_preallocate", {}).get("value")):
             warnings.append(f"runtime_settings.kv_pool_tokens is ignored: {runtime.key} sizes its cache by the request "

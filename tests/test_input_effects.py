@@ -37,6 +37,17 @@ def test_kv_cache_scales_with_tokens_sequences_and_kv_precision(infer):
     assert tb["kv_cache_gpu_bytes"] == 8 * 268_435_456
 
 
+def test_fp32_weights_keep_an_fp32_cache_unless_the_request_says_otherwise(infer):
+    # transformers' cache holds the keys and values its fp32 projections compute: 4 bytes, twice the fp16 default
+    out, t = infer(runtime="transformers", quantization="fp32", seq_length=2048)
+    assert t["kv_cache_gpu_bytes"] == 2 * KV_PER_TOKEN * 2048 == 536_870_912
+    assert any(a.startswith("KV cache: fp32, the weights' dtype") for a in out["assumptions"])
+    _, t = infer(runtime="transformers", quantization="fp32", seq_length=2048, kv_cache_quantization="fp16")
+    assert t["kv_cache_gpu_bytes"] == KV_PER_TOKEN * 2048  # asked for: kept
+    _, t = infer(runtime="llama.cpp", quantization="fp32", seq_length=2048)
+    assert t["kv_cache_gpu_bytes"] == KV_PER_TOKEN * 2048  # llama.cpp's cache type is f16 whatever the weights
+
+
 def test_kv_cache_is_padded_to_the_runtimes_block(infer):
     _, t = infer(runtime="llama.cpp", quantization="q4_k_m", seq_length=1000)
     assert t["kv_cache_gpu_bytes"] == KV_PER_TOKEN * 1024  # llama.cpp pads n_ctx to 256 cells

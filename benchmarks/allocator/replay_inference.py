@@ -40,27 +40,41 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, e
 F.scaled_dot_product_attention = _sdpa
 
 
-def simulate(cfg: dict, dtype, batch: int, prompt: int) -> cca.Allocator:
+def record(cfg: dict, dtype, batch: int, prompt: int, decode_steps: int = 0, attn: str = "sdpa",
+           recorder=rt.Recorder) -> tuple[cca.Allocator, list[tuple]]:
+    """generate's prefill (use_cache, logits_to_keep=1) and ``decode_steps`` greedy steps on the meta device: the
+    allocator after replaying what the ops allocated and released, and the recorded events."""
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation="sdpa").eval()
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation=attn).eval()
     alloc = cca.Allocator()
     alloc.malloc("workspace", rt.WORKSPACE_BYTES)
     for p in model.parameters():
         alloc.malloc(("param", id(p)), p.numel() * p.element_size())
     for t in list(model.parameters()) + list(model.buffers()):
         t.untyped_storage()._replay_tracked = True
-    rec = rt.Recorder()
+    rec = recorder()
     with rec, torch.no_grad():
         out = model(input_ids=torch.randint(0, cfg["vocab_size"], (batch, prompt), device="meta"), use_cache=True,
                     logits_to_keep=1)
+        for _ in range(decode_steps):
+            cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            del out
+            gc.collect()
+            rec.mark("decode step")
+            out = model(input_ids=nxt, past_key_values=cache, use_cache=True)
         del out
         gc.collect()
-    for kind, handle, size in rec.events:
-        if kind == "a":
+    for kind, handle, size, *_ in rec.events:
+        if kind == "a" and size:  # a zero-byte tensor takes no block
             alloc.malloc(handle, size)
         elif kind == "f" and handle in alloc.handles:
             alloc.free(handle)
-    return alloc
+    return alloc, rec.events
+
+
+def simulate(cfg: dict, dtype, batch: int, prompt: int) -> cca.Allocator:
+    """The prefill alone, replayed."""
+    return record(cfg, dtype, batch, prompt)[0]
 
 
 def main(argv: list[str]) -> int:

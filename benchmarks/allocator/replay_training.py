@@ -70,8 +70,12 @@ class Recorder(TorchDispatchMode):
             return
         s._replay_tracked = True
         self.n += 1
-        self.events.append(("a", self.n, s.nbytes()))
+        self.events.append(("a", self.n, s.nbytes()) + self.describe(t))
         weakref.finalize(s, self.events.append, ("f", self.n, s.nbytes()))
+
+    def describe(self, t) -> tuple:
+        """What an allocation event carries beyond (kind, handle, bytes): nothing here."""
+        return ()
 
     def mark(self, label: str) -> None:
         self.events.append(("m", label, 0))
