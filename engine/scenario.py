@@ -63,9 +63,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "fused_gate_up": ("flag", "gate and up projections in one linear whose output the MLP keeps (Phi-3 / GLM gate_up_proj)"),
     "fused_qkv": ("flag", "q, k and v computed by one linear and split into views (Phi-3 qkv_proj)"),
     "qkv_bias": ("flag", "q, k and v projections have biases (parameters of their own)"),
+    "qk_head_norm": ("flag", "an RMSNorm of head_dim normalizes each query and key head (Qwen3, Gemma 3 q_norm / k_norm)"),
     "llama_layer": ("flag", "the model's decoder layers are transformers' LlamaDecoderLayer or one that allocates as it does "
-                            "(Mistral, Qwen2; Phi-3 with its fused projections): RMSNorm, rotate_half on whole heads, a gated "
-                            "MLP, no biases but q/k/v's"),
+                            "(Mistral, Qwen2; Phi-3 with its fused projections; Qwen3 with its head norms): RMSNorm, "
+                            "rotate_half on whole heads, a gated MLP, no biases but q/k/v's"),
     "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
                                 "it contiguous in (batch, heads, tokens, head_dim) order"),
     "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
@@ -175,7 +176,7 @@ FUSED_QKV_FAMILIES = ("phi3",)
 #: (models/llama, mistral, qwen2 modeling_*.py: the same RMSNorm, rotate_half, attention and MLP; Qwen2's q/k/v
 #: biases are parameters of their own; Phi-3 differs only where fused_qkv, fused_gate_up and rope_cat_layout say),
 #: which the simulated inference reserve writes (vramplan.allocator.inference).
-LLAMA_LAYER_FAMILIES = ("llama", "mistral", "qwen2", "phi3")
+LLAMA_LAYER_FAMILIES = ("llama", "mistral", "qwen2", "phi3", "qwen3")
 #: Families whose apply_rotary_pos_emb ends in torch.cat([rotated, pass-through]) (partial rotary),
 #: which returns q contiguous in (batch, heads, tokens, head_dim) order (models/phi3, glm, glm4).
 ROPE_CAT_FAMILIES = ("phi3", "glm", "glm4")
@@ -251,9 +252,11 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "rope_cat_layout": int(a.model_type in ROPE_CAT_FAMILIES),
         "qkv_bias": int(bool(a.qkv_bias)),
         # (Llama / Mistral attention_bias also puts a bias on o_proj, which the written sequence does not build)
-        "llama_layer": int(a.model_type in LLAMA_LAYER_FAMILIES and not (a.qk_norm or a.is_moe or a.is_mla or a.out_bias
-                                                                         or a.mlp_bias or a.lm_head_bias or a.partial_rotary)
-                           and not (a.qkv_bias and a.model_type != "qwen2")),
+        "qk_head_norm": int(a.qk_norm and a.qk_norm_params_per_layer == 2 * a.head_dim),
+        "llama_layer": int(a.model_type in LLAMA_LAYER_FAMILIES and not (a.is_moe or a.is_mla or a.out_bias or a.mlp_bias
+                                                                         or a.lm_head_bias or a.partial_rotary)
+                           and not (a.qkv_bias and a.model_type != "qwen2")
+                           and (not a.qk_norm or (a.model_type == "qwen3" and a.qk_norm_params_per_layer == 2 * a.head_dim))),
         "mask_window": a.attn_mask_window or 0,
         # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
         "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,

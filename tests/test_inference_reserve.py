@@ -46,6 +46,17 @@ def test_phi3_layers_by_hand():
     assert inference.peaks(shape) == (73_400_320, 69_218_304)
 
 
+def test_qwen3_head_norms_by_hand():
+    # Qwen3 builds q, k, v, o, then q_norm and k_norm (head_dim 8 x 2 = 16 bytes each): 13 parameters with the rest.
+    # q is normed (and freed) before k is projected: the norms' fp32 temporaries reach 14 live blocks at most, under
+    # the decode step's 15 in k's rotary. 73,400,320 - (69,207,040 + 28 x 512) = 4,178,944.
+    shape = inference.Shape(**{**TINY, "qk_head_norm": 1})
+    assert inference.events(shape)[:8] == [69_207_040, 512, 128, 128, 128, 128, 16, 16]
+    assert inference.peaks(shape) == (73_400_320, 69_221_376)
+    resp, v = generate({**LLAMA32_1B, "model_type": "qwen3"})
+    assert v["qk_head_norm"] == 1 and v["infer_reserve_simulated"] == 1
+
+
 def test_phi3_attention_output_is_copied_back_only_for_a_prompt():
     # q leaves Phi-3's rotary contiguous in (batch, heads, tokens, dim) order, so transpose(1, 2).contiguous() copies
     # the attention output - for several tokens, not for the decode step's one (a size-1 dim needs no copy).
@@ -140,7 +151,7 @@ UNCOVERED = {
     "a sliding-window mask": ({**LLAMA32_1B, "model_type": "mistral", "sliding_window": 256}, {}),
     "two GPUs": (LLAMA32_1B, {"num_gpus": 2}),
     "the cache on the host": (LLAMA32_1B, {"enable_offloading": True, "offload_kv_cache": True}),
-    "qk-norm": ({**LLAMA32_1B, "model_type": "qwen3"}, {}),
+    "a qk-norm over whole projections (OLMo 2)": ({**LLAMA32_1B, "model_type": "olmo2"}, {}),
     "4-bit weights": (LLAMA32_1B, {"quantization": "nf4"}),
     "MLP biases": ({**LLAMA32_1B, "mlp_bias": True}, {}),
     "Llama attention biases (o_proj's too)": ({**LLAMA32_1B, "attention_bias": True}, {}),
@@ -186,9 +197,9 @@ def test_a_batch_of_estimates_gives_what_single_estimates_give():
 
 
 @pytest.mark.parametrize("args, error", [
-    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0), TypeError),                       # one argument short
-    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0), ValueError),                  # a negative size
-    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0), ValueError),              # 10,000 layers: too many events
+    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0), TypeError),                    # one argument short
+    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0), ValueError),               # a negative size
+    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0), ValueError),           # 10,000 layers: too many events
 ])
 def test_the_function_refuses_what_it_cannot_replay(args, error):
     with pytest.raises(error):

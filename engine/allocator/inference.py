@@ -41,8 +41,12 @@ that fragments further still runs. On the calibration runs (16 generated tokens)
 steps changed the reserve by 2 MB at most but for one multi-head model (SmolLM2 1.7B at 16 x 2048: the
 first step 1.36 GB - measured 1.36 - the sixteenth 1.50).
 
+Qwen3 adds an RMSNorm of head_dim on each query and key head right after its projection (the projection's output
+freed once normed; q_norm and k_norm built after o_proj). Phi-3's differences are the fused_qkv, fused_gate_up and
+rope_cat_layout flags.
+
 Not written (the estimate keeps the fitted fraction, formulas/memory/runtime_overhead.yaml): other layer
-families (qk-norm, fused projections, partial rotary, MoE, recurrent or cross-attention layers), a
+families (other qk-norms, partial rotary, MoE, recurrent or cross-attention layers), a
 sliding-window or eager attention's materialised mask and scores, fp32 weights (SDPA takes the
 memory-efficient or math path), quantized weights or cache, several GPUs, a cache kept on the host.
 """
@@ -54,8 +58,8 @@ from typing import NamedTuple
 
 from . import caching
 
-#: The longest sequence replayed (about 0.15 s of pure Python): a prefill and one decode step write 88 events a
-#: layer each.
+#: The longest sequence replayed (about 0.15 s of pure Python): a prefill and one decode step write 88-124 events
+#: a layer each.
 MAX_EVENTS = 200_000
 
 
@@ -82,12 +86,13 @@ class Shape(NamedTuple):
     fused_gate_up: int = 0    # gate and up from one linear, chunked into views (Phi-3 gate_up_proj)
     rope_cat_layout: int = 0  # rotary ends in torch.cat with the (empty) pass-through part: a copy, and q contiguous
                               # in (batch, heads, tokens, head_dim) order, so the attention output is copied back
+    qk_head_norm: int = 0     # an RMSNorm of head_dim on each query and key head after its projection (Qwen3)
 
 
 def events_bound(v: Shape) -> int:
-    """At most how many events the sequence has: the model build (12 a layer), the ids, and two forwards of 92
-    events a layer (24 more staging an offloaded one's weights) and 45 around them."""
-    return 12 * v.n_layers + 5 + 2 * (116 * v.n_layers + 45)
+    """At most how many events the sequence has: the model build (14 a layer), the ids, and two forwards of 124
+    events a layer (with head norms; 26 more staging an offloaded one's weights) and 45 around them."""
+    return 14 * v.n_layers + 5 + 2 * (150 * v.n_layers + 45)
 
 
 def events(v: Shape) -> list[int]:
@@ -114,6 +119,8 @@ def events(v: Shape) -> list[int]:
     attention = ([("o", [Q * H]), ("qkv", [H * (Q + 2 * K)])] if v.fused_qkv else
                  [("q", [H * Q] + [Q] * v.qkv_bias), ("k", [H * K] + [K] * v.qkv_bias), ("v", [H * K] + [K] * v.qkv_bias),
                   ("o", [Q * H])])
+    if v.qk_head_norm:  # Qwen3Attention builds q_norm and k_norm after o_proj
+        attention += [("qn", [Q // max(v.n_heads, 1)]), ("kn", [Q // max(v.n_heads, 1)])]
     mlp = [("gate_up", [H * 2 * I])] if v.fused_gate_up else [("gate", [H * I]), ("up", [H * I])]
     modules = attention + mlp + [("down", [I * H]), ("n1", [H]), ("n2", [H])]
     on_host = min(max(v.offload_layers, 0), L)
@@ -141,18 +148,19 @@ def events(v: Shape) -> list[int]:
 
     cache = [0] * (2 * L)
 
-    def norm(t: int) -> int:
-        """LlamaRMSNorm: hidden.to(float32), pow(2).mean(-1), + eps, rsqrt, the product, .to(dtype), x weight."""
-        x32, sq = new(t * H * 4), new(t * H * 4)
-        mean = new(t * 4)
+    def norm(t: int, width: int = H, rows: int = 1) -> int:
+        """LlamaRMSNorm over ``width`` (``rows`` of it a token: Qwen3's q_norm / k_norm run per head):
+        hidden.to(float32), pow(2).mean(-1), + eps, rsqrt, the product, .to(dtype), x weight."""
+        x32, sq = new(t * width * 4), new(t * width * 4)
+        mean = new(t * rows * 4)
         free(sq)
-        eps = new(t * 4)
-        r = new(t * 4)
+        eps = new(t * rows * 4)
+        r = new(t * rows * 4)
         free(eps)
-        prod = new(t * H * 4)
+        prod = new(t * width * 4)
         free(r, x32)
-        back = new(t * H * a)
-        out = new(t * H * a)
+        back = new(t * width * a)
+        out = new(t * width * a)
         free(back, prod, mean)
         return out
 
@@ -201,6 +209,12 @@ def events(v: Shape) -> list[int]:
                     stage(i, m)
                     proj.append(new(t * width * a))
                     unstage()
+                    if v.qk_head_norm and m != "v":  # Qwen3: the head norm right after the projection, which it frees
+                        stage(i, m + "n")
+                        normed = norm(t, width, width // hd)
+                        unstage()
+                        free(proj[-1])
+                        proj[-1] = normed
                 q, k, vv = proj
             qr, kr = rope(t, Q), rope(t, K)
             if not v.fused_qkv:
