@@ -218,3 +218,28 @@ def test_operator_sessions_in_postgres(postgres_store):
     assert postgres_store.session_active(sid) and not postgres_store.session_active(sid + "x")
     postgres_store.end_session(sid)
     assert not postgres_store.session_active(sid)
+
+
+def test_a_busy_local_read_is_retried_from_a_thread_that_waits_for_the_lock():
+    # The server reads a SQLite token without waiting (the event loop must not block). When that read finds the
+    # file locked, the retry runs on a worker thread and waits for the lock there: a second no-wait read could
+    # fail the same way and turn a valid token into a 503 (tests/test_hub.py met one, behind a last_used_at write).
+    import asyncio
+
+    from vramplan.server import api
+    from vramplan.server.tokens import TokenStoreBusy
+
+    calls = []
+
+    class LockedOnce:
+        local_reads = True
+
+        def verify(self, token, *, wait=True, read_wait=None):
+            calls.append((wait, read_wait, threading.current_thread() is threading.main_thread()))
+            if not read_wait:
+                raise TokenStoreBusy("database is locked")
+            return "the token's record"
+
+    assert asyncio.run(api._verify(LockedOnce(), "vp_token")) == "the token's record"
+    # first on the loop without waiting, then on a worker thread waiting for the read (the write stays in the background)
+    assert calls == [(False, None, True), (False, True, False)]

@@ -102,7 +102,9 @@ async def _verify(store, token: str):
         try:
             return store.verify(token, wait=False)
         except TokenStoreBusy:
-            pass
+            # locked (a background last_used_at write, a WAL checkpoint): read again from a worker thread,
+            # waiting for the lock there - a second read that would not wait could fail the same way
+            return await run_in_threadpool(lambda: store.verify(token, wait=False, read_wait=True))
     return await run_in_threadpool(lambda: store.verify(token, wait=False))
 
 

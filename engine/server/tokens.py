@@ -218,14 +218,15 @@ class TokenStore:
             raise TokenStoreError(f"no active token named {name!r}")
         return self._info(row)
 
-    def verify(self, token: str, *, wait: bool = True) -> TokenInfo | None:
+    def verify(self, token: str, *, wait: bool = True, read_wait: bool | None = None) -> TokenInfo | None:
         """The token's record if ``token`` is a live token, else None. Updates last_used_at.
 
         Every request calls this, so the common case is one indexed read and no write: last_used_at
         is written (in its own transaction) only when it is older than :data:`LAST_USED_RESOLUTION`.
         A revocation committed by any process is seen by the next read. With ``wait=False`` (the
         server) the read raises :class:`TokenStoreBusy` rather than wait for a lock, and the write is
-        left to a background thread (skipped if the database stays busy).
+        left to a background thread (skipped if the database stays busy); ``read_wait`` overrides the
+        read's waiting alone (the server's retry from a worker thread waits for the lock).
         """
         if not token or len(token) > 200:
             return None
@@ -236,7 +237,7 @@ class TokenStore:
                         (digest,))
             return cur.fetchone()
 
-        row = self._read(lookup) if wait else self._read_nowait(lookup)
+        row = self._read(lookup) if (wait if read_wait is None else read_wait) else self._read_nowait(lookup)
         if row is None or not hmac.compare_digest(str(row[6]), digest) or row[4]:
             return None
         now = self._now()
