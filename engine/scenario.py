@@ -225,10 +225,21 @@ def _compute_capability(gpu: dict[str, Any]) -> float:
 
 
 @lru_cache(maxsize=512)
+def _llama_layer(a: Architecture, head_norm: bool) -> bool:
+    """Whether the model's layers allocate as LlamaDecoderLayer does (LLAMA_LAYER_FAMILIES): no MoE, MLA, partial
+    rotary or biases beyond q/k/v - Qwen2's only (Llama / Mistral attention_bias also puts one on o_proj, which the
+    written sequence does not build) - and no qk-norm but Qwen3's per-head one."""
+    return (a.model_type in LLAMA_LAYER_FAMILIES
+            and not (a.is_moe or a.is_mla or a.out_bias or a.mlp_bias or a.lm_head_bias or a.partial_rotary)
+            and not (a.qkv_bias and a.model_type != "qwen2")
+            and (not a.qk_norm or (a.model_type == "qwen3" and head_norm)))
+
+
 def _model_vars(a: Architecture) -> dict[str, float]:
     """Everything the scenario takes from the architecture alone (cached per architecture)."""
     roles = a.param_roles()
     active = a.param_roles(active=True)
+    head_norm = a.qk_norm and a.qk_norm_params_per_layer == 2 * a.head_dim  # one head_dim weight each for q and k
     s: dict[str, float] = {}
     s.update({
         "n_layers": a.num_layers, "hidden": a.hidden_size, "n_heads": a.num_heads, "n_kv_heads": a.num_kv_heads,
@@ -251,12 +262,8 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "fused_qkv": int(a.model_type in FUSED_QKV_FAMILIES and not a.is_mla),
         "rope_cat_layout": int(a.model_type in ROPE_CAT_FAMILIES),
         "qkv_bias": int(bool(a.qkv_bias)),
-        # (Llama / Mistral attention_bias also puts a bias on o_proj, which the written sequence does not build)
-        "qk_head_norm": int(a.qk_norm and a.qk_norm_params_per_layer == 2 * a.head_dim),
-        "llama_layer": int(a.model_type in LLAMA_LAYER_FAMILIES and not (a.is_moe or a.is_mla or a.out_bias or a.mlp_bias
-                                                                         or a.lm_head_bias or a.partial_rotary)
-                           and not (a.qkv_bias and a.model_type != "qwen2")
-                           and (not a.qk_norm or (a.model_type == "qwen3" and a.qk_norm_params_per_layer == 2 * a.head_dim))),
+        "qk_head_norm": int(head_norm),
+        "llama_layer": int(_llama_layer(a, head_norm)),
         "mask_window": a.attn_mask_window or 0,
         # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
         "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,

@@ -153,6 +153,30 @@ class Allocator:
         self._insert(b)
 
 
+class Writer:
+    """An allocation sequence being written for :func:`replay_peaks`: ``new`` appends a malloc of ``size`` bytes and
+    returns its handle (1, 2, ... in the order made), ``news`` several in a row, ``free`` the frees of handles
+    (``~handle``). ``events`` may be swapped for a fresh list between chunks; the handle count goes on."""
+
+    def __init__(self) -> None:
+        self.events: list[int] = []
+        self.count = 0
+
+    def new(self, size: float) -> int:
+        self.events.append(int(size))
+        self.count += 1
+        return self.count
+
+    def news(self, sizes: list[int]) -> list[int]:
+        """Several mallocs in a row (sizes already whole bytes), their handles."""
+        self.events.extend(sizes)
+        self.count += len(sizes)
+        return list(range(self.count - len(sizes) + 1, self.count + 1))
+
+    def free(self, *handles: int) -> None:
+        self.events.extend(~h for h in handles)
+
+
 def replay_peaks(chunks) -> tuple[int, int]:
     """``(peak reserved, peak allocated)`` of a sequence given by a generator of chunks
     ``(events, marks, ends_step)`` (vramplan.allocator.training.steps: ``e >= 0`` a malloc of ``e`` bytes,

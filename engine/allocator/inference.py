@@ -98,17 +98,8 @@ def events_bound(v: Shape) -> int:
 def events(v: Shape) -> list[int]:
     """The sequence: ``e >= 0`` a malloc of ``e`` bytes (handles numbered 1, 2, ... in order), ``e < 0`` the free
     of handle ``~e``."""
-    ev: list[int] = []
-    count = 0
-
-    def new(size: float) -> int:
-        nonlocal count
-        ev.append(int(size))
-        count += 1
-        return count
-
-    def free(*hs: int) -> None:
-        ev.extend(~h for h in hs)
+    w = caching.Writer()
+    new, free = w.new, w.free
 
     B, S, H, I = v.mem_seqs, v.seq, v.hidden, v.intermediate
     Q, K, L, V, a = v.q_dim, v.kv_dim, v.n_layers, v.vocab, v.act_bytes
@@ -293,7 +284,7 @@ def events(v: Shape) -> list[int]:
     ids = new(B * S * 8)
     nxt = forward(S, 0, ids, True)
     forward(1, S, nxt, False)
-    return ev
+    return w.events
 
 
 def simulate(v: Shape) -> caching.Allocator:

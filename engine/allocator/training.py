@@ -113,31 +113,15 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     the sequence (every later step repeats it). Iterating without sending generates every event."""
     if not isinstance(v, dict):
         v = v._asdict()
-    ev: list[int] = []
+    w = caching.Writer()
     marks: list[tuple[int, str]] = []
-    count = 0
-
-    def new(size: float) -> int:
-        nonlocal count
-        ev.append(int(size))
-        count += 1
-        return count
-
-    def news(sizes: list[int]) -> list[int]:
-        """Several mallocs in a row (sizes already whole bytes), their handles."""
-        nonlocal count
-        ev.extend(sizes)
-        count += len(sizes)
-        return list(range(count - len(sizes) + 1, count + 1))
-
-    def free(h: int) -> None:
-        ev.append(~h)
+    new, news, free = w.new, w.news, w.free
 
     def frees(hs: list[int]) -> None:
-        ev.extend([~h for h in hs])
+        w.free(*hs)
 
     def mark(label: str) -> None:
-        marks.append((len(ev), label))
+        marks.append((len(w.events), label))
 
     T, H, I, V = int(v["train_tokens"]), int(v["hidden"]), int(v["intermediate"]), int(v["vocab"])
     L, q, kv = int(v["n_layers"]), int(v["q_dim"]), int(v["kv_dim"])
@@ -194,8 +178,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     for step in range(n_steps):
         for k in range(ga):
             if k:  # micro-batch k - 1 ends a chunk
-                repeated = yield ev, marks, False
-                ev, marks = [], []
+                repeated = yield w.events, marks, False
+                w.events, marks = [], []
                 if repeated and k >= 2:
                     break  # micro-batch k - 1 (like every later one) left the state as it found it: they repeat
             mark(f"fwd{step}")
@@ -285,8 +269,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             frees(news([int(c * b) for _, c, b in trainable]))
         frees(list(grads.values()))
         grads = {}
-        repeated = yield ev, marks, True
-        ev, marks = [], []
+        repeated = yield w.events, marks, True
+        w.events, marks = [], []
         if repeated:
             return  # this step started from the state the one before started from: every later step repeats it
 
