@@ -183,6 +183,36 @@ def test_kv_pool_limits_admission_and_the_rest_queue():
     assert srv["e2e_latency_ms"] == pytest.approx(2000 / rate * 1000, rel=1e-3)
 
 
+def test_tensorrt_llm_gives_each_attention_window_half_its_pool_and_vllm_shares_one():
+    """gpt-oss-120b alternates 18 sliding (128-token window) and 18 full-attention layers, 8 KV heads of 64, bf16:
+    2 x 8 x 64 x 2 = 2048 bytes a token and layer. 1024 + 1024 tokens (2048, whole 32-token blocks). TensorRT-LLM splits
+    its pool into one equal share per window size (resource_manager.py calculate_max_num_blocks_for_vswa): the full
+    layers fill their half first, so a sequence costs the pool what 36 full layers would. vLLM's one block pool gives
+    each sliding layer only its window."""
+    body = {"gpu_key": "h200", "llm_key": "gpt-oss-120b", "quantization": "mxfp4", "input_tokens": 1024,
+            "output_tokens": 1024, "concurrent_users": 4000}
+    assert rt("tensorrt-llm", "kv_window_equal_share") == 1 and rt("tensorrt-llm", "kv_reserve_output_fraction") == 1
+    out, t = traced({**body, "runtime": "tensorrt-llm"})
+    per_token_layer = 2 * 8 * 64 * 2
+    assert t["kv_bytes_per_token_layer"] == per_token_layer
+    whole = per_token_layer * 2 * 18 * 2048                                  # 150,994,944: twice the full layers' half
+    assert t["kv_pool_seq_bytes"] == whole
+    sliding = t["kv_tokens_sliding"]                                        # the window and the runtime's extra tokens
+    assert 128 <= sliding < 2048
+    assert t["kv_attention_bytes_per_seq"] == per_token_layer * 18 * (2048 + sliding)
+    # GUARANTEED_NO_EVICT reserves the whole answer: 2048 tokens of the 2048-token context
+    assert t["srv_kv_seq_bytes"] == pytest.approx(whole, rel=1e-12)
+    assert out["serving"]["running_sequences"] == math.floor(t["kv_pool_bytes"] / whole)
+    assert out["serving"]["limited_by"] == "kv_cache"
+    vout, v = traced({**body, "runtime": "vllm", "runtime_settings": {"max_num_seqs": 4000, "max_prefill_tokens": 1e6}})
+    assert seen_on("h200", "vllm", "kv_window_equal_share") == 0
+    shared = per_token_layer * 18 * (v["kv_tokens_full"] + v["kv_tokens_sliding"])
+    assert v["kv_pool_seq_bytes"] == shared < whole
+    # a prompt and half an answer admitted, at the per-token average of the layers' caches
+    per_seq = shared / 2048 * (1024 + 0.5 * 1024)
+    assert vout["serving"]["running_sequences"] == math.floor(v["kv_pool_bytes"] / per_seq)
+
+
 def test_token_budget_and_max_num_seqs_cap_admission():
     # 8192-token steps, 7936 + 256-token requests: 8192 x 256 / 8192 = 256 sequences keep decoding
     out = vramplan.estimate_inference({**BASE, "llm_key": "llama-3.2-1b", "input_tokens": 7936, "output_tokens": 256,
