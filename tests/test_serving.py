@@ -183,7 +183,7 @@ def test_kv_pool_limits_admission_and_the_rest_queue():
     assert srv["e2e_latency_ms"] == pytest.approx(2000 / rate * 1000, rel=1e-3)
 
 
-def test_tensorrt_llm_gives_each_attention_window_half_its_pool_and_vllm_shares_one():
+def test_sliding_window_admission_follows_each_runtimes_pool_split():
     """gpt-oss-120b alternates 18 sliding (128-token window) and 18 full-attention layers, 8 KV heads of 64, bf16:
     2 x 8 x 64 x 2 = 2048 bytes a token and layer. 1024 + 1024 tokens (2048, whole 32-token blocks). TensorRT-LLM splits
     its pool into one equal share per window size (resource_manager.py calculate_max_num_blocks_for_vswa): the full
@@ -211,6 +211,13 @@ def test_tensorrt_llm_gives_each_attention_window_half_its_pool_and_vllm_shares_
     # a prompt and half an answer admitted, at the per-token average of the layers' caches
     per_seq = shared / 2048 * (1024 + 0.5 * 1024)
     assert vout["serving"]["running_sequences"] == math.floor(v["kv_pool_bytes"] / per_seq)
+    # SGLang keeps the sliding layers in a pool of 0.8 x the full layers' tokens (set_num_tokens_hybrid_swa): a full-layer
+    # token costs 18 + 0.8 x 18 = 32.4 layers' worth - between vLLM's 18 + windows and TensorRT-LLM's 36
+    assert rt("sglang", "kv_swa_full_tokens_ratio") == 0.8
+    sout, g = traced({**body, "runtime": "sglang", "runtime_settings": {"max_num_seqs": 4000}})
+    assert g["kv_tokens_sliding"] / 0.8 < g["kv_tokens_full"] == 2048
+    assert g["kv_pool_seq_bytes"] == pytest.approx(per_token_layer * (18 + 0.8 * 18) * 2048, rel=1e-12)
+    assert shared < g["kv_pool_seq_bytes"] < whole
 
 
 def test_token_budget_and_max_num_seqs_cap_admission():
