@@ -220,6 +220,26 @@ def test_sliding_window_admission_follows_each_runtimes_pool_split():
     assert shared < g["kv_pool_seq_bytes"] < whole
 
 
+@pytest.mark.parametrize("runtime, gemma_trims, mistral_trims", [
+    ("vllm", True, True),        # V1: a block table per KV cache group, sliding groups free what leaves the window
+    ("vllm-v0", False, True),    # one table per sequence: interleaved windows are treated as full attention
+    ("tgi", False, False),       # the router allocates blocks for every prompt and answer token, window or not
+])
+def test_runtimes_with_one_block_table_per_sequence_keep_whole_contexts_in_sliding_layers(runtime, gemma_trims,
+                                                                                           mistral_trims):
+    """6144 + 2048 tokens (8192, whole 16-token blocks). Gemma 2 9B: 21 sliding (window 4096) and 21 full layers, 8 KV
+    heads of 256 in bf16 = 8192 bytes a token and layer. Mistral 7B v0.1: all 32 layers slide (4096), 8 KV heads of 128
+    = 4096 bytes. A trimmed sliding layer keeps the window and one block, 4096 + 16 = 4112 tokens."""
+    def seq_bytes(llm_key: str) -> float:
+        _, t = traced({"gpu_key": "h100_80", "llm_key": llm_key, "quantization": "bf16", "runtime": runtime,
+                       "input_tokens": 6144, "output_tokens": 2048, "concurrent_users": 8})
+        return t["kv_attention_bytes_per_seq"]
+
+    gemma_sliding = 4112 if gemma_trims else 8192
+    assert seq_bytes("gemma-2-9b") == 8192 * (21 * 8192 + 21 * gemma_sliding)    # 2,116,681,728 or 2,818,572,288
+    assert seq_bytes("mistral-7b-v0.1") == 4096 * 32 * (4112 if mistral_trims else 8192)
+
+
 def test_token_budget_and_max_num_seqs_cap_admission():
     # 8192-token steps, 7936 + 256-token requests: 8192 x 256 / 8192 = 256 sequences keep decoding
     out = vramplan.estimate_inference({**BASE, "llm_key": "llama-3.2-1b", "input_tokens": 7936, "output_tokens": 256,
