@@ -67,6 +67,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "llama_layer": ("flag", "the model's decoder layers are transformers' LlamaDecoderLayer or one that allocates as it does "
                             "(Mistral, Qwen2; Phi-3 with its fused projections; Qwen3 with its head norms): RMSNorm, "
                             "rotate_half on whole heads, a gated MLP, no biases but q/k/v's"),
+    "gemma2_layer": ("flag", "the model's decoder layers are transformers' Gemma2DecoderLayer with grouped KV heads (four "
+                             "(1 + weight) RMSNorms, soft-capped attention scores, GeGLU), as the simulated eager "
+                             "generation writes them"),
     "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
                                 "it contiguous in (batch, heads, tokens, head_dim) order"),
     "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
@@ -264,6 +267,9 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "qkv_bias": int(bool(a.qkv_bias)),
         "qk_head_norm": int(head_norm),
         "llama_layer": int(_llama_layer(a, head_norm)),
+        # Gemma 2 configs soft-cap scores and logits (50 / 30); MHA and single-KV-head layouts copy differently
+        "gemma2_layer": int(a.model_type == "gemma2" and not (a.is_moe or a.is_mla or a.qk_norm or a.qkv_bias)
+                            and 1 < a.num_kv_heads < a.num_heads),
         "mask_window": a.attn_mask_window or 0,
         # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
         "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,

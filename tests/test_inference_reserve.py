@@ -57,6 +57,32 @@ def test_qwen3_head_norms_by_hand():
     assert v["qk_head_norm"] == 1 and v["infer_reserve_simulated"] == 1
 
 
+def test_gemma2_eager_layers_by_hand():
+    # Gemma2DecoderLayer builds q k v o (8 x 8 x 2 = 128 bytes each), gate up down (256) and four norms (16), then the
+    # final norm: 13 parameters with the embedding. Its decode step holds a 16-bit mask beside the cache, the previous
+    # id, the scaled embedding, the positions, cos and sin (8); the normed input, q, k, v and q rotated (5) and k's
+    # rotary temporaries (3) make 16 at the peak - no repeat_kv copies with one KV head a query head, no q copy for one
+    # sequence. (The prefill's most is 14: no cache or previous id; its MLP reaches the same 14.)
+    # 73,400,320 - (69,207,040 + 29 x 512) = 4,178,432.
+    shape = inference.Shape(**{**TINY, "gemma2_layer": 1})
+    assert inference.events(shape)[:15] == [69_207_040, 512, 128, 128, 128, 128, 256, 256, 256, 16, 16, 16, 16, 16, 8]
+    assert inference.peaks(shape) == (73_400_320, 69_221_888)
+    assert semantics.FUNCTIONS["inference_allocator_reserve"](*shape) == 4_178_432
+
+
+def test_gemma2_decode_keeps_only_the_window_in_sliding_layers():
+    # 2 sequences of 40 tokens, window 16, 4 layers (0 and 2 slide), 4 heads of 16 over 2 KV heads: the prompt's keys
+    # and values are 2 x 40 x 32 x 2 = 5120 bytes a tensor in every layer; the decode step grows the full layers' to
+    # 41 tokens (5248) and rebuilds the sliding layers' from the window's last 15 tokens and the new one (16 tokens:
+    # 2 x 16 x 32 x 2 = 2048), dropping the prompt's.
+    shape = inference.Shape(**{**TINY, "mem_seqs": 2, "seq": 40, "hidden": 64, "intermediate": 128, "q_dim": 64,
+                               "kv_dim": 32, "n_heads": 4, "n_layers": 4, "vocab": 128, "gemma2_layer": 1,
+                               "sliding_window": 16})
+    sizes = [e for e in inference.events(shape) if e >= 0]
+    assert sizes.count(5248) == 4 and sizes.count(2048) >= 4
+    assert sizes.count(5120) >= 8
+
+
 def test_phi3_attention_output_is_copied_back_only_for_a_prompt():
     # q leaves Phi-3's rotary contiguous in (batch, heads, tokens, dim) order, so transpose(1, 2).contiguous() copies
     # the attention output - for several tokens, not for the decode step's one (a size-1 dim needs no copy).
@@ -129,6 +155,28 @@ MEASURED = {
 }
 
 
+#: Gemma 2 9B under eager attention (the same file): the written masks, soft-capped scores and the probabilities each
+#: layer keeps give the run's reserve but for the same 2 MiB small segment and one 512-byte block the run held live at
+#: its peak that neither the written nor transformers' recorded sequence (meta device) has.
+GEMMA2_9B = {"model_type": "gemma2", "hidden_size": 3584, "intermediate_size": 14336, "num_hidden_layers": 42,
+             "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 256, "vocab_size": 256000,
+             "max_position_embeddings": 8192, "tie_word_embeddings": True, "sliding_window": 4096,
+             "query_pre_attn_scalar": 256, "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+             "hidden_activation": "gelu_pytorch_tanh"}
+MEASURED_EAGER = {
+    "h200a-inf-gemma-2-9b-bf16-eager-b1-s2048": (GEMMA2_9B, 1, 2048, 20_327_694_336 - 20_041_640_960),
+    "h200a-inf-gemma-2-9b-bf16-eager-b1-s8192": (GEMMA2_9B, 1, 8192, 36_624_662_528 - 32_763_063_296),
+}
+
+
+@pytest.mark.parametrize("run", sorted(MEASURED_EAGER))
+def test_the_simulated_eager_gemma2_reserve_is_the_measured_one(run):
+    config, batch, seq, measured = MEASURED_EAGER[run]
+    resp, v = generate(config, batch_size=batch, seq_length=seq, optimization_config={"flash_attention": False})
+    assert v["gemma2_layer"] == 1 and v["infer_reserve_simulated"] == 1
+    assert v["allocator_reserve_bytes"] == v["infer_reserve_simulated_bytes"] == measured + 2_097_152 + 512
+
+
 @pytest.mark.parametrize("run", sorted(MEASURED))
 def test_the_simulated_reserve_is_the_measured_one(run):
     config, batch, seq, measured = MEASURED[run]
@@ -145,6 +193,7 @@ def generate(config: dict, **kw) -> tuple[dict, dict[str, float]]:
     return resp, values(resp)
 
 
+EAGER = {"optimization_config": {"flash_attention": False}}
 UNCOVERED = {
     "partial rotary (Phi-4-mini's 0.75)": ({**PHI3_MINI, "partial_rotary_factor": 0.75}, {}),
     "fp32 weights": (LLAMA32_1B, {"quantization": "fp32"}),
@@ -155,6 +204,9 @@ UNCOVERED = {
     "4-bit weights": (LLAMA32_1B, {"quantization": "nf4"}),
     "MLP biases": ({**LLAMA32_1B, "mlp_bias": True}, {}),
     "Llama attention biases (o_proj's too)": ({**LLAMA32_1B, "attention_bias": True}, {}),
+    "Gemma 2 under SDPA (only its eager attention is written)": (GEMMA2_9B, {}),
+    "Gemma 2 with one KV head (repeat_kv's views, not copies)": ({**GEMMA2_9B, "num_key_value_heads": 1}, EAGER),
+    "Gemma 2 without grouped heads": ({**GEMMA2_9B, "num_key_value_heads": 16}, EAGER),
 }
 
 
@@ -197,9 +249,9 @@ def test_a_batch_of_estimates_gives_what_single_estimates_give():
 
 
 @pytest.mark.parametrize("args, error", [
-    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0), TypeError),                    # one argument short
-    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0), ValueError),               # a negative size
-    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0), ValueError),           # 10,000 layers: too many events
+    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0), TypeError),              # one argument short
+    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0), ValueError),         # a negative size
+    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0), ValueError),     # 10,000 layers: too many events
 ])
 def test_the_function_refuses_what_it_cannot_replay(args, error):
     with pytest.raises(error):

@@ -45,9 +45,12 @@ Qwen3 adds an RMSNorm of head_dim on each query and key head right after its pro
 freed once normed; q_norm and k_norm built after o_proj). Phi-3's differences are the fused_qkv, fused_gate_up and
 rope_cat_layout flags.
 
+Gemma 2 under eager attention is written too (:func:`_gemma2`: its two masks, four norms, soft-capped scores and
+the probabilities each layer keeps, its sliding layers' window cache in the decode step).
+
 Not written (the estimate keeps the fitted fraction, formulas/memory/runtime_overhead.yaml): other layer
 families (other qk-norms, partial rotary, MoE, recurrent or cross-attention layers), a
-sliding-window or eager attention's materialised mask and scores, fp32 weights (SDPA takes the
+sliding-window mask under SDPA and other eager attentions' masks and scores, fp32 weights (SDPA takes the
 memory-efficient or math path), quantized weights or cache, several GPUs, a cache kept on the host.
 """
 
@@ -87,12 +90,15 @@ class Shape(NamedTuple):
     rope_cat_layout: int = 0  # rotary ends in torch.cat with the (empty) pass-through part: a copy, and q contiguous
                               # in (batch, heads, tokens, head_dim) order, so the attention output is copied back
     qk_head_norm: int = 0     # an RMSNorm of head_dim on each query and key head after its projection (Qwen3)
+    gemma2_layer: int = 0     # Gemma2DecoderLayer under eager attention (four (1 + w) norms, soft-capped scores)
+    sliding_window: int = 0   # Gemma 2's window on its even layers (0: none)
 
 
 def events_bound(v: Shape) -> int:
     """At most how many events the sequence has: the model build (14 a layer), the ids, and two forwards of 124
-    events a layer (with head norms; 26 more staging an offloaded one's weights) and 45 around them."""
-    return 14 * v.n_layers + 5 + 2 * (150 * v.n_layers + 45)
+    events a layer (with head norms; 26 more staging an offloaded one's weights; Gemma 2's under 200 with its four
+    norms, soft-capped scores and staging) and under 90 around them (its masks and counters)."""
+    return 14 * v.n_layers + 5 + 2 * ((200 if v.gemma2_layer else 150) * v.n_layers + 90)
 
 
 def events(v: Shape) -> list[int]:
@@ -113,7 +119,7 @@ def events(v: Shape) -> list[int]:
     if v.qk_head_norm:  # Qwen3Attention builds q_norm and k_norm after o_proj
         attention += [("qn", [Q // max(v.n_heads, 1)]), ("kn", [Q // max(v.n_heads, 1)])]
     mlp = [("gate_up", [H * 2 * I])] if v.fused_gate_up else [("gate", [H * I]), ("up", [H * I])]
-    modules = attention + mlp + [("down", [I * H]), ("n1", [H]), ("n2", [H])]
+    modules = attention + mlp + [("down", [I * H]), ("n1", [H]), ("n2", [H])] + [("n3", [H]), ("n4", [H])] * v.gemma2_layer
     on_host = min(max(v.offload_layers, 0), L)
     new(v.library_workspace_bytes)
     new(V * H * a)
@@ -271,6 +277,216 @@ def events(v: Shape) -> list[int]:
         fn = norm(t)
         free(x, pos, emb, sin, cos)
         logits = new(B * V * a)
+        free(fn)
+        if first:
+            free(ids)
+            nxt = new(B * 8)
+        else:
+            nxt = new(B * 8)
+            free(ids)
+        free(logits)
+        return nxt
+
+    if v.gemma2_layer:
+        return _gemma2(v, w, staged_module=stage, unstage=unstage, cache=cache)
+    ids = new(B * S * 8)
+    nxt = forward(S, 0, ids, True)
+    forward(1, S, nxt, False)
+    return w.events
+
+
+def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int]) -> list[int]:
+    """Gemma 2 under eager attention (transformers 5.17 models/gemma2/modeling_gemma2.py), after the same model build
+    with four norms a layer: generate's prefill and first decode step.
+
+    The embedding scaled by sqrt(hidden) (a copy); one 8-byte counter a sliding layer, replaced at its first cache
+    update (DynamicSlidingWindowLayer); two masks a forward (masking_utils eager masks: the causal and the sliding
+    one, each built from int64 position ranges and bool comparisons into a (batch, 1, queries, keys) 16-bit where());
+    per layer Gemma2RMSNorm (x.float() normed, times (1 + weight.float()), then the 16-bit copy) before and after
+    the attention and the MLP; eager_attention_forward: repeat_kv's copies of keys and values (grouped heads), q made
+    contiguous (a prompt of several sequences: matmul merges their batch and head dimensions), scores x scaling / softcap, tanh, x softcap, + mask (each a new tensor), softmax in fp32
+    and back - the probabilities, which the decoder layer keeps until it returns - then probabilities x values and
+    the transposed copy (a prompt); gelu(gate) x up; the head soft-capped (/ cap, tanh, x cap). The decode step's
+    sliding layers concatenate the window's last tokens with the new one (w tokens) and drop the prompt's tensors;
+    the full layers grow by one token."""
+    new, free = w.new, w.free
+    B, S, H, I = v.mem_seqs, v.seq, v.hidden, v.intermediate
+    Q, K, L, V, a = v.q_dim, v.kv_dim, v.n_layers, v.vocab, v.act_bytes
+    hd = Q // max(v.n_heads, 1)
+    rep = v.n_heads // max(K // max(hd, 1), 1)        # query heads a KV head serves (repeat_kv copies when > 1)
+    win = v.sliding_window
+    sliding = [win > 0 and i % 2 == 0 for i in range(L)]   # Gemma2Config layer_types: even layers slide
+
+    def norm(t: int) -> int:
+        x32, sq = new(t * H * 4), new(t * H * 4)
+        mean = new(t * 4)
+        free(sq)
+        eps = new(t * 4)
+        free(mean)
+        r = new(t * 4)
+        free(eps)
+        prod = new(t * H * 4)
+        free(r, x32)
+        w32 = new(H * 4)
+        w1 = new(H * 4)
+        free(w32)
+        out32 = new(t * H * 4)
+        free(w1, prod)
+        out = new(t * H * a)
+        free(out32)
+        return out
+
+    def normed(i: int, module: str, t: int) -> int:
+        staged_module(i, module)
+        out = norm(t)
+        unstage()
+        return out
+
+    def linear(i: int, module: str, n: int) -> int:
+        staged_module(i, module)
+        out = new(n)
+        unstage()
+        return out
+
+    def rope(t: int, d: int) -> int:
+        xc = new(t * d * a)
+        neg = new(t * d * a // 2)
+        rot = new(t * d * a)
+        free(neg)
+        xs = new(t * d * a)
+        free(rot)
+        out = new(t * d * a)
+        free(xc, xs)
+        return out
+
+    def mask(s: int, kv: int, window: bool) -> int:
+        b, h = new(B * 8), new(8)
+        q0 = new(s * 8)
+        q1 = new(s * 8)
+        free(q0)
+        k0 = new(kv * 8)
+        k1 = new(kv * 8)
+        free(k0)
+        if window:
+            one = new(1)
+            d = new(s * 8)
+            gt = new(s * kv)
+            free(d)
+            both = new(s * kv)
+            free(gt, one)
+            le = new(s * kv)
+            m = new(s * kv)
+            free(le, both)
+        else:
+            m = new(s * kv)
+        free(b, h, q1, k1)
+        sc = new(a)
+        out = new(B * s * kv * a)
+        free(sc, m)
+        return out
+
+    counters = [0] * L
+
+    def forward(s: int, cached: int, ids: int, first: bool) -> int:
+        t = B * s
+        e0 = new(t * H * a)
+        emb = new(t * H * a)
+        free(e0)
+        lifted = [new(8) for i in range(L) if sliding[i]] if first else []
+        ar = new(s * 8)
+        pos = new(s * 8)
+        free(ar)
+        kv_full = cached + s
+        kv_win = min(cached, win - 1) + s if cached else s
+        m_full = mask(s, kv_full, False)
+        m_win = mask(s, kv_win, True) if any(sliding) else 0
+        pos32, freqs, emb32, cos32, cosm = new(s * 4), new(s * hd // 2 * 4), new(s * hd * 4), new(s * hd * 4), new(s * hd * 4)
+        free(cos32)
+        sin32, sinm = new(s * hd * 4), new(s * hd * 4)
+        free(sin32)
+        cos, sin = new(s * hd * a), new(s * hd * a)
+        free(pos32, freqs, emb32, cosm, sinm)
+        x = emb
+        for i in range(L):
+            kv = kv_win if sliding[i] else kv_full
+            n1 = normed(i, "n1", t)
+            q = linear(i, "q", t * Q * a)
+            k = linear(i, "k", t * K * a)
+            vv = linear(i, "v", t * K * a)
+            qr, kr = rope(t, Q), rope(t, K)
+            free(q, k)
+            if first and sliding[i]:
+                counters[i] = new(8)
+                free(lifted.pop(0))
+            if sliding[i] and cached:  # cat(the window's last w - 1, new); the prompt's tensors dropped after both
+                grown = [new(B * kv * K * a), new(B * kv * K * a)]
+                free(cache[2 * i], cache[2 * i + 1])
+                cache[2 * i], cache[2 * i + 1] = grown
+            else:
+                for j in (2 * i, 2 * i + 1):
+                    g = new(B * kv * K * a)
+                    if cache[j]:
+                        free(cache[j])
+                    cache[j] = g
+            free(kr, vv)
+            rk = rv = 0
+            if rep > 1:
+                rk, rv = new(B * kv * Q * a), new(B * kv * Q * a)
+            qc = new(t * Q * a) if s > 1 and B > 1 else 0  # matmul merges (B, heads) of q laid out (B, s, heads, hd)
+            score = B * v.n_heads * s * kv
+            sc = new(score * a)
+            if qc:
+                free(qc)
+            for _ in range(4):  # x scaling, / softcap, tanh, x softcap
+                nxt_sc = new(score * a)
+                free(sc)
+                sc = nxt_sc
+            masked = new(score * a)
+            free(sc)
+            f32 = new(score * 4)
+            sm = new(score * 4)
+            free(f32)
+            probs = new(score * a)
+            free(sm, masked)
+            ao = new(t * Q * a)
+            if s > 1:
+                aoc = new(t * Q * a)
+                free(ao)
+                ao = aoc
+            if rep > 1:
+                free(rk, rv)
+            op = linear(i, "o", t * H * a)
+            free(ao, qr, n1)
+            pa = normed(i, "n2", t)
+            free(op)
+            h = new(t * H * a)
+            free(pa)
+            pf = normed(i, "n3", t)
+            gate = linear(i, "gate", t * I * a)
+            act = new(t * I * a)
+            free(gate)
+            up = linear(i, "up", t * I * a)
+            prod = new(t * I * a)
+            free(act, up)
+            down = linear(i, "down", t * H * a)
+            free(prod, pf)
+            pff = normed(i, "n4", t)
+            free(down)
+            out = new(t * H * a)
+            free(pff, h, probs)
+            if x != emb:
+                free(x)
+            x = out
+        fn = norm(t)
+        free(x, m_full)
+        if m_win:
+            free(m_win)
+        free(emb, pos, sin, cos)
+        logits = new(B * V * a)
+        for _ in range(3):  # / final softcap, tanh, x final softcap
+            capped = new(B * V * a)
+            free(logits)
+            logits = capped
         free(fn)
         if first:
             free(ids)
