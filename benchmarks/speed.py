@@ -189,6 +189,8 @@ GENERATION_SHAPES = {
     "llama-3.2-1b bf16, 8 x 2048": {"llm_key": "llama-3.2-1b", "batch_size": 8, "seq_length": 2048},
     "llama-3-8b bf16, 4 x 4096": {"llm_key": "llama-3-8b-instruct", "batch_size": 4, "seq_length": 4096},
     "qwen2.5-14b bf16, 8 x 2048": {"llm_key": "qwen2.5-14b-instruct", "batch_size": 8, "seq_length": 2048},
+    "gemma-2-9b bf16 eager, 1 x 8192": {"llm_key": "gemma-2-9b", "batch_size": 1, "seq_length": 8192,
+                                        "optimization_config": {"flash_attention": False}},
 }
 
 
