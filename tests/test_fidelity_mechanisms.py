@@ -338,6 +338,25 @@ def test_fp32_sdpa_with_a_window_mask_runs_the_memory_efficient_kernel():
     assert v["sdpa_window_mask"] == 0 and v["attn_scores_bytes"] == 4096 * 4096 * 32 * 8 == 4_294_967_296
 
 
+def test_eager_attention_keeps_one_additive_mask_per_attention_kind():
+    # Eager attention adds masking_utils' eager_mask to its scores: torch.where(bool mask, 0, min) over batch x
+    # queries x keys in bf16, built once per forward and alive through every layer. Gemma 2 has causal and sliding
+    # layers - two masks: 2 x 1 x 8192 x 8192 x 2 = 268,435,456 bytes at an 8192-token prompt (the transformers
+    # generation recorded on the meta device holds both: 2 x 134,217,728 from the first layer to the head).
+    v = infer(GEMMA2_9B, runtime="transformers", batch_size=1, seq_length=8192,
+              optimization_config={"flash_attention": False})
+    assert v["eager_mask_bytes"] == 2 * 8192 * 8192 * 2 == 268_435_456
+    assert v["activations_gpu_bytes"] == (max(v["ffn_transient_bytes"], v["attn_transient_bytes"])
+                                          + v["hidden_live_bytes"] + 268_435_456)
+    # Llama 3 8B at 4 x 1024: one causal mask over the batch, 4 x 1024 x 1024 x 2 = 8,388,608; under SDPA none
+    assert infer(LLAMA3_8B, runtime="transformers", batch_size=4, seq_length=1024,
+                 optimization_config={"flash_attention": False})["eager_mask_bytes"] == 8_388_608
+    assert infer(LLAMA3_8B, runtime="transformers", batch_size=4, seq_length=1024)["eager_mask_bytes"] == 0
+    # vLLM's attention is always fused: no eager masks
+    assert infer(LLAMA3_8B, runtime="vllm", batch_size=4, seq_length=1024,
+                 optimization_config={"flash_attention": False})["eager_mask_bytes"] == 0
+
+
 def test_phi3_window_mask_in_fp32_inference():
     # Phi-3 mini declares a 2047 window that transformers masks on every layer: at 4096 tokens in fp32
     # (MHA: no repeat) the conversion holds 4096^2 x 5 = 83,886,080 bytes and the bool mask 16,777,216.
