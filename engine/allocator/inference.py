@@ -94,6 +94,59 @@ class Shape(NamedTuple):
     sliding_window: int = 0   # Gemma 2's window on its even layers (0: none)
 
 
+def _rope(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int:
+    """apply_rotary_pos_emb on one of q, k (``t`` tokens of width ``d``): x * cos, rotate_half (-x2, cat), * sin, the
+    sum (Phi-3: then torch.cat with the pass-through part, a copy); the result's handle."""
+    new, free = w.new, w.free
+    xc = new(t * d * a)
+    neg = new(t * d * a // 2)
+    rot = new(t * d * a)
+    free(neg)
+    xs = new(t * d * a)
+    free(rot)
+    out = new(t * d * a)
+    free(xc, xs)
+    if cat_layout:
+        whole = new(t * d * a)
+        free(out)
+        out = whole
+    return out
+
+
+def _rotary_tables(w: caching.Writer, s: int, hd: int, a: int) -> tuple[int, int]:
+    """The rotary embedding's cos and sin for ``s`` positions: fp32 positions, the frequencies' product, the
+    concatenation, cos / sin and the attention scaling, then the 16-bit copies; (cos, sin)."""
+    new, free = w.new, w.free
+    pos32, freqs, emb32, cos32, cosm = new(s * 4), new(s * hd // 2 * 4), new(s * hd * 4), new(s * hd * 4), new(s * hd * 4)
+    free(cos32)
+    sin32, sinm = new(s * hd * 4), new(s * hd * 4)
+    free(sin32)
+    cos, sin = new(s * hd * a), new(s * hd * a)
+    free(pos32, freqs, emb32, cosm, sinm)
+    return cos, sin
+
+
+def _next_ids(w: caching.Writer, batch: int, ids: int, logits: int, first: bool) -> int:
+    """The greedy pick after a forward: the prefill's prompt ids are freed before the argmax, a decode step's previous
+    token after it; then the logits."""
+    if first:
+        w.free(ids)
+        nxt = w.new(batch * 8)
+    else:
+        nxt = w.new(batch * 8)
+        w.free(ids)
+    w.free(logits)
+    return nxt
+
+
+def _generate(w: caching.Writer, batch: int, seq: int, forward) -> list[int]:
+    """generate's prefill and its first decode step through ``forward(s, cached, ids, first)``."""
+    ids = w.new(batch * seq * 8)
+    nxt = forward(seq, 0, ids, True)
+    forward(1, seq, nxt, False)
+    return w.events
+
+
 def events_bound(v: Shape) -> int:
     """At most how many events the sequence has: the model build (14 a layer), the ids, and two forwards of 124
     events a layer (with head norms; 26 more staging an offloaded one's weights; Gemma 2's under 200 with its four
@@ -162,21 +215,7 @@ def events(v: Shape) -> list[int]:
         return out
 
     def rope(t: int, d: int) -> int:
-        """apply_rotary_pos_emb on one of q, k: x * cos, rotate_half (-x2, cat), * sin, the sum (Phi-3: then
-        torch.cat with the pass-through part, a copy)."""
-        xc = new(t * d * a)
-        neg = new(t * d * a // 2)
-        rot = new(t * d * a)
-        free(neg)
-        xs = new(t * d * a)
-        free(rot)
-        out = new(t * d * a)
-        free(xc, xs)
-        if v.rope_cat_layout:
-            whole = new(t * d * a)
-            free(out)
-            out = whole
-        return out
+        return _rope(w, t, d, a, v.rope_cat_layout)
 
     def forward(s: int, cached: int, ids: int, first: bool) -> int:
         """One forward of ``s`` new tokens a sequence on ``cached`` cached ones; the argmax's handle."""
@@ -185,12 +224,7 @@ def events(v: Shape) -> list[int]:
         ar = new(s * 8)
         pos = new(s * 8)
         free(ar)
-        pos32, freqs, emb32, cos32, cosm = new(s * 4), new(s * hd // 2 * 4), new(s * hd * 4), new(s * hd * 4), new(s * hd * 4)
-        free(cos32)
-        sin32, sinm = new(s * hd * 4), new(s * hd * 4)
-        free(sin32)
-        cos, sin = new(s * hd * a), new(s * hd * a)
-        free(pos32, freqs, emb32, cosm, sinm)
+        cos, sin = _rotary_tables(w, s, hd, a)
         x = emb
         for i in range(L):
             stage(i, "n1")
@@ -278,21 +312,11 @@ def events(v: Shape) -> list[int]:
         free(x, pos, emb, sin, cos)
         logits = new(B * V * a)
         free(fn)
-        if first:
-            free(ids)
-            nxt = new(B * 8)
-        else:
-            nxt = new(B * 8)
-            free(ids)
-        free(logits)
-        return nxt
+        return _next_ids(w, B, ids, logits, first)
 
     if v.gemma2_layer:
         return _gemma2(v, w, staged_module=stage, unstage=unstage, cache=cache)
-    ids = new(B * S * 8)
-    nxt = forward(S, 0, ids, True)
-    forward(1, S, nxt, False)
-    return w.events
+    return _generate(w, B, S, forward)
 
 
 def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int]) -> list[int]:
@@ -349,15 +373,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
         return out
 
     def rope(t: int, d: int) -> int:
-        xc = new(t * d * a)
-        neg = new(t * d * a // 2)
-        rot = new(t * d * a)
-        free(neg)
-        xs = new(t * d * a)
-        free(rot)
-        out = new(t * d * a)
-        free(xc, xs)
-        return out
+        return _rope(w, t, d, a)
 
     def mask(s: int, kv: int, window: bool) -> int:
         b, h = new(B * 8), new(8)
@@ -400,12 +416,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
         kv_win = min(cached, win - 1) + s if cached else s
         m_full = mask(s, kv_full, False)
         m_win = mask(s, kv_win, True) if any(sliding) else 0
-        pos32, freqs, emb32, cos32, cosm = new(s * 4), new(s * hd // 2 * 4), new(s * hd * 4), new(s * hd * 4), new(s * hd * 4)
-        free(cos32)
-        sin32, sinm = new(s * hd * 4), new(s * hd * 4)
-        free(sin32)
-        cos, sin = new(s * hd * a), new(s * hd * a)
-        free(pos32, freqs, emb32, cosm, sinm)
+        cos, sin = _rotary_tables(w, s, hd, a)
         x = emb
         for i in range(L):
             kv = kv_win if sliding[i] else kv_full
@@ -488,19 +499,9 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
             free(logits)
             logits = capped
         free(fn)
-        if first:
-            free(ids)
-            nxt = new(B * 8)
-        else:
-            nxt = new(B * 8)
-            free(ids)
-        free(logits)
-        return nxt
+        return _next_ids(w, B, ids, logits, first)
 
-    ids = new(B * S * 8)
-    nxt = forward(S, 0, ids, True)
-    forward(1, S, nxt, False)
-    return w.events
+    return _generate(w, B, S, forward)
 
 
 def simulate(v: Shape) -> caching.Allocator:
