@@ -305,9 +305,13 @@ def test_phi3_lora_saved_activations_fused_views_and_window_mask():
     assert v["sdpa_window_mask"] == 1
     assert v["train_mask_bytes_per_token_layer"] == 2048 * 2 == 4096
     assert v["layer_saved_bytes_per_token"] == 184_576
-    # At 2047 tokens the keys fit the window: no mask, 184,576 - 4,096 = 180,480.
+    # At 2047 tokens - as many keys as the window - transformers still builds the mask (masking_utils skips it only for
+    # kv_length < the window): 2047 x 2 = 4,094 bytes a token. At 2046 there is none: 184,576 - 4,096 = 180,480.
     v = train(PHI3_MINI_WINDOW, finetuning_method="lora", lora_rank=16, lora_target_modules="all-linear",
               batch_size=1, seq_length=2047)
+    assert v["sdpa_window_mask"] == 1 and v["train_mask_bytes_per_token_layer"] == 4094
+    v = train(PHI3_MINI_WINDOW, finetuning_method="lora", lora_rank=16, lora_target_modules="all-linear",
+              batch_size=1, seq_length=2046)
     assert v["sdpa_window_mask"] == 0 and v["layer_saved_bytes_per_token"] == 180_480
 
 
@@ -332,10 +336,13 @@ def test_fp32_sdpa_with_a_window_mask_runs_the_memory_efficient_kernel():
     assert v["sdpa_window_mask"] == 1 and v["sdpa_math_fallback"] == 0 and v["attn_scores_bytes"] == 0
     assert v["window_mask_transient_bytes"] == 335_544_320 + 268_435_456
     assert v["window_mask_bool_bytes"] == 67_108_864
-    # Within the window (4096 tokens) there is no mask: enable_gqa, and fp32 GQA falls back to math:
-    # scores 4096 x 4096 x 32 heads x 8 bytes = 4,294,967,296.
+    # With fewer keys than the window (4095 tokens) there is no mask: enable_gqa, and fp32 GQA falls back to math:
+    # scores 4095 x 4095 x 32 heads x 8 bytes = 4,292,870,400. At exactly 4096 the mask is built (kv_length is not
+    # below the window) and the memory-efficient kernel runs.
+    v = infer(MISTRAL_7B_V01, quantization="fp32", kv_cache_quantization="fp32", seq_length=4095)
+    assert v["sdpa_window_mask"] == 0 and v["attn_scores_bytes"] == 4095 * 4095 * 32 * 8 == 4_292_870_400
     v = infer(MISTRAL_7B_V01, quantization="fp32", kv_cache_quantization="fp32", seq_length=4096)
-    assert v["sdpa_window_mask"] == 0 and v["attn_scores_bytes"] == 4096 * 4096 * 32 * 8 == 4_294_967_296
+    assert v["sdpa_window_mask"] == 1 and v["attn_scores_bytes"] == 0
 
 
 def test_eager_attention_keeps_one_additive_mask_per_attention_kind():
