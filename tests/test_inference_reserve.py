@@ -77,7 +77,7 @@ def test_gemma2_decode_keeps_only_the_window_in_sliding_layers():
     # 2 x 16 x 32 x 2 = 2048), dropping the prompt's.
     shape = inference.Shape(**{**TINY, "mem_seqs": 2, "seq": 40, "hidden": 64, "intermediate": 128, "q_dim": 64,
                                "kv_dim": 32, "n_heads": 4, "n_layers": 4, "vocab": 128, "gemma2_layer": 1,
-                               "sliding_window": 16})
+                               "infer_reserve_window": 16})
     sizes = [e for e in inference.events(shape) if e >= 0]
     assert sizes.count(5248) == 4 and sizes.count(2048) >= 4
     assert sizes.count(5120) >= 8
@@ -177,6 +177,42 @@ def test_the_simulated_eager_gemma2_reserve_is_the_measured_one(run):
     assert v["allocator_reserve_bytes"] == v["infer_reserve_simulated_bytes"] == measured + 2_097_152 + 512
 
 
+#: Models that window every layer, as transformers 5.17 generates with them (benchmarks/allocator/replay_inference.py
+#: record(): the ops' own allocations on the meta device, replayed through the same allocator model - peak reserved -
+#: peak allocated): the bool mask, the KV heads repeated for it, SDPA's conversion to an additive mask and the
+#: memory-efficient kernel, each layer's sliding cache and counter.
+WINDOWED = {
+    "Mistral 7B v0.1's widths, 4 layers, window 4096, 1 x 8192": (
+        {"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336, "num_attention_heads": 32,
+         "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 4, "vocab_size": 32000, "sliding_window": 4096,
+         "max_position_embeddings": 32768, "tie_word_embeddings": False, "hidden_act": "silu"}, 1, 8192, 419_222_528),
+    "Phi-3 mini's widths, 4 layers, window 2047, 8 x 4096": (
+        {**PHI3_MINI, "num_hidden_layers": 4, "sliding_window": 2047}, 8, 4096, 977_443_840),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WINDOWED))
+def test_a_window_on_every_layer_is_written(case):
+    config, batch, seq, recorded = WINDOWED[case]
+    resp, v = generate(config, batch_size=batch, seq_length=seq)
+    assert v["sdpa_window_mask"] == 1 and v["infer_reserve_window"] == config["sliding_window"]
+    assert v["infer_reserve_simulated"] == 1 and v["infer_reserve_simulated_bytes"] == recorded
+
+
+def test_a_windowed_decode_step_keeps_the_window():
+    # 2 sequences of 37 tokens, window 16, every layer windowed, 4 heads of 16 over 2 KV heads. The decode step rebuilds
+    # each layer's keys and values from the window's last 15 tokens and the new one: 2 x 16 x 32 x 2 = 2048 bytes a
+    # tensor, 6 of them over 3 layers - never the 38-token 2 x 38 x 32 x 2 = 4864 a growing cache would take. Its
+    # mask over those 16 keys is converted to an additive one: 2 x 1 x 16 x 2 = 64 bytes a layer.
+    shape = inference.Shape(**{**TINY, "mem_seqs": 2, "seq": 37, "hidden": 64, "intermediate": 128, "q_dim": 64,
+                               "kv_dim": 32, "n_heads": 4, "n_layers": 3, "vocab": 128, "infer_reserve_window": 16})
+    sizes = [e for e in inference.events(shape) if e >= 0]
+    assert sizes.count(4864) == 0 and sizes.count(2048) >= 6
+    # without the window the step grows every tensor to 38 tokens
+    plain = [e for e in inference.events(shape._replace(infer_reserve_window=0)) if e >= 0]
+    assert plain.count(4864) == 6
+
+
 @pytest.mark.parametrize("run", sorted(MEASURED))
 def test_the_simulated_reserve_is_the_measured_one(run):
     config, batch, seq, measured = MEASURED[run]
@@ -197,7 +233,8 @@ EAGER = {"optimization_config": {"flash_attention": False}}
 UNCOVERED = {
     "partial rotary (Phi-4-mini's 0.75)": ({**PHI3_MINI, "partial_rotary_factor": 0.75}, {}),
     "fp32 weights": (LLAMA32_1B, {"quantization": "fp32"}),
-    "a sliding-window mask": ({**LLAMA32_1B, "model_type": "mistral", "sliding_window": 256}, {}),
+    "a sliding-window mask in fp32 (the memory-efficient kernel's fp32 path)": (
+        {**LLAMA32_1B, "model_type": "mistral", "sliding_window": 256}, {"quantization": "fp32"}),
     "two GPUs": (LLAMA32_1B, {"num_gpus": 2}),
     "the cache on the host": (LLAMA32_1B, {"enable_offloading": True, "offload_kv_cache": True}),
     "a qk-norm over whole projections (OLMo 2)": ({**LLAMA32_1B, "model_type": "olmo2"}, {}),

@@ -45,13 +45,18 @@ Qwen3 adds an RMSNorm of head_dim on each query and key head right after its pro
 freed once normed; q_norm and k_norm built after o_proj). Phi-3's differences are the fused_qkv, fused_gate_up and
 rope_cat_layout flags.
 
-Gemma 2 under eager attention is written too (:func:`_gemma2`: its two masks, four norms, soft-capped scores and
-the probabilities each layer keeps, its sliding layers' window cache in the decode step).
+A model that windows every layer (Mistral v0.1; a Phi-3 whose config sets its window) is written with what the window
+brings: one counter a layer (DynamicSlidingWindowLayer), the forward's bool mask once there are as many keys as the
+window (masking_utils), the KV heads repeat_kv copies because of it, SDPA's conversion of the mask (logical_not,
+torch.where into the compute dtype) and the memory-efficient kernel (its output already in (batch, tokens, heads, dim)
+order, its logsumexp padded to 32 queries), and a decode step that rebuilds each layer's keys and values from the
+window's last tokens and the new one. Gemma 2 under eager attention is written too (:func:`_gemma2`: its two masks,
+four norms, soft-capped scores and the probabilities each layer keeps, its sliding layers' window cache).
 
 Not written (the estimate keeps the fitted fraction, formulas/memory/runtime_overhead.yaml): other layer
-families (other qk-norms, partial rotary, MoE, recurrent or cross-attention layers), a
-sliding-window mask under SDPA and other eager attentions' masks and scores, fp32 weights (SDPA takes the
-memory-efficient or math path), quantized weights or cache, several GPUs, a cache kept on the host.
+families (other qk-norms, partial rotary, MoE, recurrent or cross-attention layers), layers of two kinds under SDPA,
+other eager attentions' masks and scores, fp32 weights (SDPA takes the memory-efficient or math path), quantized
+weights or cache, several GPUs, a cache kept on the host.
 """
 
 from __future__ import annotations
@@ -91,7 +96,9 @@ class Shape(NamedTuple):
                               # in (batch, heads, tokens, head_dim) order, so the attention output is copied back
     qk_head_norm: int = 0     # an RMSNorm of head_dim on each query and key head after its projection (Qwen3)
     gemma2_layer: int = 0     # Gemma2DecoderLayer under eager attention (four (1 + w) norms, soft-capped scores)
-    sliding_window: int = 0   # Gemma 2's window on its even layers (0: none)
+    #: the window the written layers keep and mask with (0: none) - Gemma 2's on its even layers, or every layer's where
+    #: a model windows all of them (Mistral v0.1, a Phi-3 whose config sets one)
+    infer_reserve_window: int = 0
 
 
 def _rope(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int:
@@ -126,6 +133,33 @@ def _rotary_tables(w: caching.Writer, s: int, hd: int, a: int) -> tuple[int, int
     return cos, sin
 
 
+def _bool_mask(w: caching.Writer, batch: int, s: int, kv: int, window: bool) -> int:
+    """masking_utils' (1, 1, s, kv) bool mask for ``s`` queries over ``kv`` keys, built from int64 position ranges
+    (the batch's, the heads' one, the queries', the keys'); a sliding one ands a 'within the window' comparison in."""
+    new, free = w.new, w.free
+    b, h = new(batch * 8), new(8)
+    q0 = new(s * 8)
+    q1 = new(s * 8)
+    free(q0)
+    k0 = new(kv * 8)
+    k1 = new(kv * 8)
+    free(k0)
+    if window:
+        one = new(1)
+        d = new(s * 8)
+        gt = new(s * kv)
+        free(d)
+        both = new(s * kv)
+        free(gt, one)
+        le = new(s * kv)
+        m = new(s * kv)
+        free(le, both)
+    else:
+        m = new(s * kv)
+    free(b, h, q1, k1)
+    return m
+
+
 def _next_ids(w: caching.Writer, batch: int, ids: int, logits: int, first: bool) -> int:
     """The greedy pick after a forward: the prefill's prompt ids are freed before the argmax, a decode step's previous
     token after it; then the logits."""
@@ -149,9 +183,9 @@ def _generate(w: caching.Writer, batch: int, seq: int, forward) -> list[int]:
 
 def events_bound(v: Shape) -> int:
     """At most how many events the sequence has: the model build (14 a layer), the ids, and two forwards of 124
-    events a layer (with head norms; 26 more staging an offloaded one's weights; Gemma 2's under 200 with its four
-    norms, soft-capped scores and staging) and under 90 around them (its masks and counters)."""
-    return 14 * v.n_layers + 5 + 2 * ((200 if v.gemma2_layer else 150) * v.n_layers + 90)
+    events a layer (with head norms; 26 more staging an offloaded one's weights; under 200 with a window mask's
+    copies and conversion, or Gemma 2's four norms and soft-capped scores) and under 90 around them (masks, counters)."""
+    return 14 * v.n_layers + 5 + 2 * ((200 if v.gemma2_layer or v.infer_reserve_window else 150) * v.n_layers + 90)
 
 
 def events(v: Shape) -> list[int]:
@@ -217,13 +251,21 @@ def events(v: Shape) -> list[int]:
     def rope(t: int, d: int) -> int:
         return _rope(w, t, d, a, v.rope_cat_layout)
 
+    win = 0 if v.gemma2_layer else v.infer_reserve_window   # every layer windowed (Mistral v0.1, a Phi-3 with its window)
+    rep = v.n_heads // max(K // max(hd, 1), 1)
+
     def forward(s: int, cached: int, ids: int, first: bool) -> int:
         """One forward of ``s`` new tokens a sequence on ``cached`` cached ones; the argmax's handle."""
         t = B * s
         emb = new(t * H * a)
+        lifted = [new(8) for _ in range(L)] if first and win else []  # a DynamicSlidingWindowLayer's counter each
         ar = new(s * 8)
         pos = new(s * 8)
         free(ar)
+        # the keys a windowed layer attends to: its last window - 1 cached tokens and the new ones; masking_utils builds
+        # the mask once there are as many keys as the window (kv_length < window lets SDPA run causal instead)
+        kv = min(cached, win - 1) + s if win and cached else cached + s
+        masked = _bool_mask(w, B, s, kv, True) if win and kv >= win else 0
         cos, sin = _rotary_tables(w, s, hd, a)
         x = emb
         for i in range(L):
@@ -250,18 +292,44 @@ def events(v: Shape) -> list[int]:
             qr, kr = rope(t, Q), rope(t, K)
             if not v.fused_qkv:
                 free(q, k)
-            for j in (2 * i, 2 * i + 1):
-                grown = new(B * (cached + s) * K * a)
-                if cache[j]:
-                    free(cache[j])
-                cache[j] = grown
+            if lifted:  # the counter's first update replaces the scalar it started from
+                new(8)
+                free(lifted.pop(0))
+            if win and cached:  # DynamicSlidingWindowLayer: cat keys, cat values, then the old ones go
+                grown = [new(B * kv * K * a), new(B * kv * K * a)]
+                free(cache[2 * i], cache[2 * i + 1])
+                cache[2 * i], cache[2 * i + 1] = grown
+            else:
+                for j in (2 * i, 2 * i + 1):
+                    grown = new(B * (cached + s) * K * a)
+                    if cache[j]:
+                        free(cache[j])
+                    cache[j] = grown
             free(kr)
             if not v.fused_qkv:
                 free(vv)
-            o = new(t * Q * a)  # SDPA's output, then its fp32 logsumexp and RNG state (its empty tensor takes no block)
-            lse, seed, offset = new(B * v.n_heads * s * 4), new(16), new(8)
-            free(offset, seed, lse)
-            if v.rope_cat_layout and s > 1:  # transpose(1, 2).contiguous() of a (batch, heads, tokens, dim) output
+            if masked:
+                # a mask keeps SDPA from grouped heads: repeat_kv copies keys and values; SDPA converts the bool mask
+                # (logical_not over the batch, torch.where into the compute dtype) and the memory-efficient kernel
+                # runs: its output, fp32 logsumexp padded to 32 queries, RNG seed and offset
+                rk = rv = 0
+                if rep > 1:
+                    rk, rv = new(B * kv * Q * a), new(B * kv * Q * a)
+                ln, zero, fill = new(B * s * kv), new(a), new(a)
+                bias = new(B * s * kv * a)
+                free(fill, ln, zero)
+                o = new(t * Q * a)
+                lse, seed, offset = new(B * v.n_heads * -(-s // 32) * 32 * 4), new(8), new(8)
+                free(offset, seed, lse, bias)
+                if rep > 1:
+                    free(rk, rv)
+            else:
+                o = new(t * Q * a)  # SDPA's output, then its fp32 logsumexp and RNG state (its empty tensor takes no block)
+                lse, seed, offset = new(B * v.n_heads * s * 4), new(16), new(8)
+                free(offset, seed, lse)
+            # transpose(1, 2).contiguous() of flash's (batch, heads, tokens, dim) output; the memory-efficient kernel
+            # (a mask) writes its output in (batch, tokens, heads, dim) order already
+            if v.rope_cat_layout and s > 1 and not masked:
                 copied = new(t * Q * a)
                 free(o)
                 o = copied
@@ -309,7 +377,10 @@ def events(v: Shape) -> list[int]:
                 free(x)
             x = out
         fn = norm(t)
-        free(x, pos, emb, sin, cos)
+        free(x, pos, emb)
+        if masked:
+            free(masked)
+        free(sin, cos)
         logits = new(B * V * a)
         free(fn)
         return _next_ids(w, B, ids, logits, first)
@@ -338,7 +409,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
     Q, K, L, V, a = v.q_dim, v.kv_dim, v.n_layers, v.vocab, v.act_bytes
     hd = Q // max(v.n_heads, 1)
     rep = v.n_heads // max(K // max(hd, 1), 1)        # query heads a KV head serves (repeat_kv copies when > 1)
-    win = v.sliding_window
+    win = v.infer_reserve_window
     sliding = [win > 0 and i % 2 == 0 for i in range(L)]   # Gemma2Config layer_types: even layers slide
 
     def norm(t: int) -> int:
@@ -376,26 +447,8 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
         return _rope(w, t, d, a)
 
     def mask(s: int, kv: int, window: bool) -> int:
-        b, h = new(B * 8), new(8)
-        q0 = new(s * 8)
-        q1 = new(s * 8)
-        free(q0)
-        k0 = new(kv * 8)
-        k1 = new(kv * 8)
-        free(k0)
-        if window:
-            one = new(1)
-            d = new(s * 8)
-            gt = new(s * kv)
-            free(d)
-            both = new(s * kv)
-            free(gt, one)
-            le = new(s * kv)
-            m = new(s * kv)
-            free(le, both)
-        else:
-            m = new(s * kv)
-        free(b, h, q1, k1)
+        """The eager mask: the bool one turned into torch.where(mask, 0, min) in the compute dtype."""
+        m = _bool_mask(w, B, s, kv, window)
         sc = new(a)
         out = new(B * s * kv * a)
         free(sc, m)
