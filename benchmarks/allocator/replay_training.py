@@ -131,11 +131,24 @@ def _sdpa_meta(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
     q, k, v = _Autocast.cast(q), _Autocast.cast(k), _Autocast.cast(v)
     if attn_mask is None:
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, False, scale=scale)[0]
+    # aten/src/ATen/native/transformers/attention.cpp scaled_dot_product_attention, memory-efficient branch:
+    # convert_boolean_attn_mask (zeros_like in the query's dtype, masked_fill_ of the logical_not), then preprocess_mask
+    # (pad_bias<8>: a padded copy when a stride but the last is not a multiple of 8 - the converted mask is released)
     bias = attn_mask
     if attn_mask.dtype == torch.bool:
-        bias = torch.where(attn_mask.logical_not(), float("-inf"), torch.zeros((), dtype=q.dtype, device=q.device))
+        bias = torch.zeros_like(attn_mask, dtype=q.dtype)
+        bias.masked_fill_(attn_mask.logical_not(), float("-inf"))
+    if any(st % 8 for st in bias.stride()[:-1]) or bias.stride(-1) != 1:
+        last = bias.shape[-1]
+        bias = F.pad(bias, (0, 8 - last % 8))[..., :last]
     bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-    return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, dropout_p, is_causal, scale=scale)[0]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, bias, True, dropout_p, is_causal,
+                                                                      scale=scale)[0]
+    # inference: no logsumexp (should_compute_logsumexp is false) and, without dropout, the kernel's seed and offset
+    # are CPU tensors (attention.cu _efficient_attention_forward) - only its output, written in (batch, tokens, heads,
+    # dim) order, is on the GPU
+    return torch.empty(q.shape[0], q.shape[2], q.shape[1], v.shape[-1], dtype=q.dtype, device=q.device).transpose(1, 2)
 
 
 F.scaled_dot_product_attention = _sdpa_meta

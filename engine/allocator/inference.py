@@ -47,10 +47,11 @@ rope_cat_layout flags.
 
 A model that windows every layer (Mistral v0.1; a Phi-3 whose config sets its window) is written with what the window
 brings: one counter a layer (DynamicSlidingWindowLayer), the forward's bool mask once there are as many keys as the
-window (masking_utils), the KV heads repeat_kv copies because of it, SDPA's conversion of the mask (logical_not,
-torch.where into the compute dtype) and the memory-efficient kernel (its output already in (batch, tokens, heads, dim)
-order, its logsumexp padded to 32 queries), and a decode step that rebuilds each layer's keys and values from the
-window's last tokens and the new one. Gemma 2 under eager attention is written too (:func:`_gemma2`: its two masks,
+window (masking_utils), the KV heads repeat_kv copies because of it, SDPA's conversion of the mask (zeros_like in the
+compute dtype filled by its logical_not; a copy padded to 8 keys where they are not a multiple of 8) and the
+memory-efficient kernel (its output already in (batch, tokens, heads, dim) order; in inference no logsumexp and no GPU
+seed or offset), and a decode step that rebuilds each layer's keys and values from the window's last tokens and the
+new one. Gemma 2 under eager attention is written too (:func:`_gemma2`: its two masks,
 four norms, soft-capped scores and the probabilities each layer keeps, its sliding layers' window cache).
 
 Not written (the estimate keeps the fitted fraction, formulas/memory/runtime_overhead.yaml): other layer
@@ -309,18 +310,23 @@ def events(v: Shape) -> list[int]:
             if not v.fused_qkv:
                 free(vv)
             if masked:
-                # a mask keeps SDPA from grouped heads: repeat_kv copies keys and values; SDPA converts the bool mask
-                # (logical_not over the batch, torch.where into the compute dtype) and the memory-efficient kernel
-                # runs: its output, fp32 logsumexp padded to 32 queries, RNG seed and offset
+                # a mask keeps SDPA from grouped heads: repeat_kv copies keys and values. SDPA converts the bool mask
+                # (attention.cpp convert_boolean_attn_mask: zeros_like in the compute dtype over the batch, the
+                # logical_not it fills by), pads a copy to 8 keys where they are not a multiple of 8 (preprocess_mask,
+                # which lets the unpadded one go) and runs the memory-efficient kernel: only its output is on the GPU
+                # in inference (no logsumexp without grad; seed and offset are CPU tensors without dropout)
                 rk = rv = 0
                 if rep > 1:
                     rk, rv = new(B * kv * Q * a), new(B * kv * Q * a)
-                ln, zero, fill = new(B * s * kv), new(a), new(a)
                 bias = new(B * s * kv * a)
-                free(fill, ln, zero)
+                ln = new(B * s * kv)
+                free(ln)
+                if kv % 8:
+                    padded = new(B * s * (kv + 8 - kv % 8) * a)
+                    free(bias)
+                    bias = padded
                 o = new(t * Q * a)
-                lse, seed, offset = new(B * v.n_heads * -(-s // 32) * 32 * 4), new(8), new(8)
-                free(offset, seed, lse, bias)
+                free(bias)
                 if rep > 1:
                     free(rk, rv)
             else:
