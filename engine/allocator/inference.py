@@ -67,8 +67,8 @@ from typing import NamedTuple
 
 from . import caching
 
-#: The longest sequence replayed (about 0.15 s of pure Python): a prefill and one decode step write 88-124 events
-#: a layer each.
+#: The longest sequence replayed (about 0.15 s of pure Python): a prefill and one decode step write 88-200 events
+#: a layer each (events_bound).
 MAX_EVENTS = 200_000
 
 
@@ -159,6 +159,23 @@ def _bool_mask(w: caching.Writer, batch: int, s: int, kv: int, window: bool) -> 
         m = new(s * kv)
     free(b, h, q1, k1)
     return m
+
+
+def _grow_cache(w: caching.Writer, cache: list[int], layer: int, nbytes: int, sliding: bool) -> None:
+    """Layer ``layer``'s keys and values after a forward, ``nbytes`` each: DynamicLayer concatenates the keys, then the
+    values, each releasing the tensor it replaces at once; DynamicSlidingWindowLayer concatenates both, then drops the
+    old ones (``cache`` holds the live handles, 0 before the prefill)."""
+    pair = (2 * layer, 2 * layer + 1)
+    if sliding:
+        grown = [w.new(nbytes), w.new(nbytes)]
+        w.free(*(cache[j] for j in pair if cache[j]))
+        cache[pair[0]], cache[pair[1]] = grown
+        return
+    for j in pair:
+        g = w.new(nbytes)
+        if cache[j]:
+            w.free(cache[j])
+        cache[j] = g
 
 
 def _next_ids(w: caching.Writer, batch: int, ids: int, logits: int, first: bool) -> int:
@@ -296,16 +313,7 @@ def events(v: Shape) -> list[int]:
             if lifted:  # the counter's first update replaces the scalar it started from
                 new(8)
                 free(lifted.pop(0))
-            if win and cached:  # DynamicSlidingWindowLayer: cat keys, cat values, then the old ones go
-                grown = [new(B * kv * K * a), new(B * kv * K * a)]
-                free(cache[2 * i], cache[2 * i + 1])
-                cache[2 * i], cache[2 * i + 1] = grown
-            else:
-                for j in (2 * i, 2 * i + 1):
-                    grown = new(B * (cached + s) * K * a)
-                    if cache[j]:
-                        free(cache[j])
-                    cache[j] = grown
+            _grow_cache(w, cache, i, B * kv * K * a, win > 0)
             free(kr)
             if not v.fused_qkv:
                 free(vv)
@@ -460,8 +468,6 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
         free(sc, m)
         return out
 
-    counters = [0] * L
-
     def forward(s: int, cached: int, ids: int, first: bool) -> int:
         t = B * s
         e0 = new(t * H * a)
@@ -485,19 +491,10 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
             vv = linear(i, "v", t * K * a)
             qr, kr = rope(t, Q), rope(t, K)
             free(q, k)
-            if first and sliding[i]:
-                counters[i] = new(8)
+            if first and sliding[i]:  # the counter's first update replaces the scalar it started from
+                new(8)
                 free(lifted.pop(0))
-            if sliding[i] and cached:  # cat(the window's last w - 1, new); the prompt's tensors dropped after both
-                grown = [new(B * kv * K * a), new(B * kv * K * a)]
-                free(cache[2 * i], cache[2 * i + 1])
-                cache[2 * i], cache[2 * i + 1] = grown
-            else:
-                for j in (2 * i, 2 * i + 1):
-                    g = new(B * kv * K * a)
-                    if cache[j]:
-                        free(cache[j])
-                    cache[j] = g
+            _grow_cache(w, cache, i, B * kv * K * a, sliding[i])
             free(kr, vv)
             rk = rv = 0
             if rep > 1:
