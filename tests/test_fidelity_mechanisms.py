@@ -376,9 +376,10 @@ def test_phi3_window_mask_in_fp32_inference():
 
 def test_llm_int8_mlp_holds_int32_and_fp16_copies_of_a_linear_output():
     # bitsandbytes LLM.int8, Llama 3 8B, 1 x 2048 prompt: while up_proj runs, act(gate) and up (2 x 14336 x 2 bytes)
-    # are alive with the int32 GEMM result (4) and its fp16 dequantization (2) of up's 14336 outputs:
-    # 57,344 + 86,016 = 143,360 bytes per token, x 2048 = 293,601,280 (bf16: 3 x 14336 x 2 x 2048 = 176,160,768).
+    # are alive with the int32 GEMM result (4) and its fp16 dequantization (2) of up's 14336 outputs and with
+    # MatMul8bitLt's int8 copy of up's input (4096) and its fp32 row scale (4):
+    # 57,344 + 86,016 + 4,100 = 147,460 bytes per token, x 2048 = 301,998,080 (bf16: 3 x 14336 x 2 x 2048 = 176,160,768).
     v = infer(LLAMA3_8B, quantization="int8", kv_cache_quantization="bf16", seq_length=2048)
-    assert v["ffn_int8_bytes_per_token"] == 143_360
-    assert v["ffn_transient_bytes"] == 293_601_280
+    assert v["ffn_int8_bytes_per_token"] == 147_460
+    assert v["ffn_transient_bytes"] == 301_998_080
     assert infer(LLAMA3_8B, quantization="bf16", seq_length=2048)["ffn_transient_bytes"] == 176_160_768

@@ -222,6 +222,60 @@ def test_the_simulated_reserve_is_the_measured_one(run):
     assert any(a.startswith("allocator reserve: simulated") for a in resp["assumptions"])
 
 
+def test_an_int8_linear_follows_matmul8bitlt():
+    # 3 tokens of 5 inputs into 7 outputs, bf16 activations (bitsandbytes 0.50 MatMul8bitLt.forward in inference):
+    # the fp16 copy of the input 3 x 5 x 2 = 30; int8_vectorwise_quant's row_stats 3 x 4 = 12 and out_row 3 x 5 = 15, the
+    # threshold's abs (30, freed once compared) and bool (15), outliers.any() (1 byte, read and freed); the bool goes as
+    # the function returns, then the fp16 copy; int8_linear_matmul's int32 3 x 7 x 4 = 84, int8_mm_dequant's fp16 42 and
+    # its .to(bf16) 42 (the output, handle 9); the fp16 and int32 go, then the quantized input and its statistics.
+    w = inference.caching.Writer()
+    assert inference._int8_linear(w, 3, 5, 7, 2) == 9
+    assert w.events == [30, 12, 15, 30, 15, ~4, 1, ~6, ~5, ~1, 84, 42, 42, ~8, ~7, ~3, ~2]
+
+
+def test_an_int8_weight_is_loaded_through_an_fp16_copy():
+    # A 4 x 6 weight from a bf16 checkpoint: materialized on the GPU (4 x 6 x 2 = 48), its fp16 copy (48), SCB (4 rows
+    # x 4 = 16) and CB (24, int8); the fp16 copy and the bf16 tensor go, CB and SCB stay.
+    w = inference.caching.Writer()
+    inference._int8_load(w, 4, 6, 2)
+    assert w.events == [48, 48, 16, 24, ~2, ~1]
+
+
+def test_an_int8_model_loads_in_checkpoint_order():
+    # TINY under LLM.int8: the embedding (32 x 8 x 2 = 512); the layer's tensors in their checkpoint names' order -
+    # input_layernorm (16), mlp.down_proj (8 x 16), gate_proj, up_proj (16 x 8 each), post_attention_layernorm,
+    # self_attn.k_proj, o_proj, q_proj, v_proj (8 x 8 each) - each linear as 2 a, 2, 4 x rows, 1 byte an element; the
+    # final norm. The workspaces (69,207,040) come only in the first forward, after the prompt's ids (8 bytes), the
+    # embedding output (16) and the positions' arange (8) and copy (8), where the rotary tables' matmul runs.
+    events = inference.events(inference.Shape(**TINY, int8_linear=1))
+    loaded = [e for e in events[:events.index(69_207_040)] if e >= 0]
+    linear = lambda rows, cols: [rows * cols * 2, rows * cols * 2, rows * 4, rows * cols]
+    assert loaded == ([512, 16] + linear(8, 16) + linear(16, 8) + linear(16, 8) + [16] + linear(8, 8) * 4 + [16]
+                      + [8, 16, 8, 8])
+
+
+def test_an_int8_generation_is_simulated_and_its_peak_is_the_estimates():
+    resp, v = generate(LLAMA32_1B, quantization="int8", batch_size=16, seq_length=2048)
+    assert v["int8_matmul"] == 1 and v["infer_reserve_simulated"] == 1
+    shape = inference.Shape(mem_seqs=16, seq=2048, hidden=2048, intermediate=8192, q_dim=2048, kv_dim=512, n_heads=32,
+                            n_layers=16, vocab=128256, p_output=0, qkv_bias=0, act_bytes=2,
+                            library_workspace_bytes=int(v["library_workspace_bytes"]), int8_linear=1)
+    reserved, allocated = inference.peaks(shape)
+    assert v["allocator_reserve_bytes"] == reserved - allocated
+    # The simulated peak is the up-projection of a layer (the formulas' ffn_int8 moment) on top of the weights and the
+    # cache: int8 layers 16 x (2048 x (2048 + 512 + 512 + 2048 + 3 x 8192) x 1 + (2048 + 512 + 512 + 2048 + 2 x 8192 + 2048)
+    # x 4 fp32 row scales) + 2 norms x 2048 x 2 + the bf16 embedding 128256 x 2048 x 2 + the final norm; the cache 16 x 2 x
+    # 32,768 x 512 x 2; 32,768 tokens x (4 x 2048 x 2 live hidden tensors (the embedding output generate's forward keeps,
+    # the layer's input, the attention's residual sum and the normed input) + act(gate)
+    # 8192 x 2 + int32 8192 x 4 + fp16 8192 x 2 + the bf16 output 8192 x 2 + the int8 input 2048 + its scale 4); the
+    # workspaces. Within 1% of that sum (the rest: positions, rotary tables, the previous layer's output).
+    layers = 16 * (2048 * (2 * 2048 + 2 * 512 + 3 * 8192) + 4 * (2 * 2048 + 2 * 512 + 2 * 8192 + 2048) + 2 * 2048 * 2)
+    weights = layers + 128256 * 2048 * 2 + 2048 * 2
+    cache = 16 * 2 * 32768 * 512 * 2
+    moment = 32768 * (4 * 2048 * 2 + 8192 * 2 + 8192 * 4 + 8192 * 2 + 8192 * 2 + 2048 + 4)
+    assert allocated == pytest.approx(weights + cache + moment + v["library_workspace_bytes"], rel=0.01)
+
+
 def generate(config: dict, **kw) -> tuple[dict, dict[str, float]]:
     body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": config, "runtime": "transformers", "trace": True,
             "batch_size": 2, "seq_length": 512, **kw}
@@ -287,8 +341,9 @@ def test_a_batch_of_estimates_gives_what_single_estimates_give():
 
 @pytest.mark.parametrize("args, error", [
     ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0), TypeError),              # one argument short
-    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0), ValueError),         # a negative size
-    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0), ValueError),     # 10,000 layers: too many events
+    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0), ValueError),      # a negative size
+    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0), ValueError),  # 10,000 layers: too many events
+    ((1, 1, 8, 16, 8, 8, 1, 3_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1), ValueError),   # 3,000 LLM.int8 layers: too many
 ])
 def test_the_function_refuses_what_it_cannot_replay(args, error):
     with pytest.raises(error):

@@ -54,10 +54,17 @@ seed or offset), and a decode step that rebuilds each layer's keys and values fr
 new one. Gemma 2 under eager attention is written too (:func:`_gemma2`: its two masks,
 four norms, soft-capped scores and the probabilities each layer keeps, its sliding layers' window cache).
 
+bitsandbytes LLM.int8 (``load_in_8bit``) is written too: the model comes from a checkpoint, one tensor at a time
+(transformers loads synchronously when it quantizes on the fly), each linear's weight materialized in the model dtype,
+copied to fp16 and quantized into the int8 CB and fp32 SCB it keeps (:func:`_int8_load`); the cuBLAS workspaces come
+with the first forward's rotary matmul; every projection runs MatMul8bitLt's sequence (:func:`_int8_linear`: the fp16
+copy of the input, its int8 copy and row scales, the threshold's abs and bool, the int32 product, the fp16 dequantized
+output and its bf16 copy). Outlier columns are not written (they depend on the activations' values).
+
 Not written (the estimate keeps the fitted fraction, formulas/memory/runtime_overhead.yaml): other layer
 families (other qk-norms, partial rotary, MoE, recurrent or cross-attention layers), layers of two kinds under SDPA,
-other eager attentions' masks and scores, fp32 weights (SDPA takes the memory-efficient or math path), quantized
-weights or cache, several GPUs, a cache kept on the host.
+other eager attentions' masks and scores, fp32 weights (SDPA takes the memory-efficient or math path), other
+quantized weights (NF4, GPTQ, AWQ, ...) or a quantized cache, several GPUs, a cache kept on the host.
 """
 
 from __future__ import annotations
@@ -100,6 +107,9 @@ class Shape(NamedTuple):
     #: the window the written layers keep and mask with (0: none) - Gemma 2's on its even layers, or every layer's where
     #: a model windows all of them (Mistral v0.1, a Phi-3 whose config sets one)
     infer_reserve_window: int = 0
+    #: bitsandbytes LLM.int8 linears (transformers load_in_8bit): the model is loaded from a checkpoint, quantizing each
+    #: linear's weight on the way (:func:`_int8_load`), and every projection runs MatMul8bitLt (:func:`_int8_linear`)
+    int8_linear: int = 0
 
 
 def _rope(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int:
@@ -199,11 +209,61 @@ def _generate(w: caching.Writer, batch: int, seq: int, forward) -> list[int]:
     return w.events
 
 
+#: a decoder layer's modules in the order a checkpoint's sorted keys name them (input_layernorm, mlp.*, post_attention_layernorm,
+#: self_attn.*; Qwen3's k_norm / q_norm among the projections)
+_CHECKPOINT_ORDER = ("n1", "down", "gate", "gate_up", "up", "n2", "kn", "k", "o", "qn", "qkv", "q", "v")
+
+
+def _int8_load(w: caching.Writer, rows: int, cols: int, a: int) -> None:
+    """One linear's weight loaded with load_in_8bit (transformers 5.17 core_model_loading: on-the-fly quantization
+    loads synchronously, so one tensor at a time): the checkpoint tensor materialized on the GPU in the model dtype;
+    Bnb8bitQuantize copies it to the host and ``Int8Params(...).to(cuda)`` quantizes it (bitsandbytes 0.50
+    Int8Params._quantize: ``.to(device, float16)``, int8_vectorwise_quant's row_stats (SCB, fp32 a row) and out_row
+    (CB, int8) - the two it keeps); the fp16 copy is freed as _quantize returns, the materialized tensor once the
+    conversion's dict is replaced."""
+    value = w.new(rows * cols * a)
+    half = w.new(rows * cols * 2)
+    w.new(rows * 4)
+    w.new(rows * cols)
+    w.free(half, value)
+
+
+def _int8_linear(w: caching.Writer, t: int, cols: int, rows: int, a: int) -> int:
+    """Linear8bitLt's forward on ``t`` tokens of ``cols`` inputs into ``rows`` outputs in inference (bitsandbytes 0.50
+    autograd/_functions.py MatMul8bitLt.forward, backends/cuda/ops.py, backends/default/ops.py), the output's handle:
+    the fp16 copy of the input; int8_vectorwise_quant with the 6.0 threshold - row_stats (fp32 a token), out_row (int8),
+    ``A.abs() >= threshold`` (the abs freed once compared, the bool kept to the function's end) and ``outliers.any()``
+    (a one-byte tensor read on the host); the fp16 copy goes once quantized. int8_scaled_mm: the int32 product
+    (int8_linear_matmul), int8_mm_dequant's fp16 output and its ``.to(bf16)`` - then the fp16 and the int32 go;
+    MatMul8bitLt's quantized input and its row statistics go as it returns.
+
+    No outlier column is written: which input columns reach the threshold depends on the activations' values, not on
+    the shapes (a trained model's few outlier features add subA / subB copies of a few columns and addmm's second output;
+    a randomly initialised one's MLP product crosses 6.0 in nearly every column of a long prompt, which adds a copy of
+    the input and the weight dequantized in fp32)."""
+    new, free = w.new, w.free
+    half = new(t * cols * 2)
+    stats = new(t * 4)
+    quant = new(t * cols)
+    absolute = new(t * cols * 2)
+    outliers = new(t * cols)
+    free(absolute)
+    found = new(1)
+    free(found, outliers, half)
+    product = new(t * rows * 4)
+    dequant = new(t * rows * 2)
+    out = new(t * rows * a)
+    free(dequant, product, quant, stats)
+    return out
+
+
 def events_bound(v: Shape) -> int:
-    """At most how many events the sequence has: the model build (14 a layer), the ids, and two forwards of 124
-    events a layer (with head norms; 26 more staging an offloaded one's weights; under 200 with a window mask's
-    copies and conversion, or Gemma 2's four norms and soft-capped scores) and under 90 around them (masks, counters)."""
-    return 14 * v.n_layers + 5 + 2 * ((200 if v.gemma2_layer or v.infer_reserve_window else 150) * v.n_layers + 90)
+    """At most how many events the sequence has: the model build (14 a layer; 50 loading LLM.int8 linears), the ids,
+    and two forwards of 124 events a layer (with head norms; 26 more staging an offloaded one's weights; under 200 with
+    a window mask's copies and conversion, or Gemma 2's four norms and soft-capped scores; 16 more a linear under
+    LLM.int8) and under 90 around them (masks, counters)."""
+    per_layer = (200 if v.gemma2_layer or v.infer_reserve_window else 150) + 120 * (v.int8_linear > 0)
+    return (50 if v.int8_linear else 14) * v.n_layers + 5 + 2 * (per_layer * v.n_layers + 90)
 
 
 def events(v: Shape) -> list[int]:
@@ -226,15 +286,38 @@ def events(v: Shape) -> list[int]:
     mlp = [("gate_up", [H * 2 * I])] if v.fused_gate_up else [("gate", [H * I]), ("up", [H * I])]
     modules = attention + mlp + [("down", [I * H]), ("n1", [H]), ("n2", [H])] + [("n3", [H]), ("n4", [H])] * v.gemma2_layer
     on_host = min(max(v.offload_layers, 0), L)
-    new(v.library_workspace_bytes)
-    new(V * H * a)
-    for _ in range(L - on_host):
-        for _, tensors in modules:
-            for n in tensors:
-                new(n * a)
-    new(H * a)
-    if v.p_output:
-        new(v.p_output * a)
+    #: each linear's (outputs, inputs) - what LLM.int8 quantizes row by row
+    shapes = {"q": (Q, H), "k": (K, H), "v": (K, H), "o": (H, Q), "qkv": (Q + 2 * K, H), "gate": (I, H), "up": (I, H),
+              "gate_up": (2 * I, H), "down": (H, I)}
+    #: LLM.int8 is written for the Llama-like layers with every layer on the GPU (Gemma 2's writer and offloaded layers,
+    #: which bitsandbytes keeps in fp32 on the host, are not)
+    int8 = bool(v.int8_linear) and not v.gemma2_layer and on_host == 0
+    if int8:
+        # from_pretrained(load_in_8bit=True): the checkpoint's tensors in dot_natural_key order (lm_head, the embedding,
+        # each layer's modules by name, the final norm), the linears' weights quantized as they come; the cuBLAS
+        # workspaces wait for the first forward's first torch matmul
+        if v.p_output:
+            new(v.p_output * a)
+        new(V * H * a)
+        for _ in range(L):
+            for name, tensors in sorted(modules, key=lambda m: _CHECKPOINT_ORDER.index(m[0])):
+                if name in shapes:
+                    for n in tensors[1:]:  # Qwen2's q / k / v biases ('...bias' sorts before '...weight'), 16-bit
+                        new(n * a)
+                    _int8_load(w, *shapes[name], a)
+                else:
+                    new(tensors[0] * a)
+        new(H * a)
+    else:
+        new(v.library_workspace_bytes)
+        new(V * H * a)
+        for _ in range(L - on_host):
+            for _, tensors in modules:
+                for n in tensors:
+                    new(n * a)
+        new(H * a)
+        if v.p_output:
+            new(v.p_output * a)
     sizes = dict(modules)
     staged: list[int] = []
 
@@ -269,6 +352,11 @@ def events(v: Shape) -> list[int]:
     def rope(t: int, d: int) -> int:
         return _rope(w, t, d, a, v.rope_cat_layout)
 
+    def linear(t: int, module: str) -> int:
+        """A projection's output on ``t`` tokens: one tensor, or LLM.int8's MatMul8bitLt sequence."""
+        rows, cols = shapes[module]
+        return _int8_linear(w, t, cols, rows, a) if int8 else new(t * rows * a)
+
     win = 0 if v.gemma2_layer else v.infer_reserve_window   # every layer windowed (Mistral v0.1, a Phi-3 with its window)
     rep = v.n_heads // max(K // max(hd, 1), 1)
 
@@ -284,6 +372,8 @@ def events(v: Shape) -> list[int]:
         # the mask once there are as many keys as the window (kv_length < window lets SDPA run causal instead)
         kv = min(cached, win - 1) + s if win and cached else cached + s
         masked = _bool_mask(w, B, s, kv, True) if win and kv >= win else 0
+        if first and int8:  # the rotary tables' fp32 matmul is the first cuBLAS call: its workspaces
+            new(v.library_workspace_bytes)
         cos, sin = _rotary_tables(w, s, hd, a)
         x = emb
         for i in range(L):
@@ -292,13 +382,13 @@ def events(v: Shape) -> list[int]:
             unstage()
             if v.fused_qkv:  # q, k and v are views of one output, freed with the attention's locals
                 stage(i, "qkv")
-                qkv = new(t * (Q + 2 * K) * a)
+                qkv = linear(t, "qkv")
                 unstage()
             else:
                 proj = []
                 for m, width in (("q", Q), ("k", K), ("v", K)):
                     stage(i, m)
-                    proj.append(new(t * width * a))
+                    proj.append(linear(t, m))
                     unstage()
                     if v.qk_head_norm and m != "v":  # Qwen3: the head norm right after the projection, which it frees
                         stage(i, m + "n")
@@ -348,7 +438,7 @@ def events(v: Shape) -> list[int]:
                 free(o)
                 o = copied
             stage(i, "o")
-            op = new(t * H * a)
+            op = linear(t, "o")
             unstage()
             free(o)
             if v.fused_qkv:
@@ -361,28 +451,28 @@ def events(v: Shape) -> list[int]:
             unstage()
             if v.fused_gate_up:  # Phi3MLP: gate_up_proj's output stays under its chunk views until the MLP returns
                 stage(i, "gate_up")
-                gate_up = new(t * 2 * I * a)
+                gate_up = linear(t, "gate_up")
                 unstage()
                 act = new(t * I * a)
                 prod = new(t * I * a)
                 free(act)
                 stage(i, "down")
-                down = new(t * H * a)
+                down = linear(t, "down")
                 unstage()
                 free(prod, gate_up, n2)
             else:
                 stage(i, "gate")
-                gate = new(t * I * a)
+                gate = linear(t, "gate")
                 unstage()
                 act = new(t * I * a)
                 free(gate)
                 stage(i, "up")
-                up = new(t * I * a)
+                up = linear(t, "up")
                 unstage()
                 prod = new(t * I * a)
                 free(act, up)
                 stage(i, "down")
-                down = new(t * H * a)
+                down = linear(t, "down")
                 unstage()
                 free(prod, n2)
             out = new(t * H * a)
