@@ -247,7 +247,7 @@ def test_an_int8_model_loads_in_checkpoint_order():
     # self_attn.k_proj, o_proj, q_proj, v_proj (8 x 8 each) - each linear as 2 a, 2, 4 x rows, 1 byte an element; the
     # final norm. The workspaces (69,207,040) come only in the first forward, after the prompt's ids (8 bytes), the
     # embedding output (16) and the positions' arange (8) and copy (8), where the rotary tables' matmul runs.
-    events = inference.events(inference.Shape(**TINY, int8_linear=1))
+    events = inference.events(inference.Shape(**TINY, int8_matmul=1))
     loaded = [e for e in events[:events.index(69_207_040)] if e >= 0]
     linear = lambda rows, cols: [rows * cols * 2, rows * cols * 2, rows * 4, rows * cols]
     assert loaded == ([512, 16] + linear(8, 16) + linear(16, 8) + linear(16, 8) + [16] + linear(8, 8) * 4 + [16]
@@ -259,7 +259,7 @@ def test_an_int8_generation_is_simulated_and_its_peak_is_the_estimates():
     assert v["int8_matmul"] == 1 and v["infer_reserve_simulated"] == 1
     shape = inference.Shape(mem_seqs=16, seq=2048, hidden=2048, intermediate=8192, q_dim=2048, kv_dim=512, n_heads=32,
                             n_layers=16, vocab=128256, p_output=0, qkv_bias=0, act_bytes=2,
-                            library_workspace_bytes=int(v["library_workspace_bytes"]), int8_linear=1)
+                            library_workspace_bytes=int(v["library_workspace_bytes"]), int8_matmul=1)
     reserved, allocated = inference.peaks(shape)
     assert v["allocator_reserve_bytes"] == reserved - allocated
     # The simulated peak is the up-projection of a layer (the formulas' ffn_int8 moment) on top of the weights and the
@@ -276,6 +276,39 @@ def test_an_int8_generation_is_simulated_and_its_peak_is_the_estimates():
     assert allocated == pytest.approx(weights + cache + moment + v["library_workspace_bytes"], rel=0.01)
 
 
+def test_an_fp32_norm_and_rotary_tables_make_no_copies():
+    # LlamaRMSNorm on 2 tokens of 8 in fp32: .to(float32) returns the input - pow(2) (2 x 8 x 4 = 64), the mean (2 x 4 = 8),
+    # + eps (8), rsqrt (8), the product (64); .to(fp32) returns the product, x weight makes the output (64).
+    w = inference.caching.Writer()
+    assert inference._rms_norm(w, 2, 8, 1, 4) == 6
+    assert w.events == [64, 8, ~1, 8, 8, ~3, 64, ~4, 64, ~5, ~2]
+    # In bf16 the fp32 copy of the input (64) comes first and the product's 16-bit copy (32) before the output (32).
+    w = inference.caching.Writer()
+    assert inference._rms_norm(w, 2, 8, 1, 2) == 8
+    assert w.events == [64, 64, 8, ~2, 8, 8, ~4, 64, ~5, ~1, 32, 32, ~7, ~6, ~3]
+    # The rotary tables for 3 positions of head_dim 4 in fp32: positions 3 x 4 = 12, frequencies 3 x 2 x 4 = 24, their
+    # concatenation 48, cos 48 and x scaling 48 (cos freed), sin likewise; .to(fp32) keeps cos and sin themselves.
+    w = inference.caching.Writer()
+    assert inference._rotary_tables(w, 3, 4, 4) == (5, 7)
+    assert w.events == [12, 24, 48, 48, 48, ~4, 48, 48, ~6, ~1, ~2, ~3]
+
+
+def test_fp32_with_a_window_on_every_layer_is_simulated_from_the_prompt_the_window_masks():
+    # Mistral-style window of 256 on every layer, fp32: a 512-token prompt is masked in the prefill and the decode step
+    # (SDPA's memory-efficient kernel runs fp32), so the sequence is written; its reserve is the replay's.
+    window = {**LLAMA32_1B, "model_type": "mistral", "sliding_window": 256}
+    resp, v = generate(window, quantization="fp32", seq_length=512)
+    assert v["act_bytes"] == 4 and v["kv_bits"] == 32 and v["infer_reserve_simulated"] == 1
+    shape = inference.Shape(mem_seqs=2, seq=512, hidden=2048, intermediate=8192, q_dim=2048, kv_dim=512, n_heads=32,
+                            n_layers=16, vocab=128256, p_output=0, qkv_bias=0, act_bytes=4,
+                            library_workspace_bytes=int(v["library_workspace_bytes"]), infer_reserve_window=256)
+    reserved, allocated = inference.peaks(shape)
+    assert v["allocator_reserve_bytes"] == reserved - allocated
+    # a prompt as long as the window is masked too; a shorter one is not (the fitted share, test above)
+    assert generate(window, quantization="fp32", seq_length=256)[1]["infer_reserve_simulated"] == 1
+    assert generate(window, quantization="fp32", seq_length=255)[1]["infer_reserve_simulated"] == 0
+
+
 def generate(config: dict, **kw) -> tuple[dict, dict[str, float]]:
     body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": config, "runtime": "transformers", "trace": True,
             "batch_size": 2, "seq_length": 512, **kw}
@@ -287,8 +320,8 @@ EAGER = {"optimization_config": {"flash_attention": False}}
 UNCOVERED = {
     "partial rotary (Phi-4-mini's 0.75)": ({**PHI3_MINI, "partial_rotary_factor": 0.75}, {}),
     "fp32 weights": (LLAMA32_1B, {"quantization": "fp32"}),
-    "a sliding-window mask in fp32 (the memory-efficient kernel's fp32 path)": (
-        {**LLAMA32_1B, "model_type": "mistral", "sliding_window": 256}, {"quantization": "fp32"}),
+    "fp32 inside a window (unmasked grouped heads: SDPA's math path)": (
+        {**LLAMA32_1B, "model_type": "mistral", "sliding_window": 256}, {"quantization": "fp32", "seq_length": 128}),
     "two GPUs": (LLAMA32_1B, {"num_gpus": 2}),
     "the cache on the host": (LLAMA32_1B, {"enable_offloading": True, "offload_kv_cache": True}),
     "a qk-norm over whole projections (OLMo 2)": ({**LLAMA32_1B, "model_type": "olmo2"}, {}),

@@ -51,7 +51,10 @@ window (masking_utils), the KV heads repeat_kv copies because of it, SDPA's conv
 compute dtype filled by its logical_not; a copy padded to 8 keys where they are not a multiple of 8) and the
 memory-efficient kernel (its output already in (batch, tokens, heads, dim) order; in inference no logsumexp and no GPU
 seed or offset), and a decode step that rebuilds each layer's keys and values from the window's last tokens and the
-new one. Gemma 2 under eager attention is written too (:func:`_gemma2`: its two masks,
+new one; in fp32 (every forward masked: the prompt at least as long as the window) the same with 4-byte tensors, the
+norms making no fp32 copy of their input nor a 16-bit one of the product and the rotary tables no 16-bit copies (an fp32
+model's ``.to(float32)`` / ``.to(x.dtype)`` return the tensor itself; the memory-efficient kernel runs fp32). Gemma 2
+under eager attention is written too (:func:`_gemma2`: its two masks,
 four norms, soft-capped scores and the probabilities each layer keeps, its sliding layers' window cache).
 
 bitsandbytes LLM.int8 (``load_in_8bit``) is written too: the model comes from a checkpoint, one tensor at a time
@@ -63,7 +66,8 @@ output and its bf16 copy). Outlier columns are not written (they depend on the a
 
 Not written (the estimate keeps the fitted fraction, formulas/memory/runtime_overhead.yaml): other layer
 families (other qk-norms, partial rotary, MoE, recurrent or cross-attention layers), layers of two kinds under SDPA,
-other eager attentions' masks and scores, fp32 weights (SDPA takes the memory-efficient or math path), other
+other eager attentions' masks and scores, fp32 weights where a forward is unmasked (fp32 with grouped KV heads and no
+mask takes SDPA's math path, its scores materialized), other
 quantized weights (NF4, GPTQ, AWQ, ...) or a quantized cache, several GPUs, a cache kept on the host.
 """
 
@@ -109,7 +113,7 @@ class Shape(NamedTuple):
     infer_reserve_window: int = 0
     #: bitsandbytes LLM.int8 linears (transformers load_in_8bit): the model is loaded from a checkpoint, quantizing each
     #: linear's weight on the way (:func:`_int8_load`), and every projection runs MatMul8bitLt (:func:`_int8_linear`)
-    int8_linear: int = 0
+    int8_matmul: int = 0
 
 
 def _rope(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int:
@@ -131,14 +135,43 @@ def _rope(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int
     return out
 
 
+def _rms_norm(w: caching.Writer, t: int, width: int, rows: int, a: int) -> int:
+    """LlamaRMSNorm on ``t`` tokens over ``width`` (``rows`` of it a token: Qwen3's q_norm / k_norm run per head), the
+    output's handle: hidden.to(float32), pow(2).mean(-1), + eps, rsqrt, the product, .to(dtype), x weight. In an fp32
+    model both casts return the tensor they are given: no fp32 copy of the input, no 16-bit copy of the product."""
+    new, free = w.new, w.free
+    x32 = 0 if a == 4 else new(t * width * 4)
+    sq = new(t * width * 4)
+    mean = new(t * rows * 4)
+    free(sq)
+    eps = new(t * rows * 4)
+    r = new(t * rows * 4)
+    free(eps)
+    prod = new(t * width * 4)
+    free(r)
+    if a == 4:
+        out = new(t * width * a)
+        free(prod, mean)
+        return out
+    free(x32)
+    back = new(t * width * a)
+    out = new(t * width * a)
+    free(back, prod, mean)
+    return out
+
+
 def _rotary_tables(w: caching.Writer, s: int, hd: int, a: int) -> tuple[int, int]:
     """The rotary embedding's cos and sin for ``s`` positions: fp32 positions, the frequencies' product, the
-    concatenation, cos / sin and the attention scaling, then the 16-bit copies; (cos, sin)."""
+    concatenation, cos / sin and the attention scaling, then the 16-bit copies (an fp32 model's ``.to(x.dtype)``
+    returns the tables themselves); (cos, sin)."""
     new, free = w.new, w.free
     pos32, freqs, emb32, cos32, cosm = new(s * 4), new(s * hd // 2 * 4), new(s * hd * 4), new(s * hd * 4), new(s * hd * 4)
     free(cos32)
     sin32, sinm = new(s * hd * 4), new(s * hd * 4)
     free(sin32)
+    if a == 4:
+        free(pos32, freqs, emb32)
+        return cosm, sinm
     cos, sin = new(s * hd * a), new(s * hd * a)
     free(pos32, freqs, emb32, cosm, sinm)
     return cos, sin
@@ -262,8 +295,8 @@ def events_bound(v: Shape) -> int:
     and two forwards of 124 events a layer (with head norms; 26 more staging an offloaded one's weights; under 200 with
     a window mask's copies and conversion, or Gemma 2's four norms and soft-capped scores; 16 more a linear under
     LLM.int8) and under 90 around them (masks, counters)."""
-    per_layer = (200 if v.gemma2_layer or v.infer_reserve_window else 150) + 120 * (v.int8_linear > 0)
-    return (50 if v.int8_linear else 14) * v.n_layers + 5 + 2 * (per_layer * v.n_layers + 90)
+    per_layer = (200 if v.gemma2_layer or v.infer_reserve_window else 150) + 120 * (v.int8_matmul > 0)
+    return (50 if v.int8_matmul else 14) * v.n_layers + 5 + 2 * (per_layer * v.n_layers + 90)
 
 
 def events(v: Shape) -> list[int]:
@@ -291,7 +324,7 @@ def events(v: Shape) -> list[int]:
               "gate_up": (2 * I, H), "down": (H, I)}
     #: LLM.int8 is written for the Llama-like layers with every layer on the GPU (Gemma 2's writer and offloaded layers,
     #: which bitsandbytes keeps in fp32 on the host, are not)
-    int8 = bool(v.int8_linear) and not v.gemma2_layer and on_host == 0
+    int8 = bool(v.int8_matmul) and not v.gemma2_layer and on_host == 0
     if int8:
         # from_pretrained(load_in_8bit=True): the checkpoint's tensors in dot_natural_key order (lm_head, the embedding,
         # each layer's modules by name, the final norm), the linears' weights quantized as they come; the cuBLAS
@@ -334,20 +367,7 @@ def events(v: Shape) -> list[int]:
     cache = [0] * (2 * L)
 
     def norm(t: int, width: int = H, rows: int = 1) -> int:
-        """LlamaRMSNorm over ``width`` (``rows`` of it a token: Qwen3's q_norm / k_norm run per head):
-        hidden.to(float32), pow(2).mean(-1), + eps, rsqrt, the product, .to(dtype), x weight."""
-        x32, sq = new(t * width * 4), new(t * width * 4)
-        mean = new(t * rows * 4)
-        free(sq)
-        eps = new(t * rows * 4)
-        r = new(t * rows * 4)
-        free(eps)
-        prod = new(t * width * 4)
-        free(r, x32)
-        back = new(t * width * a)
-        out = new(t * width * a)
-        free(back, prod, mean)
-        return out
+        return _rms_norm(w, t, width, rows, a)
 
     def rope(t: int, d: int) -> int:
         return _rope(w, t, d, a, v.rope_cat_layout)
