@@ -64,8 +64,33 @@ def test_tiny_lora_reserve_by_hand():
     assert semantics.FUNCTIONS["training_allocator_reserve"](*shape) == 4_151_808
 
 
+FUSED = {**TINY, "fused_qkv": 1, "fused_gate_up": 1}
+
+
+def test_tiny_fused_projections_by_hand():
+    # Phi-3's layer: o_proj (8 x 8 x 2 = 128 bytes) built before qkv_proj (8 x (8 + 2 x 8) x 2 = 384), gate_up_proj
+    # (8 x 32 x 2 = 512), down (256), the two norms (16 each); embedding 512 and final norm 16 around them: 8
+    # parameters. The peak is the optimizer's: 8 parameters + 8 gradients + 16 moments + 8 sqrt(v) = 40 blocks (the
+    # backward's most is 37: 8 + 16 moments + x, the saved gate_up output (2 x 16 x 2 = 64 bytes, one piece), g_hidden,
+    # five gradients and th, ta, tq, tk, tv). 73,400,320 - (69,207,040 + 40 x 512) = 4,172,800.
+    shape = training.Shape(**FUSED)
+    events = next(training.steps(shape))[0]
+    assert events[:9] == [69_207_040, 512, 128, 384, 512, 256, 16, 16, 16]
+    assert training.peaks(shape) == (RESERVED, 69_227_520)
+    assert semantics.FUNCTIONS["training_allocator_reserve"](*shape) == 4_172_800
+
+
+def test_lora_on_fused_projections_adapts_each_fused_module_once():
+    # peft all-linear on Phi-3's layer finds o_proj, qkv_proj, gate_up_proj, down_proj in that order; rank 1 fp32:
+    # o A 1 x 8 x 4 = 32, B 8 x 1 x 4 = 32; qkv A 32, B 24 x 4 = 96; gate_up A 32, B 32 x 4 = 128; down A 16 x 4 = 64, B 32.
+    shape = training.Shape(**{**FUSED, "method_full": 0, "lora_rank": 1, "moment_bytes": 4,
+                              **{f"lora_{m}": 1 for m in training.LORA_MODULES}})
+    events = next(training.steps(shape))[0]
+    assert events[9:17] == [32, 32, 32, 96, 32, 128, 64, 32]
+
+
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 27 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 29 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):
@@ -170,12 +195,14 @@ COVERED = {
     "adamw 8-bit": dict(finetuning_method="full", optimizer="adamw_8bit"),
     "checkpointing": dict(finetuning_method="full", optimization_config={"gradient_checkpointing": True}),
     "accumulation": dict(finetuning_method="lora", gradient_accumulation_steps=2),
+    "phi-3 fused projections, lora": dict(finetuning_method="lora", lora_rank=16),
+    "phi-3 fused projections, full bf16": dict(finetuning_method="full", precision="bf16"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(COVERED))
 def test_covered_classes_take_the_simulated_reserve(case):
-    resp, v = train(LLAMA32_1B, **COVERED[case])
+    resp, v = train(PHI3_MINI if case.startswith("phi-3") else LLAMA32_1B, **COVERED[case])
     assert v["train_reserve_simulated"] == 1
     simulated = training.reserve_bytes(*training.Shape.of(v))
     assert v["allocator_reserve_bytes"] == v["train_reserve_simulated_bytes"] == simulated > 0
@@ -185,7 +212,8 @@ def test_covered_classes_take_the_simulated_reserve(case):
 UNCOVERED = {
     "qlora": (LLAMA32_1B, dict(finetuning_method="qlora")),
     "moe": (MIXTRAL, dict(finetuning_method="lora")),
-    "fused projections": (PHI3_MINI, dict(finetuning_method="lora")),
+    "fused projections with a window on every layer (a converted mask kept for backward)": (
+        {**PHI3_MINI, "sliding_window": 2047}, dict(finetuning_method="lora", seq_length=4096)),
     "paged optimizer": (LLAMA32_1B, dict(finetuning_method="full", optimizer="paged_adamw_8bit")),
     "zero on two gpus": (LLAMA32_1B, dict(finetuning_method="full", num_gpus=2,
                                           optimization_config={"gradient_checkpointing": False, "zero_stage": 2})),

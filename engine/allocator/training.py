@@ -29,8 +29,14 @@ torch 2.11 foreach AdamW, as benchmarks/allocator/replay_training.py records the
   8-bit: two uint8 moments + fp32 absmax per 256 elements), then foreach's sqrt(v) list (none for a
   fused step), freed; zero_grad frees the gradients.
 
+Phi-3's fused projections (fused_qkv, fused_gate_up): each layer builds o_proj before qkv_proj, then gate_up_proj;
+peft adapts each fused module once (one A of rank x hidden, one B of rank x the fused width); the forward keeps
+gate_up_proj's output whole under its chunk views (one saved piece of tokens x 2 x intermediate) and autocast casts
+four weights; in the backward the chunk's and the q / k / v views' gradients are joined into one tensor before the
+fused weight's gradient (the sweep's 22 Phi-3 replays: median 1.6%, docs/FIDELITY.md).
+
 Not written (the estimate keeps its fitted fractions for them, formulas/memory/runtime_overhead.yaml):
-QLoRA (4-bit layers' dequantization), fused projections (Phi-3, GLM), MoE, eager attention's score
+QLoRA (4-bit layers' dequantization), a window mask kept for backward, MoE, eager attention's score
 tensors, fused cross-entropy, paged or other optimizers, ZeRO, data / tensor / pipeline parallelism,
 offloading, models without a gated MLP or with recurrent or cross-attention layers.
 
@@ -94,11 +100,15 @@ class Shape(NamedTuple):
     #: the cuBLAS / cuBLASLt workspaces allocated before the model (the runtime's library_workspace_mib: the
     #: calibration runs hold 69,207,040 bytes beyond their parameters once the model is built)
     library_workspace_bytes: int
+    #: q, k and v from one linear (Phi-3 qkv_proj, built after o_proj); LoRA adapts it where lora_q is set
+    fused_qkv: int = 0
+    #: gate and up from one linear (Phi-3 gate_up_proj); LoRA adapts it where lora_gate is set
+    fused_gate_up: int = 0
 
     @classmethod
     def of(cls, values: dict) -> Shape:
         """The shape from a mapping of the graph's values (an estimate's trace); LoRA flags default to 0."""
-        return cls(*(values.get(f, 0) if f.startswith("lora_") else values[f] for f in cls._fields))
+        return cls(*(values.get(f, 0) if f.startswith(("lora_", "fused_")) else values[f] for f in cls._fields))
 
 
 def steps(v: Shape | dict, n_steps: int = STEPS):
@@ -131,9 +141,15 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     resid, act = v["resid_bytes"], v["act_bytes"]
     tied = v["p_output"] == 0
     eight_bit = v["moment_bytes"] < 2 and v["optimizer_fused_step"]
-    layer = [("q", H * q), ("k", H * kv), ("v", H * kv), ("o", q * H), ("gate", H * I), ("up", H * I), ("down", I * H),
-             ("n1", H), ("n2", H)]
-    shapes = {"q": (H, q), "k": (H, kv), "v": (H, kv), "o": (q, H), "gate": (H, I), "up": (H, I), "down": (I, H)}
+    fqkv, fgu = bool(v.get("fused_qkv")), bool(v.get("fused_gate_up"))
+    # each layer's parameters in construction order (Phi3Attention builds o_proj before qkv_proj) and its linears in
+    # the order the forward runs them (autocast's weight copies)
+    attn = [("o", q * H), ("qkv", H * (q + 2 * kv))] if fqkv else [("q", H * q), ("k", H * kv), ("v", H * kv), ("o", q * H)]
+    mlp = [("gate_up", H * 2 * I)] if fgu else [("gate", H * I), ("up", H * I)]
+    layer = attn + mlp + [("down", I * H), ("n1", H), ("n2", H)]
+    linears = ([("qkv", H * (q + 2 * kv)), ("o", q * H)] if fqkv else attn) + mlp + [("down", I * H)]
+    shapes = {"q": (H, q), "k": (H, kv), "v": (H, kv), "o": (q, H), "gate": (H, I), "up": (H, I), "down": (I, H),
+              "qkv": (H, q + 2 * kv), "gate_up": (H, 2 * I)}
 
     new(v["library_workspace_bytes"])
     params = [("embd", V * H)] + [(f"{i}.{n}", c) for i in range(L) for n, c in layer] + [("norm", H)]
@@ -143,7 +159,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     if full:
         trainable = [(n, c, wb) for n, c in params]
     else:
-        targets = [m for m in LORA_MODULES if v.get(f"lora_{m}")]
+        # peft's adapters in the order it finds the targeted modules (construction order); a fused module is one target
+        flag = {"qkv": "lora_q", "gate_up": "lora_gate"}
+        targets = [m for m, _ in layer if m in shapes and v.get(flag.get(m, f"lora_{m}"))]
         r = int(v["lora_rank"])
         trainable = [(f"{i}.{m}.{ab}", r * (shapes[m][0] if ab == "A" else shapes[m][1]), 4)
                      for i in range(L) for m in targets for ab in "AB"]
@@ -156,7 +174,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             per_module.setdefault((int(i), m), []).append((n, c, b))
 
     rest, pieces_bytes = v["layer_saved_bytes_per_token"] * T, []
-    while len(pieces_bytes) < 4 and rest >= T * I * act:
+    if fgu and rest >= 2 * T * I * act:  # gate_up_proj's output, kept whole under its chunk views
+        pieces_bytes.append(2 * T * I * act)
+        rest -= 2 * T * I * act
+    while len(pieces_bytes) < 4 - fgu and rest >= T * I * act:
         pieces_bytes.append(T * I * act)
         rest -= T * I * act
     while rest >= T * H * 2:
@@ -164,7 +185,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         rest -= T * H * 2
     pieces_bytes += [rest] if rest > 0 else []
     pieces_bytes = [int(p) for p in pieces_bytes]
-    copy_bytes = [int(c * 2) for _, c in layer[:7]] if mixed else []
+    copy_bytes = [int(c * 2) for _, c in linears] if mixed else []
 
     grads: dict[str, int] = {}
 
@@ -232,20 +253,35 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 g("down")
                 t2, t3 = new(T * I * act), new(T * I * act)
                 free(t1)
-                g("up")
-                g("gate")
-                th = new(T * H * act)
-                free(t2)
-                free(t3)
+                if fgu:  # chunk's backward joins the two halves' gradients into one for gate_up_proj
+                    tgu = new(T * 2 * I * act)
+                    free(t2)
+                    free(t3)
+                    g("gate_up")
+                    th = new(T * H * act)
+                    free(tgu)
+                else:
+                    g("up")
+                    g("gate")
+                    th = new(T * H * act)
+                    free(t2)
+                    free(t3)
                 g("n2")
                 ta = new(T * q * act)
                 g("o")
                 tq, tk, tv = new(T * q * act), new(T * kv * act), new(T * kv * act)
                 free(ta)
-                for m in ("q", "k", "v"):
-                    g(m)
-                for h in (tq, tk, tv):
-                    free(h)
+                if fqkv:  # the views' gradients joined into one for qkv_proj
+                    tqkv = new(T * (q + 2 * kv) * act)
+                    for h in (tq, tk, tv):
+                        free(h)
+                    g("qkv")
+                    free(tqkv)
+                else:
+                    for m in ("q", "k", "v"):
+                        g(m)
+                    for h in (tq, tk, tv):
+                        free(h)
                 g("n1")
                 free(th)
                 frees(recomputed + saved[i])
