@@ -89,8 +89,17 @@ def test_lora_on_fused_projections_adapts_each_fused_module_once():
     assert events[9:17] == [32, 32, 32, 96, 32, 128, 64, 32]
 
 
+def test_a_saved_window_mask_is_one_tensor_a_layer():
+    # 16 of a layer's 80 saved bytes a token are SDPA's converted window mask: the forward saves it whole (16 bytes),
+    # then the rest as tokens x intermediate pieces (1 x 16 x 2 = 32, twice) - after the workspaces, 11 parameters
+    # and the layer input x (1 x 8 x 2 = 16).
+    shape = training.Shape(**{**TINY, "layer_saved_bytes_per_token": 80, "train_mask_bytes_per_token_layer": 16})
+    events = next(training.steps(shape))[0]
+    assert events[12:16] == [16, 16, 32, 32]
+
+
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 29 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 30 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):
@@ -197,12 +206,16 @@ COVERED = {
     "accumulation": dict(finetuning_method="lora", gradient_accumulation_steps=2),
     "phi-3 fused projections, lora": dict(finetuning_method="lora", lora_rank=16),
     "phi-3 fused projections, full bf16": dict(finetuning_method="full", precision="bf16"),
+    "phi-3 with its window (the converted mask saved each layer)": dict(finetuning_method="lora", seq_length=4096),
 }
 
 
 @pytest.mark.parametrize("case", sorted(COVERED))
 def test_covered_classes_take_the_simulated_reserve(case):
-    resp, v = train(PHI3_MINI if case.startswith("phi-3") else LLAMA32_1B, **COVERED[case])
+    config = {**PHI3_MINI, "sliding_window": 2047} if "window" in case else PHI3_MINI if case.startswith("phi-3") else LLAMA32_1B
+    resp, v = train(config, **COVERED[case])
+    if "window" in case:  # every layer saves SDPA's converted mask: batch x tokens x tokens x 2 bytes, per token 4096 x 2
+        assert v["train_mask_bytes_per_token_layer"] == 4096 * 2
     assert v["train_reserve_simulated"] == 1
     simulated = training.reserve_bytes(*training.Shape.of(v))
     assert v["allocator_reserve_bytes"] == v["train_reserve_simulated_bytes"] == simulated > 0
@@ -212,8 +225,8 @@ def test_covered_classes_take_the_simulated_reserve(case):
 UNCOVERED = {
     "qlora": (LLAMA32_1B, dict(finetuning_method="qlora")),
     "moe": (MIXTRAL, dict(finetuning_method="lora")),
-    "fused projections with a window on every layer (a converted mask kept for backward)": (
-        {**PHI3_MINI, "sliding_window": 2047}, dict(finetuning_method="lora", seq_length=4096)),
+    "eager attention (its scores saved)": (LLAMA32_1B, dict(finetuning_method="lora",
+                                                            optimization_config={"flash_attention": False})),
     "paged optimizer": (LLAMA32_1B, dict(finetuning_method="full", optimizer="paged_adamw_8bit")),
     "zero on two gpus": (LLAMA32_1B, dict(finetuning_method="full", num_gpus=2,
                                           optimization_config={"gradient_checkpointing": False, "zero_stage": 2})),

@@ -33,10 +33,14 @@ Phi-3's fused projections (fused_qkv, fused_gate_up): each layer builds o_proj b
 peft adapts each fused module once (one A of rank x hidden, one B of rank x the fused width); the forward keeps
 gate_up_proj's output whole under its chunk views (one saved piece of tokens x 2 x intermediate) and autocast casts
 four weights; in the backward the chunk's and the q / k / v views' gradients are joined into one tensor before the
-fused weight's gradient (the sweep's 22 Phi-3 replays: median 1.6%, docs/FIDELITY.md).
+fused weight's gradient (the sweep's 22 Phi-3 replays: median 1.7%, docs/FIDELITY.md).
+
+A window on every layer (Mistral v0.1, Phi-3 with its config's window): SDPA saves its converted mask for backward,
+one batch x tokens x tokens tensor a layer (train_mask_bytes_per_token_layer of the layer's saved bytes), written as
+one piece before the others (recorded replays of Phi-3 mini and Mistral 7B v0.1 with their windows: within 5.1%).
 
 Not written (the estimate keeps its fitted fractions for them, formulas/memory/runtime_overhead.yaml):
-QLoRA (4-bit layers' dequantization), a window mask kept for backward, MoE, eager attention's score
+QLoRA (4-bit layers' dequantization), MoE, eager attention's score
 tensors, fused cross-entropy, paged or other optimizers, ZeRO, data / tensor / pipeline parallelism,
 offloading, models without a gated MLP or with recurrent or cross-attention layers.
 
@@ -104,11 +108,13 @@ class Shape(NamedTuple):
     fused_qkv: int = 0
     #: gate and up from one linear (Phi-3 gate_up_proj); LoRA adapts it where lora_gate is set
     fused_gate_up: int = 0
+    #: of layer_saved_bytes_per_token, a window mask's copy that SDPA saves for backward (one tensor a layer)
+    train_mask_bytes_per_token_layer: float = 0
 
     @classmethod
     def of(cls, values: dict) -> Shape:
         """The shape from a mapping of the graph's values (an estimate's trace); LoRA flags default to 0."""
-        return cls(*(values.get(f, 0) if f.startswith(("lora_", "fused_")) else values[f] for f in cls._fields))
+        return cls(*(values.get(f, 0) if f.startswith(("lora_", "fused_", "train_mask")) else values[f] for f in cls._fields))
 
 
 def steps(v: Shape | dict, n_steps: int = STEPS):
@@ -173,13 +179,19 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             i, m = n.split(".")[:2]
             per_module.setdefault((int(i), m), []).append((n, c, b))
 
-    rest, pieces_bytes = v["layer_saved_bytes_per_token"] * T, []
+    # a layer's saved tensors: a window mask's converted copy (one tensor), up to four tokens x intermediate ones (gate_up's
+    # output whole, as one of them, where fused), then tokens x hidden pieces
+    mask = v.get("train_mask_bytes_per_token_layer", 0) * T
+    rest, pieces_bytes = v["layer_saved_bytes_per_token"] * T - mask, [mask] if mask else []
+    wide = 0
     if fgu and rest >= 2 * T * I * act:  # gate_up_proj's output, kept whole under its chunk views
         pieces_bytes.append(2 * T * I * act)
         rest -= 2 * T * I * act
-    while len(pieces_bytes) < 4 - fgu and rest >= T * I * act:
+        wide = 1
+    while wide < 4 and rest >= T * I * act:
         pieces_bytes.append(T * I * act)
         rest -= T * I * act
+        wide += 1
     while rest >= T * H * 2:
         pieces_bytes.append(T * H * 2)
         rest -= T * H * 2
