@@ -46,13 +46,14 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "qwen2_moe": {"tie_word_embeddings": False, "qkv_bias": True},
     "qwen3": {"tie_word_embeddings": False, "qk_norm": True},
     "qwen3_moe": {"tie_word_embeddings": False, "qk_norm": True},
-    "gemma": {"tie_word_embeddings": True},
-    "gemma2": {"tie_word_embeddings": True, "norms_per_layer": 4},
-    "gemma3_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True,
+    "gemma": {"tie_word_embeddings": True, "norm_scale_fp32": True},
+    "gemma2": {"tie_word_embeddings": True, "norms_per_layer": 4, "norm_scale_fp32": True,
+               "softcap": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}},
+    "gemma3_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True, "norm_scale_fp32": True,
                     "config": {"vocab_size": 262208, "num_attention_heads": 8, "num_key_value_heads": 4,
                                "head_dim": 256, "max_position_embeddings": 131072, "sliding_window": 4096,
                                "sliding_window_pattern": 6}},
-    "gemma3": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},
+    "gemma3": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True, "norm_scale_fp32": True},
     "phi3": {"tie_word_embeddings": False},
     "phimoe": {"tie_word_embeddings": False, "qkv_bias": True, "norm_bias": True},
     "phi": {"tie_word_embeddings": False, "qkv_bias": True, "gated_mlp": False, "norm_bias": True,
@@ -114,6 +115,11 @@ class Architecture:
     partial_rotary: bool = False  # rotary embedding on part of each head (partial_rotary_factor < 1)
     norms_per_layer: int = 2
     norm_bias: bool = False
+    #: the norm scales in fp32 (Gemma's ``output * (1.0 + weight.float())``), so training saves the fp32 normalized input
+    norm_scale_fp32: bool = False
+    #: attention scores / output logits soft-capped (Gemma 2: ``cap * tanh(x / cap)``; tanh saves its output)
+    attn_softcap: bool = False
+    final_softcap: bool = False
     # Mixture of experts
     num_experts: int = 0
     experts_per_token: int = 0
@@ -493,6 +499,9 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         partial_rotary=_partial_rotary(cfg),
         norms_per_layer=int(fam.get("norms_per_layer", 2)),
         norm_bias=bool(fam.get("norm_bias", False)),
+        norm_scale_fp32=bool(fam.get("norm_scale_fp32", False)),
+        attn_softcap=_softcap(cfg, fam, "attn_logit_softcapping"),
+        final_softcap=_softcap(cfg, fam, "final_logit_softcapping"),
         num_experts=int(n_exp),
         experts_per_token=int(top_k),
         moe_intermediate_size=int(moe_inter),
@@ -601,6 +610,13 @@ def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[st
     if "sliding" not in layer_types:
         window = None
     return layer_types, window
+
+
+def _softcap(cfg: dict, fam: dict, key: str) -> bool:
+    """Whether ``key`` caps its values: a positive number in the config; where the file leaves the key out, the
+    family's ``*Config`` default (Gemma2Config: 50.0 and 30.0); an explicit null or 0 turns it off."""
+    value = cfg[key] if key in cfg else fam.get("softcap", {}).get(key)
+    return bool(value) and value > 0
 
 
 def _partial_rotary(cfg: dict) -> bool:

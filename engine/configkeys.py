@@ -106,6 +106,11 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "sliding_window_pattern": _count(1, MAX_LAYERS, "6 (Gemma 3)"),
         "layer_types": Key("str_list", max_len=MAX_LAYERS),
     },
+    # soft-capped attention scores and output logits: Gemma 2 (cap x tanh(x / cap); null turns it off)
+    "softcap": {
+        "attn_logit_softcapping": Key("number", 0, 1e6, "50.0 (Gemma 2)"),
+        "final_logit_softcapping": Key("number", 0, 1e6, "30.0 (Gemma 2)"),
+    },
     # mixture of experts: Mixtral, Qwen-MoE, DeepSeek, Phi-3.5-MoE, gpt-oss, Llama 4
     "moe": {
         "num_local_experts": _EXPERTS, "num_experts": _EXPERTS, "n_routed_experts": _EXPERTS,

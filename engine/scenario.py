@@ -70,6 +70,11 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "gemma2_layer": ("flag", "the model's decoder layers are transformers' Gemma2DecoderLayer with grouped KV heads (four "
                              "(1 + weight) RMSNorms, soft-capped attention scores, GeGLU), as the simulated eager "
                              "generation writes them"),
+    "norms_per_layer": ("norms", "hidden-size norms a decoder layer applies (2; Gemma 2 / 3 and GLM-4 four)"),
+    "norm_scale_fp32": ("flag", "the norm scales in fp32 (Gemma's output * (1 + weight.float())): training saves the fp32 "
+                                "normalized input for the weight's gradient"),
+    "attn_softcap": ("flag", "attention scores soft-capped, softcap x tanh(scores / softcap) (Gemma 2 attn_logit_softcapping)"),
+    "final_softcap": ("flag", "output logits soft-capped (Gemma 2 final_logit_softcapping)"),
     "rope_cat_layout": ("flag", "rotary embedding concatenates rotated and pass-through parts (Phi-3 / GLM), so q leaves "
                                 "it contiguous in (batch, heads, tokens, head_dim) order"),
     "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
@@ -270,6 +275,10 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         # Gemma 2 configs soft-cap scores and logits (50 / 30); MHA and single-KV-head layouts copy differently
         "gemma2_layer": int(a.model_type == "gemma2" and not (a.is_moe or a.is_mla or a.qk_norm or a.qkv_bias)
                             and 1 < a.num_kv_heads < a.num_heads),
+        "norms_per_layer": a.norms_per_layer,
+        "norm_scale_fp32": int(a.norm_scale_fp32),
+        "attn_softcap": int(a.attn_softcap),
+        "final_softcap": int(a.final_softcap),
         "mask_window": a.attn_mask_window or 0,
         # Phi-3 masks every layer with the window although its KV layout is global (architecture._attn_mask_window)
         "n_layers_masked": (a.num_sliding_layers if a.sliding_window else a.num_layers) if a.attn_mask_window else 0,

@@ -383,3 +383,41 @@ def test_llm_int8_mlp_holds_int32_and_fp16_copies_of_a_linear_output():
     assert v["ffn_int8_bytes_per_token"] == 147_460
     assert v["ffn_transient_bytes"] == 301_998_080
     assert infer(LLAMA3_8B, quantization="bf16", seq_length=2048)["ffn_transient_bytes"] == 176_160_768
+
+
+def test_gemma2_training_saves_four_fp32_norms_and_soft_capped_scores_and_logits():
+    # Gemma 2 9B (its config leaves the soft-caps out: Gemma2Config's 50 and 30 apply), full bf16 fine-tuning, eager
+    # attention, 1 x 2048 tokens. Against the same shapes as a Llama layer:
+    # - four Gemma2RMSNorms, each saving x.float() (4 bytes) and - the weight trained - the fp32 normalized input that
+    #   output * (1 + weight.float()) reads (4): 4 x 8 x 3584 = 114,688 bytes a token, against Llama's two norms with a
+    #   bf16 normalized input, 2 x (4 + 2) x 3584 = 43,008;
+    # - the soft-capped scores: tanh's output (2 bytes) beside the fp32 softmax (4) and its bf16 copy (2), 16 heads x
+    #   2048 keys x 8 = 262,144 bytes a token, against 16 x 2048 x 6 = 196,608;
+    # - the logits: tanh's output of the final soft-cap (2 bytes) beside the loss's 12: 2048 x 256,000 x 14.
+    kw = dict(finetuning_method="full", fine_tuning_quantization="bf16", batch_size=1, seq_length=2048,
+              optimization_config={"gradient_checkpointing": False, "flash_attention": False})
+    gemma = train(GEMMA2_9B, **kw)
+    as_llama = train({**GEMMA2_9B, "model_type": "llama", "layer_types": None, "sliding_window": None,
+                      "tie_word_embeddings": True}, **kw)
+    assert gemma["norms_per_layer"] == 4 and gemma["norm_scale_fp32"] == 1
+    assert gemma["attn_softcap"] == 1 and gemma["final_softcap"] == 1
+    assert gemma["train_scores_bytes_per_token_layer"] == 16 * 2048 * 8 == 262_144
+    assert as_llama["train_scores_bytes_per_token_layer"] == 16 * 2048 * 6
+    assert gemma["layer_saved_bytes_per_token"] - as_llama["layer_saved_bytes_per_token"] == \
+        (114_688 - 43_008) + (262_144 - 196_608)
+    assert gemma["train_logits_bytes"] == 2048 * 256_000 * 14
+    # LoRA: the frozen norm weights need no normalized input - 4 x 4 x 3584 for the norms
+    lora = train(GEMMA2_9B, **{**kw, "finetuning_method": "lora"})
+    lora_llama = train({**GEMMA2_9B, "model_type": "llama", "layer_types": None, "sliding_window": None,
+                        "tie_word_embeddings": True}, **{**kw, "finetuning_method": "lora"})
+    assert lora["layer_saved_bytes_per_token"] - lora_llama["layer_saved_bytes_per_token"] == \
+        (4 * 4 * 3584 - 2 * 4 * 3584) + (262_144 - 196_608)
+
+
+def test_softcaps_follow_the_config_and_refuse_a_string():
+    off = train({**GEMMA2_9B, "attn_logit_softcapping": None, "final_logit_softcapping": None},
+                finetuning_method="lora", optimization_config={"gradient_checkpointing": False, "flash_attention": False})
+    assert off["attn_softcap"] == 0 and off["final_softcap"] == 0
+    assert train(LLAMA3_8B, finetuning_method="lora")["attn_softcap"] == 0
+    with pytest.raises(RequestError, match="final_logit_softcapping"):
+        train({**GEMMA2_9B, "final_logit_softcapping": "30"}, finetuning_method="lora")

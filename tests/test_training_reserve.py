@@ -198,14 +198,14 @@ def train(config: dict, **kw) -> tuple[dict, dict[str, float]]:
 
 
 COVERED = {
-    "full bf16": dict(finetuning_method="full", precision="bf16"),
-    "full fp32 mixed": dict(finetuning_method="full", precision="fp32"),
+    "full bf16": dict(finetuning_method="full", fine_tuning_quantization="bf16"),
+    "full fp32 mixed": dict(finetuning_method="full", fine_tuning_quantization="fp32"),
     "lora": dict(finetuning_method="lora", lora_rank=16),
     "adamw 8-bit": dict(finetuning_method="full", optimizer="adamw_8bit"),
     "checkpointing": dict(finetuning_method="full", optimization_config={"gradient_checkpointing": True}),
     "accumulation": dict(finetuning_method="lora", gradient_accumulation_steps=2),
     "phi-3 fused projections, lora": dict(finetuning_method="lora", lora_rank=16),
-    "phi-3 fused projections, full bf16": dict(finetuning_method="full", precision="bf16"),
+    "phi-3 fused projections, full bf16": dict(finetuning_method="full", fine_tuning_quantization="bf16"),
     "phi-3 with its window (the converted mask saved each layer)": dict(finetuning_method="lora", seq_length=4096),
 }
 
