@@ -421,3 +421,19 @@ def test_softcaps_follow_the_config_and_refuse_a_string():
     assert train(LLAMA3_8B, finetuning_method="lora")["attn_softcap"] == 0
     with pytest.raises(RequestError, match="final_logit_softcapping"):
         train({**GEMMA2_9B, "final_logit_softcapping": "30"}, finetuning_method="lora")
+
+
+def test_per_head_q_and_k_norms_save_their_inputs_in_training():
+    # Qwen3 0.6B's widths (16 heads x 128 = 2048 query, 8 x 128 = 1024 key elements a token), full bf16 fine-tuning: its
+    # q_norm / k_norm keep hidden.to(float32) (4 bytes) and - their weights trained - the bf16 normalized input that
+    # weight x hidden.to(input_dtype) reads (2): (2048 + 1024) x 6 = 18,432 bytes a token a layer beyond the same
+    # layer without them (a Qwen2-style config without the q/k/v biases). LoRA keeps only the fp32 inputs: 3072 x 4.
+    qwen3 = {"model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+             "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+             "max_position_embeddings": 40960, "tie_word_embeddings": True}
+    plain = {**qwen3, "model_type": "llama"}
+    full = dict(finetuning_method="full", fine_tuning_quantization="bf16", batch_size=4, seq_length=1024)
+    assert train(qwen3, **full)["qk_head_norm"] == 1 and train(plain, **full)["qk_head_norm"] == 0
+    assert train(qwen3, **full)["layer_saved_bytes_per_token"] - train(plain, **full)["layer_saved_bytes_per_token"] == 18_432
+    lora = dict(finetuning_method="lora", batch_size=4, seq_length=1024)
+    assert train(qwen3, **lora)["layer_saved_bytes_per_token"] - train(plain, **lora)["layer_saved_bytes_per_token"] == 3072 * 4
