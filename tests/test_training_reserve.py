@@ -98,8 +98,17 @@ def test_a_saved_window_mask_is_one_tensor_a_layer():
     assert events[12:16] == [16, 16, 32, 32]
 
 
+def test_head_norms_save_tensors_of_their_own():
+    # Qwen3's q_norm / k_norm in full fine-tuning: each saves its fp32 input (1 token x 8 x 4 = 32 bytes, for q and k)
+    # and its bf16 normalized input (16 each), written before the layer's other saved pieces (the remaining 64 bytes:
+    # two tokens x intermediate pieces of 32) - after the workspaces, 11 parameters and the layer input x (16).
+    shape = training.Shape(**{**TINY, "layer_saved_bytes_per_token": 64 + 96, "qk_head_norm": 1})
+    events = next(training.steps(shape))[0]
+    assert events[12:19] == [16, 32, 32, 16, 16, 32, 32]
+
+
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 30 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 32 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):

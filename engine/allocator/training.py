@@ -39,6 +39,9 @@ A window on every layer (Mistral v0.1, Phi-3 with its config's window): SDPA sav
 one batch x tokens x tokens tensor a layer (train_mask_bytes_per_token_layer of the layer's saved bytes), written as
 one piece before the others (recorded replays of Phi-3 mini and Mistral 7B v0.1 with their windows: within 5.1%).
 
+Per-head q / k norms (Qwen3, Gemma 3): their saved fp32 inputs (and, trained, normalized inputs), q_dim and kv_dim
+wide, are pieces of their own; their forward temporaries are not written.
+
 Not written (the estimate keeps its fitted fractions for them, formulas/memory/runtime_overhead.yaml):
 QLoRA (4-bit layers' dequantization), MoE, eager attention's score
 tensors, fused cross-entropy, paged or other optimizers, ZeRO, data / tensor / pipeline parallelism,
@@ -110,11 +113,15 @@ class Shape(NamedTuple):
     fused_gate_up: int = 0
     #: of layer_saved_bytes_per_token, a window mask's copy that SDPA saves for backward (one tensor a layer)
     train_mask_bytes_per_token_layer: float = 0
+    #: per-head q / k norms (Qwen3, Gemma 3): each saves its fp32 input (and, trained, its normalized input), q_dim and
+    #: kv_dim wide - tensors of their own among the layer's saved bytes
+    qk_head_norm: int = 0
+    norm_scale_fp32: int = 0
 
     @classmethod
     def of(cls, values: dict) -> Shape:
         """The shape from a mapping of the graph's values (an estimate's trace); LoRA flags default to 0."""
-        return cls(*(values.get(f, 0) if f.startswith(("lora_", "fused_", "train_mask")) else values[f] for f in cls._fields))
+        return cls(*(values.get(f, 0) if f.startswith(("lora_", "fused_", "train_mask", "qk_head_norm", "norm_scale")) else values[f] for f in cls._fields))
 
 
 def steps(v: Shape | dict, n_steps: int = STEPS):
@@ -183,6 +190,11 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     # output whole, as one of them, where fused), then tokens x hidden pieces
     mask = v.get("train_mask_bytes_per_token_layer", 0) * T
     rest, pieces_bytes = v["layer_saved_bytes_per_token"] * T - mask, [mask] if mask else []
+    if v.get("qk_head_norm"):
+        normed = 4 if v.get("norm_scale_fp32") else act
+        head_norms = [T * q * 4, T * kv * 4] + ([T * q * normed, T * kv * normed] if full else [])
+        pieces_bytes += head_norms
+        rest -= sum(head_norms)
     wide = 0
     if fgu and rest >= 2 * T * I * act:  # gate_up_proj's output, kept whole under its chunk views
         pieces_bytes.append(2 * T * I * act)
