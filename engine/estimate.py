@@ -352,9 +352,9 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
                        "infer_reserve_simulation is 0")
         elif s["rt_allocator_slack_fraction"] > 0:
             out.append("allocator reserve: the fitted share of the prefill's transients and the KV cache - the simulated "
-                       "sequence does not cover this model (only 16-bit Llama, Mistral, Qwen2, Qwen3 and Phi-3 layers with "
-                       "SDPA and no window or one on every layer, and Gemma 2 layers with eager attention, on one GPU "
-                       "with the cache on it)")
+                       "sequence does not cover this model (only Llama, Mistral, Qwen2, Qwen3 and Phi-3 layers with SDPA "
+                       "and no window or one on every layer - 16-bit, LLM.int8, or fp32 where every forward is masked - "
+                       "and 16-bit Gemma 2 layers with eager attention, on one GPU with the cache on it)")
     else:
         out.append(f"{res.request['finetuning_method']} fine-tuning, optimizer {res.optimizer.key}, "
                    f"micro-batch {int(s['micro_batch'])} x {int(s['seq'])} tokens per GPU, "

@@ -332,8 +332,9 @@ def events(v: Shape) -> list[int]:
         if v.p_output:
             new(v.p_output * a)
         new(V * H * a)
+        in_checkpoint = sorted(modules, key=lambda m: _CHECKPOINT_ORDER.index(m[0]))
         for _ in range(L):
-            for name, tensors in sorted(modules, key=lambda m: _CHECKPOINT_ORDER.index(m[0])):
+            for name, tensors in in_checkpoint:
                 if name in shapes:
                     for n in tensors[1:]:  # Qwen2's q / k / v biases ('...bias' sorts before '...weight'), 16-bit
                         new(n * a)

@@ -120,8 +120,10 @@ class Shape(NamedTuple):
 
     @classmethod
     def of(cls, values: dict) -> Shape:
-        """The shape from a mapping of the graph's values (an estimate's trace); LoRA flags default to 0."""
-        return cls(*(values.get(f, 0) if f.startswith(("lora_", "fused_", "train_mask", "qk_head_norm", "norm_scale")) else values[f] for f in cls._fields))
+        """The shape from a mapping of the graph's values (an estimate's trace); LoRA flags and the fields with a
+        default take it where the mapping lacks them."""
+        return cls(*(values.get(f, cls._field_defaults.get(f, 0)) if f.startswith("lora_") or f in cls._field_defaults
+                     else values[f] for f in cls._fields))
 
 
 def steps(v: Shape | dict, n_steps: int = STEPS):
