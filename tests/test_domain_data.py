@@ -151,7 +151,7 @@ def test_builtin_gpus_get_their_class_and_its_efficiencies():
         {"nvidia_datacenter", "nvidia_consumer", "amd", "apple"}
     assert cat.gpu_classes["custom_discrete"] == "nvidia_consumer"  # named in its entry: an RTX 4090 placeholder
     assert all(cls is not None for key, cls in cat.gpu_classes.items() if ("gpus", key) in cat.builtin)
-    # transformers: decode_bw_eff 0.85 plain, decode_bw_eff_amd 0.75 (catalogs/runtimes/runtimes.yaml).
+    # transformers: decode_bw_eff 0.85 plain, decode_bw_eff_amd 0.75 (catalogs/runtimes/transformers.yaml).
     assert _scenario(cat, "h100_80")[1]["eff_decode_bw"] == 0.85
     res, s = _scenario(cat, "mi300x")
     assert s["eff_decode_bw"] == 0.75

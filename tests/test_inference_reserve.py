@@ -339,7 +339,7 @@ def test_uncovered_generations_keep_the_fitted_share(case):
     config, kw = UNCOVERED[case]
     resp, v = generate(config, **kw)
     assert v["infer_reserve_simulated"] == 0 and v["infer_reserve_simulated_bytes"] == 0
-    # 0.22 x (the prefill's transient + the KV cache) (catalogs/runtimes/runtimes.yaml allocator_slack_fraction)
+    # 0.22 x (the prefill's transient + the KV cache) (catalogs/runtimes/transformers.yaml allocator_slack_fraction)
     assert v["allocator_reserve_bytes"] == pytest.approx(0.22 * (v["transient_bytes"] + v["kv_needed_bytes"]))
     assert any(a.startswith("allocator reserve: the fitted share") for a in resp["assumptions"])
 

@@ -262,7 +262,7 @@ def test_a_pinned_pool_stays_for_the_load_and_becomes_the_memory_it_measured_for
     for s in moved:
         settings = s["change"]["runtime_settings"]
         assert settings["kv_pool_tokens"] == 0 and settings["max_num_seqs"] == 512   # 0: sized from the memory
-        # vLLM's own non-torch memory at TP 1 (256 MiB, runtimes.yaml) plus what the pin measured
+        # vLLM's own non-torch memory at TP 1 (256 MiB, catalogs/runtimes/vllm.yaml) plus what the pin measured
         assert settings["non_torch_mib"] == pytest.approx(t["rt_non_torch_mib"] + unexplained_mib, abs=0.001)
         assert t["rt_non_torch_mib"] == 256
         again = vramplan.estimate_inference(apply_change(body, s["change"]))

@@ -247,7 +247,7 @@ def test_uncovered_classes_keep_the_fitted_fractions(case):
     config, kw = UNCOVERED[case]
     resp, v = train(config, **kw)
     assert v["train_reserve_simulated"] == 0 and v["train_reserve_simulated_bytes"] == 0
-    # 0.25 x the loss's logit bytes + 0.75 x the gradients (catalogs/runtimes/runtimes.yaml)
+    # 0.25 x the loss's logit bytes + 0.75 x the gradients (catalogs/runtime_constants/engine.yaml)
     assert v["allocator_reserve_bytes"] == pytest.approx(0.25 * v["train_logits_bytes"] + 0.75 * v["grads_bytes"])
     assert any(a.startswith("allocator reserve: fitted fractions") for a in resp["assumptions"])
 
