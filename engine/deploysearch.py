@@ -182,7 +182,7 @@ def _weights_per_pair(space: Space) -> np.ndarray | None:
     parallelism splits every matrix)."""
     fs = space.cat.formulas
     inputs = {name for f in fs.plan(("weights_gpu_bytes",)) for name in f.inputs if name not in fs.formulas}
-    if inputs & {"kv_bits", "users", "seqs", "mem_users", "mem_seqs", "request_rate", "batch_global", "micro_batch"}:
+    if inputs & {"kv_bits", "kv_fp8", "users", "seqs", "mem_users", "mem_seqs", "request_rate", "batch_global", "micro_batch"}:
         return None
     plan = fs.plan(("weights_gpu_bytes",))
     names = {name for f in plan for name in f.inputs if name not in fs.formulas}

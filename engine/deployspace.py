@@ -53,7 +53,7 @@ GPU_COUNTS = (1, 2, 4, 8)
 SEARCHED = ("quantization", "kv_cache_quantization", "runtime", "num_gpus", "inference_parallelism")
 #: Scenario variables a replica's size and load set (vramplan.scenario.load_vars), and the KV precision.
 ROW_VARS = ("num_gpus", "tp", "pp", "dp", "ep", "users", "seqs", "mem_users", "mem_seqs", "request_rate", "gpu_hour_cost",
-            "micro_batch", "batch_global", "kv_bits")
+            "micro_batch", "batch_global", "kv_bits", "kv_fp8")
 
 
 @dataclass
@@ -125,6 +125,7 @@ class Space:
     gpu: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # per configuration
     kv: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # index into the pair's kv list
     kv_bits: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    kv_fp8: np.ndarray = field(default_factory=lambda: np.zeros(0))
     quality: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (weights, KV) quality_rank
     _tables: dict[str, tuple[str, Any]] | None = None
 
@@ -176,6 +177,7 @@ class Space:
             out[key] = np.where(tensor, a, b) if isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or a != b else a
         out.update(scenario_mod.server_slots({**out, "batch": self.batch}))
         out["kv_bits"] = self.kv_bits[rows]
+        out["kv_fp8"] = self.kv_fp8[rows]
         # act_bytes: the runtime's where it fixes it, else the format's (scenario.runtime_act_bytes)
         act = np.array([scenario_mod.activation_bytes(p.quant.data) for p in self.pairs])[index["pair"]]
         out["act_bytes"] = scenario_mod.runtime_act_bytes(np.broadcast_to(out.get("rt_activation_bytes", 0.0), act.shape),
@@ -405,8 +407,11 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     width = max(len(p.kv) for p in pairs)
     bits_table = np.array([[b for _, b, _ in p.kv] + [0.0] * (width - len(p.kv)) for p in pairs])
     quality_table = np.array([[q for _, _, q in p.kv] + [0.0] * (width - len(p.kv)) for p in pairs])
+    fp8_table = np.array([[float(scenario_mod.kv_is_fp8(space.cat.quantization.get(k).data)) for k, _, _ in p.kv]
+                          + [0.0] * (width - len(p.kv)) for p in pairs])
     kv_bits, kv_q = bits_table[pair_of, kv], quality_table[pair_of, kv]
     space.combo, space.n, space.tensor, space.kv, space.kv_bits = combo, n, tensor.astype(bool), kv, kv_bits
+    space.kv_fp8 = fp8_table[pair_of, kv]
     space.pair, space.gpu = pair_of, np.array(combo_gpu, dtype=np.int64)[combo]
     weights_q = np.array([float(p.quant.data["quality_rank"]) for p in pairs])[pair_of]
     space.quality = np.stack([weights_q, kv_q], axis=1)

@@ -85,6 +85,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "p_kept": ("params", "layer parameters the checkpoint keeps unquantized (its quantization_config modules_to_not_convert, ignore or exclude_modules; 0: none)"),
     "b_kept": ("bits", "bits per parameter of the modules a checkpoint keeps unquantized (its 16-bit dtype)"),
     "kv_bits": ("bits", "bits per KV-cache element, block scales included"),
+    "kv_fp8": ("flag", "the KV cache is stored in FP8 (not an 8-bit integer format)"),
     "act_bytes": ("bytes", "bytes per activation element (compute dtype)"),
     "weights_compute_bits": ("bits", "bits per weight element the matmuls read"),
     "act_quant_bits": ("bits", "bits per activation element (scales included) the format's GEMMs quantize their inputs to on "
@@ -146,6 +147,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "gpu_bw_gb_s": ("GB/s", "memory bandwidth of one GPU"),
     "gpu_tflops": ("TFLOP/s", "dense tensor throughput in the compute dtype"),
     "gpu_tflops_16": ("TFLOP/s", "dense fp16/bf16 tensor throughput"),
+    "gpu_fp8_tflops": ("TFLOP/s", "dense FP8 tensor throughput (0 where the GPU has no FP8 tensor cores)"),
     "unpacked_gemm_rate": ("fraction", "rate of the format's weight-unpacking (W4A16) GEMM kernels on this GPU against "
                                        "gpu_tflops (the format's unpacked_rate on its architectures; 1 elsewhere)"),
     "gpu_tdp_w": ("W", "board power of one GPU"),
@@ -426,6 +428,7 @@ def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any
     """What the GPU alone decides (and its links)."""
     return {
         "gpu_mem_gib": memory_gib, "gpu_bw_gb_s": gpu["memory_bandwidth_gb_s"], "gpu_tflops_16": float(_tflops_16(gpu)),
+        "gpu_fp8_tflops": float(gpu.get("fp8_tflops") or 0),
         "gpu_tdp_w": gpu["tdp_w"], "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
         "ic_bw_gb_s": interconnect["bandwidth_gb_s"], "ic_latency_us": interconnect["latency_us"],
         "ic_p2p": int(interconnect.get("kind") in ("nvlink", "nvswitch")),
@@ -435,6 +438,11 @@ def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or _tflops_16(gpu)),
         "gpu_cc": _compute_capability(gpu), "gpu_hip": 1.0 if gpu["vendor"] == "amd" else 0.0, "gpu_sm_count": float(gpu.get("sm_count") or 0),
     }
+
+
+def kv_is_fp8(fmt: dict[str, Any]) -> bool:
+    """Whether a KV-cache format stores FP8 (its compute type; int8 and GGUF caches are integers)."""
+    return fmt.get("compute") == "fp8" and fmt.get("kind") == "float"
 
 
 def _tflops_16(gpu: dict[str, Any]) -> float:
@@ -591,6 +599,7 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved, notes
     # image soft tokens are part of each prompt (as they are of seq)
     s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
+    s["kv_fp8"] = float(kv_is_fp8(res.kv_quant.data))
     layers = 0
     if s["offload_enabled"]:
         if req.get("num_offload_layers") is not None:
@@ -693,7 +702,7 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved, notes: 
     s["num_samples"] = req["num_samples"]
     s["tokens_per_sample"] = req["tokens_per_sample"]
     s["num_epochs"] = req["num_epochs"]
-    s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0,
+    s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0, "kv_fp8": 0.0,
               "offload_layers": 0, "offload_kv": 0, "input_tokens": req["seq_length"], "output_tokens": 1,
               "request_rate": 0.0, "gpu_hour_cost": 0.0})
 

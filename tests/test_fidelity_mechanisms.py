@@ -437,3 +437,29 @@ def test_per_head_q_and_k_norms_save_their_inputs_in_training():
     assert train(qwen3, **full)["layer_saved_bytes_per_token"] - train(plain, **full)["layer_saved_bytes_per_token"] == 18_432
     lora = dict(finetuning_method="lora", batch_size=4, seq_length=1024)
     assert train(qwen3, **lora)["layer_saved_bytes_per_token"] - train(plain, **lora)["layer_saved_bytes_per_token"] == 3072 * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention's tensor rate
+
+
+def test_attention_multiplies_in_the_activations_dtype_not_the_weights_format():
+    """q x K and P x V run at the 16-bit rate whatever format the weights are stored in; an fp32 model at its own
+    rate; FP8 only where the runtime's kernels multiply in FP8 (TensorRT-LLM's FP8 context FMHA with an FP8 cache
+    or an FP8 o_proj input, from compute capability 8.9). H200 (datasheet): bf16 989.4, FP8 1,978.9, fp32 67.0
+    TFLOP/s, compute capability 9.0."""
+    def rate(**kw):
+        v = infer(LLAMA32_1B, input_tokens=2048, output_tokens=128, **kw)
+        return v["attn_tflops"], v["gpu_tflops"]
+
+    # FP8 weights in vLLM: the GEMMs at FP8, attention at bf16 (vLLM's FP8 FlashAttention 3 keeps BF16's speed)
+    assert rate(runtime="vllm", quantization="fp8") == (989.4, 1978.9)
+    assert rate(runtime="vllm", quantization="fp8", kv_cache_quantization="fp8")[0] == 989.4
+    # TensorRT-LLM: a bf16 model with an FP8 cache runs the FP8 context FMHA ...
+    assert rate(runtime="tensorrt-llm", quantization="bf16", kv_cache_quantization="fp8") == (1978.9, 989.4)
+    # ... as does an FP8 model with a 16-bit cache (the attention writes o_proj's FP8 input) ...
+    assert rate(runtime="tensorrt-llm", quantization="fp8")[0] == 1978.9
+    # ... but not an int8 cache, which the kernels dequantize into 16-bit math
+    assert rate(runtime="tensorrt-llm", quantization="bf16", kv_cache_quantization="int8")[0] == 989.4
+    # an fp32 model attends in fp32: min(67.0, 989.4)
+    assert rate(runtime="transformers", quantization="fp32")[0] == 67.0
