@@ -247,6 +247,7 @@ def build_catalog(load_entrypoints: bool | None = None, extra_plugins: tuple = (
     for name, dirs in host.call_each("register_report_templates"):
         cat.template_dirs.extend(Path(d) for d in dirs or [])
     catalogcheck.check_catalog(cat)
+    cat.runtimes.order_by(lambda e: (not e.data.get("default"), e.key))
     _load_formulas(cat, host)
     catalogcheck.check_runtimes_against_formulas(cat)
     catalogcheck.read_architectures(cat)

@@ -49,6 +49,11 @@ class Registry(Generic[T]):
         declared defaults filled in), keeping who supplied it."""
         self._entries[key] = Entry(key, data, self._entries[key].provenance)
 
+    def order_by(self, sort_key) -> None:
+        """Put the entries in the order ``sort_key(entry)`` gives (the runtimes: the default first, then by key -
+        one file per runtime would otherwise order them by file name)."""
+        self._entries = dict(sorted(self._entries.items(), key=lambda item: sort_key(item[1])))
+
     def remove(self, key: str) -> Entry[T]:
         """Take an entry out (a third-party entry that failed a load-time check)."""
         return self._entries.pop(key)
