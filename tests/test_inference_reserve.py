@@ -70,6 +70,25 @@ def test_gemma2_eager_layers_by_hand():
     assert semantics.FUNCTIONS["inference_allocator_reserve"](*shape) == 4_178_432
 
 
+def test_gemma2_soft_caps_follow_the_config():
+    # Without attn_logit_softcapping the scores are only scaled (one new tensor, not four: no / cap, tanh, x cap), and
+    # without final_logit_softcapping the head's logits are not capped (three fewer): over generate's two forwards
+    # (prefill and first decode step) of the one-layer TINY model, 2 x (3 x 1 + 3) = 12 fewer allocations. The peak is
+    # in the decode step's rotary on k either way: the same 16 blocks (test_gemma2_eager_layers_by_hand).
+    capped = inference.Shape(**{**TINY, "gemma2_layer": 1})
+    plain = capped._replace(attn_softcap=0, final_softcap=0)
+    count = lambda shape: sum(1 for e in inference.events(shape) if e > 0)  # noqa: E731
+    assert count(capped) - count(plain) == 12
+    assert count(capped) - count(capped._replace(final_softcap=0)) == 6
+    assert inference.peaks(plain) == inference.peaks(capped) == (73_400_320, 69_221_888)
+    # a Gemma 2 config that turns them off reaches the written sequence
+    cfg = {**GEMMA2_9B, "attn_logit_softcapping": None, "final_logit_softcapping": None}
+    v = values(vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": cfg,
+                                            "runtime": "transformers", "seq_length": 2048, "trace": True,
+                                            "optimization_config": {"flash_attention": False}}))
+    assert (v["gemma2_layer"], v["attn_softcap"], v["final_softcap"], v["infer_reserve_simulated"]) == (1, 0, 0, 1)
+
+
 def test_gemma2_decode_keeps_only_the_window_in_sliding_layers():
     # 2 sequences of 40 tokens, window 16, 4 layers (0 and 2 slide), 4 heads of 16 over 2 KV heads: the prompt's keys
     # and values are 2 x 40 x 32 x 2 = 5120 bytes a tensor in every layer; the decode step grows the full layers' to
@@ -373,10 +392,10 @@ def test_a_batch_of_estimates_gives_what_single_estimates_give():
 
 
 @pytest.mark.parametrize("args, error", [
-    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0), TypeError),              # one argument short
-    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0), ValueError),      # a negative size
-    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0), ValueError),  # 10,000 layers: too many events
-    ((1, 1, 8, 16, 8, 8, 1, 3_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1), ValueError),   # 3,000 LLM.int8 layers: too many
+    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), TypeError),           # one argument short
+    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1), ValueError),      # a negative size
+    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1), ValueError),  # 10,000 layers: too many
+    ((1, 1, 8, 16, 8, 8, 1, 3_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1), ValueError),   # 3,000 LLM.int8 layers
 ])
 def test_the_function_refuses_what_it_cannot_replay(args, error):
     with pytest.raises(error):

@@ -114,6 +114,10 @@ class Shape(NamedTuple):
     #: bitsandbytes LLM.int8 linears (transformers load_in_8bit): the model is loaded from a checkpoint, quantizing each
     #: linear's weight on the way (:func:`_int8_load`), and every projection runs MatMul8bitLt (:func:`_int8_linear`)
     int8_matmul: int = 0
+    #: Gemma 2's soft-caps (attn_logit_softcapping, final_logit_softcapping; Gemma2Config's 50 / 30 unless a config sets
+    #: null): each adds / cap, tanh, x cap - three new tensors - to the scores of every layer and to the head's logits
+    attn_softcap: int = 1
+    final_softcap: int = 1
 
 
 def _rope(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int:
@@ -524,9 +528,11 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
     one, each built from int64 position ranges and bool comparisons into a (batch, 1, queries, keys) 16-bit where());
     per layer Gemma2RMSNorm (x.float() normed, times (1 + weight.float()), then the 16-bit copy) before and after
     the attention and the MLP; eager_attention_forward: repeat_kv's copies of keys and values (grouped heads), q made
-    contiguous (a prompt of several sequences: matmul merges their batch and head dimensions), scores x scaling / softcap, tanh, x softcap, + mask (each a new tensor), softmax in fp32
+    contiguous (a prompt of several sequences: matmul merges their batch and head dimensions), scores x scaling (/ softcap, tanh, x softcap
+    unless the config sets attn_logit_softcapping null), + mask (each a new tensor), softmax in fp32
     and back - the probabilities, which the decoder layer keeps until it returns - then probabilities x values and
-    the transposed copy (a prompt); gelu(gate) x up; the head soft-capped (/ cap, tanh, x cap). The decode step's
+    the transposed copy (a prompt); gelu(gate) x up; the head soft-capped (/ cap, tanh, x cap; not with
+    final_logit_softcapping null). The decode step's
     sliding layers concatenate the window's last tokens with the new one (w tokens) and drop the prompt's tensors;
     the full layers grow by one token."""
     new, free = w.new, w.free
@@ -615,7 +621,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
             sc = new(score * a)
             if qc:
                 free(qc)
-            for _ in range(4):  # x scaling, / softcap, tanh, x softcap
+            for _ in range(1 + 3 * v.attn_softcap):  # x scaling (then / softcap, tanh, x softcap where capped)
                 nxt_sc = new(score * a)
                 free(sc)
                 sc = nxt_sc
@@ -661,7 +667,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
             free(m_win)
         free(emb, pos, sin, cos)
         logits = new(B * V * a)
-        for _ in range(3):  # / final softcap, tanh, x final softcap
+        for _ in range(3 * v.final_softcap):  # / final softcap, tanh, x final softcap
             capped = new(B * V * a)
             free(logits)
             logits = capped
