@@ -64,6 +64,39 @@ def test_tiny_lora_reserve_by_hand():
     assert semantics.FUNCTIONS["training_allocator_reserve"](*shape) == 4_151_808
 
 
+def test_a_tied_weights_gradient_is_the_sum_made_at_the_end_of_backward():
+    # Tied embedding and head (vocab 64 x hidden 8 x 2 bytes = 1,024, a size no other tensor here has): the head's
+    # matmul backward makes its share early; the embedding's backward makes the other at the end, and the autograd
+    # engine's input buffer sums them into a third tensor (out of place), which becomes the gradient - the two
+    # shares are freed. So the backward allocates three 1,024-byte tensors, frees two of them and the sum (the
+    # gradient) lives until the optimizer step ends. With a second micro-batch AccumulateGrad adds its sum into the
+    # gradient in place: three more made and all three freed.
+    def backward(events, marks, first_handle=1):
+        """The 1,024-byte tensors a chunk makes and frees from its bwd0 mark to its opt0 mark (or its end)."""
+        at = {label: k for k, label in marks}
+        handle, made, freed = first_handle - 1, [], []
+        for k, e in enumerate(events):
+            handle += e >= 0
+            if at["bwd0"] <= k < at.get("opt0", len(events)):
+                if e == 1024:
+                    made.append(handle)
+                elif e < 0 and ~e in made:
+                    freed.append(~e)
+        return made, freed
+
+    made, freed = backward(*next(training.steps(training.Shape(**{**TINY, "vocab": 64})))[:2])
+    assert len(made) == 3 and freed == made[:2]  # the sum outlives the backward
+    # two micro-batches: the first step's first chunk ends with the first micro-batch; the second micro-batch's sum
+    # is added in place into the gradient, so all three of its tensors are freed before the optimizer step
+    chunks = training.steps(training.Shape(**{**TINY, "vocab": 64, "grad_accum": 2}))
+    events, marks, _ = next(chunks)
+    made, freed = backward(events, marks)
+    assert len(made) == 3 and freed == made[:2]
+    events2, marks2, _ = chunks.send(False)
+    made2, freed2 = backward(events2, marks2, first_handle=sum(e >= 0 for e in events) + 1)
+    assert len(made2) == 3 and sorted(freed2) == made2
+
+
 FUSED = {**TINY, "fused_qkv": 1, "fused_gate_up": 1}
 
 

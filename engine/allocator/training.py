@@ -257,8 +257,11 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             g_logits = new(T * V * 2)
             free(g_lsm)
             g_hidden = new(T * H * act)
-            if full:
-                grad("embd" if tied else "head", V * H, wb)
+            head_grad = None
+            if full and tied:  # the head's share of the tied weight's gradient, summed with the embedding's at the end
+                head_grad = new(V * H * wb)
+            elif full:
+                grad("head", V * H, wb)
             free(g_logits)
             free(head_saved)
             if head_copy:
@@ -312,7 +315,17 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 free(th)
                 frees(recomputed + saved[i])
             if full and tied:
-                free(new(V * H * wb))  # embedding_dense_backward's gradient, added into the head's
+                # embedding_dense_backward's gradient; the autograd engine's input buffer sums the tied weight's two
+                # gradients into a new tensor (input_buffer.cpp accumulate: old_var + var), which AccumulateGrad takes
+                # as the gradient - or adds in place into the one an earlier micro-batch left
+                emb_grad = new(V * H * wb)
+                total = new(V * H * wb)
+                free(head_grad)
+                free(emb_grad)
+                if "embd" in grads:
+                    free(total)
+                else:
+                    grads["embd"] = total
             if full:
                 grad("norm", H, wb)
             free(g_hidden)
