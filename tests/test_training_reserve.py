@@ -97,6 +97,23 @@ def test_a_tied_weights_gradient_is_the_sum_made_at_the_end_of_backward():
     assert len(made2) == 3 and sorted(freed2) == made2
 
 
+def test_lora_saves_each_adapted_modules_fp32_input_as_a_tensor_of_its_own():
+    # peft casts an adapted module's input to the fp32 adapters' dtype (a copy on a 16-bit model) and lora_A saves it:
+    # one token, hidden 8, q_dim 8, intermediate 16 - q, k, v, gate and up take 1 x 8 x 4 = 32 bytes, o 1 x 8 x 4 = 32
+    # and down 1 x 16 x 4 = 64. Of a layer's 320 saved bytes they are 256; the 64 left are two intermediate-wide
+    # pieces (1 x 16 x 2 = 32). The forward writes x (1 x 8 x 2 = 16), then those pieces in that order.
+    lora = {**TINY, "method_full": 0, "lora_rank": 1, "moment_bytes": 4, "layer_saved_bytes_per_token": 320,
+            **{f"lora_{m}": 1 for m in training.LORA_MODULES}}
+    events, marks, _ = next(training.steps(training.Shape(**lora)))
+    fwd = dict((label, k) for k, label in marks)["fwd0"]
+    assert events[fwd:fwd + 10] == [16, 32, 32, 32, 32, 32, 32, 64, 32, 32]
+    # an fp32 model's input is already fp32: only o's and down's inputs (the attention output, the MLP product) are
+    # tensors of their own - 32 + 64 = 96, and 320 - 96 = 224 leaves four intermediate pieces and six of 16 bytes
+    events, marks, _ = next(training.steps(training.Shape(**{**lora, "resid_bytes": 4})))
+    fwd = dict((label, k) for k, label in marks)["fwd0"]
+    assert events[fwd + 1:fwd + 13] == [32, 64] + [32] * 4 + [16] * 6
+
+
 FUSED = {**TINY, "fused_qkv": 1, "fused_gate_up": 1}
 
 

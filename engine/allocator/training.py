@@ -197,6 +197,20 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         head_norms = [T * q * 4, T * kv * 4] + ([T * q * normed, T * kv * normed] if full else [])
         pieces_bytes += head_norms
         rest -= sum(head_norms)
+    if not full and int(v["lora_rank"]):
+        # peft's LoRA forward casts each adapted module's input to the adapters' fp32 (dropout 0: a copy per module on a
+        # 16-bit model) and saves it for lora_A's weight gradient: tensors of their own, tokens x in_features x 4
+        flags = {m: bool(v.get(f"lora_{m}")) for m in LORA_MODULES}
+        qkv = (flags["q"] or flags["k"] or flags["v"]) if fqkv else flags["q"] + flags["k"] + flags["v"]
+        gu = (flags["gate"] or flags["up"]) if fgu else flags["gate"] + flags["up"]
+        if resid < 4:
+            widths = [H] * int(qkv) + [q] * flags["o"] + [H] * int(gu) + [I] * flags["down"]
+        else:  # an fp32 model's input is already fp32: one saved tensor a shared input, the layer's own
+            widths = [q] * flags["o"] + [I] * flags["down"]
+        adapter_inputs = [T * w * 4 for w in widths]
+        if sum(adapter_inputs) <= rest:
+            pieces_bytes += adapter_inputs
+            rest -= sum(adapter_inputs)
     wide = 0
     if fgu and rest >= 2 * T * I * act:  # gate_up_proj's output, kept whole under its chunk views
         pieces_bytes.append(2 * T * I * act)
