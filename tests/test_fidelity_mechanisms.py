@@ -463,3 +463,19 @@ def test_attention_multiplies_in_the_activations_dtype_not_the_weights_format():
     assert rate(runtime="tensorrt-llm", quantization="bf16", kv_cache_quantization="int8")[0] == 989.4
     # an fp32 model attends in fp32: min(67.0, 989.4)
     assert rate(runtime="transformers", quantization="fp32")[0] == 67.0
+
+
+def test_a_tied_weights_gradient_shares_are_alive_at_the_end_of_backward():
+    """The head's share of a tied embedding's gradient and embedding_dense_backward's are summed out of place at the
+    end of backward: two 128,256 x 2,048 fp32 tensors beyond Llama 3.2 1B's 1,235,814,400 x 4 = 4,943,257,600 bytes of
+    gradients - 2 x 262,668,288 x 4 = 2,101,346,304. With bitsandbytes' fused 8-bit step (no temporaries) and
+    checkpointing at 1 x 2048 (4.1 GB when backward starts) that is the peak: gradients 7,044,603,904."""
+    v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="fp32", optimizer="adamw_8bit",
+              batch_size=1, seq_length=2048, optimization_config={"gradient_checkpointing": True})
+    assert v["tied_grad_sum_bytes"] == 2_101_346_304
+    assert v["step_is_peak"] == 1 and v["optimizer_step_gpu_bytes"] == 0
+    assert v["gradients_gpu_bytes"] == 4_943_257_600 + 2_101_346_304
+    # foreach AdamW's sqrt(v) copy (4,943,257,600) is larger: the step stays the peak, the shares are not counted
+    v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="fp32", optimizer="adamw",
+              batch_size=1, seq_length=2048, optimization_config={"gradient_checkpointing": True})
+    assert v["gradients_gpu_bytes"] == 4_943_257_600 and v["optimizer_step_gpu_bytes"] == 4_943_257_600
