@@ -98,15 +98,22 @@ def test_a_tied_weights_gradient_is_the_sum_made_at_the_end_of_backward():
 
 
 def test_lora_saves_each_adapted_modules_fp32_input_as_a_tensor_of_its_own():
-    # peft casts an adapted module's input to the fp32 adapters' dtype (a copy on a 16-bit model) and lora_A saves it:
-    # one token, hidden 8, q_dim 8, intermediate 16 - q, k, v, gate and up take 1 x 8 x 4 = 32 bytes, o 1 x 8 x 4 = 32
-    # and down 1 x 16 x 4 = 64. Of a layer's 320 saved bytes they are 256; the 64 left are two intermediate-wide
-    # pieces (1 x 16 x 2 = 32). The forward writes x (1 x 8 x 2 = 16), then those pieces in that order.
+    # peft's LoRA forward on a 16-bit base, per adapted module in order (recorded: mm, _to_copy, mm, mul, add,
+    # _to_copy): the base output (tokens x out x 2), the input cast to the fp32 adapters' dtype (tokens x in x 4, which
+    # lora_A saves), lora_B's fp32 output, x scaling, the fp32 sum with the base output and its 16-bit copy - 6
+    # allocations, of which all but the saved input are freed. One token, hidden 8, q_dim 8, intermediate 16: q, k, v
+    # and o are 16, 32, 32, 32, 32, 16 bytes; gate and up (out 16) 32, 32, 64, 64, 64, 32; down (in 16, out 8) 16, 64,
+    # 32, 32, 32, 16. The saved inputs are 6 x 32 + 64 = 256 of the layer's 320 saved bytes; the 64 left are two
+    # intermediate-wide pieces (1 x 16 x 2 = 32). x (1 x 8 x 2 = 16) comes first.
     lora = {**TINY, "method_full": 0, "lora_rank": 1, "moment_bytes": 4, "layer_saved_bytes_per_token": 320,
             **{f"lora_{m}": 1 for m in training.LORA_MODULES}}
     events, marks, _ = next(training.steps(training.Shape(**lora)))
-    fwd = dict((label, k) for k, label in marks)["fwd0"]
-    assert events[fwd:fwd + 10] == [16, 32, 32, 32, 32, 32, 32, 64, 32, 32]
+    at = dict((label, k) for k, label in marks)
+    forward = events[at["fwd0"]:at["bwd0"]]
+    small, wide = [16, 32, 32, 32, 32, 16], [32, 32, 64, 64, 64, 32]
+    assert [e for e in forward if e >= 0][:1 + 6 * 7 + 2] == \
+        [16] + small * 4 + wide * 2 + [16, 64, 32, 32, 32, 16] + [32, 32]
+    assert sum(e < 0 for e in forward[:1 + 6 * 7 + 5 * 7 + 2]) == 5 * 7  # each module's five transients freed
     # an fp32 model's input is already fp32: only o's and down's inputs (the attention output, the MLP product) are
     # tensors of their own - 32 + 64 = 96, and 320 - 96 = 224 leaves four intermediate pieces and six of 16 bytes
     events, marks, _ = next(training.steps(training.Shape(**{**lora, "resid_bytes": 4})))

@@ -71,7 +71,7 @@ MAX_EVENTS = 2_000_000
 def max_events(v: Shape) -> float:
     """At most how many events the sequence has - the formula train_reserve_sequence_events, the same bound."""
     pieces = 5 + v.layer_saved_bytes_per_token / (2 * max(v.hidden, 1))
-    return 3 * (v.grad_accum * (v.n_layers * (4 * pieces + 100) + 50) + 100 * v.n_layers + 100)
+    return 3 * (v.grad_accum * (v.n_layers * (4 * pieces + 300) + 50) + 100 * v.n_layers + 100)
 
 
 class Shape(NamedTuple):
@@ -188,6 +188,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             i, m = n.split(".")[:2]
             per_module.setdefault((int(i), m), []).append((n, c, b))
 
+    lora_forward: list[tuple[int, int]] = []  # (saved fp32 input bytes, output width) per adapted module, in order
     # a layer's saved tensors: a window mask's converted copy (one tensor), up to four tokens x intermediate ones (gate_up's
     # output whole, as one of them, where fused), then tokens x hidden pieces
     mask = v.get("train_mask_bytes_per_token_layer", 0) * T
@@ -209,8 +210,18 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             widths = [q] * flags["o"] + [I] * flags["down"]
         adapter_inputs = [T * w * 4 for w in widths]
         if sum(adapter_inputs) <= rest:
-            pieces_bytes += adapter_inputs
             rest -= sum(adapter_inputs)
+            if resid < 4:
+                # each adapted module's forward, in order (peft LoraLayer.forward on a 16-bit base): the base output,
+                # the fp32 input (saved), lora_B's fp32 output, x scaling, the fp32 sum with the base output, its
+                # 16-bit copy - recorded on the meta device (mm, _to_copy, mm, mul, add, _to_copy)
+                outs = ([("qkv", q + 2 * kv)] if fqkv else [(m, q if m == "q" else kv) for m in "qkv"]) + [("o", H)] \
+                    + ([("gate_up", 2 * I)] if fgu else [("gate", I), ("up", I)]) + [("down", H)]
+                on = {**flags, "qkv": flags["q"] or flags["k"] or flags["v"], "gate_up": flags["gate"] or flags["up"]}
+                adapted = [ow for m, ow in outs if on[m]]
+                lora_forward = list(zip(adapter_inputs, adapted))
+            else:
+                pieces_bytes += adapter_inputs
     wide = 0
     if fgu and rest >= 2 * T * I * act:  # gate_up_proj's output, kept whole under its chunk views
         pieces_bytes.append(2 * T * I * act)
@@ -226,6 +237,22 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     pieces_bytes += [rest] if rest > 0 else []
     pieces_bytes = [int(p) for p in pieces_bytes]
     copy_bytes = [int(c * 2) for _, c in linears] if mixed else []
+
+    def layer_saved() -> list[int]:
+        """One layer's forward (or its recomputation): each adapted module's LoRA tensors in order, then the saved pieces;
+        the handles of what backward needs."""
+        kept = []
+        for x32, ow in lora_forward:
+            base = new(T * ow * act)
+            kept.append(new(x32))
+            b = new(T * ow * 4)
+            scaled = new(T * ow * 4)
+            free(b)
+            total = new(T * ow * 4)
+            free(scaled, base)
+            out = new(T * ow * act)
+            free(total, out)
+        return kept + news(pieces_bytes)
 
     grads: dict[str, int] = {}
 
@@ -247,7 +274,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             saved, copies = [], []
             x = new(T * H * resid)
             for _i in range(L):
-                pieces = news(pieces_bytes)
+                pieces = layer_saved()
                 weight_copies = news(copy_bytes)
                 if gc:
                     frees(pieces)
@@ -284,7 +311,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             for i in reversed(range(L)):
                 recomputed = []
                 if gc:
-                    recomputed = news(pieces_bytes) + news(copy_bytes)
+                    recomputed = layer_saved() + news(copy_bytes)
 
                 def g(m: str) -> None:
                     if full:
