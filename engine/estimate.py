@@ -370,7 +370,7 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
                        "train_reserve_simulation is 0")
         else:
             out.append("allocator reserve: fitted fractions of the logit and gradient blocks - the simulated "
-                       "sequence does not cover this run (QLoRA, MoE, eager attention, several GPUs, offloading, "
+                       "sequence does not cover this run (QLoRA, MoE, several GPUs, offloading, "
                        "an optimizer other than AdamW, or more allocator events than a replay takes)")
     out.append("memory figures are GiB (2^30 bytes); vram_usage is the peak nvidia-smi would show on the busiest GPU")
     return out

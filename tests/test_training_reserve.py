@@ -121,6 +121,19 @@ def test_lora_saves_each_adapted_modules_fp32_input_as_a_tensor_of_its_own():
     assert events[fwd + 1:fwd + 13] == [32, 64] + [32] * 4 + [16] * 6
 
 
+def test_eager_attentions_saved_scores_are_tensors_of_their_own():
+    # Eager attention saves softmax's fp32 output (4 bytes a score) and the probabilities' 16-bit copy (2) - with a
+    # soft-cap also tanh's output (2): of 64 + 48 saved bytes a token, the 48 of scores are 32 + 16 (no cap) or 24 +
+    # 12 + 12 (capped), written as their own tensors after x (16); the 64 left are two intermediate pieces (1 x 16 x 2).
+    shape = training.Shape(**{**TINY, "layer_saved_bytes_per_token": 64 + 48, "train_scores_bytes_per_token_layer": 48})
+    events, marks, _ = next(training.steps(shape))
+    fwd = dict((label, k) for k, label in marks)["fwd0"]
+    assert events[fwd:fwd + 5] == [16, 32, 16, 32, 32]
+    events, marks, _ = next(training.steps(shape._replace(attn_softcap=1)))
+    fwd = dict((label, k) for k, label in marks)["fwd0"]
+    assert events[fwd:fwd + 6] == [16, 24, 12, 12, 32, 32]
+
+
 FUSED = {**TINY, "fused_qkv": 1, "fused_gate_up": 1}
 
 
@@ -165,7 +178,7 @@ def test_head_norms_save_tensors_of_their_own():
 
 
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 32 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 34 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):
@@ -273,6 +286,7 @@ COVERED = {
     "phi-3 fused projections, lora": dict(finetuning_method="lora", lora_rank=16),
     "phi-3 fused projections, full bf16": dict(finetuning_method="full", fine_tuning_quantization="bf16"),
     "phi-3 with its window (the converted mask saved each layer)": dict(finetuning_method="lora", seq_length=4096),
+    "eager attention (its scores saved)": dict(finetuning_method="lora", optimization_config={"flash_attention": False}),
 }
 
 
@@ -291,8 +305,6 @@ def test_covered_classes_take_the_simulated_reserve(case):
 UNCOVERED = {
     "qlora": (LLAMA32_1B, dict(finetuning_method="qlora")),
     "moe": (MIXTRAL, dict(finetuning_method="lora")),
-    "eager attention (its scores saved)": (LLAMA32_1B, dict(finetuning_method="lora",
-                                                            optimization_config={"flash_attention": False})),
     "paged optimizer": (LLAMA32_1B, dict(finetuning_method="full", optimizer="paged_adamw_8bit")),
     "zero on two gpus": (LLAMA32_1B, dict(finetuning_method="full", num_gpus=2,
                                           optimization_config={"gradient_checkpointing": False, "zero_stage": 2})),

@@ -117,6 +117,10 @@ class Shape(NamedTuple):
     #: kv_dim wide - tensors of their own among the layer's saved bytes
     qk_head_norm: int = 0
     norm_scale_fp32: int = 0
+    #: of layer_saved_bytes_per_token, eager attention's saved scores (heads x tokens x sequence a token: the fp32
+    #: softmax output, its 16-bit copy and, soft-capped, tanh's output) - tensors of their own, batch x heads x seq x seq
+    train_scores_bytes_per_token_layer: float = 0
+    attn_softcap: int = 0
 
     @classmethod
     def of(cls, values: dict) -> Shape:
@@ -193,6 +197,12 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     # output whole, as one of them, where fused), then tokens x hidden pieces
     mask = v.get("train_mask_bytes_per_token_layer", 0) * T
     rest, pieces_bytes = v["layer_saved_bytes_per_token"] * T - mask, [mask] if mask else []
+    scores = v.get("train_scores_bytes_per_token_layer", 0) * T
+    if scores:  # eager attention: softmax's fp32 output (4 bytes a score), the probabilities' 16-bit copy (2), tanh's (2)
+        shares = (4, 2, 2) if v.get("attn_softcap") else (4, 2)
+        parts = [int(scores * sh / sum(shares)) for sh in shares]
+        pieces_bytes += parts
+        rest -= sum(parts)
     if v.get("qk_head_norm"):
         normed = 4 if v.get("norm_scale_fp32") else act
         head_norms = [T * q * 4, T * kv * 4] + ([T * q * normed, T * kv * normed] if full else [])
