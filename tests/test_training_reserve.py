@@ -134,6 +134,29 @@ def test_eager_attentions_saved_scores_are_tensors_of_their_own():
     assert events[fwd:fwd + 6] == [16, 24, 12, 12, 32, 32]
 
 
+def test_soft_capped_logits_keep_tanhs_output_for_backward():
+    # Gemma2ForCausalLM caps the head's logits: / cap, tanh, x cap, each a new tokens x vocab x 2 tensor (1 x 32 x 2 =
+    # 64 bytes here, a size nothing else has), tanh's output kept for backward; backward runs x cap's, tanh's and / cap's
+    # gradients, three more. Uncapped, the step makes two 64-byte tensors (the logits, their 16-bit gradient); capped
+    # eight, and tanh's output (the third) is freed only once backward has begun.
+    def logits_tensors(shape):
+        events, marks, _ = next(training.steps(shape))
+        at = dict((label, k) for k, label in marks)
+        handle, made, freed_at = 0, [], {}
+        for k, e in enumerate(events[:at["opt0"]]):
+            handle += e >= 0
+            if e == 64:
+                made.append(handle)
+            elif e < 0 and ~e in made:
+                freed_at[~e] = k
+        return made, freed_at, at["bwd0"]
+
+    made, _, _ = logits_tensors(training.Shape(**TINY))
+    assert len(made) == 2
+    made, freed_at, bwd = logits_tensors(training.Shape(**{**TINY, "final_softcap": 1}))
+    assert len(made) == 8 and freed_at[made[2]] > bwd and freed_at[made[1]] < bwd
+
+
 FUSED = {**TINY, "fused_qkv": 1, "fused_gate_up": 1}
 
 
@@ -178,7 +201,7 @@ def test_head_norms_save_tensors_of_their_own():
 
 
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 34 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 35 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):

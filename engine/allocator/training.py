@@ -121,6 +121,8 @@ class Shape(NamedTuple):
     #: softmax output, its 16-bit copy and, soft-capped, tanh's output) - tensors of their own, batch x heads x seq x seq
     train_scores_bytes_per_token_layer: float = 0
     attn_softcap: int = 0
+    #: the head's logits soft-capped (Gemma 2 final_logit_softcapping): / cap, tanh (its output saved), x cap
+    final_softcap: int = 0
 
     @classmethod
     def of(cls, values: dict) -> Shape:
@@ -296,6 +298,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             head_saved = new(v["head_saved_bytes"])
             head_copy = new(V * H * 2) if mixed else None
             logits = new(T * V * 2)
+            capped = None
+            if v.get("final_softcap"):  # Gemma2ForCausalLM: logits / cap, tanh (saved for backward), x cap
+                divided = new(T * V * 2)
+                free(logits)
+                capped = new(T * V * 2)
+                free(divided)
+                logits = new(T * V * 2)
             fp32_copy, log_probs = new(T * V * 4), new(T * V * 4)
             free(fp32_copy)
             free(logits)
@@ -307,6 +316,14 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             free(log_probs)
             g_logits = new(T * V * 2)
             free(g_lsm)
+            if capped:  # x cap's, tanh's and / cap's backward, each a new tensor; tanh's saved output goes
+                g_mul = new(T * V * 2)
+                free(g_logits)
+                g_tanh = new(T * V * 2)
+                free(g_mul)
+                free(capped)
+                g_logits = new(T * V * 2)
+                free(g_tanh)
             g_hidden = new(T * H * act)
             head_grad = None
             if full and tied:  # the head's share of the tied weight's gradient, summed with the embedding's at the end
