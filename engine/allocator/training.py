@@ -200,8 +200,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     mask = v.get("train_mask_bytes_per_token_layer", 0) * T
     rest, pieces_bytes = v["layer_saved_bytes_per_token"] * T - mask, [mask] if mask else []
     scores = v.get("train_scores_bytes_per_token_layer", 0) * T
-    if scores:  # eager attention: softmax's fp32 output (4 bytes a score), the probabilities' 16-bit copy (2), tanh's (2)
-        shares = (4, 2, 2) if v.get("attn_softcap") else (4, 2)
+    if scores:  # eager attention: softmax's fp32 output (4 bytes a score), the probabilities' 16-bit copy (2), tanh's (act)
+        shares = (4, 2, act) if v.get("attn_softcap") else (4, 2)
         parts = [int(scores * sh / sum(shares)) for sh in shares]
         pieces_bytes += parts
         rest -= sum(parts)
@@ -214,26 +214,20 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         # peft's LoRA forward casts each adapted module's input to the adapters' fp32 (dropout 0: a copy per module on a
         # 16-bit model) and saves it for lora_A's weight gradient: tensors of their own, tokens x in_features x 4
         flags = {m: bool(v.get(f"lora_{m}")) for m in LORA_MODULES}
-        qkv = (flags["q"] or flags["k"] or flags["v"]) if fqkv else flags["q"] + flags["k"] + flags["v"]
-        gu = (flags["gate"] or flags["up"]) if fgu else flags["gate"] + flags["up"]
-        if resid < 4:
-            widths = [H] * int(qkv) + [q] * flags["o"] + [H] * int(gu) + [I] * flags["down"]
-        else:  # an fp32 model's input is already fp32: one saved tensor a shared input, the layer's own
-            widths = [q] * flags["o"] + [I] * flags["down"]
-        adapter_inputs = [T * w * 4 for w in widths]
-        if sum(adapter_inputs) <= rest:
-            rest -= sum(adapter_inputs)
+        on = {**flags, "qkv": flags["q"] or flags["k"] or flags["v"], "gate_up": flags["gate"] or flags["up"]}
+        modules = ([("qkv", H, q + 2 * kv)] if fqkv else [("q", H, q), ("k", H, kv), ("v", H, kv)]) + [("o", q, H)] \
+            + ([("gate_up", H, 2 * I)] if fgu else [("gate", H, I), ("up", H, I)]) + [("down", I, H)]
+        # an fp32 model's input is already fp32: one saved tensor a shared input, the layer's own - only o's and down's
+        adapted = [(T * iw * 4, ow) for m, iw, ow in modules if on[m] and (resid < 4 or m in ("o", "down"))]
+        if sum(x32 for x32, _ in adapted) <= rest:
+            rest -= sum(x32 for x32, _ in adapted)
             if resid < 4:
                 # each adapted module's forward, in order (peft LoraLayer.forward on a 16-bit base): the base output,
                 # the fp32 input (saved), lora_B's fp32 output, x scaling, the fp32 sum with the base output, its
                 # 16-bit copy - recorded on the meta device (mm, _to_copy, mm, mul, add, _to_copy)
-                outs = ([("qkv", q + 2 * kv)] if fqkv else [(m, q if m == "q" else kv) for m in "qkv"]) + [("o", H)] \
-                    + ([("gate_up", 2 * I)] if fgu else [("gate", I), ("up", I)]) + [("down", H)]
-                on = {**flags, "qkv": flags["q"] or flags["k"] or flags["v"], "gate_up": flags["gate"] or flags["up"]}
-                adapted = [ow for m, ow in outs if on[m]]
-                lora_forward = list(zip(adapter_inputs, adapted))
+                lora_forward = adapted
             else:
-                pieces_bytes += adapter_inputs
+                pieces_bytes += [x32 for x32, _ in adapted]
     wide = 0
     if fgu and rest >= 2 * T * I * act:  # gate_up_proj's output, kept whole under its chunk views
         pieces_bytes.append(2 * T * I * act)
