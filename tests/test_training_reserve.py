@@ -201,7 +201,7 @@ def test_head_norms_save_tensors_of_their_own():
 
 
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 35 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 36 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):

@@ -55,6 +55,7 @@ found it (both then repeat exactly, same peaks), and the result is memoised per 
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -123,6 +124,8 @@ class Shape(NamedTuple):
     attn_softcap: int = 0
     #: the head's logits soft-capped (Gemma 2 final_logit_softcapping): / cap, tanh (its output saved), x cap
     final_softcap: int = 0
+    #: q, k and v projections with biases (Qwen2): their backward (addmm's) makes the input's gradient before the weight's
+    qkv_bias: int = 0
 
     @classmethod
     def of(cls, values: dict) -> Shape:
@@ -163,6 +166,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     tied = v["p_output"] == 0
     eight_bit = v["moment_bytes"] < 2 and v["optimizer_fused_step"]
     fqkv, fgu = bool(v.get("fused_qkv")), bool(v.get("fused_gate_up"))
+    bias = bool(v.get("qkv_bias"))
     # each layer's parameters in construction order (Phi3Attention builds o_proj before qkv_proj) and its linears in
     # the order the forward runs them (autocast's weight copies)
     attn = [("o", q * H), ("qkv", H * (q + 2 * kv))] if fqkv else [("q", H * q), ("k", H * kv), ("v", H * kv), ("o", q * H)]
@@ -244,6 +248,429 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     pieces_bytes = [int(p) for p in pieces_bytes]
     copy_bytes = [int(c * 2) for _, c in linears] if mixed else []
 
+    # Llama-style layers written op by op as recorded (explicit_layer, explicit_mixed_layer, nograd_layer,
+    # nograd_mixed_layer and their backwards below): full fine-tuning of a 16-bit model or of fp32 weights under bf16
+    # autocast, with or without checkpointing, and LoRA on a 16-bit base without it - where the formula's saved bytes
+    # a layer are exactly the tensors these save (a structural check: a layer that saves anything else, Gemma 2's
+    # extra norms say, keeps the pieces above)
+    lora_on = {m: bool(v.get(f"lora_{m}")) for m in LORA_MODULES} if not full and int(v["lora_rank"]) else {}
+    explicit_saved = T * (8 * H + act * (2 * q + 2 * kv + 3 * I)) + (T * act * (4 * H + I) if full else 0) \
+        + sum(T * (iw + int(v["lora_rank"])) * 4 for m, iw in (("q", H), ("k", H), ("v", H), ("o", q), ("gate", H),
+                                                                ("up", H), ("down", I)) if lora_on.get(m))
+    if mixed:  # fp32 weights under bf16 autocast: the fp32 residual stream, bf16 casts of the projections' inputs
+        explicit_saved = T * (16 * H + act * (5 * H + 2 * q + 2 * kv + 4 * I))
+    explicit = (full or (any(lora_on.values()) and not gc)) and not (fqkv or fgu or mask or scores) \
+        and (resid < 4 or (mixed and full and act < 4)) \
+        and not v.get("qk_head_norm") and math.isclose(explicit_saved, v["layer_saved_bytes_per_token"] * T, rel_tol=1e-9)
+    # the final norm's saved tensors as a fully trained 16-bit model's head saves them (fp32 copy, 16-bit copy, output)
+    # (under autocast: the fp32 input, the normalized product and the head's bf16 input cast)
+    explicit_head = explicit and full and math.isclose(v["head_saved_bytes"], T * H * ((8 + act) if mixed else (4 + 2 * act)),
+                                                       rel_tol=1e-9)
+    residual: list[int] = []  # the residual stream's current tensor and the embedding's output (the model keeps it)
+
+    def module(m: str, iw: int, ow: int, kept: list[int]) -> int:
+        """One linear's forward on a frozen 16-bit base (peft LoraLayer.forward where adapted); its output's handle."""
+        base = new(T * ow * act)
+        if not lora_on.get(m):
+            return base
+        kept += [new(T * iw * 4), new(T * int(v["lora_rank"]) * 4)]  # the fp32 input and lora_A's output, saved
+        b = new(T * ow * 4)
+        scaled = new(T * ow * 4)
+        free(b)
+        total = new(T * ow * 4)
+        free(scaled, base)
+        out = new(T * ow * act)
+        free(total)
+        return out
+
+    def norm(kept: list[int]) -> int:
+        """LlamaRMSNorm.forward on a 16-bit input: the fp32 copy (saved), its square, the normalized fp32 product, its
+        16-bit copy and the weight's product (the output's handle)."""
+        kept.append(new(T * H * 4))
+        free(new(T * H * 4))
+        normed = new(T * H * 4)
+        copy = new(T * H * act)
+        out = new(T * H * act)
+        if full:  # the 16-bit copy is saved for the weight's gradient, the output for the projections' weights'
+            kept += [copy, out]
+        else:
+            free(copy)
+        free(normed)
+        return out
+
+    def rotary(width: int) -> int:
+        """apply_rotary_pos_emb on q or k: x cos, rotate_half's neg and cat, x sin, the sum (saved)."""
+        m1 = new(T * width * act)
+        neg = new(T * width // 2 * act)
+        cat = new(T * width * act)
+        free(neg)
+        m2 = new(T * width * act)
+        free(cat)
+        out = new(T * width * act)
+        free(m1, m2)
+        return out
+
+    copy_of = dict(zip([m for m, _ in linears], copy_bytes))
+
+    def cast_linear(m: str, ow: int, kept: list[int], cast: bool = True) -> int:
+        """One linear under autocast: the input's bf16 cast (saved), the weight's bf16 copy (saved), the output."""
+        if cast:
+            kept.append(new(T * H * act))
+        kept.append(new(copy_of[m]))
+        return new(T * ow * act)
+
+    def norm32(kept: list[int]) -> int:
+        """LlamaRMSNorm.forward on an fp32 input: its square, the normalized product (saved), the weight's (output)."""
+        free(new(T * H * 4))
+        kept.append(new(T * H * 4))
+        return new(T * H * 4)
+
+    def rotary32(width: int) -> int:
+        """apply_rotary_pos_emb on a bf16 q or k with fp32 cos / sin: the products and sum in fp32, rotate_half's neg
+        and cat in bf16."""
+        m1 = new(T * width * 4)
+        neg = new(T * width // 2 * act)
+        cat = new(T * width * act)
+        free(neg)
+        m2 = new(T * width * 4)
+        free(cat)
+        out = new(T * width * 4)
+        free(m1, m2)
+        return out
+
+    def nograd_mixed_layer(weight_copies: list[int]) -> int:
+        """An fp32 decoder layer's forward under bf16 autocast and gradient checkpointing, as recorded: each tensor
+        freed at its last use but the weights' bf16 copies, which autocast's cache keeps until the forward ends (into
+        ``weight_copies``); the layer's output's handle."""
+        def lin(m: str, ow: int, cast: bool = True) -> int:
+            c = new(T * H * act) if cast else 0
+            weight_copies.append(new(copy_of[m]))
+            out = new(T * ow * act)
+            if cast:
+                free(c)
+            return out
+
+        def nograd_norm32() -> int:
+            free(new(T * H * 4))
+            normed = new(T * H * 4)
+            out = new(T * H * 4)
+            free(normed)
+            return out
+
+        n1 = nograd_norm32()
+        qo, ko, vo = lin("q", q), lin("k", kv), lin("v", kv)
+        qe, ke = rotary32(q), rotary32(kv)
+        free(qo, ko)
+        qb, kb = new(T * q * act), new(T * kv * act)
+        so = new(T * q * act)
+        free(qb, kb)
+        oo = lin("o", H, cast=False)
+        free(so, qe, ke, vo, n1)
+        r1 = new(T * H * 4)
+        free(oo)
+        n2 = nograd_norm32()
+        go = lin("gate", I)
+        si = new(T * I * act)
+        free(go)
+        uo = lin("up", I)
+        prod = new(T * I * act)
+        free(si, uo)
+        do = lin("down", H, cast=False)
+        free(prod, n2)
+        r2 = new(T * H * 4)
+        free(do, r1)
+        return r2
+
+    def explicit_mixed_layer(recompute: bool = False) -> list[int]:
+        """A decoder layer's forward in fp32 under bf16 autocast, fully trained, as recorded: the layer's fp32 input
+        and first residual stay (each norm's square saves its input), each projection casts its input. As a
+        checkpointed layer's recomputation it stops at down's weight copy, its last saved tensor (the input is the
+        checkpoint's)."""
+        kept = [] if recompute else [residual[0]]
+        n1 = norm32(kept)
+        qo, ko = cast_linear("q", q, kept), cast_linear("k", kv, kept)
+        kept.append(cast_linear("v", kv, kept))
+        qe, ke = rotary32(q), rotary32(kv)
+        free(qo, ko)
+        kept += [new(T * q * act), new(T * kv * act), new(T * q * act)]  # SDPA's bf16 q and k, its output
+        oo = cast_linear("o", H, kept, cast=False)
+        free(qe, ke, n1)
+        r1 = new(T * H * 4)
+        kept.append(r1)
+        free(oo)
+        n2 = norm32(kept)
+        kept.append(cast_linear("gate", I, kept))
+        kept.append(new(T * I * act))          # act_fn(gate)
+        kept.append(cast_linear("up", I, kept))
+        kept.append(new(T * I * act))          # act_fn(gate) x up
+        if recompute:
+            kept.append(new(copy_of["down"]))
+            free(n2)
+            return kept
+        do = cast_linear("down", H, kept, cast=False)
+        free(n2)
+        residual[0] = new(T * H * 4)
+        free(do)
+        return kept
+
+    def nograd_norm() -> int:
+        """LlamaRMSNorm.forward on a 16-bit input without autograd: each temporary dies at its last use."""
+        x32 = new(T * H * 4)
+        free(new(T * H * 4))
+        normed = new(T * H * 4)
+        free(x32)
+        copy = new(T * H * act)
+        out = new(T * H * act)
+        free(copy, normed)
+        return out
+
+    def nograd_layer() -> int:
+        """A 16-bit decoder layer's forward under gradient checkpointing (torch.utils.checkpoint runs it without
+        saving anything): as recorded, each tensor freed at its last use; the layer's output's handle."""
+        n1 = nograd_norm()
+        qo, ko, vo = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        qe, ke = rotary(q), rotary(kv)
+        free(qo, ko)
+        so = new(T * q * act)
+        oo = new(T * H * act)
+        free(so, qe, ke, vo, n1)
+        r1 = new(T * H * act)
+        free(oo)
+        n2 = nograd_norm()
+        go = new(T * I * act)
+        si = new(T * I * act)
+        free(go)
+        uo = new(T * I * act)
+        prod = new(T * I * act)
+        free(si, uo)
+        do = new(T * H * act)
+        free(prod, n2)
+        r2 = new(T * H * act)
+        free(do, r1)
+        return r2
+
+    def explicit_layer(recompute: bool = False) -> list[int]:
+        """A 16-bit decoder layer's forward, fully trained or with LoRA on a frozen base, as recorded (transformers
+        5.17, peft 0.21, SDPA): what backward needs, in order; the layer's output becomes the residual. As the
+        recomputation of a checkpointed layer it stops once the last saved tensor exists (torch.utils.checkpoint's
+        early stop: down's input), the layer's input and output left to the checkpoint."""
+        kept: list[int] = []
+        n1 = norm(kept)
+        qo, ko = module("q", H, q, kept), module("k", H, kv, kept)
+        kept.append(module("v", H, kv, kept))
+        kept += [rotary(q), rotary(kv)]
+        free(qo, ko)
+        kept.append(new(T * q * act))          # SDPA's output
+        oo = module("o", q, H, kept)
+        if not full:
+            free(n1)
+        r1 = new(T * H * act)
+        free(oo)
+        n2 = norm(kept)
+        kept.append(module("gate", H, I, kept))
+        kept.append(new(T * I * act))          # act_fn(gate)
+        kept.append(module("up", H, I, kept))
+        prod = new(T * I * act)
+        if recompute:
+            free(r1)
+            return kept + [prod]
+        do = module("down", I, H, kept)
+        if full:
+            kept.append(prod)
+        else:
+            free(prod, n2)
+        r2 = new(T * H * act)
+        free(do, r1)
+        if residual[0] != residual[1]:  # the model keeps the embedding's output to the end of its forward
+            free(residual[0])
+        residual[0] = r2
+        return kept
+
+    def norm_backward(g_in: int, copy: int, x32: int, g_res: int | None, g, x_in: int | None = None) -> int:
+        """LlamaRMSNorm's backward on a 16-bit model, as recorded: the weight's and the normalized input's products
+        (the weight's gradient between), the fp32 chain through rsqrt, the 16-bit copy, the sum into the residual
+        stream's gradient (a new tensor; the old one and the saved copies go)."""
+        t1 = new(T * H * act)
+        t2 = new(T * H * act)
+        g()
+        free(t2, g_in, copy)
+        g32 = new(T * H * 4)
+        free(t1)
+        u1, u2 = new(T * H * 4), new(T * H * 4)
+        free(u1, g32)
+        d = news([T * H * 4] * 4)
+        free(d[2], d[1], d[0], x32, *((x_in,) if x_in is not None else ()))  # a checkpoint's input goes with its copy
+        total = new(T * H * 4)
+        free(u2, d[3])
+        back = new(T * H * act)
+        free(total)
+        if g_res is None:  # the final norm: its input's gradient starts the residual stream's
+            return back
+        g_out = new(T * H * act)
+        free(g_res, back)
+        return g_out
+
+    def rotary_backward(width: int, g_in: int) -> int:
+        """apply_rotary_pos_emb's backward on q or k: x sin's gradient through rotate_half (neg, two slice_backward,
+        their sum), x cos's, the sum."""
+        m1 = new(T * width * act)
+        neg = new(T * width // 2 * act)
+        s1 = new(T * width * act)
+        free(neg)
+        s2 = new(T * width * act)
+        free(m1)
+        total = new(T * width * act)
+        free(s1, s2)
+        m2 = new(T * width * act)
+        free(g_in)
+        out = new(T * width * act)
+        free(total, m2)
+        return out
+
+    def explicit_backward(sv: list[int], g_res: int, g, x_in: int | None = None) -> int:
+        """A fully trained 16-bit layer's backward as recorded (torch 2.11 autograd, SDPA's flash backward): each saved
+        tensor freed after its last use, each weight's gradient where its matmul's backward makes it; the residual
+        stream's new gradient."""
+        x32_1, c1, n1, vo, qe, ke, so, x32_2, c2, n2, go, si, uo, prod = sv[:14]
+        g("down")
+        gp = new(T * I * act)
+        free(prod)
+        gu, gs = new(T * I * act), new(T * I * act)  # mul's gradients: up's, then act_fn(gate)'s
+        free(gp, uo, si)
+        g("up")
+        gx_up = new(T * H * act)
+        free(gu)
+        gg = new(T * I * act)                 # silu_backward
+        free(gs, go)
+        g("gate")
+        gx_gate = new(T * H * act)
+        free(gg, n2)
+        gn = new(T * H * act)
+        free(gx_up, gx_gate)
+        g_res = norm_backward(gn, c2, x32_2, g_res, lambda: g("n2"))
+        g("o")
+        gso = new(T * q * act)
+        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        free(gso, ke, qe, vo, so)
+        gk = rotary_backward(kv, gk)
+        gq = rotary_backward(q, gq)
+        def linear_backward(m: str) -> int:
+            """mm's backward makes the weight's gradient, then the input's; addmm's (a bias) the input's first."""
+            if bias:
+                gx = new(T * H * act)
+                g(m)
+                return gx
+            g(m)
+            return new(T * H * act)
+        gx_v = linear_backward("v")
+        free(gv)
+        ck = new(T * kv * act)                # the key gradient made contiguous
+        free(gk)
+        gx_k = linear_backward("k")
+        free(ck)
+        gx_vk = new(T * H * act)
+        free(gx_v, gx_k)
+        cq = new(T * q * act)
+        free(gq)
+        gx_q = linear_backward("q")
+        free(cq, n1)
+        gn = new(T * H * act)
+        free(gx_vk, gx_q)
+        return norm_backward(gn, c1, x32_1, g_res, lambda: g("n1"), x_in)
+
+    def norm32_backward(g_in: int, normed: int, x_in: int, g_res: int | None, g) -> int:
+        """LlamaRMSNorm's backward on an fp32 input (under autocast), as recorded: the weight's products (its gradient
+        between), the sum into the residual stream's gradient, the chain through rsqrt (the saved input goes), the
+        stream's new fp32 gradient; the final norm (g_res None) has no sum."""
+        t1, t2 = new(T * H * 4), new(T * H * 4)
+        g()
+        free(normed, t2, g_in)
+        u1, u2 = new(T * H * 4), new(T * H * 4)
+        free(u1, t1)
+        total = None
+        if g_res is not None:
+            total = new(T * H * 4)
+            free(g_res, u2)
+        d = news([T * H * 4] * 4)
+        free(d[2], d[1], d[0], x_in)
+        out = new(T * H * 4)
+        free(d[3], *((total,) if total is not None else (u2,)))
+        return out
+
+    def rotary32_backward(width: int, g32: int) -> int:
+        """apply_rotary_pos_emb's backward under autocast: fp32 products cast to bf16 around rotate_half's backward."""
+        m = new(T * width * 4)
+        c16 = new(T * width * act)
+        free(m)
+        neg = new(T * width // 2 * act)
+        s1 = new(T * width * act)
+        free(neg)
+        s2 = new(T * width * act)
+        free(c16)
+        total = new(T * width * act)
+        free(s1, s2)
+        m2 = new(T * width * 4)
+        c2 = new(T * width * act)
+        free(m2, g32)
+        out = new(T * width * act)
+        free(total, c2)
+        return out
+
+    def cast_linear_backward(m: str, g_out: int, saved: tuple[int, ...], g, fp32_input: bool = True) -> int | None:
+        """A linear's backward under autocast: the bf16 weight gradient, the input's, the saved cast and copy (and the
+        output's gradient) freed, the fp32 weight gradient (the parameter's), and the input's gradient back to fp32
+        where the input was cast; that gradient's handle."""
+        w16 = new(copy_of[m])
+        gx16 = new(T * (I if m == "down" else q if m == "o" else H) * act)
+        free(*saved, g_out)
+        g()
+        free(w16)
+        if not fp32_input:
+            return gx16
+        gx32 = new(T * H * 4)
+        free(gx16)
+        return gx32
+
+    def explicit_mixed_backward(sv: list[int], x_in: int, g_res: int, g16: int | None, g, first: bool):
+        """A fully trained fp32 layer's backward under bf16 autocast, as recorded: each projection's bf16 gradients and
+        its weight's fp32 one, the casts' gradients back to fp32; the residual stream's new fp32 gradient and, above the
+        first layer, the bf16 cast of it that the layer below's down projection takes."""
+        (m1, cast_q, wq, cast_k, wk, cast_v, wv, vo, qb, kb, so, wo, r1, m2, cast_g, wg, go, si, cast_u, wu, uo, prod,
+         wd) = sv[:23]
+        gp = cast_linear_backward("down", g16, (prod, wd), lambda: g("down"), fp32_input=False)
+        gu, gs = new(T * I * act), new(T * I * act)
+        free(si, uo, gp)
+        gx_u = cast_linear_backward("up", gu, (cast_u, wu), lambda: g("up"))
+        gg = new(T * I * act)                 # silu_backward
+        free(go, gs)
+        gx_g = cast_linear_backward("gate", gg, (cast_g, wg), lambda: g("gate"))
+        gn = new(T * H * 4)
+        free(gx_u, gx_g)
+        g_res = norm32_backward(gn, m2, r1, g_res, lambda: g("n2"))
+        g16 = new(T * H * act)
+        gso = cast_linear_backward("o", g16, (wo,), lambda: g("o"), fp32_input=False)
+        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        free(so, vo, qb, kb, gso)
+        gk32 = new(T * kv * 4)
+        free(gk)
+        gq32 = new(T * q * 4)
+        free(gq)
+        gk = rotary32_backward(kv, gk32)
+        gq = rotary32_backward(q, gq32)
+        gx_v = cast_linear_backward("v", gv, (cast_v, wv), lambda: g("v"))
+        ck = new(T * kv * act)
+        free(gk)
+        gx_k = cast_linear_backward("k", ck, (cast_k, wk), lambda: g("k"))
+        gx_vk = new(T * H * 4)
+        free(gx_v, gx_k)
+        cq = new(T * q * act)
+        free(gq)
+        gx_q = cast_linear_backward("q", cq, (cast_q, wq), lambda: g("q"))
+        gn = new(T * H * 4)
+        free(gx_vk, gx_q)
+        g_res = norm32_backward(gn, m1, x_in, g_res, lambda: g("n1"))
+        return g_res, (None if first else new(T * H * act))
+
     def layer_saved() -> list[int]:
         """One layer's forward (or its recomputation): each adapted module's LoRA tensors in order, then the saved pieces;
         the handles of what backward needs."""
@@ -279,9 +706,17 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             mark(f"fwd{step}")
             saved, copies = [], []
             x = new(T * H * resid)
+            residual[:] = [x, x]
             for _i in range(L):
-                pieces = layer_saved()
-                weight_copies = news(copy_bytes)
+                if explicit and gc:
+                    saved.append([x])
+                    x = nograd_mixed_layer(copies) if mixed else nograd_layer()
+                    continue
+                if explicit and mixed:
+                    pieces, weight_copies = explicit_mixed_layer(), []
+                else:
+                    pieces = explicit_layer() if explicit else layer_saved()
+                    weight_copies = news(copy_bytes)
                 if gc:
                     frees(pieces)
                     copies += weight_copies
@@ -289,7 +724,27 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     x = new(T * H * resid)
                 else:
                     saved.append(pieces + weight_copies)
-            head_saved = new(v["head_saved_bytes"])
+            if explicit and not gc:
+                x = residual[0]
+            head_out = None
+            if explicit_head and mixed:  # the final norm on the fp32 stream (its input stays), the head's input cast
+                head_kept = [x]
+                free(new(T * H * 4))
+                head_kept.append(new(T * H * 4))
+                head_out = new(T * H * 4)
+                head_kept.append(new(T * H * act))
+                head_saved = None
+            elif explicit_head:  # the final norm, then the last layer's output (and the embedding's) go
+                head_kept = []
+                norm(head_kept)
+                free(x)
+                if not gc:
+                    free(residual[1])
+                head_saved = None
+            else:
+                head_saved = new(v["head_saved_bytes"])
+                if explicit and not (gc or mixed):
+                    free(residual[1])
             head_copy = new(V * H * 2) if mixed else None
             logits = new(T * V * 2)
             capped = None
@@ -301,6 +756,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 logits = new(T * V * 2)
             fp32_copy, log_probs = new(T * V * 4), new(T * V * 4)
             free(fp32_copy)
+            if head_out:
+                free(head_out)
             free(logits)
             frees(copies)
             mark(f"bwd{step}")
@@ -318,21 +775,49 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 free(capped)
                 g_logits = new(T * V * 2)
                 free(g_tanh)
-            g_hidden = new(T * H * act)
             head_grad = None
-            if full and tied:  # the head's share of the tied weight's gradient, summed with the embedding's at the end
-                head_grad = new(V * H * wb)
-            elif full:
-                grad("head", V * H, wb)
-            free(g_logits)
-            free(head_saved)
+            g16 = None
+            if explicit_head and mixed:  # the head's bf16 gradients, its weight's fp32 one, the final norm's backward
+                w16 = new(V * H * 2)
+                gx16 = new(T * H * act)
+                free(g_logits, head_copy, head_kept[2])
+                head_copy = None
+                if tied:
+                    head_grad = new(V * H * wb)
+                else:
+                    grad("head", V * H, wb)
+                free(w16)
+                gx32 = new(T * H * 4)
+                free(gx16)
+                g_res = norm32_backward(gx32, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb))
+                g16 = new(T * H * act)
+            elif explicit_head:  # the head's weight gradient, then its input's; the final norm's backward
+                if tied:
+                    head_grad = new(V * H * wb)
+                else:
+                    grad("head", V * H, wb)
+                g_hidden = new(T * H * act)
+                free(g_logits, head_kept[2])
+                g_res = norm_backward(g_hidden, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb))
+            else:
+                g_hidden = new(T * H * act)
+                if full and tied:  # the head's share of the tied weight's gradient, summed with the embedding's at the end
+                    head_grad = new(V * H * wb)
+                elif full:
+                    grad("head", V * H, wb)
+                free(g_logits)
+                free(head_saved)
+                g_res = g_hidden  # the residual stream's gradient, a new tensor after each norm's backward where written
             if head_copy:
                 free(head_copy)
             size = dict(layer)
             for i in reversed(range(L)):
                 recomputed = []
                 if gc:
-                    recomputed = layer_saved() + news(copy_bytes)
+                    if explicit:
+                        recomputed = explicit_mixed_layer(recompute=True) if mixed else explicit_layer(recompute=True)
+                    else:
+                        recomputed = layer_saved() + news(copy_bytes)
 
                 def g(m: str) -> None:
                     if full:
@@ -340,6 +825,16 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     else:
                         for n, c, b in per_module.get((i, m), ()):
                             grad(n, c, b)
+                if explicit and full and not mixed:
+                    layer_saved_handles = recomputed if gc else saved[i]
+                    g_res = explicit_backward(layer_saved_handles, g_res, g, saved[i][0] if gc else None)
+                    frees(layer_saved_handles[14:])
+                    continue
+                if explicit and mixed and g16 is not None:
+                    layer_saved_handles = recomputed if gc else saved[i][1:]
+                    g_res, g16 = explicit_mixed_backward(layer_saved_handles, saved[i][0], g_res, g16, g, first=i == 0)
+                    frees(layer_saved_handles[23:])
+                    continue
                 t1 = new(T * I * act)
                 g("down")
                 t2, t3 = new(T * I * act), new(T * I * act)
@@ -388,10 +883,11 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     free(total)
                 else:
                     grads["embd"] = total
-            if full:
+            if full and not explicit_head:
                 grad("norm", H, wb)
-            free(g_hidden)
-            free(x)
+            free(g_res)
+            if not explicit_head:
+                free(x)
         mark(f"opt{step}")
         if not states_made:
             for _, c, b in trainable:
@@ -403,8 +899,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     new(c * b)
             states_made = True
         if not v["optimizer_fused_step"]:
-            frees(news([int(c * b) for _, c, b in trainable]))
-        frees(list(grads.values()))
+            # foreach's sqrt(v) list, released when the list dies - CPython's list_dealloc drops its items last first
+            frees(news([int(c * b) for _, c, b in trainable])[::-1])
+        # zero_grad(set_to_none=True) drops the gradients parameter by parameter, in the model's order
+        frees([grads[n] for n, _, _ in trainable if n in grads])
         grads = {}
         repeated = yield w.events, marks, True
         w.events, marks = [], []
