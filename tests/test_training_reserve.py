@@ -378,3 +378,166 @@ def test_runtime_settings_can_turn_the_simulation_off_for_fast_sweeps():
            "train_reserve_simulation is 0" in fast["assumptions"]
     assert fast["vram_usage"] != slow["vram_usage"]
 
+
+
+# --- Llama-style layers written op by op (engine/allocator/training.py explicit_layer and its kin) -----------------
+# A tiny Llama layer whose formula inventory is exactly what the recorded layer saves: 1 token, hidden 8, q 8, kv 4
+# (GQA), intermediate 16, bf16. Fully trained, a layer saves the input norm's fp32 copy (32 bytes), 16-bit copy (16) and
+# output (16), v (8), the rotated q (16) and k (8), SDPA's output (16), the same three of the second norm, gate's
+# output, act_fn's, up's and their product (4 x 32): 64 + 16 + 8 + 16 + 8 + 64 + 128 = 304 bytes a token (8 x 8 +
+# 2 x (2 x 8 + 2 x 4 + 3 x 16) + 2 x (4 x 8 + 16) = 64 + 144 + 96); the head saves the final norm's three (32 + 16 + 16).
+LLAMA16 = {**TINY, "kv_dim": 4, "layer_saved_bytes_per_token": 304, "head_saved_bytes": 64}
+
+
+def _ops(events, start=0, stop=None, first_handle=1):
+    """The chunk's events from start to stop as ('a', size) / ('f', size), handles resolved to their sizes."""
+    sizes, handle, out = {}, first_handle - 1, []
+    for k, e in enumerate(events):
+        if e >= 0:
+            handle += 1
+            sizes[handle] = e
+        if start <= k < (len(events) if stop is None else stop):
+            out.append(("a", e) if e >= 0 else ("f", sizes[~e]))
+    return out
+
+
+def _phase(shape, label, until):
+    events, marks, _ = next(training.steps(training.Shape(**shape)))
+    at = {name: k for k, name in marks}
+    return events, at[label], at[until]
+
+
+def a(*sizes):
+    return [("a", s) for s in sizes]
+
+
+def f(*sizes):
+    return [("f", s) for s in sizes]
+
+
+def test_a_16_bit_layers_forward_is_written_as_recorded():
+    # transformers' LlamaDecoderLayer in bf16 (recorded on the meta device): RMSNorm casts to fp32 (32, saved),
+    # squares it (32, freed), multiplies by rsqrt (32), casts back (16) and scales by the weight (16), freeing the
+    # product; q, k, v (16, 8, 8); rotary on q: x cos (16), rotate_half's neg (8) and cat (16), x sin (16), the sum
+    # (16, saved) - then on k at width 4; q and k go, SDPA's output (16), o's (16), the residual sum (16, o's goes);
+    # the second norm; gate (32), act_fn (32), up (32), their product (32), down (16), the second residual sum (16):
+    # down's output and the first sum go. The embedding's output (16, x) stays: the model holds it to the end.
+    events, fwd, bwd = _phase(LLAMA16, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    norm = a(32, 32) + f(32) + a(32, 16, 16) + f(32)
+    rot_q, rot_k = a(16, 8, 16) + f(8) + a(16) + f(16) + a(16) + f(16, 16), a(8, 4, 8) + f(4) + a(8) + f(8) + a(8) + f(8, 8)
+    layer = norm + a(16, 8, 8) + rot_q + rot_k + f(16, 8) + a(16, 16, 16) + f(16) + norm + a(32, 32, 32, 32, 16, 16) + f(16, 16)
+    assert ops[:1 + len(layer)] == a(16) + layer
+    # the head: the final norm's three, then the last residual sum and the embedding's output go before the logits
+    assert ops[1 + len(layer):1 + len(layer) + len(norm) + 3] == norm + f(16, 16) + a(32 * 2)
+
+
+def test_a_16_bit_layers_backward_frees_each_saved_tensor_at_its_last_use():
+    # After the head (its weight's gradient is the tied embedding's share) and the final norm's backward, the layer's:
+    # down's weight gradient (16 x 8 x 2 = 256) and input gradient (32), the product goes; mul's two gradients (up's
+    # first), up's weight gradient and input gradient (16); silu_backward (32); gate's two; their sum (16); then the
+    # norm's backward (two 16-byte products with the weight's 16-byte gradient between, the fp32 chain of 32s, its
+    # 16-bit copy and the residual stream's new gradient); o's gradients (128, 16), SDPA's three (16, 8, 8), rotary's
+    # backward on k then q, v's (4 x 8 x 2 = 64, 16), k's (after a contiguous copy of its gradient, 8) and their sum,
+    # q's (after its copy: 16, 128, 16), the sum into the norm (16).
+    events, bwd, opt = _phase(LLAMA16, "bwd0", "opt0")
+    allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
+    nb = [16, 16, 16, 32, 32, 32, 32, 32, 32, 32, 32, 16, 16]          # a norm's backward: its 13 allocations
+    head = [128, 128, 64, 512, 16]                                        # nll, log_softmax, logits', share, input's
+    final_norm = nb[:-1]                                                  # no residual sum at the final norm
+    layer = [256, 32, 32, 32, 256, 16, 32, 256, 16, 16] + nb + [128, 16, 16, 8, 8] \
+        + [8, 4, 8, 8, 8, 8, 8] + [16, 8, 16, 16, 16, 16, 16] + [64, 16, 8, 64, 16, 16, 16, 128, 16, 16] + nb
+    assert allocs[:len(head) + len(final_norm) + len(layer)] == head + final_norm + layer
+
+
+def test_checkpointing_writes_the_no_grad_forward_and_an_early_stopping_recomputation():
+    # Under torch.utils.checkpoint the forward saves nothing: the norm's fp32 copy goes as soon as it is used, the
+    # attention's tensors with o's output, gate's with act_fn's; the layer input (16) is the checkpoint's. In backward
+    # the recomputation saves as the plain forward does but stops once down's input exists (the early stop): no down,
+    # no second residual sum, the first one freed.
+    gc = {**LLAMA16, "gradient_checkpointing": 1}
+    events, fwd, bwd = _phase(gc, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    norm = a(32, 32) + f(32) + a(32) + f(32) + a(16, 16) + f(16, 32)
+    rot_q, rot_k = a(16, 8, 16) + f(8) + a(16) + f(16) + a(16) + f(16, 16), a(8, 4, 8) + f(4) + a(8) + f(8) + a(8) + f(8, 8)
+    layer = norm + a(16, 8, 8) + rot_q + rot_k + f(16, 8) + a(16, 16) + f(16, 16, 8, 8, 16) + a(16) + f(16) + norm \
+        + a(32, 32) + f(32) + a(32, 32) + f(32, 32) + a(16) + f(32, 16) + a(16) + f(16, 16)
+    assert ops[:1 + len(layer)] == a(16) + layer
+    events, bwd, opt = _phase(gc, "bwd0", "opt0")
+    allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
+    head_and_final_norm = 5 + 12
+    recompute = [32, 32, 32, 16, 16, 16, 8, 8] + [16, 8, 16, 16, 16] + [8, 4, 8, 8, 8] + [16, 16, 16] \
+        + [32, 32, 32, 16, 16] + [32, 32, 32, 32]
+    assert allocs[head_and_final_norm:head_and_final_norm + len(recompute) + 1] == recompute + [256]
+
+
+def test_autocasts_fp32_layer_keeps_its_input_and_casts_each_projections():
+    # fp32 weights under bf16 autocast (the layer input and first residual sum are fp32 and saved by the norms'
+    # squares): the norm squares (32, freed), normalizes (32, saved) and scales (32); q, k, v each cast the input
+    # (16, saved), copy the weight (8 x 8 x 2 = 128, 8 x 4 x 2 = 64, 64; saved) and multiply (16, 8, 8); rotary
+    # multiplies in fp32 (q: 32, 16, 16, 32, 32); SDPA casts q and k back to bf16 (16, 8) and saves its output (16);
+    # o copies its weight (128) ... The inventory: 16 x 8 + 2 x (5 x 8 + 2 x 8 + 2 x 4 + 4 x 16) = 128 + 256 = 384.
+    mixed = {**LLAMA16, "mixed_precision": 1, "resid_bytes": 4, "moment_bytes": 4, "layer_saved_bytes_per_token": 384,
+             "head_saved_bytes": 8 * 10}
+    events, fwd, bwd = _phase(mixed, "fwd0", "bwd0")
+    allocs = [s for op, s in _ops(events, fwd, bwd) if op == "a"]
+    assert allocs[:1 + 3 + 9] == [32] + [32, 32, 32] + [16, 128, 16, 16, 64, 8, 16, 64, 8]
+    ops = _ops(events, fwd, bwd)
+    assert ops[1:4] == a(32) + f(32) + a(32)   # the square goes at once; the input (32) is never freed in the forward
+    # its backward: down's bf16 weight gradient (256) and input gradient (32), then the fp32 one, the parameter's (512)
+    events, bwd, opt = _phase(mixed, "bwd0", "opt0")
+    allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
+    i = allocs.index(256)
+    assert allocs[i:i + 3] == [256, 32, 512]
+
+
+def test_lora_keeps_each_modules_output_and_writes_the_layer_as_recorded():
+    # LoRA rank 1 on q and v of the 16-bit layer, no checkpointing: a frozen norm saves only its fp32 copy (its 16-bit
+    # copy goes); an adapted module makes the base output (16), saves the fp32 input (32) and lora_A's output (4), makes
+    # lora_B's fp32 output, its scaled copy and the sum (32 each for q; 16 each for v), and keeps the 16-bit output.
+    # The inventory: 8 x 8 + 2 x (2 x 8 + 2 x 4 + 3 x 16) + (8 + 1) x 4 x 2 = 64 + 144 + 72 = 280.
+    lora = {**LLAMA16, "method_full": 0, "lora_rank": 1, "moment_bytes": 4, "layer_saved_bytes_per_token": 280,
+            "lora_q": 1, "lora_v": 1}
+    events, fwd, bwd = _phase(lora, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    norm = a(32, 32) + f(32) + a(32, 16, 16) + f(16, 32)
+    q = a(16, 32, 4, 32, 32) + f(32) + a(32) + f(32, 16) + a(16) + f(32)
+    v = a(8, 32, 4, 16, 16) + f(16) + a(16) + f(16, 8) + a(8) + f(16)
+    assert ops[:1 + len(norm) + len(q) + 1 + len(v)] == a(16) + norm + q + a(8) + v
+
+
+def test_the_optimizers_lists_are_freed_as_python_frees_them():
+    # foreach AdamW's sqrt(v) list dies at the end of the step: CPython's list_dealloc drops its items last first;
+    # zero_grad(set_to_none=True) then drops the gradients parameter by parameter, in the model's order (embedding,
+    # q, k, v, o, gate, up, down, the two norms, the final norm) - not in the order backward made them.
+    events, marks, _ = next(training.steps(training.Shape(**LLAMA16)))
+    at = {name: k for k, name in marks}
+    ops = _ops(events, at["opt0"])
+    params = [512, 128, 64, 64, 128, 256, 256, 256, 16, 16, 16]      # bytes: embedding 32 x 8 x 2, q 8 x 8 x 2, ...
+    k = len(params) * 2
+    assert ops[:k] == a(*[s for p in params for s in (p, p)])       # the moments, two per parameter
+    assert ops[k:k + len(params)] == a(*params)                      # the sqrt(v) list
+    assert ops[k + len(params):k + 2 * len(params)] == f(*params[::-1])
+    assert ops[k + 2 * len(params):] == f(*params)
+
+
+def test_a_biased_projections_backward_makes_the_input_gradient_first():
+    # Qwen2's q, k and v carry biases: addmm's backward makes the input's gradient (16) before the weight's (v: 4 x 8 x
+    # 2 = 64); without a bias mm's makes the weight's first.
+    # After rotary's backward: v's two, k's contiguous copy (8), k's two, their sum (16), q's copy (16) and q's two.
+    def allocs(shape):
+        events, bwd, opt = _phase(shape, "bwd0", "opt0")
+        return [s for op, s in _ops(events, bwd, opt) if op == "a"]
+
+    def contains(seq, sub):
+        return any(seq[i:i + len(sub)] == sub for i in range(len(seq)))
+    assert contains(allocs(LLAMA16), [64, 16, 8, 64, 16, 16, 16, 128, 16])
+    assert contains(allocs({**LLAMA16, "qkv_bias": 1}), [16, 64, 8, 16, 64, 16, 16, 16, 128])
+
+
+def test_a_layer_saving_anything_else_keeps_the_pieces():
+    # The op-by-op layer is written only where the formula's inventory is exactly what it saves: 16 more bytes a token
+    # (Gemma 2's extra norms, say) and the layer is the saved pieces again - x (16), then up to four intermediate-wide
+    # pieces (32 each) and hidden-wide ones (16).
+    events, fwd, bwd = _phase({**LLAMA16, "layer_saved_bytes_per_token": 320}, "fwd0", "bwd0")
+    assert [s for op, s in _ops(events, fwd, bwd) if op == "a"][:5] == [16, 32, 32, 32, 32]

@@ -29,6 +29,15 @@ torch 2.11 foreach AdamW, as benchmarks/allocator/replay_training.py records the
   8-bit: two uint8 moments + fp32 absmax per 256 elements), then foreach's sqrt(v) list (none for a
   fused step), freed; zero_grad frees the gradients.
 
+Llama-style layers are written op by op as recorded wherever the formula's saved bytes a layer are exactly what such a
+layer saves (a structural check): full fine-tuning of a 16-bit model or of fp32 weights under bf16 autocast, with or
+without checkpointing, and LoRA on a 16-bit base without it - RMSNorm's fp32 chain, rotary's tensors, SDPA, the
+projections (autocast's input casts and weight copies; LoRA's modules), the residual sums, checkpointing's no-grad
+forward and early-stopping recomputation, and a backward that frees each saved tensor after its last use and makes
+each weight's gradient where its matmul's backward does (addmm's, with qkv_bias, after the input's); foreach's sqrt(v)
+list is freed last item first (CPython's list_dealloc), zero_grad drops the gradients in parameter order. The bullets
+above are the pieces every other layer keeps (docs/FIDELITY.md, "Llama-style layers written op by op").
+
 Phi-3's fused projections (fused_qkv, fused_gate_up): each layer builds o_proj before qkv_proj, then gate_up_proj;
 peft adapts each fused module once (one A of rank x hidden, one B of rank x the fused width); the forward keeps
 gate_up_proj's output whole under its chunk views (one saved piece of tokens x 2 x intermediate) and autocast casts
@@ -43,9 +52,8 @@ Per-head q / k norms (Qwen3, Gemma 3): their saved fp32 inputs (and, trained, no
 wide, are pieces of their own; their forward temporaries are not written.
 
 Not written (the estimate keeps its fitted fractions for them, formulas/memory/runtime_overhead.yaml):
-QLoRA (4-bit layers' dequantization), MoE, eager attention's score
-tensors, fused cross-entropy, paged or other optimizers, ZeRO, data / tensor / pipeline parallelism,
-offloading, models without a gated MLP or with recurrent or cross-attention layers.
+QLoRA (4-bit layers' dequantization), MoE, fused cross-entropy, paged or other optimizers, ZeRO, data / tensor /
+pipeline parallelism, offloading, models without a gated MLP or with recurrent or cross-attention layers.
 
 Speed: a sequence has thousands of events (Llama 3 8B: 2,600-5,800 per step), so the replay is the fast
 one of :func:`vramplan.allocator.caching.replay_peaks`; steps stop once a step starts from the allocator
