@@ -541,3 +541,28 @@ def test_a_layer_saving_anything_else_keeps_the_pieces():
     # pieces (32 each) and hidden-wide ones (16).
     events, fwd, bwd = _phase({**LLAMA16, "layer_saved_bytes_per_token": 320}, "fwd0", "bwd0")
     assert [s for op, s in _ops(events, fwd, bwd) if op == "a"][:5] == [16, 32, 32, 32, 32]
+
+
+def test_phi3s_fused_layer_is_written_as_recorded():
+    # Phi-3 fully trained in bf16, kv 4: qkv_proj's output (1 x (8 + 2 x 4) x 2 = 32) stays whole under its q / k / v
+    # views (v's keeps it); rotary's cat layout adds a sixth tensor (the rotated part joined with the pass-through,
+    # saved) after the five; SDPA's output (16) and its contiguous copy (16, o's input); gate_up_proj's output (64),
+    # act_fn's (32), the product (32). The inventory: 8 x 8 + 2 x (4 x 8 + 4 x 8 + 3 x 4 + 4 x 16) = 64 + 280 = 344.
+    phi3 = {**LLAMA16, "fused_qkv": 1, "fused_gate_up": 1, "layer_saved_bytes_per_token": 344}
+    events, fwd, bwd = _phase(phi3, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    norm = a(32, 32) + f(32) + a(32, 16, 16) + f(32)
+    rot_q = a(16, 8, 16) + f(8) + a(16) + f(16) + a(16) + f(16, 16) + a(16) + f(16)
+    rot_k = a(8, 4, 8) + f(4) + a(8) + f(8) + a(8) + f(8, 8) + a(8) + f(8)
+    layer = norm + a(32) + rot_q + rot_k + a(16, 16, 16, 16) + f(16) + norm + a(64, 32, 32, 16, 16) + f(16, 16)
+    assert ops[:1 + len(layer)] == a(16) + layer
+    # backward: chunk's backward joins gate's and up's gradients (64) before gate_up_proj's weight gradient (16 x 2 x 8
+    # x 2 = 512); the three views' gradients are each widened to qkv's width (32) and summed (v's and k's, then q's)
+    # before qkv_proj's weight gradient (8 x 16 x 2 = 256)
+    events, bwd, opt = _phase(phi3, "bwd0", "opt0")
+    allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
+
+    def contains(seq, sub):
+        return any(seq[i:i + len(sub)] == sub for i in range(len(seq)))
+    assert contains(allocs, [256, 32, 32, 32, 32, 64, 512, 16])   # down's two, mul's two, silu's, the cat, gate_up's
+    assert contains(allocs, [8, 16, 32, 32, 32, 32, 32, 256, 16])  # k's and q's copies, widened, summed, qkv's

@@ -30,8 +30,8 @@ torch 2.11 foreach AdamW, as benchmarks/allocator/replay_training.py records the
   fused step), freed; zero_grad frees the gradients.
 
 Llama-style layers are written op by op as recorded wherever the formula's saved bytes a layer are exactly what such a
-layer saves (a structural check): full fine-tuning of a 16-bit model or of fp32 weights under bf16 autocast, with or
-without checkpointing, and LoRA on a 16-bit base without it - RMSNorm's fp32 chain, rotary's tensors, SDPA, the
+layer saves (a structural check): full fine-tuning of a 16-bit model (Phi-3's fused projections too) or of fp32
+weights under bf16 autocast, with or without checkpointing, and LoRA on a 16-bit base without it - RMSNorm's fp32 chain, rotary's tensors, SDPA, the
 projections (autocast's input casts and weight copies; LoRA's modules), the residual sums, checkpointing's no-grad
 forward and early-stopping recomputation, and a backward that frees each saved tensor after its last use and makes
 each weight's gradient where its matmul's backward does (addmm's, with qkv_bias, after the input's); foreach's sqrt(v)
@@ -267,7 +267,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                                                                 ("up", H), ("down", I)) if lora_on.get(m))
     if mixed:  # fp32 weights under bf16 autocast: the fp32 residual stream, bf16 casts of the projections' inputs
         explicit_saved = T * (16 * H + act * (5 * H + 2 * q + 2 * kv + 4 * I))
-    explicit = (full or (any(lora_on.values()) and not gc)) and not (fqkv or fgu or mask or scores) \
+    fused = fqkv and fgu and full and not mixed  # Phi-3: qkv_proj's output whole under its views, gate_up_proj's too
+    if fused:  # and o_proj's input made contiguous (rotary's cat layout leaves SDPA's output heads-first)
+        explicit_saved = T * (8 * H + act * (4 * H + 4 * q + 3 * kv + 4 * I))
+    explicit = (full or (any(lora_on.values()) and not gc)) and not (mask or scores) and (fused or not (fqkv or fgu)) \
         and (resid < 4 or (mixed and full and act < 4)) \
         and not v.get("qk_head_norm") and math.isclose(explicit_saved, v["layer_saved_bytes_per_token"] * T, rel_tol=1e-9)
     # the final norm's saved tensors as a fully trained 16-bit model's head saves them (fp32 copy, 16-bit copy, output)
@@ -316,6 +319,14 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(cat)
         out = new(T * width * act)
         free(m1, m2)
+        return out
+
+    def rotary_cat(width: int) -> int:
+        """Phi-3's apply_rotary_pos_emb: rotary's five tensors, then the rotated part and the pass-through joined (cat,
+        saved) - the sum goes."""
+        total = rotary(width)
+        out = new(T * width * act)
+        free(total)
         return out
 
     copy_of = dict(zip([m for m, _ in linears], copy_bytes))
@@ -432,9 +443,35 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(copy, normed)
         return out
 
+    def nograd_fused_layer() -> int:
+        """Phi-3's decoder layer under gradient checkpointing, as recorded: qkv_proj's and gate_up_proj's outputs stay
+        until their views' last use."""
+        n1 = nograd_norm()
+        qkv = new(T * (q + 2 * kv) * act)
+        qe, ke = rotary_cat(q), rotary_cat(kv)
+        so = new(T * q * act)
+        contiguous = new(T * q * act)
+        free(so)
+        oo = new(T * H * act)
+        free(contiguous, qe, ke, qkv, n1)
+        r1 = new(T * H * act)
+        free(oo)
+        n2 = nograd_norm()
+        gu = new(T * 2 * I * act)
+        si = new(T * I * act)
+        prod = new(T * I * act)
+        free(si)
+        do = new(T * H * act)
+        free(prod, gu, n2)
+        r2 = new(T * H * act)
+        free(do, r1)
+        return r2
+
     def nograd_layer() -> int:
         """A 16-bit decoder layer's forward under gradient checkpointing (torch.utils.checkpoint runs it without
         saving anything): as recorded, each tensor freed at its last use; the layer's output's handle."""
+        if fused:
+            return nograd_fused_layer()
         n1 = nograd_norm()
         qo, ko, vo = new(T * q * act), new(T * kv * act), new(T * kv * act)
         qe, ke = rotary(q), rotary(kv)
@@ -457,12 +494,38 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(do, r1)
         return r2
 
+    def explicit_fused_layer(recompute: bool) -> list[int]:
+        """Phi-3's decoder layer, fully trained in 16 bits, as recorded: x32, copy, output of each norm; qkv_proj's
+        output (v's view keeps it), rotary's q and k, SDPA's output and its contiguous copy (o's input); gate_up_proj's
+        output, act_fn's, the product."""
+        kept: list[int] = []
+        n1 = norm(kept)
+        kept.append(new(T * (q + 2 * kv) * act))
+        kept += [rotary_cat(q), rotary_cat(kv), new(T * q * act), new(T * q * act)]
+        oo = new(T * H * act)
+        r1 = new(T * H * act)
+        free(oo)
+        norm(kept)
+        kept += [new(T * 2 * I * act), new(T * I * act), new(T * I * act)]
+        if recompute:
+            free(r1)
+            return kept
+        do = new(T * H * act)
+        r2 = new(T * H * act)
+        free(do, r1)
+        if residual[0] != residual[1]:
+            free(residual[0])
+        residual[0] = r2
+        return kept
+
     def explicit_layer(recompute: bool = False) -> list[int]:
         """A 16-bit decoder layer's forward, fully trained or with LoRA on a frozen base, as recorded (transformers
         5.17, peft 0.21, SDPA): what backward needs, in order; the layer's output becomes the residual. As the
         recomputation of a checkpointed layer it stops once the last saved tensor exists (torch.utils.checkpoint's
         early stop: down's input), the layer's input and output left to the checkpoint."""
         kept: list[int] = []
+        if fused:
+            return explicit_fused_layer(recompute)
         n1 = norm(kept)
         qo, ko = module("q", H, q, kept), module("k", H, kv, kept)
         kept.append(module("v", H, kv, kept))
@@ -535,10 +598,78 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(total, m2)
         return out
 
+    def rotary_cat_backward(width: int) -> int:
+        """The rotated part's gradient through apply_rotary_pos_emb (a view of the incoming one): rotate_half's
+        backward, x cos's, their sum."""
+        m1 = new(T * width * act)
+        neg = new(T * width // 2 * act)
+        s1 = new(T * width * act)
+        free(neg)
+        s2 = new(T * width * act)
+        free(m1)
+        total = new(T * width * act)
+        free(s1, s2)
+        m2 = new(T * width * act)
+        out = new(T * width * act)
+        free(total, m2)
+        return out
+
+    def explicit_fused_backward(sv: list[int], g_res: int, g, x_in: int | None) -> int:
+        """Phi-3's layer backward as recorded: mul's gradients (act_fn's first), chunk's backward joining the two halves
+        (cat) before gate_up_proj's weight gradient; rotary's on k then q, each back into its slice; the three views'
+        gradients each widened to qkv's width (slice_backward) and summed before qkv_proj's."""
+        x32_1, c1, n1, qkv, qe, ke, so, contiguous, x32_2, c2, n2, gu, si, prod = sv[:14]
+        g("down")
+        gp = new(T * I * act)
+        free(prod)
+        ga, gup = new(T * I * act), new(T * I * act)
+        free(gp, si)
+        gg = new(T * I * act)                 # silu_backward
+        free(ga, gu)
+        gcat = new(T * 2 * I * act)
+        free(gg, gup)
+        g("gate_up")
+        gx = new(T * H * act)
+        free(gcat, n2)
+        g_res = norm_backward(gx, c2, x32_2, g_res, lambda: g("n2"))
+        g("o")
+        gso = new(T * q * act)
+        free(contiguous)
+        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        free(gso, ke, qe, qkv, so)
+        tk, tq = rotary_cat_backward(kv), rotary_cat_backward(q)
+        grads = []
+        for width, g_in, rot in ((kv, gk, tk), (q, gq, tq)):
+            widened = new(T * width * act)
+            free(g_in)
+            grads.append(new(T * width * act))
+            free(widened, rot)
+        ck = new(T * kv * act)
+        free(grads[0])
+        cq = new(T * q * act)
+        free(grads[1])
+        wide = T * (q + 2 * kv) * act
+        s1 = new(wide)
+        free(gv)
+        s2 = new(wide)
+        free(ck)
+        a1 = new(wide)
+        free(s1, s2)
+        s3 = new(wide)
+        free(cq)
+        gqkv = new(wide)
+        free(a1, s3)
+        g("qkv")
+        gx = new(T * H * act)
+        free(gqkv, n1)
+        return norm_backward(gx, c1, x32_1, g_res, lambda: g("n1"), x_in)
+
     def explicit_backward(sv: list[int], g_res: int, g, x_in: int | None = None) -> int:
         """A fully trained 16-bit layer's backward as recorded (torch 2.11 autograd, SDPA's flash backward): each saved
         tensor freed after its last use, each weight's gradient where its matmul's backward makes it; the residual
         stream's new gradient."""
+        if fused:
+            return explicit_fused_backward(sv, g_res, g, x_in)
         x32_1, c1, n1, vo, qe, ke, so, x32_2, c2, n2, go, si, uo, prod = sv[:14]
         g("down")
         gp = new(T * I * act)
