@@ -479,3 +479,32 @@ def test_a_tied_weights_gradient_shares_are_alive_at_the_end_of_backward():
     v = train(LLAMA32_1B, finetuning_method="full", fine_tuning_quantization="fp32", optimizer="adamw",
               batch_size=1, seq_length=2048, optimization_config={"gradient_checkpointing": True})
     assert v["gradients_gpu_bytes"] == 4_943_257_600 and v["optimizer_step_gpu_bytes"] == 4_943_257_600
+
+
+def test_checkpointed_autocast_forward_keeps_every_weight_copy_until_its_loss():
+    # fp32 Llama 3.2 1B under bf16 autocast with checkpointing, bitsandbytes AdamW8bit, 4 x 1024 tokens. The checkpointed
+    # forward saves nothing, but autocast's cache keeps every linear's bf16 copy until the autocast region ends, after
+    # the loss. Linears: per layer q 2048 x 2048 + k, v 2048 x 512 + o 2048 x 2048 + gate, up, down 2048 x 8192 =
+    # 60,817,408, x 16 = 973,078,528; the tied head is the embedding, 128256 x 2048 = 262,668,288.
+    # At the forward's loss: the other 15 layers' copies 973,078,528 x 2 x 15 / 16 = 1,824,522,240 beside the head's and
+    # one layer's (2 x (262,668,288 + 60,817,408) = 646,971,392) - together every copy, 2,471,493,632 - and the bf16
+    # logits, their fp32 copy and log_softmax's output, 4096 x 128256 x 10 = 5,253,365,760. That moment, 7,077,888,000
+    # with the copies, outweighs the loss's backward (12 bytes a logit, 6,304,038,912, the copies gone by then).
+    v = values(vramplan.estimate_finetuning({
+        "gpu_key": "h200", "llm_key": "custom", "custom_model": LLAMA32_1B, "trace": True, "runtime": "transformers",
+        "finetuning_method": "full", "fine_tuning_quantization": "fp32", "optimizer": "adamw_8bit", "batch_size": 4,
+        "seq_length": 1024, "optimization_config": {"flash_attention": True, "gradient_checkpointing": True}}))
+    assert v["fwd_loss_copies_bytes"] == pytest.approx(1_824_522_240)
+    assert v["fwd_logits_bytes"] == pytest.approx(5_253_365_760)
+    assert v["loss_copies_bytes"] == pytest.approx(1_824_522_240)
+    assert v["loss_logits_bytes"] == pytest.approx(5_253_365_760)
+    # the peak is there (8-bit's fused step has no temporaries): checkpoints 16 x 4096 x 2048 x 4 = 536,870,912, the
+    # head's saved 4096 x 2048 x 10 = 83,886,080 - 536,870,912 + 7,077,888,000 + 83,886,080 + 646,971,392
+    assert v["fwd_phase_bytes"] == pytest.approx(8_345_616_384)
+    assert v["autocast_gpu_bytes"] == pytest.approx(2_471_493_632)
+    # without checkpointing the saved graph keeps every copy through the backward's start: no extra moment
+    v = values(vramplan.estimate_finetuning({
+        "gpu_key": "h200", "llm_key": "custom", "custom_model": LLAMA32_1B, "trace": True, "runtime": "transformers",
+        "finetuning_method": "full", "fine_tuning_quantization": "fp32", "optimizer": "adamw_8bit", "batch_size": 4,
+        "seq_length": 1024, "optimization_config": {"flash_attention": True, "gradient_checkpointing": False}}))
+    assert v["loss_copies_bytes"] == 0 and v["loss_logits_bytes"] == pytest.approx(6_304_038_912)
