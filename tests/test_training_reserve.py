@@ -566,3 +566,44 @@ def test_phi3s_fused_layer_is_written_as_recorded():
         return any(seq[i:i + len(sub)] == sub for i in range(len(seq)))
     assert contains(allocs, [256, 32, 32, 32, 32, 64, 512, 16])   # down's two, mul's two, silu's, the cat, gate_up's
     assert contains(allocs, [8, 16, 32, 32, 32, 32, 32, 256, 16])  # k's and q's copies, widened, summed, qkv's
+
+
+def test_lora_with_checkpointing_starts_downs_backward_before_recomputing_to_its_lora_a():
+    # LoRA rank 1 on all seven modules of the 16-bit layer, checkpointing. Inventory: 8 x 8 + 2 x (2 x 8 + 2 x 4 + 3 x 16)
+    # + 4 x ((8 + 1) x 6 + 16 + 1) = 64 + 144 + 4 x 71 = 492; the frozen head saves the final norm's fp32 copy (32).
+    lora = {**LLAMA16, "method_full": 0, "lora_rank": 1, "moment_bytes": 4, "layer_saved_bytes_per_token": 492,
+            "head_saved_bytes": 32, "gradient_checkpointing": 1, **{f"lora_{m}": 1 for m in training.LORA_MODULES}}
+    # the checkpointed forward: an adapted module frees its fp32 input (32) and lora_A's output (4) once the sum exists
+    events, fwd, bwd = _phase(lora, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    nograd_norm = a(32, 32) + f(32) + a(32) + f(32) + a(16, 16) + f(16, 32)
+    q = a(16, 32, 4, 32, 32) + f(32) + a(32) + f(32, 16) + a(16) + f(32, 32, 4)
+    assert ops[1:1 + len(nograd_norm) + len(q)] == nograd_norm + q
+    # the backward: nll, log_softmax's and the logits' gradients (128, 128, 64) and the head's input gradient (16) - the
+    # frozen head makes no weight gradient - and the frozen final norm's backward (16, 32, 32, 32, four 32s, 32, 16);
+    # then down's backward begins with what needs no saved tensor: the output's gradient in fp32 (32), the base's in
+    # 16 bits (16), x scaling's (32) - and only then is the layer recomputed (its norm: 32, 32, 32, 16, 16 ...) up to
+    # lora_A's output of down (down's base output 16, its fp32 input 64, lora_A's output 4), where the recomputation
+    # stops; down's backward goes on with its adapters' gradients (A 1 x 16 x 4 = 64, B 8 x 1 x 4 = 32), the fp32 input's
+    # gradient (64), its 16-bit copy (32), the base's input gradient (32) and their sum (32); mul's two (32, 32).
+    events, bwd, opt = _phase(lora, "bwd0", "opt0")
+    allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
+    head = [128, 128, 64, 16] + [16, 32, 32, 32, 32, 32, 32, 32, 32, 16]
+    assert allocs[:len(head) + 3 + 5] == head + [32, 16, 32] + [32, 32, 32, 16, 16]
+    tail = [32, 16, 64, 4] + [64, 32, 64, 32, 32, 32] + [32, 32]   # the product, down's recomputed three, ...
+    assert any(allocs[k:k + len(tail)] == tail for k in range(len(allocs)))
+
+
+def test_lora_backward_sums_each_modules_input_gradients_as_they_arrive():
+    # LoRA on q and v only, no checkpointing (inventory 280, as above). After rotary's backward: v's (adapted) output
+    # gradient in fp32 (1 x 4 x 4 = 16), the base output's in 16 bits (8), x scaling's (16); its adapters' gradients
+    # (A 1 x 8 x 4 = 32, B 4 x 1 x 4 = 16), the fp32 input's gradient (32), its 16-bit copy (16), the base's input
+    # gradient (16) and their sum (16); k's contiguous copy (8), frozen k's input gradient (16) summed in (16); q's copy
+    # (16), q's four of its start and adapters (32, 16, 32, then 32 and 32), its fp32 input's gradient (32), the copy
+    # (16) summed in (16), the base's (16) and the total (16).
+    lora = {**LLAMA16, "method_full": 0, "lora_rank": 1, "moment_bytes": 4, "layer_saved_bytes_per_token": 280,
+            "head_saved_bytes": 32, "lora_q": 1, "lora_v": 1}
+    events, bwd, opt = _phase(lora, "bwd0", "opt0")
+    allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
+    expected = [16, 8, 16, 32, 16, 32, 16, 16, 16] + [8, 16, 16] + [16, 32, 16, 32, 32, 32, 32, 16, 16, 16, 16]
+    assert any(allocs[k:k + len(expected)] == expected for k in range(len(allocs)))

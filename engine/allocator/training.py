@@ -31,7 +31,8 @@ torch 2.11 foreach AdamW, as benchmarks/allocator/replay_training.py records the
 
 Llama-style layers are written op by op as recorded wherever the formula's saved bytes a layer are exactly what such a
 layer saves (a structural check): full fine-tuning of a 16-bit model (Phi-3's fused projections too) or of fp32
-weights under bf16 autocast, with or without checkpointing, and LoRA on a 16-bit base without it - RMSNorm's fp32 chain, rotary's tensors, SDPA, the
+weights under bf16 autocast, with or without checkpointing, and LoRA on a 16-bit base (with checkpointing where down is
+adapted) - RMSNorm's fp32 chain, rotary's tensors, SDPA, the
 projections (autocast's input casts and weight copies; LoRA's modules), the residual sums, checkpointing's no-grad
 forward and early-stopping recomputation, and a backward that frees each saved tensor after its last use and makes
 each weight's gradient where its matmul's backward does (addmm's, with qkv_bias, after the input's); foreach's sqrt(v)
@@ -258,7 +259,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
 
     # Llama-style layers written op by op as recorded (explicit_layer, explicit_mixed_layer, nograd_layer,
     # nograd_mixed_layer and their backwards below): full fine-tuning of a 16-bit model or of fp32 weights under bf16
-    # autocast, with or without checkpointing, and LoRA on a 16-bit base without it - where the formula's saved bytes
+    # autocast, with or without checkpointing, and LoRA on a 16-bit base (checkpointed where down is adapted: the
+    # recomputation's early stop is then down's lora_A output) - where the formula's saved bytes
     # a layer are exactly the tensors these save (a structural check: a layer that saves anything else, Gemma 2's
     # extra norms say, keeps the pieces above)
     lora_on = {m: bool(v.get(f"lora_{m}")) for m in LORA_MODULES} if not full and int(v["lora_rank"]) else {}
@@ -270,21 +272,28 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     fused = fqkv and fgu and full and not mixed  # Phi-3: qkv_proj's output whole under its views, gate_up_proj's too
     if fused:  # and o_proj's input made contiguous (rotary's cat layout leaves SDPA's output heads-first)
         explicit_saved = T * (8 * H + act * (4 * H + 4 * q + 3 * kv + 4 * I))
-    explicit = (full or (any(lora_on.values()) and not gc)) and not (mask or scores) and (fused or not (fqkv or fgu)) \
+    explicit = (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not (mask or scores) \
+        and (fused or not (fqkv or fgu)) \
         and (resid < 4 or (mixed and full and act < 4)) \
         and not v.get("qk_head_norm") and math.isclose(explicit_saved, v["layer_saved_bytes_per_token"] * T, rel_tol=1e-9)
     # the final norm's saved tensors as a fully trained 16-bit model's head saves them (fp32 copy, 16-bit copy, output)
     # (under autocast: the fp32 input, the normalized product and the head's bf16 input cast)
-    explicit_head = explicit and full and math.isclose(v["head_saved_bytes"], T * H * ((8 + act) if mixed else (4 + 2 * act)),
-                                                       rel_tol=1e-9)
+    # (with LoRA the frozen final norm saves its fp32 copy alone)
+    head_per_token = ((8 + act) if mixed else (4 + 2 * act)) if full else 4
+    explicit_head = explicit and math.isclose(v["head_saved_bytes"], T * H * head_per_token, rel_tol=1e-9)
     residual: list[int] = []  # the residual stream's current tensor and the embedding's output (the model keeps it)
 
-    def module(m: str, iw: int, ow: int, kept: list[int]) -> int:
-        """One linear's forward on a frozen 16-bit base (peft LoraLayer.forward where adapted); its output's handle."""
+    def module(m: str, iw: int, ow: int, kept: list[int], named: dict | None = None, nograd: bool = False) -> int:
+        """One linear's forward on a frozen 16-bit base (peft LoraLayer.forward where adapted); its output's handle. The
+        fp32 input and lora_A's output are saved (``named[m]``), or, without autograd, freed once the sum is made."""
         base = new(T * ow * act)
         if not lora_on.get(m):
             return base
-        kept += [new(T * iw * 4), new(T * int(v["lora_rank"]) * 4)]  # the fp32 input and lora_A's output, saved
+        x32, a_out = new(T * iw * 4), new(T * int(v["lora_rank"]) * 4)
+        if not nograd:
+            kept += [x32, a_out]
+            if named is not None:
+                named[m] = (x32, a_out)
         b = new(T * ow * 4)
         scaled = new(T * ow * 4)
         free(b)
@@ -292,6 +301,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(scaled, base)
         out = new(T * ow * act)
         free(total)
+        if nograd:
+            free(x32, a_out)
         return out
 
     def norm(kept: list[int]) -> int:
@@ -472,23 +483,25 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         saving anything): as recorded, each tensor freed at its last use; the layer's output's handle."""
         if fused:
             return nograd_fused_layer()
+        def lin(m: str, iw: int, ow: int) -> int:
+            return module(m, iw, ow, [], nograd=True)
         n1 = nograd_norm()
-        qo, ko, vo = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        qo, ko, vo = lin("q", H, q), lin("k", H, kv), lin("v", H, kv)
         qe, ke = rotary(q), rotary(kv)
         free(qo, ko)
         so = new(T * q * act)
-        oo = new(T * H * act)
+        oo = lin("o", q, H)
         free(so, qe, ke, vo, n1)
         r1 = new(T * H * act)
         free(oo)
         n2 = nograd_norm()
-        go = new(T * I * act)
+        go = lin("gate", H, I)
         si = new(T * I * act)
         free(go)
-        uo = new(T * I * act)
+        uo = lin("up", H, I)
         prod = new(T * I * act)
         free(si, uo)
-        do = new(T * H * act)
+        do = lin("down", I, H)
         free(prod, n2)
         r2 = new(T * H * act)
         free(do, r1)
@@ -517,6 +530,47 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             free(residual[0])
         residual[0] = r2
         return kept
+
+    def explicit_lora_layer(recompute: bool) -> tuple[list[int], dict]:
+        """A 16-bit decoder layer with LoRA on its frozen base, as recorded: the frozen norms save their fp32 copies
+        alone; each module's output lives as the next op needs it (v's, the rotated q and k, gate's, act_fn's, up's are
+        saved). As a checkpointed layer's recomputation it stops at down's last saved tensor, lora_A's output (down
+        adapted). The saved tensors, and them by name for the backward."""
+        kept: list[int] = []
+        nm: dict = {}
+        n1 = norm(kept)
+        nm["x32_1"] = kept[-1]
+        qo, ko = module("q", H, q, kept, nm), module("k", H, kv, kept, nm)
+        nm["vo"] = module("v", H, kv, kept, nm)
+        nm["qe"], nm["ke"] = rotary(q), rotary(kv)
+        free(qo, ko)
+        nm["so"] = new(T * q * act)
+        kept += [nm["vo"], nm["qe"], nm["ke"], nm["so"]]
+        oo = module("o", q, H, kept, nm)
+        free(n1)
+        r1 = new(T * H * act)
+        free(oo)
+        n2 = norm(kept)
+        nm["x32_2"] = kept[-1]
+        nm["go"] = module("gate", H, I, kept, nm)
+        nm["si"] = new(T * I * act)
+        nm["uo"] = module("up", H, I, kept, nm)
+        kept += [nm["go"], nm["si"], nm["uo"]]
+        prod = new(T * I * act)
+        if recompute:  # down's base output, its fp32 input and lora_A's output, then the early stop
+            base = new(T * H * act)
+            nm["down"] = (new(T * I * 4), new(T * int(v["lora_rank"]) * 4))
+            kept += list(nm["down"])
+            free(base, prod, n2, r1)
+            return kept, nm
+        do = module("down", I, H, kept, nm)
+        free(prod, n2)
+        r2 = new(T * H * act)
+        free(do, r1)
+        if residual[0] != residual[1]:
+            free(residual[0])
+        residual[0] = r2
+        return kept, nm
 
     def explicit_layer(recompute: bool = False) -> list[int]:
         """A 16-bit decoder layer's forward, fully trained or with LoRA on a frozen base, as recorded (transformers
@@ -597,6 +651,99 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         out = new(T * width * act)
         free(total, m2)
         return out
+
+    def frozen_norm_backward(g_in: int, x32: int, g_res: int | None, x_in: int | None = None) -> int:
+        """A frozen LlamaRMSNorm's backward (LoRA), as recorded: the weight's product alone, the fp32 chain, the 16-bit
+        copy, the sum into the residual stream's gradient (none at the final norm)."""
+        t1 = new(T * H * act)
+        free(g_in)
+        g32 = new(T * H * 4)
+        free(t1)
+        u1, u2 = new(T * H * 4), new(T * H * 4)
+        free(u1, g32)
+        d = news([T * H * 4] * 4)
+        free(d[2], d[1], x32, d[0], *((x_in,) if x_in is not None else ()))
+        total = new(T * H * 4)
+        free(u2, d[3])
+        back = new(T * H * act)
+        free(total)
+        if g_res is None:
+            return back
+        g_out = new(T * H * act)
+        free(g_res, back)
+        return g_out
+
+    def lora_backward_start(ow: int, g_out: int, free_out: bool) -> tuple[int, int]:
+        """An adapted module's backward up to its saved tensors: the output's gradient in fp32 (the final cast's),
+        the base output's back in 16 bits, x scaling's (lora_B's output) - what runs before a recomputation."""
+        g_total = new(T * ow * 4)
+        if free_out:
+            free(g_out)
+        g_base = new(T * ow * act)
+        g_b = new(T * ow * 4)
+        free(g_total)
+        return g_base, g_b
+
+    def lora_backward_end(m: str, iw: int, started: tuple[int, int], nm: dict, acc: int | None, g) -> int:
+        """The rest of an adapted module's backward: lora_B's and lora_A's (their gradients; the fp32 input's, cast
+        back to 16 bits), the base's input gradient, each summed into the input's gradient as it arrives (autograd's
+        input buffer, out of place)."""
+        g_base, g_b = started
+        g(m)
+        free(g_b)
+        g32 = new(T * iw * 4)
+        free(*nm[m])
+        g_lora = new(T * iw * act)
+        free(g32)
+        if acc is not None:
+            total = new(T * iw * act)
+            free(acc, g_lora)
+            g_lora = total
+        g_x = new(T * iw * act)
+        free(g_base)
+        total = new(T * iw * act)
+        free(g_lora, g_x)
+        return total
+
+    def lora_module_backward(m: str, iw: int, ow: int, g_out: int, free_out: bool, nm: dict, acc: int | None, g) -> int:
+        """A module's backward on a frozen base: LoRA's where adapted, else the base's input gradient alone."""
+        if lora_on.get(m):
+            return lora_backward_end(m, iw, lora_backward_start(ow, g_out, free_out), nm, acc, g)
+        g_x = new(T * iw * act)
+        if free_out:
+            free(g_out)
+        if acc is None:
+            return g_x
+        total = new(T * iw * act)
+        free(acc, g_x)
+        return total
+
+    def explicit_lora_backward(nm: dict, g_res: int, g, x_in: int | None, down_started=None) -> int:
+        """A LoRA layer's backward as recorded (down's start may have run before the recomputation)."""
+        if down_started is not None:
+            gp = lora_backward_end("down", I, down_started, nm, None, g)
+        else:
+            gp = lora_module_backward("down", I, H, g_res, False, nm, None, g)
+        gu, gs = new(T * I * act), new(T * I * act)
+        free(nm["si"], nm["uo"], gp)
+        acc = lora_module_backward("up", H, I, gu, True, nm, None, g)
+        gg = new(T * I * act)                 # silu_backward
+        free(nm["go"], gs)
+        acc = lora_module_backward("gate", H, I, gg, True, nm, acc, g)
+        g_res = frozen_norm_backward(acc, nm["x32_2"], g_res)
+        gso = lora_module_backward("o", q, H, g_res, False, nm, None, g)
+        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        free(nm["so"], nm["vo"], nm["qe"], nm["ke"], gso)
+        gk = rotary_backward(kv, gk)
+        gq = rotary_backward(q, gq)
+        acc = lora_module_backward("v", H, kv, gv, True, nm, None, g)
+        ck = new(T * kv * act)
+        free(gk)
+        acc = lora_module_backward("k", H, kv, ck, True, nm, acc, g)
+        cq = new(T * q * act)
+        free(gq)
+        acc = lora_module_backward("q", H, q, cq, True, nm, acc, g)
+        return frozen_norm_backward(acc, nm["x32_1"], g_res, x_in)
 
     def rotary_cat_backward(width: int) -> int:
         """The rotated part's gradient through apply_rotary_pos_emb (a view of the incoming one): rotate_half's
@@ -843,7 +990,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 if repeated and k >= 2:
                     break  # micro-batch k - 1 (like every later one) left the state as it found it: they repeat
             mark(f"fwd{step}")
-            saved, copies = [], []
+            saved, copies, lora_named = [], [], []
             x = new(T * H * resid)
             residual[:] = [x, x]
             for _i in range(L):
@@ -853,6 +1000,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     continue
                 if explicit and mixed:
                     pieces, weight_copies = explicit_mixed_layer(), []
+                elif explicit and not full:
+                    pieces, named = explicit_lora_layer(False)
+                    lora_named.append(named)
+                    weight_copies = []
                 else:
                     pieces = explicit_layer() if explicit else layer_saved()
                     weight_copies = news(copy_bytes)
@@ -875,7 +1026,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 head_saved = None
             elif explicit_head:  # the final norm, then the last layer's output (and the embedding's) go
                 head_kept = []
-                norm(head_kept)
+                normed_head = norm(head_kept)
+                if not full:  # the frozen head saves nothing of it: it goes with the loss's fp32 copy
+                    head_out = normed_head
                 free(x)
                 if not gc:
                     free(residual[1])
@@ -930,6 +1083,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 free(gx16)
                 g_res = norm32_backward(gx32, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb))
                 g16 = new(T * H * act)
+            elif explicit_head and not full:  # the frozen head's input gradient; the frozen final norm's backward
+                g_hidden = new(T * H * act)
+                free(g_logits)
+                g_res = frozen_norm_backward(g_hidden, head_kept[0], None)
             elif explicit_head:  # the head's weight gradient, then its input's; the final norm's backward
                 if tied:
                     head_grad = new(V * H * wb)
@@ -952,7 +1109,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             size = dict(layer)
             for i in reversed(range(L)):
                 recomputed = []
-                if gc:
+                if gc and not (explicit and not full):
                     if explicit:
                         recomputed = explicit_mixed_layer(recompute=True) if mixed else explicit_layer(recompute=True)
                     else:
@@ -964,6 +1121,14 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     else:
                         for n, c, b in per_module.get((i, m), ()):
                             grad(n, c, b)
+                if explicit and not full:  # LoRA: down's backward starts before a checkpointed layer is recomputed
+                    if gc:
+                        started = lora_backward_start(H, g_res, False)
+                        named = explicit_lora_layer(True)[1]
+                        g_res = explicit_lora_backward(named, g_res, g, saved[i][0], started)
+                    else:
+                        g_res = explicit_lora_backward(lora_named[i], g_res, g, None)
+                    continue
                 if explicit and full and not mixed:
                     layer_saved_handles = recomputed if gc else saved[i]
                     g_res = explicit_backward(layer_saved_handles, g_res, g, saved[i][0] if gc else None)
