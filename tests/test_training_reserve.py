@@ -207,8 +207,8 @@ def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuse
     with pytest.raises(ValueError, match="negative"):
         semantics.FUNCTIONS["training_allocator_reserve"](*training.Shape(**{**TINY, "hidden": -8}))
     assert semantics.refusal(ValueError()) == semantics.DOMAIN
-    # 1,000 layers x 1,000 micro-batches: 3 x (1,000 x (1,000 x (4 x (5 + 64 / 16) + 100) + 50) + 100,000 + 100)
-    # = 3 x (136,050,000 + 100,100) events at most > 2,000,000 - refused before anything is generated
+    # 1,000 layers x 1,000 micro-batches: 3 x (1,000 x (1,000 x (4 x (5 + 64 / 16) + 600) + 50) + 100,000 + 100)
+    # = 3 x (636,050,000 + 100,100) events at most > 2,000,000 - refused before anything is generated
     with pytest.raises(ValueError, match="more than 2,000,000 allocator events"):
         semantics.FUNCTIONS["training_allocator_reserve"](*training.Shape(**{**TINY, "n_layers": 1000, "grad_accum": 1000}))
 

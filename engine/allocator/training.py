@@ -81,7 +81,7 @@ MAX_EVENTS = 2_000_000
 def max_events(v: Shape) -> float:
     """At most how many events the sequence has - the formula train_reserve_sequence_events, the same bound."""
     pieces = 5 + v.layer_saved_bytes_per_token / (2 * max(v.hidden, 1))
-    return 3 * (v.grad_accum * (v.n_layers * (4 * pieces + 300) + 50) + 100 * v.n_layers + 100)
+    return 3 * (v.grad_accum * (v.n_layers * (4 * pieces + 600) + 50) + 100 * v.n_layers + 100)
 
 
 class Shape(NamedTuple):
