@@ -120,7 +120,7 @@ class Shape(NamedTuple):
     final_softcap: int = 1
 
 
-def _rope(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int:
+def rope_events(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int:
     """apply_rotary_pos_emb on one of q, k (``t`` tokens of width ``d``): x * cos, rotate_half (-x2, cat), * sin, the
     sum (Phi-3: then torch.cat with the pass-through part, a copy); the result's handle."""
     new, free = w.new, w.free
@@ -375,7 +375,7 @@ def events(v: Shape) -> list[int]:
         return _rms_norm(w, t, width, rows, a)
 
     def rope(t: int, d: int) -> int:
-        return _rope(w, t, d, a, v.rope_cat_layout)
+        return rope_events(w, t, d, a, v.rope_cat_layout)
 
     def linear(t: int, module: str) -> int:
         """A projection's output on ``t`` tokens: one tensor, or LLM.int8's MatMul8bitLt sequence."""
@@ -575,7 +575,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
         return out
 
     def rope(t: int, d: int) -> int:
-        return _rope(w, t, d, a)
+        return rope_events(w, t, d, a)
 
     def mask(s: int, kv: int, window: bool) -> int:
         """The eager mask: the bool one turned into torch.where(mask, 0, min) in the compute dtype."""

@@ -69,6 +69,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from . import caching
+from .inference import rope_events
 
 #: The calibration method's run: three AdamW steps (benchmarks/measured/measure.py).
 STEPS = 3
@@ -283,6 +284,18 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     explicit_head = explicit and math.isclose(v["head_saved_bytes"], T * H * head_per_token, rel_tol=1e-9)
     residual: list[int] = []  # the residual stream's current tensor and the embedding's output (the model keeps it)
 
+    def lora_sum(base: int, ow: int) -> int:
+        """peft LoraLayer.forward past lora_A: lora_B's fp32 output, x scaling, the fp32 sum with the base output (which
+        goes), its 16-bit copy (the module's output)."""
+        b = new(T * ow * 4)
+        scaled = new(T * ow * 4)
+        free(b)
+        total = new(T * ow * 4)
+        free(scaled, base)
+        out = new(T * ow * act)
+        free(total)
+        return out
+
     def module(m: str, iw: int, ow: int, kept: list[int], named: dict | None = None, nograd: bool = False) -> int:
         """One linear's forward on a frozen 16-bit base (peft LoraLayer.forward where adapted); its output's handle. The
         fp32 input and lora_A's output are saved (``named[m]``), or, without autograd, freed once the sum is made."""
@@ -294,13 +307,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             kept += [x32, a_out]
             if named is not None:
                 named[m] = (x32, a_out)
-        b = new(T * ow * 4)
-        scaled = new(T * ow * 4)
-        free(b)
-        total = new(T * ow * 4)
-        free(scaled, base)
-        out = new(T * ow * act)
-        free(total)
+        out = lora_sum(base, ow)
         if nograd:
             free(x32, a_out)
         return out
@@ -321,24 +328,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         return out
 
     def rotary(width: int) -> int:
-        """apply_rotary_pos_emb on q or k: x cos, rotate_half's neg and cat, x sin, the sum (saved)."""
-        m1 = new(T * width * act)
-        neg = new(T * width // 2 * act)
-        cat = new(T * width * act)
-        free(neg)
-        m2 = new(T * width * act)
-        free(cat)
-        out = new(T * width * act)
-        free(m1, m2)
-        return out
+        """apply_rotary_pos_emb on q or k as the generation writes it (x cos, rotate_half's neg and cat, x sin, the
+        sum, saved)."""
+        return rope_events(w, T, width, act)
 
     def rotary_cat(width: int) -> int:
-        """Phi-3's apply_rotary_pos_emb: rotary's five tensors, then the rotated part and the pass-through joined (cat,
-        saved) - the sum goes."""
-        total = rotary(width)
-        out = new(T * width * act)
-        free(total)
-        return out
+        """Phi-3's: the same, then the rotated part and the pass-through joined (cat, saved) - the sum goes."""
+        return rope_events(w, T, width, act, 1)
 
     copy_of = dict(zip([m for m, _ in linears], copy_bytes))
 
@@ -635,19 +631,26 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(g_res, back)
         return g_out
 
-    def rotary_backward(width: int, g_in: int) -> int:
-        """apply_rotary_pos_emb's backward on q or k: x sin's gradient through rotate_half (neg, two slice_backward,
-        their sum), x cos's, the sum."""
-        m1 = new(T * width * act)
+    def rotate_half_backward(width: int, product: int) -> int:
+        """rotate_half's backward on x sin's gradient (``product``, freed once read): neg's half, the two slice_backward,
+        their sum."""
         neg = new(T * width // 2 * act)
         s1 = new(T * width * act)
         free(neg)
         s2 = new(T * width * act)
-        free(m1)
+        free(product)
         total = new(T * width * act)
         free(s1, s2)
+        return total
+
+    def rotary_backward(width: int, g_in: int | None) -> int:
+        """apply_rotary_pos_emb's backward on q or k: x sin's gradient through rotate_half (neg, two slice_backward,
+        their sum), x cos's, the sum; the incoming gradient goes before the sum (Phi-3's, g_in None, is a view of a
+        larger one, freed by the caller)."""
+        total = rotate_half_backward(width, new(T * width * act))
         m2 = new(T * width * act)
-        free(g_in)
+        if g_in is not None:
+            free(g_in)
         out = new(T * width * act)
         free(total, m2)
         return out
@@ -745,22 +748,6 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         acc = lora_module_backward("q", H, q, cq, True, nm, acc, g)
         return frozen_norm_backward(acc, nm["x32_1"], g_res, x_in)
 
-    def rotary_cat_backward(width: int) -> int:
-        """The rotated part's gradient through apply_rotary_pos_emb (a view of the incoming one): rotate_half's
-        backward, x cos's, their sum."""
-        m1 = new(T * width * act)
-        neg = new(T * width // 2 * act)
-        s1 = new(T * width * act)
-        free(neg)
-        s2 = new(T * width * act)
-        free(m1)
-        total = new(T * width * act)
-        free(s1, s2)
-        m2 = new(T * width * act)
-        out = new(T * width * act)
-        free(total, m2)
-        return out
-
     def explicit_fused_backward(sv: list[int], g_res: int, g, x_in: int | None) -> int:
         """Phi-3's layer backward as recorded: mul's gradients (act_fn's first), chunk's backward joining the two halves
         (cat) before gate_up_proj's weight gradient; rotary's on k then q, each back into its slice; the three views'
@@ -784,7 +771,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(contiguous)
         gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
         free(gso, ke, qe, qkv, so)
-        tk, tq = rotary_cat_backward(kv), rotary_cat_backward(q)
+        tk, tq = rotary_backward(kv, None), rotary_backward(q, None)
         grads = []
         for width, g_in, rot in ((kv, gk, tk), (q, gq, tq)):
             widened = new(T * width * act)
@@ -888,13 +875,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         m = new(T * width * 4)
         c16 = new(T * width * act)
         free(m)
-        neg = new(T * width // 2 * act)
-        s1 = new(T * width * act)
-        free(neg)
-        s2 = new(T * width * act)
-        free(c16)
-        total = new(T * width * act)
-        free(s1, s2)
+        total = rotate_half_backward(width, c16)
         m2 = new(T * width * 4)
         c2 = new(T * width * act)
         free(m2, g32)
@@ -964,13 +945,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         for x32, ow in lora_forward:
             base = new(T * ow * act)
             kept.append(new(x32))
-            b = new(T * ow * 4)
-            scaled = new(T * ow * 4)
-            free(b)
-            total = new(T * ow * 4)
-            free(scaled, base)
-            out = new(T * ow * act)
-            free(total, out)
+            free(lora_sum(base, ow))
         return kept + news(pieces_bytes)
 
     grads: dict[str, int] = {}
