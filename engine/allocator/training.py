@@ -798,6 +798,16 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(gqkv, n1)
         return norm_backward(gx, c1, x32_1, g_res, lambda: g("n1"), x_in)
 
+    def projection_backward(m: str, g) -> int:
+        """q, k or v's backward: mm's makes the weight's gradient, then the input's; addmm's (qkv_bias) the input's
+        first; the input gradient's handle."""
+        if bias:
+            gx = new(T * H * act)
+            g(m)
+            return gx
+        g(m)
+        return new(T * H * act)
+
     def explicit_backward(sv: list[int], g_res: int, g, x_in: int | None = None) -> int:
         """A fully trained 16-bit layer's backward as recorded (torch 2.11 autograd, SDPA's flash backward): each saved
         tensor freed after its last use, each weight's gradient where its matmul's backward makes it; the residual
@@ -827,25 +837,17 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(gso, ke, qe, vo, so)
         gk = rotary_backward(kv, gk)
         gq = rotary_backward(q, gq)
-        def linear_backward(m: str) -> int:
-            """mm's backward makes the weight's gradient, then the input's; addmm's (a bias) the input's first."""
-            if bias:
-                gx = new(T * H * act)
-                g(m)
-                return gx
-            g(m)
-            return new(T * H * act)
-        gx_v = linear_backward("v")
+        gx_v = projection_backward("v", g)
         free(gv)
         ck = new(T * kv * act)                # the key gradient made contiguous
         free(gk)
-        gx_k = linear_backward("k")
+        gx_k = projection_backward("k", g)
         free(ck)
         gx_vk = new(T * H * act)
         free(gx_v, gx_k)
         cq = new(T * q * act)
         free(gq)
-        gx_q = linear_backward("q")
+        gx_q = projection_backward("q", g)
         free(cq, n1)
         gn = new(T * H * act)
         free(gx_vk, gx_q)
@@ -1107,12 +1109,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 if explicit and full and not mixed:
                     layer_saved_handles = recomputed if gc else saved[i]
                     g_res = explicit_backward(layer_saved_handles, g_res, g, saved[i][0] if gc else None)
-                    frees(layer_saved_handles[14:])
                     continue
                 if explicit and mixed and g16 is not None:
                     layer_saved_handles = recomputed if gc else saved[i][1:]
                     g_res, g16 = explicit_mixed_backward(layer_saved_handles, saved[i][0], g_res, g16, g, first=i == 0)
-                    frees(layer_saved_handles[23:])
                     continue
                 t1 = new(T * I * act)
                 g("down")
