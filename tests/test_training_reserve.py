@@ -607,3 +607,23 @@ def test_lora_backward_sums_each_modules_input_gradients_as_they_arrive():
     allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
     expected = [16, 8, 16, 32, 16, 32, 16, 16, 16] + [8, 16, 16] + [16, 32, 16, 32, 32, 32, 32, 16, 16, 16, 16]
     assert any(allocs[k:k + len(expected)] == expected for k in range(len(allocs)))
+
+
+def test_qwen3s_head_norms_are_written_in_the_layer():
+    # Qwen3's q_norm / k_norm (per head, RMSNorm over head_dim) run after the q and k projections: each the norm's
+    # chain at the projection's width (q 8: fp32 copy 32 saved, square 32, product 32, 16-bit copy 16 saved, output 16;
+    # k 4: 16, 16, 16, 8, 8), the projection's output then freed; rotary takes the normed output, which it does not save.
+    # The inventory: 304 + (8 + 4) x (4 + 2) = 376. In backward each head norm's backward (at width 4, then 8) comes
+    # before the key's / query's contiguous copy; its 256-byte weight gradient (small pool) is not written.
+    qwen3 = {**LLAMA16, "qk_head_norm": 1, "layer_saved_bytes_per_token": 376}
+    events, fwd, bwd = _phase(qwen3, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    norm = a(32, 32) + f(32) + a(32, 16, 16) + f(32)
+    q_norm = a(32, 32) + f(32) + a(32, 16, 16) + f(32)
+    k_norm = a(16, 16) + f(16) + a(16, 8, 8) + f(16)
+    assert ops[:1 + len(norm) + 1 + len(q_norm) + 2 + len(k_norm) + 2] == \
+        a(16) + norm + a(16) + q_norm + f(16) + a(8) + k_norm + f(8) + a(8)
+    events, bwd, opt = _phase(qwen3, "bwd0", "opt0")
+    allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
+    k_back = [8, 8, 16, 16, 16, 16, 16, 16, 16, 16, 8]        # t1, t2, g32, u1, u2, four 16s, the sum, the copy
+    assert any(allocs[k:k + 15] == [64, 16] + k_back + [8, 64] for k in range(len(allocs)))  # v's two, k's norm, copy, k

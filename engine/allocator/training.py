@@ -30,7 +30,8 @@ torch 2.11 foreach AdamW, as benchmarks/allocator/replay_training.py records the
   fused step), freed; zero_grad frees the gradients.
 
 Llama-style layers are written op by op as recorded wherever the formula's saved bytes a layer are exactly what such a
-layer saves (a structural check): full fine-tuning of a 16-bit model (Phi-3's fused projections too) or of fp32
+layer saves (a structural check): full fine-tuning of a 16-bit model (Phi-3's fused projections and Qwen3's head norms
+too) or of fp32
 weights under bf16 autocast, with or without checkpointing, and LoRA on a 16-bit base (with checkpointing where down is
 adapted) - RMSNorm's fp32 chain, rotary's tensors, SDPA, the
 projections (autocast's input casts and weight copies; LoRA's modules), the residual sums, checkpointing's no-grad
@@ -177,6 +178,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     eight_bit = v["moment_bytes"] < 2 and v["optimizer_fused_step"]
     fqkv, fgu = bool(v.get("fused_qkv")), bool(v.get("fused_gate_up"))
     bias = bool(v.get("qkv_bias"))
+    qkn = bool(v.get("qk_head_norm"))
     # each layer's parameters in construction order (Phi3Attention builds o_proj before qkv_proj) and its linears in
     # the order the forward runs them (autocast's weight copies)
     attn = [("o", q * H), ("qkv", H * (q + 2 * kv))] if fqkv else [("q", H * q), ("k", H * kv), ("v", H * kv), ("o", q * H)]
@@ -270,13 +272,16 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                                                                 ("up", H), ("down", I)) if lora_on.get(m))
     if mixed:  # fp32 weights under bf16 autocast: the fp32 residual stream, bf16 casts of the projections' inputs
         explicit_saved = T * (16 * H + act * (5 * H + 2 * q + 2 * kv + 4 * I))
+    if qkn:  # Qwen3's q_norm / k_norm: each saves its fp32 input and, trained, its 16-bit copy
+        explicit_saved += T * (q + kv) * (4 + (act if full else 0))
     fused = fqkv and fgu and full and not mixed  # Phi-3: qkv_proj's output whole under its views, gate_up_proj's too
     if fused:  # and o_proj's input made contiguous (rotary's cat layout leaves SDPA's output heads-first)
         explicit_saved = T * (8 * H + act * (4 * H + 4 * q + 3 * kv + 4 * I))
     explicit = (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not (mask or scores) \
         and (fused or not (fqkv or fgu)) \
         and (resid < 4 or (mixed and full and act < 4)) \
-        and not v.get("qk_head_norm") and math.isclose(explicit_saved, v["layer_saved_bytes_per_token"] * T, rel_tol=1e-9)
+        and not (qkn and (mixed or fused)) \
+        and math.isclose(explicit_saved, v["layer_saved_bytes_per_token"] * T, rel_tol=1e-9)
     # the final norm's saved tensors as a fully trained 16-bit model's head saves them (fp32 copy, 16-bit copy, output)
     # (under autocast: the fp32 input, the normalized product and the head's bf16 input cast)
     # (with LoRA the frozen final norm saves its fp32 copy alone)
@@ -312,19 +317,28 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             free(x32, a_out)
         return out
 
-    def norm(kept: list[int]) -> int:
+    def norm(kept: list[int], width: int = H, saves_output: bool = True) -> int:
         """LlamaRMSNorm.forward on a 16-bit input: the fp32 copy (saved), its square, the normalized fp32 product, its
-        16-bit copy and the weight's product (the output's handle)."""
-        kept.append(new(T * H * 4))
-        free(new(T * H * 4))
-        normed = new(T * H * 4)
-        copy = new(T * H * act)
-        out = new(T * H * act)
+        16-bit copy and the weight's product (the output's handle). Qwen3's q_norm / k_norm run it per head (``width``
+        q or kv); their output feeds rotary, which does not save it."""
+        kept.append(new(T * width * 4))
+        free(new(T * width * 4))
+        normed = new(T * width * 4)
+        copy = new(T * width * act)
+        out = new(T * width * act)
         if full:  # the 16-bit copy is saved for the weight's gradient, the output for the projections' weights'
-            kept += [copy, out]
+            kept += [copy, out] if saves_output else [copy]
         else:
             free(copy)
         free(normed)
+        return out
+
+    def head_normed(width: int, projected: int, kept: list[int]) -> int:
+        """q or k through its head norm where the model has one (Qwen3), the projection's output then freed."""
+        if not qkn:
+            return projected
+        out = norm(kept, width, saves_output=False)
+        free(projected)
         return out
 
     def rotary(width: int) -> int:
@@ -439,15 +453,22 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(do)
         return kept
 
-    def nograd_norm() -> int:
+    def nograd_norm(width: int = H) -> int:
         """LlamaRMSNorm.forward on a 16-bit input without autograd: each temporary dies at its last use."""
-        x32 = new(T * H * 4)
-        free(new(T * H * 4))
-        normed = new(T * H * 4)
+        x32 = new(T * width * 4)
+        free(new(T * width * 4))
+        normed = new(T * width * 4)
         free(x32)
-        copy = new(T * H * act)
-        out = new(T * H * act)
+        copy = new(T * width * act)
+        out = new(T * width * act)
         free(copy, normed)
+        return out
+
+    def nograd_head_normed(width: int, projected: int) -> int:
+        if not qkn:
+            return projected
+        out = nograd_norm(width)
+        free(projected)
         return out
 
     def nograd_fused_layer() -> int:
@@ -482,7 +503,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         def lin(m: str, iw: int, ow: int) -> int:
             return module(m, iw, ow, [], nograd=True)
         n1 = nograd_norm()
-        qo, ko, vo = lin("q", H, q), lin("k", H, kv), lin("v", H, kv)
+        qo = nograd_head_normed(q, lin("q", H, q))
+        ko = nograd_head_normed(kv, lin("k", H, kv))
+        vo = lin("v", H, kv)
         qe, ke = rotary(q), rotary(kv)
         free(qo, ko)
         so = new(T * q * act)
@@ -536,7 +559,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         nm: dict = {}
         n1 = norm(kept)
         nm["x32_1"] = kept[-1]
-        qo, ko = module("q", H, q, kept, nm), module("k", H, kv, kept, nm)
+        qo = head_normed(q, module("q", H, q, kept, nm), kept)
+        nm["x32q"] = kept[-1]
+        ko = head_normed(kv, module("k", H, kv, kept, nm), kept)
+        nm["x32k"] = kept[-1]
         nm["vo"] = module("v", H, kv, kept, nm)
         nm["qe"], nm["ke"] = rotary(q), rotary(kv)
         free(qo, ko)
@@ -577,7 +603,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         if fused:
             return explicit_fused_layer(recompute)
         n1 = norm(kept)
-        qo, ko = module("q", H, q, kept), module("k", H, kv, kept)
+        qo = head_normed(q, module("q", H, q, kept), kept)
+        ko = head_normed(kv, module("k", H, kv, kept), kept)
         kept.append(module("v", H, kv, kept))
         kept += [rotary(q), rotary(kv)]
         free(qo, ko)
@@ -607,27 +634,33 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         residual[0] = r2
         return kept
 
-    def norm_backward(g_in: int, copy: int, x32: int, g_res: int | None, g, x_in: int | None = None) -> int:
-        """LlamaRMSNorm's backward on a 16-bit model, as recorded: the weight's and the normalized input's products
-        (the weight's gradient between), the fp32 chain through rsqrt, the 16-bit copy, the sum into the residual
-        stream's gradient (a new tensor; the old one and the saved copies go)."""
-        t1 = new(T * H * act)
-        t2 = new(T * H * act)
-        g()
-        free(t2, g_in, copy)
-        g32 = new(T * H * 4)
+    def norm_backward(g_in: int, copy: int | None, x32: int, g_res: int | None, g=None, x_in: int | None = None,
+                      width: int = H) -> int:
+        """LlamaRMSNorm's backward on a 16-bit model, as recorded: the weight's product and, trained (``copy`` saved),
+        the normalized input's with the weight's gradient between; the fp32 chain through rsqrt, the 16-bit copy, the
+        sum into the residual stream's gradient (a new tensor; the old one and the saved copies go) - none at the final
+        norm or a head norm (g_res None)."""
+        t1 = new(T * width * act)
+        if copy is not None:
+            t2 = new(T * width * act)
+            if g is not None:
+                g()
+            free(t2, g_in, copy)
+        else:  # frozen (LoRA): no weight gradient
+            free(g_in)
+        g32 = new(T * width * 4)
         free(t1)
-        u1, u2 = new(T * H * 4), new(T * H * 4)
+        u1, u2 = new(T * width * 4), new(T * width * 4)
         free(u1, g32)
-        d = news([T * H * 4] * 4)
+        d = news([T * width * 4] * 4)
         free(d[2], d[1], d[0], x32, *((x_in,) if x_in is not None else ()))  # a checkpoint's input goes with its copy
-        total = new(T * H * 4)
+        total = new(T * width * 4)
         free(u2, d[3])
-        back = new(T * H * act)
+        back = new(T * width * act)
         free(total)
         if g_res is None:  # the final norm: its input's gradient starts the residual stream's
             return back
-        g_out = new(T * H * act)
+        g_out = new(T * width * act)
         free(g_res, back)
         return g_out
 
@@ -655,26 +688,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(total, m2)
         return out
 
-    def frozen_norm_backward(g_in: int, x32: int, g_res: int | None, x_in: int | None = None) -> int:
-        """A frozen LlamaRMSNorm's backward (LoRA), as recorded: the weight's product alone, the fp32 chain, the 16-bit
-        copy, the sum into the residual stream's gradient (none at the final norm)."""
-        t1 = new(T * H * act)
-        free(g_in)
-        g32 = new(T * H * 4)
-        free(t1)
-        u1, u2 = new(T * H * 4), new(T * H * 4)
-        free(u1, g32)
-        d = news([T * H * 4] * 4)
-        free(d[2], d[1], x32, d[0], *((x_in,) if x_in is not None else ()))
-        total = new(T * H * 4)
-        free(u2, d[3])
-        back = new(T * H * act)
-        free(total)
-        if g_res is None:
-            return back
-        g_out = new(T * H * act)
-        free(g_res, back)
-        return g_out
+    def frozen_norm_backward(g_in: int, x32: int, g_res: int | None, x_in: int | None = None, width: int = H) -> int:
+        """A frozen LlamaRMSNorm's backward (LoRA): the weight's product alone, then as a trained one's."""
+        return norm_backward(g_in, None, x32, g_res, None, x_in, width)
 
     def lora_backward_start(ow: int, g_out: int, free_out: bool) -> tuple[int, int]:
         """An adapted module's backward up to its saved tensors: the output's gradient in fp32 (the final cast's),
@@ -740,9 +756,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         gk = rotary_backward(kv, gk)
         gq = rotary_backward(q, gq)
         acc = lora_module_backward("v", H, kv, gv, True, nm, None, g)
+        if qkn:
+            gk = frozen_norm_backward(gk, nm["x32k"], None, width=kv)
         ck = new(T * kv * act)
         free(gk)
         acc = lora_module_backward("k", H, kv, ck, True, nm, acc, g)
+        if qkn:
+            gq = frozen_norm_backward(gq, nm["x32q"], None, width=q)
         cq = new(T * q * act)
         free(gq)
         acc = lora_module_backward("q", H, q, cq, True, nm, acc, g)
@@ -814,7 +834,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         stream's new gradient."""
         if fused:
             return explicit_fused_backward(sv, g_res, g, x_in)
-        x32_1, c1, n1, vo, qe, ke, so, x32_2, c2, n2, go, si, uo, prod = sv[:14]
+        x32_1, c1, n1 = sv[:3]
+        x32q, cq_saved, x32k, ck_saved = sv[3:7] if qkn else (None,) * 4
+        vo, qe, ke, so, x32_2, c2, n2, go, si, uo, prod = sv[7:18] if qkn else sv[3:14]
         g("down")
         gp = new(T * I * act)
         free(prod)
@@ -839,12 +861,16 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         gq = rotary_backward(q, gq)
         gx_v = projection_backward("v", g)
         free(gv)
+        if qkn:  # k_norm's backward (its weight's gradient is a small-pool 256 bytes, not written)
+            gk = norm_backward(gk, ck_saved, x32k, None, width=kv)
         ck = new(T * kv * act)                # the key gradient made contiguous
         free(gk)
         gx_k = projection_backward("k", g)
         free(ck)
         gx_vk = new(T * H * act)
         free(gx_v, gx_k)
+        if qkn:
+            gq = norm_backward(gq, cq_saved, x32q, None, width=q)
         cq = new(T * q * act)
         free(gq)
         gx_q = projection_backward("q", g)
