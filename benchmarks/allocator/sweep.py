@@ -1,6 +1,7 @@
 """Simulated training runs over many shapes (replay_training.simulate), one JSON line each.
 
     python benchmarks/allocator/sweep.py OUT.jsonl
+    python benchmarks/allocator/sweep.py --lora-targets OUT.jsonl   # LoRA on some modules only, with / without checkpointing
 """
 from __future__ import annotations
 
@@ -43,12 +44,26 @@ def cases():
                "hf_config": cfg, "settings": st}
 
 
-def main(out: str) -> int:
+def lora_target_cases():
+    """LoRA on q and v, on q k v o, and on q v and down (bf16, 4 x 1024), with and without checkpointing: the modules
+    left frozen, and checkpointing's early stop where down is or is not adapted."""
+    targets = {"qv": ["q_proj", "v_proj"], "qkvo": ["q_proj", "k_proj", "v_proj", "o_proj"],
+               "qvdown": ["q_proj", "v_proj", "down_proj"]}
+    for model in ("llama-3.2-1b", "qwen2.5-1.5b", "llama-3.2-3b"):
+        for name, modules in targets.items():
+            for gc in (False, True):
+                st = dict(method="lora", weights_dtype="bf16", gradient_checkpointing=gc, batch_size=4, seq_length=1024,
+                          optimizer="torch.optim.AdamW", lora_rank=16, lora_target_modules=modules)
+                yield {"id": f"sim-{model}-lora{name}-bf16-adamw-gc{int(gc)}-b4-s1024", "model": model,
+                       "workload": "finetuning", "hf_config": MODELS[model], "settings": st}
+
+
+def main(out: str, lora_targets: bool = False) -> int:
     done = set()
     if Path(out).exists():
         done = {json.loads(line)["id"] for line in Path(out).read_text().splitlines() if line.strip()}
     with open(out, "a") as fh:
-        for case in cases():
+        for case in (lora_target_cases() if lora_targets else cases()):
             if case["id"] in done:
                 continue
             t0 = time.time()
@@ -62,4 +77,5 @@ def main(out: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    args = sys.argv[1:]
+    sys.exit(main(next(a for a in args if not a.startswith("--")), lora_targets="--lora-targets" in args))
