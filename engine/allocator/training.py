@@ -172,6 +172,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     L, q, kv = int(v["n_layers"]), int(v["q_dim"]), int(v["kv_dim"])
     full, mixed = bool(v["method_full"]), bool(v["mixed_precision"])
     gc, ga = bool(v["gradient_checkpointing"]), int(v["grad_accum"])
+    rank = int(v["lora_rank"])
     wb = 4 if mixed else 2                          # weights (and full fine-tuning's grads / states) bytes
     resid, act = v["resid_bytes"], v["act_bytes"]
     tied = v["p_output"] == 0
@@ -199,8 +200,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         # peft's adapters in the order it finds the targeted modules (construction order); a fused module is one target
         flag = {"qkv": "lora_q", "gate_up": "lora_gate"}
         targets = [m for m, _ in layer if m in shapes and v.get(flag.get(m, f"lora_{m}"))]
-        r = int(v["lora_rank"])
-        trainable = [(f"{i}.{m}.{ab}", r * (shapes[m][0] if ab == "A" else shapes[m][1]), 4)
+        trainable = [(f"{i}.{m}.{ab}", rank * (shapes[m][0] if ab == "A" else shapes[m][1]), 4)
                      for i in range(L) for m in targets for ab in "AB"]
         for _, c, b in trainable:
             new(c * b)
@@ -226,7 +226,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         head_norms = [T * q * 4, T * kv * 4] + ([T * q * normed, T * kv * normed] if full else [])
         pieces_bytes += head_norms
         rest -= sum(head_norms)
-    if not full and int(v["lora_rank"]):
+    if not full and rank:
         # peft's LoRA forward casts each adapted module's input to the adapters' fp32 (dropout 0: a copy per module on a
         # 16-bit model) and saves it for lora_A's weight gradient: tensors of their own, tokens x in_features x 4
         flags = {m: bool(v.get(f"lora_{m}")) for m in LORA_MODULES}
@@ -266,10 +266,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     # recomputation's early stop is then down's lora_A output) - where the formula's saved bytes
     # a layer are exactly the tensors these save (a structural check: a layer that saves anything else, Gemma 2's
     # extra norms say, keeps the pieces above)
-    lora_on = {m: bool(v.get(f"lora_{m}")) for m in LORA_MODULES} if not full and int(v["lora_rank"]) else {}
+    lora_on = {m: bool(v.get(f"lora_{m}")) for m in LORA_MODULES} if not full and rank else {}
     explicit_saved = T * (8 * H + act * (2 * q + 2 * kv + 3 * I)) + (T * act * (4 * H + I) if full else 0) \
-        + sum(T * (iw + int(v["lora_rank"])) * 4 for m, iw in (("q", H), ("k", H), ("v", H), ("o", q), ("gate", H),
-                                                                ("up", H), ("down", I)) if lora_on.get(m))
+        + sum(T * (iw + rank) * 4 for m, iw in (("q", H), ("k", H), ("v", H), ("o", q), ("gate", H), ("up", H),
+                                                ("down", I)) if lora_on.get(m))
     if mixed:  # fp32 weights under bf16 autocast: the fp32 residual stream, bf16 casts of the projections' inputs
         explicit_saved = T * (16 * H + act * (5 * H + 2 * q + 2 * kv + 4 * I))
     if qkn:  # Qwen3's q_norm / k_norm: each saves its fp32 input and, trained, its 16-bit copy
@@ -282,11 +282,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         and (resid < 4 or (mixed and full and act < 4)) \
         and not (qkn and (mixed or fused)) \
         and math.isclose(explicit_saved, v["layer_saved_bytes_per_token"] * T, rel_tol=1e-9)
-    # the final norm's saved tensors as a fully trained 16-bit model's head saves them (fp32 copy, 16-bit copy, output)
-    # (under autocast: the fp32 input, the normalized product and the head's bf16 input cast)
-    # (with LoRA the frozen final norm saves its fp32 copy alone)
-    head_per_token = ((8 + act) if mixed else (4 + 2 * act)) if full else 4
-    explicit_head = explicit and math.isclose(v["head_saved_bytes"], T * H * head_per_token, rel_tol=1e-9)
+    # Such a model's head is written op by op too: its final norm saves what head_saved_bytes counts (fp32 copy, and
+    # trained the 16-bit copy and output; under autocast the fp32 input, the normalized product and the head's cast)
     residual: list[int] = []  # the residual stream's current tensor and the embedding's output (the model keeps it)
 
     def lora_sum(base: int, ow: int) -> int:
@@ -307,7 +304,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         base = new(T * ow * act)
         if not lora_on.get(m):
             return base
-        x32, a_out = new(T * iw * 4), new(T * int(v["lora_rank"]) * 4)
+        x32, a_out = new(T * iw * 4), new(T * rank * 4)
         if not nograd:
             kept += [x32, a_out]
             if named is not None:
@@ -550,26 +547,34 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         residual[0] = r2
         return kept
 
-    def explicit_lora_layer(recompute: bool) -> tuple[list[int], dict]:
-        """A 16-bit decoder layer with LoRA on its frozen base, as recorded: the frozen norms save their fp32 copies
-        alone; each module's output lives as the next op needs it (v's, the rotated q and k, gate's, act_fn's, up's are
-        saved). As a checkpointed layer's recomputation it stops at down's last saved tensor, lora_A's output (down
-        adapted). The saved tensors, and them by name for the backward."""
+    def explicit_layer(recompute: bool = False) -> tuple[list[int], dict]:
+        """A 16-bit decoder layer's forward, fully trained or with LoRA on a frozen base, as recorded (transformers 5.17,
+        peft 0.21, SDPA): the saved tensors in order, and by name for LoRA's backward; the layer's output becomes the
+        residual. Trained, the norms save their fp32 copy, 16-bit copy and output and the MLP's product is saved;
+        frozen (LoRA), the norms save their fp32 copies alone and each module's output lives as the next op needs it.
+        As a checkpointed layer's recomputation it stops once the last saved tensor exists (torch.utils.checkpoint's
+        early stop): down's input, or with LoRA down's lora_A output (down adapted) - the layer's input and output left
+        to the checkpoint."""
+        if fused:
+            return explicit_fused_layer(recompute), {}
         kept: list[int] = []
         nm: dict = {}
         n1 = norm(kept)
-        nm["x32_1"] = kept[-1]
+        nm["x32_1"] = kept[0]
         qo = head_normed(q, module("q", H, q, kept, nm), kept)
-        nm["x32q"] = kept[-1]
+        if qkn and not full:
+            nm["x32q"] = kept[-1]
         ko = head_normed(kv, module("k", H, kv, kept, nm), kept)
-        nm["x32k"] = kept[-1]
+        if qkn and not full:
+            nm["x32k"] = kept[-1]
         nm["vo"] = module("v", H, kv, kept, nm)
         nm["qe"], nm["ke"] = rotary(q), rotary(kv)
         free(qo, ko)
         nm["so"] = new(T * q * act)
         kept += [nm["vo"], nm["qe"], nm["ke"], nm["so"]]
         oo = module("o", q, H, kept, nm)
-        free(n1)
+        if not full:
+            free(n1)
         r1 = new(T * H * act)
         free(oo)
         n2 = norm(kept)
@@ -579,50 +584,16 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         nm["uo"] = module("up", H, I, kept, nm)
         kept += [nm["go"], nm["si"], nm["uo"]]
         prod = new(T * I * act)
+        if recompute and full:
+            free(r1)
+            return kept + [prod], nm
         if recompute:  # down's base output, its fp32 input and lora_A's output, then the early stop
             base = new(T * H * act)
-            nm["down"] = (new(T * I * 4), new(T * int(v["lora_rank"]) * 4))
+            nm["down"] = (new(T * I * 4), new(T * rank * 4))
             kept += list(nm["down"])
             free(base, prod, n2, r1)
             return kept, nm
         do = module("down", I, H, kept, nm)
-        free(prod, n2)
-        r2 = new(T * H * act)
-        free(do, r1)
-        if residual[0] != residual[1]:
-            free(residual[0])
-        residual[0] = r2
-        return kept, nm
-
-    def explicit_layer(recompute: bool = False) -> list[int]:
-        """A 16-bit decoder layer's forward, fully trained or with LoRA on a frozen base, as recorded (transformers
-        5.17, peft 0.21, SDPA): what backward needs, in order; the layer's output becomes the residual. As the
-        recomputation of a checkpointed layer it stops once the last saved tensor exists (torch.utils.checkpoint's
-        early stop: down's input), the layer's input and output left to the checkpoint."""
-        kept: list[int] = []
-        if fused:
-            return explicit_fused_layer(recompute)
-        n1 = norm(kept)
-        qo = head_normed(q, module("q", H, q, kept), kept)
-        ko = head_normed(kv, module("k", H, kv, kept), kept)
-        kept.append(module("v", H, kv, kept))
-        kept += [rotary(q), rotary(kv)]
-        free(qo, ko)
-        kept.append(new(T * q * act))          # SDPA's output
-        oo = module("o", q, H, kept)
-        if not full:
-            free(n1)
-        r1 = new(T * H * act)
-        free(oo)
-        n2 = norm(kept)
-        kept.append(module("gate", H, I, kept))
-        kept.append(new(T * I * act))          # act_fn(gate)
-        kept.append(module("up", H, I, kept))
-        prod = new(T * I * act)
-        if recompute:
-            free(r1)
-            return kept + [prod]
-        do = module("down", I, H, kept)
         if full:
             kept.append(prod)
         else:
@@ -632,7 +603,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         if residual[0] != residual[1]:  # the model keeps the embedding's output to the end of its forward
             free(residual[0])
         residual[0] = r2
-        return kept
+        return kept, nm
 
     def norm_backward(g_in: int, copy: int | None, x32: int, g_res: int | None, g=None, x_in: int | None = None,
                       width: int = H) -> int:
@@ -1003,12 +974,12 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     continue
                 if explicit and mixed:
                     pieces, weight_copies = explicit_mixed_layer(), []
-                elif explicit and not full:
-                    pieces, named = explicit_lora_layer(False)
+                elif explicit:
+                    pieces, named = explicit_layer()
                     lora_named.append(named)
                     weight_copies = []
                 else:
-                    pieces = explicit_layer() if explicit else layer_saved()
+                    pieces = layer_saved()
                     weight_copies = news(copy_bytes)
                 if gc:
                     frees(pieces)
@@ -1020,14 +991,14 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             if explicit and not gc:
                 x = residual[0]
             head_out = None
-            if explicit_head and mixed:  # the final norm on the fp32 stream (its input stays), the head's input cast
+            if explicit and mixed:  # the final norm on the fp32 stream (its input stays), the head's input cast
                 head_kept = [x]
                 free(new(T * H * 4))
                 head_kept.append(new(T * H * 4))
                 head_out = new(T * H * 4)
                 head_kept.append(new(T * H * act))
                 head_saved = None
-            elif explicit_head:  # the final norm, then the last layer's output (and the embedding's) go
+            elif explicit:  # the final norm, then the last layer's output (and the embedding's) go
                 head_kept = []
                 normed_head = norm(head_kept)
                 if not full:  # the frozen head saves nothing of it: it goes with the loss's fp32 copy
@@ -1038,8 +1009,6 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 head_saved = None
             else:
                 head_saved = new(v["head_saved_bytes"])
-                if explicit and not (gc or mixed):
-                    free(residual[1])
             head_copy = new(V * H * 2) if mixed else None
             logits = new(T * V * 2)
             capped = None
@@ -1072,7 +1041,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 free(g_tanh)
             head_grad = None
             g16 = None
-            if explicit_head and mixed:  # the head's bf16 gradients, its weight's fp32 one, the final norm's backward
+            if explicit and mixed:  # the head's bf16 gradients, its weight's fp32 one, the final norm's backward
                 w16 = new(V * H * 2)
                 gx16 = new(T * H * act)
                 free(g_logits, head_copy, head_kept[2])
@@ -1086,11 +1055,11 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 free(gx16)
                 g_res = norm32_backward(gx32, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb))
                 g16 = new(T * H * act)
-            elif explicit_head and not full:  # the frozen head's input gradient; the frozen final norm's backward
+            elif explicit and not full:  # the frozen head's input gradient; the frozen final norm's backward
                 g_hidden = new(T * H * act)
                 free(g_logits)
                 g_res = frozen_norm_backward(g_hidden, head_kept[0], None)
-            elif explicit_head:  # the head's weight gradient, then its input's; the final norm's backward
+            elif explicit:  # the head's weight gradient, then its input's; the final norm's backward
                 if tied:
                     head_grad = new(V * H * wb)
                 else:
@@ -1114,7 +1083,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 recomputed = []
                 if gc and not (explicit and not full):
                     if explicit:
-                        recomputed = explicit_mixed_layer(recompute=True) if mixed else explicit_layer(recompute=True)
+                        recomputed = explicit_mixed_layer(recompute=True) if mixed else explicit_layer(recompute=True)[0]
                     else:
                         recomputed = layer_saved() + news(copy_bytes)
 
@@ -1127,7 +1096,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 if explicit and not full:  # LoRA: down's backward starts before a checkpointed layer is recomputed
                     if gc:
                         started = lora_backward_start(H, g_res, False)
-                        named = explicit_lora_layer(True)[1]
+                        named = explicit_layer(True)[1]
                         g_res = explicit_lora_backward(named, g_res, g, saved[i][0], started)
                     else:
                         g_res = explicit_lora_backward(lora_named[i], g_res, g, None)
@@ -1188,10 +1157,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     free(total)
                 else:
                     grads["embd"] = total
-            if full and not explicit_head:
+            if full and not explicit:
                 grad("norm", H, wb)
             free(g_res)
-            if not explicit_head:
+            if not explicit:
                 free(x)
         mark(f"opt{step}")
         if not states_made:
