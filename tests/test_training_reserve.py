@@ -201,7 +201,7 @@ def test_head_norms_save_tensors_of_their_own():
 
 
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 36 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 40 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):
@@ -627,3 +627,88 @@ def test_qwen3s_head_norms_are_written_in_the_layer():
     allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
     k_back = [8, 8, 16, 16, 16, 16, 16, 16, 16, 16, 8]        # t1, t2, g32, u1, u2, four 16s, the sum, the copy
     assert any(allocs[k:k + 15] == [64, 16] + k_back + [8, 64] for k in range(len(allocs)))  # v's two, k's norm, copy, k
+
+
+# Gemma 2 under eager attention, fully trained in bf16: 1 token of a 1-token sequence, hidden 8, 2 query heads of 4
+# (q 8) over one KV head (kv 4: repeat_kv copies), intermediate 16, window 4096. The inventory: four norms' fp32 input
+# and normalized input (4 x 2 x 4 x 8 = 256), the first and third norms' outputs (2 x 16), rotary's q and the two
+# copies and the attention's contiguous output (4 x 16), the MLP's four (4 x 32) and the scores: 2 heads x 1 key x
+# (fp32 softmax 4 + probabilities 2 + tanh 2) = 16 - 256 + 32 + 64 + 128 + 16 = 496 bytes a token.
+GEMMA2 = {**TINY, "kv_dim": 4, "layer_saved_bytes_per_token": 496, "head_saved_bytes": 80,
+          "train_scores_bytes_per_token_layer": 16, "attn_softcap": 1, "final_softcap": 1, "norm_scale_fp32": 1,
+          "gemma2_layer": 1, "seq": 1, "n_heads": 2, "sliding_window": 4096}
+# Gemma2RMSNorm: x.float() (32, saved), its square (32, freed), the normalized product (32, saved), x (1 + w) (32),
+# the 16-bit copy (16), the product freed
+GEMMA_NORM = a(32, 32) + f(32) + a(32, 32, 16) + f(32)
+
+
+def _contains(seq, sub):
+    return any(seq[i:i + len(sub)] == sub for i in range(len(seq) - len(sub) + 1))
+
+
+def test_gemma2s_eager_layer_is_written_as_recorded():
+    # The layer: the input norm, q / k / v (16, 8, 8), rotary on q and k, q's and k's projections go; repeat_kv's copies
+    # of k and v (16 each, q wide); the scores (2 heads x 1 x 1 x 2 = 4 bytes): q @ k^T, x scaling (the product goes),
+    # / cap, tanh (kept), x cap, + the mask, softmax in fp32 (the copy 8 goes, the output 8 kept) and its 16-bit copy
+    # (the masked scores go); probabilities @ v (16) and its contiguous copy (16), o (16); k's rotated copy and v go at
+    # the attention's return; the post-attention norm, o's output goes, the residual sum (16), the norm's output goes;
+    # the pre-feedforward norm, gate, gelu, up, product (32 each), down (16); the post-feedforward norm, down's output
+    # goes, the second sum (16), then the norm's output and the first sum.
+    events, fwd, bwd = _phase(GEMMA2, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    rot_q, rot_k = a(16, 8, 16) + f(8) + a(16) + f(16) + a(16) + f(16, 16), a(8, 4, 8) + f(4) + a(8) + f(8) + a(8) + f(8, 8)
+    scores = a(4, 4) + f(4) + a(4) + f(4) + a(4) + f(4) + a(4, 4) + f(4) + a(8, 8) + f(8) + a(4) + f(4)
+    layer = GEMMA_NORM + a(16, 8, 8) + rot_q + rot_k + f(16, 8) + a(16, 16) + scores + a(16, 16) + f(16) + a(16) \
+        + f(8, 8) + GEMMA_NORM + f(16) + a(16) + f(16) + GEMMA_NORM + a(32, 32, 32, 32, 16) + GEMMA_NORM + f(16) \
+        + a(16) + f(16, 16)
+    assert ops[:3] == a(16, 16) + f(16)                      # the embedding, scaled by sqrt(hidden) into a copy
+    assert _contains(ops, layer)
+    # the head: the final norm, then the last layer's output, the two masks (1 x 1 x 1 x 2 bytes) and the embedding's
+    # output go before the logits (1 x 32 x 2 = 64), which are soft-capped
+    assert _contains(ops, GEMMA_NORM + f(16, 2, 2, 16) + a(64, 64) + f(64) + a(64) + f(64) + a(64))
+
+
+def test_gemma2s_eager_layer_backward_frees_each_saved_tensor_at_its_last_use():
+    # A Gemma norm's backward: the gradient's fp32 copy (32; the 16-bit one goes unless the residual stream keeps it),
+    # x (1 + w)'s product with the normalized input (the weight's gradient, 16 bytes, from it) and with (1 + w), the
+    # chain through rsqrt (two products, then mean's expand, pow, x 2 and their product), the sum, its 16-bit copy (16):
+    # 12 allocations.
+    norm_back = [32, 32, 16, 32, 32, 32, 32, 32, 32, 32, 32, 16]
+    events, bwd, opt = _phase(GEMMA2, "bwd0", "opt0")
+    ops = _ops(events, bwd, opt)
+    allocs = [s for op, s in ops if op == "a"]
+    # the attention's: o's weight gradient (8 x 8 x 2 = 128) and input gradient (16), probabilities^T @ g (16) and
+    # g @ v^T (4), the fp32 copy (8) and softmax's backward (8), its 16-bit copy (4), x cap's, tanh's, / cap's and x
+    # scaling's (4 each), the scores' bmm's two (16, 16), repeat_kv's sums (8, 8: v's first)
+    assert _contains(allocs, [128, 16, 16, 4, 8, 8, 4, 4, 4, 4, 4, 16, 16, 8, 8])
+    # the input norm's backward ends the layer: q's weight gradient (128) and input gradient (16) after its contiguous
+    # copy (16), the three input gradients' sum (16), the norm's backward, the residual stream's new gradient (16)
+    assert _contains(allocs, [16, 128, 16, 16] + norm_back + [16])
+    # softmax's saved output (8) and tanh's (4) go as their backwards finish
+    assert _contains(ops, a(8) + f(4) + a(8) + f(8, 8) + a(4) + f(8) + a(4) + f(4) + a(4) + f(4, 4))
+
+
+def test_gemma2s_checkpointed_layer_recomputes_to_the_last_norms_normalized_input():
+    # Checkpointed, the layer's backward starts with the post-feedforward norm's fp32 gradient copy (32), made before
+    # the recomputation; the recomputation writes the layer as the forward does (the same saved tensors) and stops
+    # once the last norm's normalized input exists - its x32 (32), square (32, freed), normalized product (32) - then
+    # down's output (16) and the first sum (16) go; the norm's backward continues from the copy already made: the
+    # weight's product (32), the weight's gradient (16), the input's product (32); the normalized input, the weight's
+    # product and the copy go.
+    gc = {**GEMMA2, "gradient_checkpointing": 1}
+    events, bwd, opt = _phase(gc, "bwd0", "opt0")
+    ops = _ops(events, bwd, opt)
+    early_stop = a(16) + a(32, 32) + f(32) + a(32) + f(16, 16) + a(32, 16, 32) + f(32, 32, 32)
+    assert _contains(ops, early_stop)   # down (16), the last norm's chain to its normalized input, the stop
+    allocs = [s for op, s in ops if op == "a"]
+    recompute = [32, 32, 32, 32, 16, 16, 8, 8]                         # the input norm, q, k, v
+    assert _contains(allocs, [32] + recompute)                          # after the gradient's fp32 copy
+
+
+def test_gemma2_with_lora_keeps_the_pieces():
+    # LoRA on Gemma 2 saves what the fully trained layer does not write op by op: the layer keeps the saved pieces -
+    # the scores' three (8, 4, 4) first.
+    lora = {**GEMMA2, "method_full": 0, "lora_rank": 1, "lora_q": 1, "layer_saved_bytes_per_token": 496 - 96 + 36}
+    events, fwd, bwd = _phase(lora, "fwd0", "bwd0")
+    allocs = [s for op, s in _ops(events, fwd, bwd) if op == "a"]
+    assert _contains(allocs, [8, 4, 4])

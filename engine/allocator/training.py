@@ -40,6 +40,15 @@ each weight's gradient where its matmul's backward does (addmm's, with qkv_bias,
 list is freed last item first (CPython's list_dealloc), zero_grad drops the gradients in parameter order. The bullets
 above are the pieces every other layer keeps (docs/FIDELITY.md, "Llama-style layers written op by op").
 
+Gemma 2 under eager attention, fully trained in 16 bits (``gemma2_layer``; with or without checkpointing), is written
+op by op too: the embedding's scaled copy, the causal and sliding masks (masking_utils' eager masks, batch x seq x
+seq) and rotary's cos / sin tables; per layer four Gemma2RMSNorms (x.float() normalized, x (1 + w.float()), the 16-bit
+copy), repeat_kv's key and value copies, the scores (q @ k^T, x scaling, / cap, tanh - kept -, x cap, + mask, softmax
+in fp32 and its 16-bit copy), probabilities @ v and its contiguous copy, gelu(gate) x up; in backward the same ops'
+gradients in the recorded order (the values' repeat_kv sum before the keys'), a recomputed node's saved tensors
+freed before its incoming gradient, and each mask, cos and sin freed with the last checkpoint (or, without
+checkpointing, rotary backward) that holds it (docs/FIDELITY.md, "Gemma 2's eager layer written op by op").
+
 Phi-3's fused projections (fused_qkv, fused_gate_up): each layer builds o_proj before qkv_proj, then gate_up_proj;
 peft adapts each fused module once (one A of rank x hidden, one B of rank x the fused width); the forward keeps
 gate_up_proj's output whole under its chunk views (one saved piece of tokens x 2 x intermediate) and autocast casts
@@ -70,7 +79,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from . import caching
-from .inference import rope_events
+from .inference import _bool_mask, _rotary_tables, rope_events
 
 #: The calibration method's run: three AdamW steps (benchmarks/measured/measure.py).
 STEPS = 3
@@ -137,6 +146,13 @@ class Shape(NamedTuple):
     final_softcap: int = 0
     #: q, k and v projections with biases (Qwen2): their backward (addmm's) makes the input's gradient before the weight's
     qkv_bias: int = 0
+    #: Gemma2DecoderLayer under eager attention (four (1 + w) norms, repeat_kv's copies, soft-capped scores): the layer
+    #: written op by op where fully trained in 16 bits; ``seq`` tokens a sequence, ``n_heads`` query heads and the
+    #: ``sliding_window`` (0: none) size its masks and scores
+    gemma2_layer: int = 0
+    seq: int = 0
+    n_heads: int = 0
+    sliding_window: int = 0
 
     @classmethod
     def of(cls, values: dict) -> Shape:
@@ -184,7 +200,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     # the order the forward runs them (autocast's weight copies)
     attn = [("o", q * H), ("qkv", H * (q + 2 * kv))] if fqkv else [("q", H * q), ("k", H * kv), ("v", H * kv), ("o", q * H)]
     mlp = [("gate_up", H * 2 * I)] if fgu else [("gate", H * I), ("up", H * I)]
-    layer = attn + mlp + [("down", I * H), ("n1", H), ("n2", H)]
+    layer = attn + mlp + [("down", I * H), ("n1", H), ("n2", H)] + ([("n3", H), ("n4", H)] if v.get("gemma2_layer") else [])
     linears = ([("qkv", H * (q + 2 * kv)), ("o", q * H)] if fqkv else attn) + mlp + [("down", I * H)]
     shapes = {"q": (H, q), "k": (H, kv), "v": (H, kv), "o": (q, H), "gate": (H, I), "up": (H, I), "down": (I, H),
               "qkv": (H, q + 2 * kv), "gate_up": (H, 2 * I)}
@@ -277,7 +293,17 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     fused = fqkv and fgu and full and not mixed  # Phi-3: qkv_proj's output whole under its views, gate_up_proj's too
     if fused:  # and o_proj's input made contiguous (rotary's cat layout leaves SDPA's output heads-first)
         explicit_saved = T * (8 * H + act * (4 * H + 4 * q + 3 * kv + 4 * I))
-    explicit = (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not (mask or scores) \
+    # Gemma 2 fully trained in 16 bits: four norms' fp32 input and normalized input, the first and third norms' outputs,
+    # rotary's q, repeat_kv's key and value copies (query-head wide), SDPA-free attention's saved scores, its output's
+    # contiguous copy, the MLP's four tensors
+    S, heads = int(v.get("seq", 0)), int(v.get("n_heads", 0))
+    score = T * heads * S                                    # scores a layer (batch x heads x seq x seq)
+    gemma = bool(v.get("gemma2_layer")) and full and not mixed and resid < 4 and 0 < kv < q \
+        and heads > 0 and S > 0 and T % S == 0 and not (mask or fqkv or fgu or qkn) \
+        and math.isclose(scores, score * (6 + (act if v.get("attn_softcap") else 0)), rel_tol=1e-9) \
+        and math.isclose(T * (32 * H + act * (2 * H + 4 * q + 4 * I)) + scores, v["layer_saved_bytes_per_token"] * T,
+                         rel_tol=1e-9)
+    explicit = gemma or not v.get("gemma2_layer") and (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not (mask or scores) \
         and (fused or not (fqkv or fgu)) \
         and (resid < 4 or (mixed and full and act < 4)) \
         and not (qkn and (mixed or fused)) \
@@ -647,14 +673,19 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(s1, s2)
         return total
 
-    def rotary_backward(width: int, g_in: int | None) -> int:
+    def rotary_backward(width: int, g_in: int | None, tables: tuple = ()) -> int:
         """apply_rotary_pos_emb's backward on q or k: x sin's gradient through rotate_half (neg, two slice_backward,
         their sum), x cos's, the sum; the incoming gradient goes before the sum (Phi-3's, g_in None, is a view of a
-        larger one, freed by the caller)."""
-        total = rotate_half_backward(width, new(T * width * act))
+        larger one, freed by the caller). ``tables`` (cos, sin) go where their last reader's products are made."""
+        product = new(T * width * act)
+        if tables:
+            free(tables[1])
+        total = rotate_half_backward(width, product)
         m2 = new(T * width * act)
         if g_in is not None:
             free(g_in)
+        if tables:
+            free(tables[0])
         out = new(T * width * act)
         free(total, m2)
         return out
@@ -937,6 +968,277 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         g_res = norm32_backward(gn, m1, x_in, g_res, lambda: g("n1"))
         return g_res, (None if first else new(T * H * act))
 
+    def gemma_norm(kept: list[int], saves_output: bool) -> int:
+        """Gemma2RMSNorm.forward (x.float() normalized, times (1 + weight.float()), then the 16-bit copy), as recorded:
+        the fp32 copy and the normalized product saved, the square and the weight's product freed; the output's handle
+        (saved too where a projection reads it: the first and third norms)."""
+        kept.append(new(T * H * 4))
+        free(new(T * H * 4))
+        kept.append(new(T * H * 4))
+        prod = new(T * H * 4)
+        out = new(T * H * act)
+        free(prod)
+        if saves_output:
+            kept.append(out)
+        return out
+
+    def eager_mask(window: bool) -> int:
+        """masking_utils' eager mask for the batch: the (1, 1, seq, seq) bool one, then torch.where(mask, 0, min) in the
+        compute dtype, (batch, 1, seq, seq)."""
+        m = _bool_mask(w, T // S, S, S, window)
+        sc = new(act)
+        out = new(T * S * act)
+        free(sc, m)
+        return out
+
+    def nograd_gemma_norm() -> int:
+        """Gemma2RMSNorm.forward without autograd: each tensor freed at its last use; the output's handle."""
+        x32, sq = new(T * H * 4), new(T * H * 4)
+        free(sq)
+        normed = new(T * H * 4)
+        free(x32)
+        prod = new(T * H * 4)
+        free(normed)
+        out = new(T * H * act)
+        free(prod)
+        return out
+
+    def nograd_gemma_layer() -> int:
+        """Gemma2DecoderLayer's forward under gradient checkpointing (nothing saved), as recorded: each tensor freed at
+        its last use - the probabilities, which the attention returns to the layer, at the layer's return; the layer's
+        output's handle."""
+        n1 = nograd_gemma_norm()
+        qo, ko, vo = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        qe, ke = rotary(q), rotary(kv)
+        free(qo, ko)
+        kr, vr = new(T * q * act), new(T * q * act)
+        qc = new(T * q * act) if T > S else 0
+        sc = new(score * act)
+        if qc:
+            free(qc)
+        for _ in range(1 + 3 * bool(v.get("attn_softcap"))):     # x scaling (then / cap, tanh, x cap)
+            nxt = new(score * act)
+            free(sc)
+            sc = nxt
+        masked = new(score * act)
+        free(sc)
+        f32 = new(score * 4)
+        sm = new(score * 4)
+        free(f32)
+        probs = new(score * act)
+        free(sm, masked)
+        ao = new(T * q * act)
+        aoc = new(T * q * act)
+        free(ao, kr, vr)
+        oo = new(T * H * act)
+        free(aoc, qe, ke, vo, n1)
+        pa = nograd_gemma_norm()
+        free(oo)
+        r1 = new(T * H * act)
+        free(pa)
+        pf = nograd_gemma_norm()
+        go = new(T * I * act)
+        si = new(T * I * act)
+        free(go)
+        uo = new(T * I * act)
+        prod = new(T * I * act)
+        free(si, uo)
+        do = new(T * H * act)
+        free(prod, pf)
+        pff = nograd_gemma_norm()
+        free(do)
+        r2 = new(T * H * act)
+        free(pff, r1, probs)
+        return r2
+
+    def gemma_layer(recompute: bool = False) -> dict:
+        """Gemma2DecoderLayer's forward, fully trained in 16 bits under eager attention, as recorded (transformers 5.17):
+        the saved tensors by name; the layer's output becomes the residual. As a checkpointed layer's recomputation it
+        stops once the last saved tensor exists (torch.utils.checkpoint's early stop): the last norm's normalized input,
+        before its product with (1 + w); down's output and the first sum go."""
+        sv: dict = {}
+        k1: list[int] = []
+        n1 = gemma_norm(k1, True)
+        sv["n1"] = k1
+        qo, ko, vo = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        sv["qe"], ke = rotary(q), rotary(kv)
+        free(qo, ko)
+        sv["kr"], sv["vr"] = new(T * q * act), new(T * q * act)    # repeat_kv's copies (grouped heads)
+        qe = sv["qe"]
+        if T > S:  # matmul merges (batch, heads) of q laid out (batch, seq, heads, dim): a copy, saved in its place
+            sv["qe"] = new(T * q * act)
+        sc = new(score * act)                                     # q @ k^T
+        scaled = new(score * act)                                 # x scaling
+        free(sc)
+        if v.get("attn_softcap"):                                 # / cap, tanh (its output saved), x cap
+            divided = new(score * act)
+            free(scaled)
+            sv["tanh"] = new(score * act)
+            free(divided)
+            scaled = new(score * act)
+        masked = new(score * act)                                 # + the mask
+        free(scaled)
+        f32 = new(score * 4)
+        sv["sm"] = new(score * 4)                                 # softmax's fp32 output
+        free(f32)
+        sv["probs"] = new(score * act)
+        free(masked)
+        ao = new(T * q * act)
+        sv["ao"] = new(T * q * act)                               # transpose(1, 2).contiguous()
+        free(ao)
+        oo = new(T * H * act)
+        free(*((qe,) if qe != sv["qe"] else ()), ke, vo)          # the states: locals to the attention's return
+        k2: list[int] = []
+        pa = gemma_norm(k2, False)
+        sv["n2"] = k2
+        free(oo)
+        r1 = new(T * H * act)
+        free(pa)
+        k3: list[int] = []
+        gemma_norm(k3, True)
+        sv["n3"] = k3
+        sv["go"], sv["si"], sv["uo"], sv["prod"] = news([T * I * act] * 4)   # gate, gelu(gate), up, the product
+        do = new(T * H * act)
+        k4: list[int] = []
+        if recompute:
+            k4.append(new(T * H * 4))
+            free(new(T * H * 4))
+            k4.append(new(T * H * 4))
+            sv["n4"] = k4
+            free(do, r1)
+            return sv
+        pff = gemma_norm(k4, False)
+        sv["n4"] = k4
+        free(do)
+        r2 = new(T * H * act)
+        free(pff, r1)
+        if residual[0] != residual[1]:  # the model keeps the embedding's scaled output to the end of its forward
+            free(residual[0])
+        residual[0] = r2
+        return sv
+
+    def gemma_norm_backward(g_in: int, saved: list[int], free_in: bool, g, g32: int | None = None,
+                            x_in: tuple = (), recomputed: bool = False) -> int:
+        """Gemma2RMSNorm's backward, as recorded: the gradient's fp32 copy (the incoming 16-bit one goes unless the
+        residual stream still needs it; made before a checkpointed layer's recomputation: ``g32``), x (1 + w)'s two
+        products (the weight's gradient from the first), the chain through rsqrt (the saved tensors go at their last
+        use; a checkpoint's input, ``x_in``, with its fp32 copy), the sum, its 16-bit copy."""
+        x32, normed = saved[0], saved[1]
+        if g32 is None:
+            g32 = new(T * H * 4)
+        if free_in:
+            free(g_in)
+        t = new(T * H * 4)                         # the weight's product first (its gradient, summed), the input's
+        g()
+        gn = new(T * H * 4)
+        free(*((normed, t, g32) if recomputed else (t, g32, normed)))
+        u2, u1 = new(T * H * 4), new(T * H * 4)    # x the input (for rsqrt's gradient, summed), x rsqrt
+        free(u2, gn)
+        d = news([T * H * 4] * 4)                  # mean's expand, pow, x 2, the product
+        free(*((d[2], d[1], x32, d[0]) if recomputed else (d[2], d[1], d[0], x32)), *x_in)
+        total = new(T * H * 4)
+        free(u1, d[3])
+        back = new(T * H * act)
+        free(total)
+        return back
+
+    def gemma_backward(sv: dict | None, g_res: int, g, x_in: int | None = None, last: tuple = (),
+                       tables: tuple = ()) -> int:
+        """Gemma2DecoderLayer's backward, as recorded (torch 2.11 autograd, eager attention): each saved tensor freed
+        after its last use, each weight's gradient where its matmul's backward makes it; the residual stream's new
+        gradient. Checkpointed (``sv`` None), the last norm's gradient copy comes before the layer is recomputed, the
+        checkpoint's inputs go with the first norm's fp32 copy (``last``: the masks, cos and sin this checkpoint is the
+        last to hold, then ``x_in``; without checkpointing ``tables`` go in the first layer's q rotary's backward), and
+        a node's recomputed saved tensors go
+        before its incoming gradient (checkpoint's unpack hands them over; a saved variable otherwise stays until the
+        node is released)."""
+        recomputed = sv is None
+
+        def done(incoming: tuple, saved: tuple, saved_recomputed: tuple | None = None) -> None:
+            """The frees at a node's end: incoming gradients, then saved tensors - or, recomputed, the saved first."""
+            free(*((*(saved_recomputed or saved), *incoming) if recomputed else (*incoming, *saved)))
+
+        g32 = None
+        if recomputed:
+            g32 = new(T * H * 4)
+            sv = gemma_layer(recompute=True)
+        gd = gemma_norm_backward(g_res, sv["n4"], False, lambda: g("n4"), g32, recomputed=recomputed)
+        g("down")
+        gp = new(T * I * act)
+        done((gd,), (sv["prod"],))
+        gu, gs = new(T * I * act), new(T * I * act)     # mul's gradients: up's, then gelu(gate)'s
+        done((gp,), (sv["uo"], sv["si"]), (sv["si"], sv["uo"]))
+        g("up")
+        gx_up = new(T * H * act)
+        free(gu)
+        gg = new(T * I * act)                            # gelu_backward
+        done((gs,), (sv["go"],))
+        g("gate")
+        gx_gate = new(T * H * act)
+        done((gg,), (sv["n3"][2],))
+        gn = new(T * H * act)
+        free(gx_up, gx_gate)
+        g3 = gemma_norm_backward(gn, sv["n3"], True, lambda: g("n3"), recomputed=recomputed)
+        g_mid = new(T * H * act)
+        free(g_res, g3)
+        go = gemma_norm_backward(g_mid, sv["n2"], False, lambda: g("n2"), recomputed=recomputed)
+        g("o")
+        gao = new(T * q * act)
+        done((go,), (sv["ao"],))
+        if T > S:  # the gradient merged over (batch, heads) for the bmm: a copy
+            merged = new(T * q * act)
+            free(gao)
+            gao = merged
+        gvr, gpr = new(T * q * act), new(score * act)   # probs^T @ g, g @ v^T
+        done((gao,), (sv["vr"], sv["probs"]), (sv["probs"], sv["vr"]))
+        g32 = new(score * 4)
+        free(gpr)
+        sb = new(score * 4)                              # softmax's backward
+        done((g32,), (sv["sm"],))
+        gb = new(score * act)
+        free(sb)
+        if "tanh" in sv:                                 # x cap's, tanh's (its saved output goes), / cap's
+            m1 = new(score * act)
+            free(gb)
+            tb = new(score * act)
+            done((m1,), (sv["tanh"],))
+            gb = new(score * act)
+            free(tb)
+        ms = new(score * act)                            # x scaling's
+        free(gb)
+        gkr, gq = new(T * q * act), new(T * q * act)     # the scores' bmm: the keys', the queries' gradients
+        done((ms,), (sv["kr"], sv["qe"]), (sv["qe"], sv["kr"]))
+        gv = new(T * kv * act)                           # repeat_kv's backward (values', made later, first): the
+        free(gvr)                                        # copies' gradients summed
+        gk = new(T * kv * act)
+        free(gkr)
+        gk = rotary_backward(kv, gk)
+        gq = rotary_backward(q, gq, tables)
+        cv = new(T * kv * act)                           # each gradient made contiguous for its projection
+        free(gv)
+        g("v")
+        gx_v = new(T * H * act)
+        free(cv)
+        ck = new(T * kv * act)
+        free(gk)
+        g("k")
+        gx_k = new(T * H * act)
+        free(ck)
+        gx_vk = new(T * H * act)
+        free(gx_v, gx_k)
+        cq = new(T * q * act)
+        free(gq)
+        g("q")
+        gx_q = new(T * H * act)
+        done((cq,), (sv["n1"][2],))
+        gn = new(T * H * act)
+        free(gx_vk, gx_q)
+        g1 = gemma_norm_backward(gn, sv["n1"], True, lambda: g("n1"), x_in=(*last, x_in) if x_in else (),
+                                 recomputed=recomputed)
+        g_out = new(T * H * act)
+        free(g_mid, g1)
+        return g_out
+
     def layer_saved() -> list[int]:
         """One layer's forward (or its recomputation): each adapted module's LoRA tensors in order, then the saved pieces;
         the handles of what backward needs."""
@@ -965,9 +1267,23 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     break  # micro-batch k - 1 (like every later one) left the state as it found it: they repeat
             mark(f"fwd{step}")
             saved, copies, lora_named = [], [], []
-            x = new(T * H * resid)
+            if gemma:  # Gemma2Model: the embedding scaled by sqrt(hidden) (a copy), then the causal and sliding masks
+                e0 = new(T * H * act)
+                x = new(T * H * act)
+                free(e0)
+                masks = [eager_mask(False)] + ([eager_mask(True)] if v.get("sliding_window") else [])
+                tables = _rotary_tables(w, S, q // heads, act)   # cos, sin: saved by every layer's rotary
+            else:
+                x = new(T * H * resid)
             residual[:] = [x, x]
             for _i in range(L):
+                if gemma and gc:
+                    saved.append([x])
+                    x = nograd_gemma_layer()
+                    continue
+                if gemma:
+                    saved.append(gemma_layer())
+                    continue
                 if explicit and gc:
                     saved.append([x])
                     x = nograd_mixed_layer(copies) if mixed else nograd_layer()
@@ -997,6 +1313,11 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 head_kept.append(new(T * H * 4))
                 head_out = new(T * H * 4)
                 head_kept.append(new(T * H * act))
+                head_saved = None
+            elif gemma:  # the final norm, then the last layer's output, the masks and the embedding's output go (the
+                head_kept = []  # checkpoints keep the masks and the first layer's input)
+                gemma_norm(head_kept, True)
+                free(x, *(() if gc else (*masks, residual[1])))
                 head_saved = None
             elif explicit:  # the final norm, then the last layer's output (and the embedding's) go
                 head_kept = []
@@ -1066,7 +1387,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     grad("head", V * H, wb)
                 g_hidden = new(T * H * act)
                 free(g_logits, head_kept[2])
-                g_res = norm_backward(g_hidden, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb))
+                if gemma:
+                    g_res = gemma_norm_backward(g_hidden, head_kept, True, lambda: grad("norm", H, wb))
+                else:
+                    g_res = norm_backward(g_hidden, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb))
             else:
                 g_hidden = new(T * H * act)
                 if full and tied:  # the head's share of the tied weight's gradient, summed with the embedding's at the end
@@ -1081,7 +1405,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             size = dict(layer)
             for i in reversed(range(L)):
                 recomputed = []
-                if gc and not (explicit and not full):
+                if gc and not gemma and not (explicit and not full):
                     if explicit:
                         recomputed = explicit_mixed_layer(recompute=True) if mixed else explicit_layer(recompute=True)[0]
                     else:
@@ -1100,6 +1424,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                         g_res = explicit_lora_backward(named, g_res, g, saved[i][0], started)
                     else:
                         g_res = explicit_lora_backward(lora_named[i], g_res, g, None)
+                    continue
+                if gemma and gc:  # Gemma2Config layer_types: even layers slide; the last checkpoint holding each input
+                    last = (masks[-1], *tables) if i == 0 else (masks[0],) if i == 1 and len(masks) > 1 else ()
+                    g_res = gemma_backward(None, g_res, g, saved[i][0], last)
+                    continue
+                if gemma:
+                    g_res = gemma_backward(saved[i], g_res, g, tables=tables if i == 0 else ())
                     continue
                 if explicit and full and not mixed:
                     layer_saved_handles = recomputed if gc else saved[i]
@@ -1145,11 +1476,18 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 g("n1")
                 free(th)
                 frees(recomputed + saved[i])
+            if gemma:  # the embedding's scaling: its gradient a new tensor, read by the embedding's backward
+                scaled_grad = new(T * H * act)
+                free(g_res)
+                g_res = scaled_grad
             if full and tied:
                 # embedding_dense_backward's gradient; the autograd engine's input buffer sums the tied weight's two
                 # gradients into a new tensor (input_buffer.cpp accumulate: old_var + var), which AccumulateGrad takes
                 # as the gradient - or adds in place into the one an earlier micro-batch left
                 emb_grad = new(V * H * wb)
+                if gemma:
+                    free(g_res)
+                    g_res = None
                 total = new(V * H * wb)
                 free(head_grad)
                 free(emb_grad)
@@ -1159,7 +1497,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     grads["embd"] = total
             if full and not explicit:
                 grad("norm", H, wb)
-            free(g_res)
+            if g_res is not None:
+                free(g_res)
             if not explicit:
                 free(x)
         mark(f"opt{step}")
