@@ -2,6 +2,7 @@
 
     python benchmarks/allocator/sweep.py OUT.jsonl
     python benchmarks/allocator/sweep.py --lora-targets OUT.jsonl   # LoRA on some modules only, with / without checkpointing
+    python benchmarks/allocator/sweep.py --gemma2 OUT.jsonl         # Gemma 2 fully trained, eager attention
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from replay_training import simulate  # noqa: E402
 MODELS = {"qwen2.5-0.5b": measure.QWEN05, "llama-3.2-1b": measure.LLAMA1B, "qwen2.5-1.5b": measure.QWEN15,
           "smollm2-1.7b": measure.SMOL17, "llama-3.2-3b": measure.LLAMA3B, "phi-3-mini": measure.PHI3_MINI,
           "qwen2.5-7b": measure.QWEN7, "llama-3-8b": measure.LLAMA8B}
+GEMMA2_9B = dict(measure.GEMMA2_2B, hidden_size=3584, intermediate_size=14336, num_hidden_layers=42,
+                 num_attention_heads=16, num_key_value_heads=8)  # google/gemma-2-9b config.json (catalogs/models/gemma.yaml)
 RECIPES = [  # (method, weights dtype, optimizer, checkpointing)
     ("full", "bf16", "adamw", False), ("full", "bf16", "adamw", True), ("full", "fp32", "adamw", False),
     ("full", "fp32", "adamw", True), ("full", "bf16", "adamw8bit", True), ("full", "fp32", "adamw8bit", True),
@@ -58,12 +61,35 @@ def lora_target_cases():
                        "workload": "finetuning", "hf_config": MODELS[model], "settings": st}
 
 
-def main(out: str, lora_targets: bool = False) -> int:
+def gemma2_cases():
+    """Gemma 2 fully trained with eager attention (its op-by-op layer): 2B in bf16 at several batch shapes with and
+    without checkpointing, past its 4096-token window (8192: the sliding layers' mask differs from the causal one),
+    with gradient accumulation, with bitsandbytes AdamW8bit, under bf16 autocast with fp32 weights (the layer the
+    written sequence keeps in pieces), and 9B with checkpointing."""
+    runs = [("gemma-2-2b", measure.GEMMA2_2B, "bf16", "adamw", False, 2, 1024, 1),
+            ("gemma-2-2b", measure.GEMMA2_2B, "bf16", "adamw", False, 4, 512, 1),
+            ("gemma-2-2b", measure.GEMMA2_2B, "bf16", "adamw", False, 4, 1024, 2),
+            ("gemma-2-2b", measure.GEMMA2_2B, "bf16", "adamw", True, 1, 2048, 1),
+            ("gemma-2-2b", measure.GEMMA2_2B, "bf16", "adamw", True, 8, 1024, 1),
+            ("gemma-2-2b", measure.GEMMA2_2B, "bf16", "adamw", True, 1, 8192, 1),
+            ("gemma-2-2b", measure.GEMMA2_2B, "bf16", "adamw8bit", True, 4, 1024, 1),
+            ("gemma-2-2b", measure.GEMMA2_2B, "fp32", "adamw", True, 2, 1024, 1),
+            ("gemma-2-9b", GEMMA2_9B, "bf16", "adamw", True, 1, 2048, 1)]
+    for model, cfg, dtype, opt, gc, b, s, ga in runs:
+        st = dict(method="full", weights_dtype=dtype, gradient_checkpointing=gc, batch_size=b, seq_length=s,
+                  optimizer="bitsandbytes AdamW8bit" if opt == "adamw8bit" else "torch.optim.AdamW", attention="eager")
+        if ga > 1:
+            st["gradient_accumulation_steps"] = ga
+        yield {"id": f"sim-{model}-eager-full-{dtype}-{opt}-gc{int(gc)}-b{b}-s{s}" + (f"-ga{ga}" if ga > 1 else ""),
+               "model": model, "workload": "finetuning", "hf_config": cfg, "settings": st}
+
+
+def main(out: str, lora_targets: bool = False, gemma2: bool = False) -> int:
     done = set()
     if Path(out).exists():
         done = {json.loads(line)["id"] for line in Path(out).read_text().splitlines() if line.strip()}
     with open(out, "a") as fh:
-        for case in (lora_target_cases() if lora_targets else cases()):
+        for case in (lora_target_cases() if lora_targets else gemma2_cases() if gemma2 else cases()):
             if case["id"] in done:
                 continue
             t0 = time.time()
@@ -78,4 +104,5 @@ def main(out: str, lora_targets: bool = False) -> int:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    sys.exit(main(next(a for a in args if not a.startswith("--")), lora_targets="--lora-targets" in args))
+    sys.exit(main(next(a for a in args if not a.startswith("--")), lora_targets="--lora-targets" in args,
+                  gemma2="--gemma2" in args))
