@@ -712,3 +712,59 @@ def test_gemma2_with_lora_keeps_the_pieces():
     events, fwd, bwd = _phase(lora, "fwd0", "bwd0")
     allocs = [s for op, s in _ops(events, fwd, bwd) if op == "a"]
     assert _contains(allocs, [8, 4, 4])
+
+
+# Phi-3 fully trained in bf16 with its window on the layer (kv 8 = q: no repeat_kv), 1 token: SDPA gets the converted
+# mask and runs the memory-efficient kernel. Inventory: norms 8 x 8 = 64, then 2 x (4 x 8 + 4 x 8 + 3 x 8 + 4 x 16) = 304
+# for the flash layout; the efficient kernel's output needs no contiguous copy (- 2 x 8 = -16) and saves the mask
+# (1 token x 1 key x 2 = 2): 64 + 304 - 16 + 2 = 354.
+PHI3_WINDOW = {**TINY, "fused_qkv": 1, "fused_gate_up": 1, "layer_saved_bytes_per_token": 354, "head_saved_bytes": 64,
+               "train_mask_bytes_per_token_layer": 2, "seq": 1, "n_heads": 2}
+PHI3_ROT = a(16, 8, 16) + f(8) + a(16) + f(16) + a(16) + f(16, 16) + a(16) + f(16)   # rotary's cat layout on 8 wide
+
+
+def test_phi3s_windowed_layer_saves_the_converted_mask_and_no_contiguous_copy():
+    # After qkv_proj (1 x 24 x 2 = 48) and rotary on q and k: zeros_like over the mask (2, saved), its logical_not (1,
+    # freed), the kernel's output (16, o's input itself) and logsumexp (1 x 2 heads x 32 (seq padded to 32) x 4 = 256,
+    # saved), o (16), the residual sum (16), o's output freed.
+    events, fwd, bwd = _phase(PHI3_WINDOW, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    norm = a(32, 32) + f(32) + a(32, 16, 16) + f(32)
+    attention = a(2, 1) + f(1) + a(16, 256, 16, 16) + f(16)
+    assert _contains(ops, norm + a(48) + PHI3_ROT + PHI3_ROT + attention + norm + a(64, 32, 32, 16, 16))
+    # masking_utils' (1, 1, 1, 1) bool mask is made after the embedding, kept through the forward and freed after the
+    # embedding's output at the head (before the logits, 1 x 32 x 2 = 64)
+    assert ops[0] == ("a", 16)
+    head = [k for k, op in enumerate(ops) if op == ("a", 64 * 1) and k > 20][-1]
+    assert ops[head - 3:head] == f(16, 16, 1)
+    # backward: o's weight gradient (8 x 8 x 2 = 128) and input gradient (16), the kernel's three gradients, then the
+    # node's inputs and saved tensors: the gradient, mask, k, q, qkv (48), logsumexp, output
+    events, b0, o0 = _phase(PHI3_WINDOW, "bwd0", "opt0")
+    assert _contains(_ops(events, b0, o0), a(128, 16, 16, 16, 16) + f(16, 2, 16, 16, 48, 256, 16))
+
+
+def test_phi3s_windowed_layer_with_checkpointing_releases_the_recomputed_tensors_as_recorded():
+    # Recomputed (checkpoint's unpack hands the saved tensors over): the gradient, logsumexp, qkv, k, q, mask, output;
+    # the first layer's checkpoint is the last to hold the bool mask (1), freed with the first norm's fp32 copy (32)
+    # before the layer's input (16)
+    shape = {**PHI3_WINDOW, "gradient_checkpointing": 1}
+    events, b0, o0 = _phase(shape, "bwd0", "opt0")
+    ops = _ops(events, b0, o0)
+    assert _contains(ops, a(128, 16, 16, 16, 16) + f(16, 256, 48, 16, 16, 2, 16))
+    assert _contains(ops, f(32, 32, 32, 32, 1, 16))
+
+
+def test_an_untied_embeddings_gradient_is_made_at_the_end_of_backward_and_dropped_first():
+    # Fully trained with an untied head (p_output 1): embedding_dense_backward's output (32 x 8 x 2 = 512) is the last
+    # tensor backward makes before the residual stream's gradient (16) goes, and zero_grad drops it first (the model's
+    # parameter order starts with the embedding)
+    shape = {**LLAMA16, "p_output": 1}
+    events, b0, o0 = _phase(shape, "bwd0", "opt0")
+    ops = _ops(events, b0, o0)
+    assert ops[-2:] == a(512) + f(16)
+    events, o0, _ = _phase(shape, "opt0", "opt0")
+    frees = [s for op, s in _ops(events, o0) if op == "f"]
+    # the foreach sqrt list, one tensor a parameter freed last first, then one gradient a parameter in the model's
+    # order - the embedding's (512) first, the head's (512) last
+    n = len(frees) // 2
+    assert frees[n:] == frees[:n][::-1] and frees[n] == frees[-1] == 512

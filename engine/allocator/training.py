@@ -23,8 +23,8 @@ torch 2.11 foreach AdamW, as benchmarks/allocator/replay_training.py records the
   weight's gradient (the tied embedding's), then per layer in reverse: the recomputation
   (checkpointing), the MLP's gradient temporaries (tokens x intermediate) around down, up and gate's
   weight gradients, attention's (tokens x q / kv) around o, q, k and v's, the norms'; the embedding
-  backward's own vocab x hidden temporary at the end. A later micro-batch's weight gradients are
-  temporaries added in place;
+  backward's vocab x hidden output at the end (an untied embedding's gradient; tied, summed with the head's share
+  into a new tensor). A later micro-batch's weight gradients are temporaries added in place;
 * optimizer: on the first step exp_avg and exp_avg_sq per trainable tensor in order (bitsandbytes
   8-bit: two uint8 moments + fp32 absmax per 256 elements), then foreach's sqrt(v) list (none for a
   fused step), freed; zero_grad frees the gradients.
@@ -57,7 +57,11 @@ fused weight's gradient (the sweep's 22 Phi-3 replays: median 1.7%, docs/FIDELIT
 
 A window on every layer (Mistral v0.1, Phi-3 with its config's window): SDPA saves its converted mask for backward,
 one batch x tokens x tokens tensor a layer (train_mask_bytes_per_token_layer of the layer's saved bytes), written as
-one piece before the others (recorded replays of Phi-3 mini and Mistral 7B v0.1 with their windows: within 5.1%).
+one piece before the others (recorded replays of Phi-3 mini and Mistral 7B v0.1 with their windows: within 3.3%).
+Phi-3 fully trained in 16 bits with its window (no grouped heads) is written op by op: masking_utils' bool mask after
+the embedding, and per layer the mask's conversion (zeros_like kept, logical_not freed) and the memory-efficient
+kernel's output - (batch, tokens, heads, dim) already, so o_proj reads it without a copy - and logsumexp (saved
+where grad is on: attention.cpp should_compute_logsumexp).
 
 Per-head q / k norms (Qwen3, Gemma 3): their saved fp32 inputs (and, trained, normalized inputs), q_dim and kv_dim
 wide, are pieces of their own; their forward temporaries are not written.
@@ -291,19 +295,23 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     if qkn:  # Qwen3's q_norm / k_norm: each saves its fp32 input and, trained, its 16-bit copy
         explicit_saved += T * (q + kv) * (4 + (act if full else 0))
     fused = fqkv and fgu and full and not mixed  # Phi-3: qkv_proj's output whole under its views, gate_up_proj's too
-    if fused:  # and o_proj's input made contiguous (rotary's cat layout leaves SDPA's output heads-first)
-        explicit_saved = T * (8 * H + act * (4 * H + 4 * q + 3 * kv + 4 * I))
+    S, heads = int(v.get("seq", 0)), int(v.get("n_heads", 0))
+    # Phi-3 with its window on every layer (no grouped heads, so no repeat_kv): SDPA's memory-efficient kernel with the
+    # converted mask, one batch x seq x seq tensor a layer
+    wmask = fused and kv == q and heads > 0 and S > 0 and T % S == 0 and math.isclose(mask, T * S * act, rel_tol=1e-9)
+    if fused:  # and o_proj's input made contiguous (rotary's cat layout leaves flash's output heads-first; the
+        # memory-efficient kernel's output is (batch, tokens, heads, dim) already, so there it saves the mask instead)
+        explicit_saved = T * (8 * H + act * (4 * H + 4 * q + 3 * kv + 4 * I)) + (mask - T * q * act if wmask else 0)
     # Gemma 2 fully trained in 16 bits: four norms' fp32 input and normalized input, the first and third norms' outputs,
     # rotary's q, repeat_kv's key and value copies (query-head wide), SDPA-free attention's saved scores, its output's
     # contiguous copy, the MLP's four tensors
-    S, heads = int(v.get("seq", 0)), int(v.get("n_heads", 0))
     score = T * heads * S                                    # scores a layer (batch x heads x seq x seq)
     gemma = bool(v.get("gemma2_layer")) and full and not mixed and resid < 4 and 0 < kv < q \
         and heads > 0 and S > 0 and T % S == 0 and not (mask or fqkv or fgu or qkn) \
         and math.isclose(scores, score * (6 + (act if v.get("attn_softcap") else 0)), rel_tol=1e-9) \
         and math.isclose(T * (32 * H + act * (2 * H + 4 * q + 4 * I)) + scores, v["layer_saved_bytes_per_token"] * T,
                          rel_tol=1e-9)
-    explicit = gemma or not v.get("gemma2_layer") and (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not (mask or scores) \
+    explicit = gemma or not v.get("gemma2_layer") and (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not ((mask and not wmask) or scores) \
         and (fused or not (fqkv or fgu)) \
         and (resid < 4 or (mixed and full and act < 4)) \
         and not (qkn and (mixed or fused)) \
@@ -494,15 +502,33 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(projected)
         return out
 
+    # the memory-efficient kernel's logsumexp, batch x heads x seq in fp32 with seq padded to 32 (kAlignLSE,
+    # aten/src/ATen/native/transformers/cuda/attention.cu _efficient_attention_forward)
+    lse_bytes = (T // S) * heads * -(-S // 32) * 32 * 4 if wmask else 0
+
+    def sdpa_mask() -> int:
+        """SDPA's bool mask converted for the kernel (attention.cpp convert_boolean_attn_mask): zeros_like in the
+        compute dtype over the batch-expanded mask, masked_fill with its logical_not (freed); the converted one's
+        handle."""
+        converted = new(T * S * act)
+        free(new(T * S))
+        return converted
+
     def nograd_fused_layer() -> int:
         """Phi-3's decoder layer under gradient checkpointing, as recorded: qkv_proj's and gate_up_proj's outputs stay
         until their views' last use."""
         n1 = nograd_norm()
         qkv = new(T * (q + 2 * kv) * act)
         qe, ke = rotary_cat(q), rotary_cat(kv)
-        so = new(T * q * act)
-        contiguous = new(T * q * act)
-        free(so)
+        if wmask:  # the converted mask (no logsumexp without grad: attention.cpp should_compute_logsumexp)
+            converted = sdpa_mask()
+            so = new(T * q * act)
+            free(converted)
+            contiguous = so
+        else:
+            so = new(T * q * act)
+            contiguous = new(T * q * act)
+            free(so)
         oo = new(T * H * act)
         free(contiguous, qe, ke, qkv, n1)
         r1 = new(T * H * act)
@@ -556,7 +582,12 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         kept: list[int] = []
         n1 = norm(kept)
         kept.append(new(T * (q + 2 * kv) * act))
-        kept += [rotary_cat(q), rotary_cat(kv), new(T * q * act), new(T * q * act)]
+        kept += [rotary_cat(q), rotary_cat(kv)]
+        if wmask:  # the memory-efficient kernel: the converted mask, the output, the logsumexp (all saved)
+            kept.append(sdpa_mask())
+            kept += [new(T * q * act), new(lse_bytes)]
+        else:      # flash: the output, then o_proj's contiguous copy
+            kept += [new(T * q * act), new(T * q * act)]
         oo = new(T * H * act)
         r1 = new(T * H * act)
         free(oo)
@@ -632,7 +663,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         return kept, nm
 
     def norm_backward(g_in: int, copy: int | None, x32: int, g_res: int | None, g=None, x_in: int | None = None,
-                      width: int = H) -> int:
+                      width: int = H, last: tuple = ()) -> int:
         """LlamaRMSNorm's backward on a 16-bit model, as recorded: the weight's product and, trained (``copy`` saved),
         the normalized input's with the weight's gradient between; the fp32 chain through rsqrt, the 16-bit copy, the
         sum into the residual stream's gradient (a new tensor; the old one and the saved copies go) - none at the final
@@ -650,7 +681,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         u1, u2 = new(T * width * 4), new(T * width * 4)
         free(u1, g32)
         d = news([T * width * 4] * 4)
-        free(d[2], d[1], d[0], x32, *((x_in,) if x_in is not None else ()))  # a checkpoint's input goes with its copy
+        free(d[2], d[1], d[0], x32, *last, *((x_in,) if x_in is not None else ()))  # a checkpoint's input (and the
+        # mask the first layer's checkpoint is the last to hold) goes with its copy
         total = new(T * width * 4)
         free(u2, d[3])
         back = new(T * width * act)
@@ -770,11 +802,14 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         acc = lora_module_backward("q", H, q, cq, True, nm, acc, g)
         return frozen_norm_backward(acc, nm["x32_1"], g_res, x_in)
 
-    def explicit_fused_backward(sv: list[int], g_res: int, g, x_in: int | None) -> int:
+    def explicit_fused_backward(sv: list[int], g_res: int, g, x_in: int | None, last: tuple = ()) -> int:
         """Phi-3's layer backward as recorded: mul's gradients (act_fn's first), chunk's backward joining the two halves
         (cat) before gate_up_proj's weight gradient; rotary's on k then q, each back into its slice; the three views'
         gradients each widened to qkv's width (slice_backward) and summed before qkv_proj's."""
         x32_1, c1, n1, qkv, qe, ke, so, contiguous, x32_2, c2, n2, gu, si, prod = sv[:14]
+        if wmask:  # (mask, output, logsumexp) where flash's output and its copy were
+            converted, so, lse = so, contiguous, x32_2
+            x32_2, c2, n2, gu, si, prod = sv[9:15]
         g("down")
         gp = new(T * I * act)
         free(prod)
@@ -790,9 +825,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         g_res = norm_backward(gx, c2, x32_2, g_res, lambda: g("n2"))
         g("o")
         gso = new(T * q * act)
-        free(contiguous)
-        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-        free(gso, ke, qe, qkv, so)
+        if wmask:  # the efficient kernel's backward; its saved tensors released in the recorded orders (recomputed
+            gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)  # ones handed over by checkpoint)
+            free(gso, *((lse, qkv, ke, qe, converted, so) if gc else (converted, ke, qe, qkv, lse, so)))
+        else:
+            free(contiguous)
+            gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+            free(gso, ke, qe, qkv, so)
         tk, tq = rotary_backward(kv, None), rotary_backward(q, None)
         grads = []
         for width, g_in, rot in ((kv, gk, tk), (q, gq, tq)):
@@ -818,7 +857,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         g("qkv")
         gx = new(T * H * act)
         free(gqkv, n1)
-        return norm_backward(gx, c1, x32_1, g_res, lambda: g("n1"), x_in)
+        return norm_backward(gx, c1, x32_1, g_res, lambda: g("n1"), x_in, last=last)
 
     def projection_backward(m: str, g) -> int:
         """q, k or v's backward: mm's makes the weight's gradient, then the input's; addmm's (qkv_bias) the input's
@@ -830,12 +869,12 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         g(m)
         return new(T * H * act)
 
-    def explicit_backward(sv: list[int], g_res: int, g, x_in: int | None = None) -> int:
+    def explicit_backward(sv: list[int], g_res: int, g, x_in: int | None = None, last: tuple = ()) -> int:
         """A fully trained 16-bit layer's backward as recorded (torch 2.11 autograd, SDPA's flash backward): each saved
         tensor freed after its last use, each weight's gradient where its matmul's backward makes it; the residual
         stream's new gradient."""
         if fused:
-            return explicit_fused_backward(sv, g_res, g, x_in)
+            return explicit_fused_backward(sv, g_res, g, x_in, last)
         x32_1, c1, n1 = sv[:3]
         x32q, cq_saved, x32k, ck_saved = sv[3:7] if qkn else (None,) * 4
         vo, qe, ke, so, x32_2, c2, n2, go, si, uo, prod = sv[7:18] if qkn else sv[3:14]
@@ -1275,6 +1314,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 tables = _rotary_tables(w, S, q // heads, act)   # cos, sin: saved by every layer's rotary
             else:
                 x = new(T * H * resid)
+                if wmask:  # masking_utils' sliding-window bool mask for the batch, (1, 1, seq, seq)
+                    window_mask = _bool_mask(w, T // S, S, S, True)
             residual[:] = [x, x]
             for _i in range(L):
                 if gemma and gc:
@@ -1326,7 +1367,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     head_out = normed_head
                 free(x)
                 if not gc:
-                    free(residual[1])
+                    free(residual[1], *((window_mask,) if wmask else ()))
                 head_saved = None
             else:
                 head_saved = new(v["head_saved_bytes"])
@@ -1434,7 +1475,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     continue
                 if explicit and full and not mixed:
                     layer_saved_handles = recomputed if gc else saved[i]
-                    g_res = explicit_backward(layer_saved_handles, g_res, g, saved[i][0] if gc else None)
+                    g_res = explicit_backward(layer_saved_handles, g_res, g, saved[i][0] if gc else None,
+                                              (window_mask,) if wmask and gc and i == 0 else ())
                     continue
                 if explicit and mixed and g16 is not None:
                     layer_saved_handles = recomputed if gc else saved[i][1:]
@@ -1495,6 +1537,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     free(total)
                 else:
                     grads["embd"] = total
+            elif full:  # an untied embedding: embedding_dense_backward's output is its gradient (AccumulateGrad takes it)
+                grad("embd", V * H, wb)
             if full and not explicit:
                 grad("norm", H, wb)
             if g_res is not None:
