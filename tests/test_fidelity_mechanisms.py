@@ -508,3 +508,31 @@ def test_checkpointed_autocast_forward_keeps_every_weight_copy_until_its_loss():
         "finetuning_method": "full", "fine_tuning_quantization": "fp32", "optimizer": "adamw_8bit", "batch_size": 4,
         "seq_length": 1024, "optimization_config": {"flash_attention": True, "gradient_checkpointing": False}}))
     assert v["loss_copies_bytes"] == 0 and v["loss_logits_bytes"] == pytest.approx(6_304_038_912)
+
+
+PHI3_MINI = {"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 32,
+             "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064, "max_position_embeddings": 4096,
+             "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def test_the_first_layers_backward_beside_almost_every_gradient_can_be_the_peak():
+    """Phi-3 mini fully trained in bf16, bitsandbytes' fused 8-bit step (no temporaries), checkpointing, 8 x 2048.
+    Through backward the checkpoints go layer by layer while the gradients come: at its end every gradient is alive
+    but layer 0's own and the untied embedding's (made last), beside layer 0's recomputation, its MLP's gradient
+    temporaries and its checkpoint - 16,384 x (157,696 + 3 x 2 x 8192) + 16,384 x 3072 x 2 = 3,489,660,928, less
+    ((3,821,079,552 - 2 x 32064 x 3072) / 32 + 32064 x 3072) x 2 = 423,506,112: 3,066,154,816 beyond the gradients."""
+    v = train(PHI3_MINI, finetuning_method="full", fine_tuning_quantization="bf16", optimizer="adamw_8bit",
+              batch_size=8, seq_length=2048, optimization_config={"gradient_checkpointing": True, "flash_attention": True})
+    assert v["bwd_end_bytes"] == pytest.approx(3_066_154_816)
+    # gradients 3,821,079,552 x 2 = 7,642,159,104: the step phase (10,708,313,920) outweighs the loss's (checkpoints
+    # 3,221,225,472 + the forward's logits 16,384 x 32,064 x 10 = 5,253,365,760 + the head's saved), so the peak is there
+    assert v["step_phase_bytes"] == pytest.approx(7_642_159_104 + 3_066_154_816)
+    assert v["step_phase_bytes"] > v["fwd_phase_bytes"] and v["bwd_end_is_peak"] == 1
+    # and the breakdown says so: gradients and the first layer's backward, no step temporaries
+    assert v["gradients_gpu_bytes"] == 7_642_159_104 and v["optimizer_step_gpu_bytes"] == 0
+    assert v["activations_train_gpu_bytes"] == pytest.approx(3_066_154_816)
+    # foreach AdamW's sqrt(v) list (one gradient's size, 7,642,159,104) is the larger moment there
+    v = train(PHI3_MINI, finetuning_method="full", fine_tuning_quantization="bf16", optimizer="adamw",
+              batch_size=8, seq_length=2048, optimization_config={"gradient_checkpointing": True, "flash_attention": True})
+    assert v["bwd_end_is_peak"] == 0 and v["optimizer_step_gpu_bytes"] == 7_642_159_104
+    assert v["activations_train_gpu_bytes"] == 0
