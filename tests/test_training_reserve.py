@@ -489,6 +489,8 @@ def test_autocasts_fp32_layer_keeps_its_input_and_casts_each_projections():
     allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
     i = allocs.index(256)
     assert allocs[i:i + 3] == [256, 32, 512]
+    # as recorded, mm's backward releases the output gradient (16), then the weight copy (256), then the input (32)
+    assert _contains(_ops(events, bwd, opt), a(256, 32) + f(16, 256, 32) + a(512))
 
 
 def test_lora_keeps_each_modules_output_and_writes_the_layer_as_recorded():
@@ -768,3 +770,36 @@ def test_an_untied_embeddings_gradient_is_made_at_the_end_of_backward_and_droppe
     # order - the embedding's (512) first, the head's (512) last
     n = len(frees) // 2
     assert frees[n:] == frees[:n][::-1] and frees[n] == frees[-1] == 512
+
+
+# Phi-3 with fp32 weights under bf16 autocast, 1 token, kv 8 = q. Inventory: the fp32 stream, normalized inputs and
+# first sum 16 x 8 = 128; qkv_proj's and gate_up_proj's input casts 2 x 8, qkv's output 24 + SDPA's bf16 q, k and
+# output 24 + o's contiguous copy 8, gate_up's output 32, act_fn's 16 and the product 16, x 2 bytes = 2 x 136 = 272: 400.
+PHI3_AUTOCAST = {**TINY, "fused_qkv": 1, "fused_gate_up": 1, "mixed_precision": 1, "resid_bytes": 4, "moment_bytes": 4,
+                 "layer_saved_bytes_per_token": 400, "head_saved_bytes": 80}
+NORM32 = a(32) + f(32) + a(32, 32)                   # the square (freed), the normalized input (saved), the output
+ROT32_CAT = a(32, 8, 16) + f(8) + a(32) + f(16) + a(32) + f(32, 32) + a(32) + f(32)   # fp32 products, the fp32 cat
+
+
+def test_phi3s_autocast_layer_casts_once_per_fused_projection():
+    # qkv_proj: the input's cast (16), the weight's bf16 copy (8 x 24 x 2 = 384), the output (48); rotary in fp32 on
+    # q and k joined by an fp32 cat; SDPA's bf16 q, k, output and o's contiguous copy (16 each); o's weight copy (128)
+    # and output (16); the rotated q and k and the first norm's output go (32 each); the sum (32); gate_up_proj: cast
+    # (16), copy (8 x 32 x 2 = 512), output (64); act_fn's and the product (32 each); down's copy (256) and output (16)
+    events, fwd, bwd = _phase(PHI3_AUTOCAST, "fwd0", "bwd0")
+    layer = NORM32 + a(16, 384, 48) + ROT32_CAT + ROT32_CAT + a(16, 16, 16, 16, 128, 16) + f(32, 32, 32) + a(32) + f(16) \
+        + NORM32 + a(16, 512, 64, 32, 32, 256, 16) + f(32) + a(32) + f(16)
+    assert _ops(events, fwd, bwd)[:1 + len(layer)] == a(32) + layer
+    # backward: down's bf16 weight gradient (256) and input gradient (32), then the output gradient, the weight copy
+    # and the product go (16, 256, 32), the parameter's fp32 gradient (512); mul's, silu's and chunk's gradients as in
+    # 16 bits; gate_up_proj's bf16 weight gradient (512) and input gradient (16), the joined gradient, the copy and the
+    # cast go (64, 512, 16), the fp32 gradient (1024), the input gradient back to fp32 (32)
+    events, b0, o0 = _phase(PHI3_AUTOCAST, "bwd0", "opt0")
+    assert _contains(_ops(events, b0, o0), a(256, 32) + f(16, 256, 32) + a(512) + f(256) + a(32, 32) + f(32, 32) + a(32)
+                     + f(32, 64) + a(64) + f(32, 32) + a(512, 16) + f(64, 512, 16) + a(1024) + f(512) + a(32) + f(16))
+    # checkpointed, the no-grad forward casts qkv_proj's input and frees it once the output exists; autocast's cache
+    # keeps the weight copy (384) past the layer, to the end of the forward
+    events, fwd, bwd = _phase({**PHI3_AUTOCAST, "gradient_checkpointing": 1}, "fwd0", "bwd0")
+    ops = _ops(events, fwd, bwd)
+    assert _contains(ops, NORM32[:2] + a(32, 32) + f(32) + a(16, 384, 48) + f(16) + ROT32_CAT)
+    assert ops.index(("f", 384)) > ops.index(("a", 256))  # after the layer (down's copy), with the forward's end

@@ -31,8 +31,7 @@ torch 2.11 foreach AdamW, as benchmarks/allocator/replay_training.py records the
 
 Llama-style layers are written op by op as recorded wherever the formula's saved bytes a layer are exactly what such a
 layer saves (a structural check): full fine-tuning of a 16-bit model (Phi-3's fused projections and Qwen3's head norms
-too) or of fp32
-weights under bf16 autocast, with or without checkpointing, and LoRA on a 16-bit base (with checkpointing where down is
+too) or of fp32 weights under bf16 autocast (Phi-3's too), with or without checkpointing, and LoRA on a 16-bit base (with checkpointing where down is
 adapted) - RMSNorm's fp32 chain, rotary's tensors, SDPA, the
 projections (autocast's input casts and weight copies; LoRA's modules), the residual sums, checkpointing's no-grad
 forward and early-stopping recomputation, and a backward that frees each saved tensor after its last use and makes
@@ -299,6 +298,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     # Phi-3 with its window on every layer (no grouped heads, so no repeat_kv): SDPA's memory-efficient kernel with the
     # converted mask, one batch x seq x seq tensor a layer
     wmask = fused and kv == q and heads > 0 and S > 0 and T % S == 0 and math.isclose(mask, T * S * act, rel_tol=1e-9)
+    # Phi-3 with fp32 weights under bf16 autocast: one input cast and weight copy for each fused projection
+    fused_mixed = fqkv and fgu and full and mixed and not mask
+    if fused_mixed:
+        explicit_saved = T * (16 * H + act * (2 * H + 4 * q + 3 * kv + 4 * I))
     if fused:  # and o_proj's input made contiguous (rotary's cat layout leaves flash's output heads-first; the
         # memory-efficient kernel's output is (batch, tokens, heads, dim) already, so there it saves the mask instead)
         explicit_saved = T * (8 * H + act * (4 * H + 4 * q + 3 * kv + 4 * I)) + (mask - T * q * act if wmask else 0)
@@ -312,7 +315,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         and math.isclose(T * (32 * H + act * (2 * H + 4 * q + 4 * I)) + scores, v["layer_saved_bytes_per_token"] * T,
                          rel_tol=1e-9)
     explicit = gemma or not v.get("gemma2_layer") and (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not ((mask and not wmask) or scores) \
-        and (fused or not (fqkv or fgu)) \
+        and (fused or fused_mixed or not (fqkv or fgu)) \
         and (resid < 4 or (mixed and full and act < 4)) \
         and not (qkn and (mixed or fused)) \
         and math.isclose(explicit_saved, v["layer_saved_bytes_per_token"] * T, rel_tol=1e-9)
@@ -409,6 +412,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(m1, m2)
         return out
 
+    def rotary32_cat(width: int) -> int:
+        """Phi-3's under autocast: the same, then the rotated part and the pass-through joined in fp32 (cat)."""
+        out = rotary32(width)
+        joined = new(T * width * 4)
+        free(out)
+        return joined
+
     def nograd_mixed_layer(weight_copies: list[int]) -> int:
         """An fp32 decoder layer's forward under bf16 autocast and gradient checkpointing, as recorded: each tensor
         freed at its last use but the weights' bf16 copies, which autocast's cache keeps until the forward ends (into
@@ -428,6 +438,29 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             free(normed)
             return out
 
+        if fused_mixed:  # Phi-3: qkv_proj's output stays until its views' last use
+            n1 = nograd_norm32()
+            qkv = lin("qkv", q + 2 * kv)
+            qe, ke = rotary32_cat(q), rotary32_cat(kv)
+            qb, kb = new(T * q * act), new(T * kv * act)
+            so = new(T * q * act)
+            free(qb, kb)
+            contiguous = new(T * q * act)
+            free(so)
+            oo = lin("o", H, cast=False)
+            free(contiguous, qe, ke, qkv, n1)
+            r1 = new(T * H * 4)
+            free(oo)
+            n2 = nograd_norm32()
+            gu = lin("gate_up", 2 * I)
+            si = new(T * I * act)
+            prod = new(T * I * act)
+            free(si)
+            do = lin("down", H, cast=False)
+            free(prod, gu, n2)
+            r2 = new(T * H * 4)
+            free(do, r1)
+            return r2
         n1 = nograd_norm32()
         qo, ko, vo = lin("q", q), lin("k", kv), lin("v", kv)
         qe, ke = rotary32(q), rotary32(kv)
@@ -459,6 +492,27 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         checkpoint's)."""
         kept = [] if recompute else [residual[0]]
         n1 = norm32(kept)
+        if fused_mixed:  # Phi-3: one cast and copy for qkv_proj (its output whole under the views), rotary's fp32 cat,
+            kept.append(cast_linear("qkv", q + 2 * kv, kept))  # SDPA's bf16 q, k and output, o's contiguous copy
+            qe, ke = rotary32_cat(q), rotary32_cat(kv)
+            kept += [new(T * q * act), new(T * kv * act), new(T * q * act), new(T * q * act)]
+            oo = cast_linear("o", H, kept, cast=False)
+            free(qe, ke, n1)
+            r1 = new(T * H * 4)
+            kept.append(r1)
+            free(oo)
+            n2 = norm32(kept)
+            kept.append(cast_linear("gate_up", 2 * I, kept))
+            kept += [new(T * I * act), new(T * I * act)]   # act_fn(gate), the product
+            if recompute:
+                kept.append(new(copy_of["down"]))
+                free(n2)
+                return kept
+            do = cast_linear("down", H, kept, cast=False)
+            free(n2)
+            residual[0] = new(T * H * 4)
+            free(do)
+            return kept
         qo, ko = cast_linear("q", q, kept), cast_linear("k", kv, kept)
         kept.append(cast_linear("v", kv, kept))
         qe, ke = rotary32(q), rotary32(kv)
@@ -926,7 +980,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         stream's new fp32 gradient; the final norm (g_res None) has no sum."""
         t1, t2 = new(T * H * 4), new(T * H * 4)
         g()
-        free(normed, t2, g_in)
+        free(t2, g_in, normed)
         u1, u2 = new(T * H * 4), new(T * H * 4)
         free(u1, t1)
         total = None
@@ -936,7 +990,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         d = news([T * H * 4] * 4)
         free(d[2], d[1], d[0], x_in)
         out = new(T * H * 4)
-        free(d[3], *((total,) if total is not None else (u2,)))
+        free(total if total is not None else u2, d[3])
         return out
 
     def rotary32_backward(width: int, g32: int) -> int:
@@ -952,13 +1006,14 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(total, c2)
         return out
 
-    def cast_linear_backward(m: str, g_out: int, saved: tuple[int, ...], g, fp32_input: bool = True) -> int | None:
+    def cast_linear_backward(m: str, g_out: int, saved: tuple[int, ...], g, fp32_input: bool = True,
+                             out_first: bool = False) -> int | None:
         """A linear's backward under autocast: the bf16 weight gradient, the input's, the saved cast and copy (and the
         output's gradient) freed, the fp32 weight gradient (the parameter's), and the input's gradient back to fp32
         where the input was cast; that gradient's handle."""
         w16 = new(copy_of[m])
         gx16 = new(T * (I if m == "down" else q if m == "o" else H) * act)
-        free(*saved, g_out)
+        free(*((g_out, *saved) if out_first else (*saved, g_out)))
         g()
         free(w16)
         if not fp32_input:
@@ -967,41 +1022,90 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(gx16)
         return gx32
 
+    def explicit_mixed_fused_backward(sv: list[int], x_in: int, g_res: int, g16: int, g, first: bool):
+        """Phi-3's layer backward under bf16 autocast, as recorded: the fused projections' bf16 and fp32 weight
+        gradients (the output gradient released before the saved copy and input), mul's and chunk's gradients as in
+        16 bits, flash's, rotary's fp32 casts, the widening of q's and k's rotated parts, the views' sum into qkv's."""
+        (m1, cast1, wqkv, qkv, qb, kb, so, contiguous, wo, r1, m2, cast2, wgu, gu, si, prod, wd) = sv[:17]
+        gp = cast_linear_backward("down", g16, (wd, prod), lambda: g("down"), fp32_input=False, out_first=True)
+        ga, gup = new(T * I * act), new(T * I * act)
+        free(gp, si)
+        gg = new(T * I * act)                 # silu_backward
+        free(ga, gu)
+        gcat = new(T * 2 * I * act)
+        free(gg, gup)
+        gx = cast_linear_backward("gate_up", gcat, (wgu, cast2), lambda: g("gate_up"), out_first=True)
+        g_res = norm32_backward(gx, m2, r1, g_res, lambda: g("n2"))
+        g16 = new(T * H * act)
+        gso = cast_linear_backward("o", g16, (wo, contiguous), lambda: g("o"), fp32_input=False, out_first=True)
+        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        free(gso, kb, qb, qkv, so)
+        gk32 = new(T * kv * 4)
+        free(gk)
+        gq32 = new(T * q * 4)
+        free(gq)
+        rk, rq = rotary32_backward(kv, gk32), rotary32_backward(q, gq32)
+        grads = []
+        for width, rot in ((kv, rk), (q, rq)):   # the rotated part's gradient widened (slice_backward), then summed
+            widened = new(T * width * act)
+            grads.append(new(T * width * act))
+            free(widened, rot)
+        ck = new(T * kv * act)
+        free(grads[0])
+        cq = new(T * q * act)
+        free(grads[1])
+        wide = T * (q + 2 * kv) * act
+        s1 = new(wide)
+        free(gv)
+        s2 = new(wide)
+        free(ck)
+        a1 = new(wide)
+        free(s1, s2)
+        s3 = new(wide)
+        free(cq)
+        gqkv = new(wide)
+        free(a1, s3)
+        gx = cast_linear_backward("qkv", gqkv, (wqkv, cast1), lambda: g("qkv"), out_first=True)
+        g_res = norm32_backward(gx, m1, x_in, g_res, lambda: g("n1"))
+        return g_res, (None if first else new(T * H * act))
+
     def explicit_mixed_backward(sv: list[int], x_in: int, g_res: int, g16: int | None, g, first: bool):
         """A fully trained fp32 layer's backward under bf16 autocast, as recorded: each projection's bf16 gradients and
         its weight's fp32 one, the casts' gradients back to fp32; the residual stream's new fp32 gradient and, above the
         first layer, the bf16 cast of it that the layer below's down projection takes."""
+        if fused_mixed:
+            return explicit_mixed_fused_backward(sv, x_in, g_res, g16, g, first)
         (m1, cast_q, wq, cast_k, wk, cast_v, wv, vo, qb, kb, so, wo, r1, m2, cast_g, wg, go, si, cast_u, wu, uo, prod,
          wd) = sv[:23]
-        gp = cast_linear_backward("down", g16, (prod, wd), lambda: g("down"), fp32_input=False)
+        gp = cast_linear_backward("down", g16, (wd, prod), lambda: g("down"), fp32_input=False, out_first=True)
         gu, gs = new(T * I * act), new(T * I * act)
-        free(si, uo, gp)
-        gx_u = cast_linear_backward("up", gu, (cast_u, wu), lambda: g("up"))
+        free(gp, uo, si)
+        gx_u = cast_linear_backward("up", gu, (wu, cast_u), lambda: g("up"), out_first=True)
         gg = new(T * I * act)                 # silu_backward
-        free(go, gs)
-        gx_g = cast_linear_backward("gate", gg, (cast_g, wg), lambda: g("gate"))
+        free(gs, go)
+        gx_g = cast_linear_backward("gate", gg, (wg, cast_g), lambda: g("gate"), out_first=True)
         gn = new(T * H * 4)
         free(gx_u, gx_g)
         g_res = norm32_backward(gn, m2, r1, g_res, lambda: g("n2"))
         g16 = new(T * H * act)
-        gso = cast_linear_backward("o", g16, (wo,), lambda: g("o"), fp32_input=False)
+        gso = cast_linear_backward("o", g16, (wo,), lambda: g("o"), fp32_input=False, out_first=True)
         gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-        free(so, vo, qb, kb, gso)
+        free(gso, kb, qb, vo, so)
         gk32 = new(T * kv * 4)
         free(gk)
         gq32 = new(T * q * 4)
         free(gq)
         gk = rotary32_backward(kv, gk32)
         gq = rotary32_backward(q, gq32)
-        gx_v = cast_linear_backward("v", gv, (cast_v, wv), lambda: g("v"))
+        gx_v = cast_linear_backward("v", gv, (wv, cast_v), lambda: g("v"), out_first=True)
         ck = new(T * kv * act)
         free(gk)
-        gx_k = cast_linear_backward("k", ck, (cast_k, wk), lambda: g("k"))
+        gx_k = cast_linear_backward("k", ck, (wk, cast_k), lambda: g("k"), out_first=True)
         gx_vk = new(T * H * 4)
         free(gx_v, gx_k)
         cq = new(T * q * act)
         free(gq)
-        gx_q = cast_linear_backward("q", cq, (cast_q, wq), lambda: g("q"))
+        gx_q = cast_linear_backward("q", cq, (wq, cast_q), lambda: g("q"), out_first=True)
         gn = new(T * H * 4)
         free(gx_vk, gx_q)
         g_res = norm32_backward(gn, m1, x_in, g_res, lambda: g("n1"))
@@ -1527,9 +1631,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 # gradients into a new tensor (input_buffer.cpp accumulate: old_var + var), which AccumulateGrad takes
                 # as the gradient - or adds in place into the one an earlier micro-batch left
                 emb_grad = new(V * H * wb)
-                if gemma:
-                    free(g_res)
-                    g_res = None
+                free(g_res)            # the embedding backward's incoming gradient goes before the sum
+                g_res = None
                 total = new(V * H * wb)
                 free(head_grad)
                 free(emb_grad)
