@@ -502,10 +502,15 @@ def test_lora_keeps_each_modules_output_and_writes_the_layer_as_recorded():
             "lora_q": 1, "lora_v": 1}
     events, fwd, bwd = _phase(lora, "fwd0", "bwd0")
     ops = _ops(events, fwd, bwd)
-    norm = a(32, 32) + f(32) + a(32, 16, 16) + f(16, 32)
+    # the first layer: nothing before its input norm requires grad (the frozen embedding's output; peft makes the
+    # inputs require grad only under checkpointing), so the fp32 copy (32) goes once the normalized product exists
+    norm = a(32, 32) + f(32) + a(32) + f(32) + a(16, 16) + f(16, 32)
     q = a(16, 32, 4, 32, 32) + f(32) + a(32) + f(32, 16) + a(16) + f(32)
     v = a(8, 32, 4, 16, 16) + f(16) + a(16) + f(16, 8) + a(8) + f(16)
     assert ops[:1 + len(norm) + len(q) + 1 + len(v)] == a(16) + norm + q + a(8) + v
+    # a later layer's norm keeps it
+    events, fwd, bwd = _phase({**lora, "n_layers": 2}, "fwd0", "bwd0")
+    assert _contains(_ops(events, fwd, bwd), a(32, 32) + f(32) + a(32, 16, 16) + f(16, 32) + q)
 
 
 def test_the_optimizers_lists_are_freed_as_python_frees_them():
@@ -605,10 +610,20 @@ def test_lora_backward_sums_each_modules_input_gradients_as_they_arrive():
     # (16) summed in (16), the base's (16) and the total (16).
     lora = {**LLAMA16, "method_full": 0, "lora_rank": 1, "moment_bytes": 4, "layer_saved_bytes_per_token": 280,
             "head_saved_bytes": 32, "lora_q": 1, "lora_v": 1}
-    events, bwd, opt = _phase(lora, "bwd0", "opt0")
+    events, bwd, opt = _phase({**lora, "n_layers": 2}, "bwd0", "opt0")   # the second layer (the first is below)
     allocs = [s for op, s in _ops(events, bwd, opt) if op == "a"]
     expected = [16, 8, 16, 32, 16, 32, 16, 16, 16] + [8, 16, 16] + [16, 32, 16, 32, 32, 32, 32, 16, 16, 16, 16]
     assert any(allocs[k:k + len(expected)] == expected for k in range(len(allocs)))
+    # The first layer (no checkpointing) needs no input gradient below its attention: v's output gradient in fp32 (16;
+    # the incoming 8 goes) and x scaling's (16), its adapters' gradients (A 8 x 1 x 4 = 32, B 16), then x scaling's,
+    # its saved fp32 input (32) and lora_A's output (4) go; k's contiguous copy (8) and nothing else for frozen k; q's
+    # copy (16), fp32 gradient (32), x scaling's (32), adapters' (32, 32): no base input gradients, no sums, no norm
+    # backward - backward ends there.
+    events, bwd, opt = _phase(lora, "bwd0", "opt0")
+    ops = _ops(events, bwd, opt)
+    tail = a(16) + f(8) + a(16) + f(16) + a(32, 16) + f(16, 32, 4) + a(8) + f(8, 8) \
+        + a(16) + f(16) + a(32) + f(16) + a(32) + f(32) + a(32, 32) + f(32, 32, 4)
+    assert ops[-len(tail):] == tail
 
 
 def test_qwen3s_head_norms_are_written_in_the_layer():
@@ -803,3 +818,29 @@ def test_phi3s_autocast_layer_casts_once_per_fused_projection():
     ops = _ops(events, fwd, bwd)
     assert _contains(ops, NORM32[:2] + a(32, 32) + f(32) + a(16, 384, 48) + f(16) + ROT32_CAT)
     assert ops.index(("f", 384)) > ops.index(("a", 256))  # after the layer (down's copy), with the forward's end
+
+
+# LoRA rank 1 on q and v of a Mistral-style layer (kv 4 of q 8: grouped heads) with its window on the layer, 1 token:
+# SDPA gets the converted mask, so transformers repeats k and v to the query heads (repeat_kv: 16 each) and the
+# memory-efficient kernel saves them, the mask (1 x 1 x 2 = 2) and its logsumexp (2 heads x 32 x 4 = 256). The inventory:
+# 280 as above, plus the mask's 2 and the copies' excess over k and v, 2 x (8 - 4) x 2 = 16: 298.
+MISTRAL_WINDOW_LORA = {**LLAMA16, "method_full": 0, "lora_rank": 1, "moment_bytes": 4, "head_saved_bytes": 32,
+                       "lora_q": 1, "lora_v": 1, "layer_saved_bytes_per_token": 298,
+                       "train_mask_bytes_per_token_layer": 18, "seq": 1, "n_heads": 2, "n_layers": 2}
+
+
+def test_lora_on_a_windowed_layer_with_grouped_heads_saves_the_repeated_keys_and_values():
+    # after rotary, q's and k's projections go (16, 8); repeat_kv's k and v (16, 16), the converted mask (2, its
+    # logical_not 1 freed), the kernel's output (16) and logsumexp (256); frozen o's output (16); then the rotated k
+    # and v, locals of the attention, go (8, 8) with the norm's output (16); the residual sum (16), o's output goes
+    events, fwd, bwd = _phase(MISTRAL_WINDOW_LORA, "fwd0", "bwd0")
+    assert _contains(_ops(events, fwd, bwd), f(16, 8) + a(16, 16, 2, 1) + f(1) + a(16, 256, 16) + f(8, 8, 16) + a(16)
+                     + f(16))
+    # backward: o's input gradient (16), the kernel's three (16 each: q-head wide), the gradient and the node's saved
+    # tensors released (16; mask 2, k's copy, q, v's copy, logsumexp 256, output), then repeat_kv's sums back to the
+    # KV heads (8 each) - v's first, made later in the forward - each copy's gradient freed
+    events, b0, o0 = _phase(MISTRAL_WINDOW_LORA, "bwd0", "opt0")
+    assert _contains(_ops(events, b0, o0), a(16, 16, 16, 16) + f(16, 2, 16, 16, 16, 256, 16) + a(8) + f(16) + a(8) + f(16))
+    # the window's bool mask (1 byte) goes at the head with the embedding's output (16)
+    events, fwd, bwd = _phase(MISTRAL_WINDOW_LORA, "fwd0", "bwd0")
+    assert _contains(_ops(events, fwd, bwd), f(16, 16, 1))

@@ -60,7 +60,10 @@ one piece before the others (recorded replays of Phi-3 mini and Mistral 7B v0.1 
 Phi-3 fully trained in 16 bits with its window (no grouped heads) is written op by op: masking_utils' bool mask after
 the embedding, and per layer the mask's conversion (zeros_like kept, logical_not freed) and the memory-efficient
 kernel's output - (batch, tokens, heads, dim) already, so o_proj reads it without a copy - and logsumexp (saved
-where grad is on: attention.cpp should_compute_logsumexp).
+where grad is on: attention.cpp should_compute_logsumexp). LoRA on a Llama-style layer with its window (Mistral v0.1)
+likewise, with repeat_kv's key and value copies where the KV heads are grouped (SDPA saves those, not k and v) and
+their sums in backward. LoRA without checkpointing: the frozen embedding's output does not require grad, so the first
+layer's input norm saves nothing and its q, k, v make only their adapters' gradients.
 
 Per-head q / k norms (Qwen3, Gemma 3): their saved fp32 inputs (and, trained, normalized inputs), q_dim and kv_dim
 wide, are pieces of their own; their forward temporaries are not written.
@@ -298,6 +301,12 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
     # Phi-3 with its window on every layer (no grouped heads, so no repeat_kv): SDPA's memory-efficient kernel with the
     # converted mask, one batch x seq x seq tensor a layer
     wmask = fused and kv == q and heads > 0 and S > 0 and T % S == 0 and math.isclose(mask, T * S * act, rel_tol=1e-9)
+    # LoRA on a Llama-style layer with a window on every layer (Mistral v0.1): the same kernel, and with grouped KV heads
+    # repeat_kv's copies of k and v (query-head wide) in SDPA's saved tensors instead of k and v themselves
+    lmask = bool(mask) and not full and not (fqkv or fgu or qkn) and heads > 0 and S > 0 and T % S == 0 \
+        and math.isclose(mask, T * (S * act + (2 * (q - kv) * act if kv < q else 0)), rel_tol=1e-9)
+    if lmask:  # the mask's bytes are the converted mask and the copies' excess over k and v
+        explicit_saved += mask
     # Phi-3 with fp32 weights under bf16 autocast: one input cast and weight copy for each fused projection
     fused_mixed = fqkv and fgu and full and mixed and not mask
     if fused_mixed:
@@ -314,7 +323,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         and math.isclose(scores, score * (6 + (act if v.get("attn_softcap") else 0)), rel_tol=1e-9) \
         and math.isclose(T * (32 * H + act * (2 * H + 4 * q + 4 * I)) + scores, v["layer_saved_bytes_per_token"] * T,
                          rel_tol=1e-9)
-    explicit = gemma or not v.get("gemma2_layer") and (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not ((mask and not wmask) or scores) \
+    explicit = gemma or not v.get("gemma2_layer") and (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not ((mask and not (wmask or lmask)) or scores) \
         and (fused or fused_mixed or not (fqkv or fgu)) \
         and (resid < 4 or (mixed and full and act < 4)) \
         and not (qkn and (mixed or fused)) \
@@ -351,13 +360,15 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             free(x32, a_out)
         return out
 
-    def norm(kept: list[int], width: int = H, saves_output: bool = True) -> int:
+    def norm(kept: list[int], width: int = H, saves_output: bool = True, saves_input: bool = True) -> int:
         """LlamaRMSNorm.forward on a 16-bit input: the fp32 copy (saved), its square, the normalized fp32 product, its
         16-bit copy and the weight's product (the output's handle). Qwen3's q_norm / k_norm run it per head (``width``
         q or kv); their output feeds rotary, which does not save it."""
         kept.append(new(T * width * 4))
         free(new(T * width * 4))
         normed = new(T * width * 4)
+        if not saves_input:  # nothing before it requires grad: the fp32 copy is not saved
+            free(kept[-1])
         copy = new(T * width * act)
         out = new(T * width * act)
         if full:  # the 16-bit copy is saved for the weight's gradient, the output for the projections' weights'
@@ -558,7 +569,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
 
     # the memory-efficient kernel's logsumexp, batch x heads x seq in fp32 with seq padded to 32 (kAlignLSE,
     # aten/src/ATen/native/transformers/cuda/attention.cu _efficient_attention_forward)
-    lse_bytes = (T // S) * heads * -(-S // 32) * 32 * 4 if wmask else 0
+    lse_bytes = (T // S) * heads * -(-S // 32) * 32 * 4 if wmask or lmask else 0
 
     def sdpa_mask() -> int:
         """SDPA's bool mask converted for the kernel (attention.cpp convert_boolean_attn_mask): zeros_like in the
@@ -611,7 +622,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         vo = lin("v", H, kv)
         qe, ke = rotary(q), rotary(kv)
         free(qo, ko)
-        so = new(T * q * act)
+        if lmask:  # repeat_kv's copies, the converted mask and the kernel's output; the first three go at its return
+            reps = [new(T * q * act), new(T * q * act)] if kv < q else []
+            converted = sdpa_mask()
+            so = new(T * q * act)
+            free(converted, *reps)
+        else:
+            so = new(T * q * act)
         oo = lin("o", q, H)
         free(so, qe, ke, vo, n1)
         r1 = new(T * H * act)
@@ -658,7 +675,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         residual[0] = r2
         return kept
 
-    def explicit_layer(recompute: bool = False) -> tuple[list[int], dict]:
+    def explicit_layer(recompute: bool = False, first: bool = False) -> tuple[list[int], dict]:
         """A 16-bit decoder layer's forward, fully trained or with LoRA on a frozen base, as recorded (transformers 5.17,
         peft 0.21, SDPA): the saved tensors in order, and by name for LoRA's backward; the layer's output becomes the
         residual. Trained, the norms save their fp32 copy, 16-bit copy and output and the MLP's product is saved;
@@ -670,7 +687,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             return explicit_fused_layer(recompute), {}
         kept: list[int] = []
         nm: dict = {}
-        n1 = norm(kept)
+        n1 = norm(kept, saves_input=not first)
         nm["x32_1"] = kept[0]
         qo = head_normed(q, module("q", H, q, kept, nm), kept)
         if qkn and not full:
@@ -681,9 +698,17 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         nm["vo"] = module("v", H, kv, kept, nm)
         nm["qe"], nm["ke"] = rotary(q), rotary(kv)
         free(qo, ko)
-        nm["so"] = new(T * q * act)
-        kept += [nm["vo"], nm["qe"], nm["ke"], nm["so"]]
+        if lmask:  # SDPA saves q, repeat_kv's copies of k and v, the converted mask, its output and logsumexp
+            nm["kr"], nm["vr"] = (new(T * q * act), new(T * q * act)) if kv < q else (nm["ke"], nm["vo"])
+            nm["mask"] = sdpa_mask()
+            nm["so"], nm["lse"] = new(T * q * act), new(lse_bytes)
+            kept += [nm["qe"], nm["kr"], nm["vr"], nm["mask"], nm["so"], nm["lse"]]
+        else:
+            nm["so"] = new(T * q * act)
+            kept += [nm["vo"], nm["qe"], nm["ke"], nm["so"]]
         oo = module("o", q, H, kept, nm)
+        if lmask and kv < q:  # k's rotated copy and v, locals to the attention's return
+            free(nm["ke"], nm["vo"])
         if not full:
             free(n1)
         r1 = new(T * H * act)
@@ -776,9 +801,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(total, m2)
         return out
 
-    def frozen_norm_backward(g_in: int, x32: int, g_res: int | None, x_in: int | None = None, width: int = H) -> int:
+    def frozen_norm_backward(g_in: int, x32: int, g_res: int | None, x_in: int | None = None, width: int = H,
+                             last: tuple = ()) -> int:
         """A frozen LlamaRMSNorm's backward (LoRA): the weight's product alone, then as a trained one's."""
-        return norm_backward(g_in, None, x32, g_res, None, x_in, width)
+        return norm_backward(g_in, None, x32, g_res, None, x_in, width, last)
 
     def lora_backward_start(ow: int, g_out: int, free_out: bool) -> tuple[int, int]:
         """An adapted module's backward up to its saved tensors: the output's gradient in fp32 (the final cast's),
@@ -825,24 +851,71 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(acc, g_x)
         return total
 
-    def explicit_lora_backward(nm: dict, g_res: int, g, x_in: int | None, down_started=None) -> int:
-        """A LoRA layer's backward as recorded (down's start may have run before the recomputation)."""
+    def lora_weights_backward(m: str, ow: int, g_out: int, nm: dict, g) -> None:
+        """An adapted module's backward where its input needs no gradient (the first layer's q, k, v without
+        checkpointing): the output's gradient in fp32, x scaling's, the adapters' gradients; no base or input gradient."""
+        if not lora_on.get(m):
+            free(g_out)
+            return
+        g_total = new(T * ow * 4)
+        free(g_out)
+        g_b = new(T * ow * 4)
+        free(g_total)
+        g(m)
+        free(g_b, *nm[m])
+
+    def explicit_lora_backward(nm: dict, g_res: int, g, x_in: int | None, down_started=None, last: tuple = (),
+                               first: bool = False) -> int | None:
+        """A LoRA layer's backward as recorded (down's start may have run before the recomputation); the first layer
+        without checkpointing stops at q's, k's and v's adapters (``first``: its input needs no gradient), its incoming
+        residual gradient gone with o's."""
         if down_started is not None:
             gp = lora_backward_end("down", I, down_started, nm, None, g)
         else:
             gp = lora_module_backward("down", I, H, g_res, False, nm, None, g)
+        rc = x_in is not None   # recomputed: checkpoint's unpack hands the saved tensors over, they go first
         gu, gs = new(T * I * act), new(T * I * act)
-        free(nm["si"], nm["uo"], gp)
+        free(*((nm["si"], nm["uo"], gp) if rc else (gp, nm["uo"], nm["si"])))
         acc = lora_module_backward("up", H, I, gu, True, nm, None, g)
         gg = new(T * I * act)                 # silu_backward
-        free(nm["go"], gs)
+        free(*((nm["go"], gs) if rc else (gs, nm["go"])))
         acc = lora_module_backward("gate", H, I, gg, True, nm, acc, g)
         g_res = frozen_norm_backward(acc, nm["x32_2"], g_res)
-        gso = lora_module_backward("o", q, H, g_res, False, nm, None, g)
-        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-        free(nm["so"], nm["vo"], nm["qe"], nm["ke"], gso)
-        gk = rotary_backward(kv, gk)
-        gq = rotary_backward(q, gq)
+        gso = lora_module_backward("o", q, H, g_res, first, nm, None, g)
+        if lmask:  # the efficient kernel's backward; repeat_kv's sums (v's, made later, first); v's gradient made
+            gq, gkr, gvr = new(T * q * act), new(T * q * act), new(T * q * act)  # contiguous for its projection
+            free(gso, *((nm["lse"], nm["vr"], nm["kr"], nm["qe"], nm["mask"], nm["so"]) if rc
+                        else (nm["mask"], nm["kr"], nm["qe"], nm["vr"], nm["lse"], nm["so"])))
+            if kv < q:
+                gv = new(T * kv * act)
+                free(gvr)
+                gk = new(T * kv * act)
+                free(gkr)
+            else:
+                gk, gv = gkr, gvr
+            gk = rotary_backward(kv, gk)
+            gq = rotary_backward(q, gq)
+            cv = new(T * kv * act)
+            free(gv)
+            gv = cv
+        else:
+            gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+            free(*((nm["so"], nm["vo"], nm["qe"], nm["ke"], gso) if rc else (gso, nm["ke"], nm["qe"], nm["vo"], nm["so"])))
+            gk = rotary_backward(kv, gk)
+            gq = rotary_backward(q, gq)
+        if first:
+            lora_weights_backward("v", kv, gv, nm, g)
+            if qkn:
+                gk = frozen_norm_backward(gk, nm["x32k"], None, width=kv)
+            ck = new(T * kv * act)
+            free(gk)
+            lora_weights_backward("k", kv, ck, nm, g)
+            if qkn:
+                gq = frozen_norm_backward(gq, nm["x32q"], None, width=q)
+            cq = new(T * q * act)
+            free(gq)
+            lora_weights_backward("q", q, cq, nm, g)
+            return None
         acc = lora_module_backward("v", H, kv, gv, True, nm, None, g)
         if qkn:
             gk = frozen_norm_backward(gk, nm["x32k"], None, width=kv)
@@ -854,7 +927,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         cq = new(T * q * act)
         free(gq)
         acc = lora_module_backward("q", H, q, cq, True, nm, acc, g)
-        return frozen_norm_backward(acc, nm["x32_1"], g_res, x_in)
+        return frozen_norm_backward(acc, nm["x32_1"], g_res, x_in, last=last)
 
     def explicit_fused_backward(sv: list[int], g_res: int, g, x_in: int | None, last: tuple = ()) -> int:
         """Phi-3's layer backward as recorded: mul's gradients (act_fn's first), chunk's backward joining the two halves
@@ -1418,7 +1491,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 tables = _rotary_tables(w, S, q // heads, act)   # cos, sin: saved by every layer's rotary
             else:
                 x = new(T * H * resid)
-                if wmask:  # masking_utils' sliding-window bool mask for the batch, (1, 1, seq, seq)
+                if wmask or lmask:  # masking_utils' sliding-window bool mask for the batch, (1, 1, seq, seq)
                     window_mask = _bool_mask(w, T // S, S, S, True)
             residual[:] = [x, x]
             for _i in range(L):
@@ -1436,7 +1509,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 if explicit and mixed:
                     pieces, weight_copies = explicit_mixed_layer(), []
                 elif explicit:
-                    pieces, named = explicit_layer()
+                    # LoRA without checkpointing: the frozen embedding's output does not require grad (peft makes
+                    # the inputs require grad only for checkpointing), so the first layer's input norm saves nothing
+                    pieces, named = explicit_layer(first=_i == 0 and not full)
                     lora_named.append(named)
                     weight_copies = []
                 else:
@@ -1471,7 +1546,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     head_out = normed_head
                 free(x)
                 if not gc:
-                    free(residual[1], *((window_mask,) if wmask else ()))
+                    free(residual[1], *((window_mask,) if wmask or lmask else ()))
                 head_saved = None
             else:
                 head_saved = new(v["head_saved_bytes"])
@@ -1566,9 +1641,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                     if gc:
                         started = lora_backward_start(H, g_res, False)
                         named = explicit_layer(True)[1]
-                        g_res = explicit_lora_backward(named, g_res, g, saved[i][0], started)
+                        g_res = explicit_lora_backward(named, g_res, g, saved[i][0], started,
+                                                       (window_mask,) if lmask and i == 0 else ())
                     else:
-                        g_res = explicit_lora_backward(lora_named[i], g_res, g, None)
+                        g_res = explicit_lora_backward(lora_named[i], g_res, g, None, first=i == 0)
                     continue
                 if gemma and gc:  # Gemma2Config layer_types: even layers slide; the last checkpoint holding each input
                     last = (masks[-1], *tables) if i == 0 else (masks[0],) if i == 1 and len(masks) > 1 else ()
