@@ -65,6 +65,17 @@ def lora_target_cases():
                        "workload": "finetuning", "hf_config": MODELS[model], "settings": st}
 
 
+def full_runs(runs, tag: str = "", **settings):
+    """Full fine-tuning cases from (model, config, weights dtype, optimizer, checkpointing, batch, seq, accumulation)."""
+    for model, cfg, dtype, opt, gc, b, s, ga in runs:
+        st = dict(method="full", weights_dtype=dtype, gradient_checkpointing=gc, batch_size=b, seq_length=s,
+                  optimizer="bitsandbytes AdamW8bit" if opt == "adamw8bit" else "torch.optim.AdamW", **settings)
+        if ga > 1:
+            st["gradient_accumulation_steps"] = ga
+        yield {"id": f"sim-{model}-{tag}full-{dtype}-{opt}-gc{int(gc)}-b{b}-s{s}" + (f"-ga{ga}" if ga > 1 else ""),
+               "model": model, "workload": "finetuning", "hf_config": cfg, "settings": st}
+
+
 def gemma2_cases():
     """Gemma 2 fully trained with eager attention (its op-by-op layer): 2B in bf16 at several batch shapes with and
     without checkpointing, past its 4096-token window (8192: the sliding layers' mask differs from the causal one),
@@ -79,13 +90,7 @@ def gemma2_cases():
             ("gemma-2-2b", measure.GEMMA2_2B, "bf16", "adamw8bit", True, 4, 1024, 1),
             ("gemma-2-2b", measure.GEMMA2_2B, "fp32", "adamw", True, 2, 1024, 1),
             ("gemma-2-9b", GEMMA2_9B, "bf16", "adamw", True, 1, 2048, 1)]
-    for model, cfg, dtype, opt, gc, b, s, ga in runs:
-        st = dict(method="full", weights_dtype=dtype, gradient_checkpointing=gc, batch_size=b, seq_length=s,
-                  optimizer="bitsandbytes AdamW8bit" if opt == "adamw8bit" else "torch.optim.AdamW", attention="eager")
-        if ga > 1:
-            st["gradient_accumulation_steps"] = ga
-        yield {"id": f"sim-{model}-eager-full-{dtype}-{opt}-gc{int(gc)}-b{b}-s{s}" + (f"-ga{ga}" if ga > 1 else ""),
-               "model": model, "workload": "finetuning", "hf_config": cfg, "settings": st}
+    yield from full_runs(runs, "eager-", attention="eager")
 
 
 def phi3_cases():
@@ -101,13 +106,7 @@ def phi3_cases():
             ("phi-3-medium", PHI3_MEDIUM, "fp32", "adamw8bit", True, 2, 1024, 1),
             ("phi-3-medium", PHI3_MEDIUM, "bf16", "adamw", True, 4, 1024, 1),
             ("llama-3.2-3b", measure.LLAMA3B, "fp32", "adamw", False, 4, 1024, 2)]
-    for model, cfg, dtype, opt, gc, b, s, ga in runs:
-        st = dict(method="full", weights_dtype=dtype, gradient_checkpointing=gc, batch_size=b, seq_length=s,
-                  optimizer="bitsandbytes AdamW8bit" if opt == "adamw8bit" else "torch.optim.AdamW")
-        if ga > 1:
-            st["gradient_accumulation_steps"] = ga
-        yield {"id": f"sim-{model}-full-{dtype}-{opt}-gc{int(gc)}-b{b}-s{s}" + (f"-ga{ga}" if ga > 1 else ""),
-               "model": model, "workload": "finetuning", "hf_config": cfg, "settings": st}
+    yield from full_runs(runs)
 
 
 def main(out: str, lora_targets: bool = False, gemma2: bool = False, phi3: bool = False) -> int:

@@ -208,6 +208,29 @@ def _bool_mask(w: caching.Writer, batch: int, s: int, kv: int, window: bool) -> 
     return m
 
 
+def eager_scores(w: caching.Writer, score: int, a: int, capped: bool, qc: int = 0) -> int:
+    """Eager attention's scores without autograd (Gemma 2's generation, a checkpointed training forward): q @ k^T (q's
+    copy, where matmul needed one, goes once read), x scaling (then / softcap, tanh, x softcap where capped), + the
+    mask, softmax in fp32 (the fp32 copy goes) and its 16-bit copy (the softmax's output and the masked scores go);
+    ``score`` elements a tensor. The probabilities' handle."""
+    new, free = w.new, w.free
+    sc = new(score * a)
+    if qc:
+        free(qc)
+    for _ in range(1 + 3 * capped):
+        nxt = new(score * a)
+        free(sc)
+        sc = nxt
+    masked = new(score * a)
+    free(sc)
+    f32 = new(score * 4)
+    sm = new(score * 4)
+    free(f32)
+    probs = new(score * a)
+    free(sm, masked)
+    return probs
+
+
 def _grow_cache(w: caching.Writer, cache: list[int], layer: int, nbytes: int, sliding: bool) -> None:
     """Layer ``layer``'s keys and values after a forward, ``nbytes`` each: DynamicLayer concatenates the keys, then the
     values, each releasing the tensor it replaces at once; DynamicSlidingWindowLayer concatenates both, then drops the
@@ -618,20 +641,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
                 rk, rv = new(B * kv * Q * a), new(B * kv * Q * a)
             qc = new(t * Q * a) if s > 1 and B > 1 else 0  # matmul merges (B, heads) of q laid out (B, s, heads, hd)
             score = B * v.n_heads * s * kv
-            sc = new(score * a)
-            if qc:
-                free(qc)
-            for _ in range(1 + 3 * v.attn_softcap):  # x scaling (then / softcap, tanh, x softcap where capped)
-                nxt_sc = new(score * a)
-                free(sc)
-                sc = nxt_sc
-            masked = new(score * a)
-            free(sc)
-            f32 = new(score * 4)
-            sm = new(score * 4)
-            free(f32)
-            probs = new(score * a)
-            free(sm, masked)
+            probs = eager_scores(w, score, a, bool(v.attn_softcap), qc)
             ao = new(t * Q * a)
             if s > 1:
                 aoc = new(t * Q * a)

@@ -85,7 +85,7 @@ from functools import lru_cache
 from typing import NamedTuple
 
 from . import caching
-from .inference import _bool_mask, _rotary_tables, rope_events
+from .inference import _bool_mask, _rotary_tables, eager_scores, rope_events
 
 #: The calibration method's run: three AdamW steps (benchmarks/measured/measure.py).
 STEPS = 3
@@ -507,38 +507,26 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             kept.append(cast_linear("qkv", q + 2 * kv, kept))  # SDPA's bf16 q, k and output, o's contiguous copy
             qe, ke = rotary32_cat(q), rotary32_cat(kv)
             kept += [new(T * q * act), new(T * kv * act), new(T * q * act), new(T * q * act)]
-            oo = cast_linear("o", H, kept, cast=False)
-            free(qe, ke, n1)
-            r1 = new(T * H * 4)
-            kept.append(r1)
-            free(oo)
-            n2 = norm32(kept)
-            kept.append(cast_linear("gate_up", 2 * I, kept))
-            kept += [new(T * I * act), new(T * I * act)]   # act_fn(gate), the product
-            if recompute:
-                kept.append(new(copy_of["down"]))
-                free(n2)
-                return kept
-            do = cast_linear("down", H, kept, cast=False)
-            free(n2)
-            residual[0] = new(T * H * 4)
-            free(do)
-            return kept
-        qo, ko = cast_linear("q", q, kept), cast_linear("k", kv, kept)
-        kept.append(cast_linear("v", kv, kept))
-        qe, ke = rotary32(q), rotary32(kv)
-        free(qo, ko)
-        kept += [new(T * q * act), new(T * kv * act), new(T * q * act)]  # SDPA's bf16 q and k, its output
+        else:
+            qo, ko = cast_linear("q", q, kept), cast_linear("k", kv, kept)
+            kept.append(cast_linear("v", kv, kept))
+            qe, ke = rotary32(q), rotary32(kv)
+            free(qo, ko)
+            kept += [new(T * q * act), new(T * kv * act), new(T * q * act)]  # SDPA's bf16 q and k, its output
         oo = cast_linear("o", H, kept, cast=False)
         free(qe, ke, n1)
         r1 = new(T * H * 4)
         kept.append(r1)
         free(oo)
         n2 = norm32(kept)
-        kept.append(cast_linear("gate", I, kept))
-        kept.append(new(T * I * act))          # act_fn(gate)
-        kept.append(cast_linear("up", I, kept))
-        kept.append(new(T * I * act))          # act_fn(gate) x up
+        if fused_mixed:
+            kept.append(cast_linear("gate_up", 2 * I, kept))
+            kept += [new(T * I * act), new(T * I * act)]   # act_fn(gate), the product
+        else:
+            kept.append(cast_linear("gate", I, kept))
+            kept.append(new(T * I * act))          # act_fn(gate)
+            kept.append(cast_linear("up", I, kept))
+            kept.append(new(T * I * act))          # act_fn(gate) x up
         if recompute:
             kept.append(new(copy_of["down"]))
             free(n2)
@@ -929,6 +917,38 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         acc = lora_module_backward("q", H, q, cq, True, nm, acc, g)
         return frozen_norm_backward(acc, nm["x32_1"], g_res, x_in, last=last)
 
+    def chunk_mlp_backward(gp: int, si: int, gu: int) -> int:
+        """Phi-3's MLP backward from the product's gradient: mul's gradients (act_fn's first), silu's, then chunk's
+        backward joining the gate and up halves (cat) for gate_up_proj; the joined gradient's handle."""
+        ga, gup = new(T * I * act), new(T * I * act)
+        free(gp, si)
+        gg = new(T * I * act)                 # silu_backward
+        free(ga, gu)
+        gcat = new(T * 2 * I * act)
+        free(gg, gup)
+        return gcat
+
+    def qkv_views_backward(grads: list[int], gv: int) -> int:
+        """The end of Phi-3's q / k / v backward: k's and q's gradients made contiguous (``grads``: k's, q's), then the
+        three views' gradients each widened to qkv_proj's width (slice_backward) and summed (v's and k's, then q's);
+        the joined gradient's handle."""
+        ck = new(T * kv * act)
+        free(grads[0])
+        cq = new(T * q * act)
+        free(grads[1])
+        wide = T * (q + 2 * kv) * act
+        s1 = new(wide)
+        free(gv)
+        s2 = new(wide)
+        free(ck)
+        a1 = new(wide)
+        free(s1, s2)
+        s3 = new(wide)
+        free(cq)
+        gqkv = new(wide)
+        free(a1, s3)
+        return gqkv
+
     def explicit_fused_backward(sv: list[int], g_res: int, g, x_in: int | None, last: tuple = ()) -> int:
         """Phi-3's layer backward as recorded: mul's gradients (act_fn's first), chunk's backward joining the two halves
         (cat) before gate_up_proj's weight gradient; rotary's on k then q, each back into its slice; the three views'
@@ -940,12 +960,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         g("down")
         gp = new(T * I * act)
         free(prod)
-        ga, gup = new(T * I * act), new(T * I * act)
-        free(gp, si)
-        gg = new(T * I * act)                 # silu_backward
-        free(ga, gu)
-        gcat = new(T * 2 * I * act)
-        free(gg, gup)
+        gcat = chunk_mlp_backward(gp, si, gu)
         g("gate_up")
         gx = new(T * H * act)
         free(gcat, n2)
@@ -966,21 +981,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             free(g_in)
             grads.append(new(T * width * act))
             free(widened, rot)
-        ck = new(T * kv * act)
-        free(grads[0])
-        cq = new(T * q * act)
-        free(grads[1])
-        wide = T * (q + 2 * kv) * act
-        s1 = new(wide)
-        free(gv)
-        s2 = new(wide)
-        free(ck)
-        a1 = new(wide)
-        free(s1, s2)
-        s3 = new(wide)
-        free(cq)
-        gqkv = new(wide)
-        free(a1, s3)
+        gqkv = qkv_views_backward(grads, gv)
         g("qkv")
         gx = new(T * H * act)
         free(gqkv, n1)
@@ -1095,49 +1096,36 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(gx16)
         return gx32
 
+    def mixed_attention_backward(g16: int, o_saved: tuple, v_saved: int, qb: int, kb: int, so: int, g):
+        """Attention's backward under autocast: o's (bf16 and fp32 weight gradients), flash's (the gradient and the
+        saved k, q, v - or what holds v - and output released), q's and k's gradients cast to fp32 and through rotary's
+        backward; (k's, q's, v's gradients)."""
+        gso = cast_linear_backward("o", g16, o_saved, lambda: g("o"), fp32_input=False, out_first=True)
+        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
+        free(gso, kb, qb, v_saved, so)
+        gk32 = new(T * kv * 4)
+        free(gk)
+        gq32 = new(T * q * 4)
+        free(gq)
+        return rotary32_backward(kv, gk32), rotary32_backward(q, gq32), gv
+
     def explicit_mixed_fused_backward(sv: list[int], x_in: int, g_res: int, g16: int, g, first: bool):
         """Phi-3's layer backward under bf16 autocast, as recorded: the fused projections' bf16 and fp32 weight
         gradients (the output gradient released before the saved copy and input), mul's and chunk's gradients as in
         16 bits, flash's, rotary's fp32 casts, the widening of q's and k's rotated parts, the views' sum into qkv's."""
         (m1, cast1, wqkv, qkv, qb, kb, so, contiguous, wo, r1, m2, cast2, wgu, gu, si, prod, wd) = sv[:17]
         gp = cast_linear_backward("down", g16, (wd, prod), lambda: g("down"), fp32_input=False, out_first=True)
-        ga, gup = new(T * I * act), new(T * I * act)
-        free(gp, si)
-        gg = new(T * I * act)                 # silu_backward
-        free(ga, gu)
-        gcat = new(T * 2 * I * act)
-        free(gg, gup)
+        gcat = chunk_mlp_backward(gp, si, gu)
         gx = cast_linear_backward("gate_up", gcat, (wgu, cast2), lambda: g("gate_up"), out_first=True)
         g_res = norm32_backward(gx, m2, r1, g_res, lambda: g("n2"))
         g16 = new(T * H * act)
-        gso = cast_linear_backward("o", g16, (wo, contiguous), lambda: g("o"), fp32_input=False, out_first=True)
-        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-        free(gso, kb, qb, qkv, so)
-        gk32 = new(T * kv * 4)
-        free(gk)
-        gq32 = new(T * q * 4)
-        free(gq)
-        rk, rq = rotary32_backward(kv, gk32), rotary32_backward(q, gq32)
+        rk, rq, gv = mixed_attention_backward(g16, (wo, contiguous), qkv, qb, kb, so, g)
         grads = []
         for width, rot in ((kv, rk), (q, rq)):   # the rotated part's gradient widened (slice_backward), then summed
             widened = new(T * width * act)
             grads.append(new(T * width * act))
             free(widened, rot)
-        ck = new(T * kv * act)
-        free(grads[0])
-        cq = new(T * q * act)
-        free(grads[1])
-        wide = T * (q + 2 * kv) * act
-        s1 = new(wide)
-        free(gv)
-        s2 = new(wide)
-        free(ck)
-        a1 = new(wide)
-        free(s1, s2)
-        s3 = new(wide)
-        free(cq)
-        gqkv = new(wide)
-        free(a1, s3)
+        gqkv = qkv_views_backward(grads, gv)
         gx = cast_linear_backward("qkv", gqkv, (wqkv, cast1), lambda: g("qkv"), out_first=True)
         g_res = norm32_backward(gx, m1, x_in, g_res, lambda: g("n1"))
         return g_res, (None if first else new(T * H * act))
@@ -1161,15 +1149,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(gx_u, gx_g)
         g_res = norm32_backward(gn, m2, r1, g_res, lambda: g("n2"))
         g16 = new(T * H * act)
-        gso = cast_linear_backward("o", g16, (wo,), lambda: g("o"), fp32_input=False, out_first=True)
-        gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-        free(gso, kb, qb, vo, so)
-        gk32 = new(T * kv * 4)
-        free(gk)
-        gq32 = new(T * q * 4)
-        free(gq)
-        gk = rotary32_backward(kv, gk32)
-        gq = rotary32_backward(q, gq32)
+        gk, gq, gv = mixed_attention_backward(g16, (wo,), vo, qb, kb, so, g)
         gx_v = cast_linear_backward("v", gv, (wv, cast_v), lambda: g("v"), out_first=True)
         ck = new(T * kv * act)
         free(gk)
@@ -1229,20 +1209,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(qo, ko)
         kr, vr = new(T * q * act), new(T * q * act)
         qc = new(T * q * act) if T > S else 0
-        sc = new(score * act)
-        if qc:
-            free(qc)
-        for _ in range(1 + 3 * bool(v.get("attn_softcap"))):     # x scaling (then / cap, tanh, x cap)
-            nxt = new(score * act)
-            free(sc)
-            sc = nxt
-        masked = new(score * act)
-        free(sc)
-        f32 = new(score * 4)
-        sm = new(score * 4)
-        free(f32)
-        probs = new(score * act)
-        free(sm, masked)
+        probs = eager_scores(w, score, act, bool(v.get("attn_softcap")), qc)
         ao = new(T * q * act)
         aoc = new(T * q * act)
         free(ao, kr, vr)
