@@ -844,3 +844,13 @@ def test_lora_on_a_windowed_layer_with_grouped_heads_saves_the_repeated_keys_and
     # the window's bool mask (1 byte) goes at the head with the embedding's output (16)
     events, fwd, bwd = _phase(MISTRAL_WINDOW_LORA, "fwd0", "bwd0")
     assert _contains(_ops(events, fwd, bwd), f(16, 16, 1))
+
+
+def test_a_recomputed_layers_nodes_release_their_saved_tensors_before_the_incoming_gradient():
+    # gate_proj's backward in the 16-bit layer: its weight's gradient (16 x 8 x 2 = 256), the input's (16), then the
+    # node releases the incoming gradient (silu's, 32) and its saved input (the second norm's output, 16). Without
+    # checkpointing the gradient goes first (the saved input is released with the node); recomputed under
+    # checkpointing, checkpoint's unpack hook hands the saved input over and it goes first.
+    for gc, released in ((0, f(32, 16)), (1, f(16, 32))):
+        events, b0, o0 = _phase({**LLAMA16, "gradient_checkpointing": gc}, "bwd0", "opt0")
+        assert _contains(_ops(events, b0, o0), a(256, 16) + released), gc

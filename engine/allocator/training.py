@@ -730,7 +730,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         return kept, nm
 
     def norm_backward(g_in: int, copy: int | None, x32: int, g_res: int | None, g=None, x_in: int | None = None,
-                      width: int = H, last: tuple = ()) -> int:
+                      width: int = H, last: tuple = (), recomputed: bool = gc) -> int:
         """LlamaRMSNorm's backward on a 16-bit model, as recorded: the weight's product and, trained (``copy`` saved),
         the normalized input's with the weight's gradient between; the fp32 chain through rsqrt, the 16-bit copy, the
         sum into the residual stream's gradient (a new tensor; the old one and the saved copies go) - none at the final
@@ -740,7 +740,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             t2 = new(T * width * act)
             if g is not None:
                 g()
-            free(t2, g_in, copy)
+            free(*((copy, t2, g_in) if recomputed else (t2, g_in, copy)))   # recomputed: the saved copy first
         else:  # frozen (LoRA): no weight gradient
             free(g_in)
         g32 = new(T * width * 4)
@@ -748,8 +748,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         u1, u2 = new(T * width * 4), new(T * width * 4)
         free(u1, g32)
         d = news([T * width * 4] * 4)
-        free(d[2], d[1], d[0], x32, *last, *((x_in,) if x_in is not None else ()))  # a checkpoint's input (and the
-        # mask the first layer's checkpoint is the last to hold) goes with its copy
+        # recomputed, the saved fp32 copy goes before d[0]; a checkpoint's input (and the mask the first layer's
+        # checkpoint is the last to hold) goes with the copy
+        free(d[2], d[1], *((x32, d[0]) if recomputed else (d[0], x32)), *last, *((x_in,) if x_in is not None else ()))
         total = new(T * width * 4)
         free(u2, d[3])
         back = new(T * width * act)
@@ -790,9 +791,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         return out
 
     def frozen_norm_backward(g_in: int, x32: int, g_res: int | None, x_in: int | None = None, width: int = H,
-                             last: tuple = ()) -> int:
+                             last: tuple = (), recomputed: bool = gc) -> int:
         """A frozen LlamaRMSNorm's backward (LoRA): the weight's product alone, then as a trained one's."""
-        return norm_backward(g_in, None, x32, g_res, None, x_in, width, last)
+        return norm_backward(g_in, None, x32, g_res, None, x_in, width, last, recomputed)
 
     def lora_backward_start(ow: int, g_out: int, free_out: bool) -> tuple[int, int]:
         """An adapted module's backward up to its saved tensors: the output's gradient in fp32 (the final cast's),
@@ -921,9 +922,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         """Phi-3's MLP backward from the product's gradient: mul's gradients (act_fn's first), silu's, then chunk's
         backward joining the gate and up halves (cat) for gate_up_proj; the joined gradient's handle."""
         ga, gup = new(T * I * act), new(T * I * act)
-        free(gp, si)
+        free(*((si, gp) if gc else (gp, si)))   # a recomputed node's saved tensors go first
         gg = new(T * I * act)                 # silu_backward
-        free(ga, gu)
+        free(*((gu, ga) if gc else (ga, gu)))
         gcat = new(T * 2 * I * act)
         free(gg, gup)
         return gcat
@@ -963,7 +964,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         gcat = chunk_mlp_backward(gp, si, gu)
         g("gate_up")
         gx = new(T * H * act)
-        free(gcat, n2)
+        free(*((n2, gcat) if gc else (gcat, n2)))
         g_res = norm_backward(gx, c2, x32_2, g_res, lambda: g("n2"))
         g("o")
         gso = new(T * q * act)
@@ -973,7 +974,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         else:
             free(contiguous)
             gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-            free(gso, ke, qe, qkv, so)
+            free(*((so, qkv, qe, ke, gso) if gc else (gso, ke, qe, qkv, so)))
         tk, tq = rotary_backward(kv, None), rotary_backward(q, None)
         grads = []
         for width, g_in, rot in ((kv, gk, tk), (q, gq, tq)):
@@ -984,7 +985,7 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         gqkv = qkv_views_backward(grads, gv)
         g("qkv")
         gx = new(T * H * act)
-        free(gqkv, n1)
+        free(*((n1, gqkv) if gc else (gqkv, n1)))
         return norm_backward(gx, c1, x32_1, g_res, lambda: g("n1"), x_in, last=last)
 
     def projection_backward(m: str, g) -> int:
@@ -1010,22 +1011,22 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         gp = new(T * I * act)
         free(prod)
         gu, gs = new(T * I * act), new(T * I * act)  # mul's gradients: up's, then act_fn(gate)'s
-        free(gp, uo, si)
+        free(*((si, uo, gp) if gc else (gp, uo, si)))
         g("up")
         gx_up = new(T * H * act)
         free(gu)
         gg = new(T * I * act)                 # silu_backward
-        free(gs, go)
+        free(*((go, gs) if gc else (gs, go)))
         g("gate")
         gx_gate = new(T * H * act)
-        free(gg, n2)
+        free(*((n2, gg) if gc else (gg, n2)))
         gn = new(T * H * act)
         free(gx_up, gx_gate)
         g_res = norm_backward(gn, c2, x32_2, g_res, lambda: g("n2"))
         g("o")
         gso = new(T * q * act)
         gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-        free(gso, ke, qe, vo, so)
+        free(*((so, vo, qe, ke, gso) if gc else (gso, ke, qe, vo, so)))
         gk = rotary_backward(kv, gk)
         gq = rotary_backward(q, gq)
         gx_v = projection_backward("v", g)
@@ -1043,18 +1044,19 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         cq = new(T * q * act)
         free(gq)
         gx_q = projection_backward("q", g)
-        free(cq, n1)
+        free(*((n1, cq) if gc else (cq, n1)))
         gn = new(T * H * act)
         free(gx_vk, gx_q)
         return norm_backward(gn, c1, x32_1, g_res, lambda: g("n1"), x_in)
 
-    def norm32_backward(g_in: int, normed: int, x_in: int, g_res: int | None, g) -> int:
+    def norm32_backward(g_in: int, normed: int, x_in: int, g_res: int | None, g, recomputed: bool = gc,
+                        input_recomputed: bool | None = None) -> int:
         """LlamaRMSNorm's backward on an fp32 input (under autocast), as recorded: the weight's products (its gradient
         between), the sum into the residual stream's gradient, the chain through rsqrt (the saved input goes), the
         stream's new fp32 gradient; the final norm (g_res None) has no sum."""
         t1, t2 = new(T * H * 4), new(T * H * 4)
         g()
-        free(t2, g_in, normed)
+        free(*((normed, t2, g_in) if recomputed else (t2, g_in, normed)))
         u1, u2 = new(T * H * 4), new(T * H * 4)
         free(u1, t1)
         total = None
@@ -1062,7 +1064,10 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             total = new(T * H * 4)
             free(g_res, u2)
         d = news([T * H * 4] * 4)
-        free(d[2], d[1], d[0], x_in)
+        if input_recomputed is None:
+            input_recomputed = recomputed
+        # a recomputed input (the second norm's, under checkpointing) goes before d[0]; a checkpoint's input after
+        free(*((d[2], d[1], x_in, d[0]) if input_recomputed else (d[2], d[1], d[0], x_in)))
         out = new(T * H * 4)
         free(total if total is not None else u2, d[3])
         return out
@@ -1080,14 +1085,15 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         free(total, c2)
         return out
 
-    def cast_linear_backward(m: str, g_out: int, saved: tuple[int, ...], g, fp32_input: bool = True,
-                             out_first: bool = False) -> int | None:
+    def cast_linear_backward(m: str, g_out: int, saved: tuple[int, ...], g, fp32_input: bool = True) -> int | None:
         """A linear's backward under autocast: the bf16 weight gradient, the input's, the saved cast and copy (and the
         output's gradient) freed, the fp32 weight gradient (the parameter's), and the input's gradient back to fp32
         where the input was cast; that gradient's handle."""
         w16 = new(copy_of[m])
         gx16 = new(T * (I if m == "down" else q if m == "o" else H) * act)
-        free(*((g_out, *saved) if out_first else (*saved, g_out)))
+        # the output's gradient, then the saved weight copy and input (``saved``); a recomputed node (checkpointing)
+        # releases its saved tensors first, input before weight
+        free(*((*saved[::-1], g_out) if gc else (g_out, *saved)))
         g()
         free(w16)
         if not fp32_input:
@@ -1100,9 +1106,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         """Attention's backward under autocast: o's (bf16 and fp32 weight gradients), flash's (the gradient and the
         saved k, q, v - or what holds v - and output released), q's and k's gradients cast to fp32 and through rotary's
         backward; (k's, q's, v's gradients)."""
-        gso = cast_linear_backward("o", g16, o_saved, lambda: g("o"), fp32_input=False, out_first=True)
+        gso = cast_linear_backward("o", g16, o_saved, lambda: g("o"), fp32_input=False)
         gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-        free(gso, kb, qb, v_saved, so)
+        free(*((so, v_saved, qb, kb, gso) if gc else (gso, kb, qb, v_saved, so)))
         gk32 = new(T * kv * 4)
         free(gk)
         gq32 = new(T * q * 4)
@@ -1114,9 +1120,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         gradients (the output gradient released before the saved copy and input), mul's and chunk's gradients as in
         16 bits, flash's, rotary's fp32 casts, the widening of q's and k's rotated parts, the views' sum into qkv's."""
         (m1, cast1, wqkv, qkv, qb, kb, so, contiguous, wo, r1, m2, cast2, wgu, gu, si, prod, wd) = sv[:17]
-        gp = cast_linear_backward("down", g16, (wd, prod), lambda: g("down"), fp32_input=False, out_first=True)
+        gp = cast_linear_backward("down", g16, (wd, prod), lambda: g("down"), fp32_input=False)
         gcat = chunk_mlp_backward(gp, si, gu)
-        gx = cast_linear_backward("gate_up", gcat, (wgu, cast2), lambda: g("gate_up"), out_first=True)
+        gx = cast_linear_backward("gate_up", gcat, (wgu, cast2), lambda: g("gate_up"))
         g_res = norm32_backward(gx, m2, r1, g_res, lambda: g("n2"))
         g16 = new(T * H * act)
         rk, rq, gv = mixed_attention_backward(g16, (wo, contiguous), qkv, qb, kb, so, g)
@@ -1126,8 +1132,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             grads.append(new(T * width * act))
             free(widened, rot)
         gqkv = qkv_views_backward(grads, gv)
-        gx = cast_linear_backward("qkv", gqkv, (wqkv, cast1), lambda: g("qkv"), out_first=True)
-        g_res = norm32_backward(gx, m1, x_in, g_res, lambda: g("n1"))
+        gx = cast_linear_backward("qkv", gqkv, (wqkv, cast1), lambda: g("qkv"))
+        g_res = norm32_backward(gx, m1, x_in, g_res, lambda: g("n1"), input_recomputed=False)
         return g_res, (None if first else new(T * H * act))
 
     def explicit_mixed_backward(sv: list[int], x_in: int, g_res: int, g16: int | None, g, first: bool):
@@ -1138,30 +1144,30 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             return explicit_mixed_fused_backward(sv, x_in, g_res, g16, g, first)
         (m1, cast_q, wq, cast_k, wk, cast_v, wv, vo, qb, kb, so, wo, r1, m2, cast_g, wg, go, si, cast_u, wu, uo, prod,
          wd) = sv[:23]
-        gp = cast_linear_backward("down", g16, (wd, prod), lambda: g("down"), fp32_input=False, out_first=True)
+        gp = cast_linear_backward("down", g16, (wd, prod), lambda: g("down"), fp32_input=False)
         gu, gs = new(T * I * act), new(T * I * act)
-        free(gp, uo, si)
-        gx_u = cast_linear_backward("up", gu, (wu, cast_u), lambda: g("up"), out_first=True)
+        free(*((si, uo, gp) if gc else (gp, uo, si)))
+        gx_u = cast_linear_backward("up", gu, (wu, cast_u), lambda: g("up"))
         gg = new(T * I * act)                 # silu_backward
-        free(gs, go)
-        gx_g = cast_linear_backward("gate", gg, (wg, cast_g), lambda: g("gate"), out_first=True)
+        free(*((go, gs) if gc else (gs, go)))
+        gx_g = cast_linear_backward("gate", gg, (wg, cast_g), lambda: g("gate"))
         gn = new(T * H * 4)
         free(gx_u, gx_g)
         g_res = norm32_backward(gn, m2, r1, g_res, lambda: g("n2"))
         g16 = new(T * H * act)
         gk, gq, gv = mixed_attention_backward(g16, (wo,), vo, qb, kb, so, g)
-        gx_v = cast_linear_backward("v", gv, (wv, cast_v), lambda: g("v"), out_first=True)
+        gx_v = cast_linear_backward("v", gv, (wv, cast_v), lambda: g("v"))
         ck = new(T * kv * act)
         free(gk)
-        gx_k = cast_linear_backward("k", ck, (wk, cast_k), lambda: g("k"), out_first=True)
+        gx_k = cast_linear_backward("k", ck, (wk, cast_k), lambda: g("k"))
         gx_vk = new(T * H * 4)
         free(gx_v, gx_k)
         cq = new(T * q * act)
         free(gq)
-        gx_q = cast_linear_backward("q", cq, (wq, cast_q), lambda: g("q"), out_first=True)
+        gx_q = cast_linear_backward("q", cq, (wq, cast_q), lambda: g("q"))
         gn = new(T * H * 4)
         free(gx_vk, gx_q)
-        g_res = norm32_backward(gn, m1, x_in, g_res, lambda: g("n1"))
+        g_res = norm32_backward(gn, m1, x_in, g_res, lambda: g("n1"), input_recomputed=False)
         return g_res, (None if first else new(T * H * act))
 
     def gemma_norm(kept: list[int], saves_output: bool) -> int:
@@ -1561,12 +1567,13 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 free(w16)
                 gx32 = new(T * H * 4)
                 free(gx16)
-                g_res = norm32_backward(gx32, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb))
+                g_res = norm32_backward(gx32, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb),
+                                        recomputed=False)
                 g16 = new(T * H * act)
             elif explicit and not full:  # the frozen head's input gradient; the frozen final norm's backward
                 g_hidden = new(T * H * act)
                 free(g_logits)
-                g_res = frozen_norm_backward(g_hidden, head_kept[0], None)
+                g_res = frozen_norm_backward(g_hidden, head_kept[0], None, recomputed=False)
             elif explicit:  # the head's weight gradient, then its input's; the final norm's backward
                 if tied:
                     head_grad = new(V * H * wb)
@@ -1577,7 +1584,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
                 if gemma:
                     g_res = gemma_norm_backward(g_hidden, head_kept, True, lambda: grad("norm", H, wb))
                 else:
-                    g_res = norm_backward(g_hidden, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb))
+                    g_res = norm_backward(g_hidden, head_kept[1], head_kept[0], None, lambda: grad("norm", H, wb),
+                                          recomputed=False)
             else:
                 g_hidden = new(T * H * act)
                 if full and tied:  # the head's share of the tied weight's gradient, summed with the embedding's at the end
