@@ -323,7 +323,9 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         and math.isclose(scores, score * (6 + (act if v.get("attn_softcap") else 0)), rel_tol=1e-9) \
         and math.isclose(T * (32 * H + act * (2 * H + 4 * q + 4 * I)) + scores, v["layer_saved_bytes_per_token"] * T,
                          rel_tol=1e-9)
-    explicit = gemma or not v.get("gemma2_layer") and (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) and not ((mask and not (wmask or lmask)) or scores) \
+    explicit = gemma or not v.get("gemma2_layer") \
+        and (full or (any(lora_on.values()) and (lora_on["down"] or not gc))) \
+        and not ((mask and not (wmask or lmask)) or scores) \
         and (fused or fused_mixed or not (fqkv or fgu)) \
         and (resid < 4 or (mixed and full and act < 4)) \
         and not (qkn and (mixed or fused)) \
@@ -862,18 +864,17 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             gp = lora_backward_end("down", I, down_started, nm, None, g)
         else:
             gp = lora_module_backward("down", I, H, g_res, False, nm, None, g)
-        rc = x_in is not None   # recomputed: checkpoint's unpack hands the saved tensors over, they go first
-        gu, gs = new(T * I * act), new(T * I * act)
-        free(*((nm["si"], nm["uo"], gp) if rc else (gp, nm["uo"], nm["si"])))
+        gu, gs = new(T * I * act), new(T * I * act)   # recomputed (gc), the saved tensors go first
+        free(*((nm["si"], nm["uo"], gp) if gc else (gp, nm["uo"], nm["si"])))
         acc = lora_module_backward("up", H, I, gu, True, nm, None, g)
         gg = new(T * I * act)                 # silu_backward
-        free(*((nm["go"], gs) if rc else (gs, nm["go"])))
+        free(*((nm["go"], gs) if gc else (gs, nm["go"])))
         acc = lora_module_backward("gate", H, I, gg, True, nm, acc, g)
         g_res = frozen_norm_backward(acc, nm["x32_2"], g_res)
         gso = lora_module_backward("o", q, H, g_res, first, nm, None, g)
         if lmask:  # the efficient kernel's backward; repeat_kv's sums (v's, made later, first); v's gradient made
             gq, gkr, gvr = new(T * q * act), new(T * q * act), new(T * q * act)  # contiguous for its projection
-            free(gso, *((nm["lse"], nm["vr"], nm["kr"], nm["qe"], nm["mask"], nm["so"]) if rc
+            free(gso, *((nm["lse"], nm["vr"], nm["kr"], nm["qe"], nm["mask"], nm["so"]) if gc
                         else (nm["mask"], nm["kr"], nm["qe"], nm["vr"], nm["lse"], nm["so"])))
             if kv < q:
                 gv = new(T * kv * act)
@@ -889,7 +890,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
             gv = cv
         else:
             gq, gk, gv = new(T * q * act), new(T * kv * act), new(T * kv * act)
-            free(*((nm["so"], nm["vo"], nm["qe"], nm["ke"], gso) if rc else (gso, nm["ke"], nm["qe"], nm["vo"], nm["so"])))
+            free(*((nm["so"], nm["vo"], nm["qe"], nm["ke"], gso) if gc
+                   else (gso, nm["ke"], nm["qe"], nm["vo"], nm["so"])))
             gk = rotary_backward(kv, gk)
             gq = rotary_backward(q, gq)
         if first:
@@ -954,10 +956,11 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
         """Phi-3's layer backward as recorded: mul's gradients (act_fn's first), chunk's backward joining the two halves
         (cat) before gate_up_proj's weight gradient; rotary's on k then q, each back into its slice; the three views'
         gradients each widened to qkv's width (slice_backward) and summed before qkv_proj's."""
-        x32_1, c1, n1, qkv, qe, ke, so, contiguous, x32_2, c2, n2, gu, si, prod = sv[:14]
-        if wmask:  # (mask, output, logsumexp) where flash's output and its copy were
-            converted, so, lse = so, contiguous, x32_2
-            x32_2, c2, n2, gu, si, prod = sv[9:15]
+        if wmask:  # the converted mask, the kernel's output and logsumexp where flash's output and its copy are
+            x32_1, c1, n1, qkv, qe, ke, converted, so, lse, x32_2, c2, n2, gu, si, prod = sv[:15]
+            contiguous = None
+        else:
+            x32_1, c1, n1, qkv, qe, ke, so, contiguous, x32_2, c2, n2, gu, si, prod = sv[:14]
         g("down")
         gp = new(T * I * act)
         free(prod)
