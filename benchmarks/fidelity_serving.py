@@ -265,9 +265,10 @@ DEP_READING = "DEP{n}: attention data parallelism + expert parallelism over {n} 
 #: against 1.0's 31,782 "TP8"), and only DEP's per-rank weights (all but the experts on every GPU) and full-head KV
 #: per rank leave H100 the small pool that its 3.3x gap to H200 needs: read as DEP8 the estimate's H100 / H200 ratio is
 #: 0.29 against the measured 0.30 (Qwen3-235B 0.69 against 0.63), read as TP8 0.91 (0.83).
-V1_DEP_READING = ("MoE run with enable_attention_dp and --ep (the 1.0 YAML nests it under cuda_graph_config, a typo): read "
-                  "as DEP{n} - attention data parallelism + expert parallelism (inference_parallelism expert), as the "
-                  "developer guide labels Maverick H200")
+V1_DEP_READING = ("MoE run with enable_attention_dp and --ep (the 1.0 YAML nests it under cuda_graph_config, a "
+                  "typo: that section is a StrictBaseModel, which refuses a field it does not have, so the YAML as "
+                  "printed would not load): read as DEP{n} - attention data parallelism + expert parallelism "
+                  "(inference_parallelism expert), as the developer guide labels Maverick H200")
 
 
 def _attention_dp(r: dict[str, Any], model: str) -> str:
