@@ -245,7 +245,8 @@ def _bound(n: float) -> str:
 
 
 def _number_problem(value: Any, key: Key, integer: bool = True) -> str | None:
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float)) and math.isfinite(value)
+    # an int of any size is finite (math.isfinite would overflow converting a 400-digit one to float)
+    ok = isinstance(value, int) if integer else isinstance(value, int) or isinstance(value, float) and math.isfinite(value)
     if isinstance(value, bool) or not ok:
         what = "an integer" if integer else "a number"
         return f"must be {what} from {_bound(int(key.lo))} to {_bound(int(key.hi))}, got {show(value)}"

@@ -102,6 +102,8 @@ def test_huge_request_numbers_are_the_requests_422(body, field):
 @pytest.mark.parametrize("config, field", [
     ({"hidden_size": 10**300}, "custom_model.hidden_size"),
     ({"vocab_size": 10**400}, "custom_model.vocab_size"),
+    # a key that takes any finite number: an int too large for a float is out of range, not an OverflowError (a 500)
+    ({"attn_logit_softcapping": 10**400}, "custom_model.attn_logit_softcapping"),
     ({"vision_config": {"hidden_size": 10**200, "intermediate_size": 4304, "num_hidden_layers": 27}},
      "custom_model.vision_config.hidden_size"),
 ])
