@@ -11,6 +11,7 @@ quantization formats state their storage cost.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from . import families
@@ -113,6 +114,8 @@ class Architecture:
     qk_norm: bool = False
     qk_norm_params_per_layer: int = 0  # 0 with qk_norm = one head_dim weight each for q and k
     partial_rotary: bool = False  # rotary embedding on part of each head (partial_rotary_factor < 1)
+    #: elements of the cos/sin tables a runtime that precomputes them builds for the text model (see _rope_table_elements)
+    rope_table_elements: int = 0
     norms_per_layer: int = 2
     norm_bias: bool = False
     #: the norm scales in fp32 (Gemma's ``output * (1.0 + weight.float())``), so training saves the fp32 normalized input
@@ -517,6 +520,8 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     )
     fields.update(special)
     fields["sliding_window"] = int(window) if window else None
+    fields["rope_table_elements"] = _rope_table_elements(cfg, model_type, head_dim, int(cfg.get("qk_rope_head_dim") or 0),
+                                                         tuple(fields["layer_types"]))
     return Architecture(**fields, assumed=tuple(assumed))
 
 
@@ -624,6 +629,65 @@ def _partial_rotary(cfg: dict) -> bool:
     rotary_pct); a value that is not a number reads as full rotary, as transformers' default 1.0."""
     factor = _first(cfg, "partial_rotary_factor", "rotary_pct", default=1.0)
     return isinstance(factor, (int, float)) and not isinstance(factor, bool) and 0 < factor < 1
+
+
+#: Families whose attention layers carry no rotary embedding (vLLM's model code builds no table for them):
+#: Jamba and Nemotron-H (NoPE attention between Mamba layers), and the learned / ALiBi position families.
+_NO_ROPE_FAMILIES = {"jamba", "nemotron_h", "mamba", "mamba2", "falcon_mamba", "gpt2", "gpt_bigcode", "opt", "bloom",
+                     "mpt"}
+#: Families whose sliding-window layers take a rope of their own base (rope_local_base_freq, no scaling): a second table.
+_LOCAL_ROPE_FAMILIES = {"gemma3", "gemma3_text", "gemma3n", "gemma3n_text"}
+
+
+def _rope_positions(rope: dict, max_pos: int, original: int) -> int:
+    """Positions of one cos/sin table as vLLM's get_rope sizes it for the rope's scaling type
+    (vllm/model_executor/layers/rotary_embedding/__init__.py and the classes it picks).
+
+    - default, llama3, mrope: ``max_position`` (RotaryEmbedding._compute_cos_sin_cache);
+    - linear, dynamic: ``max_position x factor`` (LinearScalingRotaryEmbedding, DynamicNTKScalingRotaryEmbedding);
+    - yarn, deepseek_yarn: ``ceil(original_max_position_embeddings x factor)`` (YaRNScalingRotaryEmbedding,
+      DeepseekScalingRotaryEmbedding - get_rope hands them the original length);
+    - longrope (su): ``original + max_position`` (Phi3LongRoPEScaledRotaryEmbedding keeps the short and the long table).
+    """
+    kind = str(rope.get("rope_type") or rope.get("type") or "default")
+    factor = rope.get("factor")
+    factor = float(factor) if isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0 else 1.0
+    if kind in ("linear", "dynamic"):
+        return int(max_pos * factor)
+    if kind in ("yarn", "deepseek_yarn"):
+        return math.ceil(original * factor)
+    if kind in ("longrope", "su"):
+        return original + max_pos
+    return max_pos
+
+
+def _rope_table_elements(cfg: dict, model_type: str, head_dim: int, qk_rope_head_dim: int,
+                         layer_types: tuple[str, ...]) -> int:
+    """Elements of the cos/sin tables a runtime that precomputes them holds for the text model: one table of
+    ``positions x rotary_dim`` per distinct rope (cos and sin, rotary_dim / 2 each), shared by every layer - vLLM's
+    get_rope caches one RotaryEmbedding per (head size, rotary dim, max position, scaling, dtype), whose
+    ``cos_sin_cache`` buffer is ``_compute_cos_sin_cache()`` (base.py). ``rotary_dim`` is the config's rotary_dim
+    where it states one, else head_dim x partial_rotary_factor (MLA: qk_rope_head_dim). Gemma 3 / 3n add a second table for their sliding layers' local
+    base (vLLM gemma3.py: rope_local_base_freq, no scaling). 0 for families without rotary embeddings."""
+    params = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else None
+    if params and isinstance(params.get("full_attention"), dict):  # transformers v5: one rope per layer type
+        params = params["full_attention"]
+    rope = params or (cfg.get("rope_scaling") if isinstance(cfg.get("rope_scaling"), dict) else {})
+    if (model_type in _NO_ROPE_FAMILIES or cfg.get("position_embedding_type") in ("nope", "alibi", "absolute")
+            or not any(t in ("full", "sliding") for t in layer_types or ("full",))):
+        return 0
+    max_pos = _first(cfg, "max_position_embeddings", "n_positions", "max_seq_len", default=0) or 0
+    original = _first(rope, "original_max_position_embeddings", default=None) \
+        or _first(cfg, "original_max_position_embeddings", default=None) or max_pos
+    factor = _first(rope, "partial_rotary_factor", default=None) or _first(cfg, "partial_rotary_factor", "rotary_pct",
+                                                                           default=1.0)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        factor = 1.0
+    rotary_dim = qk_rope_head_dim or cfg.get("rotary_dim") or int(head_dim * factor)  # MiniMax-M2 / GPT-J state it
+    elements = _rope_positions(rope, int(max_pos), int(original)) * rotary_dim
+    if model_type in _LOCAL_ROPE_FAMILIES and cfg.get("rope_local_base_freq") and "sliding" in layer_types:
+        elements += int(max_pos) * rotary_dim  # the local rope: default scaling at the model's max position
+    return elements
 
 
 def _attn_mask_window(cfg: dict, model_type: str, window: int | None) -> int | None:

@@ -77,6 +77,13 @@ _TOKENS = _count(0, 1 << 20, "576 (LLaVA-1.5 image_seq_length)")
 _LAYER_INDICES = Key("int_list", 0, MAX_LAYERS - 1)
 _FLAG = Key("bool")
 _NAME = Key("str", max_len=MAX_NAME)
+#: Keys of a ``rope_scaling`` / ``rope_parameters`` object the engine reads.
+_ROPE_KEYS: dict[str, Key] = {
+    "rope_type": _NAME, "type": _NAME,
+    "factor": Key("number", 0, 1024, "40 (DeepSeek-V3)"),
+    "original_max_position_embeddings": _CONTEXT,
+    "partial_rotary_factor": Key("number", 0, 1, "0.25 (Qwen3-Next)"),
+}
 
 #: Keys of every family: transformers' ``PretrainedConfig`` names and their GPT-2 / Falcon / T5 spellings.
 COMMON_KEYS: dict[str, Key] = {
@@ -137,6 +144,17 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "attention_chunk_size": _count(0, MAX_CONTEXT, "8,192 (Llama 4)"),
         "no_rope_layers": Key("int_list", 0, 1),
         "no_rope_layer_interval": _count(1, MAX_LAYERS, "4 (Llama 4)"),
+    },
+    # rotary embeddings: the part of each head they turn and the positions the scaling covers (the cos/sin tables
+    # vLLM precomputes, architecture._rope_table_elements); nested keys other than these are not read
+    "rope": {
+        "partial_rotary_factor": Key("number", 0, 1, "0.25 (Qwen3-Next)"),
+        "rotary_pct": Key("number", 0, 1, "0.25 (GPT-NeoX)"),
+        "rotary_dim": _count(1, MAX_HEAD_DIM, "64 (MiniMax-M2)"),
+        "original_max_position_embeddings": _CONTEXT,
+        "position_embedding_type": _NAME,
+        "rope_scaling": Key("object", fields=_ROPE_KEYS),
+        "rope_parameters": Key("object", fields={**_ROPE_KEYS, "full_attention": Key("object", fields=_ROPE_KEYS)}),
     },
     # Cohere: q/k norm switched by a key
     "cohere": {"use_qk_norm": _FLAG},

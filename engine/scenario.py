@@ -51,6 +51,9 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "image_context_tokens": ("tokens", "soft tokens the images add to each sequence's context (included in seq)"),
     "cross_kv_tokens": ("tokens", "image tokens each cross-attention layer caches per sequence"),
     "sliding_window": ("tokens", "sliding window size (0 if none)"),
+    "rope_table_element_bytes": ("bytes", "bytes per element of the runtime's rope table on this hardware class (0: the compute dtype)"),
+    "rope_table_elements": ("elements", "cos/sin table elements of the model's rotary embeddings as a runtime that "
+                                        "precomputes them sizes them (positions x rotary_dim per distinct rope; 0 without RoPE)"),
     "is_moe": ("flag", "mixture of experts"),
     "n_experts": ("experts", "routed experts per MoE layer"),
     "experts_per_tok": ("experts", "experts each token is routed to"),
@@ -263,7 +266,8 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "n_layers_cross": a.num_cross_layers, "n_layers_recurrent": a.num_recurrent_layers,
         "conv_channels": a.conv_channels, "conv_kernel": a.conv_kernel, "ssm_state_elems": a.ssm_state_elems,
         "ssm_kernel_state_bits": a.ssm_kernel_state_bits, "ssm_cache_bits": a.ssm_cache_bits,
-        "sliding_window": a.sliding_window or 0, "is_moe": int(a.is_moe), "n_experts": a.num_experts,
+        "sliding_window": a.sliding_window or 0, "rope_table_elements": a.rope_table_elements,
+        "is_moe": int(a.is_moe), "n_experts": a.num_experts,
         "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
         "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
@@ -494,6 +498,7 @@ def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tup
         "power_idle_fraction": _rt(runtime, "power_memory_bound_fraction", order),
         "dequant_flops_per_weight": _unpack_flops(runtime, fmt, order) * dequantized,
         "offload_bw_gb_s": min(host_bw_gb_s, nvme) if to_nvme and nvme else host_bw_gb_s,
+        "rope_table_element_bytes": _rt(runtime, "rope_table_element_bytes", order),
     }
 
 

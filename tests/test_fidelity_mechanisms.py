@@ -213,13 +213,14 @@ def test_vllm_profiles_a_full_batch_and_the_sampler():
 
 def test_vllm_kv_pool_fills_gpu_memory_utilization():
     # H100 as torch sees it (79.19 GiB) at gpu_memory_utilization 0.95: the pool is what is left after the
-    # weights (8,030,261,248 x 2), the profiled peak (2,107,113,472, the sampler stage) and 256 MiB of
-    # non-torch memory; the CUDA context and graphs come on top of the budget.
+    # loaded model (8,030,261,248 x 2 of weights and the rope table, 8,192 positions x 128 x 2 bytes), the profiled
+    # peak (2,107,113,472, the sampler stage) and 256 MiB of non-torch memory; the CUDA context and graphs come on top
+    # of the budget.
     body = {"gpu_key": "h100_80", "custom_vram": 79.19, "llm_key": "custom", "custom_model": LLAMA3_8B,
             "runtime": "vllm", "seq_length": 8192, "runtime_settings": {"gpu_memory_utilization": 0.95}, "trace": True}
     resp = vramplan.estimate_inference(body)
     v = values(resp)
-    pool = 0.95 * 79.19 * 2**30 - 8_030_261_248 * 2 - 2_107_113_472 - 256 * 2**20
+    pool = 0.95 * 79.19 * 2**30 - 8_030_261_248 * 2 - 8192 * 128 * 2 - 2_107_113_472 - 256 * 2**20
     assert v["kv_pool_bytes"] == pytest.approx(pool, rel=1e-9)
     # 131,072 bytes per token (32 layers x 2048 elements x 2 bytes): vLLM printed 476,016 tokens, 58.11 GiB.
     assert resp["kv_pool"]["tokens"] == int(pool / 131072)

@@ -421,10 +421,12 @@ def test_open_loop_on_llama_cpp_runs_from_the_slots_max_num_seqs_gives():
     two = vramplan.estimate_inference({**closed, "concurrent_users": 2, "runtime_settings": {"max_num_seqs": 4}})
     assert two["memory_details"]["KV Cache"] == round(2 * 1280 * 131072 / 2**30, 2)
     assert two["serving"]["queued_requests"] == 0
-    # a runtime with a preallocated pool is unchanged by it (its open loop already runs many requests)
+    # a runtime with a preallocated pool is unchanged by it (its open loop already runs many requests): the same
+    # bytes, which the sampler's profile (max_num_seqs rows) only moves between the Logits and KV Cache lines, so
+    # vram_usage - the sum of the lines, each rounded to 0.01 GiB - may differ by that rounding
     pooled = {**BASE, "input_tokens": 1000, "output_tokens": 200, "request_rate": 2}
     assert vramplan.estimate_inference({**pooled, "runtime_settings": {"max_num_seqs": 8}})["vram_usage"] == \
-        vramplan.estimate_inference(pooled)["vram_usage"]
+        pytest.approx(vramplan.estimate_inference(pooled)["vram_usage"], abs=0.011)
 
 
 def test_a_pool_the_deployment_logged_is_the_pool_it_admits_from():
