@@ -20,7 +20,11 @@ How each record becomes a request (docs/FIDELITY.md says why):
   KV buffer the KV cache (K and V types may differ: each half is evaluated with its own type),
   the compute buffer the activations + logits transient at n_ubatch (``runtime_settings``).
 * vLLM log records: weights as loaded; the KV pool vLLM reports, with the run's
-  gpu_memory_utilization and the GPU's memory as torch sees it (``custom_vram``).
+  gpu_memory_utilization and the GPU's memory as torch sees it (``custom_vram``). With pipeline
+  stages, the pool the replica admits from: the log's token count ("GPU KV cache size: N tokens",
+  the smallest stage's blocks, as vLLM sizes every stage alike) x one stage's bytes a token - its
+  "Available KV cache memory" line is one worker's, a stage with more room than the count leaves the
+  busiest one (the last, whose profile runs the sampler), and the estimate is the busiest GPU's.
 * ``finetune_peak`` records (torchtune, unsloth) come from other stacks (torch.compile, fused
   kernels, offloaded checkpointing, unstated recipes): they are skipped with the reason printed.
 
@@ -149,6 +153,23 @@ def _value_gib(rec: dict) -> float:
     return float(rec["value"])  # vLLM prints GiB (V0 labels them GB)
 
 
+#: Llama 3.1 8B, the model of every vLLM log record: 32 layers, 8 KV heads of 128.
+_LLAMA31_8B_KV = (32, 8, 128)
+
+
+def _pool_gib(rec: dict, tp: int, pp: int, kv: str) -> float:
+    """The KV pool a vLLM log record gives, in GiB on the busiest GPU: the "Available KV cache memory"
+    line, or, with pipeline stages, the log's token count on one stage (the pool admission uses; see
+    the module docstring)."""
+    quote = " ".join(rec["quote"]) if isinstance(rec.get("quote"), list) else str(rec.get("quote"))
+    if pp == 1 or "GPU KV cache size:" not in quote:
+        return _value_gib(rec)
+    tokens = int(quote.split("GPU KV cache size:")[1].split("tokens")[0].replace(",", ""))
+    layers, kv_heads, head_dim = _LLAMA31_8B_KV
+    per_token = layers // pp * max(kv_heads // tp, 1) * head_dim * 2 * (1 if kv == "fp8" else 4 if kv == "fp32" else 2)
+    return tokens * per_token / GIB
+
+
 def llamacpp_rows(records: list[dict], skipped: list[str]) -> list[Row]:
     rows = []
     for rec in records:
@@ -234,7 +255,7 @@ def vllm_rows(records: list[dict], skipped: list[str]) -> list[Row]:
                     rows.append(Row("vLLM weights", rec["id"], _value_gib(rec), v["weights_loaded_bytes"] / GIB
                                     if "weights_loaded_bytes" in v else v["weights_gpu_bytes"] / GIB))
             else:
-                rows.append(Row("vLLM KV pool", rec["id"], _value_gib(rec), v["kv_pool_bytes"] / GIB))
+                rows.append(Row("vLLM KV pool", rec["id"], _pool_gib(rec, tp, pp, kv), v["kv_pool_bytes"] / GIB))
     return rows
 
 

@@ -39,3 +39,14 @@ def test_weights_with_the_workspaces_of_the_reading_or_the_models_own_tensors():
     (new,) = [r for r in fidelity.transformers_rows([newer], "x", "h200") if r.group == "x weights"]
     assert new.measured * 2 ** 30 == case["measured"]["weights_bytes"] - 33 * MIB
     assert abs(new.estimate * 2 ** 30 - params_bytes) < 2 * MIB
+
+
+def test_a_pipeline_runs_pool_is_the_token_count_it_admits_from():
+    # vLLM's PP 2 log: "Available KV cache memory: 66.54 GiB" (one worker's) beside "GPU KV cache size: 1,075,312
+    # tokens" (every stage gets the smallest stage's blocks). One stage holds 16 of Llama 3.1 8B's 32 layers:
+    # 16 x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 65,536 bytes a token; 1,075,312 x 65,536 = 70,471,647,232 bytes
+    rec = {"value": 66.54, "unit": "GiB",
+           "quote": ["Available KV cache memory: 66.54 GiB", "GPU KV cache size: 1,075,312 tokens"]}
+    assert fidelity._pool_gib(rec, tp=1, pp=2, kv="bf16") == 70_471_647_232 / 2 ** 30
+    # without stages the worker's line is the pool (its token count says the same: 63.76 GiB at TP 2)
+    assert fidelity._pool_gib({**rec, "value": 63.76}, tp=2, pp=1, kv="bf16") == 63.76
