@@ -238,11 +238,12 @@ def vllm_rows(records: list[dict], skipped: list[str]) -> list[Row]:
                     total_gib = float(quote.split("total_gpu_memory=")[1].split("GiB")[0])
             tp, pp = st.get("tensor_parallel_size", 1), st.get("pipeline_parallel_size", 1)
             settings = {"gpu_memory_utilization": st.get("gpu_memory_utilization", 0.9)}
-            if "V0" in rec["framework"] or "V0" in str(rec.get("notes", "")):
+            v0 = "V0" in rec["framework"] or "V0" in str(rec.get("notes", ""))
+            if v0:
                 # V0 without chunked prefill profiles max(max_model_len, 2048) tokens in one batch, 256 sequences
                 settings["max_prefill_tokens"] = max(st.get("max_model_len", 2048), 2048)
                 settings["max_num_seqs"] = 256
-            body = {"gpu_key": gpu, "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm", "quantization": quant,
+            body = {"gpu_key": gpu, "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm-v0" if v0 else "vllm", "quantization": quant,
                     "kv_cache_quantization": kv, "batch_size": 1, "seq_length": st.get("max_model_len", 8192),
                     "num_gpus": tp * pp, "inference_parallelism": "tensor" if tp > 1 else "pipeline",
                     "runtime_settings": settings, "trace": True}

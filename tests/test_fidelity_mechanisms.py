@@ -227,6 +227,17 @@ def test_vllm_kv_pool_fills_gpu_memory_utilization():
     assert resp["kv_pool"]["tokens"] == pytest.approx(476_016, rel=0.005)
 
 
+def test_vllm_v0_profile_forward_keeps_gate_up_through_down_proj():
+    # V0's LlamaMLP (gate_up, _ = gate_up_proj(x); x = act_fn(gate_up); x, _ = down_proj(x)) holds gate_up (2 x 14336)
+    # and act (14336) while down_proj writes: with the residual, the normed input and the down output, 3 x 4096 hidden
+    # elements. A 20,000-token profile forward: 20,000 x (3 x 14336 + 3 x 4096) x 2 = 2,211,840,000 bytes (2.06 GiB;
+    # the RTX 3090 log: 17.06 GiB peak less 14.99 loaded = 2.07). Attention's q, k, v (4096 + 2 x 1024) stay below.
+    v = infer(LLAMA3_8B, runtime="vllm-v0", seq_length=8192,
+              runtime_settings={"max_prefill_tokens": 20000, "max_num_seqs": 256})
+    assert v["activations_gpu_bytes"] == 20000 * (3 * 14336 + 3 * 4096) * 2 == 2_211_840_000
+    assert v["non_torch_bytes"] == 350 * 2**20  # V0's own "non_torch_memory=0.35GiB"
+
+
 def test_runtime_settings_names_must_be_runtime_constants():
     with pytest.raises(RequestError) as exc:
         vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": LLAMA3_8B,
