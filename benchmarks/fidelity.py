@@ -243,8 +243,9 @@ def vllm_rows(records: list[dict], skipped: list[str]) -> list[Row]:
                 # V0 without chunked prefill profiles max(max_model_len, 2048) tokens in one batch, 256 sequences
                 settings["max_prefill_tokens"] = max(st.get("max_model_len", 2048), 2048)
                 settings["max_num_seqs"] = 256
-            body = {"gpu_key": gpu, "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm-v0" if v0 else "vllm", "quantization": quant,
-                    "kv_cache_quantization": kv, "batch_size": 1, "seq_length": st.get("max_model_len", 8192),
+            body = {"gpu_key": gpu, "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm-v0" if v0 else "vllm",
+                    "quantization": quant, "kv_cache_quantization": kv, "batch_size": 1,
+                    "seq_length": st.get("max_model_len", 8192),
                     "num_gpus": tp * pp, "inference_parallelism": "tensor" if tp > 1 else "pipeline",
                     "runtime_settings": settings, "trace": True}
             if total_gib:

@@ -667,8 +667,9 @@ def _rope_table_elements(cfg: dict, model_type: str, head_dim: int, qk_rope_head
     ``positions x rotary_dim`` per distinct rope (cos and sin, rotary_dim / 2 each), shared by every layer - vLLM's
     get_rope caches one RotaryEmbedding per (head size, rotary dim, max position, scaling, dtype), whose
     ``cos_sin_cache`` buffer is ``_compute_cos_sin_cache()`` (base.py). ``rotary_dim`` is the config's rotary_dim
-    where it states one, else head_dim x partial_rotary_factor (MLA: qk_rope_head_dim). Gemma 3 / 3n add a second table for their sliding layers' local
-    base (vLLM gemma3.py: rope_local_base_freq, no scaling). 0 for families without rotary embeddings."""
+    where it states one, else head_dim x partial_rotary_factor (MLA: qk_rope_head_dim). Gemma 3 / 3n add a second
+    table for their sliding layers' local base (vLLM gemma3.py: rope_local_base_freq, no scaling). 0 for families
+    without rotary embeddings."""
     params = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else None
     if params and isinstance(params.get("full_attention"), dict):  # transformers v5: one rope per layer type
         params = params["full_attention"]

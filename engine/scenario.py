@@ -51,7 +51,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "image_context_tokens": ("tokens", "soft tokens the images add to each sequence's context (included in seq)"),
     "cross_kv_tokens": ("tokens", "image tokens each cross-attention layer caches per sequence"),
     "sliding_window": ("tokens", "sliding window size (0 if none)"),
-    "rope_table_element_bytes": ("bytes", "bytes per element of the runtime's rope table on this hardware class (0: the compute dtype)"),
+    "rope_table_element_bytes": ("bytes", "bytes per element of the runtime's rope table on this hardware class "
+                                          "(0: the compute dtype)"),
     "rope_table_elements": ("elements", "cos/sin table elements of the model's rotary embeddings as a runtime that "
                                         "precomputes them sizes them (positions x rotary_dim per distinct rope; 0 without RoPE)"),
     "is_moe": ("flag", "mixture of experts"),
