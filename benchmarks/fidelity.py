@@ -153,21 +153,16 @@ def _value_gib(rec: dict) -> float:
     return float(rec["value"])  # vLLM prints GiB (V0 labels them GB)
 
 
-#: Llama 3.1 8B, the model of every vLLM log record: 32 layers, 8 KV heads of 128.
-_LLAMA31_8B_KV = (32, 8, 128)
-
-
-def _pool_gib(rec: dict, tp: int, pp: int, kv: str) -> float:
+def _pool_gib(rec: dict, pp: int, token_bytes: float) -> float:
     """The KV pool a vLLM log record gives, in GiB on the busiest GPU: the "Available KV cache memory"
-    line, or, with pipeline stages, the log's token count on one stage (the pool admission uses; see
-    the module docstring)."""
+    line, or, with pipeline stages, the log's token count x ``token_bytes`` (one token's keys and values
+    on one GPU, the engine's kv_attention_bytes_per_seq / seq x kv_share_per_gpu, which the pinned-pool
+    formula also uses): the pool admission uses (see the module docstring)."""
     quote = " ".join(rec["quote"]) if isinstance(rec.get("quote"), list) else str(rec.get("quote"))
     if pp == 1 or "GPU KV cache size:" not in quote:
         return _value_gib(rec)
     tokens = int(quote.split("GPU KV cache size:")[1].split("tokens")[0].replace(",", ""))
-    layers, kv_heads, head_dim = _LLAMA31_8B_KV
-    per_token = layers // pp * max(kv_heads // tp, 1) * head_dim * 2 * (1 if kv == "fp8" else 4 if kv == "fp32" else 2)
-    return tokens * per_token / GIB
+    return tokens * token_bytes / GIB
 
 
 def llamacpp_rows(records: list[dict], skipped: list[str]) -> list[Row]:
@@ -257,7 +252,8 @@ def vllm_rows(records: list[dict], skipped: list[str]) -> list[Row]:
                     rows.append(Row("vLLM weights", rec["id"], _value_gib(rec), v["weights_loaded_bytes"] / GIB
                                     if "weights_loaded_bytes" in v else v["weights_gpu_bytes"] / GIB))
             else:
-                rows.append(Row("vLLM KV pool", rec["id"], _pool_gib(rec, tp, pp, kv), v["kv_pool_bytes"] / GIB))
+                token_bytes = v["kv_attention_bytes_per_seq"] / v["seq"] * v["kv_share_per_gpu"]
+                rows.append(Row("vLLM KV pool", rec["id"], _pool_gib(rec, pp, token_bytes), v["kv_pool_bytes"] / GIB))
     return rows
 
 

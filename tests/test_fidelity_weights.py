@@ -47,6 +47,15 @@ def test_a_pipeline_runs_pool_is_the_token_count_it_admits_from():
     # 16 x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 65,536 bytes a token; 1,075,312 x 65,536 = 70,471,647,232 bytes
     rec = {"value": 66.54, "unit": "GiB",
            "quote": ["Available KV cache memory: 66.54 GiB", "GPU KV cache size: 1,075,312 tokens"]}
-    assert fidelity._pool_gib(rec, tp=1, pp=2, kv="bf16") == 70_471_647_232 / 2 ** 30
+    assert fidelity._pool_gib(rec, pp=2, token_bytes=16 * 8 * 128 * 2 * 2) == 70_471_647_232 / 2 ** 30
     # without stages the worker's line is the pool (its token count says the same: 63.76 GiB at TP 2)
-    assert fidelity._pool_gib({**rec, "value": 63.76}, tp=2, pp=1, kv="bf16") == 63.76
+    assert fidelity._pool_gib({**rec, "value": 63.76}, pp=1, token_bytes=32 * 4 * 128 * 2 * 2) == 63.76
+
+
+def test_the_engines_token_bytes_on_a_pipeline_stage_are_the_stages_layers():
+    # what fidelity.py multiplies the log's token count by: one token's keys and values on one PP 2 stage of
+    # Llama 3.1 8B - 16 layers x 8 KV heads x 128 x 2 (K, V) x 2 bytes = 65,536
+    v = fidelity.trace_values(fidelity.vramplan.estimate_inference({
+        "gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm", "seq_length": 8192,
+        "num_gpus": 2, "inference_parallelism": "pipeline", "trace": True}))
+    assert v["kv_attention_bytes_per_seq"] / v["seq"] * v["kv_share_per_gpu"] == 65_536
