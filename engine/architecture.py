@@ -83,9 +83,22 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "jamba": {"tie_word_embeddings": False},
     "gemma3n_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},
     "mllama_text_model": {"tie_word_embeddings": False},
+    # LFM2 / LFM2-MoE: Lfm2Attention's q_layernorm / k_layernorm of head_dim; tied unless tie_embedding says not
+    "lfm2": {"tie_word_embeddings": True, "qk_norm": True},
+    "lfm2_moe": {"tie_word_embeddings": True, "qk_norm": True},
 }
 
 _SLIDING = {"sliding_attention", "sliding", "local", "chunked_attention"}
+#: ``layer_types`` entries the generic reading takes as attention over the whole context.
+_FULL = {"full_attention", "full", "attention", "global", "global_attention"}
+#: Config keys of recurrent, linear-attention and convolution layers: Mamba / Mamba2 mixers (Jamba, Bamba, Falcon-H1,
+#: Zamba, Granite 4.0-H, Nemotron-H), Kimi Linear's ``linear_attn_config``, MiniMax's ``attn_type_list``, Qwen3-Next's
+#: gated DeltaNet, LFM2's short convolutions (MiniMax's list only where it marks a layer 0, linear). vramplan.families
+#: reads them for its families; a config of any other
+#: model_type that has one is refused (from_hf_config), since the generic reading would count those layers as attention.
+_MIXER_KEYS = ("mamba_d_state", "mamba_n_heads", "mamba_d_ssm", "mamba_expand", "ssm_state_size", "hybrid_override_pattern",
+               "layers_block_type", "attn_layer_indices", "linear_attn_config", "attn_type_list", "linear_num_value_heads",
+               "linear_conv_kernel_dim", "conv_L_cache", "full_attn_idxs")
 
 
 @dataclass(frozen=True)
@@ -142,7 +155,7 @@ class Architecture:
     # Families with unusual layers (vramplan.families): layer_types may also hold "recurrent"
     # (linear attention / SSM: a fixed state per sequence, no KV), "cross" (attends to image
     # tokens) and "none" (no token mixer).
-    recurrent_kind: str = ""  # "gated_deltanet", "mamba2", "mamba"
+    recurrent_kind: str = ""  # "gated_deltanet", "mamba2", "mamba", "short_conv" (LFM2)
     conv_channels: int = 0  # channels of a recurrent layer's causal-conv state
     conv_kernel: int = 0
     ssm_state_elems: int = 0  # elements of one recurrent layer's SSM / delta-rule state, per sequence
@@ -359,6 +372,14 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         where = f"{where}.text_config"
     model_type = str(cfg.get("model_type") or "unknown")
     cfg = families.normalize(cfg, model_type)
+    # MiniMax's attn_type_list marks its linear (lightning) layers 0; MiniMax-M2 lists only 1s, softmax attention
+    mixer = next((k for k in _MIXER_KEYS if cfg.get(k) is not None
+                  and (k != "attn_type_list" or 0 in (cfg[k] if isinstance(cfg[k], list) else [0]))), None)
+    if mixer and model_type not in families.READERS:
+        raise RequestError([(f"{where}.{mixer}", f"belongs to recurrent, linear-attention or convolution layers, which "
+                                                 f"vramplan reads for {', '.join(sorted(families.READERS))} only: read as "
+                                                 f"model_type {model_type!r}, those layers would be counted as attention "
+                                                 f"(a KV cache, parameters and speed they do not have)")])
     fam = FAMILY_DEFAULTS.get(model_type, {})
     assumed: list[str] = []
     problems: list[tuple[str, str]] = []
@@ -473,6 +494,17 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
             "n_experts": int(n_exp), "n_moe": len(moe_layers), "shared_inter": int(shared_inter), "inter": inter,
             "moe_inter": int(moe_inter)}
     special = families.read(cfg, top, model_type, base, where=where, problems=problems, assumed=assumed)
+    raw_types = cfg.get("layer_types")
+    if not special.get("layer_types") and isinstance(raw_types, list) and len(raw_types) == layers:
+        # a kind the generic reading does not know (a recurrent or convolution layer of a family that has no
+        # reader in vramplan.families) would be counted as attention - its KV, parameters and speed wrong
+        unknown = next(((i, t) for i, t in enumerate(raw_types) if str(t) not in _FULL | _SLIDING), None)
+        if unknown is not None:
+            problems.append((f"{where}.layer_types[{unknown[0]}]",
+                             f"{unknown[1]!r} is a layer kind vramplan does not read for model_type {model_type!r}: "
+                             f"it reads {', '.join(sorted(_FULL))} and {', '.join(sorted(_SLIDING))} layers here; "
+                             f"recurrent and convolution layers only for the families it knows "
+                             f"({', '.join(sorted(families.READERS))})"))
     if problems:
         raise RequestError(problems)
     if special.get("layer_types"):  # a family's own layout decides which layers are windowed

@@ -188,6 +188,18 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "attn_layer_period": _STEP, "attn_layer_offset": _OFFSET,
         "expert_layer_period": _STEP, "expert_layer_offset": _OFFSET,
     },
+    # LFM2 / LFM2-MoE (Liquid AI): short-convolution layers beside attention, an FFN width the model adjusts
+    "lfm2": {
+        "block_ff_dim": _FFN,
+        "block_multiple_of": _count(1, MAX_FFN, "256 (LFM2)"),
+        "block_ffn_dim_multiplier": Key("number", 0.01, 1024, "1.0 (LFM2)"),
+        "block_auto_adjust_ff_dim": _FLAG,
+        "conv_L_cache": _KERNEL,
+        "conv_bias": _FLAG,
+        "full_attn_idxs": _LAYER_INDICES,
+        "num_dense_layers": _count(0, MAX_LAYERS, "2 (LFM2-8B-A1B)"),
+        "tie_embedding": _FLAG,
+    },
     # Gemma 3n: per-layer embeddings, AltUp, LAuReL, KV sharing
     "gemma3n": {
         "hidden_size_per_layer_input": _count(1, MAX_WIDTH, "256 (Gemma 3n)"),

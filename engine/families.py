@@ -6,8 +6,9 @@ read from its own config keys, as its transformers ``*Config`` class and modelin
 
 - **recurrent mixers** whose per-sequence state does not grow with the context: Qwen3-Next's
   gated DeltaNet (``linear_attention`` layers), the Mamba2 layers of Granite 4.0-H and Nemotron-H,
-  and Jamba's Mamba layers. Each keeps a causal-conv state (the last ``kernel - 1`` or ``kernel``
-  inputs of ``conv_channels`` channels) and an SSM / delta-rule state per layer per sequence;
+  Jamba's Mamba layers and LFM2's short convolutions (``conv`` layers). Each keeps a causal-conv state
+  (the last ``kernel - 1`` or ``kernel`` inputs of ``conv_channels`` channels) and, but for LFM2's, an
+  SSM / delta-rule state per layer per sequence;
 - **KV sharing** (Gemma 3n): the last ``num_kv_shared_layers`` layers read the cache of the last
   earlier layer of their attention type instead of keeping their own;
 - **per-layer embeddings** (Gemma 3n): a second lookup table, ``vocab_size_per_layer_input x
@@ -46,6 +47,10 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "jamba": {"attn_layer_period": 8, "attn_layer_offset": 4, "expert_layer_period": 2, "expert_layer_offset": 1,
               "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_dt_rank": "auto",
               "mamba_conv_bias": True, "mamba_proj_bias": False},
+    # transformers models/lfm2/configuration_lfm2.py Lfm2Config, lfm2_moe/configuration_lfm2_moe.py Lfm2MoeConfig
+    "lfm2": {"conv_L_cache": 3, "conv_bias": False, "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0,
+             "block_auto_adjust_ff_dim": True},
+    "lfm2_moe": {"conv_L_cache": 3, "conv_bias": False, "num_dense_layers": 2},
     # transformers models/gemma3n/configuration_gemma3n.py Gemma3nTextConfig
     "gemma3n_text": {"vocab_size_per_layer_input": 262144, "hidden_size_per_layer_input": 256, "altup_num_inputs": 4,
                      "num_kv_shared_layers": 15, "laurel_rank": 64},
@@ -112,6 +117,17 @@ def normalize(cfg: dict, model_type: str) -> dict:
         widths = cfg["intermediate_size"]
         if widths and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
             cfg = {**cfg, "intermediate_size": max(widths), "_ffn_widths": list(widths)}
+    elif model_type in ("lfm2", "lfm2_moe"):
+        # Lfm2Config / Lfm2MoeConfig take LiquidAI's original spellings: ``tie_embedding`` for
+        # tie_word_embeddings and (LFM2) ``block_ff_dim`` for intermediate_size, before the MLP adjusts it
+        # (_lfm2); LFM2-MoE's first ``num_dense_layers`` layers keep a dense MLP, the rest are MoE
+        if cfg.get("tie_word_embeddings") is None and cfg.get("tie_embedding") is not None:
+            cfg = {**cfg, "tie_word_embeddings": cfg["tie_embedding"]}
+        if model_type == "lfm2" and cfg.get("block_ff_dim") is not None:
+            cfg = {**cfg, "intermediate_size": cfg["block_ff_dim"]}
+        if model_type == "lfm2_moe":
+            dense = cfg.get("num_dense_layers")
+            cfg = {**cfg, "first_k_dense_replace": CLASS_DEFAULTS["lfm2_moe"]["num_dense_layers"] if dense is None else dense}
     elif model_type == "nemotron_h":
         if cfg.get("head_dim") is None and cfg.get("attention_head_dim") is not None:
             cfg = {**cfg, "head_dim": cfg["attention_head_dim"]}
@@ -291,6 +307,59 @@ def _jamba(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed
     return out
 
 
+def _lfm2(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """LFM2 and LFM2-MoE (Liquid AI; transformers modeling_lfm2.py, modular_lfm2_moe.py): ``layer_types``
+    of ``conv`` / ``full_attention`` (LFM2 without it: ``full_attn_idxs``, else every layer attends).
+
+    ``Lfm2ShortConv`` has ``in_proj`` h -> 3h (B, C and x), a depthwise ``conv1d`` over h channels of
+    kernel ``conv_L_cache`` and ``out_proj`` h -> h (biases with ``conv_bias``); its cache keeps the last
+    inputs of the h channels and no SSM state (``Lfm2HybridConvCache``: [batch, h, L_cache]; vLLM's
+    ShortConv L_cache - 1 columns). ``Lfm2Attention`` has per-head q / k layernorms (FAMILY_DEFAULTS
+    qk_norm). Every layer keeps its feed-forward; LFM2's ``Lfm2MLP`` adjusts its width (block_auto_adjust_ff_dim:
+    int(2 x ff / 3), x block_ffn_dim_multiplier where given, rounded up to block_multiple_of), LFM2-MoE's
+    dense layers take intermediate_size as it is.
+
+    Not counted: transformers' hybrid cache allocates the conv state for the attention layers too (h x L_cache
+    elements each per sequence: 73,728 bytes a sequence for LFM2-1.2B's six in 16 bits), and LFM2-MoE's
+    ``expert_bias`` buffer (one float per expert per MoE layer)."""
+    fam, L, h = str(cfg.get("model_type")), base["layers"], base["hidden"]
+    raw = cfg.get("layer_types")
+    if raw is None:
+        if fam == "lfm2_moe":  # Lfm2MoeConfig has no default layout: its decoder layers index layer_types
+            problems.append((f"{where}.layer_types", f"is required for lfm2_moe: one of 'conv' / 'full_attention' "
+                                                     f"for each of the {L} layers"))
+            return {}
+        idxs = cfg.get("full_attn_idxs")
+        if idxs is None:
+            idxs = list(range(L))
+            assumed.append("layer_types = every layer full_attention (lfm2 default without full_attn_idxs; not in config)")
+        raw = ["full_attention" if i in set(idxs) else "conv" for i in range(L)]
+    kinds = _kinds(raw, L, {"conv": "recurrent", "full_attention": "full"}, "layer_types", where, problems)
+    kernel = _int(cfg, "conv_L_cache", fam, where, problems, assumed)
+    bias = _flag(cfg, "conv_bias", fam)
+    out: dict = {}
+    if fam == "lfm2" and _flag(cfg, "block_auto_adjust_ff_dim", fam):
+        ff = int(2 * base["inter"] / 3)
+        mult = cfg.get("block_ffn_dim_multiplier", CLASS_DEFAULTS[fam]["block_ffn_dim_multiplier"])
+        if mult is not None:  # Lfm2MLP rounds to block_multiple_of only with a multiplier
+            multiple = _int(cfg, "block_multiple_of", fam, where, problems, assumed)
+            ff = int(mult * ff)
+            ff = multiple * ((ff + multiple - 1) // multiple)
+        if ff < 1:
+            problems.append((f"{where}.block_ff_dim", f"{base['inter']} adjusted by block_auto_adjust_ff_dim "
+                                                      f"(2/3, x block_ffn_dim_multiplier) leaves no feed-forward width"))
+            return {}
+        out["intermediate_size"] = ff
+    if fam == "lfm2_moe" and cfg.get("num_dense_layers") is None:
+        assumed.append(f"num_dense_layers = {CLASS_DEFAULTS[fam]['num_dense_layers']} (lfm2_moe default; not in config)")
+    if kinds is None:
+        return {}
+    out.update({"layer_types": kinds, "recurrent_kind": "short_conv", "conv_channels": h, "conv_kernel": kernel,
+                "ssm_state_elems": 0,
+                "recurrent_params": (("ssm_in", 3 * h * h), ("ssm_out", h * h), ("norm", h * kernel + (5 * h if bias else 0)))})
+    return out
+
+
 def _gemma3n(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
     """Gemma 3n (transformers modeling_gemma3n.py).
 
@@ -460,6 +529,8 @@ READERS: dict[str, Callable[..., dict]] = {
     "granitemoehybrid": _granite_hybrid,
     "nemotron_h": _nemotron_h,
     "jamba": _jamba,
+    "lfm2": _lfm2,
+    "lfm2_moe": _lfm2,
     "gemma3n_text": _gemma3n,
     "gemma3n": _gemma3n,
     "mllama_text_model": _mllama,
@@ -496,7 +567,9 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
     Granite 4.0-H ``GraniteHybridModel`` - conv_kernel = mamba_d_conv, state_size = mamba_d_state,
     group_count = mamba_n_groups, time_step_rank = mamba_n_heads, inner_size = mamba_n_heads x
     mamba_d_head, with ``attention.head_count_kv`` per layer 0 on Mamba layers (llama-model.cpp
-    marks those layers recurrent).
+    marks those layers recurrent); LFM2 / LFM2-MoE ``LFM2Model`` / ``LFM2MoeModel`` - ``shortconv.l_cache`` =
+    conv_L_cache, ``attention.head_count_kv`` per layer 0 on the conv layers, ``feed_forward_length`` the MLP
+    width already adjusted, ``leading_dense_block_count`` = num_dense_layers.
     """
     def get(key):
         v = meta.get(f"{arch}.{key}")
@@ -511,6 +584,14 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
                   "full_attention_interval": get("full_attention_interval") or 4}
         if shared:
             config["shared_expert_intermediate_size"] = shared
+    elif arch in ("lfm2", "lfm2moe") and get("shortconv.l_cache"):
+        kv = meta.get(f"{arch}.attention.head_count_kv")
+        config = {**config, "model_type": "lfm2" if arch == "lfm2" else "lfm2_moe", "conv_L_cache": get("shortconv.l_cache"),
+                  "block_auto_adjust_ff_dim": False}
+        if isinstance(kv, list):
+            config["layer_types"] = ["full_attention" if k else "conv" for k in kv]
+        if arch == "lfm2moe":
+            config["num_dense_layers"] = get("leading_dense_block_count") or 0
     elif arch == "granitehybrid" and None not in (kernel, state, groups, rank, inner) and rank:
         kv = meta.get(f"{arch}.attention.head_count_kv")
         hidden = config.get("hidden_size") or 0

@@ -65,6 +65,7 @@ _DTYPE_QUANT = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", 
 _GGUF_ARCH_MODEL_TYPE = {
     "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "gemma3": "gemma3_text", "deepseek2": "deepseek_v3",
     "gpt-oss": "gpt_oss", "command-r": "cohere", "phi2": "phi", "llama4": "llama4_text", "granitemoe": "granitemoe",
+    "lfm2moe": "lfm2_moe",
 }
 
 #: ``{arch}.<key>`` metadata -> config.json key (llama.cpp ``LLM_KV_*`` names).
@@ -289,6 +290,12 @@ def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: 
     if "moe_intermediate_size" in config and "intermediate_size" not in config:
         config["intermediate_size"] = config["moe_intermediate_size"]
     config = families.from_gguf(arch, meta, config)  # hybrid families' recurrent geometry
+    mixer = next((k for k in meta if k.startswith((f"{arch}.ssm.", f"{arch}.shortconv.", f"{arch}.wkv."))), None)
+    if mixer and config["model_type"] not in families.READERS:
+        # Mamba / RWKV / other recurrent layers llama.cpp describes but vramplan does not read: counted as
+        # attention they would get a KV cache, parameters and a speed they do not have
+        raise RequestError([(where, f"is a GGUF of architecture '{arch}', whose recurrent layers ({mixer}) vramplan does "
+                                    f"not read (it reads them for {', '.join(sorted(families.READERS))})")])
 
     types = Counter(t for _n, t, _s, _e, _b in tensors)
     params = sum(n for *_x, n, _b in tensors)

@@ -306,8 +306,10 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
     if not (arch.image_tokens_per_image or arch.cross_tokens_per_image) and holds(images > 0):
         out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
     if arch.num_recurrent_layers:
-        out.append("hybrid model: the recurrent layers' per-sequence state is modelled; their prefill transients "
-                   "(chunked-scan intermediates) are not")
+        what = ("in_proj's B, C and x, 3 x hidden a token" if arch.recurrent_kind == "short_conv"
+                else "chunked-scan intermediates")
+        out.append(f"hybrid model: the recurrent layers' per-sequence state is modelled; their prefill transients "
+                   f"({what}) are not")
     opt = req.get("optimization_config") or {}
     if workload == "finetuning":
         if arch.is_moe:
