@@ -83,6 +83,7 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "jamba": {"tie_word_embeddings": False},
     "gemma3n_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},
     "mllama_text_model": {"tie_word_embeddings": False},
+    "ernie4_5_moe": {"tie_word_embeddings": True},
     # LFM2 / LFM2-MoE: Lfm2Attention's q_layernorm / k_layernorm of head_dim; tied unless tie_embedding says not
     "lfm2": {"tie_word_embeddings": True, "qk_norm": True},
     "lfm2_moe": {"tie_word_embeddings": True, "qk_norm": True},
@@ -441,7 +442,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
 
     # mixture of experts
     n_exp = _first(cfg, "num_local_experts", "num_experts", "n_routed_experts", default=0) or 0
-    top_k = _first(cfg, "num_experts_per_tok", "moe_topk", "top_k", "experts_per_token", default=0) or 0
+    top_k = _first(cfg, "num_experts_per_tok", "moe_topk", "top_k", "experts_per_token", "moe_k", default=0) or 0
     moe_inter = shared_inter = dense_inter = 0
     moe_layers: tuple[int, ...] = ()
     if n_exp:
@@ -468,6 +469,17 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
             problems.append((f"{where}.num_experts_per_tok", "is required for a mixture-of-experts model"))
         elif top_k > n_exp:
             problems.append((f"{where}.num_experts_per_tok", f"{top_k} is more than the {n_exp} experts"))
+
+    if not n_exp and model_type not in families.READERS:
+        # a count of experts under a name the generic reading does not take (another family's spelling): read as a
+        # dense model its parameters, memory and speed would be wrong
+        stray = next((k for k, v in cfg.items() if "expert" in k.lower() and isinstance(v, int)
+                      and not isinstance(v, bool) and v > 0), None)
+        if stray:
+            problems.append((f"{where}.{stray}", "names experts, but none of the expert counts vramplan reads "
+                                                 "(num_local_experts, num_experts, n_routed_experts) is set: read as a "
+                                                 "dense model its parameters, memory and speed would be wrong - give "
+                                                 "num_local_experts, num_experts_per_tok and moe_intermediate_size"))
 
     # multi-head latent attention
     kv_lora = int(cfg.get("kv_lora_rank") or 0)

@@ -188,6 +188,15 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "attn_layer_period": _STEP, "attn_layer_offset": _OFFSET,
         "expert_layer_period": _STEP, "expert_layer_offset": _OFFSET,
     },
+    # ERNIE 4.5 MoE (Baidu): its own expert spellings and the layer range that routes
+    "ernie4_5_moe": {
+        "moe_num_experts": _EXPERTS, "moe_k": _TOP_K,
+        "moe_num_shared_experts": _count(0, MAX_EXPERTS, "2 (ERNIE-4.5-21B-A3B)"),
+        "moe_layer_start_index": _count(0, MAX_LAYERS, "3 (ERNIE-4.5-300B-A47B)"),
+        "moe_layer_end_index": _count(-1, MAX_LAYERS, "53 (ERNIE-4.5-300B-A47B); -1 the last layer"),
+        "moe_layer_interval": _STEP,
+        "use_bias": _FLAG,
+    },
     # LFM2 / LFM2-MoE (Liquid AI): short-convolution layers beside attention, an FFN width the model adjusts
     "lfm2": {
         "block_ff_dim": _FFN,

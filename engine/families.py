@@ -51,6 +51,9 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     "lfm2": {"conv_L_cache": 3, "conv_bias": False, "block_multiple_of": 256, "block_ffn_dim_multiplier": 1.0,
              "block_auto_adjust_ff_dim": True},
     "lfm2_moe": {"conv_L_cache": 3, "conv_bias": False, "num_dense_layers": 2},
+    # transformers models/ernie4_5_moe/configuration_ernie4_5_moe.py Ernie4_5_MoeConfig
+    "ernie4_5_moe": {"moe_num_experts": 64, "moe_k": 6, "moe_intermediate_size": 1536, "moe_num_shared_experts": 2,
+                     "moe_layer_start_index": 1, "moe_layer_end_index": -1, "moe_layer_interval": 1},
     # transformers models/gemma3n/configuration_gemma3n.py Gemma3nTextConfig
     "gemma3n_text": {"vocab_size_per_layer_input": 262144, "hidden_size_per_layer_input": 256, "altup_num_inputs": 4,
                      "num_kv_shared_layers": 15, "laurel_rank": 64},
@@ -307,6 +310,41 @@ def _jamba(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed
     return out
 
 
+def _ernie4_5_moe(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """ERNIE 4.5 MoE (transformers modular_ernie4_5_moe.py): ``moe_num_experts`` routed experts (``num_experts`` by
+    the config's attribute_map), ``moe_k`` per token, a shared MLP ``moe_intermediate_size x moe_num_shared_experts``
+    wide, on the layers i with (i + 1) % moe_layer_interval == 0 and moe_layer_start_index <= i <= moe_layer_end_index
+    (-1: the last layer; Ernie4_5_MoeDecoderLayer), the others a dense MLP of intermediate_size. Each MoE block adds
+    its router (h x experts) and ``moe_statics.e_score_correction_bias`` (one per expert). ``use_bias`` puts biases
+    on every linear. Not counted: the router and the bias are kept in fp32 (_keep_in_fp32_modules_strict), 2 extra
+    bytes a parameter in a 16-bit model (327,680 bytes a layer for ERNIE-4.5-21B-A3B)."""
+    fam, L = "ernie4_5_moe", base["layers"]
+    key = "num_experts" if cfg.get("moe_num_experts") is None and cfg.get("num_experts") is not None else "moe_num_experts"
+    experts = _int(cfg, key, fam, where, problems, assumed, minimum=0)
+    top_k = _int(cfg, "moe_k", fam, where, problems, assumed)
+    inter = _int(cfg, "moe_intermediate_size", fam, where, problems, assumed)
+    shared = _int(cfg, "moe_num_shared_experts", fam, where, problems, assumed, minimum=0)
+    start = _int(cfg, "moe_layer_start_index", fam, where, problems, assumed, minimum=0)
+    step = _int(cfg, "moe_layer_interval", fam, where, problems, assumed)
+    end = cfg.get("moe_layer_end_index")
+    if end is None:
+        end = CLASS_DEFAULTS[fam]["moe_layer_end_index"]
+        assumed.append(f"moe_layer_end_index = {end} ({fam} default; not in config)")
+    end = L - 1 if end == -1 else end
+    if experts and top_k > experts:
+        problems.append((f"{where}.moe_k", f"{top_k} is more than the {experts} experts"))
+    if problems:
+        return {}
+    moe = tuple(i for i in range(L) if (i + 1) % step == 0 and start <= i <= end) if experts else ()
+    out: dict = {"num_experts": experts if moe else 0, "experts_per_token": top_k if moe else 0,
+                 "moe_intermediate_size": inter if moe else 0,
+                 "shared_expert_intermediate_size": inter * shared if moe else 0, "moe_layers": moe,
+                 "dense_intermediate_size": base["inter"], "extra_params": (("norm", len(moe) * experts),)}
+    if cfg.get("use_bias"):
+        out.update(qkv_bias=True, out_bias=True, mlp_bias=True, lm_head_bias=True)
+    return out
+
+
 def _lfm2(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
     """LFM2 and LFM2-MoE (Liquid AI; transformers modeling_lfm2.py, modular_lfm2_moe.py): ``layer_types``
     of ``conv`` / ``full_attention`` (LFM2 without it: ``full_attn_idxs``, else every layer attends).
@@ -529,6 +567,7 @@ READERS: dict[str, Callable[..., dict]] = {
     "granitemoehybrid": _granite_hybrid,
     "nemotron_h": _nemotron_h,
     "jamba": _jamba,
+    "ernie4_5_moe": _ernie4_5_moe,
     "lfm2": _lfm2,
     "lfm2_moe": _lfm2,
     "gemma3n_text": _gemma3n,

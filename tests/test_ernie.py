@@ -1,0 +1,72 @@
+"""ERNIE 4.5 MoE (vramplan.families._ernie4_5_moe) and expert counts under names no reader takes.
+
+Counts itemized by hand from transformers' modular_ernie4_5_moe.py (Ernie4_5_MoeDecoderLayer, Ernie4_5_MoeSparseMoeBlock).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import vramplan
+from vramplan.architecture import from_hf_config
+from vramplan.errors import RequestError
+
+#: baidu/ERNIE-4.5-21B-A3B-PT's architecture keys.
+ERNIE_21B = {
+    "model_type": "ernie4_5_moe", "architectures": ["Ernie4_5_MoeForCausalLM"], "hidden_size": 2560,
+    "intermediate_size": 12288, "moe_intermediate_size": 1536, "num_hidden_layers": 28, "num_attention_heads": 20,
+    "num_key_value_heads": 4, "head_dim": 128, "moe_num_experts": 64, "moe_num_shared_experts": 2, "moe_k": 6,
+    "moe_layer_start_index": 1, "moe_layer_end_index": 27, "moe_layer_interval": 1, "vocab_size": 103424,
+    "tie_word_embeddings": True, "max_position_embeddings": 131072, "use_bias": False,
+}
+
+
+def test_ernie_4_5_21b_a3b_by_hand():
+    a = from_hf_config(ERNIE_21B)
+    assert a.moe_layers == tuple(range(1, 28)) and (a.num_experts, a.experts_per_token) == (64, 6)
+    embedding = 103424 * 2560                                               # tied
+    attention = 28 * (2 * 2560 * 20 * 128 + 2 * 2560 * 4 * 128)            # q, o; k, v: 440,401,920
+    dense = 3 * 2560 * 12288                                                # layer 0's MLP
+    expert, shared = 3 * 2560 * 1536, 3 * 2560 * 1536 * 2
+    moe = 27 * (64 * expert + shared + 2560 * 64 + 64)                      # experts, shared MLP, router, its bias
+    norms = 28 * 2 * 2560 + 2560
+    assert a.param_count() == embedding + attention + dense + moe + norms == 21_825_437_888
+    active = embedding + attention + dense + 27 * (6 * expert + shared + 2560 * 64 + 64) + norms
+    assert a.param_count(active=True) == active == 3_352_150_208  # the card: 21B total, 3B activated
+
+
+def test_ernie_moe_layer_range_and_interval():
+    a = from_hf_config({**ERNIE_21B, "moe_layer_start_index": 3, "moe_layer_end_index": -1, "moe_layer_interval": 2})
+    assert a.moe_layers == tuple(range(3, 28, 2))  # (i + 1) % 2 == 0 from layer 3 to the last
+    defaults = {k: v for k, v in ERNIE_21B.items() if not k.startswith("moe_") or k == "moe_intermediate_size"}
+    b = from_hf_config(defaults)  # Ernie4_5_MoeConfig's defaults: 64 experts, top-6, 2 shared, layers 1 to the last
+    assert (b.num_experts, b.experts_per_token, b.moe_layers) == (64, 6, tuple(range(1, 28)))
+    assert any("moe_k = 6 (ernie4_5_moe default" in s for s in b.assumed)
+
+
+def test_ernie_estimate_reads_the_experts():
+    out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "custom", "custom_model": ERNIE_21B,
+                                       "quantization": "bf16", "seq_length": 4096})
+    assert out["model_weights_gb"] == pytest.approx(21_825_437_888 * 2 / 2**30, abs=0.01)  # 40.65 GiB
+
+
+@pytest.mark.parametrize("keys, field", [
+    ({"moe_k": 65}, "custom_model.moe_k"),
+    ({"moe_layer_interval": 0}, "custom_model.moe_layer_interval"),
+    ({"moe_layer_end_index": -2}, "custom_model.moe_layer_end_index"),
+    ({"moe_num_experts": "64"}, "custom_model.moe_num_experts"),
+])
+def test_bad_ernie_keys_name_the_field(keys, field):
+    with pytest.raises(RequestError) as e:
+        from_hf_config({**ERNIE_21B, **keys})
+    assert field in [f for f, _ in e.value.problems]
+
+
+def test_an_expert_count_under_another_familys_name_is_refused():
+    """A family without a reader that counts its experts as ``moe_num_experts`` (ERNIE's spelling, under another
+    model_type): read as dense it would be ~1/8 of its size - a 422 naming the key, not a dense estimate."""
+    cfg = {**ERNIE_21B, "model_type": "ernie_like_moe"}
+    with pytest.raises(RequestError) as e:
+        from_hf_config(cfg)
+    (field, message), = e.value.problems
+    assert field == "custom_model.moe_num_experts" and "read as a dense model" in message
