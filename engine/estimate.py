@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import contract, runtimetext
+from . import contract, families, runtimetext
 from . import request as request_mod
 from .resolve import Resolved
 from .scenario import Notes
@@ -380,8 +380,7 @@ def _layout_assumptions(a, s: dict[str, float], v: dict[str, float]) -> list[str
     """Say what a model with unusual layers keeps per sequence (vramplan.families)."""
     out = []
     if a.num_recurrent_layers:
-        kind = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", "mamba": "Mamba",
-                "short_conv": "short-convolution"}.get(a.recurrent_kind, a.recurrent_kind)
+        kind = families.RECURRENT_KIND_WORDS.get(a.recurrent_kind, a.recurrent_kind)
         out.append(f"recurrent state: {a.num_recurrent_layers} {kind} layers keep "
                    f"{v['recurrent_state_bytes_per_seq'] / 2**20:.2f} MiB per sequence, whatever its length; "
                    f"{a.num_layers - a.num_recurrent_layers} of {a.num_layers} layers keep a KV cache")

@@ -59,6 +59,10 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
                      "num_kv_shared_layers": 15, "laurel_rank": 64},
 }
 
+#: What each ``recurrent_kind`` is called in the answers (the estimate's assumptions, ``models import``).
+RECURRENT_KIND_WORDS = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", "mamba": "Mamba",
+                        "short_conv": "short-convolution"}
+
 #: Bits in which the reference kernels return the recurrent state, where the runtime stores what
 #: the model code hands it (transformers). 0 = the compute dtype.
 #: Qwen3-Next: fla ``chunk_gated_delta_rule`` and transformers' ``torch_chunk_gated_delta_rule``

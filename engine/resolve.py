@@ -177,6 +177,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
     file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
+    warnings.extend(_params_disagree(hub_info, arch))
     cls = cat.gpu_classes.get(gpu.key)
     if cls is None:
         warnings.append(f"GPU {gpu.key} (vendor {gpu.data['vendor']}, category {gpu.data['category']}) matches no hardware class "
@@ -249,6 +250,29 @@ def _exact_weights_bytes(info: dict | None, quant: Entry, req: dict[str, Any], w
         return None
     assumptions.append(f"weights: {info['weights_bytes']:,} bytes as the checkpoint's safetensors headers state them")
     return int(info["weights_bytes"])
+
+
+#: How far a checkpoint's parameter count may sit from its config's reading before the estimate says so. A draft layer
+#: the config's layers do not include stays inside it (DeepSeek-V3's multi-token-prediction layer: 684.5 B in the
+#: checkpoint for 671 B, +2.0%); a family read with the wrong layers does not (a non-gated MLP read as gated: +50% of
+#: the MLP).
+PARAMS_DISAGREE = 0.05
+
+
+def _params_disagree(info: dict | None, arch: Architecture) -> list[str]:
+    """A warning when a Hub model's or model file's tensors hold a parameter count far from what vramplan reads
+    from its config.json: layers of its family the reading does not model, so the KV cache, activations and
+    speed - computed from that reading - are in doubt. Packed checkpoints (several weights per stored element)
+    count stored elements, so they are not compared."""
+    if not info or not info.get("params") or any("packed" in n for n in info["notes"]):
+        return []
+    read = arch.param_count()
+    off = info["params"] / read - 1 if read else 0.0
+    if abs(off) <= PARAMS_DISAGREE:
+        return []
+    return [f"the checkpoint's tensors hold {info['params']:,} parameters, {off:+.0%} from the {read:,} vramplan reads "
+            f"from its config.json (model_type {arch.model_type!r}): it has layers or tensors the reading does not "
+            f"model, so its KV cache, activations and speed - estimated from that reading - are uncertain"]
 
 
 def _say(rule: Entry, assumptions: list[str], warnings: list[str]) -> None:

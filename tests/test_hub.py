@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,28 @@ def test_estimate_with_a_hub_id_reads_the_cached_safetensors_header(tmp_path):
     assert f"weights: {TINY_BYTES:,} bytes as the checkpoint's safetensors headers state them" in out["assumptions"]
     r = _run(["inference", "--gpu", "rtx_4090", "--model", "hf:acme/tiny"], env)
     assert r.returncode == 0 and r.stdout.startswith("hf:acme/tiny on 1 x")
+
+
+def test_a_checkpoint_whose_tensors_disagree_with_the_config_reading_is_said(tmp_path):
+    """A family vramplan has no reader for whose MLP is not gated (up and down only, as Apertus has): the config is
+    read as a gated MLP, 80,448 parameters, while the tensors hold 80,448 - 2 x (128 x 64) = 64,064 (-20%). The
+    weights come from the headers; the warning says the rest is in doubt. TINY itself (the same tensors as its
+    reading) gets none."""
+    cfg = {**TINY, "model_type": "apertus", "_name_or_path": "acme/ungated"}
+    tensors = {k: v for k, v in _tiny_tensors().items() if "gate_proj" not in k}
+    lay_out_hub_cache(tmp_path / "hub", "acme/ungated", {"config.json": cfg, "model.safetensors": save(tensors)})
+    lay_out_hub_cache(tmp_path / "hub", "acme/tiny", {"config.json": TINY, "model.safetensors": save(_tiny_tensors())})
+    env = _env(tmp_path, HF_HUB_OFFLINE="1")
+    r = _run(["inference", "--gpu", "rtx_4090", "--model", "hf:acme/ungated", "--quantization", "fp16", "--format", "json"], env)
+    assert r.returncode == 0, r.stderr
+    warned = [w for w in json.loads(r.stdout)["warnings"] if "checkpoint's tensors hold" in w]
+    assert warned == ["the checkpoint's tensors hold 64,064 parameters, -20% from the 80,448 vramplan reads from its "
+                      "config.json (model_type 'apertus'): it has layers or tensors the reading does not model, so its "
+                      "KV cache, activations and speed - estimated from that reading - are uncertain"]
+    r = _run(["inference", "--gpu", "rtx_4090", "--model", "hf:acme/tiny", "--quantization", "fp16", "--format", "json"], env)
+    assert not [w for w in json.loads(r.stdout)["warnings"] if "checkpoint's tensors hold" in w]
+    r = _run(["models", "import", "hf:acme/ungated"], env)  # models import says it beside the two counts
+    assert re.search(r"params \(file\) +64,064\n", r.stdout) and "note: the checkpoint's tensors hold 64,064 parameters, -20%" in r.stdout
 
 
 def test_offline_without_the_model_in_the_cache_says_so(tmp_path):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from .. import families
 from ..errors import VramplanError
 from ..units import GIB
 from .common import LIST_FORMAT
@@ -169,6 +170,8 @@ def _summary(info: dict, arch) -> dict:
             "active_params_from_config": arch.param_count(active=True) if arch.is_moe else None,
         })
         s["notes"] += list(arch.assumed)
+        from ..resolve import _params_disagree
+        s["notes"] += _params_disagree(info, arch)
     return s
 
 
@@ -222,8 +225,7 @@ def _per_sequence(arch) -> dict:
 
     kinds: dict[str, int] = {}
     for t in arch.layer_types or ("full",) * arch.num_layers:
-        label = t if t != "recurrent" else {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2",
-                                             "mamba": "Mamba"}.get(arch.recurrent_kind, "recurrent")
+        label = t if t != "recurrent" else families.RECURRENT_KIND_WORDS.get(arch.recurrent_kind, "recurrent")
         kinds[label] = kinds.get(label, 0) + 1
     out: dict = {"layer_kinds": kinds}
     cat = get_catalog()
