@@ -84,6 +84,12 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "gemma3n_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},
     "mllama_text_model": {"tie_word_embeddings": False},
     "ernie4_5_moe": {"tie_word_embeddings": True},
+    # squared-ReLU / xIELU MLPs without a gate (transformers NemotronMLP: up_proj, down_proj; ArceeMLP and ApertusMLP
+    # subclass it); Nemotron's LayerNorm1P has a bias, Apertus per-head q / k RMSNorms (its xIELU's two scalars a layer
+    # are not counted)
+    "nemotron": {"tie_word_embeddings": False, "gated_mlp": False, "norm_bias": True},
+    "arcee": {"tie_word_embeddings": False, "gated_mlp": False},
+    "apertus": {"tie_word_embeddings": False, "gated_mlp": False, "qk_norm": True},
     # LFM2 / LFM2-MoE: Lfm2Attention's q_layernorm / k_layernorm of head_dim; tied unless tie_embedding says not
     "lfm2": {"tie_word_embeddings": True, "qk_norm": True},
     "lfm2_moe": {"tie_word_embeddings": True, "qk_norm": True},

@@ -133,11 +133,11 @@ def test_estimate_with_a_hub_id_reads_the_cached_safetensors_header(tmp_path):
 
 
 def test_a_checkpoint_whose_tensors_disagree_with_the_config_reading_is_said(tmp_path):
-    """A family vramplan has no reader for whose MLP is not gated (up and down only, as Apertus has): the config is
+    """A family vramplan does not know whose MLP is not gated (up and down only, as Apertus's is): the config is
     read as a gated MLP, 80,448 parameters, while the tensors hold 80,448 - 2 x (128 x 64) = 64,064 (-20%). The
     weights come from the headers; the warning says the rest is in doubt. TINY itself (the same tensors as its
     reading) gets none."""
-    cfg = {**TINY, "model_type": "apertus", "_name_or_path": "acme/ungated"}
+    cfg = {**TINY, "model_type": "ungated_lm", "_name_or_path": "acme/ungated"}
     tensors = {k: v for k, v in _tiny_tensors().items() if "gate_proj" not in k}
     lay_out_hub_cache(tmp_path / "hub", "acme/ungated", {"config.json": cfg, "model.safetensors": save(tensors)})
     lay_out_hub_cache(tmp_path / "hub", "acme/tiny", {"config.json": TINY, "model.safetensors": save(_tiny_tensors())})
@@ -146,7 +146,7 @@ def test_a_checkpoint_whose_tensors_disagree_with_the_config_reading_is_said(tmp
     assert r.returncode == 0, r.stderr
     warned = [w for w in json.loads(r.stdout)["warnings"] if "checkpoint's tensors hold" in w]
     assert warned == ["the checkpoint's tensors hold 64,064 parameters, -20% from the 80,448 vramplan reads from its "
-                      "config.json (model_type 'apertus'): it has layers or tensors the reading does not model, so its "
+                      "config.json (model_type 'ungated_lm'): it has layers or tensors the reading does not model, so its "
                       "KV cache, activations and speed - estimated from that reading - are uncertain"]
     r = _run(["inference", "--gpu", "rtx_4090", "--model", "hf:acme/tiny", "--quantization", "fp16", "--format", "json"], env)
     assert not [w for w in json.loads(r.stdout)["warnings"] if "checkpoint's tensors hold" in w]

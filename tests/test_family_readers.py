@@ -1,4 +1,4 @@
-"""ERNIE 4.5 MoE (vramplan.families._ernie4_5_moe) and expert counts under names no reader takes.
+"""ERNIE 4.5 MoE (vramplan.families._ernie4_5_moe), expert counts under names no reader takes, and MLPs without a gate.
 
 Counts itemized by hand from transformers' modular_ernie4_5_moe.py (Ernie4_5_MoeDecoderLayer, Ernie4_5_MoeSparseMoeBlock).
 """
@@ -70,3 +70,31 @@ def test_an_expert_count_under_another_familys_name_is_refused():
         from_hf_config(cfg)
     (field, message), = e.value.problems
     assert field == "custom_model.moe_num_experts" and "read as a dense model" in message
+
+
+# -- MLPs without a gate (NemotronMLP and the families that subclass it) ----------------------------------------------
+
+#: An Apertus-8B-shaped config (swiss-ai/Apertus-8B-2509's architecture keys).
+APERTUS_8B = {"model_type": "apertus", "hidden_size": 4096, "intermediate_size": 21504, "num_hidden_layers": 32,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 131072, "tie_word_embeddings": False,
+              "hidden_act": "xielu", "max_position_embeddings": 65536}
+
+
+def test_apertus_mlp_has_no_gate_and_its_attention_per_head_qk_norms_by_hand():
+    a = from_hf_config(APERTUS_8B)
+    assert not a.gated_mlp
+    embedding = 2 * 131072 * 4096                                    # untied embedding and head
+    attention = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024)             # q, o; k, v
+    mlp = 32 * 2 * 4096 * 21504                                      # up_proj, down_proj (a gate would add a third)
+    norms = 32 * 2 * 4096 + 4096 + 32 * 2 * 128                      # attention / feedforward norms, final, q / k norms
+    assert a.param_count() == embedding + attention + mlp + norms == 8_053_338_112
+
+
+@pytest.mark.parametrize("model_type, norm_width", [("nemotron", 2), ("arcee", 1)])
+def test_nemotron_and_arcee_mlps_have_no_gate(model_type, norm_width):
+    """NemotronMLP / ArceeMLP: up and down only; Nemotron's LayerNorm1P has a bias (two vectors a norm)."""
+    cfg = {"model_type": model_type, "hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100, "tie_word_embeddings": False}
+    a = from_hf_config(cfg)
+    assert a.param_count() == 2 * 100 * 64 + 2 * (64 * 64 * 2 + 2 * 64 * 32) + 2 * 2 * 64 * 256 \
+        + (2 * 2 + 1) * 64 * norm_width
