@@ -89,6 +89,8 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     # are not counted)
     "nemotron": {"tie_word_embeddings": False, "gated_mlp": False, "norm_bias": True},
     "arcee": {"tie_word_embeddings": False, "gated_mlp": False},
+    # EXAONE 4.0: per-head q / k RMSNorms; the two norms a layer come after attention and the MLP
+    "exaone4": {"qk_norm": True},
     "apertus": {"tie_word_embeddings": False, "gated_mlp": False, "qk_norm": True},
     # LFM2 / LFM2-MoE: Lfm2Attention's q_layernorm / k_layernorm of head_dim; tied unless tie_embedding says not
     "lfm2": {"tie_word_embeddings": True, "qk_norm": True},
@@ -651,6 +653,10 @@ def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[st
             flags = [int((i + 1) % interval != 0) for i in range(layers)]
         layer_types = tuple("sliding" if f else "full" for f in flags)
         window = chunk
+    elif window and isinstance(cfg.get("sliding_window_pattern"), str):
+        # EXAONE 4.0: one letter a layer, the pattern repeated - L local (the window), G global
+        p = cfg["sliding_window_pattern"]
+        layer_types = tuple("sliding" if p[i % len(p)] == "L" else "full" for i in range(layers))
     elif window and cfg.get("sliding_window_pattern"):
         p = int(cfg["sliding_window_pattern"])  # Gemma 3, Cohere 2: every p-th layer is global
         layer_types = tuple("full" if (i + 1) % p == 0 else "sliding" for i in range(layers))

@@ -44,7 +44,7 @@ class Key:
     ``kind``: ``int``, ``number`` (a finite int or float), ``bool``, ``str``, ``object`` (whose keys
     ``fields`` lists, if given), ``object_list`` (a list of such objects), ``int_list``, ``str_list``,
     ``int_lists`` (a list of lists of ints), ``int_or_list`` (an int or a list of ints) or
-    ``int_or_auto``. ``lo``/``hi`` bound a number (or every int of a list); ``record`` names the
+    ``int_or_auto`` or ``int_or_pattern`` (an int, or a string of L and G letters). ``lo``/``hi`` bound a number (or every int of a list); ``record`` names the
     largest real value; ``max_len`` bounds a string or a list.
     """
 
@@ -110,7 +110,8 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
     "sliding_window": {
         "sliding_window": _count(0, MAX_CONTEXT, "131,072 (Qwen 2.5)"),
         "use_sliding_window": _FLAG,
-        "sliding_window_pattern": _count(1, MAX_LAYERS, "6 (Gemma 3)"),
+        # every n-th layer global (Gemma 3: 6), or EXAONE 4.0's letters, L local and G global ("LLLG")
+        "sliding_window_pattern": Key("int_or_pattern", 1, MAX_LAYERS, "6 (Gemma 3); \"LLLG\" (EXAONE 4.0)"),
         "layer_types": Key("str_list", max_len=MAX_LAYERS),
     },
     # soft-capped attention scores and output logits: Gemma 2 (cap x tanh(x / cap); null turns it off)
@@ -339,6 +340,11 @@ def key_problem(value: Any, key: Key) -> str | None:
             else _number_problem(value, key)
     if kind == "int_or_auto":
         return None if value == "auto" else _number_problem(value, key)
+    if kind == "int_or_pattern":
+        if isinstance(value, str):
+            ok = 0 < len(value) <= key.max_len and set(value) <= {"L", "G"}
+            return None if ok else f"must be an integer or a pattern of L (local) and G (global) letters, got {show(value)}"
+        return _number_problem(value, key)
     raise ValueError(f"unknown key kind {kind!r}")  # pragma: no cover - a table error
 
 
@@ -403,6 +409,9 @@ def _key_schema(key: Key, depth: int = 0) -> dict:
                           {"type": "null"}]}
     if kind == "int_or_auto":
         return {"anyOf": [{"type": "integer", "minimum": key.lo, "maximum": key.hi}, {"const": "auto"}, {"type": "null"}]}
+    if kind == "int_or_pattern":
+        return {"anyOf": [{"type": "integer", "minimum": key.lo, "maximum": key.hi},
+                          {"type": "string", "pattern": "^[LG]+$", "maxLength": key.max_len}, {"type": "null"}]}
     if kind == "str":
         return {"type": ["string", "null"], "maxLength": key.max_len}
     if kind in ("object", "object_list") and key.fields is not None and depth < 2:

@@ -98,3 +98,41 @@ def test_nemotron_and_arcee_mlps_have_no_gate(model_type, norm_width):
     a = from_hf_config(cfg)
     assert a.param_count() == 2 * 100 * 64 + 2 * (64 * 64 * 2 + 2 * 64 * 32) + 2 * 2 * 64 * 256 \
         + (2 * 2 + 1) * 64 * norm_width
+
+
+# -- EXAONE 4.0: a sliding-window pattern of letters -----------------------------------------------------------------
+
+#: An EXAONE-4.0-32B-shaped config (LGAI-EXAONE/EXAONE-4.0-32B's architecture keys, without layer_types).
+EXAONE4_32B = {"model_type": "exaone4", "hidden_size": 5120, "intermediate_size": 27392, "num_hidden_layers": 64,
+               "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 102400,
+               "sliding_window": 4096, "sliding_window_pattern": "LLLG", "tie_word_embeddings": False,
+               "max_position_embeddings": 131072}
+
+
+def test_exaone4_letter_pattern_makes_every_fourth_layer_global():
+    a = from_hf_config(EXAONE4_32B)
+    assert a.layer_types == ("sliding", "sliding", "sliding", "full") * 16 and a.sliding_window == 4096
+    # a pattern the layers do not divide is repeated: L L G | L L
+    b = from_hf_config({**EXAONE4_32B, "num_hidden_layers": 5, "sliding_window_pattern": "LLG"})
+    assert b.layer_types == ("sliding", "sliding", "full", "sliding", "sliding")
+    # keys and values a token and layer: K, V x 8 heads x 128 x 2 bytes = 4,096; at 32,768 tokens the 16 global
+    # layers hold them all, the 48 local ones the window and, in vLLM, one block of 16 beyond it (swa_extra_tokens)
+    out = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": EXAONE4_32B,
+                                       "quantization": "bf16", "seq_length": 32768, "runtime": "vllm", "trace": True})
+    v = {step["id"]: step["value"] for step in out["trace"]}
+    assert v["kv_attention_bytes_per_seq"] == 16 * 4096 * 32768 + 48 * 4096 * (4096 + 16)
+
+
+def test_exaone4_has_per_head_qk_norms():
+    small = {**EXAONE4_32B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 100}
+    a = from_hf_config(small)
+    assert a.param_count() == 2 * 100 * 64 + 4 * (2 * 64 * 64 + 2 * 64 * 32) + 4 * 3 * 64 * 128 \
+        + (4 * 2 + 1) * 64 + 4 * 2 * 16  # the two norms a layer, the final one, q_norm and k_norm of head_dim
+
+
+@pytest.mark.parametrize("pattern", ["LLXG", "", 4.5])
+def test_a_bad_sliding_window_pattern_names_the_field(pattern):
+    with pytest.raises(RequestError) as e:
+        from_hf_config({**EXAONE4_32B, "sliding_window_pattern": pattern})
+    assert [f for f, _ in e.value.problems] == ["custom_model.sliding_window_pattern"]
