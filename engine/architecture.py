@@ -159,6 +159,10 @@ class Architecture:
     q_lora_rank: int = 0
     qk_rope_head_dim: int = 0
     qk_nope_head_dim: int = 0
+    # Sparse attention (DeepSeek V3.2 DSA): the lightning indexer's heads, head size and the tokens it selects; 0 = none
+    index_n_heads: int = 0
+    index_head_dim: int = 0
+    index_topk: int = 0
     # Multimodal: image encoder + projector parameters (``vision_config``), counted whole
     vision_params: int = 0
     # Families with unusual layers (vramplan.families): layer_types may also hold "recurrent"
@@ -238,6 +242,15 @@ class Architecture:
         return self.num_kv_heads * (self.head_dim + (self.v_head_dim or self.head_dim))
 
     @property
+    def index_key_bytes_per_token_per_layer(self) -> int:
+        """Bytes one token adds to one layer's lightning-indexer key cache (DeepSeek V3.2): index_head_dim keys in
+        FP8 and one fp32 scale per 128 of them - DeepSeek's inference/model.py ``Indexer`` (k_cache float8_e4m3fn,
+        k_scale_cache head_dim // 128 float32), as vLLM and SGLang keep it (132 bytes for V3.2); 0 without one."""
+        if not self.index_topk:
+            return 0
+        return self.index_head_dim + 4 * -(-self.index_head_dim // 128)
+
+    @property
     def q_dim(self) -> int:
         if self.is_mla:
             return self.num_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
@@ -280,6 +293,11 @@ class Architecture:
             r["attn_v"] = La * h * self.num_kv_heads * (self.v_head_dim or self.head_dim)
             if self.qkv_bias:
                 r["norm"] += La * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
+        if self.index_topk:  # the lightning indexer (Indexer: wq_b from the q latent, wk, weights_proj, k_norm LayerNorm)
+            d, n = self.index_head_dim, self.index_n_heads
+            r["attn_q"] += La * (self.q_lora_rank or h) * n * d
+            r["attn_k"] += La * (h * d + h * n)
+            r["norm"] += La * 2 * d
         r["attn_output"] = La * self.attn_out_dim * h
         if self.out_bias:
             r["norm"] += La * h
@@ -489,6 +507,10 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
                                                  "dense model its parameters, memory and speed would be wrong - give "
                                                  "num_local_experts, num_experts_per_tok and moe_intermediate_size"))
 
+    if cfg.get("index_topk"):  # DeepSeek V3.2's sparse attention: its indexer needs its shape
+        problems += [(f"{where}.{k}", "is required with index_topk (the sparse-attention indexer)")
+                     for k in ("index_n_heads", "index_head_dim") if not cfg.get(k)]
+
     # multi-head latent attention
     kv_lora = int(cfg.get("kv_lora_rank") or 0)
     v_head = int(cfg.get("v_head_dim") or 0)
@@ -568,6 +590,9 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         q_lora_rank=int(cfg.get("q_lora_rank") or 0),
         qk_rope_head_dim=int(cfg.get("qk_rope_head_dim") or 0),
         qk_nope_head_dim=int(cfg.get("qk_nope_head_dim") or 0),
+        index_n_heads=int(cfg.get("index_n_heads") or 0) if cfg.get("index_topk") else 0,
+        index_head_dim=int(cfg.get("index_head_dim") or 0) if cfg.get("index_topk") else 0,
+        index_topk=int(cfg.get("index_topk") or 0),
         vision_params=_vision_params(top, hidden),
     )
     fields.update(special)

@@ -140,6 +140,11 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "qk_nope_head_dim": _count(0, MAX_HEAD_DIM, "128 (DeepSeek-V3)"),
         "v_head_dim": _count(0, MAX_HEAD_DIM, "128 (DeepSeek-V3)"),
     },
+    # DeepSeek V3.2: the lightning indexer of its sparse attention
+    "dsa": {
+        "index_n_heads": _HEADS, "index_head_dim": _HEAD_DIM,
+        "index_topk": _count(0, MAX_CONTEXT, "2,048 (DeepSeek-V3.2)"),
+    },
     # Llama 4: chunked attention on RoPE layers, every n-th layer global
     "llama4": {
         "attention_chunk_size": _count(0, MAX_CONTEXT, "8,192 (Llama 4)"),

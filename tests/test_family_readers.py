@@ -136,3 +136,44 @@ def test_a_bad_sliding_window_pattern_names_the_field(pattern):
     with pytest.raises(RequestError) as e:
         from_hf_config({**EXAONE4_32B, "sliding_window_pattern": pattern})
     assert [f for f, _ in e.value.problems] == ["custom_model.sliding_window_pattern"]
+
+
+# -- DeepSeek V3.2: the sparse-attention indexer ---------------------------------------------------------------------
+
+#: DeepSeek-V3's architecture keys; V3.2 adds its lightning indexer (index_n_heads, index_head_dim, index_topk).
+DEEPSEEK_V3 = {"model_type": "deepseek_v3", "hidden_size": 7168, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+               "num_hidden_layers": 61, "num_attention_heads": 128, "num_key_value_heads": 128, "n_routed_experts": 256,
+               "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": 3, "kv_lora_rank": 512,
+               "q_lora_rank": 1536, "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128,
+               "vocab_size": 129280, "tie_word_embeddings": False, "max_position_embeddings": 163840}
+DEEPSEEK_V32 = {**DEEPSEEK_V3, "model_type": "deepseek_v32", "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048}
+
+
+def test_deepseek_v32_indexer_parameters_by_hand():
+    v3, v32 = from_hf_config(DEEPSEEK_V3), from_hf_config(DEEPSEEK_V32)
+    # Indexer per layer: wq_b 1536 -> 64 x 128, wk 7168 -> 128, weights_proj 7168 -> 64, k_norm LayerNorm(128) weight + bias
+    per_layer = 1536 * 64 * 128 + 7168 * 128 + 7168 * 64 + 2 * 128
+    assert v32.param_count() - v3.param_count() == 61 * per_layer == 851_524_864
+    assert v32.param_count(active=True) - v3.param_count(active=True) == 61 * per_layer  # it runs for every token
+
+
+@pytest.mark.parametrize("kv, per_token_layer", [
+    ("fp8", 576 + 132),       # the latent and rope key in FP8; 128 FP8 indexer keys and one fp32 scale
+    ("bf16", 576 * 2 + 132),  # the latent in 16 bits; the indexer keeps FP8 whatever the cache's dtype
+])
+def test_deepseek_v32_cache_holds_the_indexer_keys(kv, per_token_layer):
+    out = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": DEEPSEEK_V32,
+                                       "quantization": "fp8", "kv_cache_quantization": kv, "num_gpus": 8,
+                                       "inference_parallelism": "tensor", "runtime": "vllm", "seq_length": 4096,
+                                       "trace": True})
+    v = {step["id"]: step["value"] for step in out["trace"]}
+    assert v["kv_bytes_per_token_layer"] == per_token_layer
+    assert v["kv_attention_bytes_per_seq"] == 61 * per_token_layer * 4096
+    assert any(w.startswith("sparse attention (DeepSeek V3.2's lightning indexer)") and "index_topk = 2,048" in w
+               for w in out["warnings"])
+
+
+def test_an_indexer_without_its_shape_names_the_missing_key():
+    with pytest.raises(RequestError) as e:
+        from_hf_config({**DEEPSEEK_V32, "index_head_dim": None})
+    assert [f for f, _ in e.value.problems] == ["custom_model.index_head_dim"]
