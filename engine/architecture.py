@@ -61,6 +61,7 @@ FAMILY_DEFAULTS: dict[str, dict] = {
             "norms_per_layer": 1, "out_bias": True, "mlp_bias": True, "lm_head_bias": True},
     "deepseek_v2": {"tie_word_embeddings": False},
     "deepseek_v3": {"tie_word_embeddings": False},
+    "deepseek_v32": {"tie_word_embeddings": False},
     "kimi_k2": {"tie_word_embeddings": False},
     "cohere": {"tie_word_embeddings": True, "norms_per_layer": 1, "qk_norm": "heads", "qk_norm_key": "use_qk_norm"},
     "cohere2": {"tie_word_embeddings": True, "norms_per_layer": 1},

@@ -36,6 +36,7 @@ ACTIVE_RULES: dict[str, tuple[str, float, str]] = {
     "gpt-oss": ("lookup", 0.005, "OpenAI counts the unembedding, not the embedding lookup (3.61B / 5.13B)"),
     "deepseek-v2-lite": ("lookup", 0.025, "'2.4B activated' is rounded to 0.1B and leaves the lookup out"),
     "deepseek-coder-v2-lite": ("lookup", 0.025, "same architecture as DeepSeek-V2-Lite"),
+    "deepseek-v3.2": ("both", 0.04, "'37B activated' is V3's figure rounded to 1B; V3.2's indexers add 0.85B a token"),
     "deepseek-v3": ("both", 0.02, "'37B activated' is rounded to 1B"),
     "deepseek-r1": ("both", 0.02, "'37B activated' is rounded to 1B"),
     "kimi-k2": ("lookup", 0.03, "'32B activated' is rounded to 1B"),

@@ -177,3 +177,11 @@ def test_an_indexer_without_its_shape_names_the_missing_key():
     with pytest.raises(RequestError) as e:
         from_hf_config({**DEEPSEEK_V32, "index_head_dim": None})
     assert [f for f, _ in e.value.problems] == ["custom_model.index_head_dim"]
+
+
+def test_catalog_deepseek_v32_counts_its_indexers():
+    from vramplan.catalog import get_catalog
+
+    a = get_catalog().architectures["deepseek-v3.2"]
+    assert (a.index_topk, a.index_key_bytes_per_token_per_layer) == (2048, 132)
+    assert a.param_count() == from_hf_config(DEEPSEEK_V3).param_count() + 851_524_864 == 671_877_929_216
