@@ -371,8 +371,8 @@ def test_catalog_entries_of_new_architectures_have_their_layouts():
 
 
 def _hybrid_gguf(path, arch: str, kv_heads):
-    import numpy as np
     from gguf import GGUFWriter
+    from gguf_fixtures import finish_gguf
 
     w = GGUFWriter(str(path), arch)
     w.add_block_count(4)
@@ -392,12 +392,7 @@ def _hybrid_gguf(path, arch: str, kv_heads):
     w.add_uint32(f"{arch}.ssm.inner_size", 64 if arch == "qwen3next" else 128)
     if arch == "qwen3next":
         w.add_uint32(f"{arch}.full_attention_interval", 4)
-    w.add_token_list([f"t{i}" for i in range(100)])
-    w.add_tensor("token_embd.weight", np.zeros((100, 64), np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w)
 
 
 def test_hybrid_gguf_headers_give_the_recurrent_layout(tmp_path):

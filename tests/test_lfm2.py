@@ -146,8 +146,8 @@ def test_an_unknown_layer_kind_is_refused_not_counted_as_attention():
 def test_lfm2_gguf_header_gives_the_conv_layout(tmp_path):
     """llama.cpp's LFM2Model writes shortconv.l_cache, head_count_kv 0 on the conv layers and the MLP width
     already adjusted (convert_hf_to_gguf.py)."""
-    import numpy as np
     from gguf import GGUFWriter
+    from gguf_fixtures import finish_gguf
 
     from vramplan.modelfiles import read_model_file
 
@@ -159,12 +159,7 @@ def test_lfm2_gguf_header_gives_the_conv_layout(tmp_path):
     w.add_head_count_kv([0, 2, 0, 2])
     w.add_context_length(4096)
     w.add_uint32("lfm2.shortconv.l_cache", 3)
-    w.add_token_list([f"t{i}" for i in range(100)])
-    w.add_tensor("token_embd.weight", np.zeros((100, 64), np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w)
     a = from_hf_config(read_model_file(tmp_path / "lfm2.gguf")["config"])
     assert a.layer_types == ("recurrent", "full", "recurrent", "full") and a.num_kv_heads == 2
     assert (a.conv_channels, a.conv_kernel, a.intermediate_size) == (64, 3, 256)  # 256 as written, not re-adjusted
@@ -205,8 +200,8 @@ def test_minimax_m2s_all_softmax_attn_type_list_is_read_as_attention():
 
 def test_a_gguf_with_recurrent_layers_vramplan_does_not_read_is_refused(tmp_path):
     """llama.cpp's Mamba2 GGUF (convert_hf_to_gguf.py Mamba2Model) describes its mixers as mamba2.ssm.*."""
-    import numpy as np
     from gguf import GGUFWriter
+    from gguf_fixtures import finish_gguf
 
     from vramplan.modelfiles import read_model_file
 
@@ -215,11 +210,7 @@ def test_a_gguf_with_recurrent_layers_vramplan_does_not_read_is_refused(tmp_path
     w.add_embedding_length(64)
     w.add_uint32("mamba2.ssm.conv_kernel", 4)
     w.add_uint32("mamba2.ssm.state_size", 16)
-    w.add_tensor("token_embd.weight", np.zeros((100, 64), np.float16))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w, tokens=False)
     with pytest.raises(RequestError) as e:
         read_model_file(tmp_path / "m.gguf")
     (field, message), = e.value.problems
