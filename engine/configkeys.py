@@ -43,9 +43,10 @@ class Key:
 
     ``kind``: ``int``, ``number`` (a finite int or float), ``bool``, ``str``, ``object`` (whose keys
     ``fields`` lists, if given), ``object_list`` (a list of such objects), ``int_list``, ``str_list``,
-    ``int_lists`` (a list of lists of ints), ``int_or_list`` (an int or a list of ints) or
-    ``int_or_auto`` or ``int_or_pattern`` (an int, or a string of L and G letters). ``lo``/``hi`` bound a number (or every int of a list); ``record`` names the
-    largest real value; ``max_len`` bounds a string or a list.
+    ``int_lists`` (a list of lists of ints), ``int_or_list`` (an int or a list of ints),
+    ``int_or_auto`` or ``int_or_pattern`` (an int, or a string of L and G letters). ``lo``/``hi`` bound
+    a number (or every int of a list); ``record`` names the largest real value; ``max_len`` bounds a
+    string or a list.
     """
 
     kind: str
