@@ -173,23 +173,34 @@ def test_catalog_lfm2_1_2b_is_the_config_above():
 
 
 @pytest.mark.parametrize("model_type, keys, field", [
-    # Falcon-H1 (parallel attention + Mamba2 in every layer), Bamba, Kimi Linear, MiniMax-Text-01, a pure Mamba2 model
-    ("falcon_h1", {"mamba_d_ssm": 1024, "mamba_n_heads": 16}, "custom_model.mamba_n_heads"),
-    ("bamba", {"mamba_n_heads": 128, "attn_layer_indices": [9, 18]}, "custom_model.mamba_n_heads"),
-    ("kimi_linear", {"linear_attn_config": {"kda_layers": [1, 2, 3]}}, "custom_model.linear_attn_config"),
-    ("minimax", {"attn_type_list": [0, 0, 1]}, "custom_model.attn_type_list"),
-    ("mamba2", {"ssm_state_size": 128}, "custom_model.ssm_state_size"),
+    # the keys of Falcon-H1 (parallel attention + Mamba2 in every layer), Bamba, Kimi Linear and MiniMax-Text-01's
+    # linear layers, under a model_type no reader takes
+    ("falcon_h1_like", {"mamba_d_ssm": 1024, "mamba_n_heads": 16}, "custom_model.mamba_n_heads"),
+    ("bamba_like", {"mamba_n_heads": 128, "attn_layer_indices": [9, 18]}, "custom_model.mamba_n_heads"),
+    ("kimi_like", {"linear_attn_config": {"kda_layers": [1, 2, 3]}}, "custom_model.linear_attn_config"),
+    ("minimax_like", {"attn_type_list": [0, 0, 1]}, "custom_model.attn_type_list"),
 ])
 def test_recurrent_keys_of_a_family_without_a_reader_are_refused_by_name(model_type, keys, field):
     """Read as a plain decoder these layers would be counted as attention; the 422 names the key that says they are
-    not (for a pure SSM it comes before the missing attention keys it would otherwise report)."""
-    cfg = {"model_type": model_type, "hidden_size": 1024, "num_hidden_layers": 4, "vocab_size": 1000, **keys}
-    if model_type != "mamba2":
-        cfg.update(num_attention_heads=8, intermediate_size=4096)
+    not."""
+    cfg = {"model_type": model_type, "hidden_size": 1024, "num_hidden_layers": 4, "vocab_size": 1000,
+           "num_attention_heads": 8, "intermediate_size": 4096, **keys}
     with pytest.raises(RequestError) as e:
         from_hf_config(cfg)
     (got, message), = e.value.problems
     assert got == field and "counted as attention" in message and "nemotron_h" in message
+
+
+@pytest.mark.parametrize("model_type", ["mamba2", "falcon_h1", "bamba", "rwkv7", "kimi_linear"])
+def test_a_recurrent_family_without_a_reader_is_refused_by_its_model_type(model_type):
+    """HF's Mamba2Config (state_size, num_heads, head_dim, expand, no attention keys): before, its num_heads read as
+    attention heads and the 422 asked for an intermediate_size it does not have."""
+    cfg = {"model_type": model_type, "hidden_size": 2048, "num_hidden_layers": 4, "vocab_size": 1000, "num_heads": 64,
+           "head_dim": 64, "state_size": 128, "expand": 2, "conv_kernel": 4, "n_groups": 8}
+    with pytest.raises(RequestError) as e:
+        from_hf_config(cfg)
+    (got, message), = e.value.problems
+    assert got == "custom_model.model_type" and "recurrent family" in message
 
 
 def test_minimax_m2s_all_softmax_attn_type_list_is_read_as_attention():
