@@ -101,16 +101,16 @@ FAMILY_DEFAULTS: dict[str, dict] = {
 _SLIDING = {"sliding_attention", "sliding", "local", "chunked_attention"}
 #: ``layer_types`` entries the generic reading takes as attention over the whole context.
 _FULL = {"full_attention", "full", "attention", "global", "global_attention"}
-#: Config keys of recurrent, linear-attention and convolution layers: Mamba / Mamba2 mixers (Jamba, Bamba, Falcon-H1,
-#: Zamba, Granite 4.0-H, Nemotron-H), Kimi Linear's ``linear_attn_config``, MiniMax's ``attn_type_list``, Qwen3-Next's
-#: gated DeltaNet, LFM2's short convolutions (MiniMax's list only where it marks a layer 0, linear). vramplan.families
-#: reads them for its families; a config of any other
-#: model_type that has one is refused (from_hf_config), since the generic reading would count those layers as attention.
 #: model_types whose layers are recurrent (Mamba, Mamba2, Falcon-Mamba, RWKV, RecurrentGemma, xLSTM) or mix attention
 #: with them (Falcon-H1, Bamba, Zamba, Hymba): refused by name where no reader in vramplan.families takes them, since their
 #: keys (state_size, num_heads ...) would otherwise be read as a plain decoder's or fail on keys they do not have.
 _RECURRENT_FAMILIES = {"mamba", "mamba2", "falcon_mamba", "falcon_h1", "bamba", "zamba", "zamba2", "hymba", "rwkv", "rwkv5",
                        "rwkv6", "rwkv7", "recurrent_gemma", "xlstm", "kimi_linear", "minimax", "minimax_text_01"}
+#: Config keys of recurrent, linear-attention and convolution layers: Mamba / Mamba2 mixers (Jamba, Bamba, Falcon-H1,
+#: Zamba, Granite 4.0-H, Nemotron-H), Kimi Linear's ``linear_attn_config``, MiniMax's ``attn_type_list`` (only where it
+#: marks a layer 0, linear), Qwen3-Next's gated DeltaNet, LFM2's short convolutions. vramplan.families reads them for its
+#: families; a config of any other model_type that has one is refused (from_hf_config), since the generic reading would
+#: count those layers as attention.
 _MIXER_KEYS = ("mamba_d_state", "mamba_n_heads", "mamba_d_ssm", "mamba_expand", "ssm_state_size", "hybrid_override_pattern",
                "layers_block_type", "attn_layer_indices", "linear_attn_config", "attn_type_list", "linear_num_value_heads",
                "linear_conv_kernel_dim", "conv_L_cache", "full_attn_idxs")
@@ -405,11 +405,11 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         where = f"{where}.text_config"
     model_type = str(cfg.get("model_type") or "unknown")
     cfg = families.normalize(cfg, model_type)
-    # MiniMax's attn_type_list marks its linear (lightning) layers 0; MiniMax-M2 lists only 1s, softmax attention
     if model_type in _RECURRENT_FAMILIES and model_type not in families.READERS:
         raise RequestError([(f"{where}.model_type", f"{model_type!r} is a recurrent family (state-space or RNN layers, "
                                                     f"no attention KV cache) that vramplan does not read; it reads "
                                                     f"recurrent layers for {', '.join(sorted(families.READERS))}")])
+    # MiniMax's attn_type_list marks its linear (lightning) layers 0; MiniMax-M2 lists only 1s, softmax attention
     mixer = next((k for k in _MIXER_KEYS if cfg.get(k) is not None
                   and (k != "attn_type_list" or 0 in (cfg[k] if isinstance(cfg[k], list) else [0]))), None)
     if mixer and model_type not in families.READERS:

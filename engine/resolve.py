@@ -177,7 +177,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
     file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
-    warnings.extend(_params_disagree(hub_info, arch))
+    warnings.extend(params_disagree(hub_info, arch))
     cls = cat.gpu_classes.get(gpu.key)
     if cls is None:
         warnings.append(f"GPU {gpu.key} (vendor {gpu.data['vendor']}, category {gpu.data['category']}) matches no hardware class "
@@ -259,7 +259,7 @@ def _exact_weights_bytes(info: dict | None, quant: Entry, req: dict[str, Any], w
 PARAMS_DISAGREE = 0.05
 
 
-def _params_disagree(info: dict | None, arch: Architecture) -> list[str]:
+def params_disagree(info: dict | None, arch: Architecture) -> list[str]:
     """A warning when a Hub model's or model file's tensors hold a parameter count far from what vramplan reads
     from its config.json: layers of its family the reading does not model, so the KV cache, activations and
     speed - computed from that reading - are in doubt. Packed checkpoints (several weights per stored element)

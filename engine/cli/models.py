@@ -16,6 +16,7 @@ import click
 
 from .. import families
 from ..errors import VramplanError
+from ..resolve import params_disagree
 from ..units import GIB
 from .common import LIST_FORMAT
 
@@ -170,8 +171,7 @@ def _summary(info: dict, arch) -> dict:
             "active_params_from_config": arch.param_count(active=True) if arch.is_moe else None,
         })
         s["notes"] += list(arch.assumed)
-        from ..resolve import _params_disagree
-        s["notes"] += _params_disagree(info, arch)
+        s["notes"] += params_disagree(info, arch)
     return s
 
 
