@@ -331,10 +331,10 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
         out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
     if arch.index_topk:
         out.append(f"sparse attention (DeepSeek V3.2's lightning indexer): its key cache, "
-                   f"{arch.index_key_bytes_per_token_per_layer} bytes a token a layer, is counted; not modelled: that "
-                   f"attention reads only the index_topk = {arch.index_topk:,} tokens the indexer selects (past them "
-                   f"decode and prefill are estimated as dense attention: pessimistic), nor vLLM's fp8_ds_mla layout of an "
-                   f"FP8 cache (656 bytes a token a layer with its scales and a 16-bit rope key, where 576 are counted)")
+                   f"{arch.index_key_bytes_per_token_per_layer} bytes a token a layer, is counted, and attention reads "
+                   f"only the index_topk = {arch.index_topk:,} tokens the indexer selects while the indexer scores every "
+                   f"cached token; not modelled: vLLM's fp8_ds_mla layout of an FP8 cache (656 bytes a token a layer with "
+                   f"its scales and a 16-bit rope key, where 576 are counted)")
     if arch.num_recurrent_layers:
         what = ("in_proj's B, C and x, 3 x hidden a token" if arch.recurrent_kind == "short_conv"
                 else "chunked-scan intermediates")

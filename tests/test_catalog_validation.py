@@ -103,7 +103,7 @@ def test_yaml_is_loaded_safely(tmp_path):
 def test_oversized_file_is_refused(tmp_path, monkeypatch):
     import vramplan.datafiles as datafiles
 
-    # A limit above every built-in file (the largest is under 40 KB) and a plugin file over it.
+    # A limit above every built-in file (the largest is under 64 KB) and a plugin file over it.
     monkeypatch.setattr(datafiles, "MAX_DATA_FILE_BYTES", 64 * 1024)
     plugin = plugin_with(tmp_path, "gpus", "gpus: {}\n" + "# padding\n" * 7000)
     assert "data files are limited to 65536" in skipped(plugin)

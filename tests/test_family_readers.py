@@ -173,6 +173,45 @@ def test_deepseek_v32_cache_holds_the_indexer_keys(kv, per_token_layer):
                for w in out["warnings"])
 
 
+def test_deepseek_v32_decode_reads_the_top_k_and_the_indexer_scans_every_key():
+    # 32,000-token prompts, 1,536-token answers: a decoding sequence's mean context is 32,000 + 768 = 32,768 tokens
+    body = {"gpu_key": "h200", "llm_key": "custom", "quantization": "fp8", "kv_cache_quantization": "fp8",
+            "num_gpus": 8, "inference_parallelism": "tensor", "runtime": "vllm", "input_tokens": 32000,
+            "output_tokens": 1536, "trace": True}
+    v32 = {s["id"]: s["value"] for s in vramplan.estimate_inference({**body, "custom_model": DEEPSEEK_V32})["trace"]}
+    v3 = {s["id"]: s["value"] for s in vramplan.estimate_inference({**body, "custom_model": DEEPSEEK_V3})["trace"]}
+    assert v32["srv_ctx_mean"] == 32768
+    # the cache a step reads: the 576-byte FP8 latents of 2,048 tokens and the 132-byte indexer keys of all 32,768,
+    # of the 708 bytes a token holds - 14 / 59; V3 reads all of it
+    assert v32["kv_read_share"] == pytest.approx((576 * 2048 + 132 * 32768) / (708 * 32768)) == pytest.approx(14 / 59)
+    assert v3["kv_read_share"] == 1
+    # FLOPs: the latent attention over 2,048 tokens, 2 x 128 heads x (2 x 512 + 64) = 278,528 a token and layer, split
+    # over TP8; the indexer's 2 x 64 x 128 = 16,384 a cached token and layer, not split, at H200's FP8 1,978.9 TFLOP/s
+    # counted at the 16-bit attention's 989.4
+    indexer = 16384 * 61 * 32768 * 989.4 / 1978.9
+    assert v32["decode_index_flops_per_token"] == pytest.approx(indexer)
+    assert v32["decode_attn_flops_per_token"] == pytest.approx(278528 * 61 * 2048 / 8 + indexer)
+    assert v3["decode_attn_flops_per_token"] == pytest.approx(278528 * 61 * 32768 / 8)
+
+
+def test_deepseek_v32_prefill_caps_each_query_at_the_top_k():
+    body = {"gpu_key": "h200", "llm_key": "custom", "quantization": "fp8", "num_gpus": 8, "runtime": "vllm",
+            "inference_parallelism": "tensor", "input_tokens": 8192, "output_tokens": 16, "trace": True}
+    v32 = {s["id"]: s["value"] for s in vramplan.estimate_inference({**body, "custom_model": DEEPSEEK_V32})["trace"]}
+    # the latent attention over min(position, 2,048) keys a query: 2 x 2048 x 8192 - 2048^2 = 29,360,128 (twice the
+    # pairs), 278,528 / 2 FLOPs each; the indexer scores all 8192^2 / 2 causal pairs at half the attention's cost
+    attention = 278528 / 2 * 61 * (2 * 2048 * 8192 - 2048 ** 2)
+    indexer = 61 * 16384 * 8192 ** 2 / 2 * 989.4 / 1978.9
+    assert v32["prefill_attn_flops"] == pytest.approx(attention + indexer)
+    # in the latent space a pair costs 278,528 / 98,304 = 2.8x a decompressed head's 4 x q_dim: the sparse prompt
+    # costs more than V3's dense one at 8,192 tokens (2.83 x (2 x 4 - 1) = 19.8 > 4^2 = 16 in units of 2048^2 pairs)
+    # and less at 32,768 (2.83 x 31 = 87.8 < 256)
+    def ttft(model, tokens):
+        return vramplan.estimate_inference({**body, "custom_model": model, "input_tokens": tokens})["serving"]["ttft_ms"]
+    assert ttft(DEEPSEEK_V32, 8192) > ttft(DEEPSEEK_V3, 8192)
+    assert ttft(DEEPSEEK_V32, 32768) < ttft(DEEPSEEK_V3, 32768)
+
+
 def test_an_indexer_without_its_shape_names_the_missing_key():
     with pytest.raises(RequestError) as e:
         from_hf_config({**DEEPSEEK_V32, "index_head_dim": None})
