@@ -364,6 +364,22 @@ class Architecture:
     def param_count(self, active: bool = False) -> int:
         return sum(self.param_roles(active).values())
 
+    def tp_replicated_roles(self) -> dict[str, int]:
+        """Parameters by role that every tensor-parallel rank keeps whole instead of a 1 / tp slice: MLA's
+        down-projections to the latents (vLLM's DeepseekV2MLAAttention builds q_a_proj + kv_a_proj_with_mqa as
+        fused_qkv_a_proj with disable_tp=True, or kv_a_proj_with_mqa as a ReplicatedLinear; SGLang likewise), DeepSeek
+        V3.2's lightning indexer (vLLM's Indexer: "no tensor parallel, just replicated") and the MoE routers (vLLM's
+        gate is a ReplicatedLinear). Norms, replicated too, are left out: a few KB a layer."""
+        h, La = self.hidden_size, self.num_attention_layers
+        r = {"attn_q": 0, "attn_k": 0, "ffn_gate_inp": self.param_roles()["ffn_gate_inp"]}
+        if self.is_mla:
+            r["attn_q"] += La * h * (self.q_lora_rank or 0)  # without a q latent, q_proj is column-parallel
+            r["attn_k"] += La * h * (self.kv_lora_rank + self.qk_rope_head_dim)
+        if self.index_topk:
+            r["attn_q"] += La * (self.q_lora_rank or h) * self.index_n_heads * self.index_head_dim
+            r["attn_k"] += La * (h * self.index_head_dim + h * self.index_n_heads)
+        return r
+
 
 # -- reading config.json ---------------------------------------------------------------------
 

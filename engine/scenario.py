@@ -183,6 +183,9 @@ for _role in ROLES:
     VARIABLES[f"b_{_role}"] = ("bits", f"bits per parameter of {_role} tensors")
 for _role in ("ffn_gate", "ffn_up", "ffn_down"):
     VARIABLES[f"pa_{_role}"] = ("params", f"{_role} parameters a token is routed through (MoE)")
+for _role in ("attn_q", "attn_k", "ffn_gate_inp"):
+    VARIABLES[f"pr_{_role}"] = ("params", f"{_role} parameters every tensor-parallel rank keeps whole (MLA latent "
+                                          f"down-projections, a sparse-attention indexer, MoE routers)")
 for _m in ("q", "k", "v", "o", "gate", "up", "down"):
     VARIABLES[f"lora_{_m}"] = ("flag", f"LoRA adapts {_m}_proj")
     VARIABLES[f"lora_dims_{_m}"] = ("elements", f"sum over every {_m}_proj linear of (in + out) features")
@@ -302,6 +305,8 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         s[f"p_{role}"] = roles[role]
     for role in ("ffn_gate", "ffn_up", "ffn_down"):
         s[f"pa_{role}"] = active[role]
+    for role, n in a.tp_replicated_roles().items():
+        s[f"pr_{role}"] = n
     _lora_dims(s, a)
     return s
 

@@ -212,6 +212,26 @@ def test_deepseek_v32_prefill_caps_each_query_at_the_top_k():
     assert ttft(DEEPSEEK_V32, 32768) < ttft(DEEPSEEK_V3, 32768)
 
 
+@pytest.mark.parametrize("model, replicated", [
+    # q_a_proj 61 x 7168 x 1536, kv_a_proj_with_mqa 61 x 7168 x (512 + 64), 58 MoE routers of 7168 x 256
+    (DEEPSEEK_V3, 61 * 7168 * 1536 + 61 * 7168 * 576 + 58 * 7168 * 256),
+    # and V3.2's indexer: wq_b 61 x 1536 x 64 x 128, wk and weights_proj 61 x 7168 x (128 + 64)
+    (DEEPSEEK_V32, 61 * 7168 * 1536 + 61 * 7168 * 576 + 58 * 7168 * 256 + 61 * 1536 * 8192 + 61 * 7168 * 192),
+])
+def test_tensor_parallel_ranks_each_hold_the_latent_projections_indexer_and_routers(model, replicated):
+    body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": model, "quantization": "bf16", "num_gpus": 8,
+            "inference_parallelism": "tensor", "runtime": "vllm", "seq_length": 4096, "trace": True}
+    v = {s["id"]: s["value"] for s in vramplan.estimate_inference(body)["trace"]}
+    assert v["tp_replicated_bytes"] == 2 * replicated  # bf16
+    # a rank holds 1/8 of the split tensors and all of the replicated ones: 1/8 of (layers + 7 more copies)
+    assert v["weights_gpu_bytes"] == pytest.approx((v["layer_weights_bytes"] + 7 * 2 * replicated
+                                                    + v["end_weights_bytes"]) / 8)
+    assert v["matmul_params_tp"] == v["matmul_params_active"] + 7 * replicated
+    # pipeline stages split layers, not tensors: nothing is held twice
+    pp = {s["id"]: s["value"] for s in vramplan.estimate_inference({**body, "inference_parallelism": "pipeline"})["trace"]}
+    assert pp["layer_weights_tp_bytes"] == pp["layer_weights_bytes"]
+
+
 def test_an_indexer_without_its_shape_names_the_missing_key():
     with pytest.raises(RequestError) as e:
         from_hf_config({**DEEPSEEK_V32, "index_head_dim": None})
