@@ -115,6 +115,12 @@ _MIXER_KEYS = ("mamba_d_state", "mamba_n_heads", "mamba_d_ssm", "mamba_expand", 
                "layers_block_type", "attn_layer_indices", "linear_attn_config", "attn_type_list", "linear_num_value_heads",
                "linear_conv_kernel_dim", "conv_L_cache", "full_attn_idxs")
 
+#: Keys of DeepSeek V4's attention and residual stream, which no reader takes: compressed attention (compress_ratios,
+#: per layer 0, 4 or 128 - a cache of one compressed entry per that many tokens beside a sliding window), the grouped
+#: low-rank output projection (o_lora_rank, o_groups) and hyper-connections (hc_mult parallel residual streams). Read
+#: generically, such a config would be a one-KV-head decoder with a full cache in every layer: refused, naming the key.
+_COMPRESSED_ATTENTION_KEYS = ("compress_ratios", "o_lora_rank", "hc_mult")
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -433,6 +439,13 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
                                                  f"vramplan reads for {', '.join(sorted(families.READERS))} only: read as "
                                                  f"model_type {model_type!r}, those layers would be counted as attention "
                                                  f"(a KV cache, parameters and speed they do not have)")])
+    compressed = next((k for k in _COMPRESSED_ATTENTION_KEYS if cfg.get(k) is not None), None)
+    if compressed or model_type == "deepseek_v4":
+        key = compressed or "model_type"
+        raise RequestError([(f"{where}.{key}", f"belongs to DeepSeek V4's compressed attention, grouped output projection "
+                                               f"and hyper-connections, which vramplan does not read: read as a plain "
+                                               f"model_type {model_type!r}, its cache, parameters and speed would be "
+                                               f"wrong")])
     fam = FAMILY_DEFAULTS.get(model_type, {})
     assumed: list[str] = []
     problems: list[tuple[str, str]] = []

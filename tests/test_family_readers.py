@@ -1,4 +1,5 @@
-"""ERNIE 4.5 MoE (vramplan.families._ernie4_5_moe), expert counts under names no reader takes, and MLPs without a gate.
+"""ERNIE 4.5 MoE (vramplan.families._ernie4_5_moe), expert counts under names no reader takes, MLPs without a gate,
+EXAONE 4.0's letter patterns, DeepSeek V3.2's sparse attention and what tensor parallelism replicates, DeepSeek V4 refused.
 
 Counts itemized by hand from transformers' modular_ernie4_5_moe.py (Ernie4_5_MoeDecoderLayer, Ernie4_5_MoeSparseMoeBlock).
 """
@@ -10,6 +11,8 @@ import pytest
 import vramplan
 from vramplan.architecture import from_hf_config
 from vramplan.errors import RequestError
+
+from server_fixtures import PREFIX, api_token, app, auth_headers, client, isolated_data_dir, sqlite_store  # noqa: F401
 
 #: baidu/ERNIE-4.5-21B-A3B-PT's architecture keys.
 ERNIE_21B = {
@@ -244,3 +247,37 @@ def test_catalog_deepseek_v32_counts_its_indexers():
     a = get_catalog().architectures["deepseek-v3.2"]
     assert (a.index_topk, a.index_key_bytes_per_token_per_layer) == (2048, 132)
     assert a.param_count() == from_hf_config(DEEPSEEK_V3).param_count() + 851_524_864 == 671_877_929_216
+
+
+# -- DeepSeek V4: compressed attention is refused, not read as a plain decoder ---------------------------------------
+
+#: A DeepSeek-V4-Flash-shaped config: 43 layers, one 512-wide KV head, compress_ratios per layer, hyper-connections.
+DEEPSEEK_V4 = {"model_type": "deepseek_v4", "vocab_size": 129280, "hidden_size": 4096, "intermediate_size": 2048,
+               "moe_intermediate_size": 2048, "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 6,
+               "num_hidden_layers": 43, "num_attention_heads": 64, "num_key_value_heads": 1, "head_dim": 512,
+               "q_lora_rank": 1024, "o_lora_rank": 1024, "o_groups": 8, "qk_rope_head_dim": 64, "index_head_dim": 128,
+               "index_n_heads": 64, "index_topk": 512, "compress_ratios": [0, 0] + [4, 128] * 20 + [4], "hc_mult": 4,
+               "sliding_window": 128, "max_position_embeddings": 1048576}
+
+
+@pytest.mark.parametrize("config, field", [
+    (DEEPSEEK_V4, "compress_ratios"),
+    # its keys under another model_type, one at a time
+    ({**{k: v for k, v in DEEPSEEK_V4.items() if k not in ("compress_ratios", "o_lora_rank")}, "model_type": "deepseek_v3"},
+     "hc_mult"),
+    ({**{k: v for k, v in DEEPSEEK_V4.items() if k not in ("compress_ratios", "hc_mult")}, "model_type": "deepseek_v3"},
+     "o_lora_rank"),
+    # the model_type alone
+    ({k: v for k, v in DEEPSEEK_V4.items() if k not in ("compress_ratios", "o_lora_rank", "hc_mult")}, "model_type"),
+])
+def test_deepseek_v4_is_refused_naming_the_key(config, field):
+    with pytest.raises(RequestError) as e:
+        from_hf_config(config)
+    assert [f for f, _ in e.value.problems] == [f"custom_model.{field}"]
+    assert "DeepSeek V4" in e.value.problems[0][1]
+
+
+def test_deepseek_v4_over_http_is_a_422(client, auth_headers):
+    r = client.post(f"{PREFIX}/inference", headers=auth_headers,
+                    json={"gpu_key": "h200", "llm_key": "custom", "custom_model": DEEPSEEK_V4, "quantization": "fp8"})
+    assert r.status_code == 422 and "custom_model.compress_ratios" in r.text
