@@ -102,9 +102,9 @@ _SLIDING = {"sliding_attention", "sliding", "local", "chunked_attention"}
 #: ``layer_types`` entries the generic reading takes as attention over the whole context.
 _FULL = {"full_attention", "full", "attention", "global", "global_attention"}
 #: model_types whose layers are recurrent (Mamba, Mamba2, Falcon-Mamba, RWKV, RecurrentGemma, xLSTM) or mix attention
-#: with them (Falcon-H1, Bamba, Zamba, Hymba): refused by name where no reader in vramplan.families takes them, since their
+#: with them (Bamba, Zamba, Hymba): refused by name where no reader in vramplan.families takes them, since their
 #: keys (state_size, num_heads ...) would otherwise be read as a plain decoder's or fail on keys they do not have.
-_RECURRENT_FAMILIES = {"mamba", "mamba2", "falcon_mamba", "falcon_h1", "bamba", "zamba", "zamba2", "hymba", "rwkv", "rwkv5",
+_RECURRENT_FAMILIES = {"mamba", "mamba2", "falcon_mamba", "bamba", "zamba", "zamba2", "hymba", "rwkv", "rwkv5",
                        "rwkv6", "rwkv7", "recurrent_gemma", "xlstm", "kimi_linear", "minimax", "minimax_text_01"}
 #: Config keys of recurrent, linear-attention and convolution layers: Mamba / Mamba2 mixers (Jamba, Bamba, Falcon-H1,
 #: Zamba, Granite 4.0-H, Nemotron-H), Kimi Linear's ``linear_attn_config``, MiniMax's ``attn_type_list`` (only where it
@@ -181,6 +181,7 @@ class Architecture:
     # (linear attention / SSM: a fixed state per sequence, no KV), "cross" (attends to image
     # tokens) and "none" (no token mixer).
     recurrent_kind: str = ""  # "gated_deltanet", "mamba2", "mamba", "short_conv" (LFM2)
+    recurrent_beside_attention: bool = False  # every attention layer also runs a recurrent mixer (Falcon-H1)
     conv_channels: int = 0  # channels of a recurrent layer's causal-conv state
     conv_kernel: int = 0
     ssm_state_elems: int = 0  # elements of one recurrent layer's SSM / delta-rule state, per sequence
@@ -217,6 +218,10 @@ class Architecture:
 
     @property
     def num_recurrent_layers(self) -> int:
+        """Layers with a recurrent mixer: those of kind "recurrent", or every attention layer where the mixer runs
+        beside the attention (Falcon-H1)."""
+        if self.recurrent_beside_attention:
+            return self.num_full_layers + self.num_sliding_layers
         return sum(1 for t in self.layer_types if t == "recurrent")
 
     @property

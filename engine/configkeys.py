@@ -179,10 +179,11 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "linear_num_key_heads": _HEADS, "linear_num_value_heads": _HEADS,
         "full_attention_interval": _count(1, MAX_LAYERS, "4 (Qwen3-Next)"),
     },
-    # Mamba / Mamba2 mixers: Granite 4.0-H, Jamba (mamba_*), Nemotron-H (its own spellings)
+    # Mamba / Mamba2 mixers: Granite 4.0-H, Jamba, Falcon-H1 (mamba_*), Nemotron-H (its own spellings)
     "mamba": {
         "mamba_n_heads": _HEADS, "mamba_n_groups": _HEADS, "mamba_d_state": _STATE, "mamba_d_conv": _KERNEL,
         "mamba_expand": _count(1, MAX_SMALL, "2 (Mamba)"), "mamba_conv_bias": _FLAG, "mamba_proj_bias": _FLAG,
+        "mamba_d_ssm": _count(1, MAX_WIDTH, "1,024 (FalconH1Config default)"), "mamba_rms_norm": _FLAG, "projectors_bias": _FLAG,
         "mamba_d_head": Key("int_or_auto", 1, MAX_HEAD_DIM, "64 (Granite 4.0-H)"),
         "mamba_dt_rank": Key("int_or_auto", 1, MAX_WIDTH, "256 (Jamba)"),
         "shared_intermediate_size": _count(0, MAX_FFN, "1,024 (Granite 4.0-H)"),

@@ -383,7 +383,8 @@ def _layout_assumptions(a, s: dict[str, float], v: dict[str, float]) -> list[str
         kind = families.RECURRENT_KIND_WORDS.get(a.recurrent_kind, a.recurrent_kind)
         out.append(f"recurrent state: {a.num_recurrent_layers} {kind} layers keep "
                    f"{v['recurrent_state_bytes_per_seq'] / 2**20:.2f} MiB per sequence, whatever its length; "
-                   f"{a.num_layers - a.num_recurrent_layers} of {a.num_layers} layers keep a KV cache")
+                   f"{a.num_kv_full_layers + a.num_kv_sliding_layers} of {a.num_layers} layers keep a KV cache"
+                   + (" (each beside its recurrent mixer)" if a.recurrent_beside_attention else ""))
     shared = sum(a.kv_shared)
     if shared:
         out.append(f"KV sharing: {shared} of {a.num_layers} layers read an earlier layer's cache and keep none")

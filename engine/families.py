@@ -5,7 +5,8 @@ sliding windows). The families here add layers the generic reading cannot see, a
 read from its own config keys, as its transformers ``*Config`` class and modeling code build it:
 
 - **recurrent mixers** whose per-sequence state does not grow with the context: Qwen3-Next's
-  gated DeltaNet (``linear_attention`` layers), the Mamba2 layers of Granite 4.0-H and Nemotron-H,
+  gated DeltaNet (``linear_attention`` layers), the Mamba2 layers of Granite 4.0-H and Nemotron-H and
+  the Mamba2 mixer Falcon-H1 runs beside the attention of every layer,
   Jamba's Mamba layers and LFM2's short convolutions (``conv`` layers). Each keeps a causal-conv state
   (the last ``kernel - 1`` or ``kernel`` inputs of ``conv_channels`` channels) and, but for LFM2's, an
   SSM / delta-rule state per layer per sequence;
@@ -43,6 +44,10 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     # transformers models/nemotron_h/configuration_nemotron_h.py NemotronHConfig
     "nemotron_h": {"mamba_num_heads": 128, "mamba_head_dim": 64, "ssm_state_size": 128, "n_groups": 8,
                    "conv_kernel": 4, "use_conv_bias": True, "use_bias": False},
+    # transformers models/falcon_h1/configuration_falcon_h1.py FalconH1Config
+    "falcon_h1": {"mamba_d_ssm": 1024, "mamba_n_heads": 128, "mamba_n_groups": 1, "mamba_d_state": 256, "mamba_d_conv": 4,
+                  "mamba_expand": 2, "mamba_conv_bias": True, "mamba_proj_bias": False, "mamba_rms_norm": False,
+                  "projectors_bias": False},
     # transformers models/jamba/configuration_jamba.py JambaConfig
     "jamba": {"attn_layer_period": 8, "attn_layer_offset": 4, "expert_layer_period": 2, "expert_layer_offset": 1,
               "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "mamba_dt_rank": "auto",
@@ -234,6 +239,41 @@ def _granite_hybrid(cfg: dict, top: dict, base: dict, where: str, problems: list
                                  _flag(cfg, "mamba_conv_bias", fam), _flag(cfg, "mamba_proj_bias", fam))
     return {"layer_types": kinds, "recurrent_kind": "mamba2", "conv_channels": conv, "conv_kernel": kernel,
             "ssm_state_elems": n_heads * d_head * d_state, "recurrent_params": params}
+
+
+def _falcon_h1(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Falcon-H1 (TII; transformers modeling_falcon_h1.py ``FalconH1DecoderLayer``): every layer runs its attention and
+    a Mamba2 mixer side by side on the same normed input and adds both, then its MLP - so every layer keeps keys and
+    values and a Mamba2 state (``FalconHybridMambaAttentionDynamicCache``; vLLM registers the two as separate layers).
+    ``FalconH1Mixer``: ``in_proj`` h -> d_ssm (gate) + conv_dim + n_heads (dt), bias ``mamba_proj_bias``; depthwise
+    ``conv1d`` over conv_dim = d_ssm + 2 n_groups d_state (bias ``mamba_conv_bias``); ``dt_bias`` / ``A_log`` / ``D`` of
+    n_heads; a gated RMSNorm of d_ssm only with ``mamba_rms_norm``; ``out_proj`` d_ssm -> h, bias ``projectors_bias``.
+    d_ssm is ``mamba_d_ssm`` (FalconH1Config: mamba_expand x h where it is null); ``mamba_d_head`` "auto" is d_ssm /
+    n_heads. The muP multipliers scale activations, not parameters."""
+    fam, L, h = "falcon_h1", base["layers"], base["hidden"]
+    if "mamba_d_ssm" in cfg and cfg["mamba_d_ssm"] is None:
+        d_ssm = _int(cfg, "mamba_expand", fam, where, problems, assumed) * h
+    else:
+        d_ssm = _int(cfg, "mamba_d_ssm", fam, where, problems, assumed)
+    n_heads = _int(cfg, "mamba_n_heads", fam, where, problems, assumed)
+    n_groups = _int(cfg, "mamba_n_groups", fam, where, problems, assumed)
+    d_state = _int(cfg, "mamba_d_state", fam, where, problems, assumed)
+    kernel = _int(cfg, "mamba_d_conv", fam, where, problems, assumed)
+    d_head = cfg.get("mamba_d_head")
+    if d_head in (None, "auto"):
+        d_head = d_ssm // n_heads
+    if not isinstance(d_head, int) or isinstance(d_head, bool) or d_head * n_heads != d_ssm:
+        problems.append((f"{where}.mamba_d_head", f"mamba_d_head x mamba_n_heads must equal the mixer's width "
+                                                  f"mamba_d_ssm ({d_ssm}), got {d_head!r} x {n_heads}"))
+        return {}
+    conv = d_ssm + 2 * n_groups * d_state
+    in_out = d_ssm + conv + n_heads
+    norm = conv * kernel + (conv if _flag(cfg, "mamba_conv_bias", fam) else 0) + 3 * n_heads \
+        + (d_ssm if _flag(cfg, "mamba_rms_norm", fam) else 0) + (in_out if _flag(cfg, "mamba_proj_bias", fam) else 0) \
+        + (h if _flag(cfg, "projectors_bias", fam) else 0)
+    return {"layer_types": ("full",) * L, "recurrent_beside_attention": True, "recurrent_kind": "mamba2",
+            "conv_channels": conv, "conv_kernel": kernel, "ssm_state_elems": n_heads * d_head * d_state,
+            "recurrent_params": (("ssm_in", h * in_out), ("ssm_out", d_ssm * h), ("norm", norm))}
 
 
 def _nemotron_h(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
@@ -570,6 +610,7 @@ READERS: dict[str, Callable[..., dict]] = {
     "qwen3_next": _qwen3_next,
     "granitemoehybrid": _granite_hybrid,
     "nemotron_h": _nemotron_h,
+    "falcon_h1": _falcon_h1,
     "jamba": _jamba,
     "ernie4_5_moe": _ernie4_5_moe,
     "lfm2": _lfm2,

@@ -173,8 +173,8 @@ def test_catalog_lfm2_1_2b_is_the_config_above():
 
 
 @pytest.mark.parametrize("model_type, keys, field", [
-    # the keys of Falcon-H1 (parallel attention + Mamba2 in every layer), Bamba, Kimi Linear and MiniMax-Text-01's
-    # linear layers, under a model_type no reader takes
+    # the keys of Falcon-H1 (parallel attention + Mamba2 in every layer, read for model_type falcon_h1), Bamba, Kimi
+    # Linear and MiniMax-Text-01's linear layers, under a model_type no reader takes
     ("falcon_h1_like", {"mamba_d_ssm": 1024, "mamba_n_heads": 16}, "custom_model.mamba_n_heads"),
     ("bamba_like", {"mamba_n_heads": 128, "attn_layer_indices": [9, 18]}, "custom_model.mamba_n_heads"),
     ("kimi_like", {"linear_attn_config": {"kda_layers": [1, 2, 3]}}, "custom_model.linear_attn_config"),
@@ -191,7 +191,7 @@ def test_recurrent_keys_of_a_family_without_a_reader_are_refused_by_name(model_t
     assert got == field and "counted as attention" in message and "nemotron_h" in message
 
 
-@pytest.mark.parametrize("model_type", ["mamba2", "falcon_h1", "bamba", "rwkv7", "kimi_linear"])
+@pytest.mark.parametrize("model_type", ["mamba2", "falcon_mamba", "bamba", "rwkv7", "kimi_linear"])
 def test_a_recurrent_family_without_a_reader_is_refused_by_its_model_type(model_type):
     """HF's Mamba2Config (state_size, num_heads, head_dim, expand, no attention keys): before, its num_heads read as
     attention heads and the 422 asked for an intermediate_size it does not have."""
