@@ -80,6 +80,7 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     # families with unusual layers (vramplan.families reads their own keys)
     "qwen3_next": {"tie_word_embeddings": False, "qk_norm": True},
     "granitemoehybrid": {"tie_word_embeddings": False},
+    "falcon_h1": {"tie_word_embeddings": False},  # FalconH1Config.tie_word_embeddings
     "nemotron_h": {"tie_word_embeddings": False},
     "jamba": {"tie_word_embeddings": False},
     "gemma3n_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},

@@ -333,8 +333,8 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
         out.append(f"sparse attention (DeepSeek V3.2's lightning indexer): its key cache, "
                    f"{arch.index_key_bytes_per_token_per_layer} bytes a token a layer, is counted, and attention reads "
                    f"only the index_topk = {arch.index_topk:,} tokens the indexer selects while the indexer scores every "
-                   f"cached token; not modelled: vLLM's fp8_ds_mla layout of an FP8 cache (656 bytes a token a layer with "
-                   f"its scales and a 16-bit rope key, where 576 are counted)")
+                   f"cached token; an FP8 cache takes the runtime's layout (vLLM and SGLang: DeepSeek's block-scaled "
+                   f"656 bytes a token a layer; TensorRT-LLM: per-tensor FP8, 576)")
     if arch.num_recurrent_layers:
         what = ("in_proj's B, C and x, 3 x hidden a token" if arch.recurrent_kind == "short_conv"
                 else "chunked-scan intermediates")

@@ -35,6 +35,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
     "kv_index_bytes_layer": ("bytes", "bytes one token adds to one layer's sparse-attention indexer key cache (DeepSeek "
                                       "V3.2: FP8 keys and an fp32 scale per 128); 0 without one"),
+    "mla_rope_elems": ("elements", "the rope key's width in an MLA latent cache entry (qk_rope_head_dim; 0 without MLA)"),
     "index_topk": ("tokens", "tokens a query's sparse attention reads, chosen by the lightning indexer (DeepSeek V3.2: 2,048); "
                              "0 for dense attention"),
     "index_pair_flops": ("FLOP", "the lightning indexer's scoring of one query-key pair in one layer, 2 x index_n_heads x "
@@ -271,6 +272,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
         "kv_index_bytes_layer": a.index_key_bytes_per_token_per_layer,
         "index_topk": a.index_topk, "index_pair_flops": 2 * a.index_n_heads * a.index_head_dim,
+        "mla_rope_elems": a.qk_rope_head_dim if a.is_mla else 0,
         "kv_per_head": 0 if a.is_mla else 1,
         "mla_key_flops": 2 * a.num_heads * (2 * a.kv_lora_rank + a.qk_rope_head_dim) if a.is_mla else 0,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,

@@ -61,6 +61,11 @@ def test_a_null_mamba_d_ssm_is_expand_times_hidden():
     assert a.ssm_state_elems == 4 * 32 * 16
 
 
+def test_an_unstated_tie_is_falcon_h1s_own_default_untied():
+    a = from_hf_config({k: v for k, v in SMALL.items() if k != "tie_word_embeddings"})
+    assert a.param_count() == 104_408  # the head counted beside the embedding (FalconH1Config: untied)
+
+
 def test_optional_biases_and_the_gated_norm():
     a = from_hf_config({**SMALL, "mamba_proj_bias": True, "projectors_bias": True, "mamba_rms_norm": True})
     # in_proj bias 100, out_proj bias 64, gated RMSNorm weight 32, a layer
@@ -78,6 +83,19 @@ def test_a_head_size_that_does_not_tile_the_mixer_names_the_field():
     with pytest.raises(RequestError) as e:
         from_hf_config({**SMALL, "mamba_d_head": 16})
     assert [f for f, _ in e.value.problems] == ["custom_model.mamba_d_head"]
+
+
+def test_models_import_names_the_layer_kind(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from vramplan.cli import main as cli_main
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(SMALL))
+    out = CliRunner().invoke(cli_main, ["models", "import", str(path)]).output
+    assert "2 full + Mamba2" in out and "256 bytes in 16 bits" in out  # 128 bytes a layer x 2 layers
 
 
 def test_the_answer_says_every_layer_keeps_both():

@@ -160,14 +160,19 @@ def test_deepseek_v32_indexer_parameters_by_hand():
     assert v32.param_count(active=True) - v3.param_count(active=True) == 61 * per_layer  # it runs for every token
 
 
-@pytest.mark.parametrize("kv, per_token_layer", [
-    ("fp8", 576 + 132),       # the latent and rope key in FP8; 128 FP8 indexer keys and one fp32 scale
-    ("bf16", 576 * 2 + 132),  # the latent in 16 bits; the indexer keeps FP8 whatever the cache's dtype
+@pytest.mark.parametrize("runtime, kv, per_token_layer", [
+    # the latent and rope key in FP8; 128 FP8 indexer keys and one fp32 scale
+    ("tensorrt-llm", "fp8", 576 + 132),
+    # vLLM's fp8_ds_mla and SGLang's DSA pool: 512 FP8 latent values, 4 fp32 scales, the 64-wide rope key in 16 bits
+    ("vllm", "fp8", 512 + 4 * 4 + 64 * 2 + 132),
+    ("sglang", "fp8", 512 + 4 * 4 + 64 * 2 + 132),
+    # the latent in 16 bits; the indexer keeps FP8 whatever the cache's dtype
+    ("vllm", "bf16", 576 * 2 + 132),
 ])
-def test_deepseek_v32_cache_holds_the_indexer_keys(kv, per_token_layer):
+def test_deepseek_v32_cache_holds_the_indexer_keys(runtime, kv, per_token_layer):
     out = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": DEEPSEEK_V32,
                                        "quantization": "fp8", "kv_cache_quantization": kv, "num_gpus": 8,
-                                       "inference_parallelism": "tensor", "runtime": "vllm", "seq_length": 4096,
+                                       "inference_parallelism": "tensor", "runtime": runtime, "seq_length": 4096,
                                        "trace": True})
     v = {step["id"]: step["value"] for step in out["trace"]}
     assert v["kv_bytes_per_token_layer"] == per_token_layer
@@ -184,9 +189,10 @@ def test_deepseek_v32_decode_reads_the_top_k_and_the_indexer_scans_every_key():
     v32 = {s["id"]: s["value"] for s in vramplan.estimate_inference({**body, "custom_model": DEEPSEEK_V32})["trace"]}
     v3 = {s["id"]: s["value"] for s in vramplan.estimate_inference({**body, "custom_model": DEEPSEEK_V3})["trace"]}
     assert v32["srv_ctx_mean"] == 32768
-    # the cache a step reads: the 576-byte FP8 latents of 2,048 tokens and the 132-byte indexer keys of all 32,768,
-    # of the 708 bytes a token holds - 14 / 59; V3 reads all of it
-    assert v32["kv_read_share"] == pytest.approx((576 * 2048 + 132 * 32768) / (708 * 32768)) == pytest.approx(14 / 59)
+    # the cache a step reads: the 656-byte FP8 latents (vLLM's fp8_ds_mla) of 2,048 tokens and the 132-byte indexer
+    # keys of all 32,768, of the 788 bytes a token holds - 5,668,864 / 25,821,184; V3 reads all of it
+    assert v32["kv_read_share"] == pytest.approx((656 * 2048 + 132 * 32768) / (788 * 32768)) \
+        == pytest.approx(5668864 / 25821184)
     assert v3["kv_read_share"] == 1
     # FLOPs: the latent attention over 2,048 tokens, 2 x 128 heads x (2 x 512 + 64) = 278,528 a token and layer, split
     # over TP8; the indexer's 2 x 64 x 128 = 16,384 a cached token and layer, not split, at H200's FP8 1,978.9 TFLOP/s

@@ -224,12 +224,15 @@ def _per_sequence(arch) -> dict:
     from ..scenario import _model_vars, _runtime_vars
 
     kinds: dict[str, int] = {}
+    word = families.RECURRENT_KIND_WORDS.get(arch.recurrent_kind, "recurrent")
     for t in arch.layer_types or ("full",) * arch.num_layers:
-        label = t if t != "recurrent" else families.RECURRENT_KIND_WORDS.get(arch.recurrent_kind, "recurrent")
+        label = t if t != "recurrent" else word
+        if arch.recurrent_beside_attention and t in ("full", "sliding"):
+            label = f"{t} + {word}"  # Falcon-H1: attention and the mixer side by side
         kinds[label] = kinds.get(label, 0) + 1
     out: dict = {"layer_kinds": kinds}
     cat = get_catalog()
-    base = dict(_model_vars(arch), act_bytes=2.0, kv_bits=16.0)
+    base = dict(_model_vars(arch), act_bytes=2.0, kv_bits=16.0, rt_dsa_fp8_scaled_kv=0)  # a 16-bit cache: no FP8 layout
     kv_layers = arch.num_kv_full_layers + arch.num_kv_sliding_layers + arch.num_cross_layers
     per_token = cat.formulas.evaluate(base, ["kv_bytes_per_token_layer"])["kv_bytes_per_token_layer"]
     out["kv_bytes_per_token"] = int(per_token * kv_layers)
