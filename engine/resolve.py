@@ -334,7 +334,9 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
                    f"{arch.index_key_bytes_per_token_per_layer} bytes a token a layer, is counted, and attention reads "
                    f"only the index_topk = {arch.index_topk:,} tokens the indexer selects while the indexer scores every "
                    f"cached token; an FP8 cache takes the runtime's layout (vLLM and SGLang: DeepSeek's block-scaled "
-                   f"656 bytes a token a layer; TensorRT-LLM: per-tensor FP8, 576)")
+                   f"656 bytes a token a layer; TensorRT-LLM: per-tensor FP8, 576). Prompts are priced in MLA's latent "
+                   f"space, as vLLM and TensorRT-LLM run them: a runtime that switches short prompts to dense attention "
+                   f"prefills those under about 10,000 tokens faster")
     if arch.num_recurrent_layers:
         what = ("in_proj's B, C and x, 3 x hidden a token" if arch.recurrent_kind == "short_conv"
                 else "chunked-scan intermediates")
