@@ -195,18 +195,32 @@ def _qwen3_next(cfg: dict, top: dict, base: dict, where: str, problems: list, as
 
 
 def _mamba2_mixer(h: int, d_inner: int, n_heads: int, n_groups: int, d_state: int, kernel: int,
-                  conv_bias: bool, proj_bias: bool) -> tuple[int, tuple[tuple[str, int], ...]]:
+                  conv_bias: bool, proj_bias: bool, *, out_bias: bool | None = None,
+                  gated_norm: bool = True) -> tuple[int, tuple[tuple[str, int], ...]]:
     """Channels of the conv state and parameters of one Mamba2 mixer (transformers
-    ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer``, both adapted from ``Mamba2Mixer``):
+    ``GraniteMoeHybridMambaLayer`` / ``NemotronHMamba2Mixer`` / ``FalconH1Mixer``, all adapted from ``Mamba2Mixer``):
     ``in_proj`` h -> d_inner (gate) + conv_dim + n_heads (dt), depthwise ``conv1d`` over conv_dim =
     d_inner + 2 n_groups d_state, ``dt_bias`` / ``A_log`` / ``D`` of n_heads, a gated RMSNorm of
-    d_inner, ``out_proj`` d_inner -> h."""
+    d_inner (Falcon-H1: only with mamba_rms_norm), ``out_proj`` d_inner -> h. ``proj_bias`` gives both projections a
+    bias unless ``out_bias`` says otherwise for out_proj (Falcon-H1's projectors_bias)."""
     conv = d_inner + 2 * n_groups * d_state
     in_out = d_inner + conv + n_heads
-    norm = conv * kernel + (conv if conv_bias else 0) + 3 * n_heads + d_inner
-    if proj_bias:
-        norm += in_out + h
+    norm = conv * kernel + (conv if conv_bias else 0) + 3 * n_heads + (d_inner if gated_norm else 0)
+    norm += (in_out if proj_bias else 0) + (h if (proj_bias if out_bias is None else out_bias) else 0)
     return conv, (("ssm_in", h * in_out), ("ssm_out", d_inner * h), ("norm", norm))
+
+
+def _mamba_d_head(cfg: dict, d_inner: int, n_heads: int, width: str, where: str, problems: list) -> int | None:
+    """``mamba_d_head``, "auto" (or absent) meaning d_inner / n_heads; None, with a problem, where heads of that size
+    do not tile the mixer's width."""
+    d_head = cfg.get("mamba_d_head")
+    if d_head in (None, "auto"):
+        d_head = d_inner // n_heads
+    if not isinstance(d_head, int) or isinstance(d_head, bool) or d_head * n_heads != d_inner:
+        problems.append((f"{where}.mamba_d_head", f"mamba_d_head x mamba_n_heads must equal {width} ({d_inner}), "
+                                                  f"got {d_head!r} x {n_heads}"))
+        return None
+    return d_head
 
 
 def _granite_hybrid(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
@@ -226,14 +240,8 @@ def _granite_hybrid(cfg: dict, top: dict, base: dict, where: str, problems: list
     d_state = _int(cfg, "mamba_d_state", fam, where, problems, assumed)
     kernel = _int(cfg, "mamba_d_conv", fam, where, problems, assumed)
     d_inner = expand * h
-    d_head = cfg.get("mamba_d_head")
-    if d_head in (None, "auto"):
-        d_head = d_inner // n_heads
-    if not isinstance(d_head, int) or isinstance(d_head, bool) or d_head * n_heads != d_inner:
-        problems.append((f"{where}.mamba_d_head", f"mamba_d_head x mamba_n_heads must equal mamba_expand x hidden_size "
-                                                  f"({d_inner}), got {d_head!r} x {n_heads}"))
-        return {}
-    if kinds is None:
+    d_head = _mamba_d_head(cfg, d_inner, n_heads, "mamba_expand x hidden_size", where, problems)
+    if d_head is None or kinds is None:
         return {}
     conv, params = _mamba2_mixer(h, d_inner, n_heads, n_groups, d_state, kernel,
                                  _flag(cfg, "mamba_conv_bias", fam), _flag(cfg, "mamba_proj_bias", fam))
@@ -259,21 +267,15 @@ def _falcon_h1(cfg: dict, top: dict, base: dict, where: str, problems: list, ass
     n_groups = _int(cfg, "mamba_n_groups", fam, where, problems, assumed)
     d_state = _int(cfg, "mamba_d_state", fam, where, problems, assumed)
     kernel = _int(cfg, "mamba_d_conv", fam, where, problems, assumed)
-    d_head = cfg.get("mamba_d_head")
-    if d_head in (None, "auto"):
-        d_head = d_ssm // n_heads
-    if not isinstance(d_head, int) or isinstance(d_head, bool) or d_head * n_heads != d_ssm:
-        problems.append((f"{where}.mamba_d_head", f"mamba_d_head x mamba_n_heads must equal the mixer's width "
-                                                  f"mamba_d_ssm ({d_ssm}), got {d_head!r} x {n_heads}"))
+    d_head = _mamba_d_head(cfg, d_ssm, n_heads, "the mixer's width mamba_d_ssm", where, problems)
+    if d_head is None:
         return {}
-    conv = d_ssm + 2 * n_groups * d_state
-    in_out = d_ssm + conv + n_heads
-    norm = conv * kernel + (conv if _flag(cfg, "mamba_conv_bias", fam) else 0) + 3 * n_heads \
-        + (d_ssm if _flag(cfg, "mamba_rms_norm", fam) else 0) + (in_out if _flag(cfg, "mamba_proj_bias", fam) else 0) \
-        + (h if _flag(cfg, "projectors_bias", fam) else 0)
+    conv, params = _mamba2_mixer(h, d_ssm, n_heads, n_groups, d_state, kernel, _flag(cfg, "mamba_conv_bias", fam),
+                                 _flag(cfg, "mamba_proj_bias", fam), out_bias=_flag(cfg, "projectors_bias", fam),
+                                 gated_norm=_flag(cfg, "mamba_rms_norm", fam))
     return {"layer_types": ("full",) * L, "recurrent_beside_attention": True, "recurrent_kind": "mamba2",
             "conv_channels": conv, "conv_kernel": kernel, "ssm_state_elems": n_heads * d_head * d_state,
-            "recurrent_params": (("ssm_in", h * in_out), ("ssm_out", d_ssm * h), ("norm", norm))}
+            "recurrent_params": params}
 
 
 def _nemotron_h(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:

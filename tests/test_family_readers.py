@@ -203,6 +203,22 @@ def test_deepseek_v32_decode_reads_the_top_k_and_the_indexer_scans_every_key():
     assert v3["decode_attn_flops_per_token"] == pytest.approx(278528 * 61 * 32768 / 8)
 
 
+@pytest.mark.parametrize("runtime, input_tokens, rate_ratio", [
+    ("tensorrt-llm", 1000, 0),  # 1,000 + 1,000 within the 2,048: TensorRT-LLM's short path skips the indexer
+    # 1,500 + 1,000 past it: the indexer runs, its FP8 logits at the rate of TensorRT-LLM's FP8 sparse attention
+    ("tensorrt-llm", 1500, 1),
+    ("vllm", 1000, 989.4 / 1978.9),  # vLLM runs it at every context, at twice its 16-bit attention's rate
+])
+def test_deepseek_v32_indexer_skipped_where_the_runtime_has_a_short_path(runtime, input_tokens, rate_ratio):
+    out = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": DEEPSEEK_V32,
+                                       "quantization": "fp8", "num_gpus": 8, "inference_parallelism": "tensor",
+                                       "runtime": runtime, "input_tokens": input_tokens, "output_tokens": 1000,
+                                       "trace": True})
+    v = {step["id"]: step["value"] for step in out["trace"]}
+    # mean context input + 500; 16,384 FLOPs a pair over 61 layers, counted at the attention's rate
+    assert v["decode_index_flops_per_token"] == pytest.approx(16384 * 61 * (input_tokens + 500) * rate_ratio)
+
+
 def test_deepseek_v32_prefill_caps_each_query_at_the_top_k():
     body = {"gpu_key": "h200", "llm_key": "custom", "quantization": "fp8", "num_gpus": 8, "runtime": "vllm",
             "inference_parallelism": "tensor", "input_tokens": 8192, "output_tokens": 16, "trace": True}
