@@ -168,12 +168,14 @@ def test_deepseek_v32_indexer_parameters_by_hand():
     ("sglang", "fp8", 512 + 4 * 4 + 64 * 2 + 132),
     # the latent in 16 bits; the indexer keeps FP8 whatever the cache's dtype
     ("vllm", "bf16", 576 * 2 + 132),
+    # a vLLM whose sparse backend stores the plain FP8 row, said in runtime_settings
+    ({"runtime": "vllm", "runtime_settings": {"dsa_fp8_scaled_kv": 0}}, "fp8", 576 + 132),
 ])
 def test_deepseek_v32_cache_holds_the_indexer_keys(runtime, kv, per_token_layer):
+    rt = runtime if isinstance(runtime, dict) else {"runtime": runtime}
     out = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": DEEPSEEK_V32,
                                        "quantization": "fp8", "kv_cache_quantization": kv, "num_gpus": 8,
-                                       "inference_parallelism": "tensor", "runtime": runtime, "seq_length": 4096,
-                                       "trace": True})
+                                       "inference_parallelism": "tensor", "seq_length": 4096, "trace": True, **rt})
     v = {step["id"]: step["value"] for step in out["trace"]}
     assert v["kv_bytes_per_token_layer"] == per_token_layer
     assert v["kv_attention_bytes_per_seq"] == 61 * per_token_layer * 4096
