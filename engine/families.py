@@ -655,7 +655,9 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
     mamba_d_head, with ``attention.head_count_kv`` per layer 0 on Mamba layers (llama-model.cpp
     marks those layers recurrent); LFM2 / LFM2-MoE ``LFM2Model`` / ``LFM2MoeModel`` - ``shortconv.l_cache`` =
     conv_L_cache, ``attention.head_count_kv`` per layer 0 on the conv layers, ``feed_forward_length`` the MLP
-    width already adjusted, ``leading_dense_block_count`` = num_dense_layers.
+    width already adjusted, ``leading_dense_block_count`` = num_dense_layers; Falcon-H1 ``FalconH1Model`` (a
+    ``Mamba2Model``) - conv_kernel = mamba_d_conv, state_size = mamba_d_state, group_count = mamba_n_groups,
+    inner_size = mamba_d_ssm, time_step_rank = inner_size / d_head (the mixer's heads), attention in every layer.
     """
     def get(key):
         v = meta.get(f"{arch}.{key}")
@@ -688,4 +690,7 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
             config["layer_types"] = ["mamba" if not n else "attention" for n in kv]
         if shared:
             config["shared_intermediate_size"] = shared
+    elif arch == "falcon-h1" and None not in (kernel, state, groups, rank, inner) and rank:
+        config = {**config, "model_type": "falcon_h1", "mamba_d_conv": kernel, "mamba_d_state": state,
+                  "mamba_n_groups": groups, "mamba_n_heads": rank, "mamba_d_ssm": inner, "mamba_d_head": inner // rank}
     return config

@@ -102,3 +102,31 @@ def test_the_answer_says_every_layer_keeps_both():
     out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "custom", "custom_model": SMALL,
                                        "quantization": "bf16", "runtime": "vllm", "seq_length": 1000})
     assert any("2 of 2 layers keep a KV cache (each beside its recurrent mixer)" in a for a in out["assumptions"])
+
+
+def test_a_falcon_h1_gguf_header_gives_the_mixer(tmp_path):
+    """llama.cpp's FalconH1Model (a Mamba2Model in convert_hf_to_gguf.py) writes the mixer as falcon-h1.ssm.*:
+    inner_size = mamba_d_ssm, time_step_rank = its heads, and attention keys for every layer."""
+    from gguf import GGUFWriter
+    from gguf_fixtures import finish_gguf
+
+    from vramplan.modelfiles import read_model_file
+
+    path = tmp_path / "falcon-h1.gguf"
+    w = GGUFWriter(str(path), "falcon-h1")
+    w.add_block_count(2)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_key_length(16)
+    w.add_value_length(16)
+    w.add_context_length(4096)
+    for key, value in (("conv_kernel", 4), ("state_size", 16), ("group_count", 1), ("inner_size", 32),
+                       ("time_step_rank", 4)):
+        w.add_uint32(f"falcon-h1.ssm.{key}", value)
+    finish_gguf(w)
+    a = from_hf_config(read_model_file(path)["config"])
+    assert a.model_type == "falcon_h1" and a.num_full_layers == 2 and a.num_recurrent_layers == 2
+    # conv_dim 32 + 2 x 1 x 16 = 64 channels; SSM state 4 heads x (32 / 4) x 16
+    assert (a.conv_channels, a.conv_kernel, a.ssm_state_elems) == (64, 4, 4 * 8 * 16)
