@@ -293,29 +293,25 @@ class Architecture:
         r["output"] = 0 if self.tie_word_embeddings else self.vocab_size * h
         if self.lm_head_bias:
             r["norm"] += self.vocab_size
-        # attention
+        # attention (MLA's down-projections to the latents and a sparse-attention indexer: tp_replicated_attention)
+        whole = self.tp_replicated_attention()
+        r["attn_q"], r["attn_k"] = whole["attn_q"], whole["attn_k"]
         if self.is_mla:
             nope_rope = self.qk_nope_head_dim + self.qk_rope_head_dim
+            r["attn_q"] += La * (self.q_lora_rank or h) * self.num_heads * nope_rope  # q_b_proj, or q_proj
             if self.q_lora_rank:
-                r["attn_q"] = La * (h * self.q_lora_rank + self.q_lora_rank * self.num_heads * nope_rope)
                 r["norm"] += La * self.q_lora_rank
-            else:
-                r["attn_q"] = La * h * self.num_heads * nope_rope
-            r["attn_k"] = La * h * (self.kv_lora_rank + self.qk_rope_head_dim)
             r["attn_v"] = La * self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
             r["norm"] += La * self.kv_lora_rank
         else:
             kv = self.num_kv_heads * self.head_dim
-            r["attn_q"] = La * h * self.q_dim
-            r["attn_k"] = La * h * kv
+            r["attn_q"] += La * h * self.q_dim
+            r["attn_k"] += La * h * kv
             r["attn_v"] = La * h * self.num_kv_heads * (self.v_head_dim or self.head_dim)
             if self.qkv_bias:
                 r["norm"] += La * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
-        if self.index_topk:  # the lightning indexer (Indexer: wq_b from the q latent, wk, weights_proj, k_norm LayerNorm)
-            d, n = self.index_head_dim, self.index_n_heads
-            r["attn_q"] += La * (self.q_lora_rank or h) * n * d
-            r["attn_k"] += La * (h * d + h * n)
-            r["norm"] += La * 2 * d
+        if self.index_topk:  # the lightning indexer's k_norm LayerNorm (its projections are in tp_replicated_attention)
+            r["norm"] += La * 2 * self.index_head_dim
         r["attn_output"] = La * self.attn_out_dim * h
         if self.out_bias:
             r["norm"] += La * h
@@ -376,14 +372,15 @@ class Architecture:
     def param_count(self, active: bool = False) -> int:
         return sum(self.param_roles(active).values())
 
-    def tp_replicated_roles(self) -> dict[str, int]:
-        """Parameters by role that every tensor-parallel rank keeps whole instead of a 1 / tp slice: MLA's
-        down-projections to the latents (vLLM's DeepseekV2MLAAttention builds q_a_proj + kv_a_proj_with_mqa as
-        fused_qkv_a_proj with disable_tp=True, or kv_a_proj_with_mqa as a ReplicatedLinear; SGLang likewise), DeepSeek
-        V3.2's lightning indexer (vLLM's Indexer: "no tensor parallel, just replicated") and the MoE routers (vLLM's
-        gate is a ReplicatedLinear). Norms, replicated too, are left out: a few KB a layer."""
+    def tp_replicated_attention(self) -> dict[str, int]:
+        """Attention parameters by role that every tensor-parallel rank keeps whole instead of a 1 / tp slice: MLA's
+        down-projections to the latents, q_a_proj and kv_a_proj_with_mqa (vLLM's DeepseekV2MLAAttention builds them as
+        fused_qkv_a_proj with disable_tp=True, or kv_a_proj_with_mqa as a ReplicatedLinear; SGLang likewise), and
+        DeepSeek V3.2's lightning indexer, wq_b from the q latent, wk and weights_proj (vLLM's Indexer: "no tensor
+        parallel, just replicated"). The MoE routers are replicated too (vLLM's gate is a ReplicatedLinear): the whole
+        ffn_gate_inp role. Norms, also replicated, are left out: a few KB a layer."""
         h, La = self.hidden_size, self.num_attention_layers
-        r = {"attn_q": 0, "attn_k": 0, "ffn_gate_inp": self.param_roles()["ffn_gate_inp"]}
+        r = {"attn_q": 0, "attn_k": 0}
         if self.is_mla:
             r["attn_q"] += La * h * (self.q_lora_rank or 0)  # without a q latent, q_proj is column-parallel
             r["attn_k"] += La * h * (self.kv_lora_rank + self.qk_rope_head_dim)

@@ -307,8 +307,9 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         s[f"p_{role}"] = roles[role]
     for role in ("ffn_gate", "ffn_up", "ffn_down"):
         s[f"pa_{role}"] = active[role]
-    for role, n in a.tp_replicated_roles().items():
+    for role, n in a.tp_replicated_attention().items():
         s[f"pr_{role}"] = n
+    s["pr_ffn_gate_inp"] = roles["ffn_gate_inp"]  # the routers, whole on every rank (tp_replicated_attention)
     _lora_dims(s, a)
     return s
 
