@@ -260,15 +260,6 @@ class Architecture:
         return self.num_kv_heads * (self.head_dim + (self.v_head_dim or self.head_dim))
 
     @property
-    def index_key_bytes_per_token_per_layer(self) -> int:
-        """Bytes one token adds to one layer's lightning-indexer key cache (DeepSeek V3.2): index_head_dim keys in
-        FP8 and one fp32 scale per 128 of them - DeepSeek's inference/model.py ``Indexer`` (k_cache float8_e4m3fn,
-        k_scale_cache head_dim // 128 float32), as vLLM and SGLang keep it (132 bytes for V3.2); 0 without one."""
-        if not self.index_topk:
-            return 0
-        return self.index_head_dim + 4 * -(-self.index_head_dim // 128)
-
-    @property
     def q_dim(self) -> int:
         if self.is_mla:
             return self.num_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)

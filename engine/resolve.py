@@ -330,8 +330,8 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
     if not (arch.image_tokens_per_image or arch.cross_tokens_per_image) and holds(images > 0):
         out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
     if arch.index_topk:
-        out.append(f"sparse attention (DeepSeek V3.2's lightning indexer): its key cache, "
-                   f"{arch.index_key_bytes_per_token_per_layer} bytes a token a layer, is counted, and attention reads "
+        out.append(f"sparse attention (DeepSeek V3.2's lightning indexer): its key cache, {arch.index_head_dim} FP8 "
+                   f"keys and their fp32 scales a token a layer, is counted, and attention reads "
                    f"only the index_topk = {arch.index_topk:,} tokens the indexer selects while the indexer scores every "
                    f"cached token; an FP8 cache takes the runtime's layout (vLLM and SGLang: DeepSeek's block-scaled "
                    f"656 bytes a token a layer; TensorRT-LLM: per-tensor FP8, 576). Prompts are priced in MLA's latent "

@@ -33,8 +33,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "intermediate": ("elements", "dense feed-forward width"),
     "vocab": ("tokens", "vocabulary size"),
     "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
-    "kv_index_bytes_layer": ("bytes", "bytes one token adds to one layer's sparse-attention indexer key cache (DeepSeek "
-                                      "V3.2: FP8 keys and an fp32 scale per 128); 0 without one"),
+    "index_key_elems": ("elements", "keys one token adds to one layer's sparse-attention indexer cache (index_head_dim; "
+                                    "DeepSeek V3.2: 128); 0 without an indexer"),
     "mla_rope_elems": ("elements", "the rope key's width in an MLA latent cache entry (qk_rope_head_dim; 0 without MLA)"),
     "index_topk": ("tokens", "tokens a query's sparse attention reads, chosen by the lightning indexer (DeepSeek V3.2: 2,048); "
                              "0 for dense attention"),
@@ -270,7 +270,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "head_dim": a.head_dim, "q_dim": a.q_dim, "kv_dim": a.num_kv_heads * a.head_dim,
         "attn_out_dim": a.attn_out_dim, "intermediate": a.dense_intermediate_size or a.intermediate_size,
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
-        "kv_index_bytes_layer": a.index_key_bytes_per_token_per_layer,
+        "index_key_elems": a.index_head_dim if a.index_topk else 0,
         "index_topk": a.index_topk, "index_pair_flops": 2 * a.index_n_heads * a.index_head_dim,
         "mla_rope_elems": a.qk_rope_head_dim if a.is_mla else 0,
         "kv_per_head": 0 if a.is_mla else 1,

@@ -269,7 +269,10 @@ def test_catalog_deepseek_v32_counts_its_indexers():
     from vramplan.catalog import get_catalog
 
     a = get_catalog().architectures["deepseek-v3.2"]
-    assert (a.index_topk, a.index_key_bytes_per_token_per_layer) == (2048, 132)
+    assert (a.index_topk, a.index_head_dim) == (2048, 128)
+    # its key cache (kv_cache.yaml): 128 FP8 keys + one fp32 scale for the one block of 128 = 132 bytes a token a layer
+    from vramplan.scenario import _model_vars
+    assert get_catalog().formulas.evaluate(_model_vars(a), ["kv_index_bytes_layer"])["kv_index_bytes_layer"] == 132
     assert a.param_count() == from_hf_config(DEEPSEEK_V3).param_count() + 851_524_864 == 671_877_929_216
 
 

@@ -232,7 +232,9 @@ def _per_sequence(arch) -> dict:
         kinds[label] = kinds.get(label, 0) + 1
     out: dict = {"layer_kinds": kinds}
     cat = get_catalog()
-    base = dict(_model_vars(arch), act_bytes=2.0, kv_bits=16.0, rt_dsa_fp8_scaled_kv=0)  # a 16-bit cache: no FP8 layout
+    # a 16-bit cache; the runtime constants it may read at their declared defaults (catalogs/runtime_constants)
+    defaults = {f"rt_{d.key}": float(d.data["default"]) for d in cat.runtime_constants if "default" in d.data}
+    base = dict(defaults, **_model_vars(arch), act_bytes=2.0, kv_bits=16.0)
     kv_layers = arch.num_kv_full_layers + arch.num_kv_sliding_layers + arch.num_cross_layers
     per_token = cat.formulas.evaluate(base, ["kv_bytes_per_token_layer"])["kv_bytes_per_token_layer"]
     out["kv_bytes_per_token"] = int(per_token * kv_layers)
