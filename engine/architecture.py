@@ -62,6 +62,7 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "deepseek_v2": {"tie_word_embeddings": False},
     "deepseek_v3": {"tie_word_embeddings": False},
     "deepseek_v32": {"tie_word_embeddings": False},
+    "deepseek_v4": {"tie_word_embeddings": False},  # DeepSeek V4 inference/model.py: head and embed are separate tensors
     "kimi_k2": {"tie_word_embeddings": False},
     "cohere": {"tie_word_embeddings": True, "norms_per_layer": 1, "qk_norm": "heads", "qk_norm_key": "use_qk_norm"},
     "cohere2": {"tie_word_embeddings": True, "norms_per_layer": 1},
@@ -116,11 +117,15 @@ _MIXER_KEYS = ("mamba_d_state", "mamba_n_heads", "mamba_d_ssm", "mamba_expand", 
                "layers_block_type", "attn_layer_indices", "linear_attn_config", "attn_type_list", "linear_num_value_heads",
                "linear_conv_kernel_dim", "conv_L_cache", "full_attn_idxs")
 
-#: Keys of DeepSeek V4's attention and residual stream, which no reader takes: compressed attention (compress_ratios,
-#: per layer 0, 4 or 128 - a cache of one compressed entry per that many tokens beside a sliding window), the grouped
-#: low-rank output projection (o_lora_rank, o_groups) and hyper-connections (hc_mult parallel residual streams). Read
-#: generically, such a config would be a one-KV-head decoder with a full cache in every layer: refused, naming the key.
+#: Keys of DeepSeek V4's attention and residual stream, which only its reader takes (vramplan.families._deepseek_v4):
+#: compressed attention (compress_ratios, per layer 0, 4 or 128 - a cache of one compressed entry per that many tokens
+#: beside a sliding window), the grouped low-rank output projection (o_lora_rank, o_groups) and hyper-connections
+#: (hc_mult parallel residual streams). Under another model_type the generic reading would take such a config for a
+#: one-KV-head decoder with a full cache in every layer: refused, naming the key.
 _COMPRESSED_ATTENTION_KEYS = ("compress_ratios", "o_lora_rank", "hc_mult")
+#: The compression ratio whose layers select entries with a lightning indexer (vLLM deepseek_v4.py: "Only C4A uses
+#: sparse attention and hence has indexer"); every other ratio's entries are all read. One number with the reader's.
+CSA_RATIO = families.CSA_RATIO
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,14 @@ class Architecture:
     index_n_heads: int = 0
     index_head_dim: int = 0
     index_topk: int = 0
+    # Compressed attention (DeepSeek V4; vramplan.families._deepseek_v4): per layer 0 (its sliding window only), 4 (one
+    # compressed entry per 4 tokens, chosen by a lightning indexer: CSA) or another ratio (every compressed entry read:
+    # HCA); the grouped low-rank output projection; hyper-connections (hc_mult residual streams); hash-routed layers
+    compress_ratios: tuple[int, ...] = ()
+    o_groups: int = 0
+    o_lora_rank: int = 0
+    hc_mult: int = 0
+    num_hash_layers: int = 0
     # Multimodal: image encoder + projector parameters (``vision_config``), counted whole
     vision_params: int = 0
     # Families with unusual layers (vramplan.families): layer_types may also hold "recurrent"
@@ -205,6 +218,55 @@ class Architecture:
     @property
     def is_mla(self) -> bool:
         return self.kv_lora_rank > 0
+
+    @property
+    def is_compressed(self) -> bool:
+        """DeepSeek V4's compressed attention: one K = V row per cached entry, a window in every layer."""
+        return bool(self.compress_ratios)
+
+    @property
+    def indexed_layers(self) -> int:
+        """Layers with a lightning indexer: every attention layer of a sparse-attention model (DeepSeek V3.2), the
+        ratio-4 layers of a compressed one (DeepSeek V4's CSA: ``Attention.__init__`` builds the indexer only there)."""
+        if self.is_compressed:
+            return sum(1 for r in self.compress_ratios if r == CSA_RATIO)
+        return self.num_attention_layers if self.index_topk else 0
+
+    @property
+    def compressed_entries_per_token(self) -> float:
+        """Compressed cache entries one token adds over all layers, as layers' worth (sum of 1 / ratio)."""
+        return sum(1 / r for r in self.compress_ratios if r > 0)
+
+    @property
+    def indexed_entries_per_token(self) -> float:
+        """Indexer keys one token adds over all layers of a compressed model, as layers' worth (CSA: 1 / 4 a layer)."""
+        return sum(1 / r for r in self.compress_ratios if r == CSA_RATIO)
+
+    @property
+    def compressor_linear_params(self) -> int:
+        """The compressors' wkv and wgate over all layers (DeepSeek V4 ``Compressor``: [coff x head_dim, hidden] each,
+        coff 2 where windows overlap, ratio 4), a CSA layer's indexer's own compressor over index_head_dim included."""
+        h, total = self.hidden_size, 0
+        for r in self.compress_ratios:
+            if r > 0:
+                total += 2 * (2 if r == CSA_RATIO else 1) * self.head_dim * h
+                if r == CSA_RATIO:
+                    total += 2 * 2 * self.index_head_dim * h
+        return total
+
+    @property
+    def compressor_state_elems(self) -> int:
+        """fp32 elements of the per-sequence compressor state over all layers (DeepSeek V4 ``Compressor``: a kv and a
+        score buffer of coff x ratio slots of coff x head_dim each, coff 2 where windows overlap (ratio 4), else 1; a
+        CSA layer's indexer has its own compressor over index_head_dim)."""
+        total = 0
+        for r in self.compress_ratios:
+            if r > 0:
+                coff = 2 if r == CSA_RATIO else 1
+                total += 2 * (coff * r) * (coff * self.head_dim)
+                if r == CSA_RATIO:
+                    total += 2 * (2 * r) * (2 * self.index_head_dim)
+        return total
 
     @property
     def num_sliding_layers(self) -> int:
@@ -257,6 +319,8 @@ class Architecture:
         """
         if self.is_mla:
             return self.kv_lora_rank + self.qk_rope_head_dim
+        if self.is_compressed:  # DeepSeek V4: one row serves as key and value (Attention.forward, kv = wkv(x))
+            return self.num_kv_heads * self.head_dim
         return self.num_kv_heads * (self.head_dim + (self.v_head_dim or self.head_dim))
 
     @property
@@ -294,6 +358,8 @@ class Architecture:
                 r["norm"] += La * self.q_lora_rank
             r["attn_v"] = La * self.kv_lora_rank * self.num_heads * (self.qk_nope_head_dim + self.v_head_dim)
             r["norm"] += La * self.kv_lora_rank
+        elif self.is_compressed:
+            r.update(self._compressed_attention_params(r))
         else:
             kv = self.num_kv_heads * self.head_dim
             r["attn_q"] += La * h * self.q_dim
@@ -301,9 +367,10 @@ class Architecture:
             r["attn_v"] = La * h * self.num_kv_heads * (self.v_head_dim or self.head_dim)
             if self.qkv_bias:
                 r["norm"] += La * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
-        if self.index_topk:  # the lightning indexer's k_norm LayerNorm (its projections are in tp_replicated_attention)
+        if self.index_topk and not self.is_compressed:  # V3.2's indexer k_norm LayerNorm (projections: tp_replicated_attention)
             r["norm"] += La * 2 * self.index_head_dim
-        r["attn_output"] = La * self.attn_out_dim * h
+        if not self.is_compressed:
+            r["attn_output"] = La * self.attn_out_dim * h
         if self.out_bias:
             r["norm"] += La * h
         if self.qk_norm:
@@ -360,6 +427,35 @@ class Architecture:
         r["per_layer_embd"] = 0 if active else self.per_layer_embd_params
         return r
 
+    def _compressed_attention_params(self, r: dict[str, int]) -> dict[str, int]:
+        """DeepSeek V4's attention, hyper-connections and routing extras by role, over all layers (DeepSeek V4
+        inference/model.py ``Attention``, ``Compressor``, ``Indexer``, ``Block``, ``Gate``, ``Transformer``): wq_a
+        [q_lora_rank, hidden] and wq_b [heads x head_dim, q_lora_rank] with q_norm; one wkv [head_dim, hidden] row that
+        is key and value, with kv_norm; the grouped output wo_a [o_groups x o_lora_rank, heads x head_dim / o_groups]
+        and wo_b [hidden, o_groups x o_lora_rank]; a sink logit per head. A compressed layer's ``Compressor``: wkv and
+        wgate [coff x head_dim, hidden] (coff 2 where windows overlap, ratio 4), ape [ratio, coff x head_dim], norm
+        [head_dim]. A CSA layer's indexer: wq_b, weights_proj (tp_replicated_attention) and its own compressor over
+        index_head_dim (coff 2). Hyper-connections: per block hc_attn / hc_ffn fn [(2 + hc) x hc, hc x hidden], base
+        [(2 + hc) x hc], scale [3]; hc_head fn [hc, hc x hidden], base [hc], scale [1]. The router's correction bias
+        [experts] on all but the hash-routed layers (their token-id table tid2eid is an integer lookup, left out)."""
+        h, L = self.hidden_size, self.num_layers
+        D, H, rq, hc = self.head_dim, self.num_heads, self.q_lora_rank, self.hc_mult
+        out = {k: r[k] for k in ("attn_q", "attn_k", "attn_v", "attn_output", "norm", "other")}
+        out["attn_q"] += L * (H * D * rq if rq else h * H * D)  # wq_b (wq_a: tp_replicated_attention)
+        out["attn_output"] += L * (self.o_lora_rank * H * D + h * self.o_groups * self.o_lora_rank)
+        out["norm"] += L * ((rq or 0) + D + H)  # q_norm, kv_norm, attn_sink
+        out["attn_k"] += self.compressor_linear_params
+        for ratio in self.compress_ratios:  # the compressors' ape and norm
+            if ratio > 0:
+                out["norm"] += ratio * (2 if ratio == CSA_RATIO else 1) * D + D
+            if ratio == CSA_RATIO:
+                out["norm"] += ratio * 2 * self.index_head_dim + self.index_head_dim
+        mix = (2 + hc) * hc
+        out["other"] += L * 2 * (mix * hc * h + mix + 3) + hc * hc * h + hc + 1
+        if self.is_moe:
+            out["norm"] += (len(self.moe_layers) - min(self.num_hash_layers, len(self.moe_layers))) * self.num_experts
+        return out
+
     def param_count(self, active: bool = False) -> int:
         return sum(self.param_roles(active).values())
 
@@ -375,9 +471,13 @@ class Architecture:
         if self.is_mla:
             r["attn_q"] += La * h * (self.q_lora_rank or 0)  # without a q latent, q_proj is column-parallel
             r["attn_k"] += La * h * (self.kv_lora_rank + self.qk_rope_head_dim)
-        if self.index_topk:
-            r["attn_q"] += La * (self.q_lora_rank or h) * self.index_n_heads * self.index_head_dim
-            r["attn_k"] += La * (h * self.index_head_dim + h * self.index_n_heads)
+        if self.is_compressed:  # DeepSeek V4: wq_a and the single kv row wkv, replicated as MLA's down-projections
+            r["attn_q"] += La * h * (self.q_lora_rank or 0)
+            r["attn_k"] += La * h * self.num_kv_heads * self.head_dim
+        n_index = self.indexed_layers
+        if self.index_topk:  # wq_b from the q latent and weights_proj; V3.2's indexer also has its own wk
+            r["attn_q"] += n_index * (self.q_lora_rank or h) * self.index_n_heads * self.index_head_dim
+            r["attn_k"] += n_index * (0 if self.is_compressed else h * self.index_head_dim) + n_index * h * self.index_n_heads
         return r
 
 
@@ -434,12 +534,11 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
                                                  f"model_type {model_type!r}, those layers would be counted as attention "
                                                  f"(a KV cache, parameters and speed they do not have)")])
     compressed = next((k for k in _COMPRESSED_ATTENTION_KEYS if cfg.get(k) is not None), None)
-    if compressed or model_type == "deepseek_v4":
-        key = compressed or "model_type"
-        raise RequestError([(f"{where}.{key}", f"belongs to DeepSeek V4's compressed attention, grouped output projection "
-                                               f"and hyper-connections, which vramplan does not read: read as a plain "
-                                               f"model_type {model_type!r}, its cache, parameters and speed would be "
-                                               f"wrong")])
+    if compressed and model_type not in families.READERS:
+        raise RequestError([(f"{where}.{compressed}", f"belongs to DeepSeek V4's compressed attention, grouped output "
+                                                      f"projection and hyper-connections, which vramplan reads for "
+                                                      f"model_type 'deepseek_v4' only: read as model_type {model_type!r}, "
+                                                      f"its cache, parameters and speed would be wrong")])
     fam = FAMILY_DEFAULTS.get(model_type, {})
     assumed: list[str] = []
     problems: list[tuple[str, str]] = []

@@ -140,6 +140,13 @@ def normalize(cfg: dict, model_type: str) -> dict:
         if model_type == "lfm2_moe":
             dense = cfg.get("num_dense_layers")
             cfg = {**cfg, "first_k_dense_replace": CLASS_DEFAULTS["lfm2_moe"]["num_dense_layers"] if dense is None else dense}
+    elif model_type == "deepseek_v4":
+        # every layer is MoE (no first_k_dense_replace), so the dense width the generic reading requires is never used;
+        # SGLang's DeepSeekV4Config spells the window window_size
+        if cfg.get("intermediate_size") is None and cfg.get("moe_intermediate_size") is not None:
+            cfg = {**cfg, "intermediate_size": cfg["moe_intermediate_size"]}
+        if cfg.get("sliding_window") is None and cfg.get("window_size") is not None:
+            cfg = {**cfg, "sliding_window": cfg["window_size"]}
     elif model_type == "nemotron_h":
         if cfg.get("head_dim") is None and cfg.get("attention_head_dim") is not None:
             cfg = {**cfg, "head_dim": cfg["attention_head_dim"]}
@@ -153,6 +160,10 @@ def normalize(cfg: dict, model_type: str) -> dict:
 
 
 # -- readers ----------------------------------------------------------------------------------
+
+#: DeepSeek V4's compression ratio whose layers carry a lightning indexer (inference/model.py ``Attention.__init__``:
+#: "if self.compress_ratio == 4: self.indexer = Indexer"); vramplan.architecture.CSA_RATIO is the same number.
+CSA_RATIO = 4
 
 def _qwen3_next(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
     """Qwen3-Next: gated DeltaNet ``linear_attention`` layers and gated full attention.
@@ -276,6 +287,53 @@ def _falcon_h1(cfg: dict, top: dict, base: dict, where: str, problems: list, ass
     return {"layer_types": ("full",) * L, "recurrent_beside_attention": True, "recurrent_kind": "mamba2",
             "conv_channels": conv, "conv_kernel": kernel, "ssm_state_elems": n_heads * d_head * d_state,
             "recurrent_params": params}
+
+
+def _deepseek_v4(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """DeepSeek V4 (DeepSeek-V4 inference/model.py; vLLM deepseek_v4.py): every layer attends a sliding window of its
+    last ``sliding_window`` tokens with one ``head_dim`` row per token that is both key and value (its last
+    ``qk_rope_head_dim`` rotated); ``compress_ratios[i]`` > 0 adds a cache of one compressed entry per that many tokens
+    (ratio 4, CSA: a lightning indexer picks ``index_topk`` of them per query; any other ratio, HCA: all are read). The
+    list may run past the layers: the entries after ``num_hidden_layers`` belong to the multi-token-prediction module,
+    which is not counted (as for DeepSeek V3). The output projection is grouped and low-rank (``o_groups``,
+    ``o_lora_rank``); ``hc_mult`` residual streams (hyper-connections); the first ``num_hash_layers`` MoE layers route by
+    a token-id table instead of the router's bias. The generic MLA reading is switched off: V4 has no kv_lora latent."""
+    L, heads = base["layers"], base["heads"]
+    at = f"{where}.compress_ratios"
+    raw = cfg.get("compress_ratios")
+    if not isinstance(raw, (list, tuple)) or len(raw) < L:
+        problems.append((at, f"must list a compression ratio (0, or a positive integer) for each of the {L} layers"))
+        return {}
+    bad = next((i for i, r in enumerate(raw[:L]) if isinstance(r, bool) or not isinstance(r, int) or r < 0), None)
+    if bad is not None:
+        problems.append((f"{at}[{bad}]", f"must be 0 (window only) or a positive integer ratio, got {raw[bad]!r}"))
+        return {}
+    ratios = tuple(int(r) for r in raw[:L])
+    fam = "deepseek_v4"
+    head_dim = _int(cfg, "head_dim", fam, where, problems, assumed)
+    rope = _int(cfg, "qk_rope_head_dim", fam, where, problems, assumed)
+    q_rank = _int(cfg, "q_lora_rank", fam, where, problems, assumed)
+    o_groups = _int(cfg, "o_groups", fam, where, problems, assumed)
+    o_rank = _int(cfg, "o_lora_rank", fam, where, problems, assumed)
+    hc = _int(cfg, "hc_mult", fam, where, problems, assumed)
+    window = _int(cfg, "sliding_window", fam, where, problems, assumed)
+    hash_layers = 0
+    if cfg.get("num_hash_layers") is None:
+        assumed.append("num_hash_layers = 0 (not in config): every MoE layer has its router's correction bias")
+    else:
+        hash_layers = _int(cfg, "num_hash_layers", fam, where, problems, assumed, minimum=0)
+    if rope >= head_dim and not any(k.endswith((".head_dim", ".qk_rope_head_dim")) for k, _ in problems):
+        problems.append((f"{where}.qk_rope_head_dim", f"{rope} must be below head_dim {head_dim} (the rotated part of each row)"))
+    if heads % o_groups or (heads * head_dim) % o_groups:
+        problems.append((f"{where}.o_groups", f"{o_groups} must divide num_attention_heads {heads} (wo_a's groups of heads)"))
+    if cfg.get("num_key_value_heads", 1) != 1:
+        problems.append((f"{where}.num_key_value_heads", f"must be 1 (one row serves every head), got {cfg.get('num_key_value_heads')!r}"))
+    if CSA_RATIO in ratios and not cfg.get("index_topk"):
+        problems.append((f"{where}.index_topk", "is required: the ratio-4 layers select entries with a lightning indexer"))
+    indexer = {} if CSA_RATIO in ratios else {"index_topk": 0, "index_n_heads": 0, "index_head_dim": 0}  # no CSA layer
+    return {**indexer, "layer_types": ("sliding",) * L, "compress_ratios": ratios, "o_groups": o_groups, "o_lora_rank": o_rank,
+            "hc_mult": hc, "num_hash_layers": hash_layers, "head_dim": head_dim, "num_kv_heads": 1, "v_head_dim": 0,
+            "q_lora_rank": q_rank, "qk_rope_head_dim": rope, "kv_lora_rank": 0, "qk_nope_head_dim": 0}
 
 
 def _nemotron_h(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
@@ -615,6 +673,7 @@ READERS: dict[str, Callable[..., dict]] = {
     "falcon_h1": _falcon_h1,
     "jamba": _jamba,
     "ernie4_5_moe": _ernie4_5_moe,
+    "deepseek_v4": _deepseek_v4,
     "lfm2": _lfm2,
     "lfm2_moe": _lfm2,
     "gemma3n_text": _gemma3n,

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import formatrules, hub, keptmodules
-from .architecture import Architecture, from_hf_config
+from .architecture import CSA_RATIO, Architecture, from_hf_config
 from .elementwise import holds, number_or
 from .errors import RequestError
 from .ggufmix import format_bits
@@ -196,6 +196,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     where = ("custom_model" if req["llm_key"] == "custom" else f"llm_key {req['llm_key']}: config.json" if hub_info
              else f"llm_key {req['llm_key']}: catalog config")
     bits, kept_params = _checkpoint_kept(config, arch, quant, bits, assumptions, where)
+    bits = _checkpoint_experts(cat, config, arch, quant, bits, assumptions)
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
@@ -224,6 +225,48 @@ def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[s
     assumptions.append(f"weights: the checkpoint keeps at 16 bits (its {said}{kept.source}) "
                        f"{kept.said}; its other linear layers are {quant.key}")
     return keptmodules.apply(bits, kept), keptmodules.kept_layer_params(arch, kept)
+
+
+#: ``expert_dtype`` of a DeepSeek V4 config.json -> the catalog format its routed experts are stored in: "fp4" is
+#: E2M1 pairs with one UE8M0 scale per 32 (DeepSeek V4 inference/model.py ``Linear`` fp4 branch; vLLM's
+#: DeepseekV4FP8Config loads them with Mxfp4MoEMethod), MXFP4's layout; "fp8" the block-scaled FP8 of the rest.
+EXPERT_DTYPES = {"fp4": "mxfp4", "fp8": "fp8"}
+
+
+def _checkpoint_experts(cat, config: Any, arch: Architecture, quant: Entry, bits: dict[str, float],
+                        assumptions: list[str]) -> dict[str, float]:
+    """DeepSeek V4's checkpoints mix formats: where a request runs one in its own method (FP8), the routed experts
+    are in the format ``expert_dtype`` names (FP4 in the released V4 checkpoints), the compressors' projections and
+    the indexer's weights_proj in bf16 ("wkv and wgate in the checkpoint is stored in bf16"; ``weights_proj`` built
+    bf16) and the hyper-connection parameters in fp32 (``set_dtype(torch.float32)``), all per DeepSeek V4
+    inference/model.py. The role's bits become the parameter-weighted mean, so params x bits stays the bytes."""
+    if not arch.is_compressed or not isinstance(config, dict):
+        return bits
+    qc = keptmodules.checkpoint_config(config)
+    expert_fmt = EXPERT_DTYPES.get(str(config.get("expert_dtype") or "").lower())
+    if qc is None or keptmodules.checkpoint_format(qc) != quant.key:
+        return bits
+    roles, h = arch.param_roles(), arch.hidden_size
+    out = dict(bits)
+    default = bits.get("default", 16)
+    role_bits = lambda role: float(bits.get(role, default))  # noqa: E731
+    said = []
+    if expert_fmt and expert_fmt != quant.key and arch.is_moe:
+        fmt = cat.quantization.get(expert_fmt)
+        e_bits = float(fmt.data["bits"].get("default")) if fmt is not None else None
+        routed = len(arch.moe_layers) * arch.num_experts * arch.moe_intermediate_size * h
+        if e_bits:
+            for role in ("ffn_gate", "ffn_up", "ffn_down"):
+                if roles[role]:
+                    out[role] = (routed * e_bits + (roles[role] - routed) * role_bits(role)) / roles[role]
+            said.append(f"the routed experts in {expert_fmt} ({e_bits:g} bits; its expert_dtype {config['expert_dtype']!r})")
+    wide = arch.compressor_linear_params + arch.indexed_layers * arch.index_n_heads * h  # + the indexers' weights_proj
+    if roles["attn_k"]:
+        out["attn_k"] = (wide * 16 + (roles["attn_k"] - wide) * role_bits("attn_k")) / roles["attn_k"]
+    out["other"] = 32.0
+    said.append("the compressors and the indexer's weights_proj in bf16 and the hyper-connections in fp32")
+    assumptions.append(f"weights: the checkpoint stores {'; '.join(said)}; its other linear layers are {quant.key}")
+    return out
 
 
 def _setting_problem(unit: str, value: float) -> str | None:
@@ -329,7 +372,19 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
     images = number_or(req.get("images_per_sequence"), 0)
     if not (arch.image_tokens_per_image or arch.cross_tokens_per_image) and holds(images > 0):
         out.append("images_per_sequence is ignored: this model's config states no fixed number of tokens per image")
-    if arch.index_topk:
+    if arch.is_compressed:
+        ratios = sorted({r for r in arch.compress_ratios if r > 0})
+        n_csa = arch.indexed_layers
+        others = ", ".join(f"{sum(1 for x in arch.compress_ratios if x == r)} one per {r}" for r in ratios if r != CSA_RATIO)
+        out.append(f"compressed attention (DeepSeek V4): every layer keeps its last {arch.sliding_window:,} tokens' "
+                   f"rows; {n_csa} layers add one compressed row per 4 tokens with a lightning-indexer key, of which "
+                   f"attention reads the index_topk = {arch.index_topk:,} the indexer selects, "
+                   f"{others or 'no other'} (all read); the compressors' fp32 state of partial windows is counted per "
+                   f"sequence. Not modelled: the hyper-connections' {arch.hc_mult}x wider residual stream in activations "
+                   f"and the time of their mixing, runtimes' own page rounding of the compressed caches (SGLang sizes "
+                   f"the windows as one shared pool), and the multi-token-prediction layer (not counted, as for "
+                   f"DeepSeek V3)")
+    elif arch.index_topk:
         out.append(f"sparse attention (DeepSeek V3.2's lightning indexer): its key cache, {arch.index_head_dim} FP8 "
                    f"keys and their fp32 scales a token a layer, is counted, and attention reads "
                    f"only the index_topk = {arch.index_topk:,} tokens the indexer selects while the indexer scores every "

@@ -35,7 +35,17 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "kv_elems_layer": ("elements", "K+V elements one token adds to one full-attention layer's cache"),
     "index_key_elems": ("elements", "keys one token adds to one layer's sparse-attention indexer cache (index_head_dim; "
                                     "DeepSeek V3.2: 128); 0 without an indexer"),
-    "mla_rope_elems": ("elements", "the rope key's width in an MLA latent cache entry (qk_rope_head_dim; 0 without MLA)"),
+    "mla_rope_elems": ("elements", "the rotated part of an MLA latent or a DeepSeek V4 row in the cache (qk_rope_head_dim; 0 "
+                                   "without either)"),
+    "cmp_attention": ("flag", "1 for compressed attention (DeepSeek V4): one row per cached entry that is key and value, "
+                              "in V4's FP8 layout under an FP8 cache; indexer keys per compressed entry, not per token"),
+    "kv_cmp_equiv": ("layers", "compressed-attention entries one token adds over all layers, in layers' worth (DeepSeek V4: "
+                               "the sum of 1 / compress_ratio over its compressed layers; 0 without compressed attention)"),
+    "kv_cmp_index_equiv": ("layers", "the part of kv_cmp_equiv whose entries a lightning indexer selects (DeepSeek V4's "
+                                     "ratio-4 CSA layers, which also cache an indexer key per entry); 0 without one"),
+    "n_layers_indexed": ("layers", "layers with a lightning indexer (DeepSeek V3.2: every layer; V4: the ratio-4 layers)"),
+    "cmp_state_elems": ("elements", "fp32 elements of one sequence's compressor state over all layers (DeepSeek V4: the "
+                                    "partial windows its compressors have not yet folded into an entry); 0 without one"),
     "index_topk": ("tokens", "tokens a query's sparse attention reads, chosen by the lightning indexer (DeepSeek V3.2: 2,048); "
                              "0 for dense attention"),
     "index_pair_flops": ("FLOP", "the lightning indexer's scoring of one query-key pair in one layer, 2 x index_n_heads x "
@@ -272,7 +282,9 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
         "index_key_elems": a.index_head_dim if a.index_topk else 0,
         "index_topk": a.index_topk, "index_pair_flops": 2 * a.index_n_heads * a.index_head_dim,
-        "mla_rope_elems": a.qk_rope_head_dim if a.is_mla else 0,
+        "mla_rope_elems": a.qk_rope_head_dim if a.is_mla or a.is_compressed else 0,
+        "cmp_attention": int(a.is_compressed), "kv_cmp_equiv": a.compressed_entries_per_token, "kv_cmp_index_equiv": a.indexed_entries_per_token,
+        "n_layers_indexed": a.indexed_layers, "cmp_state_elems": a.compressor_state_elems,
         "kv_per_head": 0 if a.is_mla else 1,
         "mla_key_flops": 2 * a.num_heads * (2 * a.kv_lora_rank + a.qk_rope_head_dim) if a.is_mla else 0,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,

@@ -276,7 +276,8 @@ def test_catalog_deepseek_v32_counts_its_indexers():
     assert a.param_count() == from_hf_config(DEEPSEEK_V3).param_count() + 851_524_864 == 671_877_929_216
 
 
-# -- DeepSeek V4: compressed attention is refused, not read as a plain decoder ---------------------------------------
+# -- DeepSeek V4's keys under another model_type are refused, not read as a plain decoder -------------------------------
+# (model_type deepseek_v4 itself is read: tests/test_deepseek_v4.py)
 
 #: A DeepSeek-V4-Flash-shaped config: 43 layers, one 512-wide KV head, compress_ratios per layer, hyper-connections.
 DEEPSEEK_V4 = {"model_type": "deepseek_v4", "vocab_size": 129280, "hidden_size": 4096, "intermediate_size": 2048,
@@ -288,23 +289,23 @@ DEEPSEEK_V4 = {"model_type": "deepseek_v4", "vocab_size": 129280, "hidden_size":
 
 
 @pytest.mark.parametrize("config, field", [
-    (DEEPSEEK_V4, "compress_ratios"),
+    ({**DEEPSEEK_V4, "model_type": "deepseek_v3"}, "compress_ratios"),
     # its keys under another model_type, one at a time
     ({**{k: v for k, v in DEEPSEEK_V4.items() if k not in ("compress_ratios", "o_lora_rank")}, "model_type": "deepseek_v3"},
      "hc_mult"),
-    ({**{k: v for k, v in DEEPSEEK_V4.items() if k not in ("compress_ratios", "hc_mult")}, "model_type": "deepseek_v3"},
+    ({**{k: v for k, v in DEEPSEEK_V4.items() if k not in ("compress_ratios", "hc_mult")}, "model_type": "llama"},
      "o_lora_rank"),
-    # the model_type alone
-    ({k: v for k, v in DEEPSEEK_V4.items() if k not in ("compress_ratios", "o_lora_rank", "hc_mult")}, "model_type"),
+    # model_type deepseek_v4 without its per-layer ratios
+    ({k: v for k, v in DEEPSEEK_V4.items() if k != "compress_ratios"}, "compress_ratios"),
 ])
-def test_deepseek_v4_is_refused_naming_the_key(config, field):
+def test_deepseek_v4_keys_elsewhere_are_refused_naming_the_key(config, field):
     with pytest.raises(RequestError) as e:
         from_hf_config(config)
     assert [f for f, _ in e.value.problems] == [f"custom_model.{field}"]
-    assert "DeepSeek V4" in e.value.problems[0][1]
 
 
-def test_deepseek_v4_over_http_is_a_422(client, auth_headers):
+def test_deepseek_v4_keys_under_another_model_type_over_http_are_a_422(client, auth_headers):
     r = client.post(f"{PREFIX}/inference", headers=auth_headers,
-                    json={"gpu_key": "h200", "llm_key": "custom", "custom_model": DEEPSEEK_V4, "quantization": "fp8"})
-    assert r.status_code == 422 and "custom_model.compress_ratios" in r.text
+                    json={"gpu_key": "h200", "llm_key": "custom", "custom_model": {**DEEPSEEK_V4, "model_type": "deepseek_v3"},
+                          "quantization": "fp8"})
+    assert r.status_code == 422 and "custom_model.compress_ratios" in r.text and "DeepSeek V4" in r.text

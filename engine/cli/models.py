@@ -192,7 +192,11 @@ def _summary_text(s: dict) -> str:
                  ("context", s["context_length"] or "-")]
     if s.get("layer_kinds") and set(s["layer_kinds"]) - {"full"}:
         rows += [("layer kinds", ", ".join(f"{n} {_KIND_WORDS.get(k, k)}" for k, n in s["layer_kinds"].items()))]
-    if "kv_bytes_per_token" in s:
+    if "kv_compressed" in s:
+        c = s["kv_compressed"]
+        rows += [("KV per token", f"{s['kv_bytes_per_token']:,} bytes in 16 bits (compressed rows, {c['row_layers_per_token']:g} "
+                                  f"layers' worth, and indexer keys), beside {c['window_layers']} windows of {c['window']:,} tokens")]
+    elif "kv_bytes_per_token" in s:
         rows += [("KV per token", f"{s['kv_bytes_per_token']:,} bytes in 16 bits ({s['kv_layers']} layers keep a cache)")]
     if s.get("recurrent_state_bytes_per_sequence"):
         per = s["recurrent_state_bytes_per_sequence"]
@@ -225,10 +229,13 @@ def _per_sequence(arch) -> dict:
 
     kinds: dict[str, int] = {}
     word = families.RECURRENT_KIND_WORDS.get(arch.recurrent_kind, "recurrent")
-    for t in arch.layer_types or ("full",) * arch.num_layers:
+    for i, t in enumerate(arch.layer_types or ("full",) * arch.num_layers):
         label = t if t != "recurrent" else word
         if arch.recurrent_beside_attention and t in ("full", "sliding"):
             label = f"{t} + {word}"  # Falcon-H1: attention and the mixer side by side
+        if arch.is_compressed and arch.compress_ratios[i]:  # DeepSeek V4: the window and a compressed cache
+            r = arch.compress_ratios[i]
+            label = f"window + 1/{r} compressed" + (" (indexed)" if r == families.CSA_RATIO else "")
         kinds[label] = kinds.get(label, 0) + 1
     out: dict = {"layer_kinds": kinds}
     cat = get_catalog()
@@ -236,8 +243,14 @@ def _per_sequence(arch) -> dict:
     defaults = {f"rt_{d.key}": float(d.data["default"]) for d in cat.runtime_constants if "default" in d.data}
     base = dict(defaults, **_model_vars(arch), act_bytes=2.0, kv_bits=16.0)
     kv_layers = arch.num_kv_full_layers + arch.num_kv_sliding_layers + arch.num_cross_layers
-    per_token = cat.formulas.evaluate(base, ["kv_bytes_per_token_layer"])["kv_bytes_per_token_layer"]
-    out["kv_bytes_per_token"] = int(per_token * kv_layers)
+    v = cat.formulas.evaluate(base, ["kv_bytes_per_token_layer", "kv_index_bytes_layer"])
+    if arch.is_compressed:  # DeepSeek V4: the windows stop growing; a token adds compressed rows and indexer keys
+        out["kv_bytes_per_token"] = round(v["kv_bytes_per_token_layer"] * arch.compressed_entries_per_token
+                                          + v["kv_index_bytes_layer"] * arch.indexed_entries_per_token)
+        out["kv_compressed"] = {"window_layers": kv_layers, "window": arch.sliding_window,
+                                "row_layers_per_token": arch.compressed_entries_per_token}
+    else:
+        out["kv_bytes_per_token"] = int(v["kv_bytes_per_token_layer"] * kv_layers)
     out["kv_layers"] = kv_layers
     if arch.num_recurrent_layers:
         state = {}
