@@ -146,6 +146,17 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             req["kv_cache_quantization"] = "fp32"
             assumptions.append(f"KV cache: fp32, the weights' dtype - {runtime.key} keeps keys and values in the dtype its "
                                "projections compute them in (kv_cache_quantization not given; fp16 would halve it)")
+        fp8_only = settings.get("cmp_kv_fp8", known.get("cmp_kv_fp8", {}).get("value"))
+        if (workload == "inference" and arch is not None and arch.is_compressed and fp8_only
+                and kv_quant is not None and kv_quant.key != "fp8"):
+            if not req.get("kv_cache_quantization_given"):
+                kv_quant = cat.quantization.get("fp8")
+                req["kv_cache_quantization"] = "fp8"
+                assumptions.append(f"KV cache: fp8 - {runtime.key} keeps a compressed-attention (DeepSeek V4) cache in FP8 "
+                                   "only (kv_cache_quantization not given)")
+            else:
+                warnings.append(f"{runtime.key} keeps a compressed-attention (DeepSeek V4) cache in FP8 only and refuses "
+                                f"{kv_quant.key}; estimated as asked")
         pinned = settings.get("kv_pool_tokens")
         if pinned and not settings.get("kv_preallocate", known.get("kv_preallocate", {}).get("value")):
             warnings.append(f"runtime_settings.kv_pool_tokens is ignored: {runtime.key} sizes its cache by the request "

@@ -180,3 +180,18 @@ def test_models_import_says_what_a_v4_token_adds(tmp_path):
     # in 16 bits a row is 1024 bytes: 1024 x 5.40625 compressed rows + 132 x 5.25 indexer keys = 6,229 bytes a token
     assert "6,229 bytes in 16 bits" in res.output and "43 windows of 128 tokens" in res.output
     assert "21 window + 1/4 compressed (indexed), 20 window + 1/128 compressed" in res.output
+
+
+def test_vllm_and_sglang_keep_a_v4_cache_in_fp8():
+    body = {"gpu_key": "h200", "num_gpus": 4, "llm_key": "deepseek-v4-flash", "quantization": "fp8",
+            "input_tokens": 8192, "output_tokens": 1024, "trace": True}
+    for runtime in ("vllm", "sglang"):
+        out = vramplan.estimate_inference({**body, "runtime": runtime})  # no KV format named: FP8, 584-byte rows
+        assert trace_values(out)["kv_bytes_per_token_layer"] == 584
+        assert any("FP8 only (kv_cache_quantization not given)" in a for a in out["assumptions"])
+        out = vramplan.estimate_inference({**body, "runtime": runtime, "kv_cache_quantization": "bf16"})
+        assert trace_values(out)["kv_bytes_per_token_layer"] == 1024  # as asked, 512 x 2, and said to be refused
+        assert any("refuses bf16" in w for w in out["warnings"])
+    out = vramplan.estimate_inference({**body, "runtime": "tensorrt-llm"})  # states nothing: the request's fp16 default
+    assert trace_values(out)["kv_bytes_per_token_layer"] == 1024
+    assert not any("FP8 only" in a for a in out["assumptions"])
