@@ -716,7 +716,15 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
     conv_L_cache, ``attention.head_count_kv`` per layer 0 on the conv layers, ``feed_forward_length`` the MLP
     width already adjusted, ``leading_dense_block_count`` = num_dense_layers; Falcon-H1 ``FalconH1Model`` (a
     ``Mamba2Model``) - conv_kernel = mamba_d_conv, state_size = mamba_d_state, group_count = mamba_n_groups,
-    inner_size = mamba_d_ssm, time_step_rank = inner_size / d_head (the mixer's heads), attention in every layer.
+    inner_size = mamba_d_ssm, time_step_rank = inner_size / d_head (the mixer's heads), attention in every layer;
+    Nemotron-H ``NemotronHModel`` (a ``GraniteHybridModel``; arch ``nemotron_h``, or ``nemotron_h_moe`` with experts) -
+    the same ssm keys (time_step_rank = mamba_num_heads, inner_size / it = mamba_head_dim) and no pattern string: per
+    layer ``attention.head_count_kv`` > 0 marks an attention block, ``feed_forward_length`` > 0 an MLP (MoE) block, both
+    0 a Mamba2 block, rebuilt into ``hybrid_override_pattern``; with ``nextn_predict_layers`` the converter appends the
+    multi-token-prediction block after the layers (llama-model.cpp reads it as such), left out here; Jamba
+    ``JambaModel`` - conv_kernel = mamba_d_conv, inner_size = mamba_expand x hidden, state_size = mamba_d_state,
+    time_step_rank = mamba_dt_rank, ``attention.head_count_kv`` per layer 0 on the Mamba layers (which layers hold
+    experts is in the tensors, not the header: the reader's expert_layer_period / offset class defaults, reported).
     """
     def get(key):
         v = meta.get(f"{arch}.{key}")
@@ -749,6 +757,24 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
             config["layer_types"] = ["mamba" if not n else "attention" for n in kv]
         if shared:
             config["shared_intermediate_size"] = shared
+    elif arch in ("nemotron_h", "nemotron_h_moe") and None not in (kernel, state, groups, rank, inner) and rank:
+        kv, ff = meta.get(f"{arch}.attention.head_count_kv"), meta.get(f"{arch}.feed_forward_length")
+        if isinstance(kv, list) and isinstance(ff, list) and len(kv) == len(ff):
+            moe = arch == "nemotron_h_moe"
+            layers = len(kv) - (get("nextn_predict_layers") or 0)  # the converter appends the MTP block last
+            pattern = "".join("*" if k else ("E" if moe else "-") if f else "M" for k, f in zip(kv[:layers], ff[:layers]))
+            config = {**config, "model_type": "nemotron_h", "num_hidden_layers": layers, "hybrid_override_pattern": pattern,
+                      "mamba_num_heads": rank, "mamba_head_dim": inner // rank, "ssm_state_size": state,
+                      "n_groups": groups, "conv_kernel": kernel}
+            if moe and shared:
+                config["moe_shared_expert_intermediate_size"] = shared
+    elif arch == "jamba" and None not in (kernel, state, rank, inner):
+        kv = meta.get(f"{arch}.attention.head_count_kv")
+        hidden = config.get("hidden_size") or 0
+        config = {**config, "mamba_d_conv": kernel, "mamba_d_state": state, "mamba_dt_rank": rank,
+                  "mamba_expand": inner // hidden if hidden and inner % hidden == 0 else inner / max(hidden, 1)}
+        if isinstance(kv, list):
+            config["layers_block_type"] = ["attention" if k else "mamba" for k in kv]
     elif arch == "falcon-h1" and None not in (kernel, state, groups, rank, inner) and rank:
         config = {**config, "model_type": "falcon_h1", "mamba_d_conv": kernel, "mamba_d_state": state,
                   "mamba_n_groups": groups, "mamba_n_heads": rank, "mamba_d_ssm": inner, "mamba_d_head": inner // rank}

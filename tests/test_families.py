@@ -410,3 +410,69 @@ def test_hybrid_gguf_headers_give_the_recurrent_layout(tmp_path):
     assert g.layer_types == ("recurrent", "recurrent", "full", "recurrent") and g.num_kv_heads == 2
     # d_inner 128 = 4 heads x 32; conv over 128 + 2 x 1 x 16 = 160; state 4 x 32 x 16
     assert (g.conv_channels, g.ssm_state_elems, g.shared_expert_intermediate_size) == (160, 2048, 64)
+
+
+@pytest.mark.parametrize("moe", [False, True])
+def test_a_nemotron_h_gguf_header_gives_its_blocks(tmp_path, moe):
+    """llama.cpp's NemotronHModel (a GraniteHybridModel) writes no pattern string: per layer head_count_kv > 0 is an
+    attention block, feed_forward_length > 0 an MLP (MoE under arch nemotron_h_moe) block, both 0 a Mamba2 block; the
+    MoE converter appends the multi-token-prediction block (both > 0) after the layers, with nextn_predict_layers."""
+    from gguf import GGUFWriter
+    from gguf_fixtures import finish_gguf
+
+    from vramplan.modelfiles import read_model_file
+
+    arch = "nemotron_h_moe" if moe else "nemotron_h"
+    blocks = "ME*EME" if moe else "M*M-M*"
+    w = GGUFWriter(str(tmp_path / "nh.gguf"), arch)
+    w.add_block_count(len(blocks) + moe)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length([32 if c in "-E" else 0 for c in blocks] + [32] * moe)
+    w.add_head_count(4)
+    w.add_head_count_kv([2 if c == "*" else 0 for c in blocks] + [2] * moe)
+    w.add_key_length(16)
+    w.add_value_length(16)
+    w.add_context_length(4096)
+    for key, value in (("conv_kernel", 4), ("state_size", 16), ("group_count", 2), ("inner_size", 128),
+                       ("time_step_rank", 8)):
+        w.add_uint32(f"{arch}.ssm.{key}", value)
+    if moe:
+        w.add_expert_count(8)
+        w.add_expert_used_count(2)
+        w.add_expert_feed_forward_length(32)
+        w.add_expert_shared_feed_forward_length(48)
+        w.add_uint32(f"{arch}.nextn_predict_layers", 1)
+    finish_gguf(w)
+    config = read_model_file(tmp_path / "nh.gguf")["config"]
+    assert (config["model_type"], config["hybrid_override_pattern"], config["num_hidden_layers"]) == ("nemotron_h", blocks, 6)
+    a = from_hf_config(config)
+    kinds = {"M": "recurrent", "*": "full", "-": "none", "E": "none"}
+    assert a.layer_types == tuple(kinds[c] for c in blocks)
+    # 8 heads of 128 / 8 = 16: conv over 128 + 2 groups x 2 x 16 = 192 channels; state 8 x 16 x 16
+    assert (a.conv_channels, a.conv_kernel, a.ssm_state_elems) == (192, 4, 2048)
+    if moe:
+        assert (a.moe_layers, a.num_experts, a.experts_per_token, a.shared_expert_intermediate_size) == ((1, 3, 5), 8, 2, 48)
+
+
+def test_a_jamba_gguf_header_gives_its_mamba_layers(tmp_path):
+    """llama.cpp's JambaModel writes the Mamba (v1) mixer as jamba.ssm.* - inner_size = mamba_expand x hidden,
+    time_step_rank = mamba_dt_rank - and head_count_kv per layer, 0 on the Mamba layers."""
+    from gguf import GGUFWriter
+    from gguf_fixtures import finish_gguf
+
+    from vramplan.modelfiles import read_model_file
+
+    w = GGUFWriter(str(tmp_path / "jamba.gguf"), "jamba")
+    w.add_block_count(4)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(128)
+    w.add_head_count(4)
+    w.add_head_count_kv([0, 2, 0, 0])
+    w.add_context_length(4096)
+    for key, value in (("conv_kernel", 4), ("state_size", 16), ("inner_size", 128), ("time_step_rank", 4)):
+        w.add_uint32(f"jamba.ssm.{key}", value)
+    finish_gguf(w)
+    a = from_hf_config(read_model_file(tmp_path / "jamba.gguf")["config"])
+    assert a.layer_types == ("recurrent", "full", "recurrent", "recurrent")
+    # d_inner 2 x 64 = 128 conv channels; the SSM state 128 x 16
+    assert (a.conv_channels, a.conv_kernel, a.ssm_state_elems) == (128, 4, 2048)
