@@ -255,6 +255,13 @@ class Architecture:
         return total
 
     @property
+    def compressor_ring_state_elems(self) -> int:
+        """The part of compressor_state_elems in the ratio-4 (CSA) layers' overlapping compressors and their indexers'
+        (the rings SGLang sizes with the window pool; the other ratios' state is kept per request)."""
+        n = sum(1 for r in self.compress_ratios if r == CSA_RATIO)
+        return n * (2 * (2 * CSA_RATIO) * (2 * self.head_dim) + 2 * (2 * CSA_RATIO) * (2 * self.index_head_dim))
+
+    @property
     def compressor_state_elems(self) -> int:
         """fp32 elements of the per-sequence compressor state over all layers (DeepSeek V4 ``Compressor``: a kv and a
         score buffer of coff x ratio slots of coff x head_dim each, coff 2 where windows overlap (ratio 4), else 1; a

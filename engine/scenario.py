@@ -44,6 +44,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "kv_cmp_index_equiv": ("layers", "the part of kv_cmp_equiv whose entries a lightning indexer selects (DeepSeek V4's "
                                      "ratio-4 CSA layers, which also cache an indexer key per entry); 0 without one"),
     "n_layers_indexed": ("layers", "layers with a lightning indexer (DeepSeek V3.2: every layer; V4: the ratio-4 layers)"),
+    "cmp_ring_state_elems": ("elements", "the part of cmp_state_elems in the ratio-4 (CSA) layers' compressors and their "
+                                         "indexers' (DeepSeek V4); 0 without one"),
     "cmp_state_elems": ("elements", "fp32 elements of one sequence's compressor state over all layers (DeepSeek V4: the "
                                     "partial windows its compressors have not yet folded into an entry); 0 without one"),
     "index_topk": ("tokens", "tokens a query's sparse attention reads, chosen by the lightning indexer (DeepSeek V3.2: 2,048); "
@@ -285,6 +287,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "mla_rope_elems": a.qk_rope_head_dim if a.is_mla or a.is_compressed else 0,
         "cmp_attention": int(a.is_compressed), "kv_cmp_equiv": a.compressed_entries_per_token, "kv_cmp_index_equiv": a.indexed_entries_per_token,
         "n_layers_indexed": a.indexed_layers, "cmp_state_elems": a.compressor_state_elems,
+        "cmp_ring_state_elems": a.compressor_ring_state_elems,
         "kv_per_head": 0 if a.is_mla else 1,
         "mla_key_flops": 2 * a.num_heads * (2 * a.kv_lora_rank + a.qk_rope_head_dim) if a.is_mla else 0,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,

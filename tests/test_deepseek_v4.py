@@ -195,3 +195,19 @@ def test_vllm_and_sglang_keep_a_v4_cache_in_fp8():
     out = vramplan.estimate_inference({**body, "runtime": "tensorrt-llm"})  # states nothing: the request's fp16 default
     assert trace_values(out)["kv_bytes_per_token_layer"] == 1024
     assert not any("FP8 only" in a for a in out["assumptions"])
+
+
+def test_sglang_sizes_v4_windows_with_the_context():
+    """SGLang's DSV4PoolConfigurator gives the window pool (every layer's window rows and the CSA compressors' rings)
+    0.1 of the full tokens: a long sequence takes window capacity in proportion to its context, about twice vLLM's
+    bytes a token (3,850 compressed + 3,850 of window share) - so it admits about half as many."""
+    body = {"gpu_key": "h200", "num_gpus": 8, "llm_key": "deepseek-v4-flash", "quantization": "fp8",
+            "inference_parallelism": "tensor", "input_tokens": 100_000, "output_tokens": 2_400, "concurrent_users": 512,
+            "trace": True}
+    sg = trace_values(vramplan.estimate_inference({**body, "runtime": "sglang"}))
+    vl = trace_values(vramplan.estimate_inference({**body, "runtime": "vllm"}))
+    windows = 584 * 43 * sg["kv_tokens_sliding"] + 4 * 21 * (2 * 8 * 1024 + 2 * 8 * 256)
+    times = sg["kv_tokens_full"] * 0.1 / sg["kv_tokens_sliding"]
+    assert sg["kv_pool_seq_bytes"] == pytest.approx(sg["kv_attention_bytes_per_seq"] + windows * (times - 1), rel=1e-12)
+    assert vl["kv_pool_seq_bytes"] == vl["kv_attention_bytes_per_seq"]
+    assert 1.9 < sg["kv_pool_seq_bytes"] / vl["kv_pool_seq_bytes"] < 2.1
