@@ -146,6 +146,14 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "index_n_heads": _HEADS, "index_head_dim": _HEAD_DIM,
         "index_topk": _count(0, MAX_CONTEXT, "2,048 (DeepSeek-V3.2)"),
     },
+    # DeepSeek V4: compressed attention, the grouped low-rank output projection, hyper-connections, hash routing
+    "deepseek_v4": {
+        "compress_ratios": Key("int_list", 0, MAX_RANK, "128 (DeepSeek-V4)", max_len=MAX_LAYERS + 8),
+        "o_lora_rank": _count(1, MAX_RANK, "1,024 (DeepSeek-V4)"),
+        "o_groups": _count(1, MAX_HEADS, "16 (DeepSeek-V4-Pro)"),
+        "hc_mult": _count(1, 64, "4 (DeepSeek-V4)"),
+        "num_hash_layers": _count(0, MAX_LAYERS, "3 (DeepSeek-V4)"),
+    },
     # Llama 4: chunked attention on RoPE layers, every n-th layer global
     "llama4": {
         "attention_chunk_size": _count(0, MAX_CONTEXT, "8,192 (Llama 4)"),

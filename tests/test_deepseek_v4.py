@@ -130,9 +130,13 @@ def test_long_context_grows_the_cache_by_the_compressed_rows_only():
 BAD = [
     ({"compress_ratios": "4,128"}, "compress_ratios"),
     ({"compress_ratios": [0] * 10}, "compress_ratios"),
-    ({"compress_ratios": [0, -4] + [4] * 42}, "compress_ratios[1]"),
-    ({"compress_ratios": ["4"] * 44}, "compress_ratios[0]"),
-    ({"compress_ratios": [4.0] * 44}, "compress_ratios[0]"),
+    ({"compress_ratios": [0, -4] + [4] * 42}, "compress_ratios"),   # "item 1: must be at least 0"
+    ({"compress_ratios": ["4"] * 44}, "compress_ratios"),
+    ({"compress_ratios": [4.0] * 44}, "compress_ratios"),
+    ({"compress_ratios": [2 ** 62] * 44}, "compress_ratios"),       # above any real ratio: a compressor state of exabytes
+    ({"compress_ratios": [4] * 100_000}, "compress_ratios"),
+    ({"hc_mult": 10 ** 6}, "hc_mult"),
+    ({"o_lora_rank": 10 ** 9}, "o_lora_rank"),
     ({"o_groups": 0}, "o_groups"),
     ({"o_groups": 7}, "o_groups"),
     ({"o_lora_rank": -1}, "o_lora_rank"),

@@ -108,23 +108,14 @@ def test_a_falcon_h1_gguf_header_gives_the_mixer(tmp_path):
     """llama.cpp's FalconH1Model (a Mamba2Model in convert_hf_to_gguf.py) writes the mixer as falcon-h1.ssm.*:
     inner_size = mamba_d_ssm, time_step_rank = its heads, and attention keys for every layer."""
     from gguf import GGUFWriter
-    from gguf_fixtures import finish_gguf
+    from gguf_fixtures import decoder_header, finish_gguf
 
     from vramplan.modelfiles import read_model_file
 
     path = tmp_path / "falcon-h1.gguf"
     w = GGUFWriter(str(path), "falcon-h1")
-    w.add_block_count(2)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length(128)
-    w.add_head_count(4)
-    w.add_head_count_kv(2)
-    w.add_key_length(16)
-    w.add_value_length(16)
-    w.add_context_length(4096)
-    for key, value in (("conv_kernel", 4), ("state_size", 16), ("group_count", 1), ("inner_size", 32),
-                       ("time_step_rank", 4)):
-        w.add_uint32(f"falcon-h1.ssm.{key}", value)
+    decoder_header(w, layers=2, ff=128, kv=2, key_length=16,
+                   ssm={"conv_kernel": 4, "state_size": 16, "group_count": 1, "inner_size": 32, "time_step_rank": 4})
     finish_gguf(w)
     a = from_hf_config(read_model_file(path)["config"])
     assert a.model_type == "falcon_h1" and a.num_full_layers == 2 and a.num_recurrent_layers == 2

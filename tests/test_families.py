@@ -418,24 +418,16 @@ def test_a_nemotron_h_gguf_header_gives_its_blocks(tmp_path, moe):
     attention block, feed_forward_length > 0 an MLP (MoE under arch nemotron_h_moe) block, both 0 a Mamba2 block; the
     MoE converter appends the multi-token-prediction block (both > 0) after the layers, with nextn_predict_layers."""
     from gguf import GGUFWriter
-    from gguf_fixtures import finish_gguf
+    from gguf_fixtures import decoder_header, finish_gguf
 
     from vramplan.modelfiles import read_model_file
 
     arch = "nemotron_h_moe" if moe else "nemotron_h"
     blocks = "ME*EME" if moe else "M*M-M*"
     w = GGUFWriter(str(tmp_path / "nh.gguf"), arch)
-    w.add_block_count(len(blocks) + moe)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length([32 if c in "-E" else 0 for c in blocks] + [32] * moe)
-    w.add_head_count(4)
-    w.add_head_count_kv([2 if c == "*" else 0 for c in blocks] + [2] * moe)
-    w.add_key_length(16)
-    w.add_value_length(16)
-    w.add_context_length(4096)
-    for key, value in (("conv_kernel", 4), ("state_size", 16), ("group_count", 2), ("inner_size", 128),
-                       ("time_step_rank", 8)):
-        w.add_uint32(f"{arch}.ssm.{key}", value)
+    decoder_header(w, layers=len(blocks) + moe, ff=[32 if c in "-E" else 0 for c in blocks] + [32] * moe,
+                   kv=[2 if c == "*" else 0 for c in blocks] + [2] * moe, key_length=16,
+                   ssm={"conv_kernel": 4, "state_size": 16, "group_count": 2, "inner_size": 128, "time_step_rank": 8})
     if moe:
         w.add_expert_count(8)
         w.add_expert_used_count(2)
@@ -458,19 +450,13 @@ def test_a_jamba_gguf_header_gives_its_mamba_layers(tmp_path):
     """llama.cpp's JambaModel writes the Mamba (v1) mixer as jamba.ssm.* - inner_size = mamba_expand x hidden,
     time_step_rank = mamba_dt_rank - and head_count_kv per layer, 0 on the Mamba layers."""
     from gguf import GGUFWriter
-    from gguf_fixtures import finish_gguf
+    from gguf_fixtures import decoder_header, finish_gguf
 
     from vramplan.modelfiles import read_model_file
 
     w = GGUFWriter(str(tmp_path / "jamba.gguf"), "jamba")
-    w.add_block_count(4)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length(128)
-    w.add_head_count(4)
-    w.add_head_count_kv([0, 2, 0, 0])
-    w.add_context_length(4096)
-    for key, value in (("conv_kernel", 4), ("state_size", 16), ("inner_size", 128), ("time_step_rank", 4)):
-        w.add_uint32(f"jamba.ssm.{key}", value)
+    decoder_header(w, layers=4, ff=128, kv=[0, 2, 0, 0],
+                   ssm={"conv_kernel": 4, "state_size": 16, "inner_size": 128, "time_step_rank": 4})
     finish_gguf(w)
     a = from_hf_config(read_model_file(tmp_path / "jamba.gguf")["config"])
     assert a.layer_types == ("recurrent", "full", "recurrent", "recurrent")

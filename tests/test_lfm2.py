@@ -147,17 +147,12 @@ def test_lfm2_gguf_header_gives_the_conv_layout(tmp_path):
     """llama.cpp's LFM2Model writes shortconv.l_cache, head_count_kv 0 on the conv layers and the MLP width
     already adjusted (convert_hf_to_gguf.py)."""
     from gguf import GGUFWriter
-    from gguf_fixtures import finish_gguf
+    from gguf_fixtures import decoder_header, finish_gguf
 
     from vramplan.modelfiles import read_model_file
 
     w = GGUFWriter(str(tmp_path / "lfm2.gguf"), "lfm2")
-    w.add_block_count(4)
-    w.add_embedding_length(64)
-    w.add_feed_forward_length(256)
-    w.add_head_count(4)
-    w.add_head_count_kv([0, 2, 0, 2])
-    w.add_context_length(4096)
+    decoder_header(w, layers=4, ff=256, kv=[0, 2, 0, 2])
     w.add_uint32("lfm2.shortconv.l_cache", 3)
     finish_gguf(w)
     a = from_hf_config(read_model_file(tmp_path / "lfm2.gguf")["config"])
