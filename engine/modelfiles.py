@@ -516,7 +516,9 @@ def _read_safetensors_index(p: Path, index: dict) -> dict:
 
 
 def _packed_note(types: Counter, config: dict) -> list[str]:
-    if _quant_from_config(config) in ("awq", "gptq", "mxfp4") or types.get("I32") or types.get("U8"):
+    # DeepSeek V4's FP4 experts (expert_dtype "fp4") are stored as I8 pairs of E2M1 values (inference/model.py)
+    fp4_experts = isinstance(config, dict) and str(config.get("expert_dtype") or "").lower() == "fp4"
+    if _quant_from_config(config) in ("awq", "gptq", "mxfp4") or fp4_experts or types.get("I32") or types.get("U8"):
         return ["some tensors are packed (several weights per stored element): params counts stored "
                 "elements, not the model's logical parameters"]
     return []

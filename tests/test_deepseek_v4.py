@@ -215,3 +215,27 @@ def test_sglang_sizes_v4_windows_with_the_context():
     assert sg["kv_pool_seq_bytes"] == pytest.approx(sg["kv_attention_bytes_per_seq"] + windows * (times - 1), rel=1e-12)
     assert vl["kv_pool_seq_bytes"] == vl["kv_attention_bytes_per_seq"]
     assert 1.9 < sg["kv_pool_seq_bytes"] / vl["kv_pool_seq_bytes"] < 2.1
+
+
+def test_a_v4_checkpoints_fp4_experts_are_packed_not_missing_parameters(tmp_path):
+    """The released V4 checkpoints store each routed expert's FP4 weights as I8 pairs: the headers count half the
+    elements, which is packing, not a model the reading gets wrong - no params-disagree warning."""
+    import json
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from vramplan.modelfiles import read_model_file
+    from vramplan.resolve import params_disagree
+
+    tiny = {"model_type": "deepseek_v4", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 1, "head_dim": 32, "qk_rope_head_dim": 8, "q_lora_rank": 16, "o_lora_rank": 8,
+            "o_groups": 2, "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+            "index_n_heads": 2, "index_head_dim": 16, "index_topk": 4, "sliding_window": 8,
+            "compress_ratios": [4, 128, 0], "hc_mult": 2, "num_hash_layers": 1, "vocab_size": 100,
+            "expert_dtype": "fp4", "quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}
+    (tmp_path / "config.json").write_text(json.dumps(tiny))
+    save_file({"layers.0.ffn.experts.0.w1.weight": np.zeros((16, 32), np.int8)}, str(tmp_path / "model.safetensors"))
+    info = read_model_file(tmp_path)
+    assert any("packed" in n for n in info["notes"])
+    assert params_disagree(info, from_hf_config(tiny)) == []
