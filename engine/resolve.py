@@ -391,9 +391,9 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
                    f"rows; {n_csa} layers add one compressed row per 4 tokens with a lightning-indexer key, of which "
                    f"attention reads the index_topk = {arch.index_topk:,} the indexer selects, "
                    f"{others or 'no other'} (all read); the compressors' fp32 state of partial windows is counted per "
-                   f"sequence. Not modelled: the hyper-connections' {arch.hc_mult}x wider residual stream in activations "
-                   f"and the time of their mixing, runtimes' own page rounding of the compressed caches, and the "
-                   f"multi-token-prediction layer (not counted, as for DeepSeek V3)")
+                   f"sequence, and the residual stream is {arch.hc_mult} hidden states wide in the activations. Not "
+                   f"modelled: the time of the hyper-connections' mixing, runtimes' own page rounding of the "
+                   f"compressed caches, and the multi-token-prediction layer (not counted, as for DeepSeek V3)")
     elif arch.index_topk:
         out.append(f"sparse attention (DeepSeek V3.2's lightning indexer): its key cache, {arch.index_head_dim} FP8 "
                    f"keys and their fp32 scales a token a layer, is counted, and attention reads "

@@ -37,6 +37,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
                                     "DeepSeek V3.2: 128); 0 without an indexer"),
     "mla_rope_elems": ("elements", "the rotated part of an MLA latent or a DeepSeek V4 row in the cache (qk_rope_head_dim; 0 "
                                    "without either)"),
+    "residual_streams": ("streams", "hidden states a token's residual stream holds: hc_mult with hyper-connections (DeepSeek "
+                                    "V4: 4), else 1"),
     "cmp_attention": ("flag", "1 for compressed attention (DeepSeek V4): one row per cached entry that is key and value, "
                               "in V4's FP8 layout under an FP8 cache; indexer keys per compressed entry, not per token"),
     "kv_cmp_equiv": ("layers", "compressed-attention entries one token adds over all layers, in layers' worth (DeepSeek V4: "
@@ -285,7 +287,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "index_key_elems": a.index_head_dim if a.index_topk else 0,
         "index_topk": a.index_topk, "index_pair_flops": 2 * a.index_n_heads * a.index_head_dim,
         "mla_rope_elems": a.qk_rope_head_dim if a.is_mla or a.is_compressed else 0,
-        "cmp_attention": int(a.is_compressed), "kv_cmp_equiv": a.compressed_entries_per_token, "kv_cmp_index_equiv": a.indexed_entries_per_token,
+        "residual_streams": a.hc_mult or 1, "cmp_attention": int(a.is_compressed), "kv_cmp_equiv": a.compressed_entries_per_token, "kv_cmp_index_equiv": a.indexed_entries_per_token,
         "n_layers_indexed": a.indexed_layers, "cmp_state_elems": a.compressor_state_elems,
         "cmp_ring_state_elems": a.compressor_ring_state_elems,
         "kv_per_head": 0 if a.is_mla else 1,

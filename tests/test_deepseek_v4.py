@@ -239,3 +239,11 @@ def test_a_v4_checkpoints_fp4_experts_are_packed_not_missing_parameters(tmp_path
     info = read_model_file(tmp_path)
     assert any("packed" in n for n in info["notes"])
     assert params_disagree(info, from_hf_config(tiny)) == []
+
+
+def test_the_residual_stream_is_hc_mult_hidden_states_wide():
+    _, v = _flash()
+    assert v["residual_streams"] == 4
+    # the live hidden-size tensors of a prefill chunk: the runtime's count, the residual counted 4 times
+    expected = v["prefill_tokens"] * (v["rt_hidden_live_tensors"] + 3) * 4096 * v["act_bytes"]
+    assert v["hidden_live_bytes"] == expected
