@@ -102,7 +102,7 @@ FAMILY_DEFAULTS: dict[str, dict] = {
 
 _SLIDING = {"sliding_attention", "sliding", "local", "chunked_attention"}
 #: ``layer_types`` entries the generic reading takes as attention over the whole context.
-_FULL = {"full_attention", "full", "attention", "global", "global_attention"}
+_FULL = {"full_attention", "full", "attention", "global", "global_attention", "deepseek_sparse_attention"}
 #: model_types whose layers are recurrent (Mamba, Mamba2, Falcon-Mamba, RWKV, RecurrentGemma, xLSTM) or mix attention
 #: with them (Bamba, Zamba, Hymba): refused by name where no reader in vramplan.families takes them, since their
 #: keys (state_size, num_heads ...) would otherwise be read as a plain decoder's or fail on keys they do not have.
@@ -181,6 +181,9 @@ class Architecture:
     index_n_heads: int = 0
     index_head_dim: int = 0
     index_topk: int = 0
+    # GLM-5.x's indexer sharing (indexer_types "shared"): attention layers that reuse an earlier layer's top-k and
+    # keep no indexer, no indexer keys and no scoring of their own
+    shared_indexer_layers: int = 0
     # Compressed attention (DeepSeek V4; vramplan.families._deepseek_v4): per layer 0 (its sliding window only), 4 (one
     # compressed entry per 4 tokens, chosen by a lightning indexer: CSA) or another ratio (every compressed entry read:
     # HCA); the grouped low-rank output projection; hyper-connections (hc_mult residual streams); hash-routed layers
@@ -230,7 +233,7 @@ class Architecture:
         ratio-4 layers of a compressed one (DeepSeek V4's CSA: ``Attention.__init__`` builds the indexer only there)."""
         if self.is_compressed:
             return sum(1 for r in self.compress_ratios if r == CSA_RATIO)
-        return self.num_attention_layers if self.index_topk else 0
+        return self.num_attention_layers - self.shared_indexer_layers if self.index_topk else 0
 
     @property
     def compressed_entries_per_token(self) -> float:
@@ -375,7 +378,7 @@ class Architecture:
             if self.qkv_bias:
                 r["norm"] += La * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
         if self.index_topk and not self.is_compressed:  # V3.2's indexer k_norm LayerNorm (projections: tp_replicated_attention)
-            r["norm"] += La * 2 * self.index_head_dim
+            r["norm"] += self.indexed_layers * 2 * self.index_head_dim
         if not self.is_compressed:
             r["attn_output"] = La * self.attn_out_dim * h
         if self.out_bias:
@@ -646,9 +649,11 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
                                                  "dense model its parameters, memory and speed would be wrong - give "
                                                  "num_local_experts, num_experts_per_tok and moe_intermediate_size"))
 
+    shared_indexers = 0
     if cfg.get("index_topk"):  # DeepSeek V3.2's sparse attention: its indexer needs its shape
         problems += [(f"{where}.{k}", "is required with index_topk (the sparse-attention indexer)")
                      for k in ("index_n_heads", "index_head_dim") if not cfg.get(k)]
+        shared_indexers = _shared_indexers(cfg, layers, where, problems)
 
     # multi-head latent attention
     kv_lora = int(cfg.get("kv_lora_rank") or 0)
@@ -732,6 +737,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         index_n_heads=int(cfg.get("index_n_heads") or 0) if cfg.get("index_topk") else 0,
         index_head_dim=int(cfg.get("index_head_dim") or 0) if cfg.get("index_topk") else 0,
         index_topk=int(cfg.get("index_topk") or 0),
+        shared_indexer_layers=shared_indexers,
         vision_params=_vision_params(top, hidden),
     )
     fields.update(special)
@@ -739,6 +745,29 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     fields["rope_table_elements"] = _rope_table_elements(cfg, model_type, head_dim, int(cfg.get("qk_rope_head_dim") or 0),
                                                          tuple(fields["layer_types"]))
     return Architecture(**fields, assumed=tuple(assumed))
+
+
+def _shared_indexers(cfg: dict, layers: int, where: str, problems: list[tuple[str, str]]) -> int:
+    """Layers whose sparse-attention indexer is shared (GLM-5.x, transformers modular_glm_moe_dsa.py
+    ``GlmMoeDsaAttention``: ``skip_topk = config.indexer_types[layer_idx] == "shared"`` and then ``self.indexer =
+    None`` - the layer reuses the previous full layer's top-k). ``indexer_types`` lists "full" / "shared" per layer;
+    without it, ``index_topk_freq`` / ``index_skip_topk_offset`` give the schedule as GlmMoeDsaConfig derives it
+    ("full" where max(i - offset + 1, 0) % freq == 0); with neither, every layer has its own (DeepSeek V3.2)."""
+    kinds = cfg.get("indexer_types")
+    if kinds is not None:
+        if len(kinds) != layers or set(kinds) - {"full", "shared"}:
+            problems.append((f"{where}.indexer_types", f"must list 'full' or 'shared' for each of the {layers} layers"))
+            return 0
+        if kinds and kinds[0] == "shared":
+            problems.append((f"{where}.indexer_types[0]", "the first layer has no earlier indexer to share: 'full'"))
+            return 0
+        return kinds.count("shared")
+    freq = cfg.get("index_topk_freq")
+    if freq is None:
+        return 0
+    offset = cfg.get("index_skip_topk_offset")
+    offset = 2 if offset is None else offset
+    return sum(1 for i in range(layers) if max(i - offset + 1, 0) % max(freq, 1))
 
 
 def _decilm_blocks(cfg: dict, hidden, heads, layers, where: str, problems: list[tuple[str, str]]):

@@ -145,6 +145,10 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
     "dsa": {
         "index_n_heads": _HEADS, "index_head_dim": _HEAD_DIM,
         "index_topk": _count(0, MAX_CONTEXT, "2,048 (DeepSeek-V3.2)"),
+        # GLM-5.x (glm_moe_dsa): "shared" layers reuse an earlier layer's top-k and have no indexer of their own
+        "indexer_types": Key("str_list", max_len=MAX_LAYERS),
+        "index_topk_freq": _count(1, MAX_LAYERS, "4 (GLM-5.2)"),
+        "index_skip_topk_offset": _count(0, MAX_LAYERS, "3 (GLM-5.2)"),
     },
     # DeepSeek V4: compressed attention, the grouped low-rank output projection, hyper-connections, hash routing
     "deepseek_v4": {

@@ -309,3 +309,53 @@ def test_deepseek_v4_keys_under_another_model_type_over_http_are_a_422(client, a
                     json={"gpu_key": "h200", "llm_key": "custom", "custom_model": {**DEEPSEEK_V4, "model_type": "deepseek_v3"},
                           "quantization": "fp8"})
     assert r.status_code == 422 and "custom_model.compress_ratios" in r.text and "DeepSeek V4" in r.text
+
+
+# -- GLM-5.x (glm_moe_dsa): indexers shared across layers ------------------------------------------------------------
+
+#: GLM-5.2's shape: DeepSeek V3.2's MLA + sparse attention, 21 of its 78 layers with an indexer of their own.
+GLM5 = {"model_type": "glm_moe_dsa", "hidden_size": 6144, "num_hidden_layers": 78, "num_attention_heads": 64,
+        "num_key_value_heads": 64, "q_lora_rank": 2048, "kv_lora_rank": 512, "qk_nope_head_dim": 192,
+        "qk_rope_head_dim": 64, "v_head_dim": 256, "intermediate_size": 12288, "moe_intermediate_size": 2048,
+        "n_routed_experts": 256, "n_shared_experts": 1, "num_experts_per_tok": 8, "first_k_dense_replace": 3,
+        "index_n_heads": 32, "index_head_dim": 128, "index_topk": 2048, "vocab_size": 154880,
+        "tie_word_embeddings": False, "max_position_embeddings": 202752,
+        "indexer_types": ["full"] * 3 + (["shared"] * 3 + ["full"]) * 18 + ["shared"] * 3}
+
+
+def test_glm5_shared_indexers_keep_no_indexer():
+    """transformers GlmMoeDsaAttention: a "shared" layer sets self.indexer = None and reuses the previous full layer's
+    top-k - no wq_b [32 x 128, 2048], wk [128, 6144], weights_proj [32, 6144] or k_norm (weight and bias of 128)."""
+    shared = from_hf_config(GLM5)
+    every = from_hf_config({k: v for k, v in GLM5.items() if k != "indexer_types"})
+    assert (GLM5["indexer_types"].count("full"), shared.indexed_layers, every.indexed_layers) == (21, 21, 78)
+    per_indexer = 32 * 128 * 2048 + 128 * 6144 + 32 * 6144 + 2 * 128
+    assert every.param_count() - shared.param_count() == 57 * per_indexer == 534_198_528
+    # its key cache: 132 bytes a token on 21 of 78 layers, 35.54 a layer on average beside the 576-wide bf16 latent
+    from vramplan.catalog import get_catalog
+    from vramplan.scenario import _model_vars
+    v = get_catalog().formulas.evaluate({**_model_vars(shared), "kv_bits": 16.0, "rt_dsa_fp8_scaled_kv": 0.0},
+                                        ["kv_bytes_per_token_layer"])
+    assert v["kv_bytes_per_token_layer"] == pytest.approx(576 * 2 + 132 * 21 / 78, rel=1e-12)
+
+
+def test_glm5_schedule_from_freq_and_offset_and_its_layer_kind():
+    # GlmMoeDsaConfig without indexer_types: "full" where max(i - offset + 1, 0) % freq == 0 - freq 4, offset 3 gives
+    # layers 0, 1, 2 and every fourth from 6: 21 full, 57 shared, GLM-5.3's list
+    cfg = {k: v for k, v in GLM5.items() if k != "indexer_types"}
+    a = from_hf_config({**cfg, "index_topk_freq": 4, "index_skip_topk_offset": 3})
+    assert a.indexed_layers == 21
+    # transformers writes layer_types "deepseek_sparse_attention": attention over the whole context
+    b = from_hf_config({**GLM5, "layer_types": ["deepseek_sparse_attention"] * 78})
+    assert b.num_full_layers == 78 and b.param_count() == from_hf_config(GLM5).param_count()
+
+
+@pytest.mark.parametrize("indexer_types, field", [
+    (["full"] * 77, "indexer_types"),
+    (["full"] * 77 + ["half"], "indexer_types"),
+    (["shared"] + ["full"] * 77, "indexer_types[0]"),
+])
+def test_glm5_bad_indexer_types_name_the_key(indexer_types, field):
+    with pytest.raises(RequestError) as e:
+        from_hf_config({**GLM5, "indexer_types": indexer_types})
+    assert [f for f, _ in e.value.problems] == [f"custom_model.{field}"]
