@@ -245,38 +245,34 @@ class Architecture:
         """Indexer keys one token adds over all layers of a compressed model, as layers' worth (CSA: 1 / 4 a layer)."""
         return sum(1 / r for r in self.compress_ratios if r == CSA_RATIO)
 
-    @property
-    def compressor_linear_params(self) -> int:
-        """The compressors' wkv and wgate over all layers (DeepSeek V4 ``Compressor``: [coff x head_dim, hidden] each,
-        coff 2 where windows overlap, ratio 4), a CSA layer's indexer's own compressor over index_head_dim included."""
-        h, total = self.hidden_size, 0
+    def _compressors(self) -> list[tuple[int, int, int]]:
+        """(ratio, coff, width) of every compressor over all layers (DeepSeek V4 ``Compressor``): one per compressed
+        layer over head_dim, coff 2 where windows overlap (ratio 4, CSA) else 1, and a CSA layer's indexer's own over
+        index_head_dim (coff 2)."""
+        out = []
         for r in self.compress_ratios:
             if r > 0:
-                total += 2 * (2 if r == CSA_RATIO else 1) * self.head_dim * h
-                if r == CSA_RATIO:
-                    total += 2 * 2 * self.index_head_dim * h
-        return total
+                out.append((r, 2 if r == CSA_RATIO else 1, self.head_dim))
+            if r == CSA_RATIO:
+                out.append((r, 2, self.index_head_dim))
+        return out
+
+    @property
+    def compressor_linear_params(self) -> int:
+        """The compressors' wkv and wgate over all layers, [coff x width, hidden] each."""
+        return sum(2 * coff * width * self.hidden_size for _r, coff, width in self._compressors())
+
+    @property
+    def compressor_state_elems(self) -> int:
+        """fp32 elements of the per-sequence compressor state over all layers: a kv and a score buffer of coff x ratio
+        slots of coff x width each per compressor."""
+        return sum(2 * (coff * r) * (coff * width) for r, coff, width in self._compressors())
 
     @property
     def compressor_ring_state_elems(self) -> int:
         """The part of compressor_state_elems in the ratio-4 (CSA) layers' overlapping compressors and their indexers'
         (the rings SGLang sizes with the window pool; the other ratios' state is kept per request)."""
-        n = sum(1 for r in self.compress_ratios if r == CSA_RATIO)
-        return n * (2 * (2 * CSA_RATIO) * (2 * self.head_dim) + 2 * (2 * CSA_RATIO) * (2 * self.index_head_dim))
-
-    @property
-    def compressor_state_elems(self) -> int:
-        """fp32 elements of the per-sequence compressor state over all layers (DeepSeek V4 ``Compressor``: a kv and a
-        score buffer of coff x ratio slots of coff x head_dim each, coff 2 where windows overlap (ratio 4), else 1; a
-        CSA layer's indexer has its own compressor over index_head_dim)."""
-        total = 0
-        for r in self.compress_ratios:
-            if r > 0:
-                coff = 2 if r == CSA_RATIO else 1
-                total += 2 * (coff * r) * (coff * self.head_dim)
-                if r == CSA_RATIO:
-                    total += 2 * (2 * r) * (2 * self.index_head_dim)
-        return total
+        return sum(2 * (coff * r) * (coff * width) for r, coff, width in self._compressors() if r == CSA_RATIO)
 
     @property
     def num_sliding_layers(self) -> int:
@@ -455,11 +451,7 @@ class Architecture:
         out["attn_output"] += L * (self.o_lora_rank * H * D + h * self.o_groups * self.o_lora_rank)
         out["norm"] += L * ((rq or 0) + D + H)  # q_norm, kv_norm, attn_sink
         out["attn_k"] += self.compressor_linear_params
-        for ratio in self.compress_ratios:  # the compressors' ape and norm
-            if ratio > 0:
-                out["norm"] += ratio * (2 if ratio == CSA_RATIO else 1) * D + D
-            if ratio == CSA_RATIO:
-                out["norm"] += ratio * 2 * self.index_head_dim + self.index_head_dim
+        out["norm"] += sum(r * coff * width + width for r, coff, width in self._compressors())  # ape [ratio, coff x width], norm
         mix = (2 + hc) * hc
         out["other"] += L * 2 * (mix * hc * h + mix + 3) + hc * hc * h + hc + 1
         if self.is_moe:
@@ -767,7 +759,7 @@ def _shared_indexers(cfg: dict, layers: int, where: str, problems: list[tuple[st
         return 0
     offset = cfg.get("index_skip_topk_offset")
     offset = 2 if offset is None else offset
-    return sum(1 for i in range(layers) if max(i - offset + 1, 0) % max(freq, 1))
+    return sum(1 for i in range(layers) if max(i - offset + 1, 0) % freq)  # freq >= 1 (configkeys)
 
 
 def _decilm_blocks(cfg: dict, hidden, heads, layers, where: str, problems: list[tuple[str, str]]):

@@ -388,7 +388,7 @@ def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: d
         n_csa = arch.indexed_layers
         others = ", ".join(f"{sum(1 for x in arch.compress_ratios if x == r)} one per {r}" for r in ratios if r != CSA_RATIO)
         out.append(f"compressed attention (DeepSeek V4): every layer keeps its last {arch.sliding_window:,} tokens' "
-                   f"rows; {n_csa} layers add one compressed row per 4 tokens with a lightning-indexer key, of which "
+                   f"rows; {n_csa} layers add one compressed row per {CSA_RATIO} tokens with a lightning-indexer key, of which "
                    f"attention reads the index_topk = {arch.index_topk:,} the indexer selects, "
                    f"{others or 'no other'} (all read); the compressors' fp32 state of partial windows is counted per "
                    f"sequence, and the residual stream is {arch.hc_mult} hidden states wide in the activations. Not "

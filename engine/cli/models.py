@@ -243,10 +243,9 @@ def _per_sequence(arch) -> dict:
     defaults = {f"rt_{d.key}": float(d.data["default"]) for d in cat.runtime_constants if "default" in d.data}
     base = dict(defaults, **_model_vars(arch), act_bytes=2.0, kv_bits=16.0)
     kv_layers = arch.num_kv_full_layers + arch.num_kv_sliding_layers + arch.num_cross_layers
-    v = cat.formulas.evaluate(base, ["kv_bytes_per_token_layer", "kv_index_bytes_layer"])
+    v = cat.formulas.evaluate(base, ["kv_bytes_per_token_layer", "kv_cmp_bytes_per_token"])
     if arch.is_compressed:  # DeepSeek V4: the windows stop growing; a token adds compressed rows and indexer keys
-        out["kv_bytes_per_token"] = round(v["kv_bytes_per_token_layer"] * arch.compressed_entries_per_token
-                                          + v["kv_index_bytes_layer"] * arch.indexed_entries_per_token)
+        out["kv_bytes_per_token"] = round(v["kv_cmp_bytes_per_token"])
         out["kv_compressed"] = {"window_layers": kv_layers, "window": arch.sliding_window,
                                 "row_layers_per_token": arch.compressed_entries_per_token}
     else:
