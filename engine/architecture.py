@@ -80,6 +80,17 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "nemotron-nas": {"tie_word_embeddings": False},
     # families with unusual layers (vramplan.families reads their own keys)
     "qwen3_next": {"tie_word_embeddings": False, "qk_norm": True},
+    # Qwen3.5 / 3.6: Qwen3-Next's layers (vramplan.families.GATED_DELTANET_TYPES); the class defaults of transformers
+    # Qwen3_5TextConfig / Qwen3_5MoeTextConfig (qwen3_5 / qwen3_5_moe: their wrappers, for a flat config)
+    **{t: {"tie_word_embeddings": False, "qk_norm": True,
+           "config": {"vocab_size": 248320, "hidden_size": 4096, "intermediate_size": 12288, "num_hidden_layers": 32,
+                      "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 256}}
+       for t in ("qwen3_5_text", "qwen3_5")},
+    **{t: {"tie_word_embeddings": False, "qk_norm": True,
+           "config": {"vocab_size": 248320, "hidden_size": 2048, "num_hidden_layers": 40, "num_attention_heads": 16,
+                      "num_key_value_heads": 2, "head_dim": 256, "num_experts": 256, "num_experts_per_tok": 8,
+                      "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512}}
+       for t in ("qwen3_5_moe_text", "qwen3_5_moe")},
     "granitemoehybrid": {"tie_word_embeddings": False},
     "falcon_h1": {"tie_word_embeddings": False},  # FalconH1Config.tie_word_embeddings
     "nemotron_h": {"tie_word_embeddings": False},
@@ -945,6 +956,33 @@ def _attn_mask_window(cfg: dict, model_type: str, window: int | None) -> int | N
     return int(window) if window else None
 
 
+#: ``vision_config.model_type`` of the Qwen3-VL vision tower (Qwen3-VL, Qwen3.5 / 3.6 - whose ``Qwen3_5VisionConfig``
+#: subclasses ``Qwen3VLVisionConfig`` without DeepStack).
+_QWEN3_VL_VISION = {"qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_vision", "qwen3_5_moe", "qwen3_5_moe_vision"}
+
+
+def _qwen3_vl_vision_params(vc: dict, h: int, inter: int, depth: int) -> int:
+    """``Qwen3VLVisionModel`` (transformers modeling_qwen3_vl.py): a biased ``nn.Conv3d`` patch embedding of kernel
+    (temporal_patch_size, patch_size, patch_size) over ``in_channels``, a learned ``pos_embed`` of
+    ``num_position_embeddings`` rows, ``depth`` blocks (two LayerNorms, biased qkv and proj, biased linear_fc1 / fc2 MLP)
+    and ``Qwen3VLVisionPatchMerger``: a LayerNorm of h, linear_fc1 (h m^2 -> h m^2) and linear_fc2 (h m^2 ->
+    out_hidden_size), both biased, with m = spatial_merge_size; one more merger per ``deepstack_visual_indexes`` entry,
+    its LayerNorm over h m^2 (use_postshuffle_norm). Qwen3.5 lists no DeepStack layers."""
+    def num(key: str, default: int) -> int:
+        v = vc.get(key, default)
+        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
+
+    c, p, t = num("in_channels", 3), num("patch_size", 16), num("temporal_patch_size", 2)
+    merged = h * num("spatial_merge_size", 2) ** 2
+    out = num("out_hidden_size", 3584)
+    deepstack = vc.get("deepstack_visual_indexes")
+    n_deep = len(deepstack) if isinstance(deepstack, list) else 0
+    block = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
+    merger = merged * merged + merged + merged * out + out
+    return (c * t * p * p * h + h + num("num_position_embeddings", 2304) * h + depth * block
+            + 2 * h + merger + n_deep * (2 * merged + merger))
+
+
 def _vision_params(config: dict, text_hidden: int) -> int:
     """Parameters of a multimodal model's image encoder and projector, from ``vision_config``.
 
@@ -962,6 +1000,8 @@ def _vision_params(config: dict, text_hidden: int) -> int:
     if not all(isinstance(x, int) and x > 0 for x in (h, inter, n)):
         return 0
     kind = str(vc.get("model_type") or "")
+    if kind in _QWEN3_VL_VISION:
+        return _qwen3_vl_vision_params(vc, h, inter, n)
     c = int(vc.get("num_channels") or 3)
     p = int(vc.get("patch_size") or 14)
     img = int(vc.get("image_size") or 0)

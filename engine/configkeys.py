@@ -184,7 +184,7 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "ffn": Key("object", fields={"no_op": _FLAG, "replace_with_linear": _FLAG,
                                      "ffn_mult": Key("number", 0, 1024, "5.25 (Llama-3.3-Nemotron-Super)")}),
     })},
-    # Qwen3-Next: gated DeltaNet linear attention
+    # Qwen3-Next, Qwen3.5 / 3.6: gated DeltaNet linear attention
     "qwen3_next": {
         "linear_conv_kernel_dim": _KERNEL,
         "linear_key_head_dim": _HEAD_DIM, "linear_value_head_dim": _HEAD_DIM,
@@ -261,6 +261,13 @@ VISION_KEYS: dict[str, Key] = {
     "supported_aspect_ratios": Key("int_lists", 1, MAX_SMALL, max_len=MAX_SMALL),
     "vocab_size": _VOCAB,
     "projector_input_dim": _FFN, "projector_output_dim": _FFN, "vision_output_dim": _FFN,
+    # the Qwen3-VL tower (Qwen3-VL, Qwen3.5 / 3.6)
+    "in_channels": _count(1, MAX_SMALL, "3 (RGB)"),
+    "temporal_patch_size": _count(1, MAX_SMALL, "2 (Qwen3-VL)"),
+    "spatial_merge_size": _count(1, 64, "2 (Mistral 3)"),
+    "out_hidden_size": _HIDDEN,
+    "num_position_embeddings": _count(1, 1 << 24, "2,304 (Qwen3-VL)"),
+    "deepstack_visual_indexes": Key("int_list", 0, MAX_LAYERS - 1, max_len=MAX_LAYERS),
 }
 
 #: ``audio_config`` keys (Gemma 3n's conformer encoder).

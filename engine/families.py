@@ -37,6 +37,12 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     # transformers models/qwen3_next/configuration_qwen3_next.py Qwen3NextConfig
     "qwen3_next": {"linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
                    "linear_num_key_heads": 16, "linear_num_value_heads": 32, "full_attention_interval": 4},
+    # transformers models/qwen3_5/configuration_qwen3_5.py Qwen3_5TextConfig and qwen3_5_moe/configuration_qwen3_5_moe.py
+    # Qwen3_5MoeTextConfig: the same gated-DeltaNet defaults (full_attention_interval popped from kwargs, default 4)
+    "qwen3_5_text": {"linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+                     "linear_num_key_heads": 16, "linear_num_value_heads": 32, "full_attention_interval": 4},
+    "qwen3_5_moe_text": {"linear_conv_kernel_dim": 4, "linear_key_head_dim": 128, "linear_value_head_dim": 128,
+                         "linear_num_key_heads": 16, "linear_num_value_heads": 32, "full_attention_interval": 4},
     # transformers models/granitemoehybrid/configuration_granitemoehybrid.py GraniteMoeHybridConfig
     "granitemoehybrid": {"mamba_n_heads": 128, "mamba_n_groups": 1, "mamba_d_state": 256, "mamba_d_conv": 4,
                          "mamba_expand": 2, "mamba_conv_bias": True, "mamba_proj_bias": False,
@@ -73,7 +79,14 @@ RECURRENT_KIND_WORDS = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", 
 #: Qwen3-Next: fla ``chunk_gated_delta_rule`` and transformers' ``torch_chunk_gated_delta_rule``
 #: both compute the state in float32 and return it as is (modeling_qwen3_next.py); the Mamba2 /
 #: Mamba caches are allocated in the model dtype and copied into (``HybridMambaAttentionDynamicCache``).
-STATE_KERNEL_BITS = {"qwen3_next": 32}
+STATE_KERNEL_BITS = {"qwen3_next": 32, "qwen3_5_text": 32, "qwen3_5_moe_text": 32}
+
+#: Model types whose layers are Qwen3-Next's gated DeltaNet and gated attention -> the family whose class defaults
+#: they take. Qwen3.5 / 3.6 (transformers modular_qwen3_5.py) build ``Qwen3_5GatedDeltaNet(Qwen3NextGatedDeltaNet)``
+#: and ``Qwen3_5Attention(Qwen3NextAttention)``; ``qwen3_5`` / ``qwen3_5_moe`` are their multimodal wrappers' types, read
+#: when a flat config carries no ``text_config``.
+GATED_DELTANET_TYPES = {"qwen3_next": "qwen3_next", "qwen3_5_text": "qwen3_5_text", "qwen3_5": "qwen3_5_text",
+                        "qwen3_5_moe_text": "qwen3_5_moe_text", "qwen3_5_moe": "qwen3_5_moe_text"}
 
 #: ``mamba_ssm_cache_dtype`` values of a Nemotron-H config.json and their bits (the dtype names
 #: vLLM's CacheConfig.mamba_ssm_cache_dtype accepts besides "auto").
@@ -140,6 +153,11 @@ def normalize(cfg: dict, model_type: str) -> dict:
         if model_type == "lfm2_moe":
             dense = cfg.get("num_dense_layers")
             cfg = {**cfg, "first_k_dense_replace": CLASS_DEFAULTS["lfm2_moe"]["num_dense_layers"] if dense is None else dense}
+    elif GATED_DELTANET_TYPES.get(model_type) == "qwen3_5_moe_text":
+        # Qwen3_5MoeTextConfig has no dense width: every layer is MoE (no mlp_only_layers, no decoder_sparse_step), so the
+        # intermediate_size the generic reading requires is never used - the experts' width stands in for it
+        if cfg.get("intermediate_size") is None:
+            cfg = {**cfg, "intermediate_size": cfg.get("moe_intermediate_size") or 512}  # its class default
     elif model_type == "deepseek_v4":
         # every layer is MoE (no first_k_dense_replace), so the dense width the generic reading requires is never used;
         # SGLang's DeepSeekV4Config spells the window window_size
@@ -175,8 +193,14 @@ def _qwen3_next(cfg: dict, top: dict, base: dict, where: str, problems: list, as
     Its cache keeps the conv state and a recurrent state of num_v_heads x head_k_dim x head_v_dim
     (vLLM mamba_utils.py ``gated_delta_net_state_shape``). ``Qwen3NextAttention.q_proj`` is twice
     as wide (query and output gate); the MoE block adds ``shared_expert_gate`` (h -> 1).
+
+    Qwen3.5 / 3.6 (``qwen3_5_text``, ``qwen3_5_moe_text``; transformers modular_qwen3_5.py) split the input projection
+    into ``in_proj_qkv`` (h -> 2 key_dim + value_dim), ``in_proj_z`` (h -> value_dim), ``in_proj_b`` and ``in_proj_a``
+    (h -> num_v_heads each): the same parameters; the rest is Qwen3-Next's (``Qwen3_5Attention(Qwen3NextAttention)``,
+    ``Qwen3_5MoeSparseMoeBlock(Qwen3NextSparseMoeBlock)``), a dense MLP on every layer of ``qwen3_5_text``.
     """
-    fam, L, h = "qwen3_next", base["layers"], base["hidden"]
+    fam = GATED_DELTANET_TYPES.get(str(cfg.get("model_type")), "qwen3_next")
+    L, h = base["layers"], base["hidden"]
     raw = cfg.get("layer_types")
     if raw is None:
         interval = _int(cfg, "full_attention_interval", fam, where, problems, assumed)
@@ -663,7 +687,7 @@ def _tokens_per_image(top: dict) -> int:
 
 #: model_type (of the language model) -> reader.
 READERS: dict[str, Callable[..., dict]] = {
-    "qwen3_next": _qwen3_next,
+    **{model_type: _qwen3_next for model_type in GATED_DELTANET_TYPES},
     "granitemoehybrid": _granite_hybrid,
     "nemotron_h": _nemotron_h,
     "falcon_h1": _falcon_h1,
@@ -698,12 +722,19 @@ def read(cfg: dict, top: dict, model_type: str, base: dict, *, where: str, probl
 
 # -- GGUF metadata ----------------------------------------------------------------------------
 
+#: llama.cpp architectures of gated-DeltaNet hybrids -> model_type (llama-arch.cpp LLM_ARCH_QWEN3NEXT "qwen3next",
+#: LLM_ARCH_QWEN35 "qwen35", LLM_ARCH_QWEN35MOE "qwen35moe"; convert_hf_to_gguf.py's Qwen3.5 converters keep
+#: Qwen3-Next's ssm.* keys).
+GGUF_GATED_DELTANET = {"qwen3next": "qwen3_next", "qwen35": "qwen3_5_text", "qwen35moe": "qwen3_5_moe_text"}
+
+
 def from_gguf(arch: str, meta: dict, config: dict) -> dict:
     """Add a hybrid family's keys to the config.json-style dict read from a GGUF header.
 
     llama.cpp's converter (convert_hf_to_gguf.py) writes the recurrent geometry as ``{arch}.ssm.*``:
-    Qwen3-Next ``Qwen3NextModel`` - conv_kernel = linear_conv_kernel_dim, state_size =
-    linear_key_head_dim, group_count = linear_num_key_heads, time_step_rank = linear_num_value_heads,
+    Qwen3-Next ``Qwen3NextModel`` (and Qwen3.5 / 3.6, archs ``qwen35`` / ``qwen35moe``) - conv_kernel =
+    linear_conv_kernel_dim, state_size = linear_key_head_dim, group_count = linear_num_key_heads, time_step_rank =
+    linear_num_value_heads,
     inner_size = linear_value_head_dim x linear_num_value_heads, plus ``full_attention_interval``;
     Granite 4.0-H ``GraniteHybridModel`` - conv_kernel = mamba_d_conv, state_size = mamba_d_state,
     group_count = mamba_n_groups, time_step_rank = mamba_n_heads, inner_size = mamba_n_heads x
@@ -729,8 +760,8 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
     kernel, state, groups, rank, inner = (get(f"ssm.{k}") for k in
                                           ("conv_kernel", "state_size", "group_count", "time_step_rank", "inner_size"))
     shared = get("expert_shared_feed_forward_length")
-    if arch == "qwen3next" and None not in (kernel, state, groups, rank, inner) and rank:
-        config = {**config, "model_type": "qwen3_next", "linear_conv_kernel_dim": kernel, "linear_key_head_dim": state,
+    if arch in GGUF_GATED_DELTANET and None not in (kernel, state, groups, rank, inner) and rank:
+        config = {**config, "model_type": GGUF_GATED_DELTANET[arch], "linear_conv_kernel_dim": kernel, "linear_key_head_dim": state,
                   "linear_num_key_heads": groups, "linear_num_value_heads": rank, "linear_value_head_dim": inner // rank,
                   "full_attention_interval": get("full_attention_interval") or 4}
         if shared:

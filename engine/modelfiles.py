@@ -65,7 +65,8 @@ _DTYPE_QUANT = {"BF16": "bf16", "F16": "fp16", "F32": "fp32", "F8_E4M3": "fp8", 
 _GGUF_ARCH_MODEL_TYPE = {
     "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "gemma3": "gemma3_text", "deepseek2": "deepseek_v3",
     "gpt-oss": "gpt_oss", "command-r": "cohere", "phi2": "phi", "llama4": "llama4_text", "granitemoe": "granitemoe",
-    "lfm2moe": "lfm2_moe", "nemotron_h_moe": "nemotron_h",
+    "lfm2moe": "lfm2_moe", "nemotron_h_moe": "nemotron_h", "qwen3next": "qwen3_next", "qwen35": "qwen3_5_text",
+    "qwen35moe": "qwen3_5_moe_text",
 }
 
 #: ``{arch}.<key>`` metadata -> config.json key (llama.cpp ``LLM_KV_*`` names).
