@@ -47,6 +47,10 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "qwen2_moe": {"tie_word_embeddings": False, "qkv_bias": True},
     "qwen3": {"tie_word_embeddings": False, "qk_norm": True},
     "qwen3_moe": {"tie_word_embeddings": False, "qk_norm": True},
+    # Qwen3-VL's language models are Qwen3's (transformers modeling_qwen3_vl.py Qwen3VLTextAttention: q_norm / k_norm
+    # of head_dim); Qwen3VLConfig / Qwen3VLMoeConfig default tie_word_embeddings to False
+    "qwen3_vl_text": {"tie_word_embeddings": False, "qk_norm": True},
+    "qwen3_vl_moe_text": {"tie_word_embeddings": False, "qk_norm": True},
     "gemma": {"tie_word_embeddings": True, "norm_scale_fp32": True},
     "gemma2": {"tie_word_embeddings": True, "norms_per_layer": 4, "norm_scale_fp32": True,
                "softcap": {"attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0}},
@@ -64,6 +68,7 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "deepseek_v32": {"tie_word_embeddings": False},
     "deepseek_v4": {"tie_word_embeddings": False},  # DeepSeek V4 inference/model.py: head and embed are separate tensors
     "kimi_k2": {"tie_word_embeddings": False},
+    "kimi_linear": {"tie_word_embeddings": False},  # KimiLinearConfig.tie_word_embeddings
     "cohere": {"tie_word_embeddings": True, "norms_per_layer": 1, "qk_norm": "heads", "qk_norm_key": "use_qk_norm"},
     "cohere2": {"tie_word_embeddings": True, "norms_per_layer": 1},
     "granite": {"tie_word_embeddings": True},
@@ -118,7 +123,7 @@ _FULL = {"full_attention", "full", "attention", "global", "global_attention", "d
 #: with them (Bamba, Zamba, Hymba): refused by name where no reader in vramplan.families takes them, since their
 #: keys (state_size, num_heads ...) would otherwise be read as a plain decoder's or fail on keys they do not have.
 _RECURRENT_FAMILIES = {"mamba", "mamba2", "falcon_mamba", "bamba", "zamba", "zamba2", "hymba", "rwkv", "rwkv5",
-                       "rwkv6", "rwkv7", "recurrent_gemma", "xlstm", "kimi_linear", "minimax", "minimax_text_01"}
+                       "rwkv6", "rwkv7", "recurrent_gemma", "xlstm", "minimax", "minimax_text_01"}
 #: Config keys of recurrent, linear-attention and convolution layers: Mamba / Mamba2 mixers (Jamba, Bamba, Falcon-H1,
 #: Zamba, Granite 4.0-H, Nemotron-H), Kimi Linear's ``linear_attn_config``, MiniMax's ``attn_type_list`` (only where it
 #: marks a layer 0, linear), Qwen3-Next's gated DeltaNet, LFM2's short convolutions. vramplan.families reads them for its
@@ -214,7 +219,8 @@ class Architecture:
     conv_kernel: int = 0
     ssm_state_elems: int = 0  # elements of one recurrent layer's SSM / delta-rule state, per sequence
     ssm_kernel_state_bits: int = 0  # bits the reference kernels return the state in (0: compute dtype)
-    ssm_cache_bits: int = 0  # bits the checkpoint asks the SSM state cache to be kept in (Nemotron-H mamba_ssm_cache_dtype; 0: not stated)
+    ssm_cache_bits: int = 0  # bits the checkpoint or its layer code asks the SSM state cache to be kept in (Nemotron-H
+    # mamba_ssm_cache_dtype; vLLM's Kimi Delta Attention: float32); 0: not stated
     recurrent_params: tuple[tuple[str, int], ...] = ()  # (role, params) of one recurrent mixer
     kv_shared: tuple[bool, ...] = ()  # per layer: reads another layer's KV cache (Gemma 3n)
     ffn_widths: tuple[int, ...] = ()  # per-layer dense FFN widths where they differ (Gemma 3n)

@@ -150,6 +150,20 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "index_topk_freq": _count(1, MAX_LAYERS, "4 (GLM-5.2)"),
         "index_skip_topk_offset": _count(0, MAX_LAYERS, "3 (GLM-5.2)"),
     },
+    # Kimi Linear: Kimi Delta Attention layers (linear_attn_config), KimiLinearConfig's MoE spellings; Kimi K3's keys
+    # (refused by the reader, bounded here so that a hostile value is named as such)
+    "kimi_linear": {
+        "linear_attn_config": Key("object", fields={
+            "head_dim": _HEAD_DIM, "num_heads": _HEADS, "short_conv_kernel_size": _KERNEL,
+            "kda_layers": Key("int_list", 1, MAX_LAYERS, "20 of 27 (Kimi Linear)", max_len=MAX_LAYERS),
+            "full_attn_layers": Key("int_list", 1, MAX_LAYERS, "7 of 27 (Kimi Linear)", max_len=MAX_LAYERS),
+            "use_full_rank_gate": _FLAG,
+        }),
+        "num_experts_per_token": _TOP_K, "num_shared_experts": _count(0, MAX_EXPERTS, "1 (Kimi Linear)"),
+        "model_max_length": _CONTEXT,
+        "routed_expert_hidden_size": _HIDDEN, "attn_res_block_size": _count(0, MAX_LAYERS, "12 (Kimi K3)"),
+        "mla_use_output_gate": _FLAG,
+    },
     # DeepSeek V4: compressed attention, the grouped low-rank output projection, hyper-connections, hash routing
     "deepseek_v4": {
         "compress_ratios": Key("int_list", 0, MAX_RANK, "128 (DeepSeek-V4)", max_len=MAX_LAYERS + 8),

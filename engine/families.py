@@ -65,13 +65,16 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     # transformers models/ernie4_5_moe/configuration_ernie4_5_moe.py Ernie4_5_MoeConfig
     "ernie4_5_moe": {"moe_num_experts": 64, "moe_k": 6, "moe_intermediate_size": 1536, "moe_num_shared_experts": 2,
                      "moe_layer_start_index": 1, "moe_layer_end_index": -1, "moe_layer_interval": 1},
+    # Kimi Linear (moonshotai/Kimi-Linear-48B-A3B configuration_kimi.py KimiLinearConfig; transformers
+    # models/kimi_linear): linear_attn_config's head_dim, num_heads and short_conv_kernel_size
+    "kimi_linear": {"head_dim": 128, "num_heads": 32, "short_conv_kernel_size": 4},
     # transformers models/gemma3n/configuration_gemma3n.py Gemma3nTextConfig
     "gemma3n_text": {"vocab_size_per_layer_input": 262144, "hidden_size_per_layer_input": 256, "altup_num_inputs": 4,
                      "num_kv_shared_layers": 15, "laurel_rank": 64},
 }
 
 #: What each ``recurrent_kind`` is called in the answers (the estimate's assumptions, ``models import``).
-RECURRENT_KIND_WORDS = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", "mamba": "Mamba",
+RECURRENT_KIND_WORDS = {"gated_deltanet": "gated DeltaNet", "kda": "Kimi Delta Attention", "mamba2": "Mamba2", "mamba": "Mamba",
                         "short_conv": "short-convolution"}
 
 #: Bits in which the reference kernels return the recurrent state, where the runtime stores what
@@ -79,7 +82,7 @@ RECURRENT_KIND_WORDS = {"gated_deltanet": "gated DeltaNet", "mamba2": "Mamba2", 
 #: Qwen3-Next: fla ``chunk_gated_delta_rule`` and transformers' ``torch_chunk_gated_delta_rule``
 #: both compute the state in float32 and return it as is (modeling_qwen3_next.py); the Mamba2 /
 #: Mamba caches are allocated in the model dtype and copied into (``HybridMambaAttentionDynamicCache``).
-STATE_KERNEL_BITS = {"qwen3_next": 32, "qwen3_5_text": 32, "qwen3_5_moe_text": 32}
+STATE_KERNEL_BITS = {"qwen3_next": 32, "qwen3_5_text": 32, "qwen3_5_moe_text": 32, "kimi_linear": 32}
 
 #: Model types whose layers are Qwen3-Next's gated DeltaNet and gated attention -> the family whose class defaults
 #: they take. Qwen3.5 / 3.6 (transformers modular_qwen3_5.py) build ``Qwen3_5GatedDeltaNet(Qwen3NextGatedDeltaNet)``
@@ -158,6 +161,13 @@ def normalize(cfg: dict, model_type: str) -> dict:
         # intermediate_size the generic reading requires is never used - the experts' width stands in for it
         if cfg.get("intermediate_size") is None:
             cfg = {**cfg, "intermediate_size": cfg.get("moe_intermediate_size") or 512}  # its class default
+    elif model_type == "kimi_linear":
+        # KimiLinearConfig's attribute_map (moonshotai configuration_kimi.py, transformers configuration_kimi_linear.py):
+        # the checkpoint spells DeepSeek V3's MoE keys its own way
+        for theirs, ours in (("num_experts_per_token", "num_experts_per_tok"), ("num_shared_experts", "n_shared_experts"),
+                             ("model_max_length", "max_position_embeddings")):
+            if cfg.get(ours) is None and cfg.get(theirs) is not None:
+                cfg = {**cfg, ours: cfg[theirs]}
     elif model_type == "deepseek_v4":
         # every layer is MoE (no first_k_dense_replace), so the dense width the generic reading requires is never used;
         # SGLang's DeepSeekV4Config spells the window window_size
@@ -469,6 +479,62 @@ def _ernie4_5_moe(cfg: dict, top: dict, base: dict, where: str, problems: list, 
     return out
 
 
+#: Kimi K3's keys beside kimi_linear's (latent MoE, block attention residuals, the MLA output gate): read as Kimi
+#: Linear, the experts' shapes and the attention's parameters would be wrong, so they are refused by name.
+KIMI_K3_KEYS = ("routed_expert_hidden_size", "attn_res_block_size", "mla_use_output_gate")
+
+
+def _kimi_linear(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Kimi Linear (moonshotai/Kimi-Linear-48B-A3B modeling_kimi.py; transformers models/kimi_linear): Kimi Delta
+    Attention layers and DeepSeek V3's MLA (with no rope applied, ``mla_use_nope``) in the layers
+    ``linear_attn_config`` lists as ``full_attn_layers`` (1-indexed, as ``kda_layers``), DeepSeek V3's MoE after the
+    first ``first_k_dense_replace`` layers.
+
+    ``KimiDeltaAttention`` with P = num_heads x head_dim: ``q_proj`` / ``k_proj`` / ``v_proj`` (h -> P each), a
+    depthwise short convolution on each of q, k and v (``ShortConvolution``, no bias), the low-rank forget gate
+    ``f_a_proj`` (h -> head_dim) and ``f_b_proj`` (head_dim -> P), ``dt_bias`` (P), ``A_log`` (num_heads),
+    ``b_proj`` (h -> num_heads), the low-rank output gate ``g_a_proj`` / ``g_b_proj`` (a full-rank ``g_proj``, h -> P,
+    with ``use_full_rank_gate``), a gated RMSNorm of head_dim and ``o_proj`` (P -> h). Its cache keeps the three
+    convolutions' last kernel - 1 inputs (3P channels) and a num_heads x head_dim x head_dim delta-rule state (fla
+    ``chunk_kda`` returns it in float32).
+    """
+    fam, L, h = "kimi_linear", base["layers"], base["hidden"]
+    for key in KIMI_K3_KEYS:
+        if cfg.get(key) not in (None, False, 0):
+            problems.append((f"{where}.{key}", "is Kimi K3's (latent MoE, block attention residuals, a gated MLA "
+                                               "output), which vramplan does not read: read as Kimi Linear, its experts "
+                                               "and attention would be sized wrong"))
+    lac = cfg.get("linear_attn_config")
+    lac = lac if isinstance(lac, dict) else {}
+    at = f"{where}.linear_attn_config"
+    hd = _int(lac, "head_dim", fam, at, problems, assumed)
+    nh = _int(lac, "num_heads", fam, at, problems, assumed)
+    kernel = _int(lac, "short_conv_kernel_size", fam, at, problems, assumed)
+    kda, full = lac.get("kda_layers"), lac.get("full_attn_layers")
+    if kda is None or full is None:
+        problems.append((at, "must list kda_layers and full_attn_layers (1-indexed layer numbers): the layout of Kimi "
+                             "Delta Attention and MLA layers has no default vramplan can rely on"))
+        return {}
+    listed = sorted(list(kda) + list(full))
+    if listed != list(range(1, L + 1)):
+        problems.append((at, f"kda_layers and full_attn_layers must together list each layer 1..{L} once"))
+        return {}
+    kda_set = set(kda)
+    kinds = tuple("recurrent" if i + 1 in kda_set else "full" for i in range(L))
+    p = nh * hd
+    gate = h * p if lac.get("use_full_rank_gate") else h * hd + hd * p
+    return {
+        "layer_types": kinds, "recurrent_kind": "kda",
+        "conv_channels": 3 * p, "conv_kernel": kernel, "ssm_state_elems": nh * hd * hd,
+        "ssm_kernel_state_bits": STATE_KERNEL_BITS[fam],
+        # vLLM mamba_utils.py MambaStateDtypeCalculator.kda_state_dtype: the conv states in the cache dtype, the
+        # recurrent state float32 whatever it is - the KDA layer asks for it as a Nemotron-H config does
+        "ssm_cache_bits": 32,
+        "recurrent_params": (("ssm_in", 3 * h * p + h * hd + hd * p + h * nh + gate), ("ssm_out", p * h),
+                             ("norm", 3 * p * kernel + p + nh + hd)),
+    }
+
+
 def _lfm2(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
     """LFM2 and LFM2-MoE (Liquid AI; transformers modeling_lfm2.py, modular_lfm2_moe.py): ``layer_types``
     of ``conv`` / ``full_attention`` (LFM2 without it: ``full_attn_idxs``, else every layer attends).
@@ -693,6 +759,7 @@ READERS: dict[str, Callable[..., dict]] = {
     "falcon_h1": _falcon_h1,
     "jamba": _jamba,
     "ernie4_5_moe": _ernie4_5_moe,
+    "kimi_linear": _kimi_linear,
     "deepseek_v4": _deepseek_v4,
     "lfm2": _lfm2,
     "lfm2_moe": _lfm2,

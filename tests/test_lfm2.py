@@ -186,7 +186,7 @@ def test_recurrent_keys_of_a_family_without_a_reader_are_refused_by_name(model_t
     assert got == field and "counted as attention" in message and "nemotron_h" in message
 
 
-@pytest.mark.parametrize("model_type", ["mamba2", "falcon_mamba", "bamba", "rwkv7", "kimi_linear"])
+@pytest.mark.parametrize("model_type", ["mamba2", "falcon_mamba", "bamba", "rwkv7", "zamba2"])
 def test_a_recurrent_family_without_a_reader_is_refused_by_its_model_type(model_type):
     """HF's Mamba2Config (state_size, num_heads, head_dim, expand, no attention keys): before, its num_heads read as
     attention heads and the 422 asked for an intermediate_size it does not have."""

@@ -117,6 +117,12 @@ def test_catalog_entries_are_the_announced_sizes():
     big = archs["qwen3.5-397b-a17b"]
     assert round(big.param_count() / 1e9, 1) == 396.8  # "397B"
     assert archs["qwen3.5-27b"].param_count() == 27_356_728_560
+    # 9B: Qwen3_5TextConfig's defaults - 8 attention and 24 DeltaNet layers of width 4096, a 12,288-wide MLP
+    h, conv = 4096, 2 * 2048 + 4096
+    nine = (2 * v * h + 8 * (h * 16 * 256 * 2 + 2 * h * 4 * 256 + 16 * 256 * h + 2 * 256)
+            + 24 * (h * conv + h * 4096 + 2 * h * 32 + conv * 4 + 32 + 32 + 128 + 4096 * h)
+            + 32 * 3 * h * 12288 + 32 * 2 * h + h + _vision_by_hand(1152, 4304, 27, 3, 2, 16, 2, 2304, 4096))
+    assert archs["qwen3.5-9b"].param_count() == nine == 9_409_813_744
 
 
 def test_an_estimate_runs_through_the_engine():
@@ -170,3 +176,25 @@ def test_a_qwen35moe_gguf_header_gives_the_hybrid_layout(tmp_path):
     assert a.layer_types == ("recurrent", "recurrent", "recurrent", "full")
     # key_dim 2 x 8 = 16, value_dim 4 x 8 = 32: conv over 2 x 16 + 32 = 64; state 4 heads x 8 x 8
     assert (a.conv_channels, a.ssm_state_elems, a.shared_expert_intermediate_size, a.moe_layers) == (64, 256, 48, (0, 1, 2, 3))
+
+
+def test_qwen3_vl_30b_a3b_counts_its_deepstack_mergers():
+    """Qwen3-VL-30B-A3B-Instruct's config.json: a Qwen3 MoE language model (q_norm / k_norm of head_dim) and the
+    Qwen3-VL tower with three DeepStack mergers (layers 8, 16, 24), each normalising over h m^2 after the shuffle."""
+    cfg = {"model_type": "qwen3_vl_moe", "tie_word_embeddings": False,
+           "text_config": {"model_type": "qwen3_vl_moe_text", "hidden_size": 2048, "intermediate_size": 6144,
+                           "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128,
+                           "vocab_size": 151936, "num_experts": 128, "num_experts_per_tok": 8, "moe_intermediate_size": 768,
+                           "decoder_sparse_step": 1, "mlp_only_layers": []},
+           "vision_config": {"model_type": "qwen3_vl_moe", "deepstack_visual_indexes": [8, 16, 24], "depth": 27,
+                             "hidden_size": 1152, "intermediate_size": 4304, "num_heads": 16, "in_channels": 3,
+                             "patch_size": 16, "temporal_patch_size": 2, "spatial_merge_size": 2,
+                             "num_position_embeddings": 2304, "out_hidden_size": 2048}}
+    a = from_hf_config(cfg)
+    h, v = 2048, 151936
+    layer = (h * 32 * 128 + 2 * h * 4 * 128 + 32 * 128 * h + 2 * 128  # q, k, v, o and the q / k norms
+             + h * 128 + 128 * 3 * h * 768  # router and experts
+             + 2 * h)  # the two RMSNorms
+    vision = _vision_by_hand(1152, 4304, 27, 3, 2, 16, 2, 2304, 2048, deepstack=3)
+    assert a.vision_params == vision
+    assert a.param_count() == 2 * v * h + 48 * layer + h + vision  # untied embedding and head, the final norm
