@@ -367,6 +367,16 @@ class Architecture:
         base = self.kv_elements_per_token_per_layer
         return self.kv_elements_per_token_full_layer / base if base else 1.0
 
+    def attention_shape(self, i: int) -> tuple[int, int, bool, bool]:
+        """Layer i's attention: (head size, KV heads, has k_proj, has v_proj) - global layers with heads of their own
+        (full_head_dim, full_kv_heads; no v_proj with full_k_eq_v), KV-sharing layers without k / v projections where
+        kv_shared_no_kv_proj (Gemma 4); every layer alike otherwise."""
+        full = i < len(self.layer_types) and self.layer_types[i] == "full"
+        d = (self.full_head_dim or self.head_dim) if full else self.head_dim
+        kvh = (self.full_kv_heads or self.num_kv_heads) if full else self.num_kv_heads
+        own_kv = not (self.kv_shared_no_kv_proj and i < len(self.kv_shared) and self.kv_shared[i])
+        return d, kvh, own_kv, own_kv and not (full and self.full_k_eq_v)
+
     def _per_kind_attention_params(self, r: dict[str, int]) -> None:
         """Attention weights layer by layer where kinds differ in shape (Gemma 4, transformers Gemma4TextAttention):
         q_proj h -> heads x d and o_proj back, with d = full_head_dim on global layers; k_proj (and v_proj unless the
@@ -374,18 +384,13 @@ class Architecture:
         have none when kv_shared_no_kv_proj); q_norm of d on every layer, k_norm of d where k_proj is (v_norm has no
         weight)."""
         h = self.hidden_size
-        shared = self.kv_shared or (False,) * len(self.layer_types)
-        for kind, is_shared in zip(self.layer_types, shared):
+        for i, kind in enumerate(self.layer_types):
             if kind not in ("full", "sliding", "cross"):
                 continue
-            full = kind == "full"
-            d = (self.full_head_dim or self.head_dim) if full else self.head_dim
-            kvh = (self.full_kv_heads or self.num_kv_heads) if full else self.num_kv_heads
+            d, kvh, own_kv, has_v = self.attention_shape(i)
             q = self.num_heads * d
             r["attn_q"] += h * q
             r["attn_output"] += q * h
-            own_kv = not (is_shared and self.kv_shared_no_kv_proj)
-            has_v = own_kv and not (full and self.full_k_eq_v)
             if own_kv:
                 r["attn_k"] += h * kvh * d
             if has_v:

@@ -276,3 +276,15 @@ def test_catalog_entry_reads_as_the_checkpoint():
     assert entry["params_b"] == 31.3 and entry["context_length"] == 262144
     out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "gemma-4-31b-it", "quantization": "bf16"})
     assert out["model_weights_gb"] == pytest.approx(31_273_088_876 * 2 / 2**30, abs=0.01)
+
+
+def test_gguf_tensor_list_follows_the_per_layer_attention_shapes():
+    from vramplan.ggufmix import tensors
+
+    a = from_hf_config(SMALL)
+    listed = {role: sum(t.params for t in tensors(a) if t.role == role)
+              for role in ("attn_q", "attn_k", "attn_v", "attn_output")}
+    # the llama.cpp-style tensor list the GGUF mixes quantize carries the same attention weights as the count by role:
+    # no attn_k / attn_v in the 2 sharing layers, no attn_v in the global one (k_eq_v)
+    assert listed == {role: a.param_roles()[role] for role in listed}
+    assert listed["attn_v"] == 3 * 64 * 32
