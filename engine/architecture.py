@@ -101,6 +101,13 @@ FAMILY_DEFAULTS: dict[str, dict] = {
     "nemotron_h": {"tie_word_embeddings": False},
     "jamba": {"tie_word_embeddings": False},
     "gemma3n_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True},
+    # Gemma 4 (transformers configuration_gemma4.py Gemma4TextConfig): four norms a layer, q_norm / k_norm of the layer's
+    # head size, RMSNorm scales multiplied in fp32 (Gemma4RMSNorm: normed * weight.float()); vramplan.families._gemma4
+    # reads the rest. ``config``: the class defaults a text_config may leave out.
+    "gemma4_text": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True, "norm_scale_fp32": True,
+                    "config": {"vocab_size": 262144, "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                               "max_position_embeddings": 131072, "sliding_window": 512}},
+    "gemma4": {"tie_word_embeddings": True, "norms_per_layer": 4, "qk_norm": True, "norm_scale_fp32": True},
     "mllama_text_model": {"tie_word_embeddings": False},
     "ernie4_5_moe": {"tie_word_embeddings": True},
     # squared-ReLU / xIELU MLPs without a gate (transformers NemotronMLP: up_proj, down_proj; ArceeMLP and ApertusMLP
@@ -222,7 +229,17 @@ class Architecture:
     ssm_cache_bits: int = 0  # bits the checkpoint or its layer code asks the SSM state cache to be kept in (Nemotron-H
     # mamba_ssm_cache_dtype; vLLM's Kimi Delta Attention: float32); 0: not stated
     recurrent_params: tuple[tuple[str, int], ...] = ()  # (role, params) of one recurrent mixer
-    kv_shared: tuple[bool, ...] = ()  # per layer: reads another layer's KV cache (Gemma 3n)
+    kv_shared: tuple[bool, ...] = ()  # per layer: reads another layer's KV cache (Gemma 3n, Gemma 4)
+    #: the KV-sharing layers have no k / v projections and no k_norm of their own (Gemma 4: Gemma4TextAttention builds
+    #: them only ``if not self.is_kv_shared_layer``); Gemma 3n's checkpoints keep them
+    kv_shared_no_kv_proj: bool = False
+    # Global (full-attention) layers shaped unlike the sliding ones (Gemma 4: global_head_dim, num_global_key_value_heads,
+    # attention_k_eq_v): their head size and KV heads (0: head_dim / num_kv_heads, as every other layer), and whether
+    # their keys double as values - no v_proj weight; the cache still holds a value row per key row (the value is the
+    # key projection normed without rope: transformers Gemma4TextAttention.forward, vLLM gemma4.py Gemma4Attention)
+    full_head_dim: int = 0
+    full_kv_heads: int = 0
+    full_k_eq_v: bool = False
     ffn_widths: tuple[int, ...] = ()  # per-layer dense FFN widths where they differ (Gemma 3n)
     per_layer_embd_params: int = 0
     extra_params: tuple[tuple[str, int], ...] = ()  # (role, params) the generic count misses
@@ -347,6 +364,60 @@ class Architecture:
         return self.num_kv_heads * (self.head_dim + (self.v_head_dim or self.head_dim))
 
     @property
+    def per_kind_attention(self) -> bool:
+        """Whether attention layers differ in shape by kind (Gemma 4's global layers) or KV-sharing layers lack k / v."""
+        return bool(self.full_head_dim or self.full_kv_heads or self.full_k_eq_v or self.kv_shared_no_kv_proj)
+
+    @property
+    def kv_elements_per_token_full_layer(self) -> int:
+        """K and V elements one token adds to a global-attention layer's cache: kv_elements_per_token_per_layer, but for
+        global layers of their own shape (Gemma 4: 2 x full_kv_heads x full_head_dim - with attention_k_eq_v too, as
+        the cache stores the value row beside the key row)."""
+        if not (self.full_head_dim or self.full_kv_heads):
+            return self.kv_elements_per_token_per_layer
+        return 2 * (self.full_kv_heads or self.num_kv_heads) * (self.full_head_dim or self.head_dim)
+
+    @property
+    def kv_full_layer_scale(self) -> float:
+        """A global layer's K and V elements a token over kv_elements_per_token_per_layer (1 where the layers are alike;
+        Gemma 4 31B: 4 x 512 / (16 x 256) = 0.5)."""
+        base = self.kv_elements_per_token_per_layer
+        return self.kv_elements_per_token_full_layer / base if base else 1.0
+
+    def attention_shape(self, i: int) -> tuple[int, int, bool, bool]:
+        """Layer i's attention: (head size, KV heads, has k_proj, has v_proj) - global layers with heads of their own
+        (full_head_dim, full_kv_heads; no v_proj with full_k_eq_v), KV-sharing layers without k / v projections where
+        kv_shared_no_kv_proj (Gemma 4); every layer alike otherwise."""
+        full = i < len(self.layer_types) and self.layer_types[i] == "full"
+        d = (self.full_head_dim or self.head_dim) if full else self.head_dim
+        kvh = (self.full_kv_heads or self.num_kv_heads) if full else self.num_kv_heads
+        own_kv = not (self.kv_shared_no_kv_proj and i < len(self.kv_shared) and self.kv_shared[i])
+        return d, kvh, own_kv, own_kv and not (full and self.full_k_eq_v)
+
+    def _per_kind_attention_params(self, r: dict[str, int]) -> None:
+        """Attention weights layer by layer where kinds differ in shape (Gemma 4, transformers Gemma4TextAttention):
+        q_proj h -> heads x d and o_proj back, with d = full_head_dim on global layers; k_proj (and v_proj unless the
+        layer is a global one with full_k_eq_v) h -> kv_heads x d on the layers that keep their own KV (kv_shared layers
+        have none when kv_shared_no_kv_proj); q_norm of d on every layer, k_norm of d where k_proj is (v_norm has no
+        weight)."""
+        h = self.hidden_size
+        for i, kind in enumerate(self.layer_types):
+            if kind not in ("full", "sliding", "cross"):
+                continue
+            d, kvh, own_kv, has_v = self.attention_shape(i)
+            q = self.num_heads * d
+            r["attn_q"] += h * q
+            r["attn_output"] += q * h
+            if own_kv:
+                r["attn_k"] += h * kvh * d
+            if has_v:
+                r["attn_v"] += h * kvh * d
+            if self.qkv_bias:
+                r["norm"] += q + (kvh * d if own_kv else 0) + (kvh * d if has_v else 0)
+            if self.qk_norm:
+                r["norm"] += d + (d if own_kv else 0)
+
+    @property
     def q_dim(self) -> int:
         if self.is_mla:
             return self.num_heads * (self.qk_nope_head_dim + self.qk_rope_head_dim)
@@ -383,6 +454,8 @@ class Architecture:
             r["norm"] += La * self.kv_lora_rank
         elif self.is_compressed:
             r.update(self._compressed_attention_params(r))
+        elif self.per_kind_attention:
+            self._per_kind_attention_params(r)
         else:
             kv = self.num_kv_heads * self.head_dim
             r["attn_q"] += La * h * self.q_dim
@@ -392,11 +465,11 @@ class Architecture:
                 r["norm"] += La * (self.q_dim + kv + self.num_kv_heads * (self.v_head_dim or self.head_dim))
         if self.index_topk and not self.is_compressed:  # V3.2's indexer k_norm LayerNorm (projections: tp_replicated_attention)
             r["norm"] += self.indexed_layers * 2 * self.index_head_dim
-        if not self.is_compressed:
+        if not (self.is_compressed or self.per_kind_attention):
             r["attn_output"] = La * self.attn_out_dim * h
         if self.out_bias:
             r["norm"] += La * h
-        if self.qk_norm:
+        if self.qk_norm and not self.per_kind_attention:
             r["norm"] += La * (self.qk_norm_params_per_layer or 2 * self.head_dim)
         n_linear = sum(1 for t in self.layer_types if t == "linear")
         if n_linear:  # DeciLM replace_with_linear attention: one hidden x hidden linear
@@ -752,7 +825,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
     fields.update(special)
     fields["sliding_window"] = int(window) if window else None
     fields["rope_table_elements"] = _rope_table_elements(cfg, model_type, head_dim, int(cfg.get("qk_rope_head_dim") or 0),
-                                                         tuple(fields["layer_types"]))
+                                                         tuple(fields["layer_types"]), int(fields.get("full_head_dim") or 0))
     return Architecture(**fields, assumed=tuple(assumed))
 
 
@@ -920,17 +993,24 @@ def _rope_positions(rope: dict, max_pos: int, original: int) -> int:
 
 
 def _rope_table_elements(cfg: dict, model_type: str, head_dim: int, qk_rope_head_dim: int,
-                         layer_types: tuple[str, ...]) -> int:
+                         layer_types: tuple[str, ...], full_head_dim: int = 0) -> int:
     """Elements of the cos/sin tables a runtime that precomputes them holds for the text model: one table of
     ``positions x rotary_dim`` per distinct rope (cos and sin, rotary_dim / 2 each), shared by every layer - vLLM's
     get_rope caches one RotaryEmbedding per (head size, rotary dim, max position, scaling, dtype), whose
     ``cos_sin_cache`` buffer is ``_compute_cos_sin_cache()`` (base.py). ``rotary_dim`` is the config's rotary_dim
     where it states one, else head_dim x partial_rotary_factor (MLA: qk_rope_head_dim). Gemma 3 / 3n add a second
-    table for their sliding layers' local base (vLLM gemma3.py: rope_local_base_freq, no scaling). 0 for families
-    without rotary embeddings."""
-    params = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else None
+    table for their sliding layers' local base (vLLM gemma3.py: rope_local_base_freq, no scaling). transformers v5's
+    per-layer-type ``rope_parameters`` give the global layers' rope under ``full_attention`` (over ``full_head_dim``
+    where global layers have heads of their own size, Gemma 4's global_head_dim) and, where the config states one for
+    ``sliding_attention`` and no rope_local_base_freq, a second table for the sliding layers (vLLM gemma4.py builds one
+    get_rope per layer type). 0 for families without rotary embeddings."""
+    all_params = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else None
+    params = all_params
+    sliding_rope = None
     if params and isinstance(params.get("full_attention"), dict):  # transformers v5: one rope per layer type
         params = params["full_attention"]
+        if isinstance(all_params.get("sliding_attention"), dict):
+            sliding_rope = all_params["sliding_attention"]
     rope = params or (cfg.get("rope_scaling") if isinstance(cfg.get("rope_scaling"), dict) else {})
     if (model_type in _NO_ROPE_FAMILIES or cfg.get("position_embedding_type") in ("nope", "alibi", "absolute")
             or not any(t in ("full", "sliding") for t in layer_types or ("full",))):
@@ -942,10 +1022,14 @@ def _rope_table_elements(cfg: dict, model_type: str, head_dim: int, qk_rope_head
                                                                            default=1.0)
     if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
         factor = 1.0
-    rotary_dim = qk_rope_head_dim or cfg.get("rotary_dim") or int(head_dim * factor)  # MiniMax-M2 / GPT-J state it
+    rotary_dim = qk_rope_head_dim or cfg.get("rotary_dim") or int((full_head_dim or head_dim) * factor)  # MiniMax-M2 / GPT-J state it
     elements = _rope_positions(rope, int(max_pos), int(original)) * rotary_dim
     if model_type in _LOCAL_ROPE_FAMILIES and cfg.get("rope_local_base_freq") and "sliding" in layer_types:
         elements += int(max_pos) * rotary_dim  # the local rope: default scaling at the model's max position
+    elif sliding_rope is not None and not cfg.get("rope_local_base_freq") and "sliding" in layer_types:
+        local = sliding_rope.get("partial_rotary_factor")
+        local = local if isinstance(local, (int, float)) and not isinstance(local, bool) and 0 < local <= 1 else 1.0
+        elements += _rope_positions(sliding_rope, int(max_pos), int(original)) * int(head_dim * local)
     return elements
 
 

@@ -187,7 +187,8 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "original_max_position_embeddings": _CONTEXT,
         "position_embedding_type": _NAME,
         "rope_scaling": Key("object", fields=_ROPE_KEYS),
-        "rope_parameters": Key("object", fields={**_ROPE_KEYS, "full_attention": Key("object", fields=_ROPE_KEYS)}),
+        "rope_parameters": Key("object", fields={**_ROPE_KEYS, "full_attention": Key("object", fields=_ROPE_KEYS),
+                                                 "sliding_attention": Key("object", fields=_ROPE_KEYS)}),
     },
     # Cohere: q/k norm switched by a key
     "cohere": {"use_qk_norm": _FLAG},
@@ -243,13 +244,25 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "num_dense_layers": _count(0, MAX_LAYERS, "2 (LFM2-8B-A1B)"),
         "tie_embedding": _FLAG,
     },
-    # Gemma 3n: per-layer embeddings, AltUp, LAuReL, KV sharing
+    # Gemma 3n: per-layer embeddings, AltUp, LAuReL, KV sharing (Gemma 4 too: hidden_size_per_layer_input 0 = no
+    # per-layer embeddings, as Gemma 4 31B states it)
     "gemma3n": {
-        "hidden_size_per_layer_input": _count(1, MAX_WIDTH, "256 (Gemma 3n)"),
+        "hidden_size_per_layer_input": _count(0, MAX_WIDTH, "256 (Gemma 3n, Gemma 4 E2B / E4B)"),
         "vocab_size_per_layer_input": _VOCAB,
         "altup_num_inputs": _count(1, MAX_SMALL, "4 (Gemma 3n)"),
         "laurel_rank": _count(1, MAX_RANK, "64 (Gemma 3n)"),
         "num_kv_shared_layers": _count(0, MAX_LAYERS, "15 (Gemma 3n E4B)"),
+    },
+    # Gemma 4: global layers with heads of their own, keys reused as values, an MoE block beside the MLP, wider MLPs in
+    # the KV-sharing layers (transformers configuration_gemma4.py Gemma4TextConfig)
+    "gemma4": {
+        "global_head_dim": _HEAD_DIM,
+        "num_global_key_value_heads": _HEADS,
+        "attention_k_eq_v": _FLAG,
+        "enable_moe_block": _FLAG,
+        "top_k_experts": _TOP_K,
+        "use_double_wide_mlp": _FLAG,
+        "use_bidirectional_attention": _NAME,
     },
     # Llama 3.2 Vision: text layers that cross-attend to the image
     "mllama": {"cross_attention_layers": _LAYER_INDICES},
@@ -260,7 +273,7 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
     },
 }
 
-#: ``vision_config`` keys (SigLIP, CLIP, Pixtral, Llama 4 and Llama 3.2 vision encoders, Gemma 3n's timm one).
+#: ``vision_config`` keys (SigLIP, CLIP, Pixtral, Llama 4 and Llama 3.2 vision encoders, Gemma 3n's timm one, Gemma 4's).
 VISION_KEYS: dict[str, Key] = {
     "model_type": _NAME,
     "architecture": _NAME,
@@ -282,9 +295,14 @@ VISION_KEYS: dict[str, Key] = {
     "out_hidden_size": _HIDDEN,
     "num_position_embeddings": _count(1, 1 << 24, "2,304 (Qwen3-VL)"),
     "deepstack_visual_indexes": Key("int_list", 0, MAX_LAYERS - 1, max_len=MAX_LAYERS),
+    # Gemma 4's encoder (gemma4_vision): its attention shape, the learned 2-D position table, clipped linears' bounds,
+    # the soft-token standardization
+    "num_attention_heads": _HEADS, "num_key_value_heads": _HEADS, "head_dim": _HEAD_DIM,
+    "position_embedding_size": _count(1, 1 << 20, "10,240 (Gemma 4)"),
+    "use_clipped_linears": _FLAG, "standardize": _FLAG,
 }
 
-#: ``audio_config`` keys (Gemma 3n's conformer encoder).
+#: ``audio_config`` keys (Gemma 3n's and Gemma 4's conformer encoders).
 AUDIO_KEYS: dict[str, Key] = {
     "hidden_size": _HIDDEN, "vocab_size": _VOCAB,
     "conf_num_attention_heads": _HEADS, "conf_num_hidden_layers": _LAYERS,
@@ -292,6 +310,10 @@ AUDIO_KEYS: dict[str, Key] = {
     "sscp_conv_channel_size": Key("int_list", 1, MAX_WIDTH, max_len=MAX_SMALL),
     "sscp_conv_kernel_size": Key("int_lists", 1, MAX_KERNEL, max_len=MAX_SMALL),
     "sscp_conv_stride_size": Key("int_lists", 1, MAX_KERNEL, max_len=MAX_SMALL),
+    # Gemma 4's conformer (gemma4_audio)
+    "num_hidden_layers": _LAYERS, "num_attention_heads": _HEADS, "conv_kernel_size": _KERNEL,
+    "subsampling_conv_channels": Key("int_list", 1, MAX_WIDTH, max_len=MAX_SMALL),
+    "output_proj_dims": _HIDDEN, "use_clipped_linears": _FLAG,
 }
 
 

@@ -68,6 +68,10 @@ CLASS_DEFAULTS: dict[str, dict[str, Any]] = {
     # Kimi Linear (moonshotai/Kimi-Linear-48B-A3B configuration_kimi.py KimiLinearConfig; transformers
     # models/kimi_linear): linear_attn_config's head_dim, num_heads and short_conv_kernel_size
     "kimi_linear": {"head_dim": 128, "num_heads": 32, "short_conv_kernel_size": 4},
+    # transformers models/gemma4/configuration_gemma4.py Gemma4TextConfig (global_head_dim: the 512 its __post_init__ pops
+    # from the kwargs)
+    "gemma4_text": {"vocab_size_per_layer_input": 262144, "hidden_size_per_layer_input": 256, "num_kv_shared_layers": 0,
+                    "global_head_dim": 512},
     # transformers models/gemma3n/configuration_gemma3n.py Gemma3nTextConfig
     "gemma3n_text": {"vocab_size_per_layer_input": 262144, "hidden_size_per_layer_input": 256, "altup_num_inputs": 4,
                      "num_kv_shared_layers": 15, "laurel_rank": 64},
@@ -175,6 +179,21 @@ def normalize(cfg: dict, model_type: str) -> dict:
             cfg = {**cfg, "intermediate_size": cfg["moe_intermediate_size"]}
         if cfg.get("sliding_window") is None and cfg.get("window_size") is not None:
             cfg = {**cfg, "sliding_window": cfg["window_size"]}
+    elif model_type in GEMMA4_TYPES:
+        # Gemma4TextConfig names the experts per token top_k_experts; with enable_moe_block every decoder layer runs its
+        # dense MLP (intermediate_size) and the routed experts side by side (Gemma4TextDecoderLayer.forward: hidden_states_1
+        # + hidden_states_2) - the MLP is read as a shared expert of that width. Without it the expert keys are unused.
+        if cfg.get("enable_moe_block"):
+            cfg = {**cfg, "num_experts_per_tok": cfg.get("top_k_experts"),
+                   "shared_expert_intermediate_size": cfg.get("intermediate_size")}
+        else:
+            cfg = {**cfg, "num_experts": None, "top_k_experts": None, "moe_intermediate_size": None,
+                   "expert_intermediate_size": None}
+        # use_bidirectional_attention "all": Gemma4TextConfig.__post_init__ sets sliding_window // 2 + 1 ("due to fa we
+        # set exclusive bounds")
+        window = cfg.get("sliding_window")
+        if cfg.get("use_bidirectional_attention") == "all" and isinstance(window, int) and not isinstance(window, bool):
+            cfg = {**cfg, "sliding_window": window // 2 + 1}
     elif model_type == "nemotron_h":
         if cfg.get("head_dim") is None and cfg.get("attention_head_dim") is not None:
             cfg = {**cfg, "head_dim": cfg["attention_head_dim"]}
@@ -638,6 +657,127 @@ def _gemma3n(cfg: dict, top: dict, base: dict, where: str, problems: list, assum
     return out
 
 
+#: The model_types of Gemma 4's language model (a bare ``gemma4_text`` config, or ``gemma4`` read as one).
+GEMMA4_TYPES = ("gemma4_text", "gemma4")
+
+
+def _gemma4(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
+    """Gemma 4 (transformers models/gemma4/configuration_gemma4.py, modeling_gemma4.py; vLLM gemma4.py).
+
+    - ``layer_types`` of ``sliding_attention`` / ``full_attention`` (Gemma4TextConfig without it: every 6th layer
+      global); the last layer is forced global (``__post_init__``);
+    - global layers: heads of ``global_head_dim`` (default 512) and, with ``attention_k_eq_v``, ``num_global_key_value_heads``
+      KV heads and no ``v_proj`` - the key projection is also the value (Gemma4TextAttention: ``use_alternative_attention``;
+      the config's ``per_layer_config`` override gates the KV heads on attention_k_eq_v the same way). The cache keeps the
+      value row beside the key row (it is normed, not rotated: past_key_values.update(key_states, value_states); vLLM
+      caches k and v alike);
+    - ``num_kv_shared_layers``: the last N layers read the cache of the last earlier layer of their type and have no
+      k_proj, v_proj or k_norm (``is_kv_shared_layer``); with ``use_double_wide_mlp`` their MLP is twice as wide
+      (Gemma4TextMLP: ``layer_idx >= first_kv_shared_layer_idx > 0``);
+    - ``enable_moe_block``: beside the MLP, a router (``proj`` h -> experts, ``scale`` of h, ``per_expert_scale`` of
+      experts, a weightless norm), ``experts`` (gate_up [E, 2 moe_inter, h], down [E, h, moe_inter]) and three more norms;
+    - per-layer embeddings where ``hidden_size_per_layer_input`` > 0 (Gemma4TextModel: ``embed_tokens_per_layer``
+      vocab_size_per_layer_input x L x hpl, ``per_layer_model_projection`` h -> L x hpl with its norm of hpl; per layer
+      ``per_layer_input_gate`` h -> hpl, ``per_layer_projection`` hpl -> h, ``post_per_layer_input_norm``);
+    - ``layer_scalar``, a one-element buffer stored in every layer; v_norm and the router norm have no weight.
+    """
+    fam, L, h = "gemma4_text", base["layers"], base["hidden"]
+    raw = cfg.get("layer_types")
+    if raw is None:
+        raw = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(L)]
+        assumed.append("layer_types = every 6th layer full_attention (gemma4_text default; not in config)")
+    kinds = _kinds(raw, L, {"sliding_attention": "sliding", "full_attention": "full"}, "layer_types", where, problems)
+    # an explicit null is not a missing key here: the config class keeps None, and the model reads it as "none" (no
+    # per-layer embeddings, no sharing) or, for global_head_dim, as head_dim (Gemma4TextAttention: "config.global_head_dim
+    # if not self.is_sliding and config.global_head_dim else config.head_dim")
+    stated_null = {k for k in ("num_kv_shared_layers", "hidden_size_per_layer_input", "global_head_dim")
+                   if k in cfg and cfg[k] is None}
+    shared_n = 0 if "num_kv_shared_layers" in stated_null else \
+        _int(cfg, "num_kv_shared_layers", fam, where, problems, assumed, minimum=0)
+    hpl = 0 if "hidden_size_per_layer_input" in stated_null else \
+        _int(cfg, "hidden_size_per_layer_input", fam, where, problems, assumed, minimum=0)
+    vpl = _int(cfg, "vocab_size_per_layer_input", fam, where, problems, assumed) if hpl else 0
+    global_dim = 0 if "global_head_dim" in stated_null else _int(cfg, "global_head_dim", fam, where, problems, assumed)
+    k_eq_v = bool(cfg.get("attention_k_eq_v"))
+    global_kv = cfg.get("num_global_key_value_heads") if k_eq_v else None  # an int 1..MAX_HEADS where present (configkeys)
+    if global_kv is not None and global_kv > base["heads"]:
+        problems.append((f"{where}.num_global_key_value_heads", f"{global_kv} is more than num_attention_heads {base['heads']}"))
+    if shared_n >= L:
+        problems.append((f"{where}.num_kv_shared_layers", f"{shared_n} must be below num_hidden_layers {L}: a sharing "
+                                                          f"layer reads the cache of an earlier layer of its type"))
+    if kinds is None or problems:
+        return {}
+    kinds = kinds[:-1] + ("full",)  # Gemma4TextConfig.__post_init__: "Last layer must use `full_attention`"
+    first_shared = L - shared_n
+    kv_shared = tuple(i >= first_shared for i in range(L)) if shared_n else ()
+    for i in range(first_shared, L) if shared_n else ():
+        if kinds[i] not in kinds[:first_shared]:
+            problems.append((f"{where}.layer_types[{i}]", f"a KV-sharing layer of kind {raw[i]!r} has no earlier layer of "
+                                                          f"that kind before layer {first_shared} to read the cache of"))
+            return {}
+    inter = base["inter"]
+    doubled = [i for i in range(L) if cfg.get("use_double_wide_mlp") and i >= first_shared > 0]
+    extra: list[tuple[str, int]] = [("norm", L)]  # layer_scalar
+    out: dict = {"layer_types": kinds, "full_head_dim": global_dim, "full_kv_heads": int(global_kv or 0),
+                 "full_k_eq_v": k_eq_v, "kv_shared_no_kv_proj": True,
+                 "image_tokens_per_image": _tokens_per_image(top), "vision_params": _gemma4_encoders(top, h)}
+    if kv_shared:
+        out["kv_shared"] = kv_shared
+    if doubled and base["n_experts"]:  # the MLP is read as a shared expert: its doubled part by role
+        extra += [(role, len(doubled) * inter * h) for role in ("ffn_gate", "ffn_up", "ffn_down")]
+    elif doubled:
+        out["ffn_widths"] = tuple(2 * inter if i in doubled else inter for i in range(L))
+    if base["n_experts"]:  # router.scale, router.per_expert_scale, post_feedforward_layernorm_1 / _2, pre_feedforward_layernorm_2
+        extra.append(("norm", base["n_moe"] * (h + base["n_experts"] + 3 * h)))
+    if hpl:
+        out["per_layer_embd_params"] = vpl * L * hpl
+        extra += [("other", h * L * hpl + L * 2 * h * hpl), ("norm", hpl + L * h)]
+    out["extra_params"] = tuple(extra)
+    return out
+
+
+def _gemma4_encoders(top: dict, text_hidden: int) -> int:
+    """Gemma 4's vision and audio towers and their embedders into the text model (transformers modeling_gemma4.py),
+    counted whole like any vision encoder: 0 when the config has neither. Defaults are Gemma4VisionConfig's and
+    Gemma4AudioConfig's.
+
+    - vision (``Gemma4VisionModel``): a bias-free patch projection 3 x patch^2 -> h, a position table [2,
+      position_embedding_size, h]; per layer q / k / v / o (heads x head_dim, kv_heads x head_dim), a gated MLP, four norms,
+      q_norm and k_norm of head_dim (v_norm weightless); with ``use_clipped_linears`` four scalar bounds per linear, with
+      ``standardize`` std_bias and std_scale of h;
+    - audio (``Gemma4AudioModel``): two bias-free 3x3 convs (1 -> c0 -> c1), each with a bias-free LayerNorm, and
+      ``input_proj_linear`` (c0 // 4) x c1 -> h; per conformer layer two feed-forwards (h -> 4h -> h, two norms each),
+      attention (q, k, v, post, relative_k_proj h -> h; per_dim_scale of h / heads), a light conv (h -> 2h, depthwise
+      kernel x h, h -> h, two norms), three norms, and four scalar bounds per clippable linear (ten) where
+      ``use_clipped_linears`` (its default); ``output_proj`` h -> output_proj_dims with bias;
+    - ``Gemma4MultimodalEmbedder`` per tower: a projection from the tower's output width to the text hidden size (its
+      norm has no weight).
+    """
+    total = 0
+    vc, ac = top.get("vision_config"), top.get("audio_config")
+    ok = lambda *xs: all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in xs)  # noqa: E731
+    if isinstance(vc, dict):
+        vh, inter, n = vc.get("hidden_size", 768), vc.get("intermediate_size", 3072), vc.get("num_hidden_layers", 16)
+        heads, kvh, hd = vc.get("num_attention_heads", 12), vc.get("num_key_value_heads", 12), vc.get("head_dim", 64)
+        patch, pos = vc.get("patch_size", 16), vc.get("position_embedding_size", 10240)
+        if ok(vh, inter, n, heads, kvh, hd, patch, pos):
+            layer = 2 * vh * heads * hd + 2 * vh * kvh * hd + 3 * vh * inter + 4 * vh + 2 * hd
+            layer += 4 * 7 if vc.get("use_clipped_linears") else 0
+            total += 3 * patch * patch * vh + 2 * pos * vh + n * layer + (2 * vh if vc.get("standardize") else 0)
+            total += vh * text_hidden
+    if isinstance(ac, dict):
+        ah, n, heads = ac.get("hidden_size", 1024), ac.get("num_hidden_layers", 12), ac.get("num_attention_heads", 8)
+        kernel, out_dim = ac.get("conv_kernel_size", 5), ac.get("output_proj_dims", 1536)
+        chans = ac.get("subsampling_conv_channels", [128, 32])
+        if isinstance(chans, list) and len(chans) == 2 and ok(ah, n, heads, kernel, out_dim, *chans):
+            c0, c1 = chans
+            sscp = 9 * c0 + c0 + 9 * c0 * c1 + c1 + (c0 // 4) * c1 * ah
+            layer = 24 * ah * ah + ah // heads + kernel * ah + (4 + 2 + 3) * ah
+            layer += 4 * 10 if ac.get("use_clipped_linears", True) else 0
+            total += sscp + n * layer + ah * out_dim + out_dim + out_dim * text_hidden
+    return total
+
+
 #: Parameters of timm image encoders a config names but does not describe (``vision_config.architecture``).
 #: mobilenetv5_300m_enc: 294,284,096 - keras-hub keras_hub/src/models/mobilenetv5/mobilenetv5_presets.py,
 #: preset "mobilenetv5_300m_enc_gemma3n" metadata "params" (the Gemma 3n vision backbone).
@@ -765,6 +905,8 @@ READERS: dict[str, Callable[..., dict]] = {
     "lfm2_moe": _lfm2,
     "gemma3n_text": _gemma3n,
     "gemma3n": _gemma3n,
+    "gemma4_text": _gemma4,
+    "gemma4": _gemma4,
     "mllama_text_model": _mllama,
     "mllama": _mllama,
 }

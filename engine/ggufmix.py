@@ -234,11 +234,17 @@ def tensors(a: Architecture) -> list[Tensor]:
                 block += [Tensor("attn_k", "other", i, h * (a.kv_lora_rank + rope), h),
                           Tensor("attn_v", "other", i, a.num_heads * nope * a.kv_lora_rank, nope),
                           Tensor("attn_v", "other", i, a.num_heads * v * a.kv_lora_rank, a.kv_lora_rank)]
+            elif a.per_kind_attention:  # Gemma 4: global layers' own head size / KV heads, no k / v where shared
+                d, kvh, has_k, has_v = a.attention_shape(i)
+                block.append(Tensor("attn_q", "attn_q", i, h * a.num_heads * d, h))
+                block += [Tensor("attn_k", "attn_k", i, h * kvh * d, h)] if has_k else []
+                block += [Tensor("attn_v", "attn_v", i, h * kvh * d, h)] if has_v else []
             else:
                 block += [Tensor("attn_q", "attn_q", i, h * a.q_dim, h),
                           Tensor("attn_k", "attn_k", i, h * a.num_kv_heads * a.head_dim, h),
                           Tensor("attn_v", "attn_v", i, h * a.num_kv_heads * (a.v_head_dim or a.head_dim), h)]
-            block.append(Tensor("attn_output", "attn_output", i, a.attn_out_dim * h, a.attn_out_dim))
+            out_dim = a.num_heads * a.attention_shape(i)[0] if a.per_kind_attention else a.attn_out_dim
+            block.append(Tensor("attn_output", "attn_output", i, out_dim * h, out_dim))
         if i in moe:
             experts, ff, shared = a.num_experts, a.moe_intermediate_size, a.shared_expert_intermediate_size
             parts = [(experts * ff, ff)] + ([(shared, shared)] if shared else [])  # _exps before _shexp
