@@ -58,6 +58,15 @@ def test_the_fuzzed_document_is_the_builder_output():
         "POST /api/v1/vram-calculation/plan", "POST /api/v1/vram-calculation/report", "GET /healthz"}
 
 
+def filter_query(ctx, query):
+    """Drop generated queries holding a parameter whose value has no form on the wire: an empty list or object
+    (schemathesis' negative data for ``additionalProperties: false`` includes ``{"": []}``) serializes to no
+    ``name=value`` pair at all, so the request the server gets is the valid one and its 200 is right - the
+    check would flag a violation the server never saw."""
+    return not any(isinstance(v, (list, dict)) and not v for v in (query or {}).values())
+
+
+@schema.hooks.apply(filter_query)
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True,  # CI: the same examples every run;
           # benchmarks/fuzz_api.py explores randomly with more examples
