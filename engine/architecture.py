@@ -191,6 +191,9 @@ class Architecture:
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     shared_expert_intermediate_size: int = 0  # all shared experts together
+    #: the width the routed experts take in and give back, where it is not hidden_size: Kimi K3's latent MoE
+    #: (``routed_expert_hidden_size``; vramplan.families._kimi_linear) - 0 = hidden_size
+    moe_expert_hidden_size: int = 0
     moe_layers: tuple[int, ...] = ()  # indices of layers whose FFN is MoE
     dense_intermediate_size: int = 0  # FFN size of the non-MoE layers of an MoE model
     # Layers that differ (DeciLM / Nemotron NAS block_configs): FFN width per layer, 0 = no FFN
@@ -251,6 +254,12 @@ class Architecture:
     @property
     def is_moe(self) -> bool:
         return self.num_experts > 0
+
+    @property
+    def moe_expert_width(self) -> int:
+        """The width a routed expert's gate / up projections read and its down projection writes: hidden_size, or
+        Kimi K3's latent width (its experts are moe_intermediate_size x moe_expert_hidden_size matrices)."""
+        return self.moe_expert_hidden_size or self.hidden_size
 
     @property
     def is_mla(self) -> bool:
@@ -493,8 +502,8 @@ class Architecture:
             r["norm"] += n_dense * ((mats - 1) * dense_ff + h)
         if n_moe:
             experts = self.experts_per_token if active else self.num_experts
-            per_expert = self.moe_intermediate_size * h
-            shared = self.shared_expert_intermediate_size * h
+            per_expert = self.moe_intermediate_size * self.moe_expert_width
+            shared = self.shared_expert_intermediate_size * h  # shared experts work at the full width
             for role in ("ffn_gate", "ffn_up", "ffn_down"):
                 if role == "ffn_gate" and not self.gated_mlp:
                     continue

@@ -28,7 +28,7 @@ MAX_HEADS = 16384            # record: 232 heads (Falcon-180B)
 MAX_HEAD_DIM = 16384         # record: 256 (Gemma 2/3)
 MAX_VOCAB = 1 << 24          # record: 262,208 (Gemma 3)
 MAX_CONTEXT = 1 << 30        # record: 10,485,760 tokens (Llama 4 Scout)
-MAX_EXPERTS = 65536          # record: 512 routed experts (Qwen3-Next)
+MAX_EXPERTS = 65536          # record: 896 routed experts (Kimi K3)
 MAX_RANK = 65536             # record MLA rank: 1,536 (DeepSeek-V3 q_lora_rank)
 MAX_STATE = 65536            # record SSM state size: 256 (Granite 4.0-H mamba_d_state)
 MAX_KERNEL = 1024            # record causal-conv kernel: 4 (Mamba, Qwen3-Next)
@@ -150,8 +150,8 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "index_topk_freq": _count(1, MAX_LAYERS, "4 (GLM-5.2)"),
         "index_skip_topk_offset": _count(0, MAX_LAYERS, "3 (GLM-5.2)"),
     },
-    # Kimi Linear: Kimi Delta Attention layers (linear_attn_config), KimiLinearConfig's MoE spellings; Kimi K3's keys
-    # (refused by the reader, bounded here so that a hostile value is named as such)
+    # Kimi Linear: Kimi Delta Attention layers (linear_attn_config), KimiLinearConfig's MoE spellings; Kimi K3's latent
+    # MoE, gated MLA output and Attention Residuals
     "kimi_linear": {
         "linear_attn_config": Key("object", fields={
             "head_dim": _HEAD_DIM, "num_heads": _HEADS, "short_conv_kernel_size": _KERNEL,
@@ -161,8 +161,8 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         }),
         "num_experts_per_token": _TOP_K, "num_shared_experts": _count(0, MAX_EXPERTS, "1 (Kimi Linear)"),
         "model_max_length": _CONTEXT,
-        "routed_expert_hidden_size": _HIDDEN, "attn_res_block_size": _count(0, MAX_LAYERS, "12 (Kimi K3)"),
-        "mla_use_output_gate": _FLAG,
+        "routed_expert_hidden_size": _count(1, MAX_WIDTH, "3,584 (Kimi K3)"), "latent_moe_use_norm": _FLAG,
+        "attn_res_block_size": _count(1, MAX_LAYERS, "12 (Kimi K3)"), "mla_use_output_gate": _FLAG,
     },
     # DeepSeek V4: compressed attention, the grouped low-rank output projection, hyper-connections, hash routing
     "deepseek_v4": {
@@ -300,6 +300,14 @@ VISION_KEYS: dict[str, Key] = {
     "num_attention_heads": _HEADS, "num_key_value_heads": _HEADS, "head_dim": _HEAD_DIM,
     "position_embedding_size": _count(1, 1 << 20, "10,240 (Gemma 4)"),
     "use_clipped_linears": _FLAG, "standardize": _FLAG,
+    # Kimi K3's MoonViT3d tower and PatchMergerMLPV2 projector (vramplan.families._kimi_k3_vision)
+    "vt_hidden_size": _HIDDEN, "vt_intermediate_size": _FFN, "vt_num_hidden_layers": _LAYERS,
+    "vt_num_attention_heads": _HEADS, "qkv_hidden_size": _count(1, MAX_WIDTH, "1,536 (Kimi K3)"),
+    "init_pos_emb_height": _count(1, 65536, "64 (Kimi K3)"), "init_pos_emb_width": _count(1, 65536, "64 (Kimi K3)"),
+    "merge_kernel_size": Key("int_or_list", 1, 64, "[2, 2] (Kimi K3)", max_len=2),
+    "mm_hidden_size": _HIDDEN, "text_hidden_size": _HIDDEN,
+    "attn_bias": _FLAG, "linear_bias": _FLAG, "patch_embed_proj_bias": _FLAG,
+    "norm_type": _NAME, "mlp_type": _NAME, "mm_projector_type": _NAME, "merge_type": _NAME, "pos_emb_type": _NAME,
 }
 
 #: ``audio_config`` keys (Gemma 3n's and Gemma 4's conformer encoders).

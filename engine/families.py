@@ -498,9 +498,10 @@ def _ernie4_5_moe(cfg: dict, top: dict, base: dict, where: str, problems: list, 
     return out
 
 
-#: Kimi K3's keys beside kimi_linear's (latent MoE, block attention residuals, the MLA output gate): read as Kimi
-#: Linear, the experts' shapes and the attention's parameters would be wrong, so they are refused by name.
-KIMI_K3_KEYS = ("routed_expert_hidden_size", "attn_res_block_size", "mla_use_output_gate")
+#: Kimi K3's MoonViT tower and projector variants :func:`_kimi_k3_vision` counts (the values the released
+#: vision_config states); another value of one of these keys is refused by name.
+KIMI_K3_VISION_KINDS = {"mm_projector_type": "patchmergerv2", "merge_type": "sd2_tpool", "mlp_type": "mlp2",
+                        "pos_emb_type": "divided_fixed"}
 
 
 def _kimi_linear(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:
@@ -516,13 +517,26 @@ def _kimi_linear(cfg: dict, top: dict, base: dict, where: str, problems: list, a
     with ``use_full_rank_gate``), a gated RMSNorm of head_dim and ``o_proj`` (P -> h). Its cache keeps the three
     convolutions' last kernel - 1 inputs (3P channels) and a num_heads x head_dim x head_dim delta-rule state (fla
     ``chunk_kda`` returns it in float32).
+
+    Kimi K3 (``model_type: kimi_k3`` around this text config; ml-explore/mlx-lm mlx_lm/models/kimi_k3.py, the layer
+    shapes checked against the released checkpoint's tensor list) adds, each under its own key:
+
+    - ``routed_expert_hidden_size`` (Stable LatentMoE, ``KimiK3SparseMoE``): the router (``gate``, h -> experts, with
+      its ``e_score_correction_bias``) and the shared experts see the full width; the routed experts run in the latent
+      width - ``routed_expert_down_proj`` (h -> latent) before them, ``routed_expert_norm`` (latent, with
+      ``latent_moe_use_norm``) and ``routed_expert_up_proj`` (latent -> h) after them, each expert a gated MLP of
+      moe_intermediate_size x latent (``SwitchGLU(expert_dim = latent)``). vLLM-family ports build both projections as
+      ``ReplicatedLinear(..., quant_config=None)``, as the router: they are counted with it (``ffn_gate_inp``);
+    - ``mla_use_output_gate`` (``KimiK3MLAAttention``): ``g_proj`` h -> heads x v_head_dim, a sigmoid gate on the
+      attention output before ``o_proj`` (counted with ``attn_q``, as Qwen3-Next's gate half of q_proj);
+    - ``attn_res_block_size`` (Attention Residuals, ``KimiK3DecoderLayer``): each layer's ``self_attention_res_proj``
+      and ``mlp_res_proj`` (h -> 1) with their RMSNorms (h), and the model's ``output_attn_res_proj`` / ``_norm``: a
+      softmax over the block representations replaces the residual add. A forward keeps one h-wide representation a
+      token per started block of attn_res_block_size layers (``ResidualBlocks``); those activations are not modelled;
+    - ``hidden_act: situ`` (SiTU-GLU): beta x tanh(gate / beta) x sigmoid(gate) times a tanh-clipped up projection,
+      no parameters of its own.
     """
     fam, L, h = "kimi_linear", base["layers"], base["hidden"]
-    for key in KIMI_K3_KEYS:
-        if cfg.get(key) not in (None, False, 0):
-            problems.append((f"{where}.{key}", "is Kimi K3's (latent MoE, block attention residuals, a gated MLA "
-                                               "output), which vramplan does not read: read as Kimi Linear, its experts "
-                                               "and attention would be sized wrong"))
     lac = cfg.get("linear_attn_config")
     lac = lac if isinstance(lac, dict) else {}
     at = f"{where}.linear_attn_config"
@@ -542,7 +556,7 @@ def _kimi_linear(cfg: dict, top: dict, base: dict, where: str, problems: list, a
     kinds = tuple("recurrent" if i + 1 in kda_set else "full" for i in range(L))
     p = nh * hd
     gate = h * p if lac.get("use_full_rank_gate") else h * hd + hd * p
-    return {
+    out: dict = {
         "layer_types": kinds, "recurrent_kind": "kda",
         "conv_channels": 3 * p, "conv_kernel": kernel, "ssm_state_elems": nh * hd * hd,
         "ssm_kernel_state_bits": STATE_KERNEL_BITS[fam],
@@ -552,6 +566,98 @@ def _kimi_linear(cfg: dict, top: dict, base: dict, where: str, problems: list, a
         "recurrent_params": (("ssm_in", 3 * h * p + h * hd + hd * p + h * nh + gate), ("ssm_out", p * h),
                              ("norm", 3 * p * kernel + p + nh + hd)),
     }
+    extra = _kimi_k3_extras(cfg, base, kinds, where, problems, assumed, out)
+    vision = _kimi_k3_vision(top, h, problems, assumed)
+    if problems:
+        return {}
+    if extra:
+        out["extra_params"] = tuple(extra)
+    if vision:
+        out["vision_params"] = vision
+    return out
+
+
+def _kimi_k3_extras(cfg: dict, base: dict, kinds: tuple, where: str, problems: list, assumed: list,
+                    out: dict) -> list:
+    """The parameters Kimi K3's keys add to a Kimi Linear text model (see :func:`_kimi_linear`), by role; sets the
+    experts' latent width in ``out``."""
+    L, h, n_moe, experts = base["layers"], base["hidden"], base["n_moe"], base["n_experts"]
+    extra: list[tuple[str, int]] = []
+    latent = cfg.get("routed_expert_hidden_size")
+    if latent is not None and n_moe:
+        if isinstance(latent, bool) or not isinstance(latent, int) or latent < 1:
+            problems.append((f"{where}.routed_expert_hidden_size", f"must be an integer >= 1, got {latent!r}"))
+        else:
+            out["moe_expert_hidden_size"] = latent
+            norm = latent if cfg.get("latent_moe_use_norm") else 0
+            # routed_expert_down_proj + routed_expert_up_proj (replicated, unquantized, as the router)
+            extra += [("ffn_gate_inp", n_moe * 2 * h * latent),
+                      ("norm", n_moe * (norm + experts))]  # routed_expert_norm, gate.e_score_correction_bias
+    if cfg.get("mla_use_output_gate"):
+        heads, v_head = base["heads"], cfg.get("v_head_dim")
+        if not (isinstance(v_head, int) and not isinstance(v_head, bool) and v_head > 0):
+            problems.append((f"{where}.v_head_dim", "is required with mla_use_output_gate: g_proj is hidden -> "
+                                                   "num_attention_heads x v_head_dim"))
+        else:
+            extra.append(("attn_q", kinds.count("full") * h * heads * v_head))  # KimiK3MLAAttention.g_proj
+    block = cfg.get("attn_res_block_size")
+    if block is not None and block is not False:
+        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+            problems.append((f"{where}.attn_res_block_size", f"must be an integer >= 1, got {block!r}"))
+        else:
+            # per layer self_attention_res_proj / mlp_res_proj [1, h] and their RMSNorms [h]; the model's
+            # output_attn_res_proj and output_attn_res_norm
+            extra.append(("norm", L * 4 * h + 2 * h))
+            assumed.append(f"attn_res_block_size = {block}: Attention Residuals' parameters are counted; the "
+                           f"{-(-L // block)} block representations a forward keeps (one hidden-size vector a token "
+                           f"each) are not in the activation estimate")
+    return extra
+
+
+def _kimi_k3_vision(top: dict, text_hidden: int, problems: list, assumed: list) -> int:
+    """Kimi K3's MoonViT3d tower and PatchMergerMLPV2 projector (``vision_config`` with ``vt_*`` keys; ROCm ATOM's
+    port of the checkpoint's modeling_kimi_k3.py, ``KimiK3VisionTower`` / ``KimiK3PatchMergerProjector``, and the
+    checkpoint's vision_tower.* / mm_projector.* tensors): a Conv2d patch embedding 3 x patch^2 -> d (a bias with
+    patch_embed_proj_bias), a learned init_pos_emb_height x init_pos_emb_width x d position table (the time embedding
+    is a fixed sin/cos buffer), vt_num_hidden_layers blocks of ``wqkv`` (d -> 3 q, q = qkv_hidden_size), ``wo`` (q ->
+    d), biases with attn_bias, ``fc0`` / ``fc1`` (d -> vt_intermediate_size -> d, biases with linear_bias) and two
+    norms (RMSNorm: a weight; LayerNorm: weight and bias), a final norm; the projector ``proj.0`` (m -> m, m =
+    mm_hidden_size x merge kernel area), ``proj.2`` (m -> text_hidden_size), ``post_norm`` (RMSNorm of the text
+    width), no biases. 0 without such a vision_config."""
+    vc = top.get("vision_config")
+    if not isinstance(vc, dict) or vc.get("vt_hidden_size") is None:
+        return 0
+    at = "vision_config"
+    for key, kind in KIMI_K3_VISION_KINDS.items():
+        if vc.get(key) not in (None, kind):
+            problems.append((f"{at}.{key}", f"{vc[key]!r} is not the {kind!r} Kimi K3's vision code builds, the only "
+                                            f"one vramplan counts"))
+    norm_type = vc.get("norm_type") or "rmsnorm"
+    if norm_type not in ("rmsnorm", "layernorm"):
+        problems.append((f"{at}.norm_type", f"{norm_type!r} is neither 'rmsnorm' nor 'layernorm'"))
+    nums = {}
+    for key in ("vt_hidden_size", "vt_intermediate_size", "vt_num_hidden_layers", "vt_num_attention_heads"):
+        nums[key] = _int(vc, key, "", at, problems, assumed)
+    d, inter = nums["vt_hidden_size"], nums["vt_intermediate_size"]
+    q = vc.get("qkv_hidden_size") or d
+    patch = vc.get("patch_size") or 14
+    ph, pw = vc.get("init_pos_emb_height") or 64, vc.get("init_pos_emb_width") or 64
+    kernel = vc.get("merge_kernel_size") or [2, 2]
+    kernel = [kernel, kernel] if isinstance(kernel, int) else list(kernel)
+    if len(kernel) != 2:
+        problems.append((f"{at}.merge_kernel_size", "must be [height, width]"))
+        return 0
+    mm = vc.get("mm_hidden_size") or d
+    text = vc.get("text_hidden_size") or text_hidden
+    if problems:
+        return 0
+    per_norm = 2 * d if norm_type == "layernorm" else d
+    block = (d * 3 * q + q * d + (3 * q + d if vc.get("attn_bias") else 0)
+             + 2 * d * inter + (inter + d if vc.get("linear_bias") else 0) + 2 * per_norm)
+    tower = (3 * patch * patch * d + (d if vc.get("patch_embed_proj_bias") else 0) + ph * pw * d
+             + nums["vt_num_hidden_layers"] * block + per_norm)
+    m = mm * kernel[0] * kernel[1]
+    return tower + m * m + m * text + text
 
 
 def _lfm2(cfg: dict, top: dict, base: dict, where: str, problems: list, assumed: list) -> dict:

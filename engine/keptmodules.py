@@ -76,14 +76,16 @@ MODELOPT_ALGOS = {"FP8": "fp8", "FP8_PER_CHANNEL_PER_TOKEN": "fp8", "FP8_PB_WO":
 _CT_SCHEMES = (("float", 8, None, ("tensor", "channel", "block"), "fp8"),
                ("float", 4, 16, ("tensor_group", "group"), "nvfp4"),
                ("int", 8, None, ("tensor", "channel"), "int8"),
-               ("int", 4, 128, ("group",), "gptq"))
+               ("int", 4, 128, ("group",), "gptq"),
+               # compressed-tensors "mxfp4-pack-quantized" (Kimi K3's routed experts): 4-bit floats, one scale per 32
+               ("float", 4, 32, ("group",), "mxfp4"))
 
 _ATTN = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output"}
 #: transformers' MLA attention names (models/deepseek_v3/modeling_deepseek_v3.py) by the engine's roles.
 _ATTN_MLA = {"q_proj": "attn_q", "kv_a_proj_with_mqa": "attn_k", "kv_b_proj": "attn_v", "o_proj": "attn_output"}
 _DENSE = {"gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 #: Families whose MoE block is ``block_sparse_moe`` (transformers models/mixtral, minimax, phimoe).
-_BLOCK_SPARSE = ("mixtral", "minimax", "phimoe")
+_BLOCK_SPARSE = ("mixtral", "minimax", "phimoe", "kimi_linear")  # Kimi K3's checkpoint: layers.N.block_sparse_moe
 
 
 #: The key under which a Hub or local checkpoint's ``hf_quant_config.json`` (ModelOpt's older export, beside a
@@ -100,6 +102,9 @@ def checkpoint_config(config: Any) -> dict | None:
     qc = config.get("quantization_config")
     if isinstance(qc, dict):
         return qc
+    tc = config.get("text_config")  # Kimi K3's config.json states it in its text_config only
+    if isinstance(tc, Mapping) and isinstance(tc.get("quantization_config"), dict):
+        return tc["quantization_config"]
     hq = config.get(HF_QUANT_CONFIG)
     inner = hq.get("quantization") if isinstance(hq, dict) else None
     return {"quant_method": "modelopt", **inner} if isinstance(inner, dict) else None
@@ -109,6 +114,9 @@ def checkpoint_key(config: Any) -> str:
     """Where :func:`checkpoint_config` found it: ``quantization_config`` or ``hf_quant_config.quantization``."""
     if isinstance(config, Mapping) and isinstance(config.get("quantization_config"), dict):
         return "quantization_config"
+    tc = config.get("text_config") if isinstance(config, Mapping) else None
+    if isinstance(tc, Mapping) and isinstance(tc.get("quantization_config"), dict):
+        return "text_config.quantization_config"
     return f"{HF_QUANT_CONFIG}.quantization"
 
 
@@ -171,6 +179,11 @@ def _modules(a: Architecture) -> list[tuple[str, dict[str, float]]]:
     for i in attn_layers:
         for proj, role in names.items():
             out.append((f"model.layers.{i}.self_attn.{proj}", {role: roles[role] / len(attn_layers)}))
+    if a.recurrent_kind == "kda":  # Kimi Delta Attention's projections are its self_attn's (Kimi Linear, Kimi K3)
+        kda_layers = [i for i, t in enumerate(kinds) if t == "recurrent"]
+        for i in kda_layers:
+            out.append((f"model.layers.{i}.self_attn.in_proj", {"ssm_in": roles["ssm_in"] / len(kda_layers)}))
+            out.append((f"model.layers.{i}.self_attn.o_proj", {"ssm_out": roles["ssm_out"] / len(kda_layers)}))
     block = "block_sparse_moe" if a.model_type in _BLOCK_SPARSE else "mlp"
     router = "router" if a.model_type == "gpt_oss" else "gate"
     widths = [a.ffn_sizes[i] if a.ffn_sizes else a.dense_intermediate_size or a.intermediate_size
@@ -185,7 +198,7 @@ def _modules(a: Architecture) -> list[tuple[str, dict[str, float]]]:
     ffn_roles = [r for r in ("ffn_gate", "ffn_up", "ffn_down") if r != "ffn_gate" or a.gated_mlp]
     for i in sorted(moe):
         out.append((f"model.layers.{i}.{block}.experts",
-                    {r: a.num_experts * a.moe_intermediate_size * h for r in ffn_roles}))
+                    {r: a.num_experts * a.moe_intermediate_size * a.moe_expert_width for r in ffn_roles}))
         if a.shared_expert_intermediate_size:
             out.append((f"model.layers.{i}.{block}.shared_experts",
                         {r: a.shared_expert_intermediate_size * h for r in ffn_roles}))

@@ -226,7 +226,7 @@ def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[s
         return bits, 0.0
     key = keptmodules.checkpoint_key(config)
     said = f"{key}."
-    if key != "quantization_config":  # ModelOpt's hf_quant_config.json beside config.json
+    if key not in ("quantization_config", "text_config.quantization_config"):  # ModelOpt's hf_quant_config.json
         said = "hf_quant_config.json quantization."
         if where.endswith(": config.json"):
             where, key = where.removesuffix("config.json") + "hf_quant_config.json", "quantization"
@@ -265,7 +265,7 @@ def _checkpoint_experts(cat, config: Any, arch: Architecture, quant: Entry, bits
     if expert_fmt and expert_fmt != quant.key and arch.is_moe:
         fmt = cat.quantization.get(expert_fmt)
         e_bits = float(fmt.data["bits"].get("default")) if fmt is not None else None
-        routed = len(arch.moe_layers) * arch.num_experts * arch.moe_intermediate_size * h
+        routed = len(arch.moe_layers) * arch.num_experts * arch.moe_intermediate_size * arch.moe_expert_width
         if e_bits:
             for role in ("ffn_gate", "ffn_up", "ffn_down"):
                 if roles[role]:

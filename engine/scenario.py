@@ -83,6 +83,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "n_experts": ("experts", "routed experts per MoE layer"),
     "experts_per_tok": ("experts", "experts each token is routed to"),
     "moe_intermediate": ("elements", "one expert's feed-forward width"),
+    "moe_hidden": ("elements", "the width a routed expert reads and writes: hidden, or Kimi K3's latent width "
+                               "(routed_expert_hidden_size)"),
     "shared_intermediate": ("elements", "feed-forward width of the shared expert(s)"),
     "n_moe_layers": ("layers", "layers whose feed-forward is MoE"),
     "params_total": ("params", "all parameters"),
@@ -304,6 +306,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "sliding_window": a.sliding_window or 0, "rope_table_elements": a.rope_table_elements,
         "is_moe": int(a.is_moe), "n_experts": a.num_experts,
         "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
+        "moe_hidden": a.moe_expert_width,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
         "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
         # transformers' Phi3MLP / GlmMLP: one gate_up_proj, chunked into views (models/phi3/modeling_phi3.py)
@@ -570,7 +573,7 @@ def _lora_dims(s: dict[str, float], a) -> None:
         else a.num_layers - n_moe
     ff_copies = ff_layers * (h + dense_ff)
     if n_moe:
-        ff_copies += n_moe * a.num_experts * (h + a.moe_intermediate_size)
+        ff_copies += n_moe * a.num_experts * (a.moe_expert_width + a.moe_intermediate_size)
         if a.shared_expert_intermediate_size:
             ff_copies += n_moe * (h + a.shared_expert_intermediate_size)
     s["lora_dims_q"] = L * (h + a.q_dim)

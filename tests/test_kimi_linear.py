@@ -76,11 +76,15 @@ def test_kv_and_state_per_sequence():
     ({"linear_attn_config": {"head_dim": 128, "num_heads": 32}}, "linear_attn_config"),
     ({"linear_attn_config": {**KIMI_LINEAR["linear_attn_config"], "num_heads": 10**9}}, "linear_attn_config.num_heads"),
     ({"linear_attn_config": "kda"}, "linear_attn_config"),
-    ({"routed_expert_hidden_size": 512}, "routed_expert_hidden_size"),
-    ({"attn_res_block_size": 12}, "attn_res_block_size"),
-    ({"mla_use_output_gate": True}, "mla_use_output_gate"),
+    # Kimi K3's keys are read (tests/test_kimi_k3.py); hostile values of them are refused by name
+    ({"routed_expert_hidden_size": 0}, "routed_expert_hidden_size"),
+    ({"routed_expert_hidden_size": "3584"}, "routed_expert_hidden_size"),
+    ({"attn_res_block_size": 0}, "attn_res_block_size"),
+    ({"attn_res_block_size": 10**9}, "attn_res_block_size"),
+    ({"mla_use_output_gate": "yes"}, "mla_use_output_gate"),
+    ({"latent_moe_use_norm": 1}, "latent_moe_use_norm"),
 ])
-def test_malformed_or_kimi_k3_keys_are_refused_by_name(change, where):
+def test_malformed_or_hostile_kimi_k3_keys_are_refused_by_name(change, where):
     cfg = {**copy.deepcopy(KIMI_LINEAR), **change}
     with pytest.raises(RequestError) as err:
         from_hf_config(cfg)
