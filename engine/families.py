@@ -567,7 +567,7 @@ def _kimi_linear(cfg: dict, top: dict, base: dict, where: str, problems: list, a
                              ("norm", 3 * p * kernel + p + nh + hd)),
     }
     extra = _kimi_k3_extras(cfg, base, kinds, where, problems, assumed, out)
-    vision = _kimi_k3_vision(top, h, problems, assumed)
+    vision = _kimi_k3_vision(top, h, where.removesuffix(".text_config"), problems, assumed)
     if problems:
         return {}
     if extra:
@@ -614,7 +614,7 @@ def _kimi_k3_extras(cfg: dict, base: dict, kinds: tuple, where: str, problems: l
     return extra
 
 
-def _kimi_k3_vision(top: dict, text_hidden: int, problems: list, assumed: list) -> int:
+def _kimi_k3_vision(top: dict, text_hidden: int, top_where: str, problems: list, assumed: list) -> int:
     """Kimi K3's MoonViT3d tower and PatchMergerMLPV2 projector (``vision_config`` with ``vt_*`` keys; ROCm ATOM's
     port of the checkpoint's modeling_kimi_k3.py, ``KimiK3VisionTower`` / ``KimiK3PatchMergerProjector``, and the
     checkpoint's vision_tower.* / mm_projector.* tensors): a Conv2d patch embedding 3 x patch^2 -> d (a bias with
@@ -627,7 +627,7 @@ def _kimi_k3_vision(top: dict, text_hidden: int, problems: list, assumed: list) 
     vc = top.get("vision_config")
     if not isinstance(vc, dict) or vc.get("vt_hidden_size") is None:
         return 0
-    at = "vision_config"
+    at = f"{top_where}.vision_config"
     for key, kind in KIMI_K3_VISION_KINDS.items():
         if vc.get(key) not in (None, kind):
             problems.append((f"{at}.{key}", f"{vc[key]!r} is not the {kind!r} Kimi K3's vision code builds, the only "

@@ -155,7 +155,7 @@ def test_hostile_or_unknown_vision_keys_are_refused_by_name(change, where):
     cfg["vision_config"].update(change)
     with pytest.raises(RequestError) as err:
         from_hf_config(cfg)
-    assert where in str(err.value)
+    assert f"custom_model.{where}" in str(err.value)
 
 
 def test_without_the_k3_keys_it_reads_as_kimi_linear():
