@@ -262,6 +262,12 @@ class Architecture:
         return self.moe_expert_hidden_size or self.hidden_size
 
     @property
+    def expert_matrix_params(self) -> int:
+        """One routed expert's gate, up or down matrix: moe_intermediate_size x moe_expert_width (the count the
+        parameter roles, the checkpoint's module list and its expert formats all build on)."""
+        return self.moe_intermediate_size * self.moe_expert_width
+
+    @property
     def is_mla(self) -> bool:
         return self.kv_lora_rank > 0
 
@@ -502,7 +508,7 @@ class Architecture:
             r["norm"] += n_dense * ((mats - 1) * dense_ff + h)
         if n_moe:
             experts = self.experts_per_token if active else self.num_experts
-            per_expert = self.moe_intermediate_size * self.moe_expert_width
+            per_expert = self.expert_matrix_params
             shared = self.shared_expert_intermediate_size * h  # shared experts work at the full width
             for role in ("ffn_gate", "ffn_up", "ffn_down"):
                 if role == "ffn_gate" and not self.gated_mlp:
@@ -1067,19 +1073,20 @@ def _qwen3_vl_vision_params(vc: dict, h: int, inter: int, depth: int) -> int:
     and ``Qwen3VLVisionPatchMerger``: a LayerNorm of h, linear_fc1 (h m^2 -> h m^2) and linear_fc2 (h m^2 ->
     out_hidden_size), both biased, with m = spatial_merge_size; one more merger per ``deepstack_visual_indexes`` entry,
     its LayerNorm over h m^2 (use_postshuffle_norm). Qwen3.5 lists no DeepStack layers."""
-    def num(key: str, default: int) -> int:
-        v = vc.get(key, default)
-        return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else default
-
-    c, p, t = num("in_channels", 3), num("patch_size", 16), num("temporal_patch_size", 2)
-    merged = h * num("spatial_merge_size", 2) ** 2
-    out = num("out_hidden_size", 3584)
-    deepstack = vc.get("deepstack_visual_indexes")
-    n_deep = len(deepstack) if isinstance(deepstack, list) else 0
-    block = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
+    # configkeys has bounded these keys (positive ints where present); absent ones take Qwen3VLVisionConfig's defaults
+    c, p, t = vc.get("in_channels") or 3, vc.get("patch_size") or 16, vc.get("temporal_patch_size") or 2
+    merged = h * (vc.get("spatial_merge_size") or 2) ** 2
+    out = vc.get("out_hidden_size") or 3584
+    n_deep = len(vc.get("deepstack_visual_indexes") or [])
     merger = merged * merged + merged + merged * out + out
-    return (c * t * p * p * h + h + num("num_position_embeddings", 2304) * h + depth * block
+    return (c * t * p * p * h + h + (vc.get("num_position_embeddings") or 2304) * h + depth * _vit_block_params(h, inter)
             + 2 * h + merger + n_deep * (2 * merged + merger))
+
+
+def _vit_block_params(h: int, inter: int) -> int:
+    """One SigLIP / CLIP-style ViT block (also Qwen3-VL's): two LayerNorms with bias, biased q / k / v / o, a biased
+    two-matrix MLP."""
+    return 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
 
 
 def _vision_params(config: dict, text_hidden: int) -> int:
@@ -1112,8 +1119,7 @@ def _vision_params(config: dict, text_hidden: int) -> int:
         projector = h + (h * merge * merge) * h + h * text_hidden + text_hidden * text_hidden
         return encoder + projector
     # SigLIP / CLIP-style ViT: LayerNorm with bias, biased projections, 2-matrix GELU MLP
-    per_layer = 4 * h * h + 4 * h + 2 * h * inter + inter + h + 4 * h
-    encoder = n * per_layer + c * p * p * h + patches * h + 2 * h
+    encoder = n * _vit_block_params(h, inter) + c * p * p * h + patches * h + 2 * h
     if kind == "llama4_vision_model":
         encoder += h + h + 2 * h  # class embedding, extra position, second (pre) LayerNorm
         proj_in = int(vc.get("projector_input_dim") or h)

@@ -583,34 +583,29 @@ def _kimi_k3_extras(cfg: dict, base: dict, kinds: tuple, where: str, problems: l
     experts' latent width in ``out``."""
     L, h, n_moe, experts = base["layers"], base["hidden"], base["n_moe"], base["n_experts"]
     extra: list[tuple[str, int]] = []
+    # configkeys has bounded every key read here: present means an int (bool for the flags) in range
     latent = cfg.get("routed_expert_hidden_size")
-    if latent is not None and n_moe:
-        if isinstance(latent, bool) or not isinstance(latent, int) or latent < 1:
-            problems.append((f"{where}.routed_expert_hidden_size", f"must be an integer >= 1, got {latent!r}"))
-        else:
-            out["moe_expert_hidden_size"] = latent
-            norm = latent if cfg.get("latent_moe_use_norm") else 0
-            # routed_expert_down_proj + routed_expert_up_proj (replicated, unquantized, as the router)
-            extra += [("ffn_gate_inp", n_moe * 2 * h * latent),
-                      ("norm", n_moe * (norm + experts))]  # routed_expert_norm, gate.e_score_correction_bias
+    if latent and n_moe:
+        out["moe_expert_hidden_size"] = latent
+        norm = latent if cfg.get("latent_moe_use_norm") else 0
+        # routed_expert_down_proj + routed_expert_up_proj (replicated, unquantized, as the router)
+        extra += [("ffn_gate_inp", n_moe * 2 * h * latent),
+                  ("norm", n_moe * (norm + experts))]  # routed_expert_norm, gate.e_score_correction_bias
     if cfg.get("mla_use_output_gate"):
-        heads, v_head = base["heads"], cfg.get("v_head_dim")
-        if not (isinstance(v_head, int) and not isinstance(v_head, bool) and v_head > 0):
+        v_head = cfg.get("v_head_dim")
+        if not v_head:
             problems.append((f"{where}.v_head_dim", "is required with mla_use_output_gate: g_proj is hidden -> "
                                                    "num_attention_heads x v_head_dim"))
         else:
-            extra.append(("attn_q", kinds.count("full") * h * heads * v_head))  # KimiK3MLAAttention.g_proj
+            extra.append(("attn_q", kinds.count("full") * h * base["heads"] * v_head))  # KimiK3MLAAttention.g_proj
     block = cfg.get("attn_res_block_size")
-    if block is not None and block is not False:
-        if isinstance(block, bool) or not isinstance(block, int) or block < 1:
-            problems.append((f"{where}.attn_res_block_size", f"must be an integer >= 1, got {block!r}"))
-        else:
-            # per layer self_attention_res_proj / mlp_res_proj [1, h] and their RMSNorms [h]; the model's
-            # output_attn_res_proj and output_attn_res_norm
-            extra.append(("norm", L * 4 * h + 2 * h))
-            assumed.append(f"attn_res_block_size = {block}: Attention Residuals' parameters are counted; the "
-                           f"{-(-L // block)} block representations a forward keeps (one hidden-size vector a token "
-                           f"each) are not in the activation estimate")
+    if block:
+        # per layer self_attention_res_proj / mlp_res_proj [1, h] and their RMSNorms [h]; the model's
+        # output_attn_res_proj and output_attn_res_norm
+        extra.append(("norm", L * 4 * h + 2 * h))
+        assumed.append(f"attn_res_block_size = {block}: Attention Residuals' parameters are counted; the "
+                       f"{-(-L // block)} block representations a forward keeps (one hidden-size vector a token "
+                       f"each) are not in the activation estimate")
     return extra
 
 

@@ -198,7 +198,7 @@ def _modules(a: Architecture) -> list[tuple[str, dict[str, float]]]:
     ffn_roles = [r for r in ("ffn_gate", "ffn_up", "ffn_down") if r != "ffn_gate" or a.gated_mlp]
     for i in sorted(moe):
         out.append((f"model.layers.{i}.{block}.experts",
-                    {r: a.num_experts * a.moe_intermediate_size * a.moe_expert_width for r in ffn_roles}))
+                    {r: a.num_experts * a.expert_matrix_params for r in ffn_roles}))
         if a.shared_expert_intermediate_size:
             out.append((f"model.layers.{i}.{block}.shared_experts",
                         {r: a.shared_expert_intermediate_size * h for r in ffn_roles}))

@@ -265,7 +265,7 @@ def _checkpoint_experts(cat, config: Any, arch: Architecture, quant: Entry, bits
     if expert_fmt and expert_fmt != quant.key and arch.is_moe:
         fmt = cat.quantization.get(expert_fmt)
         e_bits = float(fmt.data["bits"].get("default")) if fmt is not None else None
-        routed = len(arch.moe_layers) * arch.num_experts * arch.moe_intermediate_size * arch.moe_expert_width
+        routed = len(arch.moe_layers) * arch.num_experts * arch.expert_matrix_params
         if e_bits:
             for role in ("ffn_gate", "ffn_up", "ffn_down"):
                 if roles[role]:
