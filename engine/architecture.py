@@ -230,7 +230,7 @@ class Architecture:
     ssm_state_elems: int = 0  # elements of one recurrent layer's SSM / delta-rule state, per sequence
     ssm_kernel_state_bits: int = 0  # bits the reference kernels return the state in (0: compute dtype)
     ssm_cache_bits: int = 0  # bits the checkpoint or its layer code asks the SSM state cache to be kept in (Nemotron-H
-    # mamba_ssm_cache_dtype; vLLM's Kimi Delta Attention: float32); 0: not stated
+    # mamba_ssm_cache_dtype, Qwen3.5 mamba_ssm_dtype; vLLM's Kimi Delta Attention: float32); 0: not stated
     recurrent_params: tuple[tuple[str, int], ...] = ()  # (role, params) of one recurrent mixer
     kv_shared: tuple[bool, ...] = ()  # per layer: reads another layer's KV cache (Gemma 3n, Gemma 4)
     #: the KV-sharing layers have no k / v projections and no k_norm of their own (Gemma 4: Gemma4TextAttention builds

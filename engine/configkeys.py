@@ -162,7 +162,7 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "num_experts_per_token": _TOP_K, "num_shared_experts": _count(0, MAX_EXPERTS, "1 (Kimi Linear)"),
         "model_max_length": _CONTEXT,
         "routed_expert_hidden_size": _count(1, MAX_WIDTH, "3,584 (Kimi K3)"), "latent_moe_use_norm": _FLAG,
-        "attn_res_block_size": _count(1, MAX_LAYERS, "12 (Kimi K3)"), "mla_use_output_gate": _FLAG,
+        "attn_res_block_size": _count(0, MAX_LAYERS, "12 (Kimi K3); 0 = off"), "mla_use_output_gate": _FLAG,
     },
     # DeepSeek V4: compressed attention, the grouped low-rank output projection, hyper-connections, hash routing
     "deepseek_v4": {
@@ -204,7 +204,7 @@ FAMILY_KEYS: dict[str, dict[str, Key]] = {
         "linear_conv_kernel_dim": _KERNEL,
         "linear_key_head_dim": _HEAD_DIM, "linear_value_head_dim": _HEAD_DIM,
         "linear_num_key_heads": _HEADS, "linear_num_value_heads": _HEADS,
-        "full_attention_interval": _count(1, MAX_LAYERS, "4 (Qwen3-Next)"),
+        "full_attention_interval": _count(1, MAX_LAYERS, "4 (Qwen3-Next)"), "mamba_ssm_dtype": _NAME,
     },
     # Mamba / Mamba2 mixers: Granite 4.0-H, Jamba, Falcon-H1 (mamba_*), Nemotron-H (its own spellings)
     "mamba": {

@@ -95,8 +95,8 @@ STATE_KERNEL_BITS = {"qwen3_next": 32, "qwen3_5_text": 32, "qwen3_5_moe_text": 3
 GATED_DELTANET_TYPES = {"qwen3_next": "qwen3_next", "qwen3_5_text": "qwen3_5_text", "qwen3_5": "qwen3_5_text",
                         "qwen3_5_moe_text": "qwen3_5_moe_text", "qwen3_5_moe": "qwen3_5_moe_text"}
 
-#: ``mamba_ssm_cache_dtype`` values of a Nemotron-H config.json and their bits (the dtype names
-#: vLLM's CacheConfig.mamba_ssm_cache_dtype accepts besides "auto").
+#: ``mamba_ssm_cache_dtype`` values of a Nemotron-H config.json (Qwen3.5's ``mamba_ssm_dtype``) and their bits (the
+#: dtype names vLLM's CacheConfig.mamba_ssm_cache_dtype accepts besides "auto").
 SSM_CACHE_DTYPE_BITS = {"float32": 32, "float16": 16, "bfloat16": 16}
 
 
@@ -248,8 +248,19 @@ def _qwen3_next(cfg: dict, top: dict, base: dict, where: str, problems: list, as
     extra = [("attn_q", n_attn * h * base["heads"] * base["head_dim"])]  # the output gate half of q_proj
     if base["n_moe"] and base["shared_inter"]:
         extra.append(("ffn_gate_inp", base["n_moe"] * h))  # shared_expert_gate
+    # Qwen3.5's config names the delta-rule state's dtype (``mamba_ssm_dtype: float32`` in every released text_config);
+    # vLLM keeps its SSM state cache in it (model_executor/models/config.py Qwen3_5ForConditionalGenerationConfig:
+    # mamba_ssm_cache_dtype "auto" takes the HF config's mamba_ssm_dtype, for the Qwen3_5(Moe)ForConditionalGeneration
+    # architectures the checkpoints name). Qwen3-Next states none and vLLM reads none for it.
+    cache_bits = 0
+    if fam != "qwen3_next" and cfg.get("mamba_ssm_dtype") is not None:
+        cache_bits = SSM_CACHE_DTYPE_BITS.get(cfg["mamba_ssm_dtype"], -1)
+        if cache_bits < 0:
+            problems.append((f"{where}.mamba_ssm_dtype",
+                             f"must be one of {sorted(SSM_CACHE_DTYPE_BITS)}, got {cfg['mamba_ssm_dtype']!r}"))
+            cache_bits = 0
     return {
-        "layer_types": kinds, "recurrent_kind": "gated_deltanet",
+        "layer_types": kinds, "recurrent_kind": "gated_deltanet", "ssm_cache_bits": cache_bits,
         "conv_channels": conv, "conv_kernel": kernel, "ssm_state_elems": nv * hk * hv,
         "ssm_kernel_state_bits": STATE_KERNEL_BITS[fam],
         "recurrent_params": (("ssm_in", h * (2 * key_dim + 2 * value_dim) + h * 2 * nv), ("ssm_out", value_dim * h),
@@ -579,18 +590,21 @@ def _kimi_linear(cfg: dict, top: dict, base: dict, where: str, problems: list, a
 
 def _kimi_k3_extras(cfg: dict, base: dict, kinds: tuple, where: str, problems: list, assumed: list,
                     out: dict) -> list:
-    """The parameters Kimi K3's keys add to a Kimi Linear text model (see :func:`_kimi_linear`), by role; sets the
-    experts' latent width in ``out``."""
+    """The parameters a Kimi Linear text model has beyond the generic MLA / MoE count - its router's
+    ``e_score_correction_bias`` - and those Kimi K3's keys add (see :func:`_kimi_linear`), by role; sets the experts'
+    latent width in ``out``."""
     L, h, n_moe, experts = base["layers"], base["hidden"], base["n_moe"], base["n_experts"]
     extra: list[tuple[str, int]] = []
     # configkeys has bounded every key read here: present means an int (bool for the flags) in range
+    # KimiMoEGate.e_score_correction_bias (num_experts, read by its forward whatever the config says) on every MoE layer
+    extra.append(("norm", n_moe * experts))
     latent = cfg.get("routed_expert_hidden_size")
     if latent and n_moe:
         out["moe_expert_hidden_size"] = latent
-        norm = latent if cfg.get("latent_moe_use_norm") else 0
         # routed_expert_down_proj + routed_expert_up_proj (replicated, unquantized, as the router)
-        extra += [("ffn_gate_inp", n_moe * 2 * h * latent),
-                  ("norm", n_moe * (norm + experts))]  # routed_expert_norm, gate.e_score_correction_bias
+        extra.append(("ffn_gate_inp", n_moe * 2 * h * latent))
+        if cfg.get("latent_moe_use_norm"):
+            extra.append(("norm", n_moe * latent))  # routed_expert_norm
     if cfg.get("mla_use_output_gate"):
         v_head = cfg.get("v_head_dim")
         if not v_head:

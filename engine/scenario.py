@@ -70,7 +70,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "conv_kernel": ("tokens", "causal-conv kernel of a recurrent layer"),
     "ssm_state_elems": ("elements", "elements of one recurrent layer's SSM / delta-rule state per sequence"),
     "ssm_kernel_state_bits": ("bits", "bits the reference kernels return the recurrent state in (0: the compute dtype)"),
-    "ssm_cache_bits": ("bits", "bits the checkpoint's config asks the SSM state cache to be kept in (Nemotron-H mamba_ssm_cache_dtype; 0: not stated)"),
+    "ssm_cache_bits": ("bits", "bits the checkpoint's config asks the SSM state cache to be kept in (Nemotron-H mamba_ssm_cache_dtype, Qwen3.5 mamba_ssm_dtype; 0: not stated)"),
     "images": ("images", "images per sequence (multimodal models)"),
     "image_context_tokens": ("tokens", "soft tokens the images add to each sequence's context (included in seq)"),
     "cross_kv_tokens": ("tokens", "image tokens each cross-attention layer caches per sequence"),

@@ -71,6 +71,14 @@ def test_a_small_k3_by_hand():
     assert a.param_count(active=True) == active == 173_446
 
 
+def test_attn_res_block_size_0_is_off():
+    """0 disables Attention Residuals (the Kimi K3 configs' default ``attn_res_block_size: int = 0``; mlx-lm's
+    "0 disables"): the small K3 above without its 4 x (2h + 2h) + 2h = 1,152 Attention Residuals' parameters."""
+    cfg = copy.deepcopy(SMALL)
+    cfg["text_config"]["attn_res_block_size"] = 0
+    assert from_hf_config(cfg).param_count() == 228_742 - (4 * 4 * 64 + 2 * 64) == 227_590
+
+
 def test_the_released_config_by_hand_matches_the_checkpoint_and_the_card():
     a = from_hf_config(_k3())
     h, v, p, hd, nh, lat = 7168, 163840, 96 * 128, 128, 96, 3584
@@ -164,7 +172,9 @@ def test_without_the_k3_keys_it_reads_as_kimi_linear():
         cfg["text_config"].pop(key)
     a, k3 = from_hf_config(cfg), from_hf_config(SMALL)
     h, lat = 64, 32
-    extra = (3 * (8 + h * lat + lat + lat * h)  # bias, latent projections and norm
+    # the router's correction bias is Kimi Linear's too (3 MoE layers x 8 experts, in both counts)
+    assert ("norm", 3 * 8) in a.extra_params
+    extra = (3 * (h * lat + lat + lat * h)  # latent projections and norm
              - 3 * 8 * 3 * 32 * (h - lat)  # the experts are narrower
              + h * 2 * 16  # g_proj
              + 4 * 4 * h + 2 * h)  # Attention Residuals

@@ -198,3 +198,32 @@ def test_qwen3_vl_30b_a3b_counts_its_deepstack_mergers():
     vision = _vision_by_hand(1152, 4304, 27, 3, 2, 16, 2, 2304, 2048, deepstack=3)
     assert a.vision_params == vision
     assert a.param_count() == 2 * v * h + 48 * layer + h + vision  # untied embedding and head, the final norm
+
+
+def test_vllm_keeps_the_delta_rule_state_in_the_configs_mamba_ssm_dtype():
+    """vLLM's Qwen3_5ForConditionalGenerationConfig sets mamba_ssm_cache_dtype "auto" to the config's mamba_ssm_dtype
+    (float32 in Qwen3.5-27B's text_config); the conv state stays in the model dtype. Per DeltaNet layer: conv state
+    (2 x 16 x 128 + 48 x 128 = 10,240 channels) x 3 columns x 2 bytes = 61,440, plus 48 x 128 x 128 x 4 bytes =
+    3,145,728 - 3,207,168 bytes; a vLLM page of 4 KV heads x 256 x 2 (K, V) x 2 bytes = 4,096 bytes a token must hold
+    it: 16 x ceil(3,207,168 / 65,536) = 784 tokens. Without the key it is the model dtype: 61,440 + 1,572,864."""
+    from vramplan.estimate import trace_values
+
+    def state(cfg, runtime="vllm"):
+        out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "custom", "custom_model": cfg,
+                                           "quantization": "bf16", "runtime": runtime, "trace": True},
+                                          suggestions=False)
+        return trace_values(out)
+
+    cfg = json.loads(json.dumps(QWEN35_27B))
+    cfg["text_config"]["mamba_ssm_dtype"] = "float32"
+    tv = state(cfg)
+    assert tv["recurrent_state_bytes_layer"] == 61_440 + 3_145_728 == 3_207_168
+    assert tv["kv_block_tokens"] == 784
+    assert state(QWEN35_27B)["recurrent_state_bytes_layer"] == 61_440 + 1_572_864
+    # the catalog's Qwen3.5-27B carries the key as released
+    out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "qwen3.5-27b", "quantization": "bf16",
+                                       "runtime": "vllm", "trace": True}, suggestions=False)
+    assert trace_values(out)["recurrent_state_bytes_layer"] == 3_207_168
+    cfg["text_config"]["mamba_ssm_dtype"] = "float64"
+    with pytest.raises(RequestError, match="custom_model.text_config.mamba_ssm_dtype"):
+        from_hf_config(cfg)
