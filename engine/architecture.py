@@ -399,6 +399,12 @@ class Architecture:
         base = self.kv_elements_per_token_per_layer
         return self.kv_elements_per_token_full_layer / base if base else 1.0
 
+    @property
+    def attn_full_layer_scale(self) -> float:
+        """A global layer's query width (heads x head size) over q_dim's: 1 where the layers are alike; Gemma 4's
+        global layers keep the head count with wider heads (31B: 512 / 256 = 2)."""
+        return (self.full_head_dim or self.head_dim) / self.head_dim if self.head_dim else 1.0
+
     def attention_shape(self, i: int) -> tuple[int, int, bool, bool]:
         """Layer i's attention: (head size, KV heads, has k_proj, has v_proj) - global layers with heads of their own
         (full_head_dim, full_kv_heads; no v_proj with full_k_eq_v), KV-sharing layers without k / v projections where

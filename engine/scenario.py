@@ -64,6 +64,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "kv_full_layer_scale": ("ratio", "a global-attention layer's K and V elements a token over kv_elems_layer: 1 where the "
                                      "layers are alike; Gemma 4's global layers have heads of their own (31B: 4 KV heads "
                                      "of 512 against 16 of 256, 0.5)"),
+    "attn_full_layer_scale": ("ratio", "a global-attention layer's query width over q_dim: 1 where the layers are alike; "
+                                       "Gemma 4's global layers have wider heads (31B: 512 against 256, 2)"),
     "n_layers_cross": ("layers", "cross-attention layers (Llama 3.2 Vision): they cache the image tokens' keys and values"),
     "n_layers_recurrent": ("layers", "linear-attention / state-space layers: a fixed state per sequence, no KV"),
     "conv_channels": ("elements", "channels of a recurrent layer's causal-conv state"),
@@ -299,7 +301,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "mla_key_flops": 2 * a.num_heads * (2 * a.kv_lora_rank + a.qk_rope_head_dim) if a.is_mla else 0,
         "n_layers_full": a.num_full_layers, "n_layers_sliding": a.num_sliding_layers,
         "n_kv_layers_full": a.num_kv_full_layers, "n_kv_layers_sliding": a.num_kv_sliding_layers,
-        "kv_full_layer_scale": a.kv_full_layer_scale,
+        "kv_full_layer_scale": a.kv_full_layer_scale, "attn_full_layer_scale": a.attn_full_layer_scale,
         "n_layers_cross": a.num_cross_layers, "n_layers_recurrent": a.num_recurrent_layers,
         "conv_channels": a.conv_channels, "conv_kernel": a.conv_kernel, "ssm_state_elems": a.ssm_state_elems,
         "ssm_kernel_state_bits": a.ssm_kernel_state_bits, "ssm_cache_bits": a.ssm_cache_bits,

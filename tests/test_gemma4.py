@@ -176,6 +176,18 @@ def test_gemma4_31b_kv_bytes_per_token():
     assert _trace(out)["kv_attention_bytes_per_seq"] == (50 * 8192 + 10 * 4096) * 2 * 1024 == 922_746_880
 
 
+def test_gemma4_31b_global_layers_attend_with_their_wider_heads():
+    """Global q_proj is 32 heads x 512 against the sliding layers' 32 x 256 (q_dim 8192): twice the attention FLOPs a
+    query-key pair. One 4,096-token prompt: 2 x 8192 x (10 x 2 x 4096^2 + 50 x (2 x 1024 x 4096 - 1024^2))."""
+    assert from_hf_config(GEMMA4_31B).attn_full_layer_scale == 2
+    out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "custom", "custom_model": GEMMA4_31B,
+                                       "quantization": "bf16", "runtime": "vllm", "input_tokens": 4096,
+                                       "output_tokens": 256, "trace": True})
+    tv = _trace(out)
+    assert tv["prefill_seqs"] == 1
+    assert tv["prefill_attn_flops"] == 16384 * (10 * 2 * 4096**2 + 50 * (2 * 1024 * 4096 - 1024**2)) == 11_510_512_353_280
+
+
 @pytest.mark.parametrize("text, towers, total, announced", [
     # the Gemma 4 model card (as the HF launch blog and several READMEs quote it): 26B A4B "25.2B total, 3.8B active"
     # (language model; the vision tower taken as 31B's)

@@ -214,7 +214,8 @@ def test_training_time_is_total_tokens_over_tokens_per_second():
 def test_training_flops_full_lora_checkpointing():
     """6 x P for full, 4 x P + 6 x adapters for LoRA, checkpointing recomputes the layers (not the head)."""
     tok = CAT.formulas.evaluate_one
-    args = dict(matmul_params_active=7.5e9, head_params=0.5e9, n_layers=32, q_dim=4096, seq=1024)
+    args = dict(matmul_params_active=7.5e9, head_params=0.5e9, n_layers=32, n_layers_full=32, attn_full_layer_scale=1,
+                q_dim=4096, seq=1024)
     full = tok("train_flops_per_token", dict(args, method_full=1, lora_params=0, gradient_checkpointing=0))
     lora = tok("train_flops_per_token", dict(args, method_full=0, lora_params=4e7, gradient_checkpointing=0))
     gc = tok("train_flops_per_token", dict(args, method_full=0, lora_params=4e7, gradient_checkpointing=1))
@@ -222,6 +223,10 @@ def test_training_flops_full_lora_checkpointing():
     assert full == 6 * 7.5e9 + attn
     assert lora == 4 * 7.5e9 + 6 * 4e7 + attn
     assert gc == lora + 2 * 7.0e9 + attn / 3
+    # 8 of the 32 layers global with heads twice as wide (Gemma 4): their attention counts twice - 6 x 40 x 4096 x 1024
+    wide = tok("train_flops_per_token", dict(args, n_layers_full=8, attn_full_layer_scale=2, method_full=1, lora_params=0,
+                                             gradient_checkpointing=0))
+    assert wide == 6 * 7.5e9 + 6 * (32 + 8) * 4096 * 1024
 
 
 def test_qlora_slower_than_lora_and_fused_kernels_faster():

@@ -114,6 +114,18 @@ def test_catalog_entries_are_the_announced_sizes():
     moe = 40 * (h * 256 + 256 * 3 * h * 512 + 3 * h * 512 + h)
     vision = _vision_by_hand(1152, 4304, 27, 3, 2, 16, 2, 2304, 2048)
     assert a.param_count() == 2 * v * h + attn + deltanet + moe + 40 * 2 * h + h + vision == 35_107_181_936
+    # 122B-A10B: 12 attention (32 heads, 2 KV heads) and 36 DeltaNet layers (64 value heads) of width 3072, 256
+    # experts of 1024, top-8, a shared one of 1024; the same vision tower into 3072
+    a, h = archs["qwen3.5-122b-a10b"], 3072
+    attn = 12 * (h * 32 * 256 * 2 + 2 * h * 2 * 256 + 32 * 256 * h + 2 * 256)
+    conv = 2 * 2048 + 64 * 128
+    deltanet = 36 * (h * conv + h * 8192 + 2 * h * 64 + conv * 4 + 64 + 64 + 128 + 8192 * h)
+    moe = 48 * (h * 256 + 256 * 3 * h * 1024 + 3 * h * 1024 + h)
+    vision = _vision_by_hand(1152, 4304, 27, 3, 2, 16, 2, 2304, 3072)
+    text = 2 * v * h + attn + deltanet + 48 * 2 * h + h
+    assert a.param_count() == text + moe + vision == 122_562_817_776  # "122B"
+    active = text + 48 * (h * 256 + 8 * 3 * h * 1024 + 3 * h * 1024 + h)
+    assert a.param_count(active=True) == active == 9_771_288_576  # "10B activated"; the tower is not a text token's
     big = archs["qwen3.5-397b-a17b"]
     assert round(big.param_count() / 1e9, 1) == 396.8  # "397B"
     assert archs["qwen3.5-27b"].param_count() == 27_356_728_560
