@@ -194,6 +194,9 @@ class Architecture:
     #: the width the routed experts take in and give back, where it is not hidden_size: Kimi K3's latent MoE
     #: (``routed_expert_hidden_size``; vramplan.families._kimi_linear) - 0 = hidden_size
     moe_expert_hidden_size: int = 0
+    # hidden-size block representations a token keeps through a forward (Kimi K3's Attention Residuals: one per started
+    # block of attn_res_block_size layers); 0 elsewhere
+    attn_res_blocks: int = 0
     moe_layers: tuple[int, ...] = ()  # indices of layers whose FFN is MoE
     dense_intermediate_size: int = 0  # FFN size of the non-MoE layers of an MoE model
     # Layers that differ (DeciLM / Nemotron NAS block_configs): FFN width per layer, 0 = no FFN

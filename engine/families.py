@@ -543,7 +543,8 @@ def _kimi_linear(cfg: dict, top: dict, base: dict, where: str, problems: list, a
     - ``attn_res_block_size`` (Attention Residuals, ``KimiK3DecoderLayer``): each layer's ``self_attention_res_proj``
       and ``mlp_res_proj`` (h -> 1) with their RMSNorms (h), and the model's ``output_attn_res_proj`` / ``_norm``: a
       softmax over the block representations replaces the residual add. A forward keeps one h-wide representation a
-      token per started block of attn_res_block_size layers (``ResidualBlocks``); those activations are not modelled;
+      token per started block of attn_res_block_size layers (``ResidualBlocks``: ``attn_res_blocks``, in the prefill
+      activations);
     - ``hidden_act: situ`` (SiTU-GLU): beta x tanh(gate / beta) x sigmoid(gate) times a tanh-clipped up projection,
       no parameters of its own.
     """
@@ -617,9 +618,10 @@ def _kimi_k3_extras(cfg: dict, base: dict, kinds: tuple, where: str, problems: l
         # per layer self_attention_res_proj / mlp_res_proj [1, h] and their RMSNorms [h]; the model's
         # output_attn_res_proj and output_attn_res_norm
         extra.append(("norm", L * 4 * h + 2 * h))
-        assumed.append(f"attn_res_block_size = {block}: Attention Residuals' parameters are counted; the "
+        out["attn_res_blocks"] = -(-L // block)
+        assumed.append(f"attn_res_block_size = {block}: Attention Residuals' parameters are counted, and the "
                        f"{-(-L // block)} block representations a forward keeps (one hidden-size vector a token "
-                       f"each) are not in the activation estimate")
+                       f"each) are in the prefill activations")
     return extra
 
 

@@ -64,6 +64,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "kv_full_layer_scale": ("ratio", "a global-attention layer's K and V elements a token over kv_elems_layer: 1 where the "
                                      "layers are alike; Gemma 4's global layers have heads of their own (31B: 4 KV heads "
                                      "of 512 against 16 of 256, 0.5)"),
+    "residual_blocks": ("vectors", "hidden-size block representations a token keeps through a forward: Kimi K3's "
+                                   "Attention Residuals, ceil(layers / attn_res_block_size) (8 for K3); 0 elsewhere"),
     "attn_full_layer_scale": ("ratio", "a global-attention layer's query width over q_dim: 1 where the layers are alike; "
                                        "Gemma 4's global layers have wider heads (31B: 512 against 256, 2)"),
     "n_layers_cross": ("layers", "cross-attention layers (Llama 3.2 Vision): they cache the image tokens' keys and values"),
@@ -294,7 +296,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "index_key_elems": a.index_head_dim if a.index_topk else 0,
         "index_topk": a.index_topk, "index_pair_flops": 2 * a.index_n_heads * a.index_head_dim,
         "mla_rope_elems": a.qk_rope_head_dim if a.is_mla or a.is_compressed else 0,
-        "residual_streams": a.hc_mult or 1, "cmp_attention": int(a.is_compressed), "kv_cmp_equiv": a.compressed_entries_per_token, "kv_cmp_index_equiv": a.indexed_entries_per_token,
+        "residual_streams": a.hc_mult or 1, "residual_blocks": a.attn_res_blocks, "cmp_attention": int(a.is_compressed), "kv_cmp_equiv": a.compressed_entries_per_token, "kv_cmp_index_equiv": a.indexed_entries_per_token,
         "n_layers_indexed": a.indexed_layers, "cmp_state_elems": a.compressor_state_elems,
         "cmp_ring_state_elems": a.compressor_ring_state_elems,
         "kv_per_head": 0 if a.is_mla else 1,

@@ -53,8 +53,9 @@ AUDIO_E = {"model_type": "gemma4_audio", "hidden_size": 1024, "num_hidden_layers
            "conv_kernel_size": 5, "output_proj_dims": 1536, "subsampling_conv_channels": [128, 32],
            "use_clipped_linears": True}
 
-#: Text configs of the other sizes as several public test fixtures agree on them (not a config.json read here: kept
-#: out of the catalog). 26B A4B: 128 experts, 8 a token, MoE beside a 2112-wide MLP; E4B / E2B: per-layer embeddings
+#: Text configs of the other sizes as several public test fixtures agree on them (E4B / E2B: not a config.json read here,
+#: kept out of the catalog; 26B A4B's is pinned key for key by several loaders and is the catalog's gemma-4-26b-a4b-it,
+#: with 31B's vision tower). 26B A4B: 128 experts, 8 a token, MoE beside a 2112-wide MLP; E4B / E2B: per-layer embeddings
 #: and the last 18 / 20 layers sharing KV (E2B's shared layers with a double-wide MLP).
 GEMMA4_26B_A4B_TEXT = {
     "model_type": "gemma4_text", "hidden_size": 2816, "num_hidden_layers": 30, "intermediate_size": 2112,
@@ -281,6 +282,19 @@ def test_full_estimate_of_gemma4_31b_succeeds():
     # bf16 weights alone are 31,273,088,876 x 2 bytes = 58.25 GiB
     assert out["model_weights_gb"] == pytest.approx(58.25, abs=0.01)
     assert 58.25 < out["vram_usage"] < 80
+
+
+def test_the_26b_a4b_catalog_entry_is_the_pinned_text_config():
+    from vramplan.catalog import get_catalog
+
+    a = get_catalog().architectures["gemma-4-26b-a4b-it"]
+    # the same text config as GEMMA4_26B_A4B_TEXT above (25,233,141,790 by the test of announced sizes) and 31B's tower
+    assert a.param_count() == from_hf_config({"model_type": "gemma4", "text_config": GEMMA4_26B_A4B_TEXT,
+                                              "vision_config": GEMMA4_31B["vision_config"]}).param_count() == 25_805_936_206
+    assert a.param_count() - a.param_roles()["vision"] == 25_233_141_790
+    assert (a.num_experts, a.experts_per_token, a.full_kv_heads, a.full_head_dim, a.full_k_eq_v) == (128, 8, 2, 512, True)
+    entry = next(m for m in vramplan.list_models() if m["key"] == "gemma-4-26b-a4b-it")
+    assert entry["params_b"] == 25.81 and entry["active_params_b"] == 3.82
 
 
 def test_catalog_entry_reads_as_the_checkpoint():

@@ -118,6 +118,25 @@ def test_latent_experts_set_the_decode_expert_params_and_the_tp_replicated_route
     assert tv["expert_active_params"] == 92 * 16 * 3072 * 3584 * 3 == 48_620_371_968
 
 
+def test_attention_residuals_keep_their_block_representations_through_prefill():
+    """93 layers in blocks of 12 start blocks at layers 0, 12, ..., 84: 8 block representations of [tokens, 7168] are
+    alive by the last block, beside vLLM's 4 hidden-size tensors (rt_hidden_live_tensors) - one 8192-token chunk in
+    bf16: 8192 x (4 + 8) x 7168 x 2 = 1,409,286,144 bytes; 8192 x 4 x 7168 x 2 without them."""
+    from vramplan.estimate import trace_values
+
+    assert from_hf_config(_k3()).attn_res_blocks == 8
+    assert from_hf_config(SMALL).attn_res_blocks == 2  # 4 layers in blocks of 2
+    body = {"gpu_key": "h200", "llm_key": "custom", "quantization": "mxfp4", "runtime": "vllm", "num_gpus": 8,
+            "trace": True}
+    tv = trace_values(vramplan.estimate_inference({**body, "custom_model": _k3()}, suggestions=False))
+    assert tv["prefill_tokens"] == 8192
+    assert tv["hidden_live_bytes"] == 8192 * (4 + 8) * 7168 * 2 == 1_409_286_144
+    off = _k3()
+    off["text_config"]["attn_res_block_size"] = 0
+    tv = trace_values(vramplan.estimate_inference({**body, "custom_model": off}, suggestions=False))
+    assert tv["hidden_live_bytes"] == 8192 * 4 * 7168 * 2
+
+
 def test_the_checkpoint_keeps_attention_and_shared_experts_in_bf16():
     out = vramplan.estimate_inference({"gpu_key": "h200", "llm_key": "custom", "custom_model": _k3(),
                                        "quantization": "mxfp4", "runtime": "vllm", "num_gpus": 8}, suggestions=False)
