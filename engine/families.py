@@ -1077,7 +1077,11 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
     multi-token-prediction block after the layers (llama-model.cpp reads it as such), left out here; Jamba
     ``JambaModel`` - conv_kernel = mamba_d_conv, inner_size = mamba_expand x hidden, state_size = mamba_d_state,
     time_step_rank = mamba_dt_rank, ``attention.head_count_kv`` per layer 0 on the Mamba layers (which layers hold
-    experts is in the tensors, not the header: the reader's expert_layer_period / offset class defaults, reported).
+    experts is in the tensors, not the header: the reader's expert_layer_period / offset class defaults, reported);
+    Kimi Linear ``KimiLinearModel`` (arch ``kimi-linear``) - ``ssm.conv_kernel`` = short_conv_kernel_size,
+    ``kda.head_dim`` = the KDA head size, ``attention.head_count`` its heads (llama.cpp has no key of their own) and
+    ``attention.head_count_kv`` per layer 0 on the KDA layers (1 on the MLA layers, served as MQA), rebuilt into
+    ``linear_attn_config``'s 1-indexed layer lists; the MLA geometry is DeepSeek's keys.
     """
     def get(key):
         v = meta.get(f"{arch}.{key}")
@@ -1128,6 +1132,13 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
                   "mamba_expand": inner // hidden if hidden and inner % hidden == 0 else inner / max(hidden, 1)}
         if isinstance(kv, list):
             config["layers_block_type"] = ["attention" if k else "mamba" for k in kv]
+    elif arch == "kimi-linear" and kernel and get("kda.head_dim") and get("attention.head_count"):
+        kv, heads = meta.get(f"{arch}.attention.head_count_kv"), get("attention.head_count")
+        if isinstance(kv, list):
+            config = {**config, "model_type": "kimi_linear", "num_key_value_heads": heads, "linear_attn_config": {
+                "kda_layers": [i + 1 for i, k in enumerate(kv) if not k],
+                "full_attn_layers": [i + 1 for i, k in enumerate(kv) if k],
+                "num_heads": heads, "head_dim": get("kda.head_dim"), "short_conv_kernel_size": kernel}}
     elif arch == "falcon-h1" and None not in (kernel, state, groups, rank, inner) and rank:
         config = {**config, "model_type": "falcon_h1", "mamba_d_conv": kernel, "mamba_d_state": state,
                   "mamba_n_groups": groups, "mamba_n_heads": rank, "mamba_d_ssm": inner, "mamba_d_head": inner // rank}

@@ -66,8 +66,11 @@ _GGUF_ARCH_MODEL_TYPE = {
     "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe", "gemma3": "gemma3_text", "deepseek2": "deepseek_v3",
     "gpt-oss": "gpt_oss", "command-r": "cohere", "phi2": "phi", "llama4": "llama4_text", "granitemoe": "granitemoe",
     "lfm2moe": "lfm2_moe", "nemotron_h_moe": "nemotron_h", "qwen3next": "qwen3_next", "qwen35": "qwen3_5_text",
-    "qwen35moe": "qwen3_5_moe_text",
+    "qwen35moe": "qwen3_5_moe_text", "kimi-linear": "kimi_linear",
 }
+
+#: llama.cpp architectures whose attention is MLA (DeepSeek V2 / V3, Kimi K2, and Kimi Linear's MLA layers).
+_GGUF_MLA_ARCHS = ("deepseek2", "kimi-linear")
 
 #: ``{arch}.<key>`` metadata -> config.json key (llama.cpp ``LLM_KV_*`` names).
 _GGUF_KEYS = {
@@ -279,10 +282,14 @@ def gguf_description(meta: dict, tensors: list, n_tokens: int | None, *, where: 
         elif n_tokens:
             config["vocab_size"] = n_tokens
     config["tie_word_embeddings"] = "output.weight" not in by_name
-    if arch == "deepseek2" and "kv_lora_rank" in config:  # MLA: key_length = nope + rope
+    if arch in _GGUF_MLA_ARCHS and "kv_lora_rank" in config:
+        # MLA: a head's key is nope + rope. llama.cpp's converters since its MLA cache (conversion/deepseek.py
+        # DeepseekModel.set_gguf_parameters, and Kimi Linear's) write the cached latent's widths under key_length /
+        # value_length (kv_lora_rank + rope, kv_lora_rank) and a head's under key_length_mla / value_length_mla;
+        # older files have only the plain keys, which then are a head's
         rope = meta.get(f"{arch}.rope.dimension_count")
-        key_len = meta.get(f"{arch}.attention.key_length")
-        value_len = meta.get(f"{arch}.attention.value_length")
+        key_len = meta.get(f"{arch}.attention.key_length_mla", meta.get(f"{arch}.attention.key_length"))
+        value_len = meta.get(f"{arch}.attention.value_length_mla", meta.get(f"{arch}.attention.value_length"))
         if _is_number(rope) and _is_number(key_len) and rope and key_len:
             config["qk_rope_head_dim"] = int(rope)
             config["qk_nope_head_dim"] = int(key_len) - int(rope)

@@ -95,3 +95,69 @@ def test_malformed_or_hostile_kimi_k3_keys_are_refused_by_name(change, where):
 def test_linear_attn_config_under_another_model_type_is_still_refused():
     with pytest.raises(RequestError, match="linear_attn_config"):
         from_hf_config({**KIMI_LINEAR, "model_type": "deepseek_v3"})
+
+
+def _mla_gguf(path, arch: str, *, kv, legacy: bool, kda: bool) -> dict:
+    """A small MLA GGUF header as llama.cpp's converters write it: 4 layers, hidden 64, 4 heads, kv_lora_rank 32,
+    rope 8, nope 16, v 24; ``legacy`` the pre-MLA-cache spelling (key_length / value_length a head's), else the
+    latent's widths under the plain keys and a head's under the _mla keys."""
+    from gguf import GGUFWriter
+    from gguf_fixtures import finish_gguf
+
+    from vramplan.modelfiles import read_model_file
+
+    w = GGUFWriter(str(path), arch)
+    w.add_block_count(4)
+    w.add_embedding_length(64)
+    w.add_feed_forward_length(96)
+    w.add_head_count(4)
+    w.add_head_count_kv(kv)
+    w.add_context_length(4096)
+    w.add_kv_lora_rank(32)
+    w.add_rope_dimension_count(8)
+    if legacy:
+        w.add_key_length(16 + 8)
+        w.add_value_length(24)
+    else:
+        w.add_key_length(32 + 8)
+        w.add_value_length(32)
+        w.add_key_length_mla(16 + 8)
+        w.add_value_length_mla(24)
+    w.add_expert_count(8)
+    w.add_expert_used_count(2)
+    w.add_expert_feed_forward_length(32)
+    w.add_expert_shared_count(1)
+    w.add_leading_dense_block_count(1)
+    if kda:
+        w.add_uint32(f"{arch}.ssm.conv_kernel", 4)
+        w.add_uint32(f"{arch}.kda.head_dim", 16)
+    finish_gguf(w)
+    return read_model_file(path)["config"]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_deepseek2_gguf_reads_a_heads_mla_widths_from_either_spelling(tmp_path, legacy):
+    """llama.cpp's DeepSeek converter writes key_length = kv_lora_rank + rope (40) and value_length = kv_lora_rank (32)
+    for its latent cache, a head's 16 + 8 and 24 under key_length_mla / value_length_mla; read as the latter (nope 16,
+    v 24), not as 40 - 8 = 32 and 32."""
+    cfg = _mla_gguf(tmp_path / "d.gguf", "deepseek2", kv=1, legacy=legacy, kda=False)
+    assert (cfg["qk_rope_head_dim"], cfg["qk_nope_head_dim"], cfg["v_head_dim"]) == (8, 16, 24)
+    a = from_hf_config(cfg)
+    assert (a.qk_nope_head_dim, a.qk_rope_head_dim, a.v_head_dim) == (16, 8, 24)
+
+
+def test_a_kimi_linear_gguf_header_gives_the_kda_and_mla_layout(tmp_path):
+    """llama.cpp's Kimi Linear converter marks KDA layers with head_count_kv 0 (MLA layers 1, served as MQA), writes
+    short_conv_kernel_size as ssm.conv_kernel and the KDA head size as kda.head_dim; the KDA head count is
+    attention.head_count. Layers 1-3 KDA, 4 MLA: conv over q, k, v of 4 x 16 = 64 channels each (192), a state of
+    4 x 16 x 16 = 1,024 a layer; the MLA layer caches the 32-wide latent and the 8-wide rope key."""
+    cfg = _mla_gguf(tmp_path / "k.gguf", "kimi-linear", kv=[0, 0, 0, 1], legacy=False, kda=True)
+    assert cfg["model_type"] == "kimi_linear"
+    assert cfg["linear_attn_config"] == {"kda_layers": [1, 2, 3], "full_attn_layers": [4], "num_heads": 4,
+                                         "head_dim": 16, "short_conv_kernel_size": 4}
+    a = from_hf_config(cfg)
+    assert a.layer_types == ("recurrent", "recurrent", "recurrent", "full")
+    assert (a.conv_channels, a.conv_kernel, a.ssm_state_elems) == (3 * 4 * 16, 4, 4 * 16 * 16)
+    assert (a.kv_lora_rank, a.qk_rope_head_dim, a.qk_nope_head_dim, a.v_head_dim) == (32, 8, 16, 24)
+    assert a.kv_elements_per_token_per_layer == 32 + 8
+    assert (a.num_experts, a.experts_per_token, a.moe_layers) == (8, 2, (1, 2, 3))
