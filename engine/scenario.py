@@ -26,6 +26,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "hidden": ("elements", "hidden size"),
     "n_heads": ("heads", "attention (query) heads"),
     "n_kv_heads": ("heads", "key/value heads (GQA/MQA)"),
+    "n_kv_heads_full": ("heads", "key/value heads of a global-attention layer: n_kv_heads, or Gemma 4's "
+                                 "num_global_key_value_heads where global layers have their own"),
     "head_dim": ("elements", "query/key head dimension"),
     "q_dim": ("elements", "query projection width (heads x head_dim)"),
     "kv_dim": ("elements", "key projection width (kv heads x head_dim)"),
@@ -290,6 +292,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
     s: dict[str, float] = {}
     s.update({
         "n_layers": a.num_layers, "hidden": a.hidden_size, "n_heads": a.num_heads, "n_kv_heads": a.num_kv_heads,
+        "n_kv_heads_full": a.full_kv_heads or a.num_kv_heads,
         "head_dim": a.head_dim, "q_dim": a.q_dim, "kv_dim": a.num_kv_heads * a.head_dim,
         "attn_out_dim": a.attn_out_dim, "intermediate": a.dense_intermediate_size or a.intermediate_size,
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,

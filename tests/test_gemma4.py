@@ -189,6 +189,24 @@ def test_gemma4_31b_global_layers_attend_with_their_wider_heads():
     assert tv["prefill_attn_flops"] == 16384 * (10 * 2 * 4096**2 + 50 * (2 * 1024 * 4096 - 1024**2)) == 11_510_512_353_280
 
 
+def test_gemma4_31b_global_kv_heads_are_replicated_past_four_gpus():
+    """Over 8 GPUs the sliding layers' 16 KV heads split 2 a GPU, the global layers' 4 are replicated (vLLM
+    get_num_kv_heads: max(1, 4 // 8) = 1 a GPU). At 4,096 tokens a sliding layer keeps vLLM's window of 1,024 + its
+    extra 16 tokens (1,040, one block more): 50 x 16,384 x 1,040 = 851,968,000 bytes, the global layers 10 x 8,192 x
+    4,096 = 335,544,320; a GPU holds 851,968,000 / 8 + 335,544,320 / 4 = 190,382,080 of the 1,187,512,320. Over 4 GPUs
+    both split 4 ways: a quarter."""
+    def share(gpus):
+        out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "custom", "custom_model": GEMMA4_31B,
+                                           "quantization": "bf16", "runtime": "vllm", "num_gpus": gpus, "inference_parallelism": "tensor",
+                                           "seq_length": 4096, "trace": True}, suggestions=False)
+        tv = _trace(out)
+        assert tv["kv_attention_bytes_per_seq"] == 50 * 16384 * 1040 + 10 * 8192 * 4096 == 1_187_512_320
+        return tv["kv_share_per_gpu"]
+
+    assert share(8) == pytest.approx((851_968_000 / 8 + 335_544_320 / 4) / 1_187_512_320) == 190_382_080 / 1_187_512_320
+    assert share(4) == pytest.approx(0.25)
+
+
 @pytest.mark.parametrize("text, towers, total, announced", [
     # the Gemma 4 model card (as the HF launch blog and several READMEs quote it): 26B A4B "25.2B total, 3.8B active"
     # (language model; the vision tower taken as 31B's)
