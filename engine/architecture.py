@@ -387,13 +387,23 @@ class Architecture:
         return bool(self.full_head_dim or self.full_kv_heads or self.full_k_eq_v or self.kv_shared_no_kv_proj)
 
     @property
+    def full_layer_kv_heads(self) -> int:
+        """KV heads of a global-attention layer (Gemma 4's num_global_key_value_heads; num_kv_heads elsewhere)."""
+        return self.full_kv_heads or self.num_kv_heads
+
+    @property
+    def full_layer_head_dim(self) -> int:
+        """Head size of a global-attention layer (Gemma 4's global_head_dim; head_dim elsewhere)."""
+        return self.full_head_dim or self.head_dim
+
+    @property
     def kv_elements_per_token_full_layer(self) -> int:
         """K and V elements one token adds to a global-attention layer's cache: kv_elements_per_token_per_layer, but for
         global layers of their own shape (Gemma 4: 2 x full_kv_heads x full_head_dim - with attention_k_eq_v too, as
         the cache stores the value row beside the key row)."""
         if not (self.full_head_dim or self.full_kv_heads):
             return self.kv_elements_per_token_per_layer
-        return 2 * (self.full_kv_heads or self.num_kv_heads) * (self.full_head_dim or self.head_dim)
+        return 2 * self.full_layer_kv_heads * self.full_layer_head_dim
 
     @property
     def kv_full_layer_scale(self) -> float:
@@ -406,15 +416,15 @@ class Architecture:
     def attn_full_layer_scale(self) -> float:
         """A global layer's query width (heads x head size) over q_dim's: 1 where the layers are alike; Gemma 4's
         global layers keep the head count with wider heads (31B: 512 / 256 = 2)."""
-        return (self.full_head_dim or self.head_dim) / self.head_dim if self.head_dim else 1.0
+        return self.full_layer_head_dim / self.head_dim if self.head_dim else 1.0
 
     def attention_shape(self, i: int) -> tuple[int, int, bool, bool]:
         """Layer i's attention: (head size, KV heads, has k_proj, has v_proj) - global layers with heads of their own
         (full_head_dim, full_kv_heads; no v_proj with full_k_eq_v), KV-sharing layers without k / v projections where
         kv_shared_no_kv_proj (Gemma 4); every layer alike otherwise."""
         full = i < len(self.layer_types) and self.layer_types[i] == "full"
-        d = (self.full_head_dim or self.head_dim) if full else self.head_dim
-        kvh = (self.full_kv_heads or self.num_kv_heads) if full else self.num_kv_heads
+        d = self.full_layer_head_dim if full else self.head_dim
+        kvh = self.full_layer_kv_heads if full else self.num_kv_heads
         own_kv = not (self.kv_shared_no_kv_proj and i < len(self.kv_shared) and self.kv_shared[i])
         return d, kvh, own_kv, own_kv and not (full and self.full_k_eq_v)
 

@@ -100,6 +100,19 @@ GATED_DELTANET_TYPES = {"qwen3_next": "qwen3_next", "qwen3_5_text": "qwen3_5_tex
 SSM_CACHE_DTYPE_BITS = {"float32": 32, "float16": 16, "bfloat16": 16}
 
 
+def _ssm_cache_bits(cfg: dict, key: str, where: str, problems: list) -> int:
+    """Bits of the SSM state cache dtype a config names under ``key`` (SSM_CACHE_DTYPE_BITS), 0 where it names none;
+    a value vLLM does not accept is a problem naming the key."""
+    value = cfg.get(key)
+    if value is None:
+        return 0
+    bits = SSM_CACHE_DTYPE_BITS.get(value) if isinstance(value, str) else None
+    if bits is None:
+        problems.append((f"{where}.{key}", f"must be one of {sorted(SSM_CACHE_DTYPE_BITS)}, got {value!r}"))
+        return 0
+    return bits
+
+
 def _int(cfg: dict, key: str, family: str, where: str, problems: list, assumed: list, *, minimum: int = 1) -> int:
     """A positive integer config key, or the family's class default (reported), or a problem."""
     value = cfg.get(key)
@@ -252,13 +265,7 @@ def _qwen3_next(cfg: dict, top: dict, base: dict, where: str, problems: list, as
     # vLLM keeps its SSM state cache in it (model_executor/models/config.py Qwen3_5ForConditionalGenerationConfig:
     # mamba_ssm_cache_dtype "auto" takes the HF config's mamba_ssm_dtype, for the Qwen3_5(Moe)ForConditionalGeneration
     # architectures the checkpoints name). Qwen3-Next states none and vLLM reads none for it.
-    cache_bits = 0
-    if fam != "qwen3_next" and cfg.get("mamba_ssm_dtype") is not None:
-        cache_bits = SSM_CACHE_DTYPE_BITS.get(cfg["mamba_ssm_dtype"], -1)
-        if cache_bits < 0:
-            problems.append((f"{where}.mamba_ssm_dtype",
-                             f"must be one of {sorted(SSM_CACHE_DTYPE_BITS)}, got {cfg['mamba_ssm_dtype']!r}"))
-            cache_bits = 0
+    cache_bits = 0 if fam == "qwen3_next" else _ssm_cache_bits(cfg, "mamba_ssm_dtype", where, problems)
     return {
         "layer_types": kinds, "recurrent_kind": "gated_deltanet", "ssm_cache_bits": cache_bits,
         "conv_channels": conv, "conv_kernel": kernel, "ssm_state_elems": nv * hk * hv,
@@ -416,11 +423,7 @@ def _nemotron_h(cfg: dict, top: dict, base: dict, where: str, problems: list, as
                                  _flag(cfg, "use_conv_bias", fam), _flag(cfg, "use_bias", fam))
     # the SSM state cache dtype the checkpoint asks for (vLLM honours it for Nemotron-H: see the
     # runtime constant model_ssm_cache_dtype)
-    cache_dtype = cfg.get("mamba_ssm_cache_dtype")
-    cache_bits = SSM_CACHE_DTYPE_BITS.get(cache_dtype, -1) if cache_dtype is not None else 0
-    if cache_bits < 0:
-        problems.append((f"{where}.mamba_ssm_cache_dtype", f"must be one of {sorted(SSM_CACHE_DTYPE_BITS)}, got {cache_dtype!r}"))
-        cache_bits = 0
+    cache_bits = _ssm_cache_bits(cfg, "mamba_ssm_cache_dtype", where, problems)
     moe = tuple(i for i, c in enumerate(pattern) if c == "E")
     # per-block FFN width, 0 for the mixer blocks (and a block's one norm follows from its kind: the
     # architecture counts a norm per attention, recurrent and FFN block)
@@ -1134,7 +1137,7 @@ def from_gguf(arch: str, meta: dict, config: dict) -> dict:
             config["layers_block_type"] = ["attention" if k else "mamba" for k in kv]
     elif arch == "kimi-linear" and kernel and get("kda.head_dim") and get("attention.head_count"):
         kv, heads = meta.get(f"{arch}.attention.head_count_kv"), get("attention.head_count")
-        if isinstance(kv, list):
+        if isinstance(kv, list):  # per layer: 0 on KDA layers
             config = {**config, "model_type": "kimi_linear", "num_key_value_heads": heads, "linear_attn_config": {
                 "kda_layers": [i + 1 for i, k in enumerate(kv) if not k],
                 "full_attn_layers": [i + 1 for i, k in enumerate(kv) if k],

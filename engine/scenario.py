@@ -292,7 +292,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
     s: dict[str, float] = {}
     s.update({
         "n_layers": a.num_layers, "hidden": a.hidden_size, "n_heads": a.num_heads, "n_kv_heads": a.num_kv_heads,
-        "n_kv_heads_full": a.full_kv_heads or a.num_kv_heads,
+        "n_kv_heads_full": a.full_layer_kv_heads,
         "head_dim": a.head_dim, "q_dim": a.q_dim, "kv_dim": a.num_kv_heads * a.head_dim,
         "attn_out_dim": a.attn_out_dim, "intermediate": a.dense_intermediate_size or a.intermediate_size,
         "vocab": a.vocab_size, "kv_elems_layer": a.kv_elements_per_token_per_layer,
