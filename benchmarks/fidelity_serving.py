@@ -282,6 +282,11 @@ def _attention_dp(r: dict[str, Any], model: str) -> str:
     return ""
 
 
+#: text-generation-launcher flags -> the tgi profile's constants they set: the router's limit of requests in flight
+#: (the profile's max_num_seqs, default 128) and the prefill batch's token budget.
+TGI_FLAGS = {"--max-concurrent-requests": "max_num_seqs", "--max-batch-prefill-tokens": "max_prefill_tokens"}
+
+
 def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = None) -> tuple[dict[str, Any] | None, list[str], str]:
     """(request body, readings taken, reason when it cannot be mapped). ``fp8_kv`` maps (source, checkpoint) to the
     reading that makes every run of that checkpoint in that source an 8-bit-cache run (``kv_readings``)."""
@@ -330,6 +335,12 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
     if steps and int(steps.group(1)) > 1:  # vLLM V0 multi-step scheduling (PR #7000)
         body.setdefault("runtime_settings", {})["scheduler_steps"] = int(steps.group(1))
         notes.append(f"--num-scheduler-steps {steps.group(1)}: V0's per-step host work once every {steps.group(1)} steps")
+    if runtime == "tgi":  # text-generation-launcher's batching flags (launcher/src/main.rs)
+        for flag, setting in TGI_FLAGS.items():
+            found = re.search(rf"{flag}[ =](\d+)", flags)
+            if found:
+                body.setdefault("runtime_settings", {})[setting] = int(found.group(1))
+                notes.append(f"{flag} {found.group(1)}: runtime_settings {setting}")
     pool = _logged_pool(r)
     if pool:
         body.setdefault("runtime_settings", {})["kv_pool_tokens"] = pool[0]

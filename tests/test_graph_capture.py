@@ -40,3 +40,17 @@ def test_llama_cpp_on_rocm_captures_nothing_and_pays_no_cuda_launch_penalty():
     assert t["decode_cuda_graphs"] == 0
     assert t["decode_overhead_s"] == pytest.approx(2892e-6, rel=1e-9)
 
+
+
+def test_tgi_replays_graphs_up_to_32_sequences_and_launches_larger_batches_eagerly():
+    """text-generation-launcher captures decode graphs for 1, 2, 4, 8, 16 and 32 sequences (--cuda-graphs default);
+    a decode batch of 40 runs eagerly. Llama 3.1 8B on an H100, 32 layers: graphed, 32 x 25 us = 800 us of fixed cost
+    a step; eager, 32 x (25 + 47) = 2,304 us - the same 47 us a layer vLLM V0 pays without its graph."""
+    assert rt("tgi", "cuda_graph_max_seqs") == 32 and rt("tgi", "decode_ungraphed_layer_us") == 47
+    body = {**BASE, "gpu_key": "h100_80", "runtime": "tgi"}
+    _, at32 = traced({**body, "concurrent_users": 32})
+    _, at40 = traced({**body, "concurrent_users": 40})
+    assert at32["decode_mb_seqs"] == 32 and at32["decode_cuda_graphs"] == 1
+    assert at40["decode_mb_seqs"] == 40 and at40["decode_cuda_graphs"] == 0
+    assert at32["decode_overhead_s"] == pytest.approx(32 * 25e-6, rel=1e-9)
+    assert at40["decode_overhead_s"] == pytest.approx(32 * (25 + 47) * 1e-6, rel=1e-9)

@@ -186,3 +186,21 @@ def test_a_pool_the_source_states_pins_the_h100_runs_and_not_the_mi300x_ones():
     mi300x = {**h100, "gpu_canonical": "MI300X-192GB"}
     body, notes, _ = fs.map_record(mi300x)
     assert "runtime_settings" not in body and not any("supported by our setup" in n for n in notes)
+
+
+def test_tgi_launcher_flags_set_the_router_limits():
+    # dstack's TGI runs on 8 x MI300X: --max-concurrent-requests 8192 lifts the router's limit of requests in flight
+    # (the profile's 128) - all 256 of a burst run at once; --max-batch-prefill-tokens sets the prefill budget.
+    r = _record("meta-llama/Llama-3.1-405B-Instruct", runtime="tgi", runtime_version="sha-11d7af7-rocm",
+                weights_dtype="bf16", gpu_canonical="MI300X-192GB", num_gpus=8, tensor_parallel=8, input_tokens=80,
+                output_tokens=58, request_rate=None, num_prompts=256, batch_size=256, source="dstack",
+                benchmark_tool="modified vLLM benchmark_serving.py",
+                engine_flags="text-generation-launcher --num-shard 8 --sharded true --max-concurrent-requests 8192 "
+                             "--max-total-tokens 130000")
+    body, notes, why = fs.map_record(r)
+    assert why == "" and body["runtime"] == "tgi" and body["runtime_settings"] == {"max_num_seqs": 8192}
+    assert "--max-concurrent-requests 8192: runtime_settings max_num_seqs" in notes
+    body, _, _ = fs.map_record({**r, "engine_flags": "text-generation-launcher --max-batch-prefill-tokens=16384"})
+    assert body["runtime_settings"] == {"max_prefill_tokens": 16384}
+    body, _, _ = fs.map_record({**r, "engine_flags": "text-generation-launcher --num-shard 8"})
+    assert "runtime_settings" not in body
