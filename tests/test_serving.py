@@ -534,7 +534,10 @@ def test_runtime_profiles_extend_and_tier_by_gpu():
     assert seen_on("h100_80", "vllm", "max_prefill_tokens") == 8192
     assert seen_on("a100_80", "vllm", "max_prefill_tokens") == 2048
     assert seen_on("rtx_4090", "vllm", "max_num_seqs") == 256
-    assert [seen_on(k, "sglang", "max_prefill_tokens") for k in ("rtx_4090", "h100_80", "b200")] == [2048, 8192, 16384]
+    # SGLang's chunked_prefill_size by GPU memory: 2048 below 35 GiB, 4096 below 60 (an L40S, an A100 40GB), 8192 below
+    # 160, 16384 above
+    assert [seen_on(k, "sglang", "max_prefill_tokens") for k in ("rtx_4090", "l40s", "a100_40", "h100_80", "b200")] \
+        == [2048, 4096, 4096, 8192, 16384]
 
 
 def test_pre_xqa_tensorrt_llm_reads_kv_once_per_query_head():
