@@ -287,6 +287,16 @@ def _attention_dp(r: dict[str, Any], model: str) -> str:
 TGI_FLAGS = {"--max-concurrent-requests": "max_num_seqs", "--max-batch-prefill-tokens": "max_prefill_tokens"}
 
 
+#: The decode batch sizes the perf-overview runs capture as CUDA graphs, padding on: every revision's llm_options.yml
+#: (docs/source/performance/perf-overview.md at 1.0, docs/source/developer-guide/perf-overview.md later) lists
+#: cuda_graph_config batch_sizes [1, 2, 4, ..., 256, 384, 512, 1024, 2048, 4096, 8192]. The engine skips the sizes above
+#: its max_batch_size (model_engine.py warmup), so larger decode batches - and, as everywhere, steps that carry a
+#: prompt - run eagerly.
+TRTLLM_GUIDE_GRAPH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 384, 512, 1024, 2048, 4096, 8192)
+TRTLLM_GRAPHS_READING = ("llm_options.yml captures decode graphs up to 8192 sequences, padding on; the largest at or below "
+                         "max_batch_size is {n} (cuda_graph_max_seqs)")
+
+
 def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = None) -> tuple[dict[str, Any] | None, list[str], str]:
     """(request body, readings taken, reason when it cannot be mapped). ``fp8_kv`` maps (source, checkpoint) to the
     reading that makes every run of that checkpoint in that source an 8-bit-cache run (``kv_readings``)."""
@@ -385,6 +395,9 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
         if tuned:
             body.setdefault("runtime_settings", {}).update(max_num_seqs=tuned[0], max_prefill_tokens=tuned[1])
             notes.append(TRTLLM_BENCH_READING.format(bs=tuned[0], tok=tuned[1]))
+        graphs = max(bs for bs in TRTLLM_GUIDE_GRAPH_SIZES if bs <= (tuned[0] if tuned else TRTLLM_GUIDE_GRAPH_SIZES[-1]))
+        body.setdefault("runtime_settings", {})["cuda_graph_max_seqs"] = graphs
+        notes.append(TRTLLM_GRAPHS_READING.format(n=graphs))
 
     reading = (fp8_kv or {}).get((str(r.get("source")), str(r.get("model"))))
     if reading and not r.get("kv_cache_dtype") and "kv_cache_quantization" not in body:

@@ -809,15 +809,18 @@ def test_a_burst_that_fits_gets_its_first_tokens_group_by_group_under_continuous
 def test_a_budget_smaller_than_a_step_of_prompts_stretches_a_bursts_prefill():
     """vLLM V0 chunks prompts into 512-token steps for a model of more than 32K context (Llama 3.1 8B): a step takes
     512 - 64 / 2 = 480 prompt tokens beside the decodes, 0.48 of a 1000-token prompt, so 64 prompts need 64 / 0.48 =
-    133.3 steps, each at least a decode round with V0's host bubble - longer than the prompts' prefill alone. The burst's
-    prefill is the longer of the two, its first tokens come on average after 65 / 128 of it (64 groups of one), and its
-    end to end is that prefill plus 199 rounds."""
+    133.3 steps, each at least a decode round with V0's host bubble - longer than the prompts' prefill alone. Every one of
+    those steps carries prompt tokens, so V0 launches it eagerly: 32 layers x 47 us = 1.504 ms more than a graphed decode
+    round. The burst's prefill is the longer of the two, its first tokens come on average after 65 / 128 of it (64
+    groups of one), and its end to end is that prefill plus 199 rounds."""
     body = {**BASE, "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm-v0", "input_tokens": 1000, "output_tokens": 200,
             "batch_size": 64}
     out, t = traced(body)
     assert t["srv_burst_admit_per_round"] == pytest.approx(480 / 1000) and t["srv_static_groups"] == 64
     alone = t["prefill_ms"] / 1000 * 64 / t["prefill_seqs"]
-    ramp = 64 / 0.48 * max(t["srv_round_op_s"], 0.48 * t["srv_ramp_prompt_s"])
+    eager = 32 * 47e-6
+    assert t["decode_cuda_graphs"] == 1 and t["srv_eager_mix_s"] == pytest.approx(eager, rel=1e-12)
+    ramp = 64 / 0.48 * max(t["srv_round_op_s"] + (1 - t["srv_mixed_share_op"]) * eager, 0.48 * t["srv_ramp_prompt_s"] + eager)
     assert ramp > alone and t["srv_static_prefill_s"] == pytest.approx(ramp, rel=1e-12)
     assert t["srv_ttft_op_s"] == pytest.approx(ramp * 65 / 128, rel=1e-12)
     assert t["srv_e2e_op_s"] == pytest.approx(ramp + 199 * t["srv_round_op_s"], rel=1e-12)
@@ -961,7 +964,8 @@ def test_vllm_v0_runs_the_steps_that_carry_prompt_chunks_eagerly():
     kernels from the host (47 us a layer, vllm-v0's decode_ungraphed_layer_us) although their decodes alone would replay a
     graph. Llama 3.1 8B on an H100, 64 clients with 2,000-token prompts: 32 layers x 47 us = 1.504 ms more in the share of
     rounds with prompts; the same request with mixed_steps_eager 0 lacks exactly that. vLLM V1 replays piecewise graphs in
-    mixed steps (0); TensorRT-LLM's PyTorch executor runs them eagerly too, at a per-layer cost not published (0 us)."""
+    mixed steps (0); TensorRT-LLM's PyTorch executor runs them eagerly too (can_run_cuda_graph needs no context request), at
+    the same borrowed 47 us a layer; its C++ runtime of 0.5-0.7 enqueues a TensorRT engine from native code (0)."""
     body = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "quantization": "bf16", "runtime": "vllm-v0",
             "input_tokens": 2000, "output_tokens": 200, "concurrent_users": 64}
     _, eager = traced(body)
@@ -976,4 +980,9 @@ def test_vllm_v0_runs_the_steps_that_carry_prompt_chunks_eagerly():
     assert forced["decode_cuda_graphs"] == 0 and forced["srv_round_op_s"] == pytest.approx(forced_graphed["srv_round_op_s"], rel=1e-12)
     v1 = traced({**body, "runtime": "vllm"})[1]
     assert rt("vllm", "mixed_steps_eager") == 0 and v1["srv_eager_mix_s"] == 0
-    assert rt("tensorrt-llm", "mixed_steps_eager") == 1 and rt("tensorrt-llm", "decode_ungraphed_layer_us") == 0
+    assert rt("tensorrt-llm", "mixed_steps_eager") == 1 and rt("tensorrt-llm", "decode_ungraphed_layer_us") == 47
+    _, trt = traced({**body, "runtime": "tensorrt-llm"})
+    _, trt_graphed = traced({**body, "runtime": "tensorrt-llm", "runtime_settings": {"mixed_steps_eager": 0}})
+    assert trt["decode_cuda_graphs"] == 1 and trt["srv_eager_mix_s"] == pytest.approx(32 * 47e-6, rel=1e-12)
+    assert trt["srv_round_op_s"] - trt_graphed["srv_round_op_s"] == pytest.approx(trt["srv_mixed_share_op"] * 32 * 47e-6, rel=1e-9)
+    assert rt("tensorrt-llm-mmha", "decode_ungraphed_layer_us") == 0

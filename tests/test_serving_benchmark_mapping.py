@@ -85,9 +85,11 @@ def test_perf_overview_record_maps_with_both_readings_printed():
     body, notes, why = fs.map_record(_record("nvidia/Llama-3.3-70B-Instruct-FP4"))
     assert why == ""
     assert body["kv_cache_quantization"] == "fp8"
-    assert body["runtime_settings"] == {"max_num_seqs": 512, "max_prefill_tokens": 2048}  # worked out above
+    # worked out above; 512 is also in the guide's graph list, so every decode batch up to it replays a graph
+    assert body["runtime_settings"] == {"max_num_seqs": 512, "max_prefill_tokens": 2048, "cuda_graph_max_seqs": 512}
     assert fs.CHECKPOINT_KV_READING in notes
     assert fs.TRTLLM_BENCH_READING.format(bs=512, tok=2048) in notes
+    assert fs.TRTLLM_GRAPHS_READING.format(n=512) in notes
     # A trtllm-bench run from another source (its own settings unknown) keeps the profile's defaults.
     other = _record("nvidia/Llama-3.3-70B-Instruct-FP4", source="https://example.org/blog")
     assert "runtime_settings" not in fs.map_record(other)[0]
@@ -204,3 +206,17 @@ def test_tgi_launcher_flags_set_the_router_limits():
     assert body["runtime_settings"] == {"max_prefill_tokens": 16384}
     body, _, _ = fs.map_record({**r, "engine_flags": "text-generation-launcher --num-shard 8"})
     assert "runtime_settings" not in body
+
+
+def test_perf_overview_graphs_stop_at_the_largest_listed_size_within_max_batch_size():
+    # llm_options.yml lists [1, 2, 4, ..., 256, 384, 512, 1024, 2048, 4096, 8192]; the engine skips sizes above its
+    # max_batch_size, so a run tuned to 768 sequences replays graphs up to 512 and 2304 up to 2048; 384 is listed.
+    sizes = fs.TRTLLM_GUIDE_GRAPH_SIZES
+    assert [max(b for b in sizes if b <= n) for n in (768, 2304, 384, 96)] == [512, 2048, 384, 64]
+    # DeepSeek R1 on 8 x H200 (DEP8): trtllm-bench tunes 384 a rank, which the list holds.
+    r = _record("deepseek-ai/DeepSeek-R1-0528", weights_dtype="fp8", kv_cache_dtype="fp8", gpu_canonical="H200-SXM-141GB", num_gpus=8,
+                tensor_parallel=8, input_tokens=1024, output_tokens=1024, id="x-DEP8-y",
+                source="https://github.com/NVIDIA/TensorRT-LLM/blob/x/docs/source/developer-guide/perf-overview.md")
+    body, notes, why = fs.map_record(r)
+    assert why == "" and body["runtime_settings"]["max_num_seqs"] == 384
+    assert body["runtime_settings"]["cuda_graph_max_seqs"] == 384
