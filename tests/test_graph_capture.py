@@ -54,3 +54,20 @@ def test_tgi_replays_graphs_up_to_32_sequences_and_launches_larger_batches_eager
     assert at40["decode_mb_seqs"] == 40 and at40["decode_cuda_graphs"] == 0
     assert at32["decode_overhead_s"] == pytest.approx(32 * 25e-6, rel=1e-9)
     assert at40["decode_overhead_s"] == pytest.approx(32 * (25 + 47) * 1e-6, rel=1e-9)
+
+
+@pytest.mark.parametrize("gpu, tp, cap", [("rtx_4090", 1, 24), ("l40s", 1, 32), ("h100_80", 1, 256), ("h100_80", 4, 512),
+                                          ("h200", 2, 256), ("b200", 1, 512)])
+def test_sglang_captures_by_gpu_memory_and_tensor_parallel_size(gpu, tp, cap):
+    """SGLang's cuda_graph_max_bs (server_args.py _handle_gpu_memory_settings): 24 / 32 / 256 / 512 at TP 1-2 below 35 /
+    60 / 160 GiB / above, 80 / 160 / 512 at TP 4 or more. A decode batch of cap sequences replays a graph; one of cap + 8
+    launches the 32 layers of Llama 3.1 8B eagerly: 32 x 47 us = 1.504 ms more fixed cost a step."""
+    body = {"gpu_key": gpu, "llm_key": "llama-3.1-8b", "quantization": "bf16", "runtime": "sglang",
+            "input_tokens": 64, "output_tokens": 64}
+    if tp > 1:
+        body.update(num_gpus=tp, inference_parallelism="tensor")
+    _, at = traced({**body, "concurrent_users": cap})
+    _, past = traced({**body, "concurrent_users": cap + 8})
+    assert at["decode_mb_seqs"] == cap and at["decode_cuda_graphs"] == 1
+    assert past["decode_mb_seqs"] == cap + 8 and past["decode_cuda_graphs"] == 0
+    assert past["decode_overhead_s"] - at["decode_overhead_s"] == pytest.approx(32 * 47e-6, rel=1e-9)
