@@ -41,7 +41,6 @@ def test_llama_cpp_on_rocm_captures_nothing_and_pays_no_cuda_launch_penalty():
     assert t["decode_overhead_s"] == pytest.approx(2892e-6, rel=1e-9)
 
 
-
 def test_tgi_replays_graphs_up_to_32_sequences_and_launches_larger_batches_eagerly():
     """text-generation-launcher captures decode graphs for 1, 2, 4, 8, 16 and 32 sequences (--cuda-graphs default);
     a decode batch of 40 runs eagerly. Llama 3.1 8B on an H100, 32 layers: graphed, 32 x 25 us = 800 us of fixed cost
