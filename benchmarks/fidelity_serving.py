@@ -23,8 +23,10 @@ reading is taken and printed beside the case):
   parallelism likewise; a run named DEP (attention data parallelism + expert parallelism), and a TensorRT-LLM
   1.0 MoE run whose note sets enable_attention_dp and --ep, -> ``inference_parallelism: expert``.
 - output throughput per GPU x GPUs = the deployment's; lengths "~20000 (+/-15%)" at their stated value;
-  a burst with a variable answer length (sonnet) at its mean (total output tokens / prompts); ShareGPT
-  (variable lengths, no totals) cannot be mapped.
+  a burst with a variable answer length (sonnet) at its mean (total output tokens / prompts), its throughput
+  over the time its longest answer takes - at least the answer of the source's one-prompt run, whose seeded
+  prompt opens every burst - on rounds that drain as the shorter answers end; ShareGPT (variable lengths, no
+  totals) cannot be mapped.
 - metrics compared: output (or total) throughput, TTFT, ITL (ITL mean, else TPOT mean, else medians),
   llama.cpp prompt / generation tokens/s, and a static batch's or single request's end-to-end latency.
 - a record that does not state its KV cache dtype is read with the checkpoint's (16-bit unless its
@@ -492,10 +494,58 @@ def comparisons(r: dict[str, Any], body: dict[str, Any], out: dict[str, Any]) ->
     return [(k, float(meas), float(est) if est is not None else float("nan")) for k, meas, est in pairs]
 
 
+#: A burst whose answers end at the model's EOS (vLLM benchmark_serving.py's sonnet set: max_tokens
+#: --sonnet-output-len, ignore_eos off) is over when its longest answer is; the benchmark divides every token generated
+#: by that duration. The rounds drain as the shorter answers end, and a round is a line in the sequences it runs
+#: (R(b) = a + c b, the serving model's own): over the longest answer's L - 1 rounds after the first tokens they cost
+#: a (L - 1) + c (total - n), with c = (ITL at n - ITL alone) / (n - 1) and a = ITL alone - c - for equal answers,
+#: (L - 1) x ITL at n, the estimate's own. The longest answer is at least the one the same source's one-prompt run
+#: generated: the script seeds its sampler (random.seed(args.seed), 0) so every burst opens with that prompt, and
+#: decodes greedily (temperature 0; TGI 0.01).
+LONGEST_ANSWER_READING = ("a burst lasts until its longest answer ends: at least {first} tokens, the answer of this source's "
+                          "one-prompt run, whose seeded prompt opens every burst (greedy) - its {total:,} tokens over the "
+                          "first token plus {first} - 1 rounds draining from {n} sequences as the shorter answers end")
+
+
+def first_answers(records: list[dict[str, Any]]) -> dict[str, int]:
+    """source -> tokens the answer of its one-prompt run held, for sources whose answers end at EOS (a record with
+    total output tokens and no fixed output length)."""
+    found: dict[str, int] = {}
+    for r in records:
+        if r.get("num_prompts") == 1 and r.get("output_tokens") is None and r.get("total_output_tokens"):
+            found[str(r.get("source"))] = int(r["total_output_tokens"])
+    return found
+
+
+def longest_answer_throughput(r: dict[str, Any], body: dict[str, Any], out: dict[str, Any],
+                              first: dict[str, int]) -> tuple[float, str] | None:
+    """(output tok/s, reading) of a burst of variable answers that ran at once, lasting until its longest answer
+    ends (LONGEST_ANSWER_READING); None where the record is no such burst or its source has no one-prompt run."""
+    n, total = body.get("batch_size", 1), r.get("total_output_tokens")
+    srv = out["serving"]
+    longest = first.get(str(r.get("source")), 0)
+    if (r.get("output_tokens") is not None or not total or n <= 1 or longest <= body["output_tokens"]
+            or srv["running_sequences"] < n or not srv["itl_ms"]):
+        return None  # a fixed answer length, no one-prompt run, or one no longer than the mean: the estimate's own
+    alone = vramplan.estimate_inference(dict(body, batch_size=1))["serving"]["itl_ms"]
+    duration_ms = drained_burst_ms(srv["ttft_ms"], srv["itl_ms"], alone, n, longest, int(total))
+    return total / duration_ms * 1000, LONGEST_ANSWER_READING.format(first=longest, total=int(total), n=n)
+
+
+def drained_burst_ms(ttft_ms: float, itl_n_ms: float, itl_alone_ms: float, n: int, longest: int, total: int) -> float:
+    """How long a burst of n answers, total tokens in all, runs until its longest answer (longest tokens) ends: its
+    first tokens, then longest - 1 rounds of a + c x (the answers still running), which add up to a (longest - 1) +
+    c (total - n), the line R(b) = a + c b through one sequence alone and all n."""
+    c = max(itl_n_ms - itl_alone_ms, 0.0) / (n - 1)
+    a = itl_alone_ms - c
+    return ttft_ms + a * (longest - 1) + c * max(total - n, 0)
+
+
 def run(cal_dir: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     data = yaml.safe_load((cal_dir / "published-serving.yaml").read_text())
     cases, unmapped = [], []
     fp8_kv = kv_readings(data["records"])
+    first = first_answers(data["records"])
     for r in data["records"]:
         body, notes, why = map_record(r, fp8_kv)
         if body is None:
@@ -506,7 +556,12 @@ def run(cal_dir: Path) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
         except vramplan.VramplanError as exc:
             unmapped.append((r["id"], f"the engine refused the request: {exc}"))
             continue
+        longest = longest_answer_throughput(r, body, out, first)
+        if longest:
+            notes.append(longest[1])
         for metric, measured, est in comparisons(r, body, out):
+            if metric == "output throughput" and longest:
+                est = longest[0]
             err = (est - measured) / measured if est == est else float("nan")
             cases.append({"id": r["id"], "runtime": body["runtime"], "metric": metric, "measured": measured,
                           "estimate": est, "error": err, "notes": notes, "limited_by": out["serving"]["limited_by"],

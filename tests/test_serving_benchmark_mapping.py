@@ -220,3 +220,31 @@ def test_perf_overview_graphs_stop_at_the_largest_listed_size_within_max_batch_s
     body, notes, why = fs.map_record(r)
     assert why == "" and body["runtime_settings"]["max_num_seqs"] == 384
     assert body["runtime_settings"]["cuda_graph_max_seqs"] == 384
+
+
+def test_a_drained_burst_runs_its_longest_answer_on_rounds_that_shrink():
+    # 16 answers, 936 tokens in all, the longest 85; the first tokens come after 200 ms; a round costs 44 ms for one
+    # sequence and 47 ms for all 16, so c = (47 - 44) / 15 = 0.2 ms a sequence and a = 44 - 0.2 = 43.8 ms.
+    # After the first tokens the longest answer runs 84 rounds: a x 84 = 3679.2 ms, plus c x every later token of
+    # every answer (936 - 16 = 920) = 184 ms -> 200 + 3679.2 + 184 = 4063.2 ms.
+    assert abs(fs.drained_burst_ms(200, 47, 44, 16, 85, 936) - 4063.2) < 1e-9
+    # Equal answers of 60 (960 tokens) never drain: 200 + 59 rounds at the 16-sequence 47 ms = 2973 ms.
+    assert abs(fs.drained_burst_ms(200, 47, 44, 16, 60, 960) - 2973.0) < 1e-9
+
+
+def test_the_one_prompt_run_of_a_source_bounds_its_bursts_longest_answer():
+    src = "https://github.com/dstackai/benchmarks/blob/x/result_vllm_short.csv"
+    one = {"id": "one", "source": src, "num_prompts": 1, "output_tokens": None, "total_output_tokens": 85}
+    burst = {"id": "b16", "source": src, "num_prompts": 16, "output_tokens": None, "total_output_tokens": 936}
+    fixed = {"id": "f", "source": "other", "num_prompts": 1, "output_tokens": 128, "total_output_tokens": 128}
+    assert fs.first_answers([one, burst, fixed]) == {src: 85}
+    out = {"serving": {"running_sequences": 16, "itl_ms": 47.0, "ttft_ms": 200.0}}
+    body = {"batch_size": 16, "output_tokens": 58}
+    # A fixed answer length, a source without a one-prompt run, and a first answer no longer than the mean keep the
+    # estimate's own throughput (None: nothing to re-read, and no second estimate is made).
+    assert fs.longest_answer_throughput(dict(burst, output_tokens=58), body, out, {src: 85}) is None
+    assert fs.longest_answer_throughput(burst, body, out, {}) is None
+    assert fs.longest_answer_throughput(burst, body, out, {src: 58}) is None
+    # A burst the runtime did not take at once (fewer running than sent) is not a drained burst either.
+    queued = {"serving": dict(out["serving"], running_sequences=12)}
+    assert fs.longest_answer_throughput(burst, body, queued, {src: 85}) is None
