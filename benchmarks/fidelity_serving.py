@@ -129,7 +129,8 @@ def _weights(r: dict[str, Any]) -> tuple[str | None, str | None]:
 #: NVFP4, Qwen3-30B-A3B NVFP4, Qwen3-235B-A22B FP8), matched exactly by accuracy_core.get_hypothesis_testing_params.
 #: The Llama 3.1 8B / 3.3 70B / 3.1 405B FP8 checkpoints do not: their model cards say only the linear operators'
 #: weights and activations are quantized, and the same tests find them under ``quant_algo: FP8`` with no KV entry
-#: (the 8B test sets ``KvCacheConfig(dtype="fp8")`` itself to get an FP8 cache).
+#: (the 8B test sets ``KvCacheConfig(dtype="fp8")`` itself to get an FP8 cache). A table whose runs of them only an
+#: 8-bit cache explains set it in its harness (kv_readings, HARNESS_READING).
 CHECKPOINT_FP8_KV = {
     "nvidia/Llama-3.3-70B-Instruct-FP4", "nvidia/Qwen3-30B-A3B-FP4", "nvidia/Qwen3-235B-A22B-FP8",
     "nvidia/Llama-4-Maverick-17B-128E-Instruct-FP8",
@@ -446,10 +447,22 @@ def _static_session(body: dict[str, Any], notes: list[str]) -> None:
         notes.append(STATIC_SESSION_READING.format(n=body["batch_size"], frac=frac, c=int(c)))
 
 
+#: A checkpoint whose quantization config sets no 8-bit cache (its model card: "only the weights and activations of the
+#: linear operators within transformers blocks are quantized"; TensorRT-LLM's own tests set
+#: ``kv_cache_quant_algo = FP8`` by hand to get one) that ran with an 8-bit cache was given it by the harness
+#: (KvCacheConfig dtype / --kv_cache_dtype fp8), which ran every checkpoint of the table: its other FP8 checkpoints that
+#: carry no cache dtype of their own are read the same.
+HARNESS_READING = ("KV dtype not stated: {checkpoint}, whose checkpoint sets no KV quantization, ran in this table with an "
+                   "8-bit cache (its 16-bit ceiling), so the table's harness set the cache dtype - read so for its FP8 "
+                   "checkpoints that carry none: fp8 KV cache")
+
+
 def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """(source, checkpoint) -> reading, for the checkpoints of a source with a run that 16-bit keys and values
     cannot explain (its measured output above ``bandwidth_bound`` at the 16-bit reading): the source ran that
-    checkpoint with one cache dtype, so all its runs there are read with an 8-bit cache."""
+    checkpoint with one cache dtype, so all its runs there are read with an 8-bit cache. Where that checkpoint's own
+    config sets no 8-bit cache, the source's harness set it, and the source's other FP8 checkpoints without a cache
+    dtype of their own are read with it too (HARNESS_READING)."""
     found: dict[tuple[str, str], str] = {}
     for r in records:
         key = (str(r.get("source")), str(r.get("model")))
@@ -463,6 +476,14 @@ def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
         if bound and measured > bound[0]:
             found[key] = BOUND_READING.format(id=r["id"], bound=bound[0], n=bound[1], frac=BOUND_MEMORY_FRACTION, bw=bound[2],
                                               measured=measured)
+    for (source, checkpoint) in list(found):
+        if checkpoint in CHECKPOINT_FP8_KV:
+            continue  # the checkpoint's own cache dtype: nothing said of the harness
+        for r in records:
+            key = (str(r.get("source")), str(r.get("model")))
+            if (key[0] == source and key not in found and not r.get("kv_cache_dtype") and key[1] not in CHECKPOINT_FP8_KV
+                    and str(r.get("weights_dtype") or "").lower().startswith("fp8")):
+                found[key] = HARNESS_READING.format(checkpoint=checkpoint)
     return found
 
 

@@ -124,6 +124,29 @@ def test_a_run_beyond_its_16_bit_ceiling_reads_every_run_of_its_checkpoint_with_
     assert "kv_cache_quantization" not in fs.map_record(elsewhere, readings)[0]
 
 
+
+def test_a_harness_that_set_an_8_bit_cache_set_it_for_the_tables_other_fp8_checkpoints():
+    # The 8B FP8 checkpoint sets no KV quantization, yet its 1000/1000 H100 run (15,220 tok/s) is beyond the ~14,700 a
+    # bf16 cache allows: the table's harness set an FP8 cache. The table's 70B FP8 run (nothing beyond its own 16-bit
+    # ceiling) is read with it too; its 70B FP4 run (not FP8 weights; its checkpoint carries FP8 itself) gets no harness
+    # reading, nor does a 70B FP8 run of another source.
+    fast = _record("nvidia/Llama-3.1-8B-Instruct-FP8", id="fast", weights_dtype="fp8", gpu_canonical="H100-SXM-80GB",
+                   metrics={"output_throughput_tok_s": 15220})
+    big = _record("nvidia/Llama-3.3-70B-Instruct-FP8", id="big", weights_dtype="fp8", gpu_canonical="H200-SXM-141GB",
+                  metrics={"output_throughput_tok_s": 2909})
+    fp4 = _record("nvidia/Llama-3.3-70B-Instruct-FP4", id="fp4", metrics={"output_throughput_tok_s": 7007})
+    other = dict(big, id="other", source="https://example.org/other")
+    readings = fs.kv_readings([fast, big, fp4, other])
+    assert set(readings) == {(fast["source"], "nvidia/Llama-3.1-8B-Instruct-FP8"), (big["source"], "nvidia/Llama-3.3-70B-Instruct-FP8")}
+    assert readings[(big["source"], "nvidia/Llama-3.3-70B-Instruct-FP8")] == fs.HARNESS_READING.format(
+        checkpoint="nvidia/Llama-3.1-8B-Instruct-FP8")
+    body, notes, _ = fs.map_record(big, readings)
+    assert body["kv_cache_quantization"] == "fp8" and fs.HARNESS_READING.format(checkpoint="nvidia/Llama-3.1-8B-Instruct-FP8") in notes
+    assert not any("harness" in n for n in fs.map_record(fp4, readings)[1])
+    assert "kv_cache_quantization" not in fs.map_record(other, readings)[0]
+    # Without the 8B run nothing says the harness set a cache dtype: the 70B keeps its checkpoint's.
+    assert fs.kv_readings([big, fp4, other]) == {}
+
 def test_enforce_eager_maps_to_no_captured_graph():
     # dstack's MI300X runs: benchmark_throughput.py ... --enforce-eager: vLLM captures no graph at all.
     r = _record("meta-llama/Llama-3.1-405B-FP8", runtime="vllm", runtime_version="0.6.3", weights_dtype="fp8",
