@@ -55,6 +55,23 @@ def test_tgi_replays_graphs_up_to_32_sequences_and_launches_larger_batches_eager
     assert at40["decode_overhead_s"] == pytest.approx(32 * (25 + 47) * 1e-6, rel=1e-9)
 
 
+def test_tensorrt_llm_without_padding_replays_graphs_only_up_to_32_sequences():
+    """TensorRT-LLM's default CudaGraphConfig (no enable_padding) captures 1-32, 64 and 128 and pads no batch up to
+    them: a decode batch of 33 (or 50, or 100) runs eagerly, taken as every batch past 32. Llama 3.1 8B on an H100, 32
+    layers: at 32 clients 32 x 25 us = 800 us of fixed cost a step; at 33, 32 x (25 + 47) = 2,304 us; the same 33 on a
+    deployment that pads up to 128 (runtime_settings cuda_graph_max_seqs 128, as enable_padding gives) replays - 800 us."""
+    assert rt("tensorrt-llm", "cuda_graph_max_seqs") == 32 and rt("tensorrt-llm", "decode_ungraphed_layer_us") == 47
+    body = {**BASE, "gpu_key": "h100_80", "runtime": "tensorrt-llm"}
+    _, at32 = traced({**body, "concurrent_users": 32})
+    _, at33 = traced({**body, "concurrent_users": 33})
+    _, padded = traced({**body, "concurrent_users": 33, "runtime_settings": {"cuda_graph_max_seqs": 128}})
+    assert at32["decode_mb_seqs"] == 32 and at32["decode_cuda_graphs"] == 1
+    assert at33["decode_mb_seqs"] == 33 and at33["decode_cuda_graphs"] == 0 and padded["decode_cuda_graphs"] == 1
+    assert at32["decode_overhead_s"] == pytest.approx(32 * 25e-6, rel=1e-9)
+    assert at33["decode_overhead_s"] == pytest.approx(32 * (25 + 47) * 1e-6, rel=1e-9)
+    assert padded["decode_overhead_s"] == pytest.approx(32 * 25e-6, rel=1e-9)
+
+
 @pytest.mark.parametrize("gpu, tp, cap", [("rtx_4090", 1, 24), ("l40s", 1, 32), ("h100_80", 1, 256), ("h100_80", 4, 512),
                                           ("h200", 2, 256), ("b200", 1, 512)])
 def test_sglang_captures_by_gpu_memory_and_tensor_parallel_size(gpu, tp, cap):

@@ -981,8 +981,9 @@ def test_vllm_v0_runs_the_steps_that_carry_prompt_chunks_eagerly():
     v1 = traced({**body, "runtime": "vllm"})[1]
     assert rt("vllm", "mixed_steps_eager") == 0 and v1["srv_eager_mix_s"] == 0
     assert rt("tensorrt-llm", "mixed_steps_eager") == 1 and rt("tensorrt-llm", "decode_ungraphed_layer_us") == 47
-    _, trt = traced({**body, "runtime": "tensorrt-llm"})
-    _, trt_graphed = traced({**body, "runtime": "tensorrt-llm", "runtime_settings": {"mixed_steps_eager": 0}})
+    # (a deployment that pads its decode batches up to 128 captured sequences, enable_padding: the 64 replay a graph)
+    _, trt = traced({**body, "runtime": "tensorrt-llm", "runtime_settings": {"cuda_graph_max_seqs": 128}})
+    _, trt_graphed = traced({**body, "runtime": "tensorrt-llm", "runtime_settings": {"cuda_graph_max_seqs": 128, "mixed_steps_eager": 0}})
     assert trt["decode_cuda_graphs"] == 1 and trt["srv_eager_mix_s"] == pytest.approx(32 * 47e-6, rel=1e-12)
     assert trt["srv_round_op_s"] - trt_graphed["srv_round_op_s"] == pytest.approx(trt["srv_mixed_share_op"] * 32 * 47e-6, rel=1e-9)
     assert rt("tensorrt-llm-mmha", "decode_ungraphed_layer_us") == 0
