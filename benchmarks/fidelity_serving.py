@@ -452,9 +452,9 @@ def _static_session(body: dict[str, Any], notes: list[str]) -> None:
 #: ``kv_cache_quant_algo = FP8`` by hand to get one) that ran with an 8-bit cache was given it by the harness
 #: (KvCacheConfig dtype / --kv_cache_dtype fp8), which ran every checkpoint of the table: its other FP8 checkpoints that
 #: carry no cache dtype of their own are read the same.
-HARNESS_READING = ("KV dtype not stated: {checkpoint}, whose checkpoint sets no KV quantization, ran in this table with an "
-                   "8-bit cache (its 16-bit ceiling), so the table's harness set the cache dtype - read so for its FP8 "
-                   "checkpoints that carry none: fp8 KV cache")
+HARNESS_READING = ("KV dtype not stated: {checkpoint}, whose checkpoint sets no KV quantization, ran in this table beyond "
+                   "what a 16-bit cache allows, so the table's harness set an 8-bit one - read so for its FP8 checkpoints "
+                   "that carry none: fp8 KV cache")
 
 
 def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
