@@ -124,7 +124,6 @@ def test_a_run_beyond_its_16_bit_ceiling_reads_every_run_of_its_checkpoint_with_
     assert "kv_cache_quantization" not in fs.map_record(elsewhere, readings)[0]
 
 
-
 def test_a_harness_that_set_an_8_bit_cache_set_it_for_the_tables_other_fp8_checkpoints():
     # The 8B FP8 checkpoint sets no KV quantization, yet its 1000/1000 H100 run (15,220 tok/s) is beyond the ~14,700 a
     # bf16 cache allows: the table's harness set an FP8 cache. The table's 70B FP8 run (nothing beyond its own 16-bit
@@ -146,6 +145,7 @@ def test_a_harness_that_set_an_8_bit_cache_set_it_for_the_tables_other_fp8_check
     assert "kv_cache_quantization" not in fs.map_record(other, readings)[0]
     # Without the 8B run nothing says the harness set a cache dtype: the 70B keeps its checkpoint's.
     assert fs.kv_readings([big, fp4, other]) == {}
+
 
 def test_enforce_eager_maps_to_no_captured_graph():
     # dstack's MI300X runs: benchmark_throughput.py ... --enforce-eager: vLLM captures no graph at all.
