@@ -190,6 +190,12 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "gpu_unified": ("flag", "unified memory (Apple silicon, Grace, DGX Spark)"),
     "ic_bw_gb_s": ("GB/s", "GPU-to-GPU link bandwidth per direction"),
     "ic_latency_us": ("us", "GPU-to-GPU link latency"),
+    **{f"ic_{proto}_{part}": (unit, f"NCCL ring collectives, {label} protocol: {what} (the interconnect's nccl_ring table; "
+                                    f"without it {fallback})")
+       for proto, label in (("ll", "LL"), ("ll128", "LL128"), ("simple", "Simple"))
+       for part, unit, what, fallback in (("base_us", "us", "base latency of one collective", "0"),
+                                          ("step_us", "us", "latency of one ring step", "the link's latency_us"),
+                                          ("bus_gb_s", "GB/s", "bus bandwidth reached", "the link's bandwidth_gb_s"))},
     "ic_p2p": ("flag", "the GPUs load from each other's memory over NVLink / NVSwitch (what custom all-reduce kernels need)"),
     "host_bw_gb_s": ("GB/s", "GPU-to-host link bandwidth per direction"),
     "offload_bw_gb_s": ("GB/s", "bandwidth of the offload target path"),
@@ -484,12 +490,23 @@ def gpu_vars(gpu: dict[str, Any], memory_gib: float, interconnect: dict[str, Any
         "gpu_tdp_w": gpu["tdp_w"], "gpu_unified": int(bool(gpu.get("unified_memory_gib"))),
         "ic_bw_gb_s": interconnect["bandwidth_gb_s"], "ic_latency_us": interconnect["latency_us"],
         "ic_p2p": int(interconnect.get("kind") in ("nvlink", "nvswitch")),
+        **nccl_ring_vars(interconnect),
         # Unified memory: "offloaded" data stays in the same memory the GPU reads.
         "host_bw_gb_s": gpu["memory_bandwidth_gb_s"] if (not host_link or gpu.get("unified_memory_gib"))
         else host_link["bandwidth_gb_s"],
         "gpu_fp32_tflops": float(gpu.get("fp32_tflops") or _tflops_16(gpu)),
         "gpu_cc": _compute_capability(gpu), "gpu_hip": 1.0 if gpu["vendor"] == "amd" else 0.0, "gpu_sm_count": float(gpu.get("sm_count") or 0),
     }
+
+
+def nccl_ring_vars(interconnect: dict[str, Any]) -> dict[str, float]:
+    """NCCL's cost line of each ring protocol over this link (formulas/performance/collectives.yaml): the
+    interconnect's nccl_ring table, or - for a link NCCL's model does not cover - the link's own latency a step and
+    bandwidth for all three, which makes the protocol choice moot."""
+    ring = interconnect.get("nccl_ring")
+    plain = {"base_us": 0.0, "step_us": float(interconnect["latency_us"]), "bus_gb_s": float(interconnect["bandwidth_gb_s"])}
+    return {f"ic_{proto}_{part}": float((ring[proto] if ring else plain)[part])
+            for proto in ("ll", "ll128", "simple") for part in ("base_us", "step_us", "bus_gb_s")}
 
 
 def kv_is_fp8(fmt: dict[str, Any]) -> bool:

@@ -700,9 +700,11 @@ def test_temperature_sampling_is_a_runtime_setting_that_streams_more_per_row():
 def test_tensor_parallel_all_reduces_use_the_runtimes_custom_kernel_on_nvlink_and_nccl_elsewhere():
     """Llama 3 70B (80 layers, hidden 8192) over 8 H100s on NVSwitch, one user: vLLM's custom all-reduce takes 5 us
     whatever the GPU count and moves the hidden state at half the 450 GB/s link - 2 x 7/8 x 16,384 B / 225e9 = 127.43 ns
-    a token; 160 all-reduces a step = 160 x (5 us + 0.12743 us) = 820.39 us. TGI all-reduces through NCCL: a ring of
-    2 x 7 = 14 hops of 3.4 us = 47.6 us at the full link (63.72 ns a token) = 160 x 47.664 us = 7.626 ms. Four L40S on
-    PCIe have no NVLink peer loads: vLLM falls back to NCCL, 2 x 3 hops x 5.7 us = 34.2 us."""
+    a token; 160 all-reduces a step = 160 x (5 us + 0.12743 us) = 820.39 us. TGI all-reduces through NCCL, whose cost
+    model (tuning.cc) runs a 16 KB message on LL: 6.6 us base + 2 x 7 steps x 0.6 us = 15.0 us, the 28,672 bus bytes at
+    LL's 141 GB/s (Hopper's cap) = 203.35 ns - against Simple's 8.4 + 14 x 3.4 = 56.0 us and LL128's 40.6 us; 160 x
+    15.203 us = 2.433 ms. Four L40S on PCIe have no NVLink peer loads and no NCCL table here: vLLM falls back to NCCL at
+    the link's 5.7 us a step, 2 x 3 x 5.7 = 34.2 us."""
     body = {"gpu_key": "h100_80", "llm_key": "llama-3-70b", "quantization": "bf16", "num_gpus": 8,
             "inference_parallelism": "tensor", "input_tokens": 512, "output_tokens": 128}
     _, v = traced({**body, "runtime": "vllm"})
@@ -712,9 +714,10 @@ def test_tensor_parallel_all_reduces_use_the_runtimes_custom_kernel_on_nvlink_an
     assert v["decode_tp_comm_s"] == pytest.approx(160 * (5e-6 + 2 * 7 / 8 * 16384 / 225e9), rel=1e-9)
     assert v["decode_tp_comm_s"] == pytest.approx(820.39e-6, abs=0.01e-6)
     _, g = traced({**body, "runtime": "tgi"})
-    assert g["allreduce_custom"] == 0
-    assert g["allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
-    assert g["decode_tp_comm_s"] == pytest.approx(160 * (47.6e-6 + 2 * 7 / 8 * 16384 / 450e9), rel=1e-9)
+    assert g["allreduce_custom"] == 0 and g["ring_proto"] == 1
+    assert g["allreduce_latency_s"] == pytest.approx(6.6e-6 + 14 * 0.6e-6, rel=1e-12)
+    assert g["decode_tp_comm_s"] == pytest.approx(160 * (15.0e-6 + 2 * 7 / 8 * 16384 / 141e9), rel=1e-9)
+    assert g["decode_tp_comm_s"] == pytest.approx(2.4325e-3, abs=0.001e-3)
     _, pcie = traced({**body, "gpu_key": "l40s", "num_gpus": 4, "quantization": "fp8", "runtime": "vllm"})
     assert pcie["allreduce_custom"] == 0 and pcie["allreduce_latency_s"] == pytest.approx(6 * 5.7e-6, rel=1e-12)
 
@@ -722,7 +725,9 @@ def test_tensor_parallel_all_reduces_use_the_runtimes_custom_kernel_on_nvlink_an
 def test_a_decode_step_too_large_for_the_custom_kernel_all_reduces_through_nccl():
     """vLLM's custom kernel takes messages up to 8 MiB (hidden 8192 x 2 bytes = 16 KiB a token): one user's 128-token
     prompt (2 MiB) and decode step stay on it; a burst of 256 decodes (4 MiB) too, but its prompts are prefilled in passes
-    of 8192 tokens (128 MiB), which go to NCCL's ring; 1024 decodes (16 MiB) go to NCCL as well."""
+    of 8192 tokens (128 MiB), which go to NCCL - on Simple (56.0 us + 8192 x 28,672 B / 370.8 GB/s = 689.5 us, against
+    LL128's 40.6 us + 8192 x 28,672 B / 341.136 GB/s = 729.1 us); 1024 decodes (16 MiB) go to NCCL as well, on LL128
+    (40.6 + 86.1 = 126.7 us against Simple's 56.0 + 79.2 = 135.2 us)."""
     body = {"gpu_key": "h100_80", "llm_key": "llama-3-70b", "quantization": "fp8", "num_gpus": 8,
             "inference_parallelism": "tensor", "runtime": "vllm", "kv_cache_quantization": "fp8",
             "input_tokens": 128, "output_tokens": 128}
@@ -731,10 +736,13 @@ def test_a_decode_step_too_large_for_the_custom_kernel_all_reduces_through_nccl(
     _, burst = traced({**body, "batch_size": 256})
     assert burst["decode_mb_seqs"] == 256 and 256 * 8192 * 2 == 4 * 2 ** 20 and burst["allreduce_custom"] == 1
     assert burst["prompt_tokens"] / burst["prefill_chunks"] == 8192 and burst["prefill_allreduce_custom"] == 0
-    assert burst["prefill_allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
+    assert burst["prefill_ring_proto"] == 3
+    assert burst["prefill_allreduce_latency_s"] == pytest.approx(8.4e-6 + 14 * 3.4e-6, rel=1e-12)
+    assert burst["prefill_allreduce_token_s"] == pytest.approx(2 * 7 / 8 * 16384 / 370.8e9, rel=1e-12)
     _, large = traced({**body, "batch_size": 1024, "runtime_settings": {"max_num_seqs": 1024}})
-    assert large["decode_mb_seqs"] == 1024
-    assert large["allreduce_custom"] == 0 and large["allreduce_latency_s"] == pytest.approx(14 * 3.4e-6, rel=1e-12)
+    assert large["decode_mb_seqs"] == 1024 and large["ring_proto"] == 2
+    assert large["allreduce_custom"] == 0 and large["allreduce_latency_s"] == pytest.approx(14e-6 + 14 * 1.9e-6, rel=1e-12)
+    assert large["allreduce_token_s"] == pytest.approx(2 * 7 / 8 * 16384 / (0.92 * 18 * 20.6e9), rel=1e-12)
 
 
 def test_tensorrt_llms_custom_all_reduce_takes_16_mb_over_two_gpus_and_8_mb_beyond():
@@ -755,20 +763,21 @@ def test_tensorrt_llms_custom_all_reduce_takes_16_mb_over_two_gpus_and_8_mb_beyo
 
 def test_the_sustainable_rate_pays_the_all_reduce_path_of_the_caps_batch_whatever_the_rate_asked():
     """Llama 3.3 70B over 8 H100s under vLLM, 200 + 2000 tokens: the cap is max_num_seqs' 1024 sequences, whose decode
-    step all-reduces 1024 x 8192 x 2 = 16 MiB - NCCL's ring (2 x 7 hops x 3.4 us), not the 8 MiB custom kernel (5 us,
-    half the link's rate) a light load's batch uses. The rounds that set the capacity run the cap's batch at every
-    rate: 2 x 80 all-reduces x (47.6 - 5) us = 6.816 ms more a round than the light load's, and each sequence's
-    all-reduce bytes at the full link rate. Before, at 90% of the rate the capacity read 6.40 requests/s, under the
-    6.71 the warning gave, and the load was reported past capacity."""
+    step all-reduces 1024 x 8192 x 2 = 16 MiB - NCCL, not the 8 MiB custom kernel (5 us, half the link's rate) a light
+    load's batch uses, and on NCCL's LL128 line (14 + 2 x 7 x 1.9 = 40.6 us; 0.92 x 18 x 20.6 = 341.136 GB/s). The rounds
+    that set the capacity run the cap's batch at every rate: 2 x 80 all-reduces x (40.6 - 5) us = 5.696 ms more a round
+    than the light load's, and each sequence's all-reduce bytes at LL128's rate instead of the kernel's. Before, at 90%
+    of the rate the capacity read 6.40 requests/s, under the 6.71 the warning gave, and the load was reported past
+    capacity."""
     body = {"gpu_key": "h100_80", "llm_key": "llama-3.3-70b-instruct", "quantization": "bf16", "num_gpus": 8,
             "inference_parallelism": "tensor", "runtime": "vllm", "input_tokens": 200, "output_tokens": 2000}
     _, full = traced({**body, "request_rate": 1e6})
     assert full["srv_n_cap"] == 1024 and full["allreduce_custom"] == 0
     _, light = traced({**body, "request_rate": full["srv_capacity_seq_rate"] / 10})
-    assert light["allreduce_custom"] == 1 and light["allreduce_custom_cap"] == 0
-    assert light["srv_fixed_cap_s"] - light["srv_fixed_s"] == pytest.approx(2 * 80 * (14 * 3.4e-6 - 5e-6), rel=1e-9)
-    ring_token = light["ring_allreduce_token_s"]
-    assert light["srv_comm_token_s"] - light["srv_comm_token_cap_s"] == pytest.approx(2 * 80 * (ring_token / 0.5 - ring_token), rel=1e-9)
+    assert light["allreduce_custom"] == 1 and light["allreduce_custom_cap"] == 0 and light["ring_proto_cap"] == 2
+    assert light["srv_fixed_cap_s"] - light["srv_fixed_s"] == pytest.approx(2 * 80 * (40.6e-6 - 5e-6), rel=1e-9)
+    kernel, ll128 = 2 * 7 / 8 * 16384 / (0.5 * 450e9), 2 * 7 / 8 * 16384 / 341.136e9
+    assert light["srv_comm_token_s"] - light["srv_comm_token_cap_s"] == pytest.approx(2 * 80 * (kernel - ll128), rel=1e-9)
     assert light["srv_capacity_seq_rate"] == pytest.approx(full["srv_capacity_seq_rate"], rel=1e-9)
     near, _ = traced({**body, "request_rate": 0.97 * full["srv_capacity_seq_rate"]})
     assert near["serving"]["ttft_ms"] is not None and near["serving"]["limited_by"] == "arrival_rate"
