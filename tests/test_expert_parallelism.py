@@ -105,6 +105,31 @@ def test_one_decode_step_reads_the_rank_weights_and_exchanges_hidden_states_arou
     assert dep["srv_round_one_s"] == pytest.approx(step, rel=1e-9)
 
 
+def test_a_burst_prefills_each_rank_own_prompts_in_its_own_passes():
+    # 64 prompts of 1024 tokens sent at once (batch_size 64) to 4 attention-DP ranks, vLLM's 8,192-token step budget
+    # (H100 80 GB): 65,536 prompt tokens = 8 chunks in all, but each rank prefills its own 16 prompts, 16,384 tokens
+    # = 2 passes, the four ranks side by side. The weights a rank reads once a pass are read 2 times, not 8.
+    _, dep = traced(num_gpus=4, inference_parallelism="expert", batch_size=64)
+    _, one = traced(batch_size=64)
+    assert dep["rt_max_prefill_tokens"] == 8192 and dep["prefill_seqs"] == 64
+    assert dep["prompt_tokens"] == 65_536 and dep["prefill_chunks"] == 8
+    assert dep["prefill_rank_share"] == 16 / 64 and dep["prefill_passes"] == 2
+    # one GPU has no ranks: its passes are its chunks
+    assert one["prefill_passes"] == one["prefill_chunks"] == 8
+    # what a pass reads on a rank: its layers, 423,708,672 less the other ranks' 3/4 x 402,653,184 = 121,718,784
+    # bytes, and the head, 65,536,000 (the embedding is a lookup) - 187,254,784 bytes, twice, at H100's 3,350 GB/s
+    # x the decode kernels' efficiency
+    assert dep["gpu_weights_total_bytes"] == 187_254_784
+    assert dep["gpu_bw_gb_s"] == 3350
+    assert dep["prefill_weight_read_s"] == pytest.approx(
+        2 * 187_254_784 / (3350e9 * dep["eff_decode_bw"]), rel=1e-12)
+    # the all-gather / reduce-scatter latency once a layer and pass of the rank: 4 MoE layers x 2 passes
+    assert dep["prefill_comm_s"] == pytest.approx(
+        4 * (2 * dep["prefill_dep_latency_s"] + 65_536 * dep["prefill_dep_token_s"]), rel=1e-12)
+    # a step's worth of prompt work is the rank's pass: prefill_ms over 2, not over 8
+    assert dep["srv_chunk_s"] == pytest.approx(dep["prefill_ms"] / 1000 / 2, rel=1e-12)
+
+
 def test_tensorrt_llm_gathers_fp8_hidden_states_for_fp8_weights():
     _, v = traced(num_gpus=4, inference_parallelism="expert", runtime="tensorrt-llm", quantization="fp8")
     # FP8 gather (1 byte) + bf16 reduce-scatter (2), one sequence's on NCCL's LL line (141 GB/s): 4 x 3/4 x 1024 x 3 / 141e9
