@@ -31,7 +31,10 @@ Three checkpoint families say it, each matched with its own loader's semantics:
 The module names are the ones transformers' modeling code gives a decoder (``model.layers.{i}.self_attn.q_proj``,
 ``model.layers.{i}.mlp.gate_proj``, an MoE layer's ``mlp.experts`` / ``mlp.gate`` or gpt-oss's ``mlp.router``,
 ``model.embed_tokens``, ``lm_head``). An MoE layer's experts are one module here (vLLM's FusedMoE prefix
-``model.layers.{i}.mlp.experts``): a list naming single experts does not reach them.
+``model.layers.{i}.mlp.experts``): a list naming single experts does not reach them. Nemotron-H names its decoder
+``backbone`` and each block's one module ``mixer`` (``backbone.layers.{i}.mixer.q_proj``, a Mamba2 block's
+``mixer.in_proj`` / ``mixer.out_proj``, an MoE block's ``mixer.experts`` / ``mixer.shared_experts`` / ``mixer.gate``,
+``backbone.embeddings``), as transformers' modeling_nemotron_h.py and vLLM's nemotron_h.py do.
 """
 
 from __future__ import annotations
@@ -84,6 +87,9 @@ _ATTN = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "
 #: transformers' MLA attention names (models/deepseek_v3/modeling_deepseek_v3.py) by the engine's roles.
 _ATTN_MLA = {"q_proj": "attn_q", "kv_a_proj_with_mqa": "attn_k", "kv_b_proj": "attn_v", "o_proj": "attn_output"}
 _DENSE = {"gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+#: The token embedding's module name: transformers' ``model.embed_tokens``, Nemotron-H's ``backbone.embeddings``.
+_EMBEDDING = {False: "model.embed_tokens", True: "backbone.embeddings"}
+_LAYER = re.compile(r"(?:model|backbone)\.layers\.(\d+)\.(.+)$")
 #: Families whose MoE block is ``block_sparse_moe`` (transformers models/mixtral, minimax, phimoe).
 _BLOCK_SPARSE = ("mixtral", "minimax", "phimoe", "kimi_linear")  # Kimi K3's checkpoint: layers.N.block_sparse_moe
 
@@ -173,18 +179,28 @@ def _modules(a: Architecture) -> list[tuple[str, dict[str, float]]]:
     attn_layers = [i for i, t in enumerate(kinds) if t in ("full", "sliding", "cross")]
     moe = set(a.moe_layers) if a.is_moe else set()
     dense_layers = [i for i in range(a.num_layers) if i not in moe]
-    out: list[tuple[str, dict[str, float]]] = [("model.embed_tokens", {"token_embd": roles["token_embd"]}),
+    # Nemotron-H (transformers modeling_nemotron_h.py, vLLM nemotron_h.py): the decoder is ``backbone``, its embedding
+    # ``backbone.embeddings``, and every block holds one ``mixer`` - attention, Mamba2, MLP or MoE
+    nemotron_h = a.model_type == "nemotron_h"
+    layers = "backbone.layers" if nemotron_h else "model.layers"
+    out: list[tuple[str, dict[str, float]]] = [(_EMBEDDING[nemotron_h], {"token_embd": roles["token_embd"]}),
                                               ("lm_head", {"output": roles["output"]})]
     names = _ATTN_MLA if a.is_mla else _ATTN
+    attn = "mixer" if nemotron_h else "self_attn"
     for i in attn_layers:
         for proj, role in names.items():
-            out.append((f"model.layers.{i}.self_attn.{proj}", {role: roles[role] / len(attn_layers)}))
+            out.append((f"{layers}.{i}.{attn}.{proj}", {role: roles[role] / len(attn_layers)}))
+    if nemotron_h and a.recurrent_kind == "mamba2":  # NemotronHMamba2Mixer: in_proj (x, z, B, C, dt), out_proj
+        mamba_layers = [i for i, t in enumerate(kinds) if t == "recurrent"]
+        for i in mamba_layers:
+            out.append((f"{layers}.{i}.mixer.in_proj", {"ssm_in": roles["ssm_in"] / len(mamba_layers)}))
+            out.append((f"{layers}.{i}.mixer.out_proj", {"ssm_out": roles["ssm_out"] / len(mamba_layers)}))
     if a.recurrent_kind == "kda":  # Kimi Delta Attention's projections are its self_attn's (Kimi Linear, Kimi K3)
         kda_layers = [i for i, t in enumerate(kinds) if t == "recurrent"]
         for i in kda_layers:
             out.append((f"model.layers.{i}.self_attn.in_proj", {"ssm_in": roles["ssm_in"] / len(kda_layers)}))
             out.append((f"model.layers.{i}.self_attn.o_proj", {"ssm_out": roles["ssm_out"] / len(kda_layers)}))
-    block = "block_sparse_moe" if a.model_type in _BLOCK_SPARSE else "mlp"
+    block = "mixer" if nemotron_h else "block_sparse_moe" if a.model_type in _BLOCK_SPARSE else "mlp"
     router = "router" if a.model_type == "gpt_oss" else "gate"
     widths = [a.ffn_sizes[i] if a.ffn_sizes else a.dense_intermediate_size or a.intermediate_size
               for i in range(a.num_layers)]
@@ -194,15 +210,15 @@ def _modules(a: Architecture) -> list[tuple[str, dict[str, float]]]:
         for proj, role in _DENSE.items():
             if role == "ffn_gate" and not a.gated_mlp:
                 continue
-            out.append((f"model.layers.{i}.mlp.{proj}", {role: widths[i] * h}))
+            out.append((f"{layers}.{i}.{block}.{proj}", {role: widths[i] * h}))
     ffn_roles = [r for r in ("ffn_gate", "ffn_up", "ffn_down") if r != "ffn_gate" or a.gated_mlp]
     for i in sorted(moe):
-        out.append((f"model.layers.{i}.{block}.experts",
+        out.append((f"{layers}.{i}.{block}.experts",
                     {r: a.num_experts * a.expert_matrix_params for r in ffn_roles}))
         if a.shared_expert_intermediate_size:
-            out.append((f"model.layers.{i}.{block}.shared_experts",
+            out.append((f"{layers}.{i}.{block}.shared_experts",
                         {r: a.shared_expert_intermediate_size * h for r in ffn_roles}))
-        out.append((f"model.layers.{i}.{block}.{router}", {"ffn_gate_inp": roles["ffn_gate_inp"] / len(moe)}))
+        out.append((f"{layers}.{i}.{block}.{router}", {"ffn_gate_inp": roles["ffn_gate_inp"] / len(moe)}))
     return out
 
 
@@ -442,7 +458,7 @@ def _ct_cached(a: Architecture, targets: tuple[str, ...], ignore: tuple[str, ...
     targeted, ignored = _ct_matcher(targets), _ct_matcher(ignore)
 
     def hit(name: str) -> bool:
-        if name == "model.embed_tokens":  # an Embedding: no Linear target reaches it, and the formats keep it
+        if name in _EMBEDDING.values():  # an Embedding: no Linear target reaches it, and the formats keep it
             return False
         return not targeted(name, "Linear") or ignored(name, "Linear")
     return _tally(a, hit)
@@ -469,20 +485,20 @@ def _tally(a: Architecture, is_kept) -> Kept | None:
 
 def _describe(a: Architecture, names: list[str]) -> str:
     """The kept modules in words: whole-model ones, then per module kind the layers (all, or their indices)."""
-    whole = [n for n in names if not n.startswith("model.layers.")]
+    whole = [n for n in names if not _LAYER.match(n)]
     by_kind: dict[str, list[int]] = {}
     for n in names:
-        m = re.match(r"model\.layers\.(\d+)\.(.+)$", n)
+        m = _LAYER.match(n)
         if m:
             by_kind.setdefault(m.group(2), []).append(int(m.group(1)))
     layers_of = {}
     for name, _ in _modules(a):
-        m = re.match(r"model\.layers\.(\d+)\.(.+)$", name)
+        m = _LAYER.match(name)
         if m:
             layers_of.setdefault(m.group(2), set()).add(int(m.group(1)))
     groups: dict[str, list[str]] = {}
     for kind, idx in by_kind.items():
-        where = f"all {len(idx)} layers" if set(idx) == layers_of.get(kind) else (
+        where = f"all {len(idx)} layers" if set(idx) == layers_of.get(kind) and len(idx) > 1 else (
             "layer" + ("s " if len(idx) > 1 else " ") + ", ".join(str(i) for i in sorted(idx)))
         groups.setdefault(where, []).append(kind)
     parts = [f"{', '.join(kinds)} in {where}" for where, kinds in groups.items()]

@@ -111,6 +111,58 @@ def test_modelopt_matches_names_exactly_by_substring_and_by_wildcard_as_vllm_doe
     assert keptmodules.kept(a, {"quant_method": "modelopt", "quant_algo": "FP8", "ignore": ["", "vision_tower*"]}) is None
 
 
+# A 4-block Nemotron-H ("M*ME": Mamba2, attention, Mamba2, MoE), hidden 64; its modules are backbone.layers.N.mixer.*:
+#   Mamba2 in_proj 64 x (2 x 64 + 2 x 1 group x 8 state + 4 heads) = 64 x 148 = 9,472, out_proj 64 x 64 = 4,096
+#   attention (4 heads of 16, 2 KV heads) q 4,096 + k 2,048 + v 2,048 + o 4,096 = 12,288
+#   MoE: 4 squared-ReLU experts of 32 (up + down 2 x 4 x 64 x 32 = 16,384), a shared expert of 32 (4,096), router 256
+NEMOTRON_H = {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": 64,
+              "num_hidden_layers": 4, "hybrid_override_pattern": "M*ME", "num_attention_heads": 4,
+              "num_key_value_heads": 2, "head_dim": 16, "mamba_num_heads": 4, "mamba_head_dim": 16, "n_groups": 1,
+              "ssm_state_size": 8, "conv_kernel": 4, "n_routed_experts": 4, "num_experts_per_tok": 2,
+              "moe_intermediate_size": 32, "moe_shared_expert_intermediate_size": 32, "n_shared_experts": 1,
+              "intermediate_size": 32, "mlp_hidden_act": "relu2", "vocab_size": 100, "tie_word_embeddings": False,
+              "use_conv_bias": True, "use_bias": False, "max_position_embeddings": 4096, "torch_dtype": "bfloat16"}
+
+
+def test_a_nemotron_h_checkpoint_names_its_mixers_under_backbone():
+    """Nemotron 3 Nano's FP8 recipe: the attention layers and the Mamba2 mixer before each stay in BF16. The modules are
+    NemotronH's (backbone.layers.N.mixer.in_proj, ...), matched as vLLM's ModelOpt loader matches them."""
+    qc = {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8",
+          "ignore": ["lm_head", "backbone.layers.0.mixer.in_proj", "backbone.layers.0.mixer.out_proj", "backbone.layers.1.mixer*"]}
+    a = from_hf_config(NEMOTRON_H)
+    k = keptmodules.kept(a, qc)
+    # all of the attention; the first of the two Mamba2 mixers (half of each projection role); lm_head
+    assert k.shares == {"attn_q": 1.0, "attn_k": 1.0, "attn_v": 1.0, "attn_output": 1.0, "ssm_in": 0.5, "ssm_out": 0.5,
+                        "output": 1.0}
+    assert keptmodules.kept_layer_params(a, k) == 9_472 + 4_096 + 12_288
+    req = {"gpu_key": "h100_80", "llm_key": "custom", "quantization": "fp8", "seq_length": 512, "batch_size": 1,
+           "trace": True}
+    kept = vramplan.estimate_inference({**req, "custom_model": {**NEMOTRON_H, "quantization_config": qc}})
+    plain = vramplan.estimate_inference({**req, "custom_model": NEMOTRON_H})
+    v, w = values(kept), values(plain)
+    assert v["p_kept"] == 25_856 and v["kept_layer_bytes"] == 2 * 25_856
+    assert v["b_ssm_in"] == v["b_ssm_out"] == (16 + 8) / 2 and v["b_attn_q"] == 16 and v["b_ffn_up"] == 8
+    # the kept parameters take 2 bytes instead of 1 (lm_head is 16 bits in either)
+    assert v["weights_computed_bytes"] - w["weights_computed_bytes"] == 25_856
+    assert _kept_said(kept) == ["weights: the checkpoint keeps at 16 bits (its quantization_config.ignore) mixer.q_proj, "
+                                "mixer.k_proj, mixer.v_proj, mixer.o_proj in layer 1; mixer.in_proj, mixer.out_proj in "
+                                "layer 0; lm_head; its other linear layers are fp8"]
+
+
+def test_the_nemotron_3_nano_fp8_checkpoint_keeps_its_recipe_modules():
+    """The catalog's FP8 Nano: 6 attention layers (q 2688 x 4096, k and v 2688 x 256, o 4096 x 2688 = 23,396,352 each)
+    and the 6 Mamba2 mixers before them (in_proj 2688 x (2 x 4096 + 2 x 8 x 128 + 64) = 27,697,152, out_proj 4096 x 2688
+    = 11,010,048) at 16 bits: 140,378,112 + 232,243,200 = 372,621,312 parameters, a byte each more than in FP8."""
+    req = {"gpu_key": "b200", "quantization": "fp8", "seq_length": 4096, "trace": True}
+    fp8 = values(vramplan.estimate_inference({**req, "llm_key": "nvidia-nemotron-3-nano-30b-a3b-fp8"}))
+    bf16_arch = values(vramplan.estimate_inference({**req, "llm_key": "nvidia-nemotron-3-nano-30b-a3b"}))
+    assert fp8["p_kept"] == 6 * 23_396_352 + 6 * (27_697_152 + 11_010_048) == 372_621_312
+    assert fp8["weights_computed_bytes"] - bf16_arch["weights_computed_bytes"] == 372_621_312
+    # the same checkpoint asked for in another format keeps nothing apart
+    assert values(vramplan.estimate_inference({**req, "llm_key": "nvidia-nemotron-3-nano-30b-a3b-fp8",
+                                               "quantization": "bf16"}))["p_kept"] == 0
+
+
 @pytest.mark.parametrize("qc, fmt", [
     ({"quant_method": "modelopt", "quant_algo": "FP8"}, "fp8"),
     ({"quant_method": "modelopt", "quant_algo": "fp8_pb_wo"}, "fp8"),
