@@ -76,9 +76,8 @@ NAMED_MODELS = {
         "nvidia-nemotron-3-nano-30b-a3b-fp8",
         "checkpoint read from Vultr's Nemotron Nano guide (docs.vultr.com/inference-cookbook/cuda/model-guides/nemotron-nano): "
         "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-FP8, which keeps its 6 attention layers and the 6 Mamba layers before them "
-        "in BF16 (the catalog entry's quantization_config); its FP8 KV cache is not assumed - whether vLLM 0.16's 'auto' "
-        "takes a ModelOpt checkpoint's kv_cache_quant_algo is unclear (PR #29980 reads it from hf_quant_config.json; issue "
-        "#34752, Feb 2026: 'auto' fell back to the model dtype), so the 16-bit cache, the slower reading"),
+        "in BF16 and states an FP8 KV cache, which vLLM's default cache dtype takes (the catalog entry's "
+        "quantization_config; resolve_kv_cache_dtype_string, PR #29980, Dec 2025, before 0.16)"),
     "Nemotron Super 49B (FP8, TP=1, 1 GPU)": (
         "llama-3.3-nemotron-super-49b-v1",
         "checkpoint read from Vultr's Nemotron Super guide (docs.vultr.com/inference-cookbook/cuda/model-guides/nemotron-super-49b): "

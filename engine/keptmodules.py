@@ -144,6 +144,21 @@ def checkpoint_format(qc: Mapping[str, Any]) -> str | None:
     return QUANT_METHODS.get(method, method or None)
 
 
+def checkpoint_kv_format(qc: Mapping[str, Any]) -> str | None:
+    """The KV cache format a ModelOpt checkpoint states - vLLM's get_kv_cache_quant_algo_string
+    (vllm/utils/torch_utils.py): ``kv_cache_scheme`` or ``kv_cache_quant_algo``, in the nested ``quantization`` object or
+    beside it; "FP8", or a static 8-bit float scheme, is the catalog's fp8. None for anything else (other methods, no
+    statement, a format the catalog has no KV entry for)."""
+    if not str(qc.get("quant_method") or "").lower().startswith("modelopt"):
+        return None
+    inner, _ = _modelopt(qc)
+    algo = (inner.get("kv_cache_scheme") or qc.get("kv_cache_scheme") or inner.get("kv_cache_quant_algo")
+            or qc.get("kv_cache_quant_algo"))
+    if isinstance(algo, Mapping):
+        return "fp8" if algo.get("dynamic") is False and algo.get("num_bits") == 8 and algo.get("type") == "float" else None
+    return "fp8" if isinstance(algo, str) and algo.lower() == "fp8" else None
+
+
 def _ct_format(qc: Mapping[str, Any]) -> str | None:
     """The one catalog format every ``config_groups`` entry's weights agree on, or None."""
     groups = qc.get("config_groups")

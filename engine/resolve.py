@@ -208,6 +208,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
              else f"llm_key {req['llm_key']}: catalog config")
     bits, kept_params = _checkpoint_kept(config, arch, quant, bits, assumptions, where)
     bits = _checkpoint_experts(cat, config, arch, quant, bits, assumptions)
+    kv_quant = _checkpoint_kv(cat, config, quant, kv_quant, runtime, req, assumptions)
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
@@ -236,6 +237,28 @@ def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[s
     assumptions.append(f"weights: the checkpoint keeps at 16 bits (its {said}{kept.source}) "
                        f"{kept.said}; its other linear layers are {quant.key}")
     return keptmodules.apply(bits, kept), keptmodules.kept_layer_params(arch, kept)
+
+
+def _checkpoint_kv(cat, config: Any, quant: Entry | None, kv_quant: Entry | None, runtime: Entry | None, req: dict,
+                   assumptions: list[str]) -> Entry | None:
+    """The KV format a ModelOpt checkpoint states, where the request runs that checkpoint in its own format, names no
+    KV format, and the runtime's "auto" cache dtype takes the checkpoint's (``kv_dtype_from_checkpoint``)."""
+    if kv_quant is None or quant is None or runtime is None or req.get("kv_cache_quantization_given"):
+        return kv_quant
+    settings = req.get("runtime_settings") or {}
+    takes = settings.get("kv_dtype_from_checkpoint",
+                         runtime.data["constants"].get("kv_dtype_from_checkpoint", {}).get("value"))
+    qc = keptmodules.checkpoint_config(config)
+    if not takes or qc is None or keptmodules.checkpoint_format(qc) != quant.key:
+        return kv_quant
+    fmt = keptmodules.checkpoint_kv_format(qc)
+    entry = cat.quantization.get(fmt) if fmt else None
+    if entry is None or entry.key == kv_quant.key or "kv_cache_bits" not in entry.data:
+        return kv_quant
+    req["kv_cache_quantization"] = entry.key
+    assumptions.append(f"KV cache: {entry.key} - the checkpoint's quantization config states it and {runtime.key}'s "
+                       "default cache dtype takes it (kv_cache_quantization not given)")
+    return entry
 
 
 #: ``expert_dtype`` of a DeepSeek V4 config.json -> the catalog format its routed experts are stored in: "fp4" is

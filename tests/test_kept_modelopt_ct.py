@@ -163,6 +163,52 @@ def test_the_nemotron_3_nano_fp8_checkpoint_keeps_its_recipe_modules():
                                                "quantization": "bf16"}))["p_kept"] == 0
 
 
+def _kv(qc: dict, runtime: str, quantization: str = "fp8", **extra) -> tuple[dict, list[str]]:
+    out = vramplan.estimate_inference({"gpu_key": "h100_80", "llm_key": "custom", "runtime": runtime, "seq_length": 512,
+                                       "custom_model": {**LLAMA, "quantization_config": qc}, "quantization": quantization,
+                                       "batch_size": 1, "trace": True, **extra})
+    return values(out), [a for a in out["assumptions"] if a.startswith("KV cache: fp8 - the checkpoint")]
+
+
+FP8_KV = {"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}
+
+
+@pytest.mark.parametrize("runtime, takes", [("vllm", True), ("tensorrt-llm", True), ("sglang", False), ("tgi", False),
+                                            ("vllm-v0", False)])
+def test_a_modelopt_checkpoint_that_states_an_fp8_cache_gets_it_where_the_runtime_takes_it(runtime, takes):
+    """vLLM's resolve_kv_cache_dtype_string and TensorRT-LLM's KvCacheConfig dtype "auto" take the checkpoint's
+    kv_cache_quant_algo; the others keep the 16-bit default. The fixture's cache a token: 2 layers x 2 KV heads x 16 x
+    (K, V) = 128 values - 128 bytes in FP8, 256 in 16 bits."""
+    v, said = _kv(FP8_KV, runtime)
+    assert v["kv_bits"] == (8 if takes else 16)
+    assert v["srv_kv_token_bytes"] == (128 if takes else 256)
+    assert said == ([f"KV cache: fp8 - the checkpoint's quantization config states it and {runtime}'s default cache "
+                     "dtype takes it (kv_cache_quantization not given)"] if takes else [])
+
+
+@pytest.mark.parametrize("qc, fp8", [
+    ({"quant_method": "modelopt", "quantization": {"quant_algo": "FP8", "kv_cache_quant_algo": "FP8"}}, True),
+    ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_scheme": {"type": "float", "num_bits": 8, "dynamic": False}}, True),
+    # a dynamic scheme, an unknown algorithm, none at all: vLLM keeps "auto"
+    ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_scheme": {"type": "float", "num_bits": 8, "dynamic": True}}, False),
+    ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": "INT8"}, False),
+    ({"quant_method": "modelopt", "quant_algo": "FP8", "kv_cache_quant_algo": None}, False),
+    # vLLM reads the statement from ModelOpt configs only
+    ({**_ct(FP8_DYNAMIC, []), "kv_cache_scheme": {"type": "float", "num_bits": 8, "dynamic": False}}, False),
+])
+def test_the_statements_vllm_reads_as_an_fp8_cache(qc, fp8):
+    v, _ = _kv(qc, "vllm")
+    assert v["kv_bits"] == (8 if fp8 else 16)
+
+
+def test_a_named_kv_format_another_weight_format_or_the_setting_off_keep_the_request():
+    assert _kv(FP8_KV, "vllm", kv_cache_quantization="bf16")[0]["kv_bits"] == 16
+    # the checkpoint asked for in bf16 is not that checkpoint's own format
+    assert _kv(FP8_KV, "vllm", quantization="bf16")[0]["kv_bits"] == 16
+    v, said = _kv(FP8_KV, "vllm", runtime_settings={"kv_dtype_from_checkpoint": 0})
+    assert v["kv_bits"] == 16 and said == []
+
+
 @pytest.mark.parametrize("qc, fmt", [
     ({"quant_method": "modelopt", "quant_algo": "FP8"}, "fp8"),
     ({"quant_method": "modelopt", "quant_algo": "fp8_pb_wo"}, "fp8"),
