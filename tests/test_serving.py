@@ -15,6 +15,7 @@ import pytest
 import vramplan
 from vramplan.catalog import get_catalog
 from vramplan.errors import RequestError
+from vramplan.estimate import trace_values
 from vramplan.request import validate
 from vramplan.resolve import resolve
 from vramplan.scenario import build
@@ -996,3 +997,26 @@ def test_vllm_v0_runs_the_steps_that_carry_prompt_chunks_eagerly():
     assert trt["decode_cuda_graphs"] == 1 and trt["srv_eager_mix_s"] == pytest.approx(32 * 47e-6, rel=1e-12)
     assert trt["srv_round_op_s"] - trt_graphed["srv_round_op_s"] == pytest.approx(trt["srv_mixed_share_op"] * 32 * 47e-6, rel=1e-9)
     assert rt("tensorrt-llm-mmha", "decode_ungraphed_layer_us") == 0
+
+
+@pytest.mark.parametrize("gpu, runtime, model, rate", [
+    # TensorRT-LLM decodes DeepSeek's latent attention with FlashMLA on Hopper: BF16 WGMMAs, H200's 989.4 dense
+    # 16-bit TFLOP/s, though its XQA attention multiplies an FP8 cache at the FP8 rate (1,978.9) ...
+    ("h200", "tensorrt-llm", "deepseek-r1", 989.4),
+    # ... a GQA model's XQA decode on the same GPU keeps the FP8 rate ...
+    ("h200", "tensorrt-llm", "llama-3.1-8b-instruct", 1978.9),
+    # ... Blackwell's MLA kernels multiply the FP8 cache in FP8 (B200: 4,500) ...
+    ("b200", "tensorrt-llm", "deepseek-r1", 4500.0),
+    # ... and vLLM's attention multiplies in 16 bits everywhere (its FP8 FlashAttention keeps BF16's speed)
+    ("h200", "vllm", "deepseek-r1", 989.4),
+])
+def test_mla_decode_on_hopper_multiplies_in_16_bits_in_tensorrt_llm(gpu, runtime, model, rate):
+    body = {"gpu_key": gpu, "llm_key": model, "quantization": "fp8", "kv_cache_quantization": "fp8", "runtime": runtime,
+            "num_gpus": 8 if model == "deepseek-r1" else 1, "input_tokens": 1000, "output_tokens": 1000,
+            "concurrent_users": 64}
+    v = trace_values(vramplan.estimate_inference({**body, "trace": True}))
+    assert v["decode_attn_tflops"] == rate
+    # a round's attention arithmetic at that rate: 64 users' 1,000-2,000-token contexts, FLOPs / (rate x 0.6 efficiency)
+    assert v["decode_compute_s"] == pytest.approx(
+        (v["decode_gemm_flops_per_token"] / v["decode_gemm_tflops"] + v["decode_attn_flops_per_token"] / rate)
+        * v["decode_mb_seqs"] / (1e12 * v["eff_prefill_flops"]), rel=1e-12)
