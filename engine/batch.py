@@ -165,6 +165,24 @@ def _round_up(args: list, ctx: _Ctx, active: Any) -> Any:
     return np.ceil(quotient) * multiple
 
 
+def _argmin(args: list, ctx: _Ctx, active: Any) -> Any:
+    """semantics._argmin: keep the first, replace when smaller (min's choice), its position from 1."""
+    kept, at = args[0], np.float64(1)
+    for k, x in enumerate(args[1:], start=2):
+        smaller = np.less(x, kept)
+        kept, at = np.where(smaller, x, kept), np.where(smaller, np.float64(k), at)
+    return at
+
+
+def _choose(args: list, ctx: _Ctx, active: Any) -> Any:
+    index, values = args[0], args[1:]
+    ctx.fail(DOMAIN, ~((index >= 1) & (index <= len(values)) & (index == np.floor(index))), active)
+    result = values[0]
+    for k, x in enumerate(values[1:], start=2):
+        result = np.where(index == k, x, result)
+    return result
+
+
 #: name → (allowed argument counts, numpy form) for each function of :data:`vramplan.semantics.FUNCTIONS`.
 FUNCTIONS: dict[str, tuple[Callable[[int], bool], Callable]] = {
     "min": (lambda n: n >= 2, _sequential(np.less)),
@@ -178,6 +196,8 @@ FUNCTIONS: dict[str, tuple[Callable[[int], bool], Callable]] = {
     "exp": (lambda n: n == 1, _exp),
     "clamp": (lambda n: n == 3, _clamp),
     "round_up": (lambda n: n == 2, _round_up),
+    "argmin": (lambda n: n >= 2, _argmin),
+    "choose": (lambda n: n >= 2, _choose),
 }
 
 

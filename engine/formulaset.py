@@ -203,6 +203,8 @@ def _degree(node: ast.AST, degree_of, visit) -> int | None:
                 return None
             if name in ("ceil", "floor"):
                 return ints[0] if ints else _FLOAT_AS_INT
+            if name == "argmin":  # a position: 1, 2, ...
+                return 1
             if name == "round_up":  # ceil(x / multiple) * multiple: a float made whole, times the multiple
                 return _FLOAT_AS_INT + ((degrees[1] or 0) if len(degrees) > 1 else 0)
         return max(ints) if ints else None

@@ -23,7 +23,8 @@ Refusals name the formula and one of these reasons, whichever evaluator ran:
 :data:`DIVISION_BY_ZERO` (``/``, ``//`` or ``%`` by zero, zero to a negative power,
 ``round_up`` to a non-positive multiple), :data:`TOO_LARGE` (a power, ``exp`` or integer
 conversion out of range, or a value beyond binary64), :data:`DOMAIN` (``sqrt``/``log``/
-``log2`` outside their domain, ``ceil``/``floor`` of NaN, a complex power) and
+``log2`` outside their domain, ``ceil``/``floor`` of NaN, a complex power, ``choose`` with an
+index that is not a whole number from 1 to its count of values) and
 :data:`NOT_A_NUMBER` (a NaN value).
 """
 
@@ -62,6 +63,29 @@ def _clamp(x: float, lo: float, hi: float) -> float:
     return lo if x < lo else hi if x > hi else x
 
 
+def _argmin(*values: float) -> int:
+    """The position (1-based) of the smallest argument, the first of equals: ``min``'s choice (keep the first, replace
+    when smaller), so a NaN is kept only where it comes first - the protocol, kernel or path whose cost line is
+    lowest, without writing each line twice."""
+    if len(values) < 2:
+        raise TypeError("argmin() takes at least 2 arguments")
+    best = 0
+    for i in range(1, len(values)):
+        if values[i] < values[best]:
+            best = i
+    return best + 1
+
+
+def _choose(index: float, *values: float) -> float:
+    """The ``index``-th (1-based) of the values - what ``argmin`` picked; an index that is not a whole number from 1
+    to the count of values is a math domain error."""
+    if not values:
+        raise TypeError("choose() takes an index and at least 1 value")
+    if not (1 <= index <= len(values) and index == math.floor(index)):
+        raise ValueError("math domain error")
+    return values[int(index) - 1]
+
+
 def _round_up(x: float, multiple: float) -> float:
     """``x`` rounded up to a whole multiple (block and padding sizes)."""
     if multiple <= 0:
@@ -73,7 +97,7 @@ def _round_up(x: float, multiple: float) -> float:
 FUNCTIONS: dict[str, Callable[..., Any]] = {
     "min": min, "max": max, "abs": abs, "ceil": math.ceil, "floor": math.floor,
     "sqrt": math.sqrt, "log2": math.log2, "exp": math.exp, "log": math.log,
-    "clamp": _clamp, "round_up": _round_up,
+    "clamp": _clamp, "round_up": _round_up, "argmin": _argmin, "choose": _choose,
     # A training run's or a generation's allocation sequence replayed through the caching-allocator
     # model: bytes reserved beyond the allocated peak (vramplan.allocator.training / .inference; no
     # numpy form, so a batch evaluates them row by row, memoised per shape).

@@ -209,7 +209,30 @@ REFUSALS = [
     ("log2(a)", {"a": 0}, "cannot be evaluated: math domain error"),
     ("a ** 0.5", {"a": -4}, "cannot be evaluated: math domain error"),  # Python would give a complex number
     ("a * a - a * a", {"a": 1e200}, "result is not a number"),
+    ("choose(a, b, c)", {"a": 3, "b": 1, "c": 2}, "cannot be evaluated: math domain error"),  # past the values
+    ("choose(a, b, c)", {"a": 1.5, "b": 1, "c": 2}, "cannot be evaluated: math domain error"),  # not whole
+    ("choose(a, b, c)", {"a": 0, "b": 1, "c": 2}, "cannot be evaluated: math domain error"),
 ]
+
+
+#: argmin picks as min does (the first of equals) and says where, from 1; choose takes that place's value.
+PICKS = [
+    ("argmin(a, b, c)", {"a": 3, "b": 1, "c": 2}, 2),
+    ("argmin(a, b, c)", {"a": 2, "b": 1, "c": 1}, 2),  # equals: the first
+    ("argmin(a, b)", {"a": -0.0, "b": 0.0}, 1),
+    ("argmin(a, b, c)", {"a": 5, "b": 6, "c": 7}, 1),
+    ("choose(argmin(a, b, c), a, b, c)", {"a": 3, "b": 1.5, "c": 2}, 1.5),
+    ("choose(a, b, c)", {"a": 2, "b": 10, "c": 20}, 20),
+    ("choose(a == 1, b, c)", {"a": 1, "b": 10, "c": 20}, 10),  # True is 1
+]
+
+
+@pytest.mark.parametrize("expr,inputs,expected", PICKS)
+def test_argmin_and_choose(expr, inputs, expected):
+    fs = formula_set(expr)
+    for evaluator in ("compiled", "simpleeval"):
+        assert value_or_refusal(fs, inputs, evaluator) == expected, evaluator
+    assert hot_path(fs, inputs) == expected
 
 
 @pytest.mark.parametrize("expr,inputs,reason", REFUSALS)
