@@ -131,13 +131,13 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             problem = _setting_problem(known[name]["unit"], value)
             if problem:
                 problems.append((f"runtime_settings.{name}", problem))
-        eager = (req.get("runtime_settings") or {}).get("eager_score_bytes", known.get("eager_score_bytes", {}).get("value"))
+        eager = _runtime_value(runtime, req, "eager_score_bytes")
         if workload == "inference" and req["optimization_config"].get("flash_attention") is False and eager == 0:
             # A runtime with no unfused attention path materializes no score matrix (its eager_score_bytes is 0).
             warnings.append(f"flash_attention false is ignored: {runtime.key} always runs a fused attention kernel")
         settings = req.get("runtime_settings") or {}
         compute = (quant.data.get("compute") if quant is not None else None) or ""
-        act_override = settings.get("activation_bytes", known.get("activation_bytes", {}).get("value"))
+        act_override = _runtime_value(runtime, req, "activation_bytes")
         if (workload == "inference" and compute == "fp32" and not req.get("kv_cache_quantization_given")
                 and not act_override and kv_quant is not None and kv_quant.key != "fp32"):
             # A torch runtime's cache holds the keys and values its projections compute, in the weights' dtype
@@ -146,7 +146,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             req["kv_cache_quantization"] = "fp32"
             assumptions.append(f"KV cache: fp32, the weights' dtype - {runtime.key} keeps keys and values in the dtype its "
                                "projections compute them in (kv_cache_quantization not given; fp16 would halve it)")
-        fp8_only = settings.get("cmp_kv_fp8", known.get("cmp_kv_fp8", {}).get("value"))
+        fp8_only = _runtime_value(runtime, req, "cmp_kv_fp8")
         if (workload == "inference" and arch is not None and arch.is_compressed and fp8_only
                 and kv_quant is not None and kv_quant.key != "fp8"):
             if not req.get("kv_cache_quantization_given"):
@@ -158,7 +158,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
                 warnings.append(f"{runtime.key} keeps a compressed-attention (DeepSeek V4) cache in FP8 only and refuses "
                                 f"{kv_quant.key}; estimated as asked")
         pinned = settings.get("kv_pool_tokens")
-        if pinned and not settings.get("kv_preallocate", known.get("kv_preallocate", {}).get("value")):
+        if pinned and not _runtime_value(runtime, req, "kv_preallocate"):
             warnings.append(f"runtime_settings.kv_pool_tokens is ignored: {runtime.key} sizes its cache by the request "
                             "(it has no preallocated pool)")
 
@@ -239,15 +239,20 @@ def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[s
     return keptmodules.apply(bits, kept), keptmodules.kept_layer_params(arch, kept)
 
 
+def _runtime_value(runtime: Entry, req: dict, name: str) -> Any:
+    """A runtime constant as the request sees it: its ``runtime_settings`` override, else the profile's value (None
+    where the profile has no such constant)."""
+    settings = req.get("runtime_settings") or {}
+    return settings[name] if name in settings else runtime.data["constants"].get(name, {}).get("value")
+
+
 def _checkpoint_kv(cat, config: Any, quant: Entry | None, kv_quant: Entry | None, runtime: Entry | None, req: dict,
                    assumptions: list[str]) -> Entry | None:
     """The KV format a ModelOpt checkpoint states, where the request runs that checkpoint in its own format, names no
     KV format, and the runtime's "auto" cache dtype takes the checkpoint's (``kv_dtype_from_checkpoint``)."""
     if kv_quant is None or quant is None or runtime is None or req.get("kv_cache_quantization_given"):
         return kv_quant
-    settings = req.get("runtime_settings") or {}
-    takes = settings.get("kv_dtype_from_checkpoint",
-                         runtime.data["constants"].get("kv_dtype_from_checkpoint", {}).get("value"))
+    takes = _runtime_value(runtime, req, "kv_dtype_from_checkpoint")
     qc = keptmodules.checkpoint_config(config)
     if not takes or qc is None or keptmodules.checkpoint_format(qc) != quant.key:
         return kv_quant
