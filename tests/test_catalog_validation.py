@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -101,12 +102,18 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 
 def test_oversized_file_is_refused(tmp_path, monkeypatch):
+    from importlib import resources
+
     import vramplan.datafiles as datafiles
 
-    # A limit above every built-in file (the largest is under 64 KB) and a plugin file over it.
-    monkeypatch.setattr(datafiles, "MAX_DATA_FILE_BYTES", 64 * 1024)
-    plugin = plugin_with(tmp_path, "gpus", "gpus: {}\n" + "# padding\n" * 7000)
-    assert "data files are limited to 65536" in skipped(plugin)
+    # A limit just above the largest built-in data file (so the built-in catalog still loads under it) and a
+    # plugin file over it: the limit follows the package's own files instead of assuming their size.
+    largest = max(f.stat().st_size for pkg in ("vramplan.formulas", "vramplan.catalogs")
+                  for f in Path(str(resources.files(pkg))).rglob("*.yaml"))
+    limit = largest + 1024
+    monkeypatch.setattr(datafiles, "MAX_DATA_FILE_BYTES", limit)
+    plugin = plugin_with(tmp_path, "gpus", "gpus: {}\n" + "# padding\n" * (limit // 10 + 100))
+    assert f"data files are limited to {limit}" in skipped(plugin)
 
 
 def test_runtime_lacking_a_constant_the_formulas_use(tmp_path):
