@@ -321,9 +321,9 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         elif v["srv_static"]:
             out.append(f"load: one static batch of {int(s['seqs'])} sequence(s) started together")
         elif v["srv_burst"]:
-            cap, wave = int(v["srv_running_closed"]), int(v["srv_burst_wave"])
-            grown = (f" ({wave} a wave once its sequences, admitted together, have grown: the pool holds no more)"
-                     if wave < cap else "")
+            cap, kept = int(v["srv_running_closed"]), int(v["srv_burst_grown"])
+            grown = (f" (the pool holds {kept} of them grown together: {res.runtime.key} preempts the newest as it fills, "
+                     "and they rejoin with the tokens they have generated)" if kept < cap else "")
             out.append(f"load: one burst of {int(s['seqs'])} sequences sent together, more than the {cap} that run at "
                        f"once{grown}: the rest start as slots free, and throughput is over the burst's "
                        f"~{v['srv_burst_rounds']:,.0f} rounds (the first wave entering at "

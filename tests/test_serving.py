@@ -271,9 +271,9 @@ def test_static_batch_prefills_everything_then_decodes_together():
 
 
 def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
-    """One client's burst of 2000 requests of 3584 + 512 tokens: vLLM runs what its pool holds (C) and queues the rest.
-    A closed loop of 2000 clients keeps C busy until the end; the burst's first wave enters at the token budget's pace
-    and its last requests finish beside ever fewer others, so it takes more rounds than 2000 x 512 / C."""
+    """One client's burst of 2000 requests of 3584 + 512 tokens: vLLM runs what its admission counts (C) and queues the
+    rest. A closed loop of 2000 clients keeps C busy until the end; the burst's first wave enters at the token budget's
+    pace and its last requests finish beside ever fewer others, so it takes more rounds than 2000 x 512 / C."""
     body = {**BASE, "input_tokens": 3584, "output_tokens": 512}
     loop, lt = traced({**body, "concurrent_users": 2000})
     burst, bt = traced({**body, "batch_size": 2000})
@@ -282,20 +282,23 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     # the first wave enters at (8192 - C / 2) / 3584 prompts a round (decodes share vLLM's 8192-token budget)
     pace = (8192 - c / 2) / 3584
     # vLLM counts a prompt and half an answer, but a wave admitted within S = C / pace rounds grows together: when its
-    # first ends the others hold all but up to S of their answers, 0.5 x 512 x (1 - S / 512) tokens more each
+    # first ends the others hold all but up to S of their answers, 0.5 x 512 x (1 - S / 512) tokens more each, and the
+    # pool keeps only `kept` of them
     grown = 3584 + 256 + 0.5 * 512 * (1 - min(c / pace, 512) / 512)
-    wave = min(c, math.floor(bt["kv_pool_bytes"] / (grown * KV_PER_TOKEN)))
-    assert bt["srv_burst_wave"] == wave < c
-    turnovers = math.floor(1999 / wave)
-    rounds = max((1999 - wave * turnovers) / pace + turnovers * 512, 1999 / pace) + 512
+    kept = min(c, math.floor(bt["kv_pool_bytes"] / (grown * KV_PER_TOKEN)))
+    assert bt["srv_burst_grown"] == kept < c
+    # the rest are preempted and rejoin the queue's head with their answers so far, so the burst still turns over at
+    # the cap C: floor(1999 / C) turnovers after the last one's place in the ramp
+    turnovers = math.floor(1999 / c)
+    rounds = max((1999 - c * turnovers) / pace + turnovers * 512, 1999 / pace) + 512
     assert bt["srv_burst_rounds"] == pytest.approx(rounds, rel=1e-9)
     assert rounds > 2000 * 512 / c                                # more rounds than the cap would need
-    # each round beyond the closed loop's count costs a round of one sequence; and at each turnover vLLM admits c by
-    # its count, then preempts the c - wave the grown pool cannot hold and recomputes their contexts (half-way between
-    # where the pool filled, 4096 x wave / c tokens, and full length) at a prompt's prefill rate
-    preempted = math.floor(1999 / wave) * (c - wave)
+    # each round beyond the closed loop's count costs a round of one sequence; and for each grown wave's worth of the
+    # burst vLLM preempts the c - kept the grown pool cannot hold and recomputes their contexts (half-way between where
+    # the pool filled, 4096 x kept / c tokens, and full length) at a prompt's prefill rate
+    preempted = math.floor(1999 / kept) * (c - kept)
     assert bt["srv_burst_preempted"] == preempted and bt["prefill_seqs"] == 1
-    redo = preempted * 4096 * (1 + wave / c) / 2 * bt["prefill_ms"] / 1000 / 3584
+    redo = preempted * 4096 * (1 + kept / c) / 2 * bt["prefill_ms"] / 1000 / 3584
     assert bt["srv_burst_recompute_s"] == pytest.approx(redo, rel=1e-9)
     assert any("queues the rest" in w and f"preempting {preempted} in all" in w for w in burst["warnings"])
     extra = (rounds - 2000 * 512 / c) * bt["srv_round_one_s"] + redo
@@ -305,9 +308,9 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     # a request waits for its prompt to enter: request j at (j mod C) / pace ramp rounds + floor(j / C) x 512 turnover
     # rounds, on average; a ramp round carries the pace's prompts (their GEMMs and attention), so it takes the longer of
     # that and a round at the operating point
-    waves, left = 2000 // wave, 2000 - (2000 // wave) * wave
-    ramp = (waves * wave * (wave - 1) / 2 + left * (left - 1) / 2) / pace / 2000
-    turn = 512 * (wave * waves * (waves - 1) / 2 + waves * left) / 2000
+    waves, left = 2000 // c, 2000 - (2000 // c) * c
+    ramp = (waves * c * (c - 1) / 2 + left * (left - 1) / 2) / pace / 2000
+    turn = 512 * (c * waves * (waves - 1) / 2 + waves * left) / 2000
     assert bt["srv_burst_ramp_rounds"] == pytest.approx(ramp, rel=1e-9) and bt["srv_burst_turn_rounds"] == pytest.approx(turn, rel=1e-9)
     # (one GPU: a ramp prompt's work is a mixed-in prompt's, its GEMMs and the rest)
     assert bt["srv_ramp_prompt_s"] == pytest.approx(bt["srv_prompt_gemm_s"] + bt["srv_prompt_other_s"], rel=1e-12)
@@ -319,11 +322,50 @@ def test_a_burst_larger_than_the_cap_pays_for_its_ramp_and_drain():
     assert loop["serving"]["ttft_ms"] / 1000 == pytest.approx(
         lt["srv_ttft_op_s"] + (2000 - c) / loop["serving"]["requests_per_second"], rel=1e-3)
     said = [a for a in burst["assumptions"] if a.startswith("load: one burst of 2000 sequences")]
-    assert said and f"more than the {int(c)} that run at once ({wave} a wave" in said[0] and f"~{rounds:,.0f} rounds" in said[0]
+    assert said and f"more than the {int(c)} that run at once (the pool holds {kept} of them grown together" in said[0]
+    assert f"~{rounds:,.0f} rounds" in said[0]
     # a burst that fits at full length (3584 + 512 tokens a sequence) runs as one static batch: no drain of its own
     fits = math.floor(bt["kv_pool_bytes"] / (4096 * KV_PER_TOKEN))
     small, st = traced({**body, "batch_size": fits})
     assert small["serving"]["load"] == "static_batch" and st["srv_burst_extra_s"] == 0
+
+
+def test_a_queued_burst_runs_at_the_cap_because_preempted_requests_keep_their_answers():
+    """The scheduler the burst formulas stand for, simulated: each round the running set is the longest first-come
+    prefix whose contexts the pool holds; a request pushed out keeps the tokens it has generated (vLLM recompute) and
+    resumes from there. For dstack's 256 x 128 / 2048 burst in a 91,680-token pool it takes as many rounds as the
+    burst counted at the admission cap (prompt + half the answer), not in waves of what the pool holds grown together."""
+    def simulate(prompt, answer, n, pool):
+        made, rounds = [0] * n, 0
+        while min(made) < answer:
+            used = 0
+            for i in range(n):
+                if made[i] >= answer:
+                    continue
+                need = prompt + made[i] + 1
+                if used + need > pool:
+                    break
+                used += need
+                made[i] += 1
+            rounds += 1
+        return rounds
+
+    rounds = simulate(128, 2048, 256, 91680)
+    cap, kept = 91680 // (128 + 1024), 91680 // (128 + 2048)      # 79 admitted by the count, 42 held grown
+    def counted(c, pace=1e9):                                     # srv_burst_rounds, the whole wave entering at once
+        return max((255 - c * (255 // c)) / pace + (255 // c) * 2048, 255 / pace) + 2048
+    assert (cap, kept) == (79, 42)
+    assert counted(cap) == pytest.approx(3 * 2048 + 2048, abs=0.01)
+    assert abs(counted(cap) / rounds - 1) < 0.1                  # within 10% of the simulated scheduler
+    assert counted(kept) / rounds > 1.7                           # waves of 42 would take 1.7x too many rounds
+    # the engine on that burst (vLLM V0, 405B FP8 over 8 x H100, the pool pinned to 91,680 tokens): the same cap and
+    # grown wave, and its count - the first wave entering at V0's 512-token budget - within 10% of the simulation
+    _, t = traced({"gpu_key": "h100_80", "llm_key": "llama-3.1-405b-fp8", "quantization": "fp8", "runtime": "vllm-v0",
+                   "num_gpus": 8, "inference_parallelism": "tensor", "runtime_settings": {"kv_pool_tokens": 91680},
+                   "input_tokens": 128, "output_tokens": 2048, "batch_size": 256})
+    assert t["srv_burst"] == 1 and (t["srv_burst_cap"], t["srv_burst_grown"]) == (cap, kept)
+    assert t["srv_burst_rounds"] == pytest.approx(counted(cap, (512 - cap / 2) / 128), rel=1e-9)
+    assert abs(t["srv_burst_rounds"] / rounds - 1) < 0.1
 
 
 def test_a_static_burst_that_outgrows_the_pool_preempts_and_recomputes():
