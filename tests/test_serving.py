@@ -8,7 +8,9 @@ around them is written out here.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 
@@ -335,22 +337,11 @@ def test_a_queued_burst_runs_at_the_cap_because_preempted_requests_keep_their_an
     prefix whose contexts the pool holds; a request pushed out keeps the tokens it has generated (vLLM recompute) and
     resumes from there. For dstack's 256 x 128 / 2048 burst in a 91,680-token pool it takes as many rounds as the
     burst counted at the admission cap (prompt + half the answer), not in waves of what the pool holds grown together."""
-    def simulate(prompt, answer, n, pool):
-        made, rounds = [0] * n, 0
-        while min(made) < answer:
-            used = 0
-            for i in range(n):
-                if made[i] >= answer:
-                    continue
-                need = prompt + made[i] + 1
-                if used + need > pool:
-                    break
-                used += need
-                made[i] += 1
-            rounds += 1
-        return rounds
-
-    rounds = simulate(128, 2048, 256, 91680)
+    spec = importlib.util.spec_from_file_location(
+        "replay_burst", Path(__file__).resolve().parents[1] / "benchmarks" / "replay_burst.py")
+    replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replay)                               # its replays: tests/test_replay_burst.py
+    rounds = replay.replay_prefix(128, 2048, 256, 91680)["rounds"]
     cap, kept = 91680 // (128 + 1024), 91680 // (128 + 2048)      # 79 admitted by the count, 42 held grown
     def counted(c, pace=1e9):                                     # srv_burst_rounds, the whole wave entering at once
         return max((255 - c * (255 // c)) / pace + (255 // c) * 2048, 255 / pace) + 2048
@@ -426,6 +417,29 @@ def test_open_loop_concurrency_solves_m_equals_one_plus_lambda_e2e_on_the_line()
     m = (1 + lam * (alone - slope)) / (1 - lam * slope)
     _, op = traced({**body, "request_rate": lam})
     assert op["srv_op_n"] == pytest.approx(m, rel=1e-6)
+
+
+def test_open_loop_first_tokens_wait_for_the_prompts_arriving_beside_them():
+    """Poisson arrivals: a request's prompt is taken in the round after it arrives, with the lambda x T others that
+    arrived during that round, each adding its prompt work w; and the round in progress is longer than the mean by
+    lambda w^2 / 2 (arrivals land in the rounds carrying prompts more often). Worked from the trace's parts."""
+    body = {**BASE, "input_tokens": 1000, "output_tokens": 200}
+    cap = vramplan.estimate_inference({**body, "request_rate": 1e6})["serving"]["requests_per_second"]
+    lam = 0.5 * cap
+    out, t = traced({**body, "request_rate": lam})
+    w = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"] + 1000 * t["srv_prompt_comm_token_s"]
+    batch = lam * w * t["srv_itl_op_s"] + lam * w * w / 2
+    assert t["srv_prompt_batch_s"] == pytest.approx(batch, rel=1e-12)
+    rho = lam / t["srv_capacity_seq_rate"]
+    slots = rho ** math.sqrt(2 * (t["srv_n_cap"] + 1)) / (1 - rho) / lam          # Sakasegawa's M/M/c wait
+    assert t["srv_queue_wait_s"] == pytest.approx(batch + slots, rel=1e-9)
+    assert out["serving"]["ttft_ms"] / 1000 == pytest.approx(t["srv_ttft_op_s"] + batch + slots, abs=6e-6)
+    # those waiting for their round are queued requests: Little's law still holds
+    srv = out["serving"]
+    assert srv["running_sequences"] + srv["queued_requests"] == pytest.approx(lam * srv["e2e_latency_ms"] / 1000, rel=2e-3)
+    # a closed loop's clients send their next prompt when an answer ends, at a round's end: nothing of the kind
+    _, closed = traced({**body, "concurrent_users": 20})
+    assert closed["srv_prompt_batch_s"] == 0
 
 
 def test_open_loop_on_llama_cpp_runs_from_the_slots_max_num_seqs_gives():

@@ -1,0 +1,112 @@
+"""Replay an open loop (Poisson arrivals) through a continuous-batching step loop, beside the engine's open-loop answer.
+
+The engine answers an open loop analytically (formulas/performance/serving.yaml, serving_load.yaml): the concurrency a
+request sees is the fixed point m = 1 + lambda E2E(m) on the line through one sequence and the cap (which is the mean of
+the birth-death process whose completion rate at n running is n / E2E(n)), a request's first token comes after its own
+prefill, the decodes beside it and half a round, and near capacity an M/M/c wait with the cap as servers
+(Sakasegawa's approximation) is added. This replays the same deployment step by step with the engine's own costs - a
+round of n decodes costs srv_round_one_s + (n - 1) x the per-sequence slope to the cap's round (srv_round_cap_s), each
+prompt taken in a round adds its prompt work (srv_prompt_gemm_s + srv_prompt_other_s and its tokens' collectives,
+srv_prompt_comm_token_s, as a ramp round's prompts) - with Poisson arrivals, a
+first-come queue, the runtime's per-step token budget and its admission cap, and prints both.
+
+It is a check of the queueing approximations, not of the costs (both sides use the engine's): the replay's first
+token waits for the round in progress (longer when it carries prompts: an arrival lands in a long round more often)
+and comes at the end of a round that also prefills the prompts that arrived beside it, which the analytic TTFT leaves
+out; and near capacity its queue forms when the number running reaches the cap, where the M/M/c reading waits as if
+the cap's servers were independent. Dense models only: a MoE round's cost is not linear in the sequences (the experts
+they touch).
+
+    .venv/bin/python benchmarks/replay_open_loop.py
+"""
+
+from __future__ import annotations
+
+import random
+
+import vramplan
+from vramplan.estimate import trace_values
+
+CASES = [
+    {"llm_key": "llama-3.1-8b-instruct", "gpu_key": "h100_80", "quantization": "bf16", "runtime": "vllm",
+     "input_tokens": 1000, "output_tokens": 200},
+    {"llm_key": "llama-3.1-8b-instruct", "gpu_key": "h100_80", "quantization": "bf16", "runtime": "vllm",
+     "input_tokens": 4000, "output_tokens": 300},
+    {"llm_key": "llama-3.3-70b-instruct", "gpu_key": "h100_80", "quantization": "fp8", "num_gpus": 2, "inference_parallelism": "tensor", "runtime": "vllm",
+     "input_tokens": 2000, "output_tokens": 500},
+]
+LOADS = [0.05, 0.2, 0.5, 0.7, 0.85, 0.95]   # arrival rate as a share of the engine's sustainable rate
+
+
+def traced(body: dict) -> tuple[dict, dict]:
+    out = vramplan.estimate_inference({**body, "trace": True}, suggestions=False)
+    return out, trace_values(out)
+
+
+def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: float, slope: float, work: float,
+           requests: int = 6000, seed: int = 1) -> tuple[float, float, float]:
+    """Mean TTFT, ITL and E2E (s) of ``requests`` Poisson arrivals, the first tenth left out as warm-up."""
+    rng = random.Random(seed)
+    arrivals, at = [], 0.0
+    for _ in range(requests):
+        at += rng.expovariate(rate)
+        arrivals.append(at)
+    now, waiting, running, arrived, finished = 0.0, [], [], 0, 0
+    first, done, last, gaps = [0.0] * requests, [0.0] * requests, [0.0] * requests, []
+    while finished < requests:
+        while arrived < requests and arrivals[arrived] <= now:
+            waiting.append([arrived, prompt])
+            arrived += 1
+        if not running and not waiting:
+            now = arrivals[arrived]
+            continue
+        n, left, tokens, entered = len(running), budget - len(running), 0, []
+        for w in waiting:                                   # first come, first served, within budget and cap
+            if left <= 0 or n + len(entered) >= cap:
+                break
+            chunk = min(left, w[1])
+            w[1] -= chunk
+            left -= chunk
+            tokens += chunk
+            if w[1] == 0:
+                entered.append(w)
+        now += one + max(n - 1, 0) * slope + tokens / prompt * work
+        for r in running:
+            r[1] += 1
+            gaps.append(now - last[r[0]])
+            last[r[0]] = now
+        for r in [r for r in running if r[1] >= answer]:
+            running.remove(r)
+            done[r[0]] = now
+            finished += 1
+        for w in entered:
+            waiting.remove(w)
+            first[w[0]] = last[w[0]] = now
+            running.append([w[0], 1])
+    skip = requests // 10
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return (mean([first[i] - arrivals[i] for i in range(skip, requests)]), mean(gaps),
+            mean([done[i] - arrivals[i] for i in range(skip, requests)]))
+
+
+def main() -> None:
+    print("| case | load | engine TTFT ms | replay TTFT ms | engine ITL ms | replay ITL ms | engine E2E s | replay E2E s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for body in CASES:
+        _, t = traced({**body, "concurrent_users": 1})
+        cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
+        one = t["srv_round_one_s"]
+        slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
+        work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"] + t["prefill_new_tokens"] * t["srv_prompt_comm_token_s"]
+        name = f"{body['llm_key']} {body.get('num_gpus', 1)}x{body['gpu_key']} {body['input_tokens']}/{body['output_tokens']}"
+        for load in LOADS:
+            rate = load * t["srv_capacity_seq_rate"]
+            out, _ = traced({**body, "request_rate": rate})
+            s = out["serving"]
+            ttft, itl, e2e = replay(rate, body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work)
+            print(f"| {name} | {load:.2f} | {s['ttft_ms']:,.1f} | {ttft * 1000:,.1f} | {s['itl_ms']:.2f} | {itl * 1000:.2f} | "
+                  f"{s['e2e_latency_ms'] / 1000:.2f} | {e2e:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
