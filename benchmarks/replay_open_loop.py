@@ -15,7 +15,9 @@ token waits for the round in progress (longer when it carries prompts: an arriva
 and comes at the end of a round that also prefills the prompts that arrived beside it, which the analytic TTFT leaves
 out; and near capacity its queue forms when the number running reaches the cap, where the M/M/c reading waits as if
 the cap's servers were independent. Dense models only: a MoE round's cost is not linear in the sequences (the experts
-they touch).
+they touch). A second table replays closed loops of identical requests whose clients all start at once, as a
+fixed-length benchmark runs them: requests admitted in the same round end in the same round and come back together,
+so their prompts share a round for good (the engine's closed loop spreads them as real traffic's lengths would).
 
     .venv/bin/python benchmarks/replay_open_loop.py
 """
@@ -89,6 +91,45 @@ def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: fl
             mean([done[i] - arrivals[i] for i in range(skip, requests)]))
 
 
+def replay_closed(users: int, prompt: int, answer: int, cap: int, budget: int, one: float, slope: float, work: float,
+                  requests: int = 3000) -> tuple[float, float, float]:
+    """Mean TTFT, ITL (s) and output tokens/s of ``users`` clients that all start at once and each send the next
+    request when the last answer ends (identical lengths, as a fixed-length benchmark sends them), the first fifth of
+    the requests left out."""
+    now, waiting, running, issued, finished = 0.0, [[i, prompt] for i in range(users)], [], users, 0
+    start, last = {i: 0.0 for i in range(users)}, {}
+    ttfts, gaps = [], []
+    while finished < requests:
+        n, left, tokens, entered = len(running), budget - len(running), 0, []
+        for w in waiting:
+            if left <= 0 or n + len(entered) >= cap:
+                break
+            chunk = min(left, w[1])
+            w[1] -= chunk
+            left -= chunk
+            tokens += chunk
+            if w[1] == 0:
+                entered.append(w)
+        now += one + max(n - 1, 0) * slope + tokens / prompt * work
+        for r in running:
+            r[1] += 1
+            gaps.append(now - last[r[0]])
+            last[r[0]] = now
+        for r in [r for r in running if r[1] >= answer]:
+            running.remove(r)
+            finished += 1
+            waiting.append([issued, prompt])
+            start[issued] = now
+            issued += 1
+        for w in entered:
+            waiting.remove(w)
+            ttfts.append(now - start[w[0]])
+            last[w[0]] = now
+            running.append([w[0], 1])
+    skip = len(ttfts) // 5
+    return sum(ttfts[skip:]) / len(ttfts[skip:]), sum(gaps) / len(gaps), finished * answer / now
+
+
 def main() -> None:
     print("| case | load | engine TTFT ms | replay TTFT ms | engine ITL ms | replay ITL ms | engine E2E s | replay E2E s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -106,6 +147,24 @@ def main() -> None:
             ttft, itl, e2e = replay(rate, body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work)
             print(f"| {name} | {load:.2f} | {s['ttft_ms']:,.1f} | {ttft * 1000:,.1f} | {s['itl_ms']:.2f} | {itl * 1000:.2f} | "
                   f"{s['e2e_latency_ms'] / 1000:.2f} | {e2e:.2f} |")
+    print()
+    print("Closed loops of identical requests, all clients starting at once (a fixed-length benchmark):")
+    print()
+    print("| case | clients | engine TTFT ms | replay TTFT ms | engine ITL ms | replay ITL ms | engine tok/s | replay tok/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for body in CASES[:2]:
+        _, t = traced({**body, "concurrent_users": 1})
+        cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
+        one = t["srv_round_one_s"]
+        slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
+        work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"] + t["prefill_new_tokens"] * t["srv_prompt_comm_token_s"]
+        name = f"{body['llm_key']} {body.get('num_gpus', 1)}x{body['gpu_key']} {body['input_tokens']}/{body['output_tokens']}"
+        for users in (1, 8, 64, 256):
+            out, _ = traced({**body, "concurrent_users": users})
+            s = out["serving"]
+            ttft, itl, tps = replay_closed(users, body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work)
+            print(f"| {name} | {users} | {s['ttft_ms']:,.1f} | {ttft * 1000:,.1f} | {s['itl_ms']:.2f} | {itl * 1000:.2f} | "
+                  f"{s['output_throughput_tps']:,.0f} | {tps:,.0f} |")
 
 
 if __name__ == "__main__":

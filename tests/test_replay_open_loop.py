@@ -39,3 +39,14 @@ def test_engine_ttft_below_capacity_follows_the_replay():
     assert abs(out["serving"]["ttft_ms"] / 1000 / ttft - 1) < 0.25
     assert abs((out["serving"]["ttft_ms"] / 1000 - op["srv_prompt_batch_s"]) / ttft - 1) > 0.25
     assert abs(out["serving"]["itl_ms"] / 1000 / itl - 1) < 0.1 and abs(out["serving"]["e2e_latency_ms"] / 1000 / e2e - 1) < 0.1
+
+
+def test_closed_loop_replay_keeps_identical_requests_together():
+    # two clients, 100-token prompts of work 0.01 s, 2-token answers, rounds of 0.002 s: both prompts share the first
+    # round (0.002 + 2 x 0.01 = 0.022 s, both first tokens then), the second round (0.002 s) ends both answers, both
+    # clients send again at once - every request's first token 0.022 s after it is sent, 4 answers of 2 tokens in
+    # 2 x 0.024 s
+    ttft, itl, tps = rol.replay_closed(2, 100, 2, 8, 512, 0.002, 0.0, 0.01, requests=4)
+    assert ttft == pytest.approx(0.022, rel=1e-9)
+    assert itl == pytest.approx(0.002, rel=1e-9)
+    assert tps == pytest.approx(4 * 2 / 0.048, rel=1e-9)
