@@ -45,6 +45,36 @@ def traced(body: dict) -> tuple[dict, dict]:
     return out, trace_values(out)
 
 
+def _round(now: float, waiting: list, running: list, last: dict, gaps: list, cap: int, budget: int, prompt: int,
+           answer: int, one: float, slope: float, work: float) -> tuple[float, list, list]:
+    """One round: the decodes running, and the waiting prompts taken first come, first served within the token budget
+    and the cap (chunk by chunk); returns the time it ends, the requests whose prompts it finished (their first token)
+    and those whose answers it ended."""
+    n, left, tokens, entered = len(running), budget - len(running), 0, []
+    for w in waiting:
+        if left <= 0 or n + len(entered) >= cap:
+            break
+        chunk = min(left, w[1])
+        w[1] -= chunk
+        left -= chunk
+        tokens += chunk
+        if w[1] == 0:
+            entered.append(w)
+    now += one + max(n - 1, 0) * slope + tokens / prompt * work
+    for r in running:
+        r[1] += 1
+        gaps.append(now - last[r[0]])
+        last[r[0]] = now
+    ended = [r for r in running if r[1] >= answer]
+    for r in ended:
+        running.remove(r)
+    for w in entered:
+        waiting.remove(w)
+        last[w[0]] = now
+        running.append([w[0], 1])
+    return now, entered, ended
+
+
 def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: float, slope: float, work: float,
            requests: int = 6000, seed: int = 1) -> tuple[float, float, float]:
     """Mean TTFT, ITL and E2E (s) of ``requests`` Poisson arrivals, the first tenth left out as warm-up."""
@@ -54,7 +84,7 @@ def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: fl
         at += rng.expovariate(rate)
         arrivals.append(at)
     now, waiting, running, arrived, finished = 0.0, [], [], 0, 0
-    first, done, last, gaps = [0.0] * requests, [0.0] * requests, [0.0] * requests, []
+    first, done, last, gaps = [0.0] * requests, [0.0] * requests, {}, []
     while finished < requests:
         while arrived < requests and arrivals[arrived] <= now:
             waiting.append([arrived, prompt])
@@ -62,29 +92,12 @@ def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: fl
         if not running and not waiting:
             now = arrivals[arrived]
             continue
-        n, left, tokens, entered = len(running), budget - len(running), 0, []
-        for w in waiting:                                   # first come, first served, within budget and cap
-            if left <= 0 or n + len(entered) >= cap:
-                break
-            chunk = min(left, w[1])
-            w[1] -= chunk
-            left -= chunk
-            tokens += chunk
-            if w[1] == 0:
-                entered.append(w)
-        now += one + max(n - 1, 0) * slope + tokens / prompt * work
-        for r in running:
-            r[1] += 1
-            gaps.append(now - last[r[0]])
-            last[r[0]] = now
-        for r in [r for r in running if r[1] >= answer]:
-            running.remove(r)
+        now, entered, ended = _round(now, waiting, running, last, gaps, cap, budget, prompt, answer, one, slope, work)
+        for r in ended:
             done[r[0]] = now
             finished += 1
         for w in entered:
-            waiting.remove(w)
-            first[w[0]] = last[w[0]] = now
-            running.append([w[0], 1])
+            first[w[0]] = now
     skip = requests // 10
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return (mean([first[i] - arrivals[i] for i in range(skip, requests)]), mean(gaps),
@@ -92,79 +105,76 @@ def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: fl
 
 
 def replay_closed(users: int, prompt: int, answer: int, cap: int, budget: int, one: float, slope: float, work: float,
-                  requests: int = 3000) -> tuple[float, float, float]:
-    """Mean TTFT, ITL (s) and output tokens/s of ``users`` clients that all start at once and each send the next
-    request when the last answer ends (identical lengths, as a fixed-length benchmark sends them), the first fifth of
-    the requests left out."""
-    now, waiting, running, issued, finished = 0.0, [[i, prompt] for i in range(users)], [], users, 0
-    start, last = {i: 0.0 for i in range(users)}, {}
+                  requests: int = 3000, spread: float = 0.0, seed: int = 2) -> tuple[float, float, float]:
+    """Mean TTFT, ITL (s) and output tokens/s of ``users`` clients that each send the next request when the last answer
+    ends (identical lengths), the first fifth of the requests left out. The clients' first requests leave at once
+    (``spread`` 0, as a fixed-length benchmark sends them) or at uniform random times over ``spread`` seconds (clients
+    out of step, as varying lengths leave them)."""
+    rng = random.Random(seed)
+    pending = sorted((rng.uniform(0, spread) if spread else 0.0, i) for i in range(users))
+    now, waiting, running, issued, finished = 0.0, [], [], users, 0
+    start, last = {i: at for at, i in pending}, {}
     ttfts, gaps = [], []
     while finished < requests:
-        n, left, tokens, entered = len(running), budget - len(running), 0, []
-        for w in waiting:
-            if left <= 0 or n + len(entered) >= cap:
-                break
-            chunk = min(left, w[1])
-            w[1] -= chunk
-            left -= chunk
-            tokens += chunk
-            if w[1] == 0:
-                entered.append(w)
-        now += one + max(n - 1, 0) * slope + tokens / prompt * work
-        for r in running:
-            r[1] += 1
-            gaps.append(now - last[r[0]])
-            last[r[0]] = now
-        for r in [r for r in running if r[1] >= answer]:
-            running.remove(r)
+        while pending and pending[0][0] <= now:
+            waiting.append([pending.pop(0)[1], prompt])
+        if not running and not waiting:
+            now = pending[0][0]
+            continue
+        now, entered, ended = _round(now, waiting, running, last, gaps, cap, budget, prompt, answer, one, slope, work)
+        for w in entered:
+            ttfts.append(now - start[w[0]])
+        for _ in ended:                                     # each client sends its next request at once
             finished += 1
             waiting.append([issued, prompt])
             start[issued] = now
             issued += 1
-        for w in entered:
-            waiting.remove(w)
-            ttfts.append(now - start[w[0]])
-            last[w[0]] = now
-            running.append([w[0], 1])
     skip = len(ttfts) // 5
     return sum(ttfts[skip:]) / len(ttfts[skip:]), sum(gaps) / len(gaps), finished * answer / now
+
+
+def _costs(body: dict) -> tuple[int, int, float, float, float, str]:
+    """The engine's cap, token budget, one-sequence round, per-sequence slope to the cap's round and a prompt's work
+    for this deployment, and a name for it."""
+    _, t = traced({**body, "concurrent_users": 1})
+    cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
+    one = t["srv_round_one_s"]
+    slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
+    work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"] + t["prefill_new_tokens"] * t["srv_prompt_comm_token_s"]
+    name = f"{body['llm_key']} {body.get('num_gpus', 1)}x{body['gpu_key']} {body['input_tokens']}/{body['output_tokens']}"
+    return cap, budget, one, slope, work, name
 
 
 def main() -> None:
     print("| case | load | engine TTFT ms | replay TTFT ms | engine ITL ms | replay ITL ms | engine E2E s | replay E2E s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for body in CASES:
-        _, t = traced({**body, "concurrent_users": 1})
-        cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
-        one = t["srv_round_one_s"]
-        slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
-        work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"] + t["prefill_new_tokens"] * t["srv_prompt_comm_token_s"]
-        name = f"{body['llm_key']} {body.get('num_gpus', 1)}x{body['gpu_key']} {body['input_tokens']}/{body['output_tokens']}"
+        cap, budget, one, slope, work, name = _costs(body)
+        capacity = traced({**body, "concurrent_users": 1})[1]["srv_capacity_seq_rate"]
         for load in LOADS:
-            rate = load * t["srv_capacity_seq_rate"]
+            rate = load * capacity
             out, _ = traced({**body, "request_rate": rate})
             s = out["serving"]
             ttft, itl, e2e = replay(rate, body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work)
             print(f"| {name} | {load:.2f} | {s['ttft_ms']:,.1f} | {ttft * 1000:,.1f} | {s['itl_ms']:.2f} | {itl * 1000:.2f} | "
                   f"{s['e2e_latency_ms'] / 1000:.2f} | {e2e:.2f} |")
     print()
-    print("Closed loops of identical requests, all clients starting at once (a fixed-length benchmark):")
+    print("Closed loops of identical requests: clients in step (all starting at once, as a fixed-length benchmark runs "
+          "them) and out of step (first requests spread over one end-to-end time):")
     print()
-    print("| case | clients | engine TTFT ms | replay TTFT ms | engine ITL ms | replay ITL ms | engine tok/s | replay tok/s |")
+    print("| case | clients | engine TTFT ms | replay TTFT ms, in step / out of step | engine ITL ms | replay ITL ms, in step / "
+          "out of step | engine tok/s | replay tok/s, in step / out of step |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for body in CASES[:2]:
-        _, t = traced({**body, "concurrent_users": 1})
-        cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
-        one = t["srv_round_one_s"]
-        slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
-        work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"] + t["prefill_new_tokens"] * t["srv_prompt_comm_token_s"]
-        name = f"{body['llm_key']} {body.get('num_gpus', 1)}x{body['gpu_key']} {body['input_tokens']}/{body['output_tokens']}"
+        cap, budget, one, slope, work, name = _costs(body)
         for users in (1, 8, 64, 256):
             out, _ = traced({**body, "concurrent_users": users})
             s = out["serving"]
-            ttft, itl, tps = replay_closed(users, body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work)
-            print(f"| {name} | {users} | {s['ttft_ms']:,.1f} | {ttft * 1000:,.1f} | {s['itl_ms']:.2f} | {itl * 1000:.2f} | "
-                  f"{s['output_throughput_tps']:,.0f} | {tps:,.0f} |")
+            lengths = (body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work)
+            ttft, itl, tps = replay_closed(users, *lengths)
+            ttft2, itl2, tps2 = replay_closed(users, *lengths, spread=s["e2e_latency_ms"] / 1000)
+            print(f"| {name} | {users} | {s['ttft_ms']:,.1f} | {ttft * 1000:,.1f} / {ttft2 * 1000:,.1f} | {s['itl_ms']:.2f} | "
+                  f"{itl * 1000:.2f} / {itl2 * 1000:.2f} | {s['output_throughput_tps']:,.0f} | {tps:,.0f} / {tps2:,.0f} |")
 
 
 if __name__ == "__main__":
