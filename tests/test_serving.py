@@ -107,12 +107,10 @@ def test_chunked_prefill_interference_in_a_closed_loop():
            + prompts * prompt_rest)
     assert srv["itl_ms"] == pytest.approx(itl * 1000, abs=0.006)
     # TTFT: its own prompt, the 63 other sequences' decodes riding in its step (their attention, and their GEMM
-    # FLOPs on top of a compute-bound chunk), half a round of waiting for the step under way, and the other prompts
-    # that start in its round (63 / 256 of them, each its GEMMs and the rest)
+    # FLOPs on top of a compute-bound chunk), and half a round of waiting for the step under way.
     chunk = prefill_alone_s(2048)
     ttft = chunk + 63 * (2176 * KV_PER_TOKEN / BW + elementwise) + (max(WEIGHT_BYTES / BW, 63 * 2 * MATMUL / FLOPS + chunk)
                                                    - max(WEIGHT_BYTES / BW, chunk)) + 0.5 * itl * 63 / 64
-    ttft += prompts * (prompt_gemm + prompt_rest)
     assert srv["ttft_ms"] == pytest.approx(ttft * 1000, rel=1e-4)
     # Little's law: 64 sequences in flight, each taking TTFT + 255 ITL
     e2e = ttft + 255 * itl
@@ -421,12 +419,10 @@ def test_open_loop_concurrency_solves_m_equals_one_plus_lambda_e2e_on_the_line()
     assert op["srv_op_n"] == pytest.approx(m, rel=1e-6)
 
 
-def test_first_tokens_wait_for_the_prompts_that_start_in_their_round():
-    """A request's prompt is taken with the others that come at the same time, and its first token comes when that
-    round ends. Open loop (Poisson arrivals): the lambda x T others that arrived during the round before, each adding
-    its prompt work w, and the round in progress is longer than the mean by lambda w^2 / 2 (arrivals land in the rounds
-    carrying prompts more often). Closed loop: the clients whose answers ended in the round before, (n - 1) / output
-    of them. Worked from the trace's parts."""
+def test_open_loop_first_tokens_wait_for_the_prompts_arriving_beside_them():
+    """Poisson arrivals: a request's prompt is taken in the round after it arrives, with the lambda x T others that
+    arrived during that round, each adding its prompt work w; and the round in progress is longer than the mean by
+    lambda w^2 / 2 (arrivals land in the rounds carrying prompts more often). Worked from the trace's parts."""
     body = {**BASE, "input_tokens": 1000, "output_tokens": 200}
     cap = vramplan.estimate_inference({**body, "request_rate": 1e6})["serving"]["requests_per_second"]
     lam = 0.5 * cap
@@ -441,15 +437,9 @@ def test_first_tokens_wait_for_the_prompts_that_start_in_their_round():
     # those waiting for their round are queued requests: Little's law still holds
     srv = out["serving"]
     assert srv["running_sequences"] + srv["queued_requests"] == pytest.approx(lam * srv["e2e_latency_ms"] / 1000, rel=2e-3)
-    # a closed loop of 64 clients: 63 / 200 others start in a request's round
-    closed_out, closed = traced({**body, "concurrent_users": 64})
-    assert closed["srv_prompts_op"] == pytest.approx(63 / 200, rel=1e-12)
-    assert closed["srv_prompt_batch_s"] == pytest.approx(63 / 200 * w, rel=1e-12)
-    assert closed["srv_queue_wait_s"] == 0                                            # part of every request's cycle
-    assert closed_out["serving"]["ttft_ms"] / 1000 == pytest.approx(closed["srv_ttft_op_s"], abs=6e-6)
-    # ... and a static batch prefills every prompt together: nothing of the kind
-    _, static = traced({**body, "batch_size": 16})
-    assert static["srv_static"] == 1 and static["srv_prompt_batch_s"] == 0
+    # a closed loop is left as it was (its clients' prompts come at a round's end; PERFORMANCE 'What remains off')
+    _, closed = traced({**body, "concurrent_users": 20})
+    assert closed["srv_prompt_batch_s"] == 0
 
 
 def test_open_loop_on_llama_cpp_runs_from_the_slots_max_num_seqs_gives():
