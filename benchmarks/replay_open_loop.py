@@ -6,8 +6,8 @@ the birth-death process whose completion rate at n running is n / E2E(n)), a req
 prefill, the decodes beside it and half a round, and near capacity an M/M/c wait with the cap as servers
 (Sakasegawa's approximation) is added. This replays the same deployment step by step with the engine's own costs - a
 round of n decodes costs srv_round_one_s + (n - 1) x the per-sequence slope to the cap's round (srv_round_cap_s), each
-prompt taken in a round adds its prompt work (srv_prompt_gemm_s + srv_prompt_other_s and its tokens' collectives,
-srv_prompt_comm_token_s, as a ramp round's prompts) - with Poisson arrivals, a
+prompt taken in a round adds its prompt work (srv_prompt_gemm_s + srv_prompt_other_s, its tokens' collectives
+included) - with Poisson arrivals, a
 first-come queue, the runtime's per-step token budget and its admission cap, and prints both.
 
 It is a check of the queueing approximations, not of the costs (both sides use the engine's): the replay's first
@@ -133,24 +133,23 @@ def replay_closed(users: int, prompt: int, answer: int, cap: int, budget: int, o
     return sum(ttfts[skip:]) / len(ttfts[skip:]), sum(gaps) / len(gaps), finished * answer / now
 
 
-def _costs(body: dict) -> tuple[int, int, float, float, float, str]:
-    """The engine's cap, token budget, one-sequence round, per-sequence slope to the cap's round and a prompt's work
-    for this deployment, and a name for it."""
+def _costs(body: dict) -> tuple[int, int, float, float, float, float, str]:
+    """The engine's cap, token budget, one-sequence round, per-sequence slope to the cap's round, a prompt's work and
+    sustainable sequence rate for this deployment, and a name for it."""
     _, t = traced({**body, "concurrent_users": 1})
     cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
     one = t["srv_round_one_s"]
     slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
-    work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"] + t["prefill_new_tokens"] * t["srv_prompt_comm_token_s"]
+    work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"]
     name = f"{body['llm_key']} {body.get('num_gpus', 1)}x{body['gpu_key']} {body['input_tokens']}/{body['output_tokens']}"
-    return cap, budget, one, slope, work, name
+    return cap, budget, one, slope, work, t["srv_capacity_seq_rate"], name
 
 
 def main() -> None:
     print("| case | load | engine TTFT ms | replay TTFT ms | engine ITL ms | replay ITL ms | engine E2E s | replay E2E s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for body in CASES:
-        cap, budget, one, slope, work, name = _costs(body)
-        capacity = traced({**body, "concurrent_users": 1})[1]["srv_capacity_seq_rate"]
+        cap, budget, one, slope, work, capacity, name = _costs(body)
         for load in LOADS:
             rate = load * capacity
             out, _ = traced({**body, "request_rate": rate})
@@ -166,7 +165,7 @@ def main() -> None:
           "out of step | engine tok/s | replay tok/s, in step / out of step |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for body in CASES[:2]:
-        cap, budget, one, slope, work, name = _costs(body)
+        cap, budget, one, slope, work, _, name = _costs(body)
         for users in (1, 8, 64, 256):
             out, _ = traced({**body, "concurrent_users": users})
             s = out["serving"]

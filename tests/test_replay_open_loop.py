@@ -32,7 +32,7 @@ def test_engine_ttft_below_capacity_follows_the_replay():
     _, t = rol.traced({**body, "concurrent_users": 1})
     cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"])
     one, slope = t["srv_round_one_s"], (t["srv_round_cap_s"] - t["srv_round_one_s"]) / (cap - 1)
-    work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"] + t["prefill_new_tokens"] * t["srv_prompt_comm_token_s"]
+    work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"]
     rate = 0.5 * t["srv_capacity_seq_rate"]
     ttft, itl, e2e = rol.replay(rate, 1000, 200, cap, budget, one, slope, work, requests=3000)
     out, op = rol.traced({**body, "request_rate": rate})
