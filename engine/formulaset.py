@@ -199,7 +199,7 @@ def _degree(node: ast.AST, degree_of, visit) -> int | None:
         ints = [d for d in degrees if d is not None]
         if isinstance(node, ast.Call):
             name = node.func.id  # parse_expression allows only whitelisted names here
-            if name in ("sqrt", "log", "log2", "exp"):
+            if name in ("sqrt", "log", "log2", "exp", "betainc"):
                 return None
             if name in ("ceil", "floor"):
                 return ints[0] if ints else _FLOAT_AS_INT

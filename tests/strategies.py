@@ -52,6 +52,7 @@ def _grow(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
         pair.map(lambda t: f"log({t[0]}, {t[1]})"),
         pair.map(lambda t: f"round_up({t[0]}, {t[1]})"),
         st.tuples(children, children, children).map(lambda t: f"clamp({t[0]}, {t[1]}, {t[2]})"),
+        st.tuples(children, children, children).map(lambda t: f"betainc({t[0]}, {t[1]}, {t[2]})"),
         st.lists(children, min_size=2, max_size=3).map(lambda t: f"argmin({', '.join(t)})"),
         st.tuples(children, st.lists(children, min_size=1, max_size=3)).map(
             lambda t: f"choose({t[0]}, {', '.join(t[1])})"),

@@ -212,6 +212,10 @@ REFUSALS = [
     ("choose(a, b, c)", {"a": 3, "b": 1, "c": 2}, "cannot be evaluated: math domain error"),  # past the values
     ("choose(a, b, c)", {"a": 1.5, "b": 1, "c": 2}, "cannot be evaluated: math domain error"),  # not whole
     ("choose(a, b, c)", {"a": 0, "b": 1, "c": 2}, "cannot be evaluated: math domain error"),
+    ("betainc(a, b, c)", {"a": 0, "b": 1, "c": 0.5}, "cannot be evaluated: math domain error"),   # a shape of 0
+    ("betainc(a, b, c)", {"a": 1, "b": -2, "c": 0.5}, "cannot be evaluated: math domain error"),
+    ("betainc(a, b, c)", {"a": 1, "b": 2, "c": 1.5}, "cannot be evaluated: math domain error"),   # x past 1
+    ("betainc(a, b, c)", {"a": 2e10, "b": 2, "c": 0.5}, "cannot be evaluated: math domain error"),  # beyond its accuracy
 ]
 
 
@@ -225,6 +229,31 @@ PICKS = [
     ("choose(a, b, c)", {"a": 2, "b": 10, "c": 20}, 20),
     ("choose(a == 1, b, c)", {"a": 1, "b": 10, "c": 20}, 10),  # True is 1
 ]
+
+
+#: The regularized incomplete beta function I_x(a, b), worked by hand: I_x(1, 1) = x; I_x(a, 1) = x^a;
+#: I_x(1, b) = 1 - (1 - x)^b; I_(1/2)(a, a) = 1/2; the ends; and a negative binomial's distribution function,
+#: P(NB(r = 2, q = 1/2) <= 2) = I_(1/2)(2, 3) = (1/2)^2 (1 + 2 x 1/2 + 3 x 1/4) = 0.6875; and a binomial's,
+#: P(Bin(10, 0.3) <= 3) = I_0.7(7, 4) = sum_(k <= 3) C(10, k) 0.3^k 0.7^(10 - k).
+BETAS = [
+    ("betainc(a, b, c)", {"a": 1, "b": 1, "c": 0.3}, 0.3),
+    ("betainc(a, b, c)", {"a": 3, "b": 1, "c": 0.5}, 0.125),
+    ("betainc(a, b, c)", {"a": 1, "b": 4, "c": 0.5}, 1 - 0.5 ** 4),
+    ("betainc(a, b, c)", {"a": 7.5, "b": 7.5, "c": 0.5}, 0.5),
+    ("betainc(a, b, c)", {"a": 3, "b": 2, "c": 0}, 0),
+    ("betainc(a, b, c)", {"a": 3, "b": 2, "c": 1}, 1),
+    ("betainc(a, b, c)", {"a": 2, "b": 3, "c": 0.5}, 0.6875),
+    ("betainc(a, b, c)", {"a": 7, "b": 4, "c": 0.7}, sum(math.comb(10, k) * 0.3 ** k * 0.7 ** (10 - k) for k in range(4))),
+    ("betainc(a, b, c)", {"a": 1e8, "b": 1e8, "c": 0.5}, 0.5),   # ~2,300 terms of the continued fraction
+]
+
+
+@pytest.mark.parametrize("expr,inputs,expected", BETAS)
+def test_betainc(expr, inputs, expected):
+    fs = formula_set(expr)
+    for evaluator in ("compiled", "simpleeval"):
+        assert value_or_refusal(fs, inputs, evaluator) == pytest.approx(expected, rel=1e-6, abs=1e-15), evaluator
+    assert hot_path(fs, inputs) == pytest.approx(expected, rel=1e-6, abs=1e-15)
 
 
 @pytest.mark.parametrize("expr,inputs,expected", PICKS)
