@@ -4,20 +4,20 @@ The engine answers an open loop analytically (formulas/performance/serving.yaml,
 request sees is the fixed point m = 1 + lambda E2E(m) on the line through one sequence and the cap (which is the mean of
 the birth-death process whose completion rate at n running is n / E2E(n)), a request's first token comes after its own
 prefill, the decodes beside it, half a round and the prompts arriving beside it, and near capacity the birth-death
-process's wait for a slot (the queue beyond the cap, srv_slot_wait_s) is added. This replays the same deployment step by step with the engine's own costs - a
-round of n decodes costs srv_round_one_s + (n - 1) x the per-sequence slope to the cap's round (srv_round_cap_s), each
+process's wait for a slot (the queue beyond the cap, srv_slot_wait_s) is added. This replays the same deployment
+step by step with the engine's own costs - a round of n decodes costs srv_round_one_s + (n - 1) x the per-sequence slope to the cap's round (srv_round_cap_s), each
 prompt taken in a round adds its prompt work (srv_prompt_gemm_s + srv_prompt_other_s, its tokens' collectives
-included) - with Poisson arrivals, a
+included) less what of its GEMMs hides under the round's weight read - with Poisson arrivals, a
 first-come queue, the runtime's per-step token budget and its admission cap, and prints both.
 
 It is a check of the queueing approximations, not of the costs (both sides use the engine's): the replay's first
 token waits for the round in progress (longer when it carries prompts: an arrival lands in a long round more often)
-and comes at the end of a round that also prefills the prompts that arrived beside it, which the analytic TTFT leaves
-out; and near capacity its queue forms when the number running reaches the cap, as the birth-death wait has it. Its
-round is cruder than the engine's in one place: a round that carries a prompt costs a one-sequence round on top of the
-prompt's work, where the engine's prefill reads the weights while it computes (a request alone: 31.9 ms to first
-token against the engine's 26.5 for 1000-token prompts on an H100), so some of the replay's later first tokens are
-that. Dense models only: a MoE round's cost is not linear in the sequences (the experts
+and comes at the end of a round that also prefills the prompts that arrived beside it, which the analytic TTFT counts
+as one round of them (srv_prompt_batch_s); and near capacity its queue forms when the number running reaches the cap, as the birth-death wait has it. A
+round's decodes cost the line through one sequence and the cap (srv_round_one_s, srv_round_cap_s), which is above the
+engine's round between the two where that is flat (weight-bound) and then rising; a prompt's GEMMs run while the
+weights stream, in the part of the read the decodes' own GEMMs leave free (a request alone: 26.6 ms to its first
+token, the engine's 26.5). Dense models only: a MoE round's cost is not linear in the sequences (the experts
 they touch). A second table replays closed loops of identical requests whose clients all start at once, as a
 fixed-length benchmark runs them: requests admitted in the same round end in the same round and come back together,
 so their prompts share a round for good (the engine's closed loop spreads them as real traffic's lengths would).
@@ -49,10 +49,13 @@ def traced(body: dict) -> tuple[dict, dict]:
 
 
 def _round(now: float, waiting: list, running: list, last: dict, gaps: list, cap: int, budget: int, prompt: int,
-           answer: int, one: float, slope: float, work: float) -> tuple[float, list, list]:
+           answer: int, one: float, slope: float, work: float, hide: tuple = (0.0, 0.0, 0.0)) -> tuple[float, list, list]:
     """One round: the decodes running, and the waiting prompts taken first come, first served within the token budget
     and the cap (chunk by chunk); returns the time it ends, the requests whose prompts it finished (their first token)
-    and those whose answers it ended."""
+    and those whose answers it ended. ``hide`` = (a prompt's GEMM time, the round's weight read, a decode's GEMM time):
+    the prompts' GEMMs run while the weights stream, in the part of the read the decodes' own GEMMs leave free, as the
+    engine's mixed round has it (srv_round_op_s: max(weights, decodes' and prompts' GEMMs)); zeros add the whole prompt
+    work on top."""
     n, left, tokens, entered = len(running), budget - len(running), 0, []
     for w in waiting:
         if left <= 0 or n + len(entered) >= cap:
@@ -63,7 +66,9 @@ def _round(now: float, waiting: list, running: list, last: dict, gaps: list, cap
         tokens += chunk
         if w[1] == 0:
             entered.append(w)
-    now += one + max(n - 1, 0) * slope + tokens / prompt * work
+    gemm, weights, token = hide
+    share = tokens / prompt
+    now += one + max(n - 1, 0) * slope + share * work - min(share * gemm, max(weights - max(n, 1) * token, 0.0))
     for r in running:
         r[1] += 1
         gaps.append(now - last[r[0]])
@@ -79,7 +84,7 @@ def _round(now: float, waiting: list, running: list, last: dict, gaps: list, cap
 
 
 def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: float, slope: float, work: float,
-           requests: int = 6000, seed: int = 1) -> tuple[float, float, float]:
+           requests: int = 6000, seed: int = 1, hide: tuple = (0.0, 0.0, 0.0)) -> tuple[float, float, float]:
     """Mean TTFT, ITL and E2E (s) of ``requests`` Poisson arrivals, the first tenth left out as warm-up."""
     rng = random.Random(seed)
     arrivals, at = [], 0.0
@@ -95,7 +100,7 @@ def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: fl
         if not running and not waiting:
             now = arrivals[arrived]
             continue
-        now, entered, ended = _round(now, waiting, running, last, gaps, cap, budget, prompt, answer, one, slope, work)
+        now, entered, ended = _round(now, waiting, running, last, gaps, cap, budget, prompt, answer, one, slope, work, hide)
         for r in ended:
             done[r[0]] = now
             finished += 1
@@ -108,7 +113,7 @@ def replay(rate: float, prompt: int, answer: int, cap: int, budget: int, one: fl
 
 
 def replay_closed(users: int, prompt: int, answer: int, cap: int, budget: int, one: float, slope: float, work: float,
-                  requests: int = 3000, spread: float = 0.0, seed: int = 2) -> tuple[float, float, float]:
+                  requests: int = 3000, spread: float = 0.0, seed: int = 2, hide: tuple = (0.0, 0.0, 0.0)) -> tuple[float, float, float]:
     """Mean TTFT, ITL (s) and output tokens/s of ``users`` clients that each send the next request when the last answer
     ends (identical lengths), the first fifth of the requests left out. The clients' first requests leave at once
     (``spread`` 0, as a fixed-length benchmark sends them) or at uniform random times over ``spread`` seconds (clients
@@ -124,7 +129,7 @@ def replay_closed(users: int, prompt: int, answer: int, cap: int, budget: int, o
         if not running and not waiting:
             now = pending[0][0]
             continue
-        now, entered, ended = _round(now, waiting, running, last, gaps, cap, budget, prompt, answer, one, slope, work)
+        now, entered, ended = _round(now, waiting, running, last, gaps, cap, budget, prompt, answer, one, slope, work, hide)
         for w in entered:
             ttfts.append(now - start[w[0]])
         for _ in ended:                                     # each client sends its next request at once
@@ -136,28 +141,30 @@ def replay_closed(users: int, prompt: int, answer: int, cap: int, budget: int, o
     return sum(ttfts[skip:]) / len(ttfts[skip:]), sum(gaps) / len(gaps), finished * answer / now
 
 
-def _costs(body: dict) -> tuple[int, int, float, float, float, float, str]:
-    """The engine's cap, token budget, one-sequence round, per-sequence slope to the cap's round, a prompt's work and
-    sustainable sequence rate for this deployment, and a name for it."""
+def _costs(body: dict) -> tuple[int, int, float, float, float, float, str, tuple]:
+    """The engine's cap, token budget, one-sequence round, per-sequence slope to the cap's round, a prompt's work,
+    sustainable sequence rate for this deployment, a name for it, and what of a prompt's work hides under a round's
+    weight read (_round's ``hide``)."""
     _, t = traced({**body, "concurrent_users": 1})
     cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
     one = t["srv_round_one_s"]
     slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
     work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"]
     name = f"{body['llm_key']} {body.get('num_gpus', 1)}x{body['gpu_key']} {body['input_tokens']}/{body['output_tokens']}"
-    return cap, budget, one, slope, work, t["srv_capacity_seq_rate"], name
+    hide = (t["srv_prompt_gemm_s"], t["srv_weights_s"], t["srv_token_s"])
+    return cap, budget, one, slope, work, t["srv_capacity_seq_rate"], name, hide
 
 
 def main() -> None:
     print("| case | load | engine TTFT ms | replay TTFT ms | engine ITL ms | replay ITL ms | engine E2E s | replay E2E s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for body in CASES:
-        cap, budget, one, slope, work, capacity, name = _costs(body)
+        cap, budget, one, slope, work, capacity, name, hide = _costs(body)
         for load in LOADS:
             rate = load * capacity
             out, _ = traced({**body, "request_rate": rate})
             s = out["serving"]
-            ttft, itl, e2e = replay(rate, body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work)
+            ttft, itl, e2e = replay(rate, body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work, hide=hide)
             print(f"| {name} | {load:.2f} | {s['ttft_ms']:,.1f} | {ttft * 1000:,.1f} | {s['itl_ms']:.2f} | {itl * 1000:.2f} | "
                   f"{s['e2e_latency_ms'] / 1000:.2f} | {e2e:.2f} |")
     print()
@@ -168,13 +175,13 @@ def main() -> None:
           "out of step | engine tok/s | replay tok/s, in step / out of step |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for body in CASES[:2]:
-        cap, budget, one, slope, work, _, name = _costs(body)
+        cap, budget, one, slope, work, _, name, hide = _costs(body)
         for users in (1, 8, 64, 256):
             out, _ = traced({**body, "concurrent_users": users})
             s = out["serving"]
             lengths = (body["input_tokens"], body["output_tokens"], cap, budget, one, slope, work)
-            ttft, itl, tps = replay_closed(users, *lengths)
-            ttft2, itl2, tps2 = replay_closed(users, *lengths, spread=s["e2e_latency_ms"] / 1000)
+            ttft, itl, tps = replay_closed(users, *lengths, hide=hide)
+            ttft2, itl2, tps2 = replay_closed(users, *lengths, spread=s["e2e_latency_ms"] / 1000, hide=hide)
             print(f"| {name} | {users} | {s['ttft_ms']:,.1f} | {ttft * 1000:,.1f} / {ttft2 * 1000:,.1f} | {s['itl_ms']:.2f} | "
                   f"{itl * 1000:.2f} / {itl2 * 1000:.2f} | {s['output_throughput_tps']:,.0f} | {tps:,.0f} / {tps2:,.0f} |")
 
