@@ -6,7 +6,7 @@ the birth-death process whose completion rate at n running is n / E2E(n)), a req
 prefill, the decodes beside it, half a round and the prompts arriving beside it, and near capacity the birth-death
 process's wait for a slot (the queue beyond the cap, srv_slot_wait_s) is added. This replays the same deployment
 step by step with the engine's own costs - a round of n decodes costs srv_round_one_s + (n - 1) x the per-sequence slope to the cap's round (srv_round_cap_s), each
-prompt taken in a round adds its prompt work (srv_prompt_gemm_s + srv_prompt_other_s, its tokens' collectives
+prompt taken in a round adds its prompt work (srv_prompt_work_s: its GEMMs and the rest, its tokens' collectives
 included) less what of its GEMMs hides under the round's weight read - with Poisson arrivals, a
 first-come queue, the runtime's per-step token budget and its admission cap, and prints both.
 
@@ -149,7 +149,7 @@ def _costs(body: dict) -> tuple[int, int, float, float, float, float, str, tuple
     cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
     one = t["srv_round_one_s"]
     slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
-    work = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"]
+    work = t["srv_prompt_work_s"]
     name = f"{body['llm_key']} {body.get('num_gpus', 1)}x{body['gpu_key']} {body['input_tokens']}/{body['output_tokens']}"
     hide = (t["srv_prompt_gemm_s"], t["srv_weights_s"], t["srv_token_s"])
     return cap, budget, one, slope, work, t["srv_capacity_seq_rate"], name, hide
