@@ -3,7 +3,8 @@
 The engine answers an open loop analytically (formulas/performance/serving.yaml, serving_load.yaml): the concurrency a
 request sees is the fixed point m = 1 + lambda E2E(m) on the line through one sequence and the cap (which is the mean of
 the birth-death process whose completion rate at n running is n / E2E(n)), a request's first token comes after its own
-prefill, the decodes beside it, half a round and the prompts arriving beside it, and near capacity the birth-death
+prefill, the decodes beside it, half a round and the prompts arriving beside it (gated rounds: each takes the prompts
+that arrived during the one before), and near capacity the birth-death
 process's wait for a slot (the queue beyond the cap, srv_slot_wait_s) is added. This replays the same deployment
 step by step with the engine's own costs - a round of n decodes costs srv_round_one_s + (n - 1) x the per-sequence slope to the cap's round (srv_round_cap_s), each
 prompt taken in a round adds its prompt work (srv_prompt_work_s: its GEMMs and the rest, its tokens' collectives
@@ -13,7 +14,7 @@ first-come queue, the runtime's per-step token budget and its admission cap, and
 It is a check of the queueing approximations, not of the costs (both sides use the engine's): the replay's first
 token waits for the round in progress (longer when it carries prompts: an arrival lands in a long round more often)
 and comes at the end of a round that also prefills the prompts that arrived beside it, which the analytic TTFT counts
-as one round of them (srv_prompt_batch_s); and near capacity its queue forms when the number running reaches the cap, as the birth-death wait has it. A
+as gated rounds whose lengths carry on (srv_prompt_batch_s); and near capacity its queue forms when the number running reaches the cap, as the birth-death wait has it. A
 round's decodes cost the line through one sequence and the cap (srv_round_one_s, srv_round_cap_s), which is above the
 engine's round between the two where that is flat (weight-bound) and then rising; a prompt's GEMMs run while the
 weights stream, in the part of the read the decodes' own GEMMs leave free (a request alone: 26.6 ms to its first

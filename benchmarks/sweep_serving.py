@@ -9,7 +9,8 @@ under load"):
 - no exception but ``RequestError``; no negative, NaN or infinite figure;
 - the seed's fields agree with ``serving`` (``estimated_throughput_tps``, ``tftt``, ``ms_per_token``,
   ``per_user_tps`` = 1000 / ITL);
-- closed loop: ``running_sequences`` = min(users, the admission cap) with one cap for every load,
+- closed loop: ``running_sequences`` = min(users, the admission cap) with one cap for every load that
+  queues for admission (with answers of a token or two requests also wait for the prompts' work),
   ``running + queued = users``, Little's law (requests/s x e2e = users), e2e = TTFT + (output - 1) x ITL;
   output throughput, TTFT and ITL non-decreasing in users, throughput never above the capacity the
   open loop reports (where the runtime's KV pool is the deployment's whatever the load: transformers and
@@ -40,6 +41,9 @@ from typing import Any
 
 import vramplan
 from vramplan.errors import RequestError
+
+#: What limits a load when requests wait for admission.
+ADMISSION = {"kv_cache", "max_num_seqs", "max_num_batched_tokens", "batch_size"}
 
 USERS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 RATE_FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9, 0.97]
@@ -234,9 +238,12 @@ def closed_ladder(sw: Sweep, req: dict[str, Any], users: list[int], capacity_rps
             sw.flag("running_above_slots", q, f"running {s['running_sequences']} > {slots} slots")
         if capacity_rps and (preallocates(req["runtime"]) or slots) and s["requests_per_second"] > capacity_rps * 1.01:
             sw.flag("above_capacity", q, f"{s['requests_per_second']} requests/s above the open loop's sustainable {capacity_rps}")
-    caps = {s["running_sequences"] for u, _, s in rows if s["queued_requests"] and s["queued_requests"] > 0.5}
+    # requests queue for admission (the cap, limited_by one of ADMISSION) or, with answers of a token or two, for the
+    # prompts' work (srv_prompt_seq_rate; limited_by what the rounds wait on): only the first kind holds a fixed cap
+    admitted = [(u, s) for u, _, s in rows if s["queued_requests"] and s["queued_requests"] > 0.5 and s["limited_by"] in ADMISSION]
+    caps = {s["running_sequences"] for _, s in admitted}
     if len(caps) > 1:
-        detail = ", ".join(f"{u} users: {s['running_sequences']}" for u, _, s in rows if s["queued_requests"] and s["queued_requests"] > 0.5)
+        detail = ", ".join(f"{u} users: {s['running_sequences']}" for u, s in admitted)
         sw.flag("admission_cap_moves", req, f"running sequences once requests queue: {detail}")
     for (u0, _, a), (u1, q1, b) in zip(rows, rows[1:]):
         if a["ttft_ms"] is None or b["ttft_ms"] is None:

@@ -460,16 +460,24 @@ def test_open_loop_waits_for_a_slot_as_the_birth_death_process_does():
 
 
 def test_open_loop_first_tokens_wait_for_the_prompts_arriving_beside_them():
-    """Poisson arrivals: a request's prompt is taken in the round after it arrives, with the lambda x T others that
-    arrived during that round, each adding its prompt work w; and the round in progress is longer than the mean by
-    lambda w^2 / 2 (arrivals land in the rounds carrying prompts more often). Worked from the trace's parts."""
+    """Poisson arrivals: a round takes every prompt that arrived during the round before, so round lengths carry on,
+    L' = T_d + w N with N ~ Poisson(lambda L): mean T, variance V = lambda w^2 T / (1 - x^2), x = lambda w. An arrival
+    lands in a size-biased round (mean T + V / T), waits half of it and is taken in the next with the lambda (T + V / T)
+    others that arrived during it. Worked from the trace's parts, and the round-length recursion iterated to its fixed
+    point."""
     body = {**BASE, "input_tokens": 1000, "output_tokens": 200}
     cap = vramplan.estimate_inference({**body, "request_rate": 1e6})["serving"]["requests_per_second"]
     lam = 0.5 * cap
     out, t = traced({**body, "request_rate": lam})
     w = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"]   # its collectives are in the other part
-    batch = lam * w * t["srv_itl_op_s"] + lam * w * w / 2
-    assert t["srv_prompt_batch_s"] == pytest.approx(batch, rel=1e-12)
+    T = t["srv_itl_op_s"]
+    var = 0.0
+    for _ in range(200):                                   # Var L' = w^2 Var N = w^2 (lambda T + lambda^2 Var L)
+        var = w * w * (lam * T + lam * lam * var)
+    size_biased = T + var / T
+    batch = (size_biased - T) / 2 + lam * w * size_biased   # half a round beyond srv_ttft_op_s's T / 2, and the others
+    assert t["srv_prompt_batch_s"] == pytest.approx(batch, rel=1e-9)
+    assert batch > lam * w * (T + w / 2)                   # more than one round of arrivals
     slots = birth_death_slot_wait(lam, t)                                             # ~0 at half capacity
     assert t["srv_queue_wait_s"] == pytest.approx(batch + slots, rel=1e-9, abs=1e-12)  # they wait in the queue
     assert out["serving"]["ttft_ms"] / 1000 == pytest.approx(t["srv_ttft_op_s"] + batch + slots, abs=6e-6)
@@ -479,6 +487,47 @@ def test_open_loop_first_tokens_wait_for_the_prompts_arriving_beside_them():
     # a closed loop is left as it was (its clients' prompts come at a round's end; PERFORMANCE 'What remains off')
     _, closed = traced({**body, "concurrent_users": 20})
     assert closed["srv_prompt_batch_s"] == 0
+
+
+def test_open_loop_capacity_never_outruns_the_prompts_work():
+    """One-token answers: at the cap a request's round trip is its prompt and half a round of the others' (n - 1
+    prompts), which would count prompts about twice as fast as the busiest GPU computes them; the open loop's capacity
+    is at most 1 / w, a prompt's work w, and an arrival rate at or past it is past capacity."""
+    body = {**BASE, "input_tokens": 1000, "output_tokens": 1}
+    _, t = traced({**body, "request_rate": 1e6})
+    w = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"]
+    assert t["srv_n_cap"] / t["srv_e2e_cap_s"] > 1.5 / w                  # the round trip alone would allow this
+    assert t["srv_capacity_seq_rate"] == pytest.approx(1 / w, rel=1e-12)
+    near, tn = traced({**body, "request_rate": 0.9 / w})
+    assert near["serving"]["ttft_ms"] is not None and tn["srv_prompt_batch_s"] > 0
+    past = vramplan.estimate_inference({**body, "request_rate": 1.01 / w})
+    assert past["serving"]["ttft_ms"] is None
+    assert any(f"sustains about {1 / w:.3g} requests/s" in x for x in past["warnings"])
+    # 200-token answers: the cap's round trip binds, far below 1 / w
+    _, t200 = traced({**BASE, "input_tokens": 1000, "output_tokens": 200, "request_rate": 1e6})
+    assert t200["srv_capacity_seq_rate"] == pytest.approx(t200["srv_n_cap"] / t200["srv_e2e_cap_s"], rel=1e-12)
+    assert t200["srv_capacity_seq_rate"] < 0.7 / (t200["srv_prompt_gemm_s"] + t200["srv_prompt_other_s"])
+
+
+def test_closed_loop_of_one_token_answers_runs_at_the_prompts_pace():
+    """64 clients sending 1000-token prompts for one-token answers: a round trip of a prompt and half a round of the
+    others' would give 2 / w requests a second; the busiest GPU works through 1 / w. The clients wait the difference
+    before their first token, those waiting are queued, and Little's law holds (users = rate x cycle)."""
+    body = {**BASE, "input_tokens": 1000, "output_tokens": 1, "concurrent_users": 64}
+    out, t = traced(body)
+    w = t["srv_prompt_gemm_s"] + t["srv_prompt_other_s"]
+    srv = out["serving"]
+    assert t["srv_loop_seq_rate"] > 1.5 / w                       # the round trip alone
+    assert srv["requests_per_second"] == pytest.approx(1 / w, rel=1e-3)
+    assert srv["output_throughput_tps"] == pytest.approx(1 / w, rel=1e-3)
+    cycle = 64 / (1 / w)                                          # each client's request every 64 w
+    assert srv["e2e_latency_ms"] / 1000 == pytest.approx(cycle, rel=2e-3)
+    assert t["srv_prompt_wait_s"] == pytest.approx(cycle - 64 / t["srv_loop_seq_rate"], rel=1e-9)
+    assert srv["running_sequences"] + srv["queued_requests"] == pytest.approx(64, abs=0.02)
+    assert srv["queued_requests"] > 0.3 * 64
+    # 200-token answers: the round trip binds, nothing waits
+    _, t200 = traced({**body, "output_tokens": 200})
+    assert t200["srv_prompt_wait_s"] == 0 and t200["srv_seq_rate"] == t200["srv_loop_seq_rate"]
 
 
 def test_open_loop_on_llama_cpp_runs_from_the_slots_max_num_seqs_gives():
