@@ -1,27 +1,28 @@
 """Replay an open loop (Poisson arrivals) through a continuous-batching step loop, beside the engine's open-loop answer.
 
 The engine answers an open loop analytically (formulas/performance/serving.yaml, serving_load.yaml): the concurrency a
-request sees is the fixed point m = 1 + lambda E2E(m) on the line through one sequence and the cap (which is the mean of
-the birth-death process whose completion rate at n running is n / E2E(n)), a request's first token comes after its own
-prefill, the decodes beside it, half a round and the prompts arriving beside it (gated rounds: each takes the prompts
-that arrived during the one before), and near capacity the birth-death
-process's wait for a slot (the queue beyond the cap, srv_slot_wait_s) is added. This replays the same deployment
-step by step with the engine's own costs - a round of n decodes costs srv_round_one_s + (n - 1) x the per-sequence slope to the cap's round (srv_round_cap_s), each
-prompt taken in a round adds its prompt work (srv_prompt_work_s: its GEMMs and the rest, its tokens' collectives
-included) less what of its GEMMs hides under the round's weight read - with Poisson arrivals, a
-first-come queue, the runtime's per-step token budget and its admission cap, and prints both.
+request sees is the fixed point m = 1 + lambda E2E(m) on the line through one sequence and the cap (which is the mean
+of the birth-death process whose completion rate at n running is n / E2E(n)), a request's first token comes after its
+own prefill, the decodes beside it, half a round and the prompts arriving beside it (gated rounds: each takes the
+prompts that arrived during the one before), and near capacity the birth-death process's wait for a slot (the queue
+beyond the cap, srv_slot_wait_s) is added. This replays the same deployment step by step with the engine's own costs -
+a round of n decodes costs srv_round_one_s + (n - 1) x the per-sequence slope to the cap's round (srv_round_cap_s),
+each prompt taken in a round adds its prompt work (srv_prompt_work_s: its GEMMs and the rest, its tokens' collectives
+included) less what of its GEMMs hides under the round's weight read - with Poisson arrivals, a first-come queue, the
+runtime's per-step token budget and its admission cap, and prints both.
 
-It is a check of the queueing approximations, not of the costs (both sides use the engine's): the replay's first
-token waits for the round in progress (longer when it carries prompts: an arrival lands in a long round more often)
-and comes at the end of a round that also prefills the prompts that arrived beside it, which the analytic TTFT counts
-as gated rounds whose lengths carry on (srv_prompt_batch_s); and near capacity its queue forms when the number running reaches the cap, as the birth-death wait has it. A
-round's decodes cost the line through one sequence and the cap (srv_round_one_s, srv_round_cap_s), which is above the
-engine's round between the two where that is flat (weight-bound) and then rising; a prompt's GEMMs run while the
-weights stream, in the part of the read the decodes' own GEMMs leave free (a request alone: 26.6 ms to its first
-token, the engine's 26.5). Dense models only: a MoE round's cost is not linear in the sequences (the experts
-they touch). A second table replays closed loops of identical requests whose clients all start at once, as a
-fixed-length benchmark runs them: requests admitted in the same round end in the same round and come back together,
-so their prompts share a round for good (the engine's closed loop spreads them as real traffic's lengths would).
+It is a check of the queueing approximations, not of the costs (both sides use the engine's): the replay's first token
+waits for the round in progress (longer when it carries prompts: an arrival lands in a long round more often) and comes
+at the end of a round that also prefills the prompts that arrived beside it, which the analytic TTFT counts as gated
+rounds whose lengths carry on (srv_prompt_batch_s); and near capacity its queue forms when the number running reaches
+the cap, as the birth-death wait has it. A round's decodes cost the line through one sequence and the cap
+(srv_round_one_s, srv_round_cap_s), which is above the engine's round between the two where that is flat (weight-bound)
+and then rising; a prompt's GEMMs run while the weights stream, in the part of the read the decodes' own GEMMs leave
+free (a request alone: 26.6 ms to its first token, the engine's 26.5). Dense models only: a MoE round's cost is not
+linear in the sequences (the experts they touch). A second table replays closed loops of identical requests whose
+clients all start at once, as a fixed-length benchmark runs them: requests admitted in the same round end in the same
+round and come back together, so their prompts share a round for good (the engine's closed loop spreads them as real
+traffic's lengths would).
 
     .venv/bin/python benchmarks/replay_open_loop.py
 """

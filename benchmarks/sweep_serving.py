@@ -41,9 +41,10 @@ from typing import Any
 
 import vramplan
 from vramplan.errors import RequestError
+from vramplan.estimate import LIMITED_BY
 
-#: What limits a load when requests wait for admission.
-ADMISSION = {"kv_cache", "max_num_seqs", "max_num_batched_tokens", "batch_size"}
+#: What limits a load when requests wait for admission: the admission caps (srv_limit_code 1-4).
+ADMISSION = {LIMITED_BY[code] for code in (1, 2, 3, 4)}
 
 USERS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 RATE_FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9, 0.97]
