@@ -55,13 +55,13 @@ def test_constants_this_file_assumes():
     assert rt("vllm", "sampler_traffic_bytes") == 12 and rt("vllm-v0", "sampler_traffic_bytes") == 36
 
 
-def prefill_alone_s(prompt: int) -> float:
+def prefill_alone_s(prompt: int, flops: float = FLOPS, bw: float = BW) -> float:
     """vLLM prefill of one prompt that fits one 8192-token step: max(compute, weight reads) + elementwise + overhead."""
     gemm = 2 * (MATMUL - HEAD) * prompt + 2 * HEAD                      # the head only for the last position
     attn = 2 * 4096 * L * prompt ** 2                                    # causal QK and AV, 4 x q_dim per pair / 2
-    compute = (gemm + attn / rt("vllm", "attention_eff_ratio")) / FLOPS
-    elementwise = prompt * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / BW + SAMPLE   # + its first token's sampler
-    return max(compute, WEIGHT_BYTES / BW) + elementwise + L * rt("vllm", "prefill_layer_overhead_us") * 1e-6
+    compute = (gemm + attn / rt("vllm", "attention_eff_ratio")) / flops
+    elementwise = prompt * L * (H + FF) * rt("vllm", "elementwise_traffic_bytes") / bw + V * 12 / bw   # + its first token's sampler
+    return max(compute, WEIGHT_BYTES / bw) + elementwise + L * rt("vllm", "prefill_layer_overhead_us") * 1e-6
 
 
 def round_s(n: int, ctx: float) -> float:
@@ -85,6 +85,29 @@ def test_one_request_alone_is_its_prefill_then_its_decode_rounds():
     assert srv["output_throughput_tps"] == pytest.approx(256 / e2e, rel=1e-3)
     assert srv["total_throughput_tps"] == pytest.approx((2048 + 256) / e2e, rel=1e-3)
     assert srv["limited_by"] == "memory_bandwidth"
+
+
+def test_an_mi300x_prefills_at_the_share_of_its_peak_its_matrix_cores_reach():
+    """ROCm GEMMs (catalogs/runtimes/vllm.yaml prefill_flops_eff_amd): vLLM's NVIDIA 0.6 scaled by how much of the
+    datasheet peak an MI300X's matrix cores reach against NVIDIA's, 45% against 93% (arXiv 2510.27583): 0.29 of
+    1,307.4 TFLOP/s = 379 TFLOP/s, against the H100's 594 although its peak is 1.3x the H100's. Its weight reads at
+    0.75 of 5,300 GB/s. The profiles that extend vLLM's take the same."""
+    assert round(0.6 * 0.45 / 0.93, 2) == 0.29
+    flops, bw = 1307.4e12 * 0.29, 5300e9 * 0.75
+    for runtime in ("vllm", "vllm-v0", "sglang", "tgi"):
+        seen = trace_values(traced({**BASE, "gpu_key": "mi300x", "runtime": runtime, "input_tokens": 2048,
+                                    "output_tokens": 256})[0])
+        assert seen["eff_prefill_flops"] == 0.29 and seen["eff_decode_bw"] == 0.75, runtime
+    out, t = traced({**BASE, "gpu_key": "mi300x", "input_tokens": 2048, "output_tokens": 256})
+    alone = prefill_alone_s(2048, flops, bw)
+    assert t["prefill_ms"] / 1000 == pytest.approx(alone, rel=1e-9)
+    # 28.59 TFLOP of GEMMs + 1.10 of attention at 0.8 of the rate = 29.96 TFLOP-equivalent at 379.1 TFLOP/s = 79.0 ms
+    # (above the 3.8 ms of weight reads), + 9.66 GB of elementwise traffic at 3,975 GB/s = 2.4 ms, + 32 x 25 us
+    assert alone == pytest.approx(0.0790 + 0.0024 + 0.0008, abs=1e-4)
+    assert prefill_alone_s(2048) == pytest.approx(0.0505 + 0.0034 + 0.0008, abs=1e-4)   # an H100: 593.6 TFLOP/s
+    seen = trace_values(traced({**BASE, "gpu_key": "mi300x", "runtime": "transformers", "input_tokens": 2048,
+                                "output_tokens": 256})[0])
+    assert seen["eff_prefill_flops"] == round(0.67 * 0.45 / 0.93, 2) == 0.32
 
 
 def test_chunked_prefill_interference_in_a_closed_loop():
