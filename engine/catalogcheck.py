@@ -117,6 +117,13 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
             declared.pop(decl.key, None)
     for runtime in list(cat.runtimes):
         constants = dict(runtime.data.get("constants") or {})
+        outside = [f"{name} {value:g} is outside what it accepts ({runtimetext.accepted_range(c['accepts'])})"
+                   for name, c in sorted(constants.items())
+                   for value in (c["value"], *(t["value"] for t in c.get("tiers", ())))
+                   if runtimetext.outside_accepted(c.get("accepts"), value)]
+        if outside:
+            _reject(cat, "runtimes", runtime, "; ".join(outside), loud)
+            continue
         missing, wrong_unit = [], []
         for name, decl in declared.items():
             if name not in constants:

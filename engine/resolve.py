@@ -15,6 +15,7 @@ from .elementwise import holds, number_or
 from .errors import RequestError
 from .ggufmix import format_bits
 from .registry import Entry
+from .runtimetext import accepted_range, outside_accepted
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -128,7 +129,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
                 problems.append((f"runtime_settings.{name}", f"{runtime.key} has no constant {name!r} "
                                  f"(see the runtime catalog: {', '.join(sorted(known))})"))
                 continue
-            problem = _setting_problem(known[name]["unit"], value)
+            problem = _setting_problem(known[name]["unit"], value) or _accepted_problem(runtime.key, known[name], value)
             if problem:
                 problems.append((f"runtime_settings.{name}", problem))
         eager = _runtime_value(runtime, req, "eager_score_bytes")
@@ -317,6 +318,13 @@ def _setting_problem(unit: str, value: float) -> str | None:
     if unit in WHOLE_UNITS and value % 1:
         return f"counts {unit}: a whole number, got {value!r}"
     return None
+
+
+def _accepted_problem(runtime_key: str, constant: dict, value: float) -> str | None:
+    accepts = constant.get("accepts")
+    if not outside_accepted(accepts, value):
+        return None
+    return f"{value!r} is not accepted by {runtime_key}: {accepted_range(accepts)} ({accepts['source']})"
 
 
 def _exact_weights_bytes(info: dict | None, quant: Entry, req: dict[str, Any], workload: str,

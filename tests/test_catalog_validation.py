@@ -144,6 +144,33 @@ def test_runtime_assumptions_naming_an_unknown_constant(tmp_path):
     assert re.search(r"runtimes 'typo' skipped: assumptions name unknown constants: \{max_prefil_tokens\}", skipped(plugin))
 
 
+def test_runtime_whose_own_value_is_outside_what_it_accepts(tmp_path):
+    """A profile's value (and each tier's) must lie inside its constant's `accepts`: a default the runtime itself
+    would refuse is a data error, caught when the catalog loads."""
+    plugin = plugin_with(tmp_path, "runtimes", """\
+        runtimes:
+          greedy:
+            label: Greedy
+            description: a vLLM that claims more than the card
+            extends: vllm
+            constants:
+              gpu_memory_utilization:
+                value: 1.2
+                unit: fraction
+                accepts: {above: 0, at_most: 1, source: test}
+                source: test
+              kv_block_tokens:
+                value: 16
+                unit: tokens
+                accepts: {at_least: 1, source: test}
+                source: test
+                tiers:
+                - {below_gib: 40, value: 0, source: test}
+        """)
+    assert re.search(r"runtimes 'greedy' skipped: gpu_memory_utilization 1\.2 is outside what it accepts \(above 0, at most 1\); "
+                     r"kv_block_tokens 0 is outside what it accepts \(at least 1\)", skipped(plugin))
+
+
 def test_runtime_lacking_a_constant_only_the_formulas_use(tmp_path):
     from vramplan.catalog import get_catalog
 

@@ -124,12 +124,46 @@ def test_runtime_settings_have_the_range_of_their_unit(setting, value, message):
     assert err.problems == [(f"runtime_settings.{setting}", message)]
 
 
+@pytest.mark.parametrize("runtime, setting, value, message", [
+    # vLLM's own CacheConfig refuses a share of the memory past 1 or of nothing (Field(gt=0, le=1))
+    ("vllm", "gpu_memory_utilization", 1.5, "1.5 is not accepted by vllm: above 0, at most 1 (vllm/config/cache.py"),
+    ("vllm", "gpu_memory_utilization", 0, "0 is not accepted by vllm: above 0, at most 1"),
+    # inherited by a profile that extends vllm without redefining the constant
+    ("vllm-v0", "gpu_memory_utilization", 1.01, "1.01 is not accepted by vllm-v0: above 0, at most 1"),
+    ("sglang", "gpu_memory_utilization", 1.2, "1.2 is not accepted by sglang: above 0, at most 1 (a share of the GPU's memory"),
+    ("tensorrt-llm", "gpu_memory_utilization", 1.2, "1.2 is not accepted by tensorrt-llm: at least 0, at most 1"),
+    ("vllm", "kv_block_tokens", 0, "0 is not accepted by vllm: at least 1 (a block holds at least one token"),
+    ("llama.cpp", "kv_block_tokens", 0, "0 is not accepted by llama.cpp: at least 1"),
+])
+def test_runtime_settings_outside_what_the_runtime_accepts(runtime, setting, value, message):
+    """Inside its unit's range (a fraction up to 2, tokens from 0) but outside what the runtime itself takes:
+    refused with the runtime's bound and where it comes from (the constant's `accepts`)."""
+    err = refused({"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "runtime": runtime,
+                   "runtime_settings": {setting: value}})
+    [(where, what)] = err.problems
+    assert where == f"runtime_settings.{setting}" and what.startswith(message)
+
+
+def test_runtime_settings_at_the_edge_of_what_the_runtime_accepts():
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "seq_length": 4096}
+    # vLLM at the whole card: the pool is 1.0 x the card less the weights and activations, more than at 0.9
+    full = vramplan.estimate_inference({**body, "runtime": "vllm", "runtime_settings": {"gpu_memory_utilization": 1}})
+    usual = vramplan.estimate_inference({**body, "runtime": "vllm"})
+    assert full["vram_usage"] > usual["vram_usage"]
+    # TensorRT-LLM's validator takes 0 (a pool of nothing): estimated, and nothing can run
+    none = vramplan.estimate_inference({**body, "runtime": "tensorrt-llm", "concurrent_users": 4,
+                                        "runtime_settings": {"gpu_memory_utilization": 0}})
+    assert none["serving"]["running_sequences"] == 0 and none["serving"]["ttft_ms"] is None
+    # a block of one token is a block
+    vramplan.estimate_inference({**body, "runtime": "vllm", "runtime_settings": {"kv_block_tokens": 1}})
+
+
 def test_a_formula_failing_on_the_requests_numbers_is_the_requests_422():
-    """kv_block_tokens 0 (allowed by the unit's range) makes the block rounding divide by zero: the
-    engine names the setting, not its own data."""
+    """attention_eff_ratio 0 (allowed by the unit's range; no bound of its own) makes the prefill's attention
+    time divide by zero: the engine names the setting, not its own data."""
     err = refused({"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "runtime": "vllm",
-                   "runtime_settings": {"kv_block_tokens": 0}})
-    assert [w for w, _ in err.problems] == ["runtime_settings.kv_block_tokens"]
+                   "runtime_settings": {"attention_eff_ratio": 0}})
+    assert [w for w, _ in err.problems] == ["runtime_settings.attention_eff_ratio"]
     assert "division by zero" in err.message and "formula" in err.message
 
 

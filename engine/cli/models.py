@@ -17,6 +17,7 @@ import click
 from .. import families
 from ..errors import VramplanError
 from ..resolve import params_disagree
+from ..runtimetext import accepted_range
 from ..units import GIB
 from .common import LIST_FORMAT
 
@@ -383,9 +384,11 @@ def runtimes(key, fmt) -> None:
         click.echo(r["description"])
         rows = [{"constant": name, "value": c["value"], "unit": c["unit"],
                  "by GPU": "; ".join(f"{t['value']:g} " + _tier_words(t) for t in c.get("tiers", [])),
-                 "source": c["source"]} for name, c in r["constants"].items()]
+                 "accepts": accepted_range(c["accepts"]) if c.get("accepts") else "",
+                 "source": c["source"] + (f" (accepts: {c['accepts']['source']})" if c.get("accepts") else "")}
+                for name, c in r["constants"].items()]
         click.echo(_table(rows, [("constant", "constant"), ("value", "value"), ("unit", "unit"), ("by GPU", "by GPU / model"),
-                                 ("source", "source")]))
+                                 ("accepts", "accepts"), ("source", "source")]))
         return
     if fmt == "json":
         _json(entries)
