@@ -19,7 +19,9 @@ the replica's latencies and utilisation, the deployment's cost per hour and per 
 tokens, and its **binding** constraint: what fails one step cheaper (:func:`cheaper_step`: one
 replica fewer, or half the GPUs when there is one replica; none for one GPU). Priced deployments come
 first, by cost per hour; GPU types without a price (neither ``gpu_hour_costs`` nor a catalog
-reference price) follow, by GPU count. Ties go to the better weights and KV quality, then the lower
+reference price) follow, by GPU count. Ties go to the better weights and KV quality - the quality a format
+keeps of this model, never more than its checkpoint holds (:class:`vramplan.formatrules.Ceiling`: Llama 3.1 in
+fp32 keeps what its bf16 checkpoint has, no more) - then to the checkpoint's own weights format, then the lower
 end-to-end latency.
 
 The search itself is :mod:`vramplan.deploysearch`; the chosen deployments are estimated again one by
@@ -79,7 +81,8 @@ def _best_per_gpu(space: Space, out: Outcome) -> list[int]:
         return []
     gpus = space.gpu[decided]
     total = space.n[decided] * out.hi[decided]
-    order = np.lexsort((decided, out.e2e[decided], -space.quality[decided, 1], -space.quality[decided, 0], total, gpus))
+    order = np.lexsort((decided, out.e2e[decided], ~space.native[decided], -space.quality[decided, 1],
+                        -space.quality[decided, 0], total, gpus))
     first = np.ones(len(order), dtype=bool)
     first[1:] = gpus[order][1:] != gpus[order][:-1]
     return decided[order[first]].tolist()
@@ -94,7 +97,7 @@ def _answer_rows(space: Space, out: Outcome, slo: dict[str, float], headroom: fl
     if not len(best):
         return [], 0
     group, value = keys(price, best, space.n[best] * out.hi[best])
-    order = np.lexsort((out.e2e[best], -space.quality[best, 1], -space.quality[best, 0], value, group))
+    order = np.lexsort((out.e2e[best], ~space.native[best], -space.quality[best, 1], -space.quality[best, 0], value, group))
     best = best[order][: shown + 2].tolist()  # a little over: the final ranking may break ties differently
     bodies, cheaper = [], []
     for row in best:
@@ -127,10 +130,10 @@ def _answer_rows(space: Space, out: Outcome, slo: dict[str, float], headroom: fl
             head["runtime_settings"] = dict(p.settings)
         figures = deployment_figures(body, est, int(out.hi[row]), capacity, slo, headroom, alt, alt_est,
                                      space.prices[int(space.gpu[row])])
-        rows.append({**head, **figures, "quality_rank": float(space.quality[row, 0]),
-                     "kv_quality_rank": float(space.quality[row, 1]), "request": body})
+        rows.append(({**head, **figures, "quality_rank": float(space.quality[row, 0]),
+                      "kv_quality_rank": float(space.quality[row, 1]), "request": body}, bool(space.native[row])))
     rows.sort(key=_rank)
-    return rows[:shown], len(bodies) + len(extra)
+    return [r for r, _ in rows[:shown]], len(bodies) + len(extra)
 
 
 def cheaper_step(body: dict[str, Any], replicas: int) -> tuple[dict[str, Any] | None, str | None]:
@@ -218,12 +221,14 @@ def _binding_words(why: str, step: str, out: dict[str, Any], capacity: float, he
     return f"with {step} requests would wait for admission ({why})"
 
 
-def _rank(row: dict[str, Any]) -> tuple:
+def _rank(item: tuple[dict[str, Any], bool]) -> tuple:
+    row, native = item
     if row["cost_per_hour"] is not None:
         head = (0, row["cost_per_hour"], row["cost_per_million_output_tokens"] or math.inf)
     else:
         head = (1, row["total_gpus"], 0.0)
-    return head + (-row["quality_rank"], -row["kv_quality_rank"], row["e2e_latency_ms"] or math.inf, row["gpu_key"])
+    return head + (-row["quality_rank"], -row["kv_quality_rank"], not native, row["e2e_latency_ms"] or math.inf,
+                   row["gpu_key"])
 
 
 # -- when nothing qualifies ---------------------------------------------------------------------------

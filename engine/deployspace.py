@@ -17,8 +17,11 @@ space is built from catalog data only:
   sources), unless it says ``searched_by_default: false``; a runtime is paired only with GPUs it
   runs on.
 * Weight formats: those whose catalog entry lists the runtime (or the runtime it ``extends``), at or
-  above ``min_quality_rank``. KV precisions: the profile's ``kv_cache_formats`` at or above the floor;
-  formats with the same ``kv_cache_bits`` give the same estimate, so the first listed stands for them.
+  above ``min_quality_rank`` (the catalog's ranks). KV precisions: the profile's ``kv_cache_formats`` at or above
+  the floor; formats with the same ``kv_cache_bits`` give the same estimate, so one stands for them: the model's
+  compute dtype where the profile lists it, else the first listed.
+* Quality (the ranking's tie-break): what a format keeps of this model, at most what its checkpoint holds
+  (:class:`vramplan.formatrules.Ceiling`), and whether the weights are in the checkpoint's own format.
 * A field the request fixes (``quantization``, ``kv_cache_quantization``, ``runtime``, ``num_gpus``,
   ``inference_parallelism``) is not searched.
 
@@ -126,7 +129,9 @@ class Space:
     kv: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # index into the pair's kv list
     kv_bits: np.ndarray = field(default_factory=lambda: np.zeros(0))
     kv_fp8: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    quality: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))  # (weights, KV) quality_rank
+    # (weights, KV) quality_rank kept of this model: the catalog's, at most the checkpoint's (formatrules.Ceiling)
+    quality: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
+    native: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # weights in the checkpoint's own format
     _tables: dict[str, tuple[str, Any]] | None = None
 
     @property
@@ -304,12 +309,26 @@ def build_space(cat: Catalog, body: dict[str, Any], gpu_keys: list[str] | None, 
                 notes.append(f"{rkey} with {fmt.key} left out: {exc}")
                 continue
             pairs.append(Pair(runtime, fmt, res, base, kv, req.get("runtime_settings")))
+    if pairs and "kv_cache_quantization" not in fixed:
+        _name_kv_as_computed(cat, pairs)
     space = Space(cat, base_body, gpus, [price_of(g, costs) for g in gpus], pairs, body.get("request_rate") is not None,
                   float(body.get("request_rate") or 0.0), int(body.get("concurrent_users") or 1),
                   int(body.get("batch_size") or 1), notes=notes)
     if pairs and gpus:
         _enumerate(space, fixed)
     return space
+
+
+def _name_kv_as_computed(cat: Catalog, pairs: list[Pair]) -> None:
+    """KV formats of equal bits give the same estimate, so one stands for them: where the runtime takes the model's
+    own compute dtype (a bf16 model's bf16 cache, what vLLM's kv_cache_dtype "auto" keeps), that one."""
+    dtype = formatrules.checkpoint_ceiling(cat, pairs[0].res.model_config).dtype
+    if dtype is None or "kv_cache_bits" not in cat.quantization.get(dtype).data:
+        return
+    bits = float(cat.quantization.get(dtype).data["kv_cache_bits"])
+    for p in pairs:
+        if dtype in ((p.runtime.data.get("deployment") or {}).get("kv_cache_formats") or ()):
+            p.kv = [(dtype if b == bits else k, b, q) for k, b, q in p.kv]
 
 
 def _layouts(fixed: dict[str, Any], arch, unified: bool) -> list[tuple[int, bool]]:
@@ -406,15 +425,17 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     pair_of = space.combo_pair[combo]
     width = max(len(p.kv) for p in pairs)
     bits_table = np.array([[b for _, b, _ in p.kv] + [0.0] * (width - len(p.kv)) for p in pairs])
-    quality_table = np.array([[q for _, _, q in p.kv] + [0.0] * (width - len(p.kv)) for p in pairs])
+    ceiling = formatrules.checkpoint_ceiling(cat, pairs[0].res.model_config)  # one model: every pair's the same
+    quality_table = np.array([[min(q, ceiling.kv) for _, _, q in p.kv] + [0.0] * (width - len(p.kv)) for p in pairs])
     fp8_table = np.array([[float(scenario_mod.kv_is_fp8(space.cat.quantization.get(k).data)) for k, _, _ in p.kv]
                           + [0.0] * (width - len(p.kv)) for p in pairs])
     kv_bits, kv_q = bits_table[pair_of, kv], quality_table[pair_of, kv]
     space.combo, space.n, space.tensor, space.kv, space.kv_bits = combo, n, tensor.astype(bool), kv, kv_bits
     space.kv_fp8 = fp8_table[pair_of, kv]
     space.pair, space.gpu = pair_of, np.array(combo_gpu, dtype=np.int64)[combo]
-    weights_q = np.array([float(p.quant.data["quality_rank"]) for p in pairs])[pair_of]
+    weights_q = np.array([ceiling.weights_rank(p.quant) for p in pairs])[pair_of]
     space.quality = np.stack([weights_q, kv_q], axis=1)
+    space.native = np.array([p.quant.key == ceiling.native for p in pairs], dtype=bool)[pair_of]
 
 
 def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:

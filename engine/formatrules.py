@@ -10,9 +10,12 @@ catalog folder load after the built-ins, so their rules override them as formula
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from . import keptmodules
 from .registry import Entry, Registry
 
 if TYPE_CHECKING:
@@ -70,3 +73,59 @@ def loads(cat: Catalog, runtime: str, fmt: Entry) -> bool:
     """Whether the runtime loads this format (:func:`runtime_formats`; an alias, as the format it names)."""
     target = cat.quantization.get(fmt.data["alias_of"]) if fmt.data.get("alias_of") else fmt
     return any(e.key == target.key for e in runtime_formats(cat, runtime))
+
+
+#: config.json ``torch_dtype`` (transformers 5: ``dtype``) -> the catalog's format key.
+DTYPE_FORMATS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """How much of a model's quality a serving format can keep: never more than its checkpoint holds. Weights
+    stored again with more bits are the same values (Llama 3.1 in fp32 is its bf16 checkpoint upcast; gpt-oss's
+    experts in bf16 are its MXFP4 ones dequantized), so a format above the checkpoint's own keeps that format's
+    quality - the **native** format (the checkpoint's quantization method, else its ``torch_dtype``). Keys and
+    values are computed in the model's 16-bit (or 32-bit) dtype whatever the weights' format, so a KV format keeps
+    at most that dtype's quality. Unknown (no config, no dtype): no ceiling."""
+    native: str | None
+    weights: float
+    kv: float
+    dtype: str | None = None  # the format of the model's compute dtype (bf16, fp16, fp32): its keys' and values'
+
+    def weights_rank(self, fmt: Entry) -> float:
+        return min(float(fmt.data["quality_rank"]), self.weights)
+
+    def kv_rank(self, fmt: Entry) -> float:
+        return min(float(fmt.data["quality_rank"]), self.kv)
+
+
+NO_CEILING = Ceiling(None, math.inf, math.inf)
+
+
+def _dtype_format(config: Mapping[str, Any]) -> str | None:
+    for c in (config, config.get("text_config")):
+        if isinstance(c, Mapping):
+            name = str(c.get("torch_dtype") or c.get("dtype") or "").removeprefix("torch.")
+            if name in DTYPE_FORMATS:
+                return DTYPE_FORMATS[name]
+    return None
+
+
+def checkpoint_ceiling(cat: Catalog, config: Any) -> Ceiling:
+    """The quality a serving format can keep of the model whose config.json (catalog ``config``, a Hub model's,
+    ``custom_model``) this is (:class:`Ceiling`)."""
+    if not isinstance(config, Mapping):
+        return NO_CEILING
+    qc = keptmodules.checkpoint_config(config)
+    quantized = keptmodules.checkpoint_format(qc) if qc is not None else None
+    dtype = _dtype_format(config)
+    if quantized is not None and quantized not in cat.quantization:
+        quantized = None
+    if quantized is not None and dtype is None:
+        dtype = "bf16"  # the quantizers' compute dtype (keptmodules.KEPT_BITS: transformers loads them in bfloat16)
+    native = quantized or dtype
+    if native is None:
+        return NO_CEILING
+    rank = lambda key: float(cat.quantization.get(key).data["quality_rank"])  # noqa: E731
+    return Ceiling(native, rank(native), rank(dtype) if dtype else math.inf, dtype)
+

@@ -227,8 +227,24 @@ def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog,
         ranked = sorted(FINETUNE_PRECISIONS, key=lambda k: -cat.quantization.get(k).data["quality_rank"])
         return "fine_tuning_quantization", ranked, "full fine-tuning precisions"
     runtime = body.get("runtime")
-    ranked = [e.key for e in loaded_formats(cat, runtime)]
+    ceiling = model_ceiling(cat, body, validated)
+    # best quality kept of this model first (formatrules.Ceiling: fp32 keeps no more of a bf16 checkpoint than bf16),
+    # the checkpoint's own format first among equals, then catalog order (sorted() is stable)
+    ranked = [e.key for e in sorted(loaded_formats(cat, runtime),
+                                    key=lambda e: (-ceiling.weights_rank(e), e.key != ceiling.native))]
     return "quantization", ranked, f"formats {runtime} loads" if runtime else "every format, each with its default runtime"
+
+
+def model_ceiling(cat: Catalog, body: dict[str, Any], validated: dict[str, Any] | None = None) -> formatrules.Ceiling:
+    """The quality an inference format can keep of the request's model (its checkpoint's, formatrules.Ceiling); none
+    where the request does not resolve (each candidate's own estimate then says why)."""
+    from .resolve import resolve
+
+    try:
+        res = resolve(cat, validated or request_mod.validate(body, "inference"), "inference")
+    except VramplanError:
+        return formatrules.NO_CEILING
+    return formatrules.checkpoint_ceiling(cat, res.model_config)
 
 
 def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +252,7 @@ def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: 
     field, ranked, note = _quant_candidates(body, workload, cat, ctx.get("base"))
     if not ranked:
         return {"value": None, "reason": f"nothing to choose: {note}"}
+    ceiling = model_ceiling(cat, body, ctx.get("base")) if workload == "inference" else formatrules.NO_CEILING
     run = estimator(workload, cat)
     tried = []
     for key in ranked:
@@ -247,7 +264,7 @@ def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: 
         if fits(out, capacity, headroom):
             if body.get("trace"):
                 out = run({**body, field: key, "trace": True})
-            return {"value": key, "quality_rank": cat.quantization.get(key).data["quality_rank"], "estimate": out,
+            return {"value": key, "quality_rank": ceiling.weights_rank(cat.quantization.get(key)), "estimate": out,
                     "evaluations": len(tried)}
     return {"value": None, "reason": f"none of the {len(tried)} {note} fits (smallest tried: {tried[-1] if tried else 'none'})",
             "evaluations": len(tried)}

@@ -56,6 +56,7 @@ class Resolved:
     warnings: list[str] = field(default_factory=list)
     weights_file_bytes: int | None = None  # exact bytes of a Hub model's checkpoint in the requested format
     kept_layer_params: float = 0.0  # layer parameters the checkpoint keeps at 16 bits (modules_to_not_convert)
+    model_config: Any = None  # the model's config.json object (catalog config, a Hub model's, custom_model)
 
 
 def _format(cat: Catalog, key: str, field_name: str) -> Entry:
@@ -215,7 +216,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         model_name=model_name, model=model, arch=arch, quant=quant, kv_quant=kv_quant, runtime=runtime,
         interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
         hardware_order=cat.hardware_orders.get(gpu.key, ()), weight_bits=bits, assumptions=assumptions, warnings=warnings,
-        weights_file_bytes=file_bytes, kept_layer_params=kept_params)
+        weights_file_bytes=file_bytes, kept_layer_params=kept_params, model_config=config)
 
 
 def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[str, float],

@@ -299,7 +299,20 @@ class _Search:
         return answer if answer.get("value") is not None else None
 
     def _rank(self, key: str) -> float:
-        return float(self.cat.quantization.get(key).data["quality_rank"])
+        """A weights format's quality_rank; for inference, what it keeps of this model (at most its checkpoint's:
+        formatrules.Ceiling)."""
+        return self._ceiling().weights_rank(self.cat.quantization.get(key))
+
+    def _kv_rank(self, key: str) -> float:
+        return self._ceiling().kv_rank(self.cat.quantization.get(key))
+
+    def _ceiling(self) -> formatrules.Ceiling:
+        if self.workload != "inference":
+            return formatrules.NO_CEILING  # training precision is not capped: fp32 master weights train better
+        if not hasattr(self, "_model_ceiling"):
+            from .planner import model_ceiling
+            self._model_ceiling = model_ceiling(self.cat, self.body, self.req)
+        return self._model_ceiling
 
     def _label(self, key: str) -> str:
         entry = self.cat.quantization.get(key)
@@ -373,7 +386,7 @@ class _Search:
         for e in kv_formats:  # the best KV format that fits
             s = self.suggest({"kv_cache_quantization": e.key}, f"{self._label(e.key)} KV cache instead of "
                              f"{self._label(kv_now)}", quality_rank={"field": "kv_cache_quantization",
-                                                                  "before": self._rank(kv_now), "after": e.data["quality_rank"]})
+                                                                  "before": self._kv_rank(kv_now), "after": self._kv_rank(e.key)})
             if s:
                 found.append(s)
                 break

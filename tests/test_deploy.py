@@ -109,6 +109,21 @@ def test_no_cheaper_configuration_in_a_brute_force_grid_meets_the_slo(small):
     assert best["cost_per_million_output_tokens"] == pytest.approx(3.6 / (2400 * 3600) * 1e6, abs=1e-4)
 
 
+def test_a_light_load_is_served_in_the_checkpoints_own_format_not_a_wider_one():
+    """Two requests/s on one L40S fit in every 16- and 32-bit layout at the same price (one GPU): the tie goes to the
+    quality kept, and fp32 keeps no more of Llama 3.1's bf16 checkpoint than bf16 (both 96, not 100), so the bf16
+    weights - the checkpoint's own - with a bf16 cache (vLLM's kv_cache_dtype auto), not fp32's slower prefill."""
+    a = vramplan.plan({"find": ["cheapest_deployment"], "llm_key": "llama-3.1-8b-instruct", "input_tokens": 1000,
+                       "output_tokens": 100, "request_rate": 2, "gpu_keys": ["l40s"], "runtimes": ["vllm"],
+                       "min_quality_rank": 96})["cheapest_deployment"]
+    [row] = a["value"]
+    assert (row["quantization"], row["kv_cache_quantization"], row["total_gpus"]) == ("bf16", "bf16", 1)
+    assert (row["quality_rank"], row["kv_quality_rank"]) == (96, 96)
+    # the fp32 layout it beat: the same GPU, the same price, a slower answer
+    fp32 = vramplan.estimate_inference({**row["request"], "quantization": "fp32", "kv_cache_quantization": "fp16"})
+    assert fp32["serving"]["ttft_ms"] > row["ttft_ms"]
+
+
 @pytest.mark.parametrize("load", [{"request_rate": 4}, {"concurrent_users": 90},
                                   {"request_rate": 4, "runtime_settings": {"max_num_seqs": 6}},
                                   {"concurrent_users": 90, "runtime_settings": {"max_num_seqs": 6}}])

@@ -4,6 +4,7 @@ here against the estimator: the value fits and the next step does not."""
 from __future__ import annotations
 
 import json
+import math
 import time
 
 import jsonschema
@@ -139,11 +140,14 @@ def test_best_quantization_is_the_highest_ranked_format_that_fits(req, gib):
     a = vramplan.plan({**req, "find": ["best_quantization"]})["best_quantization"]
     body = {k: v for k, v in req.items() if k != "workload"}
     _, ranked, _ = _quant_candidates(body, "inference", cat)
-    rank = {k: cat.quantization.get(k).data["quality_rank"] for k in ranked}
+    # both Llama 3.1 checkpoints are bf16 (config torch_dtype bfloat16): no format keeps more than bf16's 96
+    rank = {k: min(cat.quantization.get(k).data["quality_rank"], 96) for k in ranked}
     assert a["value"] in ranked and a["quality_rank"] == rank[a["value"]]
     assert fits(estimate(req, quantization=a["value"]), gib)
     for better in (k for k in ranked if rank[k] > rank[a["value"]]):
         assert not fits(estimate(req, quantization=better), gib), f"{better} ranks higher and fits too"
+    if rank[a["value"]] == 96:
+        assert a["value"] == "bf16"  # among formats that keep as much, the checkpoint's own
     if "runtime" in req:
         assert all(req["runtime"] in cat.quantization.get(k).data["runtimes"] for k in ranked)
 
@@ -151,11 +155,51 @@ def test_best_quantization_is_the_highest_ranked_format_that_fits(req, gib):
 def test_quality_order_starts_with_full_precision_and_skips_aliases():
     cat = get_catalog()
     _, ranked, _ = _quant_candidates({}, "inference", cat)
-    assert ranked[:3] == ["fp32", "fp16", "bf16"]  # 100, then 96 twice in catalog order
+    assert ranked[:3] == ["fp32", "fp16", "bf16"]  # no model: 100, then 96 twice in catalog order
     assert "q8" not in ranked  # alias of q8_0
     assert ranked.index("q8_0") < ranked.index("q6_k") < ranked.index("q4_k_m") < ranked.index("q2_k")
+
+
+@pytest.mark.parametrize("config, native, weights, kv", [
+    ({"torch_dtype": "bfloat16"}, "bf16", 96, 96),
+    ({"dtype": "float16"}, "fp16", 96, 96),                        # transformers 5 writes dtype
+    ({"torch_dtype": "torch.float32"}, "fp32", 100, 100),
+    ({"text_config": {"torch_dtype": "bfloat16"}}, "bf16", 96, 96),  # a multimodal config states it in its text part
+    # a quantized checkpoint: its method is the weights' ceiling, its dtype the cache's (FP8 92 / bf16 96)
+    ({"torch_dtype": "bfloat16", "quantization_config": {"quant_method": "fp8"}}, "fp8", 92, 96),
+    # gpt-oss states no dtype: the quantizers compute in bf16 (keptmodules.KEPT_BITS)
+    ({"quantization_config": {"quant_method": "mxfp4"}}, "mxfp4", 74, 96),
+    # a method the catalog has no format for: the dtype decides
+    ({"torch_dtype": "bfloat16", "quantization_config": {"quant_method": "hqq"}}, "bf16", 96, 96),
+    ({}, None, math.inf, math.inf),
+    (None, None, math.inf, math.inf),
+])
+def test_checkpoint_ceiling(config, native, weights, kv):
+    from vramplan.formatrules import checkpoint_ceiling
+
+    c = checkpoint_ceiling(get_catalog(), config)
+    assert (c.native, c.weights, c.kv) == (native, weights, kv)
+
+
+def test_no_format_keeps_more_than_the_checkpoint_holds():
+    """Llama 3.1 8B's checkpoint is bf16: fp32 stores the same values in twice the bytes (quality 96, not 100), so the
+    best format on an 80 GiB H100 is the checkpoint's own bf16 - not fp32, though 8B x 4 bytes = 30 GiB fits too,
+    and not fp16, which keeps 96 as well but is not what the checkpoint holds."""
+    cat = get_catalog()
+    _, ranked, _ = _quant_candidates({"llm_key": "llama-3.1-8b-instruct", "gpu_key": "h100_80"}, "inference", cat)
+    assert ranked[:3] == ["bf16", "fp32", "fp16"]  # 96 three times: the native one first, then catalog order
     a = vramplan.plan({**SMALL, "gpu_key": "h100_80", "find": ["best_quantization"]})["best_quantization"]
-    assert a["value"] == "fp32"  # 8B x 4 bytes = 30 GiB of weights fits 80 GiB
+    assert (a["value"], a["quality_rank"]) == ("bf16", 96)
+    # gpt-oss ships MXFP4 experts (quantization_config quant_method mxfp4, rank 74): bf16 or fp8 copies of them keep 74
+    _, ranked, _ = _quant_candidates({"llm_key": "gpt-oss-20b", "gpu_key": "h100_80", "runtime": "vllm"}, "inference", cat)
+    assert ranked[0] == "mxfp4"
+    a = vramplan.plan({"gpu_key": "h100_80", "llm_key": "gpt-oss-20b", "runtime": "vllm",
+                       "find": ["best_quantization"]})["best_quantization"]
+    assert (a["value"], a["quality_rank"]) == ("mxfp4", 74)
+    # fine-tuning precision is not capped: fp32 master weights train more exactly than bf16 ones
+    a = vramplan.plan({"workload": "finetuning", "gpu_key": "h200", "llm_key": "llama-3.2-1b", "finetuning_method": "full",
+                       "find": ["best_quantization"]})["best_quantization"]
+    assert (a["value"], a["quality_rank"]) == ("fp32", 100)
 
 
 def test_gpus_lists_every_fitting_gpu_fastest_first():
