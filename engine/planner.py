@@ -252,6 +252,7 @@ def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: 
     field, ranked, note = _quant_candidates(body, workload, cat, ctx.get("base"))
     if not ranked:
         return {"value": None, "reason": f"nothing to choose: {note}"}
+    # the rank reported: what the chosen format keeps of this model (the order above already used it)
     ceiling = model_ceiling(cat, body, ctx.get("base")) if workload == "inference" else formatrules.NO_CEILING
     run = estimator(workload, cat)
     tried = []

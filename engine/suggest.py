@@ -170,6 +170,7 @@ class _Search:
         self.req = validate(self.body, workload)  # defaults applied: the "before" of every change
         self.speed_field = "per_user_tps" if workload == "inference" else "training_tps"
         self._pin: dict[str, Any] | None = None  # runtime_settings for other deployments under a pinned pool
+        self._model_ceiling: formatrules.Ceiling | None = None  # what formats keep of this model (_ceiling)
 
     # -- a bound first ---------------------------------------------------------------------------
     def hopeless(self) -> bool:
@@ -309,7 +310,7 @@ class _Search:
     def _ceiling(self) -> formatrules.Ceiling:
         if self.workload != "inference":
             return formatrules.NO_CEILING  # training precision is not capped: fp32 master weights train better
-        if not hasattr(self, "_model_ceiling"):
+        if self._model_ceiling is None:
             from .planner import model_ceiling
             self._model_ceiling = model_ceiling(self.cat, self.body, self.req)
         return self._model_ceiling
