@@ -132,6 +132,7 @@ class Space:
     # (weights, KV) quality_rank kept of this model: the catalog's, at most the checkpoint's (formatrules.Ceiling)
     quality: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
     native: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # weights in the checkpoint's own format
+    ceiling: formatrules.Ceiling = formatrules.NO_CEILING  # what a format keeps of the model
     _tables: dict[str, tuple[str, Any]] | None = None
 
     @property
@@ -309,20 +310,21 @@ def build_space(cat: Catalog, body: dict[str, Any], gpu_keys: list[str] | None, 
                 notes.append(f"{rkey} with {fmt.key} left out: {exc}")
                 continue
             pairs.append(Pair(runtime, fmt, res, base, kv, req.get("runtime_settings")))
-    if pairs and "kv_cache_quantization" not in fixed:
-        _name_kv_as_computed(cat, pairs)
+    # one model: every pair's checkpoint is the same
+    ceiling = formatrules.checkpoint_ceiling(cat, pairs[0].res.model_config) if pairs else formatrules.NO_CEILING
+    if "kv_cache_quantization" not in fixed:
+        _name_kv_as_computed(cat, pairs, ceiling.dtype)
     space = Space(cat, base_body, gpus, [price_of(g, costs) for g in gpus], pairs, body.get("request_rate") is not None,
                   float(body.get("request_rate") or 0.0), int(body.get("concurrent_users") or 1),
-                  int(body.get("batch_size") or 1), notes=notes)
+                  int(body.get("batch_size") or 1), notes=notes, ceiling=ceiling)
     if pairs and gpus:
         _enumerate(space, fixed)
     return space
 
 
-def _name_kv_as_computed(cat: Catalog, pairs: list[Pair]) -> None:
+def _name_kv_as_computed(cat: Catalog, pairs: list[Pair], dtype: str | None) -> None:
     """KV formats of equal bits give the same estimate, so one stands for them: where the runtime takes the model's
-    own compute dtype (a bf16 model's bf16 cache, what vLLM's kv_cache_dtype "auto" keeps), that one."""
-    dtype = formatrules.checkpoint_ceiling(cat, pairs[0].res.model_config).dtype
+    own compute dtype (``dtype``: a bf16 model's bf16 cache, what vLLM's kv_cache_dtype "auto" keeps), that one."""
     if dtype is None or "kv_cache_bits" not in cat.quantization.get(dtype).data:
         return
     bits = float(cat.quantization.get(dtype).data["kv_cache_bits"])
@@ -425,7 +427,7 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     pair_of = space.combo_pair[combo]
     width = max(len(p.kv) for p in pairs)
     bits_table = np.array([[b for _, b, _ in p.kv] + [0.0] * (width - len(p.kv)) for p in pairs])
-    ceiling = formatrules.checkpoint_ceiling(cat, pairs[0].res.model_config)  # one model: every pair's the same
+    ceiling = space.ceiling
     quality_table = np.array([[min(q, ceiling.kv) for _, _, q in p.kv] + [0.0] * (width - len(p.kv)) for p in pairs])
     fp8_table = np.array([[float(scenario_mod.kv_is_fp8(space.cat.quantization.get(k).data)) for k, _, _ in p.kv]
                           + [0.0] * (width - len(p.kv)) for p in pairs])

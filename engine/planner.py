@@ -212,9 +212,10 @@ def loaded_formats(cat: Catalog, runtime: str | None) -> list[Entry]:
     return sorted(entries, key=lambda e: -e.data["quality_rank"])
 
 
-def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog,
-                      validated: dict[str, Any] | None = None) -> tuple[str, list[str], str]:
-    """(request field, formats best first, note on what was tried).
+def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog, validated: dict[str, Any] | None = None,
+                      ceiling: formatrules.Ceiling | None = None) -> tuple[str, list[str], str]:
+    """(request field, formats best first, note on what was tried). ``ceiling``: the model's (model_ceiling), where
+    the caller has it already.
 
     A fine-tuning method whose format rule holds whatever ``fine_tuning_quantization`` says (LoRA,
     QLoRA: catalogs/format_rules) leaves nothing to choose."""
@@ -227,7 +228,7 @@ def _quant_candidates(body: dict[str, Any], workload: str, cat: Catalog,
         ranked = sorted(FINETUNE_PRECISIONS, key=lambda k: -cat.quantization.get(k).data["quality_rank"])
         return "fine_tuning_quantization", ranked, "full fine-tuning precisions"
     runtime = body.get("runtime")
-    ceiling = model_ceiling(cat, body, validated)
+    ceiling = ceiling or model_ceiling(cat, body, validated)
     # best quality kept of this model first (formatrules.Ceiling: fp32 keeps no more of a bf16 checkpoint than bf16),
     # the checkpoint's own format first among equals, then catalog order (sorted() is stable)
     ranked = [e.key for e in sorted(loaded_formats(cat, runtime),
@@ -249,11 +250,11 @@ def model_ceiling(cat: Catalog, body: dict[str, Any], validated: dict[str, Any] 
 
 def _best_quantization(question: str, body: dict[str, Any], workload: str, ctx: dict[str, Any]) -> dict[str, Any]:
     cat, capacity, headroom = ctx["catalog"], ctx["capacity"], ctx["headroom"]
-    field, ranked, note = _quant_candidates(body, workload, cat, ctx.get("base"))
+    # what a format keeps of this model: the candidates' order and the rank reported
+    ceiling = model_ceiling(cat, body, ctx.get("base")) if workload == "inference" else formatrules.NO_CEILING
+    field, ranked, note = _quant_candidates(body, workload, cat, ctx.get("base"), ceiling)
     if not ranked:
         return {"value": None, "reason": f"nothing to choose: {note}"}
-    # the rank reported: what the chosen format keeps of this model (the order above already used it)
-    ceiling = model_ceiling(cat, body, ctx.get("base")) if workload == "inference" else formatrules.NO_CEILING
     run = estimator(workload, cat)
     tried = []
     for key in ranked:

@@ -577,7 +577,7 @@ class _Search:
         tries formats better than the one a smaller count needed, so the whole scan is about one pass
         over the formats."""
         from .planner import _quant_candidates
-        _, ranked, _ = _quant_candidates(self.body, "inference", self.cat)
+        _, ranked, _ = _quant_candidates(self.body, "inference", self.cat, self.req, self._ceiling())
         before = self._rank(self.req["quantization"])
         ranked = [q for q in ranked if self._rank(q) < before]
         found, floor = [], None  # floor: the rank the previous (smaller) GPU count reached
