@@ -115,8 +115,14 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
         if fallback is not None and fallback not in declared:
             _reject(cat, "runtime_constants", decl, f"fallback {fallback!r} is not a declared runtime constant", loud)
             declared.pop(decl.key, None)
+        elif "default" in decl.data and runtimetext.outside_accepted(decl.data.get("accepts"), decl.data["default"]):
+            _reject(cat, "runtime_constants", decl, f"default {decl.data['default']:g} is outside what it accepts "
+                    f"({runtimetext.accepted_range(decl.data['accepts'])})", loud)
+            declared.pop(decl.key, None)
+    classes = set(cat.hardware_classes.keys())
     for runtime in list(cat.runtimes):
-        constants = dict(runtime.data.get("constants") or {})
+        constants = {name: _with_declared_accepts(c, _declaration(declared, name, classes))
+                     for name, c in (runtime.data.get("constants") or {}).items()}
         outside = [f"{name} {value:g} is outside what it accepts ({runtimetext.accepted_range(c['accepts'])})"
                    for name, c in sorted(constants.items())
                    for value in (c["value"], *(t["value"] for t in c.get("tiers", ())))
@@ -132,6 +138,8 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
                 if "default" in decl.data:
                     constants[name] = {"value": decl.data["default"], "unit": decl.data["unit"],
                                        "source": f"default declared by {decl.provenance}: {decl.data['source']}"}
+                    if "accepts" in decl.data:
+                        constants[name]["accepts"] = decl.data["accepts"]
                 else:
                     missing.append(name)
             elif constants[name]["unit"] != decl.data["unit"]:
@@ -144,6 +152,31 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
             _reject(cat, "runtimes", runtime, "; ".join(what), loud)
         elif constants != runtime.data.get("constants"):
             cat.runtimes.replace(runtime.key, {**runtime.data, "constants": constants})
+
+
+def _declaration(declared: dict[str, Any], name: str, classes: set[str]) -> Any:
+    """The declaration a profile's constant answers to: its own name, or - for ``<name>_<class>`` - the per-class
+    constant it specialises; None for a runtime's own constant."""
+    if name in declared:
+        return declared[name]
+    return next((d for base, d in declared.items() if d.data.get("per_hardware_class") and name.startswith(base + "_")
+                 and name[len(base) + 1:] in classes), None)
+
+
+def _with_declared_accepts(constant: dict[str, Any], decl: Any) -> dict[str, Any]:
+    """A profile's constant with what its declaration accepts (what the quantity can mean, for every runtime) beside
+    the runtime's own ``accepts`` (its argument check): both bounds hold, each source named; the runtime's bound
+    wins where both state the same one."""
+    declared = decl.data.get("accepts") if decl is not None else None
+    if not declared:
+        return constant
+    own = constant.get("accepts")
+    if own is None:
+        return {**constant, "accepts": declared}
+    extra = {k: v for k, v in declared.items() if k != "source" and k not in own}
+    if not extra:
+        return constant
+    return {**constant, "accepts": {**extra, **own, "source": f"{own['source']}; {declared['source']}"}}
 
 
 def _check_deployments(cat: Catalog, loud: Problems) -> None:

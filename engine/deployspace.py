@@ -399,7 +399,7 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
             f_rows = {c: pieces["format"].row((gi,) + c, lambda: scenario_mod.format_on_gpu_vars(g, example[c]))
                       for c in {fmt_class[i] for i in members}}
             r_rows = {c: pieces["runtime"].row((rkey, order, hw["host_bw_gb_s"]) + c, lambda: scenario_mod.runtime_on_gpu_vars(
-                rt, example[c], order, hw["host_bw_gb_s"], to_nvme)) for c in {rt_class[i] for i in members}}
+                rt, example[c], order, hw["host_bw_gb_s"], to_nvme, settings)) for c in {rt_class[i] for i in members}}
             m = len(members)
             pieces["gpu"].of_combo.extend([g_row] * m)
             pieces["constants"].of_combo.extend([c_row] * m)

@@ -28,7 +28,7 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "bytes": (0, 1024), "tensors": (0, 1024), "copies": (0, 1024), "us": (0, 1e7), "FLOP": (0, 1e4), "GB/s": (0, 1e6),
 }
 #: Units that count things a runtime cannot split (max_num_seqs 0.5 would admit half a sequence).
-WHOLE_UNITS = ("sequences", "tokens")
+WHOLE_UNITS = ("sequences", "tokens", "steps")
 #: The range for a unit not listed above (a plugin runtime's own units).
 OTHER_SETTING_RANGE = (0, 1e12)
 
@@ -198,6 +198,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
                         f"measured on NVIDIA data-center GPUs: set hardware_class in its catalog entry, or register a hardware class")
     # (settings that change nothing are said by request.check, which sees what the client sent)
     hw_class = cat.hardware_classes.get(cls).data if cls is not None else None
+    warnings.extend(_other_class_settings(cat, req.get("runtime_settings"), gpu.key))
     warnings.extend(_uncertainty_warnings(workload, hw_class, gpu.data, arch, runtime.key, req))
     if workload == "inference" and not formatrules.loads(cat, runtime.key, quant):
         warnings.append(f"{runtime.key} does not load {quant.key} weights; estimated as if it did "
@@ -319,6 +320,23 @@ def _setting_problem(unit: str, value: float) -> str | None:
     if unit in WHOLE_UNITS and value % 1:
         return f"counts {unit}: a whole number, got {value!r}"
     return None
+
+
+def _other_class_settings(cat: Catalog, settings: dict[str, float] | None, gpu_key: str) -> list[str]:
+    """Warnings for the runtime_settings that specialise a per-hardware-class constant for a class this GPU is not in
+    (``decode_bw_eff_amd`` on an H100): the estimate keeps the value for the GPU's own class."""
+    if not settings:
+        return []
+    order = cat.hardware_orders.get(gpu_key, ())
+    per_class = [e.key for e in cat.runtime_constants if e.data.get("per_hardware_class")]
+    out = []
+    for name in settings:
+        for base in per_class:
+            cls = name[len(base) + 1:] if name.startswith(base + "_") else None
+            if cls in cat.hardware_classes and cls not in order:
+                out.append(f"runtime_settings.{name} does not apply: {gpu_key} is not in hardware class {cls} "
+                           f"(its classes: {', '.join(order) or 'none'}); set {base} for this GPU")
+    return out
 
 
 def _accepted_problem(runtime_key: str, constant: dict, value: float) -> str | None:

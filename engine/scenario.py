@@ -250,24 +250,44 @@ def scenario_variable_names() -> list[str]:
     return list(VARIABLES)
 
 
-def _rt(runtime: dict[str, Any], name: str, order: tuple[str, ...]) -> float:
-    """A per-hardware-class runtime constant for a GPU whose class order is ``order`` (see :mod:`vramplan.hardware`)."""
-    return hardware.runtime_constant(runtime["constants"], name, order)[1]
+def _rt(runtime: dict[str, Any], name: str, order: tuple[str, ...], settings: dict[str, float] | None = None) -> float:
+    """A per-hardware-class runtime constant for a GPU whose class order is ``order`` (see :mod:`vramplan.hardware`),
+    the request's ``runtime_settings`` over the profile (:func:`_setting`)."""
+    set_value = _setting(settings, name, order)
+    return set_value if set_value is not None else hardware.runtime_constant(runtime["constants"], name, order)[1]
 
 
-def _unpack_flops(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...]) -> float:
+def _setting(settings: dict[str, float] | None, name: str, order: tuple[str, ...]) -> float | None:
+    """The request's value for a per-class constant on this GPU, or None: ``<name>_<class>`` along the class's
+    fallback chain, then the plain ``<name>``, which the request means for whatever GPU it runs on - so it wins over
+    the profile's specialised value as well as its plain one (a setting for another class does not apply:
+    resolve warns)."""
+    if not settings:
+        return None
+    for key in [f"{name}_{cls}" for cls in order] + [name]:
+        if key in settings:
+            return float(settings[key])
+    return None
+
+
+def _unpack_flops(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...],
+                  settings: dict[str, float] | None = None) -> float:
     """ALU work per weight of the runtime's mat-vec kernel for this format's block family.
 
     A runtime may keep a cheaper constant for GGUF's legacy blocks (``dequant_flops_per_weight_legacy``,
     per class like every constant; declared in catalogs/runtime_constants with the general constant as
     its fallback): Metal unpacks Q4_0..Q8_0 with a masked multiply-add against pre-scaled activations,
-    k-quants with a longer sequence. Without one, the general constant applies.
+    k-quants with a longer sequence. Without one, the general constant applies. The request's settings
+    come first at each of the two.
     """
     if fmt.get("gguf_block") == "legacy":
+        set_value = _setting(settings, "dequant_flops_per_weight_legacy", order)
+        if set_value is not None:
+            return set_value
         found = hardware.find_runtime_constant(runtime["constants"], "dequant_flops_per_weight_legacy", order)
         if found is not None:
             return found[1]
-    return _rt(runtime, "dequant_flops_per_weight", order)
+    return _rt(runtime, "dequant_flops_per_weight", order, settings)
 
 
 def _compute_capability(gpu: dict[str, Any]) -> float:
@@ -474,7 +494,8 @@ def device_vars(res: Resolved, act_bytes: float, to_nvme: bool) -> dict[str, flo
     gpu = res.gpu.data
     d = gpu_vars(gpu, res.gpu_memory_gib, res.interconnect.data, res.host_link.data if res.host_link else None)
     d.update(format_on_gpu_vars(gpu, res.quant.data))
-    d.update(runtime_on_gpu_vars(res.runtime.data, res.quant.data, res.hardware_order, d["host_bw_gb_s"], to_nvme))
+    d.update(runtime_on_gpu_vars(res.runtime.data, res.quant.data, res.hardware_order, d["host_bw_gb_s"], to_nvme,
+                                 res.request.get("runtime_settings")))
     d.update(runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, res.request.get("runtime_settings"),
                                float(res.arch.max_position_embeddings or 0)))
     d["act_bytes"] = runtime_act_bytes(d.get("rt_activation_bytes", 0.0), act_bytes, res.workload)
@@ -552,18 +573,21 @@ def runtime_on_gpu_key(fmt: dict[str, Any]) -> tuple:
 
 
 def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...], host_bw_gb_s: float,
-                        to_nvme: bool) -> dict[str, float]:
+                        to_nvme: bool, settings: dict[str, float] | None = None) -> dict[str, float]:
     """The runtime's efficiencies for a hardware class (``order``: the class and its fallbacks), the ALU
-    work it spends unpacking the format, and the offload path's bandwidth."""
-    nvme = _rt(runtime, "nvme_read_gb_s", order)
+    work it spends unpacking the format, and the offload path's bandwidth - the request's ``runtime_settings``
+    over the profile's values."""
+    def rt(name: str) -> float:
+        return _rt(runtime, name, order, settings)
+    nvme = rt("nvme_read_gb_s")
     dequantized = int(fmt["kind"] != "float")
     return {
-        "eff_decode_bw": _rt(runtime, "decode_bw_eff", order), "eff_prefill_flops": _rt(runtime, "prefill_flops_eff", order),
-        "eff_train_mfu": _rt(runtime, "train_mfu", order),
-        "power_idle_fraction": _rt(runtime, "power_memory_bound_fraction", order),
-        "dequant_flops_per_weight": _unpack_flops(runtime, fmt, order) * dequantized,
+        "eff_decode_bw": rt("decode_bw_eff"), "eff_prefill_flops": rt("prefill_flops_eff"),
+        "eff_train_mfu": rt("train_mfu"),
+        "power_idle_fraction": rt("power_memory_bound_fraction"),
+        "dequant_flops_per_weight": _unpack_flops(runtime, fmt, order, settings) * dequantized,
         "offload_bw_gb_s": min(host_bw_gb_s, nvme) if to_nvme and nvme else host_bw_gb_s,
-        "rope_table_element_bytes": _rt(runtime, "rope_table_element_bytes", order),
+        "rope_table_element_bytes": rt("rope_table_element_bytes"),
     }
 
 

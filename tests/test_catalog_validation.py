@@ -171,6 +171,57 @@ def test_runtime_whose_own_value_is_outside_what_it_accepts(tmp_path):
                      r"kv_block_tokens 0 is outside what it accepts \(at least 1\)", skipped(plugin))
 
 
+def test_declared_bounds_hold_for_every_runtime_and_class(tmp_path):
+    """What a declaration accepts (catalogs/runtime_constants: decode_bw_eff is a share of the bandwidth, above 0 and
+    at most 1) holds for every profile's value of it, its per-class variants included."""
+    plugin = plugin_with(tmp_path, "runtimes", """\
+        runtimes:
+          faster:
+            label: Faster
+            description: a vLLM that streams faster than the memory on AMD
+            extends: vllm
+            constants:
+              decode_bw_eff_amd: {value: 1.3, unit: fraction, source: test}
+        """)
+    assert re.search(r"runtimes 'faster' skipped: decode_bw_eff_amd 1\.3 is outside what it accepts \(above 0, at most 1\)",
+                     skipped(plugin))
+
+
+def test_a_runtimes_own_bound_adds_to_the_declared_one(tmp_path):
+    """A profile's own `accepts` on a declared constant narrows it; both bounds hold and both sources are named."""
+    plugin = plugin_with(tmp_path, "runtimes", """\
+        runtimes:
+          capped:
+            label: Capped
+            description: a vLLM whose own check caps the bandwidth share
+            extends: vllm
+            constants:
+              decode_bw_eff:
+                value: 0.8
+                unit: fraction
+                source: test
+                accepts: {at_most: 0.9, source: its own check}
+        """)
+    cat = build_catalog(load_entrypoints=False, extra_plugins=(plugin,))
+    accepts = cat.runtimes.get("capped").data["constants"]["decode_bw_eff"]["accepts"]
+    assert accepts["above"] == 0 and accepts["at_most"] == 0.9
+    assert accepts["source"].startswith("its own check; a share of the GPU's datasheet memory bandwidth")
+
+
+def test_a_declared_default_outside_its_own_bound(tmp_path):
+    plugin = plugin_with(tmp_path, "runtime_constants", """\
+        runtime_constants:
+          warp_share:
+            unit: fraction
+            description: a share that cannot be more than everything
+            default: 1.5
+            source: test
+            accepts: {at_least: 0, at_most: 1, source: test}
+        """)
+    assert re.search(r"runtime_constants 'warp_share' skipped: default 1\.5 is outside what it accepts \(at least 0, at most 1\)",
+                     skipped(plugin))
+
+
 def test_runtime_lacking_a_constant_only_the_formulas_use(tmp_path):
     from vramplan.catalog import get_catalog
 

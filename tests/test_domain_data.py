@@ -158,6 +158,46 @@ def test_builtin_gpus_get_their_class_and_its_efficiencies():
     assert any(w.startswith("transformers on ROCm/HIP: ") for w in res.warnings)
 
 
+def test_runtime_settings_reach_the_per_class_efficiencies():
+    """A request's runtime_settings override the efficiencies the engine reads per hardware class, as every other
+    constant (they were read from the profile alone, so decode_bw_eff: 0.5 changed nothing). The plain name is what
+    the request means for whatever GPU it runs on, so it wins over the profile's class value; <name>_<class> wins
+    where the GPU is of that class and, for another class, changes nothing and says so. vLLM has no per-SM cap
+    (decode_sm_stream_gb_s 0): the stream is the datasheet bandwidth x the share."""
+    def stream(gpu, **settings):
+        out = vramplan.estimate_inference({"gpu_key": gpu, "llm_key": "llama-3-8b-instruct", "runtime": "vllm",
+                                           "input_tokens": 512, "output_tokens": 128, "concurrent_users": 4,
+                                           "runtime_settings": settings, "trace": True})
+        t = trace_of(out)
+        return t["decode_stream_gb_s"], t["decode_memory_s"], out["warnings"]
+
+    assert stream("h100_80")[0] == pytest.approx(3350 * 0.85)  # vLLM's plain 0.85
+    assert stream("h100_80", decode_bw_eff=0.5)[0] == pytest.approx(3350 * 0.5)
+    assert stream("mi300x")[0] == pytest.approx(5300 * 0.75)  # vLLM's decode_bw_eff_amd
+    amd_default, amd_half = stream("mi300x"), stream("mi300x", decode_bw_eff=0.5)
+    assert amd_half[0] == pytest.approx(5300 * 0.5)  # the plain setting over the profile's amd value
+    assert amd_half[1] == pytest.approx(amd_default[1] * 0.75 / 0.5)  # the same bytes, streamed at 2/3 the rate
+    assert stream("mi300x", decode_bw_eff=0.5, decode_bw_eff_amd=0.6)[0] == pytest.approx(5300 * 0.6)
+    h100 = stream("h100_80", decode_bw_eff_amd=0.6)
+    assert h100[0] == pytest.approx(3350 * 0.85)
+    assert [w for w in h100[2] if w.startswith("runtime_settings.decode_bw_eff_amd does not apply: h100_80 is not in "
+                                                "hardware class amd (its classes: nvidia_datacenter); set decode_bw_eff")]
+
+
+def test_runtime_settings_reach_the_training_mfu():
+    """train_mfu is per class too: halving it doubles a step's matmul time (tokens x FLOPs per token / (bf16 FLOP/s
+    x train_mfu)), and the step (matmuls, elementwise traffic, optimizer) takes longer by that much."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "training_type": "lora", "seq_length": 2048,
+            "batch_size": 4, "runtime": "transformers", "trace": True}
+    mfu = get_catalog().runtimes.get("transformers").data["constants"]["train_mfu"]["value"]
+    usual = vramplan.estimate_finetuning(body)
+    half = vramplan.estimate_finetuning({**body, "runtime_settings": {"train_mfu": mfu / 2}})
+    gemm, gemm_half = trace_of(usual)["train_gemm_s_per_step"], trace_of(half)["train_gemm_s_per_step"]
+    assert gemm_half == pytest.approx(2 * gemm)
+    # 4 samples a step at the sample rates each reports: the step grew by the matmul time it doubled
+    assert 4 / half["samples_per_second"] - 4 / usual["samples_per_second"] == pytest.approx(gemm, rel=0.01)
+
+
 class OtherVendorGpu:
     __name__ = "test-gpu-plugin"
 

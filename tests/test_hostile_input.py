@@ -134,6 +134,13 @@ def test_runtime_settings_have_the_range_of_their_unit(setting, value, message):
     ("tensorrt-llm", "gpu_memory_utilization", 1.2, "1.2 is not accepted by tensorrt-llm: at least 0, at most 1"),
     ("vllm", "kv_block_tokens", 0, "0 is not accepted by vllm: at least 1 (a block holds at least one token"),
     ("llama.cpp", "kv_block_tokens", 0, "0 is not accepted by llama.cpp: at least 1"),
+    # declared for every runtime (catalogs/runtime_constants): what the quantity can mean, or the runtimes' own check
+    ("vllm", "decode_bw_eff", 0, "0 is not accepted by vllm: above 0, at most 1 (a share of the GPU's datasheet memory"),
+    ("transformers", "decode_bw_eff", 1.2, "1.2 is not accepted by transformers: above 0, at most 1"),
+    ("vllm", "decode_bw_eff_amd", 1.1, "1.1 is not accepted by vllm: above 0, at most 1"),  # a per-class variant too
+    ("transformers", "train_mfu", 1.5, "1.5 is not accepted by transformers: above 0, at most 1 (model FLOPs utilization"),
+    ("vllm-v0", "scheduler_steps", 0, "0 is not accepted by vllm-v0: at least 1 (vLLM V0 vllm/config.py SchedulerConfig"),
+    ("sglang", "kv_swa_full_tokens_ratio", 1.5, "1.5 is not accepted by sglang: at least 0, at most 1 (SGLang server_args.py"),
 ])
 def test_runtime_settings_outside_what_the_runtime_accepts(runtime, setting, value, message):
     """Inside its unit's range (a fraction up to 2, tokens from 0) but outside what the runtime itself takes:
@@ -156,6 +163,10 @@ def test_runtime_settings_at_the_edge_of_what_the_runtime_accepts():
     assert none["serving"]["running_sequences"] == 0 and none["serving"]["ttft_ms"] is None
     # a block of one token is a block
     vramplan.estimate_inference({**body, "runtime": "vllm", "runtime_settings": {"kv_block_tokens": 1}})
+    # the whole bandwidth, and two scheduler steps; half a step is not a step
+    vramplan.estimate_inference({**body, "runtime": "vllm-v0", "runtime_settings": {"decode_bw_eff": 1, "scheduler_steps": 2}})
+    err = refused({**body, "runtime": "vllm-v0", "runtime_settings": {"scheduler_steps": 1.5}})
+    assert err.problems == [("runtime_settings.scheduler_steps", "counts steps: a whole number, got 1.5")]
 
 
 def test_a_formula_failing_on_the_requests_numbers_is_the_requests_422():
