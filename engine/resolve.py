@@ -126,11 +126,12 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     if runtime is not None:
         known = runtime.data["constants"]
         for name, value in (req.get("runtime_settings") or {}).items():
-            if name not in known:
+            spec = known.get(name) or _class_variant(cat, known, name)
+            if spec is None:
                 problems.append((f"runtime_settings.{name}", f"{runtime.key} has no constant {name!r} "
                                  f"(see the runtime catalog: {', '.join(sorted(known))})"))
                 continue
-            problem = _setting_problem(known[name]["unit"], value) or _accepted_problem(runtime.key, known[name], value)
+            problem = _setting_problem(spec["unit"], value) or _accepted_problem(runtime.key, spec, value)
             if problem:
                 problems.append((f"runtime_settings.{name}", problem))
         eager = _runtime_value(runtime, req, "eager_score_bytes")
@@ -319,6 +320,17 @@ def _setting_problem(unit: str, value: float) -> str | None:
         return f"{value!r} is out of range for a constant in {unit}: {lo:g} to {hi:g}"
     if unit in WHOLE_UNITS and value % 1:
         return f"counts {unit}: a whole number, got {value!r}"
+    return None
+
+
+def _class_variant(cat: Catalog, known: dict[str, dict], name: str) -> dict | None:
+    """The constant ``<name>_<class>`` specialises for one hardware class, where ``name`` is a per-class constant
+    (catalogs/runtime_constants) the runtime has - a setting may name the variant though the profile keeps none for
+    that class (``decode_bw_eff_nvidia_consumer`` under vLLM, for an RTX 4090); else None."""
+    for e in cat.runtime_constants:
+        cls = name[len(e.key) + 1:] if name.startswith(e.key + "_") else None
+        if e.data.get("per_hardware_class") and cls in cat.hardware_classes and e.key in known:
+            return known[e.key]
     return None
 
 

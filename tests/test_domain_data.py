@@ -182,6 +182,11 @@ def test_runtime_settings_reach_the_per_class_efficiencies():
     assert h100[0] == pytest.approx(3350 * 0.85)
     assert [w for w in h100[2] if w.startswith("runtime_settings.decode_bw_eff_amd does not apply: h100_80 is not in "
                                                 "hardware class amd (its classes: nvidia_datacenter); set decode_bw_eff")]
+    # a class the profile keeps no value for is still a class: vLLM on an RTX 4090 (1,008 GB/s) has only the plain 0.85
+    assert stream("rtx_4090")[0] == pytest.approx(1008 * 0.85)
+    assert stream("rtx_4090", decode_bw_eff_nvidia_consumer=0.5)[0] == pytest.approx(1008 * 0.5)
+    with pytest.raises(RequestError, match="has no constant 'decode_bw_eff_martian'"):
+        stream("rtx_4090", decode_bw_eff_martian=0.5)
 
 
 def test_runtime_settings_reach_the_training_mfu():
