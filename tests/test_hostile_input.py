@@ -141,6 +141,14 @@ def test_runtime_settings_have_the_range_of_their_unit(setting, value, message):
     ("transformers", "train_mfu", 1.5, "1.5 is not accepted by transformers: above 0, at most 1 (model FLOPs utilization"),
     ("vllm-v0", "scheduler_steps", 0, "0 is not accepted by vllm-v0: at least 1 (vLLM V0 vllm/config.py SchedulerConfig"),
     ("sglang", "kv_swa_full_tokens_ratio", 1.5, "1.5 is not accepted by sglang: at least 0, at most 1 (SGLang server_args.py"),
+    # 0 is the estimate's "no limit" (transformers, SGLang's pool-sized batch), not a value these runtimes take
+    ("vllm", "max_num_seqs", 0, "0 is not accepted by vllm: at least 1 (vllm/config/scheduler.py SchedulerConfig max_num_seqs"),
+    ("vllm", "max_prefill_tokens", 0, "0 is not accepted by vllm: at least 1 (vllm/config/scheduler.py SchedulerConfig max_num_batched"),
+    ("vllm-v0", "max_num_seqs", 0, "0 is not accepted by vllm-v0: at least 1"),
+    ("tensorrt-llm", "max_num_seqs", 0, "0 is not accepted by tensorrt-llm: at least 1 (max_batch_size"),
+    ("tensorrt-llm", "max_prefill_tokens", 0, "0 is not accepted by tensorrt-llm: at least 1 (max_num_tokens"),
+    ("tgi", "max_num_seqs", 0, "0 is not accepted by tgi: at least 1 (text-generation-launcher --max-concurrent-requests"),
+    ("tgi", "max_prefill_tokens", 0, "0 is not accepted by tgi: at least 1 (text-generation-launcher main.rs"),
 ])
 def test_runtime_settings_outside_what_the_runtime_accepts(runtime, setting, value, message):
     """Inside its unit's range (a fraction up to 2, tokens from 0) but outside what the runtime itself takes:
@@ -163,6 +171,9 @@ def test_runtime_settings_at_the_edge_of_what_the_runtime_accepts():
     assert none["serving"]["running_sequences"] == 0 and none["serving"]["ttft_ms"] is None
     # a block of one token is a block
     vramplan.estimate_inference({**body, "runtime": "vllm", "runtime_settings": {"kv_block_tokens": 1}})
+    # SGLang's 0 is its own default (a batch the request-to-token pool sizes), and transformers' the workload's sequences
+    vramplan.estimate_inference({**body, "runtime": "sglang", "runtime_settings": {"max_num_seqs": 0}})
+    vramplan.estimate_inference({**body, "runtime": "transformers", "runtime_settings": {"max_num_seqs": 0}})
     # the whole bandwidth, and two scheduler steps; half a step is not a step
     vramplan.estimate_inference({**body, "runtime": "vllm-v0", "runtime_settings": {"decode_bw_eff": 1, "scheduler_steps": 2}})
     err = refused({**body, "runtime": "vllm-v0", "runtime_settings": {"scheduler_steps": 1.5}})
