@@ -42,7 +42,7 @@ from .liveness import live_steps
 from .maps import context_lengths  # noqa: F401  (the report's curve; tests use it from here)
 from .pipeline import Outcome
 from .request import SCHEMAS
-from .scenario import VARIABLES
+from .scenario import CLASS_CONSTANTS, VARIABLES, setting_key
 from .suggest import add_suggestions, load_waits
 from .units import GIB, MIB
 from .version import __version__
@@ -172,10 +172,11 @@ def _provenance(res) -> list[dict[str, Any]]:
     return rows
 
 
-def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime,
-              settings: dict[str, Any] | None = None) -> tuple[list[dict], list[dict], list[dict]]:
+def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime, settings: dict[str, Any] | None = None,
+              order: tuple[str, ...] = ()) -> tuple[list[dict], list[dict], list[dict]]:
     """(formulas in evaluation order, scenario inputs they read, runtime constants they read). A constant the
-    request's ``settings`` (runtime_settings) set says so beside the profile's source."""
+    request's ``settings`` (runtime_settings) set says so beside the profile's source, and so does a per-class
+    efficiency (``eff_decode_bw``...) one of them set for this GPU's classes (``order``)."""
     known = cat.formulas.formulas
     consts = runtime.data["constants"]
     settings = settings or {}
@@ -199,6 +200,9 @@ def _formulas(cat: Catalog, trace: list[dict[str, Any]], runtime,
                                                "source": source})
             else:
                 unit, meaning = VARIABLES.get(name, ("", ""))
+                key = setting_key(settings, CLASS_CONSTANTS[name], order) if name in CLASS_CONSTANTS else None
+                if key:
+                    meaning = f"{meaning}; set by the request (runtime_settings.{key})"
                 kind = "scenario"
                 scenario.setdefault(name, {"name": name, "value": exact(value), "unit": unit, "meaning": meaning})
             inputs.append({"name": name, "value": exact(value), "unit": unit, "kind": kind})
@@ -309,7 +313,7 @@ def build_context(done: Outcome, curve: dict[str, Any], catalog: Catalog, *,
     capacity = float(res.gpu_memory_gib)
     vram = float(out["vram_usage"])
     formulas, scenario, runtime_constants = _formulas(cat, _live_trace(cat, out, workload), res.runtime,
-                                                      req.get("runtime_settings"))
+                                                      req.get("runtime_settings"), res.hardware_order)
     curve = {**curve, "request": dict(curve["request"])}
     for p in curve["points"]:
         if p["seq_length"] == curve["request"]["seq_length"]:

@@ -250,24 +250,27 @@ def scenario_variable_names() -> list[str]:
     return list(VARIABLES)
 
 
+#: Scenario variables that are a per-hardware-class runtime constant as the GPU's class picks it (the request's
+#: runtime_settings over the profile): variable -> constant.
+CLASS_CONSTANTS = {"eff_decode_bw": "decode_bw_eff", "eff_prefill_flops": "prefill_flops_eff", "eff_train_mfu": "train_mfu",
+                   "power_idle_fraction": "power_memory_bound_fraction", "rope_table_element_bytes": "rope_table_element_bytes"}
+
+
 def _rt(runtime: dict[str, Any], name: str, order: tuple[str, ...], settings: dict[str, float] | None = None) -> float:
     """A per-hardware-class runtime constant for a GPU whose class order is ``order`` (see :mod:`vramplan.hardware`),
-    the request's ``runtime_settings`` over the profile (:func:`_setting`)."""
-    set_value = _setting(settings, name, order)
-    return set_value if set_value is not None else hardware.runtime_constant(runtime["constants"], name, order)[1]
+    the request's ``runtime_settings`` over the profile (:func:`setting_key`)."""
+    key = setting_key(settings, name, order)
+    return float(settings[key]) if key else hardware.runtime_constant(runtime["constants"], name, order)[1]
 
 
-def _setting(settings: dict[str, float] | None, name: str, order: tuple[str, ...]) -> float | None:
-    """The request's value for a per-class constant on this GPU, or None: ``<name>_<class>`` along the class's
-    fallback chain, then the plain ``<name>``, which the request means for whatever GPU it runs on - so it wins over
-    the profile's specialised value as well as its plain one (a setting for another class does not apply:
+def setting_key(settings: dict[str, float] | None, name: str, order: tuple[str, ...]) -> str | None:
+    """The runtime_settings member that sets a per-class constant on this GPU, or None: ``<name>_<class>`` along the
+    class's fallback chain, then the plain ``<name>``, which the request means for whatever GPU it runs on - so it wins
+    over the profile's specialised value as well as its plain one (a setting for another class does not apply:
     resolve warns)."""
     if not settings:
         return None
-    for key in [f"{name}_{cls}" for cls in order] + [name]:
-        if key in settings:
-            return float(settings[key])
-    return None
+    return next((key for key in [f"{name}_{cls}" for cls in order] + [name] if key in settings), None)
 
 
 def _unpack_flops(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str, ...],
@@ -281,9 +284,9 @@ def _unpack_flops(runtime: dict[str, Any], fmt: dict[str, Any], order: tuple[str
     come first at each of the two.
     """
     if fmt.get("gguf_block") == "legacy":
-        set_value = _setting(settings, "dequant_flops_per_weight_legacy", order)
-        if set_value is not None:
-            return set_value
+        key = setting_key(settings, "dequant_flops_per_weight_legacy", order)
+        if key:
+            return float(settings[key])
         found = hardware.find_runtime_constant(runtime["constants"], "dequant_flops_per_weight_legacy", order)
         if found is not None:
             return found[1]
@@ -582,12 +585,9 @@ def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tup
     nvme = rt("nvme_read_gb_s")
     dequantized = int(fmt["kind"] != "float")
     return {
-        "eff_decode_bw": rt("decode_bw_eff"), "eff_prefill_flops": rt("prefill_flops_eff"),
-        "eff_train_mfu": rt("train_mfu"),
-        "power_idle_fraction": rt("power_memory_bound_fraction"),
+        **{var: rt(name) for var, name in CLASS_CONSTANTS.items()},
         "dequant_flops_per_weight": _unpack_flops(runtime, fmt, order, settings) * dequantized,
         "offload_bw_gb_s": min(host_bw_gb_s, nvme) if to_nvme and nvme else host_bw_gb_s,
-        "rope_table_element_bytes": rt("rope_table_element_bytes"),
     }
 
 

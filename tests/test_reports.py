@@ -163,6 +163,19 @@ def test_a_constant_the_request_sets_says_so_beside_the_profiles_source():
     assert "| 0.9 |" in row and "set by the request" not in row
 
 
+def test_an_efficiency_the_request_sets_says_so_in_the_scenario_table():
+    """The per-class efficiencies reach formulas as eff_* scenario variables: the one the request set for this GPU is
+    shown at its value and says which setting made it (an MI300X's decode_bw_eff_amd, vLLM's 0.75, set to 0.6)."""
+    body = {"gpu_key": "mi300x", "llm_key": "llama-3.1-8b", "runtime": "vllm", "input_tokens": 512, "output_tokens": 128,
+            "runtime_settings": {"decode_bw_eff_amd": 0.6}}
+    md = report.render_report(body, "inference", "markdown")
+    row = next(line for line in md.splitlines() if line.startswith("| `eff_decode_bw`"))
+    assert "| 0.6 |" in row and row.rstrip(" |").endswith("set by the request (runtime_settings.decode_bw_eff_amd)")
+    plain = report.render_report({k: v for k, v in body.items() if k != "runtime_settings"}, "inference", "markdown")
+    row = next(line for line in plain.splitlines() if line.startswith("| `eff_decode_bw`"))
+    assert "| 0.75 |" in row and "set by the request" not in row
+
+
 def test_markdown_report_has_no_raw_svg_and_spaced_headings():
     body = {"gpu_key": "rtx_4090", "llm_key": "llama-3-70b-instruct", "quantization": "q4_k_m", "num_gpus": 2}
     text = report.render_report(body, "inference", "markdown")
