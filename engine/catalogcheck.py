@@ -159,8 +159,8 @@ def _declaration(declared: dict[str, Any], name: str, classes: set[str]) -> Any:
     constant it specialises; None for a runtime's own constant."""
     if name in declared:
         return declared[name]
-    return next((d for base, d in declared.items() if d.data.get("per_hardware_class") and name.startswith(base + "_")
-                 and name[len(base) + 1:] in classes), None)
+    variant = hardware.class_variant(name, (k for k, d in declared.items() if d.data.get("per_hardware_class")), classes)
+    return declared[variant[0]] if variant else None
 
 
 def _with_declared_accepts(constant: dict[str, Any], decl: Any) -> dict[str, Any]:

@@ -68,6 +68,16 @@ def find_runtime_constant(constants: Mapping[str, Mapping[str, Any]], name: str,
     return None
 
 
+def class_variant(name: str, per_class: Iterable[str], classes: Iterable[str]) -> tuple[str, str] | None:
+    """``(constant, class)`` where ``name`` is ``<constant>_<class>`` for one of the ``per_class`` constants and a
+    registered class (``decode_bw_eff_amd`` -> ``("decode_bw_eff", "amd")``), else None."""
+    known = set(classes)
+    for base in per_class:
+        if name.startswith(base + "_") and name[len(base) + 1:] in known:
+            return base, name[len(base) + 1:]
+    return None
+
+
 def runtime_constant(constants: Mapping[str, Mapping[str, Any]], name: str, order: Iterable[str]) -> tuple[str, float]:
     """As :func:`find_runtime_constant`, for a constant every profile has: the loader guarantees the
     plain ``name`` of a declared constant without a default or fallback (and fills in defaults)."""

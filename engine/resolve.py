@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import formatrules, hub, keptmodules
+from . import formatrules, hardware, hub, keptmodules
 from .architecture import CSA_RATIO, Architecture, from_hf_config
 from .elementwise import holds, number_or
 from .errors import RequestError
@@ -126,7 +126,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     if runtime is not None:
         known = runtime.data["constants"]
         for name, value in (req.get("runtime_settings") or {}).items():
-            spec = known.get(name) or _class_variant(cat, known, name)
+            spec = known.get(name) or _variant_spec(cat, known, name)
             if spec is None:
                 problems.append((f"runtime_settings.{name}", f"{runtime.key} has no constant {name!r} "
                                  f"(see the runtime catalog: {', '.join(sorted(known))})"))
@@ -323,31 +323,31 @@ def _setting_problem(unit: str, value: float) -> str | None:
     return None
 
 
-def _class_variant(cat: Catalog, known: dict[str, dict], name: str) -> dict | None:
-    """The constant ``<name>_<class>`` specialises for one hardware class, where ``name`` is a per-class constant
-    (catalogs/runtime_constants) the runtime has - a setting may name the variant though the profile keeps none for
-    that class (``decode_bw_eff_nvidia_consumer`` under vLLM, for an RTX 4090); else None."""
-    for e in cat.runtime_constants:
-        cls = name[len(e.key) + 1:] if name.startswith(e.key + "_") else None
-        if e.data.get("per_hardware_class") and cls in cat.hardware_classes and e.key in known:
-            return known[e.key]
-    return None
+def _class_variant(cat: Catalog, name: str) -> tuple[str, str] | None:
+    """``(constant, class)`` where a setting's name is ``<constant>_<class>`` for a per-hardware-class constant
+    (catalogs/runtime_constants ``per_hardware_class``) and a registered class; else None."""
+    per_class = (e.key for e in cat.runtime_constants if e.data.get("per_hardware_class"))
+    return hardware.class_variant(name, per_class, cat.hardware_classes.keys())
+
+
+def _variant_spec(cat: Catalog, known: dict[str, dict], name: str) -> dict | None:
+    """The constant a setting ``<name>_<class>`` specialises for one hardware class, where the runtime has that
+    per-class constant - a setting may name the variant though the profile keeps none for that class
+    (``decode_bw_eff_nvidia_consumer`` under vLLM, for an RTX 4090); else None."""
+    variant = _class_variant(cat, name)
+    return known.get(variant[0]) if variant else None
 
 
 def _other_class_settings(cat: Catalog, settings: dict[str, float] | None, gpu_key: str) -> list[str]:
     """Warnings for the runtime_settings that specialise a per-hardware-class constant for a class this GPU is not in
     (``decode_bw_eff_amd`` on an H100): the estimate keeps the value for the GPU's own class."""
-    if not settings:
-        return []
     order = cat.hardware_orders.get(gpu_key, ())
-    per_class = [e.key for e in cat.runtime_constants if e.data.get("per_hardware_class")]
     out = []
-    for name in settings:
-        for base in per_class:
-            cls = name[len(base) + 1:] if name.startswith(base + "_") else None
-            if cls in cat.hardware_classes and cls not in order:
-                out.append(f"runtime_settings.{name} does not apply: {gpu_key} is not in hardware class {cls} "
-                           f"(its classes: {', '.join(order) or 'none'}); set {base} for this GPU")
+    for name in settings or {}:
+        variant = _class_variant(cat, name)
+        if variant and variant[1] not in order:
+            out.append(f"runtime_settings.{name} does not apply: {gpu_key} is not in hardware class {variant[1]} "
+                       f"(its classes: {', '.join(order) or 'none'}); set {variant[0]} for this GPU")
     return out
 
 
