@@ -90,6 +90,9 @@ def check(body: Any, workload: str, *, schema_checked: bool = False,
         problems.append(("custom_model", "only used with llm_key custom"))
     if "offload_target" in body and not holds(req["enable_offloading"]):
         notes.append(f"offload_target {body['offload_target']} is ignored because enable_offloading is false")
+    if body.get("interconnect_type") is not None and holds(req["num_gpus"] == 1):
+        notes.append(f"interconnect_type {body['interconnect_type']} is ignored on one GPU: nothing crosses a link between "
+                     "GPUs (the host link the catalog names for the GPU carries offloading)")
     if workload == "inference":
         if req.get("num_offload_layers") is not None and req.get("percentage_offload") is not None:
             problems.append(("percentage_offload", "give num_offload_layers or percentage_offload, not both"))
@@ -99,6 +102,9 @@ def check(body: Any, workload: str, *, schema_checked: bool = False,
         problems.extend(split_context(req, "seq_length" in body))
         req["continuous_batching_given"] = body.get("enable_continuous_batching")
         req["kv_cache_quantization_given"] = "kv_cache_quantization" in body
+        if holds(req["enable_prefix_caching"]) and holds(req["shared_prefix_ratio"] == 0):
+            notes.append("enable_prefix_caching changes nothing with shared_prefix_ratio 0: no prompt shares a prefix "
+                         "to reuse (give the share of each prompt that all requests have in common)")
         if holds(req["shared_prefix_ratio"] > 0) and not holds(req["enable_prefix_caching"]):
             notes.append(f"shared_prefix_ratio {req['shared_prefix_ratio']:g} is ignored because enable_prefix_caching "
                          "is false (without prefix caching every sequence stores its own copy of the prefix)")

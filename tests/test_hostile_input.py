@@ -280,6 +280,19 @@ def test_a_missing_required_field_is_named_by_its_own_name():
     assert refused({"gpu_key": None, "llm_key": "llama-3-8b-instruct"}).problems == [("gpu_key", "is required")]
 
 
+def test_a_link_and_a_prefix_cache_that_matter_say_nothing():
+    """The two warnings above only where the input changes nothing: a link between two GPUs carries their all-reduces,
+    a cache with a shared prefix reuses it - and the estimate differs from the one without them."""
+    two = {**SEED, "quantization": "fp16", "num_gpus": 2, "inference_parallelism": "tensor", "runtime": "vllm"}
+    pcie, nvlink = (vramplan.estimate_inference({**two, "interconnect_type": link}) for link in ("pcie4", "nvlink_gen4"))
+    assert not any("interconnect_type" in w for w in pcie["warnings"] + nvlink["warnings"])
+    assert pcie["ms_per_token"] > nvlink["ms_per_token"]
+    body = {**SEED, "concurrent_users": 8, "input_tokens": 2000, "output_tokens": 200}
+    cached = vramplan.estimate_inference({**body, "enable_prefix_caching": True, "shared_prefix_ratio": 0.5})
+    assert not any("prefix" in w for w in cached["warnings"]) and not any(w for w in pcie["warnings"] if "link" in w)
+    assert cached["vram_usage"] < vramplan.estimate_inference(body)["vram_usage"]  # the prefix's KV stored once
+
+
 def test_zero_stage_on_one_gpu_is_said_to_save_nothing():
     out = vramplan.estimate_finetuning({**SEED, "optimization_config": {"zero_stage": 2}})
     assert "zero_stage_2" not in out["active_optimizations"]
@@ -300,6 +313,9 @@ def test_zero_stage_on_one_gpu_is_said_to_save_nothing():
      "fine_tuning_quantization fp32 is ignored for lora"),
     ("finetuning", {"finetuning_method": "full", "lora_rank": 64}, "lora_rank 64 is ignored for full fine-tuning"),
     ("finetuning", {"seq_length": 1024, "tokens_per_sample": 4096}, "tokens_per_sample 4096 is larger than seq_length 1024"),
+    ("inference", {"interconnect_type": "pcie4"}, "interconnect_type pcie4 is ignored on one GPU"),
+    ("finetuning", {"interconnect_type": "nvlink_gen4"}, "interconnect_type nvlink_gen4 is ignored on one GPU"),
+    ("inference", {"enable_prefix_caching": True}, "enable_prefix_caching changes nothing with shared_prefix_ratio 0"),
 ])
 def test_silently_ignored_inputs_say_so(workload, body, warning):
     fn = vramplan.estimate_inference if workload == "inference" else vramplan.estimate_finetuning
