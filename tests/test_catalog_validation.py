@@ -227,7 +227,8 @@ def test_runtime_lacking_a_constant_only_the_formulas_use(tmp_path):
 
     builtin = get_catalog().runtimes.get("transformers").data["constants"]
     declared = {k: v for k, v in builtin.items() if k in {"decode_bw_eff", "prefill_flops_eff", "train_mfu",
-                                                          "power_memory_bound_fraction", "dequant_flops_per_weight"}}
+                                                          "power_memory_bound_fraction", "dequant_flops_per_weight",
+                                                          "attention_eff_ratio", "cpu_memory_bw_gb_s"}}
     plugin = plugin_with(tmp_path, "runtimes", "runtimes:\n  bare:\n    label: Bare\n    description: d\n"
                          "    constants:\n" + "".join(f"      {k}: {{value: {v['value']}, unit: {v['unit']}, source: test}}\n"
                                                       for k, v in declared.items()))

@@ -140,6 +140,8 @@ def test_runtime_settings_have_the_range_of_their_unit(setting, value, message):
     ("vllm", "decode_bw_eff_amd", 1.1, "1.1 is not accepted by vllm: above 0, at most 1"),  # a per-class variant too
     ("transformers", "train_mfu", 1.5, "1.5 is not accepted by transformers: above 0, at most 1 (model FLOPs utilization"),
     ("vllm-v0", "scheduler_steps", 0, "0 is not accepted by vllm-v0: at least 1 (vLLM V0 vllm/config.py SchedulerConfig"),
+    ("vllm", "attention_eff_ratio", 0, "0 is not accepted by vllm: above 0 (attention's FLOP rate"),
+    ("llama.cpp", "cpu_memory_bw_gb_s", 0, "0 is not accepted by llama.cpp: above 0 (a bandwidth"),
     ("sglang", "kv_swa_full_tokens_ratio", 1.5, "1.5 is not accepted by sglang: at least 0, at most 1 (SGLang server_args.py"),
     # 0 is the estimate's "no limit" (transformers, SGLang's pool-sized batch), not a value these runtimes take
     ("vllm", "max_num_seqs", 0, "0 is not accepted by vllm: at least 1 (vllm/config/scheduler.py SchedulerConfig max_num_seqs"),
@@ -181,12 +183,12 @@ def test_runtime_settings_at_the_edge_of_what_the_runtime_accepts():
 
 
 def test_a_formula_failing_on_the_requests_numbers_is_the_requests_422():
-    """attention_eff_ratio 0 (allowed by the unit's range; no bound of its own) makes the prefill's attention
-    time divide by zero: the engine names the setting, not its own data."""
+    """decode_bw_eff 5e-324 (the smallest double: above 0, inside what it accepts) makes the weights' read time
+    overflow: the engine names the setting, not its own data."""
     err = refused({"gpu_key": "h100_80", "llm_key": "llama-3-8b-instruct", "runtime": "vllm",
-                   "runtime_settings": {"attention_eff_ratio": 0}})
-    assert [w for w, _ in err.problems] == ["runtime_settings.attention_eff_ratio"]
-    assert "division by zero" in err.message and "formula" in err.message
+                   "runtime_settings": {"decode_bw_eff": 5e-324}})
+    assert [w for w, _ in err.problems] == ["runtime_settings.decode_bw_eff"]
+    assert "too large" in err.message and "formula" in err.message
 
 
 def test_non_finite_numbers_from_python_callers_are_refused():
