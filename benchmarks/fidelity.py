@@ -87,6 +87,8 @@ def transformers_request(case: dict, gpu_key: str = "h200") -> tuple[str, dict]:
     body: dict = {"gpu_key": gpu_key, "llm_key": "custom", "custom_model": case["hf_config"],
                   "runtime": s.get("runtime", "transformers"), "batch_size": s["batch_size"], "trace": True}
     flash = s.get("attention", "sdpa") != "eager"
+    if "expandable_segments:True" in (s.get("allocator") or ""):  # PYTORCH_CUDA_ALLOC_CONF of the run (measure.py)
+        body["runtime_settings"] = {"expandable_segments": 1}
     if case["workload"] == "inference":
         body.update({"seq_length": s["prompt_tokens"], "quantization": dtype,
                      "kv_cache_quantization": "fp32" if dtype == "fp32" else "bf16",

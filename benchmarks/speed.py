@@ -204,7 +204,7 @@ def inference_reserve(rounds: int = 5) -> None:
         if not v.get("infer_reserve_simulated"):
             print(f"{label:<50} not simulated (fitted share)")
             continue
-        shape = inference.Shape(*(int(v[f]) for f in inference.Shape._fields))
+        shape = inference.Shape.of(v)
         _reserve_cost(label, inference, shape, len(inference.events(shape)), vramplan.estimate_inference, body,
                       req["seq_length"], "", rounds)
 

@@ -151,6 +151,8 @@ def assemble(res: Resolved, s: dict[str, float], v: dict[str, float], components
     errors, past_limits = _configuration_errors(res, s)
     status = "error" if errors else memory_status(share)  # the unrounded share: 50.03 % is moderate
     warnings = [*notes.warnings, *past_limits] + [f"configuration error: {e}" for e in errors]
+    if s.get("rt_expandable_segments") == 1 and not (v["infer_reserve_simulated"] or v["train_reserve_simulated"]):
+        warnings.append(_expandable_unread(res, s))
     if status == "insufficient":
         warnings.append(f"needs {vram:.2f} GiB on the busiest GPU but {res.gpu.data['label']} has {capacity:g} GiB")
     breakdown = [{"label": k, "value": round(d / vram * 100, 1) if vram else 0.0, "size_gb": d} for k, d in details.items()]
@@ -275,6 +277,18 @@ def _serving(res: Resolved, s: dict[str, float], v: dict[str, float], warnings: 
     return out
 
 
+def _expandable_unread(res: Resolved, s: dict[str, float]) -> str:
+    """Why ``runtime_settings.expandable_segments`` changes nothing in this estimate: only the simulated
+    caching-allocator reserves read it."""
+    training = res.request.get("finetuning_method") is not None
+    if training or s["rt_allocator_slack_fraction"] > 0:
+        why = ("this run's reserve is not simulated (see assumptions), and the fitted share that stands in for it "
+               "was fitted on the default segments")
+    else:
+        why = f"{res.runtime.key} does not allocate through PyTorch's caching allocator as generate does (its memory is sized up front)"
+    return f"runtime_settings.expandable_segments changes nothing here: only a simulated allocator reserve reads it; {why}"
+
+
 def _optimization_flags(res: Resolved) -> dict[str, Any]:
     """The request's optimization flags, with the seed's optimizer flags set from the optimizer in use
     (an 8-bit or paged optimizer named by ``optimizer`` shows as use_8bit / use_paged_optimizer)."""
@@ -294,6 +308,14 @@ def _preset(opt: dict[str, Any]) -> str:
     if opt.get("gradient_checkpointing") and opt.get("use_8bit_optimizer"):
         return "memory_efficient"
     return "custom"
+
+
+def _segments(s: dict[str, float]) -> str:
+    """Which of the allocator's segment modes the simulated reserve replays."""
+    if s.get("rt_expandable_segments") == 1:
+        return (", expandable segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: one segment a pool grown in "
+                "2 MiB / 20 MiB pages)")
+    return ", default segments"
 
 
 def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes: Notes) -> list[str]:
@@ -346,7 +368,8 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
                        "(docs/PERFORMANCE.md gives by how much: per-step costs of this mode the model does not have yet)")
         if v["infer_reserve_simulated"]:
             out.append("allocator reserve: simulated - generate's prefill and first decode step replayed through PyTorch's "
-                       "caching-allocator rules (formulas/memory/runtime_overhead.yaml infer_reserve_simulated_bytes)")
+                       f"caching-allocator rules{_segments(s)} (formulas/memory/runtime_overhead.yaml "
+                       "infer_reserve_simulated_bytes)")
         elif s["rt_infer_reserve_simulation"] != 1 and res.runtime.data["constants"]["infer_reserve_simulation"]["value"] == 1:
             out.append("allocator reserve: the fitted share of the prefill's transients and the KV cache - runtime_settings "
                        "infer_reserve_simulation is 0")
@@ -364,7 +387,8 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
                        + (f", ZeRO stage {int(s['zero_stage'])}" if s["zero_stage"] else ""))
         if v["train_reserve_simulated"]:
             out.append("allocator reserve: simulated - this run's allocation sequence replayed through PyTorch's "
-                       "caching-allocator rules (formulas/memory/runtime_overhead.yaml train_reserve_simulated_bytes)")
+                       f"caching-allocator rules{_segments(s)} (formulas/memory/runtime_overhead.yaml "
+                       "train_reserve_simulated_bytes)")
         elif s["rt_train_reserve_simulation"] != 1:
             out.append("allocator reserve: fitted fractions of the logit and gradient blocks - runtime_settings "
                        "train_reserve_simulation is 0")

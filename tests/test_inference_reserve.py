@@ -35,6 +35,15 @@ def test_tiny_generation_reserve_by_hand():
     assert semantics.FUNCTIONS["inference_allocator_reserve"](*shape) == 4_179_968
 
 
+def test_tiny_generation_under_expandable_segments_by_hand():
+    # expandable_segments:True: the workspaces map ceil(69,207,040 / 20 MiB) = 4 large-pool pages (83,886,080 bytes),
+    # the 26 small blocks one 2 MiB page: 85,983,232 reserved; the allocated peak stays 69,220,352. Reserve 16,762,880.
+    shape = inference.Shape(**TINY, expandable_segments=1)
+    assert inference.peaks(shape) == (85_983_232, 69_220_352)
+    assert inference.simulate(shape).peak_reserved == 85_983_232
+    assert semantics.FUNCTIONS["inference_allocator_reserve"](*shape) == 16_762_880
+
+
 def test_phi3_layers_by_hand():
     # Phi-3 builds o_proj before qkv_proj (8 x 24 x 2 = 384 bytes), then gate_up_proj (8 x 32 x 2 = 512), down and the
     # norms: 8 parameters with the embedding and the final norm. The most live is 14, when SDPA's output, logsumexp
@@ -392,10 +401,10 @@ def test_a_batch_of_estimates_gives_what_single_estimates_give():
 
 
 @pytest.mark.parametrize("args, error", [
-    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), TypeError),           # one argument short
-    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1), ValueError),      # a negative size
-    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1), ValueError),  # 10,000 layers: too many
-    ((1, 1, 8, 16, 8, 8, 1, 3_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1), ValueError),   # 3,000 LLM.int8 layers
+    ((1, 1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), TypeError),           # one argument short
+    ((1, -1, 8, 16, 8, 8, 1, 1, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0), ValueError),      # a negative size
+    ((1, 1, 8, 16, 8, 8, 1, 10_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0), ValueError),  # 10,000 layers: too many
+    ((1, 1, 8, 16, 8, 8, 1, 3_000, 32, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 0), ValueError),   # 3,000 LLM.int8 layers
 ])
 def test_the_function_refuses_what_it_cannot_replay(args, error):
     with pytest.raises(error):

@@ -43,6 +43,17 @@ def test_tiny_full_fine_tuning_reserve_by_hand():
     assert semantics.FUNCTIONS["training_allocator_reserve"](*shape) == 4_165_120
 
 
+def test_tiny_run_under_expandable_segments_by_hand():
+    # PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True: one segment a pool, mapped in pages at its tail - 20 MiB pages
+    # in the large pool, 2 MiB in the small. The workspaces take ceil(69,207,040 / 20,971,520) = 4 pages = 83,886,080
+    # bytes (the 14,679,040 left stay mapped, free); the 55 small blocks of the optimizer's peak one 2 MiB page.
+    # Reserved 83,886,080 + 2,097,152 = 85,983,232; the allocated peak is the default mode's 69,235,200 (512-byte
+    # rounding either way). 85,983,232 - 69,235,200 = 16,748,032: a tiny run pays the 20 MiB page.
+    shape = training.Shape(**TINY, expandable_segments=1)
+    assert training.peaks(shape) == (85_983_232, 69_235_200)
+    assert semantics.FUNCTIONS["training_allocator_reserve"](*shape) == 16_748_032
+
+
 def test_tiny_gradient_accumulation_keeps_the_optimizer_peak():
     # Two micro-batches: the second's gradients are temporaries added in place (one block at a time), so its
     # backward holds at most 9 blocks beyond parameters, moments and gradients (tq, tk, tv, th, x, the two saved
@@ -201,7 +212,7 @@ def test_head_norms_save_tensors_of_their_own():
 
 
 def test_the_function_names_its_arguments_when_given_the_wrong_number_and_refuses_negative_ones():
-    with pytest.raises(TypeError, match="training_allocator_reserve takes 40 arguments"):
+    with pytest.raises(TypeError, match="training_allocator_reserve takes 41 arguments"):
         semantics.FUNCTIONS["training_allocator_reserve"](1, 2, 3)
     # a negative size would read as a free in the event list: a domain error (the formula's refusal), not a replay
     with pytest.raises(ValueError, match="negative"):
@@ -289,6 +300,81 @@ def test_repeated_micro_batches_are_left_out_and_the_peaks_stay_those_of_every_e
                 return
     caching.replay_peaks(counting())
     assert sum(sent) < every / 2
+
+
+def test_expandable_replay_leaves_out_what_repeats_and_keeps_the_peaks_of_every_event():
+    # Step k allocates 30 MiB and frees it. Expandable: step 0 maps 2 pages of 20 MiB (40 MiB; 10 MiB free tail), the
+    # free merges it back into one free 40 MiB block; step 1 reuses it and ends where it started - step 2 is not made.
+    generated = []
+
+    def chunks():
+        for k in range(5):
+            generated.append(k)
+            repeated = yield [30 * MiB, ~(k + 1)], [], True
+            if repeated:
+                return
+    assert caching.replay_peaks(chunks(), expandable_segments=True) == (40 * MiB, 30 * MiB)
+    assert generated == [0, 1]
+    # 16 micro-batches: the replay stops making them once one repeats, with the peaks of every event replayed.
+    shape = training.Shape(**{**TINY, "grad_accum": 16, "train_tokens": 4096, "hidden": 2048, "intermediate": 8192,
+                              "vocab": 32000, "n_layers": 2, "q_dim": 2048, "kv_dim": 512,
+                              "layer_saved_bytes_per_token": 60000, "head_saved_bytes": 4096 * 2048 * 2,
+                              "expandable_segments": 1})
+    a = training.simulate(shape)
+    assert a.expandable
+    assert training.peaks(shape) == (a.peak_reserved, a.peak_allocated)
+    assert training.peaks(shape._replace(expandable_segments=0)) != training.peaks(shape)
+
+
+def test_runtime_settings_expandable_segments_replays_that_mode():
+    body = {"gpu_key": "h200", "llm_key": "llama-3.2-1b", "finetuning_method": "full", "batch_size": 4,
+            "seq_length": 1024, "trace": True}
+    default = vramplan.estimate_finetuning(body)
+    expandable = vramplan.estimate_finetuning({**body, "runtime_settings": {"expandable_segments": 1}})
+    vd, ve = values(default), values(expandable)
+    assert vd["train_reserve_simulated"] == ve["train_reserve_simulated"] == 1
+    # Each estimate's reserve is its own mode's replay of every event through the reference allocator.
+    for v, mode in ((vd, False), (ve, True)):
+        a = training.simulate(training.Shape.of(v))
+        assert a.expandable is mode
+        assert v["train_reserve_simulated_bytes"] == a.peak_reserved - a.peak_allocated
+    assert vd["train_reserve_simulated_bytes"] != ve["train_reserve_simulated_bytes"]
+    # Nothing else moves: the peak differs by the reserves' difference (each figure rounded to 0.01 GiB).
+    gap = (ve["train_reserve_simulated_bytes"] - vd["train_reserve_simulated_bytes"]) / 2**30
+    assert abs(expandable["vram_usage"] - default["vram_usage"] - gap) <= 0.02
+    assert any("expandable segments (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in x
+               for x in expandable["assumptions"])
+    assert any("allocator reserve: simulated" in x and "default segments" in x for x in default["assumptions"])
+    assert not expandable["warnings"]
+
+
+@pytest.mark.parametrize("model, batch, checkpointing", [("llama-3.2-3b", 4, True), ("qwen2.5-0.5b", 8, False)])
+def test_the_readmes_expandable_segments_figures_are_what_the_engine_gives(model, batch, checkpointing):
+    from pathlib import Path
+    readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
+    body = {"gpu_key": "h200", "llm_key": model, "finetuning_method": "full", "fine_tuning_quantization": "bf16",
+            "batch_size": batch, "seq_length": 1024, "optimization_config": {"gradient_checkpointing": checkpointing}}
+    default = vramplan.estimate_finetuning(body)["vram_usage"]
+    expandable = vramplan.estimate_finetuning({**body, "runtime_settings": {"expandable_segments": 1}})["vram_usage"]
+    assert f"from {default:.2f} to {expandable:.2f} GiB" in readme or f"from {default:.2f} to {expandable:.2f}" in readme
+
+
+def test_expandable_segments_where_no_simulated_reserve_reads_it_says_it_changes_nothing():
+    qlora = {"gpu_key": "h200", "llm_key": "llama-3.1-8b", "finetuning_method": "qlora", "batch_size": 2,
+             "seq_length": 1024}
+    plain = vramplan.estimate_finetuning(qlora)
+    flagged = vramplan.estimate_finetuning({**qlora, "runtime_settings": {"expandable_segments": 1}})
+    assert flagged["vram_usage"] == plain["vram_usage"]
+    assert any(w.startswith("runtime_settings.expandable_segments changes nothing here") and "fitted" in w
+               for w in flagged["warnings"])
+    served = {"gpu_key": "h200", "llm_key": "llama-3.1-8b", "runtime": "vllm", "seq_length": 2048}
+    plain = vramplan.estimate_inference(served)
+    flagged = vramplan.estimate_inference({**served, "runtime_settings": {"expandable_segments": 1}})
+    assert flagged["vram_usage"] == plain["vram_usage"]
+    assert any(w.startswith("runtime_settings.expandable_segments changes nothing here") and "vllm" in w
+               for w in flagged["warnings"])
+    with pytest.raises(vramplan.RequestError, match="runtime_settings.expandable_segments: is a flag"):
+        vramplan.estimate_inference({**served, "runtime_settings": {"expandable_segments": 2}})
 
 
 def train(config: dict, **kw) -> tuple[dict, dict[str, float]]:

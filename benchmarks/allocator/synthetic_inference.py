@@ -50,7 +50,7 @@ def written(cfg: dict, quantization: str, batch: int, seq: int, attn: str) -> tu
     v = trace_values(vramplan.estimate_inference(body))
     if not v["infer_reserve_simulated"]:
         return None
-    return inference.peaks(inference.Shape(*(int(v[f]) for f in inference.Shape._fields)))
+    return inference.peaks(inference.Shape.of(v))
 
 
 def main(argv: list[str]) -> int:

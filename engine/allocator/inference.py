@@ -118,6 +118,15 @@ class Shape(NamedTuple):
     #: null): each adds / cap, tanh, x cap - three new tensors - to the scores of every layer and to the head's logits
     attn_softcap: int = 1
     final_softcap: int = 1
+    #: PyTorch's allocator in its expandable-segments mode (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; the
+    #: runtime_settings expandable_segments): one segment a pool, mapped in pages as it grows (caching.Allocator)
+    expandable_segments: int = 0
+
+    @classmethod
+    def of(cls, values: dict) -> Shape:
+        """The shape from an estimate's trace values (expandable_segments is rt_expandable_segments there)."""
+        return cls(*(int(values[f] if f in values else values.get("rt_" + f, cls._field_defaults.get(f, 0)))
+                     for f in cls._fields))
 
 
 def rope_events(w: caching.Writer, t: int, d: int, a: int, cat_layout: int = 0) -> int:
@@ -689,7 +698,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
 
 def simulate(v: Shape) -> caching.Allocator:
     """Every event through the reference allocator (the benchmark's and the tests' view)."""
-    a = caching.Allocator()
+    a = caching.Allocator(expandable_segments=bool(v.expandable_segments))
     handle = 0
     for e in events(v):
         if e >= 0:
@@ -706,7 +715,7 @@ def peaks(shape: Shape) -> tuple[int, int]:
     tests/test_inference_reserve.py checks they agree with :func:`simulate`)."""
     def chunks():
         yield events(shape), [], True
-    return caching.replay_peaks(chunks())
+    return caching.replay_peaks(chunks(), bool(shape.expandable_segments))
 
 
 def reserve_bytes(*args: float) -> int:

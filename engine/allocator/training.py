@@ -159,13 +159,17 @@ class Shape(NamedTuple):
     seq: int = 0
     n_heads: int = 0
     sliding_window: int = 0
+    #: PyTorch's allocator in its expandable-segments mode (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True; the
+    #: runtime_settings expandable_segments, rt_expandable_segments in an estimate's trace): one segment a pool,
+    #: mapped in pages as it grows (caching.Allocator)
+    expandable_segments: int = 0
 
     @classmethod
     def of(cls, values: dict) -> Shape:
         """The shape from a mapping of the graph's values (an estimate's trace); LoRA flags and the fields with a
         default take it where the mapping lacks them."""
-        return cls(*(values.get(f, cls._field_defaults.get(f, 0)) if f.startswith("lora_") or f in cls._field_defaults
-                     else values[f] for f in cls._fields))
+        return cls(*(values.get(f, values.get("rt_" + f, cls._field_defaults.get(f, 0)))
+                     if f.startswith("lora_") or f in cls._field_defaults else values[f] for f in cls._fields))
 
 
 def steps(v: Shape | dict, n_steps: int = STEPS):
@@ -1727,7 +1731,8 @@ def steps(v: Shape | dict, n_steps: int = STEPS):
 def simulate(v: Shape | dict, n_steps: int = STEPS) -> caching.Allocator:
     """Replay every event of ``n_steps`` steps through the reference allocator; ``a.phases`` holds the
     reserved bytes at the start of each phase (the benchmark's view; the engine uses :func:`peaks`)."""
-    a = caching.Allocator()
+    expandable = (v.get("expandable_segments") if isinstance(v, dict) else v.expandable_segments)
+    a = caching.Allocator(expandable_segments=bool(expandable))
     a.phases = []
     handle = 0
     for ev, marks, _ in steps(v, n_steps):
@@ -1748,7 +1753,7 @@ def simulate(v: Shape | dict, n_steps: int = STEPS) -> caching.Allocator:
 def peaks(shape: Shape) -> tuple[int, int]:
     """``(peak reserved, peak allocated)`` bytes of the sequence's :data:`STEPS` steps, by the fast replay
     (the same allocator rules; tests/test_training_reserve.py checks they agree with :func:`simulate`)."""
-    return caching.replay_peaks(steps(shape, STEPS))
+    return caching.replay_peaks(steps(shape, STEPS), bool(shape.expandable_segments))
 
 
 def reserve_bytes(*args: float) -> int:
