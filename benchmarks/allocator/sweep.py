@@ -4,6 +4,7 @@
     python benchmarks/allocator/sweep.py --lora-targets OUT.jsonl   # LoRA on some modules only, with / without checkpointing
     python benchmarks/allocator/sweep.py --gemma2 OUT.jsonl         # Gemma 2 fully trained, eager attention
     python benchmarks/allocator/sweep.py --phi3 OUT.jsonl           # Phi-3 mini / medium and Llama fully trained, new shapes
+    python benchmarks/allocator/sweep.py --expandable OUT.jsonl     # any of them under expandable_segments:True
 """
 from __future__ import annotations
 
@@ -109,13 +110,22 @@ def phi3_cases():
     yield from full_runs(runs)
 
 
-def main(out: str, lora_targets: bool = False, gemma2: bool = False, phi3: bool = False) -> int:
+def expandable(cases_):
+    """The same cases under PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True (replay_training.simulate reads
+    settings.allocator, as measure.py sets the variable)."""
+    for case in cases_:
+        yield {**case, "id": case["id"] + "-expandable",
+               "settings": {**case["settings"], "allocator": "expandable_segments:True"}}
+
+
+def main(out: str, lora_targets: bool = False, gemma2: bool = False, phi3: bool = False,
+         expandable_segments: bool = False) -> int:
     done = set()
     if Path(out).exists():
         done = {json.loads(line)["id"] for line in Path(out).read_text().splitlines() if line.strip()}
+    chosen = (lora_target_cases() if lora_targets else gemma2_cases() if gemma2 else phi3_cases() if phi3 else cases())
     with open(out, "a") as fh:
-        for case in (lora_target_cases() if lora_targets else gemma2_cases() if gemma2 else phi3_cases() if phi3
-                     else cases()):
+        for case in expandable(chosen) if expandable_segments else chosen:
             if case["id"] in done:
                 continue
             t0 = time.time()
@@ -131,4 +141,4 @@ def main(out: str, lora_targets: bool = False, gemma2: bool = False, phi3: bool 
 if __name__ == "__main__":
     args = sys.argv[1:]
     sys.exit(main(next(a for a in args if not a.startswith("--")), lora_targets="--lora-targets" in args,
-                  gemma2="--gemma2" in args, phi3="--phi3" in args))
+                  gemma2="--gemma2" in args, phi3="--phi3" in args, expandable_segments="--expandable" in args))
