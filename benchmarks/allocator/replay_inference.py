@@ -41,12 +41,13 @@ F.scaled_dot_product_attention = _sdpa
 
 
 def record(cfg: dict, dtype, batch: int, prompt: int, decode_steps: int = 0, attn: str = "sdpa",
-           recorder=rt.Recorder) -> tuple[cca.Allocator, list[tuple]]:
+           recorder=rt.Recorder, expandable_segments: bool = False) -> tuple[cca.Allocator, list[tuple]]:
     """generate's prefill (use_cache, logits_to_keep=1) and ``decode_steps`` greedy steps on the meta device: the
-    allocator after replaying what the ops allocated and released, and the recorded events."""
+    allocator (expandable segments or not) after replaying what the ops allocated and released, and the recorded
+    events."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg), dtype=dtype, attn_implementation=attn).eval()
-    alloc = cca.Allocator()
+    alloc = cca.Allocator(expandable_segments=expandable_segments)
     alloc.malloc("workspace", rt.WORKSPACE_BYTES)
     for p in model.parameters():
         alloc.malloc(("param", id(p)), p.numel() * p.element_size())

@@ -9,6 +9,7 @@ op that made each (the way to write a new layer family's sequence). Needs torch 
     python benchmarks/allocator/synthetic_inference.py                       # covered calibration runs
     python benchmarks/allocator/synthetic_inference.py --config '{...}' --batch 2 --seq 512 [--dtype fp32] [--attn eager]
     python benchmarks/allocator/synthetic_inference.py --config '{...}' --batch 2 --seq 24 --trace
+    python benchmarks/allocator/synthetic_inference.py --expandable            # both under expandable_segments:True
 """
 
 from __future__ import annotations
@@ -42,11 +43,13 @@ class Recorder(rt.Recorder):
         return super().__torch_dispatch__(func, types, args, kwargs)
 
 
-def written(cfg: dict, quantization: str, batch: int, seq: int, attn: str) -> tuple[int, int] | None:
+def written(cfg: dict, quantization: str, batch: int, seq: int, attn: str,
+            expandable_segments: bool = False) -> tuple[int, int] | None:
     """The engine's sequence for the same run, or None where the estimate keeps the fitted share."""
     body = {"gpu_key": "h200", "llm_key": "custom", "custom_model": cfg, "runtime": "transformers", "trace": True,
             "quantization": quantization, "kv_cache_quantization": quantization, "batch_size": batch,
-            "seq_length": seq, "optimization_config": {"flash_attention": attn != "eager"}}
+            "seq_length": seq, "optimization_config": {"flash_attention": attn != "eager"},
+            "runtime_settings": {"expandable_segments": int(expandable_segments)}}
     v = trace_values(vramplan.estimate_inference(body))
     if not v["infer_reserve_simulated"]:
         return None
@@ -61,6 +64,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa")
     ap.add_argument("--trace", action="store_true", help="print the recorded events with their ops")
+    ap.add_argument("--expandable", action="store_true", help="replay both under expandable_segments:True")
     a = ap.parse_args(argv)
     runs = []
     if a.config:
@@ -76,11 +80,12 @@ def main(argv: list[str]) -> int:
     G = 1e9
     for name, cfg, dt, batch, seq, attn, m in runs:
         rec, events = replay_inference.record(cfg, torch.float32 if dt == "fp32" else torch.bfloat16, batch, seq,
-                                              decode_steps=1, attn=attn, recorder=Recorder)
+                                              decode_steps=1, attn=attn, recorder=Recorder,
+                                              expandable_segments=a.expandable)
         if a.trace:
             for e in events:
                 print(*e, sep="\t")
-        w = written(cfg, dt, batch, seq, attn)
+        w = written(cfg, dt, batch, seq, attn, a.expandable)
         line = f"{name[:52]:52} recorded {rec.peak_allocated / G:7.3f} / {rec.peak_reserved / G:7.3f} GB"
         line += (f" | written {w[1] / G:7.3f} / {w[0] / G:7.3f}" if w else " | written: not covered (fitted share)")
         if m:
