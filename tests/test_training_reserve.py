@@ -262,9 +262,12 @@ def test_fast_replay_matches_the_reference_allocator_on_hand_checked_and_random_
         assert caching.replay_peaks(_as_steps(chunks)) == _reference_peaks(chunks)
 
 
-def test_the_fast_replay_leaves_out_steps_that_repeat_exactly():
+@pytest.mark.parametrize("expandable, reserved", [(False, 30 * MiB), (True, 40 * MiB)])
+def test_the_fast_replay_leaves_out_steps_that_repeat_exactly(expandable, reserved):
     # Step k allocates 30 MiB and frees it. Step 0 opens a 30 MiB segment (start: nothing; end: one free 30 MiB
     # block); step 1 reuses it and ends where it started - step 2 would start from step 1's start: not generated.
+    # Expandable segments: step 0 maps 2 pages of 20 MiB (40 MiB; a 10 MiB free tail) and the free merges them back
+    # into one free 40 MiB block - the same two steps.
     generated = []
 
     def chunks():
@@ -273,7 +276,7 @@ def test_the_fast_replay_leaves_out_steps_that_repeat_exactly():
             repeated = yield [30 * MiB, ~(k + 1)], [], True
             if repeated:
                 return
-    assert caching.replay_peaks(chunks()) == (30 * MiB, 30 * MiB)
+    assert caching.replay_peaks(chunks(), expandable_segments=expandable) == (reserved, 30 * MiB)
     assert generated == [0, 1]
 
 
@@ -302,19 +305,7 @@ def test_repeated_micro_batches_are_left_out_and_the_peaks_stay_those_of_every_e
     assert sum(sent) < every / 2
 
 
-def test_expandable_replay_leaves_out_what_repeats_and_keeps_the_peaks_of_every_event():
-    # Step k allocates 30 MiB and frees it. Expandable: step 0 maps 2 pages of 20 MiB (40 MiB; 10 MiB free tail), the
-    # free merges it back into one free 40 MiB block; step 1 reuses it and ends where it started - step 2 is not made.
-    generated = []
-
-    def chunks():
-        for k in range(5):
-            generated.append(k)
-            repeated = yield [30 * MiB, ~(k + 1)], [], True
-            if repeated:
-                return
-    assert caching.replay_peaks(chunks(), expandable_segments=True) == (40 * MiB, 30 * MiB)
-    assert generated == [0, 1]
+def test_expandable_replay_leaves_out_repeated_micro_batches_and_keeps_the_peaks_of_every_event():
     # 16 micro-batches: the replay stops making them once one repeats, with the peaks of every event replayed.
     shape = training.Shape(**{**TINY, "grad_accum": 16, "train_tokens": 4096, "hidden": 2048, "intermediate": 8192,
                               "vocab": 32000, "n_layers": 2, "q_dim": 2048, "kv_dim": 512,
