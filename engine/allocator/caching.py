@@ -63,6 +63,7 @@ class Allocator:
         self.expandable = expandable_segments
         self.tail = {True: None, False: None}  # expandable: the last mapped block of each pool's segment
         self.opened: list[tuple[int, int]] = []  # (request bytes, bytes newly reserved) per cudaMalloc / page map
+        self.events_replayed = 0  # mallocs replay() has made: the next one's handle is this + 1
 
     def _insert(self, b):
         bisect.insort(self.pools[b.small], (b.size, b.addr, b))
@@ -106,6 +107,16 @@ class Allocator:
         self.handles[handle] = b
         self.allocated += b.size
         self.peak_allocated = max(self.peak_allocated, self.allocated)
+
+    def replay(self, events) -> None:
+        """Apply a :class:`Writer` sequence's events: ``e >= 0`` a malloc of ``e`` bytes under the next handle (1, 2,
+        ... in order, counted across calls), ``e < 0`` the free of handle ``~e``."""
+        for e in events:
+            if e >= 0:
+                self.events_replayed += 1
+                self.malloc(self.events_replayed, e)
+            else:
+                self.free(~e)
 
     def _map_tail(self, size: int, small: bool) -> Block:
         """Map the pages a request lacks at the end of the pool's segment, joining a free tail block."""
@@ -189,19 +200,13 @@ def _replay_reference(chunks, expandable_segments: bool) -> tuple[int, int]:
     """:func:`replay_peaks` through the reference :class:`Allocator` (the rules the fast loop does not have:
     expandable segments), with the same chunk protocol."""
     a = Allocator(expandable_segments=expandable_segments)
-    handle = 0
     step_start = chunk_start = _free_state(a)
     try:
         ev, _marks, ends_step = next(chunks)
     except StopIteration:
         return 0, 0
     while True:
-        for e in ev:
-            if e >= 0:
-                handle += 1
-                a.malloc(handle, e)
-            else:
-                a.free(~e)
+        a.replay(ev)
         now = _free_state(a)
         repeated = now == (step_start if ends_step else chunk_start)
         if ends_step:

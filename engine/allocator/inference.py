@@ -699,13 +699,7 @@ def _gemma2(v: Shape, w: caching.Writer, staged_module, unstage, cache: list[int
 def simulate(v: Shape) -> caching.Allocator:
     """Every event through the reference allocator (the benchmark's and the tests' view)."""
     a = caching.Allocator(expandable_segments=bool(v.expandable_segments))
-    handle = 0
-    for e in events(v):
-        if e >= 0:
-            handle += 1
-            a.malloc(handle, e)
-        else:
-            a.free(~e)
+    a.replay(events(v))
     return a
 
 

@@ -1734,17 +1734,14 @@ def simulate(v: Shape | dict, n_steps: int = STEPS) -> caching.Allocator:
     expandable = (v.get("expandable_segments") if isinstance(v, dict) else v.expandable_segments)
     a = caching.Allocator(expandable_segments=bool(expandable))
     a.phases = []
-    handle = 0
     for ev, marks, _ in steps(v, n_steps):
-        at = dict(marks)
-        for k, e in enumerate(ev):
-            if k in at:
-                a.phases.append((at[k], a.reserved))
-            if e >= 0:
-                handle += 1
-                a.malloc(handle, e)
-            else:
-                a.free(~e)
+        start = 0
+        for k, label in sorted(dict(marks).items()):  # a phase's reserved bytes before its first event
+            if k < len(ev):
+                a.replay(ev[start:k])
+                a.phases.append((label, a.reserved))
+                start = k
+        a.replay(ev[start:])
     a.phases.append(("end", a.reserved))
     return a
 
