@@ -1036,6 +1036,35 @@ def test_an_moe_deployments_sustainable_rate_does_not_depend_on_the_rate_asked(l
     assert light["srv_capacity_seq_rate"] == pytest.approx(full["srv_capacity_seq_rate"], rel=0.01)
 
 
+def test_an_moe_rounds_dense_and_expert_gemms_each_pay_their_own_roofline():
+    """Qwen3-30B-A3B in FP8 on an H200 under vLLM, 256 clients of 1000 + 200 tokens: the dense GEMMs (attention
+    projections, head) and the grouped MoE GEMM are separate kernels on one stream, so each takes the slower of its own
+    reads and arithmetic. A token's routed-expert FLOPs: 48 layers x 8 experts x 3 x 2048 x 768 = 1,811,939,328
+    parameters, 2 FLOPs each, times the tile padding, at the H200's FP8 1,978.9 TFLOP/s x vLLM's 0.6. 256 tokens touch
+    1 - (120/128)^256 of a layer's experts. The experts' ~6 ms of reads outlast their ~1.1 ms of arithmetic, while the
+    dense side's 256 tokens of arithmetic outlast its weight reads - so the round pays more than the slower of the
+    sums (which hid the dense arithmetic under the experts' reads). A dense model is one kernel class: unchanged."""
+    body = {**BASE, "gpu_key": "h200", "llm_key": "qwen3-30b-a3b", "quantization": "fp8", "input_tokens": 1000,
+            "output_tokens": 200, "concurrent_users": 256}
+    _, t = traced(body)
+    n = 256
+    assert t["srv_op_n"] == n
+    coverage = 1 - (120 / 128) ** n
+    assert t["expert_coverage"] == pytest.approx(coverage, rel=1e-12)
+    expert_token = 2 * t["moe_padded_rows"] * 48 * 8 * 3 * 2048 * 768 / (1978.9e12 * 0.6)
+    assert t["srv_expert_token_s"] == pytest.approx(expert_token, rel=1e-9)
+    experts_read = coverage * t["srv_expert_read_s"]
+    dense = max(t["srv_weights_s"] - experts_read, n * (t["srv_token_s"] - expert_token), t["srv_dequant_s"])
+    expert = max(experts_read, n * expert_token)
+    assert experts_read > n * expert_token                                        # the grouped GEMM: bound by reads
+    assert n * (t["srv_token_s"] - expert_token) > t["srv_weights_s"] - experts_read   # the dense GEMMs: by arithmetic
+    assert t["srv_gemm_op_s"] == pytest.approx(dense + expert, rel=1e-9)
+    assert t["srv_gemm_op_s"] > 1.03 * max(t["srv_weights_s"], n * t["srv_token_s"], t["srv_dequant_s"])
+    _, d = traced({**body, "llm_key": "llama-3.1-8b-instruct"})
+    assert d["srv_expert_token_s"] == 0 and d["srv_expert_read_s"] == 0
+    assert d["srv_gemm_op_s"] == max(d["srv_weights_s"], d["srv_op_n"] * d["srv_token_s"], d["srv_dequant_s"])
+
+
 def test_an_moe_prompt_reads_the_experts_its_own_tokens_touch():
     """Qwen3-30B-A3B in bf16 (48 layers of 128 experts, 8 a token, each 3 x 2048 x 768), 4 clients of 1000 + 200
     tokens: a decode round's 4 tokens touch 1 - (120/128)^4 = 22.75% of a layer's experts, a 1000-token prompt
