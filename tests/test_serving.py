@@ -1043,7 +1043,8 @@ def test_an_moe_rounds_dense_and_expert_gemms_each_pay_their_own_roofline():
     parameters, 2 FLOPs each, times the tile padding, at the H200's FP8 1,978.9 TFLOP/s x vLLM's 0.6. 256 tokens touch
     1 - (120/128)^256 of a layer's experts. The experts' ~6 ms of reads outlast their ~1.1 ms of arithmetic, while the
     dense side's 256 tokens of arithmetic outlast its weight reads - so the round pays more than the slower of the
-    sums (which hid the dense arithmetic under the experts' reads). A dense model is one kernel class: unchanged."""
+    sums (which hid the dense arithmetic under the experts' reads); the same in the rounds that carry prompt chunks. A
+    dense model is one kernel class: unchanged."""
     body = {**BASE, "gpu_key": "h200", "llm_key": "qwen3-30b-a3b", "quantization": "fp8", "input_tokens": 1000,
             "output_tokens": 200, "concurrent_users": 256}
     _, t = traced(body)
@@ -1060,9 +1061,22 @@ def test_an_moe_rounds_dense_and_expert_gemms_each_pay_their_own_roofline():
     assert n * (t["srv_token_s"] - expert_token) > t["srv_weights_s"] - experts_read   # the dense GEMMs: by arithmetic
     assert t["srv_gemm_op_s"] == pytest.approx(dense + expert, rel=1e-9)
     assert t["srv_gemm_op_s"] > 1.03 * max(t["srv_weights_s"], n * t["srv_token_s"], t["srv_dequant_s"])
+    # the rounds that carry prompt chunks: the same two kernels, the chunks' non-expert FLOPs on the dense side and
+    # their routed ones on the grouped GEMM's, the experts read once for decodes and chunks together
+    share, prompts = t["srv_mixed_share_op"], t["srv_prompts_op"]
+    union = coverage + (1 - coverage) * t["srv_pass_coverage"]
+    mixed = (max(share * (t["srv_mixed_weights_s"] - union * t["srv_expert_read_s"]),
+                 share * n * (t["srv_token_s"] - expert_token) + prompts * t["srv_prompt_gemm_local_s"], 0)
+             + max(share * union * t["srv_expert_read_s"], share * n * expert_token + prompts * t["srv_prompt_gemm_spread_s"]))
+    assert 0 < share < 1 and t["srv_mixed_gemm_op_s"] == pytest.approx(mixed, rel=1e-9)
+    assert t["srv_mixed_gemm_op_s"] >= max(share * t["srv_mixed_weights_s"], share * n * t["srv_token_s"] + prompts * t["srv_prompt_gemm_s"])
     _, d = traced({**body, "llm_key": "llama-3.1-8b-instruct"})
     assert d["srv_expert_token_s"] == 0 and d["srv_expert_read_s"] == 0
     assert d["srv_gemm_op_s"] == max(d["srv_weights_s"], d["srv_op_n"] * d["srv_token_s"], d["srv_dequant_s"])
+    assert d["srv_mixed_gemm_op_s"] == pytest.approx(max(
+        d["srv_mixed_share_op"] * d["srv_mixed_weights_s"],
+        d["srv_mixed_share_op"] * d["srv_op_n"] * d["srv_token_s"] + d["srv_prompts_op"] * d["srv_prompt_gemm_s"],
+        d["srv_mixed_share_op"] * d["srv_dequant_s"]), rel=1e-12)
 
 
 def test_an_moe_prompt_reads_the_experts_its_own_tokens_touch():
