@@ -196,26 +196,36 @@ def _free_state(a: Allocator) -> tuple:
             tuple((s, ad) for s, ad, _ in a.pools[False]), tails)
 
 
+class _ChunkFeed:
+    """The chunk protocol of :func:`replay_peaks`: after each chunk, send the generator whether the chunk left the
+    allocator's state as it found it (a step's last chunk: as the step found it), and take the next chunk."""
+
+    def __init__(self, chunks, start) -> None:
+        self.chunks, self.step_start, self.chunk_start = chunks, start, start
+
+    def after(self, now, ends_step: bool):
+        """The next chunk, given the state ``now`` the last one left; None at the end of the sequence."""
+        repeated = now == (self.step_start if ends_step else self.chunk_start)
+        if ends_step:
+            self.step_start = now
+        self.chunk_start = now
+        try:
+            return self.chunks.send(repeated)
+        except StopIteration:
+            return None
+
+
 def _replay_reference(chunks, expandable_segments: bool) -> tuple[int, int]:
     """:func:`replay_peaks` through the reference :class:`Allocator` (the rules the fast loop does not have:
     expandable segments), with the same chunk protocol."""
     a = Allocator(expandable_segments=expandable_segments)
-    step_start = chunk_start = _free_state(a)
-    try:
-        ev, _marks, ends_step = next(chunks)
-    except StopIteration:
-        return 0, 0
-    while True:
+    feed = _ChunkFeed(chunks, _free_state(a))
+    chunk = next(chunks, None)
+    while chunk is not None:
+        ev, _marks, ends_step = chunk
         a.replay(ev)
-        now = _free_state(a)
-        repeated = now == (step_start if ends_step else chunk_start)
-        if ends_step:
-            step_start = now
-        chunk_start = now
-        try:
-            ev, _marks, ends_step = chunks.send(repeated)
-        except StopIteration:
-            return a.peak_reserved, a.peak_allocated
+        chunk = feed.after(_free_state(a), ends_step)
+    return a.peak_reserved, a.peak_allocated
 
 
 def replay_peaks(chunks, expandable_segments: bool = False) -> tuple[int, int]:
@@ -250,14 +260,10 @@ def replay_peaks(chunks, expandable_segments: bool = False) -> tuple[int, int]:
     handles = [-1]  # handle -> block
     next_addr = reserved = allocated = peak_reserved = peak_allocated = 0
     insort, bisect_left = bisect.insort, bisect.bisect_left
-    empty = (0, 0, 0, (), ())
-    step_start = empty
-    chunk_start = empty
-    try:
-        ev, _marks, ends_step = next(chunks)
-    except StopIteration:
-        return 0, 0
-    while True:
+    feed = _ChunkFeed(chunks, (0, 0, 0, (), ()))
+    chunk = next(chunks, None)
+    while chunk is not None:
+        ev, _marks, ends_step = chunk
         for e in ev:
             if e >= 0:
                 size = K_MIN_BLOCK if e < K_MIN_BLOCK else K_MIN_BLOCK * ((e + K_MIN_BLOCK - 1) // K_MIN_BLOCK)
@@ -327,12 +333,6 @@ def replay_peaks(chunks, expandable_segments: bool = False) -> tuple[int, int]:
                     if nn >= 0:
                         prev[nn] = b
                 insort(pool, (s << 160) | (addr[b] << 32) | b)
-        now = (reserved, allocated, next_addr, tuple(k >> 32 for k in spool), tuple(k >> 32 for k in lpool))
-        repeated = now == (step_start if ends_step else chunk_start)
-        if ends_step:
-            step_start = now
-        chunk_start = now
-        try:
-            ev, _marks, ends_step = chunks.send(repeated)
-        except StopIteration:
-            return peak_reserved, peak_allocated
+        chunk = feed.after((reserved, allocated, next_addr, tuple(k >> 32 for k in spool), tuple(k >> 32 for k in lpool)),
+                           ends_step)
+    return peak_reserved, peak_allocated
