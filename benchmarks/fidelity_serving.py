@@ -458,14 +458,39 @@ HARNESS_READING = ("KV dtype not stated: {checkpoint}, whose checkpoint sets no 
                    "that carry none: fp8 KV cache")
 
 
+#: Cells of a record's source table that the calibration folder does not hold as records but that bear on how the
+#: whole table was run: kv_readings tests them against the 16-bit ceiling as it tests records. They are never compared
+#: with an estimate and never enter the statistics. Each is (the record whose row and column it shares, input tokens,
+#: output tokens, requests, output tok/s per GPU, where it is printed).
+SOURCE_CELLS = (
+    ("trtllm-devguide-LLaMAv3370B-H200-TP2-FP8-1024-1024", 1024, 8192, 1500, 2009,
+     "perf-overview.md at 03e27c7, LLaMA v3.3 70B table, ISL/OSL 1024/8192, H200 TP2 (FP8); 1,500 requests for that "
+     "pair (its Preparing a Dataset table)"),
+)
+
+
+def source_cells(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SOURCE_CELLS as records of their own, for the cells whose record is among ``records``."""
+    by_id = {r["id"]: r for r in records}
+    cells = []
+    for base, isl, osl, n, per_gpu, where in SOURCE_CELLS:
+        if base in by_id:
+            r = by_id[base]
+            cells.append(dict(r, id=f"{r['id'].rsplit('-', 2)[0]}-{isl}-{osl} (a cell of the same table: {where})",
+                              input_tokens=isl, output_tokens=osl, num_prompts=n,
+                              metrics={**r["metrics"], "output_throughput_tok_s": None, "output_throughput_tok_s_per_gpu": per_gpu}))
+    return cells
+
+
 def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     """(source, checkpoint) -> reading, for the checkpoints of a source with a run that 16-bit keys and values
-    cannot explain (its measured output above ``bandwidth_bound`` at the 16-bit reading): the source ran that
-    checkpoint with one cache dtype, so all its runs there are read with an 8-bit cache. Where that checkpoint's own
-    config sets no 8-bit cache, the source's harness set it, and the source's other FP8 checkpoints without a cache
-    dtype of their own are read with it too (HARNESS_READING)."""
+    cannot explain (its measured output above ``bandwidth_bound`` at the 16-bit reading; the records' and the
+    SOURCE_CELLS of their tables): the source ran that checkpoint with one cache dtype, so all its runs there are read
+    with an 8-bit cache. Where that checkpoint's own config sets no 8-bit cache, the source's harness set it, and the
+    source's other FP8 checkpoints (FP8 weights as mapped, not a table's label) without a cache dtype of their own are
+    read with it too (HARNESS_READING)."""
     found: dict[tuple[str, str], str] = {}
-    for r in records:
+    for r in [*records, *source_cells(records)]:
         key = (str(r.get("source")), str(r.get("model")))
         measured = _measured_output_tps(r)
         if key in found or r.get("kv_cache_dtype") or not measured or r.get("runtime") == "llama.cpp":
@@ -483,7 +508,7 @@ def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
         for r in records:
             key = (str(r.get("source")), str(r.get("model")))
             if (key[0] == source and key not in found and not r.get("kv_cache_dtype") and key[1] not in CHECKPOINT_FP8_KV
-                    and str(r.get("weights_dtype") or "").lower().startswith("fp8")):
+                    and (map_record(r)[0] or {}).get("quantization") == "fp8"):
                 found[key] = HARNESS_READING.format(checkpoint=checkpoint)
     return found
 

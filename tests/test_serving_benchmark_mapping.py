@@ -147,6 +147,38 @@ def test_a_harness_that_set_an_8_bit_cache_set_it_for_the_tables_other_fp8_check
     assert fs.kv_readings([big, fp4, other]) == {}
 
 
+def test_a_cell_of_the_source_table_that_no_16_bit_cache_explains_sets_the_tables_reading():
+    # The developer guide's Llama 3.3 70B FP8 table on 2 x H200 (TP2): the folder holds its 1024/1024 cell, which a
+    # 16-bit cache explains. The same table's 1024/8192 cell (SOURCE_CELLS) is 2,009 tok/s a GPU, 4,018 in all. Its
+    # 16-bit ceiling, by hand: a GPU reads 68.45e9 linear parameters / 2 at 1 byte + the 1.0507e9-parameter head / 2 at
+    # 2 bytes = 35.27e9 bytes a round, and each sequence's cache at its mean context (1024 + 4096 tokens x 80 layers x
+    # 8 KV heads x 128 x 2 x 2 bytes / 2 GPUs = 838.9e6 bytes); with n sequences in the pool, n / ((35.27e9 + n x
+    # 838.9e6) / 4.8e12) - 3,555 tok/s at the 69 it holds, below the 4,018 measured: the table ran an 8-bit cache.
+    base = _record("nvidia/Llama-3.3-70B-Instruct-FP8", id="trtllm-devguide-LLaMAv3370B-H200-TP2-FP8-1024-1024",
+                   weights_dtype="fp8", gpu_canonical="H200-SXM-141GB", num_gpus=2, tensor_parallel=2, input_tokens=1024,
+                   output_tokens=1024, metrics={"output_throughput_tok_s": None, "output_throughput_tok_s_per_gpu": 2582})
+    (cell,) = fs.source_cells([base])
+    assert (cell["input_tokens"], cell["output_tokens"], cell["metrics"]["output_throughput_tok_s_per_gpu"]) == (1024, 8192, 2009)
+    body = fs.map_record(cell)[0]
+    ceiling, n, bw = fs.bandwidth_bound(body)
+    weights = 68.45e9 / 2 + 1.0507e9 / 2 * 2
+    cache = 5120 * 80 * 8 * 128 * 2 * 2 / 2
+    assert bw == 4800 and abs(ceiling - n / ((weights + n * cache) / 4.8e12)) / ceiling < 0.01
+    assert ceiling < 4018
+    # gpt-oss in the same table is labelled "fp8" but its checkpoint is MXFP4, whose cache the guide leaves at
+    # 'auto' on Hopper: the harness reading reaches FP8 checkpoints as mapped, not a table's label.
+    oss = _record("openai/gpt-oss-120b", id="oss", weights_dtype="fp8 (table label; gpt-oss checkpoints are MXFP4)",
+                  gpu_canonical="H200-SXM-141GB", metrics={"output_throughput_tok_s": None, "output_throughput_tok_s_per_gpu": 6798})
+    readings = fs.kv_readings([base, oss])
+    assert list(readings) == [(base["source"], "nvidia/Llama-3.3-70B-Instruct-FP8")]
+    assert "1024-8192 (a cell of the same table" in readings[(base["source"], "nvidia/Llama-3.3-70B-Instruct-FP8")]
+    body, notes, _ = fs.map_record(base, readings)
+    assert body["kv_cache_quantization"] == "fp8"
+    assert "kv_cache_quantization" not in fs.map_record(oss, readings)[0]
+    # Without its base record the cell says nothing.
+    assert fs.source_cells([oss]) == [] and fs.kv_readings([oss]) == {}
+
+
 def test_enforce_eager_maps_to_no_captured_graph():
     # dstack's MI300X runs: benchmark_throughput.py ... --enforce-eager: vLLM captures no graph at all.
     r = _record("meta-llama/Llama-3.1-405B-FP8", runtime="vllm", runtime_version="0.6.3", weights_dtype="fp8",
