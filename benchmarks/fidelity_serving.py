@@ -490,12 +490,19 @@ def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
     source's other FP8 checkpoints (FP8 weights as mapped, not a table's label) without a cache dtype of their own are
     read with it too (HARNESS_READING)."""
     found: dict[tuple[str, str], str] = {}
+    bodies: dict[int, dict[str, Any] | None] = {}  # each record mapped once, without a reading (both loops use it)
+
+    def body_of(r: dict[str, Any]) -> dict[str, Any] | None:
+        if id(r) not in bodies:
+            bodies[id(r)] = map_record(r)[0]
+        return bodies[id(r)]
+
     for r in [*records, *source_cells(records)]:
         key = (str(r.get("source")), str(r.get("model")))
         measured = _measured_output_tps(r)
         if key in found or r.get("kv_cache_dtype") or not measured or r.get("runtime") == "llama.cpp":
             continue
-        body, _, _ = map_record(r)
+        body = body_of(r)
         if body is None or "kv_cache_quantization" in body:
             continue
         bound = bandwidth_bound(body)
@@ -508,7 +515,7 @@ def kv_readings(records: list[dict[str, Any]]) -> dict[tuple[str, str], str]:
         for r in records:
             key = (str(r.get("source")), str(r.get("model")))
             if (key[0] == source and key not in found and not r.get("kv_cache_dtype") and key[1] not in CHECKPOINT_FP8_KV
-                    and (map_record(r)[0] or {}).get("quantization") == "fp8"):
+                    and (body_of(r) or {}).get("quantization") == "fp8"):
                 found[key] = HARNESS_READING.format(checkpoint=checkpoint)
     return found
 
