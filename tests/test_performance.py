@@ -250,3 +250,39 @@ def test_data_parallel_scales_with_exposed_gradient_traffic():
     pcie = vramplan.estimate_finetuning({**base, "num_gpus": 8, "interconnect_type": "pcie4"})["training_tps"]
     assert pcie < nv < 8 * one
     assert nv > 6 * one
+
+
+def test_transformers_dynamic_cache_is_copied_every_decode_step():
+    """transformers' DynamicLayer.update rebuilds each layer's keys and values with torch.cat every step (read + write of
+    the whole cache besides attention's read); its QuantizedLayer dequantizes the whole cache to bf16 first. A paged
+    cache (vLLM) writes the new token in place. Llama 3 8B bf16 on an H100, 8 sequences of 1792 + 256 tokens."""
+    base = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "bf16", "batch_size": 8,
+            "input_tokens": 1792, "output_tokens": 256}
+    kv16 = 2 * KV * 2 * L * (1792 + 256 // 2)             # keys and values at the mean context: 251,658,240 bytes
+    assert kv16 == 251_658_240
+    _, t = traced({**base, "runtime": "transformers"})
+    assert t["decode_kv_seq_bytes"] == pytest.approx(kv16, rel=1e-12)
+    assert t["decode_kv_copy_seq_bytes"] == pytest.approx(2 * kv16, rel=1e-12)
+    assert t["decode_kv_read_bytes"] == pytest.approx(8 * 3 * kv16, rel=1e-12)
+
+    # a 4-bit cache (4.5 bits with its scales) is read once at 4.5 bits; its bf16 copy is written, read and written by
+    # the concatenation and read by attention
+    _, q = traced({**base, "runtime": "transformers", "kv_cache_quantization": "int4"})
+    assert q["decode_kv_seq_bytes"] == pytest.approx(kv16 * 4.5 / 16, rel=1e-12)
+    assert q["decode_kv_copy_seq_bytes"] == pytest.approx(4 * kv16, rel=1e-12)
+    assert q["decode_kv_read_bytes"] == pytest.approx(8 * (kv16 * 4.5 / 16 + 4 * kv16), rel=1e-12)
+
+    _, v = traced({**base, "runtime": "vllm"})
+    assert v["decode_kv_copy_seq_bytes"] == 0
+    assert v["decode_kv_read_bytes"] == pytest.approx(8 * kv16, rel=1e-12)
+
+
+def test_a_quantized_transformers_cache_decodes_slower_than_a_16_bit_one():
+    """The quantized cache saves memory and costs speed (transformers' KV cache docs), where the bytes it moves grow:
+    at 32 sequences of 4,096 tokens on an H100 the dequantized copy outweighs the 4-bit read (the docs' cache table rates
+    the quantized cache's latency "Low", the dynamic cache's "Mid")."""
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "bf16", "batch_size": 32, "seq_length": 4096}
+    bf16 = vramplan.estimate_inference(body)
+    int4 = vramplan.estimate_inference({**body, "kv_cache_quantization": "int4"})
+    assert int4["vram_usage"] < bf16["vram_usage"]
+    assert int4["ms_per_token"] > bf16["ms_per_token"]
