@@ -16,6 +16,7 @@ from .errors import RequestError
 from .ggufmix import format_bits
 from .registry import Entry
 from .runtimetext import accepted_range, outside_accepted
+from .scenario import kv_is_fp8
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -160,6 +161,14 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             else:
                 warnings.append(f"{runtime.key} keeps a compressed-attention (DeepSeek V4) cache in FP8 only and refuses "
                                 f"{kv_quant.key}; estimated as asked")
+        if (workload == "inference" and arch is not None and kv_quant is not None
+                and _runtime_value(runtime, req, "kv_quant_residual_tokens")
+                and float(kv_quant.data.get("kv_cache_bits", 16)) < 16 and not kv_is_fp8(kv_quant.data)
+                and any(kind != "full" for kind in arch.layer_types)):
+            # transformers cache_utils.py QuantizedCache: "only supported for models with only full attention layers"
+            kinds = sorted({kind for kind in arch.layer_types if kind != "full"})
+            warnings.append(f"{runtime.key}: the quantized cache ({kv_quant.key}, QuantizedCache) takes only models whose "
+                            f"layers are all full attention and refuses this one ({', '.join(kinds)} layers); estimated as asked")
         pinned = settings.get("kv_pool_tokens")
         if pinned and not _runtime_value(runtime, req, "kv_preallocate"):
             warnings.append(f"runtime_settings.kv_pool_tokens is ignored: {runtime.key} sizes its cache by the request "

@@ -61,7 +61,7 @@ def test_flash_cache_variables_by_hand():
     assert v["kv_cmp_index_equiv"] == 5.25 and v["n_layers_indexed"] == 21 and v["cmp_attention"] == 1
     # kv and score buffers in fp32: CSA 2 x (2 x 4) x (2 x 512) + its indexer 2 x 8 x 256, HCA 2 x 128 x 512
     assert v["cmp_state_elems"] == 21 * (2 * 8 * 1024 + 2 * 8 * 256) + 20 * (2 * 128 * 512) == 3_051_520
-    row = get_catalog().formulas.evaluate({**v, "kv_bits": 8.0, "rt_dsa_fp8_scaled_kv": 1.0}, ["kv_bytes_per_token_layer"])
+    row = get_catalog().formulas.evaluate({**v, "kv_bits": 8.0, "kv_fp8": 1.0, "rt_kv_int8_group_bits": 0.0, "rt_dsa_fp8_scaled_kv": 1.0}, ["kv_bytes_per_token_layer"])
     assert row["kv_bytes_per_token_layer"] == 448 + 8 + 2 * 64 == 584
 
 
