@@ -93,6 +93,10 @@ def transformers_request(case: dict, gpu_key: str = "h200") -> tuple[str, dict]:
         body.update({"seq_length": s["prompt_tokens"], "quantization": dtype,
                      "kv_cache_quantization": "fp32" if dtype == "fp32" else "bf16",
                      "optimization_config": {"flash_attention": flash}})
+        if s.get("kv_cache"):  # a quantized cache (measure.py): quanto 4-bit is int4, HQQ 8-bit int8
+            body.update({"kv_cache_quantization": f"int{s['kv_cache'][1]}", "input_tokens": s["prompt_tokens"],
+                         "output_tokens": s["generated_tokens"] + 1})
+            del body["seq_length"]
         return "inference", body
     method = s["method"]
     body.update({"seq_length": s["seq_length"], "finetuning_method": method,

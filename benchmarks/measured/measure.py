@@ -148,6 +148,15 @@ CASES_I16 = {
     "ft-qwen2.5-0.5b-full-bf16-gc0-b8-s1024-expandable": ("qwen2.5-0.5b", QWEN05, "finetuning",
         dict(method="full", weights_dtype="bf16", gradient_checkpointing=False, batch_size=8, seq_length=1024,
              allocator="expandable_segments:True")),
+    # transformers' quantized cache (QuantizedCache, docs/FIDELITY.md): HQQ int8 on a model with as many KV heads as query
+    # heads (its prompt's quantization outgrows the MLP), quanto int4 on Llama 3 8B; 160 generated tokens pass the 128th
+    # decode step, which quantizes the residual again
+    "inf-phi-3-mini-bf16-kv-hqq8-b4-s2048-g160": ("phi-3-mini", PHI3_MINI, "inference",
+        dict(weights_dtype="bf16", attention="sdpa", batch_size=4, prompt_tokens=2048, generated_tokens=160,
+             kv_cache=("hqq", 8))),
+    "inf-llama-3-8b-bf16-kv-quanto4-b16-s2048-g160": ("llama-3-8b", LLAMA8B, "inference",
+        dict(weights_dtype="bf16", attention="sdpa", batch_size=16, prompt_tokens=2048, generated_tokens=160,
+             kv_cache=("quanto", 4))),
 }
 DECODE_MODELS = {"llama-3.2-1b": LLAMA1B, "llama-3-8b": LLAMA8B}
 for _model, _cfg in DECODE_MODELS.items():
@@ -270,9 +279,16 @@ def run_case(name: str) -> dict:
         m["weights_bytes"] = torch.cuda.memory_allocated()
         b, s = st["batch_size"], st["prompt_tokens"]
         ids = torch.randint(0, vocab, (b, s), device=dev)
+        quantized = {}
+        if st.get("kv_cache"):  # generate(cache_implementation="quantized") builds this cache (generation/utils.py)
+            from transformers import QuantizedCache
+            backend, nbits = st["kv_cache"]
+            quantized["past_key_values"] = QuantizedCache(backend=backend, config=model.config, nbits=nbits)
+            mod = __import__("hqq" if backend == "hqq" else "optimum.quanto", fromlist=["__version__"])
+            out["versions"][backend] = getattr(mod, "__version__", "?")
         with torch.no_grad():
             t0 = time.time()
-            o = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            o = model(input_ids=ids, use_cache=True, logits_to_keep=1, **quantized)
             torch.cuda.synchronize()
             m["prefill_tokens_per_s"] = round(b * s / (time.time() - t0), 1)
             m["prefill_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
