@@ -330,6 +330,10 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         split = req["context_split"]
         out.append(f"requests: {req['input_tokens']} prompt + {req['output_tokens']} output tokens"
                    + ("" if split == "given" else f" ({split})"))
+        if v.get("prefill_context", s["seq"]) < s["seq"]:
+            out.append(f"memory: the prefill takes the stated {int(v['prefill_context']):,}-token prompt and the cache grows to "
+                       f"{int(s['seq']):,} tokens over the answer; the peak is "
+                       + ("at the last decode steps" if v.get("decode_excess_bytes", 0) > 0 else "the prompt's prefill"))
         if req.get("request_rate") is not None:
             out.append(f"load: open loop, {req['request_rate']:g} requests/s arriving at random (Poisson), "
                        f"{int(s['batch'])} sequence(s) each"

@@ -154,14 +154,16 @@ def split_context(req: dict[str, Any], seq_given: bool) -> list[tuple[str, str]]
     Both halves given: ``seq_length`` is their sum (a different ``seq_length`` is an error naming all
     three). One half and ``seq_length``: the other half is the rest. One half alone: the other keeps
     the 7:1 proportion of prompt to answer. ``seq_length`` alone (or nothing): 1/8 of it is the answer,
-    at most 1024 tokens. ``req["context_split"]`` records which rule applied, for the assumptions.
+    at most 1024 tokens. ``req["context_split"]`` records which rule applied, for the assumptions;
+    ``req["prompt_stated"]`` whether the prompt's length is the request's (given, or the rest of ``seq_length`` after a
+    given answer) rather than a guess - where it is, a runtime that prefills just the prompt is sized by it.
     """
     i, o, seq = req.get("input_tokens"), req.get("output_tokens"), req["seq_length"]
     if i is not None and o is not None:
         if seq_given and holds(seq != i + o):
             return [("seq_length", f"{seq} disagrees with input_tokens {i} + output_tokens {o} = {i + o}; "
                                    "give seq_length = their sum, or leave it out")]
-        req["seq_length"], req["context_split"] = i + o, "given"
+        req["seq_length"], req["context_split"], req["prompt_stated"] = i + o, "given", True
     elif i is not None or o is not None:
         given, other = ("input_tokens", "output_tokens") if i is not None else ("output_tokens", "input_tokens")
         value = i if i is not None else o
@@ -170,15 +172,18 @@ def split_context(req: dict[str, Any], seq_given: bool) -> list[tuple[str, str]]
                 return [(given, f"{value} leaves no room for {other} in seq_length {seq}")]
             rest = seq - value
             req["context_split"] = f"{other} = seq_length - {given}"
+            req["prompt_stated"] = True
         else:
             rest = (ANSWER_SHARE - 1) * value if i is None else max(1, value // (ANSWER_SHARE - 1))
             req["context_split"] = f"{other} from the 7:1 proportion of prompt to answer"
+            req["prompt_stated"] = i is not None  # an answer alone leaves the prompt a guess
         req[other] = rest
         req["seq_length"] = req["input_tokens"] + req["output_tokens"]
     else:
         o = at_most(at_least(seq // ANSWER_SHARE, 1), ANSWER_CAP)
         req["input_tokens"], req["output_tokens"] = at_least(seq - o, 1), o
         req["context_split"] = "seq_length split as 7/8 prompt, 1/8 answer (at most 1024 tokens)"
+        req["prompt_stated"] = False
         return []
     if holds(req["seq_length"] > MAX_CONTEXT):
         return [("seq_length", f"input_tokens + output_tokens = {req['seq_length']} is more than {MAX_CONTEXT}")]

@@ -136,6 +136,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "seq": ("tokens", "context per sequence (prompt + generated, plus image tokens)"),
     "input_tokens": ("tokens", "prompt tokens per request (per sequence)"),
     "output_tokens": ("tokens", "generated tokens per request (per sequence)"),
+    "prompt_stated": ("flag", "the request states its prompt's length (input_tokens given, or seq_length with output_tokens); "
+                              "0 = the prompt is a split of seq_length or a guess"),
     "request_rate": ("requests/s", "open-loop arrival rate; 0 = a closed loop of concurrent_users clients"),
     "gpu_hour_cost": ("currency/GPU-hour", "price of one GPU-hour; 0 = not given"),
     "prefix_caching": ("flag", "enable_prefix_caching"),
@@ -692,6 +694,7 @@ def _inference(s: dict[str, float], req: dict[str, Any], a, res: Resolved, notes
     s["continuous_batching"] = int(req["enable_continuous_batching"])
     # image soft tokens are part of each prompt (as they are of seq)
     s["input_tokens"], s["output_tokens"] = req["input_tokens"] + s["image_context_tokens"], req["output_tokens"]
+    s["prompt_stated"] = int(bool(req.get("prompt_stated")))
     s["kv_bits"] = float(res.kv_quant.data["kv_cache_bits"])
     s["kv_fp8"] = float(kv_is_fp8(res.kv_quant.data))
     layers = 0
@@ -797,7 +800,7 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved, notes: 
     s["tokens_per_sample"] = req["tokens_per_sample"]
     s["num_epochs"] = req["num_epochs"]
     s.update({"prefix_caching": 0, "shared_prefix_ratio": 0.0, "continuous_batching": 0, "kv_bits": 16.0, "kv_fp8": 0.0,
-              "offload_layers": 0, "offload_kv": 0, "input_tokens": req["seq_length"], "output_tokens": 1,
+              "offload_layers": 0, "offload_kv": 0, "input_tokens": req["seq_length"], "output_tokens": 1, "prompt_stated": 0,
               "request_rate": 0.0, "gpu_hour_cost": 0.0})
 
 
