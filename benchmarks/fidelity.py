@@ -94,8 +94,9 @@ def transformers_request(case: dict, gpu_key: str = "h200") -> tuple[str, dict]:
                      "kv_cache_quantization": "fp32" if dtype == "fp32" else "bf16",
                      "optimization_config": {"flash_attention": flash}})
         if s.get("kv_cache"):  # a quantized cache (measure.py): quanto 4-bit is int4, HQQ 8-bit int8
-            body.update({"kv_cache_quantization": f"int{s['kv_cache'][1]}", "input_tokens": s["prompt_tokens"],
-                         "output_tokens": s["generated_tokens"] + 1})
+            body["kv_cache_quantization"] = f"int{s['kv_cache'][1]}"
+        if s.get("generated_tokens", 16) > 16:  # a long answer: the lengths as generate ran them (+1: the prefill's token)
+            body.update({"input_tokens": s["prompt_tokens"], "output_tokens": s["generated_tokens"] + 1})
             del body["seq_length"]
         return "inference", body
     method = s["method"]
