@@ -67,7 +67,8 @@ def test_quantizing_the_prompt_sets_the_prefill_peak_of_a_model_whose_keys_are_w
 def test_a_decode_step_with_its_residual_and_flush_can_outgrow_a_short_prefill():
     """Eight sequences of a 56-token prompt and a 200-token answer: 199 decode steps pass the 128th, which quantizes the
     residual again. Beside the whole cache, every layer holds up to 127 tokens in bf16 (counted at 8.5 bits in the cache)
-    and one layer's flush allocates 15.23 bf16 copies of its keys over the context - more than the 256-token prefill."""
+    and one layer's flush allocates 15.23 bf16 copies of its keys over the context - more than the prefill's transients,
+    even were the prefill the whole 256-token context (the seq_length-only reading) rather than the stated prompt."""
     body = {"gpu_key": "h100_80", "llm_key": "llama-2-7b", "quantization": "bf16", "batch_size": 8, "input_tokens": 56,
             "output_tokens": 200, "kv_cache_quantization": "int8"}
     t = traced(body)
@@ -76,10 +77,11 @@ def test_a_decode_step_with_its_residual_and_flush_can_outgrow_a_short_prefill()
     flush = seq * L2_KV * a * rt("kv_quant_flush_copies_hqq")     # 31,940,034.56 at 15.23 copies
     decode = seqs * (residual + flush)                            # 505,212,436.48
     assert t["kv_quant_decode_bytes"] == pytest.approx(decode, rel=1e-12)
-    tokens = seqs * seq
-    prefill = (tokens * (L2_HIDDEN + 2 * L2_KV) * a + rt("kv_quant_prefill_copies_hqq") * tokens * L2_KV * a
-               + tokens * 4 * L2_HIDDEN * a)                      # 331,611,740.57: attention with the quantization
-    assert decode > prefill
+    def prefill(tokens):  # attention with the quantization (it outgrows the MLP here) and 4 hidden-size tensors
+        return (tokens * (L2_HIDDEN + 2 * L2_KV) * a + rt("kv_quant_prefill_copies_hqq") * tokens * L2_KV * a
+                + tokens * 4 * L2_HIDDEN * a)
+    assert t["prefill_peak_bytes"] == pytest.approx(prefill(seqs * 56), rel=1e-12)    # 72,540,068.25 for 448 tokens
+    assert decode > prefill(seqs * seq)                                                # 331,611,740.57 for 2048
     assert t["activations_gpu_bytes"] == pytest.approx(decode, rel=1e-12)
 
     # 100-token answers: 99 decode steps, no flush - 99 residual tokens and the 4 copies of an ordinary step
