@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import vramplan
+from conftest import trace_of
 from vramplan.catalog import get_catalog
 
 CAT = get_catalog()
@@ -17,8 +18,7 @@ def rt(name: str, runtime: str = "transformers") -> float:
 
 
 def traced(body: dict) -> dict:
-    out = vramplan.estimate_inference({**body, "trace": True})
-    return {step["id"]: step["value"] for step in out["trace"]}
+    return trace_of(vramplan.estimate_inference({**body, "trace": True}))
 
 
 # Llama 2 7B: 32 layers, hidden 4096, 32 query and 32 KV heads of 128 (kv_dim 4096), FFN 11008.

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 
 import vramplan
+from conftest import trace_of
 
 L, H, KV, FF = 32, 4096, 1024, 14336
 PER_TOKEN = (3 * FF + 4 * H) * 2          # the prefill layer's transients a token: MLP intermediates + 4 hidden tensors
@@ -17,7 +18,7 @@ KV_TOKEN = L * 2 * KV * 2                 # keys and values of one token, every 
 def traced(**fields) -> dict:
     body = {"gpu_key": "h100_80", "llm_key": "llama-3-8b", "quantization": "bf16", "batch_size": 32, **fields}
     out = vramplan.estimate_inference({**body, "trace": True})
-    return {step["id"]: step["value"] for step in out["trace"]} | {"vram_usage": out["vram_usage"]}
+    return trace_of(out) | {"vram_usage": out["vram_usage"]}
 
 
 def test_a_short_stated_prompt_with_a_long_answer_peaks_at_the_last_decode_steps():
