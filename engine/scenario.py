@@ -116,6 +116,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "mask_window": ("tokens", "sliding window the runtime's attention mask applies (0 if none)"),
     "n_layers_masked": ("layers", "layers whose attention applies the sliding-window mask"),
     "int8_matmul": ("flag", "weights and activations meet in an int8 matmul (bitsandbytes LLM.int8 in transformers)"),
+    "dequant_copy_rows": ("rows", "the fewest rows (prompt tokens of a chunk, sequences of a decode step) for which the "
+                                  "format's matmul first dequantizes the whole weight into the activation dtype (its "
+                                  "dequant_copy: bitsandbytes 4-bit); 0 where it never does"),
+    "dequant_copy_scale_bytes": ("bytes", "bytes per weight of the dequantized block scales alive beside that copy"),
     # quantization
     "custom_weights_bytes": ("bytes", "exact weight bytes from a model file (0: compute from params x bits)"),
     "p_kept": ("params", "layer parameters the checkpoint keeps unquantized (its quantization_config modules_to_not_convert, ignore or exclude_modules; 0: none)"),
@@ -455,6 +459,9 @@ def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
     s["act_bytes"] = activation_bytes(res.quant.data)
     s["weights_compute_bits"] = float(qbits["default"])
     s["int8_matmul"] = int(compute == "int8")
+    copy = res.quant.data.get("dequant_copy") or {}
+    s["dequant_copy_rows"] = float(copy.get("min_rows", 0))
+    s["dequant_copy_scale_bytes"] = float(copy.get("scale_bytes_per_weight", 0))
 
     n = req.get("num_gpus", 1)
     s["num_gpus"] = n
