@@ -101,3 +101,18 @@ def test_memory_never_falls_as_the_prompt_grows_under_nf4():
                                            "output_tokens": 16})["vram_usage"]
         assert got >= prev
         prev = got
+
+
+def test_a_qlora_layers_backward_dequantizes_its_weights_again():
+    """QLoRA with checkpointing: the recomputed layer's backward multiplies the output gradient by each dequantized
+    weight (MatMul4Bit.backward) - Llama 2 7B's 11,008 x 4,096 MLP weight with its scales beside the layer's tensors.
+    LoRA on bf16 weights multiplies them as they are."""
+    body = {"gpu_key": "h200", "llm_key": "llama-2-7b", "batch_size": 1, "seq_length": 4096, "lora_rank": 16,
+            "optimization_config": {"gradient_checkpointing": True}, "trace": True}
+    q = trace_of(vramplan.estimate_finetuning({**body, "finetuning_method": "qlora"}))
+    weight = 11008 * 4096 * (BF16 + SCALES)              # 45,088,768 x 2.0625 = 92,995,584
+    assert q["dequant_copy_weight_bytes"] == pytest.approx(92_995_584)
+    assert q["recompute_bytes"] == pytest.approx(q["layer_backward_bytes"] + weight)
+    lo = trace_of(vramplan.estimate_finetuning({**body, "finetuning_method": "lora", "quantization": "bf16"}))
+    assert lo["dequant_copy_weight_bytes"] == 0
+    assert lo["recompute_bytes"] == pytest.approx(lo["layer_backward_bytes"])
