@@ -221,6 +221,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
              else f"llm_key {req['llm_key']}: catalog config")
     bits, kept_params = _checkpoint_kept(config, arch, quant, bits, assumptions, where)
     bits = _checkpoint_experts(cat, config, arch, quant, bits, assumptions)
+    bits, kept_params = _unconverted_experts(cat, arch, quant, runtime, req, workload, bits, kept_params, warnings)
     kv_quant = _checkpoint_kv(cat, config, quant, kv_quant, runtime, req, assumptions)
     return Resolved(
         workload=workload, request=req, gpu=gpu, gpu_memory_gib=float(mem), model_key=req["llm_key"],
@@ -250,6 +251,51 @@ def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[s
     assumptions.append(f"weights: the checkpoint keeps at 16 bits (its {said}{kept.source}) "
                        f"{kept.said}; its other linear layers are {quant.key}")
     return keptmodules.apply(bits, kept), keptmodules.kept_layer_params(arch, kept)
+
+
+def _runs_as(cat, runtime: Entry, keys: list[str]) -> bool:
+    """Whether the runtime is one of ``keys`` or extends one of them."""
+    seen: set[str] = set()
+    entry: Entry | None = runtime
+    while entry is not None and entry.key not in seen:
+        if entry.key in keys:
+            return True
+        seen.add(entry.key)
+        parent = entry.data.get("extends")
+        entry = cat.runtimes.get(parent) if parent else None
+    return False
+
+
+def _unconverted_experts(cat, arch: Architecture, quant: Entry, runtime: Entry, req: dict, workload: str,
+                         bits: dict[str, float], kept_params: float, warnings: list[str]) -> tuple[dict[str, float], float]:
+    """A format the runtime converts module by module, linear layers only (the format's ``linear_modules_only``:
+    transformers' bitsandbytes integration), leaves an MoE's routed experts - fused 3-D parameters in transformers 5 -
+    in the checkpoint's 16 bits; QLoRA's prepare_model_for_kbit_training then casts them to fp32 with every other
+    16-bit parameter that is not a Params4bit (the runtime's kbit_training_upcast). The feed-forward roles' bits become
+    the parameter-weighted mean (params x bits stays the bytes), and the experts count among the layer parameters the
+    matmuls read unpacked."""
+    only = quant.data.get("linear_modules_only")
+    if not arch.is_moe or not only or not _runs_as(cat, runtime, only["runtimes"]):
+        return bits, kept_params
+    routed = len(arch.moe_layers) * arch.num_experts * arch.expert_matrix_params
+    roles = arch.param_roles()
+    upcast = (workload == "finetuning" and req.get("finetuning_method") == "qlora"
+              and bool(_runtime_value(runtime, req, "kbit_training_upcast")))
+    kept_bits = 32.0 if upcast else keptmodules.KEPT_BITS
+    out, default, moved, fmt_bytes = dict(bits), float(bits.get("default", 16)), 0, 0.0
+    for role in ("ffn_gate", "ffn_up", "ffn_down"):
+        if routed > 0 and roles[role] >= routed:
+            fmt = float(bits.get(role, default))
+            out[role] = (routed * kept_bits + (roles[role] - routed) * fmt) / roles[role]
+            moved += routed
+            fmt_bytes += routed * fmt / 8
+    if not moved:
+        return bits, kept_params
+    dtype = "fp32 (prepare_model_for_kbit_training casts them)" if upcast else "bf16"
+    warnings.append(f"{runtime.key} converts linear layers only to {quant.key}: this MoE's routed experts ({moved / 1e9:.1f}B "
+                    f"parameters, fused 3-D tensors in transformers 5) stay in {dtype}, {moved * kept_bits / 8e9:.1f} GB "
+                    f"against {fmt_bytes / 1e9:.1f} GB in {quant.key}")
+    return out, kept_params + moved
 
 
 def _runtime_value(runtime: Entry, req: dict, name: str) -> Any:
