@@ -275,7 +275,10 @@ def _unconverted_experts(cat, arch: Architecture, quant: Entry, runtime: Entry, 
     the parameter-weighted mean (params x bits stays the bytes), and the experts count among the layer parameters the
     matmuls read unpacked."""
     only = quant.data.get("linear_modules_only")
-    if not arch.is_moe or not only or not _runs_as(cat, runtime, only["runtimes"]):
+    # fine-tuning runs on transformers + peft whatever the profile (catalogs/runtime_constants: the training stack)
+    converts = only and (_runs_as(cat, runtime, only["runtimes"])
+                         or (workload == "finetuning" and "transformers" in only["runtimes"]))
+    if not arch.is_moe or not converts:
         return bits, kept_params
     routed = len(arch.moe_layers) * arch.num_experts * arch.expert_matrix_params
     roles = arch.param_roles()

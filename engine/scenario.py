@@ -227,6 +227,8 @@ for _role in ("attn_q", "attn_k", "ffn_gate_inp"):
 for _m in ("q", "k", "v", "o", "gate", "up", "down"):
     VARIABLES[f"lora_{_m}"] = ("flag", f"LoRA adapts {_m}_proj")
     VARIABLES[f"lora_dims_{_m}"] = ("elements", f"sum over every {_m}_proj linear of (in + out) features")
+VARIABLES["lora_unadapted_width"] = ("elements", "the part of a token's saved feed-forward width (ffn_saved_width) no adapter "
+                                                 "reads: the routed experts' where LoRA cannot reach them (0 otherwise)")
 
 #: Families whose transformers MLP computes gate and up with one linear (gate_up_proj).
 FUSED_GATE_UP_FAMILIES = ("phi3", "glm", "glm4")
@@ -622,7 +624,9 @@ def runtime_act_bytes(rt_activation_bytes: Any, act_bytes: Any, workload: str) -
 
 
 def _lora_dims(s: dict[str, float], a) -> None:
-    """Σ (in + out) over every linear of each kind, counting each expert's copy (PEFT all-linear does)."""
+    """Σ (in + out) over every linear of each kind, counting each routed expert's copy (peft's all-linear reaches them
+    where each expert is nn.Linear modules, as transformers 4 built them; :func:`_without_routed_experts` takes them
+    out where the trainer holds them fused - the runtime constant lora_routed_experts)."""
     L, h = a.num_attention_layers, a.hidden_size  # q/k/v/o exist only in attention layers (hybrids)
     n_moe = len(a.moe_layers)
     dense_ff = a.dense_intermediate_size or a.intermediate_size
@@ -648,6 +652,7 @@ def _lora_dims(s: dict[str, float], a) -> None:
         s["lora_dims_v"] -= L * h
     if s["fused_gate_up"]:
         s["lora_dims_up"] -= L * h
+    s["lora_unadapted_width"] = 0.0
 
 
 def load_vars(num_gpus: Any, tensor: bool, batch: Any, users: Any, request_rate: Any, gpu_hour_cost: Any,
@@ -769,6 +774,34 @@ def _lora_targets(targets, s: dict[str, float], notes: Notes) -> tuple[str, ...]
     return hit
 
 
+def _without_routed_experts(s: dict[str, float], a, chosen: tuple[str, ...], notes: Notes) -> tuple[str, ...]:
+    """The projections LoRA adapts where the trainer holds an MoE's routed experts as fused 3-D parameters
+    (runtime constant lora_routed_experts 0): the routed experts' (in + out) features leave the feed-forward
+    projections' dimensions, a projection with nothing left is not adapted, and the routed experts' share of a token's
+    saved feed-forward width is no adapter's input. Adapting nothing at all is what peft refuses."""
+    routed = len(a.moe_layers) * a.num_experts * (a.moe_expert_width + a.moe_intermediate_size)
+    kept = []
+    for proj in chosen:
+        if proj in ("gate", "up", "down"):
+            s[f"lora_dims_{proj}"] = max(s[f"lora_dims_{proj}"] - routed, 0)
+            if s[f"lora_dims_{proj}"] == 0:
+                continue
+        kept.append(proj)
+    if not kept:
+        raise RequestError([("lora_target_modules", "this MoE's routed experts are fused 3-D parameters in transformers 5, "
+                             "which peft's target_modules does not reach, and it has no other feed-forward linear layer: "
+                             "name attention projections (q_proj, k_proj, v_proj, o_proj) or use all-linear")])
+    s["lora_unadapted_width"] = float(a.experts_per_token * a.moe_intermediate_size)
+    dropped = [p for p in chosen if p not in kept]
+    notes.assumptions.append(
+        "LoRA: transformers 5 holds this MoE's routed experts as fused 3-D parameters, which peft's target_modules "
+        "(all-linear included) does not reach - adapters on " + ", ".join(f"{p}_proj" for p in kept)
+        + (" (the shared experts' and dense layers' " + " / ".join(p for p in kept if p in ("gate", "up", "down")) + ")"
+           if any(p in ("gate", "up", "down") for p in kept) else "")
+        + (f"; none on the experts' {', '.join(dropped)}" if dropped else ""))
+    return tuple(kept)
+
+
 def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved, notes: Notes) -> None:
     opt = req["optimization_config"]
     method = req["finetuning_method"]
@@ -784,6 +817,10 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved, notes: 
         s["act_bytes"] = 2.0  # autocast runs the matmuls in bf16/fp16
     s["lora_rank"] = req["lora_rank"] if method != "full" else 0
     chosen = _lora_targets(req["lora_target_modules"], s, notes) if method != "full" else ()
+    s["lora_unadapted_width"] = 0.0
+    if chosen and res.arch.is_moe and not _rt(res.runtime.data, "lora_routed_experts", res.hardware_order,
+                                              req.get("runtime_settings")):
+        chosen = _without_routed_experts(s, res.arch, chosen, notes)
     for m in ALL_LINEAR:
         s[f"lora_{m}"] = int(m in chosen)
     ga = req["gradient_accumulation_steps"]

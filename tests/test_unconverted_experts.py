@@ -78,3 +78,33 @@ def test_dense_models_and_other_formats_are_untouched():
     awq = traced({"gpu_key": "h200", "llm_key": "mixtral-8x7b", "quantization": "awq", "batch_size": 1,
                   "seq_length": 1024, "runtime": "transformers"})
     assert awq["b_ffn_gate"] < 16 and not [w for w in awq["_warnings"] if "converts linear layers only" in w]
+
+
+def test_lora_on_a_fused_moe_adapts_attention_only_where_nothing_else_is_linear():
+    """Mixtral's every feed-forward weight is a routed expert: peft's all-linear finds q, k, v and o only -
+    16 x 32 layers x ((4096 + 4096) + 2 x (4096 + 1024) + (4096 + 4096)) = 13,631,488 adapter parameters, not the
+    240,123,904 adapters on every expert's gate, up and down that transformers 4's nn.Linear experts took."""
+    t = traced({"gpu_key": "h200", "llm_key": "mixtral-8x7b", "finetuning_method": "lora", "batch_size": 1,
+                "seq_length": 1024, "lora_rank": 16}, "finetuning")
+    assert t["lora_params"] == 16 * 32 * (8192 + 2 * 5120 + 8192) == 13_631_488
+    assert t["lora_gate"] == t["lora_up"] == t["lora_down"] == 0
+    # saved per token and layer: fp32 copies of q/k/v's and o's inputs, four rank-16 lora_A outputs
+    assert t["lora_saved_bytes_per_token_layer"] == 4 * (3 * 4096 + 4096 + 4 * 16) == 65_792
+
+
+def test_lora_keeps_the_shared_experts_and_dense_layers():
+    """DeepSeek-V2-Lite: layer 0's dense MLP (10944) and 26 layers' two shared experts (2 x 1408 wide) are nn.Linear;
+    the 64 routed experts of 1408 are fused."""
+    t = traced({"gpu_key": "h200", "llm_key": "deepseek-v2-lite", "finetuning_method": "lora", "batch_size": 1,
+                "seq_length": 1024, "lora_rank": 16}, "finetuning")
+    assert t["lora_dims_down"] == (2048 + 10944) + 26 * (2048 + 2816) == 139_456
+    assert t["lora_gate"] == t["lora_down"] == 1
+    assert t["lora_unadapted_width"] == 6 * 1408                 # the 6 routed experts a token visits
+
+
+def test_naming_only_the_experts_projections_is_refused_as_peft_refuses_it():
+    with pytest.raises(vramplan.RequestError) as err:
+        vramplan.estimate_finetuning({"gpu_key": "h200", "llm_key": "mixtral-8x7b", "finetuning_method": "lora",
+                                      "batch_size": 1, "seq_length": 1024, "lora_rank": 16,
+                                      "lora_target_modules": ["gate_proj", "up_proj", "down_proj"]})
+    assert "lora_target_modules" in str(err.value)
