@@ -20,6 +20,9 @@ Issue 16 adds the classes the estimate missed most on held-out runs, and decode 
 * every training case also records the caching allocator's segments (count and sizes at the end,
   torch.cuda.memory_stats peaks), and two cases repeat under expandable_segments, so the next
   session can model the reserve from segments instead of fitted fractions;
+* bitsandbytes NF4 (saved and loaded back like LLM.int8): a short prompt (the prefill's dequantized weight) and a
+  two-layer Mixtral-width MoE (its fused routed experts stay bf16 in transformers 5); a LoRA case records the live
+  allocator blocks right after get_peft_model (``lora_census``);
 * ``decode`` cases: transformers generate() with the dynamic cache and the static cache (eager:
   disable_compile) at batch 1-64; each process warms up with the same shapes first, then times
   generate(max_new_tokens=1) and generate(max_new_tokens=65) twice and keeps the faster pair
@@ -74,6 +77,11 @@ QWEN05 = {**QWEN15, "hidden_size": 896, "intermediate_size": 4864, "num_hidden_l
           "num_key_value_heads": 2}
 LLAMA8B = {**LLAMA3B, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
            "tie_word_embeddings": False, "max_position_embeddings": 8192}
+# Mixtral 8x7B's widths over two layers: the MoE's fused routed experts under bitsandbytes (docs/FIDELITY.md)
+MIXTRAL_2L = {"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 2,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8, "num_experts_per_tok": 2,
+              "vocab_size": 32000, "max_position_embeddings": 32768, "tie_word_embeddings": False, "hidden_act": "silu",
+              "rope_theta": 1000000.0}
 
 # name: (model, config, workload, settings)
 CASES = {
@@ -161,6 +169,18 @@ CASES_I16 = {
     # (the stated-prompt peak, docs/FIDELITY.md; and what the steps' torch.cat leaves reserved)
     "inf-llama-3.2-1b-bf16-b32-s128-g2048": ("llama-3.2-1b", LLAMA1B, "inference",
         dict(weights_dtype="bf16", attention="sdpa", batch_size=32, prompt_tokens=128, generated_tokens=2048)),
+    # bitsandbytes NF4 with a short prompt: the prefill's dequantized weight (an 8192 x 3072 MLP matrix, 52 MB) against
+    # 128 tokens' intermediates (6 MB) - dequant_copy_weight_bytes, docs/FIDELITY.md
+    "inf-llama-3.2-3b-nf4-b1-s128": ("llama-3.2-3b", LLAMA3B, "inference",
+        dict(weights_dtype="nf4", attention="sdpa", batch_size=1, prompt_tokens=128, generated_tokens=16)),
+    # an MoE loaded in NF4: transformers 5 leaves its fused routed experts in bf16 (weights_bytes says how many bits)
+    "inf-mixtral-2l-nf4-b1-s512": ("mixtral-2l", MIXTRAL_2L, "inference",
+        dict(weights_dtype="nf4", attention="sdpa", batch_size=1, prompt_tokens=512, generated_tokens=16)),
+    # the held-out LoRA run whose weights_bytes held 108 MiB beyond parameters, adapters and one workspace: the census of
+    # live blocks after get_peft_model (lora_census) names them
+    "ft-qwen2.5-3b-lora-r8-gc1-b8-s1024": ("qwen2.5-3b", QWEN3, "finetuning",
+        dict(method="lora", weights_dtype="bf16", gradient_checkpointing=True, batch_size=8, seq_length=1024,
+             lora_rank=8, lora_target_modules="all-linear")),
 }
 DECODE_MODELS = {"llama-3.2-1b": LLAMA1B, "llama-3-8b": LLAMA8B}
 for _model, _cfg in DECODE_MODELS.items():
@@ -169,6 +189,17 @@ for _model, _cfg in DECODE_MODELS.items():
             CASES_I16[f"decode-{_model}-bf16-{_cache}-b{_b}-ctx512"] = (_model, _cfg, "decode",
                 dict(weights_dtype="bf16", attention="sdpa", cache=_cache, batch_size=_b, prompt_tokens=512,
                      timed_steps=64))
+
+
+def _block_census(torch) -> list:
+    """The live (allocated) blocks of the caching allocator by size: [size in bytes, count], largest first, the 24
+    largest sizes - what weights_bytes holds beside the parameters."""
+    sizes: dict[int, int] = {}
+    for seg in torch.cuda.memory_snapshot():
+        for block in seg.get("blocks", []):
+            if block.get("state") == "active_allocated":
+                sizes[block["size"]] = sizes.get(block["size"], 0) + 1
+    return [[size, n] for size, n in sorted(sizes.items(), reverse=True)[:24]]
 
 
 def _allocator_summary(torch) -> dict:
@@ -188,10 +219,10 @@ def _allocator_summary(torch) -> dict:
 
 
 def _build(cfg: dict, dtype, attn: str, dev, torch, m: dict, out_dir: str | None = None):
-    """The model on the GPU with random weights; int8 is saved and loaded back through bitsandbytes."""
+    """The model on the GPU with random weights; int8 and nf4 are saved and loaded back through bitsandbytes."""
     from transformers import AutoConfig, AutoModelForCausalLM
     config = AutoConfig.for_model(**cfg)
-    if dtype != "int8":
+    if dtype not in ("int8", "nf4"):
         torch.cuda.reset_peak_memory_stats()
         with torch.device(dev):
             return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
@@ -205,8 +236,11 @@ def _build(cfg: dict, dtype, attn: str, dev, torch, m: dict, out_dir: str | None
         torch.cuda.empty_cache()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        bnb = (BitsAndBytesConfig(load_in_8bit=True) if dtype == "int8" else
+               BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16))
         model = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.bfloat16, attn_implementation=attn, device_map="cuda",
-                                                     quantization_config=BitsAndBytesConfig(load_in_8bit=True))
+                                                     quantization_config=bnb)
     torch.cuda.synchronize()
     m["peak_reserved_after_load_bytes"] = torch.cuda.max_memory_reserved()
     return model
@@ -252,7 +286,7 @@ def run_case(name: str) -> dict:
     torch.cuda.synchronize()
     free, total = torch.cuda.mem_get_info()
     context = total - free
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "int8": "int8"}[st["weights_dtype"]]
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "int8": "int8", "nf4": "nf4"}[st["weights_dtype"]]
     attn = "eager" if st.get("attention") == "eager" else "sdpa"
     m: dict = {}
     # what the allocator holds before any model (the warm-up's cuBLAS workspace): weights_bytes - this is the
@@ -274,9 +308,11 @@ def run_case(name: str) -> dict:
         return out
     if workload == "inference":
         settings = {"runtime": "transformers", **st}
-        if dtype == "int8":
+        if dtype in ("int8", "nf4"):
             import bitsandbytes
-            settings["quantization_detail"] = "bitsandbytes LLM.int8 (load_in_8bit, threshold 6.0), bf16 compute"
+            settings["quantization_detail"] = ("bitsandbytes LLM.int8 (load_in_8bit, threshold 6.0), bf16 compute"
+                                               if dtype == "int8" else
+                                               "bitsandbytes NF4, double quantization, bf16 compute")
             out["versions"]["bitsandbytes"] = bitsandbytes.__version__
         model.eval()
         torch.cuda.synchronize()
@@ -320,7 +356,11 @@ def run_case(name: str) -> dict:
                             target_modules=st["lora_target_modules"], task_type="CAUSAL_LM")
             if st.get("gradient_checkpointing"):
                 model.enable_input_require_grads()
+            torch.cuda.synchronize()
+            m["pre_peft_allocated_bytes"] = torch.cuda.memory_allocated()
             model = get_peft_model(model, lc)
+            torch.cuda.synchronize()
+            m["lora_census"] = _block_census(torch)
         if st.get("gradient_checkpointing"):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
