@@ -11,7 +11,7 @@ catalog folder load after the built-ins, so their rules override them as formula
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,18 +54,23 @@ def finetuning_weights(rules: Registry, request: Mapping[str, Any]) -> tuple[str
     return request["fine_tuning_quantization"], None
 
 
-def runtime_formats(cat: Catalog, runtime: str) -> list[Entry]:
-    """Weights and KV formats (aliases aside) the runtime loads: those whose ``runtimes`` list names it, and
-    those that list none; a runtime no format names loads what the runtime it ``extends`` loads (TensorRT-LLM's
-    MMHA profile, for one, is TensorRT-LLM with older attention kernels). Catalog order."""
+def lineage(cat: Catalog, runtime: str) -> Iterator[str]:
+    """The runtime's key, then the keys of the runtimes it ``extends``, nearest first (a cycle stops it)."""
     key: str | None = runtime
     seen: set[str] = set()
     while key is not None and key not in seen:
         seen.add(key)
-        if any(e.data["kind"] != "alias" and key in e.data.get("runtimes", ()) for e in cat.quantization):
-            break
+        yield key
         key = cat.runtimes.get(key).data.get("extends") if key in cat.runtimes else None
-    named = key if key is not None else runtime
+
+
+def runtime_formats(cat: Catalog, runtime: str) -> list[Entry]:
+    """Weights and KV formats (aliases aside) the runtime loads: those whose ``runtimes`` list names it, and
+    those that list none; a runtime no format names loads what the runtime it ``extends`` loads (TensorRT-LLM's
+    MMHA profile, for one, is TensorRT-LLM with older attention kernels). Catalog order."""
+    named = next((key for key in lineage(cat, runtime)
+                  if any(e.data["kind"] != "alias" and key in e.data.get("runtimes", ()) for e in cat.quantization)),
+                 runtime)
     return [e for e in cat.quantization if e.data["kind"] != "alias" and named in e.data.get("runtimes", [named])]
 
 

@@ -253,19 +253,6 @@ def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[s
     return keptmodules.apply(bits, kept), keptmodules.kept_layer_params(arch, kept)
 
 
-def _runs_as(cat, runtime: Entry, keys: list[str]) -> bool:
-    """Whether the runtime is one of ``keys`` or extends one of them."""
-    seen: set[str] = set()
-    entry: Entry | None = runtime
-    while entry is not None and entry.key not in seen:
-        if entry.key in keys:
-            return True
-        seen.add(entry.key)
-        parent = entry.data.get("extends")
-        entry = cat.runtimes.get(parent) if parent else None
-    return False
-
-
 def _unconverted_experts(cat, arch: Architecture, quant: Entry, runtime: Entry, req: dict, workload: str,
                          bits: dict[str, float], kept_params: float, warnings: list[str]) -> tuple[dict[str, float], float]:
     """A format the runtime converts module by module, linear layers only (the format's ``linear_modules_only``:
@@ -276,7 +263,7 @@ def _unconverted_experts(cat, arch: Architecture, quant: Entry, runtime: Entry, 
     matmuls read unpacked."""
     only = quant.data.get("linear_modules_only")
     # fine-tuning runs on transformers + peft whatever the profile (catalogs/runtime_constants: the training stack)
-    converts = only and (_runs_as(cat, runtime, only["runtimes"])
+    converts = only and (any(key in only["runtimes"] for key in formatrules.lineage(cat, runtime.key))
                          or (workload == "finetuning" and "transformers" in only["runtimes"]))
     if not arch.is_moe or not converts:
         return bits, kept_params

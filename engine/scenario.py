@@ -793,11 +793,11 @@ def _without_routed_experts(s: dict[str, float], a, chosen: tuple[str, ...], not
                              "name attention projections (q_proj, k_proj, v_proj, o_proj) or use all-linear")])
     s["lora_unadapted_width"] = float(a.experts_per_token * a.moe_intermediate_size)
     dropped = [p for p in chosen if p not in kept]
+    ffn = [p for p in kept if p in ("gate", "up", "down")]
     notes.assumptions.append(
         "LoRA: transformers 5 holds this MoE's routed experts as fused 3-D parameters, which peft's target_modules "
         "(all-linear included) does not reach - adapters on " + ", ".join(f"{p}_proj" for p in kept)
-        + (" (the shared experts' and dense layers' " + " / ".join(p for p in kept if p in ("gate", "up", "down")) + ")"
-           if any(p in ("gate", "up", "down") for p in kept) else "")
+        + (f" (the shared experts' and dense layers' {' / '.join(ffn)})" if ffn else "")
         + (f"; none on the experts' {', '.join(dropped)}" if dropped else ""))
     return tuple(kept)
 
@@ -817,7 +817,6 @@ def _finetuning(s: dict[str, float], req: dict[str, Any], res: Resolved, notes: 
         s["act_bytes"] = 2.0  # autocast runs the matmuls in bf16/fp16
     s["lora_rank"] = req["lora_rank"] if method != "full" else 0
     chosen = _lora_targets(req["lora_target_modules"], s, notes) if method != "full" else ()
-    s["lora_unadapted_width"] = 0.0
     if chosen and res.arch.is_moe and not _rt(res.runtime.data, "lora_routed_experts", res.hardware_order,
                                               req.get("runtime_settings")):
         chosen = _without_routed_experts(s, res.arch, chosen, notes)

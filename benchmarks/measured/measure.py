@@ -178,9 +178,7 @@ CASES_I16 = {
         dict(weights_dtype="nf4", attention="sdpa", batch_size=1, prompt_tokens=512, generated_tokens=16)),
     # the held-out LoRA run whose weights_bytes held 108 MiB beyond parameters, adapters and one workspace: the census of
     # live blocks after get_peft_model (lora_census) names them
-    "ft-qwen2.5-3b-lora-r8-gc1-b8-s1024": ("qwen2.5-3b", QWEN3, "finetuning",
-        dict(method="lora", weights_dtype="bf16", gradient_checkpointing=True, batch_size=8, seq_length=1024,
-             lora_rank=8, lora_target_modules="all-linear")),
+    "ft-qwen2.5-3b-lora-r8-gc1-b8-s1024": CASES["ft-qwen2.5-3b-lora-r8-gc1-b8-s1024"],
 }
 DECODE_MODELS = {"llama-3.2-1b": LLAMA1B, "llama-3-8b": LLAMA8B}
 for _model, _cfg in DECODE_MODELS.items():
