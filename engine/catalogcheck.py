@@ -181,7 +181,7 @@ def _with_declared_accepts(constant: dict[str, Any], decl: Any) -> dict[str, Any
 
 def _check_deployments(cat: Catalog, loud: Problems) -> None:
     """A runtime's ``deployment`` block (what cheapest_deployment searches) names existing formats: KV
-    formats that can hold a KV cache, weights formats it has needs for."""
+    formats that can hold a KV cache, weights formats it has needs for and the formats it dequantizes them to."""
     for runtime in list(cat.runtimes):
         dep = runtime.data.get("deployment") or {}
         bad = [f"deployment.kv_cache_formats: {k!r} is not a quantization format with kv_cache_bits"
@@ -189,6 +189,10 @@ def _check_deployments(cat: Catalog, loud: Problems) -> None:
                if k not in cat.quantization or "kv_cache_bits" not in cat.quantization.get(k).data]
         bad += [f"deployment.formats: {k!r} is not a registered quantization format"
                 for k in dep.get("formats", {}) if k not in cat.quantization]
+        bad += [f"deployment.formats.{k}.dequantized_to: {v['dequantized_to']!r} is not a registered weights format"
+                for k, v in dep.get("formats", {}).items()
+                if "dequantized_to" in v and (v["dequantized_to"] not in cat.quantization
+                                               or cat.quantization.get(v["dequantized_to"]).data["kind"] == "alias")]
         if bad:
             _reject(cat, "runtimes", runtime, "; ".join(bad), loud)
 

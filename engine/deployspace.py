@@ -227,20 +227,7 @@ def runs_on(runtime: Entry, gpu: dict[str, Any]) -> bool:
 
 def supported(needs: dict[str, Any], gpu: dict[str, Any]) -> bool:
     """Whether a GPU meets ``vendors`` / ``min_compute_capability`` / ``excluded_architectures``."""
-    vendor = "apple" if gpu.get("category") == "apple" else gpu.get("vendor")
-    if "vendors" in needs and vendor not in needs["vendors"]:
-        return False
-    if gpu.get("architecture") in needs.get("excluded_architectures", ()):
-        return False
-    need = needs.get("min_compute_capability")
-    if need and vendor == "nvidia" and gpu.get("compute_capability"):
-        return _cc(gpu["compute_capability"]) >= _cc(need)
-    return True
-
-
-def _cc(text: str) -> tuple[int, int]:
-    major, _, minor = str(text).partition(".")
-    return int(major), int(minor or 0)
+    return formatrules.unmet(needs, gpu) is None
 
 
 def default_runtimes(cat: Catalog) -> list[str]:

@@ -80,6 +80,27 @@ def loads(cat: Catalog, runtime: str, fmt: Entry) -> bool:
     return any(e.key == target.key for e in runtime_formats(cat, runtime))
 
 
+def unmet(needs: Mapping[str, Any], gpu: Mapping[str, Any]) -> str | None:
+    """Why a GPU (its catalog data) falls short of a runtime's ``deployment`` requirements (or of one format's in
+    ``deployment.formats``); None where it meets ``vendors`` / ``excluded_architectures`` /
+    ``min_compute_capability`` (a compute capability binds NVIDIA GPUs only)."""
+    vendor = "apple" if gpu.get("category") == "apple" else gpu.get("vendor")
+    if "vendors" in needs and vendor not in needs["vendors"]:
+        return f"it runs on {', '.join(needs['vendors'])} GPUs, not {vendor} ones"
+    if gpu.get("architecture") in needs.get("excluded_architectures", ()):
+        return f"it has no kernels for the {gpu['architecture']} architecture"
+    need = needs.get("min_compute_capability")
+    if need and vendor == "nvidia" and gpu.get("compute_capability"):
+        if _cc(gpu["compute_capability"]) < _cc(need):
+            return f"compute capability {gpu['compute_capability']} is below the {need} it needs"
+    return None
+
+
+def _cc(text: str) -> tuple[int, int]:
+    major, _, minor = str(text).partition(".")
+    return int(major), int(minor or 0)
+
+
 #: config.json ``torch_dtype`` (transformers 5: ``dtype``) -> the catalog's format key.
 DTYPE_FORMATS = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 

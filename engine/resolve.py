@@ -199,6 +199,8 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         _check_expert_split(cat, arch, runtime)
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
+    if workload == "inference":
+        quant = _deployment(cat, runtime, gpu, quant, warnings)
     file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
     warnings.extend(params_disagree(hub_info, arch))
     cls = cat.gpu_classes.get(gpu.key)
@@ -229,6 +231,36 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         interconnect=interconnect, host_link=host_link, optimizer=optimizer, hardware_class=cls,
         hardware_order=cat.hardware_orders.get(gpu.key, ()), weight_bits=bits, assumptions=assumptions, warnings=warnings,
         weights_file_bytes=file_bytes, kept_layer_params=kept_params, model_config=config)
+
+
+def _deployment(cat, runtime: Entry, gpu: Entry, quant: Entry, warnings: list[str]) -> Entry:
+    """The weights format the runtime runs on this GPU, by its profile's ``deployment`` block (what the planner
+    searches): where the runtime, or its kernels for this format, do not run on the GPU, a warning says why and the
+    estimate goes on as if they did; where the format names ``dequantized_to``, the runtime loads the weights
+    dequantized on such a GPU instead of refusing (transformers' FP8 and MXFP4 quantizers: "We will default to
+    dequantizing the model to bf16"), and so does the estimate."""
+    dep = runtime.data.get("deployment")
+    if not dep:
+        return quant
+    name = gpu.data["label"]
+    short = formatrules.unmet(dep, gpu.data)
+    if short is not None:
+        warnings.append(f"{runtime.key} does not run on the {name}: {short}; estimated as if it did")
+        return quant
+    needs = (dep.get("formats") or {}).get(quant.key)
+    short = formatrules.unmet(needs, gpu.data) if needs else None
+    if short is None:
+        return quant
+    where = needs["source"].split(" - ")[0]  # a source reads "where - what it says"; the warning names the where
+    to = needs.get("dequantized_to")
+    if to:
+        fallback = cat.quantization.get(to)
+        warnings.append(f"{runtime.key} dequantizes {quant.key} weights to {fallback.key} on the {name}: {short} "
+                        f"({where}); estimated in {fallback.key}")
+        return fallback
+    warnings.append(f"{runtime.key} does not run {quant.key} weights on the {name}: {short} ({where}); "
+                    "estimated as if it did")
+    return quant
 
 
 def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[str, float],

@@ -382,6 +382,8 @@ def runtimes(key, fmt) -> None:
         click.echo(f"{r['key']}: {r['label']}" + (f" (extends {r['extends']})" if r["extends"] else "")
                    + (f", defaults of {r['version']}" if r["version"] else ""))
         click.echo(r["description"])
+        for line in _deployment_lines(r.get("deployment")):
+            click.echo(line)
         rows = [{"constant": name, "value": c["value"], "unit": c["unit"],
                  "by GPU": "; ".join(f"{t['value']:g} " + _tier_words(t) for t in c.get("tiers", [])),
                  "accepts": accepted_range(c["accepts"]) if c.get("accepts") else "",
@@ -404,6 +406,30 @@ def runtimes(key, fmt) -> None:
     click.echo(_table(rows, [("key", "key"), ("label", "runtime"), ("batching", "batching"), ("max_num_seqs", "max seqs"),
                              ("tokens/step", "tokens/step"), ("KV pool", "KV pool")]))
     click.echo("(max seqs and tokens/step can depend on the GPU: `vramplan runtimes KEY` lists every constant, its tiers and its source)")
+
+
+def _needs_words(needs: dict) -> str:
+    words = []
+    if needs.get("vendors"):
+        words.append(", ".join(needs["vendors"]) + " GPUs")
+    if needs.get("min_compute_capability"):
+        words.append(f"NVIDIA from compute capability {needs['min_compute_capability']}")
+    if needs.get("excluded_architectures"):
+        words.append("not " + ", ".join(needs["excluded_architectures"]))
+    return "; ".join(words) or "any GPU"
+
+
+def _deployment_lines(dep: dict | None) -> list[str]:
+    """A runtime's ``deployment`` block in words: where it runs, the KV formats it takes, what some weights
+    formats need (and what the runtime dequantizes them to elsewhere), each with its source."""
+    if not dep:
+        return ["runs on: not stated (no deployment block: the planner searches it only where a plan names it)"]
+    lines = [f"runs on: {_needs_words(dep)} ({dep['source']})",
+             f"KV cache formats: {', '.join(dep.get('kv_cache_formats', ()))}"]
+    for fmt, needs in (dep.get("formats") or {}).items():
+        elsewhere = f"; elsewhere dequantized to {needs['dequantized_to']}" if needs.get("dequantized_to") else ""
+        lines.append(f"{fmt} weights: {_needs_words(needs)}{elsewhere} ({needs['source']})")
+    return lines
 
 
 # -- plugins -----------------------------------------------------------------------------------
