@@ -200,7 +200,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
     if workload == "inference":
-        quant = _deployment(cat, runtime, gpu, quant, warnings)
+        quant = _deployment(cat, runtime, gpu, quant, kv_quant, warnings)
     file_bytes = _exact_weights_bytes(hub_info, quant, req, workload, assumptions)
     warnings.extend(params_disagree(hub_info, arch))
     cls = cat.gpu_classes.get(gpu.key)
@@ -233,15 +233,19 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         weights_file_bytes=file_bytes, kept_layer_params=kept_params, model_config=config)
 
 
-def _deployment(cat, runtime: Entry, gpu: Entry, quant: Entry, warnings: list[str]) -> Entry:
+def _deployment(cat, runtime: Entry, gpu: Entry, quant: Entry, kv_quant: Entry | None, warnings: list[str]) -> Entry:
     """The weights format the runtime runs on this GPU, by its profile's ``deployment`` block (what the planner
     searches): where the runtime, or its kernels for this format, do not run on the GPU, a warning says why and the
     estimate goes on as if they did; where the format names ``dequantized_to``, the runtime loads the weights
     dequantized on such a GPU instead of refusing (transformers' FP8 and MXFP4 quantizers: "We will default to
-    dequantizing the model to bf16"), and so does the estimate."""
+    dequantizing the model to bf16"), and so does the estimate. A KV format outside its ``kv_cache_formats`` - other
+    than the weights' own dtype, which a cache dtype "auto" keeps - is said and estimated as asked."""
     dep = runtime.data.get("deployment")
     if not dep:
         return quant
+    kv_ok = dep.get("kv_cache_formats") or ()
+    if kv_quant is not None and kv_ok and kv_quant.key not in kv_ok and kv_quant.key != quant.data.get("compute"):
+        warnings.append(f"{runtime.key} has no {kv_quant.key} KV cache (it keeps {', '.join(kv_ok)}); estimated as asked")
     name = gpu.data["label"]
     short = formatrules.unmet(dep, gpu.data)
     if short is not None:

@@ -159,3 +159,26 @@ def test_the_listing_and_the_cli_show_where_a_runtime_runs():
             "elsewhere dequantized to bf16 (transformers 5.25 quantizers/quantizer_mxfp4.py") in out
     out = CliRunner().invoke(main, ["runtimes", "tensorrt-llm"]).output
     assert "runs on: nvidia GPUs; NVIDIA from compute capability 8.0 (TensorRT-LLM docs" in out
+
+
+def test_vllm_runs_nvfp4_below_blackwell_through_fp4_marlin():
+    # ModelOptNvFp4Config.get_min_capability 75; below Blackwell the FP4 Marlin kernels (W4A16)
+    for gpu in ("h100_80", "a100_80", "t4"):
+        assert not said(infer("llama-3.1-8b-instruct", "nvfp4", "vllm", gpu), "does not run"), gpu
+    [w] = said(infer("llama-3.1-8b-instruct", "nvfp4", "vllm", "v100_32"), "does not run")
+    assert w.startswith("vllm does not run nvfp4 weights") and "compute capability 7.0 is below the 7.5 it needs" in w
+    # below the runtime's own bound, that is what is said, once
+    [w] = said(infer("llama-3.1-8b-instruct", "nvfp4", "vllm", "p100"), "does not run")
+    assert w.startswith("vllm does not run on the NVIDIA Tesla P100") and "6.0 is below the 7.0 it needs" in w
+
+
+def test_a_kv_format_the_runtime_does_not_keep_is_said():
+    out = infer("llama-3.1-8b-instruct", "bf16", "vllm", "h100_80")
+    body = {"llm_key": "llama-3.1-8b-instruct", "gpu_key": "h100_80", "quantization": "bf16", "runtime": "vllm",
+            "seq_length": 2048}
+    q8 = vramplan.estimate_inference({**body, "kv_cache_quantization": "q8_0"})
+    assert said(q8, r"^vllm has no q8_0 KV cache \(it keeps fp16, bf16, fp8\); estimated as asked$")
+    assert not said(out, "KV cache \\(")
+    # an fp32 model's cache under vLLM is its dtype ("auto"), not a format vLLM's flags name: nothing to say
+    fp32 = vramplan.estimate_inference({**body, "quantization": "fp32"})
+    assert not said(fp32, "has no")
