@@ -182,3 +182,12 @@ def test_a_kv_format_the_runtime_does_not_keep_is_said():
     # an fp32 model's cache under vLLM is its dtype ("auto"), not a format vLLM's flags name: nothing to say
     fp32 = vramplan.estimate_inference({**body, "quantization": "fp32"})
     assert not said(fp32, "has no")
+
+
+def test_sglang_nvfp4_marlin_and_vllm_awq_from_turing():
+    # SGLang PR #19652: the NVFP4 Marlin fallback below Blackwell (SM75+)
+    assert not said(infer("llama-3.1-8b-instruct", "nvfp4", "sglang", "h100_80"), "does not run")
+    # vLLM AWQConfig.get_min_capability 75: a V100 (7.0) runs vLLM but not its AWQ kernels
+    [w] = said(infer("llama-3.1-8b-instruct", "awq", "vllm", "v100_32"), "does not run")
+    assert w.startswith("vllm does not run awq weights") and "7.0 is below the 7.5 it needs" in w
+    assert not said(infer("llama-3.1-8b-instruct", "awq", "vllm", "t4"), "does not run")
