@@ -239,13 +239,16 @@ def _deployment(cat, runtime: Entry, gpu: Entry, quant: Entry, kv_quant: Entry |
     estimate goes on as if they did; where the format names ``dequantized_to``, the runtime loads the weights
     dequantized on such a GPU instead of refusing (transformers' FP8 and MXFP4 quantizers: "We will default to
     dequantizing the model to bf16"), and so does the estimate. A KV format outside its ``kv_cache_formats`` - other
-    than the weights' own dtype, which a cache dtype "auto" keeps - is said and estimated as asked."""
+    than the weights' own dtype, which a cache dtype "auto" keeps - is said and estimated as asked. A GPU of vendor
+    "other" (a custom one, a plugin's) is not judged: no block can say it falls short."""
     dep = runtime.data.get("deployment")
     if not dep:
         return quant
     kv_ok = dep.get("kv_cache_formats") or ()
     if kv_quant is not None and kv_ok and kv_quant.key not in kv_ok and kv_quant.key != quant.data.get("compute"):
         warnings.append(f"{runtime.key} has no {kv_quant.key} KV cache (it keeps {', '.join(kv_ok)}); estimated as asked")
+    if gpu.data.get("vendor") == "other":  # the seed's custom GPU, a plugin's own hardware: no vendor to judge by
+        return quant
     name = gpu.data["label"]
     short = formatrules.unmet(dep, gpu.data)
     if short is not None:

@@ -191,3 +191,16 @@ def test_sglang_nvfp4_marlin_and_vllm_awq_from_turing():
     [w] = said(infer("llama-3.1-8b-instruct", "awq", "vllm", "v100_32"), "does not run")
     assert w.startswith("vllm does not run awq weights") and "7.0 is below the 7.5 it needs" in w
     assert not said(infer("llama-3.1-8b-instruct", "awq", "vllm", "t4"), "does not run")
+
+
+def test_a_gpu_of_no_named_vendor_is_not_judged():
+    # the seed's custom GPU and a plugin's own hardware carry vendor "other": no runtime's block can say they
+    # fall short, so nothing is said (the planner still searches only the vendors a block names)
+    for gpu in ("custom_discrete", "acme_x1"):
+        out = vramplan.estimate_inference({"llm_key": "llama-3.1-8b-instruct", "gpu_key": gpu, "custom_vram": 48,
+                                           "seq_length": 2048})
+        assert not said(out, "does not run|dequantizes"), gpu
+    # a custom Apple GPU is Apple's: vLLM has no Metal backend
+    out = vramplan.estimate_inference({"llm_key": "llama-3.1-8b-instruct", "gpu_key": "custom_apple_silicon",
+                                       "custom_vram": 64, "runtime": "vllm", "seq_length": 2048})
+    assert said(out, "^vllm does not run on the Custom Apple silicon: it runs on nvidia, amd, intel GPUs, not apple ones")
