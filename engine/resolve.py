@@ -262,12 +262,29 @@ def _deployment(cat, runtime: Entry, gpu: Entry, quant: Entry, kv_quant: Entry |
     to = needs.get("dequantized_to")
     if to:
         fallback = cat.quantization.get(to)
+        others = _runs_natively(cat, quant, gpu)
         warnings.append(f"{runtime.key} dequantizes {quant.key} weights to {fallback.key} on the {name}: {short} "
-                        f"({where}); estimated in {fallback.key}")
+                        f"({where}); estimated in {fallback.key}"
+                        + (f" ({', '.join(others)} keep{'s' if len(others) == 1 else ''} them in {quant.key} there)"
+                           if others else ""))
         return fallback
     warnings.append(f"{runtime.key} does not run {quant.key} weights on the {name}: {short} ({where}); "
                     "estimated as if it did")
     return quant
+
+
+def _runs_natively(cat, quant: Entry, gpu: Entry) -> list[str]:
+    """The runtimes searched by default whose deployment block runs this weights format on this GPU as it is."""
+    out = []
+    for e in cat.runtimes:
+        dep = e.data.get("deployment") or {}
+        if not dep or not dep.get("searched_by_default", True) or not formatrules.loads(cat, e.key, quant):
+            continue
+        needs = (dep.get("formats") or {}).get(quant.key)
+        if formatrules.unmet(dep, gpu.data) is None and (needs is None or (
+                formatrules.unmet(needs, gpu.data) is None)):
+            out.append(e.key)
+    return out
 
 
 def _checkpoint_kept(config: Any, arch: Architecture, quant: Entry, bits: dict[str, float],

@@ -61,6 +61,8 @@ def test_transformers_dequantizes_mxfp4_below_compute_capability_7_5():
     [w] = said(out, "dequantizes")
     assert w.startswith("transformers dequantizes mxfp4 weights to bf16 on the NVIDIA V100")
     assert "compute capability 7.0 is below the 7.5 it needs" in w and "quantizer_mxfp4.py" in w
+    # the runtimes searched by default that run MXFP4 on a V100 as it is: llama.cpp (vLLM's MXFP4 needs 8.0)
+    assert w.endswith("estimated in bf16 (llama.cpp keeps them in mxfp4 there)")
     # 38.96 GiB of weights do not fit a 32 GiB card: the answer says so, where MXFP4 would have fitted
     assert out["vram_usage"] > 32 and said(out, "has 32 GiB")
 
@@ -84,6 +86,7 @@ def test_transformers_dequantizes_fp8_below_ada():
     assert a100["model_weights_gb"] == round(LLAMA_BF16, 2)
     [w] = said(a100, "dequantizes")
     assert "fp8 weights to bf16" in w and "compute capability 8.0 is below the 8.9 it needs" in w
+    assert w.endswith("(sglang, tgi, vllm keep them in fp8 there)")  # FP8 Marlin (W8A16) from Ampere on
     ada = infer("llama-3.1-8b-instruct", "fp8", "transformers", "rtx_4090")
     assert ada["model_weights_gb"] == round(LLAMA_FP8, 2) and not said(ada, "dequantizes")
 
