@@ -231,8 +231,7 @@ def supported(needs: dict[str, Any], gpu: dict[str, Any]) -> bool:
 
 
 def default_runtimes(cat: Catalog) -> list[str]:
-    return [e.key for e in cat.runtimes
-            if e.data.get("deployment") and e.data["deployment"].get("searched_by_default", True)]
+    return [e.key for e in cat.runtimes if formatrules.searched_by_default(e)]
 
 
 def price_of(gpu: Entry, costs: dict[str, float]) -> Price:

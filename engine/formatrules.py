@@ -80,6 +80,13 @@ def loads(cat: Catalog, runtime: str, fmt: Entry) -> bool:
     return any(e.key == target.key for e in runtime_formats(cat, runtime))
 
 
+def searched_by_default(runtime: Entry) -> bool:
+    """Whether the planner searches the runtime unless a plan names its runtimes: it has a ``deployment`` block
+    that does not say ``searched_by_default: false``."""
+    dep = runtime.data.get("deployment")
+    return bool(dep) and dep.get("searched_by_default", True)
+
+
 def unmet(needs: Mapping[str, Any], gpu: Mapping[str, Any]) -> str | None:
     """Why a GPU (its catalog data) falls short of a runtime's ``deployment`` requirements (or of one format's in
     ``deployment.formats``); None where it meets ``vendors`` / ``excluded_architectures`` /

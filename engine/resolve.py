@@ -277,12 +277,11 @@ def _runs_natively(cat, quant: Entry, gpu: Entry) -> list[str]:
     """The runtimes searched by default whose deployment block runs this weights format on this GPU as it is."""
     out = []
     for e in cat.runtimes:
-        dep = e.data.get("deployment") or {}
-        if not dep or not dep.get("searched_by_default", True) or not formatrules.loads(cat, e.key, quant):
+        if not formatrules.searched_by_default(e) or not formatrules.loads(cat, e.key, quant):
             continue
+        dep = e.data["deployment"]
         needs = (dep.get("formats") or {}).get(quant.key)
-        if formatrules.unmet(dep, gpu.data) is None and (needs is None or (
-                formatrules.unmet(needs, gpu.data) is None)):
+        if formatrules.unmet(dep, gpu.data) is None and (needs is None or formatrules.unmet(needs, gpu.data) is None):
             out.append(e.key)
     return out
 
