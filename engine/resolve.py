@@ -135,6 +135,8 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             problem = _setting_problem(spec["unit"], value) or _accepted_problem(runtime.key, spec, value)
             if problem:
                 problems.append((f"runtime_settings.{name}", problem))
+        if not problems:
+            problems.extend(_launch_problems(runtime, req))
         eager = _runtime_value(runtime, req, "eager_score_bytes")
         if workload == "inference" and req["optimization_config"].get("flash_attention") is False and eager == 0:
             # A runtime with no unfused attention path materializes no score matrix (its eager_score_bytes is 0).
@@ -341,6 +343,28 @@ def _unconverted_experts(cat, arch: Architecture, quant: Entry, runtime: Entry, 
                     f"parameters, fused 3-D tensors in transformers 5) stay in {dtype}, {moved * kept_bits / 8e9:.1f} GB "
                     f"against {fmt_bytes / 1e9:.1f} GB in {quant.key}")
     return out, kept_params + moved
+
+
+def _launch_problems(runtime: Entry, req: dict) -> list[tuple[str, str]]:
+    """runtime_settings of request limits the runtime refuses to start with: a prompt limit (``max_input_tokens``) not
+    below the request limit (``max_total_tokens``), or - where the runtime cannot split a prompt over steps
+    (``prefill_mixes_decode`` 0) - a prefill budget below the prompt limit (text-generation-launcher main.rs)."""
+    settings = req.get("runtime_settings") or {}
+    if not {"max_input_tokens", "max_total_tokens", "max_prefill_tokens"} & settings.keys():
+        return []
+    cap_in = float(_runtime_value(runtime, req, "max_input_tokens") or 0)
+    cap_total = float(_runtime_value(runtime, req, "max_total_tokens") or 0)
+    out = []
+    if cap_in and cap_total and cap_in >= cap_total:
+        name = "max_input_tokens" if "max_input_tokens" in settings else "max_total_tokens"
+        out.append((f"runtime_settings.{name}", f"{runtime.key} refuses to start with max_input_tokens {cap_in:g} not below "
+                                                f"max_total_tokens {cap_total:g}: set both"))
+    if cap_in and "max_prefill_tokens" in settings and not _runtime_value(runtime, req, "prefill_mixes_decode") \
+            and settings["max_prefill_tokens"] < cap_in:
+        out.append(("runtime_settings.max_prefill_tokens",
+                    f"{runtime.key} refuses to start with max_prefill_tokens {settings['max_prefill_tokens']:g} below "
+                    f"max_input_tokens {cap_in:g}: it prefills a prompt in one step"))
+    return out
 
 
 def _runtime_value(runtime: Entry, req: dict, name: str) -> Any:

@@ -612,6 +612,10 @@ def runtime_constants(runtime: dict[str, Any], gpu_key: str, gpu_mem_gib: float,
     out = dict(values)
     for name, value in settings.items():
         out[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
+    over = out.get("rt_prefill_tokens_over_input", 0.0)
+    if over > 0 and "max_input_tokens" in settings and "max_prefill_tokens" not in settings:
+        # the runtime's prefill budget follows its prompt limit where not set (TGI: --max-input-tokens + 50)
+        out["rt_max_prefill_tokens"] = out["rt_max_input_tokens"] + over
     return out
 
 

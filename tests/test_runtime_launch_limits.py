@@ -1,0 +1,101 @@
+"""What a runtime accepts as launched: TGI 2.x's launcher caps a prompt and a request at about 4K tokens unless told
+otherwise, and its prefill budget follows the prompt limit (text-generation-launcher main.rs, router/src/validation.rs).
+The values are worked out here from those rules, not read back from the catalog."""
+from __future__ import annotations
+
+import pytest
+
+import vramplan
+from vramplan.catalog import get_catalog
+from vramplan.errors import RequestError
+from vramplan.estimate import trace_values
+from server_fixtures import PREFIX, api_token, app, auth_headers, client, isolated_data_dir, sqlite_store  # noqa: F401
+
+CAT = get_catalog()
+BODY = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "concurrent_users": 8}
+
+
+def constant(runtime: str, name: str) -> float:
+    return float(CAT.runtimes.get(runtime).data["constants"][name]["value"])
+
+
+def refusals(out: dict) -> list[str]:
+    return [w for w in out["warnings"] if "refuses this request as launched" in w]
+
+
+def test_tgi_launcher_defaults():
+    # main.rs: max_position_embeddings capped at max_default 4096; max_input_tokens = 4096 - 1 = 4095,
+    # max_total_tokens = 4096, max_batch_prefill_tokens = max_input_tokens + 50 = 4145.
+    assert constant("tgi", "max_input_tokens") == 4096 - 1
+    assert constant("tgi", "max_total_tokens") == 4096
+    assert constant("tgi", "max_prefill_tokens") == 4096 - 1 + 50
+    # the other runtimes state no cap of their own (0): the model's context binds
+    for runtime in ("vllm", "sglang", "tensorrt-llm", "transformers", "llama.cpp"):
+        assert constant(runtime, "max_input_tokens") == 0 and constant(runtime, "max_total_tokens") == 0
+
+
+def test_a_long_prompt_under_tgi_defaults_is_refused_with_a_warning():
+    out = vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 5000, "output_tokens": 500})
+    [w] = refusals(out)
+    # 5,000 > 4,095 and 5,000 + 500 = 5,500 > 4,096: both limits named
+    assert "a prompt of 5,000 tokens is past its max_input_tokens of 4,095" in w
+    assert "5,500 tokens in all (prompt + answer) are past its max_total_tokens of 4,096" in w
+    assert w.endswith("estimated as asked") and out["serving"]["ttft_ms"] > 0
+    # vLLM takes the same request up to the model's 131,072-token context: no such warning
+    assert refusals(vramplan.estimate_inference({**BODY, "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500})) == []
+
+
+def test_the_edges_of_tgi_defaults():
+    # 4,000 + 96 = 4,096 tokens: at both limits, accepted
+    assert refusals(vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 4000, "output_tokens": 96})) == []
+    # one more answer token: 4,097 in all, past max_total_tokens only
+    [w] = refusals(vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 4000, "output_tokens": 97}))
+    assert "4,097 tokens in all" in w and "max_input_tokens" not in w.split("(see")[0]
+
+
+def test_a_deployment_launched_for_long_prompts():
+    settings = {"max_input_tokens": 8000, "max_total_tokens": 9000}
+    out = vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 5000, "output_tokens": 500,
+                                       "runtime_settings": settings, "trace": True})
+    assert refusals(out) == []
+    # TGI sets an unset --max-batch-prefill-tokens to --max-input-tokens + 50 = 8,050
+    assert trace_values(out)["rt_max_prefill_tokens"] == 8000 + 50
+    assert any("max_batch_prefill_tokens 8050" in a for a in out["assumptions"])
+    # given explicitly, the budget is what was given
+    given = vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 5000, "output_tokens": 500, "trace": True,
+                                         "runtime_settings": {**settings, "max_prefill_tokens": 12000}})
+    assert trace_values(given)["rt_max_prefill_tokens"] == 12000
+    # the budget follows only TGI's prompt limit: vLLM's max_prefill_tokens is its own (8,192 on an 80 GiB GPU)
+    assert constant("vllm", "prefill_tokens_over_input") == 0
+
+
+@pytest.mark.parametrize("settings, field, words", [
+    # --max-input-tokens alone: max_total_tokens stays 4,096 and main.rs refuses max_input_tokens >= max_total_tokens
+    ({"max_input_tokens": 8000}, "runtime_settings.max_input_tokens",
+     "tgi refuses to start with max_input_tokens 8000 not below max_total_tokens 4096"),
+    ({"max_total_tokens": 4095}, "runtime_settings.max_total_tokens",
+     "tgi refuses to start with max_input_tokens 4095 not below max_total_tokens 4095"),
+    # "`max_batch_prefill_tokens` must be >= `max_input_tokens`": TGI 2.x prefills a prompt in one step
+    ({"max_input_tokens": 8000, "max_total_tokens": 9000, "max_prefill_tokens": 4000}, "runtime_settings.max_prefill_tokens",
+     "tgi refuses to start with max_prefill_tokens 4000 below max_input_tokens 8000"),
+])
+def test_launches_tgi_refuses(settings, field, words):
+    with pytest.raises(RequestError) as err:
+        vramplan.estimate_inference({**BODY, "runtime": "tgi", "runtime_settings": settings})
+    [(where, what)] = err.value.problems
+    assert where == field and what.startswith(words)
+
+
+def test_a_runtime_that_chunks_prompts_takes_a_budget_below_its_limit():
+    # vLLM splits prompts over steps (prefill_mixes_decode 1): a 2,048-token budget under an 8,000-token prompt limit runs
+    out = vramplan.estimate_inference({**BODY, "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500,
+                                       "runtime_settings": {"max_input_tokens": 8000, "max_total_tokens": 9000,
+                                                            "max_prefill_tokens": 2048}})
+    assert refusals(out) == [] and out["serving"]["ttft_ms"] > 0
+
+
+def test_the_http_api_answers_422_naming_the_setting(client, auth_headers):
+    r = client.post(f"{PREFIX}/inference", headers=auth_headers,
+                    json={**BODY, "runtime": "tgi", "runtime_settings": {"max_input_tokens": 8000}})
+    assert r.status_code == 422, r.text
+    assert "runtime_settings.max_input_tokens" in r.text and "refuses to start" in r.text
