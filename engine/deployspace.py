@@ -85,7 +85,7 @@ class Pair:
     res: Resolved
     base: dict[str, Any]  # the scenario on the reference GPU
     kv: list[tuple[str, float, float]]  # (format key, kv_cache_bits, quality_rank)
-    settings: dict[str, float] | None  # the request's runtime_settings
+    settings: dict[str, float] | None  # the request's runtime_settings, and the launch limits the workload needs
 
 
 @dataclass
@@ -205,6 +205,8 @@ class Space:
                      "inference_parallelism": "tensor" if self.tensor[row] else "pipeline",
                      "quantization": p.quant.key, "kv_cache_quantization": p.kv[int(self.kv[row])][0],
                      "runtime": p.runtime.key})
+        if p.settings:
+            body["runtime_settings"] = dict(p.settings)
         if self.open_loop:
             body["request_rate"] = self.rate / replicas
             body.pop("concurrent_users", None)
@@ -290,6 +292,13 @@ def build_space(cat: Catalog, body: dict[str, Any], gpu_keys: list[str] | None, 
                   "kv_cache_quantization": kv[0][0], "num_gpus": 1}
             try:
                 req = request_mod.validate(pb, "inference")
+                launch = launch_settings(runtime, req)
+                if launch:  # estimated as launched for these lengths, which the answer's runtime_settings say
+                    pb = {**pb, "runtime_settings": {**(pb.get("runtime_settings") or {}), **launch}}
+                    req = request_mod.validate(pb, "inference")
+                    if fmt is formats[0]:
+                        notes.append(f"{rkey} refuses these lengths as its defaults launch it: estimated launched with "
+                                     + ", ".join(f"{k} {v:g}" for k, v in launch.items()))
                 res = resolve(cat, req, "inference")
                 base = scenario_mod.build(res)
             except RequestError as exc:
@@ -424,6 +433,20 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     weights_q = np.array([ceiling.weights_rank(p.quant) for p in pairs])[pair_of]
     space.quality = np.stack([weights_q, kv_q], axis=1)
     space.native = np.array([p.quant.key == ceiling.native for p in pairs], dtype=bool)[pair_of]
+
+
+def launch_settings(runtime: Entry, req: dict[str, Any]) -> dict[str, float]:
+    """The request limits a runtime must be launched with to take the workload's lengths, where its defaults
+    (``max_input_tokens``, ``max_total_tokens``: TGI 2.x's 4,095 / 4,096) refuse them and the request does not set
+    them: the prompt and the whole request (its prefill budget follows where the runtime ties it to the prompt limit,
+    scenario.runtime_constants). Empty where the defaults take them."""
+    consts, settings = runtime.data["constants"], req.get("runtime_settings") or {}
+    out: dict[str, float] = {}
+    for name, need in (("max_input_tokens", req["input_tokens"]), ("max_total_tokens", req["seq_length"])):
+        cap = float(consts.get(name, {}).get("value") or 0)
+        if name not in settings and 0 < cap < need:
+            out[name] = float(need)
+    return out
 
 
 def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:

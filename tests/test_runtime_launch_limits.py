@@ -99,3 +99,19 @@ def test_the_http_api_answers_422_naming_the_setting(client, auth_headers):
                     json={**BODY, "runtime": "tgi", "runtime_settings": {"max_input_tokens": 8000}})
     assert r.status_code == 422, r.text
     assert "runtime_settings.max_input_tokens" in r.text and "refuses to start" in r.text
+
+
+def test_the_planner_launches_tgi_for_the_lengths_it_searches():
+    body = {"llm_key": "llama-3.1-8b-instruct", "runtime": "tgi", "input_tokens": 6000, "output_tokens": 500,
+            "concurrent_users": 16, "find": ["cheapest_deployment"], "gpu_keys": ["h100_80", "l40s"]}
+    answer = vramplan.plan(body)["cheapest_deployment"]
+    # TGI's defaults refuse a 6,000-token prompt: every row says how it was launched (6,000 and 6,000 + 500)
+    assert answer["value"] and all(r["runtime_settings"] == {"max_input_tokens": 6000, "max_total_tokens": 6500}
+                                   for r in answer["value"])
+    assert any("estimated launched with max_input_tokens 6000, max_total_tokens 6500" in n for n in answer["notes"])
+    # the row's request reproduces it: no refusal, and the prefill budget that launch gives (6,000 + 50)
+    row = vramplan.estimate_inference({**answer["value"][0]["request"], "trace": True})
+    assert refusals(row) == [] and trace_values(row)["rt_max_prefill_tokens"] == 6000 + 50
+    # lengths the defaults take: no launch settings
+    short = vramplan.plan({**body, "input_tokens": 1000, "output_tokens": 200})["cheapest_deployment"]
+    assert all("runtime_settings" not in r for r in short["value"]) and not short.get("notes")

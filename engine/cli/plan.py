@@ -220,4 +220,5 @@ def deployment_lines(answer: dict[str, Any]) -> list[str]:
     unpriced = [r["gpu_key"] for r in rows if r["cost_per_hour"] is None]
     if unpriced:
         lines.append("    no price for " + ", ".join(unpriced) + ": ranked after the priced ones by GPU count (give --gpu-hour-costs)")
+    lines += [f"    note: {n}" for n in answer.get("notes") or ()]
     return lines
