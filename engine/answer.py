@@ -17,7 +17,9 @@ from typing import Any
 
 from . import pipeline
 from .catalog import Catalog, get_catalog
+from .errors import VramplanError
 from .estimate import needs_offload_search
+from . import resolve as resolve_mod
 from .pipeline import Outcome
 from .search import Probe, capacity_gib, search_min
 
@@ -27,9 +29,11 @@ def outcome(body: dict[str, Any], workload: str, catalog: Catalog | None = None,
     fewest offloaded layers that fits. ``catalog``: the loaded one when None."""
     cat = catalog or get_catalog()
     first = pipeline.run(body, workload, cat, strict=strict)
-    if needs_offload_search(first.request, workload, first.response["memory_status"]):
-        return _fewest_offloaded_layers(first, cat)
-    return first
+    done = _fewest_offloaded_layers(first, cat) \
+        if needs_offload_search(first.request, workload, first.response["memory_status"]) else first
+    if workload == "inference":
+        _start_check(done, cat)
+    return done
 
 
 def estimate(body: dict[str, Any], workload: str, catalog: Catalog | None = None, *, strict: bool = False) -> dict[str, Any]:
@@ -61,3 +65,50 @@ def _fewest_offloaded_layers(first: Outcome, cat: Catalog) -> Outcome:
                                                f"the workload fits (enable_offloading without num_offload_layers or "
                                                f"percentage_offload)")
     return Outcome(body, first.request, first.resolved, done.response)
+
+
+def _start_check(done: Outcome, cat: Catalog) -> None:
+    """A runtime that refuses to start unless its preallocated KV pool holds one request of its longest length
+    (``start_needs_one_request``: vLLM's check_enough_kv_cache_memory, against --max-model-len, which is the model's
+    context unless set) says so in ``warnings`` where the pool holds the request's own length but not that one, with the
+    longest ``max_model_len`` that starts - found as vLLM's estimate_max_model_len finds it, by bisection over
+    estimates of one request of each length. The estimate itself stays the request's."""
+    res, req, out = done.resolved, done.request, done.response
+    value = resolve_mod.runtime_value
+    if not value(res.runtime, req, "start_needs_one_request") or "kv_pool" not in out \
+            or out["memory_status"] in ("error", "insufficient"):
+        return
+    given = float(value(res.runtime, req, "max_model_len") or 0)
+    context = float(res.arch.max_position_embeddings or 0)
+    longest = int(min(n for n in (given, context) if n > 0)) if given > 0 or context > 0 else 0
+    seq = int(req["seq_length"])
+    if longest <= seq:
+        return  # the request is the longest: the estimate's own pool check covers it
+    ranks = int(req["num_gpus"]) if req.get("inference_parallelism") == "expert" else 1
+    probe = {k: v for k, v in done.body.items()
+             if k not in ("input_tokens", "output_tokens", "request_rate", "trace", "enable_offloading",
+                          "percentage_offload", "num_offload_layers")}
+    probe.update({"batch_size": 1, "concurrent_users": 1})
+    if out.get("offload"):
+        probe.update({"enable_offloading": True, "num_offload_layers": out["offload"]["layers"]})
+
+    def holds(n: int) -> bool | None:
+        try:
+            kv = pipeline.run({**probe, "seq_length": n}, "inference", cat).response.get("kv_pool") or {}
+        except VramplanError:
+            return None  # a length the request cannot state (past the validation bounds): not judged
+        return kv.get("sequences_at_seq_length", 0) >= ranks
+
+    if holds(longest) is not False:
+        return
+    lo, hi = seq, longest  # the request's length fits (its estimate is not insufficient); the longest does not
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if holds(mid) else (lo, mid)
+    what = "its max_model_len" if longest == given else "the model's context, the max_model_len it takes unless launched with one"
+    below = " (and max_input_tokens below it)" if value(res.runtime, req, "max_input_tokens") else ""
+    out["warnings"].append(
+        f"{res.runtime.key} refuses to start as launched: one request of {longest:,} tokens ({what}) needs more KV cache "
+        f"than the {out['kv_pool']['size_gb']:.2f} GiB pool on each GPU holds (start_needs_one_request; see `vramplan "
+        f"runtimes {res.runtime.key}`); launched with max_model_len {lo:,} or less{below} it starts and takes these "
+        f"{seq:,}-token requests - runtime_settings max_model_len says so")

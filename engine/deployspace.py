@@ -437,12 +437,12 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
 
 def launch_settings(runtime: Entry, req: dict[str, Any]) -> dict[str, float]:
     """The request limits a runtime must be launched with to take the workload's lengths, where its defaults
-    (``max_input_tokens``, ``max_total_tokens``: TGI 2.x's 4,095 / 4,096) refuse them and the request does not set
+    (``max_input_tokens``, ``max_model_len``: TGI 2.x's 4,095 / 4,096) refuse them and the request does not set
     them: the prompt and the whole request (its prefill budget follows where the runtime ties it to the prompt limit,
     scenario.runtime_constants). Empty where the defaults take them."""
     consts, settings = runtime.data["constants"], req.get("runtime_settings") or {}
     out: dict[str, float] = {}
-    for name, need in (("max_input_tokens", req["input_tokens"]), ("max_total_tokens", req["seq_length"])):
+    for name, need in (("max_input_tokens", req["input_tokens"]), ("max_model_len", req["seq_length"])):
         cap = float(consts.get(name, {}).get("value") or 0)
         if name not in settings and 0 < cap < need:
             out[name] = float(need)

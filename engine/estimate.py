@@ -104,18 +104,18 @@ def _configuration_errors(res: Resolved, s: dict[str, float]) -> tuple[list[str]
 
 
 def _runtime_refusals(res: Resolved, s: dict[str, float]) -> list[str]:
-    """The request's lengths past what the runtime accepts as launched (``max_input_tokens``, ``max_total_tokens``:
+    """The request's lengths past what the runtime accepts as launched (``max_input_tokens``, ``max_model_len``:
     TGI 2.x's router refuses them, its launcher defaulting both to about 4K): a warning, estimated as asked."""
     prompt, total = int(res.request["input_tokens"]), int(res.request["seq_length"])
-    cap_in, cap_total = int(s.get("rt_max_input_tokens", 0)), int(s.get("rt_max_total_tokens", 0))
+    cap_in, cap_total = int(s.get("rt_max_input_tokens", 0)), int(s.get("rt_max_model_len", 0))
     past = ([f"a prompt of {prompt:,} tokens is past its max_input_tokens of {cap_in:,}"] if 0 < cap_in < prompt else []) \
-        + ([f"{total:,} tokens in all (prompt + answer) are past its max_total_tokens of {cap_total:,}"]
+        + ([f"{total:,} tokens in all (prompt + answer) are past its max_model_len of {cap_total:,}"]
            if 0 < cap_total < total else [])
     if not past:
         return []
     return [f"{res.runtime.key} refuses this request as launched: {' and '.join(past)} (see `vramplan runtimes "
             f"{res.runtime.key}`); a deployment launched for longer requests says so in runtime_settings max_input_tokens / "
-            "max_total_tokens - estimated as asked"]
+            "max_model_len - estimated as asked"]
 
 
 def status_overrides(s: Mapping[str, Any], v: Mapping[str, Any], workload: str) -> list[tuple[Any, str]]:

@@ -137,13 +137,13 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
                 problems.append((f"runtime_settings.{name}", problem))
         if not problems:
             problems.extend(_launch_problems(runtime, req))
-        eager = _runtime_value(runtime, req, "eager_score_bytes")
+        eager = runtime_value(runtime, req, "eager_score_bytes")
         if workload == "inference" and req["optimization_config"].get("flash_attention") is False and eager == 0:
             # A runtime with no unfused attention path materializes no score matrix (its eager_score_bytes is 0).
             warnings.append(f"flash_attention false is ignored: {runtime.key} always runs a fused attention kernel")
         settings = req.get("runtime_settings") or {}
         compute = (quant.data.get("compute") if quant is not None else None) or ""
-        act_override = _runtime_value(runtime, req, "activation_bytes")
+        act_override = runtime_value(runtime, req, "activation_bytes")
         if (workload == "inference" and compute == "fp32" and not req.get("kv_cache_quantization_given")
                 and not act_override and kv_quant is not None and kv_quant.key != "fp32"):
             # A torch runtime's cache holds the keys and values its projections compute, in the weights' dtype
@@ -152,7 +152,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             req["kv_cache_quantization"] = "fp32"
             assumptions.append(f"KV cache: fp32, the weights' dtype - {runtime.key} keeps keys and values in the dtype its "
                                "projections compute them in (kv_cache_quantization not given; fp16 would halve it)")
-        fp8_only = _runtime_value(runtime, req, "cmp_kv_fp8")
+        fp8_only = runtime_value(runtime, req, "cmp_kv_fp8")
         if (workload == "inference" and arch is not None and arch.is_compressed and fp8_only
                 and kv_quant is not None and kv_quant.key != "fp8"):
             if not req.get("kv_cache_quantization_given"):
@@ -164,7 +164,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
                 warnings.append(f"{runtime.key} keeps a compressed-attention (DeepSeek V4) cache in FP8 only and refuses "
                                 f"{kv_quant.key}; estimated as asked")
         if (workload == "inference" and arch is not None and kv_quant is not None
-                and _runtime_value(runtime, req, "kv_quant_residual_tokens")
+                and runtime_value(runtime, req, "kv_quant_residual_tokens")
                 and float(kv_quant.data.get("kv_cache_bits", 16)) < 16 and not kv_is_fp8(kv_quant.data)
                 and any(kind != "full" for kind in arch.layer_types)):
             # transformers cache_utils.py QuantizedCache: "only supported for models with only full attention layers"
@@ -172,7 +172,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             warnings.append(f"{runtime.key}: the quantized cache ({kv_quant.key}, QuantizedCache) takes only models whose "
                             f"layers are all full attention and refuses this one ({', '.join(kinds)} layers); estimated as asked")
         pinned = settings.get("kv_pool_tokens")
-        if pinned and not _runtime_value(runtime, req, "kv_preallocate"):
+        if pinned and not runtime_value(runtime, req, "kv_preallocate"):
             warnings.append(f"runtime_settings.kv_pool_tokens is ignored: {runtime.key} sizes its cache by the request "
                             "(it has no preallocated pool)")
 
@@ -327,7 +327,7 @@ def _unconverted_experts(cat, arch: Architecture, quant: Entry, runtime: Entry, 
     routed = len(arch.moe_layers) * arch.num_experts * arch.expert_matrix_params
     roles = arch.param_roles()
     upcast = (workload == "finetuning" and req.get("finetuning_method") == "qlora"
-              and bool(_runtime_value(runtime, req, "kbit_training_upcast")))
+              and bool(runtime_value(runtime, req, "kbit_training_upcast")))
     kept_bits = 32.0 if upcast else keptmodules.KEPT_BITS
     out, default, moved, fmt_bytes = dict(bits), float(bits.get("default", 16)), 0, 0.0
     for role in ("ffn_gate", "ffn_up", "ffn_down"):
@@ -347,19 +347,19 @@ def _unconverted_experts(cat, arch: Architecture, quant: Entry, runtime: Entry, 
 
 def _launch_problems(runtime: Entry, req: dict) -> list[tuple[str, str]]:
     """runtime_settings of request limits the runtime refuses to start with: a prompt limit (``max_input_tokens``) not
-    below the request limit (``max_total_tokens``), or - where the runtime cannot split a prompt over steps
+    below the request limit (``max_model_len``), or - where the runtime cannot split a prompt over steps
     (``prefill_mixes_decode`` 0) - a prefill budget below the prompt limit (text-generation-launcher main.rs)."""
     settings = req.get("runtime_settings") or {}
-    if not {"max_input_tokens", "max_total_tokens", "max_prefill_tokens"} & settings.keys():
+    if not {"max_input_tokens", "max_model_len", "max_prefill_tokens"} & settings.keys():
         return []
-    cap_in = float(_runtime_value(runtime, req, "max_input_tokens") or 0)
-    cap_total = float(_runtime_value(runtime, req, "max_total_tokens") or 0)
+    cap_in = float(runtime_value(runtime, req, "max_input_tokens") or 0)
+    cap_total = float(runtime_value(runtime, req, "max_model_len") or 0)
     out = []
     if cap_in and cap_total and cap_in >= cap_total:
-        name = "max_input_tokens" if "max_input_tokens" in settings else "max_total_tokens"
+        name = "max_input_tokens" if "max_input_tokens" in settings else "max_model_len"
         out.append((f"runtime_settings.{name}", f"{runtime.key} refuses to start with max_input_tokens {cap_in:g} not below "
-                                                f"max_total_tokens {cap_total:g}: set both"))
-    if cap_in and "max_prefill_tokens" in settings and not _runtime_value(runtime, req, "prefill_mixes_decode") \
+                                                f"max_model_len {cap_total:g}: set both"))
+    if cap_in and "max_prefill_tokens" in settings and not runtime_value(runtime, req, "prefill_mixes_decode") \
             and settings["max_prefill_tokens"] < cap_in:
         out.append(("runtime_settings.max_prefill_tokens",
                     f"{runtime.key} refuses to start with max_prefill_tokens {settings['max_prefill_tokens']:g} below "
@@ -367,7 +367,7 @@ def _launch_problems(runtime: Entry, req: dict) -> list[tuple[str, str]]:
     return out
 
 
-def _runtime_value(runtime: Entry, req: dict, name: str) -> Any:
+def runtime_value(runtime: Entry, req: dict, name: str) -> Any:
     """A runtime constant as the request sees it: its ``runtime_settings`` override, else the profile's value (None
     where the profile has no such constant)."""
     settings = req.get("runtime_settings") or {}
@@ -380,7 +380,7 @@ def _checkpoint_kv(cat, config: Any, quant: Entry | None, kv_quant: Entry | None
     KV format, and the runtime's "auto" cache dtype takes the checkpoint's (``kv_dtype_from_checkpoint``)."""
     if kv_quant is None or quant is None or runtime is None or req.get("kv_cache_quantization_given"):
         return kv_quant
-    takes = _runtime_value(runtime, req, "kv_dtype_from_checkpoint")
+    takes = runtime_value(runtime, req, "kv_dtype_from_checkpoint")
     qc = keptmodules.checkpoint_config(config)
     if not takes or qc is None or keptmodules.checkpoint_format(qc) != quant.key:
         return kv_quant

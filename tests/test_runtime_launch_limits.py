@@ -25,13 +25,13 @@ def refusals(out: dict) -> list[str]:
 
 def test_tgi_launcher_defaults():
     # main.rs: max_position_embeddings capped at max_default 4096; max_input_tokens = 4096 - 1 = 4095,
-    # max_total_tokens = 4096, max_batch_prefill_tokens = max_input_tokens + 50 = 4145.
+    # max_model_len = 4096, max_batch_prefill_tokens = max_input_tokens + 50 = 4145.
     assert constant("tgi", "max_input_tokens") == 4096 - 1
-    assert constant("tgi", "max_total_tokens") == 4096
+    assert constant("tgi", "max_model_len") == 4096
     assert constant("tgi", "max_prefill_tokens") == 4096 - 1 + 50
     # the other runtimes state no cap of their own (0): the model's context binds
     for runtime in ("vllm", "sglang", "tensorrt-llm", "transformers", "llama.cpp"):
-        assert constant(runtime, "max_input_tokens") == 0 and constant(runtime, "max_total_tokens") == 0
+        assert constant(runtime, "max_input_tokens") == 0 and constant(runtime, "max_model_len") == 0
 
 
 def test_a_long_prompt_under_tgi_defaults_is_refused_with_a_warning():
@@ -39,7 +39,7 @@ def test_a_long_prompt_under_tgi_defaults_is_refused_with_a_warning():
     [w] = refusals(out)
     # 5,000 > 4,095 and 5,000 + 500 = 5,500 > 4,096: both limits named
     assert "a prompt of 5,000 tokens is past its max_input_tokens of 4,095" in w
-    assert "5,500 tokens in all (prompt + answer) are past its max_total_tokens of 4,096" in w
+    assert "5,500 tokens in all (prompt + answer) are past its max_model_len of 4,096" in w
     assert w.endswith("estimated as asked") and out["serving"]["ttft_ms"] > 0
     # vLLM takes the same request up to the model's 131,072-token context: no such warning
     assert refusals(vramplan.estimate_inference({**BODY, "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500})) == []
@@ -48,13 +48,13 @@ def test_a_long_prompt_under_tgi_defaults_is_refused_with_a_warning():
 def test_the_edges_of_tgi_defaults():
     # 4,000 + 96 = 4,096 tokens: at both limits, accepted
     assert refusals(vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 4000, "output_tokens": 96})) == []
-    # one more answer token: 4,097 in all, past max_total_tokens only
+    # one more answer token: 4,097 in all, past max_model_len only
     [w] = refusals(vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 4000, "output_tokens": 97}))
     assert "4,097 tokens in all" in w and "max_input_tokens" not in w.split("(see")[0]
 
 
 def test_a_deployment_launched_for_long_prompts():
-    settings = {"max_input_tokens": 8000, "max_total_tokens": 9000}
+    settings = {"max_input_tokens": 8000, "max_model_len": 9000}
     out = vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 5000, "output_tokens": 500,
                                        "runtime_settings": settings, "trace": True})
     assert refusals(out) == []
@@ -70,13 +70,13 @@ def test_a_deployment_launched_for_long_prompts():
 
 
 @pytest.mark.parametrize("settings, field, words", [
-    # --max-input-tokens alone: max_total_tokens stays 4,096 and main.rs refuses max_input_tokens >= max_total_tokens
+    # --max-input-tokens alone: max_model_len stays 4,096 and main.rs refuses max_input_tokens >= max_model_len
     ({"max_input_tokens": 8000}, "runtime_settings.max_input_tokens",
-     "tgi refuses to start with max_input_tokens 8000 not below max_total_tokens 4096"),
-    ({"max_total_tokens": 4095}, "runtime_settings.max_total_tokens",
-     "tgi refuses to start with max_input_tokens 4095 not below max_total_tokens 4095"),
+     "tgi refuses to start with max_input_tokens 8000 not below max_model_len 4096"),
+    ({"max_model_len": 4095}, "runtime_settings.max_model_len",
+     "tgi refuses to start with max_input_tokens 4095 not below max_model_len 4095"),
     # "`max_batch_prefill_tokens` must be >= `max_input_tokens`": TGI 2.x prefills a prompt in one step
-    ({"max_input_tokens": 8000, "max_total_tokens": 9000, "max_prefill_tokens": 4000}, "runtime_settings.max_prefill_tokens",
+    ({"max_input_tokens": 8000, "max_model_len": 9000, "max_prefill_tokens": 4000}, "runtime_settings.max_prefill_tokens",
      "tgi refuses to start with max_prefill_tokens 4000 below max_input_tokens 8000"),
 ])
 def test_launches_tgi_refuses(settings, field, words):
@@ -89,7 +89,7 @@ def test_launches_tgi_refuses(settings, field, words):
 def test_a_runtime_that_chunks_prompts_takes_a_budget_below_its_limit():
     # vLLM splits prompts over steps (prefill_mixes_decode 1): a 2,048-token budget under an 8,000-token prompt limit runs
     out = vramplan.estimate_inference({**BODY, "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500,
-                                       "runtime_settings": {"max_input_tokens": 8000, "max_total_tokens": 9000,
+                                       "runtime_settings": {"max_input_tokens": 8000, "max_model_len": 9000,
                                                             "max_prefill_tokens": 2048}})
     assert refusals(out) == [] and out["serving"]["ttft_ms"] > 0
 
@@ -106,12 +106,49 @@ def test_the_planner_launches_tgi_for_the_lengths_it_searches():
             "concurrent_users": 16, "find": ["cheapest_deployment"], "gpu_keys": ["h100_80", "l40s"]}
     answer = vramplan.plan(body)["cheapest_deployment"]
     # TGI's defaults refuse a 6,000-token prompt: every row says how it was launched (6,000 and 6,000 + 500)
-    assert answer["value"] and all(r["runtime_settings"] == {"max_input_tokens": 6000, "max_total_tokens": 6500}
+    assert answer["value"] and all(r["runtime_settings"] == {"max_input_tokens": 6000, "max_model_len": 6500}
                                    for r in answer["value"])
-    assert any("estimated launched with max_input_tokens 6000, max_total_tokens 6500" in n for n in answer["notes"])
+    assert any("estimated launched with max_input_tokens 6000, max_model_len 6500" in n for n in answer["notes"])
     # the row's request reproduces it: no refusal, and the prefill budget that launch gives (6,000 + 50)
     row = vramplan.estimate_inference({**answer["value"][0]["request"], "trace": True})
     assert refusals(row) == [] and trace_values(row)["rt_max_prefill_tokens"] == 6000 + 50
     # lengths the defaults take: no launch settings
     short = vramplan.plan({**body, "input_tokens": 1000, "output_tokens": 200})["cheapest_deployment"]
     assert all("runtime_settings" not in r for r in short["value"]) and not short.get("notes")
+
+
+# -- the start-up check: vLLM refuses to start unless its pool holds one request of --max-model-len ----------------
+
+def starts(out: dict) -> list[str]:
+    return [w for w in out["warnings"] if "refuses to start as launched" in w]
+
+
+def test_vllm_on_a_24_gib_card_needs_a_shorter_max_model_len():
+    body = {"gpu_key": "rtx_4090", "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm", "seq_length": 4096}
+    out = vramplan.estimate_inference({**body, "trace": True})
+    pool = trace_values(out)["kv_pool_bytes"]
+    # Llama 3.1 8B in 16 bits: 32 layers x 8 KV heads x 128 x 2 (keys, values) x 2 bytes = 131,072 bytes a token, so one
+    # request of its 131,072-token context needs 16 GiB - more than the pool left on a 24 GiB card.
+    per_token = 32 * 8 * 128 * 2 * 2
+    assert per_token * 131072 > pool
+    # the longest length that starts: whole 16-token blocks that fit the pool
+    longest = int(pool // per_token) // 16 * 16
+    [w] = starts(out)
+    assert "one request of 131,072 tokens (the model's context" in w
+    assert f"launched with max_model_len {longest:,} or less it starts and takes these 4,096-token requests" in w
+    # launched so, it starts: no warning; one block more, the same warning naming that max_model_len
+    assert starts(vramplan.estimate_inference({**body, "runtime_settings": {"max_model_len": longest}})) == []
+    [w] = starts(vramplan.estimate_inference({**body, "runtime_settings": {"max_model_len": longest + 16}}))
+    assert f"one request of {longest + 16:,} tokens (its max_model_len)" in w and f"max_model_len {longest:,} or less" in w
+
+
+def test_where_the_pool_holds_the_whole_context_or_the_runtime_starts_anyway():
+    body = {"llm_key": "llama-3.1-8b-instruct", "seq_length": 4096}
+    # an 80 GiB H100: 16 GiB for one 131,072-token request fits its pool
+    assert starts(vramplan.estimate_inference({**body, "gpu_key": "h100_80", "runtime": "vllm"})) == []
+    # SGLang caps a request to its pool and TensorRT-LLM admits what its pool holds: both start on the 4090
+    for runtime in ("sglang", "tensorrt-llm"):
+        assert starts(vramplan.estimate_inference({**body, "gpu_key": "rtx_4090", "runtime": runtime})) == []
+    # a request that does not fit at all says so as before, without the start-up warning
+    big = vramplan.estimate_inference({**body, "gpu_key": "rtx_4090", "runtime": "vllm", "seq_length": 131072})
+    assert big["memory_status"] == "insufficient" and starts(big) == []
