@@ -67,23 +67,23 @@ def _fewest_offloaded_layers(first: Outcome, cat: Catalog) -> Outcome:
     return Outcome(body, first.request, first.resolved, done.response)
 
 
-def _start_check(done: Outcome, cat: Catalog) -> None:
-    """A runtime that refuses to start unless its preallocated KV pool holds one request of its longest length
-    (``start_needs_one_request``: vLLM's check_enough_kv_cache_memory, against --max-model-len, which is the model's
-    context unless set) says so in ``warnings`` where the pool holds the request's own length but not that one, with the
-    longest ``max_model_len`` that starts - found as vLLM's estimate_max_model_len finds it, by bisection over
-    estimates of one request of each length. The estimate itself stays the request's."""
+def start_limit(done: Outcome, cat: Catalog) -> tuple[int, int, bool] | None:
+    """Where the runtime refuses to start unless its preallocated KV pool holds one request of its longest length
+    (``start_needs_one_request``: vLLM's check_enough_kv_cache_memory against --max-model-len, the model's context
+    unless set) and the pool holds the request's own length but not that one: ``(that length, the longest
+    max_model_len that starts, whether max_model_len was set)``, the second found as vLLM's estimate_max_model_len finds
+    it, by bisection over estimates of one request of each length. None where it starts as launched or is not judged."""
     res, req, out = done.resolved, done.request, done.response
     value = resolve_mod.runtime_value
     if not value(res.runtime, req, "start_needs_one_request") or "kv_pool" not in out \
             or out["memory_status"] in ("error", "insufficient"):
-        return
+        return None
     given = float(value(res.runtime, req, "max_model_len") or 0)
     context = float(res.arch.max_position_embeddings or 0)
     longest = int(min(n for n in (given, context) if n > 0)) if given > 0 or context > 0 else 0
     seq = int(req["seq_length"])
     if longest <= seq:
-        return  # the request is the longest: the estimate's own pool check covers it
+        return None  # the request is the longest: the estimate's own pool check covers it
     ranks = int(req["num_gpus"]) if req.get("inference_parallelism") == "expert" else 1
     probe = {k: v for k, v in done.body.items()
              if k not in ("input_tokens", "output_tokens", "request_rate", "trace", "enable_offloading",
@@ -100,15 +100,25 @@ def _start_check(done: Outcome, cat: Catalog) -> None:
         return kv.get("sequences_at_seq_length", 0) >= ranks
 
     if holds(longest) is not False:
-        return
+        return None
     lo, hi = seq, longest  # the request's length fits (its estimate is not insufficient); the longest does not
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if holds(mid) else (lo, mid)
-    what = "its max_model_len" if longest == given else "the model's context, the max_model_len it takes unless launched with one"
-    below = " (and max_input_tokens below it)" if value(res.runtime, req, "max_input_tokens") else ""
+    return longest, lo, longest == given
+
+
+def _start_check(done: Outcome, cat: Catalog) -> None:
+    """The start-up check's warning (:func:`start_limit`); the estimate itself stays the request's."""
+    limit = start_limit(done, cat)
+    if limit is None:
+        return
+    longest, lo, given = limit
+    res, req, out = done.resolved, done.request, done.response
+    what = "its max_model_len" if given else "the model's context, the max_model_len it takes unless launched with one"
+    below = " (and max_input_tokens below it)" if resolve_mod.runtime_value(res.runtime, req, "max_input_tokens") else ""
     out["warnings"].append(
         f"{res.runtime.key} refuses to start as launched: one request of {longest:,} tokens ({what}) needs more KV cache "
         f"than the {out['kv_pool']['size_gb']:.2f} GiB pool on each GPU holds (start_needs_one_request; see `vramplan "
         f"runtimes {res.runtime.key}`); launched with max_model_len {lo:,} or less{below} it starts and takes these "
-        f"{seq:,}-token requests - runtime_settings max_model_len says so")
+        f"{int(req['seq_length']):,}-token requests - runtime_settings max_model_len says so")

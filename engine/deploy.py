@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from . import pipeline
+from .answer import start_limit
 from .catalog import Catalog
 from .deploysearch import (DECIDED, DEFAULT_SHOWN, DROPPED, MAX_REPLICAS, Outcome, keys, max_replicas, price_per_config,
                            search)
@@ -65,12 +67,40 @@ def cheapest_deployment(cat: Catalog, body: dict[str, Any], ctx: dict[str, Any])
     answer: dict[str, Any] = {"considered": space.size, "evaluations": out.evaluations + estimated}
     if not rows:
         return {"value": None, "reason": _nothing_meets(space, out, slo), **answer}
+    started = _launched_to_start(cat, rows)
     answer.update({"value": rows, "binding": rows[0]["binding"],
                    "search": {"gpu_types": len(space.gpus), "runtime_format_pairs": len(space.pairs), "passes": out.passes,
                               "pruned": dict(out.pruned), "max_replicas": max_replicas(space)}})
-    if space.notes:
-        answer["notes"] = space.notes
+    if space.notes or started:
+        answer["notes"] = space.notes + started
     return answer
+
+
+def _launched_to_start(cat: Catalog, rows: list[dict[str, Any]]) -> list[str]:
+    """Rows whose runtime would refuse to start as its defaults launch it (:func:`vramplan.answer.start_limit`: vLLM
+    where its pool cannot hold one request of the model's context) are launched with ``max_model_len`` the request's
+    length - their ``runtime_settings`` and ``request`` say so - and a note each says why; a request that sets
+    ``max_model_len`` itself is left as it is."""
+    notes = []
+    for r in rows:
+        body = r["request"]
+        if "max_model_len" in (body.get("runtime_settings") or {}):
+            continue
+        try:
+            done = pipeline.run(body, "inference", cat)
+        except VramplanError:
+            continue
+        limit = start_limit(done, cat)
+        if limit is None:
+            continue
+        longest, lo, _ = limit
+        seq = int(done.request["seq_length"])
+        settings = {**(r.get("runtime_settings") or {}), "max_model_len": float(seq)}
+        r["runtime_settings"], r["request"] = settings, {**body, "runtime_settings": settings}
+        notes.append(f"{r['runtime']} on {r['gpu_key']}: launched with max_model_len {seq:,} - one request of the model's "
+                     f"{longest:,}-token context needs more KV cache than its pool holds (up to {lo:,} tokens starts) and "
+                     f"{r['runtime']} refuses to start without it")
+    return notes
 
 
 # -- the answer -----------------------------------------------------------------------------------

@@ -152,3 +152,18 @@ def test_where_the_pool_holds_the_whole_context_or_the_runtime_starts_anyway():
     # a request that does not fit at all says so as before, without the start-up warning
     big = vramplan.estimate_inference({**body, "gpu_key": "rtx_4090", "runtime": "vllm", "seq_length": 131072})
     assert big["memory_status"] == "insufficient" and starts(big) == []
+
+
+def test_the_planner_launches_vllm_with_a_max_model_len_where_it_would_not_start():
+    body = {"llm_key": "llama-3.1-8b-instruct", "runtime": "vllm", "input_tokens": 3000, "output_tokens": 500,
+            "concurrent_users": 4, "find": ["cheapest_deployment"], "gpu_keys": ["rtx_4090", "h100_80"]}
+    answer = vramplan.plan(body)["cheapest_deployment"]
+    rows = {r["gpu_key"]: r for r in answer["value"]}
+    # the 4090's pool cannot hold one 131,072-token request: launched with the request's 3,000 + 500 tokens
+    assert rows["rtx_4090"]["runtime_settings"] == {"max_model_len": 3500}
+    assert rows["rtx_4090"]["request"]["runtime_settings"] == {"max_model_len": 3500}
+    assert starts(vramplan.estimate_inference(rows["rtx_4090"]["request"])) == []
+    assert any(n.startswith("vllm on rtx_4090: launched with max_model_len 3,500") for n in answer["notes"])
+    # the H100's holds 16 GiB for it: launched as vLLM's defaults launch it
+    assert "runtime_settings" not in rows["h100_80"]
+    assert not any(n.startswith("vllm on h100_80") for n in answer["notes"])
