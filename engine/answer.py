@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import pipeline
+from . import resolve as resolve_mod
 from .catalog import Catalog, get_catalog
 from .errors import VramplanError
 from .estimate import needs_offload_search
-from . import resolve as resolve_mod
 from .pipeline import Outcome
 from .search import Probe, capacity_gib, search_min
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from . import pipeline
+from . import scenario as scenario_mod
 from .answer import start_limit
 from .catalog import Catalog
 from .deploysearch import (DECIDED, DEFAULT_SHOWN, DROPPED, MAX_REPLICAS, Outcome, keys, max_replicas, price_per_config,
@@ -45,6 +46,7 @@ from .deploysearch import (DECIDED, DEFAULT_SHOWN, DROPPED, MAX_REPLICAS, Outcom
 from .deployspace import Price, Space, build_space, price_of
 from .errors import RequestError, VramplanError
 from .many import estimate_many
+from .resolve import runtime_value
 from .search import capacity_gib
 from .verdict import binding
 
@@ -93,13 +95,25 @@ def _launched_to_start(cat: Catalog, rows: list[dict[str, Any]]) -> list[str]:
         limit = start_limit(done, cat)
         if limit is None:
             continue
-        longest, lo, _ = limit
-        seq = int(done.request["seq_length"])
-        settings = {**(r.get("runtime_settings") or {}), "max_model_len": float(seq)}
+        longest, lo, given = limit
+        req, res = done.request, done.resolved
+        seq = int(req["seq_length"])
+        before = r.get("runtime_settings") or {}
+        settings = {**before, "max_model_len": float(seq)}
+        if float(runtime_value(res.runtime, req, "max_input_tokens") or 0) >= seq:
+            # a prompt limit stays below the request limit (TGI's launcher refuses otherwise), and where the prefill
+            # budget would follow it the budget the row was estimated with is kept
+            settings["max_input_tokens"] = float(req["input_tokens"])
+            if runtime_value(res.runtime, req, "prefill_tokens_over_input") and "max_prefill_tokens" not in settings:
+                settings["max_prefill_tokens"] = scenario_mod.runtime_constants(
+                    res.runtime.data, res.gpu.key, res.gpu_memory_gib, req.get("runtime_settings"),
+                    float(res.arch.max_position_embeddings or 0))["rt_max_prefill_tokens"]
         r["runtime_settings"], r["request"] = settings, {**body, "runtime_settings": settings}
-        notes.append(f"{r['runtime']} on {r['gpu_key']}: launched with max_model_len {seq:,} - one request of the model's "
-                     f"{longest:,}-token context needs more KV cache than its pool holds (up to {lo:,} tokens starts) and "
-                     f"{r['runtime']} refuses to start without it")
+        launched = ", ".join(f"{k} {v:,.0f}" for k, v in settings.items() if k not in before)
+        what = "its max_model_len" if given else "the model's context"
+        notes.append(f"{r['runtime']} on {r['gpu_key']}: launched with {launched} - one request of {longest:,} tokens ({what}) "
+                     f"needs more KV cache than its pool holds (up to {lo:,} tokens starts) and {r['runtime']} refuses to "
+                     "start without it")
     return notes
 
 

@@ -163,7 +163,27 @@ def test_the_planner_launches_vllm_with_a_max_model_len_where_it_would_not_start
     assert rows["rtx_4090"]["runtime_settings"] == {"max_model_len": 3500}
     assert rows["rtx_4090"]["request"]["runtime_settings"] == {"max_model_len": 3500}
     assert starts(vramplan.estimate_inference(rows["rtx_4090"]["request"])) == []
-    assert any(n.startswith("vllm on rtx_4090: launched with max_model_len 3,500") for n in answer["notes"])
+    assert any(n.startswith("vllm on rtx_4090: launched with max_model_len 3,500 - one request of 131,072 tokens (the model's "
+                            "context)") for n in answer["notes"])
     # the H100's holds 16 GiB for it: launched as vLLM's defaults launch it
     assert "runtime_settings" not in rows["h100_80"]
     assert not any(n.startswith("vllm on h100_80") for n in answer["notes"])
+
+
+def test_the_planner_launches_tgi_whole_where_its_pool_holds_less_than_4096_tokens():
+    # Qwen2.5-14B in AWQ on a 12 GiB RTX 4070 leaves TGI a pool under one request of its 4,096-token default limit
+    # (48 layers x 8 KV heads x 128 x 2 x 2 bytes = 196,608 bytes a token, 0.75 GiB for 4,096)
+    body = {"llm_key": "qwen2.5-14b-instruct", "quantization": "awq", "runtime": "tgi", "input_tokens": 1500,
+            "output_tokens": 500, "concurrent_users": 1, "find": ["cheapest_deployment"], "gpu_keys": ["rtx_4070"]}
+    single = vramplan.estimate_inference({k: v for k, v in body.items() if k not in ("find", "gpu_keys")} | {"gpu_key": "rtx_4070"})
+    [w] = starts(single)
+    assert "one request of 4,096 tokens (its max_model_len)" in w and "(and max_input_tokens below it)" in w
+    answer = vramplan.plan(body)["cheapest_deployment"]
+    [row] = answer["value"]
+    # launched with the request's 2,000 tokens in all, a prompt limit below it (the request's 1,500) and the prefill
+    # budget the row was estimated with (4,095 + 50), so TGI starts and the row's figures stand
+    assert row["runtime_settings"] == {"max_model_len": 2000, "max_input_tokens": 1500, "max_prefill_tokens": 4145}
+    again = vramplan.estimate_inference(row["request"])
+    assert starts(again) == [] and refusals(again) == [] and again["serving"]["ttft_ms"] == row["ttft_ms"]
+    assert any(n.startswith("tgi on rtx_4070: launched with max_model_len 2,000, max_input_tokens 1,500, "
+                            "max_prefill_tokens 4,145 - one request of 4,096 tokens (its max_model_len)") for n in answer["notes"])
