@@ -101,13 +101,13 @@ def _launched_to_start(cat: Catalog, rows: list[dict[str, Any]]) -> list[str]:
         before = r.get("runtime_settings") or {}
         settings = {**before, "max_model_len": float(seq)}
         if float(runtime_value(res.runtime, req, "max_input_tokens") or 0) >= seq:
-            # a prompt limit stays below the request limit (TGI's launcher refuses otherwise), and where the prefill
-            # budget would follow it the budget the row was estimated with is kept
-            settings["max_input_tokens"] = float(req["input_tokens"])
-            if runtime_value(res.runtime, req, "prefill_tokens_over_input") and "max_prefill_tokens" not in settings:
-                settings["max_prefill_tokens"] = scenario_mod.runtime_constants(
-                    res.runtime.data, res.gpu.key, res.gpu_memory_gib, req.get("runtime_settings"),
-                    float(res.arch.max_position_embeddings or 0))["rt_max_prefill_tokens"]
+            settings["max_input_tokens"] = float(req["input_tokens"])  # below the request limit, or TGI refuses to start
+        # The defaults the row was estimated with stay: one that follows these limits (TGI's prefill budget, vLLM V0's
+        # token budget and chunking by max_model_len) is set to what it was, so the row's figures are its request's.
+        context = float(res.arch.max_position_embeddings or 0)
+        was = scenario_mod.runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, before or None, context)
+        now = scenario_mod.runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, settings, context)
+        settings.update({key[3:]: v for key, v in was.items() if key[3:] not in settings and now.get(key) != v})
         r["runtime_settings"], r["request"] = settings, {**body, "runtime_settings": settings}
         launched = ", ".join(f"{k} {v:,.0f}" for k, v in settings.items() if k not in before)
         what = "its max_model_len" if given else "the model's context"

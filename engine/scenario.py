@@ -606,6 +606,9 @@ def runtime_constants(runtime: dict[str, Any], gpu_key: str, gpu_mem_gib: float,
                       settings: dict[str, float] | None, context: float = 0.0) -> dict[str, float]:
     """The profile's constants as rt_<name> on this GPU for a model of this context (tiers applied), the
     request's runtime_settings over them."""
+    given = float((settings or {}).get("max_model_len") or 0)
+    if given > 0:  # defaults keyed to the context read the one the runtime is launched with (vLLM V0's --max-model-len)
+        context = min(given, context) if context > 0 else given
     values = _runtime_vars(runtime, gpu_key, gpu_mem_gib, context)
     if not settings:
         return values

@@ -187,3 +187,25 @@ def test_the_planner_launches_tgi_whole_where_its_pool_holds_less_than_4096_toke
     assert starts(again) == [] and refusals(again) == [] and again["serving"]["ttft_ms"] == row["ttft_ms"]
     assert any(n.startswith("tgi on rtx_4070: launched with max_model_len 2,000, max_input_tokens 1,500, "
                             "max_prefill_tokens 4,145 - one request of 4,096 tokens (its max_model_len)") for n in answer["notes"])
+
+
+def test_vllm_v0_defaults_follow_the_max_model_len_it_is_launched_with():
+    body = {"gpu_key": "a100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "vllm-v0", "seq_length": 4096, "trace": True}
+    # V0 chunks prompts into 512-token steps for max_model_len > 32K - Llama 3.1's 131,072-token context, by default
+    tv = trace_values(vramplan.estimate_inference(body))
+    assert tv["rt_max_prefill_tokens"] == 512 and tv["rt_prefill_mixes_decode"] == 1
+    # launched with --max-model-len 8192: no chunking, prompts in steps of their own of max(8192, 2048) = 8,192 tokens
+    tv = trace_values(vramplan.estimate_inference({**body, "runtime_settings": {"max_model_len": 8192}}))
+    assert tv["rt_max_prefill_tokens"] == max(8192, 2048) and tv["rt_prefill_mixes_decode"] == 0
+
+
+def test_a_planner_row_launched_to_start_keeps_the_defaults_it_was_estimated_with():
+    # vLLM V0 on an RTX 4090: the pool cannot hold Llama 3.1 8B's 131,072-token context, so the row is launched with
+    # max_model_len 3,500 - under which V0 would neither chunk prompts nor keep a 512-token budget (32K and below:
+    # max(max_model_len, 2048)); the row keeps the chunking and budget it was estimated with
+    body = {"llm_key": "llama-3.1-8b-instruct", "runtime": "vllm-v0", "input_tokens": 3000, "output_tokens": 500,
+            "concurrent_users": 4, "find": ["cheapest_deployment"], "runtimes": ["vllm-v0"], "gpu_keys": ["rtx_4090"]}
+    [row] = vramplan.plan(body)["cheapest_deployment"]["value"]
+    assert row["runtime_settings"] == {"max_model_len": 3500, "max_prefill_tokens": 512, "prefill_mixes_decode": 1}
+    again = vramplan.estimate_inference(row["request"])
+    assert starts(again) == [] and again["serving"]["ttft_ms"] == row["ttft_ms"] and again["serving"]["itl_ms"] == row["itl_ms"]
