@@ -85,3 +85,30 @@ def test_an_slo_nothing_meets_and_a_bad_field_are_explained(browser, live_server
     wait(browser, lambda d: "runtimes[0]" in d.find_element(By.ID, "deploy-error").text)
     assert "vllm" in browser.find_element(By.ID, "deploy-error").text  # the closest runtime is offered
     assert not browser.find_element(By.ID, "deploy-results").is_displayed()
+
+
+def test_the_answer_s_notes_are_shown_under_the_table(browser, live_server):
+    from selenium.webdriver.common.by import By
+
+    base, _ = live_server
+    open_form(browser, base)
+    pick(browser, "deploy-llm_key", "llama-3.1-8b-instruct")
+    fill(browser, "deploy-input_tokens", "3000")
+    fill(browser, "deploy-output_tokens", "500")
+    fill(browser, "deploy-load-value", "1")
+    fill(browser, "deploy-ttft_ms", "2000")
+    fill(browser, "deploy-itl_ms", "50")
+    fill(browser, "deploy-runtimes", "vllm")
+    fill(browser, "deploy-gpu_hour_costs", "rtx_4090=0.5")
+    fill(browser, "deploy-max_deployments", "3")
+    browser.find_element(By.ID, "deploy-submit").click()
+    wait(browser, lambda d: d.find_element(By.ID, "deploy-results").is_displayed())
+    shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#deploy-notes .deploy-note")]
+    answer = vramplan.plan({"workload": "inference", "find": ["cheapest_deployment"], "llm_key": "llama-3.1-8b-instruct",
+                            "input_tokens": 3000, "output_tokens": 500, "request_rate": 1, "runtimes": ["vllm"],
+                            "slo": {"ttft_ms": 2000, "itl_ms": 50}, "gpu_hour_costs": {"rtx_4090": 0.5},
+                            "max_deployments": 3})["cheapest_deployment"]
+    # the 4090's vLLM cannot start with Llama 3.1's 131,072-token context: its row is launched with a max_model_len
+    assert any(n.startswith("vllm on rtx_4090: launched with max_model_len 3,500") for n in answer["notes"])
+    assert shown == ["Note: " + n for n in answer["notes"]]
+    assert csp_violations(browser) == []

@@ -115,9 +115,17 @@
       Number(answer.considered).toLocaleString("en-US") + " configurations considered, " +
       Number(answer.evaluations).toLocaleString("en-US") + " estimates.";
     const refs = rows.filter((r) => r.price && r.price.kind === "reference").map((r) => r.gpu_key);
-    $("deploy-notes").textContent = refs.length
+    const notes = $("deploy-notes");
+    notes.textContent = refs.length
       ? "Reference list prices (USD, read on their date; not quotes) for " + refs.join(", ") + "."
       : "";
+    (answer.notes || []).forEach((n) => {  // what the answer says of its rows: how a runtime is launched, what was left out
+      const line = document.createElement("span");
+      line.className = "deploy-note";
+      line.textContent = "Note: " + n;
+      notes.appendChild(document.createElement("br"));
+      notes.appendChild(line);
+    });
     $("deploy-results").hidden = false;
   }
 
