@@ -18,6 +18,17 @@ def fill(driver, element_id: str, text: str) -> None:
     field.send_keys(text)
 
 
+def ask(driver, model: str, fields: dict[str, str]) -> None:
+    """Pick the model, fill the form's fields (deploy-<name> -> text), submit and wait for the table."""
+    from selenium.webdriver.common.by import By
+
+    pick(driver, "deploy-llm_key", model)
+    for name, text in fields.items():
+        fill(driver, f"deploy-{name}", text)
+    driver.find_element(By.ID, "deploy-submit").click()
+    wait(driver, lambda d: d.find_element(By.ID, "deploy-results").is_displayed())
+
+
 def open_form(driver, base: str) -> None:
     from selenium.webdriver.common.by import By
 
@@ -32,17 +43,9 @@ def test_the_form_draws_the_ranked_table_the_api_answers(browser, live_server):
 
     base, _ = live_server
     open_form(browser, base)
-    pick(browser, "deploy-llm_key", "llama-3-8b-instruct")
-    fill(browser, "deploy-input_tokens", "1000")
-    fill(browser, "deploy-output_tokens", "200")
-    fill(browser, "deploy-load-value", "3")
-    fill(browser, "deploy-ttft_ms", "1500")
-    fill(browser, "deploy-itl_ms", "60")
-    fill(browser, "deploy-runtimes", "vllm, llama.cpp")
-    fill(browser, "deploy-gpu_hour_costs", "l4=0.8, a10=0.9, rtx_4090=0.5")
-    fill(browser, "deploy-max_deployments", "5")
-    browser.find_element(By.ID, "deploy-submit").click()
-    wait(browser, lambda d: d.find_element(By.ID, "deploy-results").is_displayed())
+    ask(browser, "llama-3-8b-instruct", {"input_tokens": "1000", "output_tokens": "200", "load-value": "3", "ttft_ms": "1500",
+                                         "itl_ms": "60", "runtimes": "vllm, llama.cpp",
+                                         "gpu_hour_costs": "l4=0.8, a10=0.9, rtx_4090=0.5", "max_deployments": "5"})
     rows = browser.find_elements(By.CSS_SELECTOR, "#deploy-table tbody tr")
     # The same question through the Python API: the table shows its answer, row for row.
     answer = vramplan.plan({"workload": "inference", "find": ["cheapest_deployment"], "llm_key": "llama-3-8b-instruct",
@@ -92,17 +95,9 @@ def test_the_answer_s_notes_are_shown_under_the_table(browser, live_server):
 
     base, _ = live_server
     open_form(browser, base)
-    pick(browser, "deploy-llm_key", "llama-3.1-8b-instruct")
-    fill(browser, "deploy-input_tokens", "3000")
-    fill(browser, "deploy-output_tokens", "500")
-    fill(browser, "deploy-load-value", "1")
-    fill(browser, "deploy-ttft_ms", "2000")
-    fill(browser, "deploy-itl_ms", "50")
-    fill(browser, "deploy-runtimes", "vllm")
-    fill(browser, "deploy-gpu_hour_costs", "rtx_4090=0.5")
-    fill(browser, "deploy-max_deployments", "3")
-    browser.find_element(By.ID, "deploy-submit").click()
-    wait(browser, lambda d: d.find_element(By.ID, "deploy-results").is_displayed())
+    ask(browser, "llama-3.1-8b-instruct", {"input_tokens": "3000", "output_tokens": "500", "load-value": "1", "ttft_ms": "2000",
+                                           "itl_ms": "50", "runtimes": "vllm", "gpu_hour_costs": "rtx_4090=0.5",
+                                           "max_deployments": "3"})
     shown = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#deploy-notes .deploy-note")]
     answer = vramplan.plan({"workload": "inference", "find": ["cheapest_deployment"], "llm_key": "llama-3.1-8b-instruct",
                             "input_tokens": 3000, "output_tokens": 500, "request_rate": 1, "runtimes": ["vllm"],
