@@ -17,6 +17,7 @@ from typing import Any
 
 from . import pipeline
 from . import resolve as resolve_mod
+from . import scenario as scenario_mod
 from .catalog import Catalog, get_catalog
 from .errors import VramplanError
 from .estimate import needs_offload_search
@@ -79,12 +80,16 @@ def start_limit(done: Outcome, cat: Catalog) -> tuple[int, int, bool] | None:
             or out["memory_status"] in ("error", "insufficient"):
         return None
     given = float(value(res.runtime, req, "max_model_len") or 0)
-    context = float(res.arch.max_position_embeddings or 0)
-    longest = int(min(n for n in (given, context) if n > 0)) if given > 0 or context > 0 else 0
+    longest = int(scenario_mod.launched_context(given, float(res.arch.max_position_embeddings or 0)))
     seq = int(req["seq_length"])
     if longest <= seq:
         return None  # the request is the longest: the estimate's own pool check covers it
     ranks = int(req["num_gpus"]) if req.get("inference_parallelism") == "expert" else 1
+    if out["kv_pool"]["tokens"] / ranks >= longest + float(value(res.runtime, req, "kv_block_tokens") or 0):
+        # The pool holds that many tokens at the request's own length, where a token costs at least what it costs in a
+        # longer request (whole blocks, windows and fixed states spread over more tokens): it holds one request of that
+        # length too, and no estimate at that length is needed (the common case, kept off every estimate's path).
+        return None
     probe = {k: v for k, v in done.body.items()
              if k not in ("input_tokens", "output_tokens", "request_rate", "trace", "enable_offloading",
                           "percentage_offload", "num_offload_layers")}

@@ -48,7 +48,7 @@ from .catalog import Catalog
 from .errors import RequestError
 from .estimate import configuration_checks
 from .registry import Entry
-from .resolve import Resolved, resolve
+from .resolve import Resolved, resolve, runtime_value
 
 #: GPUs per replica the search tries (one node; the estimate models one GPU-to-GPU link type).
 GPU_COUNTS = (1, 2, 4, 8)
@@ -440,10 +440,10 @@ def launch_settings(runtime: Entry, req: dict[str, Any]) -> dict[str, float]:
     (``max_input_tokens``, ``max_model_len``: TGI 2.x's 4,095 / 4,096) refuse them and the request does not set
     them: the prompt and the whole request (its prefill budget follows where the runtime ties it to the prompt limit,
     scenario.runtime_constants). Empty where the defaults take them."""
-    consts, settings = runtime.data["constants"], req.get("runtime_settings") or {}
+    settings = req.get("runtime_settings") or {}
     out: dict[str, float] = {}
     for name, need in (("max_input_tokens", req["input_tokens"]), ("max_model_len", req["seq_length"])):
-        cap = float(consts.get(name, {}).get("value") or 0)
+        cap = float(runtime_value(runtime, req, name) or 0)
         if name not in settings and 0 < cap < need:
             out[name] = float(need)
     return out

@@ -602,13 +602,19 @@ def runtime_on_gpu_vars(runtime: dict[str, Any], fmt: dict[str, Any], order: tup
     }
 
 
+def launched_context(max_model_len: float, context: float) -> float:
+    """The longest request a runtime is launched for: its ``max_model_len`` where one is set (vLLM's --max-model-len,
+    TGI's --max-total-tokens), at most the model's context; the context where none is; 0 where neither is known."""
+    known = [n for n in (max_model_len, context) if n > 0]
+    return min(known) if known else 0.0
+
+
 def runtime_constants(runtime: dict[str, Any], gpu_key: str, gpu_mem_gib: float,
                       settings: dict[str, float] | None, context: float = 0.0) -> dict[str, float]:
     """The profile's constants as rt_<name> on this GPU for a model of this context (tiers applied), the
     request's runtime_settings over them."""
-    given = float((settings or {}).get("max_model_len") or 0)
-    if given > 0:  # defaults keyed to the context read the one the runtime is launched with (vLLM V0's --max-model-len)
-        context = min(given, context) if context > 0 else given
+    # defaults keyed to the context read the one the runtime is launched with (vLLM V0's --max-model-len)
+    context = launched_context(float((settings or {}).get("max_model_len") or 0), context)
     values = _runtime_vars(runtime, gpu_key, gpu_mem_gib, context)
     if not settings:
         return values
