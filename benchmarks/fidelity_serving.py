@@ -286,9 +286,26 @@ def _attention_dp(r: dict[str, Any], model: str) -> str:
     return ""
 
 
-#: text-generation-launcher flags -> the tgi profile's constants they set: the router's limit of requests in flight
-#: (the profile's max_num_seqs, default 128) and the prefill batch's token budget.
-TGI_FLAGS = {"--max-concurrent-requests": "max_num_seqs", "--max-batch-prefill-tokens": "max_prefill_tokens"}
+#: text-generation-launcher flags -> the tgi profiles' constants they set: the router's limit of requests in flight
+#: (the profile's max_num_seqs, default 128), the prefill batch's token budget and the request limits (a prompt's
+#: --max-input-tokens, prompt + answer --max-total-tokens; 2.x's prefill budget follows the first, + 50).
+TGI_FLAGS = {"--max-concurrent-requests": "max_num_seqs", "--max-batch-prefill-tokens": "max_prefill_tokens",
+             "--max-input-tokens": "max_input_tokens", "--max-total-tokens": "max_model_len"}
+
+#: TGI docker images named by a commit rather than a release: the release line the commit belongs to (git log of
+#: huggingface/text-generation-inference) - a 2.x image runs the tgi-v2 profile.
+TGI_IMAGE_COMMITS = {"sha-11d7af7": "commit 11d7af73 of 4 October 2024, between v2.3.1 and v2.4.0"}
+
+#: Launch flags a source gives beside the record's engine_flags (source prefix -> (flags, reading)).
+TGI_LAUNCH_READINGS = {
+    "https://github.com/dstackai/benchmarks/blob/06c957ab51572ca18db9c1f4bb254a9eb86df4d7/amd/tgi_vs_vllm/": (
+        "--max-input-tokens 125000",
+        "launched with --max-input-tokens 125000 beside the record's flags: the source's dev environment "
+        "(amd/tgi_vs_vllm/tgi/.dstack.yml) starts text-generation-launcher with it, its task file names the flag with an "
+        "unset variable ($MAX-INPUT-TOKEN), and its long-sequence runs send 10,000-token prompts, which 2.x refuses past "
+        "max_input_tokens (4,095 unset) - so the prefill budget is 125,050 (max_input_tokens + 50): a burst's prompts "
+        "are prefilled in one batch"),
+}
 
 
 #: The decode batch sizes the perf-overview runs capture as CUDA graphs, padding on: every revision's llm_options.yml
@@ -332,6 +349,16 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
         runtime = "vllm-v0"
         notes.append(f"vLLM {version.split()[0]} runs the V0 engine (V1 is the default from 0.8): profile vllm-v0")
     flags = str(r.get("engine_flags") or "")
+    if runtime == "tgi":
+        image = next((c for c in TGI_IMAGE_COMMITS if c in version), None)
+        if image or re.match(r"^2\.", version):
+            runtime = "tgi-v2"
+            notes.append(f"TGI image {image} is {TGI_IMAGE_COMMITS[image]}: profile tgi-v2" if image
+                         else f"TGI {version.split()[0]}: profile tgi-v2")
+        launch = next((v for k, v in TGI_LAUNCH_READINGS.items() if str(r.get("source")).startswith(k)), None)
+        if launch:
+            flags = f"{flags} {launch[0]}"
+            notes.append(launch[1])
     if "torch.compile" in flags:
         return None, notes, "torch.compile with a static cache is not modelled"
     body: dict[str, Any] = {"gpu_key": gpu, "llm_key": model, "quantization": quant, "runtime": runtime}
@@ -349,7 +376,7 @@ def map_record(r: dict[str, Any], fp8_kv: dict[tuple[str, str], str] | None = No
     if steps and int(steps.group(1)) > 1:  # vLLM V0 multi-step scheduling (PR #7000)
         body.setdefault("runtime_settings", {})["scheduler_steps"] = int(steps.group(1))
         notes.append(f"--num-scheduler-steps {steps.group(1)}: V0's per-step host work once every {steps.group(1)} steps")
-    if runtime == "tgi":  # text-generation-launcher's batching flags (launcher/src/main.rs)
+    if runtime in ("tgi", "tgi-v2"):  # text-generation-launcher's batching flags (launcher/src/main.rs)
         for flag, setting in TGI_FLAGS.items():
             found = re.search(rf"{flag}[ =](\d+)", flags)
             if found:

@@ -148,7 +148,7 @@ def _costs(body: dict) -> tuple[int, int, float, float, float, float, str, tuple
     sustainable sequence rate for this deployment, a name for it, and what of a prompt's work hides under a round's
     weight read (_round's ``hide``)."""
     _, t = traced({**body, "concurrent_users": 1})
-    cap, budget = int(t["srv_n_cap"]), int(t["rt_max_prefill_tokens"]) or 10**9
+    cap, budget = int(t["srv_n_cap"]), int(t["prefill_budget"]) or 10**9
     one = t["srv_round_one_s"]
     slope = (t["srv_round_cap_s"] - one) / max(cap - 1, 1)
     work = t["srv_prompt_work_s"]

@@ -191,6 +191,9 @@ class Architecture:
     experts_per_token: int = 0
     moe_intermediate_size: int = 0
     shared_expert_intermediate_size: int = 0  # all shared experts together
+    #: the config's own count of shared experts (``n_shared_experts``: DeepSeek, GLM-4.5), 0 where it states a width
+    #: (``shared_expert_intermediate_size``) or none - what TGI's launcher reads when it counts a token's FLOPs
+    n_shared_experts: int = 0
     #: the width the routed experts take in and give back, where it is not hidden_size: Kimi K3's latent MoE
     #: (``routed_expert_hidden_size``; vramplan.families._kimi_linear) - 0 = hidden_size
     moe_expert_hidden_size: int = 0
@@ -843,6 +846,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         experts_per_token=int(top_k),
         moe_intermediate_size=int(moe_inter),
         shared_expert_intermediate_size=int(shared_inter),
+        n_shared_experts=int(cfg.get("n_shared_experts") or 0) if n_exp else 0,
         moe_layers=moe_layers,
         dense_intermediate_size=int(dense_inter),
         ffn_sizes=blocks[1] if blocks else (),

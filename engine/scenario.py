@@ -92,6 +92,8 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "moe_hidden": ("elements", "the width a routed expert reads and writes: hidden, or Kimi K3's latent width "
                                "(routed_expert_hidden_size)"),
     "shared_intermediate": ("elements", "feed-forward width of the shared expert(s)"),
+    "n_shared_experts": ("experts", "shared experts as the config counts them (n_shared_experts; 0 where it states a width)"),
+    "max_positions": ("tokens", "the model's context as its config states it (max_position_embeddings; 0 = not stated)"),
     "n_moe_layers": ("layers", "layers whose feed-forward is MoE"),
     "params_total": ("params", "all parameters"),
     "params_active": ("params", "parameters a token uses (MoE: routed experts only)"),
@@ -352,6 +354,7 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "experts_per_tok": a.experts_per_token, "moe_intermediate": a.moe_intermediate_size,
         "moe_hidden": a.moe_expert_width,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
+        "n_shared_experts": a.n_shared_experts, "max_positions": a.max_position_embeddings or 0,
         "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
         # transformers' Phi3MLP / GlmMLP: one gate_up_proj, chunked into views (models/phi3/modeling_phi3.py)
         "fused_gate_up": int(a.model_type in FUSED_GATE_UP_FAMILIES and a.gated_mlp and not a.is_moe),
@@ -621,6 +624,8 @@ def runtime_constants(runtime: dict[str, Any], gpu_key: str, gpu_mem_gib: float,
     out = dict(values)
     for name, value in settings.items():
         out[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
+    if "max_prefill_tokens" in settings:
+        out["rt_prefill_budget_derived"] = 0.0  # a budget the deployment sets is the budget (formula prefill_budget)
     over = out.get("rt_prefill_tokens_over_input", 0.0)
     if over > 0 and "max_input_tokens" in settings and "max_prefill_tokens" not in settings:
         # the runtime's prefill budget follows its prompt limit where not set (TGI: --max-input-tokens + 50)

@@ -26,16 +26,16 @@ def refusals(out: dict) -> list[str]:
 def test_tgi_launcher_defaults():
     # main.rs: max_position_embeddings capped at max_default 4096; max_input_tokens = 4096 - 1 = 4095,
     # max_model_len = 4096, max_batch_prefill_tokens = max_input_tokens + 50 = 4145.
-    assert constant("tgi", "max_input_tokens") == 4096 - 1
-    assert constant("tgi", "max_model_len") == 4096
-    assert constant("tgi", "max_prefill_tokens") == 4096 - 1 + 50
+    assert constant("tgi-v2", "max_input_tokens") == 4096 - 1
+    assert constant("tgi-v2", "max_model_len") == 4096
+    assert constant("tgi-v2", "max_prefill_tokens") == 4096 - 1 + 50
     # the other runtimes state no cap of their own (0): the model's context binds
     for runtime in ("vllm", "sglang", "tensorrt-llm", "transformers", "llama.cpp"):
         assert constant(runtime, "max_input_tokens") == 0 and constant(runtime, "max_model_len") == 0
 
 
 def test_a_long_prompt_under_tgi_defaults_is_refused_with_a_warning():
-    out = vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 5000, "output_tokens": 500})
+    out = vramplan.estimate_inference({**BODY, "runtime": "tgi-v2", "input_tokens": 5000, "output_tokens": 500})
     [w] = refusals(out)
     # 5,000 > 4,095 and 5,000 + 500 = 5,500 > 4,096: both limits named
     assert "a prompt of 5,000 tokens is past its max_input_tokens of 4,095" in w
@@ -47,22 +47,22 @@ def test_a_long_prompt_under_tgi_defaults_is_refused_with_a_warning():
 
 def test_the_edges_of_tgi_defaults():
     # 4,000 + 96 = 4,096 tokens: at both limits, accepted
-    assert refusals(vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 4000, "output_tokens": 96})) == []
+    assert refusals(vramplan.estimate_inference({**BODY, "runtime": "tgi-v2", "input_tokens": 4000, "output_tokens": 96})) == []
     # one more answer token: 4,097 in all, past max_model_len only
-    [w] = refusals(vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 4000, "output_tokens": 97}))
+    [w] = refusals(vramplan.estimate_inference({**BODY, "runtime": "tgi-v2", "input_tokens": 4000, "output_tokens": 97}))
     assert "4,097 tokens in all" in w and "max_input_tokens" not in w.split("(see")[0]
 
 
 def test_a_deployment_launched_for_long_prompts():
     settings = {"max_input_tokens": 8000, "max_model_len": 9000}
-    out = vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 5000, "output_tokens": 500,
+    out = vramplan.estimate_inference({**BODY, "runtime": "tgi-v2", "input_tokens": 5000, "output_tokens": 500,
                                        "runtime_settings": settings, "trace": True})
     assert refusals(out) == []
     # TGI sets an unset --max-batch-prefill-tokens to --max-input-tokens + 50 = 8,050
     assert trace_values(out)["rt_max_prefill_tokens"] == 8000 + 50
     assert any("max_batch_prefill_tokens 8050" in a for a in out["assumptions"])
     # given explicitly, the budget is what was given
-    given = vramplan.estimate_inference({**BODY, "runtime": "tgi", "input_tokens": 5000, "output_tokens": 500, "trace": True,
+    given = vramplan.estimate_inference({**BODY, "runtime": "tgi-v2", "input_tokens": 5000, "output_tokens": 500, "trace": True,
                                          "runtime_settings": {**settings, "max_prefill_tokens": 12000}})
     assert trace_values(given)["rt_max_prefill_tokens"] == 12000
     # the budget follows only TGI's prompt limit: vLLM's max_prefill_tokens is its own (8,192 on an 80 GiB GPU)
@@ -72,16 +72,16 @@ def test_a_deployment_launched_for_long_prompts():
 @pytest.mark.parametrize("settings, field, words", [
     # --max-input-tokens alone: max_model_len stays 4,096 and main.rs refuses max_input_tokens >= max_model_len
     ({"max_input_tokens": 8000}, "runtime_settings.max_input_tokens",
-     "tgi refuses to start with max_input_tokens 8000 not below max_model_len 4096"),
+     "tgi-v2 refuses to start with max_input_tokens 8000 not below max_model_len 4096"),
     ({"max_model_len": 4095}, "runtime_settings.max_model_len",
-     "tgi refuses to start with max_input_tokens 4095 not below max_model_len 4095"),
+     "tgi-v2 refuses to start with max_input_tokens 4095 not below max_model_len 4095"),
     # "`max_batch_prefill_tokens` must be >= `max_input_tokens`": TGI 2.x prefills a prompt in one step
     ({"max_input_tokens": 8000, "max_model_len": 9000, "max_prefill_tokens": 4000}, "runtime_settings.max_prefill_tokens",
-     "tgi refuses to start with max_prefill_tokens 4000 below max_input_tokens 8000"),
+     "tgi-v2 refuses to start with max_prefill_tokens 4000 below max_input_tokens 8000"),
 ])
 def test_launches_tgi_refuses(settings, field, words):
     with pytest.raises(RequestError) as err:
-        vramplan.estimate_inference({**BODY, "runtime": "tgi", "runtime_settings": settings})
+        vramplan.estimate_inference({**BODY, "runtime": "tgi-v2", "runtime_settings": settings})
     [(where, what)] = err.value.problems
     assert where == field and what.startswith(words)
 
@@ -96,13 +96,13 @@ def test_a_runtime_that_chunks_prompts_takes_a_budget_below_its_limit():
 
 def test_the_http_api_answers_422_naming_the_setting(client, auth_headers):
     r = client.post(f"{PREFIX}/inference", headers=auth_headers,
-                    json={**BODY, "runtime": "tgi", "runtime_settings": {"max_input_tokens": 8000}})
+                    json={**BODY, "runtime": "tgi-v2", "runtime_settings": {"max_input_tokens": 8000}})
     assert r.status_code == 422, r.text
     assert "runtime_settings.max_input_tokens" in r.text and "refuses to start" in r.text
 
 
 def test_the_planner_launches_tgi_for_the_lengths_it_searches():
-    body = {"llm_key": "llama-3.1-8b-instruct", "runtime": "tgi", "input_tokens": 6000, "output_tokens": 500,
+    body = {"llm_key": "llama-3.1-8b-instruct", "runtime": "tgi-v2", "input_tokens": 6000, "output_tokens": 500,
             "concurrent_users": 16, "find": ["cheapest_deployment"], "gpu_keys": ["h100_80", "l40s"]}
     answer = vramplan.plan(body)["cheapest_deployment"]
     # TGI's defaults refuse a 6,000-token prompt: every row says how it was launched (6,000 and 6,000 + 500)
@@ -173,7 +173,7 @@ def test_the_planner_launches_vllm_with_a_max_model_len_where_it_would_not_start
 def test_the_planner_launches_tgi_whole_where_its_pool_holds_less_than_4096_tokens():
     # Qwen2.5-14B in AWQ on a 12 GiB RTX 4070 leaves TGI a pool under one request of its 4,096-token default limit
     # (48 layers x 8 KV heads x 128 x 2 x 2 bytes = 196,608 bytes a token, 0.75 GiB for 4,096)
-    body = {"llm_key": "qwen2.5-14b-instruct", "quantization": "awq", "runtime": "tgi", "input_tokens": 1500,
+    body = {"llm_key": "qwen2.5-14b-instruct", "quantization": "awq", "runtime": "tgi-v2", "input_tokens": 1500,
             "output_tokens": 500, "concurrent_users": 1, "find": ["cheapest_deployment"], "gpu_keys": ["rtx_4070"]}
     single = vramplan.estimate_inference({k: v for k, v in body.items() if k not in ("find", "gpu_keys")} | {"gpu_key": "rtx_4070"})
     [w] = starts(single)
@@ -185,7 +185,7 @@ def test_the_planner_launches_tgi_whole_where_its_pool_holds_less_than_4096_toke
     assert row["runtime_settings"] == {"max_model_len": 2000, "max_input_tokens": 1500, "max_prefill_tokens": 4145}
     again = vramplan.estimate_inference(row["request"])
     assert starts(again) == [] and refusals(again) == [] and again["serving"]["ttft_ms"] == row["ttft_ms"]
-    assert any(n.startswith("tgi on rtx_4070: launched with max_model_len 2,000, max_input_tokens 1,500, "
+    assert any(n.startswith("tgi-v2 on rtx_4070: launched with max_model_len 2,000, max_input_tokens 1,500, "
                             "max_prefill_tokens 4,145 - one request of 4,096 tokens (its max_model_len)") for n in answer["notes"])
 
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import vramplan
+from vramplan.estimate import trace_values
+
 _spec = importlib.util.spec_from_file_location(
     "fidelity_serving", Path(__file__).resolve().parent.parent / "benchmarks" / "fidelity_serving.py")
 fs = importlib.util.module_from_spec(_spec)
@@ -247,7 +250,8 @@ def test_a_pool_the_source_states_pins_the_h100_runs_and_not_the_mi300x_ones():
 
 def test_tgi_launcher_flags_set_the_router_limits():
     # dstack's TGI runs on 8 x MI300X: --max-concurrent-requests 8192 lifts the router's limit of requests in flight
-    # (the profile's 128) - all 256 of a burst run at once; --max-batch-prefill-tokens sets the prefill budget.
+    # (the profile's 128) - all 256 of a burst run at once; --max-total-tokens sets the request limit (max_model_len),
+    # --max-batch-prefill-tokens the prefill budget. The image sha-11d7af7 is a commit between v2.3.1 and v2.4.0: tgi-v2.
     r = _record("meta-llama/Llama-3.1-405B-Instruct", runtime="tgi", runtime_version="sha-11d7af7-rocm",
                 weights_dtype="bf16", gpu_canonical="MI300X-192GB", num_gpus=8, tensor_parallel=8, input_tokens=80,
                 output_tokens=58, request_rate=None, num_prompts=256, batch_size=256, source="dstack",
@@ -255,12 +259,36 @@ def test_tgi_launcher_flags_set_the_router_limits():
                 engine_flags="text-generation-launcher --num-shard 8 --sharded true --max-concurrent-requests 8192 "
                              "--max-total-tokens 130000")
     body, notes, why = fs.map_record(r)
-    assert why == "" and body["runtime"] == "tgi" and body["runtime_settings"] == {"max_num_seqs": 8192}
+    assert why == "" and body["runtime"] == "tgi-v2"
+    assert body["runtime_settings"] == {"max_num_seqs": 8192, "max_model_len": 130000}
     assert "--max-concurrent-requests 8192: runtime_settings max_num_seqs" in notes
     body, _, _ = fs.map_record({**r, "engine_flags": "text-generation-launcher --max-batch-prefill-tokens=16384"})
     assert body["runtime_settings"] == {"max_prefill_tokens": 16384}
     body, _, _ = fs.map_record({**r, "engine_flags": "text-generation-launcher --num-shard 8"})
     assert "runtime_settings" not in body
+    # a release of 3.x, or none stated, is the current profile
+    body, _, _ = fs.map_record({**r, "runtime_version": "3.3.6", "engine_flags": None})
+    assert body["runtime"] == "tgi"
+    body, _, _ = fs.map_record({**r, "runtime_version": "2.4.1", "engine_flags": None})
+    assert body["runtime"] == "tgi-v2"
+
+
+def test_the_dstack_tgi_launch_takes_the_prompt_limit_its_long_prompts_need():
+    # The source starts TGI with --max-input-tokens 125000 beside the record's flags (its 10,000-token prompts need more
+    # than 2.x's 4,095): 2.x's prefill budget is then 125,000 + 50, so a burst of 256 x 80-token prompts (20,480
+    # tokens) is prefilled in one batch - where 4,145 would take ceil(20,480 / 4,145) = 5.
+    source = next(iter(fs.TGI_LAUNCH_READINGS)) + "tgi/data/result_tgi_short.csv"
+    r = _record("meta-llama/Llama-3.1-405B-Instruct", runtime="tgi", runtime_version="sha-11d7af7-rocm",
+                weights_dtype="bf16", gpu_canonical="MI300X-192GB", num_gpus=8, tensor_parallel=8, input_tokens=80,
+                output_tokens=58, request_rate=None, num_prompts=256, batch_size=256, source=source,
+                benchmark_tool="modified vLLM benchmark_serving.py",
+                engine_flags="text-generation-launcher --num-shard 8 --sharded true --max-concurrent-requests 8192 "
+                             "--max-total-tokens 130000")
+    body, notes, why = fs.map_record(r)
+    assert body["runtime_settings"] == {"max_num_seqs": 8192, "max_input_tokens": 125000, "max_model_len": 130000}
+    assert any("launched with --max-input-tokens 125000" in n for n in notes)
+    tv = trace_values(vramplan.estimate_inference({**body, "trace": True}))
+    assert tv["prefill_budget"] == 125000 + 50
 
 
 def test_perf_overview_graphs_stop_at_the_largest_listed_size_within_max_batch_size():

@@ -400,12 +400,15 @@ def runtimes(key, fmt) -> None:
         c = r["constants"]
         rows.append({"key": r["key"] + (" (default)" if r["default"] else ""), "label": r["label"],
                      "batching": "continuous" if r["continuous_batching"] else "static unless asked",
-                     "max_num_seqs": c["max_num_seqs"]["value"] or "-", "tokens/step": c["max_prefill_tokens"]["value"] or "-",
+                     "max_num_seqs": c["max_num_seqs"]["value"] or "-",
+                     "tokens/step": ("derived" if c.get("prefill_budget_derived", {}).get("value")
+                                     else c["max_prefill_tokens"]["value"] or "-"),
                      "KV pool": (f"{c['gpu_memory_utilization']['value']:g} of "
                                  + ("free" if c["kv_pool_of_free"]["value"] else "total")) if c["kv_preallocate"]["value"] else "grows"})
     click.echo(_table(rows, [("key", "key"), ("label", "runtime"), ("batching", "batching"), ("max_num_seqs", "max seqs"),
                              ("tokens/step", "tokens/step"), ("KV pool", "KV pool")]))
-    click.echo("(max seqs and tokens/step can depend on the GPU: `vramplan runtimes KEY` lists every constant, its tiers and its source)")
+    click.echo("(max seqs and tokens/step can depend on the GPU: `vramplan runtimes KEY` lists every constant, its tiers and its source;"
+               " derived: the runtime's launcher sizes its budget from the GPU and the model, formula prefill_budget)")
 
 
 def _needs_words(needs: dict) -> str:
