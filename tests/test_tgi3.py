@@ -104,15 +104,30 @@ def test_the_cache_is_90_percent_of_the_gpu_less_everything_held():
 
 
 def test_prompt_chunks_ride_with_the_decodes_and_share_the_budget():
-    # 64 clients of 1000 + 200 tokens on an H100: each step holds at most the budget, decodes included, so at most
-    # budget x 200 / 1200 sequences keep decoding (srv_budget_limit) - 9,978 for 59,870; the router's 128 bind first
+    # 200 clients of 1000 + 200 tokens on an H100: the step that carries prompts holds at most the budget, decodes
+    # included, and every loop of the router follows it with a decode forward, so n sequences need n x 2 x 1000 / 200
+    # prompt tokens beside their n decodes in one step of two: n <= 59,870 x 200 / (2 x 1000 + 200) = 5,442.7
+    # (srv_budget_limit); the router's 128 bind first
     _, t = traced({"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "tgi", "concurrent_users": 200})
-    assert t["rt_prefill_mixes_decode"] == 1
-    assert t["srv_budget_limit"] == pytest.approx(59_870 * 200 / 1200)
+    assert t["rt_prefill_mixes_decode"] == 1 and t["rt_decode_forward_after_prefill"] == 1
+    assert t["srv_budget_limit"] == pytest.approx(59_870 * 200 / (2 * 1000 + 200))
     assert t["srv_max_running"] == 128
     # 2.x paused the running batch for a prefill: no budget shared with the decodes
     _, v2 = traced({"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "tgi-v2", "concurrent_users": 200})
     assert v2["rt_prefill_mixes_decode"] == 0 and v2["srv_budget_limit"] == 1e15
+
+
+def test_a_bursts_ramp_loop_is_its_prompt_step_and_a_decode_forward():
+    # 200 prompts of 1,000 tokens sent at once on a B200 (a card the launcher does not know: 4,096 tokens a step): the
+    # router's 128 run (the budget would keep 4,096 x 200 / 2,200 = 372); a loop admits (4,096 - 128 / 2) / 1,000 =
+    # 4.03 prompts beside the decodes, and each loop is that step and a decode forward
+    out, t = traced({"gpu_key": "b200", "llm_key": "llama-3.1-8b-instruct", "runtime": "tgi", "input_tokens": 1000,
+                     "output_tokens": 200, "batch_size": 200})
+    assert t["srv_burst"] == 1 and t["srv_burst_cap"] == 128
+    assert t["srv_burst_admit_per_round"] == pytest.approx((4096 - 0.5 * 128) / 1000)
+    step = max(t["srv_round_op_s"] + (1 - t["srv_mixed_share_op"]) * t["decode_cuda_graphs"] * t["srv_eager_mix_s"],
+               t["srv_burst_admit_per_round"] * t["srv_ramp_prompt_s"] + t["decode_cuda_graphs"] * t["srv_eager_mix_s"])
+    assert t["srv_burst_ramp_round_s"] == pytest.approx(step + t["srv_round_op_s"], rel=1e-12)
 
 
 @pytest.mark.parametrize("gpu, chunking, block", [
