@@ -194,6 +194,9 @@ class Architecture:
     #: the config's own count of shared experts (``n_shared_experts``: DeepSeek, GLM-4.5), 0 where it states a width
     #: (``shared_expert_intermediate_size``) or none - what TGI's launcher reads when it counts a token's FLOPs
     n_shared_experts: int = 0
+    #: the config's own model_type, a multimodal wrapper's where the language model is nested (Gemma 3's "gemma3" around
+    #: "gemma3_text") - what runtimes that special-case families read (TGI's launcher: its prefill budget for gemma3)
+    config_model_type: str = ""
     #: the width the routed experts take in and give back, where it is not hidden_size: Kimi K3's latent MoE
     #: (``routed_expert_hidden_size``; vramplan.families._kimi_linear) - 0 = hidden_size
     moe_expert_hidden_size: int = 0
@@ -847,6 +850,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         moe_intermediate_size=int(moe_inter),
         shared_expert_intermediate_size=int(shared_inter),
         n_shared_experts=int(cfg.get("n_shared_experts") or 0) if n_exp else 0,
+        config_model_type=str(top.get("model_type") or model_type),
         moe_layers=moe_layers,
         dense_intermediate_size=int(dense_inter),
         ffn_sizes=blocks[1] if blocks else (),

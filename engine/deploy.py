@@ -105,8 +105,9 @@ def _launched_to_start(cat: Catalog, rows: list[dict[str, Any]]) -> list[str]:
         # The defaults the row was estimated with stay: one that follows these limits (TGI's prefill budget, vLLM V0's
         # token budget and chunking by max_model_len) is set to what it was, so the row's figures are its request's.
         context = float(res.arch.max_position_embeddings or 0)
-        was = scenario_mod.runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, before or None, context)
-        now = scenario_mod.runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, settings, context)
+        mt = res.arch.config_model_type
+        was = scenario_mod.runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, before or None, context, mt)
+        now = scenario_mod.runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, settings, context, mt)
         settings.update({key[3:]: v for key, v in was.items() if key[3:] not in settings and now.get(key) != v})
         r["runtime_settings"], r["request"] = settings, {**body, "runtime_settings": settings}
         launched = ", ".join(f"{k} {v:,.0f}" for k, v in settings.items() if k not in before)

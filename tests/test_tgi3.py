@@ -68,6 +68,19 @@ def test_the_prefill_budget_is_the_launchers_compute_optimum(gpu, n, model, expe
     assert t["prefill_chunks"] == max(math.ceil(1000 / expected), 1) and t["prefill_tokens"] == expected
 
 
+def test_the_launchers_multimodal_defaults_key_on_the_configs_own_model_type():
+    # launcher main.rs default_optimal: 8,000 for "gemma3" (a multimodal config wrapping gemma3_text), as a TGI log of
+    # gemma-3-27b-it on 2 x RTX A6000 prints ("Unkown compute for card nvidia-rtx-a6000", "Default
+    # `max_batch_prefill_tokens` to 8000"); the text-only gemma3_text (Gemma 3 1B) has no vision_config, so its FLOPs
+    # count: 26 layers, hidden 1152, 4 heads and 1 KV head of 256, intermediate 6912 on one H100
+    _, t = traced({"gpu_key": "rtx_a6000", "llm_key": "gemma-3-27b-it", "runtime": "tgi", "num_gpus": 2,
+                   "inference_parallelism": "tensor"})
+    assert t["prefill_budget"] == 8000
+    flop = 26 * (2 * 256 * 1152 * (3 * 4 + 2 * 1) + 2 * 3 * 1152 * 6912)
+    _, t = traced({"gpu_key": "h100_80", "llm_key": "gemma-3-1b-it", "runtime": "tgi"})
+    assert t["launcher_flop_per_token"] == flop and t["prefill_budget"] == min(900e12 // flop, 32768)
+
+
 def test_a_budget_the_deployment_sets_is_the_budget():
     _, t = traced({"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "tgi",
                    "runtime_settings": {"max_prefill_tokens": 8192}})
