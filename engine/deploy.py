@@ -104,10 +104,8 @@ def _launched_to_start(cat: Catalog, rows: list[dict[str, Any]]) -> list[str]:
             settings["max_input_tokens"] = float(req["input_tokens"])  # below the request limit, or TGI refuses to start
         # The defaults the row was estimated with stay: one that follows these limits (TGI's prefill budget, vLLM V0's
         # token budget and chunking by max_model_len) is set to what it was, so the row's figures are its request's.
-        context = float(res.arch.max_position_embeddings or 0)
-        mt = res.arch.config_model_type
-        was = scenario_mod.runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, before or None, context, mt)
-        now = scenario_mod.runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, settings, context, mt)
+        was = scenario_mod.runtime_constants(res.runtime.data, res.gpu, res.gpu_memory_gib, before or None, res.arch)
+        now = scenario_mod.runtime_constants(res.runtime.data, res.gpu, res.gpu_memory_gib, settings, res.arch)
         settings.update({key[3:]: v for key, v in was.items() if key[3:] not in settings and now.get(key) != v})
         r["runtime_settings"], r["request"] = settings, {**body, "runtime_settings": settings}
         launched = ", ".join(f"{k} {v:,.0f}" for k, v in settings.items() if k not in before)

@@ -355,8 +355,6 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     per-GPU tables those combinations read."""
     cat, pairs, gpus = space.cat, space.pairs, space.gpus
     arch = pairs[0].res.arch
-    context = float(arch.max_position_embeddings or 0)  # runtime defaults that depend on the model (tiers)
-    model_type = arch.config_model_type
     layouts = {u: _layouts(fixed, arch, u) for u in (False, True)}
     pieces = {name: Piece() for name in ("gpu", "format", "runtime", "constants")}
     by_runtime: dict[str, list[int]] = {}
@@ -388,11 +386,10 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
             if not members:
                 continue
             rt = runtime.data
-            consts = scenario_mod.runtime_constants(rt, gpu.key, mem, None, context, model_type)
+            consts = scenario_mod.runtime_constants(rt, gpu, mem, None, arch)
             settings = pairs[members[0]].settings
             c_row = pieces["constants"].row((rkey, id(consts)),
-                                            lambda: scenario_mod.runtime_constants(rt, gpu.key, mem, settings, context,
-                                                                                   model_type))
+                                            lambda: scenario_mod.runtime_constants(rt, gpu, mem, settings, arch))
             f_rows = {c: pieces["format"].row((gi,) + c, lambda: scenario_mod.format_on_gpu_vars(g, example[c]))
                       for c in {fmt_class[i] for i in members}}
             r_rows = {c: pieces["runtime"].row((rkey, order, hw["host_bw_gb_s"]) + c, lambda: scenario_mod.runtime_on_gpu_vars(

@@ -17,6 +17,7 @@ from .elementwise import number_or, where
 from .errors import RequestError
 
 if TYPE_CHECKING:
+    from .registry import Entry
     from .resolve import Resolved
 
 #: name → (unit, meaning)
@@ -401,20 +402,20 @@ _RT_CACHE: dict[int, tuple] = {}
 
 
 def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float, context: float = 0.0,
-                  model_type: str = "") -> dict[str, float]:
+                  model_type: str = "", vendor: str = "") -> dict[str, float]:
     """A runtime profile's constants as rt_<name> (cached per loaded profile and tier).
 
-    A constant with ``tiers`` takes the first tier that names the GPU in ``gpus``, whose
-    ``below_gib`` is above the GPU's memory (vLLM and SGLang size their token budgets and batch
-    limits by the GPU), whose ``context_above`` is below the model's context (vLLM's V0 engine
+    A constant with ``tiers`` takes the first tier that names the GPU in ``gpus`` or its vendor in ``vendors`` (a
+    vendor's own image: TGI's ROCm build), whose ``below_gib`` is above the GPU's memory (vLLM and SGLang size their
+    token budgets and batch limits by the GPU), whose ``context_above`` is below the model's context (vLLM's V0 engine
     chunks prompts only for models of more than 32K) or that names the config's model_type in ``model_types``
     (TGI's launcher defaults for gemma3 and Qwen2-VL), else its ``value``."""
     hit = _RT_CACHE.get(id(runtime))
     if hit is None or hit[0] is not runtime:
         base = {f"rt_{name}": float(c["value"]) for name, c in runtime["constants"].items()}
-        tiered = tuple((f"rt_{name}", tuple((frozenset(t.get("gpus", ())), t.get("below_gib", 0.0),
-                                              t.get("context_above", float("inf")), frozenset(t.get("model_types", ())),
-                                              float(t["value"]))
+        tiered = tuple((f"rt_{name}", tuple((frozenset(t.get("gpus", ())) | {f"vendor:{v}" for v in t.get("vendors", ())},
+                                              t.get("below_gib", 0.0), t.get("context_above", float("inf")),
+                                              frozenset(t.get("model_types", ())), float(t["value"]))
                                              for t in c["tiers"]))
                        for name, c in runtime["constants"].items() if c.get("tiers"))
         hit = (runtime, base, tiered, {})
@@ -422,8 +423,10 @@ def _runtime_vars(runtime: dict, gpu_key: str, gpu_mem_gib: float, context: floa
     _, base, tiered, by_tier = hit
     if not tiered:
         return base
+    maker = f"vendor:{vendor}"
     picks = tuple(next((v for gpus, below, above, types, v in tiers
-                        if gpu_key in gpus or gpu_mem_gib < below or context > above or model_type in types), None)
+                        if gpu_key in gpus or maker in gpus or gpu_mem_gib < below or context > above
+                        or model_type in types), None)
                   for _, tiers in tiered)
     values = by_tier.get(picks)
     if values is None:
@@ -516,8 +519,7 @@ def device_vars(res: Resolved, act_bytes: float, to_nvme: bool) -> dict[str, flo
     d.update(format_on_gpu_vars(gpu, res.quant.data))
     d.update(runtime_on_gpu_vars(res.runtime.data, res.quant.data, res.hardware_order, d["host_bw_gb_s"], to_nvme,
                                  res.request.get("runtime_settings")))
-    d.update(runtime_constants(res.runtime.data, res.gpu.key, res.gpu_memory_gib, res.request.get("runtime_settings"),
-                               float(res.arch.max_position_embeddings or 0), res.arch.config_model_type))
+    d.update(runtime_constants(res.runtime.data, res.gpu, res.gpu_memory_gib, res.request.get("runtime_settings"), res.arch))
     d["act_bytes"] = runtime_act_bytes(d.get("rt_activation_bytes", 0.0), act_bytes, res.workload)
     return d
 
@@ -615,13 +617,14 @@ def launched_context(max_model_len: float, context: float) -> float:
     return min(known) if known else 0.0
 
 
-def runtime_constants(runtime: dict[str, Any], gpu_key: str, gpu_mem_gib: float,
-                      settings: dict[str, float] | None, context: float = 0.0, model_type: str = "") -> dict[str, float]:
-    """The profile's constants as rt_<name> on this GPU for a model of this context and config model_type (tiers
-    applied), the request's runtime_settings over them."""
+def runtime_constants(runtime: dict[str, Any], gpu: Entry, gpu_mem_gib: float,
+                      settings: dict[str, float] | None, arch: Architecture) -> dict[str, float]:
+    """The profile's constants as rt_<name> on this GPU (its key and vendor; ``gpu_mem_gib``, the memory the request
+    runs with) for this model (its context and config model_type) - tiers applied - and the request's
+    runtime_settings over them."""
     # defaults keyed to the context read the one the runtime is launched with (vLLM V0's --max-model-len)
-    context = launched_context(float((settings or {}).get("max_model_len") or 0), context)
-    values = _runtime_vars(runtime, gpu_key, gpu_mem_gib, context, model_type)
+    context = launched_context(float((settings or {}).get("max_model_len") or 0), float(arch.max_position_embeddings or 0))
+    values = _runtime_vars(runtime, gpu.key, gpu_mem_gib, context, arch.config_model_type, gpu.data.get("vendor") or "")
     if not settings:
         return values
     out = dict(values)

@@ -146,6 +146,7 @@ def test_a_bursts_ramp_loop_is_its_prompt_step_and_a_decode_forward():
 @pytest.mark.parametrize("gpu, chunking, block", [
     ("h100_80", 1, 1),      # flashinfer: BLOCK_SIZE 1, PREFILL_CHUNKING 1
     ("mi300x", 0, 16),      # Dockerfile_amd: ATTENTION=paged (16-token blocks), PREFILL_CHUNKING=0
+    ("radeon_pro_w7900", 0, 16),  # the same image on any AMD GPU (a tier on the vendor)
     ("arc_b580", 1, 64),    # Dockerfile_intel: flashdecoding-ipex, 64-token blocks
 ])
 def test_the_images_attention_sets_chunking_and_blocks(gpu, chunking, block):

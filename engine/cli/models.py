@@ -458,11 +458,11 @@ def plugins(fmt: str) -> None:
 
 
 def _tier_words(t: dict) -> str:
-    """When a runtime constant's tier applies, in words (a GPU list, a memory bound, a model context, model types)."""
+    """When a runtime constant's tier applies, in words (GPUs or vendors, a memory bound, a model context, model types)."""
     if "below_gib" in t:
         return f"below {t['below_gib']:g} GiB"
     if "context_above" in t:
         return f"above {t['context_above']:g} tokens of context"
     if "model_types" in t:
         return "for " + ", ".join(t["model_types"])
-    return "on " + ", ".join(t["gpus"])
+    return "on " + ", ".join([*t.get("gpus", ()), *(f"{v} GPUs" for v in t.get("vendors", ()))])
