@@ -48,7 +48,7 @@ from .catalog import Catalog
 from .errors import RequestError
 from .estimate import configuration_checks
 from .registry import Entry
-from .resolve import Resolved, resolve, runtime_value
+from .resolve import Resolved, resolve, runtime_value, splits_layers
 
 #: GPUs per replica the search tries (one node; the estimate models one GPU-to-GPU link type).
 GPU_COUNTS = (1, 2, 4, 8)
@@ -432,6 +432,12 @@ def _enumerate(space: Space, fixed: dict[str, Any]) -> None:
     weights_q = np.array([ceiling.weights_rank(p.quant) for p in pairs])[pair_of]
     space.quality = np.stack([weights_q, kv_q], axis=1)
     space.native = np.array([p.quant.key == ceiling.native for p in pairs], dtype=bool)[pair_of]
+    # a runtime without pipeline parallelism (TGI: tensor-parallel shards only) has no pipeline layout over several GPUs
+    layered = np.array([splits_layers(p.runtime) for p in pairs], dtype=bool)
+    keep = space.tensor | (space.n <= 1) | layered[space.pair]
+    if not keep.all():
+        for name in ("combo", "n", "tensor", "kv", "kv_bits", "kv_fp8", "pair", "gpu", "quality", "native"):
+            setattr(space, name, getattr(space, name)[keep])
 
 
 def launch_settings(runtime: Entry, req: dict[str, Any]) -> dict[str, float]:

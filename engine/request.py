@@ -102,6 +102,7 @@ def check(body: Any, workload: str, *, schema_checked: bool = False,
         problems.extend(split_context(req, "seq_length" in body))
         req["continuous_batching_given"] = body.get("enable_continuous_batching")
         req["kv_cache_quantization_given"] = "kv_cache_quantization" in body
+        req["inference_parallelism_given"] = "inference_parallelism" in body
         if holds(req["enable_prefix_caching"]) and holds(req["shared_prefix_ratio"] == 0):
             notes.append("enable_prefix_caching changes nothing with shared_prefix_ratio 0: no prompt shares a prefix "
                          "to reuse (give the share of each prompt that all requests have in common)")

@@ -199,6 +199,8 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         raise RequestError(problems, suggestions=suggestions)
     if workload == "inference" and req["inference_parallelism"] == "expert":
         _check_expert_split(cat, arch, runtime)
+    if workload == "inference":
+        _layer_split(cat, runtime, req, assumptions)
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
     if workload == "inference":
@@ -558,6 +560,29 @@ def _check_expert_split(cat: Catalog, arch: Architecture, runtime: Entry) -> Non
         able = [e.key for e in cat.runtimes if e.data["constants"]["attention_dp"]["value"]]
         raise RequestError([("inference_parallelism", f"expert (attention data parallelism + expert parallelism) is not a "
                              f"mode of {runtime.key}; runtimes that have it: {', '.join(able)} (or use tensor or pipeline)")])
+
+
+def splits_layers(runtime: Entry) -> bool:
+    """Whether the runtime can place a model's layers on the GPUs in stages (inference_parallelism pipeline); TGI
+    shards every layer (tensor parallelism) and nothing else (runtime constant pipeline_parallel)."""
+    return bool(runtime.data["constants"]["pipeline_parallel"]["value"])
+
+
+def _layer_split(cat: Catalog, runtime: Entry, req: dict[str, Any], assumptions: list[str]) -> None:
+    """A runtime without pipeline parallelism: over several GPUs, a request that leaves inference_parallelism out
+    (the seed API's default is pipeline) is split the only way the runtime splits a model, and says so; one that
+    states pipeline is refused."""
+    if req["inference_parallelism"] != "pipeline" or holds(req["num_gpus"] <= 1) or splits_layers(runtime):
+        return
+    if req.get("inference_parallelism_given"):
+        able = [e.key for e in cat.runtimes if splits_layers(e)]
+        raise RequestError([("inference_parallelism", f"pipeline is not a split {runtime.key} has: it shards every layer "
+                             f"over the GPUs (tensor parallelism) and places none on a GPU of its own; use tensor, or a "
+                             f"runtime with pipeline parallelism ({', '.join(able)})")])
+    req["inference_parallelism"] = "tensor"
+    assumptions.append(f"multi-GPU split: tensor parallelism - {runtime.key} shards every layer over the GPUs and has no "
+                       f"pipeline parallelism (inference_parallelism left out; the API's default, pipeline, is not a "
+                       f"split it can run)")
 
 
 def _uncertainty_warnings(workload: str, hw_class: dict[str, Any] | None, gpu: dict[str, Any], arch: Architecture,

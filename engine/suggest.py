@@ -58,6 +58,7 @@ from .answer import estimate as run
 from . import formatrules
 from .formatrules import finetuning_weights
 from .request import context_change, validate
+from .resolve import splits_layers
 from .search import Probe, capacity_gib, search_min
 from .verdict import fits
 
@@ -168,6 +169,12 @@ class _Search:
         self.headroom = TARGETS[out["memory_status"]] if memory_needs_suggestions(out) else 0.0
         self.capacity = capacity_gib(self.body, cat)
         self.req = validate(self.body, workload)  # defaults applied: the "before" of every change
+        # the split the estimate ran: a runtime without pipeline parallelism (TGI) takes tensor where the request leaves
+        # inference_parallelism out (resolve._layer_split), and pipeline is no change to offer it
+        rt = out.get("runtime") if workload == "inference" else None
+        self.layered = splits_layers(cat.runtimes.get(rt)) if rt in cat.runtimes else True
+        if not self.layered and self.req.get("inference_parallelism") == "pipeline":
+            self.req = {**self.req, "inference_parallelism": "tensor"}
         self.speed_field = "per_user_tps" if workload == "inference" else "training_tps"
         self._pin: dict[str, Any] | None = None  # runtime_settings for other deployments under a pinned pool
         self._model_ceiling: formatrules.Ceiling | None = None  # what formats keep of this model (_ceiling)
@@ -194,12 +201,13 @@ class _Search:
             formats = [e for e in self.cat.quantization if e.data.get("kind") != "alias"]
             lowest = min(formats, key=lambda e: e.data["quality_rank"])
             kv = min((e for e in formats if "kv_cache_bits" in e.data), key=lambda e: e.data["kv_cache_bits"])
+            # pipeline: no head-divisibility error; a runtime without it (TGI) takes its tensor split
+            split = {"inference_parallelism": "pipeline" if self.layered else "tensor"}
             bounds = [{**base, "quantization": lowest.key, "kv_cache_quantization": kv.key, "concurrent_users": 1,
-                       "inference_parallelism": "pipeline", "enable_offloading": False}]
+                       **split, "enable_offloading": False}]
             arch = self._arch()
             if arch is not None:
-                bounds.append({**self._base(True), "enable_offloading": True, "num_offload_layers": arch.num_layers,
-                               "inference_parallelism": "pipeline"})
+                bounds.append({**self._base(True), "enable_offloading": True, "num_offload_layers": arch.num_layers, **split})
         else:
             bounds = [{**base, "finetuning_method": "qlora", "optimizer": "paged_adamw_8bit", "enable_offloading": True,
                        "gradient_accumulation_steps": 1,
@@ -409,7 +417,7 @@ class _Search:
         else:
             found.append(self._more_gpus({}, "with pipeline parallelism"))
             found.append(self.suggest({"inference_parallelism": "tensor"}, "tensor instead of pipeline parallelism"))
-        if req["num_gpus"] > 1 and req["inference_parallelism"] == "tensor":
+        if req["num_gpus"] > 1 and req["inference_parallelism"] == "tensor" and self.layered:
             found.append(self.suggest({"inference_parallelism": "pipeline"}, "pipeline instead of tensor parallelism"))
         found.append(self._shrink("max_seq_length", "seq_length", "a context of"))
         found.append(self._shrink("max_batch_size", "batch_size", "a batch of"))
