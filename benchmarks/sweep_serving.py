@@ -51,7 +51,8 @@ RATE_FRACTIONS = [0.1, 0.3, 0.5, 0.7, 0.9, 0.97]
 
 # (model, gpu, quantization, GPUs[, split]): dense, MoE, hybrid / state-space, sliding-window, MLA,
 # multimodal; consumer, datacenter (NVIDIA, AMD), Apple; tensor parallelism unless a split is named
-# (pipeline, or expert: attention data parallelism + expert parallelism, refused by the runtimes without it).
+# (pipeline, refused by TGI, which has none; or expert: attention data parallelism + expert parallelism, refused by
+# the runtimes without it).
 FULL_DEPLOYMENTS = [
     ("llama-3.1-8b-instruct", "rtx_4090", "bf16", 1), ("llama-3.1-8b-instruct", "rtx_4090", "fp8", 1),
     ("llama-3.1-8b-instruct", "rtx_3090", "awq", 1), ("llama-3.1-8b-instruct", "a100_80", "bf16", 1),
