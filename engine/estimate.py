@@ -348,8 +348,10 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         out.append(f"requests: {req['input_tokens']} prompt + {req['output_tokens']} output tokens"
                    + ("" if split == "given" else f" ({split})"))
         if s.get("rt_prefill_budget_derived") and v.get("prefill_budget") is not None:
+            capped = 0 < v.get("prefill_vram_max_tokens", 0) <= v["prefill_budget"]
             out.append(f"prefill budget: {int(v['prefill_budget']):,} tokens a step, as {res.runtime.key}'s launcher derives "
-                       "it for this GPU and model (formula prefill_budget; runtime_settings max_prefill_tokens sets it)")
+                       "it for this GPU and model (formula prefill_budget" + ("; its memory heuristic binds, formula "
+                       "prefill_vram_max_tokens" if capped else "") + "; runtime_settings max_prefill_tokens sets it)")
         if v.get("prefill_context", s["seq"]) < s["seq"]:
             out.append(f"memory: the prefill takes the stated {int(v['prefill_context']):,}-token prompt and the cache grows to "
                        f"{int(s['seq']):,} tokens over the answer; the peak is "

@@ -95,6 +95,13 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "shared_intermediate": ("elements", "feed-forward width of the shared expert(s)"),
     "n_shared_experts": ("experts", "shared experts as the config counts them (n_shared_experts; 0 where it states a width)"),
     "max_positions": ("tokens", "the model's context as its config states it (max_position_embeddings; 0 = not stated)"),
+    "config_local_experts": ("experts", "the config's own top-level num_local_experts (Mixtral's name for its routed experts; 0 where "
+                                        "it names them otherwise or has none) - what TGI's launcher reads as the experts"),
+    "checkpoint_quantized": ("flag", "1 if the config.json states a quantization_config with a quant_method (a quantized "
+                                     "checkpoint)"),
+    "config_text_at_top": ("flag", "1 if the config.json states the language model's sizes at its top level (num_attention_heads, "
+                                   "num_hidden_layers, intermediate_size, vocab_size, hidden_size or n_embd), 0 where a "
+                                   "multimodal wrapper nests them (text_config) or no config.json is known"),
     "n_moe_layers": ("layers", "layers whose feed-forward is MoE"),
     "params_total": ("params", "all parameters"),
     "params_active": ("params", "parameters a token uses (MoE: routed experts only)"),
@@ -450,6 +457,20 @@ class Notes:
     warnings: list[str] = field(default_factory=list)
 
 
+def _config_vars(cfg: Any) -> dict[str, float]:
+    """What the model's own config.json states at its top level, as a reader of the raw file sees it (TGI's launcher:
+    launcher/src/main.rs RawConfig) - none of it where no config.json is known."""
+    top = cfg if isinstance(cfg, dict) else {}
+    experts = top.get("num_local_experts")
+    qc = top.get("quantization_config")
+    sized = all(isinstance(top.get(k), int) and not isinstance(top.get(k), bool)
+                for k in ("num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"))
+    width = top.get("hidden_size", top.get("n_embd"))
+    return {"config_local_experts": float(experts) if isinstance(experts, int) and not isinstance(experts, bool) and experts > 0 else 0.0,
+            "checkpoint_quantized": float(isinstance(qc, dict) and bool(qc.get("quant_method"))),
+            "config_text_at_top": float(sized and isinstance(width, int) and not isinstance(width, bool))}
+
+
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants
     (the numbers alone; :func:`build_with_notes` also gives what the stage says)."""
@@ -465,6 +486,7 @@ def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
     s.update(_quant_vars(qbits))
     s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     s["p_kept"] = float(res.kept_layer_params)
+    s.update(_config_vars(res.model_config))
     s["b_kept"] = keptmodules.KEPT_BITS
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = activation_bytes(res.quant.data)

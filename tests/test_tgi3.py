@@ -68,6 +68,52 @@ def test_the_prefill_budget_is_the_launchers_compute_optimum(gpu, n, model, expe
     assert t["prefill_chunks"] == max(math.ceil(1000 / expected), 1) and t["prefill_tokens"] == expected
 
 
+def launcher_vram(layers: int, hidden: int, heads: int, kv_heads: int, intermediate: int, vocab: int,
+                  experts: int = 1) -> tuple[int, int]:
+    """Config::model_vram and Config::token_vram: 2 bytes of its own weight count (gate / up / down x num_local_experts,
+    (heads + 2 KV heads) x head_dim for q / k / v - no hidden size there - and o, per layer; embeddings and head), and a
+    token's keys and values plus (intermediate + intermediate / 2) x experts x 2 bytes x 3 of MoE intermediates."""
+    head_dim = hidden // heads
+    layer = 3 * intermediate * experts * hidden + (heads + 2 * kv_heads) * head_dim + heads * head_dim * hidden
+    model = 2 * (layers * layer + 2 * hidden * vocab)
+    token = kv_heads * 2 * head_dim * 2 * layers + (intermediate + intermediate // 2) * experts * 2 * 3
+    return model, token
+
+
+def test_the_launchers_memory_heuristic_caps_a_large_moe_budget():
+    # Mixtral 8x22B's config: 56 layers, hidden 6144, 48 heads, 8 KV heads, intermediate 16384, vocabulary 32768, 8 local
+    # experts, 2 a token; on four H100s of 80 GiB: 4 x 80 GiB x 0.95 (the launcher's TGI_WIGGLE_ROOM default) available
+    model, token = launcher_vram(56, 6144, 48, 8, 16384, 32768, experts=8)
+    assert (model, token) == (275_617_021_952, 1_409_024)
+    cap = (int(4 * 80 * 2**30 * 0.95) - model) // token                       # 36,053
+    optimum = int(4 * 900e12 // launcher_flop(56, 6144, 48, 8, 16384, experts=2))  # 44,042, within 65,536 positions
+    assert (cap, optimum) == (36_053, 44_042)
+    out, t = traced({"gpu_key": "h100_80", "llm_key": "mixtral-8x22b-instruct", "runtime": "tgi", "num_gpus": 4})
+    assert t["prefill_vram_max_tokens"] == cap and t["prefill_budget"] == cap
+    assert "its memory heuristic binds" in " ".join(out["assumptions"])
+    # a budget stated at launch is not capped
+    _, t = traced({"gpu_key": "h100_80", "llm_key": "mixtral-8x22b-instruct", "runtime": "tgi", "num_gpus": 4,
+                   "runtime_settings": {"max_prefill_tokens": 44042}})
+    assert t["prefill_budget"] == 44_042
+
+
+@pytest.mark.parametrize("gpu, n, model, cap", [
+    # Llama 3.1 8B on an H100: (80 GiB x 0.95 - 14,449,770,496) // 260,096 = 258,191, above the compute optimum 59,870
+    ("h100_80", 1, "llama-3.1-8b-instruct", (int(80 * 2**30 * 0.95) - launcher_vram(32, 4096, 32, 8, 14336, 128256)[0])
+     // launcher_vram(32, 4096, 32, 8, 14336, 128256)[1]),
+    # a quantized checkpoint (gpt-oss's MXFP4 quantization_config): its counts return None, no cap
+    ("h100_80", 1, "gpt-oss-120b", 0),
+    # no nvidia-smi in the AMD image: no cap
+    ("mi300x", 4, "mixtral-8x22b-instruct", 0),
+    # a multimodal wrapper states its text sizes in text_config: no count, no cap (Gemma 3 keeps its logged 8,000)
+    ("h100_80", 1, "gemma-3-27b-it", 0),
+])
+def test_the_heuristic_leaves_most_budgets_alone(gpu, n, model, cap):
+    _, t = traced({"gpu_key": gpu, "llm_key": model, "runtime": "tgi", "num_gpus": n})
+    assert t["prefill_vram_max_tokens"] == cap
+    assert cap == 0 or cap > t["prefill_budget"]
+
+
 def test_the_launchers_multimodal_defaults_key_on_the_configs_own_model_type():
     # launcher main.rs default_optimal: 8,000 for "gemma3" (a multimodal config wrapping gemma3_text), as a TGI log of
     # gemma-3-27b-it on 2 x RTX A6000 prints ("Unkown compute for card nvidia-rtx-a6000", "Default
