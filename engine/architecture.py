@@ -169,6 +169,9 @@ class Architecture:
     layer_types: tuple[str, ...] = ()  # one per layer: "full", "sliding", "none" (no attention), "linear"
     sliding_window: int | None = None
     attn_mask_window: int | None = None  # the window transformers' attention mask applies (see _attn_mask_window)
+    #: the window is chunked attention's (Llama 4's attention_chunk_size: a token attends within its chunk), which a
+    #: runtime may keep as a window or not (runtime constant chunked_attention_window)
+    window_is_chunk: bool = False
     gated_mlp: bool = True
     qkv_bias: bool = False
     out_bias: bool = False
@@ -832,6 +835,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         layer_types=layer_types,
         sliding_window=int(window) if window else None,
         attn_mask_window=_attn_mask_window(cfg, model_type, window),
+        window_is_chunk=bool(window) and window == cfg.get("attention_chunk_size") and "sliding" in layer_types,
         gated_mlp=bool(fam.get("gated_mlp", True)),
         qkv_bias=bool(_first(cfg, "attention_bias", "qkv_bias", default=fam.get("qkv_bias", False))),
         out_bias=bool(fam.get("out_bias", False)),

@@ -6,7 +6,7 @@ request is reported at once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from . import formatrules, hardware, hub, keptmodules
@@ -201,6 +201,7 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
         _check_expert_split(cat, arch, runtime)
     if workload == "inference":
         _layer_split(cat, runtime, req, assumptions)
+        arch = _chunks_kept_whole(arch, runtime, assumptions)
     if arch.assumed:
         assumptions.extend(f"model: {a}" for a in arch.assumed)
     if workload == "inference":
@@ -560,6 +561,20 @@ def _check_expert_split(cat: Catalog, arch: Architecture, runtime: Entry) -> Non
         able = [e.key for e in cat.runtimes if e.data["constants"]["attention_dp"]["value"]]
         raise RequestError([("inference_parallelism", f"expert (attention data parallelism + expert parallelism) is not a "
                              f"mode of {runtime.key}; runtimes that have it: {', '.join(able)} (or use tensor or pipeline)")])
+
+
+def _chunks_kept_whole(arch: Architecture, runtime: Entry, assumptions: list[str]) -> Architecture:
+    """Chunked attention (Llama 4) is read as a window of attention_chunk_size tokens; a runtime that keeps every token
+    of those layers and attends to all of them in decode (runtime constant chunked_attention_window 0: TensorRT-LLM)
+    has full-attention layers there."""
+    if not arch.window_is_chunk or runtime.data["constants"]["chunked_attention_window"]["value"]:
+        return arch
+    n = arch.num_sliding_layers
+    assumptions.append(f"attention: {runtime.key} keeps every token of the {n} chunked-attention layers "
+                       f"(attention_chunk_size {arch.sliding_window:,} chunks only a prompt's attention there) - estimated "
+                       "as full-attention layers, a prompt beyond one chunk included")
+    return replace(arch, layer_types=tuple("full" if t == "sliding" else t for t in arch.layer_types), sliding_window=None,
+                   attn_mask_window=None, window_is_chunk=False)
 
 
 def splits_layers(runtime: Entry) -> bool:
