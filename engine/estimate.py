@@ -386,7 +386,11 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         if s["tp"] > 1:
             out.append(f"tensor parallelism over {int(s['tp'])} GPUs (interconnect {res.interconnect.key})")
         elif s["pp"] > 1:
-            out.append(f"pipeline parallelism: {int(s['pp'])} stages (interconnect {res.interconnect.key})")
+            usual = (not req.get("inference_parallelism_given")
+                     and res.runtime.data["constants"]["tensor_parallel_usual"]["value"])
+            out.append(f"pipeline parallelism: {int(s['pp'])} stages (interconnect {res.interconnect.key})"
+                       + (f" - the API's default split; {res.runtime.key} deployments within one node usually shard every "
+                          "layer instead (inference_parallelism tensor)" if usual else ""))
         elif s["ep"] > 1:
             out.append(f"attention data parallelism + expert parallelism over {int(s['ep'])} GPUs (interconnect "
                        f"{res.interconnect.key}): each GPU serves its own sequences and holds 1/{int(s['ep'])} of the "

@@ -80,3 +80,17 @@ def test_suggestions_for_tgi_add_shards_not_stages():
     found = [(s["summary"], s["change"]) for s in out.get("suggestions", [])]
     assert found and not any("pipeline" in summary for summary, _ in found)
     assert ("4 GPUs with tensor parallelism", {"num_gpus": 4, "inference_parallelism": "tensor"}) in found
+
+
+@pytest.mark.parametrize("runtime, told", [("vllm", True), ("sglang", True), ("tensorrt-llm", True),
+                                           ("transformers", False), ("llama.cpp", False)])
+def test_the_default_pipeline_split_is_pointed_out_where_the_runtime_usually_shards(runtime, told):
+    # vLLM, SGLang and TensorRT-LLM deployments within a node run tensor parallelism; the API's default split (pipeline)
+    # is kept for them but said; transformers (device_map "auto") and llama.cpp (--split-mode layer) split by layers
+    body = {**BASE, "llm_key": "llama-3.1-8b-instruct", "runtime": runtime, "quantization": "bf16"}
+    out, t = traced(body)
+    assert (t["tp"], t["pp"]) == (1, 4)
+    line = next(a for a in out["assumptions"] if a.startswith("pipeline parallelism: 4 stages"))
+    assert ("the API's default split" in line) == told
+    stated, _ = traced({**body, "inference_parallelism": "pipeline"})
+    assert not any("the API's default split" in a for a in stated["assumptions"])
