@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import families
 from .configkeys import check_config
@@ -200,6 +201,14 @@ class Architecture:
     #: the config's own model_type, a multimodal wrapper's where the language model is nested (Gemma 3's "gemma3" around
     #: "gemma3_text") - what runtimes that special-case families read (TGI's launcher: its prefill budget for gemma3)
     config_model_type: str = ""
+    #: what the config.json states at its own top level, as a reader of the raw file sees it (TGI's launcher,
+    #: launcher/src/main.rs RawConfig): ``num_local_experts`` (Mixtral's name for the routed experts; 0 where the config
+    #: names them otherwise or has none), a ``quantization_config`` with a ``quant_method``, and the language model's
+    #: sizes (num_attention_heads, num_hidden_layers, intermediate_size, vocab_size, hidden_size or n_embd) - not nested
+    #: in a multimodal wrapper's text_config
+    config_local_experts: int = 0
+    checkpoint_quantized: bool = False
+    config_text_at_top: bool = False
     #: the width the routed experts take in and give back, where it is not hidden_size: Kimi K3's latent MoE
     #: (``routed_expert_hidden_size``; vramplan.families._kimi_linear) - 0 = hidden_size
     moe_expert_hidden_size: int = 0
@@ -855,6 +864,7 @@ def from_hf_config(config: dict, *, where: str = "custom_model") -> Architecture
         shared_expert_intermediate_size=int(shared_inter),
         n_shared_experts=int(cfg.get("n_shared_experts") or 0) if n_exp else 0,
         config_model_type=str(top.get("model_type") or model_type),
+        **_raw_config_facts(top),
         moe_layers=moe_layers,
         dense_intermediate_size=int(dense_inter),
         ffn_sizes=blocks[1] if blocks else (),
@@ -951,6 +961,20 @@ def _decilm_blocks(cfg: dict, hidden, heads, layers, where: str, problems: list[
         return None
     kv_heads = heads // groups.pop() if groups else heads
     return tuple(kinds), tuple(ffn), kv_heads
+
+
+def _raw_config_facts(top: dict) -> dict[str, Any]:
+    """The Architecture fields that read the config's own top level (see Architecture.config_local_experts)."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    experts = top.get("num_local_experts")
+    qc = top.get("quantization_config")
+    return {"config_local_experts": int(experts) if whole(experts) and experts > 0 else 0,
+            "checkpoint_quantized": isinstance(qc, dict) and bool(qc.get("quant_method")),
+            "config_text_at_top": all(whole(top.get(k)) for k in ("num_attention_heads", "num_hidden_layers",
+                                                                  "intermediate_size", "vocab_size"))
+                                  and whole(top.get("hidden_size", top.get("n_embd")))}
 
 
 def _attention_layout(cfg: dict, model_type: str, layers: int) -> tuple[tuple[str, ...], int | None]:

@@ -101,7 +101,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
                                      "checkpoint)"),
     "config_text_at_top": ("flag", "1 if the config.json states the language model's sizes at its top level (num_attention_heads, "
                                    "num_hidden_layers, intermediate_size, vocab_size, hidden_size or n_embd), 0 where a "
-                                   "multimodal wrapper nests them (text_config) or no config.json is known"),
+                                   "multimodal wrapper nests them (text_config)"),
     "n_moe_layers": ("layers", "layers whose feed-forward is MoE"),
     "params_total": ("params", "all parameters"),
     "params_active": ("params", "parameters a token uses (MoE: routed experts only)"),
@@ -363,6 +363,8 @@ def _model_vars(a: Architecture) -> dict[str, float]:
         "moe_hidden": a.moe_expert_width,
         "shared_intermediate": a.shared_expert_intermediate_size, "n_moe_layers": len(a.moe_layers),
         "n_shared_experts": a.n_shared_experts, "max_positions": a.max_position_embeddings or 0,
+        "config_local_experts": a.config_local_experts, "checkpoint_quantized": int(a.checkpoint_quantized),
+        "config_text_at_top": int(a.config_text_at_top),
         "params_total": sum(roles.values()), "params_active": sum(active.values()), "gated_mlp": int(a.gated_mlp),
         # transformers' Phi3MLP / GlmMLP: one gate_up_proj, chunked into views (models/phi3/modeling_phi3.py)
         "fused_gate_up": int(a.model_type in FUSED_GATE_UP_FAMILIES and a.gated_mlp and not a.is_moe),
@@ -457,20 +459,6 @@ class Notes:
     warnings: list[str] = field(default_factory=list)
 
 
-def _config_vars(cfg: Any) -> dict[str, float]:
-    """What the model's own config.json states at its top level, as a reader of the raw file sees it (TGI's launcher:
-    launcher/src/main.rs RawConfig) - none of it where no config.json is known."""
-    top = cfg if isinstance(cfg, dict) else {}
-    experts = top.get("num_local_experts")
-    qc = top.get("quantization_config")
-    sized = all(isinstance(top.get(k), int) and not isinstance(top.get(k), bool)
-                for k in ("num_attention_heads", "num_hidden_layers", "intermediate_size", "vocab_size"))
-    width = top.get("hidden_size", top.get("n_embd"))
-    return {"config_local_experts": float(experts) if isinstance(experts, int) and not isinstance(experts, bool) and experts > 0 else 0.0,
-            "checkpoint_quantized": float(isinstance(qc, dict) and bool(qc.get("quant_method"))),
-            "config_text_at_top": float(sized and isinstance(width, int) and not isinstance(width, bool))}
-
-
 def build(res: Resolved) -> dict[str, float]:
     """The Scenario for one request: every variable in :data:`VARIABLES` plus ``rt_*`` constants
     (the numbers alone; :func:`build_with_notes` also gives what the stage says)."""
@@ -486,7 +474,6 @@ def build_with_notes(res: Resolved) -> tuple[dict[str, float], Notes]:
     s.update(_quant_vars(qbits))
     s["custom_weights_bytes"] = float(req.get("custom_weights_bytes") or res.weights_file_bytes or 0)
     s["p_kept"] = float(res.kept_layer_params)
-    s.update(_config_vars(res.model_config))
     s["b_kept"] = keptmodules.KEPT_BITS
     compute = res.quant.data.get("compute", "fp16")
     s["act_bytes"] = activation_bytes(res.quant.data)
