@@ -9,7 +9,8 @@ failures, naming the entry and its file, so the rest keeps working.
   existing formats;
 - runtime profiles get the declared defaults of constants they lack (``catalogs/runtime_constants``)
   and must define every declared constant without one, in the declared unit, and every constant a
-  formula uses; exactly one runtime is the default;
+  formula uses; exactly one runtime is the default; their ``follows`` rules (a declaration's where the profile
+  has the names it reads) read only the profile's constants and do not loop;
 - hardware classes: fallbacks exist and do not loop; every GPU gets at most one class;
 - optimizers name existing optimizers in ``variant_of``; format rules name existing formats;
 - the formula graph: every input known, no circles, the engine's outputs present in their units
@@ -21,9 +22,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import contract, hardware, runtimetext
+from . import contract, follows, hardware, runtimetext
 from .architecture import from_hf_config
-from .errors import CatalogError, RequestError
+from .errors import CatalogError, FormulaError, RequestError
 from .registry import Entry
 from .scenario import RUNTIME_READS, scenario_variable_names
 
@@ -144,14 +145,40 @@ def _settle_runtime_constants(cat: Catalog, loud: Problems) -> None:
                     missing.append(name)
             elif constants[name]["unit"] != decl.data["unit"]:
                 wrong_unit.append(f"{name} is in {constants[name]['unit']!r}, declared in {decl.data['unit']!r}")
+        _declared_rules(constants, declared)
         lines = [*runtime.data.get("assumptions", ()), *runtime.data.get("training_assumptions", ())]
         unknown = runtimetext.unknown_names(lines, constants)
-        if missing or wrong_unit or unknown:
+        rules_problem = _rules_problem(runtime.key, constants) if not missing else None
+        if missing or wrong_unit or unknown or rules_problem:
             what = ([f"lacks declared constants without a default: {', '.join(missing)}"] if missing else []) + wrong_unit
             what += [f"assumptions name unknown constants: {', '.join('{' + n + '}' for n in unknown)}"] if unknown else []
+            what += [rules_problem] if rules_problem else []
             _reject(cat, "runtimes", runtime, "; ".join(what), loud)
         elif constants != runtime.data.get("constants"):
             cat.runtimes.replace(runtime.key, {**runtime.data, "constants": constants})
+
+
+def _declared_rules(constants: dict[str, dict[str, Any]], declared: dict[str, Any]) -> None:
+    """Give a profile's constants the ``follows`` rule their declaration states, where the profile has none of its own
+    and every name the rule reads or is triggered by is one of the profile's constants (a runtime without
+    ``max_prefill_tokens`` cannot be given it, so a rule triggered by it has nothing to follow there)."""
+    for name, c in list(constants.items()):
+        decl = declared.get(name)
+        rule = decl.data.get("follows") if decl is not None else None
+        if rule is None or "follows" in c:
+            continue
+        needs = set(rule.get("when_set", ())) | set(follows.expr_names(rule["expr"]))
+        if needs <= constants.keys():
+            constants[name] = {**c, "follows": rule}
+
+
+def _rules_problem(runtime_key: str, constants: dict[str, dict[str, Any]]) -> str | None:
+    """What is wrong with a profile's ``follows`` rules (a name that is no constant, a loop), or None."""
+    try:
+        follows.rules_of(constants, f"runtimes.{runtime_key}")
+    except FormulaError as exc:
+        return "; ".join(f"{where}: {what}" for where, what in exc.problems)
+    return None
 
 
 def _declaration(declared: dict[str, Any], name: str, classes: set[str]) -> Any:

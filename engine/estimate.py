@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from . import contract, families, runtimetext
+from . import contract, families, follows, runtimetext
 from . import request as request_mod
 from .resolve import Resolved
-from .scenario import Notes
+from .scenario import Notes, followed_constants, runtime_constants
 from .units import GIB
 
 
@@ -340,6 +340,12 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
     # A runtime's serving behaviour belongs to inference responses only; its training behaviour to fine-tuning.
     out.extend(runtimetext.fill(line, lambda name: s.get(f"rt_{name}"))
                for line in res.runtime.data.get("assumptions" if res.workload == "inference" else "training_assumptions", []))
+    settings = res.request.get("runtime_settings")
+    if settings:  # the defaults that moved with what the request set, and why (the profile's follows rules)
+        before = dict(runtime_constants(res.runtime.data, res.gpu, res.gpu_memory_gib, None, res.arch))  # a copy: cached
+        before.update({f"rt_{k}": float(x) for k, x in settings.items()})
+        derived = followed_constants(res.runtime.data, res.gpu, before, settings)
+        out.extend(follows.describe(res.runtime.key, res.runtime.data, derived, settings))
     out.append(f"weights: {res.quant.data['label']} ({res.quant.key}), {v['weights_file_bytes'] / GIB:.2f} GiB in all")
     if res.workload == "inference":
         req = res.request

@@ -163,7 +163,7 @@ def runtimes() -> list[dict[str, Any]]:
             "continuous_batching": bool(consts["continuous_batching_always"]["value"]),
             "assumptions": [runtimetext.fill(line, lambda name: (consts.get(name) or {}).get("value"))
                             for line in d.get("assumptions", [])],
-            "constants": {name: {k: c[k] for k in ("value", "unit", "source", "tiers", "accepts") if k in c} for name, c in consts.items()},
+            "constants": {name: {k: c[k] for k in ("value", "unit", "source", "tiers", "accepts", "follows") if k in c} for name, c in consts.items()},
             "deployment": d.get("deployment"),
             "provided_by": e.provenance.plugin,
         })

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from . import formatrules, hardware, hub, keptmodules
+from . import follows, formatrules, hardware, hub, keptmodules
 from .architecture import CSA_RATIO, Architecture, from_hf_config
 from .elementwise import holds, number_or
 from .errors import RequestError
@@ -135,6 +135,8 @@ def resolve(cat: Catalog, req: dict[str, Any], workload: str) -> Resolved:
             problem = _setting_problem(spec["unit"], value) or _accepted_problem(runtime.key, spec, value)
             if problem:
                 problems.append((f"runtime_settings.{name}", problem))
+        if not problems:
+            problems.extend(_followed_problems(runtime, req))
         if not problems:
             problems.extend(_launch_problems(runtime, req))
         eager = runtime_value(runtime, req, "eager_score_bytes")
@@ -348,6 +350,25 @@ def _unconverted_experts(cat, arch: Architecture, quant: Entry, runtime: Entry, 
     return out, kept_params + moved
 
 
+def _followed_problems(runtime: Entry, req: dict) -> list[tuple[str, str]]:
+    """A value a ``follows`` rule derives from the settings given that the runtime would not take (outside the
+    constant's ``accepts``), named by the setting that moved it."""
+    settings = req.get("runtime_settings") or {}
+    constants = runtime.data["constants"]
+    if not settings or not any(c.get("follows") for c in constants.values()):
+        return []
+    plain = {k: settings.get(k, c["value"]) for k, c in constants.items()}
+    out = []
+    for name, value in follows.followed(runtime.data, settings, plain).items():
+        spec = constants[name]
+        if outside_accepted(spec.get("accepts"), value):
+            rule = spec["follows"]
+            cause = sorted(set(rule.get("when_set") or follows.expr_names(rule["expr"])) & settings.keys()) or sorted(settings)
+            out.append((f"runtime_settings.{cause[0]}", f"makes {runtime.key}'s {name} {value:g} ({rule['expr']}), outside "
+                        f"what it accepts ({accepted_range(spec['accepts'])}): set {name} too"))
+    return out
+
+
 def _launch_problems(runtime: Entry, req: dict) -> list[tuple[str, str]]:
     """runtime_settings of request limits the runtime refuses to start with: a prompt limit (``max_input_tokens``) not
     below the request limit (``max_model_len``), or - where the runtime cannot split a prompt over steps
@@ -371,10 +392,19 @@ def _launch_problems(runtime: Entry, req: dict) -> list[tuple[str, str]]:
 
 
 def runtime_value(runtime: Entry, req: dict, name: str) -> Any:
-    """A runtime constant as the request sees it: its ``runtime_settings`` override, else the profile's value (None
-    where the profile has no such constant)."""
+    """A runtime constant as the request sees it before a GPU is chosen: its ``runtime_settings`` override, else what a
+    ``follows`` rule derives from the settings given (one limited to some vendors' GPUs aside), else the profile's
+    value (None where the profile has no such constant)."""
     settings = req.get("runtime_settings") or {}
-    return settings[name] if name in settings else runtime.data["constants"].get(name, {}).get("value")
+    if name in settings:
+        return settings[name]
+    constants = runtime.data["constants"]
+    if settings and constants.get(name, {}).get("follows"):
+        plain = {k: settings.get(k, c["value"]) for k, c in constants.items()}
+        derived = follows.followed(runtime.data, settings, plain)
+        if name in derived:
+            return derived[name]
+    return constants.get(name, {}).get("value")
 
 
 def _checkpoint_kv(cat, config: Any, quant: Entry | None, kv_quant: Entry | None, runtime: Entry | None, req: dict,

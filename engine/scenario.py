@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from . import hardware, keptmodules
+from . import follows, hardware, keptmodules
 from .architecture import ROLES, Architecture
 from .elementwise import number_or, where
 from .errors import RequestError
@@ -639,13 +639,18 @@ def runtime_constants(runtime: dict[str, Any], gpu: Entry, gpu_mem_gib: float,
     out = dict(values)
     for name, value in settings.items():
         out[f"rt_{name}"] = float(value)  # the runtime's own flag, set by the request (resolve checked the name)
-    if "max_prefill_tokens" in settings:
-        out["rt_prefill_budget_derived"] = 0.0  # a budget the deployment sets is the budget (formula prefill_budget)
-    over = out.get("rt_prefill_tokens_over_input", 0.0)
-    if over > 0 and "max_input_tokens" in settings and "max_prefill_tokens" not in settings:
-        # the runtime's prefill budget follows its prompt limit where not set (TGI: --max-input-tokens + 50)
-        out["rt_max_prefill_tokens"] = out["rt_max_input_tokens"] + over
+    # the defaults that follow what the request sets (TGI's KV share follows --cuda-memory-fraction): the profile's rules
+    for name, value in followed_constants(runtime, gpu, out, settings).items():
+        out[f"rt_{name}"] = value
     return out
+
+
+def followed_constants(runtime: dict[str, Any], gpu: Entry, values: dict[str, float],
+                       settings: dict[str, float] | None) -> dict[str, float]:
+    """The constants the profile's ``follows`` rules move for these settings on this GPU (:mod:`vramplan.follows`):
+    ``values`` are the rt_<name> variables before the rules, tiers and settings applied."""
+    plain = {k[3:]: v for k, v in values.items() if k.startswith("rt_")}
+    return follows.followed(runtime, settings, plain, gpu.data.get("vendor") or "")
 
 
 def runtime_act_bytes(rt_activation_bytes: Any, act_bytes: Any, workload: str) -> Any:

@@ -66,7 +66,14 @@ def test_a_deployment_launched_for_long_prompts():
                                          "runtime_settings": {**settings, "max_prefill_tokens": 12000}})
     assert trace_values(given)["rt_max_prefill_tokens"] == 12000
     # the budget follows only TGI's prompt limit: vLLM's max_prefill_tokens is its own (8,192 on an 80 GiB GPU)
-    assert constant("vllm", "prefill_tokens_over_input") == 0
+    vllm = vramplan.estimate_inference({**BODY, "runtime": "vllm", "input_tokens": 5000, "output_tokens": 500,
+                                        "runtime_settings": settings, "trace": True})
+    assert trace_values(vllm)["rt_max_prefill_tokens"] == 8192
+    assert not any("following runtime_settings" in a for a in vllm["assumptions"])
+    # and the response says where TGI's budget came from (once: TGI 2.x's budget was never derived, so nothing else moves)
+    [line] = [a for a in out["assumptions"] if "following runtime_settings" in a]
+    assert line.startswith("tgi-v2: max_prefill_tokens 8050 = max_input_tokens + prefill_tokens_over_input, following "
+                           "runtime_settings max_input_tokens - text-generation-launcher main.rs")
 
 
 @pytest.mark.parametrize("settings, field, words", [

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from .. import families
+from .. import follows as follows_mod
 from ..errors import VramplanError
 from ..resolve import params_disagree
 from ..runtimetext import accepted_range
@@ -385,7 +386,8 @@ def runtimes(key, fmt) -> None:
         for line in _deployment_lines(r.get("deployment")):
             click.echo(line)
         rows = [{"constant": name, "value": c["value"], "unit": c["unit"],
-                 "by GPU": "; ".join(f"{t['value']:g} " + _tier_words(t) for t in c.get("tiers", [])),
+                 "by GPU": "; ".join([f"{t['value']:g} " + _tier_words(t) for t in c.get("tiers", [])]
+                                     + ([_follows_words(c["follows"])] if c.get("follows") else [])),
                  "accepts": accepted_range(c["accepts"]) if c.get("accepts") else "",
                  "source": c["source"] + (f" (accepts: {c['accepts']['source']})" if c.get("accepts") else "")}
                 for name, c in r["constants"].items()]
@@ -455,6 +457,13 @@ def plugins(fmt: str) -> None:
         click.echo(f"{p['name']:<32} {p['version']:<10} {kind:<9} {', '.join(p['hooks'])}")
     for f in failed:
         click.echo(f"{f['name']:<32} {f['version']:<10} FAILED    {f['error']}")
+
+
+def _follows_words(rule: dict) -> str:
+    """A constant's ``follows`` rule in a few words: what it becomes and when."""
+    when = rule.get("when_set") or follows_mod.expr_names(rule["expr"])
+    where = f" on {', '.join(rule['vendors'])} GPUs" if rule.get("vendors") else ""
+    return f"= {rule['expr']} where runtime_settings set {' or '.join(when)}{where}"
 
 
 def _tier_words(t: dict) -> str:
