@@ -358,6 +358,10 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
             out.append(f"prefill budget: {int(v['prefill_budget']):,} tokens a step, as {res.runtime.key}'s launcher derives "
                        "it for this GPU and model (formula prefill_budget" + ("; its memory heuristic binds, formula "
                        "prefill_vram_max_tokens" if capped else "") + "; runtime_settings max_prefill_tokens sets it)")
+        if s.get("rt_mem_fraction_derived") and v.get("kv_memory_share") is not None:
+            out.append(f"memory share: {v['kv_memory_share']:.3f} of each GPU for the weights and the KV pool, as "
+                       f"{res.runtime.key}'s server derives it from the GPU's memory, keeping {v['mem_reserved_mib']:,.0f} MiB "
+                       "for activations and graphs (formula mem_fraction_heuristic; runtime_settings gpu_memory_utilization sets it)")
         if v.get("prefill_context", s["seq"]) < s["seq"]:
             out.append(f"memory: the prefill takes the stated {int(v['prefill_context']):,}-token prompt and the cache grows to "
                        f"{int(s['seq']):,} tokens over the answer; the peak is "

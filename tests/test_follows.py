@@ -134,7 +134,9 @@ def test_a_broken_rule_is_refused_at_load(constants, words):
         follows.rules_of(fake(constants).data["constants"], "runtimes.fake")
 
 
-def test_the_shipped_rules_load():
+def test_the_shipped_rules_load_in_dependency_order():
     tgi = next(r for r in vramplan.list_runtimes() if r["key"] == "tgi")
     order = [r.name for r in follows.rules_of(tgi["constants"], "runtimes.tgi")]
-    assert set(order) == {"gpu_memory_utilization", "launcher_vram_wiggle", "prefill_budget_derived"}
+    assert set(order) == {"gpu_memory_utilization", "launcher_vram_wiggle", "prefill_budget_derived", "mem_fraction_derived"}
+    # the declared rule that a stated share turns a derived one off reads gpu_memory_utilization, which TGI derives itself
+    assert order.index("gpu_memory_utilization") < order.index("mem_fraction_derived")

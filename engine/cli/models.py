@@ -405,12 +405,14 @@ def runtimes(key, fmt) -> None:
                      "max_num_seqs": c["max_num_seqs"]["value"] or "-",
                      "tokens/step": ("derived" if c.get("prefill_budget_derived", {}).get("value")
                                      else c["max_prefill_tokens"]["value"] or "-"),
-                     "KV pool": (f"{c['gpu_memory_utilization']['value']:g} of "
+                     "KV pool": (("derived" if c.get("mem_fraction_derived", {}).get("value")
+                                  else f"{c['gpu_memory_utilization']['value']:g}") + " of "
                                  + ("free" if c["kv_pool_of_free"]["value"] else "total")) if c["kv_preallocate"]["value"] else "grows"})
     click.echo(_table(rows, [("key", "key"), ("label", "runtime"), ("batching", "batching"), ("max_num_seqs", "max seqs"),
                              ("tokens/step", "tokens/step"), ("KV pool", "KV pool")]))
     click.echo("(max seqs and tokens/step can depend on the GPU: `vramplan runtimes KEY` lists every constant, its tiers and its source;"
-               " derived: the runtime's launcher sizes its budget from the GPU and the model, formula prefill_budget)")
+               " derived: the runtime's launcher sizes its budget from the GPU and the model, formula prefill_budget, or its"
+               " server its memory share from the GPU, formula mem_fraction_heuristic)")
 
 
 def _needs_words(needs: dict) -> str:
