@@ -78,6 +78,15 @@ def test_intels_image_ignores_the_fraction():
     assert trace_values(out)["rt_gpu_memory_utilization"] == 0.9 and not moved(out)
 
 
+def test_tgi2s_cache_is_its_wiggle_room_of_what_is_free_within_the_fraction():
+    # TGI 2.x: get_free_memory(device, MEMORY_FRACTION) x TGI_WIGGLE_ROOM = 0.95 x (free - (1 - 0.5) x total): 0.95 x 0.5 x
+    # 80 GiB = 40,802,189,312 bytes less than on the whole GPU, whatever the weights and the warm-up hold
+    _, whole = traced({}, runtime="tgi-v2")
+    _, half = traced({"launcher_memory_fraction": 0.5}, runtime="tgi-v2")
+    assert whole["kv_pool_bytes"] - half["kv_pool_bytes"] == pytest.approx(0.95 * 0.5 * 80 * GIB, rel=1e-12)
+    assert half["rt_gpu_memory_utilization"] == whole["rt_gpu_memory_utilization"] == 0.95
+
+
 def test_tgi2s_budget_follows_its_prompt_limit_and_3x_does_not():
     settings = {"max_input_tokens": 8000, "max_model_len": 9000}
     _, t2 = traced(settings, runtime="tgi-v2", input_tokens=5000, output_tokens=500)
