@@ -309,7 +309,7 @@ def unpinned_settings(body: dict[str, Any], workload: str, catalog: Catalog) -> 
     """``runtime_settings`` for another deployment than the one whose KV pool ``body`` pins to what its log states
     (``kv_pool_tokens``): the pin at 0 (sized from memory), and the memory the pin says the estimate does not count - the
     estimate's own pool less the logged one, on each GPU - kept as non-torch memory (``non_torch_mib``; over the
-    pool's share where the runtime pools a share of the free memory), so that another deployment's pool is what its
+    pool's share where the runtime pools a share of the free memory or of what is free at start-up), so that another deployment's pool is what its
     memory leaves less the same unexplained part, and this deployment's is the logged one again. Two estimates."""
     settings = body.get("runtime_settings") or {}
     rest = {**settings, "kv_pool_tokens": 0}  # 0: the pool is what the memory leaves (said, so a merge drops the pin)
@@ -320,7 +320,9 @@ def unpinned_settings(body: dict[str, Any], workload: str, catalog: Catalog) -> 
     except VramplanError:
         return rest
     if pinned.get("rt_kv_preallocate") and free.get("kv_pool_bytes") is not None:
-        share = pinned["rt_gpu_memory_utilization"] if pinned["rt_kv_pool_of_free"] else 1.0
+        # the pools that scale non-torch memory by their share: a share of the free memory (TensorRT-LLM, TGI 2.x) or of
+        # the memory free at start-up (SGLang); vLLM's budget takes it whole
+        share = pinned["kv_memory_share"] if pinned["rt_kv_pool_of_free"] or pinned.get("rt_kv_pool_share_of_start") else 1.0
         unexplained = (free["kv_pool_bytes"] - pinned["kv_pool_bytes"]) / share / 2**20
         rest = {**rest, "non_torch_mib": round(max(pinned["rt_non_torch_mib"] + unexplained, 0.0), 3)}
     return rest

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import vramplan
 from vramplan.catalog import get_catalog
 from vramplan.datafiles import load_schema
+from vramplan.estimate import trace_values
 from vramplan.errors import RequestError
 from vramplan.planner import _quant_candidates
 from vramplan.request import context_change
@@ -359,3 +360,17 @@ def test_a_pinned_pool_answers_load_questions_and_gives_way_for_deployment_quest
     assert same["kv_pool"]["tokens"] == pytest.approx(91680, abs=2)
     best = a["best_quantization"]
     assert best["estimate"]["kv_pool"]["tokens"] > 91680 and best["estimate"]["serving"]["queued_requests"] == 0
+
+
+def test_a_pinned_sglang_pool_gives_way_as_its_share_scales_it():
+    # SGLang's pool is its share (0.836 on an H100) of the memory free at start-up less the model, so memory the pin says
+    # the estimate does not count takes 0.836 of itself off the pool: kept as non-torch memory it is the gap / 0.836,
+    # and the deployment's own pool comes back to the logged 300,000 tokens
+    body = {"gpu_key": "h100_80", "llm_key": "llama-3.1-8b-instruct", "runtime": "sglang", "input_tokens": 2048,
+            "output_tokens": 2048, "concurrent_users": 64, "runtime_settings": {"kv_pool_tokens": 300000}}
+    free = vramplan.estimate_inference({**body, "runtime_settings": {"kv_pool_tokens": 0}, "trace": True})
+    gap_mib = (trace_values(free)["kv_pool_bytes"] - 300000 * 32 * 8 * 128 * 2 * 2) / 2**20  # 128 KiB a token in bf16
+    settings = vramplan.planner.unpinned_settings(body, "inference", get_catalog())
+    assert settings["non_torch_mib"] == pytest.approx(256 + gap_mib / 0.836, abs=0.01)
+    same = vramplan.estimate_inference({**body, "runtime_settings": settings})
+    assert same["kv_pool"]["tokens"] == pytest.approx(300000, abs=2)
