@@ -167,7 +167,7 @@ def _declared_rules(constants: dict[str, dict[str, Any]], declared: dict[str, An
         rule = decl.data.get("follows") if decl is not None else None
         if rule is None or "follows" in c:
             continue
-        needs = set(rule.get("when_set", ())) | set(follows.expr_names(rule["expr"]))
+        needs = set(follows.triggers_of(rule)) | set(follows.expr_names(rule["expr"]))
         if needs <= constants.keys():
             constants[name] = {**c, "follows": rule}
 

@@ -20,8 +20,8 @@ already derived) and not the constant itself, the constant is the expression's v
 request sees them (tiers, then settings, then earlier rules, in dependency order). A value given in
 ``runtime_settings`` always wins. A declaration in catalogs/runtime_constants may carry a rule too (every runtime
 that keeps the declared meaning gets it, e.g. ``prefill_budget_derived``: a budget the deployment sets is the budget);
-a profile's own rule replaces it. The catalog check (:func:`check`) refuses names that are no constant, cycles and
-vendors it does not know, so a rule fails at load, not in a request.
+a profile's own rule replaces it. The catalog check (:func:`rules_of`, called by vramplan.catalogcheck) refuses names that
+are no constant, self-triggers and cycles (the schema refuses unknown vendors), so a rule fails at load, not in a request.
 """
 
 from __future__ import annotations
@@ -57,6 +57,11 @@ def expr_names(expr: str) -> list[str]:
     return sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id not in FUNCTIONS})
 
 
+def triggers_of(spec: Mapping[str, Any]) -> list[str]:
+    """The settings that make a rule apply: its ``when_set``, else the names its expression reads."""
+    return list(spec.get("when_set") or expr_names(spec["expr"]))
+
+
 def compile_rule(name: str, spec: Mapping[str, Any], constants: Iterable[str], where: str) -> Rule:
     """One constant's rule, checked against the profile's constants; a :class:`FormulaError` naming ``where``."""
     known = set(constants)
@@ -65,7 +70,7 @@ def compile_rule(name: str, spec: Mapping[str, Any], constants: Iterable[str], w
     if unknown:
         raise FormulaError([(where, f"follows.expr reads {unknown[0]!r}, which is not one of this runtime's constants")])
     tree = parse_expression(spec["expr"], where=f"{where}.follows.expr", declared=used)
-    triggers = spec.get("when_set", used)
+    triggers = triggers_of(spec)
     bad = [n for n in triggers if n not in known or n == name]
     if bad or not triggers:
         raise FormulaError([(where, f"follows.when_set names {bad[0]!r}, which is not another of this runtime's constants"

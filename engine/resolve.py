@@ -355,15 +355,12 @@ def _followed_problems(runtime: Entry, req: dict) -> list[tuple[str, str]]:
     constant's ``accepts``), named by the setting that moved it."""
     settings = req.get("runtime_settings") or {}
     constants = runtime.data["constants"]
-    if not settings or not any(c.get("follows") for c in constants.values()):
-        return []
-    plain = {k: settings.get(k, c["value"]) for k, c in constants.items()}
     out = []
-    for name, value in follows.followed(runtime.data, settings, plain).items():
+    for name, value in _followed_before_gpu(runtime, settings).items():
         spec = constants[name]
         if outside_accepted(spec.get("accepts"), value):
             rule = spec["follows"]
-            cause = sorted(set(rule.get("when_set") or follows.expr_names(rule["expr"])) & settings.keys()) or sorted(settings)
+            cause = sorted(set(follows.triggers_of(rule)) & settings.keys()) or sorted(settings)
             out.append((f"runtime_settings.{cause[0]}", f"makes {runtime.key}'s {name} {value:g} ({rule['expr']}), outside "
                         f"what it accepts ({accepted_range(spec['accepts'])}): set {name} too"))
     return out
@@ -399,12 +396,20 @@ def runtime_value(runtime: Entry, req: dict, name: str) -> Any:
     if name in settings:
         return settings[name]
     constants = runtime.data["constants"]
-    if settings and constants.get(name, {}).get("follows"):
-        plain = {k: settings.get(k, c["value"]) for k, c in constants.items()}
-        derived = follows.followed(runtime.data, settings, plain)
+    if constants.get(name, {}).get("follows"):
+        derived = _followed_before_gpu(runtime, settings)
         if name in derived:
             return derived[name]
     return constants.get(name, {}).get("value")
+
+
+def _followed_before_gpu(runtime: Entry, settings: dict) -> dict[str, float]:
+    """What the profile's ``follows`` rules derive from ``settings`` over its untiered values (no GPU yet, so a rule
+    limited to some vendors does not apply)."""
+    if not settings:
+        return {}
+    plain = {k: settings.get(k, c["value"]) for k, c in runtime.data["constants"].items()}
+    return follows.followed(runtime.data, settings, plain)
 
 
 def _checkpoint_kv(cat, config: Any, quant: Entry | None, kv_quant: Entry | None, runtime: Entry | None, req: dict,

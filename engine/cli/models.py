@@ -463,7 +463,7 @@ def plugins(fmt: str) -> None:
 
 def _follows_words(rule: dict) -> str:
     """A constant's ``follows`` rule in a few words: what it becomes and when."""
-    when = rule.get("when_set") or follows_mod.expr_names(rule["expr"])
+    when = follows_mod.triggers_of(rule)
     where = f" on {', '.join(rule['vendors'])} GPUs" if rule.get("vendors") else ""
     return f"= {rule['expr']} where runtime_settings set {' or '.join(when)}{where}"
 
