@@ -404,7 +404,11 @@ def _assumptions(res: Resolved, s: dict[str, float], v: dict[str, float], notes:
         elif s["ep"] > 1:
             out.append(f"attention data parallelism + expert parallelism over {int(s['ep'])} GPUs (interconnect "
                        f"{res.interconnect.key}): each GPU serves its own sequences and holds 1/{int(s['ep'])} of the "
-                       "routed experts; TensorRT-LLM's published DEP runs measured below such estimates "
+                       "routed experts"
+                       + (f"; the busiest GPU computes {v['expert_rank_load']:.2f}x the mean GPU's routed rows, which the "
+                          f"others wait for (expert_load_cv {s['rt_expert_load_cv']:g}: routing skewed towards a few hot "
+                          "experts, as TensorRT-LLM measured for DeepSeek R1)" if v["expert_rank_load"] > 1 else "")
+                       + "; TensorRT-LLM's published DEP runs measured below such estimates "
                        "(docs/PERFORMANCE.md gives by how much: per-step costs of this mode the model does not have yet)")
         if v["infer_reserve_simulated"]:
             out.append("allocator reserve: simulated - generate's prefill and first decode step replayed through PyTorch's "
